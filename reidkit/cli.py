@@ -1,0 +1,64 @@
+"""`reidkit <verb>`: a thin layer over the Python API.
+
+Each verb lives in ``reidkit/commands/<area>.py`` as a ``register(subparsers)`` function that
+adds its parser and sets ``func`` (called with the parsed namespace, returns an exit code or None).
+Heavy imports stay inside the handlers so ``reidkit --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from reidkit.errors import ReIDError
+
+COMMAND_MODULES = (
+    "data",
+    "synth",
+    "evaluation",
+    "train",
+    "cluster",
+    "retrieval",
+    "export",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available verb."""
+    parser = argparse.ArgumentParser(prog="reidkit", description="Person re-identification toolkit.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMAND_MODULES:
+        modname = f"reidkit.commands.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `reidkit` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from reidkit import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        code = args.func(args)
+    except ReIDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
