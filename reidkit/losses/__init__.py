@@ -1,0 +1,13 @@
+"""Losses: identity (CE + label smoothing), batch-hard triplet, center, learnable weighting, criterion."""
+from __future__ import annotations
+
+from reidkit.losses.center import CenterLoss, rescale_center_grad
+from reidkit.losses.classification import cross_entropy_ls
+from reidkit.losses.criterion import LOSS_NAMES, Criterion, LossConfig, build_criterion
+from reidkit.losses.triplet import pairwise_distance, triplet_loss
+from reidkit.losses.weighting import UncertaintyWeighting
+
+__all__ = [
+    "CenterLoss", "rescale_center_grad", "cross_entropy_ls", "LOSS_NAMES", "Criterion", "LossConfig",
+    "build_criterion", "pairwise_distance", "triplet_loss", "UncertaintyWeighting",
+]

@@ -1,0 +1,265 @@
+"""Model assembly: ``ModelConfig`` -> ``ReIDModel`` (backbone + head, or MGN), checkpoints, param groups."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from reidkit.errors import ReIDError
+from reidkit.models.heads import (
+    CLASSIFIERS, NECK_FEATS, NECKS, POOLINGS, GeM, ReIDHead, check_choice,
+)
+
+ARCHS = ("baseline", "mgn")
+_DEFAULT_MEAN = [0.485, 0.456, 0.406]
+_DEFAULT_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class ModelConfig:
+    """Model options; the defaults are the BoT recipe (ResNet-50, last stride 1, BNNeck)."""
+
+    arch: str = "baseline"
+    backbone: str = "resnet50"
+    pretrained: bool | str = True
+    last_stride: int = 1
+    pooling: str = "avg"
+    gem_p: float = 3.0
+    neck: str = "bnneck"
+    neck_feat: str = "after"
+    embedding_dim: int = 128
+    embedding_hidden: int = 1024
+    dropout: float = 0.0
+    classifier: str = "linear"
+    cls_scale: float = 30.0
+    cls_margin: float = 0.35
+
+    def validate(self) -> None:
+        """Raise ReIDError naming the first bad key (unknown names list the valid values)."""
+        check_choice("model.arch", self.arch, ARCHS)
+        names = _backbone_names()
+        if names is not None and self.backbone not in names:
+            raise ReIDError(
+                f"model.backbone: unknown backbone {self.backbone!r}; expected one of "
+                f"{', '.join(sorted(names))}"
+            )
+        check_choice("model.pooling", self.pooling, POOLINGS)
+        check_choice("model.neck", self.neck, NECKS)
+        check_choice("model.neck_feat", self.neck_feat, NECK_FEATS)
+        check_choice("model.classifier", self.classifier, CLASSIFIERS)
+        if self.last_stride not in (1, 2):
+            raise ReIDError(f"model.last_stride: expected 1 or 2, got {self.last_stride!r}")
+        if self.gem_p <= 0:
+            raise ReIDError(f"model.gem_p: must be > 0, got {self.gem_p}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ReIDError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        for key in ("embedding_dim", "embedding_hidden"):
+            if int(getattr(self, key)) < 1:
+                raise ReIDError(f"model.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.cls_scale <= 0:
+            raise ReIDError(f"model.cls_scale: must be > 0, got {self.cls_scale}")
+        if self.cls_margin < 0:
+            raise ReIDError(f"model.cls_margin: must be >= 0, got {self.cls_margin}")
+
+
+def _backbone_names() -> Iterable[str] | None:
+    try:
+        from reidkit.models.backbones import BACKBONES
+    except ImportError:  # registry not importable: let build_backbone report the problem
+        return None
+    return BACKBONES
+
+
+class ReIDModel(nn.Module):
+    """Backbone + head. ``forward(x, labels=None)``: training -> dict, eval -> ``B x feat_dim``.
+
+    Parameters under ``backbone.`` are the (pretrained) backbone; everything else is head.
+    ``labels`` are only needed in training by margin classifiers (arcface/cosface/circle).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, mean: list[float], std: list[float],
+        arch: str = "baseline",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.arch = arch
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.feat_dim = int(head.feat_dim)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        """Training: ``{"feat", "logits"[, "feats", "logits_list"]}``; eval: ``B x feat_dim``."""
+        return self.head(self.backbone.forward_features(x), labels)
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
+    """Build the model described by ``cfg`` with an ID classifier over ``num_classes``."""
+    if not isinstance(cfg, ModelConfig):
+        raise ReIDError(f"model: expected a ModelConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    if int(num_classes) < 1:
+        raise ReIDError(f"num_classes: must be >= 1, got {num_classes}")
+    if cfg.arch == "mgn":
+        from reidkit.models.mgn import build_mgn_parts
+
+        trunk, mhead, mean, std = build_mgn_parts(
+            cfg.backbone, int(num_classes), cfg.pretrained, cfg.classifier, cfg.cls_scale,
+            cfg.cls_margin,
+        )
+        return ReIDModel(trunk, mhead, mean, std, arch="mgn")
+    from reidkit.models.backbones import build_backbone
+
+    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
+    head = ReIDHead(
+        int(backbone.out_channels), int(num_classes), pooling=cfg.pooling, gem_p=cfg.gem_p,
+        neck=cfg.neck, neck_feat=cfg.neck_feat, embedding_dim=cfg.embedding_dim,
+        embedding_hidden=cfg.embedding_hidden, dropout=cfg.dropout, classifier=cfg.classifier,
+        cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin,
+    )
+    mean = list(getattr(backbone, "mean", _DEFAULT_MEAN))
+    std = list(getattr(backbone, "std", _DEFAULT_STD))
+    return ReIDModel(backbone, head, mean, std, arch="baseline")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_model(
+    path: str | os.PathLike, model: ReIDModel, cfg: ModelConfig, num_classes: int,
+    input_size: tuple[int, int] | list[int], extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``{"model", "model_cfg", "num_classes", "input_size", "mean", "std", **extra}`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = model.module if hasattr(model, "module") else model  # unwrap DDP
+    ckpt: dict[str, Any] = {
+        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "model_cfg": dataclasses.asdict(cfg),
+        "num_classes": int(num_classes),
+        "input_size": [int(v) for v in input_size],
+        "mean": [float(v) for v in getattr(net, "mean", _DEFAULT_MEAN)],
+        "std": [float(v) for v in getattr(net, "std", _DEFAULT_STD)],
+    }
+    if extra:
+        ckpt.update(extra)
+    # Temp file in the same folder, then rename: a crash never leaves a half-written checkpoint.
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(ckpt, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict; missing or unreadable files raise ReIDError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReIDError(f"checkpoint: file not found: {path}")
+    try:
+        try:
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError:
+            # Training checkpoints may hold objects outside the safe allow-list (e.g. numpy
+            # RNG state); they are the user's own files, so fall back to full unpickling.
+            ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt file to the user
+        raise ReIDError(f"checkpoint: cannot read {path}: corrupt or not a torch checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise ReIDError(f"checkpoint: {path} does not hold a checkpoint dict")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReIDModel:
+    """Rebuild a model from a checkpoint (model or training checkpoint); returned in eval mode."""
+    ckpt = read_checkpoint(path, device)
+    missing = [k for k in ("model", "model_cfg", "num_classes") if k not in ckpt]
+    if missing:
+        raise ReIDError(f"checkpoint: {path} lacks the key(s) {', '.join(missing)}")
+    raw_cfg = ckpt["model_cfg"]
+    if not isinstance(raw_cfg, dict):
+        raise ReIDError(f"checkpoint: {path}: 'model_cfg' must be a dict")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    # The stored weights replace any pretrained ones, so never fetch those again.
+    cfg = ModelConfig(**{k: v for k, v in raw_cfg.items() if k in known})
+    cfg.pretrained = False
+    model = build_model(cfg, int(ckpt["num_classes"]))
+    state = ckpt["model"]
+    if any(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ReIDError(f"checkpoint: {path}: weights do not match the stored model_cfg ({exc})") from exc
+    if "mean" in ckpt:
+        model.mean = [float(v) for v in ckpt["mean"]]
+    if "std" in ckpt:
+        model.std = [float(v) for v in ckpt["std"]]
+    model.input_size = [int(v) for v in ckpt.get("input_size", [256, 128])]  # type: ignore[assignment]
+    model.model_cfg = cfg  # type: ignore[assignment]
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- optimiser groups
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+
+
+def param_groups(
+    model: nn.Module, base_lr: float, weight_decay: float, backbone_lr_factor: float = 1.0,
+    head_lr_factor: float = 1.0, bias_lr_factor: float = 1.0, no_decay_norm: bool = False,
+    extra_modules: Iterable[nn.Module] = (),
+) -> list[dict[str, Any]]:
+    """Optimiser groups: backbone vs head lr factors, bias lr factor, optional no-decay norms/biases.
+
+    Parameters under ``backbone.`` use ``backbone_lr_factor``; the rest of ``model`` and all of
+    ``extra_modules`` (e.g. learnable loss weights) use ``head_lr_factor``. With
+    ``no_decay_norm`` normalisation weights, biases and GeM's p get weight decay 0. Frozen
+    parameters are skipped; every trainable parameter lands in exactly one group.
+    """
+    net = model.module if hasattr(model, "module") else model
+    no_decay_ids: set[int] = set()
+    for mod in [net, *extra_modules]:
+        for sub in mod.modules():
+            if isinstance(sub, _NORM_TYPES) or isinstance(sub, GeM):
+                no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
+    named: list[tuple[str, str, nn.Parameter]] = [
+        ("backbone" if n.startswith("backbone.") else "head", n, p) for n, p in net.named_parameters()
+    ]
+    for i, mod in enumerate(extra_modules):
+        named.extend(("head", f"extra{i}.{n}", p) for n, p in mod.named_parameters())
+    groups: dict[tuple[str, bool, bool], dict[str, Any]] = {}
+    seen: set[int] = set()
+    for part, name, p in named:
+        if not p.requires_grad or id(p) in seen:  # frozen, or shared/tied parameter
+            continue
+        seen.add(id(p))
+        is_bias = name.endswith("bias")
+        decay = not (no_decay_norm and (is_bias or id(p) in no_decay_ids))
+        key = (part, is_bias, decay)
+        if key not in groups:
+            lr = base_lr * (backbone_lr_factor if part == "backbone" else head_lr_factor)
+            if is_bias:
+                lr *= bias_lr_factor
+            groups[key] = {
+                "params": [],
+                "lr": lr,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{part}{'.bias' if is_bias else ''}{'' if decay else '.no_decay'}",
+            }
+        groups[key]["params"].append(p)
+    return list(groups.values())
