@@ -1,0 +1,149 @@
+"""`reidkit index build|add`, `reidkit search` and `reidkit serve`: gallery retrieval from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `index`, `search` and `serve` verbs."""
+    idx = sub.add_parser("index", help="build or extend a searchable gallery (faiss + SQLite)",
+                         description="Build or extend a gallery folder: index.faiss + meta.sqlite.")
+    verbs = idx.add_subparsers(dest="index_command", metavar="<verb>")
+    idx.set_defaults(func=lambda args: _help(idx))
+
+    build = verbs.add_parser(
+        "build", help="embed a folder of crops into a new gallery",
+        description="Embed every image under --images (recursive; flip TTA, L2-normalised) into a new "
+                    "gallery. Without --weights the ImageNet EfficientNet-Lite0 backbone with GeM pooling "
+                    "(offline weights) is the feature extractor.",
+    )
+    build.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
+    build.add_argument("--db", required=True, help="gallery folder to create (index.faiss, meta.sqlite)")
+    build.add_argument("--weights", default=None, help="reidkit checkpoint or exported .onnx (default: ImageNet "
+                                                        "EfficientNet-Lite0 + GeM)")
+    build.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat",
+                       help="flat: exact (default); ivf / hnsw: approximate, for galleries of millions")
+    build.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(N))")
+    build.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default 32)")
+    build.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 128)")
+    build.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                       help="input size for the ImageNet extractor (default 256 128; checkpoints use their own)")
+    _common_model_args(build)
+    build.add_argument("--overwrite", action="store_true", help="replace an existing gallery in --db")
+    build.set_defaults(func=_build)
+
+    add = verbs.add_parser("add", help="append new images to a gallery without rebuilding it",
+                           description="Embed the images under --images that are not in the gallery yet "
+                                       "and append them (existing ids stay the same).")
+    add.add_argument("--db", required=True, help="gallery folder")
+    add.add_argument("--images", required=True, help="folder of new crops")
+    add.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
+    _common_model_args(add)
+    add.set_defaults(func=_add)
+
+    srch = sub.add_parser("search", help="search a gallery with a query image",
+                          description="Rank the gallery for one query image (cosine similarity).")
+    srch.add_argument("--db", required=True, help="gallery folder")
+    srch.add_argument("--image", required=True, help="query image")
+    srch.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
+    srch.add_argument("--topk", type=int, default=20)
+    srch.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the top candidates")
+    srch.add_argument("--rerank-topm", type=int, default=100, help="candidates re-ranked (default 100)")
+    srch.add_argument("--exclude-same-camera", action="store_true",
+                      help="drop gallery images from the query's camera (from its file name, or --camid)")
+    srch.add_argument("--camid", type=int, default=None,
+                      help="the query's camera id for --exclude-same-camera (0-based: c1 -> 0)")
+    srch.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default: the gallery's)")
+    srch.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common_model_args(srch)
+    srch.set_defaults(func=_search)
+
+    srv = sub.add_parser("serve", help="HTTP search service with a web page",
+                         description="Serve POST /search, GET /images/{id}, GET /health and a web page at /. "
+                                     "With --token (or $REIDKIT_API_TOKEN) every endpoint but /health needs "
+                                     "'Authorization: Bearer <token>'.")
+    srv.add_argument("--db", required=True, help="gallery folder")
+    srv.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
+    srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--token", default=None, help="API token (default: $REIDKIT_API_TOKEN; none: open)")
+    srv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MB)")
+    srv.add_argument("--workers", type=int, default=1, help="model worker threads (default 1)")
+    srv.set_defaults(func=_serve)
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _report(verb: str, db: str, rep: dict) -> None:
+    print(f"{verb}: {rep['added']} images added to {db} (total {rep['total']}; "
+          f"{rep.get('skipped_existing', 0)} already present, {rep['corrupt']} unreadable skipped)")
+    for p in rep.get("corrupt_paths", [])[:10]:
+        print(f"  skipped (corrupt or unreadable): {p}")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import Gallery
+
+    g = Gallery.build(args.images, args.db, weights=args.weights, index=args.index, nlist=args.nlist,
+                      nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
+                      device=args.device, size=args.size, overwrite=args.overwrite, progress=_progress)
+    _report("index build", args.db, g.last_report)
+    print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import Gallery
+
+    g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    rep = g.add(args.images, progress=_progress)
+    _report("index add", args.db, rep)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from reidkit.errors import ReIDError
+    from reidkit.retrieval.index import Gallery, parse_camera_frame
+
+    if args.topk < 1:
+        raise ReIDError(f"--topk: must be >= 1, got {args.topk}")
+    camid = args.camid
+    if args.exclude_same_camera and camid is None:
+        camid = parse_camera_frame(args.image)[0]
+        if camid is None:
+            raise ReIDError(f"--exclude-same-camera: the file name {args.image} gives no camera "
+                            f"(Market-style '0002_c1s1_000451_03.jpg'); pass --camid")
+    g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    results = g.search(args.image, k=args.topk, rerank=args.rerank,
+                       exclude_camid=camid if args.exclude_same_camera else None,
+                       nprobe=args.nprobe, rerank_topm=args.rerank_topm)
+    if args.json:
+        print(json.dumps({"query": args.image, "results": results}, indent=2))
+        return 0
+    print(f"{'rank':>4}  {'id':>8}  {'score':>7}  {'cam':>4}  path")
+    for r, res in enumerate(results, 1):
+        cam = "-" if res["camid"] is None else str(res["camid"])
+        print(f"{r:>4}  {res['id']:>8}  {res['score']:>7.4f}  {cam:>4}  {res['path']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.service import serve
+
+    serve(args.db, host=args.host, port=args.port, token=args.token,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, weights=args.weights)
+    return 0

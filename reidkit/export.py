@@ -1,0 +1,299 @@
+"""Model export: ONNX (dynamic batch, preprocessing facts in metadata_props) and TorchScript.
+
+The exported graph maps a float ``N x 3 x H x W`` batch, already normalised with the stored
+mean/std, to the model's eval feature (``N x D``, not L2-normalised). Flip TTA and feature
+normalisation stay with the caller (``extract_features``), exactly as for the torch model, so
+``OnnxFeatureModel`` is a drop-in for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from reidkit.errors import ReIDError
+
+__all__ = [
+    "FORMATS", "export_model", "read_export_metadata", "OnnxFeatureModel", "load_torchscript",
+    "parity", "file_sha256", "load_feature_model",
+]
+
+FORMATS = ("onnx", "torchscript")
+INPUT_NAME = "images"
+OUTPUT_NAME = "features"
+# TorchScript keeps the same facts in an extra file inside the archive.
+_TS_META = "reidkit.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ReIDError(f"cannot read {path}: {exc}") from exc
+    return digest.hexdigest()
+
+
+class _EvalFeature(nn.Module):
+    """The model's eval-mode forward only, so tracing sees one tensor in and one out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval feature of a normalised batch."""
+        return self.model(x)
+
+
+def _load(weights: str | os.PathLike) -> nn.Module:
+    from reidkit.models.build import load_model
+
+    return load_model(weights, device="cpu").eval()
+
+
+def _metadata(model: nn.Module, weights: str | os.PathLike, size: tuple[int, int]) -> dict[str, str]:
+    cfg = getattr(model, "model_cfg", None)
+    meta: dict[str, Any] = {
+        "input_size": [int(size[0]), int(size[1])],
+        "mean": [float(v) for v in model.mean],
+        "std": [float(v) for v in model.std],
+        "feat_dim": int(model.feat_dim),
+        "weights_sha256": file_sha256(weights),
+        "input_layout": "NCHW float32, RGB, (x/255 - mean) / std",
+        "output": "eval feature (flip TTA and L2 normalisation are the caller's)",
+        "producer": "reidkit",
+    }
+    if cfg is not None:
+        import dataclasses
+
+        meta["model_cfg"] = dataclasses.asdict(cfg)
+    # ONNX metadata values are strings: store each as JSON so numbers and lists survive.
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def _resolve_size(model: nn.Module, size: Sequence[int] | None) -> tuple[int, int]:
+    if size is None:
+        size = getattr(model, "input_size", None) or (256, 128)
+    if len(size) != 2 or int(size[0]) < 8 or int(size[1]) < 8:
+        raise ReIDError(f"export: size must be (H, W) with both >= 8, got {tuple(size)!r}")
+    return int(size[0]), int(size[1])
+
+
+def _atomic_target(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_model(
+    weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
+    opset: int = 17, size: Sequence[int] | None = None,
+) -> Path:
+    """Export a checkpoint's eval feature to ONNX or TorchScript (dynamic batch axis); returns the file."""
+    if fmt not in FORMATS:
+        raise ReIDError(f"export: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    weights = Path(weights)
+    model = _load(weights)
+    hw = _resolve_size(model, size)
+    if out is None:
+        out = weights.with_suffix(".onnx" if fmt == "onnx" else ".ts")
+    out = Path(out)
+    meta = _metadata(model, weights, hw)
+    wrapper = _EvalFeature(model).eval()
+    # Two samples so no op specialises on a batch of one; the batch axis is declared dynamic.
+    dummy = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0))
+    tmp = _atomic_target(out)
+    try:
+        with warnings.catch_warnings():
+            # The tracer warns about Python ints taken from shapes (e.g. 'SAME' padding): they are
+            # constants for the fixed H x W stored in the metadata, which is what we want.
+            warnings.simplefilter("ignore")
+            if fmt == "onnx":
+                _export_onnx(wrapper, dummy, tmp, opset, meta)
+            else:
+                with torch.no_grad():
+                    traced = torch.jit.trace(wrapper, dummy, check_trace=False)
+                plain = {k: json.loads(v) for k, v in meta.items()}
+                torch.jit.save(traced, str(tmp), _extra_files={_TS_META: json.dumps(plain)})
+        os.replace(tmp, out)
+    except ReIDError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - exporter failures are reported with the model named
+        raise ReIDError(f"export: {fmt} export of {weights} failed: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def _export_onnx(wrapper: nn.Module, dummy: torch.Tensor, tmp: Path, opset: int, meta: dict[str, str]) -> None:
+    import onnx
+
+    with torch.no_grad():
+        # The TorchScript-based exporter: the dynamo one needs onnxscript, not a dependency here.
+        torch.onnx.export(
+            wrapper, (dummy,), str(tmp), dynamo=False, opset_version=int(opset),
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    proto = onnx.load(str(tmp))
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The reidkit facts (input_size, mean, std, feat_dim, ...) stored in an exported ONNX/TorchScript file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReIDError(f"exported model not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ReIDError(f"cannot read ONNX file {path}: {exc}") from exc
+        raw = {p.key: p.value for p in proto.metadata_props}
+        try:
+            return {k: json.loads(v) for k, v in raw.items()}
+        except json.JSONDecodeError as exc:
+            raise ReIDError(f"{path}: metadata_props are not reidkit's JSON values") from exc
+    extra = {_TS_META: ""}
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001
+        raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from exc
+    return json.loads(extra[_TS_META]) if extra[_TS_META] else {}
+
+
+def _require_meta(meta: dict[str, Any], path: Path) -> None:
+    missing = [k for k in ("input_size", "mean", "std", "feat_dim") if k not in meta]
+    if missing:
+        raise ReIDError(f"{path}: not a reidkit export (metadata lacks {', '.join(missing)}); "
+                        f"export it with `reidkit export`")
+
+
+class OnnxFeatureModel:
+    """An exported ONNX model on onnxruntime (CPU) that behaves like the torch model in eval mode.
+
+    Call it with a float ``N x 3 x H x W`` tensor (normalised with ``.mean``/``.std``) and get the
+    ``N x feat_dim`` feature tensor back; ``eval()``/``to()`` are accepted and do nothing.
+    """
+
+    training = False
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        meta = read_export_metadata(self.path)
+        _require_meta(meta, self.path)
+        self.metadata = meta
+        self.input_size = [int(v) for v in meta["input_size"]]
+        self.mean = [float(v) for v in meta["mean"]]
+        self.std = [float(v) for v in meta["std"]]
+        self.feat_dim = int(meta["feat_dim"])
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise ReIDError(f"onnxruntime cannot load {self.path}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a normalised float NCHW batch, as a CPU float32 tensor."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ReIDError(f"{self.path.name}: expected an N x 3 x H x W batch, got {tuple(x.shape)}")
+        if list(x.shape[2:]) != self.input_size:
+            raise ReIDError(f"{self.path.name}: exported for input size {self.input_size[0]}x"
+                            f"{self.input_size[1]}, got {x.shape[2]}x{x.shape[3]}")
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        out = self.session.run(None, {self.input_name: arr})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    forward = __call__
+
+    def eval(self) -> "OnnxFeatureModel":
+        """No-op (always inference); returns self like nn.Module.eval."""
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxFeatureModel":
+        """No-op: an exported graph has no training mode."""
+        return self
+
+    def modules(self) -> Iterator[Any]:
+        """No submodules (lets callers that walk modules treat it like an nn.Module)."""
+        return iter(())
+
+    def to(self, *args: Any, **kwargs: Any) -> "OnnxFeatureModel":
+        """No-op: the session runs on CPU; outputs follow the input's device."""
+        return self
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        """One CPU placeholder so code that asks a model for its device gets 'cpu'."""
+        yield torch.zeros(1)
+
+
+def load_feature_model(path: str | os.PathLike, device: str = "cpu") -> Any:
+    """A model for `extract_features`: `OnnxFeatureModel` for an .onnx file, else the reidkit checkpoint (eval)."""
+    if Path(path).suffix.lower() == ".onnx":
+        return OnnxFeatureModel(path)
+    from reidkit.models.build import load_model
+
+    return load_model(path, device=device)
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load an exported TorchScript model (eval, CPU) with its reidkit metadata."""
+    path = Path(path)
+    extra = {_TS_META: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # noqa: BLE001
+        raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from exc
+    meta = json.loads(extra[_TS_META]) if extra[_TS_META] else {}
+    _require_meta(meta, path)
+    return module.eval(), meta
+
+
+def parity(weights: str | os.PathLike, exported: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
+           seed: int = 0) -> float:
+    """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes."""
+    exported = Path(exported)
+    model = _load(weights)
+    if exported.suffix.lower() == ".onnx":
+        runner: Any = OnnxFeatureModel(exported)
+        hw = runner.input_size
+    else:
+        runner, meta = load_torchscript(exported)
+        hw = [int(v) for v in meta["input_size"]]
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for b in batch_sizes:
+            x = torch.randn(int(b), 3, *hw, generator=gen)
+            ref, got = model(x), runner(x)
+            if got.shape != ref.shape:
+                raise ReIDError(f"export parity: shape {tuple(got.shape)} != torch {tuple(ref.shape)} at batch {b}")
+            worst = max(worst, float((ref - got).abs().max()))
+    return worst

@@ -1,0 +1,148 @@
+"""The web page in headless Chromium: token prompt, drag-and-drop and file upload, ranked grid, screenshot.
+
+Set REIDKIT_SCREENSHOT=/path/to.png to also save the screenshot there (docs/service.png is made so).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "browser-token"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch/faiss thread: on a shared, busy CPU, two spinning threads run ~30x slower than one."""
+    import faiss
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The service (ImageNet EfficientNet-Lite0 gallery of synthetic people) on a free loopback port."""
+    pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"chromium not found at {CHROMIUM}")
+    import uvicorn
+
+    from reidkit.data.synthetic import generate
+    from reidkit.retrieval.index import Gallery, parse_camera_frame
+    from reidkit.retrieval.service import create_app
+
+    root = tmp_path_factory.mktemp("browser")
+    syn = generate(root / "syn", ids=10, images_per_id=5, cams=3, seed=7, workers=1)
+    gal = root / "gallery"
+    shutil.copytree(syn / "bounding_box_test", gal)
+    query = sorted((syn / "query").glob("*.jpg"))[1]
+    pcam = (parse_camera_frame(query)[0] + 1) % 3
+    planted = gal / f"{query.name[:4]}_c{pcam + 1}s9_000001_01.jpg"  # same person id, other camera
+    shutil.copy(query, planted)
+    gallery = Gallery.build(gal, root / "db")  # no weights: the offline ImageNet extractor
+    app = create_app(gallery, token=TOKEN)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # a bound socket handed to uvicorn: no race for the port
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "query": query, "planted": planted, "gallery": gallery}
+    srv.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+
+
+def _drop(page, path: Path) -> None:
+    """Drop a file on the drop zone the way a desktop drag-and-drop does (a DataTransfer with a File)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    dt = page.evaluate_handle(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
+            return dt;
+        }""", [data, path.name])
+    page.dispatch_event("#drop", "dragenter", {"dataTransfer": dt})
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
+
+
+def _first_card(page) -> dict:
+    page.wait_for_function("document.querySelector('#results').dataset.ready === '1'")
+    return page.eval_on_selector("#results .card", "c => ({id: +c.dataset.id, path: c.dataset.path})")
+
+
+def test_upload_shows_ranked_grid(server, tmp_path):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except PlaywrightError as exc:
+            pytest.skip(f"chromium does not start here: {exc}")
+        try:
+            # The page's CSP forbids eval; Playwright's wait_for_function predicates need it.
+            page = browser.new_page(viewport={"width": 1280, "height": 760}, bypass_csp=True)
+            page.goto(server["url"] + "/")
+            page.wait_for_function("document.querySelector('#info').textContent.includes('gallery images')")
+            assert "token required" in page.inner_text("#info")
+
+            # Without a token the API refuses, and the page says so.
+            page.fill("#k", "14")
+            page.set_input_files("#file", str(server["query"]))
+            page.wait_for_function("document.querySelector('#status').classList.contains('error')")
+            assert "token" in page.inner_text("#status")
+
+            page.fill("#token", TOKEN)
+            page.dispatch_event("#token", "change")
+            # Drag-and-drop a gallery image: it must come back first (its own copy).
+            other = server["gallery"].record(5)
+            _drop(page, Path(other["path"]))
+            page.wait_for_function(
+                "(p) => { const c = document.querySelector('#results .card');"
+                " return c && c.dataset.path === p; }", arg=other["path"])
+
+            # The file input: the planted copy of the query is ranked first.
+            page.evaluate("document.querySelector('#results').dataset.ready = ''")
+            page.set_input_files("#file", str(server["query"]))
+            first = _first_card(page)
+            assert first["path"] == str(server["planted"].resolve())
+            assert page.locator("#results .card").count() == 14
+            page.wait_for_function(
+                "[...document.querySelectorAll('#results .card img')]"
+                ".every((i) => i.complete && i.naturalWidth > 0)")
+            score = float(page.inner_text("#results .card .score"))
+            assert score == pytest.approx(1.0, abs=1e-3)
+
+            shot = tmp_path / "service.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            target = os.environ.get("REIDKIT_SCREENSHOT")
+            if target:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, target)
+        finally:
+            browser.close()
