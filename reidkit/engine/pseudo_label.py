@@ -1,0 +1,235 @@
+"""Pseudo-labelling the unlabeled test set (a competition trick, NAIC 2019): label, add, retrain.
+
+With a trained model: (1) de-duplicate the queries by agglomerative clustering of their features
+(cosine distance, average linkage, a distance threshold): queries of one person form one group;
+(2) attach each gallery image to the group whose normalised mean query feature it is most similar
+to, when that cosine similarity passes ``threshold``; (3) every group with at least ``min_size``
+images becomes a pseudo-identity, written as a train-only CSV manifest
+(``load_dataset("csv", path)``); (4) retrain on the original training set plus the manifest; the
+new model can label again (``iterations``). When the test set carries true identities, the
+precision of the pseudo labels is reported (it is never used for labelling).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from reidkit.errors import ReIDError
+
+__all__ = [
+    "group_queries", "associate_gallery", "pseudo_identities", "label_precision", "write_manifest",
+    "run_pseudo_label",
+]
+
+log = logging.getLogger("reidkit.pseudo_label")
+
+
+def _normalized(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ReIDError(f"features: expected an N x D array, got shape {x.shape}")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def group_queries(qf: np.ndarray | torch.Tensor, distance_threshold: float = 0.3) -> np.ndarray:
+    """Group ids (0..G-1) of the queries: average-linkage clustering on cosine distance, cut at the threshold."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    x = _normalized(qf)
+    if len(x) == 0:
+        raise ReIDError("pseudo-label: the query set is empty")
+    if not 0 < distance_threshold <= 2:
+        raise ReIDError(f"pseudo-label: dedup threshold must be a cosine distance in (0, 2], got {distance_threshold}")
+    if len(x) == 1:
+        return np.zeros(1, dtype=np.int64)
+    model = AgglomerativeClustering(n_clusters=None, distance_threshold=float(distance_threshold),
+                                    metric="cosine", linkage="average")
+    return model.fit_predict(x).astype(np.int64)
+
+
+def associate_gallery(
+    qf: np.ndarray | torch.Tensor, gf: np.ndarray | torch.Tensor, groups: np.ndarray, threshold: float = 0.7
+) -> np.ndarray:
+    """Per gallery image: the query group whose mean feature is most similar (cosine >= threshold), else -1."""
+    q, g = _normalized(qf), _normalized(gf)
+    groups = np.asarray(groups, dtype=np.int64)
+    n_groups = int(groups.max()) + 1
+    cent = np.zeros((n_groups, q.shape[1]))
+    np.add.at(cent, groups, q)
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    sims = g @ cent.T
+    best = sims.argmax(1)
+    return np.where(sims[np.arange(len(g)), best] >= threshold, best, -1).astype(np.int64)
+
+
+def pseudo_identities(
+    qf: np.ndarray | torch.Tensor, gf: np.ndarray | torch.Tensor, dedup_threshold: float = 0.3,
+    threshold: float = 0.7, min_size: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query labels, gallery labels): pseudo-identity ids 0..K-1, -1 for images left unlabelled."""
+    qg = group_queries(qf, dedup_threshold)
+    gg = associate_gallery(qf, gf, qg, threshold)
+    sizes = np.bincount(qg, minlength=qg.max() + 1) + np.bincount(gg[gg >= 0], minlength=qg.max() + 1)
+    ok = np.flatnonzero(sizes >= min_size)
+    remap = np.full(len(sizes), -1, dtype=np.int64)
+    remap[ok] = np.arange(len(ok))
+    return remap[qg], np.where(gg >= 0, remap[np.maximum(gg, 0)], -1)
+
+
+def label_precision(pseudo: Sequence[int], true: Sequence[int]) -> dict[str, Any]:
+    """How right the pseudo labels are: majority precision and pairwise precision/recall.
+
+    ``pseudo``: -1 = unlabelled. ``true``: identities; <= 0 (distractor/junk) never matches anyone.
+    Majority precision: share of labelled images carrying their group's most common identity.
+    Pair precision: share of same-pseudo-label pairs that are the same person; pair recall: share
+    of same-person pairs among the *labelled* images that got the same pseudo label.
+    """
+    p = np.asarray(pseudo, dtype=np.int64)
+    t = np.asarray(true, dtype=np.int64).copy()
+    if p.shape != t.shape:
+        raise ReIDError(f"label_precision: {p.size} pseudo labels for {t.size} true labels")
+    bad = t <= 0
+    t[bad] = -1 - np.arange(int(bad.sum()))  # every distractor is its own nobody
+    lab = p >= 0
+    out: dict[str, Any] = {"labelled": int(lab.sum()), "total": int(p.size),
+                           "identities": int(len(np.unique(p[lab])))}
+    if not lab.any():
+        out.update(precision=None, pair_precision=None, pair_recall=None)
+        return out
+    pl, tl = p[lab], t[lab]
+    correct = 0
+    for g in np.unique(pl):
+        _, counts = np.unique(tl[pl == g], return_counts=True)
+        correct += int(counts.max())
+    out["precision"] = correct / int(lab.sum())
+    same_p = pl[:, None] == pl[None, :]
+    same_t = tl[:, None] == tl[None, :]
+    iu = np.triu_indices(len(pl), 1)
+    sp, st = same_p[iu], same_t[iu]
+    out["pair_precision"] = float((sp & st).sum() / sp.sum()) if sp.any() else None
+    out["pair_recall"] = float((sp & st).sum() / st.sum()) if st.any() else None
+    return out
+
+
+def write_manifest(path: str | Path, records: Sequence[Any], labels: Sequence[int], pid_offset: int = 1) -> Path:
+    """A train-only CSV manifest (path,pid,camid,split) of the labelled records; pid = label + offset."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "pid", "camid", "split"])
+        for rec, lab in zip(records, labels):
+            if lab >= 0:
+                w.writerow([rec.path, int(lab) + pid_offset, rec.camid, "train"])
+    tmp.replace(path)
+    return path
+
+
+def _features(model: torch.nn.Module, records: list[Any], cfg: Any, device: torch.device) -> np.ndarray:
+    from reidkit.data.pipeline import ImageCache
+    from reidkit.evaluation.features import extract_features
+
+    size = tuple(int(v) for v in getattr(model, "input_size", cfg.data.size))
+    cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cfg.data.cache_dir)
+    if not np.asarray(cache.valid).all():
+        raise ReIDError(f"pseudo-label: unreadable images, first {cache.skipped[0]}")
+    mean = cfg.input.mean if cfg.input.mean is not None else model.mean
+    std = cfg.input.std if cfg.input.std is not None else model.std
+    f = extract_features(model, np.asarray(cache.images), batch_size=cfg.test.batch_size, flip=cfg.test.flip,
+                         device=device, mean=mean, std=std, neck_feat=cfg.test.neck_feat)
+    return f.numpy()
+
+
+def run_pseudo_label(
+    config: Any, weights: str | Path, threshold: float = 0.7, dedup_threshold: float = 0.3,
+    iterations: int = 1, min_size: int = 2, out_dir: str | Path | None = None, retrain: bool = True,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Label the first dataset's query+gallery with `weights`, write manifests, retrain on the union.
+
+    Writes ``<out>/iter_<k>/pseudo.csv`` and (with ``retrain``) a training run in
+    ``<out>/iter_<k>/train``; returns and writes ``<out>/pseudo_label.json`` with per-iteration
+    counts, precision (when true identities exist) and the retrained model's metrics.
+    """
+    from reidkit.config import load_config
+    from reidkit.data.datasets import load_dataset
+    from reidkit.engine.trainer import resolve_device, write_json
+    from reidkit.models.build import load_model
+
+    if iterations < 1:
+        raise ReIDError(f"pseudo-label: --iterations must be >= 1, got {iterations}")
+    if not -1 <= threshold <= 1:
+        raise ReIDError(f"pseudo-label: --threshold is a cosine similarity in [-1, 1], got {threshold}")
+    cfg = load_config(config, overrides)
+    out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "pseudo_label")
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    spec = cfg.data.datasets[0]
+    target = load_dataset(spec.name, spec.root, **dict(spec.options))
+    if not target.query or not target.gallery:
+        raise ReIDError(f"pseudo-label: dataset {target.name!r} has no query/gallery images to label")
+    records = list(target.query) + list(target.gallery)
+    nq = len(target.query)
+    true = np.array([r.pid for r in records])
+    has_truth = bool((true > 0).any())
+    orig_specs = [{"name": s.name, "root": s.root, "options": dict(s.options)} for s in cfg.data.datasets]
+    val_specs = orig_specs if cfg.data.val is None else [
+        {"name": s.name, "root": s.root, "options": dict(s.options)} for s in cfg.data.val]
+    rows: list[dict[str, Any]] = []
+    current = Path(weights)
+    for it in range(1, iterations + 1):
+        model = load_model(current, device=device)
+        feats = _features(model, records, cfg, device)
+        ql, gl = pseudo_identities(feats[:nq], feats[nq:], dedup_threshold, threshold, min_size)
+        labels = np.concatenate([ql, gl])
+        d = out / f"iter_{it}"
+        manifest = write_manifest(d / "pseudo.csv", records, labels)
+        row: dict[str, Any] = {"iteration": it, "weights": str(current), "manifest": str(manifest),
+                               "query_groups": int(len(np.unique(ql[ql >= 0]))),
+                               "labelled_query": int((ql >= 0).sum()), "labelled_gallery": int((gl >= 0).sum())}
+        if has_truth:
+            row["precision"] = label_precision(labels, true)
+        log.info("pseudo-label iteration %d: %s", it, row)
+        if retrain and (labels >= 0).any():
+            from reidkit.engine.api import Trainer
+
+            tree = cfg.to_dict()
+            tree["data"]["datasets"] = orig_specs + [
+                {"name": "csv", "root": str(manifest), "options": {"dataset_name": "pseudo"}}]
+            tree["data"]["val"] = val_specs
+            tree["output_dir"] = str(d / "train")
+            tree["resume"] = False
+            result = Trainer(load_config(tree)).fit()
+            row["metrics"] = result.get("mean", {})
+            current = d / "train" / "model.pt"
+        rows.append(row)
+    summary = {"threshold": threshold, "dedup_threshold": dedup_threshold, "min_size": min_size,
+               "dataset": target.name, "iterations": rows, "final_weights": str(current)}
+    write_json(out / "pseudo_label.json", summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line per iteration: labelled images, identities, precision and retrained metrics."""
+    lines = []
+    for r in summary["iterations"]:
+        s = (f"iteration {r['iteration']}: {r['query_groups']} query groups, "
+             f"{r['labelled_query']} queries + {r['labelled_gallery']} gallery images labelled")
+        p = r.get("precision")
+        if p and p.get("precision") is not None:
+            s += f"; precision {100 * p['precision']:.1f}%"
+            if p.get("pair_precision") is not None:
+                s += f", pair precision {100 * p['pair_precision']:.1f}%"
+        m = r.get("metrics")
+        if m:
+            s += f"; retrained mAP {m['mAP']:.1f} rank-1 {m['rank1']:.1f}"
+        s += f" -> {r['manifest']}"
+        lines.append(s)
+    return "\n".join(lines) + "\n" + json.dumps({"final_weights": summary["final_weights"]})

@@ -1,0 +1,105 @@
+"""Pseudo-labelling the test set: grouping, association, precision, the manifest, the CLI loop."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reidkit.errors import ReIDError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _known_case():
+    """Queries of 3 people (two of person 1), gallery with 2x person 1, person 2, a distractor
+    that looks like person 3, and an image like nobody."""
+    e = np.eye(5)
+    qf = np.stack([e[0], e[0] + 0.05 * e[4], e[1], e[2]])
+    gf = np.stack([e[0] + 0.1 * e[3], e[0] - 0.1 * e[3], e[1] + 0.1 * e[4], e[2] + 0.2 * e[3], e[3]])
+    q_true = np.array([1, 1, 2, 3])
+    g_true = np.array([1, 1, 2, 0, 4])
+    return qf, gf, q_true, g_true
+
+
+def test_grouping_association_and_precision_on_a_known_case():
+    from reidkit.engine.pseudo_label import group_queries, label_precision, pseudo_identities
+
+    qf, gf, q_true, g_true = _known_case()
+    groups = group_queries(qf, 0.3)
+    assert groups[0] == groups[1] and len(set(groups.tolist())) == 3  # the duplicate query merged
+    ql, gl = pseudo_identities(qf, gf, dedup_threshold=0.3, threshold=0.7)
+    assert gl[4] == -1  # the image like nobody stays unlabelled
+    assert gl[0] == gl[1] == ql[0] and gl[2] == ql[2] and gl[3] == ql[3]
+    rep = label_precision(np.concatenate([ql, gl]), np.concatenate([q_true, g_true]))
+    # 8 labelled: 4 of person 1, 2 of person 2, person 3 + a distractor -> 7 right
+    assert rep["labelled"] == 8 and rep["identities"] == 3
+    assert rep["precision"] == pytest.approx(7 / 8)
+    assert rep["pair_precision"] == pytest.approx(7 / 8)  # 6 + 1 right pairs, 1 wrong
+    assert rep["pair_recall"] == pytest.approx(1.0)
+    # a stricter threshold leaves the distractor (similarity 0.98) out only above it
+    ql2, gl2 = pseudo_identities(qf, gf, 0.3, threshold=0.99)
+    assert gl2[3] == -1 and ql2[3] == -1  # person 3 alone is below min_size
+
+
+def test_manifest_is_loadable_by_the_csv_loader(tmp_path):
+    from reidkit.data.datasets import Record, load_dataset
+    from reidkit.engine.pseudo_label import write_manifest
+
+    recs = []
+    for i in range(5):
+        p = tmp_path / "img" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 16), (i * 40, 0, 0)).save(p)
+        recs.append(Record(str(p), pid=0, camid=i % 2, dataset="target"))
+    path = write_manifest(tmp_path / "m" / "pseudo.csv", recs, [0, 0, 1, -1, 1])
+    ds = load_dataset("csv", path, dataset_name="pseudo")
+    assert len(ds.train) == 4 and not ds.query and not ds.gallery
+    assert sorted({r.pid for r in ds.train}) == [1, 2]
+    assert [r.camid for r in ds.train] == [0, 1, 0, 0]
+
+
+def test_bad_arguments_raise():
+    from reidkit.engine.pseudo_label import group_queries, label_precision
+
+    with pytest.raises(ReIDError, match="threshold"):
+        group_queries(np.eye(3), 0.0)
+    with pytest.raises(ReIDError):
+        label_precision([0, 1], [1])
+
+
+def test_cli_labels_the_test_set_and_retrains(tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.data.datasets import load_dataset
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    root = tmp_path / "data"
+    opts = "{ids: 12, images_per_id: 6, cams: 3, seed: 5}"
+    net = build_model(ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="avg"), 6)
+    weights = save_model(tmp_path / "base.pt", net, ModelConfig(backbone="mobilenetv2", pooling="avg"), 6, [64, 32])
+    common = [
+        "--config", "demo", f"data.datasets=[{{name: synthetic, root: '{root}', options: {opts}}}]",
+        "data.size=[64,32]", "model.backbone=mobilenetv2", "model.pooling=avg", "sampler.p=4", "sampler.k=4",
+        "solver.max_epochs=1", "sampler.epoch_batches=2", "loss.names=[softmax,triplet]", "device=cpu",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    code = main(["pseudo-label", "--weights", str(weights), "--threshold", "0.8", "--out", str(tmp_path / "pl"),
+                 *common])
+    assert code == 0
+    summary = json.loads((tmp_path / "pl" / "pseudo_label.json").read_text())
+    it = summary["iterations"][0]
+    manifest = load_dataset("csv", it["manifest"], dataset_name="pseudo")
+    assert len(manifest.train) == it["labelled_query"] + it["labelled_gallery"] > 0
+    p = it["precision"]
+    assert 0 < p["precision"] <= 1 and p["labelled"] == len(manifest.train)
+    assert it["metrics"]["mAP"] > 0  # retrained on train + pseudo set, evaluated on the test split
+    assert (tmp_path / "pl" / "iter_1" / "train" / "model.pt").is_file()
+    assert "precision" in capsys.readouterr().out
