@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks: each one measures reidkit beside a plain reference implementation."""

@@ -1,0 +1,189 @@
+"""`reidkit extract` (features of any folder of crops) and `reidkit visrank` (ranked-list pictures)."""
+from __future__ import annotations
+
+import argparse
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `extract` and `visrank` verbs."""
+    ext = sub.add_parser(
+        "extract", help="extract features of a folder of person crops",
+        description="Extract L2-normalised features of every image under a folder (recursive) with a "
+                    "saved model, and write them with their paths (and camera ids / pids when the "
+                    "file names parse, Market-style '0002_c1s1_000451_03.jpg') to an .npz file.",
+    )
+    ext.add_argument("--weights", required=True, help="model file written by reidkit (save_model / training)")
+    ext.add_argument("--images", required=True, help="folder of image crops (searched recursively)")
+    ext.add_argument("--out", required=True, help="output .npz (features, paths[, camids, pids])")
+    ext.add_argument("--batch-size", type=int, default=256)
+    ext.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
+    ext.add_argument("--cam-regex", default=r"c(\d+)",
+                     help="regex whose first group is the 1-based camera number in a file name")
+    ext.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                     help="input size (default: the model's stored input size)")
+    ext.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ext.set_defaults(func=_extract)
+
+    vis = sub.add_parser(
+        "visrank", help="write ranked-list pictures and index.html for a dataset",
+        description="Rank each query's gallery with precomputed features and write per-query PNGs "
+                    "(true matches green, wrong red, same-camera junk grey) with an index.html.",
+    )
+    vis.add_argument("--features", required=True,
+                     help=".npz from `reidkit extract` over the dataset's images (matched by path), "
+                          "or with arrays 'query' and 'gallery' in the dataset's order")
+    vis.add_argument("--dataset", required=True, help="dataset name (see `reidkit data list`)")
+    vis.add_argument("--root", required=True, help="dataset root folder")
+    vis.add_argument("--out", required=True, help="output folder")
+    vis.add_argument("--topk", type=int, default=10)
+    vis.add_argument("--max-queries", type=int, default=100)
+    vis.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    vis.add_argument("--rerank", action="store_true", help="apply k-reciprocal re-ranking")
+    vis.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                     help="dataset loader option (repeatable)")
+    vis.set_defaults(func=_visrank)
+
+
+def _list_images(folder):
+    from pathlib import Path
+
+    from reidkit.errors import ReIDError
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ReIDError(f"--images: {folder} is not a folder")
+    paths = sorted(str(p.resolve()) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ReIDError(f"--images: no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return paths
+
+
+def parse_names(paths, cam_regex: str = r"c(\d+)"):
+    """(camids 0-based, pids) parsed from file names, each None unless every name parses."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    from reidkit.errors import ReIDError
+
+    try:
+        cam_re = re.compile(cam_regex)
+    except re.error as exc:
+        raise ReIDError(f"--cam-regex: invalid regular expression {cam_regex!r} ({exc})") from exc
+    pid_re = re.compile(r"^(-?\d+)_")
+    cams, pids = [], []
+    for p in paths:
+        name = Path(p).name
+        m = cam_re.search(name)
+        cams.append(int(m.group(1)) - 1 if m and m.groups() else None)
+        m = pid_re.match(name)
+        pids.append(int(m.group(1)) if m else None)
+    camids = None if any(c is None for c in cams) else np.asarray(cams, dtype=np.int64)
+    pid_arr = None if any(p is None for p in pids) else np.asarray(pids, dtype=np.int64)
+    return camids, pid_arr
+
+
+def _extract(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from reidkit.errors import ReIDError
+    from reidkit.evaluation.features import extract_features
+    from reidkit.models.build import load_model
+
+    if not Path(args.weights).is_file():
+        raise ReIDError(f"--weights: {args.weights} is not a file")
+    paths = _list_images(args.images)
+    model = load_model(args.weights)
+    size = tuple(args.size) if args.size else tuple(getattr(model, "input_size", (256, 128)))
+    feats = extract_features(model, paths, batch_size=args.batch_size, flip=not args.no_flip,
+                             device=args.device, size=size)
+    camids, pids = parse_names(paths, args.cam_regex)
+    payload = {"features": feats.numpy().astype(np.float32), "paths": np.asarray(paths)}
+    if camids is not None:
+        payload["camids"] = camids
+    if pids is not None:
+        payload["pids"] = pids
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, **payload)
+    os.replace(tmp, out)
+    extra = [k for k in ("camids", "pids") if k in payload]
+    print(f"{len(paths)} images -> {feats.shape[1]}-d features -> {out}"
+          + (f" (with {', '.join(extra)})" if extra else ""))
+    return 0
+
+
+def _features_for(npz, records, split: str):
+    import os
+
+    import numpy as np
+
+    from reidkit.errors import ReIDError
+
+    if split in npz:
+        arr = np.asarray(npz[split], dtype=np.float32)
+        if arr.shape[0] != len(records):
+            raise ReIDError(f"--features: '{split}' has {arr.shape[0]} rows, the dataset has {len(records)} images")
+        return arr
+    if "features" not in npz or "paths" not in npz:
+        raise ReIDError("--features: expected arrays 'features' and 'paths' (from `reidkit extract`) "
+                        "or 'query' and 'gallery'")
+    index = {os.path.realpath(str(p)): i for i, p in enumerate(npz["paths"])}
+    rows = [index.get(os.path.realpath(r.path), -1) for r in records]
+    missing = [r.path for r, i in zip(records, rows) if i < 0]
+    if missing:
+        raise ReIDError(f"--features: {len(missing)} {split} image(s) have no feature, e.g. {missing[0]}; "
+                        "run `reidkit extract` over the dataset folder")
+    return np.asarray(npz["features"], dtype=np.float32)[rows]
+
+
+def _visrank(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from reidkit.data.datasets import load_dataset, parse_options
+    from reidkit.errors import ReIDError
+    from reidkit.evaluation.distance import compute_distance
+    from reidkit.evaluation.evaluate import summarize
+    from reidkit.evaluation.metrics import evaluate_rank
+    from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
+
+    if not Path(args.features).is_file():
+        raise ReIDError(f"--features: {args.features} is not a file")
+    dataset = load_dataset(args.dataset, args.root, **parse_options(args.dataset, args.option))
+    with np.load(args.features, allow_pickle=False) as npz:
+        qf = _features_for(npz, dataset.query, "query")
+        gf = _features_for(npz, dataset.gallery, "gallery")
+    if args.rerank:
+        from reidkit.evaluation.rerank import re_ranking_features
+
+        norm = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
+        if args.metric == "cosine":
+            qf, gf = norm(qf), norm(gf)
+        distmat = re_ranking_features(qf, gf)
+    else:
+        distmat = compute_distance(qf, gf, metric=args.metric)
+    out = Path(args.out)
+    q_pids = np.array([r.pid for r in dataset.query])
+    g_pids = np.array([r.pid for r in dataset.gallery])
+    index = visualize_ranked(distmat, dataset.query, dataset.gallery, out, topk=args.topk,
+                             max_queries=args.max_queries)
+    try:
+        raw = evaluate_rank(distmat, q_pids, g_pids, [r.camid for r in dataset.query],
+                            [r.camid for r in dataset.gallery])
+        s = summarize(raw, len(dataset.query), len(dataset.gallery))
+        plot_cmc(raw["cmc"], out / "cmc.png")
+        print(f"mAP {s['mAP']:.2f}  rank-1 {s['rank1']:.2f}  rank-5 {s['rank5']:.2f}  mINP {s['mINP']:.2f}")
+    except ReIDError as exc:  # pictures are still useful without a valid query
+        print(f"metrics skipped: {exc}")
+    plot_distance_hist(distmat, q_pids, g_pids, out / "distance_hist.png")
+    print(f"ranked lists -> {index}")
+    return 0

@@ -1,0 +1,30 @@
+"""Evaluation: features (flip TTA), distances, rank metrics, re-ranking, pictures.
+
+Pure functions on arrays/tensors; submodules are imported lazily so `import reidkit.evaluation`
+stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "evaluate_rank": "reidkit.evaluation.metrics",
+    "compute_distance": "reidkit.evaluation.distance",
+    "query_expansion": "reidkit.evaluation.distance",
+    "re_ranking": "reidkit.evaluation.rerank",
+    "re_ranking_features": "reidkit.evaluation.rerank",
+    "extract_features": "reidkit.evaluation.features",
+    "evaluate": "reidkit.evaluation.evaluate",
+    "visualize_ranked": "reidkit.evaluation.visualize",
+    "plot_cmc": "reidkit.evaluation.visualize",
+    "plot_distance_hist": "reidkit.evaluation.visualize",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'reidkit.evaluation' has no attribute {name!r}")

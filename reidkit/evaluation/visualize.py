@@ -1,0 +1,167 @@
+"""Pictures of an evaluation: ranked lists per query (PNG + index.html), CMC, distance histograms."""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+
+__all__ = ["visualize_ranked", "plot_cmc", "plot_distance_hist"]
+
+GREEN, RED, GREY = "#1a9641", "#d7191c", "#9e9e9e"
+_CELL = (128, 64)  # every crop is shown at this (H, W)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers/CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _thumb(path: str) -> np.ndarray:
+    """The image resized to the cell size, or a dark placeholder when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((_CELL[1], _CELL[0]), Image.BILINEAR))
+    except (OSError, ValueError):
+        return np.full((_CELL[0], _CELL[1], 3), 40, dtype=np.uint8)
+
+
+def _ap_row(order, q_pid, q_cam, g_pids, g_cams):
+    """Labels ('match'/'wrong'/'junk') of the ranked gallery and the query's AP (None if no match)."""
+    same = g_pids[order] == q_pid
+    junk = same & (g_cams[order] == q_cam)
+    rel = same[~junk]
+    labels = np.where(junk, "junk", np.where(same, "match", "wrong"))
+    if not rel.any():
+        return labels, None
+    prec = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+    return labels, float((prec * rel).sum() / rel.sum())
+
+
+def visualize_ranked(
+    distmat,
+    query_records,
+    gallery_records,
+    out_dir: str | os.PathLike,
+    topk: int = 10,
+    max_queries: int | None = 100,
+) -> Path:
+    """Write one ranked-list PNG per query (green = true match, red = wrong, grey = junk) and index.html."""
+    plt = _plt()
+    d = np.asarray(distmat)
+    if d.shape != (len(query_records), len(gallery_records)):
+        raise ReIDError(f"visualize_ranked: distmat shape {d.shape} does not match "
+                        f"{len(query_records)} queries x {len(gallery_records)} gallery records")
+    if topk < 1:
+        raise ReIDError(f"topk: expected a positive integer, got {topk}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g_pids = np.array([r.pid for r in gallery_records])
+    g_cams = np.array([r.camid for r in gallery_records])
+    n = len(query_records) if max_queries is None else min(max_queries, len(query_records))
+    k = min(topk, d.shape[1])
+    rows = []
+    colors = {"match": GREEN, "wrong": RED, "junk": GREY}
+    for qi in range(n):
+        q = query_records[qi]
+        order = np.argsort(d[qi], kind="stable")
+        labels, ap = _ap_row(order, q.pid, q.camid, g_pids, g_cams)
+        fig, axes = plt.subplots(1, k + 1, figsize=(1.1 * (k + 1), 2.6))
+        axes = np.atleast_1d(axes)
+        axes[0].imshow(_thumb(q.path))
+        axes[0].set_title(f"query\npid {q.pid} c{q.camid}", fontsize=7)
+        for j in range(k):
+            g = gallery_records[order[j]]
+            ax = axes[j + 1]
+            ax.imshow(_thumb(g.path))
+            ax.set_title(f"#{j + 1} pid {g.pid}\nc{g.camid} d={d[qi, order[j]]:.3f}", fontsize=6)
+            for side in ax.spines.values():
+                side.set_edgecolor(colors[labels[j]])
+                side.set_linewidth(4)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0].spines[:].set_visible(False)
+        ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
+        fig.suptitle(f"query {qi}: {Path(q.path).name} ({ap_txt})", fontsize=8)
+        name = f"query_{qi:05d}.png"
+        fig.savefig(out / name, dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        rows.append((qi, q, ap, name, labels[0] == "match"))
+    items = "\n".join(
+        f'<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>{q.camid}</td>'
+        f'<td>{"-" if ap is None else f"{ap * 100:.1f}"}</td><td>{"yes" if hit else "no"}</td>'
+        f'<td><a href="{name}"><img src="{name}" height="90" loading="lazy"></a></td></tr>'
+        for qi, q, ap, name, hit in rows
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>reidkit ranked lists</title>"
+        "<style>body{font-family:sans-serif}td{padding:2px 6px;border-bottom:1px solid #ddd}</style>"
+        f"</head><body><h1>Ranked lists (top {k})</h1><p>{n} of {len(query_records)} queries; frame "
+        f"<b style='color:{GREEN}'>green</b> = true match, <b style='color:{RED}'>red</b> = wrong, "
+        f"<b style='color:{GREY}'>grey</b> = same identity and camera (ignored by the metric).</p>"
+        "<table><tr><th>#</th><th>query</th><th>pid</th><th>cam</th><th>AP %</th><th>rank-1 hit</th>"
+        f"<th>ranked list</th></tr>\n{items}\n</table></body></html>\n"
+    )
+    (out / "index.html").write_text(page)
+    return out / "index.html"
+
+
+def plot_cmc(cmc, path: str | os.PathLike, label: str | None = None) -> Path:
+    """CMC curve (fractions in [0, 1]) as a PNG."""
+    plt = _plt()
+    c = np.asarray(cmc, dtype=float).ravel()
+    if c.size == 0:
+        raise ReIDError("plot_cmc: empty CMC")
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(np.arange(1, c.size + 1), c * 100.0, marker=".", label=label)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"CMC (rank-1 {c[0] * 100:.1f}%)")
+    if label:
+        ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_distance_hist(distmat, q_pids, g_pids, path: str | os.PathLike, bins: int = 100,
+                       max_pairs: int = 2_000_000, seed: int = 0) -> Path:
+    """Histograms of positive (same pid) and negative query-gallery distances as a PNG."""
+    plt = _plt()
+    d = np.asarray(distmat)
+    qp, gp = np.asarray(q_pids), np.asarray(g_pids)
+    if d.shape != (qp.size, gp.size):
+        raise ReIDError(f"plot_distance_hist: distmat shape {d.shape} does not match {qp.size} x {gp.size} pids")
+    same = qp[:, None] == gp[None, :]
+    pos = d[same]
+    neg = d[~same]
+    if neg.size > max_pairs:
+        # negatives outnumber positives by ~1000x: a uniform sample draws the same shape
+        neg = np.random.default_rng(seed).choice(neg, max_pairs, replace=False)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    lo, hi = float(d.min()), float(d.max())
+    ax.hist(neg, bins=bins, range=(lo, hi), density=True, alpha=0.6, color=RED, label=f"negative ({(~same).sum()})")
+    if pos.size:
+        ax.hist(pos, bins=bins, range=(lo, hi), density=True, alpha=0.6, color=GREEN, label=f"positive ({pos.size})")
+    ax.set_xlabel("distance")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

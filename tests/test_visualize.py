@@ -1,0 +1,64 @@
+"""Ranked-list pictures, index.html, CMC and histogram plots, and the visrank CLI."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reidkit.data.datasets import Record
+from reidkit.errors import ReIDError
+from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
+
+
+def _toy(tmp_path, nq=3, ng=6):
+    rng = np.random.default_rng(0)
+    recs = []
+    for tag, n in (("q", nq), ("g", ng)):
+        for i in range(n):
+            p = tmp_path / f"{tag}{i}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)).save(p)
+            recs.append(Record(path=str(p), pid=i % 3, camid=i % 2, dataset="toy"))
+    return recs[:nq], recs[nq:], rng.random((nq, ng)).astype(np.float32)
+
+
+def test_visualize_ranked_writes_pngs_and_index(tmp_path):
+    q, g, d = _toy(tmp_path)
+    index = visualize_ranked(d, q, g, tmp_path / "out", topk=4, max_queries=2)
+    pngs = sorted((tmp_path / "out").glob("query_*.png"))
+    assert [p.name for p in pngs] == ["query_00000.png", "query_00001.png"]
+    assert Image.open(pngs[0]).size[0] > 100
+    page = index.read_text()
+    assert "query_00001.png" in page and "query_00002.png" not in page
+    with pytest.raises(ReIDError):
+        visualize_ranked(d[:, :3], q, g, tmp_path / "bad")
+
+
+def test_plots(tmp_path):
+    cmc_path = plot_cmc(np.linspace(0.5, 1.0, 20), tmp_path / "cmc.png")
+    hist = plot_distance_hist(np.random.default_rng(0).random((4, 10)), [1, 2, 3, 4],
+                              np.arange(10) % 5, tmp_path / "h" / "hist.png")
+    assert cmc_path.stat().st_size > 1000 and hist.stat().st_size > 1000
+
+
+def test_visrank_cli(tmp_path):
+    from reidkit.cli import main
+    from reidkit.data.datasets import load_dataset
+    rng = np.random.default_rng(0)
+    base = tmp_path / "data" / "Market-1501-v15.09.15"
+    layout = {"bounding_box_train": ["0005_c1s1_000001_00", "0005_c2s1_000002_00"],
+              "query": ["0001_c1s1_000010_00", "0002_c2s1_000011_00", "0003_c3s1_000012_00"],
+              "bounding_box_test": ["0001_c2s1_000020_00", "0002_c1s1_000021_00", "0003_c1s1_000022_00",
+                                    "0000_c1s1_000023_00", "0001_c3s1_000024_00", "0002_c3s1_000025_00"]}
+    for folder, names in layout.items():
+        (base / folder).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)).save(base / folder / f"{name}.jpg")
+    ds = load_dataset("market1501", tmp_path / "data")
+    np.savez(tmp_path / "f.npz", query=rng.random((len(ds.query), 8)), gallery=rng.random((len(ds.gallery), 8)))
+    out = tmp_path / "vis"
+    assert main(["visrank", "--features", str(tmp_path / "f.npz"), "--dataset", "market1501",
+                 "--root", str(tmp_path / "data"), "--out", str(out), "--max-queries", "2"]) == 0
+    assert (out / "index.html").is_file() and len(list(out.glob("query_*.png"))) == 2
+    assert (out / "distance_hist.png").is_file()
+    assert main(["visrank", "--features", str(tmp_path / "nope.npz"), "--dataset", "market1501",
+                 "--root", str(tmp_path / "data"), "--out", str(out)]) == 2
