@@ -412,7 +412,7 @@ def test_registry_and_options() -> None:
     assert list(DATASETS) == ["market1501", "dukemtmc", "msmt17", "cuhk03", "folder", "csv",
                               "synthetic"]
     assert dataset_options("synthetic") == {"ids": 100, "images_per_id": 16, "cams": 6,
-                                            "seed": 0, "domain": "A"}
+                                            "seed": 0, "domain": "A", "size": "128x64"}
     assert parse_options("folder", ["split_test=0.25", "seed=3", r"cam_regex=[cC](\d+)"]) == {
         "split_test": 0.25, "seed": 3, "cam_regex": r"[cC](\d+)"}
     assert parse_options("msmt17", ["combine_val=false"]) == {"combine_val": False}
@@ -490,3 +490,12 @@ def test_synthetic_generates_then_reuses(tmp_path: Path) -> None:
     assert {r.camid for r in ds.train + ds.query + ds.gallery} <= {0, 1, 2}
     again = load_dataset("synthetic", tmp_path, ids=4, images_per_id=4, cams=3, seed=1)
     assert (again.train, again.query, again.gallery) == (ds.train, ds.query, ds.gallery)
+
+
+def test_synthetic_size_option_reaches_the_generator(tmp_path):
+    from PIL import Image
+
+    ds = load_dataset("synthetic", tmp_path, ids=4, images_per_id=4, cams=2, size="96x48")
+    assert Image.open(ds.train[0].path).size == (48, 96)
+    with pytest.raises(ReIDError, match="HxW"):
+        load_dataset("synthetic", tmp_path / "other", ids=4, size="96by48")

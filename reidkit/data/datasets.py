@@ -692,8 +692,11 @@ def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReID
 
 
 def load_synthetic(root: str | os.PathLike[str], *, ids: int = 100, images_per_id: int = 16,
-                   cams: int = 6, seed: int = 0, domain: str = "A") -> ReIDDataset:
+                   cams: int = 6, seed: int = 0, domain: str = "A",
+                   size: str | Sequence[int] = "128x64") -> ReIDDataset:
     """Procedural persons in Market-1501 format under ``root``: generated, or reused if already there.
+
+    ``size`` is the crop size written to disk, as ``"HxW"`` or ``[H, W]`` (Market's own is 128x64).
 
     The generator (``reidkit.data.synthetic``) keeps a marker of its parameters beside the
     tree, so a tree made with other options is regenerated rather than silently reused.
@@ -709,8 +712,18 @@ def load_synthetic(root: str | os.PathLike[str], *, ids: int = 100, images_per_i
                             f"({exc}); cannot create {top / MARKET_DIR}") from None
     else:
         synthetic.generate(top, ids=ids, images_per_id=images_per_id, cams=cams, seed=seed,
-                           domain=domain)
+                           domain=domain, size=_parse_size(size))
     return _load_market_tree(top, "synthetic", None)
+
+
+def _parse_size(size: str | Sequence[int]) -> tuple[int, int]:
+    """``"256x128"`` or ``[256, 128]`` -> (256, 128)."""
+    parts = str(size).lower().split("x") if isinstance(size, str) else list(size)
+    try:
+        h, w = (int(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ReIDError(f"synthetic: option size={size!r} must be HxW, e.g. 256x128") from None
+    return h, w
 
 
 # ----------------------------------------------------------------------------- registry
