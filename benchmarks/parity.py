@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if ok and runs["pil"]["seconds"]:
         result["wall_ratio_pil_over_cached"] = runs["pil"]["seconds"] / runs["cached"]["seconds"]
     (out / "parity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"| loader | mAP | rank-1 | seconds |\n|---|---|---|---|")
+    print("| loader | mAP | rank-1 | seconds |\n|---|---|---|---|")
     for name, r in runs.items():
         if "error" not in r:
             print(f"| {name} | {r['mAP']:.2f} | {r['rank1'] if r['rank1'] is None else round(r['rank1'], 2)} "

@@ -28,16 +28,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # On a shared, loaded CPU, intra-op threads mostly spin-wait: one thread does the same work in
-    # a fraction of the CPU time (all real forwards of this module: ~20 s of CPU in total).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _meta(name: str, last_stride: int = 1) -> nn.Module:
     with torch.device("meta"):
         return build_backbone(name, last_stride=last_stride)

@@ -20,20 +20,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 TOKEN = "browser-token"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch/faiss thread: on a shared, busy CPU, two spinning threads run ~30x slower than one."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The service (ImageNet EfficientNet-Lite0 gallery of synthetic people) on a free loopback port."""

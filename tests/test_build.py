@@ -14,15 +14,6 @@ X64 = torch.randn(4, 3, 64, 32)  # MGN: tall enough for 3 stripes
 LABELS = torch.tensor([0, 0, 1, 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation cost on a shared CPU.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _cfg(**kw):
     return ModelConfig(backbone="resnet18", pretrained=False, **kw)
 

@@ -5,18 +5,9 @@ import csv
 import json
 
 import pytest
-import torch
 
 from reidkit.data.datasets import Record
 from reidkit.errors import ReIDError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _records() -> list[Record]:

@@ -14,15 +14,6 @@ from reidkit.export import OnnxFeatureModel, export_model, load_torchscript, par
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, busy CPU, two spinning threads run ~30x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     from reidkit.models.build import ModelConfig, build_model, save_model

@@ -12,15 +12,6 @@ from reidkit.models.heads import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation cost on a shared CPU.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _fmap(b=4, c=8, h=4, w=2):
     return torch.rand(b, c, h, w) + 0.1
 

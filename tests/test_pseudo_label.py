@@ -5,18 +5,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from reidkit.errors import ReIDError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _known_case():

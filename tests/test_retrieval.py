@@ -14,20 +14,6 @@ from reidkit.errors import ReIDError
 from reidkit.retrieval.index import Gallery, make_faiss_index, parse_camera_frame
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch/faiss thread: on a shared, busy CPU, two spinning threads run ~30x slower than one."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
-
-
 def _tiny_weights(path: Path, seed: int) -> Path:
     import torch
 

@@ -24,20 +24,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMIT = 64 * 1024
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch/faiss thread: on a shared, busy CPU, two spinning threads run ~30x slower than one."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    faiss.omp_set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     import torch

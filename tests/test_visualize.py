@@ -1,5 +1,4 @@
 """Ranked-list pictures, index.html, CMC and histogram plots, and the visrank CLI."""
-from pathlib import Path
 
 import numpy as np
 import pytest

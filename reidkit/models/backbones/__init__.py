@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from reidkit.errors import ReIDError
-from reidkit.models.backbones import efficientnet, mobilenet, resnet
+from reidkit.models.backbones import efficientnet, mobilenet
 from reidkit.models.backbones.resnet import build_resnet, spec
 from reidkit.models.pretrained import LoadReport, WeightsConfig, is_url, load_pretrained
 
