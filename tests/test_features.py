@@ -103,6 +103,51 @@ def test_extract_cli(tmp_path):
                  "--out", str(out)]) == 2
 
 
+def test_amp_autocast_dtypes():
+    model, imgs = Tiny(), _images()
+    ref = extract_features(model, imgs, flip=True)
+    for dtype in ("bf16", "fp16"):
+        out = extract_features(model, imgs, flip=True, amp=True, amp_dtype=dtype, device="cpu")
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, atol=5e-2, rtol=0)
+    with pytest.raises(ReIDError):
+        extract_features(model, imgs, amp=True, amp_dtype="int8")
+
+
+def test_extract_cli_onnx_matches_weights(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from reidkit.cli import main
+    from reidkit.export import export_model
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    cfg = ModelConfig(backbone="resnet18", pretrained=False)
+    weights = save_model(tmp_path / "m.pth", build_model(cfg, num_classes=3), cfg, 3, input_size=(32, 16))
+    onnx_file = export_model(weights, "onnx", tmp_path / "m.onnx")
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ["0001_c1s1_000001_00.jpg", "0002_c2s1_000002_00.jpg", "0003_c1s2_000003_00.png"]:
+        Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(folder / name)
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main(["extract", "--weights", str(weights), "--images", str(folder), "--out", str(a),
+                 "--device", "cpu"]) == 0
+    assert main(["extract", "--onnx", str(onnx_file), "--images", str(folder), "--out", str(b)]) == 0
+    with np.load(a) as za, np.load(b) as zb:
+        np.testing.assert_allclose(zb["features"], za["features"], atol=1e-4, rtol=0)
+        assert list(za["paths"]) == list(zb["paths"])
+        np.testing.assert_array_equal(za["camids"], zb["camids"])
+    # exactly one model source
+    with pytest.raises(SystemExit):
+        main(["extract", "--weights", str(weights), "--onnx", str(onnx_file), "--images", str(folder),
+              "--out", str(b)])
+    with pytest.raises(SystemExit):
+        main(["extract", "--images", str(folder), "--out", str(b)])
+    assert main(["extract", "--onnx", str(tmp_path / "missing.onnx"), "--images", str(folder),
+                 "--out", str(b)]) == 2
+    assert main(["extract", "--onnx", str(weights), "--images", str(folder), "--out", str(b)]) == 2
+
+
 def _records(pids, cams, tag):
     from reidkit.data.datasets import Record
 

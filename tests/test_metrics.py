@@ -97,6 +97,19 @@ def test_errors():
         evaluate_rank(np.zeros((2, 3)), [1], [1, 2, 3], [0, 0], [0, 0, 0])
     with pytest.raises(ReIDError):  # no valid query at all
         evaluate_rank(np.zeros((1, 2)), [5], [1, 2], [0], [0, 0])
+    with pytest.raises(ReIDError):  # NaN anywhere in a row
+        evaluate_rank(np.array([[0.1, np.nan, 0.3]]), [1], [1, 0, 0], [0], [1, 1, 1])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_and_chunks_agree_with_loop(threads):
+    data = market_like(num_q=50, num_g=300, ids=20, cams=3, distractors=30, seed=4)
+    d = np.round(data[0] * 50) / 50  # ties
+    ref = reference_evaluate_rank(d, *data[1:], max_rank=15)
+    fast = evaluate_rank(d, *data[1:], max_rank=15, chunk_size=4, num_threads=threads)
+    assert fast["mAP"] == pytest.approx(ref["mAP"], abs=1e-12)
+    assert fast["mINP"] == pytest.approx(ref["mINP"], abs=1e-12)
+    np.testing.assert_allclose(fast["cmc"], ref["cmc"], atol=1e-12)
 
 
 def test_distances_against_numpy():

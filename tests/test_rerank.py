@@ -72,6 +72,16 @@ def test_features_path_matches_dense(k1, k2):
     np.testing.assert_allclose(fast, dense, atol=1e-4)
 
 
+def test_features_path_small_chunks_many_compactions():
+    # small k and chunks: each row group's candidate pool is compacted many times mid-pass
+    qf, gf = _features(nq=60, ng=340, d=16, seed=2)
+    qg, qq, gg = (compute_distance(a, b) for a, b in ((qf, gf), (qf, qf), (gf, gf)))
+    dense = re_ranking(qg, qq, gg, k1=3, k2=2, lambda_value=0.3)
+    for chunk in (16, 64, 1000):
+        fast = re_ranking_features(qf, gf, k1=3, k2=2, lambda_value=0.3, chunk_size=chunk)
+        np.testing.assert_allclose(fast, dense, atol=1e-4)
+
+
 def test_lambda_one_is_normalised_original():
     qf, gf = _features()
     out = re_ranking_features(qf, gf, k1=5, k2=3, lambda_value=1.0)

@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "saved model, and write them with their paths (and camera ids / pids when the "
                     "file names parse, Market-style '0002_c1s1_000451_03.jpg') to an .npz file.",
     )
-    ext.add_argument("--weights", required=True, help="model file written by reidkit (save_model / training)")
+    src = ext.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="model file written by reidkit (save_model / training)")
+    src.add_argument("--onnx", help="ONNX file written by `reidkit export` (runs on onnxruntime, CPU)")
     ext.add_argument("--images", required=True, help="folder of image crops (searched recursively)")
     ext.add_argument("--out", required=True, help="output .npz (features, paths[, camids, pids])")
     ext.add_argument("--batch-size", type=int, default=256)
@@ -23,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="regex whose first group is the 1-based camera number in a file name")
     ext.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                      help="input size (default: the model's stored input size)")
-    ext.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    ext.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
+                     "always cpu with --onnx)")
+    ext.add_argument("--amp", action="store_true", help="autocast the model (torch weights only)")
+    ext.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16",
+                     help="autocast dtype with --amp (default bf16)")
     ext.set_defaults(func=_extract)
 
     vis = sub.add_parser(
@@ -94,15 +100,22 @@ def _extract(args: argparse.Namespace) -> int:
 
     from reidkit.errors import ReIDError
     from reidkit.evaluation.features import extract_features
-    from reidkit.models.build import load_model
+    from reidkit.export import load_feature_model
 
-    if not Path(args.weights).is_file():
-        raise ReIDError(f"--weights: {args.weights} is not a file")
+    if (args.onnx is None) == (args.weights is None):
+        raise ReIDError("extract: give exactly one of --weights and --onnx")
+    flag, source = ("--onnx", args.onnx) if args.onnx else ("--weights", args.weights)
+    if not Path(source).is_file():
+        raise ReIDError(f"{flag}: {source} is not a file")
+    if args.onnx and Path(source).suffix.lower() != ".onnx":
+        raise ReIDError(f"--onnx: {source} is not an .onnx file")
     paths = _list_images(args.images)
-    model = load_model(args.weights)
+    device = "cpu" if args.onnx else args.device
+    model = load_feature_model(args.onnx or args.weights)
     size = tuple(args.size) if args.size else tuple(getattr(model, "input_size", (256, 128)))
     feats = extract_features(model, paths, batch_size=args.batch_size, flip=not args.no_flip,
-                             device=args.device, size=size)
+                             device=device, size=size, amp=args.amp and not args.onnx,
+                             amp_dtype=args.amp_dtype)
     camids, pids = parse_names(paths, args.cam_regex)
     payload = {"features": feats.numpy().astype(np.float32), "paths": np.asarray(paths)}
     if camids is not None:

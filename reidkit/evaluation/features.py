@@ -89,10 +89,20 @@ def extract_features(
     normalize: bool = True,
     amp: bool = False,
     neck_feat: str | None = None,
+    amp_dtype: str = "bf16",
 ) -> torch.Tensor:
-    """N x D float32 CPU features of uint8 NHWC images or image paths (flip TTA, L2-normalised)."""
+    """N x D float32 CPU features of uint8 NHWC images or image paths (flip TTA, L2-normalised).
+
+    ``amp=True`` runs the model under ``torch.autocast`` on the extraction device (CUDA or CPU)
+    in ``amp_dtype``: "bf16" (the default, on both; it keeps float32's range, so no overflow in
+    un-normalised features) or "fp16". Features come back as float32 either way. Models that are
+    not torch modules (an ONNX session) are unaffected by autocast.
+    """
     if batch_size < 1:
         raise ReIDError(f"batch_size: expected a positive integer, got {batch_size}")
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp_dtype not in dtypes:
+        raise ReIDError(f"amp_dtype: expected 'bf16' or 'fp16', got {amp_dtype!r}")
     if size is None and isinstance(images, (list, tuple)):
         size = tuple(getattr(model, "input_size", (256, 128)))
     imgs = _as_images(images, size)
@@ -106,8 +116,7 @@ def extract_features(
     model_dev = next(iter(model.parameters()), torch.empty(0)).device
     if model_dev != dev:
         model.to(dev)
-    autocast = (torch.autocast(device_type=dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16)
-                if amp else contextlib.nullcontext())
+    autocast = torch.autocast(device_type=dev.type, dtype=dtypes[amp_dtype]) if amp else contextlib.nullcontext()
     feats = []
     try:
         with _neck_feat(model, neck_feat), autocast:
