@@ -3,7 +3,8 @@
 Each epoch (an ignite ``Engine`` epoch of ``usl.iters_per_epoch`` iterations):
 
 1. extract features of the cached training images (eval mode, no flip, as the originals);
-2. k-reciprocal Jaccard distance + DBSCAN pseudo labels (``reidkit.cluster``); outliers dropped
+2. k-reciprocal Jaccard distance (on camera-centred features with ``usl.camera_norm``) + DBSCAN
+   pseudo labels (``reidkit.cluster``); outliers dropped
    (or kept as one noise class / singletons, ``usl.outliers``);
 3. method-specific state: a cluster / hybrid / instance memory initialised from the normalised
    cluster centroids (cluster contrast, HHCL), per-space labels (SSG: global, upper half, lower
@@ -64,6 +65,10 @@ class UnsupervisedConfig:
     fix_eps: bool = True  # SSG: eps from the rho rule is computed once, at the first round
     min_samples: int = 4
     outliers: Literal["drop", "noise", "singleton"] = "drop"
+    # Camera-aware clustering: subtract each camera's mean feature (and re-normalise) before the
+    # Jaccard distance, so that a camera's style does not make its own clusters. Uses the camera
+    # ids of the records (metadata, not identities); the memory and the loss see the raw features.
+    camera_norm: bool = False
     # contrastive memory (cluster contrast: cluster; HHCL: hybrid; SpCL-style: instance)
     memory: Literal["cluster", "hybrid", "instance"] = "cluster"
     memory_update: Literal["mean", "hard"] = "mean"
@@ -372,6 +377,9 @@ class ClusterTrainer:
         self.images = imgs if valid.all() else np.ascontiguousarray(imgs[valid])
         # Only for cluster_report: never reaches the loss.
         self.true_labels, _ = train_labels(self.records)
+        # one id per (dataset, camera): cameras of different datasets are different cameras
+        self.camids = np.unique([(r.dataset, r.camid) for r in self.records], axis=0, return_inverse=True)[1]
+        self.camids = np.asarray(self.camids, dtype=np.int64).ravel()
         self.dataset_name = cfg.data.datasets[0].name
         self.source_images: np.ndarray | None = None
         if self.usl.use_source:
@@ -477,11 +485,22 @@ class ClusterTrainer:
             out.append((2.0 - 2.0 * sims.topk(k, dim=1).values).mean(1))
         return torch.cat(out).numpy().astype(np.float64)
 
+    def _camera_centred(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features minus their camera's mean feature, L2-normalised (``usl.camera_norm``)."""
+        cams = torch.as_tensor(self.camids, dtype=torch.long)
+        n_cams = int(cams.max()) + 1
+        sums = torch.zeros(n_cams, feats.shape[1], dtype=feats.dtype).index_add_(0, cams, feats)
+        counts = torch.bincount(cams, minlength=n_cams).clamp(min=1).to(feats.dtype)
+        return F.normalize(feats - (sums / counts[:, None])[cams], dim=1)
+
     def _cluster_space(self, name: str, feats: torch.Tensor, outliers: str) -> tuple[np.ndarray, float]:
         """Pseudo labels of one space (and the eps used)."""
         from reidkit.cluster import jaccard_distance, pseudo_labels
 
         usl = self.usl
+        raw = feats
+        if usl.camera_norm:
+            feats = self._camera_centred(feats)
         eps = resolve_eps(usl, self.dataset_name)
         if eps is None and usl.fix_eps and name in self.fixed_eps:
             eps = self.fixed_eps[name]
@@ -491,7 +510,7 @@ class ClusterTrainer:
         if usl.use_source and usl.source_lambda > 0:
             dist = jaccard_distance(feats, usl.k1, usl.k2, search=usl.search,
                                     include_self_in_k1=usl.include_self_in_k1).tocoo()
-            ds = self._source_term(feats)
+            ds = self._source_term(raw)
             lam = usl.source_lambda
             vals = (1.0 - lam) * dist.data + lam * (ds[dist.row] + ds[dist.col])
             vals[dist.row == dist.col] = 0.0
