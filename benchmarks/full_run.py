@@ -7,7 +7,7 @@ Phases, each timed and recorded in ``<out>/full_run.json`` (all files stay under
 1. generate: 1,501 synthetic identities at 256x128 (751 train ids, train split trimmed to 12,936
    images, as Market1501); reused when present.
 2. train: ``reidkit.train("bot_r50", ...)`` (engine Python API) in a child process with
-   ``resume=True``. With ``--max-seconds`` the child is stopped at the deadline and the command
+   ``resume=auto``. With ``--max-seconds`` the child is stopped at the deadline and the command
    exits with status 3: run the same command again and training resumes from ``last.pt``
    (saved every epoch); the train time counts each invocation up to its last saved checkpoint.
    Decoding into the uint8 cache happens inside the trainer and is part of the train time.
@@ -49,11 +49,11 @@ def overrides(p: dict[str, Any]) -> dict[str, Any]:
     """Engine overrides: the recipe as is, except data location, device, precision and size knobs."""
     ov: dict[str, Any] = {
         "output_dir": p["train_dir"], "device": p["device"], "seed": p["seed"],
-        # The engine refuses resume=true without a checkpoint: resume only a started run.
-        "resume": (Path(p["train_dir"]) / "last.pt").exists(),
+        "resume": "auto",  # a run stopped at --max-seconds continues; a new one starts fresh
         "compile": bool(p["compile"]),
         "data": {"datasets": [{"name": "market1501", "root": p["root"]}], "size": p["size"],
-                 "loader": p["loader"], "num_workers": p["num_workers"], "cache_dir": p["cache_dir"]},
+                 "loader": p["loader"], "num_workers": p["num_workers"], "cache_dir": p["cache_dir"],
+                 "channels_last": p["device"] != "cpu"},
         "model": {"backbone": p["backbone"], "pretrained": p["pretrained"]},
         "solver": {"amp": p["amp"], "eval_period": p["eval_period"]},
         "sampler": {"p": p["p"], "k": p["k"]},

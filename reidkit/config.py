@@ -49,6 +49,8 @@ class DataConfig:
     cache_dir: str | None = None
     loader: Literal["cached", "pil"] = "cached"
     num_workers: int = 4
+    # NHWC activations: faster convolutions with bf16 on GPUs (the model and batches both switch).
+    channels_last: bool = False
 
 
 @dataclass
@@ -138,7 +140,8 @@ class Config:
     output_dir: str = "outputs/run"
     seed: int = 0
     device: str = "auto"
-    # true: continue from <output_dir>/last.pt; a string: that checkpoint file.
+    # true: continue from <output_dir>/last.pt; "auto": the same when it exists, else start fresh;
+    # any other string: that checkpoint file.
     resume: bool | str = False
     compile: bool = False
 

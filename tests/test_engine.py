@@ -20,15 +20,6 @@ from reidkit.errors import ReIDError
 SYN = {"ids": 16, "images_per_id": 8, "cams": 3, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine is shared: one intra-op thread avoids oversubscription stalls. Module
-    # scope, so every run here (fixtures included) uses the same thread count: CPU results are
-    # bit-identical only for the same number of threads.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +165,17 @@ def test_resume_reaches_the_uninterrupted_result(work: Path, full_run: Path, one
 def test_resume_without_checkpoint_is_a_clear_error(work: Path):
     with pytest.raises(ReIDError, match="no checkpoint at .*last.pt"):
         Trainer(tiny_cfg(work, "nothing_here", resume=True)).fit()
+
+
+def test_resume_auto_starts_fresh_then_continues(work: Path):
+    cfg = tiny_cfg(work, "auto", resume="auto", solver__max_epochs=1, sampler__epoch_batches=1)
+    cfg["data"]["val"] = []
+    Trainer(cfg).fit()  # no last.pt yet: a fresh run, not an error
+    assert "resumed from" not in (work / "auto" / "train.log").read_text()
+    cfg["solver"]["max_epochs"] = 2
+    Trainer(cfg).fit()
+    assert "resumed from" in (work / "auto" / "train.log").read_text()
+    assert torch.load(work / "auto" / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
 
 
 # ----------------------------------------------------------------------------- NaN guard
@@ -323,6 +325,15 @@ def test_ablate_plans_recipes_and_cartesian_grids():
     ladder = plan_runs(recipes=["baseline_r50", "trick1_warmup"], overrides=["solver.max_epochs=1"])
     assert [r["config"] for r in ladder] == ["baseline_r50", "trick1_warmup"]
     assert all(r["overrides"] == ["solver.max_epochs=1"] for r in ladder)
+
+
+def test_channels_last_switch_trains(work: Path):
+    cfg = tiny_cfg(work, "nhwc", solver__max_epochs=1, sampler__epoch_batches=1)
+    cfg["data"].update(channels_last=True, val=[])
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert trainer.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert (work / "nhwc" / "last.pt").is_file()
 
 
 def test_pil_loader_and_camera_sampler_train(work: Path):

@@ -10,13 +10,6 @@ import torch
 from reidkit.errors import ReIDError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is many times faster than two competing ones.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -312,12 +312,13 @@ class Trainer:
             self.sampler = build_sampler(cfg, self.train_records, labels, self.rank, self.world_size)
             self.loader = pipeline.CachedBatchLoader(
                 cache, labels, self.sampler, BatchAugment(**aug_kwargs), device=self.device, seed=aug_seed,
+                channels_last=cfg.data.channels_last,
             )
         else:
             self.sampler = build_sampler(cfg, self.train_records, labels, self.rank, self.world_size)
             self.loader = pipeline.PILBatchLoader(
                 paths, labels, self.sampler, aug_kwargs, num_workers=cfg.data.num_workers,
-                device=self.device, seed=aug_seed,
+                device=self.device, seed=aug_seed, channels_last=cfg.data.channels_last,
             )
         self.epoch_length = len(self.sampler)
 
@@ -327,6 +328,8 @@ class Trainer:
 
         cfg = self.cfg
         self.net = build_model(cfg.model, self.num_classes).to(self.device)
+        if cfg.data.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.mean = list(cfg.input.mean) if cfg.input.mean is not None else list(self.net.mean)
         self.std = list(cfg.input.std) if cfg.input.std is not None else list(self.net.std)
         # The saved model carries the normalisation it was trained with.
@@ -624,6 +627,9 @@ class Trainer:
         r = self.cfg.resume
         if r is False or r == "":
             return None
+        if r == "auto":
+            path = self.out / "last.pt"
+            return path if path.is_file() else None
         path = self.out / "last.pt" if r is True else Path(str(r))
         if not path.is_file():
             raise ReIDError(f"resume: no checkpoint at {path}; train without resume=true first")
