@@ -14,7 +14,7 @@ _LAZY = {
     "load_datasets": "reidkit.data.datasets",
     "build_backbone": "reidkit.models.backbones",
     "build_model": "reidkit.models.build",
-    "evaluate": "reidkit.evaluation.evaluate",
+    "evaluate": "reidkit.evaluation.evaluator",
     "evaluate_rank": "reidkit.evaluation.metrics",
     "re_ranking": "reidkit.evaluation.rerank",
     "load_config": "reidkit.config",

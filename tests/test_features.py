@@ -155,7 +155,7 @@ def _records(pids, cams, tag):
 
 
 def test_evaluate_from_features_writes_metrics(tmp_path):
-    from reidkit.evaluation.evaluate import evaluate
+    from reidkit.evaluation.evaluator import evaluate
 
     ds = SimpleNamespace(name="toy", query=_records([1, 2], [0, 0], "q"),
                          gallery=_records([2, 1, 0, 1], [1, 1, 1, 1], "g"))

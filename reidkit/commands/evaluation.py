@@ -165,7 +165,7 @@ def _visrank(args: argparse.Namespace) -> int:
     from reidkit.data.datasets import load_dataset, parse_options
     from reidkit.errors import ReIDError
     from reidkit.evaluation.distance import compute_distance
-    from reidkit.evaluation.evaluate import summarize
+    from reidkit.evaluation.evaluator import summarize
     from reidkit.evaluation.metrics import evaluate_rank
     from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
 

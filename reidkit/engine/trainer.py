@@ -786,7 +786,7 @@ def evaluate_sets(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate `net` on each prepared set with the ``cfg.test`` settings: ``{"datasets", "mean"}`` (percent)."""
-    from reidkit.evaluation.evaluate import evaluate
+    from reidkit.evaluation.evaluator import evaluate
 
     t = cfg.test
     per: dict[str, dict[str, float]] = {}

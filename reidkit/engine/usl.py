@@ -245,7 +245,7 @@ def evaluate_prepared(
 ) -> dict[str, Any]:
     """mAP / rank-k / mINP / score (percent) per prepared set and their mean, with ``cfg.test``."""
     from reidkit.engine.trainer import METRIC_KEYS
-    from reidkit.evaluation.evaluate import evaluate
+    from reidkit.evaluation.evaluator import evaluate
     from reidkit.evaluation.features import extract_features
 
     t = cfg.test

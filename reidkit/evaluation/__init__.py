@@ -15,7 +15,7 @@ _LAZY = {
     "re_ranking": "reidkit.evaluation.rerank",
     "re_ranking_features": "reidkit.evaluation.rerank",
     "extract_features": "reidkit.evaluation.features",
-    "evaluate": "reidkit.evaluation.evaluate",
+    "evaluate": "reidkit.evaluation.evaluator",
     "visualize_ranked": "reidkit.evaluation.visualize",
     "plot_cmc": "reidkit.evaluation.visualize",
     "plot_distance_hist": "reidkit.evaluation.visualize",
