@@ -353,12 +353,15 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict, values parsed as YAML."""
     out: dict[str, Any] = {}
     for key, value in parse_overrides_flat(list(items)):
-        set_dotted_merge(out, key, value)
+        set_dotted(out, key, value, merge=True)
     return out
 
 
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``tree[a][b][c] = value`` for key "a.b.c", creating dicts (or indexing lists) on the way."""
+def set_dotted(tree: dict[str, Any], key: str, value: Any, merge: bool = False) -> None:
+    """Set ``tree[a][b][c] = value`` for key "a.b.c", creating dicts (or indexing lists) on the way.
+
+    With ``merge``, a dict value merges into an existing dict instead of replacing it.
+    """
     parts = key.split(".")
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
@@ -373,6 +376,8 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     last = parts[-1]
     if isinstance(node, list):
         node[_list_index(node, last, parts)] = value
+    elif merge and isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = deep_merge(node[last], value)
     else:
         node[last] = value
 
@@ -455,7 +460,7 @@ def _apply_list_overrides(tree: dict[str, Any], items: list[str]) -> dict[str, A
     # against the already-merged tree.
     out = _plain(tree)
     for key, value in parse_overrides_flat(items):
-        set_dotted_merge(out, key, value)
+        set_dotted(out, key, value, merge=True)
     return out
 
 
@@ -475,26 +480,6 @@ def parse_overrides_flat(items: list[str]) -> list[tuple[str, Any]]:
             value = raw
         out.append((key, value))
     return out
-
-
-def set_dotted_merge(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Like :func:`set_dotted`, but a dict value merges into an existing dict."""
-    parts = key.split(".")
-    node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            node = node[_list_index(node, part, parts[: i + 1])]
-            continue
-        if not isinstance(node.get(part), (dict, list)):
-            node[part] = {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, parts)] = value
-    elif isinstance(value, dict) and isinstance(node.get(last), dict):
-        node[last] = deep_merge(node[last], value)
-    else:
-        node[last] = value
 
 
 def validate(cfg: Config) -> None:
