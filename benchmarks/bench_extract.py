@@ -11,16 +11,14 @@ decodes every time it extracts. No flip TTA on either side (the bot_r50 recipe's
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_train import children_peak_rss_mb, gpu_peak_mb, recipe_config, sync, vm_hwm_mb
+from benchmarks.bench_train import recipe_config, sync
+from benchmarks.common import children_peak_rss_mb, gpu_peak_mb, vm_hwm_mb, worker_main
 
 
 def eval_paths(root: str) -> list[str]:
@@ -111,8 +109,8 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     return {
         "mode": p["mode"], "images_per_s": statistics.median(rates), "rates": rates, "images": len(paths),
         "batch": batch, "size": list(size), "backbone": p.get("backbone", "resnet50"), "device": str(device),
-        # extract_features' amp is fp16 on CUDA (bf16 on CPU); the reference is plain fp32.
-        "amp": ("fp16" if device.type == "cuda" else "bf16") if amp else "fp32",
+        # extract_features autocasts in bf16 (its amp_dtype default); the reference is plain fp32.
+        "amp": "bf16" if amp else "fp32",
         "num_workers": None if fast else p["num_workers"], "repeats": p["repeats"],
         "peak_rss_mb": vm_hwm_mb(), "peak_rss_worker_mb": None if fast else children_peak_rss_mb(),
         "peak_gpu_mb": gpu_peak_mb(device), **extra,
@@ -121,11 +119,7 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Worker entry: measure one side and print its result as the last JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", required=True, help="JSON dict of parameters (see measure)")
-    args = ap.parse_args(argv)
-    print(json.dumps(measure(json.loads(args.params)), default=float))
-    sys.stdout.flush()
+    worker_main(measure, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -17,17 +17,16 @@ Warm-up iterations are excluded; the figure is the median images/s over ``repeat
 """
 from __future__ import annotations
 
-import argparse
 import json
-import resource
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from benchmarks.common import children_peak_rss_mb, gpu_peak_mb, vm_hwm_mb, worker_main
 
 RECIPE = "bot_r50"
 MARKET_TRAIN_IMAGES = 12936  # Market1501 bounding_box_train
@@ -65,27 +64,6 @@ def train_split(root: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- measurement helpers
-def vm_hwm_mb() -> float:
-    """Peak RSS of this process in MiB (VmHWM)."""
-    from benchmarks.common import vm_hwm_mb as hwm
-
-    return hwm()
-
-
-def children_peak_rss_mb() -> float:
-    """Largest peak RSS among finished child processes (DataLoader workers), in MiB."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-
-
-def gpu_peak_mb(device: Any) -> float | None:
-    """torch.cuda.max_memory_allocated in MiB, or None off CUDA."""
-    import torch
-
-    if getattr(device, "type", str(device)) != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
 def sync(device: Any) -> None:
     """Wait for queued device work so wall-clock windows measure it."""
     import torch
@@ -219,11 +197,7 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Worker entry: measure one side and print its result as the last JSON line."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", required=True, help="JSON dict of parameters (see measure)")
-    args = ap.parse_args(argv)
-    print(json.dumps(measure(json.loads(args.params)), default=float))
-    sys.stdout.flush()
+    worker_main(measure, argv, __doc__.splitlines()[0])
 
 
 __all__ = ["prepare_synthetic", "train_split", "measure", "windows", "recipe_config", "MARKET_TRAIN_IMAGES",

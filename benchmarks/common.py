@@ -40,6 +40,20 @@ def vm_hwm_mb() -> float:
     return peak_rss_mb()
 
 
+def children_peak_rss_mb() -> float:
+    """Largest peak RSS among finished child processes (DataLoader workers), in MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def gpu_peak_mb(device: Any) -> float | None:
+    """torch.cuda.max_memory_allocated in MiB, or None off CUDA."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def run_isolated(module: str, args: list[str], timeout: float | None = None) -> dict:
     """Run `python -m module args...` in a fresh process; it must print one JSON line last.
 
@@ -78,3 +92,14 @@ def write_result(name: str, payload: dict) -> Path:
     payload = {"benchmark": name, "machine": machine_info(), **payload}
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
+
+
+def worker_main(measure: Callable[[dict], dict], argv: list[str] | None, description: str) -> None:
+    """Entry of a measurement worker: run ``measure(params)`` and print its result as the last JSON line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--params", required=True, help="JSON dict of parameters (see measure)")
+    args = ap.parse_args(argv)
+    print(json.dumps(measure(json.loads(args.params)), default=float))
+    sys.stdout.flush()

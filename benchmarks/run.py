@@ -117,7 +117,8 @@ def work_eval(p: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from benchmarks.bench_eval import market_like
-    from benchmarks.bench_train import gpu_peak_mb, sync, vm_hwm_mb
+    from benchmarks.bench_train import sync
+    from benchmarks.common import gpu_peak_mb, vm_hwm_mb
     from reidkit.evaluation.distance import compute_distance
     from reidkit.evaluation.metrics import evaluate_rank
 
@@ -140,7 +141,8 @@ def work_rerank(p: dict[str, Any]) -> dict[str, Any]:
     """k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) from features, on the device."""
     import torch
 
-    from benchmarks.bench_train import gpu_peak_mb, sync, vm_hwm_mb
+    from benchmarks.bench_train import sync
+    from benchmarks.common import gpu_peak_mb, vm_hwm_mb
     from reidkit.evaluation.rerank import re_ranking_features
 
     dev = torch.device(p["device"])
@@ -156,7 +158,8 @@ def work_cluster(p: dict[str, Any]) -> dict[str, Any]:
     """Sparse Jaccard distance (k1=30, k2=6) + DBSCAN pseudo labels at train-set scale."""
     import torch
 
-    from benchmarks.bench_train import gpu_peak_mb, sync, vm_hwm_mb
+    from benchmarks.bench_train import sync
+    from benchmarks.common import gpu_peak_mb, vm_hwm_mb
     from reidkit.cluster import jaccard_distance, pseudo_labels
 
     dev = torch.device(p["device"])

@@ -1,8 +1,7 @@
 """reidkit: person re-identification, end to end."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reidkit._lazy import lazy_getattr
 
 from reidkit.errors import ReIDError
 
@@ -25,7 +24,4 @@ _LAZY = {
 __all__ = ["ReIDError", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'reidkit' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -5,8 +5,7 @@ stays cheap.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reidkit._lazy import lazy_getattr
 
 _LAZY = {
     "evaluate_rank": "reidkit.evaluation.metrics",
@@ -24,7 +23,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'reidkit.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,8 +1,7 @@
 """Models: backbones, heads, MGN and model assembly (names resolved lazily to keep imports light)."""
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reidkit._lazy import lazy_getattr
 
 _LAZY = {
     "build_backbone": "reidkit.models.backbones",
@@ -25,8 +24,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy so that importing reidkit.models.backbones does not pull in the heads and vice versa.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'reidkit.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -4,8 +4,7 @@
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from reidkit._lazy import lazy_getattr
 
 _LAZY = {
     "Gallery": "reidkit.retrieval.index",
@@ -19,7 +18,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'reidkit.retrieval' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
