@@ -114,9 +114,10 @@ def test_train_writes_every_output(full_run: Path):
     assert lrs == pytest.approx([3.5e-5, 3.5e-5, 3.5e-4, 3.5e-4])
 
     ckpt = torch.load(full_run / "last.pt", map_location="cpu", weights_only=False)
-    for key in ["model", "optimizer", "center_optimizer", "scheduler", "sampler", "rng", "epoch", "best_score",
+    for key in ["model", "optim", "optimizer", "scheduler", "sampler", "rng", "epoch", "best_score",
                 "model_cfg", "num_classes", "input_size"]:
         assert key in ckpt, key
+    assert len(ckpt["optim"]["extras"]) == 1  # the center loss's own SGD
     assert ckpt["epoch"] == 2 and ckpt["input_size"] == [64, 32]
     from reidkit.models.build import load_model
 
@@ -131,14 +132,31 @@ def test_test_command_reevaluates_weights(full_run: Path, capsys):
     assert code == 0
     again = json.loads((out / "metrics.json").read_text())
     trained = json.loads((full_run / "metrics.json").read_text())
-    # model.pt is the final model: the same numbers as the final validation of training.
-    assert again["datasets"]["synthetic"]["mAP"] == pytest.approx(trained["datasets"]["synthetic"]["mAP"], abs=1e-6)
+    # model.pt holds the best validated weights: the same numbers as that epoch's validation.
+    best = next(h for h in trained["history"] if h["epoch"] == trained["best"]["epoch"])
+    assert trained["final_weights"]["weights"] == "best"
+    assert trained["final_weights"]["epoch"] == trained["best"]["epoch"]
+    assert again["datasets"]["synthetic"]["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
     assert "synthetic" in capsys.readouterr().out
+    assert "model.pt = the best validated weights" in (full_run / "train.log").read_text()
     from reidkit.engine.api import test as api_test
 
     rr = api_test(full_run / "config.yaml", full_run / "model.pt", out_dir=out / "rr",
                                  overrides=["test.rerank=true"])
     assert rr["rerank"] is True and 0 < rr["datasets"]["synthetic"]["mAP"] <= 100
+
+
+def test_test_without_out_keeps_the_training_metrics(full_run: Path, tmp_path: Path):
+    # `reidkit test` on a run writes <output_dir>/test/metrics.json, never over the run's own file.
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    before = (run / "metrics.json").read_bytes()
+    cfg = load_config(run / "config.yaml", [f"output_dir={run}"])
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg.to_yaml(cfg_path)
+    assert cli_main(["test", "--config", str(cfg_path), "--weights", str(run / "model.pt")]) == 0
+    assert (run / "metrics.json").read_bytes() == before
+    assert json.loads((run / "test" / "metrics.json").read_text())["weights"].endswith("model.pt")
 
 
 # ----------------------------------------------------------------------------- resume
@@ -263,7 +281,7 @@ def test_center_loss_has_its_own_sgd_with_rescaled_gradient(work: Path):
     class _Engine:
         state = _State()
 
-    trainer._step(_Engine(), (images, labels, None))
+    trainer._process(_Engine(), (images, labels, None))
     assert torch.allclose(centers.detach(), c0 - 0.5 * grad, atol=1e-5)
     trainer.close()
 

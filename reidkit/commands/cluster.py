@@ -54,10 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _usl(args: argparse.Namespace) -> int:
+    from reidkit.engine.handlers import console_logging
     from reidkit.engine.usl import ClusterTrainer, load_usl_config
 
     cfg = load_usl_config(args.config, list(args.overrides))
-    result = ClusterTrainer(cfg).fit()
+    trainer = ClusterTrainer(cfg)
+    if trainer.is_main:
+        console_logging()
+    result = trainer.fit()
+    if not trainer.is_main:  # under torchrun only rank 0 reports
+        return 0
     for name, m in (result.get("datasets") or {}).items():
         print(f"{name}: mAP {m['mAP']:.1f} rank-1 {m['rank1']:.1f} rank-5 {m['rank5']:.1f} mINP {m['mINP']:.1f}")
     if result.get("clusters"):

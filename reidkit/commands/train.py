@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("test", help="evaluate saved weights on the config's validation sets")
     p.add_argument("--config", "-c", required=True, help="recipe file or packaged recipe name")
     p.add_argument("--weights", "-w", required=True, help="model.pt / best.pt / last.pt")
-    p.add_argument("--out", default=None, help="folder for metrics.json (default: the config's output_dir)")
+    p.add_argument("--out", default=None, help="folder for metrics.json (default: <output_dir>/test; the run's own metrics.json is never replaced)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (e.g. test.rerank=true test.flip=true)")
     p.set_defaults(func=_test)
 
@@ -53,7 +53,7 @@ def _split_overrides(items: list[str] | None) -> tuple[list[str], list[str]]:
 def _train(args: argparse.Namespace) -> int:
     from reidkit.config import load_config
     from reidkit.engine.api import Trainer
-    from reidkit.engine.trainer import console_logging
+    from reidkit.engine.handlers import console_logging
 
     cfg = load_config(args.config, list(args.overrides))
     trainer = Trainer(cfg)
@@ -76,7 +76,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def _ablate(args: argparse.Namespace) -> int:
     from reidkit.engine.ablate import format_table, run_ablation
-    from reidkit.engine.trainer import console_logging
+    from reidkit.engine.handlers import console_logging
 
     console_logging(show_iterations=False)
 
@@ -92,7 +92,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from reidkit.engine.demo import run_demo
-    from reidkit.engine.trainer import console_logging
+    from reidkit.engine.handlers import console_logging
 
     console_logging(show_iterations=False)
     run_demo(args.out, overrides=list(args.overrides))

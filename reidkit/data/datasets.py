@@ -19,7 +19,9 @@ import numpy as np
 
 from reidkit.errors import ReIDError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+from reidkit.registry import Registry
+from reidkit.utils.io import IMAGE_EXTENSIONS
+
 SPLITS = ("train", "query", "gallery")
 
 
@@ -728,22 +730,23 @@ def _parse_size(size: str | Sequence[int]) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- registry
 
-DATASETS: dict[str, Callable[..., ReIDDataset]] = {
-    "market1501": load_market1501,
-    "dukemtmc": load_dukemtmc,
-    "msmt17": load_msmt17,
-    "cuhk03": load_cuhk03,
-    "folder": load_folder,
-    "csv": load_csv,
-    "synthetic": load_synthetic,
-}
+# A loader is ``loader(root, *, option=default, ...) -> ReIDDataset``; its keyword-only options
+# (with their defaults) are what `reidkit data list` shows and what `load_dataset` accepts.
+DATASETS: Registry[Callable[..., ReIDDataset]] = Registry("dataset", "data.datasets[].name")
+for _name, _fn in (("market1501", load_market1501), ("dukemtmc", load_dukemtmc), ("msmt17", load_msmt17),
+                   ("cuhk03", load_cuhk03), ("folder", load_folder), ("csv", load_csv),
+                   ("synthetic", load_synthetic)):
+    DATASETS.register(_name, _fn)
+
+
+def register_dataset(name: str, loader: Callable[..., ReIDDataset] | None = None, *, overwrite: bool = False) -> Any:
+    """Register a dataset loader ``loader(root, *, options...) -> ReIDDataset`` (decorator or call)."""
+    return DATASETS.register(str(name).strip().lower(), loader, overwrite=overwrite)
 
 
 def _loader(name: str) -> tuple[str, Callable[..., ReIDDataset]]:
     key = str(name).strip().lower()
-    if key not in DATASETS:
-        raise ReIDError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    return key, DATASETS[key]
+    return key, DATASETS.get(key)
 
 
 def dataset_options(name: str) -> dict[str, Any]:

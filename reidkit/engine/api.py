@@ -1,21 +1,17 @@
-"""Python API of the training engine: ``reidkit.train(cfg, **overrides)`` and ``reidkit.Trainer``."""
+"""Python API of the training engine: ``reidkit.train``, ``reidkit.train_usl``, ``reidkit.test``, the trainers."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 from reidkit.config import Config, load_config
-from reidkit.engine.trainer import (
-    Trainer,
-    evaluate_sets,
-    load_training_data,
-    prepare_val_sets,
-    resolve_device,
-    write_json,
-)
+from reidkit.engine.supervised import SupervisedTrainer
+from reidkit.engine.usl import ClusterTrainer, train_usl
 from reidkit.errors import ReIDError
 
-__all__ = ["Trainer", "train", "test"]
+Trainer = SupervisedTrainer
+
+__all__ = ["ClusterTrainer", "SupervisedTrainer", "Trainer", "test", "train", "train_usl"]
 
 
 def train(cfg_or_path: Config | str | Path | dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -24,7 +20,7 @@ def train(cfg_or_path: Config | str | Path | dict[str, Any], **overrides: Any) -
     Overrides are keyword arguments: ``solver__base_lr=1e-4`` (``__`` for the dots) or whole
     sections as dicts (``solver={"max_epochs": 5}``).
     """
-    return Trainer(cfg_or_path, **overrides).fit()
+    return SupervisedTrainer(cfg_or_path, **overrides).fit()
 
 
 def test(
@@ -35,15 +31,19 @@ def test(
 ) -> dict[str, Any]:
     """Evaluate saved weights on the config's validation sets with its ``test.*`` settings.
 
-    Writes ``metrics.json`` (per dataset and mean) into `out_dir` (default: the config's
-    ``output_dir``) and returns the same dict.
+    Writes ``metrics.json`` (per dataset and mean) into `out_dir` (default: ``<output_dir>/test``,
+    never over the training run's own metrics.json) and returns the same dict.
     """
+    from reidkit.engine.data import load_training_data
+    from reidkit.engine.validation import evaluate_sets, prepare_val_sets
     from reidkit.models.build import load_model
+    from reidkit.utils.io import write_json
+    from reidkit.utils.runtime import resolve_device
 
     cfg = load_config(cfg_or_path, overrides)
     device = resolve_device(cfg.device)
     model = load_model(weights, device=device)
-    _, val_sets = load_training_data(cfg)
+    _, val_sets = load_training_data(cfg.data)
     if not val_sets:
         raise ReIDError("test: no validation datasets (data.val is empty); name datasets with a query/gallery split")
     # The checkpoint knows its input size and normalisation; explicit input.mean/std win.
@@ -52,10 +52,13 @@ def test(
         model.mean = list(cfg.input.mean)
     if cfg.input.std is not None:
         model.std = list(cfg.input.std)
-    out = Path(out_dir if out_dir is not None else cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "test"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"test: cannot create the output folder {out} ({exc.strerror})") from None
     prepared = prepare_val_sets(val_sets, (size[0], size[1]), cfg.data.cache_dir)
-    result = evaluate_sets(model, prepared, cfg, device, out_dir=out)
+    result = evaluate_sets(model, prepared, cfg.test, device, out_dir=out)
     result = {"weights": str(weights), "rerank": cfg.test.rerank, "flip": cfg.test.flip, **result}
     write_json(out / "metrics.json", result)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -11,11 +12,12 @@ from pathlib import Path
 from torch import nn
 
 from reidkit.errors import ReIDError
+from reidkit.registry import Registry
 from reidkit.models.backbones import efficientnet, mobilenet
 from reidkit.models.backbones.resnet import build_resnet, spec
 from reidkit.models.pretrained import LoadReport, WeightsConfig, is_url, load_pretrained
 
-__all__ = ["BACKBONES", "BackboneEntry", "build_backbone", "list_backbones"]
+__all__ = ["BACKBONES", "BackboneEntry", "build_backbone", "list_backbones", "register_backbone"]
 
 _TV = "https://download.pytorch.org/models/"
 _IBN = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
@@ -70,7 +72,7 @@ def _r(depth: int, **kw) -> Callable[..., nn.Module]:
 # One line per name. No default weights for: se_* without IBN-a (the public SE-ResNet releases
 # use the Cadene layout with the stride in conv1, a different network), the IBN-b + SE combinations,
 # and the 32x8d IBN/SE ResNeXts (IBN-Net released only a 32x4d ResNeXt); pass a local file for those.
-BACKBONES: dict[str, BackboneEntry] = {
+_BUILTIN: dict[str, BackboneEntry] = {
     "resnet18": BackboneEntry(_r(18), _tv("resnet18-f37072fd.pth")),
     "resnet34": BackboneEntry(_r(34), _tv("resnet34-b627a593.pth")),
     "resnet50": BackboneEntry(_r(50), _tv("resnet50-0676ba61.pth")),
@@ -95,6 +97,25 @@ BACKBONES: dict[str, BackboneEntry] = {
 }
 
 
+BACKBONES: Registry[BackboneEntry] = Registry("backbone", "model.backbone")
+for _name, _entry in _BUILTIN.items():
+    BACKBONES.register(_name, _entry)
+
+
+def register_backbone(name: str, builder: Callable[..., nn.Module] | None = None,
+                      weights: WeightsConfig | None = None, *, overwrite: bool = False) -> Any:
+    """Register a backbone builder ``builder(last_stride=1, **options) -> nn.Module`` (decorator or call).
+
+    The module needs ``forward_features(x) -> B x C x h x w`` and ``out_channels``; ``mean``/``std``
+    are the input normalisation its weights expect (ImageNet's when absent).
+    """
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        BACKBONES.register(name, BackboneEntry(fn, weights), overwrite=overwrite)
+        return fn
+
+    return add if builder is None else add(builder)
+
+
 def list_backbones() -> list[str]:
     """Names of all registered backbones."""
     return list(BACKBONES)
@@ -103,8 +124,6 @@ def list_backbones() -> list[str]:
 def build_backbone(name: str, pretrained: bool | str | os.PathLike = False, last_stride: int = 1) -> nn.Module:
     """Build a registered backbone; `pretrained` is False, True (the entry's default weights) or a path/URL."""
     entry = BACKBONES.get(name)
-    if entry is None:
-        raise ReIDError(f"unknown backbone {name!r} (model.backbone); valid names: {', '.join(BACKBONES)}")
     if last_stride not in (1, 2):
         raise ReIDError(f"model.last_stride must be 1 or 2, got {last_stride!r}")
     model = entry.builder(last_stride=last_stride)

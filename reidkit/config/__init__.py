@@ -1,0 +1,23 @@
+"""Typed experiment configuration (a package that imports nothing from the engine).
+
+``schema``: every section a dataclass with its own ``check()``; ``typed``: coercion of plain
+YAML values with errors naming the key; ``loader``: recipes, the ``_base_`` resolver and the one
+override path. ``load_config(source, overrides)`` is the entry point.
+"""
+from __future__ import annotations
+
+from reidkit.config.loader import (
+    RECIPES_DIR, apply_overrides, config_from_dict, deep_merge, find_recipe, list_recipes, load_config,
+    load_yaml, override_pairs, parse_overrides, parse_overrides_flat, resolve_bases, set_dotted, validate,
+)
+from reidkit.config.schema import (
+    SPACES, Config, DataConfig, DatasetSpec, InputConfig, LossConfig, ModelConfig, SamplerConfig,
+    SolverConfig, TestConfig, UnsupervisedConfig,
+)
+
+__all__ = [
+    "RECIPES_DIR", "SPACES", "Config", "DataConfig", "DatasetSpec", "InputConfig", "LossConfig", "ModelConfig",
+    "SamplerConfig", "SolverConfig", "TestConfig", "UnsupervisedConfig", "apply_overrides", "config_from_dict",
+    "deep_merge", "find_recipe", "list_recipes", "load_config", "load_yaml", "override_pairs", "parse_overrides",
+    "parse_overrides_flat", "resolve_bases", "set_dotted", "validate",
+]

@@ -1,0 +1,131 @@
+"""Feature spaces of a model for clustering: global (pool + neck) and the upper/lower halves (SSG).
+
+:class:`SpaceModel` is the training forward of the cluster trainer: an ``nn.Module`` (so DDP and
+``torch.compile`` wrap it) mapping images to ``{space: B x D}``. :func:`extract_spaces` computes
+the L2-normalised features of every training image in eval mode, sharded across torchrun ranks
+and gathered in order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SpaceModel", "extract_spaces", "space_features", "gather_rows", "shard_bounds"]
+
+
+def _pool(net: nn.Module, fmap: torch.Tensor, which: str) -> torch.Tensor:
+    head = getattr(net, "forward_head", None)
+    if head is not None:
+        return head(fmap, which=which)
+    # models without forward_head (older builds): the same computation by hand
+    pooled = net.head.pool(fmap)
+    if which == "after" and net.head.neck_type in ("bnneck", "embedding"):
+        return net.head.neck(pooled)
+    return pooled
+
+
+def space_features(net: nn.Module, fmap: torch.Tensor, spaces: list[str], neck_after: bool) -> dict[str, torch.Tensor]:
+    """Features of each space from a backbone feature map (global: pool + neck, parts: pooled halves)."""
+    out: dict[str, torch.Tensor] = {"global": _pool(net, fmap, "after" if neck_after else "before")}
+    h = fmap.shape[2]
+    if "upper" in spaces or "lower" in spaces:
+        # Rounding the split towards the top gives the lower half the odd row, as SSG's slicing.
+        mid = max(1, h // 2)
+        if "upper" in spaces:
+            out["upper"] = _pool(net, fmap[:, :, :mid], "before")
+        if "lower" in spaces:
+            out["lower"] = _pool(net, fmap[:, :, mid:] if h > 1 else fmap, "before")
+    return out
+
+
+class SpaceModel(nn.Module):
+    """``images -> {space: B x D}`` around a ReID model (the module DDP wraps in USL training)."""
+
+    def __init__(self, net: nn.Module, spaces: list[str], neck_after: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.spaces = list(spaces)
+        self.neck_after = neck_after
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        fmap = self.net.forward_features(x) if hasattr(self.net, "forward_features") else \
+            self.net.backbone.forward_features(x)
+        return space_features(self.net, fmap, self.spaces, self.neck_after)
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous [start, stop) of rank's share of n items (sizes differ by at most one)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def gather_rows(part: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """All-gather contiguous row shards (from :func:`shard_bounds`) into the full ``n x D`` tensor, in order."""
+    import torch.distributed as dist
+
+    size = max(shard_bounds(n, r, world)[1] - shard_bounds(n, r, world)[0] for r in range(world))
+    padded = torch.zeros(size, *part.shape[1:], dtype=part.dtype, device=part.device)
+    padded[: len(part)] = part
+    bufs = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(bufs, padded)
+    rows = []
+    for r in range(world):
+        a, b = shard_bounds(n, r, world)
+        rows.append(bufs[r][: b - a])
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def extract_spaces(
+    net: nn.Module, images: np.ndarray, spaces: list[str], device: torch.device, mean: list[float],
+    std: list[float], neck_after: bool = True, batch_size: int = 128, distributed: bool = False,
+    autocast: Any = None,
+) -> dict[str, torch.Tensor]:
+    """L2-normalised N x D features (CPU) of each space for uint8 NHWC images (eval mode, no flip).
+
+    With ``distributed`` (an initialised process group) each rank extracts its contiguous shard
+    and every rank receives all features in the original order.
+    """
+    from contextlib import nullcontext
+
+    world, rank = 1, 0
+    if distributed:
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+    n = len(images)
+    lo, hi = shard_bounds(n, rank, world)
+    model = SpaceModel(net, spaces, neck_after)
+    was = net.training
+    net.eval()
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in spaces}
+    try:
+        for a in range(lo, hi, batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[a : min(a + batch_size, hi)])).to(device)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(m).div_(s)
+            with (autocast() if autocast is not None else nullcontext()):
+                feats = model(x)
+            for k in spaces:
+                parts[k].append(F.normalize(feats[k].float(), dim=1))
+    finally:
+        net.train(was)
+    out = {}
+    for k in spaces:
+        dim = int(parts[k][0].shape[1]) if parts[k] else _dim_of(model, images, device, m, s, k)
+        local = torch.cat(parts[k]) if parts[k] else torch.zeros(0, dim, device=device)
+        out[k] = (gather_rows(local, n, world) if world > 1 else local).cpu()
+    return out
+
+
+def _dim_of(model: SpaceModel, images: np.ndarray, device: torch.device, m: torch.Tensor, s: torch.Tensor,
+            space: str) -> int:
+    # An empty shard (more ranks than images) still needs the feature width for the gather.
+    x = torch.from_numpy(np.ascontiguousarray(images[:1])).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    return int(model((x - m) / s)[space].shape[1])
