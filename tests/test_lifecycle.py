@@ -1,0 +1,158 @@
+"""The shared training lifecycle, run for both trainer kinds (supervised and cluster/USL).
+
+Exact resume, resume=auto, the NaN guard, fp16 refused on CPU, channels_last, TensorBoard,
+console lines, final weights after a resume at the last epoch, temp files of killed writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from reidkit.data.datasets import load_dataset
+from reidkit.engine.api import ClusterTrainer, SupervisedTrainer
+from reidkit.errors import ReIDError
+
+SYN = {"ids": 12, "images_per_id": 6, "cams": 3, "seed": 4, "domain": "B"}
+KINDS = ["supervised", "cluster"]
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("life") / "syn"
+    load_dataset("synthetic", root, **SYN)
+    return root
+
+
+def make_cfg(kind: str, syn: Path, out: Path, **over) -> dict:
+    """A seconds-long recipe of either kind: resnet18 from scratch at 64x32, 2 iterations per epoch."""
+    cfg: dict = {
+        "data": {"datasets": [{"name": "synthetic", "root": str(syn), "options": dict(SYN)}], "size": [64, 32]},
+        "input": {"pad": 4},
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "solver": {"max_epochs": 2, "warmup_epochs": 0, "steps": [10], "eval_period": 1, "log_period": 1,
+                   "base_lr": 3.5e-4},
+        "test": {"batch_size": 64},
+        "device": "cpu",
+        "seed": 3,
+        "output_dir": str(out),
+    }
+    if kind == "supervised":
+        cfg["_base_"] = "bot_r50.yaml"
+        cfg["sampler"] = {"p": 3, "k": 4, "epoch_batches": 2}
+        cfg["solver"]["warmup_epochs"] = 0
+    else:
+        cfg["_base_"] = "usl_cluster_contrast.yaml"
+        cfg["usl"] = {"k1": 6, "k2": 3, "eps": 0.6, "min_samples": 2, "batch_size": 12, "num_instances": 4,
+                      "iters_per_epoch": 2, "outliers": "singleton"}
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def trainer_cls(kind: str):
+    return SupervisedTrainer if kind == "supervised" else ClusterTrainer
+
+
+def run(kind: str, syn: Path, out: Path, **over) -> dict:
+    return trainer_cls(kind)(make_cfg(kind, syn, out, **over)).fit()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_equals_the_uninterrupted_run(kind, syn, tmp_path):
+    full = run(kind, syn, tmp_path / "full")
+    run(kind, syn, tmp_path / "cut", solver__max_epochs=1)  # a run "killed" after its first checkpoint
+    resumed = run(kind, syn, tmp_path / "cut", resume=True)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["mean"] == pytest.approx(full["mean"], abs=1e-9)
+    a = torch.load(tmp_path / "full" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_auto_starts_fresh_then_continues(kind, syn, tmp_path):
+    out = tmp_path / "auto"
+    first = run(kind, syn, out, resume="auto", solver__max_epochs=1)
+    assert [h["epoch"] for h in first["history"]] == [1]
+    second = run(kind, syn, out, resume="auto")
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    assert "resumed from" in (out / "train.log").read_text()
+    with pytest.raises(ReIDError, match="no checkpoint"):
+        run(kind, syn, tmp_path / "none", resume=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resumed_at_the_last_epoch_still_writes_final_weights(kind, syn, tmp_path):
+    out = tmp_path / "done"
+    run(kind, syn, out, solver__max_epochs=1)
+    (out / "model.pt").unlink()  # killed after its final checkpoint, before the final weights
+    (out / "metrics.json").unlink()
+    result = run(kind, syn, out, solver__max_epochs=1, resume=True)
+    assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()
+    assert result["final_weights"]["weights"] == "best"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(kind, syn, tmp_path):
+    out = tmp_path / "nan"
+    run(kind, syn, out, solver__max_epochs=1)
+    before = (out / "last.pt").read_bytes()
+    trainer = trainer_cls(kind)(make_cfg(kind, syn, out, resume=True))
+    trainer.loss_hook = lambda t, loss: loss * float("nan")
+    with pytest.raises(ReIDError, match="training diverged: the loss is nan"):
+        trainer.fit()
+    assert (out / "last.pt").read_bytes() == before
+    assert "training stopped" in (out / "train.log").read_text()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fp16_is_refused_on_cpu(kind, syn, tmp_path):
+    with pytest.raises(ReIDError, match="solver.amp.*fp16.*CUDA"):
+        trainer_cls(kind)(make_cfg(kind, syn, tmp_path / "fp16", solver__amp="fp16")).setup()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, capsys):
+    from reidkit.engine.handlers import console_logging
+
+    handler = console_logging(show_iterations=False)
+    try:
+        out = tmp_path / "fast"
+        result = run(kind, syn, out, solver__amp="bf16", data__channels_last=True)
+    finally:
+        logging.getLogger("reidkit.train").removeHandler(handler)
+    err = capsys.readouterr().err
+    # one console line per epoch (no per-iteration lines on the console), plus validation
+    assert "epoch 1/2 done in" in err and "epoch 2/2 done in" in err and "validation epoch 2" in err
+    assert "iter 1/2" not in err
+    assert 0 < result["mean"]["mAP"] <= 100
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[0]))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/mean_score", "train/epoch_images_per_s"} <= tags
+    if kind == "cluster":
+        assert {"cluster/n_clusters", "cluster/purity"} <= tags
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final_weights"]["file"].endswith("model.pt")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_temp_files_of_killed_writes_are_removed(kind, syn, tmp_path):
+    out = tmp_path / "temps"
+    out.mkdir()
+    stale = out / ".last.pt.999999.abcd.tmp"  # a temp whose writer (pid 999999) is gone
+    stale.write_bytes(b"x" * 100)
+    run(kind, syn, out, solver__max_epochs=1)
+    assert not stale.exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
