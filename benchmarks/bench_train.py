@@ -12,7 +12,8 @@ peak GPU memory are its own). Sides:
   transforms), fp32, contiguous tensors: what the field's trainers do.
 
 Both train the same model/losses/optimisers built from the recipe through the public contract
-(``build_model``, ``build_criterion``, ``param_groups``), one step as ``Trainer._step`` does it.
+(``build_model``, ``build_criterion``, ``param_groups``) and take their steps through the trainers' own
+``OptimStep`` (``reidkit.engine.optim``): no copy of the training step here.
 Warm-up iterations are excluded; the figure is the median images/s over ``repeats`` windows.
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -111,6 +111,9 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     from reidkit.data import pipeline
     from reidkit.data.augment import BatchAugment
     from reidkit.data.samplers import PKSampler
+    from reidkit.engine.data import build_augment
+    from reidkit.engine.optim import ExtraOptimizer, OptimStep, build_optimizer
+    from reidkit.engine.supervised import to_float
     from reidkit.losses.criterion import build_criterion
     from reidkit.models.build import build_model, param_groups
 
@@ -128,11 +131,8 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     net = build_model(cfg.model, num_classes)
     mean = list(cfg.input.mean) if cfg.input.mean is not None else list(net.mean)
     std = list(cfg.input.std) if cfg.input.std is not None else list(net.std)
-    icfg = cfg.input
-    aug_kwargs = dict(size=size, pad=icfg.pad, flip_p=icfg.flip_p, erase_p=icfg.erase_p,
-                      erase_area=tuple(icfg.erase_area), erase_aspect=tuple(icfg.erase_aspect),
-                      erase_fill=icfg.erase_fill, patch_p=icfg.patch_p, jitter=icfg.jitter,
-                      mean=mean, std=std)
+    aug_kwargs = build_augment(cfg.input, size, mean, std, device)
+    aug_kwargs.pop("device")
     channels_last = fast and p.get("channels_last", True)
     amp = torch.bfloat16 if (fast and p.get("amp", "bf16") == "bf16" and device.type == "cuda") else None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -156,28 +156,21 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     groups = param_groups(net, s.base_lr, s.weight_decay, backbone_lr_factor=s.backbone_lr_factor,
                           head_lr_factor=s.head_lr_factor, bias_lr_factor=s.bias_lr_factor,
                           no_decay_norm=s.no_decay_norm)
-    opt = torch.optim.Adam(groups, lr=s.base_lr, weight_decay=s.weight_decay)
-    center_opt = (torch.optim.SGD(criterion.center.parameters(), lr=cfg.loss.center_lr)
-                  if criterion.center is not None else None)
+    extras = ([ExtraOptimizer(torch.optim.SGD(criterion.center.parameters(), lr=cfg.loss.center_lr),
+                              criterion.rescale_center_grad)] if criterion.center is not None else [])
+    optim = OptimStep(build_optimizer(s, groups), device, amp="bf16" if amp is not None else "none",
+                      grad_clip=s.grad_clip, extras=extras)
     model: Any = torch.compile(net) if (fast and p.get("compile")) else net
     model.train()
     stream = _endless(loader)
 
     def step() -> int:
         images, y, _ = next(stream)
-        with torch.autocast(device_type=device.type, dtype=amp) if amp is not None else nullcontext():
+        with optim.autocast():
             out = model(images, y)
         # Losses in fp32, as the trainer does: softmax and triplet distances are precision-sensitive.
-        out = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in out.items()}
-        total, _ = criterion(out, y)
-        opt.zero_grad(set_to_none=True)
-        if center_opt is not None:
-            center_opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if center_opt is not None:
-            criterion.rescale_center_grad()
-            center_opt.step()
+        total, _ = criterion(to_float(out), y)
+        optim.update(total)
         return int(images.shape[0])
 
     t_first = time.perf_counter()

@@ -108,8 +108,13 @@ def main() -> None:
     test_cfg = load_config(_base(work, B, "eval"))
     dev = torch.device("cpu")
 
-    def score(net: torch.nn.Module, val: list) -> dict[str, float]:
-        m = evaluate_prepared(net, val, test_cfg, dev, list(net.mean), list(net.std))["mean"]
+    def score(net: torch.nn.Module, val: list, neck_feat: str | None = None) -> dict[str, float]:
+        # The feature is chosen through the test settings (forward_head), never by mutating the model.
+        import dataclasses
+
+        cfg = test_cfg if neck_feat is None else dataclasses.replace(
+            test_cfg, test=dataclasses.replace(test_cfg.test, neck_feat=neck_feat))
+        m = evaluate_prepared(net, val, cfg, dev, list(net.mean), list(net.std))["mean"]
         return {k: round(m[k], 2) for k in ("mAP", "rank1", "rank5", "mINP")}
 
     # (a) ImageNet-initialised model, no training
@@ -171,20 +176,14 @@ def main() -> None:
     last = res["clusters"][-1]
     ssg_model = load_model(work / "ssg_AB" / "model.pt")
     # SSG trains the pre-BN pooled features; evaluate those (as the recipe's test.neck_feat)
-    for m in ssg_model.modules():
-        if hasattr(m, "neck_feat") and isinstance(m.neck_feat, str):
-            m.neck_feat = "before"
     rows.append({"experiment": "b", "row": f"SSG A -> B ({ssg['solver']['max_epochs']} epochs)", "eval_on": "B",
-                 **score(ssg_model, val_b),
+                 **score(ssg_model, val_b, neck_feat="before"),
                  "last_clusters": {k: round(last[k], 3) if isinstance(last[k], float) else last[k]
                                    for k in ("n_clusters", "n_outliers", "purity", "nmi", "ari")},
                  "trend": _trend(res)})
     # for a like-for-like direct-transfer row, the same pre-BN feature of the A model
-    for m in a_model.modules():
-        if hasattr(m, "neck_feat") and isinstance(m.neck_feat, str):
-            m.neck_feat = "before"
     rows.append({"experiment": "b", "row": "supervised on A, direct transfer (pre-BN feature)", "eval_on": "B",
-                 **score(a_model, val_b)})
+                 **score(a_model, val_b, neck_feat="before")})
 
     return _finish(args, rows, timings, t_all, ds_b)
 

@@ -1,9 +1,12 @@
 """Model export: ONNX (dynamic batch, preprocessing facts in metadata_props) and TorchScript.
 
 The exported graph maps a float ``N x 3 x H x W`` batch, already normalised with the stored
-mean/std, to the model's eval feature (``N x D``, not L2-normalised). Flip TTA and feature
-normalisation stay with the caller (``extract_features``), exactly as for the torch model, so
-``OnnxFeatureModel`` is a drop-in for it.
+mean/std, to the model's eval feature (``N x D``, not L2-normalised). Models that use the camera
+(``uses_camera = True``: ViT with SIE) take a second input ``camids`` (int64, one per image).
+Flip TTA and feature normalisation stay with the caller (``extract_features``), exactly as for the
+torch model. ``OnnxFeatureModel`` and ``TorchScriptFeatureModel`` implement the feature-model
+protocol (``reidkit.evaluation.features.FeatureModel``); ``load_feature_model`` picks the right
+runner for a checkpoint, an .onnx file or a TorchScript archive.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +25,13 @@ from torch import nn
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "FORMATS", "export_model", "read_export_metadata", "OnnxFeatureModel", "load_torchscript",
-    "parity", "file_sha256", "load_feature_model",
+    "FORMATS", "export_model", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
+    "load_torchscript", "parity", "file_sha256", "load_feature_model", "is_torchscript",
 ]
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME = "images"
+CAMS_NAME = "camids"
 OUTPUT_NAME = "features"
 # TorchScript keeps the same facts in an extra file inside the archive.
 _TS_META = "reidkit.json"
@@ -46,7 +50,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 class _EvalFeature(nn.Module):
-    """The model's eval-mode forward only, so tracing sees one tensor in and one out."""
+    """The model's eval-mode forward only, so tracing sees tensors in and one tensor out."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -55,6 +59,18 @@ class _EvalFeature(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eval feature of a normalised batch."""
         return self.model(x)
+
+
+class _EvalFeatureCams(nn.Module):
+    """Eval forward of a camera-aware model: ``(images, camids) -> features``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
+        """Eval feature of a normalised batch seen by cameras ``camids``."""
+        return self.model(x, cams=camids)
 
 
 def _load(weights: str | os.PathLike) -> nn.Module:
@@ -70,6 +86,7 @@ def _metadata(model: nn.Module, weights: str | os.PathLike, size: tuple[int, int
         "mean": [float(v) for v in model.mean],
         "std": [float(v) for v in model.std],
         "feat_dim": int(model.feat_dim),
+        "uses_camera": bool(getattr(model, "uses_camera", False)),
         "weights_sha256": file_sha256(weights),
         "input_layout": "NCHW float32, RGB, (x/255 - mean) / std",
         "output": "eval feature (flip TTA and L2 normalisation are the caller's)",
@@ -92,29 +109,48 @@ def _resolve_size(model: nn.Module, size: Sequence[int] | None) -> tuple[int, in
 
 
 def _atomic_target(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    if out.is_dir():
+        raise ReIDError(f"export: --out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise ReIDError(f"export: cannot write {out}: {exc.strerror or exc}") from None
     os.close(fd)
     return Path(tmp)
 
 
+def _dummy_cams(model: nn.Module, n: int) -> torch.Tensor:
+    """Camera ids for tracing: distinct where the model knows its camera count."""
+    cams = int(getattr(model, "num_cameras", 0) or getattr(getattr(model, "backbone", None), "num_cameras", 0) or 1)
+    return torch.arange(n, dtype=torch.int64) % max(cams, 1)
+
+
 def export_model(
     weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-    opset: int = 17, size: Sequence[int] | None = None,
+    opset: int = 17, size: Sequence[int] | None = None, model: nn.Module | None = None,
 ) -> Path:
-    """Export a checkpoint's eval feature to ONNX or TorchScript (dynamic batch axis); returns the file."""
+    """Export a checkpoint's eval feature to ONNX or TorchScript (dynamic batch axis); returns the file.
+
+    ``model`` (optional) is the already-built model of ``weights`` (skips loading it again).
+    Camera-aware models (``uses_camera``) get a second input ``camids`` (int64, N).
+    """
     if fmt not in FORMATS:
         raise ReIDError(f"export: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     weights = Path(weights)
-    model = _load(weights)
+    if model is None:
+        model = _load(weights)
     hw = _resolve_size(model, size)
     if out is None:
         out = weights.with_suffix(".onnx" if fmt == "onnx" else ".ts")
     out = Path(out)
     meta = _metadata(model, weights, hw)
-    wrapper = _EvalFeature(model).eval()
+    use_cams = bool(getattr(model, "uses_camera", False))
+    wrapper = (_EvalFeatureCams(model) if use_cams else _EvalFeature(model)).eval()
     # Two samples so no op specialises on a batch of one; the batch axis is declared dynamic.
-    dummy = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0))
+    dummy: tuple[torch.Tensor, ...] = (torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0)),)
+    if use_cams:
+        dummy = (*dummy, _dummy_cams(model, 2))
     tmp = _atomic_target(out)
     try:
         with warnings.catch_warnings():
@@ -139,15 +175,18 @@ def export_model(
     return out
 
 
-def _export_onnx(wrapper: nn.Module, dummy: torch.Tensor, tmp: Path, opset: int, meta: dict[str, str]) -> None:
+def _export_onnx(wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path, opset: int,
+                 meta: dict[str, str]) -> None:
     import onnx
 
+    names = [INPUT_NAME, CAMS_NAME][: len(dummy)]
+    axes = {name: {0: "batch"} for name in names}
+    axes[OUTPUT_NAME] = {0: "batch"}
     with torch.no_grad():
         # The TorchScript-based exporter: the dynamo one needs onnxscript, not a dependency here.
         torch.onnx.export(
-            wrapper, (dummy,), str(tmp), dynamo=False, opset_version=int(opset),
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            wrapper, dummy, str(tmp), dynamo=False, opset_version=int(opset),
+            input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
             do_constant_folding=True,
         )
     proto = onnx.load(str(tmp))
@@ -191,26 +230,55 @@ def _require_meta(meta: dict[str, Any], path: Path) -> None:
                         f"export it with `reidkit export`")
 
 
-class OnnxFeatureModel:
-    """An exported ONNX model on onnxruntime (CPU) that behaves like the torch model in eval mode.
+class _ExportedFeatureModel:
+    """Shared part of the exported runners: metadata facts and input checks (inference only)."""
 
-    Call it with a float ``N x 3 x H x W`` tensor (normalised with ``.mean``/``.std``) and get the
-    ``N x feat_dim`` feature tensor back; ``eval()``/``to()`` are accepted and do nothing.
-    """
+    path: Path
+    metadata: dict[str, Any]
 
-    training = False
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        meta = read_export_metadata(self.path)
+    def _init_meta(self, meta: dict[str, Any]) -> None:
         _require_meta(meta, self.path)
         self.metadata = meta
         self.input_size = [int(v) for v in meta["input_size"]]
         self.mean = [float(v) for v in meta["mean"]]
         self.std = [float(v) for v in meta["std"]]
         self.feat_dim = int(meta["feat_dim"])
+        self.uses_camera = bool(meta.get("uses_camera", False))
+
+    def _check(self, x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor | None:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ReIDError(f"{self.path.name}: expected an N x 3 x H x W batch, got {tuple(x.shape)}")
+        if list(x.shape[2:]) != self.input_size:
+            raise ReIDError(f"{self.path.name}: exported for input size {self.input_size[0]}x"
+                            f"{self.input_size[1]}, got {x.shape[2]}x{x.shape[3]}")
+        if not self.uses_camera:
+            return None
+        if cams is None:
+            raise ReIDError(f"{self.path.name}: this model uses the camera id of each image (SIE); "
+                            "give camids (reidkit extract reads them from file names with --cam-regex)")
+        cams = torch.as_tensor(cams, dtype=torch.int64).reshape(-1).cpu()
+        if cams.numel() != x.shape[0]:
+            raise ReIDError(f"{self.path.name}: {cams.numel()} camera ids for a batch of {x.shape[0]}")
+        return cams
+
+    def eval(self) -> "_ExportedFeatureModel":
+        """An exported graph is always in inference mode; returns self."""
+        return self
+
+
+class OnnxFeatureModel(_ExportedFeatureModel):
+    """An exported ONNX model on onnxruntime (CPU), implementing the feature-model protocol.
+
+    Call it with a float ``N x 3 x H x W`` tensor (normalised with ``.mean``/``.std``), plus the
+    ``camids`` of the images when ``uses_camera``, and get the ``N x feat_dim`` features back on
+    the input's device.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self._init_meta(read_export_metadata(self.path))
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -220,44 +288,53 @@ class OnnxFeatureModel:
             raise ReIDError(f"onnxruntime cannot load {self.path}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of a normalised float NCHW batch, as a CPU float32 tensor."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ReIDError(f"{self.path.name}: expected an N x 3 x H x W batch, got {tuple(x.shape)}")
-        if list(x.shape[2:]) != self.input_size:
-            raise ReIDError(f"{self.path.name}: exported for input size {self.input_size[0]}x"
-                            f"{self.input_size[1]}, got {x.shape[2]}x{x.shape[3]}")
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        out = self.session.run(None, {self.input_name: arr})[0]
+    def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
+        """Features of a normalised float NCHW batch (a float32 tensor on ``x``'s device)."""
+        cams = self._check(x, cams)
+        feeds = {self.input_name: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())}
+        if cams is not None:
+            feeds[CAMS_NAME] = np.ascontiguousarray(cams.numpy())
+        out = self.session.run(None, feeds)[0]
         return torch.from_numpy(out).to(x.device)
 
-    forward = __call__
 
-    def eval(self) -> "OnnxFeatureModel":
-        """No-op (always inference); returns self like nn.Module.eval."""
-        return self
+class TorchScriptFeatureModel(_ExportedFeatureModel):
+    """An exported TorchScript archive (CPU), implementing the feature-model protocol."""
 
-    def train(self, mode: bool = True) -> "OnnxFeatureModel":
-        """No-op: an exported graph has no training mode."""
-        return self
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.module, meta = load_torchscript(self.path)
+        self._init_meta(meta)
 
-    def modules(self) -> Iterator[Any]:
-        """No submodules (lets callers that walk modules treat it like an nn.Module)."""
-        return iter(())
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
+        """Features of a normalised float NCHW batch (a float32 tensor on ``x``'s device)."""
+        cams = self._check(x, cams)
+        xc = x.detach().to("cpu", torch.float32)
+        out = self.module(xc) if cams is None else self.module(xc, cams)
+        return out.float().to(x.device)
 
-    def to(self, *args: Any, **kwargs: Any) -> "OnnxFeatureModel":
-        """No-op: the session runs on CPU; outputs follow the input's device."""
-        return self
 
-    def parameters(self) -> Iterator[torch.Tensor]:
-        """One CPU placeholder so code that asks a model for its device gets 'cpu'."""
-        yield torch.zeros(1)
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a TorchScript archive (a zip with a ``code/`` folder), not a torch.save file."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
+    except OSError:
+        return False
 
 
 def load_feature_model(path: str | os.PathLike, device: str = "cpu") -> Any:
-    """A model for `extract_features`: `OnnxFeatureModel` for an .onnx file, else the reidkit checkpoint (eval)."""
-    if Path(path).suffix.lower() == ".onnx":
+    """A ``FeatureModel`` for a path: ONNX runner (.onnx), TorchScript runner, or the reidkit checkpoint (eval)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
         return OnnxFeatureModel(path)
+    if path.is_file() and is_torchscript(path):
+        return TorchScriptFeatureModel(path)
     from reidkit.models.build import load_model
 
     return load_model(path, device=device)
@@ -266,6 +343,8 @@ def load_feature_model(path: str | os.PathLike, device: str = "cpu") -> Any:
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load an exported TorchScript model (eval, CPU) with its reidkit metadata."""
     path = Path(path)
+    if not path.is_file():
+        raise ReIDError(f"exported model not found: {path}")
     extra = {_TS_META: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
@@ -277,22 +356,22 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
 
 
 def parity(weights: str | os.PathLike, exported: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
-           seed: int = 0) -> float:
+           seed: int = 0, model: nn.Module | None = None) -> float:
     """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes."""
     exported = Path(exported)
-    model = _load(weights)
-    if exported.suffix.lower() == ".onnx":
-        runner: Any = OnnxFeatureModel(exported)
-        hw = runner.input_size
-    else:
-        runner, meta = load_torchscript(exported)
-        hw = [int(v) for v in meta["input_size"]]
+    if model is None:
+        model = _load(weights)
+    runner: _ExportedFeatureModel = (OnnxFeatureModel(exported) if exported.suffix.lower() == ".onnx"
+                                     else TorchScriptFeatureModel(exported))
+    hw = runner.input_size
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     with torch.no_grad():
         for b in batch_sizes:
             x = torch.randn(int(b), 3, *hw, generator=gen)
-            ref, got = model(x), runner(x)
+            cams = _dummy_cams(model, int(b)) if runner.uses_camera else None
+            ref = model(x) if cams is None else model(x, cams=cams)
+            got = runner(x, cams)
             if got.shape != ref.shape:
                 raise ReIDError(f"export parity: shape {tuple(got.shape)} != torch {tuple(ref.shape)} at batch {b}")
             worst = max(worst, float((ref - got).abs().max()))

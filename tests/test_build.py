@@ -185,3 +185,61 @@ def test_end_to_end_step_with_center_loss():
     copt.step()
     assert not torch.equal(before, crit.center.centers)
     assert torch.equal(model.head.neck.bn.bias, torch.zeros(512))
+
+
+def test_model_forward_features_and_head_match_forward():
+    torch.manual_seed(0)
+    model = build_model(_cfg(neck_feat="after"), num_classes=3).eval()
+    with torch.no_grad():
+        fmap = model.forward_features(X)
+        assert torch.equal(fmap, model.backbone.forward_features(X))
+        assert torch.allclose(model.forward_head(fmap, "after"), model(X), atol=1e-6)
+        assert torch.allclose(model.forward_head(fmap, "before"), fmap.mean(dim=(2, 3)), atol=1e-6)
+        upper = model.forward_head(fmap[:, :, : fmap.shape[2] // 2], which="before")
+        assert torch.allclose(upper, fmap[:, :, : fmap.shape[2] // 2].mean(dim=(2, 3)), atol=1e-6)
+        assert model.forward_head(fmap, "logits").shape == (4, 3)
+        assert model(X, cams=torch.zeros(4, dtype=torch.long)).shape == model(X).shape  # cams ignored
+    assert model.uses_camera is False and model.head.neck_feat == "after"
+    out = model.train()(X, LABELS)
+    assert set(out) == {"feat", "logits"}
+
+
+def test_mgn_forward_head():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mgn", backbone="resnet18", pretrained=False), num_classes=3).eval()
+    with torch.no_grad():
+        maps = model.forward_features(X64[:2])
+        ref = model(X64[:2])
+        assert torch.allclose(model.forward_head(maps, "after"), ref)
+        assert torch.allclose(model.forward_head(maps, "before"), ref)
+        assert model.forward_head(maps, "logits").shape == (2, 3)
+    with pytest.raises(ReIDError, match="which"):
+        model.forward_head(maps, "pooled")
+
+
+class _CamBackbone(torch.nn.Module):
+    """A stand-in SIE backbone: adds a learned per-camera offset to the feature map."""
+
+    uses_camera = True
+    out_channels = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.cam = torch.nn.Embedding(3, 4)
+
+    def forward_features(self, x, cams=None):
+        f = self.conv(x)
+        return f if cams is None else f + self.cam(cams)[:, :, None, None]
+
+
+def test_camera_aware_backbone_gets_cams():
+    from reidkit.models.heads import ReIDHead
+
+    torch.manual_seed(0)
+    model = ReIDModel(_CamBackbone(), ReIDHead(4, 2), [0.5] * 3, [0.25] * 3).eval()
+    assert model.uses_camera
+    with torch.no_grad():
+        a = model(X[:2], cams=torch.tensor([0, 1]))
+        b = model(X[:2], cams=torch.tensor([1, 1]))
+    assert torch.allclose(a[1], b[1]) and not torch.allclose(a[0], b[0])

@@ -13,17 +13,23 @@ from reidkit.evaluation.features import extract_features
 
 
 class Tiny(torch.nn.Module):
-    """Not flip-invariant: a linear map of the flattened image."""
+    """Not flip-invariant: a linear map of the flattened image; "before" is its negation."""
 
     def __init__(self, h=8, w=4, dim=5):
         super().__init__()
         self.fc = torch.nn.Linear(3 * h * w, dim)
         self.mean, self.std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
-        self.neck_feat = "after"
+        self.feat_dim, self.uses_camera = dim, False
 
-    def forward(self, x):
-        f = self.fc(x.flatten(1))
-        return f if self.neck_feat == "after" else -f
+    def forward_features(self, x, cams=None):
+        return x
+
+    def forward_head(self, fmap, which="after", labels=None):
+        f = self.fc(fmap.flatten(1))
+        return f if which == "after" else -f
+
+    def forward(self, x, cams=None):
+        return self.forward_head(self.forward_features(x))
 
 
 def _images(n=6, h=8, w=4, seed=0):
@@ -46,13 +52,51 @@ def test_flip_is_mean_of_both_passes():
     torch.testing.assert_close(plain, torch.nn.functional.normalize(a, dim=1), atol=1e-5, rtol=1e-5)
 
 
-def test_neck_feat_set_temporarily_and_mode_restored():
+def test_neck_feat_chosen_by_forward_head_and_mode_restored():
     model, imgs = Tiny(), _images()
     model.train()
     a, _ = _manual(model, imgs)
     out = extract_features(model, imgs, flip=False, normalize=False, neck_feat="before")
     torch.testing.assert_close(out, -a, atol=1e-5, rtol=1e-5)
-    assert model.neck_feat == "after" and model.training
+    assert model.training  # the caller's mode comes back
+    with pytest.raises(ReIDError, match="neck_feat"):
+        extract_features(model, imgs, neck_feat="middle")
+
+
+def test_neck_feat_on_reid_model_never_mutates_it():
+    """neck_feat="before" gives the pre-BN pooled feature through forward_head; the head is untouched."""
+    from reidkit.models.build import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=False), 4).eval()
+    with torch.no_grad():
+        model.head.neck.bn.running_mean.uniform_(-0.2, 0.2)
+    imgs = _images(3, 32, 16)
+    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(model.mean).view(1, 3, 1, 1)) \
+        / torch.tensor(model.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        pooled = model.backbone.forward_features(x).mean(dim=(2, 3))
+        after = model(x)
+    before = extract_features(model, imgs, flip=False, normalize=False, neck_feat="before")
+    torch.testing.assert_close(before, pooled, atol=1e-5, rtol=1e-5)
+    same = extract_features(model, imgs, flip=False, normalize=False, neck_feat="after")
+    torch.testing.assert_close(same, after, atol=1e-5, rtol=1e-5)
+    assert model.head.neck_feat == "after" and not torch.allclose(before, after)
+
+
+class _NoHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 8 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_neck_feat_on_model_without_forward_head_is_refused():
+    with pytest.raises(ReIDError, match="forward_head"):
+        extract_features(_NoHead(), _images(), neck_feat="before")
+    assert extract_features(_NoHead(), _images()).shape == (6, 5)  # plain call needs no cams keyword
 
 
 def test_paths_are_read_and_resized(tmp_path):
@@ -174,3 +218,121 @@ def test_evaluate_from_features_writes_metrics(tmp_path):
     assert 0.0 <= rr["mAP"] <= 100.0
     with pytest.raises(ReIDError):
         evaluate({"query": q[:1], "gallery": g}, ds)
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert str(n) in err, (n, err)
+    return err
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path):
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    cfg = ModelConfig(backbone="resnet18", pretrained=False)
+    return save_model(tmp_path / "m.pth", build_model(cfg, num_classes=3), cfg, 3, input_size=(32, 16))
+
+
+def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, capsys):
+    from reidkit.cli import main
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    good = ["0001_c1s1_000001_00.jpg", "0002_c2s1_000002_00.pgm"]  # PGM is read too
+    Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(folder / good[0])
+    Image.fromarray(rng.integers(0, 256, (40, 20), dtype=np.uint8)).save(folder / good[1])
+    empty = folder / "0003_c1s1_000003_00.jpg"
+    empty.write_bytes(b"")
+    out = tmp_path / "f.npz"
+    capsys.readouterr()
+    assert main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out),
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr()
+    assert "1 skipped" in text.out and str(empty) in text.err and "skipped 1" in text.err
+    with np.load(out) as z:
+        assert [Path(p).name for p in z["paths"]] == good and z["features"].shape == (2, 512)
+        assert list(z["skipped"]) == [str(empty)]
+        np.testing.assert_array_equal(z["camids"], [0, 1])
+        np.testing.assert_array_equal(z["pids"], [1, 2])
+    out.unlink()
+    assert main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out),
+                 "--device", "cpu", "--strict"]) == 2
+    _one_line_error(capsys, empty, "--strict")
+    assert not out.exists()
+
+
+def test_extract_unwritable_out(tmp_path, tiny_weights, capsys):
+    from reidkit.cli import main
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    Image.fromarray(np.zeros((32, 16, 3), np.uint8)).save(folder / "a.png")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for out in (blocker / "f.npz", tmp_path):
+        capsys.readouterr()
+        assert main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out),
+                     "--device", "cpu"]) == 2
+        _one_line_error(capsys, out, "--out")
+
+
+def _market(tmp_path):
+    rng = np.random.default_rng(0)
+    base = tmp_path / "data" / "Market-1501-v15.09.15"
+    layout = {"bounding_box_train": ["0005_c1s1_000001_00", "0005_c2s1_000002_00"],
+              "query": ["0001_c1s1_000010_00"],
+              "bounding_box_test": ["0001_c1s1_000020_00", "0001_c2s1_000021_00", "0002_c2s1_000022_00"]}
+    for folder, names in layout.items():
+        (base / folder).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)).save(base / folder / f"{name}.jpg")
+    return tmp_path / "data"
+
+
+def test_visrank_bad_features_and_unwritable_out(tmp_path, capsys):
+    from reidkit.cli import main
+
+    root = _market(tmp_path)
+    args = ["--dataset", "market1501", "--root", str(root)]
+    text = tmp_path / "features.txt"
+    text.write_text("1 2 3\n")
+    npy = tmp_path / "features.npy"
+    np.save(npy, np.zeros((2, 2)))
+    for bad, needle in ((text, "not an .npz archive"), (npy, "single .npy array")):
+        capsys.readouterr()
+        assert main(["visrank", "--features", str(bad), *args, "--out", str(tmp_path / "vis")]) == 2
+        err = _one_line_error(capsys, bad, needle)
+        assert "pickled" not in err  # numpy's misleading wording is not passed on
+    good = tmp_path / "f.npz"
+    np.savez(good, query=np.ones((1, 4)), gallery=np.ones((3, 4)))
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "vis"):
+        capsys.readouterr()
+        assert main(["visrank", "--features", str(good), *args, "--out", str(out)]) == 2
+        _one_line_error(capsys, out, "--out")
+
+
+def test_visrank_rank1_hit_skips_same_camera_junk(tmp_path, capsys):
+    """Nearest gallery image is the query's identity in the query's camera (junk): still a rank-1 hit."""
+    from reidkit.cli import main
+
+    root = _market(tmp_path)
+    # gallery order: 0001 c1 (junk: same pid, same cam), 0001 c2 (true match), 0002 c2 (wrong)
+    npz = tmp_path / "f.npz"
+    np.savez(npz, query=np.array([[1.0, 0.0]]), gallery=np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
+    out = tmp_path / "vis"
+    assert main(["visrank", "--features", str(npz), "--dataset", "market1501", "--root", str(root),
+                 "--out", str(out), "--metric", "euclidean"]) == 0
+    assert "mAP 100.00  rank-1 100.00" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    row = [line for line in page.splitlines() if "query_00000.png" in line][0]
+    assert "<td>100.0</td><td>yes</td>" in row
+    from reidkit.evaluation.visualize import rank1_hit
+
+    assert rank1_hit(["junk", "match", "wrong"]) and not rank1_hit(["junk", "wrong", "match"])
+    assert not rank1_hit(["junk"]) and rank1_hit(["match"])

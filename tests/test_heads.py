@@ -173,3 +173,49 @@ def test_margin_classifier_in_head():
     head = ReIDHead(8, 5, classifier="arcface").train()
     out = head(_fmap(), torch.tensor([0, 1, 2, 3]))
     assert out["logits"].shape == (4, 5) and out["logits"].abs().max() <= 30.0 + 1e-4
+
+
+# ----------------------------------------------------------------------------- forward_head
+
+
+def test_forward_head_outputs_by_argument():
+    """Every `which` against its formula, in eval and training mode, without touching neck_feat."""
+    x = _fmap()
+    torch.manual_seed(2)
+    head = ReIDHead(8, 5, neck_feat="after")
+    head.train()(x)  # non-trivial running statistics
+    head.eval()
+    pooled = x.mean(dim=(2, 3))
+    bn = head.neck.bn
+    after = (pooled - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    assert torch.allclose(head.forward_head(x, "pooled"), pooled)
+    assert torch.allclose(head.forward_head(x, "before"), pooled)
+    assert torch.allclose(head.forward_head(x, "after"), after, atol=1e-5)
+    assert torch.allclose(head.forward_head(x, "logits"), after @ head.classifier.fc.weight.T, atol=1e-5)
+    assert head.neck_feat == "after" and torch.allclose(head(x), after, atol=1e-5)
+    # A partial map (upper half) gives the pooled part feature (SSG's upper/lower spaces).
+    assert torch.allclose(head.forward_head(x[:, :, :2], "before"), x[:, :, :2].mean(dim=(2, 3)))
+    # Training mode: the same outputs as the training dict.
+    head.train()
+    torch.manual_seed(3)
+    out = head(x)
+    assert torch.allclose(head.forward_head(x, "before"), out["feat"])
+    assert torch.allclose(head.forward_head(x, "logits"), out["logits"], atol=1e-5)
+    with pytest.raises(ReIDError, match="which"):
+        head.forward_head(x, "middle")
+
+
+def test_forward_head_embedding_and_margin_logits():
+    x = _fmap()
+    emb = ReIDHead(8, 5, neck="embedding", embedding_hidden=16, embedding_dim=6).eval()
+    feat = emb.neck(x.mean(dim=(2, 3)))
+    assert torch.allclose(emb.forward_head(x, "before"), feat) and torch.allclose(emb.forward_head(x, "after"), feat)
+    assert torch.allclose(emb.forward_head(x, "pooled"), x.mean(dim=(2, 3)))
+    arc = ReIDHead(8, 5, classifier="arcface").train()
+    labels = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ReIDError, match="labels"):
+        arc.forward_head(x, "logits")
+    torch.manual_seed(0)
+    got = arc.forward_head(x, "logits", labels)
+    torch.manual_seed(0)
+    assert torch.allclose(got, arc(x, labels)["logits"], atol=1e-5)

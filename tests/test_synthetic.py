@@ -83,7 +83,11 @@ def test_rerun_is_skipped_and_other_params_regenerate(tmp_path: Path) -> None:
     stamp = marker.stat().st_mtime_ns
     again = synthetic.generate_report(tmp_path, workers=1, **kw)
     assert again.skipped and not rep.skipped and marker.stat().st_mtime_ns == stamp
-    changed = synthetic.generate_report(tmp_path, workers=1, **dict(kw, seed=5))
+    # Other parameters never replace a set silently: an error naming both, unless forced.
+    with pytest.raises(ReIDError, match=r"already holds a set generated with .*'seed': 0.*seed=5"):
+        synthetic.generate_report(tmp_path, workers=1, **dict(kw, seed=5))
+    assert json.loads(marker.read_text())["params"]["seed"] == 0 and marker.stat().st_mtime_ns == stamp
+    changed = synthetic.generate_report(tmp_path, workers=1, force=True, **dict(kw, seed=5))
     assert not changed.skipped and json.loads(marker.read_text())["params"]["seed"] == 5
 
 
@@ -133,3 +137,62 @@ def test_loads_as_market1501(tree: Path) -> None:
     assert len(ds.query) == len(list((tree / "query").iterdir()))
     assert {r.pid for r in ds.gallery} >= {0} and all(r.pid != -1 for r in ds.gallery)
     assert all(0 <= r.camid < 3 for r in ds.train + ds.query + ds.gallery)
+
+
+SMALL = ["--ids", "4", "--images-per-id", "3", "--cams", "2", "--size", "64x32", "--workers", "1",
+         "--distractors", "1", "--junk", "1"]
+
+
+def test_loader_keeps_the_set_the_user_generated(tmp_path: Path, capsys) -> None:
+    """`synth DIR --ids 4 --domain B`, then loading DIR without options loads that set, untouched."""
+    from reidkit.cli import main
+    from reidkit.data.datasets import load_dataset
+
+    assert main(["synth", str(tmp_path), *SMALL, "--domain", "B"]) == 0
+    marker = tmp_path / synthetic.MARKET_DIR / synthetic.MARKER_NAME
+    stamp, before = marker.stat().st_mtime_ns, json.loads(marker.read_text())
+    ds = load_dataset("synthetic", tmp_path)
+    assert ds.num_train_pids == 2 and len(ds.train) == 6  # 4 ids: half train, 3 images each
+    assert marker.stat().st_mtime_ns == stamp and json.loads(marker.read_text()) == before
+    capsys.readouterr()
+    assert main(["data", "stats", "synthetic", "--root", str(tmp_path)]) == 0
+    assert json.loads(marker.read_text())["params"]["domain"] == "B" and marker.stat().st_mtime_ns == stamp
+    # Explicit options equal to the recorded ones load it too.
+    same = load_dataset("synthetic", tmp_path, ids=4, domain="B", size="64x32")
+    assert same.train == ds.train
+    # Different explicit options: a clear error naming the root, the recorded and requested options.
+    with pytest.raises(ReIDError) as err:
+        load_dataset("synthetic", tmp_path, ids=100, domain="A")
+    msg = str(err.value)
+    assert str(tmp_path / synthetic.MARKET_DIR) in msg and "'domain': 'B'" in msg and "ids=100" in msg
+    assert "domain='A'" in msg and "--regenerate" in msg
+    assert marker.stat().st_mtime_ns == stamp
+    # The synth verb refuses too (exit 2, one error line), and replaces the set with --regenerate.
+    capsys.readouterr()
+    assert main(["synth", str(tmp_path), *SMALL, "--domain", "A"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("error: ") and "Traceback" not in err_text and str(tmp_path) in err_text
+    assert main(["synth", str(tmp_path), *SMALL, "--domain", "A", "--regenerate"]) == 0
+    assert json.loads(marker.read_text())["params"]["domain"] == "A"
+
+
+def test_loader_generates_when_nothing_is_there(tmp_path: Path) -> None:
+    from reidkit.data.datasets import load_dataset
+
+    ds = load_dataset("synthetic", tmp_path, ids=2, images_per_id=3, cams=2, size="64x32")
+    params = synthetic.read_marker(tmp_path / synthetic.MARKET_DIR)["params"]
+    assert (params["ids"], params["images_per_id"], params["cams"], params["size"]) == (2, 3, 2, [64, 32])
+    assert ds.num_train_pids == 1
+
+
+def test_cli_synth_unwritable_out(tmp_path: Path, capsys) -> None:
+    from reidkit.cli import main
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        capsys.readouterr()
+        assert main(["synth", str(out), *SMALL]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and str(out) in err
+        assert "Traceback" not in err

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `extract` and `visrank` verbs."""
@@ -15,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "file names parse, Market-style '0002_c1s1_000451_03.jpg') to an .npz file.",
     )
     src = ext.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="model file written by reidkit (save_model / training)")
+    src.add_argument("--weights", help="model file written by reidkit (save_model / training) or a "
+                     "TorchScript export (`reidkit export --format torchscript`)")
     src.add_argument("--onnx", help="ONNX file written by `reidkit export` (runs on onnxruntime, CPU)")
     ext.add_argument("--images", required=True, help="folder of image crops (searched recursively)")
     ext.add_argument("--out", required=True, help="output .npz (features, paths[, camids, pids])")
@@ -30,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("--amp", action="store_true", help="autocast the model (torch weights only)")
     ext.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16",
                      help="autocast dtype with --amp (default bf16)")
+    ext.add_argument("--strict", action="store_true",
+                     help="stop at the first unreadable (empty, corrupt) image instead of skipping it; "
+                          "skipped images are listed on stderr and in the .npz array 'skipped'")
     ext.set_defaults(func=_extract)
 
     vis = sub.add_parser(
@@ -56,14 +58,35 @@ def _list_images(folder):
     from pathlib import Path
 
     from reidkit.errors import ReIDError
+    from reidkit.utils.io import IMAGE_EXTENSIONS, list_images
 
     root = Path(folder)
     if not root.is_dir():
         raise ReIDError(f"--images: {folder} is not a folder")
-    paths = sorted(str(p.resolve()) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = [str(p.resolve()) for p in list_images(root, recursive=True)]
     if not paths:
-        raise ReIDError(f"--images: no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise ReIDError(f"--images: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
     return paths
+
+
+def _check_out_file(out, flag: str = "--out"):
+    """The output file's folder exists or can be made, and the path is not a folder."""
+    from pathlib import Path
+
+    from reidkit.errors import ReIDError
+
+    out = Path(out)
+    if out.is_dir():
+        raise ReIDError(f"{flag}: {out} is a folder; give a file name such as {out / 'features.npz'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"{flag}: cannot create the folder of {out}: {exc.strerror or exc}") from None
+    import os
+
+    if not os.access(out.parent, os.W_OK):
+        raise ReIDError(f"{flag}: the folder {out.parent} is not writable")
+    return out
 
 
 def parse_names(paths, cam_regex: str = r"c(\d+)"):
@@ -92,15 +115,38 @@ def parse_names(paths, cam_regex: str = r"c(\d+)"):
     return camids, pid_arr
 
 
+def _init_distributed(device: str):
+    """Under torchrun (WORLD_SIZE > 1): join the process group; returns (rank, world, created)."""
+    import torch.distributed as dist
+
+    from reidkit.utils.runtime import dist_env
+
+    rank, world, _ = dist_env()
+    if world <= 1:
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        import torch
+
+        torch.cuda.set_device(torch.device(device))  # gather_rows gathers on the current device
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), True
+
+
 def _extract(args: argparse.Namespace) -> int:
-    import os
+    import sys
     from pathlib import Path
 
     import numpy as np
+    import torch
 
     from reidkit.errors import ReIDError
-    from reidkit.evaluation.features import extract_features
+    from reidkit.evaluation.features import extract_features, gather_rows, load_images, shard_bounds
     from reidkit.export import load_feature_model
+    from reidkit.utils.io import atomic_write
+    from reidkit.utils.runtime import resolve_device
 
     if (args.onnx is None) == (args.weights is None):
         raise ReIDError("extract: give exactly one of --weights and --onnx")
@@ -109,27 +155,74 @@ def _extract(args: argparse.Namespace) -> int:
         raise ReIDError(f"{flag}: {source} is not a file")
     if args.onnx and Path(source).suffix.lower() != ".onnx":
         raise ReIDError(f"--onnx: {source} is not an .onnx file")
+    out = _check_out_file(args.out)
     paths = _list_images(args.images)
-    device = "cpu" if args.onnx else args.device
-    model = load_feature_model(args.onnx or args.weights)
+    device = resolve_device("cpu" if args.onnx else (args.device or "auto"), key="--device")
+    model = load_feature_model(args.onnx or args.weights, device=str(device))
+    if not isinstance(model, torch.nn.Module):
+        device = torch.device("cpu")  # exported runners run on CPU
     size = tuple(args.size) if args.size else tuple(getattr(model, "input_size", (256, 128)))
-    feats = extract_features(model, paths, batch_size=args.batch_size, flip=not args.no_flip,
-                             device=device, size=size, amp=args.amp and not args.onnx,
-                             amp_dtype=args.amp_dtype)
     camids, pids = parse_names(paths, args.cam_regex)
-    payload = {"features": feats.numpy().astype(np.float32), "paths": np.asarray(paths)}
+    if getattr(model, "uses_camera", False) and camids is None:
+        raise ReIDError(f"{flag}: {source} uses the camera id of each image, but not every file name "
+                        f"under {args.images} matches --cam-regex {args.cam_regex!r}")
+    rank, world, created = _init_distributed(str(device))
+    try:
+        # Each rank decodes and embeds only its contiguous shard; unreadable files become rows
+        # flagged invalid, so every rank gathers the same N rows and agrees on what was skipped.
+        a, b = shard_bounds(len(paths), rank, world)
+        imgs, kept, _ = load_images(paths[a:b], size, strict=False)
+        block = None
+        if b > a:
+            block = torch.zeros(b - a, int(model.feat_dim) + 1)
+            if kept:
+                cams = None if camids is None else camids[a:b][kept]
+                f = extract_features(model, imgs, batch_size=args.batch_size, flip=not args.no_flip,
+                                     device=device, size=size, amp=args.amp and isinstance(model, torch.nn.Module),
+                                     amp_dtype=args.amp_dtype, camids=cams)
+                if f.shape[1] != block.shape[1] - 1:
+                    block = torch.zeros(b - a, f.shape[1] + 1)
+                block[kept, :-1] = f
+                block[kept, -1] = 1.0
+        rows = gather_rows(block, world) if world > 1 else block
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+    valid = rows[:, -1] > 0.5
+    skipped = [p for p, ok in zip(paths, valid.tolist()) if not ok]
+    if skipped and args.strict:
+        raise ReIDError(f"--images: cannot read {skipped[0]} (empty or corrupt image)"
+                        + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
+                        + "; without --strict unreadable images are skipped and listed")
+    if not valid.any():
+        raise ReIDError(f"--images: none of the {len(paths)} images under {args.images} could be read")
+    if rank != 0:
+        return 0
+    keep = valid.numpy()
+    feats = rows[valid, :-1]
+    kept_paths = [p for p, ok in zip(paths, keep) if ok]
+    payload = {"features": feats.numpy().astype(np.float32), "paths": np.asarray(kept_paths),
+               "skipped": np.asarray(skipped, dtype=str)}
     if camids is not None:
-        payload["camids"] = camids
+        payload["camids"] = camids[keep]
     if pids is not None:
-        payload["pids"] = pids
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, **payload)
-    os.replace(tmp, out)
+        payload["pids"] = pids[keep]
+    try:
+        with atomic_write(out, "wb") as fh:
+            np.savez(fh, **payload)
+    except OSError as exc:
+        raise ReIDError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s) (empty or corrupt), e.g. {skipped[0]}; "
+              f"listed in {out.name}['skipped']", file=sys.stderr)
     extra = [k for k in ("camids", "pids") if k in payload]
-    print(f"{len(paths)} images -> {feats.shape[1]}-d features -> {out}"
-          + (f" (with {', '.join(extra)})" if extra else ""))
+    print(f"{len(kept_paths)} images -> {feats.shape[1]}-d features -> {out}"
+          + (f" (with {', '.join(extra)})" if extra else "")
+          + (f"; {len(skipped)} skipped" if skipped else "")
+          + (f"; {world} ranks" if world > 1 else ""))
     return 0
 
 
@@ -157,6 +250,35 @@ def _features_for(npz, records, split: str):
     return np.asarray(npz["features"], dtype=np.float32)[rows]
 
 
+def _open_npz(path):
+    """``np.load`` of an .npz archive; anything else is a ReIDError naming the file and the format."""
+    import zipfile
+
+    import numpy as np
+
+    from reidkit.errors import ReIDError
+
+    expected = ("expected an .npz archive from `reidkit extract` (arrays 'features' and 'paths') "
+                "or one with arrays 'query' and 'gallery'")
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise ReIDError(f"--features: cannot read {path}: {exc.strerror or exc}") from None
+    if magic == b"\x93NUMPY":
+        raise ReIDError(f"--features: {path} holds a single .npy array, not an .npz archive; {expected}")
+    if not magic.startswith(b"PK"):
+        # np.load would report "pickled data" for any other file, which misleads.
+        raise ReIDError(f"--features: {path} is not an .npz archive; {expected}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ReIDError(f"--features: {path} is a damaged .npz archive ({exc}); {expected}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ReIDError(f"--features: {path} is not an .npz archive; {expected}")
+    return npz
+
+
 def _visrank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -171,8 +293,15 @@ def _visrank(args: argparse.Namespace) -> int:
 
     if not Path(args.features).is_file():
         raise ReIDError(f"--features: {args.features} is not a file")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ReIDError(f"--out: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"--out: cannot create the folder {out}: {exc.strerror or exc}") from None
     dataset = load_dataset(args.dataset, args.root, **parse_options(args.dataset, args.option))
-    with np.load(args.features, allow_pickle=False) as npz:
+    with _open_npz(args.features) as npz:
         qf = _features_for(npz, dataset.query, "query")
         gf = _features_for(npz, dataset.gallery, "gallery")
     if args.rerank:
@@ -184,7 +313,6 @@ def _visrank(args: argparse.Namespace) -> int:
         distmat = re_ranking_features(qf, gf)
     else:
         distmat = compute_distance(qf, gf, metric=args.metric)
-    out = Path(args.out)
     q_pids = np.array([r.pid for r in dataset.query])
     g_pids = np.array([r.pid for r in dataset.gallery])
     index = visualize_ranked(distmat, dataset.query, dataset.gallery, out, topk=args.topk,

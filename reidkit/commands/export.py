@@ -9,7 +9,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help="export a model to ONNX or TorchScript",
         description="Export a checkpoint's eval feature (dynamic batch axis; flip TTA is the caller's). "
-                    "The input size, mean and std are stored in the file's metadata.",
+                    "The input size, mean and std are stored in the file's metadata. Models that use the "
+                    "camera (ViT with SIE) take a second input 'camids' (int64, one per image). "
+                    "Both formats serve `reidkit extract --weights/--onnx`.",
     )
     p.add_argument("--weights", required=True, help="model checkpoint (.pth) from training")
     p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate a synthetic pedestrian dataset (Market-1501 layout)",
         description="Draw procedural pedestrians seen by several cameras and write them as "
                     "OUT/Market-1501-v15.09.15/{bounding_box_train,bounding_box_test,query}. "
-                    "A re-run with the same parameters is skipped.",
+                    "A re-run with the same parameters is skipped; a set generated with other "
+                    "parameters is never replaced without --regenerate.",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
     p.add_argument("--ids", type=int, default=100, help="identities, split half train / half test (default 100)")
@@ -26,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     p.add_argument("--distractors", type=int, default=None, help="pid 0 gallery images (default ~8%% of images)")
     p.add_argument("--junk", type=int, default=None, help="pid -1 gallery images (default ~5%% of images)")
-    p.add_argument("--force", action="store_true", help="regenerate even if an identical set exists")
+    p.add_argument("--regenerate", "--force", dest="force", action="store_true",
+                   help="replace a set already in OUT (by default an identical set is reused and one "
+                        "generated with other parameters is an error)")
     p.set_defaults(func=_run)
 
 

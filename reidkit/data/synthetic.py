@@ -892,7 +892,11 @@ def read_marker(root: str | os.PathLike) -> dict | None:
 def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int = 16, cams: int = 6, seed: int = 0,
                     domain: str = "A", size: tuple[int, int] = (128, 64), workers: int | None = None,
                     distractors: int | None = None, junk: int | None = None, force: bool = False) -> GenerationReport:
-    """Generate (or reuse) a synthetic Market-1501 tree and report counts and speed."""
+    """Generate (or reuse) a synthetic Market-1501 tree and report counts and speed.
+
+    A tree already at ``out`` with the same parameters is reused; one with other parameters raises
+    ReIDError naming both unless ``force`` (then it is replaced).
+    """
     (h, w), nd, nj = _check(ids, images_per_id, cams, seed, domain, size, distractors, junk)
     params = {"ids": int(ids), "images_per_id": int(images_per_id), "cams": int(cams), "seed": int(seed),
               "domain": domain, "size": [h, w], "distractors": nd, "junk": nj, "version": GENERATOR_VERSION}
@@ -907,6 +911,16 @@ def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int =
                 raise ReIDError(f"synthetic: {root} exists and is not a reidkit synthetic set; choose another output folder")
         elif marker.get("params") == params and not force:
             return GenerationReport(root, marker["counts"], params, True, marker=marker)
+        elif not force:
+            # Never replace a set the user generated without being asked to.
+            have = marker.get("params") or {}
+            differ = {k: v for k, v in params.items() if have.get(k) != v}
+            raise ReIDError(
+                f"synthetic: {root} already holds a set generated with "
+                f"{ {k: have.get(k) for k in params} }; the requested "
+                f"{', '.join(f'{k}={v!r}' for k, v in differ.items())} differ(s); choose another output "
+                f"folder, or replace it with --regenerate (force=True)"
+            )
     dom = DOMAINS[domain]
     jobs, counts = _plan(int(ids), int(images_per_id), int(cams), int(seed), dom, nd, nj)
     n_workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
@@ -914,10 +928,13 @@ def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int =
     # half tree that a loader could mistake for a finished one.
     _remove_stale_partials(out)
     tmp = out / f".{MARKET_DIR}.partial-{os.getpid()}"  # per process: concurrent callers don't collide
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for s in SPLITS:
-        (tmp / s).mkdir(parents=True)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        for s in SPLITS:
+            (tmp / s).mkdir(parents=True)
+    except OSError as exc:
+        raise ReIDError(f"synthetic: cannot write into {out}: {exc.strerror or exc}") from None
     t0 = time.perf_counter()
     chunk = max(1, min(32, math.ceil(len(jobs) / (4 * n_workers))))  # small sets still spread over workers
     tasks = [(jobs[i:i + chunk], int(seed), dom, (h, w), str(tmp)) for i in range(0, len(jobs), chunk)]

@@ -507,6 +507,24 @@ class BaseTrainer:
             self._owns_process_group = False
 
     # ------------------------------------------------------------------ shared helpers
+    def load_train_records(self) -> list[Any]:
+        """Training records of ``data.datasets`` (and ``self.val_sets``, ``self.size``); an empty set is an error."""
+        from reidkit.engine.data import load_training_data
+
+        self.joint, self.val_sets = load_training_data(self.cfg.data)
+        records = list(self.joint.train)
+        if not records:
+            raise ReIDError(f"training set {self.joint.name!r} has no images")
+        self.size = (int(self.cfg.data.size[0]), int(self.cfg.data.size[1]))
+        return records
+
+    @staticmethod
+    def camera_ids(records: list[Any]) -> np.ndarray:
+        """One 0-based camera id per (dataset, camera): cameras of different datasets differ."""
+        pairs = [(r.dataset, r.camid) for r in records]
+        uniq = {p: i for i, p in enumerate(sorted(set(pairs)))}
+        return np.array([uniq[p] for p in pairs], dtype=np.int64)
+
     def record_skipped(self, split: str, paths: list[str]) -> None:
         """Count unreadable images of a split in train.log and metrics.json (a few names shown)."""
         if not paths:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reidkit.engine.base import BaseTrainer
-from reidkit.engine.data import build_augment, build_sampler, load_training_data
+from reidkit.engine.data import build_augment, build_sampler
 from reidkit.engine.optim import ExtraOptimizer
 from reidkit.errors import ReIDError
 
@@ -37,21 +37,14 @@ class SupervisedTrainer(BaseTrainer):
     def build_data(self) -> None:
         from reidkit.data.datasets import train_labels
 
-        cfg = self.cfg
-        self.joint, self.val_sets = load_training_data(cfg.data)
-        records = list(self.joint.train)
-        if not records:
-            raise ReIDError(f"training set {self.joint.name!r} has no images")
+        records = self.load_train_records()
         labels, self.label_map = train_labels(records)
         self.num_classes = len(self.label_map)
-        self.size = (int(cfg.data.size[0]), int(cfg.data.size[1]))
         self.train_records = records
         self.train_labels_np = labels
-        # one camera id per (dataset, camera): SIE models learn one embedding each
-        pairs = [(r.dataset, r.camid) for r in records]
-        uniq = {p: i for i, p in enumerate(sorted(set(pairs)))}
-        self.train_cams = np.array([uniq[p] for p in pairs], dtype=np.int64)
-        self.num_cameras = len(uniq)
+        # SIE models learn one embedding per camera
+        self.train_cams = self.camera_ids(records)
+        self.num_cameras = int(self.train_cams.max()) + 1
 
     def build_model(self) -> None:
         import dataclasses

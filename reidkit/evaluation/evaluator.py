@@ -1,7 +1,6 @@
 """End-to-end evaluation: features -> distances -> optional re-ranking -> rank metrics."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 
 from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import compute_distance
+from reidkit.evaluation.features import FeatureModel
 from reidkit.evaluation.metrics import evaluate_rank
 
 __all__ = ["evaluate", "summarize"]
@@ -49,7 +49,9 @@ def _extract(model, records, size, batch_size, flip, device) -> tuple[torch.Tens
     images = np.asarray(cache.images)
     if images.shape[0] == len(records) and not valid.all():
         images = images[valid]
-    feats = extract_features(model, images, batch_size=batch_size, flip=flip, device=device, normalize=False)
+    camids = [r.camid for r in kept] if getattr(model, "uses_camera", False) else None
+    feats = extract_features(model, images, batch_size=batch_size, flip=flip, device=device, normalize=False,
+                             camids=camids)
     return feats, kept
 
 
@@ -88,11 +90,11 @@ def evaluate(
         if qf.shape[0] != len(query) or gf.shape[0] != len(gallery):
             raise ReIDError(f"features: {qf.shape[0]} query / {gf.shape[0]} gallery rows for a dataset with "
                             f"{len(query)} / {len(gallery)} images")
-    elif isinstance(model_or_features, torch.nn.Module):
+    elif isinstance(model_or_features, (torch.nn.Module, FeatureModel)):
         qf, query = _extract(model_or_features, query, size, batch_size, flip, device)
         gf, gallery = _extract(model_or_features, gallery, size, batch_size, flip, device)
     else:
-        raise ReIDError(f"evaluate: expected a torch model or a features dict, got {type(model_or_features).__name__}")
+        raise ReIDError(f"evaluate: expected a feature model (torch, ONNX, TorchScript) or a features dict, got {type(model_or_features).__name__}")
     if metric == "cosine":
         # cosine ranking == squared Euclidean ranking of L2-normalised features; re-ranking uses those
         qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)
@@ -108,14 +110,13 @@ def evaluate(
     result = summarize(raw, len(query), len(gallery))
     result.update(metric=metric, rerank=bool(rerank), flip=bool(flip))
     if out_dir is not None:
+        from reidkit.utils.io import write_json
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         payload = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}
         payload["cmc"] = [round(float(c) * 100.0, 2) for c in raw["cmc"]]
         payload["units"] = "percent"
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, out / "metrics.json")
+        write_json(out / "metrics.json", payload)  # atomic, unique temp name
         if visualize:
             from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
 

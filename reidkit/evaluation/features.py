@@ -1,9 +1,25 @@
-"""Batched feature extraction with flip test-time augmentation, on CPU or GPU."""
+"""Batched feature extraction with flip test-time augmentation, on CPU or GPU, sharded under torchrun.
+
+``extract_features`` types against the small ``FeatureModel`` protocol: a callable
+``(x, cams=None) -> B x D`` on a normalised float batch, with ``mean``, ``std``, ``feat_dim``,
+``uses_camera`` and ``eval()``. A reidkit ``ReIDModel`` (``load_model``), the ONNX runner and the
+TorchScript runner of ``reidkit.export`` all implement it. Another output than the model's own
+eval feature (``neck_feat``) is asked of the model through ``forward_features`` /
+``forward_head(which=...)``, never by changing the model.
+
+With ``distributed=True`` and an initialised process group of W ranks, rank r extracts the
+contiguous slice ``[r*N//W, (r+1)*N//W)`` of the images (reading only its own files), the
+slices are all-gathered (padded to the longest, then trimmed) and every rank returns the same
+N x D tensor in the original order. Every rank must reach the gather: an unreadable image
+raises on the rank that holds it, so callers that skip such files decode with ``load_images``
+(strict=False) and gather the rows themselves with ``gather_rows``, as ``reidkit extract`` does.
+"""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -12,29 +28,102 @@ import torch.nn.functional as F
 from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import pick_device
 
-__all__ = ["extract_features", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["extract_features", "FeatureModel", "load_images", "shard_bounds", "gather_rows", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@contextlib.contextmanager
-def _neck_feat(model: torch.nn.Module, value: str | None) -> Iterator[None]:
-    """Temporarily set `neck_feat` on the model and every submodule that has it."""
-    if value is None:
-        yield
-        return
-    if value not in ("after", "before"):
-        raise ReIDError(f"neck_feat: expected 'after' or 'before', got {value!r}")
-    owners = [m for m in model.modules() if hasattr(m, "neck_feat") and isinstance(m.neck_feat, str)]
-    saved = [m.neck_feat for m in owners]
-    try:
-        for m in owners:
-            m.neck_feat = value
-        yield
-    finally:
-        for m, v in zip(owners, saved):
-            m.neck_feat = v
+@runtime_checkable
+class FeatureModel(Protocol):
+    """What ``extract_features`` needs of a model (torch, ONNX or TorchScript)."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    feat_dim: int
+    uses_camera: bool
+
+    def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
+        """``B x D`` features of a float ``B x 3 x H x W`` batch normalised with ``mean``/``std``."""
+        ...
+
+    def eval(self) -> Any:
+        """Switch to inference; returns the model."""
+        ...
+
+
+def _model_device(model: Any) -> torch.device | None:
+    """The device of a torch module's first parameter/buffer; None for other runners."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
+def _features_fn(model: Any, neck_feat: str | None):
+    """``f(x, cams) -> B x D``: the model's eval feature, or the output ``neck_feat`` names."""
+    if neck_feat is not None and neck_feat not in ("after", "before"):
+        raise ReIDError(f"neck_feat: expected 'after' or 'before', got {neck_feat!r}")
+    net = model.module if isinstance(model, torch.nn.Module) and hasattr(model, "module") else model  # DDP
+    if neck_feat is not None and neck_feat != getattr(getattr(net, "head", None), "neck_feat", None):
+        if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
+            raise ReIDError(f"neck_feat={neck_feat!r}: the model ({type(net).__name__}) has no "
+                            "forward_features/forward_head to choose its output; export the model "
+                            "with the wanted feature or leave neck_feat unset")
+
+        def chosen(x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
+            fmap = net.forward_features(x) if cams is None else net.forward_features(x, cams)
+            return net.forward_head(fmap, which=neck_feat)
+
+        return chosen
+
+    def plain(x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
+        # Models without a camera input may not accept the keyword at all.
+        return model(x) if cams is None else model(x, cams=cams)
+
+    return plain
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous ``[start, stop)`` of ``n`` items that ``rank`` of ``world`` handles."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def _dist_world() -> tuple[int, int]:
+    """(rank, world) of the initialised default process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_rows(local: torch.Tensor | None, world: int) -> torch.Tensor:
+    """All-gather every rank's ``rows x D`` block in rank order (rows may differ, even be 0: pass None).
+
+    Needs an initialised process group; gloo gathers on CPU, nccl on the current CUDA device.
+    """
+    import torch.distributed as dist
+
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    rows = 0 if local is None else int(local.shape[0])
+    dim = -1 if local is None else int(local.shape[1])
+    shape = torch.tensor([rows, dim], dtype=torch.int64, device=dev)
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    sizes = [int(s[0]) for s in shapes]
+    dim = max(int(s[1]) for s in shapes)
+    if dim < 0:
+        raise ReIDError("extract_features: no rank had images to extract")
+    block = torch.zeros(max(sizes), dim, dtype=torch.float32, device=dev)
+    if rows:
+        block[:rows] = local.to(dev, torch.float32)
+    blocks = [torch.empty_like(block) for _ in range(world)]
+    dist.all_gather(blocks, block)
+    return torch.cat([b[:n].cpu() for b, n in zip(blocks, sizes)])
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
@@ -44,19 +133,38 @@ def _resize(batch: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     return F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _load_paths(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
-    """Decode and resize images listed by path into an N x H x W x 3 uint8 array."""
+def _decode_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:
+    """One image as H x W x 3 uint8 at ``size``; None when missing, empty or corrupt."""
     from reidkit.data.pipeline import read_image
 
+    img = read_image(str(path))
+    if img is None:
+        return None
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    t = _resize(t, size).round_().clamp_(0, 255)
+    return t[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def load_images(paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True
+                ) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode and resize images: ``(N' x H x W x 3 uint8, kept indices, skipped paths)``.
+
+    ``strict``: an unreadable (missing, empty, corrupt) file raises ReIDError naming it;
+    otherwise it is skipped and listed, so the caller can count and report it.
+    """
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
+    kept: list[int] = []
+    skipped: list[str] = []
     for i, p in enumerate(paths):
-        img = read_image(str(p))
+        img = _decode_resized(str(p), size)
         if img is None:
-            raise ReIDError(f"images: cannot read {p} (missing or corrupt image)")
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
-        t = _resize(t, size).round_().clamp_(0, 255)
-        out[i] = t[0].permute(1, 2, 0).to(torch.uint8).numpy()
-    return out
+            if strict:
+                raise ReIDError(f"images: cannot read {p} (missing, empty or corrupt image)")
+            skipped.append(str(p))
+            continue
+        out[len(kept)] = img
+        kept.append(i)
+    return out[: len(kept)], kept, skipped
 
 
 def _as_images(images, size):
@@ -65,7 +173,7 @@ def _as_images(images, size):
     if isinstance(images, (list, tuple)):
         if not images:
             raise ReIDError("images: the list of paths is empty")
-        return torch.from_numpy(_load_paths(images, size or (256, 128)))
+        return torch.from_numpy(load_images(images, size or (256, 128))[0])
     t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.asarray(images))
     if t.ndim != 4 or t.shape[-1] != 3:
         raise ReIDError(f"images: expected an N x H x W x 3 uint8 array, got shape {tuple(t.shape)}")
@@ -76,9 +184,18 @@ def _as_images(images, size):
     return t
 
 
+def _as_camids(camids: Any, n: int) -> torch.Tensor | None:
+    if camids is None:
+        return None
+    c = torch.as_tensor(np.asarray(camids), dtype=torch.long).reshape(-1)
+    if c.numel() != n:
+        raise ReIDError(f"camids: expected one camera id per image ({n}), got {c.numel()}")
+    return c
+
+
 @torch.no_grad()
 def extract_features(
-    model: torch.nn.Module,
+    model: FeatureModel,
     images,
     batch_size: int = 256,
     flip: bool = True,
@@ -90,13 +207,19 @@ def extract_features(
     amp: bool = False,
     neck_feat: str | None = None,
     amp_dtype: str = "bf16",
+    camids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    distributed: bool = False,
 ) -> torch.Tensor:
     """N x D float32 CPU features of uint8 NHWC images or image paths (flip TTA, L2-normalised).
 
     ``amp=True`` runs the model under ``torch.autocast`` on the extraction device (CUDA or CPU)
     in ``amp_dtype``: "bf16" (the default, on both; it keeps float32's range, so no overflow in
     un-normalised features) or "fp16". Features come back as float32 either way. Models that are
-    not torch modules (an ONNX session) are unaffected by autocast.
+    not torch modules (an ONNX session) are unaffected by autocast. ``neck_feat`` ("after" or
+    "before") asks a reidkit model for that output instead of its configured one. ``camids``
+    (one per image) are passed to models with ``uses_camera``. ``distributed``: under an
+    initialised process group, each rank extracts its contiguous shard and all ranks get the
+    gathered N x D result in order (see the module docstring).
     """
     if batch_size < 1:
         raise ReIDError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -105,33 +228,55 @@ def extract_features(
         raise ReIDError(f"amp_dtype: expected 'bf16' or 'fp16', got {amp_dtype!r}")
     if size is None and isinstance(images, (list, tuple)):
         size = tuple(getattr(model, "input_size", (256, 128)))
+    rank, world = _dist_world() if distributed else (0, 1)
+    if world > 1:
+        if isinstance(images, (str, Path)):
+            _as_images(images, size)  # the one-path error
+        n = len(images) if isinstance(images, (list, tuple)) else int(_as_images(images, size).shape[0])
+        cams_all = _as_camids(camids, n)
+        a, b = shard_bounds(n, rank, world)
+        local = None
+        if b > a:
+            local = extract_features(model, images[a:b], batch_size=batch_size, flip=flip, device=device,
+                                     mean=mean, std=std, size=size, normalize=False, amp=amp,
+                                     neck_feat=neck_feat, amp_dtype=amp_dtype,
+                                     camids=None if cams_all is None else cams_all[a:b], distributed=False)
+        out = gather_rows(local, world)
+        return F.normalize(out, dim=1) if normalize else out
     imgs = _as_images(images, size)
+    cams = _as_camids(camids, int(imgs.shape[0]))
+    if not getattr(model, "uses_camera", False):
+        cams = None
     dev = pick_device(device)
     mean = tuple(mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN))
     std = tuple(std if std is not None else getattr(model, "std", IMAGENET_STD))
     m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-    was_training = model.training
+    fn = _features_fn(model, neck_feat)
+    was_training = bool(getattr(model, "training", False))
     model.eval()
-    model_dev = next(iter(model.parameters()), torch.empty(0)).device
-    if model_dev != dev:
+    model_dev = _model_device(model)
+    moved = model_dev is not None and model_dev != dev
+    if moved:
         model.to(dev)
     autocast = torch.autocast(device_type=dev.type, dtype=dtypes[amp_dtype]) if amp else contextlib.nullcontext()
     feats = []
     try:
-        with _neck_feat(model, neck_feat), autocast:
+        with autocast:
             for b in range(0, imgs.shape[0], batch_size):
                 x = imgs[b : b + batch_size].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = _resize(x, size).div_(255.0).sub_(m).div_(s)
-                f = model(x).float()
+                c = None if cams is None else cams[b : b + batch_size].to(dev)
+                f = fn(x, c).float()
                 if f.ndim != 2:
                     raise ReIDError(f"model: expected eval output of shape B x D, got {tuple(f.shape)}")
                 if flip:
-                    f = (f + model(torch.flip(x, dims=[3])).float()) / 2.0
+                    f = (f + fn(torch.flip(x, dims=[3]), c).float()) / 2.0
                 feats.append(f.cpu())
     finally:
-        if model_dev != dev:
+        if moved:
             model.to(model_dev)
-        model.train(was_training)
+        if was_training and hasattr(model, "train"):
+            model.train(True)
     out = torch.cat(feats)
     return F.normalize(out, dim=1) if normalize else out

@@ -9,7 +9,7 @@ import numpy as np
 
 from reidkit.errors import ReIDError
 
-__all__ = ["visualize_ranked", "plot_cmc", "plot_distance_hist"]
+__all__ = ["visualize_ranked", "plot_cmc", "plot_distance_hist", "rank1_hit"]
 
 GREEN, RED, GREY = "#1a9641", "#d7191c", "#9e9e9e"
 _CELL = (128, 64)  # every crop is shown at this (H, W)
@@ -33,6 +33,12 @@ def _thumb(path: str) -> np.ndarray:
             return np.asarray(im.convert("RGB").resize((_CELL[1], _CELL[0]), Image.BILINEAR))
     except (OSError, ValueError):
         return np.full((_CELL[0], _CELL[1], 3), 40, dtype=np.uint8)
+
+
+def rank1_hit(labels) -> bool:
+    """Whether the first ranked gallery image that the metric keeps (not junk) is a true match."""
+    kept = [lab for lab in labels if lab != "junk"]
+    return bool(kept) and kept[0] == "match"
 
 
 def _ap_row(order, q_pid, q_cam, g_pids, g_cams):
@@ -64,7 +70,10 @@ def visualize_ranked(
     if topk < 1:
         raise ReIDError(f"topk: expected a positive integer, got {topk}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"--out: cannot create the folder {out}: {exc.strerror or exc}") from None
     g_pids = np.array([r.pid for r in gallery_records])
     g_cams = np.array([r.camid for r in gallery_records])
     n = len(query_records) if max_queries is None else min(max_queries, len(query_records))
@@ -96,7 +105,8 @@ def visualize_ranked(
         name = f"query_{qi:05d}.png"
         fig.savefig(out / name, dpi=80, bbox_inches="tight")
         plt.close(fig)
-        rows.append((qi, q, ap, name, labels[0] == "match"))
+        # Rank-1 as the metric counts it: same-identity same-camera images are removed first.
+        rows.append((qi, q, ap, name, rank1_hit(labels)))
     items = "\n".join(
         f'<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>{q.camid}</td>'
         f'<td>{"-" if ap is None else f"{ap * 100:.1f}"}</td><td>{"yes" if hit else "no"}</td>'
@@ -108,11 +118,15 @@ def visualize_ranked(
         "<style>body{font-family:sans-serif}td{padding:2px 6px;border-bottom:1px solid #ddd}</style>"
         f"</head><body><h1>Ranked lists (top {k})</h1><p>{n} of {len(query_records)} queries; frame "
         f"<b style='color:{GREEN}'>green</b> = true match, <b style='color:{RED}'>red</b> = wrong, "
-        f"<b style='color:{GREY}'>grey</b> = same identity and camera (ignored by the metric).</p>"
+        f"<b style='color:{GREY}'>grey</b> = same identity and camera (ignored by the metric; the "
+        "rank-1 hit column skips them, as rank-1 does).</p>"
         "<table><tr><th>#</th><th>query</th><th>pid</th><th>cam</th><th>AP %</th><th>rank-1 hit</th>"
         f"<th>ranked list</th></tr>\n{items}\n</table></body></html>\n"
     )
-    (out / "index.html").write_text(page)
+    from reidkit.utils.io import atomic_write
+
+    with atomic_write(out / "index.html", "w") as fh:
+        fh.write(page)
     return out / "index.html"
 
 

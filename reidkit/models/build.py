@@ -40,6 +40,9 @@ class ModelConfig:
     classifier: str = "linear"
     cls_scale: float = 30.0
     cls_margin: float = 0.35
+    # Ghost BatchNorm: training statistics over N groups of the batch (see models/ghost_bn.py),
+    # so one GPU reproduces a recipe tuned on N GPUs without SyncBN.
+    bn_groups: int = 1
 
     def validate(self) -> None:
         """Raise ReIDError naming the first bad key (unknown names list the valid values)."""
@@ -67,6 +70,8 @@ class ModelConfig:
             raise ReIDError(f"model.cls_scale: must be > 0, got {self.cls_scale}")
         if self.cls_margin < 0:
             raise ReIDError(f"model.cls_margin: must be >= 0, got {self.cls_margin}")
+        if isinstance(self.bn_groups, bool) or not isinstance(self.bn_groups, int) or self.bn_groups < 1:
+            raise ReIDError(f"model.bn_groups: expected an integer >= 1, got {self.bn_groups!r}")
 
 
 def _backbone_names() -> Iterable[str] | None:
@@ -78,10 +83,13 @@ def _backbone_names() -> Iterable[str] | None:
 
 
 class ReIDModel(nn.Module):
-    """Backbone + head. ``forward(x, labels=None)``: training -> dict, eval -> ``B x feat_dim``.
+    """Backbone + head. ``forward(x, labels=None, cams=None)``: training -> dict, eval -> ``B x feat_dim``.
 
     Parameters under ``backbone.`` are the (pretrained) backbone; everything else is head.
-    ``labels`` are only needed in training by margin classifiers (arcface/cosface/circle).
+    ``labels`` are only needed in training by margin classifiers (arcface/cosface/circle);
+    ``cams`` (LongTensor B) only by models whose backbone has ``uses_camera = True`` (SIE).
+    Callers that need another output than ``forward``'s use ``forward_features`` and
+    ``forward_head(fmap, which=...)``; nothing outside should mutate the head or reach into it.
     """
 
     def __init__(
@@ -95,14 +103,39 @@ class ReIDModel(nn.Module):
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         self.feat_dim = int(head.feat_dim)
+        self.uses_camera = bool(getattr(backbone, "uses_camera", False))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+    def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> Any:
+        """The backbone's feature map ``B x C x h x w`` (MGN: the list of its branch maps)."""
+        if self.uses_camera:
+            return self.backbone.forward_features(x, cams)
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, fmap: Any, which: str = "after", labels: torch.Tensor | None = None) -> torch.Tensor:
+        """One head output of a feature map: "after" (post-neck), "before" (metric feature), "logits".
+
+        ``which="before"`` (or ``"pooled"``, the bare pooled feature) also takes a partial map such
+        as ``fmap[:, :, :h // 2]`` and gives that part's pooled feature. Runs in the current mode.
+        """
+        return self.head.forward_head(fmap, which, labels)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, cams: torch.Tensor | None = None) -> Any:
         """Training: ``{"feat", "logits"[, "feats", "logits_list"]}``; eval: ``B x feat_dim``."""
-        return self.head(self.backbone.forward_features(x), labels)
+        return self.head(self.forward_features(x, cams), labels)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
     """Build the model described by ``cfg`` with an ID classifier over ``num_classes``."""
+    model = _assemble_model(cfg, num_classes)
+    if cfg.bn_groups > 1:
+        from reidkit.models.ghost_bn import convert_ghost_bn
+
+        convert_ghost_bn(model, cfg.bn_groups)
+    return model
+
+
+def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
+    """The model of ``cfg`` per arch (before model-wide switches such as ghost BN)."""
     if not isinstance(cfg, ModelConfig):
         raise ReIDError(f"model: expected a ModelConfig, got {type(cfg).__name__}")
     cfg.validate()
@@ -151,16 +184,12 @@ def save_model(
     }
     if extra:
         ckpt.update(extra)
-    # Temp file in the same folder, then rename: a crash never leaves a half-written checkpoint.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # Temp file in the same folder, then rename: a crash never leaves a half-written checkpoint
+    # (and a killed write's temp is recognised and removed by clean_stale_temps).
+    from reidkit.utils.io import atomic_write
+
+    with atomic_write(path, "wb") as fh:
+        torch.save(ckpt, fh)
     return path
 
 
@@ -169,6 +198,12 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise ReIDError(f"checkpoint: file not found: {path}")
+    from reidkit.export import is_torchscript
+
+    if is_torchscript(path):
+        raise ReIDError(f"checkpoint: {path} is a TorchScript export, not a training checkpoint; it serves "
+                        "features (reidkit extract --weights, export.load_feature_model) but cannot be "
+                        "rebuilt into a trainable model")
     try:
         try:
             ckpt = torch.load(path, map_location=device, weights_only=True)

@@ -16,6 +16,8 @@ from reidkit.errors import ReIDError
 POOLINGS = ("avg", "max", "gem", "avgmax")
 NECKS = ("bnneck", "none", "embedding")
 NECK_FEATS = ("after", "before")
+# Outputs a caller can ask a head for (``forward_head(fmap, which=...)``).
+HEAD_OUTPUTS = ("after", "before", "logits", "pooled")
 CLASSIFIERS = ("linear", "arcface", "cosface", "circle")
 
 
@@ -304,17 +306,45 @@ class ReIDHead(nn.Module):
         self.feat_dim = dim
         self.classifier = build_classifier(classifier, dim, num_classes, cls_scale, cls_margin)
 
+    def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The pooled ``B x C`` feature of a (possibly partial) ``B x C x h x w`` map."""
+        return self.pool(fmap)
+
+    def forward_head(
+        self, fmap: torch.Tensor, which: str = "after", labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One output chosen by ``which`` (see ``HEAD_OUTPUTS``), in the module's current mode.
+
+        "pooled": the pooled feature; "before": the metric-loss feature (pooled for BNNeck and
+        no neck, the embedding for the embedding neck); "after": the inference feature after the
+        neck (BNNeck output; the embedding; the pooled feature with no neck); "logits": the ID
+        logits (margin classifiers need ``labels`` in training).
+        """
+        check_choice("which", which, HEAD_OUTPUTS)
+        pooled = self.pool(fmap)
+        if which == "pooled":
+            return pooled
+        if self.neck_type == "bnneck":
+            if which == "before":
+                return pooled
+            after = self.neck(pooled)
+            if which == "after":
+                return after
+            return self.classifier(self.dropout(after), labels)
+        feat = self.neck(pooled)
+        if which in ("before", "after"):
+            return feat
+        return self.classifier(self.dropout(feat), labels)
+
     def forward(
         self, fmap: torch.Tensor, labels: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor] | torch.Tensor:
-        """Training: ``{"feat", "logits"}``; eval: the ``B x feat_dim`` inference feature."""
+        """Training: ``{"feat", "logits"}``; eval: the ``B x feat_dim`` inference feature (``neck_feat``)."""
+        if not self.training:
+            return self.forward_head(fmap, self.neck_feat)
         pooled = self.pool(fmap)
         if self.neck_type == "bnneck":
             after = self.neck(pooled)
-            if not self.training:
-                return after if self.neck_feat == "after" else pooled
             return {"feat": pooled, "logits": self.classifier(self.dropout(after), labels)}
         feat = self.neck(pooled)
-        if not self.training:
-            return feat
         return {"feat": feat, "logits": self.classifier(self.dropout(feat), labels)}

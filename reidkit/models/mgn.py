@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reidkit.errors import ReIDError
-from reidkit.models.heads import build_classifier
+from reidkit.models.heads import build_classifier, check_choice
 
 RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 MGN_STRIPES = (1, 2, 3)  # stripes of the global, part-2 and part-3 branches (besides globals)
@@ -49,7 +49,7 @@ class MGNTrunk(nn.Module):
         self.branch_p3 = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(part_bb.layer4))
         self.out_channels = int(global_bb.out_channels)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Three feature maps: global (stride-2 layer4), part-2 and part-3 (stride 1)."""
         shared = self.stem(x)
         return [self.branch_global(shared), self.branch_p2(shared), self.branch_p3(shared)]
@@ -82,16 +82,33 @@ class MGNHead(nn.Module):
         nn.init.zeros_(bn.bias)
         return nn.Sequential(conv, bn, nn.ReLU(inplace=True))
 
-    def forward(
-        self, maps: list[torch.Tensor], labels: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor | list[torch.Tensor]] | torch.Tensor:
-        """Training: ``{"feat", "logits", "feats", "logits_list"}``; eval: the B x 2048 feature."""
+    def _reduced(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The 8 reduced features: 3 globals first, then the 2 + 3 stripes."""
+        if not isinstance(maps, (list, tuple)) or len(maps) != len(MGN_STRIPES):
+            raise ReIDError(f"MGN head: expected the {len(MGN_STRIPES)} branch maps of forward_features, "
+                            f"got {type(maps).__name__}")
         pooled = [F.adaptive_max_pool2d(m, 1) for m in maps]  # 3 globals first
         for m, stripes in zip(maps, MGN_STRIPES):
             if stripes > 1:
                 parts = F.adaptive_max_pool2d(m, (stripes, 1))
                 pooled.extend(parts[:, :, i : i + 1] for i in range(stripes))
-        reduced = [red(p).flatten(1) for red, p in zip(self.reductions, pooled)]
+        return [red(p).flatten(1) for red, p in zip(self.reductions, pooled)]
+
+    def forward_head(
+        self, maps: list[torch.Tensor], which: str = "after", labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``"after"``/``"before"``: the concatenated feature (MGN has no neck); ``"logits"``: the global branch's."""
+        check_choice("which", which, ("after", "before", "logits"))
+        reduced = self._reduced(maps)
+        if which == "logits":
+            return self.classifiers[0](reduced[0], labels)
+        return torch.cat(reduced, dim=1)
+
+    def forward(
+        self, maps: list[torch.Tensor], labels: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]] | torch.Tensor:
+        """Training: ``{"feat", "logits", "feats", "logits_list"}``; eval: the B x 2048 feature."""
+        reduced = self._reduced(maps)
         feat = torch.cat(reduced, dim=1)
         if not self.training:
             return feat

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SpaceModel", "extract_spaces", "space_features", "gather_rows", "shard_bounds"]
+__all__ = ["SpaceModel", "extract_spaces", "space_features"]
 
 
 def _pool(net: nn.Module, fmap: torch.Tensor, which: str) -> torch.Tensor:
@@ -36,9 +36,9 @@ def space_features(net: nn.Module, fmap: torch.Tensor, spaces: list[str], neck_a
         # Rounding the split towards the top gives the lower half the odd row, as SSG's slicing.
         mid = max(1, h // 2)
         if "upper" in spaces:
-            out["upper"] = _pool(net, fmap[:, :, :mid], "before")
+            out["upper"] = _pool(net, fmap[:, :, :mid], "pooled")
         if "lower" in spaces:
-            out["lower"] = _pool(net, fmap[:, :, mid:] if h > 1 else fmap, "before")
+            out["lower"] = _pool(net, fmap[:, :, mid:] if h > 1 else fmap, "pooled")
     return out
 
 
@@ -57,29 +57,6 @@ class SpaceModel(nn.Module):
         return space_features(self.net, fmap, self.spaces, self.neck_after)
 
 
-def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Contiguous [start, stop) of rank's share of n items (sizes differ by at most one)."""
-    base, extra = divmod(n, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
-def gather_rows(part: torch.Tensor, n: int, world: int) -> torch.Tensor:
-    """All-gather contiguous row shards (from :func:`shard_bounds`) into the full ``n x D`` tensor, in order."""
-    import torch.distributed as dist
-
-    size = max(shard_bounds(n, r, world)[1] - shard_bounds(n, r, world)[0] for r in range(world))
-    padded = torch.zeros(size, *part.shape[1:], dtype=part.dtype, device=part.device)
-    padded[: len(part)] = part
-    bufs = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(bufs, padded)
-    rows = []
-    for r in range(world):
-        a, b = shard_bounds(n, r, world)
-        rows.append(bufs[r][: b - a])
-    return torch.cat(rows)
-
-
 @torch.no_grad()
 def extract_spaces(
     net: nn.Module, images: np.ndarray, spaces: list[str], device: torch.device, mean: list[float],
@@ -92,6 +69,8 @@ def extract_spaces(
     and every rank receives all features in the original order.
     """
     from contextlib import nullcontext
+
+    from reidkit.evaluation.features import gather_rows, shard_bounds
 
     world, rank = 1, 0
     if distributed:
@@ -118,14 +97,6 @@ def extract_spaces(
         net.train(was)
     out = {}
     for k in spaces:
-        dim = int(parts[k][0].shape[1]) if parts[k] else _dim_of(model, images, device, m, s, k)
-        local = torch.cat(parts[k]) if parts[k] else torch.zeros(0, dim, device=device)
-        out[k] = (gather_rows(local, n, world) if world > 1 else local).cpu()
+        local = torch.cat(parts[k]) if parts[k] else None
+        out[k] = (gather_rows(local, world) if world > 1 else local).cpu()
     return out
-
-
-def _dim_of(model: SpaceModel, images: np.ndarray, device: torch.device, m: torch.Tensor, s: torch.Tensor,
-            space: str) -> int:
-    # An empty shard (more ranks than images) still needs the feature width for the gather.
-    x = torch.from_numpy(np.ascontiguousarray(images[:1])).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    return int(model((x - m) / s)[space].shape[1])

@@ -32,7 +32,7 @@ from torch import nn
 
 from reidkit.config import Config, UnsupervisedConfig
 from reidkit.engine.base import BaseTrainer
-from reidkit.engine.data import build_augment, load_training_data
+from reidkit.engine.data import build_augment
 from reidkit.engine.usl.methods import USL_METHODS
 from reidkit.engine.usl.methods.base import Round
 from reidkit.engine.usl.spaces import SpaceModel, extract_spaces
@@ -129,14 +129,9 @@ class ClusterTrainer(BaseTrainer):
     def build_data(self) -> None:
         from reidkit.data.datasets import load_datasets, train_labels
         from reidkit.data.pipeline import ImageCache
-        from reidkit.engine.data import spec_dict
 
         cfg = self.cfg
-        self.joint, self.val_sets = load_training_data(cfg.data)
-        records = list(self.joint.train)
-        if not records:
-            raise ReIDError(f"training set {self.joint.name!r} has no images")
-        self.size = (int(cfg.data.size[0]), int(cfg.data.size[1]))
+        records = self.load_train_records()
         cache = ImageCache.build([r.path for r in records], size=self.size, cache_dir=cfg.data.cache_dir)
         valid = np.asarray(cache.valid, dtype=bool)
         self.record_skipped("train", list(cache.skipped))
@@ -145,15 +140,12 @@ class ClusterTrainer(BaseTrainer):
         self.images = imgs if valid.all() else np.ascontiguousarray(imgs[valid])
         # Only for cluster_report: never reaches the loss.
         self.true_labels, _ = train_labels(self.records)
-        # one id per (dataset, camera): cameras of different datasets are different cameras
-        pairs = [(r.dataset, r.camid) for r in self.records]
-        uniq = {p: i for i, p in enumerate(sorted(set(pairs)))}
-        self.camids = np.array([uniq[p] for p in pairs], dtype=np.int64)
+        self.camids = self.camera_ids(self.records)
         self.dataset_name = cfg.data.datasets[0].name
         self.source_images: np.ndarray | None = None
         if self.usl.use_source:
-            src = load_datasets([spec_dict(dataclasses.make_dataclass("S", ["name", "root", "options"])(
-                s["name"], s.get("root", "data"), dict(s.get("options", {})))) for s in self.usl.source])
+            src = load_datasets([{"name": s["name"], "root": s.get("root", "data"), **dict(s.get("options", {}))}
+                                 for s in self.usl.source])
             sc = ImageCache.build([r.path for r in src.train], size=self.size, cache_dir=cfg.data.cache_dir)
             self.source_images = np.ascontiguousarray(np.asarray(sc.images)[np.asarray(sc.valid, dtype=bool)])
         log.info("unsupervised training (%s) on %s: %d images (labels unused)", self.usl.method,
