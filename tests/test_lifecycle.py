@@ -156,3 +156,44 @@ def test_temp_files_of_killed_writes_are_removed(kind, syn, tmp_path):
     run(kind, syn, out, solver__max_epochs=1)
     assert not stale.exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_corrupt_training_images_are_counted_in_the_log_and_metrics(kind, syn, tmp_path):
+    import shutil
+
+    root = tmp_path / "syn"
+    shutil.copytree(syn, root)
+    train_dir = next(root.rglob("bounding_box_train"))
+    bad = sorted(train_dir.glob("*.jpg"))[:2]
+    for p in bad:
+        p.write_bytes(b"")  # zero bytes: unreadable
+    n_train = len(list(train_dir.glob("*.jpg")))
+    out = tmp_path / "run"
+    cfg = make_cfg(kind, root, out, solver__max_epochs=1)
+    cfg["data"]["datasets"][0]["root"] = str(root)
+    result = trainer_cls(kind)(cfg).fit()
+    assert result["skipped_images"]["train"] == 2
+    assert {Path(p).name for p in result["skipped_images"]["files"]} == {p.name for p in bad}
+    log = (out / "train.log").read_text()
+    assert "2 unreadable train image(s) skipped" in log
+    if kind == "supervised":
+        assert f": {n_train - 2} images," in log  # the start line counts only the readable ones
+    else:
+        assert result["clusters"][0]["n_samples"] == n_train - 2
+
+
+def test_freeze_backbone_keeps_weights_and_batchnorm_statistics(syn, tmp_path):
+    trainer = SupervisedTrainer(make_cfg("supervised", syn, tmp_path / "frozen", solver__max_epochs=1,
+                                         solver__freeze_backbone=True, solver__eval_period=5))
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    trainer.fit()
+    after = trainer.net.state_dict()
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics
+    assert not torch.equal(before["head.classifier.fc.weight"], after["head.classifier.fc.weight"])
+    assert not any(p.requires_grad for p in trainer.net.backbone.parameters())
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in in_optimizer for p in trainer.net.backbone.parameters())
