@@ -40,9 +40,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    from reidkit.utils.io import write_json
+
+    write_json(path, data)
 
 
 def overrides(p: dict[str, Any]) -> dict[str, Any]:

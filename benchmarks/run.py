@@ -287,9 +287,9 @@ def run_suite(preset: str, out: Path, device: str, only: list[str], isolate: boo
     payload["table"] = table(payload)
     name = tag or machine_tag(info, device, preset)
     path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    from reidkit.utils.io import write_json
+
+    write_json(path, payload)
     return path, payload
 
 

@@ -83,9 +83,9 @@ def _file_signature(paths: Sequence[str], size: tuple[int, int]) -> str:
 
 
 def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    from reidkit.utils.io import write_json
+
+    write_json(path, payload, indent=None)
 
 
 def _warn_skipped(skipped: list[str]) -> None:

@@ -81,8 +81,9 @@ def write_fold_manifest(
     if pid_map is None:
         keys = sorted({(r.dataset, r.pid) for s in ("train", "query", "gallery") for r in fold[s]})
         pid_map = {key: i + 1 for i, key in enumerate(keys)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    from reidkit.utils.io import atomic_write
+
+    with atomic_write(path, "w") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "pid", "camid", "split"])
         for split in ("train", "query", "gallery"):
@@ -90,7 +91,6 @@ def write_fold_manifest(
                 w.writerow([r.path, pid_map[(r.dataset, r.pid)], r.camid, split])
         for r in distractors:
             w.writerow([r.path, 0, r.camid, "gallery"])
-    tmp.replace(path)
     return path
 
 

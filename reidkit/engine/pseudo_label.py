@@ -121,14 +121,14 @@ def write_manifest(path: str | Path, records: Sequence[Any], labels: Sequence[in
     """A train-only CSV manifest (path,pid,camid,split) of the labelled records; pid = label + offset."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    from reidkit.utils.io import atomic_write
+
+    with atomic_write(path, "w") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "pid", "camid", "split"])
         for rec, lab in zip(records, labels):
             if lab >= 0:
                 w.writerow([rec.path, int(lab) + pid_offset, rec.camid, "train"])
-    tmp.replace(path)
     return path
 
 

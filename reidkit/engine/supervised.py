@@ -11,7 +11,6 @@ from torch import nn
 from reidkit.engine.base import BaseTrainer
 from reidkit.engine.data import build_augment, build_sampler
 from reidkit.engine.optim import ExtraOptimizer
-from reidkit.errors import ReIDError
 
 __all__ = ["SupervisedTrainer", "to_float"]
 

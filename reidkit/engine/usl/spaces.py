@@ -18,14 +18,7 @@ __all__ = ["SpaceModel", "extract_spaces", "space_features"]
 
 
 def _pool(net: nn.Module, fmap: torch.Tensor, which: str) -> torch.Tensor:
-    head = getattr(net, "forward_head", None)
-    if head is not None:
-        return head(fmap, which=which)
-    # models without forward_head (older builds): the same computation by hand
-    pooled = net.head.pool(fmap)
-    if which == "after" and net.head.neck_type in ("bnneck", "embedding"):
-        return net.head.neck(pooled)
-    return pooled
+    return net.forward_head(fmap, which=which)
 
 
 def space_features(net: nn.Module, fmap: torch.Tensor, spaces: list[str], neck_after: bool) -> dict[str, torch.Tensor]:
@@ -52,8 +45,7 @@ class SpaceModel(nn.Module):
         self.neck_after = neck_after
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        fmap = self.net.forward_features(x) if hasattr(self.net, "forward_features") else \
-            self.net.backbone.forward_features(x)
+        fmap = self.net.forward_features(x)
         return space_features(self.net, fmap, self.spaces, self.neck_after)
 
 
