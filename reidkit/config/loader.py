@@ -126,7 +126,7 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any, merge: bool = False) 
     node: Any = tree
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = node[_list_index(node, part, parts[: i + 1])]
+            node = node[_list_index(node, part, key)]
             continue
         nxt = node.get(part)
         if not isinstance(nxt, (dict, list)):
@@ -135,16 +135,17 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any, merge: bool = False) 
         node = nxt
     last = parts[-1]
     if isinstance(node, list):
-        node[_list_index(node, last, parts)] = value
+        node[_list_index(node, last, key)] = value
     elif merge and isinstance(value, dict) and isinstance(node.get(last), dict):
         node[last] = deep_merge(node[last], value)
     else:
         node[last] = value
 
 
-def _list_index(node: list, part: str, parts: list[str]) -> int:
+def _list_index(node: list, part: str, key: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ReIDError(f"override key '{'.'.join(parts)}': '{part}' is not an index of a list of {len(node)}")
+        raise ReIDError(f"override key '{key}': '{part}' is not an index of a list of {len(node)} "
+                        f"(valid: 0..{len(node) - 1})")
     return int(part)
 
 

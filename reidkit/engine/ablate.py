@@ -120,7 +120,9 @@ def run_ablation(
     from reidkit.engine.trainer import Trainer
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from reidkit.utils.io import ensure_dir
+
+    ensure_dir(out, "--out")
     runs = plan_runs(config, grid, recipes, overrides)
     # Check every config before spending time on the first run.
     cfgs: list[Config] = [load_config(find_recipe(r["config"]), r["overrides"]) for r in runs]

@@ -37,7 +37,7 @@ def test(
     from reidkit.engine.data import load_training_data
     from reidkit.engine.validation import evaluate_sets, prepare_val_sets
     from reidkit.models.build import load_model
-    from reidkit.utils.io import write_json
+    from reidkit.utils.io import ensure_dir, write_json
     from reidkit.utils.runtime import resolve_device
 
     cfg = load_config(cfg_or_path, overrides)
@@ -53,10 +53,7 @@ def test(
     if cfg.input.std is not None:
         model.std = list(cfg.input.std)
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "test"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReIDError(f"test: cannot create the output folder {out} ({exc.strerror})") from None
+    ensure_dir(out, "test --out")
     prepared = prepare_val_sets(val_sets, (size[0], size[1]), cfg.data.cache_dir)
     result = evaluate_sets(model, prepared, cfg.test, device, out_dir=out)
     result = {"weights": str(weights), "rerank": cfg.test.rerank, "flip": cfg.test.flip, **result}

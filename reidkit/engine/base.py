@@ -36,7 +36,7 @@ from reidkit.engine.handlers import NanGuard, Progress, attach_lr_schedule, atta
 from reidkit.engine.optim import ExtraOptimizer, OptimStep, build_optimizer, build_scheduler
 from reidkit.engine.validation import METRIC_KEYS, ValSet, evaluate_sets, prepare_val_sets
 from reidkit.errors import ReIDError
-from reidkit.utils.io import atomic_write, clean_stale_temps, write_json
+from reidkit.utils.io import atomic_write, clean_stale_temps, ensure_dir, write_json
 from reidkit.utils.runtime import dist_env, resolve_device, seed_everything
 
 __all__ = ["BaseTrainer"]
@@ -149,10 +149,7 @@ class BaseTrainer:
             amp_dtype(cfg.solver.amp, self.device)  # raises the clear error
         seed_everything(cfg.seed)
         if self.is_main:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ReIDError(f"output_dir {self.out}: cannot create it ({exc.strerror})") from None
+            ensure_dir(self.out, "output_dir")
             removed = clean_stale_temps(self.out)
             cfg.to_yaml(self.out / "config.yaml")
         self._setup_logging()

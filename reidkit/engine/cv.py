@@ -107,7 +107,9 @@ def run_cv(
     cfg = load_config(config, overrides)
     seed = cfg.seed if seed is None else int(seed)
     out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "cv")
-    out.mkdir(parents=True, exist_ok=True)
+    from reidkit.utils.io import ensure_dir
+
+    ensure_dir(out, "--out")
     specs = [{"name": s.name, "root": s.root, **dict(s.options)} for s in cfg.data.datasets]
     joint = load_datasets(specs)
     records = list(joint.train)

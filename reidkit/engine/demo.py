@@ -36,13 +36,15 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into `out_dir` and return its metrics (also written to ``out_dir/metrics.json``)."""
     from reidkit.data.datasets import load_dataset
-    from reidkit.engine.trainer import Trainer, extract_val_features, write_json
+    from reidkit.engine.supervised import SupervisedTrainer as Trainer
+    from reidkit.engine.validation import extract_val_features
+    from reidkit.utils.io import ensure_dir, write_json
     from reidkit.evaluation.distance import compute_distance
     from reidkit.evaluation.visualize import visualize_ranked
 
     say = print if echo else (lambda *a, **k: None)
     out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out, "demo --out")
     t_start = time.perf_counter()
     cfg = load_config("demo", [
         f"data.datasets.0.root={out / 'data'}", f"output_dir={out / 'train'}",

@@ -169,7 +169,9 @@ def run_pseudo_label(
         raise ReIDError(f"pseudo-label: --threshold is a cosine similarity in [-1, 1], got {threshold}")
     cfg = load_config(config, overrides)
     out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "pseudo_label")
-    out.mkdir(parents=True, exist_ok=True)
+    from reidkit.utils.io import ensure_dir
+
+    ensure_dir(out, "--out")
     device = resolve_device(cfg.device)
     spec = cfg.data.datasets[0]
     target = load_dataset(spec.name, spec.root, **dict(spec.options))

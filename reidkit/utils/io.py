@@ -20,8 +20,8 @@ from typing import IO, Any
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "atomic_write", "clean_stale_temps", "is_image_file", "list_images", "write_json",
-    "json_default",
+    "IMAGE_EXTENSIONS", "atomic_write", "clean_stale_temps", "ensure_dir", "is_image_file", "list_images",
+    "write_json", "json_default",
 ]
 
 # Everything Pillow decodes that people store crops in (PGM/PPM/PBM/GIF included: a folder of
@@ -51,6 +51,16 @@ def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
             out.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
         return sorted(out)
     return sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p.name))
+
+
+def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` (and parents) or raise one ReIDError naming it and why (a file in the way, no permission)."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
+    return path
 
 
 def _temp_for(path: Path) -> tuple[int, str]:

@@ -257,7 +257,13 @@ class ClusterTrainer(BaseTrainer):
             mixed = sp.coo_matrix((vals.astype(np.float32), (dist.row, dist.col)), shape=dist.shape).tocsr()
             labels, used = pseudo_labels(None, dist=mixed, **common)
         else:
-            labels, used = pseudo_labels(feats, **common)
+            try:
+                labels, used = pseudo_labels(feats, **common)
+            except ReIDError as exc:
+                if eps is not None:
+                    raise
+                # the rho rule failed: name the setting that chose it
+                raise ReIDError(f"usl.rho={usl.rho}: {exc}; raise usl.rho or set usl.eps to a number") from None
         if eps is None and usl.fix_eps:
             self.fixed_eps.setdefault(name, float(used))
         return np.asarray(labels, dtype=np.int64), float(used)

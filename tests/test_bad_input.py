@@ -1,0 +1,201 @@
+"""Bad input across every verb: exit code 2, one `error:` line naming the path or key, no traceback.
+
+Each case is (verb arguments, a fragment the error line must contain). The cases run the CLI in
+process (`reidkit.cli.main`); an uncaught exception fails the test (a traceback would reach the
+user). The retrieval and video verbs have their own cases beside their tests.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from reidkit.cli import main
+
+# ----------------------------------------------------------------------------- fixtures: a small world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """Files the cases point at: a tiny dataset, crops, garbage files, broken recipes, a trained model."""
+    from reidkit.data.datasets import load_dataset
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    w = tmp_path_factory.mktemp("bad")
+    syn = w / "syn"
+    load_dataset("synthetic", syn, ids=6, images_per_id=4, cams=2, seed=0)
+    crops = w / "crops"
+    crops.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 16, 3), 40 * i, np.uint8)).save(crops / f"{i:04d}_c1s1_{i:06d}_00.jpg")
+    empty_dir = w / "empty"
+    empty_dir.mkdir()
+    zero = w / "zero"
+    zero.mkdir()
+    Image.fromarray(np.zeros((32, 16, 3), np.uint8)).save(zero / "0001_c1s1_000001_00.jpg")
+    (zero / "0002_c1s1_000002_00.jpg").write_bytes(b"")
+    garbage = w / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    a_file = w / "a_file.txt"
+    a_file.write_text("x")
+    (w / "bad.yaml").write_text("solver: [unclosed\n")
+    (w / "list.yaml").write_text("- 1\n- 2\n")
+    (w / "loop_a.yaml").write_text("_base_: loop_b.yaml\n")
+    (w / "loop_b.yaml").write_text("_base_: loop_a.yaml\n")
+    (w / "no_cols.csv").write_text("file,label\na.jpg,1\n")
+    (w / "bad_pid.csv").write_text(f"path,pid,camid,split\n{crops / '0000_c1s1_000000_00.jpg'},abc,0,train\n")
+    (w / "not_npz.npz").write_bytes(b"plain text, not an archive")
+    weights = w / "model.pt"
+    save_model(weights, build_model(ModelConfig(backbone="resnet18", pretrained=False), 3), ModelConfig(
+        backbone="resnet18", pretrained=False), 3, [32, 16])
+    tiny = {
+        "_base_": "bot_r50.yaml",
+        "data": {"datasets": [{"name": "synthetic", "root": str(syn),
+                               "options": {"ids": 6, "images_per_id": 4, "cams": 2, "seed": 0}}],
+                 "size": [32, 16]},
+        "sampler": {"p": 2, "k": 2, "epoch_batches": 1},
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "solver": {"max_epochs": 1, "warmup_epochs": 0},
+        "device": "cpu",
+        "output_dir": str(w / "run"),
+    }
+    (w / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    usl = {**tiny, "_base_": "usl_cluster_contrast.yaml",
+           "usl": {"eps": 0.0001, "min_samples": 4, "k1": 4, "k2": 2, "batch_size": 4, "num_instances": 2,
+                   "iters_per_epoch": 1},
+           "output_dir": str(w / "usl")}
+    (w / "usl_tiny.yaml").write_text(yaml.safe_dump(usl))
+    return {"w": w, "syn": syn, "crops": crops, "empty": empty_dir, "zero": zero, "garbage": garbage,
+            "file": a_file, "weights": weights, "tiny": w / "tiny.yaml", "usl": w / "usl_tiny.yaml"}
+
+
+def T(key: str) -> str:
+    return "{" + key + "}"
+
+
+# (id, argv template, fragment of the error line); {key} is replaced by world[key]
+CASES = [
+    # data
+    ("data-missing-root", ["data", "stats", "market1501", "--root", "/nonexistent/market"], "/nonexistent/market"),
+    ("data-unknown-name", ["data", "stats", "market1051", "--root", T("w")], "did you mean 'market1501'"),
+    ("data-empty-folder", ["data", "stats", "folder", "--root", T("empty")], T("empty")),
+    ("data-wrong-layout", ["data", "stats", "market1501", "--root", T("crops")], T("crops")),
+    ("data-bad-option", ["data", "stats", "synthetic", "--root", T("syn"), "-o", "ids=abc"], "ids"),
+    ("data-unknown-option", ["data", "stats", "synthetic", "--root", T("syn"), "-o", "idz=3"], "idz"),
+    ("data-option-syntax", ["data", "stats", "synthetic", "--root", T("syn"), "-o", "ids"], "key=value"),
+    ("csv-missing-columns", ["data", "stats", "csv", "--root", T("w") + "/no_cols.csv"], "no_cols.csv"),
+    ("csv-bad-pid", ["data", "stats", "csv", "--root", T("w") + "/bad_pid.csv"], "bad_pid.csv"),
+    ("csv-missing-file", ["data", "stats", "csv", "--root", "/nonexistent/list.csv"], "/nonexistent/list.csv"),
+    # synth
+    ("synth-out-is-file", ["synth", T("file"), "--ids", "4"], T("file")),
+    ("synth-zero-ids", ["synth", T("w") + "/s0", "--ids", "0"], "ids"),
+    ("synth-negative-images", ["synth", T("w") + "/s1", "--images-per-id", "-2"], "images"),
+    ("synth-bad-size", ["synth", T("w") + "/s2", "--size", "big"], "size"),
+    ("synth-other-options-over-existing", ["data", "stats", "synthetic", "--root", T("syn"), "-o", "ids=9"],
+     "already holds"),
+    # config and recipes (train)
+    ("recipe-missing", ["train", "--config", "no_such_recipe"], "no_such_recipe"),
+    ("recipe-invalid-yaml", ["train", "--config", T("w") + "/bad.yaml"], "bad.yaml"),
+    ("recipe-not-a-mapping", ["train", "--config", T("w") + "/list.yaml"], "list.yaml"),
+    ("recipe-circular-base", ["train", "--config", T("w") + "/loop_a.yaml"], "circular"),
+    ("override-no-equals", ["train", "--config", T("tiny"), "solver.max_epochs"], "key=value"),
+    ("override-empty-key", ["train", "--config", T("tiny"), "solver..lr=1"], "empty key"),
+    ("override-unknown-key", ["train", "--config", T("tiny"), "solver.max_epoch=3"], "did you mean 'max_epochs'"),
+    ("override-wrong-type", ["train", "--config", T("tiny"), "solver.base_lr=fast"], "solver.base_lr"),
+    ("override-bad-literal", ["train", "--config", T("tiny"), "solver.optimizer=rmsprop"], "solver.optimizer"),
+    ("override-bad-index", ["train", "--config", T("tiny"), "data.datasets.5.root=/x"], "data.datasets.5.root"),
+    ("config-bad-size", ["train", "--config", T("tiny"), "data.size=[0,0]"], "data.size"),
+    ("config-bad-sampler", ["train", "--config", T("tiny"), "sampler.p=0"], "sampler.p"),
+    ("config-steps-order", ["train", "--config", T("tiny"), "solver.steps=[70,40]"], "solver.steps"),
+    ("config-bad-mean", ["train", "--config", T("tiny"), "input.mean=[1,2]"], "input.mean"),
+    ("config-bad-lr", ["train", "--config", T("tiny"), "solver.base_lr=0"], "solver.base_lr"),
+    ("config-unknown-backbone", ["train", "--config", T("tiny"), "model.backbone=resnet5"], "did you mean"),
+    ("config-unknown-loss", ["train", "--config", T("tiny"), "loss.names=[softmx]"], "softmx"),
+    ("config-bad-device", ["train", "--config", T("tiny"), "device=tpu"], "device"),
+    ("config-cuda-absent", ["train", "--config", T("tiny"), "device=cuda"], "no CUDA device"),
+    ("config-fp16-cpu", ["train", "--config", T("tiny"), "solver.amp=fp16"], "solver.amp"),
+    ("train-missing-data", ["train", "--config", T("tiny"), "data.datasets=[{name: market1501, root: /nonexistent/m}]"],
+     "/nonexistent/m"),
+    ("train-resume-none", ["train", "--config", T("tiny"), f"output_dir={T('w')}/fresh", "resume=true"],
+     "no checkpoint"),
+    ("train-resume-missing", ["train", "--config", T("tiny"), "resume=/nonexistent/last.pt"], "/nonexistent/last.pt"),
+    ("train-resume-garbage", ["train", "--config", T("tiny"), f"resume={T('garbage')}"], "garbage.pt"),
+    ("train-pretrained-missing", ["train", "--config", T("tiny"), "model.pretrained=/nonexistent/w.pth"],
+     "/nonexistent/w.pth"),
+    ("train-pretrained-garbage", ["train", "--config", T("tiny"), f"model.pretrained={T('garbage')}"], "garbage.pt"),
+    ("train-output-is-file", ["train", "--config", T("tiny"), f"output_dir={T('file')}"], T("file")),
+    # test
+    ("test-weights-missing", ["test", "--config", T("tiny"), "--weights", "/nonexistent/model.pt"],
+     "/nonexistent/model.pt"),
+    ("test-weights-garbage", ["test", "--config", T("tiny"), "--weights", T("garbage")], "garbage.pt"),
+    ("test-no-validation", ["test", "--config", T("tiny"), "--weights", T("weights"), "data.val=[]"], "data.val"),
+    # unsupervised
+    ("usl-unknown-method", ["usl", "--config", T("usl"), "usl.method=hhlc"], "did you mean 'hhcl'"),
+    ("usl-bad-eps", ["usl", "--config", T("usl"), "usl.eps=-1"], "usl.eps"),
+    ("usl-parts-not-ssg", ["usl", "--config", T("usl"), "usl.spaces=[global,upper]"], "usl.spaces"),
+    ("usl-batch-vs-instances", ["usl", "--config", T("usl"), "usl.batch_size=1"], "usl.batch_size"),
+    ("usl-init-missing", ["usl", "--config", T("usl"), "usl.init_weights=/nonexistent/src.pt"],
+     "/nonexistent/src.pt"),
+    ("usl-zero-clusters", ["usl", "--config", T("usl")], "usl.eps"),
+    ("usl-zero-clusters-rho", ["usl", "--config", T("usl"), "usl.eps=null", "usl.rho=0.0000001"], "usl.rho"),
+    # ablate / cv / pseudo-label
+    ("ablate-grid-no-values", ["ablate", "--config", T("tiny"), "--grid", "solver.base_lr", "--out", T("w") + "/ab"],
+     "solver.base_lr"),
+    ("ablate-nothing", ["ablate", "--out", T("w") + "/ab2"], "--grid"),
+    ("cv-one-fold", ["cv", "--config", T("tiny"), "--folds", "1"], "folds"),
+    ("cv-out-is-file", ["cv", "--config", T("tiny"), "--out", T("file")], "a_file.txt"),
+    ("ablate-out-is-file", ["ablate", "--config", T("tiny"), "--grid", "solver.base_lr=1e-4,2e-4", "--out",
+                            T("file")], "a_file.txt"),
+    ("test-out-is-file", ["test", "--config", T("tiny"), "--weights", T("weights"), "--out", T("file")],
+     "a_file.txt"),
+    ("pseudo-weights-missing", ["pseudo-label", "--config", T("tiny"), "--weights", "/nonexistent/m.pt"],
+     "/nonexistent/m.pt"),
+    # extract / export / visrank / demo
+    ("extract-weights-missing", ["extract", "--weights", "/nonexistent/m.pt", "--images", T("crops"), "--out",
+                                 T("w") + "/f.npz"], "/nonexistent/m.pt"),
+    ("extract-images-missing", ["extract", "--weights", T("weights"), "--images", "/nonexistent/crops", "--out",
+                                T("w") + "/f.npz"], "/nonexistent/crops"),
+    ("extract-images-empty", ["extract", "--weights", T("weights"), "--images", T("empty"), "--out",
+                              T("w") + "/f.npz"], T("empty")),
+    ("extract-onnx-garbage", ["extract", "--onnx", T("garbage"), "--images", T("crops"), "--out", T("w") + "/f.npz"],
+     "garbage.pt"),
+    ("extract-out-unwritable", ["extract", "--weights", T("weights"), "--images", T("crops"), "--out",
+                                T("file") + "/f.npz"], "a_file.txt"),
+    ("extract-strict-zero-byte", ["extract", "--weights", T("weights"), "--images", T("zero"), "--out",
+                                  T("w") + "/z.npz", "--strict"], "0002_c1s1_000002_00.jpg"),
+    ("export-weights-missing", ["export", "--weights", "/nonexistent/m.pt", "--format", "onnx", "--out",
+                                T("w") + "/m.onnx"], "/nonexistent/m.pt"),
+    ("export-weights-garbage", ["export", "--weights", T("garbage"), "--format", "onnx", "--out",
+                                T("w") + "/m.onnx"], "garbage.pt"),
+    ("export-out-unwritable", ["export", "--weights", T("weights"), "--format", "onnx", "--out",
+                               T("file") + "/m.onnx"], "a_file.txt"),
+    ("visrank-not-npz", ["visrank", "--features", T("w") + "/not_npz.npz", "--dataset", "synthetic", "--root",
+                         T("syn"), "--out", T("w") + "/vis"], "not_npz.npz"),
+    ("visrank-features-missing", ["visrank", "--features", "/nonexistent/f.npz", "--dataset", "synthetic",
+                                  "--root", T("syn"), "--out", T("w") + "/vis"], "/nonexistent/f.npz"),
+    ("demo-out-is-file", ["demo", "--out", T("file")], "a_file.txt"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_clear_error(case, world, capsys):
+    _, template, fragment = case
+    fill = {k: str(v) for k, v in world.items()}
+    argv = [a.format(**fill) if "{" in a and "}" in a and not a.startswith("data.datasets=") else a
+            for a in template]
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2, f"exit {code}; stderr:\n{err[-2000:]}"
+    assert len(lines) == 1, err[-2000:]
+    assert fragment.format(**fill) in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_the_suite_covers_fifty_kinds():
+    assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
+    json.dumps([c[0] for c in CASES])
