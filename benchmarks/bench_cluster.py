@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 CASES = [  # name, N, dim, identities
     ("market_12936", 12_936, 2048, 751),
     ("synthetic_100k", 100_000, 256, 5_000),
+    ("small_3000", 3_000, 256, 175),  # quick check (--cases small_3000), not in the default run
 ]
 K1, K2, EPS = 30, 6, 0.6
 
@@ -101,7 +102,7 @@ def worker(name: str, method: str) -> dict:
         labels = pseudo_labels(x, eps=EPS, k1=K1, k2=K2)
         t1 = time.perf_counter()
     elif method == "sparse_streamed_rho":
-        labels, eps = pseudo_labels(x, k1=K1, k2=K2, return_eps=True)  # SSG eps rule
+        labels, eps = pseudo_labels(x, eps="rho", k1=K1, k2=K2, return_eps=True)  # SSG eps rule
         t1 = time.perf_counter()
         res["eps"] = eps
     else:
@@ -154,7 +155,8 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2)
     ap.add_argument("--measure", nargs=2)
     ap.add_argument("--skip-dense", action="store_true")
-    ap.add_argument("--cases", default=",".join(c[0] for c in CASES))
+    ap.add_argument("--cases", default=",".join(c[0] for c in CASES if c[0] != "small_3000"),
+                    help="comma-separated among " + ", ".join(c[0] for c in CASES))
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker)))
@@ -164,7 +166,7 @@ def main() -> None:
         return
     plan = []
     for name in args.cases.split(","):
-        if name == "market_12936":
+        if name in ("market_12936", "small_3000"):
             # the full sparse matrix (jaccard_distance) only at this size: at 100k it holds
             # ~4,000 entries per row on this data, more than 8 GB with the mirroring copies
             plan.append((name, "sparse"))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-SCALES = {"market1501": (3368, 15913, 750), "msmt17": (11659, 82161, 3060), "small": (300, 1500, 100)}
+SCALES = {"market1501": (3368, 15913, 750), "msmt17": (11659, 82161, 3060), "small": (300, 1500, 100),
+          "n3000": (500, 2500, 150)}
 
 
 def clustered_features(num_q, num_g, ids, dim=512, seed=0, noise=0.8):
@@ -154,7 +155,7 @@ def main(argv=None) -> None:
     n = nq + ng
     tmp = Path(tempfile.mkdtemp())
     common = ["--scale", args.scale, "--dim", str(args.dim), "--seed", str(args.seed)]
-    full = ["--save-full"] if args.scale == "small" else []
+    full = ["--save-full"] if args.scale in ("small", "n3000") else []
     res = {"scale": args.scale, "num_query": nq, "num_gallery": ng, "dim": args.dim,
            "features": "clustered, L2-normalised", "k1": 20, "k2": 6, "lambda": 0.3,
            "dense_bytes_per_NxN_float32": n * n * 4}

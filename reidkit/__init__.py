@@ -17,8 +17,22 @@ _LAZY = {
     "evaluate_rank": "reidkit.evaluation.metrics",
     "re_ranking": "reidkit.evaluation.rerank",
     "load_config": "reidkit.config",
+    "load_model": "reidkit.models.build",
     "train": "reidkit.engine.api",
+    "train_usl": "reidkit.engine.api",
+    "test": "reidkit.engine.api",
     "Trainer": "reidkit.engine.api",
+    "SupervisedTrainer": "reidkit.engine.api",
+    "ClusterTrainer": "reidkit.engine.api",
+    "extract_features": "reidkit.evaluation.features",
+    "Gallery": "reidkit.retrieval.index",
+    "FeatureExtractor": "reidkit.retrieval.index",
+    # registries: add a part from your own code, no edit of the package
+    "register_backbone": "reidkit.models.backbones",
+    "register_dataset": "reidkit.data.datasets",
+    "register_loss": "reidkit.losses",
+    "register_usl_method": "reidkit.engine.usl.methods",
+    "USLMethod": "reidkit.engine.usl.methods",
 }
 
 __all__ = ["ReIDError", "__version__", *_LAZY]

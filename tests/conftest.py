@@ -26,3 +26,14 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+def with_overrides(cfg: dict, over: dict) -> dict:
+    """``cfg`` with keyword overrides applied: ``section__key=value`` sets ``cfg[section][key]``."""
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[key] = value
+    return cfg

@@ -183,3 +183,28 @@ def test_kmeans_helper():
     np.testing.assert_array_equal(got, g2)
     with pytest.raises(ReIDError):
         kmeans(x, 0)
+
+
+def test_pseudo_labels_defaults_cluster_well_separated_identities():
+    # issue 12 item 16: 300 well-separated identities x 12 images, the defaults only
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((300, 64))
+    lab = np.repeat(np.arange(300), 12)
+    x = centres[lab] + 0.3 * rng.standard_normal((3600, 64))
+    got, eps = pseudo_labels(x, return_eps=True)
+    assert eps == pseudo_mod.DEFAULT_EPS == 0.6
+    assert cluster_report(got, lab)["ari"] > 0.95
+    # the rho rule is still there, by name or by passing rho; on such data it picks a tiny eps
+    small = x[:1200]
+    by_name, eps_name = pseudo_labels(small, eps="rho", return_eps=True)
+    by_rho, eps_rho = pseudo_labels(small, rho=1.6e-3, return_eps=True)
+    assert eps_name == eps_rho < 0.1
+    np.testing.assert_array_equal(by_name, by_rho)
+    full = jaccard_distance(small, 30, 6)
+    assert eps_name == pytest.approx(eps_by_rho(full, 1.6e-3), abs=1e-6)
+    # a numeric eps ignores rho
+    np.testing.assert_array_equal(pseudo_labels(small, eps=0.6, rho=0.5), pseudo_labels(small))
+    with pytest.raises(ReIDError, match="eps.*'rho'"):
+        pseudo_labels(small, eps="ssg")
+    with pytest.raises(ReIDError, match="eps"):
+        pseudo_labels(small, eps=0.0)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import with_overrides
 import torch
 import yaml
 
@@ -43,13 +44,7 @@ def tiny_cfg(work: Path, out: str, **extra) -> dict:
         "device": "cpu",
         "output_dir": str(work / out),
     }
-    for key, value in extra.items():
-        section, _, name = key.partition("__")
-        if name:
-            cfg.setdefault(section, {})[name] = value
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(cfg, extra)
 
 
 def write_cfg(work: Path, name: str, cfg: dict) -> Path:

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import with_overrides
 import torch
 
 from reidkit.data.datasets import load_dataset
@@ -48,13 +49,7 @@ def make_cfg(kind: str, syn: Path, out: Path, **over) -> dict:
         cfg["_base_"] = "usl_cluster_contrast.yaml"
         cfg["usl"] = {"k1": 6, "k2": 3, "eps": 0.6, "min_samples": 2, "batch_size": 12, "num_instances": 4,
                       "iters_per_epoch": 2, "outliers": "singleton"}
-    for key, value in over.items():
-        section, _, name = key.partition("__")
-        if name:
-            cfg.setdefault(section, {})[name] = value
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def trainer_cls(kind: str):

@@ -207,3 +207,147 @@ def test_criterion_unknown_name():
         build_criterion(LossConfig(names=["softmax", "arcface"]), 2, 2)
     with pytest.raises(ReIDError, match="loss.triplet_variant"):
         build_criterion(LossConfig(triplet_variant="hard"), 2, 2)
+
+
+# ----------------------------------------------------------------------------- batch hardest
+
+
+def test_triplet_batch_hardest_by_hand():
+    # positive pairs of X1D: (0, 1) at 1 and (3, 6) at 3 -> hardest positive 3;
+    # negative pairs: 0-3 = 3, 0-6 = 6, 1-3 = 2, 1-6 = 5 -> hardest negative 2
+    assert triplet_loss(X1D, L1D, margin=0.3, variant="batch_hardest").item() == pytest.approx(1.3, abs=1e-6)
+    assert triplet_loss(X1D, L1D, soft=True, variant="batch_hardest").item() == pytest.approx(softplus(1.0), abs=1e-6)
+    # a batch whose hardest pairs are easy: [3 - 10 + 0.3]_+ = 0 while batch-hard is not zero
+    x = torch.tensor([[0.0], [3.0], [13.0], [16.0]])
+    assert triplet_loss(x, L1D, margin=0.3, variant="batch_hardest").item() == 0.0
+    crit = build_criterion(LossConfig(names=["triplet"], triplet_variant="batch_hardest"), 2, 1)
+    _, parts = crit({"feat": X1D}, L1D)
+    assert parts["triplet"].item() == pytest.approx(1.3, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_register_user_loss_and_weights():
+    from reidkit.losses import LOSSES, register_loss
+
+    @register_loss("l2_feat")
+    class L2Feat(torch.nn.Module):
+        def __init__(self, cfg, num_classes, feat_dim):
+            super().__init__()
+
+        def forward(self, outputs, labels):
+            return outputs["feat"].pow(2).mean()
+
+    try:
+        import reidkit
+        assert reidkit.register_loss is register_loss and "l2_feat" in LOSSES
+        out, labels = _outputs(), torch.tensor([0, 0, 1, 1])
+        ce = cross_entropy_ls(out["logits"], labels, 0.1)
+        l2 = out["feat"].pow(2).mean()
+        crit = build_criterion(LossConfig(names=["softmax", "l2_feat"]), 2, 2)
+        total, parts = crit(out, labels)
+        assert set(parts) == {"softmax", "l2_feat"}
+        assert parts["l2_feat"].item() == pytest.approx(l2.item(), rel=1e-6)
+        assert total.item() == pytest.approx((ce + l2).item(), rel=1e-6)  # default weight 1.0
+        cfg = LossConfig(names=["softmax", "l2_feat"], id_weight=0.5, weights={"l2_feat": 0.25})
+        total, _ = build_criterion(cfg, 2, 2)(out, labels)
+        assert total.item() == pytest.approx((0.5 * ce + 0.25 * l2).item(), rel=1e-6)
+        # weights also override a built-in's BoT field
+        cfg = LossConfig(names=["softmax", "l2_feat"], id_weight=0.5, weights={"softmax": 3.0})
+        total, _ = build_criterion(cfg, 2, 2)(out, labels)
+        assert total.item() == pytest.approx((3.0 * ce + l2).item(), rel=1e-6)
+        # through the config loader with dotted overrides
+        from reidkit.config import load_config
+
+        c = load_config(None, ["loss.names=[softmax, l2_feat]", "loss.weights.l2_feat=2.0"])
+        assert c.loss.names == ["softmax", "l2_feat"] and c.loss.weight("l2_feat") == 2.0
+        with pytest.raises(ReIDError, match="loss.weights.center"):
+            LossConfig(names=["softmax"], weights={"center": 1.0}).validate()
+        with pytest.raises(ReIDError, match="loss.weights.l2_feat"):
+            LossConfig(names=["softmax", "l2_feat"], weights={"l2_feat": "big"}).validate()
+    finally:
+        LOSSES.unregister("l2_feat")
+
+
+def test_unknown_loss_is_the_registry_did_you_mean_error():
+    from reidkit.losses import LOSSES
+
+    with pytest.raises(ReIDError) as e:
+        LossConfig(names=["softmax", "tripelt"]).validate()
+    assert str(e.value) == LOSSES.unknown_message("tripelt")
+    assert "did you mean 'triplet'" in str(e.value) and "loss.names" in str(e.value)
+
+
+def test_registered_loss_must_build_a_module_returning_a_scalar():
+    from reidkit.losses import LOSSES, register_loss
+
+    register_loss("not_module", lambda cfg, n, d: (lambda o, y: o["feat"].sum()))
+    register_loss("vector", lambda cfg, n, d: _Vector())
+    try:
+        with pytest.raises(ReIDError, match="not_module.*nn.Module"):
+            build_criterion(LossConfig(names=["not_module"]), 2, 2)
+        crit = build_criterion(LossConfig(names=["vector"]), 2, 2)
+        with pytest.raises(ReIDError, match="'vector'.*scalar"):
+            crit(_outputs(), torch.tensor([0, 0, 1, 1]))
+    finally:
+        LOSSES.unregister("not_module")
+        LOSSES.unregister("vector")
+
+
+class _Vector(torch.nn.Module):
+    def forward(self, outputs, labels):
+        return outputs["feat"].sum(1)
+
+
+def test_old_checkpoint_center_key_loads():
+    crit = build_criterion(LossConfig(names=["softmax", "center"]), 3, 2)
+    centres = torch.arange(6.0).view(3, 2)
+    crit.load_state_dict({"center.centers": centres})
+    assert torch.equal(crit.center.centers.detach(), centres)
+    assert "terms.center.centers" in crit.state_dict()
+
+
+# ----------------------------------------------------------------------------- learnable weights
+
+
+def test_learnable_weights_start_at_the_fixed_weights():
+    cfg = LossConfig(names=["softmax", "triplet", "center"], id_weight=0.5, metric_weight=2.0,
+                     center_weight=5e-4, learnable_weights=True)
+    crit = build_criterion(cfg, num_classes=2, feat_dim=2)
+    # s_i = -log(w_i), so exp(-s_i) = w_i
+    want_s = [-math.log(0.5), -math.log(2.0), -math.log(5e-4)]
+    assert crit.weighting.log_vars.tolist() == pytest.approx(want_s, rel=1e-6)
+    for name, w in (("softmax", 0.5), ("triplet", 2.0), ("center", 5e-4)):
+        assert crit.weight(name) == pytest.approx(w, rel=1e-6)
+    assert crit.center_weight() == pytest.approx(5e-4, rel=1e-6)
+    out, labels = _outputs(), torch.tensor([0, 0, 1, 1])
+    total, parts = crit(out, labels)
+    # Kendall et al.: sum exp(-s) L + s = sum w L - log w
+    want = sum(w * parts[n] - math.log(w) for n, w in (("softmax", 0.5), ("triplet", 2.0), ("center", 5e-4)))
+    assert total.item() == pytest.approx(float(want), rel=1e-5)
+    u = UncertaintyWeighting(["a", "b"], {"b": 4.0})
+    assert u.log_vars.tolist() == pytest.approx([0.0, -math.log(4.0)])
+    with pytest.raises(ReIDError, match="loss.center_weight"):
+        LossConfig(names=["softmax", "center"], center_weight=0.0, learnable_weights=True).validate()
+
+
+def test_trainable_modules_exclude_center_and_include_learnable_terms():
+    from reidkit.losses import LOSSES, register_loss
+
+    @register_loss("scaled")
+    class Scaled(torch.nn.Module):
+        def __init__(self, cfg, num_classes, feat_dim):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, outputs, labels):
+            return self.scale * outputs["feat"].pow(2).mean()
+
+    try:
+        crit = build_criterion(LossConfig(names=["softmax", "center", "scaled"], learnable_weights=True), 2, 2)
+        mods = crit.trainable_modules()
+        assert mods[0] is crit.weighting and crit.terms["scaled"] in mods and crit.center not in mods
+        assert build_criterion(LossConfig(), 2, 2).trainable_modules() == []
+    finally:
+        LOSSES.unregister("scaled")

@@ -22,14 +22,15 @@ itself):
   ``i`` (self included); skipped when ``k2 == 1``.
 * ``J(i, j) = 1 - sum_c min(V_qe[i, c], V_qe[j, c]) / sum_c max(V_qe[i, c], V_qe[j, c])``.
 
-Only pairs whose ``V_qe`` rows share support are stored (every other pair has distance 1).
+The kNN search, reciprocal sets, expansion, V and query expansion are ``reidkit.neighbors``'
+(shared with re-ranking); this module fixes the conventions above and adds the all-pairs
+Jaccard step. Only pairs whose ``V_qe`` rows share support are stored (every other pair has distance 1).
 The diagonal is stored as explicit zeros, as is any other pair at distance 0, so a consumer
 that treats missing entries as "far" (DBSCAN on a sparse precomputed matrix) stays correct.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -37,19 +38,13 @@ import scipy.sparse as sp
 import torch
 
 from reidkit.errors import ReIDError
+from reidkit.neighbors import k_reciprocal_encoding, knn_search, pair_function, pair_values
+from reidkit.utils.runtime import resolve_device
 
 __all__ = ["jaccard_distance", "knn_search", "normalize_features", "v_matrix", "upper_chunks"]
 
 # Rough element budgets: they bound the transient memory of one chunk independently of N.
-_GATHER_BUDGET = 1 << 24  # pairs x feature-dim floats held at once when computing d(i, j)
 _TRIPLE_BUDGET = 1 << 22  # (row, column, value) triples expanded at once in the Jaccard step
-_SEARCH_BUDGET = 1 << 25  # query-rows x N similarities held at once in the torch search
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def normalize_features(features: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -63,124 +58,6 @@ def normalize_features(features: np.ndarray | torch.Tensor) -> np.ndarray:
         raise ReIDError("features: expected finite values, found NaN or inf")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-def _self_first(idx: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Put each row's own index first and keep the next k-1 other entries in their order."""
-    n = idx.shape[0]
-    other = idx != np.arange(n)[:, None]
-    # Stable sort on "is self" moves self (wherever it is, if at all) out of the way.
-    order = np.argsort(~other, axis=1, kind="stable")[:, : k - 1]
-    idx = np.concatenate([np.arange(n)[:, None], np.take_along_axis(idx, order, axis=1)], 1)
-    sims = np.concatenate([np.ones((n, 1)), np.take_along_axis(sims, order, axis=1)], 1)
-    return idx.astype(np.int64), sims.astype(np.float32)
-
-
-def knn_search(
-    x: np.ndarray, k: int, search: str = "faiss", device: str | torch.device | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, indices), each N x k, of each row's k most similar rows; self first."""
-    n = x.shape[0]
-    k = min(k, n)
-    kk = min(k + 1, n)  # one spare in case exact duplicates push self out of the list
-    if search == "faiss":
-        try:
-            import faiss
-        except ImportError:  # pragma: no cover - faiss is a declared dependency
-            warnings.warn("faiss is not importable; using search='torch'", stacklevel=2)
-            search = "torch"
-    if search == "faiss":
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x)
-        sims, idx = index.search(x, kk)
-    elif search == "torch":
-        dev = _resolve_device(device)
-        xt = torch.from_numpy(x).to(dev)
-        step = max(1, _SEARCH_BUDGET // n)
-        out_i, out_s = [], []
-        for a in range(0, n, step):
-            top = torch.topk(xt[a : a + step] @ xt.T, kk, dim=1)
-            out_i.append(top.indices.cpu())
-            out_s.append(top.values.cpu())
-        idx, sims = torch.cat(out_i).numpy(), torch.cat(out_s).numpy()
-    else:
-        raise ReIDError(f"search: expected 'faiss' or 'torch', got {search!r}")
-    idx, sims = _self_first(np.asarray(idx, dtype=np.int64), np.asarray(sims), k)
-    return sims, idx
-
-
-def _list_matrix(idx: np.ndarray, n: int, dtype=np.int32) -> sp.csr_matrix:
-    """Boolean-pattern CSR matrix with row i holding the entries of idx[i]."""
-    k = idx.shape[1]
-    indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
-    m = sp.csr_matrix((np.ones(n * k, dtype=dtype), idx.ravel(), indptr), shape=(n, n))
-    m.sort_indices()
-    return m
-
-
-def _reciprocal(lists: sp.csr_matrix) -> sp.csr_matrix:
-    """R(i) = {j in list(i) : i in list(j)} as a 0/1 CSR matrix."""
-    r = lists.multiply(lists.T.tocsr()).tocsr()
-    r.eliminate_zeros()
-    r.sort_indices()
-    return r
-
-
-def _expansion(recip: sp.csr_matrix, half: sp.csr_matrix, chunk: int = 8192) -> sp.csr_matrix:
-    """Pattern of R*(i): R(i) plus every qualifying candidate's half set."""
-    n = recip.shape[0]
-    half_t = half.T.tocsr()
-    half_len = np.diff(half.indptr).astype(np.float64)
-    parts = []
-    for a in range(0, n, chunk):
-        r = recip[a : a + chunk]
-        # overlap[i, c] = |R(i) & R_h(c)|, read off at c in R(i)
-        overlap = (r @ half_t).multiply(r).tocsr()
-        overlap.eliminate_zeros()
-        ok = overlap.data > (2.0 / 3.0) * half_len[overlap.indices]
-        overlap.data = ok.astype(np.int32)
-        overlap.eliminate_zeros()
-        e = (r + overlap @ half).tocsr()
-        e.data[:] = 1
-        e.sort_indices()
-        parts.append(e)
-    return sp.vstack(parts, format="csr")
-
-
-
-def _weights(
-    pattern: sp.csr_matrix, x: np.ndarray, idx: np.ndarray, sims: np.ndarray, device: torch.device
-) -> sp.csr_matrix:
-    """V: exp(-d) over each row's pattern, normalised to sum to one per row (float32)."""
-    n, dim = x.shape
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(pattern.indptr))
-    cols = pattern.indices.astype(np.int64)
-    # Most members of R*(i) are in i's kNN list, whose similarities the search already gave;
-    # look them up and compute only the rest (and self, which the lists report as exactly 1).
-    order = np.argsort(idx, axis=1)
-    knn_key = (np.arange(n)[:, None] * n + np.take_along_axis(idx, order, 1)).ravel()
-    knn_sim = np.take_along_axis(sims, order, 1).ravel()
-    key = rows * n + cols
-    at = np.minimum(np.searchsorted(knn_key, key), len(knn_key) - 1)
-    found = (knn_key[at] == key) & (rows != cols)
-    dots = np.where(found, knn_sim[at], 0.0).astype(np.float32)
-    del key, at, knn_key, knn_sim
-    miss = np.flatnonzero(~found)
-    xt = torch.from_numpy(x).to(device)
-    step = max(1, _GATHER_BUDGET // dim)
-    for a in range(0, len(miss), step):
-        sel = miss[a : a + step]
-        r = torch.from_numpy(rows[sel]).to(device)
-        c = torch.from_numpy(cols[sel]).to(device)
-        dots[sel] = (xt[r] * xt[c]).sum(1).cpu().numpy()
-    d = 2.0 - 2.0 * dots.astype(np.float64)
-    if len(d):
-        # exp(-d) / sum exp(-d); subtracting the row minimum first is the same ratio, stabler
-        w = np.exp(-(d - np.minimum.reduceat(d, pattern.indptr[:-1])[rows]))
-        w /= np.add.reduceat(w, pattern.indptr[:-1])[rows]
-    else:
-        w = d
-    return sp.csr_matrix((w.astype(np.float32), pattern.indices, pattern.indptr), shape=(n, n))
 
 
 def v_matrix(
@@ -200,25 +77,20 @@ def v_matrix(
         raise ReIDError("k1: with include_self_in_k1=True expected k1 >= 2")
     x = normalize_features(features)
     n = x.shape[0]
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     k_main = min(int(k1) if include_self_in_k1 else int(k1) + 1, n)
     k_half = min(int(np.around(k1 / 2)) + 1, n)
     k_qe = min(int(k2), n)
     if k_qe > k_main:
         raise ReIDError(f"k2: expected k2 <= the kNN list length ({k_main}), got {k2}")
     sims, idx = knn_search(x, max(k_main, k_half), search=search, device=dev)
-    recip = _reciprocal(_list_matrix(idx[:, :k_main], n))
-    half = _reciprocal(_list_matrix(idx[:, :k_half], n))
-    pattern = _expansion(recip, half)
-    del recip, half
-    v = _weights(pattern, x, idx, sims, dev)
-    del pattern, sims
-    if k_qe > 1:
-        q = _list_matrix(idx[:, :k_qe], n, dtype=np.float32)
-        q.data[:] = 1.0 / k_qe
-        v = (q @ v).tocsr()
-        v.sort_indices()
-    return v
+    # most members of R*(i) are in i's kNN list, whose similarities the search already gave
+    dots = pair_function(torch.from_numpy(x).to(dev), "dot")
+
+    def dist(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return 2.0 - 2.0 * pair_values(rows, cols, idx, sims, dots)
+
+    return k_reciprocal_encoding(idx, k_main, k_half, k_qe, dist, dtype=np.float32)
 
 
 def upper_chunks(v: sp.csr_matrix) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -304,8 +176,9 @@ def jaccard_distance(
 
     ``include_self_in_k1=False`` (default) follows the re-ranking paper: self plus k1
     neighbours; ``True`` reproduces SpCL/cluster-contrast (k1 entries including self). See the
-    module docstring for the exact definition. ``search``: "faiss" (IndexFlatIP, CPU) or
-    "torch" (chunked top-k on ``device``, default CUDA when present). ``max_distance``: keep
+    module docstring for the exact definition. ``search``: "faiss" (IndexFlatIP, CPU), "torch"
+    (chunked top-k on ``device``, default CUDA when present) or "exact" (the blocked exact search
+    of ``reidkit.neighbors.exact_knn`` on ``device``). ``max_distance``: keep
     only entries <= this value (a memory saver for callers that threshold anyway).
     """
     v = v_matrix(features, k1, k2, device, search, include_self_in_k1)

@@ -96,8 +96,8 @@ class SupervisedTrainer(BaseTrainer):
                  self.num_classes, self.num_cameras)
 
     def extra_modules(self) -> list[nn.Module]:
-        weighting = getattr(self.criterion, "weighting", None)
-        return [weighting] if weighting is not None else []
+        # learnable loss weights and any registered loss with parameters (the centres have their own SGD)
+        return list(self.criterion.trainable_modules())
 
     def extra_optimizers(self) -> list[ExtraOptimizer]:
         if self.criterion.center is None:

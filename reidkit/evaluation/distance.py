@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from reidkit.errors import ReIDError
+from reidkit.utils.runtime import resolve_device
 
 __all__ = ["compute_distance", "query_expansion", "to_tensor", "pick_device", "METRICS"]
 
@@ -14,10 +15,8 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
 def pick_device(device=None) -> torch.device:
-    """The given device, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The given device, else CUDA when available, else CPU (``reidkit.utils.runtime.resolve_device``)."""
+    return resolve_device(device)
 
 
 def to_tensor(x, name: str = "features") -> torch.Tensor:

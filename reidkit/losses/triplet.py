@@ -1,4 +1,6 @@
-"""Batch-hard triplet loss (Hermans et al. 2017) with margin/soft-margin and the d_ap+ variant."""
+"""Triplet losses: batch-hard (Hermans et al. 2017) with margin/soft-margin, the d_ap+ variant,
+and "batch hardest" (one triplet per batch: the farthest positive pair and the nearest negative
+pair over the whole batch, the harder mining of the project's experiment log)."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 from reidkit.errors import ReIDError
 
 DISTANCES = ("euclidean", "cosine")
-VARIANTS = ("standard", "ap_plus")
+VARIANTS = ("standard", "ap_plus", "batch_hardest")
 
 
 def pairwise_distance(x: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
@@ -26,11 +28,13 @@ def triplet_loss(
     feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3, soft: bool = False,
     distance: str = "euclidean", variant: str = "standard", normalize: bool = False,
 ) -> torch.Tensor:
-    """Batch-hard triplet loss averaged over valid anchors.
+    """Triplet loss of a batch: batch-hard averaged over valid anchors, or one "batch hardest" triplet.
 
     Per anchor a: d_ap = distance to its farthest positive (same label, not itself), d_an = to
     its nearest negative; loss [d_ap - d_an + margin]_+, or log(1 + exp(d_ap - d_an)) when
-    ``soft``; ``variant="ap_plus"`` adds d_ap. Anchors without a positive (a single image of
+    ``soft``; ``variant="ap_plus"`` adds d_ap. ``variant="batch_hardest"``: a single triplet,
+    d_ap = the largest distance of any positive pair in the batch and d_an = the smallest of any
+    negative pair (the two pairs need not share an anchor). Anchors without a positive (a single image of
     their identity) or without a negative (one identity in the batch) are left out of the
     mean. Raises ReIDError when no anchor is valid (e.g. all labels distinct, or all equal).
     """
@@ -56,6 +60,11 @@ def triplet_loss(
             "triplet_loss: no valid anchor in the batch: every anchor needs another image of its "
             "identity and an image of another identity (use a P x K sampler with P >= 2, K >= 2)"
         )
+    if variant == "batch_hardest":
+        d_ap = dist.masked_fill(~pos, float("-inf")).amax()
+        d_an = dist.masked_fill(~neg, float("inf")).amin()
+        gap = d_ap - d_an
+        return F.softplus(gap) if soft else F.relu(gap + margin)
     d_ap = dist.masked_fill(~pos, float("-inf")).amax(dim=1)[valid]
     d_an = dist.masked_fill(~neg, float("inf")).amin(dim=1)[valid]
     gap = d_ap - d_an

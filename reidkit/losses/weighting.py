@@ -1,5 +1,15 @@
-"""Learnable loss weighting by homoscedastic uncertainty (Kendall et al., CVPR 2018)."""
+"""Learnable loss weighting by homoscedastic uncertainty (Kendall et al., CVPR 2018).
+
+total = sum_i exp(-s_i) * L_i + s_i with one learnable log-variance s_i per loss. The effective
+weight of loss i is exp(-s_i); starting every s_i at 0 gives every loss weight 1, which lets a
+large raw loss (the center loss is ~440 at the start of a BoT run) swamp the others. So the
+log-variances start at s_i = -log(w_i) for given initial weights w_i (the recipe's fixed
+weights): the first steps weigh the losses exactly as the fixed-weight recipe does.
+"""
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -8,14 +18,30 @@ from reidkit.errors import ReIDError
 
 
 class UncertaintyWeighting(nn.Module):
-    """total = sum_i exp(-s_i) * L_i + s_i, with learnable log-variances s_i (init 0)."""
+    """total = sum_i exp(-s_i) * L_i + s_i, learnable s_i initialised to -log(initial weight_i)."""
 
-    def __init__(self, names: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, names: list[str] | tuple[str, ...],
+                 init_weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.names = list(names)
         if not self.names or len(set(self.names)) != len(self.names):
             raise ReIDError(f"UncertaintyWeighting: names must be non-empty and distinct, got {self.names}")
-        self.log_vars = nn.Parameter(torch.zeros(len(self.names)))
+        init = dict(init_weights or {})
+        unknown = [k for k in init if k not in self.names]
+        if unknown:
+            raise ReIDError(
+                f"UncertaintyWeighting: initial weights for unknown loss(es) {unknown}; expected {self.names}"
+            )
+        s0 = []
+        for name in self.names:
+            w = float(init.get(name, 1.0))
+            if not (w > 0 and math.isfinite(w)):
+                raise ReIDError(
+                    f"loss weight of {name!r}: learnable weights start at the fixed weight, which must be "
+                    f"a positive finite number, got {w}"
+                )
+            s0.append(-math.log(w))
+        self.log_vars = nn.Parameter(torch.tensor(s0, dtype=torch.float32))
 
     def weight(self, name: str) -> torch.Tensor:
         """The current multiplier exp(-s) of loss ``name``."""

@@ -1,0 +1,94 @@
+"""The loss registry and the built-in training losses as registered terms.
+
+A registered loss is a class (or factory) ``(loss_cfg, num_classes, feat_dim) -> nn.Module``
+whose ``forward(outputs, labels)`` takes the model's training-mode output dict (``feat``,
+``logits``, and for multi-branch models such as MGN the lists ``feats`` / ``logits_list``) and
+returns a scalar. ``Criterion`` (criterion.py) builds one module per name of ``loss.names``
+from :data:`LOSSES` and sums them with their weights. The built-ins (``softmax``, ``triplet``,
+``center``) are registered here the same way a user registers their own::
+
+    from reidkit.losses import register_loss
+
+    @register_loss("l2_feat")
+    class L2Feat(torch.nn.Module):
+        def __init__(self, cfg, num_classes, feat_dim):
+            super().__init__()
+        def forward(self, outputs, labels):
+            return outputs["feat"].pow(2).mean()
+
+then ``loss.names=[softmax, l2_feat]`` (weight ``loss.weights.l2_feat``, default 1.0).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from reidkit.errors import ReIDError
+from reidkit.losses.center import CenterLoss
+from reidkit.losses.classification import cross_entropy_ls
+from reidkit.losses.triplet import triplet_loss
+from reidkit.registry import Registry, make_register
+
+if TYPE_CHECKING:
+    from reidkit.losses.criterion import LossConfig
+
+__all__ = ["LOSSES", "register_loss", "SoftmaxLoss", "TripletLoss", "CenterTerm"]
+
+LOSSES: Registry = Registry("loss", "loss.names")
+register_loss = make_register(LOSSES)
+
+
+def _output_list(outputs: dict, many: str, one: str, loss: str) -> list[torch.Tensor]:
+    """The per-branch tensors (``feats`` / ``logits_list``) or the single one, as a list."""
+    items = outputs.get(many) or ([outputs[one]] if outputs.get(one) is not None else [])
+    if not items:
+        raise ReIDError(f"loss.names: {loss!r} needs {one!r} in the model outputs (training mode)")
+    return list(items)
+
+
+@register_loss("softmax")
+class SoftmaxLoss(nn.Module):
+    """Label-smoothed cross-entropy on ``logits`` (multi-branch: mean over ``logits_list``)."""
+
+    def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
+        super().__init__()
+        self.label_smooth = cfg.label_smooth
+
+    def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Mean label-smoothed CE over the branches."""
+        logits = _output_list(outputs, "logits_list", "logits", "softmax")
+        return torch.stack([cross_entropy_ls(lg, labels, self.label_smooth) for lg in logits]).mean()
+
+
+@register_loss("triplet")
+class TripletLoss(nn.Module):
+    """Triplet loss on ``feat`` (multi-branch: mean over ``feats``); options from ``loss.triplet_*``."""
+
+    def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
+        super().__init__()
+        self.margin, self.soft = cfg.triplet_margin, cfg.triplet_soft
+        self.distance, self.variant = cfg.triplet_distance, cfg.triplet_variant
+
+    def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Mean triplet loss over the branches."""
+        feats = _output_list(outputs, "feats", "feat", "triplet")
+        return torch.stack([
+            triplet_loss(f, labels, self.margin, self.soft, self.distance, self.variant) for f in feats
+        ]).mean()
+
+
+@register_loss("center")
+class CenterTerm(CenterLoss):
+    """Center loss on ``feat`` (multi-branch: the concatenated feature). Its centres need their
+    own SGD at ``loss.center_lr`` (``Criterion.center`` / ``rescale_center_grad``)."""
+
+    def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
+        super().__init__(num_classes, feat_dim)
+
+    def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Center loss of ``outputs["feat"]``."""
+        if outputs.get("feat") is None:
+            raise ReIDError("loss.names: 'center' needs 'feat' in the model outputs (training mode)")
+        return super().forward(outputs["feat"], labels)
