@@ -49,10 +49,7 @@ class ModelConfig:
         check_choice("model.arch", self.arch, ARCHS)
         names = _backbone_names()
         if names is not None and self.backbone not in names:
-            raise ReIDError(
-                f"model.backbone: unknown backbone {self.backbone!r}; expected one of "
-                f"{', '.join(sorted(names))}"
-            )
+            raise ReIDError(names.unknown_message(self.backbone))
         check_choice("model.pooling", self.pooling, POOLINGS)
         check_choice("model.neck", self.neck, NECKS)
         check_choice("model.neck_feat", self.neck_feat, NECK_FEATS)
