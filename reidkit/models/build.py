@@ -17,7 +17,7 @@ from reidkit.models.heads import (
     CLASSIFIERS, NECK_FEATS, NECKS, POOLINGS, GeM, ReIDHead, check_choice,
 )
 
-ARCHS = ("baseline", "mgn")
+ARCHS = ("baseline", "mgn", "transreid")
 _DEFAULT_MEAN = [0.485, 0.456, 0.406]
 _DEFAULT_STD = [0.229, 0.224, 0.225]
 
@@ -43,6 +43,17 @@ class ModelConfig:
     # Ghost BatchNorm: training statistics over N groups of the batch (see models/ghost_bn.py),
     # so one GPU reproduces a recipe tuned on N GPUs without SyncBN.
     bn_groups: int = 1
+    # Transformer options (models/backbones/vit.py, swin.py; the transreid arch, models/transreid.py).
+    stride_size: int = 16         # ViT patch stride: 16, or 12 for TransReID's overlapping patches
+    sie: bool = False             # side information embedding of the camera (ViT)
+    sie_lambda: float = 3.0
+    num_cameras: int = 0          # SIE cameras; 0: set by the trainer from the data
+    jpm: bool = False             # jigsaw patch module (arch transreid)
+    jpm_groups: int = 4
+    jpm_shift: int = 5
+    jpm_shuffle_groups: int = 2
+    drop_path: float = 0.0        # stochastic depth rate (ViT, Swin)
+    semantic_weight: float = -1.0  # SOLIDER's Swin semantic weight; -1: off
 
     def validate(self) -> None:
         """Raise ReIDError naming the first bad key (unknown names list the valid values)."""
@@ -146,9 +157,15 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
             cfg.cls_margin,
         )
         return ReIDModel(trunk, mhead, mean, std, arch="mgn")
-    from reidkit.models.backbones import build_backbone
+    if cfg.arch == "transreid":
+        from reidkit.models.transreid import build_transreid_parts
 
-    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride)
+        ttrunk, thead, mean, std = build_transreid_parts(cfg, int(num_classes))
+        return ReIDModel(ttrunk, thead, mean, std, arch="transreid")
+    from reidkit.models.backbones import build_backbone, options_from_config
+
+    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride,
+                              **options_from_config(cfg))
     head = ReIDHead(
         int(backbone.out_channels), int(num_classes), pooling=cfg.pooling, gem_p=cfg.gem_p,
         neck=cfg.neck, neck_feat=cfg.neck_feat, embedding_dim=cfg.embedding_dim,
