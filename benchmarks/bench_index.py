@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from benchmarks.common import write_result
-from reidkit.retrieval.index import default_nlist, make_faiss_index
+from reidkit.retrieval.index import default_nlist, make_faiss_index, set_search_params
 
 
 def clustered(n: int, dim: int, clusters: int, noise: float, rng: np.random.Generator,
@@ -70,8 +70,9 @@ def main() -> None:
                  "threads": args.threads, "k": k, "indexes": []}
 
     t0 = time.perf_counter()
+    ids = np.arange(args.n, dtype=np.int64)  # gallery indexes take explicit ids (the entry ids)
     flat = make_faiss_index("flat", args.dim)
-    flat.add(x)
+    flat.add_with_ids(x, ids)
     build_flat = time.perf_counter() - t0
     t0 = time.perf_counter()
     _, truth = flat.search(q, k)
@@ -85,10 +86,10 @@ def main() -> None:
     t0 = time.perf_counter()
     sample = x[np.sort(rng.choice(args.n, size=min(args.n, 256 * nlist), replace=False))]
     ivf = make_faiss_index("ivf", args.dim, train=sample, nlist=nlist)
-    ivf.add(x)
+    ivf.add_with_ids(x, ids)
     build_ivf = time.perf_counter() - t0
     for nprobe in (4, 8, 16, 32, 64):
-        ivf.nprobe = nprobe
+        set_search_params(ivf, nprobe=nprobe)
         t0 = time.perf_counter()
         _, got = ivf.search(q, k)
         dt = time.perf_counter() - t0
@@ -101,10 +102,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     hnsw = make_faiss_index("hnsw", args.dim)
-    hnsw.add(x)
+    hnsw.add_with_ids(x, ids)
     build_hnsw = time.perf_counter() - t0
     for ef in (32, 64, 128, 256):
-        hnsw.hnsw.efSearch = ef
+        set_search_params(hnsw, ef_search=ef)
         t0 = time.perf_counter()
         _, got = hnsw.search(q, k)
         dt = time.perf_counter() - t0

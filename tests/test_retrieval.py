@@ -1,4 +1,5 @@
-"""Gallery index: build, add without rebuild, model identity checks, camera exclusion, re-ranking, IVF/HNSW, CLI."""
+"""Gallery index: build, add without rebuild, model identity checks, camera exclusion, re-ranking, IVF/IVF-PQ/HNSW,
+entries beyond images (tracklets, state, delete), check/repair of old galleries, CLI and its bad inputs."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from reidkit.cli import main
 from reidkit.errors import ReIDError
-from reidkit.retrieval.index import Gallery, make_faiss_index, parse_camera_frame
+from reidkit.retrieval.index import Gallery, make_faiss_index, parse_camera_frame, refine_exact, set_search_params
 
 
 def _tiny_weights(path: Path, seed: int) -> Path:
@@ -60,16 +61,21 @@ def test_build_counts_corrupt_and_stores_metadata(data):
     assert len(g) == n_files - 1
     assert g.last_report["corrupt"] == 1
     with sqlite3.connect(data["db"] / "meta.sqlite") as conn:
-        row = conn.execute("SELECT camid, frame, width, height FROM images WHERE path = ?",
+        row = conn.execute("SELECT camid, frame_start, width, height, kind FROM entries WHERE path = ?",
                            (str(data["planted"].resolve()),)).fetchone()
         model = conn.execute("SELECT identity, feat_dim, input_h, input_w FROM model").fetchone()
-        ids = [r[0] for r in conn.execute("SELECT id FROM images ORDER BY id")]
-    assert row == (data["pcam"], 1, 64, 128)
+        ids = [r[0] for r in conn.execute("SELECT id FROM entries ORDER BY id")]
+        n_vec = conn.execute("SELECT COUNT(*) FROM vectors WHERE length(vec) = 512 * 4").fetchone()[0]
+        gen = conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()[0]
+    assert row == (data["pcam"], 1, 64, 128, "image")
+    assert n_vec == len(g) and gen == "1" and g.generation == 1
     from reidkit.export import file_sha256
 
     assert model == ("sha256:" + file_sha256(data["weights"])[:16], 512, 64, 32)
     assert ids == list(range(len(g)))
-    assert (data["db"] / "index.faiss").is_file()
+    assert (data["db"] / "index.g1.faiss").is_file()
+    # the stored vectors are the features the index searches
+    np.testing.assert_allclose(g.features([0]), g.index.reconstruct(0)[None], atol=1e-6)
 
 
 def test_search_returns_planted_first(data):
@@ -146,28 +152,45 @@ def _clustered(n: int, d: int, centers: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
 def test_approximate_indexes_find_most_exact_neighbours(kind):
     x = _clustered(4000, 64, 40, seed=0)
     q = _clustered(100, 64, 40, seed=1)
     exact = make_faiss_index("flat", 64)
-    exact.add(x)
+    exact.add_with_ids(x, np.arange(len(x)))
     approx = make_faiss_index(kind, 64, train=x)
-    approx.add(x)
-    if kind == "ivf":
-        approx.nprobe = 16
-    else:
-        approx.hnsw.efSearch = 128
+    approx.add_with_ids(x, np.arange(len(x)))
+    set_search_params(approx, nprobe=16, ef_search=128)
     _, truth = exact.search(q, 10)
-    _, got = approx.search(q, 10)
+    if kind == "ivfpq":  # PQ candidates re-scored with the exact vectors, as the gallery does from its store
+        _, cand = approx.search(q, 80)
+        _, got = refine_exact(q, cand, lambda ids: x[ids], 10)
+    else:
+        _, got = approx.search(q, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)])
     assert recall >= 0.9, recall
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_refine_exact_matches_brute_force_over_candidates():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 8)).astype(np.float32)
+    cand = np.array([[4, 9, 17, -1, 30], [1, 2, -1, -1, -1]])
+    scores, ids = refine_exact(q, cand, lambda i: x[i], 3)
+    for b in range(2):
+        c = cand[b][cand[b] >= 0]
+        order = sorted(c.tolist(), key=lambda i: -float(x[i] @ q[b]))[:3]
+        assert ids[b][: len(order)].tolist() == order
+        np.testing.assert_allclose(scores[b][: len(order)], [x[i] @ q[b] for i in order], rtol=1e-6)
+    assert ids[1][2] == -1 and scores[1][2] == -np.inf  # fewer candidates than k: padded
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw", "approx"])
 def test_gallery_with_approximate_index(data, tmp_path, kind):
+    from reidkit.retrieval.index import DEFAULT_APPROX_INDEX
+
     g = Gallery.build(data["gal"], tmp_path / kind, index=kind, extractor=data["gallery"].extractor)
-    assert g.info["index_kind"] == kind
+    assert g.info["index_kind"] == (DEFAULT_APPROX_INDEX if kind == "approx" else kind)
     res = Gallery.open(tmp_path / kind, extractor=g.extractor).search(str(data["query"]), k=3, rerank=True)
     assert res[0]["path"] == str(data["planted"].resolve())
 
@@ -209,3 +232,143 @@ def test_imagenet_default_extractor(data, tmp_path):
     assert res[0]["score"] > res[1]["score"]
     with pytest.raises(ReIDError, match=r"imagenet:efficientnet_lite0.*sha256:"):
         Gallery.open(db, extractor=data["gallery"].extractor)
+
+
+# ----------------------------------------------------------------------------- bad input and formats
+
+
+def _one_error(err: str, *needles: str) -> None:
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["serve", "--db", "/nonexistent/db", "--port", "99999"], ["--port", "99999"]),
+    (["serve", "--db", "/nonexistent/db", "--port", "0"], ["--port"]),
+    (["serve", "--db", "/nonexistent/db", "--workers", "0"], ["--workers", "got 0"]),
+    (["serve", "--db", "/nonexistent/db", "--max-upload-mb", "0"], ["--max-upload-mb"]),
+    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nlist", "0"], ["--nlist", "got 0"]),
+    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nprobe", "0"], ["--nprobe", "got 0"]),
+    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivfpq", "--pq-m", "0"], ["--pq-m"]),
+    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivfpq", "--pq-m", "7"], ["--pq-m 7", "512"]),
+    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nlist", "100000"], ["--nlist 100000"]),
+    (["search", "--db", "DB0", "--image", "QUERY", "--nprobe", "0"], ["--nprobe", "got 0"]),
+    (["index", "check", "--db", "/nonexistent/db"], ["/nonexistent/db", "not a gallery"]),
+    (["index", "delete", "--db", "DB0"], ["delete"]),
+])
+def test_bad_cli_input(data, tmp_path, capsys, argv, needles):
+    """Exit 2, one `error:` line naming the option or path, no traceback; number checks come before any model load."""
+    subst = {"IMAGES": str(data["gal"]), "DB": str(tmp_path / "new"), "DB0": str(data["db"]),
+             "QUERY": str(data["query"])}
+    argv = [subst.get(a, a) for a in argv]
+    if argv[:2] == ["index", "build"]:
+        argv += ["--weights", str(data["weights"])]
+    assert main(argv) == 2
+    _one_error(capsys.readouterr().err, *needles)
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_zero_byte_image_skipped_counted_or_strict(data, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(data["gal"].glob("0*.jpg"))[1:5]:
+        shutil.copy(p, folder / p.name)
+    (folder / "0099_c1s1_000001_01.jpg").write_bytes(b"")
+    db = tmp_path / "db"
+    assert main(["index", "build", "--images", str(folder), "--db", str(db), "--weights", str(data["weights"])]) == 0
+    out = capsys.readouterr().out
+    assert "4 images added" in out and "1 unreadable skipped" in out and "0099_c1s1_000001_01.jpg" in out
+    assert main(["index", "build", "--images", str(folder), "--db", str(tmp_path / "strict"), "--strict",
+                 "--weights", str(data["weights"])]) == 2
+    _one_error(capsys.readouterr().err, "0099_c1s1_000001_01.jpg", "zero-byte", "--strict")
+    assert not (tmp_path / "strict").exists()
+    assert not list(tmp_path.glob(".strict.*"))  # the temp build folder is removed
+
+
+def test_pgm_ppm_gif_crops_are_indexed(data, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    src = sorted(data["gal"].glob("0*.jpg"))[1:7]
+    exts = [".pgm", ".ppm", ".gif", ".pgm", ".ppm", ".gif"]
+    for p, ext in zip(src, exts):
+        im = Image.open(p)
+        (im.convert("L") if ext == ".pgm" else im.convert("RGB")).save(folder / (p.stem + ext))
+    g = Gallery.build(folder, tmp_path / "db", extractor=data["gallery"].extractor)
+    assert len(g) == 6 and g.last_report["corrupt"] == 0
+    assert sorted(Path(e["path"]).suffix for e in g.entries()) == sorted(exts)
+    q = str(folder / (src[1].stem + ".ppm"))
+    assert g.search(q, k=1)[0]["path"] == q
+
+
+def test_entries_state_delete_and_fields(data, tmp_path):
+    """The video-ingestion contract: tracklet entries with every field, state in the same commit, delete by key."""
+    db = tmp_path / "db"
+    shutil.copytree(data["db"], db)
+    g = Gallery.open(db, extractor=data["gallery"].extractor)
+    n0, gen0 = len(g), g.generation
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((3, 512)).astype(np.float32)
+    ents = [{"path": "/videos/cam1.mp4", "kind": "tracklet", "tracklet": f"cam1:{i}", "camera": "cam1", "camid": 0,
+             "frame_start": 10 * i, "frame_end": 10 * i + 9, "t_start": i / 2, "t_end": i / 2 + 0.4,
+             "meta": {"boxes": [[1, 2, 3, 4]], "thumbs": [f"t{i}.jpg"]}} for i in range(3)]
+    ids = g.add_entries(f, ents, state={"video:cam1": {"frame": 30}})
+    assert ids == list(range(n0, n0 + 3)) and g.generation == gen0 + 1 and len(g) == n0 + 3
+    assert g.get_state("video:cam1") == {"frame": 30} and g.get_state("nope") is None
+    hit = g.search(f[1], k=1, kind="tracklet")[0]
+    assert hit == {"id": ids[1], "path": "/videos/cam1.mp4", "score": pytest.approx(1.0, abs=1e-5), "camid": 0,
+                   "camera": "cam1", "kind": "tracklet", "tracklet": "cam1:1", "frame_start": 10, "frame_end": 19,
+                   "t_start": 0.5, "t_end": pytest.approx(0.9), "meta": {"boxes": [[1, 2, 3, 4]], "thumbs": ["t1.jpg"]}}
+    assert all(r["kind"] == "image" for r in g.search(f[1], k=5, kind="image"))
+    assert all(r["camera"] != "cam1" for r in g.search(f[1], k=50, exclude_camera="cam1"))
+    with pytest.raises(ReIDError, match="tracklet key is already in the gallery"):
+        g.add_entries(f[:1], [{"path": "/x.mp4", "kind": "tracklet", "tracklet": "cam1:0"}])
+    with pytest.raises(ReIDError, match=r"entries\[0\]: unknown key 'bogus'"):
+        g.add_entries(f[:1], [{"path": "/x.mp4", "bogus": 1}])
+    with pytest.raises(ReIDError, match=r"shape \(2, 512\)"):
+        g.add_entries(f, ents[:2])
+    assert len(g) == n0 + 3 and g.generation == gen0 + 1  # refused writes wrote nothing
+    assert [e["tracklet"] for e in g.entries(kind="tracklet", camera="cam1")] == ["cam1:0", "cam1:1", "cam1:2"]
+    assert g.delete(tracklet="cam1:1") == 1 and g.generation == gen0 + 2
+    assert g.search(f[1], k=1, kind="tracklet")[0]["tracklet"] != "cam1:1"
+    first = g.entries(kind="image")[0]
+    assert g.delete(path=first["path"]) == 1 and g.record(first["id"]) is None
+    assert g.delete(camera="cam1") == 2 and len(g) == n0 - 1
+    assert g.delete(ids=[10**6]) == 0
+    # ids are never reused after a delete
+    assert g.add_entries(f[:1], [{"path": "/y.mp4", "kind": "tracklet", "tracklet": "y"}]) == [n0 + 3]
+    with pytest.raises(ReIDError, match="refusing to delete the whole gallery"):
+        g.delete()
+
+
+def test_cli_delete_and_check(data, tmp_path, capsys):
+    db = tmp_path / "db"
+    shutil.copytree(data["db"], db)
+    g = Gallery.open(db)
+    cams = [e["camera"] for e in g.entries()]
+    n_c1 = cams.count("c1")
+    assert n_c1 > 0
+    assert main(["index", "delete", "--db", str(db), "--camera", "c1"]) == 0
+    assert f"{n_c1} entries deleted" in capsys.readouterr().out
+    assert main(["index", "check", "--db", str(db), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["consistent"] and rep["entries"] == len(cams) - n_c1 and rep["generation"] == 2
+    assert rep["cache"] == "ok" and rep["leftover_files"] == []
+
+
+def test_create_empty_gallery_then_add_entries(data, tmp_path):
+    ext = data["gallery"].extractor
+    g = Gallery.create(tmp_path / "video_db", ext)
+    assert len(g) == 0 and g.generation == 1 and g.search_features(np.ones((1, 512), np.float32), k=3) == [[]]
+    f = np.eye(512, dtype=np.float32)[:2]
+    ids = g.add_entries(f, [{"path": "/v.mp4", "kind": "tracklet", "tracklet": f"t{i}"} for i in range(2)])
+    assert ids == [0, 1] and g.search(f[1], k=1)[0]["tracklet"] == "t1"
+    assert Gallery.open(tmp_path / "video_db").generation == 2
+    with pytest.raises(ReIDError, match="already holds a gallery"):
+        Gallery.create(tmp_path / "video_db", ext)
+    with pytest.raises(ReIDError, match="needs training features"):
+        Gallery.create(tmp_path / "other", ext, index="ivf")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import shutil
 import warnings
 from pathlib import Path
@@ -14,6 +15,8 @@ pytest.importorskip("httpx")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx vs httpx2, not ours to act on
     from fastapi.testclient import TestClient
+
+from fastapi import Request  # noqa: E402
 
 from reidkit.errors import ReIDError  # noqa: E402
 from reidkit.retrieval.index import Gallery, parse_camera_frame  # noqa: E402
@@ -176,3 +179,172 @@ def test_token_from_environment_and_empty_token(setup, monkeypatch):
         assert c.get("/images/0", headers={"Authorization": "Bearer from-env"}).status_code == 200
     with pytest.raises(ReIDError, match="empty"):
         create_app(setup["gallery"], token="  ")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (a few bytes: the pixel data is never reached)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_too_many_pixels_is_413_not_corrupt(setup):
+    c = setup["client"]
+    for w, h in ((20000, 20000), (8000, 8000)):  # refused by Pillow at open / by our limit after the header
+        r = c.post("/search", files={"file": ("huge.png", _png_header_only(w, h), "image/png")}, headers=AUTH)
+        assert r.status_code == 413, (w, r.text)
+        assert "too large" in r.json()["detail"] and "pixels" in r.json()["detail"]
+
+
+def test_health_reports_generation_and_counts(setup):
+    body = setup["client"].get("/health").json()
+    assert body["generation"] == setup["gallery"].generation and body["images"] == len(setup["gallery"])
+    assert body["tracklets"] == 0
+
+
+def _tiny_images(folder: Path, n: int, seed: int) -> set[str]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(folder / f"{seed}{i:03d}_c1s1_{i:06d}_01.png")
+    return {str(p.resolve()) for p in folder.iterdir()}
+
+
+def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
+    """Searches run throughout `index add` and `index build --overwrite` (subprocesses): every answer holds only
+    paths of the generation it reports, never an empty one, and the new content is answered within seconds."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+    import torch
+    import uvicorn
+
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    weights = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (32, 16))
+    a = _tiny_images(tmp_path / "A", 6, 1)
+    b = _tiny_images(tmp_path / "B", 4, 2)
+    c = _tiny_images(tmp_path / "C", 5, 3)
+    db = tmp_path / "db"
+    g = Gallery.build(tmp_path / "A", db, weights=weights)
+    app = create_app(g, poll_s=0.2)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+
+    content = {(g.uid, 1): a}
+    answers: list[tuple[float, int, str, list[str], int]] = []
+    stop = threading.Event()
+    query = sorted(a)[0]
+    data = Path(query).read_bytes()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=60) as cl:
+            while not stop.is_set():
+                r = cl.post("/search?k=20", files={"file": ("q.png", data, "image/png")})
+                body = r.json()
+                answers.append((time.monotonic(), r.status_code, body.get("snapshot", ""),
+                                [x["path"] for x in body.get("results", [])], body.get("generation", -1)))
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for t in clients:
+        t.start()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        time.sleep(0.5)
+        for args, expect in (
+            (["index", "add", "--db", str(db), "--images", str(tmp_path / "B")], a | b),
+            (["index", "build", "--db", str(db), "--images", str(tmp_path / "C"), "--overwrite",
+              "--weights", str(weights)], c),
+        ):
+            p = subprocess.run([sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True,
+                               timeout=120)
+            assert p.returncode == 0, p.stderr
+            done = time.monotonic()
+            from reidkit.retrieval import store
+
+            uid, gen = store.read_key(db)
+            content[(uid, gen)] = expect
+            deadline = done + 10
+            while time.monotonic() < deadline and not any(s == f"{uid}-{gen}" for _, _, s, _, _ in answers[-5:]):
+                time.sleep(0.05)
+            seen = [t for t, _, s, _, _ in answers if s == f"{uid}-{gen}"]
+            assert seen, f"generation {gen} not answered within 10 s"
+            # negative: the swap was served before the writer process had exited
+            print(f"\n{args[1]}: new content answered {seen[0] - done:.2f} s after the command finished")
+            assert seen[0] - done < 5
+        time.sleep(0.3)
+        # ids are reassigned by a rebuild: /images pins the snapshot a result came from
+        with httpx.Client(base_url=url, timeout=60) as cl:
+            assert cl.get(f"/images/0?snapshot={g.uid}-1").content == Path(sorted(a)[0]).read_bytes()
+            assert cl.get("/images/0").content == Path(sorted(c)[0]).read_bytes()
+            assert cl.get("/images/0?snapshot=0000-1").status_code == 410
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=60)
+        srv.should_exit = True
+        th.join(timeout=15)
+        sock.close()
+    tags = {f"{u}-{gen}": v for (u, gen), v in content.items()}
+    wrong = 0
+    for _, status, snap, paths, _gen in answers:
+        ok = status == 200 and snap in tags and paths and all(paths) and set(paths) <= tags[snap] \
+            and len(paths) == min(20, len(tags[snap]))
+        wrong += not ok
+    print(f"requests during swaps: {len(answers)}, wrong answers: {wrong}, generations seen: "
+          f"{sorted({s for _, _, s, _, _ in answers}, key=lambda s: int(s.split('-')[1]))}")
+    assert wrong == 0 and len(answers) > 10
+    assert len({s for _, _, s, _, _ in answers}) == 3  # old, after add, after rebuild
+
+
+def test_video_routes_hook(setup, monkeypatch):
+    """create_app calls reidkit.video.routes.add_routes(app, get_gallery, authorize) when that module exists."""
+    import importlib.machinery
+    import types
+
+    calls = []
+
+    def add_routes(app, get_gallery, authorize):
+        calls.append(1)
+
+        @app.get("/video/ping")
+        async def ping(request: Request) -> dict:
+            authorize(request)
+            g = get_gallery()
+            return {"generation": g.generation, "size": len(g)}
+
+    pkg = types.ModuleType("reidkit.video")
+    pkg.__spec__ = importlib.machinery.ModuleSpec("reidkit.video", None, is_package=True)
+    pkg.__path__ = []
+    mod = types.ModuleType("reidkit.video.routes")
+    mod.__spec__ = importlib.machinery.ModuleSpec("reidkit.video.routes", None)
+    mod.add_routes = add_routes
+    monkeypatch.setitem(sys.modules, "reidkit.video", pkg)
+    monkeypatch.setitem(sys.modules, "reidkit.video.routes", mod)
+    app = create_app(setup["gallery"], token=TOKEN)
+    assert calls == [1]
+    with TestClient(app) as c:
+        assert c.get("/video/ping").status_code == 401
+        body = c.get("/video/ping", headers=AUTH).json()
+    assert body == {"generation": setup["gallery"].generation, "size": len(setup["gallery"])}

@@ -1,4 +1,4 @@
-"""`reidkit index build|add`, `reidkit search` and `reidkit serve`: gallery retrieval from the command line."""
+"""`reidkit index build|add|check|repair|delete`, `reidkit search` and `reidkit serve`: gallery retrieval."""
 from __future__ import annotations
 
 import argparse
@@ -23,15 +23,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--db", required=True, help="gallery folder to create (index.faiss, meta.sqlite)")
     build.add_argument("--weights", default=None, help="reidkit checkpoint or exported .onnx (default: ImageNet "
                                                         "EfficientNet-Lite0 + GeM)")
-    build.add_argument("--index", choices=["flat", "ivf", "hnsw"], default="flat",
-                       help="flat: exact (default); ivf / hnsw: approximate, for galleries of millions")
+    build.add_argument("--index", choices=["flat", "approx", "ivf", "ivfpq", "hnsw"], default="flat",
+                       help="flat: exact (default); approx: the measured default approximate index (see "
+                            "benchmarks/results/million.md); ivf / ivfpq / hnsw: approximate, for galleries of "
+                            "millions (ivfpq: product-quantised codes in memory, re-scored with the stored vectors)")
     build.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(N))")
+    build.add_argument("--pq-m", type=int, default=None,
+                       help="ivfpq: sub-quantisers (bytes per code; must divide the feature dim; default dim/4, <= 64)")
+    build.add_argument("--refine-k", type=int, default=None,
+                       help="ivfpq: candidates re-scored exactly with the stored vectors = refine-k x topk (default 8)")
     build.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default 32)")
     build.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 128)")
     build.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                        help="input size for the ImageNet extractor (default 256 128; checkpoints use their own)")
     _common_model_args(build)
-    build.add_argument("--overwrite", action="store_true", help="replace an existing gallery in --db")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace an existing gallery in --db (built beside it, swapped in atomically)")
+    build.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of "
+                                                             "skipping and counting it")
     build.set_defaults(func=_build)
 
     add = verbs.add_parser("add", help="append new images to a gallery without rebuilding it",
@@ -40,8 +49,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--db", required=True, help="gallery folder")
     add.add_argument("--images", required=True, help="folder of new crops")
     add.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
+    add.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     _common_model_args(add)
     add.set_defaults(func=_add)
+
+    chk = verbs.add_parser("check", help="check a gallery's consistency",
+                           description="Report generation, counts and index cache state; exit 2 naming the "
+                                       "problem when the gallery is inconsistent or written by an older reidkit.")
+    chk.add_argument("--db", required=True, help="gallery folder")
+    chk.add_argument("--json", action="store_true", help="print the report as JSON")
+    chk.set_defaults(func=_check)
+
+    rep = verbs.add_parser("repair", help="convert an older gallery or fix an inconsistent one",
+                           description="Galleries of older reidkit versions (index.faiss + meta.sqlite without "
+                                       "vectors) are converted: vectors are read back from the old index where "
+                                       "it holds them, else re-extracted with the recorded model (or --weights).")
+    rep.add_argument("--db", required=True, help="gallery folder")
+    rep.add_argument("--weights", default=None, help="the gallery's model, if the recorded one has moved")
+    _common_model_args(rep)
+    rep.set_defaults(func=_repair)
+
+    dele = verbs.add_parser("delete", help="delete entries by id, image path, tracklet or camera",
+                            description="Delete the entries matching ALL the given filters (one new generation).")
+    dele.add_argument("--db", required=True, help="gallery folder")
+    dele.add_argument("--id", type=int, nargs="+", default=None, dest="ids", help="entry ids")
+    dele.add_argument("--path", default=None, help="an image path")
+    dele.add_argument("--tracklet", default=None, help="a tracklet key")
+    dele.add_argument("--camera", default=None, help="a camera name (e.g. c1, or a video camera's name)")
+    dele.set_defaults(func=_delete)
 
     srch = sub.add_parser("search", help="search a gallery with a query image",
                           description="Rank the gallery for one query image (cosine similarity).")
@@ -56,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srch.add_argument("--camid", type=int, default=None,
                       help="the query's camera id for --exclude-same-camera (0-based: c1 -> 0)")
     srch.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default: the gallery's)")
+    srch.add_argument("--kind", choices=["image", "tracklet"], default=None, help="only entries of this kind")
     srch.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common_model_args(srch)
     srch.set_defaults(func=_search)
@@ -71,6 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--token", default=None, help="API token (default: $REIDKIT_API_TOKEN; none: open)")
     srv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MB)")
     srv.add_argument("--workers", type=int, default=1, help="model worker threads (default 1)")
+    srv.add_argument("--poll", type=float, default=0.5,
+                     help="seconds between checks for a new gallery generation (default 0.5)")
     srv.set_defaults(func=_serve)
 
 
@@ -95,12 +133,25 @@ def _report(verb: str, db: str, rep: dict) -> None:
         print(f"  skipped (corrupt or unreadable): {p}")
 
 
+def _positive(**values: int | float | None) -> None:
+    """ReIDError for the first option given as < 1 (checked before any model is loaded)."""
+    from reidkit.errors import ReIDError
+
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise ReIDError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
+
+
 def _build(args: argparse.Namespace) -> int:
     from reidkit.retrieval.index import Gallery
 
+    _positive(nlist=args.nlist, nprobe=args.nprobe, ef_search=args.ef_search, pq_m=args.pq_m,
+              refine_k=args.refine_k, batch_size=args.batch_size)
+    extra = {} if args.refine_k is None else {"refine_k": args.refine_k}
     g = Gallery.build(args.images, args.db, weights=args.weights, index=args.index, nlist=args.nlist,
                       nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
-                      device=args.device, size=args.size, overwrite=args.overwrite, progress=_progress)
+                      device=args.device, size=args.size, overwrite=args.overwrite, progress=_progress,
+                      pq_m=args.pq_m, strict=args.strict, **extra)
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
     return 0
@@ -109,9 +160,49 @@ def _build(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     from reidkit.retrieval.index import Gallery
 
+    _positive(batch_size=args.batch_size)
     g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size)
-    rep = g.add(args.images, progress=_progress)
+    rep = g.add(args.images, progress=_progress, strict=args.strict)
     _report("index add", args.db, rep)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import check_gallery
+
+    rep = check_gallery(args.db)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"{rep['db']}: consistent, generation {rep['generation']}: {rep['entries']} entries "
+          f"({rep['images']} images, {rep['tracklets']} tracklets), index {rep['index']} "
+          f"(cache {rep['cache']}), model {rep['model']} ({rep['feat_dim']}-d)")
+    if rep["leftover_files"]:
+        print(f"  leftover files (removed by the next write): {', '.join(rep['leftover_files'])}")
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import repair_gallery
+
+    rep = repair_gallery(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size,
+                         progress=_progress)
+    print(f"index repair: {rep['action']}: {rep['entries']} entries "
+          f"({rep['recovered_from_index']} vectors read back from the old index, {rep['reextracted']} re-extracted)")
+    if rep.get("index_rows_without_metadata"):
+        print(f"  dropped {rep['index_rows_without_metadata']} index rows that had no metadata "
+              f"(an interrupted `index add`; add those images again)")
+    for p in rep["dropped"][:10]:
+        print(f"  dropped (no vector and cannot be read): {p}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import Gallery
+
+    g = Gallery.open(args.db)
+    n = g.delete(ids=args.ids, tracklet=args.tracklet, camera=args.camera, path=args.path)
+    print(f"index delete: {n} entries deleted from {args.db} (now {len(g)}, generation {g.generation})")
     return 0
 
 
@@ -121,6 +212,7 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise ReIDError(f"--topk: must be >= 1, got {args.topk}")
+    _positive(nprobe=args.nprobe, rerank_topm=args.rerank_topm, batch_size=args.batch_size)
     camid = args.camid
     if args.exclude_same_camera and camid is None:
         camid = parse_camera_frame(args.image)[0]
@@ -130,7 +222,7 @@ def _search(args: argparse.Namespace) -> int:
     g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size)
     results = g.search(args.image, k=args.topk, rerank=args.rerank,
                        exclude_camid=camid if args.exclude_same_camera else None,
-                       nprobe=args.nprobe, rerank_topm=args.rerank_topm)
+                       nprobe=args.nprobe, rerank_topm=args.rerank_topm, kind=args.kind)
     if args.json:
         print(json.dumps({"query": args.image, "results": results}, indent=2))
         return 0
@@ -142,8 +234,18 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from reidkit.errors import ReIDError
     from reidkit.retrieval.service import serve
 
+    # Checked before the model loads: a typo must not cost a model load and then a traceback.
+    if not 1 <= args.port <= 65535:
+        raise ReIDError(f"--port: expected 1..65535, got {args.port}")
+    _positive(workers=args.workers)
+    if not args.max_upload_mb > 0:
+        raise ReIDError(f"--max-upload-mb: must be > 0, got {args.max_upload_mb}")
+    if not args.poll > 0:
+        raise ReIDError(f"--poll: must be > 0 seconds, got {args.poll}")
     serve(args.db, host=args.host, port=args.port, token=args.token,
-          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, weights=args.weights)
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, weights=args.weights,
+          poll_s=args.poll)
     return 0

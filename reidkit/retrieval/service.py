@@ -4,6 +4,18 @@ The model runs in worker thread(s) fed by a queue: requests waiting at the same 
 embedded as one batch (torch is never called concurrently on the model), then each is searched
 with its own options. Uploads are bounded twice: by Content-Length before the body is read and by
 counting the bytes actually received (chunked uploads send no length).
+
+The service follows the gallery: a background thread reads the stored (uid, generation) every
+`poll_s` seconds (one tiny SQLite read) and, when it changed, opens the new generation (faiss
+index and metadata pinned together, see reidkit.retrieval.index) and swaps the reference between
+requests. Each request takes the current gallery once at its start and uses only it, so an answer
+never mixes generations and in-flight requests finish on the snapshot they began with. Results
+carry `snapshot` ("<uid>-<generation>"); `/images/{id}?snapshot=...` serves the path of that
+snapshot (the last few are kept), so a rebuilt gallery cannot show another image under an old id.
+
+Extension hook: if `reidkit.video.routes` exists and defines `add_routes(app, get_gallery, authorize)`,
+create_app calls it (get_gallery() returns the current gallery snapshot; authorize(request) raises
+401 without a valid token) so the video package can add its tracklet routes.
 """
 from __future__ import annotations
 
@@ -30,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reidkit.errors import ReIDError
+from reidkit.retrieval import store
 from reidkit.retrieval.index import Gallery, parse_camera_frame
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD", "TOKEN_ENV"]
@@ -57,11 +70,13 @@ class _Job:
 class _Batcher:
     """Worker thread(s) that embed queued query images in batches and search them."""
 
-    def __init__(self, gallery: Gallery, workers: int = 1, max_batch: int = 16) -> None:
-        self.gallery = gallery
+    def __init__(self, get_gallery: Any, workers: int = 1, max_batch: int = 16) -> None:
+        self.get_gallery = get_gallery
         self.max_batch = max(1, int(max_batch))
         self.queue: queue.Queue[_Job | None] = queue.Queue()
-        self.workers = max(1, int(workers))
+        if int(workers) < 1:
+            raise ReIDError(f"--workers: must be >= 1, got {workers}")
+        self.workers = int(workers)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.batches: list[int] = []  # sizes of the batches run (observability and tests)
@@ -110,18 +125,113 @@ class _Batcher:
 
     def _run(self, batch: list[_Job]) -> None:
         self.batches.append(len(batch))
+        gallery = self.get_gallery()  # one snapshot for the whole batch
         try:
-            feats = self.gallery.embed([j.image for j in batch])
+            feats = gallery.embed([j.image for j in batch])
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             for j in batch:
                 j.future.set_exception(exc)
             return
         for j, f in zip(batch, feats):
             try:
-                res = self.gallery.search_features(f[None], k=j.k, rerank=j.rerank, exclude_camid=[j.exclude_camid])[0]
-                j.future.set_result(res)
+                res = gallery.search_features(f[None], k=j.k, rerank=j.rerank, exclude_camid=[j.exclude_camid])[0]
+                tag = _snapshot_tag(gallery)
+                for r in res:
+                    r["snapshot"] = tag
+                j.future.set_result((res, gallery))
             except Exception as exc:  # noqa: BLE001
                 j.future.set_exception(exc)
+
+
+def _snapshot_tag(gallery: Gallery) -> str:
+    return f"{gallery.uid}-{gallery.generation}"
+
+
+class _Follower:
+    """Holds the current gallery snapshot and swaps in each new generation (see the module docstring)."""
+
+    KEEP = 4  # recent snapshots kept for /images?snapshot=...
+
+    def __init__(self, gallery: Gallery, poll_s: float = 0.5) -> None:
+        if not poll_s > 0:
+            raise ReIDError(f"--poll: must be > 0 seconds, got {poll_s}")
+        self.db = gallery.db
+        self.poll_s = float(poll_s)
+        self._current = gallery
+        self._recent: dict[str, Gallery] = {_snapshot_tag(gallery): gallery}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.swaps = 0
+        self._pending_since: float | None = None
+
+    def current(self) -> Gallery:
+        """The newest loaded snapshot (a plain reference read: atomic)."""
+        return self._current
+
+    def snapshot(self, tag: str) -> Gallery | None:
+        """A recent snapshot by its tag, or None when it is no longer kept."""
+        return self._recent.get(tag)
+
+    def start(self) -> None:
+        """Start the polling thread once."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._loop, name="reidkit-gallery-follower", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout=10)
+        self._thread = None
+
+    def _loop(self) -> None:
+        last = ""
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception as exc:  # noqa: BLE001 - keep serving the current snapshot, retry next poll
+                msg = f"{type(exc).__name__}: {exc}"
+                if msg != last:  # once per distinct problem, not every poll
+                    logger.warning("could not load the new generation of %s (%s); still serving generation %d",
+                                   self.db, msg, self._current.generation)
+                last = msg
+
+    def check(self) -> bool:
+        """Swap in the stored generation if it is newer than the current one; True when swapped."""
+        key = store.read_key(self.db)
+        cur = self._current
+        if key is None or key == (cur.uid, cur.generation):
+            self._pending_since = None
+            return False
+        # A writer that has committed but not yet written the faiss cache of its generation: give it a
+        # few seconds rather than rebuilding the index here (correct either way, only slower).
+        now = time.monotonic()
+        if not store.cache_path(self.db, key[1]).is_file() and store.WriterLock.is_held(self.db):
+            if self._pending_since is None:
+                self._pending_since = now
+            if now - self._pending_since < 10:
+                return False
+        self._pending_since = None
+        try:
+            new = Gallery.open(self.db, extractor=cur.extractor)
+        except ReIDError as exc:
+            if "model mismatch" not in str(exc):
+                raise
+            new = Gallery.open(self.db)  # rebuilt with another model: load that one (its stored source)
+            _ = new.extractor
+        with self._lock:
+            self._current = new
+            self._recent[_snapshot_tag(new)] = new
+            while len(self._recent) > self.KEEP:
+                self._recent.pop(next(iter(self._recent)))
+            self.swaps += 1
+        logger.info("gallery %s: now serving generation %d (%d entries)", self.db, new.generation, len(new))
+        return True
 
 
 class _BodyLimit:
@@ -159,6 +269,9 @@ def _decode_upload(data: bytes) -> np.ndarray:
                 raise HTTPException(413, detail=f"image too large: {im.width}x{im.height} pixels (limit {MAX_PIXELS})")
             im.load()
             rgb = im.convert("RGB")
+    except Image.DecompressionBombError:
+        # Pillow refuses at open (before decoding) when the header promises > 2x its own limit
+        raise HTTPException(413, detail=f"image too large: its header declares more than {MAX_PIXELS} pixels") from None
     except UnidentifiedImageError:
         raise HTTPException(415, detail="unsupported upload: not an image file (JPEG, PNG, BMP, WebP, ...)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -175,8 +288,13 @@ def _page() -> bytes:
 
 def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1, max_batch: int = 16,
-               weights: str | os.PathLike | None = None) -> FastAPI:
-    """The FastAPI app serving gallery `db` (a folder or an open Gallery); `token` falls back to $REIDKIT_API_TOKEN."""
+               weights: str | os.PathLike | None = None, poll_s: float = 0.5) -> FastAPI:
+    """The FastAPI app serving gallery `db` (a folder or an open Gallery) and following its new generations.
+
+    `token` falls back to $REIDKIT_API_TOKEN; `poll_s` is the period of the new-generation check.
+    """
+    if int(workers) < 1:
+        raise ReIDError(f"--workers: must be >= 1, got {workers}")
     gallery = db if isinstance(db, Gallery) else Gallery.open(db, weights=weights)
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
@@ -186,7 +304,8 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
         raise ReIDError(f"max_upload_bytes: must be >= 1, got {max_upload_bytes}")
     max_upload_bytes = int(max_upload_bytes)
     _ = gallery.extractor  # load the model now: a missing model fails at start-up, not at the first query
-    batcher = _Batcher(gallery, workers=workers, max_batch=max_batch)
+    follower = _Follower(gallery, poll_s=poll_s)
+    batcher = _Batcher(follower.current, workers=workers, max_batch=max_batch)
     secret = token.encode() if token else None
 
     from contextlib import asynccontextmanager
@@ -194,12 +313,15 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
     @asynccontextmanager
     async def lifespan(app: Any):  # noqa: ANN202
         batcher.start()
+        follower.start()
         yield
+        await run_in_threadpool(follower.stop)
         await run_in_threadpool(batcher.stop)
 
     app = FastAPI(title="reidkit search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.state.gallery = gallery
+    app.state.gallery = gallery  # the snapshot served at start; app.state.follower.current() is the live one
+    app.state.follower = follower
     app.state.batcher = batcher
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK)
 
@@ -225,7 +347,8 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        info = gallery.health()
+        follower.start()  # apps driven without lifespan events (ASGI test transports) follow too
+        info = follower.current().health()
         # Unauthenticated: name the model, but not where its file sits on the server.
         info["model"]["source"] = Path(info["model"]["source"]).name
         info["auth"] = secret is not None
@@ -249,6 +372,7 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
         exclude_same_camera: bool = False,
     ) -> dict[str, Any]:
         authorize(request)
+        follower.start()
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_SLACK:
             raise HTTPException(413, detail=f"upload too large (limit {max_upload_bytes} bytes)")
@@ -273,17 +397,24 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
                                                 "(Market-style '..._c1s1_...'); pass exclude_camid")
             camid = query_camid
         t0 = time.perf_counter()
-        results = await asyncio.wrap_future(batcher.submit(_Job(image, k, rerank, camid)))
+        results, snap = await asyncio.wrap_future(batcher.submit(_Job(image, k, rerank, camid)))
         return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "generation": snap.generation, "snapshot": _snapshot_tag(snap),
                 "query": {"filename": upload.filename, "camid": query_camid, "excluded_camid": camid}}
 
     @app.get("/images/{image_id}")
-    async def image(image_id: str, request: Request) -> FileResponse:
+    async def image(image_id: str, request: Request, snapshot: str | None = Query(None, max_length=64)) -> FileResponse:
         authorize(request)
         # Only a decimal id reaches the database; the path served is the one stored there.
         if not _ID_RX.match(image_id):
             raise HTTPException(400, detail="image id must be a non-negative integer")
-        rec = await run_in_threadpool(gallery.record, int(image_id))
+        g = follower.current()
+        if snapshot is not None:
+            pinned = follower.snapshot(snapshot)
+            if pinned is None:
+                raise HTTPException(410, detail=f"gallery snapshot {snapshot} is no longer served; search again")
+            g = pinned
+        rec = await run_in_threadpool(g.record, int(image_id))
         if rec is None:
             raise HTTPException(404, detail=f"no gallery image with id {image_id}")
         path = Path(rec["path"])
@@ -292,16 +423,37 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
+    _add_extension_routes(app, follower.current, authorize)
     return app
+
+
+def _add_extension_routes(app: FastAPI, get_gallery: Any, authorize: Any) -> None:
+    """Let reidkit.video add its routes: `reidkit.video.routes.add_routes(app, get_gallery, authorize)` if present."""
+    import importlib
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("reidkit.video.routes")
+    except (ModuleNotFoundError, ValueError):  # no reidkit.video package / a module without a spec
+        spec = None
+    if spec is None:
+        return
+    module = importlib.import_module("reidkit.video.routes")
+    add_routes = getattr(module, "add_routes", None)
+    if callable(add_routes):
+        add_routes(app, get_gallery, authorize)
 
 
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1,
-          weights: str | os.PathLike | None = None) -> None:
+          weights: str | os.PathLike | None = None, poll_s: float = 0.5) -> None:
     """Run the service with uvicorn (blocking)."""
     import uvicorn
 
-    app = create_app(db, token=token, max_upload_bytes=max_upload_bytes, workers=workers, weights=weights)
+    if not 1 <= int(port) <= 65535:
+        raise ReIDError(f"--port: expected 1..65535, got {port}")
+    app = create_app(db, token=token, max_upload_bytes=max_upload_bytes, workers=workers, weights=weights,
+                     poll_s=poll_s)
     if host not in ("127.0.0.1", "localhost", "::1") and token is None and not os.environ.get(TOKEN_ENV):
         logger.warning("serving on %s without an API token: anyone who can reach it can search the gallery", host)
     uvicorn.run(app, host=host, port=int(port), log_level="info")

@@ -1,0 +1,360 @@
+"""Crash consistency of the gallery store: writers killed at named points (the publish step included) and at
+random moments, concurrent writers, a reader holding the database past the busy timeout, stale temps,
+and the check / repair of galleries written by the older layout (index.faiss + meta.sqlite without vectors).
+
+Every kill must leave a gallery that opens, passes `index check`, and holds exactly the old or the new
+content (never a mix), with no traceback from any process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reidkit.cli import main
+from reidkit.errors import ReIDError
+from reidkit.retrieval import store
+from reidkit.retrieval.index import Gallery, check_gallery, repair_gallery
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(folder: Path, n: int, seed: int, ext: str = ".png", cam: int = 1) -> set[str]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = set()
+    for i in range(n):
+        p = folder / f"{seed:02d}{i:02d}_c{cam}s1_{i:06d}_01{ext}"
+        Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(p)
+        out.add(str(p.resolve()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Tiny model, three small image sets, and a template gallery of set A."""
+    import torch
+
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    root = tmp_path_factory.mktemp("store")
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (32, 16))
+    a = _images(root / "A", 6, seed=1)
+    b = _images(root / "B", 4, seed=2, cam=2)
+    c = _images(root / "C", 5, seed=3, ext=".ppm", cam=3)  # a rebuild from PPM crops
+    template = root / "template" / "db"
+    g = Gallery.build(root / "A", template, weights=weights)
+    ext = g.extractor
+    del g
+    return {"root": root, "weights": weights, "A": a, "B": b, "C": c, "template": template, "ext": ext,
+            "survived": [], "tried": []}
+
+
+def _fresh(env, name: str) -> Path:
+    dst = env["root"] / "trials" / name / "db"
+    shutil.copytree(env["template"], dst)
+    return dst
+
+
+def _cli(args: list[str], crash_at: str | None = None, extra_env: dict | None = None) -> subprocess.Popen:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    e.pop(store.CRASH_ENV, None)
+    if crash_at:
+        e[store.CRASH_ENV] = crash_at
+    e.update(extra_env or {})
+    return subprocess.Popen([sys.executable, "-m", "reidkit.cli", *args], env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _contents(db: Path) -> set[str]:
+    """Paths in the gallery, after checking it opens consistent and searches return only its own entries."""
+    rep = check_gallery(db)
+    assert rep["consistent"] and rep["entries"] == rep["vectors"]
+    g = Gallery.open(db)
+    paths = {e["path"] for e in g.entries()}
+    assert len(paths) == len(g) == rep["entries"]
+    # every stored vector finds itself first, with its own path: index and metadata agree
+    ids = [e["id"] for e in g.entries()]
+    feats = g.features(ids)
+    for i, res in zip(ids, g.search_features(feats, k=1)):
+        assert res[0]["id"] == i and res[0]["path"] in paths
+    return paths
+
+
+def _record(env, db: Path, proc: subprocess.Popen, allowed: list[set[str]], what: str) -> None:
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err and "Traceback" not in out, err
+    got = _contents(db)
+    assert got in allowed, (what, sorted(got))
+    env["tried"].append(what)
+    env["survived"].append(what)
+
+
+ADD_POINTS = ["add_embedded", "add_locked", "before_commit", "after_commit", "cache_temp_written"]
+BUILD_POINTS = ["build_embedded", "build_before_publish", "build_after_publish", "cache_temp_written"]
+
+
+@pytest.mark.parametrize("point", ADD_POINTS)
+def test_add_killed_at_named_point(env, point):
+    db = _fresh(env, f"add_{point}")
+    p = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")], crash_at=point)
+    assert p.wait(timeout=120) == 137
+    _record(env, db, p, [env["A"], env["A"] | env["B"]], f"add@{point}")
+    # committed before the kill: the new content; killed before: the old
+    expect = env["A"] | env["B"] if point in ("after_commit", "cache_temp_written") else env["A"]
+    assert _contents(db) == expect
+
+
+@pytest.mark.parametrize("point", BUILD_POINTS)
+def test_build_overwrite_killed_at_named_point(env, point):
+    db = _fresh(env, f"build_{point}")
+    p = _cli(["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
+              "--weights", str(env["weights"])], crash_at=point)
+    assert p.wait(timeout=120) == 137
+    _record(env, db, p, [env["A"], env["C"]], f"build@{point}")
+    assert _contents(db) == (env["C"] if point == "build_after_publish" else env["A"])
+    leftovers = list(db.parent.glob(".db.build.*.tmp"))
+    assert leftovers, "a killed build leaves its temp folder ..."
+    g = Gallery.open(db, extractor=env["ext"])
+    g.add(env["root"] / "B")  # ... which the next write removes
+    assert not list(db.parent.glob(".db.*.tmp")) and not [p for p in db.iterdir() if p.name.endswith(".tmp")]
+    assert len(list(db.glob("index.g*.faiss"))) == 1
+
+
+def test_random_kills(env):
+    """SIGKILL `index add` and `index build --overwrite` at random moments of their run."""
+    rng = random.Random(12)
+    for trial in range(4):
+        build = trial % 2 == 1
+        db = _fresh(env, f"random_{trial}")
+        args = (["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
+                 "--weights", str(env["weights"])] if build
+                else ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")])
+        p = _cli(args)
+        time.sleep(rng.uniform(0.5, 3.5))
+        p.send_signal(signal.SIGKILL)
+        allowed = [env["A"], env["C"]] if build else [env["A"], env["A"] | env["B"]]
+        _record(env, db, p, allowed, f"random {'build' if build else 'add'} #{trial}")
+
+
+def test_two_concurrent_writers(env):
+    """Two `index add` at once: one waits for the other (saying so) or finds nothing left to add; both exit 0."""
+    db = _fresh(env, "concurrent")
+    p1 = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")])
+    p2 = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")])
+    outs = [p.communicate(timeout=120) for p in (p1, p2)]
+    assert [p1.returncode, p2.returncode] == [0, 0], outs
+    assert all("Traceback" not in o + e for o, e in outs)
+    added = sorted(int(o.split("index add: ")[1].split()[0]) for o, _ in outs)
+    assert added == [0, 4]  # the images were added once
+    assert _contents(db) == env["A"] | env["B"]
+    with sqlite3.connect(db / "meta.sqlite") as conn:
+        gen = int(conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()[0])
+    assert gen == 2  # build = 1, one add = 2; the writer with nothing to add wrote nothing
+
+
+def test_second_writer_waits_then_fails_cleanly(env):
+    db = _fresh(env, "locked")
+    with store.WriterLock(db):
+        p = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
+                 extra_env={"REIDKIT_LOCK_TIMEOUT": "1"})
+        out, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert f"waiting for the writer lock on {db} (held by pid {os.getpid()})" in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(db) in errors[0] and "writer lock" in errors[0]
+    assert "Traceback" not in err
+    assert _contents(db) == env["A"]
+
+
+def test_reader_holding_the_database_past_busy_timeout(env):
+    """A reader with an open transaction does not stop `index add` (WAL); a foreign write lock makes it fail cleanly."""
+    db = _fresh(env, "reader")
+    reader = sqlite3.connect(db / "meta.sqlite", isolation_level=None)
+    reader.execute("BEGIN")
+    before = reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    p = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
+             extra_env={"REIDKIT_BUSY_TIMEOUT": "1"})
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "Traceback" not in err, err
+    # the reader still sees its generation, whole
+    assert reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == before == len(env["A"])
+    reader.execute("COMMIT")
+    assert _contents(db) == env["A"] | env["B"]
+    env["survived"].append("reader during add")
+
+    db2 = _fresh(env, "writer_blocked")
+    blocker = sqlite3.connect(db2 / "meta.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock longer than the busy timeout
+    p = _cli(["index", "add", "--db", str(db2), "--images", str(env["root"] / "B")],
+             extra_env={"REIDKIT_BUSY_TIMEOUT": "1"})
+    out, err = p.communicate(timeout=120)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert p.returncode == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "locked" in errors[0] and "unchanged" in errors[0]
+    assert _contents(db2) == env["A"]
+
+
+def test_kills_survived_figure(env):
+    """The figure for the report: every kill tried left a consistent gallery."""
+    assert len(env["tried"]) >= 10
+    assert env["survived"][: len(env["tried"])] == env["tried"]
+    print(f"\nkills survived: {len(env['tried'])}/{len(env['tried'])} ({', '.join(env['tried'])})")
+
+
+# ----------------------------------------------------------------------------- old galleries
+
+
+def _legacy(db: Path, env, rows: int, index_rows: int) -> np.ndarray:
+    """A gallery in the old layout: index.faiss (flat) with `index_rows` rows, meta.sqlite listing `rows` images."""
+    import faiss
+
+    db.mkdir(parents=True)
+    paths = sorted(env["A"] | env["B"])
+    feats = env["ext"].embed_images([np.asarray(__import__("PIL.Image").Image.open(p).convert("RGB")) for p in paths])
+    index = faiss.IndexFlatIP(feats.shape[1])
+    index.add(np.ascontiguousarray(feats[:index_rows]))
+    faiss.write_index(index, str(db / "index.faiss"))
+    ident = env["ext"].identity
+    with sqlite3.connect(db / "meta.sqlite") as conn:
+        conn.executescript("""
+            CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, camid INTEGER, frame INTEGER,
+                                 width INTEGER NOT NULL, height INTEGER NOT NULL);
+            CREATE TABLE model (identity TEXT NOT NULL, source TEXT NOT NULL, feat_dim INTEGER NOT NULL,
+                                input_h INTEGER NOT NULL, input_w INTEGER NOT NULL, mean TEXT NOT NULL, std TEXT NOT NULL);
+            CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);""")
+        conn.execute("INSERT INTO model VALUES (?, ?, ?, ?, ?, ?, ?)", (
+            ident.name, ident.source, ident.feat_dim, ident.input_size[0], ident.input_size[1],
+            json.dumps(list(ident.mean)), json.dumps(list(ident.std))))
+        conn.executemany("INSERT INTO info VALUES (?, ?)", [("schema_version", "1"), ("index_kind", "flat")])
+        conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?, 16, 32)",
+                         [(i, p, 0, i) for i, p in enumerate(paths[:rows])])
+    return feats
+
+
+def test_check_and_repair_old_gallery(env, capsys):
+    # the failure of issue 12: index.faiss has more rows than meta.sqlite (add killed between the two)
+    db = env["root"] / "legacy" / "db"
+    feats = _legacy(db, env, rows=6, index_rows=10)
+    assert main(["index", "check", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "older reidkit" in err and "10 rows" in err and "6 images" in err
+    with pytest.raises(ReIDError, match="index repair"):
+        Gallery.open(db)
+    assert main(["index", "repair", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "6 entries (6 vectors read back from the old index, 0 re-extracted)" in out and "dropped 4 index rows" in out
+    assert main(["index", "check", "--db", str(db)]) == 0
+    assert "consistent, generation 1: 6 entries" in capsys.readouterr().out
+    g = Gallery.open(db)
+    np.testing.assert_allclose(g.features(range(6)), feats[:6], atol=1e-6)
+    assert [e["path"] for e in g.entries()] == sorted(env["A"] | env["B"])[:6]
+
+    # no usable index: the vectors are re-extracted with the recorded model
+    db2 = env["root"] / "legacy2" / "db"
+    feats = _legacy(db2, env, rows=10, index_rows=3)
+    (db2 / "index.faiss").write_bytes(b"not an index")
+    rep = repair_gallery(db2)
+    assert rep["reextracted"] == 10 and rep["dropped"] == []
+    np.testing.assert_allclose(Gallery.open(db2).features(range(10)), feats, atol=1e-5)
+
+    # ... and when the recorded model is gone too, it says exactly what it cannot do
+    db3 = env["root"] / "legacy3" / "db"
+    _legacy(db3, env, rows=5, index_rows=2)
+    with sqlite3.connect(db3 / "meta.sqlite") as conn:
+        conn.execute("UPDATE model SET source = '/nowhere/model.pth'")
+    assert main(["index", "repair", "--db", str(db3)]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 5 images have no vector" in err and "/nowhere/model.pth" in err and "--weights" in err
+
+
+def test_check_reports_inconsistent_store(env, capsys):
+    db = _fresh(env, "tampered")
+    with sqlite3.connect(db / "meta.sqlite") as conn:
+        conn.execute("DELETE FROM vectors WHERE id = 2")
+    assert main(["index", "check", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "1 entries have no vector" in err and "Traceback" not in err
+    assert main(["index", "repair", "--db", str(db)]) == 0
+    assert len(_contents(db)) == len(env["A"]) - 1
+
+
+def test_service_like_reader_keeps_old_snapshot_across_rebuild(env):
+    """A Gallery opened before `build --overwrite` keeps answering from its own generation, whole."""
+    db = _fresh(env, "snapshot")
+    old = Gallery.open(db, extractor=env["ext"])
+    new = Gallery.build(env["root"] / "C", db, overwrite=True, extractor=env["ext"])
+    assert {e["path"] for e in old.entries()} == env["A"]
+    res = old.search_features(old.features([0, 1]), k=3)
+    assert all(r["path"] in env["A"] for rows in res for r in rows)
+    assert {e["path"] for e in new.entries()} == env["C"]
+    assert old.refresh() and {e["path"] for e in old.entries()} == env["C"]
+
+
+def test_threads_writing_and_reading_in_one_process(env):
+    """add_entries from two threads while a third searches: ids unique, every answer from one generation."""
+    db = _fresh(env, "threads")
+    base = Gallery.open(db, extractor=env["ext"])
+    dim = base.identity.feat_dim
+    errors: list[str] = []
+
+    def writer(tag: str) -> None:
+        g = Gallery.open(db, extractor=env["ext"])
+        rng = np.random.default_rng(len(tag))
+        for i in range(5):
+            g.add_entries(rng.standard_normal((2, dim)).astype(np.float32),
+                          [{"path": f"/v/{tag}.mp4", "kind": "tracklet", "tracklet": f"{tag}:{i}:{j}",
+                            "camera": tag} for j in range(2)], state={f"video:{tag}": {"chunk": i}})
+
+    def reader() -> None:
+        g = Gallery.open(db, extractor=env["ext"])
+        q = g.features([0])
+        for _ in range(30):
+            g.refresh()
+            n = len(g)
+            res = g.search_features(q, k=50)[0]
+            if len(res) != min(50, n) or any(not r["path"] for r in res):
+                errors.append(f"{len(res)} results for {n} entries")
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in ("camA", "camB")] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    g = Gallery.open(db)
+    trk = g.entries(kind="tracklet")
+    assert len(trk) == 20 and len({e["id"] for e in trk}) == 20
+    assert g.get_state("video:camA") == {"chunk": 4} and g.generation == 1 + 10
+    assert g.delete(camera="camA") == 10 and len(g.entries(kind="tracklet")) == 10
+    assert check_gallery(db)["consistent"]
+
+
+def test_publish_without_exchange_and_recovery(env, monkeypatch):
+    """Where renameat2 is missing: two renames; a crash between them is rolled back on the next open."""
+    monkeypatch.setattr(store, "_exchange", lambda a, b: False)
+    db = _fresh(env, "fallback")
+    Gallery.build(env["root"] / "C", db, overwrite=True, extractor=env["ext"])
+    assert _contents(db) == env["C"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    old = db.parent / f".db.old.{int(dead.stdout)}.abcd.tmp"
+    os.rename(db, old)  # the state a kill between the two renames leaves
+    assert not db.exists()
+    assert _contents(db) == env["C"] and not old.exists()
