@@ -1,0 +1,101 @@
+"""reidkit.utils: atomic writes (unique temps, removed on failure, stale ones cleaned), one image-extension
+list, output folders, devices."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reidkit.errors import ReIDError
+from reidkit.utils.io import (
+    IMAGE_EXTENSIONS, atomic_write, clean_stale_temps, ensure_dir, list_images, write_json,
+)
+
+
+def test_atomic_write_replaces_whole_and_cleans_up_on_failure(tmp_path: Path):
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as fh:
+            fh.write('{"v": 2, "half')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"v": 1}  # the old content, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp left
+
+
+def test_concurrent_writers_never_collide(tmp_path: Path):
+    # A fixed temp name (".tmp") made two writers rename each other's half files; unique names do not.
+    target = tmp_path / "metrics.json"
+    errors: list[BaseException] = []
+
+    def writer(k: int) -> None:
+        try:
+            for i in range(40):
+                write_json(target, {"writer": k, "i": i, "pad": "x" * 2000})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    data = json.loads(target.read_text())
+    assert data["i"] == 39 and len(data["pad"]) == 2000
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path):
+    dead = tmp_path / ".last.pt.999999.x1.tmp"
+    live = tmp_path / f".best.pt.{os.getppid()}.x2.tmp"  # a running process (our parent) may be mid-write
+    keep = tmp_path / "model.pt"
+    for p in (dead, live, keep):
+        p.write_bytes(b"x")
+    removed = clean_stale_temps(tmp_path)
+    assert removed == [dead] and live.exists() and keep.exists()
+
+
+def test_ensure_dir_names_the_path(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ReIDError, match=f"output_dir {blocker}/run: cannot create it"):
+        ensure_dir(blocker / "run", "output_dir")
+    assert ensure_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_one_image_extension_list_includes_netpbm_and_gif(tmp_path: Path):
+    assert {".pgm", ".ppm", ".gif", ".jpg", ".png"} <= IMAGE_EXTENSIONS
+    for ext in (".pgm", ".ppm", ".gif", ".JPG"):
+        Image.fromarray(np.zeros((8, 4, 3), np.uint8)).convert("L" if ext == ".pgm" else "RGB").save(
+            tmp_path / f"img{ext}", format={"pgm": "PPM", "ppm": "PPM", "gif": "GIF", "jpg": "JPEG"}[ext[1:].lower()])
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.jpg").write_bytes(b"x")
+    assert sorted(p.name for p in list_images(tmp_path)) == ["img.JPG", "img.gif", "img.pgm", "img.ppm"]
+    # no second list anywhere in the package
+    root = Path(__file__).resolve().parent.parent / "reidkit"
+    others = [p for p in root.rglob("*.py") if p.name != "io.py" and '".jpeg"' in p.read_text()]
+    assert others == []
+
+
+def test_folder_of_pgm_crops_loads_every_image(tmp_path: Path, capsys):
+    from reidkit.cli import main
+
+    rng = np.random.default_rng(0)
+    for pid in range(40):
+        d = tmp_path / "pgm" / f"{pid:04d}"
+        d.mkdir(parents=True)
+        for j in range(10):
+            Image.fromarray(rng.integers(0, 255, (32, 16), dtype=np.uint8), mode="L").save(d / f"c{j % 3 + 1}_{j}.pgm")
+    assert main(["data", "stats", "folder", "--root", str(tmp_path / "pgm"), "-o", r"cam_regex=c(\d+)_"]) == 0
+    out = capsys.readouterr().out
+    from reidkit.data.datasets import load_dataset
+
+    ds = load_dataset("folder", tmp_path / "pgm", cam_regex=r"c(\d+)_")
+    assert len(ds.train) + len(ds.query) + len(ds.gallery) == 400
+    assert "train" in out
