@@ -26,6 +26,7 @@ _LAZY = {
     "ClusterTrainer": "reidkit.engine.api",
     "extract_features": "reidkit.evaluation.features",
     "Gallery": "reidkit.retrieval.index",
+    "Embedder": "reidkit.video.embedder",
     "FeatureExtractor": "reidkit.retrieval.index",
     # registries: add a part from your own code, no edit of the package
     "register_backbone": "reidkit.models.backbones",

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cluster",
     "retrieval",
     "export",
+    "video",
 )
 
 

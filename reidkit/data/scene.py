@@ -1,0 +1,260 @@
+"""Synthetic multi-camera scenes: videos plus MOTChallenge ground truth, for testing and measuring
+the footage-to-gallery pipeline (reidkit.video) without real footage.
+
+Each identity is a person of the procedural generator (reidkit.data.synthetic: its identities,
+person drawing, camera backgrounds and camera photometric styles are reused, not copied). An
+identity visits some of the cameras one after the other (a travel gap between visits); in each
+visit it walks across the camera's view at a depth along a straight path, entering at one edge
+and leaving at the other (side walkers seen from the left or right, diagonal walkers from the
+front or the back). Farther people are smaller and drawn first, so nearer people occlude them;
+each camera also has static occluders (poles, a low wall) drawn over everyone. The frame then
+goes through the camera's photometric pipeline (resolution, blur, exposure, cast, noise).
+
+Ground truth is written per camera in MOTChallenge format, ``frame,id,x,y,w,h,conf,-1,-1,-1``
+(frame 1-based, box clipped to the frame, conf 1), identities global across cameras; a box
+whose visible part (inside the frame) is under 30% of the person's box is left out, as people
+entering or leaving are. Layout::
+
+    OUT/scene.json                  cameras, fps, frames, size, ids, seed
+    OUT/<cam>/<cam>.avi             MJPG (or <cam>.mp4, mp4v)
+    OUT/<cam>/gt/gt.txt             ground truth
+    OUT/<cam>/seqinfo.ini           MOTChallenge sequence info
+
+Randomness is keyed by (seed, domain, identity) for the plan and (seed, domain, camera, frame)
+for the camera noise, so a seed always gives the same scene.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from reidkit.data import synthetic as syn
+from reidkit.errors import ReIDError
+from reidkit.utils.io import atomic_write, write_json
+
+_T_SCENE_PLAN, _T_SCENE_NOISE, _T_SCENE_CAM = 31, 32, 33
+MIN_VISIBLE = 0.3  # fraction of a person's box inside the frame for it to count as ground truth
+
+
+@dataclass
+class Visit:
+    """One walk of one identity across one camera's view."""
+
+    pid: int
+    cam: int
+    start: int  # first frame (0-based) of the walk
+    frames: int  # duration in frames
+    x0: float
+    x1: float  # feet x at start and end
+    y0: float
+    y1: float  # feet y at start and end
+    view: str
+    phase0: float
+    light: float
+
+    def at(self, f: int, H: int) -> tuple[float, float, float, float] | None:
+        """(cx, feet, height, phase) at frame f, or None when not walking then."""
+        if f < self.start or f >= self.start + self.frames:
+            return None
+        a = (f - self.start) / max(1, self.frames - 1)
+        cx = self.x0 + a * (self.x1 - self.x0)
+        feet = self.y0 + a * (self.y1 - self.y0)
+        height = _height_at(feet, H)
+        dist = math.hypot(cx - self.x0, feet - self.y0)
+        phase = self.phase0 + 2 * math.pi * dist / max(1.0, 0.85 * height)  # one stride ~ 0.85 x height
+        return cx, feet, height, phase
+
+
+@dataclass
+class SceneReport:
+    """What generate_scene wrote."""
+
+    root: Path
+    cameras: list[str]
+    videos: list[Path]
+    gt: list[Path]
+    fps: float
+    frames: int
+    size: tuple[int, int]
+    ids: int
+    visits: list[Visit] = field(default_factory=list)
+    boxes: int = 0
+
+
+def _height_at(feet: float, H: int) -> float:
+    """Perspective: people lower in the frame are nearer, hence taller."""
+    return H * (0.3 + 0.25 * (feet / H - 0.62) / 0.36)
+
+
+def _plan(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int, speed: float) -> list[Visit]:
+    """Every identity's visits, in time order per identity (keyed randomness)."""
+    visits: list[Visit] = []
+    for pid in range(1, ids + 1):
+        r = syn._rng(seed, dom, _T_SCENE_PLAN, pid)
+        n_vis = cams if cams <= 2 else int(r.integers(2, cams + 1))
+        order = r.permutation(cams)[:n_vis]
+        t = int(r.integers(0, max(1, frames // 4)))
+        for cam in order.tolist():
+            y_feet = float(r.uniform(0.66, 0.97) * H)
+            h = _height_at(y_feet, H)
+            margin = 0.35 * h  # start and end fully outside the frame: the walker enters and leaves
+            diagonal = r.random() < 0.3
+            rightwards = r.random() < 0.5
+            x0, x1 = (-margin, W + margin) if rightwards else (W + margin, -margin)
+            if diagonal:  # towards the camera (front view) or away from it (back view), drifting sideways
+                dy = float(r.uniform(0.08, 0.16) * H)
+                toward = r.random() < 0.5
+                y0, y1 = (y_feet - dy, min(H * 0.99, y_feet + dy)) if toward else (min(H * 0.99, y_feet + dy), y_feet - dy)
+                view = "front" if toward else "back"
+            else:
+                y0 = y1 = y_feet
+                view = "right" if rightwards else "left"
+            v = float(speed * r.uniform(0.8, 1.25) * h / 10.0)  # pixels per frame, about a body height per second at 10 fps
+            dur = max(8, int(math.hypot(x1 - x0, y1 - y0) / v))
+            visits.append(Visit(pid, int(cam), t, dur, x0, x1, y0, y1, view, float(r.uniform(0, 2 * math.pi)),
+                                float(r.uniform(-1, 1))))
+            t += dur + int(r.integers(3, max(4, frames // 8)))
+    return visits
+
+
+def _occluders(seed: int, dom: int, cam: int, W: int, H: int) -> list[tuple[str, tuple, tuple]]:
+    """Static things in front of the walkers: one or two poles and sometimes a low wall."""
+    r = syn._rng(seed, dom, _T_SCENE_CAM, cam)
+    out = []
+    for _ in range(int(r.integers(1, 3))):
+        px = float(r.uniform(0.15, 0.85) * W)
+        pw = float(r.uniform(0.025, 0.05) * W)
+        out.append(("pole", (px - pw / 2, 0, px + pw / 2, H), syn._col(r.uniform(50, 130) * np.ones(3))))
+    if r.random() < 0.5:
+        x0 = float(r.uniform(0.0, 0.6) * W)
+        out.append(("wall", (x0, H * 0.86, x0 + W * r.uniform(0.15, 0.3), H), syn._col(r.uniform(90, 170, 3))))
+    return out
+
+
+def _render_frame(bg: Image.Image, people: list[tuple[Visit, tuple]], occ: list, cs: dict,
+                  seed: int, dom: int, cam: int, f: int, hard: bool) -> tuple[Image.Image, dict[int, tuple]]:
+    """The frame and each drawn person's full box (x0, y0, x1, y1), before clipping to the frame."""
+    img = bg.copy()
+    boxes = {}
+    for vis, (cx, feet, height, phase) in sorted(people, key=lambda p: p[1][1]):  # far (high) first
+        idt = syn._identity(seed, dom, identity_key(vis.pid, hard))
+        boxes[vis.pid] = syn._draw_person(img, idt, vis.view, phase, cx, feet, height, vis.light)
+    d = ImageDraw.Draw(img)
+    for _kind, box, colour in occ:
+        d.rectangle(box, fill=colour)
+    return syn._photometric(img, cs, syn._rng(seed, dom, _T_SCENE_NOISE, cam, f)), boxes
+
+
+def identity_key(pid: int, hard_negatives: bool = False) -> int:
+    """The synthetic generator's identity key of scene person `pid`.
+
+    The generator dresses identities in groups of three alike (hard negatives); a scene takes one
+    person per group unless `hard_negatives`, so its few people are told apart as in a real crowd.
+    """
+    return int(pid) if hard_negatives else (int(pid) - 1) * syn._GROUP_SIZE + 1
+
+
+def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: int = 200,
+                   size: tuple[int, int] = (240, 320), fps: float = 10.0, seed: int = 0, domain: str = "A",
+                   speed: float = 0.5, fmt: str = "avi", hard_negatives: bool = False) -> SceneReport:
+    """Write a multi-camera scene (videos + MOTChallenge ground truth) under `out`; size is (H, W)."""
+    import cv2
+
+    if domain not in syn.DOMAINS:
+        raise ReIDError(f"--domain: expected one of {', '.join(syn.DOMAINS)}, got {domain!r}")
+    for name, v in (("--cams", cams), ("--ids", ids), ("--frames", frames)):
+        if int(v) < 1:
+            raise ReIDError(f"{name}: must be >= 1, got {v}")
+    H, W = int(size[0]), int(size[1])
+    if H < 48 or W < 48:
+        raise ReIDError(f"--size: frames must be at least 48x48, got {H}x{W}")
+    if fmt not in ("avi", "mp4"):
+        raise ReIDError(f"--format: expected avi or mp4, got {fmt!r}")
+    dom = syn.DOMAINS[domain]
+    root = Path(out).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    visits = _plan(int(ids), int(cams), int(frames), W, H, seed, dom, speed)
+    names = [f"cam{c + 1}" for c in range(cams)]
+    videos, gts = [], []
+    n_boxes = 0
+    for cam in range(cams):
+        cs = syn._camera(seed, dom, cam)
+        bg = syn._background(seed, dom, cam, H, W)
+        occ = _occluders(seed, dom, cam, W, H)
+        mine = [v for v in visits if v.cam == cam]
+        folder = root / names[cam]
+        (folder / "gt").mkdir(parents=True, exist_ok=True)
+        video = folder / f"{names[cam]}.{fmt}"
+        tmp = folder / f".video.tmp.{os.getpid()}.{fmt}"  # VideoWriter needs a real path; renamed when whole
+        fourcc = cv2.VideoWriter_fourcc(*("MJPG" if fmt == "avi" else "mp4v"))
+        writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), (W, H))
+        if not writer.isOpened():
+            raise ReIDError(f"cannot write {video}: OpenCV has no {fmt} encoder here")
+        lines = []
+        try:
+            for f in range(frames):
+                people = [(v, s) for v in mine if (s := v.at(f, H)) is not None]
+                frame, drawn = _render_frame(bg, people, occ, cs, seed, dom, cam, f, hard_negatives)
+                writer.write(cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2BGR))
+                for v, _state in people:
+                    x0, y0, x1, y1 = drawn[v.pid]
+                    area = (x1 - x0) * (y1 - y0)
+                    cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(W), x1), min(float(H), y1)
+                    if cx1 <= cx0 or cy1 <= cy0 or (cx1 - cx0) * (cy1 - cy0) < MIN_VISIBLE * area:
+                        continue
+                    lines.append(f"{f + 1},{v.pid},{cx0:.1f},{cy0:.1f},{cx1 - cx0:.1f},{cy1 - cy0:.1f},1,-1,-1,-1\n")
+        finally:
+            writer.release()
+        os.replace(tmp, video)
+        with atomic_write(folder / "gt" / "gt.txt", "w") as fh:
+            fh.writelines(lines)
+        with atomic_write(folder / "seqinfo.ini", "w") as fh:
+            fh.write(f"[Sequence]\nname={names[cam]}\nimDir=img1\nframeRate={fps:g}\nseqLength={frames}\n"
+                     f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n")
+        videos.append(video)
+        gts.append(folder / "gt" / "gt.txt")
+        n_boxes += len(lines)
+    write_json(root / "scene.json", {
+        "cameras": names, "videos": [str(v.relative_to(root)) for v in videos],
+        "gt": [str(g.relative_to(root)) for g in gts], "fps": fps, "frames": frames, "size": [H, W],
+        "ids": ids, "seed": seed, "domain": domain, "speed": speed, "hard_negatives": hard_negatives,
+        "visits": [{"pid": v.pid, "camera": names[v.cam], "start": v.start + 1, "end": v.start + v.frames,
+                    "view": v.view} for v in visits]})
+    return SceneReport(root, names, videos, gts, float(fps), int(frames), (H, W), int(ids), visits, n_boxes)
+
+
+def read_mot(path: str | os.PathLike) -> np.ndarray:
+    """A MOTChallenge file as an (N, 7) float array frame, id, x, y, w, h, conf (ReIDError names a bad line)."""
+    rows = []
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ReIDError(f"cannot read {p}: {exc.strerror or exc}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.replace(" ", "").split(",")
+        try:
+            vals = [float(v) for v in parts[:7]]
+        except ValueError:
+            vals = []
+        if len(vals) < 7:
+            raise ReIDError(f"{p}:{n}: expected 'frame,id,x,y,w,h,conf,...', got {line.strip()[:80]!r}")
+        rows.append(vals)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 7)
+
+
+def scene_info(root: str | os.PathLike) -> dict[str, Any]:
+    """The scene.json of a generated scene."""
+    p = Path(root) / "scene.json"
+    if not p.is_file():
+        raise ReIDError(f"{root}: no scene.json (not a scene written by generate_scene)")
+    return json.loads(p.read_text())

@@ -1,0 +1,94 @@
+"""Reading videos with OpenCV: checked opening, exact frame positions, a stable key per video.
+
+Frames are numbered from 0 here (MOTChallenge files are 1-based; reidkit.video.detect converts).
+Seeking by CAP_PROP_POS_FRAMES is not frame-exact for every codec, so ``iter_frames`` reaches a
+start frame by grabbing (decoding without converting) the frames before it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video (frame_count may be an estimate, 0 when unknown)."""
+
+    path: Path
+    fps: float
+    frame_count: int
+    width: int
+    height: int
+
+
+def _open(path: Path):  # noqa: ANN202
+    import cv2
+
+    if not path.is_file():
+        raise ReIDError(f"video {path}: no such file")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        cap.release()
+        raise ReIDError(f"video {path}: OpenCV cannot open it (not a video, or an unsupported codec)")
+    return cap
+
+
+def probe(path: str | os.PathLike, default_fps: float = 25.0) -> VideoInfo:
+    """Open the video, read its first frame; ReIDError when it cannot be read or has no frames."""
+    import cv2
+
+    p = Path(path).expanduser()
+    cap = _open(p)
+    try:
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise ReIDError(f"video {p}: no frames could be decoded (empty or corrupt video)")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    finally:
+        cap.release()
+    if not np.isfinite(fps) or fps <= 0 or fps > 1000:
+        fps = default_fps
+    return VideoInfo(p, fps, max(n, 0), int(frame.shape[1]), int(frame.shape[0]))
+
+
+def iter_frames(path: str | os.PathLike, start: int = 0, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, BGR frame) for index = start, start + every, ... until the video ends (0-based indices)."""
+    if every < 1:
+        raise ReIDError(f"--every: must be >= 1, got {every}")
+    p = Path(path).expanduser()
+    cap = _open(p)
+    try:
+        i = 0
+        while True:
+            wanted = i >= start and (i - start) % every == 0
+            if wanted:
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    return
+                yield i, frame
+            elif not cap.grab():  # skipped frames are decoded but never converted
+                return
+            i += 1
+    finally:
+        cap.release()
+
+
+def video_key(path: str | os.PathLike, camera: str) -> str:
+    """A stable key of (camera, video file): names the progress state and the tracklets of this video."""
+    p = Path(path).expanduser().resolve()
+    digest = hashlib.sha1(str(p).encode()).hexdigest()[:8]
+    return f"{safe_name(camera)}-{safe_name(p.stem)}-{digest}"
+
+
+def safe_name(text: str) -> str:
+    """`text` reduced to [A-Za-z0-9_.-] (file and key names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("._") or "x"

@@ -1,0 +1,219 @@
+"""Person detectors for video ingestion: all return (boxes x1,y1,x2,y2 float32 N x 4, scores N) per BGR frame.
+
+Three sources:
+
+- ``MotDetections``: a MOTChallenge file (``frame,id,x,y,w,h,conf,...``, 1-based frames, as the
+  MOT benchmark ships public detections and as reidkit.data.scene writes ground truth). The whole
+  file is parsed up front, so a malformed row (named by file and line number) fails before anything
+  is ingested.
+- ``OnnxDetector``: any YOLO-family ONNX export. Outputs ``[1, 4+nc, N]`` (YOLOv8/v11: cx, cy, w, h
+  then class scores) or ``[1, N, 5+nc]`` (YOLOv5/v7: cx, cy, w, h, objectness, class scores); the
+  frame is letterboxed to the model's input size, boxes are mapped back, the person class is kept
+  above a confidence threshold and non-maximum suppression (cv2.dnn.NMSBoxes) removes duplicates.
+- ``HogDetector``: OpenCV's HOG + linear SVM people detector (Dalal & Triggs, CVPR 2005), offline
+  and built in. Its window is 64 x 128, so small frames are upscaled first (``min_height``) to let
+  people shorter than 128 pixels be found; the window holds the person with a margin, so boxes are
+  shrunk to their central ``shrink`` = (0.6 w, 0.8 h); scores are the SVM margins.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+
+Detections = tuple[np.ndarray, np.ndarray]
+
+
+def _empty() -> Detections:
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+
+
+def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float) -> np.ndarray:
+    """Indices kept by OpenCV's NMS (boxes above `score_threshold`, overlaps above `iou_threshold` removed)."""
+    import cv2
+
+    if len(boxes_xyxy) == 0:
+        return np.zeros((0,), np.int64)
+    ltwh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes_xyxy]
+    # NMSBoxes wants non-negative scores and threshold (SVM margins can be negative): shift both alike
+    shift = min(0.0, float(np.min(scores)), float(score_threshold) if np.isfinite(score_threshold) else 0.0)
+    thr = float(score_threshold) - shift if np.isfinite(score_threshold) else 0.0
+    keep = cv2.dnn.NMSBoxes(ltwh, [float(s) - shift for s in scores], thr, float(iou_threshold))
+    return np.asarray(keep, dtype=np.int64).reshape(-1)
+
+
+class MotDetections:
+    """Detections read from a MOTChallenge-format file, looked up by 0-based frame index."""
+
+    def __init__(self, path: str | os.PathLike, min_conf: float = -np.inf) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise ReIDError(f"--detections: {self.path} is not a file")
+        self._by_frame: dict[int, list[tuple[float, ...]]] = {}
+        with open(self.path, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                parts = [p.strip() for p in text.split(",")]
+                try:
+                    if len(parts) < 7:
+                        raise ValueError
+                    frame = int(float(parts[0]))
+                    x, y, w, h, conf = (float(v) for v in parts[2:7])
+                    if frame < 1 or not all(np.isfinite((x, y, w, h, conf))) or w < 0 or h < 0:
+                        raise ValueError
+                except ValueError:
+                    raise ReIDError(f"--detections {self.path}, line {n}: expected 'frame,id,x,y,w,h,conf,...' with "
+                                    f"a frame >= 1 and finite non-negative sizes, got {text[:80]!r}") from None
+                if conf >= min_conf and w > 0 and h > 0:
+                    self._by_frame.setdefault(frame - 1, []).append((x, y, x + w, y + h, conf))
+
+    @property
+    def frames(self) -> int:
+        """Number of frames with at least one detection."""
+        return len(self._by_frame)
+
+    def __call__(self, frame: np.ndarray | None, index: int) -> Detections:
+        """Boxes and scores of 0-based frame `index` (the pixels are not needed)."""
+        rows = self._by_frame.get(int(index))
+        if not rows:
+            return _empty()
+        a = np.asarray(rows, dtype=np.float32)
+        return a[:, :4].copy(), a[:, 4].copy()
+
+
+class OnnxDetector:
+    """A YOLO-family ONNX detector (see the module docstring) keeping class `person_class`."""
+
+    def __init__(self, path: str | os.PathLike, conf: float = 0.25, iou: float = 0.45, person_class: int = 0,
+                 input_size: tuple[int, int] | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise ReIDError(f"--detector: {self.path} is not a file")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise ReIDError(f"--detector: onnxruntime cannot load {self.path}: {exc}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if input_size is None:
+            if len(shape) != 4 or not all(isinstance(v, int) for v in shape[2:]):
+                raise ReIDError(f"--detector {self.path}: input {inp.name} has no fixed H x W ({shape}); "
+                                f"give the input size")
+            input_size = (int(shape[2]), int(shape[3]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.conf, self.iou, self.person_class = float(conf), float(iou), int(person_class)
+
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+        import cv2
+
+        H, W = self.input_size
+        h, w = frame.shape[:2]
+        s = min(H / h, W / w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        px, py = (W - nw) / 2, (H - nh) / 2
+        canvas = np.full((H, W, 3), 114, np.uint8)  # YOLO's grey padding
+        x0, y0 = int(round(px - 0.1)), int(round(py - 0.1))
+        canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        blob = canvas[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0  # BGR -> RGB, 0..1
+        return np.ascontiguousarray(blob), s, x0, y0
+
+    def decode(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes cx,cy,w,h in input pixels, person scores) of a raw YOLO output."""
+        a = np.asarray(out, dtype=np.float32)
+        if a.ndim == 3:
+            a = a[0]
+        if a.ndim != 2:
+            raise ReIDError(f"--detector {self.path}: expected an output of shape [1, 4+nc, N] or [1, N, 5+nc], "
+                            f"got {list(np.shape(out))}")
+        # Anchors outnumber channels in every YOLO export (thousands vs 4+nc): channels-first when rows < cols.
+        if a.shape[0] < a.shape[1]:
+            a = a.T
+            if a.shape[1] < 5 + self.person_class:
+                raise ReIDError(f"--detector {self.path}: output has {a.shape[1] - 4} classes, "
+                                f"no class {self.person_class}")
+            return a[:, :4], a[:, 4 + self.person_class]
+        if a.shape[1] < 6 + self.person_class:
+            raise ReIDError(f"--detector {self.path}: output rows of {a.shape[1]} values, "
+                            f"expected 5 + classes")
+        return a[:, :4], a[:, 4] * a[:, 5 + self.person_class]
+
+    def __call__(self, frame: np.ndarray, index: int = 0) -> Detections:
+        """Person boxes (x1, y1, x2, y2 in frame pixels) and scores of a BGR frame."""
+        blob, s, px, py = self._letterbox(frame)
+        out = self.session.run(None, {self.input_name: blob})[0]
+        cxcywh, scores = self.decode(out)
+        m = scores >= self.conf
+        if not m.any():
+            return _empty()
+        c, sc = cxcywh[m], scores[m]
+        boxes = np.stack([(c[:, 0] - c[:, 2] / 2 - px) / s, (c[:, 1] - c[:, 3] / 2 - py) / s,
+                          (c[:, 0] + c[:, 2] / 2 - px) / s, (c[:, 1] + c[:, 3] / 2 - py) / s], axis=1)
+        h, w = frame.shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        keep = nms(boxes, sc, self.conf, self.iou)
+        return boxes[keep].astype(np.float32), sc[keep].astype(np.float32)
+
+
+class HogDetector:
+    """OpenCV's HOG people detector (the offline default); `min_height`: upscale frames lower than this."""
+
+    def __init__(self, min_height: int = 480, scale: float = 1.05, win_stride: int = 8,
+                 hit_threshold: float = 0.0, iou: float = 0.45, shrink: tuple[float, float] = (0.6, 0.8)) -> None:
+        import cv2
+
+        if not hasattr(cv2, "HOGDescriptor"):
+            raise ReIDError(f"the HOG detector needs OpenCV 4.x (cv2 {cv2.__version__} has no HOGDescriptor); "
+                            f"pip install 'opencv-python>=4.8,<5', or pass --detections / --detector")
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.min_height, self.scale, self.stride = int(min_height), float(scale), int(win_stride)
+        self.hit_threshold, self.iou = float(hit_threshold), float(iou)
+        self.shrink = (float(shrink[0]), float(shrink[1]))
+
+    def __call__(self, frame: np.ndarray, index: int = 0) -> Detections:
+        """Person boxes and SVM scores of a BGR frame."""
+        import cv2
+
+        h, w = frame.shape[:2]
+        f = max(1.0, self.min_height / h)
+        img = cv2.resize(frame, (round(w * f), round(h * f))) if f > 1.0 else frame
+        rects, weights = self.hog.detectMultiScale(img, hitThreshold=self.hit_threshold,
+                                                   winStride=(self.stride, self.stride), padding=(8, 8),
+                                                   scale=self.scale)
+        if len(rects) == 0:
+            return _empty()
+        r = np.asarray(rects, dtype=np.float32).reshape(-1, 4) / f
+        sc = np.asarray(weights, dtype=np.float32).reshape(-1)
+        # The 64 x 128 window frames a ~40 x 96 person with a margin: keep the central part (shrink w, h)
+        cx, cy = r[:, 0] + r[:, 2] / 2, r[:, 1] + r[:, 3] / 2
+        hw, hh = r[:, 2] * self.shrink[0] / 2, r[:, 3] * self.shrink[1] / 2
+        boxes = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], axis=1)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        keep = nms(boxes, sc, -np.inf, self.iou)
+        return boxes[keep], sc[keep]
+
+
+def build_detector(detections: str | os.PathLike | None = None, detector: str | os.PathLike | None = None,
+                   conf: float = 0.25, **hog: Any) -> Any:
+    """The detector a command asked for: a MOT file, an ONNX model, else HOG."""
+    if detections is not None and detector is not None:
+        raise ReIDError("give --detections or --detector, not both")
+    if detections is not None:
+        return MotDetections(detections)
+    if detector is not None:
+        return OnnxDetector(detector, conf=conf)
+    return HogDetector(**hog)

@@ -1,0 +1,100 @@
+"""Tracklets: the observations of one track, its best K crops and its feature.
+
+Every observation (frame, box, detector confidence) is kept as the tracklet's appearance list;
+only K crops are kept for the feature and the thumbnails, the best by a quality score:
+
+    quality = size + 0.5 * conf / (1 + |conf|) + 0.5 * sharp / (sharp + 100) - 2 * truncated
+
+size = sqrt(box area / frame area) * 2 (capped at 1): bigger crops carry more detail;
+conf: the detector confidence squashed to (-1, 1) (MOT files, ONNX scores and HOG margins differ
+in range); sharp: variance of the Laplacian of the grey crop (motion and focus blur lower it);
+truncated: the box touches the frame edge, so part of the person is missing; such crops are
+taken only when a tracklet has no other. Ties go to the earlier frame.
+
+The tracklet feature is the mean of the L2-normalised features of its K crops, normalised again
+(each crop votes equally, whatever its feature norm), as in video ReID's temporal average pooling.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+EDGE_PX = 2  # a box within this many pixels of the frame edge is truncated
+THUMB_HEIGHT = 128
+
+
+def crop_quality(crop_rgb: np.ndarray, box: Any, conf: float, width: int, height: int) -> float:
+    """The quality score of the module docstring (higher is better)."""
+    import cv2
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    size = min(1.0, 2.0 * math.sqrt(max(0.0, (x1 - x0) * (y1 - y0)) / float(width * height)))
+    c = float(conf)
+    conf_t = c / (1.0 + abs(c))
+    grey = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
+    sharp = float(cv2.Laplacian(grey, cv2.CV_64F).var()) if min(grey.shape) >= 3 else 0.0
+    truncated = x0 <= EDGE_PX or y0 <= EDGE_PX or x1 >= width - EDGE_PX or y1 >= height - EDGE_PX
+    return size + 0.5 * conf_t + 0.5 * sharp / (sharp + 100.0) - (2.0 if truncated else 0.0)
+
+
+def thumbnail_jpeg(crop_rgb: np.ndarray, height: int = THUMB_HEIGHT, quality: int = 85) -> bytes:
+    """A small JPEG of a crop (at most `height` pixels high)."""
+    import cv2
+
+    h, w = crop_rgb.shape[:2]
+    if h > height:
+        crop_rgb = cv2.resize(crop_rgb, (max(1, round(w * height / h)), height), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(crop_rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+@dataclass
+class OpenTracklet:
+    """A track being collected: all its boxes, its best K crops (feature + JPEG) so far."""
+
+    track_id: str
+    boxes: list[list[float]] = field(default_factory=list)  # [frame (0-based), x0, y0, x1, y1, conf]
+    best: list[dict[str, Any]] = field(default_factory=list)  # {q, frame, feat (D,), jpeg (bytes)}
+    confirmed: bool = False
+
+    def observe(self, frame: int, box: Any, conf: float, feat: np.ndarray, crop_rgb: np.ndarray,
+                width: int, height: int, k: int, confirmed: bool) -> None:
+        """Add one observation; keep its crop when it is among the K best."""
+        self.boxes.append([int(frame), *(round(float(v), 2) for v in box), round(float(conf), 4)])
+        self.confirmed = self.confirmed or confirmed
+        q = crop_quality(crop_rgb, box, conf, width, height)
+        if len(self.best) >= k and q <= self.best[-1]["q"]:
+            return
+        self.best.append({"q": q, "frame": int(frame), "feat": np.asarray(feat, np.float32),
+                          "jpeg": thumbnail_jpeg(crop_rgb)})
+        self.best.sort(key=lambda c: (-c["q"], c["frame"]))
+        del self.best[k:]
+
+    def feature(self) -> np.ndarray:
+        """Mean of the unit-normalised crop features, normalised."""
+        f = np.stack([c["feat"] / max(float(np.linalg.norm(c["feat"])), 1e-12) for c in self.best])
+        m = f.mean(axis=0)
+        return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able form (for the resume state)."""
+        from reidkit.video.track import encode
+
+        return {"track_id": self.track_id, "boxes": self.boxes, "confirmed": self.confirmed,
+                "best": [{"q": c["q"], "frame": c["frame"], "feat": encode(c["feat"]),
+                          "jpeg": base64.b64encode(c["jpeg"]).decode("ascii")} for c in self.best]}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> OpenTracklet:
+        """Inverse of to_state."""
+        from reidkit.video.track import decode
+
+        return cls(str(d["track_id"]), [list(b) for b in d["boxes"]],
+                   [{"q": float(c["q"]), "frame": int(c["frame"]), "feat": decode(c["feat"]),
+                     "jpeg": base64.b64decode(c["jpeg"])} for c in d["best"]], bool(d["confirmed"]))

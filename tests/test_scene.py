@@ -1,0 +1,92 @@
+"""reidkit.data.scene: multi-camera synthetic scenes (videos + MOTChallenge ground truth): format,
+determinism, global identities, people entering and leaving, the CLI and bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reidkit.cli import main
+from reidkit.data.scene import generate_scene, read_mot
+from reidkit.errors import ReIDError
+
+
+def _frames(path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    out = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        out.append(f)
+    cap.release()
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return generate_scene(tmp_path_factory.mktemp("scene") / "s", cams=2, ids=3, frames=60, size=(96, 128),
+                          fps=10, seed=5, speed=1.0)
+
+
+def test_videos_and_ground_truth_format(scene):
+    assert scene.cameras == ["cam1", "cam2"]
+    for video, gt in zip(scene.videos, scene.gt):
+        frames = _frames(video)
+        assert len(frames) == 60 and frames[0].shape == (96, 128, 3)
+        lines = gt.read_text().splitlines()
+        assert lines and all(len(line.split(",")) == 10 and line.endswith(",1,-1,-1,-1") for line in lines)
+        a = read_mot(gt)
+        assert a[:, 0].min() >= 1 and a[:, 0].max() <= 60  # 1-based frames
+        assert set(a[:, 1].astype(int)) <= {1, 2, 3}
+        x, y, w, h = a[:, 2], a[:, 3], a[:, 4], a[:, 5]
+        assert (x >= 0).all() and (y >= 0).all() and (x + w <= 128 + 1e-6).all() and (y + h <= 96 + 1e-6).all()
+        assert (w > 0).all() and (h > 0).all()
+        # a box of a person differs from the same place when nobody is there (the person is drawn in it)
+        f0 = int(a[0, 0])
+        empty = [i for i in range(60) if i + 1 not in set(a[:, 0].astype(int))]
+        if empty:
+            bx = a[0, 2:6].astype(int)
+            patch = lambda i: frames[i][bx[1]:bx[1] + bx[3], bx[0]:bx[0] + bx[2]].astype(float)  # noqa: E731
+            assert np.abs(patch(f0 - 1) - patch(empty[0])).mean() > 8
+
+
+def test_identities_are_global_and_people_enter_and_leave(scene):
+    per_cam = [read_mot(g) for g in scene.gt]
+    ids = [set(a[:, 1].astype(int)) for a in per_cam]
+    assert ids[0] & ids[1]  # someone is seen by both cameras, under the same id
+    for a in per_cam:
+        for pid in set(a[:, 1].astype(int)):
+            rows = a[a[:, 1] == pid]
+            # enters at an edge: the first box touches the left or right border
+            first = rows[0]
+            assert first[2] <= 0.5 or first[2] + first[4] >= 127.5
+            # leaves at an edge: unless the video ends first, the last box touches a border too
+            last = rows[-1]
+            if last[0] < 60:
+                assert last[2] <= 0.5 or last[2] + last[4] >= 127.5
+    # visits follow each other in time for one identity (travel between cameras)
+    for pid in range(1, 4):
+        vs = sorted((v.start, v.start + v.frames) for v in scene.visits if v.pid == pid)
+        assert all(b[0] > a[1] for a, b in zip(vs, vs[1:]))
+
+
+def test_deterministic_per_seed(scene, tmp_path):
+    again = generate_scene(tmp_path / "a", cams=2, ids=3, frames=60, size=(96, 128), fps=10, seed=5, speed=1.0)
+    other = generate_scene(tmp_path / "b", cams=2, ids=3, frames=60, size=(96, 128), fps=10, seed=6, speed=1.0)
+    assert again.gt[0].read_text() == scene.gt[0].read_text()
+    assert other.gt[0].read_text() != scene.gt[0].read_text()
+    np.testing.assert_array_equal(_frames(again.videos[1])[30], _frames(scene.videos[1])[30])
+
+
+def test_cli_and_errors(tmp_path, capsys):
+    assert main(["scene", str(tmp_path / "c"), "--cams", "2", "--ids", "2", "--frames", "12", "--size", "64x80"]) == 0
+    assert "ground-truth boxes" in capsys.readouterr().out
+    assert (tmp_path / "c" / "cam2" / "cam2.avi").is_file() and (tmp_path / "c" / "scene.json").is_file()
+    assert main(["scene", str(tmp_path / "d"), "--cams", "0"]) == 2
+    assert "--cams" in capsys.readouterr().err
+    bad = tmp_path / "gt.txt"
+    bad.write_text("1,1,0,0,10,20,1,-1,-1,-1\n2,1,zero,0,10,20,1,-1,-1,-1\n")
+    with pytest.raises(ReIDError, match=r"gt.txt:2"):
+        read_mot(bad)
