@@ -132,3 +132,82 @@ def test_upload_shows_ranked_grid(server, tmp_path):
                 shutil.copy(shot, target)
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------- the tracklet page
+
+from test_video import _majority, _query_crop, ingested, run  # noqa: E402,F401  (fixtures of the scene)
+
+
+@pytest.fixture(scope="module")
+def tracklet_server(run, ingested):  # noqa: F811
+    """The service on the ingested two-camera scene gallery."""
+    pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"chromium not found at {CHROMIUM}")
+    import uvicorn
+
+    from reidkit.retrieval.service import create_app
+
+    app = create_app(ingested["db"], token=TOKEN)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+
+
+def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, tracklet_server, tmp_path):  # noqa: F811
+    from PIL import Image
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    g = ingested["gallery"]
+    cam2 = {e["tracklet"]: _majority(e, run["gt"]["cam2"]) for e in g.entries(kind="tracklet", camera="cam2")}
+    pid = sorted(set(cam2.values()))[0]
+    frame, box = _query_crop(run, pid)
+    crop = tmp_path / "query.png"
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    Image.fromarray(frame[y1:y2, x1:x2]).save(crop)
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except PlaywrightError as exc:
+            pytest.skip(f"chromium does not start here: {exc}")
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 760}, bypass_csp=True)
+            page.goto(tracklet_server + "/tracklets")
+            page.fill("#token", TOKEN)
+            page.fill("#exclude", "cam1")
+            page.set_input_files("#file", str(crop))
+            page.click("button[type=submit]")
+            page.wait_for_function("document.querySelectorAll('#results .hit').length > 0")
+            meta = page.inner_text("#results .hit .meta")
+            key = meta.rsplit(" · ", 1)[-1].strip()
+            assert "cam2" in meta and cam2[key] == pid  # that person's tracklet in the other camera, first
+            page.wait_for_function(
+                "[...document.querySelectorAll('#results .hit img')].every((i) => i.complete && i.naturalWidth > 0)")
+            page.click("#results .hit")
+            page.wait_for_function("document.querySelectorAll('#detail tr').length > 2")
+            frames = [int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")]
+            assert frames == sorted(frames) and len(frames) >= 2
+            shot = tmp_path / "tracklets.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            target = os.environ.get("REIDKIT_SCREENSHOT_TRACKLETS")
+            if target:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, target)
+        finally:
+            browser.close()
