@@ -328,8 +328,11 @@ def is_torchscript(path: str | os.PathLike) -> bool:
         return False
 
 
-def load_feature_model(path: str | os.PathLike, device: str = "cpu") -> Any:
-    """A ``FeatureModel`` for a path: ONNX runner (.onnx), TorchScript runner, or the reidkit checkpoint (eval)."""
+def load_feature_model(path: str | os.PathLike, device: str = "cpu", fmt: str | None = None) -> Any:
+    """A ``FeatureModel`` for a path: ONNX runner (.onnx), TorchScript runner, or a checkpoint (eval).
+
+    Checkpoints of other toolkits load too (format detected from the keys, or named by ``fmt``).
+    """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxFeatureModel(path)
@@ -337,7 +340,7 @@ def load_feature_model(path: str | os.PathLike, device: str = "cpu") -> Any:
         return TorchScriptFeatureModel(path)
     from reidkit.models.build import load_model
 
-    return load_model(path, device=device)
+    return load_model(path, device=device, fmt=fmt)
 
 
 def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:

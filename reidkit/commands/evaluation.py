@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from reidkit.commands import add_from_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `extract` and `visrank` verbs."""
@@ -13,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "file names parse, Market-style '0002_c1s1_000451_03.jpg') to an .npz file.",
     )
     src = ext.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="model file written by reidkit (save_model / training) or a "
-                     "TorchScript export (`reidkit export --format torchscript`)")
+    src.add_argument("--weights", help="a checkpoint (reidkit's, or fast-reid / torchreid / reid-strong-baseline "
+                     "/ TransReID / SOLIDER-REID as they are) or a TorchScript export")
     src.add_argument("--onnx", help="ONNX file written by `reidkit export` (runs on onnxruntime, CPU)")
+    add_from_argument(ext)
     ext.add_argument("--images", required=True, help="folder of image crops (searched recursively)")
     ext.add_argument("--out", required=True, help="output .npz (features, paths[, camids, pids])")
     ext.add_argument("--batch-size", type=int, default=256)
@@ -158,7 +161,7 @@ def _extract(args: argparse.Namespace) -> int:
     out = _check_out_file(args.out)
     paths = _list_images(args.images)
     device = resolve_device("cpu" if args.onnx else (args.device or "auto"), key="--device")
-    model = load_feature_model(args.onnx or args.weights, device=str(device))
+    model = load_feature_model(args.onnx or args.weights, device=str(device), fmt=args.weights_format)
     if not isinstance(model, torch.nn.Module):
         device = torch.device("cpu")  # exported runners run on CPU
     size = tuple(args.size) if args.size else tuple(getattr(model, "input_size", (256, 128)))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from reidkit.commands import add_from_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `export` parser."""
@@ -13,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "camera (ViT with SIE) take a second input 'camids' (int64, one per image). "
                     "Both formats serve `reidkit extract --weights/--onnx`.",
     )
-    p.add_argument("--weights", required=True, help="model checkpoint (.pth) from training")
+    p.add_argument("--weights", required=True, help="a checkpoint: reidkit's, or another toolkit's (see --from)")
+    add_from_argument(p)
     p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", required=True, help="output file (.onnx or .ts/.pt)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -26,9 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from reidkit.export import export_model, parity
 
-    out = export_model(args.weights, fmt=args.fmt, out=args.out, opset=args.opset, size=args.size)
+    from reidkit.models.build import load_model
+
+    model = load_model(args.weights, fmt=args.weights_format)
+    out = export_model(args.weights, fmt=args.fmt, out=args.out, opset=args.opset, size=args.size, model=model)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     if not args.no_check:
-        diff = parity(args.weights, out, batch_sizes=(1, 3))
+        diff = parity(args.weights, out, batch_sizes=(1, 3), model=model)
         print(f"parity vs PyTorch at batch 1 and 3: max abs diff {diff:.2e}")
     return 0

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from reidkit.commands import add_from_argument
 import json
 import sys
 
@@ -21,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
     build.add_argument("--db", required=True, help="gallery folder to create (index.faiss, meta.sqlite)")
-    build.add_argument("--weights", default=None, help="reidkit checkpoint or exported .onnx (default: ImageNet "
-                                                        "EfficientNet-Lite0 + GeM)")
+    build.add_argument("--weights", default=None, help="a checkpoint (reidkit's or another toolkit's) or an export "
+                                                        "(default: ImageNet EfficientNet-Lite0 + GeM)")
+    add_from_argument(build)
     build.add_argument("--index", choices=["flat", "approx", "ivf", "ivfpq", "hnsw"], default="flat",
                        help="flat: exact (default); approx: the measured default approximate index (see "
                             "benchmarks/results/million.md); ivf / ivfpq / hnsw: approximate, for galleries of "
@@ -148,6 +151,14 @@ def _build(args: argparse.Namespace) -> int:
     _positive(nlist=args.nlist, nprobe=args.nprobe, ef_search=args.ef_search, pq_m=args.pq_m,
               refine_k=args.refine_k, batch_size=args.batch_size)
     extra = {} if args.refine_k is None else {"refine_k": args.refine_k}
+    if args.weights_format is not None:
+        from reidkit.errors import ReIDError
+        from reidkit.retrieval.index import FeatureExtractor
+
+        if args.weights is None:
+            raise ReIDError("--from needs --weights (the checkpoint of that toolkit)")
+        extra["extractor"] = FeatureExtractor.load(args.weights, device=args.device, batch_size=args.batch_size,
+                                                   size=args.size, fmt=args.weights_format)
     g = Gallery.build(args.images, args.db, weights=args.weights, index=args.index, nlist=args.nlist,
                       nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
                       device=args.device, size=args.size, overwrite=args.overwrite, progress=_progress,

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+
+from reidkit.commands import add_from_argument
 from typing import Any
 
 OVERRIDE_HELP = "dotted config overrides, e.g. model.backbone=resnet50_ibn_a solver.base_lr=3.5e-4"
@@ -18,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("test", help="evaluate saved weights on the config's validation sets")
     p.add_argument("--config", "-c", required=True, help="recipe file or packaged recipe name")
-    p.add_argument("--weights", "-w", required=True, help="model.pt / best.pt / last.pt")
+    p.add_argument("--weights", "-w", required=True, help="model.pt / best.pt / last.pt, or another toolkit's "
+                   "checkpoint (see --from)")
+    add_from_argument(p)
     p.add_argument("--out", default=None, help="folder for metrics.json (default: <output_dir>/test; the run's own metrics.json is never replaced)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (e.g. test.rerank=true test.flip=true)")
     p.set_defaults(func=_test)
@@ -69,7 +73,7 @@ def _train(args: argparse.Namespace) -> int:
 def _test(args: argparse.Namespace) -> int:
     from reidkit.engine.api import test
 
-    result = test(args.config, args.weights, out_dir=args.out, overrides=list(args.overrides))
+    result = test(args.config, args.weights, out_dir=args.out, overrides=list(args.overrides), fmt=args.weights_format)
     print(format_result(result))
     return 0
 

@@ -28,8 +28,9 @@ def test(
     weights: str | Path,
     out_dir: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
+    fmt: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate saved weights on the config's validation sets with its ``test.*`` settings.
+    """Evaluate saved weights (reidkit's, or another toolkit's: ``fmt`` or detected) with ``test.*``.
 
     Writes ``metrics.json`` (per dataset and mean) into `out_dir` (default: ``<output_dir>/test``,
     never over the training run's own metrics.json) and returns the same dict.
@@ -42,7 +43,7 @@ def test(
 
     cfg = load_config(cfg_or_path, overrides)
     device = resolve_device(cfg.device)
-    model = load_model(weights, device=device)
+    model = load_model(weights, device=device, fmt=fmt)
     _, val_sets = load_training_data(cfg.data)
     if not val_sets:
         raise ReIDError("test: no validation datasets (data.val is empty); name datasets with a query/gallery split")

@@ -232,9 +232,19 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return ckpt
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ReIDModel:
-    """Rebuild a model from a checkpoint (model or training checkpoint); returned in eval mode."""
-    ckpt = read_checkpoint(path, device)
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt: str | None = None,
+               **foreign_options: Any) -> ReIDModel:
+    """Rebuild a model from a checkpoint (model or training checkpoint); returned in eval mode.
+
+    Other toolkits' checkpoints (no ``model_cfg``, or ``fmt`` named: fastreid, torchreid,
+    strong_baseline, transreid, solider) go to ``reidkit.models.interop.load_foreign`` with
+    ``foreign_options`` (e.g. ``input_size``).
+    """
+    ckpt = read_checkpoint(path, "cpu" if fmt is not None else device)
+    if fmt is not None or "model_cfg" not in ckpt:
+        from reidkit.models.interop import load_foreign
+
+        return load_foreign(ckpt, fmt=fmt, device=device, origin=os.fspath(path), **foreign_options)
     missing = [k for k in ("model", "model_cfg", "num_classes") if k not in ckpt]
     if missing:
         raise ReIDError(f"checkpoint: {path} lacks the key(s) {', '.join(missing)}")

@@ -143,8 +143,8 @@ class FeatureExtractor:
 
     @classmethod
     def load(cls, weights: str | os.PathLike | None = None, device: str | None = None,
-             batch_size: int = 64, size: Sequence[int] | None = None) -> FeatureExtractor:
-        """Load a checkpoint, an exported .onnx, or (weights=None) the ImageNet EfficientNet-Lite0 + GeM."""
+             batch_size: int = 64, size: Sequence[int] | None = None, fmt: str | None = None) -> FeatureExtractor:
+        """Load a checkpoint (reidkit's or another toolkit's: ``fmt`` or detected), an export, or (None) ImageNet."""
         if weights is None or str(weights) in ("", "imagenet"):
             from reidkit.models.build import ModelConfig, build_model
 
@@ -174,7 +174,7 @@ class FeatureExtractor:
         else:
             from reidkit.models.build import load_model
 
-            model = load_model(path, device="cpu")
+            model = load_model(path, device="cpu", fmt=fmt)
             digest = _sha256(path)
             hw = tuple(int(v) for v in (size or getattr(model, "input_size", DEFAULT_SIZE)))
         ident = ModelIdentity(f"sha256:{digest[:16]}", source, int(model.feat_dim), hw,  # type: ignore[arg-type]
