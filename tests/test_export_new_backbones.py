@@ -49,3 +49,26 @@ def test_torchscript_parity(tmp_path: Path, name: str):
     out = export_model(weights, "torchscript", tmp_path / f"{name}.ts", size=(64, 32))
     assert parity(weights, out, batch_sizes=(1, 3)) <= 1e-4
     assert TorchScriptFeatureModel(out).uses_camera == model.uses_camera
+
+
+@pytest.mark.parametrize("name", ["vit_sie", "osnet"])
+def test_cli_export_then_extract_onnx_equals_torch(tmp_path: Path, name: str):
+    """`reidkit export` + `reidkit extract --onnx` give the features of `reidkit extract --weights`."""
+    import numpy as np
+    from PIL import Image
+
+    from reidkit.cli import main
+
+    weights, _ = _checkpoint(tmp_path, name)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(5):
+        arr = (np.random.default_rng(i).random((64, 32, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(crops / f"{i + 1:04d}_c{i % 3 + 1}s1_{i:06d}_00.jpg")  # cameras 1..3
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(onnx), "--size", "64", "32"]) == 0
+    a, b = tmp_path / "torch.npz", tmp_path / "onnx.npz"
+    assert main(["extract", "--weights", str(weights), "--images", str(crops), "--out", str(a), "--no-flip"]) == 0
+    assert main(["extract", "--onnx", str(onnx), "--images", str(crops), "--out", str(b), "--no-flip"]) == 0
+    fa, fb = np.load(a)["features"], np.load(b)["features"]
+    assert fa.shape == fb.shape == (5, fa.shape[1]) and np.abs(fa - fb).max() <= 1e-4
