@@ -275,17 +275,9 @@ class OnnxFeatureModel(_ExportedFeatureModel):
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         self._init_meta(read_export_metadata(self.path))
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise ReIDError(f"onnxruntime cannot load {self.path}: {exc}") from exc
+        self.session = ort_session(self.path, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
@@ -326,6 +318,19 @@ def is_torchscript(path: str | os.PathLike) -> bool:
             return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
     except OSError:
         return False
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None, what: str = "") -> Any:
+    """An onnxruntime CPU session for ``path``; one ReIDError naming the file when it cannot load."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise ReIDError(f"{what + ': ' if what else ''}onnxruntime cannot load {path}: {exc}") from None
 
 
 def load_feature_model(path: str | os.PathLike, device: str = "cpu", fmt: str | None = None) -> Any:

@@ -5,6 +5,7 @@ Set REIDKIT_SCREENSHOT=/path/to.png to also save the screenshot there (docs/serv
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import socket
@@ -20,14 +21,37 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 TOKEN = "browser-token"
 
 
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # a bound socket handed to uvicorn: no race for the port
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The service (ImageNet EfficientNet-Lite0 gallery of synthetic people) on a free loopback port."""
     pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"chromium not found at {CHROMIUM}")
-    import uvicorn
-
     from reidkit.data.synthetic import generate
     from reidkit.retrieval.index import Gallery, parse_camera_frame
     from reidkit.retrieval.service import create_app
@@ -43,22 +67,8 @@ def server(tmp_path_factory):
     gallery = Gallery.build(gal, root / "db")  # no weights: the offline ImageNet extractor
     app = create_app(gallery, token=TOKEN)
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # a bound socket handed to uvicorn: no race for the port
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "query": query, "planted": planted, "gallery": gallery}
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    with serving(app) as url:
+        yield {"url": url, "query": query, "planted": planted, "gallery": gallery}
 
 
 def _drop(page, path: Path) -> None:
@@ -145,27 +155,11 @@ def tracklet_server(run, ingested):  # noqa: F811
     pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"chromium not found at {CHROMIUM}")
-    import uvicorn
-
     from reidkit.retrieval.service import create_app
 
     app = create_app(ingested["db"], token=TOKEN)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=15)
-    sock.close()
+    with serving(app) as url:
+        yield url
 
 
 def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, tracklet_server, tmp_path):  # noqa: F811

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import ReIDError
+from reidkit.utils.io import pid_alive
 from reidkit.utils.io import atomic_write, clean_stale_temps
 
 __all__ = [
@@ -451,16 +452,6 @@ def drop_old_caches(db: Path, keep: int) -> None:
 # ----------------------------------------------------------------------------- folders
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def new_build_folder(db: Path) -> Path:
     """A fresh temp folder beside `db` for a new gallery (`.<name>.build.<pid>.<random>.tmp`)."""
     db = Path(db).absolute()
@@ -533,7 +524,7 @@ def recover(db: Path) -> None:
     # Roll back: the old folder is whole (the new one may be too, but its command did not finish).
     for cand in sorted(db.parent.glob(f".{db.name}.old.*.tmp"), key=lambda p: p.stat().st_mtime, reverse=True):
         pid = _pid_of(cand.name)
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
             continue
         if (cand / DB_FILE).is_file():
             if db.exists() and not any(db.iterdir()):
@@ -559,7 +550,7 @@ def clean_for_write(db: Path) -> list[Path]:
         for pattern in (f".{db.name}.build.*.tmp", f".{db.name}.old.*.tmp"):
             for cand in db.parent.glob(pattern):
                 pid = _pid_of(cand.name)
-                if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                if pid is not None and (pid == os.getpid() or pid_alive(pid)):
                     continue
                 shutil.rmtree(cand, ignore_errors=True)
                 removed.append(cand)

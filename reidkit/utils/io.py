@@ -136,7 +136,7 @@ def clean_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> list
         if not (name.startswith(".") and _TEMP_SUFFIX in name and p.is_file()):
             continue
         pid = _writer_pid(name)
-        if pid is not None and pid != os.getpid() and _alive(pid):
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
             continue
         if pid == os.getpid():
             continue
@@ -157,7 +157,8 @@ def _writer_pid(name: str) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -92,18 +92,12 @@ class OnnxDetector:
 
     def __init__(self, path: str | os.PathLike, conf: float = 0.25, iou: float = 0.45, person_class: int = 0,
                  input_size: tuple[int, int] | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise ReIDError(f"--detector: {self.path} is not a file")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise ReIDError(f"--detector: onnxruntime cannot load {self.path}: {exc}") from None
+        from reidkit.export import ort_session
+
+        self.session = ort_session(self.path, threads, "--detector")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = list(inp.shape)
