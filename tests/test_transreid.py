@@ -53,7 +53,10 @@ def test_training_dict_has_k_plus_1_branches_and_the_criterion_uses_them():
     assert out["feat"].shape == (8, 5 * 384) and out["logits"] is out["logits_list"][0]
     crit = build_criterion(LossConfig(names=["softmax", "triplet"], label_smooth=0.0), 6, m.feat_dim)
     total, parts = crit(out, labels)
-    ce = torch.stack([cross_entropy_ls(lg, labels, 0.0) for lg in out["logits_list"]]).mean()
+    # TransReID's weighting: 0.5 x the global branch + 0.5 x the mean of the k = 4 local branches.
+    ces = [cross_entropy_ls(lg, labels, 0.0) for lg in out["logits_list"]]
+    ce = 0.5 * ces[0] + 0.5 * torch.stack(ces[1:]).mean()
+    assert out["branch_weights"] == [0.5, 0.125, 0.125, 0.125, 0.125]
     assert float(torch.as_tensor(parts["softmax"]).detach()) == pytest.approx(float(ce.detach()), rel=1e-5)
     total.backward()
     # Every branch learns: the local block and each local classifier get gradients.

@@ -48,9 +48,19 @@ def _output_list(outputs: dict, many: str, one: str, loss: str) -> list[torch.Te
     return list(items)
 
 
+def _branch_mean(values: list[torch.Tensor], outputs: dict) -> torch.Tensor:
+    """The mean over branches, or the model's ``branch_weights`` (e.g. TransReID: 0.5 global, 0.5 / k each local)."""
+    weights = outputs.get("branch_weights")
+    if weights is None or len(values) == 1:
+        return torch.stack(values).mean()
+    if len(weights) != len(values):
+        raise ReIDError(f"model output 'branch_weights' has {len(weights)} weights for {len(values)} branches")
+    return sum(float(w) * v for w, v in zip(weights, values))  # type: ignore[return-value]
+
+
 @register_loss("softmax")
 class SoftmaxLoss(nn.Module):
-    """Label-smoothed cross-entropy on ``logits`` (multi-branch: mean over ``logits_list``)."""
+    """Label-smoothed cross-entropy on ``logits`` (multi-branch: mean over ``logits_list``, or ``branch_weights``)."""
 
     def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
         super().__init__()
@@ -59,12 +69,12 @@ class SoftmaxLoss(nn.Module):
     def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean label-smoothed CE over the branches."""
         logits = _output_list(outputs, "logits_list", "logits", "softmax")
-        return torch.stack([cross_entropy_ls(lg, labels, self.label_smooth) for lg in logits]).mean()
+        return _branch_mean([cross_entropy_ls(lg, labels, self.label_smooth) for lg in logits], outputs)
 
 
 @register_loss("triplet")
 class TripletLoss(nn.Module):
-    """Triplet loss on ``feat`` (multi-branch: mean over ``feats``); options from ``loss.triplet_*``."""
+    """Triplet loss on ``feat`` (multi-branch: mean over ``feats``, or ``branch_weights``); ``loss.triplet_*``."""
 
     def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
         super().__init__()
@@ -74,9 +84,9 @@ class TripletLoss(nn.Module):
     def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean triplet loss over the branches."""
         feats = _output_list(outputs, "feats", "feat", "triplet")
-        return torch.stack([
+        return _branch_mean([
             triplet_loss(f, labels, self.margin, self.soft, self.distance, self.variant) for f in feats
-        ]).mean()
+        ], outputs)
 
 
 @register_loss("center")

@@ -145,7 +145,7 @@ class TransReIDHead(nn.Module):
         return self._concat(bn)
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
-        """Training: ``{"feat", "logits", "feats", "logits_list"}``; eval: ``B x feat_dim``."""
+        """Training: ``{"feat", "logits", "feats", "logits_list", "branch_weights"}``; eval: ``B x feat_dim``."""
         self._check(feats)
         raw = list(feats.unbind(1))
         if not self.training:
@@ -157,6 +157,9 @@ class TransReIDHead(nn.Module):
         if self.branches > 1:
             out["feats"] = raw
             out["logits_list"] = logits_list
+            # TransReID weighs the global branch and the mean of the k local branches equally.
+            k = self.branches - 1
+            out["branch_weights"] = [0.5] + [0.5 / k] * k
         else:
             out["feat"] = raw[0]
         return out
