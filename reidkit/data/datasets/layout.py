@@ -1,0 +1,133 @@
+"""Shared helpers of the loaders: locating a layout under a root, scanning split folders, checks."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from reidkit.errors import ReIDError
+
+from reidkit.utils.io import IMAGE_EXTENSIONS
+from reidkit.data.datasets.core import Record, ReIDDataset
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _is_image(name: str) -> bool:
+    # Hidden files include macOS "._x.jpg" resource forks, which carry an image extension.
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _image_names(directory: str) -> list[str]:
+    """Sorted image file names directly inside a directory (other files ignored)."""
+    with os.scandir(directory) as it:
+        return sorted(e.name for e in it if e.is_file() and _is_image(e.name))
+
+
+def _root_dir(root: str | os.PathLike[str], dataset: str, layout: str) -> Path:
+    if root is None or str(root) == "":
+        raise ReIDError(f"{dataset}: no dataset root given; expected layout {layout}")
+    path = Path(os.path.abspath(os.path.expanduser(str(root))))
+    if not path.exists():
+        raise ReIDError(f"{dataset}: dataset root {path} does not exist; expected layout {layout}")
+    return path
+
+
+def _listing(path: Path, limit: int = 6) -> str:
+    try:
+        names = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return "unreadable"
+    if not names:
+        return "empty"
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _locate(root: Path, candidates: Sequence[str], required: Sequence[str], dataset: str,
+            layout: str) -> Path:
+    """The first of root/<candidate> or root itself that holds every required entry."""
+    if not root.is_dir():
+        raise ReIDError(f"{dataset}: dataset root {root} is not a folder (extract archives "
+                        f"first); expected {layout}")
+    bases = [*(root / c for c in candidates), root]
+    for base in bases:
+        if all((base / r).exists() for r in required):
+            return base
+    # A partial tree is the common mistake: name what is missing rather than list the root.
+    for base in bases:
+        have = [r for r in required if (base / r).exists()]
+        if base.is_dir() and have:
+            missing = ", ".join(r for r in required if r not in have)
+            raise ReIDError(f"{dataset}: {base} lacks {missing}; expected {layout}")
+    raise ReIDError(
+        f"{dataset}: no matching layout under {root} (found: {_listing(root)}); "
+        f"expected {layout}"
+    )
+
+
+NameParser = Callable[[str], "tuple[int, int, int] | None"]
+
+
+def _regex_parser(pattern: str) -> NameParser:
+    """A parser returning (pid, 1-based camera, frame or -1) from a file name, or None."""
+    rx = re.compile(pattern)
+
+    def parse(name: str) -> tuple[int, int, int] | None:
+        m = rx.match(name)
+        if m is None:
+            return None
+        frame = m.group(3) if rx.groups >= 3 else None
+        return int(m.group(1)), int(m.group(2)), int(frame) if frame else -1
+
+    return parse
+
+
+def _scan_split(directory: Path, split: str, dataset: str, parse: NameParser, example: str,
+                layout: str, max_cam: int | None, force_pid: int | None = None) -> list[Record]:
+    """Records of one official split folder: junk (-1) dropped, distractors (0) gallery-only."""
+    if not directory.is_dir():
+        raise ReIDError(f"{dataset}: missing folder {directory}; expected {layout}")
+    records = []
+    for name in _image_names(str(directory)):
+        parsed = parse(name)
+        path = str(directory / name)
+        if parsed is None:
+            raise ReIDError(
+                f"{dataset}: cannot parse image name {path}: expected names like {example} "
+                f"in {layout}"
+            )
+        pid, cam, frame = parsed
+        if cam < 1 or (max_cam is not None and cam > max_cam):
+            limit = f"1..{max_cam}" if max_cam is not None else ">= 1"
+            raise ReIDError(f"{dataset}: camera {cam} out of range {limit} in {path}")
+        if pid == -1 or (pid == 0 and split != "gallery"):
+            continue
+        if force_pid is not None:
+            pid = force_pid
+        records.append(Record(path, pid, cam - 1, dataset, frame))
+    return records
+
+
+def _check_splits(ds: ReIDDataset, layout: str, user_data: bool = False) -> ReIDDataset:
+    """Refuse a dataset that cannot be evaluated (empty query) or trained on.
+
+    A user's own data may be train-only (no query and no gallery) or evaluation-only (no train).
+    """
+    if user_data and ds.train and not ds.query and not ds.gallery:
+        return ds
+    for split in ("query", "gallery", "train"):
+        if split == "train" and user_data:
+            continue
+        if not getattr(ds, split):
+            what = "query set" if split == "query" else f"{split} split"
+            raise ReIDError(f"{ds.name}: empty {what} under {ds.root}; expected {layout}")
+    return ds
+
+
+def _check_choice(dataset: str, key: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ReIDError(f"{dataset}: option {key}={value!r} is not one of {', '.join(choices)}")
+    return value
