@@ -98,13 +98,14 @@ def main() -> None:
     from reidkit.config import load_config
     from reidkit.data.datasets import load_dataset
     from reidkit.engine.api import Trainer
-    from reidkit.engine.usl import ClusterTrainer, evaluate_prepared, load_usl_config, prepare_val
+    from reidkit.engine.usl import ClusterTrainer, load_usl_config
+    from reidkit.engine.validation import evaluate_sets, prepare_val_sets
     from reidkit.models.build import ModelConfig, build_model, load_model
 
     ds_b = load_dataset(B["name"], B["root"], **B["options"])
     ds_a = load_dataset(A["name"], A["root"], **A["options"])
-    val_b = prepare_val([ds_b], tuple(SIZE))
-    val_a = prepare_val([ds_a], tuple(SIZE))
+    val_b = prepare_val_sets([ds_b], tuple(SIZE))
+    val_a = prepare_val_sets([ds_a], tuple(SIZE))
     test_cfg = load_config(_base(work, B, "eval"))
     dev = torch.device("cpu")
 
@@ -114,7 +115,7 @@ def main() -> None:
 
         cfg = test_cfg if neck_feat is None else dataclasses.replace(
             test_cfg, test=dataclasses.replace(test_cfg.test, neck_feat=neck_feat))
-        m = evaluate_prepared(net, val, cfg, dev, list(net.mean), list(net.std))["mean"]
+        m = evaluate_sets(net, val, cfg.test, dev)["mean"]
         return {k: round(m[k], 2) for k in ("mAP", "rank1", "rank5", "mINP")}
 
     # (a) ImageNet-initialised model, no training

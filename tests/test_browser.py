@@ -85,6 +85,16 @@ def _drop(page, path: Path) -> None:
     page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
 
 
+def _screenshot(page, shot: Path, env: str) -> None:
+    """A full-page screenshot (a real picture, not a blank page), also copied to $env when set (docs/*.png)."""
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    target = os.environ.get(env)
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target)
+
+
 def _first_card(page) -> dict:
     page.wait_for_function("document.querySelector('#results').dataset.ready === '1'")
     return page.eval_on_selector("#results .card", "c => ({id: +c.dataset.id, path: c.dataset.path})")
@@ -133,13 +143,7 @@ def test_upload_shows_ranked_grid(server, tmp_path):
             score = float(page.inner_text("#results .card .score"))
             assert score == pytest.approx(1.0, abs=1e-3)
 
-            shot = tmp_path / "service.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            target = os.environ.get("REIDKIT_SCREENSHOT")
-            if target:
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(shot, target)
+            _screenshot(page, tmp_path / "service.png", "REIDKIT_SCREENSHOT")
         finally:
             browser.close()
 
@@ -196,12 +200,6 @@ def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, track
             page.wait_for_function("document.querySelectorAll('#detail tr').length > 2")
             frames = [int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")]
             assert frames == sorted(frames) and len(frames) >= 2
-            shot = tmp_path / "tracklets.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            target = os.environ.get("REIDKIT_SCREENSHOT_TRACKLETS")
-            if target:
-                Path(target).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(shot, target)
+            _screenshot(page, tmp_path / "tracklets.png", "REIDKIT_SCREENSHOT_TRACKLETS")
         finally:
             browser.close()

@@ -109,7 +109,7 @@ def test_train_writes_every_output(full_run: Path):
     assert lrs == pytest.approx([3.5e-5, 3.5e-5, 3.5e-4, 3.5e-4])
 
     ckpt = torch.load(full_run / "last.pt", map_location="cpu", weights_only=False)
-    for key in ["model", "optim", "optimizer", "scheduler", "sampler", "rng", "epoch", "best_score",
+    for key in ["model", "optim", "scheduler", "sampler", "rng", "epoch", "best_score",
                 "model_cfg", "num_classes", "input_size"]:
         assert key in ckpt, key
     assert len(ckpt["optim"]["extras"]) == 1  # the center loss's own SGD

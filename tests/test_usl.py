@@ -125,13 +125,13 @@ def test_bad_usl_keys_raise_clear_errors():
 
 
 def test_part_spaces_pool_top_and_bottom_halves():
-    from reidkit.engine.usl import _space_feats
+    from reidkit.engine.usl import space_features
     from reidkit.models.build import ModelConfig, build_model
 
     net = build_model(ModelConfig(backbone="resnet18", pretrained=False, pooling="avg", neck="bnneck"), 2).eval()
     fmap = torch.zeros(1, net.head.pool(torch.zeros(1, 512, 1, 1)).shape[1], 4, 2)
     fmap[:, :, :2] = 1.0  # top half ones, bottom half zeros
-    f = _space_feats(net, fmap, ["global", "upper", "lower"], neck_after=False)
+    f = space_features(net, fmap, ["global", "upper", "lower"], neck_after=False)
     assert torch.allclose(f["upper"], torch.ones_like(f["upper"]))
     assert torch.allclose(f["lower"], torch.zeros_like(f["lower"]))
     assert torch.allclose(f["global"], torch.full_like(f["global"], 0.5))

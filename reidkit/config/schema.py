@@ -267,8 +267,6 @@ class UnsupervisedConfig:
         if self.dec_update_period < 0:
             raise ReIDError(f"config key 'usl.dec_update_period' must be >= 0, got {self.dec_update_period}")
 
-    validate = check  # the name older code calls
-
 
 @dataclass
 class Config:

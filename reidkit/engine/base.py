@@ -33,7 +33,7 @@ from reidkit.engine.checkpoint import (
     RNGGuard, all_finite, load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state,
 )
 from reidkit.engine.handlers import NanGuard, Progress, attach_lr_schedule, attach_periodic
-from reidkit.engine.optim import ExtraOptimizer, OptimStep, build_optimizer, build_scheduler
+from reidkit.engine.optim import ExtraOptimizer, OptimStep, amp_dtype, build_optimizer, build_scheduler
 from reidkit.engine.validation import METRIC_KEYS, ValSet, evaluate_sets, prepare_val_sets
 from reidkit.errors import ReIDError
 from reidkit.utils.io import atomic_write, clean_stale_temps, ensure_dir, write_json
@@ -143,10 +143,7 @@ class BaseTrainer:
         cfg = self.cfg
         self._init_distributed()
         self.device = resolve_device(cfg.device, self.local_rank)
-        if cfg.solver.amp == "fp16" and self.device.type != "cuda":
-            from reidkit.engine.optim import amp_dtype
-
-            amp_dtype(cfg.solver.amp, self.device)  # raises the clear error
+        amp_dtype(cfg.solver.amp, self.device)  # fp16 off CUDA: the clear error, before any data loads
         seed_everything(cfg.seed)
         if self.is_main:
             ensure_dir(self.out, "output_dir")
@@ -282,19 +279,12 @@ class BaseTrainer:
         self.train_stats = dict(self.progress.stats)
 
     def _validate_handler(self, engine: Any) -> None:
-        distributed = self.world_size > 1 and self._can_shard_validation()
+        distributed = self.world_size > 1
         if self.is_main or distributed:
             metrics = self.validate(distributed=distributed)
             if self.is_main:
                 self._record(engine.state.epoch, metrics)
         self._barrier()
-
-    def _can_shard_validation(self) -> bool:
-        import inspect
-
-        from reidkit.evaluation.features import extract_features
-
-        return "distributed" in inspect.signature(extract_features).parameters
 
     def _checkpoint_handler(self, engine: Any) -> None:
         if self.is_main:
@@ -352,7 +342,6 @@ class BaseTrainer:
         state = {
             "epoch": epoch,
             "optim": self.optim.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "best_score": self.best_score,
@@ -450,7 +439,7 @@ class BaseTrainer:
             else:
                 self.before_training()
             if done < max_epochs:
-                stream = EpochStream(lambda: self.loader, None, lambda: self.engine.state.epoch)
+                stream = EpochStream(lambda: self.loader, lambda: self.engine.state.epoch)
                 self.engine.run(stream, max_epochs=max_epochs, epoch_length=self.epoch_length)
             elif self.is_main and self.val_sets and not self.last_metrics:
                 self._record(done, self.validate())
@@ -530,8 +519,3 @@ class BaseTrainer:
         self.skipped_images["files"] = (self.skipped_images.get("files", []) + list(paths))[:20]
         log.warning("%d unreadable %s image(s) skipped (e.g. %s)", len(paths), split, paths[0])
 
-    @staticmethod
-    def labels_to_device(labels: Any, device: torch.device) -> torch.Tensor:
-        """Labels as a long tensor on ``device``."""
-        return torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).to(
-            device, non_blocking=True).long()

@@ -105,7 +105,7 @@ def load_training_checkpoint(path: str | os.PathLike, device: str | torch.device
     from reidkit.models.build import read_checkpoint
 
     ckpt = read_checkpoint(path, device)
-    for key in ("model", "epoch", "optimizer"):
+    for key in ("model", "epoch", "optim" if "optim" in ckpt else "optimizer"):
         if key not in ckpt:
             raise ReIDError(
                 f"checkpoint {path} is not a training checkpoint (no '{key}'); "

@@ -71,22 +71,19 @@ class EpochStream:
 
     Ignite is given ``epoch_length`` batches per epoch and never sees the end of this stream, so
     the sampler's epoch is set here, from the engine's epoch count when iteration starts (a
-    resumed run continues with the sampler epoch it would have reached uninterrupted). With
-    ``loader`` a callable, the current loader is asked for at each epoch (the cluster trainer
-    builds a new one when it re-clusters).
+    resumed run continues with the sampler epoch it would have reached uninterrupted). The
+    loader is asked for at each epoch: the cluster trainer gives its loader a new sampler and
+    labels when it re-clusters.
     """
 
-    def __init__(self, loader: Any, sampler: Any, first_epoch: Callable[[], int]) -> None:
-        self.loader = loader
-        self.sampler = sampler
+    def __init__(self, get_loader: Callable[[], Any], first_epoch: Callable[[], int]) -> None:
+        self.get_loader = get_loader
         self.first_epoch = first_epoch
 
     def __iter__(self) -> Iterator[Any]:
         epoch = self.first_epoch()
         while True:
-            loader = self.loader() if callable(self.loader) and not hasattr(self.loader, "__iter__") else self.loader
-            sampler = getattr(loader, "sampler", None) if self.sampler is None else self.sampler
-            if sampler is not None and hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            loader = self.get_loader()
+            loader.sampler.set_epoch(epoch)
             yield from loader
             epoch += 1

@@ -91,6 +91,7 @@ class SupervisedTrainer(BaseTrainer):
                 device=self.device, seed=aug_seed, channels_last=cfg.data.channels_last,
             )
         self.epoch_length = len(self.sampler)
+        self.train_cams_dev = torch.as_tensor(self.train_cams, device=self.device)
         used = int((labels >= 0).sum())
         log.info("training on %s: %d images, %d identities, %d cameras", self.joint.name, used,
                  self.num_classes, self.num_cameras)
@@ -129,11 +130,10 @@ class SupervisedTrainer(BaseTrainer):
     def compute_loss(self, engine: Any, batch: Any) -> tuple[torch.Tensor, dict[str, float], int]:
         images, labels, idx = batch
         images = images.to(self.device, non_blocking=True)
-        labels = self.labels_to_device(labels, self.device)
+        labels = torch.as_tensor(labels).to(self.device, non_blocking=True).long()
         kwargs = {}
         if getattr(self.net, "uses_camera", False):
-            cams = self.train_cams[np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)]
-            kwargs["cams"] = torch.as_tensor(cams, device=self.device)
+            kwargs["cams"] = self.train_cams_dev[torch.as_tensor(idx).to(self.device)]
         with self.optim.autocast():
             outputs = self.model(images, labels, **kwargs)
         total, parts = self.criterion(to_float(outputs), labels)

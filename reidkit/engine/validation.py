@@ -67,18 +67,6 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
     return out
 
 
-def _feature_kwargs(test: TestConfig, device: torch.device, distributed: bool) -> dict[str, Any]:
-    import inspect
-
-    from reidkit.evaluation.features import extract_features
-
-    kw: dict[str, Any] = dict(batch_size=test.batch_size, flip=test.flip, device=device, normalize=False,
-                              neck_feat=test.neck_feat)
-    if distributed and "distributed" in inspect.signature(extract_features).parameters:
-        kw["distributed"] = True
-    return kw
-
-
 def extract_val_features(
     net: nn.Module, vs: ValSet, test: TestConfig | Any, device: torch.device, distributed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,13 +74,13 @@ def extract_val_features(
     from reidkit.evaluation.features import extract_features
 
     test = getattr(test, "test", test)
-    kw = _feature_kwargs(test, device, distributed)
+    kw: dict[str, Any] = dict(batch_size=test.batch_size, flip=test.flip, device=device, normalize=False,
+                              neck_feat=test.neck_feat, distributed=distributed)
     cams = getattr(net, "uses_camera", False)
     with torch.no_grad():
-        qf = extract_features(net, vs.query_images, **kw,
-                              **({"camids": [r.camid for r in vs.dataset.query]} if cams else {}))
-        gf = extract_features(net, vs.gallery_images, **kw,
-                              **({"camids": [r.camid for r in vs.dataset.gallery]} if cams else {}))
+        qf = extract_features(net, vs.query_images, camids=[r.camid for r in vs.dataset.query] if cams else None, **kw)
+        gf = extract_features(net, vs.gallery_images, camids=[r.camid for r in vs.dataset.gallery] if cams else None,
+                              **kw)
     return qf, gf
 
 

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reidkit.errors import ReIDError
-from reidkit.models.backbones.vit import DropPath, Mlp
+from reidkit.models.backbones.vit import DropPath, Mlp, init_transformer_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -213,15 +213,9 @@ class SwinTransformer(nn.Module):
                 p.requires_grad_(False)
 
     def _init_weights(self) -> None:
+        init_transformer_weights(self)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowAttention):
+            if isinstance(m, WindowAttention):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
     def _semantic(self, x: torch.Tensor, semantic_weight: float | torch.Tensor | None) -> torch.Tensor | None:

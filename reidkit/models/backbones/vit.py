@@ -90,6 +90,18 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * mask / keep
 
 
+def init_transformer_weights(module: nn.Module) -> None:
+    """The ViT/Swin initialisation: truncated-normal (0.02) Linear weights, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class DropPath(nn.Module):
     """Module form of ``drop_path``."""
 
@@ -208,14 +220,7 @@ class VisionTransformer(nn.Module):
     def _init_weights(self) -> None:
         for p in (self.cls_token, self.pos_embed) + ((self.sie_embed,) if self.uses_camera else ()):
             nn.init.trunc_normal_(p, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_transformer_weights(self)
 
     def embed(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with the class token prepended, position (and camera) embeddings added."""
