@@ -178,6 +178,9 @@ CASES = [
     ("visrank-features-missing", ["visrank", "--features", "/nonexistent/f.npz", "--dataset", "synthetic",
                                   "--root", T("syn"), "--out", T("w") + "/vis"], "/nonexistent/f.npz"),
     ("demo-out-is-file", ["demo", "--out", T("file")], "a_file.txt"),
+    ("scene-out-is-file", ["scene", T("file") + "/scene"], "a_file.txt"),
+    ("model-option-wrong-backbone", ["train", "--config", T("tiny"), "model.sie=true"], "model.sie"),
+    ("model-bn-groups-zero", ["train", "--config", T("tiny"), "model.bn_groups=0"], "model.bn_groups"),
 ]
 
 
@@ -194,6 +197,7 @@ def test_bad_input_gives_one_clear_error(case, world, capsys):
     assert len(lines) == 1, err[-2000:]
     assert fragment.format(**fill) in lines[0], lines[0]
     assert "Traceback" not in err
+    assert "training stopped" not in err  # the reason is shown once, as the error line
 
 
 def test_the_suite_covers_fifty_kinds():

@@ -179,7 +179,9 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
         raise ReIDError(f"--format: expected avi or mp4, got {fmt!r}")
     dom = syn.DOMAINS[domain]
     root = Path(out).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    from reidkit.utils.io import ensure_dir
+
+    ensure_dir(root, "scene OUT")
     visits = _plan(int(ids), int(cams), int(frames), W, H, seed, dom, speed)
     names = [f"cam{c + 1}" for c in range(cams)]
     videos, gts = [], []

@@ -451,7 +451,8 @@ class BaseTrainer:
             self._barrier()
         except Exception as exc:
             if self.is_main and self._log_handler is not None:
-                log.error("training stopped: %s", exc)
+                # train.log keeps the reason; the console shows it once, as the CLI's `error:` line
+                log.error("training stopped: %s", exc, extra={"file_only": True})
             self.close()
             raise
         self.close()

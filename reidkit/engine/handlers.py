@@ -56,6 +56,7 @@ def console_logging(show_iterations: bool | None = None) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler._reidkit_console = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: not getattr(record, "file_only", False))
     if not show_iterations:
         handler.addFilter(lambda record: not getattr(record, "per_iteration", False))
     log.addHandler(handler)
