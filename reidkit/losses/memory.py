@@ -19,6 +19,8 @@ re-extracted features and the pseudo labels.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -84,7 +86,8 @@ class _UpdateInBackward(torch.autograd.Function):
         x, labels = ctx.saved_tensors
         # Every use of the entries in this graph comes after this node in forward, so their
         # gradients are already taken; the forward also used a snapshot of the entries.
-        ctx.memory.update(x, labels)
+        gather = ctx.memory.gather
+        ctx.memory.update(*(gather(x, labels) if gather is not None else (x, labels)))
         return grad, None, None
 
 
@@ -100,6 +103,9 @@ class _Memory(nn.Module):
         self.temp = float(temp)
         self.momentum = float(momentum)
         self.update_in_backward = bool(update_in_backward)
+        # Data-parallel training sets this to a function that all-gathers (features, labels) of every
+        # rank's batch, so the momentum update sees the whole batch and every rank's memory stays equal.
+        self.gather: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
         self.register_buffer("features", torch.zeros(int(num_entries), self.num_features))
 
     def _mix(self, rows: torch.Tensor, new: torch.Tensor) -> None:

@@ -364,25 +364,25 @@ class ClusterTrainer(BaseTrainer):
 
     def sync_memory(self, memory: nn.Module) -> None:
         """Under DDP, make a memory's momentum update use every rank's batch (identical memories)."""
-        if self.world_size <= 1 or not hasattr(memory, "update"):
+        if self.world_size <= 1 or not hasattr(memory, "gather"):
             return
         import torch.distributed as dist
 
         if not hasattr(self, "_memory_group"):
             # A group of its own: the gather runs inside backward, beside DDP's gradient all-reduce.
             self._memory_group = dist.new_group(backend="gloo")
-        group, world, local_update = self._memory_group, self.world_size, memory.update
+        group, world = self._memory_group, self.world_size
 
-        def update(features: torch.Tensor, labels: Any) -> None:
+        def gather(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             f = features.detach().float().cpu().contiguous()
             lab = torch.as_tensor(labels).long().cpu().contiguous()
             fs = [torch.zeros_like(f) for _ in range(world)]
             ls = [torch.zeros_like(lab) for _ in range(world)]
             dist.all_gather(fs, f, group=group)
             dist.all_gather(ls, lab, group=group)
-            local_update(torch.cat(fs).to(features.device), torch.cat(ls).to(features.device))
+            return torch.cat(fs).to(features.device), torch.cat(ls).to(features.device)
 
-        memory.update = update  # type: ignore[method-assign]
+        memory.gather = gather
 
     def _log_report(self, rep: dict[str, Any]) -> None:
         self.clusters.append(rep)
