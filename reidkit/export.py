@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,16 +107,12 @@ def _resolve_size(model: nn.Module, size: Sequence[int] | None) -> tuple[int, in
     return int(size[0]), int(size[1])
 
 
-def _atomic_target(out: Path) -> Path:
+def _atomic_target(out: Path) -> None:
     if out.is_dir():
         raise ReIDError(f"export: --out {out} is a folder; give a file name such as {out / 'model.onnx'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        raise ReIDError(f"export: cannot write {out}: {exc.strerror or exc}") from None
-    os.close(fd)
-    return Path(tmp)
+    from reidkit.utils.io import output_target
+
+    output_target(out)  # a FIFO, device or socket is refused before the export runs
 
 
 def _dummy_cams(model: nn.Module, n: int) -> torch.Tensor:
@@ -151,9 +146,11 @@ def export_model(
     dummy: tuple[torch.Tensor, ...] = (torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0)),)
     if use_cams:
         dummy = (*dummy, _dummy_cams(model, 2))
-    tmp = _atomic_target(out)
+    _atomic_target(out)
+    from reidkit.utils.io import atomic_path
+
     try:
-        with warnings.catch_warnings():
+        with atomic_path(out) as tmp, warnings.catch_warnings():
             # The tracer warns about Python ints taken from shapes (e.g. 'SAME' padding): they are
             # constants for the fixed H x W stored in the metadata, which is what we want.
             warnings.simplefilter("ignore")
@@ -164,14 +161,10 @@ def export_model(
                     traced = torch.jit.trace(wrapper, dummy, check_trace=False)
                 plain = {k: json.loads(v) for k, v in meta.items()}
                 torch.jit.save(traced, str(tmp), _extra_files={_TS_META: json.dumps(plain)})
-        os.replace(tmp, out)
     except ReIDError:
         raise
     except Exception as exc:  # noqa: BLE001 - exporter failures are reported with the model named
         raise ReIDError(f"export: {fmt} export of {weights} failed: {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 

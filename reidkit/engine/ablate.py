@@ -148,8 +148,10 @@ def run_ablation(
             row["error"] = str(exc)
         row["time_s"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        (out / "ablation.json").write_text(json.dumps(rows, indent=2))
-        (out / "ablation.md").write_text(_table(rows))
+        from reidkit.utils.io import write_text
+
+        write_text(out / "ablation.json", json.dumps(rows, indent=2))
+        write_text(out / "ablation.md", _table(rows))
     return rows
 
 

@@ -136,7 +136,9 @@ def run_cv(
         })
     summary = {"folds": folds, "seed": seed, "min_images": min_images, "rows": rows,
                "mean": _mean_row(rows), "std": _std_row(rows)}
-    (out / "cv.md").write_text(format_cv_table(summary) + "\n")
+    from reidkit.utils.io import write_text
+
+    write_text(out / "cv.md", format_cv_table(summary) + "\n")
     write_json(out / "cv.json", summary)
     return summary
 

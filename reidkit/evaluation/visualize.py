@@ -15,6 +15,14 @@ GREEN, RED, GREY = "#1a9641", "#d7191c", "#9e9e9e"
 _CELL = (128, 64)  # every crop is shown at this (H, W)
 
 
+
+def _savefig(fig, path, dpi: int) -> None:
+    """A figure as a PNG through the one atomic writer (regular files only, the user's umask)."""
+    from reidkit.utils.io import atomic_write
+
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+
 def _plt():
     import matplotlib
 
@@ -103,7 +111,7 @@ def visualize_ranked(
         ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
         fig.suptitle(f"query {qi}: {Path(q.path).name} ({ap_txt})", fontsize=8)
         name = f"query_{qi:05d}.png"
-        fig.savefig(out / name, dpi=80, bbox_inches="tight")
+        _savefig(fig, out / name, dpi=80)
         plt.close(fig)
         # Rank-1 as the metric counts it: same-identity same-camera images are removed first.
         rows.append((qi, q, ap, name, rank1_hit(labels)))
@@ -147,7 +155,7 @@ def plot_cmc(cmc, path: str | os.PathLike, label: str | None = None) -> Path:
         ax.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -176,6 +184,6 @@ def plot_distance_hist(distmat, q_pids, g_pids, path: str | os.PathLike, bins: i
     ax.legend(fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _savefig(fig, path, dpi=100)
     plt.close(fig)
     return path

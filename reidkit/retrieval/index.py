@@ -73,7 +73,7 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ReIDError(f"--images: {root} is not a folder")
-    paths = sorted(str(p.resolve()) for p in _list(root))
+    paths = sorted({str(p.resolve()) for p in _list(root)})
     if not paths:
         raise ReIDError(f"--images: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     return paths

@@ -5,11 +5,26 @@ Atomic write: the data goes to a uniquely named temp file in the target's folder
 reader sees the old file or the new one whole, never a half-written one; two writers never share
 a temp name; the temp is removed when the write fails. A process killed mid-write can still leave
 its temp behind: :func:`clean_stale_temps` removes those (callers run it when they open a folder).
+
+What an output path may be (:func:`output_target`, used by every writer):
+- missing or a regular file: written there (a new file gets ``0o666 & ~umask``, like any other
+  tool; mkstemp alone would make it 0600; a replaced file keeps its permission bits);
+- a symlink: the link is kept and its resolved target is written atomically (a dangling link
+  creates its target), so ``--out latest.npz -> runs/7/f.npz`` updates ``runs/7/f.npz``;
+- a folder, FIFO, socket or device node: refused with one :class:`ReIDError` naming it and
+  nothing is written (renaming a regular file over ``/dev/full`` or a FIFO would replace it).
+
+Folder walking (:func:`list_images`): symlinked folders are followed at most once (by
+``(st_dev, st_ino)``), so a link to ``..`` cannot make the walk exponential; symlink loops,
+broken links and names that are not valid UTF-8 are skipped and counted, never silently.
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,9 +35,11 @@ from typing import IO, Any
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "atomic_write", "clean_stale_temps", "ensure_dir", "is_image_file", "list_images",
-    "write_json", "json_default",
+    "IMAGE_EXTENSIONS", "atomic_path", "atomic_write", "atomic_write_bytes", "clean_stale_temps", "ensure_dir",
+    "is_image_file", "list_images", "output_target", "write_json", "write_text", "json_default",
 ]
+
+log = logging.getLogger(__name__)
 
 # Everything Pillow decodes that people store crops in (PGM/PPM/PBM/GIF included: a folder of
 # them must not load as "empty").
@@ -39,18 +56,84 @@ def is_image_file(name: str | os.PathLike) -> bool:
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Image files under ``root``, sorted by path; a clear error when ``root`` is not a folder."""
+def _skip(skipped: list | None, path: str, why: str) -> None:
+    if skipped is not None:
+        skipped.append((path, why))
+
+
+def list_images(root: str | os.PathLike, recursive: bool = True,
+                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files under ``root``, sorted by path; a clear error when ``root`` is not a folder.
+
+    Symlinked folders are followed once each (a second link to a visited folder, or a link to an
+    ancestor, is skipped); symlink loops, broken links and names that are not valid UTF-8 are
+    skipped. Each skip is appended to ``skipped`` as ``(path, reason)`` when a list is given, and
+    the total is logged as a warning either way.
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ReIDError(f"{root}: not a folder of images")
-    if recursive:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            out.extend(Path(dirpath) / f for f in filenames if is_image_file(f))
-        return sorted(out)
-    return sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p.name))
+    found: list[tuple[str, Path]] = []  # (path, Path)
+    notes: list[tuple[str, str]] = []
+    visited: set[tuple[int, int]] = set()
+    try:
+        st = root.stat()
+        visited.add((st.st_dev, st.st_ino))
+    except OSError as exc:
+        raise ReIDError(f"{root}: cannot read the folder ({exc.strerror or exc})") from None
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            _skip(notes, folder, f"unreadable folder ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            name = entry.name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes arrive as surrogates (PEP 383)
+                shown = entry.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                _skip(notes, shown, "name is not UTF-8")
+                continue
+            if name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = not is_dir and entry.is_file()
+                if entry.is_symlink() and not (is_dir or is_file):
+                    os.stat(entry.path)  # raises for a loop or a broken link
+            except OSError as exc:
+                why = "symlink loop" if exc.errno == errno.ELOOP else "broken link"
+                _skip(notes, entry.path, why)
+                continue
+            if is_dir:
+                if not recursive:
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    _skip(notes, entry.path, "broken link")
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in visited:
+                    if entry.is_symlink():
+                        _skip(notes, entry.path, "link to a folder already listed")
+                    continue
+                visited.add(key)
+                stack.append(entry.path)
+            elif is_file and is_image_file(name):
+                found.append((entry.path, Path(entry.path)))
+            elif not is_file and is_image_file(name):
+                _skip(notes, entry.path, "not a regular file")
+    if notes:
+        log.warning("%s: skipped %d entr%s (symlink loops, broken links, non-UTF-8 names), e.g. %s (%s)",
+                    root, len(notes), "y" if len(notes) == 1 else "ies", notes[0][0], notes[0][1])
+        if skipped is not None:
+            skipped.extend(notes)
+    return sorted(p for _, p in found)
 
 
 def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -63,8 +146,82 @@ def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     return path
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+)
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """The regular file an output named ``path`` is written to (see the module docstring's policy).
+
+    A symlink resolves to its target; a folder, FIFO, socket or device raises one ReIDError.
+    """
+    path = Path(path).expanduser()
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise ReIDError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(st.st_mode):
+        return target
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+    shown = f"{path} (-> {target})" if target != path else str(path)
+    raise ReIDError(f"cannot write {shown}: it is {kind}; outputs are written only as regular files "
+                    f"(nothing was written)")
+
+
+def _umask() -> int:
+    # /proc gives it without the set-and-restore race of os.umask (other threads may create files).
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _final_mode(target: Path) -> int:
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _temp_for(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=_TEMP_SUFFIX, dir=path.parent)
+
+
+def _open_temp(path: str | os.PathLike) -> tuple[Path, int, str]:
+    target = output_target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_for(target)
+    except OSError as exc:
+        raise ReIDError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return target, fd, tmp
+
+
+def _commit(tmp: str, target: Path, path: str | os.PathLike) -> None:
+    os.chmod(tmp, _final_mode(target))
+    output_target(target)  # something other than a file may have appeared meanwhile
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise ReIDError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -72,27 +229,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """Open a unique temp file beside ``path``; on success fsync and rename it over ``path``.
 
     ``with atomic_write(p, "w") as f: f.write(text)``. The temp is removed if the body raises.
-    A target folder that cannot be written gives one :class:`ReIDError` naming it.
+    A target folder that cannot be written, or a ``path`` that is a folder, FIFO, socket or device,
+    gives one :class:`ReIDError` naming it; a symlink ``path`` writes its target (module docstring).
     """
-    path = Path(path)
     if "w" not in mode:
         raise ValueError("atomic_write opens files for writing ('w' or 'wb')")
+    target, fd, tmp = _open_temp(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_for(path)
-    except OSError as exc:
-        raise ReIDError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _commit(tmp, target, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _discard(tmp)
+        raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A unique temp file name beside ``path`` for writers that need a file name (ONNX, TorchScript,
+    video encoders); when the body returns it is renamed over ``path`` (same policy as :func:`atomic_write`)."""
+    target, fd, tmp = _open_temp(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        _commit(tmp, target, path)
+    except BaseException:
+        _discard(tmp)
         raise
 
 
@@ -100,6 +264,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as fh:
         fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
 
 
 def json_default(obj: Any) -> Any:
