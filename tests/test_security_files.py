@@ -182,7 +182,7 @@ def test_list_images_follows_each_folder_once_and_counts_what_it_skips(tmp_path)
     assert reasons.count("link to a folder already listed") == 8
 
 
-def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small, tmp_path, capsys):
+def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small, tmp_path, capsys, caplog):
     root = tmp_path / "imgs"
     (root / "cam1").mkdir(parents=True)
     for i in range(3):
@@ -199,6 +199,8 @@ def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small,
     err = capsys.readouterr().err
     assert code == 0, err[-2000:]
     assert "Traceback" not in err
+    # 6 links to the parent, the loop, the non-UTF-8 name: counted in a warning (stderr in the CLI), not silent
+    assert "skipped 8 entries" in caplog.text
     from reidkit.retrieval.index import Gallery
 
     assert len(Gallery.open(tmp_path / "db").entries()) == 3

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import ReIDError
+from reidkit.utils.io import list_images
 
 from reidkit.data.datasets.core import SPLITS, Record, ReIDDataset
 from reidkit.data.datasets.layout import _is_image, _listing, _root_dir
@@ -32,13 +33,8 @@ def _identity_images(split_dir: Path, dataset: str) -> dict[str, list[str]]:
                 raise ReIDError(f"{dataset}: image {entry.path} lies directly in {split_dir}; "
                                 f"expected {FOLDER_LAYOUT}")
             continue
-        images: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = os.path.relpath(dirpath, entry.path)
-            for name in sorted(filenames):
-                if _is_image(name):
-                    images.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+        # The one lister: symlinked folders once, loops / broken links / non-UTF-8 names skipped and logged.
+        images = [p.relative_to(entry.path).as_posix() for p in list_images(entry.path)]
         if images:
             out[entry.name] = images
     return out
