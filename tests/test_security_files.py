@@ -204,3 +204,57 @@ def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small,
     from reidkit.retrieval.index import Gallery
 
     assert len(Gallery.open(tmp_path / "db").entries()) == 3
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory) -> dict:
+    """A synthetic person saved upright and saved sideways with EXIF orientation 6, plus other people."""
+    from reidkit.data.synthetic import generate
+
+    w = tmp_path_factory.mktemp("exif")
+    root = generate(w / "syn", ids=4, images_per_id=3, cams=2, seed=0, workers=1)
+    paths = sorted((root / "bounding_box_train").glob("*.jpg")) + sorted((root / "bounding_box_test").glob("*.jpg"))
+    with Image.open(paths[0]) as im:
+        up = im.convert("RGB")
+    up.save(w / "upright.jpg", quality=95)
+    exif = Image.Exif()
+    exif[274] = 6  # "rotate 90 degrees clockwise to display": how a phone stores a portrait
+    up.transpose(Image.Transpose.ROTATE_90).save(w / "rotated.jpg", quality=95, exif=exif.tobytes())
+    with Image.open(w / "rotated.jpg") as im:
+        raw = np.asarray(im.convert("RGB"))  # what a decoder that ignores the tag sees
+    return {"upright": w / "upright.jpg", "rotated": w / "rotated.jpg", "raw": raw,
+            "others": [p for p in paths[1:] if p.name.split("_")[0] != paths[0].name.split("_")[0]]}
+
+
+def test_every_decoder_turns_the_image_upright(rotated):
+    from reidkit.data.pipeline import ImageCache, read_image as pipeline_read
+    from reidkit.evaluation.features import load_images
+    from reidkit.utils.images import decode_image_bytes, read_image
+
+    up = read_image(rotated["upright"])
+    assert rotated["raw"].shape == (up.shape[1], up.shape[0], 3)  # stored sideways
+    decoded = [read_image(rotated["rotated"]), pipeline_read(rotated["rotated"]),
+               decode_image_bytes(rotated["rotated"].read_bytes(), max_pixels=10_000)]
+    for img in decoded:
+        assert img.shape == up.shape and np.abs(img.astype(int) - up).mean() < 3
+    h, w = up.shape[:2]
+    imgs, kept, _ = load_images([rotated["upright"], rotated["rotated"]], (h, w))
+    cache = ImageCache.build([str(rotated["upright"]), str(rotated["rotated"])], size=(h, w))
+    for pair in (imgs, np.asarray(cache.images)):
+        assert np.abs(pair[0].astype(int) - pair[1]).mean() < 3
+
+
+def test_a_rotated_photo_embeds_and_ranks_like_the_upright_one(rotated):
+    from reidkit.retrieval.index import FeatureExtractor
+    from reidkit.utils.images import read_image
+
+    fx = FeatureExtractor.load(None, device="cpu")  # ImageNet EfficientNet-Lite0 + GeM, offline weights
+    up, turned = read_image(rotated["upright"]), read_image(rotated["rotated"])
+    q = fx.embed_images([up, turned, rotated["raw"]])
+    gallery = fx.embed_images([up] + [read_image(p) for p in rotated["others"]])
+    assert float(q[0] @ q[1]) > 0.99
+    assert float(q[0] @ q[2]) < 0.8  # ignoring the tag: a person lying on their side
+    assert int(np.argmax(gallery @ q[1])) == 0  # the upright copy ranks first

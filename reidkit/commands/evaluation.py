@@ -83,7 +83,7 @@ def _check_out_file(out, flag: str = "--out"):
         raise ReIDError(f"{flag}: {out} is a folder; give a file name such as {out / 'features.npz'}")
     from reidkit.utils.io import output_target
 
-    output_target(out)  # a FIFO, socket or device is refused before any work (a symlink: its target)
+    output_target(out, flag)  # a FIFO, socket or device is refused before any work (a symlink: its target)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

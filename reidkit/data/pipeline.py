@@ -25,39 +25,22 @@ from PIL import Image
 
 from reidkit.data.augment import BatchAugment, augment_image
 from reidkit.errors import ReIDError
+from reidkit.utils.images import open_rgb
+from reidkit.utils.images import read_image as _read_image
 
 __all__ = ["read_image", "ImageCache", "CachedBatchLoader", "PILBatchLoader"]
 
 _CACHE_VERSION = 1
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _decode_rgb(path: str | os.PathLike[str]) -> Image.Image | None:
-    """Open and fully decode an image as PIL RGB; None if missing or unreadable."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in _SIXTEEN_BIT or im.mode in ("I", "F"):
-                # PIL's convert("RGB") clips high-bit-depth values instead of scaling them.
-                arr = np.asarray(im, dtype=np.float64)
-                if im.mode == "F":
-                    arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
-                elif im.mode in _SIXTEEN_BIT or (arr.size and arr.max() > 255):
-                    arr = arr / 257.0
-                gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-                return Image.fromarray(gray, mode="L").convert("RGB")
-            if im.mode in ("P", "PA") and "transparency" in im.info:
-                # Palette transparency must go through RGBA, else PIL warns; alpha is dropped.
-                return im.convert("RGBA").convert("RGB")
-            return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError):
-        return None
+    """Open and fully decode an image as upright PIL RGB (EXIF orientation applied); None if unreadable."""
+    return open_rgb(path)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
-    """Decode an image file to RGB uint8 H x W x 3; None (not an exception) if missing or corrupt."""
-    im = _decode_rgb(path)
-    return None if im is None else np.asarray(im, dtype=np.uint8).copy()
+    """Decode an image file to RGB uint8 H x W x 3 (EXIF orientation applied); None if missing or corrupt."""
+    return _read_image(path)
 
 
 def _load_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:

@@ -135,7 +135,7 @@ def _resize(batch: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
 
 def _decode_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:
     """One image as H x W x 3 uint8 at ``size``; None when missing, empty or corrupt."""
-    from reidkit.data.pipeline import read_image
+    from reidkit.utils.images import read_image
 
     img = read_image(str(path))
     if img is None:

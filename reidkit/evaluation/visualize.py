@@ -36,11 +36,12 @@ def _thumb(path: str) -> np.ndarray:
     """The image resized to the cell size, or a dark placeholder when it cannot be read."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((_CELL[1], _CELL[0]), Image.BILINEAR))
-    except (OSError, ValueError):
+    from reidkit.utils.images import open_rgb
+
+    im = open_rgb(path)  # upright: EXIF orientation applied, as the model saw it
+    if im is None:
         return np.full((_CELL[0], _CELL[1], 3), 40, dtype=np.uint8)
+    return np.asarray(im.resize((_CELL[1], _CELL[0]), Image.BILINEAR))
 
 
 def rank1_hit(labels) -> bool:

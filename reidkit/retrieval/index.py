@@ -996,7 +996,7 @@ class Gallery:
         """(unit-norm feature, camid from the file name or None) of a path, an RGB image or a feature vector."""
         camid = None
         if isinstance(query, (str, os.PathLike)):
-            from reidkit.data.pipeline import read_image
+            from reidkit.utils.images import read_image
 
             img = read_image(query)
             if img is None:

@@ -152,24 +152,25 @@ _KINDS = (
 )
 
 
-def output_target(path: str | os.PathLike) -> Path:
+def output_target(path: str | os.PathLike, what: str | None = None) -> Path:
     """The regular file an output named ``path`` is written to (see the module docstring's policy).
 
-    A symlink resolves to its target; a folder, FIFO, socket or device raises one ReIDError.
+    A symlink resolves to its target; a folder, FIFO, socket or device raises one ReIDError
+    (prefixed with ``what``, e.g. the flag ``--out``, when given).
     """
     path = Path(path).expanduser()
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
         st = os.stat(target)
-    except FileNotFoundError:
-        return target
+    except (FileNotFoundError, NotADirectoryError):
+        return target  # a missing folder on the way is the caller's mkdir to report
     except OSError as exc:
-        raise ReIDError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise ReIDError(f"{what + ': ' if what else ''}cannot write {path}: {exc.strerror or exc}") from None
     if stat.S_ISREG(st.st_mode):
         return target
     kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
     shown = f"{path} (-> {target})" if target != path else str(path)
-    raise ReIDError(f"cannot write {shown}: it is {kind}; outputs are written only as regular files "
+    raise ReIDError(f"{what + ': ' if what else ''}cannot write {shown}: it is {kind}; outputs are written only as regular files "
                     f"(nothing was written)")
 
 

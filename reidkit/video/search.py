@@ -84,7 +84,7 @@ def search_tracklets(gallery: Any, image: np.ndarray | str | os.PathLike | None 
         query = {"tracklet": hit(rec)}
     else:
         if isinstance(image, (str, os.PathLike)):
-            from reidkit.data.pipeline import read_image
+            from reidkit.utils.images import read_image
 
             arr = read_image(image)
             if arr is None:
