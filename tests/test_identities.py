@@ -150,6 +150,6 @@ def test_bad_inputs(tmp_path):
 def test_a_merged_cluster_inherits_its_parts_constraints(linkage):
     # B and C are closest and merge first; A looks like B but overlaps C in cam1, so A stays apart
     f = np.array([[1.0, 0.30, 0.0], [1.0, 0.20, 0.0], [1.0, 0.19, 0.0]])
-    cams, t0, t1 = ["cam1", "cam2", "cam1"], [0.0, 10.0, 3.0], [5.0, 12.0, 8.0]
+    cams, t0, t1 = ["cam1", "cam2", "cam1"], [0.0, 1.0, 3.0], [5.0, 2.0, 8.0]
     ids = cluster_identities(f, cams, t0, t1, threshold=1.0, linkage=linkage, rerank=False)
     assert ids[1] == ids[2] and ids[0] != ids[1]
