@@ -84,9 +84,58 @@ def test_cli_and_errors(tmp_path, capsys):
     assert main(["scene", str(tmp_path / "c"), "--cams", "2", "--ids", "2", "--frames", "12", "--size", "64x80"]) == 0
     assert "ground-truth boxes" in capsys.readouterr().out
     assert (tmp_path / "c" / "cam2" / "cam2.avi").is_file() and (tmp_path / "c" / "scene.json").is_file()
+    assert (tmp_path / "c" / "links.yaml").is_file() and (tmp_path / "c" / "GT" / "seqmaps" / "SCENE-all.txt").is_file()
     assert main(["scene", str(tmp_path / "d"), "--cams", "0"]) == 2
     assert "--cams" in capsys.readouterr().err
     bad = tmp_path / "gt.txt"
     bad.write_text("1,1,0,0,10,20,1,-1,-1,-1\n2,1,zero,0,10,20,1,-1,-1,-1\n")
     with pytest.raises(ReIDError, match=r"gt.txt:2"):
         read_mot(bad)
+
+
+def _spans(gt):
+    """(pid, first frame, last frame) of every contiguous run of a person's boxes in one camera."""
+    out = []
+    for pid in np.unique(gt[:, 1]).astype(int):
+        fr = np.sort(gt[gt[:, 1] == pid, 0].astype(int))
+        cuts = np.flatnonzero(np.diff(fr) > 1)
+        for a, b in zip(np.r_[0, cuts + 1], np.r_[cuts, len(fr) - 1]):
+            out.append((pid, fr[a], fr[b]))
+    return out
+
+
+def test_chain_topology_links_and_trackeval_layout(tmp_path):
+    """People walk along a corridor of cameras: the ground truth obeys the links.yaml windows, some people
+    are seen once, some come back to a camera; the TrackEval copy of the ground truth matches."""
+    from reidkit.cluster.identities import impossible_pairs, load_links
+
+    rep = generate_scene(tmp_path / "c", cams=3, ids=12, frames=300, size=(72, 96), fps=10, seed=3, speed=1.0,
+                         topology="chain", transit=(2, 4))
+    links = load_links(rep.links)
+    assert set(links.windows) == {("cam1", "cam2"), ("cam1", "cam3"), ("cam2", "cam3")}
+    assert links.window("cam1", "cam2")[0] == 2.0 and links.window("cam1", "cam3")[0] > 4.0
+    per_pid = {}
+    for v in rep.visits:
+        per_pid.setdefault(v.pid, []).append(v.cam)
+    routes = list(per_pid.values())
+    assert any(len(r) == 1 for r in routes)  # seen once, never again
+    assert any(len(r) >= 2 and r[-1] == r[-2] for r in routes)  # came back to the same camera
+    assert any(len(set(r)) >= 2 for r in routes)
+    for r in routes:  # along the corridor: neighbouring cameras only
+        assert all(abs(a - b) <= 1 for a, b in zip(r, r[1:]))
+    # every pair of one person's appearances (as tracklets of ground truth) fits the windows
+    cams, t0, t1, pids = [], [], [], []
+    for cam, g in zip(rep.cameras, rep.gt):
+        for pid, a, b in _spans(read_mot(g)):
+            cams.append(cam), t0.append((a - 1) / 10), t1.append((b - 1) / 10), pids.append(pid)
+    bad = impossible_pairs(cams, t0, t1, links)
+    pids = np.asarray(pids)
+    assert not (bad & (pids[:, None] == pids[None])).any()
+    assert bad.any()  # and the windows do rule pairs out
+    # TrackEval's layout: GT/SCENE-all/<cam>/gt/gt.txt (class 1), seqinfo.ini, seqmaps
+    for cam, g in zip(rep.cameras, rep.gt):
+        te = rep.root / "GT" / "SCENE-all" / cam
+        np.testing.assert_array_equal(read_mot(te / "gt" / "gt.txt")[:, :6], read_mot(g)[:, :6])
+        assert all(line.endswith(",1,1,1") for line in (te / "gt" / "gt.txt").read_text().splitlines())
+        assert "seqLength=300" in (te / "seqinfo.ini").read_text()
+    assert (rep.root / "GT" / "seqmaps" / "SCENE-all.txt").read_text().split() == ["name", "cam1", "cam2", "cam3"]

@@ -78,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--speed", type=float, default=0.5, help="walking speed factor (default 0.5)")
     sc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sc.add_argument("--domain", choices=["A", "B"], default="A", help="camera-style family (default A)")
+    sc.add_argument("--topology", choices=["chain", "free"], default="chain",
+                    help="chain: cameras along a corridor with transit times, links.yaml written beside (default); "
+                         "free: people visit cameras in any order")
+    sc.add_argument("--transit", default="2,5", help="chain: MIN,MAX seconds between neighbouring cameras (default 2,5)")
     sc.set_defaults(func=_run_scene)
 
 
@@ -151,8 +155,18 @@ def _run_scene(args: argparse.Namespace) -> int:
     from reidkit.data.scene import generate_scene
 
     rep = generate_scene(args.out, cams=args.cams, ids=args.ids, frames=args.frames, size=parse_size(args.size),
-                         fps=args.fps, seed=args.seed, domain=args.domain, speed=args.speed)
+                         fps=args.fps, seed=args.seed, domain=args.domain, speed=args.speed, topology=args.topology,
+                         transit=_pair(args.transit, "--transit"))
     for cam, v, g in zip(rep.cameras, rep.videos, rep.gt):
         print(f"{cam}: {v}  ground truth {g}")
     print(f"{rep.boxes} ground-truth boxes, {rep.ids} identities, {rep.frames} frames at {rep.fps:g} fps")
+    print(f"TrackEval ground truth: {rep.root / 'GT'}" + (f"; camera links: {rep.links}" if rep.links else ""))
     return 0
+
+
+def _pair(text: str, name: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise ReIDError(f"{name}: expected MIN,MAX numbers, got {text!r}") from None
+    return a, b

@@ -10,6 +10,19 @@ front or the back). Farther people are smaller and drawn first, so nearer people
 each camera also has static occluders (poles, a low wall) drawn over everyone. The frame then
 goes through the camera's photometric pipeline (resolution, blur, exposure, cast, noise).
 
+Topology. ``topology="free"`` (the Python default, kept for existing callers): an identity visits
+2..cams cameras in random order, 0.3-``frames/8`` frames apart. ``topology="chain"`` (the CLI's
+default): the cameras stand along a corridor, cam1 - cam2 - ... - camN; a person enters the site
+at a random camera and time, walks along the corridor in one direction through consecutive
+cameras (each next camera reached after a transit time drawn from ``transit`` seconds, out of
+every view), stops at any camera with probability 0.35 (so some are never seen again), and with
+probability 0.3 comes back to the last camera after 4-8 s out of its view. The camera-link
+windows this topology allows are written to ``OUT/links.yaml`` (reidkit.cluster.identities reads
+it): for cameras d steps apart the time from a person leaving one view to entering the other
+(measured, as the clustering does, from the end of one tracklet to the start of the other) lies
+in ``[d * transit_min + (d - 1) * cross_min, d * transit_max + (d + 2) * cross_max + 8 s]`` where
+cross_min / cross_max bound the time a walk across a view takes at this frame size and speed.
+
 Ground truth is written per camera in MOTChallenge format, ``frame,id,x,y,w,h,conf,-1,-1,-1``
 (frame 1-based, box clipped to the frame, conf 1), identities global across cameras; a box
 whose visible part (inside the frame) is under 30% of the person's box is left out, as people
@@ -19,6 +32,10 @@ entering or leaving are. Layout::
     OUT/<cam>/<cam>.avi             MJPG (or <cam>.mp4, mp4v)
     OUT/<cam>/gt/gt.txt             ground truth
     OUT/<cam>/seqinfo.ini           MOTChallenge sequence info
+    OUT/GT/SCENE-all/<cam>/gt/gt.txt  the same boxes in TrackEval's MOT17 layout (class 1 =
+    OUT/GT/SCENE-all/<cam>/seqinfo.ini    pedestrian, visibility 1), benchmark SCENE, split all
+    OUT/GT/seqmaps/SCENE-all.txt    the sequence list TrackEval reads
+    OUT/links.yaml                  camera-link windows (chain topology only)
 
 Randomness is keyed by (seed, domain, identity) for the plan and (seed, domain, camera, frame)
 for the camera noise, so a seed always gives the same scene.
@@ -86,6 +103,7 @@ class SceneReport:
     ids: int
     visits: list[Visit] = field(default_factory=list)
     boxes: int = 0
+    links: Path | None = None
 
 
 def _height_at(feet: float, H: int) -> float:
@@ -102,26 +120,109 @@ def _plan(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int,
         order = r.permutation(cams)[:n_vis]
         t = int(r.integers(0, max(1, frames // 4)))
         for cam in order.tolist():
-            y_feet = float(r.uniform(0.66, 0.97) * H)
-            h = _height_at(y_feet, H)
-            margin = 0.35 * h  # start and end fully outside the frame: the walker enters and leaves
-            diagonal = r.random() < 0.3
-            rightwards = r.random() < 0.5
-            x0, x1 = (-margin, W + margin) if rightwards else (W + margin, -margin)
-            if diagonal:  # towards the camera (front view) or away from it (back view), drifting sideways
-                dy = float(r.uniform(0.08, 0.16) * H)
-                toward = r.random() < 0.5
-                y0, y1 = (y_feet - dy, min(H * 0.99, y_feet + dy)) if toward else (min(H * 0.99, y_feet + dy), y_feet - dy)
-                view = "front" if toward else "back"
-            else:
-                y0 = y1 = y_feet
-                view = "right" if rightwards else "left"
-            v = float(speed * r.uniform(0.8, 1.25) * h / 10.0)  # pixels per frame, about a body height per second at 10 fps
-            dur = max(8, int(math.hypot(x1 - x0, y1 - y0) / v))
+            dur, x0, x1, y0, y1, view = _walk(r, W, H, speed)
             visits.append(Visit(pid, int(cam), t, dur, x0, x1, y0, y1, view, float(r.uniform(0, 2 * math.pi)),
                                 float(r.uniform(-1, 1))))
             t += dur + int(r.integers(3, max(4, frames // 8)))
     return visits
+
+
+RETURN_GAP = (4.0, 8.0)  # seconds out of view before a person comes back to the same camera (chain topology)
+STOP_PROB, RETURN_PROB = 0.35, 0.3
+TOPOLOGIES = ("free", "chain")
+TRACKEVAL_BENCHMARK, TRACKEVAL_SPLIT = "SCENE", "all"
+
+
+def _walk(r: np.random.Generator, W: int, H: int, speed: float) -> tuple:
+    """One walk across a view: (duration in frames, x0, x1, y0, y1, view)."""
+    y_feet = float(r.uniform(0.66, 0.97) * H)
+    h = _height_at(y_feet, H)
+    margin = 0.35 * h  # start and end fully outside the frame: the walker enters and leaves
+    diagonal = r.random() < 0.3
+    rightwards = r.random() < 0.5
+    x0, x1 = (-margin, W + margin) if rightwards else (W + margin, -margin)
+    if diagonal:  # towards the camera (front view) or away from it (back view), drifting sideways
+        dy = float(r.uniform(0.08, 0.16) * H)
+        toward = r.random() < 0.5
+        y0, y1 = (y_feet - dy, min(H * 0.99, y_feet + dy)) if toward else (min(H * 0.99, y_feet + dy), y_feet - dy)
+        view = "front" if toward else "back"
+    else:
+        y0 = y1 = y_feet
+        view = "right" if rightwards else "left"
+    v = float(speed * r.uniform(0.8, 1.25) * h / 10.0)  # pixels per frame, about a body height per second at 10 fps
+    dur = max(8, int(math.hypot(x1 - x0, y1 - y0) / v))
+    return dur, x0, x1, y0, y1, view
+
+
+def crossing_bounds(W: int, H: int, speed: float) -> tuple[int, int]:
+    """(shortest, longest) walk across a view, in frames, for _walk's ranges of depth, speed and path."""
+    h_near, h_far = _height_at(0.97 * H, H), _height_at(0.66 * H, H)
+    fastest = (W + 0.7 * h_near) / (speed * 1.25 * h_near / 10.0)
+    slowest = math.hypot(W + 0.7 * h_far, 0.32 * H) / (speed * 0.8 * h_far / 10.0)
+    return max(8, int(fastest) - 1), max(8, int(slowest) + 1)
+
+
+def _plan_chain(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int, speed: float, fps: float,
+                transit: tuple[float, float]) -> list[Visit]:
+    """Walks along a corridor of cameras (chain topology; module docstring)."""
+    visits: list[Visit] = []
+    lo, hi = (max(1, int(round(t * fps))) for t in transit)
+    for pid in range(1, ids + 1):
+        r = syn._rng(seed, dom, _T_SCENE_PLAN, pid)
+        cam = int(r.integers(0, cams))
+        step = 1 if cam == 0 else -1 if cam == cams - 1 else int(r.choice([-1, 1]))
+        t = int(r.integers(0, max(1, frames // 2)))
+        route = [cam]
+        while cams > 1 and 0 <= cam + step < cams and r.random() >= STOP_PROB:
+            cam += step
+            route.append(cam)
+        back = r.random() < RETURN_PROB
+        for i, c in enumerate(route + ([route[-1]] if back else [])):
+            if i:
+                gap = (r.uniform(*RETURN_GAP) * fps if back and i == len(route) else r.integers(lo, hi + 1))
+                t += int(round(gap))
+            dur, x0, x1, y0, y1, view = _walk(r, W, H, speed)
+            visits.append(Visit(pid, int(c), t, dur, x0, x1, y0, y1, view, float(r.uniform(0, 2 * math.pi)),
+                                float(r.uniform(-1, 1))))
+            t += dur
+    return visits
+
+
+def chain_links(names: list[str], W: int, H: int, speed: float, fps: float,
+                transit: tuple[float, float]) -> dict[str, Any]:
+    """The camera-link windows of the chain topology (module docstring), as links.yaml holds them."""
+    cmin, cmax = (c / fps for c in crossing_bounds(W, H, speed))
+    lo, hi = (max(1, int(round(t * fps))) / fps for t in transit)
+    out = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            d = j - i
+            out.append({"cameras": [names[i], names[j]], "min": round(d * lo + (d - 1) * cmin, 3),
+                        "max": round(d * hi + (d + 2) * cmax + RETURN_GAP[1] + 1.0 / fps, 3)})
+    return {"links": out}
+
+
+def _write_trackeval_gt(root: Path, names: list[str], lines: dict[str, list[str]], fps: float, frames: int,
+                        W: int, H: int) -> Path:
+    """GT/<BENCH>-<SPLIT>/<cam>/gt/gt.txt + seqinfo.ini and GT/seqmaps/<BENCH>-<SPLIT>.txt (TrackEval's layout)."""
+    gt_root = root / "GT"
+    split = f"{TRACKEVAL_BENCHMARK}-{TRACKEVAL_SPLIT}"
+    for cam in names:
+        seq = gt_root / split / cam
+        (seq / "gt").mkdir(parents=True, exist_ok=True)
+        with atomic_write(seq / "gt" / "gt.txt", "w") as fh:  # MOT17 gt: consider flag 1, class 1, visibility 1
+            fh.writelines(line.rsplit(",", 4)[0] + ",1,1,1\n" for line in lines[cam])
+        with atomic_write(seq / "seqinfo.ini", "w") as fh:
+            fh.write(_seqinfo(cam, fps, frames, W, H))
+    (gt_root / "seqmaps").mkdir(parents=True, exist_ok=True)
+    with atomic_write(gt_root / "seqmaps" / f"{split}.txt", "w") as fh:
+        fh.write("name\n" + "".join(f"{c}\n" for c in names))
+    return gt_root
+
+
+def _seqinfo(name: str, fps: float, frames: int, W: int, H: int) -> str:
+    return (f"[Sequence]\nname={name}\nimDir=img1\nframeRate={fps:g}\nseqLength={frames}\n"
+            f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n")
 
 
 def _occluders(seed: int, dom: int, cam: int, W: int, H: int) -> list[tuple[str, tuple, tuple]]:
@@ -163,8 +264,13 @@ def identity_key(pid: int, hard_negatives: bool = False) -> int:
 
 def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: int = 200,
                    size: tuple[int, int] = (240, 320), fps: float = 10.0, seed: int = 0, domain: str = "A",
-                   speed: float = 0.5, fmt: str = "avi", hard_negatives: bool = False) -> SceneReport:
-    """Write a multi-camera scene (videos + MOTChallenge ground truth) under `out`; size is (H, W)."""
+                   speed: float = 0.5, fmt: str = "avi", hard_negatives: bool = False, topology: str = "free",
+                   transit: tuple[float, float] = (2.0, 5.0)) -> SceneReport:
+    """Write a multi-camera scene (videos + MOTChallenge ground truth) under `out`; size is (H, W).
+
+    `topology` "free" or "chain" and `transit` (min, max seconds between neighbouring cameras,
+    chain only): see the module docstring.
+    """
     import cv2
 
     if domain not in syn.DOMAINS:
@@ -177,15 +283,24 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
         raise ReIDError(f"--size: frames must be at least 48x48, got {H}x{W}")
     if fmt not in ("avi", "mp4"):
         raise ReIDError(f"--format: expected avi or mp4, got {fmt!r}")
+    if topology not in TOPOLOGIES:
+        raise ReIDError(f"--topology: expected one of {', '.join(TOPOLOGIES)}, got {topology!r}")
+    transit = tuple(float(t) for t in transit)
+    if len(transit) != 2 or not all(math.isfinite(t) for t in transit) or not 0 < transit[0] <= transit[1]:
+        raise ReIDError(f"--transit: expected MIN,MAX seconds with 0 < MIN <= MAX, got {transit!r}")
     dom = syn.DOMAINS[domain]
     root = Path(out).expanduser()
     from reidkit.utils.io import ensure_dir
 
     ensure_dir(root, "scene OUT")
-    visits = _plan(int(ids), int(cams), int(frames), W, H, seed, dom, speed)
+    if topology == "chain":
+        visits = _plan_chain(int(ids), int(cams), int(frames), W, H, seed, dom, speed, float(fps), transit)
+    else:
+        visits = _plan(int(ids), int(cams), int(frames), W, H, seed, dom, speed)
     names = [f"cam{c + 1}" for c in range(cams)]
     videos, gts = [], []
     n_boxes = 0
+    all_lines: dict[str, list[str]] = {}
     for cam in range(cams):
         cs = syn._camera(seed, dom, cam)
         bg = syn._background(seed, dom, cam, H, W)
@@ -218,18 +333,31 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
         with atomic_write(folder / "gt" / "gt.txt", "w") as fh:
             fh.writelines(lines)
         with atomic_write(folder / "seqinfo.ini", "w") as fh:
-            fh.write(f"[Sequence]\nname={names[cam]}\nimDir=img1\nframeRate={fps:g}\nseqLength={frames}\n"
-                     f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n")
+            fh.write(_seqinfo(names[cam], fps, frames, W, H))
+        all_lines[names[cam]] = lines
         videos.append(video)
         gts.append(folder / "gt" / "gt.txt")
         n_boxes += len(lines)
+    _write_trackeval_gt(root, names, all_lines, fps, frames, W, H)
+    links = None
+    if topology == "chain":
+        import yaml
+
+        links = root / "links.yaml"
+        with atomic_write(links, "w") as fh:
+            fh.write(f"# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
+                     f"# entering the other); read by `reidkit identities --links`\n")
+            yaml.safe_dump(chain_links(names, W, H, speed, float(fps), transit), fh, sort_keys=False)
     write_json(root / "scene.json", {
         "cameras": names, "videos": [str(v.relative_to(root)) for v in videos],
         "gt": [str(g.relative_to(root)) for g in gts], "fps": fps, "frames": frames, "size": [H, W],
         "ids": ids, "seed": seed, "domain": domain, "speed": speed, "hard_negatives": hard_negatives,
+        "topology": topology, "transit": list(transit) if topology == "chain" else None,
+        "links": "links.yaml" if links else None,
+        "trackeval": {"gt_folder": "GT", "benchmark": TRACKEVAL_BENCHMARK, "split": TRACKEVAL_SPLIT},
         "visits": [{"pid": v.pid, "camera": names[v.cam], "start": v.start + 1, "end": v.start + v.frames,
                     "view": v.view} for v in visits]})
-    return SceneReport(root, names, videos, gts, float(fps), int(frames), (H, W), int(ids), visits, n_boxes)
+    return SceneReport(root, names, videos, gts, float(fps), int(frames), (H, W), int(ids), visits, n_boxes, links)
 
 
 def read_mot(path: str | os.PathLike) -> np.ndarray:

@@ -1,0 +1,94 @@
+"""`reidkit identities --db DB`: global identities of a tracklet gallery (constrained clustering);
+`reidkit identities export --db DB --out DIR`: MOTChallenge files per camera with global ids;
+`reidkit eval-tracks --gt GT --pred PRED`: HOTA / IDF1 / MOTA / IDsw with TrackEval, plus the
+multi-camera IDF1 over global ids."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from reidkit.errors import ReIDError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `identities` and `eval-tracks` parsers."""
+    from reidkit.cluster.identities import DEFAULT_THRESHOLD
+
+    p = sub.add_parser(
+        "identities", help="cluster a gallery's tracklets into global identities across cameras",
+        description="Cluster every tracklet of the gallery into global identities: tracklet features, "
+                    "k-reciprocal re-ranking, constraints (two overlapping tracklets of one camera are never one "
+                    "person; --links: allowed transit-time windows per camera pair; --max-gap), agglomerative "
+                    "clustering with a distance threshold. Identities already assigned keep their ids; new "
+                    "tracklets join them or start new ones. The result is stored in the gallery.")
+    p.add_argument("--db", default=None, help="gallery folder (from `reidkit video`; required)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"largest linkage distance merged (default {DEFAULT_THRESHOLD}, or the stored run's)")
+    p.add_argument("--links", default=None, help="camera-link windows YAML ({links: [{cameras: [A, B], min: s, max: s}]})")
+    p.add_argument("--max-gap", type=float, default=None, help="seconds: pairs of cameras not in --links never "
+                                                                 "join across a longer gap (default: no limit)")
+    p.add_argument("--linkage", choices=["average", "complete"], default=None, help="default average")
+    p.add_argument("--no-rerank", action="store_true", help="plain cosine distance instead of k-reciprocal re-ranking")
+    p.add_argument("--rebuild", action="store_true", help="forget the stored identities and number everything anew")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_run_assign)
+    isub = p.add_subparsers(dest="identities_command", metavar="<action>")
+    e = isub.add_parser("export", help="write MOTChallenge files per camera with global identity ids")
+    e.add_argument("--db", required=True, help="gallery folder with identities")
+    e.add_argument("--out", required=True, help="output folder: <camera>.txt per camera")
+    e.set_defaults(func=_run_export)
+
+    t = sub.add_parser(
+        "eval-tracks", help="HOTA, IDF1, MOTA, ID switches per camera (TrackEval) and multi-camera IDF1",
+        description="Evaluate MOTChallenge tracking results against ground truth with TrackEval: per sequence "
+                    "(camera), combined, and the multi-camera IDF1 over global ids (all cameras concatenated "
+                    "as one sequence). GT: <seq>/gt/gt.txt (+ seqinfo.ini) or TrackEval's "
+                    "<BENCH>-<SPLIT>/<seq>/gt/gt.txt; PRED: <seq>.txt per sequence.")
+    t.add_argument("--gt", required=True, help="ground-truth folder (e.g. a scene's OUT/GT or OUT)")
+    t.add_argument("--pred", required=True, help="predictions folder (<seq>.txt per sequence)")
+    t.add_argument("--out", default=None, help="also write the metrics as JSON here")
+    t.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    t.set_defaults(func=_run_eval)
+
+
+def _run_assign(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import Gallery
+    from reidkit.video.identities import assign_identities
+
+    if not args.db:
+        raise ReIDError("identities: --db is required")
+    g = Gallery.open(args.db)
+    rep = assign_identities(g, threshold=args.threshold, links=args.links, max_gap=args.max_gap,
+                            linkage=args.linkage, rerank=False if args.no_rerank else None, rebuild=args.rebuild)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(f"{rep['tracklets']} tracklets -> {rep['identities']} identities ({rep['new_tracklets']} new "
+              f"tracklets, {rep['new_identities']} new identities, {rep['multi_camera']} seen by several cameras)")
+        for cam, n in rep["per_camera"].items():
+            print(f"  {cam}: {n} tracklets")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import Gallery
+    from reidkit.video.identities import export_mot
+
+    files = export_mot(Gallery.open(args.db), args.out)
+    for cam, path in files.items():
+        print(f"{cam}: {path}")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from reidkit.evaluation.tracks import evaluate_tracks, format_table
+    from reidkit.utils.io import write_json
+
+    res = evaluate_tracks(args.gt, args.pred)
+    if args.out:
+        try:
+            write_json(args.out, res)
+        except OSError as exc:
+            raise ReIDError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    print(json.dumps(res, indent=2) if args.json else format_table(res))
+    return 0
