@@ -154,3 +154,14 @@ def test_to_yaml_round_trip(tmp_path: Path):
 def test_top_level_configs_folder_points_to_the_package():
     readme = Path(__file__).resolve().parents[1] / "configs" / "README.md"
     assert readme.is_file() and "reidkit/configs" in readme.read_text()
+
+
+def test_import_config_loads_no_torch_nor_engine():
+    """`import reidkit.config` (and loading a recipe's YAML) stays free of torch and the engine."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reidkit.config as c; c.load_yaml('usl_demo'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('reidkit.engine')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -263,9 +263,9 @@ def test_register_user_loss_and_weights():
         c = load_config(None, ["loss.names=[softmax, l2_feat]", "loss.weights.l2_feat=2.0"])
         assert c.loss.names == ["softmax", "l2_feat"] and c.loss.weight("l2_feat") == 2.0
         with pytest.raises(ReIDError, match="loss.weights.center"):
-            LossConfig(names=["softmax"], weights={"center": 1.0}).validate()
+            LossConfig(names=["softmax"], weights={"center": 1.0}).check()
         with pytest.raises(ReIDError, match="loss.weights.l2_feat"):
-            LossConfig(names=["softmax", "l2_feat"], weights={"l2_feat": "big"}).validate()
+            LossConfig(names=["softmax", "l2_feat"], weights={"l2_feat": "big"}).check()
     finally:
         LOSSES.unregister("l2_feat")
 
@@ -274,7 +274,7 @@ def test_unknown_loss_is_the_registry_did_you_mean_error():
     from reidkit.losses import LOSSES
 
     with pytest.raises(ReIDError) as e:
-        LossConfig(names=["softmax", "tripelt"]).validate()
+        LossConfig(names=["softmax", "tripelt"]).check()
     assert str(e.value) == LOSSES.unknown_message("tripelt")
     assert "did you mean 'triplet'" in str(e.value) and "loss.names" in str(e.value)
 
@@ -329,7 +329,7 @@ def test_learnable_weights_start_at_the_fixed_weights():
     u = UncertaintyWeighting(["a", "b"], {"b": 4.0})
     assert u.log_vars.tolist() == pytest.approx([0.0, -math.log(4.0)])
     with pytest.raises(ReIDError, match="loss.center_weight"):
-        LossConfig(names=["softmax", "center"], center_weight=0.0, learnable_weights=True).validate()
+        LossConfig(names=["softmax", "center"], center_weight=0.0, learnable_weights=True).check()
 
 
 def test_trainable_modules_exclude_center_and_include_learnable_terms():

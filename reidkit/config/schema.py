@@ -1,8 +1,7 @@
 """The experiment configuration: every section a dataclass with its own ``check()``.
 
-This module imports nothing from :mod:`reidkit.engine`; the model and loss sections live beside
-the code they configure (``reidkit.models.build.ModelConfig``, ``reidkit.losses.criterion.LossConfig``)
-and are composed here. ``Config.check()`` runs every section's check (``load_config`` calls it).
+This module imports neither torch nor :mod:`reidkit.engine`; the model and loss sections are in
+``reidkit.config.model`` / ``reidkit.config.loss`` (the model and loss code import them from there). ``Config.check()`` runs every section's check (``load_config`` calls it).
 """
 from __future__ import annotations
 
@@ -10,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reidkit.errors import ReIDError
-from reidkit.losses.criterion import LossConfig
-from reidkit.models.build import ModelConfig
+from reidkit.config.loss import LossConfig
+from reidkit.config.model import ModelConfig
 
 __all__ = [
     "Config", "DataConfig", "DatasetSpec", "InputConfig", "LossConfig", "ModelConfig", "SamplerConfig",
@@ -292,9 +291,7 @@ class Config:
     def check(self) -> None:
         """Run every section's check; the first problem raises ReIDError naming its key."""
         for section in (self.data, self.input, self.sampler, self.model, self.loss, self.solver, self.test, self.usl):
-            check = getattr(section, "check", None) or getattr(section, "validate", None)
-            if callable(check):
-                check()
+            section.check()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples) of the resolved configuration."""

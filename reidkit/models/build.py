@@ -5,89 +5,19 @@ import dataclasses
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from reidkit.config.model import ModelConfig
 from reidkit.errors import ReIDError
-from reidkit.models.heads import (
-    CLASSIFIERS, NECK_FEATS, NECKS, POOLINGS, GeM, ReIDHead, check_choice,
-)
+from reidkit.models.heads import GeM, ReIDHead
 
 ARCHS = ("baseline", "mgn", "transreid")
 _DEFAULT_MEAN = [0.485, 0.456, 0.406]
 _DEFAULT_STD = [0.229, 0.224, 0.225]
-
-
-@dataclass
-class ModelConfig:
-    """Model options; the defaults are the BoT recipe (ResNet-50, last stride 1, BNNeck)."""
-
-    arch: str = "baseline"
-    backbone: str = "resnet50"
-    pretrained: bool | str = True
-    last_stride: int = 1
-    pooling: str = "avg"
-    gem_p: float = 3.0
-    neck: str = "bnneck"
-    neck_feat: str = "after"
-    embedding_dim: int = 128
-    embedding_hidden: int = 1024
-    dropout: float = 0.0
-    classifier: str = "linear"
-    cls_scale: float = 30.0
-    cls_margin: float = 0.35
-    # Ghost BatchNorm: training statistics over N groups of the batch (see models/ghost_bn.py),
-    # so one GPU reproduces a recipe tuned on N GPUs without SyncBN.
-    bn_groups: int = 1
-    # Transformer options (models/backbones/vit.py, swin.py; the transreid arch, models/transreid.py).
-    stride_size: int = 16         # ViT patch stride: 16, or 12 for TransReID's overlapping patches
-    sie: bool = False             # side information embedding of the camera (ViT)
-    sie_lambda: float = 3.0
-    num_cameras: int = 0          # SIE cameras; 0: set by the trainer from the data
-    jpm: bool = False             # jigsaw patch module (arch transreid)
-    jpm_groups: int = 4
-    jpm_shift: int = 5
-    jpm_shuffle_groups: int = 2
-    drop_path: float = 0.0        # stochastic depth rate (ViT, Swin)
-    semantic_weight: float = -1.0  # SOLIDER's Swin semantic weight; -1: off
-
-    def validate(self) -> None:
-        """Raise ReIDError naming the first bad key (unknown names list the valid values)."""
-        check_choice("model.arch", self.arch, ARCHS)
-        names = _backbone_names()
-        if names is not None and self.backbone not in names:
-            raise ReIDError(names.unknown_message(self.backbone))
-        check_choice("model.pooling", self.pooling, POOLINGS)
-        check_choice("model.neck", self.neck, NECKS)
-        check_choice("model.neck_feat", self.neck_feat, NECK_FEATS)
-        check_choice("model.classifier", self.classifier, CLASSIFIERS)
-        if self.last_stride not in (1, 2):
-            raise ReIDError(f"model.last_stride: expected 1 or 2, got {self.last_stride!r}")
-        if self.gem_p <= 0:
-            raise ReIDError(f"model.gem_p: must be > 0, got {self.gem_p}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ReIDError(f"model.dropout: must be in [0, 1), got {self.dropout}")
-        for key in ("embedding_dim", "embedding_hidden"):
-            if int(getattr(self, key)) < 1:
-                raise ReIDError(f"model.{key}: must be >= 1, got {getattr(self, key)}")
-        if self.cls_scale <= 0:
-            raise ReIDError(f"model.cls_scale: must be > 0, got {self.cls_scale}")
-        if self.cls_margin < 0:
-            raise ReIDError(f"model.cls_margin: must be >= 0, got {self.cls_margin}")
-        if isinstance(self.bn_groups, bool) or not isinstance(self.bn_groups, int) or self.bn_groups < 1:
-            raise ReIDError(f"model.bn_groups: expected an integer >= 1, got {self.bn_groups!r}")
-
-
-def _backbone_names() -> Iterable[str] | None:
-    try:
-        from reidkit.models.backbones import BACKBONES
-    except ImportError:  # registry not importable: let build_backbone report the problem
-        return None
-    return BACKBONES
 
 
 class ReIDModel(nn.Module):
@@ -146,7 +76,7 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
     """The model of ``cfg`` per arch (before model-wide switches such as ghost BN)."""
     if not isinstance(cfg, ModelConfig):
         raise ReIDError(f"model: expected a ModelConfig, got {type(cfg).__name__}")
-    cfg.validate()
+    cfg.check()
     if int(num_classes) < 1:
         raise ReIDError(f"num_classes: must be >= 1, got {num_classes}")
     if cfg.arch == "mgn":
