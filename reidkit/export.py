@@ -10,7 +10,6 @@ runner for a checkpoint, an .onnx file or a TorchScript archive.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from reidkit.errors import ReIDError
+from reidkit.models.checkpoint import file_sha256, is_torchscript
 
 __all__ = [
     "FORMATS", "export_model", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
@@ -34,18 +34,6 @@ CAMS_NAME = "camids"
 OUTPUT_NAME = "features"
 # TorchScript keeps the same facts in an extra file inside the archive.
 _TS_META = "reidkit.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise ReIDError(f"cannot read {path}: {exc}") from exc
-    return digest.hexdigest()
 
 
 class _EvalFeature(nn.Module):
@@ -298,19 +286,6 @@ class TorchScriptFeatureModel(_ExportedFeatureModel):
         xc = x.detach().to("cpu", torch.float32)
         out = self.module(xc) if cams is None else self.module(xc, cams)
         return out.float().to(x.device)
-
-
-def is_torchscript(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a TorchScript archive (a zip with a ``code/`` folder), not a torch.save file."""
-    import zipfile
-
-    try:
-        if not zipfile.is_zipfile(path):
-            return False
-        with zipfile.ZipFile(path) as zf:
-            return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
-    except OSError:
-        return False
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, what: str = "") -> Any:

@@ -12,3 +12,26 @@ def add_from_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="weights_format", choices=FOREIGN_FORMATS, default=None,
                         help="the layout of --weights when it is another toolkit's checkpoint (default: "
                              "reidkit's, or detected from the keys)")
+
+
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint`` on a verb that loads weights; call after ``set_defaults(func=...)``.
+
+    Checkpoints are read without running code (``reidkit.models.checkpoint``); the flag lets a file
+    that needs more be fully unpickled, with a warning, for the duration of the verb only.
+    """
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="fully unpickle a checkpoint that holds objects beyond tensors, numpy arrays and "
+                             "configs; this can run arbitrary code from the file: only for files you trust")
+    func = parser.get_default("func")
+    if func is None:
+        raise RuntimeError("add_trust_argument: set the parser's func first")
+
+    def run(args: argparse.Namespace):
+        from reidkit.models.checkpoint import trusted
+
+        with trusted(bool(getattr(args, "trust_checkpoint", False))):
+            return func(args)
+
+    run.__wrapped__ = func  # type: ignore[attr-defined]
+    parser.set_defaults(func=run)

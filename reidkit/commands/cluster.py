@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from reidkit.commands import add_trust_argument
+
 OVERRIDE_HELP = "dotted config overrides, e.g. usl.eps=0.5 solver.max_epochs=20"
 
 
@@ -36,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default <output_dir>/pseudo_label)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     p.set_defaults(func=_pseudo_label)
+    add_trust_argument(p)
 
     p = sub.add_parser(
         "cv", help="k-fold cross-validation split by identity",

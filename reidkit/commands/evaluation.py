@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument
+from reidkit.commands import add_from_argument, add_trust_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="stop at the first unreadable (empty, corrupt) image instead of skipping it; "
                           "skipped images are listed on stderr and in the .npz array 'skipped'")
     ext.set_defaults(func=_extract)
+    add_trust_argument(ext)
 
     vis = sub.add_parser(
         "visrank", help="write ranked-list pictures and index.html for a dataset",

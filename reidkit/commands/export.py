@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument
+from reidkit.commands import add_from_argument, add_trust_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="input size (default: the checkpoint's input_size)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     p.set_defaults(func=_export)
+    add_trust_argument(p)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument
+from reidkit.commands import add_from_argument, add_trust_argument
 import json
 import sys
 
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of "
                                                              "skipping and counting it")
     build.set_defaults(func=_build)
+    add_trust_argument(build)
 
     add = verbs.add_parser("add", help="append new images to a gallery without rebuilding it",
                            description="Embed the images under --images that are not in the gallery yet "
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     _common_model_args(add)
     add.set_defaults(func=_add)
+    add_trust_argument(add)
 
     chk = verbs.add_parser("check", help="check a gallery's consistency",
                            description="Report generation, counts and index cache state; exit 2 naming the "
@@ -71,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--weights", default=None, help="the gallery's model, if the recorded one has moved")
     _common_model_args(rep)
     rep.set_defaults(func=_repair)
+    add_trust_argument(rep)
 
     dele = verbs.add_parser("delete", help="delete entries by id, image path, tracklet or camera",
                             description="Delete the entries matching ALL the given filters (one new generation).")
@@ -98,6 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srch.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common_model_args(srch)
     srch.set_defaults(func=_search)
+    add_trust_argument(srch)
 
     srv = sub.add_parser("serve", help="HTTP search service with a web page",
                          description="Serve POST /search, GET /images/{id}, GET /health and a web page at /. "
@@ -113,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--poll", type=float, default=0.5,
                      help="seconds between checks for a new gallery generation (default 0.5)")
     srv.set_defaults(func=_serve)
+    add_trust_argument(srv)
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument
+from reidkit.commands import add_from_argument, add_trust_argument
 from typing import Any
 
 OVERRIDE_HELP = "dotted config overrides, e.g. model.backbone=resnet50_ibn_a solver.base_lr=3.5e-4"
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="folder for metrics.json (default: <output_dir>/test; the run's own metrics.json is never replaced)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (e.g. test.rerank=true test.flip=true)")
     p.set_defaults(func=_test)
+    add_trust_argument(p)
 
     p = sub.add_parser("ablate", help="train a grid of config changes or a list of recipes; tabulate",
                        description="Run every combination of --grid values (cartesian product) on --config, "

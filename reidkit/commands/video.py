@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from reidkit.commands import add_trust_argument
 from reidkit.errors import ReIDError
 
 
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "0.3 lets tracks jump between people)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_video)
+    add_trust_argument(p)
 
     t = sub.add_parser("tracklets", help="search tracklets across cameras, list a tracklet's appearances")
     tsub = t.add_subparsers(dest="tracklets_command", metavar="<action>")
@@ -61,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--weights", default=None, help="query model (default: the gallery's)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_run_search)
+    add_trust_argument(s)
     sh = tsub.add_parser("show", help="a tracklet's appearances in time order")
     sh.add_argument("tracklet", help="gallery id or tracklet key")
     sh.add_argument("--db", required=True, help="gallery folder")

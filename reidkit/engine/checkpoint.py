@@ -23,7 +23,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
     """Snapshot of the python, numpy, torch (and CUDA) random states, plus an optional generator."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -35,7 +35,7 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(_to_python_state(state["python"]))
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state_tuple(state["numpy"]))
     torch.set_rng_state(_as_byte_tensor(state["torch"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         cuda = state["cuda"]
@@ -43,6 +43,21 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
             torch.cuda.set_rng_state_all([_as_byte_tensor(s) for s in cuda])
     if generator is not None and state.get("generator") is not None:
         generator.set_state(_as_byte_tensor(state["generator"]))
+
+
+def _numpy_state() -> dict[str, Any]:
+    """numpy's global MT19937 state as a tensor and plain numbers, so last.pt loads with weights_only."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state_tuple(state: Any) -> tuple:
+    """What np.random.set_state takes, from :func:`_numpy_state` or an older checkpoint's tuple."""
+    if isinstance(state, dict):
+        keys = np.asarray(torch.as_tensor(state["keys"]).cpu().numpy(), dtype=np.uint32)
+        return (state["name"], keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached_gaussian"]))
+    return tuple(state)
 
 
 def _as_byte_tensor(t: Any) -> torch.Tensor:
@@ -104,7 +119,7 @@ def load_training_checkpoint(path: str | os.PathLike, device: str | torch.device
     """Read a training checkpoint written by :func:`save_training_checkpoint`."""
     from reidkit.models.build import read_checkpoint
 
-    ckpt = read_checkpoint(path, device)
+    ckpt = read_checkpoint(path, device)  # weights_only: reidkit's own state is tensors and plain values
     for key in ("model", "epoch", "optim" if "optim" in ckpt else "optimizer"):
         if key not in ckpt:
             raise ReIDError(

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -130,47 +128,30 @@ def save_model(
         ckpt.update(extra)
     # Temp file in the same folder, then rename: a crash never leaves a half-written checkpoint
     # (and a killed write's temp is recognised and removed by clean_stale_temps).
-    from reidkit.utils.io import atomic_write
+    from reidkit.models.checkpoint import save_checkpoint
 
-    with atomic_write(path, "wb") as fh:
-        torch.save(ckpt, fh)
-    return path
+    return save_checkpoint(ckpt, path)
 
 
-def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict; missing or unreadable files raise ReIDError naming the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReIDError(f"checkpoint: file not found: {path}")
-    from reidkit.export import is_torchscript
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", trust: bool = False) -> dict[str, Any]:
+    """A checkpoint dict read without running code (``reidkit.models.checkpoint.read_checkpoint``)."""
+    from reidkit.models.checkpoint import read_checkpoint as _read
 
-    if is_torchscript(path):
-        raise ReIDError(f"checkpoint: {path} is a TorchScript export, not a training checkpoint; it serves "
-                        "features (reidkit extract --weights, export.load_feature_model) but cannot be "
-                        "rebuilt into a trainable model")
-    try:
-        try:
-            ckpt = torch.load(path, map_location=device, weights_only=True)
-        except pickle.UnpicklingError:
-            # Training checkpoints may hold objects outside the safe allow-list (e.g. numpy
-            # RNG state); they are the user's own files, so fall back to full unpickling.
-            ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt file to the user
-        raise ReIDError(f"checkpoint: cannot read {path}: corrupt or not a torch checkpoint ({exc})") from exc
+    ckpt = _read(path, device, trust=trust)
     if not isinstance(ckpt, dict):
         raise ReIDError(f"checkpoint: {path} does not hold a checkpoint dict")
     return ckpt
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt: str | None = None,
-               **foreign_options: Any) -> ReIDModel:
+               trust_checkpoint: bool = False, **foreign_options: Any) -> ReIDModel:
     """Rebuild a model from a checkpoint (model or training checkpoint); returned in eval mode.
 
     Other toolkits' checkpoints (no ``model_cfg``, or ``fmt`` named: fastreid, torchreid,
     strong_baseline, transreid, solider) go to ``reidkit.models.interop.load_foreign`` with
-    ``foreign_options`` (e.g. ``input_size``).
+    ``foreign_options`` (e.g. ``input_size``). ``trust_checkpoint``: see ``read_checkpoint``.
     """
-    ckpt = read_checkpoint(path, "cpu" if fmt is not None else device)
+    ckpt = read_checkpoint(path, "cpu" if fmt is not None else device, trust=trust_checkpoint)
     if fmt is not None or "model_cfg" not in ckpt:
         from reidkit.models.interop import load_foreign
 

@@ -63,7 +63,7 @@ class Embedder:
 
     def __init__(self, weights_or_onnx: str | os.PathLike | None = None, device: str | None = None,
                  batch_size: int = 64, flip: bool = False, bgr: bool = True,
-                 size: Sequence[int] | None = None, extractor: Any = None) -> None:
+                 size: Sequence[int] | None = None, extractor: Any = None, trust_checkpoint: bool = False) -> None:
         from reidkit.retrieval.index import FeatureExtractor
 
         if int(batch_size) < 1:
@@ -71,8 +71,11 @@ class Embedder:
         if extractor is None:
             from reidkit.utils.runtime import resolve_device
 
+            from reidkit.models.checkpoint import trusted
+
             dev = None if device is None else str(resolve_device(device))
-            extractor = FeatureExtractor.load(weights_or_onnx, device=dev, batch_size=batch_size, size=size)
+            with trusted(trust_checkpoint):
+                extractor = FeatureExtractor.load(weights_or_onnx, device=dev, batch_size=batch_size, size=size)
         self.extractor = extractor
         self.extractor.flip = bool(flip)
         self.extractor.batch_size = int(batch_size)

@@ -69,7 +69,7 @@ def _origin(source: Any) -> str:
 def _read(source: str | os.PathLike) -> Any:
     # One reader for every checkpoint: missing/corrupt files and TorchScript exports get the
     # same errors as reidkit's own checkpoints.
-    from reidkit.models.build import read_checkpoint
+    from reidkit.models.checkpoint import read_checkpoint
 
     return read_checkpoint(Path(source).expanduser(), "cpu")
 

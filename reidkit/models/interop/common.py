@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +37,7 @@ def unwrap_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:
             obj = obj.state_dict()
         if not isinstance(obj, Mapping):
             break
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        if any(isinstance(v, (torch.Tensor, np.ndarray)) for v in obj.values()):
             break
         inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), (Mapping, nn.Module))), None)
         if inner is None:
@@ -44,7 +45,10 @@ def unwrap_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, Mapping):
         raise ReIDError(f"checkpoint {origin}: does not hold a state dict (got {type(obj).__name__})")
-    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    # A plain .pkl (detectron2 / fast-reid converted weights) stores numpy arrays.
+    state = {str(k): (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) and v.dtype != object else v)
+             for k, v in obj.items()}
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise ReIDError(f"checkpoint {origin}: holds no tensors: neither a reidkit checkpoint (model, model_cfg, "
                         f"num_classes) nor a state dict (alone or under one of {', '.join(_WRAPPERS)})")
