@@ -24,7 +24,7 @@ import pytest
 
 from reidkit.cli import main
 from reidkit.errors import ReIDError
-from reidkit.retrieval import store
+from reidkit.retrieval import store_sqlite as store
 from reidkit.retrieval.index import Gallery, check_gallery, repair_gallery
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `index`, `search` and `serve` verbs."""
-    idx = sub.add_parser("index", help="build or extend a searchable gallery (faiss + SQLite)",
-                         description="Build or extend a gallery folder: index.faiss + meta.sqlite.")
+    idx = sub.add_parser("index", help="build or extend a searchable gallery (SQLite + faiss, or Milvus)",
+                         description="Build or extend a gallery: a folder (meta.sqlite + a faiss cache per generation) "
+                                     "or a Milvus collection (--db milvus:<uri>).")
     verbs = idx.add_subparsers(dest="index_command", metavar="<verb>")
     idx.set_defaults(func=lambda args: _help(idx))
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(offline weights) is the feature extractor.",
     )
     build.add_argument("--images", required=True, help="folder of person crops (searched recursively)")
-    build.add_argument("--db", required=True, help="gallery folder to create (index.faiss, meta.sqlite)")
+    add_db_arguments(build, new=True)
     build.add_argument("--weights", default=None, help="a checkpoint (reidkit's or another toolkit's) or an export "
                                                         "(default: ImageNet EfficientNet-Lite0 + GeM)")
     add_from_argument(build)
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add = verbs.add_parser("add", help="append new images to a gallery without rebuilding it",
                            description="Embed the images under --images that are not in the gallery yet "
                                        "and append them (existing ids stay the same).")
-    add.add_argument("--db", required=True, help="gallery folder")
+    add_db_arguments(add)
     add.add_argument("--images", required=True, help="folder of new crops")
     add.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
     add.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     chk = verbs.add_parser("check", help="check a gallery's consistency",
                            description="Report generation, counts and index cache state; exit 2 naming the "
                                        "problem when the gallery is inconsistent or written by an older reidkit.")
-    chk.add_argument("--db", required=True, help="gallery folder")
+    add_db_arguments(chk)
     chk.add_argument("--json", action="store_true", help="print the report as JSON")
     chk.set_defaults(func=_check)
 
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Galleries of older reidkit versions (index.faiss + meta.sqlite without "
                                        "vectors) are converted: vectors are read back from the old index where "
                                        "it holds them, else re-extracted with the recorded model (or --weights).")
-    rep.add_argument("--db", required=True, help="gallery folder")
+    add_db_arguments(rep)
     rep.add_argument("--weights", default=None, help="the gallery's model, if the recorded one has moved")
     _common_model_args(rep)
     rep.set_defaults(func=_repair)
@@ -77,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     dele = verbs.add_parser("delete", help="delete entries by id, image path, tracklet or camera",
                             description="Delete the entries matching ALL the given filters (one new generation).")
-    dele.add_argument("--db", required=True, help="gallery folder")
+    add_db_arguments(dele)
     dele.add_argument("--id", type=int, nargs="+", default=None, dest="ids", help="entry ids")
     dele.add_argument("--path", default=None, help="an image path")
     dele.add_argument("--tracklet", default=None, help="a tracklet key")
@@ -86,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     srch = sub.add_parser("search", help="search a gallery with a query image",
                           description="Rank the gallery for one query image (cosine similarity).")
-    srch.add_argument("--db", required=True, help="gallery folder")
+    add_db_arguments(srch)
     srch.add_argument("--image", required=True, help="query image")
     srch.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
     srch.add_argument("--topk", type=int, default=20)
@@ -107,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Serve POST /search, GET /images/{id}, GET /health and a web page at /. "
                                      "With --token (or $REIDKIT_API_TOKEN) every endpoint but /health needs "
                                      "'Authorization: Bearer <token>'.")
-    srv.add_argument("--db", required=True, help="gallery folder")
+    add_db_arguments(srv)
     srv.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
     srv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
@@ -118,6 +119,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="seconds between checks for a new gallery generation (default 0.5)")
     srv.set_defaults(func=_serve)
     add_trust_argument(srv)
+
+
+def add_db_arguments(p: argparse.ArgumentParser, new: bool = False) -> None:
+    """--db (a gallery folder, or milvus:<uri>) and --collection, the same on every gallery verb."""
+    p.add_argument("--db", required=True,
+                   help=("gallery to create: a folder (embedded SQLite + faiss, the default) or milvus:<uri> "
+                         "(milvus:./g.db runs Milvus Lite in-process; milvus:http://host:19530 a Milvus server)")
+                   if new else "gallery: a folder, or milvus:<uri> (a Milvus Lite file or a Milvus server)")
+    p.add_argument("--collection", default=None,
+                   help="Milvus collection of a milvus: gallery (default: reidkit)")
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
@@ -151,14 +162,14 @@ def _positive(**values: int | float | None) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     _positive(nlist=args.nlist, nprobe=args.nprobe, ef_search=args.ef_search, pq_m=args.pq_m,
               refine_k=args.refine_k, batch_size=args.batch_size)
     extra = {} if args.refine_k is None else {"refine_k": args.refine_k}
     if args.weights_format is not None:
         from reidkit.errors import ReIDError
-        from reidkit.retrieval.index import FeatureExtractor
+        from reidkit.retrieval.extractor import FeatureExtractor
 
         if args.weights is None:
             raise ReIDError("--from needs --weights (the checkpoint of that toolkit)")
@@ -167,26 +178,27 @@ def _build(args: argparse.Namespace) -> int:
     g = Gallery.build(args.images, args.db, weights=args.weights, index=args.index, nlist=args.nlist,
                       nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
                       device=args.device, size=args.size, overwrite=args.overwrite, progress=_progress,
-                      pq_m=args.pq_m, strict=args.strict, **extra)
+                      pq_m=args.pq_m, strict=args.strict, collection=args.collection, **extra)
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
     return 0
 
 
 def _add(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     _positive(batch_size=args.batch_size)
-    g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size,
+                     collection=args.collection)
     rep = g.add(args.images, progress=_progress, strict=args.strict)
     _report("index add", args.db, rep)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import check_gallery
+    from reidkit.retrieval.maintenance import check_gallery
 
-    rep = check_gallery(args.db)
+    rep = check_gallery(args.db, collection=args.collection)
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
@@ -199,10 +211,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import repair_gallery
+    from reidkit.retrieval.maintenance import repair_gallery
 
     rep = repair_gallery(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size,
-                         progress=_progress)
+                         progress=_progress, collection=args.collection)
     print(f"index repair: {rep['action']}: {rep['entries']} entries "
           f"({rep['recovered_from_index']} vectors read back from the old index, {rep['reextracted']} re-extracted)")
     if rep.get("index_rows_without_metadata"):
@@ -214,9 +226,9 @@ def _repair(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
-    g = Gallery.open(args.db)
+    g = Gallery.open(args.db, collection=args.collection)
     n = g.delete(ids=args.ids, tracklet=args.tracklet, camera=args.camera, path=args.path)
     print(f"index delete: {n} entries deleted from {args.db} (now {len(g)}, generation {g.generation})")
     return 0
@@ -224,7 +236,8 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from reidkit.errors import ReIDError
-    from reidkit.retrieval.index import Gallery, parse_camera_frame
+    from reidkit.retrieval.folder import parse_camera_frame
+    from reidkit.retrieval.gallery import Gallery
 
     if args.topk < 1:
         raise ReIDError(f"--topk: must be >= 1, got {args.topk}")
@@ -235,7 +248,8 @@ def _search(args: argparse.Namespace) -> int:
         if camid is None:
             raise ReIDError(f"--exclude-same-camera: the file name {args.image} gives no camera "
                             f"(Market-style '0002_c1s1_000451_03.jpg'); pass --camid")
-    g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size)
+    g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size,
+                     collection=args.collection)
     results = g.search(args.image, k=args.topk, rerank=args.rerank,
                        exclude_camid=camid if args.exclude_same_camera else None,
                        nprobe=args.nprobe, rerank_topm=args.rerank_topm, kind=args.kind)
@@ -261,7 +275,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ReIDError(f"--max-upload-mb: must be > 0, got {args.max_upload_mb}")
     if not args.poll > 0:
         raise ReIDError(f"--poll: must be > 0 seconds, got {args.poll}")
-    serve(args.db, host=args.host, port=args.port, token=args.token,
+    db = args.db
+    if args.collection is not None:
+        from reidkit.retrieval.gallery import Gallery
+
+        db = Gallery.open(args.db, weights=args.weights, collection=args.collection)
+    serve(db, host=args.host, port=args.port, token=args.token,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, weights=args.weights,
           poll_s=args.poll)
     return 0

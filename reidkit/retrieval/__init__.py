@@ -1,17 +1,23 @@
-"""Gallery retrieval: a faiss index with SQLite metadata (`Gallery`), and an HTTP service with a web page.
+"""Gallery retrieval: `Gallery` (search, filters, re-ranking, tracklets) over a storage backend (the embedded
+SQLite + faiss default, or Milvus), and an HTTP service with a web page.
 
-``Gallery`` is imported lazily so `import reidkit.retrieval` does not pull in faiss or torch.
+Names are imported lazily so `import reidkit.retrieval` does not pull in faiss, pymilvus or torch.
 """
 from __future__ import annotations
 
 from reidkit._lazy import lazy_getattr
 
 _LAZY = {
-    "Gallery": "reidkit.retrieval.index",
-    "FeatureExtractor": "reidkit.retrieval.index",
-    "ModelIdentity": "reidkit.retrieval.index",
-    "parse_camera_frame": "reidkit.retrieval.index",
-    "list_images": "reidkit.retrieval.index",
+    "Gallery": "reidkit.retrieval.gallery",
+    "FeatureExtractor": "reidkit.retrieval.extractor",
+    "ModelIdentity": "reidkit.retrieval.extractor",
+    "parse_camera_frame": "reidkit.retrieval.folder",
+    "list_images": "reidkit.retrieval.folder",
+    "check_gallery": "reidkit.retrieval.maintenance",
+    "repair_gallery": "reidkit.retrieval.maintenance",
+    "open_store": "reidkit.retrieval.store",
+    "GalleryStore": "reidkit.retrieval.store",
+    "SearchFilter": "reidkit.retrieval.store",
     "create_app": "reidkit.retrieval.service",
 }
 

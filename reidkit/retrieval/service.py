@@ -203,26 +203,25 @@ class _Follower:
 
     def check(self) -> bool:
         """Swap in the stored generation if it is newer than the current one; True when swapped."""
-        key = store.read_key(self.db)
         cur = self._current
-        if key is None or key == (cur.uid, cur.generation):
+        if not cur.changed():
             self._pending_since = None
             return False
-        # A writer that has committed but not yet written the faiss cache of its generation: give it a
+        # A writer that has published but not yet finished (the embedded backend's faiss cache): give it a
         # few seconds rather than rebuilding the index here (correct either way, only slower).
         now = time.monotonic()
-        if not store.cache_path(self.db, key[1]).is_file() and store.WriterLock.is_held(self.db):
+        if cur.settling():
             if self._pending_since is None:
                 self._pending_since = now
             if now - self._pending_since < 10:
                 return False
         self._pending_since = None
         try:
-            new = Gallery.open(self.db, extractor=cur.extractor)
+            new = cur.reopen(extractor=cur.extractor)
         except ReIDError as exc:
             if "model mismatch" not in str(exc):
                 raise
-            new = Gallery.open(self.db)  # rebuilt with another model: load that one (its stored source)
+            new = cur.reopen()  # rebuilt with another model: load that one (its stored source)
             _ = new.extractor
         with self._lock:
             self._current = new

@@ -69,17 +69,18 @@ def create_gallery(db: Path, embedder: Embedder) -> Any:
 def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
                  batch_size: int = 64, flip: bool = False) -> tuple[Any, Embedder]:
     """(gallery, embedder): open `db` (its own model unless `weights`), or create it for `weights` (None: ImageNet)."""
-    from reidkit.retrieval.index import DB_FILE, FeatureExtractor, Gallery
+    from reidkit.retrieval.index import FeatureExtractor, Gallery
 
-    path = Path(db).expanduser().absolute()
-    if path.exists() and not path.is_dir():
+    milvus = str(db).startswith("milvus:")
+    path = db if milvus else Path(db).expanduser().absolute()
+    if not milvus and path.exists() and not path.is_dir():
         raise ReIDError(f"--db: {path} exists and is not a folder")
-    if (path / DB_FILE).exists() or (path / "index.faiss").exists():
+    if Gallery.exists(path):
         gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size)
         ext = gallery.extractor
         own = FeatureExtractor(ext.model, ext.identity, ext.device, batch_size, flip)  # own flip setting
         return gallery, Embedder(extractor=own, flip=flip, batch_size=batch_size)
-    if path.is_dir() and any(path.iterdir()):
+    if not milvus and path.is_dir() and any(path.iterdir()):
         raise ReIDError(f"--db: {path} is a folder with other files in it; give a gallery or a new folder")
     embedder = Embedder(weights, device=device, batch_size=batch_size, flip=flip)
     return create_gallery(path, embedder), embedder
@@ -146,7 +147,7 @@ class _Ingest:
         self.open: dict[str, OpenTracklet] = {}
         self.pending: list[OpenTracklet] = []
         self.committed = 0
-        self.thumbs = Path(gallery.db) / THUMBS
+        self.thumbs = Path(gallery.files_dir) / THUMBS
 
     @property
     def state_key(self) -> str:
@@ -279,10 +280,10 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
                         detector_size, person_class)
     if embedder is not None:
-        from reidkit.retrieval.index import DB_FILE, Gallery
+        from reidkit.retrieval.index import Gallery
 
-        path = Path(db).expanduser().absolute()
-        gallery = Gallery.open(path) if (path / DB_FILE).exists() else create_gallery(path, embedder)
+        path = db if str(db).startswith("milvus:") else Path(db).expanduser().absolute()
+        gallery = Gallery.open(path) if Gallery.exists(path) else create_gallery(path, embedder)
         gallery.check_identity(embedder.identity)
     else:
         gallery, embedder = open_gallery(db, weights, device, batch_size, flip)

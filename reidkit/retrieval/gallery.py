@@ -1,0 +1,483 @@
+"""A searchable gallery, written once over the storage seam (:mod:`reidkit.retrieval.store`).
+
+A :class:`Gallery` reads one *snapshot* of its store: with the embedded backend a SQLite read
+transaction (WAL) pinned to one generation plus the faiss index of that generation, so every
+lookup (search results, image paths, features) comes from that generation; with Milvus, reads at
+strong consistency. ``refresh()`` moves to the newest state; the service instead opens a new
+Gallery object (``reopen``) when ``changed()`` and swaps it in between requests.
+
+Entries are images (the folder workflow) or tracklets (video ingestion): each carries a path,
+optional camera id / name, frame and time spans, and JSON meta; search results carry them all.
+Search: the store's (filtered) nearest neighbours, then optional k-reciprocal re-ranking of the
+top candidates with their stored vectors (Zhong et al., CVPR 2017).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_EF_SEARCH, DEFAULT_NPROBE, DEFAULT_REFINE_K, HNSW_M,
+                                   INDEX_KINDS, check_positive)
+from reidkit.retrieval.extractor import FeatureExtractor, ModelIdentity
+from reidkit.retrieval.folder import embed_paths, image_rows, list_images, parse_camera_frame
+from reidkit.retrieval.store import (ENTRY_FIELDS, KINDS, GalleryStore, SearchFilter, StoreSnapshot, crash_point,
+                                     describe_db, encode_state, is_milvus, normalize_entries, open_store,
+                                     store_class, store_exists)
+
+__all__ = ["Gallery"]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _per_row(value: Any, n: int) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+class Gallery:
+    """A searchable gallery (a folder, or ``milvus:<uri>``); reads come from one snapshot of its store."""
+
+    def __init__(self, store: GalleryStore, snapshot: StoreSnapshot, extractor: FeatureExtractor | None = None,
+                 device: str | None = None, batch_size: int = 64, collection: str | None = None) -> None:
+        self.store = store
+        self.collection = collection
+        # a folder Path (embedded) or the "milvus:<uri>" string: what Gallery.open takes back
+        self.db: Path | str = store.location if is_milvus(store.location) else Path(store.location)
+        self._snap = snapshot
+        self.identity = snapshot.identity
+        self.device = device
+        self._batch_size = int(batch_size)
+        self._extractor = extractor
+        self._lock = threading.RLock()
+        self.last_report: dict[str, Any] = {}
+
+    # -- snapshot views ---------------------------------------------------------------------
+
+    @property
+    def index(self) -> Any:
+        """The faiss index of the pinned generation (embedded backend; None for Milvus)."""
+        return self._snap.index
+
+    @property
+    def info(self) -> dict[str, str]:
+        """Index settings and counters of the pinned generation."""
+        return self._snap.info
+
+    @property
+    def generation(self) -> int:
+        """The pinned generation (every write makes a new one)."""
+        return self._snap.generation
+
+    @property
+    def uid(self) -> str:
+        """Identifier of this built gallery (a rebuild gets a new one)."""
+        return self._snap.uid
+
+    @property
+    def files_dir(self) -> Path:
+        """A local folder for the gallery's side files (video thumbnails)."""
+        return self.store.files_dir
+
+    @property
+    def readonly(self) -> bool:
+        """True when the gallery was opened for reading only (e.g. on read-only media)."""
+        return self.store.readonly
+
+    def __len__(self) -> int:
+        return self._snap.count
+
+    def describe(self) -> str:
+        """How messages name this gallery."""
+        return describe_db(self.db, self.collection)
+
+    def stored_key(self) -> tuple[str, int] | None:
+        """(uid, generation) now stored (cheap); differs from (uid, generation) after another process wrote."""
+        return self.store.stored_key()
+
+    def changed(self) -> bool:
+        """True when the store holds a newer generation (or a rebuild) than the one this object reads."""
+        key = self.stored_key()
+        return key is not None and key != (self.uid, self.generation)
+
+    def settling(self) -> bool:
+        """True while the writer of the stored generation is still finishing it (a poller may wait a little)."""
+        key = self.stored_key()
+        return key is not None and self.store.settling(key)
+
+    def refresh(self) -> bool:
+        """Move to the newest generation; True when it changed."""
+        if not self.changed():
+            return False
+        snap = self.store.snapshot()
+        if not snap.identity.compatible(self.identity):
+            snap.close()
+            raise ReIDError(f"--db: {self.describe()} was rebuilt with another model ({snap.identity.label()}); "
+                            f"open it again")
+        self._swap(snap)
+        return True
+
+    def reopen(self, extractor: FeatureExtractor | None = None) -> Gallery:
+        """A new Gallery object on the newest generation of the same store (this one keeps its own)."""
+        return Gallery.open(self.db, extractor=extractor, device=self.device, batch_size=self._batch_size,
+                            collection=self.collection, readonly=self.readonly)
+
+    def _swap(self, snap: StoreSnapshot | None) -> None:
+        if snap is None:
+            return
+        old, self._snap = self._snap, snap
+        old.close()
+
+    # -- construction ---------------------------------------------------------------------
+
+    @staticmethod
+    def exists(db: str | os.PathLike, collection: str | None = None) -> bool:
+        """True when `db` (a folder or milvus:<uri>) already holds a gallery."""
+        return store_exists(db, collection)
+
+    @classmethod
+    def build(cls, images_dir: str | os.PathLike, db: str | os.PathLike, weights: str | os.PathLike | None = None,
+              index: str = "flat", nlist: int | None = None, nprobe: int | None = None,
+              ef_search: int | None = None, hnsw_m: int = HNSW_M, batch_size: int = 64,
+              device: str | None = None, size: Sequence[int] | None = None, overwrite: bool = False,
+              progress: Callable[[str], None] | None = None, extractor: FeatureExtractor | None = None,
+              pq_m: int | None = None, refine_k: int = DEFAULT_REFINE_K, strict: bool = False,
+              lock_timeout: float | None = None, collection: str | None = None) -> Gallery:
+        """Embed every image under `images_dir` into a new gallery `db`, published whole (`extractor` overrides `weights`).
+
+        `index`: flat | ivf | ivfpq | hnsw, or "approx" for the measured default approximate kind.
+        With `overwrite` the new gallery is built beside the old one and swapped in at the end;
+        the old one stays searchable until then.
+        """
+        if index == "approx":
+            index = DEFAULT_APPROX_INDEX
+        if index not in INDEX_KINDS:
+            raise ReIDError(f"--index: expected one of {', '.join(INDEX_KINDS)}, got {index!r}")
+        for name, v in (("--nlist", nlist), ("--nprobe", nprobe), ("--ef-search", ef_search), ("--pq-m", pq_m),
+                        ("--hnsw-m", hnsw_m), ("--refine-k", refine_k), ("--batch-size", batch_size)):
+            check_positive(name, v)
+        paths = list_images(images_dir)
+        builder = store_class(db).builder(db, collection=collection, overwrite=overwrite,
+                                          settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
+                                          lock_timeout=lock_timeout, progress=progress)
+        if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
+            raise ReIDError(f"--nlist {nlist}: more lists than images under {images_dir} ({len(paths)})")
+        if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
+            raise ReIDError(f"--pq-m {pq_m}: must divide the feature dimension {extractor.identity.feat_dim}")
+        if extractor is None:
+            extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size)
+        ident = extractor.identity
+        info = {
+            "index_kind": index, "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
+            "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)), "hnsw_m": str(int(hnsw_m)),
+            "refine_k": str(int(refine_k)), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        corrupt: list[str] = []
+        n = 0
+        try:
+            builder.start(ident, info)
+            for part in embed_paths(extractor, paths, progress=progress, strict=strict):
+                builder.append(image_rows(part.paths), part.features)
+                n += len(part.paths)
+                corrupt.extend(part.corrupt)
+            if n == 0:
+                raise ReIDError(f"--images: none of the {len(paths)} images under {images_dir} could be read")
+            store = builder.publish(corrupt=len(corrupt))
+        except BaseException:
+            builder.abort()
+            raise
+        gallery = cls(store, store.snapshot(), extractor, device, batch_size, collection)
+        gallery.last_report = {"added": n, "skipped_existing": 0, "corrupt": len(corrupt),
+                               "corrupt_paths": corrupt, "total": n}
+        return gallery
+
+    @classmethod
+    def create(cls, db: str | os.PathLike, extractor: FeatureExtractor, index: str = "flat",
+               hnsw_m: int = HNSW_M, ef_search: int | None = None, lock_timeout: float | None = None,
+               collection: str | None = None) -> Gallery:
+        """An empty gallery for `extractor`'s model (entries come later by add_entries); flat or hnsw only.
+
+        Published like a build; refuses an existing gallery.
+        """
+        if index not in ("flat", "hnsw"):
+            raise ReIDError(f"--index: an empty gallery can be flat or hnsw ({index} needs training features)")
+        builder = store_class(db).builder(db, collection=collection, overwrite=False,
+                                          settings={"index_kind": index}, lock_timeout=lock_timeout, progress=None)
+        info = {"index_kind": index, "nprobe": str(DEFAULT_NPROBE), "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
+                "hnsw_m": str(int(hnsw_m)), "refine_k": str(DEFAULT_REFINE_K),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            builder.start(extractor.identity, info)
+            store = builder.publish(existing_error=f"--db: {describe_db(db, collection)} already holds a gallery "
+                                                   f"(created meanwhile by another process)")
+        except BaseException:
+            builder.abort()
+            raise
+        return cls(store, store.snapshot(), extractor, extractor.device, extractor.batch_size, collection)
+
+    @classmethod
+    def open(cls, db: str | os.PathLike, weights: str | os.PathLike | None = None,
+             device: str | None = None, batch_size: int = 64,
+             extractor: FeatureExtractor | None = None, collection: str | None = None,
+             readonly: bool = False) -> Gallery:
+        """Open an existing gallery; `weights` or `extractor` (else the stored source, loaded on first use) must match its model.
+
+        A folder that cannot be written (read-only media) opens read-only: search and check work,
+        writes are refused with one error.
+        """
+        store = open_store(db, collection=collection, readonly=readonly)
+        gallery = cls(store, store.snapshot(), None, device, batch_size, collection)
+        if extractor is not None:
+            gallery.use_extractor(extractor)
+        elif weights is not None:
+            gallery.use_model(weights)
+        return gallery
+
+    # -- model ---------------------------------------------------------------------------
+
+    def use_model(self, weights: str | os.PathLike | None) -> FeatureExtractor:
+        """Load `weights` (None: the stored source) as the query model, refusing one that is not the gallery's."""
+        with self._lock:
+            ext = FeatureExtractor.load(weights, device=self.device, batch_size=self._batch_size,
+                                        size=self.identity.input_size)
+            self.check_identity(ext.identity)
+            self._extractor = ext
+            return ext
+
+    def use_extractor(self, extractor: FeatureExtractor) -> None:
+        """Use an already loaded model for queries and additions (e.g. one model shared by several galleries)."""
+        self.check_identity(extractor.identity)
+        with self._lock:
+            self._extractor = extractor
+
+    def check_identity(self, other: ModelIdentity) -> None:
+        """Raise ReIDError naming both models unless `other` makes features comparable with this gallery's."""
+        if not self.identity.compatible(other):
+            raise ReIDError(
+                f"model mismatch: gallery {self.describe()} was built with {self.identity.label()} "
+                f"({self.identity.feat_dim}-d, input {self.identity.input_size[0]}x{self.identity.input_size[1]}), "
+                f"but the given model is {other.label()} ({other.feat_dim}-d, input "
+                f"{other.input_size[0]}x{other.input_size[1]}); use the same model or build a new gallery")
+
+    @property
+    def extractor(self) -> FeatureExtractor:
+        """The query model, loaded on first use from the stored source (a weights path or ImageNet)."""
+        with self._lock:
+            if self._extractor is None:
+                src = self.identity.source
+                if src != "imagenet" and not Path(src).is_file():
+                    raise ReIDError(f"gallery {self.describe()} was built with {src}, which is no longer there; "
+                                    f"pass --weights with that model")
+                self.use_model(None if src == "imagenet" else src)
+            assert self._extractor is not None
+            return self._extractor
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def add(self, images_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
+            progress: Callable[[str], None] | None = None, strict: bool = False,
+            lock_timeout: float | None = None) -> dict[str, Any]:
+        """Append the images under `images_dir` not yet in the gallery (one new generation); returns counts."""
+        if weights is not None:
+            self.use_model(weights)
+        paths = list_images(images_dir)
+        known = self._snap.image_paths()
+        new = [p for p in paths if p not in known]
+        corrupt: list[str] = []
+        good: list[str] = []
+        feats: list[np.ndarray] = []
+        for part in embed_paths(self.extractor, new, progress=progress, strict=strict):
+            good.extend(part.paths)
+            feats.append(part.features)
+            corrupt.extend(part.corrupt)
+        crash_point("add_embedded")
+        allf = np.concatenate(feats) if feats else np.zeros((0, self.identity.feat_dim), np.float32)
+        ids, snap = self.store.write(self._snap, self.identity, image_rows(good), allf, skip_existing_images=True,
+                                     corrupt=len(corrupt), lock_timeout=lock_timeout, progress=progress)
+        self._swap(snap)
+        report = {"added": len(ids), "skipped_existing": len(paths) - len(ids) - len(corrupt),
+                  "corrupt": len(corrupt), "corrupt_paths": corrupt, "total": len(self),
+                  "generation": self.generation}
+        self.last_report = report
+        return report
+
+    def add_entries(self, features: Any, entries: Sequence[dict[str, Any]], state: dict[str, Any] | None = None,
+                    lock_timeout: float | None = None) -> list[int]:
+        """Add entries (images or tracklets) with their features and optional state, as one write; returns ids."""
+        feats = np.asarray(features.detach().cpu().numpy() if hasattr(features, "detach") else features,
+                           dtype=np.float32)
+        if feats.ndim == 1 and len(entries) == 1:
+            feats = feats[None]
+        if feats.ndim != 2 or feats.shape[0] != len(entries):
+            raise ReIDError(f"add_entries: expected features of shape ({len(entries)}, {self.identity.feat_dim}), "
+                            f"got {tuple(feats.shape)}")
+        if len(entries) and feats.shape[1] != self.identity.feat_dim:
+            raise ReIDError(f"add_entries: feature dim {feats.shape[1]} != gallery dim {self.identity.feat_dim}")
+        if not np.isfinite(feats).all():
+            raise ReIDError("add_entries: features contain NaN or infinity")
+        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        rows = normalize_entries(entries)
+        state_rows = encode_state(state)
+        if not rows and not state_rows:
+            return []
+        ids, snap = self.store.write(self._snap, self.identity, rows, feats, state=state_rows,
+                                     lock_timeout=lock_timeout)
+        self._swap(snap)
+        return ids
+
+    def get_state(self, key: str) -> Any:
+        """The JSON value stored under `key` by add_entries (latest stored, not the pinned snapshot), or None."""
+        return self.store.get_state(str(key))
+
+    def delete(self, ids: Sequence[int] | None = None, tracklet: str | None = None, camera: str | None = None,
+               path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> int:
+        """Delete the entries matching ALL given criteria (ids, tracklet key, camera name, image path); one write."""
+        id_list = None
+        if ids is not None:
+            id_list = [int(i) for i in ids]
+            if not id_list:
+                return 0
+        if path is not None:
+            p = Path(path).expanduser()
+            path = str(p.resolve()) if p.exists() else str(path)
+        if id_list is None and tracklet is None and camera is None and path is None:
+            raise ReIDError("delete: give ids, tracklet, camera or path (refusing to delete the whole gallery)")
+        n, snap = self.store.delete(self._snap, self.identity, ids=id_list,
+                                    tracklet=None if tracklet is None else str(tracklet),
+                                    camera=None if camera is None else str(camera), path=path,
+                                    lock_timeout=lock_timeout)
+        self._swap(snap)
+        return n
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def entries(self, kind: str | None = None, tracklet: str | None = None, camera: str | None = None) -> list[dict[str, Any]]:
+        """Stored entries of the pinned generation matching all given filters, in id order."""
+        return self._snap.entries(kind=kind, tracklet=tracklet, camera=camera)
+
+    def record(self, image_id: int, snapshot: Any = None) -> dict[str, Any] | None:
+        """The stored fields of one id (plus width, height and `frame` for images), or None."""
+        snap = snapshot or self._snap
+        rec = snap.rows([int(image_id)]).get(int(image_id))
+        if rec is not None:
+            rec["frame"] = rec["frame_start"] if rec["kind"] == "image" else None
+        return rec
+
+    def features(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored features of the given ids (exact: read from the store)."""
+        return self._snap.vectors(ids)
+
+    # -- search ---------------------------------------------------------------------------
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, D) unit-norm features of RGB uint8 images of any size, in one batch."""
+        return self.extractor.embed_images(images)
+
+    def query_feature(self, query: Any) -> tuple[np.ndarray, int | None]:
+        """(unit-norm feature, camid from the file name or None) of a path, an RGB image or a feature vector."""
+        camid = None
+        if isinstance(query, (str, os.PathLike)):
+            from reidkit.utils.images import read_image
+
+            img = read_image(query)
+            if img is None:
+                raise ReIDError(f"--image: cannot read {query} (missing or not an image)")
+            camid = parse_camera_frame(query)[0]
+            return self.embed([img])[0], camid
+        if hasattr(query, "detach"):
+            query = query.detach().cpu().numpy()
+        arr = np.asarray(query)
+        if arr.ndim == 3 and arr.shape[-1] == 3 and arr.dtype == np.uint8:
+            return self.embed([arr])[0], None
+        feat = arr.astype(np.float32).reshape(-1)
+        if feat.shape[0] != self.identity.feat_dim:
+            raise ReIDError(f"query: expected an image or a {self.identity.feat_dim}-d feature, "
+                            f"got an array of shape {arr.shape}")
+        return feat / max(float(np.linalg.norm(feat)), 1e-12), None
+
+    def search(self, query: Any, k: int = 20, rerank: bool = False, exclude_camid: int | None = None,
+               nprobe: int | None = None, rerank_topm: int = 100, exclude_camera: str | None = None,
+               kind: str | None = None, camera: str | None = None, t_min: float | None = None,
+               t_max: float | None = None) -> list[dict[str, Any]]:
+        """Top-k entries for an image path, RGB uint8 image or feature; each result carries every stored field."""
+        feat, _ = self.query_feature(query)
+        return self.search_features(feat[None], k=k, rerank=rerank, exclude_camid=[exclude_camid], nprobe=nprobe,
+                                    rerank_topm=rerank_topm, exclude_camera=exclude_camera, kind=kind,
+                                    camera=camera, t_min=t_min, t_max=t_max)[0]
+
+    def search_features(self, feats: np.ndarray, k: int = 20, rerank: bool = False,
+                        exclude_camid: Sequence[int | None] | int | None = None, nprobe: int | None = None,
+                        rerank_topm: int = 100, exclude_camera: Sequence[str | None] | str | None = None,
+                        kind: str | None = None, camera: str | None = None, t_min: float | None = None,
+                        t_max: float | None = None) -> list[list[dict[str, Any]]]:
+        """Batched search of unit-norm (B, D) features in the pinned generation; one result list per row.
+
+        Results: {id, path, score, camid, camera, kind, tracklet, frame_start, frame_end, t_start,
+        t_end, meta}; `exclude_camid` / `exclude_camera` drop entries of a camera (per row or for all),
+        `camera` keeps one camera, `kind` one kind, `t_min` / `t_max` entries whose time span overlaps.
+        """
+        snap = self._snap  # one generation for the whole call, whatever refresh() does meanwhile
+        feats = np.ascontiguousarray(np.atleast_2d(feats), dtype=np.float32)
+        if feats.shape[1] != self.identity.feat_dim:
+            raise ReIDError(f"query: feature dim {feats.shape[1]} != gallery dim {self.identity.feat_dim}")
+        if int(k) < 1:
+            raise ReIDError(f"k: must be >= 1, got {k}")
+        check_positive("--nprobe", nprobe)
+        if kind is not None and kind not in KINDS:
+            raise ReIDError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+        excl = _per_row(exclude_camid, len(feats))
+        excl_cam = _per_row(exclude_camera, len(feats))
+        filters = [SearchFilter(exclude_camid=e, exclude_camera=c, camera=camera, kind=kind, t_min=t_min,
+                                t_max=t_max).check() for e, c in zip(excl, excl_cam)]
+        n = snap.count
+        if n == 0:
+            return [[] for _ in feats]
+        k = min(int(k), n)
+        need = min(max(k, int(rerank_topm)) if rerank else k, n)
+        found = snap.search(feats, need, filters, nprobe=nprobe)
+        results = []
+        for b, (cid, csc) in enumerate(found):
+            dist = None
+            if rerank and len(cid) > 1:
+                order, dist = self._rerank(snap, feats[b], cid)
+                cid, csc, dist = cid[order], csc[order], dist[order]
+            cid, csc = cid[:k], csc[:k]
+            recs = snap.rows(cid.tolist())
+            rows = []
+            for j, (i, s) in enumerate(zip(cid.tolist(), csc.tolist())):
+                rec = recs.get(i)
+                if rec is None:  # cannot happen within one snapshot; never serve an empty path
+                    continue
+                # float32 dot products of unit vectors can land a hair outside [-1, 1]
+                row = {"id": int(i), "path": rec["path"], "score": float(np.clip(s, -1.0, 1.0)),
+                       **{f: rec[f] for f in ENTRY_FIELDS if f not in ("id", "path")}}
+                if dist is not None:
+                    row["rerank_distance"] = float(dist[j])
+                rows.append(row)
+            results.append(rows)
+        return results
+
+    @staticmethod
+    def _rerank(snap: StoreSnapshot, q: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """k-reciprocal re-ranking of the query against its M candidates (section 5 defaults, clipped to M)."""
+        from reidkit.evaluation.rerank import re_ranking_features
+
+        g = snap.vectors(cand.tolist())
+        m = len(cand)
+        dist = re_ranking_features(q[None], g, k1=min(20, m), k2=min(6, m + 1), lambda_value=0.3, device="cpu")[0]
+        return np.argsort(dist, kind="stable"), dist
+
+    def health(self) -> dict[str, Any]:
+        """Status summary of the pinned generation: sizes, generation, index kind, model identity."""
+        snap = self._snap
+        return {"status": "ok", "gallery_size": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
+                "generation": snap.generation, "uid": snap.uid, "index": snap.info.get("index_kind", "flat"),
+                "backend": "milvus" if is_milvus(self.db) else "embedded", "model": self.identity.as_dict()}

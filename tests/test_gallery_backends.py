@@ -1,0 +1,279 @@
+"""The gallery contract on both backends, from one parametrised fixture: the embedded default (a folder:
+SQLite generations + faiss cache) and Milvus (``milvus:<file>.db``: Milvus Lite in-process).
+
+Build, add, delete by id / tracklet / camera / path, search with filters (camera, kind, time), re-ranking,
+tracklet entries and state, the service's answers and its follower, a killed and re-run writer; and the
+issue's must-show: the CLI on ``--db milvus:./g.db`` answers exactly as the embedded default on the same crops.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from reidkit.errors import ReIDError  # noqa: E402
+from reidkit.retrieval.folder import parse_camera_frame  # noqa: E402
+from reidkit.retrieval.gallery import Gallery  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ["embedded", "milvus"]
+
+
+def _db(root: Path, backend: str, name: str) -> str:
+    return str(root / name) if backend == "embedded" else f"milvus:{root / (name + '.db')}"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny model, a synthetic crop folder with an exact copy of a query planted in another camera."""
+    import torch
+
+    from reidkit.data.synthetic import generate
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    root = tmp_path_factory.mktemp("backends")
+    syn = generate(root / "syn", ids=6, images_per_id=3, cams=3, seed=0, workers=1)
+    gal = root / "gallery"
+    shutil.copytree(syn / "bounding_box_test", gal)
+    query = sorted((syn / "query").glob("*.jpg"))[0]
+    qcam = parse_camera_frame(query)[0]
+    pcam = (qcam + 1) % 3
+    planted = gal / f"9999_c{pcam + 1}s1_000001_01.jpg"
+    shutil.copy(query, planted)
+    more = root / "more"
+    more.mkdir()
+    for p in sorted((syn / "query").glob("*.jpg"))[1:4]:
+        shutil.copy(p, more / p.name)
+    torch.manual_seed(1)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    weights = save_model(root / "tiny.pth", build_model(cfg, 8), cfg, 8, (64, 32))
+    return {"root": root, "gal": gal, "more": more, "query": query, "qcam": qcam, "pcam": pcam,
+            "planted": str(planted.resolve()), "weights": weights, "galleries": {}}
+
+
+@pytest.fixture(params=BACKENDS)
+def gallery(request, data) -> Gallery:
+    """The same crops built into each backend once per module."""
+    backend = request.param
+    if backend not in data["galleries"]:
+        ext = data["galleries"]["embedded"].extractor if "embedded" in data["galleries"] else None
+        g = Gallery.build(data["gal"], _db(data["root"], backend, "built"), weights=data["weights"], extractor=ext)
+        data["galleries"][backend] = g
+    return data["galleries"][backend]
+
+
+def _fresh(data, backend: str, name: str) -> Gallery:
+    ext = data["galleries"]["embedded"].extractor if "embedded" in data["galleries"] else None
+    return Gallery.build(data["gal"], _db(data["root"], backend, name), weights=data["weights"], extractor=ext)
+
+
+def test_build_search_filters_rerank(gallery, data):
+    n_files = len(list(data["gal"].glob("*.jpg")))
+    assert len(gallery) == n_files and gallery.last_report["added"] == n_files
+    res = gallery.search(str(data["query"]), k=5)
+    assert res[0]["path"] == data["planted"] and res[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert res[0]["camid"] == data["pcam"] and res[0]["camera"] == f"c{data['pcam'] + 1}"
+    assert [r["score"] for r in res] == sorted((r["score"] for r in res), reverse=True)
+    kept = gallery.search(str(data["query"]), k=50, exclude_camid=data["pcam"])
+    assert kept and data["planted"] not in {r["path"] for r in kept}
+    assert all(r["camid"] != data["pcam"] for r in kept)
+    only = gallery.search(str(data["query"]), k=50, camera=f"c{data['pcam'] + 1}")
+    assert only[0]["path"] == data["planted"] and {r["camera"] for r in only} == {f"c{data['pcam'] + 1}"}
+    rr = gallery.search(str(data["query"]), k=5, rerank=True)
+    assert rr[0]["path"] == data["planted"]
+    assert [r["rerank_distance"] for r in rr] == sorted(r["rerank_distance"] for r in rr)
+    ids = [e["id"] for e in gallery.entries()]
+    assert len(ids) == len(gallery) and ids == sorted(ids)
+    feats = gallery.features(ids[:3])
+    assert [r[0]["id"] for r in gallery.search_features(feats, k=1)] == ids[:3]
+    assert gallery.record(ids[0])["path"] == gallery.entries()[0]["path"]
+
+
+def test_backends_agree(data, gallery):
+    """Both backends rank the same crops the same way (exact search, same features)."""
+    other = data["galleries"].get("embedded")
+    if other is None or other is gallery:
+        pytest.skip("compared from the milvus run")
+    a = other.search(str(data["query"]), k=10)
+    b = gallery.search(str(data["query"]), k=10)
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_delete_tracklets_state(data, backend):
+    g = _fresh(data, backend, f"rw_{backend}")
+    n0, gen0 = len(g), g.generation
+    rep = g.add(data["more"])
+    assert rep["added"] == 3 and len(g) == n0 + 3 and g.generation == gen0 + 1
+    assert g.add(data["more"])["added"] == 0 and g.generation == gen0 + 1  # nothing new: no write
+    dim = g.identity.feat_dim
+    f = np.random.default_rng(0).standard_normal((4, dim)).astype(np.float32)
+    ents = [{"path": "/videos/cam9.mp4", "kind": "tracklet", "tracklet": f"cam9:{i}", "camera": "cam9" if i < 3 else "cam8",
+             "frame_start": 10 * i, "frame_end": 10 * i + 9, "t_start": float(i), "t_end": i + 0.5,
+             "meta": {"boxes": [[1, 2, 3, 4]]}} for i in range(4)]
+    ids = g.add_entries(f, ents, state={"video:cam9": {"frame": 40}})
+    assert len(set(ids)) == 4 and len(g) == n0 + 7 and g.get_state("video:cam9") == {"frame": 40}
+    assert g.get_state("nope") is None
+    hit = g.search(f[1], k=1, kind="tracklet")[0]
+    assert hit["tracklet"] == "cam9:1" and hit["meta"] == {"boxes": [[1, 2, 3, 4]]} and hit["frame_end"] == 19
+    assert all(r["kind"] == "image" for r in g.search(f[1], k=5, kind="image"))
+    assert all(r["camera"] != "cam9" for r in g.search(f[1], k=50, exclude_camera="cam9"))
+    timed = g.search(f[1], k=50, t_min=0.9, t_max=2.1)
+    assert sorted(r["tracklet"] for r in timed) == ["cam9:1", "cam9:2"]
+    assert [e["tracklet"] for e in g.entries(kind="tracklet", camera="cam9")] == ["cam9:0", "cam9:1", "cam9:2"] or \
+        sorted(e["tracklet"] for e in g.entries(kind="tracklet", camera="cam9")) == ["cam9:0", "cam9:1", "cam9:2"]
+    assert g.delete(tracklet="cam9:1") == 1 and len(g) == n0 + 6
+    assert g.delete(camera="cam9") == 2 and g.delete(ids=[ids[3]]) == 1
+    first = g.entries(kind="image")[0]
+    assert g.delete(path=first["path"]) == 1 and g.record(first["id"]) is None
+    assert g.delete(camera="nowhere") == 0
+    with pytest.raises(ReIDError, match="refusing to delete the whole gallery"):
+        g.delete()
+    assert len(g) == n0 + 3 - 1
+    rep = g.store.check()
+    assert rep["consistent"] and rep["entries"] == len(g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_service_answers_and_follows(data, backend):
+    from fastapi.testclient import TestClient
+
+    from reidkit.retrieval.service import create_app
+
+    g = _fresh(data, backend, f"svc_{backend}")
+    app = create_app(Gallery.open(g.db, extractor=g.extractor), poll_s=0.1)
+    with TestClient(app) as c:
+        r = c.post("/search", files={"file": ("q.jpg", data["query"].read_bytes(), "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["results"][0]["path"] == data["planted"]
+        assert c.get("/health").json()["gallery_size"] == len(g)
+        g.delete(path=data["planted"])  # another writer (here: another Gallery object) changes the gallery
+        follower_g = Gallery.open(g.db, extractor=g.extractor)
+        assert not follower_g.changed()
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and c.get("/health").json()["gallery_size"] != len(g):
+            time.sleep(0.1)
+        assert c.get("/health").json()["gallery_size"] == len(g)
+        res = c.post("/search", files={"file": ("q.jpg", data["query"].read_bytes(), "image/jpeg")}).json()["results"]
+        assert data["planted"] not in {x["path"] for x in res}
+
+
+_WRITER = r"""
+import sys, numpy as np
+from reidkit.retrieval.gallery import Gallery
+g = Gallery.open(sys.argv[1])
+dim = g.identity.feat_dim
+done = g.get_state("video:x") or {"chunk": 0}
+for chunk in range(done["chunk"], 4):
+    f = np.random.default_rng(chunk).standard_normal((3, dim)).astype(np.float32)
+    g.add_entries(f, [{"path": "/v/x.mp4", "kind": "tracklet", "tracklet": f"x:{chunk}:{j}", "camera": "x"}
+                      for j in range(3)], state={"video:x": {"chunk": chunk + 1}})
+print("done", len(g.entries(kind="tracklet")))
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_killed_writer_rerun_loses_and_duplicates_nothing(data, backend, tmp_path):
+    """A writer killed inside a write (before its commit / state), re-run: every tracklet exactly once."""
+    db = _db(tmp_path, backend, "kill")
+    g = Gallery.create(db, data["galleries"]["embedded"].extractor if "embedded" in data["galleries"]
+                       else Gallery.open(_db(data["root"], "embedded", "built")).extractor)
+    del g
+    if backend == "milvus":  # Milvus Lite: one process per file; let the writer subprocess have it
+        from reidkit.retrieval import store_milvus
+
+        store_milvus.close_client(db)
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "REIDKIT_TEST_CRASH_AT": "before_commit"}
+    p = subprocess.run([sys.executable, str(script), db], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 137 and "done" not in p.stdout, p.stderr  # killed in its first write, not finished
+    env.pop("REIDKIT_TEST_CRASH_AT")
+    p = subprocess.run([sys.executable, str(script), db], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "done 12" in p.stdout, p.stderr
+    g = Gallery.open(db)
+    trk = [e["tracklet"] for e in g.entries(kind="tracklet")]
+    assert sorted(trk) == sorted(f"x:{c}:{j}" for c in range(4) for j in range(3))
+    assert g.get_state("video:x") == {"chunk": 4}
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_must_show_cli_on_milvus_equals_embedded(data, tmp_path):
+    """`index build / search / index delete --db milvus:./g.db` and the service answer as the embedded default."""
+    from fastapi.testclient import TestClient
+
+    from reidkit.retrieval.service import create_app
+
+    w = str(data["weights"])
+    answers = {}
+    for db in ("milvus:./g.db", "emb"):
+        p = _cli(["index", "build", "--images", str(data["gal"]), "--db", db, "--weights", w], tmp_path)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        p = _cli(["search", "--db", db, "--image", str(data["query"]), "--topk", "5", "--json"], tmp_path)
+        assert p.returncode == 0, p.stderr
+        answers[db] = json.loads(p.stdout)["results"]
+        p = _cli(["index", "delete", "--db", db, "--camera", "c2"], tmp_path)
+        assert p.returncode == 0, p.stderr
+        answers[db + " deleted"] = int(p.stdout.split("index delete: ")[1].split()[0])
+    mil, emb = answers["milvus:./g.db"], answers["emb"]
+    assert mil[0]["path"] == data["planted"] and len(mil) == 5
+    assert [r["path"] for r in mil] == [r["path"] for r in emb]
+    np.testing.assert_allclose([r["score"] for r in mil], [r["score"] for r in emb], atol=1e-5)
+    assert answers["milvus:./g.db deleted"] == answers["emb deleted"] > 0
+    p = _cli(["index", "check", "--db", "milvus:./g.db"], tmp_path)
+    assert p.returncode == 0 and "consistent" in p.stdout, p.stderr
+
+    served = {}
+    for db in (f"milvus:{tmp_path / 'g.db'}", str(tmp_path / "emb")):
+        with TestClient(create_app(db)) as c:
+            r = c.post("/search", files={"file": ("q.jpg", data["query"].read_bytes(), "image/jpeg")})
+            assert r.status_code == 200, r.text
+            served[db] = r.json()["results"][:5]
+    a, b = served.values()
+    assert a[0]["path"] == data["planted"] if data["pcam"] != 1 else True  # c2 was deleted above
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-5)
+    assert all(r["camera"] != "c2" for r in a)
+
+
+def test_missing_milvus_extra_is_one_error(monkeypatch, tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.retrieval import store_milvus
+
+    monkeypatch.setitem(sys.modules, "pymilvus", None)
+    monkeypatch.setattr(store_milvus, "_clients", {})
+    with pytest.raises(ReIDError, match=r'pip install -e "\.\[milvus\]"'):
+        Gallery.open(f"milvus:{tmp_path / 'x.db'}")
+    assert main(["index", "check", "--db", f"milvus:{tmp_path / 'x.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "pip install" in err and "Traceback" not in err
+
+
+def test_collection_names_and_content_ids(tmp_path):
+    from reidkit.retrieval.store_milvus import entry_id
+
+    a = entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/a.mp4"})
+    assert a == entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/elsewhere.mp4"}) < 2 ** 53
+    assert entry_id({"kind": "image", "path": "/x.jpg"}) != entry_id({"kind": "image", "path": "/y.jpg"})
+    with pytest.raises(ReIDError, match="--collection"):
+        Gallery.open(f"milvus:{tmp_path / 'x.db'}", collection="bad name;")
+    with pytest.raises(ReIDError, match="applies to milvus"):
+        Gallery.open(tmp_path, collection="people")
