@@ -117,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--upload-memory-mb", type=float, default=1024.0,
                      help="memory for decoded uploads in flight, all requests together (default 1024 MB)")
     srv.add_argument("--max-pixels-in-flight", type=int, default=None,
-                     help="decoded pixels in flight (default: --upload-memory-mb / 8 bytes per pixel)")
+                     help="decoded pixels in flight (default: --upload-memory-mb / 12 bytes per pixel)")
     srv.add_argument("--upload-wait", type=float, default=10.0,
                      help="seconds a request waits for upload memory before a 503 with Retry-After (default 10)")
     srv.set_defaults(func=_serve)

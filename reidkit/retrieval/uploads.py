@@ -7,8 +7,10 @@ Memory is bounded three ways:
    person crop or a full-HD frame) is refused with 413 before any pixel is decoded.
 2. **Reduced decoding where the format allows it**: JPEG is decoded by the DCT scaler at 1/2, 1/4
    or 1/8 of its size (``Image.draft``) when the caller needs fewer pixels than the file holds (a
-   person crop is embedded at a few hundred pixels at most). PNG, WebP, GIF, TIFF, BMP have no
-   such mode: their declared size is what gets decoded, so it is what is charged (3.).
+   person crop is embedded at a few hundred pixels at most: both sides are kept >= 512). PNG, WebP,
+   GIF, TIFF, BMP have no such mode: their declared size is decoded (and charged, 3.), then shrunk
+   at once by an integer box filter (``Image.reduce``) so only one full-size buffer ever exists.
+   A query with a box in frame coordinates is decoded at full size.
 3. **Globally** (:class:`PixelBudget`): the pixels decoded and not yet released by every request in
    flight together stay under a budget derived from a memory figure (``budget_bytes /
    BYTES_PER_PIXEL``). A request that does not fit waits up to ``wait_s`` seconds for others to
@@ -36,9 +38,10 @@ __all__ = ["UploadError", "decode_upload", "probe_upload", "PixelBudget", "Uploa
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 # Memory for decoded uploads in flight, all requests together (the server's own footprint comes on top).
 DEFAULT_MEMORY_BUDGET = 1024 * 1024 * 1024
-# Peak bytes held per decoded pixel: Pillow's RGB buffer (3 B) + the numpy copy (3 B) + a mode
-# conversion (RGBA/palette/16-bit: up to 2 B more), measured on PNG and JPEG decodes.
-BYTES_PER_PIXEL = 8
+# Peak bytes held per decoded pixel (worst case: a full-size decode, e.g. a frame with a box): Pillow's
+# buffer (4 B: it stores RGB as 32 bits) + an RGBA -> RGB conversion (4 B) + the numpy copy (3 B),
+# then at embedding the resize's own Pillow copy (4 B) beside the array. A reduced decode needs ~4 B.
+BYTES_PER_PIXEL = 12
 # A JPEG is decoded at the smallest 1/2^k scale that keeps both sides at least this large.
 DRAFT_MIN_SIDE = 512
 
@@ -76,6 +79,16 @@ def _draft(im: Any, min_side: int | None) -> None:
             im.draft("RGB", (max(1, math.ceil(w / scale)), max(1, math.ceil(h / scale))))
 
 
+def _reduce(im: Any, min_side: int | None) -> Any:
+    """`im` shrunk by an integer factor keeping both sides >= `min_side` (the image itself when small)."""
+    if not min_side:
+        return im
+    factor = min(im.size) // min_side
+    if factor < 2:
+        return im
+    return im.reduce(factor)
+
+
 def _check_size(w: int, h: int, max_pixels: int | None) -> None:
     if max_pixels is not None and w * h > max_pixels:
         raise UploadError(f"image too large: {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels "
@@ -105,9 +118,16 @@ def decode_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
             _check_size(im.width, im.height, max_pixels)
             _draft(im, draft_min_side)
             im.load()
-            upright = ImageOps.exif_transpose(im)
+            # Formats without a reduced decoding mode: shrink right after decoding (box filter, fast) so
+            # the full-size buffer is the only large one and is freed before the array copy.
+            small = _reduce(im, draft_min_side)
+            # exif_transpose copies even an upright image: call it only when the tag asks for a turn
+            upright = ImageOps.exif_transpose(small) if im.getexif().get(0x0112, 1) != 1 else small
+            del small
             rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+            del upright
             arr = np.asarray(rgb, dtype=np.uint8)
+            del rgb
     except UploadError:
         raise
     except Image.DecompressionBombError:
