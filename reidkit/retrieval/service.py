@@ -335,9 +335,11 @@ async def json_body(request: Request, model: Any, max_bytes: int = MAX_JSON_BYTE
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, detail=f"JSON body too large (limit {max_bytes} bytes)")
         chunks.append(chunk)
+        if size > max_bytes:
+            if not _json_depth_ok(b"".join(chunks)[:max_bytes], max_depth):
+                raise HTTPException(422, detail=f"JSON body nested deeper than {max_depth} levels")
+            raise HTTPException(413, detail=f"JSON body too large (limit {max_bytes} bytes)")
     data = b"".join(chunks)
     if not _json_depth_ok(data, max_depth):
         raise HTTPException(422, detail=f"JSON body nested deeper than {max_depth} levels")
