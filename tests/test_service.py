@@ -363,3 +363,43 @@ def test_routers_compose_with_pages_and_errors_by_type(setup):
     with TestClient(create_app(setup["gallery"], token=TOKEN)) as c:
         assert c.get("/video/ping", headers=AUTH).status_code == 404
         assert [p["path"] for p in c.get("/health").json()["pages"]] == ["/"]
+
+
+def _encoded(arr, fmt: str, **kw) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_upload_orientation_and_reduced_decoding():
+    """EXIF orientation is applied; a large JPEG is decoded at a reduced DCT scale and a large PNG reduced at
+    once, both keeping each side >= 512; the per-image limit applies to the decoded size and names itself."""
+    import numpy as np
+    from PIL import Image
+
+    from reidkit.retrieval.uploads import UploadError, decode_upload, probe_upload
+
+    rng = np.random.default_rng(0)
+    tall = rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree turn clockwise
+    turned = decode_upload(_encoded(tall, "JPEG", exif=exif.tobytes()))
+    assert turned.shape == (20, 40, 3)
+    assert decode_upload(_encoded(tall, "JPEG")).shape == (40, 20, 3)
+    big = np.zeros((2400, 1200, 3), np.uint8)
+    big[:1200] = 200
+    jpeg, png = _encoded(big, "JPEG", quality=90), _encoded(big, "PNG")
+    assert probe_upload(jpeg) == (600, 1200)  # 1/2 scale: both sides >= 512
+    a, b = decode_upload(jpeg), decode_upload(png)
+    assert a.shape == (1200, 600, 3) and b.shape == (1200, 600, 3)
+    assert abs(int(a[100, 100, 0]) - 200) < 4 and b[1000, 100, 0] == 0
+    assert decode_upload(png, draft_min_side=None).shape == (2400, 1200, 3)  # a box query: full size
+    with pytest.raises(UploadError) as err:
+        decode_upload(png, max_pixels=2_000_000, draft_min_side=None)
+    assert err.value.http_status == 413 and "2,000,000 pixels" in str(err.value)
+    huge = _encoded(np.zeros((6000, 3000, 3), np.uint8), "JPEG")
+    assert probe_upload(huge, max_pixels=1_200_000) == (750, 1500)  # 1/4 scale: what is decoded is checked

@@ -4,7 +4,8 @@ Memory is bounded three ways:
 
 1. **Per image**: the header is read first (Pillow's ``Image.open`` parses only the header) and an
    image whose decoded size would exceed ``max_pixels`` (default 4096 x 4096 = 16.7 MP, ample for a
-   person crop or a full-HD frame) is refused with 413 before any pixel is decoded.
+   person crop or a full-HD frame) is refused with 413 before any pixel is decoded. For a JPEG the
+   decoded size is the reduced one of 2.
 2. **Reduced decoding where the format allows it**: JPEG is decoded by the DCT scaler at 1/2, 1/4
    or 1/8 of its size (``Image.draft``) when the caller needs fewer pixels than the file holds (a
    person crop is embedded at a few hundred pixels at most: both sides are kept >= 512). PNG, WebP,
@@ -100,9 +101,8 @@ def probe_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
                  draft_min_side: int | None = DRAFT_MIN_SIDE) -> tuple[int, int]:
     """(width, height) the upload will decode to, from its header alone; UploadError 413/415/400."""
     with _open(data) as im:
-        w, h = im.size
-        _check_size(w, h, max_pixels)  # the file's own size: a huge JPEG is refused too, even if drafted
-        _draft(im, draft_min_side)
+        _draft(im, draft_min_side)  # the limit is on what gets decoded: a big JPEG decoded at 1/8 may pass
+        _check_size(*im.size, max_pixels)
         return im.size
 
 
@@ -115,8 +115,8 @@ def decode_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
     try:
         with _open(data) as im:
-            _check_size(im.width, im.height, max_pixels)
             _draft(im, draft_min_side)
+            _check_size(im.width, im.height, max_pixels)
             im.load()
             # Formats without a reduced decoding mode: shrink right after decoding (box filter, fast) so
             # the full-size buffer is the only large one and is freed before the array copy.
