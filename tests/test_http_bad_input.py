@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -55,8 +56,22 @@ def server(tmp_path_factory):
     shutil.copy(next(imgs.iterdir()), root / "q.png")
     Image.open(root / "q.png").save(jpeg)
     app = create_app(g, routers=[tracklet_routes], token=TOKEN)
-    with serving(app) as url:
-        yield {"url": url, "db": db, "tracklet_id": ids[0], "jpeg": jpeg.read_bytes(), "root": root}
+    errors: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                errors.append(record)
+
+    keep = Keep()
+    log = logging.getLogger("uvicorn.error")  # where uvicorn logs an exception that escaped the app
+    log.addHandler(keep)
+    try:
+        with serving(app) as url:
+            yield {"url": url, "db": db, "tracklet_id": ids[0], "jpeg": jpeg.read_bytes(), "root": root,
+                   "errors": errors}
+    finally:
+        log.removeHandler(keep)
 
 
 def _multipart(fields: dict[str, tuple[str, bytes, str] | str]) -> tuple[bytes, str]:
@@ -163,6 +178,7 @@ def test_bad_request_is_4xx_with_a_message_and_the_connection_survives(server, n
         body2 = json.loads(r2.read())
         assert conn.sock is sock, f"{name}: the connection was closed after the error"
         assert r2.status == 200 and body2["tracklet"]["id"] == server["tracklet_id"]
+        assert not server["errors"], server["errors"][0].getMessage()  # no traceback logged by the server
     finally:
         conn.close()
 
@@ -176,3 +192,15 @@ def test_good_json_query_still_answers(server):
     assert r.json()["query"]["excluded_camera"] == "x"
     r = httpx.post(server["url"] + "/tracklets/search", json={"tracklet": "cam1-0"}, headers=AUTH, timeout=60)
     assert r.status_code == 200 and all(h["camera"] != "cam1" for h in r.json()["results"])
+
+
+def test_index_page_links_the_tracklet_page(server):
+    """/health lists the tracklet router's page with the count it needs; the gallery holds tracklets, so / links it."""
+    import httpx
+
+    h = httpx.get(server["url"] + "/health", timeout=30).json()
+    pages = {p["path"]: p for p in h["pages"]}
+    assert pages["/tracklets"] == {"path": "/tracklets", "title": "Tracklets", "shown_if": "tracklets"}
+    assert h["tracklets"] == 3
+    page = httpx.get(server["url"] + "/tracklets", timeout=30)
+    assert page.status_code == 200 and "/tracklets/search" in page.text
