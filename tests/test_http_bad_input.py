@@ -10,7 +10,6 @@ import http.client
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 

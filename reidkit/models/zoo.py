@@ -30,7 +30,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from reidkit.errors import ReIDError
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import mimetypes
 import os
@@ -55,8 +54,7 @@ from starlette.datastructures import UploadFile
 from reidkit.errors import ReIDError
 from reidkit.retrieval import store
 from reidkit.retrieval.index import Gallery, parse_camera_frame
-from reidkit.retrieval.uploads import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadError,
-                                       UploadPolicy)
+from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
 
 __all__ = ["create_app", "serve", "add_page", "json_body", "search_routes", "RouterFactory", "MAX_ID",
            "DEFAULT_MAX_UPLOAD", "TOKEN_ENV"]
