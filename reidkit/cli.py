@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "export",
     "video",
     "identities",
+    "weights",
 )
 
 

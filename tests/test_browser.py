@@ -161,7 +161,9 @@ def tracklet_server(run, ingested):  # noqa: F811
         pytest.skip(f"chromium not found at {CHROMIUM}")
     from reidkit.retrieval.service import create_app
 
-    app = create_app(ingested["db"], token=TOKEN)
+    from reidkit.video.routes import tracklet_routes
+
+    app = create_app(ingested["db"], routers=[tracklet_routes], token=TOKEN)
     with serving(app) as url:
         yield url
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import shutil
 import warnings
 from pathlib import Path
@@ -318,33 +317,88 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
     assert len({s for _, _, s, _, _ in answers}) == 3  # old, after add, after rebuild
 
 
-def test_video_routes_hook(setup, monkeypatch):
-    """create_app calls reidkit.video.routes.add_routes(app, get_gallery, authorize) when that module exists."""
-    import importlib.machinery
-    import types
+def test_routers_compose_with_pages_and_errors_by_type(setup):
+    """create_app(routers=[...]) includes each router (built from get_gallery and authorize); a page a router
+    adds is listed in /health and linked from /; a status comes from the exception type, never its text."""
+    from fastapi import APIRouter
 
-    calls = []
+    from reidkit.errors import NotFound
+    from reidkit.retrieval.service import add_page
 
-    def add_routes(app, get_gallery, authorize):
-        calls.append(1)
+    def ping_routes(get_gallery, authorize):
+        router = APIRouter()
+        add_page(router, "/ping-page", lambda: "<p>ping</p>", "Ping", shown_if="images")
+        add_page(router, "/never", lambda: "<p>x</p>", "Never", shown_if="tracklets")
 
-        @app.get("/video/ping")
+        @router.get("/video/ping")
         async def ping(request: Request) -> dict:
             authorize(request)
             g = get_gallery()
             return {"generation": g.generation, "size": len(g)}
 
-    pkg = types.ModuleType("reidkit.video")
-    pkg.__spec__ = importlib.machinery.ModuleSpec("reidkit.video", None, is_package=True)
-    pkg.__path__ = []
-    mod = types.ModuleType("reidkit.video.routes")
-    mod.__spec__ = importlib.machinery.ModuleSpec("reidkit.video.routes", None)
-    mod.add_routes = add_routes
-    monkeypatch.setitem(sys.modules, "reidkit.video", pkg)
-    monkeypatch.setitem(sys.modules, "reidkit.video.routes", mod)
-    app = create_app(setup["gallery"], token=TOKEN)
-    assert calls == [1]
+        @router.get("/video/missing")
+        async def missing() -> dict:
+            raise NotFound("no such thing in /srv/secret/db", public="no such thing")
+
+        @router.get("/video/bad")
+        async def bad() -> dict:
+            raise ReIDError("no tracklet here, but a 400")  # the words 'no tracklet' no longer make a 404
+
+        return router
+
+    app = create_app(setup["gallery"], routers=[ping_routes], token=TOKEN)
     with TestClient(app) as c:
         assert c.get("/video/ping").status_code == 401
         body = c.get("/video/ping", headers=AUTH).json()
-    assert body == {"generation": setup["gallery"].generation, "size": len(setup["gallery"])}
+        assert body == {"generation": setup["gallery"].generation, "size": len(setup["gallery"])}
+        r = c.get("/video/missing")
+        assert r.status_code == 404 and r.json()["detail"] == "no such thing"
+        assert c.get("/video/bad").status_code == 400
+        pages = {p["path"]: p for p in c.get("/health").json()["pages"]}
+        assert set(pages) == {"/", "/ping-page", "/never"} and pages["/never"]["shown_if"] == "tracklets"
+        assert c.get("/ping-page").text == "<p>ping</p>"
+        assert "h.pages" in c.get("/").text  # the page renders the links /health lists
+    # without the router: its routes are absent
+    with TestClient(create_app(setup["gallery"], token=TOKEN)) as c:
+        assert c.get("/video/ping", headers=AUTH).status_code == 404
+        assert [p["path"] for p in c.get("/health").json()["pages"]] == ["/"]
+
+
+def _encoded(arr, fmt: str, **kw) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_decode_upload_orientation_and_reduced_decoding():
+    """EXIF orientation is applied; a large JPEG is decoded at a reduced DCT scale and a large PNG reduced at
+    once, both keeping each side >= 512; the per-image limit applies to the decoded size and names itself."""
+    import numpy as np
+    from PIL import Image
+
+    from reidkit.retrieval.uploads import UploadError, decode_upload, probe_upload
+
+    rng = np.random.default_rng(0)
+    tall = rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree turn clockwise
+    turned = decode_upload(_encoded(tall, "JPEG", exif=exif.tobytes()))
+    assert turned.shape == (20, 40, 3)
+    assert decode_upload(_encoded(tall, "JPEG")).shape == (40, 20, 3)
+    big = np.zeros((2400, 1200, 3), np.uint8)
+    big[:1200] = 200
+    jpeg, png = _encoded(big, "JPEG", quality=90), _encoded(big, "PNG")
+    assert probe_upload(jpeg) == (600, 1200)  # 1/2 scale: both sides >= 512
+    a, b = decode_upload(jpeg), decode_upload(png)
+    assert a.shape == (1200, 600, 3) and b.shape == (1200, 600, 3)
+    assert abs(int(a[100, 100, 0]) - 200) < 4 and b[1000, 100, 0] == 0
+    assert decode_upload(png, draft_min_side=None).shape == (2400, 1200, 3)  # a box query: full size
+    with pytest.raises(UploadError) as err:
+        decode_upload(png, max_pixels=2_000_000, draft_min_side=None)
+    assert err.value.http_status == 413 and "2,000,000 pixels" in str(err.value)
+    huge = _encoded(np.zeros((6000, 3000, 3), np.uint8), "JPEG")
+    assert probe_upload(huge, max_pixels=1_200_000) == (750, 1500)  # 1/4 scale: what is decoded is checked

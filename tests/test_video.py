@@ -168,7 +168,9 @@ def test_http_search_and_thumbs(run, ingested):
     frame, box = _query_crop(run, pid)
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
-    client = TestClient(create_app(ingested["db"], token="s3cret"))
+    from reidkit.video.routes import tracklet_routes
+
+    client = TestClient(create_app(ingested["db"], routers=[tracklet_routes], token="s3cret"))
     auth = {"Authorization": "Bearer s3cret"}
     files = {"file": ("frame.png", buf.getvalue(), "image/png")}
     form = {"box": ",".join(f"{v:g}" for v in box), "exclude_camera": "cam1"}

@@ -152,11 +152,14 @@ def _extract(args: argparse.Namespace) -> int:
     from reidkit.errors import ReIDError
     from reidkit.evaluation.features import extract_features, gather_rows, load_images, shard_bounds
     from reidkit.export import load_feature_model
+    from reidkit.models.zoo import resolve_weights
     from reidkit.utils.io import atomic_write
     from reidkit.utils.runtime import resolve_device
 
     if (args.onnx is None) == (args.weights is None):
         raise ReIDError("extract: give exactly one of --weights and --onnx")
+    if args.weights:
+        args.weights = resolve_weights(args.weights)  # a catalogue name -> its verified cached file
     flag, source = ("--onnx", args.onnx) if args.onnx else ("--weights", args.weights)
     if not Path(source).is_file():
         raise ReIDError(f"{flag}: {source} is not a file")

@@ -117,6 +117,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--workers", type=int, default=1, help="model worker threads (default 1)")
     srv.add_argument("--poll", type=float, default=0.5,
                      help="seconds between checks for a new gallery generation (default 0.5)")
+    srv.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                     help="largest decoded upload in pixels (default 4096x4096 = 16.7 MP; over it: 413)")
+    srv.add_argument("--upload-memory-mb", type=float, default=1024.0,
+                     help="memory for decoded uploads in flight, all requests together (default 1024 MB)")
+    srv.add_argument("--max-pixels-in-flight", type=int, default=None,
+                     help="decoded pixels in flight (default: --upload-memory-mb / 12 bytes per pixel)")
+    srv.add_argument("--upload-wait", type=float, default=10.0,
+                     help="seconds a request waits for upload memory before a 503 with Retry-After (default 10)")
     srv.set_defaults(func=_serve)
     add_trust_argument(srv)
 
@@ -275,6 +283,10 @@ def _serve(args: argparse.Namespace) -> int:
         raise ReIDError(f"--max-upload-mb: must be > 0, got {args.max_upload_mb}")
     if not args.poll > 0:
         raise ReIDError(f"--poll: must be > 0 seconds, got {args.poll}")
+    if not (args.upload_memory_mb > 0 and args.upload_memory_mb < float("inf")):
+        raise ReIDError(f"--upload-memory-mb: must be a finite number > 0, got {args.upload_memory_mb}")
+    from reidkit.video.routes import tracklet_routes  # the command layer composes the routers
+
     db = args.db
     if args.collection is not None:
         from reidkit.retrieval.gallery import Gallery
@@ -282,5 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
         db = Gallery.open(args.db, weights=args.weights, collection=args.collection)
     serve(db, host=args.host, port=args.port, token=args.token,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, weights=args.weights,
-          poll_s=args.poll)
+          poll_s=args.poll, routers=[tracklet_routes], max_image_pixels=args.max_image_pixels,
+          upload_memory_bytes=int(args.upload_memory_mb * 1024 * 1024),
+          max_pixels_in_flight=args.max_pixels_in_flight, upload_wait_s=args.upload_wait)
     return 0

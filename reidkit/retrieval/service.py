@@ -13,15 +13,24 @@ never mixes generations and in-flight requests finish on the snapshot they began
 carry `snapshot` ("<uid>-<generation>"); `/images/{id}?snapshot=...` serves the path of that
 snapshot (the last few are kept), so a rebuilt gallery cannot show another image under an old id.
 
-Extension hook: if `reidkit.video.routes` exists and defines `add_routes(app, get_gallery, authorize)`,
-create_app calls it (get_gallery() returns the current gallery snapshot; authorize(request) raises
-401 without a valid token) so the video package can add its tracklet routes.
+Routers: the app is composed of `fastapi.APIRouter`s. The image search routes (`/search`,
+`/images/{id}`) are the core router; other packages contribute theirs through `routers=[...]`, each a
+function `(get_gallery, authorize) -> APIRouter` (get_gallery() returns the current gallery snapshot;
+authorize(request) raises 401 without a valid token). reidkit.video.routes.tracklet_routes is one;
+`reidkit serve` composes them in the command layer, so this module imports no package above it. A
+router declares its pages with `add_page(router, path, html, title, shown_if)`; `/health` lists them
+(`pages`) and `/` links to each page whose `shown_if` count in `/health` is non-zero.
+
+Errors: the HTTP status comes from the exception's type, never its text: ReIDError -> 400,
+reidkit.errors.NotFound -> 404 (with its `public` message, which names no server path),
+uploads.UploadError -> its `http_status` (400 / 413 / 415 / 503 with Retry-After); request
+validation (query, path, JSON bodies) -> 422 with a one-line message. Uploads are decoded under a
+memory budget (reidkit.retrieval.uploads).
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-import io
 import logging
 import mimetypes
 import os
@@ -33,10 +42,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -44,8 +54,10 @@ from starlette.datastructures import UploadFile
 from reidkit.errors import ReIDError
 from reidkit.retrieval import store
 from reidkit.retrieval.index import Gallery, parse_camera_frame
+from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
 
-__all__ = ["create_app", "DEFAULT_MAX_UPLOAD", "TOKEN_ENV"]
+__all__ = ["create_app", "serve", "add_page", "json_body", "search_routes", "RouterFactory", "MAX_ID",
+           "DEFAULT_MAX_UPLOAD", "TOKEN_ENV"]
 
 logger = logging.getLogger("reidkit.service")
 
@@ -53,8 +65,16 @@ DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 TOKEN_ENV = "REIDKIT_API_TOKEN"
 # Multipart framing (boundaries, part headers) on top of the file bytes themselves.
 _MULTIPART_SLACK = 64 * 1024
-# Decoded-size bound: a small PNG can expand to gigabytes of pixels.
-MAX_PIXELS = 40_000_000
+# The largest id a gallery stores (SQLite INTEGER is a signed 64-bit value).
+MAX_ID = 2**63 - 1
+# JSON request bodies: a few small fields; bounded before parsing (size, then nesting depth).
+MAX_JSON_BYTES = 16 * 1024
+MAX_JSON_DEPTH = 8
+_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self' 'unsafe-inline'")
+_PAGE_KEY = "x-reidkit-page"
+# A router factory: (get_gallery, authorize) -> APIRouter.
+RouterFactory = Callable[[Callable[[], Gallery], Callable[[Request], None]], APIRouter]
 _ID_RX = re.compile(r"^[0-9]{1,12}$")
 
 
@@ -258,39 +278,171 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
-def _decode_upload(data: bytes) -> np.ndarray:
-    """RGB uint8 image from uploaded bytes; HTTPException 415 (not an image) / 400 (corrupt) / 413 (too many pixels)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise HTTPException(413, detail=f"image too large: {im.width}x{im.height} pixels (limit {MAX_PIXELS})")
-            im.load()
-            rgb = im.convert("RGB")
-    except Image.DecompressionBombError:
-        # Pillow refuses at open (before decoding) when the header promises > 2x its own limit
-        raise HTTPException(413, detail=f"image too large: its header declares more than {MAX_PIXELS} pixels") from None
-    except UnidentifiedImageError:
-        raise HTTPException(415, detail="unsupported upload: not an image file (JPEG, PNG, BMP, WebP, ...)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise HTTPException(400, detail="corrupt image: the file could not be decoded") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or min(arr.shape[:2]) < 2:
-        raise HTTPException(400, detail=f"image too small: {arr.shape[1]}x{arr.shape[0]} pixels")
-    return arr
-
-
 def _page() -> bytes:
     return resources.files("reidkit.retrieval").joinpath("static/index.html").read_bytes()
 
 
-def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
+
+
+def add_page(router: APIRouter, path: str, html: Callable[[], str | bytes], title: str,
+             shown_if: str | None = None) -> None:
+    """Serve the static page `html()` at GET `path` on `router` and list it in `/health` (`pages`).
+
+    Pages hold no gallery data (they send the user's token with each API call), so they load without
+    one. `/` links to the page when `shown_if` is None or `/health[shown_if]` is a non-zero count.
+    """
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html(), headers={"Content-Security-Policy": _CSP})
+
+    router.add_api_route(path, page, methods=["GET"], response_class=HTMLResponse, name=title)
+    pages = router.__dict__.setdefault(_PAGE_KEY, [])  # read by create_app when it includes the router
+    pages.append({"path": path, "title": title, "shown_if": shown_if})
+
+
+def _json_depth_ok(data: bytes, limit: int) -> bool:
+    """True when no array/object in `data` nests deeper than `limit` (strings skipped, escapes honoured)."""
+    depth, in_str, esc = 0, False, False
+    for b in data:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+async def json_body(request: Request, model: Any, max_bytes: int = MAX_JSON_BYTES,
+                    max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The request's JSON body validated by pydantic `model`; size and nesting depth are bounded before parsing.
+
+    Every refusal is a 422 with a message (a body over `max_bytes` is a 413), never a parser crash.
+    """
+    from pydantic import ValidationError
+
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > max_bytes:
+            if not _json_depth_ok(b"".join(chunks)[:max_bytes], max_depth):
+                raise HTTPException(422, detail=f"JSON body nested deeper than {max_depth} levels")
+            raise HTTPException(413, detail=f"JSON body too large (limit {max_bytes} bytes)")
+    data = b"".join(chunks)
+    if not _json_depth_ok(data, max_depth):
+        raise HTTPException(422, detail=f"JSON body nested deeper than {max_depth} levels")
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise HTTPException(422, detail=_validation_message(exc.errors(include_url=False), body=True)) from None
+
+
+def _validation_message(errors: Sequence[dict[str, Any]], body: bool = False) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = [str(x) for x in err.get("loc", ()) if not (body and x == "body")]
+        if loc and loc[0] in ("query", "path", "header", "body"):
+            loc = loc[1:]
+        # union members show up as extra location parts ('int', 'constrained-str'): keep the field name
+        loc = [x for x in loc if x not in ("int", "str") and not x.startswith(("constrained-", "function-"))]
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "json_invalid":
+            msg = "invalid JSON"
+        parts.append(f"{'.'.join(loc) or 'body'}: {msg}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def search_routes(get_gallery: Callable[[], Gallery], authorize: Callable[[Request], None], *,
+                  follower: _Follower, batcher: _Batcher, uploads: UploadPolicy,
+                  max_upload_bytes: int) -> APIRouter:
+    """The core router: `POST /search` (multipart image) and `GET /images/{id}`."""
+    router = APIRouter()
+
+    @router.post("/search")
+    async def search(
+        request: Request,
+        k: int = Query(20, ge=1, le=1000),
+        rerank: bool = False,
+        exclude_camid: int | None = Query(None, ge=0, le=2**31 - 1),
+        exclude_same_camera: bool = False,
+    ) -> dict[str, Any]:
+        authorize(request)
+        follower.start()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_SLACK:
+            raise HTTPException(413, detail=f"upload too large (limit {max_upload_bytes} bytes)")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(400, detail="expected a multipart/form-data upload with the image in the field 'file'")
+        form = await request.form(max_files=1, max_fields=16)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, detail="expected a multipart/form-data upload with the image in the field 'file'")
+        data = await upload.read(max_upload_bytes + 1)
+        await form.close()
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, detail=f"upload too large (limit {max_upload_bytes} bytes)")
+        if not data:
+            raise HTTPException(400, detail="empty upload")
+        query_camid = parse_camera_frame(upload.filename or "")[0] if upload.filename else None
+        camid = exclude_camid
+        if camid is None and exclude_same_camera:
+            if query_camid is None:
+                raise HTTPException(400, detail="exclude_same_camera: the upload's file name gives no camera "
+                                                "(Market-style '..._c1s1_...'); pass exclude_camid")
+            camid = query_camid
+        async with uploads.decoded(data) as image:
+            t0 = time.perf_counter()
+            results, snap = await asyncio.wrap_future(batcher.submit(_Job(image, k, rerank, camid)))
+        return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "generation": snap.generation, "snapshot": _snapshot_tag(snap),
+                "query": {"filename": upload.filename, "camid": query_camid, "excluded_camid": camid}}
+
+    @router.get("/images/{image_id}")
+    async def image(image_id: str, request: Request, snapshot: str | None = Query(None, max_length=64)) -> FileResponse:
+        authorize(request)
+        # Only a decimal id reaches the database; the path served is the one stored there.
+        if not _ID_RX.match(image_id):
+            raise HTTPException(400, detail="image id must be a non-negative integer")
+        g = get_gallery()
+        if snapshot is not None:
+            pinned = follower.snapshot(snapshot)
+            if pinned is None:
+                raise HTTPException(410, detail=f"gallery snapshot {snapshot} is no longer served; search again")
+            g = pinned
+        rec = await run_in_threadpool(g.record, int(image_id))
+        if rec is None:
+            raise HTTPException(404, detail=f"no gallery image with id {image_id}")
+        path = Path(rec["path"])
+        if not path.is_file():
+            raise HTTPException(404, detail=f"gallery image {image_id} is no longer on disk")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    return router
+
+
+def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory] = (), token: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1, max_batch: int = 16,
-               weights: str | os.PathLike | None = None, poll_s: float = 0.5) -> FastAPI:
+               weights: str | os.PathLike | None = None, poll_s: float = 0.5,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, upload_memory_bytes: int = DEFAULT_MEMORY_BUDGET,
+               max_pixels_in_flight: int | None = None, upload_wait_s: float = 10.0) -> FastAPI:
     """The FastAPI app serving gallery `db` (a folder or an open Gallery) and following its new generations.
 
-    `token` falls back to $REIDKIT_API_TOKEN; `poll_s` is the period of the new-generation check.
+    `routers`: extra router factories `(get_gallery, authorize) -> APIRouter` (e.g.
+    reidkit.video.routes.tracklet_routes), included after the core search router. `token` falls back
+    to $REIDKIT_API_TOKEN; `poll_s` is the period of the new-generation check. Uploads: at most
+    `max_image_pixels` decoded pixels each, and `max_pixels_in_flight` (default `upload_memory_bytes
+    / uploads.BYTES_PER_PIXEL`) across all requests; a request that does not fit waits
+    `upload_wait_s`, then gets 503 with Retry-After.
     """
     if int(workers) < 1:
         raise ReIDError(f"--workers: must be >= 1, got {workers}")
@@ -302,6 +454,7 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
     if int(max_upload_bytes) < 1:
         raise ReIDError(f"max_upload_bytes: must be >= 1, got {max_upload_bytes}")
     max_upload_bytes = int(max_upload_bytes)
+    uploads = UploadPolicy.from_memory(upload_memory_bytes, max_image_pixels, max_pixels_in_flight, upload_wait_s)
     _ = gallery.extractor  # load the model now: a missing model fails at start-up, not at the first query
     follower = _Follower(gallery, poll_s=poll_s)
     batcher = _Batcher(follower.current, workers=workers, max_batch=max_batch)
@@ -322,6 +475,7 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
     app.state.gallery = gallery  # the snapshot served at start; app.state.follower.current() is the live one
     app.state.follower = follower
     app.state.batcher = batcher
+    app.state.uploads = uploads  # routers decode uploads through it: `async with request.app.state.uploads.decoded(data)`
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK)
 
     def authorize(request: Request) -> None:
@@ -342,7 +496,17 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
 
     @app.exception_handler(ReIDError)
     async def reid_error(request: Request, exc: ReIDError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        # the status by type: NotFound -> 404, UploadError -> its own, any other ReIDError -> 400
+        status = int(getattr(exc, "http_status", 400))
+        detail = getattr(exc, "public", None) or str(exc)
+        return JSONResponse({"detail": detail}, status_code=status, headers=getattr(exc, "headers", None) or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc.errors())}, status_code=422)
+
+    def get_gallery() -> Gallery:
+        return follower.current()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -352,107 +516,33 @@ def create_app(db: str | os.PathLike | Gallery, token: str | None = None,
         info["model"]["source"] = Path(info["model"]["source"]).name
         info["auth"] = secret is not None
         info["max_upload_bytes"] = max_upload_bytes
+        info["max_image_pixels"] = uploads.max_image_pixels
+        info["pages"] = [dict(p) for p in pages]
         return info
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
-        # The page is static and holds no gallery data; it sends the token the user types with
-        # every API call, so it must load without one.
-        return HTMLResponse(_page(), headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                       "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
-
-    @app.post("/search")
-    async def search(
-        request: Request,
-        k: int = Query(20, ge=1, le=1000),
-        rerank: bool = False,
-        exclude_camid: int | None = Query(None, ge=0),
-        exclude_same_camera: bool = False,
-    ) -> dict[str, Any]:
-        authorize(request)
-        follower.start()
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_SLACK:
-            raise HTTPException(413, detail=f"upload too large (limit {max_upload_bytes} bytes)")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise HTTPException(400, detail="expected a multipart/form-data upload with the image in the field 'file'")
-        form = await request.form(max_files=1, max_fields=16)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, detail="expected a multipart/form-data upload with the image in the field 'file'")
-        data = await upload.read(max_upload_bytes + 1)
-        await form.close()
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, detail=f"upload too large (limit {max_upload_bytes} bytes)")
-        if not data:
-            raise HTTPException(400, detail="empty upload")
-        image = await run_in_threadpool(_decode_upload, data)
-        query_camid = parse_camera_frame(upload.filename or "")[0] if upload.filename else None
-        camid = exclude_camid
-        if camid is None and exclude_same_camera:
-            if query_camid is None:
-                raise HTTPException(400, detail="exclude_same_camera: the upload's file name gives no camera "
-                                                "(Market-style '..._c1s1_...'); pass exclude_camid")
-            camid = query_camid
-        t0 = time.perf_counter()
-        results, snap = await asyncio.wrap_future(batcher.submit(_Job(image, k, rerank, camid)))
-        return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
-                "generation": snap.generation, "snapshot": _snapshot_tag(snap),
-                "query": {"filename": upload.filename, "camid": query_camid, "excluded_camid": camid}}
-
-    @app.get("/images/{image_id}")
-    async def image(image_id: str, request: Request, snapshot: str | None = Query(None, max_length=64)) -> FileResponse:
-        authorize(request)
-        # Only a decimal id reaches the database; the path served is the one stored there.
-        if not _ID_RX.match(image_id):
-            raise HTTPException(400, detail="image id must be a non-negative integer")
-        g = follower.current()
-        if snapshot is not None:
-            pinned = follower.snapshot(snapshot)
-            if pinned is None:
-                raise HTTPException(410, detail=f"gallery snapshot {snapshot} is no longer served; search again")
-            g = pinned
-        rec = await run_in_threadpool(g.record, int(image_id))
-        if rec is None:
-            raise HTTPException(404, detail=f"no gallery image with id {image_id}")
-        path = Path(rec["path"])
-        if not path.is_file():
-            raise HTTPException(404, detail=f"gallery image {image_id} is no longer on disk")
-        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
-
-    _add_extension_routes(app, follower.current, authorize)
+    core = APIRouter()
+    add_page(core, "/", _page, "Image search")
+    built = [core, search_routes(get_gallery, authorize, follower=follower, batcher=batcher, uploads=uploads,
+                                 max_upload_bytes=max_upload_bytes)]
+    built += [make(get_gallery, authorize) for make in routers]
+    pages: list[dict[str, Any]] = []
+    for router in built:
+        app.include_router(router)
+        pages += router.__dict__.get(_PAGE_KEY, [])
     return app
-
-
-def _add_extension_routes(app: FastAPI, get_gallery: Any, authorize: Any) -> None:
-    """Let reidkit.video add its routes: `reidkit.video.routes.add_routes(app, get_gallery, authorize)` if present."""
-    import importlib
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("reidkit.video.routes")
-    except (ModuleNotFoundError, ValueError):  # no reidkit.video package / a module without a spec
-        spec = None
-    if spec is None:
-        return
-    module = importlib.import_module("reidkit.video.routes")
-    add_routes = getattr(module, "add_routes", None)
-    if callable(add_routes):
-        add_routes(app, get_gallery, authorize)
 
 
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1,
-          weights: str | os.PathLike | None = None, poll_s: float = 0.5) -> None:
-    """Run the service with uvicorn (blocking)."""
+          weights: str | os.PathLike | None = None, poll_s: float = 0.5,
+          routers: Sequence[RouterFactory] = (), **upload_limits: Any) -> None:
+    """Run the service with uvicorn (blocking); `upload_limits` are create_app's upload keywords."""
     import uvicorn
 
     if not 1 <= int(port) <= 65535:
         raise ReIDError(f"--port: expected 1..65535, got {port}")
-    app = create_app(db, token=token, max_upload_bytes=max_upload_bytes, workers=workers, weights=weights,
-                     poll_s=poll_s)
+    app = create_app(db, routers=routers, token=token, max_upload_bytes=max_upload_bytes, workers=workers,
+                     weights=weights, poll_s=poll_s, **upload_limits)
     if host not in ("127.0.0.1", "localhost", "::1") and token is None and not os.environ.get(TOKEN_ENV):
         logger.warning("serving on %s without an API token: anyone who can reach it can search the gallery", host)
     uvicorn.run(app, host=host, port=int(port), log_level="info")

@@ -1,93 +1,103 @@
-"""HTTP routes for tracklets, added to the search service by ``add_routes(app, get_gallery, authorize)``
-(reidkit.retrieval.service.create_app calls it):
+"""HTTP routes for tracklets: ``tracklet_routes(get_gallery, authorize) -> fastapi.APIRouter``, a router
+for reidkit.retrieval.service.create_app(..., routers=[tracklet_routes]) (`reidkit serve` composes it):
 
 - ``POST /tracklets/search``: multipart ``file`` (a crop, or a frame with form field ``box`` =
-  ``x1,y1,x2,y2``; optional ``exclude_camera``) or JSON ``{"tracklet": id-or-key}``; query ``k``.
-  Returns ranked tracklets of other cameras (see reidkit.video.search).
+  ``x1,y1,x2,y2``; optional ``exclude_camera``) or JSON ``{"tracklet": id-or-key, "exclude_camera":
+  name}`` (validated: ids within SQLite's integer range, keys of a plain form, bounded size and
+  depth; 422 otherwise); query ``k``. Returns ranked tracklets of other cameras (reidkit.video.search).
 - ``GET /tracklets/{id}``: the tracklet and its appearances in time order.
 - ``GET /thumbs/{name}``: a thumbnail JPEG. Only a plain file name of the form the ingestion writes
   reaches the file system, and only inside ``DB/thumbs``: no path traversal.
-- ``GET /tracklets``: the page (reidkit/retrieval/static/tracklets.html).
+- ``GET /tracklets``: the page (reidkit/retrieval/static/tracklets.html), linked from ``/`` when the
+  gallery holds tracklets.
+
+Errors keep their type: a missing tracklet is reidkit.errors.NotFound (404 by the service's handler),
+any other ReIDError is 400; uploads are decoded under the service's memory budget.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Union
 
 # module level: FastAPI resolves the (postponed) annotations of the handlers in this module's globals
-from fastapi import HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.datastructures import UploadFile
+
+from reidkit.retrieval.service import MAX_ID, add_page, json_body
+from reidkit.video.search import appearances, parse_box, search_tracklets
 
 _THUMB_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.jpg$")
+_REF_PATTERN = r"^[A-Za-z0-9_.-]{1,300}$"
+_REF_RX = re.compile(_REF_PATTERN)
 _PAGE = Path(__file__).resolve().parent.parent / "retrieval" / "static" / "tracklets.html"
 
+TrackletId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+TrackletKey = Annotated[str, StringConstraints(pattern=_REF_PATTERN)]
+CameraName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
-def add_routes(app: Any, get_gallery: Callable[[], Any], authorize: Callable[[Any], None]) -> None:
-    """Add the tracklet routes to a FastAPI app serving `get_gallery()`; `authorize(request)` guards data routes."""
-    from fastapi.concurrency import run_in_threadpool
-    from starlette.datastructures import UploadFile
 
-    from reidkit.errors import ReIDError
-    from reidkit.video.search import appearances, parse_box, search_tracklets
+class TrackletQuery(BaseModel):
+    """JSON body of ``POST /tracklets/search``."""
 
-    def _bad(exc: ReIDError) -> HTTPException:
-        return HTTPException(404 if "no tracklet" in str(exc) else 400, detail=str(exc))
+    model_config = ConfigDict(extra="forbid")
+    tracklet: Union[TrackletId, TrackletKey]
+    exclude_camera: CameraName | None = None
 
-    @app.get("/tracklets", response_class=HTMLResponse)
-    async def tracklets_page() -> HTMLResponse:
-        # static page without data; it sends the user's token with each API call
-        return HTMLResponse(_PAGE.read_text(encoding="utf-8"), headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-                                       "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"})
 
-    @app.post("/tracklets/search")
+def _check_ref(ref: str) -> str:
+    """A tracklet reference of a plain form; a numeric one within the gallery's id range (else 422)."""
+    if not _REF_RX.match(ref):
+        raise HTTPException(422, detail="tracklet: expected a gallery id or a tracklet key ([A-Za-z0-9_.-], "
+                                        "at most 300 characters)")
+    if ref.isdigit() and int(ref) > MAX_ID:
+        raise HTTPException(422, detail=f"tracklet: id {ref} is beyond the largest gallery id ({MAX_ID})")
+    return ref
+
+
+def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request], None]) -> APIRouter:
+    """The tracklet router over `get_gallery()` (the current snapshot); `authorize(request)` guards data routes."""
+    router = APIRouter()
+    add_page(router, "/tracklets", lambda: _PAGE.read_text(encoding="utf-8"), "Tracklets", shown_if="tracklets")
+
+    @router.post("/tracklets/search")
     async def tracklets_search(request: Request, k: int = Query(10, ge=1, le=200)) -> dict[str, Any]:
         authorize(request)
         g = get_gallery()
         ctype = request.headers.get("content-type", "")
-        try:
-            if ctype.startswith("application/json"):
-                try:
-                    body = await request.json()
-                except ValueError:
-                    raise HTTPException(400, detail="invalid JSON body") from None
-                if not isinstance(body, dict) or body.get("tracklet") in (None, ""):
-                    raise HTTPException(400, detail='expected JSON {"tracklet": <id or key>}')
-                return await run_in_threadpool(search_tracklets, g, None, None, str(body["tracklet"]), k,
-                                               body.get("exclude_camera"))
-            if not ctype.startswith("multipart/form-data"):
-                raise HTTPException(400, detail="expected a multipart upload (field 'file', optional 'box') "
-                                                'or JSON {"tracklet": id}')
-            form = await request.form(max_files=1, max_fields=8)
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise HTTPException(400, detail="expected the image in the multipart field 'file'")
-            data = await upload.read()
-            box_text = form.get("box")
-            exclude = form.get("exclude_camera") or None
-            await form.close()
-            if not data:
-                raise HTTPException(400, detail="empty upload")
-            from reidkit.retrieval.service import _decode_upload
-
-            image = await run_in_threadpool(_decode_upload, data)
-            box = parse_box(box_text if isinstance(box_text, str) else None)
+        if ctype.startswith("application/json"):
+            q = await json_body(request, TrackletQuery)
+            ref = _check_ref(str(q.tracklet))
+            return await run_in_threadpool(search_tracklets, g, None, None, ref, k, q.exclude_camera)
+        if not ctype.startswith("multipart/form-data"):
+            raise HTTPException(400, detail="expected a multipart upload (field 'file', optional 'box') "
+                                            'or JSON {"tracklet": id}')
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, detail="expected the image in the multipart field 'file'")
+        data = await upload.read()
+        box_text = form.get("box")
+        exclude = form.get("exclude_camera") or None
+        await form.close()
+        if not data:
+            raise HTTPException(400, detail="empty upload")
+        if exclude is not None and (not isinstance(exclude, str) or len(exclude) > 200):
+            raise HTTPException(422, detail="exclude_camera: expected a camera name (at most 200 characters)")
+        box = parse_box(box_text if isinstance(box_text, str) else None)
+        # a box is in the frame's own pixels: decode at full size then (no reduced JPEG decoding)
+        async with request.app.state.uploads.decoded(data, draft_min_side=None if box else 512) as image:
             return await run_in_threadpool(search_tracklets, g, image, box, None, k, exclude)
-        except ReIDError as exc:
-            raise _bad(exc) from None
 
-    @app.get("/tracklets/{ref}")
+    @router.get("/tracklets/{ref}")
     async def tracklet(ref: str, request: Request) -> dict[str, Any]:
         authorize(request)
-        if not re.match(r"^[A-Za-z0-9_.-]{1,300}$", ref):
-            raise HTTPException(400, detail="tracklet: expected a gallery id or a tracklet key")
-        try:
-            return await run_in_threadpool(appearances, get_gallery(), ref)
-        except ReIDError as exc:
-            raise _bad(exc) from None
+        return await run_in_threadpool(appearances, get_gallery(), _check_ref(ref))
 
-    @app.get("/thumbs/{name}")
+    @router.get("/thumbs/{name}")
     async def thumb(name: str, request: Request) -> FileResponse:
         authorize(request)
         if not _THUMB_RX.match(name) or ".." in name:
@@ -97,3 +107,8 @@ def add_routes(app: Any, get_gallery: Callable[[], Any], authorize: Callable[[An
         if path.parent != folder or not path.is_file():
             raise HTTPException(404, detail=f"no thumbnail {name}")
         return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    return router
+
+
+__all__ = ["tracklet_routes", "TrackletQuery"]

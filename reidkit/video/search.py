@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import NotFound, ReIDError
 
 
 def parse_box(text: str | Sequence[float] | None) -> tuple[float, float, float, float] | None:
@@ -46,7 +46,7 @@ def find_tracklet(gallery: Any, ref: str | int) -> dict[str, Any]:
     """The stored tracklet entry with gallery id `ref` (digits) or tracklet key `ref`."""
     text = str(ref).strip()
     rec = None
-    if text.isdigit():
+    if text.isdigit() and int(text) < 2**63:  # beyond SQLite's integer range it can only be a key
         rec = gallery.record(int(text))
         if rec is not None and rec.get("kind") != "tracklet":
             rec = None
@@ -54,7 +54,7 @@ def find_tracklet(gallery: Any, ref: str | int) -> dict[str, Any]:
         rows = gallery.entries(kind="tracklet", tracklet=text)
         rec = rows[0] if rows else None
     if rec is None:
-        raise ReIDError(f"--tracklet: no tracklet {text!r} in gallery {gallery.db}")
+        raise NotFound(f"--tracklet: no tracklet {text!r} in gallery {gallery.db}", public=f"no tracklet {text!r}")
     return rec
 
 
