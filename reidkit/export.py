@@ -30,7 +30,7 @@ from reidkit.models.exported import (
 from reidkit.models.loading import load_feature_model, load_model
 
 __all__ = [
-    "FORMATS", "export_model", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
+    "FORMATS", "export_model", "export_model_to", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
     "load_torchscript", "parity", "file_sha256", "load_feature_model", "is_torchscript", "ort_session",
 ]
 
@@ -66,7 +66,7 @@ def _load(weights: str | os.PathLike) -> nn.Module:
     return load_model(weights, device="cpu").eval()
 
 
-def _metadata(model: nn.Module, weights: str | os.PathLike, size: tuple[int, int]) -> dict[str, str]:
+def _metadata(model: nn.Module, weights: str | os.PathLike | None, size: tuple[int, int]) -> dict[str, str]:
     info = model.info
     meta: dict[str, Any] = {
         "input_size": [int(size[0]), int(size[1])],
@@ -74,7 +74,7 @@ def _metadata(model: nn.Module, weights: str | os.PathLike, size: tuple[int, int
         "std": list(info.std),
         "feat_dim": info.feat_dim,
         "uses_camera": info.uses_camera,
-        "weights_sha256": info.sha256 or file_sha256(weights),
+        "weights_sha256": info.sha256 or (file_sha256(weights) if weights is not None else None),
         "input_layout": "NCHW float32, RGB, (x/255 - mean) / std",
         "output": "eval feature (flip TTA and L2 normalisation are the caller's)",
         "producer": "reidkit",
@@ -125,9 +125,17 @@ def export_model(
     weights = Path(weights)
     if model is None:
         model = _load(weights)
-    hw = _resolve_size(model, size)
     if out is None:
         out = weights.with_suffix(".onnx" if fmt == "onnx" else ".ts")
+    return export_model_to(model, out, fmt=fmt, opset=opset, size=size, weights=weights)
+
+
+def export_model_to(model: nn.Module, out: str | os.PathLike, fmt: str = "onnx", opset: int = 17,
+                    size: Sequence[int] | None = None, weights: str | os.PathLike | None = None) -> Path:
+    """Export an in-memory model's eval feature (``model.info`` gives the facts stored as metadata)."""
+    if fmt not in FORMATS:
+        raise ReIDError(f"export: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    hw = _resolve_size(model, size)
     out = Path(out)
     meta = _metadata(model, weights, hw)
     use_cams = model.info.uses_camera
@@ -153,7 +161,7 @@ def export_model(
     except ReIDError:
         raise
     except Exception as exc:  # noqa: BLE001 - exporter failures are reported with the model named
-        raise ReIDError(f"export: {fmt} export of {weights} failed: {exc}") from exc
+        raise ReIDError(f"export: {fmt} export of {weights or type(model).__name__} failed: {exc}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
