@@ -115,7 +115,8 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     from reidkit.engine.optim import ExtraOptimizer, OptimStep, build_optimizer
     from reidkit.engine.supervised import to_float
     from reidkit.losses.criterion import build_criterion
-    from reidkit.models.build import build_model, param_groups
+    from reidkit.engine.optim import param_groups
+    from reidkit.models.build import build_model
 
     torch.manual_seed(0)
     mode = p["mode"]

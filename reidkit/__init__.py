@@ -17,7 +17,7 @@ _LAZY = {
     "evaluate_rank": "reidkit.evaluation.metrics",
     "re_ranking": "reidkit.evaluation.rerank",
     "load_config": "reidkit.config",
-    "load_model": "reidkit.models.build",
+    "load_model": "reidkit.models.loading",
     "train": "reidkit.engine.api",
     "train_usl": "reidkit.engine.api",
     "test": "reidkit.engine.api",

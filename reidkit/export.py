@@ -5,8 +5,9 @@ mean/std, to the model's eval feature (``N x D``, not L2-normalised). Models tha
 (``uses_camera = True``: ViT with SIE) take a second input ``camids`` (int64, one per image).
 Flip TTA and feature normalisation stay with the caller (``extract_features``), exactly as for the
 torch model. ``OnnxFeatureModel`` and ``TorchScriptFeatureModel`` implement the feature-model
-protocol (``reidkit.evaluation.features.FeatureModel``); ``load_feature_model`` picks the right
-runner for a checkpoint, an .onnx file or a TorchScript archive.
+protocol (``reidkit.evaluation.features.FeatureModel``); they live in ``reidkit.models.exported``
+and ``reidkit.models.loading.load_feature_model`` picks the right runner for a checkpoint, an .onnx
+file or a TorchScript archive (both names are re-exported here).
 """
 from __future__ import annotations
 
@@ -16,24 +17,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from reidkit.errors import ReIDError
 from reidkit.models.checkpoint import file_sha256, is_torchscript
+from reidkit.models.exported import (
+    CAMS_NAME, INPUT_NAME, OUTPUT_NAME, TS_META, OnnxFeatureModel, TorchScriptFeatureModel, load_torchscript,
+    ort_session, read_export_metadata,
+)
+from reidkit.models.loading import load_feature_model, load_model
 
 __all__ = [
-    "FORMATS", "export_model", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
-    "load_torchscript", "parity", "file_sha256", "load_feature_model", "is_torchscript",
+    "FORMATS", "export_model", "export_model_to", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
+    "load_torchscript", "parity", "file_sha256", "load_feature_model", "is_torchscript", "ort_session",
 ]
 
 FORMATS = ("onnx", "torchscript")
-INPUT_NAME = "images"
-CAMS_NAME = "camids"
-OUTPUT_NAME = "features"
-# TorchScript keeps the same facts in an extra file inside the archive.
-_TS_META = "reidkit.json"
+_TS_META = TS_META
 
 
 class _EvalFeature(nn.Module):
@@ -61,35 +62,31 @@ class _EvalFeatureCams(nn.Module):
 
 
 def _load(weights: str | os.PathLike) -> nn.Module:
-    from reidkit.models.build import load_model
-
     return load_model(weights, device="cpu").eval()
 
 
-def _metadata(model: nn.Module, weights: str | os.PathLike, size: tuple[int, int]) -> dict[str, str]:
-    cfg = getattr(model, "model_cfg", None)
+def _metadata(model: nn.Module, weights: str | os.PathLike | None, size: tuple[int, int]) -> dict[str, str]:
+    info = model.info
     meta: dict[str, Any] = {
         "input_size": [int(size[0]), int(size[1])],
-        "mean": [float(v) for v in model.mean],
-        "std": [float(v) for v in model.std],
-        "feat_dim": int(model.feat_dim),
-        "uses_camera": bool(getattr(model, "uses_camera", False)),
-        "weights_sha256": file_sha256(weights),
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "feat_dim": info.feat_dim,
+        "uses_camera": info.uses_camera,
+        "weights_sha256": info.sha256 or (file_sha256(weights) if weights is not None else None),
         "input_layout": "NCHW float32, RGB, (x/255 - mean) / std",
         "output": "eval feature (flip TTA and L2 normalisation are the caller's)",
         "producer": "reidkit",
     }
-    if cfg is not None:
-        import dataclasses
-
-        meta["model_cfg"] = dataclasses.asdict(cfg)
+    if info.model_cfg is not None:
+        meta["model_cfg"] = info.model_cfg
     # ONNX metadata values are strings: store each as JSON so numbers and lists survive.
     return {k: json.dumps(v) for k, v in meta.items()}
 
 
 def _resolve_size(model: nn.Module, size: Sequence[int] | None) -> tuple[int, int]:
     if size is None:
-        size = getattr(model, "input_size", None) or (256, 128)
+        size = model.info.input_size
     if len(size) != 2 or int(size[0]) < 8 or int(size[1]) < 8:
         raise ReIDError(f"export: size must be (H, W) with both >= 8, got {tuple(size)!r}")
     return int(size[0]), int(size[1])
@@ -123,12 +120,20 @@ def export_model(
     weights = Path(weights)
     if model is None:
         model = _load(weights)
-    hw = _resolve_size(model, size)
     if out is None:
         out = weights.with_suffix(".onnx" if fmt == "onnx" else ".ts")
+    return export_model_to(model, out, fmt=fmt, opset=opset, size=size, weights=weights)
+
+
+def export_model_to(model: nn.Module, out: str | os.PathLike, fmt: str = "onnx", opset: int = 17,
+                    size: Sequence[int] | None = None, weights: str | os.PathLike | None = None) -> Path:
+    """Export an in-memory model's eval feature (``model.info`` gives the facts stored as metadata)."""
+    if fmt not in FORMATS:
+        raise ReIDError(f"export: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    hw = _resolve_size(model, size)
     out = Path(out)
     meta = _metadata(model, weights, hw)
-    use_cams = bool(getattr(model, "uses_camera", False))
+    use_cams = model.info.uses_camera
     wrapper = (_EvalFeatureCams(model) if use_cams else _EvalFeature(model)).eval()
     # Two samples so no op specialises on a batch of one; the batch axis is declared dynamic.
     dummy: tuple[torch.Tensor, ...] = (torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(0)),)
@@ -152,7 +157,7 @@ def export_model(
     except ReIDError:
         raise
     except Exception as exc:  # noqa: BLE001 - exporter failures are reported with the model named
-        raise ReIDError(f"export: {fmt} export of {weights} failed: {exc}") from exc
+        raise ReIDError(f"export: {fmt} export of {weights or type(model).__name__} failed: {exc}") from exc
     return out
 
 
@@ -179,166 +184,14 @@ def _export_onnx(wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path,
     onnx.save(proto, str(tmp))
 
 
-def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The reidkit facts (input_size, mean, std, feat_dim, ...) stored in an exported ONNX/TorchScript file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReIDError(f"exported model not found: {path}")
-    if path.suffix.lower() == ".onnx":
-        import onnx
-
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001
-            raise ReIDError(f"cannot read ONNX file {path}: {exc}") from exc
-        raw = {p.key: p.value for p in proto.metadata_props}
-        try:
-            return {k: json.loads(v) for k, v in raw.items()}
-        except json.JSONDecodeError as exc:
-            raise ReIDError(f"{path}: metadata_props are not reidkit's JSON values") from exc
-    extra = {_TS_META: ""}
-    try:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # noqa: BLE001
-        raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from exc
-    return json.loads(extra[_TS_META]) if extra[_TS_META] else {}
-
-
-def _require_meta(meta: dict[str, Any], path: Path) -> None:
-    missing = [k for k in ("input_size", "mean", "std", "feat_dim") if k not in meta]
-    if missing:
-        raise ReIDError(f"{path}: not a reidkit export (metadata lacks {', '.join(missing)}); "
-                        f"export it with `reidkit export`")
-
-
-class _ExportedFeatureModel:
-    """Shared part of the exported runners: metadata facts and input checks (inference only)."""
-
-    path: Path
-    metadata: dict[str, Any]
-
-    def _init_meta(self, meta: dict[str, Any]) -> None:
-        _require_meta(meta, self.path)
-        self.metadata = meta
-        self.input_size = [int(v) for v in meta["input_size"]]
-        self.mean = [float(v) for v in meta["mean"]]
-        self.std = [float(v) for v in meta["std"]]
-        self.feat_dim = int(meta["feat_dim"])
-        self.uses_camera = bool(meta.get("uses_camera", False))
-
-    def _check(self, x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor | None:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ReIDError(f"{self.path.name}: expected an N x 3 x H x W batch, got {tuple(x.shape)}")
-        if list(x.shape[2:]) != self.input_size:
-            raise ReIDError(f"{self.path.name}: exported for input size {self.input_size[0]}x"
-                            f"{self.input_size[1]}, got {x.shape[2]}x{x.shape[3]}")
-        if not self.uses_camera:
-            return None
-        if cams is None:
-            raise ReIDError(f"{self.path.name}: this model uses the camera id of each image (SIE); "
-                            "give camids (reidkit extract reads them from file names with --cam-regex)")
-        cams = torch.as_tensor(cams, dtype=torch.int64).reshape(-1).cpu()
-        if cams.numel() != x.shape[0]:
-            raise ReIDError(f"{self.path.name}: {cams.numel()} camera ids for a batch of {x.shape[0]}")
-        return cams
-
-    def eval(self) -> "_ExportedFeatureModel":
-        """An exported graph is always in inference mode; returns self."""
-        return self
-
-
-class OnnxFeatureModel(_ExportedFeatureModel):
-    """An exported ONNX model on onnxruntime (CPU), implementing the feature-model protocol.
-
-    Call it with a float ``N x 3 x H x W`` tensor (normalised with ``.mean``/``.std``), plus the
-    ``camids`` of the images when ``uses_camera``, and get the ``N x feat_dim`` features back on
-    the input's device.
-    """
-
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
-        self.path = Path(path)
-        self._init_meta(read_export_metadata(self.path))
-        self.session = ort_session(self.path, threads)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
-        """Features of a normalised float NCHW batch (a float32 tensor on ``x``'s device)."""
-        cams = self._check(x, cams)
-        feeds = {self.input_name: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())}
-        if cams is not None:
-            feeds[CAMS_NAME] = np.ascontiguousarray(cams.numpy())
-        out = self.session.run(None, feeds)[0]
-        return torch.from_numpy(out).to(x.device)
-
-
-class TorchScriptFeatureModel(_ExportedFeatureModel):
-    """An exported TorchScript archive (CPU), implementing the feature-model protocol."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.module, meta = load_torchscript(self.path)
-        self._init_meta(meta)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
-        """Features of a normalised float NCHW batch (a float32 tensor on ``x``'s device)."""
-        cams = self._check(x, cams)
-        xc = x.detach().to("cpu", torch.float32)
-        out = self.module(xc) if cams is None else self.module(xc, cams)
-        return out.float().to(x.device)
-
-
-def ort_session(path: str | os.PathLike, threads: int | None = None, what: str = "") -> Any:
-    """An onnxruntime CPU session for ``path``; one ReIDError naming the file when it cannot load."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001
-        raise ReIDError(f"{what + ': ' if what else ''}onnxruntime cannot load {path}: {exc}") from None
-
-
-def load_feature_model(path: str | os.PathLike, device: str = "cpu", fmt: str | None = None) -> Any:
-    """A ``FeatureModel`` for a path: ONNX runner (.onnx), TorchScript runner, or a checkpoint (eval).
-
-    Checkpoints of other toolkits load too (format detected from the keys, or named by ``fmt``).
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return OnnxFeatureModel(path)
-    if path.is_file() and is_torchscript(path):
-        return TorchScriptFeatureModel(path)
-    from reidkit.models.build import load_model
-
-    return load_model(path, device=device, fmt=fmt)
-
-
-def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load an exported TorchScript model (eval, CPU) with its reidkit metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReIDError(f"exported model not found: {path}")
-    extra = {_TS_META: ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # noqa: BLE001
-        raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from exc
-    meta = json.loads(extra[_TS_META]) if extra[_TS_META] else {}
-    _require_meta(meta, path)
-    return module.eval(), meta
-
-
 def parity(weights: str | os.PathLike, exported: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
            seed: int = 0, model: nn.Module | None = None) -> float:
     """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes."""
     exported = Path(exported)
     if model is None:
         model = _load(weights)
-    runner: _ExportedFeatureModel = (OnnxFeatureModel(exported) if exported.suffix.lower() == ".onnx"
-                                     else TorchScriptFeatureModel(exported))
+    runner: Any = (OnnxFeatureModel(exported) if exported.suffix.lower() == ".onnx"
+                   else TorchScriptFeatureModel(exported))
     hw = runner.input_size
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0

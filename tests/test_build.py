@@ -7,7 +7,9 @@ import torch
 
 from reidkit.errors import ReIDError
 from reidkit.losses import LossConfig, build_criterion
-from reidkit.models.build import ModelConfig, ReIDModel, build_model, load_model, param_groups, save_model
+from reidkit.engine.optim import param_groups
+from reidkit.models.build import ModelConfig, ReIDModel, build_model, save_model
+from reidkit.models.loading import load_model
 
 X = torch.randn(4, 3, 32, 16)  # tiny inputs keep the CPU tests fast
 X64 = torch.randn(4, 3, 64, 32)  # MGN: tall enough for 3 stripes

@@ -144,7 +144,7 @@ def test_plain_pickle_payload_through_index_build_from_fastreid(fixtures, tmp_pa
 
 def _api_calls(fx: dict, evil: Path):
     from reidkit import Embedder
-    from reidkit.retrieval.index import FeatureExtractor
+    from reidkit.inference import FeatureExtractor
     from reidkit.models.build import load_model
     from reidkit.retrieval.service import create_app
 

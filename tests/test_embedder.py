@@ -41,8 +41,9 @@ def test_embed_equals_one_by_one(weights, frame):
     ext = emb.extractor
     for i, (x0, y0, x1, y1) in enumerate([(30, 20, 55, 80), (0, 0, 40, 70), (100, 10, 120, 61)]):
         crop = np.ascontiguousarray(frame[y0:y1, x0:x1, ::-1])  # BGR frame -> RGB crop (floor / ceil of the box)
-        one = ext.embed_images([crop])[0]
+        one = ext.embed_images([crop], flip=emb.flip)[0]  # the embedder's options go with each call
         np.testing.assert_allclose(out[i], one, atol=1e-5)
+    assert ext.flip is True and ext.batch_size == 2  # the shared extractor is never changed
     # the same frame given as RGB with bgr=False gives the same features
     np.testing.assert_allclose(emb.embed(np.ascontiguousarray(frame[:, :, ::-1]), BOXES, bgr=False), out, atol=1e-6)
     assert not np.allclose(out[0], out[1], atol=1e-3)

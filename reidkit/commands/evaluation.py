@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("--amp", action="store_true", help="autocast the model (torch weights only)")
     ext.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16",
                      help="autocast dtype with --amp (default bf16)")
+    ext.add_argument("--engine", choices=["torch", "onnx", "auto"], default="torch",
+                     help="torch (BatchNorm folded), onnx (onnxruntime on CPU; the export is cached by the "
+                          "weights' hash under $REIDKIT_HOME/onnx-cache) or auto (onnx on CPU)")
     ext.add_argument("--strict", action="store_true",
                      help="stop at the first unreadable (empty, corrupt) image instead of skipping it; "
                           "skipped images are listed on stderr and in the .npz array 'skipped'")
@@ -122,36 +125,16 @@ def parse_names(paths, cam_regex: str = r"c(\d+)"):
     return camids, pid_arr
 
 
-def _init_distributed(device: str):
-    """Under torchrun (WORLD_SIZE > 1): join the process group; returns (rank, world, created)."""
-    import torch.distributed as dist
-
-    from reidkit.utils.runtime import dist_env
-
-    rank, world, _ = dist_env()
-    if world <= 1:
-        return 0, 1, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    backend = "nccl" if str(device).startswith("cuda") else "gloo"
-    if backend == "nccl":
-        import torch
-
-        torch.cuda.set_device(torch.device(device))  # gather_rows gathers on the current device
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), True
-
-
 def _extract(args: argparse.Namespace) -> int:
+    """A thin layer over reidkit.inference.FeatureExtractor.embed_paths (sharded under torchrun)."""
     import sys
     from pathlib import Path
 
     import numpy as np
-    import torch
 
     from reidkit.errors import ReIDError
-    from reidkit.evaluation.features import extract_features, gather_rows, load_images, shard_bounds
-    from reidkit.export import load_feature_model
+    from reidkit.evaluation.features import init_distributed
+    from reidkit.inference import FeatureExtractor
     from reidkit.models.zoo import resolve_weights
     from reidkit.utils.io import atomic_write
     from reidkit.utils.runtime import resolve_device
@@ -168,53 +151,39 @@ def _extract(args: argparse.Namespace) -> int:
     out = _check_out_file(args.out)
     paths = _list_images(args.images)
     device = resolve_device("cpu" if args.onnx else (args.device or "auto"), key="--device")
-    model = load_feature_model(args.onnx or args.weights, device=str(device), fmt=args.weights_format)
-    if not isinstance(model, torch.nn.Module):
-        device = torch.device("cpu")  # exported runners run on CPU
-    size = tuple(args.size) if args.size else tuple(getattr(model, "input_size", (256, 128)))
+    fx = FeatureExtractor.load(source, device=str(device), batch_size=args.batch_size,
+                               size=tuple(args.size) if args.size else None, fmt=args.weights_format,
+                               engine=args.engine, flip=not args.no_flip)
+    if fx.engine != "torch":
+        device = resolve_device("cpu", key="--device")  # exported runners and onnxruntime run on CPU
     camids, pids = parse_names(paths, args.cam_regex)
-    if getattr(model, "uses_camera", False) and camids is None:
+    if fx.uses_camera and camids is None:
         raise ReIDError(f"{flag}: {source} uses the camera id of each image, but not every file name "
                         f"under {args.images} matches --cam-regex {args.cam_regex!r}")
-    rank, world, created = _init_distributed(str(device))
+    rank, world, created = init_distributed(str(device))
+    skipped: list[str] = []
     try:
-        # Each rank decodes and embeds only its contiguous shard; unreadable files become rows
-        # flagged invalid, so every rank gathers the same N rows and agrees on what was skipped.
-        a, b = shard_bounds(len(paths), rank, world)
-        imgs, kept, _ = load_images(paths[a:b], size, strict=False)
-        block = None
-        if b > a:
-            block = torch.zeros(b - a, int(model.feat_dim) + 1)
-            if kept:
-                cams = None if camids is None else camids[a:b][kept]
-                f = extract_features(model, imgs, batch_size=args.batch_size, flip=not args.no_flip,
-                                     device=device, size=size, amp=args.amp and isinstance(model, torch.nn.Module),
-                                     amp_dtype=args.amp_dtype, camids=cams)
-                if f.shape[1] != block.shape[1] - 1:
-                    block = torch.zeros(b - a, f.shape[1] + 1)
-                block[kept, :-1] = f
-                block[kept, -1] = 1.0
-        rows = gather_rows(block, world) if world > 1 else block
+        feats = fx.embed_paths(paths, device=device, camids=camids if fx.uses_camera else None, skipped=skipped,
+                               distributed=world > 1, amp=args.amp and fx.engine == "torch",
+                               amp_dtype=args.amp_dtype)
     finally:
         if created:
             import torch.distributed as dist
 
             dist.barrier()
             dist.destroy_process_group()
-    valid = rows[:, -1] > 0.5
-    skipped = [p for p, ok in zip(paths, valid.tolist()) if not ok]
     if skipped and args.strict:
         raise ReIDError(f"--images: cannot read {skipped[0]} (empty or corrupt image)"
                         + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
                         + "; without --strict unreadable images are skipped and listed")
-    if not valid.any():
+    if len(feats) == 0:
         raise ReIDError(f"--images: none of the {len(paths)} images under {args.images} could be read")
     if rank != 0:
         return 0
-    keep = valid.numpy()
-    feats = rows[valid, :-1]
+    lost = set(skipped)
+    keep = np.asarray([p not in lost for p in paths], dtype=bool)
     kept_paths = [p for p, ok in zip(paths, keep) if ok]
-    payload = {"features": feats.numpy().astype(np.float32), "paths": np.asarray(kept_paths),
+    payload = {"features": feats.astype(np.float32), "paths": np.asarray(kept_paths),
                "skipped": np.asarray(skipped, dtype=str)}
     if camids is not None:
         payload["camids"] = camids[keep]

@@ -29,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from reidkit.export import export_model, parity
-
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     model = load_model(args.weights, fmt=args.weights_format)
     out = export_model(args.weights, fmt=args.fmt, out=args.out, opset=args.opset, size=args.size, model=model)

@@ -37,7 +37,7 @@ def test(
     """
     from reidkit.engine.data import load_training_data
     from reidkit.engine.validation import evaluate_sets, prepare_val_sets
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
     from reidkit.utils.io import ensure_dir, write_json
     from reidkit.utils.runtime import resolve_device
 

@@ -228,7 +228,7 @@ class BaseTrainer:
             self.net.backbone.eval()
 
     def _setup_optim(self) -> None:
-        from reidkit.models.build import param_groups
+        from reidkit.engine.optim import param_groups
 
         s = self.cfg.solver
         groups = param_groups(

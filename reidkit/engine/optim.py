@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from reidkit.config.schema import SolverConfig
 from reidkit.errors import ReIDError
 
-__all__ = ["ExtraOptimizer", "OptimStep", "amp_dtype", "build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["ExtraOptimizer", "OptimStep", "amp_dtype", "build_optimizer", "build_scheduler", "lr_factor",
+           "param_groups"]
 
 
 def lr_factor(solver: SolverConfig | Any, t: float) -> float:
@@ -173,3 +175,57 @@ class OptimStep:
                 extra.optimizer.load_state_dict(st)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+# ----------------------------------------------------------------------------- parameter groups
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+               nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+
+
+def param_groups(
+    model: nn.Module, base_lr: float, weight_decay: float, backbone_lr_factor: float = 1.0,
+    head_lr_factor: float = 1.0, bias_lr_factor: float = 1.0, no_decay_norm: bool = False,
+    extra_modules: Iterable[nn.Module] = (),
+) -> list[dict[str, Any]]:
+    """Optimiser groups: backbone vs head lr factors, bias lr factor, optional no-decay norms/biases.
+
+    Parameters under ``backbone.`` use ``backbone_lr_factor``; the rest of ``model`` and all of
+    ``extra_modules`` (e.g. learnable loss weights) use ``head_lr_factor``. With
+    ``no_decay_norm`` normalisation weights, biases and GeM's p get weight decay 0. Frozen
+    parameters are skipped; every trainable parameter lands in exactly one group.
+    """
+    from reidkit.models.heads import GeM
+
+    net = model.module if hasattr(model, "module") else model
+    no_decay_ids: set[int] = set()
+    for mod in [net, *extra_modules]:
+        for sub in mod.modules():
+            if isinstance(sub, (*_NORM_TYPES, GeM)):
+                no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
+    named: list[tuple[str, str, nn.Parameter]] = [
+        ("backbone" if n.startswith("backbone.") else "head", n, p) for n, p in net.named_parameters()
+    ]
+    for i, mod in enumerate(extra_modules):
+        named.extend(("head", f"extra{i}.{n}", p) for n, p in mod.named_parameters())
+    groups: dict[tuple[str, bool, bool], dict[str, Any]] = {}
+    seen: set[int] = set()
+    for part, name, p in named:
+        if not p.requires_grad or id(p) in seen:  # frozen, or shared/tied parameter
+            continue
+        seen.add(id(p))
+        is_bias = name.endswith("bias")
+        decay = not (no_decay_norm and (is_bias or id(p) in no_decay_ids))
+        key = (part, is_bias, decay)
+        if key not in groups:
+            lr = base_lr * (backbone_lr_factor if part == "backbone" else head_lr_factor)
+            if is_bias:
+                lr *= bias_lr_factor
+            groups[key] = {
+                "params": [],
+                "lr": lr,
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{part}{'.bias' if is_bias else ''}{'' if decay else '.no_decay'}",
+            }
+        groups[key]["params"].append(p)
+    return list(groups.values())

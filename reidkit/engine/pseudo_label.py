@@ -161,7 +161,7 @@ def run_pseudo_label(
     from reidkit.config import load_config
     from reidkit.data.datasets import load_dataset
     from reidkit.engine.trainer import resolve_device, write_json
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     if iterations < 1:
         raise ReIDError(f"pseudo-label: --iterations must be >= 1, got {iterations}")

@@ -71,16 +71,16 @@ def extract_val_features(
     net: nn.Module, vs: ValSet, test: TestConfig | Any, device: torch.device, distributed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and gallery features of `net` with the ``test`` settings (flip TTA, neck_feat, cameras)."""
-    from reidkit.evaluation.features import extract_features
+    from reidkit.inference import FeatureExtractor
 
     test = getattr(test, "test", test)
-    kw: dict[str, Any] = dict(batch_size=test.batch_size, flip=test.flip, device=device, normalize=False,
+    fx = FeatureExtractor.from_model(net, device=device, size=vs.query_images.shape[1:3])
+    kw: dict[str, Any] = dict(batch_size=test.batch_size, flip=test.flip, normalize=False,
                               neck_feat=test.neck_feat, distributed=distributed)
-    cams = getattr(net, "uses_camera", False)
+    cams = fx.uses_camera
     with torch.no_grad():
-        qf = extract_features(net, vs.query_images, camids=[r.camid for r in vs.dataset.query] if cams else None, **kw)
-        gf = extract_features(net, vs.gallery_images, camids=[r.camid for r in vs.dataset.gallery] if cams else None,
-                              **kw)
+        qf = fx.embed_tensor(vs.query_images, camids=[r.camid for r in vs.dataset.query] if cams else None, **kw)
+        gf = fx.embed_tensor(vs.gallery_images, camids=[r.camid for r in vs.dataset.gallery] if cams else None, **kw)
     return qf, gf
 
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import pick_device
 
-__all__ = ["extract_features", "FeatureModel", "load_images", "shard_bounds", "gather_rows", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["extract_features", "FeatureModel", "load_images", "shard_bounds", "gather_rows", "init_distributed",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,6 +127,24 @@ def gather_rows(local: torch.Tensor | None, world: int) -> torch.Tensor:
     return torch.cat([b[:n].cpu() for b, n in zip(blocks, sizes)])
 
 
+def init_distributed(device: str | torch.device) -> tuple[int, int, bool]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; returns (rank, world, created by us)."""
+    import torch.distributed as dist
+
+    from reidkit.utils.runtime import dist_env
+
+    rank, world, _ = dist_env()
+    if world <= 1:
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))  # gather_rows gathers on the current device
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), True
+
+
 def _resize(batch: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
     """Bilinear (antialiased) resize of a float NCHW batch when its size differs."""
     if size is None or tuple(batch.shape[-2:]) == tuple(size):
@@ -209,7 +228,8 @@ def extract_features(
     amp_dtype: str = "bf16",
     camids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     distributed: bool = False,
-) -> torch.Tensor:
+    autocast: Any = None,
+) -> Any:
     """N x D float32 CPU features of uint8 NHWC images or image paths (flip TTA, L2-normalised).
 
     ``amp=True`` runs the model under ``torch.autocast`` on the extraction device (CUDA or CPU)
@@ -219,7 +239,9 @@ def extract_features(
     "before") asks a reidkit model for that output instead of its configured one. ``camids``
     (one per image) are passed to models with ``uses_camera``. ``distributed``: under an
     initialised process group, each rank extracts its contiguous shard and all ranks get the
-    gathered N x D result in order (see the module docstring).
+    gathered N x D result in order (see the module docstring). A model whose output is a dict of
+    ``B x D`` tensors (e.g. USL feature spaces) gives a dict of ``N x D`` features, one per key.
+    ``autocast``: a context-manager factory used instead of ``amp`` (the trainer's own).
     """
     if batch_size < 1:
         raise ReIDError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -240,9 +262,9 @@ def extract_features(
             local = extract_features(model, images[a:b], batch_size=batch_size, flip=flip, device=device,
                                      mean=mean, std=std, size=size, normalize=False, amp=amp,
                                      neck_feat=neck_feat, amp_dtype=amp_dtype,
-                                     camids=None if cams_all is None else cams_all[a:b], distributed=False)
-        out = gather_rows(local, world)
-        return F.normalize(out, dim=1) if normalize else out
+                                     camids=None if cams_all is None else cams_all[a:b], distributed=False,
+                                     autocast=autocast)
+        return _map_out(_gather_out(local, world, model), lambda t: F.normalize(t, dim=1) if normalize else t)
     imgs = _as_images(images, size)
     cams = _as_camids(camids, int(imgs.shape[0]))
     if not getattr(model, "uses_camera", False):
@@ -259,24 +281,45 @@ def extract_features(
     moved = model_dev is not None and model_dev != dev
     if moved:
         model.to(dev)
-    autocast = torch.autocast(device_type=dev.type, dtype=dtypes[amp_dtype]) if amp else contextlib.nullcontext()
-    feats = []
+    if autocast is not None:
+        ctx = autocast()
+    else:
+        ctx = torch.autocast(device_type=dev.type, dtype=dtypes[amp_dtype]) if amp else contextlib.nullcontext()
+    feats: list[Any] = []
     try:
-        with autocast:
+        with ctx:
             for b in range(0, imgs.shape[0], batch_size):
                 x = imgs[b : b + batch_size].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = _resize(x, size).div_(255.0).sub_(m).div_(s)
                 c = None if cams is None else cams[b : b + batch_size].to(dev)
-                f = fn(x, c).float()
-                if f.ndim != 2:
-                    raise ReIDError(f"model: expected eval output of shape B x D, got {tuple(f.shape)}")
+                f = _map_out(fn(x, c), _check_2d)
                 if flip:
-                    f = (f + fn(torch.flip(x, dims=[3]), c).float()) / 2.0
-                feats.append(f.cpu())
+                    g = _map_out(fn(torch.flip(x, dims=[3]), c), _check_2d)
+                    f = {k: (v + g[k]) / 2.0 for k, v in f.items()} if isinstance(f, dict) else (f + g) / 2.0
+                feats.append(_map_out(f, lambda t: t.cpu()))
     finally:
         if moved:
             model.to(model_dev)
         if was_training and hasattr(model, "train"):
             model.train(True)
-    out = torch.cat(feats)
-    return F.normalize(out, dim=1) if normalize else out
+    out = {k: torch.cat([f[k] for f in feats]) for k in feats[0]} if isinstance(feats[0], dict) else torch.cat(feats)
+    return _map_out(out, lambda t: F.normalize(t, dim=1) if normalize else t)
+
+
+def _check_2d(f: torch.Tensor) -> torch.Tensor:
+    if f.ndim != 2:
+        raise ReIDError(f"model: expected eval output of shape B x D, got {tuple(f.shape)}")
+    return f.float()
+
+
+def _map_out(out: Any, fn: Any) -> Any:
+    """``fn`` on a tensor, or on each value of a dict of tensors (multi-output models)."""
+    return {k: fn(v) for k, v in out.items()} if isinstance(out, dict) else fn(out)
+
+
+def _gather_out(local: Any, world: int, model: Any) -> Any:
+    """All-gather a rank's block (a tensor or a dict of tensors; None for an empty shard)."""
+    keys = getattr(model, "spaces", None)
+    if isinstance(local, dict) or (local is None and keys):
+        return {k: gather_rows(None if local is None else local[k], world) for k in (keys or list(local))}
+    return gather_rows(local, world)

@@ -11,7 +11,10 @@ from torch import nn
 
 from reidkit.config.model import ModelConfig
 from reidkit.errors import ReIDError
-from reidkit.models.heads import GeM, ReIDHead
+from reidkit.models.info import DEFAULT_INPUT_SIZE, ModelInfo
+from reidkit.models.heads import (
+    CLASSIFIERS, NECK_FEATS, NECKS, POOLINGS, ReIDHead, check_choice,
+)
 
 ARCHS = ("baseline", "mgn", "transreid")
 _DEFAULT_MEAN = [0.485, 0.456, 0.406]
@@ -40,6 +43,25 @@ class ReIDModel(nn.Module):
         self.std = [float(v) for v in std]
         self.feat_dim = int(head.feat_dim)
         self.uses_camera = bool(getattr(backbone, "uses_camera", False))
+        # Provenance, set by the loaders (reidkit.models.loading, interop); read through ``info``.
+        self.input_size: list[int] = list(DEFAULT_INPUT_SIZE)
+        self.source_format = "reidkit"
+        self.source_arch: str | None = None
+        self.model_cfg: ModelConfig | None = None
+        self.sha256: str | None = None
+        self.path: str | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        """The typed facts about this model (input size, normalisation, feature size, provenance)."""
+        cfg = self.model_cfg
+        return ModelInfo(
+            source_format=self.source_format, feat_dim=int(self.feat_dim),
+            input_size=(int(self.input_size[0]), int(self.input_size[1])),
+            mean=tuple(float(v) for v in self.mean), std=tuple(float(v) for v in self.std),
+            uses_camera=bool(self.uses_camera), source_arch=self.source_arch, sha256=self.sha256,
+            path=self.path, model_cfg=dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
+        )
 
     def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> Any:
         """The backbone's feature map ``B x C x h x w`` (MGN: the list of its branch maps)."""
@@ -143,25 +165,14 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     return ckpt
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt: str | None = None,
-               trust_checkpoint: bool = False, **foreign_options: Any) -> ReIDModel:
-    """Rebuild a model from a checkpoint (model or training checkpoint); returned in eval mode.
-
-    Other toolkits' checkpoints (no ``model_cfg``, or ``fmt`` named: fastreid, torchreid,
-    strong_baseline, transreid, solider) go to ``reidkit.models.interop.load_foreign`` with
-    ``foreign_options`` (e.g. ``input_size``). ``trust_checkpoint``: see ``read_checkpoint``.
-    """
-    ckpt = read_checkpoint(path, "cpu" if fmt is not None else device, trust=trust_checkpoint)
-    if fmt is not None or "model_cfg" not in ckpt:
-        from reidkit.models.interop import load_foreign
-
-        return load_foreign(ckpt, fmt=fmt, device=device, origin=os.fspath(path), **foreign_options)
+def model_from_checkpoint(ckpt: dict[str, Any], origin: str = "<checkpoint>") -> ReIDModel:
+    """Rebuild the ``ReIDModel`` of a reidkit checkpoint dict (``model``, ``model_cfg``, ``num_classes``...), eval mode."""
     missing = [k for k in ("model", "model_cfg", "num_classes") if k not in ckpt]
     if missing:
-        raise ReIDError(f"checkpoint: {path} lacks the key(s) {', '.join(missing)}")
+        raise ReIDError(f"checkpoint: {origin} lacks the key(s) {', '.join(missing)}")
     raw_cfg = ckpt["model_cfg"]
     if not isinstance(raw_cfg, dict):
-        raise ReIDError(f"checkpoint: {path}: 'model_cfg' must be a dict")
+        raise ReIDError(f"checkpoint: {origin}: 'model_cfg' must be a dict")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     # The stored weights replace any pretrained ones, so never fetch those again.
     cfg = ModelConfig(**{k: v for k, v in raw_cfg.items() if k in known})
@@ -173,63 +184,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ReIDError(f"checkpoint: {path}: weights do not match the stored model_cfg ({exc})") from exc
+        raise ReIDError(f"checkpoint: {origin}: weights do not match the stored model_cfg ({exc})") from exc
     if "mean" in ckpt:
         model.mean = [float(v) for v in ckpt["mean"]]
     if "std" in ckpt:
         model.std = [float(v) for v in ckpt["std"]]
-    model.input_size = [int(v) for v in ckpt.get("input_size", [256, 128])]  # type: ignore[assignment]
-    model.model_cfg = cfg  # type: ignore[assignment]
-    return model.to(device).eval()
+    model.input_size = [int(v) for v in ckpt.get("input_size", DEFAULT_INPUT_SIZE)]
+    model.model_cfg = cfg
+    return model.eval()
 
 
-# ----------------------------------------------------------------------------- optimiser groups
+def __getattr__(name: str) -> Any:
+    # Compatibility: ``load_model`` lives in reidkit.models.loading (the one loading dispatch); this
+    # alias keeps ``from reidkit.models.build import load_model`` working for existing callers.
+    if name == "load_model":
+        from reidkit.models.loading import load_model
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-               nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
-
-
-def param_groups(
-    model: nn.Module, base_lr: float, weight_decay: float, backbone_lr_factor: float = 1.0,
-    head_lr_factor: float = 1.0, bias_lr_factor: float = 1.0, no_decay_norm: bool = False,
-    extra_modules: Iterable[nn.Module] = (),
-) -> list[dict[str, Any]]:
-    """Optimiser groups: backbone vs head lr factors, bias lr factor, optional no-decay norms/biases.
-
-    Parameters under ``backbone.`` use ``backbone_lr_factor``; the rest of ``model`` and all of
-    ``extra_modules`` (e.g. learnable loss weights) use ``head_lr_factor``. With
-    ``no_decay_norm`` normalisation weights, biases and GeM's p get weight decay 0. Frozen
-    parameters are skipped; every trainable parameter lands in exactly one group.
-    """
-    net = model.module if hasattr(model, "module") else model
-    no_decay_ids: set[int] = set()
-    for mod in [net, *extra_modules]:
-        for sub in mod.modules():
-            if isinstance(sub, _NORM_TYPES) or isinstance(sub, GeM):
-                no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
-    named: list[tuple[str, str, nn.Parameter]] = [
-        ("backbone" if n.startswith("backbone.") else "head", n, p) for n, p in net.named_parameters()
-    ]
-    for i, mod in enumerate(extra_modules):
-        named.extend(("head", f"extra{i}.{n}", p) for n, p in mod.named_parameters())
-    groups: dict[tuple[str, bool, bool], dict[str, Any]] = {}
-    seen: set[int] = set()
-    for part, name, p in named:
-        if not p.requires_grad or id(p) in seen:  # frozen, or shared/tied parameter
-            continue
-        seen.add(id(p))
-        is_bias = name.endswith("bias")
-        decay = not (no_decay_norm and (is_bias or id(p) in no_decay_ids))
-        key = (part, is_bias, decay)
-        if key not in groups:
-            lr = base_lr * (backbone_lr_factor if part == "backbone" else head_lr_factor)
-            if is_bias:
-                lr *= bias_lr_factor
-            groups[key] = {
-                "params": [],
-                "lr": lr,
-                "weight_decay": weight_decay if decay else 0.0,
-                "name": f"{part}{'.bias' if is_bias else ''}{'' if decay else '.no_decay'}",
-            }
-        groups[key]["params"].append(p)
-    return list(groups.values())
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

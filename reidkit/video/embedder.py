@@ -2,7 +2,7 @@
 
 ``Embedder(weights_or_onnx).embed(frame, boxes_xyxy)`` crops every box (clipped to the frame),
 resizes the crops to the model's input size exactly as the gallery does (PIL bilinear, see
-reidkit.retrieval.index.FeatureExtractor), runs them through the model in batches (flip TTA
+reidkit.inference.FeatureExtractor), runs them through the model in batches (flip TTA
 when ``flip``) and returns ``N x D`` float32 unit-norm rows, one per box, in the input order.
 
 Frames are BGR by default, as OpenCV decodes them (``bgr=True``); pass ``bgr=False`` (to the
@@ -57,28 +57,32 @@ def crop_boxes(frame: np.ndarray, boxes_xyxy: Any, bgr: bool = True) -> list[np.
 class Embedder:
     """ReID features of boxes in a frame, from reidkit weights, an ONNX export, or (None) ImageNet EfficientNet-Lite0.
 
-    `extractor` (a reidkit.retrieval.index.FeatureExtractor) reuses an already loaded model; the
-    embedder then sets that extractor's `flip` and `batch_size` to its own.
+    `extractor` (a reidkit.inference.FeatureExtractor, or any object with ``model``, ``identity``
+    and ``device``) reuses an already loaded model; the embedder passes its own ``flip`` and
+    ``batch_size`` with each call and never changes the shared extractor. ``engine``: "torch"
+    (BatchNorm folded), "onnx" (onnxruntime, export cached by the weights' hash) or "auto".
     """
 
     def __init__(self, weights_or_onnx: str | os.PathLike | None = None, device: str | None = None,
                  batch_size: int = 64, flip: bool = False, bgr: bool = True,
-                 size: Sequence[int] | None = None, extractor: Any = None, trust_checkpoint: bool = False) -> None:
-        from reidkit.retrieval.index import FeatureExtractor
+                 size: Sequence[int] | None = None, extractor: Any = None, trust_checkpoint: bool = False,
+                 engine: str = "torch", threads: int | None = None) -> None:
+        from reidkit.inference import FeatureExtractor
 
         if int(batch_size) < 1:
             raise ReIDError(f"batch_size: must be >= 1, got {batch_size}")
         if extractor is None:
             from reidkit.utils.runtime import resolve_device
 
-            from reidkit.models.checkpoint import trusted
-
             dev = None if device is None else str(resolve_device(device))
-            with trusted(trust_checkpoint):
-                extractor = FeatureExtractor.load(weights_or_onnx, device=dev, batch_size=batch_size, size=size)
+            extractor = FeatureExtractor.load(weights_or_onnx, device=dev, batch_size=batch_size, size=size,
+                                              engine=engine, threads=threads, trust_checkpoint=trust_checkpoint)
+        elif not isinstance(extractor, FeatureExtractor):
+            # Another extractor class (the gallery's, until it re-exports this one): a view on its model.
+            extractor = FeatureExtractor(extractor.model, extractor.identity, extractor.device, batch_size, flip)
         self.extractor = extractor
-        self.extractor.flip = bool(flip)
-        self.extractor.batch_size = int(batch_size)
+        self.flip = bool(flip)
+        self.batch_size = int(batch_size)
         self.bgr = bool(bgr)
 
     @property
@@ -95,7 +99,8 @@ class Embedder:
         """(N, D) unit-norm features of RGB uint8 crops of any size (0 x D for none)."""
         if len(crops) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.extractor.embed_images(list(crops)).astype(np.float32, copy=False)
+        return self.extractor.embed_images(list(crops), flip=self.flip,
+                                           batch_size=self.batch_size).astype(np.float32, copy=False)
 
     def embed(self, frame: np.ndarray, boxes_xyxy: Any, bgr: bool | None = None) -> np.ndarray:
         """(N, D) float32 unit-norm features of the boxes (x1, y1, x2, y2) of `frame`; empty boxes -> 0 x D."""

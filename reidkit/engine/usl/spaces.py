@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["SpaceModel", "extract_spaces", "space_features"]
@@ -57,38 +56,18 @@ def extract_spaces(
 ) -> dict[str, torch.Tensor]:
     """L2-normalised N x D features (CPU) of each space for uint8 NHWC images (eval mode, no flip).
 
-    With ``distributed`` (an initialised process group) each rank extracts its contiguous shard
-    and every rank receives all features in the original order.
+    Goes through the one inference path (``reidkit.inference.FeatureExtractor``) with the
+    :class:`SpaceModel` as the model. With ``distributed`` (an initialised process group) each rank
+    extracts its contiguous shard and every rank receives all features in the original order.
     """
-    from contextlib import nullcontext
+    from reidkit.inference import FeatureExtractor
 
-    from reidkit.evaluation.features import gather_rows, shard_bounds
-
-    world, rank = 1, 0
-    if distributed:
-        import torch.distributed as dist
-
-        world, rank = dist.get_world_size(), dist.get_rank()
-    n = len(images)
-    lo, hi = shard_bounds(n, rank, world)
     model = SpaceModel(net, spaces, neck_after)
+    fx = FeatureExtractor.from_model(model, device=device, size=images.shape[1:3], mean=mean, std=std)
     was = net.training
-    net.eval()
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in spaces}
     try:
-        for a in range(lo, hi, batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[a : min(a + batch_size, hi)])).to(device)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(m).div_(s)
-            with (autocast() if autocast is not None else nullcontext()):
-                feats = model(x)
-            for k in spaces:
-                parts[k].append(F.normalize(feats[k].float(), dim=1))
+        out = fx.embed_tensor(images, flip=False, batch_size=batch_size, normalize=True, distributed=distributed,
+                              autocast=autocast)
     finally:
         net.train(was)
-    out = {}
-    for k in spaces:
-        local = torch.cat(parts[k]) if parts[k] else None
-        out[k] = (gather_rows(local, world) if world > 1 else local).cpu()
-    return out
+    return {k: out[k].cpu() for k in spaces}

@@ -152,7 +152,8 @@ class ClusterTrainer(BaseTrainer):
                  self.joint.name, len(self.records))
 
     def build_model(self) -> None:
-        from reidkit.models.build import build_model, load_model
+        from reidkit.models.build import build_model
+        from reidkit.models.loading import load_model
 
         cfg, usl = self.cfg, self.usl
         model_cfg = cfg.model

@@ -16,8 +16,9 @@ Each loader infers the architecture from key names and shapes, builds a reidkit
 (same layers, same pooling, the same neck output), renames every tensor, and sets the input
 normalisation the original preprocessing used (``model.mean``/``model.std`` in [0, 1] units:
 fast-reid's 0-255 ``pixel_mean``/``pixel_std`` are divided by 255, which is the same
-arithmetic). The returned model carries ``source_format``, ``input_size``, ``feat_dim``,
-``mean``, ``std`` and ``model_cfg = None`` (it is not rebuildable from a ``ModelConfig``).
+arithmetic). The returned model's ``info`` (a ``ModelInfo``) carries ``source_format``,
+``source_arch``, ``input_size``, ``feat_dim``, ``mean``, ``std``; ``model_cfg`` is None (it is not
+rebuildable from a ``ModelConfig``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from reidkit.errors import ReIDError
+from reidkit.models.checkpoint import read_checkpoint
 from reidkit.models.interop.common import first_keys, unwrap_state
 from reidkit.registry import Registry
 
@@ -66,12 +68,10 @@ def _origin(source: Any) -> str:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<state dict>"
 
 
-def _read(source: str | os.PathLike) -> Any:
-    # One reader for every checkpoint: missing/corrupt files and TorchScript exports get the
-    # same errors as reidkit's own checkpoints.
-    from reidkit.models.checkpoint import read_checkpoint
-
-    return read_checkpoint(Path(source).expanduser(), "cpu")
+def _read(source: str | os.PathLike, trust: bool = False) -> Any:
+    # One reader for every checkpoint: missing/corrupt files, TorchScript exports and files that
+    # would run code get the same errors as reidkit's own checkpoints.
+    return read_checkpoint(Path(source).expanduser(), "cpu", trust=trust)
 
 
 def detect_format(state: Mapping[str, Any], origin: str = "<state dict>") -> str:
@@ -88,7 +88,8 @@ def detect_format(state: Mapping[str, Any], origin: str = "<state dict>") -> str
 
 
 def load_foreign(path_or_state: str | os.PathLike | Mapping[str, Any], fmt: str | None = None,
-                 device: str | torch.device = "cpu", origin: str | None = None, **options: Any) -> Any:
+                 device: str | torch.device = "cpu", origin: str | None = None, trust_checkpoint: bool = False,
+                 **options: Any) -> Any:
     """Load another toolkit's checkpoint (file or loaded dict) as a reidkit ``ReIDModel`` in eval mode.
 
     ``fmt``: one of ``FORMATS`` (detected from the keys when None). ``options`` go to the
@@ -96,7 +97,7 @@ def load_foreign(path_or_state: str | os.PathLike | Mapping[str, Any], fmt: str 
     ``pooling``, ``neck_feat``, ``sie_lambda``, ``semantic_weight`` (see each module).
     """
     origin = origin or _origin(path_or_state)
-    raw = path_or_state if isinstance(path_or_state, Mapping) else _read(path_or_state)
+    raw = path_or_state if isinstance(path_or_state, (Mapping, torch.nn.Module)) else _read(path_or_state, trust_checkpoint)
     if not isinstance(raw, (Mapping, torch.nn.Module)):
         raise ReIDError(f"checkpoint {origin}: does not hold a checkpoint dict (got {type(raw).__name__})")
     state = unwrap_state(raw, origin)
@@ -105,8 +106,11 @@ def load_foreign(path_or_state: str | os.PathLike | Mapping[str, Any], fmt: str 
     model = entry.build(state, origin, **options)
     model.source_format = name
     model.model_cfg = None
-    if not hasattr(model, "input_size"):
-        model.input_size = [256, 128]
+    if isinstance(path_or_state, (str, os.PathLike)):
+        from reidkit.models.checkpoint import file_sha256
+
+        model.sha256 = file_sha256(Path(path_or_state).expanduser())
+        model.path = str(Path(path_or_state).expanduser().resolve())
     return model.to(device).eval()
 
 

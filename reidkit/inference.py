@@ -1,0 +1,307 @@
+"""One inference path: ``FeatureExtractor`` turns images, crops, image files or tensors into features.
+
+It loads reidkit weights, other toolkits' checkpoints (``fmt`` or detected), an ONNX or
+TorchScript export, or nothing (the offline ImageNet EfficientNet-Lite0 with GeM pooling), and
+embeds with options given per call (flip, batch size, size, device, camera ids), optionally
+sharded across torchrun ranks. Validation, USL feature spaces, the gallery, ``reidkit.Embedder``
+and ``reidkit extract`` all go through it; the batched loop itself is
+``reidkit.evaluation.features.extract_features``.
+
+Engines (``engine=``): "torch" runs the PyTorch model with BatchNorm folded into the preceding
+convolutions (``reidkit.models.fold.fold_batchnorm``; same features, fewer ops); "onnx" exports the
+model once to ONNX, cached by the weights' sha256 under ``$REIDKIT_HOME/onnx-cache`` (default
+``~/.cache/reidkit``), and runs it on onnxruntime with one intra-op thread count and a passive
+wait; "auto" picks onnx for a CPU device when onnxruntime is installed, torch otherwise
+(``benchmarks/bench_embed.py`` measures both against eager PyTorch).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reidkit.errors import ReIDError
+from reidkit.models.info import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["FeatureExtractor", "ModelIdentity", "IMAGENET_IDENTITY", "DEFAULT_SIZE", "ENGINES", "onnx_cache_dir"]
+
+IMAGENET_IDENTITY = "imagenet:efficientnet_lite0"
+DEFAULT_SIZE = (256, 128)
+ENGINES = ("auto", "torch", "onnx")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What made a gallery's features: two identities with the same `name` give comparable features."""
+
+    name: str
+    source: str
+    feat_dim: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def label(self) -> str:
+        """Short human form: the name (weights hashes shortened) and where it came from."""
+        short = self.name[:19] if self.name.startswith("sha256:") else self.name
+        return short if self.source in ("", "imagenet") else f"{short} ({self.source})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for /health and reports)."""
+        return {"name": self.name, "source": self.source, "feat_dim": self.feat_dim,
+                "input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
+
+    def compatible(self, other: ModelIdentity) -> bool:
+        """True when features of `other` can be searched against features of this one."""
+        return (self.name == other.name and self.feat_dim == other.feat_dim
+                and tuple(self.input_size) == tuple(other.input_size))
+
+
+def _resize_uint8(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """PIL bilinear resize, the same call ImageCache uses, so a file and its decoded copy embed alike."""
+    from PIL import Image
+
+    if img.shape[0] == hw[0] and img.shape[1] == hw[1]:
+        return img
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR), dtype=np.uint8)
+
+
+def onnx_cache_dir() -> Path:
+    """``$REIDKIT_HOME/onnx-cache`` (default ``~/.cache/reidkit/onnx-cache``)."""
+    home = os.environ.get("REIDKIT_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "reidkit")
+    return Path(home) / "onnx-cache"
+
+
+def _imagenet_model(size: Sequence[int] | None) -> tuple[Any, ModelIdentity]:
+    from reidkit.models.build import ModelConfig, build_model
+
+    # No ReID training: ImageNet features, GeM-pooled (better than avg for retrieval), no neck, so
+    # the eval output is the pooled 1280-d vector itself.
+    cfg = ModelConfig(backbone="efficientnet_lite0", pretrained=True, pooling="gem", neck="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, num_classes=1).eval()
+    hw = tuple(int(v) for v in (size or DEFAULT_SIZE))
+    model.input_size = list(hw)
+    model.source_format = "imagenet"
+    model.sha256 = None
+    ident = ModelIdentity(IMAGENET_IDENTITY, "imagenet", int(model.feat_dim), hw,  # type: ignore[arg-type]
+                          tuple(model.mean), tuple(model.std))
+    return model, ident
+
+
+class FeatureExtractor:
+    """A model plus its preprocessing; turns uint8 RGB images into L2-normalised features (flip TTA).
+
+    ``flip`` and ``batch_size`` given here are defaults; every ``embed*`` call may override them
+    (and ``device``, ``size``, ``camids``) without changing the extractor, so several users
+    (galleries, service snapshots, embedders) can share one loaded model.
+    """
+
+    def __init__(self, model: Any, identity: ModelIdentity, device: str | None = None,
+                 batch_size: int = 64, flip: bool = True, engine: str = "torch") -> None:
+        self.model = model
+        self.identity = identity
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.flip = flip
+        self.engine = engine
+        # torch must not run concurrently on one model (several galleries / service snapshots share it)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, weights: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 64,
+             size: Sequence[int] | None = None, fmt: str | None = None, engine: str = "torch",
+             threads: int | None = None, trust_checkpoint: bool = False, flip: bool = True) -> FeatureExtractor:
+        """Load a checkpoint (reidkit's or another toolkit's: ``fmt`` or detected), an export, or (None) ImageNet.
+
+        ``engine``: "torch" (BatchNorm folded), "onnx" (exported once, cached by the weights'
+        sha256) or "auto" (onnx on a CPU device when onnxruntime is available).
+        """
+        if engine not in ENGINES:
+            raise ReIDError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+        if weights is None or str(weights) in ("", "imagenet"):
+            model, ident = _imagenet_model(size)
+        else:
+            model, ident = cls._load_file(Path(weights).expanduser(), size, fmt, trust_checkpoint, threads)
+        runner, used = _choose_engine(model, ident, engine, device, threads)
+        return cls(runner, ident, device, batch_size, flip, engine=used)
+
+    @staticmethod
+    def _load_file(path: Path, size: Sequence[int] | None, fmt: str | None, trust: bool,
+                   threads: int | None) -> tuple[Any, ModelIdentity]:
+        from reidkit.models.checkpoint import file_sha256
+        from reidkit.models.loading import is_exported, load_feature_model
+
+        if not path.is_file():
+            raise ReIDError(f"--weights: {path} is not a file")
+        source = str(path.resolve())
+        model = load_feature_model(path, device="cpu", fmt=fmt, trust_checkpoint=trust, threads=threads)
+        info = model.info
+        # An export carries its checkpoint's hash, so it can query a gallery built with that checkpoint.
+        digest = info.sha256 or file_sha256(path)
+        hw = tuple(info.input_size) if is_exported(path) else tuple(int(v) for v in (size or info.input_size))
+        ident = ModelIdentity(f"sha256:{digest[:16]}", source, int(info.feat_dim), hw,  # type: ignore[arg-type]
+                              tuple(info.mean), tuple(info.std))
+        return model, ident
+
+    @classmethod
+    def from_model(cls, model: Any, device: Any = None, size: Sequence[int] | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   batch_size: int = 64, flip: bool = True) -> FeatureExtractor:
+        """Wrap an in-memory model (e.g. the one being trained) without loading or changing it."""
+        info = getattr(model, "info", None)
+        hw = tuple(int(v) for v in (size or (info.input_size if info is not None else DEFAULT_SIZE)))
+        ident = ModelIdentity("in-memory", "", int(getattr(model, "feat_dim", 0) or 0), hw,  # type: ignore[arg-type]
+                              tuple(mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN)),
+                              tuple(std if std is not None else getattr(model, "std", IMAGENET_STD)))
+        return cls(model, ident, device, batch_size, flip)
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Input size (H, W) images are resized to."""
+        return (int(self.identity.input_size[0]), int(self.identity.input_size[1]))
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension D."""
+        return int(self.identity.feat_dim)
+
+    @property
+    def uses_camera(self) -> bool:
+        """Whether the model takes each image's camera id (ViT with SIE)."""
+        return bool(getattr(self.model, "uses_camera", False))
+
+    # ------------------------------------------------------------------ embedding
+
+    def embed_tensor(self, images: Any, *, flip: bool | None = None, batch_size: int | None = None,
+                     device: Any = None, size: Sequence[int] | None = None, camids: Any = None,
+                     normalize: bool = True, neck_feat: str | None = None, distributed: bool = False,
+                     amp: bool = False, amp_dtype: str = "bf16", autocast: Any = None) -> Any:
+        """Features (torch, CPU) of uint8 ``N x H x W x 3`` images (array or tensor), options per call.
+
+        ``distributed``: shard across the initialised process group; every rank gets all rows.
+        A model with several outputs (a dict) gives a dict of features.
+        """
+        from reidkit.evaluation.features import extract_features
+
+        ident = self.identity
+        with self._lock:
+            return extract_features(
+                self.model, images, batch_size=int(batch_size or self.batch_size),
+                flip=self.flip if flip is None else bool(flip), device=device if device is not None else self.device,
+                mean=ident.mean, std=ident.std, size=tuple(size or ident.input_size), normalize=normalize,
+                neck_feat=neck_feat, camids=camids, distributed=distributed, amp=amp, amp_dtype=amp_dtype,
+                autocast=autocast,
+            )
+
+    def embed(self, images: np.ndarray, *, flip: bool | None = None, batch_size: int | None = None,
+              device: Any = None, camids: Any = None) -> np.ndarray:
+        """(N, D) float32 unit-norm features of an N x H x W x 3 uint8 batch at the model's input size."""
+        feats = self.embed_tensor(images, flip=flip, batch_size=batch_size, device=device, camids=camids)
+        out = feats.detach().cpu().numpy().astype(np.float32, copy=False)
+        # Normalise again: faiss inner product must be cosine even if a caller disabled it upstream.
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def embed_images(self, images: Sequence[np.ndarray], **options: Any) -> np.ndarray:
+        """Features of RGB uint8 images of any size (resized here like the gallery's); options as ``embed``."""
+        hw = self.size
+        batch = np.stack([_resize_uint8(np.ascontiguousarray(im, dtype=np.uint8), hw) for im in images])
+        return self.embed(batch, **options)
+
+    def embed_paths(self, paths: Sequence[str | os.PathLike], *, flip: bool | None = None,
+                    batch_size: int | None = None, device: Any = None, size: Sequence[int] | None = None,
+                    camids: Any = None, skipped: list[str] | None = None, distributed: bool = False,
+                    amp: bool = False, amp_dtype: str = "bf16") -> np.ndarray:
+        """(N', D) float32 unit-norm features of image files, in order.
+
+        An unreadable file raises ReIDError naming it, unless ``skipped`` (a list) is given: then
+        its path is appended there and its row left out. ``distributed``: each torchrun rank
+        decodes and embeds its contiguous shard; every rank returns all rows.
+        """
+        from reidkit.evaluation.features import _dist_world, gather_rows, load_images, shard_bounds
+
+        paths = [str(p) for p in paths]
+        hw = tuple(int(v) for v in (size or self.size))
+        cams = None if camids is None else np.asarray(camids).reshape(-1)
+        if cams is not None and len(cams) != len(paths):
+            raise ReIDError(f"camids: expected one camera id per image ({len(paths)}), got {len(cams)}")
+        rank, world = _dist_world() if distributed else (0, 1)
+        a, b = shard_bounds(len(paths), rank, world)
+        imgs, kept, _ = load_images(paths[a:b], hw, strict=skipped is None)  # type: ignore[arg-type]
+        # One column more flags readable rows, so every rank agrees on what was skipped.
+        block = None
+        if b > a:
+            block = torch.zeros(b - a, self.dim + 1) if self.dim else None
+            if kept:
+                f = self.embed_tensor(imgs, flip=flip, batch_size=batch_size, device=device, size=hw,
+                                      camids=None if cams is None else cams[a:b][kept], amp=amp, amp_dtype=amp_dtype)
+                if block is None or block.shape[1] != f.shape[1] + 1:
+                    block = torch.zeros(b - a, f.shape[1] + 1)
+                block[kept, :-1] = f
+                block[kept, -1] = 1.0
+        rows = gather_rows(block, world) if world > 1 else block
+        if rows is None:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        valid = (rows[:, -1] > 0.5).numpy()
+        if skipped is not None:
+            skipped.extend(p for p, ok in zip(paths, valid.tolist()) if not ok)
+        out = rows[torch.from_numpy(valid), :-1].numpy().astype(np.float32, copy=False)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def _choose_engine(model: Any, ident: ModelIdentity, engine: str, device: str | None,
+                   threads: int | None) -> tuple[Any, str]:
+    """(runner, engine used): the torch model with BatchNorm folded, or its cached ONNX export."""
+    if not isinstance(model, torch.nn.Module):
+        return model, getattr(model, "source_format", "export")
+    on_cpu = device is None or str(device) == "cpu" or (str(device) == "auto" and not torch.cuda.is_available())
+    if engine == "auto":
+        engine = "onnx" if on_cpu and _has_onnxruntime() and not getattr(model, "uses_camera", False) else "torch"
+    if engine == "onnx":
+        if not on_cpu:
+            raise ReIDError(f"engine onnx runs on the CPU; got device {device!r} (use engine='torch')")
+        return _onnx_runner(model, ident, threads), "onnx"
+    from reidkit.models.fold import fold_batchnorm
+
+    return fold_batchnorm(model), "torch"
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | None) -> Any:
+    """The model's ONNX export (made once per weights hash and input size, then reused) on onnxruntime."""
+    from reidkit.models.exported import OnnxFeatureModel
+
+    info = model.info
+    key = f"{info.sha256 or ident.name.replace(':', '_')}-{ident.input_size[0]}x{ident.input_size[1]}.onnx"
+    cache = onnx_cache_dir()
+    path = cache / key
+    if not path.is_file():
+        from reidkit.export import export_model_to
+
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ReIDError(f"onnx cache {cache}: cannot create it ({exc.strerror or exc}); set REIDKIT_HOME "
+                            "or use engine='torch'") from None
+        export_model_to(model, path, size=ident.input_size)
+    return OnnxFeatureModel(path, threads=threads)
