@@ -132,7 +132,9 @@ class FeatureExtractor:
         if weights is None or str(weights) in ("", "imagenet"):
             model, ident = _imagenet_model(size)
         else:
-            model, ident = cls._load_file(Path(weights).expanduser(), size, fmt, trust_checkpoint, threads)
+            from reidkit.models.loading import local_weights
+
+            model, ident = cls._load_file(local_weights(weights), size, fmt, trust_checkpoint, threads)
         runner, used = _choose_engine(model, ident, engine, device, threads)
         return cls(runner, ident, device, batch_size, flip, engine=used)
 

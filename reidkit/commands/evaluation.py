@@ -135,14 +135,14 @@ def _extract(args: argparse.Namespace) -> int:
     from reidkit.errors import ReIDError
     from reidkit.evaluation.features import init_distributed
     from reidkit.inference import FeatureExtractor
-    from reidkit.models.zoo import resolve_weights
+    from reidkit.models.loading import local_weights
     from reidkit.utils.io import atomic_write
     from reidkit.utils.runtime import resolve_device
 
     if (args.onnx is None) == (args.weights is None):
         raise ReIDError("extract: give exactly one of --weights and --onnx")
     if args.weights:
-        args.weights = resolve_weights(args.weights)  # a catalogue name -> its verified cached file
+        args.weights = str(local_weights(args.weights))  # a catalogue name -> its verified cached file
     flag, source = ("--onnx", args.onnx) if args.onnx else ("--weights", args.weights)
     if not Path(source).is_file():
         raise ReIDError(f"{flag}: {source} is not a file")

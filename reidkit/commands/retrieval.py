@@ -177,7 +177,7 @@ def _build(args: argparse.Namespace) -> int:
     extra = {} if args.refine_k is None else {"refine_k": args.refine_k}
     if args.weights_format is not None:
         from reidkit.errors import ReIDError
-        from reidkit.retrieval.extractor import FeatureExtractor
+        from reidkit.inference import FeatureExtractor
 
         if args.weights is None:
             raise ReIDError("--from needs --weights (the checkpoint of that toolkit)")

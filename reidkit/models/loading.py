@@ -20,7 +20,14 @@ from reidkit.models.checkpoint import file_sha256, is_torchscript, read_checkpoi
 from reidkit.models.exported import open_exported
 from reidkit.models.interop import load_foreign
 
-__all__ = ["load_model", "load_feature_model", "is_exported"]
+__all__ = ["load_model", "load_feature_model", "is_exported", "local_weights"]
+
+
+def local_weights(path_or_name: str | os.PathLike) -> Path:
+    """The local file for a path or a catalogue name (``reidkit weights list``: fetched and verified once)."""
+    from reidkit.models.zoo import resolve_weights
+
+    return Path(resolve_weights(path_or_name)).expanduser()
 
 
 def is_exported(path: str | os.PathLike) -> bool:
@@ -39,7 +46,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt:
     (``reidkit.models.checkpoint``); ``trust_checkpoint`` allows full unpickling with a warning.
     ``model.info`` (a ``ModelInfo``) carries the facts, the weights' sha256 included.
     """
-    path = Path(path).expanduser()
+    path = local_weights(path)
     ckpt = read_checkpoint(path, "cpu" if fmt is not None else device, trust=trust_checkpoint)
     if not isinstance(ckpt, (Mapping, torch.nn.Module)):
         raise ReIDError(f"checkpoint: {path} does not hold a checkpoint dict (got {type(ckpt).__name__})")
@@ -61,7 +68,7 @@ def load_feature_model(path: str | os.PathLike, device: str | torch.device = "cp
 
     Checkpoints of other toolkits load too (format detected from the keys, or named by ``fmt``).
     """
-    path = Path(path).expanduser()
+    path = local_weights(path)
     if is_exported(path):
         if fmt is not None:
             raise ReIDError(f"--from {fmt}: {path} is an exported model ({'ONNX' if path.suffix.lower() == '.onnx' else 'TorchScript'}), "

@@ -9,8 +9,8 @@ from reidkit._lazy import lazy_getattr
 
 _LAZY = {
     "Gallery": "reidkit.retrieval.gallery",
-    "FeatureExtractor": "reidkit.retrieval.extractor",
-    "ModelIdentity": "reidkit.retrieval.extractor",
+    "FeatureExtractor": "reidkit.inference",
+    "ModelIdentity": "reidkit.inference",
     "parse_camera_frame": "reidkit.retrieval.folder",
     "list_images": "reidkit.retrieval.folder",
     "check_gallery": "reidkit.retrieval.maintenance",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import ReIDError
-from reidkit.retrieval.extractor import FeatureExtractor
+from reidkit.inference import FeatureExtractor
 
 __all__ = ["CHUNK", "list_images", "parse_camera_frame", "Embedded", "embed_paths", "image_rows"]
 

@@ -26,7 +26,7 @@ import numpy as np
 from reidkit.errors import ReIDError
 from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_EF_SEARCH, DEFAULT_NPROBE, DEFAULT_REFINE_K, HNSW_M,
                                    INDEX_KINDS, check_positive)
-from reidkit.retrieval.extractor import FeatureExtractor, ModelIdentity
+from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.retrieval.folder import embed_paths, image_rows, list_images, parse_camera_frame
 from reidkit.retrieval.store import (ENTRY_FIELDS, KINDS, GalleryStore, SearchFilter, StoreSnapshot, crash_point,
                                      describe_db, encode_state, is_milvus, normalize_entries, open_store,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_EF_SEARCH, DEFAULT_NPROBE, DEFAULT_REFINE_K, HNSW_M,
                                    INDEX_KINDS, default_nlist, default_pq_m, make_faiss_index, refine_exact,
                                    set_search_params)
-from reidkit.retrieval.extractor import DEFAULT_SIZE, IMAGENET_IDENTITY, FeatureExtractor, ModelIdentity
+from reidkit.inference import DEFAULT_SIZE, IMAGENET_IDENTITY, FeatureExtractor, ModelIdentity
 from reidkit.retrieval.folder import CHUNK, list_images, parse_camera_frame
 from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.maintenance import check_gallery, repair_gallery

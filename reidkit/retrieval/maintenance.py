@@ -19,7 +19,7 @@ import numpy as np
 
 from reidkit.errors import ReIDError
 from reidkit.retrieval import store_sqlite as S
-from reidkit.retrieval.extractor import FeatureExtractor
+from reidkit.inference import FeatureExtractor
 from reidkit.retrieval.folder import embed_paths
 from reidkit.retrieval.store import is_milvus, open_store
 

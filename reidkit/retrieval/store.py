@@ -34,7 +34,7 @@ from reidkit.errors import ReIDError
 from reidkit.utils.io import json_default
 
 if TYPE_CHECKING:
-    from reidkit.retrieval.extractor import ModelIdentity
+    from reidkit.inference import ModelIdentity
 
 __all__ = [
     "ENTRY_FIELDS", "KINDS", "CRASH_ENV", "CRASH_POINTS", "crash_point", "MILVUS_PREFIX", "DEFAULT_COLLECTION", "SearchFilter", "StoreSnapshot",

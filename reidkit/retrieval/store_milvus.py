@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import ReIDError
-from reidkit.retrieval.extractor import ModelIdentity
+from reidkit.inference import ModelIdentity
 from reidkit.retrieval.store import (DEFAULT_COLLECTION, ENTRY_FIELDS, MILVUS_PREFIX, SearchFilter, crash_point,
                                      iter_chunks)
 

@@ -55,7 +55,7 @@ import numpy as np
 from reidkit.errors import ReIDError
 from reidkit.retrieval.ann import (DEFAULT_REFINE_K, HNSW_M, default_nlist, default_pq_m,
                                    index_params, make_faiss_index, refine_exact, set_search_params)
-from reidkit.retrieval.extractor import ModelIdentity
+from reidkit.inference import ModelIdentity
 from reidkit.retrieval.store import CRASH_ENV, CRASH_POINTS, ENTRY_FIELDS, KINDS, SearchFilter, crash_point
 from reidkit.utils.io import atomic_write, clean_stale_temps, pid_alive
 

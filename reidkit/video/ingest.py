@@ -69,7 +69,8 @@ def create_gallery(db: Path, embedder: Embedder) -> Any:
 def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
                  batch_size: int = 64, flip: bool = False) -> tuple[Any, Embedder]:
     """(gallery, embedder): open `db` (its own model unless `weights`), or create it for `weights` (None: ImageNet)."""
-    from reidkit.retrieval.index import FeatureExtractor, Gallery
+    from reidkit.inference import FeatureExtractor
+    from reidkit.retrieval.index import Gallery
 
     milvus = str(db).startswith("milvus:")
     path = db if milvus else Path(db).expanduser().absolute()
