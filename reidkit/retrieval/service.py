@@ -52,8 +52,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from reidkit.errors import ReIDError
-from reidkit.retrieval import store
-from reidkit.retrieval.index import Gallery, parse_camera_frame
+from reidkit.retrieval.folder import parse_camera_frame
+from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
 
 __all__ = ["create_app", "serve", "add_page", "json_body", "search_routes", "RouterFactory", "MAX_ID",
