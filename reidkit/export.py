@@ -232,7 +232,9 @@ class _ExportedFeatureModel:
     def _init_meta(self, meta: dict[str, Any]) -> None:
         _require_meta(meta, self.path)
         self.metadata = meta
-        self.input_size = [int(v) for v in meta["input_size"]]
+        from reidkit.utils.validate import check_hw
+
+        self.input_size = list(check_hw(meta["input_size"], f"{self.path}: input_size"))
         self.mean = [float(v) for v in meta["mean"]]
         self.std = [float(v) for v in meta["std"]]
         self.feat_dim = int(meta["feat_dim"])
@@ -326,12 +328,24 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, what: str =
         raise ReIDError(f"{what + ': ' if what else ''}onnxruntime cannot load {path}: {exc}") from None
 
 
+def _refuse_format_for_export(path: Path, fmt: str | None) -> None:
+    """``--from FORMAT`` names a checkpoint layout; an exported model has none, so the two together are a mistake."""
+    if fmt is None:
+        return
+    kind = "ONNX" if path.suffix.lower() == ".onnx" else ("TorchScript" if path.is_file() and is_torchscript(path)
+                                                          else None)
+    if kind is not None:
+        raise ReIDError(f"--from {fmt}: {path} is an exported {kind} model, not a {fmt} checkpoint "
+                        f"(--from applies to checkpoints only; drop it)")
+
+
 def load_feature_model(path: str | os.PathLike, device: str = "cpu", fmt: str | None = None) -> Any:
     """A ``FeatureModel`` for a path: ONNX runner (.onnx), TorchScript runner, or a checkpoint (eval).
 
     Checkpoints of other toolkits load too (format detected from the keys, or named by ``fmt``).
     """
     path = Path(path)
+    _refuse_format_for_export(path, fmt)
     if path.suffix.lower() == ".onnx":
         return OnnxFeatureModel(path)
     if path.is_file() and is_torchscript(path):

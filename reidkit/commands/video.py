@@ -7,7 +7,14 @@ import argparse
 import json
 import sys
 
+from reidkit.commands._args import bounded_int, finite_float, probability
 from reidkit.errors import ReIDError
+
+
+def _cosine_distance(text: str) -> float:
+    from reidkit.utils.validate import finite
+
+    return finite(text, "--max-cosine-distance", lo=0.0, hi=2.0)  # 1 - cos lies in [0, 2]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detections", action="append", default=None,
                    help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order")
     p.add_argument("--detector", default=None, help="ONNX YOLO-family person detector (default: OpenCV HOG)")
-    p.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
+    p.add_argument("--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
     p.add_argument("--detector-size", default=None,
                    help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)")
     p.add_argument("--person-class", type=int, default=0, help="ONNX detector class index of 'person' (default 0, COCO)")
@@ -39,11 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=4, help="best crops kept per tracklet (default 4)")
     p.add_argument("--min-len", type=int, default=3, help="shortest tracklet kept, in processed frames (default 3)")
     p.add_argument("--flip", action="store_true", help="flip TTA for crop features")
-    p.add_argument("--start-time", type=float, action="append", default=None,
+    p.add_argument("--start-time", type=finite_float("--start-time"), action="append", default=None,
                    help="clock time (s) of each video's first frame, once per video (default 0)")
     p.add_argument("--max-age", type=int, default=15, help="DeepSort: frames a lost track is kept (default 15)")
     p.add_argument("--n-init", type=int, default=3, help="DeepSort: detections to confirm a track (default 3)")
-    p.add_argument("--max-cosine-distance", type=float, default=0.1,
+    p.add_argument("--max-cosine-distance", type=_cosine_distance, default=0.1,
                    help="DeepSort: appearance gate, cosine distance (default 0.1; measured on the synthetic scene: "
                         "0.3 lets tracks jump between people)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -57,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--box", default=None, help="x1,y1,x2,y2 of the person in --image")
     s.add_argument("--tracklet", default=None, help="query tracklet: gallery id or tracklet key (its camera is excluded)")
     s.add_argument("--exclude-camera", default=None, help="drop tracklets of this camera")
-    s.add_argument("-k", "--k", type=int, default=10, help="results (default 10)")
+    s.add_argument("-k", "--k", type=bounded_int("--k", 1, 10_000), default=10, help="results (default 10)")
     s.add_argument("--weights", default=None, help="query model (default: the gallery's)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_run_search)
@@ -82,15 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_video(args: argparse.Namespace) -> int:
-    from reidkit.commands.synth import parse_size
+    from reidkit.utils.validate import parse_hw
     from reidkit.video.ingest import ingest
 
     size = None
     if args.detector_size is not None:
-        try:
-            size = parse_size(args.detector_size)
-        except ReIDError:
-            raise ReIDError(f"--detector-size: expected HEIGHTxWIDTH such as 640x640, got {args.detector_size!r}") from None
+        size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
     rep = ingest(args.db, args.videos, cameras=args.camera, detections=args.detections, detector=args.detector,
                  weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
                  min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,

@@ -267,7 +267,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt:
         model.mean = [float(v) for v in ckpt["mean"]]
     if "std" in ckpt:
         model.std = [float(v) for v in ckpt["std"]]
-    model.input_size = [int(v) for v in ckpt.get("input_size", [256, 128])]  # type: ignore[assignment]
+    from reidkit.utils.validate import check_hw  # a huge or zero size would allocate before failing
+
+    model.input_size = list(check_hw(ckpt.get("input_size", [256, 128]), f"checkpoint {path}: input_size"))  # type: ignore[assignment]
     model.model_cfg = cfg  # type: ignore[assignment]
     return model.to(device).eval()
 

@@ -154,7 +154,9 @@ class FeatureExtractor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = build_model(cfg, num_classes=1).eval()
-            hw = tuple(int(v) for v in (size or DEFAULT_SIZE))
+            from reidkit.utils.validate import check_hw
+
+            hw = check_hw(size or DEFAULT_SIZE, "--size")
             ident = ModelIdentity(IMAGENET_IDENTITY, "imagenet", int(model.feat_dim), hw,  # type: ignore[arg-type]
                                   tuple(model.mean), tuple(model.std))
             return cls(model, ident, device, batch_size)
@@ -165,8 +167,9 @@ class FeatureExtractor:
         from reidkit.export import is_torchscript
 
         if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            from reidkit.export import load_feature_model
+            from reidkit.export import _refuse_format_for_export, load_feature_model
 
+            _refuse_format_for_export(path, fmt)
             model = load_feature_model(path)
             # An export carries its checkpoint's hash, so it can query a gallery built with that checkpoint.
             digest = str(model.metadata.get("weights_sha256") or _sha256(path))
@@ -176,7 +179,9 @@ class FeatureExtractor:
 
             model = load_model(path, device="cpu", fmt=fmt)
             digest = _sha256(path)
-            hw = tuple(int(v) for v in (size or getattr(model, "input_size", DEFAULT_SIZE)))
+            from reidkit.utils.validate import check_hw
+
+            hw = check_hw(size or getattr(model, "input_size", DEFAULT_SIZE), "--size" if size else f"{path}: input_size")
         ident = ModelIdentity(f"sha256:{digest[:16]}", source, int(model.feat_dim), hw,  # type: ignore[arg-type]
                               tuple(float(v) for v in model.mean), tuple(float(v) for v in model.std))
         return cls(model, ident, device, batch_size)
