@@ -206,6 +206,7 @@ CASES = [
     ("config-overflow-lr", ["train", "--config", T("tiny"), "solver.base_lr=1e400"], "solver.base_lr"),
     ("config-minus-inf-decay", ["train", "--config", T("tiny"), "solver.weight_decay=-.inf"], "solver.weight_decay"),
     ("config-nan-mean", ["train", "--config", T("tiny"), "input.mean=[.nan,0.4,0.4]"], "input.mean[0]"),
+    ("config-huge-size", ["train", "--config", T("tiny"), "data.size=[100000,100000]"], "data.size"),
     ("config-huge-p", ["train", "--config", T("tiny"), "sampler.p=100000000000000000000000"], "sampler.p"),
     ("config-huge-epochs", ["train", "--config", T("tiny"), "solver.max_epochs=-100000000000000000000"],
      "solver.max_epochs"),
