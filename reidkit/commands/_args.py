@@ -12,7 +12,7 @@ from typing import Callable
 from reidkit.errors import ReIDError
 from reidkit.utils import validate
 
-__all__ = ["bounded_int", "finite_float", "nonneg_float", "positive_float", "positive_int", "probability",
+__all__ = ["at_most", "bounded_float", "bounded_int", "finite_float", "nonneg_float", "positive_float", "positive_int", "probability",
            "side", "sqlite_id"]
 
 
@@ -28,6 +28,25 @@ def bounded_int(flag: str, lo: int, hi: int) -> Callable[[str], int]:
         return n
 
     return parse
+
+
+def at_most(flag: str, hi: int) -> Callable[[str], int]:
+    """An integer <= ``hi`` (lower bounds stay with the function that uses it, and its message)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ReIDError(f"{flag}: expected an integer, got {text!r}") from None
+        if n > hi:
+            raise ReIDError(f"{flag}: must be <= {hi}, got {text}")
+        return n
+
+    return parse
+
+
+def bounded_float(flag: str, lo: float, hi: float) -> Callable[[str], float]:
+    """A finite number in ``(lo, hi]``."""
+    return lambda text: validate.finite(text, flag, lo=lo, hi=hi, lo_open=True)
 
 
 def positive_int(flag: str) -> Callable[[str], int]:
