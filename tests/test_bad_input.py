@@ -6,7 +6,6 @@ user). The retrieval and video verbs have their own cases beside their tests.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -268,6 +267,9 @@ CASES = [
     ("scene-huge-frames", ["scene", T("w") + "/sc", "--frames", "99999999999999999999"], "--frames"),
     ("scene-nan-fps", ["scene", T("w") + "/sc", "--fps", "nan"], "--fps"),
     ("scene-inf-speed", ["scene", T("w") + "/sc", "--speed", "inf"], "--speed"),
+    ("pseudo-huge-iterations", ["pseudo-label", "--config", T("tiny"), "--weights", T("weights"), "--iterations",
+                                "99999999999999999999"], "--iterations"),
+    ("cv-huge-folds", ["cv", "--config", T("tiny"), "--folds", "99999999999999999999"], "--folds"),
     # serve: every option checked before the model loads or uvicorn starts
     ("serve-max-upload-inf", ["serve", "--db", T("db"), "--max-upload-mb", "inf"], "--max-upload-mb"),
     ("serve-max-upload-nan", ["serve", "--db", T("db"), "--max-upload-mb", "nan"], "--max-upload-mb"),

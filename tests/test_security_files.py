@@ -7,7 +7,6 @@ orientation applied wherever a file is decoded.
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import stat
