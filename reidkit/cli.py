@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `reidkit` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)  # type= checks (reidkit.commands._args) raise ReIDError naming the flag
+    except ReIDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.version:
         from reidkit import __version__
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from reidkit.errors import ReIDError
+from reidkit.utils.validate import check_hw
 from reidkit.models.info import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["FeatureExtractor", "ModelIdentity", "IMAGENET_IDENTITY", "DEFAULT_SIZE", "ENGINES", "onnx_cache_dir"]
@@ -88,7 +89,7 @@ def _imagenet_model(size: Sequence[int] | None) -> tuple[Any, ModelIdentity]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model(cfg, num_classes=1).eval()
-    hw = tuple(int(v) for v in (size or DEFAULT_SIZE))
+    hw = check_hw(size or DEFAULT_SIZE, "--size")
     model.input_size = list(hw)
     model.source_format = "imagenet"
     model.sha256 = None
@@ -151,7 +152,7 @@ class FeatureExtractor:
         info = model.info
         # An export carries its checkpoint's hash, so it can query a gallery built with that checkpoint.
         digest = info.sha256 or file_sha256(path)
-        hw = tuple(info.input_size) if is_exported(path) else tuple(int(v) for v in (size or info.input_size))
+        hw = tuple(info.input_size) if is_exported(path) else check_hw(size or info.input_size, "--size" if size else f"{path}: input_size")
         ident = ModelIdentity(f"sha256:{digest[:16]}", source, int(info.feat_dim), hw,  # type: ignore[arg-type]
                               tuple(info.mean), tuple(info.std))
         return model, ident

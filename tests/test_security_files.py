@@ -7,7 +7,6 @@ orientation applied wherever a file is decoded.
 """
 from __future__ import annotations
 
-import io
 import os
 import socket
 import stat
@@ -204,6 +203,9 @@ def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small,
     from reidkit.retrieval.index import Gallery
 
     assert len(Gallery.open(tmp_path / "db").entries()) == 3
+    (root / "cam1" / "9999_c1s1_000099_00.jpg").write_bytes((root / "cam1" / "0000_c1s1_000000_00.jpg").read_bytes())
+    assert main(["index", "add", "--db", str(tmp_path / "db"), "--images", str(root), "--device", "cpu"]) == 0
+    assert len(Gallery.open(tmp_path / "db").entries()) == 4
 
 
 # ----------------------------------------------------------------------------- EXIF orientation

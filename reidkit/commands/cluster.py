@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from reidkit.commands import add_trust_argument
+from reidkit.commands._args import at_most
 
 OVERRIDE_HELP = "dotted config overrides, e.g. usl.eps=0.5 solver.max_epochs=20"
 
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.7, help="cosine similarity to join a query group (0.7)")
     p.add_argument("--dedup-threshold", type=float, default=0.3,
                    help="cosine distance cut of the query clustering (0.3)")
-    p.add_argument("--iterations", type=int, default=1, help="label -> retrain rounds (1)")
+    p.add_argument("--iterations", type=at_most("--iterations", 100), default=1, help="label -> retrain rounds (1)")
     p.add_argument("--min-size", type=int, default=2, help="images a pseudo-identity needs (2)")
     p.add_argument("--no-retrain", action="store_true", help="only write the manifest")
     p.add_argument("--out", default=None, help="output folder (default <output_dir>/pseudo_label)")
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Trains and evaluates each fold; writes cv.md and cv.json.",
     )
     p.add_argument("--config", "-c", required=True, help="supervised recipe")
-    p.add_argument("--folds", type=int, default=4, help="number of folds (4)")
+    p.add_argument("--folds", type=at_most("--folds", 1000), default=4, help="number of folds (4)")
     p.add_argument("--min-images", type=int, default=2, help="images an identity needs to be a query (2)")
     p.add_argument("--seed", type=int, default=None, help="fold seed (default: the config's seed)")
     p.add_argument("--no-distractors", action="store_true", help="do not add the test set to the galleries")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from reidkit.commands import add_from_argument, add_trust_argument
+from reidkit.commands._args import side
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
     ext.add_argument("--cam-regex", default=r"c(\d+)",
                      help="regex whose first group is the 1-based camera number in a file name")
-    ext.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+    ext.add_argument("--size", type=side("--size"), nargs=2, metavar=("H", "W"),
                      help="input size (default: the model's stored input size)")
     ext.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
                      "always cpu with --onnx)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from reidkit.commands import add_from_argument, add_trust_argument
+from reidkit.commands._args import side
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", required=True, help="output file (.onnx or .ts/.pt)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    p.add_argument("--size", type=side("--size"), nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: the checkpoint's input_size)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     p.set_defaults(func=_export)

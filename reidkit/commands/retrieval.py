@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from reidkit.commands import add_from_argument, add_trust_argument
+from reidkit.commands._args import positive_int, side, sqlite_id
 import json
 import sys
 
@@ -38,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="ivfpq: candidates re-scored exactly with the stored vectors = refine-k x topk (default 8)")
     build.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default 32)")
     build.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (default 128)")
-    build.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                       help="input size for the ImageNet extractor (default 256 128; checkpoints use their own)")
+    build.add_argument("--size", type=side("--size"), nargs=2, metavar=("H", "W"), default=None,
+                       help="input size for the ImageNet extractor, each side 8..2048 (default 256 128; "
+                            "checkpoints use their own)")
     _common_model_args(build)
     build.add_argument("--overwrite", action="store_true",
                        help="replace an existing gallery in --db (built beside it, swapped in atomically)")
@@ -79,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dele = verbs.add_parser("delete", help="delete entries by id, image path, tracklet or camera",
                             description="Delete the entries matching ALL the given filters (one new generation).")
     add_db_arguments(dele)
-    dele.add_argument("--id", type=int, nargs="+", default=None, dest="ids", help="entry ids")
+    dele.add_argument("--id", type=sqlite_id("--id"), nargs="+", default=None, dest="ids", help="entry ids")
     dele.add_argument("--path", default=None, help="an image path")
     dele.add_argument("--tracklet", default=None, help="a tracklet key")
     dele.add_argument("--camera", default=None, help="a camera name (e.g. c1, or a video camera's name)")
@@ -90,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_db_arguments(srch)
     srch.add_argument("--image", required=True, help="query image")
     srch.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
-    srch.add_argument("--topk", type=int, default=20)
+    srch.add_argument("--topk", type=positive_int("--topk"), default=20)
     srch.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the top candidates")
     srch.add_argument("--rerank-topm", type=int, default=100, help="candidates re-ranked (default 100)")
     srch.add_argument("--exclude-same-camera", action="store_true",
@@ -114,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--token", default=None, help="API token (default: $REIDKIT_API_TOKEN; none: open)")
     srv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MB)")
-    srv.add_argument("--workers", type=int, default=1, help="model worker threads (default 1)")
+    srv.add_argument("--workers", type=int, default=1, help=f"model worker threads, 1..{MAX_WORKERS} (default 1)")
     srv.add_argument("--poll", type=float, default=0.5,
                      help="seconds between checks for a new gallery generation (default 0.5)")
     srv.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
@@ -137,6 +139,11 @@ def add_db_arguments(p: argparse.ArgumentParser, new: bool = False) -> None:
                    if new else "gallery: a folder, or milvus:<uri> (a Milvus Lite file or a Milvus server)")
     p.add_argument("--collection", default=None,
                    help="Milvus collection of a milvus: gallery (default: reidkit)")
+
+
+MAX_WORKERS = 64  # model threads of one server; more only queue on the same cores and memory
+MAX_POLL_S = 3600.0
+MAX_UPLOAD_MB = 1024.0
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
@@ -278,11 +285,13 @@ def _serve(args: argparse.Namespace) -> int:
     # Checked before the model loads: a typo must not cost a model load and then a traceback.
     if not 1 <= args.port <= 65535:
         raise ReIDError(f"--port: expected 1..65535, got {args.port}")
-    _positive(workers=args.workers)
-    if not args.max_upload_mb > 0:
-        raise ReIDError(f"--max-upload-mb: must be > 0, got {args.max_upload_mb}")
-    if not args.poll > 0:
-        raise ReIDError(f"--poll: must be > 0 seconds, got {args.poll}")
+    from reidkit.utils.validate import check_host, finite
+
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ReIDError(f"--workers: must be in 1..{MAX_WORKERS}, got {args.workers}")
+    finite(args.max_upload_mb, "--max-upload-mb", lo=0.0, lo_open=True, hi=MAX_UPLOAD_MB)
+    finite(args.poll, "--poll", lo=0.0, lo_open=True, hi=MAX_POLL_S)
+    check_host(args.host)
     if not (args.upload_memory_mb > 0 and args.upload_memory_mb < float("inf")):
         raise ReIDError(f"--upload-memory-mb: must be a finite number > 0, got {args.upload_memory_mb}")
     from reidkit.video.routes import tracklet_routes  # the command layer composes the routers

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from reidkit.commands._args import at_most
+
 from reidkit.errors import ReIDError
 
 
@@ -17,16 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "parameters is never replaced without --regenerate.",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--ids", type=int, default=100, help="identities, split half train / half test (default 100)")
-    p.add_argument("--images-per-id", type=int, default=16, help="images per identity (default 16)")
+    p.add_argument("--ids", type=at_most("--ids", 1_000_000), default=100, help="identities, split half train / half test (default 100)")
+    p.add_argument("--images-per-id", type=at_most("--images-per-id", 10_000), default=16, help="images per identity (default 16)")
     p.add_argument("--cams", type=int, default=6, help="cameras, 2..9 (default 6)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--domain", choices=["A", "B"], default="A",
                    help="camera-style family: A daylight outdoor, B indoor/evening (default A)")
     p.add_argument("--size", default="128x64", help="image size HxW (default 128x64)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
-    p.add_argument("--distractors", type=int, default=None, help="pid 0 gallery images (default ~8%% of images)")
-    p.add_argument("--junk", type=int, default=None, help="pid -1 gallery images (default ~5%% of images)")
+    p.add_argument("--workers", type=at_most("--workers", 1024), default=None, help="processes (default: all CPU cores)")
+    p.add_argument("--distractors", type=at_most("--distractors", 10_000_000), default=None, help="pid 0 gallery images (default ~8%% of images)")
+    p.add_argument("--junk", type=at_most("--junk", 10_000_000), default=None, help="pid -1 gallery images (default ~5%% of images)")
     p.add_argument("--regenerate", "--force", dest="force", action="store_true",
                    help="replace a set already in OUT (by default an identical set is reused and one "
                         "generated with other parameters is an error)")

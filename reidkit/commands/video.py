@@ -8,7 +8,14 @@ import json
 import sys
 
 from reidkit.commands import add_trust_argument
+from reidkit.commands._args import at_most, bounded_float, bounded_int, finite_float, probability
 from reidkit.errors import ReIDError
+
+
+def _cosine_distance(text: str) -> float:
+    from reidkit.utils.validate import finite
+
+    return finite(text, "--max-cosine-distance", lo=0.0, hi=2.0)  # 1 - cos lies in [0, 2]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,24 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detections", action="append", default=None,
                    help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order")
     p.add_argument("--detector", default=None, help="ONNX YOLO-family person detector (default: OpenCV HOG)")
-    p.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
+    p.add_argument("--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
     p.add_argument("--detector-size", default=None,
                    help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)")
-    p.add_argument("--person-class", type=int, default=0, help="ONNX detector class index of 'person' (default 0, COCO)")
+    p.add_argument("--person-class", type=at_most("--person-class", 100_000), default=0, help="ONNX detector class index of 'person' (default 0, COCO)")
     p.add_argument("--weights", default=None,
                    help="ReID model (checkpoint or .onnx) for a new gallery (default: ImageNet EfficientNet-Lite0); "
                         "an existing gallery uses its own model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
-    p.add_argument("--chunk", type=int, default=50, help="processed frames per commit (default 50)")
-    p.add_argument("--k", type=int, default=4, help="best crops kept per tracklet (default 4)")
-    p.add_argument("--min-len", type=int, default=3, help="shortest tracklet kept, in processed frames (default 3)")
+    p.add_argument("--every", type=at_most("--every", 1_000_000), default=1, help="process every N-th frame (default 1)")
+    p.add_argument("--chunk", type=at_most("--chunk", 1_000_000), default=50, help="processed frames per commit (default 50)")
+    p.add_argument("--k", type=at_most("--k", 1000), default=4, help="best crops kept per tracklet (default 4)")
+    p.add_argument("--min-len", type=at_most("--min-len", 1_000_000), default=3, help="shortest tracklet kept, in processed frames (default 3)")
     p.add_argument("--flip", action="store_true", help="flip TTA for crop features")
-    p.add_argument("--start-time", type=float, action="append", default=None,
+    p.add_argument("--start-time", type=finite_float("--start-time"), action="append", default=None,
                    help="clock time (s) of each video's first frame, once per video (default 0)")
-    p.add_argument("--max-age", type=int, default=15, help="DeepSort: frames a lost track is kept (default 15)")
-    p.add_argument("--n-init", type=int, default=3, help="DeepSort: detections to confirm a track (default 3)")
-    p.add_argument("--max-cosine-distance", type=float, default=0.1,
+    p.add_argument("--max-age", type=at_most("--max-age", 100_000), default=15, help="DeepSort: frames a lost track is kept (default 15)")
+    p.add_argument("--n-init", type=at_most("--n-init", 1000), default=3, help="DeepSort: detections to confirm a track (default 3)")
+    p.add_argument("--max-cosine-distance", type=_cosine_distance, default=0.1,
                    help="DeepSort: appearance gate, cosine distance (default 0.1; measured on the synthetic scene: "
                         "0.3 lets tracks jump between people)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -59,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--box", default=None, help="x1,y1,x2,y2 of the person in --image")
     s.add_argument("--tracklet", default=None, help="query tracklet: gallery id or tracklet key (its camera is excluded)")
     s.add_argument("--exclude-camera", default=None, help="drop tracklets of this camera")
-    s.add_argument("-k", "--k", type=int, default=10, help="results (default 10)")
+    s.add_argument("-k", "--k", type=bounded_int("--k", 1, 10_000), default=10, help="results (default 10)")
     s.add_argument("--weights", default=None, help="query model (default: the gallery's)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_run_search)
@@ -73,12 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sc = sub.add_parser("scene", help="write a synthetic multi-camera scene (videos + MOTChallenge ground truth)")
     sc.add_argument("out", metavar="OUT", help="output folder")
-    sc.add_argument("--cams", type=int, default=3, help="cameras (default 3)")
-    sc.add_argument("--ids", type=int, default=6, help="identities (default 6)")
-    sc.add_argument("--frames", type=int, default=200, help="frames per camera (default 200)")
+    sc.add_argument("--cams", type=at_most("--cams", 64), default=3, help="cameras (default 3)")
+    sc.add_argument("--ids", type=at_most("--ids", 10_000), default=6, help="identities (default 6)")
+    sc.add_argument("--frames", type=at_most("--frames", 1_000_000), default=200, help="frames per camera (default 200)")
     sc.add_argument("--size", default="240x320", help="frame size HxW (default 240x320)")
-    sc.add_argument("--fps", type=float, default=10.0, help="frames per second (default 10)")
-    sc.add_argument("--speed", type=float, default=0.5, help="walking speed factor (default 0.5)")
+    sc.add_argument("--fps", type=bounded_float("--fps", 0.0, 1000.0), default=10.0, help="frames per second (default 10)")
+    sc.add_argument("--speed", type=bounded_float("--speed", 0.0, 100.0), default=0.5, help="walking speed factor (default 0.5)")
     sc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sc.add_argument("--domain", choices=["A", "B"], default="A", help="camera-style family (default A)")
     sc.add_argument("--topology", choices=["chain", "free"], default="chain",
@@ -89,15 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_video(args: argparse.Namespace) -> int:
-    from reidkit.commands.synth import parse_size
+    from reidkit.utils.validate import parse_hw
     from reidkit.video.ingest import ingest
 
     size = None
     if args.detector_size is not None:
-        try:
-            size = parse_size(args.detector_size)
-        except ReIDError:
-            raise ReIDError(f"--detector-size: expected HEIGHTxWIDTH such as 640x640, got {args.detector_size!r}") from None
+        size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
     rep = ingest(args.db, args.videos, cameras=args.camera, detections=args.detections, detector=args.detector,
                  weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
                  min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,

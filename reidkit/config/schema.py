@@ -45,8 +45,9 @@ class DataConfig:
 
     def check(self) -> None:
         """Raise ReIDError naming the first bad ``data.*`` key."""
-        if len(self.size) != 2 or min(self.size) <= 0:
-            raise ReIDError(f"config key 'data.size' expects [height, width] > 0, got {self.size}")
+        from reidkit.utils.validate import check_hw  # each side 8..2048: a huge size allocates before failing
+
+        check_hw(self.size, "config key 'data.size' expects [height, width]")
         if not self.datasets:
             raise ReIDError("config key 'data.datasets' needs at least one dataset")
         if self.num_workers < 0:

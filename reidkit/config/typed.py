@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -44,6 +45,18 @@ _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 class _Mismatch(Exception):
     pass
+
+
+# Every int a recipe holds ends up in a tensor, a numpy array or SQLite: all 64-bit.
+_INT_MAX = 2**63 - 1
+_INT_MIN = -(2**63)
+
+
+def _finite(number: float, key: str, raw: Any) -> float:
+    # NaN passes every `x < 0` / `x > 1` check a section makes, and inf overflows them: refuse both here.
+    if not math.isfinite(number):
+        raise ReIDError(f"config key '{key}' must be a finite number, got {raw!r}")
+    return number
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -92,14 +105,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise _Mismatch
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise ReIDError(f"config key '{key}' is out of range: {value} (an integer must fit in 64 bits)")
             return value
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(float(value), key, value)
         # YAML 1.1 reads "1e-4" (no dot) as a string; accept it where a float is expected.
         if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)
+            return _finite(float(value), key, value)
         raise _Mismatch
     if tp is str:
         if isinstance(value, str):

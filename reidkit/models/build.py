@@ -189,8 +189,10 @@ def model_from_checkpoint(ckpt: dict[str, Any], origin: str = "<checkpoint>") ->
         model.mean = [float(v) for v in ckpt["mean"]]
     if "std" in ckpt:
         model.std = [float(v) for v in ckpt["std"]]
-    model.input_size = [int(v) for v in ckpt.get("input_size", DEFAULT_INPUT_SIZE)]
-    model.model_cfg = cfg
+    from reidkit.utils.validate import check_hw  # a huge or zero size would allocate before failing
+
+    model.input_size = list(check_hw(ckpt.get("input_size", DEFAULT_INPUT_SIZE), f"checkpoint {origin}: input_size"))  # type: ignore[assignment]
+    model.model_cfg = cfg  # type: ignore[assignment]
     return model.eval()
 
 

@@ -71,7 +71,9 @@ class _ExportedFeatureModel:
     def _init_meta(self, meta: dict[str, Any]) -> None:
         _require_meta(meta, self.path)
         self.metadata = meta
-        self.input_size = [int(v) for v in meta["input_size"]]
+        from reidkit.utils.validate import check_hw
+
+        self.input_size = list(check_hw(meta["input_size"], f"{self.path}: input_size"))
         self.mean = [float(v) for v in meta["mean"]]
         self.std = [float(v) for v in meta["std"]]
         self.feat_dim = int(meta["feat_dim"])

@@ -120,8 +120,8 @@ def _env_seconds(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ReIDError(f"${name}: expected a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ReIDError(f"${name}: must be >= 0, got {raw!r}")
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise ReIDError(f"${name}: must be a finite number >= 0, got {raw!r}")
     return value
 
 

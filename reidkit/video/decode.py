@@ -3,10 +3,16 @@
 Frames are numbered from 0 here (MOTChallenge files are 1-based; reidkit.video.detect converts).
 Seeking by CAP_PROP_POS_FRAMES is not frame-exact for every codec, so ``iter_frames`` reaches a
 start frame by grabbing (decoding without converting) the frames before it.
+
+A truncated or partly corrupt file decodes fewer frames than its container announces (issue 17:
+30 of 80 frames of a cut .avi, exit 0, no word). ``iter_frames`` fills a :class:`FrameStats`
+(frames announced vs frames read) and logs a warning when the stream ends well short of the
+announced count; the ingestion report should carry the same two numbers.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +22,31 @@ from typing import Iterator
 import numpy as np
 
 from reidkit.errors import ReIDError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameStats:
+    """What :func:`iter_frames` met: ``announced`` by the container (0 = unknown), ``read`` = frames
+    decoded or skipped before the stream ended, ``ended`` once the end of the stream was reached."""
+
+    announced: int = 0
+    read: int = 0
+    ended: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        """True when the stream ended short of the announced count (beyond an estimate's slack)."""
+        # Frame counts of some containers are estimates from duration x fps: allow 1% (>= 2 frames).
+        return self.ended and self.announced > 0 and self.read < self.announced - max(2, self.announced // 100)
+
+    def warning(self, path: str | os.PathLike) -> str | None:
+        """The warning line for a truncated video, None otherwise."""
+        if not self.truncated:
+            return None
+        return (f"warning: video {path}: only {self.read} of the {self.announced} frames its container announces "
+                f"could be decoded (truncated or corrupt file); the rest was not ingested")
 
 
 @dataclass(frozen=True)
@@ -60,12 +91,21 @@ def probe(path: str | os.PathLike, default_fps: float = 25.0) -> VideoInfo:
     return VideoInfo(p, fps, max(n, 0), int(frame.shape[1]), int(frame.shape[0]))
 
 
-def iter_frames(path: str | os.PathLike, start: int = 0, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, BGR frame) for index = start, start + every, ... until the video ends (0-based indices)."""
+def iter_frames(path: str | os.PathLike, start: int = 0, every: int = 1,
+                stats: FrameStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, BGR frame) for index = start, start + every, ... until the video ends (0-based indices).
+
+    ``stats`` (optional) receives frames announced vs read; a stream that ends short of the
+    announced count is logged as a warning either way.
+    """
+    import cv2
+
     if every < 1:
         raise ReIDError(f"--every: must be >= 1, got {every}")
     p = Path(path).expanduser()
     cap = _open(p)
+    stats = stats if stats is not None else FrameStats()
+    stats.announced = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
     try:
         i = 0
         while True:
@@ -73,11 +113,18 @@ def iter_frames(path: str | os.PathLike, start: int = 0, every: int = 1) -> Iter
             if wanted:
                 ok, frame = cap.read()
                 if not ok or frame is None:
-                    return
+                    break
+                stats.read = i + 1
                 yield i, frame
             elif not cap.grab():  # skipped frames are decoded but never converted
-                return
+                break
+            else:
+                stats.read = i + 1
             i += 1
+        stats.ended = True
+        message = stats.warning(p)
+        if message:
+            log.warning(message.removeprefix("warning: "))
     finally:
         cap.release()
 

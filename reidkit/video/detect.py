@@ -46,6 +46,9 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, score_threshold: float, iou_
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
+_MAX_FRAME = 2**31 - 1  # frame numbers are stored as SQLite integers and OpenCV frame indices
+
+
 class MotDetections:
     """Detections read from a MOTChallenge-format file, looked up by 0-based frame index."""
 
@@ -54,7 +57,8 @@ class MotDetections:
         if not self.path.is_file():
             raise ReIDError(f"--detections: {self.path} is not a file")
         self._by_frame: dict[int, list[tuple[float, ...]]] = {}
-        with open(self.path, encoding="utf-8", errors="replace") as fh:
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of line 1's frame number.
+        with open(self.path, encoding="utf-8-sig", errors="replace") as fh:
             for n, line in enumerate(fh, 1):
                 text = line.strip()
                 if not text or text.startswith("#"):
@@ -63,13 +67,16 @@ class MotDetections:
                 try:
                     if len(parts) < 7:
                         raise ValueError
-                    frame = int(float(parts[0]))
+                    frame_f = float(parts[0])  # "12" or "12.0" (some tools write floats), never "3.5"
+                    if not (np.isfinite(frame_f) and frame_f.is_integer() and 1 <= frame_f <= _MAX_FRAME):
+                        raise ValueError
+                    frame = int(frame_f)
                     x, y, w, h, conf = (float(v) for v in parts[2:7])
-                    if frame < 1 or not all(np.isfinite((x, y, w, h, conf))) or w < 0 or h < 0:
+                    if not all(np.isfinite((x, y, w, h, conf))) or w < 0 or h < 0:
                         raise ValueError
                 except ValueError:
                     raise ReIDError(f"--detections {self.path}, line {n}: expected 'frame,id,x,y,w,h,conf,...' with "
-                                    f"a frame >= 1 and finite non-negative sizes, got {text[:80]!r}") from None
+                                    f"an integer frame >= 1 and finite non-negative sizes, got {text[:80]!r}") from None
                 if conf >= min_conf and w > 0 and h > 0:
                     self._by_frame.setdefault(frame - 1, []).append((x, y, x + w, y + h, conf))
 

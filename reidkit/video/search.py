@@ -46,7 +46,8 @@ def find_tracklet(gallery: Any, ref: str | int) -> dict[str, Any]:
     """The stored tracklet entry with gallery id `ref` (digits) or tracklet key `ref`."""
     text = str(ref).strip()
     rec = None
-    if text.isdigit() and int(text) < 2**63:  # beyond SQLite's integer range it can only be a key
+    # Digits past SQLite's int64 cannot be an id (SQLite would raise OverflowError): look them up as a key.
+    if text.isascii() and text.isdigit() and int(text) <= 2**63 - 1:
         rec = gallery.record(int(text))
         if rec is not None and rec.get("kind") != "tracklet":
             rec = None
