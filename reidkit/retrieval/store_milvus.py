@@ -469,6 +469,9 @@ class MilvusStore:
         """Milvus writers leave no cache to finish."""
         return False
 
+    def check_writable(self) -> None:
+        """Milvus galleries are opened for writing (the server decides)."""
+
     def _check_model(self, identity: ModelIdentity) -> None:
         stored = self.cols.identity()
         if not stored.compatible(identity):
