@@ -582,6 +582,8 @@ class MilvusBuilder:
         info = self.tmp.info()
         info["corrupt_skipped"] = str(int(corrupt))
         self.tmp.put_text({_INFO_KEY: json.dumps(info)})
+        # seal the segments so Milvus builds the vector index now, not at the first searches
+        self.tmp.call("flush", self.tmp.client.flush, self.tmp.name)
         crash_point("build_before_publish")
         if self.target.exists():
             if not self.overwrite:
