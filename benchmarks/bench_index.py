@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from benchmarks.common import write_result
-from reidkit.retrieval.index import default_nlist, make_faiss_index, set_search_params
+from reidkit.retrieval.ann import default_nlist, make_faiss_index, set_search_params
 
 
 def clustered(n: int, dim: int, clusters: int, noise: float, rng: np.random.Generator,

@@ -34,9 +34,9 @@ import numpy as np
 
 from benchmarks.bench_index import clustered, recall_at
 from benchmarks.common import RESULTS_DIR, vm_hwm_mb
-from reidkit.retrieval import store
-from reidkit.retrieval.index import (DEFAULT_APPROX_INDEX, DEFAULT_NPROBE, DEFAULT_REFINE_K, default_nlist,
-                                    make_faiss_index, refine_exact, set_search_params)
+from reidkit.retrieval import store_sqlite as store
+from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_NPROBE, DEFAULT_REFINE_K, default_nlist,
+                                  make_faiss_index, refine_exact, set_search_params)
 
 SWEEPS = {
     "ivf": [{"nprobe": p} for p in (8, 16, 32, 64, 128)],

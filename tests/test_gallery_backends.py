@@ -56,24 +56,28 @@ def data(tmp_path_factory):
     torch.manual_seed(1)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     weights = save_model(root / "tiny.pth", build_model(cfg, 8), cfg, 8, (64, 32))
+    from reidkit.retrieval.extractor import FeatureExtractor
+
     return {"root": root, "gal": gal, "more": more, "query": query, "qcam": qcam, "pcam": pcam,
-            "planted": str(planted.resolve()), "weights": weights, "galleries": {}}
+            "planted": str(planted.resolve()), "weights": weights, "galleries": {},
+            "ext": FeatureExtractor.load(weights)}
+
+
+def _built(data, backend: str) -> Gallery:
+    """The same crops built into `backend` once per module."""
+    if backend not in data["galleries"]:
+        data["galleries"][backend] = Gallery.build(data["gal"], _db(data["root"], backend, "built"),
+                                                   extractor=data["ext"])
+    return data["galleries"][backend]
 
 
 @pytest.fixture(params=BACKENDS)
 def gallery(request, data) -> Gallery:
-    """The same crops built into each backend once per module."""
-    backend = request.param
-    if backend not in data["galleries"]:
-        ext = data["galleries"]["embedded"].extractor if "embedded" in data["galleries"] else None
-        g = Gallery.build(data["gal"], _db(data["root"], backend, "built"), weights=data["weights"], extractor=ext)
-        data["galleries"][backend] = g
-    return data["galleries"][backend]
+    return _built(data, request.param)
 
 
 def _fresh(data, backend: str, name: str) -> Gallery:
-    ext = data["galleries"]["embedded"].extractor if "embedded" in data["galleries"] else None
-    return Gallery.build(data["gal"], _db(data["root"], backend, name), weights=data["weights"], extractor=ext)
+    return Gallery.build(data["gal"], _db(data["root"], backend, name), extractor=data["ext"])
 
 
 def test_build_search_filters_rerank(gallery, data):
@@ -98,13 +102,10 @@ def test_build_search_filters_rerank(gallery, data):
     assert gallery.record(ids[0])["path"] == gallery.entries()[0]["path"]
 
 
-def test_backends_agree(data, gallery):
+def test_backends_agree(data):
     """Both backends rank the same crops the same way (exact search, same features)."""
-    other = data["galleries"].get("embedded")
-    if other is None or other is gallery:
-        pytest.skip("compared from the milvus run")
-    a = other.search(str(data["query"]), k=10)
-    b = gallery.search(str(data["query"]), k=10)
+    a = _built(data, "embedded").search(str(data["query"]), k=10)
+    b = _built(data, "milvus").search(str(data["query"]), k=10)
     assert [r["path"] for r in a] == [r["path"] for r in b]
     np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-5)
 
@@ -189,8 +190,7 @@ print("done", len(g.entries(kind="tracklet")))
 def test_killed_writer_rerun_loses_and_duplicates_nothing(data, backend, tmp_path):
     """A writer killed inside a write (before its commit / state), re-run: every tracklet exactly once."""
     db = _db(tmp_path, backend, "kill")
-    g = Gallery.create(db, data["galleries"]["embedded"].extractor if "embedded" in data["galleries"]
-                       else Gallery.open(_db(data["root"], "embedded", "built")).extractor)
+    g = Gallery.create(db, data["ext"])
     del g
     if backend == "milvus":  # Milvus Lite: one process per file; let the writer subprocess have it
         from reidkit.retrieval import store_milvus

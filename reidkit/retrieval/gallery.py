@@ -286,6 +286,7 @@ class Gallery:
             progress: Callable[[str], None] | None = None, strict: bool = False,
             lock_timeout: float | None = None) -> dict[str, Any]:
         """Append the images under `images_dir` not yet in the gallery (one new generation); returns counts."""
+        self.store.check_writable()
         if weights is not None:
             self.use_model(weights)
         paths = list_images(images_dir)
@@ -312,6 +313,7 @@ class Gallery:
     def add_entries(self, features: Any, entries: Sequence[dict[str, Any]], state: dict[str, Any] | None = None,
                     lock_timeout: float | None = None) -> list[int]:
         """Add entries (images or tracklets) with their features and optional state, as one write; returns ids."""
+        self.store.check_writable()
         feats = np.asarray(features.detach().cpu().numpy() if hasattr(features, "detach") else features,
                            dtype=np.float32)
         if feats.ndim == 1 and len(entries) == 1:
@@ -340,6 +342,7 @@ class Gallery:
     def delete(self, ids: Sequence[int] | None = None, tracklet: str | None = None, camera: str | None = None,
                path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> int:
         """Delete the entries matching ALL given criteria (ids, tracklet key, camera name, image path); one write."""
+        self.store.check_writable()
         id_list = None
         if ids is not None:
             id_list = [int(i) for i in ids]

@@ -168,6 +168,9 @@ class GalleryStore(Protocol):
     def stored_key(self) -> tuple[str, int] | None:
         """(uid, generation) now stored, read cheaply; None when it cannot be read now."""
 
+    def check_writable(self) -> None:
+        """ReIDError when this store was opened read-only."""
+
     def settling(self, key: tuple[str, int]) -> bool:
         """True while a writer that published `key` is still finishing (a follower may wait a little)."""
 

@@ -297,34 +297,20 @@ class _Collections:
 
 
 def _entry(d: dict[str, Any]) -> dict[str, Any]:
-    out = {"id": int(d["id"])}
-    for f in _FIELDS:
-        v = d.get(f)
-        out[f] = v
-    return out
+    return {"id": int(d["id"]), **{f: d.get(f) for f in _FIELDS}}
 
 
-def _filter_expr(f: SearchFilter) -> tuple[str, dict[str, Any]]:
-    parts, params = [], {}
-    if f.exclude_camid is not None:
-        parts.append("(camid is null or camid != {xc})")
-        params["xc"] = int(f.exclude_camid)
-    if f.exclude_camera is not None:
-        parts.append("(camera is null or camera != {xcam})")
-        params["xcam"] = str(f.exclude_camera)
-    if f.camera is not None:
-        parts.append("camera == {cam}")
-        params["cam"] = str(f.camera)
-    if f.kind is not None:
-        parts.append("kind == {kind}")
-        params["kind"] = f.kind
-    if f.t_min is not None:
-        parts.append("t_end >= {tmin}")
-        params["tmin"] = float(f.t_min)
-    if f.t_max is not None:
-        parts.append("t_start <= {tmax}")
-        params["tmax"] = float(f.t_max)
-    return " and ".join(parts), params
+# SearchFilter field -> Milvus condition (an entry without the field fails a condition on it, except exclusions)
+_CONDITIONS = (("exclude_camid", "(camid is null or camid != {v})", int),
+               ("exclude_camera", "(camera is null or camera != {v})", str),
+               ("camera", "camera == {v}", str), ("kind", "kind == {v}", str),
+               ("t_min", "t_end >= {v}", float), ("t_max", "t_start <= {v}", float))
+
+
+def _filter_expr(f: SearchFilter) -> str:
+    """The Milvus boolean expression of a search filter ("" for none)."""
+    return " and ".join(_expr(tpl, {"v": typ(getattr(f, name))}) for name, tpl, typ in _CONDITIONS
+                        if getattr(f, name) is not None)
 
 
 class MilvusSnapshot:
@@ -360,9 +346,8 @@ class MilvusSnapshot:
             groups.setdefault(f, []).append(b)
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for f, rows in groups.items():
-            expr, fp = _filter_expr(f)
             res = self.cols.call("search", self.cols.client.search, self.cols.name,
-                                 data=[feats[b].tolist() for b in rows], limit=k, filter=_expr(expr, fp),
+                                 data=[feats[b].tolist() for b in rows], limit=k, filter=_filter_expr(f),
                                  search_params=params, output_fields=[], consistency_level="Strong")
             for b, hits in zip(rows, res):
                 found[b] = (np.asarray([h["id"] for h in hits], dtype=np.int64),
@@ -468,6 +453,9 @@ class MilvusStore:
     def settling(self, key: tuple[str, int]) -> bool:
         """Milvus writers leave no cache to finish."""
         return False
+
+    def check_writable(self) -> None:
+        """Milvus galleries are opened for writing (the server decides)."""
 
     def _check_model(self, identity: ModelIdentity) -> None:
         stored = self.cols.identity()
@@ -594,6 +582,8 @@ class MilvusBuilder:
         info = self.tmp.info()
         info["corrupt_skipped"] = str(int(corrupt))
         self.tmp.put_text({_INFO_KEY: json.dumps(info)})
+        # seal the segments so Milvus builds the vector index now, not at the first searches
+        self.tmp.call("flush", self.tmp.client.flush, self.tmp.name)
         crash_point("build_before_publish")
         if self.target.exists():
             if not self.overwrite:

@@ -957,7 +957,8 @@ class SQLiteStore:
         """A writer committed `key` but has not written its faiss cache yet (it still holds the writer lock)."""
         return not cache_path(self.db, key[1]).is_file() and WriterLock.is_held(self.db)
 
-    def _refuse_readonly(self) -> None:
+    def check_writable(self) -> None:
+        """ReIDError when the gallery was opened read-only (before any work is done)."""
         if self.readonly:
             raise ReIDError(f"--db: {self.db} is read-only (opened for search and check only); "
                             f"nothing was changed")
@@ -974,7 +975,7 @@ class SQLiteStore:
         """
         import faiss
 
-        self._refuse_readonly()
+        self.check_writable()
         db = self.db
         with WriterLock(db, timeout=lock_timeout, on_wait=progress or _stderr):
             crash_point("add_locked")
