@@ -109,3 +109,76 @@ def test_bad_inputs(scene, ingested, tmp_path, capsys):
     assert "links[0].cameras" in capsys.readouterr().err
     assert main(["identities"]) == 2
     assert "--db is required" in capsys.readouterr().err
+
+
+def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path):
+    """The /identities page in headless Chromium: one identity's tracklets per camera match the scene's truth."""
+    pytest.importorskip("playwright.sync_api")
+    from pathlib import Path
+
+    from test_browser import ARGS, CHROMIUM, TOKEN, _screenshot, serving
+    from test_video import _majority
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"chromium not found at {CHROMIUM}")
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    from reidkit.data.scene import read_mot
+    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.service import create_app
+
+    gts = {c: read_mot(scene / "s" / c / "gt" / "gt.txt") for c in ("cam1", "cam2", "cam3")}
+    g = Gallery.open(scene / "db")
+    assigned = g.get_state("identities")["tracklets"]
+    rows = g.entries(kind="tracklet")
+    truth = {r["tracklet"]: _majority(r, gts[r["camera"]]) for r in rows}
+    chosen = None
+    for ident in sorted(set(assigned.values())):
+        mine = [r for r in rows if assigned[r["tracklet"]] == ident]
+        pids = {truth[r["tracklet"]] for r in mine}
+        if len(pids) != 1 or len({r["camera"] for r in mine}) < 2:
+            continue
+        pid = pids.pop()
+        if pid > 0 and {k for k, p in truth.items() if p == pid} == {r["tracklet"] for r in mine}:
+            chosen = (ident, pid, mine)  # an identity holding exactly one person's tracklets, in 2+ cameras
+            break
+    assert chosen is not None
+    ident, pid, mine = chosen
+    true_cams = sorted(c for c, gt in gts.items() if (gt[:, 1] == pid).any())
+    app = create_app(scene / "db", token=TOKEN)
+    with serving(app) as url, sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except PlaywrightError as exc:
+            pytest.skip(f"chromium does not start here: {exc}")
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+            page.goto(url + "/identities")
+            page.click("button[type=submit]")  # without the token: refused, and the page says so
+            page.wait_for_function("document.querySelector('#error').textContent.length > 0")
+            page.fill("#token", TOKEN)
+            page.check("#multi")
+            page.click("button[type=submit]")
+            page.wait_for_function("document.querySelector('#ids').dataset.ready === '1'")
+            card = f".identity[data-id='{ident}']"
+            lanes = page.eval_on_selector_all(f"{card} .lane", "ls => ls.map(l => l.dataset.camera)")
+            assert lanes == true_cams  # the person's cameras, as the scene's ground truth has them
+            blocks = page.eval_on_selector_all(
+                f"{card} .tl", "bs => bs.map(b => ({key: b.dataset.tracklet, cam: b.dataset.camera, t0: +b.dataset.t0,"
+                               " t1: +b.dataset.t1}))")
+            assert sorted(b["key"] for b in blocks) == sorted(r["tracklet"] for r in mine)
+            for b in blocks:  # each block lies where the ground truth has the person in that camera
+                frames = gts[b["cam"]][gts[b["cam"]][:, 1] == pid, 0]
+                assert (frames.min() - 1) / 10 - 0.05 <= b["t0"] <= b["t1"] <= (frames.max() - 1) / 10 + 0.05
+            page.wait_for_function(
+                f"[...document.querySelectorAll(\"{card} .tl img\")].every((i) => i.complete && i.naturalWidth > 0)")
+            first = min(blocks, key=lambda b: b["t0"])
+            page.click(f"{card} .tl[data-tracklet='{first['key']}']")
+            page.wait_for_function("document.querySelectorAll('#detail tr').length > 2")
+            shown = [int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")]
+            gt_frames = set(gts[first["cam"]][gts[first["cam"]][:, 1] == pid, 0].astype(int).tolist())
+            assert shown == sorted(shown) and set(shown) <= gt_frames and len(shown) >= 3
+            _screenshot(page, tmp_path / "identities.png", "REIDKIT_SCREENSHOT_IDENTITIES")
+        finally:
+            browser.close()

@@ -442,6 +442,9 @@ def _add_extension_routes(app: FastAPI, get_gallery: Any, authorize: Any) -> Non
     add_routes = getattr(module, "add_routes", None)
     if callable(add_routes):
         add_routes(app, get_gallery, authorize)
+    from reidkit.video.identity_routes import identity_router  # until create_app takes routers=[...]
+
+    app.include_router(identity_router(get_gallery, authorize))
 
 
 def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
