@@ -345,8 +345,8 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
 
         links = root / "links.yaml"
         with atomic_write(links, "w") as fh:
-            fh.write(f"# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
-                     f"# entering the other); read by `reidkit identities --links`\n")
+            fh.write("# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
+                     "# entering the other); read by `reidkit identities --links`\n")
             yaml.safe_dump(chain_links(names, W, H, speed, float(fps), transit), fh, sort_keys=False)
     write_json(root / "scene.json", {
         "cameras": names, "videos": [str(v.relative_to(root)) for v in videos],
