@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                 c, m = linked["combined"], linked["multi_camera"]
                 print(f"{mname} | {dname}: HOTA {c['HOTA']:.1f} IDF1 {c['IDF1']:.1f} MOTA {c['MOTA']:.1f} "
                       f"multi-cam IDF1 {m['IDF1']:.1f} (no links {loose['multi_camera']['IDF1']:.1f})", flush=True)
-        write(args, scene, threshold, tuning, runs)
+                write(args, scene, threshold, tuning, runs)  # after every setting: a long run keeps what it measured
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
