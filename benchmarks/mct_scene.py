@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trained", default=None, help="a reidkit checkpoint trained on synthetic people")
+    ap.add_argument("--trained-label", default="trained with reidkit on synthetic people",
+                    help="how the table names --trained")
     ap.add_argument("--skip-hog", action="store_true")
     ap.add_argument("--threshold", type=float, default=None, help="identity threshold (default: reidkit's)")
     ap.add_argument("--tune", action="store_true", help="also sweep the threshold on --tune-seeds scenes")
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         scene = make_scene(work, args, args.seed)
         models = [("ImageNet EfficientNet-Lite0", None)]
         if args.trained:
-            models.append((f"reidkit demo recipe, synthetic people ({Path(args.trained).name})", args.trained))
+            models.append((args.trained_label, args.trained))
         dets = [("ground-truth boxes", True)] + ([] if args.skip_hog else [("OpenCV HOG", False)])
         runs = []
         for mname, weights in models:
