@@ -97,8 +97,6 @@ def test_incremental_keeps_old_ids():
     same = _feats([0, 0], noise=0.0)
     ids = cluster_identities(same, ["cam1", "cam2"], [0, 10], [1, 11], threshold=0.9, fixed=[5, 9], next_id=10)
     assert ids.tolist() == [5, 9]
-    again = cluster_identities(f, CAMS, T0, T1, threshold=0.3, fixed=fixed, next_id=4)
-    assert again.tolist() == ids.tolist() or True  # noqa: deterministic check below
     assert cluster_identities(f, CAMS, T0, T1, threshold=0.3, fixed=fixed, next_id=4).tolist() == \
         cluster_identities(f, CAMS, T0, T1, threshold=0.3, fixed=fixed, next_id=4).tolist()
 

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = isub.add_parser("export", help="write MOTChallenge files per camera with global identity ids")
     e.add_argument("--db", required=True, help="gallery folder with identities")
     e.add_argument("--out", required=True, help="output folder: <camera>.txt per camera")
+    e.add_argument("--camera", action="append", default=None,
+                   help="also write an (empty) file for this camera when it has no tracklets; repeatable")
     e.set_defaults(func=_run_export)
 
     t = sub.add_parser(
@@ -74,7 +76,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from reidkit.retrieval.index import Gallery
     from reidkit.video.identities import export_mot
 
-    files = export_mot(Gallery.open(args.db), args.out)
+    files = export_mot(Gallery.open(args.db), args.out, cameras=args.camera)
     for cam, path in files.items():
         print(f"{cam}: {path}")
     return 0

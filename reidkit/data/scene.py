@@ -13,9 +13,9 @@ goes through the camera's photometric pipeline (resolution, blur, exposure, cast
 Topology. ``topology="free"`` (the Python default, kept for existing callers): an identity visits
 2..cams cameras in random order, 0.3-``frames/8`` frames apart. ``topology="chain"`` (the CLI's
 default): the cameras stand along a corridor, cam1 - cam2 - ... - camN; a person enters the site
-at a random camera and time, walks along the corridor in one direction through consecutive
-cameras (each next camera reached after a transit time drawn from ``transit`` seconds, out of
-every view), stops at any camera with probability 0.35 (so some are never seen again), and with
+at a camera (person k at camera k mod N) and a random time, walks along the corridor in one
+direction through consecutive cameras (each next camera reached after a transit time drawn from
+``transit`` seconds, out of every view), stops at any camera with probability 0.25 (so some are never seen again), and with
 probability 0.3 comes back to the last camera after 4-8 s out of its view. The camera-link
 windows this topology allows are written to ``OUT/links.yaml`` (reidkit.cluster.identities reads
 it): for cameras d steps apart the time from a person leaving one view to entering the other
@@ -128,7 +128,7 @@ def _plan(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int,
 
 
 RETURN_GAP = (4.0, 8.0)  # seconds out of view before a person comes back to the same camera (chain topology)
-STOP_PROB, RETURN_PROB = 0.35, 0.3
+STOP_PROB, RETURN_PROB = 0.25, 0.3
 TOPOLOGIES = ("free", "chain")
 TRACKEVAL_BENCHMARK, TRACKEVAL_SPLIT = "SCENE", "all"
 
@@ -169,9 +169,9 @@ def _plan_chain(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom
     lo, hi = (max(1, int(round(t * fps))) for t in transit)
     for pid in range(1, ids + 1):
         r = syn._rng(seed, dom, _T_SCENE_PLAN, pid)
-        cam = int(r.integers(0, cams))
+        cam = (pid - 1) % cams  # entrances spread over the cameras
         step = 1 if cam == 0 else -1 if cam == cams - 1 else int(r.choice([-1, 1]))
-        t = int(r.integers(0, max(1, frames // 2)))
+        t = int(r.integers(0, max(1, int(frames * 0.6))))
         route = [cam]
         while cams > 1 and 0 <= cam + step < cams and r.random() >= STOP_PROB:
             cam += step
@@ -345,8 +345,8 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
 
         links = root / "links.yaml"
         with atomic_write(links, "w") as fh:
-            fh.write(f"# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
-                     f"# entering the other); read by `reidkit identities --links`\n")
+            fh.write("# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
+                     "# entering the other); read by `reidkit identities --links`\n")
             yaml.safe_dump(chain_links(names, W, H, speed, float(fps), transit), fh, sort_keys=False)
     write_json(root / "scene.json", {
         "cameras": names, "videos": [str(v.relative_to(root)) for v in videos],

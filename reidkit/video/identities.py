@@ -1,0 +1,153 @@
+"""Global identities of a tracklet gallery: `reidkit identities` and `reidkit identities export`.
+
+``assign_identities(gallery, ...)`` reads every tracklet through the public Gallery API (entries of
+kind "tracklet", their stored features = the mean of the best K crops, their camera and time span),
+clusters them with ``reidkit.cluster.identities.cluster_identities`` and stores the result as the
+gallery state ``"identities"`` in one commit (``add_entries`` with no entries), so it works on every
+storage backend and a reader sees the old or the new assignment, never a mix::
+
+    {"version": 1, "next_id": 12, "tracklets": {"<tracklet key>": 3, ...},
+     "params": {"threshold": 0.6, "linkage": "average", "rerank": true, "links": {...} | null, "max_gap": null}}
+
+A later run keeps every stored assignment (ids are never renumbered; tracklets deleted from the
+gallery are forgotten) and gives the tracklets ingested since then an old identity or a new one.
+Parameters not given are the stored run's (so an incremental run uses the same threshold and
+links), else the defaults; ``rebuild=True`` clusters everything anew from id 1.
+
+``export_mot(gallery, out)`` writes ``OUT/<camera>.txt`` per camera in MOTChallenge form,
+``frame,identity,x,y,w,h,conf,-1,-1,-1``, from each tracklet's stored boxes (1-based frames of its
+video), ready for ``reidkit eval-tracks``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+
+STATE_KEY = "identities"
+STATE_VERSION = 1
+_CAMERA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
+
+__all__ = ["assign_identities", "stored_identities", "identity_groups", "export_mot", "STATE_KEY"]
+
+
+def stored_identities(gallery: Any) -> dict[str, Any]:
+    """The stored ``"identities"`` state (empty assignment when none)."""
+    state = gallery.get_state(STATE_KEY)
+    if not state:
+        return {"version": STATE_VERSION, "next_id": 1, "tracklets": {}, "params": {}}
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("tracklets"), dict):
+        raise ReIDError(f"gallery {gallery.db}: the stored identities are not in a form this reidkit reads "
+                        f"(re-run `reidkit identities --db {gallery.db} --rebuild`)")
+    return state
+
+
+def _tracklets(gallery: Any) -> list[dict[str, Any]]:
+    rows = gallery.entries(kind="tracklet")
+    bad = [r.get("tracklet") or r["id"] for r in rows
+           if r.get("tracklet") is None or r.get("camera") is None or r.get("t_start") is None or r.get("t_end") is None]
+    if bad:
+        raise ReIDError(f"gallery {gallery.db}: tracklet {bad[0]} has no key, camera or time span "
+                        f"({len(bad)} such); identities need all three")
+    return sorted(rows, key=lambda r: str(r["tracklet"]))
+
+
+def assign_identities(gallery: Any, threshold: float | None = None, links: Any = None, max_gap: float | None = None,
+                      linkage: str | None = None, rerank: bool | None = None, rebuild: bool = False) -> dict[str, Any]:
+    """Cluster the gallery's tracklets into global identities and store them (module docstring); returns a report."""
+    from reidkit.cluster.identities import DEFAULT_THRESHOLD, Links, cluster_identities, load_links, violations
+    from reidkit.cluster.identities import impossible_pairs
+
+    rows = _tracklets(gallery)
+    if not rows:
+        raise ReIDError(f"gallery {gallery.db} has no tracklets (ingest videos with `reidkit video` first)")
+    old = {"version": STATE_VERSION, "next_id": 1, "tracklets": {}, "params": {}} if rebuild else stored_identities(gallery)
+    prev = old.get("params") or {}
+    if links is not None:
+        lk = links if isinstance(links, Links) else load_links(links, max_gap=max_gap)
+    elif max_gap is not None or prev.get("links") is not None:  # the stored windows (with a new max gap if given)
+        lk = load_links(prev.get("links"), max_gap=max_gap)
+    else:
+        lk = Links({}, None)
+    params = {"threshold": float(threshold if threshold is not None else prev.get("threshold", DEFAULT_THRESHOLD)),
+              "linkage": linkage or prev.get("linkage", "average"),
+              "rerank": bool(rerank if rerank is not None else prev.get("rerank", True)),
+              "links": lk.to_dict() if (lk.windows or lk.max_gap is not None) else None}
+    keys = [str(r["tracklet"]) for r in rows]
+    known = old["tracklets"]
+    fixed = np.asarray([int(known.get(k, -1)) for k in keys], dtype=np.int64)
+    feats = gallery.features([int(r["id"]) for r in rows])
+    cams = [str(r["camera"]) for r in rows]
+    t0 = [float(r["t_start"]) for r in rows]
+    t1 = [float(r["t_end"]) for r in rows]
+    ids = cluster_identities(feats, cams, t0, t1, threshold=params["threshold"], links=lk,
+                             linkage=params["linkage"], fixed=fixed, next_id=int(old.get("next_id", 1)),
+                             rerank=params["rerank"])
+    assert violations(ids, impossible_pairs(cams, t0, t1, lk)) == 0  # guaranteed by the clustering's split step
+    next_id = int(max(int(old.get("next_id", 1)), int(ids.max()) + 1))
+    state = {"version": STATE_VERSION, "next_id": next_id, "params": params,
+             "tracklets": {k: int(i) for k, i in zip(keys, ids)}}
+    gallery.add_entries(np.zeros((0, max(1, feats.shape[1])), np.float32), [], state={STATE_KEY: state})
+    per_cam: dict[str, int] = {}
+    for c in cams:
+        per_cam[c] = per_cam.get(c, 0) + 1
+    cams_of: dict[int, set[str]] = {}
+    for c, i in zip(cams, ids.tolist()):
+        cams_of.setdefault(i, set()).add(c)
+    old_ids = set(int(v) for v in known.values())
+    return {"db": str(gallery.db), "tracklets": len(rows), "identities": len(cams_of),
+            "new_tracklets": int((fixed < 0).sum()), "new_identities": len(set(cams_of) - old_ids),
+            "multi_camera": sum(1 for s in cams_of.values() if len(s) > 1), "per_camera": dict(sorted(per_cam.items())),
+            "params": params}
+
+
+def identity_groups(gallery: Any) -> list[dict[str, Any]]:
+    """Stored identities with their tracklets (time order): [{id, cameras, t_start, t_end, tracklets: [entry]}]."""
+    assigned = stored_identities(gallery)["tracklets"]
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in _tracklets(gallery):
+        i = assigned.get(str(r["tracklet"]))
+        if i is not None:
+            groups.setdefault(int(i), []).append(r)
+    out = []
+    for i, members in sorted(groups.items()):
+        members.sort(key=lambda r: (r["t_start"], str(r["camera"]), str(r["tracklet"])))
+        out.append({"id": i, "cameras": sorted({str(r["camera"]) for r in members}),
+                    "t_start": min(r["t_start"] for r in members), "t_end": max(r["t_end"] for r in members),
+                    "tracklets": members})
+    return out
+
+
+def export_mot(gallery: Any, out: str | os.PathLike, cameras: Sequence[str] | None = None) -> dict[str, Path]:
+    """OUT/<camera>.txt (MOTChallenge, global identity ids) per camera; `cameras` adds (empty) files for those."""
+    from reidkit.utils.io import atomic_write, ensure_dir
+
+    rows = _tracklets(gallery)
+    assigned = stored_identities(gallery)["tracklets"]
+    missing = [str(r["tracklet"]) for r in rows if str(r["tracklet"]) not in assigned]
+    if missing:
+        raise ReIDError(f"gallery {gallery.db}: {len(missing)} tracklet(s) have no identity yet (e.g. {missing[0]}); "
+                        f"run `reidkit identities --db {gallery.db}` first")
+    lines: dict[str, list[tuple]] = {str(c): [] for c in (cameras or [])}
+    for r in rows:
+        ident = int(assigned[str(r["tracklet"])])
+        for b in (r.get("meta") or {}).get("boxes", []):
+            frame, x0, y0, x1, y1 = int(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4])
+            conf = float(b[5]) if len(b) > 5 else 1.0
+            lines.setdefault(str(r["camera"]), []).append((frame, ident, x0, y0, x1 - x0, y1 - y0, conf))
+    root = ensure_dir(Path(out).expanduser(), "--out")
+    files = {}
+    for cam, rs in sorted(lines.items()):
+        if not _CAMERA_FILE.match(cam) or ".." in cam:
+            raise ReIDError(f"camera name {cam!r} cannot be a file name; name cameras with letters, digits, _ . -")
+        rs.sort()
+        path = root / f"{cam}.txt"
+        with atomic_write(path, "w") as fh:
+            fh.writelines(f"{f},{i},{x:.2f},{y:.2f},{w:.2f},{h:.2f},{c:.4f},-1,-1,-1\n" for f, i, x, y, w, h, c in rs)
+        files[cam] = path
+    return files
