@@ -127,6 +127,8 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
     from reidkit.data.scene import read_mot
     from reidkit.retrieval.index import Gallery
     from reidkit.retrieval.service import create_app
+    from reidkit.video.identity_routes import identity_router
+    from reidkit.video.routes import tracklet_routes
 
     gts = {c: read_mot(scene / "s" / c / "gt" / "gt.txt") for c in ("cam1", "cam2", "cam3")}
     g = Gallery.open(scene / "db")
@@ -146,7 +148,7 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
     assert chosen is not None
     ident, pid, mine = chosen
     true_cams = sorted(c for c, gt in gts.items() if (gt[:, 1] == pid).any())
-    app = create_app(scene / "db", token=TOKEN)
+    app = create_app(scene / "db", routers=[tracklet_routes, identity_router], token=TOKEN)
     with serving(app) as url, sync_playwright() as pw:
         try:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -294,6 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
     check_host(args.host)
     if not (args.upload_memory_mb > 0 and args.upload_memory_mb < float("inf")):
         raise ReIDError(f"--upload-memory-mb: must be a finite number > 0, got {args.upload_memory_mb}")
+    from reidkit.video.identity_routes import identity_router
     from reidkit.video.routes import tracklet_routes  # the command layer composes the routers
 
     db = args.db
@@ -303,7 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
         db = Gallery.open(args.db, weights=args.weights, collection=args.collection)
     serve(db, host=args.host, port=args.port, token=args.token,
           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, weights=args.weights,
-          poll_s=args.poll, routers=[tracklet_routes], max_image_pixels=args.max_image_pixels,
+          poll_s=args.poll, routers=[tracklet_routes, identity_router], max_image_pixels=args.max_image_pixels,
           upload_memory_bytes=int(args.upload_memory_mb * 1024 * 1024),
           max_pixels_in_flight=args.max_pixels_in_flight, upload_wait_s=args.upload_wait)
     return 0
