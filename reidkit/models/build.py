@@ -40,6 +40,10 @@ class ModelConfig:
     classifier: str = "linear"
     cls_scale: float = 30.0
     cls_margin: float = 0.35
+    cls_init_std: float = 0.001   # linear classifier init N(0, std): BoT 0.001, fast-reid 0.01
+    # ResNet stem max-pool: "pad" (torchvision: 3x3 stride 2 padding 1) or "ceil" (fast-reid's
+    # ResNet: no padding, ceil_mode; same output size, windows shifted by one pixel)
+    stem_pool: str = "pad"
     # Ghost BatchNorm: training statistics over N groups of the batch (see models/ghost_bn.py),
     # so one GPU reproduces a recipe tuned on N GPUs without SyncBN.
     bn_groups: int = 1
@@ -80,6 +84,8 @@ class ModelConfig:
             raise ReIDError(f"model.cls_margin: must be >= 0, got {self.cls_margin}")
         if isinstance(self.bn_groups, bool) or not isinstance(self.bn_groups, int) or self.bn_groups < 1:
             raise ReIDError(f"model.bn_groups: expected an integer >= 1, got {self.bn_groups!r}")
+        if self.stem_pool not in ("pad", "ceil"):
+            raise ReIDError(f"model.stem_pool: expected pad or ceil, got {self.stem_pool!r}")
 
 
 def _backbone_names() -> Iterable[str] | None:
@@ -135,6 +141,11 @@ class ReIDModel(nn.Module):
 def build_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
     """Build the model described by ``cfg`` with an ID classifier over ``num_classes``."""
     model = _assemble_model(cfg, num_classes)
+    if cfg.stem_pool == "ceil":
+        pool = getattr(model.backbone, "maxpool", None)
+        if not isinstance(pool, nn.MaxPool2d):
+            raise ReIDError(f"model.stem_pool=ceil: backbone {cfg.backbone} has no ResNet stem max-pool")
+        model.backbone.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
     if cfg.bn_groups > 1:
         from reidkit.models.ghost_bn import convert_ghost_bn
 
@@ -170,7 +181,7 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
         int(backbone.out_channels), int(num_classes), pooling=cfg.pooling, gem_p=cfg.gem_p,
         neck=cfg.neck, neck_feat=cfg.neck_feat, embedding_dim=cfg.embedding_dim,
         embedding_hidden=cfg.embedding_hidden, dropout=cfg.dropout, classifier=cfg.classifier,
-        cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin,
+        cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin, cls_init_std=cfg.cls_init_std,
     )
     mean = list(getattr(backbone, "mean", _DEFAULT_MEAN))
     std = list(getattr(backbone, "std", _DEFAULT_STD))

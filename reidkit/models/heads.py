@@ -91,12 +91,12 @@ def build_pooling(name: str, gem_p: float = 3.0) -> nn.Module:
 
 
 class LinearClassifier(nn.Module):
-    """Bias-free linear classifier (BoT), weights ~ N(0, 0.001); labels are ignored."""
+    """Bias-free linear classifier (BoT), weights ~ N(0, init_std) (BoT 0.001); labels are ignored."""
 
-    def __init__(self, in_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, init_std: float = 0.001) -> None:
         super().__init__()
         self.fc = nn.Linear(in_dim, num_classes, bias=False)
-        nn.init.normal_(self.fc.weight, std=0.001)
+        nn.init.normal_(self.fc.weight, std=init_std)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -202,14 +202,17 @@ class CircleClassifier(_CosineClassifier):
 
 
 def build_classifier(
-    name: str, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35
+    name: str, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35,
+    init_std: float = 0.001,
 ) -> nn.Module:
     """Classifier by name: linear, arcface, cosface, circle; all called as ``clf(x, labels)``."""
     check_choice("model.classifier", name, CLASSIFIERS)
     if num_classes < 1:
         raise ReIDError(f"num_classes: must be >= 1, got {num_classes}")
+    if not init_std > 0:
+        raise ReIDError(f"model.cls_init_std: must be > 0, got {init_std}")
     if name == "linear":
-        return LinearClassifier(in_dim, num_classes)
+        return LinearClassifier(in_dim, num_classes, init_std)
     cls = {"arcface": ArcFace, "cosface": CosFace, "circle": CircleClassifier}[name]
     return cls(in_dim, num_classes, scale=scale, margin=margin)
 
@@ -283,6 +286,7 @@ class ReIDHead(nn.Module):
         classifier: str = "linear",
         cls_scale: float = 30.0,
         cls_margin: float = 0.35,
+        cls_init_std: float = 0.001,
     ) -> None:
         super().__init__()
         check_choice("model.neck", neck, NECKS)
@@ -304,7 +308,7 @@ class ReIDHead(nn.Module):
             self.neck = nn.Identity()
             self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.feat_dim = dim
-        self.classifier = build_classifier(classifier, dim, num_classes, cls_scale, cls_margin)
+        self.classifier = build_classifier(classifier, dim, num_classes, cls_scale, cls_margin, cls_init_std)
 
     def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
         """The pooled ``B x C`` feature of a (possibly partial) ``B x C x h x w`` map."""
