@@ -135,6 +135,7 @@ class SolverConfig:
     no_decay_norm: bool = False
     amp: Literal["none", "bf16", "fp16"] = "none"
     amsgrad: bool = False  # Adam/AdamW: the AMSGrad variant (torchreid's OSNet recipe)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torchreid: [0.9, 0.99]
     grad_clip: float = 0.0
     eval_period: int = 10
     checkpoint_period: int = 1
@@ -160,6 +161,8 @@ class SolverConfig:
             raise ReIDError(f"config key 'solver.grad_clip' must be >= 0, got {self.grad_clip}")
         if self.sched_epoch_offset < 0:
             raise ReIDError(f"config key 'solver.sched_epoch_offset' must be >= 0, got {self.sched_epoch_offset}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ReIDError(f"config key 'solver.adam_betas' must be two values in [0, 1), got {self.adam_betas}")
         if self.warmup_iters < 0:
             raise ReIDError(f"config key 'solver.warmup_iters' must be >= 0, got {self.warmup_iters}")
         if self.warmup_epochs < 0:

@@ -77,10 +77,11 @@ def lr_factor(solver: SolverConfig | Any, t: float, epoch_length: int | None = N
 def build_optimizer(solver: SolverConfig | Any, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD over the parameter groups (each group keeps its own lr and decay)."""
     s = getattr(solver, "solver", solver)
+    betas = tuple(getattr(s, "adam_betas", (0.9, 0.999)))
     if s.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad)
+        return torch.optim.Adam(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad, betas=betas)
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad)
+        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad, betas=betas)
     return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 

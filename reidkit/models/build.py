@@ -41,6 +41,7 @@ class ModelConfig:
     cls_scale: float = 30.0
     cls_margin: float = 0.35
     cls_init_std: float = 0.001   # linear classifier init N(0, std): BoT 0.001, fast-reid 0.01
+    cls_bias: bool = False        # linear classifier bias (torchreid: true; BoT: none)
     # ResNet stem max-pool: "pad" (torchvision: 3x3 stride 2 padding 1) or "ceil" (fast-reid's
     # ResNet: no padding, ceil_mode; same output size, windows shifted by one pixel)
     stem_pool: str = "pad"
@@ -182,6 +183,7 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
         neck=cfg.neck, neck_feat=cfg.neck_feat, embedding_dim=cfg.embedding_dim,
         embedding_hidden=cfg.embedding_hidden, dropout=cfg.dropout, classifier=cfg.classifier,
         cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin, cls_init_std=cfg.cls_init_std,
+        cls_bias=cfg.cls_bias,
     )
     mean = list(getattr(backbone, "mean", _DEFAULT_MEAN))
     std = list(getattr(backbone, "std", _DEFAULT_STD))
