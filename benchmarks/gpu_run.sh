@@ -8,15 +8,17 @@
 # Steps, each under its own `timeout`, each writing $OUT/<gpu-name>-<step>.json before the next
 # starts (a kill keeps what finished):
 #   0 data      the Market-sized synthetic tree shared by steps 1-3 (reused when present)
-#   1 bench     python -m benchmarks.run --device cuda --compile --repeats 1 (full size)
+#   1 bench     python -m benchmarks.run --device cuda --repeats 1 at full size, in three calls
+#               (train a/b with and without --compile; extract; eval + rerank + cluster)
 #   2 full_run  benchmarks.full_run cut to the epochs that fit in FULL_SECONDS; cache build apart
-#   3 usl       one usl_cluster_contrast round, bf16 + channels_last, and with model.bn_groups=4
+#   3 usl       one usl_cluster_contrast round, bf16 + channels_last; again with model.bn_groups=4
 #   4 video     reidkit video on a generated scene, the embedder on the GPU
+# TOTAL (default 470 s) bounds the whole script: a step gets at most what is left.
 # then prints one table (benchmarks/gpu_steps.py summary; also $OUT/<gpu-name>-summary.md).
 #
 # Installing: the machine's own torch is kept (it may differ from the CPU pin). Missing
-# dependencies are installed without torch: from wheels in $WHEELS (default .whl; see
-# benchmarks/README.md "GPU run" for the download command) when that folder exists, else from
+# dependencies are installed without torch: from wheels in $WHEELS (default .whl, made here by
+# benchmarks/gpu_wheels.sh and carried to the machine) when that folder exists, else from
 # the package index. `pip install -e .` (the full pin set) runs only when torch itself is missing.
 set -u
 cd "$(dirname "$0")/.."
@@ -34,7 +36,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
 START=$(date +%s)
-T_DATA=${T_DATA:-90}; T_BENCH=${T_BENCH:-170}; FULL_SECONDS=${FULL_SECONDS:-120}; T_USL=${T_USL:-75}; T_VIDEO=${T_VIDEO:-45}
+# Each step's own limit, and TOTAL for the whole script (a step never gets more than what is left)
+TOTAL=${TOTAL:-470}
+T_DATA=${T_DATA:-75}; T_TRAIN=${T_TRAIN:-110}; T_EXTRACT=${T_EXTRACT:-45}; T_EVAL=${T_EVAL:-45}
+FULL_SECONDS=${FULL_SECONDS:-60}; T_USL=${T_USL:-55}; T_VIDEO=${T_VIDEO:-30}
 
 if [ "$DRY" = 0 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
@@ -66,12 +71,15 @@ EOF
   fi
   TAG=$("$PY" -m benchmarks.gpu_steps tag)
   TINY=""
-  BENCH_ARGS=(--device cuda --compile --repeats 1 --timeout 150)
+  BENCH_ARGS=(--device cuda --repeats 1 --timeout 100)
+  COMPILE=(--compile)
 else
   TAG=$("$PY" -m benchmarks.gpu_steps tag)
   TINY="--tiny"
-  T_DATA=60; T_BENCH=150; FULL_SECONDS=240; T_USL=150; T_VIDEO=90
-  BENCH_ARGS=(--device cpu --tiny --no-isolate --repeats 1 --only train,eval,cluster)
+  # a loaded 2-core CPU: generous limits (the sizes are tiny)
+  TOTAL=1500; T_DATA=120; T_TRAIN=150; T_EXTRACT=120; T_EVAL=120; FULL_SECONDS=240; T_USL=180; T_VIDEO=120
+  BENCH_ARGS=(--device cpu --tiny --no-isolate --repeats 1)
+  COMPILE=()
   export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 fi
 echo "gpu_run: tag $TAG, out $OUT, dry-run $DRY"
@@ -79,6 +87,9 @@ echo "gpu_run: tag $TAG, out $OUT, dry-run $DRY"
 step() {  # step NAME SECONDS CMD...
   local name=$1 secs=$2; shift 2
   local t0=$(date +%s)
+  local left=$(( TOTAL - (t0 - START) - 5 ))
+  if [ "$left" -lt 10 ]; then echo "== step $name: skipped, the ${TOTAL}s budget is spent"; return 0; fi
+  [ "$secs" -gt "$left" ] && secs=$left
   echo "== step $name (timeout ${secs}s)"
   timeout --kill-after=10 "$secs" "$@"
   local rc=$?
@@ -87,11 +98,14 @@ step() {  # step NAME SECONDS CMD...
   return 0
 }
 
-step data  "$T_DATA"  "$PY" -m benchmarks.gpu_steps data --out "$OUT" $TINY
-step bench "$T_BENCH" "$PY" -m benchmarks.run "${BENCH_ARGS[@]}" --out "$OUT" --tag "$TAG-bench"
-step full  "$((FULL_SECONDS + 45))" "$PY" -m benchmarks.gpu_steps full --out "$OUT" --seconds "$FULL_SECONDS" $TINY
-step usl   "$T_USL"   "$PY" -m benchmarks.gpu_steps usl --out "$OUT" $TINY
-step video "$T_VIDEO" "$PY" -m benchmarks.gpu_steps video --out "$OUT" $TINY
+step data    "$T_DATA"    "$PY" -m benchmarks.gpu_steps data --out "$OUT" $TINY
+step train   "$T_TRAIN"   "$PY" -m benchmarks.run "${BENCH_ARGS[@]}" "${COMPILE[@]}" --only train --out "$OUT" --tag "$TAG-bench-train"
+step extract "$T_EXTRACT" "$PY" -m benchmarks.run "${BENCH_ARGS[@]}" --only extract --out "$OUT" --tag "$TAG-bench-extract"
+step eval    "$T_EVAL"    "$PY" -m benchmarks.run "${BENCH_ARGS[@]}" --only eval,cluster --out "$OUT" --tag "$TAG-bench-eval"
+step full    "$((FULL_SECONDS + 30))" "$PY" -m benchmarks.gpu_steps full --out "$OUT" --seconds "$FULL_SECONDS" $TINY
+step usl     "$T_USL"     "$PY" -m benchmarks.gpu_steps usl --out "$OUT" $TINY
+step usl-bn  "$T_USL"     "$PY" -m benchmarks.gpu_steps usl --ghost --out "$OUT" $TINY
+step video   "$T_VIDEO"   "$PY" -m benchmarks.gpu_steps video --out "$OUT" $TINY
 echo
 "$PY" -m benchmarks.gpu_steps summary --out "$OUT"
 echo "gpu_run: done in $(( $(date +%s) - START )) s; JSON under $OUT/$TAG-*.json"

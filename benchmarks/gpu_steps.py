@@ -3,7 +3,7 @@
     python -m benchmarks.gpu_steps tag                      # the GPU name slug (or "cpu-dryrun")
     python -m benchmarks.gpu_steps data    --out DIR [--tiny]
     python -m benchmarks.gpu_steps full    --out DIR [--tiny] --seconds 150
-    python -m benchmarks.gpu_steps usl     --out DIR [--tiny]
+    python -m benchmarks.gpu_steps usl     --out DIR [--tiny] [--ghost]
     python -m benchmarks.gpu_steps video   --out DIR [--tiny]
     python -m benchmarks.gpu_steps summary --out DIR
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES: dict[str, dict[str, Any]] = {
     "full": {"ids": 1501, "images_per_id": 18, "size": [256, 128], "n_train": 12936, "backbone": "resnet50",
              "p": 16, "k": 4, "usl_batch": 256, "usl_instances": 16, "usl_iters": 200, "bn_groups": 4,
-             "scene": {"cams": 3, "ids": 8, "frames": 240, "size": [480, 640]}},
+             "scene": {"cams": 3, "ids": 8, "frames": 120, "size": [240, 320]}},
     "tiny": {"ids": 16, "images_per_id": 6, "size": [64, 32], "n_train": None, "backbone": "resnet18",
              "p": 4, "k": 4, "usl_batch": 16, "usl_instances": 4, "usl_iters": 2, "bn_groups": 2,
              "scene": {"cams": 1, "ids": 2, "frames": 12, "size": [96, 128]}},
@@ -114,7 +114,7 @@ def step_full(out: Path, tiny: bool, seconds: float) -> dict[str, Any]:
     cache_s = time.perf_counter() - t0
     # Epochs that fit: from the images/s that step 1 measured for the same recipe, else a guess.
     ips = None
-    bench = out / f"{gpu_tag()}-bench.json"
+    bench = out / f"{gpu_tag()}-bench-train.json"
     if bench.exists():
         ips = (json.loads(bench.read_text()).get("results", {}).get("train", {}).get("reidkit") or {}).get("images_per_s")
     epochs = 1 if tiny else max(1, int(0.8 * seconds * (ips or 1500.0) / max(len(paths), 1)))
@@ -146,7 +146,8 @@ def _epochs_saved(last: Path) -> int:
     return int(load_training_checkpoint(last).get("epoch") or 0)
 
 
-def _usl_round(root: Path, out: Path, tiny: bool, init: str | None, bn_groups: int, amp: str) -> dict[str, Any]:
+def _usl_round(root: Path, out: Path, tiny: bool, init: str | None, bn_groups: int, amp: str,
+               cache_dir: Path) -> dict[str, Any]:
     import reidkit
 
     s = SIZES["tiny" if tiny else "full"]
@@ -154,7 +155,7 @@ def _usl_round(root: Path, out: Path, tiny: bool, init: str | None, bn_groups: i
     ov: dict[str, Any] = {
         "output_dir": str(out), "device": dev, "seed": 0,
         "data": {"datasets": [{"name": "market1501", "root": str(root)}], "size": s["size"],
-                 "channels_last": dev == "cuda", "cache_dir": str(out.parent / "cache")},
+                 "channels_last": dev == "cuda", "cache_dir": str(cache_dir)},
         "model": {"backbone": s["backbone"], "pretrained": False, "bn_groups": bn_groups},
         "solver": {"max_epochs": 1, "amp": amp, "eval_period": 1000},
         "usl": {"batch_size": s["usl_batch"], "num_instances": s["usl_instances"],
@@ -177,23 +178,19 @@ def _usl_round(root: Path, out: Path, tiny: bool, init: str | None, bn_groups: i
             "bn_groups": bn_groups, "amp": amp, "init_weights": init}
 
 
-def step_usl(out: Path, tiny: bool) -> dict[str, Any]:
-    """One usl_cluster_contrast round (features, Jaccard + DBSCAN, one epoch): bf16 + channels_last, then bn_groups=4."""
+def step_usl(out: Path, tiny: bool, ghost: bool) -> dict[str, Any]:
+    """One usl_cluster_contrast round (features, Jaccard + DBSCAN, one epoch) with bf16 + channels_last;
+    ``ghost``: with model.bn_groups (4; 2 at the tiny size, whose batches are too small for 4)."""
     root = _data_root(out, tiny)
     model = out / "full_run" / "train" / "model.pt"
     init = str(model) if model.exists() else None
-    amp = "bf16"
-    res: dict[str, Any] = {}
-    groups_n = SIZES["tiny" if tiny else "full"]["bn_groups"]  # the tiny batch is too small for 4
-    for name, groups in (("bn_groups_1", 1), ("bn_groups_n", groups_n)):
-        try:
-            res[name] = _usl_round(root, out / "usl" / name, tiny, init, groups, amp)
-        except Exception as exc:  # one failed variant must not cost the other's figure
-            res[name] = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
-    a, b = res["bn_groups_1"], res["bn_groups_n"]
-    if "error" not in a and "error" not in b and a.get("wall_s"):
-        res["bn_groups_cost"] = b["wall_s"] / a["wall_s"]
-    return res
+    groups = SIZES["tiny" if tiny else "full"]["bn_groups"] if ghost else 1
+    # the decoded cache of step 2 (same images, same size) is reused
+    try:
+        return _usl_round(root, out / "usl" / f"bn_groups_{groups}", tiny, init, groups, "bf16",
+                          out / "full_run" / "cache")
+    except Exception as exc:  # recorded, so the summary says why
+        return {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}", "bn_groups": groups}
 
 
 def step_video(out: Path, tiny: bool) -> dict[str, Any]:
@@ -259,7 +256,12 @@ def summary(out: Path) -> str:
     else:
         rows.append(f"| 0 data | generate {d['train_images']} train images | {d['seconds']:.1f} s | "
                     f"{d['ids']} ids at {d['size'][0]}x{d['size'][1]} |")
-    b = load("bench")
+    b = None
+    for part in ("bench-train", "bench-extract", "bench-eval"):
+        x = load(part)
+        if x is not None:
+            b = b or {"results": {}, "machine": x.get("machine")}
+            b["results"].update(x.get("results") or {})
     if b is None:
         rows.append("| 1 benchmarks.run | - | missing (killed or failed) | - |")
     else:
@@ -296,22 +298,22 @@ def summary(out: Path) -> str:
                     "not in s/epoch |")
         if f.get("error"):
             rows.append(f"| 2 full_run | error | rc {f.get('rc')} | {f['error'].strip().splitlines()[-1][:60]} |")
-    u = load("usl")
-    if u is None:
-        rows.append("| 3 usl round | - | missing (killed or failed) | - |")
-    else:
-        for name in ("bn_groups_1", "bn_groups_n"):
-            x = u.get(name) or {}
-            name = f"bn_groups={x.get('bn_groups', '?')}"
-            if "error" in x:
-                rows.append(f"| 3 usl {name} | error | - | {x['error'].splitlines()[0][:60]} |")
-                continue
-            rows.append(f"| 3 usl {name} ({x.get('amp')}) | round (features + cluster) | {_fmt(x.get('round_s'), '{:.1f}')} s | "
-                        f"features {_fmt(x.get('feature_s'), '{:.1f}')} s, {x.get('clusters')} clusters; epoch "
-                        f"~{_fmt(x.get('images_per_s_approx'))} img/s |")
-        if u.get("bn_groups_cost"):
-            rows.append(f"| 3 usl | bn_groups={(u.get('bn_groups_n') or {}).get('bn_groups')} cost | "
-                        f"{u['bn_groups_cost']:.2f}x | wall time vs bn_groups=1 |")
+    usl = {"usl": load("usl"), "usl-ghost": load("usl-ghost")}
+    for key, x in usl.items():
+        if x is None:
+            rows.append(f"| 3 {key} | - | missing (killed or failed) | - |")
+            continue
+        name = f"bn_groups={x.get('bn_groups', '?')}"
+        if "error" in x:
+            rows.append(f"| 3 usl {name} | error | - | {x['error'].splitlines()[0][:60]} |")
+            continue
+        rows.append(f"| 3 usl {name} ({x.get('amp')}) | round (features + cluster) | {_fmt(x.get('round_s'), '{:.1f}')} s | "
+                    f"features {_fmt(x.get('feature_s'), '{:.1f}')} s, {x.get('clusters')} clusters; epoch "
+                    f"~{_fmt(x.get('images_per_s_approx'))} img/s |")
+    a, g = usl["usl"] or {}, usl["usl-ghost"] or {}
+    if a.get("wall_s") and g.get("wall_s") and "error" not in a and "error" not in g:
+        rows.append(f"| 3 usl | bn_groups={g.get('bn_groups')} cost | {g['wall_s'] / a['wall_s']:.2f}x | "
+                    "wall time vs bn_groups=1 |")
     v = load("video")
     if v is None:
         rows.append("| 4 video | - | missing (killed or failed) | - |")
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tiny", action="store_true", help="CPU dry-run sizes")
     ap.add_argument("--seconds", type=float, default=150.0, help="full: training time budget")
+    ap.add_argument("--ghost", action="store_true", help="usl: with model.bn_groups (ghost BatchNorm)")
     args = ap.parse_args(argv)
     if args.step == "tag":
         print(gpu_tag())
@@ -344,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(out))
         return 0
     fn = {"data": lambda: step_data(out, args.tiny), "full": lambda: step_full(out, args.tiny, args.seconds),
-          "usl": lambda: step_usl(out, args.tiny), "video": lambda: step_video(out, args.tiny)}[args.step]
+          "usl": lambda: step_usl(out, args.tiny, args.ghost), "video": lambda: step_video(out, args.tiny)}[args.step]
     t0 = time.perf_counter()
     res = fn()
     res["step_s"] = time.perf_counter() - t0
-    path = _write(out, {"full": "full_run"}.get(args.step, args.step), res)
+    name = {"full": "full_run"}.get(args.step, args.step) + ("-ghost" if args.step == "usl" and args.ghost else "")
+    path = _write(out, name, res)
     print(f"{args.step}: written {path} ({res['step_s']:.1f} s)", flush=True)
     return 1 if res.get("error") else 0
 

@@ -266,9 +266,10 @@ def test_center_loss_has_its_own_sgd_with_rescaled_gradient(work: Path):
     with torch.no_grad():
         feats = trainer.net.train()(images, labels)["feat"]
         c0 = centers.detach().clone()
-        # d(1/2 mean ||f - c_y||^2)/dc_y, unweighted: the BoT update ignores the 5e-4 loss weight.
+        # d(mean ||f - c_y||^2)/dc_y (bot_r50: the code's form, no 1/2), unweighted: the BoT
+        # update ignores the 5e-4 loss weight.
         grad = torch.zeros_like(c0)
-        grad.index_add_(0, labels, c0[labels] - feats)
+        grad.index_add_(0, labels, 2.0 * (c0[labels] - feats))
         grad /= len(labels)
 
     class _State:
