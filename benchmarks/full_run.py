@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="stop training at this wall time (exit 3; rerun to resume), e.g. 540 under a 10-min limit")
     ap.add_argument("--no-rerank", action="store_true", help="skip the re-ranking evaluation")
+    ap.add_argument("--data-root", default=None, help="use this Market-format tree instead of generating one")
+    ap.add_argument("--eval-period", type=int, default=None, help="validation every N epochs (default: the preset's)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     if args.epochs is not None:
         preset["epochs"] = args.epochs
+    if args.eval_period is not None:
+        preset["eval_period"] = args.eval_period
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     amp = args.amp or ("bf16" if device == "cuda" else "none")
     out = Path(args.out)
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     # 1. data
+    if args.data_root and "generate_s" not in state:
+        state["generate_s"], state["data_root"] = 0.0, str(Path(args.data_root).resolve())
     if "generate_s" not in state:
         t0 = time.perf_counter()
         root = prepare_synthetic(out / "data", preset["ids"], preset["images_per_id"], preset["size"],

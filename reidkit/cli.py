@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "video",
     "identities",
     "weights",
+    "reproduce",
 )
 
 

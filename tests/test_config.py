@@ -19,7 +19,7 @@ def test_bot_recipe_is_the_paper():
     assert (cfg.sampler.p, cfg.sampler.k) == (16, 4)
     assert cfg.data.size == [256, 128] and cfg.input.pad == 10 and cfg.input.flip_p == 0.5
     assert cfg.input.erase_p == 0.5 and cfg.input.erase_area == [0.02, 0.4]
-    assert cfg.input.erase_aspect == [0.3, 3.33] and cfg.input.erase_fill == "mean"
+    assert cfg.input.erase_aspect == [0.3, 3.33] and cfg.input.erase_fill == "mean_normalized"
     assert cfg.input.mean == [0.485, 0.456, 0.406] and cfg.input.std == [0.229, 0.224, 0.225]
     assert cfg.loss.label_smooth == 0.1 and cfg.loss.triplet_margin == 0.3
     assert cfg.loss.names == ["softmax", "triplet", "center"]
@@ -27,7 +27,7 @@ def test_bot_recipe_is_the_paper():
     assert cfg.model.last_stride == 1 and cfg.model.neck == "bnneck" and cfg.model.neck_feat == "after"
     s = cfg.solver
     assert (s.optimizer, s.base_lr, s.max_epochs, s.steps, s.gamma) == ("adam", 3.5e-4, 120, [40, 70], 0.1)
-    assert (s.warmup_epochs, s.warmup_factor) == (10, 0.1)
+    assert (s.warmup_epochs, s.warmup_factor, s.sched_epoch_offset) == (10, 0.01, 1)  # the code's (fidelity.md)
     assert cfg.test.metric == "cosine"
 
 

@@ -39,7 +39,8 @@ def tiny_cfg(work: Path, out: str, **extra) -> dict:
         "input": {"mean": None, "std": None},
         "sampler": {"p": 4, "k": 4, "epoch_batches": 2},
         "model": {"backbone": "resnet18", "pretrained": False},
-        "solver": {"max_epochs": 2, "warmup_epochs": 1, "steps": [2], "eval_period": 1, "log_period": 1},
+        "solver": {"max_epochs": 2, "warmup_epochs": 1, "warmup_factor": 0.1, "sched_epoch_offset": 0,
+                   "steps": [2], "eval_period": 1, "log_period": 1},
         "test": {"batch_size": 128},
         "device": "cpu",
         "output_dir": str(work / out),
@@ -265,9 +266,10 @@ def test_center_loss_has_its_own_sgd_with_rescaled_gradient(work: Path):
     with torch.no_grad():
         feats = trainer.net.train()(images, labels)["feat"]
         c0 = centers.detach().clone()
-        # d(1/2 mean ||f - c_y||^2)/dc_y, unweighted: the BoT update ignores the 5e-4 loss weight.
+        # d(mean ||f - c_y||^2)/dc_y (bot_r50: the code's form, no 1/2), unweighted: the BoT
+        # update ignores the 5e-4 loss weight.
         grad = torch.zeros_like(c0)
-        grad.index_add_(0, labels, c0[labels] - feats)
+        grad.index_add_(0, labels, 2.0 * (c0[labels] - feats))
         grad /= len(labels)
 
     class _State:
@@ -287,12 +289,14 @@ def test_fp16_is_refused_on_cpu(work: Path):
 
 
 def test_schedules():
-    cfg = load_config("bot_r50")
+    cfg = load_config("bot_r50", ["solver.warmup_factor=0.1", "solver.sched_epoch_offset=0"])
     f = [lr_factor(cfg, e) for e in [0, 1, 5, 9, 10, 39, 40, 69, 70, 119]]
     assert f == pytest.approx([0.1, 0.19, 0.55, 0.91, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
     assert lr_factor(cfg, 0.5) == pytest.approx(0.1)  # per-epoch: constant inside epoch 0
-    it = load_config("bot_r50", ["solver.sched_unit=iter"])
+    it = load_config("bot_r50", ["solver.sched_unit=iter", "solver.warmup_factor=0.1", "solver.sched_epoch_offset=0"])
     assert lr_factor(it, 0.5) == pytest.approx(0.145)
+    # the recipe as reid-strong-baseline runs it (factor 0.01, one epoch ahead): tests/test_parity_bot.py
+    assert lr_factor(load_config("bot_r50"), 0) == pytest.approx(0.109)
     cos = load_config("bot_r50", ["solver.scheduler=cosine", "solver.max_epochs=10"])
     assert [lr_factor(cos, e) for e in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
     wc = load_config("bot_r50", ["solver.scheduler=warmup_cosine", "solver.max_epochs=12", "solver.warmup_epochs=2"])

@@ -25,6 +25,8 @@ class LossConfig:
     names: list[str] = field(default_factory=lambda: ["softmax", "triplet"])
     id_weight: float = 1.0
     label_smooth: float = 0.1
+    # "uniform": eps / N on every class (BoT, torchreid); "others": eps / (N - 1) off-target (fast-reid)
+    label_smooth_form: str = "uniform"
     triplet_margin: float = 0.3
     triplet_soft: bool = False
     triplet_distance: str = "euclidean"
@@ -34,6 +36,8 @@ class LossConfig:
     metric_weight: float = 1.0
     center_weight: float = 5e-4
     center_lr: float = 0.5
+    # true: 1/2 ||x - c||^2 (Wen et al.); false: ||x - c||^2 (reid-strong-baseline's code)
+    center_half: bool = True
     learnable_weights: bool = False
     # weight per loss name; wins over id_weight / metric_weight / center_weight; default 1.0
     weights: dict[str, float] = field(default_factory=dict)
@@ -72,6 +76,10 @@ class LossConfig:
         if self.triplet_variant not in VARIANTS:
             raise ReIDError(
                 f"loss.triplet_variant: unknown {self.triplet_variant!r}; expected one of {', '.join(VARIANTS)}"
+            )
+        if self.label_smooth_form not in ("uniform", "others"):
+            raise ReIDError(
+                f"loss.label_smooth_form: unknown {self.label_smooth_form!r}; expected uniform or others"
             )
         if not 0.0 <= self.label_smooth < 1.0:
             raise ReIDError(f"loss.label_smooth: must be in [0, 1), got {self.label_smooth}")

@@ -32,6 +32,11 @@ class ModelConfig:
     classifier: str = "linear"
     cls_scale: float = 30.0
     cls_margin: float = 0.35
+    cls_init_std: float = 0.001   # linear classifier init N(0, std): BoT 0.001, fast-reid 0.01
+    cls_bias: bool = False        # linear classifier bias (torchreid: true; BoT: none)
+    # ResNet stem max-pool: "pad" (torchvision: 3x3 stride 2 padding 1) or "ceil" (fast-reid's
+    # ResNet: no padding, ceil_mode; same output size, windows shifted by one pixel)
+    stem_pool: str = "pad"
     # Ghost BatchNorm: training statistics over N groups of the batch (see models/ghost_bn.py),
     # so one GPU reproduces a recipe tuned on N GPUs without SyncBN.
     bn_groups: int = 1
@@ -79,6 +84,8 @@ class ModelConfig:
             raise ReIDError(f"model.cls_margin: must be >= 0, got {self.cls_margin}")
         if isinstance(self.bn_groups, bool) or not isinstance(self.bn_groups, int) or self.bn_groups < 1:
             raise ReIDError(f"model.bn_groups: expected an integer >= 1, got {self.bn_groups!r}")
+        if self.stem_pool not in ("pad", "ceil"):
+            raise ReIDError(f"model.stem_pool: expected pad or ceil, got {self.stem_pool!r}")
         self.backbone_options()
 
     def backbone_options(self) -> Any:

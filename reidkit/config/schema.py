@@ -63,7 +63,8 @@ class InputConfig:
     erase_p: float = 0.5
     erase_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
     erase_aspect: list[float] = field(default_factory=lambda: [0.3, 3.33])
-    erase_fill: Literal["mean", "random"] = "mean"
+    # "mean_normalized": reid-strong-baseline's code (erases after Normalize with the mean's values)
+    erase_fill: Literal["mean", "mean_normalized", "random"] = "mean"
     patch_p: float = 0.0
     jitter: float = 0.0
     # None: the normalisation the backbone's pretrained weights expect.
@@ -91,6 +92,9 @@ class SamplerConfig:
     k: int = 4
     # None: about one pass over the training images per epoch.
     epoch_batches: int | None = None
+    # How epoch_batches=None counts an epoch: "chunks" (sum over identities of max(n, K) // K,
+    # divided by P) or "images" (training images // (P * K): fast-reid's len(dataset) // batch).
+    epoch: Literal["chunks", "images"] = "chunks"
 
     def check(self) -> None:
         """Raise ReIDError naming the first bad ``sampler.*`` key."""
@@ -114,6 +118,13 @@ class SolverConfig:
     sched_unit: Literal["epoch", "iter"] = "epoch"
     warmup_epochs: int = 10
     warmup_factor: float = 0.1
+    # fast-reid's warmup: linear per iteration over this many iterations (0: warmup_epochs rules)
+    warmup_iters: int = 0
+    # fast-reid: multistep milestones count the epochs after the warmup's last epoch
+    steps_after_warmup: bool = False
+    # the schedule's epoch counter runs ahead by this many epochs (reid-strong-baseline: 1, its
+    # scheduler steps at each epoch start after the constructor's own step)
+    sched_epoch_offset: int = 0
     steps: list[int] = field(default_factory=lambda: [40, 70])
     gamma: float = 0.1
     min_lr_factor: float = 0.0
@@ -124,6 +135,7 @@ class SolverConfig:
     no_decay_norm: bool = False
     amp: Literal["none", "bf16", "fp16"] = "none"
     amsgrad: bool = False  # Adam/AdamW: the AMSGrad variant (torchreid's OSNet recipe)
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # torchreid: [0.9, 0.99]
     grad_clip: float = 0.0
     eval_period: int = 10
     checkpoint_period: int = 1
@@ -147,6 +159,12 @@ class SolverConfig:
             raise ReIDError(f"config key 'solver.steps' must be increasing, got {self.steps}")
         if self.grad_clip < 0:
             raise ReIDError(f"config key 'solver.grad_clip' must be >= 0, got {self.grad_clip}")
+        if self.sched_epoch_offset < 0:
+            raise ReIDError(f"config key 'solver.sched_epoch_offset' must be >= 0, got {self.sched_epoch_offset}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ReIDError(f"config key 'solver.adam_betas' must be two values in [0, 1), got {self.adam_betas}")
+        if self.warmup_iters < 0:
+            raise ReIDError(f"config key 'solver.warmup_iters' must be >= 0, got {self.warmup_iters}")
         if self.warmup_epochs < 0:
             raise ReIDError(f"config key 'solver.warmup_epochs' must be >= 0, got {self.warmup_epochs}")
 

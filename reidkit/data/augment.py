@@ -156,10 +156,14 @@ def shift_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.
     return out.masked_fill_(~inside[..., None], 0)
 
 
+ERASE_FILLS = ("mean", "mean_normalized", "random")
+
+
 class BatchAugment:
     """BoT training augmentation of a uint8 batch: callable (batch, generator) -> float NCHW.
 
-    ``erase_fill``: "mean" (the normalisation mean, i.e. 0 after normalising) or "random"
+    ``erase_fill``: "mean" (the normalisation mean, i.e. 0 after normalising), "mean_normalized"
+    (the mean's values written into the normalised tensor, as reid-strong-baseline's code) or "random"
     (per-pixel standard normal). ``patch_p`` > 0 enables RandomPatch with a queue of
     ``patch_pool`` patches (areas ``patch_area``, aspects ``patch_aspect``) cut from recent
     batches. ``jitter`` is the colour jitter strength s: brightness, contrast and saturation
@@ -200,8 +204,8 @@ class BatchAugment:
         for key, rng in (("erase_aspect", erase_aspect), ("patch_aspect", patch_aspect)):
             if not 0.0 < rng[0] <= rng[1]:
                 raise ReIDError(f"augment: `{key}` must satisfy 0 < low <= high, got {rng!r}")
-        if erase_fill not in ("mean", "random"):
-            raise ReIDError(f"augment: `erase_fill` must be 'mean' or 'random', got {erase_fill!r}")
+        if erase_fill not in ERASE_FILLS:
+            raise ReIDError(f"augment: `erase_fill` must be one of {', '.join(ERASE_FILLS)}, got {erase_fill!r}")
         if jitter < 0:
             raise ReIDError(f"augment: `jitter` must be >= 0, got {jitter}")
         if len(mean) != len(std):
@@ -293,6 +297,9 @@ class BatchAugment:
             mask = _rect_mask(ey, ex, eh, ew, on, (h, w))
             if self.erase_fill == "mean":
                 f = f.masked_fill_(mask, 0.0)
+            elif self.erase_fill == "mean_normalized":
+                # reid-strong-baseline erases after Normalize with the mean's own values
+                f = torch.where(mask, mean.to(f.dtype), f)
             else:
                 f = torch.where(mask, self._noise(f, generator), f)
         return f.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)

@@ -43,6 +43,9 @@ def build_sampler(sampler: SamplerConfig, records: list[Any], labels: np.ndarray
     """The P x K sampler named by ``sampler.type`` (pk, camera-balanced or dataset-balanced)."""
     from reidkit.data import samplers
 
+    if epoch_batches is None and sampler.epoch_batches is None and getattr(sampler, "epoch", "chunks") == "images":
+        batch = (p or sampler.p) * (k or sampler.k)
+        epoch_batches = max(1, int((np.asarray(labels) >= 0).sum()) // batch // max(1, world))
     common = dict(p=p or sampler.p, k=k or sampler.k,
                   epoch_batches=epoch_batches if epoch_batches is not None else sampler.epoch_batches,
                   seed=seed, rank=rank, world_size=world)

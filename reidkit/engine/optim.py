@@ -12,6 +12,13 @@ in epochs. With ``solver.sched_unit = "epoch"`` (the BoT paper) ``t`` is the ind
 epoch, so the lr changes at epoch boundaries; with ``"iter"`` it is fractional (iteration /
 iterations per epoch), so warmup and cosine move every iteration. Multistep decays always happen
 at the epoch boundaries named in ``solver.steps``.
+
+fast-reid's (detectron2's) form, for its recipes: ``solver.warmup_iters > 0`` warms up linearly
+per iteration over that many iterations (from ``warmup_factor``), whatever ``sched_unit``; with
+``solver.steps_after_warmup`` the multistep milestones count the epochs finished after the one
+in which the warmup ended (fast-reid steps its MultiStepLR only from then on), so milestone m
+takes effect at epoch index ``m + ceil(warmup_iters / epoch_length) - 1``.
+``solver.sched_epoch_offset`` (reid-strong-baseline: 1) runs the schedule that many epochs ahead.
 """
 from __future__ import annotations
 
@@ -31,13 +38,27 @@ __all__ = ["ExtraOptimizer", "OptimStep", "amp_dtype", "build_optimizer", "build
            "param_groups"]
 
 
-def lr_factor(solver: SolverConfig | Any, t: float) -> float:
+def lr_factor(solver: SolverConfig | Any, t: float, epoch_length: int | None = None) -> float:
     """Multiplier of `solver.base_lr` at training progress `t` (epochs since the start).
 
-    ``solver`` is the ``solver`` section (a whole Config is accepted for older callers).
+    ``solver`` is the ``solver`` section (a whole Config is accepted for older callers);
+    ``epoch_length`` (iterations per epoch) is needed by ``solver.warmup_iters``.
     """
     s = getattr(solver, "solver", solver)
+    # reid-strong-baseline steps its epoch scheduler at every epoch start after the constructor's
+    # own step, so its epoch k (1-based) already runs with the schedule's epoch k: offset 1.
+    t = t + float(getattr(s, "sched_epoch_offset", 0) or 0)
     epoch = math.floor(t + 1e-9)
+    warmup_iters = int(getattr(s, "warmup_iters", 0) or 0)
+    if warmup_iters > 0 and s.scheduler == "warmup_multistep":
+        if not epoch_length:
+            raise ReIDError("config key 'solver.warmup_iters' needs the epoch length (iterations per epoch)")
+        it = min(round(t * epoch_length), warmup_iters)
+        alpha = it / warmup_iters
+        warm_f = s.warmup_factor * (1.0 - alpha) + alpha
+        offset = math.ceil(warmup_iters / epoch_length) - 1 if getattr(s, "steps_after_warmup", False) else 0
+        decays = sum(1 for step in s.steps if epoch >= step + offset)
+        return warm_f * s.gamma**decays
     if s.sched_unit == "epoch":
         t = float(epoch)
     warm = s.warmup_epochs if s.scheduler in ("warmup_multistep", "warmup_cosine") else 0
@@ -58,10 +79,11 @@ def lr_factor(solver: SolverConfig | Any, t: float) -> float:
 def build_optimizer(solver: SolverConfig | Any, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """Adam / AdamW / SGD over the parameter groups (each group keeps its own lr and decay)."""
     s = getattr(solver, "solver", solver)
+    betas = tuple(getattr(s, "adam_betas", (0.9, 0.999)))
     if s.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad)
+        return torch.optim.Adam(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad, betas=betas)
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad)
+        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay, amsgrad=s.amsgrad, betas=betas)
     return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
@@ -69,7 +91,7 @@ def build_scheduler(solver: SolverConfig, optimizer: torch.optim.Optimizer,
                     epoch_length: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration LambdaLR following :func:`lr_factor` (``epoch_length`` iterations per epoch)."""
     length = max(int(epoch_length), 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(solver, it / length))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(solver, it / length, length))
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

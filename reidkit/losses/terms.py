@@ -65,11 +65,12 @@ class SoftmaxLoss(nn.Module):
     def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
         super().__init__()
         self.label_smooth = cfg.label_smooth
+        self.form = getattr(cfg, "label_smooth_form", "uniform")
 
     def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean label-smoothed CE over the branches."""
         logits = _output_list(outputs, "logits_list", "logits", "softmax")
-        return _branch_mean([cross_entropy_ls(lg, labels, self.label_smooth) for lg in logits], outputs)
+        return _branch_mean([cross_entropy_ls(lg, labels, self.label_smooth, self.form) for lg in logits], outputs)
 
 
 @register_loss("triplet")
@@ -95,7 +96,7 @@ class CenterTerm(CenterLoss):
     own SGD at ``loss.center_lr`` (``Criterion.center`` / ``rescale_center_grad``)."""
 
     def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
-        super().__init__(num_classes, feat_dim)
+        super().__init__(num_classes, feat_dim, half=getattr(cfg, "center_half", True))
 
     def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Center loss of ``outputs["feat"]``."""

@@ -85,6 +85,11 @@ class ReIDModel(nn.Module):
 def build_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
     """Build the model described by ``cfg`` with an ID classifier over ``num_classes``."""
     model = _assemble_model(cfg, num_classes)
+    if cfg.stem_pool == "ceil":
+        pool = getattr(model.backbone, "maxpool", None)
+        if not isinstance(pool, nn.MaxPool2d):
+            raise ReIDError(f"model.stem_pool=ceil: backbone {cfg.backbone} has no ResNet stem max-pool")
+        model.backbone.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
     if cfg.bn_groups > 1:
         from reidkit.models.ghost_bn import convert_ghost_bn
 
@@ -120,7 +125,8 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
         int(backbone.out_channels), int(num_classes), pooling=cfg.pooling, gem_p=cfg.gem_p,
         neck=cfg.neck, neck_feat=cfg.neck_feat, embedding_dim=cfg.embedding_dim,
         embedding_hidden=cfg.embedding_hidden, dropout=cfg.dropout, classifier=cfg.classifier,
-        cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin,
+        cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin, cls_init_std=cfg.cls_init_std,
+        cls_bias=cfg.cls_bias,
     )
     mean = list(getattr(backbone, "mean", _DEFAULT_MEAN))
     std = list(getattr(backbone, "std", _DEFAULT_STD))

@@ -14,7 +14,7 @@ from torch import nn
 from reidkit.errors import ReIDError
 
 POOLINGS = ("avg", "max", "gem", "avgmax")
-NECKS = ("bnneck", "none", "embedding")
+NECKS = ("bnneck", "none", "embedding", "fc")
 NECK_FEATS = ("after", "before")
 # Outputs a caller can ask a head for (``forward_head(fmap, which=...)``).
 HEAD_OUTPUTS = ("after", "before", "logits", "pooled")
@@ -91,12 +91,14 @@ def build_pooling(name: str, gem_p: float = 3.0) -> nn.Module:
 
 
 class LinearClassifier(nn.Module):
-    """Bias-free linear classifier (BoT), weights ~ N(0, 0.001); labels are ignored."""
+    """Bias-free linear classifier (BoT), weights ~ N(0, init_std) (BoT 0.001); labels are ignored."""
 
-    def __init__(self, in_dim: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, num_classes: int, init_std: float = 0.001, bias: bool = False) -> None:
         super().__init__()
-        self.fc = nn.Linear(in_dim, num_classes, bias=False)
-        nn.init.normal_(self.fc.weight, std=0.001)
+        self.fc = nn.Linear(in_dim, num_classes, bias=bias)
+        nn.init.normal_(self.fc.weight, std=init_std)
+        if bias:  # torchreid's classifier has a bias (zero-initialised)
+            nn.init.zeros_(self.fc.bias)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -202,14 +204,17 @@ class CircleClassifier(_CosineClassifier):
 
 
 def build_classifier(
-    name: str, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35
+    name: str, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35,
+    init_std: float = 0.001, bias: bool = False,
 ) -> nn.Module:
     """Classifier by name: linear, arcface, cosface, circle; all called as ``clf(x, labels)``."""
     check_choice("model.classifier", name, CLASSIFIERS)
     if num_classes < 1:
         raise ReIDError(f"num_classes: must be >= 1, got {num_classes}")
+    if not init_std > 0:
+        raise ReIDError(f"model.cls_init_std: must be > 0, got {init_std}")
     if name == "linear":
-        return LinearClassifier(in_dim, num_classes)
+        return LinearClassifier(in_dim, num_classes, init_std, bias)
     cls = {"arcface": ArcFace, "cosface": CosFace, "circle": CircleClassifier}[name]
     return cls(in_dim, num_classes, scale=scale, margin=margin)
 
@@ -260,6 +265,26 @@ class EmbeddingHead(nn.Module):
         return self.fc2(self.dropout(self.relu(self.bn(self.fc1(x)))))
 
 
+class FCNeck(nn.Module):
+    """torchreid's embedding (OSNet ``fc``): Linear -> BatchNorm1d -> ReLU, Linear ~ N(0, 0.01), zero bias."""
+
+    def __init__(self, in_dim: int, out_dim: int = 512) -> None:
+        super().__init__()
+        if out_dim < 1:
+            raise ReIDError(f"model.embedding_dim: must be >= 1, got {out_dim}")
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.bn = nn.BatchNorm1d(out_dim)
+        self.relu = nn.ReLU(inplace=True)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.zeros_(self.fc.bias)
+        nn.init.ones_(self.bn.weight)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``B x in_dim`` to ``B x out_dim``."""
+        return self.relu(self.bn(self.fc(x)))
+
+
 class ReIDHead(nn.Module):
     """Pooling + neck + classifier on a ``B x C x h x w`` feature map.
 
@@ -283,6 +308,8 @@ class ReIDHead(nn.Module):
         classifier: str = "linear",
         cls_scale: float = 30.0,
         cls_margin: float = 0.35,
+        cls_init_std: float = 0.001,
+        cls_bias: bool = False,
     ) -> None:
         super().__init__()
         check_choice("model.neck", neck, NECKS)
@@ -300,11 +327,15 @@ class ReIDHead(nn.Module):
             self.neck = EmbeddingHead(dim, embedding_hidden, embedding_dim, dropout)
             self.dropout = nn.Identity()
             dim = embedding_dim
+        elif neck == "fc":
+            self.neck = FCNeck(dim, embedding_dim)
+            self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+            dim = embedding_dim
         else:
             self.neck = nn.Identity()
             self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.feat_dim = dim
-        self.classifier = build_classifier(classifier, dim, num_classes, cls_scale, cls_margin)
+        self.classifier = build_classifier(classifier, dim, num_classes, cls_scale, cls_margin, cls_init_std, cls_bias)
 
     def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
         """The pooled ``B x C`` feature of a (possibly partial) ``B x C x h x w`` map."""
