@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -163,13 +164,17 @@ def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, c
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_temp_files_of_killed_writes_are_removed(kind, syn, tmp_path):
+def test_temp_files_of_killed_writes_are_removed_and_the_mean_loss_counts_every_iteration(kind, syn, tmp_path):
     out = tmp_path / "temps"
     out.mkdir()
     stale = out / ".last.pt.999999.abcd.tmp"  # a temp whose writer (pid 999999) is gone
     stale.write_bytes(b"x" * 100)
-    run(kind, syn, out, solver__max_epochs=1)
+    result = run(kind, syn, out, solver__max_epochs=1, solver__log_period=5)
     assert not stale.exists()
+    # the epoch's mean loss is over every iteration, logged or not (log_period 5 > 2 iterations)
+    assert re.search(r"epoch 1/1 done in .* mean loss \d+\.\d{4}", (out / "train.log").read_text())
+    if kind == "cluster":
+        assert result["clusters"][0]["train_loss"] is not None
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

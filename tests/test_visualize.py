@@ -20,9 +20,13 @@ def _toy(tmp_path, nq=3, ng=6):
     return recs[:nq], recs[nq:], rng.random((nq, ng)).astype(np.float32)
 
 
-def test_visualize_ranked_writes_pngs_and_index(tmp_path):
+def test_visualize_ranked_writes_pngs_and_index(tmp_path, monkeypatch):
+    saved = _capture_figures(monkeypatch)
     q, g, d = _toy(tmp_path)
     index = visualize_ranked(d, q, g, tmp_path / "out", topk=4, max_queries=2)
+    # cameras as the file names number them: camid 0 is "c1", camid 1 is "c2"
+    assert saved[1].axes[0].get_title() == "query\npid 1 c2"
+    assert "<td>1</td><td>c2</td>" in index.read_text()
     pngs = sorted((tmp_path / "out").glob("query_*.png"))
     assert [p.name for p in pngs] == ["query_00000.png", "query_00001.png"]
     assert Image.open(pngs[0]).size[0] > 100
