@@ -137,3 +137,13 @@ def test_user_backbone(tmp_path):
             reidkit.build_backbone("tiny_usr_net")
     finally:
         BACKBONES.unregister("tiny_user_net")
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`reidkit ... | head`: the reader is gone before the verb prints: no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "recipes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    proc.stdout.close()  # long before the interpreter has imported reidkit and printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
