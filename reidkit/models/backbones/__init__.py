@@ -22,7 +22,7 @@ from reidkit.models.pretrained import (
     LoadReport, WeightsConfig, is_url, load_pretrained, map_keys, read_state_dict,
 )
 
-__all__ = ["BACKBONES", "BackboneEntry", "build_backbone", "list_backbones", "register_backbone"]
+__all__ = ["BACKBONES", "BackboneEntry", "accepted_options", "build_backbone", "list_backbones", "register_backbone"]
 
 _TV = "https://download.pytorch.org/models/"
 _IBN = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
@@ -176,6 +176,11 @@ def _accepted(builder: Callable[..., nn.Module]) -> set[str] | None:
         return None
     named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return {p.name for p in params if p.kind in named}
+
+
+def accepted_options(name: str) -> set[str] | None:
+    """Keyword options the builder of backbone ``name`` takes (None: any keyword)."""
+    return _accepted(BACKBONES.get(name).builder)
 
 
 def options_from_config(cfg: Any) -> dict[str, Any]:
