@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available verb."""
     parser = argparse.ArgumentParser(prog="reidkit", description="Person re-identification toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--plugin", action="append", metavar="MODULE|FILE.py",
+                        help="import your own registered parts first (repeatable, anywhere on the line; "
+                             "also $REIDKIT_PLUGINS and the 'reidkit.plugins' entry points)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
         modname = f"reidkit.commands.{name}"
@@ -43,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `reidkit` command."""
+    from reidkit.plugins import load_plugins, take_plugin_args
+
+    try:
+        plugins, argv = take_plugin_args(list(sys.argv[1:] if argv is None else argv))
+        load_plugins(plugins)  # before any verb: recipes and checkpoints may name the parts
+    except ReIDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     try:
         args = parser.parse_args(argv)  # type= checks (reidkit.commands._args) raise ReIDError naming the flag
@@ -65,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`reidkit search ... --json | head`): stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return int(code or 0)
 
 

@@ -208,3 +208,34 @@ def test_pseudo_labels_defaults_cluster_well_separated_identities():
         pseudo_labels(small, eps="ssg")
     with pytest.raises(ReIDError, match="eps"):
         pseudo_labels(small, eps=0.0)
+
+
+def test_cluster_round_is_a_pure_function_of_features():
+    """Features in, a Round out: per-space DBSCAN, the outlier policies, contiguous ids, fixed eps."""
+    import torch
+
+    from reidkit.cluster.rounds import RoundSettings, cluster_round, relabel_round
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(3, 16, generator=gen), dim=1)
+    x = centres.repeat_interleave(6, 0) + 0.02 * torch.randn(18, 16, generator=gen)
+    feats = {"global": torch.nn.functional.normalize(x, dim=1)}
+    s = RoundSettings(eps=0.5, k1=6, k2=3, min_samples=3, search="torch")
+    rnd = cluster_round(feats, s, epoch=3, true_labels=np.repeat([1, 2, 3], 6))
+    assert rnd.report["epoch"] == 3 and rnd.report["n_clusters"] == 3 and rnd.report["purity"] == 1.0
+    assert sorted(set(rnd.labels.tolist())) == [0, 1, 2] and rnd.report["kept"] == 18
+    assert cluster_round(feats, s).labels.tolist() == rnd.labels.tolist()  # no hidden state
+    # the outlier policies across spaces: an outlier in any space is left out; ids stay contiguous
+    spaces = {"global": np.array([0, 0, 2, 2, 5, 5, -1]), "upper": np.array([0, 0, -1, 1, 1, 1, 1])}
+    train, keep = relabel_round(spaces, "drop")
+    assert train.tolist() == [0, 0, -1, 1, 2, 2, -1] and keep.sum() == 5
+    assert relabel_round(spaces, "noise")[0].tolist() == [0, 0, 1, 1, 2, 2, 3]
+    assert relabel_round(spaces, "singleton")[0].tolist() == [0, 0, 1, 1, 2, 2, 3]
+    two = {"global": np.array([0, -1, -1, 1])}
+    assert relabel_round(two, "singleton")[0].tolist() == [0, 2, 3, 1]
+    assert relabel_round(two, "noise")[0].tolist() == [0, 2, 2, 1]
+    # the rho rule once, then the fixed eps of that space
+    rho = RoundSettings(eps=None, rho=0.05, k1=6, k2=3, min_samples=3, search="torch")
+    first = cluster_round(feats, rho)
+    again = cluster_round(feats, rho, fixed_eps={"global": 0.01})
+    assert first.eps["global"] != 0.01 and again.eps["global"] == 0.01

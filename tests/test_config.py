@@ -151,9 +151,17 @@ def test_to_yaml_round_trip(tmp_path: Path):
     assert "_base_" not in path.read_text()
 
 
-def test_top_level_configs_folder_points_to_the_package():
-    readme = Path(__file__).resolve().parents[1] / "configs" / "README.md"
-    assert readme.is_file() and "reidkit/configs" in readme.read_text()
+def test_every_packaged_recipe_loads_from_anywhere_and_is_listed(tmp_path, monkeypatch):
+    # the top-level configs/ folder holds no copies that could drift from the packaged recipes
+    top = Path(__file__).resolve().parents[1] / "configs"
+    assert not list(top.glob("*.yaml"))
+    table = (top / "README.md").read_text()
+    monkeypatch.chdir(tmp_path)  # found by name, not relative to the working directory
+    names = list_recipes()
+    assert len(names) >= 21
+    for name in names:
+        assert f"| `{name}` |" in table, f"configs/README.md does not list recipe {name}"
+        assert isinstance(load_config(name), Config), name
 
 
 def test_import_config_loads_no_torch_nor_engine():

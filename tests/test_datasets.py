@@ -451,6 +451,14 @@ def test_cli_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_synthetic_is_registered_lazily() -> None:
+    # registered with the other datasets, but the generator is imported only when a set is made
+    import subprocess
+    import sys
+
+    code = ("import sys; from reidkit.data.datasets import DATASETS; assert 'synthetic' in DATASETS; "
+            "print(sorted(m for m in sys.modules if m.startswith('reidkit.data.synthetic')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
     assert DATASETS["synthetic"].__name__ == "load_synthetic"
     with pytest.raises(ReIDError, match="no root given"):
         load_dataset("synthetic", "")

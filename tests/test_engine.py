@@ -1,4 +1,7 @@
-"""Training engine: outputs of a run, learning, resume == uninterrupted, NaN guard, ablation, schedules."""
+"""Training engine (supervised details): outputs of a run, learning, center-loss SGD, schedules, ablation, loaders, demo.
+
+The lifecycle shared by both trainer kinds (resume, NaN guard, precision, channels_last) is in test_lifecycle.py.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +18,8 @@ import reidkit
 from reidkit.cli import main as cli_main
 from reidkit.config import load_config
 from reidkit.data.datasets import load_dataset
-from reidkit.engine.trainer import Trainer, lr_factor
+from reidkit.engine.optim import lr_factor
+from reidkit.engine.supervised import SupervisedTrainer as Trainer
 from reidkit.errors import ReIDError
 
 SYN = {"ids": 16, "images_per_id": 8, "cams": 3, "seed": 0}
@@ -64,14 +68,6 @@ def full_run(work: Path) -> Path:
     path = write_cfg(work, "full", tiny_cfg(work, "full"))
     assert cli_main(["train", "--config", str(path)]) == 0
     return work / "full"
-
-
-@pytest.fixture(scope="module")
-def one_epoch_run(work: Path) -> Path:
-    """The same run stopped after its first epoch (max_epochs=1)."""
-    path = write_cfg(work, "half", tiny_cfg(work, "half"))
-    assert cli_main(["train", "--config", str(path), "solver.max_epochs=1"]) == 0
-    return work / "half"
 
 
 # ----------------------------------------------------------------------------- a run's outputs
@@ -155,68 +151,12 @@ def test_test_without_out_keeps_the_training_metrics(full_run: Path, tmp_path: P
     assert json.loads((run / "test" / "metrics.json").read_text())["weights"].endswith("model.pt")
 
 
-# ----------------------------------------------------------------------------- resume
-
-
-def test_resume_reaches_the_uninterrupted_result(work: Path, full_run: Path, one_epoch_run: Path):
-    resumed = work / "resumed"
-    shutil.copytree(one_epoch_run, resumed)
-    cfg = tiny_cfg(work, "resumed")
-    path = write_cfg(work, "resumed", cfg)
-    assert cli_main(["train", "--config", str(path), "resume=true"]) == 0
-    a = json.loads((full_run / "metrics.json").read_text())
-    b = json.loads((resumed / "metrics.json").read_text())
-    assert b["datasets"] == a["datasets"]
-    assert b["history"] == a["history"] and b["best"] == a["best"]
-    sa = torch.load(full_run / "model.pt", map_location="cpu")["model"]
-    sb = torch.load(resumed / "model.pt", map_location="cpu")["model"]
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    assert "resumed from" in (resumed / "train.log").read_text()
-
-
-def test_resume_without_checkpoint_is_a_clear_error(work: Path):
-    with pytest.raises(ReIDError, match="no checkpoint at .*last.pt"):
-        Trainer(tiny_cfg(work, "nothing_here", resume=True)).fit()
-
-
-def test_resume_auto_starts_fresh_then_continues(work: Path):
-    cfg = tiny_cfg(work, "auto", resume="auto", solver__max_epochs=1, sampler__epoch_batches=1)
-    cfg["data"]["val"] = []
-    Trainer(cfg).fit()  # no last.pt yet: a fresh run, not an error
-    assert "resumed from" not in (work / "auto" / "train.log").read_text()
-    cfg["solver"]["max_epochs"] = 2
-    Trainer(cfg).fit()
-    assert "resumed from" in (work / "auto" / "train.log").read_text()
-    assert torch.load(work / "auto" / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
-
-
 # ----------------------------------------------------------------------------- NaN guard
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(work: Path, one_epoch_run: Path):
-    run = work / "nan_hook"
-    shutil.copytree(one_epoch_run, run)
-    before = digest(run / "last.pt")
-    trainer = Trainer(tiny_cfg(work, "nan_hook", resume=True))
-
-    def poison(tr, loss):
-        return loss * float("nan") if tr.engine.state.iteration == 4 else loss
-
-    trainer.loss_hook = poison
-    with pytest.raises(ReIDError) as info:
-        trainer.fit()
-    msg = str(info.value)
-    assert "loss is nan at iteration 4 (epoch 2)" in msg and "last.pt" in msg
-    assert digest(run / "last.pt") == before
-    assert torch.load(run / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
-    assert "training stopped: training diverged" in (run / "train.log").read_text()
-
-
-def test_exploding_lr_never_overwrites_a_checkpoint(work: Path, one_epoch_run: Path):
+def test_exploding_lr_never_overwrites_a_checkpoint(work: Path, full_run: Path):
     run = work / "nan_lr"
-    shutil.copytree(one_epoch_run, run)
+    shutil.copytree(full_run, run)
     before = digest(run / "last.pt")
     # A fresh run into the same folder: Adam moves every weight by ~lr, so 1e30 makes the next
     # forward pass non-finite long before the epoch ends and its checkpoint would be written.
@@ -283,11 +223,6 @@ def test_center_loss_has_its_own_sgd_with_rescaled_gradient(work: Path):
     trainer.close()
 
 
-def test_fp16_is_refused_on_cpu(work: Path):
-    with pytest.raises(ReIDError, match="'solver.amp' is 'fp16', which needs a CUDA device"):
-        Trainer(tiny_cfg(work, "fp16", solver__amp="fp16")).setup()
-
-
 def test_schedules():
     cfg = load_config("bot_r50", ["solver.warmup_factor=0.1", "solver.sched_epoch_offset=0"])
     f = [lr_factor(cfg, e) for e in [0, 1, 5, 9, 10, 39, 40, 69, 70, 119]]
@@ -344,21 +279,26 @@ def test_ablate_plans_recipes_and_cartesian_grids():
     assert all(r["overrides"] == ["solver.max_epochs=1"] for r in ladder)
 
 
-def test_channels_last_switch_trains(work: Path):
-    cfg = tiny_cfg(work, "nhwc", solver__max_epochs=1, sampler__epoch_batches=1)
-    cfg["data"].update(channels_last=True, val=[])
-    trainer = Trainer(cfg)
-    trainer.fit()
-    assert trainer.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert (work / "nhwc" / "last.pt").is_file()
-
-
 def test_pil_loader_and_camera_sampler_train(work: Path):
+    from reidkit.data.samplers import CameraBalancedPKSampler
+
     cfg = tiny_cfg(work, "pil", solver__max_epochs=1, sampler__epoch_batches=1, sampler__type="camera")
     cfg["data"].update(loader="pil", num_workers=0, val=[])
-    result = reidkit.train(cfg)
+    trainer = Trainer(cfg)
+    result = trainer.fit()
     assert result["datasets"] == {} and result["train"]["images_per_s"] > 0
     assert (work / "pil" / "last.pt").is_file()
+    # the camera sampler: each identity's K images of a batch come from min(K, its cameras) cameras
+    sampler = trainer.sampler
+    assert isinstance(sampler, CameraBalancedPKSampler)
+    records = trainer.train_records
+    for batch in sampler.global_batches(1):
+        for j in range(0, len(batch), 4):
+            group = batch[j:j + 4]
+            pid = {records[i].pid for i in group}
+            assert len(pid) == 1
+            cams_of_id = {r.camid for r in records if r.pid in pid}
+            assert len({records[i].camid for i in group}) == min(4, len(cams_of_id))
 
 
 def test_demo_pipeline_end_to_end(work: Path):

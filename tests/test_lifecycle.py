@@ -1,12 +1,14 @@
 """The shared training lifecycle, run for both trainer kinds (supervised and cluster/USL).
 
-Exact resume, resume=auto, the NaN guard, fp16 refused on CPU, channels_last, TensorBoard,
-console lines, final weights after a resume at the last epoch, temp files of killed writes.
+Exact resume, resume=auto, the NaN guard, fp16 refused on CPU, bf16 and channels_last, TensorBoard,
+console lines, final weights after a resume at the last epoch, temp files of killed writes. (The
+supervised-only engine details are in test_engine.py; nothing is tested in both files.)
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,8 @@ def test_resume_equals_the_uninterrupted_run(kind, syn, tmp_path):
     resumed = run(kind, syn, tmp_path / "cut", resume=True)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["mean"] == pytest.approx(full["mean"], abs=1e-9)
+    assert resumed["history"] == full["history"] and resumed["best"] == full["best"]
+    assert "resumed from" in (tmp_path / "cut" / "train.log").read_text()
     a = torch.load(tmp_path / "full" / "last.pt", map_location="cpu", weights_only=False)["model"]
     b = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,7 +84,7 @@ def test_resume_auto_starts_fresh_then_continues(kind, syn, tmp_path):
     second = run(kind, syn, out, resume="auto")
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert "resumed from" in (out / "train.log").read_text()
-    with pytest.raises(ReIDError, match="no checkpoint"):
+    with pytest.raises(ReIDError, match="no checkpoint at .*last.pt"):
         run(kind, syn, tmp_path / "none", resume=True)
 
 
@@ -101,11 +105,15 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(kind, syn, tmp_path)
     run(kind, syn, out, solver__max_epochs=1)
     before = (out / "last.pt").read_bytes()
     trainer = trainer_cls(kind)(make_cfg(kind, syn, out, resume=True))
-    trainer.loss_hook = lambda t, loss: loss * float("nan")
-    with pytest.raises(ReIDError, match="training diverged: the loss is nan"):
+    # the second iteration of epoch 2 (2 iterations per epoch): one good update, then NaN
+    trainer.loss_hook = lambda t, loss: loss * float("nan") if t.engine.state.iteration == 4 else loss
+    with pytest.raises(ReIDError) as info:
         trainer.fit()
+    msg = str(info.value)
+    assert "training diverged: the loss is nan at iteration 4 (epoch 2)" in msg and "last.pt" in msg
     assert (out / "last.pt").read_bytes() == before
-    assert "training stopped" in (out / "train.log").read_text()
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+    assert "training stopped: training diverged" in (out / "train.log").read_text()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -118,15 +126,28 @@ def test_fp16_is_refused_on_cpu(kind, syn, tmp_path):
 def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, capsys):
     from reidkit.engine.handlers import console_logging
 
+    seen: list[tuple] = []  # (dtype of conv1's output, weight in NHWC, input in NHWC) per training step
+
+    def spy(module, inputs, output):
+        if module.training:
+            seen.append((output.dtype, module.weight.is_contiguous(memory_format=torch.channels_last),
+                         inputs[0].is_contiguous(memory_format=torch.channels_last)))
+
     handler = console_logging(show_iterations=False)
     try:
         out = tmp_path / "fast"
-        result = run(kind, syn, out, solver__amp="bf16", data__channels_last=True)
+        trainer = trainer_cls(kind)(make_cfg(kind, syn, out, solver__amp="bf16", data__channels_last=True,
+                                             solver__max_epochs=1))
+        trainer.setup()
+        trainer.net.backbone.conv1.register_forward_hook(spy)
+        result = trainer.fit()
     finally:
         logging.getLogger("reidkit.train").removeHandler(handler)
+    # every training forward ran in bf16 autocast on NHWC weights and batches
+    assert len(seen) == 2 and set(seen) == {(torch.bfloat16, True, True)}
     err = capsys.readouterr().err
     # one console line per epoch (no per-iteration lines on the console), plus validation
-    assert "epoch 1/2 done in" in err and "epoch 2/2 done in" in err and "validation epoch 2" in err
+    assert "epoch 1/1 done in" in err and "validation epoch 1" in err
     assert "iter 1/2" not in err
     assert 0 < result["mean"]["mAP"] <= 100
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -143,13 +164,17 @@ def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, c
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_temp_files_of_killed_writes_are_removed(kind, syn, tmp_path):
+def test_temp_files_of_killed_writes_are_removed_and_the_mean_loss_counts_every_iteration(kind, syn, tmp_path):
     out = tmp_path / "temps"
     out.mkdir()
     stale = out / ".last.pt.999999.abcd.tmp"  # a temp whose writer (pid 999999) is gone
     stale.write_bytes(b"x" * 100)
-    run(kind, syn, out, solver__max_epochs=1)
+    result = run(kind, syn, out, solver__max_epochs=1, solver__log_period=5)
     assert not stale.exists()
+    # the epoch's mean loss is over every iteration, logged or not (log_period 5 > 2 iterations)
+    assert re.search(r"epoch 1/1 done in .* mean loss \d+\.\d{4}", (out / "train.log").read_text())
+    if kind == "cluster":
+        assert result["clusters"][0]["train_loss"] is not None
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

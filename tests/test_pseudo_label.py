@@ -94,3 +94,22 @@ def test_cli_labels_the_test_set_and_retrains(tmp_path, capsys):
     assert it["metrics"]["mAP"] > 0  # retrained on train + pseudo set, evaluated on the test split
     assert (tmp_path / "pl" / "iter_1" / "train" / "model.pt").is_file()
     assert "precision" in capsys.readouterr().out
+
+
+def test_nothing_labelled_says_why_and_names_no_final_weights(tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    net = build_model(ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="avg"), 6)
+    weights = save_model(tmp_path / "base.pt", net, ModelConfig(backbone="mobilenetv2", pooling="avg"), 6, [64, 32])
+    opts = "{ids: 6, images_per_id: 4, cams: 2, seed: 5}"
+    code = main(["pseudo-label", "--weights", str(weights), "--threshold", "1.0", "--dedup-threshold", "0.0001",
+                 "--out", str(tmp_path / "pl"), "--config", "demo",
+                 f"data.datasets=[{{name: synthetic, root: '{tmp_path / 'data'}', options: {opts}}}]",
+                 "data.size=[64,32]", "model.backbone=mobilenetv2", "model.pooling=avg", "device=cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "0 query groups" in out and "nothing labelled: " in out and "lower --threshold (e.g. " in out
+    assert "no model retrained" in out
+    assert json.loads(out.strip().splitlines()[-1]) == {"final_weights": None}  # never the input weights
+    assert json.loads((tmp_path / "pl" / "pseudo_label.json").read_text())["weights"] == str(weights)

@@ -1,30 +1,24 @@
 """Public registries: one Registry class, did-you-mean errors, and parts registered from user code
-(the README's example is executed as it is written)."""
+with options of their own (the README's "Your own parts" example, tests/data/parts_example.*, is
+executed as it is written)."""
 from __future__ import annotations
 
-import re
+import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 import reidkit
 from reidkit.errors import ReIDError
 from reidkit.registry import Registry
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def readme_block(title: str) -> str:
-    """The first ```python block after the README heading `title`."""
-    text = README.read_text()
-    at = text.index(title)
-    m = re.search(r"```python\n(.*?)```", text[at:], re.S)
-    assert m, f"no python block after {title!r}"
-    return m.group(1)
-
 
 def test_registry_errors_name_the_nearest_and_all_names():
     reg: Registry = Registry("widget", "model.widget")
@@ -56,59 +50,69 @@ def test_importing_the_config_loads_no_engine_module():
     assert out.strip() == "[]"
 
 
-@pytest.fixture(scope="module")
-def user_parts():
-    """Execute the README's "Your own parts" block: a dataset, a loss and a USL method."""
-    names = {"dataset": "campus", "loss": "feat_norm", "usl": "centroid_ce"}
-    ns: dict = {}
-    exec(compile(readme_block("### Your own parts"), "README.md", "exec"), ns)  # noqa: S102
-    yield names
-    from reidkit.data.datasets import DATASETS
-    from reidkit.engine.usl.methods import USL_METHODS
-    from reidkit.losses import LOSSES
-
-    DATASETS.unregister(names["dataset"])
-    LOSSES.unregister(names["loss"])
-    USL_METHODS.unregister(names["usl"])
+DATA = Path(__file__).parent / "data"
 
 
-def test_user_dataset_and_loss_train(user_parts, tmp_path):
-    cfg = {
-        "_base_": "bot_r50.yaml",
-        "data": {"datasets": [{"name": "campus", "root": str(tmp_path / "campus"), "options": {"ids": 8}}],
-                 "size": [64, 32]},
-        "sampler": {"p": 4, "k": 4, "epoch_batches": 2},
-        "model": {"backbone": "resnet18", "pretrained": False},
-        "loss": {"names": ["softmax", "triplet", "feat_norm"]},
-        "solver": {"max_epochs": 1, "warmup_epochs": 0, "log_period": 1},
-        "test": {"batch_size": 64},
-        "device": "cpu",
-        "output_dir": str(tmp_path / "run"),
-    }
-    result = reidkit.train(cfg)
-    assert 0 < result["mean"]["mAP"] <= 100
-    assert "feat_norm" in (tmp_path / "run" / "train.log").read_text()
+def test_your_own_parts_example_runs_verbatim(tmp_path):
+    """The README's "Your own parts": parts.py + parts.yaml, then its shell lines exactly as printed.
+
+    A backbone, a loss and a USL method from a user file, each with an option set on the command
+    line; export and extract in fresh processes without --plugin (the checkpoint names parts.py);
+    an unknown option refused with did-you-mean.
+    """
+    shutil.copy(DATA / "parts_example.py", tmp_path / "parts.py")
+    shutil.copy(DATA / "parts_example.yaml", tmp_path / "parts.yaml")
+    lines = [ln for ln in (DATA / "parts_example.sh").read_text().splitlines() if ln.strip()]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for i, line in enumerate(lines):
+        if line.startswith("#"):
+            continue
+        argv = shlex.split(line)
+        assert argv[0] == "reidkit"
+        proc = subprocess.run([sys.executable, "-m", "reidkit.cli", *argv[1:]], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        expected = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("# error:") else None
+        if expected:
+            assert proc.returncode == 2 and proc.stderr.strip() == expected[2:], proc.stderr
+        else:
+            assert proc.returncode == 0, (line, proc.stderr[-2000:])
+    ckpt = torch.load(tmp_path / "runs" / "parts" / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["model_cfg"]["backbone"] == "tiny_cnn" and ckpt["model_cfg"]["options"] == {"width": 24}
+    assert ckpt["plugins"] == [str((tmp_path / "parts.py").resolve())]
+    assert "feat_norm" in (tmp_path / "runs" / "parts" / "train.log").read_text()
+    run = yaml.safe_load((tmp_path / "runs" / "parts" / "config.yaml").read_text())
+    assert run["loss"]["feat_norm"] == {"scale": 0.001}
+    usl = json.loads((tmp_path / "runs" / "parts_usl" / "metrics.json").read_text())
+    assert usl["method"] == "centroid_ce" and usl["clusters"][0]["train_loss"] is not None
+    usl_cfg = yaml.safe_load((tmp_path / "runs" / "parts_usl" / "config.yaml").read_text())
+    assert usl_cfg["usl"]["centroid_ce"] == {"temperature": 0.1}
+    assert (tmp_path / "parts.onnx").stat().st_size > 0
+    feats = np.load(tmp_path / "query.npz")
+    assert feats["features"].shape[1] == 48  # 2 x width 24: the option reached the backbone
 
 
-def test_user_usl_method_trains(user_parts, tmp_path):
-    from reidkit.engine.usl import ClusterTrainer
+def test_plugins_from_the_environment_and_a_clear_error_for_a_missing_one(tmp_path, monkeypatch, capsys):
+    from reidkit.cli import main
+    from reidkit.config.options import options_class, register_options
+    from reidkit.models.backbones import BACKBONES
 
-    cfg = {
-        "_base_": "usl_cluster_contrast.yaml",
-        "data": {"datasets": [{"name": "campus", "root": str(tmp_path / "campus"), "options": {"ids": 8}}],
-                 "size": [64, 32]},
-        "model": {"backbone": "resnet18", "pretrained": False},
-        "solver": {"max_epochs": 1, "warmup_epochs": 0, "log_period": 1},
-        "usl": {"method": "centroid_ce", "k1": 6, "k2": 3, "min_samples": 2, "batch_size": 8,
-                "num_instances": 4, "iters_per_epoch": 2, "outliers": "singleton"},
-        "test": {"batch_size": 64},
-        "device": "cpu",
-        "output_dir": str(tmp_path / "usl"),
-    }
-    trainer = ClusterTrainer(cfg)
-    result = trainer.fit()
-    assert type(trainer.method).__name__ == "CentroidCE"
-    assert result["clusters"][0]["train_loss"] is not None and 0 < result["mean"]["mAP"] <= 100
+    plugin = tmp_path / "envparts.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\nimport reidkit\n"
+        "@dataclass\nclass O:\n    depth: int = 2\n"
+        "reidkit.register_backbone('env_net', lambda last_stride=1, depth=2: None, options=O)\n")
+    monkeypatch.setenv("REIDKIT_PLUGINS", str(plugin))
+    try:
+        assert main(["recipes", "--options", "env_net"]) == 0
+        out = capsys.readouterr().out
+        assert "model.options.depth" in out and "int" in out and "2" in out
+        assert options_class("backbone", "env_net") is not None
+    finally:
+        BACKBONES.unregister("env_net")
+        register_options("backbone", "env_net", None)
+    monkeypatch.setenv("REIDKIT_PLUGINS", str(tmp_path / "missing.py"))
+    assert main(["recipes"]) == 2
+    assert capsys.readouterr().err == f"error: plug-in {tmp_path / 'missing.py'}: no such file\n"
 
 
 def test_user_backbone(tmp_path):
@@ -133,3 +137,13 @@ def test_user_backbone(tmp_path):
             reidkit.build_backbone("tiny_usr_net")
     finally:
         BACKBONES.unregister("tiny_user_net")
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`reidkit ... | head`: the reader is gone before the verb prints: no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "recipes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    proc.stdout.close()  # long before the interpreter has imported reidkit and printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

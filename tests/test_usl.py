@@ -36,8 +36,9 @@ def tiny(tmp_path_factory) -> dict:
 METHODS = {
     "cluster_contrast": {"method": "cluster_contrast", "memory": "cluster"},
     "hhcl": {"method": "hhcl", "memory": "hybrid", "hard_weight": 0.5},
-    "ssg": {"method": "ssg", "spaces": ["global", "upper", "lower"], "eps": None, "rho": 0.05, "fix_eps": True},
-    "dec": {"method": "dec", "dec_clusters": 6, "dec_update_period": 1},
+    "ssg": {"method": "ssg", "ssg": {"spaces": ["global", "upper", "lower"]}, "eps": None, "rho": 0.05,
+            "fix_eps": True},
+    "dec": {"method": "dec", "dec": {"clusters": 6, "update_period": 1}},
 }
 
 
@@ -88,7 +89,7 @@ def test_training_moves_the_memory_loss_and_resume_continues(tiny, tmp_path):
 
 
 def test_recipes_follow_the_papers():
-    from reidkit.engine.usl import load_usl_config, resolve_eps
+    from reidkit.engine.usl import dataset_eps, load_usl_config
 
     cc = load_usl_config("usl_cluster_contrast")
     u = cc.usl
@@ -99,14 +100,15 @@ def test_recipes_follow_the_papers():
     assert cc.model.pooling == "gem"
     hh = load_usl_config("usl_hhcl")
     assert (hh.usl.method, hh.usl.memory, hh.usl.hard_weight, hh.solver.max_epochs) == ("hhcl", "hybrid", 0.5, 60)
-    assert resolve_eps(hh.usl, "market1501") == 0.45
-    assert resolve_eps(hh.usl, "dukemtmc") == 0.6 and resolve_eps(hh.usl, "msmt17") == 0.6
+    assert dataset_eps(hh.usl, "market1501") == 0.45
+    assert dataset_eps(hh.usl, "dukemtmc") == 0.6 and dataset_eps(hh.usl, "msmt17") == 0.6
     ssg = load_usl_config("uda_ssg")
     s = ssg.usl
-    assert (s.method, s.k1, s.k2, s.rho, s.fix_eps, s.triplet_margin) == ("ssg", 20, 6, 1.6e-3, True, 0.5)
-    assert s.spaces == ["global", "upper", "lower"] and s.init_weights and resolve_eps(s, "market1501") is None
+    assert (s.method, s.k1, s.k2, s.rho, s.fix_eps, s.options().triplet_margin) == ("ssg", 20, 6, 1.6e-3, True, 0.5)
+    assert s.options().spaces == ["global", "upper", "lower"] and s.init_weights and dataset_eps(s, "market1501") is None
+    assert (s.source.enabled, s.source.datasets[0]["name"], s.source.weight, s.source.k) == (True, "dukemtmc", 0.1, 6)
     dec = load_usl_config("usl_dec")
-    assert dec.usl.method == "dec" and dec.usl.dec_alpha == 1.0
+    assert dec.usl.method == "dec" and dec.usl.options().alpha == 1.0 and dec.usl.options("dec").update_period == 100
     demo = load_usl_config("usl_demo")
     assert demo.device == "cpu" and demo.usl.method == "hhcl"
 
@@ -121,7 +123,24 @@ def test_bad_usl_keys_raise_clear_errors():
     with pytest.raises(ReIDError, match="usl.batch_size"):
         load_usl_config("usl_hhcl", ["usl.batch_size=8"])
     with pytest.raises(ReIDError, match="usl.source"):
-        load_usl_config("usl_hhcl", ["usl.use_source=true"])
+        load_usl_config("usl_hhcl", ["usl.source.enabled=true"])
+    with pytest.raises(ReIDError, match=r"usl.dec.alpa' \(did you mean 'alpha'\?\)"):
+        load_usl_config("usl_dec", ["usl.dec.alpa=2"])
+
+
+def test_flat_usl_keys_of_0_1_still_load_with_a_warning_naming_the_new_key():
+    from reidkit.engine.usl import load_usl_config
+
+    with pytest.warns(FutureWarning, match="'usl.dec_alpha' has moved to 'usl.dec.alpha'"):
+        old = load_usl_config("usl_dec", ["usl.dec_alpha=2.0", "usl.dec_clusters=5"])
+    assert old.usl.options() == load_usl_config("usl_dec", ["usl.dec.alpha=2.0", "usl.dec.clusters=5"]).usl.options()
+    with pytest.warns(FutureWarning, match="usl.source.datasets"):
+        src = load_usl_config("usl_hhcl", ["usl.use_source=true", "usl.source=[{name: market1501}]",
+                                           "usl.source_lambda=0.2"])
+    assert (src.usl.source.enabled, src.usl.source.weight) == (True, 0.2)
+    with pytest.warns(FutureWarning, match="usl.ssg.spaces"):
+        ssg = load_usl_config("uda_ssg", ["usl.spaces=[global, upper]"])
+    assert ssg.usl.options().spaces == ["global", "upper"]
 
 
 def test_part_spaces_pool_top_and_bottom_halves():

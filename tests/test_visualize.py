@@ -20,9 +20,13 @@ def _toy(tmp_path, nq=3, ng=6):
     return recs[:nq], recs[nq:], rng.random((nq, ng)).astype(np.float32)
 
 
-def test_visualize_ranked_writes_pngs_and_index(tmp_path):
+def test_visualize_ranked_writes_pngs_and_index(tmp_path, monkeypatch):
+    saved = _capture_figures(monkeypatch)
     q, g, d = _toy(tmp_path)
     index = visualize_ranked(d, q, g, tmp_path / "out", topk=4, max_queries=2)
+    # cameras as the file names number them: camid 0 is "c1", camid 1 is "c2"
+    assert saved[1].axes[0].get_title() == "query\npid 1 c2"
+    assert "<td>1</td><td>c2</td>" in index.read_text()
     pngs = sorted((tmp_path / "out").glob("query_*.png"))
     assert [p.name for p in pngs] == ["query_00000.png", "query_00001.png"]
     assert Image.open(pngs[0]).size[0] > 100
@@ -32,11 +36,36 @@ def test_visualize_ranked_writes_pngs_and_index(tmp_path):
         visualize_ranked(d[:, :3], q, g, tmp_path / "bad")
 
 
-def test_plots(tmp_path):
-    cmc_path = plot_cmc(np.linspace(0.5, 1.0, 20), tmp_path / "cmc.png")
-    hist = plot_distance_hist(np.random.default_rng(0).random((4, 10)), [1, 2, 3, 4],
-                              np.arange(10) % 5, tmp_path / "h" / "hist.png")
-    assert cmc_path.stat().st_size > 1000 and hist.stat().st_size > 1000
+def _capture_figures(monkeypatch):
+    """Keep each figure a plot function saves, so a test can read what was drawn."""
+    import matplotlib.figure
+
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        saved.append(fig)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return saved
+
+
+def test_plots_draw_the_curve_and_both_histograms(tmp_path, monkeypatch):
+    saved = _capture_figures(monkeypatch)
+    cmc = np.linspace(0.5, 1.0, 20)
+    cmc_path = plot_cmc(cmc, tmp_path / "cmc.png")
+    ax = saved[-1].axes[0]
+    assert ax.lines[0].get_ydata() == pytest.approx(cmc * 100)  # percentages, rank 1..20
+    assert list(ax.lines[0].get_xdata()) == list(range(1, 21))
+    assert ax.get_title() == "CMC (rank-1 50.0%)"
+
+    # 4 queries x 10 gallery: query pid q matches gallery items with g % 5 == q (2 each, 8 pairs)
+    dist = np.random.default_rng(0).random((4, 10))
+    hist = plot_distance_hist(dist, [1, 2, 3, 4], np.arange(10) % 5, tmp_path / "h" / "hist.png")
+    labels = [t.get_text() for t in saved[-1].axes[0].get_legend().get_texts()]
+    assert labels == ["negative (32)", "positive (8)"]
+    assert Image.open(cmc_path).size[0] > 100 and Image.open(hist).size[0] > 100
 
 
 def test_visrank_cli(tmp_path):

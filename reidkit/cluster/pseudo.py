@@ -27,7 +27,7 @@ import torch
 from reidkit.cluster.jaccard import normalize_features, symmetric_csr, upper_chunks, v_matrix
 from reidkit.errors import ReIDError
 
-__all__ = ["cluster_report", "eps_by_rho", "kmeans", "pseudo_labels", "resolve_eps", "OUTLIER_MODES",
+__all__ = ["cluster_report", "eps_by_rho", "kmeans", "pseudo_labels", "eps_and_rho", "OUTLIER_MODES",
            "DEFAULT_EPS", "DEFAULT_RHO"]
 
 OUTLIER_MODES = ("drop", "noise", "singleton")
@@ -71,7 +71,7 @@ def eps_by_rho(dist: sp.spmatrix, rho: float = DEFAULT_RHO) -> float:
     return _eps_from(vals, m, len(vals), float(vals.sum()))
 
 
-def resolve_eps(eps: float | str | None, rho: float | None) -> tuple[float | None, float]:
+def eps_and_rho(eps: float | str | None, rho: float | None) -> tuple[float | None, float]:
     """(eps, rho) for ``pseudo_labels``: eps None means "pick by the rho rule"."""
     if isinstance(eps, str):
         if eps != "rho":
@@ -182,7 +182,7 @@ def pseudo_labels(
         raise ReIDError(f"outliers: expected one of {OUTLIER_MODES}, got {outliers!r}")
     if int(min_samples) != min_samples or min_samples < 1:
         raise ReIDError(f"min_samples: expected a positive integer, got {min_samples!r}")
-    eps, rho = resolve_eps(eps, rho)
+    eps, rho = eps_and_rho(eps, rho)
     if dist is not None:
         if not sp.issparse(dist) or dist.shape[0] != dist.shape[1]:
             raise ReIDError("dist: expected a square scipy.sparse distance matrix")

@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("test", help="evaluate saved weights on the config's validation sets")
+    p = sub.add_parser("test", help="evaluate saved weights on the config's validation sets",
+                       description="Evaluate a checkpoint on the validation sets of a recipe (data.val, else "
+                       "the query/gallery of every training dataset) with the recipe's test.* settings; "
+                       "writes metrics.json to --out (default <output_dir>/test).")
     p.add_argument("--config", "-c", required=True, help="recipe file or packaged recipe name")
     p.add_argument("--weights", "-w", required=True, help="model.pt / best.pt / last.pt, or another toolkit's "
                    "checkpoint (see --from)")
@@ -40,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (applied to every run)")
     p.set_defaults(func=_ablate)
 
+    p = sub.add_parser("recipes", help="list the packaged recipes, or the options of a registered part",
+                       description="Without --options: every packaged recipe and its first comment line. "
+                       "--options NAME: the options of the backbone, loss or USL method NAME (built-in or "
+                       "from --plugin), with the key to set each in a recipe, its type and default.")
+    p.add_argument("--options", metavar="NAME", default=None, help="a backbone, loss or USL method name")
+    p.set_defaults(func=_recipes)
+
     p = sub.add_parser("demo", help="CPU demo: synthetic data, pretrained EfficientNet-Lite0, BoT fine-tuning",
                        description="Generate a synthetic dataset, evaluate the ImageNet-pretrained "
                        "EfficientNet-Lite0, fine-tune it with the BoT tricks on CPU, evaluate with and "
@@ -47,6 +57,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="./reidkit-demo", help="output folder (default ./reidkit-demo)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (on top of demo.yaml)")
     p.set_defaults(func=_demo)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from reidkit.config import RECIPES_DIR, list_recipes
+    from reidkit.config.options import KINDS, describe_options, options_class
+    from reidkit.errors import ReIDError
+
+    if args.options is None:
+        for name in list_recipes():
+            first = next((ln.lstrip("# ").strip() for ln in (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()
+                          if ln.startswith("#")), "")
+            print(f"{name:24s} {first}")
+        return 0
+    # the registries (built-ins register their parts on import; plug-ins already ran)
+    import reidkit.engine.usl.methods  # noqa: F401
+    import reidkit.losses  # noqa: F401
+    from reidkit.engine.usl.methods import USL_METHODS
+    from reidkit.losses import LOSSES
+    from reidkit.models.backbones import BACKBONES
+
+    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS}
+    found = [kind for kind in KINDS if args.options in registries[kind]]
+    if not found:
+        names = sorted({n for reg in registries.values() for n in reg.names()})
+        import difflib
+
+        close = difflib.get_close_matches(args.options, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ReIDError(f"--options: no backbone, loss or USL method named {args.options!r}{hint}")
+    for kind in found:
+        label = {"backbone": "backbone", "loss": "loss", "usl": "USL method"}[kind]
+        if options_class(kind, args.options) is None:
+            print(f"{label} {args.options}: no options of its own")
+            continue
+        print(f"{label} {args.options}:")
+        for row in describe_options(kind, args.options):
+            print(f"  {row['key']:36s} {row['type']:16s} default {row['default']!r}"
+                  + (f"  {row['help']}" if row["help"] else ""))
+    return 0
 
 
 def _split_overrides(items: list[str] | None) -> tuple[list[str], list[str]]:

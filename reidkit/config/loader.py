@@ -22,7 +22,7 @@ from reidkit.errors import ReIDError
 
 __all__ = [
     "RECIPES_DIR", "config_from_dict", "deep_merge", "find_recipe", "list_recipes", "load_config", "load_yaml",
-    "override_pairs", "parse_overrides", "parse_overrides_flat", "set_dotted", "validate",
+    "override_pairs", "parse_overrides", "parse_overrides_flat", "set_dotted",
 ]
 
 # Packaged recipes live inside the package so an installed reidkit finds them; the top-level
@@ -169,11 +169,6 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     cfg = build(Config, tree, "")
     cfg.check()
     return cfg
-
-
-def validate(cfg: Config) -> None:
-    """Run every section's check (kept for callers of the old name)."""
-    cfg.check()
 
 
 def load_config(

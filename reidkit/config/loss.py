@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from reidkit.errors import ReIDError
 
@@ -20,7 +21,13 @@ WEIGHT_KEYS = {"softmax": "id_weight", "triplet": "metric_weight", "center": "ce
 
 @dataclass
 class LossConfig:
-    """Loss options; the defaults are the BoT recipe (softmax with LS 0.1 + triplet margin 0.3)."""
+    """Loss options; the defaults are the BoT recipe (softmax with LS 0.1 + triplet margin 0.3).
+
+    A loss registered with ``options=Dataclass`` reads its own keys under ``loss.<name>.*``
+    (``LossConfig.options(name)``).
+    """
+
+    PART_KIND = "loss"
 
     names: list[str] = field(default_factory=lambda: ["softmax", "triplet"])
     id_weight: float = 1.0
@@ -41,6 +48,14 @@ class LossConfig:
     learnable_weights: bool = False
     # weight per loss name; wins over id_weight / metric_weight / center_weight; default 1.0
     weights: dict[str, float] = field(default_factory=dict)
+    # each registered loss's own options, by loss name (``loss.<name>``)
+    parts: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"parts": True})
+
+    def options(self, name: str) -> Any:
+        """The options of loss ``name`` (its dataclass; defaults when not set; None: it declares none)."""
+        from reidkit.config.options import read_options
+
+        return self.parts[name] if name in self.parts else read_options("loss", name, {})
 
     def weight(self, name: str) -> float:
         """The fixed weight of loss ``name`` (``weights``, else its BoT field, else 1.0)."""

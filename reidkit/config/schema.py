@@ -1,23 +1,23 @@
 """The experiment configuration: every section a dataclass with its own ``check()``.
 
-This module imports neither torch nor :mod:`reidkit.engine`; the model and loss sections are in
-``reidkit.config.model`` / ``reidkit.config.loss`` (the model and loss code import them from there). ``Config.check()`` runs every section's check (``load_config`` calls it).
+This module imports neither torch nor :mod:`reidkit.engine`; the model, loss and usl sections are
+in ``reidkit.config.model`` / ``loss`` / ``usl`` (the model and loss code import them from there).
+``Config.check()`` runs every section's check (``load_config`` calls it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reidkit.errors import ReIDError
 from reidkit.config.loss import LossConfig
 from reidkit.config.model import ModelConfig
+from reidkit.config.usl import SPACES, SourceConfig, UnsupervisedConfig
+from reidkit.errors import ReIDError
 
 __all__ = [
     "Config", "DataConfig", "DatasetSpec", "InputConfig", "LossConfig", "ModelConfig", "SamplerConfig",
-    "SolverConfig", "TestConfig", "UnsupervisedConfig", "SPACES",
+    "SolverConfig", "SourceConfig", "TestConfig", "UnsupervisedConfig", "SPACES",
 ]
-
-SPACES = ("global", "upper", "lower")
 
 
 @dataclass
@@ -193,100 +193,6 @@ class TestConfig:
 
 
 @dataclass
-class UnsupervisedConfig:
-    """Unsupervised / domain-adaptive training (the ``usl`` section of a recipe)."""
-
-    method: str = "cluster_contrast"  # a name in the USL method registry
-    # Jaccard distance (k1=30,k2=6 in cluster contrast / HHCL; 20/6 in SSG)
-    k1: int = 30
-    k2: int = 6
-    include_self_in_k1: bool = False
-    search: Literal["faiss", "torch"] = "faiss"
-    # DBSCAN radius: a number; or null -> eps_by_dataset[dataset name] (or its "default");
-    # failing both, the SSG rule (mean of the smallest `rho` fraction of pair distances).
-    eps: float | None = 0.6
-    eps_by_dataset: dict[str, float] = field(default_factory=dict)
-    rho: float = 1.6e-3
-    fix_eps: bool = True  # SSG: eps from the rho rule is computed once, at the first round
-    min_samples: int = 4
-    outliers: Literal["drop", "noise", "singleton"] = "drop"
-    # Camera-aware clustering: subtract each camera's mean feature (and re-normalise) before the
-    # Jaccard distance, so that a camera's style does not make its own clusters. Uses the camera
-    # ids of the records (metadata, not identities); the memory and the loss see the raw features.
-    camera_norm: bool = False
-    # contrastive memory (cluster contrast: cluster; HHCL: hybrid; SpCL-style: instance)
-    memory: Literal["cluster", "hybrid", "instance"] = "cluster"
-    memory_update: Literal["mean", "hard"] = "mean"
-    momentum: float = 0.1
-    temperature: float = 0.05
-    hard_weight: float = 0.5
-    # batches: batch_size images = (batch_size // num_instances) clusters x num_instances
-    batch_size: int = 256
-    num_instances: int = 16
-    iters_per_epoch: int = 200
-    # UDA: weights of a source-trained model to start from (model.pt / best.pt of `reidkit train`)
-    init_weights: str | None = None
-    # SSG: feature spaces clustered separately and one triplet loss each
-    spaces: list[str] = field(default_factory=lambda: ["global"])
-    triplet_margin: float = 0.5
-    triplet_normalize: bool = False
-    # SSG/UDAP source term: d = (1 - source_lambda) * Jaccard + source_lambda * (d_s(i) + d_s(j)),
-    # d_s = mean distance to the `source_k` nearest source-train features (needs `source`).
-    use_source: bool = False
-    source: list[dict[str, Any]] = field(default_factory=list)
-    source_lambda: float = 0.1
-    source_k: int = 6
-    # DEC: k clusters (null: the number DBSCAN finds on the initial features), Student-t alpha,
-    # target refresh every `dec_update_period` iterations (0: once per epoch)
-    dec_clusters: int | None = None
-    dec_alpha: float = 1.0
-    dec_update_period: int = 0
-    # evaluate the initial model (before any training) as epoch 0
-    eval_initial: bool = False
-
-    def check(self) -> None:
-        """Raise ReIDError naming the first bad ``usl.*`` key."""
-        # The method name and what each method accepts (e.g. part spaces) are checked by the USL
-        # method registry when the engine loads the recipe: this module imports no engine code.
-        if not isinstance(self.method, str) or not self.method:
-            raise ReIDError(f"config key 'usl.method' must be a method name, got {self.method!r}")
-        for key in ("k1", "k2", "min_samples", "batch_size", "num_instances", "iters_per_epoch", "source_k"):
-            if int(getattr(self, key)) < 1:
-                raise ReIDError(f"config key 'usl.{key}' must be >= 1, got {getattr(self, key)}")
-        if self.batch_size < self.num_instances:
-            raise ReIDError(
-                f"config key 'usl.batch_size' ({self.batch_size}) must be >= usl.num_instances ({self.num_instances})"
-            )
-        if self.eps is not None and not self.eps > 0:
-            raise ReIDError(f"config key 'usl.eps' must be > 0 or null, got {self.eps}")
-        if not 0 < self.rho <= 1:
-            raise ReIDError(f"config key 'usl.rho' must be in (0, 1], got {self.rho}")
-        if not 0 <= self.momentum < 1:
-            raise ReIDError(f"config key 'usl.momentum' must be in [0, 1), got {self.momentum}")
-        if not self.temperature > 0:
-            raise ReIDError(f"config key 'usl.temperature' must be > 0, got {self.temperature}")
-        if not 0 <= self.hard_weight <= 1:
-            raise ReIDError(f"config key 'usl.hard_weight' must be in [0, 1], got {self.hard_weight}")
-        bad = [s for s in self.spaces if s not in SPACES]
-        if not self.spaces or bad or len(set(self.spaces)) != len(self.spaces) or "global" not in self.spaces:
-            raise ReIDError(
-                f"config key 'usl.spaces': expected distinct names from {', '.join(SPACES)} including "
-                f"'global', got {self.spaces}"
-            )
-        if self.use_source and not self.source:
-            raise ReIDError("config key 'usl.source': use_source=true needs source dataset specs "
-                            "([{name, root, options}])")
-        if not 0 <= self.source_lambda <= 1:
-            raise ReIDError(f"config key 'usl.source_lambda' must be in [0, 1], got {self.source_lambda}")
-        if self.dec_clusters is not None and self.dec_clusters < 2:
-            raise ReIDError(f"config key 'usl.dec_clusters' must be >= 2 or null, got {self.dec_clusters}")
-        if not self.dec_alpha > 0:
-            raise ReIDError(f"config key 'usl.dec_alpha' must be > 0, got {self.dec_alpha}")
-        if self.dec_update_period < 0:
-            raise ReIDError(f"config key 'usl.dec_update_period' must be >= 0, got {self.dec_update_period}")
-
-
-@dataclass
 class Config:
     """A whole experiment."""
 
@@ -316,9 +222,9 @@ class Config:
         """Plain nested dict (lists, not tuples) of the resolved configuration."""
         import dataclasses
 
-        from reidkit.config.typed import plain
+        from reidkit.config.typed import flatten_parts, plain
 
-        return plain(dataclasses.asdict(self))
+        return flatten_parts(plain(dataclasses.asdict(self)))
 
     def to_yaml(self, path: Any = None) -> str:
         """The resolved configuration as YAML; also written to `path` when given."""

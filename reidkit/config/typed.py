@@ -11,7 +11,8 @@ from typing import Any, Literal, Union
 
 from reidkit.errors import ReIDError
 
-__all__ = ["build", "plain"]
+__all__ = ["build", "flatten_parts", "plain"]
+
 
 def plain(obj: Any) -> Any:
     """Nested dicts/lists (tuples become lists) of a value."""
@@ -137,21 +138,46 @@ def _coerce_item(value: Any, tp: Any, key: str) -> Any:
         ) from None
 
 
+def _is_parts(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("parts"))
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Instantiate dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    """Instantiate dataclass `cls` from a dict, rejecting unknown keys and wrong types.
+
+    A section with a ``parts`` field (``field(metadata={"parts": True})``) and a ``PART_KIND``
+    class attribute also takes one key per registered part of that kind that declares options
+    (``loss.<name>``, ``usl.<name>``), read against the part's options dataclass. A section's
+    ``migrate(values, prefix)`` classmethod, when present, first rewrites moved keys (with a warning).
+    """
     if not isinstance(values, dict):
         raise ReIDError(f"config section '{prefix or '<root>'}' must be a mapping, got {values!r}")
+    migrate = getattr(cls, "migrate", None)
+    if callable(migrate):
+        values = migrate(dict(values), prefix)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    all_fields = [f for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in all_fields if not _is_parts(f)}
+    parts_field = next((f.name for f in all_fields if _is_parts(f)), None)
+    kind = getattr(cls, "PART_KIND", None)
     kwargs: dict[str, Any] = {}
+    parts: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            valid = ", ".join(fields)
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            if parts_field and kind:
+                from reidkit.config.options import _OPTIONS, read_options
+
+                if key in _OPTIONS.get(kind, {}):
+                    parts[key] = read_options(kind, key, value, dotted)
+                    continue
+                names = list(fields) + sorted(_OPTIONS.get(kind, {}))
+            else:
+                names = list(fields)
+            close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             where = f"in '{prefix}'" if prefix else "at the top level"
-            raise ReIDError(f"unknown config key '{dotted}'{hint}; valid keys {where}: {valid}")
+            raise ReIDError(f"unknown config key '{dotted}'{hint}; valid keys {where}: {', '.join(names)}")
         tp = hints.get(key, Any)
         try:
             kwargs[key] = _coerce(value, tp, dotted)
@@ -159,9 +185,21 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             raise ReIDError(
                 f"config key '{dotted}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}"
             ) from None
+    if parts_field:
+        kwargs[parts_field] = parts
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a section's own __post_init__ validation
         raise ReIDError(f"config section '{prefix or '<root>'}': {exc}") from None
 
 
+def flatten_parts(tree: Any) -> Any:
+    """A plain config tree with every section's ``parts`` mapping merged into the section (as a recipe writes it)."""
+    if isinstance(tree, dict):
+        out = {k: flatten_parts(v) for k, v in tree.items() if k != "parts"}
+        if isinstance(tree.get("parts"), dict):
+            out.update(flatten_parts(tree["parts"]))
+        return out
+    if isinstance(tree, list):
+        return [flatten_parts(v) for v in tree]
+    return tree

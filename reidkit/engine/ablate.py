@@ -117,7 +117,7 @@ def run_ablation(
     out_dir: str | Path = "ablation",
 ) -> list[dict[str, Any]]:
     """Train every planned run into ``out_dir/<id>_<change>/`` and write ablation.md / ablation.json."""
-    from reidkit.engine.trainer import Trainer
+    from reidkit.engine.supervised import SupervisedTrainer as Trainer
 
     out = Path(out_dir)
     from reidkit.utils.io import ensure_dir

@@ -375,10 +375,10 @@ class BaseTrainer:
                 f"now {self.world_size}; the sampler sequence would differ"
             )
         self.net.load_state_dict(ckpt["model"])
-        if "optim" in ckpt:
-            self.optim.load_state_dict(ckpt["optim"])
-        else:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "optim" not in ckpt:
+            raise ReIDError(f"cannot resume from {path}: it holds no optimiser state ('optim'); "
+                            "resume needs the last.pt of a reidkit training run")
+        self.optim.load_state_dict(ckpt["optim"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.load_extra_state(ckpt, path)
         set_rng_state(ckpt["rng"])

@@ -102,7 +102,7 @@ def run_cv(
     from reidkit.config import load_config
     from reidkit.data.datasets import load_datasets
     from reidkit.engine.api import Trainer
-    from reidkit.engine.trainer import write_json
+    from reidkit.utils.io import write_json
 
     cfg = load_config(config, overrides)
     seed = cfg.seed if seed is None else int(seed)

@@ -98,7 +98,8 @@ class Progress:
         self.is_main = is_main
         self.pbar: Any = None
         self.stats: dict[str, float] = {}
-        self._losses: list[float] = []
+        self._loss_sum: Any = 0.0
+        self._loss_n = 0
 
     def attach(self, engine: Engine) -> None:
         """Register on EPOCH_STARTED, ITERATION_COMPLETED (every iteration and every ``period``), EPOCH_COMPLETED."""
@@ -110,7 +111,8 @@ class Progress:
     def epoch_started(self, engine: Engine) -> None:
         self._t0 = self._window_t0 = time.perf_counter()
         self._epoch_n = self._window_n = 0
-        self._losses = []
+        self._loss_sum: Any = 0.0
+        self._loss_n = 0
         self.close()
         if self.is_main:
             from tqdm.auto import tqdm
@@ -124,10 +126,14 @@ class Progress:
         n = int(out.get("n", 0))
         self._window_n += n
         self._epoch_n += n
+        if n:
+            # every iteration counts in the epoch's mean loss (kept on the device: no sync per step)
+            loss = out["loss"]
+            self._loss_sum = self._loss_sum + (loss.detach() if hasattr(loss, "detach") else float(loss))
+            self._loss_n += 1
         if n and self.pbar is not None and not self.pbar.disable:
-            self._losses.append(float(out["loss"]))
             self.pbar.update(1)
-            self.pbar.set_postfix(loss=f"{self._losses[-1]:.3f}", refresh=False)
+            self.pbar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
 
     def log_line(self, engine: Engine) -> None:
         out = engine.state.output or {}
@@ -137,8 +143,6 @@ class Progress:
         if not out.get("n") or not self.is_main:
             return
         loss = float(out["loss"])
-        if self.pbar is None or self.pbar.disable:
-            self._losses.append(loss)
         parts = {k: float(v) for k, v in (out.get("parts") or {}).items()}
         lr = float(out.get("lr", float("nan")))
         it = engine.state.iteration
@@ -156,7 +160,7 @@ class Progress:
         self.close()
         dt = time.perf_counter() - self._t0
         ips = self._epoch_n * self.world_size / max(dt, 1e-9)
-        mean_loss = sum(self._losses) / len(self._losses) if self._losses else float("nan")
+        mean_loss = float(self._loss_sum) / self._loss_n if self._loss_n else float("nan")
         self.stats = {"epoch_time_s": dt, "images_per_s": ips, "mean_loss": mean_loss}
         if self.is_main:
             loss_txt = "-" if math.isnan(mean_loss) else f"{mean_loss:.4f}"

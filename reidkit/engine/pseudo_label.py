@@ -160,8 +160,9 @@ def run_pseudo_label(
     """
     from reidkit.config import load_config
     from reidkit.data.datasets import load_dataset
-    from reidkit.engine.trainer import resolve_device, write_json
     from reidkit.models.loading import load_model
+    from reidkit.utils.io import write_json
+    from reidkit.utils.runtime import resolve_device
 
     if iterations < 1:
         raise ReIDError(f"pseudo-label: --iterations must be >= 1, got {iterations}")
@@ -198,6 +199,8 @@ def run_pseudo_label(
                                "labelled_query": int((ql >= 0).sum()), "labelled_gallery": int((gl >= 0).sum())}
         if has_truth:
             row["precision"] = label_precision(labels, true)
+        if not (labels >= 0).any():
+            row["why"] = _why_nothing(feats[:nq], feats[nq:], dedup_threshold, threshold, min_size)
         log.info("pseudo-label iteration %d: %s", it, row)
         if retrain and (labels >= 0).any():
             from reidkit.engine.api import Trainer
@@ -212,8 +215,10 @@ def run_pseudo_label(
             row["metrics"] = result.get("mean", {})
             current = d / "train" / "model.pt"
         rows.append(row)
+    # final_weights: a model this command trained; None when it trained none (never the input weights)
+    final = str(current) if current != Path(weights) else None
     summary = {"threshold": threshold, "dedup_threshold": dedup_threshold, "min_size": min_size,
-               "dataset": target.name, "iterations": rows, "final_weights": str(current)}
+               "dataset": target.name, "iterations": rows, "weights": str(weights), "final_weights": final}
     write_json(out / "pseudo_label.json", summary)
     return summary
 
@@ -234,4 +239,23 @@ def format_summary(summary: dict[str, Any]) -> str:
             s += f"; retrained mAP {m['mAP']:.1f} rank-1 {m['rank1']:.1f}"
         s += f" -> {r['manifest']}"
         lines.append(s)
+        if r.get("why"):
+            lines.append(f"  nothing labelled: {r['why']}")
+    if summary["final_weights"] is None:
+        lines.append("no model retrained (nothing labelled, or --no-retrain): no new weights")
     return "\n".join(lines) + "\n" + json.dumps({"final_weights": summary["final_weights"]})
+
+
+def _why_nothing(qf: np.ndarray, gf: np.ndarray, dedup_threshold: float, threshold: float, min_size: int) -> str:
+    """Why no image was labelled, and the settings that would label some."""
+    groups = group_queries(qf, dedup_threshold)
+    sizes = np.bincount(groups)
+    q, g = _normalized(qf), _normalized(gf)
+    cent = np.zeros((len(sizes), q.shape[1]))
+    np.add.at(cent, groups, q)
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    best = (g @ cent.T).max(1) if len(g) else np.zeros(0)
+    top = float(np.quantile(best, 0.9)) if len(best) else float("nan")
+    return (f"{len(q)} queries formed {len(sizes)} group(s) (largest {int(sizes.max())} images, --min-size "
+            f"{min_size}); no gallery image reached --threshold {threshold} (best similarity {float(best.max()):.2f}, "
+            f"90th percentile {top:.2f}): lower --threshold (e.g. {top:.2f}) or raise --dedup-threshold")

@@ -145,8 +145,4 @@ class SupervisedTrainer(BaseTrainer):
     def load_extra_state(self, ckpt: dict[str, Any], path: Any) -> None:
         if ckpt.get("criterion") is not None:
             self.criterion.load_state_dict(ckpt["criterion"])
-        if "optim" not in ckpt:  # a checkpoint of the earlier layout
-            co = self.center_optimizer
-            if co is not None and ckpt.get("center_optimizer"):
-                co.load_state_dict(ckpt["center_optimizer"])
         self.sampler.load_state_dict(ckpt["sampler"])

@@ -96,12 +96,13 @@ def visualize_ranked(
         fig, axes = plt.subplots(1, k + 1, figsize=(1.1 * (k + 1), 2.6))
         axes = np.atleast_1d(axes)
         axes[0].imshow(_thumb(q.path))
-        axes[0].set_title(f"query\npid {q.pid} c{q.camid}", fontsize=7)
+        # cameras as the file names number them (Record.camid is 0-based: c1 is camid 0)
+        axes[0].set_title(f"query\npid {q.pid} c{q.camid + 1}", fontsize=7)
         for j in range(k):
             g = gallery_records[order[j]]
             ax = axes[j + 1]
             ax.imshow(_thumb(g.path))
-            ax.set_title(f"#{j + 1} pid {g.pid}\nc{g.camid} d={d[qi, order[j]]:.3f}", fontsize=6)
+            ax.set_title(f"#{j + 1} pid {g.pid}\nc{g.camid + 1} d={d[qi, order[j]]:.3f}", fontsize=6)
             for side in ax.spines.values():
                 side.set_edgecolor(colors[labels[j]])
                 side.set_linewidth(4)
@@ -117,7 +118,7 @@ def visualize_ranked(
         # Rank-1 as the metric counts it: same-identity same-camera images are removed first.
         rows.append((qi, q, ap, name, rank1_hit(labels)))
     items = "\n".join(
-        f'<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>{q.camid}</td>'
+        f'<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>c{q.camid + 1}</td>'
         f'<td>{"-" if ap is None else f"{ap * 100:.1f}"}</td><td>{"yes" if hit else "no"}</td>'
         f'<td><a href="{name}"><img src="{name}" height="90" loading="lazy"></a></td></tr>'
         for qi, q, ap, name, hit in rows

@@ -50,7 +50,6 @@ class Criterion(nn.Module):
         self.weighting: UncertaintyWeighting | None = (
             UncertaintyWeighting(self.names, self._fixed) if cfg.learnable_weights else None
         )
-        self._register_load_state_dict_pre_hook(_rename_old_keys)
 
     @property
     def center(self) -> CenterLoss | None:
@@ -98,13 +97,6 @@ class Criterion(nn.Module):
         """Divide the centres' gradients by the center-loss weight (BoT), before their SGD step."""
         if self.center is not None:
             rescale_center_grad(self.center, self.center_weight())
-
-
-def _rename_old_keys(state_dict, prefix, *args) -> None:
-    """Checkpoints written before the loss registry keep the centres at ``center.centers``."""
-    old = prefix + "center.centers"
-    if old in state_dict:
-        state_dict[prefix + "terms.center.centers"] = state_dict.pop(old)
 
 
 def build_criterion(loss_cfg: LossConfig, num_classes: int, feat_dim: int) -> Criterion:

@@ -19,7 +19,7 @@ re-extracted features and the pseudo labels.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class _UpdateInBackward(torch.autograd.Function):
 
 class _Memory(nn.Module):
     def __init__(self, num_features: int, num_entries: int, temp: float, momentum: float,
-                 update_in_backward: bool) -> None:
+                 update_in_backward: bool, gather: Any = None) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ReIDError(f"momentum: expected a value in [0, 1), got {momentum!r}")
@@ -103,9 +103,9 @@ class _Memory(nn.Module):
         self.temp = float(temp)
         self.momentum = float(momentum)
         self.update_in_backward = bool(update_in_backward)
-        # Data-parallel training sets this to a function that all-gathers (features, labels) of every
+        # Data-parallel training passes a function that all-gathers (features, labels) of every
         # rank's batch, so the momentum update sees the whole batch and every rank's memory stays equal.
-        self.gather: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.gather: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = gather
         self.register_buffer("features", torch.zeros(int(num_entries), self.num_features))
 
     def _mix(self, rows: torch.Tensor, new: torch.Tensor) -> None:
@@ -140,8 +140,8 @@ class ClusterMemory(_Memory):
     """
 
     def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05,
-                 momentum: float = 0.1, mode: str = "mean", update_in_backward: bool = True):
-        super().__init__(num_features, num_clusters, temp, momentum, update_in_backward)
+                 momentum: float = 0.1, mode: str = "mean", update_in_backward: bool = True, gather: Any = None):
+        super().__init__(num_features, num_clusters, temp, momentum, update_in_backward, gather)
         if mode not in ("mean", "hard"):
             raise ReIDError(f"mode: expected 'mean' or 'hard', got {mode!r}")
         self.mode = mode
@@ -189,8 +189,8 @@ class HybridMemory(_Memory):
     """
 
     def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05,
-                 momentum: float = 0.1, weight: float = 0.5, update_in_backward: bool = True):
-        super().__init__(num_features, 2 * num_clusters, temp, momentum, update_in_backward)
+                 momentum: float = 0.1, weight: float = 0.5, update_in_backward: bool = True, gather: Any = None):
+        super().__init__(num_features, 2 * num_clusters, temp, momentum, update_in_backward, gather)
         if not 0.0 <= weight <= 1.0:
             raise ReIDError(f"weight: expected a value in [0, 1], got {weight!r}")
         self.weight = float(weight)
@@ -240,8 +240,8 @@ class InstanceMemory(_Memory):
     """
 
     def __init__(self, num_features: int, num_samples: int, temp: float = 0.05,
-                 momentum: float = 0.2, update_in_backward: bool = True):
-        super().__init__(num_features, num_samples, temp, momentum, update_in_backward)
+                 momentum: float = 0.2, update_in_backward: bool = True, gather: Any = None):
+        super().__init__(num_features, num_samples, temp, momentum, update_in_backward, gather)
         self.register_buffer("labels", torch.arange(int(num_samples)))
 
     @property

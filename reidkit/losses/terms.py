@@ -20,7 +20,7 @@ then ``loss.names=[softmax, l2_feat]`` (weight ``loss.weights.l2_feat``, default
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from reidkit.errors import ReIDError
 from reidkit.losses.center import CenterLoss
 from reidkit.losses.classification import cross_entropy_ls
 from reidkit.losses.triplet import triplet_loss
-from reidkit.registry import Registry, make_register
+from reidkit.registry import Registry
 
 if TYPE_CHECKING:
     from reidkit.losses.criterion import LossConfig
@@ -37,7 +37,22 @@ if TYPE_CHECKING:
 __all__ = ["LOSSES", "register_loss", "SoftmaxLoss", "TripletLoss", "CenterTerm"]
 
 LOSSES: Registry = Registry("loss", "loss.names")
-register_loss = make_register(LOSSES)
+
+
+def register_loss(name: str, obj: Any = None, *, options: type | None = None, overwrite: bool = False) -> Any:
+    """Register a loss ``cls(loss_cfg, num_classes, feat_dim) -> nn.Module`` (decorator or call).
+
+    ``options`` (default: the class's ``options`` attribute) is a dataclass of the loss's own keys,
+    set in a recipe as ``loss.<name>.<key>``; the loss reads them with ``loss_cfg.options(name)``.
+    """
+    from reidkit.config.options import register_options
+
+    def add(item: Any) -> Any:
+        LOSSES.register(name, item, overwrite=overwrite)
+        register_options("loss", name, options or getattr(item, "options", None))
+        return item
+
+    return add if obj is None else add(obj)
 
 
 def _output_list(outputs: dict, many: str, one: str, loss: str) -> list[torch.Tensor]:

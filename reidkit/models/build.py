@@ -152,6 +152,10 @@ def save_model(
         "mean": [float(v) for v in getattr(net, "mean", _DEFAULT_MEAN)],
         "std": [float(v) for v in getattr(net, "std", _DEFAULT_STD)],
     }
+    from reidkit.plugins import loaded_plugins
+
+    if loaded_plugins():  # the user's parts this model may need: imported again when it is loaded
+        ckpt["plugins"] = loaded_plugins()
     if extra:
         ckpt.update(extra)
     # Temp file in the same folder, then rename: a crash never leaves a half-written checkpoint
@@ -179,6 +183,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], origin: str = "<checkpoint>") ->
     raw_cfg = ckpt["model_cfg"]
     if not isinstance(raw_cfg, dict):
         raise ReIDError(f"checkpoint: {origin}: 'model_cfg' must be a dict")
+    from reidkit.plugins import import_recorded
+
+    import_recorded(ckpt.get("plugins"), origin)  # a user backbone registers itself on import
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     # The stored weights replace any pretrained ones, so never fetch those again.
     cfg = ModelConfig(**{k: v for k, v in raw_cfg.items() if k in known})

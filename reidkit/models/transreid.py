@@ -182,9 +182,9 @@ def build_transreid_parts(cfg: Any, num_classes: int) -> tuple[TransReIDTrunk, T
 
 
 def _only_vit(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    from reidkit.models.backbones import BACKBONES, _accepted
+    from reidkit.models.backbones import accepted_options
 
-    accepted = _accepted(BACKBONES.get(name).builder)
+    accepted = accepted_options(name)
     if accepted is not None and "stride_size" not in accepted:
         raise ReIDError(f"model.arch=transreid needs a ViT backbone (vit_small_patch16, vit_base_patch16); "
                         f"got {name!r}")

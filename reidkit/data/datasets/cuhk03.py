@@ -6,7 +6,7 @@ import os
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import ReIDDataset
-from reidkit.data.datasets.layout import _check_choice, _check_splits, _locate, _regex_parser, _root_dir, _scan_split
+from reidkit.data.datasets.layout import _check_choice, _check_splits, locate, regex_parser, root_dir, scan_split
 from reidkit.data.datasets.market1501 import _MARKET_SPLITS
 
 
@@ -15,7 +15,7 @@ from reidkit.data.datasets.market1501 import _MARKET_SPLITS
 CUHK03_LAYOUT = ("<root>/cuhk03-np/{labeled,detected}/{bounding_box_train,query,bounding_box_test}"
                  "/0001_c1_1.png")
 # Lenient on purpose: the first integer is the pid, the first c<digits> the camera.
-_cuhk03_name = _regex_parser(r"^(-?\d+)_.*?c(\d+)")
+_cuhk03_name = regex_parser(r"^(-?\d+)_.*?c(\d+)")
 
 
 def load_cuhk03(root: str | os.PathLike[str], *, split: str = "labeled") -> ReIDDataset:
@@ -27,13 +27,13 @@ def load_cuhk03(root: str | os.PathLike[str], *, split: str = "labeled") -> ReID
     """
     dataset = "cuhk03"
     split = _check_choice(dataset, "split", str(split).lower(), ("labeled", "detected"))
-    top = _root_dir(root, dataset, CUHK03_LAYOUT)
+    top = root_dir(root, dataset, CUHK03_LAYOUT)
     candidates = [f"cuhk03-np/{split}", f"cuhk03_np/{split}", f"CUHK03-NP/{split}", split]
-    base = _locate(top, candidates, list(_MARKET_SPLITS.values()), dataset, CUHK03_LAYOUT)
+    base = locate(top, candidates, list(_MARKET_SPLITS.values()), dataset, CUHK03_LAYOUT)
     if top == base and top.name.lower() in ("labeled", "detected") and top.name.lower() != split:
         raise ReIDError(f"{dataset}: root {top} is the {top.name} set but split={split!r} was "
                         f"asked; expected {CUHK03_LAYOUT}")
-    parts = {s: _scan_split(base / d, s, dataset, _cuhk03_name, "0001_c1_1.png", CUHK03_LAYOUT, None)
+    parts = {s: scan_split(base / d, s, dataset, _cuhk03_name, "0001_c1_1.png", CUHK03_LAYOUT, None)
              for s, d in _MARKET_SPLITS.items()}
     ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base),
                      meta={"split": split})

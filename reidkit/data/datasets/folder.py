@@ -12,7 +12,7 @@ from reidkit.errors import ReIDError
 from reidkit.utils.io import list_images
 
 from reidkit.data.datasets.core import SPLITS, Record, ReIDDataset
-from reidkit.data.datasets.layout import _is_image, _listing, _root_dir
+from reidkit.data.datasets.layout import _is_image, _listing, root_dir
 
 
 # ----------------------------------------------------------------------------- folder
@@ -93,7 +93,7 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
     ``Record.dataset`` (give two folders different names to train on both jointly).
     """
     dataset = str(dataset_name)
-    top = _root_dir(root, dataset, FOLDER_LAYOUT)
+    top = root_dir(root, dataset, FOLDER_LAYOUT)
     if not top.is_dir():
         raise ReIDError(f"{dataset}: root {top} is not a folder; expected {FOLDER_LAYOUT}")
     rx = None

@@ -1,4 +1,15 @@
-"""Shared helpers of the loaders: locating a layout under a root, scanning split folders, checks."""
+"""Helpers for dataset loaders (the built-in ones and yours): find a layout under a root, scan a split.
+
+A Market-style loader is four calls (see market1501.py)::
+
+    root = root_dir(root, "mysite", LAYOUT)                 # exists, or an error naming the layout
+    base = locate(root, ["MySite-v1"], ["train", "query", "gallery"], "mysite", LAYOUT)
+    parse = regex_parser(r"(-?\d+)_c(\d+)_f(\d+)")        # file name -> (pid, 1-based camera, frame)
+    train = scan_split(base / "train", "train", "mysite", parse, "0002_c1_f000451.jpg", LAYOUT, max_cam=None)
+
+then ``ReIDDataset("mysite", train, query, gallery)`` and ``register_dataset("mysite", loader)``.
+Every helper raises one ReIDError naming the dataset, the path and the layout expected.
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +21,8 @@ from reidkit.errors import ReIDError
 
 from reidkit.utils.io import IMAGE_EXTENSIONS
 from reidkit.data.datasets.core import Record, ReIDDataset
+
+__all__ = ["NameParser", "locate", "regex_parser", "root_dir", "scan_split"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -26,7 +39,8 @@ def _image_names(directory: str) -> list[str]:
         return sorted(e.name for e in it if e.is_file() and _is_image(e.name))
 
 
-def _root_dir(root: str | os.PathLike[str], dataset: str, layout: str) -> Path:
+def root_dir(root: str | os.PathLike[str], dataset: str, layout: str) -> Path:
+    """``root`` as an absolute path that exists; else ReIDError naming ``dataset`` and the ``layout`` expected."""
     if root is None or str(root) == "":
         raise ReIDError(f"{dataset}: no dataset root given; expected layout {layout}")
     path = Path(os.path.abspath(os.path.expanduser(str(root))))
@@ -46,9 +60,12 @@ def _listing(path: Path, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _locate(root: Path, candidates: Sequence[str], required: Sequence[str], dataset: str,
+def locate(root: Path, candidates: Sequence[str], required: Sequence[str], dataset: str,
             layout: str) -> Path:
-    """The first of root/<candidate> or root itself that holds every required entry."""
+    """The first of ``root/<candidate>`` or ``root`` itself that holds every ``required`` entry.
+
+    A partial tree raises an error naming what is missing; nothing matching, one listing the root.
+    """
     if not root.is_dir():
         raise ReIDError(f"{dataset}: dataset root {root} is not a folder (extract archives "
                         f"first); expected {layout}")
@@ -71,7 +88,7 @@ def _locate(root: Path, candidates: Sequence[str], required: Sequence[str], data
 NameParser = Callable[[str], "tuple[int, int, int] | None"]
 
 
-def _regex_parser(pattern: str) -> NameParser:
+def regex_parser(pattern: str) -> NameParser:
     """A parser returning (pid, 1-based camera, frame or -1) from a file name, or None."""
     rx = re.compile(pattern)
 
@@ -85,9 +102,14 @@ def _regex_parser(pattern: str) -> NameParser:
     return parse
 
 
-def _scan_split(directory: Path, split: str, dataset: str, parse: NameParser, example: str,
+def scan_split(directory: Path, split: str, dataset: str, parse: NameParser, example: str,
                 layout: str, max_cam: int | None, force_pid: int | None = None) -> list[Record]:
-    """Records of one official split folder: junk (-1) dropped, distractors (0) gallery-only."""
+    """Records of the images directly in ``directory`` (one split), parsed by ``parse``.
+
+    Junk (pid -1) is dropped, distractors (pid 0) are kept only in the gallery; cameras outside
+    1..``max_cam`` and names ``parse`` rejects raise ReIDError (``example`` shows a valid name);
+    ``force_pid`` gives every image that pid. Record camids are 0-based (file ``c1`` -> 0).
+    """
     if not directory.is_dir():
         raise ReIDError(f"{dataset}: missing folder {directory}; expected {layout}")
     records = []

@@ -8,7 +8,7 @@ from pathlib import Path
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import SPLITS, Record, ReIDDataset
-from reidkit.data.datasets.layout import _check_splits, _root_dir
+from reidkit.data.datasets.layout import _check_splits, root_dir
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -26,7 +26,7 @@ def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReID
     evaluation-only (no train rows). ``dataset_name`` sets ``Record.dataset``.
     """
     dataset = str(dataset_name)
-    path = _root_dir(root, dataset, CSV_LAYOUT)
+    path = root_dir(root, dataset, CSV_LAYOUT)
     if not path.is_file():
         raise ReIDError(f"{dataset}: {path} is not a file; expected {CSV_LAYOUT}")
     base = path.parent

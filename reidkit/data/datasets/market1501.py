@@ -6,7 +6,7 @@ import os
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import ReIDDataset
-from reidkit.data.datasets.layout import _check_splits, _locate, _regex_parser, _root_dir, _scan_split
+from reidkit.data.datasets.layout import _check_splits, locate, regex_parser, root_dir, scan_split
 
 
 # ----------------------------------------------------------------------------- Market / Duke
@@ -14,16 +14,16 @@ from reidkit.data.datasets.layout import _check_splits, _locate, _regex_parser, 
 MARKET_DIR = "Market-1501-v15.09.15"
 _MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 MARKET_LAYOUT = f"<root>/{MARKET_DIR}/{{bounding_box_train,query,bounding_box_test}}/0002_c1s1_000451_03.jpg"
-_market_name = _regex_parser(r"^(-?\d+)_c(\d+)(?:s\d+_(\d+))?")
+_market_name = regex_parser(r"^(-?\d+)_c(\d+)(?:s\d+_(\d+))?")
 
 
 def _load_market_tree(root: str | os.PathLike[str], dataset: str, max_cam: int | None,
                       extra_gallery: bool = False) -> ReIDDataset:
-    top = _root_dir(root, dataset, MARKET_LAYOUT)
-    base = _locate(top, [MARKET_DIR, f"market1501/{MARKET_DIR}", "market1501"],
+    top = root_dir(root, dataset, MARKET_LAYOUT)
+    base = locate(top, [MARKET_DIR, f"market1501/{MARKET_DIR}", "market1501"],
                    list(_MARKET_SPLITS.values()), dataset, MARKET_LAYOUT)
     example = "0002_c1s1_000451_03.jpg"
-    parts = {s: _scan_split(base / d, s, dataset, _market_name, example, MARKET_LAYOUT, max_cam)
+    parts = {s: scan_split(base / d, s, dataset, _market_name, example, MARKET_LAYOUT, max_cam)
              for s, d in _MARKET_SPLITS.items()}
     if extra_gallery:
         extra = base / "images"
@@ -31,7 +31,7 @@ def _load_market_tree(root: str | os.PathLike[str], dataset: str, max_cam: int |
             raise ReIDError(f"{dataset}: market1501_500k=True needs the distractor folder {extra} "
                             f"(the 500k distractor images beside bounding_box_test)")
         # Every image of the 500k set is a distractor, whatever its file name says.
-        parts["gallery"] += _scan_split(extra, "gallery", dataset, _market_name, example,
+        parts["gallery"] += scan_split(extra, "gallery", dataset, _market_name, example,
                                         f"{base}/images/<distractor>.jpg", max_cam, force_pid=0)
     ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base))
     return _check_splits(ds, MARKET_LAYOUT)
@@ -50,7 +50,7 @@ def load_market1501(root: str | os.PathLike[str], *, market1501_500k: bool = Fal
 
 DUKE_DIR = "DukeMTMC-reID"
 DUKE_LAYOUT = f"<root>/{DUKE_DIR}/{{bounding_box_train,query,bounding_box_test}}/0001_c2_f0046182.jpg"
-_duke_name = _regex_parser(r"^(-?\d+)_c(\d+)(?:_f(\d+))?")
+_duke_name = regex_parser(r"^(-?\d+)_c(\d+)(?:_f(\d+))?")
 
 
 def load_dukemtmc(root: str | os.PathLike[str]) -> ReIDDataset:
@@ -60,10 +60,10 @@ def load_dukemtmc(root: str | os.PathLike[str]) -> ReIDDataset:
     DukeMTMC-reID folder itself.
     """
     dataset = "dukemtmc"
-    top = _root_dir(root, dataset, DUKE_LAYOUT)
-    base = _locate(top, [DUKE_DIR, f"dukemtmc-reid/{DUKE_DIR}", f"dukemtmcreid/{DUKE_DIR}"],
+    top = root_dir(root, dataset, DUKE_LAYOUT)
+    base = locate(top, [DUKE_DIR, f"dukemtmc-reid/{DUKE_DIR}", f"dukemtmcreid/{DUKE_DIR}"],
                    list(_MARKET_SPLITS.values()), dataset, DUKE_LAYOUT)
-    parts = {s: _scan_split(base / d, s, dataset, _duke_name, "0001_c2_f0046182.jpg",
+    parts = {s: scan_split(base / d, s, dataset, _duke_name, "0001_c2_f0046182.jpg",
                             DUKE_LAYOUT, 8)
              for s, d in _MARKET_SPLITS.items()}
     ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base))

@@ -7,7 +7,7 @@ from pathlib import Path
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import Record, ReIDDataset
-from reidkit.data.datasets.layout import _check_choice, _check_splits, _locate, _root_dir
+from reidkit.data.datasets.layout import _check_choice, _check_splits, locate, root_dir
 
 
 # ----------------------------------------------------------------------------- MSMT17
@@ -74,9 +74,9 @@ def load_msmt17(root: str | os.PathLike[str], *, version: str = "v2",
     version = _check_choice("msmt17", "version", str(version).lower(), ("v1", "v2"))
     layout = _msmt_layout(version)
     main, train_dir, test_dir = _MSMT_DIRS[version]
-    top = _root_dir(root, "msmt17", layout)
+    top = root_dir(root, "msmt17", layout)
     try:
-        base = _locate(top, [main], [train_dir, test_dir, *_MSMT_LISTS], "msmt17", layout)
+        base = locate(top, [main], [train_dir, test_dir, *_MSMT_LISTS], "msmt17", layout)
     except ReIDError as exc:
         other = "v1" if version == "v2" else "v2"
         if (top / _MSMT_DIRS[other][0]).is_dir() or top.name == _MSMT_DIRS[other][0]:

@@ -5,9 +5,9 @@ Each epoch (``usl.iters_per_epoch`` iterations):
 1. features of the cached training images (eval mode, no flip, as the originals), extracted
    shard by shard across torchrun ranks and gathered in order;
 2. on rank 0, the method's pseudo labels: k-reciprocal Jaccard distance (on camera-centred
-   features with ``usl.camera_norm``; mixed with a source-domain term with ``usl.use_source``) +
-   DBSCAN, outliers dropped (or kept as one noise class / singletons, ``usl.outliers``); the
-   labels are broadcast to every rank;
+   features with ``usl.camera_norm``; mixed with a source-domain term with ``usl.source.enabled``)
+   + DBSCAN, outliers dropped (or kept as one noise class / singletons, ``usl.outliers``): the
+   pure :func:`reidkit.cluster.rounds.cluster_round`; the labels are broadcast to every rank;
 3. the method's per-round state on every rank (a cluster / hybrid / instance memory, per-space
    labels, DEC targets) and the batches: P x K over the pseudo labels (uniform for DEC);
 4. the steps: the method's loss, through the same optimisation step, AMP, handlers, checkpoints,
@@ -27,18 +27,18 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from reidkit.cluster.rounds import Round, RoundSettings, camera_centred, cluster_round
 from reidkit.config import Config, UnsupervisedConfig
 from reidkit.engine.base import BaseTrainer
 from reidkit.engine.data import build_augment
 from reidkit.engine.usl.methods import USL_METHODS
-from reidkit.engine.usl.methods.base import Round
+from reidkit.engine.usl.methods.base import USLContext
 from reidkit.engine.usl.spaces import SpaceModel, extract_spaces
 from reidkit.errors import ReIDError
 
-__all__ = ["ClusterTrainer", "RandomBatches", "camera_centred", "load_usl_config", "resolve_eps", "train_usl"]
+__all__ = ["ClusterTrainer", "RandomBatches", "camera_centred", "dataset_eps", "load_usl_config", "train_usl"]
 
 log = logging.getLogger("reidkit.train")
 
@@ -50,7 +50,7 @@ def load_usl_config(source: Any = None, overrides: list[str] | dict[str, Any] | 
     return ClusterTrainer.load_config(source, overrides)
 
 
-def resolve_eps(usl: UnsupervisedConfig, dataset_name: str) -> float | None:
+def dataset_eps(usl: UnsupervisedConfig, dataset_name: str) -> float | None:
     """The DBSCAN eps for a dataset: ``usl.eps``, else ``usl.eps_by_dataset``, else None (rho rule)."""
     if usl.eps is not None:
         return float(usl.eps)
@@ -59,15 +59,6 @@ def resolve_eps(usl: UnsupervisedConfig, dataset_name: str) -> float | None:
     if name in table:
         return table[name]
     return table.get("default")
-
-
-def camera_centred(feats: torch.Tensor, camids: np.ndarray) -> torch.Tensor:
-    """Features minus their camera's mean feature, L2-normalised (``usl.camera_norm``)."""
-    cams = torch.as_tensor(camids, dtype=torch.long)
-    n_cams = int(cams.max()) + 1
-    sums = torch.zeros(n_cams, feats.shape[1], dtype=feats.dtype).index_add_(0, cams, feats)
-    counts = torch.bincount(cams, minlength=n_cams).clamp(min=1).to(feats.dtype)
-    return F.normalize(feats - (sums / counts[:, None])[cams], dim=1)
 
 
 class RandomBatches:
@@ -143,9 +134,12 @@ class ClusterTrainer(BaseTrainer):
         self.camids = self.camera_ids(self.records)
         self.dataset_name = cfg.data.datasets[0].name
         self.source_images: np.ndarray | None = None
-        if self.usl.use_source:
-            src = load_datasets([{"name": s["name"], "root": s.get("root", "data"), **dict(s.get("options", {}))}
-                                 for s in self.usl.source])
+        if self.usl.source.enabled:
+            try:
+                src = load_datasets([{"name": s["name"], "root": s.get("root", "data"),
+                                      **dict(s.get("options", {}))} for s in self.usl.source.datasets])
+            except ReIDError as exc:  # name the key that chose the source set
+                raise ReIDError(f"config key 'usl.source.datasets' (the source domain): {exc}") from None
             sc = ImageCache.build([r.path for r in src.train], size=self.size, cache_dir=cfg.data.cache_dir)
             self.source_images = np.ascontiguousarray(np.asarray(sc.images)[np.asarray(sc.valid, dtype=bool)])
         log.info("unsupervised training (%s) on %s: %d images (labels unused)", self.usl.method,
@@ -181,7 +175,11 @@ class ClusterTrainer(BaseTrainer):
         self.feat_dim = int(net.feat_dim)
 
     def _prepare_model(self) -> None:
-        self.method = USL_METHODS.get(self.usl.method)(self)
+        usl = self.usl
+        ctx = USLContext(usl=usl, options=usl.options(usl.method), device=self.device, feat_dim=self.feat_dim,
+                         seed=self.cfg.seed, features=self.features, cluster=self.cluster_round,
+                         dataset_eps=self.eps_for(), gather=self._memory_gather(), true_labels=self.true_labels)
+        self.method = USL_METHODS.get(usl.method)(ctx)
         super()._prepare_model()
         self.method.setup()
 
@@ -218,91 +216,30 @@ class ClusterTrainer(BaseTrainer):
 
     def eps_for(self) -> float | None:
         """The DBSCAN eps of the run's dataset (None: the rho rule)."""
-        return resolve_eps(self.usl, self.dataset_name)
+        return dataset_eps(self.usl, self.dataset_name)
 
-    def _source_term(self, feats: torch.Tensor) -> np.ndarray:
-        """Per target image: mean distance (2 - 2 cos) to its source_k nearest source features."""
-        assert self.source_images is not None
-        src = extract_spaces(self.net, self.source_images, ["global"], self.device, self.mean, self.std,
-                             self.neck_after, batch_size=self.cfg.test.batch_size)["global"]
-        k = min(self.usl.source_k, len(src))
-        out = []
-        for a in range(0, len(feats), 4096):
-            sims = feats[a : a + 4096] @ src.T
-            out.append((2.0 - 2.0 * sims.topk(k, dim=1).values).mean(1))
-        return torch.cat(out).numpy().astype(np.float64)
-
-    def _cluster_space(self, name: str, feats: torch.Tensor) -> tuple[np.ndarray, float]:
-        """Pseudo labels of one space (outliers -1) and the eps used."""
-        from reidkit.cluster import jaccard_distance, pseudo_labels
-
+    def round_settings(self) -> RoundSettings:
+        """The clustering round's numbers, from ``usl.*``."""
         usl = self.usl
-        raw = feats
-        if usl.camera_norm:
-            feats = camera_centred(feats, self.camids)
-        eps = self.eps_for()
-        if eps is None and usl.fix_eps and name in self.fixed_eps:
-            eps = self.fixed_eps[name]
-        common = dict(eps=eps, k1=usl.k1, k2=usl.k2, min_samples=usl.min_samples, rho=usl.rho,
-                      outliers="drop", include_self_in_k1=usl.include_self_in_k1, search=usl.search,
-                      return_eps=True)
-        if usl.use_source and usl.source_lambda > 0:
-            import scipy.sparse as sp
+        return RoundSettings(eps=self.eps_for(), rho=usl.rho, k1=usl.k1, k2=usl.k2, min_samples=usl.min_samples,
+                             outliers=usl.outliers, camera_norm=usl.camera_norm,
+                             include_self_in_k1=usl.include_self_in_k1, search=usl.search,
+                             source_weight=usl.source.weight if self.source_images is not None else 0.0,
+                             source_k=usl.source.k)
 
-            dist = jaccard_distance(feats, usl.k1, usl.k2, search=usl.search,
-                                    include_self_in_k1=usl.include_self_in_k1).tocoo()
-            ds = self._source_term(raw)
-            lam = usl.source_lambda
-            vals = (1.0 - lam) * dist.data + lam * (ds[dist.row] + ds[dist.col])
-            vals[dist.row == dist.col] = 0.0
-            mixed = sp.coo_matrix((vals.astype(np.float32), (dist.row, dist.col)), shape=dist.shape).tocsr()
-            labels, used = pseudo_labels(None, dist=mixed, **common)
-        else:
-            try:
-                labels, used = pseudo_labels(feats, **common)
-            except ReIDError as exc:
-                if eps is not None:
-                    raise
-                # the rho rule failed: name the setting that chose it
-                raise ReIDError(f"usl.rho={usl.rho}: {exc}; raise usl.rho or set usl.eps to a number") from None
-        if eps is None and usl.fix_eps:
-            self.fixed_eps.setdefault(name, float(used))
-        return np.asarray(labels, dtype=np.int64), float(used)
-
-    def cluster_spaces(self, epoch: int, feats: dict[str, torch.Tensor], spaces: list[str]) -> Round:
-        """DBSCAN pseudo labels in every space; an image that is an outlier in any space is left out."""
-        from reidkit.cluster import cluster_report
-
-        usl = self.usl
-        labels: dict[str, np.ndarray] = {}
-        eps_used: dict[str, float] = {}
-        for name in spaces:
-            labels[name], eps_used[name] = self._cluster_space(name, feats[name])
-        keep = np.all(np.stack([lab >= 0 for lab in labels.values()]), axis=0)
-        glob = labels["global"].copy()
-        n_clusters = int(glob.max()) + 1 if (glob >= 0).any() else 0
-        if usl.outliers == "noise" and (glob < 0).any():
-            glob[glob < 0] = n_clusters
-            keep = np.ones_like(keep)
-        elif usl.outliers == "singleton" and (glob < 0).any():
-            out = glob < 0
-            glob[out] = n_clusters + np.arange(int(out.sum()))
-            keep = np.ones_like(keep)
-        train = np.where(keep, glob, -1)
-        ids = np.unique(train[train >= 0])
-        if len(ids):
-            # Contiguous ids for the memory (noise/singleton ids are already contiguous after clusters).
-            remap = np.full(int(train.max()) + 1, -1, dtype=np.int64)
-            remap[ids] = np.arange(len(ids))
-            train = np.where(train >= 0, remap[np.maximum(train, 0)], -1)
-        report: dict[str, Any] = {"epoch": epoch, "eps": eps_used["global"], "kept": int(keep.sum())}
-        report.update(cluster_report(labels["global"], self.true_labels))
-        for name in spaces:
-            if name != "global":
-                rep = cluster_report(labels[name], self.true_labels)
-                report[name] = {"eps": eps_used[name],
-                                **{k: rep[k] for k in ("n_clusters", "n_outliers", "purity", "nmi", "ari")}}
-        return Round(train, {k: np.where(keep, v, -1) for k, v in labels.items()}, report)
+    def cluster_round(self, epoch: int, feats: dict[str, torch.Tensor], spaces: list[str]) -> Round:
+        """The pure clustering round with this run's settings, camera ids, source features and fixed eps."""
+        settings = self.round_settings()
+        source = None
+        if self.source_images is not None and settings.source_weight > 0:
+            source = extract_spaces(self.net, self.source_images, ["global"], self.device, self.mean, self.std,
+                                    self.neck_after, batch_size=self.cfg.test.batch_size)["global"]
+        rnd = cluster_round(feats, settings, spaces=spaces, epoch=epoch, camids=self.camids, source=source,
+                            fixed_eps=self.fixed_eps if self.usl.fix_eps else None, true_labels=self.true_labels)
+        if settings.eps is None and self.usl.fix_eps:
+            for name, used in rnd.eps.items():
+                self.fixed_eps.setdefault(name, used)
+        return rnd
 
     def _too_few_clusters(self, epoch: int, n_ids: int, rnd: Round) -> ReIDError:
         usl = self.usl
@@ -363,16 +300,14 @@ class ClusterTrainer(BaseTrainer):
         self.loader.sampler = sampler
         self.sampler = sampler
 
-    def sync_memory(self, memory: nn.Module) -> None:
-        """Under DDP, make a memory's momentum update use every rank's batch (identical memories)."""
-        if self.world_size <= 1 or not hasattr(memory, "gather"):
-            return
+    def _memory_gather(self) -> Any:
+        """Under DDP, an all-gather of (features, labels) for the memories' momentum update; else None."""
+        if self.world_size <= 1:
+            return None
         import torch.distributed as dist
 
-        if not hasattr(self, "_memory_group"):
-            # A group of its own: the gather runs inside backward, beside DDP's gradient all-reduce.
-            self._memory_group = dist.new_group(backend="gloo")
-        group, world = self._memory_group, self.world_size
+        # A group of its own: the gather runs inside backward, beside DDP's gradient all-reduce.
+        group, world = dist.new_group(backend="gloo"), self.world_size
 
         def gather(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             f = features.detach().float().cpu().contiguous()
@@ -383,7 +318,7 @@ class ClusterTrainer(BaseTrainer):
             dist.all_gather(ls, lab, group=group)
             return torch.cat(fs).to(features.device), torch.cat(ls).to(features.device)
 
-        memory.gather = gather
+        return gather
 
     def _log_report(self, rep: dict[str, Any]) -> None:
         self.clusters.append(rep)

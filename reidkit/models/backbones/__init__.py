@@ -1,6 +1,8 @@
 """Backbone registry: name -> (builder, default pretrained weights); `build_backbone` builds by name."""
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import inspect
 import os
@@ -20,7 +22,7 @@ from reidkit.models.pretrained import (
     LoadReport, WeightsConfig, is_url, load_pretrained, map_keys, read_state_dict,
 )
 
-__all__ = ["BACKBONES", "BackboneEntry", "build_backbone", "list_backbones", "register_backbone"]
+__all__ = ["BACKBONES", "BackboneEntry", "accepted_options", "build_backbone", "list_backbones", "register_backbone"]
 
 _TV = "https://download.pytorch.org/models/"
 _IBN = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
@@ -143,14 +145,20 @@ for _name, _entry in _BUILTIN.items():
 
 
 def register_backbone(name: str, builder: Callable[..., nn.Module] | None = None,
-                      weights: WeightsConfig | None = None, *, overwrite: bool = False) -> Any:
+                      weights: WeightsConfig | None = None, *, options: type | None = None,
+                      overwrite: bool = False) -> Any:
     """Register a backbone builder ``builder(last_stride=1, **options) -> nn.Module`` (decorator or call).
 
     The module needs ``forward_features(x) -> B x C x h x w`` and ``out_channels``; ``mean``/``std``
-    are the input normalisation its weights expect (ImageNet's when absent).
+    are the input normalisation its weights expect (ImageNet's when absent). ``options``: a
+    dataclass of the backbone's own keys, set in a recipe as ``model.options.<key>`` and passed to
+    the builder as keyword arguments.
     """
+    from reidkit.config.options import register_options
+
     def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         BACKBONES.register(name, BackboneEntry(fn, weights), overwrite=overwrite)
+        register_options("backbone", name, options)
         return fn
 
     return add if builder is None else add(builder)
@@ -170,6 +178,11 @@ def _accepted(builder: Callable[..., nn.Module]) -> set[str] | None:
     return {p.name for p in params if p.kind in named}
 
 
+def accepted_options(name: str) -> set[str] | None:
+    """Keyword options the builder of backbone ``name`` takes (None: any keyword)."""
+    return _accepted(BACKBONES.get(name).builder)
+
+
 def options_from_config(cfg: Any) -> dict[str, Any]:
     """Backbone options a ``ModelConfig`` sets away from their defaults (ResNets take none of them)."""
     opts: dict[str, Any] = {}
@@ -183,6 +196,9 @@ def options_from_config(cfg: Any) -> dict[str, Any]:
         opts.update(sie=True, num_cameras=int(cfg.num_cameras), sie_lambda=float(cfg.sie_lambda))
     if float(getattr(cfg, "semantic_weight", -1.0)) >= 0:
         opts["semantic_weight"] = float(cfg.semantic_weight)
+    own = cfg.backbone_options() if hasattr(cfg, "backbone_options") else None
+    if own is not None:  # the backbone's own options dataclass (model.options)
+        opts.update(dataclasses.asdict(own))
     return opts
 
 

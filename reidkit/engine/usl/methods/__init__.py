@@ -3,18 +3,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from reidkit.config.options import register_options
 from reidkit.registry import Registry
 
 USL_METHODS: Registry[Any] = Registry("USL method", "usl.method")
 
 
-def register_usl_method(name: str, cls: Any = None, *, overwrite: bool = False) -> Any:
-    """Register a :class:`~reidkit.engine.usl.methods.base.USLMethod` subclass (decorator or call)."""
-    return USL_METHODS.register(name, cls, overwrite=overwrite)
+def register_usl_method(name: str, cls: Any = None, *, options: type | None = None, overwrite: bool = False) -> Any:
+    """Register a :class:`~reidkit.engine.usl.methods.base.USLMethod` subclass (decorator or call).
+
+    ``options`` (default: the class's ``options`` attribute) is the dataclass of the method's own
+    keys, set in a recipe under ``usl.<name>.*``.
+    """
+    def add(item: Any) -> Any:
+        USL_METHODS.register(name, item, overwrite=overwrite)
+        register_options("usl", name, options or getattr(item, "options", None))
+        return item
+
+    return add if cls is None else add(cls)
 
 
 # The built-in methods, one line each (imported after the registry exists: they register themselves).
 from reidkit.engine.usl.methods import contrast, dec, ssg  # noqa: E402,F401
-from reidkit.engine.usl.methods.base import Round, USLMethod  # noqa: E402
+from reidkit.engine.usl.methods.base import Round, USLContext, USLMethod  # noqa: E402
 
-__all__ = ["USL_METHODS", "Round", "USLMethod", "register_usl_method"]
+__all__ = ["USL_METHODS", "Round", "USLContext", "USLMethod", "register_usl_method"]

@@ -1,66 +1,78 @@
 """What a USL method is: its feature spaces, what a re-clustering round produces, and its loss.
 
 The cluster trainer runs the shared loop (features -> pseudo labels -> sampler -> steps); a
-method plugs in through this small interface:
+method sees only a narrow :class:`USLContext` (its config and options, the device, a function for
+the current features, the clustering round with the run's settings, the all-gather for memories
+under DDP) and plugs in through this small interface:
 
 - ``spaces()``: the feature spaces clustered and trained (global, or SSG's global/upper/lower);
 - ``setup()``: one-time state built from the initial model (DEC's cluster centres);
-- ``cluster(epoch, feats)``: pseudo labels of the round on rank 0 (default: Jaccard + DBSCAN in
-  every space, an image that is an outlier in any space left out) -> :class:`Round`;
+- ``cluster(epoch, feats)``: pseudo labels of the round on rank 0 (default: ``ctx.cluster``, the
+  pure :func:`reidkit.cluster.rounds.cluster_round` with the run's settings) -> :class:`Round`;
 - ``prepare(round, feats)``: per-round training state on every rank (a memory, targets);
 - ``loss(feats, idx)``: the loss of a batch from its space features and training-set indices;
 - ``state_dict()/load_state_dict()``: what a checkpoint must carry to resume exactly.
 
-A new method is one file with a subclass and one ``@register_usl_method("name")`` line.
+A new method is one file with a subclass and one ``@register_usl_method("name")`` line; its own
+options are a dataclass named by ``options = MyOptions`` (read from ``usl.<name>.*``, in
+``self.opts``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from reidkit.errors import ReIDError
+from reidkit.cluster.rounds import Round
 
 if TYPE_CHECKING:
-    from reidkit.config.schema import UnsupervisedConfig
-    from reidkit.engine.usl.trainer import ClusterTrainer
+    from reidkit.config.usl import UnsupervisedConfig
 
-__all__ = ["Round", "USLMethod"]
+__all__ = ["Gather", "Round", "USLContext", "USLMethod"]
+
+#: all-gather of (features, labels) across ranks (a memory's momentum update sees every rank's batch)
+Gather = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
 @dataclass
-class Round:
-    """One re-clustering round: training labels (-1: not trained on), per-space labels, its report."""
+class USLContext:
+    """What a method may use of the run: nothing else of the trainer reaches it."""
 
-    labels: np.ndarray
-    space_labels: dict[str, np.ndarray] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
+    usl: "UnsupervisedConfig"
+    options: Any                                   # the method's options dataclass (None: none declared)
+    device: torch.device
+    feat_dim: int
+    seed: int
+    features: Callable[[], dict[str, torch.Tensor]]  # current features per space (every rank takes part)
+    cluster: Callable[..., Round]                  # (epoch, feats, spaces) -> Round, the run's settings
+    dataset_eps: float | None                      # the DBSCAN eps of the run's dataset (None: rho rule)
+    gather: Gather | None = None                   # set under DDP: memories pass it to their update
+    true_labels: np.ndarray | None = None          # for cluster reports only, never for training
 
 
 class USLMethod:
     """Base of the unsupervised methods (see the module docstring)."""
 
-    #: the method may cluster part spaces (``usl.spaces`` beyond ``["global"]``)
-    part_spaces = False
+    #: the options dataclass of this method (``usl.<name>.*``), or None
+    options: type | None = None
     #: P x K batches over the pseudo labels (False: uniform random batches)
     pk_batches = True
     #: fewest pseudo identities a round needs to train
     min_clusters = 1
 
-    def __init__(self, trainer: "ClusterTrainer") -> None:
-        self.trainer = trainer
-        self.usl = trainer.usl
-        self.device = trainer.device
+    def __init__(self, ctx: USLContext) -> None:
+        self.ctx = ctx
+        self.usl = ctx.usl
+        self.opts = ctx.options
+        self.device = ctx.device
 
     @classmethod
     def check_config(cls, usl: "UnsupervisedConfig") -> None:
         """Method-specific checks of the ``usl`` section (ReIDError naming the key)."""
-        if usl.spaces != ["global"] and not cls.part_spaces:
-            raise ReIDError(f"config key 'usl.spaces': method {usl.method!r} uses only the global space, "
-                            f"got {usl.spaces} (part spaces are for ssg)")
 
     def spaces(self) -> list[str]:
         """Feature spaces this method clusters and trains."""
@@ -75,7 +87,7 @@ class USLMethod:
 
     def cluster(self, epoch: int, feats: dict[str, torch.Tensor]) -> Round:
         """Pseudo labels of this round (rank 0): DBSCAN in every space, outliers handled by ``usl.outliers``."""
-        return self.trainer.cluster_spaces(epoch, feats, self.spaces())
+        return self.ctx.cluster(epoch, feats, self.spaces())
 
     def prepare(self, rnd: Round, feats: dict[str, torch.Tensor]) -> None:
         """Per-round training state on every rank (memory, targets) from the round's labels."""

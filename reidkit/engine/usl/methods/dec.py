@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidkit.config.usl import DECOptions
 from reidkit.engine.usl.methods import register_usl_method
 from reidkit.engine.usl.methods.base import Round, USLMethod
 from reidkit.errors import ReIDError
@@ -21,34 +22,40 @@ __all__ = ["DEC"]
 log = logging.getLogger("reidkit.train")
 
 
+def usl_name(method: Any) -> str:
+    """The name the method runs under (its options are ``usl.<name>.*``)."""
+    return method.usl.method
+
+
 @register_usl_method("dec")
 class DEC(USLMethod):
     """Deep embedded clustering: KL(P || Q) with targets refreshed per epoch or every N iterations."""
 
+    options = DECOptions
     pk_batches = False
 
     def setup(self) -> None:
         from reidkit.cluster import pseudo_labels
         from reidkit.losses.dec import DECHead
 
-        usl, t = self.usl, self.trainer
-        feats = t.features()["global"]
-        k = usl.dec_clusters
+        usl, ctx, key = self.usl, self.ctx, f"usl.{usl_name(self)}"
+        feats = ctx.features()["global"]
+        k = self.opts.clusters
         if k is None:
-            labels = pseudo_labels(feats, eps=t.eps_for(), k1=usl.k1, k2=usl.k2, min_samples=usl.min_samples,
+            labels = pseudo_labels(feats, eps=ctx.dataset_eps, k1=usl.k1, k2=usl.k2, min_samples=usl.min_samples,
                                    rho=usl.rho, outliers="drop", include_self_in_k1=usl.include_self_in_k1,
                                    search=usl.search)
             k = int(labels.max()) + 1
             if k < 2:
                 raise ReIDError(
-                    f"usl.dec_clusters is null and DBSCAN found {k} cluster(s) on the initial features; "
-                    "set usl.dec_clusters (the number of identities expected)"
+                    f"{key}.clusters is null and DBSCAN found {k} cluster(s) on the initial features; "
+                    f"set {key}.clusters (the number of identities expected)"
                 )
             log.info("DEC: %d clusters (DBSCAN on the initial features)", k)
         if k > len(feats):
-            raise ReIDError(f"config key 'usl.dec_clusters' ({k}) exceeds the {len(feats)} training images")
-        self.head = DECHead(k, t.feat_dim, usl.dec_alpha).to(self.device)
-        self.head.init_centres(feats.numpy(), seed=t.cfg.seed)
+            raise ReIDError(f"config key '{key}.clusters' ({k}) exceeds the {len(feats)} training images")
+        self.head = DECHead(k, ctx.feat_dim, self.opts.alpha).to(self.device)
+        self.head.init_centres(feats.numpy(), seed=ctx.seed)
 
     def extra_modules(self) -> list[nn.Module]:
         return [self.head]
@@ -59,7 +66,7 @@ class DEC(USLMethod):
         from reidkit.losses.dec import target_distribution
 
         if feats is None:
-            feats = self.trainer.features()["global"]
+            feats = self.ctx.features()["global"]
         self.target = target_distribution(self.head(feats.to(self.device)))
 
     def cluster(self, epoch: int, feats: dict[str, torch.Tensor]) -> Round:
@@ -68,7 +75,7 @@ class DEC(USLMethod):
         self.refresh_targets(feats["global"])
         labels = self.target.argmax(1).cpu().numpy().astype(np.int64)
         report: dict[str, Any] = {"epoch": epoch, "eps": None, "kept": int(len(labels))}
-        report.update(cluster_report(labels, self.trainer.true_labels))
+        report.update(cluster_report(labels, self.ctx.true_labels))
         return Round(labels, {"global": labels}, report)
 
     def prepare(self, rnd: Round, feats: dict[str, torch.Tensor]) -> None:
@@ -83,7 +90,7 @@ class DEC(USLMethod):
         return total, {"kl": float(total.detach())}
 
     def after_update(self, iteration: int) -> None:
-        period = self.usl.dec_update_period
+        period = self.opts.update_period
         if period > 0 and iteration % period == 0:
             self.refresh_targets()
 

@@ -1,12 +1,14 @@
 """SSG (Fu et al., ICCV 2019): self-similarity grouping in the global, upper and lower spaces.
 
 Each space is clustered on its own; an image that is an outlier in any space is left out; the loss
-is one batch-hard triplet per space on that space's pseudo labels.
+is one batch-hard triplet per space on that space's pseudo labels. Options: ``usl.ssg.*``
+(spaces, triplet_margin, triplet_normalize).
 """
 from __future__ import annotations
 
 import torch
 
+from reidkit.config.usl import SSGOptions
 from reidkit.engine.usl.methods import register_usl_method
 from reidkit.engine.usl.methods.base import Round, USLMethod
 
@@ -32,11 +34,11 @@ def safe_triplet(feats: torch.Tensor, labels: torch.Tensor, margin: float, norma
 class SSG(USLMethod):
     """Self-similarity grouping: per-space DBSCAN labels and one triplet loss per space."""
 
-    part_spaces = True
+    options = SSGOptions
     min_clusters = 2
 
     def spaces(self) -> list[str]:
-        return list(self.usl.spaces)
+        return list(self.opts.spaces)
 
     def prepare(self, rnd: Round, feats: dict[str, torch.Tensor]) -> None:
         keep = rnd.labels >= 0
@@ -46,8 +48,8 @@ class SSG(USLMethod):
     def loss(self, feats: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
         terms, parts = [], {}
         for name in self.spaces():
-            t = safe_triplet(feats[name].float(), self.space_labels[name][idx], self.usl.triplet_margin,
-                             self.usl.triplet_normalize)
+            t = safe_triplet(feats[name].float(), self.space_labels[name][idx], self.opts.triplet_margin,
+                             self.opts.triplet_normalize)
             if t is not None:
                 terms.append(t)
                 parts[f"triplet_{name}"] = float(t.detach())
