@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available verb."""
     parser = argparse.ArgumentParser(prog="reidkit", description="Person re-identification toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads for torch/OpenMP/faiss/OpenCV (default: the cores this process may use; "
+                             "see reidkit.utils.threads)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
         modname = f"reidkit.commands.{name}"
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from reidkit.utils.threads import configure_threads
+
+        configure_threads(args.threads)
         code = args.func(args)
     except ReIDError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,7 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ReID model (checkpoint or .onnx) for a new gallery (default: ImageNet EfficientNet-Lite0); "
                         "an existing gallery uses its own model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
+    p.add_argument("--every", type=int, default=1, help="read every N-th frame, skip the others (default 1)")
+    p.add_argument("--detect-every", type=int, default=None, metavar="N",
+                   help="detect and track on every N-th read frame; boxes between two detections of a track are "
+                        "interpolated (default: 1 with --detections files, 2 with a detector)")
+    p.add_argument("--detect-scale", type=float, default=0.75,
+                   help="HOG detector: run on the frame scaled by this factor (default 0.75)")
+    p.add_argument("--appearance", choices=["needed", "all"], default="needed",
+                   help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
+                        "ambiguous detections, best-K crop candidates (needed, default)")
+    p.add_argument("--streams", type=int, default=4,
+                   help="videos processed at once in this process, sharing one embedder (default 4)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run the videos on a local Dask cluster of N worker processes (needs dask[distributed])")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="run the videos on a running Dask cluster (e.g. tcp://scheduler:8786)")
     p.add_argument("--chunk", type=int, default=50, help="processed frames per commit (default 50)")
     p.add_argument("--k", type=int, default=4, help="best crops kept per tracklet (default 4)")
     p.add_argument("--min-len", type=int, default=3, help="shortest tracklet kept, in processed frames (default 3)")
@@ -91,11 +105,19 @@ def _run_video(args: argparse.Namespace) -> int:
             size = parse_size(args.detector_size)
         except ReIDError:
             raise ReIDError(f"--detector-size: expected HEIGHTxWIDTH such as 640x640, got {args.detector_size!r}") from None
-    rep = ingest(args.db, args.videos, cameras=args.camera, detections=args.detections, detector=args.detector,
-                 weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
-                 min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
-                 max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
-                 detector_size=size, person_class=args.person_class)
+    detect_every = args.detect_every if args.detect_every is not None else (1 if args.detections else 2)
+    kw = dict(cameras=args.camera, detections=args.detections, detector=args.detector,
+              weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
+              min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
+              max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
+              detector_size=size, person_class=args.person_class, detect_every=detect_every,
+              detect_scale=args.detect_scale, appearance=args.appearance)
+    if args.workers is not None or args.cluster is not None:
+        from reidkit.video.cluster import ingest_on_cluster
+
+        rep = ingest_on_cluster(args.db, args.videos, workers=args.workers, address=args.cluster, **kw)
+    else:
+        rep = ingest(args.db, args.videos, streams=args.streams, **kw)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
