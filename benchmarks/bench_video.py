@@ -51,12 +51,20 @@ def run_video(videos: list[str], db: Path, args: list[str], tree: Path = ROOT, t
         env["OMP_NUM_THREADS"] = str(threads)
     shutil.rmtree(db, ignore_errors=True)
     cmd = [sys.executable, "-c", CODE, *pre, "video", *videos, "--db", str(db), "--json", *args]
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tree))
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    return wall, json.loads(p.stdout)
+    rep = json.loads(p.stdout)
+    # CPU seconds of the process (all its threads): on a machine shared with other work, the figure that
+    # does not depend on how much of the CPU the others left us
+    rep["_cpu_s"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, rep
 
 
 def trackeval_metrics(db: Path, gt: np.ndarray, camera: str) -> dict:
@@ -129,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--only", default=None, help="comma-separated setting numbers (1-based) to run")
     ap.add_argument("--skip-cams", action="store_true")
+    ap.add_argument("--busy-frames", type=int, default=60)
+    ap.add_argument("--dask", action="store_true", help="also: the three cameras on a local Dask cluster, 1 vs 2 workers")
+    ap.add_argument("--cam-frames", type=int, default=100)
+    ap.add_argument("--cam-size", default="576x768")
     ap.add_argument("--skip-busy", action="store_true")
     ap.add_argument("--work", default=None)
     args = ap.parse_args(argv)
@@ -162,17 +174,20 @@ def main(argv: list[str] | None = None) -> None:
         wall, rep = run_video([video], db, sargs, tree, args.threads)
         q = quality(db, gts)
         row = {"setting": name, "args": " ".join(sargs), "wall_s": wall, "rtf": secs_video / wall,
+               "cpu_s": rep["_cpu_s"], "rtf_cpu": secs_video / rep["_cpu_s"],
                "frames_per_s": args.frames / wall, "quality": q, "stages": rep.get("stages"),
                "in_process_s": rep.get("seconds")}
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("setting", "wall_s", "rtf")}), json.dumps(q), flush=True)
+        print(json.dumps({k: row[k] for k in ("setting", "wall_s", "rtf", "cpu_s", "rtf_cpu")}), json.dumps(q),
+              flush=True)
     out["settings"] = rows
 
     if not args.skip_busy:
-        sb = scene("busy", ["--cams", "1", "--ids", "60", "--frames", "60", "--size", "576x768", "--fps", "10",
+        nb = args.busy_frames
+        sb = scene("busy", ["--cams", "1", "--ids", "60", "--frames", str(nb), "--size", "576x768", "--fps", "10",
                             "--speed", "0.3"])
         gt = read_mot(sb / "cam1" / "gt" / "gt.txt")
-        busy = {"boxes_per_frame": float(len(gt) / 60)}
+        busy = {"boxes_per_frame": float(len(gt) / nb), "frames": nb}
         for mode in ("all", "needed"):
             wall, rep = run_video([str(sb / "cam1" / "cam1.avi")], work / f"dbb_{mode}",
                                   ["--detections", str(sb / "cam1" / "gt" / "gt.txt"), "--appearance", mode],
@@ -180,20 +195,33 @@ def main(argv: list[str] | None = None) -> None:
             st = rep["stages"]
             busy[mode] = {"wall_s": wall, "ms_per_frame_embed_track": 1000 * (st["seconds"].get("embed", 0) +
                                                                             st["seconds"].get("track", 0) +
-                                                                            st["seconds"].get("crop", 0)) / 60,
+                                                                            st["seconds"].get("crop", 0)) / nb,
                           "embedded_crops": st["counts"].get("embedded", 0), "crops": st["counts"].get("crops", 0),
-                          "in_process_s": rep["seconds"]}
+                          "in_process_s": rep["seconds"], "cpu_s": rep["_cpu_s"]}
             print("busy", mode, json.dumps(busy[mode]), flush=True)
         out["busy"] = busy
 
     if not args.skip_cams:
-        s3 = scene("scene3", ["--cams", "3", "--ids", "12", "--frames", "100", "--size", "576x768", "--fps", "10"])
+        s3 = scene("scene3", ["--cams", "3", "--ids", "12", "--frames", str(args.cam_frames), "--size", args.cam_size,
+                              "--fps", "10"])
         vids = [str(s3 / f"cam{c}" / f"cam{c}.avi") for c in (1, 2, 3)]
         wall_one, rep = run_video(vids, work / "db3", [], ROOT, args.threads)
-        seq = [run_video([v], work / f"db3_{j}", [], ROOT, args.threads)[0] for j, v in enumerate(vids)]
+        seq_runs = [run_video([v], work / f"db3_{j}", [], ROOT, args.threads) for j, v in enumerate(vids)]
+        seq = [w for w, _r in seq_runs]
         out["three_cameras"] = {"one_run_s": wall_one, "sequential_s": sum(seq), "sequential_each_s": seq,
-                                "stages": rep["stages"]}
+                                "one_run_cpu_s": rep["_cpu_s"], "sequential_cpu_s": sum(r["_cpu_s"] for _w, r in seq_runs),
+                                "frames": args.cam_frames, "size": args.cam_size, "stages": rep["stages"]}
         print("3 cams", json.dumps(out["three_cameras"]), flush=True)
+    if args.dask:
+        s3 = scene("scene3", ["--cams", "3", "--ids", "12", "--frames", str(args.cam_frames), "--size", args.cam_size,
+                              "--fps", "10"])
+        vids = [str(s3 / f"cam{c}" / f"cam{c}.avi") for c in (1, 2, 3)]
+        dask = {}
+        for n in (1, 2):
+            wall, rep = run_video(vids, work / f"dbd{n}", ["--workers", str(n)], ROOT, args.threads)
+            dask[n] = {"wall_s": wall, "cpu_s_driver": rep["_cpu_s"], "tracklets": rep["tracklets"]}
+            print("dask", n, json.dumps(dask[n]), flush=True)
+        out["dask"] = dask
     out["load_after"] = os.getloadavg()
     write(out)
 
@@ -207,11 +235,15 @@ def write(out: dict) -> None:
              "Scene: 1 camera, 20 people, 768x576 at 10 frames/s (`reidkit scene OUT --cams 1 --ids 20 --frames "
              f"{out['args']['frames']} --size 576x768 --fps 10`), built-in HOG detector, ImageNet EfficientNet-Lite0.",
              "Real-time factor = video seconds / wall seconds of the whole `reidkit video` process.", "",
-             "| setting | wall s | real-time factor | HOTA | IDF1 | MOTA | purity | coverage | ID switches | tracklets |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU s: user + system seconds of the process (all threads); video s / CPU s is the real-time factor "
+             "the run would have on ONE free core (on two free cores the stages overlap: higher).", "",
+             "| setting | wall s | real-time factor (wall) | CPU s | video s / CPU s | HOTA | IDF1 | MOTA | purity | "
+             "coverage | ID switches | tracklets |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["settings"]:
         q = r["quality"]
-        lines.append(f"| {r['setting']} | {r['wall_s']:.1f} | {r['rtf']:.2f} | {100 * q['HOTA']:.1f} | "
+        lines.append(f"| {r['setting']} | {r['wall_s']:.1f} | {r['rtf']:.2f} | {r['cpu_s']:.1f} | {r['rtf_cpu']:.2f} | "
+                     f"{100 * q['HOTA']:.1f} | "
                      f"{100 * q['IDF1']:.1f} | {100 * q['MOTA']:.1f} | {100 * q['purity']:.1f}% | "
                      f"{100 * q['coverage']:.1f}% | {q['id_switches']} | {q['tracklets']} |")
     lines += ["", "Per stage (seconds summed over the run's threads; stages overlap):", "",
@@ -227,23 +259,31 @@ def write(out: dict) -> None:
                      f"{c.get('embedded', 0)} / {c.get('crops', 0)} | {st['crops_per_batch']} |")
     if "busy" in out:
         b = out["busy"]
-        lines += ["", f"Busy frames ({b['boxes_per_frame']:.1f} people per frame, ground-truth boxes, 60 frames):", "",
-                  "| appearance | crops embedded / seen | crop + embed + track ms per frame | process wall s |",
-                  "|---|---|---|---|"]
+        lines += ["", f"Busy frames ({b['boxes_per_frame']:.1f} people per frame, ground-truth boxes, {b['frames']} "
+                  "frames):", "",
+                  "| appearance | crops embedded / seen | crop + embed + track ms per frame | process wall s | CPU s |",
+                  "|---|---|---|---|---|"]
         for mode in ("all", "needed"):
             m = b[mode]
             lines.append(f"| {mode} | {m['embedded_crops']} / {m['crops']} | {m['ms_per_frame_embed_track']:.0f} | "
-                         f"{m['wall_s']:.1f} |")
+                         f"{m['wall_s']:.1f} | {m['cpu_s']:.1f} |")
     if "three_cameras" in out:
         t = out["three_cameras"]
         st = t["stages"]
-        lines += ["", "Three cameras (100 frames each, defaults): one run vs three sequential runs:", "",
-                  f"- one run: {t['one_run_s']:.1f} s; three runs: {t['sequential_s']:.1f} s "
-                  f"({', '.join(f'{v:.1f}' for v in t['sequential_each_s'])}); ratio "
-                  f"{t['sequential_s'] / t['one_run_s']:.2f}x",
+        lines += ["", f"Three cameras ({t['frames']} frames of {t['size']} each, defaults): one run vs three "
+                  "sequential runs:", "",
+                  f"- one run: {t['one_run_s']:.1f} s wall, {t['one_run_cpu_s']:.1f} CPU s; three runs: "
+                  f"{t['sequential_s']:.1f} s wall ({', '.join(f'{v:.1f}' for v in t['sequential_each_s'])}), "
+                  f"{t['sequential_cpu_s']:.1f} CPU s; wall ratio {t['sequential_s'] / t['one_run_s']:.2f}x",
                   f"- embedder calls: {st['embed_batches']}, crops per call {st['crops_per_batch']} (max "
                   f"{st['max_crops_per_batch']}), cameras per call {st['cameras_per_batch']}, calls mixing cameras "
                   f"{st['mixed_camera_batches']}"]
+    if "dask" in out:
+        d = out["dask"]
+        lines += ["", "The three cameras on a local Dask cluster (`reidkit video ... --workers N`, cluster start-up "
+                  "included):", "", f"- 1 worker: {d[1]['wall_s']:.1f} s; 2 workers: {d[2]['wall_s']:.1f} s; "
+                  f"ratio {d[1]['wall_s'] / d[2]['wall_s']:.2f}x (same tracklets: {d[1]['tracklets']} and "
+                  f"{d[2]['tracklets']})"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_video.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "bench_video.json").write_text(json.dumps(out, indent=2) + "\n")
