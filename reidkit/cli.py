@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", action="append", metavar="MODULE|FILE.py",
                         help="import your own registered parts first (repeatable, anywhere on the line; "
                              "also $REIDKIT_PLUGINS and the 'reidkit.plugins' entry points)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="threads for torch/OpenMP/faiss/OpenCV (default: the cores this process may use; "
+                             "see reidkit.utils.threads)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
         modname = f"reidkit.commands.{name}"
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from reidkit.utils.threads import configure_threads
+
+        configure_threads(args.threads)
         code = args.func(args)
     except ReIDError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -202,7 +202,9 @@ def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path
     argv = ["video", *run["args"], "--db", str(db)]
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_VIDEO_CRASH_AFTER": "3"}
-    p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
+    # one video at a time (--streams 1), so the kill point is known; the re-run takes both at once
+    p = subprocess.run([sys.executable, "-c", code, *argv, "--streams", "1"], env=env, capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == -9, p.stderr  # SIGKILLed right after its third commit (cam1, frame 60)
     partial = Gallery.open(db)
     keys = [video_key(v, c) for v, c in zip(run["scene"].videos, run["scene"].cameras)]
@@ -314,7 +316,7 @@ def test_onnx_detector_both_layouts(tmp_path):
     wr.release()
     db = tmp_path / "db"
     assert main(["video", str(video), "--db", str(db), "--detector", str(tmp_path / "v8.onnx"),
-                 "--weights", str(_tiny(tmp_path))]) == 0
+                 "--weights", str(_tiny(tmp_path)), "--detect-every", "1"]) == 0
     (t,) = Gallery.open(db).entries(kind="tracklet")
     assert (t["frame_start"], t["frame_end"], t["camera"]) == (1, 8, "still")
     assert t["t_end"] == pytest.approx(7 / 5.0)
@@ -339,7 +341,7 @@ def test_hog_default_detector_runs_end_to_end(run, tmp_path, capsys):
     assert boxes.shape == (0, 4) and scores.shape == (0,)
     db = tmp_path / "hogdb"
     assert main(["video", str(short), "--db", str(db), "--every", "2", "--chunk", "3", "--weights",
-                 str(_tiny(tmp_path))]) == 0
+                 str(_tiny(tmp_path)), "--detect-every", "1"]) == 0
     assert "short.avi: done, 6 frames" in capsys.readouterr().err
 
 

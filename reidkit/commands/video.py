@@ -42,7 +42,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ReID model (checkpoint or .onnx) for a new gallery (default: ImageNet EfficientNet-Lite0); "
                         "an existing gallery uses its own model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--every", type=at_most("--every", 1_000_000), default=1, help="process every N-th frame (default 1)")
+    p.add_argument("--every", type=at_most("--every", 1_000_000), default=1,
+                   help="read every N-th frame, skip the others (default 1)")
+    p.add_argument("--detect-every", type=at_most("--detect-every", 1000), default=None, metavar="N",
+                   help="detect and track on every N-th read frame; boxes between two detections of a track are "
+                        "interpolated (default: 1 with --detections files, 2 with a detector)")
+    p.add_argument("--detect-scale", type=bounded_float("--detect-scale", 0.05, 1.0), default=0.75,
+                   help="HOG detector: run on the frame scaled by this factor (default 0.75)")
+    p.add_argument("--appearance", choices=["needed", "all"], default="needed",
+                   help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
+                        "ambiguous detections, best-K crop candidates (needed, default)")
+    p.add_argument("--streams", type=at_most("--streams", 64), default=4,
+                   help="videos processed at once in this process, sharing one embedder (default 4)")
+    p.add_argument("--workers", type=at_most("--workers", 256), default=None,
+                   help="run the videos on a local Dask cluster of N worker processes (needs dask[distributed])")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="run the videos on a running Dask cluster (e.g. tcp://scheduler:8786)")
     p.add_argument("--chunk", type=at_most("--chunk", 1_000_000), default=50, help="processed frames per commit (default 50)")
     p.add_argument("--k", type=at_most("--k", 1000), default=4, help="best crops kept per tracklet (default 4)")
     p.add_argument("--min-len", type=at_most("--min-len", 1_000_000), default=3, help="shortest tracklet kept, in processed frames (default 3)")
@@ -102,11 +117,19 @@ def _run_video(args: argparse.Namespace) -> int:
     size = None
     if args.detector_size is not None:
         size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
-    rep = ingest(args.db, args.videos, cameras=args.camera, detections=args.detections, detector=args.detector,
-                 weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
-                 min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
-                 max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
-                 detector_size=size, person_class=args.person_class)
+    detect_every = args.detect_every if args.detect_every is not None else (1 if args.detections else 2)
+    kw = dict(cameras=args.camera, detections=args.detections, detector=args.detector,
+              weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
+              min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
+              max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
+              detector_size=size, person_class=args.person_class, detect_every=detect_every,
+              detect_scale=args.detect_scale, appearance=args.appearance)
+    if args.workers is not None or args.cluster is not None:
+        from reidkit.video.cluster import ingest_on_cluster
+
+        rep = ingest_on_cluster(args.db, args.videos, workers=args.workers, address=args.cluster, **kw)
+    else:
+        rep = ingest(args.db, args.videos, streams=args.streams, **kw)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:

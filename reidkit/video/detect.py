@@ -13,7 +13,9 @@ Three sources:
 - ``HogDetector``: OpenCV's HOG + linear SVM people detector (Dalal & Triggs, CVPR 2005), offline
   and built in. Its window is 64 x 128, so small frames are upscaled first (``min_height``) to let
   people shorter than 128 pixels be found; the window holds the person with a margin, so boxes are
-  shrunk to their central ``shrink`` = (0.6 w, 0.8 h); scores are the SVM margins.
+  shrunk to their central ``shrink`` = (0.6 w, 0.8 h); scores are the SVM margins. ``detect_scale``
+  (< 1) runs it on a downscaled frame: its cost falls with the pixel count, people shorter than
+  about 100 / detect_scale pixels are missed (measured in benchmarks/bench_video.py).
 """
 from __future__ import annotations
 
@@ -172,8 +174,12 @@ class HogDetector:
     """OpenCV's HOG people detector (the offline default); `min_height`: upscale frames lower than this."""
 
     def __init__(self, min_height: int = 480, scale: float = 1.05, win_stride: int = 8,
-                 hit_threshold: float = 0.0, iou: float = 0.45, shrink: tuple[float, float] = (0.6, 0.8)) -> None:
+                 hit_threshold: float = 0.0, iou: float = 0.45, shrink: tuple[float, float] = (0.6, 0.8),
+                 detect_scale: float = 1.0) -> None:
         import cv2
+
+        if not (np.isfinite(detect_scale) and 0.05 <= float(detect_scale) <= 4.0):
+            raise ReIDError(f"--detect-scale: expected a factor in [0.05, 4], got {detect_scale}")
 
         if not hasattr(cv2, "HOGDescriptor"):
             raise ReIDError(f"the HOG detector needs OpenCV 4.x (cv2 {cv2.__version__} has no HOGDescriptor); "
@@ -183,14 +189,16 @@ class HogDetector:
         self.min_height, self.scale, self.stride = int(min_height), float(scale), int(win_stride)
         self.hit_threshold, self.iou = float(hit_threshold), float(iou)
         self.shrink = (float(shrink[0]), float(shrink[1]))
+        self.detect_scale = float(detect_scale)
 
     def __call__(self, frame: np.ndarray, index: int = 0) -> Detections:
         """Person boxes and SVM scores of a BGR frame."""
         import cv2
 
         h, w = frame.shape[:2]
-        f = max(1.0, self.min_height / h)
-        img = cv2.resize(frame, (round(w * f), round(h * f))) if f > 1.0 else frame
+        f = max(1.0, self.min_height / h) * self.detect_scale
+        img = cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA if f < 1 else
+                         cv2.INTER_LINEAR) if f != 1.0 else frame
         rects, weights = self.hog.detectMultiScale(img, hitThreshold=self.hit_threshold,
                                                    winStride=(self.stride, self.stride), padding=(8, 8),
                                                    scale=self.scale)

@@ -19,40 +19,36 @@ the tracklets an uninterrupted run produces: none duplicated (ended ones were co
 state that excludes them), none lost (open ones are in the state). A finished video's state says
 ``done`` and a re-run skips it. Everything a run can reject (unreadable video, zero frames,
 malformed detections) is checked for every video before the first commit.
+
+The work of one video is reidkit.video.pipeline.process_video (a generator of commit chunks); this
+module drives it: the videos of a run go in parallel threads (at most ``streams`` at once) sharing
+one embedder (batches mix cameras), and this thread commits their chunks, one writer. Two runs
+given the same video and gallery: the second waits for the first (a per-video lock beside the
+gallery, like the writer lock), then finds the video done (or partly done) and skips (or resumes) it.
+Videos can also run on a Dask cluster (reidkit.video.cluster).
 """
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from reidkit.errors import ReIDError
-from reidkit.video.decode import VideoInfo, iter_frames, probe, safe_name, video_key
-from reidkit.video.embedder import Embedder, clip_boxes, crop_boxes
-from reidkit.video.track import Tracker
-from reidkit.video.tracklets import OpenTracklet
+from reidkit.video.decode import probe, video_key
+from reidkit.video.embedder import Embedder
+from reidkit.video.pipeline import (THUMBS, Chunk, Settings, SharedEmbedder, Stats, VideoJob, VideoLock,
+                                    check_settings, commit, process_video, resume_state)
 
-THUMBS = "thumbs"
+__all__ = ["THUMBS", "CRASH_ENV", "VideoJob", "Settings", "create_gallery", "open_gallery", "prepare_jobs",
+           "ingest", "run_jobs"]
+
 CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after that many commits
-STATE_VERSION = 1
-
-
-@dataclass
-class VideoJob:
-    """One video to ingest, validated."""
-
-    info: VideoInfo
-    camera: str
-    key: str
-    detector: Any
-    detector_name: str
-    start_time: float = 0.0
+DEFAULT_STREAMS = 4
 
 
 def _stderr(msg: str) -> None:
@@ -60,10 +56,17 @@ def _stderr(msg: str) -> None:
 
 
 def create_gallery(db: Path, embedder: Embedder) -> Any:
-    """A new empty flat gallery at `db` for the embedder's model (tracklets are then added to it)."""
+    """A new empty flat gallery at `db` for the embedder's model; one made meanwhile by another run is opened."""
     from reidkit.retrieval.index import Gallery
 
-    return Gallery.create(db, embedder.extractor)
+    try:
+        return Gallery.create(db, embedder.extractor)
+    except ReIDError:
+        if not Gallery.exists(db):
+            raise
+    gallery = Gallery.open(db)  # another `reidkit video` created it between our look and our publish
+    gallery.check_identity(embedder.identity)
+    return gallery
 
 
 def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
@@ -91,10 +94,8 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
                  detections: Sequence[str | os.PathLike] | None = None, detector: str | os.PathLike | None = None,
                  conf: float = 0.25, start_times: Sequence[float] | None = None,
                  hog_min_height: int = 480, detector_size: tuple[int, int] | None = None,
-                 person_class: int = 0) -> list[VideoJob]:
+                 person_class: int = 0, detect_scale: float = 1.0) -> list[VideoJob]:
     """Validate every input (videos readable with frames, detection files well-formed) before any work."""
-    from reidkit.video.detect import HogDetector, MotDetections, OnnxDetector
-
     if not videos:
         raise ReIDError("give at least one video")
     n = len(videos)
@@ -113,156 +114,175 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
             raise ReIDError(f"videos {seen[cam]} and {info.path} would both be camera {cam!r} (named after the file); "
                             f"name them with --camera")
         seen[cam] = info.path
-    shared = None
+    shared_spec: dict[str, Any] = {}
+    shared_det = None
     if not detections:
-        shared = (OnnxDetector(detector, conf=conf, input_size=detector_size, person_class=person_class)
-                  if detector is not None else HogDetector(min_height=hog_min_height))
-        shared_name = f"onnx:{Path(detector).name}" if detector is not None else "hog"
+        if detector is not None:
+            shared_spec = {"kind": "onnx", "path": str(Path(detector).expanduser().absolute()), "conf": float(conf),
+                           "input_size": list(detector_size) if detector_size else None,
+                           "person_class": int(person_class)}
+            shared_name = f"onnx:{Path(detector).name}"
+        else:
+            shared_spec = {"kind": "hog", "min_height": int(hog_min_height), "scale": float(detect_scale)}
+            shared_name = "hog"
+        from reidkit.video.pipeline import build_detector
+
+        shared_det = build_detector(shared_spec)  # refused here, before any work, when it cannot be built
     jobs = []
     for i, info in enumerate(infos):
         if detections:
-            det, name = MotDetections(detections[i]), f"mot:{Path(detections[i]).name}"
+            spec = {"kind": "mot", "path": str(Path(detections[i]).expanduser().absolute())}
+            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), spec,
+                           f"mot:{Path(detections[i]).name}", float(start_times[i]) if start_times else 0.0)
+            job.detector  # noqa: B018 - parse the file now: a malformed row fails before any commit
         else:
-            det, name = shared, shared_name
-        jobs.append(VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), det, name,
-                             float(start_times[i]) if start_times else 0.0))
+            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), shared_spec, shared_name,
+                           float(start_times[i]) if start_times else 0.0, shared_det)
+        jobs.append(job)
     return jobs
 
 
-def _crash_hook(commits: int) -> None:
-    limit = os.environ.get(CRASH_ENV)
-    if limit and commits >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
+class _Committer:
+    """The one writer: commits chunks, reports progress, counts commits (for the crash test hook)."""
 
+    def __init__(self, gallery: Any, progress: Callable[[str], None]) -> None:
+        self.g, self.say, self.commits = gallery, progress, 0
+        self.frames: dict[str, int] = {}
+        self.t0: dict[str, float] = {}
 
-class _Ingest:
-    """One video's run: the loop, the chunk commits."""
-
-    def __init__(self, gallery: Any, embedder: Embedder, job: VideoJob, every: int, chunk: int, k: int,
-                 min_len: int, tracker_kw: dict[str, Any], progress: Callable[[str], None]) -> None:
-        self.g, self.emb, self.job = gallery, embedder, job
-        self.every, self.chunk, self.k, self.min_len = every, chunk, k, min_len
-        self.tracker = Tracker(**tracker_kw)
-        self.tracker_kw = tracker_kw
-        self.progress = progress
-        self.open: dict[str, OpenTracklet] = {}
-        self.pending: list[OpenTracklet] = []
-        self.committed = 0
-        self.thumbs = Path(gallery.files_dir) / THUMBS
-
-    @property
-    def state_key(self) -> str:
-        return f"video:{self.job.key}"
-
-    def _settings(self) -> dict[str, Any]:
-        return {"every": self.every, "detector": self.job.detector_name, "k": self.k, "min_len": self.min_len,
-                "tracker": self.tracker_kw, "camera": self.job.camera}
-
-    def _state(self, next_frame: int, done: bool) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "video": str(self.job.info.path), "settings": self._settings(),
-                "next_frame": int(next_frame), "done": bool(done), "tracklets": self.committed,
-                "tracker": None if done else self.tracker.state_dict(),
-                "open": [] if done else [t.to_state() for t in self.open.values()]}
-
-    def _entry(self, t: OpenTracklet) -> tuple[np.ndarray, dict[str, Any]]:
-        from reidkit.utils.io import atomic_write_bytes
-
-        job, fps = self.job, self.job.info.fps
-        key = f"{job.key}.t{safe_name(t.track_id)}"
-        best = sorted(t.best, key=lambda c: c["frame"])  # thumbnails in time order
-        names = []
-        self.thumbs.mkdir(parents=True, exist_ok=True)
-        for i, c in enumerate(best):
-            name = f"{key}_{i}.jpg"
-            atomic_write_bytes(self.thumbs / name, c["jpeg"])
-            names.append(name)
-        f0, f1 = int(t.boxes[0][0]), int(t.boxes[-1][0])
-        entry = {"path": str(self.thumbs / names[0]), "kind": "tracklet", "tracklet": key, "camera": job.camera,
-                 "frame_start": f0 + 1, "frame_end": f1 + 1,
-                 "t_start": job.start_time + f0 / fps, "t_end": job.start_time + f1 / fps,
-                 "meta": {"video": str(job.info.path), "video_key": job.key, "track_id": t.track_id, "fps": fps,
-                          "boxes": [[int(b[0]) + 1, *b[1:]] for b in t.boxes],
-                          "thumbs": names, "thumb_frames": [c["frame"] + 1 for c in best],
-                          "quality": [round(c["q"], 4) for c in best], "detector": job.detector_name}}
-        return t.feature(), entry
-
-    def _finish(self, tid: str) -> None:
-        t = self.open.pop(tid, None)
-        if t is not None and t.confirmed and len(t.boxes) >= self.min_len:
-            self.pending.append(t)
-
-    def _commit(self, next_frame: int, done: bool) -> None:
-        made = [self._entry(t) for t in self.pending]
-        feats = np.stack([f for f, _ in made]) if made else np.zeros((0, self.emb.dim), np.float32)
-        before = self.committed
-        self.committed += len(made)  # the state records the count including this commit
-        try:
-            self.g.add_entries(feats, [e for _, e in made], state={self.state_key: self._state(next_frame, done)})
-        except BaseException:
-            self.committed = before
-            raise
-        self.pending = []
+    def __call__(self, job: VideoJob, chunk: Chunk) -> None:
+        commit(self.g, chunk)
         self.commits += 1
-        _crash_hook(self.commits)
+        limit = os.environ.get(CRASH_ENV)
+        if limit and self.commits >= int(limit):
+            os.kill(os.getpid(), signal.SIGKILL)
+        n = self.frames[job.key] = self.frames.get(job.key, 0) + chunk.frames
+        rate = n / max(time.perf_counter() - self.t0.setdefault(job.key, time.perf_counter()), 1e-9)
+        if not chunk.done:
+            total = f"/{job.info.frame_count}" if job.info.frame_count else ""
+            self.say(f"[{job.camera}] frame {chunk.last_frame + 1}{total}  {rate:.1f} frames/s  "
+                     f"tracklets {chunk.state['tracklets']} (+{len(chunk.state['open'])} open)")
+        else:
+            self.say(f"[{job.camera}] {job.info.path.name}: done, {n} frames at {rate:.1f} frames/s, "
+                     f"{chunk.state['tracklets']} tracklets")
 
-    def run(self) -> dict[str, Any]:
-        job = self.job
-        info = job.info
-        state = self.g.get_state(self.state_key)
-        start, resumed = 0, False
+
+def _report(job: VideoJob, state: dict[str, Any] | None, resumed: dict[str, Any] | None, frames: int,
+            seconds: float) -> dict[str, Any]:
+    return {"video": str(job.info.path), "camera": job.camera, "key": job.key, "skipped": False,
+            "tracklets": int(state["tracklets"]) if state else 0, "frames": frames,
+            "resumed_from": int(resumed["next_frame"]) + 1 if resumed else None,
+            "frames_per_s": round(frames / max(seconds, 1e-9), 2)}
+
+
+def _skipped(job: VideoJob, state: dict[str, Any]) -> dict[str, Any]:
+    return {"video": str(job.info.path), "camera": job.camera, "key": job.key, "skipped": True,
+            "tracklets": int(state.get("tracklets", 0)), "resumed_from": None}
+
+
+def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Settings,
+             progress: Callable[[str], None] = _stderr, streams: int = DEFAULT_STREAMS,
+             stats: Stats | None = None) -> list[dict[str, Any]]:
+    """Ingest `jobs` into `gallery`: up to `streams` videos at once sharing `embedder`; this thread commits."""
+    stats = stats if stats is not None else Stats()
+    write = _Committer(gallery, progress)
+    reports: dict[str, dict[str, Any]] = {}
+    out: queue.Queue = queue.Queue(maxsize=2 * max(1, int(streams)))
+    shared = SharedEmbedder(embedder, stats) if len(jobs) > 1 and streams > 1 else None
+    failed = threading.Event()
+
+    def plan(job: VideoJob) -> dict[str, Any] | None:
+        state = resume_state(gallery, job, settings)
+        if state is not None and state.get("done"):
+            progress(f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "
+                     f"tracklets), skipped")
+            reports[job.key] = _skipped(job, state)
+            return None
         if state is not None:
-            if state.get("settings") != self._settings():
-                raise ReIDError(f"video {info.path} (camera {job.camera}) was partly ingested into {self.g.db} with "
-                                f"other settings ({state.get('settings')}); re-run with those, or delete its "
-                                f"tracklets and state first")
-            if state.get("done"):
-                self.progress(f"[{job.camera}] {info.path.name}: already ingested ({state.get('tracklets', 0)} "
-                              f"tracklets), skipped")
-                return {"video": str(info.path), "camera": job.camera, "key": job.key, "skipped": True,
-                        "tracklets": int(state.get("tracklets", 0)), "resumed_from": None}
-            start, resumed = int(state["next_frame"]), True
-            self.tracker.load_state_dict(state["tracker"])
-            self.open = {d["track_id"]: OpenTracklet.from_state(d) for d in state["open"]}
-            self.committed = int(state.get("tracklets", 0))
-            self.progress(f"[{job.camera}] {info.path.name}: resuming at frame {start + 1} "
-                          f"({self.committed} tracklets already committed)")
-        self.commits = 0
-        W, H = info.width, info.height
-        t0, n_done, last, next_frame = time.perf_counter(), 0, start - self.every, start
-        for idx, frame in iter_frames(info.path, start=start, every=self.every):
-            if frame.shape[0] != H or frame.shape[1] != W:
-                raise ReIDError(f"video {info.path}: frame {idx + 1} is {frame.shape[1]}x{frame.shape[0]}, "
-                                f"expected {W}x{H}")
-            boxes, scores = job.detector(frame, idx)
-            if len(boxes):
-                boxes = clip_boxes(boxes, W, H).astype(np.float32)  # positive sizes inside the frame
-            crops = crop_boxes(frame, boxes) if len(boxes) else []
-            feats = self.emb.embed_crops(crops)
-            matched, ended = self.tracker.update(boxes, scores, feats)
-            for tid, di, confirmed in matched:
-                tr = self.open.setdefault(tid, OpenTracklet(tid))
-                tr.observe(idx, boxes[di], float(scores[di]), feats[di], crops[di], W, H, self.k, confirmed)
-            for tid in ended:
-                self._finish(tid)
-            n_done += 1
-            last, next_frame = idx, idx + self.every
-            if (idx // self.every + 1) % self.chunk == 0:
-                self._commit(next_frame, done=False)
-                rate = n_done / max(time.perf_counter() - t0, 1e-9)
-                total = f"/{info.frame_count}" if info.frame_count else ""
-                self.progress(f"[{job.camera}] frame {idx + 1}{total}  {rate:.1f} frames/s  "
-                              f"tracklets {self.committed} (+{len(self.open)} open)")
-        if last < 0 and not resumed:
-            raise ReIDError(f"video {info.path}: no frames could be decoded")
-        for tid in list(self.open):
-            self._finish(tid)
-        self._commit(next_frame, done=True)
-        rate = n_done / max(time.perf_counter() - t0, 1e-9)
-        self.progress(f"[{job.camera}] {info.path.name}: done, {n_done} frames at {rate:.1f} frames/s, "
-                      f"{self.committed} tracklets")
-        return {"video": str(info.path), "camera": job.camera, "key": job.key, "skipped": False,
-                "tracklets": self.committed, "frames": n_done, "resumed_from": start + 1 if resumed else None,
-                "frames_per_s": round(rate, 2)}
+            progress(f"[{job.camera}] {job.info.path.name}: resuming at frame {int(state['next_frame']) + 1} "
+                     f"({state.get('tracklets', 0)} tracklets already committed)")
+        return {"state": state}
+
+    def one(job: VideoJob, emb: Any, sink: Callable[[VideoJob, Chunk], None]) -> None:
+        with VideoLock(gallery.files_dir, job.key, on_wait=progress):
+            p = plan(job)
+            if p is None:
+                return
+            t0, frames, last = time.perf_counter(), 0, p["state"]
+            write.t0[job.key] = t0
+            for chunk in process_video(job, settings, emb, p["state"], stats):
+                if failed.is_set():
+                    return
+                frames += chunk.frames
+                sink(job, chunk)
+                last = chunk.state
+            secs = time.perf_counter() - t0
+            reports[job.key] = _report(job, last, p["state"], frames, secs)
+
+    if shared is None:  # one stream: this thread runs the generator and commits
+        for job in jobs:
+            one(job, embedder, write)
+        return [reports[j.key] for j in jobs]
+
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+
+    def worker() -> None:
+        while not failed.is_set():
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                break
+            client = shared.client(job.camera)
+            try:
+                def sink(j: VideoJob, c: Chunk) -> None:
+                    acked = threading.Event()
+                    while True:  # bounded: a slow writer holds the videos back
+                        if failed.is_set():
+                            raise ReIDError("stopped: another video of this run failed")
+                        try:
+                            out.put(("chunk", j, (c, acked)), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    # the video's lock is released after its last chunk is COMMITTED: a second run waiting
+                    # for it must then find the video done
+                    while c.done and not acked.wait(0.1):
+                        if failed.is_set():
+                            raise ReIDError("stopped: another video of this run failed")
+
+                one(job, client, sink)
+            except BaseException as exc:  # noqa: BLE001 - handed to the committing thread
+                out.put(("error", job, exc))
+                return
+            finally:
+                client.close()
+        out.put(("exit", None, None))
+
+    n_workers = min(int(streams), len(jobs))
+    threads = [threading.Thread(target=worker, name=f"reidkit-video-{i}", daemon=True) for i in range(n_workers)]
+    for t in threads:
+        t.start()
+    try:
+        exited = 0
+        while exited < n_workers:
+            kind, job, payload = out.get()
+            if kind == "exit":
+                exited += 1
+            elif kind == "error":
+                raise payload
+            else:
+                write(job, payload[0])
+                payload[1].set()
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=30)
+        shared.close()
+    return [reports[j.key] for j in jobs]
 
 
 def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: Sequence[str] | None = None,
@@ -272,14 +292,16 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
            start_times: Sequence[float] | None = None, batch_size: int = 64, hog_min_height: int = 480,
            max_age: int = 15, n_init: int = 3, max_cosine_distance: float = 0.1,
            progress: Callable[[str], None] | None = _stderr, embedder: Embedder | None = None,
-           detector_size: tuple[int, int] | None = None, person_class: int = 0) -> dict[str, Any]:
+           detector_size: tuple[int, int] | None = None, person_class: int = 0,
+           detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all",
+           streams: int = DEFAULT_STREAMS) -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring."""
-    for name, v in (("--every", every), ("--chunk", chunk), ("--k", k), ("--min-len", min_len),
-                    ("--max-age", max_age), ("--n-init", n_init)):
-        if int(v) < 1:
-            raise ReIDError(f"{name}: must be >= 1, got {v}")
+    settings = check_settings(Settings(int(every), int(chunk), int(k), int(min_len), int(max_age), int(n_init),
+                                       float(max_cosine_distance), int(detect_every), str(appearance)))
+    if int(streams) < 1:
+        raise ReIDError(f"--streams: must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
-                        detector_size, person_class)
+                        detector_size, person_class, detect_scale)
     if embedder is not None:
         from reidkit.retrieval.index import Gallery
 
@@ -289,9 +311,10 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     else:
         gallery, embedder = open_gallery(db, weights, device, batch_size, flip)
     say = progress or (lambda _m: None)
-    tracker_kw = {"max_age": int(max_age), "n_init": int(n_init), "max_cosine_distance": float(max_cosine_distance)}
-    reports = [_Ingest(gallery, embedder, job, int(every), int(chunk), int(k), int(min_len), tracker_kw, say).run()
-               for job in jobs]
+    stats = Stats()
+    t0 = time.perf_counter()
+    reports = run_jobs(gallery, embedder, jobs, settings, say, int(streams), stats)
     gallery.refresh()
     return {"db": str(gallery.db), "videos": reports, "tracklets": sum(r["tracklets"] for r in reports),
-            "gallery_tracklets": len(gallery.entries(kind="tracklet"))}
+            "gallery_tracklets": len(gallery.entries(kind="tracklet")),
+            "seconds": round(time.perf_counter() - t0, 3), "stages": stats.report()}

@@ -102,7 +102,7 @@ def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request
         authorize(request)
         if not _THUMB_RX.match(name) or ".." in name:
             raise HTTPException(400, detail="thumbnail: expected a file name like <tracklet>_<n>.jpg")
-        folder = (Path(get_gallery().db) / "thumbs").resolve()
+        folder = (Path(get_gallery().files_dir) / "thumbs").resolve()
         path = folder / name
         if path.parent != folder or not path.is_file():
             raise HTTPException(404, detail=f"no thumbnail {name}")

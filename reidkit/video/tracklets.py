@@ -63,13 +63,31 @@ class OpenTracklet:
     best: list[dict[str, Any]] = field(default_factory=list)  # {q, frame, feat (D,), jpeg (bytes)}
     confirmed: bool = False
 
+    def would_keep(self, q: float, k: int) -> bool:
+        """True when a crop of quality `q` would enter the best K (so its real feature is needed)."""
+        return len(self.best) < k or q > self.best[-1]["q"]
+
     def observe(self, frame: int, box: Any, conf: float, feat: np.ndarray, crop_rgb: np.ndarray,
-                width: int, height: int, k: int, confirmed: bool) -> None:
-        """Add one observation; keep its crop when it is among the K best."""
+                width: int, height: int, k: int, confirmed: bool, q: float | None = None,
+                fill_step: int | None = None, fill_gap: int | None = None) -> None:
+        """Add one observation; keep its crop when it is among the K best.
+
+        With `fill_step`, a gap of at most `fill_gap` frames since this track's previous box (the
+        frames between two detections) is filled with boxes every `fill_step` frames, linearly
+        interpolated (confidence too).
+        """
+        if fill_step and self.boxes and 0 < int(frame) - self.boxes[-1][0] <= int(fill_gap or fill_step):
+            prev = self.boxes[-1]
+            cur = [int(frame), *(float(v) for v in box), float(conf)]
+            for f in range(prev[0] + fill_step, int(frame), fill_step):
+                a = (f - prev[0]) / (int(frame) - prev[0])
+                self.boxes.append([f, *(round(p + a * (c - p), 2) for p, c in zip(prev[1:5], cur[1:5])),
+                                   round(prev[5] + a * (cur[5] - prev[5]), 4)])
         self.boxes.append([int(frame), *(round(float(v), 2) for v in box), round(float(conf), 4)])
         self.confirmed = self.confirmed or confirmed
-        q = crop_quality(crop_rgb, box, conf, width, height)
-        if len(self.best) >= k and q <= self.best[-1]["q"]:
+        if q is None:
+            q = crop_quality(crop_rgb, box, conf, width, height)
+        if not self.would_keep(q, k):
             return
         self.best.append({"q": q, "frame": int(frame), "feat": np.asarray(feat, np.float32),
                           "jpeg": thumbnail_jpeg(crop_rgb)})
@@ -86,7 +104,7 @@ class OpenTracklet:
         """JSON-able form (for the resume state)."""
         from reidkit.video.track import encode
 
-        return {"track_id": self.track_id, "boxes": self.boxes, "confirmed": self.confirmed,
+        return {"track_id": self.track_id, "boxes": [list(b) for b in self.boxes], "confirmed": self.confirmed,
                 "best": [{"q": c["q"], "frame": c["frame"], "feat": encode(c["feat"]),
                           "jpeg": base64.b64encode(c["jpeg"]).decode("ascii")} for c in self.best]}
 

@@ -1,0 +1,210 @@
+"""`reidkit video --workers N | --cluster ADDRESS`: videos ingested on a Dask cluster, one writer.
+
+Each video is a chain of Dask tasks. A task runs reidkit.video.pipeline.process_video from a given
+state for a segment of ``segment`` chunks and returns those chunks (tracklet features, entries,
+thumbnails, the state after each); the driver commits them in order (the one writer of an
+embedded gallery) and submits the video's next segment from the last state. Videos run in parallel,
+one task per worker at a time.
+
+Exactly once. A task is a pure function of (job, settings, model, state): a worker killed mid-task
+makes Dask run it again elsewhere, from the same state, giving the same chunks, and nothing of the
+killed attempt was committed. A killed driver leaves each video at its last committed chunk (the
+gallery state per video key), where the next run resumes, as without a cluster.
+
+With a Milvus gallery (``--db milvus:<uri>``, reidkit.retrieval) the workers commit their chunks
+themselves through ``Gallery.open(db)`` (writes there are idempotent by content), after reading the
+video's stored state so that a retried task resumes from what its killed attempt committed; the
+driver only chains the segments.
+
+Local clusters (``--workers N``) listen on 127.0.0.1 only: ``LocalCluster(host="127.0.0.1",
+n_workers=N, threads_per_worker=1, processes=True)``, no dashboard.
+"""
+from __future__ import annotations
+
+import os
+import time
+from itertools import islice
+from typing import Any, Callable, Sequence
+
+from reidkit.errors import ReIDError
+from reidkit.video.pipeline import (Chunk, Settings, Stats, VideoJob, VideoLock, check_settings, commit,
+                                    process_video, resume_state)
+
+CRASH_ENV = "REIDKIT_VIDEO_WORKER_CRASH"  # tests: a file; the first task that renames it away exits its worker
+DEFAULT_SEGMENT = 4
+_EMBEDDERS: dict[tuple, Any] = {}
+
+
+def _need_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ReIDError("--workers / --cluster need Dask: pip install 'reidkit[dask]' "
+                        "(dask[distributed])") from None
+    return distributed
+
+
+def _embedder(model: dict[str, Any]) -> Any:
+    """The worker's embedder for `model` (loaded once per worker process)."""
+    key = tuple(sorted(model.items()))
+    if key not in _EMBEDDERS:
+        from reidkit.video.embedder import Embedder
+
+        _EMBEDDERS[key] = Embedder(model["weights"], device=model["device"], batch_size=model["batch_size"],
+                                   flip=model["flip"])
+    return _EMBEDDERS[key]
+
+
+def _crash_once() -> None:
+    flag = os.environ.get(CRASH_ENV)
+    if flag:
+        try:
+            os.rename(flag, flag + ".fired")  # atomic: one task, in one worker, wins
+        except OSError:
+            return
+        os._exit(1)
+
+
+def run_segment(job: VideoJob, settings: Settings, model: dict[str, Any], state: dict[str, Any] | None,
+                segment: int, db: str | None = None) -> dict[str, Any]:
+    """One task: up to `segment` chunks of `job` from `state`; with `db` (Milvus) commit them here too."""
+    emb = _embedder(model)
+    stats = Stats()
+    if db is not None:
+        from reidkit.retrieval.index import Gallery
+
+        gallery = Gallery.open(db)
+        stored = gallery.get_state(f"video:{job.key}")
+        if stored is not None and (state is None or stored.get("done") or
+                                   int(stored["next_frame"]) > int(state["next_frame"])):
+            state = stored  # a killed attempt of this task committed some chunks already
+    chunks: list[Chunk] = []
+    for i, chunk in enumerate(islice(process_video(job, settings, emb, state, stats), int(segment))):
+        if db is not None:
+            commit(gallery, chunk)
+            chunk = Chunk(chunk.key, chunk.camera, chunk.features[:0], [], {}, chunk.state, chunk.frames,
+                          chunk.last_frame, chunk.seconds)
+        chunks.append(chunk)
+        if i == 0 and not chunk.done:
+            _crash_once()
+    last = chunks[-1].state if chunks else state
+    return {"chunks": chunks, "identity": emb.identity, "stats": stats.report(), "state": last}
+
+
+def _model_spec(gallery: Any, weights: Any, device: Any, batch_size: int, flip: bool) -> dict[str, Any]:
+    src = getattr(gallery.identity, "source", None)
+    if weights is None and src not in (None, "imagenet"):
+        weights = src
+    return {"weights": None if weights is None else str(weights), "device": device, "batch_size": int(batch_size),
+            "flip": bool(flip)}
+
+
+def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike], workers: int | None = None,
+                      address: str | None = None, client: Any = None, segment: int = DEFAULT_SEGMENT,
+                      progress: Callable[[str], None] | None = None, **kw: Any) -> dict[str, Any]:
+    """`reidkit.video.ingest.ingest` with each video's work on Dask workers (see the module docstring).
+
+    One of `workers` (a local cluster on 127.0.0.1), `address` (a running scheduler) or `client`.
+    Other keyword arguments are those of `ingest` (streams excepted).
+    """
+    from reidkit.video.ingest import _stderr, open_gallery, prepare_jobs
+
+    say = progress if progress is not None else _stderr
+    if segment < 1:
+        raise ReIDError(f"segment: must be >= 1, got {segment}")
+    if workers is not None and int(workers) < 1:
+        raise ReIDError(f"--workers: must be >= 1, got {workers}")
+    if workers is not None and address is not None:
+        raise ReIDError("give --workers (a local cluster) or --cluster ADDRESS, not both")
+    distributed = _need_distributed()
+    settings = check_settings(Settings(int(kw.pop("every", 1)), int(kw.pop("chunk", 50)), int(kw.pop("k", 4)),
+                                       int(kw.pop("min_len", 3)), int(kw.pop("max_age", 15)),
+                                       int(kw.pop("n_init", 3)), float(kw.pop("max_cosine_distance", 0.1)),
+                                       int(kw.pop("detect_every", 1)), str(kw.pop("appearance", "all"))))
+    jobs = prepare_jobs(videos, kw.pop("cameras", None), kw.pop("detections", None), kw.pop("detector", None),
+                        kw.pop("conf", 0.25), kw.pop("start_times", None), kw.pop("hog_min_height", 480),
+                        kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0))
+    weights, device = kw.pop("weights", None), kw.pop("device", None)
+    batch_size, flip = int(kw.pop("batch_size", 64)), bool(kw.pop("flip", False))
+    if kw:
+        raise ReIDError(f"ingest_on_cluster: unknown options {', '.join(sorted(kw))}")
+    direct = str(db).startswith("milvus:")
+    if direct:
+        from reidkit.retrieval.index import Gallery
+
+        gallery = Gallery.open(str(db))
+    else:
+        gallery, _emb = open_gallery(db, weights, device, batch_size, flip)
+    model = _model_spec(gallery, weights, device, batch_size, flip)
+
+    own = None
+    if client is None:
+        if address is not None:
+            client = distributed.Client(address)
+        else:
+            own = distributed.LocalCluster(host="127.0.0.1", n_workers=int(workers or 1), threads_per_worker=1,
+                                           processes=True, dashboard_address=None)
+            client = distributed.Client(own)
+    t0 = time.perf_counter()
+    reports: dict[str, dict[str, Any]] = {}
+    locks: list[VideoLock] = []
+    try:
+        pending: dict[Any, VideoJob] = {}
+        started: dict[str, dict[str, Any] | None] = {}
+        frames: dict[str, int] = {}
+        for job in jobs:
+            if not direct:
+                lock = VideoLock(gallery.files_dir, job.key, on_wait=say)
+                lock.__enter__()
+                locks.append(lock)
+            state = resume_state(gallery, job, settings)
+            if state is not None and state.get("done"):
+                say(f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "
+                    f"tracklets), skipped")
+                reports[job.key] = {"video": str(job.info.path), "camera": job.camera, "key": job.key,
+                                    "skipped": True, "tracklets": int(state.get("tracklets", 0)),
+                                    "resumed_from": None}
+                continue
+            if state is not None:
+                say(f"[{job.camera}] {job.info.path.name}: resuming at frame {int(state['next_frame']) + 1}")
+            started[job.key], frames[job.key] = state, 0
+            fut = client.submit(run_segment, job, settings, model, state, segment, str(db) if direct else None,
+                                pure=False)
+            pending[fut] = job
+        ac = distributed.as_completed(list(pending))
+        checked = False
+        for fut in ac:
+            job = pending.pop(fut)
+            res = fut.result()
+            if not checked and not direct:
+                gallery.check_identity(res["identity"])
+                checked = True
+            for chunk in res["chunks"]:
+                if not direct:
+                    commit(gallery, chunk)
+                frames[job.key] += chunk.frames
+                say(f"[{job.camera}] frame {chunk.last_frame + 1}: {chunk.state['tracklets']} tracklets"
+                    + (", done" if chunk.done else ""))
+            last = res["state"]
+            if last is not None and not last.get("done"):
+                nxt = client.submit(run_segment, job, settings, model, last, segment, str(db) if direct else None,
+                                    pure=False)
+                pending[nxt] = job
+                ac.add(nxt)
+            else:
+                st = started[job.key]
+                reports[job.key] = {"video": str(job.info.path), "camera": job.camera, "key": job.key,
+                                    "skipped": False, "tracklets": int(last["tracklets"]) if last else 0,
+                                    "frames": frames[job.key],
+                                    "resumed_from": int(st["next_frame"]) + 1 if st else None}
+    finally:
+        for lock in locks:
+            lock.__exit__(None, None, None)
+        if own is not None:
+            client.close()
+            own.close()
+    gallery.refresh()
+    rep = [reports[j.key] for j in jobs]
+    return {"db": str(gallery.db), "videos": rep, "tracklets": sum(r["tracklets"] for r in rep),
+            "gallery_tracklets": len(gallery.entries(kind="tracklet")),
+            "seconds": round(time.perf_counter() - t0, 3)}

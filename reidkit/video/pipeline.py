@@ -1,0 +1,613 @@
+"""One video as a stream of commit chunks, and the stages that produce them.
+
+The seam. ``process_video(job, settings, embedder, resume)`` is a generator of ``Chunk`` objects,
+independent of any gallery: each chunk holds the tracklets that ended in it (features, entries,
+thumbnail JPEGs) and the video's exact state after it (next frame to read, the whole tracker, the
+tracklets still open). ``commit(gallery, chunk)`` writes the thumbnails and then ONE
+``Gallery.add_entries`` call (entries + state ``video:<key>``). Whoever drives the generator decides
+where it runs (this thread, a thread per video, a Dask worker) and who commits (the one writer).
+Given the same job, settings and resume state, the chunks are the same, bit for bit: a killed run
+re-run from the last committed state, or a Dask task retried from its input state, produces exactly
+what the uninterrupted run produces.
+
+Stages, per video: a reader thread decodes and detects (OpenCV releases the GIL in both) into a
+bounded queue; the generator crops, embeds (the model releases the GIL too), tracks and cuts
+tracklets. Several videos of one run share ONE embedder through ``SharedEmbedder``: each video's
+requests are queued and served together, so batches mix cameras.
+
+Detection at the camera's rate (each measured in benchmarks/bench_video.py):
+
+- ``detect_scale``: the built-in HOG detector runs on a frame downscaled by this factor
+  (reidkit.video.detect.HogDetector);
+- ``detect_every`` N: detection and tracking run on every N-th read frame; a tracklet's boxes on the
+  frames between two consecutive detections of its track are filled by linear interpolation
+  (``OpenTracklet.observe``), so tracklets still cover every frame;
+- ``appearance="needed"``: a crop is embedded only where association or the tracklet needs it: a
+  detection that does not pair one-to-one (IoU >= 0.5, no other overlap >= 0.1) with exactly one
+  track's predicted box (a new track, an ambiguous match), or whose crop would enter its tracklet's
+  best K (the tracklet feature is always the mean of real crop features). An unambiguous detection
+  gets its track's last feature, which keeps DeepSort's appearance cost of that pair at zero.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+from reidkit.video.decode import VideoInfo, iter_frames, safe_name
+from reidkit.video.embedder import clip_boxes, crop_boxes
+from reidkit.video.track import Tracker
+from reidkit.video.tracklets import OpenTracklet, crop_quality
+
+THUMBS = "thumbs"
+STATE_VERSION = 1
+APPEARANCE = ("all", "needed")
+QUEUE_FRAMES = 8  # frames decoded + detected ahead of tracking, per video
+PAIR_IOU, OTHER_IOU = 0.5, 0.1
+
+
+# ----------------------------------------------------------------------------- jobs and settings
+
+
+def build_detector(spec: dict[str, Any]) -> Any:
+    """The detector a spec names: {"kind": "hog"|"mot"|"onnx", ...} (picklable jobs carry specs, not detectors)."""
+    from reidkit.video.detect import HogDetector, MotDetections, OnnxDetector
+
+    kind = spec["kind"]
+    if kind == "mot":
+        return MotDetections(spec["path"])
+    if kind == "onnx":
+        size = spec.get("input_size")
+        return OnnxDetector(spec["path"], conf=spec["conf"], input_size=tuple(size) if size else None,
+                            person_class=spec["person_class"], threads=1)
+    return HogDetector(min_height=spec["min_height"], detect_scale=spec.get("scale", 1.0))
+
+
+@dataclass
+class VideoJob:
+    """One video to ingest, validated; picklable (the detector is rebuilt from `detector_spec` where it runs)."""
+
+    info: VideoInfo
+    camera: str
+    key: str
+    detector_spec: dict[str, Any]
+    detector_name: str
+    start_time: float = 0.0
+    _detector: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def detector(self) -> Any:
+        """The built detector (built once per process)."""
+        if self._detector is None:
+            self._detector = build_detector(self.detector_spec)
+        return self._detector
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["_detector"] = None if d["detector_spec"]["kind"] != "mot" else d["_detector"]
+        return d
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What decides the tracklets of a video (stored with its state: a resume must use the same)."""
+
+    every: int = 1
+    chunk: int = 50
+    k: int = 4
+    min_len: int = 3
+    max_age: int = 15
+    n_init: int = 3
+    max_cosine_distance: float = 0.1
+    detect_every: int = 1
+    appearance: str = "all"
+
+    def tracker_kw(self) -> dict[str, Any]:
+        """Keyword arguments of reidkit.video.track.Tracker."""
+        return {"max_age": int(self.max_age), "n_init": int(self.n_init),
+                "max_cosine_distance": float(self.max_cosine_distance)}
+
+    def stored(self, job: VideoJob) -> dict[str, Any]:
+        """The settings as stored in the video's state; the keys of today's defaults stay as they were."""
+        d = {"every": self.every, "detector": job.detector_name, "k": self.k, "min_len": self.min_len,
+             "tracker": self.tracker_kw(), "camera": job.camera}
+        if self.detect_every != 1:
+            d["detect_every"] = self.detect_every
+        if self.appearance != "all":
+            d["appearance"] = self.appearance
+        scale = job.detector_spec.get("scale", 1.0)
+        if job.detector_spec["kind"] == "hog" and scale != 1.0:
+            d["detect_scale"] = scale
+        return d
+
+
+def check_settings(s: Settings) -> Settings:
+    """ReIDError naming the option for a value out of range."""
+    for name, v in (("--every", s.every), ("--chunk", s.chunk), ("--k", s.k), ("--min-len", s.min_len),
+                    ("--max-age", s.max_age), ("--n-init", s.n_init), ("--detect-every", s.detect_every)):
+        if int(v) < 1:
+            raise ReIDError(f"{name}: must be >= 1, got {v}")
+    if s.appearance not in APPEARANCE:
+        raise ReIDError(f"--appearance: expected one of {', '.join(APPEARANCE)}, got {s.appearance!r}")
+    return s
+
+
+# ----------------------------------------------------------------------------- chunks
+
+
+@dataclass
+class Chunk:
+    """What one commit writes: ended tracklets (features, entries, thumbnails) and the video's state after them."""
+
+    key: str
+    camera: str
+    features: np.ndarray
+    entries: list[dict[str, Any]]
+    thumbs: dict[str, bytes]
+    state: dict[str, Any]
+    frames: int = 0  # frames processed in this chunk
+    last_frame: int = -1  # 0-based index of the last processed frame
+    seconds: float = 0.0  # wall time of this chunk
+
+    @property
+    def done(self) -> bool:
+        """True for the video's last chunk."""
+        return bool(self.state.get("done"))
+
+    @property
+    def state_key(self) -> str:
+        """The gallery state key of the video."""
+        return f"video:{self.key}"
+
+
+def thumbs_dir(gallery: Any) -> Path:
+    """Where the thumbnails of a folder gallery go."""
+    return Path(gallery.files_dir) / THUMBS
+
+
+def commit(gallery: Any, chunk: Chunk, lock_timeout: float | None = None) -> list[int]:
+    """Write the chunk's thumbnails (atomically, before the entries that name them), then one add_entries."""
+    from reidkit.utils.io import atomic_write_bytes
+
+    folder = thumbs_dir(gallery)
+    if chunk.thumbs:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in chunk.thumbs.items():
+            atomic_write_bytes(folder / name, data)
+    entries = [{**e, "path": str(folder / e["meta"]["thumbs"][0])} for e in chunk.entries]
+    return gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state},
+                               lock_timeout=lock_timeout)
+
+
+def resume_state(gallery: Any, job: VideoJob, settings: Settings) -> dict[str, Any] | None:
+    """The video's stored state (None: not started); ReIDError when it was started with other settings."""
+    state = gallery.get_state(f"video:{job.key}")
+    if state is not None and state.get("settings") != settings.stored(job):
+        raise ReIDError(f"video {job.info.path} (camera {job.camera}) was partly ingested into {gallery.db} with "
+                        f"other settings ({state.get('settings')}); re-run with those, or delete its "
+                        f"tracklets and state first")
+    return state
+
+
+# ----------------------------------------------------------------------------- per-stage figures
+
+
+class Stats:
+    """Per-stage seconds and counts of a run (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.batches: list[tuple[int, int]] = []  # (crops, cameras) per embedder call
+
+    def add(self, stage: str, seconds: float, n: int = 1) -> None:
+        """Count `n` items taking `seconds` in `stage`."""
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.counts[stage] = self.counts.get(stage, 0) + n
+
+    def batch(self, crops: int, cameras: int) -> None:
+        """Record one embedder call."""
+        with self._lock:
+            self.batches.append((crops, cameras))
+
+    def report(self) -> dict[str, Any]:
+        """JSON-able summary: seconds and counts per stage, embedder batch sizes and cameras per batch."""
+        with self._lock:
+            b = np.asarray(self.batches or [(0, 0)], dtype=np.float64)
+            return {"seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "counts": dict(self.counts),
+                    "embed_batches": len(self.batches), "crops_per_batch": round(float(b[:, 0].mean()), 2),
+                    "max_crops_per_batch": int(b[:, 0].max()),
+                    "mixed_camera_batches": int((b[:, 1] > 1).sum()) if self.batches else 0,
+                    "cameras_per_batch": round(float(b[:, 1].mean()), 2)}
+
+
+class _Direct:
+    """An embedder used from one thread, with its calls recorded."""
+
+    def __init__(self, embedder: Any, stats: Stats | None) -> None:
+        self.embedder, self.stats, self.dim = embedder, stats, int(embedder.dim)
+
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        t0 = time.perf_counter()
+        out = self.embedder.embed_crops(crops)
+        if self.stats is not None:
+            self.stats.add("embed", time.perf_counter() - t0, len(crops))
+            self.stats.batch(len(crops), 1)
+        return out
+
+
+class SharedEmbedder:
+    """One embedder serving several videos' threads: requests are queued and run together in one batch.
+
+    A serving thread takes the first waiting request, then the others already queued (waiting up to
+    `max_wait` seconds while fewer than the active clients have asked), up to `max_batch` crops.
+    """
+
+    def __init__(self, embedder: Any, stats: Stats | None = None, max_batch: int = 64, max_wait: float = 0.01) -> None:
+        self.embedder, self.stats = embedder, stats
+        self.dim = int(embedder.dim)
+        self.max_batch, self.max_wait = int(max_batch), float(max_wait)
+        self._q: queue.Queue = queue.Queue()
+        self._active = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="reidkit-embed", daemon=True)
+        self._thread.start()
+
+    def client(self, camera: str) -> _Client:
+        """A per-video handle with `embed_crops` and `dim`; call `close()` when that video is finished."""
+        with self._lock:
+            self._active += 1
+        return _Client(self, camera)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def close(self) -> None:
+        """Stop the serving thread."""
+        self._q.put(None)
+        self._thread.join(timeout=10)
+
+    def _serve(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            reqs = [first]
+            n = len(first[1])
+            deadline = time.perf_counter() + self.max_wait
+            while n < self.max_batch:
+                try:
+                    if len(reqs) >= self._active:
+                        r = self._q.get_nowait()
+                    else:
+                        r = self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if r is None:
+                    self._q.put(None)
+                    break
+                reqs.append(r)
+                n += len(r[1])
+            crops = [c for r in reqs for c in r[1]]
+            t0 = time.perf_counter()
+            try:
+                feats = self.embedder.embed_crops(crops)
+                err = None
+            except BaseException as exc:  # handed to every waiting client
+                feats, err = None, exc
+            if self.stats is not None and err is None:
+                self.stats.add("embed", time.perf_counter() - t0, len(crops))
+                self.stats.batch(len(crops), len({r[0] for r in reqs}))
+            i = 0
+            for cam, cs, box in reqs:
+                box["out"] = err if err is not None else feats[i:i + len(cs)]
+                i += len(cs)
+                box["event"].set()
+
+
+class _Client:
+    def __init__(self, shared: SharedEmbedder, camera: str) -> None:
+        self.shared, self.camera, self.dim = shared, camera, shared.dim
+
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        box: dict[str, Any] = {"event": threading.Event()}
+        self.shared._q.put((self.camera, list(crops), box))
+        box["event"].wait()
+        if isinstance(box["out"], BaseException):
+            raise box["out"]
+        return box["out"]
+
+    def close(self) -> None:
+        self.shared._release()
+
+
+# ----------------------------------------------------------------------------- the reader stage
+
+_END = object()
+
+
+def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: threading.Event,
+            stats: Stats | None) -> None:
+    """Decode + detect frames start, start + stride, ... into `out` (then _END, or the exception)."""
+    info = job.info
+    try:
+        det = job.detector
+        frames = iter_frames(info.path, start=start, every=stride)
+        while True:
+            t0 = time.perf_counter()
+            item = next(frames, None)
+            if item is None:
+                break
+            idx, frame = item
+            t1 = time.perf_counter()
+            if frame.shape[0] != info.height or frame.shape[1] != info.width:
+                raise ReIDError(f"video {info.path}: frame {idx + 1} is {frame.shape[1]}x{frame.shape[0]}, "
+                                f"expected {info.width}x{info.height}")
+            boxes, scores = det(frame, idx)
+            if stats is not None:
+                stats.add("decode", t1 - t0)
+                stats.add("detect", time.perf_counter() - t1)
+            while not stop.is_set():
+                try:
+                    out.put((idx, frame, boxes, scores), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        out.put(_END)
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+        out.put(exc)
+
+
+# ----------------------------------------------------------------------------- one video
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+class _Video:
+    """The per-frame work of one video: crops, features, tracker, tracklets, chunks."""
+
+    def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None) -> None:
+        self.job, self.s, self.emb, self.stats = job, settings, embedder, stats
+        self.tracker = Tracker(**settings.tracker_kw())
+        self.open: dict[str, OpenTracklet] = {}
+        self.pending: list[OpenTracklet] = []
+        self.committed = 0
+        self.next_frame = 0
+        self.stride = settings.every * settings.detect_every
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue from a stored state."""
+        self.next_frame = int(state["next_frame"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.open = {d["track_id"]: OpenTracklet.from_state(d) for d in state["open"]}
+        self.committed = int(state.get("tracklets", 0))
+
+    def _state(self, done: bool) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "video": str(self.job.info.path), "settings": self.s.stored(self.job),
+                "next_frame": int(self.next_frame), "done": bool(done), "tracklets": self.committed,
+                "tracker": None if done else self.tracker.state_dict(),
+                "open": [] if done else [t.to_state() for t in self.open.values()]}
+
+    def _entry(self, t: OpenTracklet, thumbs: dict[str, bytes]) -> tuple[np.ndarray, dict[str, Any]]:
+        job, fps = self.job, self.job.info.fps
+        key = f"{job.key}.t{safe_name(t.track_id)}"
+        best = sorted(t.best, key=lambda c: c["frame"])  # thumbnails in time order
+        names = []
+        for i, c in enumerate(best):
+            name = f"{key}_{i}.jpg"
+            thumbs[name] = c["jpeg"]
+            names.append(name)
+        f0, f1 = int(t.boxes[0][0]), int(t.boxes[-1][0])
+        entry = {"kind": "tracklet", "tracklet": key, "camera": job.camera,
+                 "frame_start": f0 + 1, "frame_end": f1 + 1,
+                 "t_start": job.start_time + f0 / fps, "t_end": job.start_time + f1 / fps,
+                 "meta": {"video": str(job.info.path), "video_key": job.key, "track_id": t.track_id, "fps": fps,
+                          "boxes": [[int(b[0]) + 1, *b[1:]] for b in t.boxes],
+                          "thumbs": names, "thumb_frames": [c["frame"] + 1 for c in best],
+                          "quality": [round(c["q"], 4) for c in best], "detector": job.detector_name}}
+        return t.feature(), entry
+
+    def _finish(self, tid: str) -> None:
+        t = self.open.pop(tid, None)
+        if t is not None and t.confirmed and len(t.boxes) >= self.s.min_len:
+            self.pending.append(t)
+
+    def chunk(self, done: bool, frames: int, last: int, seconds: float) -> Chunk:
+        """The pending tracklets and the state after them (the count includes them)."""
+        thumbs: dict[str, bytes] = {}
+        made = [self._entry(t, thumbs) for t in self.pending]
+        feats = np.stack([f for f, _ in made]) if made else np.zeros((0, self.emb.dim), np.float32)
+        self.committed += len(made)
+        self.pending = []
+        return Chunk(self.job.key, self.job.camera, feats, [e for _, e in made], thumbs, self._state(done),
+                     frames, last, seconds)
+
+    def _reuse(self, boxes: np.ndarray, q: list[float]) -> list[np.ndarray | None]:
+        """Per detection: the feature to reuse (its one-to-one track's last feature), or None to embed the crop."""
+        out: list[np.ndarray | None] = [None] * len(boxes)
+        tracks = [t for t in self.tracker.ds.tracker.tracks if t.features]
+        if not tracks or not len(boxes):
+            return out
+        pred = []
+        for t in tracks:  # the Kalman prediction for this frame: constant velocity on (cx, cy, a, h)
+            cx, cy, a, h = (t.mean[:4] + t.mean[4:8]).tolist()
+            w = a * h
+            pred.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        iou = _iou(boxes.astype(np.float64), np.asarray(pred))
+        for d in range(len(boxes)):
+            j = int(np.argmax(iou[d]))
+            if iou[d, j] < PAIR_IOU:
+                continue
+            if (np.delete(iou[d], j) >= OTHER_IOU).any() or (np.delete(iou[:, j], d) >= OTHER_IOU).any():
+                continue  # ambiguous: another track or detection overlaps
+            tr = self.open.get(str(tracks[j].track_id))
+            if tr is not None and tr.would_keep(q[d], self.s.k):
+                continue  # a best-K crop candidate: its real feature goes into the tracklet
+            out[d] = tracks[j].features[-1]
+        return out
+
+    def step(self, idx: int, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> None:
+        """Crops, features, tracking, tracklets for one processed frame."""
+        info = self.job.info
+        W, H = info.width, info.height
+        t0 = time.perf_counter()
+        if len(boxes):
+            boxes = clip_boxes(boxes, W, H).astype(np.float32)  # positive sizes inside the frame
+        crops = crop_boxes(frame, boxes) if len(boxes) else []
+        q = [crop_quality(c, b, float(s), W, H) for c, b, s in zip(crops, boxes, scores)]
+        if self.s.appearance == "all":
+            reuse: list[np.ndarray | None] = [None] * len(crops)
+        else:
+            reuse = self._reuse(boxes, q)
+        need = [i for i, r in enumerate(reuse) if r is None]
+        t1 = time.perf_counter()
+        feats = np.zeros((len(crops), self.emb.dim), np.float32)
+        if need:
+            feats[need] = self.emb.embed_crops([crops[i] for i in need])
+        real = np.zeros(len(crops), bool)
+        real[need] = True
+        for i, r in enumerate(reuse):
+            if r is not None:
+                feats[i] = r
+        t2 = time.perf_counter()
+        matched, ended = self.tracker.update(boxes, scores, feats)
+        late = [di for tid, di, _c in matched if not real[di]
+                and (tid not in self.open or self.open[tid].would_keep(q[di], self.s.k))]
+        if late:  # the tracker paired it otherwise than guessed, and the crop enters that tracklet's best K
+            feats[late] = self.emb.embed_crops([crops[i] for i in late])
+        step = self.s.every if self.s.detect_every > 1 else None
+        for tid, di, confirmed in matched:
+            tr = self.open.setdefault(tid, OpenTracklet(tid))
+            tr.observe(idx, boxes[di], float(scores[di]), feats[di], crops[di], W, H, self.s.k, confirmed,
+                       q=q[di], fill_step=step, fill_gap=self.stride)
+        for tid in ended:
+            self._finish(tid)
+        if self.stats is not None:
+            self.stats.add("crop", t1 - t0)
+            self.stats.add("track", time.perf_counter() - t2)
+            self.stats.add("crops", 0.0, len(crops))
+            self.stats.add("embedded", 0.0, len(need) + len(late))
+
+
+def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict[str, Any] | None = None,
+                  stats: Stats | None = None) -> Iterator[Chunk]:
+    """The chunks of one video from `resume` (a stored state, None: the start); see the module docstring.
+
+    `embedder`: anything with `embed_crops(list of RGB crops) -> N x D` and `dim`.
+    A video whose state says done yields nothing.
+    """
+    if resume is not None and resume.get("done"):
+        return
+    if not isinstance(embedder, (_Client, _Direct)):
+        embedder = _Direct(embedder, stats)
+    v = _Video(job, settings, embedder, stats)
+    resumed = resume is not None
+    if resumed:
+        v.load(resume)
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
+    stop = threading.Event()
+    reader = threading.Thread(target=_reader, args=(job, v.next_frame, v.stride, q, stop, stats),
+                              name=f"reidkit-read-{job.camera}", daemon=True)
+    reader.start()
+    try:
+        t0, n, last = time.perf_counter(), 0, -1
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            idx, frame, boxes, scores = item
+            v.step(idx, frame, boxes, scores)
+            n += 1
+            last, v.next_frame = idx, idx + v.stride
+            if (idx // v.stride + 1) % settings.chunk == 0:
+                yield v.chunk(False, n, last, time.perf_counter() - t0)
+                t0, n = time.perf_counter(), 0
+        if last < 0 and not resumed:
+            raise ReIDError(f"video {job.info.path}: no frames could be decoded")
+        for tid in list(v.open):
+            v._finish(tid)
+        yield v.chunk(True, n, last, time.perf_counter() - t0)
+    finally:
+        stop.set()
+        while reader.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                reader.join(timeout=0.05)
+
+
+# ----------------------------------------------------------------------------- one ingester per video
+
+
+class VideoLock:
+    """Exclusive lock of one video's ingestion into one gallery (flock, dies with its process).
+
+    Two runs given the same video and gallery: the second waits here (saying so once), then finds
+    the video's state and resumes or skips it. Lock files live beside the gallery folder
+    (``.DB.video-locks/KEY.lock``), like the gallery's writer lock.
+    """
+
+    def __init__(self, db: str | os.PathLike, key: str, on_wait: Callable[[str], None] | None = None,
+                 timeout: float | None = None) -> None:
+        d = Path(db).absolute()
+        self.path = d.parent / f".{d.name}.video-locks" / f"{safe_name(key)}.lock"
+        self.key, self.on_wait, self.timeout = key, on_wait, timeout
+        self._fh: Any = None
+
+    def __enter__(self) -> VideoLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        told, t0 = False, time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and self.on_wait is not None:
+                    fh.seek(0)
+                    self.on_wait(f"waiting for video {self.key}: being ingested by pid {fh.read().strip() or '?'}")
+                    told = True
+                if self.timeout is not None and time.monotonic() - t0 > self.timeout:
+                    fh.close()
+                    raise ReIDError(f"video {self.key}: still being ingested by another process after "
+                                    f"{self.timeout:g} s") from None
+                time.sleep(0.1)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,162 @@
+"""reidkit.video.pipeline without a gallery: chunks resume exactly from a stored state, `--appearance needed`
+embeds fewer crops and keeps real features in tracklets, `--detect-every` interpolates boxes, the
+shared embedder mixes cameras; reidkit.utils.threads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+class FakeEmbedder:
+    """Deterministic 16-d features of a crop (its colour statistics), counting crops and remembering outputs."""
+
+    dim = 16
+
+    def __init__(self) -> None:
+        self.crops = 0
+        self.seen: list[np.ndarray] = []
+
+    def embed_crops(self, crops):
+        out = []
+        for c in crops:
+            c = c.astype(np.float32)
+            h = c.shape[0]
+            parts = [c[: h // 2], c[h // 2:]]
+            v = np.concatenate([np.r_[p.mean(axis=(0, 1)), p.std(axis=(0, 1)), [p.shape[0], p.shape[1]]] for p in parts])
+            out.append(v / max(np.linalg.norm(v), 1e-12))
+        self.crops += len(crops)
+        f = np.asarray(out, np.float32).reshape(-1, self.dim)
+        self.seen.extend(f)
+        return f
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    from reidkit.data.scene import generate_scene
+    from reidkit.video.ingest import prepare_jobs
+
+    sc = generate_scene(tmp_path_factory.mktemp("pipe") / "s", cams=2, ids=3, frames=40, size=(96, 128), fps=10,
+                        seed=3, speed=1.5)
+    jobs = prepare_jobs([str(v) for v in sc.videos], detections=[str(g) for g in sc.gt])
+    return jobs
+
+
+def _chunks(job, settings, resume=None, emb=None):
+    from reidkit.video.pipeline import process_video
+
+    return list(process_video(job, settings, emb or FakeEmbedder(), resume))
+
+
+def _flat(chunks):
+    return [(c.state["next_frame"], [e["tracklet"] for e in c.entries], [e["meta"]["boxes"] for e in c.entries],
+             c.features.tolist(), sorted(c.thumbs)) for c in chunks]
+
+
+def test_resume_from_a_chunk_state_gives_the_same_chunks(video):
+    from reidkit.video.pipeline import Settings
+
+    s = Settings(chunk=7)
+    full = _chunks(video[0], s)
+    assert len(full) == 40 // 7 + 1 and full[-1].done and sum(len(c.entries) for c in full) >= 1
+    for cut in (1, 3):
+        state = json.loads(json.dumps(full[cut - 1].state))  # as stored in the gallery
+        rest = _chunks(video[0], s, state)
+        assert _flat(rest) == _flat(full[cut:])
+    assert _chunks(video[0], s, full[-1].state) == []  # done: nothing to do
+
+
+def test_appearance_needed_embeds_fewer_crops_real_features_only(video):
+    from reidkit.video.pipeline import Settings, process_video
+    from reidkit.video.tracklets import OpenTracklet
+
+    all_e, need_e = FakeEmbedder(), FakeEmbedder()
+    a = _chunks(video[0], Settings(chunk=100), emb=all_e)
+    n = _chunks(video[0], Settings(chunk=100, appearance="needed"), emb=need_e)
+    assert need_e.crops < all_e.crops
+    ta = {e["tracklet"]: e["meta"]["boxes"] for c in a for e in c.entries}
+    tn = {e["tracklet"]: e["meta"]["boxes"] for c in n for e in c.entries}
+    assert ta == tn  # well separated people: the same tracks
+    # every crop feature kept for a tracklet is a real one (its tracklet feature is a mean of real features)
+    real = {tuple(np.round(f, 6)) for f in need_e.seen}
+    gen = process_video(video[0], Settings(chunk=5, appearance="needed"), FakeEmbedder(), None)
+    first = next(gen)
+    for d in first.state["open"]:
+        for c in OpenTracklet.from_state(d).best:
+            assert tuple(np.round(c["feat"], 6)) in real
+    gen.close()
+
+
+def test_detect_every_interpolates_boxes(video):
+    from reidkit.video.pipeline import Settings
+    from reidkit.video.tracklets import OpenTracklet
+
+    t = OpenTracklet("1")
+    crop = np.zeros((8, 4, 3), np.uint8)
+    t.observe(0, [0, 0, 10, 20], 1.0, np.ones(4), crop, 100, 100, 2, True, fill_step=1, fill_gap=3)
+    t.observe(3, [3, 6, 13, 26], 0.7, np.ones(4), crop, 100, 100, 2, True, fill_step=1, fill_gap=3)
+    t.observe(10, [3, 6, 13, 26], 0.7, np.ones(4), crop, 100, 100, 2, True, fill_step=1, fill_gap=3)  # lost: no fill
+    assert [b[0] for b in t.boxes] == [0, 1, 2, 3, 10]
+    assert t.boxes[1][1:5] == [1.0, 2.0, 11.0, 22.0] and t.boxes[1][5] == pytest.approx(0.9)
+    emb = FakeEmbedder()
+    every = _chunks(video[0], Settings(chunk=100, detect_every=2, n_init=2, min_len=2), emb=emb)
+    full = _chunks(video[0], Settings(chunk=100, n_init=2, min_len=2))
+    boxes = [b for c in every for e in c.entries for b in e["meta"]["boxes"]]
+    frames = [b[0] for c in every for e in c.entries for b in e["meta"]["boxes"]]
+    assert boxes and any((f - 1) % 2 for f in frames)  # filled frames between detections
+    assert sum(len(e["meta"]["boxes"]) for c in full for e in c.entries) >= len(boxes) * 0.8
+
+
+def test_shared_embedder_batches_mix_cameras(video):
+    import threading
+
+    from reidkit.video.pipeline import Settings, SharedEmbedder, Stats, process_video
+
+    stats = Stats()
+    shared = SharedEmbedder(FakeEmbedder(), stats, max_wait=0.05)
+    out = {}
+
+    def run(job):
+        client = shared.client(job.camera)
+        out[job.camera] = list(process_video(job, Settings(chunk=100), client, None))
+        client.close()
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in video]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    shared.close()
+    rep = stats.report()
+    assert rep["mixed_camera_batches"] >= 1 and rep["embed_batches"] >= 1
+    for job in video:  # the same chunks as alone
+        assert _flat(out[job.camera]) == _flat(_chunks(job, Settings(chunk=100)))
+
+
+def test_configure_threads(monkeypatch):
+    import torch
+
+    from reidkit.cli import main
+    from reidkit.errors import ReIDError
+    from reidkit.utils import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        assert threads.configure_threads(1) == 1
+        import os
+
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["OMP_NUM_THREADS"] == "1"
+        assert torch.get_num_threads() == 1
+        assert 1 <= threads.available_cores()
+        with pytest.raises(ReIDError, match="--threads"):
+            threads.configure_threads(0)
+        monkeypatch.setenv("REIDKIT_THREADS", "x")
+        with pytest.raises(ReIDError, match="REIDKIT_THREADS"):
+            threads.configure_threads()
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.delenv("REIDKIT_THREADS")
+    assert main(["--threads", "0", "scene", "/nonexistent/x"]) == 2
