@@ -24,7 +24,8 @@ from reidkit.config import load_config
 from reidkit.engine.optim import build_scheduler, lr_factor
 from reidkit.losses.classification import cross_entropy_ls
 from reidkit.losses.criterion import build_criterion
-from reidkit.models.build import build_model, param_groups
+from reidkit.engine.optim import param_groups
+from reidkit.models.build import build_model
 
 
 def code_lr_factor(k: int) -> float:

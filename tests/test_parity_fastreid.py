@@ -208,7 +208,7 @@ def batch(num_classes: int = 8, seed: int = 0):
 def our_optim(cfg, model, crit, epoch_length: int):
     """The trainer's optimiser path (BaseTrainer._setup_optim)."""
     from reidkit.engine.optim import OptimStep, build_optimizer, build_scheduler
-    from reidkit.models.build import param_groups
+    from reidkit.engine.optim import param_groups
 
     s = cfg.solver
     groups = param_groups(model, s.base_lr, s.weight_decay, backbone_lr_factor=s.backbone_lr_factor,

@@ -101,7 +101,7 @@ def to_ours(k: str) -> str:
 @pytest.fixture(scope="module")
 def step(tr):
     from reidkit.engine.optim import OptimStep, build_optimizer
-    from reidkit.models.build import param_groups
+    from reidkit.engine.optim import param_groups
 
     torch.manual_seed(0)
     ref = tr.osnet.osnet_x1_0(num_classes=C, pretrained=False, loss="softmax")
