@@ -2,6 +2,9 @@
 
     python -m benchmarks.bench_store [--n 100000] [--dim 256] [--queries 1000] [--index flat] [--out DIR]
 
+Results: benchmarks/results/store_<n>k.json (measured on a 2-core machine under heavy shared load:
+the ratios, not the milliseconds, are the figures to read).
+
 Both galleries are filled through the same builder path as ``reidkit index build`` (batches of 1,024
 tracklet entries with camera and time fields), then searched one query at a time through
 ``Gallery.search_features`` (the service's path: ids, scores and every stored field), plain and with a
@@ -107,7 +110,7 @@ def main() -> None:
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "bench_store.json").write_text(json.dumps(out, indent=2))
+        (Path(args.out) / f"store_{args.n // 1000}k.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
