@@ -35,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "an existing gallery uses its own model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--every", type=int, default=1, help="read every N-th frame, skip the others (default 1)")
-    p.add_argument("--detect-every", type=int, default=None, metavar="N",
+    p.add_argument("--detect-every", type=int, default=1, metavar="N",
                    help="detect and track on every N-th read frame; boxes between two detections of a track are "
-                        "interpolated (default: 1 with --detections files, 2 with a detector)")
+                        "interpolated (default 1; 2 with HOG cost 15 of 18 tracklets on the generated scene: "
+                        "benchmarks/results/bench_video.md)")
     p.add_argument("--detect-scale", type=float, default=0.75,
                    help="HOG detector: run on the frame scaled by this factor (default 0.75)")
     p.add_argument("--appearance", choices=["needed", "all"], default="needed",
@@ -105,7 +106,7 @@ def _run_video(args: argparse.Namespace) -> int:
             size = parse_size(args.detector_size)
         except ReIDError:
             raise ReIDError(f"--detector-size: expected HEIGHTxWIDTH such as 640x640, got {args.detector_size!r}") from None
-    detect_every = args.detect_every if args.detect_every is not None else (1 if args.detections else 2)
+    detect_every = args.detect_every
     kw = dict(cameras=args.camera, detections=args.detections, detector=args.detector,
               weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
               min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
