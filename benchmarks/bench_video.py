@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cam-size", default="576x768")
     ap.add_argument("--skip-busy", action="store_true")
     ap.add_argument("--work", default=None)
+    ap.add_argument("--tag", default="", help="suffix of the results files (bench_video<TAG>.md)")
     args = ap.parse_args(argv)
     from reidkit.data.scene import read_mot
 
@@ -285,8 +286,9 @@ def write(out: dict) -> None:
                   f"ratio {d[1]['wall_s'] / d[2]['wall_s']:.2f}x (same tracklets: {d[1]['tracklets']} and "
                   f"{d[2]['tracklets']})"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_video.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "bench_video.json").write_text(json.dumps(out, indent=2) + "\n")
+    tag = out["args"].get("tag", "")
+    (RESULTS / f"bench_video{tag}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"bench_video{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     print("\n".join(lines))
 
 

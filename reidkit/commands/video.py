@@ -44,9 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--every", type=at_most("--every", 1_000_000), default=1,
                    help="read every N-th frame, skip the others (default 1)")
-    p.add_argument("--detect-every", type=at_most("--detect-every", 1000), default=None, metavar="N",
+    p.add_argument("--detect-every", type=at_most("--detect-every", 1000), default=1, metavar="N",
                    help="detect and track on every N-th read frame; boxes between two detections of a track are "
-                        "interpolated (default: 1 with --detections files, 2 with a detector)")
+                        "interpolated (default 1; 2 with HOG cost 15 of 18 tracklets on the generated scene: "
+                        "benchmarks/results/bench_video.md)")
     p.add_argument("--detect-scale", type=bounded_float("--detect-scale", 0.05, 1.0), default=0.75,
                    help="HOG detector: run on the frame scaled by this factor (default 0.75)")
     p.add_argument("--appearance", choices=["needed", "all"], default="needed",
@@ -117,7 +118,7 @@ def _run_video(args: argparse.Namespace) -> int:
     size = None
     if args.detector_size is not None:
         size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
-    detect_every = args.detect_every if args.detect_every is not None else (1 if args.detections else 2)
+    detect_every = args.detect_every
     kw = dict(cameras=args.camera, detections=args.detections, detector=args.detector,
               weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
               min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,

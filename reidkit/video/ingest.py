@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import queue
+from contextlib import nullcontext
 import signal
 import sys
 import threading
@@ -204,7 +205,10 @@ def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Se
         return {"state": state}
 
     def one(job: VideoJob, emb: Any, sink: Callable[[VideoJob, Chunk], None]) -> None:
-        with VideoLock(gallery.files_dir, job.key, on_wait=progress):
+        # a folder gallery: one ingester per video; Milvus writes are idempotent by content (no lock file)
+        milvus = str(gallery.db).startswith("milvus:")
+        lock = nullcontext() if milvus else VideoLock(gallery.files_dir, job.key, on_wait=progress)
+        with lock:
             p = plan(job)
             if p is None:
                 return
@@ -254,11 +258,13 @@ def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Se
 
                 one(job, client, sink)
             except BaseException as exc:  # noqa: BLE001 - handed to the committing thread
-                out.put(("error", job, exc))
+                if not failed.is_set():  # else the committing thread has stopped reading
+                    out.put(("error", job, exc))
                 return
             finally:
                 client.close()
-        out.put(("exit", None, None))
+        if not failed.is_set():
+            out.put(("exit", None, None))
 
     n_workers = min(int(streams), len(jobs))
     threads = [threading.Thread(target=worker, name=f"reidkit-video-{i}", daemon=True) for i in range(n_workers)]
