@@ -232,9 +232,10 @@ def test_schedules():
     assert lr_factor(it, 0.5) == pytest.approx(0.145)
     # the recipe as reid-strong-baseline runs it (factor 0.01, one epoch ahead): tests/test_parity_bot.py
     assert lr_factor(load_config("bot_r50"), 0) == pytest.approx(0.109)
-    cos = load_config("bot_r50", ["solver.scheduler=cosine", "solver.max_epochs=10"])
+    cos = load_config("bot_r50", ["solver.scheduler=cosine", "solver.max_epochs=10", "solver.sched_epoch_offset=0"])
     assert [lr_factor(cos, e) for e in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
-    wc = load_config("bot_r50", ["solver.scheduler=warmup_cosine", "solver.max_epochs=12", "solver.warmup_epochs=2"])
+    wc = load_config("bot_r50", ["solver.scheduler=warmup_cosine", "solver.max_epochs=12", "solver.warmup_epochs=2",
+                                 "solver.warmup_factor=0.1", "solver.sched_epoch_offset=0"])
     assert [lr_factor(wc, e) for e in (0, 1, 2, 7, 12)] == pytest.approx([0.1, 0.55, 1.0, 0.5, 0.0])
 
 
