@@ -154,7 +154,7 @@ def test_test_without_out_keeps_the_training_metrics(full_run: Path, tmp_path: P
 # ----------------------------------------------------------------------------- NaN guard
 
 
-def test_exploding_lr_never_overwrites_a_checkpoint(work: Path, full_run: Path):
+def test_exploding_lr_never_overwrites_a_checkpoint(work: Path, full_run: Path, capsys):
     run = work / "nan_lr"
     shutil.copytree(full_run, run)
     before = digest(run / "last.pt")
@@ -162,7 +162,23 @@ def test_exploding_lr_never_overwrites_a_checkpoint(work: Path, full_run: Path):
     # forward pass non-finite long before the epoch ends and its checkpoint would be written.
     with pytest.raises(ReIDError, match=r"diverged: the loss is (nan|inf) at iteration 2 \(epoch 1\)"):
         reidkit.train(tiny_cfg(work, "nan_lr"), solver__base_lr=1e30, solver__warmup_epochs=0)
+    # reidkit.train() from Python shows the run's progress on the console (no logging set up here)
+    assert "training on synthetic: " in capsys.readouterr().err
     assert digest(run / "last.pt") == before
+
+
+def test_a_failed_run_is_reported_once_on_the_console(work: Path, tmp_path: Path):
+    """`reidkit train` that diverges: one `error:` line, not also ignite's "terminating" records."""
+    import subprocess
+    import sys
+
+    path = write_cfg(tmp_path, "diverge", tiny_cfg(work, "diverge", solver__max_epochs=1))
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "reidkit.cli", "train", "--config", str(path),
+                           "solver.base_lr=1e30", "solver.warmup_epochs=0", "data.val=[]"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.count("diverged") == 1 and "terminating" not in proc.stderr, proc.stderr
 
 
 # ----------------------------------------------------------------------------- learning

@@ -107,9 +107,12 @@ def test_plugins_from_the_environment_and_a_clear_error_for_a_missing_one(tmp_pa
         out = capsys.readouterr().out
         assert "model.options.depth" in out and "int" in out and "2" in out
         assert options_class("backbone", "env_net") is not None
-    finally:
+    finally:  # forget the plug-in: later checkpoints of this process must not record it
+        from reidkit import plugins
+
         BACKBONES.unregister("env_net")
         register_options("backbone", "env_net", None)
+        plugins._LOADED.pop(str(plugin.resolve()), None)
     monkeypatch.setenv("REIDKIT_PLUGINS", str(tmp_path / "missing.py"))
     assert main(["recipes"]) == 2
     assert capsys.readouterr().err == f"error: plug-in {tmp_path / 'missing.py'}: no such file\n"

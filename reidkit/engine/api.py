@@ -1,12 +1,16 @@
 """Python API of the training engine: ``reidkit.train``, ``reidkit.train_usl``, ``reidkit.test``, the trainers."""
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reidkit.config import Config, load_config
 from reidkit.engine.supervised import SupervisedTrainer
-from reidkit.engine.usl import ClusterTrainer, train_usl
+from reidkit.engine.usl import ClusterTrainer
+from reidkit.engine.usl import train_usl as _train_usl
 from reidkit.errors import ReIDError
 
 Trainer = SupervisedTrainer
@@ -20,7 +24,31 @@ def train(cfg_or_path: Config | str | Path | dict[str, Any], **overrides: Any) -
     Overrides are keyword arguments: ``solver__base_lr=1e-4`` (``__`` for the dots) or whole
     sections as dicts (``solver={"max_epochs": 5}``).
     """
-    return SupervisedTrainer(cfg_or_path, **overrides).fit()
+    with console_progress():
+        return SupervisedTrainer(cfg_or_path, **overrides).fit()
+
+
+def train_usl(cfg_or_path: Config | str | Path | dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """Unsupervised / UDA training from a recipe (see :func:`train`); returns its metrics."""
+    with console_progress():
+        return _train_usl(cfg_or_path, **overrides)
+
+
+@contextmanager
+def console_progress() -> Iterator[None]:
+    """From Python, the run's progress lines (start, epochs, validation) on stderr, unless the caller
+    configured the ``reidkit.train`` logger already; rank 0 only under torchrun."""
+    from reidkit.engine.handlers import console_logging, log
+
+    own = [h for h in log.handlers if not getattr(h, "_reidkit_console", False)]
+    if own or int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    handler = console_logging(show_iterations=False)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
 
 
 def test(

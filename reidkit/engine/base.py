@@ -263,6 +263,11 @@ class BaseTrainer:
         from ignite.engine import Engine, Events
 
         self.engine = engine = Engine(self._process)
+        # A failure reaches the user once, as the CLI's `error:` line (train.log keeps it): not also
+        # through ignite's own "run is terminating due to exception" records on Python's last resort.
+        engine.logger.propagate = False
+        if not any(isinstance(h, logging.NullHandler) for h in engine.logger.handlers):
+            engine.logger.addHandler(logging.NullHandler())
         engine.add_event_handler(Events.EPOCH_STARTED, self.on_epoch_started)
         NanGuard(self.out / "last.pt").attach(engine)
         attach_lr_schedule(engine, self.scheduler)
