@@ -75,7 +75,7 @@ _CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsaf
 _PAGE_KEY = "x-reidkit-page"
 # A router factory: (get_gallery, authorize) -> APIRouter.
 RouterFactory = Callable[[Callable[[], Gallery], Callable[[Request], None]], APIRouter]
-_ID_RX = re.compile(r"^[0-9]{1,12}$")
+_ID_RX = re.compile(r"^[0-9]{1,16}$")
 
 
 @dataclass
