@@ -122,3 +122,27 @@ def test_two_processes_on_one_new_gallery(scene, sequential, tmp_path):
     skipped = sum(err.count("already ingested") for _rc, _o, err in outs)
     assert skipped == 3, [e for _r, _o, e in outs]
     _same(_tracklets(db), sequential)
+
+
+def _answers(db, query) -> list:
+    from reidkit.retrieval.index import Gallery
+    from reidkit.video.search import search_tracklets
+
+    hits = search_tracklets(Gallery.open(db), image=query, k=5)["results"]
+    assert hits
+    return [(h["tracklet"], round(float(h["score"]), 4)) for h in hits]
+
+
+def test_cluster_into_milvus_lite_and_embedded_agree(scene, sequential, client):
+    """`reidkit video a b c --db milvus:./f.db --workers 2` and the embedded gallery give the sequential
+    run's tracklets, and a tracklet search answers the same on both."""
+    pytest.importorskip("milvus_lite")
+    from reidkit.video.cluster import ingest_on_cluster
+
+    videos = [str(v) for v in scene["scene"].videos]
+    mdb = f"milvus:{scene['root'] / 'f.db'}"
+    ingest_on_cluster(mdb, videos, client=client["client"], segment=2, **scene["kw"])
+    _same(_tracklets(mdb), sequential)
+    thumbs = sorted((scene["root"] / "seq" / "thumbs").glob("*.jpg"))
+    assert thumbs
+    assert _answers(mdb, str(thumbs[0])) == _answers(scene["root"] / "seq", str(thumbs[0]))

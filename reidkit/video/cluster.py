@@ -11,10 +11,11 @@ makes Dask run it again elsewhere, from the same state, giving the same chunks, 
 killed attempt was committed. A killed driver leaves each video at its last committed chunk (the
 gallery state per video key), where the next run resumes, as without a cluster.
 
-With a Milvus gallery (``--db milvus:<uri>``, reidkit.retrieval) the workers commit their chunks
+With a Milvus server (``--db milvus:http://host:19530``, reidkit.retrieval) the workers commit their chunks
 themselves through ``Gallery.open(db)`` (writes there are idempotent by content), after reading the
 video's stored state so that a retried task resumes from what its killed attempt committed; the
-driver only chains the segments.
+driver only chains the segments. Milvus Lite (``--db milvus:./g.db``) admits one process per file, so
+there the driver commits, as for an embedded gallery.
 
 Local clusters (``--workers N``) listen on 127.0.0.1 only: ``LocalCluster(host="127.0.0.1",
 n_workers=N, threads_per_worker=1, processes=True)``, no dashboard.
@@ -128,13 +129,11 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     batch_size, flip = int(kw.pop("batch_size", 64)), bool(kw.pop("flip", False))
     if kw:
         raise ReIDError(f"ingest_on_cluster: unknown options {', '.join(sorted(kw))}")
-    direct = str(db).startswith("milvus:")
-    if direct:
-        from reidkit.retrieval.index import Gallery
-
-        gallery = Gallery.open(str(db))
-    else:
-        gallery, _emb = open_gallery(db, weights, device, batch_size, flip)
+    # Workers write themselves only to a Milvus server; Milvus Lite (a local file) admits one process,
+    # so its chunks come back to the driver like an embedded gallery's.
+    text = str(db)
+    direct = text.startswith("milvus:") and "://" in text[len("milvus:"):]
+    gallery, _emb = open_gallery(db, weights, device, batch_size, flip)
     model = _model_spec(gallery, weights, device, batch_size, flip)
 
     own = None
