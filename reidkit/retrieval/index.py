@@ -2,7 +2,7 @@
 
 The gallery now lives in: store.py (the storage protocol), store_sqlite.py (the embedded
 backend), store_milvus.py (Milvus), ann.py (faiss), gallery.py (Gallery), maintenance.py (check,
-repair), folder.py (folders of crops), extractor.py (FeatureExtractor, ModelIdentity).
+repair), folder.py (folders of crops); FeatureExtractor and ModelIdentity live in reidkit.inference.
 """
 from __future__ import annotations
 
