@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reidkit.retrieval.extractor import FeatureExtractor, ModelIdentity
+from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.store import normalize_entries, store_class
 

@@ -56,7 +56,7 @@ def data(tmp_path_factory):
     torch.manual_seed(1)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     weights = save_model(root / "tiny.pth", build_model(cfg, 8), cfg, 8, (64, 32))
-    from reidkit.retrieval.extractor import FeatureExtractor
+    from reidkit.inference import FeatureExtractor
 
     return {"root": root, "gal": gal, "more": more, "query": query, "qcam": qcam, "pcam": pcam,
             "planted": str(planted.resolve()), "weights": weights, "galleries": {},
