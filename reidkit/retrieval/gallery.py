@@ -483,4 +483,11 @@ class Gallery:
         snap = self._snap
         return {"status": "ok", "gallery_size": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
                 "generation": snap.generation, "uid": snap.uid, "index": snap.info.get("index_kind", "flat"),
-                "backend": "milvus" if is_milvus(self.db) else "embedded", "model": self.identity.as_dict()}
+                "backend": "milvus" if is_milvus(self.db) else "embedded", "model": self.identity.as_dict(),
+                "identities": self._identity_count()}
+
+    def _identity_count(self) -> int:
+        """Global identities stored by `reidkit identities` (0 when none were assigned)."""
+        state = self.get_state("identities") if self._snap.n_tracklets else None
+        tracklets = state.get("tracklets") if isinstance(state, dict) else None
+        return len(set(tracklets.values())) if isinstance(tracklets, dict) else 0

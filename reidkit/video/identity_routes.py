@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse
+
+from reidkit.retrieval.service import add_page
 
 _PAGE = Path(__file__).resolve().parent.parent / "retrieval" / "static" / "identities.html"
-_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self' 'unsafe-inline'")
 
 
 def identity_list(gallery: Any) -> dict[str, Any]:
@@ -43,10 +42,9 @@ def identity_router(get_gallery: Callable[[], Any], authorize: Callable[[Any], N
 
     router = APIRouter()
 
-    @router.get("/identities", response_class=HTMLResponse)
-    async def identities_page() -> HTMLResponse:
-        # a static page without data; it sends the user's token with each API call
-        return HTMLResponse(_PAGE.read_text(encoding="utf-8"), headers={"Content-Security-Policy": _CSP})
+    # a static page without data (it sends the user's token with each API call); `/` links to it
+    # once the gallery holds identities
+    add_page(router, "/identities", lambda: _PAGE.read_text(encoding="utf-8"), "Identities", shown_if="identities")
 
     @router.get("/identities/list")
     async def identities_list(request: Request) -> dict[str, Any]:
