@@ -139,3 +139,21 @@ def test_chain_topology_links_and_trackeval_layout(tmp_path):
         assert all(line.endswith(",1,1,1") for line in (te / "gt" / "gt.txt").read_text().splitlines())
         assert "seqLength=300" in (te / "seqinfo.ini").read_text()
     assert (rep.root / "GT" / "seqmaps" / "SCENE-all.txt").read_text().split() == ["name", "cam1", "cam2", "cam3"]
+
+
+def test_scene_cli_never_mixes_an_old_scene_with_a_new_one(tmp_path, capsys):
+    from reidkit.cli import main
+
+    out = tmp_path / "sc"
+    args = ["scene", str(out), "--ids", "2", "--frames", "4", "--size", "64x96"]
+    assert main([*args, "--cams", "3"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--cams", "2"]) == 2  # a scene is there: refused, untouched
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--regenerate" in err and (out / "cam3").is_dir()
+    assert main([*args, "--cams", "2", "--regenerate"]) == 0  # replaced whole: no cam3 left behind
+    assert sorted(p.name for p in out.glob("cam*")) == ["cam1", "cam2"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["scene", str(tmp_path / "other"), "--regenerate", "--frames", "4"]) == 2  # not a scene: kept
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

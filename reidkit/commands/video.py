@@ -4,6 +4,7 @@ multi-camera scene with MOTChallenge ground truth."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import sys
 
@@ -74,7 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_video)
     add_trust_argument(p)
 
-    t = sub.add_parser("tracklets", help="search tracklets across cameras, list a tracklet's appearances")
+    t = sub.add_parser("tracklets", help="search tracklets across cameras, list a tracklet's appearances",
+                       description="Tracklets are what `reidkit video` stores: one entry per tracked person per "
+                                   "camera (best-K crops, frame span, boxes, thumbnails). `search` ranks the "
+                                   "tracklets of other cameras for a query crop, box or tracklet; `show` lists one "
+                                   "tracklet's appearances in time order.")
     tsub = t.add_subparsers(dest="tracklets_command", metavar="<action>")
     s = tsub.add_parser("search", help="tracklets of other cameras matching a query image, box or tracklet")
     s.add_argument("--db", required=True, help="gallery folder")
@@ -94,8 +99,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.set_defaults(func=_run_show)
     t.set_defaults(func=lambda args: (t.print_help(), 0)[1])
 
-    sc = sub.add_parser("scene", help="write a synthetic multi-camera scene (videos + MOTChallenge ground truth)")
+    sc = sub.add_parser("scene", help="write a synthetic multi-camera scene (videos + MOTChallenge ground truth)",
+                        description="Generate people walking through CAMS camera views (a corridor of cameras with "
+                                    "transit times by default): one video per camera, MOTChallenge ground truth, "
+                                    "TrackEval's layout under OUT/GT and the camera links (OUT/links.yaml). An "
+                                    "existing scene is replaced only with --regenerate.")
     sc.add_argument("out", metavar="OUT", help="output folder")
+    sc.add_argument("--regenerate", action="store_true",
+                    help="replace the scene already in OUT (its cam*/ folders, GT/, links.yaml, scene.json)")
     sc.add_argument("--cams", type=at_most("--cams", 64), default=3, help="cameras (default 3)")
     sc.add_argument("--ids", type=at_most("--ids", 10_000), default=6, help="identities (default 6)")
     sc.add_argument("--frames", type=at_most("--frames", 1_000_000), default=200, help="frames per camera (default 200)")
@@ -185,6 +196,7 @@ def _run_scene(args: argparse.Namespace) -> int:
     from reidkit.commands.synth import parse_size
     from reidkit.data.scene import generate_scene
 
+    _clear_scene(Path(args.out), args.regenerate)
     rep = generate_scene(args.out, cams=args.cams, ids=args.ids, frames=args.frames, size=parse_size(args.size),
                          fps=args.fps, seed=args.seed, domain=args.domain, speed=args.speed, topology=args.topology,
                          transit=_pair(args.transit, "--transit"))
@@ -193,6 +205,24 @@ def _run_scene(args: argparse.Namespace) -> int:
     print(f"{rep.boxes} ground-truth boxes, {rep.ids} identities, {rep.frames} frames at {rep.fps:g} fps")
     print(f"TrackEval ground truth: {rep.root / 'GT'}" + (f"; camera links: {rep.links}" if rep.links else ""))
     return 0
+
+
+def _clear_scene(out: Path, regenerate: bool) -> None:
+    """Refuse to write over a folder that has files (a scene left there would mix with the new one);
+    with --regenerate remove exactly what a scene consists of, so no old camera survives."""
+    import shutil
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not regenerate:
+        raise ReIDError(f"scene: {out} is not empty; give a new folder, or --regenerate to replace the scene in it")
+    if not (out / "scene.json").is_file():
+        raise ReIDError(f"scene: {out} holds no scene (no scene.json); --regenerate replaces only a scene")
+    for item in out.iterdir():
+        if item.is_dir() and (item.name.startswith("cam") or item.name == "GT"):
+            shutil.rmtree(item)
+        elif item.name in ("links.yaml", "scene.json"):
+            item.unlink()
 
 
 def _pair(text: str, name: str) -> tuple[float, float]:
