@@ -211,6 +211,13 @@ def test_cli_build_search_refuse(data, tmp_path, capsys):
     assert main(["search", "--db", str(db), "--image", str(data["query"]), "--topk", "2"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["rank", "id", "score"] and table[1].endswith(data["planted"].name)
+    want_cam = f"c{res[0]['camid'] + 1}"  # the file's own camera name (Market 'c1' is camid 0)
+    assert table[1].split()[3] == want_cam
+    assert main(["search", "--db", str(db), "--image", str(data["query"]), "--topk", "3", "--rerank"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[2] == "rr-dist"  # prints the distance the order follows
+    dists = [float(r.split()[2]) for r in rows[1:]]
+    assert dists == sorted(dists)
     assert main(["search", "--db", str(db), "--image", str(data["query"]), "--weights", str(data["other"])]) == 2
     assert "model mismatch" in capsys.readouterr().err
     assert main(["index", "add", "--db", str(tmp_path / "nope"), "--images", str(data["gal"])]) == 2

@@ -271,10 +271,14 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"query": args.image, "results": results}, indent=2))
         return 0
-    print(f"{'rank':>4}  {'id':>8}  {'score':>7}  {'cam':>4}  path")
+    # ranked by the re-ranked distance with --rerank: print what the order follows, and the camera as
+    # the file names it (c1 is camera 1, as in the JSON and the web page)
+    key, head = ("rerank_distance", "rr-dist") if args.rerank else ("score", "score")
+    print(f"{'rank':>4}  {'id':>8}  {head:>7}  {'cam':>4}  path")
     for r, res in enumerate(results, 1):
-        cam = "-" if res["camid"] is None else str(res["camid"])
-        print(f"{r:>4}  {res['id']:>8}  {res['score']:>7.4f}  {cam:>4}  {res['path']}")
+        cam = res.get("camera") or ("-" if res["camid"] is None else f"c{res['camid'] + 1}")
+        value = res.get(key, res["score"])
+        print(f"{r:>4}  {res['id']:>8}  {value:>7.4f}  {cam:>4}  {res['path']}")
     return 0
 
 
