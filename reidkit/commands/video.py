@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="camera name, once per video in order (default: the video file's name)")
     p.add_argument("--detections", action="append", default=None,
                    help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order")
-    p.add_argument("--detector", default=None, help="ONNX YOLO-family person detector (default: OpenCV HOG)")
+    p.add_argument("--detector", default=None,
+                   help="person detector: 'hog' (OpenCV's HOG people detector, the default), 'motion' "
+                        "(background subtraction: fixed cameras, fastest) or an ONNX YOLO-family model file")
     p.add_argument("--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
     p.add_argument("--detector-size", default=None,
                    help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)")

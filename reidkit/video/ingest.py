@@ -50,6 +50,7 @@ __all__ = ["THUMBS", "CRASH_ENV", "VideoJob", "Settings", "create_gallery", "ope
 
 CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after that many commits
 DEFAULT_STREAMS = 4
+BUILTIN_DETECTORS = ("hog", "motion")  # --detector names; anything else is an ONNX file
 
 
 def _stderr(msg: str) -> None:
@@ -118,7 +119,11 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
     shared_spec: dict[str, Any] = {}
     shared_det = None
     if not detections:
-        if detector is not None:
+        builtin = str(detector) if detector is not None and str(detector) in BUILTIN_DETECTORS \
+            and not Path(detector).expanduser().is_file() else None
+        if builtin == "motion":
+            shared_spec, shared_name = {"kind": "motion", "options": {}}, "motion"
+        elif detector is not None and builtin is None:
             shared_spec = {"kind": "onnx", "path": str(Path(detector).expanduser().absolute()), "conf": float(conf),
                            "input_size": list(detector_size) if detector_size else None,
                            "person_class": int(person_class)}
@@ -128,7 +133,8 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
             shared_name = "hog"
         from reidkit.video.pipeline import build_detector
 
-        shared_det = build_detector(shared_spec)  # refused here, before any work, when it cannot be built
+        if shared_spec["kind"] != "motion":  # the motion detector is one per video (its background)
+            shared_det = build_detector(shared_spec)  # refused here, before any work, when it cannot be built
     jobs = []
     for i, info in enumerate(infos):
         if detections:

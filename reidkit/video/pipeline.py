@@ -57,11 +57,14 @@ PAIR_IOU, OTHER_IOU = 0.5, 0.1
 # ----------------------------------------------------------------------------- jobs and settings
 
 
-def build_detector(spec: dict[str, Any]) -> Any:
-    """The detector a spec names: {"kind": "hog"|"mot"|"onnx", ...} (picklable jobs carry specs, not detectors)."""
-    from reidkit.video.detect import HogDetector, MotDetections, OnnxDetector
+def build_detector(spec: dict[str, Any], video: str | os.PathLike | None = None) -> Any:
+    """The detector a spec names: {"kind": "hog"|"motion"|"mot"|"onnx", ...} (picklable jobs carry specs, not
+    detectors); "motion" models the background of one `video`."""
+    from reidkit.video.detect import HogDetector, MotDetections, MotionDetector, OnnxDetector
 
     kind = spec["kind"]
+    if kind == "motion":
+        return MotionDetector(video if video is not None else "", **spec.get("options", {}))
     if kind == "mot":
         return MotDetections(spec["path"])
     if kind == "onnx":
@@ -87,12 +90,12 @@ class VideoJob:
     def detector(self) -> Any:
         """The built detector (built once per process)."""
         if self._detector is None:
-            self._detector = build_detector(self.detector_spec)
+            self._detector = build_detector(self.detector_spec, self.info.path)
         return self._detector
 
     def __getstate__(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d["_detector"] = None if d["detector_spec"]["kind"] != "mot" else d["_detector"]
+        d["_detector"] = None if d["detector_spec"]["kind"] not in ("mot",) else d["_detector"]
         return d
 
 
