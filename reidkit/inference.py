@@ -157,6 +157,15 @@ class FeatureExtractor:
                               tuple(info.mean), tuple(info.std))
         return model, ident
 
+    def with_engine(self, engine: str, batch_size: int | None = None, flip: bool | None = None,
+                    threads: int | None = None) -> FeatureExtractor:
+        """A view on this model run by `engine` ("torch", "onnx", "auto"), with its own batch size and flip."""
+        if engine not in ENGINES:
+            raise ReIDError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+        runner, used = _choose_engine(self.model, self.identity, engine, self.device, threads)
+        return FeatureExtractor(runner, self.identity, self.device, int(batch_size or self.batch_size),
+                                self.flip if flip is None else bool(flip), engine=used)
+
     @classmethod
     def from_model(cls, model: Any, device: Any = None, size: Sequence[int] | None = None,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "benchmarks/results/bench_video.md)")
     p.add_argument("--detect-scale", type=bounded_float("--detect-scale", 0.05, 1.0), default=0.75,
                    help="HOG detector: run on the frame scaled by this factor (default 0.75)")
+    p.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
+                   help="how the embedder runs: auto (ONNX Runtime on a CPU when installed, measured faster in "
+                        "benchmarks/bench_embed.py; else PyTorch), torch, onnx (default auto)")
     p.add_argument("--appearance", choices=["needed", "all"], default="needed",
                    help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
                         "ambiguous detections, best-K crop candidates (needed, default)")
@@ -137,7 +140,7 @@ def _run_video(args: argparse.Namespace) -> int:
               min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
               max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
               detector_size=size, person_class=args.person_class, detect_every=detect_every,
-              detect_scale=args.detect_scale, appearance=args.appearance)
+              detect_scale=args.detect_scale, appearance=args.appearance, engine=args.engine)
     if args.workers is not None or args.cluster is not None:
         from reidkit.video.cluster import ingest_on_cluster
 

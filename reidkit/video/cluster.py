@@ -52,7 +52,7 @@ def _embedder(model: dict[str, Any]) -> Any:
         from reidkit.video.embedder import Embedder
 
         _EMBEDDERS[key] = Embedder(model["weights"], device=model["device"], batch_size=model["batch_size"],
-                                   flip=model["flip"])
+                                   flip=model["flip"], engine=model.get("engine", "torch"))
     return _EMBEDDERS[key]
 
 
@@ -92,12 +92,13 @@ def run_segment(job: VideoJob, settings: Settings, model: dict[str, Any], state:
     return {"chunks": chunks, "identity": emb.identity, "stats": stats.report(), "state": last}
 
 
-def _model_spec(gallery: Any, weights: Any, device: Any, batch_size: int, flip: bool) -> dict[str, Any]:
+def _model_spec(gallery: Any, weights: Any, device: Any, batch_size: int, flip: bool,
+                engine: str = "torch") -> dict[str, Any]:
     src = getattr(gallery.identity, "source", None)
     if weights is None and src not in (None, "imagenet"):
         weights = src
     return {"weights": None if weights is None else str(weights), "device": device, "batch_size": int(batch_size),
-            "flip": bool(flip)}
+            "flip": bool(flip), "engine": str(engine)}
 
 
 def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike], workers: int | None = None,
@@ -127,14 +128,15 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
                         kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0))
     weights, device = kw.pop("weights", None), kw.pop("device", None)
     batch_size, flip = int(kw.pop("batch_size", 64)), bool(kw.pop("flip", False))
+    engine = str(kw.pop("engine", "torch"))
     if kw:
         raise ReIDError(f"ingest_on_cluster: unknown options {', '.join(sorted(kw))}")
     # Workers write themselves only to a Milvus server; Milvus Lite (a local file) admits one process,
     # so its chunks come back to the driver like an embedded gallery's.
     text = str(db)
     direct = text.startswith("milvus:") and "://" in text[len("milvus:"):]
-    gallery, _emb = open_gallery(db, weights, device, batch_size, flip)
-    model = _model_spec(gallery, weights, device, batch_size, flip)
+    gallery, _emb = open_gallery(db, weights, device, batch_size, flip, engine)
+    model = _model_spec(gallery, weights, device, batch_size, flip, engine)
 
     own = None
     if client is None:

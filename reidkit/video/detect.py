@@ -30,6 +30,7 @@ Four sources:
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ import numpy as np
 from reidkit.errors import ReIDError
 
 Detections = tuple[np.ndarray, np.ndarray]
+log = logging.getLogger(__name__)
+BUSY_SHARE, BUSY_WARN = 0.5, 10  # motion detector: warn once after this many frames mostly in motion
 
 
 def _empty() -> Detections:
@@ -243,6 +246,7 @@ class MotionDetector:
         self.block, self.samples, self.aspect = int(block), int(samples), float(aspect)
         self.min_height = float(min_height)
         self._bg: tuple[int, np.ndarray] | None = None
+        self.busy_frames = 0  # frames where most of the picture moved (a moving camera, a light switched)
 
     def _small(self, frame: np.ndarray) -> np.ndarray:
         """The frame at work size, normalised per channel (float32, H x W x 3)."""
@@ -298,6 +302,12 @@ class MotionDetector:
             raise ReIDError(f"video {self.path}: frame {index + 1} is not the size of the video's first frames")
         s = x.shape[0] / h
         mask = (np.abs(x - bg).max(axis=2) > self.threshold).astype(np.uint8)
+        if mask.mean() > BUSY_SHARE:
+            self.busy_frames += 1
+            if self.busy_frames == BUSY_WARN:
+                log.warning("video %s: more than half of the picture moved in %d frames (by frame %d): the "
+                            "motion detector needs a fixed camera; use --detector hog or an ONNX detector",
+                            self.path, BUSY_WARN, index + 1)
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         mask = cv2.dilate(cv2.morphologyEx(mask, cv2.MORPH_OPEN, k), k, iterations=2)
         n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)

@@ -72,8 +72,11 @@ def create_gallery(db: Path, embedder: Embedder) -> Any:
 
 
 def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
-                 batch_size: int = 64, flip: bool = False) -> tuple[Any, Embedder]:
-    """(gallery, embedder): open `db` (its own model unless `weights`), or create it for `weights` (None: ImageNet)."""
+                 batch_size: int = 64, flip: bool = False, engine: str = "torch") -> tuple[Any, Embedder]:
+    """(gallery, embedder): open `db` (its own model unless `weights`), or create it for `weights` (None: ImageNet).
+
+    `engine`: how the embedder runs the model ("torch", "onnx", "auto": see reidkit.inference).
+    """
     from reidkit.inference import FeatureExtractor
     from reidkit.retrieval.index import Gallery
 
@@ -85,10 +88,12 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
         gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size)
         ext = gallery.extractor
         own = FeatureExtractor(ext.model, ext.identity, ext.device, batch_size, flip)  # own flip setting
+        if engine != "torch":
+            own = own.with_engine(engine)
         return gallery, Embedder(extractor=own, flip=flip, batch_size=batch_size)
     if not milvus and path.is_dir() and any(path.iterdir()):
         raise ReIDError(f"--db: {path} is a folder with other files in it; give a gallery or a new folder")
-    embedder = Embedder(weights, device=device, batch_size=batch_size, flip=flip)
+    embedder = Embedder(weights, device=device, batch_size=batch_size, flip=flip, engine=engine)
     return create_gallery(path, embedder), embedder
 
 
@@ -306,7 +311,7 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
            progress: Callable[[str], None] | None = _stderr, embedder: Embedder | None = None,
            detector_size: tuple[int, int] | None = None, person_class: int = 0,
            detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all",
-           streams: int = DEFAULT_STREAMS) -> dict[str, Any]:
+           streams: int = DEFAULT_STREAMS, engine: str = "torch") -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring."""
     settings = check_settings(Settings(int(every), int(chunk), int(k), int(min_len), int(max_age), int(n_init),
                                        float(max_cosine_distance), int(detect_every), str(appearance)))
@@ -321,7 +326,7 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
         gallery = Gallery.open(path) if Gallery.exists(path) else create_gallery(path, embedder)
         gallery.check_identity(embedder.identity)
     else:
-        gallery, embedder = open_gallery(db, weights, device, batch_size, flip)
+        gallery, embedder = open_gallery(db, weights, device, batch_size, flip, engine)
     say = progress or (lambda _m: None)
     stats = Stats()
     t0 = time.perf_counter()

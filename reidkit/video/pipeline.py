@@ -23,10 +23,14 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
   frames between two consecutive detections of its track are filled by linear interpolation
   (``OpenTracklet.observe``), so tracklets still cover every frame;
 - ``appearance="needed"``: a crop is embedded only where association or the tracklet needs it: a
-  detection that does not pair one-to-one (IoU >= 0.5, no other overlap >= 0.1) with exactly one
-  track's predicted box (a new track, an ambiguous match), or whose crop would enter its tracklet's
-  best K (the tracklet feature is always the mean of real crop features). An unambiguous detection
-  gets its track's last feature, which keeps DeepSort's appearance cost of that pair at zero.
+  detection that does not pair one-to-one (IoU >= 0.3, no other overlap >= 0.1) with the predicted
+  box of exactly one track seen in the last frame (a new track, an ambiguous match) is embedded at
+  once; an unambiguous one gives DeepSort its track's last feature (an appearance cost of zero for
+  that pair; DeepSort's matching cascade serves tracks seen last frame first). The crops
+  among a tracklet's best K are embedded late, in one batch when the chunk is cut (before its
+  state is stored) or the video ends, so a crop that left the best K before then, or whose track
+  never became a tracklet, costs nothing; the tracklet feature is always the mean of real crop
+  features.
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ THUMBS = "thumbs"
 STATE_VERSION = 1
 APPEARANCE = ("all", "needed")
 QUEUE_FRAMES = 8  # frames decoded + detected ahead of tracking, per video
-PAIR_IOU, OTHER_IOU = 0.5, 0.1
+PAIR_IOU, OTHER_IOU = 0.3, 0.1
 
 
 # ----------------------------------------------------------------------------- jobs and settings
@@ -440,8 +444,21 @@ class _Video:
         if t is not None and t.confirmed and len(t.boxes) >= self.s.min_len:
             self.pending.append(t)
 
+    def _fill_features(self) -> None:
+        """Embed, in one batch, the best-K crops of open and pending tracklets that have no feature yet."""
+        todo = [c for t in [*self.pending, *self.open.values()] for c in t.missing()]
+        if not todo:
+            return
+        feats = self.emb.embed_crops([c["crop"] for c in todo])
+        for c, f in zip(todo, feats):
+            c["feat"] = np.asarray(f, np.float32)
+            del c["crop"]
+        if self.stats is not None:
+            self.stats.add("embedded", 0.0, len(todo))
+
     def chunk(self, done: bool, frames: int, last: int, seconds: float) -> Chunk:
         """The pending tracklets and the state after them (the count includes them)."""
+        self._fill_features()
         thumbs: dict[str, bytes] = {}
         made = [self._entry(t, thumbs) for t in self.pending]
         feats = np.stack([f for f, _ in made]) if made else np.zeros((0, self.emb.dim), np.float32)
@@ -450,10 +467,12 @@ class _Video:
         return Chunk(self.job.key, self.job.camera, feats, [e for _, e in made], thumbs, self._state(done),
                      frames, last, seconds)
 
-    def _reuse(self, boxes: np.ndarray, q: list[float]) -> list[np.ndarray | None]:
+    def _reuse(self, boxes: np.ndarray) -> list[np.ndarray | None]:
         """Per detection: the feature to reuse (its one-to-one track's last feature), or None to embed the crop."""
         out: list[np.ndarray | None] = [None] * len(boxes)
-        tracks = [t for t in self.tracker.ds.tracker.tracks if t.features]
+        # tracks seen in the last processed frame: DeepSort's matching cascade serves them before any
+        # track lost for longer, so only they compete for a detection
+        tracks = [t for t in self.tracker.ds.tracker.tracks if t.features and t.time_since_update <= 1]
         if not tracks or not len(boxes):
             return out
         pred = []
@@ -468,9 +487,6 @@ class _Video:
                 continue
             if (np.delete(iou[d], j) >= OTHER_IOU).any() or (np.delete(iou[:, j], d) >= OTHER_IOU).any():
                 continue  # ambiguous: another track or detection overlaps
-            tr = self.open.get(str(tracks[j].track_id))
-            if tr is not None and tr.would_keep(q[d], self.s.k):
-                continue  # a best-K crop candidate: its real feature goes into the tracklet
             out[d] = tracks[j].features[-1]
         return out
 
@@ -486,7 +502,7 @@ class _Video:
         if self.s.appearance == "all":
             reuse: list[np.ndarray | None] = [None] * len(crops)
         else:
-            reuse = self._reuse(boxes, q)
+            reuse = self._reuse(boxes)
         need = [i for i, r in enumerate(reuse) if r is None]
         t1 = time.perf_counter()
         feats = np.zeros((len(crops), self.emb.dim), np.float32)
@@ -499,22 +515,18 @@ class _Video:
                 feats[i] = r
         t2 = time.perf_counter()
         matched, ended = self.tracker.update(boxes, scores, feats)
-        late = [di for tid, di, _c in matched if not real[di]
-                and (tid not in self.open or self.open[tid].would_keep(q[di], self.s.k))]
-        if late:  # the tracker paired it otherwise than guessed, and the crop enters that tracklet's best K
-            feats[late] = self.emb.embed_crops([crops[i] for i in late])
         step = self.s.every if self.s.detect_every > 1 else None
         for tid, di, confirmed in matched:
             tr = self.open.setdefault(tid, OpenTracklet(tid))
-            tr.observe(idx, boxes[di], float(scores[di]), feats[di], crops[di], W, H, self.s.k, confirmed,
-                       q=q[di], fill_step=step, fill_gap=self.stride)
+            tr.observe(idx, boxes[di], float(scores[di]), feats[di] if real[di] else None, crops[di], W, H,
+                       self.s.k, confirmed, q=q[di], fill_step=step, fill_gap=self.stride)
         for tid in ended:
             self._finish(tid)
         if self.stats is not None:
             self.stats.add("crop", t1 - t0)
             self.stats.add("track", time.perf_counter() - t2)
             self.stats.add("crops", 0.0, len(crops))
-            self.stats.add("embedded", 0.0, len(need) + len(late))
+            self.stats.add("embedded", 0.0, len(need))
 
 
 def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict[str, Any] | None = None,

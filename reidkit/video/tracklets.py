@@ -67,10 +67,13 @@ class OpenTracklet:
         """True when a crop of quality `q` would enter the best K (so its real feature is needed)."""
         return len(self.best) < k or q > self.best[-1]["q"]
 
-    def observe(self, frame: int, box: Any, conf: float, feat: np.ndarray, crop_rgb: np.ndarray,
+    def observe(self, frame: int, box: Any, conf: float, feat: np.ndarray | None, crop_rgb: np.ndarray,
                 width: int, height: int, k: int, confirmed: bool, q: float | None = None,
                 fill_step: int | None = None, fill_gap: int | None = None) -> None:
         """Add one observation; keep its crop when it is among the K best.
+
+        `feat` None: the feature is computed later (``missing`` / ``set_features``), only if the crop
+        is still among the K best by then; the crop is kept until it is.
 
         With `fill_step`, a gap of at most `fill_gap` frames since this track's previous box (the
         frames between two detections) is filled with boxes every `fill_step` frames, linearly
@@ -89,10 +92,17 @@ class OpenTracklet:
             q = crop_quality(crop_rgb, box, conf, width, height)
         if not self.would_keep(q, k):
             return
-        self.best.append({"q": q, "frame": int(frame), "feat": np.asarray(feat, np.float32),
-                          "jpeg": thumbnail_jpeg(crop_rgb)})
+        c = {"q": q, "frame": int(frame), "feat": None if feat is None else np.asarray(feat, np.float32),
+             "jpeg": thumbnail_jpeg(crop_rgb)}
+        if feat is None:
+            c["crop"] = np.array(crop_rgb, dtype=np.uint8, copy=True)
+        self.best.append(c)
         self.best.sort(key=lambda c: (-c["q"], c["frame"]))
         del self.best[k:]
+
+    def missing(self) -> list[dict[str, Any]]:
+        """The best-K crops whose feature is still to be computed (each holds its "crop")."""
+        return [c for c in self.best if c["feat"] is None]
 
     def feature(self) -> np.ndarray:
         """Mean of the unit-normalised crop features, normalised."""
