@@ -146,7 +146,7 @@ class FeatureExtractor:
         from reidkit.models.loading import is_exported, load_feature_model
 
         if not path.is_file():
-            raise ReIDError(f"--weights: {path} is not a file")
+            raise ReIDError(f"weights {path} is not a file")
         source = str(path.resolve())
         model = load_feature_model(path, device="cpu", fmt=fmt, trust_checkpoint=trust, threads=threads)
         info = model.info
