@@ -146,7 +146,7 @@ class FeatureExtractor:
         from reidkit.models.loading import is_exported, load_feature_model
 
         if not path.is_file():
-            raise ReIDError(f"--weights: {path} is not a file")
+            raise ReIDError(f"weights {path} is not a file")
         source = str(path.resolve())
         model = load_feature_model(path, device="cpu", fmt=fmt, trust_checkpoint=trust, threads=threads)
         info = model.info
@@ -200,10 +200,12 @@ class FeatureExtractor:
     def embed_tensor(self, images: Any, *, flip: bool | None = None, batch_size: int | None = None,
                      device: Any = None, size: Sequence[int] | None = None, camids: Any = None,
                      normalize: bool = True, neck_feat: str | None = None, distributed: bool = False,
-                     amp: bool = False, amp_dtype: str = "bf16", autocast: Any = None) -> Any:
+                     amp: bool = False, amp_dtype: str = "bf16", autocast: Any = None,
+                     progress: str | None = None) -> Any:
         """Features (torch, CPU) of uint8 ``N x H x W x 3`` images (array or tensor), options per call.
 
         ``distributed``: shard across the initialised process group; every rank gets all rows.
+        ``progress``: the step's name, shown as a bar on a terminal and one line when done otherwise.
         A model with several outputs (a dict) gives a dict of features.
         """
         from reidkit.evaluation.features import extract_features
@@ -215,7 +217,7 @@ class FeatureExtractor:
                 flip=self.flip if flip is None else bool(flip), device=device if device is not None else self.device,
                 mean=ident.mean, std=ident.std, size=tuple(size or ident.input_size), normalize=normalize,
                 neck_feat=neck_feat, camids=camids, distributed=distributed, amp=amp, amp_dtype=amp_dtype,
-                autocast=autocast,
+                autocast=autocast, progress=progress,
             )
 
     def embed(self, images: np.ndarray, *, flip: bool | None = None, batch_size: int | None = None,
@@ -235,12 +237,13 @@ class FeatureExtractor:
     def embed_paths(self, paths: Sequence[str | os.PathLike], *, flip: bool | None = None,
                     batch_size: int | None = None, device: Any = None, size: Sequence[int] | None = None,
                     camids: Any = None, skipped: list[str] | None = None, distributed: bool = False,
-                    amp: bool = False, amp_dtype: str = "bf16") -> np.ndarray:
+                    amp: bool = False, amp_dtype: str = "bf16", progress: str | None = None) -> np.ndarray:
         """(N', D) float32 unit-norm features of image files, in order.
 
         An unreadable file raises ReIDError naming it, unless ``skipped`` (a list) is given: then
         its path is appended there and its row left out. ``distributed``: each torchrun rank
-        decodes and embeds its contiguous shard; every rank returns all rows.
+        decodes and embeds its contiguous shard; every rank returns all rows. ``progress``: the
+        name of the two steps (decoding, features): a bar each on a terminal, one line each otherwise.
         """
         from reidkit.evaluation.features import _dist_world, gather_rows, load_images, shard_bounds
 
@@ -251,14 +254,16 @@ class FeatureExtractor:
             raise ReIDError(f"camids: expected one camera id per image ({len(paths)}), got {len(cams)}")
         rank, world = _dist_world() if distributed else (0, 1)
         a, b = shard_bounds(len(paths), rank, world)
-        imgs, kept, _ = load_images(paths[a:b], hw, strict=skipped is None)  # type: ignore[arg-type]
+        imgs, kept, _ = load_images(paths[a:b], hw, strict=skipped is None,  # type: ignore[arg-type]
+                                    progress=None if progress is None else f"{progress}, decoding")
         # One column more flags readable rows, so every rank agrees on what was skipped.
         block = None
         if b > a:
             block = torch.zeros(b - a, self.dim + 1) if self.dim else None
             if kept:
                 f = self.embed_tensor(imgs, flip=flip, batch_size=batch_size, device=device, size=hw,
-                                      camids=None if cams is None else cams[a:b][kept], amp=amp, amp_dtype=amp_dtype)
+                                      camids=None if cams is None else cams[a:b][kept], amp=amp, amp_dtype=amp_dtype,
+                                      progress=None if progress is None else f"{progress}, features")
                 if block is None or block.shape[1] != f.shape[1] + 1:
                     block = torch.zeros(b - a, f.shape[1] + 1)
                 block[kept, :-1] = f

@@ -318,7 +318,7 @@ def test_pil_loader_and_camera_sampler_train(work: Path):
             assert len({records[i].camid for i in group}) == min(4, len(cams_of_id))
 
 
-def test_demo_pipeline_end_to_end(work: Path):
+def test_demo_pipeline_end_to_end(work: Path, capsys):
     from reidkit.engine.demo import format_demo_table, run_demo
 
     out = work / "demo"
@@ -333,3 +333,9 @@ def test_demo_pipeline_end_to_end(work: Path):
     assert (out / "ranked" / "index.html").is_file() and (out / "ranked" / "query_00001.png").is_file()
     assert (out / "train" / "model.pt").is_file()
     assert "after fine-tuning + re-ranking" in format_demo_table(metrics)
+    # issue 21: from Python, with output not a terminal, each long step says when it is done
+    err = capsys.readouterr().err
+    for step in ("demo: synthetic dataset: done in", "decoding training images: ", "evaluation synthetic query: ",
+                 "evaluation synthetic ranking (re-ranked): ", "demo: synthetic query: ",
+                 "demo: ranked lists: 2 pictures done in"):
+        assert step in err, (step, err)

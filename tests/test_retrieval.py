@@ -290,9 +290,40 @@ def test_zero_byte_image_skipped_counted_or_strict(data, tmp_path, capsys):
     assert "4 images added" in out and "1 unreadable skipped" in out and "0099_c1s1_000001_01.jpg" in out
     assert main(["index", "build", "--images", str(folder), "--db", str(tmp_path / "strict"), "--strict",
                  "--weights", str(data["weights"])]) == 2
-    _one_error(capsys.readouterr().err, "0099_c1s1_000001_01.jpg", "zero-byte", "--strict")
+    _one_error(capsys.readouterr().err, "0099_c1s1_000001_01.jpg", "zero-byte", "strict")
     assert not (tmp_path / "strict").exists()
     assert not list(tmp_path.glob(".strict.*"))  # the temp build folder is removed
+
+
+def test_library_errors_name_the_thing_not_a_cli_flag(data, tmp_path, capsys):
+    """issue 21: the Python API names the images folder, the image or the weights, never `--images:` /
+    `--weights:`; the CLI still prints one error line naming the file."""
+    from reidkit.inference import FeatureExtractor
+
+    empty, bad, zero = tmp_path / "empty", tmp_path / "bad", tmp_path / "zero"
+    for d in (empty, bad, zero):
+        d.mkdir()
+    (bad / "0001_c1s1_000001_01.jpg").write_bytes(b"not an image")
+    shutil.copy(data["query"], zero / "0001_c1s1_000001_01.jpg")
+    (zero / "0002_c1s1_000001_01.jpg").write_bytes(b"")
+    cases = [
+        (lambda: Gallery.build(tmp_path / "nowhere", tmp_path / "db1", weights=data["weights"]),
+         f"images folder {tmp_path / 'nowhere'} is not a folder"),
+        (lambda: Gallery.build(empty, tmp_path / "db2", weights=data["weights"]), f"images folder {empty}: no image"),
+        (lambda: Gallery.build(bad, tmp_path / "db3", weights=data["weights"]),
+         f"images folder {bad}: none of its 1 images could be read"),
+        (lambda: Gallery.build(zero, tmp_path / "db4", weights=data["weights"], strict=True),
+         f"image {zero / '0002_c1s1_000001_01.jpg'} cannot be read (a zero-byte file)"),
+        (lambda: FeatureExtractor.load(tmp_path / "missing.pth"), f"weights {tmp_path / 'missing.pth'} is not a file"),
+        (lambda: FeatureExtractor.load("resnet50_nosuch"), "weights 'resnet50_nosuch' is neither a file nor"),
+    ]
+    for call, start in cases:
+        with pytest.raises(ReIDError) as info:
+            call()
+        assert str(info.value).startswith(start), (start, str(info.value))
+    assert main(["index", "build", "--images", str(tmp_path / "nowhere"), "--db", str(tmp_path / "db5"),
+                 "--weights", str(data["weights"])]) == 2
+    _one_error(capsys.readouterr().err, str(tmp_path / "nowhere"))
 
 
 def test_pgm_ppm_gif_crops_are_indexed(data, tmp_path):

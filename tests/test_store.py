@@ -296,6 +296,18 @@ def test_check_and_repair_old_gallery(env, capsys):
     assert main(["index", "repair", "--db", str(db3)]) == 2
     err = capsys.readouterr().err
     assert "3 of 5 images have no vector" in err and "/nowhere/model.pth" in err and "--weights" in err
+    # another model's weights: the library names the weights, not the CLI flag (issue 21)
+    import torch
+
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    other = save_model(env["root"] / "other.pth", build_model(cfg, 4), cfg, 4, (32, 16))
+    with pytest.raises(ReIDError) as info:
+        repair_gallery(db3, weights=other)
+    msg = str(info.value)
+    assert msg.startswith("weights sha256:") and f"({other}) are not the model that built {db3}" in msg, msg
 
 
 def test_check_reports_inconsistent_store(env, capsys):

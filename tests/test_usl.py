@@ -193,3 +193,41 @@ def test_ssg_with_camera_norm_runs(tiny, tmp_path):
            "output_dir": str(tmp_path / "cam")}
     result = ClusterTrainer(cfg).fit()
     assert result["clusters"][0]["n_samples"] == 48 and "upper" in result["clusters"][0]
+
+
+def test_uda_ssg_as_shipped_names_the_source_key_and_reports_a_failed_clustering_once(tmp_path):
+    """issue 21: `reidkit usl` on the shipped uda_ssg recipe. A missing source root names the config key
+    `usl.source.datasets`; a clustering that finds nothing is one `error:` line, printed once (a real
+    process, so ignite's and Python's own logging would show up too)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    syn = {"name": "synthetic", "root": str(tmp_path / "syn"),
+           "options": {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}}
+    cfg = {"_base_": "uda_ssg.yaml", "data": {"datasets": [syn], "size": [32, 16]},
+           "model": {"backbone": "resnet18", "pretrained": False}, "solver": {"max_epochs": 1},
+           "usl": {"init_weights": None, "batch_size": 4, "num_instances": 2, "iters_per_epoch": 1, "k1": 4, "k2": 2},
+           "device": "cpu", "output_dir": str(tmp_path / "out")}
+    path = tmp_path / "ssg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def usl(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "reidkit.cli", "usl", "--config", str(path), *overrides],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+    # the recipe's source domain, dukemtmc under ./data, is not there
+    proc = usl()
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "'usl.source.datasets'" in errors[0] and "dukemtmc" in errors[0] and str(tmp_path / "data") in errors[0]
+
+    # a source that is there, and an eps so small that DBSCAN finds no cluster
+    proc = usl("usl.source.datasets=[" + yaml.safe_dump(syn, default_flow_style=True).strip() + "]", "usl.rho=0.0001")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("clustering found 0 usable pseudo identities") == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: epoch 1: clustering found 0"), proc.stderr

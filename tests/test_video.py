@@ -137,7 +137,7 @@ def test_query_crop_finds_the_person_in_the_other_camera_cli(run, ingested, tmp_
         assert cam2[json.loads(capsys.readouterr().out)["results"][0]["tracklet"]] == pid
 
 
-def test_tracklet_query_and_appearances(ingested, capsys):
+def test_tracklet_query_and_appearances(ingested, capsys, tmp_path, monkeypatch):
     g = ingested["gallery"]
     t = g.entries(kind="tracklet", camera="cam1")[0]
     assert main(["tracklets", "search", "--db", str(ingested["db"]), "--tracklet", t["tracklet"], "--json"]) == 0
@@ -152,6 +152,16 @@ def test_tracklet_query_and_appearances(ingested, capsys):
     assert main(["tracklets", "search", "--db", str(ingested["db"]), "--tracklet", "nope"]) == 2
     assert "no tracklet 'nope'" in capsys.readouterr().err
     assert main(["tracklets", "search", "--db", str(ingested["db"]), "--image", "x.png", "--box", "3,3,1,1"]) == 2
+    # issue 21: the printed thumbnails are paths a user can open, from any folder
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["tracklets", "search", "--db", str(ingested["db"]), "--tracklet", t["tracklet"]]) == 0
+    assert main(["tracklets", "show", str(t["id"]), "--db", str(ingested["db"])]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "thumbs=" in ln]
+    assert len(lines) == len(res["results"]) + 1
+    for ln in lines:
+        thumbs = ln.split("thumbs=")[1].split(",")
+        assert thumbs and all(Path(p).is_absolute() and Path(p).is_file() for p in thumbs), ln
 
 
 def test_http_search_and_thumbs(run, ingested):

@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", required=True, help="the recipe the model was trained with")
     p.add_argument("--weights", "-w", required=True, help="trained model (model.pt / best.pt)")
-    p.add_argument("--threshold", type=float, default=0.7, help="cosine similarity to join a query group (0.7)")
+    p.add_argument("--threshold", default="auto",
+                   help="cosine similarity a gallery image needs to join a query group, or auto (default): "
+                        "the similarity only 1%% of pairs of different query groups reach, on the model's own scale")
     p.add_argument("--dedup-threshold", type=float, default=0.3,
                    help="cosine distance cut of the query clustering (0.3)")
     p.add_argument("--iterations", type=at_most("--iterations", 100), default=1, help="label -> retrain rounds (1)")
@@ -80,6 +82,9 @@ def _usl(args: argparse.Namespace) -> int:
 
 def _pseudo_label(args: argparse.Namespace) -> int:
     from reidkit.engine.pseudo_label import format_summary, run_pseudo_label
+    from reidkit.utils.progress import console_logging
+
+    console_logging(show_iterations=False)  # features and retraining report their steps
 
     summary = run_pseudo_label(
         args.config, args.weights, threshold=args.threshold, dedup_threshold=args.dedup_threshold,

@@ -138,8 +138,10 @@ def _extract(args: argparse.Namespace) -> int:
     from reidkit.inference import FeatureExtractor
     from reidkit.models.loading import local_weights
     from reidkit.utils.io import atomic_write
+    from reidkit.utils.progress import console_logging
     from reidkit.utils.runtime import resolve_device
 
+    console_logging(show_iterations=False)
     if (args.onnx is None) == (args.weights is None):
         raise ReIDError("extract: give exactly one of --weights and --onnx")
     if args.weights:
@@ -166,7 +168,7 @@ def _extract(args: argparse.Namespace) -> int:
     try:
         feats = fx.embed_paths(paths, device=device, camids=camids if fx.uses_camera else None, skipped=skipped,
                                distributed=world > 1, amp=args.amp and fx.engine == "torch",
-                               amp_dtype=args.amp_dtype)
+                               amp_dtype=args.amp_dtype, progress="extract")
     finally:
         if created:
             import torch.distributed as dist
@@ -270,7 +272,9 @@ def _visrank(args: argparse.Namespace) -> int:
     from reidkit.evaluation.evaluator import summarize
     from reidkit.evaluation.metrics import evaluate_rank
     from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
+    from reidkit.utils.progress import console_logging, step
 
+    console_logging(show_iterations=False)
     if not Path(args.features).is_file():
         raise ReIDError(f"--features: {args.features} is not a file")
     out = Path(args.out)
@@ -290,13 +294,14 @@ def _visrank(args: argparse.Namespace) -> int:
         norm = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
         if args.metric == "cosine":
             qf, gf = norm(qf), norm(gf)
-        distmat = re_ranking_features(qf, gf)
+        with step("visrank: re-ranking", len(qf), "queries"):
+            distmat = re_ranking_features(qf, gf)
     else:
         distmat = compute_distance(qf, gf, metric=args.metric)
     q_pids = np.array([r.pid for r in dataset.query])
     g_pids = np.array([r.pid for r in dataset.gallery])
     index = visualize_ranked(distmat, dataset.query, dataset.gallery, out, topk=args.topk,
-                             max_queries=args.max_queries)
+                             max_queries=args.max_queries, progress="visrank: ranked lists")
     try:
         raw = evaluate_rank(distmat, q_pids, g_pids, [r.camid for r in dataset.query],
                             [r.camid for r in dataset.gallery])

@@ -157,14 +157,19 @@ def _run_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_hit(h: dict) -> str:
+def _fmt_hit(h: dict, thumbs: Path) -> str:
+    """One tracklet line; its first thumbnails as absolute paths a user can open (under ``thumbs``)."""
+    import os
+
     score = f"{h['score']:.4f}  " if "score" in h else ""
+    paths = ",".join(os.path.abspath(thumbs / name) for name in h["thumbs"][:2])
     return (f"{score}{h['tracklet']}  camera={h['camera']}  frames {h['frame_start']}-{h['frame_end']}  "
-            f"t={h['t_start']:.1f}-{h['t_end']:.1f}s  thumbs={','.join(h['thumbs'][:2])}")
+            f"t={h['t_start']:.1f}-{h['t_end']:.1f}s  thumbs={paths}")
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from reidkit.retrieval.index import Gallery
+    from reidkit.video.pipeline import thumbs_dir
     from reidkit.video.search import parse_box, search_tracklets
 
     if args.box is not None and args.image is None:
@@ -176,7 +181,7 @@ def _run_search(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
     else:
         for h in res["results"]:
-            print(_fmt_hit(h))
+            print(_fmt_hit(h, thumbs_dir(g)))
         if not res["results"]:
             print("no tracklets found", file=sys.stderr)
     return 0
@@ -184,13 +189,15 @@ def _run_search(args: argparse.Namespace) -> int:
 
 def _run_show(args: argparse.Namespace) -> int:
     from reidkit.retrieval.index import Gallery
+    from reidkit.video.pipeline import thumbs_dir
     from reidkit.video.search import appearances
 
-    res = appearances(Gallery.open(args.db), args.tracklet)
+    g = Gallery.open(args.db)
+    res = appearances(g, args.tracklet)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        print(_fmt_hit(res["tracklet"]))
+        print(_fmt_hit(res["tracklet"], thumbs_dir(g)))
         for a in res["appearances"]:
             t = "" if a["t"] is None else f"  t={a['t']:.2f}s"
             print(f"  frame {a['frame']}{t}  box {','.join(f'{v:.0f}' for v in a['box'])}")

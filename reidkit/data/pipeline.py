@@ -119,8 +119,12 @@ class ImageCache:
         size: tuple[int, int] = (256, 128),
         cache_dir: str | os.PathLike[str] | None = None,
         workers: int | None = None,
+        progress: str | None = None,
     ) -> ImageCache:
-        """Decode and resize every image once; with `cache_dir`, reuse/write a memory-mapped .npy."""
+        """Decode and resize every image once; with `cache_dir`, reuse/write a memory-mapped .npy.
+
+        ``progress``: the decoding step's name (a bar on a terminal, one line otherwise; not shown
+        when the images come from the cache)."""
         path_list = [os.fspath(p) for p in paths]
         if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
             raise ReIDError(f"ImageCache: `size` must be (H, W) with positive entries, got {size!r}")
@@ -128,7 +132,7 @@ class ImageCache:
         workers = _default_workers() if workers is None else max(1, int(workers))
         if cache_dir is None:
             images = np.zeros((len(path_list), hw[0], hw[1], 3), dtype=np.uint8)
-            valid = cls._fill(images, path_list, hw, workers)
+            valid = cls._fill(images, path_list, hw, workers, progress)
             cache = cls(images, valid, path_list, hw)
             _warn_skipped(cache.skipped)
             return cache
@@ -149,7 +153,7 @@ class ImageCache:
         tmp = root / f".{npy.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy"
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(path_list), hw[0], hw[1], 3))
-            valid = cls._fill(out, path_list, hw, workers)
+            valid = cls._fill(out, path_list, hw, workers, progress)
             out.flush()
             del out
             # Metadata first, array last: a present .npy always has its .json beside it.
@@ -183,7 +187,10 @@ class ImageCache:
         return cls(images, valid, paths, hw, cache_path=npy, from_cache=True)
 
     @staticmethod
-    def _fill(out: np.ndarray, paths: list[str], hw: tuple[int, int], workers: int) -> np.ndarray:
+    def _fill(out: np.ndarray, paths: list[str], hw: tuple[int, int], workers: int,
+              progress: str | None = None) -> np.ndarray:
+        from reidkit.utils.progress import step
+
         valid = np.zeros(len(paths), dtype=bool)
 
         def work(i: int) -> None:
@@ -192,13 +199,16 @@ class ImageCache:
                 out[i] = arr
                 valid[i] = True
 
-        if workers == 1 or len(paths) < 2:
-            for i in range(len(paths)):
-                work(i)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                # list() re-raises any unexpected worker error here instead of losing it.
-                list(pool.map(work, range(len(paths))))
+        with step(progress or "", len(paths), show=progress is not None) as bar:
+            if workers == 1 or len(paths) < 2:
+                for i in range(len(paths)):
+                    work(i)
+                    bar.update(1)
+            else:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    # consuming the results re-raises any unexpected worker error here instead of losing it.
+                    for _ in pool.map(work, range(len(paths))):
+                        bar.update(1)
         return valid
 
 

@@ -1,9 +1,6 @@
 """Python API of the training engine: ``reidkit.train``, ``reidkit.train_usl``, ``reidkit.test``, the trainers."""
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +9,7 @@ from reidkit.engine.supervised import SupervisedTrainer
 from reidkit.engine.usl import ClusterTrainer
 from reidkit.engine.usl import train_usl as _train_usl
 from reidkit.errors import ReIDError
+from reidkit.utils.progress import console_progress
 
 Trainer = SupervisedTrainer
 
@@ -32,23 +30,6 @@ def train_usl(cfg_or_path: Config | str | Path | dict[str, Any], **overrides: An
     """Unsupervised / UDA training from a recipe (see :func:`train`); returns its metrics."""
     with console_progress():
         return _train_usl(cfg_or_path, **overrides)
-
-
-@contextmanager
-def console_progress() -> Iterator[None]:
-    """From Python, the run's progress lines (start, epochs, validation) on stderr, unless the caller
-    configured the ``reidkit.train`` logger already; rank 0 only under torchrun."""
-    from reidkit.engine.handlers import console_logging, log
-
-    own = [h for h in log.handlers if not getattr(h, "_reidkit_console", False)]
-    if own or int(os.environ.get("RANK", "0")) != 0:
-        yield
-        return
-    handler = console_logging(show_iterations=False)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
 
 
 def test(
@@ -83,8 +64,9 @@ def test(
         model.std = list(cfg.input.std)
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "test"
     ensure_dir(out, "test --out")
-    prepared = prepare_val_sets(val_sets, (size[0], size[1]), cfg.data.cache_dir)
-    result = evaluate_sets(model, prepared, cfg.test, device, out_dir=out)
+    with console_progress():
+        prepared = prepare_val_sets(val_sets, (size[0], size[1]), cfg.data.cache_dir)
+        result = evaluate_sets(model, prepared, cfg.test, device, out_dir=out)
     result = {"weights": str(weights), "rerank": cfg.test.rerank, "flip": cfg.test.flip, **result}
     write_json(out / "metrics.json", result)
     return result

@@ -34,13 +34,24 @@ def run_demo(
     num_pictures: int = 12,
     echo: bool = True,
 ) -> dict[str, Any]:
-    """Run the demo into `out_dir` and return its metrics (also written to ``out_dir/metrics.json``)."""
+    """Run the demo into `out_dir` and return its metrics (also written to ``out_dir/metrics.json``).
+
+    Every long step shows a bar on a terminal and logs one line when done (on stderr from Python too).
+    """
+    from reidkit.utils.progress import console_progress
+
+    with console_progress():
+        return _run_demo(out_dir, overrides, num_pictures, echo)
+
+
+def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: int, echo: bool) -> dict[str, Any]:
     from reidkit.data.datasets import load_dataset
     from reidkit.engine.supervised import SupervisedTrainer as Trainer
     from reidkit.engine.validation import extract_val_features
     from reidkit.utils.io import ensure_dir, write_json
     from reidkit.evaluation.distance import compute_distance
     from reidkit.evaluation.visualize import visualize_ranked
+    from reidkit.utils.progress import step
 
     say = print if echo else (lambda *a, **k: None)
     out = Path(out_dir).expanduser().resolve()
@@ -54,7 +65,8 @@ def run_demo(
 
     say(f"[1/5] synthetic dataset -> {out / 'data'}")
     t0 = time.perf_counter()
-    ds = load_dataset(spec.name, spec.root, **dict(spec.options))
+    with step("demo: synthetic dataset"):
+        ds = load_dataset(spec.name, spec.root, **dict(spec.options))
     t_data = time.perf_counter() - t0
     say(ds.format_stats())
 
@@ -76,14 +88,14 @@ def run_demo(
 
     say(f"[5/5] ranked lists -> {out / 'ranked'}")
     vs = trainer.val_prepared[0]  # type: ignore[index]
-    qf, gf = extract_val_features(trainer.net, vs, cfg, trainer.device)
+    qf, gf = extract_val_features(trainer.net, vs, cfg, trainer.device, progress=f"demo: {vs.name}")
     if cfg.test.metric == "cosine":
         import torch.nn.functional as F
 
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
     dist = compute_distance(qf, gf, metric=cfg.test.metric)
     index = visualize_ranked(dist, vs.dataset.query, vs.dataset.gallery, out / "ranked", topk=8,
-                             max_queries=num_pictures)
+                             max_queries=num_pictures, progress="demo: ranked lists")
 
     name = vs.name
     metrics = {

@@ -11,9 +11,7 @@ Each handler is a small object attached to an ignite ``Engine``:
 """
 from __future__ import annotations
 
-import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,11 +19,9 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from reidkit.errors import ReIDError
+from reidkit.utils.progress import bar, console_logging, log
 
 __all__ = ["NanGuard", "Progress", "attach_lr_schedule", "attach_periodic", "console_logging", "every_or_last"]
-
-log = logging.getLogger("reidkit.train")
-
 
 def every_or_last(period: int) -> Callable[[Engine, int], bool]:
     """Event filter: true every ``period`` epochs and at the last epoch of the run."""
@@ -45,23 +41,6 @@ def attach_lr_schedule(engine: Engine, scheduler: Any) -> None:
 def attach_periodic(engine: Engine, period: int, fn: Callable[[Engine], Any]) -> None:
     """Run ``fn(engine)`` on EPOCH_COMPLETED every ``period`` epochs and at the last one."""
     engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=every_or_last(period)), fn)
-
-
-def console_logging(show_iterations: bool | None = None) -> logging.Handler:
-    """Echo the training log on stderr (per-iteration lines only without a progress bar)."""
-    if show_iterations is None:
-        show_iterations = not sys.stderr.isatty()
-    for old in [h for h in log.handlers if getattr(h, "_reidkit_console", False)]:
-        log.removeHandler(old)  # one console echo, however often a command runs in a process
-    handler = logging.StreamHandler(sys.stderr)
-    handler._reidkit_console = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(lambda record: not getattr(record, "file_only", False))
-    if not show_iterations:
-        handler.addFilter(lambda record: not getattr(record, "per_iteration", False))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
 
 
 class NanGuard:
@@ -115,11 +94,7 @@ class Progress:
         self._loss_n = 0
         self.close()
         if self.is_main:
-            from tqdm.auto import tqdm
-
-            # disable=None: a bar on terminals, nothing in logs and pipes.
-            self.pbar = tqdm(total=self.epoch_length, desc=f"epoch {engine.state.epoch}/{engine.state.max_epochs}",
-                             leave=False, disable=None, dynamic_ncols=True, file=sys.stderr)
+            self.pbar = bar(self.epoch_length, f"epoch {engine.state.epoch}/{engine.state.max_epochs}")
 
     def iteration(self, engine: Engine) -> None:
         out = engine.state.output or {}

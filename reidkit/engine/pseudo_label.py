@@ -3,7 +3,11 @@
 With a trained model: (1) de-duplicate the queries by agglomerative clustering of their features
 (cosine distance, average linkage, a distance threshold): queries of one person form one group;
 (2) attach each gallery image to the group whose normalised mean query feature it is most similar
-to, when that cosine similarity passes ``threshold``; (3) every group with at least ``min_size``
+to, when that cosine similarity passes ``threshold``. The default threshold, ``"auto"``, follows
+the model's own scale: cosine similarities are not comparable across models (a BNNeck model's
+features are centred, so even one person's images may stay below 0.6), so the threshold is the
+99th percentile of the similarities between queries of *different* groups, mostly different
+people: a gallery image joins a group only when it is closer to it than 99 % of such pairs; (3) every group with at least ``min_size``
 images becomes a pseudo-identity, written as a train-only CSV manifest
 (``load_dataset("csv", path)``); (4) retrain on the original training set plus the manifest; the
 new model can label again (``iterations``). When the test set carries true identities, the
@@ -23,9 +27,12 @@ import torch
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "group_queries", "associate_gallery", "pseudo_identities", "label_precision", "write_manifest",
+    "group_queries", "associate_gallery", "auto_threshold", "pseudo_identities", "label_precision", "write_manifest",
     "run_pseudo_label",
 ]
+
+AUTO_QUANTILE = 0.99  # of the similarities between queries of different groups (the "auto" threshold)
+_AUTO_MAX_QUERIES = 2000  # queries sampled for that quantile (the pairs grow quadratically)
 
 log = logging.getLogger("reidkit.pseudo_label")
 
@@ -68,13 +75,47 @@ def associate_gallery(
     return np.where(sims[np.arange(len(g)), best] >= threshold, best, -1).astype(np.int64)
 
 
+def auto_threshold(qf: np.ndarray | torch.Tensor, groups: np.ndarray, quantile: float = AUTO_QUANTILE,
+                   seed: int = 0) -> float:
+    """The association threshold on this model's scale: the `quantile` of cosine similarities between
+    queries of different groups (mostly different people); 0.7 when there are no two groups."""
+    q = _normalized(qf)
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(q) > _AUTO_MAX_QUERIES:
+        pick = np.sort(np.random.default_rng(seed).choice(len(q), _AUTO_MAX_QUERIES, replace=False))
+        q, groups = q[pick], groups[pick]
+    other = groups[:, None] != groups[None, :]
+    if not other.any():
+        return 0.7
+    return float(np.quantile((q @ q.T)[other], quantile))
+
+
+def resolve_threshold(threshold: float | str, qf: np.ndarray | torch.Tensor, groups: np.ndarray) -> float:
+    """A cosine similarity in [-1, 1] as given, or ``"auto"``: :func:`auto_threshold`."""
+    if isinstance(threshold, str):
+        if threshold.strip().lower() != "auto":
+            try:
+                threshold = float(threshold)
+            except ValueError:
+                raise ReIDError(f"pseudo-label: threshold is a cosine similarity in [-1, 1] or 'auto', "
+                                f"got {threshold!r}") from None
+        else:
+            return auto_threshold(qf, groups)
+    if not -1 <= float(threshold) <= 1:
+        raise ReIDError(f"pseudo-label: threshold is a cosine similarity in [-1, 1] or 'auto', got {threshold}")
+    return float(threshold)
+
+
 def pseudo_identities(
     qf: np.ndarray | torch.Tensor, gf: np.ndarray | torch.Tensor, dedup_threshold: float = 0.3,
-    threshold: float = 0.7, min_size: int = 2,
+    threshold: float | str = "auto", min_size: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(query labels, gallery labels): pseudo-identity ids 0..K-1, -1 for images left unlabelled."""
+    """(query labels, gallery labels): pseudo-identity ids 0..K-1, -1 for images left unlabelled.
+
+    ``threshold``: the cosine similarity a gallery image needs to join a query group, or "auto"
+    (:func:`auto_threshold`)."""
     qg = group_queries(qf, dedup_threshold)
-    gg = associate_gallery(qf, gf, qg, threshold)
+    gg = associate_gallery(qf, gf, qg, resolve_threshold(threshold, qf, qg))
     sizes = np.bincount(qg, minlength=qg.max() + 1) + np.bincount(gg[gg >= 0], minlength=qg.max() + 1)
     ok = np.flatnonzero(sizes >= min_size)
     remap = np.full(len(sizes), -1, dtype=np.int64)
@@ -137,18 +178,20 @@ def _features(model: torch.nn.Module, records: list[Any], cfg: Any, device: torc
     from reidkit.evaluation.features import extract_features
 
     size = tuple(int(v) for v in getattr(model, "input_size", cfg.data.size))
-    cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cfg.data.cache_dir)
+    cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cfg.data.cache_dir,
+                             progress="pseudo-label: decoding")
     if not np.asarray(cache.valid).all():
         raise ReIDError(f"pseudo-label: unreadable images, first {cache.skipped[0]}")
     mean = cfg.input.mean if cfg.input.mean is not None else model.mean
     std = cfg.input.std if cfg.input.std is not None else model.std
     f = extract_features(model, np.asarray(cache.images), batch_size=cfg.test.batch_size, flip=cfg.test.flip,
-                         device=device, mean=mean, std=std, neck_feat=cfg.test.neck_feat)
+                         device=device, mean=mean, std=std, neck_feat=cfg.test.neck_feat,
+                         progress="pseudo-label: features")
     return f.numpy()
 
 
 def run_pseudo_label(
-    config: Any, weights: str | Path, threshold: float = 0.7, dedup_threshold: float = 0.3,
+    config: Any, weights: str | Path, threshold: float | str = "auto", dedup_threshold: float = 0.3,
     iterations: int = 1, min_size: int = 2, out_dir: str | Path | None = None, retrain: bool = True,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -156,7 +199,8 @@ def run_pseudo_label(
 
     Writes ``<out>/iter_<k>/pseudo.csv`` and (with ``retrain``) a training run in
     ``<out>/iter_<k>/train``; returns and writes ``<out>/pseudo_label.json`` with per-iteration
-    counts, precision (when true identities exist) and the retrained model's metrics.
+    counts, the threshold used (``"auto"`` is resolved per iteration, on that model's features),
+    precision (when true identities exist) and the retrained model's metrics.
     """
     from reidkit.config import load_config
     from reidkit.data.datasets import load_dataset
@@ -166,8 +210,9 @@ def run_pseudo_label(
 
     if iterations < 1:
         raise ReIDError(f"pseudo-label: --iterations must be >= 1, got {iterations}")
-    if not -1 <= threshold <= 1:
-        raise ReIDError(f"pseudo-label: --threshold is a cosine similarity in [-1, 1], got {threshold}")
+    # a bad value is refused before any work; a number given as text becomes a number
+    threshold = ("auto" if isinstance(threshold, str) and threshold.strip().lower() == "auto"
+                 else resolve_threshold(threshold, np.eye(2), np.arange(2)))
     cfg = load_config(config, overrides)
     out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "pseudo_label")
     from reidkit.utils.io import ensure_dir
@@ -190,17 +235,19 @@ def run_pseudo_label(
     for it in range(1, iterations + 1):
         model = load_model(current, device=device)
         feats = _features(model, records, cfg, device)
-        ql, gl = pseudo_identities(feats[:nq], feats[nq:], dedup_threshold, threshold, min_size)
+        used = resolve_threshold(threshold, feats[:nq], group_queries(feats[:nq], dedup_threshold))
+        ql, gl = pseudo_identities(feats[:nq], feats[nq:], dedup_threshold, used, min_size)
         labels = np.concatenate([ql, gl])
         d = out / f"iter_{it}"
         manifest = write_manifest(d / "pseudo.csv", records, labels)
         row: dict[str, Any] = {"iteration": it, "weights": str(current), "manifest": str(manifest),
+                               "threshold": round(used, 4),
                                "query_groups": int(len(np.unique(ql[ql >= 0]))),
                                "labelled_query": int((ql >= 0).sum()), "labelled_gallery": int((gl >= 0).sum())}
         if has_truth:
             row["precision"] = label_precision(labels, true)
         if not (labels >= 0).any():
-            row["why"] = _why_nothing(feats[:nq], feats[nq:], dedup_threshold, threshold, min_size)
+            row["why"] = _why_nothing(feats[:nq], feats[nq:], dedup_threshold, used, min_size)
         log.info("pseudo-label iteration %d: %s", it, row)
         if retrain and (labels >= 0).any():
             from reidkit.engine.api import Trainer
@@ -217,7 +264,7 @@ def run_pseudo_label(
         rows.append(row)
     # final_weights: a model this command trained; None when it trained none (never the input weights)
     final = str(current) if current != Path(weights) else None
-    summary = {"threshold": threshold, "dedup_threshold": dedup_threshold, "min_size": min_size,
+    summary = {"threshold": threshold, "dedup_threshold": dedup_threshold, "min_size": min_size, "retrain": retrain,
                "dataset": target.name, "iterations": rows, "weights": str(weights), "final_weights": final}
     write_json(out / "pseudo_label.json", summary)
     return summary
@@ -227,7 +274,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """One line per iteration: labelled images, identities, precision and retrained metrics."""
     lines = []
     for r in summary["iterations"]:
-        s = (f"iteration {r['iteration']}: {r['query_groups']} query groups, "
+        auto = " (auto)" if summary["threshold"] == "auto" else ""
+        s = (f"iteration {r['iteration']}: threshold {r['threshold']:.2f}{auto}: {r['query_groups']} query groups, "
              f"{r['labelled_query']} queries + {r['labelled_gallery']} gallery images labelled")
         p = r.get("precision")
         if p and p.get("precision") is not None:
@@ -242,7 +290,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         if r.get("why"):
             lines.append(f"  nothing labelled: {r['why']}")
     if summary["final_weights"] is None:
-        lines.append("no model retrained (nothing labelled, or --no-retrain): no new weights")
+        why = "nothing labelled" if summary.get("retrain", True) else "--no-retrain"
+        lines.append(f"no model retrained ({why}): no new weights")
     return "\n".join(lines) + "\n" + json.dumps({"final_weights": summary["final_weights"]})
 
 

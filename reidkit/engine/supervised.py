@@ -75,7 +75,8 @@ class SupervisedTrainer(BaseTrainer):
         # run replays the same draws. Ranks get different seeds so their augmentations differ.
         aug_seed = cfg.seed * 1000 + self.rank
         if cfg.data.loader == "cached":
-            cache = pipeline.ImageCache.build(paths, size=self.size, cache_dir=cfg.data.cache_dir)
+            cache = pipeline.ImageCache.build(paths, size=self.size, cache_dir=cfg.data.cache_dir,
+                                              progress="decoding training images")
             # Images that could not be decoded are never sampled.
             labels[~np.asarray(cache.valid, dtype=bool)] = -1
             self.record_skipped("train", list(cache.skipped))

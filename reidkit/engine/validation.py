@@ -52,7 +52,8 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
         skipped = 0
         for split in ("query", "gallery"):
             records = list(getattr(ds, split))
-            cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cache_dir)
+            cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cache_dir,
+                                     progress=f"evaluation {name} decoding {split}")
             valid = np.asarray(cache.valid, dtype=bool)
             if not valid.any():
                 raise ReIDError(f"validation set {name!r}: none of the {len(records)} {split} images could be read")
@@ -69,8 +70,11 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
 
 def extract_val_features(
     net: nn.Module, vs: ValSet, test: TestConfig | Any, device: torch.device, distributed: bool = False,
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Query and gallery features of `net` with the ``test`` settings (flip TTA, neck_feat, cameras)."""
+    """Query and gallery features of `net` with the ``test`` settings (flip TTA, neck_feat, cameras).
+
+    ``progress``: the name of the two steps (``<progress> query``, ``<progress> gallery``)."""
     from reidkit.inference import FeatureExtractor
 
     test = getattr(test, "test", test)
@@ -79,8 +83,10 @@ def extract_val_features(
                               neck_feat=test.neck_feat, distributed=distributed)
     cams = fx.uses_camera
     with torch.no_grad():
-        qf = fx.embed_tensor(vs.query_images, camids=[r.camid for r in vs.dataset.query] if cams else None, **kw)
-        gf = fx.embed_tensor(vs.gallery_images, camids=[r.camid for r in vs.dataset.gallery] if cams else None, **kw)
+        qf = fx.embed_tensor(vs.query_images, camids=[r.camid for r in vs.dataset.query] if cams else None,
+                             progress=progress and f"{progress} query", **kw)
+        gf = fx.embed_tensor(vs.gallery_images, camids=[r.camid for r in vs.dataset.gallery] if cams else None,
+                             progress=progress and f"{progress} gallery", **kw)
     return qf, gf
 
 
@@ -96,22 +102,27 @@ def evaluate_sets(
     """Evaluate `net` on each prepared set with the ``test`` settings: ``{"datasets", "mean"}`` (percent).
 
     Under ``distributed`` every rank must call this (features are extracted shard by shard);
-    the metrics are computed on each rank from the gathered features.
+    the metrics are computed on each rank from the gathered features. Each step (query and
+    gallery features, ranking) shows a bar on a terminal and logs one line when done.
     """
     from reidkit.evaluation.evaluator import evaluate
+    from reidkit.utils.progress import step
 
     t = getattr(test, "test", test)
     per: dict[str, dict[str, float]] = {}
     was_training = net.training
     try:
         for vs in val_sets:
-            qf, gf = extract_val_features(net, vs, t, device, distributed=distributed)
-            res = evaluate(
-                {"query": qf, "gallery": gf}, vs.dataset, flip=t.flip, metric=t.metric,
-                rerank=t.rerank if rerank is None else rerank, k1=t.k1, k2=t.k2,
-                lambda_value=t.lambda_value, device=device,
-                out_dir=None if out_dir is None else out_dir / vs.name,
-            )
+            name = f"evaluation {vs.name}"
+            qf, gf = extract_val_features(net, vs, t, device, distributed=distributed, progress=name)
+            reranked = t.rerank if rerank is None else rerank
+            with step(f"{name} ranking" + (" (re-ranked)" if reranked else ""), len(vs.dataset.query), "queries"):
+                res = evaluate(
+                    {"query": qf, "gallery": gf}, vs.dataset, flip=t.flip, metric=t.metric,
+                    rerank=reranked, k1=t.k1, k2=t.k2,
+                    lambda_value=t.lambda_value, device=device,
+                    out_dir=None if out_dir is None else out_dir / vs.name,
+                )
             per[vs.name] = {k: float(res[k]) for k in METRIC_KEYS}
     finally:
         net.train(was_training)

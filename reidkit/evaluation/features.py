@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import pick_device
+from reidkit.utils.progress import step
 
 __all__ = ["extract_features", "FeatureModel", "load_images", "shard_bounds", "gather_rows", "init_distributed",
            "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -164,25 +165,28 @@ def _decode_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:
     return t[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
-def load_images(paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True
-                ) -> tuple[np.ndarray, list[int], list[str]]:
+def load_images(paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True,
+                progress: str | None = None) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode and resize images: ``(N' x H x W x 3 uint8, kept indices, skipped paths)``.
 
     ``strict``: an unreadable (missing, empty, corrupt) file raises ReIDError naming it;
     otherwise it is skipped and listed, so the caller can count and report it.
+    ``progress``: the step's name for its bar / line (:func:`reidkit.utils.progress.step`).
     """
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[str] = []
-    for i, p in enumerate(paths):
-        img = _decode_resized(str(p), size)
-        if img is None:
-            if strict:
-                raise ReIDError(f"images: cannot read {p} (missing, empty or corrupt image)")
-            skipped.append(str(p))
-            continue
-        out[len(kept)] = img
-        kept.append(i)
+    with step(progress or "", len(paths), show=progress is not None) as bar:
+        for i, p in enumerate(paths):
+            img = _decode_resized(str(p), size)
+            bar.update(1)
+            if img is None:
+                if strict:
+                    raise ReIDError(f"images: cannot read {p} (missing, empty or corrupt image)")
+                skipped.append(str(p))
+                continue
+            out[len(kept)] = img
+            kept.append(i)
     return out[: len(kept)], kept, skipped
 
 
@@ -229,6 +233,7 @@ def extract_features(
     camids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     distributed: bool = False,
     autocast: Any = None,
+    progress: str | None = None,
 ) -> Any:
     """N x D float32 CPU features of uint8 NHWC images or image paths (flip TTA, L2-normalised).
 
@@ -242,6 +247,7 @@ def extract_features(
     gathered N x D result in order (see the module docstring). A model whose output is a dict of
     ``B x D`` tensors (e.g. USL feature spaces) gives a dict of ``N x D`` features, one per key.
     ``autocast``: a context-manager factory used instead of ``amp`` (the trainer's own).
+    ``progress``: the step's name: a bar on a terminal, one line when done otherwise (rank 0).
     """
     if batch_size < 1:
         raise ReIDError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -263,7 +269,7 @@ def extract_features(
                                      mean=mean, std=std, size=size, normalize=False, amp=amp,
                                      neck_feat=neck_feat, amp_dtype=amp_dtype,
                                      camids=None if cams_all is None else cams_all[a:b], distributed=False,
-                                     autocast=autocast)
+                                     autocast=autocast, progress=progress)
         return _map_out(_gather_out(local, world, model), lambda t: F.normalize(t, dim=1) if normalize else t)
     imgs = _as_images(images, size)
     cams = _as_camids(camids, int(imgs.shape[0]))
@@ -287,7 +293,7 @@ def extract_features(
         ctx = torch.autocast(device_type=dev.type, dtype=dtypes[amp_dtype]) if amp else contextlib.nullcontext()
     feats: list[Any] = []
     try:
-        with ctx:
+        with ctx, step(progress or "", int(imgs.shape[0]), show=progress is not None) as bar:
             for b in range(0, imgs.shape[0], batch_size):
                 x = imgs[b : b + batch_size].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = _resize(x, size).div_(255.0).sub_(m).div_(s)
@@ -297,6 +303,7 @@ def extract_features(
                     g = _map_out(fn(torch.flip(x, dims=[3]), c), _check_2d)
                     f = {k: (v + g[k]) / 2.0 for k, v in f.items()} if isinstance(f, dict) else (f + g) / 2.0
                 feats.append(_map_out(f, lambda t: t.cpu()))
+                bar.update(int(x.shape[0]))
     finally:
         if moved:
             model.to(model_dev)

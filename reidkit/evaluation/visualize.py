@@ -69,8 +69,13 @@ def visualize_ranked(
     out_dir: str | os.PathLike,
     topk: int = 10,
     max_queries: int | None = 100,
+    progress: str | None = None,
 ) -> Path:
-    """Write one ranked-list PNG per query (green = true match, red = wrong, grey = junk) and index.html."""
+    """Write one ranked-list PNG per query (green = true match, red = wrong, grey = junk) and index.html.
+
+    ``progress``: the step's name (a bar on a terminal, one line when done otherwise)."""
+    from reidkit.utils.progress import step
+
     plt = _plt()
     d = np.asarray(distmat)
     if d.shape != (len(query_records), len(gallery_records)):
@@ -89,34 +94,36 @@ def visualize_ranked(
     k = min(topk, d.shape[1])
     rows = []
     colors = {"match": GREEN, "wrong": RED, "junk": GREY}
-    for qi in range(n):
-        q = query_records[qi]
-        order = np.argsort(d[qi], kind="stable")
-        labels, ap = _ap_row(order, q.pid, q.camid, g_pids, g_cams)
-        fig, axes = plt.subplots(1, k + 1, figsize=(1.1 * (k + 1), 2.6))
-        axes = np.atleast_1d(axes)
-        axes[0].imshow(_thumb(q.path))
-        # cameras as the file names number them (Record.camid is 0-based: c1 is camid 0)
-        axes[0].set_title(f"query\npid {q.pid} c{q.camid + 1}", fontsize=7)
-        for j in range(k):
-            g = gallery_records[order[j]]
-            ax = axes[j + 1]
-            ax.imshow(_thumb(g.path))
-            ax.set_title(f"#{j + 1} pid {g.pid}\nc{g.camid + 1} d={d[qi, order[j]]:.3f}", fontsize=6)
-            for side in ax.spines.values():
-                side.set_edgecolor(colors[labels[j]])
-                side.set_linewidth(4)
-        for ax in axes:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[0].spines[:].set_visible(False)
-        ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
-        fig.suptitle(f"query {qi}: {Path(q.path).name} ({ap_txt})", fontsize=8)
-        name = f"query_{qi:05d}.png"
-        _savefig(fig, out / name, dpi=80)
-        plt.close(fig)
-        # Rank-1 as the metric counts it: same-identity same-camera images are removed first.
-        rows.append((qi, q, ap, name, rank1_hit(labels)))
+    with step(progress or "", n, "pictures", show=progress is not None) as bar:
+        for qi in range(n):
+            q = query_records[qi]
+            order = np.argsort(d[qi], kind="stable")
+            labels, ap = _ap_row(order, q.pid, q.camid, g_pids, g_cams)
+            fig, axes = plt.subplots(1, k + 1, figsize=(1.1 * (k + 1), 2.6))
+            axes = np.atleast_1d(axes)
+            axes[0].imshow(_thumb(q.path))
+            # cameras as the file names number them (Record.camid is 0-based: c1 is camid 0)
+            axes[0].set_title(f"query\npid {q.pid} c{q.camid + 1}", fontsize=7)
+            for j in range(k):
+                g = gallery_records[order[j]]
+                ax = axes[j + 1]
+                ax.imshow(_thumb(g.path))
+                ax.set_title(f"#{j + 1} pid {g.pid}\nc{g.camid + 1} d={d[qi, order[j]]:.3f}", fontsize=6)
+                for side in ax.spines.values():
+                    side.set_edgecolor(colors[labels[j]])
+                    side.set_linewidth(4)
+            for ax in axes:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[0].spines[:].set_visible(False)
+            ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
+            fig.suptitle(f"query {qi}: {Path(q.path).name} ({ap_txt})", fontsize=8)
+            name = f"query_{qi:05d}.png"
+            _savefig(fig, out / name, dpi=80)
+            plt.close(fig)
+            # Rank-1 as the metric counts it: same-identity same-camera images are removed first.
+            rows.append((qi, q, ap, name, rank1_hit(labels)))
+            bar.update(1)
     items = "\n".join(
         f'<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>c{q.camid + 1}</td>'
         f'<td>{"-" if ap is None else f"{ap * 100:.1f}"}</td><td>{"yes" if hit else "no"}</td>'

@@ -132,7 +132,7 @@ def _entry(name: str) -> WeightsEntry:
         return cat[name]
     close = difflib.get_close_matches(name, list(cat), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise ReIDError(f"--weights: {name!r} is neither a file nor a catalogue name{hint}; "
+    raise ReIDError(f"weights {name!r} is neither a file nor a catalogue name{hint}; "
                     f"`reidkit weights list` shows the {len(cat)} names")
 
 

@@ -31,10 +31,10 @@ def list_images(folder: str | os.PathLike) -> list[str]:
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise ReIDError(f"--images: {root} is not a folder")
+        raise ReIDError(f"images folder {root} is not a folder")
     paths = sorted({str(p.resolve()) for p in _list(root)})
     if not paths:
-        raise ReIDError(f"--images: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise ReIDError(f"images folder {root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
     return paths
 
 
@@ -86,7 +86,7 @@ def embed_paths(extractor: FeatureExtractor, paths: Sequence[str], chunk: int = 
             bad = cache.skipped[0]
             size = os.path.getsize(bad) if os.path.exists(bad) else None
             what = "a zero-byte file" if size == 0 else "missing" if size is None else "corrupt or not an image"
-            raise ReIDError(f"--images: {bad} cannot be read ({what}); --strict stops at the first unreadable image")
+            raise ReIDError(f"image {bad} cannot be read ({what}); strict mode stops at the first unreadable image")
         ok = np.flatnonzero(cache.valid)
         good = [part[i] for i in ok]
         feats = (extractor.embed(np.ascontiguousarray(cache.images[ok])) if len(ok)

@@ -189,7 +189,7 @@ class Gallery:
                 n += len(part.paths)
                 corrupt.extend(part.corrupt)
             if n == 0:
-                raise ReIDError(f"--images: none of the {len(paths)} images under {images_dir} could be read")
+                raise ReIDError(f"images folder {images_dir}: none of its {len(paths)} images could be read")
             store = builder.publish(corrupt=len(corrupt))
         except BaseException:
             builder.abort()

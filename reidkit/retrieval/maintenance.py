@@ -187,7 +187,7 @@ def repair_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = No
             ext = FeatureExtractor.load(weights if weights is not None else (None if src == "imagenet" else src),
                                         device=device, batch_size=batch_size, size=ident.input_size)
             if not ident.compatible(ext.identity):
-                raise ReIDError(f"--weights: {ext.identity.label()} is not the model that built {db} ({ident.label()})")
+                raise ReIDError(f"weights {ext.identity.label()} are not the model that built {db} ({ident.label()})")
             if progress is not None:
                 progress(f"re-extracting {len(missing)} images with {ident.label()}")
             paths = [r[1] for r in missing]

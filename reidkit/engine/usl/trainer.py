@@ -123,7 +123,8 @@ class ClusterTrainer(BaseTrainer):
 
         cfg = self.cfg
         records = self.load_train_records()
-        cache = ImageCache.build([r.path for r in records], size=self.size, cache_dir=cfg.data.cache_dir)
+        cache = ImageCache.build([r.path for r in records], size=self.size, cache_dir=cfg.data.cache_dir,
+                                 progress="decoding training images")
         valid = np.asarray(cache.valid, dtype=bool)
         self.record_skipped("train", list(cache.skipped))
         self.records = [r for r, ok in zip(records, valid) if ok]
@@ -140,7 +141,8 @@ class ClusterTrainer(BaseTrainer):
                                       **dict(s.get("options", {}))} for s in self.usl.source.datasets])
             except ReIDError as exc:  # name the key that chose the source set
                 raise ReIDError(f"config key 'usl.source.datasets' (the source domain): {exc}") from None
-            sc = ImageCache.build([r.path for r in src.train], size=self.size, cache_dir=cfg.data.cache_dir)
+            sc = ImageCache.build([r.path for r in src.train], size=self.size, cache_dir=cfg.data.cache_dir,
+                                  progress="decoding source-domain images")
             self.source_images = np.ascontiguousarray(np.asarray(sc.images)[np.asarray(sc.valid, dtype=bool)])
         log.info("unsupervised training (%s) on %s: %d images (labels unused)", self.usl.method,
                  self.joint.name, len(self.records))

@@ -1,0 +1,91 @@
+"""Progress of long steps (issue 21): one line per step when output is not a terminal, from the
+CLI and from the Python API (pytest's captured stderr is not a terminal, so no bar is drawn)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reidkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    from reidkit.data.datasets import load_dataset
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    w = tmp_path_factory.mktemp("progress")
+    syn = w / "syn"
+    load_dataset("synthetic", syn, ids=12, images_per_id=6, cams=2, seed=0)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False)
+    weights = w / "model.pt"
+    save_model(weights, build_model(cfg, 3), cfg, 3, [32, 16])
+    tiny = {
+        "_base_": "bot_r50.yaml",
+        "data": {"datasets": [{"name": "synthetic", "root": str(syn),
+                               "options": {"ids": 12, "images_per_id": 6, "cams": 2, "seed": 0}}],
+                 "size": [32, 16]},
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "device": "cpu",
+        "output_dir": str(w / "run"),
+    }
+    (w / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    return {"w": w, "syn": syn, "weights": weights, "tiny": w / "tiny.yaml"}
+
+
+def done_line(err: str, desc: str) -> re.Match:
+    """The step's one line (``desc: [N unit ]done in T s``), which must be there exactly once."""
+    lines = re.findall(rf"^{re.escape(desc)}: (?:[\d,]+ \w+ )?done in \d+\.\d s$", err, flags=re.M)
+    assert len(lines) == 1, (desc, err)
+    return lines[0]
+
+
+def test_step_logs_one_line_from_python_when_not_a_terminal(capsys):
+    from reidkit.utils.progress import console_progress, step
+
+    with console_progress():
+        with step("counting", 1234, "images") as bar:
+            bar.update(1234)
+        with step("quiet", 3, show=False):
+            pass
+    err = capsys.readouterr().err
+    assert "counting: 1,234 images done in" in done_line(err, "counting")
+    assert "quiet" not in err
+
+
+def test_extract_shows_its_steps(world, capsys):
+    out = world["w"] / "f.npz"
+    assert main(["extract", "--weights", str(world["weights"]), "--images", str(world["syn"]),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    n = len(list(world["syn"].rglob("*.jpg")))
+    assert done_line(err, "extract, decoding").startswith(f"extract, decoding: {n} images")
+    assert done_line(err, "extract, features").startswith(f"extract, features: {n} images")
+
+
+def test_visrank_shows_its_steps(world, capsys):
+    feats = world["w"] / "vis.npz"
+    assert main(["extract", "--weights", str(world["weights"]), "--images", str(world["syn"]),
+                 "--out", str(feats), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["visrank", "--features", str(feats), "--dataset", "synthetic", "--root", str(world["syn"]),
+                 "--out", str(world["w"] / "vis"), "--max-queries", "3", "--rerank",
+                 "-o", "ids=12", "-o", "images_per_id=6", "-o", "cams=2"]) == 0
+    err = capsys.readouterr().err
+    done_line(err, "visrank: re-ranking")
+    assert done_line(err, "visrank: ranked lists").startswith("visrank: ranked lists: 3 pictures")
+
+
+def test_python_test_shows_evaluation_steps(world, capsys):
+    import reidkit
+
+    reidkit.test(world["tiny"], world["weights"], out_dir=world["w"] / "test")
+    err = capsys.readouterr().err
+    for desc in ("evaluation synthetic query", "evaluation synthetic gallery", "evaluation synthetic ranking"):
+        done_line(err, desc)
+    # the CLI verb prints the same lines
+    assert main(["test", "--config", str(world["tiny"]), "--weights", str(world["weights"]),
+                 "--out", str(world["w"] / "test2")]) == 0
+    done_line(capsys.readouterr().err, "evaluation synthetic query")
