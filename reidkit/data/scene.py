@@ -246,7 +246,7 @@ def _render_frame(bg: Image.Image, people: list[tuple[Visit, tuple]], occ: list,
     boxes = {}
     for vis, (cx, feet, height, phase) in sorted(people, key=lambda p: p[1][1]):  # far (high) first
         idt = syn._identity(seed, dom, identity_key(vis.pid, hard))
-        boxes[vis.pid] = syn._draw_person(img, idt, vis.view, phase, cx, feet, height, vis.light)
+        boxes[vis.pid] = syn.draw_person(img, idt, vis.view, phase, cx, feet, height, vis.light)
     d = ImageDraw.Draw(img)
     for _kind, box, colour in occ:
         d.rectangle(box, fill=colour)

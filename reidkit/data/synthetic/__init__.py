@@ -39,7 +39,7 @@ from reidkit.data.synthetic.camera import (  # noqa: F401
     _background, _camera, _photometric,
 )
 from reidkit.data.synthetic.painter import (  # noqa: F401
-    _draw_person,
+    draw_person,
 )
 from reidkit.data.synthetic.render import (  # noqa: F401
     _Job, _render, _render_chunk,
@@ -49,7 +49,6 @@ sample_identity = _identity        # (seed, domain index, key) -> the attributes
 camera_style = _camera             # (seed, domain index, camera) -> that camera's style
 camera_background = _background    # (seed, domain index, camera, h, w) -> its background image
 photometric = _photometric         # (image, camera style, rng) -> the image as that camera sees it
-draw_person = _draw_person         # draw an identity into an image (view, walking phase, position, height)
 render = _render                   # (job, seed, domain index, size) -> one crop
 
 

@@ -15,7 +15,7 @@ from reidkit.data.synthetic.camera import (  # noqa: F401
     _background, _camera, _photometric,
 )
 from reidkit.data.synthetic.painter import (  # noqa: F401
-    _draw_person, _occluder, _silhouette,
+    _occluder, _silhouette, draw_person,
 )
 
 
@@ -60,7 +60,7 @@ def _render(job: _Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Imag
         yy, xx = np.ogrid[sy0:sy1, sx0:sx1]
         patch[((xx - cx) / (1.3 * u)) ** 2 + ((yy - feet) / (0.3 * u)) ** 2 < 1] *= 0.7
         scene.paste(Image.fromarray(patch.astype(np.uint8)), (sx0, sy0))
-        _draw_person(scene, idt, view, float(r.uniform(0, 2 * math.pi)), cx + r.normal(0, 0.02) * ws, feet, height,
+        draw_person(scene, idt, view, float(r.uniform(0, 2 * math.pi)), cx + r.normal(0, 0.02) * ws, feet, height,
                      float(r.uniform(-1, 1)))
     # detector box around the person, jittered
     bh = _SS * H * float(np.clip(r.normal(1.02, 0.06), 0.88, 1.18))
