@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidkit.data.synthetic.identity import (  # noqa: F401
-    _CLOTH, _CLOTH_P, _HAIR, _SKIN, _col,
+    _CLOTH, _CLOTH_P, _HAIR, _SKIN, colour,
 )
 
 __all__ = ["Figure", "Painter", "draw_arm", "draw_backpack", "draw_bag", "draw_behind", "draw_hat", "draw_head",
@@ -57,7 +57,7 @@ class Painter:
             x0, y0 = paint.x0, paint.y0
             self.img.paste(paint.img, (x0, y0), m.crop((x0, y0, x0 + paint.img.width, y0 + paint.img.height)))
         else:
-            self._render(self.draw, shapes, _col(paint))
+            self._render(self.draw, shapes, colour(paint))
         if body:
             self._render(self.mdraw, shapes, 255)
 
@@ -330,17 +330,17 @@ def draw_torso(P: Painter, f: Figure) -> None:
                           (cx + 0.2 * u, hem), (cx - 0.2 * u, hem)])], idt["inner"])
     fp = idt["front_print"] if view == "front" else idt["back_print"] if view == "back" else None
     if fp is not None:
-        kind, colour, s = fp
+        kind, ink, s = fp
         y0 = shoulder_y + 0.5 * u
         if kind == "circle":
             r0 = 0.45 * u * s
-            P.fill([("ellipse", (cx - r0, y0, cx + r0, y0 + 2 * r0))], colour)
+            P.fill([("ellipse", (cx - r0, y0, cx + r0, y0 + 2 * r0))], ink)
         elif kind == "rect":
             P.fill([("poly", [(cx - 0.5 * u * s, y0), (cx + 0.5 * u * s, y0), (cx + 0.5 * u * s, y0 + 0.8 * u * s),
-                              (cx - 0.5 * u * s, y0 + 0.8 * u * s)])], colour)
+                              (cx - 0.5 * u * s, y0 + 0.8 * u * s)])], ink)
         else:
             P.fill([("poly", [(cx - ww, y0 + 0.3 * u), (cx + ww, y0 + 0.3 * u), (cx + ww, y0 + 0.3 * u + 0.4 * u * s),
-                              (cx - ww, y0 + 0.3 * u + 0.4 * u * s)])], colour)
+                              (cx - ww, y0 + 0.3 * u + 0.4 * u * s)])], ink)
 
 
 def draw_backpack(P: Painter, f: Figure) -> None:
@@ -504,11 +504,11 @@ def _silhouette(d: ImageDraw.ImageDraw, cx: float, feet: float, height: float, r
     sw = u * r.uniform(0.85, 1.1)
     for s in (-1, 1):
         d.polygon([(cx + s * 0.1 * u, top + 3.8 * u), (cx + s * 0.8 * u, top + 3.8 * u), (cx + s * 0.65 * u, feet),
-                   (cx + s * 0.2 * u, feet)], fill=_col(lo))
+                   (cx + s * 0.2 * u, feet)], fill=colour(lo))
     d.polygon([(cx - sw, top + 1.4 * u), (cx + sw, top + 1.4 * u), (cx + 0.85 * u, top + 4.1 * u), (cx - 0.85 * u, top + 4.1 * u)],
-              fill=_col(up))
-    d.ellipse((cx - 0.4 * u, top + 0.1 * u, cx + 0.4 * u, top + 1.2 * u), fill=_col(skin))
-    d.ellipse((cx - 0.42 * u, top + 0.05 * u, cx + 0.42 * u, top + 0.6 * u), fill=_col(_HAIR[r.integers(len(_HAIR))]))
+              fill=colour(up))
+    d.ellipse((cx - 0.4 * u, top + 0.1 * u, cx + 0.4 * u, top + 1.2 * u), fill=colour(skin))
+    d.ellipse((cx - 0.42 * u, top + 0.05 * u, cx + 0.42 * u, top + 0.6 * u), fill=colour(_HAIR[r.integers(len(_HAIR))]))
 
 
 def _occluder(img: Image.Image, box: tuple, r: np.random.Generator, u: float) -> None:
@@ -520,7 +520,7 @@ def _occluder(img: Image.Image, box: tuple, r: np.random.Generator, u: float) ->
     if kind == "pole":
         px = r.uniform(x0 + 0.05 * bw, x1 - 0.05 * bw)
         pw = r.uniform(0.25, 0.6) * u
-        d.rectangle((px - pw / 2, 0, px + pw / 2, img.size[1]), fill=_col(r.uniform(40, 140) * np.array((1, 1, 1.05))))
+        d.rectangle((px - pw / 2, 0, px + pw / 2, img.size[1]), fill=colour(r.uniform(40, 140) * np.array((1, 1, 1.05))))
     elif kind == "person":
         s = r.choice([-1, 1])
         cx = (x0 + x1) / 2 + s * bw * r.uniform(0.55, 0.85)
@@ -530,9 +530,9 @@ def _occluder(img: Image.Image, box: tuple, r: np.random.Generator, u: float) ->
         s = r.choice([-1, 1])
         cxa = (x0 + x1) / 2 + s * bw * r.uniform(0.1, 0.6)
         cw = bw * 2.2
-        colour = _CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)]
-        d.rounded_rectangle((cxa - cw / 2, top, cxa + cw / 2, y1 + 0.3 * bh), radius=int(0.1 * bh), fill=_col(colour))
-        d.rectangle((cxa - cw * 0.35, top + 0.04 * bh, cxa + cw * 0.35, top + 0.14 * bh), fill=_col((60, 75, 90)))
+        body = _CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)]
+        d.rounded_rectangle((cxa - cw / 2, top, cxa + cw / 2, y1 + 0.3 * bh), radius=int(0.1 * bh), fill=colour(body))
+        d.rectangle((cxa - cw * 0.35, top + 0.04 * bh, cxa + cw * 0.35, top + 0.14 * bh), fill=colour((60, 75, 90)))
         for s2 in (-1, 1):
             wx = cxa + s2 * cw * 0.33
             d.ellipse((wx - 0.08 * bh, y1 - 0.08 * bh, wx + 0.08 * bh, y1 + 0.08 * bh), fill=(20, 20, 20))
