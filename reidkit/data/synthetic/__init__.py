@@ -14,7 +14,7 @@ therefore the same whatever the number of worker processes.
 
 The package: ``identity`` (palettes, ``keyed_rng``, ``sample_identity``, ``GROUP_SIZE``), ``camera``
 (``camera_style``, ``camera_background``, ``photometric``), ``painter`` (``draw_person`` and its parts),
-``render`` (``render``: one crop, and the worker); this module plans the set and writes it
+``render`` (``render_crop``: one crop, and the worker); this module plans the set and writes it
 (``generate``, ``generate_report``, ``read_marker``). The names in ``__all__`` are the public parts; a
 generator of your own (``reidkit.data.scene`` is one) composes them::
 
@@ -58,14 +58,14 @@ from reidkit.data.synthetic.camera import (
     photometric,        # (image, camera style, rng) -> the image as that camera sees it
 )
 from reidkit.data.synthetic.painter import draw_person  # draw an identity into an image (view, phase, position)
-from reidkit.data.synthetic.render import Job, render  # one crop: (job, seed, domain index, size) -> image
+from reidkit.data.synthetic.render import Job, render_crop  # one crop: (job, seed, domain index, size) -> image
 from reidkit.data.synthetic.identity import _DISTRACTOR_KEY, _JUNK_KEY, _T_PLAN
 from reidkit.data.synthetic.render import _render_chunk
 
 __all__ = [
     "DOMAINS", "GENERATOR_VERSION", "GROUP_SIZE", "MARKER_NAME", "MARKET_DIR", "SPLITS", "GenerationReport", "Job",
     "camera_background", "camera_style", "colour", "draw_person", "generate", "generate_report", "keyed_rng",
-    "photometric", "read_marker", "render", "sample_identity",
+    "photometric", "read_marker", "render_crop", "sample_identity",
 ]
 
 

@@ -31,7 +31,7 @@ class Job:
     view: int  # dominant view index for this (person, camera)
 
 
-def render(job: Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Image:
+def render_crop(job: Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Image:
     """Render one detection crop (final size, before JPEG)."""
     H, W = size
     r = keyed_rng(seed, dom, _T_IMAGE, job.key, job.idx)
@@ -96,7 +96,7 @@ def _render_chunk(args: tuple) -> int:
     """Worker: render and write a list of jobs."""
     jobs, seed, dom, size, root = args
     for job in jobs:
-        img = render(job, seed, dom, size)
+        img = render_crop(job, seed, dom, size)
         cs = camera_style(seed, dom, job.cam)
         q = int(np.clip(cs["jpeg"] + (job.idx * 7 + job.key) % 9 - 4, 30, 98))
         img.save(os.path.join(root, job.path), "JPEG", quality=q)
