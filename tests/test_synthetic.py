@@ -211,4 +211,4 @@ def test_generated_bytes_are_those_of_the_single_module_generator(tmp_path):
     assert len(files) == 16
     # sha256 of the same set written by reidkit/data/synthetic.py at 7c136e3 (before the split)
     assert h.hexdigest() == "73a42bdb9f14f6dc67c6bcc41e3ef3e7559d67d44c31ef8e4ff0e0bc69aea76b"
-    assert synthetic.draw_person is synthetic.painter._draw_person and callable(synthetic.sample_identity)
+    assert synthetic.draw_person is synthetic.painter.draw_person and callable(synthetic.sample_identity)

@@ -115,7 +115,7 @@ def _plan(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int,
     """Every identity's visits, in time order per identity (keyed randomness)."""
     visits: list[Visit] = []
     for pid in range(1, ids + 1):
-        r = syn._rng(seed, dom, _T_SCENE_PLAN, pid)
+        r = syn.keyed_rng(seed, dom, _T_SCENE_PLAN, pid)
         n_vis = cams if cams <= 2 else int(r.integers(2, cams + 1))
         order = r.permutation(cams)[:n_vis]
         t = int(r.integers(0, max(1, frames // 4)))
@@ -168,7 +168,7 @@ def _plan_chain(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom
     visits: list[Visit] = []
     lo, hi = (max(1, int(round(t * fps))) for t in transit)
     for pid in range(1, ids + 1):
-        r = syn._rng(seed, dom, _T_SCENE_PLAN, pid)
+        r = syn.keyed_rng(seed, dom, _T_SCENE_PLAN, pid)
         cam = (pid - 1) % cams  # entrances spread over the cameras
         step = 1 if cam == 0 else -1 if cam == cams - 1 else int(r.choice([-1, 1]))
         t = int(r.integers(0, max(1, int(frames * 0.6))))
@@ -227,15 +227,15 @@ def _seqinfo(name: str, fps: float, frames: int, W: int, H: int) -> str:
 
 def _occluders(seed: int, dom: int, cam: int, W: int, H: int) -> list[tuple[str, tuple, tuple]]:
     """Static things in front of the walkers: one or two poles and sometimes a low wall."""
-    r = syn._rng(seed, dom, _T_SCENE_CAM, cam)
+    r = syn.keyed_rng(seed, dom, _T_SCENE_CAM, cam)
     out = []
     for _ in range(int(r.integers(1, 3))):
         px = float(r.uniform(0.15, 0.85) * W)
         pw = float(r.uniform(0.025, 0.05) * W)
-        out.append(("pole", (px - pw / 2, 0, px + pw / 2, H), syn._col(r.uniform(50, 130) * np.ones(3))))
+        out.append(("pole", (px - pw / 2, 0, px + pw / 2, H), syn.colour(r.uniform(50, 130) * np.ones(3))))
     if r.random() < 0.5:
         x0 = float(r.uniform(0.0, 0.6) * W)
-        out.append(("wall", (x0, H * 0.86, x0 + W * r.uniform(0.15, 0.3), H), syn._col(r.uniform(90, 170, 3))))
+        out.append(("wall", (x0, H * 0.86, x0 + W * r.uniform(0.15, 0.3), H), syn.colour(r.uniform(90, 170, 3))))
     return out
 
 
@@ -245,12 +245,12 @@ def _render_frame(bg: Image.Image, people: list[tuple[Visit, tuple]], occ: list,
     img = bg.copy()
     boxes = {}
     for vis, (cx, feet, height, phase) in sorted(people, key=lambda p: p[1][1]):  # far (high) first
-        idt = syn._identity(seed, dom, identity_key(vis.pid, hard))
-        boxes[vis.pid] = syn._draw_person(img, idt, vis.view, phase, cx, feet, height, vis.light)
+        idt = syn.sample_identity(seed, dom, identity_key(vis.pid, hard))
+        boxes[vis.pid] = syn.draw_person(img, idt, vis.view, phase, cx, feet, height, vis.light)
     d = ImageDraw.Draw(img)
     for _kind, box, colour in occ:
         d.rectangle(box, fill=colour)
-    return syn._photometric(img, cs, syn._rng(seed, dom, _T_SCENE_NOISE, cam, f)), boxes
+    return syn.photometric(img, cs, syn.keyed_rng(seed, dom, _T_SCENE_NOISE, cam, f)), boxes
 
 
 def identity_key(pid: int, hard_negatives: bool = False) -> int:
@@ -259,7 +259,7 @@ def identity_key(pid: int, hard_negatives: bool = False) -> int:
     The generator dresses identities in groups of three alike (hard negatives); a scene takes one
     person per group unless `hard_negatives`, so its few people are told apart as in a real crowd.
     """
-    return int(pid) if hard_negatives else (int(pid) - 1) * syn._GROUP_SIZE + 1
+    return int(pid) if hard_negatives else (int(pid) - 1) * syn.GROUP_SIZE + 1
 
 
 def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: int = 200,
@@ -302,8 +302,8 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
     n_boxes = 0
     all_lines: dict[str, list[str]] = {}
     for cam in range(cams):
-        cs = syn._camera(seed, dom, cam)
-        bg = syn._background(seed, dom, cam, H, W)
+        cs = syn.camera_style(seed, dom, cam)
+        bg = syn.camera_background(seed, dom, cam, H, W)
         occ = _occluders(seed, dom, cam, W, H)
         mine = [v for v in visits if v.cam == cam]
         folder = root / names[cam]

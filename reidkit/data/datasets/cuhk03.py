@@ -6,8 +6,8 @@ import os
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import ReIDDataset
-from reidkit.data.datasets.layout import _check_choice, _check_splits, locate, regex_parser, root_dir, scan_split
-from reidkit.data.datasets.market1501 import _MARKET_SPLITS
+from reidkit.data.datasets.layout import check_choice, check_splits, locate, regex_parser, root_dir, scan_split
+from reidkit.data.datasets.market1501 import MARKET_SPLITS
 
 
 # ----------------------------------------------------------------------------- CUHK03-NP
@@ -26,15 +26,15 @@ def load_cuhk03(root: str | os.PathLike[str], *, split: str = "labeled") -> ReID
     cuhk03-np folder or the labeled/detected folder itself.
     """
     dataset = "cuhk03"
-    split = _check_choice(dataset, "split", str(split).lower(), ("labeled", "detected"))
+    split = check_choice(dataset, "split", str(split).lower(), ("labeled", "detected"))
     top = root_dir(root, dataset, CUHK03_LAYOUT)
     candidates = [f"cuhk03-np/{split}", f"cuhk03_np/{split}", f"CUHK03-NP/{split}", split]
-    base = locate(top, candidates, list(_MARKET_SPLITS.values()), dataset, CUHK03_LAYOUT)
+    base = locate(top, candidates, list(MARKET_SPLITS.values()), dataset, CUHK03_LAYOUT)
     if top == base and top.name.lower() in ("labeled", "detected") and top.name.lower() != split:
         raise ReIDError(f"{dataset}: root {top} is the {top.name} set but split={split!r} was "
                         f"asked; expected {CUHK03_LAYOUT}")
     parts = {s: scan_split(base / d, s, dataset, _cuhk03_name, "0001_c1_1.png", CUHK03_LAYOUT, None)
-             for s, d in _MARKET_SPLITS.items()}
+             for s, d in MARKET_SPLITS.items()}
     ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base),
                      meta={"split": split})
-    return _check_splits(ds, CUHK03_LAYOUT)
+    return check_splits(ds, CUHK03_LAYOUT)

@@ -12,7 +12,7 @@ from reidkit.errors import ReIDError
 from reidkit.utils.io import list_images
 
 from reidkit.data.datasets.core import SPLITS, Record, ReIDDataset
-from reidkit.data.datasets.layout import _is_image, _listing, root_dir
+from reidkit.data.datasets.layout import is_image, listing, root_dir
 
 
 # ----------------------------------------------------------------------------- folder
@@ -29,7 +29,7 @@ def _identity_images(split_dir: Path, dataset: str) -> dict[str, list[str]]:
         if entry.name.startswith("."):
             continue
         if entry.is_file():
-            if _is_image(entry.name):
+            if is_image(entry.name):
                 raise ReIDError(f"{dataset}: image {entry.path} lies directly in {split_dir}; "
                                 f"expected {FOLDER_LAYOUT}")
             continue
@@ -128,7 +128,7 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
         split_dirs = {"train": top}
     per_split = {s: _identity_images(d, dataset) for s, d in split_dirs.items()}
     if not any(per_split.values()):
-        raise ReIDError(f"{dataset}: no images under {top} (found: {_listing(top)}); "
+        raise ReIDError(f"{dataset}: no images under {top} (found: {listing(top)}); "
                         f"expected {FOLDER_LAYOUT}")
 
     # Cameras are numbered over all splits at once so query and gallery agree.

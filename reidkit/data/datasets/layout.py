@@ -7,7 +7,11 @@ A Market-style loader is four calls (see market1501.py)::
     parse = regex_parser(r"(-?\d+)_c(\d+)_f(\d+)")        # file name -> (pid, 1-based camera, frame)
     train = scan_split(base / "train", "train", "mysite", parse, "0002_c1_f000451.jpg", LAYOUT, max_cam=None)
 
-then ``ReIDDataset("mysite", train, query, gallery)`` and ``register_dataset("mysite", loader)``.
+then ``check_splits(ReIDDataset("mysite", train, query, gallery, str(base)), LAYOUT)`` (refuses an empty
+query or gallery) and ``register_dataset("mysite", loader)``. A keyword option with a fixed set of values
+is checked by ``check_choice``; ``is_image`` and ``listing`` help a loader of another layout (see folder.py)
+skip non-images and say what it found instead. A set already in Market-1501's layout needs none of this:
+``reidkit.data.datasets.market1501.load_market_tree(root, "mysite", max_cam=None)``.
 Every helper raises one ReIDError naming the dataset, the path and the layout expected.
 """
 from __future__ import annotations
@@ -22,13 +26,15 @@ from reidkit.errors import ReIDError
 from reidkit.utils.io import IMAGE_EXTENSIONS
 from reidkit.data.datasets.core import Record, ReIDDataset
 
-__all__ = ["NameParser", "locate", "regex_parser", "root_dir", "scan_split"]
+__all__ = ["NameParser", "check_choice", "check_splits", "is_image", "listing", "locate", "regex_parser", "root_dir",
+           "scan_split"]
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
+    """Whether a file name is an image a loader should read: an image extension, and not a hidden file."""
     # Hidden files include macOS "._x.jpg" resource forks, which carry an image extension.
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
@@ -36,7 +42,7 @@ def _is_image(name: str) -> bool:
 def _image_names(directory: str) -> list[str]:
     """Sorted image file names directly inside a directory (other files ignored)."""
     with os.scandir(directory) as it:
-        return sorted(e.name for e in it if e.is_file() and _is_image(e.name))
+        return sorted(e.name for e in it if e.is_file() and is_image(e.name))
 
 
 def root_dir(root: str | os.PathLike[str], dataset: str, layout: str) -> Path:
@@ -49,7 +55,8 @@ def root_dir(root: str | os.PathLike[str], dataset: str, layout: str) -> Path:
     return path
 
 
-def _listing(path: Path, limit: int = 6) -> str:
+def listing(path: Path, limit: int = 6) -> str:
+    """What ``path`` holds, for an error message: its first ``limit`` visible names, "empty" or "unreadable"."""
     try:
         names = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     except OSError:
@@ -80,7 +87,7 @@ def locate(root: Path, candidates: Sequence[str], required: Sequence[str], datas
             missing = ", ".join(r for r in required if r not in have)
             raise ReIDError(f"{dataset}: {base} lacks {missing}; expected {layout}")
     raise ReIDError(
-        f"{dataset}: no matching layout under {root} (found: {_listing(root)}); "
+        f"{dataset}: no matching layout under {root} (found: {listing(root)}); "
         f"expected {layout}"
     )
 
@@ -133,8 +140,8 @@ def scan_split(directory: Path, split: str, dataset: str, parse: NameParser, exa
     return records
 
 
-def _check_splits(ds: ReIDDataset, layout: str, user_data: bool = False) -> ReIDDataset:
-    """Refuse a dataset that cannot be evaluated (empty query) or trained on.
+def check_splits(ds: ReIDDataset, layout: str, user_data: bool = False) -> ReIDDataset:
+    """``ds`` itself, or ReIDError if it cannot be evaluated (empty query or gallery) or trained on (empty train).
 
     A user's own data may be train-only (no query and no gallery) or evaluation-only (no train).
     """
@@ -149,7 +156,8 @@ def _check_splits(ds: ReIDDataset, layout: str, user_data: bool = False) -> ReID
     return ds
 
 
-def _check_choice(dataset: str, key: str, value: Any, choices: Sequence[str]) -> str:
+def check_choice(dataset: str, key: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` of a loader option ``key`` if it is one of ``choices``; else ReIDError naming the dataset and them."""
     if value not in choices:
         raise ReIDError(f"{dataset}: option {key}={value!r} is not one of {', '.join(choices)}")
     return value

@@ -8,7 +8,7 @@ from pathlib import Path
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import SPLITS, Record, ReIDDataset
-from reidkit.data.datasets.layout import _check_splits, root_dir
+from reidkit.data.datasets.layout import check_splits, root_dir
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -84,4 +84,4 @@ def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReID
     ds = ReIDDataset(dataset, out["train"], out["query"], out["gallery"], str(path))
     if not any(out.values()):
         raise ReIDError(f"{dataset}: no rows in {path}; expected {CSV_LAYOUT}")
-    return _check_splits(ds, CSV_LAYOUT, user_data=True)
+    return check_splits(ds, CSV_LAYOUT, user_data=True)

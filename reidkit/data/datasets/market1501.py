@@ -6,25 +6,31 @@ import os
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import ReIDDataset
-from reidkit.data.datasets.layout import _check_splits, locate, regex_parser, root_dir, scan_split
+from reidkit.data.datasets.layout import check_splits, locate, regex_parser, root_dir, scan_split
 
 
 # ----------------------------------------------------------------------------- Market / Duke
 
 MARKET_DIR = "Market-1501-v15.09.15"
-_MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}  # split -> folder
 MARKET_LAYOUT = f"<root>/{MARKET_DIR}/{{bounding_box_train,query,bounding_box_test}}/0002_c1s1_000451_03.jpg"
 _market_name = regex_parser(r"^(-?\d+)_c(\d+)(?:s\d+_(\d+))?")
 
 
-def _load_market_tree(root: str | os.PathLike[str], dataset: str, max_cam: int | None,
-                      extra_gallery: bool = False) -> ReIDDataset:
+def load_market_tree(root: str | os.PathLike[str], dataset: str, max_cam: int | None,
+                     extra_gallery: bool = False) -> ReIDDataset:
+    """Any set in Market-1501's layout, named ``dataset``: ``<root>[/Market-1501-v15.09.15]/<MARKET_SPLITS>``.
+
+    Names like ``0002_c1s1_000451_03.jpg`` or ``0002_c1_...``; cameras above ``max_cam`` (None: no limit)
+    are refused. ``extra_gallery`` adds ``<base>/images`` to the gallery as distractors (Market's 500k).
+    A loader of your own for a set in this layout is ``lambda root: load_market_tree(root, "mysite", None)``.
+    """
     top = root_dir(root, dataset, MARKET_LAYOUT)
     base = locate(top, [MARKET_DIR, f"market1501/{MARKET_DIR}", "market1501"],
-                   list(_MARKET_SPLITS.values()), dataset, MARKET_LAYOUT)
+                   list(MARKET_SPLITS.values()), dataset, MARKET_LAYOUT)
     example = "0002_c1s1_000451_03.jpg"
     parts = {s: scan_split(base / d, s, dataset, _market_name, example, MARKET_LAYOUT, max_cam)
-             for s, d in _MARKET_SPLITS.items()}
+             for s, d in MARKET_SPLITS.items()}
     if extra_gallery:
         extra = base / "images"
         if not extra.is_dir():
@@ -34,7 +40,7 @@ def _load_market_tree(root: str | os.PathLike[str], dataset: str, max_cam: int |
         parts["gallery"] += scan_split(extra, "gallery", dataset, _market_name, example,
                                         f"{base}/images/<distractor>.jpg", max_cam, force_pid=0)
     ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base))
-    return _check_splits(ds, MARKET_LAYOUT)
+    return check_splits(ds, MARKET_LAYOUT)
 
 
 def load_market1501(root: str | os.PathLike[str], *, market1501_500k: bool = False) -> ReIDDataset:
@@ -45,7 +51,7 @@ def load_market1501(root: str | os.PathLike[str], *, market1501_500k: bool = Fal
     Market-1501-v15.09.15 folder itself. ``market1501_500k=True`` adds the 500k distractors of
     ``<Market-1501-v15.09.15>/images`` to the gallery (all with pid 0).
     """
-    return _load_market_tree(root, "market1501", 6, extra_gallery=market1501_500k)
+    return load_market_tree(root, "market1501", 6, extra_gallery=market1501_500k)
 
 
 DUKE_DIR = "DukeMTMC-reID"
@@ -62,9 +68,9 @@ def load_dukemtmc(root: str | os.PathLike[str]) -> ReIDDataset:
     dataset = "dukemtmc"
     top = root_dir(root, dataset, DUKE_LAYOUT)
     base = locate(top, [DUKE_DIR, f"dukemtmc-reid/{DUKE_DIR}", f"dukemtmcreid/{DUKE_DIR}"],
-                   list(_MARKET_SPLITS.values()), dataset, DUKE_LAYOUT)
+                   list(MARKET_SPLITS.values()), dataset, DUKE_LAYOUT)
     parts = {s: scan_split(base / d, s, dataset, _duke_name, "0001_c2_f0046182.jpg",
                             DUKE_LAYOUT, 8)
-             for s, d in _MARKET_SPLITS.items()}
+             for s, d in MARKET_SPLITS.items()}
     ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base))
-    return _check_splits(ds, DUKE_LAYOUT)
+    return check_splits(ds, DUKE_LAYOUT)

@@ -7,7 +7,7 @@ from pathlib import Path
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import Record, ReIDDataset
-from reidkit.data.datasets.layout import _check_choice, _check_splits, locate, root_dir
+from reidkit.data.datasets.layout import check_choice, check_splits, locate, root_dir
 
 
 # ----------------------------------------------------------------------------- MSMT17
@@ -71,7 +71,7 @@ def load_msmt17(root: str | os.PathLike[str], *, version: str = "v2",
     field's default) merges the validation list into train. pids are the lists' ids plus 1
     (the lists count from 0; reidkit reserves pid 0 for distractors).
     """
-    version = _check_choice("msmt17", "version", str(version).lower(), ("v1", "v2"))
+    version = check_choice("msmt17", "version", str(version).lower(), ("v1", "v2"))
     layout = _msmt_layout(version)
     main, train_dir, test_dir = _MSMT_DIRS[version]
     top = root_dir(root, "msmt17", layout)
@@ -92,4 +92,4 @@ def load_msmt17(root: str | os.PathLike[str], *, version: str = "v2",
         train = train + val
     ds = ReIDDataset("msmt17", train, query, gallery, str(base),
                      meta={"version": version, "val": [] if combine_val else val})
-    return _check_splits(ds, layout)
+    return check_splits(ds, layout)

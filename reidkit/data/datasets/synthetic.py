@@ -8,7 +8,7 @@ from typing import Sequence
 from reidkit.errors import ReIDError
 
 from reidkit.data.datasets.core import ReIDDataset
-from reidkit.data.datasets.market1501 import MARKET_DIR, MARKET_LAYOUT, _load_market_tree
+from reidkit.data.datasets.market1501 import MARKET_DIR, MARKET_LAYOUT, load_market_tree
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -51,7 +51,7 @@ def load_synthetic(root: str | os.PathLike[str], *, ids: int = _SYN_DEFAULTS["id
         if not (top / MARKET_DIR).is_dir():
             raise ReIDError(f"synthetic: the generator reidkit.data.synthetic is not available "
                             f"({exc}); cannot create {top / MARKET_DIR}") from None
-        return _load_market_tree(top, "synthetic", None)
+        return load_market_tree(top, "synthetic", None)
     marker = synthetic.read_marker(top / MARKET_DIR)
     params = (marker or {}).get("params") if isinstance(marker, dict) else None
     if isinstance(params, dict) and marker.get("generator") == "reidkit.synthetic":
@@ -65,10 +65,10 @@ def load_synthetic(root: str | os.PathLike[str], *, ids: int = _SYN_DEFAULTS["id
                 f"for the new set, drop those options to load the existing one, or replace it with "
                 f"`reidkit synth {top} --regenerate` and the new options"
             )
-        return _load_market_tree(top, "synthetic", None)
+        return load_market_tree(top, "synthetic", None)
     synthetic.generate(top, ids=int(ids), images_per_id=int(images_per_id), cams=int(cams), seed=int(seed),
                        domain=str(domain), size=_parse_size(size))
-    return _load_market_tree(top, "synthetic", None)
+    return load_market_tree(top, "synthetic", None)
 
 
 def _parse_size(size: str | Sequence[int]) -> tuple[int, int]:

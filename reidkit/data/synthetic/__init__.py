@@ -12,9 +12,17 @@ Randomness is keyed, never sequential: an identity by (seed, domain, pid), an im
 (seed, domain, pid, image index), a camera by (seed, domain, camera). The bytes written are
 therefore the same whatever the number of worker processes.
 
-The package: ``identity`` (palettes, keyed streams, ``sample_identity``), ``camera`` (``camera_style``,
-backgrounds, ``photometric``), ``painter`` (``draw_person`` and its shapes), ``render`` (one crop, the
-worker); this module plans the set and writes it (``generate``, ``generate_report``, ``read_marker``).
+The package: ``identity`` (palettes, ``keyed_rng``, ``sample_identity``, ``GROUP_SIZE``), ``camera``
+(``camera_style``, ``camera_background``, ``photometric``), ``painter`` (``draw_person`` and its parts),
+``render`` (``render_crop``: one crop, and the worker); this module plans the set and writes it
+(``generate``, ``generate_report``, ``read_marker``). The names in ``__all__`` are the public parts; a
+generator of your own (``reidkit.data.scene`` is one) composes them::
+
+    dom = DOMAINS["A"]
+    idt = sample_identity(seed, dom, key)                       # the same person for the same key
+    img = camera_background(seed, dom, cam, h, w).copy()        # cached: copy before drawing
+    draw_person(img, idt, "front", phase, cx, feet, height, light)
+    img = photometric(img, camera_style(seed, dom, cam), keyed_rng(seed, dom, MY_TAG, cam, frame))
 """
 from __future__ import annotations
 
@@ -32,37 +40,45 @@ import numpy as np
 
 from reidkit.errors import ReIDError
 
-from reidkit.data.synthetic.identity import (  # noqa: F401
-    DOMAINS, GENERATOR_VERSION, MARKER_NAME, MARKET_DIR, SPLITS, _DISTRACTOR_KEY, _GROUP_SIZE, _JUNK_KEY, _T_PLAN, _col, _identity, _rng,
+# The public parts: data/scene.py and your own generators use these.
+from reidkit.data.synthetic.identity import (
+    DOMAINS,            # domain letter -> domain index (the camera-style family)
+    GENERATOR_VERSION,
+    GROUP_SIZE,         # identities per hard-negative group (keys 1..3, 4..6, ... share clothing colours)
+    MARKER_NAME,
+    MARKET_DIR,
+    SPLITS,
+    colour,             # an RGB array -> a PIL colour tuple, clipped to 0..255
+    keyed_rng,          # (*int keys) -> a numpy Generator for exactly those keys
+    sample_identity,    # (seed, domain index, key) -> the attributes of one person
 )
-from reidkit.data.synthetic.camera import (  # noqa: F401
-    _background, _camera, _photometric,
+from reidkit.data.synthetic.camera import (
+    camera_background,  # (seed, domain index, camera, h, w) -> that camera's background strip
+    camera_style,       # (seed, domain index, camera) -> that camera's style
+    photometric,        # (image, camera style, rng) -> the image as that camera sees it
 )
-from reidkit.data.synthetic.painter import (  # noqa: F401
-    _draw_person,
-)
-from reidkit.data.synthetic.render import (  # noqa: F401
-    _Job, _render, _render_chunk,
-)
-# The public parts (data/scene.py and your own generators use these)
-sample_identity = _identity        # (seed, domain index, key) -> the attributes of one person
-camera_style = _camera             # (seed, domain index, camera) -> that camera's style
-camera_background = _background    # (seed, domain index, camera, h, w) -> its background image
-photometric = _photometric         # (image, camera style, rng) -> the image as that camera sees it
-draw_person = _draw_person         # draw an identity into an image (view, walking phase, position, height)
-render = _render                   # (job, seed, domain index, size) -> one crop
+from reidkit.data.synthetic.painter import draw_person  # draw an identity into an image (view, phase, position)
+from reidkit.data.synthetic.render import Job, render_crop  # one crop: (job, seed, domain index, size) -> image
+from reidkit.data.synthetic.identity import _DISTRACTOR_KEY, _JUNK_KEY, _T_PLAN
+from reidkit.data.synthetic.render import _render_chunk
+
+__all__ = [
+    "DOMAINS", "GENERATOR_VERSION", "GROUP_SIZE", "MARKER_NAME", "MARKET_DIR", "SPLITS", "GenerationReport", "Job",
+    "camera_background", "camera_style", "colour", "draw_person", "generate", "generate_report", "keyed_rng",
+    "photometric", "read_marker", "render_crop", "sample_identity",
+]
 
 
 # ----------------------------------------------------------------------------- the plan
 def _plan(ids: int, images_per_id: int, cams: int, seed: int, dom: int, distractors: int,
-          junk: int) -> tuple[list[_Job], dict]:
+          junk: int) -> tuple[list[Job], dict]:
     """Decide every file (name, split, identity, camera) up front, in the parent process."""
-    r = _rng(seed, dom, _T_PLAN)
+    r = keyed_rng(seed, dom, _T_PLAN)
     pids = np.arange(1, ids + 1)
     n_train = (ids + 1) // 2  # Market: 751 train / 750 test identities
     perm = r.permutation(pids)
     train_ids = set(int(p) for p in perm[:n_train])
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     used: set[str] = set()
     counts = {"train_images": 0, "query": 0, "gallery": 0, "distractors": 0, "junk": 0}
     max_cams = min(cams, max(2, images_per_id // 2))  # leaves gallery matches for every query camera
@@ -86,7 +102,7 @@ def _plan(ids: int, images_per_id: int, cams: int, seed: int, dom: int, distract
         idx = 0
         for cam, n in zip(pcams, alloc):
             cam = int(cam)
-            cview = _camera(seed, dom, cam)["views"]
+            cview = camera_style(seed, dom, cam)["views"]
             view = int(r.choice(4, p=cview))
             seq = int(r.integers(1, 7))
             frame = int(r.integers(0, 150000))
@@ -95,21 +111,21 @@ def _plan(ids: int, images_per_id: int, cams: int, seed: int, dom: int, distract
                 frame += int(r.integers(3, 60))
                 fname = name(pid, cam, seq, frame, int(r.integers(1, 4)))
                 sp = "query" if k == query_at else split
-                jobs.append(_Job(f"{sp}/{fname}", pid, idx, cam, "person", view))
+                jobs.append(Job(f"{sp}/{fname}", pid, idx, cam, "person", view))
                 counts["train_images" if sp == "bounding_box_train" else "query" if sp == "query" else "gallery"] += 1
                 idx += 1
     for k in range(distractors):
         cam = int(r.integers(cams))
         kind = "distractor" if r.random() < 0.55 else "background"
         fname = name(0, cam, int(r.integers(1, 7)), int(r.integers(0, 200000)), int(r.integers(1, 9)))
-        jobs.append(_Job(f"bounding_box_test/{fname}", _DISTRACTOR_KEY + k, 0, cam, kind, int(r.integers(4))))
+        jobs.append(Job(f"bounding_box_test/{fname}", _DISTRACTOR_KEY + k, 0, cam, kind, int(r.integers(4))))
     for k in range(junk):
         cam = int(r.integers(cams))
         # junk is bad crops of the test people themselves (as in Market) or of passers-by
         test_ids = sorted(set(range(1, ids + 1)) - train_ids)
         key = int(r.choice(test_ids)) if r.random() < 0.5 else _JUNK_KEY + k
         fname = name(-1, cam, int(r.integers(1, 7)), int(r.integers(0, 200000)), int(r.integers(1, 9)))
-        jobs.append(_Job(f"bounding_box_test/{fname}", key, 100000 + k, cam, "junk", int(r.integers(4))))
+        jobs.append(Job(f"bounding_box_test/{fname}", key, 100000 + k, cam, "junk", int(r.integers(4))))
     counts["distractors"], counts["junk"] = distractors, junk
     counts["gallery"] += distractors + junk
     counts["train_ids"] = n_train

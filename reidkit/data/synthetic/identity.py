@@ -22,7 +22,7 @@ _T_IDENTITY, _T_GROUP, _T_IMAGE, _T_CAMERA, _T_PLAN = 11, 12, 13, 14, 15
 # Keys of the people who are not annotated identities (never collide with pids 1..ids).
 _DISTRACTOR_KEY = 1_000_000
 _JUNK_KEY = 2_000_000
-_GROUP_SIZE = 3  # identities per hard-negative group (shared clothing colours)
+GROUP_SIZE = 3  # identities per hard-negative group (shared clothing colours)
 
 # ----------------------------------------------------------------------------- palettes
 _SKIN = np.array(
@@ -55,12 +55,18 @@ _SHOES = np.array([(24, 24, 26), (236, 236, 232), (96, 64, 40), (120, 120, 124),
 _SHOES_P = np.array([0.38, 0.3, 0.12, 0.1, 0.05, 0.05])
 
 
-def _rng(*keys: int) -> np.random.Generator:
-    """A generator keyed by integers (order matters), independent of any other key."""
+def keyed_rng(*keys: int) -> np.random.Generator:
+    """A generator keyed by integers (order matters), independent of any other key.
+
+    The generator keys every stream by (seed, domain index, a tag, ...): identities use tag 11, groups 12,
+    images 13, cameras 14, the plan 15 and data/scene.py 31-33; a generator of your own picks a tag of its
+    own so its draws never coincide with these.
+    """
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
 
 
-def _col(c: Any) -> tuple[int, int, int]:
+def colour(c: Any) -> tuple[int, int, int]:
+    """An RGB triple (array, floats) as the int tuple PIL fills with, each channel clipped to 0..255."""
     return (min(255, max(0, int(c[0]))), min(255, max(0, int(c[1]))), min(255, max(0, int(c[2]))))
 
 
@@ -70,11 +76,15 @@ def _jitter(r: np.random.Generator, c: np.ndarray, s: float) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- identities
 @lru_cache(maxsize=4096)
-def _identity(seed: int, dom: int, key: int) -> dict:
-    """All appearance attributes of one person (deterministic for the key)."""
-    r = _rng(seed, dom, _T_IDENTITY, key)
+def sample_identity(seed: int, dom: int, key: int) -> dict:
+    """All appearance attributes of one person (deterministic for the key; cached, do not modify).
+
+    Keys 1.. are annotated identities: keys of one group ((key - 1) // GROUP_SIZE) share clothing colours and
+    garment types (hard negatives). Keys from 1,000,000 are distractors and passers-by (no group).
+    """
+    r = keyed_rng(seed, dom, _T_IDENTITY, key)
     # Annotated identities share clothing colours and garment types with their group.
-    g = _rng(seed, dom, _T_GROUP, (key - 1) // _GROUP_SIZE) if 1 <= key < _DISTRACTOR_KEY else r
+    g = keyed_rng(seed, dom, _T_GROUP, (key - 1) // GROUP_SIZE) if 1 <= key < _DISTRACTOR_KEY else r
     upper = _CLOTH[g.choice(len(_CLOTH), p=_CLOTH_P)]
     lower = _CLOTH[g.choice(len(_CLOTH), p=_CLOTH_P)]
     upper_type = str(g.choice(["tshirt", "longsleeve", "jacket"], p=[0.4, 0.3, 0.3]))

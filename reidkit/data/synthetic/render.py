@@ -9,18 +9,20 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidkit.data.synthetic.identity import (  # noqa: F401
-    _SS, _T_IMAGE, _VIEWS, _identity, _rng,
+    _SS, _T_IMAGE, _VIEWS, sample_identity, keyed_rng,
 )
 from reidkit.data.synthetic.camera import (  # noqa: F401
-    _background, _camera, _photometric,
+    camera_background, camera_style, photometric,
 )
 from reidkit.data.synthetic.painter import (  # noqa: F401
-    _draw_person, _occluder, _silhouette,
+    _occluder, _silhouette, draw_person,
 )
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
+    """One file of a generated set: where it goes, whom it shows (key, image index), the camera and the kind."""
+
     path: str
     key: int  # identity key (pid, or distractor/junk key)
     idx: int  # image index within the key, part of the image seed
@@ -29,13 +31,13 @@ class _Job:
     view: int  # dominant view index for this (person, camera)
 
 
-def _render(job: _Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Image:
+def render_crop(job: Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Image:
     """Render one detection crop (final size, before JPEG)."""
     H, W = size
-    r = _rng(seed, dom, _T_IMAGE, job.key, job.idx)
-    cs = _camera(seed, dom, job.cam)
+    r = keyed_rng(seed, dom, _T_IMAGE, job.key, job.idx)
+    cs = camera_style(seed, dom, job.cam)
     hs, ws = int(_SS * H * 1.45), int(_SS * W * 2.3)
-    bg = _background(seed, dom, job.cam, hs, ws * 4)
+    bg = camera_background(seed, dom, job.cam, hs, ws * 4)
     ox = int(r.integers(0, ws * 3))
     scene = bg.crop((ox, 0, ox + ws, hs))
     cx, cy = ws / 2, hs / 2
@@ -50,7 +52,7 @@ def _render(job: _Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Imag
             _silhouette(d, cx + r.uniform(-1, 1) * ws * 0.45, feet - (1 - s) * height * 0.35, height * s, r)
     if job.kind != "background":
         key = job.key
-        idt = _identity(seed, dom, key)
+        idt = sample_identity(seed, dom, key)
         probs = np.full(4, 0.25 / 3)
         probs[job.view] = 0.75
         view = _VIEWS[int(r.choice(4, p=probs))]
@@ -60,7 +62,7 @@ def _render(job: _Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Imag
         yy, xx = np.ogrid[sy0:sy1, sx0:sx1]
         patch[((xx - cx) / (1.3 * u)) ** 2 + ((yy - feet) / (0.3 * u)) ** 2 < 1] *= 0.7
         scene.paste(Image.fromarray(patch.astype(np.uint8)), (sx0, sy0))
-        _draw_person(scene, idt, view, float(r.uniform(0, 2 * math.pi)), cx + r.normal(0, 0.02) * ws, feet, height,
+        draw_person(scene, idt, view, float(r.uniform(0, 2 * math.pi)), cx + r.normal(0, 0.02) * ws, feet, height,
                      float(r.uniform(-1, 1)))
     # detector box around the person, jittered
     bh = _SS * H * float(np.clip(r.normal(1.02, 0.06), 0.88, 1.18))
@@ -87,15 +89,15 @@ def _render(job: _Job, seed: int, dom: int, size: tuple[int, int]) -> Image.Imag
         _occluder(scene, tuple(box), r, u)
     box = [max(0.0, box[0]), max(0.0, box[1]), min(float(ws), box[2]), min(float(hs), box[3])]
     img = scene.resize((W, H), Image.BILINEAR, box=tuple(box))
-    return _photometric(img, cs, r)
+    return photometric(img, cs, r)
 
 
 def _render_chunk(args: tuple) -> int:
     """Worker: render and write a list of jobs."""
     jobs, seed, dom, size, root = args
     for job in jobs:
-        img = _render(job, seed, dom, size)
-        cs = _camera(seed, dom, job.cam)
+        img = render_crop(job, seed, dom, size)
+        cs = camera_style(seed, dom, job.cam)
         q = int(np.clip(cs["jpeg"] + (job.idx * 7 + job.key) % 9 - 4, 30, 98))
         img.save(os.path.join(root, job.path), "JPEG", quality=q)
     return len(jobs)
