@@ -333,7 +333,7 @@ def test_onnx_detector_both_layouts(tmp_path):
     np.testing.assert_allclose([b[1:5] for b in t["meta"]["boxes"]], [[60, 16, 100, 96]] * 8, atol=0.01)
 
 
-def test_hog_default_detector_runs_end_to_end(run, tmp_path, capsys):
+def test_hog_detector_runs_end_to_end(run, tmp_path, capsys):
     import cv2
 
     from reidkit.video.decode import iter_frames
@@ -351,7 +351,7 @@ def test_hog_default_detector_runs_end_to_end(run, tmp_path, capsys):
     assert boxes.shape == (0, 4) and scores.shape == (0,)
     db = tmp_path / "hogdb"
     assert main(["video", str(short), "--db", str(db), "--every", "2", "--chunk", "3", "--weights",
-                 str(_tiny(tmp_path)), "--detect-every", "1"]) == 0
+                 str(_tiny(tmp_path)), "--detect-every", "1", "--detector", "hog"]) == 0
     assert "short.avi: done, 6 frames" in capsys.readouterr().err
 
 

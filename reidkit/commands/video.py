@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `video`, `tracklets` and `scene` parsers."""
     p = sub.add_parser(
         "video", help="ingest videos into a gallery of tracklets (detect, track, cut, embed)",
-        description="Decode each video, detect people (--detections MOT file per video, --detector ONNX YOLO, "
-                    "or the built-in HOG detector), track them with DeepSort on reidkit features, keep the best "
+        description="Decode each video, detect people (--detections MOT file per video, --detector ONNX YOLO or hog, "
+                    "or by default the built-in motion detector), track them with DeepSort on reidkit features, keep the best "
                     "K crops of each tracklet and add the tracklets (camera, frames, times, boxes, thumbnails) "
                     "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
                     "run, re-run with the same arguments, resumes at the last committed chunk.")
@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detections", action="append", default=None,
                    help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order")
     p.add_argument("--detector", default=None,
-                   help="person detector: 'hog' (OpenCV's HOG people detector, the default), 'motion' "
-                        "(background subtraction: fixed cameras, fastest) or an ONNX YOLO-family model file")
+                   help="person detector: 'motion' (background subtraction against the video's own median "
+                        "background: fixed cameras; the default), 'hog' (OpenCV's HOG people detector: moving "
+                        "cameras) or an ONNX YOLO-family model file")
     p.add_argument("--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
     p.add_argument("--detector-size", default=None,
                    help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)")
@@ -52,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "interpolated (default 1; 2 with HOG cost 15 of 18 tracklets on the generated scene: "
                         "benchmarks/results/bench_video.md)")
     p.add_argument("--detect-scale", type=bounded_float("--detect-scale", 0.05, 1.0), default=0.75,
-                   help="HOG detector: run on the frame scaled by this factor (default 0.75)")
+                   help="--detector hog: run it on the frame scaled by this factor (default 0.75)")
     p.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
                    help="how the embedder runs: auto (ONNX Runtime on a CPU when installed, measured faster in "
                         "benchmarks/bench_embed.py; else PyTorch), torch, onnx (default auto)")
