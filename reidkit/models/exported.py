@@ -121,8 +121,16 @@ class OnnxFeatureModel(_ExportedFeatureModel):
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         self.path = Path(path)
-        self._init_meta(read_export_metadata(self.path))
+        if not self.path.is_file():
+            raise ReIDError(f"exported model not found: {self.path}")
         self.session = ort_session(self.path, threads)
+        # the session holds the file's metadata_props: no second parse (and no `import onnx`, 0.7 s)
+        raw = self.session.get_modelmeta().custom_metadata_map
+        try:
+            meta = {k: json.loads(v) for k, v in raw.items()}
+        except json.JSONDecodeError as exc:
+            raise ReIDError(f"{self.path}: metadata_props are not reidkit's JSON values") from exc
+        self._init_meta(meta)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
