@@ -69,21 +69,25 @@ def test_resume_equals_the_uninterrupted_run(kind, syn, tmp_path):
     resumed = run(kind, syn, tmp_path / "cut", resume=True)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["mean"] == pytest.approx(full["mean"], abs=1e-9)
+    assert resumed["datasets"] == full["datasets"]
     assert resumed["history"] == full["history"] and resumed["best"] == full["best"]
     assert "resumed from" in (tmp_path / "cut" / "train.log").read_text()
-    a = torch.load(tmp_path / "full" / "last.pt", map_location="cpu", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("last.pt", "model.pt"):  # the last state and the final (best) weights, tensor for tensor
+        a = torch.load(tmp_path / "full" / name, map_location="cpu", weights_only=False)["model"]
+        b = torch.load(tmp_path / "cut" / name, map_location="cpu", weights_only=False)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_auto_starts_fresh_then_continues(kind, syn, tmp_path):
     out = tmp_path / "auto"
-    first = run(kind, syn, out, resume="auto", solver__max_epochs=1)
+    first = run(kind, syn, out, resume="auto", solver__max_epochs=1)  # no last.pt yet: a fresh run, no error
     assert [h["epoch"] for h in first["history"]] == [1]
+    assert "resumed from" not in (out / "train.log").read_text()
     second = run(kind, syn, out, resume="auto")
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert "resumed from" in (out / "train.log").read_text()
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
     with pytest.raises(ReIDError, match="no checkpoint at .*last.pt"):
         run(kind, syn, tmp_path / "none", resume=True)
 
@@ -160,7 +164,7 @@ def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, c
     if kind == "cluster":
         assert {"cluster/n_clusters", "cluster/purity"} <= tags
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["final_weights"]["file"].endswith("model.pt")
+    assert metrics["final_weights"]["file"].endswith("model.pt") and (out / "last.pt").is_file()
 
 
 @pytest.mark.parametrize("kind", KINDS)
