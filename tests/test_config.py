@@ -51,12 +51,11 @@ def test_trick_ladder_is_cumulative():
     assert top == bot
 
 
-def test_every_packaged_recipe_loads():
+def test_packaged_recipes_hold_their_models_and_datasets():
+    # (every recipe loads, from any working directory: test_every_packaged_recipe_loads_from_anywhere_and_is_listed)
     names = list_recipes()
     for required in ["bot_r50", "baseline_r50", "bot_r50_ibn_a", "mgn_r50", "joint_market_duke_msmt", "demo"]:
         assert required in names
-    for name in names:
-        load_config(name)
     mgn = load_config("mgn_r50")
     assert mgn.model.arch == "mgn" and mgn.loss.center_weight == 1e-4 and mgn.input.patch_p == 0.5
     joint = load_config("joint_market_duke_msmt")
@@ -158,7 +157,7 @@ def test_every_packaged_recipe_loads_from_anywhere_and_is_listed(tmp_path, monke
     table = (top / "README.md").read_text()
     monkeypatch.chdir(tmp_path)  # found by name, not relative to the working directory
     names = list_recipes()
-    assert len(names) >= 21
+    assert len(names) >= 21, f"{len(names)} packaged recipes found with the working directory at {tmp_path}"
     for name in names:
         assert f"| `{name}` |" in table, f"configs/README.md does not list recipe {name}"
         assert isinstance(load_config(name), Config), name

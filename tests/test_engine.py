@@ -305,17 +305,21 @@ def test_pil_loader_and_camera_sampler_train(work: Path):
     result = trainer.fit()
     assert result["datasets"] == {} and result["train"]["images_per_s"] > 0
     assert (work / "pil" / "last.pt").is_file()
-    # the camera sampler: each identity's K images of a batch come from min(K, its cameras) cameras
+    # the camera sampler, built from the records' cameras: each identity's K images of a batch come from
+    # min(K, its cameras) cameras, in the epoch trained and in the next ones (K=4 of 8 images in 3 cameras
+    # drawn at random would miss a camera in about a third of the groups)
     sampler = trainer.sampler
     assert isinstance(sampler, CameraBalancedPKSampler)
     records = trainer.train_records
-    for batch in sampler.global_batches(1):
+    assert [r.camid for r in records] == list(sampler.camids)
+    for batch in (b for epoch in range(1, 11) for b in sampler.global_batches(epoch)):
         for j in range(0, len(batch), 4):
             group = batch[j:j + 4]
             pid = {records[i].pid for i in group}
             assert len(pid) == 1
             cams_of_id = {r.camid for r in records if r.pid in pid}
-            assert len({records[i].camid for i in group}) == min(4, len(cams_of_id))
+            got = len({records[i].camid for i in group})
+            assert got == min(4, len(cams_of_id)), f"identity {pid}: K images from {got} of {len(cams_of_id)} cameras"
 
 
 def test_demo_pipeline_end_to_end(work: Path, capsys):

@@ -216,8 +216,21 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def test_must_show_cli_on_milvus_equals_embedded(data, tmp_path):
-    """`index build / search / index delete --db milvus:./g.db` and the service answer as the embedded default."""
+def _cli_here(args: list[str], cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """The same CLI in this process (the embedded reference answers need no fresh process each)."""
+    from reidkit.cli import main
+
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    code = main(args)
+    out, err = capsys.readouterr()
+    monkeypatch.undo()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_must_show_cli_on_milvus_equals_embedded(data, tmp_path, capsys, monkeypatch):
+    """`index build / search / index delete --db milvus:./g.db` (each a fresh `reidkit` process, as a user runs
+    them) and the service answer as the embedded default (the reference, run by the CLI in this process)."""
     from fastapi.testclient import TestClient
 
     from reidkit.retrieval.service import create_app
@@ -225,12 +238,13 @@ def test_must_show_cli_on_milvus_equals_embedded(data, tmp_path):
     w = str(data["weights"])
     answers = {}
     for db in ("milvus:./g.db", "emb"):
-        p = _cli(["index", "build", "--images", str(data["gal"]), "--db", db, "--weights", w], tmp_path)
+        cli = _cli if db.startswith("milvus:") else lambda args, cwd: _cli_here(args, cwd, capsys, monkeypatch)
+        p = cli(["index", "build", "--images", str(data["gal"]), "--db", db, "--weights", w], tmp_path)
         assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
-        p = _cli(["search", "--db", db, "--image", str(data["query"]), "--topk", "5", "--json"], tmp_path)
+        p = cli(["search", "--db", db, "--image", str(data["query"]), "--topk", "5", "--json"], tmp_path)
         assert p.returncode == 0, p.stderr
         answers[db] = json.loads(p.stdout)["results"]
-        p = _cli(["index", "delete", "--db", db, "--camera", "c2"], tmp_path)
+        p = cli(["index", "delete", "--db", db, "--camera", "c2"], tmp_path)
         assert p.returncode == 0, p.stderr
         answers[db + " deleted"] = int(p.stdout.split("index delete: ")[1].split()[0])
     mil, emb = answers["milvus:./g.db"], answers["emb"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,36 +63,57 @@ def run(kind: str, syn: Path, out: Path, **over) -> dict:
     return trainer_cls(kind)(make_cfg(kind, syn, out, **over)).fit()
 
 
+@pytest.fixture(scope="module")
+def one_epoch(syn, tmp_path_factory):
+    """`one_epoch(kind, dst)`: a copy at `dst` of the 1-epoch run of that kind, and that run's result.
+
+    Trained once per module and kind, with resume="auto" into an empty folder (a fresh run: what
+    test_resume_auto_starts_fresh_then_continues checks of it); the other tests resume it or kill it.
+    """
+    made: dict[str, tuple[Path, dict]] = {}
+
+    def copy(kind: str, dst: Path) -> tuple[Path, dict]:
+        if kind not in made:
+            src = tmp_path_factory.mktemp(f"one_epoch_{kind}") / "run"
+            made[kind] = (src, run(kind, syn, src, resume="auto", solver__max_epochs=1))
+        shutil.copytree(made[kind][0], dst)
+        return dst, made[kind][1]
+
+    return copy
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_resume_equals_the_uninterrupted_run(kind, syn, tmp_path):
+def test_resume_equals_the_uninterrupted_run(kind, syn, tmp_path, one_epoch):
     full = run(kind, syn, tmp_path / "full")
-    run(kind, syn, tmp_path / "cut", solver__max_epochs=1)  # a run "killed" after its first checkpoint
+    one_epoch(kind, tmp_path / "cut")  # a run "killed" after its first checkpoint
     resumed = run(kind, syn, tmp_path / "cut", resume=True)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["mean"] == pytest.approx(full["mean"], abs=1e-9)
+    assert resumed["datasets"] == full["datasets"]
     assert resumed["history"] == full["history"] and resumed["best"] == full["best"]
     assert "resumed from" in (tmp_path / "cut" / "train.log").read_text()
-    a = torch.load(tmp_path / "full" / "last.pt", map_location="cpu", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "last.pt", map_location="cpu", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("last.pt", "model.pt"):  # the last state and the final (best) weights, tensor for tensor
+        a = torch.load(tmp_path / "full" / name, map_location="cpu", weights_only=False)["model"]
+        b = torch.load(tmp_path / "cut" / name, map_location="cpu", weights_only=False)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_resume_auto_starts_fresh_then_continues(kind, syn, tmp_path):
-    out = tmp_path / "auto"
-    first = run(kind, syn, out, resume="auto", solver__max_epochs=1)
+def test_resume_auto_starts_fresh_then_continues(kind, syn, tmp_path, one_epoch):
+    out, first = one_epoch(kind, tmp_path / "auto")  # resume="auto", no last.pt yet: a fresh run, no error
     assert [h["epoch"] for h in first["history"]] == [1]
+    assert "resumed from" not in (out / "train.log").read_text()
     second = run(kind, syn, out, resume="auto")
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert "resumed from" in (out / "train.log").read_text()
+    assert torch.load(out / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
     with pytest.raises(ReIDError, match="no checkpoint at .*last.pt"):
         run(kind, syn, tmp_path / "none", resume=True)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_resumed_at_the_last_epoch_still_writes_final_weights(kind, syn, tmp_path):
-    out = tmp_path / "done"
-    run(kind, syn, out, solver__max_epochs=1)
+def test_resumed_at_the_last_epoch_still_writes_final_weights(kind, syn, tmp_path, one_epoch):
+    out, _ = one_epoch(kind, tmp_path / "done")
     (out / "model.pt").unlink()  # killed after its final checkpoint, before the final weights
     (out / "metrics.json").unlink()
     result = run(kind, syn, out, solver__max_epochs=1, resume=True)
@@ -100,9 +122,8 @@ def test_resumed_at_the_last_epoch_still_writes_final_weights(kind, syn, tmp_pat
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(kind, syn, tmp_path):
-    out = tmp_path / "nan"
-    run(kind, syn, out, solver__max_epochs=1)
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(kind, syn, tmp_path, one_epoch):
+    out, _ = one_epoch(kind, tmp_path / "nan")
     before = (out / "last.pt").read_bytes()
     trainer = trainer_cls(kind)(make_cfg(kind, syn, out, resume=True))
     # the second iteration of epoch 2 (2 iterations per epoch): one good update, then NaN
@@ -160,7 +181,7 @@ def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, c
     if kind == "cluster":
         assert {"cluster/n_clusters", "cluster/purity"} <= tags
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["final_weights"]["file"].endswith("model.pt")
+    assert metrics["final_weights"]["file"].endswith("model.pt") and (out / "last.pt").is_file()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -180,8 +201,6 @@ def test_temp_files_of_killed_writes_are_removed_and_the_mean_loss_counts_every_
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_corrupt_training_images_are_counted_in_the_log_and_metrics(kind, syn, tmp_path):
-    import shutil
-
     root = tmp_path / "syn"
     shutil.copytree(syn, root)
     train_dir = next(root.rglob("bounding_box_train"))

@@ -96,10 +96,11 @@ def _contents(db: Path) -> set[str]:
     return paths
 
 
-def _record(env, db: Path, proc: subprocess.Popen, allowed: list[set[str]], what: str) -> None:
+def _record(env, db: Path, proc: subprocess.Popen, allowed: list[set[str]], what: str,
+            output: tuple[str, str] | None = None) -> None:
     """Count one kill as tried, and as survived only when the gallery really came out whole and allowed."""
     env["tried"].append(what)
-    out, err = proc.communicate(timeout=120)
+    out, err = output if output is not None else proc.communicate(timeout=120)
     problem = "a traceback" if "Traceback" in err + out else None
     got: object = None
     if problem is None:
@@ -146,22 +147,59 @@ def test_build_overwrite_killed_at_named_point(env, point):
     assert len(list(db.glob("index.g*.faiss"))) == 1
 
 
+def _stderr_reader(proc: subprocess.Popen, marker: str) -> tuple[list[str], threading.Event, threading.Thread]:
+    """Collect `proc`'s stderr lines in a thread; the event is set once a line contains `marker` (or at the end
+    of the stream, so that a waiter never outlives the writer: check `lines` for the marker)."""
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if marker in line:
+                seen.set()
+        seen.set()
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return lines, seen, t
+
+
 def test_random_kills(env):
-    """SIGKILL `index add` and `index build --overwrite` at random moments of their run."""
+    """SIGKILL `index add` and `index build --overwrite` at random moments of their run, each one still running.
+
+    Trials 0-1 draw the moment from the whole run (start-up included); trials 2-3 wait until the writer has
+    embedded its images (its `embedded` progress line) and kill it a random moment into its writes. Every
+    kill must hit a live writer: one that finished first (exit 0) tested nothing, and fails the test.
+    """
     rng = random.Random(12)
     for trial in range(4):
         build = trial % 2 == 1
+        writing = trial >= 2
         db = _fresh(env, f"random_{trial}")
         args = (["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
                  "--weights", str(env["weights"])] if build
                 else ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")])
         p = _cli(args)
-        time.sleep(rng.uniform(0.5, 3.5))
+        lines, embedded, reader = _stderr_reader(p, "embedded ")
+        if writing:
+            # the writes follow the progress line within ~0.1 s; exit comes ~1 s later (interpreter teardown)
+            embedded.wait(timeout=120)
+            assert any("embedded " in ln for ln in lines), f"trial {trial}: no `embedded` line (exit {p.poll()})"
+            time.sleep(rng.uniform(0.0, 0.2))
+        else:
+            # before the progress line, or at most 0.2 s after it: never past the writer's end
+            delay = rng.uniform(0.5, 3.5)
+            if embedded.wait(timeout=delay):
+                time.sleep(rng.uniform(0.0, 0.2))
         assert p.poll() is None, f"trial {trial}: the writer finished before the kill (exit {p.returncode})"
         p.send_signal(signal.SIGKILL)
-        assert p.wait(timeout=60) == -signal.SIGKILL  # killed mid-run, not finished
+        assert p.wait(timeout=60) == -signal.SIGKILL, f"trial {trial}: not killed mid-run"
+        reader.join(timeout=60)
+        out = p.stdout.read()  # type: ignore[union-attr]
         allowed = [env["A"], env["C"]] if build else [env["A"], env["A"] | env["B"]]
-        _record(env, db, p, allowed, f"random {'build' if build else 'add'} #{trial}")
+        phase = "writing" if any("embedded " in ln for ln in lines) else "start-up"
+        _record(env, db, p, allowed, f"random {'build' if build else 'add'} #{trial} ({phase})", (out, "".join(lines)))
 
 
 def test_two_concurrent_writers(env):

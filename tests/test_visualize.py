@@ -63,8 +63,14 @@ def test_plots_draw_the_curve_and_both_histograms(tmp_path, monkeypatch):
     # 4 queries x 10 gallery: query pid q matches gallery items with g % 5 == q (2 each, 8 pairs)
     dist = np.random.default_rng(0).random((4, 10))
     hist = plot_distance_hist(dist, [1, 2, 3, 4], np.arange(10) % 5, tmp_path / "h" / "hist.png")
-    labels = [t.get_text() for t in saved[-1].axes[0].get_legend().get_texts()]
+    ax = saved[-1].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["negative (32)", "positive (8)"]
+    # the bars drawn are the density histograms of exactly those distances, on one shared range
+    same = np.array([1, 2, 3, 4])[:, None] == (np.arange(10) % 5)[None, :]
+    for bars, values in zip(ax.containers, (dist[~same], dist[same])):
+        want, _ = np.histogram(values, bins=100, range=(dist.min(), dist.max()), density=True)
+        assert [r.get_height() for r in bars] == pytest.approx(want)
     assert Image.open(cmc_path).size[0] > 100 and Image.open(hist).size[0] > 100
 
 
