@@ -272,17 +272,25 @@ class MotionDetector:
         try:
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
             end = min(start + self.block, n) if n > start else start + self.block
-            want = set(np.linspace(start, end - 1, min(self.samples, end - start)).round().astype(int).tolist())
-            if start > 0:
-                cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+            want = sorted(set(np.linspace(start, end - 1, min(self.samples, end - start)).round().astype(int).tolist()))
             frames = []
-            for i in range(start, end):
-                if not cap.grab():
-                    break
-                if i in want:
-                    ok, fr = cap.retrieve()
+            if n > start:  # a known length: seek to each sample (the same frames every run; a median need not be exact)
+                for i in want:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+                    ok, fr = cap.read()
                     if ok and fr is not None:
                         frames.append(self._small(fr))
+            else:  # a stream of unknown length: read through the block
+                keep = set(want)
+                if start > 0:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+                for i in range(start, end):
+                    if not cap.grab():
+                        break
+                    if i in keep:
+                        ok, fr = cap.retrieve()
+                        if ok and fr is not None:
+                            frames.append(self._small(fr))
         finally:
             cap.release()
         if not frames:
