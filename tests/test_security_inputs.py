@@ -112,3 +112,29 @@ def test_config_refuses_non_finite_floats_and_ints_past_64_bits():
             build(SolverConfig, {"base_lr": bad}, "solver")
     with pytest.raises(ReIDError, match="sampler.p"):
         build(SamplerConfig, {"p": 10**23}, "sampler")
+
+
+def test_a_truncated_video_is_counted_in_the_video_report(tmp_path, capsys):
+    """`reidkit video` on a cut file: the report says how many frames were decoded of how many, and so does
+    the stored state (a re-run that skips the video still reports it)."""
+    import json
+
+    from reidkit.cli import main
+
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    _video(whole, 80)
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.4)])
+    gt = tmp_path / "gt.txt"
+    gt.write_text("".join(f"{f},1,10,8,20,30,1,-1,-1,-1\n" for f in range(1, 81)))
+    db = tmp_path / "db"
+    args = ["video", str(cut), "--db", str(db), "--detections", str(gt), "--engine", "torch"]
+    assert main([*args, "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)["videos"][0]
+    assert v["truncated"] and v["frames_announced"] == 80 and 0 < v["frames_decoded"] < 80
+    assert main(args) == 0  # already ingested: skipped, and still reported truncated
+    out = capsys.readouterr().out
+    assert "skipped" in out and f"only {v['frames_decoded']} of 80 frames could be decoded" in out
+    assert main(["video", str(whole), "--db", str(tmp_path / "db2"), "--detections", str(gt), "--json",
+                 "--engine", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["videos"][0]["truncated"] is False

@@ -153,6 +153,9 @@ def _run_video(args: argparse.Namespace) -> int:
     else:
         for v in rep["videos"]:
             state = "skipped (already ingested)" if v["skipped"] else f"{v['tracklets']} tracklets"
+            if v.get("truncated"):
+                got = f"{v['frames_decoded']} of {v['frames_announced']} frames" if v.get("frames_announced") else "part"
+                state += f"; warning: truncated or corrupt file, only {got} could be decoded"
             print(f"{v['camera']}: {v['video']}: {state}")
         print(f"gallery {rep['db']}: {rep['gallery_tracklets']} tracklets")
     return 0

@@ -109,7 +109,7 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     One of `workers` (a local cluster on 127.0.0.1), `address` (a running scheduler) or `client`.
     Other keyword arguments are those of `ingest` (streams excepted).
     """
-    from reidkit.video.ingest import _stderr, open_gallery, prepare_jobs
+    from reidkit.video.ingest import _report, _stderr, open_gallery, prepare_jobs
 
     say = progress if progress is not None else _stderr
     if segment < 1:
@@ -193,11 +193,7 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
                 pending[nxt] = job
                 ac.add(nxt)
             else:
-                st = started[job.key]
-                reports[job.key] = {"video": str(job.info.path), "camera": job.camera, "key": job.key,
-                                    "skipped": False, "tracklets": int(last["tracklets"]) if last else 0,
-                                    "frames": frames[job.key],
-                                    "resumed_from": int(st["next_frame"]) + 1 if st else None}
+                reports[job.key] = _report(job, last, started[job.key], frames[job.key], time.perf_counter() - t0)
     finally:
         for lock in locks:
             lock.__exit__(None, None, None)

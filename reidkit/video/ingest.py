@@ -186,14 +186,20 @@ class _Committer:
 
 def _report(job: VideoJob, state: dict[str, Any] | None, resumed: dict[str, Any] | None, frames: int,
             seconds: float) -> dict[str, Any]:
+    dec = (state or {}).get("decoded") or {}
     return {"video": str(job.info.path), "camera": job.camera, "key": job.key, "skipped": False,
             "tracklets": int(state["tracklets"]) if state else 0, "frames": frames,
+            "truncated": bool(dec.get("truncated", False)), "frames_announced": dec.get("announced"),
+            "frames_decoded": dec.get("read"),
             "resumed_from": int(resumed["next_frame"]) + 1 if resumed else None,
             "frames_per_s": round(frames / max(seconds, 1e-9), 2)}
 
 
 def _skipped(job: VideoJob, state: dict[str, Any]) -> dict[str, Any]:
+    dec = state.get("decoded") or {}
     return {"video": str(job.info.path), "camera": job.camera, "key": job.key, "skipped": True,
+            "truncated": bool(dec.get("truncated", False)), "frames_announced": dec.get("announced"),
+            "frames_decoded": dec.get("read"),
             "tracklets": int(state.get("tracklets", 0)), "resumed_from": None}
 
 

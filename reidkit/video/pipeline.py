@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from reidkit.errors import ReIDError
-from reidkit.video.decode import VideoInfo, iter_frames, safe_name
+from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
 from reidkit.video.embedder import clip_boxes, crop_boxes
 from reidkit.video.track import Tracker
 from reidkit.video.tracklets import OpenTracklet, crop_quality
@@ -349,12 +349,12 @@ _END = object()
 
 
 def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: threading.Event,
-            stats: Stats | None) -> None:
+            stats: Stats | None, decoded: FrameStats | None = None) -> None:
     """Decode + detect frames start, start + stride, ... into `out` (then _END, or the exception)."""
     info = job.info
     try:
         det = job.detector
-        frames = iter_frames(info.path, start=start, every=stride)
+        frames = iter_frames(info.path, start=start, every=stride, stats=decoded)
         while True:
             t0 = time.perf_counter()
             item = next(frames, None)
@@ -546,7 +546,8 @@ def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict
         v.load(resume)
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
-    reader = threading.Thread(target=_reader, args=(job, v.next_frame, v.stride, q, stop, stats),
+    decoded = FrameStats()
+    reader = threading.Thread(target=_reader, args=(job, v.next_frame, v.stride, q, stop, stats, decoded),
                               name=f"reidkit-read-{job.camera}", daemon=True)
     reader.start()
     try:
@@ -568,7 +569,11 @@ def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict
             raise ReIDError(f"video {job.info.path}: no frames could be decoded")
         for tid in list(v.open):
             v._finish(tid)
-        yield v.chunk(True, n, last, time.perf_counter() - t0)
+        final = v.chunk(True, n, last, time.perf_counter() - t0)
+        # what the decoder met: a truncated file is counted in the stored state and the report, not only logged
+        final.state["decoded"] = {"announced": int(decoded.announced), "read": int(decoded.read),
+                                  "truncated": bool(decoded.truncated)}
+        yield final
     finally:
         stop.set()
         while reader.is_alive():
