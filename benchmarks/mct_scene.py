@@ -22,8 +22,10 @@ seed than the scene's (so no scene person is a training identity)::
 an epoch took 5 minutes; on its own synthetic validation set the model went from mAP 17.5 / rank-1
 35.8 (ImageNet weights) to mAP 36.6 / rank-1 44.2. The recipe's full 16 epochs would do better.)
 
-Detections: the ground-truth boxes (a MOTChallenge detections file per camera) and the built-in
-OpenCV HOG detector.
+Detections (``--detections``, default all three): the ground-truth boxes (a MOTChallenge detections
+file per camera, ``gt``), the built-in motion detector (``motion``, reidkit's default) and OpenCV's HOG
+people detector (``hog``). ``--append`` adds this run's rows to the table already written (rows of the
+same features and detections are replaced).
 
 ``--tune``: the default identity threshold (reidkit.cluster.identities.DEFAULT_THRESHOLD) is chosen
 here, on scenes with seeds other than the benchmark's (``--tune-seeds``, default 11,12), ImageNet
@@ -58,8 +60,11 @@ def make_scene(work: Path, args: argparse.Namespace, seed: int):
                           fps=10, seed=seed, speed=args.speed, topology="chain", transit=(2.0, 5.0))
 
 
-def run_ingest(scene, db: Path, weights: str | None, gt_boxes: bool) -> float:
-    kw = {"detections": [str(g) for g in scene.gt]} if gt_boxes else {}
+DETECTIONS = {"gt": "ground-truth boxes", "motion": "motion detector (default)", "hog": "OpenCV HOG"}
+
+
+def run_ingest(scene, db: Path, weights: str | None, detections: str) -> float:
+    kw = {"detections": [str(g) for g in scene.gt]} if detections == "gt" else {"detector": detections}
     t0 = time.perf_counter()
     ingest(db, [str(v) for v in scene.videos], cameras=scene.cameras, weights=weights, progress=None, **kw)
     return time.perf_counter() - t0
@@ -81,7 +86,7 @@ def tune(args: argparse.Namespace, work: Path) -> dict:
     for seed in args.tune_seeds:
         scene = make_scene(work, args, seed)
         db = work / f"tune_db_{seed}"
-        run_ingest(scene, db, None, True)
+        run_ingest(scene, db, None, "gt")
         curves[seed] = {t: score(scene, db, t, True, work)["multi_camera"]["IDF1"] for t in SWEEP}
         print("tune seed", seed, curves[seed], flush=True)
     mean = {t: float(np.mean([c[t] for c in curves.values()])) for t in SWEEP}
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trained", default=None, help="a reidkit checkpoint trained on synthetic people")
     ap.add_argument("--trained-label", default="trained with reidkit on synthetic people",
                     help="how the table names --trained")
-    ap.add_argument("--skip-hog", action="store_true")
+    ap.add_argument("--detections", default="gt,motion,hog", help="comma-separated: gt, motion, hog")
+    ap.add_argument("--append", action="store_true", help="add the rows to results/mct_scene.json's table")
     ap.add_argument("--threshold", type=float, default=None, help="identity threshold (default: reidkit's)")
     ap.add_argument("--tune", action="store_true", help="also sweep the threshold on --tune-seeds scenes")
     ap.add_argument("--tune-only", action="store_true", help="only the threshold sweep (written to mct_tune.json)")
@@ -122,12 +128,19 @@ def main(argv: list[str] | None = None) -> None:
         models = [("ImageNet EfficientNet-Lite0", None)]
         if args.trained:
             models.append((args.trained_label, args.trained))
-        dets = [("ground-truth boxes", True)] + ([] if args.skip_hog else [("OpenCV HOG", False)])
+        dets = [(DETECTIONS[d], d) for d in args.detections.split(",")]
         runs = []
+        if args.append and (RESULTS / "mct_scene.json").is_file():
+            old = json.loads((RESULTS / "mct_scene.json").read_text())
+            new = {(m, DETECTIONS[d]) for m, _w in models for d in args.detections.split(",")}
+            runs = [r for r in old["runs"] if (r["model"], r["detections"]) not in new]
+            args.previous_command = old.get("command") or next(
+                (ln.removeprefix("Command: ").rstrip(".") for ln in (RESULTS / "mct_scene.md").read_text().splitlines()
+                 if ln.startswith("Command:")), "")
         for mname, weights in models:
-            for dname, gt_boxes in dets:
+            for dname, kind in dets:
                 db = work / f"db_{len(runs)}"
-                secs = run_ingest(scene, db, weights, gt_boxes)
+                secs = run_ingest(scene, db, weights, kind)
                 linked = score(scene, db, threshold, True, work)
                 loose = score(scene, db, threshold, False, work)
                 runs.append({"model": mname, "detections": dname, "ingest_s": secs, "links": linked, "no_links": loose})
@@ -146,12 +159,13 @@ def write(args: argparse.Namespace, scene, threshold: float | None, tuning: dict
 
     cmd = "python -m benchmarks.mct_scene" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {','.join(map(str, v)) if isinstance(v, list) else v}")
-        for k, v in vars(args).items() if v not in (None, False) and k not in ("work", "tune_seeds") or
+        for k, v in vars(args).items() if v not in (None, False) and k not in ("work", "tune_seeds", "previous_command") or
         (k == "tune_seeds" and args.tune))
     thr = threshold if threshold is not None else DEFAULT_THRESHOLD
     lines = [
         "# Multi-camera tracking on a generated 3-camera scene (TrackEval)", "",
-        f"Command: `{cmd}`.", "",
+        f"Command: `{cmd}`." + (f" Rows kept from an earlier run: {getattr(args, 'previous_command', '')}"
+                                if getattr(args, "previous_command", "") else ""), "",
         f"Scene: {len(scene.cameras)} cameras along a corridor (chain topology, transit 2-5 s), {scene.ids} people, "
         f"{scene.frames} frames of {scene.size[1]}x{scene.size[0]} at {scene.fps:g} fps, {scene.boxes} ground-truth "
         f"boxes, seed {args.seed}. Tracker: DeepSort on each model's features; tracklet feature = mean of the best 4 "
@@ -172,7 +186,8 @@ def write(args: argparse.Namespace, scene, threshold: float | None, tuning: dict
                   + ", ".join(f"{t:g}: {v:.1f}" for t, v in tuning["mean"].items()) + f"; best {tuning['best']:g}."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mct_scene.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "mct_scene.json").write_text(json.dumps({"args": vars(args), "threshold": thr, "tuning": tuning,
+    (RESULTS / "mct_scene.json").write_text(json.dumps({"args": vars(args), "command": cmd, "threshold": thr,
+                                                        "tuning": tuning,
                                                         "runs": runs}, indent=2, default=str) + "\n")
     print("\n".join(lines))
 

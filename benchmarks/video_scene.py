@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         dets = [noisy_detections(gts[c], work / f"{c}_det.txt", rng) for c in scene.cameras]
         runs = {}
         settings = [("ground truth + box noise", {"detections": [str(d) for d in dets]})]
+        settings.append(("motion detector (default)", {"detector": "motion"}))
         if not args.skip_hog:
-            settings.append(("OpenCV HOG (built-in)", {}))
+            settings.append(("OpenCV HOG (`--detector hog`)", {"detector": "hog"}))
         for name, kw in settings:
             db = work / f"db_{len(runs)}"
             t0 = time.perf_counter()
