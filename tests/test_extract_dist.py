@@ -103,3 +103,55 @@ def test_torchrun_extract_cli_matches_single_process(tmp_path):
         assert list(a["paths"]) == list(b["paths"]) and len(a["paths"]) == 5
         assert [Path(p).name for p in b["skipped"]] == ["0009_c2s1_000009_00.png"]
         np.testing.assert_array_equal(a["camids"], b["camids"])
+
+
+def _crop_folder(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(3)
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(
+            root / f"{i % 5:04d}_c{i % 3 + 1}s1_{i:06d}_00.jpg")
+    (root / "0009_c1s1_999999_00.jpg").write_bytes(b"")  # unreadable: skipped and listed, like a local run
+    return root
+
+
+def test_extract_on_a_dask_cluster_equals_the_local_run(tmp_path, capsys):
+    """`reidkit extract --workers 2 --device cpu` (a LocalCluster on 127.0.0.1, shards of 4 paths):
+    the same paths, camera ids, skipped files and features as the single-process run."""
+    pytest.importorskip("distributed")
+    from reidkit.cli import main
+    from reidkit.evaluation import dask_extract
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    ckpt = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    crops = _crop_folder(tmp_path / "crops", 22)
+    base = ["extract", "--weights", str(ckpt), "--images", str(crops), "--device", "cpu", "--batch-size", "5"]
+    assert main([*base, "--out", str(tmp_path / "local.npz")]) == 0
+    shard, dask_extract.DEFAULT_SHARD = dask_extract.DEFAULT_SHARD, 4
+    try:
+        assert main([*base, "--out", str(tmp_path / "dask.npz"), "--workers", "2"]) == 0
+    finally:
+        dask_extract.DEFAULT_SHARD = shard
+    assert "on the Dask cluster" in capsys.readouterr().out
+    a, b = np.load(tmp_path / "local.npz"), np.load(tmp_path / "dask.npz")
+    assert list(a["paths"]) == list(b["paths"]) and len(a["paths"]) == 22
+    assert list(a["camids"]) == list(b["camids"]) and list(a["skipped"]) == list(b["skipped"]) != []
+    np.testing.assert_allclose(a["features"], b["features"], atol=1e-5)
+
+
+def test_extract_cluster_options_are_one_clear_error(tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    ckpt = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    crops = _crop_folder(tmp_path / "crops", 3)
+    base = ["extract", "--weights", str(ckpt), "--images", str(crops), "--out", str(tmp_path / "f.npz"), "--device", "cpu"]
+    for extra, msg in ((["--workers", "0"], "error: --workers: must be >= 1, got 0"),
+                       (["--workers", "2", "--cluster", "tcp://127.0.0.1:1"],
+                        "error: give --workers (a local cluster) or --cluster ADDRESS, not both")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == msg and not (tmp_path / "f.npz").exists()

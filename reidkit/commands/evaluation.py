@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("--engine", choices=["torch", "onnx", "auto"], default="torch",
                      help="torch (BatchNorm folded), onnx (onnxruntime on CPU; the export is cached by the "
                           "weights' hash under $REIDKIT_HOME/onnx-cache) or auto (onnx on CPU)")
+    ext.add_argument("--workers", type=int, default=None,
+                     help="extract on a local Dask cluster of N worker processes (127.0.0.1; needs .[dask])")
+    ext.add_argument("--cluster", default=None, metavar="ADDRESS",
+                     help="extract on a running Dask scheduler (tcp://host:8786); the workers read --images and "
+                          "the weights at the same paths")
     ext.add_argument("--strict", action="store_true",
                      help="stop at the first unreadable (empty, corrupt) image instead of skipping it; "
                           "skipped images are listed on stderr and in the .npz array 'skipped'")
@@ -138,7 +143,7 @@ def _extract(args: argparse.Namespace) -> int:
     from reidkit.inference import FeatureExtractor
     from reidkit.models.loading import local_weights
     from reidkit.utils.io import atomic_write
-    from reidkit.utils.progress import console_logging
+    from reidkit.utils.progress import console_logging, step
     from reidkit.utils.runtime import resolve_device
 
     console_logging(show_iterations=False)
@@ -163,18 +168,34 @@ def _extract(args: argparse.Namespace) -> int:
     if fx.uses_camera and camids is None:
         raise ReIDError(f"{flag}: {source} uses the camera id of each image, but not every file name "
                         f"under {args.images} matches --cam-regex {args.cam_regex!r}")
-    rank, world, created = init_distributed(str(device))
+    on_cluster = args.workers is not None or args.cluster is not None
+    rank, world, created = (0, 1, False) if on_cluster else init_distributed(str(device))
     skipped: list[str] = []
-    try:
-        feats = fx.embed_paths(paths, device=device, camids=camids if fx.uses_camera else None, skipped=skipped,
-                               distributed=world > 1, amp=args.amp and fx.engine == "torch",
-                               amp_dtype=args.amp_dtype, progress="extract")
-    finally:
-        if created:
-            import torch.distributed as dist
+    if on_cluster:
+        from reidkit.evaluation.dask_extract import extract_on_cluster
+        from reidkit.utils.dask import check_cluster_args
 
-            dist.barrier()
-            dist.destroy_process_group()
+        check_cluster_args(args.workers, args.cluster)
+        if str(device) != "cpu":
+            raise ReIDError("--workers / --cluster extract on the workers' CPUs: add --device cpu")
+        with step("extract on the cluster", len(paths)) as pb:
+            feats, skipped = extract_on_cluster(
+                source, paths, workers=args.workers, address=args.cluster, camids=camids if fx.uses_camera else None,
+                batch_size=args.batch_size, size=tuple(args.size) if args.size else None, fmt=args.weights_format,
+                engine=args.engine, flip=not args.no_flip,
+                trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)))
+            pb.update(len(paths))
+    else:
+        try:
+            feats = fx.embed_paths(paths, device=device, camids=camids if fx.uses_camera else None, skipped=skipped,
+                                   distributed=world > 1, amp=args.amp and fx.engine == "torch",
+                                   amp_dtype=args.amp_dtype, progress="extract")
+        finally:
+            if created:
+                import torch.distributed as dist
+
+                dist.barrier()
+                dist.destroy_process_group()
     if skipped and args.strict:
         raise ReIDError(f"--images: cannot read {skipped[0]} (empty or corrupt image)"
                         + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
@@ -204,7 +225,8 @@ def _extract(args: argparse.Namespace) -> int:
     print(f"{len(kept_paths)} images -> {feats.shape[1]}-d features -> {out}"
           + (f" (with {', '.join(extra)})" if extra else "")
           + (f"; {len(skipped)} skipped" if skipped else "")
-          + (f"; {world} ranks" if world > 1 else ""))
+          + (f"; {world} ranks" if world > 1 else "")
+          + ("; on the Dask cluster" if on_cluster else ""))
     return 0
 
 
@@ -272,7 +294,7 @@ def _visrank(args: argparse.Namespace) -> int:
     from reidkit.evaluation.evaluator import summarize
     from reidkit.evaluation.metrics import evaluate_rank
     from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
-    from reidkit.utils.progress import console_logging, step
+    from reidkit.utils.progress import console_logging, step, step
 
     console_logging(show_iterations=False)
     if not Path(args.features).is_file():

@@ -24,25 +24,18 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from itertools import islice
 from typing import Any, Callable, Sequence
 
 from reidkit.errors import ReIDError
+from reidkit.utils.dask import check_cluster_args, dask_client, need_distributed
 from reidkit.video.pipeline import (Chunk, Settings, Stats, VideoJob, VideoLock, check_settings, commit,
                                     process_video, resume_state)
 
 CRASH_ENV = "REIDKIT_VIDEO_WORKER_CRASH"  # tests: a file; the first task that renames it away exits its worker
 DEFAULT_SEGMENT = 4
 _EMBEDDERS: dict[tuple, Any] = {}
-
-
-def _need_distributed() -> Any:
-    try:
-        import distributed
-    except ImportError:
-        raise ReIDError("--workers / --cluster need Dask: pip install 'reidkit[dask]' "
-                        "(dask[distributed])") from None
-    return distributed
 
 
 def _embedder(model: dict[str, Any]) -> Any:
@@ -114,11 +107,8 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     say = progress if progress is not None else _stderr
     if segment < 1:
         raise ReIDError(f"segment: must be >= 1, got {segment}")
-    if workers is not None and int(workers) < 1:
-        raise ReIDError(f"--workers: must be >= 1, got {workers}")
-    if workers is not None and address is not None:
-        raise ReIDError("give --workers (a local cluster) or --cluster ADDRESS, not both")
-    distributed = _need_distributed()
+    check_cluster_args(workers, address)
+    distributed = need_distributed()
     settings = check_settings(Settings(int(kw.pop("every", 1)), int(kw.pop("chunk", 50)), int(kw.pop("k", 4)),
                                        int(kw.pop("min_len", 3)), int(kw.pop("max_age", 15)),
                                        int(kw.pop("n_init", 3)), float(kw.pop("max_cosine_distance", 0.1)),
@@ -138,14 +128,8 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     gallery, _emb = open_gallery(db, weights, device, batch_size, flip, engine)
     model = _model_spec(gallery, weights, device, batch_size, flip, engine)
 
-    own = None
-    if client is None:
-        if address is not None:
-            client = distributed.Client(address)
-        else:
-            own = distributed.LocalCluster(host="127.0.0.1", n_workers=int(workers or 1), threads_per_worker=1,
-                                           processes=True, dashboard_address=None)
-            client = distributed.Client(own)
+    stack = ExitStack()
+    client = stack.enter_context(dask_client(workers, address, client))
     t0 = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
     locks: list[VideoLock] = []
@@ -197,9 +181,7 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     finally:
         for lock in locks:
             lock.__exit__(None, None, None)
-        if own is not None:
-            client.close()
-            own.close()
+        stack.close()
     gallery.refresh()
     rep = [reports[j.key] for j in jobs]
     return {"db": str(gallery.db), "videos": rep, "tracklets": sum(r["tracklets"] for r in rep),
