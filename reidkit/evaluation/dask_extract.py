@@ -41,13 +41,14 @@ def extract_shard(spec: dict[str, Any], paths: list[str], camids: list[int] | No
 
 
 def extract_on_cluster(source: str, paths: Sequence[str], *, workers: int | None = None,
-                       address: str | None = None, client: Any = None, shard: int = DEFAULT_SHARD,
+                       address: str | None = None, client: Any = None, shard: int | None = None,
                        camids: np.ndarray | None = None, batch_size: int = 64, size: Sequence[int] | None = None,
                        fmt: str | None = None, engine: str = "torch", flip: bool = True,
                        trust_checkpoint: bool = False) -> tuple[np.ndarray, list[str]]:
     """(N' x D features of `paths` in order, unreadable paths) computed by the cluster's workers (CPU)."""
     from reidkit.errors import ReIDError
 
+    shard = DEFAULT_SHARD if shard is None else shard
     if int(shard) < 1:
         raise ReIDError(f"shard: must be >= 1, got {shard}")
     spec = {"source": str(source), "batch_size": int(batch_size), "size": list(size) if size else None,
