@@ -16,6 +16,7 @@ wait; "auto" picks onnx for a CPU device when onnxruntime is installed, torch ot
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -36,6 +37,8 @@ __all__ = ["FeatureExtractor", "ModelIdentity", "IMAGENET_IDENTITY", "DEFAULT_SI
 IMAGENET_IDENTITY = "imagenet:efficientnet_lite0"
 DEFAULT_SIZE = (256, 128)
 ENGINES = ("auto", "torch", "onnx")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,12 @@ def _choose_engine(model: Any, ident: ModelIdentity, engine: str, device: str | 
     on_cpu = device is None or str(device) == "cpu" or (str(device) == "auto" and not torch.cuda.is_available())
     if engine == "auto":
         engine = "onnx" if on_cpu and _has_onnxruntime() and not getattr(model, "uses_camera", False) else "torch"
+        if engine == "onnx":
+            try:
+                return _onnx_runner(model, ident, threads), "onnx"
+            except (ReIDError, OSError, RuntimeError) as exc:  # no writable cache, a model ONNX cannot express
+                log.warning("engine auto: ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
+                engine = "torch"
     if engine == "onnx":
         if not on_cpu:
             raise ReIDError(f"engine onnx runs on the CPU; got device {device!r} (use engine='torch')")
@@ -312,13 +321,17 @@ def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | No
     key = f"{info.sha256 or ident.name.replace(':', '_')}-{ident.input_size[0]}x{ident.input_size[1]}.onnx"
     cache = onnx_cache_dir()
     path = cache / key
-    if not path.is_file():
-        from reidkit.export import export_model_to
-
+    if path.is_file():
         try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ReIDError(f"onnx cache {cache}: cannot create it ({exc.strerror or exc}); set REIDKIT_HOME "
-                            "or use engine='torch'") from None
-        export_model_to(model, path, size=ident.input_size)
+            return OnnxFeatureModel(path, threads=threads)
+        except ReIDError as exc:  # a damaged cache entry: made again below
+            log.warning("onnx cache %s cannot be loaded (%s); exporting it again", path, exc)
+    from reidkit.export import export_model_to
+
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReIDError(f"onnx cache {cache}: cannot create it ({exc.strerror or exc}); set REIDKIT_HOME "
+                        "or use engine='torch'") from None
+    export_model_to(model, path, size=ident.input_size)  # atomic: a killed export leaves no partial file
     return OnnxFeatureModel(path, threads=threads)

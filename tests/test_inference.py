@@ -88,6 +88,31 @@ def test_auto_engine_and_bad_engine(weights, tmp_path, monkeypatch):
         FeatureExtractor.load(weights, engine="tensorrt")
 
 
+def test_auto_engine_falls_back_and_a_damaged_cache_is_remade(weights, tmp_path, monkeypatch, caplog):
+    """auto: no writable ONNX cache -> PyTorch with one warning (explicit onnx: one error naming the cache);
+    a damaged cache entry is exported again, with equal features."""
+    import logging
+
+    from reidkit.models.checkpoint import file_sha256
+
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    monkeypatch.setenv("REIDKIT_HOME", str(blocker))  # onnx-cache would live under a file
+    with caplog.at_level(logging.WARNING, logger="reidkit.inference"):
+        fx = FeatureExtractor.load(weights, engine="auto", device="cpu")
+    assert fx.engine == "torch" and "using PyTorch" in caplog.text
+    with pytest.raises(ReIDError, match="onnx cache"):
+        FeatureExtractor.load(weights, engine="onnx")
+    monkeypatch.setenv("REIDKIT_HOME", str(tmp_path / "home"))
+    imgs = np.random.default_rng(2).integers(0, 256, (3, 64, 32, 3), dtype=np.uint8)
+    good = FeatureExtractor.load(weights, engine="onnx", threads=1).embed(imgs)
+    cached = tmp_path / "home" / "onnx-cache" / f"{file_sha256(weights)}-64x32.onnx"
+    cached.write_bytes(cached.read_bytes()[:1000])  # cut short
+    again = FeatureExtractor.load(weights, engine="onnx", threads=1)
+    np.testing.assert_allclose(again.embed(imgs), good, atol=1e-6)
+    assert cached.stat().st_size > 1000
+
+
 def test_options_per_call_leave_the_extractor_unchanged(weights):
     fx = FeatureExtractor.load(weights, batch_size=2, flip=True)
     imgs = np.random.default_rng(1).integers(0, 256, (3, 64, 32, 3), dtype=np.uint8)
