@@ -149,6 +149,10 @@ def test_tracklet_query_and_appearances(ingested, capsys, tmp_path, monkeypatch)
     app = json.loads(capsys.readouterr().out)
     frames = [a["frame"] for a in app["appearances"]]
     assert frames == sorted(frames) and len(frames) == len(t["meta"]["boxes"])
+    # the JSON gives openable thumbnail paths too (beside the names the pages use)
+    for h in [*res["results"], app["tracklet"]]:
+        assert len(h["thumb_paths"]) == len(h["thumbs"]) >= 1
+        assert all(Path(q).is_absolute() and Path(q).is_file() for q in h["thumb_paths"])
     assert main(["tracklets", "search", "--db", str(ingested["db"]), "--tracklet", "nope"]) == 2
     assert "no tracklet 'nope'" in capsys.readouterr().err
     assert main(["tracklets", "search", "--db", str(ingested["db"]), "--image", "x.png", "--box", "3,3,1,1"]) == 2

@@ -4,9 +4,10 @@ multi-camera scene with MOTChallenge ground truth."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import json
+import os
 import sys
+from pathlib import Path
 
 from reidkit.commands import add_trust_argument
 from reidkit.commands._args import at_most, bounded_float, bounded_int, finite_float, probability
@@ -161,10 +162,13 @@ def _run_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_paths(h: dict, thumbs: Path) -> dict:
+    """The hit with ``thumb_paths``: its thumbnails as absolute paths (``thumbs`` keeps the names the pages use)."""
+    return {**h, "thumb_paths": [os.path.abspath(thumbs / name) for name in h.get("thumbs", [])]}
+
+
 def _fmt_hit(h: dict, thumbs: Path) -> str:
     """One tracklet line; its first thumbnails as absolute paths a user can open (under ``thumbs``)."""
-    import os
-
     score = f"{h['score']:.4f}  " if "score" in h else ""
     paths = ",".join(os.path.abspath(thumbs / name) for name in h["thumbs"][:2])
     return (f"{score}{h['tracklet']}  camera={h['camera']}  frames {h['frame_start']}-{h['frame_end']}  "
@@ -182,6 +186,7 @@ def _run_search(args: argparse.Namespace) -> int:
     res = search_tracklets(g, image=args.image, box=parse_box(args.box), tracklet=args.tracklet, k=args.k,
                            exclude_camera=args.exclude_camera)
     if args.json:
+        res = {**res, "results": [_with_paths(h, thumbs_dir(g)) for h in res["results"]]}
         print(json.dumps(res, indent=2))
     else:
         for h in res["results"]:
@@ -199,7 +204,7 @@ def _run_show(args: argparse.Namespace) -> int:
     g = Gallery.open(args.db)
     res = appearances(g, args.tracklet)
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps({**res, "tracklet": _with_paths(res["tracklet"], thumbs_dir(g))}, indent=2))
     else:
         print(_fmt_hit(res["tracklet"], thumbs_dir(g)))
         for a in res["appearances"]:
