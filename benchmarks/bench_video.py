@@ -84,7 +84,7 @@ def trackeval_metrics(db: Path, gt: np.ndarray, camera: str) -> dict:
     data = {"num_timesteps": frames, "num_gt_ids": len(gt_ids), "num_tracker_ids": len(entries),
             "gt_ids": [], "tracker_ids": [], "similarity_scores": [], "num_gt_dets": len(gt),
             "num_tracker_dets": sum(len(r) for r in rows_t)}
-    from benchmarks.video_scene import iou_matrix
+    from reidkit.video.detect import box_iou
 
     for t in range(frames):
         g = gt[gt[:, 0] == t + 1]
@@ -92,7 +92,7 @@ def trackeval_metrics(db: Path, gt: np.ndarray, camera: str) -> dict:
         tb = np.asarray([b for _i, b in rows_t[t]], float).reshape(-1, 4)
         data["gt_ids"].append(np.asarray([gt_ids[int(p)] for p in g[:, 1]], int))
         data["tracker_ids"].append(np.asarray([i for i, _b in rows_t[t]], int))
-        data["similarity_scores"].append(iou_matrix(gb, tb) if len(gb) and len(tb) else np.zeros((len(gb), len(tb))))
+        data["similarity_scores"].append(box_iou(gb, tb) if len(gb) and len(tb) else np.zeros((len(gb), len(tb))))
     out = {}
     for metric in (HOTA(), Identity(), CLEAR()):
         res = metric.eval_sequence(data)

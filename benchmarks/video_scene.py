@@ -31,20 +31,10 @@ import numpy as np
 
 from reidkit.data.scene import generate_scene, read_mot
 from reidkit.retrieval.index import Gallery
+from reidkit.video.detect import box_iou
 from reidkit.video.ingest import ingest
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of a (N x 4 xyxy) with every box of b (M x 4)."""
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 def noisy_detections(gt: np.ndarray, out: Path, rng: np.random.Generator, sigma: float = 0.05) -> Path:
@@ -75,7 +65,7 @@ def evaluate(db: Path, gts: dict[str, np.ndarray]) -> dict:
                 if len(rows) == 0:
                     ids.append(-1)
                     continue
-                ious = iou_matrix(np.asarray([b[1:5]], float), gt_xyxy[rows])[0]
+                ious = box_iou(np.asarray([b[1:5]], float), gt_xyxy[rows])[0]
                 j = int(np.argmax(ious))
                 if ious[j] >= 0.5:
                     ids.append(int(gt[rows[j], 1]))

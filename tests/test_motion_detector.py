@@ -20,17 +20,10 @@ def scene(tmp_path_factory):
     return sc.videos[0], read_mot(sc.gt[0])
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x0, y0 = np.maximum(a[:, None, 0], b[None, :, 0]), np.maximum(a[:, None, 1], b[None, :, 1])
-    x1, y1 = np.minimum(a[:, None, 2], b[None, :, 2]), np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
-
-
 def _recall(detector, video, gt) -> tuple[float, float]:
     """(recall, precision) at IoU 0.5 over the video, one-to-one matches."""
     from reidkit.video.decode import iter_frames
+    from reidkit.video.detect import box_iou
 
     tp = fp = fn = 0
     for i, frame in iter_frames(video):
@@ -39,7 +32,7 @@ def _recall(detector, video, gt) -> tuple[float, float]:
         g[:, 2:] += g[:, :2]
         hit = 0
         if len(g) and len(boxes):
-            m = _iou(np.asarray(boxes, np.float64), g)
+            m = box_iou(boxes, g)
             r, c = linear_sum_assignment(-m)
             hit = int((m[r, c] >= 0.5).sum())
         tp, fp, fn = tp + hit, fp + len(boxes) - hit, fn + len(g) - hit

@@ -367,3 +367,39 @@ def _tiny(tmp_path: Path) -> Path:
     torch.manual_seed(1)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     return save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+
+
+def test_a_second_run_on_a_video_waits_for_the_first_then_skips(run, tmp_path):
+    """While another process ingests a video into a gallery (its VideoLock held), `reidkit video` on the same
+    video and gallery says it waits, and goes on once the lock is released; a later run skips the video."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from reidkit.video.decode import video_key
+    from reidkit.video.pipeline import VideoLock
+
+    video, gt = run["scene"].videos[0], run["scene"].gt[0]
+    db = tmp_path / "db"
+    cmd = [sys.executable, "-m", "reidkit.cli", "video", str(video), "--detections", str(gt), "--db", str(db),
+           "--engine", "torch"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    lines: list[str] = []
+    with VideoLock(db, video_key(video, Path(video).stem)) as held:
+        assert held.holder() == str(os.getpid())
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while not any("waiting for video" in ln for ln in lines) and time.monotonic() < deadline:
+            assert p.poll() is None, "".join(lines)
+            time.sleep(0.1)
+        assert any(f"being ingested by pid {os.getpid()}" in ln for ln in lines), "".join(lines)
+        time.sleep(0.5)
+        assert p.poll() is None  # still waiting for us
+    out = p.stdout.read()
+    assert p.wait(timeout=300) == 0 and "tracklets" in out
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "skipped (already ingested)" in again.stdout

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -44,7 +43,6 @@ import shutil
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import ReIDError
+from reidkit.utils.locks import PidLock
 from reidkit.retrieval.ann import (DEFAULT_REFINE_K, HNSW_M, default_nlist, default_pq_m,
                                    index_params, make_faiss_index, refine_exact, set_search_params)
 from reidkit.inference import ModelIdentity
@@ -144,8 +143,8 @@ def lock_path(db: Path) -> Path:
     return db.parent / f".{db.name}.writer.lock"
 
 
-class WriterLock:
-    """Exclusive writer lock of a gallery (fcntl.flock on a file beside the folder); a context manager.
+class WriterLock(PidLock):
+    """Exclusive writer lock of a gallery (reidkit.utils.locks.PidLock on a file beside the folder).
 
     A second writer polls; after the first failed attempt it calls `on_wait` once with
     "waiting for the writer lock on DB (held by pid N)", and after `timeout` seconds raises
@@ -155,74 +154,23 @@ class WriterLock:
     def __init__(self, db: Path, timeout: float | None = None,
                  on_wait: Callable[[str], None] | None = None) -> None:
         self.db = Path(db)
-        self.path = lock_path(self.db)
-        self.timeout = lock_timeout() if timeout is None else float(timeout)
-        self.on_wait = on_wait
-        self._fh: Any = None
+        super().__init__(lock_path(self.db), lock_timeout() if timeout is None else float(timeout), on_wait)
 
-    def holder(self) -> str:
-        """The pid written by the current holder, or '?'."""
-        try:
-            text = self.path.read_text().strip()
-        except OSError:
-            return "?"
-        return text or "?"
+    def waiting_message(self) -> str:
+        return f"waiting for the writer lock on {self.db} (held by pid {self.holder()})"
 
-    def __enter__(self) -> WriterLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
-        except OSError as exc:
-            raise ReIDError(f"--db: cannot create the writer lock {self.path}: {exc.strerror or exc}") from None
-        deadline = time.monotonic() + self.timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told and self.on_wait is not None:
-                    self.on_wait(f"waiting for the writer lock on {self.db} (held by pid {self.holder()})")
-                    told = True
-                if time.monotonic() >= deadline:
-                    fh.close()
-                    raise ReIDError(
-                        f"--db: {self.db} is being written by another process (pid {self.holder()}); "
-                        f"gave up after waiting {self.timeout:g} s for its writer lock "
-                        f"(set $REIDKIT_LOCK_TIMEOUT to wait longer)") from None
-                time.sleep(0.05)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-        return self
+    def timeout_error(self) -> ReIDError:
+        return ReIDError(f"--db: {self.db} is being written by another process (pid {self.holder()}); "
+                         f"gave up after waiting {self.timeout:g} s for its writer lock "
+                         f"(set $REIDKIT_LOCK_TIMEOUT to wait longer)")
 
-    def __exit__(self, *exc: Any) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.seek(0)
-                self._fh.truncate()
-            except OSError:
-                pass
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+    def open_error(self, exc: OSError) -> ReIDError:
+        return ReIDError(f"--db: cannot create the writer lock {self.path}: {exc.strerror or exc}")
 
     @staticmethod
     def is_held(db: Path) -> bool:
         """True when some process holds the writer lock of `db` right now (probe, never blocks)."""
-        path = lock_path(Path(db))
-        try:
-            with open(path, "r") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        except OSError:
-            return False
-        return False
+        return PidLock.held(lock_path(Path(db)))
 
 
 # ----------------------------------------------------------------------------- SQLite

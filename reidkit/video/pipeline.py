@@ -34,7 +34,6 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import threading
@@ -46,6 +45,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from reidkit.errors import ReIDError
+from reidkit.utils.locks import PidLock
+from reidkit.video.detect import box_iou
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
 from reidkit.video.embedder import clip_boxes, crop_boxes
 from reidkit.video.track import Tracker
@@ -385,16 +386,6 @@ def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: thre
 # ----------------------------------------------------------------------------- one video
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 class _Video:
     """The per-frame work of one video: crops, features, tracker, tracklets, chunks."""
 
@@ -480,7 +471,7 @@ class _Video:
             cx, cy, a, h = (t.mean[:4] + t.mean[4:8]).tolist()
             w = a * h
             pred.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-        iou = _iou(boxes.astype(np.float64), np.asarray(pred))
+        iou = box_iou(boxes, np.asarray(pred))
         for d in range(len(boxes)):
             j = int(np.argmax(iou[d]))
             if iou[d, j] < PAIR_IOU:
@@ -586,48 +577,24 @@ def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict
 # ----------------------------------------------------------------------------- one ingester per video
 
 
-class VideoLock:
-    """Exclusive lock of one video's ingestion into one gallery (flock, dies with its process).
+class VideoLock(PidLock):
+    """Exclusive lock of one video's ingestion into one gallery (reidkit.utils.locks.PidLock).
 
     Two runs given the same video and gallery: the second waits here (saying so once), then finds
     the video's state and resumes or skips it. Lock files live beside the gallery folder
     (``.DB.video-locks/KEY.lock``), like the gallery's writer lock.
     """
 
+    poll = 0.1
+
     def __init__(self, db: str | os.PathLike, key: str, on_wait: Callable[[str], None] | None = None,
                  timeout: float | None = None) -> None:
         d = Path(db).absolute()
-        self.path = d.parent / f".{d.name}.video-locks" / f"{safe_name(key)}.lock"
-        self.key, self.on_wait, self.timeout = key, on_wait, timeout
-        self._fh: Any = None
+        super().__init__(d.parent / f".{d.name}.video-locks" / f"{safe_name(key)}.lock", timeout, on_wait)
+        self.key = key
 
-    def __enter__(self) -> VideoLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
-        told, t0 = False, time.monotonic()
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told and self.on_wait is not None:
-                    fh.seek(0)
-                    self.on_wait(f"waiting for video {self.key}: being ingested by pid {fh.read().strip() or '?'}")
-                    told = True
-                if self.timeout is not None and time.monotonic() - t0 > self.timeout:
-                    fh.close()
-                    raise ReIDError(f"video {self.key}: still being ingested by another process after "
-                                    f"{self.timeout:g} s") from None
-                time.sleep(0.1)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-        return self
+    def waiting_message(self) -> str:
+        return f"waiting for video {self.key}: being ingested by pid {self.holder()}"
 
-    def __exit__(self, *exc: Any) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+    def timeout_error(self) -> ReIDError:
+        return ReIDError(f"video {self.key}: still being ingested by another process after {self.timeout:g} s")
