@@ -130,7 +130,7 @@ class OnnxDetector:
                  input_size: tuple[int, int] | None = None, threads: int | None = None) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ReIDError(f"--detector: {self.path} is not a file")
+            raise ReIDError(f"--detector: {self.path} is not a file (the built-in detectors are motion and hog)")
         from reidkit.export import ort_session
 
         self.session = ort_session(self.path, threads, "--detector")
