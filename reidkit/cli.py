@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import sys
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 COMMAND_MODULES = (
     "data",
@@ -47,6 +47,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verb_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Parameter name -> flag for every option of the verb that was run (``db`` -> ``--db``).
+
+    Walks the chosen sub-parsers (``index`` -> ``build``); a verb whose flag differs from the library's
+    parameter name says so with ``reidkit.commands.params(action, "capacity")``.
+    """
+    flags: dict[str, str] = {}
+    while parser is not None:
+        chosen = None
+        for action in parser._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs:
+                flags.setdefault(action.dest, longs[0])
+                flags.setdefault(longs[0][2:].replace("-", "_"), longs[0])
+                for name in getattr(action, "params", ()):  # reidkit.commands.params
+                    flags[name] = longs[0]
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None) or "")
+        parser = chosen
+    return flags
+
+
+def _message(exc: ReIDError, parser: argparse.ArgumentParser, args: argparse.Namespace | None) -> str:
+    """The error as the CLI prints it: an OptionError names the verb's flag, not the Python parameter."""
+    if isinstance(exc, OptionError) and args is not None:
+        flag = _verb_flags(parser, args).get(exc.option)
+        if flag:
+            return exc.for_flag(flag)
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `reidkit` command."""
     from reidkit.plugins import load_plugins, take_plugin_args
@@ -77,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_threads(args.threads)
         code = args.func(args)
     except ReIDError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_message(exc, parser, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

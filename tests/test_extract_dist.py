@@ -151,7 +151,7 @@ def test_extract_cluster_options_are_one_clear_error(tmp_path, capsys):
     base = ["extract", "--weights", str(ckpt), "--images", str(crops), "--out", str(tmp_path / "f.npz"), "--device", "cpu"]
     for extra, msg in ((["--workers", "0"], "error: --workers: must be >= 1, got 0"),
                        (["--workers", "2", "--cluster", "tcp://127.0.0.1:1"],
-                        "error: give --workers (a local cluster) or --cluster ADDRESS, not both")):
+                        "error: --cluster: give workers (a local cluster) or a cluster address, not both")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1] == msg and not (tmp_path / "f.npz").exists()

@@ -137,7 +137,7 @@ CASES = [
     ("thumb dot-name", "GET", "/thumbs/.x.jpg", None, 400, "thumbnail"),
     ("thumb missing", "GET", "/thumbs/nothing_0.jpg", None, 404, "no thumbnail"),
     ("box of two numbers", "POST", "/tracklets/search",
-     lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "1,2"}), 400, "--box"),
+     lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "1,2"}), 400, "box: expected"),
     ("box outside the image", "POST", "/tracklets/search",
      lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "500,500,900,900"}), 400, "outside"),
     ("exclude_camera of 300 chars", "POST", "/tracklets/search",

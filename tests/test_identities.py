@@ -129,7 +129,7 @@ def test_bad_inputs(tmp_path):
         impossible_pairs(["a"], [2.0], [1.0])
     with pytest.raises(ReIDError, match="linkage"):
         cluster_identities(_feats([0]), ["a"], [0], [1], linkage="single")
-    with pytest.raises(ReIDError, match="--threshold"):
+    with pytest.raises(ReIDError, match=r"^threshold: "):
         cluster_identities(_feats([0]), ["a"], [0], [1], threshold=float("nan"))
     p = tmp_path / "links.yaml"
     p.write_text("links:\n  - {cameras: [cam1, cam2], min: 5, max: 2}\n")

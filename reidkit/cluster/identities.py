@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = ["Links", "load_links", "rerank_distance", "impossible_pairs", "cluster_identities",
            "split_violations", "violations", "LINKAGES", "DEFAULT_THRESHOLD"]
@@ -101,9 +101,9 @@ def load_links(source: str | os.PathLike | Mapping[str, Any] | None, max_gap: fl
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except OSError as exc:
-            raise ReIDError(f"--links: cannot read {p}: {exc.strerror or exc}") from None
+            raise OptionError("links", f"cannot read {p}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise ReIDError(f"--links: {p} is not valid YAML ({exc})") from None
+            raise OptionError("links", f"{p} is not valid YAML ({exc})") from None
     elif source is not None:
         data = source
     if not isinstance(data, Mapping):
@@ -298,7 +298,7 @@ def cluster_identities(features: Any, cameras: Sequence[str], t_start: Any, t_en
         raise ReIDError(f"identities: linkage must be one of {', '.join(LINKAGES)}, got {linkage!r}")
     thr = float(threshold)
     if not math.isfinite(thr) or thr < 0:
-        raise ReIDError(f"--threshold: expected a finite number >= 0, got {threshold!r}")
+        raise OptionError("threshold", f"expected a finite number >= 0, got {threshold!r}")
     f = np.asarray(features, dtype=np.float64)
     n = 0 if f.size == 0 else len(f)
     fixed_a = np.full(n, -1, dtype=np.int64) if fixed is None else np.asarray(fixed, dtype=np.int64).reshape(-1)

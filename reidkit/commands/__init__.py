@@ -7,11 +7,18 @@ import argparse
 FOREIGN_FORMATS = ("fastreid", "torchreid", "strong_baseline", "transreid", "solider")
 
 
+def params(action: argparse.Action, *names: str) -> argparse.Action:
+    """Mark ``action`` as the flag of the library parameters ``names``: an OptionError naming one of them
+    (``capacity: must be >= 1``) is printed with this flag (``--max-pixels-in-flight: must be >= 1``)."""
+    action.params = names
+    return action
+
+
 def add_from_argument(parser: argparse.ArgumentParser) -> None:
     """``--from FORMAT``: read --weights as another toolkit's checkpoint (default: detected from its keys)."""
-    parser.add_argument("--from", dest="weights_format", choices=FOREIGN_FORMATS, default=None,
-                        help="the layout of --weights when it is another toolkit's checkpoint (default: "
-                             "reidkit's, or detected from the keys)")
+    params(parser.add_argument("--from", dest="weights_format", choices=FOREIGN_FORMATS, default=None,
+                               help="the layout of --weights when it is another toolkit's checkpoint (default: "
+                                    "reidkit's, or detected from the keys)"), "fmt")
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument, add_trust_argument
+from reidkit.commands import add_from_argument, add_trust_argument, params
 from reidkit.commands._args import side
 
 
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "or with arrays 'query' and 'gallery' in the dataset's order")
     vis.add_argument("--dataset", required=True, help="dataset name (see `reidkit data list`)")
     vis.add_argument("--root", required=True, help="dataset root folder")
-    vis.add_argument("--out", required=True, help="output folder")
+    params(vis.add_argument("--out", required=True, help="output folder"), "out_dir")
     vis.add_argument("--topk", type=int, default=10)
     vis.add_argument("--max-queries", type=int, default=100)
     vis.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")

@@ -5,6 +5,8 @@ multi-camera IDF1 over global ids."""
 from __future__ import annotations
 
 import argparse
+
+from reidkit.commands import params
 import json
 
 from reidkit.errors import ReIDError
@@ -46,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(camera), combined, and the multi-camera IDF1 over global ids (all cameras concatenated "
                     "as one sequence). GT: <seq>/gt/gt.txt (+ seqinfo.ini) or TrackEval's "
                     "<BENCH>-<SPLIT>/<seq>/gt/gt.txt; PRED: <seq>.txt per sequence.")
-    t.add_argument("--gt", required=True, help="ground-truth folder (e.g. a scene's OUT/GT or OUT)")
-    t.add_argument("--pred", required=True, help="predictions folder (<seq>.txt per sequence)")
+    params(t.add_argument("--gt", required=True, help="ground-truth folder (e.g. a scene's OUT/GT or OUT)"), "gt_dir")
+    params(t.add_argument("--pred", required=True, help="predictions folder (<seq>.txt per sequence)"), "pred_dir")
     t.add_argument("--out", default=None, help="also write the metrics as JSON here")
     t.add_argument("--json", action="store_true", help="print JSON instead of the table")
     t.set_defaults(func=_run_eval)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from reidkit.commands import params
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `reproduce` to the `reidkit` command."""
@@ -26,7 +28,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default ./reproduce)")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="list the plan and the GPU-time estimate; train nothing")
-    p.add_argument("--rows", nargs="+", default=None, metavar="ID", help="run only these row ids")
+    params(p.add_argument("--rows", nargs="+", default=None, metavar="ID", help="run only these row ids"), "only")
 
 
 def _reproduce(args: argparse.Namespace) -> int:

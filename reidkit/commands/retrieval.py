@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument, add_trust_argument
+from reidkit.commands import add_from_argument, add_trust_argument, params
 from reidkit.commands._args import positive_int, side, sqlite_id
 import json
 import sys
@@ -28,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--weights", default=None, help="a checkpoint (reidkit's or another toolkit's) or an export "
                                                         "(default: ImageNet EfficientNet-Lite0 + GeM)")
     add_from_argument(build)
-    build.add_argument("--index", choices=["flat", "approx", "ivf", "ivfpq", "hnsw"], default="flat",
-                       help="flat: exact (default); approx: the measured default approximate index (see "
-                            "benchmarks/results/million.md); ivf / ivfpq / hnsw: approximate, for galleries of "
-                            "millions (ivfpq: product-quantised codes in memory, re-scored with the stored vectors)")
+    params(build.add_argument("--index", choices=["flat", "approx", "ivf", "ivfpq", "hnsw"], default="flat",
+                              help="flat: exact (default); approx: the measured default approximate index (see "
+                                   "benchmarks/results/million.md); ivf / ivfpq / hnsw: approximate, for galleries of "
+                                   "millions (ivfpq: product-quantised codes in memory, re-scored with the stored vectors)"), "kind")
     build.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4*sqrt(N))")
     build.add_argument("--pq-m", type=int, default=None,
                        help="ivfpq: sub-quantisers (bytes per code; must divide the feature dim; default dim/4, <= 64)")
@@ -117,16 +117,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--token", default=None, help="API token (default: $REIDKIT_API_TOKEN; none: open)")
     srv.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default 8 MB)")
     srv.add_argument("--workers", type=int, default=1, help=f"model worker threads, 1..{MAX_WORKERS} (default 1)")
-    srv.add_argument("--poll", type=float, default=0.5,
-                     help="seconds between checks for a new gallery generation (default 0.5)")
+    params(srv.add_argument("--poll", type=float, default=0.5,
+                            help="seconds between checks for a new gallery generation (default 0.5)"), "poll_s")
     srv.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                      help="largest decoded upload in pixels (default 4096x4096 = 16.7 MP; over it: 413)")
-    srv.add_argument("--upload-memory-mb", type=float, default=1024.0,
-                     help="memory for decoded uploads in flight, all requests together (default 1024 MB)")
-    srv.add_argument("--max-pixels-in-flight", type=int, default=None,
-                     help="decoded pixels in flight (default: --upload-memory-mb / 12 bytes per pixel)")
-    srv.add_argument("--upload-wait", type=float, default=10.0,
-                     help="seconds a request waits for upload memory before a 503 with Retry-After (default 10)")
+    params(srv.add_argument("--upload-memory-mb", type=float, default=1024.0,
+                            help="memory for decoded uploads in flight, all requests together (default 1024 MB)"), "memory_bytes")
+    params(srv.add_argument("--max-pixels-in-flight", type=int, default=None,
+                            help="decoded pixels in flight (default: --upload-memory-mb / 12 bytes per pixel)"), "capacity")
+    params(srv.add_argument("--upload-wait", type=float, default=10.0,
+                            help="seconds a request waits for upload memory before a 503 with Retry-After (default 10)"), "wait_s")
     srv.set_defaults(func=_serve)
     add_trust_argument(srv)
 

@@ -53,7 +53,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidkit.data import synthetic as syn
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.io import atomic_write, write_json
 
 _T_SCENE_PLAN, _T_SCENE_NOISE, _T_SCENE_CAM = 31, 32, 33
@@ -274,20 +274,20 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
     import cv2
 
     if domain not in syn.DOMAINS:
-        raise ReIDError(f"--domain: expected one of {', '.join(syn.DOMAINS)}, got {domain!r}")
+        raise OptionError("domain", f"expected one of {', '.join(syn.DOMAINS)}, got {domain!r}")
     for name, v in (("--cams", cams), ("--ids", ids), ("--frames", frames)):
         if int(v) < 1:
             raise ReIDError(f"{name}: must be >= 1, got {v}")
     H, W = int(size[0]), int(size[1])
     if H < 48 or W < 48:
-        raise ReIDError(f"--size: frames must be at least 48x48, got {H}x{W}")
+        raise OptionError("size", f"frames must be at least 48x48, got {H}x{W}")
     if fmt not in ("avi", "mp4"):
-        raise ReIDError(f"--format: expected avi or mp4, got {fmt!r}")
+        raise OptionError("fmt", f"expected avi or mp4, got {fmt!r}")
     if topology not in TOPOLOGIES:
-        raise ReIDError(f"--topology: expected one of {', '.join(TOPOLOGIES)}, got {topology!r}")
+        raise OptionError("topology", f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}")
     transit = tuple(float(t) for t in transit)
     if len(transit) != 2 or not all(math.isfinite(t) for t in transit) or not 0 < transit[0] <= transit[1]:
-        raise ReIDError(f"--transit: expected MIN,MAX seconds with 0 < MIN <= MAX, got {transit!r}")
+        raise OptionError("transit", f"expected MIN,MAX seconds with 0 < MIN <= MAX, got {transit!r}")
     dom = syn.DOMAINS[domain]
     root = Path(out).expanduser()
     from reidkit.utils.io import ensure_dir

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from reidkit.config import Config, find_recipe, load_config, parse_overrides_flat
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 
 def split_values(text: str) -> list[str]:
@@ -48,11 +48,11 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
     grid = []
     for item in items:
         if "=" not in item:
-            raise ReIDError(f"--grid '{item}' must look like key=v1,v2,... (e.g. model.last_stride=1,2)")
+            raise OptionError("grid", "must look like key=v1,v2,... (e.g. model.last_stride=1,2)", value=item)
         key, raw = item.split("=", 1)
         values = split_values(raw)
         if not key.strip() or not values:
-            raise ReIDError(f"--grid '{item}' needs a key and at least one value")
+            raise OptionError("grid", "needs a key and at least one value", value=item)
         parsed = [parse_overrides_flat([f"{key.strip()}={v}"])[0][1] for v in values]
         grid.append((key.strip(), parsed))
     return grid

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = ["Row", "Table", "format_markdown", "list_tables", "load_table", "plan_table", "run_table"]
 
@@ -185,7 +185,7 @@ def plan_table(table: Table, data_root: str | Path, extra: list[str] | None = No
     """For each row: runnable or missing (and why), finished already, and a GPU-time estimate."""
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise ReIDError(f"--data-root: {root} is not a folder")
+        raise OptionError("data_root", f"{root} is not a folder")
     out = Path(out_dir)
     plan, found = [], {}
     for row in table.rows:
@@ -235,7 +235,7 @@ def run_table(table: Table, data_root: str | Path, out_dir: str | Path = "reprod
     if only:
         unknown = sorted(set(only) - {r.id for r in table.rows})
         if unknown:
-            raise ReIDError(f"--rows: unknown row id(s) {', '.join(unknown)}; the table has "
+            raise OptionError("only", f"unknown row id(s) {', '.join(unknown)}; the table has "
                             f"{', '.join(r.id for r in table.rows)}")
     rows_by_id = {r.id: r for r in table.rows}
     for entry in plan:

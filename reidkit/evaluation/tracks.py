@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = ["find_sequences", "read_tracks", "evaluate_tracks", "format_table", "ALL_CAMERAS"]
 
@@ -56,7 +56,7 @@ def find_sequences(gt_dir: str | os.PathLike) -> dict[str, tuple[Path, int | Non
     """{sequence: (gt.txt, seqLength or None)} of a ground-truth folder (either layout of the module docstring)."""
     root = Path(gt_dir).expanduser()
     if not root.is_dir():
-        raise ReIDError(f"--gt: {root} is not a folder")
+        raise OptionError("gt_dir", f"{root} is not a folder")
 
     def seqs(folder: Path) -> dict[str, tuple[Path, int | None]]:
         return {d.name: (d / "gt" / "gt.txt", _seq_length(d / "seqinfo.ini"))
@@ -77,9 +77,9 @@ def find_sequences(gt_dir: str | os.PathLike) -> dict[str, tuple[Path, int | Non
             found = {n: found[n] for n in names}
         return found
     if len(splits) > 1:
-        raise ReIDError(f"--gt: {root} holds several benchmark splits ({', '.join(d.name for d in splits)}); "
+        raise OptionError("gt_dir", f"{root} holds several benchmark splits ({', '.join(d.name for d in splits)}); "
                         f"give one of them")
-    raise ReIDError(f"--gt: no sequences in {root} (expected <seq>/gt/gt.txt or <BENCH>-<SPLIT>/<seq>/gt/gt.txt)")
+    raise OptionError("gt_dir", f"no sequences in {root} (expected <seq>/gt/gt.txt or <BENCH>-<SPLIT>/<seq>/gt/gt.txt)")
 
 
 def read_tracks(path: str | os.PathLike) -> np.ndarray:
@@ -104,7 +104,7 @@ def _pred_file(pred_dir: Path, seq: str) -> Path:
     for p in (pred_dir / f"{seq}.txt", pred_dir / "data" / f"{seq}.txt"):
         if p.is_file():
             return p
-    raise ReIDError(f"--pred: no predictions for sequence {seq!r}: expected {pred_dir / (seq + '.txt')} "
+    raise OptionError("pred_dir", f"no predictions for sequence {seq!r}: expected {pred_dir / (seq + '.txt')} "
                     f"(an empty file when the tracker found nobody)")
 
 
@@ -157,7 +157,7 @@ def evaluate_tracks(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, mult
     seqs = find_sequences(gt_dir)
     pdir = Path(pred_dir).expanduser()
     if not pdir.is_dir():
-        raise ReIDError(f"--pred: {pdir} is not a folder")
+        raise OptionError("pred_dir", f"{pdir} is not a folder")
     data = {}
     for seq, (gt_path, length) in seqs.items():
         gt, pred = read_tracks(gt_path), read_tracks(_pred_file(pdir, seq))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = ["visualize_ranked", "plot_cmc", "plot_distance_hist", "rank1_hit"]
 
@@ -87,7 +87,7 @@ def visualize_ranked(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ReIDError(f"--out: cannot create the folder {out}: {exc.strerror or exc}") from None
+        raise OptionError("out_dir", f"cannot create the folder {out}: {exc.strerror or exc}") from None
     g_pids = np.array([r.pid for r in gallery_records])
     g_cams = np.array([r.camid for r in gallery_records])
     n = len(query_records) if max_queries is None else min(max_queries, len(query_records))

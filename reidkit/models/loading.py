@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.models.build import ReIDModel, model_from_checkpoint
 from reidkit.models.checkpoint import file_sha256, is_torchscript, read_checkpoint
 from reidkit.models.exported import open_exported
@@ -71,7 +71,7 @@ def load_feature_model(path: str | os.PathLike, device: str | torch.device = "cp
     path = local_weights(path)
     if is_exported(path):
         if fmt is not None:
-            raise ReIDError(f"--from {fmt}: {path} is an exported model ({'ONNX' if path.suffix.lower() == '.onnx' else 'TorchScript'}), "
-                            "not another toolkit's checkpoint; drop --from")
+            raise OptionError("fmt", f"{path} is an exported model ({'ONNX' if path.suffix.lower() == '.onnx' else 'TorchScript'}), "
+                            "not another toolkit's checkpoint; drop --from", value=fmt)
         return open_exported(path, threads=threads)
     return load_model(path, device=device, fmt=fmt, trust_checkpoint=trust_checkpoint, **foreign_options)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = ["WeightsEntry", "catalogue", "resolve_weights", "weights_home", "weights_path", "file_sha256"]
 
@@ -150,7 +150,7 @@ def _check_pin(sha256: str | None) -> str | None:
         return None
     pin = sha256.strip().lower().removeprefix("sha256:")
     if not _HEX64.match(pin):
-        raise ReIDError(f"--sha256: expected 64 hex digits, got {sha256!r}")
+        raise OptionError("sha256", f"expected 64 hex digits, got {sha256!r}")
     return pin
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = [
     "INDEX_KINDS", "DEFAULT_APPROX_INDEX", "HNSW_M", "DEFAULT_NPROBE", "DEFAULT_EF_SEARCH", "DEFAULT_REFINE_K",
@@ -62,7 +62,7 @@ def make_faiss_index(kind: str, dim: int, train: np.ndarray | None = None, nlist
     import faiss
 
     if kind not in INDEX_KINDS:
-        raise ReIDError(f"--index: expected one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+        raise OptionError("kind", f"expected one of {', '.join(INDEX_KINDS)}, got {kind!r}")
     check_positive("--nlist", nlist)
     check_positive("--pq-m", pq_m)
     if kind == "flat":
@@ -76,14 +76,14 @@ def make_faiss_index(kind: str, dim: int, train: np.ndarray | None = None, nlist
     train = np.ascontiguousarray(train, dtype=np.float32)
     nlist = int(nlist or default_nlist(len(train)))
     if nlist > len(train):
-        raise ReIDError(f"--nlist {nlist}: more lists than gallery entries ({len(train)})")
+        raise OptionError("nlist", f"more lists than gallery entries ({len(train)})", value=nlist)
     quantizer = faiss.IndexFlatIP(dim)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
         m = int(pq_m or default_pq_m(dim))
         if dim % m:
-            raise ReIDError(f"--pq-m {m}: must divide the feature dimension {dim}")
+            raise OptionError("pq_m", f"must divide the feature dimension {dim}", value=m)
         # 8-bit codes need >= 256 training points per sub-quantiser; small galleries get fewer bits.
         nbits = int(max(1, min(8, np.floor(np.log2(max(2, len(train)))))))
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_EF_SEARCH, DEFAULT_NPROBE, DEFAULT_REFINE_K, HNSW_M,
                                    INDEX_KINDS, check_positive)
 from reidkit.inference import FeatureExtractor, ModelIdentity
@@ -120,7 +120,7 @@ class Gallery:
         snap = self.store.snapshot()
         if not snap.identity.compatible(self.identity):
             snap.close()
-            raise ReIDError(f"--db: {self.describe()} was rebuilt with another model ({snap.identity.label()}); "
+            raise OptionError("db", f"{self.describe()} was rebuilt with another model ({snap.identity.label()}); "
                             f"open it again")
         self._swap(snap)
         return True
@@ -160,7 +160,7 @@ class Gallery:
         if index == "approx":
             index = DEFAULT_APPROX_INDEX
         if index not in INDEX_KINDS:
-            raise ReIDError(f"--index: expected one of {', '.join(INDEX_KINDS)}, got {index!r}")
+            raise OptionError("index", f"expected one of {', '.join(INDEX_KINDS)}, got {index!r}")
         for name, v in (("--nlist", nlist), ("--nprobe", nprobe), ("--ef-search", ef_search), ("--pq-m", pq_m),
                         ("--hnsw-m", hnsw_m), ("--refine-k", refine_k), ("--batch-size", batch_size)):
             check_positive(name, v)
@@ -169,9 +169,9 @@ class Gallery:
                                           settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
                                           lock_timeout=lock_timeout, progress=progress)
         if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
-            raise ReIDError(f"--nlist {nlist}: more lists than images under {images_dir} ({len(paths)})")
+            raise OptionError("nlist", f"more lists than images under {images_dir} ({len(paths)})", value=nlist)
         if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
-            raise ReIDError(f"--pq-m {pq_m}: must divide the feature dimension {extractor.identity.feat_dim}")
+            raise OptionError("pq_m", f"must divide the feature dimension {extractor.identity.feat_dim}", value=pq_m)
         if extractor is None:
             extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size)
         ident = extractor.identity
@@ -208,7 +208,7 @@ class Gallery:
         Published like a build; refuses an existing gallery.
         """
         if index not in ("flat", "hnsw"):
-            raise ReIDError(f"--index: an empty gallery can be flat or hnsw ({index} needs training features)")
+            raise OptionError("index", f"an empty gallery can be flat or hnsw ({index} needs training features)")
         builder = store_class(db).builder(db, collection=collection, overwrite=False,
                                           settings={"index_kind": index}, lock_timeout=lock_timeout, progress=None)
         info = {"index_kind": index, "nprobe": str(DEFAULT_NPROBE), "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
@@ -216,7 +216,7 @@ class Gallery:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         try:
             builder.start(extractor.identity, info)
-            store = builder.publish(existing_error=f"--db: {describe_db(db, collection)} already holds a gallery "
+            store = builder.publish(existing_error=f"{describe_db(db, collection)} already holds a gallery "
                                                    f"(created meanwhile by another process)")
         except BaseException:
             builder.abort()
@@ -392,7 +392,7 @@ class Gallery:
 
             img = read_image(query)
             if img is None:
-                raise ReIDError(f"--image: cannot read {query} (missing or not an image)")
+                raise OptionError("image", f"cannot read {query} (missing or not an image)")
             camid = parse_camera_frame(query)[0]
             return self.embed([img])[0], camid
         if hasattr(query, "detach"):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval import store_sqlite as S
 from reidkit.inference import FeatureExtractor
 from reidkit.retrieval.folder import embed_paths
@@ -58,10 +58,10 @@ def check_gallery(db: str | os.PathLike, collection: str | None = None) -> dict[
                           + (" (they disagree)" if n_idx != n_meta else ""))
             except RuntimeError:
                 detail = f"; its {S.LEGACY_INDEX} is missing or unreadable ({n_meta} images listed)"
-            raise ReIDError(f"--db: {db} was written by an older reidkit (schema 1){detail}; "
+            raise OptionError("db", f"{db} was written by an older reidkit (schema 1){detail}; "
                             f"run `reidkit index repair --db {db}`")
         if version != S.SCHEMA_VERSION:
-            raise ReIDError(f"--db: {db / S.DB_FILE} is not a reidkit gallery database")
+            raise OptionError("db", f"{db / S.DB_FILE} is not a reidkit gallery database")
         problems = []
         qc = conn.execute("PRAGMA quick_check").fetchone()[0]
         if qc != "ok":
@@ -87,7 +87,7 @@ def check_gallery(db: str | os.PathLike, collection: str | None = None) -> dict[
         kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM entries GROUP BY kind").fetchall())
         state_keys = conn.execute("SELECT COUNT(*) FROM state").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        raise ReIDError(f"--db: {db / S.DB_FILE} is not a readable reidkit gallery database ({exc})") from None
+        raise OptionError("db", f"{db / S.DB_FILE} is not a readable reidkit gallery database ({exc})") from None
     finally:
         conn.close()
     gen = int(info.get("generation", "0"))
@@ -107,7 +107,7 @@ def check_gallery(db: str | os.PathLike, collection: str | None = None) -> dict[
               "state_keys": state_keys, "index": kind, "cache": cache, "model": ident.label(),
               "feat_dim": ident.feat_dim, "leftover_files": leftovers}
     if problems:
-        raise ReIDError(f"--db: {db} is inconsistent: {'; '.join(problems)}; run `reidkit index repair --db {db}`")
+        raise OptionError("db", f"{db} is inconsistent: {'; '.join(problems)}; run `reidkit index repair --db {db}`")
     return report
 
 
@@ -149,7 +149,7 @@ def repair_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = No
                             "entries": rep["entries"], "recovered_from_index": 0, "reextracted": 0, "dropped": []}
                 return _repair_v2(db, progress)
             if version != 1:
-                raise ReIDError(f"--db: {db / S.DB_FILE} is not a reidkit gallery database")
+                raise OptionError("db", f"{db / S.DB_FILE} is not a reidkit gallery database")
             ident = S.model_identity(conn, db)
             info = S.read_info(conn)
             rows = conn.execute("SELECT id, path, camid, frame, width, height FROM images ORDER BY id").fetchall()

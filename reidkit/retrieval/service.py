@@ -51,7 +51,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.folder import parse_camera_frame
 from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
@@ -95,7 +95,7 @@ class _Batcher:
         self.max_batch = max(1, int(max_batch))
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         if int(workers) < 1:
-            raise ReIDError(f"--workers: must be >= 1, got {workers}")
+            raise OptionError("workers", f"must be >= 1, got {workers}")
         self.workers = int(workers)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -174,7 +174,7 @@ class _Follower:
 
     def __init__(self, gallery: Gallery, poll_s: float = 0.5) -> None:
         if not poll_s > 0:
-            raise ReIDError(f"--poll: must be > 0 seconds, got {poll_s}")
+            raise OptionError("poll_s", f"must be > 0 seconds, got {poll_s}")
         self.db = gallery.db
         self.poll_s = float(poll_s)
         self._current = gallery
@@ -445,12 +445,12 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
     `upload_wait_s`, then gets 503 with Retry-After.
     """
     if int(workers) < 1:
-        raise ReIDError(f"--workers: must be >= 1, got {workers}")
+        raise OptionError("workers", f"must be >= 1, got {workers}")
     gallery = db if isinstance(db, Gallery) else Gallery.open(db, weights=weights)
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
     if token is not None and not token.strip():
-        raise ReIDError("--token: the API token is empty")
+        raise OptionError("token", "the API token is empty")
     if int(max_upload_bytes) < 1:
         raise ReIDError(f"max_upload_bytes: must be >= 1, got {max_upload_bytes}")
     max_upload_bytes = int(max_upload_bytes)
@@ -540,7 +540,7 @@ def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, toke
     import uvicorn
 
     if not 1 <= int(port) <= 65535:
-        raise ReIDError(f"--port: expected 1..65535, got {port}")
+        raise OptionError("port", f"expected 1..65535, got {port}")
     app = create_app(db, routers=routers, token=token, max_upload_bytes=max_upload_bytes, workers=workers,
                      weights=weights, poll_s=poll_s, **upload_limits)
     if host not in ("127.0.0.1", "localhost", "::1") and token is None and not os.environ.get(TOKEN_ENV):

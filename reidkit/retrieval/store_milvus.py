@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.store import (DEFAULT_COLLECTION, ENTRY_FIELDS, MILVUS_PREFIX, SearchFilter, crash_point,
                                      iter_chunks)
@@ -76,12 +76,12 @@ def _parse(db: str | os.PathLike) -> str:
     """The MilvusClient uri of ``milvus:<uri>`` (a local Milvus Lite file made absolute)."""
     uri = str(db)[len(MILVUS_PREFIX):]
     if not uri:
-        raise ReIDError(f"--db: {db}: expected milvus:<uri> (milvus:./gallery.db or milvus:http://host:19530)")
+        raise OptionError("db", f"{db}: expected milvus:<uri> (milvus:./gallery.db or milvus:http://host:19530)")
     if "://" in uri or uri.startswith("unix:"):
         return uri
     path = Path(uri).expanduser().absolute()
     if not path.parent.is_dir():
-        raise ReIDError(f"--db: {db}: the folder {path.parent} does not exist")
+        raise OptionError("db", f"{db}: the folder {path.parent} does not exist")
     return str(path)
 
 
@@ -90,16 +90,16 @@ def _client(uri: str) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError:
-        raise ReIDError(f"--db milvus:{uri}: Milvus galleries need the optional packages pymilvus and milvus-lite: "
-                        f"{EXTRA_HINT}") from None
+        raise OptionError("db", f"Milvus galleries need the optional packages pymilvus and milvus-lite: "
+                        f"{EXTRA_HINT}", value=f"milvus:{uri}") from None
     with _clients_lock:
         client = _clients.get(uri)
         if client is None:
             try:
                 client = MilvusClient(uri)
             except Exception as exc:  # noqa: BLE001 - pymilvus raises several kinds; all are "cannot open"
-                raise ReIDError(f"--db milvus:{uri}: cannot open the Milvus database ({_msg(exc)}); a Milvus Lite "
-                                f"file is usable by one process at a time") from None
+                raise OptionError("db", f"cannot open the Milvus database ({_msg(exc)}); a Milvus Lite "
+                                f"file is usable by one process at a time", value=f"milvus:{uri}") from None
             _clients[uri] = client
         return client
 
@@ -161,7 +161,7 @@ class _Collections:
             raise
         except Exception as exc:  # noqa: BLE001 - MilvusException and gRPC errors
             if type(exc).__module__.startswith(("pymilvus", "grpc")):
-                raise ReIDError(f"--db: {self.location} (collection {self.name}): Milvus {what} failed: {_msg(exc)}") from None
+                raise OptionError("db", f"{self.location} (collection {self.name}): Milvus {what} failed: {_msg(exc)}") from None
             raise
 
     def exists(self) -> bool:
@@ -242,14 +242,14 @@ class _Collections:
     def info(self) -> dict[str, str]:
         info = self.get_json(_INFO_KEY)
         if info is None:
-            raise ReIDError(f"--db: {self.location} (collection {self.name}) has no reidkit info record; "
+            raise OptionError("db", f"{self.location} (collection {self.name}) has no reidkit info record; "
                             f"it was not made by `reidkit index build`")
         return info
 
     def identity(self) -> ModelIdentity:
         m = self.get_json(_MODEL_KEY)
         if m is None:
-            raise ReIDError(f"--db: {self.location} (collection {self.name}) has no model record")
+            raise OptionError("db", f"{self.location} (collection {self.name}) has no model record")
         return ModelIdentity(m["name"], m["source"], int(m["feat_dim"]), tuple(m["input_size"]),  # type: ignore[arg-type]
                              tuple(m["mean"]), tuple(m["std"]))
 
@@ -410,7 +410,7 @@ class MilvusStore:
         uri = _parse(db)
         name = collection or DEFAULT_COLLECTION
         if not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise ReIDError(f"--collection: {name!r}: letters, digits and '_' only, not starting with a digit")
+            raise OptionError("collection", f"{name!r}: letters, digits and '_' only, not starting with a digit")
         return MILVUS_PREFIX + uri, uri, name
 
     @classmethod
@@ -419,7 +419,7 @@ class MilvusStore:
         location, uri, name = cls._names(db, collection)
         store = cls(location, uri, name)
         if not store.cols.exists():
-            raise ReIDError(f"--db: {location} has no collection {name!r}; create one with "
+            raise OptionError("db", f"{location} has no collection {name!r}; create one with "
                             f"`reidkit index build --db {location}`")
         store.cols.load()
         return store
@@ -460,7 +460,7 @@ class MilvusStore:
     def _check_model(self, identity: ModelIdentity) -> None:
         stored = self.cols.identity()
         if not stored.compatible(identity):
-            raise ReIDError(f"--db: {self.location} was rebuilt with another model ({stored.label()}) since it was "
+            raise OptionError("db", f"{self.location} was rebuilt with another model ({stored.label()}) since it was "
                             f"opened; nothing was written")
 
     def _bump(self, corrupt: int | None = None) -> None:
@@ -538,7 +538,7 @@ class MilvusStore:
                   "cache": "none (Milvus indexes itself)", "model": snap.identity.label(), "feat_dim": dim,
                   "leftover_files": leftovers}
         if problems:
-            raise ReIDError(f"--db: {self.location} (collection {self.collection}) is inconsistent: "
+            raise OptionError("db", f"{self.location} (collection {self.collection}) is inconsistent: "
                             f"{'; '.join(problems)}")
         return report
 
@@ -554,7 +554,7 @@ class MilvusBuilder:
         self.settings = settings
         self.target = _Collections(location, uri, name)
         if self.target.exists() and not overwrite:
-            raise ReIDError(f"--db: {location} already holds a gallery (collection {name}); use `reidkit index add` "
+            raise OptionError("db", f"{location} already holds a gallery (collection {name}); use `reidkit index add` "
                             f"to append or --overwrite to rebuild it")
         self.tmp = _Collections(location, uri, f"{name}__build_{secrets.token_hex(4)}")
         self.started = False
@@ -587,8 +587,8 @@ class MilvusBuilder:
         crash_point("build_before_publish")
         if self.target.exists():
             if not self.overwrite:
-                raise ReIDError(existing_error or f"--db: {self.location} already holds a gallery (collection "
-                                                  f"{self.name}, built meanwhile); use --overwrite to replace it")
+                raise OptionError("db", existing_error or f"{self.location} already holds a gallery (collection "
+                                                        f"{self.name}, built meanwhile); build with overwrite to replace it")
             self.target.drop()
         client = self.tmp.client
         self.tmp.call("rename_collection", client.rename_collection, self.tmp.name, self.name)

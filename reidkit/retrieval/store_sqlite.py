@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
 from reidkit.retrieval.ann import (DEFAULT_REFINE_K, HNSW_M, default_nlist, default_pq_m,
                                    index_params, make_faiss_index, refine_exact, set_search_params)
@@ -160,12 +160,12 @@ class WriterLock(PidLock):
         return f"waiting for the writer lock on {self.db} (held by pid {self.holder()})"
 
     def timeout_error(self) -> ReIDError:
-        return ReIDError(f"--db: {self.db} is being written by another process (pid {self.holder()}); "
+        return OptionError("db", f"{self.db} is being written by another process (pid {self.holder()}); "
                          f"gave up after waiting {self.timeout:g} s for its writer lock "
                          f"(set $REIDKIT_LOCK_TIMEOUT to wait longer)")
 
     def open_error(self, exc: OSError) -> ReIDError:
-        return ReIDError(f"--db: cannot create the writer lock {self.path}: {exc.strerror or exc}")
+        return OptionError("db", f"cannot create the writer lock {self.path}: {exc.strerror or exc}")
 
     @staticmethod
     def is_held(db: Path) -> bool:
@@ -206,7 +206,7 @@ def connect_read(path: Path, readonly: bool = False) -> sqlite3.Connection:
             last = exc
             if "not a database" in str(exc) or "malformed" in str(exc):
                 break
-    raise ReIDError(f"--db: {path} is not a readable reidkit gallery database ({last})")
+    raise OptionError("db", f"{path} is not a readable reidkit gallery database ({last})")
 
 
 _STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
@@ -226,7 +226,7 @@ def storage_error(db: Path | str, exc: BaseException) -> ReIDError | None:
         why = _STORAGE_ERRNOS.get(exc.errno or 0)
     if why is None:
         return None
-    return ReIDError(f"--db: cannot write {db}: {why} ({exc}); nothing was changed, the gallery is unchanged")
+    return OptionError("db", f"cannot write {db}: {why} ({exc}); nothing was changed, the gallery is unchanged")
 
 
 @contextmanager
@@ -307,7 +307,7 @@ def begin_write(conn: sqlite3.Connection, db: Path) -> None:
         err = storage_error(db, exc)
         if err is not None:
             raise err from None
-        raise ReIDError(f"--db: {db / DB_FILE} stayed locked by another connection for more than "
+        raise OptionError("db", f"{db / DB_FILE} stayed locked by another connection for more than "
                         f"{busy_timeout():g} s ({exc}); nothing was written, the gallery is unchanged") from None
 
 
@@ -338,7 +338,7 @@ def insert_entries(conn: sqlite3.Connection, ids: Sequence[int], rows: Sequence[
     except sqlite3.IntegrityError as exc:
         msg = str(exc)
         what = "a tracklet key" if "tracklet" in msg else "an image path"
-        raise ReIDError(f"--db: {db or 'gallery'}: {what} is already in the gallery ({msg}); nothing was written") from None
+        raise OptionError("db", f"{db or 'gallery'}: {what} is already in the gallery ({msg}); nothing was written") from None
     conn.executemany("INSERT INTO vectors VALUES (?, ?)", [(i, v.tobytes()) for i, v in zip(ids, vectors)])
     if ids:
         conn.execute("INSERT OR REPLACE INTO info VALUES ('next_id', ?)", (str(max(ids) + 1),))
@@ -421,7 +421,7 @@ def new_build_folder(db: Path) -> Path:
         tmp = db.parent / f".{db.name}.build.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         tmp.mkdir()
     except OSError as exc:
-        raise ReIDError(f"--db: cannot create a folder beside {db}: {exc.strerror or exc}") from None
+        raise OptionError("db", f"cannot create a folder beside {db}: {exc.strerror or exc}") from None
     return tmp
 
 
@@ -444,7 +444,7 @@ def _exchange(a: Path, b: Path) -> bool:
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
-    raise ReIDError(f"--db: cannot publish the new gallery at {b}: {os.strerror(err)}")
+    raise OptionError("db", f"cannot publish the new gallery at {b}: {os.strerror(err)}")
 
 
 def publish_folder(tmp: Path, db: Path) -> None:
@@ -452,7 +452,7 @@ def publish_folder(tmp: Path, db: Path) -> None:
     try:
         _publish(Path(tmp), Path(db).absolute())
     except OSError as exc:
-        raise ReIDError(f"--db: cannot publish the new gallery at {db}: {exc.strerror or exc}; "
+        raise OptionError("db", f"cannot publish the new gallery at {db}: {exc.strerror or exc}; "
                         f"the previous content (if any) is unchanged") from None
 
 
@@ -533,7 +533,7 @@ def model_identity(conn: sqlite3.Connection, db: Path) -> ModelIdentity:
     """The stored model identity of a gallery database."""
     row = conn.execute("SELECT identity, source, feat_dim, input_h, input_w, mean, std FROM model").fetchone()
     if row is None:
-        raise ReIDError(f"--db: {db / DB_FILE} has no model row")
+        raise OptionError("db", f"{db / DB_FILE} has no model row")
     return ModelIdentity(row[0], row[1], int(row[2]), (int(row[3]), int(row[4])),
                          tuple(json.loads(row[5])), tuple(json.loads(row[6])))
 
@@ -546,7 +546,7 @@ def model_row(ident: ModelIdentity) -> tuple:
 
 def not_a_gallery(db: Path) -> ReIDError:
     """The error for a folder without a gallery database."""
-    return ReIDError(f"--db: {db} is not a gallery (expected {DB_FILE}; create one with `reidkit index build`)")
+    return OptionError("db", f"{db} is not a gallery (expected {DB_FILE}; create one with `reidkit index build`)")
 
 
 # ----------------------------------------------------------------------------- the faiss index of a snapshot
@@ -560,7 +560,7 @@ def index_from_store(conn: sqlite3.Connection, info: dict[str, str], dim: int, d
     if kind in ("ivf", "ivfpq"):
         row = conn.execute("SELECT value FROM blobs WHERE key = 'trained'").fetchone()
         if row is None:
-            raise ReIDError(f"--db: {db} is inconsistent: the {kind} index has no trained quantiser stored; "
+            raise OptionError("db", f"{db} is inconsistent: the {kind} index has no trained quantiser stored; "
                             f"run `reidkit index repair --db {db}`")
         index = faiss.deserialize_index(np.frombuffer(row[0], dtype=np.uint8).copy())
     else:
@@ -584,7 +584,7 @@ def finish_new(tmp: Path, conn: sqlite3.Connection, ident: ModelIdentity, kind: 
             n = len(ids)
             nl = int(nlist or default_nlist(n))
             if nl > n:
-                raise ReIDError(f"--nlist {nl}: more lists than gallery images ({n})")
+                raise OptionError("nlist", f"more lists than gallery images ({n})", value=nl)
             m = int(pq_m or default_pq_m(dim)) if kind == "ivfpq" else None
             rng = np.random.default_rng(0)
             # 64 training points per list: stable centroids at a quarter of faiss's default k-means cost
@@ -614,15 +614,15 @@ def existing_generation(db: Path, overwrite: bool) -> int:
     if not db.exists():
         return 0
     if not db.is_dir():
-        raise ReIDError(f"--db: {db} exists and is not a folder")
+        raise OptionError("db", f"{db} exists and is not a folder")
     has_gallery = (db / DB_FILE).exists() or (db / LEGACY_INDEX).exists()
     if has_gallery and not overwrite:
-        raise ReIDError(f"--db: {db} already holds a gallery; use `reidkit index add` to append "
+        raise OptionError("db", f"{db} already holds a gallery; use `reidkit index add` to append "
                         f"or --overwrite to rebuild it")
     if not has_gallery:
         others = [p.name for p in db.iterdir()]
         if others:
-            raise ReIDError(f"--db: {db} is a folder with other files in it ({others[0]}, ...); "
+            raise OptionError("db", f"{db} is a folder with other files in it ({others[0]}, ...); "
                             f"give a new or empty folder")
         return 0
     key = read_key(db)
@@ -701,10 +701,10 @@ class SQLiteSnapshot:
             conn.execute("BEGIN")  # deferred, held open: the first SELECT pins the WAL snapshot
             version = schema_version(conn)
             if version == 1:
-                raise ReIDError(f"--db: {db} was written by an older reidkit (index.faiss + meta.sqlite without "
+                raise OptionError("db", f"{db} was written by an older reidkit (index.faiss + meta.sqlite without "
                                 f"vectors); convert it once with `reidkit index repair --db {db}`")
             if version != SCHEMA_VERSION:
-                raise ReIDError(f"--db: {db / DB_FILE} is not a reidkit gallery database")
+                raise OptionError("db", f"{db / DB_FILE} is not a reidkit gallery database")
             info = read_info(conn)
             ident = model_identity(conn, db)
             rows = conn.execute("SELECT id, camid, camera, kind, t_start, t_end FROM entries").fetchall()
@@ -735,7 +735,7 @@ class SQLiteSnapshot:
             set_search_params(index, params["nprobe"], params["ef_search"])
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise ReIDError(f"--db: {db / DB_FILE} is not a readable reidkit gallery database ({exc})") from None
+            raise OptionError("db", f"{db / DB_FILE} is not a readable reidkit gallery database ({exc})") from None
         except BaseException:
             conn.close()
             raise
@@ -870,7 +870,7 @@ class SQLiteStore:
     def open(cls, db: str | os.PathLike, collection: str | None = None, readonly: bool = False) -> SQLiteStore:
         """Open gallery folder `db`; read-only (no recovery, no cache writes) when asked or when it cannot be written."""
         if collection is not None:
-            raise ReIDError(f"--collection: applies to milvus: galleries only, not to the folder {db}")
+            raise OptionError("collection", f"applies to milvus: galleries only, not to the folder {db}")
         path = Path(db).expanduser().absolute()
         if not readonly and path.is_dir() and not folder_writable(path):
             readonly = True
@@ -890,7 +890,7 @@ class SQLiteStore:
                 progress: Callable[[str], None] | None = None) -> SQLiteBuilder:
         """A new gallery built beside `location` and published whole (see SQLiteBuilder)."""
         if collection is not None:
-            raise ReIDError(f"--collection: applies to milvus: galleries only, not to the folder {location}")
+            raise OptionError("collection", f"applies to milvus: galleries only, not to the folder {location}")
         return SQLiteBuilder(Path(location), overwrite, settings or {}, lock_timeout, progress)
 
     def snapshot(self, index: Any = None) -> SQLiteSnapshot:
@@ -908,7 +908,7 @@ class SQLiteStore:
     def check_writable(self) -> None:
         """ReIDError when the gallery was opened read-only (before any work is done)."""
         if self.readonly:
-            raise ReIDError(f"--db: {self.db} is read-only (opened for search and check only); "
+            raise OptionError("db", f"{self.db} is read-only (opened for search and check only); "
                             f"nothing was changed")
 
     def _commit(self, base: SQLiteSnapshot, identity: ModelIdentity,
@@ -937,10 +937,10 @@ class SQLiteStore:
             try:
                 with write_transaction(conn, db):
                     if schema_version(conn) != SCHEMA_VERSION:
-                        raise ReIDError(f"--db: {db} was written by an older reidkit; run `reidkit index repair --db {db}`")
+                        raise OptionError("db", f"{db} was written by an older reidkit; run `reidkit index repair --db {db}`")
                     stored = model_identity(conn, db)
                     if not stored.compatible(identity):
-                        raise ReIDError(f"--db: {db} was rebuilt with another model ({stored.label()}) since it was "
+                        raise OptionError("db", f"{db} was rebuilt with another model ({stored.label()}) since it was "
                                         f"opened; nothing was written")
                     uid = read_info(conn).get("uid", "")
                     out = body(conn)
@@ -1033,7 +1033,7 @@ class SQLiteStore:
         try:
             row = conn.execute("SELECT value FROM state WHERE key = ?", (str(key),)).fetchone()
         except sqlite3.Error as exc:
-            raise ReIDError(f"--db: cannot read state from {self.db / DB_FILE}: {exc}") from None
+            raise OptionError("db", f"cannot read state from {self.db / DB_FILE}: {exc}") from None
         finally:
             conn.close()
         return None if row is None else json.loads(row[0])
@@ -1094,8 +1094,8 @@ class SQLiteBuilder:
             crash_point("build_before_publish")
             with WriterLock(self.db, timeout=self.lock_timeout, on_wait=self.progress or _stderr):
                 if not self.overwrite and (self.db / DB_FILE).exists():
-                    raise ReIDError(existing_error or f"--db: {self.db} already holds a gallery (built meanwhile "
-                                                      f"by another process); use --overwrite to replace it")
+                    raise OptionError("db", existing_error or f"{self.db} already holds a gallery (built meanwhile "
+                                                            f"by another process); build with overwrite to replace it")
                 publish_folder(self.tmp, self.db)
         except OSError as exc:
             raise storage_error(self.db, exc) or exc from None

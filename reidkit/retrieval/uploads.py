@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = ["UploadError", "decode_upload", "probe_upload", "PixelBudget", "UploadPolicy",
            "DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MEMORY_BUDGET", "BYTES_PER_PIXEL"]
@@ -145,9 +145,9 @@ class PixelBudget:
 
     def __init__(self, capacity: int, wait_s: float = 10.0) -> None:
         if int(capacity) < 1:
-            raise ReIDError(f"--max-pixels-in-flight: must be >= 1, got {capacity}")
+            raise OptionError("capacity", f"must be >= 1, got {capacity}")
         if not (math.isfinite(wait_s) and wait_s >= 0):
-            raise ReIDError(f"--upload-wait: must be a finite number of seconds >= 0, got {wait_s}")
+            raise OptionError("wait_s", f"must be a finite number of seconds >= 0, got {wait_s}")
         self.capacity = int(capacity)
         self.wait_s = float(wait_s)
         self.used = 0
@@ -200,10 +200,10 @@ class UploadPolicy:
                     max_pixels_in_flight: int | None = None, wait_s: float = 10.0) -> "UploadPolicy":
         """A policy whose pixels in flight default to `memory_bytes / BYTES_PER_PIXEL`."""
         if int(max_image_pixels) < 4:
-            raise ReIDError(f"--max-image-pixels: must be >= 4, got {max_image_pixels}")
+            raise OptionError("max_image_pixels", f"must be >= 4, got {max_image_pixels}")
         if max_pixels_in_flight is None:
             if not int(memory_bytes) > 0:
-                raise ReIDError(f"--upload-memory-mb: must be > 0, got {memory_bytes}")
+                raise OptionError("memory_bytes", f"must be > 0, got {memory_bytes}")
             max_pixels_in_flight = int(memory_bytes) // BYTES_PER_PIXEL
         return UploadPolicy(int(max_image_pixels), PixelBudget(int(max_pixels_in_flight), wait_s))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 
 def need_distributed() -> Any:
@@ -13,17 +13,17 @@ def need_distributed() -> Any:
     try:
         import distributed
     except ImportError:
-        raise ReIDError("--workers / --cluster need Dask: pip install 'reidkit[dask]' "
+        raise ReIDError("running on several workers or a cluster needs Dask: pip install 'reidkit[dask]' "
                         "(dask[distributed])") from None
     return distributed
 
 
 def check_cluster_args(workers: int | None, address: str | None) -> None:
-    """One clear error for a bad --workers / --cluster pair."""
+    """One clear error for a bad workers / cluster address pair."""
     if workers is not None and int(workers) < 1:
-        raise ReIDError(f"--workers: must be >= 1, got {workers}")
+        raise OptionError("workers", f"must be >= 1, got {workers}")
     if workers is not None and address is not None:
-        raise ReIDError("give --workers (a local cluster) or --cluster ADDRESS, not both")
+        raise OptionError("cluster", "give workers (a local cluster) or a cluster address, not both")
 
 
 @contextmanager

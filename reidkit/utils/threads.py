@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 _configured: int | None = None
 
@@ -54,7 +54,7 @@ def configure_threads(n: int | None = None) -> int:
     """Set torch / OpenMP / MKL / faiss / OpenCV thread counts to `n` (see the module docstring); returns n."""
     global _configured
     if n is not None and int(n) < 1:
-        raise ReIDError(f"--threads: must be >= 1, got {n}")
+        raise OptionError("threads", f"must be >= 1, got {n}")
     asked = int(n) if n is not None else _env_int("REIDKIT_THREADS")
     n = asked or _env_int("OMP_NUM_THREADS") or available_cores()
     os.environ["OMP_NUM_THREADS"] = str(n)

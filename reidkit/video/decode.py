@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def iter_frames(path: str | os.PathLike, start: int = 0, every: int = 1,
     import cv2
 
     if every < 1:
-        raise ReIDError(f"--every: must be >= 1, got {every}")
+        raise OptionError("every", f"must be >= 1, got {every}")
     p = Path(path).expanduser()
     cap = _open(p)
     stats = stats if stats is not None else FrameStats()

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 Detections = tuple[np.ndarray, np.ndarray]
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class MotDetections:
     def __init__(self, path: str | os.PathLike, min_conf: float = -np.inf) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ReIDError(f"--detections: {self.path} is not a file")
+            raise OptionError("detections", f"{self.path} is not a file")
         self._by_frame: dict[int, list[tuple[float, ...]]] = {}
         # utf-8-sig: a byte-order mark (Windows editors write one) is not part of line 1's frame number.
         with open(self.path, encoding="utf-8-sig", errors="replace") as fh:
@@ -104,8 +104,9 @@ class MotDetections:
                     if not all(np.isfinite((x, y, w, h, conf))) or w < 0 or h < 0:
                         raise ValueError
                 except ValueError:
-                    raise ReIDError(f"--detections {self.path}, line {n}: expected 'frame,id,x,y,w,h,conf,...' with "
-                                    f"an integer frame >= 1 and finite non-negative sizes, got {text[:80]!r}") from None
+                    raise OptionError("detections", "expected 'frame,id,x,y,w,h,conf,...' with an integer frame >= 1 "
+                                      f"and finite non-negative sizes, got {text[:80]!r}",
+                                      value=f"{self.path}, line {n}") from None
                 if conf >= min_conf and w > 0 and h > 0:
                     self._by_frame.setdefault(frame - 1, []).append((x, y, x + w, y + h, conf))
 
@@ -130,7 +131,7 @@ class OnnxDetector:
                  input_size: tuple[int, int] | None = None, threads: int | None = None) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise ReIDError(f"--detector: {self.path} is not a file (the built-in detectors are motion and hog)")
+            raise OptionError("detector", f"{self.path} is not a file (the built-in detectors are motion and hog)")
         from reidkit.export import ort_session
 
         self.session = ort_session(self.path, threads, "--detector")
@@ -139,8 +140,8 @@ class OnnxDetector:
         shape = list(inp.shape)
         if input_size is None:
             if len(shape) != 4 or not all(isinstance(v, int) for v in shape[2:]):
-                raise ReIDError(f"--detector {self.path}: input {inp.name} has no fixed H x W ({shape}); "
-                                f"give the input size")
+                raise OptionError("detector", f"input {inp.name} has no fixed H x W ({shape}); "
+                                f"give the input size", value=self.path)
             input_size = (int(shape[2]), int(shape[3]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.conf, self.iou, self.person_class = float(conf), float(iou), int(person_class)
@@ -165,18 +166,18 @@ class OnnxDetector:
         if a.ndim == 3:
             a = a[0]
         if a.ndim != 2:
-            raise ReIDError(f"--detector {self.path}: expected an output of shape [1, 4+nc, N] or [1, N, 5+nc], "
-                            f"got {list(np.shape(out))}")
+            raise OptionError("detector", f"expected an output of shape [1, 4+nc, N] or [1, N, 5+nc], "
+                            f"got {list(np.shape(out))}", value=self.path)
         # Anchors outnumber channels in every YOLO export (thousands vs 4+nc): channels-first when rows < cols.
         if a.shape[0] < a.shape[1]:
             a = a.T
             if a.shape[1] < 5 + self.person_class:
-                raise ReIDError(f"--detector {self.path}: output has {a.shape[1] - 4} classes, "
-                                f"no class {self.person_class}")
+                raise OptionError("detector", f"output has {a.shape[1] - 4} classes, "
+                                f"no class {self.person_class}", value=self.path)
             return a[:, :4], a[:, 4 + self.person_class]
         if a.shape[1] < 6 + self.person_class:
-            raise ReIDError(f"--detector {self.path}: output rows of {a.shape[1]} values, "
-                            f"expected 5 + classes")
+            raise OptionError("detector", f"output rows of {a.shape[1]} values, "
+                            f"expected 5 + classes", value=self.path)
         return a[:, :4], a[:, 4] * a[:, 5 + self.person_class]
 
     def __call__(self, frame: np.ndarray, index: int = 0) -> Detections:
@@ -206,7 +207,7 @@ class HogDetector:
         import cv2
 
         if not (np.isfinite(detect_scale) and 0.05 <= float(detect_scale) <= 4.0):
-            raise ReIDError(f"--detect-scale: expected a factor in [0.05, 4], got {detect_scale}")
+            raise OptionError("detect_scale", f"expected a factor in [0.05, 4], got {detect_scale}")
 
         if not hasattr(cv2, "HOGDescriptor"):
             raise ReIDError(f"the HOG detector needs OpenCV 4.x (cv2 {cv2.__version__} has no HOGDescriptor); "

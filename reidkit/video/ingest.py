@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.video.decode import probe, video_key
 from reidkit.video.embedder import Embedder
 from reidkit.video.pipeline import (THUMBS, Chunk, Settings, SharedEmbedder, Stats, VideoJob, VideoLock,
@@ -86,7 +86,7 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
     milvus = str(db).startswith("milvus:")
     path = db if milvus else Path(db).expanduser().absolute()
     if not milvus and path.exists() and not path.is_dir():
-        raise ReIDError(f"--db: {path} exists and is not a folder")
+        raise OptionError("db", f"{path} exists and is not a folder")
     if Gallery.exists(path):
         gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size)
         ext = gallery.extractor
@@ -95,7 +95,7 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
             own = own.with_engine(engine)
         return gallery, Embedder(extractor=own, flip=flip, batch_size=batch_size)
     if not milvus and path.is_dir() and any(path.iterdir()):
-        raise ReIDError(f"--db: {path} is a folder with other files in it; give a gallery or a new folder")
+        raise OptionError("db", f"{path} is a folder with other files in it; give a gallery or a new folder")
     embedder = Embedder(weights, device=device, batch_size=batch_size, flip=flip, engine=engine)
     return create_gallery(path, embedder), embedder
 
@@ -119,7 +119,7 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
     seen: dict[str, Path] = {}
     for cam, info in zip(cams, infos):
         if not str(cam).strip():
-            raise ReIDError(f"--camera: empty camera name for {info.path}")
+            raise OptionError("camera", f"empty camera name for {info.path}")
         if cam in seen and not cameras:
             raise ReIDError(f"videos {seen[cam]} and {info.path} would both be camera {cam!r} (named after the file); "
                             f"name them with --camera")
@@ -327,7 +327,7 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     settings = check_settings(Settings(int(every), int(chunk), int(k), int(min_len), int(max_age), int(n_init),
                                        float(max_cosine_distance), int(detect_every), str(appearance)))
     if int(streams) < 1:
-        raise ReIDError(f"--streams: must be >= 1, got {streams}")
+        raise OptionError("streams", f"must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
                         detector_size, person_class, detect_scale)
     if embedder is not None:

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
 from reidkit.video.detect import box_iou
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
@@ -144,7 +144,7 @@ def check_settings(s: Settings) -> Settings:
         if int(v) < 1:
             raise ReIDError(f"{name}: must be >= 1, got {v}")
     if s.appearance not in APPEARANCE:
-        raise ReIDError(f"--appearance: expected one of {', '.join(APPEARANCE)}, got {s.appearance!r}")
+        raise OptionError("appearance", f"expected one of {', '.join(APPEARANCE)}, got {s.appearance!r}")
     return s
 
 

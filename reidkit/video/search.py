@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from reidkit.errors import NotFound, ReIDError
+from reidkit.errors import NotFound, OptionError, ReIDError
 
 
 def parse_box(text: str | Sequence[float] | None) -> tuple[float, float, float, float] | None:
@@ -24,9 +24,9 @@ def parse_box(text: str | Sequence[float] | None) -> tuple[float, float, float, 
     try:
         vals = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except (TypeError, ValueError):
-        raise ReIDError(f"--box: expected 'x1,y1,x2,y2' numbers, got {text!r}") from None
+        raise OptionError("box", f"expected 'x1,y1,x2,y2' numbers, got {text!r}") from None
     if len(vals) != 4 or not all(np.isfinite(vals)) or vals[2] <= vals[0] or vals[3] <= vals[1]:
-        raise ReIDError(f"--box: expected 'x1,y1,x2,y2' with x2 > x1 and y2 > y1, got {text!r}")
+        raise OptionError("box", f"expected 'x1,y1,x2,y2' with x2 > x1 and y2 > y1, got {text!r}")
     return vals[0], vals[1], vals[2], vals[3]
 
 
@@ -38,7 +38,7 @@ def crop_rgb(image: np.ndarray, box: Sequence[float] | None) -> np.ndarray:
 
     h, w = image.shape[:2]
     if box[0] >= w or box[1] >= h or box[2] <= 0 or box[3] <= 0:
-        raise ReIDError(f"--box: {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} image")
+        raise OptionError("box", f"{','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} image")
     return crop_boxes(image, [box], bgr=False)[0]
 
 
@@ -55,7 +55,7 @@ def find_tracklet(gallery: Any, ref: str | int) -> dict[str, Any]:
         rows = gallery.entries(kind="tracklet", tracklet=text)
         rec = rows[0] if rows else None
     if rec is None:
-        raise NotFound(f"--tracklet: no tracklet {text!r} in gallery {gallery.db}", public=f"no tracklet {text!r}")
+        raise NotFound(f"tracklet: no tracklet {text!r} in gallery {gallery.db}", public=f"no tracklet {text!r}")
     return rec
 
 
@@ -89,7 +89,7 @@ def search_tracklets(gallery: Any, image: np.ndarray | str | os.PathLike | None 
 
             arr = read_image(image)
             if arr is None:
-                raise ReIDError(f"--image: cannot read {image} (missing or not an image)")
+                raise OptionError("image", f"cannot read {image} (missing or not an image)")
             image = arr
         feat = gallery.embed([crop_rgb(np.asarray(image), box)])[0]
         query = {"box": list(box) if box is not None else None}
