@@ -118,12 +118,15 @@ def quality(db: Path, gts: dict[str, np.ndarray]) -> dict:
 SETTINGS = [
     ("HOG full rate (every frame, full size, every crop, torch)",
      ["--detector", "hog", "--detect-every", "1", "--detect-scale", "1", "--appearance", "all", "--engine", "torch"]),
-    ("HOG, the previous defaults (scale 0.75, appearance needed, torch)",
-     ["--detector", "hog", "--detect-scale", "0.75", "--appearance", "needed", "--engine", "torch"]),
+    ("HOG, appearance needed (scale 0.75, torch)",
+     ["--detector", "hog", "--detect-scale", "0.75", "--appearance", "needed", "--embed-budget", "0", "--engine", "torch"]),
     ("motion full rate (every crop, torch)", ["--detector", "motion", "--appearance", "all", "--engine", "torch"]),
-    ("motion, appearance needed, torch", ["--detector", "motion", "--appearance", "needed", "--engine", "torch"]),
-    ("defaults (motion, appearance needed, ONNX Runtime)", []),
+    ("motion, appearance needed, torch", ["--detector", "motion", "--appearance", "needed", "--embed-budget", "0",
+                                          "--engine", "torch"]),
+    ("the previous defaults (float ONNX Runtime, no embedding budget)", ["--engine", "onnx", "--embed-budget", "0"]),
+    ("defaults (motion, appearance needed, embedding budget 8, engine auto: int8)", []),
     ("fastest: defaults + --detect-every 2", ["--detect-every", "2"]),
+    ("defaults without the budget (--embed-budget 0)", ["--embed-budget", "0"]),
     ("--detect-scale 0.5 (HOG)", ["--detector", "hog", "--detect-scale", "0.5", "--appearance", "all"]),
     ("--detect-every 3 (HOG)", ["--detector", "hog", "--detect-every", "3", "--appearance", "all"]),
 ]
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=None, help="comma-separated setting numbers (1-based) to run")
     ap.add_argument("--skip-cams", action="store_true")
     ap.add_argument("--busy-frames", type=int, default=60)
+    ap.add_argument("--budgets", default="8,4", help="--embed-budget values measured on the busy scene (int8)")
     ap.add_argument("--dask", action="store_true", help="also: the three cameras on a local Dask cluster, 1 vs 2 workers")
     ap.add_argument("--cam-frames", type=int, default=100)
     ap.add_argument("--cam-size", default="576x768")
@@ -192,16 +196,23 @@ def main(argv: list[str] | None = None) -> None:
                             "--speed", "0.3"])
         gt = read_mot(sb / "cam1" / "gt" / "gt.txt")
         busy = {"boxes_per_frame": float(len(gt) / nb), "frames": nb}
-        for mode in ("all", "needed"):
-            wall, rep = run_video([str(sb / "cam1" / "cam1.avi")], work / f"dbb_{mode}",
-                                  ["--detections", str(sb / "cam1" / "gt" / "gt.txt"), "--appearance", mode],
-                                  ROOT, args.threads)
+        modes = [("all (float ONNX)", ["--appearance", "all", "--engine", "onnx"]),
+                 ("needed, no budget (float ONNX; the previous defaults)", ["--embed-budget", "0", "--engine", "onnx"]),
+                 ("needed, no budget, int8", ["--embed-budget", "0"])]
+        modes += [(f"needed, --embed-budget {b}, int8" + (" (defaults)" if b == "8" else ""), ["--embed-budget", b])
+                  for b in args.budgets.split(",") if b]
+        busy["modes"] = [m for m, _ in modes]
+        for j, (mode, margs) in enumerate(modes):
+            db = work / f"dbb_{j}"
+            wall, rep = run_video([str(sb / "cam1" / "cam1.avi")], db,
+                                  ["--detections", str(sb / "cam1" / "gt" / "gt.txt"), *margs], ROOT, args.threads)
             st = rep["stages"]
             busy[mode] = {"wall_s": wall, "ms_per_frame_embed_track": 1000 * (st["seconds"].get("embed", 0) +
                                                                             st["seconds"].get("track", 0) +
                                                                             st["seconds"].get("crop", 0)) / nb,
                           "embedded_crops": st["counts"].get("embedded", 0), "crops": st["counts"].get("crops", 0),
-                          "in_process_s": rep["seconds"], "cpu_s": rep["_cpu_s"]}
+                          "in_process_s": rep["seconds"], "cpu_s": rep["_cpu_s"], "rtf": nb / 10.0 / wall,
+                          "quality": quality(db, {"cam1": gt}), "stages": st}
             print("busy", mode, json.dumps(busy[mode]), flush=True)
         out["busy"] = busy
 
@@ -268,12 +279,16 @@ def write(out: dict) -> None:
         b = out["busy"]
         lines += ["", f"Busy frames ({b['boxes_per_frame']:.1f} people per frame, ground-truth boxes, {b['frames']} "
                   "frames):", "",
-                  "| appearance | crops embedded / seen | crop + embed + track ms per frame | process wall s | CPU s |",
-                  "|---|---|---|---|---|"]
-        for mode in ("all", "needed"):
+                  "| appearance | crops embedded / seen | crop + embed + track ms per frame | process wall s | "
+                  "real-time factor | CPU s | HOTA | IDF1 | ID switches |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for mode in b.get("modes", ("all", "needed")):
             m = b[mode]
+            q = m.get("quality") or {}
             lines.append(f"| {mode} | {m['embedded_crops']} / {m['crops']} | {m['ms_per_frame_embed_track']:.0f} | "
-                         f"{m['wall_s']:.1f} | {m['cpu_s']:.1f} |")
+                         f"{m['wall_s']:.1f} | {m.get('rtf', b['frames'] / 10.0 / m['wall_s']):.2f} | "
+                         f"{m['cpu_s']:.1f} | {100 * q.get('HOTA', float('nan')):.1f} | "
+                         f"{100 * q.get('IDF1', float('nan')):.1f} | {q.get('id_switches', '-')} |")
     if "three_cameras" in out:
         t = out["three_cameras"]
         st = t["stages"]

@@ -36,7 +36,8 @@ __all__ = ["FeatureExtractor", "ModelIdentity", "IMAGENET_IDENTITY", "DEFAULT_SI
 
 IMAGENET_IDENTITY = "imagenet:efficientnet_lite0"
 DEFAULT_SIZE = (256, 128)
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "int8", "auto-int8")
+INT8_GAIN = 1.25  # auto-int8 keeps the int8 model only when it runs at least this much faster than float
 
 log = logging.getLogger(__name__)
 
@@ -294,14 +295,24 @@ def _choose_engine(model: Any, ident: ModelIdentity, engine: str, device: str | 
         engine = "onnx" if on_cpu and _has_onnxruntime() and not getattr(model, "uses_camera", False) else "torch"
         if engine == "onnx":
             try:
-                return _onnx_runner(model, ident, threads), "onnx"
+                return _onnx_runner(model, ident, threads)
             except (ReIDError, OSError, RuntimeError) as exc:  # no writable cache, a model ONNX cannot express
                 log.warning("engine auto: ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
                 engine = "torch"
+    if engine in ("int8", "auto-int8"):
+        if not on_cpu:
+            if engine == "auto-int8":
+                return _choose_engine(model, ident, "auto", device, threads)
+            raise ReIDError(f"engine int8 runs on the CPU; got device {device!r} (use engine='torch')")
+        try:
+            return _onnx_runner(model, ident, threads, int8="auto" if engine == "auto-int8" else True)
+        except (ReIDError, OSError, RuntimeError, ImportError) as exc:  # e.g. a model with camera inputs
+            log.warning("engine %s: cannot quantise this model (%s); using engine auto", engine, exc)
+            return _choose_engine(model, ident, "auto", device, threads)
     if engine == "onnx":
         if not on_cpu:
             raise ReIDError(f"engine onnx runs on the CPU; got device {device!r} (use engine='torch')")
-        return _onnx_runner(model, ident, threads), "onnx"
+        return _onnx_runner(model, ident, threads)
     from reidkit.models.fold import fold_batchnorm
 
     return fold_batchnorm(model), "torch"
@@ -313,17 +324,41 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
-def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | None) -> Any:
-    """The model's ONNX export (made once per weights hash and input size, then reused) on onnxruntime."""
+def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | None,
+                 int8: bool | str = False) -> tuple[Any, str]:
+    """(runner, engine name): the model's ONNX export (made once per weights hash and input size, then
+    reused) on onnxruntime; ``int8=True``: its int8 quantisation (reidkit.models.quantize), cached beside it;
+    ``int8="auto"``: the int8 model where it runs INT8_GAIN times faster than the float one on this machine
+    (timed once per model, the verdict cached in ``<entry>-int8.json``), else the float one."""
     from reidkit.models.exported import OnnxFeatureModel
 
     info = model.info
-    key = f"{info.sha256 or ident.name.replace(':', '_')}-{ident.input_size[0]}x{ident.input_size[1]}.onnx"
+    key = f"{info.sha256 or ident.name.replace(':', '_')}-{ident.input_size[0]}x{ident.input_size[1]}"
     cache = onnx_cache_dir()
-    path = cache / key
+    path = cache / f"{key}.onnx"
+    if int8:
+        verdict = cache / f"{key}-int8.json"
+        if int8 == "auto" and _int8_verdict(verdict) is False:
+            return _onnx_runner(model, ident, threads)
+        qpath = cache / f"{key}-int8.onnx"
+        quantized = None
+        if qpath.is_file():
+            try:
+                quantized = OnnxFeatureModel(qpath, threads=threads)
+            except ReIDError as exc:
+                log.warning("onnx cache %s cannot be loaded (%s); quantising again", qpath, exc)
+        float_runner, _ = _onnx_runner(model, ident, threads)  # the float export first (cached)
+        if quantized is None:
+            from reidkit.models.quantize import quantize_onnx
+
+            quantize_onnx(path, qpath, ident.input_size, ident.mean, ident.std)
+            quantized = OnnxFeatureModel(qpath, threads=threads)
+        if int8 == "auto" and not _int8_pays(float_runner, quantized, ident, verdict):
+            return float_runner, "onnx"
+        return quantized, "int8"
     if path.is_file():
         try:
-            return OnnxFeatureModel(path, threads=threads)
+            return OnnxFeatureModel(path, threads=threads), "onnx"
         except ReIDError as exc:  # a damaged cache entry: made again below
             log.warning("onnx cache %s cannot be loaded (%s); exporting it again", path, exc)
     from reidkit.export import export_model_to
@@ -334,4 +369,47 @@ def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | No
         raise ReIDError(f"onnx cache {cache}: cannot create it ({exc.strerror or exc}); set REIDKIT_HOME "
                         "or use engine='torch'") from None
     export_model_to(model, path, size=ident.input_size)  # atomic: a killed export leaves no partial file
-    return OnnxFeatureModel(path, threads=threads)
+    return OnnxFeatureModel(path, threads=threads), "onnx"
+
+
+def _int8_verdict(record: Path) -> bool | None:
+    """The cached answer of _int8_pays (None: not measured yet, or an unreadable record)."""
+    import json
+
+    try:
+        return bool(json.loads(record.read_text())["int8_pays"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _int8_pays(float_runner: Any, int8_runner: Any, ident: ModelIdentity, record: Path) -> bool:
+    """Whether the int8 model runs INT8_GAIN times faster than the float one here (cached in ``record``)."""
+    import time
+
+    from reidkit.models.quantize import calibration_crops
+    from reidkit.utils.io import write_json
+
+    known = _int8_verdict(record)
+    if known is not None:
+        return known
+    x = torch.from_numpy(calibration_crops(ident.input_size, ident.mean, ident.std, n=8, seed=2))
+
+    def best(run: Any) -> float:
+        run(x)  # warm-up
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    t_float, t_int8 = best(float_runner), best(int8_runner)
+    pays = t_float >= INT8_GAIN * t_int8
+    try:
+        write_json(record, {"int8_pays": pays, "float_ms_per_crop": 1000 * t_float / len(x),
+                            "int8_ms_per_crop": 1000 * t_int8 / len(x), "gain_needed": INT8_GAIN})
+    except (OSError, ReIDError) as exc:  # measured again next time
+        log.warning("onnx cache %s: cannot record the int8 timing (%s)", record, exc)
+    log.info("engine auto-int8: float %.1f ms/crop, int8 %.1f ms/crop: %s", 1000 * t_float / len(x),
+             1000 * t_int8 / len(x), "int8" if pays else "float")
+    return pays

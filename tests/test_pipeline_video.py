@@ -89,6 +89,48 @@ def test_appearance_needed_embeds_fewer_crops_real_features_only(video):
     gen.close()
 
 
+class _Track:
+    """What _Video._reuse reads of a DeepSort track: its features, frames since update, Kalman mean."""
+
+    def __init__(self, box, feat):
+        x1, y1, x2, y2 = box
+        h = y2 - y1
+        self.mean = np.array([(x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / h, h, 0, 0, 0, 0], float)
+        self.features, self.time_since_update = [np.full(4, feat, np.float32)], 1
+
+
+@pytest.mark.parametrize("budget, embedded", [(0, {0, 1, 3}), (2, {0, 1, 3}), (1, {1, 3})])
+def test_embed_budget_embeds_the_most_ambiguous_and_always_the_new(video, budget, embedded):
+    from reidkit.video.pipeline import Settings, _Video
+
+    v = _Video(video[0], Settings(appearance="needed", embed_budget=budget), FakeEmbedder(), None)
+    # tracks A and B overlap; C stands alone
+    v.tracker.ds.tracker.tracks = [_Track((0, 0, 20, 40), 1.0), _Track((12, 0, 32, 40), 2.0),
+                                   _Track((100, 0, 120, 40), 3.0)]
+    boxes = np.array([[0, 0, 20, 40],      # on A, overlapped by B: ambiguous, margin 0.75
+                      [14, 0, 34, 40],     # between A and B: ambiguous, margin 0.57 (the most ambiguous)
+                      [100, 0, 120, 40],   # on C alone: reuses C's feature
+                      [200, 0, 220, 40]],  # near no track: new, always embedded
+                     np.float32)
+    out = v._reuse(boxes)
+    assert {i for i, f in enumerate(out) if f is None} == embedded
+    assert out[2][0] == 3.0
+    if budget == 1:
+        assert out[0][0] == 1.0  # over budget: the nearest track's feature, motion decides
+
+
+def test_embed_budget_is_stored_and_checked(video):
+    from reidkit.errors import ReIDError
+    from reidkit.video.pipeline import Settings, check_settings
+
+    assert Settings(appearance="needed", embed_budget=3).stored(video[0])["embed_budget"] == 3
+    assert "embed_budget" not in Settings(appearance="needed").stored(video[0])  # today's states unchanged
+    with pytest.raises(ReIDError, match=r"^embed_budget: must be >= 0"):
+        check_settings(Settings(appearance="needed", embed_budget=-1))
+    with pytest.raises(ReIDError, match=r"^embed_budget: applies to appearance 'needed' only"):
+        check_settings(Settings(embed_budget=2))
+
+
 def test_detect_every_interpolates_boxes(video):
     from reidkit.video.pipeline import Settings
     from reidkit.video.tracklets import OpenTracklet

@@ -103,7 +103,7 @@ def test_two_processes_on_one_new_gallery(scene, sequential, tmp_path):
     db = tmp_path / "db"
     kw = scene["kw"]
     argv = ["video", *[str(v) for v in scene["scene"].videos], "--db", str(db), "--weights", kw["weights"],
-            "--chunk", "6", "--appearance", "all"]
+            "--chunk", "6", "--appearance", "all", "--engine", "onnx"]  # float: the sequential run's features
     for d in kw["detections"]:
         argv += ["--detections", d]
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"

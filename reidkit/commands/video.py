@@ -55,12 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "benchmarks/results/bench_video.md)")
     p.add_argument("--detect-scale", type=bounded_float("--detect-scale", 0.05, 1.0), default=0.75,
                    help="--detector hog: run it on the frame scaled by this factor (default 0.75)")
-    p.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
-                   help="how the embedder runs: auto (ONNX Runtime on a CPU when installed, measured faster in "
-                        "benchmarks/bench_embed.py; else PyTorch), torch, onnx (default auto)")
+    p.add_argument("--engine", choices=["auto", "torch", "onnx", "int8"], default="auto",
+                   help="how the embedder runs: auto (ONNX Runtime on a CPU, int8-quantised where that is measured "
+                        "at least 1.25x faster for this model here, timed once and cached; else float; PyTorch "
+                        "without onnxruntime), torch, onnx (float), int8 (default auto; "
+                        "benchmarks/results/bench_video.md)")
     p.add_argument("--appearance", choices=["needed", "all"], default="needed",
                    help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
                         "ambiguous detections, best-K crop candidates (needed, default)")
+    p.add_argument("--embed-budget", type=at_most("--embed-budget", 10000), default=8, metavar="N",
+                   help="--appearance needed: embed at most N ambiguous detections per frame, the most ambiguous "
+                        "first; the others are matched by motion, so crowds keep the camera's pace (default 8; "
+                        "0: no limit, for the best tracking of recorded footage; see benchmarks/results/bench_video.md)")
     p.add_argument("--streams", type=at_most("--streams", 64), default=4,
                    help="videos processed at once in this process, sharing one embedder (default 4)")
     p.add_argument("--workers", type=at_most("--workers", 256), default=None,
@@ -142,7 +148,9 @@ def _run_video(args: argparse.Namespace) -> int:
               min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
               max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
               detector_size=size, person_class=args.person_class, detect_every=detect_every,
-              detect_scale=args.detect_scale, appearance=args.appearance, engine=args.engine)
+              detect_scale=args.detect_scale, appearance=args.appearance,
+              embed_budget=args.embed_budget if args.appearance == "needed" else 0,
+              engine="auto-int8" if args.engine == "auto" else args.engine)
     if args.workers is not None or args.cluster is not None:
         from reidkit.video.cluster import ingest_on_cluster
 

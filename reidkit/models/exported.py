@@ -109,6 +109,9 @@ class _ExportedFeatureModel:
                          model_cfg=self.metadata.get("model_cfg"))
 
 
+RUN_BATCH = 16  # images per onnxruntime run
+
+
 class OnnxFeatureModel(_ExportedFeatureModel):
     source_format = "onnx"
 
@@ -134,13 +137,19 @@ class OnnxFeatureModel(_ExportedFeatureModel):
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
-        """Features of a normalised float NCHW batch (a float32 tensor on ``x``'s device)."""
+        """Features of a normalised float NCHW batch (a float32 tensor on ``x``'s device).
+
+        Runs in slices of at most RUN_BATCH images: on a CPU larger runs are slower per image (their
+        activations leave the cache; measured in benchmarks/bench_embed.py)."""
         cams = self._check(x, cams)
-        feeds = {self.input_name: np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())}
-        if cams is not None:
-            feeds[CAMS_NAME] = np.ascontiguousarray(cams.numpy())
-        out = self.session.run(None, feeds)[0]
-        return torch.from_numpy(out).to(x.device)
+        xs = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        outs = []
+        for i in range(0, max(len(xs), 1), RUN_BATCH):
+            feeds = {self.input_name: xs[i:i + RUN_BATCH]}
+            if cams is not None:
+                feeds[CAMS_NAME] = np.ascontiguousarray(cams[i:i + RUN_BATCH].numpy())
+            outs.append(self.session.run(None, feeds)[0])
+        return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0]).to(x.device)
 
 
 class TorchScriptFeatureModel(_ExportedFeatureModel):

@@ -112,7 +112,8 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     settings = check_settings(Settings(int(kw.pop("every", 1)), int(kw.pop("chunk", 50)), int(kw.pop("k", 4)),
                                        int(kw.pop("min_len", 3)), int(kw.pop("max_age", 15)),
                                        int(kw.pop("n_init", 3)), float(kw.pop("max_cosine_distance", 0.1)),
-                                       int(kw.pop("detect_every", 1)), str(kw.pop("appearance", "all"))))
+                                       int(kw.pop("detect_every", 1)), str(kw.pop("appearance", "all")),
+                                       int(kw.pop("embed_budget", 0))))
     jobs = prepare_jobs(videos, kw.pop("cameras", None), kw.pop("detections", None), kw.pop("detector", None),
                         kw.pop("conf", 0.25), kw.pop("start_times", None), kw.pop("hog_min_height", 480),
                         kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0))

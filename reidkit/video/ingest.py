@@ -321,11 +321,12 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
            max_age: int = 15, n_init: int = 3, max_cosine_distance: float = 0.1,
            progress: Callable[[str], None] | None = _stderr, embedder: Embedder | None = None,
            detector_size: tuple[int, int] | None = None, person_class: int = 0,
-           detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all",
+           detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all", embed_budget: int = 0,
            streams: int = DEFAULT_STREAMS, engine: str = "torch") -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring."""
     settings = check_settings(Settings(int(every), int(chunk), int(k), int(min_len), int(max_age), int(n_init),
-                                       float(max_cosine_distance), int(detect_every), str(appearance)))
+                                       float(max_cosine_distance), int(detect_every), str(appearance),
+                                       int(embed_budget)))
     if int(streams) < 1:
         raise OptionError("streams", f"must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,

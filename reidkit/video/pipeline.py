@@ -117,6 +117,7 @@ class Settings:
     max_cosine_distance: float = 0.1
     detect_every: int = 1
     appearance: str = "all"
+    embed_budget: int = 0
 
     def tracker_kw(self) -> dict[str, Any]:
         """Keyword arguments of reidkit.video.track.Tracker."""
@@ -131,6 +132,8 @@ class Settings:
             d["detect_every"] = self.detect_every
         if self.appearance != "all":
             d["appearance"] = self.appearance
+        if self.embed_budget:
+            d["embed_budget"] = self.embed_budget
         scale = job.detector_spec.get("scale", 1.0)
         if job.detector_spec["kind"] == "hog" and scale != 1.0:
             d["detect_scale"] = scale
@@ -139,12 +142,15 @@ class Settings:
 
 def check_settings(s: Settings) -> Settings:
     """ReIDError naming the option for a value out of range."""
-    for name, v in (("--every", s.every), ("--chunk", s.chunk), ("--k", s.k), ("--min-len", s.min_len),
-                    ("--max-age", s.max_age), ("--n-init", s.n_init), ("--detect-every", s.detect_every)):
-        if int(v) < 1:
-            raise ReIDError(f"{name}: must be >= 1, got {v}")
+    for name in ("every", "chunk", "k", "min_len", "max_age", "n_init", "detect_every"):
+        if int(getattr(s, name)) < 1:
+            raise OptionError(name, f"must be >= 1, got {getattr(s, name)}")
     if s.appearance not in APPEARANCE:
         raise OptionError("appearance", f"expected one of {', '.join(APPEARANCE)}, got {s.appearance!r}")
+    if int(s.embed_budget) < 0:
+        raise OptionError("embed_budget", f"must be >= 0 (0: no limit), got {s.embed_budget}")
+    if s.embed_budget and s.appearance == "all":
+        raise OptionError("embed_budget", "applies to appearance 'needed' only (with 'all' every crop is embedded)")
     return s
 
 
@@ -459,13 +465,20 @@ class _Video:
                      frames, last, seconds)
 
     def _reuse(self, boxes: np.ndarray) -> list[np.ndarray | None]:
-        """Per detection: the feature to reuse (its one-to-one track's last feature), or None to embed the crop."""
+        """Per detection: the feature to reuse (its one-to-one track's last feature), or None to embed the crop.
+
+        With an embedding budget B, at most B ambiguous detections of the frame are embedded: those whose
+        nearest predicted track (IoU >= PAIR_IOU) leads the next overlap by the smallest margin; the others
+        reuse that track's feature (motion decides their match). Detections near no track are always
+        embedded: they start tracks or re-find lost ones.
+        """
         out: list[np.ndarray | None] = [None] * len(boxes)
         # tracks seen in the last processed frame: DeepSort's matching cascade serves them before any
         # track lost for longer, so only they compete for a detection
         tracks = [t for t in self.tracker.ds.tracker.tracks if t.features and t.time_since_update <= 1]
         if not tracks or not len(boxes):
             return out
+        ambiguous: list[tuple[float, int, int]] = []  # (margin, detection, nearest track)
         pred = []
         for t in tracks:  # the Kalman prediction for this frame: constant velocity on (cx, cy, a, h)
             cx, cy, a, h = (t.mean[:4] + t.mean[4:8]).tolist()
@@ -476,9 +489,15 @@ class _Video:
             j = int(np.argmax(iou[d]))
             if iou[d, j] < PAIR_IOU:
                 continue
-            if (np.delete(iou[d], j) >= OTHER_IOU).any() or (np.delete(iou[:, j], d) >= OTHER_IOU).any():
-                continue  # ambiguous: another track or detection overlaps
+            other = max(np.delete(iou[d], j).max(initial=0.0), np.delete(iou[:, j], d).max(initial=0.0))
+            if other >= OTHER_IOU:  # ambiguous: another track or detection overlaps
+                ambiguous.append((float(iou[d, j] - other), d, j))
+                continue
             out[d] = tracks[j].features[-1]
+        budget = int(self.s.embed_budget)
+        if budget and len(ambiguous) > budget:
+            for _margin, d, j in sorted(ambiguous)[budget:]:
+                out[d] = tracks[j].features[-1]
         return out
 
     def step(self, idx: int, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> None:

@@ -1,0 +1,76 @@
+"""int8 ONNX models for CPU inference (the ``int8`` engine of reidkit.inference).
+
+An exported float model is quantised statically with ONNX Runtime's tools: weights int8 per output
+channel, activations uint8 with min-max ranges, written as QDQ pairs that ONNX Runtime fuses into integer
+kernels (VNNI where the CPU has it). The activation ranges are calibrated on person crops of reidkit's
+synthetic generator (``reidkit.data.synthetic.render``): deterministic, offline, the same for everyone,
+so one cache entry per model is valid on every machine. What int8 costs in features and tracking is
+measured in tests/test_quantize.py and benchmarks/bench_video.py; the float engines stay the default for
+galleries and evaluation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from reidkit.errors import ReIDError
+
+CALIBRATION_CROPS = 96
+CALIBRATION_SEED = 0
+
+
+def calibration_crops(size: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                      n: int = CALIBRATION_CROPS, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """``n`` synthetic person crops as the model's input: float32 ``n x 3 x H x W``, normalised."""
+    from reidkit.data.synthetic.render import Job, render_crop
+
+    H, W = int(size[0]), int(size[1])
+    ids = max(1, n // 4)
+    crops = [np.asarray(render_crop(Job("", key=i % ids, idx=i // ids, cam=i % 3, kind="person", view=i % 4),
+                                    seed, 0, (H, W)).convert("RGB"), np.float32) / 255.0 for i in range(n)]
+    x = (np.stack(crops) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence[int], mean: Sequence[float],
+                  std: Sequence[float], n: int = CALIBRATION_CROPS) -> Path:
+    """Write the int8 version of the float ONNX model ``src`` to ``dst`` (atomically); its metadata is kept."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    inputs = [i.name for i in model.graph.input]
+    if len(inputs) != 1:
+        raise ReIDError(f"int8: {src} takes {len(inputs)} inputs ({', '.join(inputs)}); only single-input "
+                        "models (no camera ids) can be quantised")
+    batch = calibration_crops(size, mean, std, n)
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{inputs[0]: batch[i:i + 1]} for i in range(len(batch))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory(prefix=".int8-", dir=dst.parent) as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(src), str(pre))
+        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        q = onnx.load(str(out))
+        meta = {p.key: p.value for p in model.metadata_props}
+        meta["quantized"] = json.dumps(f"int8 static QDQ, min-max on {n} synthetic crops (seed {CALIBRATION_SEED})")
+        del q.metadata_props[:]
+        for k, v in meta.items():
+            q.metadata_props.add(key=k, value=v)
+        onnx.save(q, str(out))
+        os.replace(out, dst)  # same folder: atomic, a killed quantisation leaves no partial entry
+    return dst
+

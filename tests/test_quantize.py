@@ -1,0 +1,89 @@
+"""The int8 engine (reidkit.models.quantize): features close to the float model's on unseen crops, the
+same identities found, one quantisation per model cached (a damaged entry made again), metadata kept."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reidkit.inference import FeatureExtractor
+
+SIZE = (128, 64)
+
+
+def _crops(ids: int = 6, per_id: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic person crops (a seed the calibration never saw) and their identities."""
+    from reidkit.data.synthetic.render import Job, render_crop
+
+    ims, pids = [], []
+    for k in range(ids):
+        for i in range(per_id):
+            ims.append(np.asarray(render_crop(Job("", 50 + k, i, i % 3, "person", i % 4), 9, 0, SIZE).convert("RGB")))
+            pids.append(k)
+    return np.stack(ims), np.asarray(pids)
+
+
+def _rank1_ids(f: np.ndarray) -> np.ndarray:
+    s = f @ f.T
+    np.fill_diagonal(s, -np.inf)
+    return s.argmax(1)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")  # one ONNX cache for the module: a model is quantised once
+
+
+def test_int8_features_are_close_and_cached(home, monkeypatch):
+    import reidkit.models.quantize as quantize
+
+    monkeypatch.setenv("REIDKIT_HOME", str(home))
+    ims, pids = _crops()
+    f32 = FeatureExtractor.load(None, size=SIZE, engine="onnx", threads=1)
+    q = FeatureExtractor.load(None, size=SIZE, engine="int8", threads=1)
+    assert q.engine == "int8" and q.identity == f32.identity and q.dim == f32.dim == 1280
+    a, b = f32.embed(ims, flip=False), q.embed(ims, flip=False)
+    cos = (a * b).sum(1)
+    assert cos.mean() >= 0.95 and cos.min() >= 0.9, (cos.mean(), cos.min())
+    # what ReID asks of a feature: the nearest other crop is as often the same person as with float
+    hits32 = (pids[_rank1_ids(a)] == pids).mean()
+    hits8 = (pids[_rank1_ids(b)] == pids).mean()
+    assert hits8 >= hits32 - 1 / len(pids), (hits32, hits8)
+    assert "quantized" in q.model.session.get_modelmeta().custom_metadata_map
+    entry = home / "onnx-cache" / "imagenet_efficientnet_lite0-128x64-int8.onnx"
+    assert entry.is_file()
+    # a second load reuses the entry: no second quantisation, equal features
+    monkeypatch.setattr(quantize, "quantize_onnx", lambda *a, **k: pytest.fail("quantised twice"))
+    again = FeatureExtractor.load(None, size=SIZE, engine="int8", threads=1)
+    np.testing.assert_allclose(again.embed(ims, flip=False), b, atol=1e-6)
+    monkeypatch.undo()
+    monkeypatch.setenv("REIDKIT_HOME", str(home))
+    entry.write_bytes(entry.read_bytes()[:500])  # damaged: quantised again, the same model
+    remade = FeatureExtractor.load(None, size=SIZE, engine="int8", threads=1)
+    assert remade.engine == "int8"
+    np.testing.assert_allclose(remade.embed(ims, flip=False), b, atol=1e-6)
+
+
+def test_int8_on_a_gpu_device_is_refused():
+    from reidkit.errors import ReIDError
+
+    with pytest.raises(ReIDError, match="engine int8 runs on the CPU"):
+        FeatureExtractor.load(None, size=SIZE, engine="int8", device="cuda")
+
+
+def test_auto_int8_keeps_int8_only_where_it_pays(home, monkeypatch):
+    import json
+
+    import reidkit.inference as inference
+
+    monkeypatch.setenv("REIDKIT_HOME", str(home))
+    record = home / "onnx-cache" / "imagenet_efficientnet_lite0-128x64-int8.json"
+    record.unlink(missing_ok=True)
+    monkeypatch.setattr(inference, "INT8_GAIN", 1e6)  # int8 is never a million times faster: float
+    assert FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1).engine == "onnx"
+    timing = json.loads(record.read_text())
+    assert timing["int8_pays"] is False and timing["float_ms_per_crop"] > 0 and timing["int8_ms_per_crop"] > 0
+    monkeypatch.setattr(inference, "INT8_GAIN", 0.0)  # the verdict is cached: not timed again
+    assert FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1).engine == "onnx"
+    record.unlink()
+    assert FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1).engine == "int8"
+    assert json.loads(record.read_text())["int8_pays"] is True
