@@ -60,13 +60,26 @@ def ingested(run):
 
     db = run["root"] / "db"
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main(["video", *run["args"], "--db", str(db)])
     assert code == 0, err.getvalue()
     from reidkit.retrieval.index import Gallery
 
-    return {"db": db, "stderr": err.getvalue(), "gallery": Gallery.open(db)}
+    return {"db": db, "stderr": err.getvalue(), "stdout": out.getvalue(), "gallery": Gallery.open(db)}
+
+
+def test_the_default_engine_is_onnx_runtime_int8_where_it_pays(ingested):
+    """`--engine auto`: ONNX Runtime, int8 when timed faster here (the verdict is cached beside the export);
+    the report names the engine used."""
+    import json
+
+    from reidkit.inference import onnx_cache_dir
+
+    line = [ln for ln in ingested["stdout"].splitlines() if ln.startswith("gallery ")][-1]
+    record = onnx_cache_dir() / "imagenet_efficientnet_lite0-256x128-int8.json"
+    pays = json.loads(record.read_text())["int8_pays"]
+    assert line.endswith(f"(embedder: {'int8' if pays else 'onnx'})"), line
 
 
 def _tracklet_set(db) -> dict:

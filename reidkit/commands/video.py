@@ -166,7 +166,8 @@ def _run_video(args: argparse.Namespace) -> int:
                 got = f"{v['frames_decoded']} of {v['frames_announced']} frames" if v.get("frames_announced") else "part"
                 state += f"; warning: truncated or corrupt file, only {got} could be decoded"
             print(f"{v['camera']}: {v['video']}: {state}")
-        print(f"gallery {rep['db']}: {rep['gallery_tracklets']} tracklets")
+        used = f" (embedder: {rep['engine']})" if rep.get("engine") else ""
+        print(f"gallery {rep['db']}: {rep['gallery_tracklets']} tracklets{used}")
     return 0
 
 

@@ -346,4 +346,5 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     gallery.refresh()
     return {"db": str(gallery.db), "videos": reports, "tracklets": sum(r["tracklets"] for r in reports),
             "gallery_tracklets": len(gallery.entries(kind="tracklet")),
-            "seconds": round(time.perf_counter() - t0, 3), "stages": stats.report()}
+            "seconds": round(time.perf_counter() - t0, 3), "stages": stats.report(),
+            "engine": getattr(getattr(embedder, "extractor", None), "engine", None)}
