@@ -158,3 +158,33 @@ def test_model_io_imports_one_way():
         "assert not [m for m in sys.modules if m.startswith(('reidkit.retrieval', 'reidkit.video'))]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_index_build_and_add_run_the_engine_they_are_given(tmp_path, monkeypatch):
+    """`index build --engine onnx` embeds with the cached export: the torch gallery's features within 1e-4."""
+    from PIL import Image
+
+    from reidkit.cli import main
+    from reidkit.retrieval.index import Gallery
+
+    monkeypatch.setenv("REIDKIT_HOME", str(tmp_path / "home"))
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(
+            crops / f"{i:04d}_c{i % 2 + 1}s1_000001_00.jpg")
+    size = ["--size", "64", "32"]
+    assert main(["index", "build", "--images", str(crops), "--db", str(tmp_path / "t"), *size]) == 0
+    assert not (tmp_path / "home" / "onnx-cache").exists()  # torch (the default) exports nothing
+    assert main(["index", "build", "--images", str(crops), "--db", str(tmp_path / "o"), *size, "--engine", "onnx"]) == 0
+    assert (tmp_path / "home" / "onnx-cache" / "imagenet_efficientnet_lite0-64x32.onnx").is_file()
+
+    def feats(db):
+        g = Gallery.open(db)
+        rows = sorted(g.entries(), key=lambda r: r["path"])
+        return g.features([r["id"] for r in rows])
+
+    np.testing.assert_allclose(feats(tmp_path / "o"), feats(tmp_path / "t"), atol=1e-4)
+    g = Gallery.open(tmp_path / "t", engine="onnx")
+    assert g.extractor.engine == "onnx"  # what `index add --engine onnx` embeds with
+    assert main(["index", "add", "--images", str(crops), "--db", str(tmp_path / "t"), "--engine", "auto"]) == 0

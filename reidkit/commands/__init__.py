@@ -14,6 +14,14 @@ def params(action: argparse.Action, *names: str) -> argparse.Action:
     return action
 
 
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """``--engine``: how a verb that embeds images runs the model (float features on every engine)."""
+    parser.add_argument("--engine", choices=["torch", "onnx", "auto"], default="torch",
+                        help="torch (BatchNorm folded; default), onnx (onnxruntime on the CPU, about 2x faster "
+                             "there: benchmarks/bench_embed.py; the export is cached by the weights' hash under "
+                             "$REIDKIT_HOME/onnx-cache, features equal to torch within 1e-4) or auto (onnx on a CPU)")
+
+
 def add_from_argument(parser: argparse.ArgumentParser) -> None:
     """``--from FORMAT``: read --weights as another toolkit's checkpoint (default: detected from its keys)."""
     params(parser.add_argument("--from", dest="weights_format", choices=FOREIGN_FORMATS, default=None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument, add_trust_argument, params
+from reidkit.commands import add_engine_argument, add_from_argument, add_trust_argument, params
 from reidkit.commands._args import side
 
 
@@ -33,9 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ext.add_argument("--amp", action="store_true", help="autocast the model (torch weights only)")
     ext.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16",
                      help="autocast dtype with --amp (default bf16)")
-    ext.add_argument("--engine", choices=["torch", "onnx", "auto"], default="torch",
-                     help="torch (BatchNorm folded), onnx (onnxruntime on CPU; the export is cached by the "
-                          "weights' hash under $REIDKIT_HOME/onnx-cache) or auto (onnx on CPU)")
+    add_engine_argument(ext)
     ext.add_argument("--workers", type=int, default=None,
                      help="extract on a local Dask cluster of N worker processes (127.0.0.1; needs .[dask])")
     ext.add_argument("--cluster", default=None, metavar="ADDRESS",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_from_argument, add_trust_argument, params
+from reidkit.commands import add_engine_argument, add_from_argument, add_trust_argument, params
 from reidkit.commands._args import positive_int, side, sqlite_id
 import json
 import sys
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="input size for the ImageNet extractor, each side 8..2048 (default 256 128; "
                             "checkpoints use their own)")
     _common_model_args(build)
+    add_engine_argument(build)
     build.add_argument("--overwrite", action="store_true",
                        help="replace an existing gallery in --db (built beside it, swapped in atomically)")
     build.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of "
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
     add.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     _common_model_args(add)
+    add_engine_argument(add)
     add.set_defaults(func=_add)
     add_trust_argument(add)
 
@@ -189,11 +191,11 @@ def _build(args: argparse.Namespace) -> int:
         if args.weights is None:
             raise ReIDError("--from needs --weights (the checkpoint of that toolkit)")
         extra["extractor"] = FeatureExtractor.load(args.weights, device=args.device, batch_size=args.batch_size,
-                                                   size=args.size, fmt=args.weights_format)
+                                                   size=args.size, fmt=args.weights_format, engine=args.engine)
     g = Gallery.build(args.images, args.db, weights=args.weights, index=args.index, nlist=args.nlist,
                       nprobe=args.nprobe, ef_search=args.ef_search, batch_size=args.batch_size,
                       device=args.device, size=args.size, overwrite=args.overwrite, progress=_progress,
-                      pq_m=args.pq_m, strict=args.strict, collection=args.collection, **extra)
+                      pq_m=args.pq_m, strict=args.strict, collection=args.collection, engine=args.engine, **extra)
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
     return 0
@@ -204,7 +206,7 @@ def _add(args: argparse.Namespace) -> int:
 
     _positive(batch_size=args.batch_size)
     g = Gallery.open(args.db, weights=args.weights, device=args.device, batch_size=args.batch_size,
-                     collection=args.collection)
+                     collection=args.collection, engine=args.engine)
     rep = g.add(args.images, progress=_progress, strict=args.strict)
     _report("index add", args.db, rep)
     return 0

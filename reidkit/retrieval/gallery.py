@@ -57,6 +57,7 @@ class Gallery:
         self.device = device
         self._batch_size = int(batch_size)
         self._extractor = extractor
+        self._engine = "torch"  # how a model loaded by use_model runs (Gallery.open(engine=...))
         self._lock = threading.RLock()
         self.last_report: dict[str, Any] = {}
 
@@ -150,9 +151,10 @@ class Gallery:
               device: str | None = None, size: Sequence[int] | None = None, overwrite: bool = False,
               progress: Callable[[str], None] | None = None, extractor: FeatureExtractor | None = None,
               pq_m: int | None = None, refine_k: int = DEFAULT_REFINE_K, strict: bool = False,
-              lock_timeout: float | None = None, collection: str | None = None) -> Gallery:
+              lock_timeout: float | None = None, collection: str | None = None, engine: str = "torch") -> Gallery:
         """Embed every image under `images_dir` into a new gallery `db`, published whole (`extractor` overrides `weights`).
 
+        `engine`: how the model runs ("torch", "onnx", "auto": reidkit.inference; float features either way).
         `index`: flat | ivf | ivfpq | hnsw, or "approx" for the measured default approximate kind.
         With `overwrite` the new gallery is built beside the old one and swapped in at the end;
         the old one stays searchable until then.
@@ -173,7 +175,7 @@ class Gallery:
         if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
             raise OptionError("pq_m", f"must divide the feature dimension {extractor.identity.feat_dim}", value=pq_m)
         if extractor is None:
-            extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size)
+            extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size, engine=engine)
         ident = extractor.identity
         info = {
             "index_kind": index, "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
@@ -227,7 +229,7 @@ class Gallery:
     def open(cls, db: str | os.PathLike, weights: str | os.PathLike | None = None,
              device: str | None = None, batch_size: int = 64,
              extractor: FeatureExtractor | None = None, collection: str | None = None,
-             readonly: bool = False) -> Gallery:
+             readonly: bool = False, engine: str = "torch") -> Gallery:
         """Open an existing gallery; `weights` or `extractor` (else the stored source, loaded on first use) must match its model.
 
         A folder that cannot be written (read-only media) opens read-only: search and check work,
@@ -235,6 +237,7 @@ class Gallery:
         """
         store = open_store(db, collection=collection, readonly=readonly)
         gallery = cls(store, store.snapshot(), None, device, batch_size, collection)
+        gallery._engine = engine
         if extractor is not None:
             gallery.use_extractor(extractor)
         elif weights is not None:
@@ -247,7 +250,7 @@ class Gallery:
         """Load `weights` (None: the stored source) as the query model, refusing one that is not the gallery's."""
         with self._lock:
             ext = FeatureExtractor.load(weights, device=self.device, batch_size=self._batch_size,
-                                        size=self.identity.input_size)
+                                        size=self.identity.input_size, engine=self._engine)
             self.check_identity(ext.identity)
             self._extractor = ext
             return ext
