@@ -306,7 +306,7 @@ def _choose_engine(model: Any, ident: ModelIdentity, engine: str, device: str | 
             raise ReIDError(f"engine int8 runs on the CPU; got device {device!r} (use engine='torch')")
         try:
             return _onnx_runner(model, ident, threads, int8="auto" if engine == "auto-int8" else True)
-        except (ReIDError, OSError, RuntimeError, ImportError) as exc:  # e.g. a model with camera inputs
+        except Exception as exc:  # noqa: BLE001 - e.g. camera inputs, no onnxruntime, a quantiser error
             log.warning("engine %s: cannot quantise this model (%s); using engine auto", engine, exc)
             return _choose_engine(model, ident, "auto", device, threads)
     if engine == "onnx":

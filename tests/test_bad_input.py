@@ -253,6 +253,8 @@ CASES = [
      "--max-cosine-distance"),
     ("video-conf-2", ["video", T("video"), "--db", T("w") + "/vdb", "--conf", "2"], "--conf"),
     ("video-conf-nan", ["video", T("video"), "--db", T("w") + "/vdb", "--conf", "nan"], "--conf"),
+    ("video-embed-budget-negative", ["video", T("video"), "--db", T("w") + "/vdb", "--embed-budget", "-1"],
+     "--embed-budget: must be >= 0"),
     ("mot-frame-fraction", ["video", T("video"), "--db", T("w") + "/vdb", "--detections", T("w") + "/det_half.txt"],
      "det_half.txt, line 2"),
     ("mot-frame-inf", ["video", T("video"), "--db", T("w") + "/vdb", "--detections", T("w") + "/det_inf.txt"],

@@ -87,3 +87,19 @@ def test_auto_int8_keeps_int8_only_where_it_pays(home, monkeypatch):
     record.unlink()
     assert FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1).engine == "int8"
     assert json.loads(record.read_text())["int8_pays"] is True
+
+
+def test_a_model_that_cannot_be_quantised_runs_float(tmp_path, monkeypatch, caplog):
+    """`reidkit video`'s default must not fail on a quantiser error: one warning, then float."""
+    import logging
+
+    import reidkit.models.quantize as quantize
+
+    def broken(*_a, **_k):
+        raise ValueError("unsupported operator")
+
+    monkeypatch.setenv("REIDKIT_HOME", str(tmp_path))
+    monkeypatch.setattr(quantize, "quantize_onnx", broken)
+    with caplog.at_level(logging.WARNING, logger="reidkit.inference"):
+        fx = FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1)
+    assert fx.engine == "onnx" and "cannot quantise this model (unsupported operator)" in caplog.text
