@@ -338,7 +338,8 @@ def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | No
     path = cache / f"{key}.onnx"
     if int8:
         verdict = cache / f"{key}-int8.json"
-        if int8 == "auto" and _int8_verdict(verdict) is False:
+        known = _int8_verdict(verdict) if int8 == "auto" else True
+        if known is False:
             return _onnx_runner(model, ident, threads)
         qpath = cache / f"{key}-int8.onnx"
         quantized = None
@@ -347,6 +348,8 @@ def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | No
                 quantized = OnnxFeatureModel(qpath, threads=threads)
             except ReIDError as exc:
                 log.warning("onnx cache %s cannot be loaded (%s); quantising again", qpath, exc)
+        if quantized is not None and known:
+            return quantized, "int8"  # no float session needed: nothing to compare
         float_runner, _ = _onnx_runner(model, ident, threads)  # the float export first (cached)
         if quantized is None:
             from reidkit.models.quantize import quantize_onnx
