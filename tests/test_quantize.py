@@ -103,3 +103,35 @@ def test_a_model_that_cannot_be_quantised_runs_float(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger="reidkit.inference"):
         fx = FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1)
     assert fx.engine == "onnx" and "cannot quantise this model (unsupported operator)" in caplog.text
+
+
+def test_a_video_gallery_keeps_the_engine_its_features_were_made_with(home, monkeypatch, tmp_path):
+    """Footage embedded in int8 is recorded so: queries and later videos into that gallery use int8 too;
+    an explicit engine still wins."""
+    from reidkit.retrieval.index import Gallery
+    from reidkit.video.ingest import open_gallery
+
+    monkeypatch.setenv("REIDKIT_HOME", str(home))
+    db = tmp_path / "g"
+    gallery, emb = open_gallery(db, None, None, 8, False, "int8")  # new: made for ImageNet at 256x128
+    assert emb.extractor.engine == "int8" and gallery.info["features_engine"] == "int8"
+    assert Gallery.open(db).extractor.engine == "int8"  # queries embedded as the tracklets were
+    assert Gallery.open(db, engine="torch").extractor.engine == "torch"
+    _g, again = open_gallery(db, None, None, 8, False, "auto-int8")
+    assert again.extractor.engine == "int8"
+    _g, explicit = open_gallery(db, None, None, 8, False, "onnx")
+    assert explicit.extractor.engine == "onnx"
+    float_db = tmp_path / "f"
+    open_gallery(float_db, None, None, 8, False, "onnx")
+    assert "features_engine" not in Gallery.open(float_db).info
+    _g, later = open_gallery(float_db, None, None, 8, False, "auto-int8")
+    assert later.extractor.engine == "onnx"  # a float gallery stays float
+    # a gallery of crops built in int8 records it too
+    from PIL import Image
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i, im in enumerate(_crops(2, 2)[0]):
+        Image.fromarray(im).save(crops / f"{i:04d}_c1s1_000001_00.jpg")
+    built = Gallery.build(crops, tmp_path / "b", engine="int8", progress=None)
+    assert built.info["features_engine"] == "int8" and Gallery.open(tmp_path / "b").extractor.engine == "int8"

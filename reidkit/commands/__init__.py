@@ -14,12 +14,17 @@ def params(action: argparse.Action, *names: str) -> argparse.Action:
     return action
 
 
-def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    """``--engine``: how a verb that embeds images runs the model (float features on every engine)."""
-    parser.add_argument("--engine", choices=["torch", "onnx", "auto"], default="torch",
-                        help="torch (BatchNorm folded; default), onnx (onnxruntime on the CPU, about 2x faster "
-                             "there: benchmarks/bench_embed.py; the export is cached by the weights' hash under "
-                             "$REIDKIT_HOME/onnx-cache, features equal to torch within 1e-4) or auto (onnx on a CPU)")
+def add_engine_argument(parser: argparse.ArgumentParser, default: str | None = "torch") -> None:
+    """``--engine``: how a verb that embeds images runs the model (``default`` None: as the gallery's
+    features were made)."""
+    first = "torch (BatchNorm folded; default)" if default == "torch" else "torch (BatchNorm folded)"
+    tail = "" if default == "torch" else "; default: as the gallery's features were made (int8 for footage " \
+                                         "ingested in int8), else torch"
+    parser.add_argument("--engine", choices=["torch", "onnx", "auto", "int8"], default=default,
+                        help=f"{first}, onnx (onnxruntime on the CPU, about 2x faster there: "
+                             "benchmarks/bench_embed.py; the export is cached by the weights' hash under "
+                             "$REIDKIT_HOME/onnx-cache, features equal to torch within 1e-4), auto (onnx on a CPU) "
+                             f"or int8 (quantised, features at cosine ~0.97 to float){tail}")
 
 
 def add_from_argument(parser: argparse.ArgumentParser) -> None:

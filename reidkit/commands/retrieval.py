@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
     add.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     _common_model_args(add)
-    add_engine_argument(add)
+    add_engine_argument(add, default=None)
     add.set_defaults(func=_add)
     add_trust_argument(add)
 

@@ -43,6 +43,12 @@ def _per_row(value: Any, n: int) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
+
+def _engine_info(extractor: Any) -> dict[str, str]:
+    """What a new gallery records of how its features are made: int8 features (queries are embedded the
+    same way, Gallery.open); float engines agree within 1e-4 and record nothing."""
+    return {"features_engine": "int8"} if getattr(extractor, "engine", "") == "int8" else {}
+
 class Gallery:
     """A searchable gallery (a folder, or ``milvus:<uri>``); reads come from one snapshot of its store."""
 
@@ -181,6 +187,7 @@ class Gallery:
             "index_kind": index, "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
             "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)), "hnsw_m": str(int(hnsw_m)),
             "refine_k": str(int(refine_k)), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **_engine_info(extractor),
         }
         corrupt: list[str] = []
         n = 0
@@ -216,6 +223,7 @@ class Gallery:
         info = {"index_kind": index, "nprobe": str(DEFAULT_NPROBE), "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
                 "hnsw_m": str(int(hnsw_m)), "refine_k": str(DEFAULT_REFINE_K),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        info.update(_engine_info(extractor))
         try:
             builder.start(extractor.identity, info)
             store = builder.publish(existing_error=f"{describe_db(db, collection)} already holds a gallery "
@@ -229,7 +237,7 @@ class Gallery:
     def open(cls, db: str | os.PathLike, weights: str | os.PathLike | None = None,
              device: str | None = None, batch_size: int = 64,
              extractor: FeatureExtractor | None = None, collection: str | None = None,
-             readonly: bool = False, engine: str = "torch") -> Gallery:
+             readonly: bool = False, engine: str | None = None) -> Gallery:
         """Open an existing gallery; `weights` or `extractor` (else the stored source, loaded on first use) must match its model.
 
         A folder that cannot be written (read-only media) opens read-only: search and check work,
@@ -237,7 +245,9 @@ class Gallery:
         """
         store = open_store(db, collection=collection, readonly=readonly)
         gallery = cls(store, store.snapshot(), None, device, batch_size, collection)
-        gallery._engine = engine
+        # a model loaded here runs as asked, else as the gallery's features were made (int8 for footage
+        # ingested with `reidkit video`'s default engine), else torch
+        gallery._engine = engine or gallery.info.get("features_engine") or "torch"
         if extractor is not None:
             gallery.use_extractor(extractor)
         elif weights is not None:

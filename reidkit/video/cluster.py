@@ -126,8 +126,11 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     # so its chunks come back to the driver like an embedded gallery's.
     text = str(db)
     direct = text.startswith("milvus:") and "://" in text[len("milvus:"):]
-    gallery, _emb = open_gallery(db, weights, device, batch_size, flip, engine)
-    model = _model_spec(gallery, weights, device, batch_size, flip, engine)
+    gallery, emb = open_gallery(db, weights, device, batch_size, flip, engine)
+    from reidkit.inference import ENGINES
+
+    used = getattr(emb.extractor, "engine", engine)  # the workers embed as the driver resolved it
+    model = _model_spec(gallery, weights, device, batch_size, flip, used if used in ENGINES else engine)
 
     stack = ExitStack()
     client = stack.enter_context(dask_client(workers, address, client))
