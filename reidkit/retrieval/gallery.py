@@ -245,9 +245,12 @@ class Gallery:
         """
         store = open_store(db, collection=collection, readonly=readonly)
         gallery = cls(store, store.snapshot(), None, device, batch_size, collection)
-        # a model loaded here runs as asked, else as the gallery's features were made (int8 for footage
-        # ingested with `reidkit video`'s default engine), else torch
-        gallery._engine = engine or gallery.info.get("features_engine") or "torch"
+        # a model loaded here runs as the gallery's features were made (int8 for footage ingested with
+        # `reidkit video`'s default engine) unless an engine is named; "auto" keeps a gallery's kind of feature
+        made = gallery.info.get("features_engine")
+        if engine in ("auto", "auto-int8"):
+            engine = "int8" if made == "int8" else "auto"
+        gallery._engine = engine or made or "torch"
         if extractor is not None:
             gallery.use_extractor(extractor)
         elif weights is not None:

@@ -88,9 +88,6 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
     if not milvus and path.exists() and not path.is_dir():
         raise OptionError("db", f"{path} exists and is not a folder")
     if Gallery.exists(path):
-        if engine in ("auto", "auto-int8"):  # keep one kind of feature per gallery: as it was made
-            made = Gallery.open(path).info.get("features_engine")
-            engine = "int8" if made == "int8" else "auto"
         gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size, engine=engine)
         ext = gallery.extractor
         own = FeatureExtractor(ext.model, ext.identity, ext.device, batch_size, flip, engine=ext.engine)  # own flip
