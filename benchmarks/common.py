@@ -14,6 +14,12 @@ from typing import Any, Callable
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def python() -> str:
+    """The interpreter for the benchmarks' child processes: $PYTHON, the one gpu_run.sh runs its steps with
+    (the tests point it at a fork-server shim), else this process's own."""
+    return os.environ.get("PYTHON") or sys.executable
+
+
 def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
     """Best wall time in seconds over `repeats` calls of fn, and the last result."""
     best, out = float("inf"), None

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import python
+
 PRESETS = {
     "full": {"ids": 1501, "images_per_id": 18, "size": [256, 128], "n_train": 12936, "backbone": "resnet50",
              "epochs": 120, "eval_period": 10, "p": 16, "k": 4},
@@ -92,7 +94,7 @@ def _eval_worker(p: dict[str, Any]) -> None:
 def _child(kind: str, p: dict[str, Any], deadline: float | None) -> tuple[int, str, str]:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.full_run", "--worker", kind, "--params", json.dumps(p)],
+    proc = subprocess.Popen([python(), "-m", "benchmarks.full_run", "--worker", kind, "--params", json.dumps(p)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env)
     try:
         out, err = proc.communicate(timeout=None if deadline is None else max(1.0, deadline - time.time()))

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import python
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Market1501 sizes (as benchmarks.run's "full" preset, so the generated tree is shared with it)
@@ -118,7 +120,7 @@ def step_full(out: Path, tiny: bool, seconds: float) -> dict[str, Any]:
     if bench.exists():
         ips = (json.loads(bench.read_text()).get("results", {}).get("train", {}).get("reidkit") or {}).get("images_per_s")
     epochs = 1 if tiny else max(1, int(0.8 * seconds * (ips or 1500.0) / max(len(paths), 1)))
-    cmd = [sys.executable, "-m", "benchmarks.full_run", "--out", str(run_dir), "--data-root", str(root),
+    cmd = [python(), "-m", "benchmarks.full_run", "--out", str(run_dir), "--data-root", str(root),
            "--epochs", str(epochs), "--device", _device(), "--no-rerank", "--eval-period", str(epochs),
            "--max-seconds", str(seconds)] + (["--quick", "--threads", "1"] if tiny else [])
     t0 = time.perf_counter()
@@ -210,7 +212,7 @@ def step_video(out: Path, tiny: bool) -> dict[str, Any]:
         import shutil
 
         shutil.rmtree(db)
-    cmd = [sys.executable, "-m", "reidkit.cli", "video", "--db", str(db), "--weights", str(weights),
+    cmd = [python(), "-m", "reidkit.cli", "video", "--db", str(db), "--weights", str(weights),
            "--device", _device(), "--json", "--chunk", "200"]
     for v, g in zip(rep.videos, rep.gt):
         cmd += ["--detections", str(g)]

@@ -5,10 +5,21 @@ import numpy as np
 import pytest
 import torch
 
+import procs
+
 # The tests use tiny tensors: one intra-op thread is deterministic and avoids threads spinning
 # against each other (on a busy 2-core machine two threads ran many times slower than one).
 torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
+
+
+def pytest_sessionstart(session):
+    # the fork server behind procs.run / procs.Popen loads its libraries while the tests are collected
+    procs.start_server()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    procs.stop_server()
 
 
 def pytest_collection_modifyitems(config, items):

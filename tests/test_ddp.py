@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 import yaml
@@ -41,7 +42,7 @@ def test_two_process_gloo_ddp(tmp_path: Path, syn_root: Path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "reidkit.cli", "train", "--config", str(path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = procs.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     # Only rank 0 writes: one log, one tensorboard file, one metrics file.

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import procs
 import pytest
 from conftest import with_overrides
 import torch
@@ -174,7 +175,7 @@ def test_a_failed_run_is_reported_once_on_the_console(work: Path, tmp_path: Path
 
     path = write_cfg(tmp_path, "diverge", tiny_cfg(work, "diverge", solver__max_epochs=1))
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "reidkit.cli", "train", "--config", str(path),
+    proc = procs.run([sys.executable, "-m", "reidkit.cli", "train", "--config", str(path),
                            "solver.base_lr=1e30", "solver.warmup_epochs=0", "data.val=[]"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 2

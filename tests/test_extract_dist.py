@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import torch
 import torch.distributed as dist
@@ -90,7 +91,7 @@ def test_torchrun_extract_cli_matches_single_process(tmp_path):
                  "--device", "cpu", "--batch-size", "2"]) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.run(
+    proc = procs.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
          "-m", "reidkit.cli", "extract", "--weights", str(weights), "--images", str(folder),
          "--out", str(multi), "--device", "cpu", "--batch-size", "2"],

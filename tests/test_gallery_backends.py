@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 
 pytest.importorskip("pymilvus")
@@ -199,10 +200,10 @@ def test_killed_writer_rerun_loses_and_duplicates_nothing(data, backend, tmp_pat
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "REIDKIT_TEST_CRASH_AT": "before_commit"}
-    p = subprocess.run([sys.executable, str(script), db], env=env, capture_output=True, text=True, timeout=300)
+    p = procs.run([sys.executable, str(script), db], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 137 and "done" not in p.stdout, p.stderr  # killed in its first write, not finished
     env.pop("REIDKIT_TEST_CRASH_AT")
-    p = subprocess.run([sys.executable, str(script), db], env=env, capture_output=True, text=True, timeout=300)
+    p = procs.run([sys.executable, str(script), db], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "done 12" in p.stdout, p.stderr
     g = Gallery.open(db)
     trk = [e["tracklet"] for e in g.entries(kind="tracklet")]
@@ -212,7 +213,7 @@ def test_killed_writer_rerun_loses_and_duplicates_nothing(data, backend, tmp_pat
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return procs.run([sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 

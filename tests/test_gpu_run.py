@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import procs
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_run")
-    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable,
+    # every `$PYTHON` the script starts is a fork of the tests' server (tests/procs.py): the same Python
+    # and libraries, without eight interpreter starts
+    python = procs.python_shim(tmp_path_factory.mktemp("shim"))
+    env = dict(os.environ, OUT=str(out), PYTHON=python,
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=2400)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+import procs
 import pytest
 
 psutil = pytest.importorskip("psutil")
@@ -72,7 +73,7 @@ def test_concurrent_huge_png_uploads_stay_within_the_memory_budget(gallery_db, t
     cmd = [sys.executable, "-m", "reidkit.cli", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),
            "--max-image-pixels", "40000000", "--upload-memory-mb", str(BUDGET_MB), "--upload-wait", "20"]
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = procs.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

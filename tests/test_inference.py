@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import procs
 import pytest
 import torch
 from PIL import Image
@@ -157,7 +158,7 @@ def test_model_io_imports_one_way():
         "import reidkit.export, reidkit.inference\n"
         "assert not [m for m in sys.modules if m.startswith(('reidkit.retrieval', 'reidkit.video'))]\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    procs.run([sys.executable, "-c", code], check=True)
 
 
 def test_index_build_and_add_run_the_engine_they_are_given(tmp_path, monkeypatch):

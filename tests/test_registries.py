@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 import torch
 import yaml
@@ -69,7 +70,7 @@ def test_your_own_parts_example_runs_verbatim(tmp_path):
             continue
         argv = shlex.split(line)
         assert argv[0] == "reidkit"
-        proc = subprocess.run([sys.executable, "-m", "reidkit.cli", *argv[1:]], cwd=tmp_path, env=env,
+        proc = procs.run([sys.executable, "-m", "reidkit.cli", *argv[1:]], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
         expected = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("# error:") else None
         if expected:

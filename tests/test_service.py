@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import procs
 import pytest
 
 pytest.importorskip("fastapi")
@@ -276,7 +277,7 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
             (["index", "build", "--db", str(db), "--images", str(tmp_path / "C"), "--overwrite",
               "--weights", str(weights)], c),
         ):
-            p = subprocess.run([sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True,
+            p = procs.run([sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True,
                                timeout=120)
             assert p.returncode == 0, p.stderr
             done = time.monotonic()

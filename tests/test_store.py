@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 
 from reidkit.cli import main
@@ -71,14 +72,20 @@ def _fresh(env, name: str) -> Path:
     return dst
 
 
-def _cli(args: list[str], crash_at: str | None = None, extra_env: dict | None = None) -> subprocess.Popen:
+def _cli(args: list[str], crash_at: str | None = None, extra_env: dict | None = None,
+         exit_after: float = 0.0) -> subprocess.Popen:
+    """`reidkit ARGS` in its own process; `exit_after` seconds more before it exits (at interpreter exit), as a
+    fresh interpreter's teardown takes (tests/procs.py forks the process: its exit is immediate)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     e.pop(store.CRASH_ENV, None)
     if crash_at:
         e[store.CRASH_ENV] = crash_at
     e.update(extra_env or {})
-    return subprocess.Popen([sys.executable, "-m", "reidkit.cli", *args], env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "reidkit.cli", *args]
+    if exit_after:
+        cmd = [sys.executable, "-c", f"import atexit, sys, time; atexit.register(time.sleep, {exit_after}); "
+                                     "from reidkit.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    return procs.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _contents(db: Path) -> set[str]:
@@ -180,16 +187,16 @@ def test_random_kills(env):
         args = (["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
                  "--weights", str(env["weights"])] if build
                 else ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")])
-        p = _cli(args)
+        p = _cli(args, exit_after=2.0)
         lines, embedded, reader = _stderr_reader(p, "embedded ")
         if writing:
-            # the writes follow the progress line within ~0.1 s; exit comes ~1 s later (interpreter teardown)
+            # the writes follow the progress line within ~0.1 s; exit comes 2 s later (`exit_after`)
             embedded.wait(timeout=120)
             assert any("embedded " in ln for ln in lines), f"trial {trial}: no `embedded` line (exit {p.poll()})"
             time.sleep(rng.uniform(0.0, 0.2))
         else:
             # before the progress line, or at most 0.2 s after it: never past the writer's end
-            delay = rng.uniform(0.5, 3.5)
+            delay = rng.uniform(0.05, 1.0)
             if embedded.wait(timeout=delay):
                 time.sleep(rng.uniform(0.0, 0.2))
         assert p.poll() is None, f"trial {trial}: the writer finished before the kill (exit {p.returncode})"
@@ -416,7 +423,7 @@ def test_publish_without_exchange_and_recovery(env, monkeypatch):
     db = _fresh(env, "fallback")
     Gallery.build(env["root"] / "C", db, overwrite=True, extractor=env["ext"])
     assert _contents(db) == env["C"]
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = procs.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     old = db.parent / f".db.old.{int(dead.stdout)}.abcd.tmp"
     os.rename(db, old)  # the state a kill between the two renames leaves
     assert not db.exists()
@@ -434,7 +441,7 @@ def _cli_fsize(args: list[str], limit: int) -> subprocess.CompletedProcess:
     """The CLI with every file write past `limit` bytes failing (EFBIG): a full disk, as the process sees it."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     e.pop(store.CRASH_ENV, None)
-    return subprocess.run([sys.executable, "-c", _LIMITED.format(limit=limit), *args], env=e, capture_output=True,
+    return procs.run([sys.executable, "-c", _LIMITED.format(limit=limit), *args], env=e, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -470,7 +477,7 @@ def test_add_entries_on_full_disk_raises_one_error(env):
             "    print('error:', exc); sys.exit(2)\n")
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     src = _LIMITED.format(limit=4096).replace("sys.exit(main(sys.argv[1:]))", "exec(sys.argv[1])")
-    p = subprocess.run([sys.executable, "-c", src, code, str(db)], env=e, capture_output=True, text=True, timeout=300)
+    p = procs.run([sys.executable, "-c", src, code, str(db)], env=e, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "nothing was changed" in p.stdout and "Traceback" not in p.stderr, p.stderr[-3000:]
     g = Gallery.open(db)
     assert g.entries(kind="tracklet") == [] and g.get_state("video:v") is None and _contents(db) == env["A"]
@@ -489,17 +496,28 @@ def test_search_and_check_at_zero_bytes_free(env):
     assert p.returncode == 0 and "consistent" in p.stdout, p.stderr[-3000:]
 
 
-def _read_only_runner(db: Path) -> list[str] | None:
-    """A command prefix that runs with `db` on read-only storage: a read-only bind mount in a private mount
-    namespace (root), or nothing extra once the folder is chmod 0555 (not root); None when neither works."""
+# The read-only storage for a root: the process moves to its own mount namespace (as `unshare -m` does) and
+# binds the gallery onto itself read-only before reidkit runs; nothing outside the process sees the mount.
+_READ_ONLY_MOUNT = (
+    "import ctypes, os, subprocess, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS\n"
+    "    sys.exit('unshare: ' + os.strerror(ctypes.get_errno()))\n"
+    "db = os.environ['RO_DB']\n"
+    "for cmd in (['mount', '--make-rprivate', '/'], ['mount', '--bind', db, db], ['mount', '-o', 'remount,bind,ro', db, db]):\n"
+    "    subprocess.run(cmd, check=True)\n")
+
+
+def _read_only_runner(db: Path) -> str | None:
+    """Code to run before the CLI so that `db` is on read-only storage: a read-only bind mount in a private mount
+    namespace (root), or nothing once the folder is chmod 0555 (not root); None when neither works."""
     if os.geteuid() != 0:
         for p in [db, *db.iterdir()]:
             p.chmod(0o555 if p.is_dir() else 0o444)
-        return []
+        return ""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
         return None
-    script = f'mount --bind "{db}" "{db}" && mount -o remount,bind,ro "{db}" "{db}" && exec "$@"'
-    return ["unshare", "-m", "sh", "-c", script, "ro"]
+    return _READ_ONLY_MOUNT
 
 
 def test_read_only_gallery_opens_for_search_and_check(env):
@@ -510,12 +528,14 @@ def test_read_only_gallery_opens_for_search_and_check(env):
     prefix = _read_only_runner(db)
     if prefix is None:
         pytest.skip("cannot make read-only storage here: root without `unshare -m` (mount namespaces)")
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RO_DB": str(db)}
     e.pop(store.CRASH_ENV, None)
+    code = prefix + "from reidkit.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*prefix, sys.executable, "-m", "reidkit.cli", *args], env=e, capture_output=True,
-                              text=True, timeout=300)
+        p = procs.run([sys.executable, "-c", code, *args], env=e, capture_output=True, text=True, timeout=300)
+        assert "unshare:" not in p.stderr and "CalledProcessError" not in p.stderr, p.stderr[-3000:]
+        return p
 
     q = sorted(env["A"])[0]
     p = run("search", "--db", str(db), "--image", q, "--topk", "3", "--json")
@@ -529,7 +549,7 @@ def test_read_only_gallery_opens_for_search_and_check(env):
         errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
         assert len(errors) == 1 and "read-only" in errors[0] and "nothing was changed" in errors[0], errors
-    if not prefix:
+    if prefix == "":
         for p in [db, *db.iterdir()]:
             p.chmod(0o755 if p.is_dir() else 0o644)
     assert sorted(p.name for p in db.iterdir()) == listing  # no cache, WAL or temp file was written

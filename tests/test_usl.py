@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import procs
 import pytest
 import torch
 
@@ -217,7 +218,7 @@ def test_uda_ssg_as_shipped_names_the_source_key_and_reports_a_failed_clustering
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
     def usl(*overrides: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "reidkit.cli", "usl", "--config", str(path), *overrides],
+        return procs.run([sys.executable, "-m", "reidkit.cli", "usl", "--config", str(path), *overrides],
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
     # the recipe's source domain, dukemtmc under ./data, is not there

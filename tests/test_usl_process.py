@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import procs
 import pytest
 
 
@@ -44,7 +45,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def test_usl_demo_killed_and_resumed_matches_the_uninterrupted_run(data_root: Path, tmp_path: Path):
     full = tmp_path / "full"
-    proc = subprocess.run(cli(*usl_args(data_root, full)), env=env(), capture_output=True, text=True, timeout=600)
+    proc = procs.run(cli(*usl_args(data_root, full)), env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # a console line per epoch, and TensorBoard events
     for e in (1, 2, 3):
@@ -52,7 +53,7 @@ def test_usl_demo_killed_and_resumed_matches_the_uninterrupted_run(data_root: Pa
     assert "clusters:" in proc.stderr and list((full / "tb").glob("events.out.tfevents.*"))
 
     cut = tmp_path / "cut"
-    p = subprocess.Popen(cli(*usl_args(data_root, cut)), env=env(), stdout=subprocess.DEVNULL,
+    p = procs.Popen(cli(*usl_args(data_root, cut)), env=env(), stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 400
     while time.time() < deadline and not (cut / "last.pt").is_file() and p.poll() is None:
@@ -61,7 +62,7 @@ def test_usl_demo_killed_and_resumed_matches_the_uninterrupted_run(data_root: Pa
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (cut / "metrics.json").exists()
-    proc = subprocess.run(cli(*usl_args(data_root, cut, "resume=auto")), env=env(), capture_output=True,
+    proc = procs.run(cli(*usl_args(data_root, cut, "resume=auto")), env=env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
@@ -77,7 +78,7 @@ def test_usl_under_torchrun_two_processes(data_root: Path, tmp_path: Path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "reidkit.cli", *usl_args(data_root, out, "solver.max_epochs=2", "solver.amp=none",
                                     "data.channels_last=false")]
-    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    proc = procs.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and 0 < metrics["mean"]["mAP"] <= 100

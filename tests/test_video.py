@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import procs
 import pytest
 
 from reidkit.cli import main
@@ -230,7 +231,7 @@ def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_VIDEO_CRASH_AFTER": "3"}
     # one video at a time (--streams 1), so the kill point is known; the re-run takes both at once
-    p = subprocess.run([sys.executable, "-c", code, *argv, "--streams", "1"], env=env, capture_output=True,
+    p = procs.run([sys.executable, "-c", code, *argv, "--streams", "1"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == -9, p.stderr  # SIGKILLed right after its third commit (cam1, frame 60)
     partial = Gallery.open(db)
@@ -240,7 +241,7 @@ def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path
     n_partial = len(partial.entries(kind="tracklet"))
     assert n_partial >= 1  # some tracklets were committed before the kill
     env.pop("REIDKIT_VIDEO_CRASH_AFTER")
-    p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
+    p = procs.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "resuming at frame 61" in p.stderr
     got, want = _tracklet_set(db), _tracklet_set(ingested["db"])
@@ -250,7 +251,7 @@ def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path
         assert got[key][:5] == w[:5]
         np.testing.assert_allclose(got[key][5], w[5], atol=1e-5)
     # a third run finds everything done and adds nothing
-    p = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
+    p = procs.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "already ingested" in p.stderr
     assert len(Gallery.open(db).entries(kind="tracklet")) == len(want)
 
@@ -402,7 +403,7 @@ def test_a_second_run_on_a_video_waits_for_the_first_then_skips(run, tmp_path):
     lines: list[str] = []
     with VideoLock(db, video_key(video, Path(video).stem)) as held:
         assert held.holder() == str(os.getpid())
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        p = procs.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
         reader.start()
         deadline = time.monotonic() + 120
@@ -414,5 +415,5 @@ def test_a_second_run_on_a_video_waits_for_the_first_then_skips(run, tmp_path):
         assert p.poll() is None  # still waiting for us
     out = p.stdout.read()
     assert p.wait(timeout=300) == 0 and "tracklets" in out
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    again = procs.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "skipped (already ingested)" in again.stdout

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import procs
 import pytest
 
 W, H, FRAMES = 128, 96, 36
@@ -108,11 +109,11 @@ def test_two_processes_on_one_new_gallery(scene, sequential, tmp_path):
         argv += ["--detections", d]
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_LOCK_TIMEOUT": "120"}
-    procs = [subprocess.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    running = [procs.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = []
     t0 = time.monotonic()
-    for p in procs:
+    for p in running:
         out, err = p.communicate(timeout=max(10.0, 400 - (time.monotonic() - t0)))
         outs.append((p.returncode, out, err))
     for rc, out, err in outs:

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import procs
 import pytest
 import torch
 import yaml
@@ -206,7 +207,7 @@ def test_killed_download_resumes_with_range(env, tmp_path, monkeypatch):
     cat = _catalogue(tmp_path, [{"name": "big", "fmt": "fastreid", "filename": "big.pth", "url": "x"}])
     monkeypatch.setenv("REIDKIT_ZOO", str(cat))
     part = env["weights"] / "big.pth.part"
-    p = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "weights", "get", "big"], env=dict(os.environ),
+    p = procs.Popen([sys.executable, "-m", "reidkit.cli", "weights", "get", "big"], env=dict(os.environ),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

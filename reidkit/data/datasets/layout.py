@@ -1,4 +1,4 @@
-"""Helpers for dataset loaders (the built-in ones and yours): find a layout under a root, scan a split.
+r"""Helpers for dataset loaders (the built-in ones and yours): find a layout under a root, scan a split.
 
 A Market-style loader is four calls (see market1501.py)::
 
