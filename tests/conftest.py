@@ -13,6 +13,14 @@ torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
 
 
+def pytest_configure(config):
+    # The tests' own reidkit home (ONNX exports, int8 models): shared by the session, never the user's
+    # ~/.cache/reidkit, and cold on every run as on a fresh machine.
+    import tempfile
+
+    os.environ["REIDKIT_HOME"] = config._reidkit_home = tempfile.mkdtemp(prefix="reidkit-test-home-")
+
+
 def pytest_sessionstart(session):
     # the fork server behind procs.run / procs.Popen loads its libraries while the tests are collected
     procs.start_server()
@@ -20,6 +28,9 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session, exitstatus):
     procs.stop_server()
+    import shutil
+
+    shutil.rmtree(session.config._reidkit_home, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,3 +59,13 @@ def with_overrides(cfg: dict, over: dict) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+def meta_params(name: str, **options) -> int:
+    """Parameters of backbone `name`, built on the meta device: shapes without allocating or initialising
+    (a ViT-B costs seconds of random init on the CPU, its parameter count nothing)."""
+    from reidkit.models.backbones import build_backbone
+
+    with torch.device("meta"):
+        model = build_backbone(name, **options)
+    return sum(p.numel() for p in model.parameters())

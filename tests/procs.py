@@ -165,10 +165,10 @@ def _child(req: dict, fds: list[int], base_path: list[str]) -> None:
         os._exit(code)
 
 
-def _streams() -> None:
+def _streams(unbuffered: bool) -> None:
     """stdin/stdout/stderr as the interpreter makes them at start, on the fds this process was given."""
     env = os.environ
-    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    unbuffered = unbuffered or bool(env.get("PYTHONUNBUFFERED"))
     enc = env.get("PYTHONIOENCODING", "")
     encoding, _, errors = enc.partition(":")
     encoding = encoding or None
@@ -209,6 +209,9 @@ def _run_python(argv: list[str], base_path: list[str]) -> int:
     import types
     import warnings
 
+    unbuffered = False
+    while argv[0] == "-u":  # what torchrun starts its workers with
+        unbuffered, argv = True, argv[1:]
     extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if argv[0] == "-m":
         first = os.getcwd()
@@ -218,7 +221,7 @@ def _run_python(argv: list[str], base_path: list[str]) -> int:
         first = os.path.dirname(os.path.realpath(argv[0]))
     sys.path[:] = [first, *extra, *[p for p in base_path if p not in extra]]
     sys.dont_write_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
-    _streams()
+    _streams(unbuffered)
     for opt in filter(None, os.environ.get("PYTHONWARNINGS", "").split(",")):
         try:
             warnings._setoption(opt)  # type: ignore[attr-defined]  # what -W / $PYTHONWARNINGS do
@@ -344,10 +347,14 @@ def stop_server() -> None:
 def _forkable(cmd) -> bool:
     if isinstance(cmd, (str, bytes)) or len(cmd) < 2 or str(cmd[0]) != sys.executable:
         return False
-    first = str(cmd[1])
-    if first in ("-m", "-c"):
-        return len(cmd) >= 3
-    return not first.startswith("-")
+    args = [str(a) for a in cmd[1:]]
+    while args and args[0] == "-u":
+        args = args[1:]
+    if not args:
+        return False
+    if args[0] in ("-m", "-c"):
+        return len(args) >= 2
+    return not args[0].startswith("-")
 
 
 def _request(path: str, argv: list[str], env: dict, cwd: str, fds: list[int]) -> tuple[socket.socket, int]:
@@ -544,16 +551,21 @@ def run(cmd, *, input=None, capture_output: bool = False, timeout: float | None 
 # the shim: an executable that stands in for `python` in scripts
 
 
-def python_shim(folder) -> str:
-    """An executable file in `folder` that runs ``python ARGS`` as a fork of the server (or execs the
-    real interpreter when there is none)."""
+def python_shim() -> str:
+    """An executable that runs ``python ARGS`` as a fork of the server, for scripts and launchers that start
+    Python themselves (``PYTHON=`` for benchmarks/gpu_run.sh, ``PYTHON_EXEC=`` for torchrun's workers);
+    the real interpreter where there is no server."""
     path = _address()
-    shim = os.path.join(str(folder), "python")
-    with open(shim, "w") as f:
-        f.write(f"#!{sys.executable} -S\n"
-                f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-                f"import procs; procs._shim({path!r})\n")
-    os.chmod(shim, 0o755)
+    if path is None:
+        return sys.executable
+    shim = os.path.join(os.path.dirname(path), "python")
+    if not os.path.exists(shim):
+        with open(shim + ".tmp", "w") as f:
+            f.write(f"#!{sys.executable} -S\n"
+                    f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+                    f"import procs; procs._shim({path!r})\n")
+        os.chmod(shim + ".tmp", 0o755)
+        os.rename(shim + ".tmp", shim)
     return shim
 
 

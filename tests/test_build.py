@@ -122,6 +122,38 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(model.eval()(X), loaded(X))
 
 
+@pytest.mark.parametrize("over,size", [
+    ({"backbone": "resnet18", "pooling": "gem", "neck_feat": "before"}, (64, 32)),
+    ({"backbone": "resnet18", "bn_groups": 2, "classifier": "arcface"}, (64, 32)),
+    ({"backbone": "osnet_x0_25"}, (64, 32)),
+    ({"backbone": "swin_tiny", "semantic_weight": 0.5}, (64, 32)),
+    ({"backbone": "vit_small_patch16", "stride_size": 12}, (256, 128)),
+])
+def test_load_builds_on_the_meta_device_and_equals_the_saved_model(tmp_path, monkeypatch, over, size):
+    """A checkpoint's model is built without initialising weights (meta device, then the stored tensors):
+    every tensor real, the same outputs as the model saved, and the global RNG untouched by loading."""
+    import reidkit.models.build as build
+
+    cfg = ModelConfig(pretrained=False, **over)
+    model = build_model(cfg, 5)
+    x = torch.randn(4, 3, *size)
+    with torch.no_grad():
+        model.train()(x, torch.tensor([0, 1, 2, 3]))  # BN statistics away from their init
+    path = save_model(tmp_path / "m.pt", model, cfg, 5, size)
+    fast = []
+    real = build._built_with_weights
+    monkeypatch.setattr(build, "_built_with_weights", lambda *a: fast.append(real(*a)) or fast[-1])
+    rng = torch.get_rng_state()
+    loaded = load_model(path)
+    assert fast and fast[0] is not None, "loaded by initialising the model first"
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+
+
 def test_load_training_checkpoint_with_more_keys(tmp_path):
     cfg = _cfg()
     model = build_model(cfg, 3)

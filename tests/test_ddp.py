@@ -39,7 +39,8 @@ def test_two_process_gloo_ddp(tmp_path: Path, syn_root: Path):
     }
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # the workers torchrun starts are forks of the tests' server (tests/procs.py)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHON_EXEC=procs.python_shim())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "reidkit.cli", "train", "--config", str(path)]
     proc = procs.run(cmd, env=env, capture_output=True, text=True, timeout=240)

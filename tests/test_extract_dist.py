@@ -90,7 +90,8 @@ def test_torchrun_extract_cli_matches_single_process(tmp_path):
     assert main(["extract", "--weights", str(weights), "--images", str(folder), "--out", str(single),
                  "--device", "cpu", "--batch-size", "2"]) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               PYTHON_EXEC=procs.python_shim())  # torchrun's workers: forks of the tests' server (tests/procs.py)
     proc = procs.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
          "-m", "reidkit.cli", "extract", "--weights", str(weights), "--images", str(folder),

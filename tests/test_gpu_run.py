@@ -19,8 +19,7 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_run")
     # every `$PYTHON` the script starts is a fork of the tests' server (tests/procs.py): the same Python
     # and libraries, without eight interpreter starts
-    python = procs.python_shim(tmp_path_factory.mktemp("shim"))
-    env = dict(os.environ, OUT=str(out), PYTHON=python,
+    env = dict(os.environ, OUT=str(out), PYTHON=procs.python_shim(),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=2400)

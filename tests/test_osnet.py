@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import meta_params
 from reidkit.errors import ReIDError
 from reidkit.models.backbones import build_backbone
 from reidkit.models.backbones.osnet import WIDTHS
@@ -42,17 +43,17 @@ def osnet_count(c0: int, c1: int, c2: int, c3: int) -> int:
 
 @pytest.mark.parametrize("width", list(WIDTHS))
 def test_parameter_count_matches_the_architecture_table(width):
-    assert n_params(build_backbone(f"osnet_{width}")) == osnet_count(*WIDTHS[width])
+    assert meta_params(f"osnet_{width}") == osnet_count(*WIDTHS[width])
 
 
 def test_osnet_x1_0_is_the_published_2_2m_with_torchreids_fc():
     """torchreid/REFERENCE: ~2.2 M for x1_0, which includes its 512-d fc (Linear 512x512 + BN1d)."""
-    backbone = n_params(build_backbone("osnet_x1_0"))
+    backbone = meta_params("osnet_x1_0")
     assert backbone == 1_905_828
     with_fc = backbone + 512 * 512 + 512 + 2 * 512
     assert with_fc == 2_169_508 and round(with_fc / 1e6, 1) == 2.2
     # OSNet-AIN swaps BatchNorms for affine InstanceNorms: the same count.
-    assert n_params(build_backbone("osnet_ain_x1_0")) == backbone
+    assert meta_params("osnet_ain_x1_0") == backbone
 
 
 @pytest.mark.parametrize("name,channels", [("osnet_x1_0", 512), ("osnet_x0_25", 128), ("osnet_ain_x1_0", 512)])

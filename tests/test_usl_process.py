@@ -78,7 +78,8 @@ def test_usl_under_torchrun_two_processes(data_root: Path, tmp_path: Path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "reidkit.cli", *usl_args(data_root, out, "solver.max_epochs=2", "solver.amp=none",
                                     "data.channels_last=false")]
-    proc = procs.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    # torchrun's workers: forks of the tests' server (tests/procs.py)
+    proc = procs.run(cmd, env={**env(), "PYTHON_EXEC": procs.python_shim()}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and 0 < metrics["mean"]["mAP"] <= 100

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import meta_params
 from reidkit.errors import ReIDError
 from reidkit.models.backbones import build_backbone
 from reidkit.models.backbones.vit import VisionTransformer, grid_size, resize_pos_embed
@@ -28,17 +29,16 @@ def test_vit_b_parameter_count_matches_timm_up_to_the_position_grid():
     parameters less. With stride 12 it is 21 x 10 (211 tokens): 14 * 768 = 10,752 more.
     """
     assert TIMM_VIT_B_224_NO_HEAD == 85_798_656
-    assert n_params(build_backbone("vit_base_patch16", img_size=(224, 224))) == 85_798_656
-    assert n_params(build_backbone("vit_base_patch16")) == 85_798_656 - (197 - 129) * 768 == 85_746_432
-    m12 = build_backbone("vit_base_patch16", stride_size=12)
-    assert n_params(m12) == 85_798_656 + (211 - 197) * 768 == 85_809_408
+    assert meta_params("vit_base_patch16", img_size=(224, 224)) == 85_798_656
+    assert meta_params("vit_base_patch16") == 85_798_656 - (197 - 129) * 768 == 85_746_432
+    assert meta_params("vit_base_patch16", stride_size=12) == 85_798_656 + (211 - 197) * 768 == 85_809_408
     # SIE adds one 768-d vector per camera.
-    assert n_params(build_backbone("vit_base_patch16", sie=True, num_cameras=6)) == 85_746_432 + 6 * 768
+    assert meta_params("vit_base_patch16", sie=True, num_cameras=6) == 85_746_432 + 6 * 768
 
 
 def test_vit_s_parameter_count():
     """timm vit_small_patch16_224: 22,050,664 with the 384 * 1000 + 1000 head; 129 instead of 197 tokens here."""
-    assert n_params(build_backbone("vit_small_patch16")) == 22_050_664 - 385_000 - (197 - 129) * 384
+    assert meta_params("vit_small_patch16") == 22_050_664 - 385_000 - (197 - 129) * 384
 
 
 @pytest.mark.parametrize("stride,grid", [(16, (16, 8)), (12, (21, 10))])

@@ -57,7 +57,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def relative_position_index(window: int) -> torch.Tensor:
     """``window^2 x window^2`` index into the ``(2w-1)^2`` bias table for each pair of window tokens."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    # on the CPU even under a meta device context: a derived buffer that no checkpoint carries
+    coords = torch.stack(torch.meshgrid(torch.arange(window, device="cpu"), torch.arange(window, device="cpu"),
+                                        indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
@@ -192,7 +194,7 @@ class SwinTransformer(nn.Module):
         self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
         self.patch_embed.norm = nn.LayerNorm(embed_dim)
         dims = [embed_dim * 2 ** i for i in range(len(depths))]
-        rates = torch.linspace(0, drop_path, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path, sum(depths), device="cpu").tolist()  # values, also under a meta device
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             start = sum(depths[:i])

@@ -209,7 +209,7 @@ class VisionTransformer(nn.Module):
         self.uses_camera = self.num_cameras > 0
         if self.uses_camera:
             self.sie_embed = nn.Parameter(torch.zeros(self.num_cameras, 1, embed_dim))
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # values, also under a meta device
         self.blocks = nn.ModuleList(
             [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(depth)]
         )
