@@ -69,7 +69,7 @@ def run_isolated(module: str, args: list[str], timeout: float | None = None) -> 
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [python(), "-m", module, *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=root,
     )
     if proc.returncode != 0:
