@@ -69,3 +69,37 @@ def meta_params(name: str, **options) -> int:
     with torch.device("meta"):
         model = build_backbone(name, **options)
     return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory):
+    """The scene of tests/test_video.py (2 cameras, 3 people, 110 frames at 160x120) and the arguments that
+    ingest both cameras with ground-truth detections."""
+    from reidkit.data.scene import generate_scene, read_mot
+
+    root = tmp_path_factory.mktemp("video")
+    scene = generate_scene(root / "scene", cams=2, ids=3, frames=110, size=(120, 160), fps=10, seed=0, speed=1.0)
+    args = [str(v) for v in scene.videos]
+    for g in scene.gt:
+        args += ["--detections", str(g)]
+    args += ["--chunk", "20"]
+    return {"root": root, "scene": scene, "args": args, "gt": {c: read_mot(g) for c, g in zip(scene.cameras, scene.gt)}}
+
+
+@pytest.fixture(scope="session")
+def ingested(run):
+    """The default model (offline ImageNet EfficientNet-Lite0), a new gallery, both cameras."""
+    import contextlib
+    import io
+
+    from reidkit.cli import main
+
+    db = run["root"] / "db"
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(["video", *run["args"], "--db", str(db)])
+    assert code == 0, err.getvalue()
+    from reidkit.retrieval.index import Gallery
+
+    return {"db": db, "stderr": err.getvalue(), "stdout": out.getvalue(), "gallery": Gallery.open(db)}

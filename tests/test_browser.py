@@ -150,11 +150,11 @@ def test_upload_shows_ranked_grid(server, tmp_path):
 
 # ----------------------------------------------------------------------------- the tracklet page
 
-from test_video import _majority, _query_crop, ingested, run  # noqa: E402,F401  (fixtures of the scene)
+from test_video import _majority, _query_crop  # noqa: E402  (`run`, `ingested`: conftest.py)
 
 
 @pytest.fixture(scope="module")
-def tracklet_server(run, ingested):  # noqa: F811
+def tracklet_server(run, ingested):
     """The service on the ingested two-camera scene gallery."""
     pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).is_file():
@@ -168,7 +168,7 @@ def tracklet_server(run, ingested):  # noqa: F811
         yield url
 
 
-def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, tracklet_server, tmp_path):  # noqa: F811
+def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, tracklet_server, tmp_path):
     from PIL import Image
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright

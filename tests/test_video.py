@@ -39,35 +39,8 @@ def _majority(rec, gt) -> int:
     return max(set(ids), key=ids.count)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The scene, and one uninterrupted ingestion of both cameras with ground-truth detections."""
-    from reidkit.data.scene import generate_scene, read_mot
-
-    root = tmp_path_factory.mktemp("video")
-    scene = generate_scene(root / "scene", cams=2, ids=3, frames=FRAMES, size=(H, W), fps=10, seed=0, speed=1.0)
-    args = [str(v) for v in scene.videos]
-    for g in scene.gt:
-        args += ["--detections", str(g)]
-    args += ["--chunk", "20"]
-    return {"root": root, "scene": scene, "args": args, "gt": {c: read_mot(g) for c, g in zip(scene.cameras, scene.gt)}}
-
-
-@pytest.fixture(scope="module")
-def ingested(run):
-    """The default model (offline ImageNet EfficientNet-Lite0), a new gallery, both cameras."""
-    import contextlib
-    import io
-
-    db = run["root"] / "db"
-
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(["video", *run["args"], "--db", str(db)])
-    assert code == 0, err.getvalue()
-    from reidkit.retrieval.index import Gallery
-
-    return {"db": db, "stderr": err.getvalue(), "stdout": out.getvalue(), "gallery": Gallery.open(db)}
+# `run` and `ingested`, the two-camera scene and its gallery, are session fixtures in conftest.py (the
+# browser test reads the same gallery).
 
 
 def test_the_default_engine_is_onnx_runtime_int8_where_it_pays(ingested):

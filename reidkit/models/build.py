@@ -176,13 +176,28 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     return ckpt
 
 
+class _NoRandomFillOnMeta(torch.overrides.TorchFunctionMode):
+    """The normal fills (``Tensor.normal_``, ``nn.init.normal_`` / ``kaiming_normal_`` / ...) return a meta
+    tensor as it is. It has no values to fill, and PyTorch runs meta ``normal_`` through its Python reference
+    implementation, whose first use imports torch._dynamo (~0.7 s in a fresh process: more than the
+    initialisation a load skips)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "").endswith("normal_"):
+            target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
 def _built_with_weights(cfg: ModelConfig, num_classes: int, state: Mapping[str, Any]) -> ReIDModel | None:
     """The model of `cfg` holding `state`, without initialising weights that are replaced at once: built on the
     meta device (shapes only), then given the stored tensors (cast to each parameter's dtype). A ResNet-50
     loads ~0.3 s faster, a ViT-B seconds. None where that does not work (a part that computes values while
     it is built, weights that do not fit, a tensor no checkpoint carries): build it the usual way then."""
     try:
-        with torch.device("meta"):
+        with _NoRandomFillOnMeta(), torch.device("meta"):
             model = build_model(cfg, num_classes)
         own = model.state_dict()
         cast = {k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
