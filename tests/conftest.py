@@ -72,6 +72,23 @@ def meta_params(name: str, **options) -> int:
 
 
 @pytest.fixture(scope="session")
+def dask_forkserver():
+    """Dask's worker processes (``LocalCluster(processes=True)``, ``--workers N``) forked from one server
+    that has imported torch and the other heavy libraries once, instead of spawned fresh Pythons that import
+    them again for every worker, every cluster and every restart (the way Dask runs its own tests).
+    A forked worker starts with the server's environment: give a worker variables with ``env=``."""
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    from distributed.utils import get_mp_context
+
+    dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    ctx = get_mp_context()  # sets Dask's own preload list, once
+    ctx.set_forkserver_preload(["distributed", "numpy", "torch", "cv2", "faiss", "onnxruntime", "PIL.Image",
+                                "scipy.sparse", "sklearn.cluster"])
+    yield ctx
+
+
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """The scene of tests/test_video.py (2 cameras, 3 people, 110 frames at 160x120) and the arguments that
     ingest both cameras with ground-truth detections."""

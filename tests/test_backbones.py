@@ -66,11 +66,12 @@ def test_bad_last_stride_rejected():
 @pytest.mark.parametrize("name", NAMES)
 def test_real_forward_on_reid_batch(name):
     model = build_backbone(name).eval()
-    x = torch.randn(2, 3, 256, 128)
+    # real numbers at a quarter of the 256x128 pixels (the same layers; 256x128 itself on meta below)
+    x = torch.randn(2, 3, 128, 64)
     with torch.inference_mode():
         y = model(x)
-    # Default last_stride=1: overall stride 16, so 256x128 -> 16x8 (last_stride=2 on meta below).
-    assert y.shape == (2, CHANNELS[name], 16, 8)
+    # Default last_stride=1: overall stride 16, so 128x64 -> 8x4 (last_stride=2 on meta below).
+    assert y.shape == (2, CHANNELS[name], 8, 4)
     assert model.out_channels == CHANNELS[name]
     assert model.last_stride == 1
     assert torch.isfinite(y).all() and y.abs().sum() > 0
@@ -79,7 +80,7 @@ def test_real_forward_on_reid_batch(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_last_stride_2_halves_the_map_meta(name):
-    # Shape inference only (the real forward above covers last_stride=1): 256x128 -> 8x4.
+    # Shape inference only (the real forward above covers last_stride=1 at 128x64): 256x128 -> 8x4.
     model = _meta(name, last_stride=2)
     assert model.last_stride == 2
     y = model.forward_features(torch.empty(2, 3, 256, 128, device="meta"))

@@ -194,7 +194,8 @@ def test_tiny_model_learns(work: Path):
     import dataclasses
 
     cfg = tiny_cfg(work, "learn", solver__max_epochs=8, solver__eval_period=100, solver__warmup_epochs=0,
-                   solver__base_lr=1e-3, solver__steps=[6], sampler__epoch_batches=6, input__erase_p=0.0)
+                   solver__base_lr=1e-3, solver__steps=[6], sampler__epoch_batches=6, input__erase_p=0.0,
+                   solver__checkpoint_period=100)
     trainer = Trainer(cfg).setup()
     train = trainer.joint.parts[0].train
     first: dict[int, object] = {}

@@ -117,7 +117,7 @@ def _crop_folder(root: Path, n: int) -> Path:
     return root
 
 
-def test_extract_on_a_dask_cluster_equals_the_local_run(tmp_path, capsys):
+def test_extract_on_a_dask_cluster_equals_the_local_run(tmp_path, capsys, dask_forkserver):
     """`reidkit extract --workers 2 --device cpu` (a LocalCluster on 127.0.0.1, shards of 4 paths):
     the same paths, camera ids, skipped files and features as the single-process run."""
     pytest.importorskip("distributed")

@@ -60,15 +60,14 @@ def sequential(scene):
 
 
 @pytest.fixture(scope="module")
-def client(scene):
+def client(scene, dask_forkserver):
     distributed = pytest.importorskip("distributed")
+    from reidkit.video.cluster import CRASH_ENV
+
     flag = scene["root"] / "crash.flag"
-    os.environ["REIDKIT_VIDEO_WORKER_CRASH"] = str(flag)  # inherited by the worker processes
-    try:
-        cluster = distributed.LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
-    finally:
-        os.environ.pop("REIDKIT_VIDEO_WORKER_CRASH")
+    # the worker processes' own environment (the nanny sets it in each worker it starts or restarts)
+    cluster = distributed.LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, env={CRASH_ENV: str(flag)})
     c = distributed.Client(cluster, timeout=60)
     yield {"client": c, "flag": flag}
     c.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = ["fold_batchnorm", "conv_bn_pairs"]
 
@@ -32,6 +32,11 @@ def _example(model: nn.Module) -> torch.Tensor:
 
 def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
     """(conv name, bn name) pairs where the BN (in eval mode) consumes exactly that conv's output."""
+    return _trace(model, example)[0]
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], Any]:
+    """The conv -> BN pairs and the model's output on ``example`` (one forward pass gives both)."""
     names = {m: n for n, m in model.named_modules()}
     produced: dict[int, str] = {}
     keep: list[torch.Tensor] = []  # hold the outputs so their ids are not reused during the pass
@@ -57,11 +62,11 @@ def conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, st
             handles.append(mod.register_forward_pre_hook(bn_hook))
     try:
         with torch.no_grad():
-            model(example)
+            out = model(example)
     finally:
         for h in handles:
             h.remove()
-    return pairs
+    return pairs, out
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -80,17 +85,17 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, atol: 
     net = copy.deepcopy(model).eval()
     x = _example(model) if example is None else example
     try:
-        pairs = conv_bn_pairs(net, x)
+        pairs, ref = _trace(net, x)
     except Exception as exc:  # noqa: BLE001 - a model that does not run on the example stays as it is
         warnings.warn(f"fold_batchnorm: cannot trace {type(model).__name__} ({exc}); kept unfolded", stacklevel=2)
         return net
     if not pairs:
         return net
-    with torch.no_grad():
-        ref = net(x)
     for conv_name, bn_name in pairs:
         conv, bn = net.get_submodule(conv_name), net.get_submodule(bn_name)
-        _set(net, conv_name, fuse_conv_bn_eval(conv, bn))
+        # `net` is already a copy: the conv takes the folded weights in place (no second copy of it)
+        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                      bn.eps, bn.weight, bn.bias)
         _set(net, bn_name, nn.Identity())
     with torch.no_grad():
         got = net(x)
