@@ -13,30 +13,55 @@ torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
 
 
+def _xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _xdist_controller(config) -> bool:
+    return not _xdist_worker(config) and bool(getattr(config.option, "numprocesses", None))
+
+
 def pytest_configure(config):
-    # The tests' own reidkit home (ONNX exports, int8 models): shared by the session, never the user's
-    # ~/.cache/reidkit, and cold on every run as on a fresh machine.
+    # The tests' own reidkit home (ONNX exports, int8 models): shared by the session (and its xdist workers,
+    # which inherit it), never the user's ~/.cache/reidkit, and cold on every run as on a fresh machine.
     import tempfile
 
-    os.environ["REIDKIT_HOME"] = config._reidkit_home = tempfile.mkdtemp(prefix="reidkit-test-home-")
+    config._reidkit_home = None
+    if not _xdist_worker(config):
+        os.environ["REIDKIT_HOME"] = config._reidkit_home = tempfile.mkdtemp(prefix="reidkit-test-home-")
+    # one thread per process: test processes run side by side (xdist workers, servers, Dask workers, torchrun
+    # ranks) on few cores, where OpenMP threads spinning against each other cost more than they give
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_sessionstart(session):
-    # the fork server behind procs.run / procs.Popen loads its libraries while the tests are collected
-    procs.start_server()
+    # the fork server behind procs.run / procs.Popen loads its libraries while the tests are collected (under
+    # xdist, one per worker; the controller only hands out tests)
+    if not _xdist_controller(session.config):
+        procs.start_server()
 
 
 def pytest_sessionfinish(session, exitstatus):
     procs.stop_server()
-    import shutil
+    if session.config._reidkit_home:
+        import shutil
 
-    shutil.rmtree(session.config._reidkit_home, ignore_errors=True)
+        shutil.rmtree(session.config._reidkit_home, ignore_errors=True)
 
 
+# Files whose tests share a session fixture (the ingested scene): one xdist worker runs them all.
+_GROUPS = {"test_browser.py": "scene", "test_video.py": "scene", "test_quantize.py": "scene"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     slow_ok = os.environ.get("REIDKIT_SLOW") == "1"
     gpu_ok = torch.cuda.is_available()
     for item in items:
+        # under `--dist loadgroup` a file's tests stay on one worker (module fixtures run once), and the files
+        # of _GROUPS share one worker
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(_GROUPS.get(name, name)))
         if "slow" in item.keywords and not slow_ok:
             item.add_marker(pytest.mark.skip(reason="slow: set REIDKIT_SLOW=1"))
         if "gpu" in item.keywords and not gpu_ok:
