@@ -60,6 +60,25 @@ def test_fold_batchnorm_is_pure_and_equal(backbone):
     assert float((ref - got).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max()))
 
 
+def test_fold_batchnorm_keeps_the_original_when_the_folded_output_is_not_finite(monkeypatch):
+    import reidkit.models.fold as fold
+
+    real = fold.fuse_conv_bn_weights
+
+    def nan_weights(*args, **kwargs):
+        w, b = real(*args, **kwargs)
+        return torch.nn.Parameter(torch.full_like(w, float("nan"))), b
+
+    monkeypatch.setattr(fold, "fuse_conv_bn_weights", nan_weights)
+    model = _tiny("resnet18")
+    with pytest.warns(UserWarning, match="kept unfolded"):
+        kept = fold.fold_batchnorm(model)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules())
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        assert torch.isfinite(kept(x)).all() and torch.equal(kept(x), model.eval()(x))
+
+
 def test_onnx_engine_parity_and_cache_by_hash(weights, tmp_path, monkeypatch):
     import reidkit.export as export
     from reidkit.models.checkpoint import file_sha256

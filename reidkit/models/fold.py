@@ -99,8 +99,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, atol: 
         _set(net, bn_name, nn.Identity())
     with torch.no_grad():
         got = net(x)
-    if not isinstance(ref, torch.Tensor) or got.shape != ref.shape or float(
-            (got - ref).abs().max()) > atol * max(1.0, float(ref.abs().max())):
+    # written so that a NaN difference (folded weights that are not finite) also keeps the original
+    if not isinstance(ref, torch.Tensor) or got.shape != ref.shape or not float(
+            (got - ref).abs().max()) <= atol * max(1.0, float(ref.abs().max())):
         warnings.warn(f"fold_batchnorm: folded {type(model).__name__} differs from the original; kept unfolded",
                       stacklevel=2)
         return copy.deepcopy(model).eval()
