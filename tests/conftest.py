@@ -29,9 +29,11 @@ def pytest_configure(config):
     config._reidkit_home = None
     if not _xdist_worker(config):
         os.environ["REIDKIT_HOME"] = config._reidkit_home = tempfile.mkdtemp(prefix="reidkit-test-home-")
-    # one thread per process: test processes run side by side (xdist workers, servers, Dask workers, torchrun
-    # ranks) on few cores, where OpenMP threads spinning against each other cost more than they give
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if _xdist_worker(config):
+        # one thread per process under xdist: the workers' processes run side by side on few cores, where
+        # OpenMP threads spinning against each other cost more than they give (a serial run keeps the
+        # default: a process the test waits for may use every core)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_sessionstart(session):
