@@ -29,7 +29,7 @@ def pytest_configure(config):
     config._reidkit_home = None
     if not _xdist_worker(config):
         os.environ["REIDKIT_HOME"] = config._reidkit_home = tempfile.mkdtemp(prefix="reidkit-test-home-")
-    if _xdist_worker(config):
+    else:
         # one thread per process under xdist: the workers' processes run side by side on few cores, where
         # OpenMP threads spinning against each other cost more than they give (a serial run keeps the
         # default: a process the test waits for may use every core)
