@@ -115,14 +115,18 @@ def dask_forkserver():
     yield ctx
 
 
+SCENE_W, SCENE_H, SCENE_FRAMES = 160, 120, 110
+
+
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
-    """The scene of tests/test_video.py (2 cameras, 3 people, 110 frames at 160x120) and the arguments that
-    ingest both cameras with ground-truth detections."""
+    """The scene of tests/test_video.py (2 cameras, 3 people, SCENE_FRAMES frames at SCENE_W x SCENE_H) and
+    the arguments that ingest both cameras with ground-truth detections."""
     from reidkit.data.scene import generate_scene, read_mot
 
     root = tmp_path_factory.mktemp("video")
-    scene = generate_scene(root / "scene", cams=2, ids=3, frames=110, size=(120, 160), fps=10, seed=0, speed=1.0)
+    scene = generate_scene(root / "scene", cams=2, ids=3, frames=SCENE_FRAMES, size=(SCENE_H, SCENE_W), fps=10,
+                           seed=0, speed=1.0)
     args = [str(v) for v in scene.videos]
     for g in scene.gt:
         args += ["--detections", str(g)]

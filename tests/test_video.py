@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import procs
 import pytest
+from conftest import SCENE_H as H, SCENE_W as W
 
 from reidkit.cli import main
-
-W, H, FRAMES = 160, 120, 110
 
 
 def _iou(a, b) -> float:

@@ -57,7 +57,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence
         # min-max ranges are the min and max over every crop, whichever batches carry them: 16 at a time
         # runs the calibration several times faster than one by one, with the same ranges
         def __init__(self) -> None:
-            self._it = iter([{inputs[0]: batch[i:i + CALIBRATION_BATCH]} for i in range(0, len(batch), CALIBRATION_BATCH)])
+            step = CALIBRATION_BATCH
+            self._it = iter([{inputs[0]: batch[i:i + step]} for i in range(0, len(batch), step)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
