@@ -22,7 +22,6 @@ from reidkit.errors import ReIDError
 
 CALIBRATION_CROPS = 96
 CALIBRATION_SEED = 0
-CALIBRATION_BATCH = 16
 
 
 def calibration_crops(size: Sequence[int], mean: Sequence[float], std: Sequence[float],
@@ -54,11 +53,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence
     batch = calibration_crops(size, mean, std, n)
 
     class _Reader(CalibrationDataReader):
-        # min-max ranges are the min and max over every crop, whichever batches carry them: 16 at a time
-        # runs the calibration several times faster than one by one, with the same ranges
         def __init__(self) -> None:
-            step = CALIBRATION_BATCH
-            self._it = iter([{inputs[0]: batch[i:i + step]} for i in range(0, len(batch), step)])
+            self._it = iter([{inputs[0]: batch[i:i + 1]} for i in range(len(batch))])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
