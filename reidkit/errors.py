@@ -19,6 +19,14 @@ class NotFound(ReIDError):
         self.public = public or message
 
 
+class UnknownName(ReIDError):
+    """A name no registry holds (``unknown backbone 'x'``): ``kind`` and ``name`` say which."""
+
+    def __init__(self, message: str, kind: str = "", name: object = None) -> None:
+        super().__init__(message)
+        self.kind, self.name = kind, name
+
+
 class OptionError(ReIDError):
     """A bad value of one named option. ``option`` is the Python parameter's name and the message names
     it so (``db: /x is not a gallery``); the CLI prints the flag of the verb that was run instead

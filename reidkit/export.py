@@ -185,13 +185,16 @@ def _export_onnx(wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path,
 
 
 def parity(weights: str | os.PathLike, exported: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
-           seed: int = 0, model: nn.Module | None = None) -> float:
-    """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes."""
+           seed: int = 0, model: nn.Module | None = None, trust: bool = False) -> float:
+    """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes.
+
+    A TorchScript export is a program: it loads only with ``trust`` (e.g. the file this process just wrote;
+    no warning is printed then)."""
     exported = Path(exported)
     if model is None:
         model = _load(weights)
     runner: Any = (OnnxFeatureModel(exported) if exported.suffix.lower() == ".onnx"
-                   else TorchScriptFeatureModel(exported))
+                   else TorchScriptFeatureModel(exported, trust=trust, warn=False))
     hw = runner.input_size
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0

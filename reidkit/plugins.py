@@ -4,7 +4,9 @@ Sources, in order: the ``reidkit.plugins`` entry-point group of installed packag
 ``REIDKIT_PLUGINS`` environment variable (entries separated by ``os.pathsep``), and each
 ``--plugin`` of the command line (a module name or a path to a ``.py`` file; repeatable).
 Each is imported once per process. A checkpoint records the plug-ins loaded when it was written
-(``"plugins"``), so loading it later (``export``, ``extract``, ``test``) imports them again.
+(``"plugins"``); loading it never imports them (a recorded name is the file's word, and importing it
+would run code the user never named): a checkpoint whose parts are not registered stops with one
+error listing the recorded plug-ins not loaded and asking for ``--plugin``.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from typing import Any
 
 from reidkit.errors import ReIDError
 
-__all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "import_recorded", "load_plugin", "load_plugins", "loaded_plugins",
-           "take_plugin_args"]
+__all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "load_plugin", "load_plugins", "loaded_plugins", "missing_recorded",
+           "recorded_plugins_error", "take_plugin_args"]
 
 ENV_VAR = "REIDKIT_PLUGINS"
 ENTRY_POINT_GROUP = "reidkit.plugins"
@@ -98,20 +100,34 @@ def loaded_plugins() -> list[str]:
     return list(_LOADED)
 
 
-def import_recorded(recorded: Any, origin: Any = None) -> None:
-    """Import the plug-ins a checkpoint recorded (``ckpt["plugins"]``) that are not imported yet."""
+def _recorded_list(recorded: Any, origin: Any) -> list[str]:
     if not recorded:
-        return
+        return []
     if not isinstance(recorded, (list, tuple)) or not all(isinstance(s, str) for s in recorded):
         raise ReIDError(f"checkpoint {origin}: 'plugins' must be a list of module names or file paths")
-    for spec in recorded:
-        if spec in _LOADED:
-            continue
-        try:
-            load_plugin(spec)
-        except ReIDError as exc:
-            raise ReIDError(f"checkpoint {origin} was built with plug-in {spec}, which cannot be imported here "
-                            f"({exc}); pass the plug-in with --plugin or {ENV_VAR}") from None
+    return list(recorded)
+
+
+def missing_recorded(recorded: Any, origin: Any = None) -> list[str]:
+    """The plug-ins a checkpoint recorded (``ckpt["plugins"]``) that this process has not imported.
+
+    Nothing is imported: a checkpoint is data, and the names in it are the file's word."""
+    return [spec for spec in _recorded_list(recorded, origin) if spec not in _LOADED]
+
+
+def recorded_plugins_error(recorded: Any, origin: Any, cause: Exception) -> ReIDError:
+    """One error for a checkpoint whose parts are not registered: what is missing, the recorded plug-ins
+    not loaded, and the flag that loads them."""
+    kind, name = getattr(cause, "kind", ""), getattr(cause, "name", None)
+    what = f"the {kind} {name!r}, which is not registered" if kind and name is not None else f"parts that are not " \
+                                                                                              f"registered ({cause})"
+    missing = missing_recorded(recorded, origin)
+    if not missing:
+        return ReIDError(f"checkpoint {origin} needs {what}; if a plug-in of yours registers it, pass it with "
+                         f"--plugin (or {ENV_VAR})")
+    return ReIDError(f"checkpoint {origin} needs {what}; it was written with the plug-in(s) {', '.join(missing)}, "
+                     f"which are not loaded: loading a checkpoint never imports code, so pass each with --plugin "
+                     f"(or {ENV_VAR}) if you trust it")
 
 
 def take_plugin_args(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from reidkit.errors import ReIDError
+from reidkit.errors import ReIDError, UnknownName
 
 T = TypeVar("T")
 
@@ -52,7 +52,11 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise ReIDError(self.unknown_message(name)) from None
+            raise self.unknown(name) from None
+
+    def unknown(self, name: Any) -> UnknownName:
+        """The error for an unknown name (raise it): the message of :meth:`unknown_message`."""
+        return UnknownName(self.unknown_message(name), self.kind, name)
 
     def unknown_message(self, name: Any) -> str:
         """The error text for an unknown name (nearest match first, then every valid name)."""

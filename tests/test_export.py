@@ -81,9 +81,11 @@ def test_onnx_model_in_extract_features(ckpt):
 
 def test_torchscript_parity(ckpt):
     ts = export_model(ckpt["weights"], "torchscript", ckpt["root"] / "tiny.ts")
-    module, meta = load_torchscript(ts)
+    with pytest.raises(ReIDError, match="TorchScript program"):
+        load_torchscript(ts)  # a program: refused without trust
+    module, meta = load_torchscript(ts, trust=True)
     assert meta["input_size"] == [64, 32] and meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert parity(ckpt["weights"], ts, batch_sizes=(1, 3)) <= 1e-4
+    assert parity(ckpt["weights"], ts, batch_sizes=(1, 3), trust=True) <= 1e-4
 
 
 def test_cli_export_and_errors(ckpt, tmp_path, capsys):
@@ -133,7 +135,7 @@ def test_exported_runners_implement_the_feature_model_protocol(ckpt):
     from reidkit.models.build import load_model
 
     ts = export_model(ckpt["weights"], "torchscript", ckpt["root"] / "proto.ts")
-    onnx_runner, ts_runner = load_feature_model(ckpt["onnx"]), load_feature_model(ts)
+    onnx_runner, ts_runner = load_feature_model(ckpt["onnx"]), load_feature_model(ts, trust_checkpoint=True)
     assert isinstance(ts_runner, TorchScriptFeatureModel)
     for runner in (onnx_runner, ts_runner, load_model(ckpt["weights"])):
         assert isinstance(runner, FeatureModel)
@@ -162,7 +164,13 @@ def test_extract_cli_accepts_torchscript_weights(ckpt, tmp_path, capsys):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     assert main(["extract", "--weights", str(ckpt["weights"]), "--images", str(folder), "--out", str(a),
                  "--device", "cpu"]) == 0
-    assert main(["extract", "--weights", str(ts), "--images", str(folder), "--out", str(b)]) == 0
+    capsys.readouterr()
+    # TorchScript is a program: refused without --trust-checkpoint (one error naming the file and the flag)
+    assert main(["extract", "--weights", str(ts), "--images", str(folder), "--out", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and str(ts) in err and "--trust-checkpoint" in err and not b.exists()
+    assert main(["extract", "--weights", str(ts), "--images", str(folder), "--out", str(b), "--trust-checkpoint"]) == 0
+    assert "TorchScript program" in capsys.readouterr().err  # the warning
     with np.load(a) as za, np.load(b) as zb:
         np.testing.assert_allclose(zb["features"], za["features"], atol=1e-4, rtol=0)
         assert list(za["paths"]) == list(zb["paths"])
@@ -232,9 +240,9 @@ def test_camera_aware_export_takes_camids(cam_model, tmp_path, fmt):
         assert [i.name for i in graph.input] == ["images", "camids"]
         assert graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.INT64
         assert graph.input[1].type.tensor_type.shape.dim[0].dim_param == "batch"
-    runner = load_feature_model(out)
+    runner = load_feature_model(out, trust_checkpoint=True)
     assert runner.uses_camera and read_export_metadata(out)["uses_camera"] is True
-    assert parity(weights, out, batch_sizes=(1, 3), model=cam_model) <= 1e-4
+    assert parity(weights, out, batch_sizes=(1, 3), model=cam_model, trust=True) <= 1e-4
     x = torch.randn(3, 3, 32, 16, generator=torch.Generator().manual_seed(1))
     cams = torch.tensor([0, 2, 1])
     with torch.no_grad():

@@ -58,9 +58,13 @@ def test_your_own_parts_example_runs_verbatim(tmp_path):
     """The README's "Your own parts": parts.py + parts.yaml, then its shell lines exactly as printed.
 
     A backbone, a loss and a USL method from a user file, each with an option set on the command
-    line; export and extract in fresh processes without --plugin (the checkpoint names parts.py);
-    an unknown option refused with did-you-mean.
+    line; export, extract and test in fresh processes with --plugin; without it, one error naming
+    the plug-in the checkpoint recorded (a checkpoint never imports code); an unknown option refused
+    with did-you-mean. The README's shell block is this file's lines.
     """
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```bash\nreidkit train --plugin parts.py", 1)[1].split("```", 1)[0]
+    assert ("reidkit train --plugin parts.py" + block).strip() == (DATA / "parts_example.sh").read_text().strip()
     shutil.copy(DATA / "parts_example.py", tmp_path / "parts.py")
     shutil.copy(DATA / "parts_example.yaml", tmp_path / "parts.yaml")
     lines = [ln for ln in (DATA / "parts_example.sh").read_text().splitlines() if ln.strip()]
@@ -74,6 +78,7 @@ def test_your_own_parts_example_runs_verbatim(tmp_path):
                               capture_output=True, text=True, timeout=600)
         expected = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("# error:") else None
         if expected:
+            expected = expected.replace("$PWD", str(tmp_path.resolve()))
             assert proc.returncode == 2 and proc.stderr.strip() == expected[2:], proc.stderr
         else:
             assert proc.returncode == 0, (line, proc.stderr[-2000:])

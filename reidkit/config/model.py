@@ -64,7 +64,7 @@ class ModelConfig:
         from reidkit.models.backbones import BACKBONES
 
         if self.backbone not in BACKBONES:
-            raise ReIDError(BACKBONES.unknown_message(self.backbone))
+            raise BACKBONES.unknown(self.backbone)
         check_choice("model.pooling", self.pooling, POOLINGS)
         check_choice("model.neck", self.neck, NECKS)
         check_choice("model.neck_feat", self.neck_feat, NECK_FEATS)

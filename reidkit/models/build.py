@@ -218,9 +218,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], origin: str = "<checkpoint>") ->
     raw_cfg = ckpt["model_cfg"]
     if not isinstance(raw_cfg, dict):
         raise ReIDError(f"checkpoint: {origin}: 'model_cfg' must be a dict")
-    from reidkit.plugins import import_recorded
+    from reidkit.errors import UnknownName
+    from reidkit.plugins import recorded_plugins_error
 
-    import_recorded(ckpt.get("plugins"), origin)  # a user backbone registers itself on import
+    try:
+        return _rebuild(ckpt, raw_cfg, origin)
+    except UnknownName as exc:  # a part a plug-in registers: never imported from the file's own list
+        raise recorded_plugins_error(ckpt.get("plugins"), origin, exc) from None
+
+
+def _rebuild(ckpt: dict[str, Any], raw_cfg: dict[str, Any], origin: str) -> ReIDModel:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     # The stored weights replace any pretrained ones, so never fetch those again.
     cfg = ModelConfig(**{k: v for k, v in raw_cfg.items() if k in known})

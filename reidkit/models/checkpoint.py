@@ -13,6 +13,12 @@ one :class:`ReIDError` naming the file and the global. ``trust=True`` (CLI ``--t
 or :func:`trusted`) falls back to full unpickling only for a file that needs it, after a warning
 on stderr that this can run arbitrary code from that file.
 
+A TorchScript archive is a program, not data: ``torch.jit.load`` runs the scripted code it holds
+(a scripted ``__setstate__`` runs at load and can write any file). :func:`require_program_trust`
+is the one gate every TorchScript load passes: without trust it raises one ReIDError naming the
+file and the flag, with trust it warns. Reading an archive's reidkit metadata
+(:func:`torchscript_extra`) opens the zip and runs nothing.
+
 This module imports only torch, the standard library, ``reidkit.errors`` and ``reidkit.utils``.
 """
 from __future__ import annotations
@@ -34,12 +40,15 @@ import torch
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "read_checkpoint", "save_checkpoint", "file_sha256", "is_torchscript", "trusted", "allowed_globals",
-    "UNSAFE_WARNING",
+    "read_checkpoint", "save_checkpoint", "file_sha256", "is_torchscript", "trusted", "trust_active",
+    "allowed_globals", "require_program_trust", "torchscript_extra", "UNSAFE_WARNING", "PROGRAM_WARNING",
 ]
 
 UNSAFE_WARNING = ("warning: --trust-checkpoint: loading {path} with full unpickling because it holds "
                   "{what}; this can run arbitrary code from that file. Only do this for files you trust.")
+
+PROGRAM_WARNING = ("warning: --trust-checkpoint: loading the TorchScript program {path}; TorchScript runs the "
+                   "code stored in the file. Only do this for files you trust.")
 
 _lock = threading.Lock()
 _trust_depth = 0
@@ -115,8 +124,39 @@ def trusted(enabled: bool = True) -> Iterator[None]:
             _trust_depth -= 1
 
 
-def _trust_active() -> bool:
+def trust_active() -> bool:
+    """True inside a :func:`trusted` block (the CLI's ``--trust-checkpoint`` for the duration of a verb)."""
     return _trust_depth > 0
+
+
+
+def require_program_trust(path: str | os.PathLike, trust: bool = False, warn: bool = True) -> None:
+    """Raise one ReIDError unless loading the TorchScript program ``path`` was allowed (``trust`` or
+    :func:`trusted`); warn on stderr when it was (``warn``: not for a file this process just wrote)."""
+    if not (trust or trust_active()):
+        raise ReIDError(
+            f"checkpoint {path}: refused to load a TorchScript program: loading it runs the code stored in the "
+            "file. Use an ONNX export or a checkpoint instead; if you trust this file, pass --trust-checkpoint "
+            "(Python: trust_checkpoint=True)")
+    if warn:
+        print(PROGRAM_WARNING.format(path=path), file=sys.stderr, flush=True)
+
+
+def torchscript_extra(path: str | os.PathLike, name: str) -> str | None:
+    """The text of extra file ``name`` inside TorchScript archive ``path`` (None if absent), read from the
+    zip without loading (running) the program."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                parts = member.split("/")
+                if len(parts) == 3 and parts[1] == "extra" and parts[2] == name:
+                    info = zf.getinfo(member)
+                    if info.file_size > 1 << 20:
+                        raise ReIDError(f"{path}: extra file {name} is larger than 1 MiB")
+                    return zf.read(member).decode("utf-8")
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from None
+    return None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -197,7 +237,7 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise ReIDError(f"checkpoint: {path} is a TorchScript export, not a training checkpoint; it serves "
                         "features (reidkit extract --weights, reidkit.inference.FeatureExtractor) but cannot "
                         "be rebuilt into a trainable model")
-    trust = trust or _trust_active()
+    trust = trust or trust_active()
     plain = False
     try:
         if not zipfile.is_zipfile(path):

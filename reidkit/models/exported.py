@@ -47,12 +47,13 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
             return {k: json.loads(v) for k, v in raw.items()}
         except json.JSONDecodeError as exc:
             raise ReIDError(f"{path}: metadata_props are not reidkit's JSON values") from exc
-    extra = {TS_META: ""}
+    from reidkit.models.checkpoint import torchscript_extra
+
+    text = torchscript_extra(path, TS_META)  # read from the zip: loading the program would run it
     try:
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # noqa: BLE001
-        raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from exc
-    return json.loads(extra[TS_META]) if extra[TS_META] else {}
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise ReIDError(f"{path}: {TS_META} is not reidkit's JSON metadata") from exc
 
 
 def _require_meta(meta: dict[str, Any], path: Path) -> None:
@@ -155,11 +156,13 @@ class OnnxFeatureModel(_ExportedFeatureModel):
 class TorchScriptFeatureModel(_ExportedFeatureModel):
     source_format = "torchscript"
 
-    """An exported TorchScript archive (CPU), implementing the feature-model protocol."""
+    """An exported TorchScript archive (CPU), implementing the feature-model protocol.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    TorchScript is a program: it loads only with ``trust`` (or inside ``checkpoint.trusted()``)."""
+
+    def __init__(self, path: str | os.PathLike, trust: bool = False, warn: bool = True) -> None:
         self.path = Path(path)
-        self.module, meta = load_torchscript(self.path)
+        self.module, meta = load_torchscript(self.path, trust=trust, warn=warn)
         self._init_meta(meta)
 
     @torch.no_grad()
@@ -191,11 +194,19 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, what: str =
         raise ReIDError(f"{what + ': ' if what else ''}onnxruntime cannot load {path}: {exc}") from None
 
 
-def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load an exported TorchScript model (eval, CPU) with its reidkit metadata."""
+def load_torchscript(path: str | os.PathLike, trust: bool = False,
+                     warn: bool = True) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load an exported TorchScript model (eval, CPU) with its reidkit metadata.
+
+    Loading runs the program's code, so it needs ``trust`` (CLI ``--trust-checkpoint``) or an enclosing
+    ``checkpoint.trusted()``; the metadata is checked before the program is loaded."""
     path = Path(path)
     if not path.is_file():
         raise ReIDError(f"exported model not found: {path}")
+    from reidkit.models.checkpoint import require_program_trust
+
+    _require_meta(read_export_metadata(path), path)
+    require_program_trust(path, trust, warn)
     extra = {TS_META: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
@@ -206,9 +217,9 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
     return module.eval(), meta
 
 
-def open_exported(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """The runner of an exported model: ONNX (by suffix) or TorchScript."""
+def open_exported(path: str | os.PathLike, threads: int | None = None, trust: bool = False) -> Any:
+    """The runner of an exported model: ONNX (by suffix) or TorchScript (a program: only with ``trust``)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxFeatureModel(path, threads=threads)
-    return TorchScriptFeatureModel(path)
+    return TorchScriptFeatureModel(path, trust=trust)

@@ -67,11 +67,12 @@ def load_feature_model(path: str | os.PathLike, device: str | torch.device = "cp
     """A feature model for a path: the ONNX runner (.onnx), the TorchScript runner, or a checkpoint (eval).
 
     Checkpoints of other toolkits load too (format detected from the keys, or named by ``fmt``).
+    A TorchScript program loads only with ``trust_checkpoint`` (it runs code from the file).
     """
     path = local_weights(path)
     if is_exported(path):
         if fmt is not None:
             raise OptionError("fmt", f"{path} is an exported model ({'ONNX' if path.suffix.lower() == '.onnx' else 'TorchScript'}), "
                             "not another toolkit's checkpoint; drop --from", value=fmt)
-        return open_exported(path, threads=threads)
+        return open_exported(path, threads=threads, trust=trust_checkpoint)
     return load_model(path, device=device, fmt=fmt, trust_checkpoint=trust_checkpoint, **foreign_options)

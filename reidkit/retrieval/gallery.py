@@ -46,8 +46,17 @@ def _per_row(value: Any, n: int) -> list[Any]:
 
 def _engine_info(extractor: Any) -> dict[str, str]:
     """What a new gallery records of how its features are made: int8 features (queries are embedded the
-    same way, Gallery.open); float engines agree within 1e-4 and record nothing."""
-    return {"features_engine": "int8"} if getattr(extractor, "engine", "") == "int8" else {}
+    same way, Gallery.open; float engines agree within 1e-4 and record nothing), and a model that is a
+    program (TorchScript, loaded with --trust-checkpoint): its kind and the sha256 of the file trusted."""
+    out = {"features_engine": "int8"} if getattr(extractor, "engine", "") == "int8" else {}
+    source = getattr(getattr(extractor, "identity", None), "source", "") or ""
+    if source not in ("", "imagenet") and Path(source).is_file():
+        from reidkit.models.checkpoint import file_sha256, is_torchscript
+
+        if is_torchscript(source):
+            out.update({"model_program": "torchscript", "model_trust": "trust_checkpoint",
+                        "model_file_sha256": file_sha256(source)})
+    return out
 
 class Gallery:
     """A searchable gallery (a folder, or ``milvus:<uri>``); reads come from one snapshot of its store."""
@@ -64,6 +73,7 @@ class Gallery:
         self._batch_size = int(batch_size)
         self._extractor = extractor
         self._engine = "torch"  # how a model loaded by use_model runs (Gallery.open(engine=...))
+        self._trust = False  # models that run code may load (Gallery.open/build(trust_checkpoint=True))
         self._lock = threading.RLock()
         self.last_report: dict[str, Any] = {}
 
@@ -157,8 +167,12 @@ class Gallery:
               device: str | None = None, size: Sequence[int] | None = None, overwrite: bool = False,
               progress: Callable[[str], None] | None = None, extractor: FeatureExtractor | None = None,
               pq_m: int | None = None, refine_k: int = DEFAULT_REFINE_K, strict: bool = False,
-              lock_timeout: float | None = None, collection: str | None = None, engine: str = "torch") -> Gallery:
+              lock_timeout: float | None = None, collection: str | None = None, engine: str = "torch",
+              trust_checkpoint: bool = False) -> Gallery:
         """Embed every image under `images_dir` into a new gallery `db`, published whole (`extractor` overrides `weights`).
+
+        `trust_checkpoint`: load weights that run code (a TorchScript program, a full pickle); the gallery
+        records a program's file hash, and later opens load it only when trusted again.
 
         `engine`: how the model runs ("torch", "onnx", "auto": reidkit.inference; float features either way).
         `index`: flat | ivf | ivfpq | hnsw, or "approx" for the measured default approximate kind.
@@ -181,7 +195,8 @@ class Gallery:
         if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
             raise OptionError("pq_m", f"must divide the feature dimension {extractor.identity.feat_dim}", value=pq_m)
         if extractor is None:
-            extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size, engine=engine)
+            extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size, engine=engine,
+                                              trust_checkpoint=trust_checkpoint)
         ident = extractor.identity
         info = {
             "index_kind": index, "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
@@ -204,6 +219,7 @@ class Gallery:
             builder.abort()
             raise
         gallery = cls(store, store.snapshot(), extractor, device, batch_size, collection)
+        gallery._trust = bool(trust_checkpoint)
         gallery.last_report = {"added": n, "skipped_existing": 0, "corrupt": len(corrupt),
                                "corrupt_paths": corrupt, "total": n}
         return gallery
@@ -237,14 +253,16 @@ class Gallery:
     def open(cls, db: str | os.PathLike, weights: str | os.PathLike | None = None,
              device: str | None = None, batch_size: int = 64,
              extractor: FeatureExtractor | None = None, collection: str | None = None,
-             readonly: bool = False, engine: str | None = None) -> Gallery:
+             readonly: bool = False, engine: str | None = None, trust_checkpoint: bool = False) -> Gallery:
         """Open an existing gallery; `weights` or `extractor` (else the stored source, loaded on first use) must match its model.
 
         A folder that cannot be written (read-only media) opens read-only: search and check work,
-        writes are refused with one error.
+        writes are refused with one error. `trust_checkpoint`: models that run code may load (a
+        TorchScript program: the stored one only if its file still has the hash recorded at build).
         """
         store = open_store(db, collection=collection, readonly=readonly)
         gallery = cls(store, store.snapshot(), None, device, batch_size, collection)
+        gallery._trust = bool(trust_checkpoint)
         # a model loaded here runs as the gallery's features were made (int8 for footage ingested with
         # `reidkit video`'s default engine) unless an engine is named; "auto" keeps a gallery's kind of feature
         made = gallery.info.get("features_engine")
@@ -263,7 +281,8 @@ class Gallery:
         """Load `weights` (None: the stored source) as the query model, refusing one that is not the gallery's."""
         with self._lock:
             ext = FeatureExtractor.load(weights, device=self.device, batch_size=self._batch_size,
-                                        size=self.identity.input_size, engine=self._engine)
+                                        size=self.identity.input_size, engine=self._engine,
+                                        trust_checkpoint=self._trust)
             self.check_identity(ext.identity)
             self._extractor = ext
             return ext
@@ -292,9 +311,27 @@ class Gallery:
                 if src != "imagenet" and not Path(src).is_file():
                     raise ReIDError(f"gallery {self.describe()} was built with {src}, which is no longer there; "
                                     f"pass --weights with that model")
+                if src != "imagenet":
+                    self._check_stored_program(Path(src))
                 self.use_model(None if src == "imagenet" else src)
             assert self._extractor is not None
             return self._extractor
+
+    def _check_stored_program(self, src: Path) -> None:
+        """The stored model is loaded only as data, or as the very program that was trusted at build."""
+        from reidkit.models.checkpoint import file_sha256, is_torchscript, trust_active
+
+        recorded = self.info.get("model_file_sha256")
+        if not (is_torchscript(src) or recorded):
+            return
+        if not (self._trust or trust_active()):
+            raise ReIDError(f"gallery {self.describe()}: its model {src} is a TorchScript program, and loading it "
+                            "runs the code stored in the file; pass --trust-checkpoint (Python: trust_checkpoint=True) "
+                            "if you trust it, or give the model as a checkpoint or an ONNX export")
+        if recorded and file_sha256(src) != recorded:
+            raise ReIDError(f"gallery {self.describe()}: its model {src} changed since the gallery was built "
+                            f"(sha256 {recorded[:16]}... recorded when it was trusted); refusing to run a different "
+                            "program: pass the model with --weights")
 
     # -- writing ---------------------------------------------------------------------------
 
