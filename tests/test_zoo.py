@@ -1,5 +1,6 @@
-"""Weights by name: the catalogue, downloads from a loopback server (Range resume), hashes recorded and checked,
-offline and typo messages, and `reidkit extract --weights <catalogue name>`."""
+"""Weights by name: the catalogue, downloads from a loopback server, hashes recorded and checked, a killed
+download's part removed by the next run, offline and typo messages, and `reidkit extract --weights <catalogue
+name>`. The cache's attacks (symlinks, truncation, size, races, shadowing, bad entries) are in test_zoo_attacks."""
 from __future__ import annotations
 
 import hashlib
@@ -109,6 +110,18 @@ def _fastreid_file() -> bytes:
     return buf.getvalue()
 
 
+def _keys_file(*keys: str) -> bytes:
+    """A state dict holding only `keys` (small tensors): enough for a layout's key signature."""
+    buf = io.BytesIO()
+    torch.save({k: torch.zeros(2, 2) for k in keys}, buf)
+    return buf.getvalue()
+
+
+def _left(folder: Path) -> list[str]:
+    """What a failed download left in the cache folder, its lock files aside (they stay, empty, by design)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock")) if folder.exists() else []
+
+
 def _catalogue(tmp_path: Path, entries: list[dict]) -> Path:
     base = {"source": "test", "licence": "MIT", "arch": "x", "train": "market1501", "input_size": [64, 32]}
     path = tmp_path / "zoo.yaml"
@@ -144,8 +157,10 @@ def test_download_in_each_layout_records_hash_then_checks_it(env, tmp_path, monk
     from reidkit.models.build import load_model
 
     srv = env["srv"]
-    files = {"osnet.pth": _osnet_file(), "fastreid.pth": _fastreid_file(), "transreid.pth": b"T" * 5000,
-             "solider.pth": b"S" * 5000}
+    files = {"osnet.pth": _osnet_file(), "fastreid.pth": _fastreid_file(),
+             "transreid.pth": _keys_file("base.cls_token", "base.pos_embed", "base.patch_embed.proj.weight",
+                                         "bottleneck.weight"),
+             "solider.pth": _keys_file("base.patch_embed.projection.weight", "base.stages.0.w", "head.w")}
     srv.files.update(files)
     monkeypatch.setenv("REIDKIT_ZOO", str(_catalogue(tmp_path, [
         {"name": "t_osnet", "fmt": "torchreid", "filename": "osnet.pth", "url": "https://example.invalid/osnet.pth"},
@@ -181,37 +196,39 @@ def test_download_in_each_layout_records_hash_then_checks_it(env, tmp_path, monk
 
 def test_catalogue_and_pinned_hash_mismatch_refuse_the_download(env, tmp_path, monkeypatch):
     srv = env["srv"]
-    srv.files["a.pth"] = b"a" * 3000
-    actual = hashlib.sha256(b"a" * 3000).hexdigest()
+    data = _osnet_file()
+    srv.files["a.pth"] = data
+    actual = hashlib.sha256(data).hexdigest()
     wrong = "0" * 64
     monkeypatch.setenv("REIDKIT_ZOO", str(_catalogue(tmp_path, [
-        {"name": "pinned_in_catalogue", "fmt": "fastreid", "filename": "a.pth", "url": "x", "sha256": wrong},
-        {"name": "free", "fmt": "fastreid", "filename": "a.pth", "url": "x"}])))
+        {"name": "pinned_in_catalogue", "fmt": "torchreid", "filename": "a.pth", "url": "https://x.invalid/a",
+         "sha256": wrong},
+        {"name": "free", "fmt": "torchreid", "filename": "a.pth", "url": "https://x.invalid/a"}])))
     with pytest.raises(ReIDError) as err:
         zoo.resolve_weights("pinned_in_catalogue")
     assert wrong in str(err.value) and actual in str(err.value) and "catalogue" in str(err.value)
-    assert not list(env["weights"].iterdir())  # nothing kept: no file, no .part, no record
+    assert _left(env["weights"]) == []  # nothing kept: no file, no part, no record
     with pytest.raises(ReIDError, match=actual):
         zoo.resolve_weights("free", sha256=wrong)
-    assert not list(env["weights"].iterdir())
+    assert _left(env["weights"]) == []
     assert zoo.resolve_weights("free", sha256=actual.upper()) == str(env["weights"] / "a.pth")
     with pytest.raises(ReIDError, match="64 hex digits"):
         zoo.resolve_weights("free", sha256="abc")
 
 
-def test_killed_download_resumes_with_range(env, tmp_path, monkeypatch):
+def test_killed_download_leaves_a_part_the_next_run_removes(env, tmp_path, monkeypatch):
     srv = env["srv"]
-    data = os.urandom(600_000)
+    data = _osnet_file()
     srv.files["big.pth"] = data
-    srv.slow.add("big.pth")  # ~1.5 s to send: time to kill the downloader mid-way
-    cat = _catalogue(tmp_path, [{"name": "big", "fmt": "fastreid", "filename": "big.pth", "url": "x"}])
+    srv.slow.add("big.pth")  # ~2.5 s to send: time to kill the downloader mid-way
+    cat = _catalogue(tmp_path, [{"name": "big", "fmt": "torchreid", "filename": "big.pth",
+                                 "url": "https://x.invalid/b"}])
     monkeypatch.setenv("REIDKIT_ZOO", str(cat))
-    part = env["weights"] / "big.pth.part"
     p = procs.Popen([sys.executable, "-m", "reidkit.cli", "weights", "get", "big"], env=dict(os.environ),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not (part.is_file() and part.stat().st_size >= 100_000):
+        while not any(f.stat().st_size >= 100_000 for f in env["weights"].glob("big.pth.*.part")):
             assert p.poll() is None and time.monotonic() < deadline, "the download did not start"
             time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
@@ -219,28 +236,17 @@ def test_killed_download_resumes_with_range(env, tmp_path, monkeypatch):
     finally:
         if p.poll() is None:
             p.kill()
-    have = part.stat().st_size
-    assert 0 < have < len(data) and not (env["weights"] / "big.pth").exists()
+    parts = list(env["weights"].glob("big.pth.*.part"))
+    assert [f.name for f in parts] == [f"big.pth.{p.pid}.{parts[0].name.split('.')[3]}.part"]  # its pid in the name
+    assert 0 < parts[0].stat().st_size < len(data) and not (env["weights"] / "big.pth").exists()
     srv.slow.clear()
     path = zoo.resolve_weights("big")
-    assert Path(path).read_bytes() == data and not part.exists()
-    assert srv.requests[-1] == ("big.pth", f"bytes={have}-")  # only the missing bytes were asked for
-    # a server that ignores Range (answers 200): the part is rewritten from the start, still correct
-    Path(path).unlink()
-    Path(path + ".sha256").unlink()
-    part.write_bytes(b"garbage!" * 10)
-    srv.files["big.pth"] = data
-
-    class NoRange(_Files):
-        def do_GET(self):  # noqa: N802
-            del self.headers["Range"]
-            super().do_GET()
-
-    srv.RequestHandlerClass = NoRange
-    assert Path(zoo.resolve_weights("big")).read_bytes() == data
+    assert Path(path).read_bytes() == data
+    assert _left(env["weights"]) == ["big.pth", "big.pth.sha256"]  # the dead process's part was removed
+    assert srv.requests[-1] == ("big.pth", None)  # a whole download: a part is never resumed
 
 
-def test_offline_message_and_file_put_by_hand(env, tmp_path, monkeypatch):
+def test_offline_message_and_file_put_by_hand(env, tmp_path, monkeypatch, capsys):
     srv = env["srv"]
     monkeypatch.setenv("REIDKIT_ZOO_URL_OVERRIDE", "http://127.0.0.1:9")  # nothing listens on the discard port
     cat = zoo.catalogue()
@@ -249,12 +255,27 @@ def test_offline_message_and_file_put_by_hand(env, tmp_path, monkeypatch):
         zoo.resolve_weights("osnet_x1_0_msmt17")
     msg = str(err.value)
     assert "http://127.0.0.1:9/osnet_x1_0_msmt17.pth" in msg and f"put the file at {target}" in msg
+    assert "weights get osnet_x1_0_msmt17 --sha256" in msg
     assert main(["weights", "path", "osnet_x1_0_msmt17"]) == 0
-    # the user downloads it by hand and puts it there: used without network, hash recorded on first use
+    # the user downloads it by hand and puts it there: not trusted until pinned (a file without its record is
+    # exactly what a deleted record looks like)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"by hand")
+    with pytest.raises(ReIDError, match="no recorded sha256"):
+        zoo.resolve_weights("osnet_x1_0_msmt17")
+    # pinned, but not a checkpoint: refused, nothing recorded
+    with pytest.raises(ReIDError, match="not a torchreid checkpoint"):
+        zoo.resolve_weights("osnet_x1_0_msmt17", sha256=hashlib.sha256(b"by hand").hexdigest())
+    assert not (target.parent / (target.name + ".sha256")).exists()
+    # the real file, pinned with its hash (the CLI): used without network, the pin recorded for later loads
+    data = _osnet_file()
+    target.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    capsys.readouterr()
+    assert main(["weights", "get", "osnet_x1_0_msmt17", "--sha256", digest]) == 0
+    assert capsys.readouterr().out.strip() == str(target)
+    assert (target.parent / (target.name + ".sha256")).read_text().split()[0] == digest
     assert zoo.resolve_weights("osnet_x1_0_msmt17") == str(target)
-    assert (target.parent / (target.name + ".sha256")).read_text().split()[0] == hashlib.sha256(b"by hand").hexdigest()
     assert srv.requests == []
 
 

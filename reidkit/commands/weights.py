@@ -10,14 +10,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="A catalogue of published person ReID checkpoints reidkit reads (torchreid OSNet, "
                                    "fast-reid BoT/AGW/SBS, TransReID, SOLIDER). Any --weights accepts a name from "
                                    "it; files are cached in $REIDKIT_HOME/weights (default ~/.cache/reidkit/weights) "
-                                   "and checked against the sha256 of their first download.")
+                                   "and checked against the sha256 of their first download (or the catalogue's). "
+                                   "A local file named like a catalogue entry is used only as a path: ./NAME.")
     wsub = w.add_subparsers(dest="weights_command", metavar="<list|get|path>", required=True)
     ls = wsub.add_parser("list", help="the catalogue: name, training set, published mAP / rank-1, input size, source")
     ls.add_argument("--json", action="store_true", help="print JSON (every field)")
     ls.set_defaults(func=_list)
     get = wsub.add_parser("get", help="download (or verify the cached copy of) NAME and print its path")
     get.add_argument("name")
-    get.add_argument("--sha256", default=None, help="pin the file's expected sha256")
+    get.add_argument("--sha256", default=None,
+                     help="pin the file's expected sha256 (also how a file put in the cache by hand is accepted)")
     get.set_defaults(func=_get)
     path = wsub.add_parser("path", help="print where NAME is (or will be) cached; no network")
     path.add_argument("name")
@@ -28,14 +30,14 @@ def _list(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from reidkit.models.zoo import catalogue, weights_home
+    from reidkit.models.zoo import catalogue, is_cached, weights_home
 
     cat = catalogue()
     if args.json:
         rows = []
         for e in cat.values():
             row = dataclasses.asdict(e)
-            row["cached"] = (weights_home() / e.filename).is_file()
+            row["cached"] = is_cached(e)
             rows.append(row)
         print(json.dumps(rows, indent=1))
         return 0
@@ -44,7 +46,7 @@ def _list(args: argparse.Namespace) -> int:
         pub = e.published.get(e.train, {})
         m = f"{pub['mAP']:.1f}" if "mAP" in pub else "-"
         r = f"{pub['rank1']:.1f}" if "rank1" in pub else "-"
-        cached = "yes" if (weights_home() / e.filename).is_file() else ""
+        cached = "yes" if is_cached(e) else ""
         note = e.licence + (f"; never evaluate on {', '.join(e.invalid_eval)}" if e.invalid_eval else "")
         train = e.train.split(" ")[0]
         print(f"{e.name:<40} {train:<12} {m:>5} {r:>5}  {e.input_size[0]}x{e.input_size[1]:<4} {e.fmt:<10} "

@@ -1,45 +1,77 @@
-"""Published ReID weights by name: a catalogue (zoo.yaml) and a verified download cache.
+"""Published ReID weights by name: a catalogue (zoo.yaml) and a verified download cache nobody can poison.
 
 ``resolve_weights(name_or_path, sha256=None) -> str`` returns a local file:
 
-- an existing path is returned unchanged (with `sha256` given, its hash must match);
-- a catalogue name is looked up in ``$REIDKIT_HOME/weights`` (default ``~/.cache/reidkit/weights``).
-  A file already there is used without any network access, after its integrity check. Otherwise it
-  is downloaded into ``<file>.part`` (an interrupted download resumes from the bytes already there
-  with an HTTP ``Range`` request), checked, and renamed into place; Google Drive ids go through
-  ``gdown`` (``pip install "reidkit[zoo]"``).
-- Integrity: the expected hash is `sha256` (a pin), else the catalogue's, else the one recorded in
-  ``<file>.sha256`` when the file was first downloaded (none of the source projects publishes
-  checksums, so trust is on first use and every later load is compared with it). A mismatch is a
-  ReIDError naming the file, the expected and the actual hash; nothing is loaded.
-- Offline or behind a firewall: one ReIDError giving the URL and the exact path to put the file at.
-- A name that is neither a file nor in the catalogue: an error with the closest names.
+- a path (anything with a path separator: ``./NAME``, ``dir/x.pth``, ``/abs/x.pth``) is returned
+  unchanged (with `sha256` given, its hash must match); so is an existing file whose name is not in
+  the catalogue;
+- a catalogue name resolves to the cache, ``$REIDKIT_HOME/weights`` (default ``~/.cache/reidkit/weights``),
+  and only to it: a file of that name in the current folder is not used (one notice on stderr says
+  to pass it as ``./NAME``). A cached file is used without network, after its hash is checked.
 
-Environment: ``REIDKIT_HOME`` (cache root), ``REIDKIT_ZOO`` (another catalogue YAML),
-``REIDKIT_ZOO_URL_OVERRIDE`` (a base URL serving every catalogue file by its ``filename``: a mirror
-inside a firewall, or the tests' loopback server).
+Integrity. The expected hash is `sha256` (a pin), else the catalogue's, else the one recorded in
+``<file>.sha256`` when the file entered the cache (none of the source projects publishes checksums, so
+trust is on first use and every later load is compared with it). A cached file whose record is missing
+(deleted, or the file was put there by hand) is an error until the user pins it with `sha256`: a record
+that disappears never means "pin whatever is there now". A mismatch is a ReIDError naming the file and
+both hashes; nothing is loaded.
+
+A download, under a per-entry lock (``.<file>.lock``, a :class:`~reidkit.utils.locks.PidLock`: a second
+process waits, then finds the file), goes into ``<file>.<pid>.<random>.part`` created with
+``O_CREAT | O_EXCL | O_NOFOLLOW`` relative to the cache folder opened with ``O_NOFOLLOW`` (the folder,
+the cached file and its record must be a real folder and regular files: a symlink planted at any of
+them is refused, its target untouched). The transfer is refused past the entry's ``max_bytes``
+(default 2 GiB) and when it ends short of its Content-Length; then the file must load as the
+catalogue's ``fmt`` with the safe reader (tensors and allowlisted containers only, never full
+unpickling, even under ``--trust-checkpoint``; a TorchScript archive is refused), and must match any
+known hash. Only then is its hash recorded and the part renamed into place; on any failure (network,
+disk full, size, format, hash) the part is removed and one ReIDError says why. Part files of dead
+processes (pid in the name) are removed by the next download of that entry. Google Drive ids go
+through ``gdown`` (``pip install "reidkit[zoo]"``), writing into the same part file.
+
+Offline or behind a firewall: one ReIDError giving the URL and the exact path to put the file at.
+A name that is neither a file nor in the catalogue: an error with the closest names.
+
+Environment: ``REIDKIT_HOME`` (cache root), ``REIDKIT_ZOO`` (another catalogue YAML; every entry is
+validated: filename, url, gdrive, sha256, max_bytes), ``REIDKIT_ZOO_URL_OVERRIDE`` (an http(s) base URL
+serving every catalogue file by its ``filename``: a mirror inside a firewall, or the tests' loopback
+server).
 """
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
+import http.client
 import os
 import re
+import secrets
+import stat
+import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.utils.locks import PidLock
 
-__all__ = ["WeightsEntry", "catalogue", "resolve_weights", "weights_home", "weights_path", "file_sha256"]
+__all__ = ["WeightsEntry", "catalogue", "resolve_weights", "weights_home", "weights_path", "file_sha256",
+           "is_cached", "DEFAULT_MAX_BYTES"]
 
 HOME_ENV = "REIDKIT_HOME"
 ZOO_ENV = "REIDKIT_ZOO"
 URL_ENV = "REIDKIT_ZOO_URL_OVERRIDE"
+DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB: the largest published ReID checkpoint is ~0.4 GB
 _CHUNK = 1 << 20
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_GDRIVE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_RESERVED_SUFFIXES = (".sha256", ".lock", ".part", ".tmp")
+_NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (torch's pre-zip format)
 
 
 @dataclass(frozen=True)
@@ -57,16 +89,24 @@ class WeightsEntry:
     url: str | None = None
     gdrive: str | None = None
     sha256: str | None = None
+    max_bytes: int | None = None
     published: dict[str, dict[str, float]] = field(default_factory=dict)
     invalid_eval: tuple[str, ...] = ()
     distance: str | None = None
     notes: str | None = None
 
+    @property
+    def size_cap(self) -> int:
+        """The most bytes a download of this entry may have (``max_bytes``, default 2 GiB)."""
+        return self.max_bytes or DEFAULT_MAX_BYTES
+
     def download_url(self) -> str | None:
         """Where the file is fetched from ($REIDKIT_ZOO_URL_OVERRIDE + filename when set)."""
         base = os.environ.get(URL_ENV)
         if base:
-            return base.rstrip("/") + "/" + self.filename
+            if _url_problem(base):
+                raise ReIDError(f"${URL_ENV}: {_url_problem(base)}, got {base!r}")
+            return base.rstrip("/") + "/" + urllib.parse.quote(self.filename)
         if self.url:
             return self.url
         if self.gdrive:
@@ -80,8 +120,81 @@ def weights_home() -> Path:
     return (Path(root).expanduser() if root else Path.home() / ".cache" / "reidkit") / "weights"
 
 
+# ---------------------------------------------------------------------------------------------------
+# the catalogue
+
+
+def _url_problem(url: Any) -> str | None:
+    """Why `url` is not an http(s) URL, or None."""
+    if not isinstance(url, str) or not url:
+        return "expected an http:// or https:// URL"
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "the URL holds a space or a control character"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return f"expected an http:// or https:// URL (scheme {parts.scheme or 'none'!r} is not fetched)"
+    return None
+
+
+def _filename_problem(name: Any) -> str | None:
+    """Why `name` is not a plain file name the cache may hold, or None."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty file name"
+    if "\0" in name:
+        return "holds a NUL byte"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "holds a control character"
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        return "must be a plain file name (no '/', '\\', '..' or leading '.')"
+    if name.endswith(_RESERVED_SUFFIXES):
+        return f"must not end in {', '.join(_RESERVED_SUFFIXES)} (the cache's own files)"
+    if len(name.encode("utf-8", "surrogateescape")) > 200:
+        return "is longer than 200 bytes"
+    return None
+
+
+def _validated(row: dict, where: str) -> WeightsEntry:
+    """One catalogue row as a WeightsEntry; a bad value raises one ReIDError naming the entry and key."""
+    name = row["name"]
+
+    def bad(key: str, what: str) -> ReIDError:
+        return ReIDError(f"weights catalogue {where}: entry {name!r}: {key}: {what}")
+
+    if not name or "\0" in name or "/" in name or "\\" in name:
+        raise bad("name", "expected a non-empty name without '/', '\\' or NUL")
+    for key in ("source", "licence", "arch", "fmt", "train", "filename"):
+        if key not in row:
+            raise bad(key, "missing")
+    why = _filename_problem(row["filename"])
+    if why:
+        raise bad("filename", f"{why} (got {row['filename']!r})")
+    if not isinstance(row["fmt"], str) or not row["fmt"]:
+        raise bad("fmt", f"expected a checkpoint format name (got {row['fmt']!r})")
+    if row.get("url") is not None and _url_problem(row["url"]):
+        raise bad("url", f"{_url_problem(row['url'])} (got {row['url']!r})")
+    gdrive = row.get("gdrive")
+    if gdrive is not None and not (isinstance(gdrive, str) and _GDRIVE_ID.match(gdrive)):
+        raise bad("gdrive", f"expected a Google Drive file id (letters, digits, '-', '_'; got {gdrive!r})")
+    sha = row.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and _HEX64.match(sha)):
+        raise bad("sha256", f"expected 64 hex digits (got {sha!r})")
+    cap = row.get("max_bytes")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
+        raise bad("max_bytes", f"expected a positive whole number of bytes (got {cap!r})")
+    try:
+        size = row["input_size"]
+        return WeightsEntry(**{**row, "input_size": tuple(int(v) for v in size),
+                               "sha256": sha.lower() if sha else None,
+                               "invalid_eval": tuple(row.get("invalid_eval") or ()),
+                               "published": dict(row.get("published") or {})})
+    except KeyError as exc:
+        raise bad(str(exc.args[0]), "missing") from None
+    except (TypeError, ValueError) as exc:
+        raise ReIDError(f"weights catalogue {where}: entry {name!r}: {exc}") from None
+
+
 def catalogue() -> dict[str, WeightsEntry]:
-    """The catalogue by name: $REIDKIT_ZOO if set, else the packaged zoo.yaml."""
+    """The catalogue by name: $REIDKIT_ZOO if set, else the packaged zoo.yaml (every entry validated)."""
     import yaml
 
     path = os.environ.get(ZOO_ENV)
@@ -90,30 +203,23 @@ def catalogue() -> dict[str, WeightsEntry]:
         text = Path(path).read_text(encoding="utf-8") if path else \
             resources.files("reidkit.models").joinpath("zoo.yaml").read_text(encoding="utf-8")
         data = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ReIDError(f"{ZOO_ENV}: cannot read the weights catalogue {where} ({exc})") from None
     rows = data.get("weights") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise ReIDError(f"weights catalogue {where}: expected a top-level 'weights:' list")
-    known = {f for f in WeightsEntry.__dataclass_fields__}
+    known = set(WeightsEntry.__dataclass_fields__)
     out: dict[str, WeightsEntry] = {}
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
             raise ReIDError(f"weights catalogue {where}: entry {i} has no name")
         extra = set(row) - known
         if extra:
-            raise ReIDError(f"weights catalogue {where}: {row['name']}: unknown field(s) {', '.join(sorted(extra))}")
-        try:
-            entry = WeightsEntry(**{**row, "input_size": tuple(int(v) for v in row["input_size"]),
-                                    "invalid_eval": tuple(row.get("invalid_eval") or ()),
-                                    "published": dict(row.get("published") or {})})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReIDError(f"weights catalogue {where}: {row['name']}: {exc}") from None
-        if "/" in entry.filename or entry.filename.startswith("."):
-            raise ReIDError(f"weights catalogue {where}: {entry.name}: filename must be a plain file name")
-        if entry.sha256 is not None and not _HEX64.match(entry.sha256):
-            raise ReIDError(f"weights catalogue {where}: {entry.name}: sha256 must be 64 lowercase hex digits")
-        out[entry.name] = entry
+            raise ReIDError(f"weights catalogue {where}: entry {row['name']!r}: unknown field(s) "
+                            f"{', '.join(sorted(map(str, extra)))}")
+        if row["name"] in out:
+            raise ReIDError(f"weights catalogue {where}: entry {row['name']!r}: name appears twice")
+        out[row["name"]] = _validated(row, where)
     return out
 
 
@@ -141,8 +247,17 @@ def weights_path(name: str) -> Path:
     return weights_home() / _entry(name).filename
 
 
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or bool(Path(text).suffix)
+def is_cached(entry: WeightsEntry) -> bool:
+    """True when the cache holds a regular file (not a link) for `entry` (its hash is not checked here)."""
+    try:
+        return stat.S_ISREG(os.lstat(weights_home() / entry.filename).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_path(text: str) -> bool:
+    """A path rather than a name: it holds a path separator (``./NAME``, ``dir/x``, ``~/x``)."""
+    return "/" in text or os.sep in text or bool(os.altsep and os.altsep in text)
 
 
 def _check_pin(sha256: str | None) -> str | None:
@@ -160,117 +275,554 @@ def _mismatch(path: Path, expected: str, actual: str, why: str) -> ReIDError:
                      f"with --sha256")
 
 
-def _verify(path: Path, entry: WeightsEntry, pin: str | None) -> None:
-    """Compare `path` with the pinned, catalogue or recorded hash; record it when none is known yet."""
-    record = path.with_name(path.name + ".sha256")
-    expected, why = pin, "pinned"
-    if expected is None and entry.sha256:
-        expected, why = entry.sha256, "catalogue"
-    if expected is None and record.is_file():
-        expected, why = record.read_text(encoding="utf-8").split()[0].strip().lower(), "recorded (first download)"
-    actual = file_sha256(path)
-    if expected is not None and actual != expected:
-        raise _mismatch(path, expected, actual, why)
-    if not record.is_file() and not entry.sha256:
-        _record(path, actual)
+# ---------------------------------------------------------------------------------------------------
+# the cache folder, opened once per call: every file in it is reached relative to that descriptor
+# with O_NOFOLLOW, so a symlink planted at a name (or a folder swapped for a link) is never followed.
 
 
-def _record(path: Path, digest: str) -> None:
-    """Write `<file>.sha256` (the sha256sum format) beside `path`."""
-    from reidkit.utils.io import atomic_write
-
-    with atomic_write(path.with_name(path.name + ".sha256"), "w") as f:
-        f.write(f"{digest}  {path.name}\n")
-
-
-def _offline(entry: WeightsEntry, url: str | None, target: Path, reason: str) -> ReIDError:
-    where = f"from {url} " if url else ""
-    return ReIDError(f"weights {entry.name}: cannot download {where}({reason}); download it yourself "
-                     f"and put the file at {target}")
+def _lstat(name: str, dfd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
-def _http_download(url: str, part: Path, name: str) -> None:
-    """Fetch `url` into `part`, resuming from the bytes already there (HTTP Range), with a progress bar."""
+def _kind(st: os.stat_result) -> str:
+    return "a symbolic link" if stat.S_ISLNK(st.st_mode) else \
+        "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+
+
+def _require_regular(st: os.stat_result, path: Path, entry: WeightsEntry) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ReIDError(f"weights {entry.name}: {path} is {_kind(st)}; the cache uses only regular files that "
+                        f"it downloaded (or that you pinned): remove it (to use another file, pass its path)")
+
+
+def _open_home(home: Path, create: bool) -> int | None:
+    """A descriptor of the cache folder (None when it does not exist and `create` is false)."""
+    try:
+        if create:
+            home.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(home)
+    except FileNotFoundError:
+        if not create:
+            return None
+        raise ReIDError(f"${HOME_ENV}: cannot create the weights folder {home}") from None
+    except (OSError, ValueError) as exc:
+        raise ReIDError(f"${HOME_ENV}: cannot create the weights folder {home} "
+                        f"({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ReIDError(f"${HOME_ENV}: the weights folder {home} is {_kind(st)}; it must be a real folder "
+                        f"(to keep weights elsewhere, set ${HOME_ENV} to a folder there)")
+    try:
+        return os.open(home, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+    except OSError as exc:
+        raise ReIDError(f"${HOME_ENV}: cannot open the weights folder {home} ({exc.strerror or exc})") from None
+
+
+def _hash_fd(fd: int) -> str:
+    h, off = hashlib.sha256(), 0
+    while True:
+        block = os.pread(fd, _CHUNK, off)
+        if not block:
+            return h.hexdigest()
+        h.update(block)
+        off += len(block)
+
+
+def _hash_cached(name: str, dfd: int, path: Path, entry: WeightsEntry) -> str:
+    """sha256 of the regular file `name` in the cache folder (a link or special file is refused)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ReIDError(f"weights {entry.name}: {path} is a symbolic link; the cache uses only regular "
+                            "files: remove it") from None
+        raise ReIDError(f"weights {entry.name}: cannot read {path} ({exc.strerror or exc})") from None
+    try:
+        _require_regular(os.fstat(fd), path, entry)
+        return _hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_record(dfd: int, home: Path, entry: WeightsEntry) -> str | None:
+    """The hash recorded in ``<file>.sha256`` (None when there is none)."""
+    name = entry.filename + ".sha256"
+    path = home / name
+    st = _lstat(name, dfd)
+    if st is None:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise ReIDError(f"weights {entry.name}: the hash record {path} is {_kind(st)}; remove it")
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=dfd)
+        try:
+            text = os.read(fd, 4096).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ReIDError(f"weights {entry.name}: cannot read the hash record {path} ({exc.strerror or exc})") from None
+    words = text.split()
+    if not words or not _HEX64.match(words[0]):
+        raise ReIDError(f"weights {entry.name}: the hash record {path} holds no sha256; it was damaged. Check "
+                        f"{home / entry.filename} and pin it (`reidkit weights get {entry.name} --sha256 HASH`), "
+                        f"or delete both to download it again")
+    return words[0].lower()
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _disk_error(entry: WeightsEntry, home: Path, exc: OSError) -> ReIDError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ReIDError(f"weights {entry.name}: no space left in {home} ({exc.strerror or exc}); the partial "
+                         f"download was removed. Free some space (the file is up to {entry.size_cap} bytes) or "
+                         f"set ${HOME_ENV} to a folder on a disk with room, then run it again")
+    return ReIDError(f"weights {entry.name}: cannot write in the weights folder {home} ({exc.strerror or exc}); "
+                     "the partial download was removed")
+
+
+def _write_record(dfd: int, home: Path, entry: WeightsEntry, digest: str) -> None:
+    """Write ``<file>.sha256`` (the sha256sum format): unique temp created O_EXCL | O_NOFOLLOW, fsync, rename."""
+    name = entry.filename + ".sha256"
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dfd)
+    except OSError as exc:
+        raise _disk_error(entry, home, exc) from None
+    try:
+        try:
+            _write_all(fd, f"{digest}  {entry.filename}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except OSError as exc:
+        _unlink(tmp, dfd)
+        raise _disk_error(entry, home, exc) from None
+    except BaseException:
+        _unlink(tmp, dfd)
+        raise
+
+
+def _unlink(name: str, dfd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dfd)
+    except OSError:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _clean_stale(dfd: int, entry: WeightsEntry) -> list[str]:
+    """Remove the part files (and record temps) of `entry` whose process is dead; run under the entry lock."""
+    f = re.escape(entry.filename)
+    pattern = re.compile(rf"^(?:{f}|\.{f}\.sha256)\.(\d+)\.[0-9a-f]{{8}}\.(?:part|tmp)$")
+    removed = []
+    for name in os.listdir(dfd):
+        m = pattern.match(name)
+        legacy = name == entry.filename + ".part"  # reidkit < 0.x: one shared part name, no owner
+        if legacy or (m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1))))):
+            _unlink(name, dfd)
+            removed.append(name)
+    return removed
+
+
+class _EntryLock(PidLock):
+    """The project's PidLock on ``.<file>.lock`` in the cache folder, opened relative to the folder with
+    O_NOFOLLOW (a link planted at the lock's name is refused, never truncated through)."""
+
+    def __init__(self, dfd: int, home: Path, entry: WeightsEntry) -> None:
+        super().__init__(home / f".{entry.filename}.lock", timeout=None,
+                         on_wait=lambda msg: print(f"weights {entry.name}: another process is fetching it; {msg}",
+                                                   file=sys.stderr, flush=True))
+        self._dfd, self._name, self._entry = dfd, f".{entry.filename}.lock", entry
+
+    def open_error(self, exc: OSError) -> ReIDError:
+        if exc.errno == errno.ELOOP:
+            return ReIDError(f"weights {self._entry.name}: the lock {self.path} is a symbolic link; remove it")
+        return super().open_error(exc)
+
+    def __enter__(self) -> Any:
+        import fcntl
+        import time
+
+        try:
+            fd = os.open(self._name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o666, dir_fd=self._dfd)
+        except OSError as exc:
+            raise self.open_error(exc) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise ReIDError(f"weights {self._entry.name}: the lock {self.path} is {_kind(st)}; remove it")
+        fh = os.fdopen(fd, "r+")
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told and self.on_wait is not None:
+                    self.on_wait(self.waiting_message())
+                    told = True
+                time.sleep(self.poll)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# downloads
+
+
+class _TooBig(Exception):
+    def __init__(self, size: int, declared: bool = False) -> None:
+        super().__init__(size)
+        self.size, self.declared = size, declared
+
+
+class _WriteFailed(Exception):
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+class _Short(Exception):
+    def __init__(self, got: int, total: int) -> None:
+        super().__init__(got, total)
+        self.got, self.total = got, total
+
+
+class _PartWriter:
+    """The part file as a write-only stream (for urllib's loop and gdown): counts bytes, refuses past the
+    cap, turns a failed write into _WriteFailed (remembered, so a caller that swallows it still fails)."""
+
+    def __init__(self, fd: int, cap: int) -> None:
+        self.fd, self.cap, self.size = fd, cap, 0
+        self.error: Exception | None = None
+
+    def write(self, data: Any) -> int:
+        if self.error is not None:
+            raise self.error
+        n = memoryview(data).nbytes
+        if self.size + n > self.cap:
+            self.error = _TooBig(self.size + n)
+            raise self.error
+        try:
+            _write_all(self.fd, data)
+        except OSError as exc:
+            self.error = _WriteFailed(exc)
+            raise self.error from None
+        self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _http_download(url: str, out: _PartWriter, name: str) -> None:
+    """Fetch `url` into `out` with a progress bar; refuse a body over the cap or short of its Content-Length."""
     from tqdm import tqdm
 
-    have = part.stat().st_size if part.is_file() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "reidkit", **({"Range": f"bytes={have}-"} if have else {})})
+    req = urllib.request.Request(url, headers={"User-Agent": "reidkit", "Accept-Encoding": "identity"})
     try:
-        resp = urllib.request.urlopen(req, timeout=30)  # noqa: S310 - catalogue or user-set URL
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:  # the part already holds the whole file
-            return
-        raise
+        resp = urllib.request.urlopen(req, timeout=30)  # noqa: S310 - an http(s) catalogue or mirror URL
+    except ValueError as exc:  # a URL urllib cannot parse
+        raise urllib.error.URLError(str(exc)) from None
     with resp:
-        if have and resp.status != 206:  # the server ignored the Range: start again
-            have = 0
-        total = resp.headers.get("Content-Length")
-        total = (int(total) + have) if total and total.isdigit() else None
-        with open(part, "ab" if have else "wb") as f, \
-                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=name, leave=False,
-                     disable=None) as bar:
-            for chunk in iter(lambda: resp.read1(_CHUNK), b""):  # what has arrived: progress, and a part that grows
-                f.write(chunk)
+        if resp.status != 200:
+            raise urllib.error.URLError(f"unexpected HTTP status {resp.status}")
+        length = (resp.headers.get("Content-Length") or "").strip()
+        total = int(length) if length.isdigit() else None
+        if total is not None and total > out.cap:
+            raise _TooBig(total, declared=True)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
+            for chunk in iter(lambda: resp.read1(_CHUNK), b""):
+                out.write(chunk)
                 bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-    if total is not None and part.stat().st_size != total:
-        raise OSError(f"connection closed after {part.stat().st_size} of {total} bytes")
+    if total is not None and out.size != total:
+        raise _Short(out.size, total)
 
 
-def _gdrive_download(file_id: str, part: Path) -> None:
+def _gdrive_download(file_id: str, out: _PartWriter) -> None:
     try:
         import gdown
     except ImportError:
         raise ReIDError('weights on Google Drive need gdown: pip install "reidkit[zoo]" (or pip install gdown)') from None
-    out = gdown.download(id=file_id, output=str(part), quiet=False, resume=True)
-    if not out or not part.is_file():
+    try:
+        gdown.download(id=file_id, output=out, quiet=False)
+    except (_TooBig, _WriteFailed):
+        raise
+    except Exception as exc:  # noqa: BLE001 - gdown's own errors (quota, permission, network)
+        out.check()
+        raise OSError(f"gdown could not fetch the file: {exc}") from None
+    out.check()
+    if out.size == 0:
         raise OSError("gdown could not fetch the file (quota, permission, or no network)")
+
+
+def _offline(entry: WeightsEntry, url: str | None, target: Path, reason: str) -> ReIDError:
+    where = f"from {url} " if url else ""
+    return ReIDError(f"weights {entry.name}: cannot download {where}({reason}); download it yourself, put the "
+                     f"file at {target} and pin its hash: reidkit weights get {entry.name} --sha256 HASH")
+
+
+def _known_formats() -> list[str]:
+    from reidkit.models.interop import FORMATS
+
+    return ["reidkit", *FORMATS.names()]
+
+
+def _load_strict(path: Path) -> Any:
+    """Read a checkpoint with the safe reader's allowlist only: never full unpickling, whatever the caller's
+    --trust-checkpoint says (a file enters the cache only if it loads without trust); TorchScript refused."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    from reidkit.models.checkpoint import allowed_globals, is_torchscript
+
+    if is_torchscript(path):
+        raise ReIDError("it is a TorchScript program (a zip of code), not a training checkpoint")
+    allowed = allowed_globals()
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            obj = allowed.get(f"{module}.{name}")
+            if obj is None:
+                raise pickle.UnpicklingError(f"it needs the global {module}.{name}, which loading could run")
+            return obj
+
+        def persistent_load(self, pid: Any) -> Any:
+            raise pickle.UnpicklingError("persistent ids outside torch.save's format")
+
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as fh:
+                first = Restricted(fh, encoding="latin1").load()
+            if not (type(first) is int and first == _LEGACY_MAGIC):
+                return first
+        with torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a safe checkpoint"
+        lines = str(exc).strip().splitlines()
+        raise ReIDError(f"it does not load with the safe reader ({type(exc).__name__}: "
+                        f"{lines[0][:300] if lines else ''})") from None
+
+
+def _check_format(path: Path, entry: WeightsEntry, origin: str) -> None:
+    """Refuse a file that does not load, without trust, as the catalogue's declared format."""
+    from collections.abc import Mapping
+
+    def refuse(why: str) -> ReIDError:
+        return ReIDError(f"weights {entry.name}: {origin} is not a {entry.fmt} checkpoint: {why}; it was not "
+                         "cached and its hash was not recorded")
+
+    try:
+        obj = _load_strict(path)
+    except ReIDError as exc:
+        raise refuse(str(exc)) from None
+    if not isinstance(obj, Mapping):
+        raise refuse(f"it holds a {type(obj).__name__}, not a checkpoint dict")
+    if entry.fmt == "reidkit":
+        if "model_cfg" not in obj:
+            raise refuse("it has no model_cfg (not a reidkit checkpoint)")
+        return
+    from reidkit.models.interop import FORMATS
+    from reidkit.models.interop.common import unwrap_state
+
+    try:
+        state = unwrap_state(obj, origin)
+    except ReIDError as exc:
+        raise refuse(str(exc)) from None
+    if not FORMATS.get(entry.fmt).detect(state):
+        raise refuse("its tensor names are not that layout's")
+
+
+def _expected(entry: WeightsEntry, pin: str | None, record: str | None) -> tuple[str | None, str]:
+    if pin is not None:
+        return pin, "pinned"
+    if entry.sha256:
+        return entry.sha256, "catalogue"
+    if record is not None:
+        return record, "recorded (first download)"
+    return None, ""
+
+
+def _use_cached(dfd: int, home: Path, entry: WeightsEntry, pin: str | None, locked: bool) -> bool | None:
+    """Verify the cached file: True when it is good; False when there is none; None when a record must be
+    written first (a file pinned by hand) and the lock is not held. Raises on a bad file."""
+    target = home / entry.filename
+    st = _lstat(entry.filename, dfd)
+    record = _read_record(dfd, home, entry)
+    if st is None:
+        return False
+    _require_regular(st, target, entry)
+    if record is None and not entry.sha256 and pin is None:
+        raise ReIDError(
+            f"weights {entry.name}: {target} has no recorded sha256 ({target}.sha256 is missing): the record was "
+            f"deleted, or the file was put there by hand. It is not re-pinned silently: if you trust this file, "
+            f"pin it with `reidkit weights get {entry.name} --sha256 HASH` (sha256= in Python; `sha256sum` "
+            f"prints HASH); otherwise delete {target} and it is downloaded again")
+    expected, why = _expected(entry, pin, record)
+    actual = _hash_cached(entry.filename, dfd, target, entry)
+    if expected is not None and actual != expected:
+        raise _mismatch(target, expected, actual, why)
+    if record is not None or entry.sha256:
+        return True
+    if not locked:
+        return None
+    _check_format(target, entry, str(target))  # a file pinned by hand: it must load before it is recorded
+    if _hash_cached(entry.filename, dfd, target, entry) != actual:
+        raise ReIDError(f"weights {entry.name}: {target} changed while it was checked; run it again")
+    _write_record(dfd, home, entry, actual)
+    return True
+
+
+def _download(dfd: int, home: Path, entry: WeightsEntry, pin: str | None) -> None:
+    """Fetch `entry` into a fresh part file, check it (size, length, format, hash), record, rename into place."""
+    target = home / entry.filename
+    url = entry.download_url()
+    if url is None:
+        raise ReIDError(f"weights {entry.name}: the catalogue has no public download for it; put the file at "
+                        f"{target} and pin its hash: reidkit weights get {entry.name} --sha256 HASH")
+    if entry.fmt not in _known_formats():
+        raise ReIDError(f"weights catalogue: entry {entry.name!r}: fmt {entry.fmt!r} is not a known checkpoint "
+                        f"format ({', '.join(_known_formats())})")
+    expected, why = _expected(entry, pin, _read_record(dfd, home, entry))
+    part = f"{entry.filename}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dfd)
+    except FileExistsError:  # something was planted at a fresh random name: never write through it
+        raise ReIDError(f"weights {entry.name}: {home / part} already exists; a part file is always a new file "
+                        "(nothing was written): remove it and run again") from None
+    except OSError as exc:
+        raise _disk_error(entry, home, exc) from None
+    done = False
+    try:
+        out = _PartWriter(fd, entry.size_cap)
+        try:
+            if entry.gdrive and not os.environ.get(URL_ENV) and not entry.url:
+                _gdrive_download(entry.gdrive, out)
+            else:
+                _http_download(url, out, entry.name)
+            out.check()
+            os.fsync(fd)
+        except _TooBig as exc:
+            said = "declares" if exc.declared else "sent more than"
+            raise ReIDError(f"weights {entry.name}: {url} {said} {exc.size if exc.declared else entry.size_cap} "
+                            f"bytes, over the entry's max_bytes ({entry.size_cap}); refused, nothing kept. If the "
+                            f"file really is that large, raise max_bytes in a catalogue of your own (${ZOO_ENV})"
+                            ) from None
+        except _Short as exc:
+            raise ReIDError(f"weights {entry.name}: the download from {url} stopped after {exc.got} of {exc.total} "
+                            "bytes (connection closed early); nothing kept, run it again") from None
+        except _WriteFailed as exc:
+            raise _disk_error(entry, home, exc.exc) from None
+        except urllib.error.HTTPError as exc:
+            raise _offline(entry, url, target, f"HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # fsync
+                raise _disk_error(entry, home, exc) from None
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise _offline(entry, url, target, str(reason)) from None
+        actual = _hash_fd(fd)
+        if expected is not None and actual != expected:
+            if why.startswith("recorded"):
+                raise ReIDError(f"weights {entry.name}: the file downloaded from {url} has sha256 {actual}, not the "
+                                f"{expected} recorded at its first download ({target}.sha256): the publisher "
+                                f"changed it, or the download was altered; nothing kept. Delete {target}.sha256 "
+                                "to accept the new file")
+            raise _mismatch(target, expected, actual, why)
+        _check_format(home / part, entry, url)
+        here = _lstat(part, dfd)
+        if here is None or (here.st_dev, here.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino) \
+                or _hash_fd(fd) != actual:
+            raise ReIDError(f"weights {entry.name}: the part file {home / part} was replaced or changed while it "
+                            "was checked; nothing kept")
+        now = _lstat(entry.filename, dfd)
+        if now is not None:
+            what = "a regular file" if stat.S_ISREG(now.st_mode) else _kind(now)
+            raise ReIDError(f"weights {entry.name}: {target} appeared ({what}) while it was downloaded; nothing was "
+                            "replaced and the download was not kept: remove it and run again")
+        if not entry.sha256:
+            _write_record(dfd, home, entry, actual)  # before the rename: a cached file always has its record
+        os.replace(part, entry.filename, src_dir_fd=dfd, dst_dir_fd=dfd)
+        done = True
+    finally:
+        os.close(fd)
+        if not done:
+            _unlink(part, dfd)
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+
+
+def _cached(entry: WeightsEntry, pin: str | None) -> str:
+    """The verified cached file of `entry`, downloaded first (under the entry's lock) when missing."""
+    home = weights_home()
+    dfd = _open_home(home, create=False)
+    if dfd is not None:
+        try:
+            if _use_cached(dfd, home, entry, pin, locked=False):
+                return str(home / entry.filename)
+        finally:
+            os.close(dfd)
+    dfd = _open_home(home, create=True)
+    try:
+        with _EntryLock(dfd, home, entry):
+            if not _use_cached(dfd, home, entry, pin, locked=True):  # another process may have fetched it
+                _clean_stale(dfd, entry)
+                _download(dfd, home, entry, pin)
+    finally:
+        os.close(dfd)
+    return str(home / entry.filename)
 
 
 def resolve_weights(name_or_path: str | os.PathLike, sha256: str | None = None) -> str:
     """A local file for a path or a catalogue name (downloaded and verified; see the module docstring)."""
     pin = _check_pin(sha256)
     text = os.fspath(name_or_path)
-    if Path(text).exists():
-        if pin is not None and Path(text).is_file():
+    if not _is_path(text):
+        entry = catalogue().get(text)
+        if entry is not None:
+            if os.path.lexists(text):
+                print(f"notice: weights {text!r} is a catalogue name, so the verified cached file is used, not "
+                      f"the file {text!r} in the current folder; to use that file, pass it as a path: ./{text}",
+                      file=sys.stderr, flush=True)
+            return _cached(entry, pin)
+    if os.path.exists(text):
+        if pin is not None and os.path.isfile(text):
             actual = file_sha256(text)
             if actual != pin:
                 raise _mismatch(Path(text), pin, actual, "pinned")
         return text
-    if _looks_like_path(text) and text not in catalogue():
+    if _is_path(text) or Path(text).suffix:
         return text  # a missing file: the caller's own "not a file" error names it
-    entry = _entry(text)
-    home = weights_home()
-    target = home / entry.filename
-    if target.is_file():
-        _verify(target, entry, pin)
-        return str(target)
-    url = entry.download_url()
-    if url is None:
-        raise ReIDError(f"weights {entry.name}: the catalogue has no public download for it; "
-                        f"put the file at {target}")
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReIDError(f"${HOME_ENV}: cannot create the weights folder {home} ({exc.strerror or exc})") from None
-    part = target.with_name(target.name + ".part")
-    try:
-        if entry.gdrive and not os.environ.get(URL_ENV) and not entry.url:
-            _gdrive_download(entry.gdrive, part)
-        else:
-            _http_download(url, part, entry.name)
-    except urllib.error.HTTPError as exc:
-        raise _offline(entry, url, target, f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-        raise _offline(entry, url, target, str(reason)) from None
-    actual = file_sha256(part)
-    expected = pin or entry.sha256
-    if expected is not None and actual != expected:
-        part.unlink(missing_ok=True)  # a wrong download is never kept, resumed or renamed into place
-        raise _mismatch(target, expected, actual, "pinned" if pin else "catalogue")
-    os.replace(part, target)
-    if not entry.sha256:
-        _record(target, actual)
-    return str(target)
+    _entry(text)  # raises: not a file, not a name (with the closest names)
+    raise AssertionError("unreachable")
