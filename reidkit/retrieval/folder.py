@@ -99,12 +99,19 @@ def embed_paths(extractor: FeatureExtractor, paths: Sequence[str], chunk: int = 
 
 
 def image_rows(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Entry rows of image files: camera and frame from the name, width and height from the header."""
+    """Entry rows of image files: camera and frame from the name, width and height from the header, and in
+    meta the file's size and mtime (``file_stat``: the service serves the file only while they match)."""
+    import json
+
+    from reidkit.retrieval.store import FILE_STAT_KEY, file_stat
+
     rows = []
     for p in paths:
         cam, frame = parse_camera_frame(p)
         w, h = _image_size(p)
+        # None (the file went away or is no regular file any more) is recorded too: never served then
+        meta = json.dumps({FILE_STAT_KEY: file_stat(p)})
         rows.append({"path": p, "kind": "image", "camid": cam, "camera": None if cam is None else f"c{cam + 1}",
                      "tracklet": None, "frame_start": frame, "frame_end": frame, "t_start": None, "t_end": None,
-                     "width": w, "height": h, "meta": None})
+                     "width": w, "height": h, "meta": meta})
     return rows

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_FIELDS", "KINDS", "CRASH_ENV", "CRASH_POINTS", "crash_point", "MILVUS_PREFIX", "DEFAULT_COLLECTION", "SearchFilter", "StoreSnapshot",
     "GalleryStore", "StoreBuilder", "normalize_entries", "encode_state", "is_milvus", "describe_db",
-    "store_class", "open_store", "store_exists",
+    "store_class", "open_store", "store_exists", "FILE_STAT_KEY", "THUMB_STATS_KEY", "file_stat", "parse_file_stat",
 ]
 
 # Every stored field of an entry, in the order search results list them.
@@ -254,6 +254,39 @@ def encode_state(state: dict[str, Any] | None) -> dict[str, str | None]:
         return {k: None if v is None else json.dumps(v, default=json_default) for k, v in state.items()}
     except (TypeError, ValueError) as exc:
         raise ReIDError(f"add_entries: state is not JSON-serialisable ({exc})") from None
+
+
+# ----------------------------------------------------------------------------- recorded file stats
+
+# An entry's meta records the size and modification time of the file(s) it was made from, so the service
+# serves a file only while it is still the one indexed: "file_stat" for an image entry's own path,
+# "thumb_stats" {name: stat} for a tracklet's thumbnails. mtime_ns is kept as a string (a JSON number may
+# pass through a float64 in a backend, and nanoseconds since 1970 need 61 bits).
+FILE_STAT_KEY = "file_stat"
+THUMB_STATS_KEY = "thumb_stats"
+
+
+def file_stat(path: str | os.PathLike) -> dict[str, Any] | None:
+    """{"size", "mtime_ns"} of the regular file at `path` (not following a symlink); None when there is none."""
+    import stat as _stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not _stat.S_ISREG(st.st_mode):
+        return None
+    return {"size": int(st.st_size), "mtime_ns": str(st.st_mtime_ns)}
+
+
+def parse_file_stat(value: Any) -> tuple[int, int]:
+    """(size, mtime_ns) of a recorded stat; ValueError when it is not one (a caller refuses the file then)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected {{size, mtime_ns}}, got {type(value).__name__}")
+    size, mtime = value.get("size"), value.get("mtime_ns")
+    if isinstance(size, bool) or not isinstance(size, int) or not isinstance(mtime, (int, str)):
+        raise ValueError(f"expected an integer size and mtime_ns, got {value!r}")
+    return int(size), int(mtime)
 
 
 def iter_chunks(n: int, size: int) -> Iterator[slice]:

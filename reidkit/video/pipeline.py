@@ -188,15 +188,23 @@ def thumbs_dir(gallery: Any) -> Path:
 
 
 def commit(gallery: Any, chunk: Chunk, lock_timeout: float | None = None) -> list[int]:
-    """Write the chunk's thumbnails (atomically, before the entries that name them), then one add_entries."""
+    """Write the chunk's thumbnails (atomically, before the entries that name them), then one add_entries.
+
+    Each entry's meta records its thumbnails' size and mtime (``thumb_stats``): the service serves a
+    thumbnail only while they match."""
+    from reidkit.retrieval.store import THUMB_STATS_KEY, file_stat
     from reidkit.utils.io import atomic_write_bytes
 
     folder = thumbs_dir(gallery)
+    stats: dict[str, Any] = {}
     if chunk.thumbs:
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in chunk.thumbs.items():
             atomic_write_bytes(folder / name, data)
-    entries = [{**e, "path": str(folder / e["meta"]["thumbs"][0])} for e in chunk.entries]
+            stats[name] = file_stat(folder / name)
+    entries = [{**e, "path": str(folder / e["meta"]["thumbs"][0]),
+                "meta": {**e["meta"], THUMB_STATS_KEY: {n: stats.get(n) for n in e["meta"]["thumbs"]}}}
+               for e in chunk.entries]
     return gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state},
                                lock_timeout=lock_timeout)
 

@@ -7,7 +7,10 @@ for reidkit.retrieval.service.create_app(..., routers=[tracklet_routes]) (`reidk
   depth; 422 otherwise); query ``k``. Returns ranked tracklets of other cameras (reidkit.video.search).
 - ``GET /tracklets/{id}``: the tracklet and its appearances in time order.
 - ``GET /thumbs/{name}``: a thumbnail JPEG. Only a plain file name of the form the ingestion writes
-  reaches the file system, and only inside ``DB/thumbs``: no path traversal.
+  reaches the file system, and only inside ``DB/thumbs``: no path traversal. Only a thumbnail a stored
+  tracklet names is served, and only while it is the file written at ingestion (no symbolic link or
+  other file type; size and mtime as recorded in the tracklet's meta ``thumb_stats``, where recorded:
+  see reidkit.retrieval.service.open_indexed).
 - ``GET /tracklets``: the page (reidkit/retrieval/static/tracklets.html), linked from ``/`` when the
   gallery holds tracklets.
 
@@ -23,11 +26,11 @@ from typing import Annotated, Any, Callable, Union
 # module level: FastAPI resolves the (postponed) annotations of the handlers in this module's globals
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 
-from reidkit.retrieval.service import MAX_ID, add_page, json_body
+from reidkit.retrieval.service import MAX_ID, IndexedFileResponse, add_page, json_body, open_indexed, recorded_stat
 from reidkit.video.search import appearances, parse_box, search_tracklets
 
 _THUMB_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.jpg$")
@@ -56,6 +59,13 @@ def _check_ref(ref: str) -> str:
     if ref.isdigit() and int(ref) > MAX_ID:
         raise HTTPException(422, detail=f"tracklet: id {ref} is beyond the largest gallery id ({MAX_ID})")
     return ref
+
+
+def _listed_thumbs(rec: dict[str, Any]) -> list[str]:
+    """The thumbnail names a tracklet entry's meta lists."""
+    meta = rec.get("meta")
+    thumbs = meta.get("thumbs") if isinstance(meta, dict) else None
+    return [t for t in thumbs if isinstance(t, str)] if isinstance(thumbs, list) else []
 
 
 def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request], None]) -> APIRouter:
@@ -98,15 +108,22 @@ def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request
         return await run_in_threadpool(appearances, get_gallery(), _check_ref(ref))
 
     @router.get("/thumbs/{name}")
-    async def thumb(name: str, request: Request) -> FileResponse:
+    async def thumb(name: str, request: Request) -> Response:
         authorize(request)
         if not _THUMB_RX.match(name) or ".." in name:
             raise HTTPException(400, detail="thumbnail: expected a file name like <tracklet>_<n>.jpg")
-        folder = (Path(get_gallery().files_dir) / "thumbs").resolve()
+        g = get_gallery()
+        # the ingestion names a tracklet's thumbnails <key>_<n>.jpg: serve only one its stored entry lists
+        key = name.rpartition("_")[0]
+        rows = await run_in_threadpool(g.entries, kind="tracklet", tracklet=key) if _REF_RX.match(key) else []
+        rec = next((r for r in rows if name in _listed_thumbs(r)), None)
+        folder = (Path(g.files_dir) / "thumbs").resolve()
         path = folder / name
-        if path.parent != folder or not path.is_file():
+        if rec is None or path.parent != folder:
             raise HTTPException(404, detail=f"no thumbnail {name}")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        what = f"thumbnail {name}"
+        fd, st = await run_in_threadpool(open_indexed, path, recorded_stat(rec, name), what)
+        return IndexedFileResponse(fd, st, "image/jpeg", headers={"Cache-Control": "private, max-age=3600"}, what=what)
 
     return router
 
