@@ -613,7 +613,8 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1, max_batch: int = 16,
                weights: str | os.PathLike | None = None, poll_s: float = 0.5,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, upload_memory_bytes: int = DEFAULT_MEMORY_BUDGET,
-               max_pixels_in_flight: int | None = None, upload_wait_s: float = 10.0) -> FastAPI:
+               max_pixels_in_flight: int | None = None, upload_wait_s: float = 10.0,
+               trust_checkpoint: bool = False) -> FastAPI:
     """The FastAPI app serving gallery `db` (a folder or an open Gallery) and following its new generations.
 
     `routers`: extra router factories `(get_gallery, authorize) -> APIRouter` (e.g.
@@ -621,11 +622,12 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
     to $REIDKIT_API_TOKEN; `poll_s` is the period of the new-generation check. Uploads: at most
     `max_image_pixels` decoded pixels each, and `max_pixels_in_flight` (default `upload_memory_bytes
     / uploads.BYTES_PER_PIXEL`) across all requests; a request that does not fit waits
-    `upload_wait_s`, then gets 503 with Retry-After.
+    `upload_wait_s`, then gets 503 with Retry-After. `trust_checkpoint`: a model that runs code (TorchScript)
+    may load (CLI --trust-checkpoint); without it such a model is refused.
     """
     if int(workers) < 1:
         raise OptionError("workers", f"must be >= 1, got {workers}")
-    gallery = db if isinstance(db, Gallery) else Gallery.open(db, weights=weights)
+    gallery = db if isinstance(db, Gallery) else Gallery.open(db, weights=weights, trust_checkpoint=trust_checkpoint)
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
     if token is not None and not token.strip():
