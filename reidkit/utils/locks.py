@@ -4,8 +4,10 @@ pid. It dies with its process, so a killed holder never leaves it held. The gall
 are this lock with their own file and messages."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -47,9 +49,17 @@ class PidLock:
     def __enter__(self) -> Any:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+            # never through a link planted at the lock's name (it would truncate the link's target), and only
+            # a regular file: a FIFO or device there is refused, not opened for writing
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                exc = OSError(exc.errno, "it is a symbolic link")
             raise self.open_error(exc) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self.open_error(OSError(errno.EINVAL, "it is not a regular file"))
+        fh = os.fdopen(fd, "r+")  # noqa: SIM115 - held until __exit__
         t0, told = time.monotonic(), False
         while True:
             try:
