@@ -90,7 +90,8 @@ def test_appearance_needed_embeds_fewer_crops_real_features_only(video):
 
 
 class _Track:
-    """What _Video._reuse reads of a DeepSort track: its features, frames since update, Kalman mean."""
+    """What the deep_sort tracker's needs_features reads of a DeepSort track: its features, frames since update,
+    Kalman mean."""
 
     def __init__(self, box, feat):
         x1, y1, x2, y2 = box
@@ -103,7 +104,7 @@ class _Track:
 def test_embed_budget_embeds_the_most_ambiguous_and_always_the_new(video, budget, embedded):
     from reidkit.video.pipeline import Settings, _Video
 
-    v = _Video(video[0], Settings(appearance="needed", embed_budget=budget), FakeEmbedder(), None)
+    v = _Video(video[0], Settings(appearance="needed", embed_budget=budget, tracker="deep_sort"), FakeEmbedder(), None)
     # tracks A and B overlap; C stands alone
     v.tracker.ds.tracker.tracks = [_Track((0, 0, 20, 40), 1.0), _Track((12, 0, 32, 40), 2.0),
                                    _Track((100, 0, 120, 40), 3.0)]
@@ -112,7 +113,8 @@ def test_embed_budget_embeds_the_most_ambiguous_and_always_the_new(video, budget
                       [100, 0, 120, 40],   # on C alone: reuses C's feature
                       [200, 0, 220, 40]],  # near no track: new, always embedded
                      np.float32)
-    out = v._reuse(boxes)
+    out = v.tracker.reuse_features(boxes, budget)
+    assert v.tracker.needs_features(boxes, np.ones(4), budget).tolist() == [f is None for f in out]
     assert {i for i, f in enumerate(out) if f is None} == embedded
     assert out[2][0] == 3.0
     if budget == 1:

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "video", help="ingest videos into a gallery of tracklets (detect, track, cut, embed)",
         description="Decode each video, detect people (--detections MOT file per video, --detector ONNX YOLO or hog, "
-                    "or by default the built-in motion detector), track them with DeepSort on reidkit features, keep the best "
+                    "or by default the built-in motion detector), track them (--tracker) on reidkit features, keep the best "
                     "K crops of each tracklet and add the tracklets (camera, frames, times, boxes, thumbnails) "
                     "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
                     "run, re-run with the same arguments, resumes at the last committed chunk.")
@@ -79,11 +79,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flip", action="store_true", help="flip TTA for crop features")
     p.add_argument("--start-time", type=finite_float("--start-time"), action="append", default=None,
                    help="clock time (s) of each video's first frame, once per video (default 0)")
-    p.add_argument("--max-age", type=at_most("--max-age", 100_000), default=15, help="DeepSort: frames a lost track is kept (default 15)")
-    p.add_argument("--n-init", type=at_most("--n-init", 1000), default=3, help="DeepSort: detections to confirm a track (default 3)")
-    p.add_argument("--max-cosine-distance", type=_cosine_distance, default=0.1,
-                   help="DeepSort: appearance gate, cosine distance (default 0.1; measured on the synthetic scene: "
-                        "0.3 lets tracks jump between people)")
+    p.add_argument("--tracker", default=None, metavar="NAME",
+                   help="within-video tracker, a registered name (built in: deep_sort; a --plugin file "
+                        "may register its own; default: deep_sort)")
+    p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the tracker (repeatable), e.g. max_age=30; an unknown key is refused "
+                        "naming the valid ones")
+    p.add_argument("--max-age", type=at_most("--max-age", 100_000), default=None,
+                   help="the tracker's max_age option: frames a lost track is kept (default: the tracker's)")
+    p.add_argument("--n-init", type=at_most("--n-init", 1000), default=None,
+                   help="the tracker's n_init option: detections to confirm a track (default: the tracker's)")
+    p.add_argument("--max-cosine-distance", type=_cosine_distance, default=None,
+                   help="the tracker's max_cosine_distance option: appearance gate, cosine distance (default: the "
+                        "tracker's; deep_sort 0.1: 0.3 lets its tracks jump between people on the synthetic scene)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_video)
     add_trust_argument(p)
@@ -147,6 +155,7 @@ def _run_video(args: argparse.Namespace) -> int:
               weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
               min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
               max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
+              tracker=args.tracker, tracker_options=_tracker_options(args.tracker_option),
               detector_size=size, person_class=args.person_class, detect_every=detect_every,
               detect_scale=args.detect_scale, appearance=args.appearance,
               embed_budget=args.embed_budget if args.appearance == "needed" else 0,
@@ -169,6 +178,22 @@ def _run_video(args: argparse.Namespace) -> int:
         used = f" (embedder: {rep['engine']})" if rep.get("engine") else ""
         print(f"gallery {rep['db']}: {rep['gallery_tracklets']} tracklets{used}")
     return 0
+
+
+def _tracker_options(items: list[str]) -> dict:
+    """--tracker-option KEY=VALUE strings as a mapping (values read as YAML scalars, as config overrides)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ReIDError(f"--tracker-option: {item!r} must look like KEY=VALUE (e.g. max_age=30)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
 
 
 def _with_paths(h: dict, thumbs: Path) -> dict:

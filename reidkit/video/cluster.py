@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from reidkit.errors import ReIDError
 from reidkit.utils.dask import check_cluster_args, dask_client, need_distributed
 from reidkit.video.pipeline import (Chunk, Settings, Stats, VideoJob, VideoLock, check_settings, commit,
-                                    process_video, resume_state)
+                                    process_video, resume_state, tracker_fields)
 
 CRASH_ENV = "REIDKIT_VIDEO_WORKER_CRASH"  # tests: a file; the first task that renames it away exits its worker
 DEFAULT_SEGMENT = 4
@@ -110,10 +110,12 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     check_cluster_args(workers, address)
     distributed = need_distributed()
     settings = check_settings(Settings(int(kw.pop("every", 1)), int(kw.pop("chunk", 50)), int(kw.pop("k", 4)),
-                                       int(kw.pop("min_len", 3)), int(kw.pop("max_age", 15)),
-                                       int(kw.pop("n_init", 3)), float(kw.pop("max_cosine_distance", 0.1)),
-                                       int(kw.pop("detect_every", 1)), str(kw.pop("appearance", "all")),
-                                       int(kw.pop("embed_budget", 0))))
+                                       int(kw.pop("min_len", 3)), detect_every=int(kw.pop("detect_every", 1)),
+                                       appearance=str(kw.pop("appearance", "all")),
+                                       embed_budget=int(kw.pop("embed_budget", 0)),
+                                       **tracker_fields(kw.pop("max_age", None), kw.pop("n_init", None),
+                                                        kw.pop("max_cosine_distance", None), kw.pop("tracker", None),
+                                                        kw.pop("tracker_options", None))))
     jobs = prepare_jobs(videos, kw.pop("cameras", None), kw.pop("detections", None), kw.pop("detector", None),
                         kw.pop("conf", 0.25), kw.pop("start_times", None), kw.pop("hog_min_height", 480),
                         kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0))

@@ -2,7 +2,7 @@
 
 Per video: frames are decoded (every N-th with ``every``), people detected (reidkit.video.detect),
 their crops embedded once (reidkit.video.embedder; the same features drive the tracker's
-appearance metric and the tracklet features), tracked (reidkit.video.track), and each ended
+appearance metric and the tracklet features), tracked (reidkit.video.trackers), and each ended
 confirmed track becomes a tracklet (reidkit.video.tracklets): its K best crops give the feature
 and the thumbnails, every box is kept as its appearances. Tracklet entries go to the gallery with
 ``kind="tracklet"``, camera, 1-based frame span, time span (``start_time + frame / fps`` seconds),
@@ -43,7 +43,7 @@ from reidkit.errors import OptionError, ReIDError
 from reidkit.video.decode import probe, video_key
 from reidkit.video.embedder import Embedder
 from reidkit.video.pipeline import (THUMBS, Chunk, Settings, SharedEmbedder, Stats, VideoJob, VideoLock,
-                                    check_settings, commit, process_video, resume_state)
+                                    check_settings, commit, process_video, resume_state, tracker_fields)
 
 __all__ = ["THUMBS", "CRASH_ENV", "VideoJob", "Settings", "create_gallery", "open_gallery", "prepare_jobs",
            "ingest", "run_jobs"]
@@ -316,15 +316,21 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
            weights: str | os.PathLike | None = None, device: str | None = None, every: int = 1, chunk: int = 50,
            k: int = 4, min_len: int = 3, flip: bool = False, conf: float = 0.25,
            start_times: Sequence[float] | None = None, batch_size: int = 64, hog_min_height: int = 480,
-           max_age: int = 15, n_init: int = 3, max_cosine_distance: float = 0.1,
+           max_age: int | None = None, n_init: int | None = None, max_cosine_distance: float | None = None,
            progress: Callable[[str], None] | None = _stderr, embedder: Embedder | None = None,
            detector_size: tuple[int, int] | None = None, person_class: int = 0,
            detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all", embed_budget: int = 0,
-           streams: int = DEFAULT_STREAMS, engine: str = "torch") -> dict[str, Any]:
-    """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring."""
-    settings = check_settings(Settings(int(every), int(chunk), int(k), int(min_len), int(max_age), int(n_init),
-                                       float(max_cosine_distance), int(detect_every), str(appearance),
-                                       int(embed_budget)))
+           streams: int = DEFAULT_STREAMS, engine: str = "torch", tracker: str | None = None,
+           tracker_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring.
+
+    `tracker`: a registered tracker's name (reidkit.video.trackers; default: its DEFAULT_TRACKER) and `tracker_options`
+    its options; `max_age`, `n_init`, `max_cosine_distance` set those options of the tracker (None: its default).
+    """
+    settings = check_settings(Settings(every=int(every), chunk=int(chunk), k=int(k), min_len=int(min_len),
+                                       detect_every=int(detect_every), appearance=str(appearance),
+                                       embed_budget=int(embed_budget),
+                                       **tracker_fields(max_age, n_init, max_cosine_distance, tracker, tracker_options)))
     if int(streams) < 1:
         raise OptionError("streams", f"must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,

@@ -22,11 +22,11 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
 - ``detect_every`` N: detection and tracking run on every N-th read frame; a tracklet's boxes on the
   frames between two consecutive detections of its track are filled by linear interpolation
   (``OpenTracklet.observe``), so tracklets still cover every frame;
-- ``appearance="needed"``: a crop is embedded only where association or the tracklet needs it: a
-  detection that does not pair one-to-one (IoU >= 0.3, no other overlap >= 0.1) with the predicted
-  box of exactly one track seen in the last frame (a new track, an ambiguous match) is embedded at
-  once; an unambiguous one gives DeepSort its track's last feature (an appearance cost of zero for
-  that pair; DeepSort's matching cascade serves tracks seen last frame first). The crops
+- ``appearance="needed"``: a crop is embedded only where association or the tracklet needs it: the
+  tracker says which detections it needs features of this frame (``Tracker.needs_features``:
+  reidkit.video.trackers; the built-in ones embed a detection that does not pair one-to-one, IoU >=
+  0.3 and no other overlap >= 0.1, with the predicted box of exactly one track seen in the last
+  frame: a new track, an ambiguous match) and gets None for the others. The crops
   among a tracklet's best K are embedded late, in one batch when the chunk is cut (before its
   state is stored) or the video ends, so a crop that left the best K before then, or whose track
   never became a tracklet, costs nothing; the tracklet feature is always the mean of real crop
@@ -46,17 +46,16 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
-from reidkit.video.detect import box_iou
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
 from reidkit.video.embedder import clip_boxes, crop_boxes
-from reidkit.video.track import Tracker
+from reidkit.video.trackers import DEFAULT_TRACKER, build_tracker, tracker_options
 from reidkit.video.tracklets import OpenTracklet, crop_quality
 
 THUMBS = "thumbs"
 STATE_VERSION = 1
 APPEARANCE = ("all", "needed")
 QUEUE_FRAMES = 8  # frames decoded + detected ahead of tracking, per video
-PAIR_IOU, OTHER_IOU = 0.3, 0.1
+LEGACY_TRACKER_KEYS = ("max_age", "n_init", "max_cosine_distance")  # Settings fields, shorthands of tracker options
 
 
 # ----------------------------------------------------------------------------- jobs and settings
@@ -112,17 +111,31 @@ class Settings:
     chunk: int = 50
     k: int = 4
     min_len: int = 3
-    max_age: int = 15
-    n_init: int = 3
-    max_cosine_distance: float = 0.1
+    max_age: int | None = None  # None: the tracker's own default (shorthands of tracker options)
+    n_init: int | None = None
+    max_cosine_distance: float | None = None
     detect_every: int = 1
     appearance: str = "all"
     embed_budget: int = 0
+    tracker: str = DEFAULT_TRACKER  # reidkit.video.trackers
+    tracker_options: tuple[tuple[str, Any], ...] = ()  # (key, value) pairs of the tracker's options
+
+    def tracker_values(self) -> dict[str, Any]:
+        """The tracker options given: `tracker_options`, and the shorthand fields that are set."""
+        values = dict(self.tracker_options)
+        for key in LEGACY_TRACKER_KEYS:
+            if getattr(self, key) is not None and key not in values:
+                values[key] = getattr(self, key)
+        return values
 
     def tracker_kw(self) -> dict[str, Any]:
-        """Keyword arguments of reidkit.video.track.Tracker."""
-        return {"max_age": int(self.max_age), "n_init": int(self.n_init),
-                "max_cosine_distance": float(self.max_cosine_distance)}
+        """The tracker and its resolved options as stored in a video's state (deep_sort's: as before the
+        Tracker protocol, its three options; others only where they differ from the default)."""
+        opts = tracker_options(self.tracker, self.tracker_values())
+        if self.tracker != "deep_sort":
+            return {"name": self.tracker, **opts}
+        default = tracker_options("deep_sort")
+        return {k: v for k, v in opts.items() if k in LEGACY_TRACKER_KEYS or v != default[k]}
 
     def stored(self, job: VideoJob) -> dict[str, Any]:
         """The settings as stored in the video's state; the keys of today's defaults stay as they were."""
@@ -140,10 +153,18 @@ class Settings:
         return d
 
 
+def tracker_fields(max_age: Any = None, n_init: Any = None, max_cosine_distance: Any = None, tracker: str | None = None,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Settings' tracker fields from a caller's arguments (None: the tracker's default)."""
+    return {"max_age": None if max_age is None else int(max_age), "n_init": None if n_init is None else int(n_init),
+            "max_cosine_distance": None if max_cosine_distance is None else float(max_cosine_distance),
+            "tracker": str(tracker or DEFAULT_TRACKER), "tracker_options": tuple(sorted(dict(options or {}).items()))}
+
+
 def check_settings(s: Settings) -> Settings:
     """ReIDError naming the option for a value out of range."""
     for name in ("every", "chunk", "k", "min_len", "max_age", "n_init", "detect_every"):
-        if int(getattr(s, name)) < 1:
+        if getattr(s, name) is not None and int(getattr(s, name)) < 1:
             raise OptionError(name, f"must be >= 1, got {getattr(s, name)}")
     if s.appearance not in APPEARANCE:
         raise OptionError("appearance", f"expected one of {', '.join(APPEARANCE)}, got {s.appearance!r}")
@@ -151,6 +172,7 @@ def check_settings(s: Settings) -> Settings:
         raise OptionError("embed_budget", f"must be >= 0 (0: no limit), got {s.embed_budget}")
     if s.embed_budget and s.appearance == "all":
         raise OptionError("embed_budget", "applies to appearance 'needed' only (with 'all' every crop is embedded)")
+    s.tracker_kw()  # an unknown tracker or option: one error naming the nearest, before any work
     return s
 
 
@@ -405,7 +427,7 @@ class _Video:
 
     def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None) -> None:
         self.job, self.s, self.emb, self.stats = job, settings, embedder, stats
-        self.tracker = Tracker(**settings.tracker_kw())
+        self.tracker = build_tracker(settings.tracker, settings.tracker_values())
         self.open: dict[str, OpenTracklet] = {}
         self.pending: list[OpenTracklet] = []
         self.committed = 0
@@ -472,42 +494,6 @@ class _Video:
         return Chunk(self.job.key, self.job.camera, feats, [e for _, e in made], thumbs, self._state(done),
                      frames, last, seconds)
 
-    def _reuse(self, boxes: np.ndarray) -> list[np.ndarray | None]:
-        """Per detection: the feature to reuse (its one-to-one track's last feature), or None to embed the crop.
-
-        With an embedding budget B, at most B ambiguous detections of the frame are embedded: those whose
-        nearest predicted track (IoU >= PAIR_IOU) leads the next overlap by the smallest margin; the others
-        reuse that track's feature (motion decides their match). Detections near no track are always
-        embedded: they start tracks or re-find lost ones.
-        """
-        out: list[np.ndarray | None] = [None] * len(boxes)
-        # tracks seen in the last processed frame: DeepSort's matching cascade serves them before any
-        # track lost for longer, so only they compete for a detection
-        tracks = [t for t in self.tracker.ds.tracker.tracks if t.features and t.time_since_update <= 1]
-        if not tracks or not len(boxes):
-            return out
-        ambiguous: list[tuple[float, int, int]] = []  # (margin, detection, nearest track)
-        pred = []
-        for t in tracks:  # the Kalman prediction for this frame: constant velocity on (cx, cy, a, h)
-            cx, cy, a, h = (t.mean[:4] + t.mean[4:8]).tolist()
-            w = a * h
-            pred.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-        iou = box_iou(boxes, np.asarray(pred))
-        for d in range(len(boxes)):
-            j = int(np.argmax(iou[d]))
-            if iou[d, j] < PAIR_IOU:
-                continue
-            other = max(np.delete(iou[d], j).max(initial=0.0), np.delete(iou[:, j], d).max(initial=0.0))
-            if other >= OTHER_IOU:  # ambiguous: another track or detection overlaps
-                ambiguous.append((float(iou[d, j] - other), d, j))
-                continue
-            out[d] = tracks[j].features[-1]
-        budget = int(self.s.embed_budget)
-        if budget and len(ambiguous) > budget:
-            for _margin, d, j in sorted(ambiguous)[budget:]:
-                out[d] = tracks[j].features[-1]
-        return out
-
     def step(self, idx: int, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> None:
         """Crops, features, tracking, tracklets for one processed frame."""
         info = self.job.info
@@ -518,26 +504,22 @@ class _Video:
         crops = crop_boxes(frame, boxes) if len(boxes) else []
         q = [crop_quality(c, b, float(s), W, H) for c, b, s in zip(crops, boxes, scores)]
         if self.s.appearance == "all":
-            reuse: list[np.ndarray | None] = [None] * len(crops)
-        else:
-            reuse = self._reuse(boxes)
-        need = [i for i, r in enumerate(reuse) if r is None]
+            need = list(range(len(crops)))
+        else:  # the tracker says which detections it must see the appearance of (reidkit.video.trackers)
+            need = np.flatnonzero(self.tracker.needs_features(boxes, scores, int(self.s.embed_budget))).tolist()
         t1 = time.perf_counter()
-        feats = np.zeros((len(crops), self.emb.dim), np.float32)
+        feats: list[np.ndarray | None] = [None] * len(crops)
         if need:
-            feats[need] = self.emb.embed_crops([crops[i] for i in need])
-        real = np.zeros(len(crops), bool)
-        real[need] = True
-        for i, r in enumerate(reuse):
-            if r is not None:
-                feats[i] = r
+            for i, f in zip(need, self.emb.embed_crops([crops[i] for i in need])):
+                feats[i] = f
         t2 = time.perf_counter()
         matched, ended = self.tracker.update(boxes, scores, feats)
         step = self.s.every if self.s.detect_every > 1 else None
-        for tid, di, confirmed in matched:
-            tr = self.open.setdefault(tid, OpenTracklet(tid))
-            tr.observe(idx, boxes[di], float(scores[di]), feats[di] if real[di] else None, crops[di], W, H,
-                       self.s.k, confirmed, q=q[di], fill_step=step, fill_gap=self.stride)
+        for m in matched:
+            di = m.det
+            tr = self.open.setdefault(m.track_id, OpenTracklet(m.track_id))
+            tr.observe(idx, boxes[di], float(scores[di]), feats[di], crops[di], W, H,
+                       self.s.k, m.confirmed, q=q[di], fill_step=step, fill_gap=self.stride)
         for tid in ended:
             self._finish(tid)
         if self.stats is not None:

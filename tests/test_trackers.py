@@ -1,0 +1,176 @@
+"""reidkit.video.trackers: the Tracker protocol and registry (a plug-in tracker with an option of its own through
+`reidkit video --plugin ... --tracker NAME --tracker-option`, unknown names and options refused with did-you-mean),
+the deep_sort wrapper, exact resume through state_dict."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+PLUGIN = '''
+"""A ~30-line tracker: each detection takes the nearest live track within `reach` pixels (centre to centre)."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from reidkit.video.trackers import FrameTracks, Match, register_tracker
+
+
+@dataclass
+class NearestOptions:
+    reach: float = 20.0
+
+
+@register_tracker("nearest", options=NearestOptions)
+class Nearest:
+    built_with = []  # the options of every tracker built (the test reads them)
+
+    def __init__(self, options):
+        self.reach, self.next, self.tracks = float(options.reach), 1, {}
+        Nearest.built_with.append(self.reach)
+
+    def needs_features(self, boxes, scores, budget=0):
+        return np.zeros(len(boxes), bool)  # motion only: nothing to embed
+
+    def update(self, boxes, scores, features):
+        centre = lambda b: np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2])
+        matched, seen = [], {}
+        for d, b in enumerate(np.asarray(boxes, float).reshape(-1, 4)):
+            near = [(np.linalg.norm(centre(b) - centre(t)), i) for i, t in self.tracks.items() if i not in seen]
+            dist, tid = min(near, default=(np.inf, None))
+            if dist > self.reach:
+                tid, self.next = str(self.next), self.next + 1
+            seen[tid] = b.tolist()
+            matched.append(Match(tid, d, True, tuple(b.tolist())))
+        ended = [i for i in self.tracks if i not in seen]
+        self.tracks = seen
+        return FrameTracks(matched, ended)
+
+    def live_ids(self):
+        return list(self.tracks)
+
+    def state_dict(self):
+        return {"next": self.next, "tracks": self.tracks}
+
+    def load_state_dict(self, state):
+        self.next, self.tracks = int(state["next"]), dict(state["tracks"])
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory):
+    from reidkit.data.scene import generate_scene
+
+    return generate_scene(tmp_path_factory.mktemp("trk") / "s", cams=1, ids=3, frames=40, size=(96, 128), fps=10,
+                          seed=3, speed=1.5)
+
+
+@pytest.fixture()
+def plugin(tmp_path):
+    path = tmp_path / "nearest_tracker.py"
+    path.write_text(textwrap.dedent(PLUGIN))
+    yield path
+    from reidkit.config.options import register_options
+    from reidkit.video.trackers import TRACKERS
+
+    TRACKERS.unregister("nearest")
+    register_options("tracker", "nearest", None)
+
+
+def test_a_plugin_tracker_with_its_own_option_runs_through_reidkit_video(plugin, tiny_scene, tmp_path, capsys):
+    from reidkit.cli import main
+    from reidkit.retrieval.index import Gallery
+
+    argv = ["--plugin", str(plugin), "video", str(tiny_scene.videos[0]), "--detections", str(tiny_scene.gt[0]),
+            "--engine", "torch", "--appearance", "needed", "--tracker", "nearest"]
+    assert main([*argv, "--db", str(tmp_path / "db"), "--tracker-option", "reach=35"]) == 0, capsys.readouterr().err
+    from reidkit.video.trackers import TRACKERS
+
+    assert TRACKERS.get("nearest").built_with == [35.0]  # the option reached the tracker
+    g = Gallery.open(tmp_path / "db")
+    assert len(g.entries(kind="tracklet")) >= 1
+    state = g.get_state(f"video:{g.entries(kind='tracklet')[0]['meta']['video_key']}")
+    assert state["settings"]["tracker"] == {"name": "nearest", "reach": 35.0}  # stored: a resume must match
+    capsys.readouterr()
+    # an unknown option of the plug-in is refused naming its nearest valid key; an unknown tracker likewise
+    assert main([*argv, "--db", str(tmp_path / "db2"), "--tracker-option", "rech=5"]) == 2
+    err = capsys.readouterr().err
+    assert "tracker.nearest.rech" in err and "did you mean 'reach'" in err
+    assert main([*argv[:-1], "neerest", "--db", str(tmp_path / "db3")]) == 2
+    assert "unknown tracker 'neerest'" in capsys.readouterr().err
+    assert main([*argv, "--db", str(tmp_path / "db4"), "--tracker-option", "reach"]) == 2
+    assert "must look like KEY=VALUE" in capsys.readouterr().err
+    # the deep_sort shorthand flags are the tracker's options: a tracker without them refuses them by name
+    assert main([*argv, "--db", str(tmp_path / "db5"), "--max-age", "4"]) == 2
+    assert "tracker.nearest.max_age" in capsys.readouterr().err
+    assert not (tmp_path / "db2").exists() or not any((tmp_path / "db2").iterdir())
+
+
+def test_registry_and_options():
+    from reidkit.errors import ReIDError
+    from reidkit.video.trackers import TRACKERS, Tracker, build_tracker, tracker_options
+
+    assert {"deep_sort"} <= set(TRACKERS.names())
+    t = build_tracker("deep_sort", {"max_age": 4})
+    assert isinstance(t, Tracker) and t.ds.tracker.max_age == 4
+    assert tracker_options("deep_sort")["max_cosine_distance"] == 0.1
+    with pytest.raises(ReIDError, match=r"tracker\.deep_sort\.n_inti.*did you mean 'n_init'"):
+        build_tracker("deep_sort", {"n_inti": 2})
+    with pytest.raises(ReIDError, match=r"deep_sort\.max_age: must be >= 1"):
+        build_tracker("deep_sort", {"max_age": 0})
+    with pytest.raises(ReIDError, match=r"unknown tracker 'deepsort'.*did you mean 'deep_sort'"):
+        build_tracker("deepsort")
+
+
+def test_settings_store_deep_sort_as_before(tiny_scene):
+    from reidkit.video.ingest import prepare_jobs
+    from reidkit.video.pipeline import Settings, tracker_fields
+
+    job = prepare_jobs([str(tiny_scene.videos[0])], detections=[str(tiny_scene.gt[0])])[0]
+    legacy = {"max_age": 15, "n_init": 3, "max_cosine_distance": 0.1}  # what states written before the protocol hold
+    assert Settings(tracker="deep_sort").stored(job)["tracker"] == legacy
+    assert Settings(**tracker_fields(max_age=15, tracker="deep_sort")).stored(job)["tracker"] == legacy
+    s = Settings(**tracker_fields(max_age=7, tracker="deep_sort", options={"nn_budget": 5}))
+    assert s.stored(job)["tracker"] == {**legacy, "max_age": 7, "nn_budget": 5}
+
+
+def _frames(n=30, seed=0):
+    """Three people walking (two cross), with unit features per person plus noise; a few boxes dropped."""
+    rng = np.random.default_rng(seed)
+    base = np.eye(3, 8, dtype=np.float32)
+    out = []
+    for f in range(n):
+        boxes, feats = [], []
+        for p, (x0, vx, y0) in enumerate([(10, 3, 20), (110, -3, 24), (40, 1, 120)]):
+            if rng.random() < 0.1:
+                continue
+            x, y = x0 + vx * f, y0
+            boxes.append([x, y, x + 20, y + 50])
+            v = base[p] + rng.normal(0, 0.05, 8).astype(np.float32)
+            feats.append(v / np.linalg.norm(v))
+        out.append((np.asarray(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes), np.float32),
+                    np.asarray(feats, np.float32).reshape(-1, 8)))
+    return out
+
+
+def _run(tracker, frames):
+    return [(sorted(tuple(m) for m in tracker.update(b, s, e).matched),) for b, s, e in frames]
+
+
+@pytest.mark.parametrize("name", ["deep_sort"])
+def test_state_dict_mid_video_then_continue_is_the_uninterrupted_run(name):
+    from reidkit.video.trackers import build_tracker
+
+    frames = _frames()
+    full = build_tracker(name)
+    whole = [(sorted(tuple(m) for m in r.matched), r.ended) for r in (full.update(*fr) for fr in frames)]
+    first = build_tracker(name)
+    head = [(sorted(tuple(m) for m in r.matched), r.ended) for r in (first.update(*fr) for fr in frames[:13])]
+    state = json.loads(json.dumps(first.state_dict()))  # as a gallery stores it
+    second = build_tracker(name)
+    second.load_state_dict(state)
+    tail = [(sorted(tuple(m) for m in r.matched), r.ended) for r in (second.update(*fr) for fr in frames[13:])]
+    assert head + tail == whole
+    assert json.dumps(second.state_dict()) == json.dumps(full.state_dict())  # bit for bit: floats as raw bytes
