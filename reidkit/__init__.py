@@ -1,11 +1,16 @@
 """reidkit: person re-identification, end to end."""
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from reidkit._lazy import lazy_getattr
 
 from reidkit.errors import ReIDError
 
-__version__ = "0.1.0"
+try:  # the one version is pyproject.toml's, as installed
+    __version__ = _metadata.version("reidkit")
+except _metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
 # Public API, imported lazily so `import reidkit` and the CLI start fast.
 _LAZY = {
