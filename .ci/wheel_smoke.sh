@@ -79,7 +79,10 @@ RK="$TMP/venv/bin/reidkit"
 step "reidkit --help / --version / recipes"
 "$RK" --help >help.txt && grep -q "extract" help.txt
 [ "$("$RK" --version)" = "$("$VPY" -c 'import importlib.metadata as m; print(m.version("reidkit"))')" ]
-"$RK" recipes >recipes.txt && grep -q "bot_r50" recipes.txt && grep -c . recipes.txt | sed 's/$/ lines of recipes/'
+"$RK" recipes >recipes.txt
+N=$(grep -c '^[a-z0-9_]* ' recipes.txt || true); HAVE=$(ls "$REPO"/reidkit/configs/*.yaml | wc -l)
+echo "reidkit recipes: $N recipes (reidkit/configs: $HAVE)"
+grep -q '^bot_r50 ' recipes.txt && [ "$N" -eq "$HAVE" ] || { echo "reidkit recipes does not list the packaged recipes"; cat recipes.txt; exit 1; }
 
 step "a packaged recipe loads"
 "$VPY" -c 'from reidkit.config import load_config; c = load_config("bot_r50"); print("bot_r50:", c.model.backbone, c.solver.max_epochs, "epochs")'
