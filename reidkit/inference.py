@@ -331,10 +331,12 @@ def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | No
     ``int8="auto"``: the int8 model where it runs INT8_GAIN times faster than the float one on this machine
     (timed once per model, the verdict cached in ``<entry>-int8.json``), else the float one."""
     from reidkit.models.exported import OnnxFeatureModel
+    from reidkit.utils.io import clean_stale_temps
 
     info = model.info
     key = f"{info.sha256 or ident.name.replace(':', '_')}-{ident.input_size[0]}x{ident.input_size[1]}"
     cache = onnx_cache_dir()
+    clean_stale_temps(cache, dirs=True)  # temps of killed exports / quantisations (reidkit.utils.io: owner pid gone)
     path = cache / f"{key}.onnx"
     if int8:
         verdict = cache / f"{key}-int8.json"

@@ -186,10 +186,30 @@ def test_trust_checkpoint_is_the_one_way_in_and_warns(fixtures, tmp_path, capsys
     assert not marker.exists()
 
 
-def test_payloads_tried_executed_count():
-    """Runs after the payload tests of this module (file order): report the counts, executed must be 0."""
-    executed = [p for p in TRIED if list(Path(p).parent.glob("marker_*"))]
-    print(f"\ncheckpoint payloads tried: {len(TRIED)}, executed: {len(executed)}")
+def test_payloads_tried_executed_count(tmp_path, capsys):
+    """The figure for the report, the same alone or in any order: this test tries every payload kind through
+    every Python API that loads weights and through `reidkit export` itself (none needs the module's fixtures),
+    then counts, with the payloads the other tests of this session tried, how many ran: none may."""
+    own: list[str] = []
+    for kind in sorted(PAYLOADS):
+        for api in ["load_model", "load_model fmt", "Embedder", "FeatureExtractor", "read_checkpoint"]:
+            folder = tmp_path / f"{api.replace(' ', '_')}_{kind}"
+            folder.mkdir()
+            evil, marker = _payload(folder, kind, ".pkl" if api == "load_model fmt" else ".pth")
+            own.append(str(evil))
+            with pytest.raises(ReIDError, match="refused"):
+                _api_calls({}, evil)[api]()
+        folder = tmp_path / f"export_{kind}"
+        folder.mkdir()
+        evil, marker = _payload(folder, kind)
+        own.append(str(evil))
+        code = main(["export", "--weights", str(evil), "--out", str(folder / "m.onnx")])
+        assert code == 2 and "refused" in capsys.readouterr().err
+    tried = sorted(set(own) | set(TRIED))
+    executed = [p for p in tried if list(Path(p).parent.glob("marker_*"))]
+    with capsys.disabled():
+        print(f"\ncheckpoint payloads tried: {len(tried)} ({len(own)} by this test), executed: {len(executed)}")
+    assert len(own) == 12
     assert not executed
 
 

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import made_once
 
 CACHE = Path(os.environ.get("REIDKIT_TEST_CACHE", Path.home() / ".cache" / "reidkit-test"))
 WHEEL = "fastreid-1.4.0-py3-none-any.whl"
@@ -31,22 +32,32 @@ P, K, H, W = 4, 4, 64, 32
 
 
 def fetch_wheel() -> Path:
-    """fast-reid 1.4.0 unpacked under the cache (downloaded once); skips when PyPI cannot be reached."""
+    """fast-reid 1.4.0 unpacked under the cache (downloaded once); skips when PyPI cannot be reached.
+
+    The cache is shared by every test process: wheel and unpacked tree are each made in a private temp folder
+    and renamed into place whole (conftest.made_once), so two runs preparing them at once both succeed."""
     root = CACHE / "fastreid-1.4.0"
     if (root / "fastreid" / "modeling").is_dir():
         return root
-    CACHE.mkdir(parents=True, exist_ok=True)
     whl = CACHE / WHEEL
     if not whl.exists():
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "fastreid==1.4.0",
-                               "-d", str(CACHE)], capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0 or not whl.exists():
-            pytest.skip(f"fast-reid 1.4.0 could not be downloaded from PyPI: {proc.stderr.strip()[-300:]}")
-    tmp = CACHE / "fastreid-1.4.0.tmp"
-    with zipfile.ZipFile(whl) as zf:
-        zf.extractall(tmp)
-    tmp.rename(root)
-    return root
+        failed: list[str] = []
+
+        def download(tmp: Path) -> None:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "fastreid==1.4.0",
+                                   "-d", str(tmp)], capture_output=True, text=True, timeout=300)
+            failed.append(proc.stderr.strip()[-300:])
+
+        try:
+            made_once(whl, download, file=True)
+        except FileNotFoundError:
+            pytest.skip(f"fast-reid 1.4.0 could not be downloaded from PyPI: {failed[-1] if failed else ''}")
+
+    def unpack(tmp: Path) -> None:
+        with zipfile.ZipFile(whl) as zf:
+            zf.extractall(tmp)
+
+    return made_once(root, unpack)
 
 
 class _Registry:

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import made_once
 
 CACHE = Path(os.environ.get("REIDKIT_TEST_CACHE", Path.home() / ".cache" / "reidkit-test"))
 SDIST = "torchreid-0.2.5.tar.gz"
@@ -28,25 +29,35 @@ H, W, C = 64, 32, 6
 
 
 def fetch_sdist() -> Path:
-    """torchreid 0.2.5's sources under the cache (downloaded once); skips when PyPI cannot be reached."""
+    """torchreid 0.2.5's sources under the cache (downloaded once); skips when PyPI cannot be reached.
+
+    The cache is shared by every test process: archive and sources are each made in a private temp folder and
+    renamed into place whole (conftest.made_once), so two runs preparing them at once both succeed."""
     root = CACHE / "torchreid-0.2.5-src"
     pkg = root / "torchreid-0.2.5" / "torchreid" / "reid"
     if pkg.is_dir():
         return pkg
-    CACHE.mkdir(parents=True, exist_ok=True)
     archive = CACHE / SDIST
     if not archive.exists():
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                               "torchreid==0.2.5", "-d", str(CACHE)],
-                              capture_output=True, text=True, timeout=300)
-        if not archive.exists():
-            pytest.skip(f"torchreid 0.2.5 could not be downloaded from PyPI: {proc.stderr.strip()[-300:]}")
-    tmp = CACHE / "torchreid-0.2.5-src.tmp"
-    with tarfile.open(archive) as tf:
-        members = [m for m in tf.getmembers() if m.name.startswith("torchreid-0.2.5/torchreid/reid/")
-                   and m.isfile() and m.name.endswith(".py")]
-        tf.extractall(tmp, members=members)
-    tmp.rename(root)
+        failed: list[str] = []
+
+        def download(tmp: Path) -> None:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                   "torchreid==0.2.5", "-d", str(tmp)], capture_output=True, text=True, timeout=300)
+            failed.append(proc.stderr.strip()[-300:])
+
+        try:
+            made_once(archive, download, file=True)
+        except FileNotFoundError:
+            pytest.skip(f"torchreid 0.2.5 could not be downloaded from PyPI: {failed[-1] if failed else ''}")
+
+    def extract(tmp: Path) -> None:
+        with tarfile.open(archive) as tf:
+            members = [m for m in tf.getmembers() if m.name.startswith("torchreid-0.2.5/torchreid/reid/")
+                       and m.isfile() and m.name.endswith(".py")]
+            tf.extractall(tmp, members=members)
+
+    made_once(root, extract)
     return pkg
 
 

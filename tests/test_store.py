@@ -63,11 +63,13 @@ def env(tmp_path_factory):
     ext = g.extractor
     del g
     return {"root": root, "weights": weights, "A": a, "B": b, "C": c, "template": template, "ext": ext,
-            "survived": [], "tried": []}
+            "kills": {}}
 
 
 def _fresh(env, name: str) -> Path:
     dst = env["root"] / "trials" / name / "db"
+    if dst.parent.exists():
+        shutil.rmtree(dst.parent)
     shutil.copytree(env["template"], dst)
     return dst
 
@@ -103,36 +105,62 @@ def _contents(db: Path) -> set[str]:
     return paths
 
 
-def _record(env, db: Path, proc: subprocess.Popen, allowed: list[set[str]], what: str,
-            output: tuple[str, str] | None = None) -> None:
-    """Count one kill as tried, and as survived only when the gallery really came out whole and allowed."""
-    env["tried"].append(what)
+def _judge(db: Path, proc: subprocess.Popen, allowed: list[set[str]],
+           output: tuple[str, str] | None = None) -> str | None:
+    """What was wrong after a kill (None: the gallery came out whole and holds one of the `allowed` contents)."""
     out, err = output if output is not None else proc.communicate(timeout=120)
-    problem = "a traceback" if "Traceback" in err + out else None
-    got: object = None
-    if problem is None:
-        try:
-            got = _contents(db)
-        except (AssertionError, ReIDError) as exc:  # does not open, inconsistent, or index and metadata disagree
-            problem = f"an unusable gallery ({exc})"
-        else:
-            if got not in allowed:
-                problem = f"a mix of old and new content ({sorted(got)})"  # type: ignore[arg-type]
-    if problem is None:
-        env["survived"].append(what)
-    assert problem is None, (what, problem, err[-2000:])
+    if "Traceback" in err + out:
+        return f"a traceback: {err[-2000:]}"
+    try:
+        got = _contents(db)
+    except (AssertionError, ReIDError) as exc:  # does not open, inconsistent, or index and metadata disagree
+        return f"an unusable gallery ({exc})"
+    if got not in allowed:
+        return f"a mix of old and new content ({sorted(got)})"
+    return None
+
+
+def _trials(env, name: str, run) -> dict[str, str | None]:
+    """The kill trials `name` ({what: problem or None}), run once per session by whichever test asks first: the
+    tests of each kill and the figure (test_kills_survived_figure) share them, in any order, or run alone."""
+    if name not in env["kills"]:
+        env["kills"][name] = run()
+    return env["kills"][name]
 
 
 ADD_POINTS = ["add_embedded", "add_locked", "before_commit", "after_commit", "cache_temp_written"]
 BUILD_POINTS = ["build_embedded", "build_before_publish", "build_after_publish", "cache_temp_written"]
 
 
+def _add_args(env, db: Path) -> list[str]:
+    return ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")]
+
+
+def _build_args(env, db: Path) -> list[str]:
+    return ["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
+            "--weights", str(env["weights"])]
+
+
+def _named_kill(env, verb: str, point: str) -> tuple[Path, str | None]:
+    """`index add` / `index build --overwrite` on a fresh copy of the template, killed at `point`: (db, problem)."""
+    db = env["root"] / "trials" / f"{verb}_{point}" / "db"
+
+    def run() -> dict[str, str | None]:
+        fresh = _fresh(env, f"{verb}_{point}")
+        p = _cli(_add_args(env, fresh) if verb == "add" else _build_args(env, fresh), crash_at=point)
+        code = p.wait(timeout=120)
+        if code != 137:
+            return {f"{verb}@{point}": f"exit {code}: not killed at {point} ({p.communicate()[1][-2000:]})"}
+        allowed = [env["A"], env["A"] | env["B"]] if verb == "add" else [env["A"], env["C"]]
+        return {f"{verb}@{point}": _judge(fresh, p, allowed)}
+
+    return db, _trials(env, f"{verb}@{point}", run)[f"{verb}@{point}"]
+
+
 @pytest.mark.parametrize("point", ADD_POINTS)
 def test_add_killed_at_named_point(env, point):
-    db = _fresh(env, f"add_{point}")
-    p = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")], crash_at=point)
-    assert p.wait(timeout=120) == 137
-    _record(env, db, p, [env["A"], env["A"] | env["B"]], f"add@{point}")
+    db, problem = _named_kill(env, "add", point)
+    assert problem is None, problem
     # committed before the kill: the new content; killed before: the old
     expect = env["A"] | env["B"] if point in ("after_commit", "cache_temp_written") else env["A"]
     assert _contents(db) == expect
@@ -140,11 +168,8 @@ def test_add_killed_at_named_point(env, point):
 
 @pytest.mark.parametrize("point", BUILD_POINTS)
 def test_build_overwrite_killed_at_named_point(env, point):
-    db = _fresh(env, f"build_{point}")
-    p = _cli(["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
-              "--weights", str(env["weights"])], crash_at=point)
-    assert p.wait(timeout=120) == 137
-    _record(env, db, p, [env["A"], env["C"]], f"build@{point}")
+    db, problem = _named_kill(env, "build", point)
+    assert problem is None, problem
     assert _contents(db) == (env["C"] if point == "build_after_publish" else env["A"])
     leftovers = list(db.parent.glob(".db.build.*.tmp"))
     assert leftovers, "a killed build leaves its temp folder ..."
@@ -172,41 +197,55 @@ def _stderr_reader(proc: subprocess.Popen, marker: str) -> tuple[list[str], thre
     return lines, seen, t
 
 
-def test_random_kills(env):
+def _random_kills(env) -> dict[str, str | None]:
     """SIGKILL `index add` and `index build --overwrite` at random moments of their run, each one still running.
 
     Trials 0-1 draw the moment from the whole run (start-up included); trials 2-3 wait until the writer has
     embedded its images (its `embedded` progress line) and kill it a random moment into its writes. Every
-    kill must hit a live writer: one that finished first (exit 0) tested nothing, and fails the test.
+    kill must hit a live writer: one that finished first (exit 0) tested nothing, and is a problem.
     """
     rng = random.Random(12)
+    results: dict[str, str | None] = {}
     for trial in range(4):
         build = trial % 2 == 1
         writing = trial >= 2
         db = _fresh(env, f"random_{trial}")
-        args = (["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
-                 "--weights", str(env["weights"])] if build
-                else ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")])
-        p = _cli(args, exit_after=2.0)
+        p = _cli(_build_args(env, db) if build else _add_args(env, db), exit_after=2.0)
         lines, embedded, reader = _stderr_reader(p, "embedded ")
+        what = f"random {'build' if build else 'add'} #{trial}"
         if writing:
             # the writes follow the progress line within ~0.1 s; exit comes 2 s later (`exit_after`)
             embedded.wait(timeout=120)
-            assert any("embedded " in ln for ln in lines), f"trial {trial}: no `embedded` line (exit {p.poll()})"
+            if not any("embedded " in ln for ln in lines):
+                p.kill()
+                results[what] = f"no `embedded` line (exit {p.wait(timeout=60)})"
+                continue
             time.sleep(rng.uniform(0.0, 0.2))
         else:
             # before the progress line, or at most 0.2 s after it: never past the writer's end
             delay = rng.uniform(0.05, 1.0)
             if embedded.wait(timeout=delay):
                 time.sleep(rng.uniform(0.0, 0.2))
-        assert p.poll() is None, f"trial {trial}: the writer finished before the kill (exit {p.returncode})"
+        if p.poll() is not None:
+            results[what] = f"the writer finished before the kill (exit {p.returncode})"
+            continue
         p.send_signal(signal.SIGKILL)
-        assert p.wait(timeout=60) == -signal.SIGKILL, f"trial {trial}: not killed mid-run"
+        if p.wait(timeout=60) != -signal.SIGKILL:
+            results[what] = f"not killed mid-run (exit {p.returncode})"
+            continue
         reader.join(timeout=60)
         out = p.stdout.read()  # type: ignore[union-attr]
         allowed = [env["A"], env["C"]] if build else [env["A"], env["A"] | env["B"]]
         phase = "writing" if any("embedded " in ln for ln in lines) else "start-up"
-        _record(env, db, p, allowed, f"random {'build' if build else 'add'} #{trial} ({phase})", (out, "".join(lines)))
+        results[f"{what} ({phase})"] = _judge(db, p, allowed, (out, "".join(lines)))
+    return results
+
+
+def test_random_kills(env):
+    results = _trials(env, "random", lambda: _random_kills(env))
+    assert len(results) == 4
+    lost = {what: problem for what, problem in results.items() if problem is not None}
+    assert not lost, lost
 
 
 def test_two_concurrent_writers(env):
@@ -269,11 +308,18 @@ def test_reader_holding_the_database_past_busy_timeout(env):
 
 
 def test_kills_survived_figure(env):
-    """The figure for the report: how many of the kills tried left a whole gallery (counted by `_record`)."""
-    tried, survived = env["tried"], env["survived"]
+    """The figure for the report: how many of the kills tried left a whole gallery. The kills are this test's
+    own (each run once per session, shared with the tests of each kill): the same figure alone or in any order."""
+    results: dict[str, str | None] = {}
+    for verb, points in (("add", ADD_POINTS), ("build", BUILD_POINTS)):
+        for point in points:
+            results[f"{verb}@{point}"] = _named_kill(env, verb, point)[1]
+    results.update(_trials(env, "random", lambda: _random_kills(env)))
+    tried = list(results)
+    survived = [what for what in tried if results[what] is None]
     assert len(tried) >= 10
-    lost = [t for t in tried if t not in survived]
     print(f"\nkills survived: {len(survived)}/{len(tried)} ({', '.join(survived)})")
+    lost = {what: results[what] for what in tried if results[what] is not None}
     assert not lost, f"kills not survived: {lost}"
 
 

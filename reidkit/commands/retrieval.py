@@ -224,6 +224,9 @@ def _check(args: argparse.Namespace) -> int:
           f"(cache {rep['cache']}), model {rep['model']} ({rep['feat_dim']}-d)")
     if rep["leftover_files"]:
         print(f"  leftover files (removed by the next write): {', '.join(rep['leftover_files'])}")
+    if rep.get("lock_files"):  # reidkit.retrieval.maintenance.lock_files says why they are beside the folder
+        print(f"  lock files beside the folder (no data; they stay outside it so a rebuild's folder exchange "
+              f"cannot move them; delete them with the gallery): {', '.join(rep['lock_files'])}")
     return 0
 
 

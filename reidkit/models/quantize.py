@@ -7,21 +7,37 @@ synthetic generator (``reidkit.data.synthetic.render``): deterministic, offline,
 so one cache entry per model is valid on every machine. What int8 costs in features and tracking is
 measured in tests/test_quantize.py and benchmarks/bench_video.py; the float engines stay the default for
 galleries and evaluation.
+
+Nothing is left behind by a killed quantisation: the work (reidkit's copies of the model and ONNX Runtime's
+own ``pre.quant.*`` / ``ort.quant.*`` temp folders, which its tools make with Python's ``tempfile`` in
+``$TMPDIR``, hundreds of MB for a large model) happens in one folder beside the cache entry,
+``.<entry>.<pid>.<random>.tmp`` (reidkit.utils.io.owned_temp_dir), and ``tempfile``'s folder points into it
+for the duration. The folder goes when the quantisation ends; a process killed meanwhile leaves it, and the
+next quantisation or ONNX cache use (``clean_stale_temps(cache, dirs=True)``) removes it once that pid is gone.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from reidkit.errors import ReIDError
+from reidkit.utils.io import clean_stale_temps, owned_temp_dir
 
 CALIBRATION_CROPS = 96
 CALIBRATION_SEED = 0
+_LEGACY_WORK = ".int8-"  # work folders named by tempfile before the pid was in the name: removed a day old
+_LEGACY_AGE_S = 24 * 3600
+_TEMPDIR_LOCK = threading.Lock()
 
 
 def calibration_crops(size: Sequence[int], mean: Sequence[float], std: Sequence[float],
@@ -59,11 +75,13 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=dst.parent) as tmp:
-        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    clean_stale_leftovers(dst.parent)
+    with owned_temp_dir(dst.parent, dst.name) as work:
+        pre, out = work / "pre.onnx", work / "int8.onnx"
+        with _temp_files_in(work):
+            quant_pre_process(str(src), str(pre))
+            quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         q = onnx.load(str(out))
         meta = {p.key: p.value for p in model.metadata_props}
         meta["quantized"] = json.dumps(f"int8 static QDQ, min-max on {n} synthetic crops (seed {CALIBRATION_SEED})")
@@ -74,3 +92,35 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence
         os.replace(out, dst)  # same folder: atomic, a killed quantisation leaves no partial entry
     return dst
 
+
+def clean_stale_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove what killed quantisations and exports left in `folder` (their owner's pid is gone); returns them."""
+    folder = Path(folder)
+    removed = clean_stale_temps(folder, dirs=True)
+    try:
+        legacy = [p for p in folder.glob(_LEGACY_WORK + "*") if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        legacy = []
+    for p in legacy:
+        try:
+            if time.time() - p.stat().st_mtime >= _LEGACY_AGE_S:  # no pid in the name: by age only
+                shutil.rmtree(p)
+                removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+@contextmanager
+def _temp_files_in(folder: Path) -> Iterator[None]:
+    """Python's temp folder is `folder` for the body: onnxruntime.quantization makes its working copies with
+    ``tempfile.TemporaryDirectory(prefix="ort.quant.")`` (and "pre.quant.") in the default temp folder, which
+    takes no argument; set here, they live (and die) in our work folder. Process-wide while it lasts, so
+    quantisations take turns (a temp file another thread makes meanwhile also lands there)."""
+    with _TEMPDIR_LOCK:
+        saved = tempfile.tempdir
+        tempfile.tempdir = str(folder)
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved

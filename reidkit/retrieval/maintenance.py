@@ -2,7 +2,8 @@
 
 For the embedded backend, ``check_gallery`` verifies the SQLite database (quick_check, every entry
 has one vector of the model's dimension, the IVF quantiser is stored) and reports the state of the
-faiss cache and leftover temp files; ``repair_gallery`` converts the schema-1 layout (index.faiss +
+faiss cache, leftover temp files (inside the folder, and a killed build's folder beside it) and the lock files
+kept beside the folder; ``repair_gallery`` converts the schema-1 layout (index.faiss +
 meta.sqlite without vectors) or drops entries without a usable vector, each as one generation.
 A Milvus gallery is checked by its own store (:meth:`MilvusStore.check`).
 """
@@ -22,8 +23,13 @@ from reidkit.retrieval import store_sqlite as S
 from reidkit.inference import FeatureExtractor
 from reidkit.retrieval.folder import embed_paths
 from reidkit.retrieval.store import is_milvus, open_store
+from reidkit.utils.io import pid_alive
 
-__all__ = ["check_gallery", "repair_gallery"]
+__all__ = ["check_gallery", "repair_gallery", "lock_files", "VIDEO_LOCKS"]
+
+# The folder of the per-video ingestion locks beside gallery DB (reidkit.video.pipeline.VideoLock makes it;
+# retrieval cannot import video, tests/test_leftovers.py checks that the two agree).
+VIDEO_LOCKS = ".{name}.video-locks"
 
 
 def _stderr(msg: str) -> None:
@@ -101,14 +107,33 @@ def check_gallery(db: str | os.PathLike, collection: str | None = None) -> dict[
             cache = "unreadable (rebuilt on the next open)"
     leftovers = [p.name for p in db.iterdir() if p.name.startswith(".") and ".tmp" in p.name]
     leftovers += [p.name for p in db.glob("index.g*.faiss") if p != cached]
+    # a killed build's or publish's folder beside the gallery (.<name>.build.<pid>.<random>.tmp, its owner gone):
+    # the next write removes it too
+    for pattern in (f".{db.name}.build.*.tmp", f".{db.name}.old.*.tmp"):
+        for p in sorted(db.parent.glob(pattern)):
+            pid = p.name.split(".")[-3]
+            if not (pid.isdigit() and pid_alive(int(pid))):
+                leftovers.append(os.path.join("..", p.name))
     report = {"db": str(db), "consistent": not problems, "problems": problems, "generation": gen,
               "uid": info.get("uid", ""), "entries": n_entries, "vectors": n_vectors,
               "images": int(kinds.get("image", 0)), "tracklets": int(kinds.get("tracklet", 0)),
               "state_keys": state_keys, "index": kind, "cache": cache, "model": ident.label(),
-              "feat_dim": ident.feat_dim, "leftover_files": leftovers}
+              "feat_dim": ident.feat_dim, "leftover_files": leftovers, "lock_files": lock_files(db)}
     if problems:
         raise OptionError("db", f"{db} is inconsistent: {'; '.join(problems)}; run `reidkit index repair --db {db}`")
     return report
+
+
+def lock_files(db: str | os.PathLike) -> list[str]:
+    """The lock files of gallery folder `db` that exist; they are kept BESIDE it: ``.<name>.writer.lock`` (one
+    writer at a time) and ``.<name>.video-locks/`` (one ingester per video). Not inside: ``index build
+    --overwrite`` publishes a new folder by exchanging it with the old one, and a lock inside would go away with
+    the old folder while a process holds or waits on it (two writers at once). They hold no data (a pid at
+    most): a copied or moved gallery needs none of them (they are made again), and they can be deleted with
+    the folder when no reidkit process is using it."""
+    db = Path(db).absolute()
+    found = [S.lock_path(db), db.parent / VIDEO_LOCKS.format(name=db.name)]
+    return [str(p) + (os.sep if p.is_dir() else "") for p in found if p.exists()]
 
 
 def repair_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,

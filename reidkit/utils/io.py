@@ -5,6 +5,9 @@ Atomic write: the data goes to a uniquely named temp file in the target's folder
 reader sees the old file or the new one whole, never a half-written one; two writers never share
 a temp name; the temp is removed when the write fails. A process killed mid-write can still leave
 its temp behind: :func:`clean_stale_temps` removes those (callers run it when they open a folder).
+Work that needs a folder of its own (the int8 quantiser's copies of a model) gets one named the same
+way, ``.<name>.<pid>.<random>.tmp`` (:func:`owned_temp_dir`): removed when the work ends, and by
+``clean_stale_temps(folder, dirs=True)`` once its owner is dead when a kill left it.
 
 What an output path may be (:func:`output_target`, used by every writer):
 - missing or a regular file: written there (a new file gets ``0o666 & ~umask``, like any other
@@ -24,6 +27,8 @@ import errno
 import json
 import logging
 import os
+import secrets
+import shutil
 import stat
 import tempfile
 import time
@@ -36,7 +41,7 @@ from reidkit.errors import ReIDError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "atomic_path", "atomic_write", "atomic_write_bytes", "clean_stale_temps", "ensure_dir",
-    "is_image_file", "list_images", "output_target", "write_json", "write_text", "json_default",
+    "is_image_file", "list_images", "output_target", "owned_temp_dir", "write_json", "write_text", "json_default",
 ]
 
 log = logging.getLogger(__name__)
@@ -291,30 +296,62 @@ def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
         fh.write(text)
 
 
-def clean_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> list[Path]:
+@contextmanager
+def owned_temp_dir(folder: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A new private folder ``<folder>/.<name>.<pid>.<random>.tmp`` for the body's work; removed with all it holds
+    when the body ends (returns or raises). One killed inside leaves it: ``clean_stale_temps(folder, dirs=True)``
+    removes it once the pid in its name is no longer alive."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            work = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+            try:
+                work.mkdir()
+                break
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise ReIDError(f"cannot create a work folder in {folder}: {exc.strerror or exc}") from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def clean_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0, dirs: bool = False) -> list[Path]:
     """Remove temp files left by killed atomic writes in ``folder`` (``.<name>.<pid>.*.tmp``).
 
     A temp whose writer process is still alive is kept (it may be mid-write), as is one younger
-    than ``min_age_s`` seconds. Returns the removed paths.
+    than ``min_age_s`` seconds. ``dirs``: work folders of :func:`owned_temp_dir` too (with what they
+    hold). Returns the removed paths.
     """
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     now = time.time()
-    for p in folder.iterdir():
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
         name = p.name
-        if not (name.startswith(".") and _TEMP_SUFFIX in name and p.is_file()):
+        if not (name.startswith(".") and _TEMP_SUFFIX in name):
+            continue
+        is_dir = p.is_dir() and not p.is_symlink()
+        if not (p.is_file() or (dirs and is_dir)):
             continue
         pid = _writer_pid(name)
-        if pid is not None and pid != os.getpid() and pid_alive(pid):
-            continue
-        if pid == os.getpid():
-            continue
+        if pid == os.getpid() or (pid is not None and pid_alive(pid)) or (is_dir and pid is None):
+            continue  # ours, or its writer may be mid-write (a folder without a pid is not one of ours)
         try:
             if now - p.stat().st_mtime < min_age_s:
                 continue
-            p.unlink()
+            if is_dir:
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             removed.append(p)
         except OSError:
             pass
@@ -322,7 +359,12 @@ def clean_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> list
 
 
 def _writer_pid(name: str) -> int | None:
-    for part in name.split("."):
+    # ".<name>.<pid>.<random>.tmp": the pid is the third part from the end (mkstemp's random part has no dot);
+    # a name's own number (".metrics.2.json.<pid>...") must not be read as the pid
+    parts = name.split(".")
+    if len(parts) >= 4 and parts[-3].isdigit() and len(parts[-3]) <= 7:
+        return int(parts[-3])
+    for part in parts:
         if part.isdigit() and len(part) <= 7:
             return int(part)
     return None

@@ -102,7 +102,7 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     One of `workers` (a local cluster on 127.0.0.1), `address` (a running scheduler) or `client`.
     Other keyword arguments are those of `ingest` (streams excepted).
     """
-    from reidkit.video.ingest import _report, _stderr, open_gallery, prepare_jobs
+    from reidkit.video.ingest import _report, _stderr, commit_chunk, open_gallery, prepare_jobs
 
     say = progress if progress is not None else _stderr
     if segment < 1:
@@ -172,7 +172,7 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
                 checked = True
             for chunk in res["chunks"]:
                 if not direct:
-                    commit(gallery, chunk)
+                    commit_chunk(gallery, chunk)  # a failure says what the gallery holds after it
                 frames[job.key] += chunk.frames
                 say(f"[{job.camera}] frame {chunk.last_frame + 1}: {chunk.state['tracklets']} tracklets"
                     + (", done" if chunk.done else ""))

@@ -29,6 +29,7 @@ Videos can also run on a Dask cluster (reidkit.video.cluster).
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 from contextlib import nullcontext
@@ -43,10 +44,10 @@ from reidkit.errors import OptionError, ReIDError
 from reidkit.video.decode import probe, video_key
 from reidkit.video.embedder import Embedder
 from reidkit.video.pipeline import (THUMBS, Chunk, Settings, SharedEmbedder, Stats, VideoJob, VideoLock,
-                                    check_settings, commit, process_video, resume_state, tracker_fields)
+                                    check_settings, commit, process_video, resume_state, thumbs_dir, tracker_fields)
 
 __all__ = ["THUMBS", "CRASH_ENV", "VideoJob", "Settings", "create_gallery", "open_gallery", "prepare_jobs",
-           "ingest", "run_jobs"]
+           "ingest", "run_jobs", "commit_chunk"]
 
 CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after that many commits
 DEFAULT_STREAMS = 4
@@ -157,6 +158,43 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
     return jobs
 
 
+def commit_chunk(gallery: Any, chunk: Chunk) -> list[int]:
+    """pipeline.commit; when it fails (a full disk, a lock held too long) the error says what the gallery holds
+    after the failure: earlier chunks of the run stay committed, so the store's per-write "nothing was changed,
+    the gallery is unchanged" is not what a run that already committed some chunks left."""
+    try:
+        return commit(gallery, chunk)
+    except (ReIDError, OSError) as exc:
+        raise _not_committed(gallery, chunk, exc) from None
+
+
+def _not_committed(gallery: Any, chunk: Chunk, exc: BaseException) -> ReIDError:
+    if isinstance(exc, OptionError):
+        reason = exc.detail
+    elif isinstance(exc, OSError):  # writing a thumbnail
+        reason = f"cannot write {exc.filename or thumbs_dir(gallery)}: {exc.strerror or exc}"
+    else:
+        reason = str(exc)
+    reason = reason.split("; nothing was ")[0]  # the store's per-write clause: replaced by the gallery's state
+    name = f"{Path(chunk.state.get('video', chunk.key)).name} (camera {chunk.camera})"
+    try:
+        key, stored = gallery.stored_key(), gallery.get_state(chunk.state_key)
+    except (ReIDError, OSError) as err:
+        now = f"what the gallery holds now cannot be read ({err})"
+    else:
+        gen = f"generation {key[1]}" if key else "its last committed generation"
+        held = (f"nothing of {name} yet" if not stored else f"all of {name}" if stored.get("done") else
+                f"{name} up to frame {int(stored['next_frame'])} with {int(stored.get('tracklets', 0))} tracklets")
+        now = f"the gallery is whole at {gen} and holds {held}" + (" (earlier chunks stay committed)" if stored else "")
+    what = (f"the last chunk of {name}, with the tracklets still open at its end," if chunk.done else
+            f"the chunk of {name} ending at frame {chunk.last_frame + 1}")
+    full = any(w in reason for w in ("disk is full", "quota", "file size limit", os.strerror(errno.ENOSPC)))
+    msg = (f"{reason}; {what} was not committed: {now}; "
+           + ("free some space and run" if full else "run") + " the same command again to resume from there")
+    db_error = isinstance(exc, OSError) or (isinstance(exc, OptionError) and exc.option == "db")
+    return OptionError("db", msg) if db_error else ReIDError(msg)
+
+
 class _Committer:
     """The one writer: commits chunks, reports progress, counts commits (for the crash test hook)."""
 
@@ -166,7 +204,7 @@ class _Committer:
         self.t0: dict[str, float] = {}
 
     def __call__(self, job: VideoJob, chunk: Chunk) -> None:
-        commit(self.g, chunk)
+        commit_chunk(self.g, chunk)
         self.commits += 1
         limit = os.environ.get(CRASH_ENV)
         if limit and self.commits >= int(limit):
