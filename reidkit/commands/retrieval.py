@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="replace an existing gallery in --db (built beside it, swapped in atomically)")
     build.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of "
                                                              "skipping and counting it")
+    add_files_argument(build, "the images folder")
     build.set_defaults(func=_build)
     add_trust_argument(build)
 
@@ -143,6 +144,30 @@ def add_db_arguments(p: argparse.ArgumentParser, new: bool = False) -> None:
                    help="Milvus collection of a milvus: gallery (default: reidkit)")
 
 
+def add_files_argument(p: argparse.ArgumentParser, beside: str) -> None:
+    """--files DIR: the local folder of a milvus: gallery's side files (video thumbnails), recorded in it."""
+    p.add_argument("--files", default=None, metavar="DIR",
+                   help="milvus: galleries only: the local folder for the gallery's side files (video thumbnails), "
+                        "recorded in the gallery so that any later command finds it (default for a Milvus server: "
+                        f"<collection>.files beside {beside}; Milvus Lite: beside its .db file). A folder gallery "
+                        "keeps its files inside its folder")
+
+
+def check_files_option(db: str, files: str | None) -> None:
+    """Refuse --files for a folder gallery, or a --files that cannot be a folder, before any work."""
+    if files is None:
+        return
+    from reidkit.errors import OptionError
+    from reidkit.retrieval.store import is_milvus
+
+    if not is_milvus(db):
+        raise OptionError("files", "applies to milvus: galleries only; a folder gallery keeps its files inside "
+                                   "its folder")
+    from reidkit.retrieval.store_milvus import files_folder
+
+    files_folder(files)
+
+
 MAX_WORKERS = 64  # model threads of one server; more only queue on the same cores and memory
 MAX_POLL_S = 3600.0
 MAX_UPLOAD_MB = 1024.0
@@ -183,6 +208,7 @@ def _build(args: argparse.Namespace) -> int:
 
     _positive(nlist=args.nlist, nprobe=args.nprobe, ef_search=args.ef_search, pq_m=args.pq_m,
               refine_k=args.refine_k, batch_size=args.batch_size)
+    check_files_option(args.db, args.files)
     extra = {} if args.refine_k is None else {"refine_k": args.refine_k}
     if args.weights_format is not None:
         from reidkit.errors import ReIDError
@@ -198,6 +224,13 @@ def _build(args: argparse.Namespace) -> int:
                       pq_m=args.pq_m, strict=args.strict, collection=args.collection, engine=args.engine, **extra)
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
+    from reidkit.retrieval.store import is_milvus
+
+    if is_milvus(args.db):
+        from reidkit.retrieval.store_milvus import files_beside
+
+        files = g.store.use_files(args.files, default=files_beside(args.images, args.collection))
+        print(f"files (video thumbnails): {files}")
     return 0
 
 

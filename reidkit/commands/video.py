@@ -11,6 +11,7 @@ from pathlib import Path
 
 from reidkit.commands import add_trust_argument
 from reidkit.commands._args import at_most, bounded_float, bounded_int, finite_float, probability
+from reidkit.commands.retrieval import add_files_argument, check_files_option
 from reidkit.errors import ReIDError
 
 
@@ -30,7 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
                     "run, re-run with the same arguments, resumes at the last committed chunk.")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything OpenCV decodes)")
-    p.add_argument("--db", required=True, help="gallery folder (created when missing)")
+    p.add_argument("--db", required=True,
+                   help="gallery (created when missing): a folder, or milvus:<uri> (milvus:./g.db runs Milvus Lite "
+                        "in-process; milvus:http://host:19530 a Milvus server, 2.5 or newer)")
+    p.add_argument("--collection", default=None,
+                   help="Milvus collection of a milvus: gallery (default: reidkit)")
+    add_files_argument(p, "the first video's folder")
     p.add_argument("--camera", action="append", default=None,
                    help="camera name, once per video in order (default: the video file's name)")
     p.add_argument("--detections", action="append", default=None,
@@ -103,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "tracklet's appearances in time order.")
     tsub = t.add_subparsers(dest="tracklets_command", metavar="<action>")
     s = tsub.add_parser("search", help="tracklets of other cameras matching a query image, box or tracklet")
-    s.add_argument("--db", required=True, help="gallery folder")
+    s.add_argument("--db", required=True, help="gallery: a folder, or milvus:<uri>")
+    s.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     s.add_argument("--image", default=None, help="query image (a crop, or a frame with --box)")
     s.add_argument("--box", default=None, help="x1,y1,x2,y2 of the person in --image")
     s.add_argument("--tracklet", default=None, help="query tracklet: gallery id or tracklet key (its camera is excluded)")
@@ -115,7 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_trust_argument(s)
     sh = tsub.add_parser("show", help="a tracklet's appearances in time order")
     sh.add_argument("tracklet", help="gallery id or tracklet key")
-    sh.add_argument("--db", required=True, help="gallery folder")
+    sh.add_argument("--db", required=True, help="gallery: a folder, or milvus:<uri>")
+    sh.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     sh.add_argument("--json", action="store_true", help="print JSON")
     sh.set_defaults(func=_run_show)
     t.set_defaults(func=lambda args: (t.print_help(), 0)[1])
@@ -160,12 +168,18 @@ def _run_video(args: argparse.Namespace) -> int:
               detect_scale=args.detect_scale, appearance=args.appearance,
               embed_budget=args.embed_budget if args.appearance == "needed" else 0,
               engine="auto-int8" if args.engine == "auto" else args.engine)
+    check_files_option(args.db, args.files)
     if args.workers is not None or args.cluster is not None:
         from reidkit.video.cluster import ingest_on_cluster
 
+        if args.collection is not None:
+            # the workers open the gallery by its --db alone (reidkit.video.cluster.run_segment)
+            raise ReIDError("--collection: not with --workers/--cluster (the workers write to the default "
+                            "collection); run without them")
+        _record_files_for_cluster(args)
         rep = ingest_on_cluster(args.db, args.videos, workers=args.workers, address=args.cluster, **kw)
     else:
-        rep = ingest(args.db, args.videos, streams=args.streams, **kw)
+        rep = ingest(args.db, args.videos, streams=args.streams, collection=args.collection, files=args.files, **kw)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
@@ -174,7 +188,7 @@ def _run_video(args: argparse.Namespace) -> int:
             if v.get("truncated"):
                 got = f"{v['frames_decoded']} of {v['frames_announced']} frames" if v.get("frames_announced") else "part"
                 state += f"; warning: truncated or corrupt file, only {got} could be decoded"
-            print(f"{v['camera']}: {v['video']}: {state}")
+            print(f"{_shown(v['camera'])}: {v['video']}: {state}")
         used = f" (embedder: {rep['engine']})" if rep.get("engine") else ""
         print(f"gallery {rep['db']}: {rep['gallery_tracklets']} tracklets{used}")
     return 0
@@ -196,6 +210,32 @@ def _tracker_options(items: list[str]) -> dict:
     return out
 
 
+def _record_files_for_cluster(args: argparse.Namespace) -> None:
+    """A Milvus gallery records its files folder before Dask workers, which open it by --db, write thumbnails."""
+    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.store import is_milvus
+
+    if not is_milvus(args.db):
+        return
+    from reidkit.retrieval.store_milvus import files_beside
+
+    default = files_beside(args.videos[0])
+    if Gallery.exists(args.db):
+        Gallery.open(args.db).store.use_files(args.files, default=default)
+        return
+    from reidkit.video.ingest import open_gallery
+
+    # a new gallery: made here with its model (ingest_on_cluster then opens it)
+    engine = "auto-int8" if args.engine == "auto" else args.engine
+    open_gallery(args.db, args.weights, args.device, 64, args.flip, engine, files=args.files, default_files=default)
+
+
+def _shown(text: object) -> str:
+    """A name as a terminal line shows it: control characters (a camera named "cam\\x01", a newline) escaped."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def _with_paths(h: dict, thumbs: Path) -> dict:
     """The hit with ``thumb_paths``: its thumbnails as absolute paths (``thumbs`` keeps the names the pages use)."""
     return {**h, "thumb_paths": [os.path.abspath(thumbs / name) for name in h.get("thumbs", [])]}
@@ -205,8 +245,8 @@ def _fmt_hit(h: dict, thumbs: Path) -> str:
     """One tracklet line; its first thumbnails as absolute paths a user can open (under ``thumbs``)."""
     score = f"{h['score']:.4f}  " if "score" in h else ""
     paths = ",".join(os.path.abspath(thumbs / name) for name in h["thumbs"][:2])
-    return (f"{score}{h['tracklet']}  camera={h['camera']}  frames {h['frame_start']}-{h['frame_end']}  "
-            f"t={h['t_start']:.1f}-{h['t_end']:.1f}s  thumbs={paths}")
+    return (f"{score}{_shown(h['tracklet'])}  camera={_shown(h['camera'])}  "
+            f"frames {h['frame_start']}-{h['frame_end']}  t={h['t_start']:.1f}-{h['t_end']:.1f}s  thumbs={paths}")
 
 
 def _run_search(args: argparse.Namespace) -> int:
@@ -216,7 +256,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
     if args.box is not None and args.image is None:
         raise ReIDError("--box: needs --image")
-    g = Gallery.open(args.db, weights=args.weights)
+    g = Gallery.open(args.db, weights=args.weights, collection=args.collection)
     res = search_tracklets(g, image=args.image, box=parse_box(args.box), tracklet=args.tracklet, k=args.k,
                            exclude_camera=args.exclude_camera)
     if args.json:
@@ -235,7 +275,7 @@ def _run_show(args: argparse.Namespace) -> int:
     from reidkit.video.pipeline import thumbs_dir
     from reidkit.video.search import appearances
 
-    g = Gallery.open(args.db)
+    g = Gallery.open(args.db, collection=args.collection)
     res = appearances(g, args.tracklet)
     if args.json:
         print(json.dumps({**res, "tracklet": _with_paths(res["tracklet"], thumbs_dir(g))}, indent=2))

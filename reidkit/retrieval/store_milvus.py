@@ -23,6 +23,22 @@ What it promises (different from the embedded backend, by design of Milvus):
   temporary name, reported by ``index check``).
 - The change key polled by the service is (uid, generation) in the info record, bumped after
   each write.
+
+Servers: Milvus 2.5 or newer (``MIN_SERVER``). The schema uses nullable scalar fields and ``is null``
+filters (Milvus 2.5) and INVERTED scalar indexes (2.4); an older server is refused when the client
+connects, with one error naming the version it reports (2.3.5, the newest server wheel on PyPI,
+rejects INVERTED, NULL values and ``is null``: measured). Milvus Lite (a local file) is not checked.
+
+Side files (video thumbnails) live in a local folder: the one recorded in the gallery (``use_files``,
+an absolute path under the state key ``__reidkit_files__``; `reidkit index build` and `reidkit video`
+record ``--files``, by default ``<collection>.files`` beside the images folder or the first video),
+else, for Milvus Lite, ``<file>.<collection>.files`` beside the ``.db`` file (they move together),
+and for a server gallery that recorded none, a per-user folder keyed by the server and collection
+(``$XDG_DATA_HOME/reidkit/milvus/...``), never the current directory.
+
+Filter values are quoted for the grammar of every backend measured (Milvus Lite 3.x accepts only
+the escapes \\" \\\\ \\n \\r \\t, Milvus 2.3's lexer refuses a raw newline or carriage return;
+both take every other character raw): a value is always one string literal, never expression text.
 """
 from __future__ import annotations
 
@@ -44,7 +60,8 @@ from reidkit.inference import ModelIdentity
 from reidkit.retrieval.store import (DEFAULT_COLLECTION, ENTRY_FIELDS, MILVUS_PREFIX, SearchFilter, crash_point,
                                      iter_chunks)
 
-__all__ = ["MilvusStore", "MilvusSnapshot", "MilvusBuilder", "entry_id", "close_client", "ID_BITS", "EXTRA_HINT"]
+__all__ = ["MilvusStore", "MilvusSnapshot", "MilvusBuilder", "entry_id", "close_client", "ID_BITS", "EXTRA_HINT",
+           "MIN_SERVER", "is_server", "parse_version", "files_folder", "files_beside"]
 
 ID_BITS = 53
 EXTRA_HINT = 'pip install -e ".[milvus]"'
@@ -53,6 +70,10 @@ _INFO_KEY = "__reidkit_info__"
 _PART = 60000  # characters of a state value per row (VARCHAR limit 65535 bytes)
 _BATCH = 1000
 _MAX_TOPK = 16384  # Milvus's limit on one search
+_VARCHAR = {"kind": 16, "path": 4096, "camera": 1024, "tracklet": 1024}  # max_length (a server counts bytes)
+_FILES_KEY = "__reidkit_files__"
+_RESERVED = (_MODEL_KEY, _INFO_KEY, _FILES_KEY)
+MIN_SERVER = (2, 5, 0)  # nullable fields and `is null` (2.5), INVERTED scalar indexes (2.4)
 _FIELDS = [f for f in ENTRY_FIELDS if f != "id"] + ["width", "height"]
 _INDEX = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": 128}), "ivfpq": ("IVF_PQ", {"nlist": 128, "m": 16}),
           "hnsw": ("HNSW", {"M": 32, "efConstruction": 80})}
@@ -86,13 +107,43 @@ def _parse(db: str | os.PathLike) -> str:
     return str(path)
 
 
+def is_server(uri: str) -> bool:
+    """True when the client uri names a server (``http://host:port``, ``unix:``), not a Milvus Lite file."""
+    return "://" in uri or uri.startswith("unix:")
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a version a server reports ("v2.5.4", "v2.3.5-lite", "2.6.0-rc1"), or None."""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text))
+    return None if m is None else (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+
+def _check_server(client: Any, uri: str) -> None:
+    """One OptionError when the server is older than MIN_SERVER (an unreadable version is let through)."""
+    try:
+        found = str(client.get_server_version())
+    except Exception:  # noqa: BLE001 - a server that does not say: the calls themselves will tell
+        return
+    version = parse_version(found)
+    if version is not None and version < MIN_SERVER:
+        need = ".".join(map(str, MIN_SERVER))
+        raise OptionError("db", f"the Milvus server at {uri} is version {found}; reidkit needs Milvus {need} or "
+                                f"newer (nullable fields and `is null` filters came in 2.5, INVERTED scalar indexes "
+                                f"in 2.4): upgrade the server, or use Milvus Lite (milvus:./gallery.db) or a folder")
+
+
 def _client(uri: str) -> Any:
-    """One MilvusClient per uri and process (Milvus Lite starts once per file)."""
+    """One MilvusClient per uri and process (Milvus Lite starts once per file); a server's version is checked."""
     try:
         from pymilvus import MilvusClient
     except ImportError:
         raise OptionError("db", f"Milvus galleries need the optional packages pymilvus and milvus-lite: "
                         f"{EXTRA_HINT}", value=f"milvus:{uri}") from None
+    import logging
+
+    # pymilvus logs every failed call with its traceback before raising; each one reaches the user here as
+    # one ReIDError (_Collections.call), so its log would only repeat it as ~20 lines of noise
+    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
     with _clients_lock:
         client = _clients.get(uri)
         if client is None:
@@ -101,14 +152,47 @@ def _client(uri: str) -> Any:
             except Exception as exc:  # noqa: BLE001 - pymilvus raises several kinds; all are "cannot open"
                 raise OptionError("db", f"cannot open the Milvus database ({_msg(exc)}); a Milvus Lite "
                                 f"file is usable by one process at a time", value=f"milvus:{uri}") from None
+            if is_server(uri):
+                try:
+                    _check_server(client, uri)
+                except ReIDError:
+                    try:
+                        client.close()
+                    except Exception:  # noqa: BLE001 - closing is best effort
+                        pass
+                    raise
             _clients[uri] = client
         return client
 
 
-def _lit(value: Any) -> str:
+# What the string literals of Milvus filter expressions take, measured on Milvus Lite 3.2 and Milvus 2.3.5:
+# both read \" \\ \n \r \t; Lite refuses every other escape (\x01, \u0001, \001), 2.3 a raw newline or
+# carriage return; both read any other character raw, control characters included.
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPE_RX = re.compile('["\\\\\n\r\t]')
+
+
+def _check_text(name: str, value: str, limit: int | None = None) -> None:
+    """OptionError naming `name` when `value` cannot be sent to Milvus: not UTF-8 encodable, or over `limit` bytes."""
+    try:
+        n = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise OptionError(name, f"{value!r} is not valid Unicode text (it holds a lone surrogate, e.g. from "
+                                f"bytes that are not UTF-8)") from None
+    if limit is not None and n > limit:
+        raise OptionError(name, f"{value[:40]!r}... is {n} bytes long in UTF-8; a Milvus gallery stores at most {limit}")
+
+
+def _string_lit(value: str, name: str) -> str:
+    """`value` as one double-quoted Milvus string literal (see _ESCAPES)."""
+    _check_text(name, value)
+    return '"' + _ESCAPE_RX.sub(lambda m: _ESCAPES[m.group(0)], value) + '"'
+
+
+def _lit(value: Any, name: str = "value") -> str:
     """A Milvus expression literal: a double-quoted, escaped string, an int, a finite float or a list of ints."""
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _string_lit(value, name)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(str(int(v)) for v in value) + "]"
     if isinstance(value, float):
@@ -118,7 +202,7 @@ def _lit(value: Any) -> str:
 
 def _expr(template: str, params: dict[str, Any]) -> str:
     """`template` with each {name} replaced by the literal of params[name] (values never parsed as expressions)."""
-    return re.sub(r"\{(\w+)\}", lambda m: _lit(params[m.group(1)]), template)
+    return re.sub(r"\{(\w+)\}", lambda m: _lit(params[m.group(1)], m.group(1)), template)
 
 
 def close_client(db: str | os.PathLike) -> None:
@@ -138,6 +222,24 @@ def close_client(db: str | os.PathLike) -> None:
                 server_manager_instance.release_server(uri)
             except (ImportError, AttributeError):
                 pass
+
+
+def files_folder(files: str | os.PathLike) -> Path:
+    """`files` as an absolute folder path, refused when it is a file or cannot be created or written."""
+    path = Path(files).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise OptionError("files", f"{path} exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError("files", f"{path}: {existing} is not a folder this process can write in")
+    return path
+
+
+def files_beside(path: str | os.PathLike, collection: str | None = None) -> Path:
+    """The default side-file folder of a server gallery made from `path`: ``<collection>.files`` in its folder."""
+    return Path(path).expanduser().absolute().parent / f"{collection or DEFAULT_COLLECTION}.files"
 
 
 def _msg(exc: BaseException) -> str:
@@ -174,12 +276,12 @@ class _Collections:
         s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         s.add_field("id", DataType.INT64, is_primary=True)
         s.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
-        s.add_field("kind", DataType.VARCHAR, max_length=16)
-        s.add_field("path", DataType.VARCHAR, max_length=4096)
+        s.add_field("kind", DataType.VARCHAR, max_length=_VARCHAR["kind"])
+        s.add_field("path", DataType.VARCHAR, max_length=_VARCHAR["path"])
         for f in ("camid", "frame_start", "frame_end", "width", "height"):
             s.add_field(f, DataType.INT64, nullable=True)
-        s.add_field("camera", DataType.VARCHAR, max_length=1024, nullable=True)
-        s.add_field("tracklet", DataType.VARCHAR, max_length=1024, nullable=True)
+        s.add_field("camera", DataType.VARCHAR, max_length=_VARCHAR["camera"], nullable=True)
+        s.add_field("tracklet", DataType.VARCHAR, max_length=_VARCHAR["tracklet"], nullable=True)
         s.add_field("t_start", DataType.DOUBLE, nullable=True)
         s.add_field("t_end", DataType.DOUBLE, nullable=True)
         s.add_field("meta", DataType.JSON, nullable=True)
@@ -285,6 +387,9 @@ class _Collections:
         data = []
         for i, r, v in zip(ids, rows, vectors):
             d = {f: r.get(f) for f in _FIELDS}
+            for f, limit in _VARCHAR.items():  # refused here, naming the field, not as Milvus's schema error
+                if isinstance(d[f], str):
+                    _check_text(f, d[f], limit)
             d["meta"] = json.loads(r["meta"]) if isinstance(r.get("meta"), str) else r.get("meta")
             data.append({"id": int(i), "vector": np.asarray(v, np.float32).tolist(), **d})
         for s in iter_chunks(len(data), _BATCH):
@@ -322,15 +427,15 @@ def _entry(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # SearchFilter field -> Milvus condition (an entry without the field fails a condition on it, except exclusions)
-_CONDITIONS = (("exclude_camid", "(camid is null or camid != {v})", int),
-               ("exclude_camera", "(camera is null or camera != {v})", str),
-               ("camera", "camera == {v}", str), ("kind", "kind == {v}", str),
-               ("t_min", "t_end >= {v}", float), ("t_max", "t_start <= {v}", float))
+_CONDITIONS = (("exclude_camid", "(camid is null or camid != {exclude_camid})", int),
+               ("exclude_camera", "(camera is null or camera != {exclude_camera})", str),
+               ("camera", "camera == {camera}", str), ("kind", "kind == {kind}", str),
+               ("t_min", "t_end >= {t_min}", float), ("t_max", "t_start <= {t_max}", float))
 
 
 def _filter_expr(f: SearchFilter) -> str:
     """The Milvus boolean expression of a search filter ("" for none)."""
-    return " and ".join(_expr(tpl, {"v": typ(getattr(f, name))}) for name, tpl, typ in _CONDITIONS
+    return " and ".join(_expr(tpl, {name: typ(getattr(f, name))}) for name, tpl, typ in _CONDITIONS
                         if getattr(f, name) is not None)
 
 
@@ -421,17 +526,63 @@ class MilvusStore:
         self.uri = uri
         self.collection = collection
         self.cols = _Collections(location, uri, collection)
-        if "://" in uri:
-            self.files_dir = Path.cwd() / f"{collection}.files"
-        else:
-            self.files_dir = Path(uri).parent / f"{Path(uri).name}.{collection}.files"
+        self._files: Path | None = None  # the folder recorded in the gallery, once read
+        self._files_uid: str | None = None  # ... for this build of the gallery (a rebuild records its own)
+
+    @property
+    def files_dir(self) -> Path:
+        """The local folder of the gallery's side files (video thumbnails): the recorded one, else the default."""
+        if self._files is None:
+            recorded = self.cols.get_json(_FILES_KEY)
+            if not (isinstance(recorded, str) and recorded):
+                return self.default_files_dir()
+            self._files = Path(recorded)
+        return self._files
+
+    def default_files_dir(self) -> Path:
+        """Where side files go when the gallery records no folder (see the module docstring)."""
+        if not is_server(self.uri):
+            return Path(self.uri).parent / f"{Path(self.uri).name}.{self.collection}.files"
+        base = os.environ.get("XDG_DATA_HOME")
+        if not base:
+            try:
+                base = str(Path.home() / ".local" / "share")
+            except RuntimeError:
+                raise OptionError("files", f"{self.location} (collection {self.collection}) records no folder for "
+                                           f"its files and there is no home folder: give one") from None
+        server = re.sub(r"[^A-Za-z0-9._-]+", "_", self.uri.split("://", 1)[-1]).strip("_") or "server"
+        return Path(base).absolute() / "reidkit" / "milvus" / server / f"{self.collection}.files"
+
+    def use_files(self, files: str | os.PathLike | None = None,
+                  default: str | os.PathLike | None = None) -> Path:
+        """Record the folder of the gallery's side files (once) and return it.
+
+        `files` must be the folder already recorded, if any (thumbnails already written name it). Without
+        `files`, a server gallery that records none records `default` (else default_files_dir()); a Milvus
+        Lite gallery keeps its folder beside its file unrecorded, so that the two move together."""
+        want = None if files is None else files_folder(files)
+        recorded = self.cols.get_json(_FILES_KEY)
+        if isinstance(recorded, str) and recorded:
+            if want is not None and want != Path(recorded):
+                raise OptionError("files", f"{self.location} (collection {self.collection}) keeps its files in "
+                                           f"{recorded}; give that folder or leave the option out", value=files)
+            self._files = Path(recorded)
+            return self._files
+        if want is None:
+            if not is_server(self.uri):
+                return self.default_files_dir()
+            want = files_folder(default) if default is not None else self.default_files_dir()
+        self.cols.put_text({_FILES_KEY: json.dumps(str(want))})
+        self._files = want
+        return want
 
     @staticmethod
     def _names(db: str | os.PathLike, collection: str | None) -> tuple[str, str, str]:
         uri = _parse(db)
-        name = collection or DEFAULT_COLLECTION
-        if not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise OptionError("collection", f"{name!r}: letters, digits and '_' only, not starting with a digit")
+        name = DEFAULT_COLLECTION if collection is None else str(collection)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,199}", name):
+            raise OptionError("collection", f"{name!r}: ASCII letters, digits and '_' only, not starting with a "
+                                            f"digit, at most 200 characters")
         return MILVUS_PREFIX + uri, uri, name
 
     @classmethod
@@ -461,7 +612,10 @@ class MilvusStore:
 
     def snapshot(self) -> MilvusSnapshot:
         """Strong-consistency reads of the current content."""
-        return MilvusSnapshot(self.cols)
+        snap = MilvusSnapshot(self.cols)
+        if snap.uid != self._files_uid:  # another build under this name: read its own files folder again
+            self._files, self._files_uid = None, snap.uid
+        return snap
 
     def stored_key(self) -> tuple[str, int] | None:
         """(uid, generation) of the info record."""
@@ -536,7 +690,7 @@ class MilvusStore:
 
     def get_state(self, key: str) -> Any:
         """The JSON value stored under `key`, or None."""
-        if key in (_MODEL_KEY, _INFO_KEY):
+        if key in _RESERVED:
             return None
         return self.cols.get_json(key)
 
@@ -545,8 +699,8 @@ class MilvusStore:
         snap = self.snapshot()
         problems = []
         dim = snap.identity.feat_dim
-        n_state = len(self.cols.call("query", self.cols.client.query, self.cols.state_name,
-                                     filter='part == 0', output_fields=["key"], consistency_level="Strong"))
+        keys = [r["key"] for r in self.cols.call("query", self.cols.client.query, self.cols.state_name,
+                                                 filter='part == 0', output_fields=["key"], consistency_level="Strong")]
         leftovers = [n for n in self.cols.call("list_collections", self.cols.client.list_collections)
                      if n.startswith(f"{self.collection}__build_")]
         if leftovers and not snap.count:
@@ -555,7 +709,7 @@ class MilvusStore:
         report = {"db": self.location, "collection": self.collection, "consistent": not problems,
                   "problems": problems, "generation": snap.generation, "uid": snap.uid, "entries": snap.count,
                   "vectors": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
-                  "state_keys": max(0, n_state - 2), "index": snap.info.get("index_kind", "flat"),
+                  "state_keys": sum(k not in _RESERVED for k in keys), "index": snap.info.get("index_kind", "flat"),
                   "cache": "none (Milvus indexes itself)", "model": snap.identity.label(), "feat_dim": dim,
                   "leftover_files": leftovers}
         if problems:

@@ -61,25 +61,36 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def create_gallery(db: Path, embedder: Embedder) -> Any:
+def create_gallery(db: Path, embedder: Embedder, collection: str | None = None) -> Any:
     """A new empty flat gallery at `db` for the embedder's model; one made meanwhile by another run is opened."""
     from reidkit.retrieval.index import Gallery
 
     try:
-        return Gallery.create(db, embedder.extractor)
+        return Gallery.create(db, embedder.extractor, collection=collection)
     except ReIDError:
-        if not Gallery.exists(db):
+        if not Gallery.exists(db, collection=collection):
             raise
-    gallery = Gallery.open(db)  # another `reidkit video` created it between our look and our publish
+    # another `reidkit video` created it between our look and our publish
+    gallery = Gallery.open(db, collection=collection)
     gallery.check_identity(embedder.identity)
     return gallery
 
 
+def _use_files(gallery: Any, files: str | os.PathLike | None, default_files: str | os.PathLike | None) -> None:
+    """A Milvus gallery records its side-file folder (``files``, else ``default_files``) before any thumbnail."""
+    if str(gallery.db).startswith("milvus:"):
+        gallery.store.use_files(files, default=default_files)
+
+
 def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
-                 batch_size: int = 64, flip: bool = False, engine: str = "torch") -> tuple[Any, Embedder]:
+                 batch_size: int = 64, flip: bool = False, engine: str = "torch", collection: str | None = None,
+                 files: str | os.PathLike | None = None,
+                 default_files: str | os.PathLike | None = None) -> tuple[Any, Embedder]:
     """(gallery, embedder): open `db` (its own model unless `weights`), or create it for `weights` (None: ImageNet).
 
     `engine`: how the embedder runs the model ("torch", "onnx", "auto": see reidkit.inference).
+    `collection`, `files`: a Milvus gallery's collection and side-file folder (MilvusStore.use_files;
+    `default_files` when it records none).
     """
     from reidkit.inference import FeatureExtractor
     from reidkit.retrieval.index import Gallery
@@ -88,15 +99,22 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
     path = db if milvus else Path(db).expanduser().absolute()
     if not milvus and path.exists() and not path.is_dir():
         raise OptionError("db", f"{path} exists and is not a folder")
-    if Gallery.exists(path):
-        gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size, engine=engine)
+    if not milvus and files is not None:
+        raise OptionError("files", "applies to milvus: galleries only; a folder gallery keeps its files inside "
+                                   "its folder")
+    if Gallery.exists(path, collection=collection):
+        gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size, engine=engine,
+                               collection=collection)
+        _use_files(gallery, files, default_files)
         ext = gallery.extractor
         own = FeatureExtractor(ext.model, ext.identity, ext.device, batch_size, flip, engine=ext.engine)  # own flip
         return gallery, Embedder(extractor=own, flip=flip, batch_size=batch_size)
     if not milvus and path.is_dir() and any(path.iterdir()):
         raise OptionError("db", f"{path} is a folder with other files in it; give a gallery or a new folder")
     embedder = Embedder(weights, device=device, batch_size=batch_size, flip=flip, engine=engine)
-    return create_gallery(path, embedder), embedder
+    gallery = create_gallery(path, embedder, collection)
+    _use_files(gallery, files, default_files)
+    return gallery, embedder
 
 
 def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | None = None,
@@ -358,13 +376,16 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
            progress: Callable[[str], None] | None = _stderr, embedder: Embedder | None = None,
            detector_size: tuple[int, int] | None = None, person_class: int = 0,
            detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all", embed_budget: int = 0,
-           streams: int = DEFAULT_STREAMS, engine: str = "torch", tracker: str | None = None,
+           streams: int = DEFAULT_STREAMS, engine: str = "torch", collection: str | None = None,
+           files: str | os.PathLike | None = None, tracker: str | None = None,
            tracker_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring.
 
     `tracker`: a registered tracker's name (reidkit.video.trackers; default: its DEFAULT_TRACKER) and `tracker_options`
     its options; `max_age`, `n_init`, `max_cosine_distance` set those options of the tracker (None: its default).
-    """
+
+    `collection`: the Milvus collection of a ``milvus:`` gallery; `files`: its side-file folder (thumbnails),
+    recorded in it (default for a server: ``<collection>.files`` in the first video's folder)."""
     settings = check_settings(Settings(every=int(every), chunk=int(chunk), k=int(k), min_len=int(min_len),
                                        detect_every=int(detect_every), appearance=str(appearance),
                                        embed_budget=int(embed_budget),
@@ -373,14 +394,24 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
         raise OptionError("streams", f"must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
                         detector_size, person_class, detect_scale)
+    from reidkit.retrieval.store_milvus import files_beside
+
+    default_files = files_beside(jobs[0].info.path, collection)
     if embedder is not None:
         from reidkit.retrieval.index import Gallery
 
-        path = db if str(db).startswith("milvus:") else Path(db).expanduser().absolute()
-        gallery = Gallery.open(path) if Gallery.exists(path) else create_gallery(path, embedder)
+        milvus = str(db).startswith("milvus:")
+        if not milvus and files is not None:
+            raise OptionError("files", "applies to milvus: galleries only; a folder gallery keeps its files "
+                                       "inside its folder")
+        path = db if milvus else Path(db).expanduser().absolute()
+        gallery = Gallery.open(path, collection=collection) if Gallery.exists(path, collection=collection) \
+            else create_gallery(path, embedder, collection)
         gallery.check_identity(embedder.identity)
+        _use_files(gallery, files, default_files)
     else:
-        gallery, embedder = open_gallery(db, weights, device, batch_size, flip, engine)
+        gallery, embedder = open_gallery(db, weights, device, batch_size, flip, engine, collection=collection,
+                                         files=files, default_files=default_files)
     say = progress or (lambda _m: None)
     stats = Stats()
     t0 = time.perf_counter()
