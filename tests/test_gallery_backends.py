@@ -138,12 +138,50 @@ def test_add_delete_tracklets_state(data, backend):
     assert g.delete(camera="cam9") == 2 and g.delete(ids=[ids[3]]) == 1
     first = g.entries(kind="image")[0]
     assert g.delete(path=first["path"]) == 1 and g.record(first["id"]) is None
-    assert g.delete(camera="nowhere") == 0
+    with pytest.raises(ReIDError, match="no entry has camera 'nowhere'; the gallery's cameras: c1, c2, c3"):
+        g.delete(camera="nowhere")
     with pytest.raises(ReIDError, match="refusing to delete the whole gallery"):
         g.delete()
     assert len(g) == n0 + 3 - 1
     rep = g.store.check()
     assert rep["consistent"] and rep["entries"] == len(g)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_delete_unknown_filter_lists_what_exists(data, backend, capsys, monkeypatch):
+    """Issue 31: the README's `--camera cam3` on Market-style names (`c3`) deleted 0 entries with exit 0; an
+    unknown camera, tracklet or path is one error naming the parameter and listing what exists (capped)."""
+    from reidkit.errors import OptionError
+
+    g = _fresh(data, backend, f"unk_{backend}")
+    n0, gen0 = len(g), g.generation
+    with pytest.raises(OptionError, match=r"^camera: no entry has camera 'cam3'; the gallery's cameras: c1, c2, c3$"):
+        g.delete(camera="cam3")
+    with pytest.raises(OptionError, match=r"^tracklet: no entry has tracklet 'x:1'; the gallery's tracklets: none$"):
+        g.delete(tracklet="x:1")
+    f = np.random.default_rng(0).standard_normal((25, g.identity.feat_dim)).astype(np.float32)
+    g.add_entries(f, [{"path": "/v.mp4", "kind": "tracklet", "tracklet": f"t{i:02d}", "camera": "c1"}
+                      for i in range(25)])
+    with pytest.raises(OptionError) as e:
+        g.delete(tracklet="t99")
+    assert e.value.option == "tracklet"
+    assert str(e.value).endswith(", ".join(f"t{i:02d}" for i in range(20)) + ", ... and 5 more")
+    with pytest.raises(OptionError, match=r"^path: no entry has path '/nope.jpg'; the gallery's paths: .*/v\.mp4"):
+        g.delete(path="/nope.jpg")
+    assert g.delete(camera="c3", tracklet="t01") == 0  # each exists, no entry has both: nothing to name
+    assert len(g) == n0 + 25 and g.generation == gen0 + 1
+    monkeypatch.chdir(data["root"])
+    from reidkit.cli import main
+
+    capsys.readouterr()
+    assert main(["index", "delete", "--db", str(g.db), "--camera", "cam3"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --camera cam3" not in err and "error: --camera: no entry has camera 'cam3'" in err, err
+    assert main(["index", "delete", "--db", str(g.db), "--tracklet", "t03"]) == 0
+    assert "index delete: 1 entry deleted from" in capsys.readouterr().out
+    assert main(["index", "delete", "--db", str(g.db), "--camera", "c1"]) == 0
+    out = capsys.readouterr().out
+    assert int(out.split("index delete: ")[1].split()[0]) > 24 and " entries deleted from" in out, out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -391,7 +391,7 @@ def test_cli_delete_and_check(data, tmp_path, capsys):
     n_c1 = cams.count("c1")
     assert n_c1 > 0
     assert main(["index", "delete", "--db", str(db), "--camera", "c1"]) == 0
-    assert f"{n_c1} entries deleted" in capsys.readouterr().out
+    assert f"{n_c1} {'entry' if n_c1 == 1 else 'entries'} deleted" in capsys.readouterr().out  # 1 entry
     assert main(["index", "check", "--db", str(db), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["consistent"] and rep["entries"] == len(cams) - n_c1 and rep["generation"] == 2

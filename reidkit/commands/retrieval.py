@@ -283,7 +283,8 @@ def _delete(args: argparse.Namespace) -> int:
 
     g = Gallery.open(args.db, collection=args.collection)
     n = g.delete(ids=args.ids, tracklet=args.tracklet, camera=args.camera, path=args.path)
-    print(f"index delete: {n} entries deleted from {args.db} (now {len(g)}, generation {g.generation})")
+    print(f"index delete: {n} {'entry' if n == 1 else 'entries'} deleted from {args.db} "
+          f"(now {len(g)}, generation {g.generation})")
     return 0
 
 

@@ -43,6 +43,27 @@ def _per_row(value: Any, n: int) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
+LISTED_NAMES = 20  # an unknown-filter error lists at most this many existing names
+
+
+def name_list(names: Sequence[str], limit: int = LISTED_NAMES) -> str:
+    """`a, b, c` of at most `limit` names, then `... and N more`; `none` when empty."""
+    names = list(names)
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def unknown_filter(param: str, value: str, snap: StoreSnapshot) -> OptionError | None:
+    """An OptionError listing the values that exist when no entry has `value` in field `param`, else None."""
+    existing = sorted({str(e[param]) for e in snap.entries() if e.get(param) is not None})
+    if value in existing:
+        return None
+    what = {"camera": "cameras", "tracklet": "tracklets", "path": "paths"}.get(param, f"{param} values")
+    return OptionError(param, f"no entry has {param} {value!r}; the gallery's {what}: {name_list(existing)}")
+
+
 
 def _engine_info(extractor: Any) -> dict[str, str]:
     """What a new gallery records of how its features are made: int8 features (queries are embedded the
@@ -410,8 +431,25 @@ class Gallery:
                                     tracklet=None if tracklet is None else str(tracklet),
                                     camera=None if camera is None else str(camera), path=path,
                                     lock_timeout=lock_timeout)
+        if n == 0 and snap is None:
+            self._check_filters({"camera": camera, "tracklet": tracklet, "path": path})
         self._swap(snap)
         return n
+
+    def _check_filters(self, filters: dict[str, Any]) -> None:
+        """OptionError naming the first filter no stored entry matches, listing the values that exist."""
+        given = {k: str(v) for k, v in filters.items() if v is not None}
+        if not given:
+            return
+        latest = self.store.snapshot() if self.changed() else self._snap  # what the delete saw
+        try:
+            for param, value in given.items():
+                err = unknown_filter(param, value, latest)
+                if err is not None:
+                    raise err
+        finally:
+            if latest is not self._snap:
+                latest.close()
 
     # -- lookups --------------------------------------------------------------------------
 
