@@ -37,7 +37,7 @@ def test_int8_features_are_close_and_cached(home, monkeypatch):
     import reidkit.models.quantize as quantize
 
     monkeypatch.setenv("REIDKIT_HOME", str(home))
-    ims, pids = _crops()
+    ims, pids = _crops(ids=24)  # 96 crops: on 24, one changed neighbour is 4 points of rank-1
     f32 = FeatureExtractor.load(None, size=SIZE, engine="onnx", threads=1)
     q = FeatureExtractor.load(None, size=SIZE, engine="int8", threads=1)
     assert q.engine == "int8" and q.identity == f32.identity and q.dim == f32.dim == 1280
