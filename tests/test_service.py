@@ -93,6 +93,35 @@ def test_search_finds_planted_identity(setup):
     assert all(x["camid"] != body["query"]["excluded_camid"] for x in body["results"])
 
 
+def test_topk_is_the_one_name_and_k_a_deprecated_alias(setup):
+    """Issue 31: `POST /search?topk=3` was ignored (20 results: the parameter was `k`, undocumented)."""
+    c = setup["client"]
+    for query, n in (("topk=3", 3), ("k=4", 4), ("topk=2&k=2", 2), ("", 20)):
+        r = c.post(f"/search?{query}", files=_upload(setup["query"]), headers=AUTH)
+        assert r.status_code == 200 and len(r.json()["results"]) == min(n, len(setup["gallery"])), (query, r.text)
+    r = c.post("/search?topk=2&k=3", files=_upload(setup["query"]), headers=AUTH)
+    assert r.status_code == 400 and "give topk only" in r.json()["detail"]
+    assert c.post("/search?topk=0", files=_upload(setup["query"]), headers=AUTH).status_code == 422
+    params = {p["name"]: p for p in c.app.openapi()["paths"]["/search"]["post"]["parameters"]}  # not served
+    assert "number of results" in params["topk"]["description"] and params["k"].get("deprecated") is True
+    assert not params["topk"].get("deprecated")
+
+
+def test_tracklets_search_topk_flag_and_hidden_k_alias(capsys):
+    from reidkit.cli import build_parser
+
+    parser = build_parser()
+    base = ["tracklets", "search", "--db", "x", "--tracklet", "1"]
+    assert parser.parse_args([*base, "--topk", "3"]).k == 3 and parser.parse_args(base).k == 10
+    capsys.readouterr()
+    assert parser.parse_args([*base, "-k", "4"]).k == 4 and parser.parse_args([*base, "--k", "5"]).k == 5
+    assert capsys.readouterr().err.count("is deprecated; use --topk") == 2
+    sub = parser._subparsers._group_actions[0].choices["tracklets"]._subparsers._group_actions[0].choices["search"]
+    help_text = sub.format_help()
+    assert "--topk N" in help_text and "(default 10)" in help_text
+    assert "-k" not in help_text.replace("--topk", "").replace("--tracklet", "")
+
+
 def test_bad_uploads_get_4xx_json(setup):
     c = setup["client"]
     jpeg = setup["query"].read_bytes()

@@ -7,12 +7,14 @@ SQLite's int64, finite numbers, image sides 8..2048.
 """
 from __future__ import annotations
 
-from typing import Callable
+import argparse
+import sys
+from typing import Any, Callable
 
 from reidkit.errors import ReIDError
 from reidkit.utils import validate
 
-__all__ = ["at_most", "bounded_float", "bounded_int", "finite_float", "nonneg_float", "positive_float", "positive_int", "probability",
+__all__ = ["DeprecatedAlias", "at_most", "bounded_float", "bounded_int", "finite_float", "nonneg_float", "positive_float", "positive_int", "probability",
            "side", "sqlite_id"]
 
 
@@ -82,3 +84,18 @@ def probability(flag: str) -> Callable[[str], float]:
 def side(flag: str) -> Callable[[str], int]:
     """One side of an input image in pixels (8..2048)."""
     return bounded_int(flag, validate.MIN_SIDE, validate.MAX_SIDE)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option, still accepted but hidden: ``add_argument("-k", "--k", dest="k",
+    action=DeprecatedAlias, new="--topk", type=..., default=argparse.SUPPRESS, help=argparse.SUPPRESS)``
+    after the new flag (same dest), so that only the new flag is shown; using it prints a note on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)

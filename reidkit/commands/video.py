@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from reidkit.commands import add_trust_argument
-from reidkit.commands._args import at_most, bounded_float, bounded_int, finite_float, probability
+from reidkit.commands._args import DeprecatedAlias, at_most, bounded_float, bounded_int, finite_float, probability
 from reidkit.commands.retrieval import add_files_argument, check_files_option
 from reidkit.errors import ReIDError
 
@@ -115,7 +115,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--box", default=None, help="x1,y1,x2,y2 of the person in --image")
     s.add_argument("--tracklet", default=None, help="query tracklet: gallery id or tracklet key (its camera is excluded)")
     s.add_argument("--exclude-camera", default=None, help="drop tracklets of this camera")
-    s.add_argument("-k", "--k", type=bounded_int("--k", 1, 10_000), default=10, help="results (default 10)")
+    s.add_argument("--topk", dest="k", metavar="N", type=bounded_int("--topk", 1, 10_000), default=10,
+                   help="results (default %(default)s)")
+    s.add_argument("-k", "--k", dest="k", action=DeprecatedAlias, new="--topk", type=bounded_int("--k", 1, 10_000),
+                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling (issue 31)
     s.add_argument("--weights", default=None, help="query model (default: the gallery's)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_run_search)

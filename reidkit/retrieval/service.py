@@ -1,4 +1,4 @@
-"""HTTP search service over a gallery: ``POST /search``, ``GET /images/{id}``, ``GET /health``, a web page at ``/``.
+"""HTTP search service over a gallery: ``POST /search?topk=N``, ``GET /images/{id}``, ``GET /health``, a web page at ``/``.
 
 The model runs in worker thread(s) fed by a queue: requests waiting at the same time are
 embedded as one batch (torch is never called concurrently on the model), then each is searched
@@ -540,6 +540,13 @@ def _validation_message(errors: Sequence[dict[str, Any]], body: bool = False) ->
     return "; ".join(dict.fromkeys(parts))
 
 
+def topk_param(topk: int | None, k: int | None, default: int) -> int:
+    """The number of results a request asks for: `topk`, else the deprecated alias `k`, else `default`."""
+    if topk is not None and k is not None and topk != k:
+        raise HTTPException(400, detail=f"topk={topk} and k={k} (its deprecated alias) disagree; give topk only")
+    return topk if topk is not None else k if k is not None else default
+
+
 def search_routes(get_gallery: Callable[[], Gallery], authorize: Callable[[Request], None], *,
                   follower: _Follower, batcher: _Batcher, uploads: UploadPolicy,
                   max_upload_bytes: int) -> APIRouter:
@@ -549,12 +556,16 @@ def search_routes(get_gallery: Callable[[], Gallery], authorize: Callable[[Reque
     @router.post("/search")
     async def search(
         request: Request,
-        k: int = Query(20, ge=1, le=1000),
+        topk: int | None = Query(None, ge=1, le=1000, description="number of results (default 20)"),
+        k: int | None = Query(None, ge=1, le=1000, deprecated=True, description="deprecated alias of topk"),
         rerank: bool = False,
         exclude_camid: int | None = Query(None, ge=0, le=2**31 - 1),
         exclude_same_camera: bool = False,
     ) -> dict[str, Any]:
+        """Rank the gallery for the image in the multipart field `file`: the best `topk` entries (default 20;
+        `k` is the deprecated spelling), optionally re-ranked and without one camera's entries."""
         authorize(request)
+        k = topk_param(topk, k, 20)
         follower.start()
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_SLACK:

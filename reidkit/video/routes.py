@@ -4,7 +4,8 @@ for reidkit.retrieval.service.create_app(..., routers=[tracklet_routes]) (`reidk
 - ``POST /tracklets/search``: multipart ``file`` (a crop, or a frame with form field ``box`` =
   ``x1,y1,x2,y2``; optional ``exclude_camera``) or JSON ``{"tracklet": id-or-key, "exclude_camera":
   name}`` (validated: ids within SQLite's integer range, keys of a plain form, bounded size and
-  depth; 422 otherwise); query ``k``. Returns ranked tracklets of other cameras (reidkit.video.search).
+  depth; 422 otherwise); query ``topk`` (default 10; ``k``, its old spelling, still accepted). Returns
+  ranked tracklets of other cameras (reidkit.video.search).
 - ``GET /tracklets/{id}``: the tracklet and its appearances in time order.
 - ``GET /thumbs/{name}``: a thumbnail JPEG. Only a plain file name of the form the ingestion writes
   reaches the file system, and only inside ``DB/thumbs``: no path traversal. Only a thumbnail a stored
@@ -30,7 +31,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 
-from reidkit.retrieval.service import MAX_ID, IndexedFileResponse, add_page, json_body, open_indexed, recorded_stat
+from reidkit.retrieval.service import (MAX_ID, IndexedFileResponse, add_page, json_body, open_indexed, recorded_stat,
+                                       topk_param)
 from reidkit.video.search import appearances, parse_box, search_tracklets
 
 _THUMB_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.jpg$")
@@ -74,8 +76,14 @@ def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request
     add_page(router, "/tracklets", lambda: _PAGE.read_text(encoding="utf-8"), "Tracklets", shown_if="tracklets")
 
     @router.post("/tracklets/search")
-    async def tracklets_search(request: Request, k: int = Query(10, ge=1, le=200)) -> dict[str, Any]:
+    async def tracklets_search(
+        request: Request,
+        topk: int | None = Query(None, ge=1, le=200, description="number of results (default 10)"),
+        k: int | None = Query(None, ge=1, le=200, deprecated=True, description="deprecated alias of topk"),
+    ) -> dict[str, Any]:
+        """Tracklets of other cameras matching an uploaded crop (or box of a frame) or a stored tracklet."""
         authorize(request)
+        k = topk_param(topk, k, 10)
         g = get_gallery()
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
