@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import procs
 import pytest
 
@@ -120,6 +121,35 @@ def test_tracklets_search_topk_flag_and_hidden_k_alias(capsys):
     help_text = sub.format_help()
     assert "--topk N" in help_text and "(default 10)" in help_text
     assert "-k" not in help_text.replace("--topk", "").replace("--tracklet", "")
+
+
+def test_pages_count_what_the_gallery_holds_and_list_at_once(setup, tmp_path):
+    """Issue 31: `/` said "32 gallery images" of a gallery of 0 images and 32 tracklets; /tracklets and
+    /identities showed nothing until a button was clicked."""
+    from reidkit.retrieval.gallery import holdings
+    from reidkit.video.identity_routes import identity_router
+    from reidkit.video.routes import tracklet_routes
+
+    assert (holdings(0, 32), holdings(1, 0), holdings(12, 1), holdings(0, 0)) == (
+        "32 tracklets", "1 image", "12 images, 1 tracklet", "no entries")
+    g = Gallery.create(tmp_path / "tl", setup["gallery"].extractor)
+    f = np.random.default_rng(0).standard_normal((32, g.identity.feat_dim)).astype(np.float32)
+    g.add_entries(f, [{"path": "/v.mp4", "kind": "tracklet", "tracklet": f"cam{i % 2}:{i}", "camera": f"cam{i % 2}",
+                       "t_start": float(31 - i), "t_end": 40.0} for i in range(32)])
+    with TestClient(create_app(g, routers=[tracklet_routes, identity_router])) as c:
+        h = c.get("/health").json()
+        assert (h["images"], h["tracklets"], h["holds"]) == (0, 32, "32 tracklets")
+        page = c.get("/").text
+        assert "${h.holds}" in page and "${h.gallery_size} gallery images" not in page
+        body = c.get("/tracklets/list?limit=5").json()
+        assert body["total"] == 32 and [t["tracklet"] for t in body["tracklets"]] == [
+            "cam0:30", "cam0:28", "cam0:26", "cam0:24", "cam0:22"]
+        assert c.get("/tracklets/list?limit=0").status_code == 422
+        tl, ids = c.get("/tracklets").text, c.get("/identities").text
+    # the pages fetch their lists when they open, not only from a button's handler
+    assert "\nloadList();\n" in tl and 'fetch("/tracklets/list"' in tl
+    assert "\nload();" in ids and "/identities/list" in ids
+    assert setup["client"].get("/health").json()["holds"] == f"{len(setup['gallery'])} images"
 
 
 def test_bad_uploads_get_4xx_json(setup):

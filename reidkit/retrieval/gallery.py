@@ -43,6 +43,12 @@ def _per_row(value: Any, n: int) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
+def holdings(images: int, tracklets: int) -> str:
+    """What a gallery holds, in words: `12 images, 32 tracklets`, `1 tracklet`, `no entries`."""
+    parts = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((images, "image"), (tracklets, "tracklet")) if n]
+    return ", ".join(parts) or "no entries"
+
+
 LISTED_NAMES = 20  # an unknown-filter error lists at most this many existing names
 
 
@@ -573,6 +579,7 @@ class Gallery:
         """Status summary of the pinned generation: sizes, generation, index kind, model identity."""
         snap = self._snap
         return {"status": "ok", "gallery_size": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
+                "holds": holdings(snap.n_images, snap.n_tracklets),
                 "generation": snap.generation, "uid": snap.uid, "index": snap.info.get("index_kind", "flat"),
                 "backend": "milvus" if is_milvus(self.db) else "embedded", "model": self.identity.as_dict(),
                 "identities": self._identity_count()}

@@ -6,6 +6,7 @@ for reidkit.retrieval.service.create_app(..., routers=[tracklet_routes]) (`reidk
   name}`` (validated: ids within SQLite's integer range, keys of a plain form, bounded size and
   depth; 422 otherwise); query ``topk`` (default 10; ``k``, its old spelling, still accepted). Returns
   ranked tracklets of other cameras (reidkit.video.search).
+- ``GET /tracklets/list?limit=200``: the tracklets by camera and time (the page shows them on load).
 - ``GET /tracklets/{id}``: the tracklet and its appearances in time order.
 - ``GET /thumbs/{name}``: a thumbnail JPEG. Only a plain file name of the form the ingestion writes
   reaches the file system, and only inside ``DB/thumbs``: no path traversal. Only a thumbnail a stored
@@ -33,7 +34,7 @@ from starlette.datastructures import UploadFile
 
 from reidkit.retrieval.service import (MAX_ID, IndexedFileResponse, add_page, json_body, open_indexed, recorded_stat,
                                        topk_param)
-from reidkit.video.search import appearances, parse_box, search_tracklets
+from reidkit.video.search import appearances, hit, parse_box, search_tracklets
 
 _THUMB_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.jpg$")
 _REF_PATTERN = r"^[A-Za-z0-9_.-]{1,300}$"
@@ -68,6 +69,13 @@ def _listed_thumbs(rec: dict[str, Any]) -> list[str]:
     meta = rec.get("meta")
     thumbs = meta.get("thumbs") if isinstance(meta, dict) else None
     return [t for t in thumbs if isinstance(t, str)] if isinstance(thumbs, list) else []
+
+
+def list_tracklets(gallery: Any, limit: int) -> dict[str, Any]:
+    """{total, tracklets: the first `limit` ordered by (camera, t_start, id), each as a search hit}."""
+    ents = gallery.entries(kind="tracklet")
+    ents.sort(key=lambda e: (str(e.get("camera") or ""), e.get("t_start") or 0.0, e["id"]))
+    return {"total": len(ents), "tracklets": [hit(e) for e in ents[:limit]]}
 
 
 def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request], None]) -> APIRouter:
@@ -109,6 +117,12 @@ def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request
         # a box is in the frame's own pixels: decode at full size then (no reduced JPEG decoding)
         async with request.app.state.uploads.decoded(data, draft_min_side=None if box else 512) as image:
             return await run_in_threadpool(search_tracklets, g, image, box, None, k, exclude)
+
+    @router.get("/tracklets/list")
+    async def tracklets_list(request: Request, limit: int = Query(200, ge=1, le=10_000)) -> dict[str, Any]:
+        """The gallery's tracklets by camera and start time (the first `limit`), for the page to show at once."""
+        authorize(request)
+        return await run_in_threadpool(list_tracklets, get_gallery(), limit)
 
     @router.get("/tracklets/{ref}")
     async def tracklet(ref: str, request: Request) -> dict[str, Any]:
