@@ -111,7 +111,10 @@ def test_nothing_labelled_says_why_and_names_no_final_weights(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "0 query groups" in out and "nothing labelled: " in out and "lower --threshold (e.g. " in out
     assert "no model retrained" in out
-    assert json.loads(out.strip().splitlines()[-1]) == {"final_weights": None}  # never the input weights
+    assert "final weights" not in out and str(weights) not in out  # never the input weights
+    # issue 31: a readable ending, not a raw JSON line, that says the setting is transductive
+    last = out.strip().splitlines()[-1]
+    assert not last.startswith("{") and "labels the test set" in last and "on that same test set" in last
     assert json.loads((tmp_path / "pl" / "pseudo_label.json").read_text())["weights"] == str(weights)
 
 
@@ -134,3 +137,15 @@ def test_defaults_label_the_synthetic_demo_data(tmp_path, capsys):
     assert it["query_groups"] > 0 and it["labelled_gallery"] > 0, out
     assert it["precision"]["precision"] >= 0.5, it  # sensible: most labels are right
     assert "(auto)" in out and "nothing labelled" not in out and "no model retrained (--no-retrain)" in out
+
+
+def test_summary_ends_in_words_with_the_final_weights_and_the_setting():
+    """Issue 31: the summary ended with a raw JSON line and never said the mAP is on the labelled test set."""
+    from reidkit.engine.pseudo_label import format_summary
+
+    it = {"iteration": 1, "threshold": 0.5, "query_groups": 3, "labelled_query": 3, "labelled_gallery": 4,
+          "metrics": {"mAP": 50.0, "rank1": 60.0}, "manifest": "m.csv"}
+    lines = format_summary({"threshold": 0.5, "iterations": [it], "final_weights": "/x/model.pt"}).splitlines()
+    assert "retrained mAP 50.0 rank-1 60.0 (on the same test set)" in lines[0]
+    assert lines[1] == "final weights: /x/model.pt" and lines[2].startswith("note: transductive setting")
+    assert not any(ln.lstrip().startswith("{") for ln in lines)

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pseudo-label", help="label the test set with a trained model and retrain on the union",
         description="De-duplicate the queries by hierarchical clustering, attach gallery images whose "
         "cosine similarity to a query group passes --threshold, write the groups as a CSV manifest "
-        "(iter_<k>/pseudo.csv) and retrain on the original training set + the manifest.",
+        "(iter_<k>/pseudo.csv) and retrain on the original training set + the manifest. Transductive: the "
+        "test set is labelled and the retrained model's mAP is measured on that same test set.",
     )
     p.add_argument("--config", "-c", required=True, help="the recipe the model was trained with")
     p.add_argument("--weights", "-w", required=True, help="trained model (model.pt / best.pt)")
