@@ -159,7 +159,7 @@ def _run(tracker, frames):
     return [(sorted(tuple(m) for m in tracker.update(b, s, e).matched),) for b, s, e in frames]
 
 
-@pytest.mark.parametrize("name", ["deep_sort"])
+@pytest.mark.parametrize("name", ["deep_sort", "bytesort"])
 def test_state_dict_mid_video_then_continue_is_the_uninterrupted_run(name):
     from reidkit.video.trackers import build_tracker
 
@@ -174,3 +174,75 @@ def test_state_dict_mid_video_then_continue_is_the_uninterrupted_run(name):
     tail = [(sorted(tuple(m) for m in r.matched), r.ended) for r in (second.update(*fr) for fr in frames[13:])]
     assert head + tail == whole
     assert json.dumps(second.state_dict()) == json.dumps(full.state_dict())  # bit for bit: floats as raw bytes
+
+
+# ----------------------------------------------------------------------------- bytesort's association
+
+
+def _box(x, y=20.0, w=20.0, h=50.0):
+    return [x, y, x + w, y + h]
+
+
+def _step(t, boxes, scores=None, feats=None):
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    s = np.ones(len(b), np.float32) if scores is None else np.asarray(scores, np.float32)
+    return t.update(b, s, feats)
+
+
+def _ids(res):
+    return {m.det: m.track_id for m in res.matched}
+
+
+def test_bytesort_refinds_a_track_that_missed_two_frames_by_iou():
+    from reidkit.video.trackers import build_tracker
+
+    t = build_tracker("bytesort")
+    seen = []
+    for f in range(12):
+        if f in (6, 7):  # missed: no detection, no feature anywhere (motion alone)
+            res = _step(t, [])
+            assert res.matched == [] and res.ended == []
+            continue
+        res = _step(t, [_box(10 + 4 * f)])
+        seen.append(_ids(res)[0])
+    assert len(set(seen)) == 1 and t.live_ids() == seen[:1]
+    assert [m.confirmed for m in _step(t, [_box(58)]).matched] == [True]
+
+
+def test_bytesort_low_score_box_continues_a_track_but_never_starts_one():
+    from reidkit.video.trackers import build_tracker
+
+    t = build_tracker("bytesort")
+    for f in range(5):
+        first = _ids(_step(t, [_box(10 + 3 * f)]))[0]
+    # the person fades (score 0.3) while a faint box appears far away: the track goes on, nothing new starts
+    for f in range(5, 9):
+        res = _step(t, [_box(10 + 3 * f), _box(200)], scores=[0.3, 0.3])
+        assert _ids(res) == {0: first}
+    assert t.live_ids() == [first]
+    # a low-score box is not even needed as a feature; a confident new person is
+    need = t.needs_features(np.asarray([_box(37), _box(200), _box(120)], np.float32), np.asarray([0.3, 0.3, 0.9]))
+    assert need.tolist() == [False, False, True]
+    assert set(_ids(_step(t, [_box(37), _box(200)], scores=[0.3, 0.9])).values()) == {first, str(int(first) + 1)}
+
+
+def _bounce(features: bool):
+    """Two people walk towards each other, meet (the same box), stop a frame and walk back; ids, frame by frame."""
+    from reidkit.video.trackers import build_tracker
+
+    t = build_tracker("bytesort")
+    fa, fb = np.eye(1, 8, 0, dtype=np.float32)[0], np.eye(1, 8, 1, dtype=np.float32)[0]
+    xs = [(20 + 5 * f, 100 - 5 * f) for f in range(9)] + [(60, 60)] + [(60 - 5 * f, 60 + 5 * f) for f in range(1, 9)]
+    ids = []
+    for a, b in xs:
+        res = _step(t, [_box(a), _box(b)], feats=[fa, fb] if features else None)
+        ids.append((_ids(res).get(0), _ids(res).get(1)))
+    return ids
+
+
+def test_bytesort_keeps_ids_through_a_meeting_with_appearance():
+    with_app = _bounce(True)
+    assert all(p == with_app[0] for p in with_app)  # A stays A, B stays B when they turn back
+    # the same meeting on motion alone swaps them: what appearance is for (the test constructs a real case)
+    without = _bounce(False)
+    assert without[-1] == without[0][::-1]

@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-time", type=finite_float("--start-time"), action="append", default=None,
                    help="clock time (s) of each video's first frame, once per video (default 0)")
     p.add_argument("--tracker", default=None, metavar="NAME",
-                   help="within-video tracker, a registered name (built in: deep_sort; a --plugin file "
+                   help="within-video tracker, a registered name (built in: bytesort, deep_sort; a --plugin file "
                         "may register its own; default: deep_sort)")
     p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the tracker (repeatable), e.g. max_age=30; an unknown key is refused "

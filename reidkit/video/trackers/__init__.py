@@ -5,7 +5,12 @@ A tracker is one file with a class and one ``register_tracker("name", options=Da
 the typed loader: an unknown key is refused naming the nearest one), and a user registers their own
 from a ``--plugin`` file the same way. Built in:
 
-- ``deep_sort`` (the default): deep_sort_realtime's DeepSort on reidkit features (reidkit.video.trackers.deep_sort).
+- ``bytesort``: ByteTrack's low-score second pass, OC-SORT's re-update after a gap and
+  its direction term, BoT-SORT's fused IoU + appearance cost with a feature EMA, a score-aware
+  Kalman filter (reidkit.video.trackers.bytesort);
+- ``deep_sort``: deep_sort_realtime's DeepSort on reidkit features (reidkit.video.trackers.deep_sort).
+
+``DEFAULT_TRACKER`` is the one ``reidkit video`` and ``Settings`` use unless told otherwise.
 """
 from __future__ import annotations
 
@@ -56,4 +61,4 @@ def build_tracker(name: str, values: Mapping[str, Any] | None = None) -> Any:
 
 
 # The built-in trackers, one line each in their files (imported after the registry exists).
-from reidkit.video.trackers import deep_sort  # noqa: E402,F401
+from reidkit.video.trackers import bytesort, deep_sort  # noqa: E402,F401

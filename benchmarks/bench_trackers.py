@@ -1,0 +1,381 @@
+"""Within-video trackers side by side: reidkit's (reidkit.video.trackers) and BoxMOT's, on identical inputs.
+
+Scenes (reidkit.data.scene, generated once under --work): A = 3 cameras, 8 people, 160 frames at
+speed 1.0; B (a crowd) = 1 camera, 60 people, 300 frames of 576x768 at 10 fps, speed 0.3; C = 1
+camera, 20 people, 300 frames of 576x768 at 10 fps. Detections per camera: ``gt`` (the scene's boxes,
+score 1), ``gtn`` (gt with 10 % of the boxes dropped and 5 % jitter: centre + N(0, 0.05) w|h, size x
+exp(N(0, 0.05)); seeded per camera) and ``motion`` (reidkit's motion detector; scores: the share of
+the box that moved). Boxes are clipped to the frame as ``reidkit video`` clips them. Features: one
+per box, ``reidkit.Embedder(None, engine="auto-int8")``, computed once and cached in a .npz beside
+the detections; both sides read the same file (boxes, scores, features).
+
+Each tracker runs over every frame of every camera, one BLAS thread; its time is the time of its
+update calls only (ms per frame). reidkit's trackers report what ``reidkit video`` keeps: the
+detection boxes of the tracks that were confirmed and have at least 3 boxes (a tracklet keeps its
+tentative frames). BoxMOT's trackers (BoxMOT, AGPL-3.0, is never a dependency of reidkit: it runs
+in a virtual environment of its own, --boxmot-python, in a child process of this script) report
+their own output rows, with the features given through ``Detections(embeddings=...)`` and the frame
+passed to ``update``. Scored with TrackEval through reidkit.evaluation.tracks: HOTA, IDF1, MOTA, ID
+switches over the scene's cameras combined.
+
+    python -m venv --system-site-packages /tmp/boxmot-venv
+    /tmp/boxmot-venv/bin/pip install --no-deps boxmot==25.0.0 lapx filterpy rich
+    python -m benchmarks.bench_trackers                       # every scene, detection kind, tracker
+    python -m benchmarks.bench_trackers --scenes C --dets gtn --boxmot none   # one cell, reidkit only
+
+Writes benchmarks/results/bench_trackers.json and .md (``--tag`` names another pair).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENES = {
+    "A": dict(cams=3, ids=8, frames=160, size=(240, 320), fps=10.0, speed=1.0),
+    "B": dict(cams=1, ids=60, frames=300, size=(576, 768), fps=10.0, speed=0.3),
+    "C": dict(cams=1, ids=20, frames=300, size=(576, 768), fps=10.0, speed=0.5),
+}
+DETS = ("gt", "gtn", "motion")
+REIDKIT = ("bytesort", "deep_sort")
+BOXMOT = ("bytetrack", "botsort", "ocsort", "occluboost", "boosttrack", "sfsort", "deepocsort", "strongsort",
+          "hybridsort")
+MIN_LEN = 3  # reidkit video's --min-len default
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def scene(work: Path, name: str) -> Path:
+    """The scene folder (generated when missing, as `reidkit scene` does)."""
+    root = work / name
+    if not (root / "scene.json").is_file():
+        from reidkit.data.scene import generate_scene
+
+        p = SCENES[name]
+        generate_scene(root, cams=p["cams"], ids=p["ids"], frames=p["frames"], size=p["size"], fps=p["fps"],
+                       speed=p["speed"], seed=0)
+    return root
+
+
+def cameras(root: Path) -> list[str]:
+    """Camera names of a scene (cam1, cam2, ...)."""
+    return sorted((p.name for p in root.iterdir() if p.is_dir() and (p / "gt" / "gt.txt").is_file()),
+                  key=lambda c: int(c[3:]))
+
+
+def _video(root: Path, cam: str) -> Path:
+    return next((root / cam).glob(f"{cam}.*"))
+
+
+def detections(root: Path, cam: str, kind: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{0-based frame: (N x 4 x1 y1 x2 y2 boxes, N scores)} before clipping."""
+    from reidkit.data.scene import read_mot
+
+    out: dict[int, list] = {}
+    if kind in ("gt", "gtn"):
+        gt = read_mot(root / cam / "gt" / "gt.txt")
+        rng = np.random.default_rng(1000 + int(cam[3:]))
+        for f, _pid, x, y, w, h, _c in gt:
+            if kind == "gtn":
+                drop, n = rng.random(), rng.normal(0, 0.05, 4)
+                if drop < 0.10:
+                    continue
+                cx, cy = x + w / 2 + n[0] * w, y + h / 2 + n[1] * h
+                w, h = w * np.exp(n[2]), h * np.exp(n[3])
+                x, y = cx - w / 2, cy - h / 2
+            out.setdefault(int(f) - 1, []).append((x, y, x + w, y + h, 1.0))
+    else:
+        from reidkit.video.decode import iter_frames
+        from reidkit.video.detect import MotionDetector
+
+        det = MotionDetector(_video(root, cam))
+        for idx, frame in iter_frames(_video(root, cam)):
+            b, s = det(frame, idx)
+            out[idx] = [(*bb, float(ss)) for bb, ss in zip(b.tolist(), s.tolist())]
+    return {f: (np.asarray([r[:4] for r in rows], np.float64).reshape(-1, 4), np.asarray([r[4] for r in rows]))
+            for f, rows in out.items()}
+
+
+def prepare(work: Path, name: str, kind: str, embedder: Any) -> list[Path]:
+    """One .npz per camera: frame, clipped boxes, scores, features (cached)."""
+    from reidkit.video.decode import iter_frames
+    from reidkit.video.embedder import clip_boxes, crop_boxes
+
+    root = scene(work, name)
+    paths = []
+    for cam in cameras(root):
+        path = work / "inputs" / f"{name}-{kind}-{cam}.npz"
+        paths.append(path)
+        if path.is_file():
+            continue
+        dets = detections(root, cam, kind)
+        frames, boxes, scores, feats = [], [], [], []
+        n_frames = 0
+        for idx, frame in iter_frames(_video(root, cam)):
+            n_frames = idx + 1
+            b, s = dets.get(idx, (np.zeros((0, 4)), np.zeros(0)))
+            if not len(b):
+                continue
+            b = clip_boxes(b, frame.shape[1], frame.shape[0]).astype(np.float32)
+            f = embedder.embed_crops(crop_boxes(frame, b))
+            frames += [idx] * len(b)
+            boxes.append(b)
+            scores.append(s.astype(np.float32))
+            feats.append(np.asarray(f, np.float32))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, frame=np.asarray(frames, np.int64), boxes=np.concatenate(boxes), scores=np.concatenate(scores),
+                 feats=np.concatenate(feats), n_frames=np.int64(n_frames), size=np.asarray(frame.shape[:2]))
+    return paths
+
+
+def by_frame(npz: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame 0..n-1: (boxes, scores, features)."""
+    n = int(npz["n_frames"])
+    fr, boxes, scores, feats = npz["frame"], npz["boxes"], npz["scores"], npz["feats"]  # each read once
+    out = []
+    starts = np.searchsorted(fr, np.arange(n + 1))
+    for f in range(n):
+        a, b = starts[f], starts[f + 1]
+        out.append((boxes[a:b], scores[a:b], feats[a:b]))
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_reidkit(name: str, npz_path: Path, options: dict | None = None,
+                own_boxes: bool = False) -> tuple[list[str], float, int]:
+    """(MOT rows, tracker seconds, frames) of reidkit tracker `name` (rows as reidkit video keeps them: detection
+    boxes, or with `own_boxes` the tracker's own box of each match)."""
+    from reidkit.video.track import single_thread_blas
+    from reidkit.video.trackers import build_tracker
+
+    single_thread_blas()
+    data = by_frame(np.load(npz_path))
+    tracker = build_tracker(name, options or {})
+    boxes: dict[str, list] = {}
+    confirmed: set[str] = set()
+    spent = 0.0
+    for f, (b, s, e) in enumerate(data):
+        t0 = time.perf_counter()
+        res = tracker.update(b, s, e)
+        spent += time.perf_counter() - t0
+        for m in res.matched:
+            boxes.setdefault(m.track_id, []).append((f, m.box if own_boxes else b[m.det]))
+            if m.confirmed:
+                confirmed.add(m.track_id)
+    rows = []
+    for n, tid in enumerate(sorted(boxes, key=lambda t: boxes[t][0][0]), 1):
+        if tid not in confirmed or len(boxes[tid]) < MIN_LEN:
+            continue
+        for f, (x0, y0, x1, y1) in boxes[tid]:
+            rows.append(f"{f + 1},{n},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},1,-1,-1,-1\n")
+    return rows, spent, len(data)
+
+
+def boxmot_worker(job: dict, result: Path) -> dict:
+    """Run in the BoxMOT venv: every tracker of the job over every camera; rows and seconds per tracker
+    (`result` rewritten after each tracker, so a killed run keeps what it finished)."""
+    import cv2
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from boxmot.structures import Boxes, Detections
+    from boxmot.trackers.factory import create_tracker
+    from boxmot.trackers.specs import TrackerSpec
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)
+    out = {}
+    for name in job["trackers"]:
+        rows_all: dict[str, list[str]] = {}
+        spent, frames = 0.0, 0
+        try:
+            for cam, (npz_path, video) in job["cameras"].items():
+                data = by_frame(np.load(npz_path))
+                tracker = create_tracker(TrackerSpec(name=name))
+                cap = cv2.VideoCapture(video)
+                rows = []
+                for f, (b, s, e) in enumerate(data):
+                    ok, img = cap.read()
+                    if not ok:
+                        raise RuntimeError(f"{video}: frame {f + 1} unreadable")
+                    dets = Detections(geometry=Boxes(torch.from_numpy(np.ascontiguousarray(b, np.float32))),
+                                      scores=torch.from_numpy(np.ascontiguousarray(s, np.float32)),
+                                      class_ids=torch.zeros(len(b), dtype=torch.int64), sample_id=f"{cam}-{f}",
+                                      embeddings=torch.from_numpy(np.ascontiguousarray(e, np.float32)))
+                    t0 = time.perf_counter()
+                    tracks = tracker.update(dets, img)
+                    spent += time.perf_counter() - t0
+                    frames += 1
+                    g = tracks.geometry.values.numpy()
+                    for (x0, y0, x1, y1), tid in zip(g.tolist(), tracks.track_ids.numpy().tolist()):
+                        rows.append(f"{f + 1},{int(tid)},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},1,-1,-1,-1\n")
+                cap.release()
+                rows_all[cam] = rows
+            out[name] = {"rows": rows_all, "seconds": spent, "frames": frames}
+        except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        result.write_text(json.dumps(out))
+    return out
+
+
+def run_boxmot(python: str, trackers: list[str], cams: dict[str, tuple[str, str]], work: Path, cell: str) -> dict:
+    """BoxMOT's trackers in a child process of the BoxMOT venv's python; results cached per cell (--rerun-boxmot
+    runs them again) and per tracker."""
+    res = work / f"boxmot-{cell}.json"
+    done = json.loads(res.read_text()) if res.is_file() else {}
+    todo = [t for t in trackers if t not in done]
+    if not todo:
+        return done
+    job = work / f"boxmot-job-{cell}.json"
+    part = work / f"boxmot-{cell}.part.json"
+    job.write_text(json.dumps({"trackers": todo, "cameras": cams}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([python, "-m", "benchmarks.bench_trackers", "--boxmot-worker", str(job), str(part)],
+                          env=env, cwd=str(Path(__file__).resolve().parent.parent), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    if part.is_file():
+        done.update(json.loads(part.read_text()))
+        part.unlink()
+        res.write_text(json.dumps(done))
+    for t in trackers:
+        done.setdefault(t, {"error": f"the BoxMOT worker exited with {proc.returncode} before {t} finished"})
+    return done
+
+
+def score(root: Path, rows: dict[str, list[str]], out: Path) -> dict[str, float]:
+    """TrackEval's figures over the scene's cameras combined."""
+    from reidkit.evaluation.tracks import evaluate_tracks
+
+    out.mkdir(parents=True, exist_ok=True)
+    for cam, r in rows.items():
+        (out / f"{cam}.txt").write_text("".join(r))
+    m = evaluate_tracks(root / "GT", out, multi_camera=False)["combined"]
+    return {k: round(float(m[k]), 2) if k != "IDsw" else int(m[k]) for k in ("HOTA", "IDF1", "MOTA", "IDsw")}
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per (scene, detections), one column per tracker: HOTA / IDF1 / IDsw, ms per frame."""
+    names = list(dict.fromkeys(r["tracker"] for r in results))
+    cells = list(dict.fromkeys((r["scene"], r["dets"]) for r in results))
+    head = "| scene, dets | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    lines = []
+    for sc, dk in cells:
+        row = []
+        best = max((r["HOTA"] for r in results if (r["scene"], r["dets"]) == (sc, dk) and "HOTA" in r),
+                   default=None)
+        for n in names:
+            r = next((r for r in results if (r["scene"], r["dets"], r["tracker"]) == (sc, dk, n)), None)
+            if r is None or "HOTA" not in r:
+                row.append("-" if r is None else "error")
+                continue
+            txt = f"{r['HOTA']:.1f} / {r['IDF1']:.1f} / {r['IDsw']}, {r['ms_per_frame']:.2f} ms"
+            row.append(f"**{txt}**" if r["HOTA"] == best else txt)
+        lines.append(f"| {sc} {dk} | " + " | ".join(row) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--boxmot-worker"]:
+        boxmot_worker(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default="/tmp/bench-trackers", help="scenes, detections, features (cached)")
+    ap.add_argument("--scenes", default="A,B,C")
+    ap.add_argument("--dets", default=",".join(DETS))
+    ap.add_argument("--trackers", default=",".join(REIDKIT), help="reidkit trackers")
+    ap.add_argument("--option", action="append", default=[], metavar="TRACKER.KEY=VALUE",
+                    help="an option of a reidkit tracker, e.g. bytesort.max_age=40 (repeatable)")
+    ap.add_argument("--boxmot", default=",".join(BOXMOT), help="BoxMOT trackers, or none")
+    ap.add_argument("--own-boxes", action="store_true",
+                    help="reidkit trackers report their own box estimates (default: the detection boxes, as reidkit video)")
+    ap.add_argument("--boxmot-python", default="/tmp/boxmot-venv/bin/python")
+    ap.add_argument("--rerun-boxmot", action="store_true", help="run BoxMOT's trackers again (default: cached per cell)")
+    ap.add_argument("--tag", default="bench_trackers", help="result file names (RESULTS/TAG.json, .md)")
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    args = ap.parse_args(argv)
+    import yaml
+
+    from reidkit.video.track import single_thread_blas
+
+    single_thread_blas()
+    options: dict[str, dict] = {}
+    for item in args.option:
+        key, _, raw = item.partition("=")
+        tr, _, k = key.partition(".")
+        options.setdefault(tr, {})[k] = yaml.safe_load(raw)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    embedder = None
+    results = []
+    boxmot = [] if args.boxmot in ("", "none") else args.boxmot.split(",")
+    for name in args.scenes.split(","):
+        root = scene(work, name)
+        for kind in args.dets.split(","):
+            if any(not (work / "inputs" / f"{name}-{kind}-{c}.npz").is_file() for c in cameras(root)):
+                if embedder is None:
+                    import reidkit
+
+                    embedder = reidkit.Embedder(None, engine="auto-int8")
+                print(f"features: scene {name}, {kind}", file=sys.stderr, flush=True)
+            paths = prepare(work, name, kind, embedder)
+            cams = dict(zip(cameras(root), paths))
+            for tr in args.trackers.split(","):
+                if not tr:
+                    continue
+                rows, spent, frames = {}, 0.0, 0
+                for cam, p in cams.items():
+                    rows[cam], s, n = run_reidkit(tr, p, options.get(tr), args.own_boxes)
+                    spent, frames = spent + s, frames + n
+                m = score(root, rows, work / "runs" / name / kind / tr)
+                results.append({"scene": name, "dets": kind, "tracker": tr, "side": "reidkit", **m,
+                                "ms_per_frame": round(1000 * spent / frames, 3)})
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            if boxmot:
+                if args.rerun_boxmot:
+                    (work / f"boxmot-{name}-{kind}.json").unlink(missing_ok=True)
+                got = run_boxmot(args.boxmot_python, boxmot,
+                                 {c: (str(p), str(_video(root, c))) for c, p in cams.items()}, work, f"{name}-{kind}")
+                for tr in boxmot:
+                    r = got[tr]
+                    if "error" in r:
+                        results.append({"scene": name, "dets": kind, "tracker": f"boxmot:{tr}", "side": "boxmot",
+                                        "error": r["error"]})
+                    else:
+                        m = score(root, r["rows"], work / "runs" / name / kind / f"boxmot-{tr}")
+                        results.append({"scene": name, "dets": kind, "tracker": f"boxmot:{tr}", "side": "boxmot",
+                                        **m, "ms_per_frame": round(1000 * r["seconds"] / r["frames"], 3)})
+                    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    md = table(results)
+    print(md)
+    if args.no_write:
+        return
+    from benchmarks.common import machine_info
+
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"machine": machine_info(), "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
+               "options": options, "results": results}
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=1))
+    (RESULTS / f"{args.tag}.md").write_text(
+        "# Within-video trackers on identical detections and features\n\n"
+        "`python -m benchmarks.bench_trackers` (see its docstring). Each cell: HOTA / IDF1 / ID switches, "
+        "tracker time per frame (one BLAS thread); the best HOTA of a row in bold.\n\n" + md)
+
+
+if __name__ == "__main__":
+    main()
