@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_from_argument(ext)
     ext.add_argument("--images", required=True, help="folder of image crops (searched recursively)")
     ext.add_argument("--out", required=True, help="output .npz (features, paths[, camids, pids])")
-    ext.add_argument("--batch-size", type=int, default=256)
+    ext.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default %(default)s)")
     ext.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
     ext.add_argument("--cam-regex", default=r"c(\d+)",
                      help="regex whose first group is the 1-based camera number in a file name")
@@ -56,9 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     vis.add_argument("--dataset", required=True, help="dataset name (see `reidkit data list`)")
     vis.add_argument("--root", required=True, help="dataset root folder")
     params(vis.add_argument("--out", required=True, help="output folder"), "out_dir")
-    vis.add_argument("--topk", type=int, default=10)
-    vis.add_argument("--max-queries", type=int, default=100)
-    vis.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    vis.add_argument("--topk", type=int, default=10, help="gallery images shown per query (default %(default)s)")
+    vis.add_argument("--max-queries", type=int, default=100, help="queries drawn (default %(default)s)")
+    vis.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
+                     help="distance between features (default %(default)s)")
     vis.add_argument("--rerank", action="store_true", help="apply k-reciprocal re-ranking")
     vis.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                      help="dataset loader option (repeatable)")

@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_db_arguments(srch)
     srch.add_argument("--image", required=True, help="query image")
     srch.add_argument("--weights", default=None, help="the gallery's model (default: the one it was built with)")
-    srch.add_argument("--topk", type=positive_int("--topk"), default=20)
+    srch.add_argument("--topk", type=positive_int("--topk"), default=20, help="results (default %(default)s)")
     srch.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking of the top candidates")
     srch.add_argument("--rerank-topm", type=int, default=100, help="candidates re-ranked (default 100)")
     srch.add_argument("--exclude-same-camera", action="store_true",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from reidkit.commands import add_from_argument, add_trust_argument
 from typing import Any
@@ -59,16 +60,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
+# a sentence ends at . ! ? before a space and a capital, a digit, a quote or the end (not "et al., ...")
+_SENTENCE_END = re.compile(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)[.!?](?=\s+[A-Z0-9`'\"(]|\s*$)")
+
+
+def recipe_summary(text: str) -> str:
+    """The first sentence of a recipe's leading comment (which may run over several lines), whole."""
+    block = []
+    for ln in text.splitlines():
+        if not ln.startswith("#"):
+            break
+        block.append(ln.lstrip("#").strip())
+    para = " ".join(" ".join(block).split())
+    m = _SENTENCE_END.search(para)
+    return para[: m.end()] if m else para
+
+
 def _recipes(args: argparse.Namespace) -> int:
     from reidkit.config import RECIPES_DIR, list_recipes
     from reidkit.config.options import KINDS, describe_options, options_class
     from reidkit.errors import ReIDError
 
     if args.options is None:
+        import textwrap
+
         for name in list_recipes():
-            first = next((ln.lstrip("# ").strip() for ln in (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()
-                          if ln.startswith("#")), "")
-            print(f"{name:24s} {first}")
+            about = recipe_summary((RECIPES_DIR / f"{name}.yaml").read_text())
+            print(textwrap.fill(about, width=110, initial_indent=f"{name:24s} ", subsequent_indent=" " * 25,
+                                break_on_hyphens=False) if about else name)
         return 0
     # the registries (built-ins register their parts on import; plug-ins already ran)
     import reidkit.engine.usl.methods  # noqa: F401
