@@ -46,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("recipes", help="list the packaged recipes, or the options of a registered part",
                        description="Without --options: every packaged recipe and its first comment line. "
-                       "--options NAME: the options of the backbone, loss or USL method NAME (built-in or "
+                       "--options NAME: the options of the backbone, loss, USL method or tracker NAME (built-in or "
                        "from --plugin), with the key to set each in a recipe, its type and default.")
-    p.add_argument("--options", metavar="NAME", default=None, help="a backbone, loss or USL method name")
+    p.add_argument("--options", metavar="NAME", default=None, help="a backbone, loss, USL method or tracker name")
     p.set_defaults(func=_recipes)
 
     p = sub.add_parser("demo", help="CPU demo: synthetic data, pretrained EfficientNet-Lite0, BoT fine-tuning",
@@ -95,8 +95,9 @@ def _recipes(args: argparse.Namespace) -> int:
     from reidkit.engine.usl.methods import USL_METHODS
     from reidkit.losses import LOSSES
     from reidkit.models.backbones import BACKBONES
+    from reidkit.video.trackers import TRACKERS
 
-    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS}
+    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS, "tracker": TRACKERS}
     found = [kind for kind in KINDS if args.options in registries[kind]]
     if not found:
         names = sorted({n for reg in registries.values() for n in reg.names()})
@@ -104,9 +105,9 @@ def _recipes(args: argparse.Namespace) -> int:
 
         close = difflib.get_close_matches(args.options, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ReIDError(f"--options: no backbone, loss or USL method named {args.options!r}{hint}")
+        raise ReIDError(f"--options: no backbone, loss, USL method or tracker named {args.options!r}{hint}")
     for kind in found:
-        label = {"backbone": "backbone", "loss": "loss", "usl": "USL method"}[kind]
+        label = {"backbone": "backbone", "loss": "loss", "usl": "USL method", "tracker": "tracker"}[kind]
         if options_class(kind, args.options) is None:
             print(f"{label} {args.options}: no options of its own")
             continue
