@@ -414,3 +414,46 @@ def _inside_namespace(job: dict) -> None:
 
 if __name__ == "__main__":
     _inside_namespace(json.loads(sys.argv[1]))
+
+
+_PINGS = """
+import json, sys, time
+import reidkit.retrieval.store_milvus  # what every milvus: command imports before pymilvus
+from pymilvus.client import grpc_handler
+
+create = grpc_handler.GrpcHandler._create_grpc_channel
+seen = []
+
+
+def eager(self, address=None):
+    # a server that finds the client's pings too frequent (what a loaded machine met): ping every 50 ms
+    seen.append(dict(self._grpc_options))
+    self._grpc_options = {**self._grpc_options, "grpc.keepalive_time_ms": 50, "grpc.keepalive_timeout_ms": 1000,
+                          "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0}
+    return create(self, address)
+
+
+grpc_handler.GrpcHandler._create_grpc_channel = eager
+from reidkit.retrieval.store_milvus import _client
+
+client = _client(sys.argv[1])
+client.create_collection("t", dimension=4)
+for i in range(5):
+    client.insert("t", [{"id": i, "vector": [0.1] * 4}])
+time.sleep(5)  # idle: the pings go on, the server answers GOAWAY too_many_pings
+print(json.dumps(seen[0]))
+"""
+
+
+def test_milvus_lite_does_not_flood_stderr_with_grpc_goaway(tmp_path):
+    """Issue 31: Milvus Lite commands printed gRPC's `Received a GOAWAY ... too_many_pings` lines on stderr.
+    A fresh interpreter (not a fork of the test server, which has imported grpc already), as a user runs it."""
+    script = tmp_path / "pings.py"
+    script.write_text(_PINGS)
+    env = {k: v for k, v in ENV.items() if not k.startswith("GRPC_")}
+    p = procs.run(["/usr/bin/env", sys.executable, str(script), str(tmp_path / "g.db")], env=env,
+                  capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "GOAWAY" not in p.stderr and "too_many_pings" not in p.stderr, p.stderr
+    opts = json.loads(p.stdout.strip().splitlines()[-1])  # what reidkit asks of a Milvus Lite connection
+    assert opts["grpc.keepalive_permit_without_calls"] == 0 and opts["grpc.keepalive_time_ms"] >= 300_000

@@ -63,6 +63,16 @@ from reidkit.retrieval.store import (DEFAULT_COLLECTION, ENTRY_FIELDS, MILVUS_PR
 __all__ = ["MilvusStore", "MilvusSnapshot", "MilvusBuilder", "entry_id", "close_client", "ID_BITS", "EXTRA_HINT",
            "MIN_SERVER", "is_server", "parse_version", "files_folder", "files_beside"]
 
+# gRPC's C core prints transport events on stderr itself (``E... chttp2_transport.cc ... Received a GOAWAY
+# with error code ENHANCE_YOUR_CALM and debug data equal to "too_many_pings"`` when a Milvus Lite server
+# finds pymilvus's keepalive pings too frequent, line after line under load); every failed call reaches the
+# user as one ReIDError instead. gRPC reads this once, when it is first imported (pymilvus imports it, and
+# only this module imports pymilvus); a GRPC_VERBOSITY the user set wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+# A Milvus Lite file is served on this machine: no keepalive pings on an idle connection (pymilvus pings every
+# 10 s, idle or not, which is what the server answers with GOAWAY too_many_pings).
+_LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
+
 ID_BITS = 53
 EXTRA_HINT = 'pip install -e ".[milvus]"'
 _MODEL_KEY = "__reidkit_model__"
@@ -148,7 +158,7 @@ def _client(uri: str) -> Any:
         client = _clients.get(uri)
         if client is None:
             try:
-                client = MilvusClient(uri)
+                client = MilvusClient(uri) if is_server(uri) else MilvusClient(uri, grpc_options=_LITE_GRPC_OPTIONS)
             except Exception as exc:  # noqa: BLE001 - pymilvus raises several kinds; all are "cannot open"
                 raise OptionError("db", f"cannot open the Milvus database ({_msg(exc)}); a Milvus Lite "
                                 f"file is usable by one process at a time", value=f"milvus:{uri}") from None
