@@ -200,21 +200,23 @@ def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path
     db = tmp_path / "db"
     argv = ["video", *run["args"], "--db", str(db)]
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_VIDEO_CRASH_AFTER": "3"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_VIDEO_CRASH_AFTER": "4"}
     # one video at a time (--streams 1), so the kill point is known; the re-run takes both at once
     p = procs.run([sys.executable, "-c", code, *argv, "--streams", "1"], env=env, capture_output=True,
                        text=True, timeout=300)
-    assert p.returncode == -9, p.stderr  # SIGKILLed right after its third commit (cam1, frame 60)
+    # SIGKILLed right after its fourth commit (cam1, frame 80: the default tracker keeps a lost track 30 frames,
+    # so cam1's first tracklet, last seen at frame 41, is committed by then)
+    assert p.returncode == -9, p.stderr
     partial = Gallery.open(db)
     keys = [video_key(v, c) for v, c in zip(run["scene"].videos, run["scene"].cameras)]
     states = [partial.get_state(f"video:{k}") for k in keys]
-    assert states[0]["next_frame"] == 60 and not states[0]["done"] and states[1] is None
+    assert states[0]["next_frame"] == 80 and not states[0]["done"] and states[1] is None
     n_partial = len(partial.entries(kind="tracklet"))
     assert n_partial >= 1  # some tracklets were committed before the kill
     env.pop("REIDKIT_VIDEO_CRASH_AFTER")
     p = procs.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "resuming at frame 61" in p.stderr
+    assert "resuming at frame 81" in p.stderr
     got, want = _tracklet_set(db), _tracklet_set(ingested["db"])
     assert sorted(got) == sorted(want)  # none lost, none extra
     assert len(Gallery.open(db).entries(kind="tracklet")) == len(want)  # none duplicated

@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="clock time (s) of each video's first frame, once per video (default 0)")
     p.add_argument("--tracker", default=None, metavar="NAME",
                    help="within-video tracker, a registered name (built in: bytesort, deep_sort; a --plugin file "
-                        "may register its own; default: deep_sort)")
+                        "may register its own; default: bytesort)")
     p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the tracker (repeatable), e.g. max_age=30; an unknown key is refused "
                         "naming the valid ones")

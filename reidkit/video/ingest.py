@@ -1,4 +1,4 @@
-"""`reidkit video`: footage -> detections -> DeepSort tracks -> tracklets -> gallery, resumable.
+"""`reidkit video`: footage -> detections -> tracks (reidkit.video.trackers) -> tracklets -> gallery, resumable.
 
 Per video: frames are decoded (every N-th with ``every``), people detected (reidkit.video.detect),
 their crops embedded once (reidkit.video.embedder; the same features drive the tracker's

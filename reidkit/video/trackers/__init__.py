@@ -5,9 +5,10 @@ A tracker is one file with a class and one ``register_tracker("name", options=Da
 the typed loader: an unknown key is refused naming the nearest one), and a user registers their own
 from a ``--plugin`` file the same way. Built in:
 
-- ``bytesort``: ByteTrack's low-score second pass, OC-SORT's re-update after a gap and
-  its direction term, BoT-SORT's fused IoU + appearance cost with a feature EMA, a score-aware
-  Kalman filter (reidkit.video.trackers.bytesort);
+- ``bytesort`` (the default: ahead of deep_sort on 8 of the 9 cells of benchmarks/bench_trackers.py):
+  ByteTrack's low-score second pass, OC-SORT's direction term and re-update after a gap, a fused IoU +
+  appearance cost gated as a whole, a feature EMA, a Kalman filter on the box centre and size
+  (reidkit.video.trackers.bytesort);
 - ``deep_sort``: deep_sort_realtime's DeepSort on reidkit features (reidkit.video.trackers.deep_sort).
 
 ``DEFAULT_TRACKER`` is the one ``reidkit video`` and ``Settings`` use unless told otherwise.
@@ -22,7 +23,7 @@ from reidkit.registry import Registry
 from reidkit.video.trackers.base import FrameTracks, Match, Tracker
 
 TRACKERS: Registry[Any] = Registry("tracker", "--tracker")
-DEFAULT_TRACKER = "deep_sort"
+DEFAULT_TRACKER = "bytesort"
 
 __all__ = ["DEFAULT_TRACKER", "TRACKERS", "FrameTracks", "Match", "Tracker", "build_tracker", "register_tracker",
            "tracker_options"]

@@ -1,41 +1,44 @@
-"""``bytesort``: the default tracker, built from the association ideas that pay on fixed cameras.
+"""``bytesort``: the default tracker, built from the association ideas that paid on the benchmark scenes.
 
 Per frame, every track's Kalman filter (state cx, cy, w, h and their velocities, as BoT-SORT's;
-process and measurement noise proportional to the box size) predicts its box, then detections
-are given to tracks in stages, each a linear assignment (``scipy.optimize.linear_sum_assignment``)
-over a gated cost:
+process and measurement noise proportional to the box size, the measurement noise doubled:
+``measurement_noise``, because a detector's boxes jitter) predicts its box, then detections are
+given to tracks in stages, each a linear assignment (``scipy.optimize.linear_sum_assignment``) over a
+gated cost:
 
 1. confident detections (score >= ``high_score``) to confirmed tracks, lost ones included, on a
-   fused cost: 1 - IoU with the predicted box, lowered to the appearance distance (cosine between
-   the detection's feature and the track's feature EMA) where the boxes overlap (IoU >=
-   ``proximity_iou``) and the appearance passes ``max_cosine_distance`` (BoT-SORT, Aharon et al.
-   2022), plus OC-SORT's direction term: the angle between the track's recent motion and the way
-   to the detection, times ``inertia`` (Cao et al., CVPR 2023);
-2. confirmed tracks lost for more than a frame to the confident detections left, by appearance
-   alone (cosine <= ``refind_cosine``) inside a distance that grows with the frames lost (the
-   track's box heights): a person who reappears beside where they went is found again;
+   fused cost: 1 - IoU with the predicted box, plus ``app_abs_weight`` x (cosine distance between the
+   detection's feature and the track's feature EMA - ``app_neutral``), plus OC-SORT's direction term
+   (the angle between the track's recent motion and the way to the detection, x ``inertia``; Cao et
+   al., CVPR 2023). The whole cost must pass ``1 - match_iou``, so a look that is unlike the track
+   vetoes a weak overlap (and a cosine distance over ``max_cosine_distance`` never matches); a pair with no rival in its row and column of the IoU gate pays no
+   appearance (``lone_pairs_free``: small, fast, blurred crops look unlike their last ones without
+   looking like anyone else). BoT-SORT (Aharon et al. 2022) fuses IoU and appearance too, with a
+   minimum instead of a sum; on these scenes, whose ImageNet features put a person's crops at cosine
+   0.17-0.33 and other people's from 0.17 up, the sum paid (benchmarks/bench_trackers.py);
+2. (off by default, ``refind_cosine`` > 0) confirmed tracks lost for more than a frame to the
+   confident detections left, by appearance alone, inside a reach growing with the frames lost;
 3. tracks seen in the last frame to the low-score detections (``low_score`` <= score <
-   ``high_score``) on IoU alone (ByteTrack, Zhang et al., ECCV 2022): an occluded, faint person
-   keeps their track, and a low-score box never starts one;
-4. tentative tracks to the confident detections left (fused cost);
-5. OC-SORT's observation-centric recovery: tracks still unmatched to the confident detections left,
-   on IoU with the track's last observed box (a person who stopped while the filter ran on).
+   ``high_score``) on IoU alone (ByteTrack, Zhang et al., ECCV 2022): a faint person keeps their
+   track, and a low-score box never starts one;
+4. tentative tracks to the confident detections left (IoU gate ``tentative_iou``, fused cost);
+5. (off by default, ``recover``) OC-SORT's observation-centric recovery on the last observed box.
 
 A track found again after a gap is re-updated observation-centrically (OC-SORT's ORU): its filter
 goes back to its state at the last observation and runs through virtual observations on the line
-to the new one, so the velocity it carries is the one it had, not the drift of the gap. The
-measurement noise shrinks with the detection's score (StrongSORT's NSA Kalman). The feature EMA
-(``ema``) takes a detection's feature only when no other detection overlaps it much, so a crowd
-does not blend two people into one track. A new track starts from a confident detection (score >=
-``new_score``) left over, is confirmed after ``n_init`` detections and, while tentative, survives
-``tentative_misses`` missed frames (DeepSort's new tracks die on their first miss); a confirmed
-track lost for more than ``max_age`` frames ends. The scenes here come from fixed cameras: no camera
-motion compensation.
+to the new one. ``score_noise`` (off by default) shrinks the measurement noise with the score
+(StrongSORT's NSA Kalman): the detections here carry scores that say little about where the box
+is. The feature EMA (``ema``) takes a detection's feature only when no other detection overlaps it
+much. A new track starts from a confident detection (score >= ``new_score``) left over, with a
+velocity uncertainty ``initial_velocity_std`` wide (people walk into the picture fast), is
+confirmed after ``n_init`` detections and, while tentative, survives ``tentative_misses`` missed
+frames (DeepSort's new tracks die on their first miss); a confirmed track lost for more than
+``max_age`` frames ends. The scenes here come from fixed cameras: no camera motion compensation.
 
 Which detections need features (``needs_features``): low-score ones never (IoU alone serves them);
 a confident one that pairs one-to-one with a track seen in the last frame neither (the IoU pair is
 unambiguous); the others do, the most ambiguous first under an embedding budget. A detection given
-no feature is matched on motion alone and leaves its track's EMA as it was.
+no feature pays the neutral appearance and leaves its track's EMA as it was.
 """
 from __future__ import annotations
 
@@ -64,9 +67,9 @@ class ByteSortOptions:
     max_age: int = 30  # frames a lost confirmed track is kept
     n_init: int = 3  # detections to confirm a track
     tentative_misses: int = 2  # frames a tentative track may miss before it is dropped
-    high_score: float = 0.5  # detections at or above: first stage; below: the low-score stage
+    high_score: float = 0.35  # detections at or above: first stage; below: the low-score stage
     low_score: float = 0.1  # detections below are ignored
-    new_score: float = 0.6  # a detection left over starts a track at this score or more
+    new_score: float = 0.45  # a detection left over starts a track at this score or more
     match_iou: float = 0.2  # stage 1: IoU with the predicted box at least (the gate; the fused cost ranks)
     low_iou: float = 0.5  # stage 3 (low-score boxes): IoU at least
     tentative_iou: float = 0.3  # stage 4: IoU with the predicted box at least
@@ -76,8 +79,9 @@ class ByteSortOptions:
     recover_age: int = 3  # stage 5: only tracks lost for at most this many frames
     recover: bool = False  # stage 5 on (it cost HOTA on the scenes of benchmarks/bench_trackers.py)
     max_cosine_distance: float = 0.5  # a confirmed track never takes a detection farther than this in appearance
-    app_weight: float = 1.25  # fused cost: 1 - IoU + app_weight * (cosine distance - the best alternative's)
-    app_abs_weight: float = 0.0  # fused cost: + app_abs_weight * (cosine distance - app_neutral)
+    app_weight: float = 0.0  # fused cost: 1 - IoU + app_weight * (cosine distance - the best alternative's)
+    app_abs_weight: float = 1.5  # fused cost: + app_abs_weight * (cosine distance - app_neutral)
+    lone_pairs_free: bool = True  # the absolute term spares a pair with no rival in the IoU gate
     app_neutral: float = 0.2  # ... the cosine distance that neither helps nor hurts (also used without a feature)
     refind_cosine: float = 0.0  # stage 2: appearance alone, cosine distance at most (0: off)
     refind_reach: float = 0.5  # stage 2: centre distance at most this many box heights per frame lost (+1)
@@ -87,6 +91,7 @@ class ByteSortOptions:
     ema_overlap: float = 0.3  # a detection overlapped by another at this IoU or more leaves the EMA alone
     reupdate: bool = True  # OC-SORT's observation-centric re-update after a gap
     score_noise: bool = False  # measurement noise x (1 - score) (NSA Kalman), at least 0.1
+    initial_velocity_std: float = 15.0  # a new track's velocity std, in Kalman velocity noise units (DeepSort: 10)
     measurement_noise: float = 2.0  # measurement noise x this (the box's jitter against the filter's trust)
 
     def check(self) -> None:
@@ -104,7 +109,8 @@ class ByteSortOptions:
             v = float(getattr(self, name))
             if not 0.0 <= v <= 2.0:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be in [0, 2], got {v}")
-        for name in ("refind_reach", "inertia", "app_weight", "app_abs_weight", "measurement_noise", "buffer"):
+        for name in ("refind_reach", "inertia", "app_weight", "app_abs_weight", "measurement_noise", "buffer",
+                     "initial_velocity_std"):
             if not float(getattr(self, name)) >= 0.0:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be >= 0, got {getattr(self, name)}")
 
@@ -129,13 +135,15 @@ def _q(mean: np.ndarray) -> np.ndarray:
 class _Track:
     """One track's state (plain numbers and arrays: a state_dict is vars())."""
 
-    def __init__(self, tid: int, box: np.ndarray, score: float, feat: np.ndarray | None, frame: int) -> None:
+    def __init__(self, tid: int, box: np.ndarray, score: float, feat: np.ndarray | None, frame: int,
+                 velocity_std: float = 10.0) -> None:
         z = _xywh(box)
         w, h = z[2], z[3]
+        v = velocity_std * STD_VEL
         self.id = tid
         self.mean = np.r_[z, np.zeros(4)]
         self.cov = np.diag(np.square([2 * STD_POS * w, 2 * STD_POS * h, 2 * STD_POS * w, 2 * STD_POS * h,
-                                      10 * STD_VEL * w, 10 * STD_VEL * h, 10 * STD_VEL * w, 10 * STD_VEL * h]))
+                                      v * w, v * h, v * w, v * h]))
         self.feat = None if feat is None else np.array(feat, np.float32)  # a unit row
         self.confirmed = False
         self.hits = 1
@@ -284,7 +292,14 @@ class ByteSort:
             best = np.minimum(a.min(axis=1, initial=np.inf)[:, None], a.min(axis=0, initial=np.inf)[None, :])
             cost = cost + self.o.app_weight * np.where(near, app - best, 0.0)
         if self.o.app_abs_weight:
-            cost = cost + self.o.app_abs_weight * (np.where(known, app, self.o.app_neutral) - self.o.app_neutral)
+            term = self.o.app_abs_weight * (np.where(known, app, self.o.app_neutral) - self.o.app_neutral)
+            if self.o.lone_pairs_free:
+                # a pair alone in its row and column of the IoU gate has nothing to be told apart from: it pays no
+                # appearance (small, fast, blurred crops look unlike their last ones without being anyone else)
+                near = iou >= min_iou
+                lone = (near.sum(axis=1, keepdims=True) == 1) & (near.sum(axis=0, keepdims=True) == 1)
+                term = np.where(lone, 0.0, term)
+            cost = cost + term
         cost = np.where(known & (app > self.o.max_cosine_distance), BIG, cost)
         if direction:
             cost = cost + self._direction_cost(tracks, boxes[dets])
@@ -401,7 +416,7 @@ class ByteSort:
         used = set(taken.values())
         for d in high:
             if int(d) not in used and s[d] >= o.new_score:
-                t = _Track(self.next_id, b[d], float(s[d]), feats[d], self.frame)
+                t = _Track(self.next_id, b[d], float(s[d]), feats[d], self.frame, o.initial_velocity_std)
                 self.next_id += 1
                 if o.n_init <= 1:
                     t.confirmed = True
