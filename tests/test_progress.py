@@ -89,3 +89,34 @@ def test_python_test_shows_evaluation_steps(world, capsys):
     assert main(["test", "--config", str(world["tiny"]), "--weights", str(world["weights"]),
                  "--out", str(world["w"] / "test2")]) == 0
     done_line(capsys.readouterr().err, "evaluation synthetic query")
+
+
+def test_training_logs_every_log_period_iterations_without_a_terminal(world, capsys):
+    """Issue 31: training printed nothing inside an epoch (100-213 s between lines under load): without a
+    terminal (no bar), a line every solver.log_period iterations, from the Python API and the CLI verbs."""
+    import reidkit
+
+    reidkit.train(world["tiny"], output_dir=str(world["w"] / "iters"), solver__max_epochs=1, solver__log_period=2,
+                  solver__eval_period=100, sampler={"p": 4, "k": 2, "epoch_batches": 4})
+    err = capsys.readouterr().err
+    lines = re.findall(r"^epoch 1 iter (\d+)/4 loss \S+ .* img/s$", err, flags=re.M)
+    assert lines == ["2", "4"], err
+    assert err.index("epoch 1 iter 2/4") < err.index("epoch 1/1 done in")
+
+
+@pytest.mark.parametrize("argv,target", [
+    (["demo", "--out", "{tmp}"], "reidkit.engine.demo.run_demo"),
+    (["ablate", "--config", "demo", "--recipes", "a", "--out", "{tmp}"], "reidkit.engine.ablate.run_ablation"),
+    (["pseudo-label", "--config", "demo", "--weights", "w.pt"], "reidkit.engine.pseudo_label.run_pseudo_label"),
+])
+def test_verbs_that_train_echo_iteration_lines_without_a_terminal(argv, target, tmp_path, capsys, monkeypatch):
+    from reidkit.utils.progress import log
+
+    def fake(*args, **kwargs):
+        log.info("epoch 1 iter 10/40 loss 1.0 () lr 1 1 img/s", extra={"per_iteration": True})
+        raise SystemExit(0)
+
+    monkeypatch.setattr(target, fake)
+    with pytest.raises(SystemExit):
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert "epoch 1 iter 10/40" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def _pseudo_label(args: argparse.Namespace) -> int:
     from reidkit.engine.pseudo_label import format_summary, run_pseudo_label
     from reidkit.utils.progress import console_logging
 
-    console_logging(show_iterations=False)  # features and retraining report their steps
+    console_logging()  # features and retraining report their steps; retraining its iterations without a bar
 
     summary = run_pseudo_label(
         args.config, args.weights, threshold=args.threshold, dedup_threshold=args.dedup_threshold,

@@ -152,7 +152,7 @@ def _ablate(args: argparse.Namespace) -> int:
     from reidkit.engine.ablate import format_table, run_ablation
     from reidkit.engine.handlers import console_logging
 
-    console_logging(show_iterations=False)
+    console_logging()  # training inside: its bar on a terminal, else a line every log_period
 
     recipes, extra = _split_overrides(args.recipes)
     rows = run_ablation(
@@ -168,7 +168,7 @@ def _demo(args: argparse.Namespace) -> int:
     from reidkit.engine.demo import run_demo
     from reidkit.engine.handlers import console_logging
 
-    console_logging(show_iterations=False)
+    console_logging()  # training inside: its bar on a terminal, else a line every log_period
     run_demo(args.out, overrides=list(args.overrides))
     return 0
 

@@ -79,7 +79,8 @@ def console_logging(show_iterations: bool | None = None) -> logging.Handler:
 
 @contextmanager
 def console_progress() -> Iterator[None]:
-    """From Python, the progress lines (steps, epochs, validation) on stderr for the duration of a call,
+    """From Python, the progress lines (steps, epochs, validation; without a terminal's bar, training's
+    lines every ``solver.log_period`` iterations) on stderr for the duration of a call,
     unless the caller configured the ``reidkit.train`` logger or an echo on this stderr is there already
     (a CLI verb's, an outer call's); rank 0 only under torchrun."""
     echoes = [h for h in log.handlers if getattr(h, "_reidkit_console", False)]
@@ -87,7 +88,7 @@ def console_progress() -> Iterator[None]:
     if own or any(getattr(h, "stream", None) is sys.stderr for h in echoes) or not is_main_process():
         yield
         return
-    handler = console_logging(show_iterations=False)
+    handler = console_logging()  # a training run's lines every solver.log_period iterations when there is no bar
     try:
         yield
     finally:
