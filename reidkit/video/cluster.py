@@ -45,7 +45,8 @@ def _embedder(model: dict[str, Any]) -> Any:
         from reidkit.video.embedder import Embedder
 
         _EMBEDDERS[key] = Embedder(model["weights"], device=model["device"], batch_size=model["batch_size"],
-                                   flip=model["flip"], engine=model.get("engine", "torch"))
+                                   flip=model["flip"], engine=model.get("engine", "torch"),
+                                   trust_checkpoint=bool(model.get("trust", False)))  # the driver's --trust-checkpoint
     return _EMBEDDERS[key]
 
 
@@ -90,8 +91,10 @@ def _model_spec(gallery: Any, weights: Any, device: Any, batch_size: int, flip: 
     src = getattr(gallery.identity, "source", None)
     if weights is None and src not in (None, "imagenet"):
         weights = src
+    from reidkit.models.checkpoint import trust_active
+
     return {"weights": None if weights is None else str(weights), "device": device, "batch_size": int(batch_size),
-            "flip": bool(flip), "engine": str(engine)}
+            "flip": bool(flip), "engine": str(engine), "trust": trust_active()}
 
 
 def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike], workers: int | None = None,
