@@ -169,6 +169,9 @@ def test_delete_unknown_filter_lists_what_exists(data, backend, capsys, monkeypa
     with pytest.raises(OptionError, match=r"^path: no entry has path '/nope.jpg'; the gallery's paths: .*/v\.mp4"):
         g.delete(path="/nope.jpg")
     assert g.delete(camera="c3", tracklet="t01") == 0  # each exists, no entry has both: nothing to name
+    with pytest.raises(OptionError, match=r"^camera: no entry has camera 'cam3'; the gallery's cameras: c1, c2, c3$"):
+        g.search(f[0], k=3, camera="cam3")  # a search's keep-one-camera filter too
+    assert g.search(f[0], k=3, camera="c3", kind="tracklet") == []  # a camera that exists: just no match
     assert len(g) == n0 + 25 and g.generation == gen0 + 1
     monkeypatch.chdir(data["root"])
     from reidkit.cli import main

@@ -543,6 +543,10 @@ class Gallery:
         k = min(int(k), n)
         need = min(max(k, int(rerank_topm)) if rerank else k, n)
         found = snap.search(feats, need, filters, nprobe=nprobe)
+        if camera is not None and not any(len(cid) for cid, _ in found):
+            err = unknown_filter("camera", str(camera), snap)  # `cam3` of a gallery whose cameras are `c3`
+            if err is not None:
+                raise err
         results = []
         for b, (cid, csc) in enumerate(found):
             dist = None
