@@ -79,8 +79,8 @@ def dense_reference(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
     for i in range(nq):
         tmin = np.zeros(n, dtype=np.float32)
         nz = np.where(V[i] != 0)[0]
-        for l in nz:
-            tmin[inv[l]] += np.minimum(V[i, l], V[inv[l], l])
+        for col in nz:
+            tmin[inv[col]] += np.minimum(V[i, col], V[inv[col], col])
         jac[i] = 1 - tmin / (2.0 - tmin)
     final = jac * (1 - lambda_value) + dist * lambda_value
     return final[:nq, nq:]

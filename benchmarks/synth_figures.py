@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     qf = raw_pixel_features([r.path for r in q])
     gf = raw_pixel_features([r.path for r in g])
     dist = euclidean(qf, gf)
-    q_pids = np.array([r.pid for r in q]); g_pids = np.array([r.pid for r in g])
-    q_cams = np.array([r.camid for r in q]); g_cams = np.array([r.camid for r in g])
+    q_pids, g_pids = np.array([r.pid for r in q]), np.array([r.pid for r in g])
+    q_cams, g_cams = np.array([r.camid for r in q]), np.array([r.camid for r in g])
     res = metrics.evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
     rnd = metrics.evaluate_rank(np.random.default_rng(0).random(dist.shape), q_pids, g_pids, q_cams, g_cams)
     eval_s = time.perf_counter() - t0

@@ -170,7 +170,6 @@ def test_exploding_lr_never_overwrites_a_checkpoint(work: Path, full_run: Path, 
 
 def test_a_failed_run_is_reported_once_on_the_console(work: Path, tmp_path: Path):
     """`reidkit train` that diverges: one `error:` line, not also ignite's "terminating" records."""
-    import subprocess
     import sys
 
     path = write_cfg(tmp_path, "diverge", tiny_cfg(work, "diverge", solver__max_epochs=1))

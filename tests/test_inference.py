@@ -2,7 +2,6 @@
 options per call, files with skips, and the model I/O modules importing one way."""
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np

@@ -282,7 +282,6 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
     paths of the generation it reports, never an empty one, and the new content is answered within seconds."""
     import os
     import socket
-    import subprocess
     import sys
     import threading
     import time

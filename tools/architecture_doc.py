@@ -39,7 +39,7 @@ def render(items: list[dict]) -> str:
         if c["type"] == "layers":
             out.append("A module may import from the layers below its own, never from one above, not even "
                        "through a third module; `a | b` are siblings that must not import each other"
-                       + (", `a : b` siblings that may." if any(":" in l for l in c["layers"]) else ".") + "\n")
+                       + (", `a : b` siblings that may." if any(":" in layer for layer in c["layers"]) else ".") + "\n")
             containers = ", ".join(f"`{x}`" for x in c.get("containers", []))
             out.append("```text")
             for i, layer in enumerate(c["layers"]):

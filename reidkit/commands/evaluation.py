@@ -293,7 +293,7 @@ def _visrank(args: argparse.Namespace) -> int:
     from reidkit.evaluation.evaluator import summarize
     from reidkit.evaluation.metrics import evaluate_rank
     from reidkit.evaluation.visualize import plot_cmc, plot_distance_hist, visualize_ranked
-    from reidkit.utils.progress import console_logging, step, step
+    from reidkit.utils.progress import console_logging, step
 
     console_logging(show_iterations=False)
     if not Path(args.features).is_file():

@@ -5,7 +5,7 @@ import dataclasses
 import os
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from reidkit.config.model import ModelConfig
 from reidkit.errors import ReIDError
 from reidkit.models.info import DEFAULT_INPUT_SIZE, ModelInfo
 from reidkit.models.heads import (
-    CLASSIFIERS, NECK_FEATS, NECKS, POOLINGS, ReIDHead, check_choice,
+    ReIDHead,
 )
 
 ARCHS = ("baseline", "mgn", "transreid")
