@@ -456,35 +456,9 @@ class _EntryLock(PidLock):
             return ReIDError(f"weights {self._entry.name}: the lock {self.path} is a symbolic link; remove it")
         return super().open_error(exc)
 
-    def __enter__(self) -> Any:
-        import fcntl
-        import time
-
-        try:
-            fd = os.open(self._name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW, 0o666, dir_fd=self._dfd)
-        except OSError as exc:
-            raise self.open_error(exc) from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise ReIDError(f"weights {self._entry.name}: the lock {self.path} is {_kind(st)}; remove it")
-        fh = os.fdopen(fd, "r+")
-        told = False
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told and self.on_wait is not None:
-                    self.on_wait(self.waiting_message())
-                    told = True
-                time.sleep(self.poll)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-        return self
+    def open_fd(self) -> int:
+        """Relative to the cache folder's descriptor (the folder itself was checked as a real folder)."""
+        return os.open(self._name, self.FLAGS, 0o666, dir_fd=self._dfd)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -46,12 +46,18 @@ class PidLock:
             return "?"
         return text or "?"
 
+    # never through a link planted at the lock's name (it would truncate the link's target); non-blocking, so
+    # a FIFO there opens at once (and is then refused as not a regular file)
+    FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+    def open_fd(self) -> int:
+        """The lock file's descriptor (created if absent); a subclass may open it relative to a folder fd."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, self.FLAGS, 0o644)
+
     def __enter__(self) -> Any:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # never through a link planted at the lock's name (it would truncate the link's target), and only
-            # a regular file: a FIFO or device there is refused, not opened for writing
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+            fd = self.open_fd()
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 exc = OSError(exc.errno, "it is a symbolic link")
