@@ -73,32 +73,9 @@ def _check_refused(code, capsys, path: Path, marker: Path, kind: str) -> None:
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
     """A tiny reidkit checkpoint, 4 crops, a gallery built with it, a 1-camera scene, a test config."""
-    import yaml
-    from PIL import Image
+    from factories import weights_world
 
-    from reidkit.data.datasets import load_dataset
-    from reidkit.data.scene import generate_scene
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    root = tmp_path_factory.mktemp("ckptsafe")
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    torch.manual_seed(0)
-    good = save_model(root / "good.pt", build_model(cfg, 4).eval(), cfg, 4, (64, 32))
-    crops = root / "crops"
-    crops.mkdir()
-    for i in range(4):
-        arr = (np.random.default_rng(i).random((64, 32, 3)) * 255).astype(np.uint8)
-        Image.fromarray(arr).save(crops / f"{i + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.jpg")
-    db = root / "db"
-    assert main(["index", "build", "--images", str(crops), "--db", str(db), "--weights", str(good)]) == 0
-    scene = generate_scene(root / "scene", cams=1, ids=1, frames=6, size=(96, 128), fps=10, seed=0)
-    syn = root / "syn"
-    load_dataset("synthetic", syn, ids=4, images_per_id=4, cams=2, seed=0)
-    conf = {"data": {"datasets": [{"name": "synthetic", "root": str(syn),
-                                   "options": {"ids": 4, "images_per_id": 4, "cams": 2, "seed": 0}}]},
-            "device": "cpu", "output_dir": str(root / "t")}
-    (root / "c.yaml").write_text(yaml.safe_dump(conf))
-    return {"root": root, "good": good, "crops": crops, "db": db, "scene": scene, "config": root / "c.yaml"}
+    return weights_world(tmp_path_factory.mktemp("ckptsafe"))
 
 
 def _verbs(fx: dict, evil: Path, tmp: Path) -> dict[str, list[str]]:
