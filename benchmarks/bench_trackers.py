@@ -153,7 +153,7 @@ def by_frame(npz: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def run_reidkit(name: str, npz_path: Path, options: dict | None = None,
-                own_boxes: bool = False) -> tuple[list[str], float, int]:
+                own_boxes: bool = False, budget: int | None = None) -> tuple[list[str], float, int]:
     """(MOT rows, tracker seconds, frames) of reidkit tracker `name` (rows as reidkit video keeps them: detection
     boxes, or with `own_boxes` the tracker's own box of each match)."""
     from reidkit.video.track import single_thread_blas
@@ -167,6 +167,9 @@ def run_reidkit(name: str, npz_path: Path, options: dict | None = None,
     spent = 0.0
     for f, (b, s, e) in enumerate(data):
         t0 = time.perf_counter()
+        if budget is not None:  # reidkit video --appearance needed --embed-budget B: features only where asked
+            need = tracker.needs_features(b, s, budget)
+            e = [row if n else None for row, n in zip(e, need)]
         res = tracker.update(b, s, e)
         spent += time.perf_counter() - t0
         for m in res.matched:
@@ -365,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--option", action="append", default=[], metavar="TRACKER.KEY=VALUE",
                     help="an option of a reidkit tracker, e.g. bytesort.max_age=40 (repeatable)")
     ap.add_argument("--boxmot", default=",".join(BOXMOT), help="BoxMOT trackers, or none")
+    ap.add_argument("--needed", type=int, default=None, metavar="BUDGET",
+                    help="reidkit trackers get features only where needs_features asks (reidkit video's default "
+                         "--appearance needed --embed-budget BUDGET; 0: no budget)")
     ap.add_argument("--own-boxes", action="store_true",
                     help="reidkit trackers report their own box estimates (default: the detection boxes, as reidkit video)")
     ap.add_argument("--boxmot-python", default="/tmp/boxmot-venv/bin/python")
@@ -407,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 rows, spent, frames = {}, 0.0, 0
                 for cam, p in cams.items():
-                    rows[cam], s, n = run_reidkit(tr, p, options.get(tr), args.own_boxes)
+                    rows[cam], s, n = run_reidkit(tr, p, options.get(tr), args.own_boxes, args.needed)
                     spent, frames = spent + s, frames + n
                 m = score(root, rows, work / "runs" / name / kind / tr)
                 results.append({"scene": name, "dets": kind, "tracker": tr, "side": "reidkit", **m,
