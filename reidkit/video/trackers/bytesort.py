@@ -169,6 +169,9 @@ class ByteSort:
     """ByteTrack + OC-SORT + BoT-SORT association on reidkit features (see the module docstring)."""
 
     def __init__(self, options: ByteSortOptions | None = None) -> None:
+        from reidkit.video.track import single_thread_blas
+
+        single_thread_blas()  # tiny per-frame solves and products: a threaded BLAS only spins (reidkit.video.track)
         self.o = options or ByteSortOptions()
         self.tracks: list[_Track] = []
         self.next_id = 1
