@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shutil
 import socket
 import threading
@@ -113,7 +114,8 @@ def test_upload_shows_ranked_grid(server, tmp_path):
             # The page's CSP forbids eval; Playwright's wait_for_function predicates need it.
             page = browser.new_page(viewport={"width": 1280, "height": 760}, bypass_csp=True)
             page.goto(server["url"] + "/")
-            page.wait_for_function("document.querySelector('#info').textContent.includes('gallery images')")
+            page.wait_for_function("document.querySelector('#info').textContent.startsWith('gallery: ')")
+            assert re.match(r"gallery: \d+ images · generation", page.inner_text("#info"))  # issue 31: what it holds
             assert "token required" in page.inner_text("#info")
 
             # Without a token the API refuses, and the page says so.
@@ -188,11 +190,14 @@ def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, track
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 760}, bypass_csp=True)
             page.goto(tracklet_server + "/tracklets")
+            page.wait_for_function("document.querySelector('#error').textContent.length > 0")  # no token yet
             page.fill("#token", TOKEN)
-            page.fill("#exclude", "cam1")
+            page.fill("#exclude", "cam1")  # the token field's change: the list comes at once, before any search
+            page.wait_for_function("document.querySelectorAll('#results[data-shows=list] .hit').length > 0")
+            assert page.inner_text("#info").endswith("tracklets; search with a crop or a tracklet to rank them")
             page.set_input_files("#file", str(crop))
             page.click("button[type=submit]")
-            page.wait_for_function("document.querySelectorAll('#results .hit').length > 0")
+            page.wait_for_function("document.querySelectorAll('#results[data-shows=search] .hit').length > 0")
             meta = page.inner_text("#results .hit .meta")
             key = meta.rsplit(" · ", 1)[-1].strip()
             assert "cam2" in meta and cam2[key] == pid  # that person's tracklet in the other camera, first
