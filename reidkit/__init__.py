@@ -39,6 +39,7 @@ _LAZY = {
     "register_loss": "reidkit.losses",
     "register_usl_method": "reidkit.engine.usl.methods",
     "USLMethod": "reidkit.engine.usl.methods",
+    "register_tracker": "reidkit.video.trackers",
 }
 
 __all__ = ["ReIDError", "__version__", *_LAZY]
