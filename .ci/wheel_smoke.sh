@@ -80,7 +80,7 @@ step "reidkit --help / --version / recipes"
 "$RK" --help >help.txt && grep -q "extract" help.txt
 [ "$("$RK" --version)" = "$("$VPY" -c 'import importlib.metadata as m; print(m.version("reidkit"))')" ]
 "$RK" recipes >recipes.txt
-N=$(grep -c '^[a-z0-9_]* ' recipes.txt || true); HAVE=$(ls "$REPO"/reidkit/configs/*.yaml | wc -l)
+N=$(grep -c '^[a-z0-9_][a-z0-9_]* ' recipes.txt || true); HAVE=$(ls "$REPO"/reidkit/configs/*.yaml | wc -l)
 echo "reidkit recipes: $N recipes (reidkit/configs: $HAVE)"
 grep -q '^bot_r50 ' recipes.txt && [ "$N" -eq "$HAVE" ] || { echo "reidkit recipes does not list the packaged recipes"; cat recipes.txt; exit 1; }
 
