@@ -205,15 +205,13 @@ def load_torchscript(path: str | os.PathLike, trust: bool = False,
         raise ReIDError(f"exported model not found: {path}")
     from reidkit.models.checkpoint import require_program_trust
 
-    _require_meta(read_export_metadata(path), path)
+    meta = read_export_metadata(path)  # from the zip, before anything runs
+    _require_meta(meta, path)
     require_program_trust(path, trust, warn)
-    extra = {TS_META: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise ReIDError(f"cannot read TorchScript file {path}: {exc}") from exc
-    meta = json.loads(extra[TS_META]) if extra[TS_META] else {}
-    _require_meta(meta, path)
     return module.eval(), meta
 
 
