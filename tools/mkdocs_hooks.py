@@ -6,6 +6,10 @@
 - The API pages render every name of PUBLIC_API.
 - docs/architecture.md lists exactly the import contracts of pyproject.toml (tools/architecture_doc.py).
 
+The guide pages link to files of the repository outside docs/ (benchmark tables, READMEs) as `../path`,
+which works when the pages are read on the forge; on the site such a link becomes the file's path in
+code (`repo_path_links`), and a link to a repository file that does not exist is a warning.
+
 Each finding is a warning on mkdocs' logger; `--strict` (and `strict: true` in mkdocs.yml) turns any
 warning into a failed build.
 """
@@ -60,9 +64,24 @@ def undocumented(path: str, with_members: bool = True) -> list[str]:
     return missing
 
 
+_REPO_LINK = re.compile(r"\[([^\]]+)\]\(\.\./([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def repo_path_links(markdown: str, page_uri: str) -> str:
+    """`[text](../path)` (a repository file outside docs/) as text and the path in code; a missing file warns."""
+    def repl(m: re.Match) -> str:
+        text, path = m.group(1), m.group(2)
+        if not (ROOT / path).exists():
+            log.warning(f"{page_uri}: link to {path}, which is not a file of the repository")
+        code = f"`{path}`"
+        return code if text.strip("`") == path else f"{text} ({code})"
+
+    return _REPO_LINK.sub(repl, markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files):
     if not page.file.src_uri.startswith("api/"):
-        return markdown
+        return repo_path_links(markdown, page.file.src_uri)
     for match in _DIRECTIVE.finditer(markdown):
         path, options = match.group(1), match.group(2)
         _rendered.add(path.rsplit(".", 1)[-1])
