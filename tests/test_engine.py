@@ -128,6 +128,8 @@ def test_test_command_reevaluates_weights(full_run: Path, capsys):
     # model.pt holds the best validated weights: the same numbers as that epoch's validation.
     best = next(h for h in trained["history"] if h["epoch"] == trained["best"]["epoch"])
     assert trained["final_weights"]["weights"] == "best"
+    # one copy on disk: model.pt is a hard link of best.pt, not a second 19 MB file (issue 31)
+    assert (full_run / "model.pt").stat().st_ino == (full_run / "best.pt").stat().st_ino
     assert trained["final_weights"]["epoch"] == trained["best"]["epoch"]
     assert again["datasets"]["synthetic"]["mAP"] == pytest.approx(best["mAP"], abs=1e-6)
     assert "synthetic" in capsys.readouterr().out

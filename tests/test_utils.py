@@ -99,3 +99,23 @@ def test_folder_of_pgm_crops_loads_every_image(tmp_path: Path, capsys):
     ds = load_dataset("folder", tmp_path / "pgm", cam_regex=r"c(\d+)_")
     assert len(ds.train) + len(ds.query) + len(ds.gallery) == 400
     assert "train" in out
+
+
+def test_link_or_copy_links_atomically_and_a_later_rewrite_of_the_source_keeps_the_copy(tmp_path, monkeypatch):
+    from reidkit.utils.io import link_or_copy, write_text
+
+    src, dst = tmp_path / "best.pt", tmp_path / "model.pt"
+    write_text(src, "epoch 3")
+    write_text(dst, "old")
+    assert link_or_copy(src, dst) is True
+    assert dst.read_text() == "epoch 3" and dst.stat().st_ino == src.stat().st_ino
+    write_text(src, "epoch 5")  # written by rename: a new file; model.pt keeps epoch 3
+    assert dst.read_text() == "epoch 3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "model.pt"]  # no temp left
+
+    def no_links(*_a, **_k):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr("os.link", no_links)
+    assert link_or_copy(src, dst) is False  # a file system without hard links: a copy
+    assert dst.read_text() == "epoch 5" and dst.stat().st_ino != src.stat().st_ino

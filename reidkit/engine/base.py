@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from reidkit.engine.handlers import NanGuard, Progress, attach_lr_schedule, atta
 from reidkit.engine.optim import ExtraOptimizer, OptimStep, amp_dtype, build_optimizer, build_scheduler
 from reidkit.engine.validation import METRIC_KEYS, ValSet, evaluate_sets, prepare_val_sets
 from reidkit.errors import ReIDError
-from reidkit.utils.io import atomic_write, clean_stale_temps, ensure_dir, write_json
+from reidkit.utils.io import clean_stale_temps, ensure_dir, link_or_copy, write_json
 from reidkit.utils.runtime import dist_env, resolve_device, seed_everything
 
 __all__ = ["BaseTrainer"]
@@ -410,8 +409,7 @@ class BaseTrainer:
         target = self.out / "model.pt"
         best = self.out / "best.pt"
         if self.cfg.solver.final_weights == "best" and self.best_epoch > 0 and best.is_file():
-            with open(best, "rb") as src, atomic_write(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            link_or_copy(best, target)  # one copy on disk: model.pt and best.pt are the same bytes
             self.final_weights = {"file": str(target), "weights": "best", "epoch": self.best_epoch,
                                   "score": self.best_score}
             log.info("model.pt = the best validated weights (epoch %d, score %.2f); last.pt holds epoch %d",

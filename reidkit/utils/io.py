@@ -266,6 +266,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def link_or_copy(src: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Make ``path`` hold the bytes of the file ``src``, atomically: a hard link (one copy on disk) where the
+    file system allows it, else a copy. True when linked. ``src`` written later by rename keeps ``path``."""
+    with atomic_path(path) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+            return True
+        except OSError:
+            shutil.copyfile(src, tmp)
+            return False
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path, "wb") as fh:
