@@ -95,7 +95,7 @@ def detections(root: Path, cam: str, kind: str) -> dict[int, tuple[np.ndarray, n
             out.setdefault(int(f) - 1, []).append((x, y, x + w, y + h, 1.0))
     else:
         from reidkit.video.decode import iter_frames
-        from reidkit.video.detect import MotionDetector
+        from reidkit.video.detectors.motion import MotionDetector
 
         det = MotionDetector(_video(root, cam))
         for idx, frame in iter_frames(_video(root, cam)):

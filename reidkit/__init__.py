@@ -40,6 +40,7 @@ _LAZY = {
     "register_usl_method": "reidkit.engine.usl.methods",
     "USLMethod": "reidkit.engine.usl.methods",
     "register_tracker": "reidkit.video.trackers",
+    "register_detector": "reidkit.video.detectors",
 }
 
 __all__ = ["ReIDError", "__version__", *_LAZY]

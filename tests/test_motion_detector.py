@@ -40,7 +40,7 @@ def _recall(detector, video, gt) -> tuple[float, float]:
 
 
 def test_motion_finds_the_scene_people(scene):
-    from reidkit.video.detect import MotionDetector
+    from reidkit.video.detectors.motion import MotionDetector
 
     video, gt = scene
     r_motion, p_motion = _recall(MotionDetector(video), video, gt)
@@ -50,7 +50,7 @@ def test_motion_finds_the_scene_people(scene):
 def test_background_depends_only_on_the_file(scene):
     """Frame i alone (a fresh detector, as after a resume) gives the boxes of a detector that saw 0..i-1."""
     from reidkit.video.decode import iter_frames
-    from reidkit.video.detect import MotionDetector
+    from reidkit.video.detectors.motion import MotionDetector
 
     video, _gt = scene
     seq = MotionDetector(video, block=25)  # several blocks in 60 frames
@@ -91,7 +91,7 @@ def test_resumed_motion_run_gives_the_same_chunks(scene):
 def test_a_moving_picture_is_reported_once(tmp_path, caplog):
     import cv2
 
-    from reidkit.video.detect import BUSY_WARN, MotionDetector
+    from reidkit.video.detectors.motion import BUSY_WARN, MotionDetector
 
     path = tmp_path / "pan.avi"
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def test_a_moving_picture_is_reported_once(tmp_path, caplog):
         wr.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))  # every pixel changes every frame
     wr.release()
     det = MotionDetector(path)
-    with caplog.at_level(logging.WARNING, logger="reidkit.video.detect"):
+    with caplog.at_level(logging.WARNING, logger="reidkit.video.detectors.motion"):
         for i in range(30):
             det(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), i)
     warned = [r for r in caplog.records if "needs a fixed camera" in r.getMessage()]
@@ -109,7 +109,7 @@ def test_a_moving_picture_is_reported_once(tmp_path, caplog):
 
 def test_bad_options_are_refused():
     from reidkit.errors import ReIDError
-    from reidkit.video.detect import MotionDetector
+    from reidkit.video.detectors.motion import MotionDetector
 
     for kw in ({"threshold": 0.0}, {"samples": 1}, {"aspect": float("nan")}, {"work_height": 8}):
         with pytest.raises(ReIDError, match="motion detector"):

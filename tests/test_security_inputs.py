@@ -14,7 +14,7 @@ from reidkit.errors import ReIDError
 
 
 def test_mot_file_with_a_bom_reads_line_one(tmp_path):
-    from reidkit.video.detect import MotDetections
+    from reidkit.video.detectors.mot import MotDetections
 
     path = tmp_path / "det.txt"
     path.write_bytes("\ufeff1,1,10,20,30,40,0.9,-1,-1,-1\n2.0,1,12,20,30,40,0.8,-1,-1,-1\n".encode("utf-8"))

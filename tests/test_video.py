@@ -279,7 +279,7 @@ def _export_yolo(path: Path, out: np.ndarray) -> Path:
 
 
 def test_onnx_detector_both_layouts(tmp_path):
-    from reidkit.video.detect import OnnxDetector
+    from reidkit.video.detectors.onnx import OnnxDetector
 
     # 3 classes, 100 anchors (cx, cy, w, h in the 64x64 input); most anchors score 0
     n, nc = 100, 3
@@ -328,7 +328,7 @@ def test_hog_detector_runs_end_to_end(run, tmp_path, capsys):
     import cv2
 
     from reidkit.video.decode import iter_frames
-    from reidkit.video.detect import HogDetector
+    from reidkit.video.detectors.hog import HogDetector
 
     assert hasattr(cv2, "HOGDescriptor")
     short = tmp_path / "short.avi"

@@ -149,8 +149,15 @@ def test_packaged_catalogue_fields():
     assert e.fmt == "torchreid" and e.gdrive and e.published["msmt17"] == {"mAP": 43.8, "rank1": 74.9}
     assert cat["osnet_ain_x1_0_msmt17_combineall"].invalid_eval == ("msmt17",)
     assert cat["fastreid_sbs_r50_ibn_market1501"].url.endswith("/v0.1.1/market_sbs_R50-ibn.pth")
-    assert {x.fmt for x in cat.values()} == {"torchreid", "fastreid", "transreid", "solider"}
-    assert all(x.licence and x.source and x.input_size[0] > x.input_size[1] for x in cat.values())
+    reid = [x for x in cat.values() if x.kind == "reid"]
+    assert {x.fmt for x in reid} == {"torchreid", "fastreid", "transreid", "solider"}
+    assert all(x.licence and x.source and x.input_size[0] > x.input_size[1] for x in reid)
+    # detectors (issue 30): the YOLOX ONNX releases, Apache-2.0, each with its family and input size
+    det = {x.name: x for x in cat.values() if x.kind == "detector"}
+    assert set(det) == {"yolox_nano", "yolox_tiny", "yolox_s"} == set(zoo.detector_names())
+    assert all(x.fmt == "onnx" and x.arch == "yolox" and x.licence == "Apache-2.0" and x.max_bytes for x in det.values())
+    assert det["yolox_nano"].url == "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx"
+    assert det["yolox_s"].input_size == (640, 640) and det["yolox_tiny"].input_size == (416, 416)
 
 
 def test_download_in_each_layout_records_hash_then_checks_it(env, tmp_path, monkeypatch):

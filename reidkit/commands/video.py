@@ -41,10 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="camera name, once per video in order (default: the video file's name)")
     p.add_argument("--detections", action="append", default=None,
                    help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order")
-    p.add_argument("--detector", default=None,
+    p.add_argument("--detector", default=None, metavar="NAME|FILE",
                    help="person detector: 'motion' (background subtraction against the video's own median "
                         "background: fixed cameras; the default), 'hog' (OpenCV's HOG people detector: moving "
-                        "cameras) or an ONNX YOLO-family model file")
+                        "cameras), a detector of the weights catalogue (e.g. yolox_nano: fetched and verified as "
+                        "--weights names are; `reidkit weights list`), an ONNX file (YOLOX, YOLOv5/v8, RT-DETR "
+                        "exports; the family is read from its outputs) or a detector a --plugin file registers")
+    p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the detector (repeatable), e.g. conf=0.4, family=yolov8 (onnx), block=300 "
+                        "(motion), detect_scale=0.5 (hog); an unknown key is refused naming the nearest one")
     p.add_argument("--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
     p.add_argument("--detector-size", default=None,
                    help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)")
@@ -163,6 +168,7 @@ def _run_video(args: argparse.Namespace) -> int:
         size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
     detect_every = args.detect_every
     kw = dict(cameras=args.camera, detections=args.detections, detector=args.detector,
+              detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
               weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
               min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
               max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
@@ -199,13 +205,18 @@ def _run_video(args: argparse.Namespace) -> int:
 
 def _tracker_options(items: list[str]) -> dict:
     """--tracker-option KEY=VALUE strings as a mapping (values read as YAML scalars, as config overrides)."""
+    return _key_values(items, "--tracker-option", "max_age=30")
+
+
+def _key_values(items: list[str], flag: str, example: str) -> dict:
+    """A part's KEY=VALUE option strings as a mapping (values read as YAML scalars, as config overrides)."""
     import yaml
 
     out = {}
     for item in items:
         key, sep, raw = str(item).partition("=")
         if not sep or not key.strip():
-            raise ReIDError(f"--tracker-option: {item!r} must look like KEY=VALUE (e.g. max_age=30)")
+            raise ReIDError(f"{flag}: {item!r} must look like KEY=VALUE (e.g. {example})")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -302,8 +313,6 @@ def _run_scene(args: argparse.Namespace) -> int:
         print(f"{cam}: {v}  ground truth {g}")
     print(f"{rep.boxes} ground-truth boxes, {rep.ids} identities, {rep.frames} frames at {rep.fps:g} fps")
     print(f"TrackEval ground truth: {rep.root / 'GT'}" + (f"; camera links: {rep.links}" if rep.links else ""))
-    if rep.query is not None:
-        print(f"a query crop (for tracklets search --image): {rep.query}")
     return 0
 
 
@@ -321,7 +330,7 @@ def _clear_scene(out: Path, regenerate: bool) -> None:
     for item in out.iterdir():
         if item.is_dir() and (item.name.startswith("cam") or item.name == "GT"):
             shutil.rmtree(item)
-        elif item.name in ("links.yaml", "scene.json", "query.jpg"):
+        elif item.name in ("links.yaml", "scene.json"):
             item.unlink()
 
 

@@ -19,7 +19,8 @@ from reidkit.errors import ReIDError
 __all__ = ["KINDS", "describe_options", "options_class", "read_options", "register_options"]
 
 # kind -> the config prefix its options live under (``{name}`` is the part's name)
-KINDS = {"backbone": "model.options", "loss": "loss.{name}", "usl": "usl.{name}", "tracker": "tracker.{name}"}
+KINDS = {"backbone": "model.options", "loss": "loss.{name}", "usl": "usl.{name}", "tracker": "tracker.{name}",
+         "detector": "detector.{name}"}
 _OPTIONS: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 
 

@@ -1,4 +1,7 @@
-"""Published ReID weights by name: a catalogue (zoo.yaml) and a verified download cache nobody can poison.
+"""Published ReID weights and detectors by name: a verified download cache nobody can poison.
+
+The catalogue itself (zoo.yaml: entries, validation, names) is reidkit.models.zoo_catalogue; the
+transfers (HTTP, Google Drive) are reidkit.models.zoo_transfer; this module fetches, verifies and caches.
 
 ``resolve_weights(name_or_path, sha256=None) -> str`` returns a local file:
 
@@ -23,7 +26,8 @@ the cached file and its record must be a real folder and regular files: a symlin
 them is refused, its target untouched). The transfer is refused past the entry's ``max_bytes``
 (default 2 GiB) and when it ends short of its Content-Length; then the file must load as the
 catalogue's ``fmt`` with the safe reader (tensors and allowlisted containers only, never full
-unpickling, even under ``--trust-checkpoint``; a TorchScript archive is refused), and must match any
+unpickling, even under ``--trust-checkpoint``; a TorchScript archive is refused; a detector's ``onnx``
+must parse as a self-contained ONNX model, never run), and must match any
 known hash. Only then is its hash recorded and the part renamed into place; on any failure (network,
 disk full, size, format, hash) the part is removed and one ReIDError says why. Part files of dead
 processes (pid in the name) are removed by the next download of that entry. Google Drive ids go
@@ -39,7 +43,6 @@ server).
 """
 from __future__ import annotations
 
-import difflib
 import errno
 import hashlib
 import http.client
@@ -49,215 +52,32 @@ import secrets
 import stat
 import sys
 import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.models.zoo_catalogue import (_HEX64, DEFAULT_MAX_BYTES, HOME_ENV, URL_ENV, ZOO_ENV, WeightsEntry, _entry,
+                                          _is_path, catalogue, detector_entry, detector_names, is_cached,
+                                          weights_home, weights_path)
+from reidkit.models.zoo_transfer import (CHUNK, PartWriter, Short, TooBig, WriteFailed, gdrive_download,
+                                         http_download, write_all)
 from reidkit.utils.locks import PidLock
 
 __all__ = ["WeightsEntry", "catalogue", "resolve_weights", "weights_home", "weights_path", "file_sha256",
-           "is_cached", "DEFAULT_MAX_BYTES"]
+           "is_cached", "DEFAULT_MAX_BYTES", "detector_entry", "detector_names"]
 
-HOME_ENV = "REIDKIT_HOME"
-ZOO_ENV = "REIDKIT_ZOO"
-URL_ENV = "REIDKIT_ZOO_URL_OVERRIDE"
-DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB: the largest published ReID checkpoint is ~0.4 GB
-_CHUNK = 1 << 20
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_GDRIVE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
-_RESERVED_SUFFIXES = (".sha256", ".lock", ".part", ".tmp")
 _NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (torch's pre-zip format)
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    """One published checkpoint (see zoo.yaml for the meaning of each field)."""
-
-    name: str
-    source: str
-    licence: str
-    arch: str
-    fmt: str
-    train: str
-    input_size: tuple[int, int]
-    filename: str
-    url: str | None = None
-    gdrive: str | None = None
-    sha256: str | None = None
-    max_bytes: int | None = None
-    published: dict[str, dict[str, float]] = field(default_factory=dict)
-    invalid_eval: tuple[str, ...] = ()
-    distance: str | None = None
-    notes: str | None = None
-
-    @property
-    def size_cap(self) -> int:
-        """The most bytes a download of this entry may have (``max_bytes``, default 2 GiB)."""
-        return self.max_bytes or DEFAULT_MAX_BYTES
-
-    def download_url(self) -> str | None:
-        """Where the file is fetched from ($REIDKIT_ZOO_URL_OVERRIDE + filename when set)."""
-        base = os.environ.get(URL_ENV)
-        if base:
-            if _url_problem(base):
-                raise ReIDError(f"${URL_ENV}: {_url_problem(base)}, got {base!r}")
-            return base.rstrip("/") + "/" + urllib.parse.quote(self.filename)
-        if self.url:
-            return self.url
-        if self.gdrive:
-            return f"https://drive.google.com/uc?id={self.gdrive}"
-        return None
-
-
-def weights_home() -> Path:
-    """The cache folder: $REIDKIT_HOME/weights, default ~/.cache/reidkit/weights."""
-    root = os.environ.get(HOME_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "reidkit") / "weights"
-
-
-# ---------------------------------------------------------------------------------------------------
-# the catalogue
-
-
-def _url_problem(url: Any) -> str | None:
-    """Why `url` is not an http(s) URL, or None."""
-    if not isinstance(url, str) or not url:
-        return "expected an http:// or https:// URL"
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        return "the URL holds a space or a control character"
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        return f"expected an http:// or https:// URL (scheme {parts.scheme or 'none'!r} is not fetched)"
-    return None
-
-
-def _filename_problem(name: Any) -> str | None:
-    """Why `name` is not a plain file name the cache may hold, or None."""
-    if not isinstance(name, str) or not name:
-        return "must be a non-empty file name"
-    if "\0" in name:
-        return "holds a NUL byte"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "holds a control character"
-    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
-        return "must be a plain file name (no '/', '\\', '..' or leading '.')"
-    if name.endswith(_RESERVED_SUFFIXES):
-        return f"must not end in {', '.join(_RESERVED_SUFFIXES)} (the cache's own files)"
-    if len(name.encode("utf-8", "surrogateescape")) > 200:
-        return "is longer than 200 bytes"
-    return None
-
-
-def _validated(row: dict, where: str) -> WeightsEntry:
-    """One catalogue row as a WeightsEntry; a bad value raises one ReIDError naming the entry and key."""
-    name = row["name"]
-
-    def bad(key: str, what: str) -> ReIDError:
-        return ReIDError(f"weights catalogue {where}: entry {name!r}: {key}: {what}")
-
-    if not name or "\0" in name or "/" in name or "\\" in name:
-        raise bad("name", "expected a non-empty name without '/', '\\' or NUL")
-    for key in ("source", "licence", "arch", "fmt", "train", "filename"):
-        if key not in row:
-            raise bad(key, "missing")
-    why = _filename_problem(row["filename"])
-    if why:
-        raise bad("filename", f"{why} (got {row['filename']!r})")
-    if not isinstance(row["fmt"], str) or not row["fmt"]:
-        raise bad("fmt", f"expected a checkpoint format name (got {row['fmt']!r})")
-    if row.get("url") is not None and _url_problem(row["url"]):
-        raise bad("url", f"{_url_problem(row['url'])} (got {row['url']!r})")
-    gdrive = row.get("gdrive")
-    if gdrive is not None and not (isinstance(gdrive, str) and _GDRIVE_ID.match(gdrive)):
-        raise bad("gdrive", f"expected a Google Drive file id (letters, digits, '-', '_'; got {gdrive!r})")
-    sha = row.get("sha256")
-    if sha is not None and not (isinstance(sha, str) and _HEX64.match(sha)):
-        raise bad("sha256", f"expected 64 hex digits (got {sha!r})")
-    cap = row.get("max_bytes")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0):
-        raise bad("max_bytes", f"expected a positive whole number of bytes (got {cap!r})")
-    try:
-        size = row["input_size"]
-        return WeightsEntry(**{**row, "input_size": tuple(int(v) for v in size),
-                               "sha256": sha.lower() if sha else None,
-                               "invalid_eval": tuple(row.get("invalid_eval") or ()),
-                               "published": dict(row.get("published") or {})})
-    except KeyError as exc:
-        raise bad(str(exc.args[0]), "missing") from None
-    except (TypeError, ValueError) as exc:
-        raise ReIDError(f"weights catalogue {where}: entry {name!r}: {exc}") from None
-
-
-def catalogue() -> dict[str, WeightsEntry]:
-    """The catalogue by name: $REIDKIT_ZOO if set, else the packaged zoo.yaml (every entry validated)."""
-    import yaml
-
-    path = os.environ.get(ZOO_ENV)
-    where = path or "reidkit/models/zoo.yaml"
-    try:
-        text = Path(path).read_text(encoding="utf-8") if path else \
-            resources.files("reidkit.models").joinpath("zoo.yaml").read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ReIDError(f"{ZOO_ENV}: cannot read the weights catalogue {where} ({exc})") from None
-    rows = data.get("weights") if isinstance(data, dict) else None
-    if not isinstance(rows, list):
-        raise ReIDError(f"weights catalogue {where}: expected a top-level 'weights:' list")
-    known = set(WeightsEntry.__dataclass_fields__)
-    out: dict[str, WeightsEntry] = {}
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-            raise ReIDError(f"weights catalogue {where}: entry {i} has no name")
-        extra = set(row) - known
-        if extra:
-            raise ReIDError(f"weights catalogue {where}: entry {row['name']!r}: unknown field(s) "
-                            f"{', '.join(sorted(map(str, extra)))}")
-        if row["name"] in out:
-            raise ReIDError(f"weights catalogue {where}: entry {row['name']!r}: name appears twice")
-        out[row["name"]] = _validated(row, where)
-    return out
 
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
+        for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
 
-
-def _entry(name: str) -> WeightsEntry:
-    cat = catalogue()
-    if name in cat:
-        return cat[name]
-    close = difflib.get_close_matches(name, list(cat), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise ReIDError(f"weights {name!r} is neither a file nor a catalogue name{hint}; "
-                    f"`reidkit weights list` shows the {len(cat)} names")
-
-
-def weights_path(name: str) -> Path:
-    """Where catalogue weights `name` are (or will be) cached."""
-    return weights_home() / _entry(name).filename
-
-
-def is_cached(entry: WeightsEntry) -> bool:
-    """True when the cache holds a regular file (not a link) for `entry` (its hash is not checked here)."""
-    try:
-        return stat.S_ISREG(os.lstat(weights_home() / entry.filename).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
-def _is_path(text: str) -> bool:
-    """A path rather than a name: it holds a path separator (``./NAME``, ``dir/x``, ``~/x``)."""
-    return "/" in text or os.sep in text or bool(os.altsep and os.altsep in text)
 
 
 def _check_pin(sha256: str | None) -> str | None:
@@ -323,7 +143,7 @@ def _open_home(home: Path, create: bool) -> int | None:
 def _hash_fd(fd: int) -> str:
     h, off = hashlib.sha256(), 0
     while True:
-        block = os.pread(fd, _CHUNK, off)
+        block = os.pread(fd, CHUNK, off)
         if not block:
             return h.hexdigest()
         h.update(block)
@@ -371,12 +191,6 @@ def _read_record(dfd: int, home: Path, entry: WeightsEntry) -> str | None:
     return words[0].lower()
 
 
-def _write_all(fd: int, data: Any) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
 
 def _disk_error(entry: WeightsEntry, home: Path, exc: OSError) -> ReIDError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -397,7 +211,7 @@ def _write_record(dfd: int, home: Path, entry: WeightsEntry, digest: str) -> Non
         raise _disk_error(entry, home, exc) from None
     try:
         try:
-            _write_all(fd, f"{digest}  {entry.filename}\n".encode())
+            write_all(fd, f"{digest}  {entry.filename}\n".encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -461,103 +275,6 @@ class _EntryLock(PidLock):
         return os.open(self._name, self.FLAGS, 0o666, dir_fd=self._dfd)
 
 
-# ---------------------------------------------------------------------------------------------------
-# downloads
-
-
-class _TooBig(Exception):
-    def __init__(self, size: int, declared: bool = False) -> None:
-        super().__init__(size)
-        self.size, self.declared = size, declared
-
-
-class _WriteFailed(Exception):
-    def __init__(self, exc: OSError) -> None:
-        super().__init__(exc)
-        self.exc = exc
-
-
-class _Short(Exception):
-    def __init__(self, got: int, total: int) -> None:
-        super().__init__(got, total)
-        self.got, self.total = got, total
-
-
-class _PartWriter:
-    """The part file as a write-only stream (for urllib's loop and gdown): counts bytes, refuses past the
-    cap, turns a failed write into _WriteFailed (remembered, so a caller that swallows it still fails)."""
-
-    def __init__(self, fd: int, cap: int) -> None:
-        self.fd, self.cap, self.size = fd, cap, 0
-        self.error: Exception | None = None
-
-    def write(self, data: Any) -> int:
-        if self.error is not None:
-            raise self.error
-        n = memoryview(data).nbytes
-        if self.size + n > self.cap:
-            self.error = _TooBig(self.size + n)
-            raise self.error
-        try:
-            _write_all(self.fd, data)
-        except OSError as exc:
-            self.error = _WriteFailed(exc)
-            raise self.error from None
-        self.size += n
-        return n
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-def _http_download(url: str, out: _PartWriter, name: str) -> None:
-    """Fetch `url` into `out` with a progress bar; refuse a body over the cap or short of its Content-Length."""
-    from tqdm import tqdm
-
-    req = urllib.request.Request(url, headers={"User-Agent": "reidkit", "Accept-Encoding": "identity"})
-    try:
-        resp = urllib.request.urlopen(req, timeout=30)  # noqa: S310 - an http(s) catalogue or mirror URL
-    except ValueError as exc:  # a URL urllib cannot parse
-        raise urllib.error.URLError(str(exc)) from None
-    with resp:
-        if resp.status != 200:
-            raise urllib.error.URLError(f"unexpected HTTP status {resp.status}")
-        length = (resp.headers.get("Content-Length") or "").strip()
-        total = int(length) if length.isdigit() else None
-        if total is not None and total > out.cap:
-            raise _TooBig(total, declared=True)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=name, leave=False, disable=None) as bar:
-            for chunk in iter(lambda: resp.read1(_CHUNK), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
-    if total is not None and out.size != total:
-        raise _Short(out.size, total)
-
-
-def _gdrive_download(file_id: str, out: _PartWriter) -> None:
-    try:
-        import gdown
-    except ImportError:
-        raise ReIDError('weights on Google Drive need gdown: pip install "reidkit[zoo]" (or pip install gdown)') from None
-    try:
-        gdown.download(id=file_id, output=out, quiet=False)
-    except (_TooBig, _WriteFailed):
-        raise
-    except Exception as exc:  # noqa: BLE001 - gdown's own errors (quota, permission, network)
-        out.check()
-        raise OSError(f"gdown could not fetch the file: {exc}") from None
-    out.check()
-    if out.size == 0:
-        raise OSError("gdown could not fetch the file (quota, permission, or no network)")
-
-
 def _offline(entry: WeightsEntry, url: str | None, target: Path, reason: str) -> ReIDError:
     where = f"from {url} " if url else ""
     return ReIDError(f"weights {entry.name}: cannot download {where}({reason}); download it yourself, put the "
@@ -567,7 +284,23 @@ def _offline(entry: WeightsEntry, url: str | None, target: Path, reason: str) ->
 def _known_formats() -> list[str]:
     from reidkit.models.interop import FORMATS
 
-    return ["reidkit", *FORMATS.names()]
+    return ["reidkit", *FORMATS.names(), "onnx"]
+
+
+def _check_onnx(path: Path) -> None:
+    """Refuse a file that is not a self-contained ONNX model with an input and an output (parsed as data:
+    nothing runs; tensors stored outside the file are refused, so a model never reads another file)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any protobuf failure means "not an ONNX model"
+        raise ReIDError(f"it does not parse as an ONNX model ({type(exc).__name__})") from None
+    graph = model.graph
+    if not graph.input or not graph.output:
+        raise ReIDError("it is an ONNX graph without an input or an output")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        raise ReIDError("its weights are stored in other files (external data); the cache holds single files")
 
 
 def _load_strict(path: Path) -> Any:
@@ -616,6 +349,11 @@ def _check_format(path: Path, entry: WeightsEntry, origin: str) -> None:
         return ReIDError(f"weights {entry.name}: {origin} is not a {entry.fmt} checkpoint: {why}; it was not "
                          "cached and its hash was not recorded")
 
+    if entry.fmt == "onnx":
+        try:
+            return _check_onnx(path)
+        except ReIDError as exc:
+            raise refuse(str(exc)) from None
     try:
         obj = _load_strict(path)
     except ReIDError as exc:
@@ -698,24 +436,24 @@ def _download(dfd: int, home: Path, entry: WeightsEntry, pin: str | None) -> Non
         raise _disk_error(entry, home, exc) from None
     done = False
     try:
-        out = _PartWriter(fd, entry.size_cap)
+        out = PartWriter(fd, entry.size_cap)
         try:
             if entry.gdrive and not os.environ.get(URL_ENV) and not entry.url:
-                _gdrive_download(entry.gdrive, out)
+                gdrive_download(entry.gdrive, out)
             else:
-                _http_download(url, out, entry.name)
+                http_download(url, out, entry.name)
             out.check()
             os.fsync(fd)
-        except _TooBig as exc:
+        except TooBig as exc:
             said = "declares" if exc.declared else "sent more than"
             raise ReIDError(f"weights {entry.name}: {url} {said} {exc.size if exc.declared else entry.size_cap} "
                             f"bytes, over the entry's max_bytes ({entry.size_cap}); refused, nothing kept. If the "
                             f"file really is that large, raise max_bytes in a catalogue of your own (${ZOO_ENV})"
                             ) from None
-        except _Short as exc:
+        except Short as exc:
             raise ReIDError(f"weights {entry.name}: the download from {url} stopped after {exc.got} of {exc.total} "
                             "bytes (connection closed early); nothing kept, run it again") from None
-        except _WriteFailed as exc:
+        except WriteFailed as exc:
             raise _disk_error(entry, home, exc.exc) from None
         except urllib.error.HTTPError as exc:
             raise _offline(entry, url, target, f"HTTP {exc.code} {exc.reason}") from None
@@ -778,12 +516,17 @@ def _cached(entry: WeightsEntry, pin: str | None) -> str:
     return str(home / entry.filename)
 
 
-def resolve_weights(name_or_path: str | os.PathLike, sha256: str | None = None) -> str:
-    """A local file for a path or a catalogue name (downloaded and verified; see the module docstring)."""
+def resolve_weights(name_or_path: str | os.PathLike, sha256: str | None = None, kind: str | None = None) -> str:
+    """A local file for a path or a catalogue name (downloaded and verified; see the module docstring);
+    `kind` ("reid" | "detector"): a catalogue name of the other kind is refused."""
     pin = _check_pin(sha256)
     text = os.fspath(name_or_path)
     if not _is_path(text):
         entry = catalogue().get(text)
+        if entry is not None and kind is not None and entry.kind != kind:
+            use = "--detector" if entry.kind == "detector" else "--weights"
+            raise ReIDError(f"{text!r} is a {entry.kind} entry of the weights catalogue, not {kind} weights; "
+                            f"give it to {use}")
         if entry is not None:
             if os.path.lexists(text):
                 print(f"notice: weights {text!r} is a catalogue name, so the verified cached file is used, not "

@@ -121,7 +121,8 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
                                                         kw.pop("tracker_options", None))))
     jobs = prepare_jobs(videos, kw.pop("cameras", None), kw.pop("detections", None), kw.pop("detector", None),
                         kw.pop("conf", 0.25), kw.pop("start_times", None), kw.pop("hog_min_height", 480),
-                        kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0))
+                        kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0),
+                        kw.pop("detector_options", None))
     weights, device = kw.pop("weights", None), kw.pop("device", None)
     batch_size, flip = int(kw.pop("batch_size", 64)), bool(kw.pop("flip", False))
     engine = str(kw.pop("engine", "torch"))

@@ -1,6 +1,6 @@
 """`reidkit video`: footage -> detections -> tracks (reidkit.video.trackers) -> tracklets -> gallery, resumable.
 
-Per video: frames are decoded (every N-th with ``every``), people detected (reidkit.video.detect),
+Per video: frames are decoded (every N-th with ``every``), people detected (reidkit.video.detectors),
 their crops embedded once (reidkit.video.embedder; the same features drive the tracker's
 appearance metric and the tracklet features), tracked (reidkit.video.trackers), and each ended
 confirmed track becomes a tracklet (reidkit.video.tracklets): its K best crops give the feature
@@ -51,10 +51,9 @@ __all__ = ["THUMBS", "CRASH_ENV", "VideoJob", "Settings", "create_gallery", "ope
 
 CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after that many commits
 DEFAULT_STREAMS = 4
-BUILTIN_DETECTORS = ("hog", "motion")  # --detector names; anything else is an ONNX file
 # Fixed cameras: on the generated scenes the motion detector finds more people than HOG at a tenth
 # of its cost (tests/test_motion_detector.py, benchmarks/bench_video.py); it warns on a moving picture.
-DEFAULT_DETECTOR = "motion"
+DEFAULT_DETECTOR = "motion"  # reidkit.video.detectors.DEFAULT_DETECTOR
 
 
 def _stderr(msg: str) -> None:
@@ -121,16 +120,19 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
                  detections: Sequence[str | os.PathLike] | None = None, detector: str | os.PathLike | None = None,
                  conf: float = 0.25, start_times: Sequence[float] | None = None,
                  hog_min_height: int = 480, detector_size: tuple[int, int] | None = None,
-                 person_class: int = 0, detect_scale: float = 1.0) -> list[VideoJob]:
-    """Validate every input (videos readable with frames, detection files well-formed) before any work."""
+                 person_class: int = 0, detect_scale: float = 1.0,
+                 detector_options: dict[str, Any] | None = None) -> list[VideoJob]:
+    """Validate every input (videos readable with frames, detection files well-formed, the detector and its
+    options) before any work. `detector`: a registered detector (reidkit.video.detectors), a detector name of
+    the weights catalogue or an ONNX file; `detector_options` its options (``--detector-option``)."""
     if not videos:
         raise ReIDError("give at least one video")
     n = len(videos)
     for name, vals in (("--camera", cameras), ("--detections", detections), ("--start-time", start_times)):
         if vals and len(vals) != n:
             raise ReIDError(f"{name}: give one per video ({n} videos, {len(vals)} values)")
-    if detections and detector is not None:
-        raise ReIDError("give --detections or --detector, not both")
+    if detections and (detector is not None or detector_options):
+        raise ReIDError("give --detections or --detector (and its --detector-option), not both")
     infos = [probe(v) for v in videos]
     cams = list(cameras) if cameras else [info.path.stem for info in infos]
     seen: dict[str, Path] = {}
@@ -141,37 +143,30 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
             raise ReIDError(f"videos {seen[cam]} and {info.path} would both be camera {cam!r} (named after the file); "
                             f"name them with --camera")
         seen[cam] = info.path
+    from reidkit.video.detectors import build_detector, detector_spec, is_per_video, resolve_detector
+
     shared_spec: dict[str, Any] = {}
     shared_det = None
     if not detections:
-        if detector is None:
-            detector = DEFAULT_DETECTOR
-        builtin = str(detector) if str(detector) in BUILTIN_DETECTORS and not Path(detector).expanduser().is_file() \
-            else None
-        if builtin == "motion":
-            shared_spec, shared_name = {"kind": "motion", "options": {}}, "motion"
-        elif builtin is None:
-            shared_spec = {"kind": "onnx", "path": str(Path(detector).expanduser().absolute()), "conf": float(conf),
-                           "input_size": list(detector_size) if detector_size else None,
-                           "person_class": int(person_class)}
-            shared_name = f"onnx:{Path(detector).name}"
-        else:
-            shared_spec = {"kind": "hog", "min_height": int(hog_min_height), "scale": float(detect_scale)}
-            shared_name = "hog"
-        from reidkit.video.pipeline import build_detector
-
-        if shared_spec["kind"] != "motion":  # the motion detector is one per video (its background)
+        flags = {"onnx": {"conf": float(conf), "person_class": int(person_class),
+                          **({"input_size": tuple(detector_size)} if detector_size else {})},
+                 "hog": {"min_height": int(hog_min_height), "detect_scale": float(detect_scale)}}
+        text = str(detector if detector is not None else DEFAULT_DETECTOR)
+        kind = resolve_detector(text, detector_options)[0]["kind"]  # which part the flags are options of
+        shared_spec, shared_name = resolve_detector(text, {**flags.get(kind, {}), **dict(detector_options or {})})
+        if not is_per_video(shared_spec):  # the motion detector is one per video (its background)
             shared_det = build_detector(shared_spec)  # refused here, before any work, when it cannot be built
     jobs = []
     for i, info in enumerate(infos):
+        start = float(start_times[i]) if start_times else 0.0
         if detections:
-            spec = {"kind": "mot", "path": str(Path(detections[i]).expanduser().absolute())}
-            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), spec,
-                           f"mot:{Path(detections[i]).name}", float(start_times[i]) if start_times else 0.0)
-            job.detector  # noqa: B018 - parse the file now: a malformed row fails before any commit
+            spec = detector_spec("mot", {"path": str(Path(detections[i]).expanduser().absolute())})
+            # parsed now: a malformed row fails before any commit
+            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), spec, f"mot:{Path(detections[i]).name}",
+                           start, build_detector(spec))
         else:
-            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), shared_spec, shared_name,
-                           float(start_times[i]) if start_times else 0.0, shared_det)
+            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), shared_spec, shared_name, start,
+                           shared_det)
         jobs.append(job)
     return jobs
 
@@ -378,11 +373,14 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
            detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all", embed_budget: int = 0,
            streams: int = DEFAULT_STREAMS, engine: str = "torch", collection: str | None = None,
            files: str | os.PathLike | None = None, tracker: str | None = None,
-           tracker_options: dict[str, Any] | None = None) -> dict[str, Any]:
+           tracker_options: dict[str, Any] | None = None,
+           detector_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring.
 
     `tracker`: a registered tracker's name (reidkit.video.trackers; default: its DEFAULT_TRACKER) and `tracker_options`
     its options; `max_age`, `n_init`, `max_cosine_distance` set those options of the tracker (None: its default).
+    `detector`: a registered detector, a catalogue detector name or an ONNX file (reidkit.video.detectors) and
+    `detector_options` its options.
 
     `collection`: the Milvus collection of a ``milvus:`` gallery; `files`: its side-file folder (thumbnails),
     recorded in it (default for a server: ``<collection>.files`` in the first video's folder)."""
@@ -393,7 +391,7 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     if int(streams) < 1:
         raise OptionError("streams", f"must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
-                        detector_size, person_class, detect_scale)
+                        detector_size, person_class, detect_scale, detector_options)
     from reidkit.retrieval.store_milvus import files_beside
 
     default_files = files_beside(jobs[0].info.path, collection)
