@@ -313,6 +313,8 @@ def _run_scene(args: argparse.Namespace) -> int:
         print(f"{cam}: {v}  ground truth {g}")
     print(f"{rep.boxes} ground-truth boxes, {rep.ids} identities, {rep.frames} frames at {rep.fps:g} fps")
     print(f"TrackEval ground truth: {rep.root / 'GT'}" + (f"; camera links: {rep.links}" if rep.links else ""))
+    if rep.query is not None:
+        print(f"a query crop (for tracklets search --image): {rep.query}")
     return 0
 
 
@@ -330,7 +332,7 @@ def _clear_scene(out: Path, regenerate: bool) -> None:
     for item in out.iterdir():
         if item.is_dir() and (item.name.startswith("cam") or item.name == "GT"):
             shutil.rmtree(item)
-        elif item.name in ("links.yaml", "scene.json"):
+        elif item.name in ("links.yaml", "scene.json", "query.jpg"):
             item.unlink()
 
 

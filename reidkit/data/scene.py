@@ -36,6 +36,8 @@ entering or leaving are. Layout::
     OUT/GT/SCENE-all/<cam>/seqinfo.ini    pedestrian, visibility 1), benchmark SCENE, split all
     OUT/GT/seqmaps/SCENE-all.txt    the sequence list TrackEval reads
     OUT/links.yaml                  camera-link windows (chain topology only)
+    OUT/query.jpg                   a query crop: the largest whole view in cam1 of a person another camera
+                                    sees too (scene.json "query": pid, frame, box), for `tracklets search`
 
 Randomness is keyed by (seed, domain, identity) for the plan and (seed, domain, camera, frame)
 for the camera noise, so a seed always gives the same scene.
@@ -104,6 +106,7 @@ class SceneReport:
     visits: list[Visit] = field(default_factory=list)
     boxes: int = 0
     links: Path | None = None
+    query: Path | None = None  # OUT/query.jpg
 
 
 def _height_at(feet: float, H: int) -> float:
@@ -131,6 +134,7 @@ RETURN_GAP = (4.0, 8.0)  # seconds out of view before a person comes back to the
 STOP_PROB, RETURN_PROB = 0.25, 0.3
 TOPOLOGIES = ("free", "chain")
 TRACKEVAL_BENCHMARK, TRACKEVAL_SPLIT = "SCENE", "all"
+QUERY_FILE = "query.jpg"
 
 
 def _walk(r: np.random.Generator, W: int, H: int, speed: float) -> tuple:
@@ -298,6 +302,8 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
     else:
         visits = _plan(int(ids), int(cams), int(frames), W, H, seed, dom, speed)
     names = [f"cam{c + 1}" for c in range(cams)]
+    seen_in = {v.pid: {w.cam for w in visits if w.pid == v.pid} for v in visits}
+    query: dict[str, Any] = {}  # the largest whole view in camera 1 of someone other cameras see too
     videos, gts = [], []
     n_boxes = 0
     all_lines: dict[str, list[str]] = {}
@@ -327,6 +333,10 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
                     if cx1 <= cx0 or cy1 <= cy0 or (cx1 - cx0) * (cy1 - cy0) < MIN_VISIBLE * area:
                         continue
                     lines.append(f"{f + 1},{v.pid},{cx0:.1f},{cy0:.1f},{cx1 - cx0:.1f},{cy1 - cy0:.1f},1,-1,-1,-1\n")
+                    whole = (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1)
+                    if cam == 0 and whole and (len(seen_in[v.pid]) > 1 or cams == 1) and area > query.get("area", 0):
+                        query = {"area": area, "pid": v.pid, "frame": f + 1, "box": [x0, y0, x1, y1],
+                                 "crop": frame.crop((int(x0), int(y0), int(math.ceil(x1)), int(math.ceil(y1))))}
         finally:
             writer.release()
         os.replace(tmp, video)
@@ -348,16 +358,22 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
             fh.write("# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
                      "# entering the other); read by `reidkit identities --links`\n")
             yaml.safe_dump(chain_links(names, W, H, speed, float(fps), transit), fh, sort_keys=False)
+    if query:  # a query crop for `reidkit tracklets search --image OUT/query.jpg`
+        with atomic_write(root / QUERY_FILE, "wb") as fh:
+            query.pop("crop").save(fh, format="JPEG", quality=95)
+        query = {"file": QUERY_FILE, "camera": names[0], "pid": query["pid"], "frame": query["frame"],
+                 "box": [round(float(b), 1) for b in query["box"]]}
     write_json(root / "scene.json", {
         "cameras": names, "videos": [str(v.relative_to(root)) for v in videos],
         "gt": [str(g.relative_to(root)) for g in gts], "fps": fps, "frames": frames, "size": [H, W],
         "ids": ids, "seed": seed, "domain": domain, "speed": speed, "hard_negatives": hard_negatives,
         "topology": topology, "transit": list(transit) if topology == "chain" else None,
-        "links": "links.yaml" if links else None,
+        "links": "links.yaml" if links else None, "query": query or None,
         "trackeval": {"gt_folder": "GT", "benchmark": TRACKEVAL_BENCHMARK, "split": TRACKEVAL_SPLIT},
         "visits": [{"pid": v.pid, "camera": names[v.cam], "start": v.start + 1, "end": v.start + v.frames,
                     "view": v.view} for v in visits]})
-    return SceneReport(root, names, videos, gts, float(fps), int(frames), (H, W), int(ids), visits, n_boxes, links)
+    return SceneReport(root, names, videos, gts, float(fps), int(frames), (H, W), int(ids), visits, n_boxes, links,
+                       root / QUERY_FILE if query else None)
 
 
 def read_mot(path: str | os.PathLike) -> np.ndarray:
