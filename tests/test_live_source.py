@@ -73,6 +73,7 @@ def test_a_file_plays_at_its_own_rate_and_every_frame_arrives_when_the_consumer_
     assert len(frames) == 30 and src.stats.delivered == 30 and src.stats.skipped == 0
     assert src.ended and src.fps == pytest.approx(20.0)
     assert took >= 1.3, f"30 frames at 20 fps must take about 1.5 s, took {took:.2f}"
+    assert [f.index for f in frames] == list(range(30))  # a stream that loses nothing: the file's numbering
     walls = [f.wall for f in frames]
     assert all(b > a for a, b in zip(walls, walls[1:]))
     assert (walls[-1] - walls[0]) == pytest.approx(29 / 20, abs=0.35)
@@ -80,12 +81,14 @@ def test_a_file_plays_at_its_own_rate_and_every_frame_arrives_when_the_consumer_
 
 def test_a_slow_consumer_skips_the_oldest_frames_and_its_lag_stays_bounded(clip):
     src = LiveSource(clip, "cam1", buffer=2).start()
-    lags = []
+    lags, indices = [], []
     for f in src:
+        indices.append(f.index)
         time.sleep(0.12)  # 2.4 frame periods of work per frame: the camera is faster than this consumer
         lags.append(src.stats.lag)
     s = src.stats
     assert s.received == 30 and s.delivered + s.skipped == 30 and s.skipped >= 10
+    assert indices == sorted(set(indices)) and indices[-1] == 29  # skipped frames leave holes in the numbering
     # never an ever-growing lag: a frame waits at most the buffer's length of consumer work
     assert max(lags) < 2 * 0.12 + 0.15, lags
     assert lags[-1] < 0.4
@@ -105,6 +108,8 @@ def test_a_dropped_stream_reconnects_and_a_corrupt_frame_is_counted():
     got = _collect(src, 5, timeout=5)
     src.stop()
     assert [int(f.image[0, 0, 0]) for f in got] == [1, 2, 3, 4, 6]
+    idx = [f.index for f in got]
+    assert idx[:3] == [0, 1, 2] and idx[3] > 2 and idx[4] == idx[3] + 1  # after the outage: the wall clock's grid
     s = src.stats
     assert s.reconnects == 1 and s.failures >= 1 and s.corrupt == 1 and s.received == 5
     assert len(opened) >= 3

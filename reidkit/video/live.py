@@ -13,9 +13,11 @@ reported (``connected`` False, ``last_error``) while the other cameras go on; a 
 differs from the stream's first frame is dropped as corrupt and counted. Nothing here blocks the
 consumer for longer than its own ``timeout``.
 
-Time: :func:`frame_index` turns a frame's arrival time into its index on the camera's nominal frame
-grid (``round((t - t0) * fps)``, strictly increasing), so skipped frames and reconnect gaps leave
-holes in the indices and a tracklet's times (``start_time + index / fps``) are wall-clock times.
+Frame indices: within one connection a frame's index is the count of frames the stream delivered
+(skipped ones included), so a file or a stream that loses nothing numbers its frames as the file does;
+after a reconnect the index jumps to the frame grid of the wall clock (:func:`frame_index`:
+``round((t - t0) * fps)``, strictly increasing). Skipped frames and outages leave holes, and a
+tracklet's times (``start_time + index / fps``) stay wall-clock times.
 """
 from __future__ import annotations
 
@@ -69,10 +71,13 @@ class SourceStats:
 
 @dataclass(frozen=True)
 class LiveFrame:
-    """One frame of a live source: its arrival time (wall clock, seconds) and the BGR image."""
+    """One frame of a live source: its arrival time (wall clock, seconds), the BGR image, and its index on
+    the camera's frame grid (consecutive within a connection, skipped frames included; after a reconnect
+    it jumps by the time the stream was away: module docstring)."""
 
     wall: float
     image: np.ndarray
+    index: int = 0
 
 
 def _open_capture(url: str, open_timeout: float, read_timeout: float) -> Any:
@@ -117,6 +122,9 @@ class LiveSource:
         self._stop = threading.Event()
         self._ended = False  # a file played to its end (not looping)
         self._thread: threading.Thread | None = None
+        self._index = -1  # the last received frame's index
+        self._t0: float | None = None  # arrival time of the first frame
+        self._fresh = True  # the next frame is the first of a connection
 
     # ------------------------------------------------------------------ the reader thread
     def start(self) -> LiveSource:
@@ -159,6 +167,7 @@ class LiveSource:
                 self.stats.reconnects += 1
                 log.warning("camera %s: reconnected (%d reconnects)", self.camera, self.stats.reconnects)
             ever, wait = True, self.backoff[0]
+            self._fresh = True
             self.stats.connected, self.stats.last_error = True, ""
             try:
                 ended = self._drain(cap)
@@ -207,11 +216,18 @@ class LiveSource:
             self.size = (int(image.shape[0]), int(image.shape[1]))
         self.stats.received += 1
         self.stats.last_frame_wall = now
+        if self._t0 is None:
+            self._t0, self._index = now, 0
+        elif self._fresh:  # back after an outage: the frames the stream was away for are a hole
+            self._index = frame_index(now, self._t0, self.fps or 1.0, self._index)
+        else:
+            self._index += 1
+        self._fresh = False
         with self._cond:
             if len(self._frames) >= self.buffer:
                 self._frames.popleft()
                 self.stats.skipped += 1
-            self._frames.append(LiveFrame(now, image))
+            self._frames.append(LiveFrame(now, image, self._index))
             self._cond.notify_all()
 
     # ------------------------------------------------------------------ the consumer's side
