@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--linkage", choices=["average", "complete"], default=None, help="default average")
     p.add_argument("--no-rerank", action="store_true", help="plain cosine distance instead of k-reciprocal re-ranking")
     p.add_argument("--rebuild", action="store_true", help="forget the stored identities and number everything anew")
+    p.add_argument("--stitch-gap", type=_seconds, default=None, metavar="SECONDS",
+                   help="join one camera's fragments of one person first: the longest gap from one tracklet's end "
+                        "to the next one's start, with motion and appearance limits (reidkit.video.stitch); "
+                        "0: no stitching (default: the stored run's, else none)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_assign)
     isub = p.add_subparsers(dest="identities_command", metavar="<action>")
@@ -55,6 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_run_eval)
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (argparse type)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return v
+
+
 def _run_assign(args: argparse.Namespace) -> int:
     from reidkit.retrieval.index import Gallery
     from reidkit.video.identities import assign_identities
@@ -62,13 +77,16 @@ def _run_assign(args: argparse.Namespace) -> int:
     if not args.db:
         raise ReIDError("identities: --db is required")
     g = Gallery.open(args.db)
+    stitch = None if args.stitch_gap is None else ({"max_gap": args.stitch_gap} if args.stitch_gap > 0 else False)
     rep = assign_identities(g, threshold=args.threshold, links=args.links, max_gap=args.max_gap,
-                            linkage=args.linkage, rerank=False if args.no_rerank else None, rebuild=args.rebuild)
+                            linkage=args.linkage, rerank=False if args.no_rerank else None, rebuild=args.rebuild,
+                            stitch=stitch)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
         print(f"{rep['tracklets']} tracklets -> {rep['identities']} identities ({rep['new_tracklets']} new "
-              f"tracklets, {rep['new_identities']} new identities, {rep['multi_camera']} seen by several cameras)")
+              f"tracklets, {rep['new_identities']} new identities, {rep['multi_camera']} seen by several cameras; "
+              f"{rep['stitched']} fragment joins)")
         for cam, n in rep["per_camera"].items():
             print(f"  {cam}: {n} tracklets")
     return 0

@@ -111,7 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Tracklets are what `reidkit video` stores: one entry per tracked person per "
                                    "camera (best-K crops, frame span, boxes, thumbnails). `search` ranks the "
                                    "tracklets of other cameras for a query crop, box or tracklet; `show` lists one "
-                                   "tracklet's appearances in time order.")
+                                   "tracklet's appearances in time order; `export` writes them as MOTChallenge "
+                                   "files (per-camera tracklet ids) for `reidkit eval-tracks`.")
     tsub = t.add_subparsers(dest="tracklets_command", metavar="<action>")
     s = tsub.add_parser("search", help="tracklets of other cameras matching a query image, box or tracklet")
     s.add_argument("--db", required=True, help="gallery: a folder, or milvus:<uri>")
@@ -134,6 +135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     sh.add_argument("--json", action="store_true", help="print JSON")
     sh.set_defaults(func=_run_show)
+    ex = tsub.add_parser("export", help="MOTChallenge files per camera with per-camera tracklet ids (for eval-tracks)",
+                         description="Write OUT/<camera>.txt per camera (frame,id,x,y,w,h,conf,-1,-1,-1) from the "
+                                     "stored tracklets' boxes, each tracklet's gallery id as its track id: what the "
+                                     "tracker made, before identities, scored by `reidkit eval-tracks`.")
+    ex.add_argument("--db", required=True, help="gallery: a folder, or milvus:<uri>")
+    ex.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
+    ex.add_argument("--out", required=True, help="output folder: <camera>.txt per camera")
+    ex.add_argument("--camera", action="append", default=None,
+                    help="also write an (empty) file for this camera when it has no tracklets; repeatable")
+    ex.set_defaults(func=_run_tracklets_export)
     t.set_defaults(func=lambda args: (t.print_help(), 0)[1])
 
     sc = sub.add_parser("scene", help="write a synthetic multi-camera scene (videos + MOTChallenge ground truth)",
@@ -298,6 +309,16 @@ def _run_show(args: argparse.Namespace) -> int:
         for a in res["appearances"]:
             t = "" if a["t"] is None else f"  t={a['t']:.2f}s"
             print(f"  frame {a['frame']}{t}  box {','.join(f'{v:.0f}' for v in a['box'])}")
+    return 0
+
+
+def _run_tracklets_export(args: argparse.Namespace) -> int:
+    from reidkit.retrieval.index import Gallery
+    from reidkit.video.identities import export_tracklets
+
+    files = export_tracklets(Gallery.open(args.db, collection=args.collection), args.out, cameras=args.camera)
+    for cam, path in files.items():
+        print(f"{_shown(cam)}: {path}")
     return 0
 
 

@@ -16,7 +16,8 @@ links), else the defaults; ``rebuild=True`` clusters everything anew from id 1.
 
 ``export_mot(gallery, out)`` writes ``OUT/<camera>.txt`` per camera in MOTChallenge form,
 ``frame,identity,x,y,w,h,conf,-1,-1,-1``, from each tracklet's stored boxes (1-based frames of its
-video), ready for ``reidkit eval-tracks``.
+video), ready for ``reidkit eval-tracks``; ``export_tracklets(gallery, out)`` writes the same files with
+per-camera tracklet ids (each tracklet's gallery id) instead, so any tracker's tracklets are scored alike.
 """
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
+from reidkit.video.stitch import Fragment, StitchParams, group_features, stitch
 
 STATE_KEY = "identities"
 STATE_VERSION = 1
 _CAMERA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 
-__all__ = ["assign_identities", "stored_identities", "identity_groups", "export_mot", "STATE_KEY"]
+__all__ = ["assign_identities", "stored_identities", "identity_groups", "export_mot", "export_tracklets", "STATE_KEY"]
 
 
 def stored_identities(gallery: Any) -> dict[str, Any]:
@@ -58,8 +60,12 @@ def _tracklets(gallery: Any) -> list[dict[str, Any]]:
 
 
 def assign_identities(gallery: Any, threshold: float | None = None, links: Any = None, max_gap: float | None = None,
-                      linkage: str | None = None, rerank: bool | None = None, rebuild: bool = False) -> dict[str, Any]:
-    """Cluster the gallery's tracklets into global identities and store them (module docstring); returns a report."""
+                      linkage: str | None = None, rerank: bool | None = None, rebuild: bool = False,
+                      stitch: StitchParams | dict[str, Any] | bool | None = None) -> dict[str, Any]:
+    """Cluster the gallery's tracklets into global identities and store them (module docstring); returns a report.
+
+    `stitch`: join one camera's fragments of one person first (reidkit.video.stitch): StitchParams or
+    their fields as a dict (True: the defaults), False: off, None: the stored run's (else off)."""
     from reidkit.cluster.identities import DEFAULT_THRESHOLD, Links, cluster_identities, load_links, violations
     from reidkit.cluster.identities import impossible_pairs
 
@@ -85,6 +91,11 @@ def assign_identities(gallery: Any, threshold: float | None = None, links: Any =
     cams = [str(r["camera"]) for r in rows]
     t0 = [float(r["t_start"]) for r in rows]
     t1 = [float(r["t_end"]) for r in rows]
+    sp = _stitch_params(stitch, prev)
+    params["stitch"] = None if sp is None else dict(vars(sp))
+    groups = _stitch_rows(rows, feats, sp)
+    if sp is not None:  # a stitched fragment is compared across cameras by its whole chain's feature
+        feats = group_features(feats, groups, [len((r.get("meta") or {}).get("boxes") or [0]) for r in rows])
     ids = cluster_identities(feats, cams, t0, t1, threshold=params["threshold"], links=lk,
                              linkage=params["linkage"], fixed=fixed, next_id=int(old.get("next_id", 1)),
                              rerank=params["rerank"])
@@ -103,7 +114,45 @@ def assign_identities(gallery: Any, threshold: float | None = None, links: Any =
     return {"db": str(gallery.db), "tracklets": len(rows), "identities": len(cams_of),
             "new_tracklets": int((fixed < 0).sum()), "new_identities": len(set(cams_of) - old_ids),
             "multi_camera": sum(1 for s in cams_of.values() if len(s) > 1), "per_camera": dict(sorted(per_cam.items())),
-            "params": params}
+            "stitched": int(len(rows) - len(set(groups.tolist()))), "params": params}
+
+
+def _stitch_params(given: Any, prev: dict[str, Any]) -> StitchParams | None:
+    """This run's stitching limits: `given` (False: off; True: the defaults), else the stored run's (off when
+    none: on scene A it cost multi-camera IDF1, benchmarks/bench_identities.py)."""
+    if given is None:
+        given = prev.get("stitch")
+        if given is None:
+            return None
+    if given is False:
+        return None
+    if given is True:
+        return StitchParams().check()
+    if isinstance(given, StitchParams):
+        return given.check()
+    if not isinstance(given, dict):
+        raise ReIDError(f"identities: stitch must be StitchParams, a dict of its fields or False, got {given!r}")
+    known = list(vars(StitchParams()))
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise OptionError(f"stitch.{unknown[0]}", f"unknown; known: {', '.join(known)}")
+    return StitchParams(**given).check()
+
+
+def _stitch_rows(rows: list[dict[str, Any]], feats: np.ndarray, sp: StitchParams | None) -> np.ndarray:
+    """Stitch group labels of the tracklet rows (each its own group when `sp` is None)."""
+    if sp is None:
+        return np.arange(len(rows), dtype=np.int64)
+    frags = []
+    for r, f in zip(rows, feats):
+        fps = float((r.get("meta") or {}).get("fps") or 0.0)
+        boxes = (r.get("meta") or {}).get("boxes") or []
+        if fps > 0 and boxes:  # frames of the tracklet's video -> seconds of the gallery's clock
+            b = [[float(r["t_start"]) + (int(x[0]) - int(boxes[0][0])) / fps, *x[1:5]] for x in boxes]
+        else:  # no boxes: the span alone (a fragment that can join by appearance only where its span allows)
+            b = [[float(r["t_start"]), 0, 0, 1, 1], [float(r["t_end"]), 0, 0, 1, 1]]
+        frags.append(Fragment.of(r["camera"], b, f))
+    return stitch(frags, sp)
 
 
 def identity_groups(gallery: Any) -> list[dict[str, Any]]:
@@ -125,26 +174,39 @@ def identity_groups(gallery: Any) -> list[dict[str, Any]]:
 
 def export_mot(gallery: Any, out: str | os.PathLike, cameras: Sequence[str] | None = None) -> dict[str, Path]:
     """OUT/<camera>.txt (MOTChallenge, global identity ids) per camera; `cameras` adds (empty) files for those."""
-    from reidkit.utils.io import atomic_write, ensure_dir
-
     rows = _tracklets(gallery)
     assigned = stored_identities(gallery)["tracklets"]
     missing = [str(r["tracklet"]) for r in rows if str(r["tracklet"]) not in assigned]
     if missing:
         raise ReIDError(f"gallery {gallery.db}: {len(missing)} tracklet(s) have no identity yet (e.g. {missing[0]}); "
                         f"run `reidkit identities --db {gallery.db}` first")
+    return _write_mot([(r, int(assigned[str(r["tracklet"])])) for r in rows], out, cameras)
+
+
+def export_tracklets(gallery: Any, out: str | os.PathLike, cameras: Sequence[str] | None = None) -> dict[str, Path]:
+    """OUT/<camera>.txt (MOTChallenge) per camera with per-camera tracklet ids: what a tracker made, before
+    identities (`reidkit tracklets export`). A tracklet's id is its gallery entry id (`reidkit tracklets show ID`),
+    unique within each camera's file."""
+    return _write_mot([(r, int(r["id"])) for r in _tracklets(gallery)], out, cameras)
+
+
+def _write_mot(rows: list[tuple[dict[str, Any], int]], out: str | os.PathLike,
+               cameras: Sequence[str] | None) -> dict[str, Path]:
+    """One MOTChallenge file per camera, ``frame,id,x,y,w,h,conf,-1,-1,-1`` from each (tracklet, id)'s stored boxes."""
+    from reidkit.utils.io import atomic_write, ensure_dir
+
     lines: dict[str, list[tuple]] = {str(c): [] for c in (cameras or [])}
-    for r in rows:
-        ident = int(assigned[str(r["tracklet"])])
+    for r, ident in rows:
         for b in (r.get("meta") or {}).get("boxes", []):
             frame, x0, y0, x1, y1 = int(b[0]), float(b[1]), float(b[2]), float(b[3]), float(b[4])
             conf = float(b[5]) if len(b) > 5 else 1.0
             lines.setdefault(str(r["camera"]), []).append((frame, ident, x0, y0, x1 - x0, y1 - y0, conf))
+    for cam in lines:
+        if not _CAMERA_FILE.match(cam) or ".." in cam:
+            raise ReIDError(f"camera name {cam!r} cannot be a file name; name cameras with letters, digits, _ . -")
     root = ensure_dir(Path(out).expanduser(), "--out")
     files = {}
     for cam, rs in sorted(lines.items()):
-        if not _CAMERA_FILE.match(cam) or ".." in cam:
-            raise ReIDError(f"camera name {cam!r} cannot be a file name; name cameras with letters, digits, _ . -")
         rs.sort()
         path = root / f"{cam}.txt"
         with atomic_write(path, "w") as fh:
