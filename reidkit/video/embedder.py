@@ -19,6 +19,7 @@ Drop-in for trackers that take external embeddings:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -116,3 +117,31 @@ class Embedder:
     def get_features(self, xyxys: Any, img: np.ndarray) -> np.ndarray:
         """BoxMOT's ReID-backend call order: (boxes, BGR image) -> N x D."""
         return self.embed(img, xyxys)
+
+
+def float_twin(embedder: Any) -> Any:
+    """The embedder for what a gallery stores and compares across cameras (a tracklet's best-K crops): an int8
+    embedder's float model (its cached float ONNX export, beside the int8 one), else the embedder itself.
+
+    Quantisation costs identity quality (issue 30: scene A's multi-camera IDF1 69.2 int8 vs 79.7 float) while
+    the few best-K crops per tracklet cost little to embed in float; association keeps the int8 model."""
+    ext = getattr(embedder, "extractor", None)
+    if ext is None or getattr(ext, "engine", None) != "int8":
+        return embedder
+    twin = getattr(embedder, "_float_twin", None)
+    if twin is None:
+        from reidkit.inference import FeatureExtractor
+        from reidkit.models.exported import OnnxFeatureModel
+
+        path = Path(getattr(ext.model, "path", "") or "")
+        if not path.name.endswith("-int8.onnx"):
+            return embedder
+        fpath = path.with_name(path.name[: -len("-int8.onnx")] + ".onnx")
+        if not fpath.is_file():
+            return embedder
+        runner = OnnxFeatureModel(fpath, threads=getattr(ext.model, "threads", None))
+        twin = Embedder(extractor=FeatureExtractor(runner, ext.identity, ext.device, embedder.batch_size,
+                                                   embedder.flip, engine="onnx"),
+                        flip=embedder.flip, batch_size=embedder.batch_size, bgr=embedder.bgr)
+        embedder._float_twin = twin
+    return twin

@@ -30,7 +30,7 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
   among a tracklet's best K are embedded late, in one batch when the chunk is cut (before its
   state is stored) or the video ends, so a crop that left the best K before then, or whose track
   never became a tracklet, costs nothing; the tracklet feature is always the mean of real crop
-  features.
+  features, of the float model where association runs int8 (reidkit.video.embedder.float_twin).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ import numpy as np
 from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
-from reidkit.video.embedder import clip_boxes, crop_boxes
+from reidkit.video.embedder import clip_boxes, crop_boxes, float_twin
 from reidkit.video.trackers import DEFAULT_TRACKER, build_tracker, tracker_options
 from reidkit.video.tracklets import OpenTracklet, crop_quality
 
@@ -425,8 +425,8 @@ def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: thre
 class _Video:
     """The per-frame work of one video: crops, features, tracker, tracklets, chunks."""
 
-    def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None) -> None:
-        self.job, self.s, self.emb, self.stats = job, settings, embedder, stats
+    def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None, store: Any) -> None:
+        self.job, self.s, self.emb, self.stats, self.store = job, settings, embedder, stats, store or embedder
         self.tracker = build_tracker(settings.tracker, settings.tracker_values())
         self.open: dict[str, OpenTracklet] = {}
         self.pending: list[OpenTracklet] = []
@@ -476,8 +476,7 @@ class _Video:
         todo = [c for t in [*self.pending, *self.open.values()] for c in t.missing()]
         if not todo:
             return
-        feats = self.emb.embed_crops([c["crop"] for c in todo])
-        for c, f in zip(todo, feats):
+        for c, f in zip(todo, self.store.embed_crops([c["crop"] for c in todo])):
             c["feat"] = np.asarray(f, np.float32)
             del c["crop"]
         if self.stats is not None:
@@ -518,7 +517,7 @@ class _Video:
         for m in matched:
             di = m.det
             tr = self.open.setdefault(m.track_id, OpenTracklet(m.track_id))
-            tr.observe(idx, boxes[di], float(scores[di]), feats[di], crops[di], W, H,
+            tr.observe(idx, boxes[di], float(scores[di]), feats[di] if self.store is self.emb else None, crops[di], W, H,
                        self.s.k, m.confirmed, q=q[di], fill_step=step, fill_gap=self.stride)
         for tid in ended:
             self._finish(tid)
@@ -538,9 +537,9 @@ def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict
     """
     if resume is not None and resume.get("done"):
         return
-    if not isinstance(embedder, (_Client, _Direct)):
-        embedder = _Direct(embedder, stats)
-    v = _Video(job, settings, embedder, stats)
+    raw = embedder.shared.embedder if isinstance(embedder, _Client) else getattr(embedder, "embedder", embedder)
+    embedder = embedder if isinstance(embedder, (_Client, _Direct)) else _Direct(embedder, stats)
+    v = _Video(job, settings, embedder, stats, None if float_twin(raw) is raw else _Direct(float_twin(raw), stats))
     resumed = resume is not None
     if resumed:
         v.load(resume)
