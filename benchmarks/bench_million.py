@@ -34,7 +34,7 @@ import numpy as np
 
 from benchmarks.bench_index import clustered, recall_at
 from benchmarks.common import RESULTS_DIR, vm_hwm_mb
-from reidkit.retrieval import store_sqlite as store
+from reidkit.retrieval.backends.sqlite import schema as store
 from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_NPROBE, DEFAULT_REFINE_K, default_nlist,
                                   make_faiss_index, refine_exact, set_search_params)
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.retrieval.gallery import Gallery
-from reidkit.retrieval.store import normalize_entries, store_class
+from reidkit.retrieval.backends import resolve
+from reidkit.retrieval.store import normalize_entries
 
 
 def _data(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
@@ -43,7 +44,7 @@ def _data(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np
 
 def _build(db: str, ident: ModelIdentity, x: np.ndarray, rows: list[dict], index: str) -> float:
     t0 = time.perf_counter()
-    builder = store_class(db).builder(db, settings={"index_kind": index})
+    builder = resolve(db).builder(settings={"index_kind": index})
     builder.start(ident, {"index_kind": index, "nprobe": "32", "ef_search": "128", "hnsw_m": "32", "refine_k": "8"})
     for s in range(0, len(x), 1024):
         builder.append(rows[s : s + 1024], x[s : s + 1024])

@@ -41,6 +41,7 @@ _LAZY = {
     "USLMethod": "reidkit.engine.usl.methods",
     "register_tracker": "reidkit.video.trackers",
     "register_detector": "reidkit.video.detectors",
+    "register_backend": "reidkit.retrieval.backends",
 }
 
 __all__ = ["ReIDError", "__version__", *_LAZY]

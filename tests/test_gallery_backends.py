@@ -235,9 +235,9 @@ def test_killed_writer_rerun_loses_and_duplicates_nothing(data, backend, tmp_pat
     g = Gallery.create(db, data["ext"])
     del g
     if backend == "milvus":  # Milvus Lite: one process per file; let the writer subprocess have it
-        from reidkit.retrieval import store_milvus
+        from reidkit.retrieval.backends.milvus import client as milvus_client
 
-        store_milvus.close_client(db)
+        milvus_client.close_client(db)
     script = tmp_path / "writer.py"
     script.write_text(_WRITER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "REIDKIT_TEST_CRASH_AT": "before_commit"}
@@ -312,10 +312,10 @@ def test_must_show_cli_on_milvus_equals_embedded(data, tmp_path, capsys, monkeyp
 
 def test_missing_milvus_extra_is_one_error(monkeypatch, tmp_path, capsys):
     from reidkit.cli import main
-    from reidkit.retrieval import store_milvus
+    from reidkit.retrieval.backends.milvus import client as milvus_client
 
     monkeypatch.setitem(sys.modules, "pymilvus", None)
-    monkeypatch.setattr(store_milvus, "_clients", {})
+    monkeypatch.setattr(milvus_client, "_clients", {})
     with pytest.raises(ReIDError, match=r'pip install -e "\.\[milvus\]"'):
         Gallery.open(f"milvus:{tmp_path / 'x.db'}")
     assert main(["index", "check", "--db", f"milvus:{tmp_path / 'x.db'}"]) == 2
@@ -324,7 +324,7 @@ def test_missing_milvus_extra_is_one_error(monkeypatch, tmp_path, capsys):
 
 
 def test_collection_names_and_content_ids(tmp_path):
-    from reidkit.retrieval.store_milvus import entry_id
+    from reidkit.retrieval.backends.milvus.client import entry_id
 
     a = entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/a.mp4"})
     assert a == entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/elsewhere.mp4"}) < 2 ** 53

@@ -222,7 +222,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
 def test_killed_index_build_leaves_its_build_folder_that_check_names_and_the_next_build_removes(tiny, tmp_path,
                                                                                               overwrite):
-    from reidkit.retrieval.store import CRASH_ENV
+    from reidkit.retrieval.backends.protocol import CRASH_ENV
 
     db, tmpdir = tmp_path / "g" / "db", tmp_path / "tmpdir"
     tmpdir.mkdir()
@@ -253,7 +253,7 @@ def test_killed_index_build_leaves_its_build_folder_that_check_names_and_the_nex
 
 def test_index_check_names_the_lock_files_kept_beside_the_gallery(tiny, tmp_path, capsys):
     from reidkit.retrieval.index import Gallery, check_gallery
-    from reidkit.retrieval.store_sqlite import lock_path
+    from reidkit.retrieval.backends.sqlite.generations import lock_path
     from reidkit.video.pipeline import VideoLock
 
     db = tmp_path / "g" / "db"
@@ -293,7 +293,7 @@ def test_video_on_a_disk_that_fills_after_a_commit_says_what_the_gallery_holds(t
                                                                             monkeypatch, where):
     """The disk fills once the run has moved the gallery's generation (a chunk committed): the error must not
     say the gallery is unchanged; it says where the gallery stands, and the same command resumes from there."""
-    from reidkit.retrieval import store_sqlite
+    from reidkit.retrieval.backends.sqlite import store as store_sqlite  # where _commit looks it up
     from reidkit.retrieval.index import Gallery
     from reidkit.utils import io
 

@@ -91,7 +91,7 @@ class _FakeClient:
 
 
 def test_server_versions_checked_at_connect():
-    from reidkit.retrieval.store_milvus import MIN_SERVER, _check_server, parse_version
+    from reidkit.retrieval.backends.milvus.client import MIN_SERVER, _check_server, parse_version
 
     assert MIN_SERVER == (2, 5, 0)
     assert parse_version("v2.3.5-lite") == (2, 3, 5) and parse_version("2.6") == (2, 6, 0)
@@ -151,7 +151,7 @@ def test_milvus_values_it_cannot_store_and_failed_calls_are_one_error(data, tmp_
     """A value Milvus cannot take is refused naming its field; a call Milvus fails is one error line, without
     pymilvus's own log of it (its traceback, ~20 lines on stderr)."""
     from reidkit.retrieval.gallery import Gallery
-    from reidkit.retrieval.store_milvus import close_client
+    from reidkit.retrieval.backends.milvus.client import close_client
 
     g = Gallery.create(f"milvus:{tmp_path / 'g.db'}", data["ext"])
     one = np.ones((1, g.identity.feat_dim), np.float32)
@@ -203,9 +203,9 @@ def lite_server(tmp_path):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=20)
-        from reidkit.retrieval import store_milvus
+        from reidkit.retrieval.backends.milvus import client as milvus_client
 
-        store_milvus._clients.clear()
+        milvus_client._clients.clear()
 
 
 def _folders(root: Path, *names: str) -> list[Path]:
@@ -294,7 +294,7 @@ def test_files_option_refused_where_it_does_not_apply(data, tmp_path):
 
 def test_milvus_lite_gallery_keeps_files_beside_its_file_unless_told(data, tmp_path):
     from reidkit.retrieval.gallery import Gallery
-    from reidkit.retrieval.store_milvus import close_client
+    from reidkit.retrieval.backends.milvus.client import close_client
 
     db = f"milvus:{tmp_path / 'g.db'}"
     g = Gallery.create(db, data["ext"], collection="x")
@@ -418,7 +418,7 @@ if __name__ == "__main__":
 
 _PINGS = """
 import json, sys, time
-import reidkit.retrieval.store_milvus  # what every milvus: command imports before pymilvus
+import reidkit.retrieval.backends.milvus.client  # what every milvus: command imports before pymilvus
 from pymilvus.client import grpc_handler
 
 create = grpc_handler.GrpcHandler._create_grpc_channel
@@ -434,7 +434,7 @@ def eager(self, address=None):
 
 
 grpc_handler.GrpcHandler._create_grpc_channel = eager
-from reidkit.retrieval.store_milvus import _client
+from reidkit.retrieval.backends.milvus.client import _client
 
 client = _client(sys.argv[1])
 client.create_collection("t", dimension=4)

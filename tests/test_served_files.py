@@ -324,7 +324,7 @@ def test_open_indexed_refuses_a_link_or_fifo_swapped_in_after_the_lstat(tmp_path
     """The checks that hold when the swap comes between the lstat and the open: O_NOFOLLOW, O_NONBLOCK and
     fstat of the opened descriptor."""
     from reidkit.errors import NotFound
-    from reidkit.retrieval import service
+    from reidkit.retrieval import served_files as service
     from reidkit.retrieval.store import file_stat
 
     good = tmp_path / "good.jpg"

@@ -339,7 +339,7 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
                                timeout=120)
             assert p.returncode == 0, p.stderr
             done = time.monotonic()
-            from reidkit.retrieval import store_sqlite as store
+            from reidkit.retrieval.backends.sqlite import schema as store
 
             uid, gen = store.read_key(db)
             content[(uid, gen)] = expect

@@ -25,7 +25,8 @@ import pytest
 
 from reidkit.cli import main
 from reidkit.errors import ReIDError
-from reidkit.retrieval import store_sqlite as store
+from reidkit.retrieval.backends.protocol import CRASH_ENV
+from reidkit.retrieval.backends.sqlite import generations as store
 from reidkit.retrieval.index import Gallery, check_gallery, repair_gallery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,9 +80,9 @@ def _cli(args: list[str], crash_at: str | None = None, extra_env: dict | None = 
     """`reidkit ARGS` in its own process; `exit_after` seconds more before it exits (at interpreter exit), as a
     fresh interpreter's teardown takes (tests/procs.py forks the process: its exit is immediate)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    e.pop(store.CRASH_ENV, None)
+    e.pop(CRASH_ENV, None)
     if crash_at:
-        e[store.CRASH_ENV] = crash_at
+        e[CRASH_ENV] = crash_at
     e.update(extra_env or {})
     cmd = [sys.executable, "-m", "reidkit.cli", *args]
     if exit_after:
@@ -486,7 +487,7 @@ _LIMITED = ("import resource, signal, sys; from reidkit.cli import main; "
 def _cli_fsize(args: list[str], limit: int) -> subprocess.CompletedProcess:
     """The CLI with every file write past `limit` bytes failing (EFBIG): a full disk, as the process sees it."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
-    e.pop(store.CRASH_ENV, None)
+    e.pop(CRASH_ENV, None)
     return procs.run([sys.executable, "-c", _LIMITED.format(limit=limit), *args], env=e, capture_output=True,
                           text=True, timeout=300)
 
@@ -575,7 +576,7 @@ def test_read_only_gallery_opens_for_search_and_check(env):
     if prefix is None:
         pytest.skip("cannot make read-only storage here: root without `unshare -m` (mount namespaces)")
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "RO_DB": str(db)}
-    e.pop(store.CRASH_ENV, None)
+    e.pop(CRASH_ENV, None)
     code = prefix + "from reidkit.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
     def run(*args: str) -> subprocess.CompletedProcess:

@@ -135,17 +135,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_db_arguments(p: argparse.ArgumentParser, new: bool = False) -> None:
-    """--db (a gallery folder, or milvus:<uri>) and --collection, the same on every gallery verb."""
+    """--db (a gallery folder, or SCHEME:<location> of a registered backend) and --collection, on every gallery verb."""
     p.add_argument("--db", required=True,
                    help=("gallery to create: a folder (embedded SQLite + faiss, the default) or milvus:<uri> "
-                         "(milvus:./g.db runs Milvus Lite in-process; milvus:http://host:19530 a Milvus server)")
-                   if new else "gallery: a folder, or milvus:<uri> (a Milvus Lite file or a Milvus server)")
+                         "(milvus:./g.db runs Milvus Lite in-process; milvus:http://host:19530 a Milvus server), or the "
+                         "scheme of a --plugin backend (reidkit.register_backend)")
+                   if new else "gallery: a folder, or milvus:<uri> (a Milvus Lite file or a Milvus server), or a --plugin "
+                            "backend's SCHEME:<location>")
     p.add_argument("--collection", default=None,
                    help="Milvus collection of a milvus: gallery (default: reidkit)")
 
 
 def add_files_argument(p: argparse.ArgumentParser, beside: str) -> None:
-    """--files DIR: the local folder of a milvus: gallery's side files (video thumbnails), recorded in it."""
+    """--files DIR: the local folder of side files (video thumbnails) of a backend that keeps them outside the
+    gallery (Capabilities.files), recorded in it."""
     p.add_argument("--files", default=None, metavar="DIR",
                    help="milvus: galleries only: the local folder for the gallery's side files (video thumbnails), "
                         "recorded in the gallery so that any later command finds it (default for a Milvus server: "
@@ -153,18 +156,15 @@ def add_files_argument(p: argparse.ArgumentParser, beside: str) -> None:
                         "keeps its files inside its folder")
 
 
-def check_files_option(db: str, files: str | None) -> None:
-    """Refuse --files for a folder gallery, or a --files that cannot be a folder, before any work."""
+def check_files_option(db: str, files: str | None, collection: str | None = None) -> None:
+    """Refuse --files for a backend that keeps its files inside the gallery, or a --files that cannot be a folder,
+    before any work."""
     if files is None:
         return
-    from reidkit.errors import OptionError
-    from reidkit.retrieval.store import is_milvus
+    from reidkit.retrieval.backends import resolve
+    from reidkit.retrieval.backends.protocol import files_folder
 
-    if not is_milvus(db):
-        raise OptionError("files", "applies to milvus: galleries only; a folder gallery keeps its files inside "
-                                   "its folder")
-    from reidkit.retrieval.store_milvus import files_folder
-
+    resolve(db, collection).refuse_files()
     files_folder(files)
 
 
@@ -224,12 +224,11 @@ def _build(args: argparse.Namespace) -> int:
                       pq_m=args.pq_m, strict=args.strict, collection=args.collection, engine=args.engine, **extra)
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
-    from reidkit.retrieval.store import is_milvus
+    from reidkit.retrieval.backends import resolve
 
-    if is_milvus(args.db):
-        from reidkit.retrieval.store_milvus import files_beside
-
-        files = g.store.use_files(args.files, default=files_beside(args.images, args.collection))
+    default = resolve(args.db, args.collection).default_files(args.images)
+    if default is not None:  # side files outside the gallery: record the folder now
+        files = g.store.use_files(args.files, default=default)
         print(f"files (video thumbnails): {files}")
     return 0
 
@@ -252,10 +251,11 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
+    index = f", index {rep['index']} (cache {rep.get('cache', 'none')})" if "index" in rep else ""
+    model = f", model {rep['model']} ({rep['feat_dim']}-d)" if "model" in rep else ""
     print(f"{rep['db']}: consistent, generation {rep['generation']}: {rep['entries']} entries "
-          f"({rep['images']} images, {rep['tracklets']} tracklets), index {rep['index']} "
-          f"(cache {rep['cache']}), model {rep['model']} ({rep['feat_dim']}-d)")
-    if rep["leftover_files"]:
+          f"({rep.get('images', 0)} images, {rep.get('tracklets', 0)} tracklets){index}{model}")
+    if rep.get("leftover_files"):
         print(f"  leftover files (removed by the next write): {', '.join(rep['leftover_files'])}")
     if rep.get("lock_files"):  # reidkit.retrieval.maintenance.lock_files says why they are beside the folder
         print(f"  lock files beside the folder (no data; they stay outside it so a rebuild's folder exchange "

@@ -236,15 +236,14 @@ def _key_values(items: list[str], flag: str, example: str) -> dict:
 
 
 def _record_files_for_cluster(args: argparse.Namespace) -> None:
-    """A Milvus gallery records its files folder before Dask workers, which open it by --db, write thumbnails."""
+    """A gallery whose side files live outside it records their folder before Dask workers, which open it by --db,
+    write thumbnails."""
+    from reidkit.retrieval.backends import resolve
     from reidkit.retrieval.index import Gallery
-    from reidkit.retrieval.store import is_milvus
 
-    if not is_milvus(args.db):
+    default = resolve(args.db).default_files(args.videos[0])
+    if default is None:  # the backend keeps its files inside the gallery
         return
-    from reidkit.retrieval.store_milvus import files_beside
-
-    default = files_beside(args.videos[0])
     if Gallery.exists(args.db):
         Gallery.open(args.db).store.use_files(args.files, default=default)
         return

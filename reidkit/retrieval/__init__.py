@@ -1,5 +1,5 @@
 """Gallery retrieval: `Gallery` (search, filters, re-ranking, tracklets) over a storage backend (the embedded
-SQLite + faiss default, or Milvus), and an HTTP service with a web page.
+SQLite + faiss default, Milvus, or a plug-in's: reidkit.retrieval.backends), and an HTTP service with a web page.
 
 Names are imported lazily so `import reidkit.retrieval` does not pull in faiss, pymilvus or torch.
 """
@@ -15,9 +15,12 @@ _LAZY = {
     "list_images": "reidkit.retrieval.folder",
     "check_gallery": "reidkit.retrieval.maintenance",
     "repair_gallery": "reidkit.retrieval.maintenance",
-    "open_store": "reidkit.retrieval.store",
-    "GalleryStore": "reidkit.retrieval.store",
-    "SearchFilter": "reidkit.retrieval.store",
+    "open_store": "reidkit.retrieval.backends",
+    "register_backend": "reidkit.retrieval.backends",
+    "resolve": "reidkit.retrieval.backends",
+    "Capabilities": "reidkit.retrieval.backends",
+    "GalleryStore": "reidkit.retrieval.backends",
+    "SearchFilter": "reidkit.retrieval.backends",
     "create_app": "reidkit.retrieval.service",
 }
 

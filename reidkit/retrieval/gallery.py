@@ -1,4 +1,4 @@
-"""A searchable gallery, written once over the storage seam (:mod:`reidkit.retrieval.store`).
+"""A searchable gallery, written once over the backend protocol (:mod:`reidkit.retrieval.backends`).
 
 A :class:`Gallery` reads one *snapshot* of its store: with the embedded backend a SQLite read
 transaction (WAL) pinned to one generation plus the faiss index of that generation, so every
@@ -28,9 +28,9 @@ from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_EF_SEARCH, DEFA
                                    INDEX_KINDS, check_positive)
 from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.retrieval.folder import embed_paths, image_rows, list_images, parse_camera_frame
-from reidkit.retrieval.store import (ENTRY_FIELDS, KINDS, GalleryStore, SearchFilter, StoreSnapshot, crash_point,
-                                     describe_db, encode_state, is_milvus, normalize_entries, open_store,
-                                     store_class, store_exists)
+from reidkit.retrieval.backends import (Capabilities, GalleryStore, SearchFilter, StoreSnapshot, crash_point,
+                                        describe_db, gallery_db, open_store, resolve, store_exists)
+from reidkit.retrieval.store import ENTRY_FIELDS, KINDS, encode_state, normalize_entries
 
 __all__ = ["Gallery"]
 
@@ -70,7 +70,6 @@ def unknown_filter(param: str, value: str, snap: StoreSnapshot) -> OptionError |
     return OptionError(param, f"no entry has {param} {value!r}; the gallery's {what}: {name_list(existing)}")
 
 
-
 def _engine_info(extractor: Any) -> dict[str, str]:
     """What a new gallery records of how its features are made: int8 features (queries are embedded the
     same way, Gallery.open; float engines agree within 1e-4 and record nothing), and a model that is a
@@ -86,14 +85,15 @@ def _engine_info(extractor: Any) -> dict[str, str]:
     return out
 
 class Gallery:
-    """A searchable gallery (a folder, or ``milvus:<uri>``); reads come from one snapshot of its store."""
+    """A searchable gallery (a folder, or a backend's ``SCHEME:<loc>``); reads come from one snapshot of its store."""
 
     def __init__(self, store: GalleryStore, snapshot: StoreSnapshot, extractor: FeatureExtractor | None = None,
                  device: str | None = None, batch_size: int = 64, collection: str | None = None) -> None:
         self.store = store
         self.collection = collection
-        # a folder Path (embedded) or the "milvus:<uri>" string: what Gallery.open takes back
-        self.db: Path | str = store.location if is_milvus(store.location) else Path(store.location)
+        # a folder Path (embedded) or the "SCHEME:<location>" string: what Gallery.open takes back
+        self.db: Path | str = gallery_db(store.location)
+        self.backend = resolve(self.db, collection)
         self._snap = snapshot
         self.identity = snapshot.identity
         self.device = device
@@ -125,6 +125,11 @@ class Gallery:
     def uid(self) -> str:
         """Identifier of this built gallery (a rebuild gets a new one)."""
         return self._snap.uid
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the backend promises (one writer or many, idempotent ids, where side files live)."""
+        return self.backend.capabilities
 
     @property
     def files_dir(self) -> Path:
@@ -184,7 +189,7 @@ class Gallery:
 
     @staticmethod
     def exists(db: str | os.PathLike, collection: str | None = None) -> bool:
-        """True when `db` (a folder or milvus:<uri>) already holds a gallery."""
+        """True when `db` (a folder or a backend's SCHEME:<location>) already holds a gallery."""
         return store_exists(db, collection)
 
     @classmethod
@@ -214,9 +219,9 @@ class Gallery:
                         ("--hnsw-m", hnsw_m), ("--refine-k", refine_k), ("--batch-size", batch_size)):
             check_positive(name, v)
         paths = list_images(images_dir)
-        builder = store_class(db).builder(db, collection=collection, overwrite=overwrite,
-                                          settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
-                                          lock_timeout=lock_timeout, progress=progress)
+        builder = resolve(db, collection).builder(overwrite=overwrite,
+                                                  settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
+                                                  lock_timeout=lock_timeout, progress=progress)
         if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
             raise OptionError("nlist", f"more lists than images under {images_dir} ({len(paths)})", value=nlist)
         if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
@@ -261,8 +266,8 @@ class Gallery:
         """
         if index not in ("flat", "hnsw"):
             raise OptionError("index", f"an empty gallery can be flat or hnsw ({index} needs training features)")
-        builder = store_class(db).builder(db, collection=collection, overwrite=False,
-                                          settings={"index_kind": index}, lock_timeout=lock_timeout, progress=None)
+        builder = resolve(db, collection).builder(overwrite=False, settings={"index_kind": index},
+                                                  lock_timeout=lock_timeout, progress=None)
         info = {"index_kind": index, "nprobe": str(DEFAULT_NPROBE), "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
                 "hnsw_m": str(int(hnsw_m)), "refine_k": str(DEFAULT_REFINE_K),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -585,7 +590,7 @@ class Gallery:
         return {"status": "ok", "gallery_size": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
                 "holds": holdings(snap.n_images, snap.n_tracklets),
                 "generation": snap.generation, "uid": snap.uid, "index": snap.info.get("index_kind", "flat"),
-                "backend": "milvus" if is_milvus(self.db) else "embedded", "model": self.identity.as_dict(),
+                "backend": self.backend.name, "model": self.identity.as_dict(),
                 "identities": self._identity_count()}
 
     def _identity_count(self) -> int:

@@ -1,7 +1,7 @@
 """Compatibility names for code written against the one-module gallery (reidkit.retrieval.index).
 
-The gallery now lives in: store.py (the storage protocol), store_sqlite.py (the embedded
-backend), store_milvus.py (Milvus), ann.py (faiss), gallery.py (Gallery), maintenance.py (check,
+The gallery now lives in: backends/ (the protocol, the scheme registry, sqlite/ the embedded backend,
+milvus/), store.py (entry fields and checks), ann.py (faiss), gallery.py (Gallery), maintenance.py (check,
 repair), folder.py (folders of crops); FeatureExtractor and ModelIdentity live in reidkit.inference.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from reidkit.inference import DEFAULT_SIZE, IMAGENET_IDENTITY, FeatureExtractor,
 from reidkit.retrieval.folder import CHUNK, list_images, parse_camera_frame
 from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.maintenance import check_gallery, repair_gallery
-from reidkit.retrieval.store_sqlite import DB_FILE, LEGACY_INDEX
+from reidkit.retrieval.backends.sqlite.schema import DB_FILE, LEGACY_INDEX
 
 __all__ = [
     "Gallery", "FeatureExtractor", "ModelIdentity", "INDEX_KINDS", "IMAGENET_IDENTITY", "DEFAULT_SIZE",

@@ -1,6 +1,6 @@
 """One inter-process lock for the package: an exclusive ``fcntl.flock`` on a file that holds the holder's
 pid. It dies with its process, so a killed holder never leaves it held. The gallery's writer lock
-(reidkit.retrieval.store_sqlite.WriterLock) and a video's ingestion lock (reidkit.video.pipeline.VideoLock)
+(reidkit.retrieval.backends.sqlite.generations.WriterLock) and a video's ingestion lock (reidkit.video.pipeline.VideoLock)
 are this lock with their own file and messages."""
 from __future__ import annotations
 

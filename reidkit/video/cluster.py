@@ -11,11 +11,11 @@ makes Dask run it again elsewhere, from the same state, giving the same chunks, 
 killed attempt was committed. A killed driver leaves each video at its last committed chunk (the
 gallery state per video key), where the next run resumes, as without a cluster.
 
-With a Milvus server (``--db milvus:http://host:19530``, reidkit.retrieval) the workers commit their chunks
-themselves through ``Gallery.open(db)`` (writes there are idempotent by content), after reading the
-video's stored state so that a retried task resumes from what its killed attempt committed; the
-driver only chains the segments. Milvus Lite (``--db milvus:./g.db``) admits one process per file, so
-there the driver commits, as for an embedded gallery.
+With a backend whose capabilities admit many writer processes (a Milvus server; reidkit.retrieval.backends)
+the workers commit their chunks themselves through ``Gallery.open(db)`` (writes there are idempotent by
+content), after reading the video's stored state so that a retried task resumes from what its killed
+attempt committed; the driver only chains the segments. With one writer (the embedded folder, a Milvus
+Lite file) the driver commits.
 
 Local clusters (``--workers N``) listen on 127.0.0.1 only: ``LocalCluster(host="127.0.0.1",
 n_workers=N, threads_per_worker=1, processes=True)``, no dashboard.
@@ -128,10 +128,11 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
     engine = str(kw.pop("engine", "torch"))
     if kw:
         raise ReIDError(f"ingest_on_cluster: unknown options {', '.join(sorted(kw))}")
-    # Workers write themselves only to a Milvus server; Milvus Lite (a local file) admits one process,
-    # so its chunks come back to the driver like an embedded gallery's.
-    text = str(db)
-    direct = text.startswith("milvus:") and "://" in text[len("milvus:"):]
+    # Workers write themselves only to a backend that admits many writer processes (a Milvus server); with
+    # one writer (the folder, Milvus Lite) the chunks come back to the driver, which writes them.
+    from reidkit.retrieval.backends import resolve
+
+    direct = resolve(db).capabilities.many_writers
     gallery, emb = open_gallery(db, weights, device, batch_size, flip, engine)
     from reidkit.inference import ENGINES
 

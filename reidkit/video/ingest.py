@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.retrieval.backends import FILES_OUTSIDE, resolve
 from reidkit.video.decode import probe, video_key
 from reidkit.video.embedder import Embedder
 from reidkit.video.pipeline import (THUMBS, Chunk, Settings, SharedEmbedder, Stats, VideoJob, VideoLock,
@@ -76,8 +77,9 @@ def create_gallery(db: Path, embedder: Embedder, collection: str | None = None) 
 
 
 def _use_files(gallery: Any, files: str | os.PathLike | None, default_files: str | os.PathLike | None) -> None:
-    """A Milvus gallery records its side-file folder (``files``, else ``default_files``) before any thumbnail."""
-    if str(gallery.db).startswith("milvus:"):
+    """A gallery whose side files live outside it records their folder (``files``, else ``default_files``)
+    before any thumbnail."""
+    if gallery.capabilities.files == FILES_OUTSIDE:
         gallery.store.use_files(files, default=default_files)
 
 
@@ -94,13 +96,10 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
     from reidkit.inference import FeatureExtractor
     from reidkit.retrieval.index import Gallery
 
-    milvus = str(db).startswith("milvus:")
-    path = db if milvus else Path(db).expanduser().absolute()
-    if not milvus and path.exists() and not path.is_dir():
-        raise OptionError("db", f"{path} exists and is not a folder")
-    if not milvus and files is not None:
-        raise OptionError("files", "applies to milvus: galleries only; a folder gallery keeps its files inside "
-                                   "its folder")
+    backend = resolve(db, collection)
+    path = backend.db
+    if files is not None:
+        backend.refuse_files()
     if Gallery.exists(path, collection=collection):
         gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size, engine=engine,
                                collection=collection)
@@ -108,8 +107,7 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
         ext = gallery.extractor
         own = FeatureExtractor(ext.model, ext.identity, ext.device, batch_size, flip, engine=ext.engine)  # own flip
         return gallery, Embedder(extractor=own, flip=flip, batch_size=batch_size)
-    if not milvus and path.is_dir() and any(path.iterdir()):
-        raise OptionError("db", f"{path} is a folder with other files in it; give a gallery or a new folder")
+    backend.check_new()  # before the model loads: a file, a folder with other files in it
     embedder = Embedder(weights, device=device, batch_size=batch_size, flip=flip, engine=engine)
     gallery = create_gallery(path, embedder, collection)
     _use_files(gallery, files, default_files)
@@ -276,9 +274,9 @@ def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Se
         return {"state": state}
 
     def one(job: VideoJob, emb: Any, sink: Callable[[VideoJob, Chunk], None]) -> None:
-        # a folder gallery: one ingester per video; Milvus writes are idempotent by content (no lock file)
-        milvus = str(gallery.db).startswith("milvus:")
-        lock = nullcontext() if milvus else VideoLock(gallery.files_dir, job.key, on_wait=progress)
+        # one ingester per video, unless the backend's writes are idempotent by content (no lock file)
+        lock = nullcontext() if gallery.capabilities.idempotent_ids else VideoLock(gallery.files_dir, job.key,
+                                                                                   on_wait=progress)
         with lock:
             p = plan(job)
             if p is None:
@@ -382,8 +380,9 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     `detector`: a registered detector, a catalogue detector name or an ONNX file (reidkit.video.detectors) and
     `detector_options` its options.
 
-    `collection`: the Milvus collection of a ``milvus:`` gallery; `files`: its side-file folder (thumbnails),
-    recorded in it (default for a server: ``<collection>.files`` in the first video's folder)."""
+    `collection`: the collection of a gallery backend that has them (Milvus); `files`: the side-file folder
+    (thumbnails) of a backend that keeps them outside the gallery, recorded in it (default for a Milvus server:
+    ``<collection>.files`` in the first video's folder)."""
     settings = check_settings(Settings(every=int(every), chunk=int(chunk), k=int(k), min_len=int(min_len),
                                        detect_every=int(detect_every), appearance=str(appearance),
                                        embed_budget=int(embed_budget),
@@ -392,17 +391,14 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
         raise OptionError("streams", f"must be >= 1, got {streams}")
     jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
                         detector_size, person_class, detect_scale, detector_options)
-    from reidkit.retrieval.store_milvus import files_beside
-
-    default_files = files_beside(jobs[0].info.path, collection)
+    backend = resolve(db, collection)
+    default_files = backend.default_files(jobs[0].info.path)
     if embedder is not None:
         from reidkit.retrieval.index import Gallery
 
-        milvus = str(db).startswith("milvus:")
-        if not milvus and files is not None:
-            raise OptionError("files", "applies to milvus: galleries only; a folder gallery keeps its files "
-                                       "inside its folder")
-        path = db if milvus else Path(db).expanduser().absolute()
+        if files is not None:
+            backend.refuse_files()
+        path = backend.db
         gallery = Gallery.open(path, collection=collection) if Gallery.exists(path, collection=collection) \
             else create_gallery(path, embedder, collection)
         gallery.check_identity(embedder.identity)

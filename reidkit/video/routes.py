@@ -12,7 +12,7 @@ for reidkit.retrieval.service.create_app(..., routers=[tracklet_routes]) (`reidk
   reaches the file system, and only inside ``DB/thumbs``: no path traversal. Only a thumbnail a stored
   tracklet names is served, and only while it is the file written at ingestion (no symbolic link or
   other file type; size and mtime as recorded in the tracklet's meta ``thumb_stats``, where recorded:
-  see reidkit.retrieval.service.open_indexed).
+  see reidkit.retrieval.served_files.open_indexed).
 - ``GET /tracklets``: the page (reidkit/retrieval/static/tracklets.html), linked from ``/`` when the
   gallery holds tracklets.
 
@@ -32,8 +32,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 
-from reidkit.retrieval.service import (MAX_ID, IndexedFileResponse, add_page, json_body, open_indexed, recorded_stat,
-                                       topk_param)
+from reidkit.retrieval.served_files import IndexedFileResponse, open_indexed, recorded_stat
+from reidkit.retrieval.service import MAX_ID, add_page, json_body, topk_param
 from reidkit.video.search import appearances, hit, parse_box, search_tracklets
 
 _THUMB_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.jpg$")
