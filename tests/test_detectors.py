@@ -369,3 +369,13 @@ def test_plugin_detector_from_the_command_line(tmp_path):
         assert x1[-1] - x1[0] == pytest.approx(20, abs=3)  # it followed the walk
     finally:
         DETECTORS.unregister("dark_blobs")
+
+
+def test_recipes_lists_a_detectors_options(capsys):
+    from reidkit.cli import main
+
+    assert main(["recipes", "--options", "motion"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("detector motion:") and "detector.motion.block" in out
+    assert main(["recipes", "--options", "bytesort"]) == 0  # the other kinds still answer
+    assert "tracker.bytesort.max_age" in capsys.readouterr().out

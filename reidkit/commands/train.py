@@ -95,9 +95,11 @@ def _recipes(args: argparse.Namespace) -> int:
     from reidkit.engine.usl.methods import USL_METHODS
     from reidkit.losses import LOSSES
     from reidkit.models.backbones import BACKBONES
+    from reidkit.video.detectors import DETECTORS
     from reidkit.video.trackers import TRACKERS
 
-    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS, "tracker": TRACKERS}
+    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS, "tracker": TRACKERS,
+                  "detector": DETECTORS}
     found = [kind for kind in KINDS if args.options in registries[kind]]
     if not found:
         names = sorted({n for reg in registries.values() for n in reg.names()})
@@ -105,9 +107,10 @@ def _recipes(args: argparse.Namespace) -> int:
 
         close = difflib.get_close_matches(args.options, names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ReIDError(f"--options: no backbone, loss, USL method or tracker named {args.options!r}{hint}")
+        raise ReIDError(f"--options: no backbone, loss, USL method, tracker or detector named {args.options!r}{hint}")
     for kind in found:
-        label = {"backbone": "backbone", "loss": "loss", "usl": "USL method", "tracker": "tracker"}[kind]
+        label = {"backbone": "backbone", "loss": "loss", "usl": "USL method", "tracker": "tracker",
+                 "detector": "detector"}[kind]
         if options_class(kind, args.options) is None:
             print(f"{label} {args.options}: no options of its own")
             continue
