@@ -13,11 +13,10 @@ from reidkit.inference import DEFAULT_SIZE, IMAGENET_IDENTITY, FeatureExtractor,
 from reidkit.retrieval.folder import CHUNK, list_images, parse_camera_frame
 from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.maintenance import check_gallery, repair_gallery
-from reidkit.retrieval.backends.sqlite.schema import DB_FILE, LEGACY_INDEX
 
 __all__ = [
     "Gallery", "FeatureExtractor", "ModelIdentity", "INDEX_KINDS", "IMAGENET_IDENTITY", "DEFAULT_SIZE",
     "DEFAULT_APPROX_INDEX", "DEFAULT_EF_SEARCH", "DEFAULT_NPROBE", "DEFAULT_REFINE_K", "HNSW_M", "CHUNK",
-    "DB_FILE", "LEGACY_INDEX", "list_images", "parse_camera_frame", "make_faiss_index", "default_nlist",
+    "list_images", "parse_camera_frame", "make_faiss_index", "default_nlist",
     "default_pq_m", "set_search_params", "refine_exact", "check_gallery", "repair_gallery",
 ]
