@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `video`, `tracklets` and `scene` parsers."""
     p = sub.add_parser(
         "video", help="ingest videos into a gallery of tracklets (detect, track, cut, embed)",
-        description="Decode each video, detect people (--detections MOT file per video, --detector ONNX YOLO or hog, "
-                    "or by default the built-in motion detector), track them (--tracker) on reidkit features, keep the best "
+        description="Decode each video, detect people (--detections MOT file per video, --detector hog, a catalogue "
+                    "detector such as yolox_nano, an ONNX file or a plug-in's, with --detector-option; by default "
+                    "the built-in motion detector), track them (--tracker) on reidkit features, keep the best "
                     "K crops of each tracklet and add the tracklets (camera, frames, times, boxes, thumbnails) "
                     "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
                     "run, re-run with the same arguments, resumes at the last committed chunk.")
