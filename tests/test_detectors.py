@@ -267,6 +267,10 @@ def test_detector_fetched_by_name_verified_and_run(mirror, tmp_path):
     assert not (tmp_path / "home" / "weights" / "not_onnx.onnx").exists()
     with pytest.raises(ReIDError, match="not reid weights"):
         zoo.resolve_weights("tiny_yolox", kind="reid")
+    from reidkit.models.loading import local_weights
+
+    with pytest.raises(ReIDError, match="give it to --detector"):
+        local_weights("tiny_yolox")  # what --weights NAME resolves through
     with pytest.raises(ReIDError, match="did you mean 'tiny_yolox'"):
         resolve_detector("tiny_yolo")
 

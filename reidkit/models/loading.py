@@ -24,10 +24,11 @@ __all__ = ["load_model", "load_feature_model", "is_exported", "local_weights"]
 
 
 def local_weights(path_or_name: str | os.PathLike) -> Path:
-    """The local file for a path or a catalogue name (``reidkit weights list``: fetched and verified once)."""
+    """The local file for a path or a ReID name of the catalogue (``reidkit weights list``: fetched and verified
+    once); a detector's name is refused (it goes to --detector)."""
     from reidkit.models.zoo import resolve_weights
 
-    return Path(resolve_weights(path_or_name)).expanduser()
+    return Path(resolve_weights(path_or_name, kind="reid")).expanduser()
 
 
 def is_exported(path: str | os.PathLike) -> bool:
