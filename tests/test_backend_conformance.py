@@ -315,4 +315,6 @@ def test_plugin_backend_on_the_cli(tmp_path, capsys):
         res = json.loads(capsys.readouterr().out)["results"]
         answers[db.split(":")[0]] = [(Path(r["path"]).name, round(r["score"], 4)) for r in res]
         assert main([*plug, "index", "check", "--db", db]) == 0
+        assert main([*plug, "index", "add", "--images", str(syn / "bounding_box_test"), "--db", db]) == 0
+        assert "index add: 0 images added" in capsys.readouterr().out  # every image already there
     assert answers["memory"] == answers[str(tmp_path / "emb")] and len(answers["memory"]) == 5

@@ -118,8 +118,9 @@ class MemoryStore:
         keep = [i for i, r in enumerate(rows) if not (r["kind"] == "image" and r["path"] in have)]
         if not keep and not state:
             return [], None
-        stored = {(r["kind"], r["tracklet"] if r["kind"] == "tracklet" else r["path"]) for r in self.g["rows"].values()}
-        dup = [r["path"] for r in rows if (r["kind"], r["tracklet"] if r["kind"] == "tracklet" else r["path"]) in stored]
+        key = lambda r: (r["kind"], r["tracklet"] if r["kind"] == "tracklet" else r["path"])  # stored once  # noqa: E731
+        stored = {key(r) for r in self.g["rows"].values()}
+        dup = [rows[i]["path"] for i in keep if key(rows[i]) in stored]
         if dup:
             raise OptionError("db", f"{self.location}: {dup[0]} is already in the gallery; nothing was written")
         start = max(self.g["rows"], default=-1) + 1
