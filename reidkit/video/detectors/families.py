@@ -8,7 +8,10 @@ A family is recognised from the model's output signature (``detect_family``), or
   cells of strides 8, 16 and 32 at the input size (8400 at 640 x 640, 3549 at 416 x 416). A row is
   (dx, dy, log w, log h, objectness, class scores) in units of its cell's stride: the box centre is
   ``(d + cell) * stride`` and its size ``exp(log) * stride``; the score is objectness x class
-  score. Its input is BGR 0..255, the frame resized into the top-left corner (grey 114 padding).
+  score. Its input is BGR 0..255, the frame resized into the top-left corner (grey 114 padding), as
+  YOLOX's own ``preproc`` and ``demo_postprocess`` (demo/ONNXRuntime) do. A YOLOX export with the decode
+  inside (``--decode_in_inference``) has the same shape but pixel boxes: name it ``family=yolov5``
+  (its input stays YOLOX's: this reading is the raw one's only when the family is auto or yolox).
 - ``yolov5`` (YOLOv5/v7 exports): ``[1, N, 5 + nc]`` of decoded (cx, cy, w, h) in input pixels,
   objectness, class scores (N = 3 anchors per cell); score objectness x class score.
 - ``yolov8`` (YOLOv8/v11 exports): ``[1, 4 + nc, N]`` channels first, (cx, cy, w, h) then class
