@@ -94,6 +94,17 @@ def test_yolox_raw_grid_decoded_into_frame_pixels(tmp_path):
     np.testing.assert_allclose(scores, [0.72], atol=1e-5)
 
 
+def test_yolox_exported_with_its_decode_named_by_option(tmp_path):
+    from reidkit.video.detectors.onnx import OnnxDetector
+
+    a = np.zeros((yolox_cells((64, 64)), 5 + 2), np.float32)
+    a[5] = [24, 16, 16, 24, 0.9, 0.8, 0.0]  # already decoded: cx, cy, w, h in input pixels
+    det = OnnxDetector(_graph(tmp_path / "yoloxd.onnx", {"output": a[None]}), conf=0.3, family="yolox_decoded")
+    boxes, scores = det(FRAME, 0)
+    np.testing.assert_allclose(boxes, [[64, 16, 128, 112]], atol=1e-3)  # YOLOX's corner placement undone
+    np.testing.assert_allclose(scores, [0.72], atol=1e-5)
+
+
 def test_fp16_yolov8_export_takes_and_gives_float16(tmp_path):
     from reidkit.video.detectors.onnx import OnnxDetector
 

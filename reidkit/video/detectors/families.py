@@ -9,9 +9,10 @@ A family is recognised from the model's output signature (``detect_family``), or
   (dx, dy, log w, log h, objectness, class scores) in units of its cell's stride: the box centre is
   ``(d + cell) * stride`` and its size ``exp(log) * stride``; the score is objectness x class
   score. Its input is BGR 0..255, the frame resized into the top-left corner (grey 114 padding), as
-  YOLOX's own ``preproc`` and ``demo_postprocess`` (demo/ONNXRuntime) do. A YOLOX export with the decode
-  inside (``--decode_in_inference``) has the same shape but pixel boxes: name it ``family=yolov5``
-  (its input stays YOLOX's: this reading is the raw one's only when the family is auto or yolox).
+  YOLOX's own ``preproc`` and ``demo_postprocess`` (demo/ONNXRuntime) do.
+- ``yolox_decoded``: a YOLOX export with the decode inside (``--decode_in_inference``): the same shape
+  and input as ``yolox`` but rows of (cx, cy, w, h) in input pixels; it reads like the raw grid, so
+  name it (``family=yolox_decoded``).
 - ``yolov5`` (YOLOv5/v7 exports): ``[1, N, 5 + nc]`` of decoded (cx, cy, w, h) in input pixels,
   objectness, class scores (N = 3 anchors per cell); score objectness x class score.
 - ``yolov8`` (YOLOv8/v11 exports): ``[1, 4 + nc, N]`` channels first, (cx, cy, w, h) then class
@@ -34,7 +35,7 @@ import numpy as np
 
 from reidkit.errors import OptionError
 
-FAMILIES = ("yolox", "yolov5", "yolov8", "rtdetr")
+FAMILIES = ("yolox", "yolox_decoded", "yolov5", "yolov8", "rtdetr")
 YOLOX_STRIDES = (8, 16, 32)
 
 
@@ -46,7 +47,8 @@ class Preprocess(NamedTuple):
     pad: str  # "center" | "corner" (top-left) | "stretch" (resize, aspect not kept)
 
 
-PREPROCESS = {"yolox": Preprocess(False, 1.0, "corner"), "yolov5": Preprocess(True, 1 / 255, "center"),
+PREPROCESS = {"yolox": Preprocess(False, 1.0, "corner"), "yolox_decoded": Preprocess(False, 1.0, "corner"),
+              "yolov5": Preprocess(True, 1 / 255, "center"),
               "yolov8": Preprocess(True, 1 / 255, "center"), "rtdetr": Preprocess(True, 1 / 255, "stretch")}
 
 
@@ -109,7 +111,7 @@ def decode(family: str, outputs: dict[str, np.ndarray], hw: tuple[int, int], per
         a = a.T if a.shape[0] < a.shape[1] else a
         c = _person_column(a.shape[1], 4, person_class, family, where)
         return cxcywh_to_xyxy(a[:, :4]), a[:, c]
-    if family == "yolov5":
+    if family in ("yolov5", "yolox_decoded"):
         c = _person_column(a.shape[1], 5, person_class, family, where)
         return cxcywh_to_xyxy(a[:, :4]), a[:, 4] * a[:, c]
     if family == "yolox":

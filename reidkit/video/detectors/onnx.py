@@ -32,7 +32,7 @@ class OnnxOptions:
     iou: float = 0.45  # non-maximum suppression overlap
     person_class: int = 0  # the class index of 'person' (COCO: 0)
     input_size: tuple[int, int] | None = None  # H, W for a model without a fixed input size
-    family: str = "auto"  # auto (from the output signature) | yolox | yolov5 | yolov8 | rtdetr
+    family: str = "auto"  # auto (from the output signature) | yolox | yolox_decoded | yolov5 | yolov8 | rtdetr
     threads: int = 1  # onnxruntime intra-op threads
 
     def check(self) -> None:
