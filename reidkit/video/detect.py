@@ -5,7 +5,6 @@ The detectors themselves are parts of reidkit.video.detectors (the Detector prot
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -42,16 +41,3 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, score_threshold: float, iou_
     thr = float(score_threshold) - shift if np.isfinite(score_threshold) else 0.0
     keep = cv2.dnn.NMSBoxes(ltwh, [float(s) - shift for s in scores], thr, float(iou_threshold))
     return np.asarray(keep, dtype=np.int64).reshape(-1)
-
-
-# reidkit.video.pipeline's pre-registry build_detector imports the classes from here; it goes once the
-# pipeline builds through reidkit.video.detectors.build_detector (then delete this function).
-_MOVED = {"MotionDetector": "motion", "HogDetector": "hog", "OnnxDetector": "onnx", "MotDetections": "mot"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"reidkit.video.detectors.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

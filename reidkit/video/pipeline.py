@@ -18,7 +18,7 @@ requests are queued and served together, so batches mix cameras.
 Detection at the camera's rate (each measured in benchmarks/bench_video.py):
 
 - ``detect_scale``: the built-in HOG detector runs on a frame downscaled by this factor
-  (reidkit.video.detect.HogDetector);
+  (reidkit.video.detectors.hog);
 - ``detect_every`` N: detection and tracking run on every N-th read frame; a tracklet's boxes on the
   frames between two consecutive detections of its track are filled by linear interpolation
   (``OpenTracklet.observe``), so tracklets still cover every frame;
@@ -47,6 +47,7 @@ import numpy as np
 from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
+from reidkit.video.detectors import build_detector
 from reidkit.video.embedder import clip_boxes, crop_boxes, float_twin
 from reidkit.video.trackers import DEFAULT_TRACKER, build_tracker, tracker_options
 from reidkit.video.tracklets import OpenTracklet, crop_quality
@@ -59,23 +60,6 @@ LEGACY_TRACKER_KEYS = ("max_age", "n_init", "max_cosine_distance")  # Settings f
 
 
 # ----------------------------------------------------------------------------- jobs and settings
-
-
-def build_detector(spec: dict[str, Any], video: str | os.PathLike | None = None) -> Any:
-    """The detector a spec names: {"kind": "hog"|"motion"|"mot"|"onnx", ...} (picklable jobs carry specs, not
-    detectors); "motion" models the background of one `video`."""
-    from reidkit.video.detect import HogDetector, MotDetections, MotionDetector, OnnxDetector
-
-    kind = spec["kind"]
-    if kind == "motion":
-        return MotionDetector(video if video is not None else "", **spec.get("options", {}))
-    if kind == "mot":
-        return MotDetections(spec["path"])
-    if kind == "onnx":
-        size = spec.get("input_size")
-        return OnnxDetector(spec["path"], conf=spec["conf"], input_size=tuple(size) if size else None,
-                            person_class=spec["person_class"], threads=1)
-    return HogDetector(min_height=spec["min_height"], detect_scale=spec.get("scale", 1.0))
 
 
 @dataclass
