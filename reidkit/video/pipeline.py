@@ -409,7 +409,7 @@ def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: thre
 class _Video:
     """The per-frame work of one video: crops, features, tracker, tracklets, chunks."""
 
-    def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None, store: Any) -> None:
+    def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None, store: Any = None) -> None:
         self.job, self.s, self.emb, self.stats, self.store = job, settings, embedder, stats, store or embedder
         self.tracker = build_tracker(settings.tracker, settings.tracker_values())
         self.open: dict[str, OpenTracklet] = {}
