@@ -246,3 +246,30 @@ def test_bytesort_keeps_ids_through_a_meeting_with_appearance():
     # the same meeting on motion alone swaps them: what appearance is for (the test constructs a real case)
     without = _bounce(False)
     assert without[-1] == without[0][::-1]
+
+
+def _enter_together(height_iou: str):
+    """Scene A's cam3, frames 70-78 with ground-truth boxes (x, width; y and height fixed per person): a tall person
+    walks in at the left edge, a shorter one a frame later at the same edge; both boxes are clipped by the frame, and
+    the second one's thin box overlaps the first's first box more than the first's own widened box does. Ids of
+    (tall, short) per frame."""
+    from reidkit.video.trackers import build_tracker
+
+    t = build_tracker("bytesort", {"height_iou": height_iou})
+    tall = [(0.0, 15.9), (0.0, 29.5), (4.1, 39.0), (17.8, 39.0), (31.4, 39.0), (45.1, 39.0), (58.7, 39.0),
+            (72.3, 39.0), (86.0, 39.0)]
+    short = [None, (0.0, 16.9), (0.0, 29.6), (12.1, 30.1), (24.8, 30.1), (37.4, 30.1), (50.1, 30.1), (62.7, 30.1),
+             (75.4, 30.1)]
+    ids = []
+    for (x, w), sh in zip(tall, short):
+        boxes = [[x, 93.4, x + w, 93.4 + 134.8]] + ([] if sh is None else [[sh[0], 89.6, sh[0] + sh[1], 89.6 + 104.0]])
+        got = _ids(_step(t, boxes))
+        ids.append((got.get(0), got.get(1)))
+    return ids
+
+
+def test_bytesort_keeps_two_people_who_enter_at_the_edge_together():
+    ids = _enter_together("tentative")
+    assert len({a for a, _ in ids}) == 1 and len({b for _, b in ids[1:]}) == 1, ids
+    # on plain IoU the new track of the tall person takes the short one's first box (the swap scene A had)
+    assert _enter_together("off")[1][1] == ids[0][0]

@@ -5,9 +5,10 @@ A tracker is one file with a class and one ``register_tracker("name", options=Da
 the typed loader: an unknown key is refused naming the nearest one), and a user registers their own
 from a ``--plugin`` file the same way. Built in:
 
-- ``bytesort`` (the default: ahead of deep_sort on 8 of the 9 cells of benchmarks/bench_trackers.py):
-  ByteTrack's low-score second pass, OC-SORT's direction term and re-update after a gap, a fused IoU +
-  appearance cost gated as a whole, a feature EMA, a Kalman filter on the box centre and size
+- ``bytesort`` (the default: ahead of deep_sort and of every BoxMOT tracker on the 9 cells of
+  benchmarks/bench_trackers.py, results/bench_trackers.md): ByteTrack's low-score second pass, OC-SORT's
+  direction term and re-update after a gap, a fused IoU + appearance cost gated as a whole, Hybrid-SORT's
+  height-modulated IoU for new tracks, a feature EMA, a Kalman filter on the box centre and size
   (reidkit.video.trackers.bytesort);
 - ``deep_sort``: deep_sort_realtime's DeepSort on reidkit features (reidkit.video.trackers.deep_sort).
 

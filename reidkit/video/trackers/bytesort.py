@@ -21,15 +21,20 @@ gated cost:
 3. tracks seen in the last frame to the low-score detections (``low_score`` <= score <
    ``high_score``) on IoU alone (ByteTrack, Zhang et al., ECCV 2022): a faint person keeps their
    track, and a low-score box never starts one;
-4. tentative tracks to the confident detections left (IoU gate ``tentative_iou``, fused cost);
+4. tentative tracks to the confident detections left (IoU gate ``tentative_iou``, fused cost ranked on
+   Hybrid-SORT's height-modulated IoU, IoU x the IoU of the vertical extents: Yang et al., AAAI 2024;
+   ``height_iou``): two people who walk into the picture together have boxes clipped by the frame edge,
+   of any width, and a new track has no velocity yet, while their heights differ (the one ID swap
+   of scene A with ground-truth boxes); ranking confirmed tracks so too (``height_iou: all``) cost
+   HOTA in the crowd of scene B, whose jittered boxes' heights say little;
 5. (off by default, ``recover``) OC-SORT's observation-centric recovery on the last observed box.
 
 A track found again after a gap is re-updated observation-centrically (OC-SORT's ORU): its filter
 goes back to its state at the last observation and runs through virtual observations on the line
 to the new one. ``score_noise`` (off by default) shrinks the measurement noise with the score
 (StrongSORT's NSA Kalman): the detections here carry scores that say little about where the box
-is. The feature EMA (``ema``) takes a detection's feature only when no other detection overlaps it
-much. A new track starts from a confident detection (score >= ``new_score``) left over, with a
+is. The feature EMA (``ema``, 0.95 as Deep OC-SORT's: Maggiolino et al., ICIP 2023) takes a
+detection's feature only when no other detection overlaps it much. A new track starts from a confident detection (score >= ``new_score``) left over, with a
 velocity uncertainty ``initial_velocity_std`` wide (people walk into the picture fast), is
 confirmed after ``n_init`` detections and, while tentative, survives ``tentative_misses`` missed
 frames (DeepSort's new tracks die on their first miss); a confirmed track lost for more than
@@ -80,21 +85,26 @@ class ByteSortOptions:
     recover: bool = False  # stage 5 on (it cost HOTA on the scenes of benchmarks/bench_trackers.py)
     max_cosine_distance: float = 0.5  # a confirmed track never takes a detection farther than this in appearance
     app_weight: float = 0.0  # fused cost: 1 - IoU + app_weight * (cosine distance - the best alternative's)
-    app_abs_weight: float = 1.5  # fused cost: + app_abs_weight * (cosine distance - app_neutral)
+    app_abs_weight: float = 1.25  # fused cost: + app_abs_weight * (cosine distance - app_neutral)
     lone_pairs_free: bool = True  # the absolute term spares a pair with no rival in the IoU gate
     app_neutral: float = 0.2  # ... the cosine distance that neither helps nor hurts (also used without a feature)
     refind_cosine: float = 0.0  # stage 2: appearance alone, cosine distance at most (0: off)
     refind_reach: float = 0.5  # stage 2: centre distance at most this many box heights per frame lost (+1)
     inertia: float = 0.2  # weight of OC-SORT's direction term
     delta_t: int = 3  # frames back for the direction of motion
-    ema: float = 0.9  # feature EMA: new = ema * old + (1 - ema) * detection
+    ema: float = 0.95  # feature EMA: new = ema * old + (1 - ema) * detection (Deep OC-SORT's 0.95)
     ema_overlap: float = 0.3  # a detection overlapped by another at this IoU or more leaves the EMA alone
     reupdate: bool = True  # OC-SORT's observation-centric re-update after a gap
     score_noise: bool = False  # measurement noise x (1 - score) (NSA Kalman), at least 0.1
     initial_velocity_std: float = 15.0  # a new track's velocity std, in Kalman velocity noise units (DeepSort: 10)
     measurement_noise: float = 2.0  # measurement noise x this (the box's jitter against the filter's trust)
+    height_iou: str = "tentative"  # rank pairs by IoU x the IoU of their vertical extents (Hybrid-SORT's height-modulated
+    # IoU) in stage 4 ("tentative"), in stages 1 and 4 ("all") or nowhere ("off")
+    height_gate: bool = False  # ... and gate on it too (else the gate is the plain IoU's)
 
     def check(self) -> None:
+        if self.height_iou not in ("off", "tentative", "all"):
+            raise OptionError("tracker.bytesort.height_iou", f"must be off, tentative or all, got {self.height_iou!r}")
         for name in ("max_age", "n_init", "delta_t", "recover_age"):
             if int(getattr(self, name)) < 1:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -265,7 +275,7 @@ class ByteSort:
         return out
 
     def _fused(self, tracks: list[_Track], boxes: np.ndarray, feats: list[np.ndarray | None],
-               dets: np.ndarray, direction: bool, min_iou: float, fused_gate: bool) -> np.ndarray:
+               dets: np.ndarray, direction: bool, min_iou: float, fused_gate: bool, height: bool = False) -> np.ndarray:
         """The fused cost; BIG where the IoU with the predicted box is under `min_iou` or the appearance is vetoed
         (the gate is geometric: appearance and direction only rank the pairs that pass it)."""
         pred = self._predicted_boxes(tracks)
@@ -284,7 +294,8 @@ class ByteSort:
                 g = float(grow[row, 0, 0])
                 db = np.c_[d[:, :2] - dw * g, d[:, 2:] + dw * g]
                 iou[kk] = np.maximum(iou[kk], box_iou(pb[row:row + 1], db)[0])
-        cost = 1.0 - iou
+        rank = self._height_modulated(pred, boxes[dets], iou) if height else iou
+        cost = 1.0 - rank
         app = self._appearance(tracks, feats, dets)
         known = ~np.isnan(app)
         if self.o.app_weight and known.any():
@@ -306,8 +317,21 @@ class ByteSort:
         cost = np.where(known & (app > self.o.max_cosine_distance), BIG, cost)
         if direction:
             cost = cost + self._direction_cost(tracks, boxes[dets])
-        ok = (cost <= 1.0 - min_iou) if fused_gate else (iou >= min_iou)
+        if self.o.height_gate:
+            ok = (cost <= 1.0 - min_iou) if fused_gate else (rank >= min_iou)
+        else:
+            ok = (cost + rank - iou <= 1.0 - min_iou) if fused_gate else (iou >= min_iou)
         return np.where(ok, cost, BIG)
+
+    def _height_modulated(self, a: np.ndarray, b: np.ndarray, iou: np.ndarray) -> np.ndarray:
+        """`iou` (of boxes a x b) times the IoU of their vertical extents with ``height_iou`` (Hybrid-SORT, Yang et
+        al., AAAI 2024): people who enter at a frame edge together have clipped boxes of any width, their heights
+        differ."""
+        if iou.size:
+            inter = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+            union = np.maximum(a[:, None, 3], b[None, :, 3]) - np.minimum(a[:, None, 1], b[None, :, 1])
+            iou = iou * np.clip(inter, 0.0, None) / np.maximum(union, 1e-9)
+        return iou
 
     @staticmethod
     def _assign(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
@@ -353,7 +377,8 @@ class ByteSort:
 
         # 1. confident detections to confirmed tracks: fused cost + direction
         tr = [self.tracks[i] for i in confirmed]
-        for r, c in self._assign(self._fused(tr, b, feats, high, True, o.match_iou, o.fused_gate), BIG / 2):
+        for r, c in self._assign(self._fused(tr, b, feats, high, True, o.match_iou, o.fused_gate,
+                                                     o.height_iou == "all"), BIG / 2):
             taken[confirmed[r]] = int(high[c])
         # 2. lost confirmed tracks by appearance alone, within a reach growing with the frames lost
         rest = [i for i in confirmed if i not in taken and self.tracks[i].misses > 1 and self.tracks[i].feat is not None]
@@ -382,7 +407,8 @@ class ByteSort:
         dets = free(high)
         if tent and len(dets):
             tr = [self.tracks[i] for i in tent]
-            for r, c in self._assign(self._fused(tr, b, feats, dets, False, o.tentative_iou, False), BIG / 2):
+            for r, c in self._assign(self._fused(tr, b, feats, dets, False, o.tentative_iou, False,
+                                                         o.height_iou != "off"), BIG / 2):
                 taken[tent[r]] = int(dets[c])
         # 5. observation-centric recovery: the last observed box of tracks still unmatched
         rest = [i for i in range(len(self.tracks)) if i not in taken and self.tracks[i].misses <= o.recover_age]
