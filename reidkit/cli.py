@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "retrieval",
     "export",
     "video",
+    "watch",
     "identities",
     "weights",
     "reproduce",

@@ -1,0 +1,235 @@
+"""`reidkit watch` on real streams served by ffmpeg on 127.0.0.1 (issue 32): the tracklets and identities
+`reidkit video` gets from the same files, SIGTERM and SIGKILL, /metrics, and the cameras file's errors."""
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+
+import pytest
+
+import procs
+from reidkit.cli import main as cli_main
+from reidkit.data.scene import generate_scene
+from reidkit.retrieval.index import Gallery
+from reidkit.video.watch import Camera, parse_duration, prometheus_text, read_cameras
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg to serve streams")
+FRAMES, FPS = 60, 20.0
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("watch") / "scene"
+    return generate_scene(root, cams=3, ids=6, frames=FRAMES, fps=FPS, speed=1.0, topology="chain")
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(video, port):
+    """ffmpeg serving `video` at its own rate as MPEG-TS over HTTP on 127.0.0.1 (one client, then it exits)."""
+    return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", str(video), "-c:v", "mpeg2video",
+                             "-q:v", "2", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _health(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _wait_health(port, proc, cond, timeout=120):
+    deadline, h = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            h = _health(port)
+            if cond(h):
+                return h
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"watch did not reach the state in {timeout} s; last /health: {h}")
+
+
+def _tracklets(db):
+    g = Gallery.open(db)
+    return [(e["camera"], int(e["frame_start"]), int(e["frame_end"])) for e in g.entries(kind="tracklet")], g
+
+
+def _partition(db, rows):
+    """The identities as a set of frozensets of (camera, frame_start, frame_end)."""
+    from reidkit.video.identities import stored_identities
+
+    g = Gallery.open(db)
+    assigned = stored_identities(g)["tracklets"]
+    groups = {}
+    for e in g.entries(kind="tracklet"):
+        groups.setdefault(assigned[str(e["tracklet"])], set()).add(
+            (e["camera"], int(e["frame_start"]), int(e["frame_end"])))
+    return {frozenset(v) for v in groups.values()}
+
+
+def _cameras_file(tmp_path, scene, ports):
+    import yaml
+
+    cams = [{"name": c, "url": f"http://127.0.0.1:{p}/", "fps": FPS, "detections": str(g)}
+            for c, p, g in zip(scene.cameras, ports, scene.gt)]
+    path = tmp_path / "cameras.yaml"
+    links = yaml.safe_load(scene.links.read_text())
+    path.write_text(yaml.safe_dump({"cameras": cams, **links}))
+    return path
+
+
+def _watch(tmp_path, cameras, db, status_port, *extra):
+    cmd = [sys.executable, "-m", "reidkit.cli", "watch", str(cameras), "--db", str(db), "--buffer", "100000",
+           "--commit-every", "1", "--status-port", str(status_port), "--json", *extra]
+    return procs.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+@needs_ffmpeg
+def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, tmp_path):
+    # the reference: `reidkit video` + `reidkit identities` on the files, with the same detections
+    vdb = tmp_path / "vdb"
+    args = ["video", *map(str, scene.videos), "--db", str(vdb)]
+    for cam, gt in zip(scene.cameras, scene.gt):
+        args += ["--camera", cam, "--detections", str(gt)]
+    assert cli_main(args) == 0
+    assert cli_main(["identities", "--db", str(vdb), "--links", str(scene.links)]) == 0
+    ref, _ = _tracklets(vdb)
+
+    ports = [_port() for _ in scene.cameras]
+    servers = [_serve(v, p) for v, p in zip(scene.videos, ports)]
+    status_port, wdb = _port(), tmp_path / "wdb"
+    proc = _watch(tmp_path, _cameras_file(tmp_path, scene, ports), wdb, status_port)
+    try:
+        # every frame of every stream received and processed (the buffer is large: nothing skipped)
+        _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        for name in ("frames_received_total", "frames_processed_total", "frames_skipped_total", "lag_seconds",
+                     "reconnects_total", "tracklets_total", "last_frame_age_seconds"):
+            assert f'reidkit_{name}{{camera="cam1"}}' in metrics, name
+        assert "reidkit_identities " in metrics
+        proc.send_signal(signal.SIGTERM)  # commits the open tracklets, exits 0
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for s in servers:
+            s.kill()
+    assert proc.returncode == 0, err[-3000:]
+    status = json.loads(out)
+    for cam in scene.cameras:
+        c = status["cameras"][cam]
+        assert c["received"] == FRAMES and c["processed"] == FRAMES and c["skipped"] == 0, c
+    got, _ = _tracklets(wdb)
+    assert Counter(got) == Counter(ref), f"live: {sorted(got)}\nfiles: {sorted(ref)}"
+    assert _partition(wdb, got) == _partition(vdb, ref)
+    assert status["identities"] == len(_partition(vdb, ref))
+
+
+@needs_ffmpeg
+def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(scene, tmp_path):
+    ports = [_port() for _ in scene.cameras]
+    servers = [_serve(v, p) for v, p in zip(scene.videos, ports)]
+    cameras = _cameras_file(tmp_path, scene, ports)
+    status_port, db = _port(), tmp_path / "db"
+    proc = _watch(tmp_path, cameras, db, status_port)
+    try:
+        _wait_health(status_port, proc, lambda h: all(c["processed"] >= 40 and c["commits"] >= 1
+                                                      for c in h["cameras"].values()))
+        proc.kill()  # SIGKILL mid-stream: only what came after the last commit is lost
+        proc.wait(timeout=30)
+    finally:
+        for s in servers:
+            s.kill()
+    before, g = _tracklets(db)
+    keys_before = {e["tracklet"] for e in g.entries(kind="tracklet")}
+    killed = {c: g.get_state(f"video:{c}-live-s1") for c in scene.cameras}
+    assert all(st is not None and not st["done"] for st in killed.values()), "each camera committed its state"
+    open_then = sum(len(st["open"]) for st in killed.values())
+    assert open_then >= 1, "people were in view at the last commit"
+    # the cameras come back (the same videos from their start); a new run goes on
+    servers = [_serve(v, p) for v, p in zip(scene.videos, ports)]
+    proc = _watch(tmp_path, cameras, db, status_port)
+    try:
+        _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for s in servers:
+            s.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "session 1 was killed" in err
+    g = Gallery.open(db)
+    entries = g.entries(kind="tracklet")
+    keys = [e["tracklet"] for e in entries]
+    assert len(keys) == len(set(keys)), "a tracklet committed twice"
+    assert keys_before <= set(keys), "a committed tracklet was lost"
+    # the killed session's open tracklets (as of its last commit) are committed once, under session 1's keys;
+    # session 2 saw the streams again from their start
+    s1 = [k for k in keys if "-live-s1." in k]
+    s2 = [k for k in keys if "-live-s2." in k]
+    import re
+
+    recovered = sum(int(n) for n in re.findall(r"session 1 was killed: its (\d+) open tracklet", err))
+    assert len(s1) == len(keys_before) + recovered and recovered <= open_then
+    assert s2 and len(s1) + len(s2) == len(keys)
+    assert all(g.get_state(f"video:{c}-live-s1")["done"] for c in scene.cameras)
+
+
+def test_cameras_file_errors_are_one_line_each(tmp_path, capsys):
+    cases = {
+        "cameras: []\n": "non-empty list 'cameras'",
+        "cameras:\n  - {name: cam1}\n": "cameras[0] needs a 'name' and a 'url'",
+        "cameras:\n  - {name: cam1, url: rtsp://x, fsp: 10}\n": "unknown key(s) ['fsp']",
+        "cameras:\n  - {name: cam1, url: rtsp://x}\n  - {name: cam1, url: rtsp://y}\n": "repeated: ['cam1']",
+        "cameras:\n  - {name: cam1, url: rtsp://x, fps: -3}\n": "cameras[0].fps must be a number",
+        "camera: []\n": "non-empty list 'cameras'",
+        "cameras:\n  - {name: 'a b', url: rtsp://x}\n": "letters, digits",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"c{i}.yaml"
+        path.write_text(text)
+        assert cli_main(["watch", str(path), "--db", str(tmp_path / "db")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert cli_main(["watch", str(tmp_path / "nope.avi"), "--db", str(tmp_path / "db")]) == 2
+    assert "neither a stream URL" in capsys.readouterr().err
+    assert cli_main(["watch", "rtsp://a", "rtsp://b", "--camera", "x", "--db", str(tmp_path / "db")]) == 2
+    assert "one name per URL" in capsys.readouterr().err
+    assert cli_main(["watch", "rtsp://a", "--retain", "7 weeks", "--db", str(tmp_path / "db")]) == 2
+    assert "--retain" in capsys.readouterr().err
+
+
+def test_cameras_file_reads_names_urls_files_and_links(tmp_path):
+    (tmp_path / "v.avi").write_bytes(b"x")
+    path = tmp_path / "cams.yaml"
+    path.write_text("cameras:\n  - {name: door, url: rtsp://10.0.0.5/1, fps: 12.5}\n  - {name: hall, url: v.avi}\n"
+                    "links:\n  - {cameras: [door, hall], min: 2, max: 30}\n")
+    cams, links = read_cameras(path)
+    assert cams == [Camera("door", "rtsp://10.0.0.5/1", 12.5), Camera("hall", str(tmp_path / "v.avi"))]
+    assert links == {"links": [{"cameras": ["door", "hall"], "min": 2, "max": 30}]}
+    assert [parse_duration(t) for t in ("90", "45s", "30m", "12h", "7d")] == [90, 45, 1800, 43200, 604800]
+
+
+def test_prometheus_text_has_a_line_per_camera_and_counter():
+    status = {"cameras": {"cam1": {"received": 10, "processed": 9, "skipped": 1, "corrupt": 0, "reconnects": 2,
+                                   "tracklets": 3, "lag": 0.25, "last_frame_age": None, "connected": True}},
+              "identities": 4, "deleted": 0}
+    text = prometheus_text(status)
+    assert 'reidkit_frames_skipped_total{camera="cam1"} 1\n' in text
+    assert 'reidkit_reconnects_total{camera="cam1"} 2\n' in text and 'reidkit_connected{camera="cam1"} 1\n' in text
+    assert "reidkit_last_frame_age_seconds{" not in text  # no frame yet: no sample
+    assert "# TYPE reidkit_lag_seconds gauge" in text and "reidkit_identities 4\n" in text
