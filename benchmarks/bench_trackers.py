@@ -16,11 +16,18 @@ tentative frames). BoxMOT's trackers (BoxMOT, AGPL-3.0, is never a dependency of
 in a virtual environment of its own, --boxmot-python, in a child process of this script) report
 their own output rows, with the features given through ``Detections(embeddings=...)`` and the frame
 passed to ``update``. Scored with TrackEval through reidkit.evaluation.tracks: HOTA, IDF1, MOTA, ID
-switches over the scene's cameras combined.
+switches over the scene's cameras combined. ``--timing``: the tracker time per frame of reidkit's trackers
+and of BoxMOT's ByteTrack measured again in one process (the BoxMOT venv's python, one BLAS thread:
+threadpoolctl and the OMP/OpenBLAS/MKL variables), alternating, best of 3, as ratios to ByteTrack.
+
+On scenes with several cameras (A) each tracker's tracklets also go through reidkit's identities step
+(``identities``: a tracklet's feature is the mean of its boxes' features, then
+reidkit.video.identities.assign_identities with its defaults) and the global ids are scored over all
+cameras as one sequence: the multi-camera IDF1 / HOTA and the number of identities (8 in scene A).
 
     python -m venv --system-site-packages /tmp/boxmot-venv
     /tmp/boxmot-venv/bin/pip install --no-deps boxmot==25.0.0 lapx filterpy rich
-    python -m benchmarks.bench_trackers                       # every scene, detection kind, tracker
+    python -m benchmarks.bench_trackers --timing              # every scene, detection kind, tracker
     python -m benchmarks.bench_trackers --scenes C --dets gtn --boxmot none   # one cell, reidkit only
 
 Writes benchmarks/results/bench_trackers.json and .md (``--tag`` names another pair).
@@ -328,11 +335,73 @@ def score(root: Path, rows: dict[str, list[str]], out: Path) -> dict[str, float]
     return {k: round(float(m[k]), 2) if k != "IDsw" else int(m[k]) for k in ("HOTA", "IDF1", "MOTA", "IDsw")}
 
 
+def identities(root: Path, rows: dict[str, list[str]], npz: dict[str, Path], extractor: Any, out: Path) -> dict:
+    """The multi-camera IDF1 of one tracker's tracklets: each tracklet (its rows of one camera) gets the mean of its
+    boxes' features (of the detection each box overlaps most, IoU >= 0.5), the tracklets go into a fresh gallery and
+    through reidkit's identities step (reidkit.video.identities.assign_identities, its defaults; the scene's
+    links.yaml when it has one), and the rows relabelled with the global ids are scored over all cameras as one
+    sequence (TrackEval, reidkit.evaluation.tracks). Returns {"mc_IDF1", "mc_HOTA", "identities"}."""
+    import shutil
+
+    from reidkit.evaluation.tracks import evaluate_tracks
+    from reidkit.retrieval.index import Gallery
+    from reidkit.video.detect import box_iou
+    from reidkit.video.identities import assign_identities, stored_identities
+
+    fps = float(json.loads((root / "scene.json").read_text()).get("fps", 10.0))
+    feats, entries = [], []
+    parsed: dict[str, list[tuple[int, str, str]]] = {}
+    for cam, cam_rows in rows.items():
+        data = by_frame(np.load(npz[cam]))
+        tracks: dict[str, list[tuple[int, np.ndarray]]] = {}
+        parsed[cam] = []
+        for line in cam_rows:
+            f, tid, x, y, w, h = line.split(",")[:6]
+            f = int(f)
+            tracks.setdefault(tid, []).append((f, np.array([float(x), float(y), float(x) + float(w), float(y) + float(h)])))
+            parsed[cam].append((f, tid, line))
+        for tid, obs in tracks.items():
+            rows_f = []
+            for f, box in obs:
+                b, _s, e = data[f - 1]
+                if len(b):
+                    iou = box_iou(box[None], b)[0]
+                    if iou.max() >= 0.5:
+                        rows_f.append(e[int(np.argmax(iou))])
+            if not rows_f:
+                continue
+            m = np.mean(rows_f, axis=0)
+            feats.append(m / max(float(np.linalg.norm(m)), 1e-12))
+            f0, f1 = min(f for f, _ in obs), max(f for f, _ in obs)
+            entries.append({"path": f"{cam}/{tid}", "kind": "tracklet", "tracklet": f"{cam}:{tid}", "camera": cam,
+                            "frame_start": f0, "frame_end": f1, "t_start": (f0 - 1) / fps, "t_end": (f1 - 1) / fps})
+    db = out / "gallery"
+    shutil.rmtree(db, ignore_errors=True)
+    gallery = Gallery.create(db, extractor)
+    gallery.add_entries(np.asarray(feats, np.float32), entries)
+    links = root / "links.yaml"
+    rep = assign_identities(gallery, links=str(links) if links.is_file() else None)
+    ids = stored_identities(gallery)["tracklets"]
+    pred = out / "global"
+    pred.mkdir(parents=True, exist_ok=True)
+    for cam, lines in parsed.items():
+        txt = []
+        for f, tid, line in lines:
+            gid = ids.get(f"{cam}:{tid}")
+            if gid is not None:
+                rest = line.split(",", 2)[2]
+                txt.append(f"{f},{gid},{rest}")
+        (pred / f"{cam}.txt").write_text("".join(txt))
+    m = evaluate_tracks(root / "GT", pred, multi_camera=True)["multi_camera"]
+    return {"mc_IDF1": round(float(m["IDF1"]), 2), "mc_HOTA": round(float(m["HOTA"]), 2),
+            "identities": int(rep["identities"])}
+
+
 # ----------------------------------------------------------------------------- the table
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: one row per (scene, detections), one column per tracker: HOTA / IDF1 / IDsw, ms per frame."""
+    """Markdown: one row per (scene, detections), one column per tracker: HOTA / IDF1 / MOTA / IDsw, ms per frame."""
     names = list(dict.fromkeys(r["tracker"] for r in results))
     cells = list(dict.fromkeys((r["scene"], r["dets"]) for r in results))
     head = "| scene, dets | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
@@ -346,10 +415,47 @@ def table(results: list[dict]) -> str:
             if r is None or "HOTA" not in r:
                 row.append("-" if r is None else "error")
                 continue
-            txt = f"{r['HOTA']:.1f} / {r['IDF1']:.1f} / {r['IDsw']}, {r['ms_per_frame']:.2f} ms"
+            txt = f"{r['HOTA']:.1f} / {r['IDF1']:.1f} / {r['MOTA']:.1f} / {r['IDsw']}, {r['ms_per_frame']:.2f} ms"
             row.append(f"**{txt}**" if r["HOTA"] == best else txt)
         lines.append(f"| {sc} {dk} | " + " | ".join(row) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def summary(results: list[dict], timings: list[dict], default: str = "bytesort") -> str:
+    """Markdown: per cell, the default tracker, deep_sort and the best BoxMOT tracker (HOTA / IDF1 / MOTA / IDsw),
+    the default's HOTA margin over the best BoxMOT tracker and its time per frame as x BoxMOT's ByteTrack (from the
+    timing run in one process, when there is one)."""
+    out = ("| scene, dets | " + default + " | deep_sort | best BoxMOT tracker | HOTA margin | " + default
+           + " time, x ByteTrack |\n|---|---|---|---|---|---|\n")
+    fig = lambda r: f"{r['HOTA']:.1f} / {r['IDF1']:.1f} / {r['MOTA']:.1f} / {r['IDsw']}"  # noqa: E731
+    for sc, dk in dict.fromkeys((r["scene"], r["dets"]) for r in results):
+        cell = [r for r in results if (r["scene"], r["dets"]) == (sc, dk) and "HOTA" in r]
+        mine = next((r for r in cell if r["tracker"] == default), None)
+        ds = next((r for r in cell if r["tracker"] == "deep_sort"), None)
+        box = max((r for r in cell if r["side"] == "boxmot"), key=lambda r: r["HOTA"], default=None)
+        t = next((t for t in timings if (t["scene"], t["dets"]) == (sc, dk)), None)
+        ratio = "-" if t is None or f"reidkit:{default}" not in t else \
+            f"{t[f'reidkit:{default}'] / t['boxmot:bytetrack']:.2f}x"
+        margin = f"{mine['HOTA'] - box['HOTA']:+.1f}" if mine and box else "-"
+        out += (f"| {sc} {dk} | {fig(mine) if mine else '-'} | {fig(ds) if ds else '-'} | "
+                f"{(box['tracker'][7:] + ' ' + fig(box)) if box else '-'} | {margin} | {ratio} |\n")
+    return out
+
+
+def identity_table(results: list[dict]) -> str:
+    """Markdown: the multi-camera IDF1 / HOTA (global ids) and the number of identities of each tracker's tracklets
+    through reidkit's identities step, per (scene, detections) that has them."""
+    rows = [r for r in results if "mc_IDF1" in r]
+    if not rows:
+        return ""
+    names = list(dict.fromkeys(r["tracker"] for r in rows))
+    out = "| scene, dets | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    for sc, dk in dict.fromkeys((r["scene"], r["dets"]) for r in rows):
+        cell = {r["tracker"]: r for r in rows if (r["scene"], r["dets"]) == (sc, dk)}
+        out += f"| {sc} {dk} | " + " | ".join(
+            f"{cell[n]['mc_IDF1']:.1f} / {cell[n]['mc_HOTA']:.1f} ({cell[n]['identities']})" if n in cell else "-"
+            for n in names) + " |\n"
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -377,6 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rerun-boxmot", action="store_true", help="run BoxMOT's trackers again (default: cached per cell)")
     ap.add_argument("--tag", default="bench_trackers", help="result file names (RESULTS/TAG.json, .md)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--no-identities", action="store_true",
+                    help="skip the multi-camera IDF1 of each tracker's tracklets through reidkit's identities step "
+                         "(scenes with more than one camera)")
     ap.add_argument("--timing", action="store_true",
                     help="also time reidkit's trackers beside BoxMOT's ByteTrack in one process (the BoxMOT venv), "
                          "alternating, best of 3: the 'x ByteTrack' column")
@@ -397,14 +506,24 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict] = []
     timings: list[dict] = []
     boxmot = [] if args.boxmot in ("", "none") else args.boxmot.split(",")
+
+    def get_embedder() -> Any:
+        nonlocal embedder
+        if embedder is None:
+            import reidkit
+
+            embedder = reidkit.Embedder(None, engine="auto-int8")
+        return embedder
+
+    def with_identities(m: dict, root: Path, rows: dict, cams: dict, out: Path) -> dict:
+        if args.no_identities or len(cams) < 2:
+            return m
+        return {**m, **identities(root, rows, cams, get_embedder().extractor, out)}
     for name in args.scenes.split(","):
         root = scene(work, name)
         for kind in args.dets.split(","):
             if any(not (work / "inputs" / f"{name}-{kind}-{c}.npz").is_file() for c in cameras(root)):
-                if embedder is None:
-                    import reidkit
-
-                    embedder = reidkit.Embedder(None, engine="auto-int8")
+                get_embedder()
                 print(f"features: scene {name}, {kind}", file=sys.stderr, flush=True)
             paths = prepare(work, name, kind, embedder)
             cams = dict(zip(cameras(root), paths))
@@ -416,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
                     rows[cam], s, n = run_reidkit(tr, p, options.get(tr), args.own_boxes, args.needed)
                     spent, frames = spent + s, frames + n
                 m = score(root, rows, work / "runs" / name / kind / tr)
+                m = with_identities(m, root, rows, cams, work / "ids" / name / kind / tr)
                 results.append({"scene": name, "dets": kind, "tracker": tr, "side": "reidkit", **m,
                                 "ms_per_frame": round(1000 * spent / frames, 3)})
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
@@ -436,10 +556,18 @@ def main(argv: list[str] | None = None) -> None:
                                         "error": r["error"]})
                     else:
                         m = score(root, r["rows"], work / "runs" / name / kind / f"boxmot-{tr}")
+                        m = with_identities(m, root, r["rows"], cams, work / "ids" / name / kind / f"boxmot-{tr}")
                         results.append({"scene": name, "dets": kind, "tracker": f"boxmot:{tr}", "side": "boxmot",
                                         **m, "ms_per_frame": round(1000 * r["seconds"] / r["frames"], 3)})
                     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    md = table(results)
+    md = ("Summary: the default tracker, deep_sort and the best BoxMOT tracker of each cell (HOTA / IDF1 / MOTA / "
+          "ID switches):\n\n" + summary(results, timings) + "\nEvery tracker (HOTA / IDF1 / MOTA / ID switches, "
+          "tracker time per frame in its own run):\n\n" + table(results))
+    ident = identity_table(results)
+    if ident:
+        md += ("\nMulti-camera IDF1 / HOTA over global ids (and the number of identities) of each tracker's "
+               "tracklets through reidkit's identities step (`identities()`: a tracklet's feature is the mean of its "
+               "boxes' features; `reidkit.video.identities.assign_identities` with its defaults):\n\n" + ident)
     if timings:
         names = [k for k in timings[0] if k not in ("scene", "dets")]
         md += ("\nTracker time per frame measured in one process, alternating, best of 3 (ms; in brackets: x BoxMOT's "
@@ -453,16 +581,16 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.common import machine_info
 
     RESULTS.mkdir(exist_ok=True)
-    payload = {"machine": machine_info(), "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
+    command = "python -m benchmarks.bench_trackers " + " ".join(argv)
+    payload = {"command": command, "machine": machine_info(), "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
                "options": options, "results": results, "timing": timings}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=1))
     (RESULTS / f"{args.tag}.md").write_text(
         "# Within-video trackers on identical detections and features\n\n"
-        "`python -m benchmarks.bench_trackers --timing` (see its docstring). Each cell: HOTA / IDF1 / ID switches "
-        "(TrackEval, the scene's cameras combined), tracker time per frame (one BLAS thread); the best HOTA of a row "
-        "in bold. The times of the first table come from each side's own run (BoxMOT's are cached per cell), taken "
-        "under different loads of a shared 2-core machine: compare speed in the second table, measured in one "
-        "process.\n\n" + md)
+        f"`{command}` (see its docstring). Figures: HOTA / IDF1 / MOTA / ID switches (TrackEval, the scene's cameras "
+        "combined); the best HOTA of a row in bold. The times of the full table come from each side's own run "
+        "(BoxMOT's are cached per cell), taken under different loads of a shared 2-core machine: compare speed in "
+        "the timing table, measured in one process.\n\n" + md)
 
 
 if __name__ == "__main__":
