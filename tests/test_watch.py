@@ -233,3 +233,54 @@ def test_prometheus_text_has_a_line_per_camera_and_counter():
     assert 'reidkit_reconnects_total{camera="cam1"} 2\n' in text and 'reidkit_connected{camera="cam1"} 1\n' in text
     assert "reidkit_last_frame_age_seconds{" not in text  # no frame yet: no sample
     assert "# TYPE reidkit_lag_seconds gauge" in text and "reidkit_identities 4\n" in text
+
+
+def test_retention_deletes_old_tracklets_and_their_thumbnails_and_the_gallery_stays_whole(scene, tmp_path):
+    """Files as cameras (played at their own rate); --retain shorter than the run: old tracklets go, with their
+    thumbnails, inside the gallery's consistency contract (index check clean)."""
+    from reidkit.video.pipeline import thumbs_dir
+    from reidkit.video.watch import watch
+
+    db = tmp_path / "db"
+    cams = [Camera(c, str(v), detections=str(g)) for c, v, g in zip(scene.cameras, scene.videos, scene.gt)]
+    status = watch(db, cams, commit_every=0.3, identities_every=0.3, retain=1.0, buffer=100000)
+    g = Gallery.open(db)
+    left = g.entries(kind="tracklet")
+    assert status["deleted"] >= 1, status
+    thumbs = {p.name for p in thumbs_dir(g).iterdir()}
+    kept = {n for e in left for n in e["meta"]["thumbs"]}
+    assert thumbs == kept, "a deleted tracklet's thumbnails stay, or a kept one's are gone"
+    assert cli_main(["index", "check", "--db", str(db)]) == 0
+
+
+@needs_ffmpeg
+def test_a_stream_down_for_10_s_reconnects_and_nothing_is_duplicated(scene, tmp_path):
+    from threading import Event, Thread
+
+    from reidkit.video.watch import watch
+
+    port = _port()
+    server = _serve(scene.videos[0], port)
+    stop, result = Event(), {}
+    cams = [Camera("cam1", f"http://127.0.0.1:{port}/", FPS)]  # the motion detector, learning the background live
+    t = Thread(target=lambda: result.update(watch(tmp_path / "db", cams, commit_every=0.5, identities_every=60,
+                                                   buffer=100000, stop=stop)))
+    t.start()
+    try:
+        server.wait(timeout=60)  # the stream played out: the camera is down
+        time.sleep(10)
+        server = _serve(scene.videos[0], port)  # back after 10 s
+        server.wait(timeout=60)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        t.join(timeout=120)
+        server.kill()
+    c = result["cameras"]["cam1"]
+    assert c["reconnects"] == 1 and c["received"] == 2 * FRAMES and c["skipped"] == 0, c
+    entries = Gallery.open(tmp_path / "db").entries(kind="tracklet")
+    keys = [e["tracklet"] for e in entries]
+    assert len(keys) == len(set(keys))
+    # the second pass of the video starts >= 10 s of frames later on the camera's grid
+    starts = sorted(int(e["frame_start"]) for e in entries)
+    assert any(s > FRAMES + 10 * FPS for s in starts) and any(s <= FRAMES for s in starts), starts
