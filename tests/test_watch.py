@@ -16,7 +16,8 @@ import procs
 from reidkit.cli import main as cli_main
 from reidkit.data.scene import generate_scene
 from reidkit.retrieval.index import Gallery
-from reidkit.video.watch import Camera, parse_duration, prometheus_text, read_cameras
+from reidkit.video.watch import Camera, parse_duration, read_cameras
+from reidkit.video.watch_status import prometheus_text
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg to serve streams")
 FRAMES, FPS = 60, 20.0
@@ -119,6 +120,14 @@ def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, 
                      "reconnects_total", "tracklets_total", "last_frame_age_seconds"):
             assert f'reidkit_{name}{{camera="cam1"}}' in metrics, name
         assert "reidkit_identities " in metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/", timeout=5) as r:
+            assert "reidkit watch" in r.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/frame/cam2.jpg", timeout=5) as r:
+            import cv2
+            import numpy as np
+
+            frame = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert frame.shape == (240, 320, 3)  # the newest processed frame, boxes drawn
         proc.send_signal(signal.SIGTERM)  # commits the open tracklets, exits 0
         out, err = proc.communicate(timeout=120)
     finally:

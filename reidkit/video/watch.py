@@ -163,6 +163,7 @@ class CameraState:
     tracklets: int = 0  # tracklets committed by this run
     commits: int = 0
     error: str = ""
+    latest: tuple[np.ndarray, np.ndarray] | None = None  # the newest processed frame and its person boxes
 
 
 class _Worker(threading.Thread):
@@ -199,6 +200,7 @@ class _Worker(threading.Thread):
             if frame is not None:
                 idx = max(frame.index, last + 1)
                 boxes, scores = detector(frame.image, idx)
+                cs.latest = (frame.image, boxes)  # what the live page draws (reidkit.video.watch_status)
                 video.step(idx, frame.image, boxes, scores)
                 last, n = idx, n + 1
                 video.next_frame = idx + 1
@@ -374,32 +376,6 @@ def delete_older(gallery: Any, cutoff: float) -> int:
     return n
 
 
-def prometheus_text(status: dict[str, Any]) -> str:
-    """The status in Prometheus' text exposition format (counters and gauges per camera)."""
-    metrics = [("frames_received_total", "counter", "received", "frames read from the stream"),
-               ("frames_processed_total", "counter", "processed", "frames detected and tracked"),
-               ("frames_skipped_total", "counter", "skipped", "frames dropped because processing was behind"),
-               ("frames_corrupt_total", "counter", "corrupt", "frames dropped as corrupt"),
-               ("reconnects_total", "counter", "reconnects", "reconnections after a dropped stream"),
-               ("tracklets_total", "counter", "tracklets", "tracklets committed by this run"),
-               ("lag_seconds", "gauge", "lag", "seconds the last processed frame waited"),
-               ("last_frame_age_seconds", "gauge", "last_frame_age", "seconds since the newest frame arrived"),
-               ("connected", "gauge", "connected", "1 while the stream is connected")]
-    out = []
-    for name, kind, key, text in metrics:
-        out += [f"# HELP reidkit_{name} {text}", f"# TYPE reidkit_{name} {kind}"]
-        for cam, c in sorted(status["cameras"].items()):
-            v = c.get(key)
-            if v is None:
-                continue
-            out.append(f'reidkit_{name}{{camera="{cam}"}} {float(v):g}')
-    out += ["# HELP reidkit_identities global identities", "# TYPE reidkit_identities gauge",
-            f"reidkit_identities {int(status['identities'])}",
-            "# HELP reidkit_tracklets_deleted_total tracklets deleted by retention",
-            "# TYPE reidkit_tracklets_deleted_total counter", f"reidkit_tracklets_deleted_total {int(status['deleted'])}"]
-    return "\n".join(out) + "\n"
-
-
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -415,37 +391,6 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     if not (np.isfinite(value) and value > 0):
         raise OptionError(what, f"expected a positive duration such as 90, 45s, 30m, 12h or 7d, got {text!r}")
     return value
-
-
-def serve_status(watch: Watch, port: int, host: str = "127.0.0.1") -> Any:
-    """A small HTTP server (in a daemon thread) with ``/metrics`` (Prometheus text) and ``/health`` (JSON) of
-    `watch`; returns it (``.server_address``, ``.shutdown()``)."""
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            status = watch.status()
-            if self.path.split("?")[0] == "/metrics":
-                body, kind = prometheus_text(status).encode(), "text/plain; version=0.0.4"
-            elif self.path.split("?")[0] == "/health":
-                body, kind = json.dumps(status).encode(), "application/json"
-            else:
-                self.send_error(404, "not found: /metrics or /health")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer((host, int(port)), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="reidkit-watch-status", daemon=True).start()
-    return server
 
 
 def watch(db: str | os.PathLike, cameras: Sequence[Camera], links: Any = None, weights: str | None = None,
@@ -475,6 +420,8 @@ def watch(db: str | os.PathLike, cameras: Sequence[Camera], links: Any = None, w
               identities_every=identities_every, retain=retain, buffer=buffer, progress=progress)
     if stop is not None:
         w.stop = stop
+    from reidkit.video.watch_status import serve_status
+
     server = serve_status(w, status_port) if status_port is not None else None
     try:
         return w.run(duration=duration)
