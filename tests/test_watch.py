@@ -293,3 +293,63 @@ def test_a_stream_down_for_10_s_reconnects_and_nothing_is_duplicated(scene, tmp_
     # the second pass of the video starts >= 10 s of frames later on the camera's grid
     starts = sorted(int(e["frame_start"]) for e in entries)
     assert any(s > FRAMES + 10 * FPS for s in starts) and any(s <= FRAMES for s in starts), starts
+
+
+def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
+    """Headless Chromium on the live page while three file cameras play: a frame and the counters per camera.
+    REIDKIT_SCREENSHOT_LIVE=docs/live.png saves the picture the docs show."""
+    import os
+    from pathlib import Path
+    from threading import Event, Thread
+
+    pytest.importorskip("playwright.sync_api")
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip(f"chromium not found at {chromium}")
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    from reidkit.video.watch import watch
+
+    rep = generate_scene(tmp_path / "scene", cams=3, ids=6, frames=240, fps=20.0, speed=1.0, topology="chain")
+    cams = [Camera(c, str(v)) for c, v in zip(rep.cameras, rep.videos)]
+    port, stop, result = _port(), Event(), {}
+    t = Thread(target=lambda: result.update(watch(tmp_path / "db", cams, commit_every=1.0, identities_every=2.0,
+                                                   status_port=port, stop=stop)))
+    t.start()
+    try:
+        with sync_playwright() as pw:
+            try:
+                browser = pw.chromium.launch(executable_path=chromium, args=[
+                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+            except PlaywrightError as exc:
+                pytest.skip(f"chromium does not start here: {exc}")
+            try:
+                page = browser.new_page(viewport={"width": 1540, "height": 420})
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        page.goto(f"http://127.0.0.1:{port}/")
+                        break
+                    except PlaywrightError:
+                        assert time.monotonic() < deadline, "the live page did not come up"
+                        time.sleep(0.5)
+                page.wait_for_function("document.querySelectorAll('.cam img').length === 3 && "
+                                       "[...document.querySelectorAll('.cam img')].every(i => i.complete && "
+                                       "i.naturalWidth === 320)", timeout=60_000)
+                page.wait_for_function("+document.getElementById('ids').textContent > 0", timeout=60_000)
+                text = page.inner_text("#cams")
+                for cam in rep.cameras:
+                    assert cam in text
+                assert text.count("frames received") == 3 and "skipped" in text
+                shot = tmp_path / "live.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+                if os.environ.get("REIDKIT_SCREENSHOT_LIVE"):
+                    shutil.copy(shot, os.environ["REIDKIT_SCREENSHOT_LIVE"])
+            finally:
+                browser.close()
+    finally:
+        stop.set()
+        t.join(timeout=120)
+    assert result["identities"] >= 1
