@@ -353,3 +353,28 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
         stop.set()
         t.join(timeout=120)
     assert result["identities"] >= 1
+
+
+@needs_ffmpeg
+def test_reidkit_video_watches_a_stream_url_and_refuses_a_mix(scene, tmp_path, capsys):
+    assert cli_main(["video", "http://127.0.0.1:9/x", str(scene.videos[0]), "--db", str(tmp_path / "x")]) == 2
+    assert "not both" in capsys.readouterr().err
+    port = _port()
+    server = _serve(scene.videos[0], port)
+    db = tmp_path / "db"
+    proc = procs.Popen([sys.executable, "-m", "reidkit.cli", "video", f"http://127.0.0.1:{port}/", "--db", str(db),
+                        "--camera", "door", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        server.wait(timeout=120)  # played out
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.kill()
+    assert proc.returncode == 0, err[-2000:]
+    status = json.loads(out)
+    assert status["cameras"]["door"]["received"] == FRAMES
+    rows, _ = _tracklets(db)
+    assert rows and {r[0] for r in rows} == {"door"}

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "K crops of each tracklet and add the tracklets (camera, frames, times, boxes, thumbnails) "
                     "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
                     "run, re-run with the same arguments, resumes at the last committed chunk.")
-    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything OpenCV decodes)")
+    p.add_argument("videos", nargs="+", metavar="VIDEO",
+                   help="video files (anything OpenCV decodes), or live stream URLs (rtsp://, http(s)://, udp://: "
+                        "watched until SIGTERM / Ctrl-C as `reidkit watch` does)")
     p.add_argument("--db", required=True,
                    help="gallery (created when missing): a folder, or milvus:<uri> (milvus:./g.db runs Milvus Lite "
                         "in-process; milvus:http://host:19530 a Milvus server, 2.5 or newer)")
@@ -174,7 +176,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_video(args: argparse.Namespace) -> int:
     from reidkit.utils.validate import parse_hw
     from reidkit.video.ingest import ingest
+    from reidkit.video.live import is_stream
 
+    streams = [v for v in args.videos if is_stream(v)]
+    if streams:  # live cameras: `reidkit watch` does the work (reidkit.video.watch)
+        if len(streams) != len(args.videos):
+            raise ReIDError(f"give video files or stream URLs, not both ({streams[0]} is a stream); "
+                            f"`reidkit watch` plays files at their own rate beside streams")
+        from reidkit.commands.watch import run_streams
+
+        return run_streams(args)
     size = None
     if args.detector_size is not None:
         size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280

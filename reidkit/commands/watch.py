@@ -108,3 +108,14 @@ def _run_watch(args: argparse.Namespace) -> int:
                   f"{c['reconnects']} reconnects, {c['tracklets']} tracklets committed")
         print(f"gallery {args.db}: {status['identities']} identities")
     return 0
+
+
+def run_streams(args: argparse.Namespace) -> int:
+    """`reidkit video URL...`: stream URLs are watched (as `reidkit watch URL...` with its defaults for what
+    `video` does not set) until SIGTERM / Ctrl-C; files and URLs are not mixed."""
+    watch_args = argparse.Namespace(
+        sources=list(args.videos), db=args.db, collection=args.collection, camera=args.camera, links=None,
+        detector=args.detector, detector_option=args.detector_option, weights=args.weights, device=args.device,
+        engine=args.engine, commit_every=10.0, identities_every=60.0, retain=None, buffer=4, duration=None,
+        status_port=None, tracker=args.tracker, tracker_option=args.tracker_option, json=args.json)
+    return _run_watch(watch_args)

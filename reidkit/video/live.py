@@ -97,7 +97,7 @@ class LiveSource:
     """
 
     def __init__(self, source: str | os.PathLike, camera: str, *, buffer: int = 4,
-                 backoff: tuple[float, float] = (0.5, 30.0), open_timeout: float = 10.0, read_timeout: float = 10.0,
+                 backoff: tuple[float, float] = (0.5, 30.0), open_timeout: float = 30.0, read_timeout: float = 10.0,
                  loop: bool = False, clock: Callable[[], float] = time.time,
                  opener: Callable[[str, float, float], Any] | None = None) -> None:
         if int(buffer) < 1:
