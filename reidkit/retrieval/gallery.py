@@ -14,7 +14,6 @@ top candidates with their stored vectors (Zhong et al., CVPR 2017).
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,10 +32,6 @@ from reidkit.retrieval.backends import (Capabilities, GalleryStore, SearchFilter
 from reidkit.retrieval.store import ENTRY_FIELDS, KINDS, encode_state, normalize_entries
 
 __all__ = ["Gallery"]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _per_row(value: Any, n: int) -> list[Any]:
@@ -179,11 +174,16 @@ class Gallery:
         return Gallery.open(self.db, extractor=extractor, device=self.device, batch_size=self._batch_size,
                             collection=self.collection, readonly=self.readonly)
 
+    def compact(self) -> None:
+        """Let the store reclaim space while this object reads nothing (the embedded one truncates its WAL)."""
+        self._snap.close()
+        getattr(self.store, "compact", lambda: None)()
+        self._snap = self.store.snapshot()
+
     def _swap(self, snap: StoreSnapshot | None) -> None:
-        if snap is None:
-            return
-        old, self._snap = self._snap, snap
-        old.close()
+        if snap is not None:
+            old, self._snap = self._snap, snap
+            old.close()
 
     # -- construction ---------------------------------------------------------------------
 

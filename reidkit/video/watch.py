@@ -337,6 +337,7 @@ class Watch:
         """Retention, then global identities (incremental) over what is committed."""
         if retention and self.retain is not None:
             self.deleted += delete_older(self.gallery, time.time() - self.retain)
+        self.gallery.compact()  # a writer that always holds a snapshot would grow the embedded store's WAL forever
         self.gallery.refresh()
         if not self.gallery.entries(kind="tracklet"):
             return

@@ -110,6 +110,22 @@ class SQLiteStore:
         """A writer committed `key` but has not written its faiss cache yet (it still holds the writer lock)."""
         return not cache_path(self.db, key[1]).is_file() and WriterLock.is_held(self.db)
 
+    def compact(self) -> bool:
+        """Checkpoint the write-ahead log into the database and truncate it (True when it was). SQLite can only
+        rewind its WAL when no reader holds an older view, so a long-running writer that always holds a snapshot
+        (``reidkit watch``) grows it without end; the Gallery calls this with its own snapshot closed. Readers in
+        other processes make it a partial checkpoint (False); it never waits for them."""
+        if self.readonly:
+            return False
+        conn = connect(self.db / DB_FILE, timeout=0.5)
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        finally:
+            conn.close()
+        return not busy
+
     def check_writable(self) -> None:
         """ReIDError when the gallery was opened read-only (before any work is done)."""
         if self.readonly:
