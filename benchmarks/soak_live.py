@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                 rss, fds = _proc_figures(proc.pid)
                 h = _health(status_port) or {"cameras": {}}
                 c = h["cameras"].get("cam1", {})
+                disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file()) / 2**20 if db.exists() else 0.0
                 samples.append({"minute": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss, 1),
+                                "gallery_mb": round(disk, 1),
                                 "open_files": fds, "received": c.get("received"), "processed": c.get("processed"),
                                 "skipped": c.get("skipped"), "tracklets": c.get("tracklets"),
                                 "deleted": h.get("deleted"), "identities": h.get("identities")})
@@ -77,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     mid, last = samples[n // 3: 2 * n // 3] or samples, samples[2 * n // 3:] or samples
     rss_mid, rss_last = max(s["rss_mb"] for s in mid), max(s["rss_mb"] for s in last)
     fd_mid, fd_last = max(s["open_files"] for s in mid), max(s["open_files"] for s in last)
-    flat = rss_last <= 1.10 * rss_mid and fd_last <= fd_mid + 4
+    disk_mid, disk_last = max(s["gallery_mb"] for s in mid), max(s["gallery_mb"] for s in last)
+    flat = rss_last <= 1.10 * rss_mid and fd_last <= fd_mid + 4 and disk_last <= 1.25 * disk_mid + 1
     report = {"minutes": args.minutes, "fps": args.fps, "retain": args.retain, "rss_mb_middle_third": rss_mid,
               "rss_mb_last_third": rss_last, "open_files_middle_third": fd_mid, "open_files_last_third": fd_last,
+              "gallery_mb_middle_third": disk_mid, "gallery_mb_last_third": disk_last,
               "flat": flat, "watch_exit": proc.returncode, "index_check_exit": check.returncode,
               "index_check": check.stdout.strip().splitlines()[-3:], "samples": samples}
     RESULTS.mkdir(exist_ok=True)
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "soak_live.md").write_text(
         f"`python -m benchmarks.soak_live --minutes {args.minutes:g} --fps {args.fps:g} --retain {args.retain}`\n\n"
         f"| | middle third | last third |\n|---|---:|---:|\n| RSS (MB, max) | {rss_mid} | {rss_last} |\n"
-        f"| open files (max) | {fd_mid} | {fd_last} |\n\nflat: {flat}; watch exit {proc.returncode} (SIGTERM); "
+        f"| open files (max) | {fd_mid} | {fd_last} |\n| gallery on disk (MB, max) | {disk_mid} | {disk_last} |\n\nflat: {flat}; watch exit {proc.returncode} (SIGTERM); "
         f"index check exit {check.returncode}; frames received {samples[-1]['received'] if samples else 0}, "
         f"skipped {samples[-1]['skipped'] if samples else 0}, tracklets deleted by retention "
         f"{samples[-1]['deleted'] if samples else 0}\n")
