@@ -41,3 +41,22 @@ def weights_world(root: Path) -> dict[str, Any]:
             "device": "cpu", "output_dir": str(root / "t")}
     (root / "c.yaml").write_text(yaml.safe_dump(conf))
     return {"root": root, "good": good, "crops": crops, "db": db, "scene": scene, "config": root / "c.yaml"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_stream(video: Path, port: int, quality: int = 2):
+    """Debian's ffmpeg serving `video` at its own rate as MPEG-TS over HTTP on 127.0.0.1:`port` (one client,
+    then it exits): a live camera for the tests (reidkit.video.live)."""
+    import subprocess
+
+    return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", str(video), "-c:v", "mpeg2video",
+                             "-q:v", str(quality), "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

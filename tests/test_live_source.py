@@ -1,12 +1,11 @@
 """Live frame sources (reidkit.video.live): pacing, bounded buffers that skip by rule, reconnects, faults,
 and a real stream served by ffmpeg on 127.0.0.1 (issue 32)."""
 import shutil
-import socket
-import subprocess
 import time
 
 import numpy as np
 import pytest
+from factories import free_port, serve_stream
 
 from reidkit.data.scene import generate_scene
 from reidkit.errors import OptionError
@@ -140,23 +139,10 @@ def test_frame_index_follows_the_wall_clock_and_always_increases():
     assert frame_index(103.0, 100.0, 10.0, 5) == 30  # a 2.5 s gap (skips, a reconnect) leaves a hole
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(video, port):
-    """ffmpeg serving `video` at its own rate as MPEG-TS over HTTP on 127.0.0.1 (one client, then it exits)."""
-    return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", str(video), "-c:v", "mpeg2video",
-                             "-q:v", "3", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg to serve a stream")
 def test_a_real_http_stream_is_read_and_a_killed_server_is_reconnected(clip):
-    port = _free_port()
-    server = _serve(clip, port)
+    port = free_port()
+    server = serve_stream(clip, port)
     src = LiveSource(f"http://127.0.0.1:{port}/", "cam1", buffer=64, backoff=(0.2, 0.5),
                      open_timeout=5, read_timeout=3).start()
     try:
@@ -164,7 +150,7 @@ def test_a_real_http_stream_is_read_and_a_killed_server_is_reconnected(clip):
         assert len(first) >= 27, f"{len(first)} of 30 frames over HTTP"  # the last few may be cut at the end
         assert first[0].image.shape == (240, 320, 3)
         server.wait(timeout=10)  # played out: the stream dropped
-        server = _serve(clip, port)  # the camera comes back
+        server = serve_stream(clip, port)  # the camera comes back
         second = _collect(src, 20, timeout=20)
         assert len(second) >= 20 and src.stats.reconnects >= 1
         assert second[0].wall > first[-1].wall

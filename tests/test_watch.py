@@ -3,7 +3,6 @@
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
+from factories import free_port, serve_stream
 
 import procs
 from reidkit.cli import main as cli_main
@@ -27,19 +27,6 @@ FRAMES, FPS = 60, 20.0
 def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("watch") / "scene"
     return generate_scene(root, cams=3, ids=6, frames=FRAMES, fps=FPS, speed=1.0, topology="chain")
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(video, port):
-    """ffmpeg serving `video` at its own rate as MPEG-TS over HTTP on 127.0.0.1 (one client, then it exits)."""
-    return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", str(video), "-c:v", "mpeg2video",
-                             "-q:v", "2", "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _health(port):
@@ -107,9 +94,9 @@ def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, 
     assert cli_main(["identities", "--db", str(vdb), "--links", str(scene.links)]) == 0
     ref, _ = _tracklets(vdb)
 
-    ports = [_port() for _ in scene.cameras]
-    servers = [_serve(v, p) for v, p in zip(scene.videos, ports)]
-    status_port, wdb = _port(), tmp_path / "wdb"
+    ports = [free_port() for _ in scene.cameras]
+    servers = [serve_stream(v, p) for v, p in zip(scene.videos, ports)]
+    status_port, wdb = free_port(), tmp_path / "wdb"
     proc = _watch(tmp_path, _cameras_file(tmp_path, scene, ports), wdb, status_port)
     try:
         # every frame of every stream received and processed (the buffer is large: nothing skipped)
@@ -148,10 +135,10 @@ def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, 
 
 @needs_ffmpeg
 def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(scene, tmp_path):
-    ports = [_port() for _ in scene.cameras]
-    servers = [_serve(v, p) for v, p in zip(scene.videos, ports)]
+    ports = [free_port() for _ in scene.cameras]
+    servers = [serve_stream(v, p) for v, p in zip(scene.videos, ports)]
     cameras = _cameras_file(tmp_path, scene, ports)
-    status_port, db = _port(), tmp_path / "db"
+    status_port, db = free_port(), tmp_path / "db"
     proc = _watch(tmp_path, cameras, db, status_port)
     try:
         _wait_health(status_port, proc, lambda h: all(c["processed"] >= 40 and c["commits"] >= 1
@@ -168,7 +155,7 @@ def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(sc
     open_then = sum(len(st["open"]) for st in killed.values())
     assert open_then >= 1, "people were in view at the last commit"
     # the cameras come back (the same videos from their start); a new run goes on
-    servers = [_serve(v, p) for v, p in zip(scene.videos, ports)]
+    servers = [serve_stream(v, p) for v, p in zip(scene.videos, ports)]
     proc = _watch(tmp_path, cameras, db, status_port)
     try:
         _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
@@ -268,8 +255,8 @@ def test_a_stream_down_for_10_s_reconnects_and_nothing_is_duplicated(scene, tmp_
 
     from reidkit.video.watch import watch
 
-    port = _port()
-    server = _serve(scene.videos[0], port)
+    port = free_port()
+    server = serve_stream(scene.videos[0], port)
     stop, result = Event(), {}
     cams = [Camera("cam1", f"http://127.0.0.1:{port}/", FPS)]  # the motion detector, learning the background live
     t = Thread(target=lambda: result.update(watch(tmp_path / "db", cams, commit_every=0.5, identities_every=60,
@@ -278,7 +265,7 @@ def test_a_stream_down_for_10_s_reconnects_and_nothing_is_duplicated(scene, tmp_
     try:
         server.wait(timeout=60)  # the stream played out: the camera is down
         time.sleep(10)
-        server = _serve(scene.videos[0], port)  # back after 10 s
+        server = serve_stream(scene.videos[0], port)  # back after 10 s
         server.wait(timeout=60)
         time.sleep(1.5)
     finally:
@@ -313,7 +300,7 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
 
     rep = generate_scene(tmp_path / "scene", cams=3, ids=6, frames=240, fps=20.0, speed=1.0, topology="chain")
     cams = [Camera(c, str(v)) for c, v in zip(rep.cameras, rep.videos)]
-    port, stop, result = _port(), Event(), {}
+    port, stop, result = free_port(), Event(), {}
     t = Thread(target=lambda: result.update(watch(tmp_path / "db", cams, commit_every=1.0, identities_every=2.0,
                                                    status_port=port, stop=stop)))
     t.start()
@@ -359,8 +346,8 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
 def test_reidkit_video_watches_a_stream_url_and_refuses_a_mix(scene, tmp_path, capsys):
     assert cli_main(["video", "http://127.0.0.1:9/x", str(scene.videos[0]), "--db", str(tmp_path / "x")]) == 2
     assert "not both" in capsys.readouterr().err
-    port = _port()
-    server = _serve(scene.videos[0], port)
+    port = free_port()
+    server = serve_stream(scene.videos[0], port)
     db = tmp_path / "db"
     proc = procs.Popen([sys.executable, "-m", "reidkit.cli", "video", f"http://127.0.0.1:{port}/", "--db", str(db),
                         "--camera", "door", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
