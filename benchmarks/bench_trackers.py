@@ -61,7 +61,7 @@ MIN_LEN = 3  # reidkit video's --min-len default
 # ----------------------------------------------------------------------------- inputs
 
 
-def scene(work: Path, name: str) -> Path:
+def scene(work: Path, name: str, seed: int = 0) -> Path:
     """The scene folder (generated when missing, as `reidkit scene` does)."""
     root = work / name
     if not (root / "scene.json").is_file():
@@ -69,7 +69,7 @@ def scene(work: Path, name: str) -> Path:
 
         p = SCENES[name]
         generate_scene(root, cams=p["cams"], ids=p["ids"], frames=p["frames"], size=p["size"], fps=p["fps"],
-                       speed=p["speed"], seed=0)
+                       speed=p["speed"], seed=seed)
     return root
 
 
@@ -112,12 +112,12 @@ def detections(root: Path, cam: str, kind: str) -> dict[int, tuple[np.ndarray, n
             for f, rows in out.items()}
 
 
-def prepare(work: Path, name: str, kind: str, embedder: Any) -> list[Path]:
+def prepare(work: Path, name: str, kind: str, embedder: Any, seed: int = 0) -> list[Path]:
     """One .npz per camera: frame, clipped boxes, scores, features (cached)."""
     from reidkit.video.decode import iter_frames
     from reidkit.video.embedder import clip_boxes, crop_boxes
 
-    root = scene(work, name)
+    root = scene(work, name, seed)
     paths = []
     for cam in cameras(root):
         path = work / "inputs" / f"{name}-{kind}-{cam}.npz"
@@ -469,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/bench-trackers", help="scenes, detections, features (cached)")
     ap.add_argument("--scenes", default="A,B,C")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the scenes' seed (another seed: a held-out check of the defaults; use another --work)")
     ap.add_argument("--dets", default=",".join(DETS))
     ap.add_argument("--trackers", default=",".join(REIDKIT), help="reidkit trackers")
     ap.add_argument("--option", action="append", default=[], metavar="TRACKER.KEY=VALUE",
@@ -520,12 +522,12 @@ def main(argv: list[str] | None = None) -> None:
             return m
         return {**m, **identities(root, rows, cams, get_embedder().extractor, out)}
     for name in args.scenes.split(","):
-        root = scene(work, name)
+        root = scene(work, name, args.seed)
         for kind in args.dets.split(","):
             if any(not (work / "inputs" / f"{name}-{kind}-{c}.npz").is_file() for c in cameras(root)):
                 get_embedder()
                 print(f"features: scene {name}, {kind}", file=sys.stderr, flush=True)
-            paths = prepare(work, name, kind, embedder)
+            paths = prepare(work, name, kind, embedder, args.seed)
             cams = dict(zip(cameras(root), paths))
             for tr in args.trackers.split(","):
                 if not tr:
@@ -582,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
 
     RESULTS.mkdir(exist_ok=True)
     command = "python -m benchmarks.bench_trackers " + " ".join(argv)
-    payload = {"command": command, "machine": machine_info(), "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
+    payload = {"command": command, "seed": args.seed, "machine": machine_info(), "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
                "options": options, "results": results, "timing": timings}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=1))
     (RESULTS / f"{args.tag}.md").write_text(
