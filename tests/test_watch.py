@@ -201,8 +201,12 @@ def test_cameras_file_errors_are_one_line_each(tmp_path, capsys):
         assert cli_main(["watch", str(path), "--db", str(tmp_path / "db")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     assert cli_main(["watch", str(tmp_path / "nope.avi"), "--db", str(tmp_path / "db")]) == 2
     assert "neither a stream URL" in capsys.readouterr().err
+    # the handlers watch installs are the caller's again afterwards: a process that runs the CLI in-process (this
+    # test worker) and later forks must not hand its children a SIGTERM handler that only sets a flag
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert cli_main(["watch", "rtsp://a", "rtsp://b", "--camera", "x", "--db", str(tmp_path / "db")]) == 2
     assert "one name per URL" in capsys.readouterr().err
     assert cli_main(["watch", "rtsp://a", "--retain", "7 weeks", "--db", str(tmp_path / "db")]) == 2

@@ -74,9 +74,9 @@ def _cameras(args: argparse.Namespace) -> tuple[list, object]:
 
 
 def _run_watch(args: argparse.Namespace) -> int:
-    from reidkit.commands.video import _key_values, _tracker_options
+    from reidkit.commands.video import _tracker_options
     from reidkit.video.pipeline import Settings, tracker_fields
-    from reidkit.video.watch import parse_duration, watch
+    from reidkit.video.watch import parse_duration
 
     cams, links = _cameras(args)
     links = args.links or links
@@ -85,8 +85,18 @@ def _run_watch(args: argparse.Namespace) -> int:
     settings = Settings(appearance="needed", embed_budget=8,
                         **tracker_fields(tracker=args.tracker, options=_tracker_options(args.tracker_option)))
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _watch_until_stopped(args, cams, links, retain, duration, settings, stop)
+    finally:  # a caller's own handlers come back (cli_main may run inside a longer-lived process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch_until_stopped(args: argparse.Namespace, cams: list, links: object, retain: float | None,
+                         duration: float | None, settings: object, stop: threading.Event) -> int:
+    from reidkit.commands.video import _key_values
+    from reidkit.video.watch import watch
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
