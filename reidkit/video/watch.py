@@ -321,7 +321,7 @@ class Watch:
         failed = [f"{cs.camera.name}: {cs.error}" for cs in self.cams if cs.error]
         if failed and len(failed) == len(self.cams):
             raise ReIDError("every camera stopped with an error (" + "; ".join(failed) + ")")
-        self._update(retention=False)
+        self._update(retention=True)
         return self.status()
 
     def _commit(self, cs: CameraState, chunk: Chunk) -> None:

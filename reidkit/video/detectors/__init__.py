@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from reidkit.config.options import options_class, read_options, register_options
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.registry import Registry
 from reidkit.video.detectors.base import Detections, Detector
 
@@ -109,9 +109,9 @@ def unknown_detector(text: str) -> ReIDError:
     names = [*DETECTORS.names(), *detector_names()]
     close = difflib.get_close_matches(text, names, n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ReIDError(f"--detector {text!r} is neither a file, a detector nor a catalogue detector{hint}; "
-                     f"detectors: {', '.join(DETECTORS.names())}; catalogue: {', '.join(detector_names())} "
-                     "(reidkit weights list)")
+    return OptionError("detector", f"{text!r} is neither a file, a detector nor a catalogue detector{hint}; "
+                                   f"detectors: {', '.join(DETECTORS.names())}; catalogue: "
+                                   f"{', '.join(detector_names())} (reidkit weights list)")
 
 
 def resolve_detector(text: str | os.PathLike, values: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:
