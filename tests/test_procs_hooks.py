@@ -29,21 +29,6 @@ def _need(module, name):
     return hook
 
 
-def test_runpy_run_module_as_main_runs_a_module_as_dash_m_does(tmp_path, monkeypatch):
-    hook = _need(runpy, "_run_module_as_main")
-    params = inspect.signature(hook).parameters
-    assert list(params)[:2] == ["mod_name", "alter_argv"], f"runpy._run_module_as_main{inspect.signature(hook)}: {ADVICE}"
-    (tmp_path / "procs_probe_mod.py").write_text("import sys\nRESULT = (__name__, sys.argv[0])\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(sys, "argv", ["-m", "x"])
-    main = sys.modules["__main__"]
-    try:
-        scope = hook("procs_probe_mod", alter_argv=True)
-    finally:
-        sys.modules["__main__"] = main
-    assert scope["RESULT"] == ("__main__", str(tmp_path / "procs_probe_mod.py")), ADVICE
-
-
 def _fresh(code: str) -> str:
     """stdout of `code` in a real interpreter (not a fork), where the hook does what CPython does at exit."""
     import subprocess
@@ -51,6 +36,18 @@ def _fresh(code: str) -> str:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+def test_runpy_run_module_as_main_runs_a_module_as_dash_m_does(tmp_path):
+    # in a real interpreter, never in this process: the hook runs the module in __main__'s own namespace, and a
+    # multiprocessing forkserver started later would re-import __main__ under the probe's name
+    hook = _need(runpy, "_run_module_as_main")
+    params = inspect.signature(hook).parameters
+    assert list(params)[:2] == ["mod_name", "alter_argv"], f"runpy._run_module_as_main{inspect.signature(hook)}: {ADVICE}"
+    (tmp_path / "procs_probe_mod.py").write_text("import sys\nprint(__name__, sys.argv[0])\n")
+    out = _fresh(f"import runpy, sys\nsys.path.insert(0, {str(tmp_path)!r})\nsys.argv = ['-m', 'x']\n"
+                 "runpy._run_module_as_main('procs_probe_mod', alter_argv=True)\n")
+    assert out.split() == ["__main__", str(tmp_path / "procs_probe_mod.py")], ADVICE
 
 
 def test_threading_shutdown_joins_non_daemon_threads():
