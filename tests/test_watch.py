@@ -48,6 +48,18 @@ def _wait_health(port, proc, cond, timeout=120):
     raise AssertionError(f"watch did not reach the state in {timeout} s; last /health: {h}")
 
 
+def _stop(proc, servers):
+    """SIGTERM the watch (it commits and exits), then end the stream servers; (stdout, stderr). Always bounded."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for s in servers:
+            s.kill()
+
+
 def _tracklets(db):
     g = Gallery.open(db)
     return [(e["camera"], int(e["frame_start"]), int(e["frame_end"])) for e in g.entries(kind="tracklet")], g
@@ -115,13 +127,10 @@ def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, 
 
             frame = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
         assert frame.shape == (240, 320, 3)  # the newest processed frame, boxes drawn
-        proc.send_signal(signal.SIGTERM)  # commits the open tracklets, exits 0
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for s in servers:
-            s.kill()
+    except BaseException:
+        _stop(proc, servers)
+        raise
+    out, err = _stop(proc, servers)  # SIGTERM commits the open tracklets and exits 0
     assert proc.returncode == 0, err[-3000:]
     status = json.loads(out)
     for cam in scene.cameras:
@@ -159,13 +168,10 @@ def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(sc
     proc = _watch(tmp_path, cameras, db, status_port)
     try:
         _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for s in servers:
-            s.kill()
+    except BaseException:
+        _stop(proc, servers)
+        raise
+    out, err = _stop(proc, servers)
     assert proc.returncode == 0, err[-3000:]
     assert "session 1 was killed" in err
     g = Gallery.open(db)
@@ -211,6 +217,16 @@ def test_cameras_file_errors_are_one_line_each(tmp_path, capsys):
     assert "one name per URL" in capsys.readouterr().err
     assert cli_main(["watch", "rtsp://a", "--retain", "7 weeks", "--db", str(tmp_path / "db")]) == 2
     assert "--retain" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as busy:  # a status port another program holds: one error, not a traceback
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli_main(["watch", "rtsp://127.0.0.1:9/x", "--db", str(tmp_path / "db"), "--status-port", str(port),
+                         "--duration", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--status-port: cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err, err
 
 
 def test_cameras_file_reads_names_urls_files_and_links(tmp_path):

@@ -429,3 +429,4 @@ def watch(db: str | os.PathLike, cameras: Sequence[Camera], links: Any = None, w
     finally:
         if server is not None:
             server.shutdown()
+            server.server_close()

@@ -107,7 +107,12 @@ def serve_status(watch: Any, port: int, host: str = "127.0.0.1") -> Any:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, int(port)), Handler)
+    try:
+        server = ThreadingHTTPServer((host, int(port)), Handler)
+    except OSError as exc:
+        from reidkit.errors import OptionError
+
+        raise OptionError("status_port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="reidkit-watch-status", daemon=True).start()
     return server
