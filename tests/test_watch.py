@@ -369,7 +369,9 @@ def test_reidkit_video_watches_a_stream_url_and_refuses_a_mix(scene, tmp_path, c
     port = free_port()
     server = serve_stream(scene.videos[0], port)
     db = tmp_path / "db"
-    proc = procs.Popen([sys.executable, "-m", "reidkit.cli", "video", f"http://127.0.0.1:{port}/", "--db", str(db),
+    # a camera's password in its URL (how cameras take credentials) is used, never stored or printed
+    proc = procs.Popen([sys.executable, "-m", "reidkit.cli", "video", f"http://admin:s3cret@127.0.0.1:{port}/",
+                        "--db", str(db),
                         "--camera", "door", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         server.wait(timeout=120)  # played out
@@ -383,5 +385,8 @@ def test_reidkit_video_watches_a_stream_url_and_refuses_a_mix(scene, tmp_path, c
     assert proc.returncode == 0, err[-2000:]
     status = json.loads(out)
     assert status["cameras"]["door"]["received"] == FRAMES
-    rows, _ = _tracklets(db)
+    rows, g = _tracklets(db)
     assert rows and {r[0] for r in rows} == {"door"}
+    assert "s3cret" not in err and "s3cret" not in out
+    stored = json.dumps([g.entries(), g.get_state("live:door"), g.get_state("video:door-live-s1")])
+    assert "s3cret" not in stored and "http://***@127.0.0.1" in stored

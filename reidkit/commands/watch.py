@@ -101,7 +101,9 @@ def _watch_until_stopped(args: argparse.Namespace, cams: list, links: object, re
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    names = ", ".join(f"{c.name} ({c.url})" for c in cams)
+    from reidkit.video.live import shown_url
+
+    names = ", ".join(f"{c.name} ({shown_url(c.url)})" for c in cams)
     say(f"watching {len(cams)} camera(s): {names}; SIGTERM or Ctrl-C stops after committing")
     status = watch(args.db, cams, links=links, weights=args.weights, device=args.device,
                    engine="auto-int8" if args.engine == "auto" else args.engine, collection=args.collection,

@@ -25,6 +25,7 @@ import collections
 import logging
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -38,6 +39,12 @@ from reidkit.errors import OptionError
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "rtp://", "tcp://", "srt://")
+
+
+def shown_url(source: str | os.PathLike) -> str:
+    """`source` as logs, galleries and pages may show it: a URL's user and password (``rtsp://user:pw@host``, how
+    cameras and NVRs take credentials) replaced by ``***``. Nothing reidkit stores or prints holds the password."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1***@", str(source))
 
 
 def is_stream(source: str | os.PathLike) -> bool:
@@ -108,7 +115,7 @@ class LiveSource:
         self.source, self.camera = str(source), str(camera)
         self.file = not is_stream(self.source)
         if self.file and not Path(self.source).expanduser().is_file():
-            raise OptionError("source", f"camera {camera}: {self.source} is neither a stream URL "
+            raise OptionError("source", f"camera {camera}: {shown_url(self.source)} is neither a stream URL "
                                         f"({', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)}) nor a video file")
         self.buffer, self.backoff, self.loop = int(buffer), (lo, hi), bool(loop)
         self.open_timeout, self.read_timeout = float(open_timeout), float(read_timeout)
@@ -157,7 +164,7 @@ class LiveSource:
                     cap.release()
                 self.stats.failures += 1
                 if self.stats.last_error != error or self.stats.failures == 1:
-                    log.warning("camera %s: %s (%s); retrying every %.3g-%.3g s", self.camera, error, self.source,
+                    log.warning("camera %s: %s (%s); retrying every %.3g-%.3g s", self.camera, error, shown_url(self.source),
                                 *self.backoff)
                 self.stats.last_error = error
                 self._stop.wait(wait)

@@ -37,7 +37,7 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.video.decode import VideoInfo, safe_name
-from reidkit.video.live import LiveSource, SourceStats
+from reidkit.video.live import LiveSource, SourceStats, shown_url
 from reidkit.video.embedder import float_twin
 from reidkit.video.pipeline import Chunk, Settings, SharedEmbedder, Stats, VideoJob, _Direct, _Video, commit
 
@@ -191,7 +191,7 @@ class _Worker(threading.Thread):
         H, W = first.image.shape[:2]
         fps = cs.camera.fps or src.fps or DEFAULT_FPS
         key = f"{cs.camera.name}-live-s{cs.session}"
-        job = VideoJob(VideoInfo(Path(cs.camera.url), fps, 0, W, H), cs.camera.name, key,
+        job = VideoJob(VideoInfo(Path(shown_url(cs.camera.url)), fps, 0, W, H), cs.camera.name, key,
                        {"kind": "live"}, w.detector_name, start_time=first.wall)
         video = w.video(job, self.emb)
         detector = w.detector_factory(cs.camera)
@@ -211,7 +211,7 @@ class _Worker(threading.Thread):
                     for tid in list(video.open):
                         video._finish(tid)
                 chunk = video.chunk(stopping, n, last, time.monotonic() - t_commit)
-                chunk.state["live"] = {"camera": cs.camera.name, "session": cs.session, "url": cs.camera.url,
+                chunk.state["live"] = {"camera": cs.camera.name, "session": cs.session, "url": shown_url(cs.camera.url),
                                        "t0": first.wall, "fps": fps}
                 w.chunks.put((cs, chunk))
                 t_commit, n = time.monotonic(), 0
@@ -265,7 +265,7 @@ class Watch:
         state = self.gallery.get_state(f"video:{cs.camera.name}-live-s{prev}") if prev else None
         if state is not None and not state.get("done"):
             live = state.get("live") or {}
-            info = VideoInfo(Path(cs.camera.url), float(live.get("fps", DEFAULT_FPS)), 0, 1, 1)
+            info = VideoInfo(Path(shown_url(cs.camera.url)), float(live.get("fps", DEFAULT_FPS)), 0, 1, 1)
             job = VideoJob(info, cs.camera.name, f"{cs.camera.name}-live-s{prev}", {"kind": "live"},
                            self.detector_name, start_time=float(live.get("t0", 0.0)))
             video = self.video(job, self.shared.client(cs.camera.name))
@@ -279,7 +279,7 @@ class Watch:
                      f"as of its last commit are committed; this run is session {cs.session}")
         self.gallery.add_entries(np.zeros((0, 1), np.float32), [],
                                  state={LIVE_STATE.format(camera=cs.camera.name):
-                                        {"session": cs.session, "url": cs.camera.url, "started": time.time()}})
+                                        {"session": cs.session, "url": shown_url(cs.camera.url), "started": time.time()}})
 
     # ------------------------------------------------------------------ the writer
     def run(self, duration: float | None = None) -> dict[str, Any]:
