@@ -17,6 +17,7 @@ Per backbone (no head, random weights: speed does not depend on the values):
 Writes ``benchmarks/results/backbones.json`` and ``backbones.md``. CPU figures on a shared
 machine are noisy; the ratios to ResNet-50 from the same run are the comparable part.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,9 +101,16 @@ def onnx_speed(model: nn.Module, batch: int, budget: float, folder: Path) -> tup
     path = folder / "model.onnx"
     x = torch.randn(batch, 3, *SIZE)
     with torch.no_grad():
-        torch.onnx.export(model.cpu(), (x[:2],), str(path), dynamo=False, opset_version=17,
-                          input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        torch.onnx.export(
+            model.cpu(),
+            (x[:2],),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        )
         ref = model(x).numpy()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
@@ -136,8 +144,13 @@ def run(models: list[str], batch: int, budget: float, device: str, with_onnx: bo
         flops = count_flops(model)
         speed = torch_speed(model, batch, budget, dev)
         ref_speed = speed if name == "resnet50" else ref_speed
-        row: dict[str, Any] = {"model": name, "params_m": params / 1e6, "gflops": flops / 1e9,
-                               "torch_img_s": speed, "ratio_to_resnet50": speed / ref_speed}
+        row: dict[str, Any] = {
+            "model": name,
+            "params_m": params / 1e6,
+            "gflops": flops / 1e9,
+            "torch_img_s": speed,
+            "ratio_to_resnet50": speed / ref_speed,
+        }
         if with_onnx:
             with tempfile.TemporaryDirectory() as tmp:
                 row["onnx_img_s"], row["onnx_max_abs_diff"] = onnx_speed(model.cpu(), batch, budget, Path(tmp))
@@ -164,8 +177,10 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["rows"]:
         onnx = f"{r['onnx_img_s']:.1f}" if "onnx_img_s" in r else "-"
-        lines.append(f"| {r['model']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['torch_img_s']:.1f} | "
-                     f"{r['ratio_to_resnet50']:.2f} | {onnx} |")
+        lines.append(
+            f"| {r['model']} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['torch_img_s']:.1f} | "
+            f"{r['ratio_to_resnet50']:.2f} | {onnx} |"
+        )
     return "\n".join(lines) + "\n"
 
 

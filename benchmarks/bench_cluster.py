@@ -129,9 +129,7 @@ def worker(name: str, method: str) -> dict:
 
 def measure(name: str, method: str) -> dict:
     """Run ``worker`` in a fresh child of this process; add the child's peak RSS."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", name, method], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, __file__, "--worker", name, method], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"case": name, "method": method, "error": proc.stderr[-2000:]}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -142,9 +140,7 @@ def measure(name: str, method: str) -> dict:
 
 def run_fresh(name: str, method: str) -> dict:
     """One measurement, through a fresh intermediate process (its own RUSAGE_CHILDREN)."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--measure", name, method], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, __file__, "--measure", name, method], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"case": name, "method": method, "error": proc.stderr[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -155,8 +151,11 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2)
     ap.add_argument("--measure", nargs=2)
     ap.add_argument("--skip-dense", action="store_true")
-    ap.add_argument("--cases", default=",".join(c[0] for c in CASES if c[0] != "small_3000"),
-                    help="comma-separated among " + ", ".join(c[0] for c in CASES))
+    ap.add_argument(
+        "--cases",
+        default=",".join(c[0] for c in CASES if c[0] != "small_3000"),
+        help="comma-separated among " + ", ".join(c[0] for c in CASES),
+    )
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker)))
@@ -189,20 +188,26 @@ def main() -> None:
         }
         for c in CASES
     }
-    print(f"\n{'case':16s} {'method':20s} {'time s':>8s} {'dist s':>8s} {'peak MB':>9s} "
-          f"{'clusters':>8s} {'outl.':>6s} {'ARI':>6s}")
+    print(
+        f"\n{'case':16s} {'method':20s} {'time s':>8s} {'dist s':>8s} {'peak MB':>9s} "
+        f"{'clusters':>8s} {'outl.':>6s} {'ARI':>6s}"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['case']:16s} {r['method']:20s} ERROR")
             continue
         pk = r.get("peak_rss_mb")
-        print(f"{r['case']:16s} {r['method']:20s} {r['total_s']:8.1f} {r['distance_s']:8.1f} "
-              f"{(pk or float('nan')):9.0f} {r['n_clusters']:8d} {r['outlier_fraction']:6.3f} "
-              f"{r['ari']:6.3f}")
+        print(
+            f"{r['case']:16s} {r['method']:20s} {r['total_s']:8.1f} {r['distance_s']:8.1f} "
+            f"{(pk or float('nan')):9.0f} {r['n_clusters']:8d} {r['outlier_fraction']:6.3f} "
+            f"{r['ari']:6.3f}"
+        )
     for k, v in dense_need.items():
-        print(f"dense need {k}: one N^2 float32 = {v['one_float32_matrix_gb']:.2f} GB; field "
-              f"faiss version ~{v['field_faiss_version_peak_gb']:.1f} GB; paper re-ranking "
-              f"~{v['paper_rerank_version_gb']:.1f} GB")
+        print(
+            f"dense need {k}: one N^2 float32 = {v['one_float32_matrix_gb']:.2f} GB; field "
+            f"faiss version ~{v['field_faiss_version_peak_gb']:.1f} GB; paper re-ranking "
+            f"~{v['paper_rerank_version_gb']:.1f} GB"
+        )
     machine = {
         "node": platform.node(),
         "processor": platform.processor() or platform.machine(),
@@ -212,9 +217,7 @@ def main() -> None:
     }
     try:
         with open("/proc/cpuinfo") as fh:
-            machine["cpu_model"] = next(
-                ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")
-            )
+            machine["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     out = HERE / "results" / "cluster.json"
@@ -222,10 +225,15 @@ def main() -> None:
     if out.exists():  # keep earlier rows of the cases not rerun now
         done = {(r["case"], r["method"]) for r in rows}
         old = json.loads(out.read_text()).get("results", [])
-        rows = [r for r in old if (r["case"], r["method"]) not in done
-                and r["case"] not in args.cases.split(",")] + rows
-    out.write_text(json.dumps({"machine": machine, "k1": K1, "k2": K2, "eps": EPS,
-                               "results": rows, "dense_requirement": dense_need}, indent=2))
+        rows = [
+            r for r in old if (r["case"], r["method"]) not in done and r["case"] not in args.cases.split(",")
+        ] + rows
+    out.write_text(
+        json.dumps(
+            {"machine": machine, "k1": K1, "k2": K2, "eps": EPS, "results": rows, "dense_requirement": dense_need},
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

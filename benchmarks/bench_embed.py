@@ -11,6 +11,7 @@ difference printed) so a speed-up never hides a different feature; the int8 mode
 (reidkit.models.quantize) changes features by design: its lowest cosine similarity to eager's features
 is printed instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,26 +75,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in _models(size).items():
             folded = fold_batchnorm(model)
-            onnx = OnnxFeatureModel(export_model_to(model, Path(tmp) / f"{name}.onnx", size=size),
-                                    threads=args.threads)
-            int8 = OnnxFeatureModel(quantize_onnx(onnx.path, Path(tmp) / f"{name}-int8.onnx", size, model.mean,
-                                                  model.std), threads=args.threads)
+            onnx = OnnxFeatureModel(export_model_to(model, Path(tmp) / f"{name}.onnx", size=size), threads=args.threads)
+            int8 = OnnxFeatureModel(
+                quantize_onnx(onnx.path, Path(tmp) / f"{name}-int8.onnx", size, model.mean, model.std),
+                threads=args.threads,
+            )
             engines = {"eager": model, "folded": folded, "onnxruntime": onnx, "int8": int8}
             rows = {}
             for b in args.batches:
                 x = torch.from_numpy(calibration_crops(size, model.mean, model.std, n=b, seed=1))  # unseen crops
                 with torch.no_grad():
                     ref = model(x)
-                    diffs = {k: float((e(x) - ref).abs().max()) for k, e in engines.items() if k not in ("eager", "int8")}
+                    diffs = {
+                        k: float((e(x) - ref).abs().max()) for k, e in engines.items() if k not in ("eager", "int8")
+                    }
                     cos = torch.nn.functional.cosine_similarity(int8(x), ref, dim=1)
                 rates = {k: _rate(e, x, args.seconds) for k, e in engines.items()}
-                rows[b] = {"crops_per_s": rates, "ratio_to_eager": {k: v / rates["eager"] for k, v in rates.items()},
-                           "max_abs_diff": diffs, "feature_scale": float(ref.abs().max()),
-                           "int8_min_cosine": float(cos.min())}
-                print(f"{name:18s} batch {b:3d}: " + "  ".join(
-                    f"{k} {v:7.1f}/s (x{rows[b]['ratio_to_eager'][k]:.2f})" for k, v in rates.items())
-                    + "  |diff| " + " ".join(f"{k} {v:.1e}" for k, v in diffs.items())
-                    + f"  int8 cos >= {float(cos.min()):.3f}", flush=True)
+                rows[b] = {
+                    "crops_per_s": rates,
+                    "ratio_to_eager": {k: v / rates["eager"] for k, v in rates.items()},
+                    "max_abs_diff": diffs,
+                    "feature_scale": float(ref.abs().max()),
+                    "int8_min_cosine": float(cos.min()),
+                }
+                print(
+                    f"{name:18s} batch {b:3d}: "
+                    + "  ".join(f"{k} {v:7.1f}/s (x{rows[b]['ratio_to_eager'][k]:.2f})" for k, v in rates.items())
+                    + "  |diff| "
+                    + " ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+                    + f"  int8 cos >= {float(cos.min()):.3f}",
+                    flush=True,
+                )
             results["models"][name] = rows
     if args.out:
         from reidkit.utils.io import write_json

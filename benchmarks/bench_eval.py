@@ -5,6 +5,7 @@
 All three get the same random distance matrix with Market-like pids/camids (750 identities,
 6 cameras, 2,793 distractors with pid 0); the numbers must agree exactly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,7 @@ def reference_evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_ran
         prec = raw.cumsum() / np.arange(1, len(raw) + 1)
         all_ap.append((prec * raw).sum() / raw.sum())
     cmc = np.asarray(all_cmc, dtype=np.float64).sum(0) / len(all_cmc)
-    return {"mAP": float(np.mean(all_ap)), "cmc": cmc, "mINP": float(np.mean(all_inp)),
-            "num_valid": len(all_cmc)}
+    return {"mAP": float(np.mean(all_ap)), "cmc": cmc, "mINP": float(np.mean(all_inp)), "num_valid": len(all_cmc)}
 
 
 def field_style_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -68,8 +68,7 @@ def field_style_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
     return {"mAP": float(np.mean(aps)), "cmc": cmc, "mINP": float(np.mean(inps)), "num_valid": len(cmcs)}
 
 
-def reference_cuhk03_cmc(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50,
-                         num_repeats=10, seed=0):
+def reference_cuhk03_cmc(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, num_repeats=10, seed=0):
     """Per-query single-gallery-shot CMC with the sampling rule documented in metrics.py."""
     upids = np.unique(g_pids)
     members = [np.flatnonzero(g_pids == p) for p in upids]
@@ -122,8 +121,12 @@ def main(argv=None) -> None:
     t_field, field = timed(lambda: field_style_loop(*data))
 
     def agree(a: dict, b: dict) -> bool:
-        return (abs(a["mAP"] - b["mAP"]) < 1e-9 and abs(a["mINP"] - b["mINP"]) < 1e-9
-                and np.allclose(a["cmc"], b["cmc"], rtol=0, atol=1e-12) and a["num_valid"] == b["num_valid"])
+        return (
+            abs(a["mAP"] - b["mAP"]) < 1e-9
+            and abs(a["mINP"] - b["mINP"]) < 1e-9
+            and np.allclose(a["cmc"], b["cmc"], rtol=0, atol=1e-12)
+            and a["num_valid"] == b["num_valid"]
+        )
 
     result = {
         "shape": list(data[0].shape),
@@ -133,7 +136,9 @@ def main(argv=None) -> None:
         "speedup": round(t_ref / t_fast, 1),
         "speedup_vs_field_style_loop": round(t_field / t_fast, 1),
         "identical": bool(agree(ref, fast) and agree(field, fast)),
-        "mAP": fast["mAP"], "rank1": float(fast["cmc"][0]), "mINP": fast["mINP"],
+        "mAP": fast["mAP"],
+        "rank1": float(fast["cmc"][0]),
+        "mINP": fast["mINP"],
         "num_valid": fast["num_valid"],
     }
     path = write_result("bench_eval", result)

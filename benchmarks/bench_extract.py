@@ -9,6 +9,7 @@ Market1501 test side is 19,281 images). The decode-once cache build is timed sep
 (``cache_build_s``): in a training run it is paid once and shared with training; the reference
 decodes every time it extracts. No flip TTA on either side (the bot_r50 recipe's test setting).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -81,8 +82,9 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
         batch = int(p.get("batch_fast", 512))
 
         def run_once() -> int:
-            f = extract_features(net, images, batch_size=batch, flip=False, device=device, mean=mean,
-                                 std=std, size=size, amp=amp)
+            f = extract_features(
+                net, images, batch_size=batch, flip=False, device=device, mean=mean, std=std, size=size, amp=amp
+            )
             return int(f.shape[0])
     else:
         ds = _PILImages(paths, size, mean, std)
@@ -91,8 +93,9 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
 
         @torch.no_grad()
         def run_once() -> int:
-            loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=p["num_workers"],
-                                                 pin_memory=device.type == "cuda")
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=batch, num_workers=p["num_workers"], pin_memory=device.type == "cuda"
+            )
             n = 0
             for x in loader:
                 f = net(x.to(device, non_blocking=True)).float().cpu()
@@ -107,13 +110,22 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
         if r:  # the first pass pays cudnn autotuning / allocator growth / worker forks
             rates.append(n / (time.perf_counter() - t0))
     return {
-        "mode": p["mode"], "images_per_s": statistics.median(rates), "rates": rates, "images": len(paths),
-        "batch": batch, "size": list(size), "backbone": p.get("backbone", "resnet50"), "device": str(device),
+        "mode": p["mode"],
+        "images_per_s": statistics.median(rates),
+        "rates": rates,
+        "images": len(paths),
+        "batch": batch,
+        "size": list(size),
+        "backbone": p.get("backbone", "resnet50"),
+        "device": str(device),
         # extract_features autocasts in bf16 (its amp_dtype default); the reference is plain fp32.
         "amp": "bf16" if amp else "fp32",
-        "num_workers": None if fast else p["num_workers"], "repeats": p["repeats"],
-        "peak_rss_mb": vm_hwm_mb(), "peak_rss_worker_mb": None if fast else children_peak_rss_mb(),
-        "peak_gpu_mb": gpu_peak_mb(device), **extra,
+        "num_workers": None if fast else p["num_workers"],
+        "repeats": p["repeats"],
+        "peak_rss_mb": vm_hwm_mb(),
+        "peak_rss_worker_mb": None if fast else children_peak_rss_mb(),
+        "peak_gpu_mb": gpu_peak_mb(device),
+        **extra,
     }
 
 

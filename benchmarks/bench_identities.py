@@ -21,6 +21,7 @@ ids and the number of identities (8 people in the scene).
     python -m benchmarks.bench_identities --work /tmp/bench_ids --dets gtn --video-arg=--engine=torch
     python -m benchmarks.bench_identities --work /tmp/bench_ids --identities-arg=--stitch-gap=2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,13 @@ def run_kind(root: Path, work: Path, kind: str, video_args: list[str], ident_arg
     except SystemExit as exc:  # an older reidkit without `tracklets export`
         print(exc, file=sys.stderr)
     rep = json.loads(ident)
-    out = {"kind": kind, "tracklets": rep["tracklets"], "identities": rep["identities"],
-           "multi_HOTA": multi["multi_camera"]["HOTA"], "multi_IDF1": multi["multi_camera"]["IDF1"]}
+    out = {
+        "kind": kind,
+        "tracklets": rep["tracklets"],
+        "identities": rep["identities"],
+        "multi_HOTA": multi["multi_camera"]["HOTA"],
+        "multi_IDF1": multi["multi_camera"]["IDF1"],
+    }
     if single:
         c = single["combined"]
         out.update(HOTA=c["HOTA"], IDF1=c["IDF1"], IDsw=c.get("IDSW", c.get("IDsw")))
@@ -112,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     print("| detections | tracklets | HOTA | IDF1 | IDsw | multi-camera HOTA | multi-camera IDF1 | identities (8) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['kind']} | {r['tracklets']} | {r.get('HOTA', float('nan')):.1f} | {r.get('IDF1', float('nan')):.1f} "
-              f"| {r.get('IDsw', '')} | {r['multi_HOTA']:.1f} | {r['multi_IDF1']:.1f} | {r['identities']} |")
+        print(
+            f"| {r['kind']} | {r['tracklets']} | {r.get('HOTA', float('nan')):.1f} | {r.get('IDF1', float('nan')):.1f} "
+            f"| {r.get('IDsw', '')} | {r['multi_HOTA']:.1f} | {r['multi_IDF1']:.1f} | {r['identities']} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "commands": log}, indent=2) + "\n")
 

@@ -11,6 +11,7 @@ search (IndexFlatIP). The indexes are the ones `reidkit index build --index ivf|
 
 Writes benchmarks/results/index.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,17 @@ from benchmarks.common import write_result
 from reidkit.retrieval.ann import default_nlist, make_faiss_index, set_search_params
 
 
-def clustered(n: int, dim: int, clusters: int, noise: float, rng: np.random.Generator,
-              centers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def clustered(
+    n: int, dim: int, clusters: int, noise: float, rng: np.random.Generator, centers: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """`n` unit vectors around `clusters` Gaussian centres (the centres are returned for the queries)."""
     if centers is None:
         # Identities share coarse appearance (clothing colours, pose): centres scatter around
         # 50 "super" centres, so neighbouring clusters overlap as real ReID features do.
         supers = rng.standard_normal((50, dim)).astype(np.float32)
-        centers = supers[rng.integers(50, size=clusters)] + 0.8 * rng.standard_normal((clusters, dim)).astype(np.float32)
+        centers = supers[rng.integers(50, size=clusters)] + 0.8 * rng.standard_normal((clusters, dim)).astype(
+            np.float32
+        )
     out = np.empty((n, dim), dtype=np.float32)
     for s in range(0, n, 50_000):
         e = min(n, s + 50_000)
@@ -65,9 +69,20 @@ def main() -> None:
     x, centers = clustered(args.n, args.dim, args.clusters, args.noise, rng)
     q, _ = clustered(args.queries, args.dim, args.clusters, args.noise, rng, centers)
     k = 10
-    out: dict = {"data": {"n": args.n, "dim": args.dim, "queries": args.queries, "clusters": args.clusters,
-                          "noise": args.noise, "kind": "clustered Gaussian, L2-normalised", "seed": args.seed},
-                 "threads": args.threads, "k": k, "indexes": []}
+    out: dict = {
+        "data": {
+            "n": args.n,
+            "dim": args.dim,
+            "queries": args.queries,
+            "clusters": args.clusters,
+            "noise": args.noise,
+            "kind": "clustered Gaussian, L2-normalised",
+            "seed": args.seed,
+        },
+        "threads": args.threads,
+        "k": k,
+        "indexes": [],
+    }
 
     t0 = time.perf_counter()
     ids = np.arange(args.n, dtype=np.int64)  # gallery indexes take explicit ids (the entry ids)
@@ -77,8 +92,14 @@ def main() -> None:
     t0 = time.perf_counter()
     _, truth = flat.search(q, k)
     exact_s = time.perf_counter() - t0
-    out["indexes"].append({"index": "flat (exact)", "build_s": round(build_flat, 2),
-                           "query_ms": round(1000 * exact_s / args.queries, 3), "recall@10": 1.0})
+    out["indexes"].append(
+        {
+            "index": "flat (exact)",
+            "build_s": round(build_flat, 2),
+            "query_ms": round(1000 * exact_s / args.queries, 3),
+            "recall@10": 1.0,
+        }
+    )
     print(f"flat: build {build_flat:.1f}s, {1000 * exact_s / args.queries:.2f} ms/query", flush=True)
     del flat
 
@@ -94,10 +115,21 @@ def main() -> None:
         _, got = ivf.search(q, k)
         dt = time.perf_counter() - t0
         rec = recall_at(truth, got, k)
-        out["indexes"].append({"index": "ivf", "nlist": nlist, "nprobe": nprobe, "build_s": round(build_ivf, 2),
-                               "query_ms": round(1000 * dt / args.queries, 3), "recall@10": round(rec, 4)})
-        print(f"ivf nlist={nlist} nprobe={nprobe}: recall@10 {rec:.4f}, {1000 * dt / args.queries:.3f} ms/query "
-              f"(build {build_ivf:.1f}s)", flush=True)
+        out["indexes"].append(
+            {
+                "index": "ivf",
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "build_s": round(build_ivf, 2),
+                "query_ms": round(1000 * dt / args.queries, 3),
+                "recall@10": round(rec, 4),
+            }
+        )
+        print(
+            f"ivf nlist={nlist} nprobe={nprobe}: recall@10 {rec:.4f}, {1000 * dt / args.queries:.3f} ms/query "
+            f"(build {build_ivf:.1f}s)",
+            flush=True,
+        )
     del ivf
 
     t0 = time.perf_counter()
@@ -110,11 +142,22 @@ def main() -> None:
         _, got = hnsw.search(q, k)
         dt = time.perf_counter() - t0
         rec = recall_at(truth, got, k)
-        out["indexes"].append({"index": "hnsw", "M": 32, "efConstruction": 80, "efSearch": ef,
-                               "build_s": round(build_hnsw, 2), "query_ms": round(1000 * dt / args.queries, 3),
-                               "recall@10": round(rec, 4)})
-        print(f"hnsw M=32 efSearch={ef}: recall@10 {rec:.4f}, {1000 * dt / args.queries:.3f} ms/query "
-              f"(build {build_hnsw:.1f}s)", flush=True)
+        out["indexes"].append(
+            {
+                "index": "hnsw",
+                "M": 32,
+                "efConstruction": 80,
+                "efSearch": ef,
+                "build_s": round(build_hnsw, 2),
+                "query_ms": round(1000 * dt / args.queries, 3),
+                "recall@10": round(rec, 4),
+            }
+        )
+        print(
+            f"hnsw M=32 efSearch={ef}: recall@10 {rec:.4f}, {1000 * dt / args.queries:.3f} ms/query "
+            f"(build {build_hnsw:.1f}s)",
+            flush=True,
+        )
     path = write_result("index", out)
     print(f"wrote {path}")
 

@@ -11,6 +11,7 @@ repeated over the loops, so the cost of skipping shows as HOTA. Writes results/b
 
     python -m benchmarks.bench_live --streams 1,2,3,4 --seconds 300
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,30 @@ def _port() -> int:
 
 
 def _serve(video: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(video),
-                             "-c:v", "mpeg2video", "-q:v", "3", "-f", "mpegts", "-listen", "1",
-                             f"http://127.0.0.1:{port}/"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+            "-i",
+            str(video),
+            "-c:v",
+            "mpeg2video",
+            "-q:v",
+            "3",
+            "-f",
+            "mpegts",
+            "-listen",
+            "1",
+            f"http://127.0.0.1:{port}/",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _health(port: int) -> dict | None:
@@ -71,13 +92,25 @@ def run(n: int, seconds: float, scene: Path, work: Path) -> dict:
     ports = [_port() for _ in range(n)]
     servers = [_serve(video, p) for p in ports]
     db, status_port = work / f"db{n}", _port()
-    cmd = [sys.executable, "-m", "reidkit.cli", "watch", *[f"http://127.0.0.1:{p}/" for p in ports],
-           "--db", str(db), "--status-port", str(status_port), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reidkit.cli",
+        "watch",
+        *[f"http://127.0.0.1:{p}/" for p in ports],
+        "--db",
+        str(db),
+        "--status-port",
+        str(status_port),
+        "--json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples = []
     try:
         while _health(status_port) is None or not all(
-                c["processed"] > 0 for c in (_health(status_port) or {"cameras": {"x": {"processed": 0}}})["cameras"].values()):
+            c["processed"] > 0
+            for c in (_health(status_port) or {"cameras": {"x": {"processed": 0}}})["cameras"].values()
+        ):
             if proc.poll() is not None:
                 raise SystemExit(proc.communicate()[1][-2000:])
             time.sleep(0.5)
@@ -86,9 +119,15 @@ def run(n: int, seconds: float, scene: Path, work: Path) -> dict:
             time.sleep(5)
             h = _health(status_port)
             if h is not None:
-                samples.append({"t": round(time.monotonic() - t0, 1), **{
-                    cam: {k: c[k] for k in ("received", "processed", "skipped", "lag")}
-                    for cam, c in h["cameras"].items()}})
+                samples.append(
+                    {
+                        "t": round(time.monotonic() - t0, 1),
+                        **{
+                            cam: {k: c[k] for k in ("received", "processed", "skipped", "lag")}
+                            for cam, c in h["cameras"].items()
+                        },
+                    }
+                )
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -116,11 +155,20 @@ def run(n: int, seconds: float, scene: Path, work: Path) -> dict:
     gt = _looped_gt(scene, 300, {c: v["received"] for c, v in cams.items()}, work / f"gt{n}")
     m = evaluate_tracks(gt, pred, multi_camera=False)["combined"]
     pace = window_skip <= 0.01 * window_rx and lag_last <= lag_first + 0.1
-    return {"streams": n, "seconds": seconds, "received": received, "skipped": skipped,
-            "skip_rate": round(skipped / max(received, 1), 4),
-            "steady_skip_rate": round(window_skip / max(window_rx, 1), 4), "lag_first_s": round(lag_first, 3),
-            "lag_last_s": round(lag_last, 3), "keeps_pace": bool(pace), "HOTA": round(m["HOTA"], 1),
-            "IDF1": round(m["IDF1"], 1), "samples": samples}
+    return {
+        "streams": n,
+        "seconds": seconds,
+        "received": received,
+        "skipped": skipped,
+        "skip_rate": round(skipped / max(received, 1), 4),
+        "steady_skip_rate": round(window_skip / max(window_rx, 1), 4),
+        "lag_first_s": round(lag_first, 3),
+        "lag_last_s": round(lag_last, 3),
+        "keeps_pace": bool(pace),
+        "HOTA": round(m["HOTA"], 1),
+        "IDF1": round(m["IDF1"], 1),
+        "samples": samples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,19 +189,30 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(x) for x in args.streams.split(",")):
             r = run(n, args.seconds, scene, work)
             rows.append(r)
-            print(f"{n} stream(s): skip rate {r['skip_rate']:.1%} ({r['steady_skip_rate']:.1%} after 5 s), lag {r['lag_first_s']} -> {r['lag_last_s']} s, "
-                  f"HOTA {r['HOTA']}, keeps pace: {r['keeps_pace']}", flush=True)
+            print(
+                f"{n} stream(s): skip rate {r['skip_rate']:.1%} ({r['steady_skip_rate']:.1%} after 5 s), lag {r['lag_first_s']} -> {r['lag_last_s']} s, "
+                f"HOTA {r['HOTA']}, keeps pace: {r['keeps_pace']}",
+                flush=True,
+            )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"bench_live{args.tag}.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| streams | seconds | frames received | skipped (all) | skipped after 5 s | lag first / last third (s) "
-             "| keeps pace | HOTA | IDF1 |", "|---:|---:|---:|---:|---:|---|---|---:|---:|"]
-    lines += [f"| {r['streams']} | {r['seconds']:.0f} | {r['received']} | {r['skipped']} ({r['skip_rate']:.1%}) | "
-              f"{r['steady_skip_rate']:.1%} | "
-              f"{r['lag_first_s']} / {r['lag_last_s']} | {'yes' if r['keeps_pace'] else 'no'} | {r['HOTA']} | "
-              f"{r['IDF1']} |" for r in rows]
+    lines = [
+        "| streams | seconds | frames received | skipped (all) | skipped after 5 s | lag first / last third (s) "
+        "| keeps pace | HOTA | IDF1 |",
+        "|---:|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    lines += [
+        f"| {r['streams']} | {r['seconds']:.0f} | {r['received']} | {r['skipped']} ({r['skip_rate']:.1%}) | "
+        f"{r['steady_skip_rate']:.1%} | "
+        f"{r['lag_first_s']} / {r['lag_last_s']} | {'yes' if r['keeps_pace'] else 'no'} | {r['HOTA']} | "
+        f"{r['IDF1']} |"
+        for r in rows
+    ]
     (RESULTS / f"bench_live{args.tag}.md").write_text(
         f"`python -m benchmarks.bench_live --streams {args.streams} --seconds {args.seconds:g}`\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines)
+        + "\n"
+    )
     print("\n".join(lines))
     return 0
 

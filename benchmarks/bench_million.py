@@ -19,6 +19,7 @@ latency.
 Writes benchmarks/results/million.md (rewritten after each index, so a long run leaves a partial
 table) and benchmarks/results/million.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,15 @@ import numpy as np
 from benchmarks.bench_index import clustered, recall_at
 from benchmarks.common import RESULTS_DIR, vm_hwm_mb
 from reidkit.retrieval.backends.sqlite import schema as store
-from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_NPROBE, DEFAULT_REFINE_K, default_nlist,
-                                  make_faiss_index, refine_exact, set_search_params)
+from reidkit.retrieval.ann import (
+    DEFAULT_APPROX_INDEX,
+    DEFAULT_NPROBE,
+    DEFAULT_REFINE_K,
+    default_nlist,
+    make_faiss_index,
+    refine_exact,
+    set_search_params,
+)
 
 SWEEPS = {
     "ivf": [{"nprobe": p} for p in (8, 16, 32, 64, 128)],
@@ -82,7 +90,9 @@ def vector_store(x: np.ndarray, folder: Path) -> sqlite3.Connection:
     conn.execute("CREATE TABLE vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL)")
     conn.execute("BEGIN")
     for s in range(0, len(x), 50_000):
-        conn.executemany("INSERT INTO vectors VALUES (?, ?)", ((s + j, v.tobytes()) for j, v in enumerate(x[s : s + 50_000])))
+        conn.executemany(
+            "INSERT INTO vectors VALUES (?, ?)", ((s + j, v.tobytes()) for j, v in enumerate(x[s : s + 50_000]))
+        )
     conn.execute("COMMIT")
     return conn
 
@@ -109,21 +119,29 @@ def write_table(rows: list[dict], meta: dict, path: Path) -> None:
     rows = sorted(rows, key=lambda r: order.get(r["kind"], len(order)))  # stable: sweep order kept
     for r in rows:
         setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "-"
-        lines.append(f"| {r['kind']} | {setting} | {r['build_s']:.0f} | {r['memory_mib']:.0f} | "
-                     f"{r['recall10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+        lines.append(
+            f"| {r['kind']} | {setting} | {r['build_s']:.0f} | {r['memory_mib']:.0f} | "
+            f"{r['recall10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+        )
     ok = [r for r in rows if r["recall10"] >= 0.95 and r["p99_ms"] < 20]
     if ok:
         best = min(ok, key=lambda r: r["p99_ms"])
-        lines += ["", f"Fastest setting meeting recall@10 >= 0.95 and p99 < 20 ms: **{best['kind']}** "
-                      f"({', '.join(f'{k}={v}' for k, v in best['setting'].items())}): recall@10 "
-                      f"{best['recall10']:.3f}, p99 {best['p99_ms']:.2f} ms, {best['memory_mib']:.0f} MiB."]
+        lines += [
+            "",
+            f"Fastest setting meeting recall@10 >= 0.95 and p99 < 20 ms: **{best['kind']}** "
+            f"({', '.join(f'{k}={v}' for k, v in best['setting'].items())}): recall@10 "
+            f"{best['recall10']:.3f}, p99 {best['p99_ms']:.2f} ms, {best['memory_mib']:.0f} MiB.",
+        ]
     default = {"nprobe": DEFAULT_NPROBE, "refine_k": DEFAULT_REFINE_K}
     for r in rows:
         if r["kind"] == DEFAULT_APPROX_INDEX and all(r["setting"].get(k, v) == v for k, v in default.items()):
-            lines += ["", f"The gallery's default approximate index (`--index approx`) is **{r['kind']}** with its "
-                          f"default settings ({', '.join(f'{k}={v}' for k, v in r['setting'].items())}): recall@10 "
-                          f"{r['recall10']:.3f}, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-                          f"{r['memory_mib']:.0f} MiB."]
+            lines += [
+                "",
+                f"The gallery's default approximate index (`--index approx`) is **{r['kind']}** with its "
+                f"default settings ({', '.join(f'{k}={v}' for k, v in r['setting'].items())}): recall@10 "
+                f"{r['recall10']:.3f}, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+                f"{r['memory_mib']:.0f} MiB.",
+            ]
     lines += ["", f"Peak RSS of the benchmark process: {meta.get('peak_rss_mib', 0):.0f} MiB."]
     path.write_text("\n".join(lines) + "\n")
 
@@ -164,8 +182,15 @@ def main() -> None:
     del exact
     gc.collect()
     print(f"truth {truth_s:.0f} s", flush=True)
-    meta = {"n": args.n, "dim": args.dim, "queries": args.queries, "clusters": clusters, "noise": args.noise,
-            "threads": args.threads, "truth_s": truth_s}
+    meta = {
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "clusters": clusters,
+        "noise": args.noise,
+        "threads": args.threads,
+        "truth_s": truth_s,
+    }
     rows: list[dict] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,9 +224,15 @@ def main() -> None:
             refine = (conn, args.dim, setting["refine_k"]) if "refine_k" in setting else None
             latencies(index, q[:50], refine=refine)  # warm-up
             got, times = latencies(index, q, refine=refine)
-            row = {"kind": kind, "setting": setting, "build_s": build_s, "memory_mib": mem,
-                   "recall10": recall_at(truth, got, 10), "p50_ms": float(np.percentile(times, 50) * 1000),
-                   "p99_ms": float(np.percentile(times, 99) * 1000)}
+            row = {
+                "kind": kind,
+                "setting": setting,
+                "build_s": build_s,
+                "memory_mib": mem,
+                "recall10": recall_at(truth, got, 10),
+                "p50_ms": float(np.percentile(times, 50) * 1000),
+                "p99_ms": float(np.percentile(times, 99) * 1000),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
             meta["peak_rss_mib"] = vm_hwm_mb()

@@ -9,6 +9,7 @@ own. The dense reference is a plain numpy transcription of the original algorith
 matrices, per-item loops), fed the plain Euclidean distance matrices (it squares them, as the
 original code does); reidkit's side starts from the features, so its time includes the kNN search.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-SCALES = {"market1501": (3368, 15913, 750), "msmt17": (11659, 82161, 3060), "small": (300, 1500, 100),
-          "n3000": (500, 2500, 150)}
+SCALES = {
+    "market1501": (3368, 15913, 750),
+    "msmt17": (11659, 82161, 3060),
+    "small": (300, 1500, 100),
+    "n3000": (500, 2500, 150),
+}
 
 
 def clustered_features(num_q, num_g, ids, dim=512, seed=0, noise=0.8):
@@ -131,8 +136,7 @@ def worker(args) -> None:
     np.save(args.top_out, top)
     if args.save_full:
         np.save(args.top_out.replace(".npy", "_full.npy"), out)
-    print(json.dumps({"seconds": total, "distance_seconds": t_dist, "peak_rss_mb": vm_hwm_mb(),
-                      "rss_before_mb": base}))
+    print(json.dumps({"seconds": total, "distance_seconds": t_dist, "peak_rss_mb": vm_hwm_mb(), "rss_before_mb": base}))
 
 
 def main(argv=None) -> None:
@@ -156,14 +160,26 @@ def main(argv=None) -> None:
     tmp = Path(tempfile.mkdtemp())
     common = ["--scale", args.scale, "--dim", str(args.dim), "--seed", str(args.seed)]
     full = ["--save-full"] if args.scale in ("small", "n3000") else []
-    res = {"scale": args.scale, "num_query": nq, "num_gallery": ng, "dim": args.dim,
-           "features": "clustered, L2-normalised", "k1": 20, "k2": 6, "lambda": 0.3,
-           "dense_bytes_per_NxN_float32": n * n * 4}
-    sparse = run_isolated("benchmarks.bench_rerank", common + ["--worker", "sparse", "--top-out", str(tmp / "s.npy")] + full)
+    res = {
+        "scale": args.scale,
+        "num_query": nq,
+        "num_gallery": ng,
+        "dim": args.dim,
+        "features": "clustered, L2-normalised",
+        "k1": 20,
+        "k2": 6,
+        "lambda": 0.3,
+        "dense_bytes_per_NxN_float32": n * n * 4,
+    }
+    sparse = run_isolated(
+        "benchmarks.bench_rerank", common + ["--worker", "sparse", "--top-out", str(tmp / "s.npy")] + full
+    )
     res["sparse"] = sparse
     print("sparse", sparse, flush=True)
     if not args.skip_dense:
-        dense = run_isolated("benchmarks.bench_rerank", common + ["--worker", "dense", "--top-out", str(tmp / "d.npy")] + full)
+        dense = run_isolated(
+            "benchmarks.bench_rerank", common + ["--worker", "dense", "--top-out", str(tmp / "d.npy")] + full
+        )
         res["dense"] = dense
         print("dense", dense, flush=True)
         ts, td = np.load(tmp / "s.npy"), np.load(tmp / "d.npy")

@@ -12,6 +12,7 @@ camera filter. recall@10 is measured against exact inner-product search in numpy
 process; Milvus Lite runs as its own local server process, so its latency includes a local gRPC
 round trip per query.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,21 @@ def _data(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[rng.integers(0, n, queries)] + 0.3 * rng.standard_normal((queries, dim)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    rows = [{"path": f"/videos/cam{i % 8 + 1}.mp4", "kind": "tracklet", "tracklet": f"t{i}", "camera": f"cam{i % 8 + 1}",
-             "camid": i % 8, "frame_start": i, "frame_end": i + 10, "t_start": i / 25, "t_end": i / 25 + 0.4,
-             "meta": None} for i in range(n)]
+    rows = [
+        {
+            "path": f"/videos/cam{i % 8 + 1}.mp4",
+            "kind": "tracklet",
+            "tracklet": f"t{i}",
+            "camera": f"cam{i % 8 + 1}",
+            "camid": i % 8,
+            "frame_start": i,
+            "frame_end": i + 10,
+            "t_start": i / 25,
+            "t_end": i / 25 + 0.4,
+            "meta": None,
+        }
+        for i in range(n)
+    ]
     return x, q, normalize_entries(rows)
 
 
@@ -94,20 +107,25 @@ def main() -> None:
             open_s = time.perf_counter() - t0
             got, lat = _search(g, q, k)
             got_f, lat_f = _search(g, q, k, exclude_camera="cam1")
-            out[name] = {"build_s": round(build_s, 2), "open_s": round(open_s, 2),
-                         "p50_ms": round(float(np.percentile(lat, 50)), 2),
-                         "p99_ms": round(float(np.percentile(lat, 99)), 2),
-                         "recall@10": round(_recall(got, exact), 4),
-                         "filtered_p50_ms": round(float(np.percentile(lat_f, 50)), 2),
-                         "filtered_p99_ms": round(float(np.percentile(lat_f, 99)), 2),
-                         "filtered_recall@10": round(_recall(got_f, exact_f), 4)}
+            out[name] = {
+                "build_s": round(build_s, 2),
+                "open_s": round(open_s, 2),
+                "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                "recall@10": round(_recall(got, exact), 4),
+                "filtered_p50_ms": round(float(np.percentile(lat_f, 50)), 2),
+                "filtered_p99_ms": round(float(np.percentile(lat_f, 99)), 2),
+                "filtered_recall@10": round(_recall(got_f, exact_f), 4),
+            }
             print(name, json.dumps(out[name]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     e, m = out["embedded"], out["milvus-lite"]
-    out["ratios (milvus-lite / embedded)"] = {"build": round(m["build_s"] / e["build_s"], 2),
-                                              "p50": round(m["p50_ms"] / e["p50_ms"], 2),
-                                              "p99": round(m["p99_ms"] / e["p99_ms"], 2)}
+    out["ratios (milvus-lite / embedded)"] = {
+        "build": round(m["build_s"] / e["build_s"], 2),
+        "p50": round(m["p50_ms"] / e["p50_ms"], 2),
+        "p99": round(m["p99_ms"] / e["p99_ms"], 2),
+    }
     print(json.dumps(out, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ wall times and busy / quiet. Not a test; the machine's other load is reported be
 
 Writes benchmarks/results/bench_threads.md (and .json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name, make in cmds:
             for tag, tree in trees:
-                env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                                        "OMP_WAIT_POLICY")}
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+                }
                 env["PYTHONPATH"] = str(tree)
                 out = work / f"{name}_{tag}"
                 cmd = [sys.executable, "-c", CODE, *make(out)]
@@ -76,11 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load1 = os.getloadavg()
-    lines = ["# Beside a busy process: `reidkit demo` / `reidkit video`, before and after the thread policy", "",
-             f"Command: `python -m benchmarks.bench_threads {' '.join(argv or sys.argv[1:])}`; "
-             f"{len(os.sched_getaffinity(0))} cores; 1-min load average {load0[0]:.1f} before, {load1[0]:.1f} after "
-             "(a shared machine: other processes ran throughout, so 'quiet' means without OUR extra busy process).",
-             "", "| command | code | quiet s | beside a busy process s | ratio |", "|---|---|---|---|---|"]
+    lines = [
+        "# Beside a busy process: `reidkit demo` / `reidkit video`, before and after the thread policy",
+        "",
+        f"Command: `python -m benchmarks.bench_threads {' '.join(argv or sys.argv[1:])}`; "
+        f"{len(os.sched_getaffinity(0))} cores; 1-min load average {load0[0]:.1f} before, {load1[0]:.1f} after "
+        "(a shared machine: other processes ran throughout, so 'quiet' means without OUR extra busy process).",
+        "",
+        "| command | code | quiet s | beside a busy process s | ratio |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['command']} | {r['tree']} | {r['quiet_s']:.1f} | {r['busy_s']:.1f} | {r['ratio']:.2f}x |")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ cameras as one sequence: the multi-camera IDF1 / HOTA and the number of identiti
 
 Writes benchmarks/results/bench_trackers.json and .md (``--tag`` names another pair).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,17 @@ SCENES = {
 }
 DETS = ("gt", "gtn", "motion")
 REIDKIT = ("bytesort", "deep_sort")
-BOXMOT = ("bytetrack", "botsort", "ocsort", "occluboost", "boosttrack", "sfsort", "deepocsort", "strongsort",
-          "hybridsort")
+BOXMOT = (
+    "bytetrack",
+    "botsort",
+    "ocsort",
+    "occluboost",
+    "boosttrack",
+    "sfsort",
+    "deepocsort",
+    "strongsort",
+    "hybridsort",
+)
 MIN_LEN = 3  # reidkit video's --min-len default
 
 
@@ -68,15 +78,24 @@ def scene(work: Path, name: str, seed: int = 0) -> Path:
         from reidkit.data.scene import generate_scene
 
         p = SCENES[name]
-        generate_scene(root, cams=p["cams"], ids=p["ids"], frames=p["frames"], size=p["size"], fps=p["fps"],
-                       speed=p["speed"], seed=seed)
+        generate_scene(
+            root,
+            cams=p["cams"],
+            ids=p["ids"],
+            frames=p["frames"],
+            size=p["size"],
+            fps=p["fps"],
+            speed=p["speed"],
+            seed=seed,
+        )
     return root
 
 
 def cameras(root: Path) -> list[str]:
     """Camera names of a scene (cam1, cam2, ...)."""
-    return sorted((p.name for p in root.iterdir() if p.is_dir() and (p / "gt" / "gt.txt").is_file()),
-                  key=lambda c: int(c[3:]))
+    return sorted(
+        (p.name for p in root.iterdir() if p.is_dir() and (p / "gt" / "gt.txt").is_file()), key=lambda c: int(c[3:])
+    )
 
 
 def _video(root: Path, cam: str) -> Path:
@@ -108,8 +127,10 @@ def detections(root: Path, cam: str, kind: str) -> dict[int, tuple[np.ndarray, n
         for idx, frame in iter_frames(_video(root, cam)):
             b, s = det(frame, idx)
             out[idx] = [(*bb, float(ss)) for bb, ss in zip(b.tolist(), s.tolist())]
-    return {f: (np.asarray([r[:4] for r in rows], np.float64).reshape(-1, 4), np.asarray([r[4] for r in rows]))
-            for f, rows in out.items()}
+    return {
+        f: (np.asarray([r[:4] for r in rows], np.float64).reshape(-1, 4), np.asarray([r[4] for r in rows]))
+        for f, rows in out.items()
+    }
 
 
 def prepare(work: Path, name: str, kind: str, embedder: Any, seed: int = 0) -> list[Path]:
@@ -139,8 +160,15 @@ def prepare(work: Path, name: str, kind: str, embedder: Any, seed: int = 0) -> l
             scores.append(s.astype(np.float32))
             feats.append(np.asarray(f, np.float32))
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, frame=np.asarray(frames, np.int64), boxes=np.concatenate(boxes), scores=np.concatenate(scores),
-                 feats=np.concatenate(feats), n_frames=np.int64(n_frames), size=np.asarray(frame.shape[:2]))
+        np.savez(
+            path,
+            frame=np.asarray(frames, np.int64),
+            boxes=np.concatenate(boxes),
+            scores=np.concatenate(scores),
+            feats=np.concatenate(feats),
+            n_frames=np.int64(n_frames),
+            size=np.asarray(frame.shape[:2]),
+        )
     return paths
 
 
@@ -159,8 +187,9 @@ def by_frame(npz: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 # ----------------------------------------------------------------------------- runs
 
 
-def run_reidkit(name: str, npz_path: Path, options: dict | None = None,
-                own_boxes: bool = False, budget: int | None = None) -> tuple[list[str], float, int]:
+def run_reidkit(
+    name: str, npz_path: Path, options: dict | None = None, own_boxes: bool = False, budget: int | None = None
+) -> tuple[list[str], float, int]:
     """(MOT rows, tracker seconds, frames) of reidkit tracker `name` (rows as reidkit video keeps them: detection
     boxes, or with `own_boxes` the tracker's own box of each match)."""
     from reidkit.video.track import single_thread_blas
@@ -219,10 +248,13 @@ def boxmot_worker(job: dict, result: Path) -> dict:
                     ok, img = cap.read()
                     if not ok:
                         raise RuntimeError(f"{video}: frame {f + 1} unreadable")
-                    dets = Detections(geometry=Boxes(torch.from_numpy(np.ascontiguousarray(b, np.float32))),
-                                      scores=torch.from_numpy(np.ascontiguousarray(s, np.float32)),
-                                      class_ids=torch.zeros(len(b), dtype=torch.int64), sample_id=f"{cam}-{f}",
-                                      embeddings=torch.from_numpy(np.ascontiguousarray(e, np.float32)))
+                    dets = Detections(
+                        geometry=Boxes(torch.from_numpy(np.ascontiguousarray(b, np.float32))),
+                        scores=torch.from_numpy(np.ascontiguousarray(s, np.float32)),
+                        class_ids=torch.zeros(len(b), dtype=torch.int64),
+                        sample_id=f"{cam}-{f}",
+                        embeddings=torch.from_numpy(np.ascontiguousarray(e, np.float32)),
+                    )
                     t0 = time.perf_counter()
                     tracks = tracker.update(dets, img)
                     spent += time.perf_counter() - t0
@@ -260,11 +292,19 @@ def timing_worker(job: dict, result: Path) -> None:
         cap = cv2.VideoCapture(video)
         frames[c] = [cap.read()[1] for _ in data[c]]
         cap.release()
-    dets = {c: [Detections(geometry=Boxes(torch.from_numpy(np.ascontiguousarray(b, np.float32))),
-                           scores=torch.from_numpy(np.ascontiguousarray(s, np.float32)),
-                           class_ids=torch.zeros(len(b), dtype=torch.int64), sample_id=f"{c}-{f}",
-                           embeddings=torch.from_numpy(np.ascontiguousarray(e, np.float32)))
-                for f, (b, s, e) in enumerate(data[c])] for c in cams}
+    dets = {
+        c: [
+            Detections(
+                geometry=Boxes(torch.from_numpy(np.ascontiguousarray(b, np.float32))),
+                scores=torch.from_numpy(np.ascontiguousarray(s, np.float32)),
+                class_ids=torch.zeros(len(b), dtype=torch.int64),
+                sample_id=f"{c}-{f}",
+                embeddings=torch.from_numpy(np.ascontiguousarray(e, np.float32)),
+            )
+            for f, (b, s, e) in enumerate(data[c])
+        ]
+        for c in cams
+    }
     n = sum(len(d) for d in data.values())
     best: dict[str, float] = {}
     for _ in range(int(job.get("repeats", 3))):
@@ -291,11 +331,21 @@ def run_timing(python: str, reidkit_trackers: list[str], cams: dict[str, tuple[s
     """timing_worker in a child process of the BoxMOT venv's python."""
     job, res = work / "timing-job.json", work / "timing-result.json"
     job.write_text(json.dumps({"cameras": cams, "reidkit": reidkit_trackers, "repeats": 3}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    subprocess.run([python, "-m", "benchmarks.bench_trackers", "--timing-worker", str(job), str(res)], check=True,
-                   env=env, cwd=str(Path(__file__).resolve().parent.parent), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    subprocess.run(
+        [python, "-m", "benchmarks.bench_trackers", "--timing-worker", str(job), str(res)],
+        check=True,
+        env=env,
+        cwd=str(Path(__file__).resolve().parent.parent),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return json.loads(res.read_text())
 
 
@@ -310,11 +360,20 @@ def run_boxmot(python: str, trackers: list[str], cams: dict[str, tuple[str, str]
     job = work / f"boxmot-job-{cell}.json"
     part = work / f"boxmot-{cell}.part.json"
     job.write_text(json.dumps({"trackers": todo, "cameras": cams}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.run([python, "-m", "benchmarks.bench_trackers", "--boxmot-worker", str(job), str(part)],
-                          env=env, cwd=str(Path(__file__).resolve().parent.parent), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    proc = subprocess.run(
+        [python, "-m", "benchmarks.bench_trackers", "--boxmot-worker", str(job), str(part)],
+        env=env,
+        cwd=str(Path(__file__).resolve().parent.parent),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if part.is_file():
         done.update(json.loads(part.read_text()))
         part.unlink()
@@ -358,7 +417,9 @@ def identities(root: Path, rows: dict[str, list[str]], npz: dict[str, Path], ext
         for line in cam_rows:
             f, tid, x, y, w, h = line.split(",")[:6]
             f = int(f)
-            tracks.setdefault(tid, []).append((f, np.array([float(x), float(y), float(x) + float(w), float(y) + float(h)])))
+            tracks.setdefault(tid, []).append(
+                (f, np.array([float(x), float(y), float(x) + float(w), float(y) + float(h)]))
+            )
             parsed[cam].append((f, tid, line))
         for tid, obs in tracks.items():
             rows_f = []
@@ -373,8 +434,18 @@ def identities(root: Path, rows: dict[str, list[str]], npz: dict[str, Path], ext
             m = np.mean(rows_f, axis=0)
             feats.append(m / max(float(np.linalg.norm(m)), 1e-12))
             f0, f1 = min(f for f, _ in obs), max(f for f, _ in obs)
-            entries.append({"path": f"{cam}/{tid}", "kind": "tracklet", "tracklet": f"{cam}:{tid}", "camera": cam,
-                            "frame_start": f0, "frame_end": f1, "t_start": (f0 - 1) / fps, "t_end": (f1 - 1) / fps})
+            entries.append(
+                {
+                    "path": f"{cam}/{tid}",
+                    "kind": "tracklet",
+                    "tracklet": f"{cam}:{tid}",
+                    "camera": cam,
+                    "frame_start": f0,
+                    "frame_end": f1,
+                    "t_start": (f0 - 1) / fps,
+                    "t_end": (f1 - 1) / fps,
+                }
+            )
     db = out / "gallery"
     shutil.rmtree(db, ignore_errors=True)
     gallery = Gallery.create(db, extractor)
@@ -393,8 +464,11 @@ def identities(root: Path, rows: dict[str, list[str]], npz: dict[str, Path], ext
                 txt.append(f"{f},{gid},{rest}")
         (pred / f"{cam}.txt").write_text("".join(txt))
     m = evaluate_tracks(root / "GT", pred, multi_camera=True)["multi_camera"]
-    return {"mc_IDF1": round(float(m["IDF1"]), 2), "mc_HOTA": round(float(m["HOTA"]), 2),
-            "identities": int(rep["identities"])}
+    return {
+        "mc_IDF1": round(float(m["IDF1"]), 2),
+        "mc_HOTA": round(float(m["HOTA"]), 2),
+        "identities": int(rep["identities"]),
+    }
 
 
 # ----------------------------------------------------------------------------- the table
@@ -408,8 +482,7 @@ def table(results: list[dict]) -> str:
     lines = []
     for sc, dk in cells:
         row = []
-        best = max((r["HOTA"] for r in results if (r["scene"], r["dets"]) == (sc, dk) and "HOTA" in r),
-                   default=None)
+        best = max((r["HOTA"] for r in results if (r["scene"], r["dets"]) == (sc, dk) and "HOTA" in r), default=None)
         for n in names:
             r = next((r for r in results if (r["scene"], r["dets"], r["tracker"]) == (sc, dk, n)), None)
             if r is None or "HOTA" not in r:
@@ -425,8 +498,13 @@ def summary(results: list[dict], timings: list[dict], default: str = "bytesort")
     """Markdown: per cell, the default tracker, deep_sort and the best BoxMOT tracker (HOTA / IDF1 / MOTA / IDsw),
     the default's HOTA margin over the best BoxMOT tracker and its time per frame as x BoxMOT's ByteTrack (from the
     timing run in one process, when there is one)."""
-    out = ("| scene, dets | " + default + " | deep_sort | best BoxMOT tracker | HOTA margin | " + default
-           + " time, x ByteTrack |\n|---|---|---|---|---|---|\n")
+    out = (
+        "| scene, dets | "
+        + default
+        + " | deep_sort | best BoxMOT tracker | HOTA margin | "
+        + default
+        + " time, x ByteTrack |\n|---|---|---|---|---|---|\n"
+    )
     fig = lambda r: f"{r['HOTA']:.1f} / {r['IDF1']:.1f} / {r['MOTA']:.1f} / {r['IDsw']}"  # noqa: E731
     for sc, dk in dict.fromkeys((r["scene"], r["dets"]) for r in results):
         cell = [r for r in results if (r["scene"], r["dets"]) == (sc, dk) and "HOTA" in r]
@@ -434,11 +512,16 @@ def summary(results: list[dict], timings: list[dict], default: str = "bytesort")
         ds = next((r for r in cell if r["tracker"] == "deep_sort"), None)
         box = max((r for r in cell if r["side"] == "boxmot"), key=lambda r: r["HOTA"], default=None)
         t = next((t for t in timings if (t["scene"], t["dets"]) == (sc, dk)), None)
-        ratio = "-" if t is None or f"reidkit:{default}" not in t else \
-            f"{t[f'reidkit:{default}'] / t['boxmot:bytetrack']:.2f}x"
+        ratio = (
+            "-"
+            if t is None or f"reidkit:{default}" not in t
+            else f"{t[f'reidkit:{default}'] / t['boxmot:bytetrack']:.2f}x"
+        )
         margin = f"{mine['HOTA'] - box['HOTA']:+.1f}" if mine and box else "-"
-        out += (f"| {sc} {dk} | {fig(mine) if mine else '-'} | {fig(ds) if ds else '-'} | "
-                f"{(box['tracker'][7:] + ' ' + fig(box)) if box else '-'} | {margin} | {ratio} |\n")
+        out += (
+            f"| {sc} {dk} | {fig(mine) if mine else '-'} | {fig(ds) if ds else '-'} | "
+            f"{(box['tracker'][7:] + ' ' + fig(box)) if box else '-'} | {margin} | {ratio} |\n"
+        )
     return out
 
 
@@ -452,9 +535,14 @@ def identity_table(results: list[dict]) -> str:
     out = "| scene, dets | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     for sc, dk in dict.fromkeys((r["scene"], r["dets"]) for r in rows):
         cell = {r["tracker"]: r for r in rows if (r["scene"], r["dets"]) == (sc, dk)}
-        out += f"| {sc} {dk} | " + " | ".join(
-            f"{cell[n]['mc_IDF1']:.1f} / {cell[n]['mc_HOTA']:.1f} ({cell[n]['identities']})" if n in cell else "-"
-            for n in names) + " |\n"
+        out += (
+            f"| {sc} {dk} | "
+            + " | ".join(
+                f"{cell[n]['mc_IDF1']:.1f} / {cell[n]['mc_HOTA']:.1f} ({cell[n]['identities']})" if n in cell else "-"
+                for n in names
+            )
+            + " |\n"
+        )
     return out
 
 
@@ -469,28 +557,53 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/bench-trackers", help="scenes, detections, features (cached)")
     ap.add_argument("--scenes", default="A,B,C")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="the scenes' seed (another seed: a held-out check of the defaults; use another --work)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the scenes' seed (another seed: a held-out check of the defaults; use another --work)",
+    )
     ap.add_argument("--dets", default=",".join(DETS))
     ap.add_argument("--trackers", default=",".join(REIDKIT), help="reidkit trackers")
-    ap.add_argument("--option", action="append", default=[], metavar="TRACKER.KEY=VALUE",
-                    help="an option of a reidkit tracker, e.g. bytesort.max_age=40 (repeatable)")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="TRACKER.KEY=VALUE",
+        help="an option of a reidkit tracker, e.g. bytesort.max_age=40 (repeatable)",
+    )
     ap.add_argument("--boxmot", default=",".join(BOXMOT), help="BoxMOT trackers, or none")
-    ap.add_argument("--needed", type=int, default=None, metavar="BUDGET",
-                    help="reidkit trackers get features only where needs_features asks (reidkit video's default "
-                         "--appearance needed --embed-budget BUDGET; 0: no budget)")
-    ap.add_argument("--own-boxes", action="store_true",
-                    help="reidkit trackers report their own box estimates (default: the detection boxes, as reidkit video)")
+    ap.add_argument(
+        "--needed",
+        type=int,
+        default=None,
+        metavar="BUDGET",
+        help="reidkit trackers get features only where needs_features asks (reidkit video's default "
+        "--appearance needed --embed-budget BUDGET; 0: no budget)",
+    )
+    ap.add_argument(
+        "--own-boxes",
+        action="store_true",
+        help="reidkit trackers report their own box estimates (default: the detection boxes, as reidkit video)",
+    )
     ap.add_argument("--boxmot-python", default="/tmp/boxmot-venv/bin/python")
-    ap.add_argument("--rerun-boxmot", action="store_true", help="run BoxMOT's trackers again (default: cached per cell)")
+    ap.add_argument(
+        "--rerun-boxmot", action="store_true", help="run BoxMOT's trackers again (default: cached per cell)"
+    )
     ap.add_argument("--tag", default="bench_trackers", help="result file names (RESULTS/TAG.json, .md)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
-    ap.add_argument("--no-identities", action="store_true",
-                    help="skip the multi-camera IDF1 of each tracker's tracklets through reidkit's identities step "
-                         "(scenes with more than one camera)")
-    ap.add_argument("--timing", action="store_true",
-                    help="also time reidkit's trackers beside BoxMOT's ByteTrack in one process (the BoxMOT venv), "
-                         "alternating, best of 3: the 'x ByteTrack' column")
+    ap.add_argument(
+        "--no-identities",
+        action="store_true",
+        help="skip the multi-camera IDF1 of each tracker's tracklets through reidkit's identities step "
+        "(scenes with more than one camera)",
+    )
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="also time reidkit's trackers beside BoxMOT's ByteTrack in one process (the BoxMOT venv), "
+        "alternating, best of 3: the 'x ByteTrack' column",
+    )
     args = ap.parse_args(argv)
     import yaml
 
@@ -521,6 +634,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.no_identities or len(cams) < 2:
             return m
         return {**m, **identities(root, rows, cams, get_embedder().extractor, out)}
+
     for name in args.scenes.split(","):
         root = scene(work, name, args.seed)
         for kind in args.dets.split(","):
@@ -538,45 +652,85 @@ def main(argv: list[str] | None = None) -> None:
                     spent, frames = spent + s, frames + n
                 m = score(root, rows, work / "runs" / name / kind / tr)
                 m = with_identities(m, root, rows, cams, work / "ids" / name / kind / tr)
-                results.append({"scene": name, "dets": kind, "tracker": tr, "side": "reidkit", **m,
-                                "ms_per_frame": round(1000 * spent / frames, 3)})
+                results.append(
+                    {
+                        "scene": name,
+                        "dets": kind,
+                        "tracker": tr,
+                        "side": "reidkit",
+                        **m,
+                        "ms_per_frame": round(1000 * spent / frames, 3),
+                    }
+                )
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
             if args.timing:
-                tm = run_timing(args.boxmot_python, [t for t in args.trackers.split(",") if t],
-                                {c: (str(p), str(_video(root, c))) for c, p in cams.items()}, work)
+                tm = run_timing(
+                    args.boxmot_python,
+                    [t for t in args.trackers.split(",") if t],
+                    {c: (str(p), str(_video(root, c))) for c, p in cams.items()},
+                    work,
+                )
                 timings.append({"scene": name, "dets": kind, **tm})
                 print(json.dumps(timings[-1]), file=sys.stderr, flush=True)
             if boxmot:
                 if args.rerun_boxmot:
                     (work / f"boxmot-{name}-{kind}.json").unlink(missing_ok=True)
-                got = run_boxmot(args.boxmot_python, boxmot,
-                                 {c: (str(p), str(_video(root, c))) for c, p in cams.items()}, work, f"{name}-{kind}")
+                got = run_boxmot(
+                    args.boxmot_python,
+                    boxmot,
+                    {c: (str(p), str(_video(root, c))) for c, p in cams.items()},
+                    work,
+                    f"{name}-{kind}",
+                )
                 for tr in boxmot:
                     r = got[tr]
                     if "error" in r:
-                        results.append({"scene": name, "dets": kind, "tracker": f"boxmot:{tr}", "side": "boxmot",
-                                        "error": r["error"]})
+                        results.append(
+                            {
+                                "scene": name,
+                                "dets": kind,
+                                "tracker": f"boxmot:{tr}",
+                                "side": "boxmot",
+                                "error": r["error"],
+                            }
+                        )
                     else:
                         m = score(root, r["rows"], work / "runs" / name / kind / f"boxmot-{tr}")
                         m = with_identities(m, root, r["rows"], cams, work / "ids" / name / kind / f"boxmot-{tr}")
-                        results.append({"scene": name, "dets": kind, "tracker": f"boxmot:{tr}", "side": "boxmot",
-                                        **m, "ms_per_frame": round(1000 * r["seconds"] / r["frames"], 3)})
+                        results.append(
+                            {
+                                "scene": name,
+                                "dets": kind,
+                                "tracker": f"boxmot:{tr}",
+                                "side": "boxmot",
+                                **m,
+                                "ms_per_frame": round(1000 * r["seconds"] / r["frames"], 3),
+                            }
+                        )
                     print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    md = ("Summary: the default tracker, deep_sort and the best BoxMOT tracker of each cell (HOTA / IDF1 / MOTA / "
-          "ID switches):\n\n" + summary(results, timings) + "\nEvery tracker (HOTA / IDF1 / MOTA / ID switches, "
-          "tracker time per frame in its own run):\n\n" + table(results))
+    md = (
+        "Summary: the default tracker, deep_sort and the best BoxMOT tracker of each cell (HOTA / IDF1 / MOTA / "
+        "ID switches):\n\n" + summary(results, timings) + "\nEvery tracker (HOTA / IDF1 / MOTA / ID switches, "
+        "tracker time per frame in its own run):\n\n" + table(results)
+    )
     ident = identity_table(results)
     if ident:
-        md += ("\nMulti-camera IDF1 / HOTA over global ids (and the number of identities) of each tracker's "
-               "tracklets through reidkit's identities step (`identities()`: a tracklet's feature is the mean of its "
-               "boxes' features; `reidkit.video.identities.assign_identities` with its defaults):\n\n" + ident)
+        md += (
+            "\nMulti-camera IDF1 / HOTA over global ids (and the number of identities) of each tracker's "
+            "tracklets through reidkit's identities step (`identities()`: a tracklet's feature is the mean of its "
+            "boxes' features; `reidkit.video.identities.assign_identities` with its defaults):\n\n" + ident
+        )
     if timings:
         names = [k for k in timings[0] if k not in ("scene", "dets")]
-        md += ("\nTracker time per frame measured in one process, alternating, best of 3 (ms; in brackets: x BoxMOT's "
-               "ByteTrack):\n\n| scene, dets | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n")
+        md += (
+            "\nTracker time per frame measured in one process, alternating, best of 3 (ms; in brackets: x BoxMOT's "
+            "ByteTrack):\n\n| scene, dets | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+        )
         for t in timings:
             ref = t["boxmot:bytetrack"]
-            md += f"| {t['scene']} {t['dets']} | " + " | ".join(f"{t[n]:.2f} ({t[n] / ref:.2f}x)" for n in names) + " |\n"
+            md += (
+                f"| {t['scene']} {t['dets']} | " + " | ".join(f"{t[n]:.2f} ({t[n] / ref:.2f}x)" for n in names) + " |\n"
+            )
     print(md)
     if args.no_write:
         return
@@ -584,15 +738,23 @@ def main(argv: list[str] | None = None) -> None:
 
     RESULTS.mkdir(exist_ok=True)
     command = "python -m benchmarks.bench_trackers " + " ".join(argv)
-    payload = {"command": command, "seed": args.seed, "machine": machine_info(), "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
-               "options": options, "results": results, "timing": timings}
+    payload = {
+        "command": command,
+        "seed": args.seed,
+        "machine": machine_info(),
+        "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
+        "options": options,
+        "results": results,
+        "timing": timings,
+    }
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(payload, indent=1))
     (RESULTS / f"{args.tag}.md").write_text(
         "# Within-video trackers on identical detections and features\n\n"
         f"`{command}` (see its docstring). Figures: HOTA / IDF1 / MOTA / ID switches (TrackEval, the scene's cameras "
         "combined); the best HOTA of a row in bold. The times of the full table come from each side's own run "
         "(BoxMOT's are cached per cell), taken under different loads of a shared 2-core machine: compare speed in "
-        "the timing table, measured in one process.\n\n" + md)
+        "the timing table, measured in one process.\n\n" + md
+    )
 
 
 if __name__ == "__main__":

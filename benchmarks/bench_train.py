@@ -16,6 +16,7 @@ Both train the same model/losses/optimisers built from the recipe through the pu
 ``OptimStep`` (``reidkit.engine.optim``): no copy of the training step here.
 Warm-up iterations are excluded; the figure is the median images/s over ``repeats`` windows.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,21 @@ MARKET_TRAIN_IMAGES = 12936  # Market1501 bounding_box_train
 
 
 # ----------------------------------------------------------------------------- data
-def prepare_synthetic(out: str | Path, ids: int, images_per_id: int, size: tuple[int, int],
-                      n_train: int | None = None, seed: int = 0, workers: int | None = None) -> Path:
+def prepare_synthetic(
+    out: str | Path,
+    ids: int,
+    images_per_id: int,
+    size: tuple[int, int],
+    n_train: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
     """Generate (or reuse) a synthetic Market1501 tree under `out`, trimmed to `n_train` train images."""
     from reidkit.data.synthetic import generate_report
 
-    rep = generate_report(out, ids=ids, images_per_id=images_per_id, cams=6, seed=seed,
-                          size=tuple(size), workers=workers)
+    rep = generate_report(
+        out, ids=ids, images_per_id=images_per_id, cams=6, seed=seed, size=tuple(size), workers=workers
+    )
     root = Path(rep.root)
     train_dir = root / "bounding_box_train"
     files = sorted(p for p in train_dir.iterdir() if p.suffix == ".jpg")
@@ -143,24 +152,49 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
         cache = pipeline.ImageCache.build(paths, size=size, cache_dir=None)
         extra["cache_build_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        loader: Any = pipeline.CachedBatchLoader(cache, labels, sampler, BatchAugment(**aug_kwargs, device=device),
-                                                 device=device, channels_last=channels_last)
+        loader: Any = pipeline.CachedBatchLoader(
+            cache,
+            labels,
+            sampler,
+            BatchAugment(**aug_kwargs, device=device),
+            device=device,
+            channels_last=channels_last,
+        )
         sync(device)
         extra["cache_to_device_s"] = time.perf_counter() - t1
         del cache
     else:
-        loader = pipeline.PILBatchLoader(paths, labels, sampler, aug_kwargs, num_workers=p["num_workers"],
-                                         device=device)
+        loader = pipeline.PILBatchLoader(
+            paths, labels, sampler, aug_kwargs, num_workers=p["num_workers"], device=device
+        )
     net = net.to(device, memory_format=fmt)
     criterion = build_criterion(cfg.loss, num_classes, net.feat_dim).to(device)
     s = cfg.solver
-    groups = param_groups(net, s.base_lr, s.weight_decay, backbone_lr_factor=s.backbone_lr_factor,
-                          head_lr_factor=s.head_lr_factor, bias_lr_factor=s.bias_lr_factor,
-                          no_decay_norm=s.no_decay_norm)
-    extras = ([ExtraOptimizer(torch.optim.SGD(criterion.center.parameters(), lr=cfg.loss.center_lr),
-                              criterion.rescale_center_grad)] if criterion.center is not None else [])
-    optim = OptimStep(build_optimizer(s, groups), device, amp="bf16" if amp is not None else "none",
-                      grad_clip=s.grad_clip, extras=extras)
+    groups = param_groups(
+        net,
+        s.base_lr,
+        s.weight_decay,
+        backbone_lr_factor=s.backbone_lr_factor,
+        head_lr_factor=s.head_lr_factor,
+        bias_lr_factor=s.bias_lr_factor,
+        no_decay_norm=s.no_decay_norm,
+    )
+    extras = (
+        [
+            ExtraOptimizer(
+                torch.optim.SGD(criterion.center.parameters(), lr=cfg.loss.center_lr), criterion.rescale_center_grad
+            )
+        ]
+        if criterion.center is not None
+        else []
+    )
+    optim = OptimStep(
+        build_optimizer(s, groups),
+        device,
+        amp="bf16" if amp is not None else "none",
+        grad_clip=s.grad_clip,
+        extras=extras,
+    )
     model: Any = torch.compile(net) if (fast and p.get("compile")) else net
     model.train()
     stream = _endless(loader)
@@ -178,14 +212,26 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     rates = windows(step, p["warmup"], p["iters"], p["repeats"], device)
     extra["first_to_last_s"] = time.perf_counter() - t_first
     return {
-        "mode": mode, "images_per_s": statistics.median(rates), "rates": rates,
-        "batch": p["p"] * p["k"], "size": list(size), "backbone": p.get("backbone", "resnet50"),
-        "train_images": len(paths), "num_classes": num_classes, "device": str(device),
-        "amp": "bf16" if amp is not None else "fp32", "channels_last": channels_last,
-        "compile": bool(fast and p.get("compile")), "num_workers": None if fast else p["num_workers"],
-        "warmup": p["warmup"], "iters": p["iters"], "repeats": p["repeats"],
-        "peak_rss_mb": vm_hwm_mb(), "peak_rss_worker_mb": children_peak_rss_mb() if not fast else None,
-        "peak_gpu_mb": gpu_peak_mb(device), **extra,
+        "mode": mode,
+        "images_per_s": statistics.median(rates),
+        "rates": rates,
+        "batch": p["p"] * p["k"],
+        "size": list(size),
+        "backbone": p.get("backbone", "resnet50"),
+        "train_images": len(paths),
+        "num_classes": num_classes,
+        "device": str(device),
+        "amp": "bf16" if amp is not None else "fp32",
+        "channels_last": channels_last,
+        "compile": bool(fast and p.get("compile")),
+        "num_workers": None if fast else p["num_workers"],
+        "warmup": p["warmup"],
+        "iters": p["iters"],
+        "repeats": p["repeats"],
+        "peak_rss_mb": vm_hwm_mb(),
+        "peak_rss_worker_mb": children_peak_rss_mb() if not fast else None,
+        "peak_gpu_mb": gpu_peak_mb(device),
+        **extra,
     }
 
 
@@ -194,8 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     worker_main(measure, argv, __doc__.splitlines()[0])
 
 
-__all__ = ["prepare_synthetic", "train_split", "measure", "windows", "recipe_config", "MARKET_TRAIN_IMAGES",
-           "vm_hwm_mb", "gpu_peak_mb", "sync", "children_peak_rss_mb"]
+__all__ = [
+    "prepare_synthetic",
+    "train_split",
+    "measure",
+    "windows",
+    "recipe_config",
+    "MARKET_TRAIN_IMAGES",
+    "vm_hwm_mb",
+    "gpu_peak_mb",
+    "sync",
+    "children_peak_rss_mb",
+]
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: timing, peak memory in a fresh subprocess, results JSON."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,11 @@ def run_isolated(module: str, args: list[str], timeout: float | None = None) -> 
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [python(), "-m", module, *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=root,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{module} {args} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -16,6 +16,7 @@ Phases, each timed and recorded in ``<out>/full_run.json`` (all files stay under
 Pretrained ImageNet weights need the network or a local file (``--pretrained PATH``); the
 default trains from scratch, which times the same work (the accuracy is then not the paper's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,28 @@ from typing import Any
 from benchmarks.common import python
 
 PRESETS = {
-    "full": {"ids": 1501, "images_per_id": 18, "size": [256, 128], "n_train": 12936, "backbone": "resnet50",
-             "epochs": 120, "eval_period": 10, "p": 16, "k": 4},
-    "quick": {"ids": 20, "images_per_id": 6, "size": [64, 32], "n_train": None, "backbone": "resnet18",
-              "epochs": 2, "eval_period": 2, "p": 8, "k": 4},
+    "full": {
+        "ids": 1501,
+        "images_per_id": 18,
+        "size": [256, 128],
+        "n_train": 12936,
+        "backbone": "resnet50",
+        "epochs": 120,
+        "eval_period": 10,
+        "p": 16,
+        "k": 4,
+    },
+    "quick": {
+        "ids": 20,
+        "images_per_id": 6,
+        "size": [64, 32],
+        "n_train": None,
+        "backbone": "resnet18",
+        "epochs": 2,
+        "eval_period": 2,
+        "p": 8,
+        "k": 4,
+    },
 }
 
 
@@ -50,12 +69,19 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 def overrides(p: dict[str, Any]) -> dict[str, Any]:
     """Engine overrides: the recipe as is, except data location, device, precision and size knobs."""
     ov: dict[str, Any] = {
-        "output_dir": p["train_dir"], "device": p["device"], "seed": p["seed"],
+        "output_dir": p["train_dir"],
+        "device": p["device"],
+        "seed": p["seed"],
         "resume": "auto",  # a run stopped at --max-seconds continues; a new one starts fresh
         "compile": bool(p["compile"]),
-        "data": {"datasets": [{"name": "market1501", "root": p["root"]}], "size": p["size"],
-                 "loader": p["loader"], "num_workers": p["num_workers"], "cache_dir": p["cache_dir"],
-                 "channels_last": p["device"] != "cpu"},
+        "data": {
+            "datasets": [{"name": "market1501", "root": p["root"]}],
+            "size": p["size"],
+            "loader": p["loader"],
+            "num_workers": p["num_workers"],
+            "cache_dir": p["cache_dir"],
+            "channels_last": p["device"] != "cpu",
+        },
         "model": {"backbone": p["backbone"], "pretrained": p["pretrained"]},
         "solver": {"amp": p["amp"], "eval_period": p["eval_period"]},
         "sampler": {"p": p["p"], "k": p["k"]},
@@ -63,8 +89,13 @@ def overrides(p: dict[str, Any]) -> dict[str, Any]:
     if p["epochs"] != 120:
         # A shortened run keeps the recipe's shape: warmup and lr steps scaled with it.
         e = p["epochs"]
-        ov["solver"].update({"max_epochs": e, "warmup_epochs": max(1, round(e * 10 / 120)),
-                             "steps": [max(1, round(e * 40 / 120)), max(2, round(e * 70 / 120))]})
+        ov["solver"].update(
+            {
+                "max_epochs": e,
+                "warmup_epochs": max(1, round(e * 10 / 120)),
+                "steps": [max(1, round(e * 40 / 120)), max(2, round(e * 70 / 120))],
+            }
+        )
     return ov
 
 
@@ -94,8 +125,14 @@ def _eval_worker(p: dict[str, Any]) -> None:
 def _child(kind: str, p: dict[str, Any], deadline: float | None) -> tuple[int, str, str]:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([python(), "-m", "benchmarks.full_run", "--worker", kind, "--params", json.dumps(p)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env)
+    proc = subprocess.Popen(
+        [python(), "-m", "benchmarks.full_run", "--worker", kind, "--params", json.dumps(p)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env=env,
+    )
     try:
         out, err = proc.communicate(timeout=None if deadline is None else max(1.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
@@ -123,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop training at this wall time (exit 3; rerun to resume), e.g. 540 under a 10-min limit")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop training at this wall time (exit 3; rerun to resume), e.g. 540 under a 10-min limit",
+    )
     ap.add_argument("--no-rerank", action="store_true", help="skip the re-ranking evaluation")
     ap.add_argument("--data-root", default=None, help="use this Market-format tree instead of generating one")
     ap.add_argument("--eval-period", type=int, default=None, help="validation every N epochs (default: the preset's)")
@@ -153,8 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     state_path = out / "full_run.json"
     state = _load(state_path)
     state.setdefault("machine", machine())
-    state["settings"] = {**preset, "device": device, "amp": amp, "compile": args.compile, "loader": args.loader,
-                         "pretrained": args.pretrained, "seed": args.seed, "recipe": "bot_r50"}
+    state["settings"] = {
+        **preset,
+        "device": device,
+        "amp": amp,
+        "compile": args.compile,
+        "loader": args.loader,
+        "pretrained": args.pretrained,
+        "seed": args.seed,
+        "recipe": "bot_r50",
+    }
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     # 1. data
@@ -162,19 +211,39 @@ def main(argv: list[str] | None = None) -> int:
         state["generate_s"], state["data_root"] = 0.0, str(Path(args.data_root).resolve())
     if "generate_s" not in state:
         t0 = time.perf_counter()
-        root = prepare_synthetic(out / "data", preset["ids"], preset["images_per_id"], preset["size"],
-                                 n_train=preset["n_train"], seed=args.seed, workers=cores)
+        root = prepare_synthetic(
+            out / "data",
+            preset["ids"],
+            preset["images_per_id"],
+            preset["size"],
+            n_train=preset["n_train"],
+            seed=args.seed,
+            workers=cores,
+        )
         state["generate_s"], state["data_root"] = time.perf_counter() - t0, str(root)
         _save(state_path, state)
         print(f"generated {root} in {state['generate_s']:.0f} s", flush=True)
     pretrained: Any = {"false": False, "true": True}.get(args.pretrained.lower(), args.pretrained)
-    p = {"root": state["data_root"], "train_dir": str(out / "train"), "eval_dir": str(out / "eval"),
-         "cache_dir": str(out / "cache"), "device": device, "seed": args.seed, "compile": args.compile,
-         "size": preset["size"], "loader": args.loader, "backbone": preset["backbone"], "pretrained": pretrained,
-         "amp": amp, "epochs": preset["epochs"], "eval_period": preset["eval_period"],
-         "p": preset["p"], "k": preset["k"],
-         "num_workers": args.num_workers if args.num_workers is not None else min(8, cores),
-         "threads": args.threads if args.threads is not None else (1 if args.quick and device == "cpu" else None)}
+    p = {
+        "root": state["data_root"],
+        "train_dir": str(out / "train"),
+        "eval_dir": str(out / "eval"),
+        "cache_dir": str(out / "cache"),
+        "device": device,
+        "seed": args.seed,
+        "compile": args.compile,
+        "size": preset["size"],
+        "loader": args.loader,
+        "backbone": preset["backbone"],
+        "pretrained": pretrained,
+        "amp": amp,
+        "epochs": preset["epochs"],
+        "eval_period": preset["eval_period"],
+        "p": preset["p"],
+        "k": preset["k"],
+        "num_workers": args.num_workers if args.num_workers is not None else min(8, cores),
+        "threads": args.threads if args.threads is not None else (1 if args.quick and device == "cpu" else None),
+    }
 
     # 2. train (resumable)
     last = Path(p["train_dir"]) / "last.pt"
@@ -200,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         state["train_s"] = sum(r.get("seconds", 0.0) for r in runs)
         _save(state_path, state)
         if rc == -999:
-            print(f"stopped at --max-seconds after {inv['seconds']:.0f} s of saved progress; run again to resume",
-                  flush=True)
+            print(
+                f"stopped at --max-seconds after {inv['seconds']:.0f} s of saved progress; run again to resume",
+                flush=True,
+            )
             return 3
         if rc != 0:
             print(f"training failed:\n{se[-3000:]}", file=sys.stderr)
@@ -210,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     for key, rerank in (("eval", False), ("eval_rerank", True)):
         if key in state or (rerank and args.no_rerank):
             continue
-        rc, so, se = _child("eval", {**p, "weights": str(Path(p["train_dir"]) / "model.pt"), "rerank": rerank,
-                                     "eval_dir": str(out / key)}, deadline)
+        rc, so, se = _child(
+            "eval",
+            {**p, "weights": str(Path(p["train_dir"]) / "model.pt"), "rerank": rerank, "eval_dir": str(out / key)},
+            deadline,
+        )
         if rc != 0:
             state[key + "_error"] = se[-3000:] if rc != -999 else "stopped at --max-seconds"
             _save(state_path, state)
@@ -220,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         state[key] = json.loads(so.strip().splitlines()[-1])
         state.pop(key + "_error", None)
         _save(state_path, state)
-    state["total_s"] = state.get("generate_s", 0.0) + state.get("train_s", 0.0) + sum(
-        state[k]["seconds"] for k in ("eval", "eval_rerank") if k in state)
+    state["total_s"] = (
+        state.get("generate_s", 0.0)
+        + state.get("train_s", 0.0)
+        + sum(state[k]["seconds"] for k in ("eval", "eval_rerank") if k in state)
+    )
     state["done"] = True
     _save(state_path, state)
     tr = state.get("train_result") or {}
@@ -229,13 +306,18 @@ def main(argv: list[str] | None = None) -> int:
     n_img = (preset["n_train"] or 0) * preset["epochs"]
     print("| phase | seconds | notes |\n|---|---|---|")
     print(f"| generate | {state['generate_s']:.0f} | {preset['ids']} ids at {preset['size'][0]}x{preset['size'][1]} |")
-    print(f"| train | {state['train_s']:.0f} | {preset['epochs']} epochs, {len(runs)} invocation(s), {amp}"
-          + (f", ~{n_img / state['train_s']:.0f} img/s" if n_img and state['train_s'] else "") + " |")
+    print(
+        f"| train | {state['train_s']:.0f} | {preset['epochs']} epochs, {len(runs)} invocation(s), {amp}"
+        + (f", ~{n_img / state['train_s']:.0f} img/s" if n_img and state["train_s"] else "")
+        + " |"
+    )
     for k in ("eval", "eval_rerank"):
         if k in state:
             m = state[k].get("mean") or {}
-            print(f"| {k} | {state[k]['seconds']:.0f} | mAP {m.get('mAP', float('nan')):.2f}, "
-                  f"rank-1 {m.get('rank1', float('nan')):.2f} |")
+            print(
+                f"| {k} | {state[k]['seconds']:.0f} | mAP {m.get('mAP', float('nan')):.2f}, "
+                f"rank-1 {m.get('rank1', float('nan')):.2f} |"
+            )
     print(f"| total | {state['total_s']:.0f} | final train-time mAP {mean.get('mAP', float('nan')):.2f} |")
     print(f"\nwritten {state_path}")
     return 0

@@ -11,6 +11,7 @@ Each step writes ``<out>/<tag>-<step>.json`` atomically when it finishes (a step
 timeout leaves no file, and the summary says so); the summary reads every JSON present and
 prints one markdown table (also written to ``<out>/<tag>-summary.md``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,34 @@ ROOT = Path(__file__).resolve().parents[1]
 # Market1501 sizes (as benchmarks.run's "full" preset, so the generated tree is shared with it)
 # and the dry-run's tiny sizes.
 SIZES: dict[str, dict[str, Any]] = {
-    "full": {"ids": 1501, "images_per_id": 18, "size": [256, 128], "n_train": 12936, "backbone": "resnet50",
-             "p": 16, "k": 4, "usl_batch": 256, "usl_instances": 16, "usl_iters": 200, "bn_groups": 4,
-             "scene": {"cams": 3, "ids": 8, "frames": 120, "size": [240, 320]}},
-    "tiny": {"ids": 16, "images_per_id": 6, "size": [64, 32], "n_train": None, "backbone": "resnet18",
-             "p": 4, "k": 4, "usl_batch": 16, "usl_instances": 4, "usl_iters": 2, "bn_groups": 2,
-             "scene": {"cams": 1, "ids": 2, "frames": 12, "size": [96, 128]}},
+    "full": {
+        "ids": 1501,
+        "images_per_id": 18,
+        "size": [256, 128],
+        "n_train": 12936,
+        "backbone": "resnet50",
+        "p": 16,
+        "k": 4,
+        "usl_batch": 256,
+        "usl_instances": 16,
+        "usl_iters": 200,
+        "bn_groups": 4,
+        "scene": {"cams": 3, "ids": 8, "frames": 120, "size": [240, 320]},
+    },
+    "tiny": {
+        "ids": 16,
+        "images_per_id": 6,
+        "size": [64, 32],
+        "n_train": None,
+        "backbone": "resnet18",
+        "p": 4,
+        "k": 4,
+        "usl_batch": 16,
+        "usl_instances": 4,
+        "usl_iters": 2,
+        "bn_groups": 2,
+        "scene": {"cams": 1, "ids": 2, "frames": 12, "size": [96, 128]},
+    },
 }
 
 
@@ -81,11 +104,21 @@ def step_data(out: Path, tiny: bool) -> dict[str, Any]:
     (out / "_data").mkdir(parents=True, exist_ok=True)
     (out / "_data" / ".gitignore").write_text("*\n")
     t0 = time.perf_counter()
-    root = prepare_synthetic(d, s["ids"], s["images_per_id"], s["size"], n_train=s["n_train"],
-                             workers=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+    root = prepare_synthetic(
+        d,
+        s["ids"],
+        s["images_per_id"],
+        s["size"],
+        n_train=s["n_train"],
+        workers=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    )
     n_train = sum(1 for p in (root / "bounding_box_train").iterdir() if p.suffix == ".jpg")
-    return {"root": str(root), "seconds": time.perf_counter() - t0, "train_images": n_train, **{
-        k: s[k] for k in ("ids", "images_per_id", "size")}}
+    return {
+        "root": str(root),
+        "seconds": time.perf_counter() - t0,
+        "train_images": n_train,
+        **{k: s[k] for k in ("ids", "images_per_id", "size")},
+    }
 
 
 def _data_root(out: Path, tiny: bool) -> Path:
@@ -118,23 +151,49 @@ def step_full(out: Path, tiny: bool, seconds: float) -> dict[str, Any]:
     ips = None
     bench = out / f"{gpu_tag()}-bench-train.json"
     if bench.exists():
-        ips = (json.loads(bench.read_text()).get("results", {}).get("train", {}).get("reidkit") or {}).get("images_per_s")
+        ips = (json.loads(bench.read_text()).get("results", {}).get("train", {}).get("reidkit") or {}).get(
+            "images_per_s"
+        )
     epochs = 1 if tiny else max(1, int(0.8 * seconds * (ips or 1500.0) / max(len(paths), 1)))
-    cmd = [python(), "-m", "benchmarks.full_run", "--out", str(run_dir), "--data-root", str(root),
-           "--epochs", str(epochs), "--device", _device(), "--no-rerank", "--eval-period", str(epochs),
-           "--max-seconds", str(seconds)] + (["--quick", "--threads", "1"] if tiny else [])
+    cmd = [
+        python(),
+        "-m",
+        "benchmarks.full_run",
+        "--out",
+        str(run_dir),
+        "--data-root",
+        str(root),
+        "--epochs",
+        str(epochs),
+        "--device",
+        _device(),
+        "--no-rerank",
+        "--eval-period",
+        str(epochs),
+        "--max-seconds",
+        str(seconds),
+    ] + (["--quick", "--threads", "1"] if tiny else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     state = json.loads((run_dir / "full_run.json").read_text()) if (run_dir / "full_run.json").exists() else {}
     done = epochs if "train_result" in state else _epochs_saved(run_dir / "train" / "last.pt")
     train_s = float(state.get("train_s") or 0.0)
-    res = {"rc": proc.returncode, "wall_s": wall, "epochs_planned": epochs, "epochs_done": done,
-           "train_images": len(paths), "cache_build_s": cache_s, "train_s": train_s,
-           "s_per_epoch": train_s / done if done else None,
-           "images_per_s": done * len(paths) / train_s if done and train_s else None,
-           "amp": (state.get("settings") or {}).get("amp"), "backbone": (state.get("settings") or {}).get("backbone"),
-           "eval": state.get("eval"), "step1_images_per_s": ips}
+    res = {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "epochs_planned": epochs,
+        "epochs_done": done,
+        "train_images": len(paths),
+        "cache_build_s": cache_s,
+        "train_s": train_s,
+        "s_per_epoch": train_s / done if done else None,
+        "images_per_s": done * len(paths) / train_s if done and train_s else None,
+        "amp": (state.get("settings") or {}).get("amp"),
+        "backbone": (state.get("settings") or {}).get("backbone"),
+        "eval": state.get("eval"),
+        "step1_images_per_s": ips,
+    }
     if proc.returncode not in (0, 3):
         res["error"] = proc.stderr[-2000:]
     return res
@@ -148,20 +207,26 @@ def _epochs_saved(last: Path) -> int:
     return int(load_training_checkpoint(last).get("epoch") or 0)
 
 
-def _usl_round(root: Path, out: Path, tiny: bool, init: str | None, bn_groups: int, amp: str,
-               cache_dir: Path) -> dict[str, Any]:
+def _usl_round(
+    root: Path, out: Path, tiny: bool, init: str | None, bn_groups: int, amp: str, cache_dir: Path
+) -> dict[str, Any]:
     import reidkit
 
     s = SIZES["tiny" if tiny else "full"]
     dev = _device()
     ov: dict[str, Any] = {
-        "output_dir": str(out), "device": dev, "seed": 0,
-        "data": {"datasets": [{"name": "market1501", "root": str(root)}], "size": s["size"],
-                 "channels_last": dev == "cuda", "cache_dir": str(cache_dir)},
+        "output_dir": str(out),
+        "device": dev,
+        "seed": 0,
+        "data": {
+            "datasets": [{"name": "market1501", "root": str(root)}],
+            "size": s["size"],
+            "channels_last": dev == "cuda",
+            "cache_dir": str(cache_dir),
+        },
         "model": {"backbone": s["backbone"], "pretrained": False, "bn_groups": bn_groups},
         "solver": {"max_epochs": 1, "amp": amp, "eval_period": 1000},
-        "usl": {"batch_size": s["usl_batch"], "num_instances": s["usl_instances"],
-                "iters_per_epoch": s["usl_iters"]},
+        "usl": {"batch_size": s["usl_batch"], "num_instances": s["usl_instances"], "iters_per_epoch": s["usl_iters"]},
     }
     if init:
         # The step-2 model (supervised on this set) gives features that cluster; its head pools by average.
@@ -173,11 +238,20 @@ def _usl_round(root: Path, out: Path, tiny: bool, init: str | None, bn_groups: i
     rep = (res.get("clusters") or [{}])[0]
     n_img = s["usl_batch"] * s["usl_iters"]
     epoch_s = float((res.get("train") or {}).get("time_s") or wall) - float(rep.get("time_s") or 0.0)
-    return {"wall_s": wall, "round_s": rep.get("time_s"), "feature_s": rep.get("feature_time_s"),
-            "cluster_s": (rep.get("time_s") or 0.0) - (rep.get("feature_time_s") or 0.0),
-            "clusters": rep.get("n_clusters"), "outliers": rep.get("n_outliers"),
-            "epoch_images": n_img, "epoch_s_approx": epoch_s, "images_per_s_approx": n_img / epoch_s if epoch_s > 0 else None,
-            "bn_groups": bn_groups, "amp": amp, "init_weights": init}
+    return {
+        "wall_s": wall,
+        "round_s": rep.get("time_s"),
+        "feature_s": rep.get("feature_time_s"),
+        "cluster_s": (rep.get("time_s") or 0.0) - (rep.get("feature_time_s") or 0.0),
+        "clusters": rep.get("n_clusters"),
+        "outliers": rep.get("n_outliers"),
+        "epoch_images": n_img,
+        "epoch_s_approx": epoch_s,
+        "images_per_s_approx": n_img / epoch_s if epoch_s > 0 else None,
+        "bn_groups": bn_groups,
+        "amp": amp,
+        "init_weights": init,
+    }
 
 
 def step_usl(out: Path, tiny: bool, ghost: bool) -> dict[str, Any]:
@@ -189,8 +263,9 @@ def step_usl(out: Path, tiny: bool, ghost: bool) -> dict[str, Any]:
     groups = SIZES["tiny" if tiny else "full"]["bn_groups"] if ghost else 1
     # the decoded cache of step 2 (same images, same size) is reused
     try:
-        return _usl_round(root, out / "usl" / f"bn_groups_{groups}", tiny, init, groups, "bf16",
-                          out / "full_run" / "cache")
+        return _usl_round(
+            root, out / "usl" / f"bn_groups_{groups}", tiny, init, groups, "bf16", out / "full_run" / "cache"
+        )
     except Exception as exc:  # recorded, so the summary says why
         return {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}", "bn_groups": groups}
 
@@ -212,8 +287,21 @@ def step_video(out: Path, tiny: bool) -> dict[str, Any]:
         import shutil
 
         shutil.rmtree(db)
-    cmd = [python(), "-m", "reidkit.cli", "video", "--db", str(db), "--weights", str(weights),
-           "--device", _device(), "--json", "--chunk", "200"]
+    cmd = [
+        python(),
+        "-m",
+        "reidkit.cli",
+        "video",
+        "--db",
+        str(db),
+        "--weights",
+        str(weights),
+        "--device",
+        _device(),
+        "--json",
+        "--chunk",
+        "200",
+    ]
     for v, g in zip(rep.videos, rep.gt):
         cmd += ["--detections", str(g)]
     cmd += [str(v) for v in rep.videos]
@@ -221,9 +309,19 @@ def step_video(out: Path, tiny: bool) -> dict[str, Any]:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     frames = sc["cams"] * sc["frames"]
-    res = {"rc": proc.returncode, "wall_s": wall, "frames": frames, "boxes": rep.boxes, "frame_size": sc["size"],
-           "frames_per_s": frames / wall, "boxes_per_s": rep.boxes / wall, "scene_generate_s": gen_s,
-           "weights": str(weights), "device": _device(), "note": "wall time of the whole CLI call (start-up included)"}
+    res = {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "frames": frames,
+        "boxes": rep.boxes,
+        "frame_size": sc["size"],
+        "frames_per_s": frames / wall,
+        "boxes_per_s": rep.boxes / wall,
+        "scene_generate_s": gen_s,
+        "weights": str(weights),
+        "device": _device(),
+        "note": "wall time of the whole CLI call (start-up included)",
+    }
     if proc.returncode != 0:
         res["error"] = proc.stderr[-2000:]
     return res
@@ -256,8 +354,10 @@ def summary(out: Path) -> str:
     if d is None:
         rows.append("| 0 data | - | missing (killed or failed) | - |")
     else:
-        rows.append(f"| 0 data | generate {d['train_images']} train images | {d['seconds']:.1f} s | "
-                    f"{d['ids']} ids at {d['size'][0]}x{d['size'][1]} |")
+        rows.append(
+            f"| 0 data | generate {d['train_images']} train images | {d['seconds']:.1f} s | "
+            f"{d['ids']} ids at {d['size'][0]}x{d['size'][1]} |"
+        )
     b = None
     for part in ("bench-train", "bench-extract", "bench-eval"):
         x = load(part)
@@ -275,29 +375,40 @@ def summary(out: Path) -> str:
                     continue
                 ratio = r[bench].get("speedup_compile" if side == "reidkit_compile" else "speedup")
                 ref = (r[bench].get("reference") or {}).get("images_per_s")
-                val = "error: " + x["error"].splitlines()[0][:50] if "error" in x else f"{_fmt(x.get('images_per_s'))} img/s"
-                rows.append(f"| 1 {bench} | {side} | {val} | {_fmt(ratio, '{:.2f}x')} of reference "
-                            f"{_fmt(ref)} img/s |")
+                val = (
+                    "error: " + x["error"].splitlines()[0][:50]
+                    if "error" in x
+                    else f"{_fmt(x.get('images_per_s'))} img/s"
+                )
+                rows.append(f"| 1 {bench} | {side} | {val} | {_fmt(ratio, '{:.2f}x')} of reference {_fmt(ref)} img/s |")
         for bench in ("eval", "rerank", "cluster"):
-            x = (r.get(bench) or {})
+            x = r.get(bench) or {}
             c, g = x.get("cpu") or {}, x.get("cuda") or {}
             val = g if g else c
             if not val:
                 continue
             sec = "error" if "error" in val else f"{val.get('seconds', float('nan')):.3f} s"
-            note = (f"{_fmt(x.get('speedup_gpu'), '{:.1f}x')} of CPU {_fmt(c.get('seconds'), '{:.3f}')} s"
-                    if g else "CPU only")
+            note = (
+                f"{_fmt(x.get('speedup_gpu'), '{:.1f}x')} of CPU {_fmt(c.get('seconds'), '{:.3f}')} s"
+                if g
+                else "CPU only"
+            )
             rows.append(f"| 1 {bench} | {'cuda' if g else 'cpu'} | {sec} | {note} |")
     f = load("full_run")
     if f is None:
         rows.append("| 2 full_run | - | missing (killed or failed) | - |")
     else:
-        rows.append(f"| 2 full_run | train images/s ({f.get('backbone')}, {f.get('amp')}) | "
-                    f"{_fmt(f.get('images_per_s'))} | {_fmt((f.get('images_per_s') or 0) / f['step1_images_per_s'] if f.get('step1_images_per_s') and f.get('images_per_s') else None, '{:.2f}x')} of step 1's reidkit img/s |")
-        rows.append(f"| 2 full_run | s/epoch | {_fmt(f.get('s_per_epoch'), '{:.2f}')} | {f.get('epochs_done')} of "
-                    f"{f.get('epochs_planned')} epochs, {f.get('train_images')} images/epoch |")
-        rows.append(f"| 2 full_run | cache build | {_fmt(f.get('cache_build_s'), '{:.1f}')} s | decode once, "
-                    "not in s/epoch |")
+        rows.append(
+            f"| 2 full_run | train images/s ({f.get('backbone')}, {f.get('amp')}) | "
+            f"{_fmt(f.get('images_per_s'))} | {_fmt((f.get('images_per_s') or 0) / f['step1_images_per_s'] if f.get('step1_images_per_s') and f.get('images_per_s') else None, '{:.2f}x')} of step 1's reidkit img/s |"
+        )
+        rows.append(
+            f"| 2 full_run | s/epoch | {_fmt(f.get('s_per_epoch'), '{:.2f}')} | {f.get('epochs_done')} of "
+            f"{f.get('epochs_planned')} epochs, {f.get('train_images')} images/epoch |"
+        )
+        rows.append(
+            f"| 2 full_run | cache build | {_fmt(f.get('cache_build_s'), '{:.1f}')} s | decode once, not in s/epoch |"
+        )
         if f.get("error"):
             rows.append(f"| 2 full_run | error | rc {f.get('rc')} | {f['error'].strip().splitlines()[-1][:60]} |")
     usl = {"usl": load("usl"), "usl-ghost": load("usl-ghost")}
@@ -309,23 +420,31 @@ def summary(out: Path) -> str:
         if "error" in x:
             rows.append(f"| 3 usl {name} | error | - | {x['error'].splitlines()[0][:60]} |")
             continue
-        rows.append(f"| 3 usl {name} ({x.get('amp')}) | round (features + cluster) | {_fmt(x.get('round_s'), '{:.1f}')} s | "
-                    f"features {_fmt(x.get('feature_s'), '{:.1f}')} s, {x.get('clusters')} clusters; epoch "
-                    f"~{_fmt(x.get('images_per_s_approx'))} img/s |")
+        rows.append(
+            f"| 3 usl {name} ({x.get('amp')}) | round (features + cluster) | {_fmt(x.get('round_s'), '{:.1f}')} s | "
+            f"features {_fmt(x.get('feature_s'), '{:.1f}')} s, {x.get('clusters')} clusters; epoch "
+            f"~{_fmt(x.get('images_per_s_approx'))} img/s |"
+        )
     a, g = usl["usl"] or {}, usl["usl-ghost"] or {}
     if a.get("wall_s") and g.get("wall_s") and "error" not in a and "error" not in g:
-        rows.append(f"| 3 usl | bn_groups={g.get('bn_groups')} cost | {g['wall_s'] / a['wall_s']:.2f}x | "
-                    "wall time vs bn_groups=1 |")
+        rows.append(
+            f"| 3 usl | bn_groups={g.get('bn_groups')} cost | {g['wall_s'] / a['wall_s']:.2f}x | "
+            "wall time vs bn_groups=1 |"
+        )
     v = load("video")
     if v is None:
         rows.append("| 4 video | - | missing (killed or failed) | - |")
     else:
         val = "error" if v.get("error") else f"{v['frames_per_s']:.1f} frames/s"
-        rows.append(f"| 4 video ({v.get('device')}) | reidkit video | {val} | {v['frames']} frames "
-                    f"{v['frame_size'][0]}x{v['frame_size'][1]}, {v['boxes']} boxes ({v['boxes_per_s']:.0f}/s) |")
+        rows.append(
+            f"| 4 video ({v.get('device')}) | reidkit video | {val} | {v['frames']} frames "
+            f"{v['frame_size'][0]}x{v['frame_size'][1]}, {v['boxes']} boxes ({v['boxes_per_s']:.0f}/s) |"
+        )
     machine = (b or {}).get("machine") or {}
-    head = (f"GPU run summary ({tag}): GPU {machine.get('gpu') or 'none'}, torch {machine.get('torch', '?')}, "
-            f"CPU {machine.get('cpu_model', '?')} ({machine.get('affinity_cores', machine.get('cpu_count', '?'))} cores)")
+    head = (
+        f"GPU run summary ({tag}): GPU {machine.get('gpu') or 'none'}, torch {machine.get('torch', '?')}, "
+        f"CPU {machine.get('cpu_model', '?')} ({machine.get('affinity_cores', machine.get('cpu_count', '?'))} cores)"
+    )
     text = head + "\n\n" + "\n".join(rows) + "\n"
     (out / f"{tag}-summary.md").write_text(text)
     return text
@@ -348,8 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "summary":
         print(summary(out))
         return 0
-    fn = {"data": lambda: step_data(out, args.tiny), "full": lambda: step_full(out, args.tiny, args.seconds),
-          "usl": lambda: step_usl(out, args.tiny, args.ghost), "video": lambda: step_video(out, args.tiny)}[args.step]
+    fn = {
+        "data": lambda: step_data(out, args.tiny),
+        "full": lambda: step_full(out, args.tiny, args.seconds),
+        "usl": lambda: step_usl(out, args.tiny, args.ghost),
+        "video": lambda: step_video(out, args.tiny),
+    }[args.step]
     t0 = time.perf_counter()
     res = fn()
     res["step_s"] = time.perf_counter() - t0

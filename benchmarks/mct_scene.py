@@ -33,6 +33,7 @@ features and ground-truth boxes, with links: the threshold with the best mean mu
 
 Writes benchmarks/results/mct_scene.md (and .json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,18 @@ SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def make_scene(work: Path, args: argparse.Namespace, seed: int):
     H, W = (int(v) for v in args.size.split("x"))
-    return generate_scene(work / f"scene_{seed}", cams=args.cams, ids=args.ids, frames=args.frames, size=(H, W),
-                          fps=10, seed=seed, speed=args.speed, topology="chain", transit=(2.0, 5.0))
+    return generate_scene(
+        work / f"scene_{seed}",
+        cams=args.cams,
+        ids=args.ids,
+        frames=args.frames,
+        size=(H, W),
+        fps=10,
+        seed=seed,
+        speed=args.speed,
+        topology="chain",
+        transit=(2.0, 5.0),
+    )
 
 
 DETECTIONS = {"gt": "ground-truth boxes", "motion": "motion detector (default)", "hog": "OpenCV HOG"}
@@ -104,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trained", default=None, help="a reidkit checkpoint trained on synthetic people")
-    ap.add_argument("--trained-label", default="trained with reidkit on synthetic people",
-                    help="how the table names --trained")
+    ap.add_argument(
+        "--trained-label", default="trained with reidkit on synthetic people", help="how the table names --trained"
+    )
     ap.add_argument("--detections", default="gt,motion,hog", help="comma-separated: gt, motion, hog")
     ap.add_argument("--append", action="store_true", help="add the rows to results/mct_scene.json's table")
     ap.add_argument("--threshold", type=float, default=None, help="identity threshold (default: reidkit's)")
@@ -135,8 +147,13 @@ def main(argv: list[str] | None = None) -> None:
             new = {(m, DETECTIONS[d]) for m, _w in models for d in args.detections.split(",")}
             runs = [r for r in old["runs"] if (r["model"], r["detections"]) not in new]
             args.previous_command = old.get("command") or next(
-                (ln.removeprefix("Command: ").rstrip(".") for ln in (RESULTS / "mct_scene.md").read_text().splitlines()
-                 if ln.startswith("Command:")), "")
+                (
+                    ln.removeprefix("Command: ").rstrip(".")
+                    for ln in (RESULTS / "mct_scene.md").read_text().splitlines()
+                    if ln.startswith("Command:")
+                ),
+                "",
+            )
         for mname, weights in models:
             for dname, kind in dets:
                 db = work / f"db_{len(runs)}"
@@ -145,8 +162,11 @@ def main(argv: list[str] | None = None) -> None:
                 loose = score(scene, db, threshold, False, work)
                 runs.append({"model": mname, "detections": dname, "ingest_s": secs, "links": linked, "no_links": loose})
                 c, m = linked["combined"], linked["multi_camera"]
-                print(f"{mname} | {dname}: HOTA {c['HOTA']:.1f} IDF1 {c['IDF1']:.1f} MOTA {c['MOTA']:.1f} "
-                      f"multi-cam IDF1 {m['IDF1']:.1f} (no links {loose['multi_camera']['IDF1']:.1f})", flush=True)
+                print(
+                    f"{mname} | {dname}: HOTA {c['HOTA']:.1f} IDF1 {c['IDF1']:.1f} MOTA {c['MOTA']:.1f} "
+                    f"multi-cam IDF1 {m['IDF1']:.1f} (no links {loose['multi_camera']['IDF1']:.1f})",
+                    flush=True,
+                )
                 write(args, scene, threshold, tuning, runs)  # after every setting: a long run keeps what it measured
     finally:
         if args.work is None:
@@ -159,36 +179,60 @@ def write(args: argparse.Namespace, scene, threshold: float | None, tuning: dict
 
     cmd = "python -m benchmarks.mct_scene" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {','.join(map(str, v)) if isinstance(v, list) else v}")
-        for k, v in vars(args).items() if v not in (None, False) and k not in ("work", "tune_seeds", "previous_command") or
-        (k == "tune_seeds" and args.tune))
+        for k, v in vars(args).items()
+        if v not in (None, False)
+        and k not in ("work", "tune_seeds", "previous_command")
+        or (k == "tune_seeds" and args.tune)
+    )
     thr = threshold if threshold is not None else DEFAULT_THRESHOLD
     lines = [
-        "# Multi-camera tracking on a generated 3-camera scene (TrackEval)", "",
-        f"Command: `{cmd}`." + (f" Rows kept from an earlier run: {getattr(args, 'previous_command', '')}"
-                                if getattr(args, "previous_command", "") else ""), "",
+        "# Multi-camera tracking on a generated 3-camera scene (TrackEval)",
+        "",
+        f"Command: `{cmd}`."
+        + (
+            f" Rows kept from an earlier run: {getattr(args, 'previous_command', '')}"
+            if getattr(args, "previous_command", "")
+            else ""
+        ),
+        "",
         f"Scene: {len(scene.cameras)} cameras along a corridor (chain topology, transit 2-5 s), {scene.ids} people, "
         f"{scene.frames} frames of {scene.size[1]}x{scene.size[0]} at {scene.fps:g} fps, {scene.boxes} ground-truth "
         f"boxes, seed {args.seed}. Tracker: DeepSort on each model's features; tracklet feature = mean of the best 4 "
-        f"crops; identities: k-reciprocal re-ranked distance, average linkage, threshold {thr:g}.", "",
+        f"crops; identities: k-reciprocal re-ranked distance, average linkage, threshold {thr:g}.",
+        "",
         "| features | detections | HOTA | IDF1 | MOTA | IDsw | multi-camera IDF1 (links) | multi-camera IDF1 (no links) | identities (GT people) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         c, m = r["links"]["combined"], r["links"]["multi_camera"]
-        lines.append(f"| {r['model']} | {r['detections']} | {c['HOTA']:.1f} | {c['IDF1']:.1f} | {c['MOTA']:.1f} | "
-                     f"{c['IDsw']} | {m['IDF1']:.1f} | {r['no_links']['multi_camera']['IDF1']:.1f} | "
-                     f"{r['links']['identities']} ({scene.ids}) |")
-    lines += ["", "HOTA / IDF1 / MOTA / IDsw: single-camera, TrackEval's combination over the cameras. Multi-camera "
-              "IDF1: all cameras concatenated into one sequence with global ids."]
+        lines.append(
+            f"| {r['model']} | {r['detections']} | {c['HOTA']:.1f} | {c['IDF1']:.1f} | {c['MOTA']:.1f} | "
+            f"{c['IDsw']} | {m['IDF1']:.1f} | {r['no_links']['multi_camera']['IDF1']:.1f} | "
+            f"{r['links']['identities']} ({scene.ids}) |"
+        )
+    lines += [
+        "",
+        "HOTA / IDF1 / MOTA / IDsw: single-camera, TrackEval's combination over the cameras. Multi-camera "
+        "IDF1: all cameras concatenated into one sequence with global ids.",
+    ]
     if tuning:
-        lines += ["", f"Threshold tuning on scenes with seeds {', '.join(map(str, tuning['seeds']))} (ImageNet features, "
-                  "ground-truth boxes, links): mean multi-camera IDF1 per threshold: "
-                  + ", ".join(f"{t:g}: {v:.1f}" for t, v in tuning["mean"].items()) + f"; best {tuning['best']:g}."]
+        lines += [
+            "",
+            f"Threshold tuning on scenes with seeds {', '.join(map(str, tuning['seeds']))} (ImageNet features, "
+            "ground-truth boxes, links): mean multi-camera IDF1 per threshold: "
+            + ", ".join(f"{t:g}: {v:.1f}" for t, v in tuning["mean"].items())
+            + f"; best {tuning['best']:g}.",
+        ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mct_scene.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "mct_scene.json").write_text(json.dumps({"args": vars(args), "command": cmd, "threshold": thr,
-                                                        "tuning": tuning,
-                                                        "runs": runs}, indent=2, default=str) + "\n")
+    (RESULTS / "mct_scene.json").write_text(
+        json.dumps(
+            {"args": vars(args), "command": cmd, "threshold": thr, "tuning": tuning, "runs": runs},
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -10,6 +10,7 @@ identical settings except ``data.loader``; the precision is the same on both sid
 default the recipe's), so the loader is the only difference. Writes ``<out>/parity.json``; exit
 status 1 when the difference exceeds the tolerance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,28 @@ from typing import Any
 
 PRESETS = {
     # ~150 train ids x 18 images at full resolution: long enough to converge well above chance.
-    "full": {"ids": 300, "images_per_id": 18, "size": [256, 128], "backbone": "resnet50", "epochs": 30,
-             "p": 16, "k": 4},
-    "quick": {"ids": 40, "images_per_id": 8, "size": [64, 32], "backbone": "resnet18", "epochs": 6,
-              "p": 8, "k": 4},
+    "full": {
+        "ids": 300,
+        "images_per_id": 18,
+        "size": [256, 128],
+        "backbone": "resnet50",
+        "epochs": 30,
+        "p": 16,
+        "k": 4,
+    },
+    "quick": {"ids": 40, "images_per_id": 8, "size": [64, 32], "backbone": "resnet18", "epochs": 6, "p": 8, "k": 4},
 }
 
 
 def schedule(epochs: int) -> dict[str, Any]:
     """The recipe's schedule (warmup 10, steps 40/70 of 120 epochs) scaled to `epochs`."""
-    return {"max_epochs": epochs, "warmup_epochs": max(1, round(epochs * 10 / 120)),
-            "steps": [max(1, round(epochs * 40 / 120)), max(2, round(epochs * 70 / 120))],
-            "eval_period": epochs, "checkpoint_period": epochs}
+    return {
+        "max_epochs": epochs,
+        "warmup_epochs": max(1, round(epochs * 10 / 120)),
+        "steps": [max(1, round(epochs * 40 / 120)), max(2, round(epochs * 70 / 120))],
+        "eval_period": epochs,
+        "checkpoint_period": epochs,
+    }
 
 
 def final_map(result: dict[str, Any]) -> float:
@@ -50,9 +61,15 @@ def train_one(p: dict[str, Any]) -> dict[str, Any]:
     import reidkit
 
     overrides: dict[str, Any] = {
-        "output_dir": p["out"], "seed": p["seed"], "device": p["device"],
-        "data": {"datasets": [{"name": "market1501", "root": p["root"]}], "size": p["size"],
-                 "loader": p["loader"], "num_workers": p["num_workers"]},
+        "output_dir": p["out"],
+        "seed": p["seed"],
+        "device": p["device"],
+        "data": {
+            "datasets": [{"name": "market1501", "root": p["root"]}],
+            "size": p["size"],
+            "loader": p["loader"],
+            "num_workers": p["num_workers"],
+        },
         "model": {"backbone": p["backbone"], "pretrained": p["pretrained"]},
         "sampler": {"p": p["p"], "k": p["k"]},
         "solver": {**schedule(p["epochs"]), "amp": p["amp"]},
@@ -64,8 +81,15 @@ def train_one(p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = reidkit.train("bot_r50", **overrides)
     mean = res.get("mean") or {}
-    return {"loader": p["loader"], "mAP": final_map(res), "rank1": mean.get("rank1"), "mINP": mean.get("mINP"),
-            "epochs": res.get("epoch"), "seconds": time.perf_counter() - t0, "output_dir": p["out"]}
+    return {
+        "loader": p["loader"],
+        "mAP": final_map(res),
+        "rank1": mean.get("rank1"),
+        "mINP": mean.get("mINP"),
+        "epochs": res.get("epoch"),
+        "seconds": time.perf_counter() - t0,
+        "output_dir": p["out"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,13 +133,29 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads if args.threads is not None else (1 if args.quick and device == "cpu" else None)
     runs = {}
     for loader in ("cached", "pil"):
-        p = {"loader": loader, "out": str(out / loader), "root": str(root), "seed": args.seed, "device": device,
-             "size": preset["size"], "backbone": preset["backbone"], "pretrained": pretrained, "p": preset["p"],
-             "k": preset["k"], "epochs": preset["epochs"], "amp": args.amp, "threads": threads,
-             "num_workers": args.num_workers if args.num_workers is not None else min(8, cores)}
+        p = {
+            "loader": loader,
+            "out": str(out / loader),
+            "root": str(root),
+            "seed": args.seed,
+            "device": device,
+            "size": preset["size"],
+            "backbone": preset["backbone"],
+            "pretrained": pretrained,
+            "p": preset["p"],
+            "k": preset["k"],
+            "epochs": preset["epochs"],
+            "amp": args.amp,
+            "threads": threads,
+            "num_workers": args.num_workers if args.num_workers is not None else min(8, cores),
+        }
         # A fresh process per run: no state (RNG, allocator, compiled kernels) leaks between sides.
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.parity", "--worker", json.dumps(p)],
-                              capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.parity", "--worker", json.dumps(p)],
+            capture_output=True,
+            text=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
         if proc.returncode != 0:
             runs[loader] = {"error": proc.stderr[-3000:]}
             print(f"{loader}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -124,20 +164,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{loader}: mAP {runs[loader]['mAP']:.2f} in {runs[loader]['seconds']:.0f} s", flush=True)
     ok = all("error" not in r for r in runs.values())
     diff = abs(runs["cached"]["mAP"] - runs["pil"]["mAP"]) if ok else None
-    result = {"preset": "quick" if args.quick else "full", "device": device, "data_root": str(root),
-              "generate_s": gen_s, "settings": preset, "amp": args.amp, "seed": args.seed, "runs": runs,
-              "map_diff_points": diff, "tolerance_points": args.tolerance,
-              "passed": bool(ok and diff is not None and diff <= args.tolerance)}
+    result = {
+        "preset": "quick" if args.quick else "full",
+        "device": device,
+        "data_root": str(root),
+        "generate_s": gen_s,
+        "settings": preset,
+        "amp": args.amp,
+        "seed": args.seed,
+        "runs": runs,
+        "map_diff_points": diff,
+        "tolerance_points": args.tolerance,
+        "passed": bool(ok and diff is not None and diff <= args.tolerance),
+    }
     if ok and runs["pil"]["seconds"]:
         result["wall_ratio_pil_over_cached"] = runs["pil"]["seconds"] / runs["cached"]["seconds"]
     (out / "parity.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print("| loader | mAP | rank-1 | seconds |\n|---|---|---|---|")
     for name, r in runs.items():
         if "error" not in r:
-            print(f"| {name} | {r['mAP']:.2f} | {r['rank1'] if r['rank1'] is None else round(r['rank1'], 2)} "
-                  f"| {r['seconds']:.0f} |")
-    print(f"\n|mAP diff| = {diff if diff is None else round(diff, 3)} points (tolerance {args.tolerance}): "
-          f"{'PASS' if result['passed'] else 'FAIL'}; written {out / 'parity.json'}")
+            print(
+                f"| {name} | {r['mAP']:.2f} | {r['rank1'] if r['rank1'] is None else round(r['rank1'], 2)} "
+                f"| {r['seconds']:.0f} |"
+            )
+    print(
+        f"\n|mAP diff| = {diff if diff is None else round(diff, 3)} points (tolerance {args.tolerance}): "
+        f"{'PASS' if result['passed'] else 'FAIL'}; written {out / 'parity.json'}"
+    )
     return 0 if result["passed"] else 1
 
 

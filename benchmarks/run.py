@@ -10,6 +10,7 @@ prints one JSON line; a failing measurement is recorded as an error and the suit
 Writes ``<out>/<machine-tag>.json`` (tag: ``cpu`` or the GPU name, ``-quick``/``-tiny`` appended)
 and prints a markdown table. The synthetic images live under ``<out>/_data`` and are reused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,14 @@ def machine() -> dict[str, Any]:
 
     from benchmarks.common import machine_info
 
-    info = {"platform": platform.platform(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "gpu": None, "gpu_memory_gb": None, "cuda_version": torch.version.cuda}
+    info = {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu": None,
+        "gpu_memory_gb": None,
+        "cuda_version": torch.version.cuda,
+    }
     try:
         info["affinity_cores"] = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -90,7 +97,9 @@ def machine() -> dict[str, Any]:
 
 def machine_tag(info: dict[str, Any], device: str, preset: str) -> str:
     """File-name tag: "cpu" or the GPU name slug, plus the preset unless it is the full one."""
-    base = "cpu" if device == "cpu" or not info.get("gpu") else re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
+    base = (
+        "cpu" if device == "cpu" or not info.get("gpu") else re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
+    )
     return base if preset == "full" else f"{base}-{preset}"
 
 
@@ -128,13 +137,26 @@ def work_eval(p: dict[str, Any]) -> dict[str, Any]:
     _, q_pids, g_pids, q_cams, g_cams = market_like(nq, ng, ids=p["ids"], distractors=int(0.175 * ng))
     qt, gt = torch.from_numpy(qf), torch.from_numpy(gf)
     compute_distance(qt[:8], gt[:64], metric="cosine", device=dev)  # device context / kernels warm-up
-    t_dist, d_times, dist = _median_time(lambda: compute_distance(qt, gt, metric="cosine", device=dev),
-                                         p["repeats"], lambda: sync(dev))
-    t_rank, r_times, res = _median_time(lambda: evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams),
-                                        p["repeats"], lambda: None)
-    return {"device": str(dev), "shape": [nq, ng], "dim": p["dim"], "distance_s": t_dist, "rank_s": t_rank,
-            "seconds": t_dist + t_rank, "distance_times": d_times, "rank_times": r_times,
-            "repeats": p["repeats"], "mAP": res["mAP"], "peak_rss_mb": vm_hwm_mb(), "peak_gpu_mb": gpu_peak_mb(dev)}
+    t_dist, d_times, dist = _median_time(
+        lambda: compute_distance(qt, gt, metric="cosine", device=dev), p["repeats"], lambda: sync(dev)
+    )
+    t_rank, r_times, res = _median_time(
+        lambda: evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams), p["repeats"], lambda: None
+    )
+    return {
+        "device": str(dev),
+        "shape": [nq, ng],
+        "dim": p["dim"],
+        "distance_s": t_dist,
+        "rank_s": t_rank,
+        "seconds": t_dist + t_rank,
+        "distance_times": d_times,
+        "rank_times": r_times,
+        "repeats": p["repeats"],
+        "mAP": res["mAP"],
+        "peak_rss_mb": vm_hwm_mb(),
+        "peak_gpu_mb": gpu_peak_mb(dev),
+    }
 
 
 def work_rerank(p: dict[str, Any]) -> dict[str, Any]:
@@ -148,10 +170,21 @@ def work_rerank(p: dict[str, Any]) -> dict[str, Any]:
     dev = torch.device(p["device"])
     nq, ng = p["num_query"], p["num_gallery"]
     qf, gf = _features(nq, ng, p["ids"], p["dim"])
-    t, times, _ = _median_time(lambda: re_ranking_features(torch.from_numpy(qf), torch.from_numpy(gf), device=dev),
-                               p["repeats"], lambda: sync(dev))
-    return {"device": str(dev), "shape": [nq, ng], "dim": p["dim"], "seconds": t, "times": times,
-            "repeats": p["repeats"], "peak_rss_mb": vm_hwm_mb(), "peak_gpu_mb": gpu_peak_mb(dev)}
+    t, times, _ = _median_time(
+        lambda: re_ranking_features(torch.from_numpy(qf), torch.from_numpy(gf), device=dev),
+        p["repeats"],
+        lambda: sync(dev),
+    )
+    return {
+        "device": str(dev),
+        "shape": [nq, ng],
+        "dim": p["dim"],
+        "seconds": t,
+        "times": times,
+        "repeats": p["repeats"],
+        "peak_rss_mb": vm_hwm_mb(),
+        "peak_gpu_mb": gpu_peak_mb(dev),
+    }
 
 
 def work_cluster(p: dict[str, Any]) -> dict[str, Any]:
@@ -166,14 +199,30 @@ def work_cluster(p: dict[str, Any]) -> dict[str, Any]:
     feats = _features(p["n"], 1, p["ids"], p["dim"])[0]
     search = "torch" if dev.type == "cuda" else "faiss"
     import sklearn.cluster  # noqa: F401  (its first import takes seconds; keep it out of the timing)
-    t_j, j_times, dist = _median_time(lambda: jaccard_distance(feats, k1=30, k2=6, device=dev, search=search),
-                                      p["repeats"], lambda: sync(dev))
-    t_d, d_times, labels = _median_time(lambda: pseudo_labels(None, eps=0.6, dist=dist, min_samples=4),
-                                        p["repeats"], lambda: None)
+
+    t_j, j_times, dist = _median_time(
+        lambda: jaccard_distance(feats, k1=30, k2=6, device=dev, search=search), p["repeats"], lambda: sync(dev)
+    )
+    t_d, d_times, labels = _median_time(
+        lambda: pseudo_labels(None, eps=0.6, dist=dist, min_samples=4), p["repeats"], lambda: None
+    )
     n_clusters = int(len(set(labels.tolist()) - {-1}))
-    return {"device": str(dev), "n": p["n"], "dim": p["dim"], "search": search, "jaccard_s": t_j, "dbscan_s": t_d,
-            "seconds": t_j + t_d, "jaccard_times": j_times, "dbscan_times": d_times, "repeats": p["repeats"],
-            "clusters": n_clusters, "nnz": int(dist.nnz), "peak_rss_mb": vm_hwm_mb(), "peak_gpu_mb": gpu_peak_mb(dev)}
+    return {
+        "device": str(dev),
+        "n": p["n"],
+        "dim": p["dim"],
+        "search": search,
+        "jaccard_s": t_j,
+        "dbscan_s": t_d,
+        "seconds": t_j + t_d,
+        "jaccard_times": j_times,
+        "dbscan_times": d_times,
+        "repeats": p["repeats"],
+        "clusters": n_clusters,
+        "nnz": int(dist.nnz),
+        "peak_rss_mb": vm_hwm_mb(),
+        "peak_gpu_mb": gpu_peak_mb(dev),
+    }
 
 
 def _worker(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -206,8 +255,12 @@ def call(kind: str, params: dict[str, Any], isolate: bool, timeout: float | None
         msg = str(exc) if isolate else traceback.format_exc(limit=4)
         out = {"error": f"{type(exc).__name__}: {msg[-2000:]}"}
     out["wall_s"] = time.perf_counter() - t0
-    print(f"  {kind} {params.get('mode', params.get('device', ''))}: "
-          + (out["error"].splitlines()[0] if "error" in out else "ok"), file=sys.stderr, flush=True)
+    print(
+        f"  {kind} {params.get('mode', params.get('device', ''))}: "
+        + (out["error"].splitlines()[0] if "error" in out else "ok"),
+        file=sys.stderr,
+        flush=True,
+    )
     return out
 
 
@@ -218,10 +271,19 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str, inverse: bool = False
     return b[key] / a[key] if inverse else a[key] / b[key]
 
 
-def run_suite(preset: str, out: Path, device: str, only: list[str], isolate: bool = True,
-              compile_: bool = False, num_workers: int | None = None, repeats: int | None = None,
-              timeout: float | None = None, tag: str | None = None,
-              threads: int | None = None) -> tuple[Path, dict[str, Any]]:
+def run_suite(
+    preset: str,
+    out: Path,
+    device: str,
+    only: list[str],
+    isolate: bool = True,
+    compile_: bool = False,
+    num_workers: int | None = None,
+    repeats: int | None = None,
+    timeout: float | None = None,
+    tag: str | None = None,
+    threads: int | None = None,
+) -> tuple[Path, dict[str, Any]]:
     """Run the selected benchmarks, write <out>/<tag>.json, return its path and contents."""
     import copy
 
@@ -248,15 +310,25 @@ def run_suite(preset: str, out: Path, device: str, only: list[str], isolate: boo
         data_dir.mkdir(parents=True, exist_ok=True)
         (out / "_data" / ".gitignore").write_text("*\n")
         t0 = time.perf_counter()
-        data_root = str(prepare_synthetic(data_dir, d["ids"], d["images_per_id"], d["size"], n_train=d["n_train"],
-                                          workers=max(1, cores)))
+        data_root = str(
+            prepare_synthetic(
+                data_dir, d["ids"], d["images_per_id"], d["size"], n_train=d["n_train"], workers=max(1, cores)
+            )
+        )
         results["data"] = {"root": data_root, "prepare_s": time.perf_counter() - t0, **d}
-    common = {"data_root": data_root, "size": cfg["data"]["size"], "device": device, "num_workers": workers,
-              "threads": threads}
+    common = {
+        "data_root": data_root,
+        "size": cfg["data"]["size"],
+        "device": device,
+        "num_workers": workers,
+        "threads": threads,
+    }
     if "train" in only:
         base = {**common, **cfg["train"]}
-        tr = {"reference": call("train", {**base, "mode": "reference"}, isolate, timeout),
-              "reidkit": call("train", {**base, "mode": "reidkit", "compile": False}, isolate, timeout)}
+        tr = {
+            "reference": call("train", {**base, "mode": "reference"}, isolate, timeout),
+            "reidkit": call("train", {**base, "mode": "reidkit", "compile": False}, isolate, timeout),
+        }
         if compile_:
             tr["reidkit_compile"] = call("train", {**base, "mode": "reidkit", "compile": True}, isolate, timeout)
         tr["speedup"] = _ratio(tr["reidkit"], tr["reference"], "images_per_s")
@@ -265,25 +337,47 @@ def run_suite(preset: str, out: Path, device: str, only: list[str], isolate: boo
         results["train"] = tr
     if "extract" in only:
         base = {**common, **cfg["extract"]}
-        ex = {"reference": call("extract", {**base, "mode": "reference"}, isolate, timeout),
-              "reidkit": call("extract", {**base, "mode": "reidkit"}, isolate, timeout)}
+        ex = {
+            "reference": call("extract", {**base, "mode": "reference"}, isolate, timeout),
+            "reidkit": call("extract", {**base, "mode": "reidkit"}, isolate, timeout),
+        }
         ex["speedup"] = _ratio(ex["reidkit"], ex["reference"], "images_per_s")
         results["extract"] = ex
     if "eval" in only:
         e, rr = cfg["eval"], {**cfg["eval"], **cfg["rerank"]}
-        results["eval"] = {dev: call("eval", {**e, "device": dev, "threads": threads}, isolate, timeout) for dev in devices}
-        results["rerank"] = {dev: call("rerank", {**rr, "device": dev, "threads": threads}, isolate, timeout) for dev in devices}
+        results["eval"] = {
+            dev: call("eval", {**e, "device": dev, "threads": threads}, isolate, timeout) for dev in devices
+        }
+        results["rerank"] = {
+            dev: call("rerank", {**rr, "device": dev, "threads": threads}, isolate, timeout) for dev in devices
+        }
         if "cuda" in devices:
             results["eval"]["speedup_gpu"] = _ratio(results["eval"]["cpu"], results["eval"]["cuda"], "seconds", True)
-            results["rerank"]["speedup_gpu"] = _ratio(results["rerank"]["cpu"], results["rerank"]["cuda"], "seconds", True)
+            results["rerank"]["speedup_gpu"] = _ratio(
+                results["rerank"]["cpu"], results["rerank"]["cuda"], "seconds", True
+            )
     if "cluster" in only:
         c = cfg["cluster"]
-        results["cluster"] = {dev: call("cluster", {**c, "device": dev, "threads": threads}, isolate, timeout) for dev in devices}
+        results["cluster"] = {
+            dev: call("cluster", {**c, "device": dev, "threads": threads}, isolate, timeout) for dev in devices
+        }
         if "cuda" in devices:
-            results["cluster"]["speedup_gpu"] = _ratio(results["cluster"]["cpu"], results["cluster"]["cuda"], "seconds", True)
-    payload = {"suite": "reidkit benchmarks", "preset": preset, "device": device, "machine": info,
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_s": time.perf_counter() - t_all,
-               "isolated": isolate, "sizes": cfg, "num_workers": workers, "torch_threads": threads, "results": results}
+            results["cluster"]["speedup_gpu"] = _ratio(
+                results["cluster"]["cpu"], results["cluster"]["cuda"], "seconds", True
+            )
+    payload = {
+        "suite": "reidkit benchmarks",
+        "preset": preset,
+        "device": device,
+        "machine": info,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "total_s": time.perf_counter() - t_all,
+        "isolated": isolate,
+        "sizes": cfg,
+        "num_workers": workers,
+        "torch_threads": threads,
+        "results": results,
+    }
     payload["table"] = table(payload)
     name = tag or machine_tag(info, device, preset)
     path = out / f"{name}.json"
@@ -301,15 +395,19 @@ def _f(x: Any, fmt: str = "{:.1f}") -> str:
 def table(payload: dict[str, Any]) -> str:
     """Markdown table of the figures (median over repeats), ratios and peak memory."""
     res = payload["results"]
-    rows = ["| benchmark | side | device | figure | ratio | peak RSS MiB | peak GPU MiB |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| benchmark | side | device | figure | ratio | peak RSS MiB | peak GPU MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def row(bench: str, side: str, r: dict[str, Any], figure: str, ratio: float | None) -> None:
         if "error" in r:
             rows.append(f"| {bench} | {side} | - | error: {r['error'].splitlines()[0][:60]} | - | - | - |")
             return
-        rows.append(f"| {bench} | {side} | {r.get('device', '-')} | {figure} | {_f(ratio, '{:.2f}x')} | "
-                    f"{_f(r.get('peak_rss_mb'), '{:.0f}')} | {_f(r.get('peak_gpu_mb'), '{:.0f}')} |")
+        rows.append(
+            f"| {bench} | {side} | {r.get('device', '-')} | {figure} | {_f(ratio, '{:.2f}x')} | "
+            f"{_f(r.get('peak_rss_mb'), '{:.0f}')} | {_f(r.get('peak_gpu_mb'), '{:.0f}')} |"
+        )
 
     for bench in ("train", "extract"):
         if bench in res:
@@ -317,16 +415,32 @@ def table(payload: dict[str, Any]) -> str:
             for side in ("reference", "reidkit", "reidkit_compile"):
                 if side in b:
                     r = b[side]
-                    desc = (f"{_f(r.get('images_per_s'))} img/s ({r.get('backbone')}, {r.get('amp')}, batch "
-                            f"{r.get('batch')}, {r.get('size', ['?', '?'])[0]}x{r.get('size', ['?', '?'])[1]})"
-                            if "error" not in r else "")
-                    ratio = b.get("speedup_compile" if side == "reidkit_compile" else "speedup") if side != "reference" else 1.0
+                    desc = (
+                        f"{_f(r.get('images_per_s'))} img/s ({r.get('backbone')}, {r.get('amp')}, batch "
+                        f"{r.get('batch')}, {r.get('size', ['?', '?'])[0]}x{r.get('size', ['?', '?'])[1]})"
+                        if "error" not in r
+                        else ""
+                    )
+                    ratio = (
+                        b.get("speedup_compile" if side == "reidkit_compile" else "speedup")
+                        if side != "reference"
+                        else 1.0
+                    )
                     row(bench, side, r, desc, ratio)
-    labels = {"eval": ("distance + rank", lambda r: f"{r['seconds']:.3f} s ({r['shape'][0]}x{r['shape'][1]}; "
-                                                  f"dist {r['distance_s']:.3f} + rank {r['rank_s']:.3f})"),
-              "rerank": ("k-reciprocal", lambda r: f"{r['seconds']:.3f} s ({r['shape'][0]}x{r['shape'][1]})"),
-              "cluster": ("jaccard + dbscan", lambda r: f"{r['seconds']:.3f} s (N={r['n']}; jaccard "
-                                                       f"{r['jaccard_s']:.3f} + dbscan {r['dbscan_s']:.3f})")}
+    labels = {
+        "eval": (
+            "distance + rank",
+            lambda r: (
+                f"{r['seconds']:.3f} s ({r['shape'][0]}x{r['shape'][1]}; "
+                f"dist {r['distance_s']:.3f} + rank {r['rank_s']:.3f})"
+            ),
+        ),
+        "rerank": ("k-reciprocal", lambda r: f"{r['seconds']:.3f} s ({r['shape'][0]}x{r['shape'][1]})"),
+        "cluster": (
+            "jaccard + dbscan",
+            lambda r: f"{r['seconds']:.3f} s (N={r['n']}; jaccard {r['jaccard_s']:.3f} + dbscan {r['dbscan_s']:.3f})",
+        ),
+    }
     for bench, (side, fmt) in labels.items():
         if bench in res:
             for dev in ("cpu", "cuda"):
@@ -335,9 +449,11 @@ def table(payload: dict[str, Any]) -> str:
                     ratio = res[bench].get("speedup_gpu") if dev == "cuda" else None
                     row(bench, side, r, fmt(r) if "error" not in r else "", ratio)
     m = payload["machine"]
-    head = (f"machine: {m.get('cpu_model')} ({m.get('affinity_cores', m.get('cpu_count'))} cores), "
-            f"GPU: {m.get('gpu') or 'none'}, torch {m.get('torch')}; preset {payload['preset']}; "
-            "figures are medians over repeats; ratio = reidkit / reference (train, extract) or CPU time / GPU time")
+    head = (
+        f"machine: {m.get('cpu_model')} ({m.get('affinity_cores', m.get('cpu_count'))} cores), "
+        f"GPU: {m.get('gpu') or 'none'}, torch {m.get('torch')}; preset {payload['preset']}; "
+        "figures are medians over repeats; ratio = reidkit / reference (train, extract) or CPU time / GPU time"
+    )
     return head + "\n\n" + "\n".join(rows)
 
 
@@ -350,10 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     ap.add_argument("--only", default=",".join(BENCHES), help=f"comma list of {', '.join(BENCHES)}")
     ap.add_argument("--compile", action="store_true", help="also time reidkit's training with torch.compile")
-    ap.add_argument("--num-workers", type=int, default=None, help="reference DataLoader workers (default min(8, cores))")
+    ap.add_argument(
+        "--num-workers", type=int, default=None, help="reference DataLoader workers (default min(8, cores))"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="override every benchmark's repeat count")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads per measurement (default: torch's own; 1 for --quick/--tiny on CPU)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per measurement (default: torch's own; 1 for --quick/--tiny on CPU)",
+    )
     ap.add_argument("--timeout", type=float, default=None, help="seconds per measurement subprocess")
     ap.add_argument("--tag", default=None, help="result file name (default: machine tag)")
     ap.add_argument("--no-isolate", action="store_true", help="measure in this process (peak RSS then cumulative)")
@@ -375,9 +497,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --only: unknown benchmark(s) {bad}; expected some of {list(BENCHES)}", file=sys.stderr)
         return 2
     preset = "tiny" if args.tiny else "quick" if args.quick else "full"
-    path, payload = run_suite(preset, Path(args.out), device, only, isolate=not args.no_isolate,
-                              compile_=args.compile, num_workers=args.num_workers, repeats=args.repeats,
-                              timeout=args.timeout, tag=args.tag, threads=args.threads)
+    path, payload = run_suite(
+        preset,
+        Path(args.out),
+        device,
+        only,
+        isolate=not args.no_isolate,
+        compile_=args.compile,
+        num_workers=args.num_workers,
+        repeats=args.repeats,
+        timeout=args.timeout,
+        tag=args.tag,
+        threads=args.threads,
+    )
     print(payload["table"])
     print(f"\nwritten {path}")
     return 0

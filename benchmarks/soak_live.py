@@ -7,6 +7,7 @@ the middle third's. Writes results/soak_live.{md,json}.
 
     python -m benchmarks.soak_live --minutes 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,24 @@ def main(argv: list[str] | None = None) -> int:
         port, status_port = _port(), _port()
         server = _serve(work / "scene" / "cam1" / "cam1.avi", port)
         db = work / "db"
-        cmd = [sys.executable, "-m", "reidkit.cli", "watch", f"http://127.0.0.1:{port}/", "--db", str(db),
-               "--retain", args.retain, "--commit-every", "2", "--identities-every", "30",
-               "--status-port", str(status_port), "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "reidkit.cli",
+            "watch",
+            f"http://127.0.0.1:{port}/",
+            "--db",
+            str(db),
+            "--retain",
+            args.retain,
+            "--commit-every",
+            "2",
+            "--identities-every",
+            "30",
+            "--status-port",
+            str(status_port),
+            "--json",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         samples = []
         t0 = time.monotonic()
@@ -61,11 +77,20 @@ def main(argv: list[str] | None = None) -> int:
                 h = _health(status_port) or {"cameras": {}}
                 c = h["cameras"].get("cam1", {})
                 disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file()) / 2**20 if db.exists() else 0.0
-                samples.append({"minute": round((time.monotonic() - t0) / 60, 2), "rss_mb": round(rss, 1),
-                                "gallery_mb": round(disk, 1),
-                                "open_files": fds, "received": c.get("received"), "processed": c.get("processed"),
-                                "skipped": c.get("skipped"), "tracklets": c.get("tracklets"),
-                                "deleted": h.get("deleted"), "identities": h.get("identities")})
+                samples.append(
+                    {
+                        "minute": round((time.monotonic() - t0) / 60, 2),
+                        "rss_mb": round(rss, 1),
+                        "gallery_mb": round(disk, 1),
+                        "open_files": fds,
+                        "received": c.get("received"),
+                        "processed": c.get("processed"),
+                        "skipped": c.get("skipped"),
+                        "tracklets": c.get("tracklets"),
+                        "deleted": h.get("deleted"),
+                        "identities": h.get("identities"),
+                    }
+                )
                 print(json.dumps(samples[-1]), flush=True)
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=300)
@@ -73,19 +98,31 @@ def main(argv: list[str] | None = None) -> int:
             if proc.poll() is None:
                 proc.kill()
             server.kill()
-        check = subprocess.run([sys.executable, "-m", "reidkit.cli", "index", "check", "--db", str(db)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [sys.executable, "-m", "reidkit.cli", "index", "check", "--db", str(db)], capture_output=True, text=True
+        )
     n = len(samples)
-    mid, last = samples[n // 3: 2 * n // 3] or samples, samples[2 * n // 3:] or samples
+    mid, last = samples[n // 3 : 2 * n // 3] or samples, samples[2 * n // 3 :] or samples
     rss_mid, rss_last = max(s["rss_mb"] for s in mid), max(s["rss_mb"] for s in last)
     fd_mid, fd_last = max(s["open_files"] for s in mid), max(s["open_files"] for s in last)
     disk_mid, disk_last = max(s["gallery_mb"] for s in mid), max(s["gallery_mb"] for s in last)
     flat = rss_last <= 1.10 * rss_mid and fd_last <= fd_mid + 4 and disk_last <= 1.25 * disk_mid + 1
-    report = {"minutes": args.minutes, "fps": args.fps, "retain": args.retain, "rss_mb_middle_third": rss_mid,
-              "rss_mb_last_third": rss_last, "open_files_middle_third": fd_mid, "open_files_last_third": fd_last,
-              "gallery_mb_middle_third": disk_mid, "gallery_mb_last_third": disk_last,
-              "flat": flat, "watch_exit": proc.returncode, "index_check_exit": check.returncode,
-              "index_check": check.stdout.strip().splitlines()[-3:], "samples": samples}
+    report = {
+        "minutes": args.minutes,
+        "fps": args.fps,
+        "retain": args.retain,
+        "rss_mb_middle_third": rss_mid,
+        "rss_mb_last_third": rss_last,
+        "open_files_middle_third": fd_mid,
+        "open_files_last_third": fd_last,
+        "gallery_mb_middle_third": disk_mid,
+        "gallery_mb_last_third": disk_last,
+        "flat": flat,
+        "watch_exit": proc.returncode,
+        "index_check_exit": check.returncode,
+        "index_check": check.stdout.strip().splitlines()[-3:],
+        "samples": samples,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak_live.json").write_text(json.dumps(report, indent=1))
     (RESULTS / "soak_live.md").write_text(
@@ -94,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| open files (max) | {fd_mid} | {fd_last} |\n| gallery on disk (MB, max) | {disk_mid} | {disk_last} |\n\nflat: {flat}; watch exit {proc.returncode} (SIGTERM); "
         f"index check exit {check.returncode}; frames received {samples[-1]['received'] if samples else 0}, "
         f"skipped {samples[-1]['skipped'] if samples else 0}, tracklets deleted by retention "
-        f"{samples[-1]['deleted'] if samples else 0}\n")
+        f"{samples[-1]['deleted'] if samples else 0}\n"
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))
     return 0 if flat and check.returncode == 0 else 1
 

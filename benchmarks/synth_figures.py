@@ -8,6 +8,7 @@ Market-1501 loader, takes raw pixels (64x32, flattened, L2-normalised) with Eucl
 distance and reports mAP / rank-1 next to a random ranking, so a trained model's numbers can
 be read against both. Writes benchmarks/results/synth.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ def raw_pixel_features(paths: list[str], size: tuple[int, int] = (64, 32)) -> np
     feats = np.empty((len(paths), size[0] * size[1] * 3), dtype=np.float32)
     for i, p in enumerate(paths):
         with Image.open(p) as im:
-            feats[i] = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR),
-                                  dtype=np.float32).ravel()
+            feats[i] = np.asarray(
+                im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32
+            ).ravel()
     feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
     return feats
 
@@ -71,8 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     from reidkit.data.synthetic import generate_report
 
     load_avg_before = os.getloadavg()[0]
-    rep = generate_report(args.out, ids=args.ids, images_per_id=args.images_per_id, cams=args.cams,
-                          seed=args.seed, domain=args.domain, workers=args.workers, force=True)
+    rep = generate_report(
+        args.out,
+        ids=args.ids,
+        images_per_id=args.images_per_id,
+        cams=args.cams,
+        seed=args.seed,
+        domain=args.domain,
+        workers=args.workers,
+        force=True,
+    )
     market_images = round(rep.counts["images"] / (args.ids * args.images_per_id) * MARKET_IDS * MARKET_IMAGES_PER_ID)
     speed = {
         "images": rep.counts["images"],
@@ -81,14 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         "workers": rep.workers,
         "load_avg_1m_before": round(load_avg_before, 2),
         "extrapolated_market1501": {
-            "ids": MARKET_IDS, "images_per_id": MARKET_IMAGES_PER_ID, "images": market_images,
+            "ids": MARKET_IDS,
+            "images_per_id": MARKET_IMAGES_PER_ID,
+            "images": market_images,
             "seconds": round(market_images / rep.images_per_s, 1),
             "note": "extrapolated linearly from the measured images/s on this set, not measured",
         },
     }
-    print(f"generated {rep.counts['images']} images in {rep.seconds:.1f} s = {rep.images_per_s:.1f} images/s "
-          f"({rep.workers} workers, load avg before {load_avg_before:.1f}); Market1501-sized "
-          f"({market_images} images) -> ~{market_images / rep.images_per_s / 60:.1f} min (extrapolated)")
+    print(
+        f"generated {rep.counts['images']} images in {rep.seconds:.1f} s = {rep.images_per_s:.1f} images/s "
+        f"({rep.workers} workers, load avg before {load_avg_before:.1f}); Market1501-sized "
+        f"({market_images} images) -> ~{market_images / rep.images_per_s / 60:.1f} min (extrapolated)"
+    )
 
     datasets = _wait_for("reidkit.data.datasets", attempts=10, delay=30)
     metrics = _wait_for("reidkit.evaluation.metrics", attempts=10, delay=30)
@@ -103,21 +117,35 @@ def main(argv: list[str] | None = None) -> int:
     res = metrics.evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
     rnd = metrics.evaluate_rank(np.random.default_rng(0).random(dist.shape), q_pids, g_pids, q_cams, g_cams)
     eval_s = time.perf_counter() - t0
-    raw = {"mAP": float(res["mAP"]), "rank1": float(res["cmc"][0]), "rank5": float(res["cmc"][4]),
-           "mINP": float(res["mINP"]), "num_valid_queries": int(res["num_valid"]),
-           "random_mAP": float(rnd["mAP"]), "random_rank1": float(rnd["cmc"][0]),
-           "descriptor": "RGB resized to 64x32, flattened, L2-normalised; Euclidean distance",
-           "queries": len(q), "gallery": len(g), "seconds": round(eval_s, 2)}
-    print(f"raw pixels: mAP {raw['mAP']:.2%} rank-1 {raw['rank1']:.2%} (random ranking: mAP "
-          f"{raw['random_mAP']:.2%} rank-1 {raw['random_rank1']:.2%}); {len(q)} queries, {len(g)} gallery")
+    raw = {
+        "mAP": float(res["mAP"]),
+        "rank1": float(res["cmc"][0]),
+        "rank5": float(res["cmc"][4]),
+        "mINP": float(res["mINP"]),
+        "num_valid_queries": int(res["num_valid"]),
+        "random_mAP": float(rnd["mAP"]),
+        "random_rank1": float(rnd["cmc"][0]),
+        "descriptor": "RGB resized to 64x32, flattened, L2-normalised; Euclidean distance",
+        "queries": len(q),
+        "gallery": len(g),
+        "seconds": round(eval_s, 2),
+    }
+    print(
+        f"raw pixels: mAP {raw['mAP']:.2%} rank-1 {raw['rank1']:.2%} (random ranking: mAP "
+        f"{raw['random_mAP']:.2%} rank-1 {raw['random_rank1']:.2%}); {len(q)} queries, {len(g)} gallery"
+    )
 
     payload = {
         "params": rep.params,
         "counts": rep.counts,
         "speed": speed,
         "raw_pixel": raw,
-        "platform": {"system": platform.platform(), "processor": platform.processor() or platform.machine(),
-                     "python": platform.python_version(), "cpu_count": os.cpu_count()},
+        "platform": {
+            "system": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+        },
         "command": "python -m benchmarks.synth_figures " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if not args.no_write:

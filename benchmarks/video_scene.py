@@ -18,6 +18,7 @@ as a MOTChallenge detections file), and with the built-in OpenCV HOG detector. R
 
 Writes benchmarks/results/video_scene.md (and .json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,9 +85,14 @@ def evaluate(db: Path, gts: dict[str, np.ndarray]) -> dict:
             seq = [covered[(int(gt[r, 0]), int(r))] for r in rows if (int(gt[r, 0]), int(r)) in covered]
             switches += sum(1 for a, b in zip(seq, seq[1:]) if a != b)
         n_boxes = sum(len(e["meta"]["boxes"]) for e in mine)
-        per_cam[cam] = {"tracklets": len(mine), "purity": majority_hits / max(matched, 1),
-                        "unmatched_boxes": unmatched / max(n_boxes, 1), "coverage": len(covered) / max(len(gt), 1),
-                        "id_switches": switches, "gt_ids": int(len(np.unique(gt[:, 1])))}
+        per_cam[cam] = {
+            "tracklets": len(mine),
+            "purity": majority_hits / max(matched, 1),
+            "unmatched_boxes": unmatched / max(n_boxes, 1),
+            "coverage": len(covered) / max(len(gt), 1),
+            "id_switches": switches,
+            "gt_ids": int(len(np.unique(gt[:, 1]))),
+        }
         labels += [e["_label"] for e in mine]
         cams += [cam for _ in mine]
         entries_order = mine
@@ -109,13 +115,20 @@ def evaluate(db: Path, gts: dict[str, np.ndarray]) -> dict:
         aps.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
         r1.append(float(hits[0]))
     n_tr = sum(v["tracklets"] for v in per_cam.values())
-    total = {"tracklets": n_tr,
-             "purity": float(np.average([v["purity"] for v in per_cam.values()],
-                                        weights=[max(v["tracklets"], 1) for v in per_cam.values()])),
-             "coverage": float(np.mean([v["coverage"] for v in per_cam.values()])),
-             "unmatched_boxes": float(np.mean([v["unmatched_boxes"] for v in per_cam.values()])),
-             "id_switches": int(sum(v["id_switches"] for v in per_cam.values())),
-             "queries": len(aps), "rank1": float(np.mean(r1)) if r1 else 0.0, "mAP": float(np.mean(aps)) if aps else 0.0}
+    total = {
+        "tracklets": n_tr,
+        "purity": float(
+            np.average(
+                [v["purity"] for v in per_cam.values()], weights=[max(v["tracklets"], 1) for v in per_cam.values()]
+            )
+        ),
+        "coverage": float(np.mean([v["coverage"] for v in per_cam.values()])),
+        "unmatched_boxes": float(np.mean([v["unmatched_boxes"] for v in per_cam.values()])),
+        "id_switches": int(sum(v["id_switches"] for v in per_cam.values())),
+        "queries": len(aps),
+        "rank1": float(np.mean(r1)) if r1 else 0.0,
+        "mAP": float(np.mean(aps)) if aps else 0.0,
+    }
     return {"per_camera": per_cam, "total": total}
 
 
@@ -148,8 +161,16 @@ def main(argv: list[str] | None = None) -> None:
         for name, kw in settings:
             db = work / f"db_{len(runs)}"
             t0 = time.perf_counter()
-            rep = ingest(db, [str(v) for v in scene.videos], cameras=scene.cameras, weights=args.weights,
-                         every=args.every, max_cosine_distance=args.max_cosine_distance, progress=None, **kw)
+            rep = ingest(
+                db,
+                [str(v) for v in scene.videos],
+                cameras=scene.cameras,
+                weights=args.weights,
+                every=args.every,
+                max_cosine_distance=args.max_cosine_distance,
+                progress=None,
+                **kw,
+            )
             secs = time.perf_counter() - t0
             res = evaluate(db, gts)
             res["ingest_s"] = secs
@@ -170,7 +191,9 @@ def write(args: argparse.Namespace, scene, gen_s: float, runs: dict) -> None:
 
     cmd = "python -m benchmarks.video_scene" + "".join(
         f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-        for k, v in vars(args).items() if v not in (None, False) and k != "work")
+        for k, v in vars(args).items()
+        if v not in (None, False) and k != "work"
+    )
     lines = [
         "# Video ingestion on a generated multi-camera scene",
         "",
@@ -186,18 +209,30 @@ def write(args: argparse.Namespace, scene, gen_s: float, runs: dict) -> None:
     ]
     for name, r in runs.items():
         t = r["total"]
-        lines.append(f"| {name} | {t['tracklets']} | {100 * t['purity']:.1f}% | {100 * t['unmatched_boxes']:.1f}% | "
-                     f"{100 * t['coverage']:.1f}% | {t['id_switches']} | {t['queries']} | {100 * t['rank1']:.1f}% | "
-                     f"{100 * t['mAP']:.1f}% | {r['ingest_s']:.0f} |")
-    lines += ["", "Per camera:", "", "| detections | camera | people (GT) | tracklets | purity | GT coverage | ID switches |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {t['tracklets']} | {100 * t['purity']:.1f}% | {100 * t['unmatched_boxes']:.1f}% | "
+            f"{100 * t['coverage']:.1f}% | {t['id_switches']} | {t['queries']} | {100 * t['rank1']:.1f}% | "
+            f"{100 * t['mAP']:.1f}% | {r['ingest_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "Per camera:",
+        "",
+        "| detections | camera | people (GT) | tracklets | purity | GT coverage | ID switches |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in runs.items():
         for cam, v in r["per_camera"].items():
-            lines.append(f"| {name} | {cam} | {v['gt_ids']} | {v['tracklets']} | {100 * v['purity']:.1f}% | "
-                         f"{100 * v['coverage']:.1f}% | {v['id_switches']} |")
-    lines += ["", "Definitions: see the docstring of benchmarks/video_scene.py. Purity is over tracklet boxes matched "
-              "to ground truth (IoU >= 0.5); ID switches count, per person and camera, changes of the covering "
-              "tracklet in frame order (a lost-and-refound track counts once)."]
+            lines.append(
+                f"| {name} | {cam} | {v['gt_ids']} | {v['tracklets']} | {100 * v['purity']:.1f}% | "
+                f"{100 * v['coverage']:.1f}% | {v['id_switches']} |"
+            )
+    lines += [
+        "",
+        "Definitions: see the docstring of benchmarks/video_scene.py. Purity is over tracklet boxes matched "
+        "to ground truth (IoU >= 0.5); ID switches count, per person and camera, changes of the covering "
+        "tracklet in frame order (a lost-and-refound track counts once).",
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "video_scene.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "video_scene.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=2) + "\n")

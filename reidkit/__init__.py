@@ -1,4 +1,5 @@
 """reidkit: person re-identification, end to end."""
+
 from __future__ import annotations
 
 from importlib import metadata as _metadata

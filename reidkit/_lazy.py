@@ -1,4 +1,5 @@
 """Lazy public names for package ``__init__`` files, so importing a package stays cheap."""
+
 from __future__ import annotations
 
 import importlib

@@ -4,6 +4,7 @@ Each verb lives in ``reidkit/commands/<area>.py`` as a ``register(subparsers)`` 
 adds its parser and sets ``func`` (called with the parsed namespace, returns an exit code or None).
 Heavy imports stay inside the handlers so ``reidkit --help`` is instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available verb."""
     parser = argparse.ArgumentParser(prog="reidkit", description="Person re-identification toolkit.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("--plugin", action="append", metavar="MODULE|FILE.py",
-                        help="import your own registered parts first (repeatable, anywhere on the line; "
-                             "also $REIDKIT_PLUGINS and the 'reidkit.plugins' entry points)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="threads for torch/OpenMP/faiss/OpenCV (default: the cores this process may use; "
-                             "see reidkit.utils.threads)")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE|FILE.py",
+        help="import your own registered parts first (repeatable, anywhere on the line; "
+        "also $REIDKIT_PLUGINS and the 'reidkit.plugins' entry points)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads for torch/OpenMP/faiss/OpenCV (default: the cores this process may use; "
+        "see reidkit.utils.threads)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
         modname = f"reidkit.commands.{name}"

@@ -9,6 +9,7 @@ protocol (``reidkit.evaluation.features.FeatureModel``); they live in ``reidkit.
 and ``reidkit.models.loading.load_feature_model`` picks the right runner for a checkpoint, an .onnx
 file or a TorchScript archive (both names are re-exported here).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,31 @@ from torch import nn
 from reidkit.errors import ReIDError
 from reidkit.models.checkpoint import file_sha256, is_torchscript
 from reidkit.models.exported import (
-    CAMS_NAME, INPUT_NAME, OUTPUT_NAME, TS_META, OnnxFeatureModel, TorchScriptFeatureModel, load_torchscript,
-    ort_session, read_export_metadata,
+    CAMS_NAME,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TS_META,
+    OnnxFeatureModel,
+    TorchScriptFeatureModel,
+    load_torchscript,
+    ort_session,
+    read_export_metadata,
 )
 from reidkit.models.loading import load_feature_model, load_model
 
 __all__ = [
-    "FORMATS", "export_model", "export_model_to", "read_export_metadata", "OnnxFeatureModel", "TorchScriptFeatureModel",
-    "load_torchscript", "parity", "file_sha256", "load_feature_model", "is_torchscript", "ort_session",
+    "FORMATS",
+    "export_model",
+    "export_model_to",
+    "read_export_metadata",
+    "OnnxFeatureModel",
+    "TorchScriptFeatureModel",
+    "load_torchscript",
+    "parity",
+    "file_sha256",
+    "load_feature_model",
+    "is_torchscript",
+    "ort_session",
 ]
 
 FORMATS = ("onnx", "torchscript")
@@ -107,8 +125,12 @@ def _dummy_cams(model: nn.Module, n: int) -> torch.Tensor:
 
 
 def export_model(
-    weights: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-    opset: int = 17, size: Sequence[int] | None = None, model: nn.Module | None = None,
+    weights: str | os.PathLike,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    opset: int = 17,
+    size: Sequence[int] | None = None,
+    model: nn.Module | None = None,
 ) -> Path:
     """Export a checkpoint's eval feature to ONNX or TorchScript (dynamic batch axis); returns the file.
 
@@ -125,8 +147,14 @@ def export_model(
     return export_model_to(model, out, fmt=fmt, opset=opset, size=size, weights=weights)
 
 
-def export_model_to(model: nn.Module, out: str | os.PathLike, fmt: str = "onnx", opset: int = 17,
-                    size: Sequence[int] | None = None, weights: str | os.PathLike | None = None) -> Path:
+def export_model_to(
+    model: nn.Module,
+    out: str | os.PathLike,
+    fmt: str = "onnx",
+    opset: int = 17,
+    size: Sequence[int] | None = None,
+    weights: str | os.PathLike | None = None,
+) -> Path:
     """Export an in-memory model's eval feature (``model.info`` gives the facts stored as metadata)."""
     if fmt not in FORMATS:
         raise ReIDError(f"export: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -161,8 +189,9 @@ def export_model_to(model: nn.Module, out: str | os.PathLike, fmt: str = "onnx",
     return out
 
 
-def _export_onnx(wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path, opset: int,
-                 meta: dict[str, str]) -> None:
+def _export_onnx(
+    wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path, opset: int, meta: dict[str, str]
+) -> None:
     import onnx
 
     names = [INPUT_NAME, CAMS_NAME][: len(dummy)]
@@ -171,8 +200,14 @@ def _export_onnx(wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path,
     with torch.no_grad():
         # The TorchScript-based exporter: the dynamo one needs onnxscript, not a dependency here.
         torch.onnx.export(
-            wrapper, dummy, str(tmp), dynamo=False, opset_version=int(opset),
-            input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
+            wrapper,
+            dummy,
+            str(tmp),
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
             do_constant_folding=True,
         )
     proto = onnx.load(str(tmp))
@@ -184,8 +219,14 @@ def _export_onnx(wrapper: nn.Module, dummy: tuple[torch.Tensor, ...], tmp: Path,
     onnx.save(proto, str(tmp))
 
 
-def parity(weights: str | os.PathLike, exported: str | os.PathLike, batch_sizes: Sequence[int] = (1, 3),
-           seed: int = 0, model: nn.Module | None = None, trust: bool = False) -> float:
+def parity(
+    weights: str | os.PathLike,
+    exported: str | os.PathLike,
+    batch_sizes: Sequence[int] = (1, 3),
+    seed: int = 0,
+    model: nn.Module | None = None,
+    trust: bool = False,
+) -> float:
     """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes.
 
     A TorchScript export is a program: it loads only with ``trust`` (e.g. the file this process just wrote;
@@ -193,8 +234,11 @@ def parity(weights: str | os.PathLike, exported: str | os.PathLike, batch_sizes:
     exported = Path(exported)
     if model is None:
         model = _load(weights)
-    runner: Any = (OnnxFeatureModel(exported) if exported.suffix.lower() == ".onnx"
-                   else TorchScriptFeatureModel(exported, trust=trust, warn=False))
+    runner: Any = (
+        OnnxFeatureModel(exported)
+        if exported.suffix.lower() == ".onnx"
+        else TorchScriptFeatureModel(exported, trust=trust, warn=False)
+    )
     hw = runner.input_size
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0

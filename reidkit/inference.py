@@ -14,6 +14,7 @@ model once to ONNX, cached by the weights' sha256 under ``$REIDKIT_HOME/onnx-cac
 wait; "auto" picks onnx for a CPU device when onnxruntime is installed, torch otherwise
 (``benchmarks/bench_embed.py`` measures both against eager PyTorch).
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,13 +61,22 @@ class ModelIdentity:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for /health and reports)."""
-        return {"name": self.name, "source": self.source, "feat_dim": self.feat_dim,
-                "input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "feat_dim": self.feat_dim,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     def compatible(self, other: ModelIdentity) -> bool:
         """True when features of `other` can be searched against features of this one."""
-        return (self.name == other.name and self.feat_dim == other.feat_dim
-                and tuple(self.input_size) == tuple(other.input_size))
+        return (
+            self.name == other.name
+            and self.feat_dim == other.feat_dim
+            and tuple(self.input_size) == tuple(other.input_size)
+        )
 
 
 def _resize_uint8(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -97,8 +107,14 @@ def _imagenet_model(size: Sequence[int] | None) -> tuple[Any, ModelIdentity]:
     model.input_size = list(hw)
     model.source_format = "imagenet"
     model.sha256 = None
-    ident = ModelIdentity(IMAGENET_IDENTITY, "imagenet", int(model.feat_dim), hw,  # type: ignore[arg-type]
-                          tuple(model.mean), tuple(model.std))
+    ident = ModelIdentity(
+        IMAGENET_IDENTITY,
+        "imagenet",
+        int(model.feat_dim),
+        hw,  # type: ignore[arg-type]
+        tuple(model.mean),
+        tuple(model.std),
+    )
     return model, ident
 
 
@@ -110,8 +126,15 @@ class FeatureExtractor:
     (galleries, service snapshots, embedders) can share one loaded model.
     """
 
-    def __init__(self, model: Any, identity: ModelIdentity, device: str | None = None,
-                 batch_size: int = 64, flip: bool = True, engine: str = "torch") -> None:
+    def __init__(
+        self,
+        model: Any,
+        identity: ModelIdentity,
+        device: str | None = None,
+        batch_size: int = 64,
+        flip: bool = True,
+        engine: str = "torch",
+    ) -> None:
         self.model = model
         self.identity = identity
         self.device = device
@@ -124,9 +147,18 @@ class FeatureExtractor:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, weights: str | os.PathLike | None = None, device: str | None = None, batch_size: int = 64,
-             size: Sequence[int] | None = None, fmt: str | None = None, engine: str = "torch",
-             threads: int | None = None, trust_checkpoint: bool = False, flip: bool = True) -> FeatureExtractor:
+    def load(
+        cls,
+        weights: str | os.PathLike | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        size: Sequence[int] | None = None,
+        fmt: str | None = None,
+        engine: str = "torch",
+        threads: int | None = None,
+        trust_checkpoint: bool = False,
+        flip: bool = True,
+    ) -> FeatureExtractor:
         """Load a checkpoint (reidkit's or another toolkit's: ``fmt`` or detected), an export, or (None) ImageNet.
 
         ``engine``: "torch" (BatchNorm folded), "onnx" (exported once, cached by the weights'
@@ -144,8 +176,9 @@ class FeatureExtractor:
         return cls(runner, ident, device, batch_size, flip, engine=used)
 
     @staticmethod
-    def _load_file(path: Path, size: Sequence[int] | None, fmt: str | None, trust: bool,
-                   threads: int | None) -> tuple[Any, ModelIdentity]:
+    def _load_file(
+        path: Path, size: Sequence[int] | None, fmt: str | None, trust: bool, threads: int | None
+    ) -> tuple[Any, ModelIdentity]:
         from reidkit.models.checkpoint import file_sha256
         from reidkit.models.loading import is_exported, load_feature_model
 
@@ -156,30 +189,59 @@ class FeatureExtractor:
         info = model.info
         # An export carries its checkpoint's hash, so it can query a gallery built with that checkpoint.
         digest = info.sha256 or file_sha256(path)
-        hw = tuple(info.input_size) if is_exported(path) else check_hw(size or info.input_size, "--size" if size else f"{path}: input_size")
-        ident = ModelIdentity(f"sha256:{digest[:16]}", source, int(info.feat_dim), hw,  # type: ignore[arg-type]
-                              tuple(info.mean), tuple(info.std))
+        hw = (
+            tuple(info.input_size)
+            if is_exported(path)
+            else check_hw(size or info.input_size, "--size" if size else f"{path}: input_size")
+        )
+        ident = ModelIdentity(
+            f"sha256:{digest[:16]}",
+            source,
+            int(info.feat_dim),
+            hw,  # type: ignore[arg-type]
+            tuple(info.mean),
+            tuple(info.std),
+        )
         return model, ident
 
-    def with_engine(self, engine: str, batch_size: int | None = None, flip: bool | None = None,
-                    threads: int | None = None) -> FeatureExtractor:
+    def with_engine(
+        self, engine: str, batch_size: int | None = None, flip: bool | None = None, threads: int | None = None
+    ) -> FeatureExtractor:
         """A view on this model run by `engine` ("torch", "onnx", "auto"), with its own batch size and flip."""
         if engine not in ENGINES:
             raise ReIDError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
         runner, used = _choose_engine(self.model, self.identity, engine, self.device, threads)
-        return FeatureExtractor(runner, self.identity, self.device, int(batch_size or self.batch_size),
-                                self.flip if flip is None else bool(flip), engine=used)
+        return FeatureExtractor(
+            runner,
+            self.identity,
+            self.device,
+            int(batch_size or self.batch_size),
+            self.flip if flip is None else bool(flip),
+            engine=used,
+        )
 
     @classmethod
-    def from_model(cls, model: Any, device: Any = None, size: Sequence[int] | None = None,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   batch_size: int = 64, flip: bool = True) -> FeatureExtractor:
+    def from_model(
+        cls,
+        model: Any,
+        device: Any = None,
+        size: Sequence[int] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        batch_size: int = 64,
+        flip: bool = True,
+    ) -> FeatureExtractor:
         """Wrap an in-memory model (e.g. the one being trained) without loading or changing it."""
         info = getattr(model, "info", None)
         hw = tuple(int(v) for v in (size or (info.input_size if info is not None else DEFAULT_SIZE)))
-        ident = ModelIdentity("in-memory", "", int(getattr(model, "feat_dim", 0) or 0), hw,  # type: ignore[arg-type]
-                              tuple(mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN)),
-                              tuple(std if std is not None else getattr(model, "std", IMAGENET_STD)))
+        ident = ModelIdentity(
+            "in-memory",
+            "",
+            int(getattr(model, "feat_dim", 0) or 0),
+            hw,  # type: ignore[arg-type]
+            tuple(mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN)),
+            tuple(std if std is not None else getattr(model, "std", IMAGENET_STD)),
+        )
         return cls(model, ident, device, batch_size, flip)
 
     # ------------------------------------------------------------------ facts
@@ -201,11 +263,23 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------ embedding
 
-    def embed_tensor(self, images: Any, *, flip: bool | None = None, batch_size: int | None = None,
-                     device: Any = None, size: Sequence[int] | None = None, camids: Any = None,
-                     normalize: bool = True, neck_feat: str | None = None, distributed: bool = False,
-                     amp: bool = False, amp_dtype: str = "bf16", autocast: Any = None,
-                     progress: str | None = None) -> Any:
+    def embed_tensor(
+        self,
+        images: Any,
+        *,
+        flip: bool | None = None,
+        batch_size: int | None = None,
+        device: Any = None,
+        size: Sequence[int] | None = None,
+        camids: Any = None,
+        normalize: bool = True,
+        neck_feat: str | None = None,
+        distributed: bool = False,
+        amp: bool = False,
+        amp_dtype: str = "bf16",
+        autocast: Any = None,
+        progress: str | None = None,
+    ) -> Any:
         """Features (torch, CPU) of uint8 ``N x H x W x 3`` images (array or tensor), options per call.
 
         ``distributed``: shard across the initialised process group; every rank gets all rows.
@@ -217,15 +291,33 @@ class FeatureExtractor:
         ident = self.identity
         with self._lock:
             return extract_features(
-                self.model, images, batch_size=int(batch_size or self.batch_size),
-                flip=self.flip if flip is None else bool(flip), device=device if device is not None else self.device,
-                mean=ident.mean, std=ident.std, size=tuple(size or ident.input_size), normalize=normalize,
-                neck_feat=neck_feat, camids=camids, distributed=distributed, amp=amp, amp_dtype=amp_dtype,
-                autocast=autocast, progress=progress,
+                self.model,
+                images,
+                batch_size=int(batch_size or self.batch_size),
+                flip=self.flip if flip is None else bool(flip),
+                device=device if device is not None else self.device,
+                mean=ident.mean,
+                std=ident.std,
+                size=tuple(size or ident.input_size),
+                normalize=normalize,
+                neck_feat=neck_feat,
+                camids=camids,
+                distributed=distributed,
+                amp=amp,
+                amp_dtype=amp_dtype,
+                autocast=autocast,
+                progress=progress,
             )
 
-    def embed(self, images: np.ndarray, *, flip: bool | None = None, batch_size: int | None = None,
-              device: Any = None, camids: Any = None) -> np.ndarray:
+    def embed(
+        self,
+        images: np.ndarray,
+        *,
+        flip: bool | None = None,
+        batch_size: int | None = None,
+        device: Any = None,
+        camids: Any = None,
+    ) -> np.ndarray:
         """(N, D) float32 unit-norm features of an N x H x W x 3 uint8 batch at the model's input size."""
         feats = self.embed_tensor(images, flip=flip, batch_size=batch_size, device=device, camids=camids)
         out = feats.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -238,10 +330,21 @@ class FeatureExtractor:
         batch = np.stack([_resize_uint8(np.ascontiguousarray(im, dtype=np.uint8), hw) for im in images])
         return self.embed(batch, **options)
 
-    def embed_paths(self, paths: Sequence[str | os.PathLike], *, flip: bool | None = None,
-                    batch_size: int | None = None, device: Any = None, size: Sequence[int] | None = None,
-                    camids: Any = None, skipped: list[str] | None = None, distributed: bool = False,
-                    amp: bool = False, amp_dtype: str = "bf16", progress: str | None = None) -> np.ndarray:
+    def embed_paths(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        flip: bool | None = None,
+        batch_size: int | None = None,
+        device: Any = None,
+        size: Sequence[int] | None = None,
+        camids: Any = None,
+        skipped: list[str] | None = None,
+        distributed: bool = False,
+        amp: bool = False,
+        amp_dtype: str = "bf16",
+        progress: str | None = None,
+    ) -> np.ndarray:
         """(N', D) float32 unit-norm features of image files, in order.
 
         An unreadable file raises ReIDError naming it, unless ``skipped`` (a list) is given: then
@@ -258,16 +361,28 @@ class FeatureExtractor:
             raise ReIDError(f"camids: expected one camera id per image ({len(paths)}), got {len(cams)}")
         rank, world = _dist_world() if distributed else (0, 1)
         a, b = shard_bounds(len(paths), rank, world)
-        imgs, kept, _ = load_images(paths[a:b], hw, strict=skipped is None,  # type: ignore[arg-type]
-                                    progress=None if progress is None else f"{progress}, decoding")
+        imgs, kept, _ = load_images(
+            paths[a:b],
+            hw,
+            strict=skipped is None,  # type: ignore[arg-type]
+            progress=None if progress is None else f"{progress}, decoding",
+        )
         # One column more flags readable rows, so every rank agrees on what was skipped.
         block = None
         if b > a:
             block = torch.zeros(b - a, self.dim + 1) if self.dim else None
             if kept:
-                f = self.embed_tensor(imgs, flip=flip, batch_size=batch_size, device=device, size=hw,
-                                      camids=None if cams is None else cams[a:b][kept], amp=amp, amp_dtype=amp_dtype,
-                                      progress=None if progress is None else f"{progress}, features")
+                f = self.embed_tensor(
+                    imgs,
+                    flip=flip,
+                    batch_size=batch_size,
+                    device=device,
+                    size=hw,
+                    camids=None if cams is None else cams[a:b][kept],
+                    amp=amp,
+                    amp_dtype=amp_dtype,
+                    progress=None if progress is None else f"{progress}, features",
+                )
                 if block is None or block.shape[1] != f.shape[1] + 1:
                     block = torch.zeros(b - a, f.shape[1] + 1)
                 block[kept, :-1] = f
@@ -285,8 +400,9 @@ class FeatureExtractor:
 # ----------------------------------------------------------------------------- engines
 
 
-def _choose_engine(model: Any, ident: ModelIdentity, engine: str, device: str | None,
-                   threads: int | None) -> tuple[Any, str]:
+def _choose_engine(
+    model: Any, ident: ModelIdentity, engine: str, device: str | None, threads: int | None
+) -> tuple[Any, str]:
     """(runner, engine used): the torch model with BatchNorm folded, or its cached ONNX export."""
     if not isinstance(model, torch.nn.Module):
         return model, getattr(model, "source_format", "export")
@@ -324,8 +440,9 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 
-def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | None,
-                 int8: bool | str = False) -> tuple[Any, str]:
+def _onnx_runner(
+    model: torch.nn.Module, ident: ModelIdentity, threads: int | None, int8: bool | str = False
+) -> tuple[Any, str]:
     """(runner, engine name): the model's ONNX export (made once per weights hash and input size, then
     reused) on onnxruntime; ``int8=True``: its int8 quantisation (reidkit.models.quantize), cached beside it;
     ``int8="auto"``: the int8 model where it runs INT8_GAIN times faster than the float one on this machine
@@ -371,8 +488,9 @@ def _onnx_runner(model: torch.nn.Module, ident: ModelIdentity, threads: int | No
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ReIDError(f"onnx cache {cache}: cannot create it ({exc.strerror or exc}); set REIDKIT_HOME "
-                        "or use engine='torch'") from None
+        raise ReIDError(
+            f"onnx cache {cache}: cannot create it ({exc.strerror or exc}); set REIDKIT_HOME or use engine='torch'"
+        ) from None
     export_model_to(model, path, size=ident.input_size)  # atomic: a killed export leaves no partial file
     return OnnxFeatureModel(path, threads=threads), "onnx"
 
@@ -411,10 +529,21 @@ def _int8_pays(float_runner: Any, int8_runner: Any, ident: ModelIdentity, record
     t_float, t_int8 = best(float_runner), best(int8_runner)
     pays = t_float >= INT8_GAIN * t_int8
     try:
-        write_json(record, {"int8_pays": pays, "float_ms_per_crop": 1000 * t_float / len(x),
-                            "int8_ms_per_crop": 1000 * t_int8 / len(x), "gain_needed": INT8_GAIN})
+        write_json(
+            record,
+            {
+                "int8_pays": pays,
+                "float_ms_per_crop": 1000 * t_float / len(x),
+                "int8_ms_per_crop": 1000 * t_int8 / len(x),
+                "gain_needed": INT8_GAIN,
+            },
+        )
     except (OSError, ReIDError) as exc:  # measured again next time
         log.warning("onnx cache %s: cannot record the int8 timing (%s)", record, exc)
-    log.info("engine auto-int8: float %.1f ms/crop, int8 %.1f ms/crop: %s", 1000 * t_float / len(x),
-             1000 * t_int8 / len(x), "int8" if pays else "float")
+    log.info(
+        "engine auto-int8: float %.1f ms/crop, int8 %.1f ms/crop: %s",
+        1000 * t_float / len(x),
+        1000 * t_int8 / len(x),
+        "int8" if pays else "float",
+    )
     return pays

@@ -31,6 +31,7 @@ reports about 250 candidates per row in all, and the matrix products are most of
 ``k_reciprocal_encoding`` runs steps 2-5. Everything is sparse: memory is about
 ``N * (k1 + 1) * 2`` entries before query expansion, never ``N x N``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,18 @@ from reidkit.errors import ReIDError
 from reidkit.utils.runtime import resolve_device
 
 __all__ = [
-    "exact_knn", "knn_search", "stable_smallest", "list_matrix", "reciprocal_sets", "expand_sets",
-    "pair_values", "pair_function", "gaussian_weights", "query_expansion", "k_reciprocal_encoding", "SEARCHES",
+    "exact_knn",
+    "knn_search",
+    "stable_smallest",
+    "list_matrix",
+    "reciprocal_sets",
+    "expand_sets",
+    "pair_values",
+    "pair_function",
+    "gaussian_weights",
+    "query_expansion",
+    "k_reciprocal_encoding",
+    "SEARCHES",
 ]
 
 SEARCHES = ("faiss", "torch", "exact")
@@ -321,7 +332,11 @@ def _single_threaded_blas():
 
 
 def exact_knn(
-    x: torch.Tensor, k: int, chunk_size: int = 2048, qg_out: np.ndarray | None = None, num_query: int = 0,
+    x: torch.Tensor,
+    k: int,
+    chunk_size: int = 2048,
+    qg_out: np.ndarray | None = None,
+    num_query: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact k nearest rows of every row of ``x`` by squared Euclidean distance (the row itself
     included): ``(d2, idx, rowmax)``, d2/idx ``N x k`` sorted by (distance, index), rowmax ``N``
@@ -437,7 +452,10 @@ def expand_sets(recip: sp.csr_matrix, half: sp.csr_matrix, chunk: int = 8192) ->
 
 
 def pair_values(
-    rows: np.ndarray, cols: np.ndarray, knn_idx: np.ndarray, knn_val: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    knn_idx: np.ndarray,
+    knn_val: np.ndarray,
     compute: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """Value of each pair (rows[p], cols[p]) (float64): from the kNN lists (``knn_val[i, t]`` is
@@ -510,8 +528,12 @@ def query_expansion(v: sp.csr_matrix, lists: np.ndarray) -> sp.csr_matrix:
 
 
 def k_reciprocal_encoding(
-    lists: np.ndarray, k_main: int, k_half: int, k_qe: int,
-    pair_dist: Callable[[np.ndarray, np.ndarray], np.ndarray], dtype=np.float64,
+    lists: np.ndarray,
+    k_main: int,
+    k_half: int,
+    k_qe: int,
+    pair_dist: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    dtype=np.float64,
 ) -> sp.csr_matrix:
     """V after query expansion (sparse N x N) from kNN lists (``N x K``, ``K >= k_main, k_half,
     k_qe``): reciprocal sets of the first ``k_main`` entries, expanded with half sets of the first

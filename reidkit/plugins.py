@@ -8,6 +8,7 @@ Each is imported once per process. A checkpoint records the plug-ins loaded when
 would run code the user never named): a checkpoint whose parts are not registered stops with one
 error listing the recorded plug-ins not loaded and asking for ``--plugin``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,8 +21,16 @@ from typing import Any
 
 from reidkit.errors import ReIDError
 
-__all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "load_plugin", "load_plugins", "loaded_plugins", "missing_recorded",
-           "recorded_plugins_error", "take_plugin_args"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ENV_VAR",
+    "load_plugin",
+    "load_plugins",
+    "loaded_plugins",
+    "missing_recorded",
+    "recorded_plugins_error",
+    "take_plugin_args",
+]
 
 ENV_VAR = "REIDKIT_PLUGINS"
 ENTRY_POINT_GROUP = "reidkit.plugins"
@@ -66,8 +75,9 @@ def load_plugin(spec: str) -> str:
         _LOADED[spec] = importlib.import_module(spec)
     except ModuleNotFoundError as exc:
         if exc.name and spec.startswith(exc.name):
-            raise ReIDError(f"plug-in {spec!r}: no such module (give a module name on the Python path or a "
-                            "path to a .py file)") from None
+            raise ReIDError(
+                f"plug-in {spec!r}: no such module (give a module name on the Python path or a path to a .py file)"
+            ) from None
         raise ReIDError(f"plug-in {spec!r}: importing it failed: {exc}") from exc
     except Exception as exc:
         _LOADED.pop(spec, None)
@@ -86,8 +96,10 @@ def load_plugins(specs: Iterable[str] = (), *, env: bool = True, entry_points: b
                 try:
                     _LOADED[ep.value] = ep.load()
                 except Exception as exc:
-                    raise ReIDError(f"plug-in {ep.name} (entry point {ep.value} of group {ENTRY_POINT_GROUP}): "
-                                    f"{type(exc).__name__}: {exc}") from exc
+                    raise ReIDError(
+                        f"plug-in {ep.name} (entry point {ep.value} of group {ENTRY_POINT_GROUP}): "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
             names.append(ep.value)
     if env:
         names += [load_plugin(s) for s in os.environ.get(ENV_VAR, "").split(os.pathsep) if s.strip()]
@@ -119,15 +131,22 @@ def recorded_plugins_error(recorded: Any, origin: Any, cause: Exception) -> ReID
     """One error for a checkpoint whose parts are not registered: what is missing, the recorded plug-ins
     not loaded, and the flag that loads them."""
     kind, name = getattr(cause, "kind", ""), getattr(cause, "name", None)
-    what = f"the {kind} {name!r}, which is not registered" if kind and name is not None else f"parts that are not " \
-                                                                                              f"registered ({cause})"
+    what = (
+        f"the {kind} {name!r}, which is not registered"
+        if kind and name is not None
+        else f"parts that are not registered ({cause})"
+    )
     missing = missing_recorded(recorded, origin)
     if not missing:
-        return ReIDError(f"checkpoint {origin} needs {what}; if a plug-in of yours registers it, pass it with "
-                         f"--plugin (or {ENV_VAR})")
-    return ReIDError(f"checkpoint {origin} needs {what}; it was written with the plug-in(s) {', '.join(missing)}, "
-                     f"which are not loaded: loading a checkpoint never imports code, so pass each with --plugin "
-                     f"(or {ENV_VAR}) if you trust it")
+        return ReIDError(
+            f"checkpoint {origin} needs {what}; if a plug-in of yours registers it, pass it with "
+            f"--plugin (or {ENV_VAR})"
+        )
+    return ReIDError(
+        f"checkpoint {origin} needs {what}; it was written with the plug-in(s) {', '.join(missing)}, "
+        f"which are not loaded: loading a checkpoint never imports code, so pass each with --plugin "
+        f"(or {ENV_VAR}) if you trust it"
+    )
 
 
 def take_plugin_args(argv: list[str]) -> tuple[list[str], list[str]]:

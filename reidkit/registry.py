@@ -5,6 +5,7 @@ A registry maps a name to an object (a builder function, a class, an entry recor
 user adds a part from their own code without editing the package; ``get`` raises one
 :class:`ReIDError` naming the kind, the unknown name, the nearest valid name and all valid names.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -33,9 +34,7 @@ class Registry(Generic[T]):
 
         def add(item: T) -> T:
             if name in self._items and not overwrite and self._items[name] is not item:
-                raise ReIDError(
-                    f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it"
-                )
+                raise ReIDError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
             self._items[name] = item
             return item
 

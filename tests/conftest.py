@@ -149,8 +149,9 @@ def dask_forkserver():
 
     dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     ctx = get_mp_context()  # sets Dask's own preload list, once
-    ctx.set_forkserver_preload(["distributed", "numpy", "torch", "cv2", "faiss", "onnxruntime", "PIL.Image",
-                                "scipy.sparse", "sklearn.cluster"])
+    ctx.set_forkserver_preload(
+        ["distributed", "numpy", "torch", "cv2", "faiss", "onnxruntime", "PIL.Image", "scipy.sparse", "sklearn.cluster"]
+    )
     yield ctx
 
 
@@ -164,8 +165,9 @@ def run(tmp_path_factory):
     from reidkit.data.scene import generate_scene, read_mot
 
     root = tmp_path_factory.mktemp("video")
-    scene = generate_scene(root / "scene", cams=2, ids=3, frames=SCENE_FRAMES, size=(SCENE_H, SCENE_W), fps=10,
-                           seed=0, speed=1.0)
+    scene = generate_scene(
+        root / "scene", cams=2, ids=3, frames=SCENE_FRAMES, size=(SCENE_H, SCENE_W), fps=10, seed=0, speed=1.0
+    )
     args = [str(v) for v in scene.videos]
     for g in scene.gt:
         args += ["--detections", str(g)]

@@ -2,6 +2,7 @@
 
 Import them (``from factories import weights_world``); the tests folder is on ``sys.path`` under pytest.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,9 +37,15 @@ def weights_world(root: Path) -> dict[str, Any]:
     scene = generate_scene(root / "scene", cams=1, ids=1, frames=6, size=(96, 128), fps=10, seed=0)
     syn = root / "syn"
     load_dataset("synthetic", syn, ids=4, images_per_id=4, cams=2, seed=0)
-    conf = {"data": {"datasets": [{"name": "synthetic", "root": str(syn),
-                                   "options": {"ids": 4, "images_per_id": 4, "cams": 2, "seed": 0}}]},
-            "device": "cpu", "output_dir": str(root / "t")}
+    conf = {
+        "data": {
+            "datasets": [
+                {"name": "synthetic", "root": str(syn), "options": {"ids": 4, "images_per_id": 4, "cams": 2, "seed": 0}}
+            ]
+        },
+        "device": "cpu",
+        "output_dir": str(root / "t"),
+    }
     (root / "c.yaml").write_text(yaml.safe_dump(conf))
     return {"root": root, "good": good, "crops": crops, "db": db, "scene": scene, "config": root / "c.yaml"}
 
@@ -57,6 +64,25 @@ def serve_stream(video: Path, port: int, quality: int = 2):
     then it exits): a live camera for the tests (reidkit.video.live)."""
     import subprocess
 
-    return subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", str(video), "-c:v", "mpeg2video",
-                             "-q:v", str(quality), "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}/"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            str(video),
+            "-c:v",
+            "mpeg2video",
+            "-q:v",
+            str(quality),
+            "-f",
+            "mpegts",
+            "-listen",
+            "1",
+            f"http://127.0.0.1:{port}/",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

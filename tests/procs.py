@@ -23,6 +23,7 @@ forked process and exits with its code.
 
 Only the standard library is imported here: the shim and the server's own start must stay cheap.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,20 +40,47 @@ import threading
 import time
 
 # Heavy libraries the reidkit CLI and the tests' scripts import: loaded once, in the server.
-PRELOAD = ["numpy", "scipy.sparse", "scipy.spatial", "scipy.optimize", "sklearn.cluster", "sklearn.metrics",
-           "torch", "torch.nn", "torch.distributed", "torch.utils.data", "torch.onnx", "faiss", "PIL.Image",
-           "yaml", "tqdm", "ignite.engine", "cv2", "onnx", "onnxruntime", "torch.utils.tensorboard", "fastapi",
-           "uvicorn", "httpx", "pandas", "pymilvus",
-           # what torch imports on first use of an optimizer, a meta-device fill or torch.compile (~1 s)
-           "torch._dynamo"]
+PRELOAD = [
+    "numpy",
+    "scipy.sparse",
+    "scipy.spatial",
+    "scipy.optimize",
+    "sklearn.cluster",
+    "sklearn.metrics",
+    "torch",
+    "torch.nn",
+    "torch.distributed",
+    "torch.utils.data",
+    "torch.onnx",
+    "faiss",
+    "PIL.Image",
+    "yaml",
+    "tqdm",
+    "ignite.engine",
+    "cv2",
+    "onnx",
+    "onnxruntime",
+    "torch.utils.tensorboard",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "pandas",
+    "pymilvus",
+    # what torch imports on first use of an optimizer, a meta-device fill or torch.compile (~1 s)
+    "torch._dynamo",
+]
 _INT = struct.Struct("!i")
 _server: dict = {}
 _lock = threading.Lock()
 
 
 def enabled() -> bool:
-    return (os.environ.get("REIDKIT_TEST_FORK", "1") != "0" and hasattr(os, "fork")
-            and hasattr(socket, "send_fds") and sys.platform.startswith("linux"))
+    return (
+        os.environ.get("REIDKIT_TEST_FORK", "1") != "0"
+        and hasattr(os, "fork")
+        and hasattr(socket, "send_fds")
+        and sys.platform.startswith("linux")
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -198,8 +226,13 @@ def _streams(unbuffered: bool) -> None:
         except OSError:
             tty = False
         raw = open(fd, mode + "b", buffering=0 if unbuffered and mode == "w" else -1, closefd=False)
-        return io.TextIOWrapper(raw, encoding=encoding, errors=errors or err, line_buffering=tty or fd == 2,
-                                write_through=unbuffered and mode == "w")
+        return io.TextIOWrapper(
+            raw,
+            encoding=encoding,
+            errors=errors or err,
+            line_buffering=tty or fd == 2,
+            write_through=unbuffered and mode == "w",
+        )
 
     sys.stdin = sys.__stdin__ = wrap(0, "r", None)
     sys.stdout = sys.__stdout__ = wrap(1, "w", None)
@@ -321,8 +354,14 @@ def start_server() -> None:
         # what `reidkit`'s configure_threads sets before torch loads in a fresh process
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import procs; procs._serve({path!r}, {os.getpid()})"
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _server.update(path=path, proc=proc, folder=folder, ready=False)
 
 
@@ -402,8 +441,20 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
 class ForkedPopen:
     """The part of ``subprocess.Popen`` the tests use, for a process forked from the server."""
 
-    def __init__(self, path: str, cmd, stdin=None, stdout=None, stderr=None, env=None, cwd=None, text=None,
-                 universal_newlines=None, encoding=None, errors=None):
+    def __init__(
+        self,
+        path: str,
+        cmd,
+        stdin=None,
+        stdout=None,
+        stderr=None,
+        env=None,
+        cwd=None,
+        text=None,
+        universal_newlines=None,
+        encoding=None,
+        errors=None,
+    ):
         self.args = cmd
         self.returncode: int | None = None
         text = bool(text or universal_newlines or encoding or errors)
@@ -434,8 +485,13 @@ class ForkedPopen:
             err_fd, err_ours = target(stderr, 2, False)
         env = dict(os.environ if env is None else env)
         try:
-            self._conn, self.pid = _request(path, [str(a) for a in cmd[1:]], {str(k): str(v) for k, v in env.items()},
-                                            os.path.abspath(str(cwd or os.getcwd())), [in_fd, out_fd, err_fd])
+            self._conn, self.pid = _request(
+                path,
+                [str(a) for a in cmd[1:]],
+                {str(k): str(v) for k, v in env.items()},
+                os.path.abspath(str(cwd or os.getcwd())),
+                [in_fd, out_fd, err_fd],
+            )
         finally:
             for fd in mine:
                 os.close(fd)
@@ -547,8 +603,9 @@ def Popen(cmd, **kw):  # noqa: N802 - the name of what it stands in for
 _FORK_KW = {"stdin", "stdout", "stderr", "env", "cwd", "text", "universal_newlines", "encoding", "errors"}
 
 
-def run(cmd, *, input=None, capture_output: bool = False, timeout: float | None = None, check: bool = False,
-        **kw) -> subprocess.CompletedProcess:
+def run(
+    cmd, *, input=None, capture_output: bool = False, timeout: float | None = None, check: bool = False, **kw
+) -> subprocess.CompletedProcess:
     """``subprocess.run`` with ``Popen`` above."""
     if capture_output:
         kw["stdout"] = kw["stderr"] = subprocess.PIPE
@@ -580,9 +637,11 @@ def python_shim() -> str:
     shim = os.path.join(os.path.dirname(path), "python")
     if not os.path.exists(shim):
         with open(shim + ".tmp", "w") as f:
-            f.write(f"#!{sys.executable} -S\n"
-                    f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-                    f"import procs; procs._shim({path!r})\n")
+            f.write(
+                f"#!{sys.executable} -S\n"
+                f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+                f"import procs; procs._shim({path!r})\n"
+            )
         os.chmod(shim + ".tmp", 0o755)
         os.rename(shim + ".tmp", shim)
     return shim

@@ -1,5 +1,6 @@
 """The architecture as a check: the import contracts of pyproject.toml hold, the tool that checks
 them sees every import (also those inside functions), and docs/architecture.md lists exactly them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,8 +59,11 @@ def test_the_checker_sees_every_import():
 def test_checkpoint_leaf_forbids_every_module_above_utils():
     import reidkit
 
-    top = {p.stem for p in (ROOT / "reidkit").iterdir()
-           if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.stem != "__init__"}
+    top = {
+        p.stem
+        for p in (ROOT / "reidkit").iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.stem != "__init__"
+    }
     (leaf,) = [c for c in _contracts() if c["id"] == "checkpoint-leaf"]
     forbidden = {m.removeprefix("reidkit.").removesuffix(".*") for m in leaf["forbidden_modules"]}
     missing = top - forbidden - {"errors", "utils", "_lazy"}
@@ -78,5 +82,7 @@ def test_docs_architecture_page_lists_the_contracts():
     doc = _tool("architecture_doc")
     assert [c["id"] for c in doc.contracts()] == [c["id"] for c in _contracts()]
     diff = doc.check()
-    assert not diff, ("docs/architecture.md does not list the contracts of pyproject.toml; "
-                      "run python tools/architecture_doc.py --write\n" + diff)
+    assert not diff, (
+        "docs/architecture.md does not list the contracts of pyproject.toml; "
+        "run python tools/architecture_doc.py --write\n" + diff
+    )

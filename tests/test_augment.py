@@ -162,7 +162,7 @@ def test_colour_jitter_changes_images_per_sample_and_stays_in_range():
     pixels = out * STD + MEAN
     assert pixels.min() >= -1e-6 and pixels.max() <= 1 + 1e-6
     # brightness differs per sample: the ratio of mean intensities is not constant
-    ratio = (pixels.mean((1, 2, 3)) / (plain * STD + MEAN).mean((1, 2, 3)))
+    ratio = pixels.mean((1, 2, 3)) / (plain * STD + MEAN).mean((1, 2, 3))
     assert ratio.std() > 0.01
 
 

@@ -1,4 +1,5 @@
 """Backbones: registry, shapes, published parameter counts, IBN/SE structure, pretrained loading."""
+
 from __future__ import annotations
 
 import logging
@@ -16,14 +17,32 @@ from reidkit.models.backbones.resnet import IBN
 from reidkit.models.pretrained import load_pretrained
 
 NAMES = [
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_32x8d",
-    "se_resnet50", "se_resnet101", "resnet50_ibn_a", "resnet101_ibn_a", "resnet50_ibn_b",
-    "resnet101_ibn_b", "se_resnet50_ibn_a", "se_resnet101_ibn_a", "se_resnet50_ibn_b",
-    "se_resnet101_ibn_b", "resnext101_32x8d_ibn_a", "se_resnext101_32x8d",
-    "se_resnext101_32x8d_ibn_a", "efficientnet_lite0", "mobilenetv2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext101_32x8d",
+    "se_resnet50",
+    "se_resnet101",
+    "resnet50_ibn_a",
+    "resnet101_ibn_a",
+    "resnet50_ibn_b",
+    "resnet101_ibn_b",
+    "se_resnet50_ibn_a",
+    "se_resnet101_ibn_a",
+    "se_resnet50_ibn_b",
+    "se_resnet101_ibn_b",
+    "resnext101_32x8d_ibn_a",
+    "se_resnext101_32x8d",
+    "se_resnext101_32x8d_ibn_a",
+    "efficientnet_lite0",
+    "mobilenetv2",
 ]
-CHANNELS = {n: 512 if n in ("resnet18", "resnet34") else 1280 if n in ("efficientnet_lite0", "mobilenetv2")
-            else 2048 for n in NAMES}
+CHANNELS = {
+    n: 512 if n in ("resnet18", "resnet34") else 1280 if n in ("efficientnet_lite0", "mobilenetv2") else 2048
+    for n in NAMES
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -43,8 +62,16 @@ def _nbuffers(m: nn.Module) -> int:
 
 # The field's later backbones (own test files: test_osnet.py, test_vit.py, test_swin.py).
 NEWER = [
-    "osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25", "osnet_ain_x1_0",
-    "vit_small_patch16", "vit_base_patch16", "swin_tiny", "swin_small", "swin_base",
+    "osnet_x1_0",
+    "osnet_x0_75",
+    "osnet_x0_5",
+    "osnet_x0_25",
+    "osnet_ain_x1_0",
+    "vit_small_patch16",
+    "vit_base_patch16",
+    "swin_tiny",
+    "swin_small",
+    "swin_base",
 ]
 
 
@@ -100,9 +127,12 @@ def test_resnet_keeps_torchvision_layout():
     # torchvision's resnet50 state dict has 320 entries; 2 of them are fc.weight / fc.bias.
     assert len(sd) == 318
     for key, shape in {
-        "conv1.weight": (64, 3, 7, 7), "bn1.running_var": (64,),
-        "layer1.0.downsample.0.weight": (256, 64, 1, 1), "layer1.0.downsample.1.weight": (256,),
-        "layer3.5.conv2.weight": (256, 256, 3, 3), "layer4.2.bn3.weight": (2048,),
+        "conv1.weight": (64, 3, 7, 7),
+        "bn1.running_var": (64,),
+        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
+        "layer1.0.downsample.1.weight": (256,),
+        "layer3.5.conv2.weight": (256, 256, 3, 3),
+        "layer4.2.bn3.weight": (2048,),
     }.items():
         assert tuple(sd[key].shape) == shape
     m = _meta("resnet50")
@@ -185,7 +215,7 @@ def test_se_layout_and_gate():
     assert tuple(sd["layer4.2.se.fc.2.weight"].shape) == (2048, 128)
     se = build_backbone("se_resnet50").layer1[0].se
     x = torch.randn(2, 256, 4, 4)
-    gate = (se(x) / x)
+    gate = se(x) / x
     # One sigmoid gate per (sample, channel), constant over space, in (0, 1).
     assert torch.allclose(gate, gate[:, :, :1, :1].expand_as(gate), atol=1e-5)
     assert (gate > 0).all() and (gate < 1).all()
@@ -204,6 +234,7 @@ def test_ibn_normalises_first_half_per_instance():
 
 
 # ---------------------------------------------------------------- pretrained loading
+
 
 def _tv_layout_checkpoint(model: nn.Module) -> dict[str, torch.Tensor]:
     """A checkpoint as DataParallel + torchvision would save it: module. prefix, ImageNet fc."""
@@ -286,7 +317,9 @@ def test_unreachable_url_says_how_to_pass_a_local_file(monkeypatch):
 
 def test_default_weight_sources():
     assert BACKBONES["resnet50"].weights.url.startswith("https://download.pytorch.org/models/resnet50-")
-    assert BACKBONES["resnet50_ibn_a"].weights.url.endswith("IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth")
+    assert BACKBONES["resnet50_ibn_a"].weights.url.endswith(
+        "IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth"
+    )
     assert BACKBONES["resnet101_ibn_b"].weights.url.endswith("resnet101_ibn_b-c55f6dba.pth")
     assert BACKBONES["se_resnet50"].weights is None
 
@@ -307,6 +340,7 @@ def test_missing_local_file_names_path(tmp_path):
 
 
 # ---------------------------------------------------------------- real offline ImageNet weights
+
 
 def _center_crop_224(img: np.ndarray, mean, std) -> torch.Tensor:
     im = Image.fromarray(img)

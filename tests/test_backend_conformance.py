@@ -5,6 +5,7 @@ Build, add, delete by id / path / tracklet / camera, search with filters, trackl
 entries (idempotent ids replace, counter ids add), reopen, a writer killed mid-write (what the backend claims), and
 the capabilities that ingestion, the cluster and the CLI read instead of the ``--db`` string.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,9 +78,20 @@ def _entries(n: int = 12) -> list[dict]:
     for i in range(n):
         cam = f"c{i % 3 + 1}"
         if i % 2:
-            out.append({"path": f"/v/{cam}.mp4", "kind": "tracklet", "tracklet": f"{cam}:{i}", "camera": cam,
-                        "camid": i % 3, "frame_start": 10 * i, "frame_end": 10 * i + 9, "t_start": float(i),
-                        "t_end": i + 0.5, "meta": {"n": i}})
+            out.append(
+                {
+                    "path": f"/v/{cam}.mp4",
+                    "kind": "tracklet",
+                    "tracklet": f"{cam}:{i}",
+                    "camera": cam,
+                    "camid": i % 3,
+                    "frame_start": 10 * i,
+                    "frame_end": 10 * i + 9,
+                    "t_start": float(i),
+                    "t_end": i + 0.5,
+                    "meta": {"n": i},
+                }
+            )
         else:
             out.append({"path": f"/img/{i:04d}_{cam}.jpg", "camid": i % 3, "camera": cam})
     return out
@@ -111,11 +123,14 @@ def test_build_add_search_with_filters(filled):
     g, _db_, by_id, feats, entries = filled
     assert len(g.entries()) == 12 and len(g.entries(kind="tracklet")) == 6
     q = _unit(1, 7)[0]
-    cases = [({}, lambda e: True), ({"camera": "c2"}, lambda e: e["camera"] == "c2"),
-             ({"kind": "image"}, lambda e: e.get("kind", "image") == "image"),
-             ({"exclude_camera": "c1"}, lambda e: e["camera"] != "c1"),
-             ({"exclude_camid": 2}, lambda e: e["camid"] != 2),
-             ({"t_min": 3.2, "t_max": 7.1}, lambda e: "t_start" in e and e["t_end"] >= 3.2 and e["t_start"] <= 7.1)]
+    cases = [
+        ({}, lambda e: True),
+        ({"camera": "c2"}, lambda e: e["camera"] == "c2"),
+        ({"kind": "image"}, lambda e: e.get("kind", "image") == "image"),
+        ({"exclude_camera": "c1"}, lambda e: e["camera"] != "c1"),
+        ({"exclude_camid": 2}, lambda e: e["camid"] != 2),
+        ({"t_min": 3.2, "t_max": 7.1}, lambda e: "t_start" in e and e["t_end"] >= 3.2 and e["t_start"] <= 7.1),
+    ]
     for kw, keep in cases:
         got = [by_id[r["id"]] for r in g.search_features(q[None], k=4, **kw)[0]]
         assert got == _brute(feats, entries, q, keep, 4), kw
@@ -147,7 +162,9 @@ def test_delete_by_id_path_tracklet_camera(filled):
     with pytest.raises(OptionError, match="no entry has camera 'c9'"):
         g.delete(camera="c9")
     q = _unit(1, 3)[0]
-    assert [by_id[r["id"]] for r in g.search_features(q[None], k=10)[0]] == sorted(left, key=lambda i: -float(_feats[i] @ q))
+    assert [by_id[r["id"]] for r in g.search_features(q[None], k=10)[0]] == sorted(
+        left, key=lambda i: -float(_feats[i] @ q)
+    )
 
 
 def test_readding_the_same_entries(filled):
@@ -259,8 +276,11 @@ def test_capabilities_read_by_ingestion_and_cli(backend, tmp_path):
     takes a per-video lock only where ids are not idempotent."""
     db = _db(tmp_path, backend)
     b = resolve(db)
-    expected = {"embedded": (False, False, "inside", True), "milvus": (False, True, "outside", False),
-                "memory": (False, False, "outside", False)}[backend]
+    expected = {
+        "embedded": (False, False, "inside", True),
+        "milvus": (False, True, "outside", False),
+        "memory": (False, False, "outside", False),
+    }[backend]
     c = b.capabilities
     assert (c.many_writers, c.idempotent_ids, c.files, c.crash_consistent) == expected
     from reidkit.commands.retrieval import check_files_option
@@ -282,7 +302,9 @@ def test_capabilities_read_by_ingestion_and_cli(backend, tmp_path):
 
 def test_unknown_scheme_is_one_error_naming_db(capsys):
     load_plugin(str(PLUGIN))
-    with pytest.raises(OptionError, match=r"^db: memroy:x: unknown gallery backend 'memroy:' \(did you mean memory:\?\)"):
+    with pytest.raises(
+        OptionError, match=r"^db: memroy:x: unknown gallery backend 'memroy:' \(did you mean memory:\?\)"
+    ):
         resolve("memroy:x")
     from reidkit.cli import main
 
@@ -308,8 +330,24 @@ def test_plugin_backend_on_the_cli(tmp_path, capsys):
     answers = {}
     for db in (f"memory:cli{os.getpid()}", str(tmp_path / "emb")):
         plug = ["--plugin", str(PLUGIN)]
-        assert main([*plug, "index", "build", "--images", str(syn / "bounding_box_test"), "--db", db,
-                     "--weights", str(weights), "--batch-size", "8"]) == 0
+        assert (
+            main(
+                [
+                    *plug,
+                    "index",
+                    "build",
+                    "--images",
+                    str(syn / "bounding_box_test"),
+                    "--db",
+                    db,
+                    "--weights",
+                    str(weights),
+                    "--batch-size",
+                    "8",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
         assert main([*plug, "search", "--db", db, "--image", str(query), "--topk", "5", "--json"]) == 0
         res = json.loads(capsys.readouterr().out)["results"]

@@ -2,6 +2,7 @@
 
 No timing is asserted: speed claims live only in the benchmark results, as ratios from one run.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,12 @@ def test_only_and_errors_are_reported(tmp_path):
     path, payload = run.run_suite("tiny", tmp_path, "cpu", ["eval"], isolate=False, tag="only")
     assert set(payload["results"]) == {"eval", "rerank"}
     assert json.loads(path.read_text())["results"]["eval"]["cpu"]["shape"] == [40, 160]
-    bad = run.call("eval", {"device": "cpu", "num_query": 0, "num_gallery": 10, "ids": 2, "dim": 4, "repeats": 1},
-                   isolate=False, timeout=None)
+    bad = run.call(
+        "eval",
+        {"device": "cpu", "num_query": 0, "num_gallery": 10, "ids": 2, "dim": 4, "repeats": 1},
+        isolate=False,
+        timeout=None,
+    )
     assert "error" in bad
     assert run.main(["--only", "nope", "--out", str(tmp_path)]) == 2
 

@@ -2,6 +2,7 @@
 
 Set REIDKIT_SCREENSHOT=/path/to.png to also save the screenshot there (docs/service.png is made so).
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,16 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TOKEN = "browser-token"
 
 
@@ -81,7 +90,9 @@ def _drop(page, path: Path) -> None:
             const dt = new DataTransfer();
             dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
             return dt;
-        }""", [data, path.name])
+        }""",
+        [data, path.name],
+    )
     page.dispatch_event("#drop", "dragenter", {"dataTransfer": dt})
     page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
 
@@ -130,8 +141,9 @@ def test_upload_shows_ranked_grid(server, tmp_path):
             other = server["gallery"].record(5)
             _drop(page, Path(other["path"]))
             page.wait_for_function(
-                "(p) => { const c = document.querySelector('#results .card');"
-                " return c && c.dataset.path === p; }", arg=other["path"])
+                "(p) => { const c = document.querySelector('#results .card'); return c && c.dataset.path === p; }",
+                arg=other["path"],
+            )
 
             # The file input: the planted copy of the query is ranked first.
             page.evaluate("document.querySelector('#results').dataset.ready = ''")
@@ -140,8 +152,8 @@ def test_upload_shows_ranked_grid(server, tmp_path):
             assert first["path"] == str(server["planted"].resolve())
             assert page.locator("#results .card").count() == 14
             page.wait_for_function(
-                "[...document.querySelectorAll('#results .card img')]"
-                ".every((i) => i.complete && i.naturalWidth > 0)")
+                "[...document.querySelectorAll('#results .card img')].every((i) => i.complete && i.naturalWidth > 0)"
+            )
             score = float(page.inner_text("#results .card .score"))
             assert score == pytest.approx(1.0, abs=1e-3)
 
@@ -202,10 +214,14 @@ def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, track
             key = meta.rsplit(" · ", 1)[-1].strip()
             assert "cam2" in meta and cam2[key] == pid  # that person's tracklet in the other camera, first
             page.wait_for_function(
-                "[...document.querySelectorAll('#results .hit img')].every((i) => i.complete && i.naturalWidth > 0)")
+                "[...document.querySelectorAll('#results .hit img')].every((i) => i.complete && i.naturalWidth > 0)"
+            )
             page.click("#results .hit")
             page.wait_for_function("document.querySelectorAll('#detail tr').length > 2")
-            frames = [int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")]
+            frames = [
+                int(t)
+                for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")
+            ]
             assert frames == sorted(frames) and len(frames) >= 2
             _screenshot(page, tmp_path / "tracklets.png", "REIDKIT_SCREENSHOT_TRACKLETS")
         finally:

@@ -1,4 +1,5 @@
 """Model assembly: build_model (baseline necks, MGN), checkpoints, parameter groups."""
+
 import dataclasses
 import os
 
@@ -122,13 +123,16 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(model.eval()(X), loaded(X))
 
 
-@pytest.mark.parametrize("over,size", [
-    ({"backbone": "resnet18", "pooling": "gem", "neck_feat": "before"}, (64, 32)),
-    ({"backbone": "resnet18", "bn_groups": 2, "classifier": "arcface"}, (64, 32)),
-    ({"backbone": "osnet_x0_25"}, (64, 32)),
-    ({"backbone": "swin_tiny", "semantic_weight": 0.5}, (64, 32)),
-    ({"backbone": "vit_small_patch16", "stride_size": 12}, (256, 128)),
-])
+@pytest.mark.parametrize(
+    "over,size",
+    [
+        ({"backbone": "resnet18", "pooling": "gem", "neck_feat": "before"}, (64, 32)),
+        ({"backbone": "resnet18", "bn_groups": 2, "classifier": "arcface"}, (64, 32)),
+        ({"backbone": "osnet_x0_25"}, (64, 32)),
+        ({"backbone": "swin_tiny", "semantic_weight": 0.5}, (64, 32)),
+        ({"backbone": "vit_small_patch16", "stride_size": 12}, (256, 128)),
+    ],
+)
 def test_load_builds_on_the_meta_device_and_equals_the_saved_model(tmp_path, monkeypatch, over, size):
     """A checkpoint's model is built without initialising weights (meta device, then the stored tensors):
     every tensor real, the same outputs as the model saved, and the global RNG untouched by loading."""
@@ -158,9 +162,17 @@ def test_load_training_checkpoint_with_more_keys(tmp_path):
     cfg = _cfg()
     model = build_model(cfg, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ckpt = {"model": model.state_dict(), "model_cfg": dataclasses.asdict(cfg), "num_classes": 3,
-            "input_size": [64, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
-            "optimizer": opt.state_dict(), "epoch": 10, "rng": {"numpy": __import__("numpy").random.get_state()}}
+    ckpt = {
+        "model": model.state_dict(),
+        "model_cfg": dataclasses.asdict(cfg),
+        "num_classes": 3,
+        "input_size": [64, 32],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "optimizer": opt.state_dict(),
+        "epoch": 10,
+        "rng": {"numpy": __import__("numpy").random.get_state()},
+    }
     torch.save(ckpt, tmp_path / "train.pt")
     loaded = load_model(tmp_path / "train.pt")
     assert loaded.mean == [0.5] * 3 and loaded.std == [0.25] * 3
@@ -184,8 +196,16 @@ def test_param_groups_cover_every_param_once():
     model = build_model(_cfg(pooling="gem"), 5)
     extra = torch.nn.Linear(2, 2)
     model.backbone.conv1.weight.requires_grad_(False)  # a frozen parameter is skipped
-    groups = param_groups(model, 1.0, 5e-4, backbone_lr_factor=0.1, head_lr_factor=10.0,
-                          bias_lr_factor=2.0, no_decay_norm=True, extra_modules=[extra])
+    groups = param_groups(
+        model,
+        1.0,
+        5e-4,
+        backbone_lr_factor=0.1,
+        head_lr_factor=10.0,
+        bias_lr_factor=2.0,
+        no_decay_norm=True,
+        extra_modules=[extra],
+    )
     ids = [id(p) for g in groups for p in g["params"]]
     trainable = [p for p in list(model.parameters()) + list(extra.parameters()) if p.requires_grad]
     assert len(ids) == len(set(ids)) == len(trainable)

@@ -7,6 +7,7 @@ refused global, and the marker must not exist afterwards. ``--trust-checkpoint``
 way to run it, with a warning. Real checkpoint layouts (reidkit's own last.pt with RNG states,
 numpy scalars as torchreid stores them, yacs configs, a .pkl of numpy arrays) still load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,25 +83,77 @@ def _verbs(fx: dict, evil: Path, tmp: Path) -> dict[str, list[str]]:
     query = sorted(fx["crops"].iterdir())[0]
     return {
         "extract": ["extract", "--weights", str(evil), "--images", str(fx["crops"]), "--out", str(tmp / "f.npz")],
-        "extract --from fastreid": ["extract", "--weights", str(evil), "--from", "fastreid", "--images",
-                                    str(fx["crops"]), "--out", str(tmp / "f.npz")],
-        "index build": ["index", "build", "--images", str(fx["crops"]), "--db", str(tmp / "newdb"),
-                        "--weights", str(evil)],
-        "index build --from fastreid": ["index", "build", "--images", str(fx["crops"]), "--db", str(tmp / "newdb2"),
-                                        "--weights", str(evil), "--from", "fastreid"],
+        "extract --from fastreid": [
+            "extract",
+            "--weights",
+            str(evil),
+            "--from",
+            "fastreid",
+            "--images",
+            str(fx["crops"]),
+            "--out",
+            str(tmp / "f.npz"),
+        ],
+        "index build": [
+            "index",
+            "build",
+            "--images",
+            str(fx["crops"]),
+            "--db",
+            str(tmp / "newdb"),
+            "--weights",
+            str(evil),
+        ],
+        "index build --from fastreid": [
+            "index",
+            "build",
+            "--images",
+            str(fx["crops"]),
+            "--db",
+            str(tmp / "newdb2"),
+            "--weights",
+            str(evil),
+            "--from",
+            "fastreid",
+        ],
         "index add": ["index", "add", "--db", str(fx["db"]), "--images", str(fx["crops"]), "--weights", str(evil)],
         "export": ["export", "--weights", str(evil), "--out", str(tmp / "m.onnx")],
         "search": ["search", "--db", str(fx["db"]), "--image", str(query), "--weights", str(evil)],
-        "video": ["video", str(fx["scene"].videos[0]), "--detections", str(fx["scene"].gt[0]), "--db",
-                  str(tmp / "vdb"), "--weights", str(evil)],
+        "video": [
+            "video",
+            str(fx["scene"].videos[0]),
+            "--detections",
+            str(fx["scene"].gt[0]),
+            "--db",
+            str(tmp / "vdb"),
+            "--weights",
+            str(evil),
+        ],
         "test": ["test", "--config", str(fx["config"]), "--weights", str(evil)],
-        "pseudo-label": ["pseudo-label", "--config", str(fx["config"]), "--weights", str(evil), "--out",
-                         str(tmp / "pl")],
+        "pseudo-label": [
+            "pseudo-label",
+            "--config",
+            str(fx["config"]),
+            "--weights",
+            str(evil),
+            "--out",
+            str(tmp / "pl"),
+        ],
     }
 
 
-VERBS = ["extract", "extract --from fastreid", "index build", "index build --from fastreid", "index add",
-         "export", "search", "video", "test", "pseudo-label"]
+VERBS = [
+    "extract",
+    "extract --from fastreid",
+    "index build",
+    "index build --from fastreid",
+    "index add",
+    "export",
+    "search",
+    "video",
+    "test",
+    "pseudo-label",
+]
 
 
 @pytest.mark.parametrize("kind", sorted(PAYLOADS))
@@ -114,8 +167,20 @@ def test_payload_never_runs_through_a_verb(fixtures, tmp_path, capsys, verb, kin
 @pytest.mark.parametrize("kind", sorted(PAYLOADS))
 def test_plain_pickle_payload_through_index_build_from_fastreid(fixtures, tmp_path, capsys, kind):
     evil, marker = _payload(tmp_path, kind, ".pkl")
-    code = main(["index", "build", "--images", str(fixtures["crops"]), "--db", str(tmp_path / "db"),
-                 "--weights", str(evil), "--from", "fastreid"])
+    code = main(
+        [
+            "index",
+            "build",
+            "--images",
+            str(fixtures["crops"]),
+            "--db",
+            str(tmp_path / "db"),
+            "--weights",
+            str(evil),
+            "--from",
+            "fastreid",
+        ]
+    )
     _check_refused(code, capsys, evil, marker, kind)
 
 
@@ -136,8 +201,9 @@ def _api_calls(fx: dict, evil: Path):
 
 
 @pytest.mark.parametrize("kind", sorted(PAYLOADS))
-@pytest.mark.parametrize("api", ["load_model", "load_model fmt", "Embedder", "FeatureExtractor", "create_app",
-                                 "read_checkpoint"])
+@pytest.mark.parametrize(
+    "api", ["load_model", "load_model fmt", "Embedder", "FeatureExtractor", "create_app", "read_checkpoint"]
+)
 def test_payload_never_runs_through_the_python_api(fixtures, tmp_path, api, kind):
     evil, marker = _payload(tmp_path, kind, ".pkl" if api == "load_model fmt" else ".pth")
     TRIED.append(str(evil))
@@ -150,8 +216,18 @@ def test_payload_never_runs_through_the_python_api(fixtures, tmp_path, api, kind
 
 def test_trust_checkpoint_is_the_one_way_in_and_warns(fixtures, tmp_path, capsys):
     evil, marker = _payload(tmp_path, "open")
-    code = main(["extract", "--weights", str(evil), "--images", str(fixtures["crops"]), "--out",
-                 str(tmp_path / "f.npz"), "--trust-checkpoint"])
+    code = main(
+        [
+            "extract",
+            "--weights",
+            str(evil),
+            "--images",
+            str(fixtures["crops"]),
+            "--out",
+            str(tmp_path / "f.npz"),
+            "--trust-checkpoint",
+        ]
+    )
     err = capsys.readouterr().err
     assert marker.exists(), "--trust-checkpoint unpickles fully"
     assert "arbitrary code" in err and evil.name in err
@@ -231,8 +307,17 @@ def test_foreign_extras_load_through_the_allowlist(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "yacs", yacs)
     monkeypatch.setitem(sys.modules, "yacs.config", cfgmod)
     sd = collections.OrderedDict(w=torch.ones(2))
-    torch.save({"state_dict": sd, "rank1": np.float64(0.5), "epoch": 3, "args": argparse.Namespace(lr=0.1),
-                "cfg": CfgNode({"MODEL": CfgNode({"NAME": "x"})}), "arr": np.arange(3)}, tmp_path / "t.pth")
+    torch.save(
+        {
+            "state_dict": sd,
+            "rank1": np.float64(0.5),
+            "epoch": 3,
+            "args": argparse.Namespace(lr=0.1),
+            "cfg": CfgNode({"MODEL": CfgNode({"NAME": "x"})}),
+            "arr": np.arange(3),
+        },
+        tmp_path / "t.pth",
+    )
     got = read_checkpoint(tmp_path / "t.pth")
     assert torch.equal(got["state_dict"]["w"], torch.ones(2)) and float(got["rank1"]) == 0.5
     assert got["args"].lr == 0.1 and got["cfg"]["MODEL"]["NAME"] == "x"

@@ -1,4 +1,5 @@
 """What a newcomer reads first (issue 31): every option's default in --help, whole recipe descriptions."""
+
 from __future__ import annotations
 
 import re
@@ -14,14 +15,17 @@ def _sub(parser, *path):
     return parser
 
 
-@pytest.mark.parametrize("verb,flag,default", [
-    (("extract",), "--batch-size", "256"),
-    (("visrank",), "--topk", "10"),
-    (("visrank",), "--max-queries", "100"),
-    (("visrank",), "--metric", "cosine"),
-    (("search",), "--topk", "20"),
-    (("tracklets", "search"), "--topk", "10"),
-])
+@pytest.mark.parametrize(
+    "verb,flag,default",
+    [
+        (("extract",), "--batch-size", "256"),
+        (("visrank",), "--topk", "10"),
+        (("visrank",), "--max-queries", "100"),
+        (("visrank",), "--metric", "cosine"),
+        (("search",), "--topk", "20"),
+        (("tracklets", "search"), "--topk", "10"),
+    ],
+)
 def test_help_shows_the_default(verb, flag, default):
     text = " ".join(_sub(build_parser(), *verb).format_help().split())
     entry = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
@@ -42,6 +46,8 @@ def test_recipes_descriptions_are_whole_sentences(capsys):
         assert about.endswith("."), entry  # never cut mid-sentence (it was the first comment line)
     baseline = next(" ".join(e.split()[1:]) for e in entries if e.startswith("baseline_r50 "))
     assert baseline.endswith("no label smoothing, last stride 2, no BNNeck, no center loss.")
-    assert recipe_summary("# Luo et al., CVPRW 2019, ResNet-50. Paper: 94.5.\n# more\nx: 1\n") == \
-        "Luo et al., CVPRW 2019, ResNet-50."
+    assert (
+        recipe_summary("# Luo et al., CVPRW 2019, ResNet-50. Paper: 94.5.\n# more\nx: 1\n")
+        == "Luo et al., CVPRW 2019, ResNet-50."
+    )
     assert recipe_summary("# runs over\n# two lines. Then more.\n") == "runs over two lines."

@@ -1,5 +1,6 @@
 """Gallery.compact: a long-running writer that always holds a snapshot (reidkit watch) would grow the embedded
 store's write-ahead log without end (SQLite rewinds it only when no reader holds an older view)."""
+
 import numpy as np
 
 from reidkit.retrieval.index import Gallery
@@ -11,8 +12,19 @@ def test_compact_truncates_the_wal_that_a_held_snapshot_lets_grow(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(60):  # each write: a new generation, while this object always holds the previous snapshot
         feats = rng.standard_normal((20, g.identity.feat_dim)).astype(np.float32)
-        g.add_entries(feats, [{"path": f"/x/{i}_{j}.jpg", "kind": "tracklet", "tracklet": f"t{i}.{j}",
-                               "camera": "cam1", "meta": {"pad": "x" * 2000}} for j in range(20)])
+        g.add_entries(
+            feats,
+            [
+                {
+                    "path": f"/x/{i}_{j}.jpg",
+                    "kind": "tracklet",
+                    "tracklet": f"t{i}.{j}",
+                    "camera": "cam1",
+                    "meta": {"pad": "x" * 2000},
+                }
+                for j in range(20)
+            ],
+        )
     grown = wal.stat().st_size
     assert grown > 1_000_000, grown
     n = len(g.entries())

@@ -1,4 +1,5 @@
 """Config: recipes, _base_ inheritance, dotted overrides, error messages, YAML round trip."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,15 @@ import yaml
 from reidkit.config import Config, list_recipes, load_config, parse_overrides
 from reidkit.errors import ReIDError
 
-LADDER = ["baseline_r50", "trick1_warmup", "trick2_rea", "trick3_ls", "trick4_stride1", "trick5_bnneck",
-          "trick6_center"]
+LADDER = [
+    "baseline_r50",
+    "trick1_warmup",
+    "trick2_rea",
+    "trick3_ls",
+    "trick4_stride1",
+    "trick5_bnneck",
+    "trick6_center",
+]
 
 
 def test_bot_recipe_is_the_paper():
@@ -66,16 +74,20 @@ def test_packaged_recipes_hold_their_models_and_datasets():
 def test_base_inheritance_relative_path_and_deep_merge(tmp_path: Path):
     sub = tmp_path / "sub"
     sub.mkdir()
-    (sub / "parent.yaml").write_text(yaml.safe_dump({
-        "_base_": "bot_r50.yaml",  # a packaged recipe, found by name
-        "solver": {"base_lr": 1e-3, "max_epochs": 7},
-        "model": {"backbone": "resnet18"},
-    }))
+    (sub / "parent.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "_base_": "bot_r50.yaml",  # a packaged recipe, found by name
+                "solver": {"base_lr": 1e-3, "max_epochs": 7},
+                "model": {"backbone": "resnet18"},
+            }
+        )
+    )
     (tmp_path / "child.yaml").write_text("_base_: sub/parent.yaml\nsolver: {max_epochs: 3}\n")
     cfg = load_config(tmp_path / "child.yaml")
-    assert cfg.solver.max_epochs == 3          # child wins
-    assert cfg.solver.base_lr == 1e-3          # parent kept (deep merge, not replace)
-    assert cfg.solver.steps == [40, 70]        # grandparent kept
+    assert cfg.solver.max_epochs == 3  # child wins
+    assert cfg.solver.base_lr == 1e-3  # parent kept (deep merge, not replace)
+    assert cfg.solver.steps == [40, 70]  # grandparent kept
     assert cfg.model.backbone == "resnet18" and cfg.model.last_stride == 1
 
 
@@ -87,11 +99,19 @@ def test_circular_base_is_an_error(tmp_path: Path):
 
 
 def test_dotted_overrides_parse_yaml_values():
-    cfg = load_config("bot_r50", [
-        "model.backbone=resnet50_ibn_a", "solver.base_lr=1e-4", "solver.steps=[3, 5]",
-        "data.datasets.0.root=/elsewhere", "test.rerank=true", "model.pretrained=/w/r50.pth",
-        "data.datasets.0.options={ids: 12}", "sampler.epoch_batches=null",
-    ])
+    cfg = load_config(
+        "bot_r50",
+        [
+            "model.backbone=resnet50_ibn_a",
+            "solver.base_lr=1e-4",
+            "solver.steps=[3, 5]",
+            "data.datasets.0.root=/elsewhere",
+            "test.rerank=true",
+            "model.pretrained=/w/r50.pth",
+            "data.datasets.0.options={ids: 12}",
+            "sampler.epoch_batches=null",
+        ],
+    )
     assert cfg.model.backbone == "resnet50_ibn_a"
     assert cfg.solver.base_lr == pytest.approx(1e-4) and isinstance(cfg.solver.base_lr, float)
     assert cfg.solver.steps == [3, 5]
@@ -168,7 +188,9 @@ def test_import_config_loads_no_torch_nor_engine():
     import subprocess
     import sys
 
-    code = ("import sys, reidkit.config as c; c.load_yaml('usl_demo'); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('reidkit.engine')))")
+    code = (
+        "import sys, reidkit.config as c; c.load_yaml('usl_demo'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('reidkit.engine')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -1,4 +1,5 @@
 """Cross-validation by identity: disjoint folds, the min-images rule, distractors, the table."""
+
 from __future__ import annotations
 
 import csv
@@ -64,13 +65,30 @@ def test_cli_cv_trains_each_fold_and_writes_the_table(tmp_path, capsys):
 
     root = tmp_path / "data"
     out = tmp_path / "cv"
-    code = main([
-        "cv", "--config", "demo", "--folds", "2", "--min-images", "3", "--out", str(out),
-        f"data.datasets=[{{name: synthetic, root: '{root}', options: {{ids: 16, images_per_id: 6, cams: 3, seed: 2}}}}]",
-        "data.size=[64,32]", "model.backbone=mobilenetv2", "model.pooling=avg", "sampler.p=4", "sampler.k=4",
-        "solver.max_epochs=1", "sampler.epoch_batches=2", "loss.names=[softmax,triplet]", "device=cpu",
-        f"output_dir={tmp_path / 'run'}",
-    ])
+    code = main(
+        [
+            "cv",
+            "--config",
+            "demo",
+            "--folds",
+            "2",
+            "--min-images",
+            "3",
+            "--out",
+            str(out),
+            f"data.datasets=[{{name: synthetic, root: '{root}', options: {{ids: 16, images_per_id: 6, cams: 3, seed: 2}}}}]",
+            "data.size=[64,32]",
+            "model.backbone=mobilenetv2",
+            "model.pooling=avg",
+            "sampler.p=4",
+            "sampler.k=4",
+            "solver.max_epochs=1",
+            "sampler.epoch_batches=2",
+            "loss.names=[softmax,triplet]",
+            "device=cpu",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "cv.json").read_text())
     assert [r["fold"] for r in summary["rows"]] == [1, 2]

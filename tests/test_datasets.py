@@ -1,4 +1,5 @@
 """Dataset loaders on miniature trees with each dataset's real folder and file naming."""
+
 from __future__ import annotations
 
 import io
@@ -66,11 +67,9 @@ def make_market(root: Path) -> Path:
 
 def make_duke(root: Path) -> Path:
     base = root / "DukeMTMC-reID"
-    write_split(base / "bounding_box_train",
-                ["0002_c2_f0046182.jpg", "0002_c8_f0100000.jpg", "0005_c1_f0000001.jpg"])
+    write_split(base / "bounding_box_train", ["0002_c2_f0046182.jpg", "0002_c8_f0100000.jpg", "0005_c1_f0000001.jpg"])
     write_split(base / "query", ["0010_c3_f0000100.jpg"])
-    write_split(base / "bounding_box_test",
-                ["0010_c4_f0000200.jpg", "0010_c3_f0000300.jpg", "0011_c5_f0000001.jpg"])
+    write_split(base / "bounding_box_test", ["0010_c4_f0000200.jpg", "0010_c3_f0000300.jpg", "0011_c5_f0000001.jpg"])
     return base
 
 
@@ -81,8 +80,7 @@ def test_market1501_counts_pids_cameras_junk_distractors(tmp_path: Path) -> None
     base = make_market(tmp_path)
     ds = load_dataset("market1501", tmp_path)
     assert ds.name == "market1501"
-    assert [(r.pid, r.camid, r.frame) for r in ds.train] == [
-        (2, 0, 451), (2, 1, 551), (7, 2, 1051), (7, 5, 2202)]
+    assert [(r.pid, r.camid, r.frame) for r in ds.train] == [(2, 0, 451), (2, 1, 551), (7, 2, 1051), (7, 5, 2202)]
     assert [(r.pid, r.camid) for r in ds.query] == [(1, 0), (3, 4)]
     assert sorted((r.pid, r.camid) for r in ds.gallery) == [(0, 0), (1, 0), (1, 1), (3, 3)]
     assert all(r.dataset == "market1501" for r in ds.train + ds.query + ds.gallery)
@@ -137,8 +135,7 @@ def test_market1501_bad_inputs(tmp_path: Path) -> None:
 def test_dukemtmc(tmp_path: Path) -> None:
     make_duke(tmp_path)
     ds = load_dataset("dukemtmc", tmp_path)
-    assert [(r.pid, r.camid, r.frame) for r in ds.train] == [
-        (2, 1, 46182), (2, 7, 100000), (5, 0, 1)]
+    assert [(r.pid, r.camid, r.frame) for r in ds.train] == [(2, 1, 46182), (2, 7, 100000), (5, 0, 1)]
     assert [(r.pid, r.camid) for r in ds.query] == [(10, 2)]
     assert [(r.pid, r.camid) for r in ds.gallery] == [(10, 2), (10, 3), (11, 4)]
     with pytest.raises(ReIDError, match="DukeMTMC-reID"):
@@ -147,21 +144,28 @@ def test_dukemtmc(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- MSMT17
 
-MSMT_TRAIN = [("0000/0000_000_01_0303morning_0015_0.jpg", 0),
-              ("0000/0000_001_05_0303morning_0016_0.jpg", 0),
-              ("0001/0001_000_15_0303noon_0001_0.jpg", 1)]
+MSMT_TRAIN = [
+    ("0000/0000_000_01_0303morning_0015_0.jpg", 0),
+    ("0000/0000_001_05_0303morning_0016_0.jpg", 0),
+    ("0001/0001_000_15_0303noon_0001_0.jpg", 1),
+]
 MSMT_VAL = [("0001/0001_001_03_0303noon_0002_1.jpg", 1)]
 MSMT_QUERY = [("0000/0000_000_02_0113morning_0001_0.jpg", 0)]
-MSMT_GALLERY = [("0000/0000_001_07_0113morning_0002_0.jpg", 0),
-                ("0001/0001_000_02_0113noon_0003_0.jpg", 1)]
+MSMT_GALLERY = [("0000/0000_001_07_0113morning_0002_0.jpg", 0), ("0001/0001_000_02_0113noon_0003_0.jpg", 1)]
 
 
 def make_msmt(root: Path, version: str) -> Path:
-    main_dir, train_dir, test_dir = {"v1": ("MSMT17_V1", "train", "test"),
-                                     "v2": ("MSMT17_V2", "mask_train_v2", "mask_test_v2")}[version]
+    main_dir, train_dir, test_dir = {
+        "v1": ("MSMT17_V1", "train", "test"),
+        "v2": ("MSMT17_V2", "mask_train_v2", "mask_test_v2"),
+    }[version]
     base = root / main_dir
-    lists = {"list_train.txt": (train_dir, MSMT_TRAIN), "list_val.txt": (train_dir, MSMT_VAL),
-             "list_query.txt": (test_dir, MSMT_QUERY), "list_gallery.txt": (test_dir, MSMT_GALLERY)}
+    lists = {
+        "list_train.txt": (train_dir, MSMT_TRAIN),
+        "list_val.txt": (train_dir, MSMT_VAL),
+        "list_query.txt": (test_dir, MSMT_QUERY),
+        "list_gallery.txt": (test_dir, MSMT_GALLERY),
+    }
     for list_name, (folder, entries) in lists.items():
         for rel, _ in entries:
             touch(base / folder / rel)
@@ -205,11 +209,11 @@ def test_msmt17_wrong_version_and_missing_image(tmp_path: Path) -> None:
 def test_cuhk03_np_labeled_and_detected(tmp_path: Path) -> None:
     base = tmp_path / "cuhk03-np"
     for split, extra in (("labeled", []), ("detected", ["0003_c2_9.png"])):
-        write_split(base / split / "bounding_box_train",
-                    ["0001_c1_1.png", "0001_c2_6.png", "0003_c1_2.png", *extra], PNG)
+        write_split(
+            base / split / "bounding_box_train", ["0001_c1_1.png", "0001_c2_6.png", "0003_c1_2.png", *extra], PNG
+        )
         write_split(base / split / "query", ["0700_c1_1.png", "0701_c2_7.png"], PNG)
-        write_split(base / split / "bounding_box_test",
-                    ["0700_c2_6.png", "0701_c1_1.png", "0701_c1_2.png"], PNG)
+        write_split(base / split / "bounding_box_test", ["0700_c2_6.png", "0701_c1_1.png", "0701_c1_2.png"], PNG)
     labeled = load_dataset("cuhk03", tmp_path)
     detected = load_dataset("cuhk03", tmp_path, split="detected")
     assert labeled.meta["split"] == "labeled" and detected.meta["split"] == "detected"
@@ -264,11 +268,13 @@ def test_folder_without_cameras_split(tmp_path: Path) -> None:
 
 
 def test_folder_with_camera_regex(tmp_path: Path) -> None:
-    layout = {"p1": ["a_c1_0.jpg", "a_c1_1.jpg", "a_c2_0.jpg"],
-              "p2": ["b_c1_0.jpg", "b_c3_0.jpg", "b_c3_1.jpg"],
-              "p3": ["c_c2_0.jpg", "c_c2_1.jpg"],
-              "p4": ["d_c1_0.jpg", "d_c2_0.jpg"],
-              "p5": ["e_c1_0.jpg", "e_c3_0.jpg"]}
+    layout = {
+        "p1": ["a_c1_0.jpg", "a_c1_1.jpg", "a_c2_0.jpg"],
+        "p2": ["b_c1_0.jpg", "b_c3_0.jpg", "b_c3_1.jpg"],
+        "p3": ["c_c2_0.jpg", "c_c2_1.jpg"],
+        "p4": ["d_c1_0.jpg", "d_c2_0.jpg"],
+        "p5": ["e_c1_0.jpg", "e_c3_0.jpg"],
+    }
     for ident, names in layout.items():
         for name in names:
             touch(tmp_path / ident / name)
@@ -333,9 +339,18 @@ def test_csv_manifest(tmp_path: Path) -> None:
     for name in ("a1.jpg", "a2.jpg", "b1.jpg", "q1.jpg", "g1.jpg", "g2.jpg", "d.jpg", "j.jpg"):
         touch(tmp_path / "imgs" / name)
     absolute = tmp_path / "imgs" / "g2.jpg"
-    lines = ["path,pid,camid,split", "imgs/a1.jpg,5,0,train", "imgs/a2.jpg,5,1,train",
-             "imgs/b1.jpg,9,,train", "imgs/q1.jpg,20,0,query", "imgs/g1.jpg,20,1,gallery",
-             f"{absolute},21,3,gallery", "imgs/d.jpg,0,2,gallery", "imgs/j.jpg,-1,0,gallery", ""]
+    lines = [
+        "path,pid,camid,split",
+        "imgs/a1.jpg,5,0,train",
+        "imgs/a2.jpg,5,1,train",
+        "imgs/b1.jpg,9,,train",
+        "imgs/q1.jpg,20,0,query",
+        "imgs/g1.jpg,20,1,gallery",
+        f"{absolute},21,3,gallery",
+        "imgs/d.jpg,0,2,gallery",
+        "imgs/j.jpg,-1,0,gallery",
+        "",
+    ]
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(lines))
     ds = load_dataset("csv", manifest)
@@ -372,29 +387,37 @@ def test_csv_errors(tmp_path: Path) -> None:
 def test_joint_training_pid_namespaces(tmp_path: Path) -> None:
     make_market(tmp_path / "m")
     make_duke(tmp_path / "d")
-    joint = load_datasets([{"name": "market1501", "root": tmp_path / "m"},
-                           {"name": "dukemtmc", "root": tmp_path / "d"}])
+    joint = load_datasets(
+        [{"name": "market1501", "root": tmp_path / "m"}, {"name": "dukemtmc", "root": tmp_path / "d"}]
+    )
     assert joint.name == "market1501+dukemtmc"
     assert [p.name for p in joint.parts] == ["market1501", "dukemtmc"]
     assert len(joint.train) == 7
     # Both sets have a pid 2; records keep it, training labels keep them apart.
     assert {(r.dataset, r.pid) for r in joint.train} == {
-        ("market1501", 2), ("market1501", 7), ("dukemtmc", 2), ("dukemtmc", 5)}
+        ("market1501", 2),
+        ("market1501", 7),
+        ("dukemtmc", 2),
+        ("dukemtmc", 5),
+    }
     labels, mapping = train_labels(joint.train)
     assert labels.dtype == np.int64
-    assert mapping == {("dukemtmc", 2): 0, ("dukemtmc", 5): 1,
-                       ("market1501", 2): 2, ("market1501", 7): 3}
+    assert mapping == {("dukemtmc", 2): 0, ("dukemtmc", 5): 1, ("market1501", 2): 2, ("market1501", 7): 3}
     assert labels.tolist() == [2, 2, 3, 3, 0, 0, 1]
     assert joint.num_train_pids == 4
-    assert joint.stats()[-1] == {"dataset": "market1501+dukemtmc", "split": "train", "ids": 4,
-                                 "images": 7, "cameras": 7}
+    assert joint.stats()[-1] == {
+        "dataset": "market1501+dukemtmc",
+        "split": "train",
+        "ids": 4,
+        "images": 7,
+        "cameras": 7,
+    }
     single = load_datasets(["market1501"], root=tmp_path / "m")
     assert len(single.train) == 4 and single.parts[0].query == joint.parts[0].query
     with pytest.raises(ReIDError, match="no root for dataset 'dukemtmc'"):
         load_datasets(["dukemtmc"])
     with pytest.raises(ReIDError, match="appear twice"):
-        load_datasets([{"name": "market1501", "root": tmp_path / "m"},
-                       {"name": "market1501", "root": tmp_path / "m"}])
+        load_datasets([{"name": "market1501", "root": tmp_path / "m"}, {"name": "market1501", "root": tmp_path / "m"}])
 
 
 def test_train_labels_single_dataset() -> None:
@@ -409,12 +432,20 @@ def test_train_labels_single_dataset() -> None:
 
 
 def test_registry_and_options() -> None:
-    assert list(DATASETS) == ["market1501", "dukemtmc", "msmt17", "cuhk03", "folder", "csv",
-                              "synthetic"]
-    assert dataset_options("synthetic") == {"ids": 100, "images_per_id": 16, "cams": 6,
-                                            "seed": 0, "domain": "A", "size": "128x64"}
+    assert list(DATASETS) == ["market1501", "dukemtmc", "msmt17", "cuhk03", "folder", "csv", "synthetic"]
+    assert dataset_options("synthetic") == {
+        "ids": 100,
+        "images_per_id": 16,
+        "cams": 6,
+        "seed": 0,
+        "domain": "A",
+        "size": "128x64",
+    }
     assert parse_options("folder", ["split_test=0.25", "seed=3", r"cam_regex=[cC](\d+)"]) == {
-        "split_test": 0.25, "seed": 3, "cam_regex": r"[cC](\d+)"}
+        "split_test": 0.25,
+        "seed": 3,
+        "cam_regex": r"[cC](\d+)",
+    }
     assert parse_options("msmt17", ["combine_val=false"]) == {"combine_val": False}
     with pytest.raises(ReIDError, match="not a valid int"):
         parse_options("folder", ["seed=x"])
@@ -426,13 +457,15 @@ def test_cli_stats_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     make_market(tmp_path)
     assert main(["data", "stats", "market1501", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    rows = {line.split("|")[0].strip(): [int(v) for v in line.split("|")[1:]]
-            for line in out.splitlines() if line.strip().startswith(("train", "query", "gallery"))}
+    rows = {
+        line.split("|")[0].strip(): [int(v) for v in line.split("|")[1:]]
+        for line in out.splitlines()
+        if line.strip().startswith(("train", "query", "gallery"))
+    }
     assert rows == {"train": [2, 4, 4], "query": [2, 2, 2], "gallery": [3, 4, 3]}
     assert "ids" in out and "cameras" in out
     write_split(tmp_path / "Market-1501-v15.09.15" / "images", ["0000_c1s1_500000_00.jpg"])
-    assert main(["data", "stats", "market1501", "--root", str(tmp_path),
-                 "-o", "market1501_500k=true"]) == 0
+    assert main(["data", "stats", "market1501", "--root", str(tmp_path), "-o", "market1501_500k=true"]) == 0
     out = capsys.readouterr().out
     gallery = [line for line in out.splitlines() if line.strip().startswith("gallery")]
     assert [int(v) for v in gallery[0].split("|")[1:]] == [3, 5, 3]
@@ -455,8 +488,10 @@ def test_synthetic_is_registered_lazily() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from reidkit.data.datasets import DATASETS; assert 'synthetic' in DATASETS; "
-            "print(sorted(m for m in sys.modules if m.startswith('reidkit.data.synthetic')))")
+    code = (
+        "import sys; from reidkit.data.datasets import DATASETS; assert 'synthetic' in DATASETS; "
+        "print(sorted(m for m in sys.modules if m.startswith('reidkit.data.synthetic')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     assert DATASETS["synthetic"].__name__ == "load_synthetic"
@@ -469,8 +504,10 @@ def test_joint_training_two_folders_need_names(tmp_path: Path) -> None:
         for ident in ("p1", "p2"):
             touch(tmp_path / site / ident / "0.jpg")
             touch(tmp_path / site / ident / "1.jpg")
-    specs = [{"name": "folder", "root": tmp_path / "siteA", "split_test": 0.0},
-             {"name": "folder", "root": tmp_path / "siteB", "split_test": 0.0}]
+    specs = [
+        {"name": "folder", "root": tmp_path / "siteA", "split_test": 0.0},
+        {"name": "folder", "root": tmp_path / "siteB", "split_test": 0.0},
+    ]
     with pytest.raises(ReIDError, match=r"folder appear twice.*dataset_name"):
         load_datasets(specs)
     specs[0]["dataset_name"], specs[1]["dataset_name"] = "siteA", "siteB"

@@ -1,4 +1,5 @@
 """Distributed data-parallel training: two CPU processes over gloo, launched with torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,16 @@ def test_two_process_gloo_ddp(tmp_path: Path, syn_root: Path):
     out = tmp_path / "run"
     cfg = {
         "_base_": "bot_r50.yaml",
-        "data": {"datasets": [{"name": "synthetic", "root": str(syn_root),
-                               "options": {"ids": 16, "images_per_id": 8, "cams": 3, "seed": 1}}],
-                 "size": [64, 32]},
+        "data": {
+            "datasets": [
+                {
+                    "name": "synthetic",
+                    "root": str(syn_root),
+                    "options": {"ids": 16, "images_per_id": 8, "cams": 3, "seed": 1},
+                }
+            ],
+            "size": [64, 32],
+        },
         "input": {"mean": None, "std": None},
         "sampler": {"p": 4, "k": 2, "epoch_batches": 2},
         "model": {"backbone": "resnet18", "pretrained": False},
@@ -40,8 +48,18 @@ def test_two_process_gloo_ddp(tmp_path: Path, syn_root: Path):
     path.write_text(yaml.safe_dump(cfg))
     # the workers torchrun starts are forks of the tests' server (tests/procs.py)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHON_EXEC=procs.python_shim())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "reidkit.cli", "train", "--config", str(path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "reidkit.cli",
+        "train",
+        "--config",
+        str(path),
+    ]
     proc = procs.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -1,5 +1,6 @@
 """Detectors as parts (issue 30): the registry and its options, specs that travel, the ONNX families' decodes
 on tiny planted graphs, and detectors fetched by name from the weights catalogue (a loopback mirror)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,16 +10,28 @@ import pytest
 import yaml
 
 from reidkit.errors import ReIDError
-from reidkit.video.detectors import (DETECTORS, build_detector, detector_options, detector_spec, register_detector,
-                                     resolve_detector)
+from reidkit.video.detectors import (
+    DETECTORS,
+    build_detector,
+    detector_options,
+    detector_spec,
+    register_detector,
+    resolve_detector,
+)
 from reidkit.video.detectors.families import detect_family, yolox_cells
 from test_zoo import loopback  # noqa: F401 - the zoo tests' loopback mirror fixture
 
 # --------------------------------------------------------------------------- tiny ONNX graphs
 
 
-def _graph(path: Path, outputs: dict[str, np.ndarray], hw: tuple[int, int] = (64, 64), fp16: bool = False,
-           sizes_input: bool = False, scale_by_sizes: str | None = None) -> Path:
+def _graph(
+    path: Path,
+    outputs: dict[str, np.ndarray],
+    hw: tuple[int, int] = (64, 64),
+    fp16: bool = False,
+    sizes_input: bool = False,
+    scale_by_sizes: str | None = None,
+) -> Path:
     """An ONNX model with a 1x3xHxW input whose outputs are the planted arrays (each + 0 * mean(input), so the
     input is used); `fp16`: float16 input and outputs; `scale_by_sizes`: that output (N x 4 normalised x1 y1 x2 y2)
     is multiplied by an ``orig_target_sizes`` input's (W, H, W, H), as RT-DETR's deploy export does."""
@@ -26,15 +39,19 @@ def _graph(path: Path, outputs: dict[str, np.ndarray], hw: tuple[int, int] = (64
     from onnx import TensorProto, helper, numpy_helper
 
     ft = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
-    nodes = [helper.make_node("Cast", ["images"], ["x32"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["x32"], ["m"], keepdims=0),
-             helper.make_node("Mul", ["m", "zero"], ["z"])]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x32"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x32"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["m", "zero"], ["z"]),
+    ]
     inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero")]
     inputs = [helper.make_tensor_value_info("images", ft, [1, 3, *hw])]
     if sizes_input:
         inputs.append(helper.make_tensor_value_info("orig_target_sizes", TensorProto.INT64, [1, 2]))
-        nodes += [helper.make_node("Cast", ["orig_target_sizes"], ["sz"], to=TensorProto.FLOAT),
-                  helper.make_node("Concat", ["sz", "sz"], ["sz4"], axis=1)]
+        nodes += [
+            helper.make_node("Cast", ["orig_target_sizes"], ["sz"], to=TensorProto.FLOAT),
+            helper.make_node("Concat", ["sz", "sz"], ["sz4"], axis=1),
+        ]
     outs = []
     for name, arr in outputs.items():
         const = f"{name}_c"
@@ -145,8 +162,13 @@ def test_rtdetr_deploy_export_boxes_scaled_by_its_sizes_input_no_nms(tmp_path):
     boxes[0, 2] = [0.6, 0.1, 0.9, 0.9]  # a car
     scores = np.array([[0.9, 0.8, 0.95, 0.1, 0.0, 0.0]], np.float32)
     labels = np.array([[0, 0, 2, 0, 0, 0]], np.int64)
-    model = _graph(tmp_path / "rtdetr.onnx", {"labels": labels, "boxes": boxes, "scores": scores}, hw=(64, 96),
-                   sizes_input=True, scale_by_sizes="boxes")
+    model = _graph(
+        tmp_path / "rtdetr.onnx",
+        {"labels": labels, "boxes": boxes, "scores": scores},
+        hw=(64, 96),
+        sizes_input=True,
+        scale_by_sizes="boxes",
+    )
     det = OnnxDetector(model, conf=0.5)
     assert det.family == "rtdetr" and det.input_size == (64, 96)
     b, s = det(FRAME, 0)  # resized (not letterboxed) 256x128 -> 96x64: x / 0.375, y / 0.5
@@ -220,8 +242,10 @@ def test_plugin_detector_with_options_through_prepare_jobs(tmp_path):
             wr.write(np.zeros((48, 64, 3), np.uint8))
         wr.release()
         (job,) = prepare_jobs([str(video)], detector="corner_test", detector_options={"size": 7})
-        assert job.detector_name == "corner_test" and job.detector_spec == {"kind": "corner_test",
-                                                                            "options": {"size": 7}}
+        assert job.detector_name == "corner_test" and job.detector_spec == {
+            "kind": "corner_test",
+            "options": {"size": 7},
+        }
         np.testing.assert_array_equal(job.detector(None, 0)[0], [[0, 0, 7, 14]])
         with pytest.raises(ReIDError, match="size"):
             prepare_jobs([str(video)], detector="corner_test", detector_options={"sise": 7})
@@ -235,8 +259,16 @@ def test_plugin_detector_with_options_through_prepare_jobs(tmp_path):
 
 
 def _detector_catalogue(path: Path, entries: list[dict]) -> Path:
-    base = {"kind": "detector", "source": "test", "licence": "Apache-2.0", "arch": "yolox", "fmt": "onnx",
-            "train": "coco", "input_size": [64, 64], "max_bytes": 1 << 20}
+    base = {
+        "kind": "detector",
+        "source": "test",
+        "licence": "Apache-2.0",
+        "arch": "yolox",
+        "fmt": "onnx",
+        "train": "coco",
+        "input_size": [64, 64],
+        "max_bytes": 1 << 20,
+    }
     path.write_text(yaml.safe_dump({"weights": [{**base, **e} for e in entries]}))
     return path
 
@@ -247,10 +279,28 @@ def mirror(tmp_path, loopback, monkeypatch):  # noqa: F811 - the imported fixtur
     loopback.files.update({"tiny_yolox.onnx": model, "not_onnx.onnx": b"\x08\x01garbage" * 20})
     monkeypatch.setenv("REIDKIT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("REIDKIT_ZOO_URL_OVERRIDE", loopback.url)
-    monkeypatch.setenv("REIDKIT_ZOO", str(_detector_catalogue(tmp_path / "zoo.yaml", [
-        {"name": "tiny_yolox", "filename": "tiny_yolox.onnx", "url": "https://example.invalid/tiny_yolox.onnx"},
-        {"name": "broken_det", "filename": "not_onnx.onnx", "url": "https://example.invalid/not_onnx.onnx"},
-        {"name": "agpl_det", "filename": "agpl.onnx", "licence": "AGPL-3.0 (Ultralytics)", "arch": "yolov8"}])))
+    monkeypatch.setenv(
+        "REIDKIT_ZOO",
+        str(
+            _detector_catalogue(
+                tmp_path / "zoo.yaml",
+                [
+                    {
+                        "name": "tiny_yolox",
+                        "filename": "tiny_yolox.onnx",
+                        "url": "https://example.invalid/tiny_yolox.onnx",
+                    },
+                    {"name": "broken_det", "filename": "not_onnx.onnx", "url": "https://example.invalid/not_onnx.onnx"},
+                    {
+                        "name": "agpl_det",
+                        "filename": "agpl.onnx",
+                        "licence": "AGPL-3.0 (Ultralytics)",
+                        "arch": "yolov8",
+                    },
+                ],
+            )
+        ),
+    )
     return loopback
 
 
@@ -311,13 +361,45 @@ def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
         wr.write(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8))
     wr.release()
     db = tmp_path / "db"
-    assert main(["video", str(video), "--db", str(db), "--detector", "tiny_yolox", "--detector-option", "conf=0.5",
-                 "--weights", str(_tiny(tmp_path)), "--engine", "torch"]) == 0
+    assert (
+        main(
+            [
+                "video",
+                str(video),
+                "--db",
+                str(db),
+                "--detector",
+                "tiny_yolox",
+                "--detector-option",
+                "conf=0.5",
+                "--weights",
+                str(_tiny(tmp_path)),
+                "--engine",
+                "torch",
+            ]
+        )
+        == 0
+    )
     (t,) = Gallery.open(db).entries(kind="tracklet")
     assert t["meta"]["detector"] == "onnx:tiny_yolox" and (t["frame_start"], t["frame_end"]) == (1, 6)
     np.testing.assert_allclose([b[1:5] for b in t["meta"]["boxes"]], [[64, 16, 128, 112]] * 6, atol=0.01)
-    assert main(["video", str(video), "--db", str(tmp_path / "db2"), "--detector", "tiny_yolox",
-                 "--detector-option", "cnof=0.5", "--weights", str(_tiny(tmp_path))]) == 2
+    assert (
+        main(
+            [
+                "video",
+                str(video),
+                "--db",
+                str(tmp_path / "db2"),
+                "--detector",
+                "tiny_yolox",
+                "--detector-option",
+                "cnof=0.5",
+                "--weights",
+                str(_tiny(tmp_path)),
+            ]
+        )
+        == 2
+    )
 
 
 PLUGIN = '''
@@ -371,13 +453,31 @@ def test_plugin_detector_from_the_command_line(tmp_path):
     wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (128, 96))
     for i in range(6):
         f = np.full((96, 128, 3), 220, np.uint8)
-        f[30:80, 10 + 4 * i:30 + 4 * i] = 20  # a dark person walking right
+        f[30:80, 10 + 4 * i : 30 + 4 * i] = 20  # a dark person walking right
         wr.write(f)
     wr.release()
     try:
-        assert main(["--plugin", str(plugin), "video", str(video), "--db", str(tmp_path / "db"), "--detector",
-                     "dark_blobs", "--detector-option", "threshold=100", "--weights", str(_tiny(tmp_path)),
-                     "--engine", "torch"]) == 0
+        assert (
+            main(
+                [
+                    "--plugin",
+                    str(plugin),
+                    "video",
+                    str(video),
+                    "--db",
+                    str(tmp_path / "db"),
+                    "--detector",
+                    "dark_blobs",
+                    "--detector-option",
+                    "threshold=100",
+                    "--weights",
+                    str(_tiny(tmp_path)),
+                    "--engine",
+                    "torch",
+                ]
+            )
+            == 0
+        )
         (t,) = Gallery.open(tmp_path / "db").entries(kind="tracklet")
         assert t["meta"]["detector"] == "dark_blobs" and (t["frame_start"], t["frame_end"]) == (1, 6)
         x1 = [b[1] for b in t["meta"]["boxes"]]

@@ -1,4 +1,5 @@
 """The docs site's own checks (tools/mkdocs_hooks.py) and the README's links into it."""
+
 import importlib.util
 import logging
 import re
@@ -18,11 +19,12 @@ def _hooks():
 
 def test_repository_links_become_paths_and_a_missing_file_warns(caplog):
     hooks = _hooks()
-    md = ("see [table](../benchmarks/results/million.md) and [`benchmarks/README.md`](../benchmarks/README.md), "
-          "[the page](gallery.md)")
+    md = (
+        "see [table](../benchmarks/results/million.md) and [`benchmarks/README.md`](../benchmarks/README.md), "
+        "[the page](gallery.md)"
+    )
     out = hooks.repo_path_links(md, "x.md")
-    assert out == ("see table (`benchmarks/results/million.md`) and `benchmarks/README.md`, "
-                   "[the page](gallery.md)")
+    assert out == ("see table (`benchmarks/results/million.md`) and `benchmarks/README.md`, [the page](gallery.md)")
     with caplog.at_level(logging.WARNING):
         hooks.repo_path_links("[x](../benchmarks/results/nope.md)", "y.md")
     assert "y.md: link to benchmarks/results/nope.md" in caplog.text
@@ -45,7 +47,9 @@ def test_every_guide_page_is_in_the_nav_and_every_readme_link_resolves():
     config = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=Loader)
     in_nav = set(_nav_files(config["nav"]))
     pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
-    assert pages == in_nav, f"pages not in the nav: {sorted(pages - in_nav)}; nav without a page: {sorted(in_nav - pages)}"
+    assert pages == in_nav, (
+        f"pages not in the nav: {sorted(pages - in_nav)}; nav without a page: {sorted(in_nav - pages)}"
+    )
     readme = (ROOT / "README.md").read_text()
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
     assert any(t.startswith("docs/") for t in targets)

@@ -1,5 +1,6 @@
 """reidkit.video.embedder.Embedder: features of boxes in a frame equal the one-by-one crop features,
 BGR/RGB handling, clipping, empty input, ONNX parity, and use as deep_sort_realtime's embedder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,9 @@ def test_clipped_boxes_and_empty(weights, frame):
     a = emb.embed(frame, [[-15, -8, 40, 200]])  # beyond the top-left and the bottom: clipped to the frame
     b = emb.embed(frame, [[0, 0, 40, 90]])
     np.testing.assert_allclose(a, b, atol=1e-6)
-    np.testing.assert_array_equal(clip_boxes([[-15, -8, 40, 200], [119.5, 3, 130, 4]], 120, 90),
-                                  [[0, 0, 40, 90], [119, 3, 120, 4]])
+    np.testing.assert_array_equal(
+        clip_boxes([[-15, -8, 40, 200], [119.5, 3, 130, 4]], 120, 90), [[0, 0, 40, 90], [119, 3, 120, 4]]
+    )
     for empty in ([], np.zeros((0, 4)), np.zeros((0, 4), np.float32)):
         z = emb.embed(frame, empty)
         assert z.shape == (0, 512) and z.dtype == np.float32

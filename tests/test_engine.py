@@ -2,6 +2,7 @@
 
 The lifecycle shared by both trainer kinds (resume, NaN guard, precision, channels_last) is in test_lifecycle.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,6 @@ from reidkit.errors import ReIDError
 SYN = {"ids": 16, "images_per_id": 8, "cams": 3, "seed": 0}
 
 
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("engine")
@@ -39,13 +38,22 @@ def tiny_cfg(work: Path, out: str, **extra) -> dict:
     """A BoT config shrunk to seconds: resnet18 from scratch at 64x32, 2 batches of 4x4 per epoch."""
     cfg = {
         "_base_": "bot_r50.yaml",
-        "data": {"datasets": [{"name": "synthetic", "root": str(work / "syn"), "options": dict(SYN)}],
-                 "size": [64, 32]},
+        "data": {
+            "datasets": [{"name": "synthetic", "root": str(work / "syn"), "options": dict(SYN)}],
+            "size": [64, 32],
+        },
         "input": {"mean": None, "std": None},
         "sampler": {"p": 4, "k": 4, "epoch_batches": 2},
         "model": {"backbone": "resnet18", "pretrained": False},
-        "solver": {"max_epochs": 2, "warmup_epochs": 1, "warmup_factor": 0.1, "sched_epoch_offset": 0,
-                   "steps": [2], "eval_period": 1, "log_period": 1},
+        "solver": {
+            "max_epochs": 2,
+            "warmup_epochs": 1,
+            "warmup_factor": 0.1,
+            "sched_epoch_offset": 0,
+            "steps": [2],
+            "eval_period": 1,
+            "log_period": 1,
+        },
         "test": {"batch_size": 128},
         "device": "cpu",
         "output_dir": str(work / out),
@@ -100,15 +108,32 @@ def test_train_writes_every_output(full_run: Path):
     acc = EventAccumulator(str(events[0]))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/softmax", "train/triplet", "train/center",
-            "val/synthetic/mAP", "val/mean_score"} <= tags
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/softmax",
+        "train/triplet",
+        "train/center",
+        "val/synthetic/mAP",
+        "val/mean_score",
+    } <= tags
     lrs = [e.value for e in acc.Scalars("train/lr")]
     # warmup_multistep by epoch, 1 warmup epoch: 0.1 x 3.5e-4 in the first epoch, then 3.5e-4.
     assert lrs == pytest.approx([3.5e-5, 3.5e-5, 3.5e-4, 3.5e-4])
 
     ckpt = torch.load(full_run / "last.pt", map_location="cpu", weights_only=False)
-    for key in ["model", "optim", "scheduler", "sampler", "rng", "epoch", "best_score",
-                "model_cfg", "num_classes", "input_size"]:
+    for key in [
+        "model",
+        "optim",
+        "scheduler",
+        "sampler",
+        "rng",
+        "epoch",
+        "best_score",
+        "model_cfg",
+        "num_classes",
+        "input_size",
+    ]:
         assert key in ckpt, key
     assert len(ckpt["optim"]["extras"]) == 1  # the center loss's own SGD
     assert ckpt["epoch"] == 2 and ckpt["input_size"] == [64, 32]
@@ -120,8 +145,9 @@ def test_train_writes_every_output(full_run: Path):
 
 def test_test_command_reevaluates_weights(full_run: Path, capsys):
     out = full_run.parent / "tested"
-    code = cli_main(["test", "--config", str(full_run / "config.yaml"), "--weights", str(full_run / "model.pt"),
-                     "--out", str(out)])
+    code = cli_main(
+        ["test", "--config", str(full_run / "config.yaml"), "--weights", str(full_run / "model.pt"), "--out", str(out)]
+    )
     assert code == 0
     again = json.loads((out / "metrics.json").read_text())
     trained = json.loads((full_run / "metrics.json").read_text())
@@ -136,8 +162,7 @@ def test_test_command_reevaluates_weights(full_run: Path, capsys):
     assert "model.pt = the best validated weights" in (full_run / "train.log").read_text()
     from reidkit.engine.api import test as api_test
 
-    rr = api_test(full_run / "config.yaml", full_run / "model.pt", out_dir=out / "rr",
-                                 overrides=["test.rerank=true"])
+    rr = api_test(full_run / "config.yaml", full_run / "model.pt", out_dir=out / "rr", overrides=["test.rerank=true"])
     assert rr["rerank"] is True and 0 < rr["datasets"]["synthetic"]["mAP"] <= 100
 
 
@@ -176,9 +201,23 @@ def test_a_failed_run_is_reported_once_on_the_console(work: Path, tmp_path: Path
 
     path = write_cfg(tmp_path, "diverge", tiny_cfg(work, "diverge", solver__max_epochs=1))
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = procs.run([sys.executable, "-m", "reidkit.cli", "train", "--config", str(path),
-                           "solver.base_lr=1e30", "solver.warmup_epochs=0", "data.val=[]"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = procs.run(
+        [
+            sys.executable,
+            "-m",
+            "reidkit.cli",
+            "train",
+            "--config",
+            str(path),
+            "solver.base_lr=1e30",
+            "solver.warmup_epochs=0",
+            "data.val=[]",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("diverged") == 1 and "terminating" not in proc.stderr, proc.stderr
 
@@ -194,16 +233,29 @@ def test_tiny_model_learns(work: Path):
     """
     import dataclasses
 
-    cfg = tiny_cfg(work, "learn", solver__max_epochs=8, solver__eval_period=100, solver__warmup_epochs=0,
-                   solver__base_lr=1e-3, solver__steps=[6], sampler__epoch_batches=6, input__erase_p=0.0,
-                   solver__checkpoint_period=100)
+    cfg = tiny_cfg(
+        work,
+        "learn",
+        solver__max_epochs=8,
+        solver__eval_period=100,
+        solver__warmup_epochs=0,
+        solver__base_lr=1e-3,
+        solver__steps=[6],
+        sampler__epoch_batches=6,
+        input__erase_p=0.0,
+        solver__checkpoint_period=100,
+    )
     trainer = Trainer(cfg).setup()
     train = trainer.joint.parts[0].train
     first: dict[int, object] = {}
     for r in train:
         first.setdefault(r.pid, r)
-    seen = dataclasses.replace(trainer.joint.parts[0], name="seen",
-                               query=list(first.values()), gallery=[r for r in train if first[r.pid] is not r])
+    seen = dataclasses.replace(
+        trainer.joint.parts[0],
+        name="seen",
+        query=list(first.values()),
+        gallery=[r for r in train if first[r.pid] is not r],
+    )
     trainer.val_sets, trainer.val_prepared = [seen], None
     untrained = trainer.validate()["mean"]
     trained = trainer.fit()["mean"]
@@ -253,15 +305,29 @@ def test_schedules():
     assert lr_factor(load_config("bot_r50"), 0) == pytest.approx(0.109)
     cos = load_config("bot_r50", ["solver.scheduler=cosine", "solver.max_epochs=10", "solver.sched_epoch_offset=0"])
     assert [lr_factor(cos, e) for e in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
-    wc = load_config("bot_r50", ["solver.scheduler=warmup_cosine", "solver.max_epochs=12", "solver.warmup_epochs=2",
-                                 "solver.warmup_factor=0.1", "solver.sched_epoch_offset=0"])
+    wc = load_config(
+        "bot_r50",
+        [
+            "solver.scheduler=warmup_cosine",
+            "solver.max_epochs=12",
+            "solver.warmup_epochs=2",
+            "solver.warmup_factor=0.1",
+            "solver.sched_epoch_offset=0",
+        ],
+    )
     assert [lr_factor(wc, e) for e in (0, 1, 2, 7, 12)] == pytest.approx([0.1, 0.55, 1.0, 0.5, 0.0])
 
 
 def test_optimizers_and_layerwise_lrs(work: Path):
     for name, cls in [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)]:
-        cfg = tiny_cfg(work, f"opt_{name}", solver__optimizer=name, solver__backbone_lr_factor=0.1,
-                       solver__warmup_epochs=0, loss__names=["softmax", "triplet"])
+        cfg = tiny_cfg(
+            work,
+            f"opt_{name}",
+            solver__optimizer=name,
+            solver__backbone_lr_factor=0.1,
+            solver__warmup_epochs=0,
+            loss__names=["softmax", "triplet"],
+        )
         trainer = Trainer(cfg).setup()
         assert isinstance(trainer.optimizer, cls) and trainer.center_optimizer is None
         lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
@@ -317,7 +383,7 @@ def test_pil_loader_and_camera_sampler_train(work: Path):
     assert [r.camid for r in records] == list(sampler.camids)
     for batch in (b for epoch in range(1, 11) for b in sampler.global_batches(epoch)):
         for j in range(0, len(batch), 4):
-            group = batch[j:j + 4]
+            group = batch[j : j + 4]
             pid = {records[i].pid for i in group}
             assert len(pid) == 1
             cams_of_id = {r.camid for r in records if r.pid in pid}
@@ -329,10 +395,19 @@ def test_demo_pipeline_end_to_end(work: Path, capsys):
     from reidkit.engine.demo import format_demo_table, run_demo
 
     out = work / "demo"
-    metrics = run_demo(out, overrides=[
-        "data.datasets.0.options={ids: 12, images_per_id: 6, cams: 3, seed: 0}", "data.size=[64, 32]",
-        "solver.max_epochs=1", "sampler.p=4", "sampler.epoch_batches=2", "test.batch_size=64",
-    ], num_pictures=2, echo=False)
+    metrics = run_demo(
+        out,
+        overrides=[
+            "data.datasets.0.options={ids: 12, images_per_id: 6, cams: 3, seed: 0}",
+            "data.size=[64, 32]",
+            "solver.max_epochs=1",
+            "sampler.p=4",
+            "sampler.epoch_batches=2",
+            "test.batch_size=64",
+        ],
+        num_pictures=2,
+        echo=False,
+    )
     for key in ("before", "after", "after_rerank"):
         assert 0 < metrics[key]["mAP"] <= 100
     saved = json.loads((out / "metrics.json").read_text())
@@ -342,7 +417,12 @@ def test_demo_pipeline_end_to_end(work: Path, capsys):
     assert "after fine-tuning + re-ranking" in format_demo_table(metrics)
     # issue 21: from Python, with output not a terminal, each long step says when it is done
     err = capsys.readouterr().err
-    for step in ("demo: synthetic dataset: done in", "decoding training images: ", "evaluation synthetic query: ",
-                 "evaluation synthetic ranking (re-ranked): ", "demo: synthetic query: ",
-                 "demo: ranked lists: 2 pictures done in"):
+    for step in (
+        "demo: synthetic dataset: done in",
+        "decoding training images: ",
+        "evaluation synthetic query: ",
+        "evaluation synthetic ranking (re-ranked): ",
+        "demo: synthetic query: ",
+        "demo: ranked lists: 2 pictures done in",
+    ):
         assert step in err, (step, err)

@@ -1,4 +1,5 @@
 """Export: ONNX and TorchScript parity with PyTorch (dynamic batch), metadata, ONNX in extract_features and galleries."""
+
 from __future__ import annotations
 
 import shutil
@@ -72,10 +73,12 @@ def test_onnx_model_in_extract_features(ckpt):
 
     runner = load_feature_model(ckpt["onnx"])
     assert isinstance(runner, OnnxFeatureModel)
-    ref = extract_features(model, imgs, batch_size=2, flip=True, device="cpu", mean=model.mean, std=model.std,
-                           size=(64, 32))
-    got = extract_features(runner, imgs, batch_size=2, flip=True, device="cpu", mean=runner.mean,
-                           std=runner.std, size=(64, 32))
+    ref = extract_features(
+        model, imgs, batch_size=2, flip=True, device="cpu", mean=model.mean, std=model.std, size=(64, 32)
+    )
+    got = extract_features(
+        runner, imgs, batch_size=2, flip=True, device="cpu", mean=runner.mean, std=runner.std, size=(64, 32)
+    )
     assert float((ref - got).abs().max()) <= 1e-4
 
 
@@ -120,7 +123,9 @@ def test_gallery_accepts_onnx_export_of_its_checkpoint(ckpt, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(6):
-        Image.fromarray(rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}_c1s1_{i:06d}_01.png")
+        Image.fromarray(rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8)).save(
+            folder / f"{i:04d}_c1s1_{i:06d}_01.png"
+        )
     g = Gallery.build(folder, tmp_path / "db", weights=ckpt["weights"])
     via_onnx = Gallery.open(tmp_path / "db", weights=ckpt["onnx"])
     probe = folder / "0003_c1s1_000003_01.png"
@@ -154,7 +159,8 @@ def _write_crops(folder, n=3, seed=2):
     rng = np.random.default_rng(seed)
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(
-            folder / f"{i + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.png")
+            folder / f"{i + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.png"
+        )
     return folder
 
 
@@ -162,8 +168,12 @@ def test_extract_cli_accepts_torchscript_weights(ckpt, tmp_path, capsys):
     ts = export_model(ckpt["weights"], "torchscript", tmp_path / "model.ts")
     folder = _write_crops(tmp_path / "crops")
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    assert main(["extract", "--weights", str(ckpt["weights"]), "--images", str(folder), "--out", str(a),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["extract", "--weights", str(ckpt["weights"]), "--images", str(folder), "--out", str(a), "--device", "cpu"]
+        )
+        == 0
+    )
     capsys.readouterr()
     # TorchScript is a program: refused without --trust-checkpoint (one error naming the file and the flag)
     assert main(["extract", "--weights", str(ts), "--images", str(folder), "--out", str(b)]) == 2
@@ -253,5 +263,6 @@ def test_camera_aware_export_takes_camids(cam_model, tmp_path, fmt):
         runner(x)
     imgs = np.random.default_rng(0).integers(0, 256, (4, 32, 16, 3), dtype=np.uint8)
     kw = dict(flip=True, device="cpu", size=(32, 16), camids=[0, 1, 2, 0], batch_size=3)
-    torch.testing.assert_close(extract_features(runner, imgs, **kw), extract_features(cam_model, imgs, **kw),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        extract_features(runner, imgs, **kw), extract_features(cam_model, imgs, **kw), atol=1e-4, rtol=0
+    )

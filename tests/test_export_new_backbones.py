@@ -1,4 +1,5 @@
 """ONNX / TorchScript export of the new backbones: ViT with SIE (camera ids as a second input), JPM, OSNet, Swin."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,9 @@ from reidkit.models.build import ModelConfig, build_model, save_model
 
 CASES = {
     "vit_sie": dict(backbone="vit_small_patch16", stride_size=12, sie=True, num_cameras=3),
-    "transreid_jpm": dict(arch="transreid", backbone="vit_small_patch16", stride_size=12, sie=True,
-                          num_cameras=3, jpm=True),
+    "transreid_jpm": dict(
+        arch="transreid", backbone="vit_small_patch16", stride_size=12, sie=True, num_cameras=3, jpm=True
+    ),
     "osnet": dict(backbone="osnet_x0_25"),
     "swin": dict(backbone="swin_tiny", semantic_weight=0.2),
 }
@@ -66,7 +68,9 @@ def test_cli_export_then_extract_onnx_equals_torch(tmp_path: Path, name: str):
         arr = (np.random.default_rng(i).random((64, 32, 3)) * 255).astype(np.uint8)
         Image.fromarray(arr).save(crops / f"{i + 1:04d}_c{i % 3 + 1}s1_{i:06d}_00.jpg")  # cameras 1..3
     onnx = tmp_path / "m.onnx"
-    assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(onnx), "--size", "64", "32"]) == 0
+    assert (
+        main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(onnx), "--size", "64", "32"]) == 0
+    )
     a, b = tmp_path / "torch.npz", tmp_path / "onnx.npz"
     assert main(["extract", "--weights", str(weights), "--images", str(crops), "--out", str(a), "--no-flip"]) == 0
     assert main(["extract", "--onnx", str(onnx), "--images", str(crops), "--out", str(b), "--no-flip"]) == 0

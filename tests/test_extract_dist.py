@@ -1,4 +1,5 @@
 """Sharded extraction: 2 gloo ranks on CPU give the single-process features, in order, on every rank."""
+
 from __future__ import annotations
 
 import os
@@ -83,19 +84,59 @@ def test_torchrun_extract_cli_matches_single_process(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(5):
-        Image.fromarray(rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)).save(folder / f"{i + 1:04d}_c1s1_{i:06d}_00.png")
+        Image.fromarray(rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)).save(
+            folder / f"{i + 1:04d}_c1s1_{i:06d}_00.png"
+        )
     (folder / "0009_c2s1_000009_00.png").write_bytes(b"")  # skipped by every rank the same way
     single, multi = tmp_path / "single.npz", tmp_path / "multi.npz"
-    assert main(["extract", "--weights", str(weights), "--images", str(folder), "--out", str(single),
-                 "--device", "cpu", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(weights),
+                "--images",
+                str(folder),
+                "--out",
+                str(single),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-               PYTHON_EXEC=procs.python_shim())  # torchrun's workers: forks of the tests' server (tests/procs.py)
+    env.update(
+        OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]), PYTHON_EXEC=procs.python_shim()
+    )  # torchrun's workers: forks of the tests' server (tests/procs.py)
     proc = procs.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-         "-m", "reidkit.cli", "extract", "--weights", str(weights), "--images", str(folder),
-         "--out", str(multi), "--device", "cpu", "--batch-size", "2"],
-        env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "reidkit.cli",
+            "extract",
+            "--weights",
+            str(weights),
+            "--images",
+            str(folder),
+            "--out",
+            str(multi),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 ranks" in proc.stdout and proc.stdout.count("images -> ") == 1  # only rank 0 reports and writes
@@ -111,7 +152,8 @@ def _crop_folder(root: Path, n: int) -> Path:
     root.mkdir()
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(
-            root / f"{i % 5:04d}_c{i % 3 + 1}s1_{i:06d}_00.jpg")
+            root / f"{i % 5:04d}_c{i % 3 + 1}s1_{i:06d}_00.jpg"
+        )
     (root / "0009_c1s1_999999_00.jpg").write_bytes(b"")  # unreadable: skipped and listed, like a local run
     return root
 
@@ -149,10 +191,24 @@ def test_extract_cluster_options_are_one_clear_error(tmp_path, capsys):
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     ckpt = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
     crops = _crop_folder(tmp_path / "crops", 3)
-    base = ["extract", "--weights", str(ckpt), "--images", str(crops), "--out", str(tmp_path / "f.npz"), "--device", "cpu"]
-    for extra, msg in ((["--workers", "0"], "error: --workers: must be >= 1, got 0"),
-                       (["--workers", "2", "--cluster", "tcp://127.0.0.1:1"],
-                        "error: --cluster: give workers (a local cluster) or a cluster address, not both")):
+    base = [
+        "extract",
+        "--weights",
+        str(ckpt),
+        "--images",
+        str(crops),
+        "--out",
+        str(tmp_path / "f.npz"),
+        "--device",
+        "cpu",
+    ]
+    for extra, msg in (
+        (["--workers", "0"], "error: --workers: must be >= 1, got 0"),
+        (
+            ["--workers", "2", "--cluster", "tcp://127.0.0.1:1"],
+            "error: --cluster: give workers (a local cluster) or a cluster address, not both",
+        ),
+    ):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1] == msg and not (tmp_path / "f.npz").exists()

@@ -1,4 +1,5 @@
 """Feature extraction (flip TTA, neck_feat, paths), the extract CLI and evaluate()."""
+
 import json
 import re
 from pathlib import Path
@@ -73,8 +74,9 @@ def test_neck_feat_on_reid_model_never_mutates_it():
     with torch.no_grad():
         model.head.neck.bn.running_mean.uniform_(-0.2, 0.2)
     imgs = _images(3, 32, 16)
-    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(model.mean).view(1, 3, 1, 1)) \
-        / torch.tensor(model.std).view(1, 3, 1, 1)
+    x = (
+        torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(model.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(model.std).view(1, 3, 1, 1)
     with torch.no_grad():
         pooled = model.backbone.forward_features(x).mean(dim=(2, 3))
         after = model(x)
@@ -136,16 +138,29 @@ def test_extract_cli(tmp_path):
     for name in names:
         Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(folder / name)
     out = tmp_path / "features.npz"
-    assert main(["extract", "--weights", str(weights), "--images", str(tmp_path / "crops"),
-                 "--out", str(out), "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(weights),
+                "--images",
+                str(tmp_path / "crops"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     with np.load(out) as z:
         assert z["features"].shape == (3, model.feat_dim)
         np.testing.assert_allclose(np.linalg.norm(z["features"], axis=1), 1.0, atol=1e-5)
         assert [Path(p).name for p in z["paths"]] == sorted(names)
         np.testing.assert_array_equal(z["camids"], [0, 2, 1])
         np.testing.assert_array_equal(z["pids"], [1, 2, 7])
-    assert main(["extract", "--weights", str(weights), "--images", str(tmp_path / "nothing"),
-                 "--out", str(out)]) == 2
+    assert main(["extract", "--weights", str(weights), "--images", str(tmp_path / "nothing"), "--out", str(out)]) == 2
 
 
 def test_amp_autocast_dtypes():
@@ -175,8 +190,9 @@ def test_extract_cli_onnx_matches_weights(tmp_path):
     for name in ["0001_c1s1_000001_00.jpg", "0002_c2s1_000002_00.jpg", "0003_c1s2_000003_00.png"]:
         Image.fromarray(rng.integers(0, 256, (40, 20, 3), dtype=np.uint8)).save(folder / name)
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    assert main(["extract", "--weights", str(weights), "--images", str(folder), "--out", str(a),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["extract", "--weights", str(weights), "--images", str(folder), "--out", str(a), "--device", "cpu"]) == 0
+    )
     assert main(["extract", "--onnx", str(onnx_file), "--images", str(folder), "--out", str(b)]) == 0
     with np.load(a) as za, np.load(b) as zb:
         np.testing.assert_allclose(zb["features"], za["features"], atol=1e-4, rtol=0)
@@ -184,12 +200,10 @@ def test_extract_cli_onnx_matches_weights(tmp_path):
         np.testing.assert_array_equal(za["camids"], zb["camids"])
     # exactly one model source
     with pytest.raises(SystemExit):
-        main(["extract", "--weights", str(weights), "--onnx", str(onnx_file), "--images", str(folder),
-              "--out", str(b)])
+        main(["extract", "--weights", str(weights), "--onnx", str(onnx_file), "--images", str(folder), "--out", str(b)])
     with pytest.raises(SystemExit):
         main(["extract", "--images", str(folder), "--out", str(b)])
-    assert main(["extract", "--onnx", str(tmp_path / "missing.onnx"), "--images", str(folder),
-                 "--out", str(b)]) == 2
+    assert main(["extract", "--onnx", str(tmp_path / "missing.onnx"), "--images", str(folder), "--out", str(b)]) == 2
     assert main(["extract", "--onnx", str(weights), "--images", str(folder), "--out", str(b)]) == 2
 
 
@@ -202,8 +216,9 @@ def _records(pids, cams, tag):
 def test_evaluate_from_features_writes_metrics(tmp_path):
     from reidkit.evaluation.evaluator import evaluate
 
-    ds = SimpleNamespace(name="toy", query=_records([1, 2], [0, 0], "q"),
-                         gallery=_records([2, 1, 0, 1], [1, 1, 1, 1], "g"))
+    ds = SimpleNamespace(
+        name="toy", query=_records([1, 2], [0, 0], "q"), gallery=_records([2, 1, 0, 1], [1, 1, 1, 1], "g")
+    )
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     g = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.0, 1.0], [-1.0, 0.0]])
     res = evaluate({"query": q, "gallery": g}, ds, out_dir=tmp_path)
@@ -252,8 +267,10 @@ def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, c
     empty.write_bytes(b"")
     out = tmp_path / "f.npz"
     capsys.readouterr()
-    assert main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out), "--device", "cpu"])
+        == 0
+    )
     text = capsys.readouterr()
     assert "1 skipped" in text.out and str(empty) in text.err and "skipped 1" in text.err
     with np.load(out) as z:
@@ -262,8 +279,23 @@ def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, c
         np.testing.assert_array_equal(z["camids"], [0, 1])
         np.testing.assert_array_equal(z["pids"], [1, 2])
     out.unlink()
-    assert main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out),
-                 "--device", "cpu", "--strict"]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(tiny_weights),
+                "--images",
+                str(folder),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--strict",
+            ]
+        )
+        == 2
+    )
     _one_line_error(capsys, empty, "--strict")
     assert not out.exists()
 
@@ -278,17 +310,33 @@ def test_extract_unwritable_out(tmp_path, tiny_weights, capsys):
     blocker.write_text("x")
     for out in (blocker / "f.npz", tmp_path):
         capsys.readouterr()
-        assert main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out),
-                     "--device", "cpu"]) == 2
+        assert (
+            main(
+                [
+                    "extract",
+                    "--weights",
+                    str(tiny_weights),
+                    "--images",
+                    str(folder),
+                    "--out",
+                    str(out),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 2
+        )
         _one_line_error(capsys, out, "--out")
 
 
 def _market(tmp_path):
     rng = np.random.default_rng(0)
     base = tmp_path / "data" / "Market-1501-v15.09.15"
-    layout = {"bounding_box_train": ["0005_c1s1_000001_00", "0005_c2s1_000002_00"],
-              "query": ["0001_c1s1_000010_00"],
-              "bounding_box_test": ["0001_c1s1_000020_00", "0001_c2s1_000021_00", "0002_c2s1_000022_00"]}
+    layout = {
+        "bounding_box_train": ["0005_c1s1_000001_00", "0005_c2s1_000002_00"],
+        "query": ["0001_c1s1_000010_00"],
+        "bounding_box_test": ["0001_c1s1_000020_00", "0001_c2s1_000021_00", "0002_c2s1_000022_00"],
+    }
     for folder, names in layout.items():
         (base / folder).mkdir(parents=True)
         for name in names:
@@ -329,8 +377,24 @@ def test_visrank_rank1_hit_skips_same_camera_junk(tmp_path, capsys):
     npz = tmp_path / "f.npz"
     np.savez(npz, query=np.array([[1.0, 0.0]]), gallery=np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
     out = tmp_path / "vis"
-    assert main(["visrank", "--features", str(npz), "--dataset", "market1501", "--root", str(root),
-                 "--out", str(out), "--metric", "euclidean"]) == 0
+    assert (
+        main(
+            [
+                "visrank",
+                "--features",
+                str(npz),
+                "--dataset",
+                "market1501",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--metric",
+                "euclidean",
+            ]
+        )
+        == 0
+    )
     assert "mAP 100.00  rank-1 100.00" in capsys.readouterr().out
     page = (out / "index.html").read_text()
     row = [line for line in page.splitlines() if "query_00000.png" in line][0]

@@ -1,5 +1,6 @@
 """What a gallery stores and compares across cameras is embedded by the float model while association runs
 int8 (reidkit.video.embedder.float_twin, used by reidkit.video.pipeline); the exact resume still holds."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ class _Float(_Int8):
 def video(tmp_path_factory):
     from reidkit.data.scene import generate_scene
 
-    rep = generate_scene(tmp_path_factory.mktemp("fs") / "s", cams=1, ids=3, frames=40, size=(120, 160), fps=10,
-                         seed=2, speed=1.0)
+    rep = generate_scene(
+        tmp_path_factory.mktemp("fs") / "s", cams=1, ids=3, frames=40, size=(120, 160), fps=10, seed=2, speed=1.0
+    )
     return rep.videos[0], rep.gt[0]
 
 
@@ -55,8 +57,10 @@ def test_stored_features_are_the_float_model_s_and_resume_is_exact(video, monkey
     feats = np.concatenate([c.features for c in full])
     assert len(feats) >= 3 and int8.calls > 0  # tracklets made; the tracker saw the int8 features
     assert np.abs(feats[:, :6]).max() == 0 and np.allclose(np.linalg.norm(feats[:, 6:], axis=1), 1, atol=1e-5)
-    flat = lambda cs: [(c.state["next_frame"], [e["meta"]["boxes"] for e in c.entries], c.features.tolist())  # noqa: E731
-                       for c in cs]
+
+    def flat(cs):
+        return [(c.state["next_frame"], [e["meta"]["boxes"] for e in c.entries], c.features.tolist()) for c in cs]
+
     for cut in (1, 3):
         rest = list(pl.process_video(job, s, int8, json.loads(json.dumps(full[cut - 1].state))))
         assert flat(rest) == flat(full[cut:])

@@ -5,6 +5,7 @@ Build, add, delete by id / tracklet / camera / path, search with filters (camera
 tracklet entries and state, the service's answers and its follower, a killed and re-run writer; and the
 issue's must-show: the CLI on ``--db milvus:./g.db`` answers exactly as the embedded default on the same crops.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,16 +60,26 @@ def data(tmp_path_factory):
     weights = save_model(root / "tiny.pth", build_model(cfg, 8), cfg, 8, (64, 32))
     from reidkit.inference import FeatureExtractor
 
-    return {"root": root, "gal": gal, "more": more, "query": query, "qcam": qcam, "pcam": pcam,
-            "planted": str(planted.resolve()), "weights": weights, "galleries": {},
-            "ext": FeatureExtractor.load(weights)}
+    return {
+        "root": root,
+        "gal": gal,
+        "more": more,
+        "query": query,
+        "qcam": qcam,
+        "pcam": pcam,
+        "planted": str(planted.resolve()),
+        "weights": weights,
+        "galleries": {},
+        "ext": FeatureExtractor.load(weights),
+    }
 
 
 def _built(data, backend: str) -> Gallery:
     """The same crops built into `backend` once per module."""
     if backend not in data["galleries"]:
-        data["galleries"][backend] = Gallery.build(data["gal"], _db(data["root"], backend, "built"),
-                                                   extractor=data["ext"])
+        data["galleries"][backend] = Gallery.build(
+            data["gal"], _db(data["root"], backend, "built"), extractor=data["ext"]
+        )
     return data["galleries"][backend]
 
 
@@ -120,9 +131,20 @@ def test_add_delete_tracklets_state(data, backend):
     assert g.add(data["more"])["added"] == 0 and g.generation == gen0 + 1  # nothing new: no write
     dim = g.identity.feat_dim
     f = np.random.default_rng(0).standard_normal((4, dim)).astype(np.float32)
-    ents = [{"path": "/videos/cam9.mp4", "kind": "tracklet", "tracklet": f"cam9:{i}", "camera": "cam9" if i < 3 else "cam8",
-             "frame_start": 10 * i, "frame_end": 10 * i + 9, "t_start": float(i), "t_end": i + 0.5,
-             "meta": {"boxes": [[1, 2, 3, 4]]}} for i in range(4)]
+    ents = [
+        {
+            "path": "/videos/cam9.mp4",
+            "kind": "tracklet",
+            "tracklet": f"cam9:{i}",
+            "camera": "cam9" if i < 3 else "cam8",
+            "frame_start": 10 * i,
+            "frame_end": 10 * i + 9,
+            "t_start": float(i),
+            "t_end": i + 0.5,
+            "meta": {"boxes": [[1, 2, 3, 4]]},
+        }
+        for i in range(4)
+    ]
     ids = g.add_entries(f, ents, state={"video:cam9": {"frame": 40}})
     assert len(set(ids)) == 4 and len(g) == n0 + 7 and g.get_state("video:cam9") == {"frame": 40}
     assert g.get_state("nope") is None
@@ -132,8 +154,11 @@ def test_add_delete_tracklets_state(data, backend):
     assert all(r["camera"] != "cam9" for r in g.search(f[1], k=50, exclude_camera="cam9"))
     timed = g.search(f[1], k=50, t_min=0.9, t_max=2.1)
     assert sorted(r["tracklet"] for r in timed) == ["cam9:1", "cam9:2"]
-    assert [e["tracklet"] for e in g.entries(kind="tracklet", camera="cam9")] == ["cam9:0", "cam9:1", "cam9:2"] or \
-        sorted(e["tracklet"] for e in g.entries(kind="tracklet", camera="cam9")) == ["cam9:0", "cam9:1", "cam9:2"]
+    assert [e["tracklet"] for e in g.entries(kind="tracklet", camera="cam9")] == [
+        "cam9:0",
+        "cam9:1",
+        "cam9:2",
+    ] or sorted(e["tracklet"] for e in g.entries(kind="tracklet", camera="cam9")) == ["cam9:0", "cam9:1", "cam9:2"]
     assert g.delete(tracklet="cam9:1") == 1 and len(g) == n0 + 6
     assert g.delete(camera="cam9") == 2 and g.delete(ids=[ids[3]]) == 1
     first = g.entries(kind="image")[0]
@@ -160,8 +185,9 @@ def test_delete_unknown_filter_lists_what_exists(data, backend, capsys, monkeypa
     with pytest.raises(OptionError, match=r"^tracklet: no entry has tracklet 'x:1'; the gallery's tracklets: none$"):
         g.delete(tracklet="x:1")
     f = np.random.default_rng(0).standard_normal((25, g.identity.feat_dim)).astype(np.float32)
-    g.add_entries(f, [{"path": "/v.mp4", "kind": "tracklet", "tracklet": f"t{i:02d}", "camera": "c1"}
-                      for i in range(25)])
+    g.add_entries(
+        f, [{"path": "/v.mp4", "kind": "tracklet", "tracklet": f"t{i:02d}", "camera": "c1"} for i in range(25)]
+    )
     with pytest.raises(OptionError) as e:
         g.delete(tracklet="t99")
     assert e.value.option == "tracklet"
@@ -254,8 +280,9 @@ def test_killed_writer_rerun_loses_and_duplicates_nothing(data, backend, tmp_pat
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return procs.run([sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return procs.run(
+        [sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _cli_here(args: list[str], cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
@@ -327,7 +354,7 @@ def test_collection_names_and_content_ids(tmp_path):
     from reidkit.retrieval.backends.milvus.client import entry_id
 
     a = entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/a.mp4"})
-    assert a == entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/elsewhere.mp4"}) < 2 ** 53
+    assert a == entry_id({"kind": "tracklet", "tracklet": "cam1:7", "path": "/elsewhere.mp4"}) < 2**53
     assert entry_id({"kind": "image", "path": "/x.jpg"}) != entry_id({"kind": "image", "path": "/y.jpg"})
     with pytest.raises(ReIDError, match=r"^collection: "):
         Gallery.open(f"milvus:{tmp_path / 'x.db'}", collection="bad name;")

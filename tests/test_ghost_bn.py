@@ -1,4 +1,5 @@
 """Ghost BatchNorm: N groups of one batch behave as N separate BatchNorm layers (one per GPU)."""
+
 from __future__ import annotations
 
 import copy
@@ -26,7 +27,9 @@ def _input(kind: str, b: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     shape = (b, 4, 3, 2) if kind == "2d" else (b, 4)
     # Each sample gets its own offset so the groups' statistics really differ.
-    return torch.randn(*shape, generator=g) * 2.0 + torch.arange(b, dtype=torch.float32).view(b, *([1] * (len(shape) - 1)))
+    return torch.randn(*shape, generator=g) * 2.0 + torch.arange(b, dtype=torch.float32).view(
+        b, *([1] * (len(shape) - 1))
+    )
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d"])
@@ -60,10 +63,12 @@ def test_ghost_equals_separate_bn_passes(kind: str, groups: int) -> None:
     dims = (0, 2, 3) if kind == "2d" else (0,)
     stats = [(c.mean(dims), c.var(dims, unbiased=True)) for c in x.chunk(groups)]
     m = ref.momentum
-    torch.testing.assert_close(ghost.running_mean,
-                               (1 - m) * ref.running_mean + m * torch.stack([s[0] for s in stats]).mean(0))
-    torch.testing.assert_close(ghost.running_var,
-                               (1 - m) * ref.running_var + m * torch.stack([s[1] for s in stats]).mean(0))
+    torch.testing.assert_close(
+        ghost.running_mean, (1 - m) * ref.running_mean + m * torch.stack([s[0] for s in stats]).mean(0)
+    )
+    torch.testing.assert_close(
+        ghost.running_var, (1 - m) * ref.running_var + m * torch.stack([s[1] for s in stats]).mean(0)
+    )
 
 
 def test_ghost_differs_from_whole_batch_bn_and_eval_is_unchanged() -> None:

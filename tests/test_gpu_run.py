@@ -1,5 +1,6 @@
 """benchmarks/gpu_run.sh end to end on the CPU (--dry-run, tiny sizes): every step writes its JSON
 and the summary prints one table. The GPU machine runs the same script at full size."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,20 @@ def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_run")
     # every `$PYTHON` the script starts is a fork of the tests' server (tests/procs.py): the same Python
     # and libraries, without eight interpreter starts
-    env = dict(os.environ, OUT=str(out), PYTHON=procs.python_shim(),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=2400)
+    env = dict(
+        os.environ,
+        OUT=str(out),
+        PYTHON=procs.python_shim(),
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     return out, proc
 
 
@@ -68,8 +79,9 @@ def test_a_killed_step_leaves_the_others(tmp_path):
     """The summary of a run whose later steps never finished names them missing and keeps the rest."""
     from benchmarks import gpu_steps
 
-    (tmp_path / "cpu-dryrun-data.json").write_text(json.dumps(
-        {"train_images": 10, "seconds": 1.0, "ids": 2, "size": [64, 32], "root": "x"}))
+    (tmp_path / "cpu-dryrun-data.json").write_text(
+        json.dumps({"train_images": 10, "seconds": 1.0, "ids": 2, "size": [64, 32], "root": "x"})
+    )
     text = gpu_steps.summary(tmp_path)
     assert "| 0 data | generate 10 train images" in text
     for step in ("1 benchmarks.run", "2 full_run", "3 usl", "3 usl-ghost", "4 video"):

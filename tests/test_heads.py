@@ -1,4 +1,5 @@
 """Heads: pooling, BNNeck, embedding head, margin classifiers (checked against their formulas)."""
+
 import math
 
 import pytest
@@ -7,8 +8,16 @@ from torch import nn
 
 from reidkit.errors import ReIDError
 from reidkit.models.heads import (
-    ArcFace, AvgMaxPool, CircleClassifier, CosFace, EmbeddingHead, GeM, LinearClassifier,
-    ReIDHead, build_classifier, build_pooling,
+    ArcFace,
+    AvgMaxPool,
+    CircleClassifier,
+    CosFace,
+    EmbeddingHead,
+    GeM,
+    LinearClassifier,
+    ReIDHead,
+    build_classifier,
+    build_pooling,
 )
 
 

@@ -4,6 +4,7 @@ A real uvicorn server (tests/test_browser.py's `serving` helper) on 127.0.0.1 se
 images and tracklets (core router + reidkit.video.routes.tracklet_routes). Each case is sent on one
 persistent HTTP/1.1 connection, followed by a good request on the same socket: a 500 used to reset it.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -40,16 +41,29 @@ def server(tmp_path_factory):
     imgs.mkdir()
     rng = np.random.default_rng(2)
     for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(imgs / f"{i:04d}_c{i % 2 + 1}s1_{i:06d}_01.png")
+        Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(
+            imgs / f"{i:04d}_c{i % 2 + 1}s1_{i:06d}_01.png"
+        )
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
     db = root / "secret-server-folder" / "db"
     g = Gallery.build(imgs, db, weights=weights)
     feats = rng.normal(size=(3, g.identity.feat_dim)).astype(np.float32)
-    entries = [{"path": f"video{j}.avi", "kind": "tracklet", "tracklet": f"cam{j % 2 + 1}-{j}", "camera": f"cam{j % 2 + 1}",
-                "frame_start": 1, "frame_end": 5, "t_start": 0.0, "t_end": 0.4,
-                "meta": {"boxes": [[f, 1, 2, 20, 40, 0.9] for f in range(1, 6)], "fps": 10}} for j in range(3)]
+    entries = [
+        {
+            "path": f"video{j}.avi",
+            "kind": "tracklet",
+            "tracklet": f"cam{j % 2 + 1}-{j}",
+            "camera": f"cam{j % 2 + 1}",
+            "frame_start": 1,
+            "frame_end": 5,
+            "t_start": 0.0,
+            "t_end": 0.4,
+            "meta": {"boxes": [[f, 1, 2, 20, 40, 0.9] for f in range(1, 6)], "fps": 10},
+        }
+        for j in range(3)
+    ]
     ids = g.add_entries(feats, entries)
     g = Gallery.open(db, weights=weights)
     jpeg = root / "q.jpg"
@@ -68,8 +82,14 @@ def server(tmp_path_factory):
     log.addHandler(keep)
     try:
         with serving(app) as url:
-            yield {"url": url, "db": db, "tracklet_id": ids[0], "jpeg": jpeg.read_bytes(), "root": root,
-                   "errors": errors}
+            yield {
+                "url": url,
+                "db": db,
+                "tracklet_id": ids[0],
+                "jpeg": jpeg.read_bytes(),
+                "root": root,
+                "errors": errors,
+            }
     finally:
         log.removeHandler(keep)
 
@@ -80,8 +100,14 @@ def _multipart(fields: dict[str, tuple[str, bytes, str] | str]) -> tuple[bytes, 
     for name, value in fields.items():
         if isinstance(value, tuple):
             fname, data, ctype = value
-            out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{fname}"\r\n'
-                    f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n"
+            out += (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{fname}"\r\n'
+                    f"Content-Type: {ctype}\r\n\r\n"
+                ).encode()
+                + data
+                + b"\r\n"
+            )
         else:
             out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
     return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
@@ -99,14 +125,32 @@ def _deep(n: int, open_: str = "[") -> bytes:
 CASES = [
     ("tracklet id beyond int64", "GET", f"/tracklets/{BIG}", None, 422, "beyond the largest gallery id"),
     ("tracklet id 10**30 as JSON", "POST", "/tracklets/search", lambda c: _json({"tracklet": 10**30}), 422, "tracklet"),
-    ("tracklet key of 20 digits as JSON", "POST", "/tracklets/search", lambda c: _json({"tracklet": str(BIG)}), 422,
-     "beyond the largest gallery id"),
-    ("exclude_camera an object", "POST", "/tracklets/search",
-     lambda c: _json({"tracklet": "1", "exclude_camera": {"a": 1}}), 422, "exclude_camera"),
-    ("exclude_camera empty", "POST", "/tracklets/search", lambda c: _json({"tracklet": "1", "exclude_camera": ""}), 422,
-     "exclude_camera"),
+    (
+        "tracklet key of 20 digits as JSON",
+        "POST",
+        "/tracklets/search",
+        lambda c: _json({"tracklet": str(BIG)}),
+        422,
+        "beyond the largest gallery id",
+    ),
+    (
+        "exclude_camera an object",
+        "POST",
+        "/tracklets/search",
+        lambda c: _json({"tracklet": "1", "exclude_camera": {"a": 1}}),
+        422,
+        "exclude_camera",
+    ),
+    (
+        "exclude_camera empty",
+        "POST",
+        "/tracklets/search",
+        lambda c: _json({"tracklet": "1", "exclude_camera": ""}),
+        422,
+        "exclude_camera",
+    ),
     ("100,000 nested [", "POST", "/tracklets/search", lambda c: _json(_deep(100_000)), 422, "nested deeper"),
-    ("2,000 nested {\"a\":", "POST", "/tracklets/search", lambda c: _json(b'{"a":' * 2000), 422, "nested deeper"),
+    ('2,000 nested {"a":', "POST", "/tracklets/search", lambda c: _json(b'{"a":' * 2000), 422, "nested deeper"),
     ("negative id", "POST", "/tracklets/search", lambda c: _json({"tracklet": -1}), 422, "tracklet"),
     ("fractional id", "POST", "/tracklets/search", lambda c: _json({"tracklet": 1.5}), 422, "tracklet"),
     ("boolean id", "POST", "/tracklets/search", lambda c: _json({"tracklet": True}), 422, "tracklet"),
@@ -118,8 +162,14 @@ CASES = [
     ("not JSON", "POST", "/tracklets/search", lambda c: _json(b'{"tracklet": '), 422, "invalid JSON"),
     ("key with a slash", "POST", "/tracklets/search", lambda c: _json({"tracklet": "a/../b"}), 422, "tracklet"),
     ("key of 400 chars", "POST", "/tracklets/search", lambda c: _json({"tracklet": "x" * 400}), 422, "tracklet"),
-    ("JSON over 16 kB", "POST", "/tracklets/search", lambda c: _json({"tracklet": "x", "pad": "y" * 20000}), 413,
-     "too large"),
+    (
+        "JSON over 16 kB",
+        "POST",
+        "/tracklets/search",
+        lambda c: _json({"tracklet": "x", "pad": "y" * 20000}),
+        413,
+        "too large",
+    ),
     ("unknown key", "GET", "/tracklets/no-such-key", None, 404, "no tracklet 'no-such-key'"),
     ("unknown id", "GET", "/tracklets/123456", None, 404, "no tracklet '123456'"),
     ("unknown id as JSON", "POST", "/tracklets/search", lambda c: _json({"tracklet": 123456}), 404, "no tracklet"),
@@ -127,34 +177,76 @@ CASES = [
     ("ref with a space", "GET", "/tracklets/a%20b", None, 422, "tracklet"),
     ("k=0", "POST", "/tracklets/search?k=0", lambda c: _json({"tracklet": 1}), 422, "k:"),
     ("k=abc", "POST", "/tracklets/search?k=abc", lambda c: _json({"tracklet": 1}), 422, "k:"),
-    ("k beyond int64 on /search", "POST", f"/search?k={BIG}", lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg")}),
-     422, "k:"),
-    ("exclude_camid beyond int64", "POST", f"/search?exclude_camid={BIG}",
-     lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg")}), 422, "exclude_camid"),
+    (
+        "k beyond int64 on /search",
+        "POST",
+        f"/search?k={BIG}",
+        lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg")}),
+        422,
+        "k:",
+    ),
+    (
+        "exclude_camid beyond int64",
+        "POST",
+        f"/search?exclude_camid={BIG}",
+        lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg")}),
+        422,
+        "exclude_camid",
+    ),
     ("image id beyond int64", "GET", f"/images/{BIG}", None, 400, "non-negative integer"),
     ("image id unknown", "GET", "/images/77777", None, 404, "no gallery image"),
     ("thumb traversal", "GET", "/thumbs/..%2Fmeta.sqlite", None, 404, "Not Found"),  # no route matches
     ("thumb dot-name", "GET", "/thumbs/.x.jpg", None, 400, "thumbnail"),
     ("thumb missing", "GET", "/thumbs/nothing_0.jpg", None, 404, "no thumbnail"),
-    ("box of two numbers", "POST", "/tracklets/search",
-     lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "1,2"}), 400, "box: expected"),
-    ("box outside the image", "POST", "/tracklets/search",
-     lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "500,500,900,900"}), 400, "outside"),
-    ("exclude_camera of 300 chars", "POST", "/tracklets/search",
-     lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "exclude_camera": "c" * 300}), 422,
-     "exclude_camera"),
-    ("text as image", "POST", "/tracklets/search", lambda c: _multipart({"file": ("a.txt", b"hello", "text/plain")}), 415,
-     "not an image"),
-    ("truncated JPEG", "POST", "/search", lambda c: _multipart({"file": ("q.jpg", c["jpeg"][:200], "image/jpeg")}), 400,
-     "corrupt"),
+    (
+        "box of two numbers",
+        "POST",
+        "/tracklets/search",
+        lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "1,2"}),
+        400,
+        "box: expected",
+    ),
+    (
+        "box outside the image",
+        "POST",
+        "/tracklets/search",
+        lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "box": "500,500,900,900"}),
+        400,
+        "outside",
+    ),
+    (
+        "exclude_camera of 300 chars",
+        "POST",
+        "/tracklets/search",
+        lambda c: _multipart({"file": ("q.jpg", c["jpeg"], "image/jpeg"), "exclude_camera": "c" * 300}),
+        422,
+        "exclude_camera",
+    ),
+    (
+        "text as image",
+        "POST",
+        "/tracklets/search",
+        lambda c: _multipart({"file": ("a.txt", b"hello", "text/plain")}),
+        415,
+        "not an image",
+    ),
+    (
+        "truncated JPEG",
+        "POST",
+        "/search",
+        lambda c: _multipart({"file": ("q.jpg", c["jpeg"][:200], "image/jpeg")}),
+        400,
+        "corrupt",
+    ),
     ("text/plain body", "POST", "/tracklets/search", lambda c: (b"tracklet=1", "text/plain"), 400, "expected"),
     ("JSON to /search", "POST", "/search", lambda c: _json({"tracklet": 1}), 400, "multipart"),
 ]
 
 
 @pytest.mark.parametrize("name,method,path,body,status,phrase", CASES, ids=[c[0] for c in CASES])
-def test_bad_request_is_4xx_with_a_message_and_the_connection_survives(server, name, method, path, body, status,
-                                                                       phrase):
+def test_bad_request_is_4xx_with_a_message_and_the_connection_survives(
+    server, name, method, path, body, status, phrase
+):
     host, port = server["url"].rsplit("//", 1)[1].split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     try:
@@ -186,8 +278,12 @@ def test_bad_request_is_4xx_with_a_message_and_the_connection_survives(server, n
 def test_good_json_query_still_answers(server):
     import httpx
 
-    r = httpx.post(server["url"] + "/tracklets/search", json={"tracklet": server["tracklet_id"], "exclude_camera": "x"},
-                   headers=AUTH, timeout=60)
+    r = httpx.post(
+        server["url"] + "/tracklets/search",
+        json={"tracklet": server["tracklet_id"], "exclude_camera": "x"},
+        headers=AUTH,
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["query"]["excluded_camera"] == "x"
     r = httpx.post(server["url"] + "/tracklets/search", json={"tracklet": "cam1-0"}, headers=AUTH, timeout=60)
@@ -225,7 +321,9 @@ def test_index_page_shows_the_link_in_a_browser(server):
             page = browser.new_page()
             page.goto(server["url"] + "/")
             page.wait_for_selector("#pages a")
-            links = page.eval_on_selector_all("#pages a", "els => els.map(e => [e.getAttribute('href'), e.textContent])")
+            links = page.eval_on_selector_all(
+                "#pages a", "els => els.map(e => [e.getAttribute('href'), e.textContent])"
+            )
             assert links == [["/tracklets", "Tracklets"]]
         finally:
             browser.close()

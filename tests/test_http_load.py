@@ -6,6 +6,7 @@ limit above that size here, so the global budget of decoded pixels in flight is 
 request is answered 200 or 503 (with Retry-After), and the peak RSS stays under the idle RSS plus the
 stated upload memory budget.
 """
+
 from __future__ import annotations
 
 import io
@@ -70,8 +71,24 @@ def test_concurrent_huge_png_uploads_stay_within_the_memory_budget(gallery_db, t
     db, small = gallery_db
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "reidkit.cli", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),
-           "--max-image-pixels", "40000000", "--upload-memory-mb", str(BUDGET_MB), "--upload-wait", "20"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reidkit.cli",
+        "serve",
+        "--db",
+        str(db),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-image-pixels",
+        "40000000",
+        "--upload-memory-mb",
+        str(BUDGET_MB),
+        "--upload-wait",
+        "20",
+    ]
     log = (tmp_path / "server.log").open("w")
     proc = procs.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -132,10 +149,12 @@ def test_concurrent_huge_png_uploads_stay_within_the_memory_budget(gallery_db, t
         statuses = sorted(s for s, _, _ in answers)
         lat = sorted(t for _, t, _ in answers)
         mb = 1024 * 1024
-        print(f"\n{CLIENTS} x {SIDE}x{SIDE} PNG ({len(png) / 1024:.0f} kB each), budget {BUDGET_MB} MB: "
-              f"statuses {statuses}; RSS before {before / mb:.0f} MB, peak {peak[0] / mb:.0f} MB "
-              f"(+{(peak[0] - before) / mb:.0f} MB); latency min {lat[0]:.2f} s, median {lat[len(lat) // 2]:.2f} s, "
-              f"max {lat[-1]:.2f} s; wall {wall:.1f} s")
+        print(
+            f"\n{CLIENTS} x {SIDE}x{SIDE} PNG ({len(png) / 1024:.0f} kB each), budget {BUDGET_MB} MB: "
+            f"statuses {statuses}; RSS before {before / mb:.0f} MB, peak {peak[0] / mb:.0f} MB "
+            f"(+{(peak[0] - before) / mb:.0f} MB); latency min {lat[0]:.2f} s, median {lat[len(lat) // 2]:.2f} s, "
+            f"max {lat[-1]:.2f} s; wall {wall:.1f} s"
+        )
         assert len(answers) == CLIENTS
         assert set(statuses) <= {200, 503} and 200 in statuses, answers
         for s, _, headers in answers:

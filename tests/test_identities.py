@@ -1,12 +1,20 @@
 """reidkit.cluster.identities: constrained clustering of tracklets into global identities, on
 hand-built features and times (no model, no gallery)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from reidkit.cluster.identities import (Links, cluster_identities, impossible_pairs, load_links, rerank_distance,
-                                        split_violations, violations)
+from reidkit.cluster.identities import (
+    Links,
+    cluster_identities,
+    impossible_pairs,
+    load_links,
+    rerank_distance,
+    split_violations,
+    violations,
+)
 from reidkit.errors import ReIDError
 
 
@@ -97,8 +105,10 @@ def test_incremental_keeps_old_ids():
     same = _feats([0, 0], noise=0.0)
     ids = cluster_identities(same, ["cam1", "cam2"], [0, 10], [1, 11], threshold=0.9, fixed=[5, 9], next_id=10)
     assert ids.tolist() == [5, 9]
-    assert cluster_identities(f, CAMS, T0, T1, threshold=0.3, fixed=fixed, next_id=4).tolist() == \
+    assert (
         cluster_identities(f, CAMS, T0, T1, threshold=0.3, fixed=fixed, next_id=4).tolist()
+        == cluster_identities(f, CAMS, T0, T1, threshold=0.3, fixed=fixed, next_id=4).tolist()
+    )
 
 
 def test_split_of_a_violating_identity():

@@ -1,6 +1,7 @@
 """Global identities end to end on a generated 3-camera chain scene: `reidkit scene`, `reidkit video`,
 `reidkit identities` (incremental, then with and without camera links), `reidkit identities export`,
 `reidkit eval-tracks`; constraints hold (no identity holds two overlapping tracklets of one camera)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,24 @@ def _cli(*args: str) -> str:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("mct")
-    _cli("scene", str(root / "s"), "--cams", "3", "--ids", "9", "--frames", "120", "--size", "120x160",
-         "--speed", "1.0", "--transit", "1,3", "--seed", "1")
+    _cli(
+        "scene",
+        str(root / "s"),
+        "--cams",
+        "3",
+        "--ids",
+        "9",
+        "--frames",
+        "120",
+        "--size",
+        "120x160",
+        "--speed",
+        "1.0",
+        "--transit",
+        "1,3",
+        "--seed",
+        "1",
+    )
     return root
 
 
@@ -93,8 +110,16 @@ def test_end_to_end_metrics_and_links_help(scene, ingested):
     # the same features clustered without the camera links: some impossible merges happen
     _cli("identities", "--db", str(scene / "db"), "--rebuild", "--threshold", "0.7")
     loose, _ = _evaluate(scene, "pred_nolinks")
-    _cli("identities", "--db", str(scene / "db"), "--rebuild", "--threshold", "0.7", "--links",
-         str(scene / "s" / "links.yaml"))
+    _cli(
+        "identities",
+        "--db",
+        str(scene / "db"),
+        "--rebuild",
+        "--threshold",
+        "0.7",
+        "--links",
+        str(scene / "s" / "links.yaml"),
+    )
     linked, _ = _evaluate(scene, "pred_links2")
     assert linked["multi_camera"]["IDF1"] > loose["multi_camera"]["IDF1"] + 5
     assert linked["multi_camera"]["IDF1"] > 80
@@ -167,18 +192,24 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
             lanes = page.eval_on_selector_all(f"{card} .lane", "ls => ls.map(l => l.dataset.camera)")
             assert lanes == true_cams  # the person's cameras, as the scene's ground truth has them
             blocks = page.eval_on_selector_all(
-                f"{card} .tl", "bs => bs.map(b => ({key: b.dataset.tracklet, cam: b.dataset.camera, t0: +b.dataset.t0,"
-                               " t1: +b.dataset.t1}))")
+                f"{card} .tl",
+                "bs => bs.map(b => ({key: b.dataset.tracklet, cam: b.dataset.camera, t0: +b.dataset.t0,"
+                " t1: +b.dataset.t1}))",
+            )
             assert sorted(b["key"] for b in blocks) == sorted(r["tracklet"] for r in mine)
             for b in blocks:  # each block lies where the ground truth has the person in that camera
                 frames = gts[b["cam"]][gts[b["cam"]][:, 1] == pid, 0]
                 assert (frames.min() - 1) / 10 - 0.05 <= b["t0"] <= b["t1"] <= (frames.max() - 1) / 10 + 0.05
             page.wait_for_function(
-                f"[...document.querySelectorAll(\"{card} .tl img\")].every((i) => i.complete && i.naturalWidth > 0)")
+                f'[...document.querySelectorAll("{card} .tl img")].every((i) => i.complete && i.naturalWidth > 0)'
+            )
             first = min(blocks, key=lambda b: b["t0"])
             page.click(f"{card} .tl[data-tracklet='{first['key']}']")
             page.wait_for_function("document.querySelectorAll('#detail tr').length > 2")
-            shown = [int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")]
+            shown = [
+                int(t)
+                for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")
+            ]
             gt_frames = set(gts[first["cam"]][gts[first["cam"]][:, 1] == pid, 0].astype(int).tolist())
             assert shown == sorted(shown) and set(shown) <= gt_frames and len(shown) >= 3
             _screenshot(page, tmp_path / "identities.png", "REIDKIT_SCREENSHOT_IDENTITIES")

@@ -1,5 +1,6 @@
 """reidkit.inference.FeatureExtractor: engines (BatchNorm folded, ONNX Runtime with a cache by hash),
 options per call, files with skips, and the model I/O modules importing one way."""
+
 from __future__ import annotations
 
 import sys
@@ -191,7 +192,8 @@ def test_index_build_and_add_run_the_engine_they_are_given(tmp_path, monkeypatch
     crops.mkdir()
     for i in range(4):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(
-            crops / f"{i:04d}_c{i % 2 + 1}s1_000001_00.jpg")
+            crops / f"{i:04d}_c{i % 2 + 1}s1_000001_00.jpg"
+        )
     size = ["--size", "64", "32"]
     assert main(["index", "build", "--images", str(crops), "--db", str(tmp_path / "t"), *size]) == 0
     assert not (tmp_path / "home" / "onnx-cache").exists()  # torch (the default) exports nothing

@@ -5,6 +5,7 @@ loads it through ``load_model`` and compares the features with a literal, functi
 re-implementation of that project's inference forward, which reads the tensors by the foreign
 names (cosine >= 0.9999 and allclose).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -33,10 +34,13 @@ def _randomize(sd: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, t
 
 
 def _bn_params(dim: int, gen: torch.Generator, prefix: str) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.weight": torch.rand(dim, generator=gen) + 0.5, f"{prefix}.bias": torch.randn(dim, generator=gen) * 0.1,
-            f"{prefix}.running_mean": torch.randn(dim, generator=gen) * 0.1,
-            f"{prefix}.running_var": torch.rand(dim, generator=gen) + 0.5,
-            f"{prefix}.num_batches_tracked": torch.tensor(7)}
+    return {
+        f"{prefix}.weight": torch.rand(dim, generator=gen) + 0.5,
+        f"{prefix}.bias": torch.randn(dim, generator=gen) * 0.1,
+        f"{prefix}.running_mean": torch.randn(dim, generator=gen) * 0.1,
+        f"{prefix}.running_var": torch.rand(dim, generator=gen) + 0.5,
+        f"{prefix}.num_batches_tracked": torch.tensor(7),
+    }
 
 
 def _cos_ok(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -50,8 +54,16 @@ def _cos_ok(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _bn(x, sd, p):
-    return F.batch_norm(x, sd[f"{p}.running_mean"].reshape(-1), sd[f"{p}.running_var"].reshape(-1),
-                        sd[f"{p}.weight"].reshape(-1), sd[f"{p}.bias"].reshape(-1), False, 0.0, 1e-5)
+    return F.batch_norm(
+        x,
+        sd[f"{p}.running_mean"].reshape(-1),
+        sd[f"{p}.running_var"].reshape(-1),
+        sd[f"{p}.weight"].reshape(-1),
+        sd[f"{p}.bias"].reshape(-1),
+        False,
+        0.0,
+        1e-5,
+    )
 
 
 def _norm1(x, sd, p):
@@ -197,7 +209,7 @@ def test_fastreid_embedding_avgpool_module_prefix_default_pixels(tmp_path):
     assert model.input_size == [128, 64] and model.feat_dim == 32
     assert model.mean == pytest.approx([0.485, 0.456, 0.406], abs=1e-6)
     img = torch.rand(2, 3, 64, 32, generator=gen) * 255
-    sd = {k[len("module."):]: v for k, v in ckpt["model"].items()}
+    sd = {k[len("module.") :]: v for k, v in ckpt["model"].items()}
     with torch.no_grad():
         _cos_ok(model(_norm_input(img, model)), _fastreid_reference(img, sd, embed=True))
 
@@ -209,8 +221,11 @@ def test_fastreid_unsupported_part_is_named(tmp_path):
     with pytest.raises(ReIDError, match=r"heads\.attention\.weight"):
         load_foreign(ckpt)
     ckpt = _fastreid_ckpt(gen, depth=18)
-    ckpt["model"] = {("backbone.conv1.0.weight" if k == "backbone.conv1.weight" else k): v
-                     for k, v in ckpt["model"].items() if not k.startswith("backbone.layer")}
+    ckpt["model"] = {
+        ("backbone.conv1.0.weight" if k == "backbone.conv1.weight" else k): v
+        for k, v in ckpt["model"].items()
+        if not k.startswith("backbone.layer")
+    }
     with pytest.raises(ReIDError, match="only ResNet-family"):
         load_foreign(ckpt, fmt="fastreid")
 
@@ -282,8 +297,9 @@ def test_torchreid_resnet_fc512_and_plain(tmp_path):
         v = F.relu(_bn(F.linear(v, sd["fc.0.weight"], sd["fc.0.bias"]), sd, "fc.1"))
         _cos_ok(model(x), v)
     # plain torchreid resnet: the pooled map, last stride 2
-    plain = dict(backbone, **{"classifier.weight": torch.randn(9, 512, generator=gen),
-                              "classifier.bias": torch.zeros(9)})
+    plain = dict(
+        backbone, **{"classifier.weight": torch.randn(9, 512, generator=gen), "classifier.bias": torch.zeros(9)}
+    )
     model = load_foreign(plain)
     with torch.no_grad():
         ref = F.adaptive_avg_pool2d(_resnet(x, plain, "", last_stride=2), 1).flatten(1)
@@ -330,7 +346,9 @@ def _vit_block(x, sd, p, heads):
     qkv = F.linear(h, sd[f"{p}.attn.qkv.weight"], sd.get(f"{p}.attn.qkv.bias")).reshape(b, n, 3, heads, c // heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     attn = (q @ k.transpose(-2, -1) * (c // heads) ** -0.5).softmax(-1)
-    x = x + F.linear((attn @ v).transpose(1, 2).reshape(b, n, c), sd[f"{p}.attn.proj.weight"], sd[f"{p}.attn.proj.bias"])
+    x = x + F.linear(
+        (attn @ v).transpose(1, 2).reshape(b, n, c), sd[f"{p}.attn.proj.weight"], sd[f"{p}.attn.proj.bias"]
+    )
     h = F.gelu(F.linear(_ln(x, sd, f"{p}.norm2"), sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"]))
     return x + F.linear(h, sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
 
@@ -338,7 +356,7 @@ def _vit_block(x, sd, p, heads):
 def _shuffle_unit(features, shift, group, begin=1):
     """TransReID's shuffle_unit, literally: shift, then patch shuffle in ``group`` groups."""
     b, _, dim = features.shape
-    x = torch.cat([features[:, begin - 1 + shift:], features[:, begin:begin - 1 + shift]], dim=1)
+    x = torch.cat([features[:, begin - 1 + shift :], features[:, begin : begin - 1 + shift]], dim=1)
     try:
         x = x.view(b, group, -1, dim)
     except RuntimeError:
@@ -359,8 +377,12 @@ def _transreid_reference(img, sd, cams, heads, stride, neck_feat, lam=3.0):
     length = (t.shape[1] - 1) // 4
     token = t[:, 0:1]
     xs = _shuffle_unit(t, 5, 2)
-    locs = [_ln(_vit_block(torch.cat([token, xs[:, i * length:(i + 1) * length]], 1), sd, "b2.0", heads), sd, "b2.1")[:, 0]
-            for i in range(4)]
+    locs = [
+        _ln(_vit_block(torch.cat([token, xs[:, i * length : (i + 1) * length]], 1), sd, "b2.0", heads), sd, "b2.1")[
+            :, 0
+        ]
+        for i in range(4)
+    ]
     if neck_feat == "before":
         return torch.cat([glob] + [f / 4 for f in locs], 1)
     bns = [_bn(glob, sd, "bottleneck")] + [_bn(f, sd, f"bottleneck_{i + 1}") / 4 for i, f in enumerate(locs)]
@@ -370,13 +392,16 @@ def _transreid_reference(img, sd, cams, heads, stride, neck_feat, lam=3.0):
 def _transreid_state(gen, dim=384, depth=3, cams=3, grid=(5, 2)):
     from reidkit.models.backbones.vit import VisionTransformer
 
-    vit = VisionTransformer(embed_dim=dim, depth=depth, num_heads=6, img_size=(64, 32), stride_size=12, sie=True,
-                            num_cameras=cams)
+    vit = VisionTransformer(
+        embed_dim=dim, depth=depth, num_heads=6, img_size=(64, 32), stride_size=12, sie=True, num_cameras=cams
+    )
     assert vit.grid == grid
     base = {f"base.{k}": v for k, v in _randomize(vit.state_dict(), gen).items()}
     base["base.fc.weight"] = torch.randn(1000, dim, generator=gen)
     base["base.fc.bias"] = torch.zeros(1000)
-    block = {k[len(f"base.blocks.{depth - 1}."):]: v for k, v in base.items() if k.startswith(f"base.blocks.{depth - 1}.")}
+    block = {
+        k[len(f"base.blocks.{depth - 1}.") :]: v for k, v in base.items() if k.startswith(f"base.blocks.{depth - 1}.")
+    }
     sd = dict(base)
     for b in ("b1", "b2"):
         sd.update({f"{b}.0.{k}": v + torch.randn(v.shape, generator=gen) * 0.02 for k, v in block.items()})
@@ -444,8 +469,13 @@ def _solider_state(gen, sw=0.2):
 
     sd = {}
     for k, v in own.items():
-        k2 = (k.replace("patch_embed.proj", "patch_embed.projection").replace("layers.", "stages.")
-              .replace(".attn.", ".attn.w_msa.").replace("mlp.fc1", "ffn.layers.0.0").replace("mlp.fc2", "ffn.layers.1"))
+        k2 = (
+            k.replace("patch_embed.proj", "patch_embed.projection")
+            .replace("layers.", "stages.")
+            .replace(".attn.", ".attn.w_msa.")
+            .replace("mlp.fc1", "ffn.layers.0.0")
+            .replace("mlp.fc2", "ffn.layers.1")
+        )
         if ".downsample." in k:
             v = to_unfold(v)
         if k.startswith("norm."):
@@ -466,7 +496,9 @@ def _solider_reference(img, sd, net, sw, neck_feat):
     x = (img - 0.5) / 0.5
     x = F.conv2d(x, sd["base.patch_embed.projection.weight"], sd["base.patch_embed.projection.bias"], stride=4)
     hw = x.shape[2:]
-    x = F.layer_norm(x.flatten(2).transpose(1, 2), (16,), sd["base.patch_embed.norm.weight"], sd["base.patch_embed.norm.bias"])
+    x = F.layer_norm(
+        x.flatten(2).transpose(1, 2), (16,), sd["base.patch_embed.norm.weight"], sd["base.patch_embed.norm.bias"]
+    )
     w = torch.tensor([[sw, 1 - sw]]).expand(x.shape[0], 2)
     for i in range(4):
         for blk in net.layers[i].blocks:
@@ -478,9 +510,11 @@ def _solider_reference(img, sd, net, sw, neck_feat):
             m = F.layer_norm(m, m.shape[-1:], sd[f"{d}.norm.weight"], sd[f"{d}.norm.bias"])
             x = F.linear(m, sd[f"{d}.reduction.weight"])
             hw = (hw[0] // 2, hw[1] // 2)
-        x = x * F.softplus(F.linear(w, sd[f"base.semantic_embed_w.{i}.weight"], sd[f"base.semantic_embed_w.{i}.bias"])
-                           ).unsqueeze(1) + F.linear(w, sd[f"base.semantic_embed_b.{i}.weight"],
-                                                     sd[f"base.semantic_embed_b.{i}.bias"]).unsqueeze(1)
+        x = x * F.softplus(
+            F.linear(w, sd[f"base.semantic_embed_w.{i}.weight"], sd[f"base.semantic_embed_w.{i}.bias"])
+        ).unsqueeze(1) + F.linear(
+            w, sd[f"base.semantic_embed_b.{i}.weight"], sd[f"base.semantic_embed_b.{i}.bias"]
+        ).unsqueeze(1)
     out = F.layer_norm(out, out.shape[-1:], sd["base.norm3.weight"], sd["base.norm3.bias"])
     glob = F.linear(out.mean(1), sd["fcneck.weight"])
     return glob if neck_feat == "before" else _bn(glob, sd, "bottleneck")
@@ -532,8 +566,9 @@ def test_fmt_forces_format_and_detection_order():
         load_foreign(sd, bogus=1)
     # a torchreid-layout file named as strong_baseline fails with a clear error, not a wrong model
     with pytest.raises(ReIDError, match="strong_baseline"):
-        load_foreign({"conv1.weight": torch.zeros(64, 3, 7, 7), "classifier.weight": torch.zeros(3, 512)},
-                     fmt="strong_baseline")
+        load_foreign(
+            {"conv1.weight": torch.zeros(64, 3, 7, 7), "classifier.weight": torch.zeros(3, 512)}, fmt="strong_baseline"
+        )
 
 
 def test_foreign_checkpoints_export_with_parity(tmp_path):
@@ -571,26 +606,109 @@ def test_foreign_weights_through_every_verb(tmp_path, capsys):
         arr = (np.random.default_rng(i).random((64, 32, 3)) * 255).astype(np.uint8)
         Image.fromarray(arr).save(crops / f"{i + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.jpg")
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    assert main(["extract", "--weights", str(path), "--from", "fastreid", "--images", str(crops), "--out", str(a),
-                 "--size", "64", "32", "--no-flip"]) == 0
-    assert main(["extract", "--weights", str(path), "--images", str(crops), "--out", str(b), "--size", "64", "32",
-                 "--no-flip"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(path),
+                "--from",
+                "fastreid",
+                "--images",
+                str(crops),
+                "--out",
+                str(a),
+                "--size",
+                "64",
+                "32",
+                "--no-flip",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(path),
+                "--images",
+                str(crops),
+                "--out",
+                str(b),
+                "--size",
+                "64",
+                "32",
+                "--no-flip",
+            ]
+        )
+        == 0
+    )
     fa, fb = np.load(a)["features"], np.load(b)["features"]
     assert fa.shape == (4, 512) and np.allclose(fa, fb)
-    assert main(["index", "build", "--images", str(crops), "--db", str(tmp_path / "db"), "--weights", str(path),
-                 "--from", "fastreid"]) == 0
-    assert main(["export", "--weights", str(path), "--from", "fastreid", "--format", "onnx",
-                 "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--images",
+                str(crops),
+                "--db",
+                str(tmp_path / "db"),
+                "--weights",
+                str(path),
+                "--from",
+                "fastreid",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--weights",
+                str(path),
+                "--from",
+                "fastreid",
+                "--format",
+                "onnx",
+                "--out",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 0
+    )
     assert "parity" in capsys.readouterr().out
     syn = tmp_path / "syn"
     load_dataset("synthetic", syn, ids=4, images_per_id=4, cams=2, seed=0)
-    cfg = {"data": {"datasets": [{"name": "synthetic", "root": str(syn),
-                                  "options": {"ids": 4, "images_per_id": 4, "cams": 2, "seed": 0}}]},
-           "device": "cpu", "output_dir": str(tmp_path / "t")}
+    cfg = {
+        "data": {
+            "datasets": [
+                {"name": "synthetic", "root": str(syn), "options": {"ids": 4, "images_per_id": 4, "cams": 2, "seed": 0}}
+            ]
+        },
+        "device": "cpu",
+        "output_dir": str(tmp_path / "t"),
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["test", "--config", str(tmp_path / "c.yaml"), "--weights", str(path), "--from", "fastreid"]) == 0
     assert (tmp_path / "t" / "test" / "metrics.json").is_file()
     # a named format that does not fit the keys is one clear error
-    assert main(["extract", "--weights", str(path), "--from", "solider", "--images", str(crops),
-                 "--out", str(tmp_path / "c.npz")]) == 2
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(path),
+                "--from",
+                "solider",
+                "--images",
+                str(crops),
+                "--out",
+                str(tmp_path / "c.npz"),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.count("error:") == 1

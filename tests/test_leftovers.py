@@ -6,6 +6,7 @@ with its pid in the folder it wrote to (nothing in ``$TMPDIR``), and the next ru
 gallery's lock files, kept beside its folder, are named by `index check`; a `reidkit video` whose disk fills
 after some chunks were committed says what the gallery then holds, not that it is unchanged.
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,8 +68,9 @@ def tiny(tmp_path_factory):
 def _child(code: str, env: dict[str, str]) -> subprocess.Popen:
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **env}
     e.pop("REIDKIT_TEST_CRASH_AT", None)
-    return procs.Popen([sys.executable, "-c", _FRESH_TEMP + code], env=e, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
+    return procs.Popen(
+        [sys.executable, "-c", _FRESH_TEMP + code], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _dead_pid() -> int:
@@ -189,8 +191,9 @@ def test_killed_onnx_export_leaves_one_pid_named_temp_that_the_next_use_removes(
 
     home, tmpdir = tmp_path / "home", tmp_path / "tmpdir"
     tmpdir.mkdir()
-    p = _child(_EXPORT_THEN_DIE.format(weights=str(tiny["weights"])),
-               {"REIDKIT_HOME": str(home), "TMPDIR": str(tmpdir)})
+    p = _child(
+        _EXPORT_THEN_DIE.format(weights=str(tiny["weights"])), {"REIDKIT_HOME": str(home), "TMPDIR": str(tmpdir)}
+    )
     out, err = p.communicate(timeout=300)
     assert p.returncode == -signal.SIGKILL, (out, err[-3000:])
     cache = home / "onnx-cache"
@@ -220,14 +223,25 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
-def test_killed_index_build_leaves_its_build_folder_that_check_names_and_the_next_build_removes(tiny, tmp_path,
-                                                                                              overwrite):
+def test_killed_index_build_leaves_its_build_folder_that_check_names_and_the_next_build_removes(
+    tiny, tmp_path, overwrite
+):
     from reidkit.retrieval.backends.protocol import CRASH_ENV
 
     db, tmpdir = tmp_path / "g" / "db", tmp_path / "tmpdir"
     tmpdir.mkdir()
-    build = ["index", "build", "--db", str(db), "--images", str(tiny["crops"]), "--weights", str(tiny["weights"]),
-             "--engine", "torch"] + (["--overwrite"] if overwrite else [])
+    build = [
+        "index",
+        "build",
+        "--db",
+        str(db),
+        "--images",
+        str(tiny["crops"]),
+        "--weights",
+        str(tiny["weights"]),
+        "--engine",
+        "torch",
+    ] + (["--overwrite"] if overwrite else [])
     env = {"REIDKIT_HOME": str(tmp_path / "home")}
     if overwrite:
         assert _cli(build, env).returncode == 0
@@ -279,18 +293,34 @@ def test_index_check_names_the_lock_files_kept_beside_the_gallery(tiny, tmp_path
 def scene(tmp_path_factory):
     from reidkit.data.scene import generate_scene
 
-    return generate_scene(tmp_path_factory.mktemp("scene") / "s", cams=1, ids=2, frames=40, size=(96, 128),
-                          fps=10, seed=0, speed=1.0)
+    return generate_scene(
+        tmp_path_factory.mktemp("scene") / "s", cams=1, ids=2, frames=40, size=(96, 128), fps=10, seed=0, speed=1.0
+    )
 
 
 def _video(tiny, scene, db: Path) -> list[str]:
-    return ["video", str(scene.videos[0]), "--detections", str(scene.gt[0]), "--db", str(db), "--chunk", "10",
-            "--weights", str(tiny["weights"]), "--engine", "torch", "--streams", "1"]
+    return [
+        "video",
+        str(scene.videos[0]),
+        "--detections",
+        str(scene.gt[0]),
+        "--db",
+        str(db),
+        "--chunk",
+        "10",
+        "--weights",
+        str(tiny["weights"]),
+        "--engine",
+        "torch",
+        "--streams",
+        "1",
+    ]
 
 
 @pytest.mark.parametrize("where", ["database", "thumbnail"])
-def test_video_on_a_disk_that_fills_after_a_commit_says_what_the_gallery_holds(tiny, scene, tmp_path, capsys,
-                                                                            monkeypatch, where):
+def test_video_on_a_disk_that_fills_after_a_commit_says_what_the_gallery_holds(
+    tiny, scene, tmp_path, capsys, monkeypatch, where
+):
     """The disk fills once the run has moved the gallery's generation (a chunk committed): the error must not
     say the gallery is unchanged; it says where the gallery stands, and the same command resumes from there."""
     from reidkit.retrieval.backends.sqlite import store as store_sqlite  # where _commit looks it up

@@ -4,6 +4,7 @@ Exact resume, resume=auto, the NaN guard, fp16 refused on CPU, bf16 and channels
 console lines, final weights after a resume at the last epoch, temp files of killed writes. (The
 supervised-only engine details are in test_engine.py; nothing is tested in both files.)
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ def make_cfg(kind: str, syn: Path, out: Path, **over) -> dict:
         "data": {"datasets": [{"name": "synthetic", "root": str(syn), "options": dict(SYN)}], "size": [64, 32]},
         "input": {"pad": 4},
         "model": {"backbone": "resnet18", "pretrained": False},
-        "solver": {"max_epochs": 2, "warmup_epochs": 0, "steps": [10], "eval_period": 1, "log_period": 1,
-                   "base_lr": 3.5e-4},
+        "solver": {
+            "max_epochs": 2,
+            "warmup_epochs": 0,
+            "steps": [10],
+            "eval_period": 1,
+            "log_period": 1,
+            "base_lr": 3.5e-4,
+        },
         "test": {"batch_size": 64},
         "device": "cpu",
         "seed": 3,
@@ -50,8 +57,16 @@ def make_cfg(kind: str, syn: Path, out: Path, **over) -> dict:
         cfg["solver"]["warmup_epochs"] = 0
     else:
         cfg["_base_"] = "usl_cluster_contrast.yaml"
-        cfg["usl"] = {"k1": 6, "k2": 3, "eps": 0.6, "min_samples": 2, "batch_size": 12, "num_instances": 4,
-                      "iters_per_epoch": 2, "outliers": "singleton"}
+        cfg["usl"] = {
+            "k1": 6,
+            "k2": 3,
+            "eps": 0.6,
+            "min_samples": 2,
+            "batch_size": 12,
+            "num_instances": 4,
+            "iters_per_epoch": 2,
+            "outliers": "singleton",
+        }
     return with_overrides(cfg, over)
 
 
@@ -151,14 +166,20 @@ def test_bf16_channels_last_tensorboard_and_console_lines(kind, syn, tmp_path, c
 
     def spy(module, inputs, output):
         if module.training:
-            seen.append((output.dtype, module.weight.is_contiguous(memory_format=torch.channels_last),
-                         inputs[0].is_contiguous(memory_format=torch.channels_last)))
+            seen.append(
+                (
+                    output.dtype,
+                    module.weight.is_contiguous(memory_format=torch.channels_last),
+                    inputs[0].is_contiguous(memory_format=torch.channels_last),
+                )
+            )
 
     handler = console_logging(show_iterations=False)
     try:
         out = tmp_path / "fast"
-        trainer = trainer_cls(kind)(make_cfg(kind, syn, out, solver__amp="bf16", data__channels_last=True,
-                                             solver__max_epochs=1))
+        trainer = trainer_cls(kind)(
+            make_cfg(kind, syn, out, solver__amp="bf16", data__channels_last=True, solver__max_epochs=1)
+        )
         trainer.setup()
         trainer.net.backbone.conv1.register_forward_hook(spy)
         result = trainer.fit()
@@ -223,8 +244,16 @@ def test_corrupt_training_images_are_counted_in_the_log_and_metrics(kind, syn, t
 
 
 def test_freeze_backbone_keeps_weights_and_batchnorm_statistics(syn, tmp_path):
-    trainer = SupervisedTrainer(make_cfg("supervised", syn, tmp_path / "frozen", solver__max_epochs=1,
-                                         solver__freeze_backbone=True, solver__eval_period=5))
+    trainer = SupervisedTrainer(
+        make_cfg(
+            "supervised",
+            syn,
+            tmp_path / "frozen",
+            solver__max_epochs=1,
+            solver__freeze_backbone=True,
+            solver__eval_period=5,
+        )
+    )
     trainer.setup()
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
     trainer.fit()

@@ -1,5 +1,6 @@
 """Live frame sources (reidkit.video.live): pacing, bounded buffers that skip by rule, reconnects, faults,
 and a real stream served by ffmpeg on 127.0.0.1 (issue 32)."""
+
 import shutil
 import time
 
@@ -94,9 +95,11 @@ def test_a_slow_consumer_skips_the_oldest_frames_and_its_lag_stays_bounded(clip)
 
 
 def test_a_dropped_stream_reconnects_and_a_corrupt_frame_is_counted():
-    sessions = [FakeCapture([_img(1), _img(2), _img(3)]),
-                FakeCapture([], opened=False),  # the camera is down for one attempt
-                FakeCapture([_img(4), _img(5, h=40), _img(6)])]  # a frame of another size: corrupt
+    sessions = [
+        FakeCapture([_img(1), _img(2), _img(3)]),
+        FakeCapture([], opened=False),  # the camera is down for one attempt
+        FakeCapture([_img(4), _img(5, h=40), _img(6)]),
+    ]  # a frame of another size: corrupt
     opened = []
 
     def opener(url, open_timeout, read_timeout):
@@ -120,8 +123,12 @@ def test_a_camera_that_never_connects_is_reported_and_does_not_hold_up_another()
 
     frames = [_img(i) for i in range(10)]
     bad = LiveSource("rtsp://127.0.0.1:9/none", "cam2", backoff=(0.01, 0.02), opener=down).start()
-    good = LiveSource("rtsp://127.0.0.1/cam1", "cam1", buffer=16,
-                      opener=lambda *_: FakeCapture(frames if frames else [], opened=bool(frames))).start()
+    good = LiveSource(
+        "rtsp://127.0.0.1/cam1",
+        "cam1",
+        buffer=16,
+        opener=lambda *_: FakeCapture(frames if frames else [], opened=bool(frames)),
+    ).start()
     t0 = time.monotonic()
     assert bad.read(timeout=0.3) is None
     assert time.monotonic() - t0 < 1.0
@@ -143,8 +150,9 @@ def test_frame_index_follows_the_wall_clock_and_always_increases():
 def test_a_real_http_stream_is_read_and_a_killed_server_is_reconnected(clip):
     port = free_port()
     server = serve_stream(clip, port)
-    src = LiveSource(f"http://127.0.0.1:{port}/", "cam1", buffer=64, backoff=(0.2, 0.5),
-                     open_timeout=5, read_timeout=3).start()
+    src = LiveSource(
+        f"http://127.0.0.1:{port}/", "cam1", buffer=64, backoff=(0.2, 0.5), open_timeout=5, read_timeout=3
+    ).start()
     try:
         first = _collect(src, 30, timeout=20)
         assert len(first) >= 27, f"{len(first)} of 30 frames over HTTP"  # the last few may be cut at the end

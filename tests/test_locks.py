@@ -1,4 +1,5 @@
 """The package's one inter-process lock (reidkit.utils.locks.PidLock) never writes through what sits at its name."""
+
 from __future__ import annotations
 
 import os

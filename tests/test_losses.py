@@ -1,4 +1,5 @@
 """Losses checked against values computed by hand from their formulas."""
+
 import math
 
 import pytest
@@ -6,8 +7,13 @@ import torch
 
 from reidkit.errors import ReIDError
 from reidkit.losses import (
-    CenterLoss, LossConfig, UncertaintyWeighting, build_criterion, cross_entropy_ls,
-    rescale_center_grad, triplet_loss,
+    CenterLoss,
+    LossConfig,
+    UncertaintyWeighting,
+    build_criterion,
+    cross_entropy_ls,
+    rescale_center_grad,
+    triplet_loss,
 )
 
 
@@ -241,6 +247,7 @@ def test_register_user_loss_and_weights():
 
     try:
         import reidkit
+
         assert reidkit.register_loss is register_loss and "l2_feat" in LOSSES
         out, labels = _outputs(), torch.tensor([0, 0, 1, 1])
         ce = cross_entropy_ls(out["logits"], labels, 0.1)
@@ -282,7 +289,7 @@ def test_unknown_loss_is_the_registry_did_you_mean_error():
 def test_registered_loss_must_build_a_module_returning_a_scalar():
     from reidkit.losses import LOSSES, register_loss
 
-    register_loss("not_module", lambda cfg, n, d: (lambda o, y: o["feat"].sum()))
+    register_loss("not_module", lambda cfg, n, d: lambda o, y: o["feat"].sum())
     register_loss("vector", lambda cfg, n, d: _Vector())
     try:
         with pytest.raises(ReIDError, match="not_module.*nn.Module"):
@@ -313,8 +320,13 @@ def test_criterion_state_keeps_the_centres_under_their_loss_name():
 
 
 def test_learnable_weights_start_at_the_fixed_weights():
-    cfg = LossConfig(names=["softmax", "triplet", "center"], id_weight=0.5, metric_weight=2.0,
-                     center_weight=5e-4, learnable_weights=True)
+    cfg = LossConfig(
+        names=["softmax", "triplet", "center"],
+        id_weight=0.5,
+        metric_weight=2.0,
+        center_weight=5e-4,
+        learnable_weights=True,
+    )
     crit = build_criterion(cfg, num_classes=2, feat_dim=2)
     # s_i = -log(w_i), so exp(-s_i) = w_i
     want_s = [-math.log(0.5), -math.log(2.0), -math.log(5e-4)]

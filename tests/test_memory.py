@@ -67,9 +67,7 @@ def test_cluster_memory_loss_and_update_in_backward():
     torch.testing.assert_close(loss, expect)
     torch.testing.assert_close(mem.features, before)  # forward does not touch the memory
     loss.backward()
-    g_ref = torch.autograd.grad(
-        F.cross_entropy(F.normalize(feats, dim=1) @ before.T / 0.05, y), feats
-    )[0]
+    g_ref = torch.autograd.grad(F.cross_entropy(F.normalize(feats, dim=1) @ before.T / 0.05, y), feats)[0]
     torch.testing.assert_close(feats.grad, g_ref)  # gradient against the pre-update entries
     after = ClusterMemory(8, 4)
     after.features = before.clone()
@@ -144,8 +142,12 @@ def test_dec_formulas_and_gradient():
     mu = torch.randn(4, 3, generator=g)
     for alpha in (1.0, 2.5):
         q = student_t_assignment(z, mu, alpha)
-        num = torch.tensor([[(1 + float(((z[i] - mu[j]) ** 2).sum()) / alpha)
-                             ** (-(alpha + 1) / 2) for j in range(4)] for i in range(7)])
+        num = torch.tensor(
+            [
+                [(1 + float(((z[i] - mu[j]) ** 2).sum()) / alpha) ** (-(alpha + 1) / 2) for j in range(4)]
+                for i in range(7)
+            ]
+        )
         torch.testing.assert_close(q, num / num.sum(1, keepdim=True))
         torch.testing.assert_close(q.sum(1), torch.ones(7))
     q = student_t_assignment(z, mu)
@@ -156,9 +158,7 @@ def test_dec_formulas_and_gradient():
         torch.testing.assert_close(p[i], torch.tensor(w) / sum(w))
     kl = sum(float(p[i, j] * np.log(p[i, j] / q[i, j])) for i in range(7) for j in range(4)) / 7
     assert float(dec_loss(q, p)) == pytest.approx(kl, rel=1e-5)
-    torch.testing.assert_close(
-        dec_loss(q, p), F.kl_div(q.log(), p, reduction="batchmean")
-    )
+    torch.testing.assert_close(dec_loss(q, p), F.kl_div(q.log(), p, reduction="batchmean"))
     head = DECHead(4, 3)
     head.init_centres(z, seed=0)
     qh = head(z)

@@ -1,4 +1,5 @@
 """Rank metrics: hand-computed cases, the per-query loop oracle, CUHK03 mode, distances."""
+
 import sys
 from pathlib import Path
 
@@ -117,12 +118,13 @@ def test_distances_against_numpy():
     q, g = rng.normal(size=(7, 5)).astype(np.float32), rng.normal(size=(11, 5)).astype(np.float32)
     eu = np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
     np.testing.assert_allclose(compute_distance(q, g, "euclidean"), eu, atol=1e-4)
-    np.testing.assert_allclose(compute_distance(q, g, "sqeuclidean"), eu ** 2, atol=1e-4)
+    np.testing.assert_allclose(compute_distance(q, g, "sqeuclidean"), eu**2, atol=1e-4)
     qn, gn = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
     np.testing.assert_allclose(compute_distance(q, g, "cosine"), 1 - qn @ gn.T, atol=1e-5)
     for metric in ("euclidean", "cosine"):
-        np.testing.assert_allclose(compute_distance(q, g, metric, chunk_size=3),
-                                   compute_distance(q, g, metric, chunk_size=100), atol=1e-6)
+        np.testing.assert_allclose(
+            compute_distance(q, g, metric, chunk_size=3), compute_distance(q, g, metric, chunk_size=100), atol=1e-6
+        )
     with pytest.raises(ReIDError):
         compute_distance(q, g, "manhattan")
     with pytest.raises(ReIDError):

@@ -14,6 +14,7 @@
   so it runs only inside a private network namespace (``unshare -rnpf``), where the one interface is
   its own loopback; skipped with the reason where the package or the namespace is missing.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,26 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 # camera names a filter must take as one literal: quotes, backslashes, an injection, control characters
-NAMES = ["c1", 'a"b', "a\\b", "a\\", "a\\\"b", '" or id > 0 or "', "' or id > 0 or '", "x) or (id > 0",
-         "cam\x01", "cam\\x01", "nl\n", "nl\\n", "cr\r", "tab\t", "esc\x1b[2J", "del\x7f", "nul\x00", "é😀\u2028"]
+NAMES = [
+    "c1",
+    'a"b',
+    "a\\b",
+    "a\\",
+    'a\\"b',
+    '" or id > 0 or "',
+    "' or id > 0 or '",
+    "x) or (id > 0",
+    "cam\x01",
+    "cam\\x01",
+    "nl\n",
+    "nl\\n",
+    "cr\r",
+    "tab\t",
+    "esc\x1b[2J",
+    "del\x7f",
+    "nul\x00",
+    "é😀\u2028",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +80,13 @@ def data(tmp_path_factory):
     torch.manual_seed(1)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
-    return {"root": root, "images": images, "scene": scene, "weights": weights,
-            "ext": FeatureExtractor.load(weights)}
+    return {"root": root, "images": images, "scene": scene, "weights": weights, "ext": FeatureExtractor.load(weights)}
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return procs.run([sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=ENV, capture_output=True,
-                     text=True, timeout=300)
+    return procs.run(
+        [sys.executable, "-m", "reidkit.cli", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_error(p: subprocess.CompletedProcess) -> str:
@@ -119,9 +138,20 @@ def test_filter_values_name_exactly_their_entries(data, tmp_path, backend):
     g = Gallery.create(_db(tmp_path, backend), data["ext"])
     dim = g.identity.feat_dim
     rng = np.random.default_rng(0)
-    rows = [{"path": f"/v/{i}.mp4", "kind": "tracklet", "tracklet": f"{name}#{j}", "camera": name,
-             "frame_start": 1, "frame_end": 5, "t_start": 0.0, "t_end": 1.0}
-            for i, name in enumerate(NAMES) for j in range(2)]
+    rows = [
+        {
+            "path": f"/v/{i}.mp4",
+            "kind": "tracklet",
+            "tracklet": f"{name}#{j}",
+            "camera": name,
+            "frame_start": 1,
+            "frame_end": 5,
+            "t_start": 0.0,
+            "t_end": 1.0,
+        }
+        for i, name in enumerate(NAMES)
+        for j in range(2)
+    ]
     g.add_entries(rng.standard_normal((len(rows), dim)).astype(np.float32), rows)
     total = len(rows)
     assert len(g.entries()) == total
@@ -186,15 +216,24 @@ db.close()
 @pytest.fixture
 def lite_server(tmp_path):
     """`milvus:http://127.0.0.1:PORT` of a Milvus Lite gRPC server in a child process, stopped after the test."""
-    p = procs.Popen([sys.executable, "-c", _LITE_SERVER, str(tmp_path / "server")], env=ENV,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = procs.Popen(
+        [sys.executable, "-c", _LITE_SERVER, str(tmp_path / "server")],
+        env=ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line: list[str] = []
         reader = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout=120)
-        assert line and line[0].strip().isdigit(), f"the Milvus Lite server did not start: {p.stderr.read()[-2000:]}" \
-            if p.poll() is not None else "the Milvus Lite server did not start in 120 s"
+        assert line and line[0].strip().isdigit(), (
+            f"the Milvus Lite server did not start: {p.stderr.read()[-2000:]}"
+            if p.poll() is not None
+            else "the Milvus Lite server did not start in 120 s"
+        )
         yield f"milvus:http://127.0.0.1:{int(line[0])}"
     finally:
         p.stdin.close()
@@ -223,8 +262,21 @@ def test_server_gallery_files_collection_and_control_character_camera(data, lite
     db, sc = lite_server, data["scene"]
     a, b, c = _folders(tmp_path, "a", "b", "c")
     files = data["images"].parent / "people.files"  # beside the images folder, named after the collection
-    p = _cli(["index", "build", "--images", str(data["images"]), "--db", db, "--collection", "people",
-              "--weights", str(data["weights"])], a)
+    p = _cli(
+        [
+            "index",
+            "build",
+            "--images",
+            str(data["images"]),
+            "--db",
+            db,
+            "--collection",
+            "people",
+            "--weights",
+            str(data["weights"]),
+        ],
+        a,
+    )
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert f"files (video thumbnails): {files}" in p.stdout
     assert not Gallery.exists(db)  # the default collection is untouched
@@ -266,8 +318,15 @@ def test_server_gallery_files_collection_and_control_character_camera(data, lite
 
     # a server gallery made by `video` records <collection>.files in the first video's folder
     monkeypatch.chdir(c)
-    rep = ingest(db, [str(sc.videos[1])], detections=[str(sc.gt[1])], weights=str(data["weights"]),
-                 collection="cams", chunk=6, progress=None)
+    rep = ingest(
+        db,
+        [str(sc.videos[1])],
+        detections=[str(sc.gt[1])],
+        weights=str(data["weights"]),
+        collection="cams",
+        chunk=6,
+        progress=None,
+    )
     g = Gallery.open(db, collection="cams")
     assert rep["gallery_tracklets"] and g.files_dir == Path(sc.videos[1]).parent / "cams.files"
     assert all((g.files_dir / "thumbs" / t).is_file() for e in g.entries() for t in e["meta"]["thumbs"])
@@ -280,15 +339,48 @@ def test_server_gallery_files_collection_and_control_character_camera(data, lite
 
 
 def test_files_option_refused_where_it_does_not_apply(data, tmp_path):
-    p = _cli(["index", "build", "--images", str(data["images"]), "--db", str(tmp_path / "emb"), "--files",
-              str(tmp_path / "f")], tmp_path)
+    p = _cli(
+        [
+            "index",
+            "build",
+            "--images",
+            str(data["images"]),
+            "--db",
+            str(tmp_path / "emb"),
+            "--files",
+            str(tmp_path / "f"),
+        ],
+        tmp_path,
+    )
     assert "--files: applies to milvus: galleries only" in _one_error(p)
     (tmp_path / "afile").write_text("x")
-    p = _cli(["index", "build", "--images", str(data["images"]), "--db", f"milvus:{tmp_path / 'g.db'}",
-              "--files", str(tmp_path / "afile")], tmp_path)
+    p = _cli(
+        [
+            "index",
+            "build",
+            "--images",
+            str(data["images"]),
+            "--db",
+            f"milvus:{tmp_path / 'g.db'}",
+            "--files",
+            str(tmp_path / "afile"),
+        ],
+        tmp_path,
+    )
     assert "is not a folder" in _one_error(p) and "--files" in p.stderr
-    p = _cli(["video", str(data["scene"].videos[0]), "--db", f"milvus:{tmp_path / 'g.db'}", "--collection", "x",
-              "--workers", "2"], tmp_path)
+    p = _cli(
+        [
+            "video",
+            str(data["scene"].videos[0]),
+            "--db",
+            f"milvus:{tmp_path / 'g.db'}",
+            "--collection",
+            "x",
+            "--workers",
+            "2",
+        ],
+        tmp_path,
+    )
     assert "--collection: not with --workers" in _one_error(p)
 
 
@@ -333,13 +425,23 @@ def test_milvus_2_3_server_is_refused_with_its_version(data, tmp_path):
         pytest.skip(f"Milvus 2.3.5 binds every interface, so it runs only in a private network namespace: {problem}")
     t0 = time.monotonic()
     query = sorted(data["images"].glob("*.jpg"))[0]
-    job = {"data": str(tmp_path / "server"), "cwd": str(tmp_path), "commands": [
-        ["index", "build", "--images", str(data["images"]), "--weights", str(data["weights"])],
-        ["search", "--image", str(query)],
-        ["index", "delete", "--camera", "cam\x01"],
-        ["video", str(data["scene"].videos[0]), "--detections", str(data["scene"].gt[0]), "--camera", "cam\x01"]]}
-    p = subprocess.run(["unshare", "-rnpf", "--kill-child", sys.executable, __file__, json.dumps(job)], env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    job = {
+        "data": str(tmp_path / "server"),
+        "cwd": str(tmp_path),
+        "commands": [
+            ["index", "build", "--images", str(data["images"]), "--weights", str(data["weights"])],
+            ["search", "--image", str(query)],
+            ["index", "delete", "--camera", "cam\x01"],
+            ["video", str(data["scene"].videos[0]), "--detections", str(data["scene"].gt[0]), "--camera", "cam\x01"],
+        ],
+    }
+    p = subprocess.run(
+        ["unshare", "-rnpf", "--kill-child", sys.executable, __file__, json.dumps(job)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
     found = milvus.__version__
@@ -451,8 +553,13 @@ def test_milvus_lite_does_not_flood_stderr_with_grpc_goaway(tmp_path):
     script = tmp_path / "pings.py"
     script.write_text(_PINGS)
     env = {k: v for k, v in ENV.items() if not k.startswith("GRPC_")}
-    p = procs.run(["/usr/bin/env", sys.executable, str(script), str(tmp_path / "g.db")], env=env,
-                  capture_output=True, text=True, timeout=120)
+    p = procs.run(
+        ["/usr/bin/env", sys.executable, str(script), str(tmp_path / "g.db")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert "GOAWAY" not in p.stderr and "too_many_pings" not in p.stderr, p.stderr
     opts = json.loads(p.stdout.strip().splitlines()[-1])  # what reidkit asks of a Milvus Lite connection

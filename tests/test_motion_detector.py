@@ -1,6 +1,7 @@
 """The motion (background subtraction) detector: it finds the generated scene's people where HOG finds
 none, its background depends only on the file (a resumed run detects and tracks exactly as the
 uninterrupted one), a moving picture is reported, and `reidkit video --detector motion` runs."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from scipy.optimize import linear_sum_assignment
 def scene(tmp_path_factory):
     from reidkit.data.scene import generate_scene, read_mot
 
-    sc = generate_scene(tmp_path_factory.mktemp("motion") / "s", cams=1, ids=6, frames=60, size=(288, 384),
-                        fps=10, seed=5, speed=1.0)
+    sc = generate_scene(
+        tmp_path_factory.mktemp("motion") / "s", cams=1, ids=6, frames=60, size=(288, 384), fps=10, seed=5, speed=1.0
+    )
     return sc.videos[0], read_mot(sc.gt[0])
 
 
@@ -80,8 +82,13 @@ def test_resumed_motion_run_gives_the_same_chunks(scene):
     s = Settings(chunk=9, appearance="needed")
     full = list(process_video(job, s, Emb()))
     assert sum(len(c.entries) for c in full) >= 2
-    flat = lambda cs: [(c.state["next_frame"], [e["meta"]["boxes"] for e in c.entries], c.features.tolist())  # noqa: E731
-                       for c in cs]
+
+    def flat(cs):
+        return [
+            (c.state["next_frame"], [e["meta"]["boxes"] for e in c.entries], c.features.tolist())  # noqa: E731
+            for c in cs
+        ]
+
     for cut in (2, 4):
         job2 = VideoJob(info, "cam1", job.key, job.detector_spec, "motion")  # a new process: a new detector
         rest = list(process_video(job2, s, Emb(), json.loads(json.dumps(full[cut - 1].state))))
@@ -121,8 +128,7 @@ def test_cli_detector_motion(scene, tmp_path, capsys):
 
     video, _gt = scene
     db = tmp_path / "db"
-    assert main(["video", str(video), "--db", str(db), "--detector", "motion", "--engine", "torch",
-                 "--json"]) == 0
+    assert main(["video", str(video), "--db", str(db), "--detector", "motion", "--engine", "torch", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["tracklets"] >= 2 and rep["stages"]["counts"]["detect"] == 60
     from reidkit.retrieval.index import Gallery

@@ -1,4 +1,5 @@
 """The k-reciprocal neighbourhood core against literal loop implementations of each step."""
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -6,8 +7,15 @@ import torch
 
 from reidkit.errors import ReIDError
 from reidkit.neighbors import (
-    exact_knn, expand_sets, gaussian_weights, k_reciprocal_encoding, knn_search, pair_values,
-    query_expansion, reciprocal_sets, stable_smallest,
+    exact_knn,
+    expand_sets,
+    gaussian_weights,
+    k_reciprocal_encoding,
+    knn_search,
+    pair_values,
+    query_expansion,
+    reciprocal_sets,
+    stable_smallest,
 )
 
 

@@ -1,4 +1,5 @@
 """Library errors name the Python parameter; the CLI prints the flag of the verb that was run."""
+
 import ast
 from pathlib import Path
 
@@ -45,19 +46,36 @@ def test_the_library_names_its_parameter():
         PixelBudget(0)
 
 
-@pytest.mark.parametrize("argv, exc, printed", [
-    (["serve", "--db", "g"], OptionError("capacity", "must be >= 1, got 0"), "--max-pixels-in-flight: must be >= 1, got 0"),
-    (["serve", "--db", "g"], OptionError("db", "g is not a gallery"), "--db: g is not a gallery"),
-    (["index", "build", "--db", "g", "--images", "i"], OptionError("nlist", "more lists than images", value=9),
-     "--nlist 9: more lists than images"),
-    (["index", "build", "--db", "g", "--images", "i"], OptionError("kind", "bad"), "--index: bad"),
-    (["extract", "--weights", "w", "--images", "i", "--out", "o.npz"], OptionError("fmt", "an exported model", value="fastreid"),
-     "--from fastreid: an exported model"),
-    (["eval-tracks", "--gt", "a", "--pred", "b"], OptionError("gt_dir", "a is not a folder"), "--gt: a is not a folder"),
-    # a parameter the verb has no flag for keeps the library's words; a plain ReIDError is printed as is
-    (["serve", "--db", "g"], OptionError("nlist", "x", value=3), "nlist=3: x"),
-    (["serve", "--db", "g"], ReIDError("plain"), "plain"),
-])
+@pytest.mark.parametrize(
+    "argv, exc, printed",
+    [
+        (
+            ["serve", "--db", "g"],
+            OptionError("capacity", "must be >= 1, got 0"),
+            "--max-pixels-in-flight: must be >= 1, got 0",
+        ),
+        (["serve", "--db", "g"], OptionError("db", "g is not a gallery"), "--db: g is not a gallery"),
+        (
+            ["index", "build", "--db", "g", "--images", "i"],
+            OptionError("nlist", "more lists than images", value=9),
+            "--nlist 9: more lists than images",
+        ),
+        (["index", "build", "--db", "g", "--images", "i"], OptionError("kind", "bad"), "--index: bad"),
+        (
+            ["extract", "--weights", "w", "--images", "i", "--out", "o.npz"],
+            OptionError("fmt", "an exported model", value="fastreid"),
+            "--from fastreid: an exported model",
+        ),
+        (
+            ["eval-tracks", "--gt", "a", "--pred", "b"],
+            OptionError("gt_dir", "a is not a folder"),
+            "--gt: a is not a folder",
+        ),
+        # a parameter the verb has no flag for keeps the library's words; a plain ReIDError is printed as is
+        (["serve", "--db", "g"], OptionError("nlist", "x", value=3), "nlist=3: x"),
+        (["serve", "--db", "g"], ReIDError("plain"), "plain"),
+    ],
+)
 def test_the_cli_prints_the_flag_of_the_verb(argv, exc, printed):
     parser = build_parser()
     assert _message(exc, parser, parser.parse_args(argv)) == printed

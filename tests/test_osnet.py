@@ -1,4 +1,5 @@
 """OSNet / OSNet-AIN: parameter counts from the architecture table, shapes, torchreid-layout loading, recipe."""
+
 from __future__ import annotations
 
 import tempfile
@@ -26,7 +27,7 @@ def bn(c: int) -> int:
 def os_block(cin: int, cout: int) -> int:
     """Parameters of one omni-scale block, counted from the paper's description."""
     mid = cout // 4
-    light = mid * mid + 9 * mid + bn(mid)           # pointwise 1x1, depthwise 3x3, BN
+    light = mid * mid + 9 * mid + bn(mid)  # pointwise 1x1, depthwise 3x3, BN
     gate = mid * (mid // 16) + mid // 16 + (mid // 16) * mid + mid
     total = cin * mid + bn(mid) + 10 * light + gate + mid * cout + bn(cout)  # streams of 1+2+3+4 lite convs
     if cin != cout:
@@ -37,8 +38,19 @@ def os_block(cin: int, cout: int) -> int:
 def osnet_count(c0: int, c1: int, c2: int, c3: int) -> int:
     stem = 3 * c0 * 49 + bn(c0)
     trans = lambda c: c * c + bn(c)  # noqa: E731 - 1x1 conv + BN before the 2x2 average pool
-    return (stem + os_block(c0, c1) + os_block(c1, c1) + trans(c1) + os_block(c1, c2) + os_block(c2, c2)
-            + trans(c2) + os_block(c2, c3) + os_block(c3, c3) + c3 * c3 + bn(c3))
+    return (
+        stem
+        + os_block(c0, c1)
+        + os_block(c1, c1)
+        + trans(c1)
+        + os_block(c1, c2)
+        + os_block(c2, c2)
+        + trans(c2)
+        + os_block(c2, c3)
+        + os_block(c3, c3)
+        + c3 * c3
+        + bn(c3)
+    )
 
 
 @pytest.mark.parametrize("width", list(WIDTHS))
@@ -67,15 +79,32 @@ def test_forward_shape_at_256x128(name, channels):
 
 def test_torchreid_names_and_ain_instance_norm_positions():
     keys = set(build_backbone("osnet_x1_0").state_dict())
-    for k in ("conv1.conv.weight", "conv1.bn.running_mean", "conv2.0.conv1.conv.weight",
-              "conv2.0.conv2a.conv1.weight", "conv2.0.conv2d.3.conv2.weight", "conv2.0.gate.fc1.weight",
-              "conv2.0.gate.fc2.bias", "conv2.0.conv3.bn.weight", "conv2.0.downsample.conv.weight",
-              "conv2.2.0.conv.weight", "conv3.2.0.bn.weight", "conv4.1.conv3.conv.weight", "conv5.conv.weight"):
+    for k in (
+        "conv1.conv.weight",
+        "conv1.bn.running_mean",
+        "conv2.0.conv1.conv.weight",
+        "conv2.0.conv2a.conv1.weight",
+        "conv2.0.conv2d.3.conv2.weight",
+        "conv2.0.gate.fc1.weight",
+        "conv2.0.gate.fc2.bias",
+        "conv2.0.conv3.bn.weight",
+        "conv2.0.downsample.conv.weight",
+        "conv2.2.0.conv.weight",
+        "conv3.2.0.bn.weight",
+        "conv4.1.conv3.conv.weight",
+        "conv5.conv.weight",
+    ):
         assert k in keys, k
     ain = build_backbone("osnet_ain_x1_0")
     akeys = set(ain.state_dict())
-    for k in ("conv1.bn.weight", "conv2.0.conv2.3.layers.3.conv2.weight", "pool2.0.conv.weight",
-              "pool3.0.bn.weight", "conv2.0.IN.weight", "conv4.0.IN.bias"):
+    for k in (
+        "conv1.bn.weight",
+        "conv2.0.conv2.3.layers.3.conv2.weight",
+        "pool2.0.conv.weight",
+        "pool3.0.bn.weight",
+        "conv2.0.IN.weight",
+        "conv4.0.IN.bias",
+    ):
         assert k in akeys, k
     assert isinstance(ain.conv1.bn, torch.nn.InstanceNorm2d)
     with_in = [[blk.IN is not None for blk in stage] for stage in (ain.conv2, ain.conv3, ain.conv4)]
@@ -107,16 +136,29 @@ def test_torchreid_checkpoint_loads_by_key(tmp_path: Path, name):
     torch.manual_seed(0)
     src = build_backbone(name)
     sd = {f"module.{k}": v.clone() + 0.5 for k, v in src.state_dict().items() if v.is_floating_point()}
-    sd.update({"module.fc.0.weight": torch.randn(512, 512), "module.fc.0.bias": torch.zeros(512),
-               "module.fc.1.weight": torch.ones(512), "module.fc.1.bias": torch.zeros(512),
-               "module.classifier.weight": torch.randn(1000, 512), "module.classifier.bias": torch.zeros(1000)})
+    sd.update(
+        {
+            "module.fc.0.weight": torch.randn(512, 512),
+            "module.fc.0.bias": torch.zeros(512),
+            "module.fc.1.weight": torch.ones(512),
+            "module.fc.1.bias": torch.zeros(512),
+            "module.classifier.weight": torch.randn(1000, 512),
+            "module.classifier.bias": torch.zeros(1000),
+        }
+    )
     path = tmp_path / "osnet.pth"
     torch.save({"state_dict": sd, "epoch": 250}, path)
     m = build_backbone(name, pretrained=str(path))
     rep = m.pretrained_report
     assert rep.missing == [] and rep.unexpected == [], rep.summary()
-    assert sorted(rep.dropped) == ["classifier.bias", "classifier.weight", "fc.0.bias", "fc.0.weight",
-                                   "fc.1.bias", "fc.1.weight"]
+    assert sorted(rep.dropped) == [
+        "classifier.bias",
+        "classifier.weight",
+        "fc.0.bias",
+        "fc.0.weight",
+        "fc.1.bias",
+        "fc.1.weight",
+    ]
     assert torch.equal(m.conv5.conv.weight, sd["module.conv5.conv.weight"])
 
 
@@ -129,13 +171,19 @@ def test_osnet_recipe_trains_and_the_loss_goes_down():
     from reidkit.engine.supervised import SupervisedTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"_base_": "osnet_x1_0.yaml",
-               "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                        "size": [64, 32], "val": []},
-               "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-               "model": {"pretrained": False},
-               "solver": {"max_epochs": 2, "eval_period": 100, "checkpoint_period": 100, "log_period": 1},
-               "device": "cpu", "output_dir": f"{tmp}/out"}
+        cfg = {
+            "_base_": "osnet_x1_0.yaml",
+            "data": {
+                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
+                "size": [64, 32],
+                "val": [],
+            },
+            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
+            "model": {"pretrained": False},
+            "solver": {"max_epochs": 2, "eval_period": 100, "checkpoint_period": 100, "log_period": 1},
+            "device": "cpu",
+            "output_dir": f"{tmp}/out",
+        }
         trainer = SupervisedTrainer(cfg)
         assert trainer.cfg.solver.amsgrad and trainer.cfg.loss.names == ["softmax"]
         losses: list[float] = []

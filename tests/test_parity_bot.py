@@ -13,6 +13,7 @@ so its behaviour is written down here from its files, cited per test, and docs/f
 - Head (modeling/baseline.py): BNNeck BatchNorm1d with its bias frozen, bias-free classifier
   N(0, 0.001); triplet and center on the pre-BN feature; test feature after the BN.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_right
@@ -83,8 +84,9 @@ def test_every_parameter_decays_at_the_base_lr():
     cfg = load_config("bot_r50", ["model.backbone=resnet18", "model.pretrained=false"])
     model = build_model(cfg.model, 10)
     s = cfg.solver
-    groups = param_groups(model, s.base_lr, s.weight_decay, s.backbone_lr_factor, s.head_lr_factor,
-                          s.bias_lr_factor, s.no_decay_norm)
+    groups = param_groups(
+        model, s.base_lr, s.weight_decay, s.backbone_lr_factor, s.head_lr_factor, s.bias_lr_factor, s.no_decay_norm
+    )
     assert {(g["lr"], g["weight_decay"]) for g in groups} == {(3.5e-4, 5e-4)}
     n = sum(p.numel() for g in groups for p in g["params"])
     frozen = model.head.neck.bn.bias

@@ -9,6 +9,7 @@ and batch the two sides must agree on each loss term, every gradient, the weight
 step, the learning rate at every iteration of the 120-epoch schedule, and the sampler's P x K
 structure and epoch length. A small ResNet (fast-reid's 18x depth) at 64x32 keeps it fast.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -44,8 +45,12 @@ def fetch_wheel() -> Path:
         failed: list[str] = []
 
         def download(tmp: Path) -> None:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "fastreid==1.4.0",
-                                   "-d", str(tmp)], capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "fastreid==1.4.0", "-d", str(tmp)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             failed.append(proc.stderr.strip()[-300:])
 
         try:
@@ -124,8 +129,12 @@ def load_fastreid(root: Path) -> SimpleNamespace:
     leaf("fastreid.evaluation.testing")
     leaf("fastreid.solver.optim")
     for reg in ("backbones", "heads", "meta_arch"):
-        leaf(f"fastreid.modeling.{reg}.build", BACKBONE_REGISTRY=_Registry(), REID_HEADS_REGISTRY=_Registry(),
-             META_ARCH_REGISTRY=_Registry())
+        leaf(
+            f"fastreid.modeling.{reg}.build",
+            BACKBONE_REGISTRY=_Registry(),
+            REID_HEADS_REGISTRY=_Registry(),
+            META_ARCH_REGISTRY=_Registry(),
+        )
     try:
         ns = SimpleNamespace(
             resnet=importlib.import_module("fastreid.modeling.backbones.resnet"),
@@ -150,10 +159,24 @@ def fr():
 # fast-reid's configs/Base-bagtricks.yml (+ defaults.py) as the attributes its solver reads.
 def fastreid_cfg(max_epoch: int = 120) -> SimpleNamespace:
     solver = SimpleNamespace(
-        OPT="Adam", MAX_EPOCH=max_epoch, BASE_LR=0.00035, WEIGHT_DECAY=0.0005, WEIGHT_DECAY_NORM=0.0005,
-        WEIGHT_DECAY_BIAS=0.0005, BIAS_LR_FACTOR=1.0, HEADS_LR_FACTOR=1.0, IMS_PER_BATCH=P * K * 4,
-        SCHED="MultiStepLR", STEPS=[40, 90], GAMMA=0.1, WARMUP_FACTOR=0.1, WARMUP_ITERS=2000,
-        WARMUP_METHOD="linear", DELAY_EPOCHS=0, ETA_MIN_LR=1e-7, FREEZE_ITERS=0,
+        OPT="Adam",
+        MAX_EPOCH=max_epoch,
+        BASE_LR=0.00035,
+        WEIGHT_DECAY=0.0005,
+        WEIGHT_DECAY_NORM=0.0005,
+        WEIGHT_DECAY_BIAS=0.0005,
+        BIAS_LR_FACTOR=1.0,
+        HEADS_LR_FACTOR=1.0,
+        IMS_PER_BATCH=P * K * 4,
+        SCHED="MultiStepLR",
+        STEPS=[40, 90],
+        GAMMA=0.1,
+        WARMUP_FACTOR=0.1,
+        WARMUP_ITERS=2000,
+        WARMUP_METHOD="linear",
+        DELAY_EPOCHS=0,
+        ETA_MIN_LR=1e-7,
+        FREEZE_ITERS=0,
         CLIP_GRADIENTS=SimpleNamespace(ENABLED=False),
     )
     return SimpleNamespace(SOLVER=solver, MODEL=SimpleNamespace(FREEZE_LAYERS=[]))
@@ -163,13 +186,29 @@ def fastreid_model(fr, num_classes: int, **recipe_changes):
     r = fr.resnet
     backbone = r.ResNet(1, "BN", False, False, False, r.BasicBlock, [2, 2, 2, 2], [0, 0, 0, 0])
     heads = fr.head.EmbeddingHead(
-        feat_dim=512, embedding_dim=0, num_classes=num_classes, neck_feat="before", pool_type="GlobalAvgPool",
-        cls_type="Linear", scale=1, margin=0.0, with_bnneck=True, norm_type="BN")
-    loss_kwargs = {"loss_names": ("CrossEntropyLoss", "TripletLoss"),
-                   "ce": {"eps": 0.1, "alpha": 0.2, "scale": 1.0},
-                   "tri": {"margin": 0.3, "norm_feat": False, "hard_mining": True, "scale": 1.0}}
-    return fr.baseline.Baseline(backbone=backbone, heads=heads, pixel_mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
-                                pixel_std=[0.229 * 255, 0.224 * 255, 0.225 * 255], loss_kwargs=loss_kwargs)
+        feat_dim=512,
+        embedding_dim=0,
+        num_classes=num_classes,
+        neck_feat="before",
+        pool_type="GlobalAvgPool",
+        cls_type="Linear",
+        scale=1,
+        margin=0.0,
+        with_bnneck=True,
+        norm_type="BN",
+    )
+    loss_kwargs = {
+        "loss_names": ("CrossEntropyLoss", "TripletLoss"),
+        "ce": {"eps": 0.1, "alpha": 0.2, "scale": 1.0},
+        "tri": {"margin": 0.3, "norm_feat": False, "hard_mining": True, "scale": 1.0},
+    }
+    return fr.baseline.Baseline(
+        backbone=backbone,
+        heads=heads,
+        pixel_mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
+        pixel_std=[0.229 * 255, 0.224 * 255, 0.225 * 255],
+        loss_kwargs=loss_kwargs,
+    )
 
 
 def ours(overrides: dict | None = None, num_classes: int = 8):
@@ -188,7 +227,7 @@ def ours(overrides: dict | None = None, num_classes: int = 8):
 
 def to_ours_key(k: str) -> str:
     if k.startswith("heads.bottleneck.0."):
-        return "head.neck.bn." + k[len("heads.bottleneck.0."):]
+        return "head.neck.bn." + k[len("heads.bottleneck.0.") :]
     if k == "heads.weight":
         return "head.classifier.fc.weight"
     return k
@@ -222,9 +261,16 @@ def our_optim(cfg, model, crit, epoch_length: int):
     from reidkit.engine.optim import param_groups
 
     s = cfg.solver
-    groups = param_groups(model, s.base_lr, s.weight_decay, backbone_lr_factor=s.backbone_lr_factor,
-                          head_lr_factor=s.head_lr_factor, bias_lr_factor=s.bias_lr_factor,
-                          no_decay_norm=s.no_decay_norm, extra_modules=list(crit.trainable_modules()))
+    groups = param_groups(
+        model,
+        s.base_lr,
+        s.weight_decay,
+        backbone_lr_factor=s.backbone_lr_factor,
+        head_lr_factor=s.head_lr_factor,
+        bias_lr_factor=s.bias_lr_factor,
+        no_decay_norm=s.no_decay_norm,
+        extra_modules=list(crit.trainable_modules()),
+    )
     opt = build_optimizer(s, groups)
     sched = build_scheduler(s, opt, epoch_length)
     return opt, sched, OptimStep(opt, torch.device("cpu"), amp=s.amp, grad_clip=s.grad_clip)
@@ -246,8 +292,15 @@ def step_both(fr, overrides: dict | None = None, seed: int = 0):
     # fast-reid: Adam over its default parameter groups, warmup + multistep schedulers (iteration 0)
     fcfg = fastreid_cfg()
     params = fr.solver.get_default_optimizer_params(
-        ref, base_lr=0.00035, weight_decay=0.0005, weight_decay_norm=0.0005, bias_lr_factor=1.0,
-        heads_lr_factor=1.0, weight_decay_bias=0.0005, freeze_layers=[])
+        ref,
+        base_lr=0.00035,
+        weight_decay=0.0005,
+        weight_decay_norm=0.0005,
+        bias_lr_factor=1.0,
+        heads_lr_factor=1.0,
+        weight_decay_bias=0.0005,
+        freeze_layers=[],
+    )
     ref_opt = torch.optim.Adam(params)
     fr.solver.build_lr_scheduler(fcfg, ref_opt, 202)
     losses = ref({"images": x255.clone(), "targets": labels})
@@ -268,8 +321,18 @@ def step_both(fr, overrides: dict | None = None, seed: int = 0):
     # the gradients' own equality is test_gradients_equal's.
     surrogate = sum((p * ref_grads[n]).sum() for n, p in mine.named_parameters() if n in ref_grads)
     assert step.update(surrogate)
-    return SimpleNamespace(ref=ref, mine=mine, names=names, losses=losses, parts=parts, ref_grads=ref_grads,
-                           our_grads=our_grads, ref_lr=ref_lr, our_lr=our_lr, cfg=cfg)
+    return SimpleNamespace(
+        ref=ref,
+        mine=mine,
+        names=names,
+        losses=losses,
+        parts=parts,
+        ref_grads=ref_grads,
+        our_grads=our_grads,
+        ref_lr=ref_lr,
+        our_lr=our_lr,
+        cfg=cfg,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +355,14 @@ def test_loss_terms_equal(one_step):
 def test_gradients_equal(one_step):
     s = one_step
     assert set(s.our_grads) == set(s.ref_grads), sorted(set(s.our_grads) ^ set(s.ref_grads))[:5]
-    worst = min(((torch.nn.functional.cosine_similarity(s.our_grads[n].flatten(), g.flatten(), dim=0).item(), n)
-                 for n, g in s.ref_grads.items() if g.abs().max() > 0), default=(1.0, ""))
+    worst = min(
+        (
+            (torch.nn.functional.cosine_similarity(s.our_grads[n].flatten(), g.flatten(), dim=0).item(), n)
+            for n, g in s.ref_grads.items()
+            if g.abs().max() > 0
+        ),
+        default=(1.0, ""),
+    )
     assert worst[0] > 0.9999, f"gradient of {worst[1]}: cosine {worst[0]:.6f}"
     # the frozen BNNeck bias gets no gradient on either side
     assert "head.neck.bn.bias" not in s.our_grads
@@ -305,8 +374,10 @@ def test_weights_equal_after_one_step(one_step):
     ref_state = {s.names.get(k, k): v for k, v in s.ref.state_dict().items()}
     # Adam's first step moves every weight by ~lr = 3.5e-5: 1e-7 is 0.3 % of one step; BN running
     # statistics (variances up to ~1e2) are compared relatively
-    worst = max((((v.float() - ref_state[k].float()).abs() / (1e-7 + 1e-6 * ref_state[k].float().abs()))
-                  .max().item(), k) for k, v in s.mine.state_dict().items())
+    worst = max(
+        (((v.float() - ref_state[k].float()).abs() / (1e-7 + 1e-6 * ref_state[k].float().abs())).max().item(), k)
+        for k, v in s.mine.state_dict().items()
+    )
     assert worst[0] < 1.0, f"{worst[1]} differs after one step ({worst[0]:.1f} x the tolerance)"
 
 
@@ -324,8 +395,9 @@ def fastreid_lrs(fr, iters_per_epoch: int, max_epoch: int = 120) -> list[float]:
     for g in opt.param_groups:
         g["lr"] = 0.00035
     scheds = fr.solver.build_lr_scheduler(cfg, opt, iters_per_epoch)
-    trainer = SimpleNamespace(iter=0, epoch=0, warmup_iters=cfg.SOLVER.WARMUP_ITERS, delay_epochs=0,
-                              grad_scaler=None, storage=_Storage())
+    trainer = SimpleNamespace(
+        iter=0, epoch=0, warmup_iters=cfg.SOLVER.WARMUP_ITERS, delay_epochs=0, grad_scaler=None, storage=_Storage()
+    )
     hook = fr.hooks.LRScheduler(opt, scheds)
     hook.trainer = trainer
     lrs = []

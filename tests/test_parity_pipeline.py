@@ -8,6 +8,7 @@ direction of G, the crop offset from the position the centre pixel came from, ra
 the pixels whose B equals the fill, padding from the zeros. Measured over a few epochs on both
 paths: flip rate, crop offsets, erased area and aspect, pixel statistics, per-identity counts.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,18 @@ from reidkit.data.samplers import PKSampler
 
 H, W, PAD = 32, 16, 4
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-AUG = dict(size=(H, W), pad=PAD, flip_p=0.5, erase_p=0.5, erase_area=(0.02, 0.4), erase_aspect=(0.3, 3.33),
-           erase_fill="mean", patch_p=0.0, mean=MEAN, std=STD)
+AUG = dict(
+    size=(H, W),
+    pad=PAD,
+    flip_p=0.5,
+    erase_p=0.5,
+    erase_area=(0.02, 0.4),
+    erase_aspect=(0.3, 3.33),
+    erase_fill="mean",
+    patch_p=0.0,
+    mean=MEAN,
+    std=STD,
+)
 EPOCHS = 4
 
 
@@ -82,8 +93,13 @@ def read_back(pix: np.ndarray) -> dict[str, np.ndarray]:
         else:
             areas.append(0.0)
             aspects.append(np.nan)
-    return {"flip": np.array(flips), "dy": np.array(dys), "dx": np.array(dxs), "area": np.array(areas),
-            "aspect": np.array(aspects)}
+    return {
+        "flip": np.array(flips),
+        "dy": np.array(dys),
+        "dx": np.array(dxs),
+        "area": np.array(areas),
+        "aspect": np.array(aspects),
+    }
 
 
 @pytest.fixture(scope="module")

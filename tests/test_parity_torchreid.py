@@ -6,6 +6,7 @@ the rest. From the same weights and batch: one softmax + label-smoothing step gi
 loss, gradients and weights; every epoch of the 250-epoch cosine schedule has the same lr; and
 torchreid's preprocessing (resize to 256x128, flip only, ImageNet mean/std) is the recipe's.
 """
+
 from __future__ import annotations
 
 import ast
@@ -42,8 +43,23 @@ def fetch_sdist() -> Path:
         failed: list[str] = []
 
         def download(tmp: Path) -> None:
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                                   "torchreid==0.2.5", "-d", str(tmp)], capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "torchreid==0.2.5",
+                    "-d",
+                    str(tmp),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             failed.append(proc.stderr.strip()[-300:])
 
         try:
@@ -53,8 +69,11 @@ def fetch_sdist() -> Path:
 
     def extract(tmp: Path) -> None:
         with tarfile.open(archive) as tf:
-            members = [m for m in tf.getmembers() if m.name.startswith("torchreid-0.2.5/torchreid/reid/")
-                       and m.isfile() and m.name.endswith(".py")]
+            members = [
+                m
+                for m in tf.getmembers()
+                if m.name.startswith("torchreid-0.2.5/torchreid/reid/") and m.isfile() and m.name.endswith(".py")
+            ]
             tf.extractall(tmp, members=members)
 
     made_once(root, extract)
@@ -105,7 +124,7 @@ def ours(extra: list[str] | None = None):
 def to_ours(k: str) -> str:
     for a, b in (("fc.0.", "head.neck.fc."), ("fc.1.", "head.neck.bn."), ("classifier.", "head.classifier.fc.")):
         if k.startswith(a):
-            return b + k[len(a):]
+            return b + k[len(a) :]
     return "backbone." + k
 
 
@@ -136,15 +155,28 @@ def step(tr):
     ref_grads = {names[n]: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None}
     ref_opt.step()
     s = cfg.solver
-    opt = build_optimizer(s, param_groups(mine, s.base_lr, s.weight_decay, s.backbone_lr_factor, s.head_lr_factor,
-                                          s.bias_lr_factor, s.no_decay_norm))
+    opt = build_optimizer(
+        s,
+        param_groups(
+            mine, s.base_lr, s.weight_decay, s.backbone_lr_factor, s.head_lr_factor, s.bias_lr_factor, s.no_decay_norm
+        ),
+    )
     total, parts = crit(mine(x, labels), labels)
     total.backward()
     our_grads = {n: p.grad.clone() for n, p in mine.named_parameters() if p.grad is not None}
     surrogate = sum((p * ref_grads[n]).sum() for n, p in mine.named_parameters() if n in ref_grads)
     assert OptimStep(opt, torch.device("cpu")).update(surrogate)
-    return SimpleNamespace(ref=ref, mine=mine, names=names, ref_loss=ref_loss, parts=parts, ref_grads=ref_grads,
-                           our_grads=our_grads, ref_opt=ref_opt, opt=opt)
+    return SimpleNamespace(
+        ref=ref,
+        mine=mine,
+        names=names,
+        ref_loss=ref_loss,
+        parts=parts,
+        ref_grads=ref_grads,
+        our_grads=our_grads,
+        ref_opt=ref_opt,
+        opt=opt,
+    )
 
 
 def test_softmax_label_smoothing_loss_equal(step):
@@ -155,8 +187,11 @@ def test_softmax_label_smoothing_loss_equal(step):
 
 def test_gradients_equal(step):
     assert set(step.our_grads) == set(step.ref_grads)
-    worst = min((torch.nn.functional.cosine_similarity(step.our_grads[n].flatten(), g.flatten(), dim=0).item(), n)
-                for n, g in step.ref_grads.items() if g.abs().max() > 0)
+    worst = min(
+        (torch.nn.functional.cosine_similarity(step.our_grads[n].flatten(), g.flatten(), dim=0).item(), n)
+        for n, g in step.ref_grads.items()
+        if g.abs().max() > 0
+    )
     assert worst[0] > 0.9999, worst
 
 
@@ -165,8 +200,10 @@ def test_weights_equal_after_one_amsgrad_step(step):
     assert ref_group["betas"] == tuple(our_group["betas"]) == (0.9, 0.99)
     assert ref_group["amsgrad"] and our_group["amsgrad"] and ref_group["lr"] == our_group["lr"] == 0.0015
     ref_state = {step.names[k]: v for k, v in step.ref.state_dict().items()}
-    worst = max((((v.float() - ref_state[k].float()).abs() / (1e-7 + 1e-6 * ref_state[k].float().abs())).max().item(), k)
-                for k, v in step.mine.state_dict().items())
+    worst = max(
+        (((v.float() - ref_state[k].float()).abs() / (1e-7 + 1e-6 * ref_state[k].float().abs())).max().item(), k)
+        for k, v in step.mine.state_dict().items()
+    )
     assert worst[0] < 1.0, worst
 
 
@@ -193,7 +230,7 @@ def test_preprocessing_equal(tr):
     tree = ast.parse(tr.transforms_src)
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build_transforms")
     args = [a.arg for a in fn.args.args]
-    defaults = dict(zip(args[len(args) - len(fn.args.defaults):], [ast.literal_eval(d) for d in fn.args.defaults]))
+    defaults = dict(zip(args[len(args) - len(fn.args.defaults) :], [ast.literal_eval(d) for d in fn.args.defaults]))
     cfg, _, _ = ours()
     assert defaults["transforms"] == "random_flip"
     assert cfg.input.mean == defaults["norm_mean"] and cfg.input.std == defaults["norm_std"]

@@ -1,6 +1,7 @@
 """reidkit.video.pipeline without a gallery: chunks resume exactly from a stored state, `--appearance needed`
 embeds fewer crops and keeps real features in tracklets, `--detect-every` interpolates boxes, the
 shared embedder mixes cameras; reidkit.utils.threads."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ class FakeEmbedder:
         for c in crops:
             c = c.astype(np.float32)
             h = c.shape[0]
-            parts = [c[: h // 2], c[h // 2:]]
-            v = np.concatenate([np.r_[p.mean(axis=(0, 1)), p.std(axis=(0, 1)), [p.shape[0], p.shape[1]]] for p in parts])
+            parts = [c[: h // 2], c[h // 2 :]]
+            v = np.concatenate(
+                [np.r_[p.mean(axis=(0, 1)), p.std(axis=(0, 1)), [p.shape[0], p.shape[1]]] for p in parts]
+            )
             out.append(v / max(np.linalg.norm(v), 1e-12))
         self.crops += len(crops)
         f = np.asarray(out, np.float32).reshape(-1, self.dim)
@@ -37,8 +40,9 @@ def video(tmp_path_factory):
     from reidkit.data.scene import generate_scene
     from reidkit.video.ingest import prepare_jobs
 
-    sc = generate_scene(tmp_path_factory.mktemp("pipe") / "s", cams=2, ids=3, frames=40, size=(96, 128), fps=10,
-                        seed=3, speed=1.5)
+    sc = generate_scene(
+        tmp_path_factory.mktemp("pipe") / "s", cams=2, ids=3, frames=40, size=(96, 128), fps=10, seed=3, speed=1.5
+    )
     jobs = prepare_jobs([str(v) for v in sc.videos], detections=[str(g) for g in sc.gt])
     return jobs
 
@@ -50,8 +54,16 @@ def _chunks(job, settings, resume=None, emb=None):
 
 
 def _flat(chunks):
-    return [(c.state["next_frame"], [e["tracklet"] for e in c.entries], [e["meta"]["boxes"] for e in c.entries],
-             c.features.tolist(), sorted(c.thumbs)) for c in chunks]
+    return [
+        (
+            c.state["next_frame"],
+            [e["tracklet"] for e in c.entries],
+            [e["meta"]["boxes"] for e in c.entries],
+            c.features.tolist(),
+            sorted(c.thumbs),
+        )
+        for c in chunks
+    ]
 
 
 def test_resume_from_a_chunk_state_gives_the_same_chunks(video):
@@ -106,13 +118,20 @@ def test_embed_budget_embeds_the_most_ambiguous_and_always_the_new(video, budget
 
     v = _Video(video[0], Settings(appearance="needed", embed_budget=budget, tracker="deep_sort"), FakeEmbedder(), None)
     # tracks A and B overlap; C stands alone
-    v.tracker.ds.tracker.tracks = [_Track((0, 0, 20, 40), 1.0), _Track((12, 0, 32, 40), 2.0),
-                                   _Track((100, 0, 120, 40), 3.0)]
-    boxes = np.array([[0, 0, 20, 40],      # on A, overlapped by B: ambiguous, margin 0.75
-                      [14, 0, 34, 40],     # between A and B: ambiguous, margin 0.57 (the most ambiguous)
-                      [100, 0, 120, 40],   # on C alone: reuses C's feature
-                      [200, 0, 220, 40]],  # near no track: new, always embedded
-                     np.float32)
+    v.tracker.ds.tracker.tracks = [
+        _Track((0, 0, 20, 40), 1.0),
+        _Track((12, 0, 32, 40), 2.0),
+        _Track((100, 0, 120, 40), 3.0),
+    ]
+    boxes = np.array(
+        [
+            [0, 0, 20, 40],  # on A, overlapped by B: ambiguous, margin 0.75
+            [14, 0, 34, 40],  # between A and B: ambiguous, margin 0.57 (the most ambiguous)
+            [100, 0, 120, 40],  # on C alone: reuses C's feature
+            [200, 0, 220, 40],
+        ],  # near no track: new, always embedded
+        np.float32,
+    )
     out = v.tracker.reuse_features(boxes, budget)
     assert v.tracker.needs_features(boxes, np.ones(4), budget).tolist() == [f is None for f in out]
     assert {i for i, f in enumerate(out) if f is None} == embedded

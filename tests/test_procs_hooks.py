@@ -5,6 +5,7 @@ changes one fails this file with a message saying which hook and what to do (run
 REIDKIT_TEST_FORK=0, which starts real interpreters, until procs.py is adapted), instead of failing
 hundreds of subprocess tests with confusing errors.
 """
+
 import atexit
 import inspect
 import runpy
@@ -17,9 +18,11 @@ import pytest
 
 import procs
 
-ADVICE = ("tests/procs.py relies on it to make a forked process behave like a fresh interpreter; "
-          "run the suite with REIDKIT_TEST_FORK=0 until procs.py is adapted to this Python "
-          f"({sys.version.split()[0]})")
+ADVICE = (
+    "tests/procs.py relies on it to make a forked process behave like a fresh interpreter; "
+    "run the suite with REIDKIT_TEST_FORK=0 until procs.py is adapted to this Python "
+    f"({sys.version.split()[0]})"
+)
 
 
 def _need(module, name):
@@ -43,27 +46,35 @@ def test_runpy_run_module_as_main_runs_a_module_as_dash_m_does(tmp_path):
     # multiprocessing forkserver started later would re-import __main__ under the probe's name
     hook = _need(runpy, "_run_module_as_main")
     params = inspect.signature(hook).parameters
-    assert list(params)[:2] == ["mod_name", "alter_argv"], f"runpy._run_module_as_main{inspect.signature(hook)}: {ADVICE}"
+    assert list(params)[:2] == ["mod_name", "alter_argv"], (
+        f"runpy._run_module_as_main{inspect.signature(hook)}: {ADVICE}"
+    )
     (tmp_path / "procs_probe_mod.py").write_text("import sys\nprint(__name__, sys.argv[0])\n")
-    out = _fresh(f"import runpy, sys\nsys.path.insert(0, {str(tmp_path)!r})\nsys.argv = ['-m', 'x']\n"
-                 "runpy._run_module_as_main('procs_probe_mod', alter_argv=True)\n")
+    out = _fresh(
+        f"import runpy, sys\nsys.path.insert(0, {str(tmp_path)!r})\nsys.argv = ['-m', 'x']\n"
+        "runpy._run_module_as_main('procs_probe_mod', alter_argv=True)\n"
+    )
     assert out.split() == ["__main__", str(tmp_path / "procs_probe_mod.py")], ADVICE
 
 
 def test_threading_shutdown_joins_non_daemon_threads():
     _need(threading, "_shutdown")
-    out = _fresh("import threading, time\n"
-                 "done = []\n"
-                 "t = threading.Thread(target=lambda: (time.sleep(0.2), done.append(1)))\n"
-                 "t.start(); threading._shutdown(); print(done, t.is_alive())\n")
+    out = _fresh(
+        "import threading, time\n"
+        "done = []\n"
+        "t = threading.Thread(target=lambda: (time.sleep(0.2), done.append(1)))\n"
+        "t.start(); threading._shutdown(); print(done, t.is_alive())\n"
+    )
     assert out.split() == ["[1]", "False"], f"threading._shutdown() did not join a running thread: {ADVICE}"
 
 
 def test_atexit_run_exitfuncs_runs_and_clears_registered_hooks():
     _need(atexit, "_run_exitfuncs")
-    out = _fresh("import atexit\n"
-                 "atexit.register(print, 'hook ran')\n"
-                 "atexit._run_exitfuncs(); print('after', atexit._ncallbacks())\n")
+    out = _fresh(
+        "import atexit\n"
+        "atexit.register(print, 'hook ran')\n"
+        "atexit._run_exitfuncs(); print('after', atexit._ncallbacks())\n"
+    )
     assert out.splitlines() == ["hook ran", "after 0"], f"atexit._run_exitfuncs(): {ADVICE}"
 
 
@@ -102,7 +113,8 @@ def test_a_forked_process_behaves_like_a_fresh_interpreter(tmp_path):
         f"t = threading.Thread(target=lambda: (time.sleep(0.2), open({str(out)!r}, 'a').write('thread\\n')))\n"
         "t.start()\n"
         "print('to stderr', file=sys.stderr)\n"
-        "sys.exit(3)\n")
+        "sys.exit(3)\n"
+    )
     r = procs.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "to stderr" in r.stderr
     assert out.read_text().splitlines() == ["thread", "atexit"], ADVICE

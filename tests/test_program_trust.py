@@ -14,6 +14,7 @@ and ``--plugin`` the one way a plug-in is imported. A gallery built from a trust
 records its hash: later searches and the server refuse it untrusted, and refuse a swapped file
 even when trusted.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,23 +98,56 @@ def _verbs(fx: dict, weights: Path, tmp: Path) -> dict[str, list[str]]:
     query = str(sorted(fx["crops"].iterdir())[0])
     return {
         "extract": ["extract", "--weights", str(weights), "--images", str(fx["crops"]), "--out", str(tmp / "f.npz")],
-        "index build": ["index", "build", "--images", str(fx["crops"]), "--db", str(tmp / "newdb"),
-                        "--weights", str(weights)],
+        "index build": [
+            "index",
+            "build",
+            "--images",
+            str(fx["crops"]),
+            "--db",
+            str(tmp / "newdb"),
+            "--weights",
+            str(weights),
+        ],
         "index add": ["index", "add", "--db", str(fx["db"]), "--images", str(fx["crops"]), "--weights", str(weights)],
         "search": ["search", "--db", str(fx["db"]), "--image", query, "--weights", str(weights)],
-        "video": ["video", str(fx["scene"].videos[0]), "--detections", str(fx["scene"].gt[0]), "--db",
-                  str(tmp / "vdb"), "--weights", str(weights)],
+        "video": [
+            "video",
+            str(fx["scene"].videos[0]),
+            "--detections",
+            str(fx["scene"].gt[0]),
+            "--db",
+            str(tmp / "vdb"),
+            "--weights",
+            str(weights),
+        ],
         "tracklets search": ["tracklets", "search", "--db", str(fx["db"]), "--image", query, "--weights", str(weights)],
         "serve": ["serve", "--db", str(fx["db"]), "--weights", str(weights), "--port", fx["port"]],
         "export": ["export", "--weights", str(weights), "--out", str(tmp / "m.onnx")],
         "test": ["test", "--config", str(fx["config"]), "--weights", str(weights)],
-        "pseudo-label": ["pseudo-label", "--config", str(fx["config"]), "--weights", str(weights), "--out",
-                         str(tmp / "pl")],
+        "pseudo-label": [
+            "pseudo-label",
+            "--config",
+            str(fx["config"]),
+            "--weights",
+            str(weights),
+            "--out",
+            str(tmp / "pl"),
+        ],
     }
 
 
-VERBS = ["extract", "index build", "index add", "search", "video", "tracklets search", "serve", "export", "test",
-         "pseudo-label"]
+VERBS = [
+    "extract",
+    "index build",
+    "index add",
+    "search",
+    "video",
+    "tracklets search",
+    "serve",
+    "export",
+    "test",
+    "pseudo-label",
+]
 
 
 def _one_error(code: int, err: str, *names: str) -> None:
@@ -153,8 +187,15 @@ def _api_calls(fx: dict, weights: Path, tmp: Path) -> dict:
     }
 
 
-APIS = ["load_model", "load_feature_model", "Embedder", "FeatureExtractor.load", "Gallery.build",
-        "Gallery.open(weights=)", "create_app"]
+APIS = [
+    "load_model",
+    "load_feature_model",
+    "Embedder",
+    "FeatureExtractor.load",
+    "Gallery.build",
+    "Gallery.open(weights=)",
+    "create_app",
+]
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -174,15 +215,29 @@ def test_trust_checkpoint_loads_a_torchscript_model_and_extracts(fx, tmp_path, c
     capsys.readouterr()
     assert main(["extract", "--weights", str(fx["ts"]), "--images", str(fx["crops"]), "--out", str(b)]) == 2
     _one_error(2, capsys.readouterr().err, "good.ts", "TorchScript", "--trust-checkpoint")
-    assert main(["extract", "--weights", str(fx["ts"]), "--images", str(fx["crops"]), "--out", str(b),
-                 "--trust-checkpoint"]) == 0
+    assert (
+        main(
+            ["extract", "--weights", str(fx["ts"]), "--images", str(fx["crops"]), "--out", str(b), "--trust-checkpoint"]
+        )
+        == 0
+    )
     assert "TorchScript program" in capsys.readouterr().err
     with np.load(a) as za, np.load(b) as zb:
         np.testing.assert_allclose(zb["features"], za["features"], atol=1e-4, rtol=0)
     # the payload too runs only when trusted: the flag is the one way in, for that verb only
     evil, marker = _torchscript_payload(tmp_path)
-    main(["extract", "--weights", str(evil), "--images", str(fx["crops"]), "--out", str(tmp_path / "c.npz"),
-          "--trust-checkpoint"])
+    main(
+        [
+            "extract",
+            "--weights",
+            str(evil),
+            "--images",
+            str(fx["crops"]),
+            "--out",
+            str(tmp_path / "c.npz"),
+            "--trust-checkpoint",
+        ]
+    )
     assert marker.exists()
     marker.unlink()
     from reidkit.inference import FeatureExtractor
@@ -206,8 +261,22 @@ def test_a_gallery_of_a_trusted_program_never_reloads_it_untrusted(fx, tmp_path,
     db = tmp_path / "tsdb"
     assert main(["index", "build", "--images", str(fx["crops"]), "--db", str(db), "--weights", str(ts)]) == 2
     _one_error(2, capsys.readouterr().err, "model.ts", "--trust-checkpoint")
-    assert main(["index", "build", "--images", str(fx["crops"]), "--db", str(db), "--weights", str(ts),
-                 "--trust-checkpoint"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--images",
+                str(fx["crops"]),
+                "--db",
+                str(db),
+                "--weights",
+                str(ts),
+                "--trust-checkpoint",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     info = Gallery.open(db).info
     assert info["model_program"] == "torchscript" and info["model_file_sha256"] == file_sha256(ts)
@@ -221,17 +290,23 @@ def test_a_gallery_of_a_trusted_program_never_reloads_it_untrusted(fx, tmp_path,
     evil, marker = _torchscript_payload(tmp_path, "evil.ts")
     os.replace(evil, ts)
     port = fx["port"]
-    for argv in (["search", "--db", str(db), "--image", query], ["serve", "--db", str(db), "--port", port],
-                 ["search", "--db", str(db), "--image", query, "--trust-checkpoint"],
-                 ["serve", "--db", str(db), "--port", port, "--trust-checkpoint"]):
+    for argv in (
+        ["search", "--db", str(db), "--image", query],
+        ["serve", "--db", str(db), "--port", port],
+        ["search", "--db", str(db), "--image", query, "--trust-checkpoint"],
+        ["serve", "--db", str(db), "--port", port, "--trust-checkpoint"],
+    ):
         TRIED.append(str(marker))
         code = main(argv)
         err = capsys.readouterr().err
         _one_error(code, err, "model.ts")
         assert ("changed since" in err) == ("--trust-checkpoint" in argv), err
         assert not marker.exists(), f"the swapped program ran: {argv}"
-    for call in (lambda: Gallery.open(db).search(query, k=2), lambda: create_app(db),
-                 lambda: Gallery.open(db, trust_checkpoint=True).search(query, k=2)):
+    for call in (
+        lambda: Gallery.open(db).search(query, k=2),
+        lambda: create_app(db),
+        lambda: Gallery.open(db, trust_checkpoint=True).search(query, k=2),
+    ):
         TRIED.append(str(marker))
         with pytest.raises(ReIDError, match="model.ts"):
             call()
@@ -314,9 +389,11 @@ def test_recorded_plugin_never_imported_through_the_python_api(fx, on_path, api,
 def test_plugin_flag_is_the_one_way_in(fx, tmp_path, capsys):
     """With --plugin naming the file, it is imported (by design) and the checkpoint's part is found."""
     plugin = tmp_path / "netparts.py"
-    plugin.write_text("import reidkit\nfrom reidkit.models.backbones.resnet import build_resnet, spec\n"
-                      "reidkit.register_backbone('net_of_plugin', lambda last_stride=1: "
-                      "build_resnet(spec(18), last_stride=last_stride))\n")
+    plugin.write_text(
+        "import reidkit\nfrom reidkit.models.backbones.resnet import build_resnet, spec\n"
+        "reidkit.register_backbone('net_of_plugin', lambda last_stride=1: "
+        "build_resnet(spec(18), last_stride=last_stride))\n"
+    )
     ckpt = torch.load(fx["good"], map_location="cpu", weights_only=True)
     ckpt["plugins"] = [str(plugin)]
     ckpt["model_cfg"] = {**ckpt["model_cfg"], "backbone": "net_of_plugin"}
@@ -330,8 +407,22 @@ def test_plugin_flag_is_the_one_way_in(fx, tmp_path, capsys):
     from reidkit import plugins
 
     try:
-        assert main(["--plugin", str(plugin), "extract", "--weights", str(path), "--images", str(fx["crops"]),
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "--plugin",
+                    str(plugin),
+                    "extract",
+                    "--weights",
+                    str(path),
+                    "--images",
+                    str(fx["crops"]),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         BACKBONES.unregister("net_of_plugin")
         plugins._LOADED.pop(str(plugin.resolve()), None)

@@ -1,5 +1,6 @@
 """Progress of long steps (issue 21): one line per step when output is not a terminal, from the
 CLI and from the Python API (pytest's captured stderr is not a terminal, so no bar is drawn)."""
+
 from __future__ import annotations
 
 import re
@@ -24,9 +25,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     save_model(weights, build_model(cfg, 3), cfg, 3, [32, 16])
     tiny = {
         "_base_": "bot_r50.yaml",
-        "data": {"datasets": [{"name": "synthetic", "root": str(syn),
-                               "options": {"ids": 12, "images_per_id": 6, "cams": 2, "seed": 0}}],
-                 "size": [32, 16]},
+        "data": {
+            "datasets": [
+                {
+                    "name": "synthetic",
+                    "root": str(syn),
+                    "options": {"ids": 12, "images_per_id": 6, "cams": 2, "seed": 0},
+                }
+            ],
+            "size": [32, 16],
+        },
         "model": {"backbone": "resnet18", "pretrained": False},
         "device": "cpu",
         "output_dir": str(w / "run"),
@@ -57,8 +65,22 @@ def test_step_logs_one_line_from_python_when_not_a_terminal(capsys):
 
 def test_extract_shows_its_steps(world, capsys):
     out = world["w"] / "f.npz"
-    assert main(["extract", "--weights", str(world["weights"]), "--images", str(world["syn"]),
-                 "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(world["weights"]),
+                "--images",
+                str(world["syn"]),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     n = len(list(world["syn"].rglob("*.jpg")))
     assert done_line(err, "extract, decoding").startswith(f"extract, decoding: {n} images")
@@ -67,12 +89,48 @@ def test_extract_shows_its_steps(world, capsys):
 
 def test_visrank_shows_its_steps(world, capsys):
     feats = world["w"] / "vis.npz"
-    assert main(["extract", "--weights", str(world["weights"]), "--images", str(world["syn"]),
-                 "--out", str(feats), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--weights",
+                str(world["weights"]),
+                "--images",
+                str(world["syn"]),
+                "--out",
+                str(feats),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["visrank", "--features", str(feats), "--dataset", "synthetic", "--root", str(world["syn"]),
-                 "--out", str(world["w"] / "vis"), "--max-queries", "3", "--rerank",
-                 "-o", "ids=12", "-o", "images_per_id=6", "-o", "cams=2"]) == 0
+    assert (
+        main(
+            [
+                "visrank",
+                "--features",
+                str(feats),
+                "--dataset",
+                "synthetic",
+                "--root",
+                str(world["syn"]),
+                "--out",
+                str(world["w"] / "vis"),
+                "--max-queries",
+                "3",
+                "--rerank",
+                "-o",
+                "ids=12",
+                "-o",
+                "images_per_id=6",
+                "-o",
+                "cams=2",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     done_line(err, "visrank: re-ranking")
     assert done_line(err, "visrank: ranked lists").startswith("visrank: ranked lists: 3 pictures")
@@ -86,8 +144,20 @@ def test_python_test_shows_evaluation_steps(world, capsys):
     for desc in ("evaluation synthetic query", "evaluation synthetic gallery", "evaluation synthetic ranking"):
         done_line(err, desc)
     # the CLI verb prints the same lines
-    assert main(["test", "--config", str(world["tiny"]), "--weights", str(world["weights"]),
-                 "--out", str(world["w"] / "test2")]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--config",
+                str(world["tiny"]),
+                "--weights",
+                str(world["weights"]),
+                "--out",
+                str(world["w"] / "test2"),
+            ]
+        )
+        == 0
+    )
     done_line(capsys.readouterr().err, "evaluation synthetic query")
 
 
@@ -96,19 +166,28 @@ def test_training_logs_every_log_period_iterations_without_a_terminal(world, cap
     terminal (no bar), a line every solver.log_period iterations, from the Python API and the CLI verbs."""
     import reidkit
 
-    reidkit.train(world["tiny"], output_dir=str(world["w"] / "iters"), solver__max_epochs=1, solver__log_period=2,
-                  solver__eval_period=100, sampler={"p": 4, "k": 2, "epoch_batches": 4})
+    reidkit.train(
+        world["tiny"],
+        output_dir=str(world["w"] / "iters"),
+        solver__max_epochs=1,
+        solver__log_period=2,
+        solver__eval_period=100,
+        sampler={"p": 4, "k": 2, "epoch_batches": 4},
+    )
     err = capsys.readouterr().err
     lines = re.findall(r"^epoch 1 iter (\d+)/4 loss \S+ .* img/s$", err, flags=re.M)
     assert lines == ["2", "4"], err
     assert err.index("epoch 1 iter 2/4") < err.index("epoch 1/1 done in")
 
 
-@pytest.mark.parametrize("argv,target", [
-    (["demo", "--out", "{tmp}"], "reidkit.engine.demo.run_demo"),
-    (["ablate", "--config", "demo", "--recipes", "a", "--out", "{tmp}"], "reidkit.engine.ablate.run_ablation"),
-    (["pseudo-label", "--config", "demo", "--weights", "w.pt"], "reidkit.engine.pseudo_label.run_pseudo_label"),
-])
+@pytest.mark.parametrize(
+    "argv,target",
+    [
+        (["demo", "--out", "{tmp}"], "reidkit.engine.demo.run_demo"),
+        (["ablate", "--config", "demo", "--recipes", "a", "--out", "{tmp}"], "reidkit.engine.ablate.run_ablation"),
+        (["pseudo-label", "--config", "demo", "--weights", "w.pt"], "reidkit.engine.pseudo_label.run_pseudo_label"),
+    ],
+)
 def test_verbs_that_train_echo_iteration_lines_without_a_terminal(argv, target, tmp_path, capsys, monkeypatch):
     from reidkit.utils.progress import log
 

@@ -1,4 +1,5 @@
 """Pseudo-labelling the test set: grouping, association, precision, the manifest, the CLI loop."""
+
 from __future__ import annotations
 
 import json
@@ -77,13 +78,23 @@ def test_cli_labels_the_test_set_and_retrains(tmp_path, capsys):
     net = build_model(ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="avg"), 6)
     weights = save_model(tmp_path / "base.pt", net, ModelConfig(backbone="mobilenetv2", pooling="avg"), 6, [64, 32])
     common = [
-        "--config", "demo", f"data.datasets=[{{name: synthetic, root: '{root}', options: {opts}}}]",
-        "data.size=[64,32]", "model.backbone=mobilenetv2", "model.pooling=avg", "sampler.p=4", "sampler.k=4",
-        "solver.max_epochs=1", "sampler.epoch_batches=2", "loss.names=[softmax,triplet]", "device=cpu",
+        "--config",
+        "demo",
+        f"data.datasets=[{{name: synthetic, root: '{root}', options: {opts}}}]",
+        "data.size=[64,32]",
+        "model.backbone=mobilenetv2",
+        "model.pooling=avg",
+        "sampler.p=4",
+        "sampler.k=4",
+        "solver.max_epochs=1",
+        "sampler.epoch_batches=2",
+        "loss.names=[softmax,triplet]",
+        "device=cpu",
         f"output_dir={tmp_path / 'run'}",
     ]
-    code = main(["pseudo-label", "--weights", str(weights), "--threshold", "0.8", "--out", str(tmp_path / "pl"),
-                 *common])
+    code = main(
+        ["pseudo-label", "--weights", str(weights), "--threshold", "0.8", "--out", str(tmp_path / "pl"), *common]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "pl" / "pseudo_label.json").read_text())
     it = summary["iterations"][0]
@@ -103,10 +114,26 @@ def test_nothing_labelled_says_why_and_names_no_final_weights(tmp_path, capsys):
     net = build_model(ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="avg"), 6)
     weights = save_model(tmp_path / "base.pt", net, ModelConfig(backbone="mobilenetv2", pooling="avg"), 6, [64, 32])
     opts = "{ids: 6, images_per_id: 4, cams: 2, seed: 5}"
-    code = main(["pseudo-label", "--weights", str(weights), "--threshold", "1.0", "--dedup-threshold", "0.0001",
-                 "--out", str(tmp_path / "pl"), "--config", "demo",
-                 f"data.datasets=[{{name: synthetic, root: '{tmp_path / 'data'}', options: {opts}}}]",
-                 "data.size=[64,32]", "model.backbone=mobilenetv2", "model.pooling=avg", "device=cpu"])
+    code = main(
+        [
+            "pseudo-label",
+            "--weights",
+            str(weights),
+            "--threshold",
+            "1.0",
+            "--dedup-threshold",
+            "0.0001",
+            "--out",
+            str(tmp_path / "pl"),
+            "--config",
+            "demo",
+            f"data.datasets=[{{name: synthetic, root: '{tmp_path / 'data'}', options: {opts}}}]",
+            "data.size=[64,32]",
+            "model.backbone=mobilenetv2",
+            "model.pooling=avg",
+            "device=cpu",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "0 query groups" in out and "nothing labelled: " in out and "lower --threshold (e.g. " in out
@@ -125,13 +152,42 @@ def test_defaults_label_the_synthetic_demo_data(tmp_path, capsys):
     from reidkit.cli import main
 
     opts = "{ids: 12, images_per_id: 6, cams: 3, seed: 0}"
-    common = ["--config", "demo", f"data.datasets=[{{name: synthetic, root: '{tmp_path / 'data'}', options: {opts}}}]",
-              "data.size=[64,32]", "device=cpu", f"data.cache_dir={tmp_path / 'cache'}"]
-    assert main(["train", *common, "solver.max_epochs=2", "sampler.p=4", "sampler.epoch_batches=4",
-                 f"output_dir={tmp_path / 'run'}"]) == 0
+    common = [
+        "--config",
+        "demo",
+        f"data.datasets=[{{name: synthetic, root: '{tmp_path / 'data'}', options: {opts}}}]",
+        "data.size=[64,32]",
+        "device=cpu",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                *common,
+                "solver.max_epochs=2",
+                "sampler.p=4",
+                "sampler.epoch_batches=4",
+                f"output_dir={tmp_path / 'run'}",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["pseudo-label", "--weights", str(tmp_path / "run" / "model.pt"), "--no-retrain",
-                 "--out", str(tmp_path / "pl"), *common]) == 0
+    assert (
+        main(
+            [
+                "pseudo-label",
+                "--weights",
+                str(tmp_path / "run" / "model.pt"),
+                "--no-retrain",
+                "--out",
+                str(tmp_path / "pl"),
+                *common,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     it = json.loads((tmp_path / "pl" / "pseudo_label.json").read_text())["iterations"][0]
     assert it["query_groups"] > 0 and it["labelled_gallery"] > 0, out
@@ -143,8 +199,15 @@ def test_summary_ends_in_words_with_the_final_weights_and_the_setting():
     """Issue 31: the summary ended with a raw JSON line and never said the mAP is on the labelled test set."""
     from reidkit.engine.pseudo_label import format_summary
 
-    it = {"iteration": 1, "threshold": 0.5, "query_groups": 3, "labelled_query": 3, "labelled_gallery": 4,
-          "metrics": {"mAP": 50.0, "rank1": 60.0}, "manifest": "m.csv"}
+    it = {
+        "iteration": 1,
+        "threshold": 0.5,
+        "query_groups": 3,
+        "labelled_query": 3,
+        "labelled_gallery": 4,
+        "metrics": {"mAP": 50.0, "rank1": 60.0},
+        "manifest": "m.csv",
+    }
     lines = format_summary({"threshold": 0.5, "iterations": [it], "final_weights": "/x/model.pt"}).splitlines()
     assert "retrained mAP 50.0 rank-1 60.0 (on the same test set)" in lines[0]
     assert lines[1] == "final weights: /x/model.pt" and lines[2].startswith("note: transductive setting")

@@ -2,6 +2,7 @@
 reaches into another module's private names, so a dataset or generator written outside the package
 can do everything the built-in ones do. Also: the painter, split into parts, draws the bytes it drew
 as one function."""
+
 from __future__ import annotations
 
 import ast
@@ -63,21 +64,27 @@ def private_uses(source: str, module: str, is_package: bool = False) -> list[str
 DATA_MODULES = sorted((PKG / "data").rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", DATA_MODULES + [PKG / "models" / "transreid.py"],
-                         ids=lambda p: str(p.relative_to(PKG)))
+@pytest.mark.parametrize(
+    "path", DATA_MODULES + [PKG / "models" / "transreid.py"], ids=lambda p: str(p.relative_to(PKG))
+)
 def test_no_private_name_of_another_module(path):
     uses = private_uses(path.read_text(), _module_name(path), path.name == "__init__.py")
     assert not uses, f"{path.relative_to(PKG.parent)} uses private names of other modules: {uses}"
 
 
 def test_the_checker_finds_both_forms():
-    src = ("from reidkit.data import synthetic as syn\nfrom reidkit.data.datasets.layout import _check_splits, root_dir\n"
-           "from .layout import _listing\nimport reidkit.models.backbones as bb\n"
-           "x = syn._draw_person(1)\ny = bb._accepted\nz = syn.draw_person\n")
+    src = (
+        "from reidkit.data import synthetic as syn\nfrom reidkit.data.datasets.layout import _check_splits, root_dir\n"
+        "from .layout import _listing\nimport reidkit.models.backbones as bb\n"
+        "x = syn._draw_person(1)\ny = bb._accepted\nz = syn.draw_person\n"
+    )
     uses = private_uses(src, "reidkit.data.datasets.market1501")
-    assert uses == ["line 2: from reidkit.data.datasets.layout import _check_splits",
-                    "line 3: from reidkit.data.datasets.layout import _listing",
-                    "line 5: syn._draw_person", "line 6: bb._accepted"]
+    assert uses == [
+        "line 2: from reidkit.data.datasets.layout import _check_splits",
+        "line 3: from reidkit.data.datasets.layout import _listing",
+        "line 5: syn._draw_person",
+        "line 6: bb._accepted",
+    ]
     # the generator's modules may share internals among themselves, not with scene.py
     src = "from reidkit.data.synthetic.identity import _CLOTH\n"
     assert private_uses(src, "reidkit.data.synthetic.painter") == []
@@ -88,8 +95,11 @@ def test_scene_uses_the_public_generator_parts():
     from reidkit.data import synthetic as syn
 
     tree = ast.parse((PKG / "data" / "scene.py").read_text())
-    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-            and n.value.id == "syn"}
+    used = {
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "syn"
+    }
     assert used and used <= set(syn.__all__), used - set(syn.__all__)
     for name in syn.__all__:
         assert hasattr(syn, name), name
@@ -115,9 +125,33 @@ def test_draw_person_pixels_are_those_of_the_one_function_painter():
                 box = syn.draw_person(img, idt, view, phase, 32.0, 122.0, 112.0, -0.6)
                 h.update(img.tobytes())
                 h.update(repr(tuple(round(v, 6) for v in box)).encode())
-    assert seen >= {"short", "long", "bun", "ponytail", "bald", "trousers", "shorts", "skirt", "tshirt", "longsleeve",
-                    "jacket", "plain", "hstripes", "vstripes", "checks", "dots", "bag:-1", "bag:1", "hat:cap",
-                    "hat:beanie", "front_print:circle", "front_print:rect", "front_print:band", "back_print:rect",
-                    "back_print:band", "backpack"}
+    assert seen >= {
+        "short",
+        "long",
+        "bun",
+        "ponytail",
+        "bald",
+        "trousers",
+        "shorts",
+        "skirt",
+        "tshirt",
+        "longsleeve",
+        "jacket",
+        "plain",
+        "hstripes",
+        "vstripes",
+        "checks",
+        "dots",
+        "bag:-1",
+        "bag:1",
+        "hat:cap",
+        "hat:beanie",
+        "front_print:circle",
+        "front_print:rect",
+        "front_print:band",
+        "back_print:rect",
+        "back_print:band",
+        "backpack",
+    }
     # sha256 of the same drawings by painter._draw_person at a4056de (one 236-line function)
     assert h.hexdigest() == "df0baf8b645477e470cf28d015a78a5cb4d15d35767ba01014bf048aa78e8b19"

@@ -1,5 +1,6 @@
 """The int8 engine (reidkit.models.quantize): features close to the float model's on unseen crops, the
 same identities found, one quantisation per model cached (a damaged entry made again), metadata kept."""
+
 from __future__ import annotations
 
 import numpy as np

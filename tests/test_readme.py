@@ -1,4 +1,5 @@
 """The README's Python tour runs as written (in a temporary folder, on the CPU)."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _tour() -> str:
     text = README.read_text()
-    section = text[text.index("### Python"):text.index("### Command line")]
+    section = text[text.index("### Python") : text.index("### Command line")]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert len(blocks) == 1, "the tour is one python block"
     return blocks[0]

@@ -1,6 +1,7 @@
 """Public registries: one Registry class, did-you-mean errors, and parts registered from user code
 with options of their own (the README's "Your own parts" example, tests/data/parts_example.*, is
 executed as it is written)."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,16 @@ import reidkit
 from reidkit.errors import ReIDError
 from reidkit.registry import Registry
 
+
 def test_registry_errors_name_the_nearest_and_all_names():
     reg: Registry = Registry("widget", "model.widget")
     reg.register("resnet50", 1)
     reg.register("resnet101", 2)
-    with pytest.raises(ReIDError, match=r"unknown widget 'resnet5' \(model.widget\) \(did you mean 'resnet50'\?\); "
-                                        r"valid names: resnet50, resnet101"):
+    with pytest.raises(
+        ReIDError,
+        match=r"unknown widget 'resnet5' \(model.widget\) \(did you mean 'resnet50'\?\); "
+        r"valid names: resnet50, resnet101",
+    ):
         reg.get("resnet5")
     with pytest.raises(ReIDError, match="already registered"):
         reg.register("resnet50", 3)
@@ -45,8 +50,10 @@ def test_unknown_names_in_configs_get_did_you_mean(tmp_path):
 
 
 def test_importing_the_config_loads_no_engine_module():
-    code = ("import sys, reidkit.config as c; c.load_config('usl_hhcl'); "
-            "print([m for m in sys.modules if m.startswith('reidkit.engine')])")
+    code = (
+        "import sys, reidkit.config as c; c.load_config('usl_hhcl'); "
+        "print([m for m in sys.modules if m.startswith('reidkit.engine')])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -74,8 +81,14 @@ def test_your_own_parts_example_runs_verbatim(tmp_path):
             continue
         argv = shlex.split(line)
         assert argv[0] == "reidkit"
-        proc = procs.run([sys.executable, "-m", "reidkit.cli", *argv[1:]], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = procs.run(
+            [sys.executable, "-m", "reidkit.cli", *argv[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         expected = lines[i + 1] if i + 1 < len(lines) and lines[i + 1].startswith("# error:") else None
         if expected:
             expected = expected.replace("$PWD", str(tmp_path.resolve()))
@@ -106,7 +119,8 @@ def test_plugins_from_the_environment_and_a_clear_error_for_a_missing_one(tmp_pa
     plugin.write_text(
         "from dataclasses import dataclass\nimport reidkit\n"
         "@dataclass\nclass O:\n    depth: int = 2\n"
-        "reidkit.register_backbone('env_net', lambda last_stride=1, depth=2: None, options=O)\n")
+        "reidkit.register_backbone('env_net', lambda last_stride=1, depth=2: None, options=O)\n"
+    )
     monkeypatch.setenv("REIDKIT_PLUGINS", str(plugin))
     try:
         assert main(["recipes", "--options", "env_net"]) == 0
@@ -151,8 +165,13 @@ def test_user_backbone(tmp_path):
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """`reidkit ... | head`: the reader is gone before the verb prints: no BrokenPipeError traceback."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "recipes"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reidkit.cli", "recipes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
     proc.stdout.close()  # long before the interpreter has imported reidkit and printed anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err

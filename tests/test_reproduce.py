@@ -1,6 +1,7 @@
 """`reidkit reproduce`: a fake two-row table on a generated Market-1501-format set with tiny
 schedules writes reproduce.md (published beside ours), resumes finished rows, and --dry-run
 lists what would run, what is missing and a GPU-time estimate."""
+
 from __future__ import annotations
 
 import json
@@ -13,31 +14,72 @@ from reidkit.cli import main as cli_main
 from reidkit.engine.reproduce import list_tables, load_table
 from reidkit.errors import ReIDError
 
-TINY = ["model.backbone=resnet18", "model.pretrained=false", "data.size=[64,32]", "input.pad=2",
-        "sampler.p=4", "sampler.k=4", "sampler.epoch_batches=2", "solver.max_epochs=1",
-        "solver.warmup_epochs=0", "solver.eval_period=1", "device=cpu", "test.batch_size=64"]
+TINY = [
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "data.size=[64,32]",
+    "input.pad=2",
+    "sampler.p=4",
+    "sampler.k=4",
+    "sampler.epoch_batches=2",
+    "solver.max_epochs=1",
+    "solver.warmup_epochs=0",
+    "solver.eval_period=1",
+    "device=cpu",
+    "test.batch_size=64",
+]
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reproduce")
-    assert cli_main(["synth", str(root / "data"), "--ids", "16", "--images-per-id", "6", "--size", "64x32",
-                     "--workers", "1"]) == 0
-    table = {"name": "fake", "title": "A fake table", "rows": [
-        {"id": "all_tricks", "recipe": "bot_r50", "dataset": "market1501",
-         "published": {"mAP": 85.9, "rank1": 94.5}, "source": "Luo et al. 2019"},
-        {"id": "no_center", "recipe": "bot_r50", "dataset": "market1501",
-         "overrides": {"loss.names": ["softmax", "triplet"]},
-         "published": {"mAP": 85.7, "rank1": 94.1}, "source": "Luo et al. 2019"},
-        {"id": "duke", "recipe": "bot_r50", "dataset": "dukemtmc", "published": {"mAP": 76.4, "rank1": 86.4}},
-    ]}
+    assert (
+        cli_main(
+            ["synth", str(root / "data"), "--ids", "16", "--images-per-id", "6", "--size", "64x32", "--workers", "1"]
+        )
+        == 0
+    )
+    table = {
+        "name": "fake",
+        "title": "A fake table",
+        "rows": [
+            {
+                "id": "all_tricks",
+                "recipe": "bot_r50",
+                "dataset": "market1501",
+                "published": {"mAP": 85.9, "rank1": 94.5},
+                "source": "Luo et al. 2019",
+            },
+            {
+                "id": "no_center",
+                "recipe": "bot_r50",
+                "dataset": "market1501",
+                "overrides": {"loss.names": ["softmax", "triplet"]},
+                "published": {"mAP": 85.7, "rank1": 94.1},
+                "source": "Luo et al. 2019",
+            },
+            {"id": "duke", "recipe": "bot_r50", "dataset": "dukemtmc", "published": {"mAP": 76.4, "rank1": 86.4}},
+        ],
+    }
     (root / "fake.yaml").write_text(yaml.safe_dump(table))
     return root
 
 
 def test_dry_run_lists_runnable_and_missing_rows(work, capsys):
-    assert cli_main(["reproduce", str(work / "fake.yaml"), "--data-root", str(work / "data"), "--dry-run",
-                     "--out", str(work / "out_dry")]) == 0
+    assert (
+        cli_main(
+            [
+                "reproduce",
+                str(work / "fake.yaml"),
+                "--data-root",
+                str(work / "data"),
+                "--dry-run",
+                "--out",
+                str(work / "out_dry"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     lines = {ln.split()[1]: ln.split()[0] for ln in text.splitlines() if ln.startswith("  ")}
     assert lines == {"all_tricks": "run", "no_center": "run", "duke": "missing"}
@@ -60,8 +102,11 @@ def test_two_rows_run_write_reproduce_md_and_resume(work, capsys):
     args = ["reproduce", str(work / "fake.yaml"), "--data-root", str(work / "data"), "--out", str(out), *TINY]
     assert cli_main(args) == 0
     md = (out / "reproduce.md").read_text()
-    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]] for ln in md.splitlines()
-            if ln.startswith("| ") and not ln.startswith("| row")}
+    rows = {
+        ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]]
+        for ln in md.splitlines()
+        if ln.startswith("| ") and not ln.startswith("| row")
+    }
     assert set(rows) == {"all_tricks", "no_center", "duke"}
     for rid, published in (("all_tricks", "85.9 / 94.5"), ("no_center", "85.7 / 94.1")):
         cells = rows[rid]
@@ -86,8 +131,11 @@ def test_bad_tables_name_the_problem(tmp_path):
     bad.write_text(yaml.safe_dump({"rows": [{"id": "a", "recipe": "bot_r50", "dataset": "market1501"}]}))
     with pytest.raises(ReIDError, match=r"rows\[0\] has no 'published'"):
         load_table(bad)
-    bad.write_text(yaml.safe_dump({"rows": [{"id": "a", "recipe": "bot_r50", "dataset": "market1501",
-                                             "published": {"mAP": 1}, "epochs": 3}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"rows": [{"id": "a", "recipe": "bot_r50", "dataset": "market1501", "published": {"mAP": 1}, "epochs": 3}]}
+        )
+    )
     with pytest.raises(ReIDError, match="unknown key"):
         load_table(bad)
     with pytest.raises(ReIDError, match="unknown table 'nope'"):

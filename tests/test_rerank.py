@@ -1,4 +1,5 @@
 """re_ranking against a literal transcription of the paper's steps; features path against dense."""
+
 import numpy as np
 import pytest
 import torch

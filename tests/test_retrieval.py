@@ -1,5 +1,6 @@
 """Gallery index: build, add without rebuild, model identity checks, camera exclusion, re-ranking, IVF/IVF-PQ/HNSW,
 entries beyond images (tracklets, state, delete), check/repair of old galleries, CLI and its bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,19 @@ def data(tmp_path_factory):
     other = _tiny_weights(root / "other.pth", seed=2)
     db = root / "db"
     gallery = Gallery.build(gal, db, weights=weights)
-    return {"root": root, "syn": syn, "gal": gal, "query": query, "qcam": qcam, "planted": planted,
-            "pcam": pcam, "weights": weights, "other": other, "db": db, "gallery": gallery}
+    return {
+        "root": root,
+        "syn": syn,
+        "gal": gal,
+        "query": query,
+        "qcam": qcam,
+        "planted": planted,
+        "pcam": pcam,
+        "weights": weights,
+        "other": other,
+        "db": db,
+        "gallery": gallery,
+    }
 
 
 def test_parse_camera_frame():
@@ -61,8 +73,10 @@ def test_build_counts_corrupt_and_stores_metadata(data):
     assert len(g) == n_files - 1
     assert g.last_report["corrupt"] == 1
     with sqlite3.connect(data["db"] / "meta.sqlite") as conn:
-        row = conn.execute("SELECT camid, frame_start, width, height, kind FROM entries WHERE path = ?",
-                           (str(data["planted"].resolve()),)).fetchone()
+        row = conn.execute(
+            "SELECT camid, frame_start, width, height, kind FROM entries WHERE path = ?",
+            (str(data["planted"].resolve()),),
+        ).fetchone()
         model = conn.execute("SELECT identity, feat_dim, input_h, input_w FROM model").fetchone()
         ids = [r[0] for r in conn.execute("SELECT id FROM entries ORDER BY id")]
         n_vec = conn.execute("SELECT COUNT(*) FROM vectors WHERE length(vec) = 512 * 4").fetchone()[0]
@@ -197,14 +211,19 @@ def test_gallery_with_approximate_index(data, tmp_path, kind):
 
 def test_cli_build_search_refuse(data, tmp_path, capsys):
     db = tmp_path / "clidb"
-    assert main(["index", "build", "--images", str(data["gal"]), "--db", str(db),
-                 "--weights", str(data["weights"])]) == 0
+    assert (
+        main(["index", "build", "--images", str(data["gal"]), "--db", str(db), "--weights", str(data["weights"])]) == 0
+    )
     out = capsys.readouterr().out
     assert "1 unreadable skipped" in out
     assert main(["index", "build", "--images", str(data["gal"]), "--db", str(db)]) == 2
     assert "already holds a gallery" in capsys.readouterr().err
-    assert main(["search", "--db", str(db), "--image", str(data["query"]), "--topk", "3",
-                 "--exclude-same-camera", "--json"]) == 0
+    assert (
+        main(
+            ["search", "--db", str(db), "--image", str(data["query"]), "--topk", "3", "--exclude-same-camera", "--json"]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)["results"]
     assert res[0]["path"] == str(data["planted"].resolve()) and len(res) == 3
     assert all(r["camid"] != data["qcam"] for r in res)
@@ -252,24 +271,43 @@ def _one_error(err: str, *needles: str) -> None:
         assert n in lines[0], (n, lines[0])
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["serve", "--db", "/nonexistent/db", "--port", "99999"], ["--port", "99999"]),
-    (["serve", "--db", "/nonexistent/db", "--port", "0"], ["--port"]),
-    (["serve", "--db", "/nonexistent/db", "--workers", "0"], ["--workers", "got 0"]),
-    (["serve", "--db", "/nonexistent/db", "--max-upload-mb", "0"], ["--max-upload-mb"]),
-    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nlist", "0"], ["--nlist", "got 0"]),
-    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nprobe", "0"], ["--nprobe", "got 0"]),
-    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivfpq", "--pq-m", "0"], ["--pq-m"]),
-    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivfpq", "--pq-m", "7"], ["--pq-m 7", "512"]),
-    (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nlist", "100000"], ["--nlist 100000"]),
-    (["search", "--db", "DB0", "--image", "QUERY", "--nprobe", "0"], ["--nprobe", "got 0"]),
-    (["index", "check", "--db", "/nonexistent/db"], ["/nonexistent/db", "not a gallery"]),
-    (["index", "delete", "--db", "DB0"], ["delete"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["serve", "--db", "/nonexistent/db", "--port", "99999"], ["--port", "99999"]),
+        (["serve", "--db", "/nonexistent/db", "--port", "0"], ["--port"]),
+        (["serve", "--db", "/nonexistent/db", "--workers", "0"], ["--workers", "got 0"]),
+        (["serve", "--db", "/nonexistent/db", "--max-upload-mb", "0"], ["--max-upload-mb"]),
+        (
+            ["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nlist", "0"],
+            ["--nlist", "got 0"],
+        ),
+        (
+            ["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nprobe", "0"],
+            ["--nprobe", "got 0"],
+        ),
+        (["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivfpq", "--pq-m", "0"], ["--pq-m"]),
+        (
+            ["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivfpq", "--pq-m", "7"],
+            ["--pq-m 7", "512"],
+        ),
+        (
+            ["index", "build", "--images", "IMAGES", "--db", "DB", "--index", "ivf", "--nlist", "100000"],
+            ["--nlist 100000"],
+        ),
+        (["search", "--db", "DB0", "--image", "QUERY", "--nprobe", "0"], ["--nprobe", "got 0"]),
+        (["index", "check", "--db", "/nonexistent/db"], ["/nonexistent/db", "not a gallery"]),
+        (["index", "delete", "--db", "DB0"], ["delete"]),
+    ],
+)
 def test_bad_cli_input(data, tmp_path, capsys, argv, needles):
     """Exit 2, one `error:` line naming the option or path, no traceback; number checks come before any model load."""
-    subst = {"IMAGES": str(data["gal"]), "DB": str(tmp_path / "new"), "DB0": str(data["db"]),
-             "QUERY": str(data["query"])}
+    subst = {
+        "IMAGES": str(data["gal"]),
+        "DB": str(tmp_path / "new"),
+        "DB0": str(data["db"]),
+        "QUERY": str(data["query"]),
+    }
     argv = [subst.get(a, a) for a in argv]
     if argv[:2] == ["index", "build"]:
         argv += ["--weights", str(data["weights"])]
@@ -288,8 +326,22 @@ def test_zero_byte_image_skipped_counted_or_strict(data, tmp_path, capsys):
     assert main(["index", "build", "--images", str(folder), "--db", str(db), "--weights", str(data["weights"])]) == 0
     out = capsys.readouterr().out
     assert "4 images added" in out and "1 unreadable skipped" in out and "0099_c1s1_000001_01.jpg" in out
-    assert main(["index", "build", "--images", str(folder), "--db", str(tmp_path / "strict"), "--strict",
-                 "--weights", str(data["weights"])]) == 2
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--images",
+                str(folder),
+                "--db",
+                str(tmp_path / "strict"),
+                "--strict",
+                "--weights",
+                str(data["weights"]),
+            ]
+        )
+        == 2
+    )
     _one_error(capsys.readouterr().err, "0099_c1s1_000001_01.jpg", "zero-byte", "strict")
     assert not (tmp_path / "strict").exists()
     assert not list(tmp_path.glob(".strict.*"))  # the temp build folder is removed
@@ -307,13 +359,19 @@ def test_library_errors_name_the_thing_not_a_cli_flag(data, tmp_path, capsys):
     shutil.copy(data["query"], zero / "0001_c1s1_000001_01.jpg")
     (zero / "0002_c1s1_000001_01.jpg").write_bytes(b"")
     cases = [
-        (lambda: Gallery.build(tmp_path / "nowhere", tmp_path / "db1", weights=data["weights"]),
-         f"images folder {tmp_path / 'nowhere'} is not a folder"),
+        (
+            lambda: Gallery.build(tmp_path / "nowhere", tmp_path / "db1", weights=data["weights"]),
+            f"images folder {tmp_path / 'nowhere'} is not a folder",
+        ),
         (lambda: Gallery.build(empty, tmp_path / "db2", weights=data["weights"]), f"images folder {empty}: no image"),
-        (lambda: Gallery.build(bad, tmp_path / "db3", weights=data["weights"]),
-         f"images folder {bad}: none of its 1 images could be read"),
-        (lambda: Gallery.build(zero, tmp_path / "db4", weights=data["weights"], strict=True),
-         f"image {zero / '0002_c1s1_000001_01.jpg'} cannot be read (a zero-byte file)"),
+        (
+            lambda: Gallery.build(bad, tmp_path / "db3", weights=data["weights"]),
+            f"images folder {bad}: none of its 1 images could be read",
+        ),
+        (
+            lambda: Gallery.build(zero, tmp_path / "db4", weights=data["weights"], strict=True),
+            f"image {zero / '0002_c1s1_000001_01.jpg'} cannot be read (a zero-byte file)",
+        ),
         (lambda: FeatureExtractor.load(tmp_path / "missing.pth"), f"weights {tmp_path / 'missing.pth'} is not a file"),
         (lambda: FeatureExtractor.load("resnet50_nosuch"), "weights 'resnet50_nosuch' is neither a file nor"),
     ]
@@ -321,8 +379,21 @@ def test_library_errors_name_the_thing_not_a_cli_flag(data, tmp_path, capsys):
         with pytest.raises(ReIDError) as info:
             call()
         assert str(info.value).startswith(start), (start, str(info.value))
-    assert main(["index", "build", "--images", str(tmp_path / "nowhere"), "--db", str(tmp_path / "db5"),
-                 "--weights", str(data["weights"])]) == 2
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--images",
+                str(tmp_path / "nowhere"),
+                "--db",
+                str(tmp_path / "db5"),
+                "--weights",
+                str(data["weights"]),
+            ]
+        )
+        == 2
+    )
     _one_error(capsys.readouterr().err, str(tmp_path / "nowhere"))
 
 
@@ -351,16 +422,39 @@ def test_entries_state_delete_and_fields(data, tmp_path):
     n0, gen0 = len(g), g.generation
     rng = np.random.default_rng(0)
     f = rng.standard_normal((3, 512)).astype(np.float32)
-    ents = [{"path": "/videos/cam1.mp4", "kind": "tracklet", "tracklet": f"cam1:{i}", "camera": "cam1", "camid": 0,
-             "frame_start": 10 * i, "frame_end": 10 * i + 9, "t_start": i / 2, "t_end": i / 2 + 0.4,
-             "meta": {"boxes": [[1, 2, 3, 4]], "thumbs": [f"t{i}.jpg"]}} for i in range(3)]
+    ents = [
+        {
+            "path": "/videos/cam1.mp4",
+            "kind": "tracklet",
+            "tracklet": f"cam1:{i}",
+            "camera": "cam1",
+            "camid": 0,
+            "frame_start": 10 * i,
+            "frame_end": 10 * i + 9,
+            "t_start": i / 2,
+            "t_end": i / 2 + 0.4,
+            "meta": {"boxes": [[1, 2, 3, 4]], "thumbs": [f"t{i}.jpg"]},
+        }
+        for i in range(3)
+    ]
     ids = g.add_entries(f, ents, state={"video:cam1": {"frame": 30}})
     assert ids == list(range(n0, n0 + 3)) and g.generation == gen0 + 1 and len(g) == n0 + 3
     assert g.get_state("video:cam1") == {"frame": 30} and g.get_state("nope") is None
     hit = g.search(f[1], k=1, kind="tracklet")[0]
-    assert hit == {"id": ids[1], "path": "/videos/cam1.mp4", "score": pytest.approx(1.0, abs=1e-5), "camid": 0,
-                   "camera": "cam1", "kind": "tracklet", "tracklet": "cam1:1", "frame_start": 10, "frame_end": 19,
-                   "t_start": 0.5, "t_end": pytest.approx(0.9), "meta": {"boxes": [[1, 2, 3, 4]], "thumbs": ["t1.jpg"]}}
+    assert hit == {
+        "id": ids[1],
+        "path": "/videos/cam1.mp4",
+        "score": pytest.approx(1.0, abs=1e-5),
+        "camid": 0,
+        "camera": "cam1",
+        "kind": "tracklet",
+        "tracklet": "cam1:1",
+        "frame_start": 10,
+        "frame_end": 19,
+        "t_start": 0.5,
+        "t_end": pytest.approx(0.9),
+        "meta": {"boxes": [[1, 2, 3, 4]], "thumbs": ["t1.jpg"]},
+    }
     assert all(r["kind"] == "image" for r in g.search(f[1], k=5, kind="image"))
     assert all(r["camera"] != "cam1" for r in g.search(f[1], k=50, exclude_camera="cam1"))
     with pytest.raises(ReIDError, match="tracklet key is already in the gallery"):

@@ -1,5 +1,6 @@
 """reidkit.data.scene: multi-camera synthetic scenes (videos + MOTChallenge ground truth): format,
 determinism, global identities, people entering and leaving, the CLI and bad inputs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,9 @@ def _frames(path):
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    return generate_scene(tmp_path_factory.mktemp("scene") / "s", cams=2, ids=3, frames=60, size=(96, 128),
-                          fps=10, seed=5, speed=1.0)
+    return generate_scene(
+        tmp_path_factory.mktemp("scene") / "s", cams=2, ids=3, frames=60, size=(96, 128), fps=10, seed=5, speed=1.0
+    )
 
 
 def test_videos_and_ground_truth_format(scene):
@@ -48,7 +50,7 @@ def test_videos_and_ground_truth_format(scene):
         empty = [i for i in range(60) if i + 1 not in set(a[:, 0].astype(int))]
         if empty:
             bx = a[0, 2:6].astype(int)
-            patch = lambda i: frames[i][bx[1]:bx[1] + bx[3], bx[0]:bx[0] + bx[2]].astype(float)  # noqa: E731
+            patch = lambda i: frames[i][bx[1] : bx[1] + bx[3], bx[0] : bx[0] + bx[2]].astype(float)  # noqa: E731
             assert np.abs(patch(f0 - 1) - patch(empty[0])).mean() > 8
 
 
@@ -109,8 +111,18 @@ def test_chain_topology_links_and_trackeval_layout(tmp_path):
     are seen once, some come back to a camera; the TrackEval copy of the ground truth matches."""
     from reidkit.cluster.identities import impossible_pairs, load_links
 
-    rep = generate_scene(tmp_path / "c", cams=3, ids=12, frames=300, size=(72, 96), fps=10, seed=3, speed=1.0,
-                         topology="chain", transit=(2, 4))
+    rep = generate_scene(
+        tmp_path / "c",
+        cams=3,
+        ids=12,
+        frames=300,
+        size=(72, 96),
+        fps=10,
+        seed=3,
+        speed=1.0,
+        topology="chain",
+        transit=(2, 4),
+    )
     links = load_links(rep.links)
     assert set(links.windows) == {("cam1", "cam2"), ("cam1", "cam3"), ("cam2", "cam3")}
     assert links.window("cam1", "cam2")[0] == 2.0 and links.window("cam1", "cam3")[0] > 4.0

@@ -1,5 +1,6 @@
 """`reidkit scene` writes a query crop that `tracklets search --image` can use (issue 31: the README's
 `--image crop.jpg` needed a crop nothing made)."""
+
 import json
 
 import cv2
@@ -27,8 +28,10 @@ def test_scene_writes_a_query_crop_of_someone_another_camera_sees(tmp_path, caps
         ok, frame = cap.read()
         assert ok
     cap.release()
-    region = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)[int(y0):int(y0) + crop.shape[0], int(x0):int(x0) + crop.shape[1]]
-    assert np.abs(region.astype(np.float32) - crop[:region.shape[0], :region.shape[1]]).mean() < 12
+    region = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)[
+        int(y0) : int(y0) + crop.shape[0], int(x0) : int(x0) + crop.shape[1]
+    ]
+    assert np.abs(region.astype(np.float32) - crop[: region.shape[0], : region.shape[1]]).mean() < 12
     # the person is in camera 1's ground truth at that frame with that box
     gt = np.loadtxt(out / "cam1" / "gt" / "gt.txt", delimiter=",", ndmin=2)
     row = gt[(gt[:, 0] == q["frame"]) & (gt[:, 1] == q["pid"])]
@@ -39,6 +42,7 @@ def test_regenerate_replaces_the_query_crop(tmp_path):
     out = tmp_path / "scene"
     assert cli_main(["scene", str(out), "--cams", "2", "--ids", "4", "--frames", "40"]) == 0
     first = (out / "query.jpg").read_bytes()
-    assert cli_main(["scene", str(out), "--regenerate", "--cams", "2", "--ids", "4", "--frames", "40",
-                     "--seed", "3"]) == 0
+    assert (
+        cli_main(["scene", str(out), "--regenerate", "--cams", "2", "--ids", "4", "--frames", "40", "--seed", "3"]) == 0
+    )
     assert (out / "query.jpg").read_bytes() != first

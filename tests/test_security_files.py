@@ -5,6 +5,7 @@ writes a symlink's target, and creates files under the user's umask. Folders: sy
 followed once, loops / broken links / non-UTF-8 names skipped and counted. Images: EXIF
 orientation applied wherever a file is decoded.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,21 @@ def _one_error(capsys) -> str:
 
 
 def _extract(small, out, images=None) -> int:
-    return main(["extract", "--weights", str(small["weights"]), "--images", str(images or small["crops"]),
-                 "--out", str(out), "--device", "cpu", "--batch-size", "4"])
+    return main(
+        [
+            "extract",
+            "--weights",
+            str(small["weights"]),
+            "--images",
+            str(images or small["crops"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -126,8 +140,7 @@ def test_the_writer_refuses_folders_sockets_and_fifos(tmp_path):
         (tmp_path / "d").mkdir()
         link_to_fifo = tmp_path / "l"
         link_to_fifo.symlink_to(fifo)
-        for target, kind in ((sock_path, "socket"), (fifo, "FIFO"), (tmp_path / "d", "folder"),
-                             (link_to_fifo, "FIFO")):
+        for target, kind in ((sock_path, "socket"), (fifo, "FIFO"), (tmp_path / "d", "folder"), (link_to_fifo, "FIFO")):
             with pytest.raises(ReIDError, match=kind):
                 with atomic_write(target, "wb") as fh:
                     fh.write(b"x")
@@ -174,7 +187,11 @@ def test_list_images_follows_each_folder_once_and_counts_what_it_skips(tmp_path)
     _jpeg(root / bad)
     skipped: list = []
     found = list_images(root, skipped=skipped)
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["imgs/a/b/y.jpg", "imgs/a/x.jpg", "imgs/linked/z.jpg"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "imgs/a/b/y.jpg",
+        "imgs/a/x.jpg",
+        "imgs/linked/z.jpg",
+    ]
     reasons = sorted(why for _, why in skipped)
     assert reasons.count("symlink loop") == 1 and reasons.count("broken link") == 1
     assert reasons.count("name is not UTF-8") == 1
@@ -193,8 +210,20 @@ def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small,
     assert _extract(small, tmp_path / "f.npz", root) == 0
     with np.load(tmp_path / "f.npz") as z:
         assert len(z["paths"]) == 3
-    code = main(["index", "build", "--images", str(root), "--db", str(tmp_path / "db"),
-                 "--weights", str(small["weights"]), "--device", "cpu"])
+    code = main(
+        [
+            "index",
+            "build",
+            "--images",
+            str(root),
+            "--db",
+            str(tmp_path / "db"),
+            "--weights",
+            str(small["weights"]),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err[-2000:]
     assert "Traceback" not in err
@@ -227,8 +256,12 @@ def rotated(tmp_path_factory) -> dict:
     up.transpose(Image.Transpose.ROTATE_90).save(w / "rotated.jpg", quality=95, exif=exif.tobytes())
     with Image.open(w / "rotated.jpg") as im:
         raw = np.asarray(im.convert("RGB"))  # what a decoder that ignores the tag sees
-    return {"upright": w / "upright.jpg", "rotated": w / "rotated.jpg", "raw": raw,
-            "others": [p for p in paths[1:] if p.name.split("_")[0] != paths[0].name.split("_")[0]]}
+    return {
+        "upright": w / "upright.jpg",
+        "rotated": w / "rotated.jpg",
+        "raw": raw,
+        "others": [p for p in paths[1:] if p.name.split("_")[0] != paths[0].name.split("_")[0]],
+    }
 
 
 def test_every_decoder_turns_the_image_upright(rotated):
@@ -238,8 +271,11 @@ def test_every_decoder_turns_the_image_upright(rotated):
 
     up = read_image(rotated["upright"])
     assert rotated["raw"].shape == (up.shape[1], up.shape[0], 3)  # stored sideways
-    decoded = [read_image(rotated["rotated"]), pipeline_read(rotated["rotated"]),
-               decode_image_bytes(rotated["rotated"].read_bytes(), max_pixels=10_000)]
+    decoded = [
+        read_image(rotated["rotated"]),
+        pipeline_read(rotated["rotated"]),
+        decode_image_bytes(rotated["rotated"].read_bytes(), max_pixels=10_000),
+    ]
     for img in decoded:
         assert img.shape == up.shape and np.abs(img.astype(int) - up).mean() < 3
     h, w = up.shape[:2]

@@ -3,6 +3,7 @@
 MOT files with a byte-order mark, truncated videos reported, range checks shared by flags,
 config keys and loaders (reidkit.utils.validate).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,10 @@ def test_a_truncated_video_is_reported(tmp_path, caplog):
     assert stats.warning(cut).startswith("warning: video ")
 
 
-@pytest.mark.parametrize("value, ok", [("1.5", True), ("0", True), ("nan", False), ("inf", False),
-                                       ("-inf", False), ("1e400", False), ("x", False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [("1.5", True), ("0", True), ("nan", False), ("inf", False), ("-inf", False), ("1e400", False), ("x", False)],
+)
 def test_finite(value, ok):
     from reidkit.utils.validate import finite
 
@@ -67,9 +70,19 @@ def test_finite(value, ok):
             finite(value, "--x")
 
 
-@pytest.mark.parametrize("size, ok", [((256, 128), True), ((8, 2048), True), ((0, 0), False),
-                                      ((100000, 100000), False), ((7, 64), False), ((64.5, 32), False),
-                                      ((1, 2, 3), False), (None, False)])
+@pytest.mark.parametrize(
+    "size, ok",
+    [
+        ((256, 128), True),
+        ((8, 2048), True),
+        ((0, 0), False),
+        ((100000, 100000), False),
+        ((7, 64), False),
+        ((64.5, 32), False),
+        ((1, 2, 3), False),
+        (None, False),
+    ],
+)
 def test_check_hw(size, ok):
     from reidkit.utils.validate import check_hw
 
@@ -80,9 +93,19 @@ def test_check_hw(size, ok):
             check_hw(size, "size")
 
 
-@pytest.mark.parametrize("host, ok", [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", True),
-                                      ("999.1.1.1", False), ("1.2.3", False), ("", False),
-                                      ("no-such-host.invalid", False)])
+@pytest.mark.parametrize(
+    "host, ok",
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", True),
+        ("999.1.1.1", False),
+        ("1.2.3", False),
+        ("", False),
+        ("no-such-host.invalid", False),
+    ],
+)
 def test_check_host(host, ok):
     from reidkit.utils.validate import check_host
 
@@ -135,6 +158,10 @@ def test_a_truncated_video_is_counted_in_the_video_report(tmp_path, capsys):
     assert main(args) == 0  # already ingested: skipped, and still reported truncated
     out = capsys.readouterr().out
     assert "skipped" in out and f"only {v['frames_decoded']} of 80 frames could be decoded" in out
-    assert main(["video", str(whole), "--db", str(tmp_path / "db2"), "--detections", str(gt), "--json",
-                 "--engine", "torch"]) == 0
+    assert (
+        main(
+            ["video", str(whole), "--db", str(tmp_path / "db2"), "--detections", str(gt), "--json", "--engine", "torch"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["videos"][0]["truncated"] is False

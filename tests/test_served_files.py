@@ -12,6 +12,7 @@ of a real uvicorn server on 127.0.0.1, which keeps answering.
 
 Every bad request is counted (tried / clean); the last test prints the counts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,20 @@ from test_browser import serving  # noqa: E402  (the suite's uvicorn-on-loopback
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- served-files-secret-4f1c9a " + b"K" * 200
 BACKENDS = ["sqlite", "milvus"]
 # One image per purpose: each test swaps its own files, the untouched one stays untouched.
-PURPOSES = ["untouched", "symlink", "dangling", "bigger", "same_size", "touched", "fifo", "folder", "socket",
-            "race", "restored", "shrunk"]
+PURPOSES = [
+    "untouched",
+    "symlink",
+    "dangling",
+    "bigger",
+    "same_size",
+    "touched",
+    "fifo",
+    "folder",
+    "socket",
+    "race",
+    "restored",
+    "shrunk",
+]
 HTTP_BAD = {"tried": 0, "clean": 0}  # bad HTTP requests sent by this file / answered cleanly
 
 
@@ -90,10 +103,24 @@ def _chunk(gallery, seed: int, stats: bool = True):
         names = [f"{key}_{i}.jpg" for i in range(3)]
         for n in names:
             thumbs[n] = thumbnail_jpeg(rng.integers(0, 255, (80, 40, 3), dtype=np.uint8))
-        entries.append({"kind": "tracklet", "tracklet": key, "camera": f"cam{t + 1}", "frame_start": 1,
-                        "frame_end": 3, "t_start": 0.0, "t_end": 0.2,
-                        "meta": {"video": "v0.avi", "boxes": [[f, 1, 2, 20, 40, 0.9] for f in (1, 2, 3)],
-                                 "thumbs": names, "thumb_frames": [1, 2, 3], "fps": 10}})
+        entries.append(
+            {
+                "kind": "tracklet",
+                "tracklet": key,
+                "camera": f"cam{t + 1}",
+                "frame_start": 1,
+                "frame_end": 3,
+                "t_start": 0.0,
+                "t_end": 0.2,
+                "meta": {
+                    "video": "v0.avi",
+                    "boxes": [[f, 1, 2, 20, 40, 0.9] for f in (1, 2, 3)],
+                    "thumbs": names,
+                    "thumb_frames": [1, 2, 3],
+                    "fps": 10,
+                },
+            }
+        )
     feats = rng.normal(size=(2, gallery.identity.feat_dim)).astype(np.float32)
     return Chunk("v0", "cam1", feats, entries, thumbs, {"next_frame": 3, "done": True})
 
@@ -137,11 +164,19 @@ def _world(tmp_path_factory, model, backend: str, old: bool):
     ids = {Path(e["path"]).name: int(e["id"]) for e in g.entries(kind="image")}
     tracklets = g.entries(kind="tracklet")
     app = create_app(g, routers=[tracklet_routes, identity_router])  # no token: the default
-    return {"root": root, "db": db, "gallery": g, "app": app, "secret": secret, "images": images,
-            "ids": {k: ids[p.name] for k, p in images.items()},
-            "original": {k: p.read_bytes() for k, p in images.items()},
-            "thumbs_dir": thumbs_dir(g), "tracklets": tracklets,
-            "thumbs": [n for t in tracklets for n in t["meta"]["thumbs"]]}
+    return {
+        "root": root,
+        "db": db,
+        "gallery": g,
+        "app": app,
+        "secret": secret,
+        "images": images,
+        "ids": {k: ids[p.name] for k, p in images.items()},
+        "original": {k: p.read_bytes() for k, p in images.items()},
+        "thumbs_dir": thumbs_dir(g),
+        "tracklets": tracklets,
+        "thumbs": [n for t in tracklets for n in t["meta"]["thumbs"]],
+    }
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -403,8 +438,16 @@ def test_a_gallery_indexed_before_stats_were_recorded_still_serves(old_world):
 
 def _get_urls(w) -> list[str]:
     t = w["tracklets"][0]
-    return ["/", "/tracklets", "/identities", "/health", f"/images/{w['ids']['untouched']}",
-            f"/thumbs/{t['meta']['thumbs'][0]}", f"/tracklets/{t['id']}", "/identities/list"]
+    return [
+        "/",
+        "/tracklets",
+        "/identities",
+        "/health",
+        f"/images/{w['ids']['untouched']}",
+        f"/thumbs/{t['meta']['thumbs'][0]}",
+        f"/tracklets/{t['id']}",
+        "/identities/list",
+    ]
 
 
 def test_head_answers_like_get_without_a_body(world):
@@ -434,9 +477,20 @@ async def _asgi(app, method: str, path: str) -> list[dict]:
     async def send(msg: dict) -> None:
         sent.append(msg)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     await app(scope, receive, send)
     return sent
 
@@ -484,19 +538,41 @@ def live(world):
 def _half_uploads() -> list[tuple[str, bytes]]:
     """(name, raw request bytes) of uploads cut off half way."""
     boundary = "----served-files"
-    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + b"\xff\xd8" + b"z" * 20000
+    part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + b"\xff\xd8"
+        + b"z" * 20000
+    )
     multipart = f"multipart/form-data; boundary={boundary}"
     body = json.dumps({"tracklet": "cam1-v0.t0", "exclude_camera": "cam9"}).encode()
     return [
-        ("/search, Content-Length", f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: {multipart}\r\n"
-                                    f"Content-Length: {2 * len(part)}\r\n\r\n".encode() + part),
-        ("/search, chunked", f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: {multipart}\r\n"
-                             f"Transfer-Encoding: chunked\r\n\r\n{len(part) * 2:x}\r\n".encode() + part),
-        ("/tracklets/search, multipart", f"POST /tracklets/search HTTP/1.1\r\nHost: x\r\nContent-Type: {multipart}\r\n"
-                                         f"Content-Length: {2 * len(part)}\r\n\r\n".encode() + part),
-        ("/tracklets/search, JSON", "POST /tracklets/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]),
+        (
+            "/search, Content-Length",
+            f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: {multipart}\r\n"
+            f"Content-Length: {2 * len(part)}\r\n\r\n".encode()
+            + part,
+        ),
+        (
+            "/search, chunked",
+            f"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: {multipart}\r\n"
+            f"Transfer-Encoding: chunked\r\n\r\n{len(part) * 2:x}\r\n".encode()
+            + part,
+        ),
+        (
+            "/tracklets/search, multipart",
+            f"POST /tracklets/search HTTP/1.1\r\nHost: x\r\nContent-Type: {multipart}\r\n"
+            f"Content-Length: {2 * len(part)}\r\n\r\n".encode()
+            + part,
+        ),
+        (
+            "/tracklets/search, JSON",
+            "POST /tracklets/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2],
+        ),
     ]
 
 

@@ -1,4 +1,5 @@
 """HTTP service: search, auth, upload limits and errors, image serving by id, concurrency."""
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,15 @@ def setup(tmp_path_factory):
     gallery = Gallery.build(gal, root / "db", weights=weights)
     app = create_app(gallery, token=TOKEN, max_upload_bytes=LIMIT)
     with TestClient(app) as client:
-        yield {"client": client, "app": app, "gallery": gallery, "query": query, "planted": planted,
-               "pcam": pcam, "db": root / "db"}
+        yield {
+            "client": client,
+            "app": app,
+            "gallery": gallery,
+            "query": query,
+            "planted": planted,
+            "pcam": pcam,
+            "db": root / "db",
+        }
 
 
 def _upload(path: Path, name: str | None = None) -> dict:
@@ -131,11 +139,27 @@ def test_pages_count_what_the_gallery_holds_and_list_at_once(setup, tmp_path):
     from reidkit.video.routes import tracklet_routes
 
     assert (holdings(0, 32), holdings(1, 0), holdings(12, 1), holdings(0, 0)) == (
-        "32 tracklets", "1 image", "12 images, 1 tracklet", "no entries")
+        "32 tracklets",
+        "1 image",
+        "12 images, 1 tracklet",
+        "no entries",
+    )
     g = Gallery.create(tmp_path / "tl", setup["gallery"].extractor)
     f = np.random.default_rng(0).standard_normal((32, g.identity.feat_dim)).astype(np.float32)
-    g.add_entries(f, [{"path": "/v.mp4", "kind": "tracklet", "tracklet": f"cam{i % 2}:{i}", "camera": f"cam{i % 2}",
-                       "t_start": float(31 - i), "t_end": 40.0} for i in range(32)])
+    g.add_entries(
+        f,
+        [
+            {
+                "path": "/v.mp4",
+                "kind": "tracklet",
+                "tracklet": f"cam{i % 2}:{i}",
+                "camera": f"cam{i % 2}",
+                "t_start": float(31 - i),
+                "t_end": 40.0,
+            }
+            for i in range(32)
+        ],
+    )
     with TestClient(create_app(g, routers=[tracklet_routes, identity_router])) as c:
         h = c.get("/health").json()
         assert (h["images"], h["tracklets"], h["holds"]) == (0, 32, "32 tracklets")
@@ -143,7 +167,12 @@ def test_pages_count_what_the_gallery_holds_and_list_at_once(setup, tmp_path):
         assert "${h.holds}" in page and "${h.gallery_size} gallery images" not in page
         body = c.get("/tracklets/list?limit=5").json()
         assert body["total"] == 32 and [t["tracklet"] for t in body["tracklets"]] == [
-            "cam0:30", "cam0:28", "cam0:26", "cam0:24", "cam0:22"]
+            "cam0:30",
+            "cam0:28",
+            "cam0:26",
+            "cam0:24",
+            "cam0:22",
+        ]
         assert c.get("/tracklets/list?limit=0").status_code == 422
         tl, ids = c.get("/tracklets").text, c.get("/identities").text
     # the pages fetch their lists when they open, not only from a button's handler
@@ -175,8 +204,7 @@ def test_bad_uploads_get_4xx_json(setup):
         for _ in range(40):
             yield b"z" * 8192
 
-    r = c.post("/search", content=chunks(),
-               headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"})
+    r = c.post("/search", content=chunks(), headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"})
     assert r.status_code == 413 and "too large" in r.json()["detail"]
     r = c.post("/search", content=b"{}", headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400
@@ -212,10 +240,10 @@ def test_fifty_concurrent_searches(setup):
     async def run() -> list[tuple[int, httpx.Response]]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+
             async def one(i: int):
                 want, data = payloads[i % len(payloads)]
-                r = await client.post("/search?k=3", files={"file": (f"q{i}.jpg", data, "image/jpeg")},
-                                      headers=AUTH)
+                r = await client.post("/search?k=3", files={"file": (f"q{i}.jpg", data, "image/jpeg")}, headers=AUTH)
                 return want, r
 
             return await asyncio.gather(*(one(i) for i in range(50)))
@@ -273,7 +301,9 @@ def _tiny_images(folder: Path, n: int, seed: int) -> set[str]:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(folder / f"{seed}{i:03d}_c1s1_{i:06d}_01.png")
+        Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(
+            folder / f"{seed}{i:03d}_c1s1_{i:06d}_01.png"
+        )
     return {str(p.resolve()) for p in folder.iterdir()}
 
 
@@ -321,8 +351,15 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
             while not stop.is_set():
                 r = cl.post("/search?k=20", files={"file": ("q.png", data, "image/png")})
                 body = r.json()
-                answers.append((time.monotonic(), r.status_code, body.get("snapshot", ""),
-                                [x["path"] for x in body.get("results", [])], body.get("generation", -1)))
+                answers.append(
+                    (
+                        time.monotonic(),
+                        r.status_code,
+                        body.get("snapshot", ""),
+                        [x["path"] for x in body.get("results", [])],
+                        body.get("generation", -1),
+                    )
+                )
 
     clients = [threading.Thread(target=client) for _ in range(2)]
     for t in clients:
@@ -332,11 +369,24 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
         time.sleep(0.5)
         for args, expect in (
             (["index", "add", "--db", str(db), "--images", str(tmp_path / "B")], a | b),
-            (["index", "build", "--db", str(db), "--images", str(tmp_path / "C"), "--overwrite",
-              "--weights", str(weights)], c),
+            (
+                [
+                    "index",
+                    "build",
+                    "--db",
+                    str(db),
+                    "--images",
+                    str(tmp_path / "C"),
+                    "--overwrite",
+                    "--weights",
+                    str(weights),
+                ],
+                c,
+            ),
         ):
-            p = procs.run([sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True,
-                               timeout=120)
+            p = procs.run(
+                [sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True, timeout=120
+            )
             assert p.returncode == 0, p.stderr
             done = time.monotonic()
             from reidkit.retrieval.backends.sqlite import schema as store
@@ -367,11 +417,19 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
     tags = {f"{u}-{gen}": v for (u, gen), v in content.items()}
     wrong = 0
     for _, status, snap, paths, _gen in answers:
-        ok = status == 200 and snap in tags and paths and all(paths) and set(paths) <= tags[snap] \
+        ok = (
+            status == 200
+            and snap in tags
+            and paths
+            and all(paths)
+            and set(paths) <= tags[snap]
             and len(paths) == min(20, len(tags[snap]))
+        )
         wrong += not ok
-    print(f"requests during swaps: {len(answers)}, wrong answers: {wrong}, generations seen: "
-          f"{sorted({s for _, _, s, _, _ in answers}, key=lambda s: int(s.split('-')[1]))}")
+    print(
+        f"requests during swaps: {len(answers)}, wrong answers: {wrong}, generations seen: "
+        f"{sorted({s for _, _, s, _, _ in answers}, key=lambda s: int(s.split('-')[1]))}"
+    )
     assert wrong == 0 and len(answers) > 10
     assert len({s for _, _, s, _, _ in answers}) == 3  # old, after add, after rebuild
 

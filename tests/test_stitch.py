@@ -1,5 +1,6 @@
 """reidkit.video.stitch: one camera's fragments of one person joined, other people left apart, on
 hand-made tracklets (boxes in seconds, features); and through `assign_identities` on a real gallery."""
+
 from __future__ import annotations
 
 import numpy as np

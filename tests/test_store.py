@@ -5,6 +5,7 @@ and the check / repair of galleries written by the older layout (index.faiss + m
 Every kill must leave a gallery that opens, passes `index check`, and holds exactly the old or the new
 content (never a mix), with no traceback from any process.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,7 @@ def env(tmp_path_factory):
     g = Gallery.build(root / "A", template, weights=weights)
     ext = g.extractor
     del g
-    return {"root": root, "weights": weights, "A": a, "B": b, "C": c, "template": template, "ext": ext,
-            "kills": {}}
+    return {"root": root, "weights": weights, "A": a, "B": b, "C": c, "template": template, "ext": ext, "kills": {}}
 
 
 def _fresh(env, name: str) -> Path:
@@ -75,8 +75,9 @@ def _fresh(env, name: str) -> Path:
     return dst
 
 
-def _cli(args: list[str], crash_at: str | None = None, extra_env: dict | None = None,
-         exit_after: float = 0.0) -> subprocess.Popen:
+def _cli(
+    args: list[str], crash_at: str | None = None, extra_env: dict | None = None, exit_after: float = 0.0
+) -> subprocess.Popen:
     """`reidkit ARGS` in its own process; `exit_after` seconds more before it exits (at interpreter exit), as a
     fresh interpreter's teardown takes (tests/procs.py forks the process: its exit is immediate)."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -86,8 +87,13 @@ def _cli(args: list[str], crash_at: str | None = None, extra_env: dict | None = 
     e.update(extra_env or {})
     cmd = [sys.executable, "-m", "reidkit.cli", *args]
     if exit_after:
-        cmd = [sys.executable, "-c", f"import atexit, sys, time; atexit.register(time.sleep, {exit_after}); "
-                                     "from reidkit.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+        cmd = [
+            sys.executable,
+            "-c",
+            f"import atexit, sys, time; atexit.register(time.sleep, {exit_after}); "
+            "from reidkit.cli import main; sys.exit(main(sys.argv[1:]))",
+            *args,
+        ]
     return procs.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -106,8 +112,9 @@ def _contents(db: Path) -> set[str]:
     return paths
 
 
-def _judge(db: Path, proc: subprocess.Popen, allowed: list[set[str]],
-           output: tuple[str, str] | None = None) -> str | None:
+def _judge(
+    db: Path, proc: subprocess.Popen, allowed: list[set[str]], output: tuple[str, str] | None = None
+) -> str | None:
     """What was wrong after a kill (None: the gallery came out whole and holds one of the `allowed` contents)."""
     out, err = output if output is not None else proc.communicate(timeout=120)
     if "Traceback" in err + out:
@@ -138,8 +145,17 @@ def _add_args(env, db: Path) -> list[str]:
 
 
 def _build_args(env, db: Path) -> list[str]:
-    return ["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
-            "--weights", str(env["weights"])]
+    return [
+        "index",
+        "build",
+        "--db",
+        str(db),
+        "--images",
+        str(env["root"] / "C"),
+        "--overwrite",
+        "--weights",
+        str(env["weights"]),
+    ]
 
 
 def _named_kill(env, verb: str, point: str) -> tuple[Path, str | None]:
@@ -268,8 +284,10 @@ def test_two_concurrent_writers(env):
 def test_second_writer_waits_then_fails_cleanly(env):
     db = _fresh(env, "locked")
     with store.WriterLock(db):
-        p = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
-                 extra_env={"REIDKIT_LOCK_TIMEOUT": "1"})
+        p = _cli(
+            ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
+            extra_env={"REIDKIT_LOCK_TIMEOUT": "1"},
+        )
         out, err = p.communicate(timeout=120)
     assert p.returncode == 2
     assert f"waiting for the writer lock on {db} (held by pid {os.getpid()})" in err
@@ -285,8 +303,9 @@ def test_reader_holding_the_database_past_busy_timeout(env):
     reader = sqlite3.connect(db / "meta.sqlite", isolation_level=None)
     reader.execute("BEGIN")
     before = reader.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-    p = _cli(["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
-             extra_env={"REIDKIT_BUSY_TIMEOUT": "1"})
+    p = _cli(
+        ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")], extra_env={"REIDKIT_BUSY_TIMEOUT": "1"}
+    )
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0 and "Traceback" not in err, err
     # the reader still sees its generation, whole
@@ -297,8 +316,9 @@ def test_reader_holding_the_database_past_busy_timeout(env):
     db2 = _fresh(env, "writer_blocked")
     blocker = sqlite3.connect(db2 / "meta.sqlite", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock longer than the busy timeout
-    p = _cli(["index", "add", "--db", str(db2), "--images", str(env["root"] / "B")],
-             extra_env={"REIDKIT_BUSY_TIMEOUT": "1"})
+    p = _cli(
+        ["index", "add", "--db", str(db2), "--images", str(env["root"] / "B")], extra_env={"REIDKIT_BUSY_TIMEOUT": "1"}
+    )
     out, err = p.communicate(timeout=120)
     blocker.execute("ROLLBACK")
     blocker.close()
@@ -345,12 +365,22 @@ def _legacy(db: Path, env, rows: int, index_rows: int) -> np.ndarray:
             CREATE TABLE model (identity TEXT NOT NULL, source TEXT NOT NULL, feat_dim INTEGER NOT NULL,
                                 input_h INTEGER NOT NULL, input_w INTEGER NOT NULL, mean TEXT NOT NULL, std TEXT NOT NULL);
             CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);""")
-        conn.execute("INSERT INTO model VALUES (?, ?, ?, ?, ?, ?, ?)", (
-            ident.name, ident.source, ident.feat_dim, ident.input_size[0], ident.input_size[1],
-            json.dumps(list(ident.mean)), json.dumps(list(ident.std))))
+        conn.execute(
+            "INSERT INTO model VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                ident.name,
+                ident.source,
+                ident.feat_dim,
+                ident.input_size[0],
+                ident.input_size[1],
+                json.dumps(list(ident.mean)),
+                json.dumps(list(ident.std)),
+            ),
+        )
         conn.executemany("INSERT INTO info VALUES (?, ?)", [("schema_version", "1"), ("index_kind", "flat")])
-        conn.executemany("INSERT INTO images VALUES (?, ?, ?, ?, 16, 32)",
-                         [(i, p, 0, i) for i, p in enumerate(paths[:rows])])
+        conn.executemany(
+            "INSERT INTO images VALUES (?, ?, ?, ?, 16, 32)", [(i, p, 0, i) for i, p in enumerate(paths[:rows])]
+        )
     return feats
 
 
@@ -436,9 +466,14 @@ def test_threads_writing_and_reading_in_one_process(env):
         g = Gallery.open(db, extractor=env["ext"])
         rng = np.random.default_rng(len(tag))
         for i in range(5):
-            g.add_entries(rng.standard_normal((2, dim)).astype(np.float32),
-                          [{"path": f"/v/{tag}.mp4", "kind": "tracklet", "tracklet": f"{tag}:{i}:{j}",
-                            "camera": tag} for j in range(2)], state={f"video:{tag}": {"chunk": i}})
+            g.add_entries(
+                rng.standard_normal((2, dim)).astype(np.float32),
+                [
+                    {"path": f"/v/{tag}.mp4", "kind": "tracklet", "tracklet": f"{tag}:{i}:{j}", "camera": tag}
+                    for j in range(2)
+                ],
+                state={f"video:{tag}": {"chunk": i}},
+            )
 
     def reader() -> None:
         g = Gallery.open(db, extractor=env["ext"])
@@ -479,26 +514,40 @@ def test_publish_without_exchange_and_recovery(env, monkeypatch):
 
 # ----------------------------------------------------------------------------- full and read-only storage
 
-_LIMITED = ("import resource, signal, sys; from reidkit.cli import main; "
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.exit(main(sys.argv[1:]))")
+_LIMITED = (
+    "import resource, signal, sys; from reidkit.cli import main; "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.exit(main(sys.argv[1:]))"
+)
 
 
 def _cli_fsize(args: list[str], limit: int) -> subprocess.CompletedProcess:
     """The CLI with every file write past `limit` bytes failing (EFBIG): a full disk, as the process sees it."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     e.pop(CRASH_ENV, None)
-    return procs.run([sys.executable, "-c", _LIMITED.format(limit=limit), *args], env=e, capture_output=True,
-                          text=True, timeout=300)
+    return procs.run(
+        [sys.executable, "-c", _LIMITED.format(limit=limit), *args], env=e, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("verb", ["add", "build", "delete"])
 def test_full_disk_mid_write_is_one_error_and_changes_nothing(env, verb):
     db = _fresh(env, f"full_{verb}")
-    args = {"add": ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
-            "build": ["index", "build", "--db", str(db), "--images", str(env["root"] / "C"), "--overwrite",
-                      "--weights", str(env["weights"])],
-            "delete": ["index", "delete", "--db", str(db), "--camera", "c1"]}[verb]
+    args = {
+        "add": ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
+        "build": [
+            "index",
+            "build",
+            "--db",
+            str(db),
+            "--images",
+            str(env["root"] / "C"),
+            "--overwrite",
+            "--weights",
+            str(env["weights"]),
+        ],
+        "delete": ["index", "delete", "--db", str(db), "--camera", "c1"],
+    }[verb]
     before = _contents(db)
     p = _cli_fsize(args, limit=4096)
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
@@ -515,13 +564,15 @@ def test_full_disk_mid_write_is_one_error_and_changes_nothing(env, verb):
 
 def test_add_entries_on_full_disk_raises_one_error(env):
     db = _fresh(env, "full_entries")
-    code = ("import numpy as np; from reidkit.retrieval.gallery import Gallery; from reidkit.errors import ReIDError\n"
-            "g = Gallery.open(sys.argv[2])\n"
-            "try:\n"
-            "    g.add_entries(np.ones((64, g.identity.feat_dim), np.float32), [{'path': '/v.mp4', 'kind': 'tracklet', "
-            "'tracklet': str(i)} for i in range(64)], state={'video:v': {'chunk': 1}})\n"
-            "except ReIDError as exc:\n"
-            "    print('error:', exc); sys.exit(2)\n")
+    code = (
+        "import numpy as np; from reidkit.retrieval.gallery import Gallery; from reidkit.errors import ReIDError\n"
+        "g = Gallery.open(sys.argv[2])\n"
+        "try:\n"
+        "    g.add_entries(np.ones((64, g.identity.feat_dim), np.float32), [{'path': '/v.mp4', 'kind': 'tracklet', "
+        "'tracklet': str(i)} for i in range(64)], state={'video:v': {'chunk': 1}})\n"
+        "except ReIDError as exc:\n"
+        "    print('error:', exc); sys.exit(2)\n"
+    )
     e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
     src = _LIMITED.format(limit=4096).replace("sys.exit(main(sys.argv[1:]))", "exec(sys.argv[1])")
     p = procs.run([sys.executable, "-c", src, code, str(db)], env=e, capture_output=True, text=True, timeout=300)
@@ -552,7 +603,8 @@ _READ_ONLY_MOUNT = (
     "    sys.exit('unshare: ' + os.strerror(ctypes.get_errno()))\n"
     "db = os.environ['RO_DB']\n"
     "for cmd in (['mount', '--make-rprivate', '/'], ['mount', '--bind', db, db], ['mount', '-o', 'remount,bind,ro', db, db]):\n"
-    "    subprocess.run(cmd, check=True)\n")
+    "    subprocess.run(cmd, check=True)\n"
+)
 
 
 def _read_only_runner(db: Path) -> str | None:
@@ -590,8 +642,10 @@ def test_read_only_gallery_opens_for_search_and_check(env):
     assert json.loads(p.stdout)["results"][0]["path"] == q
     p = run("index", "check", "--db", str(db))
     assert p.returncode == 0 and "consistent" in p.stdout, p.stderr[-3000:]
-    for args in (["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
-                 ["index", "delete", "--db", str(db), "--camera", "c1"]):
+    for args in (
+        ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
+        ["index", "delete", "--db", str(db), "--camera", "c1"],
+    ):
         p = run(*args)
         errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]

@@ -1,4 +1,5 @@
 """Swin-T/S/B: parameter counts vs timm, shapes at 256x128, window locality, SOLIDER semantic weight, loading."""
+
 from __future__ import annotations
 
 import tempfile
@@ -32,11 +33,22 @@ def test_swin_t_parameter_count_matches_timm_without_head():
 
 def test_swin_names_are_timms():
     keys = set(build_backbone("swin_tiny", semantic_weight=0.2).state_dict())
-    for k in ("patch_embed.proj.weight", "patch_embed.norm.weight", "layers.0.blocks.0.norm1.weight",
-              "layers.0.blocks.1.attn.qkv.weight", "layers.2.blocks.5.attn.relative_position_bias_table",
-              "layers.1.blocks.0.attn.proj.bias", "layers.3.blocks.1.norm2.weight", "layers.3.blocks.1.mlp.fc1.weight",
-              "layers.3.blocks.1.mlp.fc2.bias", "layers.0.downsample.reduction.weight",
-              "layers.2.downsample.norm.bias", "norm.weight", "semantic_embed_w.0.weight", "semantic_embed_b.3.bias"):
+    for k in (
+        "patch_embed.proj.weight",
+        "patch_embed.norm.weight",
+        "layers.0.blocks.0.norm1.weight",
+        "layers.0.blocks.1.attn.qkv.weight",
+        "layers.2.blocks.5.attn.relative_position_bias_table",
+        "layers.1.blocks.0.attn.proj.bias",
+        "layers.3.blocks.1.norm2.weight",
+        "layers.3.blocks.1.mlp.fc1.weight",
+        "layers.3.blocks.1.mlp.fc2.bias",
+        "layers.0.downsample.reduction.weight",
+        "layers.2.downsample.norm.bias",
+        "norm.weight",
+        "semantic_embed_w.0.weight",
+        "semantic_embed_b.3.bias",
+    ):
         assert k in keys, k
     assert not any(k.endswith("relative_position_index") for k in keys)
     assert "layers.3.downsample.reduction.weight" not in keys
@@ -107,9 +119,12 @@ def test_original_and_timm09_layouts_load_by_key(tmp_path: Path):
     torch.manual_seed(0)
     src = build_backbone("swin_tiny")
     sd = {k: v.clone() for k, v in src.state_dict().items()}
-    extra = {"head.weight": torch.randn(1000, 768), "head.bias": torch.zeros(1000),
-             "layers.0.blocks.1.attn_mask": torch.zeros(64, 49, 49),
-             "layers.0.blocks.0.attn.relative_position_index": relative_position_index(7)}
+    extra = {
+        "head.weight": torch.randn(1000, 768),
+        "head.bias": torch.zeros(1000),
+        "layers.0.blocks.1.attn_mask": torch.zeros(64, 49, 49),
+        "layers.0.blocks.0.attn.relative_position_index": relative_position_index(7),
+    }
     torch.save({"model": {**sd, **extra}}, tmp_path / "orig.pth")
     # timm >= 0.9: stage i's merging lives at the start of stage i + 1, the head under head.fc.
     shifted = {}
@@ -145,14 +160,25 @@ def test_swin_solider_recipe_trains_and_the_loss_goes_down():
     from reidkit.engine.supervised import SupervisedTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"_base_": "swin_t_solider.yaml",
-               "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                        "size": [64, 32], "val": []},
-               "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-               "model": {"pretrained": False},
-               "solver": {"max_epochs": 2, "warmup_epochs": 0, "eval_period": 100, "checkpoint_period": 100,
-                          "log_period": 1},
-               "device": "cpu", "output_dir": f"{tmp}/out"}
+        cfg = {
+            "_base_": "swin_t_solider.yaml",
+            "data": {
+                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
+                "size": [64, 32],
+                "val": [],
+            },
+            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
+            "model": {"pretrained": False},
+            "solver": {
+                "max_epochs": 2,
+                "warmup_epochs": 0,
+                "eval_period": 100,
+                "checkpoint_period": 100,
+                "log_period": 1,
+            },
+            "device": "cpu",
+            "output_dir": f"{tmp}/out",
+        }
         trainer = SupervisedTrainer(cfg)
         assert trainer.cfg.model.semantic_weight == 0.2
         losses: list[float] = []

@@ -1,4 +1,5 @@
 """The synthetic pedestrian generator: layout, naming, counts, determinism, domains, errors."""
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,9 @@ def test_domain_b_differs_statistically(tree: Path, tmp_path: Path) -> None:
     b = synthetic.generate(tmp_path, seed=0, domain="B", workers=1, **TINY)
 
     def mean_rgb(root: Path) -> np.ndarray:
-        return np.stack([np.asarray(Image.open(p), dtype=np.float32).mean(axis=(0, 1))
-                         for p in sorted(root.rglob("*.jpg"))]).mean(axis=0)
+        return np.stack(
+            [np.asarray(Image.open(p), dtype=np.float32).mean(axis=(0, 1)) for p in sorted(root.rglob("*.jpg"))]
+        ).mean(axis=0)
 
     ma, mb = mean_rgb(tree), mean_rgb(b)
     # domain B is indoor / evening: clearly darker on average
@@ -110,9 +112,17 @@ def test_existing_foreign_tree_is_not_overwritten(tmp_path: Path) -> None:
         synthetic.generate(tmp_path, workers=1, **TINY)
 
 
-@pytest.mark.parametrize("bad, key", [(dict(ids=1), "ids"), (dict(cams=1), "cams"),
-                                      (dict(images_per_id=2), "images_per_id"), (dict(domain="C"), "domain"),
-                                      (dict(size=(8, 4)), "size"), (dict(seed=-1), "seed")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [
+        (dict(ids=1), "ids"),
+        (dict(cams=1), "cams"),
+        (dict(images_per_id=2), "images_per_id"),
+        (dict(domain="C"), "domain"),
+        (dict(size=(8, 4)), "size"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_arguments_raise(tmp_path: Path, bad: dict, key: str) -> None:
     with pytest.raises(ReIDError, match=key):
         synthetic.generate(tmp_path, **dict(TINY, **bad))
@@ -122,8 +132,23 @@ def test_bad_arguments_raise(tmp_path: Path, bad: dict, key: str) -> None:
 def test_cli_synth(tmp_path: Path, capsys) -> None:
     from reidkit.cli import main
 
-    args = [str(tmp_path), "--ids", "2", "--images-per-id", "3", "--cams", "2", "--size", "64x32",
-            "--workers", "1", "--distractors", "1", "--junk", "1"]
+    args = [
+        str(tmp_path),
+        "--ids",
+        "2",
+        "--images-per-id",
+        "3",
+        "--cams",
+        "2",
+        "--size",
+        "64x32",
+        "--workers",
+        "1",
+        "--distractors",
+        "1",
+        "--junk",
+        "1",
+    ]
     assert main(["synth", *args]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "train" in out
@@ -139,8 +164,22 @@ def test_loads_as_market1501(tree: Path) -> None:
     assert all(0 <= r.camid < 3 for r in ds.train + ds.query + ds.gallery)
 
 
-SMALL = ["--ids", "4", "--images-per-id", "3", "--cams", "2", "--size", "64x32", "--workers", "1",
-         "--distractors", "1", "--junk", "1"]
+SMALL = [
+    "--ids",
+    "4",
+    "--images-per-id",
+    "3",
+    "--cams",
+    "2",
+    "--size",
+    "64x32",
+    "--workers",
+    "1",
+    "--distractors",
+    "1",
+    "--junk",
+    "1",
+]
 
 
 def test_loader_keeps_the_set_the_user_generated(tmp_path: Path, capsys) -> None:

@@ -2,6 +2,7 @@
 through `reidkit --plugin FILE video --tracker iou --tracker-option min_iou=...` on a tiny generated scene: tracklets
 come out, the option reaches the tracker and changes what it does, an unknown option is one error with did-you-mean,
 and the README's block is the file."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,9 @@ MARK = "<!-- tracker_plugin.py -->"
 def tiny_scene(tmp_path_factory):
     from reidkit.data.scene import generate_scene
 
-    return generate_scene(tmp_path_factory.mktemp("plug") / "s", cams=1, ids=3, frames=30, size=(96, 128), fps=10,
-                          seed=3, speed=1.5)
+    return generate_scene(
+        tmp_path_factory.mktemp("plug") / "s", cams=1, ids=3, frames=30, size=(96, 128), fps=10, seed=3, speed=1.5
+    )
 
 
 @pytest.fixture()
@@ -36,8 +38,23 @@ def unregister():
 def _video(tiny_scene, db, *extra):
     from reidkit.cli import main
 
-    return main(["--plugin", str(PLUGIN), "video", str(tiny_scene.videos[0]), "--detections", str(tiny_scene.gt[0]),
-                 "--engine", "torch", "--tracker", "iou", "--db", str(db), *extra])
+    return main(
+        [
+            "--plugin",
+            str(PLUGIN),
+            "video",
+            str(tiny_scene.videos[0]),
+            "--detections",
+            str(tiny_scene.gt[0]),
+            "--engine",
+            "torch",
+            "--tracker",
+            "iou",
+            "--db",
+            str(db),
+            *extra,
+        ]
+    )
 
 
 def test_the_plugin_tracker_runs_with_its_option(tiny_scene, tmp_path, capsys, unregister):

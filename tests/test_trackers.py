@@ -1,6 +1,7 @@
 """reidkit.video.trackers: the Tracker protocol and registry (a plug-in tracker with an option of its own through
 `reidkit video --plugin ... --tracker NAME --tracker-option`, unknown names and options refused with did-you-mean),
 the deep_sort wrapper, exact resume through state_dict."""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,9 @@ class Nearest:
 def tiny_scene(tmp_path_factory):
     from reidkit.data.scene import generate_scene
 
-    return generate_scene(tmp_path_factory.mktemp("trk") / "s", cams=1, ids=3, frames=40, size=(96, 128), fps=10,
-                          seed=3, speed=1.5)
+    return generate_scene(
+        tmp_path_factory.mktemp("trk") / "s", cams=1, ids=3, frames=40, size=(96, 128), fps=10, seed=3, speed=1.5
+    )
 
 
 @pytest.fixture()
@@ -83,8 +85,20 @@ def test_a_plugin_tracker_with_its_own_option_runs_through_reidkit_video(plugin,
     from reidkit.cli import main
     from reidkit.retrieval.index import Gallery
 
-    argv = ["--plugin", str(plugin), "video", str(tiny_scene.videos[0]), "--detections", str(tiny_scene.gt[0]),
-            "--engine", "torch", "--appearance", "needed", "--tracker", "nearest"]
+    argv = [
+        "--plugin",
+        str(plugin),
+        "video",
+        str(tiny_scene.videos[0]),
+        "--detections",
+        str(tiny_scene.gt[0]),
+        "--engine",
+        "torch",
+        "--appearance",
+        "needed",
+        "--tracker",
+        "nearest",
+    ]
     assert main([*argv, "--db", str(tmp_path / "db"), "--tracker-option", "reach=35"]) == 0, capsys.readouterr().err
     from reidkit.video.trackers import TRACKERS
 
@@ -150,8 +164,13 @@ def _frames(n=30, seed=0):
             boxes.append([x, y, x + 20, y + 50])
             v = base[p] + rng.normal(0, 0.05, 8).astype(np.float32)
             feats.append(v / np.linalg.norm(v))
-        out.append((np.asarray(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes), np.float32),
-                    np.asarray(feats, np.float32).reshape(-1, 8)))
+        out.append(
+            (
+                np.asarray(boxes, np.float32).reshape(-1, 4),
+                np.ones(len(boxes), np.float32),
+                np.asarray(feats, np.float32).reshape(-1, 8),
+            )
+        )
     return out
 
 
@@ -256,10 +275,28 @@ def _enter_together(height_iou: str):
     from reidkit.video.trackers import build_tracker
 
     t = build_tracker("bytesort", {"height_iou": height_iou})
-    tall = [(0.0, 15.9), (0.0, 29.5), (4.1, 39.0), (17.8, 39.0), (31.4, 39.0), (45.1, 39.0), (58.7, 39.0),
-            (72.3, 39.0), (86.0, 39.0)]
-    short = [None, (0.0, 16.9), (0.0, 29.6), (12.1, 30.1), (24.8, 30.1), (37.4, 30.1), (50.1, 30.1), (62.7, 30.1),
-             (75.4, 30.1)]
+    tall = [
+        (0.0, 15.9),
+        (0.0, 29.5),
+        (4.1, 39.0),
+        (17.8, 39.0),
+        (31.4, 39.0),
+        (45.1, 39.0),
+        (58.7, 39.0),
+        (72.3, 39.0),
+        (86.0, 39.0),
+    ]
+    short = [
+        None,
+        (0.0, 16.9),
+        (0.0, 29.6),
+        (12.1, 30.1),
+        (24.8, 30.1),
+        (37.4, 30.1),
+        (50.1, 30.1),
+        (62.7, 30.1),
+        (75.4, 30.1),
+    ]
     ids = []
     for (x, w), sh in zip(tall, short):
         boxes = [[x, 93.4, x + w, 93.4 + 134.8]] + ([] if sh is None else [[sh[0], 89.6, sh[0] + sh[1], 89.6 + 104.0]])

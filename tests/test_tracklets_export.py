@@ -1,6 +1,7 @@
 """`reidkit tracklets export`: one MOTChallenge file per camera with per-camera tracklet ids, row for row the
 gallery's tracklet boxes, scored by `reidkit eval-tracks`; and `reidkit identities --stitch-gap` on the same
 gallery (stitching joins only tracklets that stitch's limits allow, stored for the next run)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,24 @@ def _cli(*args: str) -> str:
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     root = tmp_path_factory.mktemp("trk")
-    _cli("scene", str(root / "s"), "--cams", "2", "--ids", "4", "--frames", "60", "--size", "120x160",
-         "--speed", "1.0", "--transit", "1,3", "--seed", "3")
+    _cli(
+        "scene",
+        str(root / "s"),
+        "--cams",
+        "2",
+        "--ids",
+        "4",
+        "--frames",
+        "60",
+        "--size",
+        "120x160",
+        "--speed",
+        "1.0",
+        "--transit",
+        "1,3",
+        "--seed",
+        "3",
+    )
     args = ["video"] + [str(root / "s" / c / f"{c}.avi") for c in ("cam1", "cam2")]
     for c in ("cam1", "cam2"):
         args += ["--detections", str(root / "s" / c / "gt" / "gt.txt")]
@@ -42,8 +59,12 @@ def test_rows_are_the_gallery_tracklet_boxes(db):
     rows = Gallery.open(db / "db").entries(kind="tracklet")
     assert rows
     for cam in ("cam1", "cam2"):
-        want = sorted((int(b[0]), int(r["id"]), round(b[1], 2), round(b[2], 2), round(b[3] - b[1], 2),
-                       round(b[4] - b[2], 2)) for r in rows if r["camera"] == cam for b in r["meta"]["boxes"])
+        want = sorted(
+            (int(b[0]), int(r["id"]), round(b[1], 2), round(b[2], 2), round(b[3] - b[1], 2), round(b[4] - b[2], 2))
+            for r in rows
+            if r["camera"] == cam
+            for b in r["meta"]["boxes"]
+        )
         got = []
         for line in (out / f"{cam}.txt").read_text().splitlines():
             f, i, x, y, w, h, conf, *rest = line.split(",")

@@ -1,5 +1,6 @@
 """reidkit.evaluation.tracks (TrackEval): hand-computed cases (perfect, a swapped id, a person given two
 global ids in two cameras), both ground-truth layouts, the CLI and bad inputs."""
+
 from __future__ import annotations
 
 import json

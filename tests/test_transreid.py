@@ -1,4 +1,5 @@
 """TransReID arch: JPM shuffle, training dict (k + 1 branches), eval feature, SIE, criterion, checkpoint, recipe."""
+
 from __future__ import annotations
 
 import tempfile
@@ -17,8 +18,15 @@ SYN = {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}
 
 
 def small_cfg(**kw) -> ModelConfig:
-    base = dict(arch="transreid", backbone="vit_small_patch16", pretrained=False, stride_size=12, sie=True,
-                num_cameras=3, jpm=True)
+    base = dict(
+        arch="transreid",
+        backbone="vit_small_patch16",
+        pretrained=False,
+        stride_size=12,
+        sie=True,
+        num_cameras=3,
+        jpm=True,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -30,7 +38,7 @@ def reference_shuffle(features: torch.Tensor, shift: int, group: int) -> torch.T
     if len(order) % group:
         order.append(order[-2])
     per = len(order) // group
-    chunks = [order[g * per:(g + 1) * per] for g in range(group)]
+    chunks = [order[g * per : (g + 1) * per] for g in range(group)]
     interleaved = [chunks[g][i] for i in range(per) for g in range(group)]
     return features[:, interleaved]
 
@@ -77,7 +85,7 @@ def test_eval_feature_is_global_plus_locals_over_k_after_bn():
         size = (tokens.shape[1] - 1) // 4
         parts = [m.head.necks[0](glob)]
         for i in range(4):
-            seq = torch.cat([tokens[:, :1], patches[:, i * size:(i + 1) * size]], dim=1)
+            seq = torch.cat([tokens[:, :1], patches[:, i * size : (i + 1) * size]], dim=1)
             parts.append(m.head.necks[i + 1](trunk.local_norm(trunk.local_block(seq))[:, 0]) / 4)
         ref = torch.cat(parts, dim=1)
     assert f.shape == (2, 5 * 384)
@@ -89,8 +97,9 @@ def test_eval_feature_is_global_plus_locals_over_k_after_bn():
 
 
 def test_vit_b_eval_output_is_5_x_768():
-    m = build_model(ModelConfig(arch="transreid", backbone="vit_base_patch16", pretrained=False, stride_size=12,
-                                jpm=True), 4).eval()
+    m = build_model(
+        ModelConfig(arch="transreid", backbone="vit_base_patch16", pretrained=False, stride_size=12, jpm=True), 4
+    ).eval()
     with torch.no_grad():
         out = m(torch.randn(1, 3, 64, 32))
     assert out.shape == (1, 5 * 768) and m.feat_dim == 3840
@@ -135,14 +144,25 @@ def test_transreid_recipe_trains_and_the_loss_goes_down():
     from reidkit.engine.supervised import SupervisedTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"_base_": "transreid_vit_b.yaml",
-               "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                        "size": [64, 32], "val": []},
-               "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-               "model": {"pretrained": False, "backbone": "vit_small_patch16"},
-               "solver": {"max_epochs": 2, "warmup_epochs": 0, "eval_period": 100, "checkpoint_period": 100,
-                          "log_period": 1},
-               "device": "cpu", "output_dir": f"{tmp}/out"}
+        cfg = {
+            "_base_": "transreid_vit_b.yaml",
+            "data": {
+                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
+                "size": [64, 32],
+                "val": [],
+            },
+            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
+            "model": {"pretrained": False, "backbone": "vit_small_patch16"},
+            "solver": {
+                "max_epochs": 2,
+                "warmup_epochs": 0,
+                "eval_period": 100,
+                "checkpoint_period": 100,
+                "log_period": 1,
+            },
+            "device": "cpu",
+            "output_dir": f"{tmp}/out",
+        }
         trainer = SupervisedTrainer(cfg)
         losses: list[float] = []
         trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
@@ -157,14 +177,25 @@ def test_vit_s_bot_recipe_trains_and_the_loss_goes_down():
     from reidkit.engine.supervised import SupervisedTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"_base_": "vit_s_bot.yaml",
-               "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                        "size": [64, 32], "val": []},
-               "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-               "model": {"pretrained": False},
-               "solver": {"max_epochs": 2, "warmup_epochs": 0, "eval_period": 100, "checkpoint_period": 100,
-                          "log_period": 1},
-               "device": "cpu", "output_dir": f"{tmp}/out"}
+        cfg = {
+            "_base_": "vit_s_bot.yaml",
+            "data": {
+                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
+                "size": [64, 32],
+                "val": [],
+            },
+            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
+            "model": {"pretrained": False},
+            "solver": {
+                "max_epochs": 2,
+                "warmup_epochs": 0,
+                "eval_period": 100,
+                "checkpoint_period": 100,
+                "log_period": 1,
+            },
+            "device": "cpu",
+            "output_dir": f"{tmp}/out",
+        }
         trainer = SupervisedTrainer(cfg)
         losses: list[float] = []
         trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
@@ -178,13 +209,15 @@ def test_train_api_validates_with_cameras_and_the_saved_model_reloads():
     import reidkit
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"_base_": "transreid_vit_b.yaml",
-               "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                        "size": [64, 32]},
-               "sampler": {"p": 4, "k": 4, "epoch_batches": 2},
-               "model": {"pretrained": False, "backbone": "vit_small_patch16"},
-               "solver": {"max_epochs": 1, "warmup_epochs": 0, "eval_period": 1, "log_period": 1},
-               "device": "cpu", "output_dir": f"{tmp}/out"}
+        cfg = {
+            "_base_": "transreid_vit_b.yaml",
+            "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}], "size": [64, 32]},
+            "sampler": {"p": 4, "k": 4, "epoch_batches": 2},
+            "model": {"pretrained": False, "backbone": "vit_small_patch16"},
+            "solver": {"max_epochs": 1, "warmup_epochs": 0, "eval_period": 1, "log_period": 1},
+            "device": "cpu",
+            "output_dir": f"{tmp}/out",
+        }
         metrics = reidkit.train(cfg)
         assert 0 < metrics["mean"]["mAP"] <= 100
         net = load_model(Path(tmp) / "out" / "model.pt")

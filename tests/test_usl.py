@@ -1,4 +1,5 @@
 """Unsupervised / UDA trainers: a short CPU run of each method, recipes, the eps rule, errors."""
+
 from __future__ import annotations
 
 import json
@@ -11,24 +12,48 @@ import torch
 from reidkit.errors import ReIDError
 
 
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny unsupervised recipe (as a dict) on 16 synthetic identities of domain B."""
     root = tmp_path_factory.mktemp("usl_data")
     return {
-        "data": {"datasets": [{"name": "synthetic", "root": str(root),
-                               "options": {"ids": 16, "images_per_id": 6, "cams": 3, "seed": 3, "domain": "B"}}],
-                 "size": [64, 32]},
+        "data": {
+            "datasets": [
+                {
+                    "name": "synthetic",
+                    "root": str(root),
+                    "options": {"ids": 16, "images_per_id": 6, "cams": 3, "seed": 3, "domain": "B"},
+                }
+            ],
+            "size": [64, 32],
+        },
         "input": {"pad": 4, "mean": None, "std": None},
-        "model": {"backbone": "mobilenetv2", "pretrained": True, "pooling": "avg", "neck": "bnneck",
-                  "neck_feat": "after"},
-        "solver": {"optimizer": "adam", "base_lr": 3.5e-4, "warmup_epochs": 0, "steps": [100], "max_epochs": 1,
-                   "eval_period": 1, "log_period": 1},
+        "model": {
+            "backbone": "mobilenetv2",
+            "pretrained": True,
+            "pooling": "avg",
+            "neck": "bnneck",
+            "neck_feat": "after",
+        },
+        "solver": {
+            "optimizer": "adam",
+            "base_lr": 3.5e-4,
+            "warmup_epochs": 0,
+            "steps": [100],
+            "max_epochs": 1,
+            "eval_period": 1,
+            "log_period": 1,
+        },
         "test": {"batch_size": 64},
-        "usl": {"k1": 6, "k2": 3, "eps": 0.6, "min_samples": 2, "batch_size": 16, "num_instances": 4,
-                "iters_per_epoch": 2},
+        "usl": {
+            "k1": 6,
+            "k2": 3,
+            "eps": 0.6,
+            "min_samples": 2,
+            "batch_size": 16,
+            "num_instances": 4,
+            "iters_per_epoch": 2,
+        },
         "device": "cpu",
         "seed": 0,
     }
@@ -37,8 +62,13 @@ def tiny(tmp_path_factory) -> dict:
 METHODS = {
     "cluster_contrast": {"method": "cluster_contrast", "memory": "cluster"},
     "hhcl": {"method": "hhcl", "memory": "hybrid", "hard_weight": 0.5},
-    "ssg": {"method": "ssg", "ssg": {"spaces": ["global", "upper", "lower"]}, "eps": None, "rho": 0.05,
-            "fix_eps": True},
+    "ssg": {
+        "method": "ssg",
+        "ssg": {"spaces": ["global", "upper", "lower"]},
+        "eps": None,
+        "rho": 0.05,
+        "fix_eps": True,
+    },
     "dec": {"method": "dec", "dec": {"clusters": 6, "update_period": 1}},
 }
 
@@ -97,7 +127,11 @@ def test_recipes_follow_the_papers():
     assert (u.method, u.eps, u.k1, u.k2, u.min_samples, u.memory) == ("cluster_contrast", 0.6, 30, 6, 4, "cluster")
     assert (u.batch_size, u.num_instances, u.iters_per_epoch, u.momentum, u.temperature) == (256, 16, 200, 0.1, 0.05)
     assert (cc.solver.optimizer, cc.solver.base_lr, cc.solver.weight_decay, cc.solver.max_epochs) == (
-        "adam", 3.5e-4, 5e-4, 50)
+        "adam",
+        3.5e-4,
+        5e-4,
+        50,
+    )
     assert cc.model.pooling == "gem"
     hh = load_usl_config("usl_hhcl")
     assert (hh.usl.method, hh.usl.memory, hh.usl.hard_weight, hh.solver.max_epochs) == ("hhcl", "hybrid", 0.5, 60)
@@ -106,7 +140,9 @@ def test_recipes_follow_the_papers():
     ssg = load_usl_config("uda_ssg")
     s = ssg.usl
     assert (s.method, s.k1, s.k2, s.rho, s.fix_eps, s.options().triplet_margin) == ("ssg", 20, 6, 1.6e-3, True, 0.5)
-    assert s.options().spaces == ["global", "upper", "lower"] and s.init_weights and dataset_eps(s, "market1501") is None
+    assert (
+        s.options().spaces == ["global", "upper", "lower"] and s.init_weights and dataset_eps(s, "market1501") is None
+    )
     assert (s.source.enabled, s.source.datasets[0]["name"], s.source.weight, s.source.k) == (True, "dukemtmc", 0.1, 6)
     dec = load_usl_config("usl_dec")
     assert dec.usl.method == "dec" and dec.usl.options().alpha == 1.0 and dec.usl.options("dec").update_period == 100
@@ -136,8 +172,9 @@ def test_flat_usl_keys_of_0_1_still_load_with_a_warning_naming_the_new_key():
         old = load_usl_config("usl_dec", ["usl.dec_alpha=2.0", "usl.dec_clusters=5"])
     assert old.usl.options() == load_usl_config("usl_dec", ["usl.dec.alpha=2.0", "usl.dec.clusters=5"]).usl.options()
     with pytest.warns(FutureWarning, match="usl.source.datasets"):
-        src = load_usl_config("usl_hhcl", ["usl.use_source=true", "usl.source=[{name: market1501}]",
-                                           "usl.source_lambda=0.2"])
+        src = load_usl_config(
+            "usl_hhcl", ["usl.use_source=true", "usl.source=[{name: market1501}]", "usl.source_lambda=0.2"]
+        )
     assert (src.usl.source.enabled, src.usl.source.weight) == (True, 0.2)
     with pytest.warns(FutureWarning, match="usl.ssg.spaces"):
         ssg = load_usl_config("uda_ssg", ["usl.spaces=[global, upper]"])
@@ -190,8 +227,11 @@ def test_camera_norm_centres_each_camera_before_clustering():
 def test_ssg_with_camera_norm_runs(tiny, tmp_path):
     from reidkit.engine.usl import ClusterTrainer
 
-    cfg = {**tiny, "usl": {**tiny["usl"], **METHODS["ssg"], "camera_norm": True, "iters_per_epoch": 1},
-           "output_dir": str(tmp_path / "cam")}
+    cfg = {
+        **tiny,
+        "usl": {**tiny["usl"], **METHODS["ssg"], "camera_norm": True, "iters_per_epoch": 1},
+        "output_dir": str(tmp_path / "cam"),
+    }
     result = ClusterTrainer(cfg).fit()
     assert result["clusters"][0]["n_samples"] == 48 and "upper" in result["clusters"][0]
 
@@ -207,19 +247,33 @@ def test_uda_ssg_as_shipped_names_the_source_key_and_reports_a_failed_clustering
 
     import yaml
 
-    syn = {"name": "synthetic", "root": str(tmp_path / "syn"),
-           "options": {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}}
-    cfg = {"_base_": "uda_ssg.yaml", "data": {"datasets": [syn], "size": [32, 16]},
-           "model": {"backbone": "resnet18", "pretrained": False}, "solver": {"max_epochs": 1},
-           "usl": {"init_weights": None, "batch_size": 4, "num_instances": 2, "iters_per_epoch": 1, "k1": 4, "k2": 2},
-           "device": "cpu", "output_dir": str(tmp_path / "out")}
+    syn = {
+        "name": "synthetic",
+        "root": str(tmp_path / "syn"),
+        "options": {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0},
+    }
+    cfg = {
+        "_base_": "uda_ssg.yaml",
+        "data": {"datasets": [syn], "size": [32, 16]},
+        "model": {"backbone": "resnet18", "pretrained": False},
+        "solver": {"max_epochs": 1},
+        "usl": {"init_weights": None, "batch_size": 4, "num_instances": 2, "iters_per_epoch": 1, "k1": 4, "k2": 2},
+        "device": "cpu",
+        "output_dir": str(tmp_path / "out"),
+    }
     path = tmp_path / "ssg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
     def usl(*overrides: str) -> subprocess.CompletedProcess:
-        return procs.run([sys.executable, "-m", "reidkit.cli", "usl", "--config", str(path), *overrides],
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        return procs.run(
+            [sys.executable, "-m", "reidkit.cli", "usl", "--config", str(path), *overrides],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
 
     # the recipe's source domain, dukemtmc under ./data, is not there
     proc = usl()

@@ -1,6 +1,7 @@
 """`reidkit usl` as a user runs it: the usl_demo recipe shrunk by dotted overrides, bf16 and
 channels-last on CPU, killed with SIGKILL mid-run and resumed with resume=auto; and two processes
 under torchrun (gloo)."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,28 @@ import pytest
 
 def usl_args(root: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "usl", "--config", "usl_demo",
-        f"data.datasets.0.root={root}", "data.datasets.0.options.ids=12", "data.datasets.0.options.images_per_id=6",
-        "data.datasets.0.options.cams=3", "data.size=[64,32]", "input.pad=4",
-        "usl.iters_per_epoch=2", "usl.batch_size=12", "usl.num_instances=4", "usl.k1=6", "usl.min_samples=2",
-        "usl.outliers=singleton", "solver.max_epochs=3", "solver.eval_period=1", "solver.log_period=1",
-        "solver.amp=bf16", "data.channels_last=true", f"output_dir={out}", *extra,
+        "usl",
+        "--config",
+        "usl_demo",
+        f"data.datasets.0.root={root}",
+        "data.datasets.0.options.ids=12",
+        "data.datasets.0.options.images_per_id=6",
+        "data.datasets.0.options.cams=3",
+        "data.size=[64,32]",
+        "input.pad=4",
+        "usl.iters_per_epoch=2",
+        "usl.batch_size=12",
+        "usl.num_instances=4",
+        "usl.k1=6",
+        "usl.min_samples=2",
+        "usl.outliers=singleton",
+        "solver.max_epochs=3",
+        "solver.eval_period=1",
+        "solver.log_period=1",
+        "solver.amp=bf16",
+        "data.channels_last=true",
+        f"output_dir={out}",
+        *extra,
     ]
 
 
@@ -53,8 +70,9 @@ def test_usl_demo_killed_and_resumed_matches_the_uninterrupted_run(data_root: Pa
     assert "clusters:" in proc.stderr and list((full / "tb").glob("events.out.tfevents.*"))
 
     cut = tmp_path / "cut"
-    p = procs.Popen(cli(*usl_args(data_root, cut)), env=env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = procs.Popen(
+        cli(*usl_args(data_root, cut)), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 400
     while time.time() < deadline and not (cut / "last.pt").is_file() and p.poll() is None:
         time.sleep(0.05)
@@ -62,8 +80,9 @@ def test_usl_demo_killed_and_resumed_matches_the_uninterrupted_run(data_root: Pa
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (cut / "metrics.json").exists()
-    proc = procs.run(cli(*usl_args(data_root, cut, "resume=auto")), env=env(), capture_output=True,
-                          text=True, timeout=600)
+    proc = procs.run(
+        cli(*usl_args(data_root, cut, "resume=auto")), env=env(), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
     a = json.loads((full / "metrics.json").read_text())
@@ -75,11 +94,20 @@ def test_usl_demo_killed_and_resumed_matches_the_uninterrupted_run(data_root: Pa
 
 def test_usl_under_torchrun_two_processes(data_root: Path, tmp_path: Path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "reidkit.cli", *usl_args(data_root, out, "solver.max_epochs=2", "solver.amp=none",
-                                    "data.channels_last=false")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "reidkit.cli",
+        *usl_args(data_root, out, "solver.max_epochs=2", "solver.amp=none", "data.channels_last=false"),
+    ]
     # torchrun's workers: forks of the tests' server (tests/procs.py)
-    proc = procs.run(cmd, env={**env(), "PYTHON_EXEC": procs.python_shim()}, capture_output=True, text=True, timeout=600)
+    proc = procs.run(
+        cmd, env={**env(), "PYTHON_EXEC": procs.python_shim()}, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2] and 0 < metrics["mean"]["mAP"] <= 100

@@ -1,5 +1,6 @@
 """reidkit.utils: atomic writes (unique temps, removed on failure, stale ones cleaned), one image-extension
 list, output folders, devices."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,12 @@ from PIL import Image
 
 from reidkit.errors import ReIDError
 from reidkit.utils.io import (
-    IMAGE_EXTENSIONS, atomic_write, clean_stale_temps, ensure_dir, list_images, write_json,
+    IMAGE_EXTENSIONS,
+    atomic_write,
+    clean_stale_temps,
+    ensure_dir,
+    list_images,
+    write_json,
 )
 
 
@@ -73,7 +79,8 @@ def test_one_image_extension_list_includes_netpbm_and_gif(tmp_path: Path):
     assert {".pgm", ".ppm", ".gif", ".jpg", ".png"} <= IMAGE_EXTENSIONS
     for ext in (".pgm", ".ppm", ".gif", ".JPG"):
         Image.fromarray(np.zeros((8, 4, 3), np.uint8)).convert("L" if ext == ".pgm" else "RGB").save(
-            tmp_path / f"img{ext}", format={"pgm": "PPM", "ppm": "PPM", "gif": "GIF", "jpg": "JPEG"}[ext[1:].lower()])
+            tmp_path / f"img{ext}", format={"pgm": "PPM", "ppm": "PPM", "gif": "GIF", "jpg": "JPEG"}[ext[1:].lower()]
+        )
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / ".hidden.jpg").write_bytes(b"x")
     assert sorted(p.name for p in list_images(tmp_path)) == ["img.JPG", "img.gif", "img.pgm", "img.ppm"]

@@ -1,5 +1,6 @@
 """`reidkit video` on a generated 2-camera scene: ingestion with progress, tracklet contents, cross-camera
 search (Python, CLI, HTTP), kill + resume without duplicates or losses, bad inputs, detectors."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ def _gt_ids(rec, gt) -> list[int]:
     out = []
     for b in rec["meta"]["boxes"]:
         rows = gt[gt[:, 0] == b[0]]
-        best = max(((_iou(b[1:5], (r[2], r[3], r[2] + r[4], r[3] + r[5])), int(r[1])) for r in rows),
-                   default=(0.0, -1))
+        best = max(((_iou(b[1:5], (r[2], r[3], r[2] + r[4], r[3] + r[5])), int(r[1])) for r in rows), default=(0.0, -1))
         out.append(best[1] if best[0] > 0.5 else -1)
     return out
 
@@ -58,8 +58,17 @@ def _tracklet_set(db) -> dict:
     from reidkit.retrieval.index import Gallery
 
     g = Gallery.open(db)
-    return {e["tracklet"]: (e["camera"], e["frame_start"], e["frame_end"], e["meta"]["boxes"], e["meta"]["thumbs"],
-                            g.features([e["id"]])[0]) for e in g.entries(kind="tracklet")}
+    return {
+        e["tracklet"]: (
+            e["camera"],
+            e["frame_start"],
+            e["frame_end"],
+            e["meta"]["boxes"],
+            e["meta"]["thumbs"],
+            g.features([e["id"]])[0],
+        )
+        for e in g.entries(kind="tracklet")
+    }
 
 
 def test_ingests_all_cameras_with_progress(run, ingested):
@@ -76,7 +85,9 @@ def test_ingests_all_cameras_with_progress(run, ingested):
         assert len(set(ids)) == 1 and ids[0] > 0  # ground-truth detections: every tracklet is pure
         frames = [b[0] for b in e["meta"]["boxes"]]
         assert frames == sorted(frames) and e["frame_start"] == frames[0] and e["frame_end"] == frames[-1]
-        assert e["t_start"] == pytest.approx((e["frame_start"] - 1) / 10) and e["t_end"] == pytest.approx((e["frame_end"] - 1) / 10)
+        assert e["t_start"] == pytest.approx((e["frame_start"] - 1) / 10) and e["t_end"] == pytest.approx(
+            (e["frame_end"] - 1) / 10
+        )
         assert 1 <= len(e["meta"]["thumbs"]) <= 4
         for name in e["meta"]["thumbs"]:
             assert (ingested["db"] / "thumbs" / name).is_file()
@@ -108,17 +119,47 @@ def test_query_crop_finds_the_person_in_the_other_camera_cli(run, ingested, tmp_
     for pid in sorted(set(cam2.values()) & {int(p) for p in set(run["gt"]["cam1"][:, 1])}):
         frame, box = _query_crop(run, pid)
         crop = tmp_path / f"q{pid}.png"
-        Image.fromarray(frame[int(box[1]):int(np.ceil(box[3])), int(box[0]):int(np.ceil(box[2]))]).save(crop)
-        assert main(["tracklets", "search", "--db", str(ingested["db"]), "--image", str(crop),
-                     "--exclude-camera", "cam1", "--json"]) == 0
+        Image.fromarray(frame[int(box[1]) : int(np.ceil(box[3])), int(box[0]) : int(np.ceil(box[2]))]).save(crop)
+        assert (
+            main(
+                [
+                    "tracklets",
+                    "search",
+                    "--db",
+                    str(ingested["db"]),
+                    "--image",
+                    str(crop),
+                    "--exclude-camera",
+                    "cam1",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         res = json.loads(capsys.readouterr().out)["results"]
         assert res and all(h["camera"] == "cam2" for h in res)
         assert cam2[res[0]["tracklet"]] == pid, (pid, res)
         # the whole frame with the box gives the same answer
         full = tmp_path / f"f{pid}.png"
         Image.fromarray(frame).save(full)
-        assert main(["tracklets", "search", "--db", str(ingested["db"]), "--image", str(full), "--box",
-                     ",".join(f"{v:g}" for v in box), "--exclude-camera", "cam1", "--json"]) == 0
+        assert (
+            main(
+                [
+                    "tracklets",
+                    "search",
+                    "--db",
+                    str(ingested["db"]),
+                    "--image",
+                    str(full),
+                    "--box",
+                    ",".join(f"{v:g}" for v in box),
+                    "--exclude-camera",
+                    "cam1",
+                    "--json",
+                ]
+            )
+            == 0
+        )
         assert cam2[json.loads(capsys.readouterr().out)["results"][0]["tracklet"]] == pid
 
 
@@ -202,8 +243,9 @@ def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_VIDEO_CRASH_AFTER": "4"}
     # one video at a time (--streams 1), so the kill point is known; the re-run takes both at once
-    p = procs.run([sys.executable, "-c", code, *argv, "--streams", "1"], env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = procs.run(
+        [sys.executable, "-c", code, *argv, "--streams", "1"], env=env, capture_output=True, text=True, timeout=300
+    )
     # SIGKILLed right after its fourth commit (cam1, frame 80: the default tracker keeps a lost track 30 frames,
     # so cam1's first tracklet, last seen at frame 41, is committed by then)
     assert p.returncode == -9, p.stderr
@@ -273,8 +315,15 @@ def _export_yolo(path: Path, out: np.ndarray) -> Path:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.out + 0.0 * x.mean()
 
-    torch.onnx.export(Fixed(), torch.zeros(1, 3, 64, 64), str(path), input_names=["images"], output_names=["out"],
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        Fixed(),
+        torch.zeros(1, 3, 64, 64),
+        str(path),
+        input_names=["images"],
+        output_names=["out"],
+        opset_version=17,
+        dynamo=False,
+    )
     return path
 
 
@@ -316,8 +365,23 @@ def test_onnx_detector_both_layouts(tmp_path):
         wr.write(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8))
     wr.release()
     db = tmp_path / "db"
-    assert main(["video", str(video), "--db", str(db), "--detector", str(tmp_path / "v8.onnx"),
-                 "--weights", str(_tiny(tmp_path)), "--detect-every", "1"]) == 0
+    assert (
+        main(
+            [
+                "video",
+                str(video),
+                "--db",
+                str(db),
+                "--detector",
+                str(tmp_path / "v8.onnx"),
+                "--weights",
+                str(_tiny(tmp_path)),
+                "--detect-every",
+                "1",
+            ]
+        )
+        == 0
+    )
     (t,) = Gallery.open(db).entries(kind="tracklet")
     assert (t["frame_start"], t["frame_end"], t["camera"]) == (1, 8, "still")
     assert t["t_end"] == pytest.approx(7 / 5.0)
@@ -341,8 +405,27 @@ def test_hog_detector_runs_end_to_end(run, tmp_path, capsys):
     boxes, scores = HogDetector(min_height=240)(np.zeros((H, W, 3), np.uint8))
     assert boxes.shape == (0, 4) and scores.shape == (0,)
     db = tmp_path / "hogdb"
-    assert main(["video", str(short), "--db", str(db), "--every", "2", "--chunk", "3", "--weights",
-                 str(_tiny(tmp_path)), "--detect-every", "1", "--detector", "hog"]) == 0
+    assert (
+        main(
+            [
+                "video",
+                str(short),
+                "--db",
+                str(db),
+                "--every",
+                "2",
+                "--chunk",
+                "3",
+                "--weights",
+                str(_tiny(tmp_path)),
+                "--detect-every",
+                "1",
+                "--detector",
+                "hog",
+            ]
+        )
+        == 0
+    )
     assert "short.avi: done, 6 frames" in capsys.readouterr().err
 
 
@@ -370,8 +453,19 @@ def test_a_second_run_on_a_video_waits_for_the_first_then_skips(run, tmp_path):
 
     video, gt = run["scene"].videos[0], run["scene"].gt[0]
     db = tmp_path / "db"
-    cmd = [sys.executable, "-m", "reidkit.cli", "video", str(video), "--detections", str(gt), "--db", str(db),
-           "--engine", "torch"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reidkit.cli",
+        "video",
+        str(video),
+        "--detections",
+        str(gt),
+        "--db",
+        str(db),
+        "--engine",
+        "torch",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     lines: list[str] = []
     with VideoLock(db, video_key(video, Path(video).stem)) as held:

@@ -1,6 +1,7 @@
 """Videos on a Dask LocalCluster (127.0.0.1, 2 worker processes) give the sequential run's tracklets,
 a worker killed mid-video is retried and the gallery holds each tracklet once; two `reidkit video`
 processes on one new gallery: the second waits, then skips."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,17 @@ def _tracklets(db) -> dict:
     es = g.entries(kind="tracklet")
     keys = [e["tracklet"] for e in es]
     assert len(keys) == len(set(keys))  # each tracklet exactly once
-    return {e["tracklet"]: (e["camera"], e["frame_start"], e["frame_end"], e["meta"]["boxes"], e["meta"]["thumbs"],
-                            g.features([e["id"]])[0]) for e in es}
+    return {
+        e["tracklet"]: (
+            e["camera"],
+            e["frame_start"],
+            e["frame_end"],
+            e["meta"]["boxes"],
+            e["meta"]["thumbs"],
+            g.features([e["id"]])[0],
+        )
+        for e in es
+    }
 
 
 def _same(got: dict, want: dict) -> None:
@@ -66,8 +76,14 @@ def client(scene, dask_forkserver):
 
     flag = scene["root"] / "crash.flag"
     # the worker processes' own environment (the nanny sets it in each worker it starts or restarts)
-    cluster = distributed.LocalCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, env={CRASH_ENV: str(flag)})
+    cluster = distributed.LocalCluster(
+        host="127.0.0.1",
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        env={CRASH_ENV: str(flag)},
+    )
     c = distributed.Client(cluster, timeout=60)
     yield {"client": c, "flag": flag}
     c.close()
@@ -78,8 +94,9 @@ def test_cluster_gives_the_sequential_tracklets(scene, sequential, client):
     from reidkit.video.cluster import ingest_on_cluster
 
     db = scene["root"] / "dask"
-    rep = ingest_on_cluster(db, [str(v) for v in scene["scene"].videos], client=client["client"], segment=2,
-                            **scene["kw"])
+    rep = ingest_on_cluster(
+        db, [str(v) for v in scene["scene"].videos], client=client["client"], segment=2, **scene["kw"]
+    )
     assert [v["skipped"] for v in rep["videos"]] == [False] * 3
     _same(_tracklets(db), sequential)
     # a re-run finds every video done
@@ -93,8 +110,7 @@ def test_killed_worker_is_retried_and_nothing_doubles(scene, sequential, client)
     flag = client["flag"]
     flag.write_text("armed")  # the first task to rename it exits its worker process after its first chunk
     db = scene["root"] / "dask_killed"
-    ingest_on_cluster(db, [str(v) for v in scene["scene"].videos], client=client["client"], segment=3,
-                      **scene["kw"])
+    ingest_on_cluster(db, [str(v) for v in scene["scene"].videos], client=client["client"], segment=3, **scene["kw"])
     assert not flag.exists() and (flag.parent / (flag.name + ".fired")).exists()  # a worker did die
     _same(_tracklets(db), sequential)
 
@@ -102,14 +118,30 @@ def test_killed_worker_is_retried_and_nothing_doubles(scene, sequential, client)
 def test_two_processes_on_one_new_gallery(scene, sequential, tmp_path):
     db = tmp_path / "db"
     kw = scene["kw"]
-    argv = ["video", *[str(v) for v in scene["scene"].videos], "--db", str(db), "--weights", kw["weights"],
-            "--chunk", "6", "--appearance", "all", "--engine", "onnx"]  # float: the sequential run's features
+    argv = [
+        "video",
+        *[str(v) for v in scene["scene"].videos],
+        "--db",
+        str(db),
+        "--weights",
+        kw["weights"],
+        "--chunk",
+        "6",
+        "--appearance",
+        "all",
+        "--engine",
+        "onnx",
+    ]  # float: the sequential run's features
     for d in kw["detections"]:
         argv += ["--detections", d]
     code = "import sys; from reidkit.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REIDKIT_LOCK_TIMEOUT": "120"}
-    running = [procs.Popen([sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    running = [
+        procs.Popen(
+            [sys.executable, "-c", code, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = []
     t0 = time.monotonic()
     for p in running:

@@ -77,12 +77,21 @@ def test_plots_draw_the_curve_and_both_histograms(tmp_path, monkeypatch):
 def test_visrank_cli(tmp_path):
     from reidkit.cli import main
     from reidkit.data.datasets import load_dataset
+
     rng = np.random.default_rng(0)
     base = tmp_path / "data" / "Market-1501-v15.09.15"
-    layout = {"bounding_box_train": ["0005_c1s1_000001_00", "0005_c2s1_000002_00"],
-              "query": ["0001_c1s1_000010_00", "0002_c2s1_000011_00", "0003_c3s1_000012_00"],
-              "bounding_box_test": ["0001_c2s1_000020_00", "0002_c1s1_000021_00", "0003_c1s1_000022_00",
-                                    "0000_c1s1_000023_00", "0001_c3s1_000024_00", "0002_c3s1_000025_00"]}
+    layout = {
+        "bounding_box_train": ["0005_c1s1_000001_00", "0005_c2s1_000002_00"],
+        "query": ["0001_c1s1_000010_00", "0002_c2s1_000011_00", "0003_c3s1_000012_00"],
+        "bounding_box_test": [
+            "0001_c2s1_000020_00",
+            "0002_c1s1_000021_00",
+            "0003_c1s1_000022_00",
+            "0000_c1s1_000023_00",
+            "0001_c3s1_000024_00",
+            "0002_c3s1_000025_00",
+        ],
+    }
     for folder, names in layout.items():
         (base / folder).mkdir(parents=True)
         for name in names:
@@ -90,9 +99,39 @@ def test_visrank_cli(tmp_path):
     ds = load_dataset("market1501", tmp_path / "data")
     np.savez(tmp_path / "f.npz", query=rng.random((len(ds.query), 8)), gallery=rng.random((len(ds.gallery), 8)))
     out = tmp_path / "vis"
-    assert main(["visrank", "--features", str(tmp_path / "f.npz"), "--dataset", "market1501",
-                 "--root", str(tmp_path / "data"), "--out", str(out), "--max-queries", "2"]) == 0
+    assert (
+        main(
+            [
+                "visrank",
+                "--features",
+                str(tmp_path / "f.npz"),
+                "--dataset",
+                "market1501",
+                "--root",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--max-queries",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (out / "index.html").is_file() and len(list(out.glob("query_*.png"))) == 2
     assert (out / "distance_hist.png").is_file()
-    assert main(["visrank", "--features", str(tmp_path / "nope.npz"), "--dataset", "market1501",
-                 "--root", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "visrank",
+                "--features",
+                str(tmp_path / "nope.npz"),
+                "--dataset",
+                "market1501",
+                "--root",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )

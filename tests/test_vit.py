@@ -1,4 +1,5 @@
 """ViT backbones (TransReID options): parameter counts, grids, SIE, position-embedding resizing, timm-layout loading."""
+
 from __future__ import annotations
 
 import math
@@ -57,10 +58,21 @@ def test_forward_shapes_at_256x128(stride, grid):
 
 def test_timm_parameter_names():
     keys = set(build_backbone("vit_small_patch16").state_dict())
-    for k in ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed",
-              "blocks.0.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias",
-              "blocks.0.attn.proj.weight", "blocks.0.norm2.bias", "blocks.0.mlp.fc1.weight",
-              "blocks.11.mlp.fc2.bias", "norm.weight", "norm.bias"):
+    for k in (
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "cls_token",
+        "pos_embed",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.norm2.bias",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.11.mlp.fc2.bias",
+        "norm.weight",
+        "norm.bias",
+    ):
         assert k in keys, k
 
 
@@ -199,8 +211,9 @@ def test_drop_path_is_stochastic_in_training_only():
 def test_baseline_arch_with_vit_and_sie_passes_cameras():
     from reidkit.models.build import ModelConfig, build_model
 
-    m = build_model(ModelConfig(backbone="vit_small_patch16", pretrained=False, stride_size=12, sie=True,
-                                num_cameras=2), 5).eval()
+    m = build_model(
+        ModelConfig(backbone="vit_small_patch16", pretrained=False, stride_size=12, sie=True, num_cameras=2), 5
+    ).eval()
     assert m.uses_camera and m.feat_dim == 384
     x = torch.randn(1, 3, 64, 32).expand(2, -1, -1, -1)
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """`reidkit watch` on real streams served by ffmpeg on 127.0.0.1 (issue 32): the tracklets and identities
 `reidkit video` gets from the same files, SIGTERM and SIGKILL, /metrics, and the cameras file's errors."""
+
 import json
 import shutil
 import signal
@@ -74,15 +75,18 @@ def _partition(db, rows):
     groups = {}
     for e in g.entries(kind="tracklet"):
         groups.setdefault(assigned[str(e["tracklet"])], set()).add(
-            (e["camera"], int(e["frame_start"]), int(e["frame_end"])))
+            (e["camera"], int(e["frame_start"]), int(e["frame_end"]))
+        )
     return {frozenset(v) for v in groups.values()}
 
 
 def _cameras_file(tmp_path, scene, ports):
     import yaml
 
-    cams = [{"name": c, "url": f"http://127.0.0.1:{p}/", "fps": FPS, "detections": str(g)}
-            for c, p, g in zip(scene.cameras, ports, scene.gt)]
+    cams = [
+        {"name": c, "url": f"http://127.0.0.1:{p}/", "fps": FPS, "detections": str(g)}
+        for c, p, g in zip(scene.cameras, ports, scene.gt)
+    ]
     path = tmp_path / "cameras.yaml"
     links = yaml.safe_load(scene.links.read_text())
     path.write_text(yaml.safe_dump({"cameras": cams, **links}))
@@ -90,8 +94,23 @@ def _cameras_file(tmp_path, scene, ports):
 
 
 def _watch(tmp_path, cameras, db, status_port, *extra):
-    cmd = [sys.executable, "-m", "reidkit.cli", "watch", str(cameras), "--db", str(db), "--buffer", "100000",
-           "--commit-every", "1", "--status-port", str(status_port), "--json", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reidkit.cli",
+        "watch",
+        str(cameras),
+        "--db",
+        str(db),
+        "--buffer",
+        "100000",
+        "--commit-every",
+        "1",
+        "--status-port",
+        str(status_port),
+        "--json",
+        *extra,
+    ]
     return procs.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
 
@@ -115,8 +134,15 @@ def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, 
         _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
-        for name in ("frames_received_total", "frames_processed_total", "frames_skipped_total", "lag_seconds",
-                     "reconnects_total", "tracklets_total", "last_frame_age_seconds"):
+        for name in (
+            "frames_received_total",
+            "frames_processed_total",
+            "frames_skipped_total",
+            "lag_seconds",
+            "reconnects_total",
+            "tracklets_total",
+            "last_frame_age_seconds",
+        ):
             assert f'reidkit_{name}{{camera="cam1"}}' in metrics, name
         assert "reidkit_identities " in metrics
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/", timeout=5) as r:
@@ -150,8 +176,9 @@ def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(sc
     status_port, db = free_port(), tmp_path / "db"
     proc = _watch(tmp_path, cameras, db, status_port)
     try:
-        _wait_health(status_port, proc, lambda h: all(c["processed"] >= 40 and c["commits"] >= 1
-                                                      for c in h["cameras"].values()))
+        _wait_health(
+            status_port, proc, lambda h: all(c["processed"] >= 40 and c["commits"] >= 1 for c in h["cameras"].values())
+        )
         proc.kill()  # SIGKILL mid-stream: only what came after the last commit is lost
         proc.wait(timeout=30)
     finally:
@@ -223,8 +250,21 @@ def test_cameras_file_errors_are_one_line_each(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert cli_main(["watch", "rtsp://127.0.0.1:9/x", "--db", str(tmp_path / "db"), "--status-port", str(port),
-                         "--duration", "1"]) == 2
+        assert (
+            cli_main(
+                [
+                    "watch",
+                    "rtsp://127.0.0.1:9/x",
+                    "--db",
+                    str(tmp_path / "db"),
+                    "--status-port",
+                    str(port),
+                    "--duration",
+                    "1",
+                ]
+            )
+            == 2
+        )
     err = capsys.readouterr().err
     assert f"--status-port: cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err, err
 
@@ -232,8 +272,10 @@ def test_cameras_file_errors_are_one_line_each(tmp_path, capsys):
 def test_cameras_file_reads_names_urls_files_and_links(tmp_path):
     (tmp_path / "v.avi").write_bytes(b"x")
     path = tmp_path / "cams.yaml"
-    path.write_text("cameras:\n  - {name: door, url: rtsp://10.0.0.5/1, fps: 12.5}\n  - {name: hall, url: v.avi}\n"
-                    "links:\n  - {cameras: [door, hall], min: 2, max: 30}\n")
+    path.write_text(
+        "cameras:\n  - {name: door, url: rtsp://10.0.0.5/1, fps: 12.5}\n  - {name: hall, url: v.avi}\n"
+        "links:\n  - {cameras: [door, hall], min: 2, max: 30}\n"
+    )
     cams, links = read_cameras(path)
     assert cams == [Camera("door", "rtsp://10.0.0.5/1", 12.5), Camera("hall", str(tmp_path / "v.avi"))]
     assert links == {"links": [{"cameras": ["door", "hall"], "min": 2, "max": 30}]}
@@ -241,9 +283,23 @@ def test_cameras_file_reads_names_urls_files_and_links(tmp_path):
 
 
 def test_prometheus_text_has_a_line_per_camera_and_counter():
-    status = {"cameras": {"cam1": {"received": 10, "processed": 9, "skipped": 1, "corrupt": 0, "reconnects": 2,
-                                   "tracklets": 3, "lag": 0.25, "last_frame_age": None, "connected": True}},
-              "identities": 4, "deleted": 0}
+    status = {
+        "cameras": {
+            "cam1": {
+                "received": 10,
+                "processed": 9,
+                "skipped": 1,
+                "corrupt": 0,
+                "reconnects": 2,
+                "tracklets": 3,
+                "lag": 0.25,
+                "last_frame_age": None,
+                "connected": True,
+            }
+        },
+        "identities": 4,
+        "deleted": 0,
+    }
     text = prometheus_text(status)
     assert 'reidkit_frames_skipped_total{camera="cam1"} 1\n' in text
     assert 'reidkit_reconnects_total{camera="cam1"} 2\n' in text and 'reidkit_connected{camera="cam1"} 1\n' in text
@@ -279,8 +335,11 @@ def test_a_stream_down_for_10_s_reconnects_and_nothing_is_duplicated(scene, tmp_
     server = serve_stream(scene.videos[0], port)
     stop, result = Event(), {}
     cams = [Camera("cam1", f"http://127.0.0.1:{port}/", FPS)]  # the motion detector, learning the background live
-    t = Thread(target=lambda: result.update(watch(tmp_path / "db", cams, commit_every=0.5, identities_every=60,
-                                                   buffer=100000, stop=stop)))
+    t = Thread(
+        target=lambda: result.update(
+            watch(tmp_path / "db", cams, commit_every=0.5, identities_every=60, buffer=100000, stop=stop)
+        )
+    )
     t.start()
     try:
         server.wait(timeout=60)  # the stream played out: the camera is down
@@ -321,14 +380,25 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
     rep = generate_scene(tmp_path / "scene", cams=3, ids=6, frames=240, fps=20.0, speed=1.0, topology="chain")
     cams = [Camera(c, str(v)) for c, v in zip(rep.cameras, rep.videos)]
     port, stop, result = free_port(), Event(), {}
-    t = Thread(target=lambda: result.update(watch(tmp_path / "db", cams, commit_every=1.0, identities_every=2.0,
-                                                   status_port=port, stop=stop)))
+    t = Thread(
+        target=lambda: result.update(
+            watch(tmp_path / "db", cams, commit_every=1.0, identities_every=2.0, status_port=port, stop=stop)
+        )
+    )
     t.start()
     try:
         with sync_playwright() as pw:
             try:
-                browser = pw.chromium.launch(executable_path=chromium, args=[
-                    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+                browser = pw.chromium.launch(
+                    executable_path=chromium,
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--no-first-run",
+                        "--disable-background-networking",
+                    ],
+                )
             except PlaywrightError as exc:
                 pytest.skip(f"chromium does not start here: {exc}")
             try:
@@ -341,9 +411,12 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
                     except PlaywrightError:
                         assert time.monotonic() < deadline, "the live page did not come up"
                         time.sleep(0.5)
-                page.wait_for_function("document.querySelectorAll('.cam img').length === 3 && "
-                                       "[...document.querySelectorAll('.cam img')].every(i => i.complete && "
-                                       "i.naturalWidth === 320)", timeout=60_000)
+                page.wait_for_function(
+                    "document.querySelectorAll('.cam img').length === 3 && "
+                    "[...document.querySelectorAll('.cam img')].every(i => i.complete && "
+                    "i.naturalWidth === 320)",
+                    timeout=60_000,
+                )
                 page.wait_for_function("+document.getElementById('ids').textContent > 0", timeout=60_000)
                 text = page.inner_text("#cams")
                 for cam in rep.cameras:
@@ -370,9 +443,23 @@ def test_reidkit_video_watches_a_stream_url_and_refuses_a_mix(scene, tmp_path, c
     server = serve_stream(scene.videos[0], port)
     db = tmp_path / "db"
     # a camera's password in its URL (how cameras take credentials) is used, never stored or printed
-    proc = procs.Popen([sys.executable, "-m", "reidkit.cli", "video", f"http://admin:s3cret@127.0.0.1:{port}/",
-                        "--db", str(db),
-                        "--camera", "door", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = procs.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reidkit.cli",
+            "video",
+            f"http://admin:s3cret@127.0.0.1:{port}/",
+            "--db",
+            str(db),
+            "--camera",
+            "door",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         server.wait(timeout=120)  # played out
         time.sleep(2)

@@ -1,6 +1,7 @@
 """Weights by name: the catalogue, downloads from a loopback server, hashes recorded and checked, a killed
 download's part removed by the next run, offline and typo messages, and `reidkit extract --weights <catalogue
 name>`. The cache's attacks (symlinks, truncation, size, races, shadowing, bad entries) are in test_zoo_attacks."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,7 @@ class _Files(http.server.BaseHTTPRequestHandler):
         body = data[start:]
         step = 4096 if name in srv.slow else len(body) or 1
         for i in range(0, len(body), step):
-            self.wfile.write(body[i:i + step])
+            self.wfile.write(body[i : i + step])
             if name in srv.slow:
                 self.wfile.flush()
                 time.sleep(0.01)
@@ -83,16 +84,22 @@ def _osnet_file(variant: str = "x0_25") -> bytes:
 
     gen = torch.Generator().manual_seed(3)
     net = osnet(variant)
-    sd = {k: (torch.randn(v.shape, generator=gen) * 0.05 if v.is_floating_point() else v)
-          for k, v in net.state_dict().items()}
+    sd = {
+        k: (torch.randn(v.shape, generator=gen) * 0.05 if v.is_floating_point() else v)
+        for k, v in net.state_dict().items()
+    }
     for k in sd:
         if k.endswith("running_var"):
             sd[k] = sd[k].abs() + 0.5
     width = net.out_channels
     sd["fc.0.weight"] = torch.randn(512, width, generator=gen) * 0.05
     sd["fc.0.bias"] = torch.zeros(512)
-    for n, v in (("weight", torch.ones(512)), ("bias", torch.zeros(512)), ("running_mean", torch.zeros(512)),
-                 ("running_var", torch.ones(512))):
+    for n, v in (
+        ("weight", torch.ones(512)),
+        ("bias", torch.zeros(512)),
+        ("running_mean", torch.zeros(512)),
+        ("running_var", torch.ones(512)),
+    ):
         sd[f"fc.1.{n}"] = v
     sd["fc.1.num_batches_tracked"] = torch.tensor(0)
     sd["classifier.weight"] = torch.randn(7, 512, generator=gen)
@@ -140,10 +147,18 @@ def env(tmp_path, loopback, monkeypatch):
 def test_packaged_catalogue_fields():
     cat = zoo.catalogue()
     assert len(cat) >= 30
-    for must in ("osnet_x1_0_msmt17", "osnet_x0_25_market1501", "osnet_ain_x1_0_msmt17_combineall",
-                 "fastreid_sbs_r50_ibn_market1501", "fastreid_agw_r50_dukemtmc", "fastreid_bot_r50_msmt17",
-                 "transreid_vit_base_market1501", "solider_swin_tiny_market1501", "solider_swin_base_market1501",
-                 "solider_swin_small_msmt17"):
+    for must in (
+        "osnet_x1_0_msmt17",
+        "osnet_x0_25_market1501",
+        "osnet_ain_x1_0_msmt17_combineall",
+        "fastreid_sbs_r50_ibn_market1501",
+        "fastreid_agw_r50_dukemtmc",
+        "fastreid_bot_r50_msmt17",
+        "transreid_vit_base_market1501",
+        "solider_swin_tiny_market1501",
+        "solider_swin_base_market1501",
+        "solider_swin_small_msmt17",
+    ):
         assert must in cat, must
     e = cat["osnet_x1_0_msmt17"]
     assert e.fmt == "torchreid" and e.gdrive and e.published["msmt17"] == {"mAP": 43.8, "rank1": 74.9}
@@ -155,8 +170,13 @@ def test_packaged_catalogue_fields():
     # detectors (issue 30): the YOLOX ONNX releases, Apache-2.0, each with its family and input size
     det = {x.name: x for x in cat.values() if x.kind == "detector"}
     assert set(det) == {"yolox_nano", "yolox_tiny", "yolox_s"} == set(zoo.detector_names())
-    assert all(x.fmt == "onnx" and x.arch == "yolox" and x.licence == "Apache-2.0" and x.max_bytes for x in det.values())
-    assert det["yolox_nano"].url == "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx"
+    assert all(
+        x.fmt == "onnx" and x.arch == "yolox" and x.licence == "Apache-2.0" and x.max_bytes for x in det.values()
+    )
+    assert (
+        det["yolox_nano"].url
+        == "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_nano.onnx"
+    )
     assert det["yolox_s"].input_size == (640, 640) and det["yolox_tiny"].input_size == (416, 416)
 
 
@@ -164,19 +184,45 @@ def test_download_in_each_layout_records_hash_then_checks_it(env, tmp_path, monk
     from reidkit.models.build import load_model
 
     srv = env["srv"]
-    files = {"osnet.pth": _osnet_file(), "fastreid.pth": _fastreid_file(),
-             "transreid.pth": _keys_file("base.cls_token", "base.pos_embed", "base.patch_embed.proj.weight",
-                                         "bottleneck.weight"),
-             "solider.pth": _keys_file("base.patch_embed.projection.weight", "base.stages.0.w", "head.w")}
+    files = {
+        "osnet.pth": _osnet_file(),
+        "fastreid.pth": _fastreid_file(),
+        "transreid.pth": _keys_file(
+            "base.cls_token", "base.pos_embed", "base.patch_embed.proj.weight", "bottleneck.weight"
+        ),
+        "solider.pth": _keys_file("base.patch_embed.projection.weight", "base.stages.0.w", "head.w"),
+    }
     srv.files.update(files)
-    monkeypatch.setenv("REIDKIT_ZOO", str(_catalogue(tmp_path, [
-        {"name": "t_osnet", "fmt": "torchreid", "filename": "osnet.pth", "url": "https://example.invalid/osnet.pth"},
-        {"name": "t_fastreid", "fmt": "fastreid", "filename": "fastreid.pth", "url": "https://example.invalid/f.pth"},
-        {"name": "t_transreid", "fmt": "transreid", "filename": "transreid.pth", "gdrive": "abc"},
-        {"name": "t_solider", "fmt": "solider", "filename": "solider.pth", "gdrive": "def"},
-    ])))
-    for name, fname in (("t_osnet", "osnet.pth"), ("t_fastreid", "fastreid.pth"), ("t_transreid", "transreid.pth"),
-                        ("t_solider", "solider.pth")):
+    monkeypatch.setenv(
+        "REIDKIT_ZOO",
+        str(
+            _catalogue(
+                tmp_path,
+                [
+                    {
+                        "name": "t_osnet",
+                        "fmt": "torchreid",
+                        "filename": "osnet.pth",
+                        "url": "https://example.invalid/osnet.pth",
+                    },
+                    {
+                        "name": "t_fastreid",
+                        "fmt": "fastreid",
+                        "filename": "fastreid.pth",
+                        "url": "https://example.invalid/f.pth",
+                    },
+                    {"name": "t_transreid", "fmt": "transreid", "filename": "transreid.pth", "gdrive": "abc"},
+                    {"name": "t_solider", "fmt": "solider", "filename": "solider.pth", "gdrive": "def"},
+                ],
+            )
+        ),
+    )
+    for name, fname in (
+        ("t_osnet", "osnet.pth"),
+        ("t_fastreid", "fastreid.pth"),
+        ("t_transreid", "transreid.pth"),
+        ("t_solider", "solider.pth"),
+    ):
         path = Path(zoo.resolve_weights(name))
         assert path == env["weights"] / fname and path.read_bytes() == files[fname]
         record = path.with_name(fname + ".sha256").read_text().split()
@@ -207,10 +253,24 @@ def test_catalogue_and_pinned_hash_mismatch_refuse_the_download(env, tmp_path, m
     srv.files["a.pth"] = data
     actual = hashlib.sha256(data).hexdigest()
     wrong = "0" * 64
-    monkeypatch.setenv("REIDKIT_ZOO", str(_catalogue(tmp_path, [
-        {"name": "pinned_in_catalogue", "fmt": "torchreid", "filename": "a.pth", "url": "https://x.invalid/a",
-         "sha256": wrong},
-        {"name": "free", "fmt": "torchreid", "filename": "a.pth", "url": "https://x.invalid/a"}])))
+    monkeypatch.setenv(
+        "REIDKIT_ZOO",
+        str(
+            _catalogue(
+                tmp_path,
+                [
+                    {
+                        "name": "pinned_in_catalogue",
+                        "fmt": "torchreid",
+                        "filename": "a.pth",
+                        "url": "https://x.invalid/a",
+                        "sha256": wrong,
+                    },
+                    {"name": "free", "fmt": "torchreid", "filename": "a.pth", "url": "https://x.invalid/a"},
+                ],
+            )
+        ),
+    )
     with pytest.raises(ReIDError) as err:
         zoo.resolve_weights("pinned_in_catalogue")
     assert wrong in str(err.value) and actual in str(err.value) and "catalogue" in str(err.value)
@@ -228,11 +288,16 @@ def test_killed_download_leaves_a_part_the_next_run_removes(env, tmp_path, monke
     data = _osnet_file()
     srv.files["big.pth"] = data
     srv.slow.add("big.pth")  # ~2.5 s to send: time to kill the downloader mid-way
-    cat = _catalogue(tmp_path, [{"name": "big", "fmt": "torchreid", "filename": "big.pth",
-                                 "url": "https://x.invalid/b"}])
+    cat = _catalogue(
+        tmp_path, [{"name": "big", "fmt": "torchreid", "filename": "big.pth", "url": "https://x.invalid/b"}]
+    )
     monkeypatch.setenv("REIDKIT_ZOO", str(cat))
-    p = procs.Popen([sys.executable, "-m", "reidkit.cli", "weights", "get", "big"], env=dict(os.environ),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = procs.Popen(
+        [sys.executable, "-m", "reidkit.cli", "weights", "get", "big"],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not any(f.stat().st_size >= 100_000 for f in env["weights"].glob("big.pth.*.part")):
@@ -312,8 +377,18 @@ def test_extract_by_catalogue_name_then_cached_then_corrupted(env, tmp_path, cap
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(images / f"000{i}_c1s1_00000{i}_01.jpg")
-    argv = ["extract", "--weights", "osnet_x1_0_msmt17", "--images", str(images), "--size", "64", "32",
-            "--device", "cpu"]
+    argv = [
+        "extract",
+        "--weights",
+        "osnet_x1_0_msmt17",
+        "--images",
+        str(images),
+        "--size",
+        "64",
+        "32",
+        "--device",
+        "cpu",
+    ]
     assert main([*argv, "--out", str(tmp_path / "a.npz")]) == 0, capsys.readouterr().err
     cached = env["weights"] / "osnet_x1_0_msmt17.pth"
     assert cached.is_file() and (env["weights"] / "osnet_x1_0_msmt17.pth.sha256").is_file()

@@ -6,6 +6,7 @@ Every attack runs against a loopback mirror (an http.server on 127.0.0.1 in a th
 torchreid-layout checkpoint made here) through ``$REIDKIT_ZOO_URL_OVERRIDE`` and a user catalogue
 (``$REIDKIT_ZOO``). Each attack is counted; the last test prints ``cache attacks tried: N, clean: N``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,10 +71,10 @@ class _Mirror(http.server.BaseHTTPRequestHandler):
         if mode in ("ok", "slow", "short_len"):
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        body = data[:len(data) // 2] if mode.startswith("short") else data
+        body = data[: len(data) // 2] if mode.startswith("short") else data
         step = 4096 if mode == "slow" else 65536
         for i in range(0, len(body), step):
-            self.wfile.write(body[i:i + step])
+            self.wfile.write(body[i : i + step])
             if mode == "slow":
                 self.wfile.flush()
                 time.sleep(0.01)
@@ -88,15 +89,22 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 def _catalogue(path: Path, entries: list[dict]) -> Path:
-    base = {"source": "test", "licence": "MIT", "arch": "x", "train": "market1501", "input_size": [64, 32],
-            "fmt": "torchreid"}
+    base = {
+        "source": "test",
+        "licence": "MIT",
+        "arch": "x",
+        "train": "market1501",
+        "input_size": [64, 32],
+        "fmt": "torchreid",
+    }
     path.write_text(yaml.safe_dump({"weights": [{**base, **e} for e in entries]}))
     return path
 
 
-ENTRIES = [{"name": "t_osnet", "filename": "osnet.pth", "url": "https://example.invalid/osnet.pth"},
-           {"name": "t_small", "filename": "small.pth", "url": "https://example.invalid/small.pth",
-            "max_bytes": 100_000}]
+ENTRIES = [
+    {"name": "t_osnet", "filename": "osnet.pth", "url": "https://example.invalid/osnet.pth"},
+    {"name": "t_small", "filename": "small.pth", "url": "https://example.invalid/small.pth", "max_bytes": 100_000},
+]
 
 
 @pytest.fixture()
@@ -163,8 +171,10 @@ def test_symlink_at_the_part_path_is_never_followed(mirror, monkeypatch):
     # an attacker who predicts the part's name and plants a link there after the stale parts were cleaned
     monkeypatch.setattr(zoo.secrets, "token_hex", lambda n: "deadbeef")
     clean = zoo._clean_stale
-    for target, what in ((srv.victim, "symlink planted at the part's own name"),
-                         (srv.victim.with_name("made_by_attack"), "dangling symlink planted at the part's name")):
+    for target, what in (
+        (srv.victim, "symlink planted at the part's own name"),
+        (srv.victim.with_name("made_by_attack"), "dangling symlink planted at the part's name"),
+    ):
         planted = srv.weights / f"osnet.pth.{os.getpid()}.deadbeef.part"
 
         def plant(dfd, entry, _planted=planted, _target=target):
@@ -185,9 +195,11 @@ def test_symlink_at_the_part_path_is_never_followed(mirror, monkeypatch):
 def test_symlinks_at_the_file_its_record_its_lock_and_the_folder_are_refused(mirror, tmp_path):
     srv = mirror
     srv.weights.mkdir(parents=True)
-    for name, what in (("osnet.pth", "symlink at the cached file's path"),
-                       ("osnet.pth.sha256", "symlink at the hash record's path"),
-                       (".osnet.pth.lock", "symlink at the lock's path")):
+    for name, what in (
+        ("osnet.pth", "symlink at the cached file's path"),
+        ("osnet.pth.sha256", "symlink at the hash record's path"),
+        (".osnet.pth.lock", "symlink at the lock's path"),
+    ):
         with attack(what):
             link = srv.weights / name
             link.symlink_to(srv.victim)
@@ -263,8 +275,7 @@ def test_two_concurrent_gets_download_once(mirror):
     srv.mode["osnet.pth"] = "slow"  # ~2.5 s: the second process arrives while the first downloads
     with attack("two `weights get` of one entry at once, in two processes"):
         cmd = [sys.executable, "-m", "reidkit.cli", "weights", "get", "t_osnet"]
-        ps = [procs.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for _ in range(2)]
+        ps = [procs.Popen(cmd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
         outs = []
         try:
             for p in ps:
@@ -466,8 +477,9 @@ def test_parts_of_dead_processes_are_removed_live_ones_kept(mirror):
     (srv.weights / f"small.pth.{dead}.0123abcd.part").write_bytes(b"another entry's")  # goes with its own download
     with attack("part files left by a killed process"):
         _good_afterwards(srv)
-        assert _left(srv.weights) == sorted(["osnet.pth", "osnet.pth.sha256", f"osnet.pth.{live}.0123abcd.part",
-                                             f"small.pth.{dead}.0123abcd.part"])
+        assert _left(srv.weights) == sorted(
+            ["osnet.pth", "osnet.pth.sha256", f"osnet.pth.{live}.0123abcd.part", f"small.pth.{dead}.0123abcd.part"]
+        )
 
 
 def test_google_drive_downloads_go_through_the_same_part_file(mirror, tmp_path, monkeypatch):
@@ -482,16 +494,25 @@ def test_google_drive_downloads_go_through_the_same_part_file(mirror, tmp_path, 
         data = _checkpoint()
         for i in range(0, len(data), 65536):
             try:
-                output.write(data[i:i + 65536])
+                output.write(data[i : i + 65536])
             except Exception:  # noqa: BLE001 - a library that swallows its writer's errors
                 return output
         return output
 
     monkeypatch.setitem(sys.modules, "gdown", types.SimpleNamespace(download=download))
     monkeypatch.delenv("REIDKIT_ZOO_URL_OVERRIDE")
-    monkeypatch.setenv("REIDKIT_ZOO", str(_catalogue(tmp_path / "gd.yaml", [
-        {"name": "t_gd", "filename": "gd.pth", "gdrive": "abc-DEF_123"},
-        {"name": "t_gd_small", "filename": "gds.pth", "gdrive": "abc-DEF_456", "max_bytes": 100_000}])))
+    monkeypatch.setenv(
+        "REIDKIT_ZOO",
+        str(
+            _catalogue(
+                tmp_path / "gd.yaml",
+                [
+                    {"name": "t_gd", "filename": "gd.pth", "gdrive": "abc-DEF_123"},
+                    {"name": "t_gd_small", "filename": "gds.pth", "gdrive": "abc-DEF_456", "max_bytes": 100_000},
+                ],
+            )
+        ),
+    )
     assert Path(zoo.resolve_weights("t_gd")).read_bytes() == _checkpoint()
     with attack("oversized Google Drive file, the error swallowed by the downloader"):
         with pytest.raises(ReIDError, match="sent more than 100000 bytes"):

@@ -6,6 +6,7 @@
 The page keeps its prose; only the block between BEGIN and END is generated. tests/test_architecture.py
 runs the check, so the page cannot drift from the contracts that `lint-imports` enforces.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,12 @@ def render(items: list[dict]) -> str:
         out.append(f"### {c['name']}\n")
         out.append(f"Contract `{c['id']}` ({c['type']}).\n")
         if c["type"] == "layers":
-            out.append("A module may import from the layers below its own, never from one above, not even "
-                       "through a third module; `a | b` are siblings that must not import each other"
-                       + (", `a : b` siblings that may." if any(":" in layer for layer in c["layers"]) else ".") + "\n")
+            out.append(
+                "A module may import from the layers below its own, never from one above, not even "
+                "through a third module; `a | b` are siblings that must not import each other"
+                + (", `a : b` siblings that may." if any(":" in layer for layer in c["layers"]) else ".")
+                + "\n"
+            )
             containers = ", ".join(f"`{x}`" for x in c.get("containers", []))
             out.append("```text")
             for i, layer in enumerate(c["layers"]):
@@ -48,10 +52,12 @@ def render(items: list[dict]) -> str:
                 out.append(layer)
             out.append("```\n")
             if containers:
-                out.append(f"Layers are the top-level modules of {containers}"
-                           + (" and every one of them must be in a layer" if c.get("exhaustive") else "")
-                           + (", except " + _names(c["exhaustive_ignores"]) if c.get("exhaustive_ignores") else "")
-                           + ".\n")
+                out.append(
+                    f"Layers are the top-level modules of {containers}"
+                    + (" and every one of them must be in a layer" if c.get("exhaustive") else "")
+                    + (", except " + _names(c["exhaustive_ignores"]) if c.get("exhaustive_ignores") else "")
+                    + ".\n"
+                )
         elif c["type"] == "forbidden":
             how = "directly" if c.get("allow_indirect_imports") else "directly or through another module"
             out.append(f"{_names(c['source_modules'])} must not import {_names(c['forbidden_modules'])} ({how}).\n")
@@ -78,8 +84,11 @@ def check(page: Path = PAGE, pyproject: Path = ROOT / "pyproject.toml") -> str:
     have, want = block(page.read_text(encoding="utf-8")), render(contracts(pyproject))
     if have == want:
         return ""
-    return "".join(difflib.unified_diff(have.splitlines(True), want.splitlines(True),
-                                        f"{page.name} (page)", "pyproject.toml (contracts)"))
+    return "".join(
+        difflib.unified_diff(
+            have.splitlines(True), want.splitlines(True), f"{page.name} (page)", "pyproject.toml (contracts)"
+        )
+    )
 
 
 def main() -> int:
@@ -94,8 +103,10 @@ def main() -> int:
         return 0
     diff = check()
     if diff:
-        sys.stderr.write(f"docs/architecture.md does not list the import contracts of pyproject.toml "
-                         f"(run: python tools/architecture_doc.py --write):\n{diff}")
+        sys.stderr.write(
+            f"docs/architecture.md does not list the import contracts of pyproject.toml "
+            f"(run: python tools/architecture_doc.py --write):\n{diff}"
+        )
         return 1
     return 0
 

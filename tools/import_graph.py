@@ -5,6 +5,7 @@ Each `import x` / `from x import y` (relative ones resolved) in reidkit/ is redu
 reidkit subpackage of importer and imported (depth 2: reidkit.models, reidkit.cli, ...).
 Prints a table of package -> package edges with counts and whether any is at module level.
 """
+
 from __future__ import annotations
 
 import argparse

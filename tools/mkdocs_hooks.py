@@ -13,6 +13,7 @@ code (`repo_path_links`), and a link to a repository file that does not exist is
 Each finding is a warning on mkdocs' logger; `--strict` (and `strict: true` in mkdocs.yml) turns any
 warning into a failed build.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("mkdocs.hooks.reidkit")
 
 # the public API of reidkit/__init__.py that the reference must show (its modules are shown too)
-PUBLIC_API = ["train", "train_usl", "evaluate", "load_dataset", "load_model", "FeatureExtractor", "Embedder",
-              "Gallery"]
+PUBLIC_API = ["train", "train_usl", "evaluate", "load_dataset", "load_model", "FeatureExtractor", "Embedder", "Gallery"]
 _DIRECTIVE = re.compile(r"^:::\s+(\S+)\s*\n((?:[ \t]+.*\n?)*)", re.M)
 _rendered: set[str] = set()
 _package = None
@@ -69,6 +69,7 @@ _REPO_LINK = re.compile(r"\[([^\]]+)\]\(\.\./([^)#\s]+)(#[^)\s]*)?\)")
 
 def repo_path_links(markdown: str, page_uri: str) -> str:
     """`[text](../path)` (a repository file outside docs/) as text and the path in code; a missing file warns."""
+
     def repl(m: re.Match) -> str:
         text, path = m.group(1), m.group(2)
         if not (ROOT / path).exists():
@@ -86,8 +87,9 @@ def on_page_markdown(markdown: str, page, config, files):
         path, options = match.group(1), match.group(2)
         _rendered.add(path.rsplit(".", 1)[-1])
         for name in undocumented(path, with_members="members: false" not in options):
-            log.warning(f"{page.file.src_uri}: {name} has no docstring (every public object the API reference "
-                        f"shows needs one)")
+            log.warning(
+                f"{page.file.src_uri}: {name} has no docstring (every public object the API reference shows needs one)"
+            )
     return markdown
 
 
@@ -100,6 +102,8 @@ def on_post_build(config):
     spec.loader.exec_module(doc)
     diff = doc.check()
     if diff:
-        log.warning("docs/architecture.md does not list the import contracts of pyproject.toml "
-                    f"(python tools/architecture_doc.py --write):\n{diff}")
+        log.warning(
+            "docs/architecture.md does not list the import contracts of pyproject.toml "
+            f"(python tools/architecture_doc.py --write):\n{diff}"
+        )
     _rendered.clear()

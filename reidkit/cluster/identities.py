@@ -33,6 +33,7 @@ split of any cluster that still holds an impossible pair. Pure functions on arra
    merge, so old ids are never renumbered; new tracklets join an old identity or form new ones,
    numbered from ``next_id`` in order of their first appearance.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,17 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 
-__all__ = ["Links", "load_links", "rerank_distance", "impossible_pairs", "cluster_identities",
-           "split_violations", "violations", "LINKAGES", "DEFAULT_THRESHOLD"]
+__all__ = [
+    "Links",
+    "load_links",
+    "rerank_distance",
+    "impossible_pairs",
+    "cluster_identities",
+    "split_violations",
+    "violations",
+    "LINKAGES",
+    "DEFAULT_THRESHOLD",
+]
 
 LINKAGES = ("average", "complete")
 # benchmarks/mct_scene.py --tune-only, scenes of seeds 11 and 12 (the benchmark's is 0), ImageNet features:
@@ -68,8 +78,9 @@ class Links:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form (what load_links reads)."""
-        out: dict[str, Any] = {"links": [{"cameras": [a, b], "min": lo, "max": hi}
-                                         for (a, b), (lo, hi) in sorted(self.windows.items())]}
+        out: dict[str, Any] = {
+            "links": [{"cameras": [a, b], "min": lo, "max": hi} for (a, b), (lo, hi) in sorted(self.windows.items())]
+        }
         if self.max_gap is not None:
             out["max_gap"] = self.max_gap
         return out
@@ -147,8 +158,9 @@ def _normalized(features: Any) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def rerank_distance(features: Any, k1: int = 10, k2: int = 3, lambda_value: float = 0.3,
-                    rerank: bool = True) -> np.ndarray:
+def rerank_distance(
+    features: Any, k1: int = 10, k2: int = 3, lambda_value: float = 0.3, rerank: bool = True
+) -> np.ndarray:
     """N x N re-ranked distance of tracklet features (module docstring, step 1); float64, zero diagonal."""
     from reidkit.neighbors import k_reciprocal_encoding, stable_smallest
 
@@ -212,8 +224,9 @@ def violations(labels: Any, impossible: np.ndarray) -> int:
     return int(np.triu(together & impossible, 1).sum())
 
 
-def split_violations(labels: Any, impossible: np.ndarray, order: Sequence[int] | None = None,
-                     next_id: int | None = None) -> np.ndarray:
+def split_violations(
+    labels: Any, impossible: np.ndarray, order: Sequence[int] | None = None, next_id: int | None = None
+) -> np.ndarray:
     """Split clusters holding an impossible pair (module docstring, step 4); new parts get fresh ids."""
     lab = np.asarray(labels, dtype=np.int64).copy()
     idx = list(range(len(lab))) if order is None else [int(i) for i in order]
@@ -236,8 +249,9 @@ def split_violations(labels: Any, impossible: np.ndarray, order: Sequence[int] |
     return lab
 
 
-def _agglomerate(dist: np.ndarray, bad: np.ndarray, groups: list[list[int]], frozen: list[bool],
-                 threshold: float, linkage: str) -> list[list[int]]:
+def _agglomerate(
+    dist: np.ndarray, bad: np.ndarray, groups: list[list[int]], frozen: list[bool], threshold: float, linkage: str
+) -> list[list[int]]:
     """Constrained agglomerative clustering starting from `groups` (module docstring, step 3)."""
     m = len(groups)
     if m < 2:
@@ -283,10 +297,21 @@ def _agglomerate(dist: np.ndarray, bad: np.ndarray, groups: list[list[int]], fro
     return [members[i] for i in range(m) if alive[i]]
 
 
-def cluster_identities(features: Any, cameras: Sequence[str], t_start: Any, t_end: Any,
-                       threshold: float = DEFAULT_THRESHOLD, links: Links | None = None,
-                       linkage: str = "average", fixed: Any = None, next_id: int = 1, k1: int = 10,
-                       k2: int = 3, lambda_value: float = 0.3, rerank: bool = True) -> np.ndarray:
+def cluster_identities(
+    features: Any,
+    cameras: Sequence[str],
+    t_start: Any,
+    t_end: Any,
+    threshold: float = DEFAULT_THRESHOLD,
+    links: Links | None = None,
+    linkage: str = "average",
+    fixed: Any = None,
+    next_id: int = 1,
+    k1: int = 10,
+    k2: int = 3,
+    lambda_value: float = 0.3,
+    rerank: bool = True,
+) -> np.ndarray:
     """Global identity ids (int64, one per tracklet) by constrained agglomerative clustering.
 
     `features`: N x D tracklet features; `cameras`, `t_start`, `t_end` (seconds): per tracklet;
@@ -303,7 +328,9 @@ def cluster_identities(features: Any, cameras: Sequence[str], t_start: Any, t_en
     n = 0 if f.size == 0 else len(f)
     fixed_a = np.full(n, -1, dtype=np.int64) if fixed is None else np.asarray(fixed, dtype=np.int64).reshape(-1)
     if len(fixed_a) != n or len(cameras) != n:
-        raise ReIDError(f"identities: {n} features, {len(cameras)} cameras, {len(fixed_a)} fixed ids; expected one each")
+        raise ReIDError(
+            f"identities: {n} features, {len(cameras)} cameras, {len(fixed_a)} fixed ids; expected one each"
+        )
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     bad = impossible_pairs(cameras, t_start, t_end, links)

@@ -27,8 +27,16 @@ import torch
 from reidkit.cluster.jaccard import normalize_features, symmetric_csr, upper_chunks, v_matrix
 from reidkit.errors import ReIDError
 
-__all__ = ["cluster_report", "eps_by_rho", "kmeans", "pseudo_labels", "eps_and_rho", "OUTLIER_MODES",
-           "DEFAULT_EPS", "DEFAULT_RHO"]
+__all__ = [
+    "cluster_report",
+    "eps_by_rho",
+    "kmeans",
+    "pseudo_labels",
+    "eps_and_rho",
+    "OUTLIER_MODES",
+    "DEFAULT_EPS",
+    "DEFAULT_RHO",
+]
 
 OUTLIER_MODES = ("drop", "noise", "singleton")
 DEFAULT_EPS = 0.6  # cluster contrast / SpCL on the k-reciprocal Jaccard distance
@@ -98,9 +106,7 @@ def _threshold(dist: sp.spmatrix, eps: float) -> sp.csr_matrix:
     return sp.coo_matrix((v, (r, c)), shape=(n, n)).tocsr()
 
 
-def _streamed_rho(
-    v: sp.csr_matrix, rho: float, eps: float | None
-) -> tuple[float, sp.csr_matrix]:
+def _streamed_rho(v: sp.csr_matrix, rho: float, eps: float | None) -> tuple[float, sp.csr_matrix]:
     """(eps, matrix of the entries <= eps) in one pass, never holding all pairs.
 
     eps is a mean of the m smallest distances, so it is at most the m-th smallest: every entry
@@ -187,9 +193,7 @@ def pseudo_labels(
         if not sp.issparse(dist) or dist.shape[0] != dist.shape[1]:
             raise ReIDError("dist: expected a square scipy.sparse distance matrix")
         if features is not None and len(features) != dist.shape[0]:
-            raise ReIDError(
-                f"dist: expected {len(features)} rows (one per feature), got {dist.shape[0]}"
-            )
+            raise ReIDError(f"dist: expected {len(features)} rows (one per feature), got {dist.shape[0]}")
         if eps is None:
             eps = eps_by_rho(dist, rho)
         graph = _threshold(dist, eps)
@@ -200,14 +204,10 @@ def pseudo_labels(
         eps, graph = _streamed_rho(v, rho, eps)
         del v
     if not eps > 0:
-        raise ReIDError(
-            f"eps: the rho rule (rho={rho}) gave {eps!r} (many identical features?); pass a numeric eps"
-        )
+        raise ReIDError(f"eps: the rho rule (rho={rho}) gave {eps!r} (many identical features?); pass a numeric eps")
     # Absent entries of a sparse precomputed matrix are "not neighbours" to scikit-learn; the
     # graph holds every pair <= eps explicitly (zero distances and the diagonal included).
-    labels = DBSCAN(eps=eps, min_samples=int(min_samples), metric="precomputed").fit_predict(
-        graph
-    )
+    labels = DBSCAN(eps=eps, min_samples=int(min_samples), metric="precomputed").fit_predict(graph)
     labels = np.asarray(labels, dtype=np.int64)
     n_clusters = int(labels.max()) + 1 if labels.size else 0
     out = labels < 0
@@ -245,9 +245,7 @@ def cluster_report(labels: np.ndarray, true_labels: np.ndarray | None = None) ->
         return rep
     true_labels = np.asarray(true_labels).ravel()
     if true_labels.shape != labels.shape:
-        raise ReIDError(
-            f"true_labels: expected {labels.size} labels (one per sample), got {true_labels.size}"
-        )
+        raise ReIDError(f"true_labels: expected {labels.size} labels (one per sample), got {true_labels.size}")
     if clustered.any():
         cont = metrics.cluster.contingency_matrix(labels[clustered], true_labels[clustered])
         purity = float(np.asarray(cont.max(axis=1)).sum() / clustered.sum())
@@ -263,8 +261,12 @@ def cluster_report(labels: np.ndarray, true_labels: np.ndarray | None = None) ->
 
 
 def kmeans(
-    features: np.ndarray | torch.Tensor, k: int, seed: int = 0, n_init: int = 4,
-    max_iter: int = 300, normalize: bool = False,
+    features: np.ndarray | torch.Tensor,
+    k: int,
+    seed: int = 0,
+    n_init: int = 4,
+    max_iter: int = 300,
+    normalize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k-means (scikit-learn, k-means++): (centres k x D float32, labels N int64)."""
     from sklearn.cluster import KMeans

@@ -17,6 +17,7 @@ purity / NMI / ARI against true labels when given: for the log only, never for t
 
 Nothing here knows the trainer or the config: :class:`RoundSettings` holds the numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,8 +29,15 @@ import torch.nn.functional as F
 
 from reidkit.errors import ReIDError
 
-__all__ = ["Round", "RoundSettings", "camera_centred", "cluster_round", "cluster_space", "relabel_round",
-           "source_distance"]
+__all__ = [
+    "Round",
+    "RoundSettings",
+    "camera_centred",
+    "cluster_round",
+    "cluster_space",
+    "relabel_round",
+    "source_distance",
+]
 
 
 @dataclass
@@ -47,7 +55,7 @@ class Round:
 class RoundSettings:
     """The numbers of a clustering round (the trainer builds them from ``usl.*``)."""
 
-    eps: float | None = 0.6          # None: the rho rule
+    eps: float | None = 0.6  # None: the rho rule
     rho: float = 1.6e-3
     k1: int = 30
     k2: int = 6
@@ -56,7 +64,7 @@ class RoundSettings:
     camera_norm: bool = False
     include_self_in_k1: bool = False
     search: str = "faiss"
-    source_weight: float = 0.0       # weight of the source-domain term (0: off)
+    source_weight: float = 0.0  # weight of the source-domain term (0: off)
     source_k: int = 6
 
 
@@ -79,8 +87,14 @@ def source_distance(feats: torch.Tensor, source: torch.Tensor, k: int) -> np.nda
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def cluster_space(feats: torch.Tensor, settings: RoundSettings, *, eps: float | None = None,
-                  camids: np.ndarray | None = None, source: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+def cluster_space(
+    feats: torch.Tensor,
+    settings: RoundSettings,
+    *,
+    eps: float | None = None,
+    camids: np.ndarray | None = None,
+    source: torch.Tensor | None = None,
+) -> tuple[np.ndarray, float]:
     """Pseudo labels of one space (outliers -1) and the eps used (``eps`` None: the rho rule)."""
     from reidkit.cluster import jaccard_distance, pseudo_labels
 
@@ -90,8 +104,17 @@ def cluster_space(feats: torch.Tensor, settings: RoundSettings, *, eps: float | 
         if camids is None:
             raise ReIDError("camera_norm: camera ids of the images are needed")
         feats = camera_centred(feats, camids)
-    common = dict(eps=eps, k1=s.k1, k2=s.k2, min_samples=s.min_samples, rho=s.rho, outliers="drop",
-                  include_self_in_k1=s.include_self_in_k1, search=s.search, return_eps=True)
+    common = dict(
+        eps=eps,
+        k1=s.k1,
+        k2=s.k2,
+        min_samples=s.min_samples,
+        rho=s.rho,
+        outliers="drop",
+        include_self_in_k1=s.include_self_in_k1,
+        search=s.search,
+        return_eps=True,
+    )
     if source is not None and s.source_weight > 0:
         import scipy.sparse as sp
 
@@ -135,9 +158,17 @@ def relabel_round(space_labels: dict[str, np.ndarray], outliers: str) -> tuple[n
     return train, keep
 
 
-def cluster_round(feats: dict[str, torch.Tensor], settings: RoundSettings, *, spaces: list[str] | None = None,
-                  epoch: int = 0, camids: np.ndarray | None = None, source: torch.Tensor | None = None,
-                  fixed_eps: dict[str, float] | None = None, true_labels: np.ndarray | None = None) -> Round:
+def cluster_round(
+    feats: dict[str, torch.Tensor],
+    settings: RoundSettings,
+    *,
+    spaces: list[str] | None = None,
+    epoch: int = 0,
+    camids: np.ndarray | None = None,
+    source: torch.Tensor | None = None,
+    fixed_eps: dict[str, float] | None = None,
+    true_labels: np.ndarray | None = None,
+) -> Round:
     """Features per space -> the round's labels: DBSCAN in every space, outliers by ``settings.outliers``.
 
     ``fixed_eps`` (space -> eps) replaces the rho rule in the spaces it names (SSG's fixed eps);
@@ -158,6 +189,8 @@ def cluster_round(feats: dict[str, torch.Tensor], settings: RoundSettings, *, sp
     for name in spaces:
         if name != "global":
             rep = cluster_report(labels[name], true_labels)
-            report[name] = {"eps": eps_used[name],
-                            **{k: rep[k] for k in ("n_clusters", "n_outliers", "purity", "nmi", "ari")}}
+            report[name] = {
+                "eps": eps_used[name],
+                **{k: rep[k] for k in ("n_clusters", "n_outliers", "purity", "nmi", "ari")},
+            }
     return Round(train, {k: np.where(keep, v, -1) for k, v in labels.items()}, report, eps_used)

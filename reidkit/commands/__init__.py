@@ -1,4 +1,5 @@
 """The CLI verbs, one module per area; shared argument helpers."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,20 +19,35 @@ def add_engine_argument(parser: argparse.ArgumentParser, default: str | None = "
     """``--engine``: how a verb that embeds images runs the model (``default`` None: as the gallery's
     features were made)."""
     first = "torch (BatchNorm folded; default)" if default == "torch" else "torch (BatchNorm folded)"
-    tail = "" if default == "torch" else "; default: as the gallery's features were made (int8 for footage " \
-                                         "ingested in int8), else torch"
-    parser.add_argument("--engine", choices=["torch", "onnx", "auto", "int8"], default=default,
-                        help=f"{first}, onnx (onnxruntime on the CPU, about 2x faster there: "
-                             "benchmarks/bench_embed.py; the export is cached by the weights' hash under "
-                             "$REIDKIT_HOME/onnx-cache, features equal to torch within 1e-4), auto (onnx on a CPU) "
-                             f"or int8 (quantised, features at cosine ~0.97 to float){tail}")
+    tail = (
+        ""
+        if default == "torch"
+        else "; default: as the gallery's features were made (int8 for footage ingested in int8), else torch"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "onnx", "auto", "int8"],
+        default=default,
+        help=f"{first}, onnx (onnxruntime on the CPU, about 2x faster there: "
+        "benchmarks/bench_embed.py; the export is cached by the weights' hash under "
+        "$REIDKIT_HOME/onnx-cache, features equal to torch within 1e-4), auto (onnx on a CPU) "
+        f"or int8 (quantised, features at cosine ~0.97 to float){tail}",
+    )
 
 
 def add_from_argument(parser: argparse.ArgumentParser) -> None:
     """``--from FORMAT``: read --weights as another toolkit's checkpoint (default: detected from its keys)."""
-    params(parser.add_argument("--from", dest="weights_format", choices=FOREIGN_FORMATS, default=None,
-                               help="the layout of --weights when it is another toolkit's checkpoint (default: "
-                                    "reidkit's, or detected from the keys)"), "fmt")
+    params(
+        parser.add_argument(
+            "--from",
+            dest="weights_format",
+            choices=FOREIGN_FORMATS,
+            default=None,
+            help="the layout of --weights when it is another toolkit's checkpoint (default: "
+            "reidkit's, or detected from the keys)",
+        ),
+        "fmt",
+    )
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +56,12 @@ def add_trust_argument(parser: argparse.ArgumentParser) -> None:
     Checkpoints are read without running code (``reidkit.models.checkpoint``); the flag lets a file
     that needs more be fully unpickled, with a warning, for the duration of the verb only.
     """
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="fully unpickle a checkpoint that holds objects beyond tensors, numpy arrays and "
-                             "configs; this can run arbitrary code from the file: only for files you trust")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="fully unpickle a checkpoint that holds objects beyond tensors, numpy arrays and "
+        "configs; this can run arbitrary code from the file: only for files you trust",
+    )
     func = parser.get_default("func")
     if func is None:
         raise RuntimeError("add_trust_argument: set the parser's func first")

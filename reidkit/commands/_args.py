@@ -5,6 +5,7 @@ Each factory takes the flag's name and returns a parser that raises one ReIDErro
 bounds come from :mod:`reidkit.utils.validate`, shared with config keys and loaders: ids in
 SQLite's int64, finite numbers, image sides 8..2048.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,12 +15,24 @@ from typing import Any, Callable
 from reidkit.errors import ReIDError
 from reidkit.utils import validate
 
-__all__ = ["DeprecatedAlias", "at_most", "bounded_float", "bounded_int", "finite_float", "nonneg_float", "positive_float", "positive_int", "probability",
-           "side", "sqlite_id"]
+__all__ = [
+    "DeprecatedAlias",
+    "at_most",
+    "bounded_float",
+    "bounded_int",
+    "finite_float",
+    "nonneg_float",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "side",
+    "sqlite_id",
+]
 
 
 def bounded_int(flag: str, lo: int, hi: int) -> Callable[[str], int]:
     """An integer in ``lo..hi``."""
+
     def parse(text: str) -> int:
         try:
             n = int(text)
@@ -34,6 +47,7 @@ def bounded_int(flag: str, lo: int, hi: int) -> Callable[[str], int]:
 
 def at_most(flag: str, hi: int) -> Callable[[str], int]:
     """An integer <= ``hi`` (lower bounds stay with the function that uses it, and its message)."""
+
     def parse(text: str) -> int:
         try:
             n = int(text)
@@ -95,7 +109,12 @@ class DeprecatedAlias(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
         self.new = new
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)

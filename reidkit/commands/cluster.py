@@ -1,4 +1,5 @@
 """Verbs `usl` (alias `train-usl`), `pseudo-label` and `cv`."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,9 @@ OVERRIDE_HELP = "dotted config overrides, e.g. usl.eps=0.5 solver.max_epochs=20"
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the clustering / unsupervised verbs to the `reidkit` command."""
     p = sub.add_parser(
-        "usl", aliases=["train-usl"], help="unsupervised / domain-adaptive training (re-clusters every epoch)",
+        "usl",
+        aliases=["train-usl"],
+        help="unsupervised / domain-adaptive training (re-clusters every epoch)",
         description="Train without labels: every epoch extracts features of the training images, "
         "clusters them (Jaccard + DBSCAN) and trains on the pseudo labels. usl.method: cluster_contrast, "
         "hhcl, ssg (UDA from usl.init_weights) or dec. Writes config.yaml, train.log (with per-epoch cluster "
@@ -23,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_usl)
 
     p = sub.add_parser(
-        "pseudo-label", help="label the test set with a trained model and retrain on the union",
+        "pseudo-label",
+        help="label the test set with a trained model and retrain on the union",
         description="De-duplicate the queries by hierarchical clustering, attach gallery images whose "
         "cosine similarity to a query group passes --threshold, write the groups as a CSV manifest "
         "(iter_<k>/pseudo.csv) and retrain on the original training set + the manifest. Transductive: the "
@@ -31,11 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", required=True, help="the recipe the model was trained with")
     p.add_argument("--weights", "-w", required=True, help="trained model (model.pt / best.pt)")
-    p.add_argument("--threshold", default="auto",
-                   help="cosine similarity a gallery image needs to join a query group, or auto (default): "
-                        "the similarity only 1%% of pairs of different query groups reach, on the model's own scale")
-    p.add_argument("--dedup-threshold", type=float, default=0.3,
-                   help="cosine distance cut of the query clustering (0.3)")
+    p.add_argument(
+        "--threshold",
+        default="auto",
+        help="cosine similarity a gallery image needs to join a query group, or auto (default): "
+        "the similarity only 1%% of pairs of different query groups reach, on the model's own scale",
+    )
+    p.add_argument(
+        "--dedup-threshold", type=float, default=0.3, help="cosine distance cut of the query clustering (0.3)"
+    )
     p.add_argument("--iterations", type=at_most("--iterations", 100), default=1, help="label -> retrain rounds (1)")
     p.add_argument("--min-size", type=int, default=2, help="images a pseudo-identity needs (2)")
     p.add_argument("--no-retrain", action="store_true", help="only write the manifest")
@@ -45,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_trust_argument(p)
 
     p = sub.add_parser(
-        "cv", help="k-fold cross-validation split by identity",
+        "cv",
+        help="k-fold cross-validation split by identity",
         description="Identity-disjoint folds of the training set (seeded); identities with fewer than "
         "--min-images images are never queries; the test set joins each gallery as distractors. "
         "Trains and evaluates each fold; writes cv.md and cv.json.",
@@ -75,8 +84,10 @@ def _usl(args: argparse.Namespace) -> int:
         print(f"{name}: mAP {m['mAP']:.1f} rank-1 {m['rank1']:.1f} rank-5 {m['rank5']:.1f} mINP {m['mINP']:.1f}")
     if result.get("clusters"):
         c = result["clusters"][-1]
-        print(f"last clustering: {c['n_clusters']} clusters, {c['n_outliers']} outliers, "
-              f"purity {c['purity']:.3f} NMI {c['nmi']:.3f} ARI {c['ari']:.3f}")
+        print(
+            f"last clustering: {c['n_clusters']} clusters, {c['n_outliers']} outliers, "
+            f"purity {c['purity']:.3f} NMI {c['nmi']:.3f} ARI {c['ari']:.3f}"
+        )
     print(f"outputs in {cfg.output_dir}")
     return 0
 
@@ -88,8 +99,14 @@ def _pseudo_label(args: argparse.Namespace) -> int:
     console_logging()  # features and retraining report their steps; retraining its iterations without a bar
 
     summary = run_pseudo_label(
-        args.config, args.weights, threshold=args.threshold, dedup_threshold=args.dedup_threshold,
-        iterations=args.iterations, min_size=args.min_size, out_dir=args.out, retrain=not args.no_retrain,
+        args.config,
+        args.weights,
+        threshold=args.threshold,
+        dedup_threshold=args.dedup_threshold,
+        iterations=args.iterations,
+        min_size=args.min_size,
+        out_dir=args.out,
+        retrain=not args.no_retrain,
         overrides=list(args.overrides),
     )
     print(format_summary(summary))
@@ -99,7 +116,14 @@ def _pseudo_label(args: argparse.Namespace) -> int:
 def _cv(args: argparse.Namespace) -> int:
     from reidkit.engine.cv import format_cv_table, run_cv
 
-    summary = run_cv(args.config, folds=args.folds, min_images=args.min_images, seed=args.seed,
-                     out_dir=args.out, distractors=not args.no_distractors, overrides=list(args.overrides))
+    summary = run_cv(
+        args.config,
+        folds=args.folds,
+        min_images=args.min_images,
+        seed=args.seed,
+        out_dir=args.out,
+        distractors=not args.no_distractors,
+        overrides=list(args.overrides),
+    )
     print(format_cv_table(summary))
     return 0

@@ -1,4 +1,5 @@
 """`reidkit data <verb>`: look at datasets (`stats` prints the ids/images/cameras table)."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("name", help="dataset name (see `reidkit data list`)")
     stats.add_argument("--root", required=True, help="dataset root folder (or CSV file for csv)")
     stats.add_argument(
-        "--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="loader option, e.g. version=v1, split=detected, cam_regex='c(\\d+)' (repeatable)",
     )
     stats.set_defaults(func=_stats)

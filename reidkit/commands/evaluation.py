@@ -1,4 +1,5 @@
 """`reidkit extract` (features of any folder of crops) and `reidkit visrank` (ranked-list pictures)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,59 +11,91 @@ from reidkit.commands._args import side
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `extract` and `visrank` verbs."""
     ext = sub.add_parser(
-        "extract", help="extract features of a folder of person crops",
+        "extract",
+        help="extract features of a folder of person crops",
         description="Extract L2-normalised features of every image under a folder (recursive) with a "
-                    "saved model, and write them with their paths (and camera ids / pids when the "
-                    "file names parse, Market-style '0002_c1s1_000451_03.jpg') to an .npz file.",
+        "saved model, and write them with their paths (and camera ids / pids when the "
+        "file names parse, Market-style '0002_c1s1_000451_03.jpg') to an .npz file.",
     )
     src = ext.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="a checkpoint (reidkit's, or fast-reid / torchreid / reid-strong-baseline "
-                     "/ TransReID / SOLIDER-REID as they are) or a TorchScript export")
+    src.add_argument(
+        "--weights",
+        help="a checkpoint (reidkit's, or fast-reid / torchreid / reid-strong-baseline "
+        "/ TransReID / SOLIDER-REID as they are) or a TorchScript export",
+    )
     src.add_argument("--onnx", help="ONNX file written by `reidkit export` (runs on onnxruntime, CPU)")
     add_from_argument(ext)
     ext.add_argument("--images", required=True, help="folder of image crops (searched recursively)")
     ext.add_argument("--out", required=True, help="output .npz (features, paths[, camids, pids])")
     ext.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default %(default)s)")
     ext.add_argument("--no-flip", action="store_true", help="disable flip test-time augmentation")
-    ext.add_argument("--cam-regex", default=r"c(\d+)",
-                     help="regex whose first group is the 1-based camera number in a file name")
-    ext.add_argument("--size", type=side("--size"), nargs=2, metavar=("H", "W"),
-                     help="input size (default: the model's stored input size)")
-    ext.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; "
-                     "always cpu with --onnx)")
+    ext.add_argument(
+        "--cam-regex", default=r"c(\d+)", help="regex whose first group is the 1-based camera number in a file name"
+    )
+    ext.add_argument(
+        "--size",
+        type=side("--size"),
+        nargs=2,
+        metavar=("H", "W"),
+        help="input size (default: the model's stored input size)",
+    )
+    ext.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; always cpu with --onnx)"
+    )
     ext.add_argument("--amp", action="store_true", help="autocast the model (torch weights only)")
-    ext.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16",
-                     help="autocast dtype with --amp (default bf16)")
+    ext.add_argument(
+        "--amp-dtype", choices=["bf16", "fp16"], default="bf16", help="autocast dtype with --amp (default bf16)"
+    )
     add_engine_argument(ext)
-    ext.add_argument("--workers", type=int, default=None,
-                     help="extract on a local Dask cluster of N worker processes (127.0.0.1; needs .[dask])")
-    ext.add_argument("--cluster", default=None, metavar="ADDRESS",
-                     help="extract on a running Dask scheduler (tcp://host:8786); the workers read --images and "
-                          "the weights at the same paths")
-    ext.add_argument("--strict", action="store_true",
-                     help="stop at the first unreadable (empty, corrupt) image instead of skipping it; "
-                          "skipped images are listed on stderr and in the .npz array 'skipped'")
+    ext.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="extract on a local Dask cluster of N worker processes (127.0.0.1; needs .[dask])",
+    )
+    ext.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="extract on a running Dask scheduler (tcp://host:8786); the workers read --images and "
+        "the weights at the same paths",
+    )
+    ext.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first unreadable (empty, corrupt) image instead of skipping it; "
+        "skipped images are listed on stderr and in the .npz array 'skipped'",
+    )
     ext.set_defaults(func=_extract)
     add_trust_argument(ext)
 
     vis = sub.add_parser(
-        "visrank", help="write ranked-list pictures and index.html for a dataset",
+        "visrank",
+        help="write ranked-list pictures and index.html for a dataset",
         description="Rank each query's gallery with precomputed features and write per-query PNGs "
-                    "(true matches green, wrong red, same-camera junk grey) with an index.html.",
+        "(true matches green, wrong red, same-camera junk grey) with an index.html.",
     )
-    vis.add_argument("--features", required=True,
-                     help=".npz from `reidkit extract` over the dataset's images (matched by path), "
-                          "or with arrays 'query' and 'gallery' in the dataset's order")
+    vis.add_argument(
+        "--features",
+        required=True,
+        help=".npz from `reidkit extract` over the dataset's images (matched by path), "
+        "or with arrays 'query' and 'gallery' in the dataset's order",
+    )
     vis.add_argument("--dataset", required=True, help="dataset name (see `reidkit data list`)")
     vis.add_argument("--root", required=True, help="dataset root folder")
     params(vis.add_argument("--out", required=True, help="output folder"), "out_dir")
     vis.add_argument("--topk", type=int, default=10, help="gallery images shown per query (default %(default)s)")
     vis.add_argument("--max-queries", type=int, default=100, help="queries drawn (default %(default)s)")
-    vis.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
-                     help="distance between features (default %(default)s)")
+    vis.add_argument(
+        "--metric",
+        choices=["cosine", "euclidean"],
+        default="cosine",
+        help="distance between features (default %(default)s)",
+    )
     vis.add_argument("--rerank", action="store_true", help="apply k-reciprocal re-ranking")
-    vis.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                     help="dataset loader option (repeatable)")
+    vis.add_argument(
+        "--option", "-o", action="append", default=[], metavar="KEY=VALUE", help="dataset loader option (repeatable)"
+    )
     vis.set_defaults(func=_visrank)
 
 
@@ -158,15 +191,23 @@ def _extract(args: argparse.Namespace) -> int:
     out = _check_out_file(args.out)
     paths = _list_images(args.images)
     device = resolve_device("cpu" if args.onnx else (args.device or "auto"), key="--device")
-    fx = FeatureExtractor.load(source, device=str(device), batch_size=args.batch_size,
-                               size=tuple(args.size) if args.size else None, fmt=args.weights_format,
-                               engine=args.engine, flip=not args.no_flip)
+    fx = FeatureExtractor.load(
+        source,
+        device=str(device),
+        batch_size=args.batch_size,
+        size=tuple(args.size) if args.size else None,
+        fmt=args.weights_format,
+        engine=args.engine,
+        flip=not args.no_flip,
+    )
     if fx.engine != "torch":
         device = resolve_device("cpu", key="--device")  # exported runners and onnxruntime run on CPU
     camids, pids = parse_names(paths, args.cam_regex)
     if fx.uses_camera and camids is None:
-        raise ReIDError(f"{flag}: {source} uses the camera id of each image, but not every file name "
-                        f"under {args.images} matches --cam-regex {args.cam_regex!r}")
+        raise ReIDError(
+            f"{flag}: {source} uses the camera id of each image, but not every file name "
+            f"under {args.images} matches --cam-regex {args.cam_regex!r}"
+        )
     on_cluster = args.workers is not None or args.cluster is not None
     rank, world, created = (0, 1, False) if on_cluster else init_distributed(str(device))
     skipped: list[str] = []
@@ -179,16 +220,31 @@ def _extract(args: argparse.Namespace) -> int:
             raise ReIDError("--workers / --cluster extract on the workers' CPUs: add --device cpu")
         with step("extract on the cluster", len(paths)) as pb:
             feats, skipped = extract_on_cluster(
-                source, paths, workers=args.workers, address=args.cluster, camids=camids if fx.uses_camera else None,
-                batch_size=args.batch_size, size=tuple(args.size) if args.size else None, fmt=args.weights_format,
-                engine=args.engine, flip=not args.no_flip,
-                trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)))
+                source,
+                paths,
+                workers=args.workers,
+                address=args.cluster,
+                camids=camids if fx.uses_camera else None,
+                batch_size=args.batch_size,
+                size=tuple(args.size) if args.size else None,
+                fmt=args.weights_format,
+                engine=args.engine,
+                flip=not args.no_flip,
+                trust_checkpoint=bool(getattr(args, "trust_checkpoint", False)),
+            )
             pb.update(len(paths))
     else:
         try:
-            feats = fx.embed_paths(paths, device=device, camids=camids if fx.uses_camera else None, skipped=skipped,
-                                   distributed=world > 1, amp=args.amp and fx.engine == "torch",
-                                   amp_dtype=args.amp_dtype, progress="extract")
+            feats = fx.embed_paths(
+                paths,
+                device=device,
+                camids=camids if fx.uses_camera else None,
+                skipped=skipped,
+                distributed=world > 1,
+                amp=args.amp and fx.engine == "torch",
+                amp_dtype=args.amp_dtype,
+                progress="extract",
+            )
         finally:
             if created:
                 import torch.distributed as dist
@@ -196,9 +252,11 @@ def _extract(args: argparse.Namespace) -> int:
                 dist.barrier()
                 dist.destroy_process_group()
     if skipped and args.strict:
-        raise ReIDError(f"--images: cannot read {skipped[0]} (empty or corrupt image)"
-                        + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
-                        + "; without --strict unreadable images are skipped and listed")
+        raise ReIDError(
+            f"--images: cannot read {skipped[0]} (empty or corrupt image)"
+            + (f" and {len(skipped) - 1} more" if len(skipped) > 1 else "")
+            + "; without --strict unreadable images are skipped and listed"
+        )
     if len(feats) == 0:
         raise ReIDError(f"--images: none of the {len(paths)} images under {args.images} could be read")
     if rank != 0:
@@ -206,8 +264,11 @@ def _extract(args: argparse.Namespace) -> int:
     lost = set(skipped)
     keep = np.asarray([p not in lost for p in paths], dtype=bool)
     kept_paths = [p for p, ok in zip(paths, keep) if ok]
-    payload = {"features": feats.astype(np.float32), "paths": np.asarray(kept_paths),
-               "skipped": np.asarray(skipped, dtype=str)}
+    payload = {
+        "features": feats.astype(np.float32),
+        "paths": np.asarray(kept_paths),
+        "skipped": np.asarray(skipped, dtype=str),
+    }
     if camids is not None:
         payload["camids"] = camids[keep]
     if pids is not None:
@@ -218,14 +279,19 @@ def _extract(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ReIDError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image(s) (empty or corrupt), e.g. {skipped[0]}; "
-              f"listed in {out.name}['skipped']", file=sys.stderr)
+        print(
+            f"warning: skipped {len(skipped)} unreadable image(s) (empty or corrupt), e.g. {skipped[0]}; "
+            f"listed in {out.name}['skipped']",
+            file=sys.stderr,
+        )
     extra = [k for k in ("camids", "pids") if k in payload]
-    print(f"{len(kept_paths)} images -> {feats.shape[1]}-d features -> {out}"
-          + (f" (with {', '.join(extra)})" if extra else "")
-          + (f"; {len(skipped)} skipped" if skipped else "")
-          + (f"; {world} ranks" if world > 1 else "")
-          + ("; on the Dask cluster" if on_cluster else ""))
+    print(
+        f"{len(kept_paths)} images -> {feats.shape[1]}-d features -> {out}"
+        + (f" (with {', '.join(extra)})" if extra else "")
+        + (f"; {len(skipped)} skipped" if skipped else "")
+        + (f"; {world} ranks" if world > 1 else "")
+        + ("; on the Dask cluster" if on_cluster else "")
+    )
     return 0
 
 
@@ -242,14 +308,17 @@ def _features_for(npz, records, split: str):
             raise ReIDError(f"--features: '{split}' has {arr.shape[0]} rows, the dataset has {len(records)} images")
         return arr
     if "features" not in npz or "paths" not in npz:
-        raise ReIDError("--features: expected arrays 'features' and 'paths' (from `reidkit extract`) "
-                        "or 'query' and 'gallery'")
+        raise ReIDError(
+            "--features: expected arrays 'features' and 'paths' (from `reidkit extract`) or 'query' and 'gallery'"
+        )
     index = {os.path.realpath(str(p)): i for i, p in enumerate(npz["paths"])}
     rows = [index.get(os.path.realpath(r.path), -1) for r in records]
     missing = [r.path for r, i in zip(records, rows) if i < 0]
     if missing:
-        raise ReIDError(f"--features: {len(missing)} {split} image(s) have no feature, e.g. {missing[0]}; "
-                        "run `reidkit extract` over the dataset folder")
+        raise ReIDError(
+            f"--features: {len(missing)} {split} image(s) have no feature, e.g. {missing[0]}; "
+            "run `reidkit extract` over the dataset folder"
+        )
     return np.asarray(npz["features"], dtype=np.float32)[rows]
 
 
@@ -261,8 +330,10 @@ def _open_npz(path):
 
     from reidkit.errors import ReIDError
 
-    expected = ("expected an .npz archive from `reidkit extract` (arrays 'features' and 'paths') "
-                "or one with arrays 'query' and 'gallery'")
+    expected = (
+        "expected an .npz archive from `reidkit extract` (arrays 'features' and 'paths') "
+        "or one with arrays 'query' and 'gallery'"
+    )
     try:
         with open(path, "rb") as fh:
             magic = fh.read(6)
@@ -321,11 +392,19 @@ def _visrank(args: argparse.Namespace) -> int:
         distmat = compute_distance(qf, gf, metric=args.metric)
     q_pids = np.array([r.pid for r in dataset.query])
     g_pids = np.array([r.pid for r in dataset.gallery])
-    index = visualize_ranked(distmat, dataset.query, dataset.gallery, out, topk=args.topk,
-                             max_queries=args.max_queries, progress="visrank: ranked lists")
+    index = visualize_ranked(
+        distmat,
+        dataset.query,
+        dataset.gallery,
+        out,
+        topk=args.topk,
+        max_queries=args.max_queries,
+        progress="visrank: ranked lists",
+    )
     try:
-        raw = evaluate_rank(distmat, q_pids, g_pids, [r.camid for r in dataset.query],
-                            [r.camid for r in dataset.gallery])
+        raw = evaluate_rank(
+            distmat, q_pids, g_pids, [r.camid for r in dataset.query], [r.camid for r in dataset.gallery]
+        )
         s = summarize(raw, len(dataset.query), len(dataset.gallery))
         plot_cmc(raw["cmc"], out / "cmc.png")
         print(f"mAP {s['mAP']:.2f}  rank-1 {s['rank1']:.2f}  rank-5 {s['rank5']:.2f}  mINP {s['mINP']:.2f}")

@@ -2,6 +2,7 @@
 `reidkit identities export --db DB --out DIR`: MOTChallenge files per camera with global ids;
 `reidkit eval-tracks --gt GT --pred PRED`: HOTA / IDF1 / MOTA / IDsw with TrackEval, plus the
 multi-camera IDF1 over global ids."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,41 +18,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     from reidkit.cluster.identities import DEFAULT_THRESHOLD
 
     p = sub.add_parser(
-        "identities", help="cluster a gallery's tracklets into global identities across cameras",
+        "identities",
+        help="cluster a gallery's tracklets into global identities across cameras",
         description="Cluster every tracklet of the gallery into global identities: tracklet features, "
-                    "k-reciprocal re-ranking, constraints (two overlapping tracklets of one camera are never one "
-                    "person; --links: allowed transit-time windows per camera pair; --max-gap), agglomerative "
-                    "clustering with a distance threshold. Identities already assigned keep their ids; new "
-                    "tracklets join them or start new ones. The result is stored in the gallery.")
+        "k-reciprocal re-ranking, constraints (two overlapping tracklets of one camera are never one "
+        "person; --links: allowed transit-time windows per camera pair; --max-gap), agglomerative "
+        "clustering with a distance threshold. Identities already assigned keep their ids; new "
+        "tracklets join them or start new ones. The result is stored in the gallery.",
+    )
     p.add_argument("--db", default=None, help="gallery folder (from `reidkit video`; required)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help=f"largest linkage distance merged (default {DEFAULT_THRESHOLD}, or the stored run's)")
-    p.add_argument("--links", default=None, help="camera-link windows YAML ({links: [{cameras: [A, B], min: s, max: s}]})")
-    p.add_argument("--max-gap", type=float, default=None, help="seconds: pairs of cameras not in --links never "
-                                                                 "join across a longer gap (default: no limit)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"largest linkage distance merged (default {DEFAULT_THRESHOLD}, or the stored run's)",
+    )
+    p.add_argument(
+        "--links", default=None, help="camera-link windows YAML ({links: [{cameras: [A, B], min: s, max: s}]})"
+    )
+    p.add_argument(
+        "--max-gap",
+        type=float,
+        default=None,
+        help="seconds: pairs of cameras not in --links never join across a longer gap (default: no limit)",
+    )
     p.add_argument("--linkage", choices=["average", "complete"], default=None, help="default average")
     p.add_argument("--no-rerank", action="store_true", help="plain cosine distance instead of k-reciprocal re-ranking")
     p.add_argument("--rebuild", action="store_true", help="forget the stored identities and number everything anew")
-    p.add_argument("--stitch-gap", type=_seconds, default=None, metavar="SECONDS",
-                   help="join one camera's fragments of one person first: the longest gap from one tracklet's end "
-                        "to the next one's start, with motion and appearance limits (reidkit.video.stitch); "
-                        "0: no stitching (default: the stored run's, else none)")
+    p.add_argument(
+        "--stitch-gap",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="join one camera's fragments of one person first: the longest gap from one tracklet's end "
+        "to the next one's start, with motion and appearance limits (reidkit.video.stitch); "
+        "0: no stitching (default: the stored run's, else none)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_assign)
     isub = p.add_subparsers(dest="identities_command", metavar="<action>")
     e = isub.add_parser("export", help="write MOTChallenge files per camera with global identity ids")
     e.add_argument("--db", required=True, help="gallery folder with identities")
     e.add_argument("--out", required=True, help="output folder: <camera>.txt per camera")
-    e.add_argument("--camera", action="append", default=None,
-                   help="also write an (empty) file for this camera when it has no tracklets; repeatable")
+    e.add_argument(
+        "--camera",
+        action="append",
+        default=None,
+        help="also write an (empty) file for this camera when it has no tracklets; repeatable",
+    )
     e.set_defaults(func=_run_export)
 
     t = sub.add_parser(
-        "eval-tracks", help="HOTA, IDF1, MOTA, ID switches per camera (TrackEval) and multi-camera IDF1",
+        "eval-tracks",
+        help="HOTA, IDF1, MOTA, ID switches per camera (TrackEval) and multi-camera IDF1",
         description="Evaluate MOTChallenge tracking results against ground truth with TrackEval: per sequence "
-                    "(camera), combined, and the multi-camera IDF1 over global ids (all cameras concatenated "
-                    "as one sequence). GT: <seq>/gt/gt.txt (+ seqinfo.ini) or TrackEval's "
-                    "<BENCH>-<SPLIT>/<seq>/gt/gt.txt; PRED: <seq>.txt per sequence.")
+        "(camera), combined, and the multi-camera IDF1 over global ids (all cameras concatenated "
+        "as one sequence). GT: <seq>/gt/gt.txt (+ seqinfo.ini) or TrackEval's "
+        "<BENCH>-<SPLIT>/<seq>/gt/gt.txt; PRED: <seq>.txt per sequence.",
+    )
     params(t.add_argument("--gt", required=True, help="ground-truth folder (e.g. a scene's OUT/GT or OUT)"), "gt_dir")
     params(t.add_argument("--pred", required=True, help="predictions folder (<seq>.txt per sequence)"), "pred_dir")
     t.add_argument("--out", default=None, help="also write the metrics as JSON here")
@@ -78,15 +102,24 @@ def _run_assign(args: argparse.Namespace) -> int:
         raise ReIDError("identities: --db is required")
     g = Gallery.open(args.db)
     stitch = None if args.stitch_gap is None else ({"max_gap": args.stitch_gap} if args.stitch_gap > 0 else False)
-    rep = assign_identities(g, threshold=args.threshold, links=args.links, max_gap=args.max_gap,
-                            linkage=args.linkage, rerank=False if args.no_rerank else None, rebuild=args.rebuild,
-                            stitch=stitch)
+    rep = assign_identities(
+        g,
+        threshold=args.threshold,
+        links=args.links,
+        max_gap=args.max_gap,
+        linkage=args.linkage,
+        rerank=False if args.no_rerank else None,
+        rebuild=args.rebuild,
+        stitch=stitch,
+    )
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
-        print(f"{rep['tracklets']} tracklets -> {rep['identities']} identities ({rep['new_tracklets']} new "
-              f"tracklets, {rep['new_identities']} new identities, {rep['multi_camera']} seen by several cameras; "
-              f"{rep['stitched']} fragment joins)")
+        print(
+            f"{rep['tracklets']} tracklets -> {rep['identities']} identities ({rep['new_tracklets']} new "
+            f"tracklets, {rep['new_identities']} new identities, {rep['multi_camera']} seen by several cameras; "
+            f"{rep['stitched']} fragment joins)"
+        )
         for cam, n in rep["per_camera"].items():
             print(f"  {cam}: {n} tracklets")
     return 0

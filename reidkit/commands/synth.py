@@ -1,4 +1,5 @@
 """`reidkit synth OUT`: write a synthetic pedestrian set in Market-1501 format (offline data)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,24 +15,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synth",
         help="generate a synthetic pedestrian dataset (Market-1501 layout)",
         description="Draw procedural pedestrians seen by several cameras and write them as "
-                    "OUT/Market-1501-v15.09.15/{bounding_box_train,bounding_box_test,query}. "
-                    "A re-run with the same parameters is skipped; a set generated with other "
-                    "parameters is never replaced without --regenerate.",
+        "OUT/Market-1501-v15.09.15/{bounding_box_train,bounding_box_test,query}. "
+        "A re-run with the same parameters is skipped; a set generated with other "
+        "parameters is never replaced without --regenerate.",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument("--ids", type=at_most("--ids", 1_000_000), default=100, help="identities, split half train / half test (default 100)")
-    p.add_argument("--images-per-id", type=at_most("--images-per-id", 10_000), default=16, help="images per identity (default 16)")
+    p.add_argument(
+        "--ids",
+        type=at_most("--ids", 1_000_000),
+        default=100,
+        help="identities, split half train / half test (default 100)",
+    )
+    p.add_argument(
+        "--images-per-id", type=at_most("--images-per-id", 10_000), default=16, help="images per identity (default 16)"
+    )
     p.add_argument("--cams", type=int, default=6, help="cameras, 2..9 (default 6)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--domain", choices=["A", "B"], default="A",
-                   help="camera-style family: A daylight outdoor, B indoor/evening (default A)")
+    p.add_argument(
+        "--domain",
+        choices=["A", "B"],
+        default="A",
+        help="camera-style family: A daylight outdoor, B indoor/evening (default A)",
+    )
     p.add_argument("--size", default="128x64", help="image size HxW (default 128x64)")
-    p.add_argument("--workers", type=at_most("--workers", 1024), default=None, help="processes (default: all CPU cores)")
-    p.add_argument("--distractors", type=at_most("--distractors", 10_000_000), default=None, help="pid 0 gallery images (default ~8%% of images)")
-    p.add_argument("--junk", type=at_most("--junk", 10_000_000), default=None, help="pid -1 gallery images (default ~5%% of images)")
-    p.add_argument("--regenerate", "--force", dest="force", action="store_true",
-                   help="replace a set already in OUT (by default an identical set is reused and one "
-                        "generated with other parameters is an error)")
+    p.add_argument(
+        "--workers", type=at_most("--workers", 1024), default=None, help="processes (default: all CPU cores)"
+    )
+    p.add_argument(
+        "--distractors",
+        type=at_most("--distractors", 10_000_000),
+        default=None,
+        help="pid 0 gallery images (default ~8%% of images)",
+    )
+    p.add_argument(
+        "--junk",
+        type=at_most("--junk", 10_000_000),
+        default=None,
+        help="pid -1 gallery images (default ~5%% of images)",
+    )
+    p.add_argument(
+        "--regenerate",
+        "--force",
+        dest="force",
+        action="store_true",
+        help="replace a set already in OUT (by default an identical set is reused and one "
+        "generated with other parameters is an error)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -48,20 +77,34 @@ def parse_size(text: str) -> tuple[int, int]:
 def _run(args: argparse.Namespace) -> int:
     from reidkit.data.synthetic import generate_report
 
-    rep = generate_report(args.out, ids=args.ids, images_per_id=args.images_per_id, cams=args.cams,
-                          seed=args.seed, domain=args.domain, size=parse_size(args.size),
-                          workers=args.workers, distractors=args.distractors, junk=args.junk,
-                          force=args.force)
+    rep = generate_report(
+        args.out,
+        ids=args.ids,
+        images_per_id=args.images_per_id,
+        cams=args.cams,
+        seed=args.seed,
+        domain=args.domain,
+        size=parse_size(args.size),
+        workers=args.workers,
+        distractors=args.distractors,
+        junk=args.junk,
+        force=args.force,
+    )
     c = rep.counts
     print(f"{rep.root}")
     print(f"  train   : {c['train_ids']:>6} ids {c['train_images']:>8} images")
     print(f"  query   : {c['test_ids']:>6} ids {c['query']:>8} images")
-    print(f"  gallery : {c['test_ids']:>6} ids {c['gallery']:>8} images "
-          f"(incl. {c['distractors']} distractors pid 0, {c['junk']} junk pid -1)")
+    print(
+        f"  gallery : {c['test_ids']:>6} ids {c['gallery']:>8} images "
+        f"(incl. {c['distractors']} distractors pid 0, {c['junk']} junk pid -1)"
+    )
     if rep.skipped:
-        print(f"  already generated with these parameters: skipped "
-              f"(first run: {rep.marker.get('images_per_s', 0):.1f} images/s)")
+        print(
+            f"  already generated with these parameters: skipped "
+            f"(first run: {rep.marker.get('images_per_s', 0):.1f} images/s)"
+        )
     else:
-        print(f"  {c['images']} images in {rep.seconds:.1f} s = {rep.images_per_s:.1f} images/s "
-              f"({rep.workers} workers)")
+        print(
+            f"  {c['images']} images in {rep.seconds:.1f} s = {rep.images_per_s:.1f} images/s ({rep.workers} workers)"
+        )
     return 0

@@ -1,4 +1,5 @@
 """Verbs `train`, `test`, `ablate` and `demo`."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,49 +13,82 @@ OVERRIDE_HELP = "dotted config overrides, e.g. model.backbone=resnet50_ibn_a sol
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the training verbs to the `reidkit` command."""
-    p = sub.add_parser("train", help="train a model from a YAML recipe",
-                       description="Train a ReID model. Writes config.yaml, train.log, tensorboard "
-                       "events, last.pt, best.pt, model.pt and metrics.json into output_dir.")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML recipe",
+        description="Train a ReID model. Writes config.yaml, train.log, tensorboard "
+        "events, last.pt, best.pt, model.pt and metrics.json into output_dir.",
+    )
     p.add_argument("--config", "-c", required=True, help="recipe file or packaged recipe name (e.g. bot_r50)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("test", help="evaluate saved weights on the config's validation sets",
-                       description="Evaluate a checkpoint on the validation sets of a recipe (data.val, else "
-                       "the query/gallery of every training dataset) with the recipe's test.* settings; "
-                       "writes metrics.json to --out (default <output_dir>/test).")
+    p = sub.add_parser(
+        "test",
+        help="evaluate saved weights on the config's validation sets",
+        description="Evaluate a checkpoint on the validation sets of a recipe (data.val, else "
+        "the query/gallery of every training dataset) with the recipe's test.* settings; "
+        "writes metrics.json to --out (default <output_dir>/test).",
+    )
     p.add_argument("--config", "-c", required=True, help="recipe file or packaged recipe name")
-    p.add_argument("--weights", "-w", required=True, help="model.pt / best.pt / last.pt, or another toolkit's "
-                   "checkpoint (see --from)")
+    p.add_argument(
+        "--weights",
+        "-w",
+        required=True,
+        help="model.pt / best.pt / last.pt, or another toolkit's checkpoint (see --from)",
+    )
     add_from_argument(p)
-    p.add_argument("--out", default=None, help="folder for metrics.json (default: <output_dir>/test; the run's own metrics.json is never replaced)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for metrics.json (default: <output_dir>/test; the run's own metrics.json is never replaced)",
+    )
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (e.g. test.rerank=true test.flip=true)")
     p.set_defaults(func=_test)
     add_trust_argument(p)
 
-    p = sub.add_parser("ablate", help="train a grid of config changes or a list of recipes; tabulate",
-                       description="Run every combination of --grid values (cartesian product) on --config, "
-                       "or every recipe of --recipes, and write ablation.md and ablation.json.")
+    p = sub.add_parser(
+        "ablate",
+        help="train a grid of config changes or a list of recipes; tabulate",
+        description="Run every combination of --grid values (cartesian product) on --config, "
+        "or every recipe of --recipes, and write ablation.md and ablation.json.",
+    )
     p.add_argument("--config", "-c", default=None, help="base recipe for --grid")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a config key and its values (repeatable; commas inside [..] are kept)")
-    p.add_argument("--recipes", nargs="+", default=None, metavar="RECIPE",
-                   help="recipes to tabulate, e.g. the BoT ladder baseline_r50 trick1_warmup ...")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a config key and its values (repeatable; commas inside [..] are kept)",
+    )
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        default=None,
+        metavar="RECIPE",
+        help="recipes to tabulate, e.g. the BoT ladder baseline_r50 trick1_warmup ...",
+    )
     p.add_argument("--out", default="ablation", help="output folder (default ./ablation)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (applied to every run)")
     p.set_defaults(func=_ablate)
 
-    p = sub.add_parser("recipes", help="list the packaged recipes, or the options of a registered part",
-                       description="Without --options: every packaged recipe and its first comment line. "
-                       "--options NAME: the options of the backbone, loss, USL method or tracker NAME (built-in or "
-                       "from --plugin), with the key to set each in a recipe, its type and default.")
+    p = sub.add_parser(
+        "recipes",
+        help="list the packaged recipes, or the options of a registered part",
+        description="Without --options: every packaged recipe and its first comment line. "
+        "--options NAME: the options of the backbone, loss, USL method or tracker NAME (built-in or "
+        "from --plugin), with the key to set each in a recipe, its type and default.",
+    )
     p.add_argument("--options", metavar="NAME", default=None, help="a backbone, loss, USL method or tracker name")
     p.set_defaults(func=_recipes)
 
-    p = sub.add_parser("demo", help="CPU demo: synthetic data, pretrained EfficientNet-Lite0, BoT fine-tuning",
-                       description="Generate a synthetic dataset, evaluate the ImageNet-pretrained "
-                       "EfficientNet-Lite0, fine-tune it with the BoT tricks on CPU, evaluate with and "
-                       "without re-ranking, write ranked-list pictures and metrics.json.")
+    p = sub.add_parser(
+        "demo",
+        help="CPU demo: synthetic data, pretrained EfficientNet-Lite0, BoT fine-tuning",
+        description="Generate a synthetic dataset, evaluate the ImageNet-pretrained "
+        "EfficientNet-Lite0, fine-tune it with the BoT tricks on CPU, evaluate with and "
+        "without re-ranking, write ranked-list pictures and metrics.json.",
+    )
     p.add_argument("--out", default="./reidkit-demo", help="output folder (default ./reidkit-demo)")
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + " (on top of demo.yaml)")
     p.set_defaults(func=_demo)
@@ -86,8 +120,13 @@ def _recipes(args: argparse.Namespace) -> int:
 
         for name in list_recipes():
             about = recipe_summary((RECIPES_DIR / f"{name}.yaml").read_text())
-            print(textwrap.fill(about, width=110, initial_indent=f"{name:24s} ", subsequent_indent=" " * 25,
-                                break_on_hyphens=False) if about else name)
+            print(
+                textwrap.fill(
+                    about, width=110, initial_indent=f"{name:24s} ", subsequent_indent=" " * 25, break_on_hyphens=False
+                )
+                if about
+                else name
+            )
         return 0
     # the registries (built-ins register their parts on import; plug-ins already ran)
     import reidkit.engine.usl.methods  # noqa: F401
@@ -98,8 +137,7 @@ def _recipes(args: argparse.Namespace) -> int:
     from reidkit.video.detectors import DETECTORS
     from reidkit.video.trackers import TRACKERS
 
-    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS, "tracker": TRACKERS,
-                  "detector": DETECTORS}
+    registries = {"backbone": BACKBONES, "loss": LOSSES, "usl": USL_METHODS, "tracker": TRACKERS, "detector": DETECTORS}
     found = [kind for kind in KINDS if args.options in registries[kind]]
     if not found:
         names = sorted({n for reg in registries.values() for n in reg.names()})
@@ -109,15 +147,22 @@ def _recipes(args: argparse.Namespace) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ReIDError(f"--options: no backbone, loss, USL method, tracker or detector named {args.options!r}{hint}")
     for kind in found:
-        label = {"backbone": "backbone", "loss": "loss", "usl": "USL method", "tracker": "tracker",
-                 "detector": "detector"}[kind]
+        label = {
+            "backbone": "backbone",
+            "loss": "loss",
+            "usl": "USL method",
+            "tracker": "tracker",
+            "detector": "detector",
+        }[kind]
         if options_class(kind, args.options) is None:
             print(f"{label} {args.options}: no options of its own")
             continue
         print(f"{label} {args.options}:")
         for row in describe_options(kind, args.options):
-            print(f"  {row['key']:36s} {row['type']:16s} default {row['default']!r}"
-                  + (f"  {row['help']}" if row["help"] else ""))
+            print(
+                f"  {row['key']:36s} {row['type']:16s} default {row['default']!r}"
+                + (f"  {row['help']}" if row["help"] else "")
+            )
     return 0
 
 
@@ -159,8 +204,11 @@ def _ablate(args: argparse.Namespace) -> int:
 
     recipes, extra = _split_overrides(args.recipes)
     rows = run_ablation(
-        config=args.config, grid=args.grid, recipes=recipes or None,
-        overrides=list(args.overrides) + extra, out_dir=args.out,
+        config=args.config,
+        grid=args.grid,
+        recipes=recipes or None,
+        overrides=list(args.overrides) + extra,
+        out_dir=args.out,
     )
     print(format_table(rows))
     print(f"written {args.out}/ablation.md and {args.out}/ablation.json")

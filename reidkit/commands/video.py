@@ -1,6 +1,7 @@
 """`reidkit video VIDEO... --db DB`: footage to a searchable tracklet gallery; `reidkit tracklets
 search|show`: cross-camera search and a tracklet's appearances; `reidkit scene OUT`: a synthetic
 multi-camera scene with MOTChallenge ground truth."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,110 +25,237 @@ def _cosine_distance(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `video`, `tracklets` and `scene` parsers."""
     p = sub.add_parser(
-        "video", help="ingest videos into a gallery of tracklets (detect, track, cut, embed)",
+        "video",
+        help="ingest videos into a gallery of tracklets (detect, track, cut, embed)",
         description="Decode each video, detect people (--detections MOT file per video, --detector hog, a catalogue "
-                    "detector such as yolox_nano, an ONNX file or a plug-in's, with --detector-option; by default "
-                    "the built-in motion detector), track them (--tracker) on reidkit features, keep the best "
-                    "K crops of each tracklet and add the tracklets (camera, frames, times, boxes, thumbnails) "
-                    "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
-                    "run, re-run with the same arguments, resumes at the last committed chunk.")
-    p.add_argument("videos", nargs="+", metavar="VIDEO",
-                   help="video files (anything OpenCV decodes), or live stream URLs (rtsp://, http(s)://, udp://: "
-                        "watched until SIGTERM / Ctrl-C as `reidkit watch` does)")
-    p.add_argument("--db", required=True,
-                   help="gallery (created when missing): a folder, or milvus:<uri> (milvus:./g.db runs Milvus Lite "
-                        "in-process; milvus:http://host:19530 a Milvus server, 2.5 or newer)")
-    p.add_argument("--collection", default=None,
-                   help="Milvus collection of a milvus: gallery (default: reidkit)")
+        "detector such as yolox_nano, an ONNX file or a plug-in's, with --detector-option; by default "
+        "the built-in motion detector), track them (--tracker) on reidkit features, keep the best "
+        "K crops of each tracklet and add the tracklets (camera, frames, times, boxes, thumbnails) "
+        "to the gallery DB (created when missing). Work is committed every --chunk frames; a killed "
+        "run, re-run with the same arguments, resumes at the last committed chunk.",
+    )
+    p.add_argument(
+        "videos",
+        nargs="+",
+        metavar="VIDEO",
+        help="video files (anything OpenCV decodes), or live stream URLs (rtsp://, http(s)://, udp://: "
+        "watched until SIGTERM / Ctrl-C as `reidkit watch` does)",
+    )
+    p.add_argument(
+        "--db",
+        required=True,
+        help="gallery (created when missing): a folder, or milvus:<uri> (milvus:./g.db runs Milvus Lite "
+        "in-process; milvus:http://host:19530 a Milvus server, 2.5 or newer)",
+    )
+    p.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     add_files_argument(p, "the first video's folder")
-    p.add_argument("--camera", action="append", default=None,
-                   help="camera name, once per video in order (default: the video file's name)")
-    p.add_argument("--detections", action="append", default=None,
-                   help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order")
-    p.add_argument("--detector", default=None, metavar="NAME|FILE",
-                   help="person detector: 'motion' (background subtraction against the video's own median "
-                        "background: fixed cameras; the default), 'hog' (OpenCV's HOG people detector: moving "
-                        "cameras), a detector of the weights catalogue (e.g. yolox_nano: fetched and verified as "
-                        "--weights names are; `reidkit weights list`), an ONNX file (YOLOX, YOLOv5/v8, RT-DETR "
-                        "exports; the family is read from its outputs) or a detector a --plugin file registers")
-    p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the detector (repeatable), e.g. conf=0.4, family=yolov8 (onnx), block=300 "
-                        "(motion), detect_scale=0.5 (hog); an unknown key is refused naming the nearest one")
-    p.add_argument("--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)")
-    p.add_argument("--detector-size", default=None,
-                   help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)")
-    p.add_argument("--person-class", type=at_most("--person-class", 100_000), default=0, help="ONNX detector class index of 'person' (default 0, COCO)")
-    p.add_argument("--weights", default=None,
-                   help="ReID model (checkpoint or .onnx) for a new gallery (default: ImageNet EfficientNet-Lite0); "
-                        "an existing gallery uses its own model")
+    p.add_argument(
+        "--camera",
+        action="append",
+        default=None,
+        help="camera name, once per video in order (default: the video file's name)",
+    )
+    p.add_argument(
+        "--detections",
+        action="append",
+        default=None,
+        help="MOTChallenge detections file (frame,id,x,y,w,h,conf,...), once per video in order",
+    )
+    p.add_argument(
+        "--detector",
+        default=None,
+        metavar="NAME|FILE",
+        help="person detector: 'motion' (background subtraction against the video's own median "
+        "background: fixed cameras; the default), 'hog' (OpenCV's HOG people detector: moving "
+        "cameras), a detector of the weights catalogue (e.g. yolox_nano: fetched and verified as "
+        "--weights names are; `reidkit weights list`), an ONNX file (YOLOX, YOLOv5/v8, RT-DETR "
+        "exports; the family is read from its outputs) or a detector a --plugin file registers",
+    )
+    p.add_argument(
+        "--detector-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the detector (repeatable), e.g. conf=0.4, family=yolov8 (onnx), block=300 "
+        "(motion), detect_scale=0.5 (hog); an unknown key is refused naming the nearest one",
+    )
+    p.add_argument(
+        "--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)"
+    )
+    p.add_argument(
+        "--detector-size",
+        default=None,
+        help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)",
+    )
+    p.add_argument(
+        "--person-class",
+        type=at_most("--person-class", 100_000),
+        default=0,
+        help="ONNX detector class index of 'person' (default 0, COCO)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="ReID model (checkpoint or .onnx) for a new gallery (default: ImageNet EfficientNet-Lite0); "
+        "an existing gallery uses its own model",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--every", type=at_most("--every", 1_000_000), default=1,
-                   help="read every N-th frame, skip the others (default 1)")
-    p.add_argument("--detect-every", type=at_most("--detect-every", 1000), default=1, metavar="N",
-                   help="detect and track on every N-th read frame; boxes between two detections of a track are "
-                        "interpolated (default 1; 2 with HOG cost 15 of 18 tracklets on the generated scene: "
-                        "benchmarks/results/bench_video.md)")
-    p.add_argument("--detect-scale", type=bounded_float("--detect-scale", 0.05, 1.0), default=0.75,
-                   help="--detector hog: run it on the frame scaled by this factor (default 0.75)")
-    p.add_argument("--engine", choices=["auto", "torch", "onnx", "int8"], default="auto",
-                   help="how the embedder runs: auto (ONNX Runtime on a CPU, int8-quantised where that is measured "
-                        "at least 1.25x faster for this model here, timed once and cached; else float; PyTorch "
-                        "without onnxruntime), torch, onnx (float), int8 (default auto; "
-                        "benchmarks/results/bench_video.md)")
-    p.add_argument("--appearance", choices=["needed", "all"], default="needed",
-                   help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
-                        "ambiguous detections, best-K crop candidates (needed, default)")
-    p.add_argument("--embed-budget", type=at_most("--embed-budget", 10000), default=8, metavar="N",
-                   help="--appearance needed: embed at most N ambiguous detections per frame, the most ambiguous "
-                        "first; the others are matched by motion, so crowds keep the camera's pace (default 8; "
-                        "0: no limit, for the best tracking of recorded footage; see benchmarks/results/bench_video.md)")
-    p.add_argument("--streams", type=at_most("--streams", 64), default=4,
-                   help="videos processed at once in this process, sharing one embedder (default 4)")
-    p.add_argument("--workers", type=at_most("--workers", 256), default=None,
-                   help="run the videos on a local Dask cluster of N worker processes (needs dask[distributed])")
-    p.add_argument("--cluster", default=None, metavar="ADDRESS",
-                   help="run the videos on a running Dask cluster (e.g. tcp://scheduler:8786)")
-    p.add_argument("--chunk", type=at_most("--chunk", 1_000_000), default=50, help="processed frames per commit (default 50)")
+    p.add_argument(
+        "--every",
+        type=at_most("--every", 1_000_000),
+        default=1,
+        help="read every N-th frame, skip the others (default 1)",
+    )
+    p.add_argument(
+        "--detect-every",
+        type=at_most("--detect-every", 1000),
+        default=1,
+        metavar="N",
+        help="detect and track on every N-th read frame; boxes between two detections of a track are "
+        "interpolated (default 1; 2 with HOG cost 15 of 18 tracklets on the generated scene: "
+        "benchmarks/results/bench_video.md)",
+    )
+    p.add_argument(
+        "--detect-scale",
+        type=bounded_float("--detect-scale", 0.05, 1.0),
+        default=0.75,
+        help="--detector hog: run it on the frame scaled by this factor (default 0.75)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx", "int8"],
+        default="auto",
+        help="how the embedder runs: auto (ONNX Runtime on a CPU, int8-quantised where that is measured "
+        "at least 1.25x faster for this model here, timed once and cached; else float; PyTorch "
+        "without onnxruntime), torch, onnx (float), int8 (default auto; "
+        "benchmarks/results/bench_video.md)",
+    )
+    p.add_argument(
+        "--appearance",
+        choices=["needed", "all"],
+        default="needed",
+        help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
+        "ambiguous detections, best-K crop candidates (needed, default)",
+    )
+    p.add_argument(
+        "--embed-budget",
+        type=at_most("--embed-budget", 10000),
+        default=8,
+        metavar="N",
+        help="--appearance needed: embed at most N ambiguous detections per frame, the most ambiguous "
+        "first; the others are matched by motion, so crowds keep the camera's pace (default 8; "
+        "0: no limit, for the best tracking of recorded footage; see benchmarks/results/bench_video.md)",
+    )
+    p.add_argument(
+        "--streams",
+        type=at_most("--streams", 64),
+        default=4,
+        help="videos processed at once in this process, sharing one embedder (default 4)",
+    )
+    p.add_argument(
+        "--workers",
+        type=at_most("--workers", 256),
+        default=None,
+        help="run the videos on a local Dask cluster of N worker processes (needs dask[distributed])",
+    )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run the videos on a running Dask cluster (e.g. tcp://scheduler:8786)",
+    )
+    p.add_argument(
+        "--chunk", type=at_most("--chunk", 1_000_000), default=50, help="processed frames per commit (default 50)"
+    )
     p.add_argument("--k", type=at_most("--k", 1000), default=4, help="best crops kept per tracklet (default 4)")
-    p.add_argument("--min-len", type=at_most("--min-len", 1_000_000), default=3, help="shortest tracklet kept, in processed frames (default 3)")
+    p.add_argument(
+        "--min-len",
+        type=at_most("--min-len", 1_000_000),
+        default=3,
+        help="shortest tracklet kept, in processed frames (default 3)",
+    )
     p.add_argument("--flip", action="store_true", help="flip TTA for crop features")
-    p.add_argument("--start-time", type=finite_float("--start-time"), action="append", default=None,
-                   help="clock time (s) of each video's first frame, once per video (default 0)")
-    p.add_argument("--tracker", default=None, metavar="NAME",
-                   help="within-video tracker, a registered name (built in: bytesort, deep_sort; a --plugin file "
-                        "may register its own; default: bytesort)")
-    p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the tracker (repeatable), e.g. max_age=30; an unknown key is refused "
-                        "naming the valid ones")
-    p.add_argument("--max-age", type=at_most("--max-age", 100_000), default=None,
-                   help="the tracker's max_age option: frames a lost track is kept (default: the tracker's)")
-    p.add_argument("--n-init", type=at_most("--n-init", 1000), default=None,
-                   help="the tracker's n_init option: detections to confirm a track (default: the tracker's)")
-    p.add_argument("--max-cosine-distance", type=_cosine_distance, default=None,
-                   help="the tracker's max_cosine_distance option: appearance gate, cosine distance (default: the "
-                        "tracker's; deep_sort 0.1: 0.3 lets its tracks jump between people on the synthetic scene)")
+    p.add_argument(
+        "--start-time",
+        type=finite_float("--start-time"),
+        action="append",
+        default=None,
+        help="clock time (s) of each video's first frame, once per video (default 0)",
+    )
+    p.add_argument(
+        "--tracker",
+        default=None,
+        metavar="NAME",
+        help="within-video tracker, a registered name (built in: bytesort, deep_sort; a --plugin file "
+        "may register its own; default: bytesort)",
+    )
+    p.add_argument(
+        "--tracker-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the tracker (repeatable), e.g. max_age=30; an unknown key is refused naming the valid ones",
+    )
+    p.add_argument(
+        "--max-age",
+        type=at_most("--max-age", 100_000),
+        default=None,
+        help="the tracker's max_age option: frames a lost track is kept (default: the tracker's)",
+    )
+    p.add_argument(
+        "--n-init",
+        type=at_most("--n-init", 1000),
+        default=None,
+        help="the tracker's n_init option: detections to confirm a track (default: the tracker's)",
+    )
+    p.add_argument(
+        "--max-cosine-distance",
+        type=_cosine_distance,
+        default=None,
+        help="the tracker's max_cosine_distance option: appearance gate, cosine distance (default: the "
+        "tracker's; deep_sort 0.1: 0.3 lets its tracks jump between people on the synthetic scene)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_video)
     add_trust_argument(p)
 
-    t = sub.add_parser("tracklets", help="search tracklets across cameras, list a tracklet's appearances",
-                       description="Tracklets are what `reidkit video` stores: one entry per tracked person per "
-                                   "camera (best-K crops, frame span, boxes, thumbnails). `search` ranks the "
-                                   "tracklets of other cameras for a query crop, box or tracklet; `show` lists one "
-                                   "tracklet's appearances in time order; `export` writes them as MOTChallenge "
-                                   "files (per-camera tracklet ids) for `reidkit eval-tracks`.")
+    t = sub.add_parser(
+        "tracklets",
+        help="search tracklets across cameras, list a tracklet's appearances",
+        description="Tracklets are what `reidkit video` stores: one entry per tracked person per "
+        "camera (best-K crops, frame span, boxes, thumbnails). `search` ranks the "
+        "tracklets of other cameras for a query crop, box or tracklet; `show` lists one "
+        "tracklet's appearances in time order; `export` writes them as MOTChallenge "
+        "files (per-camera tracklet ids) for `reidkit eval-tracks`.",
+    )
     tsub = t.add_subparsers(dest="tracklets_command", metavar="<action>")
     s = tsub.add_parser("search", help="tracklets of other cameras matching a query image, box or tracklet")
     s.add_argument("--db", required=True, help="gallery: a folder, or milvus:<uri>")
     s.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     s.add_argument("--image", default=None, help="query image (a crop, or a frame with --box)")
     s.add_argument("--box", default=None, help="x1,y1,x2,y2 of the person in --image")
-    s.add_argument("--tracklet", default=None, help="query tracklet: gallery id or tracklet key (its camera is excluded)")
+    s.add_argument(
+        "--tracklet", default=None, help="query tracklet: gallery id or tracklet key (its camera is excluded)"
+    )
     s.add_argument("--exclude-camera", default=None, help="drop tracklets of this camera")
-    s.add_argument("--topk", dest="k", metavar="N", type=bounded_int("--topk", 1, 10_000), default=10,
-                   help="results (default %(default)s)")
-    s.add_argument("-k", "--k", dest="k", action=DeprecatedAlias, new="--topk", type=bounded_int("--k", 1, 10_000),
-                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling (issue 31)
+    s.add_argument(
+        "--topk",
+        dest="k",
+        metavar="N",
+        type=bounded_int("--topk", 1, 10_000),
+        default=10,
+        help="results (default %(default)s)",
+    )
+    s.add_argument(
+        "-k",
+        "--k",
+        dest="k",
+        action=DeprecatedAlias,
+        new="--topk",
+        type=bounded_int("--k", 1, 10_000),
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )  # the old spelling (issue 31)
     s.add_argument("--weights", default=None, help="query model (default: the gallery's)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_run_search)
@@ -138,38 +266,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     sh.add_argument("--json", action="store_true", help="print JSON")
     sh.set_defaults(func=_run_show)
-    ex = tsub.add_parser("export", help="MOTChallenge files per camera with per-camera tracklet ids (for eval-tracks)",
-                         description="Write OUT/<camera>.txt per camera (frame,id,x,y,w,h,conf,-1,-1,-1) from the "
-                                     "stored tracklets' boxes, each tracklet's gallery id as its track id: what the "
-                                     "tracker made, before identities, scored by `reidkit eval-tracks`.")
+    ex = tsub.add_parser(
+        "export",
+        help="MOTChallenge files per camera with per-camera tracklet ids (for eval-tracks)",
+        description="Write OUT/<camera>.txt per camera (frame,id,x,y,w,h,conf,-1,-1,-1) from the "
+        "stored tracklets' boxes, each tracklet's gallery id as its track id: what the "
+        "tracker made, before identities, scored by `reidkit eval-tracks`.",
+    )
     ex.add_argument("--db", required=True, help="gallery: a folder, or milvus:<uri>")
     ex.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     ex.add_argument("--out", required=True, help="output folder: <camera>.txt per camera")
-    ex.add_argument("--camera", action="append", default=None,
-                    help="also write an (empty) file for this camera when it has no tracklets; repeatable")
+    ex.add_argument(
+        "--camera",
+        action="append",
+        default=None,
+        help="also write an (empty) file for this camera when it has no tracklets; repeatable",
+    )
     ex.set_defaults(func=_run_tracklets_export)
     t.set_defaults(func=lambda args: (t.print_help(), 0)[1])
 
-    sc = sub.add_parser("scene", help="write a synthetic multi-camera scene (videos + MOTChallenge ground truth)",
-                        description="Generate people walking through CAMS camera views (a corridor of cameras with "
-                                    "transit times by default): one video per camera, MOTChallenge ground truth, "
-                                    "TrackEval's layout under OUT/GT and the camera links (OUT/links.yaml). An "
-                                    "existing scene is replaced only with --regenerate.")
+    sc = sub.add_parser(
+        "scene",
+        help="write a synthetic multi-camera scene (videos + MOTChallenge ground truth)",
+        description="Generate people walking through CAMS camera views (a corridor of cameras with "
+        "transit times by default): one video per camera, MOTChallenge ground truth, "
+        "TrackEval's layout under OUT/GT and the camera links (OUT/links.yaml). An "
+        "existing scene is replaced only with --regenerate.",
+    )
     sc.add_argument("out", metavar="OUT", help="output folder")
-    sc.add_argument("--regenerate", action="store_true",
-                    help="replace the scene already in OUT (its cam*/ folders, GT/, links.yaml, scene.json)")
+    sc.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="replace the scene already in OUT (its cam*/ folders, GT/, links.yaml, scene.json)",
+    )
     sc.add_argument("--cams", type=at_most("--cams", 64), default=3, help="cameras (default 3)")
     sc.add_argument("--ids", type=at_most("--ids", 10_000), default=6, help="identities (default 6)")
-    sc.add_argument("--frames", type=at_most("--frames", 1_000_000), default=200, help="frames per camera (default 200)")
+    sc.add_argument(
+        "--frames", type=at_most("--frames", 1_000_000), default=200, help="frames per camera (default 200)"
+    )
     sc.add_argument("--size", default="240x320", help="frame size HxW (default 240x320)")
-    sc.add_argument("--fps", type=bounded_float("--fps", 0.0, 1000.0), default=10.0, help="frames per second (default 10)")
-    sc.add_argument("--speed", type=bounded_float("--speed", 0.0, 100.0), default=0.5, help="walking speed factor (default 0.5)")
+    sc.add_argument(
+        "--fps", type=bounded_float("--fps", 0.0, 1000.0), default=10.0, help="frames per second (default 10)"
+    )
+    sc.add_argument(
+        "--speed", type=bounded_float("--speed", 0.0, 100.0), default=0.5, help="walking speed factor (default 0.5)"
+    )
     sc.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sc.add_argument("--domain", choices=["A", "B"], default="A", help="camera-style family (default A)")
-    sc.add_argument("--topology", choices=["chain", "free"], default="chain",
-                    help="chain: cameras along a corridor with transit times, links.yaml written beside (default); "
-                         "free: people visit cameras in any order")
-    sc.add_argument("--transit", default="2,5", help="chain: MIN,MAX seconds between neighbouring cameras (default 2,5)")
+    sc.add_argument(
+        "--topology",
+        choices=["chain", "free"],
+        default="chain",
+        help="chain: cameras along a corridor with transit times, links.yaml written beside (default); "
+        "free: people visit cameras in any order",
+    )
+    sc.add_argument(
+        "--transit", default="2,5", help="chain: MIN,MAX seconds between neighbouring cameras (default 2,5)"
+    )
     sc.set_defaults(func=_run_scene)
 
 
@@ -181,8 +334,10 @@ def _run_video(args: argparse.Namespace) -> int:
     streams = [v for v in args.videos if is_stream(v)]
     if streams:  # live cameras: `reidkit watch` does the work (reidkit.video.watch)
         if len(streams) != len(args.videos):
-            raise ReIDError(f"give video files or stream URLs, not both ({streams[0]} is a stream); "
-                            f"`reidkit watch` plays files at their own rate beside streams")
+            raise ReIDError(
+                f"give video files or stream URLs, not both ({streams[0]} is a stream); "
+                f"`reidkit watch` plays files at their own rate beside streams"
+            )
         from reidkit.commands.watch import run_streams
 
         return run_streams(args)
@@ -190,24 +345,43 @@ def _run_video(args: argparse.Namespace) -> int:
     if args.detector_size is not None:
         size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
     detect_every = args.detect_every
-    kw = dict(cameras=args.camera, detections=args.detections, detector=args.detector,
-              detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
-              weights=args.weights, device=args.device, every=args.every, chunk=args.chunk, k=args.k,
-              min_len=args.min_len, flip=args.flip, conf=args.conf, start_times=args.start_time,
-              max_age=args.max_age, n_init=args.n_init, max_cosine_distance=args.max_cosine_distance,
-              tracker=args.tracker, tracker_options=_tracker_options(args.tracker_option),
-              detector_size=size, person_class=args.person_class, detect_every=detect_every,
-              detect_scale=args.detect_scale, appearance=args.appearance,
-              embed_budget=args.embed_budget if args.appearance == "needed" else 0,
-              engine="auto-int8" if args.engine == "auto" else args.engine)
+    kw = dict(
+        cameras=args.camera,
+        detections=args.detections,
+        detector=args.detector,
+        detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
+        weights=args.weights,
+        device=args.device,
+        every=args.every,
+        chunk=args.chunk,
+        k=args.k,
+        min_len=args.min_len,
+        flip=args.flip,
+        conf=args.conf,
+        start_times=args.start_time,
+        max_age=args.max_age,
+        n_init=args.n_init,
+        max_cosine_distance=args.max_cosine_distance,
+        tracker=args.tracker,
+        tracker_options=_tracker_options(args.tracker_option),
+        detector_size=size,
+        person_class=args.person_class,
+        detect_every=detect_every,
+        detect_scale=args.detect_scale,
+        appearance=args.appearance,
+        embed_budget=args.embed_budget if args.appearance == "needed" else 0,
+        engine="auto-int8" if args.engine == "auto" else args.engine,
+    )
     check_files_option(args.db, args.files)
     if args.workers is not None or args.cluster is not None:
         from reidkit.video.cluster import ingest_on_cluster
 
         if args.collection is not None:
             # the workers open the gallery by its --db alone (reidkit.video.cluster.run_segment)
-            raise ReIDError("--collection: not with --workers/--cluster (the workers write to the default "
-                            "collection); run without them")
+            raise ReIDError(
+                "--collection: not with --workers/--cluster (the workers write to the default "
+                "collection); run without them"
+            )
         _record_files_for_cluster(args)
         rep = ingest_on_cluster(args.db, args.videos, workers=args.workers, address=args.cluster, **kw)
     else:
@@ -218,7 +392,9 @@ def _run_video(args: argparse.Namespace) -> int:
         for v in rep["videos"]:
             state = "skipped (already ingested)" if v["skipped"] else f"{v['tracklets']} tracklets"
             if v.get("truncated"):
-                got = f"{v['frames_decoded']} of {v['frames_announced']} frames" if v.get("frames_announced") else "part"
+                got = (
+                    f"{v['frames_decoded']} of {v['frames_announced']} frames" if v.get("frames_announced") else "part"
+                )
                 state += f"; warning: truncated or corrupt file, only {got} could be decoded"
             print(f"{_shown(v['camera'])}: {v['video']}: {state}")
         used = f" (embedder: {rep['engine']})" if rep.get("engine") else ""
@@ -281,8 +457,10 @@ def _fmt_hit(h: dict, thumbs: Path) -> str:
     """One tracklet line; its first thumbnails as absolute paths a user can open (under ``thumbs``)."""
     score = f"{h['score']:.4f}  " if "score" in h else ""
     paths = ",".join(os.path.abspath(thumbs / name) for name in h["thumbs"][:2])
-    return (f"{score}{_shown(h['tracklet'])}  camera={_shown(h['camera'])}  "
-            f"frames {h['frame_start']}-{h['frame_end']}  t={h['t_start']:.1f}-{h['t_end']:.1f}s  thumbs={paths}")
+    return (
+        f"{score}{_shown(h['tracklet'])}  camera={_shown(h['camera'])}  "
+        f"frames {h['frame_start']}-{h['frame_end']}  t={h['t_start']:.1f}-{h['t_end']:.1f}s  thumbs={paths}"
+    )
 
 
 def _run_search(args: argparse.Namespace) -> int:
@@ -293,8 +471,14 @@ def _run_search(args: argparse.Namespace) -> int:
     if args.box is not None and args.image is None:
         raise ReIDError("--box: needs --image")
     g = Gallery.open(args.db, weights=args.weights, collection=args.collection)
-    res = search_tracklets(g, image=args.image, box=parse_box(args.box), tracklet=args.tracklet, k=args.k,
-                           exclude_camera=args.exclude_camera)
+    res = search_tracklets(
+        g,
+        image=args.image,
+        box=parse_box(args.box),
+        tracklet=args.tracklet,
+        k=args.k,
+        exclude_camera=args.exclude_camera,
+    )
     if args.json:
         res = {**res, "results": [_with_paths(h, thumbs_dir(g)) for h in res["results"]]}
         print(json.dumps(res, indent=2))
@@ -338,9 +522,19 @@ def _run_scene(args: argparse.Namespace) -> int:
     from reidkit.data.scene import generate_scene
 
     _clear_scene(Path(args.out), args.regenerate)
-    rep = generate_scene(args.out, cams=args.cams, ids=args.ids, frames=args.frames, size=parse_size(args.size),
-                         fps=args.fps, seed=args.seed, domain=args.domain, speed=args.speed, topology=args.topology,
-                         transit=_pair(args.transit, "--transit"))
+    rep = generate_scene(
+        args.out,
+        cams=args.cams,
+        ids=args.ids,
+        frames=args.frames,
+        size=parse_size(args.size),
+        fps=args.fps,
+        seed=args.seed,
+        domain=args.domain,
+        speed=args.speed,
+        topology=args.topology,
+        transit=_pair(args.transit, "--transit"),
+    )
     for cam, v, g in zip(rep.cameras, rep.videos, rep.gt):
         print(f"{cam}: {v}  ground truth {g}")
     print(f"{rep.boxes} ground-truth boxes, {rep.ids} identities, {rep.frames} frames at {rep.fps:g} fps")

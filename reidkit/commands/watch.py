@@ -1,4 +1,5 @@
 """`reidkit watch CAMERAS.yaml | URL... --db DB`: live cameras into a gallery until stopped."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,46 +16,101 @@ from reidkit.errors import ReIDError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `watch` parser."""
     p = sub.add_parser(
-        "watch", help="live cameras (rtsp/http/udp streams, or files at their own rate) into a gallery, until stopped",
+        "watch",
+        help="live cameras (rtsp/http/udp streams, or files at their own rate) into a gallery, until stopped",
         description="Read each camera's stream, detect, track and embed people as `reidkit video` does, and commit "
-                    "the tracklets that ended every --commit-every seconds (with the exact tracker state); global "
-                    "identities are updated every --identities-every seconds. A camera that drops is reconnected "
-                    "with backoff while the others go on; when the machine is behind, the oldest frames are "
-                    "skipped (counted), never queued without bound. SIGTERM or Ctrl-C commits the open tracklets "
-                    "and exits 0; after a SIGKILL, the next run commits what the killed one had committed as open "
-                    "and goes on as a new session (only the seconds after the last commit are lost).")
-    p.add_argument("sources", nargs="+", metavar="CAMERAS.yaml|URL",
-                   help="a cameras file (cameras: [{name, url, fps?, detections?}], links: [...] as for "
-                        "`reidkit identities --links`), or stream URLs / video files")
+        "the tracklets that ended every --commit-every seconds (with the exact tracker state); global "
+        "identities are updated every --identities-every seconds. A camera that drops is reconnected "
+        "with backoff while the others go on; when the machine is behind, the oldest frames are "
+        "skipped (counted), never queued without bound. SIGTERM or Ctrl-C commits the open tracklets "
+        "and exits 0; after a SIGKILL, the next run commits what the killed one had committed as open "
+        "and goes on as a new session (only the seconds after the last commit are lost).",
+    )
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="CAMERAS.yaml|URL",
+        help="a cameras file (cameras: [{name, url, fps?, detections?}], links: [...] as for "
+        "`reidkit identities --links`), or stream URLs / video files",
+    )
     p.add_argument("--db", required=True, help="gallery (created when missing): a folder, or a backend URI")
     p.add_argument("--collection", default=None, help="collection of a gallery backend that has them (Milvus)")
-    p.add_argument("--camera", action="append", default=None,
-                   help="camera name, once per URL in order (default: cam1, cam2, ...)")
+    p.add_argument(
+        "--camera", action="append", default=None, help="camera name, once per URL in order (default: cam1, cam2, ...)"
+    )
     p.add_argument("--links", default=None, help="camera links YAML for the identities (a cameras file may hold them)")
-    p.add_argument("--detector", default=None, metavar="NAME",
-                   help="person detector: motion (the default; learns each stream's background as it runs), hog, a "
-                        "catalogue detector or an ONNX file (as `reidkit video`), or mot (each camera's detections file)")
-    p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the detector (repeatable)")
-    p.add_argument("--weights", default=None, help="ReID model for a new gallery (default: ImageNet EfficientNet-Lite0)")
+    p.add_argument(
+        "--detector",
+        default=None,
+        metavar="NAME",
+        help="person detector: motion (the default; learns each stream's background as it runs), hog, a "
+        "catalogue detector or an ONNX file (as `reidkit video`), or mot (each camera's detections file)",
+    )
+    p.add_argument(
+        "--detector-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the detector (repeatable)",
+    )
+    p.add_argument(
+        "--weights", default=None, help="ReID model for a new gallery (default: ImageNet EfficientNet-Lite0)"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--engine", choices=["auto", "torch", "onnx", "int8"], default="auto",
-                   help="how the embedder runs (as `reidkit video`; default auto)")
-    p.add_argument("--commit-every", type=bounded_float("--commit-every", 0.1, 86400.0), default=10.0,
-                   metavar="SECONDS", help="seconds between commits of each camera (default 10)")
-    p.add_argument("--identities-every", type=bounded_float("--identities-every", 0.1, 86400.0), default=60.0,
-                   metavar="SECONDS", help="seconds between updates of the global identities (default 60)")
-    p.add_argument("--retain", default=None, metavar="DURATION",
-                   help="delete tracklets that ended longer ago than this (e.g. 7d, 12h, 30m; default: keep all)")
-    p.add_argument("--buffer", type=at_most("--buffer", 100_000), default=4, metavar="FRAMES",
-                   help="frames of each camera waiting for processing; when full the oldest is skipped (default 4)")
-    p.add_argument("--duration", default=None, metavar="DURATION",
-                   help="stop after this long (e.g. 30m; default: run until SIGTERM / Ctrl-C)")
-    p.add_argument("--status-port", type=at_most("--status-port", 65535), default=None, metavar="PORT",
-                   help="serve /metrics (Prometheus text) and /health (JSON) on 127.0.0.1:PORT while running")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx", "int8"],
+        default="auto",
+        help="how the embedder runs (as `reidkit video`; default auto)",
+    )
+    p.add_argument(
+        "--commit-every",
+        type=bounded_float("--commit-every", 0.1, 86400.0),
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between commits of each camera (default 10)",
+    )
+    p.add_argument(
+        "--identities-every",
+        type=bounded_float("--identities-every", 0.1, 86400.0),
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between updates of the global identities (default 60)",
+    )
+    p.add_argument(
+        "--retain",
+        default=None,
+        metavar="DURATION",
+        help="delete tracklets that ended longer ago than this (e.g. 7d, 12h, 30m; default: keep all)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=at_most("--buffer", 100_000),
+        default=4,
+        metavar="FRAMES",
+        help="frames of each camera waiting for processing; when full the oldest is skipped (default 4)",
+    )
+    p.add_argument(
+        "--duration",
+        default=None,
+        metavar="DURATION",
+        help="stop after this long (e.g. 30m; default: run until SIGTERM / Ctrl-C)",
+    )
+    p.add_argument(
+        "--status-port",
+        type=at_most("--status-port", 65535),
+        default=None,
+        metavar="PORT",
+        help="serve /metrics (Prometheus text) and /health (JSON) on 127.0.0.1:PORT while running",
+    )
     p.add_argument("--tracker", default=None, metavar="NAME", help="within-camera tracker (default: bytesort)")
-    p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the tracker (repeatable)")
+    p.add_argument(
+        "--tracker-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the tracker (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=_run_watch)
     add_trust_argument(p)
@@ -82,8 +138,11 @@ def _run_watch(args: argparse.Namespace) -> int:
     links = args.links or links
     retain = None if args.retain is None else parse_duration(args.retain, "--retain")
     duration = None if args.duration is None else parse_duration(args.duration, "--duration")
-    settings = Settings(appearance="needed", embed_budget=8,
-                        **tracker_fields(tracker=args.tracker, options=_tracker_options(args.tracker_option)))
+    settings = Settings(
+        appearance="needed",
+        embed_budget=8,
+        **tracker_fields(tracker=args.tracker, options=_tracker_options(args.tracker_option)),
+    )
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -93,8 +152,15 @@ def _run_watch(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def _watch_until_stopped(args: argparse.Namespace, cams: list, links: object, retain: float | None,
-                         duration: float | None, settings: object, stop: threading.Event) -> int:
+def _watch_until_stopped(
+    args: argparse.Namespace,
+    cams: list,
+    links: object,
+    retain: float | None,
+    duration: float | None,
+    settings: object,
+    stop: threading.Event,
+) -> int:
     from reidkit.commands.video import _key_values
     from reidkit.video.watch import watch
 
@@ -105,19 +171,34 @@ def _watch_until_stopped(args: argparse.Namespace, cams: list, links: object, re
 
     names = ", ".join(f"{c.name} ({shown_url(c.url)})" for c in cams)
     say(f"watching {len(cams)} camera(s): {names}; SIGTERM or Ctrl-C stops after committing")
-    status = watch(args.db, cams, links=links, weights=args.weights, device=args.device,
-                   engine="auto-int8" if args.engine == "auto" else args.engine, collection=args.collection,
-                   detector=args.detector,
-                   detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
-                   settings=settings, commit_every=args.commit_every, identities_every=args.identities_every,
-                   retain=retain, buffer=args.buffer, duration=duration, status_port=args.status_port,
-                   progress=say, stop=stop)
+    status = watch(
+        args.db,
+        cams,
+        links=links,
+        weights=args.weights,
+        device=args.device,
+        engine="auto-int8" if args.engine == "auto" else args.engine,
+        collection=args.collection,
+        detector=args.detector,
+        detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
+        settings=settings,
+        commit_every=args.commit_every,
+        identities_every=args.identities_every,
+        retain=retain,
+        buffer=args.buffer,
+        duration=duration,
+        status_port=args.status_port,
+        progress=say,
+        stop=stop,
+    )
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         for cam, c in status["cameras"].items():
-            print(f"{cam}: {c['received']} frames received, {c['processed']} processed, {c['skipped']} skipped, "
-                  f"{c['reconnects']} reconnects, {c['tracklets']} tracklets committed")
+            print(
+                f"{cam}: {c['received']} frames received, {c['processed']} processed, {c['skipped']} skipped, "
+                f"{c['reconnects']} reconnects, {c['tracklets']} tracklets committed"
+            )
         print(f"gallery {args.db}: {status['identities']} identities")
     return 0
 
@@ -126,8 +207,24 @@ def run_streams(args: argparse.Namespace) -> int:
     """`reidkit video URL...`: stream URLs are watched (as `reidkit watch URL...` with its defaults for what
     `video` does not set) until SIGTERM / Ctrl-C; files and URLs are not mixed."""
     watch_args = argparse.Namespace(
-        sources=list(args.videos), db=args.db, collection=args.collection, camera=args.camera, links=None,
-        detector=args.detector, detector_option=args.detector_option, weights=args.weights, device=args.device,
-        engine=args.engine, commit_every=10.0, identities_every=60.0, retain=None, buffer=4, duration=None,
-        status_port=None, tracker=args.tracker, tracker_option=args.tracker_option, json=args.json)
+        sources=list(args.videos),
+        db=args.db,
+        collection=args.collection,
+        camera=args.camera,
+        links=None,
+        detector=args.detector,
+        detector_option=args.detector_option,
+        weights=args.weights,
+        device=args.device,
+        engine=args.engine,
+        commit_every=10.0,
+        identities_every=60.0,
+        retain=None,
+        buffer=4,
+        duration=None,
+        status_port=None,
+        tracker=args.tracker,
+        tracker_option=args.tracker_option,
+        json=args.json,
+    )
     return _run_watch(watch_args)

@@ -1,5 +1,6 @@
 """`reidkit weights list | get NAME | path NAME`: published ReID weights and person detectors by name
 (reidkit.models.zoo)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,22 +8,31 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `weights` verb."""
-    w = sub.add_parser("weights", help="published ReID weights and detectors by name: list, download, locate",
-                       description="A catalogue of published person ReID checkpoints reidkit reads (torchreid OSNet, "
-                                   "fast-reid BoT/AGW/SBS, TransReID, SOLIDER) and person detectors (YOLOX ONNX). "
-                                   "Any --weights accepts a ReID name from it, --detector a detector name; files "
-                                   "are cached in $REIDKIT_HOME/weights (default ~/.cache/reidkit/weights) "
-                                   "and checked against the sha256 of their first download (or the catalogue's). "
-                                   "A local file named like a catalogue entry is used only as a path: ./NAME.")
+    w = sub.add_parser(
+        "weights",
+        help="published ReID weights and detectors by name: list, download, locate",
+        description="A catalogue of published person ReID checkpoints reidkit reads (torchreid OSNet, "
+        "fast-reid BoT/AGW/SBS, TransReID, SOLIDER) and person detectors (YOLOX ONNX). "
+        "Any --weights accepts a ReID name from it, --detector a detector name; files "
+        "are cached in $REIDKIT_HOME/weights (default ~/.cache/reidkit/weights) "
+        "and checked against the sha256 of their first download (or the catalogue's). "
+        "A local file named like a catalogue entry is used only as a path: ./NAME.",
+    )
     wsub = w.add_subparsers(dest="weights_command", metavar="<list|get|path>", required=True)
-    ls = wsub.add_parser("list", help="the catalogue: name, kind, training set, published mAP / rank-1, input size, "
-                                      "format, licence (copyleft ones flagged)")
+    ls = wsub.add_parser(
+        "list",
+        help="the catalogue: name, kind, training set, published mAP / rank-1, input size, "
+        "format, licence (copyleft ones flagged)",
+    )
     ls.add_argument("--json", action="store_true", help="print JSON (every field)")
     ls.set_defaults(func=_list)
     get = wsub.add_parser("get", help="download (or verify the cached copy of) NAME and print its path")
     get.add_argument("name")
-    get.add_argument("--sha256", default=None,
-                     help="pin the file's expected sha256 (also how a file put in the cache by hand is accepted)")
+    get.add_argument(
+        "--sha256",
+        default=None,
+        help="pin the file's expected sha256 (also how a file put in the cache by hand is accepted)",
+    )
     get.set_defaults(func=_get)
     path = wsub.add_parser("path", help="print where NAME is (or will be) cached; no network")
     path.add_argument("name")
@@ -44,8 +54,10 @@ def _list(args: argparse.Namespace) -> int:
             rows.append(row)
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'name':<40} {'kind':<8} {'train':<12} {'mAP':>5} {'R1':>5}  {'size':<8} {'fmt':<10} {'cached':<6} "
-          "licence / notes")
+    print(
+        f"{'name':<40} {'kind':<8} {'train':<12} {'mAP':>5} {'R1':>5}  {'size':<8} {'fmt':<10} {'cached':<6} "
+        "licence / notes"
+    )
     for e in cat.values():
         pub = e.published.get(e.train, {})
         m = f"{pub['mAP']:.1f}" if "mAP" in pub else "-"
@@ -56,8 +68,10 @@ def _list(args: argparse.Namespace) -> int:
             note = f"{note} [copyleft: using it may oblige you to publish your code]"
         fmt = f"{e.fmt}:{e.arch}" if e.kind == "detector" else e.fmt
         train = e.train.split(" ")[0]
-        print(f"{e.name:<40} {e.kind:<8} {train:<12} {m:>5} {r:>5}  {e.input_size[0]}x{e.input_size[1]:<4} "
-              f"{fmt:<10} {cached:<6} {note}")
+        print(
+            f"{e.name:<40} {e.kind:<8} {train:<12} {m:>5} {r:>5}  {e.input_size[0]}x{e.input_size[1]:<4} "
+            f"{fmt:<10} {cached:<6} {note}"
+        )
     print(f"cache: {weights_home()}")
     return 0
 

@@ -9,6 +9,7 @@ mapping ``{"solver__base_lr": 3.5e-4, "solver": {"max_epochs": 5}}`` (``__`` or 
 both become (dotted key, value) pairs applied in order, so list indices resolve against the tree
 merged so far. Unknown keys and values of the wrong type raise :class:`ReIDError` naming the key.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,17 @@ from reidkit.config.typed import build, plain
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "RECIPES_DIR", "config_from_dict", "deep_merge", "find_recipe", "list_recipes", "load_config", "load_yaml",
-    "override_pairs", "parse_overrides", "parse_overrides_flat", "set_dotted",
+    "RECIPES_DIR",
+    "config_from_dict",
+    "deep_merge",
+    "find_recipe",
+    "list_recipes",
+    "load_config",
+    "load_yaml",
+    "override_pairs",
+    "parse_overrides",
+    "parse_overrides_flat",
+    "set_dotted",
 ]
 
 # Packaged recipes live inside the package so an installed reidkit finds them; the top-level
@@ -67,8 +77,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_bases(tree: dict[str, Any], relative_to: Path | None = None,
-                  _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def resolve_bases(
+    tree: dict[str, Any], relative_to: Path | None = None, _seen: tuple[Path, ...] = ()
+) -> dict[str, Any]:
     """The one ``_base_`` resolver: ``tree`` merged over its bases (recursively), ``_base_`` removed."""
     tree = dict(tree)
     bases = tree.pop("_base_", None)
@@ -144,8 +155,9 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any, merge: bool = False) 
 
 def _list_index(node: list, part: str, key: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ReIDError(f"override key '{key}': '{part}' is not an index of a list of {len(node)} "
-                        f"(valid: 0..{len(node) - 1})")
+        raise ReIDError(
+            f"override key '{key}': '{part}' is not an index of a list of {len(node)} (valid: 0..{len(node) - 1})"
+        )
     return int(part)
 
 

@@ -3,6 +3,7 @@
 ``reidkit.losses`` imports this class; the registry and the triplet choices are imported when a
 recipe is checked, so ``import reidkit.config`` loads no torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,9 +94,7 @@ class LossConfig:
                 f"loss.triplet_variant: unknown {self.triplet_variant!r}; expected one of {', '.join(VARIANTS)}"
             )
         if self.label_smooth_form not in ("uniform", "others"):
-            raise ReIDError(
-                f"loss.label_smooth_form: unknown {self.label_smooth_form!r}; expected uniform or others"
-            )
+            raise ReIDError(f"loss.label_smooth_form: unknown {self.label_smooth_form!r}; expected uniform or others")
         if not 0.0 <= self.label_smooth < 1.0:
             raise ReIDError(f"loss.label_smooth: must be in [0, 1), got {self.label_smooth}")
         if self.triplet_margin < 0:
@@ -122,5 +121,3 @@ class LossConfig:
             raise ReIDError(
                 f"{self._weight_key('center')}: must be > 0 when 'center' is used, got {self.weight('center')}"
             )
-
-

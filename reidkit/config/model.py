@@ -4,6 +4,7 @@ The model code (``reidkit.models``) imports this class; this module imports noth
 import time, so ``import reidkit.config`` loads no torch. ``check()`` looks the backbone up in its
 registry (that import happens there, when a recipe is checked).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,8 @@ class ModelConfig:
     classifier: str = "linear"
     cls_scale: float = 30.0
     cls_margin: float = 0.35
-    cls_init_std: float = 0.001   # linear classifier init N(0, std): BoT 0.001, fast-reid 0.01
-    cls_bias: bool = False        # linear classifier bias (torchreid: true; BoT: none)
+    cls_init_std: float = 0.001  # linear classifier init N(0, std): BoT 0.001, fast-reid 0.01
+    cls_bias: bool = False  # linear classifier bias (torchreid: true; BoT: none)
     # ResNet stem max-pool: "pad" (torchvision: 3x3 stride 2 padding 1) or "ceil" (fast-reid's
     # ResNet: no padding, ceil_mode; same output size, windows shifted by one pixel)
     stem_pool: str = "pad"
@@ -41,15 +42,15 @@ class ModelConfig:
     # so one GPU reproduces a recipe tuned on N GPUs without SyncBN.
     bn_groups: int = 1
     # Transformer options (models/backbones/vit.py, swin.py; the transreid arch, models/transreid.py).
-    stride_size: int = 16         # ViT patch stride: 16, or 12 for TransReID's overlapping patches
-    sie: bool = False             # side information embedding of the camera (ViT)
+    stride_size: int = 16  # ViT patch stride: 16, or 12 for TransReID's overlapping patches
+    sie: bool = False  # side information embedding of the camera (ViT)
     sie_lambda: float = 3.0
-    num_cameras: int = 0          # SIE cameras; 0: set by the trainer from the data
-    jpm: bool = False             # jigsaw patch module (arch transreid)
+    num_cameras: int = 0  # SIE cameras; 0: set by the trainer from the data
+    jpm: bool = False  # jigsaw patch module (arch transreid)
     jpm_groups: int = 4
     jpm_shift: int = 5
     jpm_shuffle_groups: int = 2
-    drop_path: float = 0.0        # stochastic depth rate (ViT, Swin)
+    drop_path: float = 0.0  # stochastic depth rate (ViT, Swin)
     semantic_weight: float = -1.0  # SOLIDER's Swin semantic weight; -1: off
     # The backbone's own options (``register_backbone(name, options=Dataclass)``), read against
     # that dataclass: unknown keys are refused with the nearest valid one.

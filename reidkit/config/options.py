@@ -7,6 +7,7 @@ sets them under the part's own name: ``model.options.*`` for the backbone, ``los
 the nearest valid one), so a part added from user code needs no edit of the core config.
 This module imports no torch: the built-in parts' option classes live in the config package.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,13 @@ from reidkit.errors import ReIDError
 __all__ = ["KINDS", "describe_options", "options_class", "read_options", "register_options"]
 
 # kind -> the config prefix its options live under (``{name}`` is the part's name)
-KINDS = {"backbone": "model.options", "loss": "loss.{name}", "usl": "usl.{name}", "tracker": "tracker.{name}",
-         "detector": "detector.{name}"}
+KINDS = {
+    "backbone": "model.options",
+    "loss": "loss.{name}",
+    "usl": "usl.{name}",
+    "tracker": "tracker.{name}",
+    "detector": "detector.{name}",
+}
 _OPTIONS: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 
 
@@ -85,6 +91,12 @@ def describe_options(kind: str, name: str) -> list[dict[str, Any]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append({"key": f"{prefix}.{f.name}", "type": _type_name(hints.get(f.name, Any)),
-                     "default": default, "help": f.metadata.get("help", "")})
+        rows.append(
+            {
+                "key": f"{prefix}.{f.name}",
+                "type": _type_name(hints.get(f.name, Any)),
+                "default": default,
+                "help": f.metadata.get("help", ""),
+            }
+        )
     return rows

@@ -4,6 +4,7 @@ This module imports neither torch nor :mod:`reidkit.engine`; the model, loss and
 in ``reidkit.config.model`` / ``loss`` / ``usl`` (the model and loss code import them from there).
 ``Config.check()`` runs every section's check (``load_config`` calls it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,8 +16,18 @@ from reidkit.config.usl import SPACES, SourceConfig, UnsupervisedConfig
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "Config", "DataConfig", "DatasetSpec", "InputConfig", "LossConfig", "ModelConfig", "SamplerConfig",
-    "SolverConfig", "SourceConfig", "TestConfig", "UnsupervisedConfig", "SPACES",
+    "Config",
+    "DataConfig",
+    "DatasetSpec",
+    "InputConfig",
+    "LossConfig",
+    "ModelConfig",
+    "SamplerConfig",
+    "SolverConfig",
+    "SourceConfig",
+    "TestConfig",
+    "UnsupervisedConfig",
+    "SPACES",
 ]
 
 
@@ -237,5 +248,3 @@ class Config:
             with atomic_write(path, "w") as fh:
                 fh.write(text)
         return text
-
-

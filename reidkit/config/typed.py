@@ -1,4 +1,5 @@
 """Typed coercion: plain YAML values checked against dataclass annotations, errors naming the key."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -133,9 +134,7 @@ def _coerce_item(value: Any, tp: Any, key: str) -> Any:
     try:
         return _coerce(value, tp, key)
     except _Mismatch:
-        raise ReIDError(
-            f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}"
-        ) from None
+        raise ReIDError(f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
 
 
 def _is_parts(f: dataclasses.Field) -> bool:

@@ -8,6 +8,7 @@ options dataclass. The source-domain term of the clustering round is ``usl.sourc
 Keys of the flat layout of reidkit 0.1 (``usl.dec_clusters``, ``usl.spaces``, ``usl.use_source``,
 ...) are still read for one release, with a warning naming the new key.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,7 +28,9 @@ class DECOptions:
     """``usl.dec.*``: DEC's k clusters, Student-t alpha and target refresh period."""
 
     # k (null: the number DBSCAN finds on the initial features)
-    clusters: int | None = field(default=None, metadata={"help": "k centres (null: DBSCAN's count on the initial features)"})
+    clusters: int | None = field(
+        default=None, metadata={"help": "k centres (null: DBSCAN's count on the initial features)"}
+    )
     alpha: float = field(default=1.0, metadata={"help": "Student-t degrees of freedom"})
     update_period: int = field(default=0, metadata={"help": "refresh the targets every N iterations (0: every epoch)"})
 
@@ -45,8 +48,9 @@ class DECOptions:
 class SSGOptions:
     """``usl.ssg.*``: the feature spaces SSG clusters and its per-space triplet loss."""
 
-    spaces: list[str] = field(default_factory=lambda: list(SPACES),
-                              metadata={"help": "spaces clustered separately (global, upper, lower)"})
+    spaces: list[str] = field(
+        default_factory=lambda: list(SPACES), metadata={"help": "spaces clustered separately (global, upper, lower)"}
+    )
     triplet_margin: float = field(default=0.5, metadata={"help": "margin of the per-space triplet loss"})
     triplet_normalize: bool = field(default=False, metadata={"help": "triplet on L2-normalised features"})
 
@@ -83,8 +87,10 @@ class SourceConfig:
     def check(self) -> None:
         """Raise ReIDError naming the first bad ``usl.source.*`` key."""
         if self.enabled and not self.datasets:
-            raise ReIDError("config key 'usl.source.datasets': usl.source.enabled=true needs source dataset "
-                            "specs ([{name, root, options}])")
+            raise ReIDError(
+                "config key 'usl.source.datasets': usl.source.enabled=true needs source dataset "
+                "specs ([{name, root, options}])"
+            )
         if not 0 <= self.weight <= 1:
             raise ReIDError(f"config key 'usl.source.weight' must be in [0, 1], got {self.weight}")
         if int(self.k) < 1:
@@ -93,9 +99,15 @@ class SourceConfig:
 
 # old flat key -> its key now (under usl.)
 MOVED_KEYS = {
-    "dec_clusters": "dec.clusters", "dec_alpha": "dec.alpha", "dec_update_period": "dec.update_period",
-    "spaces": "ssg.spaces", "triplet_margin": "ssg.triplet_margin", "triplet_normalize": "ssg.triplet_normalize",
-    "use_source": "source.enabled", "source_lambda": "source.weight", "source_k": "source.k",
+    "dec_clusters": "dec.clusters",
+    "dec_alpha": "dec.alpha",
+    "dec_update_period": "dec.update_period",
+    "spaces": "ssg.spaces",
+    "triplet_margin": "ssg.triplet_margin",
+    "triplet_normalize": "ssg.triplet_normalize",
+    "use_source": "source.enabled",
+    "source_lambda": "source.weight",
+    "source_k": "source.k",
 }
 
 
@@ -154,8 +166,10 @@ class UnsupervisedConfig:
                 continue
             value = values.pop(old)
             if old == "spaces" and method != "ssg" and value != ["global"]:
-                raise ReIDError(f"config key '{prefix}.spaces': method {method!r} uses only the global space, "
-                                f"got {value} (part spaces are {prefix}.ssg.spaces, for ssg)")
+                raise ReIDError(
+                    f"config key '{prefix}.spaces': method {method!r} uses only the global space, "
+                    f"got {value} (part spaces are {prefix}.ssg.spaces, for ssg)"
+                )
             owner, key = new.split(".")
             section = values.setdefault(owner, {})
             if not isinstance(section, dict):
@@ -198,5 +212,6 @@ class UnsupervisedConfig:
 
 
 def _warn_moved(old: str, new: str) -> None:
-    warnings.warn(f"config key '{old}' has moved to '{new}'; the old key is read until reidkit 0.3",
-                  FutureWarning, stacklevel=4)
+    warnings.warn(
+        f"config key '{old}' has moved to '{new}'; the old key is read until reidkit 0.3", FutureWarning, stacklevel=4
+    )

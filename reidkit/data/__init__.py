@@ -3,6 +3,7 @@
 Only the dataset API is imported here (it is light); the other modules (pipeline, augment,
 samplers, synthetic) are imported by name where they are needed.
 """
+
 from __future__ import annotations
 
 from reidkit.data.datasets import (

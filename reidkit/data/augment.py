@@ -61,9 +61,7 @@ def _to_nhwc(batch: torch.Tensor, channels: int = 3) -> torch.Tensor:
     elif batch.shape[-1] in (1, channels):
         x = batch
     else:
-        raise ReIDError(
-            f"augment: cannot find a channel axis of size 1 or {channels} in shape {tuple(batch.shape)}"
-        )
+        raise ReIDError(f"augment: cannot find a channel axis of size 1 or {channels} in shape {tuple(batch.shape)}")
     if x.shape[-1] == 1 and channels != 1:
         x = x.expand(-1, -1, -1, channels)
     return x

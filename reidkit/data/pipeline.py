@@ -187,8 +187,9 @@ class ImageCache:
         return cls(images, valid, paths, hw, cache_path=npy, from_cache=True)
 
     @staticmethod
-    def _fill(out: np.ndarray, paths: list[str], hw: tuple[int, int], workers: int,
-              progress: str | None = None) -> np.ndarray:
+    def _fill(
+        out: np.ndarray, paths: list[str], hw: tuple[int, int], workers: int, progress: str | None = None
+    ) -> np.ndarray:
         from reidkit.utils.progress import step
 
         valid = np.zeros(len(paths), dtype=bool)

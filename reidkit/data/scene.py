@@ -42,6 +42,7 @@ entering or leaving are. Layout::
 Randomness is keyed by (seed, domain, identity) for the plan and (seed, domain, camera, frame)
 for the camera noise, so a seed always gives the same scene.
 """
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,21 @@ def _plan(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int,
         t = int(r.integers(0, max(1, frames // 4)))
         for cam in order.tolist():
             dur, x0, x1, y0, y1, view = _walk(r, W, H, speed)
-            visits.append(Visit(pid, int(cam), t, dur, x0, x1, y0, y1, view, float(r.uniform(0, 2 * math.pi)),
-                                float(r.uniform(-1, 1))))
+            visits.append(
+                Visit(
+                    pid,
+                    int(cam),
+                    t,
+                    dur,
+                    x0,
+                    x1,
+                    y0,
+                    y1,
+                    view,
+                    float(r.uniform(0, 2 * math.pi)),
+                    float(r.uniform(-1, 1)),
+                )
+            )
             t += dur + int(r.integers(3, max(4, frames // 8)))
     return visits
 
@@ -166,8 +180,18 @@ def crossing_bounds(W: int, H: int, speed: float) -> tuple[int, int]:
     return max(8, int(fastest) - 1), max(8, int(slowest) + 1)
 
 
-def _plan_chain(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom: int, speed: float, fps: float,
-                transit: tuple[float, float]) -> list[Visit]:
+def _plan_chain(
+    ids: int,
+    cams: int,
+    frames: int,
+    W: int,
+    H: int,
+    seed: int,
+    dom: int,
+    speed: float,
+    fps: float,
+    transit: tuple[float, float],
+) -> list[Visit]:
     """Walks along a corridor of cameras (chain topology; module docstring)."""
     visits: list[Visit] = []
     lo, hi = (max(1, int(round(t * fps))) for t in transit)
@@ -183,17 +207,21 @@ def _plan_chain(ids: int, cams: int, frames: int, W: int, H: int, seed: int, dom
         back = r.random() < RETURN_PROB
         for i, c in enumerate(route + ([route[-1]] if back else [])):
             if i:
-                gap = (r.uniform(*RETURN_GAP) * fps if back and i == len(route) else r.integers(lo, hi + 1))
+                gap = r.uniform(*RETURN_GAP) * fps if back and i == len(route) else r.integers(lo, hi + 1)
                 t += int(round(gap))
             dur, x0, x1, y0, y1, view = _walk(r, W, H, speed)
-            visits.append(Visit(pid, int(c), t, dur, x0, x1, y0, y1, view, float(r.uniform(0, 2 * math.pi)),
-                                float(r.uniform(-1, 1))))
+            visits.append(
+                Visit(
+                    pid, int(c), t, dur, x0, x1, y0, y1, view, float(r.uniform(0, 2 * math.pi)), float(r.uniform(-1, 1))
+                )
+            )
             t += dur
     return visits
 
 
-def chain_links(names: list[str], W: int, H: int, speed: float, fps: float,
-                transit: tuple[float, float]) -> dict[str, Any]:
+def chain_links(
+    names: list[str], W: int, H: int, speed: float, fps: float, transit: tuple[float, float]
+) -> dict[str, Any]:
     """The camera-link windows of the chain topology (module docstring), as links.yaml holds them."""
     cmin, cmax = (c / fps for c in crossing_bounds(W, H, speed))
     lo, hi = (max(1, int(round(t * fps))) / fps for t in transit)
@@ -201,13 +229,19 @@ def chain_links(names: list[str], W: int, H: int, speed: float, fps: float,
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             d = j - i
-            out.append({"cameras": [names[i], names[j]], "min": round(d * lo + (d - 1) * cmin, 3),
-                        "max": round(d * hi + (d + 2) * cmax + RETURN_GAP[1] + 1.0 / fps, 3)})
+            out.append(
+                {
+                    "cameras": [names[i], names[j]],
+                    "min": round(d * lo + (d - 1) * cmin, 3),
+                    "max": round(d * hi + (d + 2) * cmax + RETURN_GAP[1] + 1.0 / fps, 3),
+                }
+            )
     return {"links": out}
 
 
-def _write_trackeval_gt(root: Path, names: list[str], lines: dict[str, list[str]], fps: float, frames: int,
-                        W: int, H: int) -> Path:
+def _write_trackeval_gt(
+    root: Path, names: list[str], lines: dict[str, list[str]], fps: float, frames: int, W: int, H: int
+) -> Path:
     """GT/<BENCH>-<SPLIT>/<cam>/gt/gt.txt + seqinfo.ini and GT/seqmaps/<BENCH>-<SPLIT>.txt (TrackEval's layout)."""
     gt_root = root / "GT"
     split = f"{TRACKEVAL_BENCHMARK}-{TRACKEVAL_SPLIT}"
@@ -225,8 +259,10 @@ def _write_trackeval_gt(root: Path, names: list[str], lines: dict[str, list[str]
 
 
 def _seqinfo(name: str, fps: float, frames: int, W: int, H: int) -> str:
-    return (f"[Sequence]\nname={name}\nimDir=img1\nframeRate={fps:g}\nseqLength={frames}\n"
-            f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n")
+    return (
+        f"[Sequence]\nname={name}\nimDir=img1\nframeRate={fps:g}\nseqLength={frames}\n"
+        f"imWidth={W}\nimHeight={H}\nimExt=.jpg\n"
+    )
 
 
 def _occluders(seed: int, dom: int, cam: int, W: int, H: int) -> list[tuple[str, tuple, tuple]]:
@@ -243,8 +279,17 @@ def _occluders(seed: int, dom: int, cam: int, W: int, H: int) -> list[tuple[str,
     return out
 
 
-def _render_frame(bg: Image.Image, people: list[tuple[Visit, tuple]], occ: list, cs: dict,
-                  seed: int, dom: int, cam: int, f: int, hard: bool) -> tuple[Image.Image, dict[int, tuple]]:
+def _render_frame(
+    bg: Image.Image,
+    people: list[tuple[Visit, tuple]],
+    occ: list,
+    cs: dict,
+    seed: int,
+    dom: int,
+    cam: int,
+    f: int,
+    hard: bool,
+) -> tuple[Image.Image, dict[int, tuple]]:
     """The frame and each drawn person's full box (x0, y0, x1, y1), before clipping to the frame."""
     img = bg.copy()
     boxes = {}
@@ -266,10 +311,21 @@ def identity_key(pid: int, hard_negatives: bool = False) -> int:
     return int(pid) if hard_negatives else (int(pid) - 1) * syn.GROUP_SIZE + 1
 
 
-def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: int = 200,
-                   size: tuple[int, int] = (240, 320), fps: float = 10.0, seed: int = 0, domain: str = "A",
-                   speed: float = 0.5, fmt: str = "avi", hard_negatives: bool = False, topology: str = "free",
-                   transit: tuple[float, float] = (2.0, 5.0)) -> SceneReport:
+def generate_scene(
+    out: str | os.PathLike,
+    cams: int = 3,
+    ids: int = 6,
+    frames: int = 200,
+    size: tuple[int, int] = (240, 320),
+    fps: float = 10.0,
+    seed: int = 0,
+    domain: str = "A",
+    speed: float = 0.5,
+    fmt: str = "avi",
+    hard_negatives: bool = False,
+    topology: str = "free",
+    transit: tuple[float, float] = (2.0, 5.0),
+) -> SceneReport:
     """Write a multi-camera scene (videos + MOTChallenge ground truth) under `out`; size is (H, W).
 
     `topology` "free" or "chain" and `transit` (min, max seconds between neighbouring cameras,
@@ -335,8 +391,13 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
                     lines.append(f"{f + 1},{v.pid},{cx0:.1f},{cy0:.1f},{cx1 - cx0:.1f},{cy1 - cy0:.1f},1,-1,-1,-1\n")
                     whole = (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1)
                     if cam == 0 and whole and (len(seen_in[v.pid]) > 1 or cams == 1) and area > query.get("area", 0):
-                        query = {"area": area, "pid": v.pid, "frame": f + 1, "box": [x0, y0, x1, y1],
-                                 "crop": frame.crop((int(x0), int(y0), int(math.ceil(x1)), int(math.ceil(y1))))}
+                        query = {
+                            "area": area,
+                            "pid": v.pid,
+                            "frame": f + 1,
+                            "box": [x0, y0, x1, y1],
+                            "crop": frame.crop((int(x0), int(y0), int(math.ceil(x1)), int(math.ceil(y1)))),
+                        }
         finally:
             writer.release()
         os.replace(tmp, video)
@@ -355,25 +416,60 @@ def generate_scene(out: str | os.PathLike, cams: int = 3, ids: int = 6, frames: 
 
         links = root / "links.yaml"
         with atomic_write(links, "w") as fh:
-            fh.write("# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
-                     "# entering the other); read by `reidkit identities --links`\n")
+            fh.write(
+                "# camera-link windows of this scene's chain topology (seconds from leaving one view to\n"
+                "# entering the other); read by `reidkit identities --links`\n"
+            )
             yaml.safe_dump(chain_links(names, W, H, speed, float(fps), transit), fh, sort_keys=False)
     if query:  # a query crop for `reidkit tracklets search --image OUT/query.jpg`
         with atomic_write(root / QUERY_FILE, "wb") as fh:
             query.pop("crop").save(fh, format="JPEG", quality=95)
-        query = {"file": QUERY_FILE, "camera": names[0], "pid": query["pid"], "frame": query["frame"],
-                 "box": [round(float(b), 1) for b in query["box"]]}
-    write_json(root / "scene.json", {
-        "cameras": names, "videos": [str(v.relative_to(root)) for v in videos],
-        "gt": [str(g.relative_to(root)) for g in gts], "fps": fps, "frames": frames, "size": [H, W],
-        "ids": ids, "seed": seed, "domain": domain, "speed": speed, "hard_negatives": hard_negatives,
-        "topology": topology, "transit": list(transit) if topology == "chain" else None,
-        "links": "links.yaml" if links else None, "query": query or None,
-        "trackeval": {"gt_folder": "GT", "benchmark": TRACKEVAL_BENCHMARK, "split": TRACKEVAL_SPLIT},
-        "visits": [{"pid": v.pid, "camera": names[v.cam], "start": v.start + 1, "end": v.start + v.frames,
-                    "view": v.view} for v in visits]})
-    return SceneReport(root, names, videos, gts, float(fps), int(frames), (H, W), int(ids), visits, n_boxes, links,
-                       root / QUERY_FILE if query else None)
+        query = {
+            "file": QUERY_FILE,
+            "camera": names[0],
+            "pid": query["pid"],
+            "frame": query["frame"],
+            "box": [round(float(b), 1) for b in query["box"]],
+        }
+    write_json(
+        root / "scene.json",
+        {
+            "cameras": names,
+            "videos": [str(v.relative_to(root)) for v in videos],
+            "gt": [str(g.relative_to(root)) for g in gts],
+            "fps": fps,
+            "frames": frames,
+            "size": [H, W],
+            "ids": ids,
+            "seed": seed,
+            "domain": domain,
+            "speed": speed,
+            "hard_negatives": hard_negatives,
+            "topology": topology,
+            "transit": list(transit) if topology == "chain" else None,
+            "links": "links.yaml" if links else None,
+            "query": query or None,
+            "trackeval": {"gt_folder": "GT", "benchmark": TRACKEVAL_BENCHMARK, "split": TRACKEVAL_SPLIT},
+            "visits": [
+                {"pid": v.pid, "camera": names[v.cam], "start": v.start + 1, "end": v.start + v.frames, "view": v.view}
+                for v in visits
+            ],
+        },
+    )
+    return SceneReport(
+        root,
+        names,
+        videos,
+        gts,
+        float(fps),
+        int(frames),
+        (H, W),
+        int(ids),
+        visits,
+        n_boxes,
+        links,
+        root / QUERY_FILE if query else None,
+    )
 
 
 def read_mot(path: str | os.PathLike) -> np.ndarray:

@@ -1,4 +1,5 @@
 """Training engine: the supervised trainer (pytorch-ignite), checkpoints, ablations, the demo."""
+
 from __future__ import annotations
 
 from typing import Any

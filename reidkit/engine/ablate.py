@@ -4,6 +4,7 @@ Writes ``ablation.md`` (one row per run: backbone | id | change | mAP | rank-1 |
 layout the project's users keep their experiment notes in) and ``ablation.json`` after every
 run, so an interrupted ablation keeps the rows it finished.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -103,8 +104,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['backbone']} | {r['id']} | {r['change']} | failed | failed | {r['error'][:60]} |")
             continue
         lines.append(
-            f"| {r['backbone']} | {r['id']} | {r['change']} | {r['mAP']:.1f} | "
-            f"{r['rank1']:.1f} | {r['mean']:.1f} |"
+            f"| {r['backbone']} | {r['id']} | {r['change']} | {r['mAP']:.1f} | {r['rank1']:.1f} | {r['mean']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -133,8 +133,12 @@ def run_ablation(
         run_dir = out / f"{i:02d}_{_slug(change)}"
         cfg.output_dir = str(run_dir)
         row: dict[str, Any] = {
-            "id": i, "backbone": cfg.model.backbone, "change": change, "config": run["config"],
-            "overrides": run["overrides"], "output_dir": str(run_dir),
+            "id": i,
+            "backbone": cfg.model.backbone,
+            "change": change,
+            "config": run["config"],
+            "overrides": run["overrides"],
+            "output_dir": str(run_dir),
         }
         t0 = time.perf_counter()
         try:
@@ -142,8 +146,13 @@ def run_ablation(
             mean = res.get("mean") or {}
             if not mean:
                 raise ReIDError("no validation metrics (data.val is empty)")
-            row.update(mAP=mean["mAP"], rank1=mean["rank1"], mINP=mean["mINP"], mean=mean["score"],
-                       datasets=res.get("datasets", {}))
+            row.update(
+                mAP=mean["mAP"],
+                rank1=mean["rank1"],
+                mINP=mean["mINP"],
+                mean=mean["score"],
+                datasets=res.get("datasets", {}),
+            )
         except ReIDError as exc:
             row["error"] = str(exc)
         row["time_s"] = round(time.perf_counter() - t0, 1)

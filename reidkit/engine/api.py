@@ -1,4 +1,5 @@
 """Python API of the training engine: ``reidkit.train``, ``reidkit.train_usl``, ``reidkit.test``, the trainers."""
+
 from __future__ import annotations
 
 from pathlib import Path

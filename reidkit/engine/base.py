@@ -15,6 +15,7 @@ Final weights: ``model.pt`` holds the best validated weights when validation ran
 (``solver.final_weights=best``, the default), else the last epoch's; the log and metrics.json
 (``final_weights``) say which. ``last.pt`` always holds the last epoch's full training state.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,12 @@ from torch import nn
 
 from reidkit.config import Config, load_config
 from reidkit.engine.checkpoint import (
-    RNGGuard, all_finite, load_training_checkpoint, rng_state, save_training_checkpoint, set_rng_state,
+    RNGGuard,
+    all_finite,
+    load_training_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
 )
 from reidkit.engine.handlers import NanGuard, Progress, attach_lr_schedule, attach_periodic
 from reidkit.engine.optim import ExtraOptimizer, OptimStep, amp_dtype, build_optimizer, build_scheduler
@@ -150,8 +156,11 @@ class BaseTrainer:
             cfg.to_yaml(self.out / "config.yaml")
         self._setup_logging()
         if self.is_main and removed:
-            log.info("removed %d temp file(s) left by an interrupted write: %s", len(removed),
-                     ", ".join(p.name for p in removed))
+            log.info(
+                "removed %d temp file(s) left by an interrupted write: %s",
+                len(removed),
+                ", ".join(p.name for p in removed),
+            )
         self.build_data()
         self.build_model()
         self._prepare_model()
@@ -231,18 +240,28 @@ class BaseTrainer:
 
         s = self.cfg.solver
         groups = param_groups(
-            self.net, s.base_lr, s.weight_decay, backbone_lr_factor=s.backbone_lr_factor,
-            head_lr_factor=s.head_lr_factor, bias_lr_factor=s.bias_lr_factor,
-            no_decay_norm=s.no_decay_norm, extra_modules=self.extra_modules(),
+            self.net,
+            s.base_lr,
+            s.weight_decay,
+            backbone_lr_factor=s.backbone_lr_factor,
+            head_lr_factor=s.head_lr_factor,
+            bias_lr_factor=s.bias_lr_factor,
+            no_decay_norm=s.no_decay_norm,
+            extra_modules=self.extra_modules(),
         )
-        groups = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups)
-                  if g["params"]]
+        groups = [
+            g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups) if g["params"]
+        ]
         self.optimizer = build_optimizer(s, groups)
         self.scheduler = build_scheduler(s, self.optimizer, self.epoch_length)
         self.optim = OptimStep(
-            self.optimizer, self.device, amp=s.amp, grad_clip=s.grad_clip,
+            self.optimizer,
+            self.device,
+            amp=s.amp,
+            grad_clip=s.grad_clip,
             clip_params=[p for p in self.net.parameters() if p.requires_grad],
-            extras=self.extra_optimizers(), after_backward=self.after_backward_hooks(),
+            extras=self.extra_optimizers(),
+            after_backward=self.after_backward_hooks(),
         )
 
     # ------------------------------------------------------------------ the step and the engine
@@ -270,8 +289,9 @@ class BaseTrainer:
         engine.add_event_handler(Events.EPOCH_STARTED, self.on_epoch_started)
         NanGuard(self.out / "last.pt").attach(engine)
         attach_lr_schedule(engine, self.scheduler)
-        self.progress = Progress(self.epoch_length, self.cfg.solver.log_period, self.world_size,
-                                 self.writer, self.is_main)
+        self.progress = Progress(
+            self.epoch_length, self.cfg.solver.log_period, self.world_size, self.writer, self.is_main
+        )
         self.progress.attach(engine)
         # Order on EPOCH_COMPLETED: statistics, then validation (best.pt), then last.pt with the best score.
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_stats)
@@ -302,16 +322,24 @@ class BaseTrainer:
             dist.barrier()
 
     # ------------------------------------------------------------------ validation
-    def validate(self, rerank: bool | None = None, out_dir: Path | None = None,
-                 distributed: bool = False) -> dict[str, Any]:
+    def validate(
+        self, rerank: bool | None = None, out_dir: Path | None = None, distributed: bool = False
+    ) -> dict[str, Any]:
         """Evaluate the current model on every validation set: per-dataset metrics (percent) and their mean."""
         if self.val_prepared is None:
             self.val_prepared = prepare_val_sets(self.val_sets, self.size, self.cfg.data.cache_dir)
             self.skipped_images["validation"] = sum(v.skipped for v in self.val_prepared)
         # Evaluation must not move the training random streams, or resume != uninterrupted.
         with RNGGuard():
-            return evaluate_sets(self.net, self.val_prepared, self.cfg.test, self.device, rerank=rerank,
-                                 out_dir=out_dir, distributed=distributed)
+            return evaluate_sets(
+                self.net,
+                self.val_prepared,
+                self.cfg.test,
+                self.device,
+                rerank=rerank,
+                out_dir=out_dir,
+                distributed=distributed,
+            )
 
     def _record(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.last_metrics = {"epoch": epoch, **metrics}
@@ -358,8 +386,12 @@ class BaseTrainer:
             **self.extra_state(),
         }
         save_training_checkpoint(
-            path, model=self.net, model_cfg=self.cfg.model, num_classes=self.num_classes_saved,
-            input_size=list(self.size), state=state,
+            path,
+            model=self.net,
+            model_cfg=self.cfg.model,
+            num_classes=self.num_classes_saved,
+            input_size=list(self.size),
+            state=state,
         )
 
     def load_checkpoint(self, path: Path) -> int:
@@ -367,7 +399,9 @@ class BaseTrainer:
         ckpt = load_training_checkpoint(path, self.device)
         kind = ckpt.get("trainer", self.kind)
         if kind != self.kind:
-            raise ReIDError(f"cannot resume from {path}: written by the {kind} trainer, this is the {self.kind} trainer")
+            raise ReIDError(
+                f"cannot resume from {path}: written by the {kind} trainer, this is the {self.kind} trainer"
+            )
         if int(ckpt.get("num_classes", -1)) != self.num_classes_saved:
             raise ReIDError(
                 f"cannot resume from {path}: it has {ckpt.get('num_classes')} identities, "
@@ -380,8 +414,10 @@ class BaseTrainer:
             )
         self.net.load_state_dict(ckpt["model"])
         if "optim" not in ckpt:
-            raise ReIDError(f"cannot resume from {path}: it holds no optimiser state ('optim'); "
-                            "resume needs the last.pt of a reidkit training run")
+            raise ReIDError(
+                f"cannot resume from {path}: it holds no optimiser state ('optim'); "
+                "resume needs the last.pt of a reidkit training run"
+            )
         self.optim.load_state_dict(ckpt["optim"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.load_extra_state(ckpt, path)
@@ -410,10 +446,18 @@ class BaseTrainer:
         best = self.out / "best.pt"
         if self.cfg.solver.final_weights == "best" and self.best_epoch > 0 and best.is_file():
             link_or_copy(best, target)  # one copy on disk: model.pt and best.pt are the same bytes
-            self.final_weights = {"file": str(target), "weights": "best", "epoch": self.best_epoch,
-                                  "score": self.best_score}
-            log.info("model.pt = the best validated weights (epoch %d, score %.2f); last.pt holds epoch %d",
-                     self.best_epoch, self.best_score, self.cfg.solver.max_epochs)
+            self.final_weights = {
+                "file": str(target),
+                "weights": "best",
+                "epoch": self.best_epoch,
+                "score": self.best_score,
+            }
+            log.info(
+                "model.pt = the best validated weights (epoch %d, score %.2f); last.pt holds epoch %d",
+                self.best_epoch,
+                self.best_score,
+                self.cfg.solver.max_epochs,
+            )
         else:
             self._save_weights(target)
             why = "solver.final_weights=last" if self.cfg.solver.final_weights == "last" else "no validation ran"
@@ -469,8 +513,10 @@ class BaseTrainer:
             "best": {"epoch": self.best_epoch, "score": None if self.best_score == -math.inf else self.best_score},
             "final_weights": self.final_weights,
             "history": self.history,
-            "train": {"time_s": round(elapsed, 2), **{k: round(v, 4) for k, v in self.train_stats.items()
-                                                      if isinstance(v, float) and math.isfinite(v)}},
+            "train": {
+                "time_s": round(elapsed, 2),
+                **{k: round(v, 4) for k, v in self.train_stats.items() if isinstance(v, float) and math.isfinite(v)},
+            },
             "skipped_images": self.skipped_images,
             "output_dir": str(self.out),
             **self.result_extra(),
@@ -522,4 +568,3 @@ class BaseTrainer:
         self.skipped_images[split] = self.skipped_images.get(split, 0) + len(paths)
         self.skipped_images["files"] = (self.skipped_images.get("files", []) + list(paths))[:20]
         log.warning("%d unreadable %s image(s) skipped (e.g. %s)", len(paths), split, paths[0])
-

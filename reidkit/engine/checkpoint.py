@@ -4,6 +4,7 @@ A training checkpoint is the inference checkpoint of :func:`reidkit.models.build
 (``model``, ``model_cfg``, ``num_classes``, ``input_size``, ``mean``, ``std``) plus the optimiser(s),
 scheduler, grad scaler, sampler, RNG states, epoch and best score, so ``load_model`` reads either.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,13 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
 def _numpy_state() -> dict[str, Any]:
     """numpy's global MT19937 state as a tensor and plain numbers, so last.pt loads with weights_only."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "name": str(name),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def _numpy_state_tuple(state: Any) -> tuple:

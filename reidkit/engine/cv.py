@@ -10,6 +10,7 @@ The dataset's own query and gallery images join every fold's gallery as distract
 Each fold is written as a CSV manifest and trained by the supervised engine; the per-fold and
 mean metrics go to ``cv.md`` and ``cv.json``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,7 +73,9 @@ def make_folds(
 
 
 def write_fold_manifest(
-    path: str | Path, fold: dict[str, list[Any]], distractors: Sequence[Any] = (),
+    path: str | Path,
+    fold: dict[str, list[Any]],
+    distractors: Sequence[Any] = (),
     pid_map: dict[tuple[str, int], int] | None = None,
 ) -> Path:
     """CSV manifest (path,pid,camid,split) of a fold; distractors go to the gallery with pid 0."""
@@ -95,8 +98,13 @@ def write_fold_manifest(
 
 
 def run_cv(
-    config: Any, folds: int = 4, min_images: int = 2, seed: int | None = None, out_dir: str | Path | None = None,
-    distractors: bool = True, overrides: list[str] | None = None,
+    config: Any,
+    folds: int = 4,
+    min_images: int = 2,
+    seed: int | None = None,
+    out_dir: str | Path | None = None,
+    distractors: bool = True,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every fold; write ``cv.md`` / ``cv.json`` in `out_dir`; return the summary."""
     from reidkit.config import load_config
@@ -120,22 +128,42 @@ def run_cv(
     for k, fold in enumerate(split, 1):
         manifest = write_fold_manifest(out / f"fold{k}.csv", fold, extra)
         tree = cfg.to_dict()
-        tree["data"]["datasets"] = [{"name": "csv", "root": str(manifest), "options": {"dataset_name": f"{name}_fold{k}"}}]
+        tree["data"]["datasets"] = [
+            {"name": "csv", "root": str(manifest), "options": {"dataset_name": f"{name}_fold{k}"}}
+        ]
         tree["data"]["val"] = None
         tree["output_dir"] = str(out / f"fold{k}")
         tree["resume"] = False
-        log.info("cv fold %d/%d: %d train images, %d queries, %d gallery (+%d distractors)", k, folds,
-                 len(fold["train"]), len(fold["query"]), len(fold["gallery"]), len(extra))
+        log.info(
+            "cv fold %d/%d: %d train images, %d queries, %d gallery (+%d distractors)",
+            k,
+            folds,
+            len(fold["train"]),
+            len(fold["query"]),
+            len(fold["gallery"]),
+            len(extra),
+        )
         result = Trainer(load_config(tree)).fit()
         m = result.get("mean") or {}
-        rows.append({
-            "fold": k, "train_ids": len({(r.dataset, r.pid) for r in fold["train"]}),
-            "train_images": len(fold["train"]), "query": len(fold["query"]),
-            "gallery": len(fold["gallery"]), "distractors": len(extra),
-            **{key: m.get(key) for key in ("mAP", "rank1", "rank5", "mINP", "score")},
-        })
-    summary = {"folds": folds, "seed": seed, "min_images": min_images, "rows": rows,
-               "mean": _mean_row(rows), "std": _std_row(rows)}
+        rows.append(
+            {
+                "fold": k,
+                "train_ids": len({(r.dataset, r.pid) for r in fold["train"]}),
+                "train_images": len(fold["train"]),
+                "query": len(fold["query"]),
+                "gallery": len(fold["gallery"]),
+                "distractors": len(extra),
+                **{key: m.get(key) for key in ("mAP", "rank1", "rank5", "mINP", "score")},
+            }
+        )
+    summary = {
+        "folds": folds,
+        "seed": seed,
+        "min_images": min_images,
+        "rows": rows,
+        "mean": _mean_row(rows),
+        "std": _std_row(rows),
+    }
     from reidkit.utils.io import write_text
 
     write_text(out / "cv.md", format_cv_table(summary) + "\n")
@@ -147,13 +175,15 @@ _METRICS = ("mAP", "rank1", "rank5", "mINP", "score")
 
 
 def _mean_row(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    return {k: (float(np.mean([r[k] for r in rows])) if all(r.get(k) is not None for r in rows) else None)
-            for k in _METRICS}
+    return {
+        k: (float(np.mean([r[k] for r in rows])) if all(r.get(k) is not None for r in rows) else None) for k in _METRICS
+    }
 
 
 def _std_row(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    return {k: (float(np.std([r[k] for r in rows])) if all(r.get(k) is not None for r in rows) else None)
-            for k in _METRICS}
+    return {
+        k: (float(np.std([r[k] for r in rows])) if all(r.get(k) is not None for r in rows) else None) for k in _METRICS
+    }
 
 
 def format_cv_table(summary: dict[str, Any]) -> str:
@@ -165,8 +195,10 @@ def format_cv_table(summary: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     for r in summary["rows"]:
-        lines.append(f"| {r['fold']} | {r['train_ids']} | {r['train_images']} | {r['query']} | {r['gallery']} | "
-                     f"{r['distractors']} | {fmt(r['mAP'])} | {fmt(r['rank1'])} | {fmt(r['rank5'])} | {fmt(r['mINP'])} |")
+        lines.append(
+            f"| {r['fold']} | {r['train_ids']} | {r['train_images']} | {r['query']} | {r['gallery']} | "
+            f"{r['distractors']} | {fmt(r['mAP'])} | {fmt(r['rank1'])} | {fmt(r['rank5'])} | {fmt(r['mINP'])} |"
+        )
     m, s = summary["mean"], summary["std"]
     lines.append(f"| mean | | | | | | {fmt(m['mAP'])} | {fmt(m['rank1'])} | {fmt(m['rank5'])} | {fmt(m['mINP'])} |")
     lines.append(f"| std | | | | | | {fmt(s['mAP'])} | {fmt(s['rank1'])} | {fmt(s['rank5'])} | {fmt(s['mINP'])} |")

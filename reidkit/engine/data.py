@@ -1,4 +1,5 @@
 """Training data for both trainers: datasets from the ``data`` section, samplers, augmentation, the stream."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -37,18 +38,31 @@ def load_training_data(data: DataConfig | Any) -> tuple[Any, list[Any]]:
     return joint, val
 
 
-def build_sampler(sampler: SamplerConfig, records: list[Any], labels: np.ndarray, seed: int,
-                  rank: int = 0, world: int = 1, p: int | None = None, k: int | None = None,
-                  epoch_batches: int | None = None) -> Any:
+def build_sampler(
+    sampler: SamplerConfig,
+    records: list[Any],
+    labels: np.ndarray,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    p: int | None = None,
+    k: int | None = None,
+    epoch_batches: int | None = None,
+) -> Any:
     """The P x K sampler named by ``sampler.type`` (pk, camera-balanced or dataset-balanced)."""
     from reidkit.data import samplers
 
     if epoch_batches is None and sampler.epoch_batches is None and getattr(sampler, "epoch", "chunks") == "images":
         batch = (p or sampler.p) * (k or sampler.k)
         epoch_batches = max(1, int((np.asarray(labels) >= 0).sum()) // batch // max(1, world))
-    common = dict(p=p or sampler.p, k=k or sampler.k,
-                  epoch_batches=epoch_batches if epoch_batches is not None else sampler.epoch_batches,
-                  seed=seed, rank=rank, world_size=world)
+    common = dict(
+        p=p or sampler.p,
+        k=k or sampler.k,
+        epoch_batches=epoch_batches if epoch_batches is not None else sampler.epoch_batches,
+        seed=seed,
+        rank=rank,
+        world_size=world,
+    )
     if sampler.type == "pk":
         return samplers.PKSampler(labels, **common)
     if sampler.type == "camera":
@@ -58,14 +72,23 @@ def build_sampler(sampler: SamplerConfig, records: list[Any], labels: np.ndarray
     return samplers.DatasetBalancedPKSampler(labels, ds_ids, **common)
 
 
-def build_augment(inp: InputConfig, size: tuple[int, int], mean: list[float], std: list[float],
-                  device: torch.device) -> dict[str, Any]:
+def build_augment(
+    inp: InputConfig, size: tuple[int, int], mean: list[float], std: list[float], device: torch.device
+) -> dict[str, Any]:
     """BatchAugment keyword arguments from the ``input`` section (BoT semantics, on the device)."""
     return dict(
-        size=size, pad=inp.pad, flip_p=inp.flip_p, erase_p=inp.erase_p,
-        erase_area=tuple(inp.erase_area), erase_aspect=tuple(inp.erase_aspect),
-        erase_fill=inp.erase_fill, patch_p=inp.patch_p, jitter=inp.jitter,
-        mean=mean, std=std, device=device,
+        size=size,
+        pad=inp.pad,
+        flip_p=inp.flip_p,
+        erase_p=inp.erase_p,
+        erase_area=tuple(inp.erase_area),
+        erase_aspect=tuple(inp.erase_aspect),
+        erase_fill=inp.erase_fill,
+        patch_p=inp.patch_p,
+        jitter=inp.jitter,
+        mean=mean,
+        std=std,
+        device=device,
     )
 
 

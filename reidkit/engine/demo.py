@@ -4,6 +4,7 @@ Generates a synthetic dataset, evaluates the ImageNet-pretrained EfficientNet-Li
 fine-tunes it with the BoT tricks (recipe ``demo.yaml``), evaluates again with and without
 k-reciprocal re-ranking, draws ranked lists and writes ``metrics.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,11 @@ from typing import Any
 
 from reidkit.config import load_config
 
-ROWS = (("before", "pretrained, before training"), ("after", "after fine-tuning"),
-        ("after_rerank", "after fine-tuning + re-ranking"))
+ROWS = (
+    ("before", "pretrained, before training"),
+    ("after", "after fine-tuning"),
+    ("after_rerank", "after fine-tuning + re-ranking"),
+)
 
 
 def format_demo_table(metrics: dict[str, Any]) -> str:
@@ -57,10 +61,15 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
     out = Path(out_dir).expanduser().resolve()
     ensure_dir(out, "demo --out")
     t_start = time.perf_counter()
-    cfg = load_config("demo", [
-        f"data.datasets.0.root={out / 'data'}", f"output_dir={out / 'train'}",
-        f"data.cache_dir={out / 'cache'}", *(overrides or []),
-    ])
+    cfg = load_config(
+        "demo",
+        [
+            f"data.datasets.0.root={out / 'data'}",
+            f"output_dir={out / 'train'}",
+            f"data.cache_dir={out / 'cache'}",
+            *(overrides or []),
+        ],
+    )
     spec = cfg.data.datasets[0]
 
     say(f"[1/5] synthetic dataset -> {out / 'data'}")
@@ -76,8 +85,10 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
     m = before["mean"]
     say(f"      before training: mAP {m['mAP']:.1f}  rank-1 {m['rank1']:.1f}  mINP {m['mINP']:.1f}")
 
-    say(f"[3/5] fine-tuning with the BoT tricks: {cfg.solver.max_epochs} epochs x {trainer.epoch_length} "
-        f"batches of {cfg.sampler.p}x{cfg.sampler.k} at {cfg.data.size[0]}x{cfg.data.size[1]} on {trainer.device}")
+    say(
+        f"[3/5] fine-tuning with the BoT tricks: {cfg.solver.max_epochs} epochs x {trainer.epoch_length} "
+        f"batches of {cfg.sampler.p}x{cfg.sampler.k} at {cfg.data.size[0]}x{cfg.data.size[1]} on {trainer.device}"
+    )
     t0 = time.perf_counter()
     result = trainer.fit()
     t_train = time.perf_counter() - t0
@@ -94,22 +105,37 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
 
         qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
     dist = compute_distance(qf, gf, metric=cfg.test.metric)
-    index = visualize_ranked(dist, vs.dataset.query, vs.dataset.gallery, out / "ranked", topk=8,
-                             max_queries=num_pictures, progress="demo: ranked lists")
+    index = visualize_ranked(
+        dist,
+        vs.dataset.query,
+        vs.dataset.gallery,
+        out / "ranked",
+        topk=8,
+        max_queries=num_pictures,
+        progress="demo: ranked lists",
+    )
 
     name = vs.name
     metrics = {
         "before": before["datasets"][name],
         "after": after["datasets"][name],
         "after_rerank": after_rr["datasets"][name],
-        "dataset": {"name": name, "train_images": len(ds.train), "train_ids": ds.num_train_pids,
-                    "query": len(ds.query), "gallery": len(ds.gallery)},
+        "dataset": {
+            "name": name,
+            "train_images": len(ds.train),
+            "train_ids": ds.num_train_pids,
+            "query": len(ds.query),
+            "gallery": len(ds.gallery),
+        },
         "model": cfg.model.backbone,
         "input_size": list(cfg.data.size),
         "epochs": cfg.solver.max_epochs,
         "units": "percent",
-        "time_s": {"data": round(t_data, 1), "train": round(t_train, 1),
-                   "total": round(time.perf_counter() - t_start, 1)},
+        "time_s": {
+            "data": round(t_data, 1),
+            "train": round(t_train, 1),
+            "total": round(time.perf_counter() - t_start, 1),
+        },
         "train_images_per_s": result["train"].get("images_per_s"),
         "ranked_lists": str(index),
         "run_dir": str(out / "train"),
@@ -117,6 +143,8 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
     write_json(out / "metrics.json", metrics)
     say("")
     say(format_demo_table(metrics))
-    say(f"\ntotal {metrics['time_s']['total']:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s); "
-        f"metrics.json, ranked lists and the run are in {out}")
+    say(
+        f"\ntotal {metrics['time_s']['total']:.0f} s (data {t_data:.0f} s, training {t_train:.0f} s); "
+        f"metrics.json, ranked lists and the run are in {out}"
+    )
     return json.loads(json.dumps(metrics))

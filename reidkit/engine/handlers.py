@@ -9,6 +9,7 @@ Each handler is a small object attached to an ignite ``Engine``:
 - :func:`attach_lr_schedule`, :func:`attach_periodic`: LR stepping per iteration, and validation /
   checkpoints on ``EPOCH_COMPLETED`` filtered by :func:`every_or_last`.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ from reidkit.errors import ReIDError
 from reidkit.utils.progress import bar, console_logging, log
 
 __all__ = ["NanGuard", "Progress", "attach_lr_schedule", "attach_periodic", "console_logging", "every_or_last"]
+
 
 def every_or_last(period: int) -> Callable[[Engine, int], bool]:
     """Event filter: true every ``period`` epochs and at the last epoch of the run."""
@@ -68,8 +70,9 @@ class NanGuard:
 class Progress:
     """Throughput, loss and learning rate: a tqdm bar, log lines every ``period`` iterations, epoch lines."""
 
-    def __init__(self, epoch_length: int, period: int, world_size: int = 1, writer: Any = None,
-                 is_main: bool = True) -> None:
+    def __init__(
+        self, epoch_length: int, period: int, world_size: int = 1, writer: Any = None, is_main: bool = True
+    ) -> None:
         self.epoch_length = max(int(epoch_length), 1)
         self.period = max(int(period), 1)
         self.world_size = world_size
@@ -121,9 +124,17 @@ class Progress:
         parts = {k: float(v) for k, v in (out.get("parts") or {}).items()}
         lr = float(out.get("lr", float("nan")))
         it = engine.state.iteration
-        log.info("epoch %d iter %d/%d loss %.4f (%s) lr %.3g %.0f img/s", engine.state.epoch,
-                 (it - 1) % self.epoch_length + 1, self.epoch_length, loss,
-                 " ".join(f"{k} {v:.4f}" for k, v in parts.items()), lr, ips, extra={"per_iteration": True})
+        log.info(
+            "epoch %d iter %d/%d loss %.4f (%s) lr %.3g %.0f img/s",
+            engine.state.epoch,
+            (it - 1) % self.epoch_length + 1,
+            self.epoch_length,
+            loss,
+            " ".join(f"{k} {v:.4f}" for k, v in parts.items()),
+            lr,
+            ips,
+            extra={"per_iteration": True},
+        )
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, it)
             for k, v in parts.items():
@@ -139,8 +150,14 @@ class Progress:
         self.stats = {"epoch_time_s": dt, "images_per_s": ips, "mean_loss": mean_loss}
         if self.is_main:
             loss_txt = "-" if math.isnan(mean_loss) else f"{mean_loss:.4f}"
-            log.info("epoch %d/%d done in %.1f s (%.0f img/s), mean loss %s", engine.state.epoch,
-                     engine.state.max_epochs, dt, ips, loss_txt)
+            log.info(
+                "epoch %d/%d done in %.1f s (%.0f img/s), mean loss %s",
+                engine.state.epoch,
+                engine.state.max_epochs,
+                dt,
+                ips,
+                loss_txt,
+            )
             if self.writer is not None:
                 self.writer.add_scalar("train/epoch_images_per_s", ips, engine.state.epoch)
                 if not math.isnan(mean_loss):

@@ -20,6 +20,7 @@ in which the warmup ended (fast-reid steps its MultiStepLR only from then on), s
 takes effect at epoch index ``m + ceil(warmup_iters / epoch_length) - 1``.
 ``solver.sched_epoch_offset`` (reid-strong-baseline: 1) runs the schedule that many epochs ahead.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,15 @@ from torch import nn
 from reidkit.config.schema import SolverConfig
 from reidkit.errors import ReIDError
 
-__all__ = ["ExtraOptimizer", "OptimStep", "amp_dtype", "build_optimizer", "build_scheduler", "lr_factor",
-           "param_groups"]
+__all__ = [
+    "ExtraOptimizer",
+    "OptimStep",
+    "amp_dtype",
+    "build_optimizer",
+    "build_scheduler",
+    "lr_factor",
+    "param_groups",
+]
 
 
 def lr_factor(solver: SolverConfig | Any, t: float, epoch_length: int | None = None) -> float:
@@ -87,8 +95,9 @@ def build_optimizer(solver: SolverConfig | Any, groups: list[dict[str, Any]]) ->
     return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
-def build_scheduler(solver: SolverConfig, optimizer: torch.optim.Optimizer,
-                    epoch_length: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    solver: SolverConfig, optimizer: torch.optim.Optimizer, epoch_length: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-iteration LambdaLR following :func:`lr_factor` (``epoch_length`` iterations per epoch)."""
     length = max(int(epoch_length), 1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(solver, it / length, length))
@@ -130,9 +139,9 @@ class OptimStep:
         self.dtype = amp_dtype(amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         self.grad_clip = float(grad_clip)
-        self.clip_params = list(clip_params) if clip_params is not None else [
-            p for g in optimizer.param_groups for p in g["params"]
-        ]
+        self.clip_params = (
+            list(clip_params) if clip_params is not None else [p for g in optimizer.param_groups for p in g["params"]]
+        )
         self.extras = list(extras or [])
         self.after_backward = list(after_backward or [])
 
@@ -201,13 +210,23 @@ class OptimStep:
 
 # ----------------------------------------------------------------------------- parameter groups
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-               nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
 
 
 def param_groups(
-    model: nn.Module, base_lr: float, weight_decay: float, backbone_lr_factor: float = 1.0,
-    head_lr_factor: float = 1.0, bias_lr_factor: float = 1.0, no_decay_norm: bool = False,
+    model: nn.Module,
+    base_lr: float,
+    weight_decay: float,
+    backbone_lr_factor: float = 1.0,
+    head_lr_factor: float = 1.0,
+    bias_lr_factor: float = 1.0,
+    no_decay_norm: bool = False,
     extra_modules: Iterable[nn.Module] = (),
 ) -> list[dict[str, Any]]:
     """Optimiser groups: backbone vs head lr factors, bias lr factor, optional no-decay norms/biases.

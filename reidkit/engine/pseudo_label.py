@@ -15,6 +15,7 @@ precision of the pseudo labels is reported (it is never used for labelling). The
 transductive: the retrained model is evaluated on the same test set whose images it was trained on
 (with pseudo labels), so its mAP is not a held-out result; the summary says so.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,7 +29,12 @@ import torch
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "group_queries", "associate_gallery", "auto_threshold", "pseudo_identities", "label_precision", "write_manifest",
+    "group_queries",
+    "associate_gallery",
+    "auto_threshold",
+    "pseudo_identities",
+    "label_precision",
+    "write_manifest",
     "run_pseudo_label",
 ]
 
@@ -56,8 +62,9 @@ def group_queries(qf: np.ndarray | torch.Tensor, distance_threshold: float = 0.3
         raise ReIDError(f"pseudo-label: dedup threshold must be a cosine distance in (0, 2], got {distance_threshold}")
     if len(x) == 1:
         return np.zeros(1, dtype=np.int64)
-    model = AgglomerativeClustering(n_clusters=None, distance_threshold=float(distance_threshold),
-                                    metric="cosine", linkage="average")
+    model = AgglomerativeClustering(
+        n_clusters=None, distance_threshold=float(distance_threshold), metric="cosine", linkage="average"
+    )
     return model.fit_predict(x).astype(np.int64)
 
 
@@ -76,8 +83,9 @@ def associate_gallery(
     return np.where(sims[np.arange(len(g)), best] >= threshold, best, -1).astype(np.int64)
 
 
-def auto_threshold(qf: np.ndarray | torch.Tensor, groups: np.ndarray, quantile: float = AUTO_QUANTILE,
-                   seed: int = 0) -> float:
+def auto_threshold(
+    qf: np.ndarray | torch.Tensor, groups: np.ndarray, quantile: float = AUTO_QUANTILE, seed: int = 0
+) -> float:
     """The association threshold on this model's scale: the `quantile` of cosine similarities between
     queries of different groups (mostly different people); 0.7 when there are no two groups."""
     q = _normalized(qf)
@@ -98,8 +106,9 @@ def resolve_threshold(threshold: float | str, qf: np.ndarray | torch.Tensor, gro
             try:
                 threshold = float(threshold)
             except ValueError:
-                raise ReIDError(f"pseudo-label: threshold is a cosine similarity in [-1, 1] or 'auto', "
-                                f"got {threshold!r}") from None
+                raise ReIDError(
+                    f"pseudo-label: threshold is a cosine similarity in [-1, 1] or 'auto', got {threshold!r}"
+                ) from None
         else:
             return auto_threshold(qf, groups)
     if not -1 <= float(threshold) <= 1:
@@ -108,8 +117,11 @@ def resolve_threshold(threshold: float | str, qf: np.ndarray | torch.Tensor, gro
 
 
 def pseudo_identities(
-    qf: np.ndarray | torch.Tensor, gf: np.ndarray | torch.Tensor, dedup_threshold: float = 0.3,
-    threshold: float | str = "auto", min_size: int = 2,
+    qf: np.ndarray | torch.Tensor,
+    gf: np.ndarray | torch.Tensor,
+    dedup_threshold: float = 0.3,
+    threshold: float | str = "auto",
+    min_size: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query labels, gallery labels): pseudo-identity ids 0..K-1, -1 for images left unlabelled.
 
@@ -139,8 +151,7 @@ def label_precision(pseudo: Sequence[int], true: Sequence[int]) -> dict[str, Any
     bad = t <= 0
     t[bad] = -1 - np.arange(int(bad.sum()))  # every distractor is its own nobody
     lab = p >= 0
-    out: dict[str, Any] = {"labelled": int(lab.sum()), "total": int(p.size),
-                           "identities": int(len(np.unique(p[lab])))}
+    out: dict[str, Any] = {"labelled": int(lab.sum()), "total": int(p.size), "identities": int(len(np.unique(p[lab])))}
     if not lab.any():
         out.update(precision=None, pair_precision=None, pair_recall=None)
         return out
@@ -179,21 +190,36 @@ def _features(model: torch.nn.Module, records: list[Any], cfg: Any, device: torc
     from reidkit.evaluation.features import extract_features
 
     size = tuple(int(v) for v in getattr(model, "input_size", cfg.data.size))
-    cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cfg.data.cache_dir,
-                             progress="pseudo-label: decoding")
+    cache = ImageCache.build(
+        [r.path for r in records], size=size, cache_dir=cfg.data.cache_dir, progress="pseudo-label: decoding"
+    )
     if not np.asarray(cache.valid).all():
         raise ReIDError(f"pseudo-label: unreadable images, first {cache.skipped[0]}")
     mean = cfg.input.mean if cfg.input.mean is not None else model.mean
     std = cfg.input.std if cfg.input.std is not None else model.std
-    f = extract_features(model, np.asarray(cache.images), batch_size=cfg.test.batch_size, flip=cfg.test.flip,
-                         device=device, mean=mean, std=std, neck_feat=cfg.test.neck_feat,
-                         progress="pseudo-label: features")
+    f = extract_features(
+        model,
+        np.asarray(cache.images),
+        batch_size=cfg.test.batch_size,
+        flip=cfg.test.flip,
+        device=device,
+        mean=mean,
+        std=std,
+        neck_feat=cfg.test.neck_feat,
+        progress="pseudo-label: features",
+    )
     return f.numpy()
 
 
 def run_pseudo_label(
-    config: Any, weights: str | Path, threshold: float | str = "auto", dedup_threshold: float = 0.3,
-    iterations: int = 1, min_size: int = 2, out_dir: str | Path | None = None, retrain: bool = True,
+    config: Any,
+    weights: str | Path,
+    threshold: float | str = "auto",
+    dedup_threshold: float = 0.3,
+    iterations: int = 1,
+    min_size: int = 2,
+    out_dir: str | Path | None = None,
+    retrain: bool = True,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Label the first dataset's query+gallery with `weights`, write manifests, retrain on the union.
@@ -212,8 +238,11 @@ def run_pseudo_label(
     if iterations < 1:
         raise ReIDError(f"pseudo-label: --iterations must be >= 1, got {iterations}")
     # a bad value is refused before any work; a number given as text becomes a number
-    threshold = ("auto" if isinstance(threshold, str) and threshold.strip().lower() == "auto"
-                 else resolve_threshold(threshold, np.eye(2), np.arange(2)))
+    threshold = (
+        "auto"
+        if isinstance(threshold, str) and threshold.strip().lower() == "auto"
+        else resolve_threshold(threshold, np.eye(2), np.arange(2))
+    )
     cfg = load_config(config, overrides)
     out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "pseudo_label")
     from reidkit.utils.io import ensure_dir
@@ -229,8 +258,11 @@ def run_pseudo_label(
     true = np.array([r.pid for r in records])
     has_truth = bool((true > 0).any())
     orig_specs = [{"name": s.name, "root": s.root, "options": dict(s.options)} for s in cfg.data.datasets]
-    val_specs = orig_specs if cfg.data.val is None else [
-        {"name": s.name, "root": s.root, "options": dict(s.options)} for s in cfg.data.val]
+    val_specs = (
+        orig_specs
+        if cfg.data.val is None
+        else [{"name": s.name, "root": s.root, "options": dict(s.options)} for s in cfg.data.val]
+    )
     rows: list[dict[str, Any]] = []
     current = Path(weights)
     for it in range(1, iterations + 1):
@@ -241,10 +273,15 @@ def run_pseudo_label(
         labels = np.concatenate([ql, gl])
         d = out / f"iter_{it}"
         manifest = write_manifest(d / "pseudo.csv", records, labels)
-        row: dict[str, Any] = {"iteration": it, "weights": str(current), "manifest": str(manifest),
-                               "threshold": round(used, 4),
-                               "query_groups": int(len(np.unique(ql[ql >= 0]))),
-                               "labelled_query": int((ql >= 0).sum()), "labelled_gallery": int((gl >= 0).sum())}
+        row: dict[str, Any] = {
+            "iteration": it,
+            "weights": str(current),
+            "manifest": str(manifest),
+            "threshold": round(used, 4),
+            "query_groups": int(len(np.unique(ql[ql >= 0]))),
+            "labelled_query": int((ql >= 0).sum()),
+            "labelled_gallery": int((gl >= 0).sum()),
+        }
         if has_truth:
             row["precision"] = label_precision(labels, true)
         if not (labels >= 0).any():
@@ -255,7 +292,8 @@ def run_pseudo_label(
 
             tree = cfg.to_dict()
             tree["data"]["datasets"] = orig_specs + [
-                {"name": "csv", "root": str(manifest), "options": {"dataset_name": "pseudo"}}]
+                {"name": "csv", "root": str(manifest), "options": {"dataset_name": "pseudo"}}
+            ]
             tree["data"]["val"] = val_specs
             tree["output_dir"] = str(d / "train")
             tree["resume"] = False
@@ -265,8 +303,16 @@ def run_pseudo_label(
         rows.append(row)
     # final_weights: a model this command trained; None when it trained none (never the input weights)
     final = str(current) if current != Path(weights) else None
-    summary = {"threshold": threshold, "dedup_threshold": dedup_threshold, "min_size": min_size, "retrain": retrain,
-               "dataset": target.name, "iterations": rows, "weights": str(weights), "final_weights": final}
+    summary = {
+        "threshold": threshold,
+        "dedup_threshold": dedup_threshold,
+        "min_size": min_size,
+        "retrain": retrain,
+        "dataset": target.name,
+        "iterations": rows,
+        "weights": str(weights),
+        "final_weights": final,
+    }
     write_json(out / "pseudo_label.json", summary)
     return summary
 
@@ -276,8 +322,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = []
     for r in summary["iterations"]:
         auto = " (auto)" if summary["threshold"] == "auto" else ""
-        s = (f"iteration {r['iteration']}: threshold {r['threshold']:.2f}{auto}: {r['query_groups']} query groups, "
-             f"{r['labelled_query']} queries + {r['labelled_gallery']} gallery images labelled")
+        s = (
+            f"iteration {r['iteration']}: threshold {r['threshold']:.2f}{auto}: {r['query_groups']} query groups, "
+            f"{r['labelled_query']} queries + {r['labelled_gallery']} gallery images labelled"
+        )
         p = r.get("precision")
         if p and p.get("precision") is not None:
             s += f"; precision {100 * p['precision']:.1f}%"
@@ -299,9 +347,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-TRANSDUCTIVE_NOTE = ("note: transductive setting: pseudo-label labels the test set's own images (queries and "
-                     "gallery) and reports mAP on that same test set, so its numbers are not comparable with a "
-                     "model evaluated on images it never saw")
+TRANSDUCTIVE_NOTE = (
+    "note: transductive setting: pseudo-label labels the test set's own images (queries and "
+    "gallery) and reports mAP on that same test set, so its numbers are not comparable with a "
+    "model evaluated on images it never saw"
+)
 
 
 def _why_nothing(qf: np.ndarray, gf: np.ndarray, dedup_threshold: float, threshold: float, min_size: int) -> str:
@@ -314,6 +364,8 @@ def _why_nothing(qf: np.ndarray, gf: np.ndarray, dedup_threshold: float, thresho
     cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     best = (g @ cent.T).max(1) if len(g) else np.zeros(0)
     top = float(np.quantile(best, 0.9)) if len(best) else float("nan")
-    return (f"{len(q)} queries formed {len(sizes)} group(s) (largest {int(sizes.max())} images, --min-size "
-            f"{min_size}); no gallery image reached --threshold {threshold} (best similarity {float(best.max()):.2f}, "
-            f"90th percentile {top:.2f}): lower --threshold (e.g. {top:.2f}) or raise --dedup-threshold")
+    return (
+        f"{len(q)} queries formed {len(sizes)} group(s) (largest {int(sizes.max())} images, --min-size "
+        f"{min_size}); no gallery image reached --threshold {threshold} (best similarity {float(best.max()):.2f}, "
+        f"90th percentile {top:.2f}): lower --threshold (e.g. {top:.2f}) or raise --dedup-threshold"
+    )

@@ -23,6 +23,7 @@ dataset loaders, so the usual folder names work), into ``<out>/<row id>/``; a ro
 ours, the difference, the wall time and the GPU. ``plan_table`` is the dry run: what would run,
 what is missing and why, and an estimate of the GPU time.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,14 @@ KINDS = ("train", "usl")
 TRAIN_IMAGES = {"market1501": 12936, "dukemtmc": 16522, "msmt17": 32621, "cuhk03": 7365}
 # Rough training images/s on one H100-class GPU per backbone (bf16, channels_last; the estimate
 # is a planning aid, not a measurement: benchmarks/gpu_run.sh measures the real figure).
-IMAGES_PER_S = {"resnet50": 1500.0, "resnet50_ibn_a": 1300.0, "resnet101": 900.0, "osnet_x1_0": 2000.0,
-                "vit_b16": 600.0, "swin_t": 700.0}
+IMAGES_PER_S = {
+    "resnet50": 1500.0,
+    "resnet50_ibn_a": 1300.0,
+    "resnet101": 900.0,
+    "osnet_x1_0": 2000.0,
+    "vit_b16": 600.0,
+    "swin_t": 700.0,
+}
 DEFAULT_IMAGES_PER_S = 1000.0
 
 
@@ -90,8 +97,10 @@ def load_table(name_or_path: str | Path) -> Table:
     else:
         res = resources.files("reidkit") / "reproduce" / f"{name_or_path}.yaml"
         if not res.is_file():
-            raise ReIDError(f"reproduce TABLE: unknown table {name_or_path!r}; packaged tables: "
-                            f"{', '.join(list_tables())} (or a YAML path)")
+            raise ReIDError(
+                f"reproduce TABLE: unknown table {name_or_path!r}; packaged tables: "
+                f"{', '.join(list_tables())} (or a YAML path)"
+            )
         text, where = res.read_text(), f"reidkit/reproduce/{name_or_path}.yaml"
     try:
         data = yaml.safe_load(text)
@@ -109,8 +118,10 @@ def load_table(name_or_path: str | Path) -> Table:
         known = set(Row.__dataclass_fields__)
         extra = sorted(set(raw) - known)
         if extra:
-            raise ReIDError(f"{where}: rows[{i}] ({raw['id']}): unknown key(s) {', '.join(extra)}; "
-                            f"expected some of {', '.join(sorted(known))}")
+            raise ReIDError(
+                f"{where}: rows[{i}] ({raw['id']}): unknown key(s) {', '.join(extra)}; "
+                f"expected some of {', '.join(sorted(known))}"
+            )
         row = Row(**raw)
         if row.id in seen:
             raise ReIDError(f"{where}: row id {row.id!r} appears twice")
@@ -180,8 +191,9 @@ def estimate_minutes(row: Row, cfg: Any) -> float:
     return seconds / 60.0
 
 
-def plan_table(table: Table, data_root: str | Path, extra: list[str] | None = None,
-               out_dir: str | Path = "reproduce") -> list[dict[str, Any]]:
+def plan_table(
+    table: Table, data_root: str | Path, extra: list[str] | None = None, out_dir: str | Path = "reproduce"
+) -> list[dict[str, Any]]:
     """For each row: runnable or missing (and why), finished already, and a GPU-time estimate."""
     root = Path(data_root).expanduser()
     if not root.is_dir():
@@ -189,8 +201,13 @@ def plan_table(table: Table, data_root: str | Path, extra: list[str] | None = No
     out = Path(out_dir)
     plan, found = [], {}
     for row in table.rows:
-        entry: dict[str, Any] = {"id": row.id, "recipe": row.recipe, "dataset": row.dataset,
-                                 "published": row.published, "source": row.source}
+        entry: dict[str, Any] = {
+            "id": row.id,
+            "recipe": row.recipe,
+            "dataset": row.dataset,
+            "published": row.published,
+            "source": row.source,
+        }
         missing = []
         for name in [n for n in (row.source_dataset, row.dataset) if n]:
             if name not in found:
@@ -224,8 +241,13 @@ def _ours(result: dict[str, Any], dataset: str) -> dict[str, float]:
     return {k: float(m[k]) for k in ("mAP", "rank1") if k in m}
 
 
-def run_table(table: Table, data_root: str | Path, out_dir: str | Path = "reproduce",
-              extra: list[str] | None = None, only: list[str] | None = None) -> list[dict[str, Any]]:
+def run_table(
+    table: Table,
+    data_root: str | Path,
+    out_dir: str | Path = "reproduce",
+    extra: list[str] | None = None,
+    only: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Run the runnable rows (finished ones are kept), write reproduce.md / reproduce.json, return the rows."""
     from reidkit.utils.io import atomic_write, ensure_dir, write_json
 
@@ -235,8 +257,9 @@ def run_table(table: Table, data_root: str | Path, out_dir: str | Path = "reprod
     if only:
         unknown = sorted(set(only) - {r.id for r in table.rows})
         if unknown:
-            raise OptionError("only", f"unknown row id(s) {', '.join(unknown)}; the table has "
-                            f"{', '.join(r.id for r in table.rows)}")
+            raise OptionError(
+                "only", f"unknown row id(s) {', '.join(unknown)}; the table has {', '.join(r.id for r in table.rows)}"
+            )
     rows_by_id = {r.id: r for r in table.rows}
     for entry in plan:
         row = rows_by_id[entry["id"]]
@@ -270,8 +293,13 @@ def run_table(table: Table, data_root: str | Path, out_dir: str | Path = "reprod
         except ReIDError as exc:
             entry["status"], entry["error"] = "error", str(exc)
             continue
-        rec = {"status": "done", "ours": _ours(result, row.dataset), "wall_s": round(time.time() - t0, 1),
-               "gpu": _gpu_name(), "epochs": cfg.solver.max_epochs}
+        rec = {
+            "status": "done",
+            "ours": _ours(result, row.dataset),
+            "wall_s": round(time.time() - t0, 1),
+            "gpu": _gpu_name(),
+            "epochs": cfg.solver.max_epochs,
+        }
         write_json(done_file, rec)
         entry.update(rec)
     text = format_markdown(table, plan)
@@ -287,18 +315,28 @@ def _num(x: Any, fmt: str = "{:.1f}") -> str:
 
 def format_markdown(table: Table, plan: list[dict[str, Any]]) -> str:
     """reproduce.md: published beside ours (mAP / rank-1, difference in points), wall time, GPU."""
-    lines = [f"# {table.title or table.name}", "",
-             "| row | recipe | dataset | published mAP / R1 | ours mAP / R1 | difference | wall time | GPU | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {table.title or table.name}",
+        "",
+        "| row | recipe | dataset | published mAP / R1 | ours mAP / R1 | difference | wall time | GPU | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in plan:
         pub, ours = e.get("published") or {}, e.get("ours") or {}
-        diff = " / ".join(_num(ours[k] - pub[k], "{:+.1f}") if k in ours and k in pub else "-" for k in ("mAP", "rank1"))
+        diff = " / ".join(
+            _num(ours[k] - pub[k], "{:+.1f}") if k in ours and k in pub else "-" for k in ("mAP", "rank1")
+        )
         wall = f"{e['wall_s'] / 60:.1f} min" if e.get("wall_s") is not None else "-"
-        status = e["status"] + (f": {'; '.join(e.get('missing') or [])}" if e.get("missing") else "") \
+        status = (
+            e["status"]
+            + (f": {'; '.join(e.get('missing') or [])}" if e.get("missing") else "")
             + (f": {e['error']}" if e.get("error") else "")
-        lines.append(f"| {e['id']} | {e['recipe']} | {e['dataset']} | {_num(pub.get('mAP'))} / {_num(pub.get('rank1'))} | "
-                     f"{_num(ours.get('mAP'))} / {_num(ours.get('rank1'))} | {diff if ours else '-'} | {wall} | "
-                     f"{e.get('gpu', '-')} | {status} |")
+        )
+        lines.append(
+            f"| {e['id']} | {e['recipe']} | {e['dataset']} | {_num(pub.get('mAP'))} / {_num(pub.get('rank1'))} | "
+            f"{_num(ours.get('mAP'))} / {_num(ours.get('rank1'))} | {diff if ours else '-'} | {wall} | "
+            f"{e.get('gpu', '-')} | {status} |"
+        )
     sources = sorted({e.get("source") for e in plan if e.get("source")})
     if sources:
         lines += ["", "Sources: " + "; ".join(sources)]
@@ -311,12 +349,16 @@ def format_plan(table: Table, plan: list[dict[str, Any]]) -> str:
     for e in plan:
         est = f"~{e['gpu_minutes']:.0f} GPU min" if e.get("gpu_minutes") is not None else "no estimate"
         why = f" ({'; '.join(e['missing'])})" if e.get("missing") else ""
-        lines.append(f"  {e['status']:<8} {e['id']:<28} {e['recipe']} on {e['dataset']}, "
-                     f"{e.get('epochs', '?')} epochs, {est}{why}")
+        lines.append(
+            f"  {e['status']:<8} {e['id']:<28} {e['recipe']} on {e['dataset']}, "
+            f"{e.get('epochs', '?')} epochs, {est}{why}"
+        )
     todo = [e for e in plan if e["status"] == "run"]
     total = sum(e.get("gpu_minutes") or 0.0 for e in todo)
-    lines.append(f"would run {len(todo)} of {len(plan)} rows; estimated GPU time {total / 60:.1f} h "
-                 f"({total:.0f} min; rough: one H100-class GPU, from the schedules)")
+    lines.append(
+        f"would run {len(todo)} of {len(plan)} rows; estimated GPU time {total / 60:.1f} h "
+        f"({total:.0f} min; rough: one H100-class GPU, from the schedules)"
+    )
     missing = [e for e in plan if e["status"] == "missing"]
     if missing:
         lines.append(f"missing: {', '.join(e['id'] for e in missing)}")

@@ -1,4 +1,5 @@
 """Supervised training: identity labels, P x K batches, the criterion (ID + metric + center losses)."""
+
 from __future__ import annotations
 
 import logging
@@ -75,27 +76,44 @@ class SupervisedTrainer(BaseTrainer):
         # run replays the same draws. Ranks get different seeds so their augmentations differ.
         aug_seed = cfg.seed * 1000 + self.rank
         if cfg.data.loader == "cached":
-            cache = pipeline.ImageCache.build(paths, size=self.size, cache_dir=cfg.data.cache_dir,
-                                              progress="decoding training images")
+            cache = pipeline.ImageCache.build(
+                paths, size=self.size, cache_dir=cfg.data.cache_dir, progress="decoding training images"
+            )
             # Images that could not be decoded are never sampled.
             labels[~np.asarray(cache.valid, dtype=bool)] = -1
             self.record_skipped("train", list(cache.skipped))
             self.sampler = build_sampler(cfg.sampler, self.train_records, labels, cfg.seed, self.rank, self.world_size)
             self.loader = pipeline.CachedBatchLoader(
-                cache, labels, self.sampler, BatchAugment(**aug_kwargs), device=self.device, seed=aug_seed,
+                cache,
+                labels,
+                self.sampler,
+                BatchAugment(**aug_kwargs),
+                device=self.device,
+                seed=aug_seed,
                 channels_last=cfg.data.channels_last,
             )
         else:
             self.sampler = build_sampler(cfg.sampler, self.train_records, labels, cfg.seed, self.rank, self.world_size)
             self.loader = pipeline.PILBatchLoader(
-                paths, labels, self.sampler, aug_kwargs, num_workers=cfg.data.num_workers,
-                device=self.device, seed=aug_seed, channels_last=cfg.data.channels_last,
+                paths,
+                labels,
+                self.sampler,
+                aug_kwargs,
+                num_workers=cfg.data.num_workers,
+                device=self.device,
+                seed=aug_seed,
+                channels_last=cfg.data.channels_last,
             )
         self.epoch_length = len(self.sampler)
         self.train_cams_dev = torch.as_tensor(self.train_cams, device=self.device)
         used = int((labels >= 0).sum())
-        log.info("training on %s: %d images, %d identities, %d cameras", self.joint.name, used,
-                 self.num_classes, self.num_cameras)
+        log.info(
+            "training on %s: %d images, %d identities, %d cameras",
+            self.joint.name,
+            used,
+            self.num_classes,
+            self.num_cameras,
+        )
 
     def extra_modules(self) -> list[nn.Module]:
         # learnable loss weights and any registered loss with parameters (the centres have their own SGD)

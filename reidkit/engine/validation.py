@@ -1,4 +1,5 @@
 """Validation during training and for ``reidkit test``: decode query/gallery once, extract, evaluate."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP", "score")
 class ValSet:
     """A validation dataset with its query and gallery images decoded once (uint8 N x H x W x 3)."""
 
-    def __init__(self, name: str, dataset: Any, query_images: np.ndarray, gallery_images: np.ndarray,
-                 skipped: int = 0) -> None:
+    def __init__(
+        self, name: str, dataset: Any, query_images: np.ndarray, gallery_images: np.ndarray, skipped: int = 0
+    ) -> None:
         self.name = name
         self.dataset = dataset
         self.query_images = query_images
@@ -52,8 +54,12 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
         skipped = 0
         for split in ("query", "gallery"):
             records = list(getattr(ds, split))
-            cache = ImageCache.build([r.path for r in records], size=size, cache_dir=cache_dir,
-                                     progress=f"evaluation {name} decoding {split}")
+            cache = ImageCache.build(
+                [r.path for r in records],
+                size=size,
+                cache_dir=cache_dir,
+                progress=f"evaluation {name} decoding {split}",
+            )
             valid = np.asarray(cache.valid, dtype=bool)
             if not valid.any():
                 raise ReIDError(f"validation set {name!r}: none of the {len(records)} {split} images could be read")
@@ -69,7 +75,11 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
 
 
 def extract_val_features(
-    net: nn.Module, vs: ValSet, test: TestConfig | Any, device: torch.device, distributed: bool = False,
+    net: nn.Module,
+    vs: ValSet,
+    test: TestConfig | Any,
+    device: torch.device,
+    distributed: bool = False,
     progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and gallery features of `net` with the ``test`` settings (flip TTA, neck_feat, cameras).
@@ -79,14 +89,23 @@ def extract_val_features(
 
     test = getattr(test, "test", test)
     fx = FeatureExtractor.from_model(net, device=device, size=vs.query_images.shape[1:3])
-    kw: dict[str, Any] = dict(batch_size=test.batch_size, flip=test.flip, normalize=False,
-                              neck_feat=test.neck_feat, distributed=distributed)
+    kw: dict[str, Any] = dict(
+        batch_size=test.batch_size, flip=test.flip, normalize=False, neck_feat=test.neck_feat, distributed=distributed
+    )
     cams = fx.uses_camera
     with torch.no_grad():
-        qf = fx.embed_tensor(vs.query_images, camids=[r.camid for r in vs.dataset.query] if cams else None,
-                             progress=progress and f"{progress} query", **kw)
-        gf = fx.embed_tensor(vs.gallery_images, camids=[r.camid for r in vs.dataset.gallery] if cams else None,
-                             progress=progress and f"{progress} gallery", **kw)
+        qf = fx.embed_tensor(
+            vs.query_images,
+            camids=[r.camid for r in vs.dataset.query] if cams else None,
+            progress=progress and f"{progress} query",
+            **kw,
+        )
+        gf = fx.embed_tensor(
+            vs.gallery_images,
+            camids=[r.camid for r in vs.dataset.gallery] if cams else None,
+            progress=progress and f"{progress} gallery",
+            **kw,
+        )
     return qf, gf
 
 
@@ -118,9 +137,15 @@ def evaluate_sets(
             reranked = t.rerank if rerank is None else rerank
             with step(f"{name} ranking" + (" (re-ranked)" if reranked else ""), len(vs.dataset.query), "queries"):
                 res = evaluate(
-                    {"query": qf, "gallery": gf}, vs.dataset, flip=t.flip, metric=t.metric,
-                    rerank=reranked, k1=t.k1, k2=t.k2,
-                    lambda_value=t.lambda_value, device=device,
+                    {"query": qf, "gallery": gf},
+                    vs.dataset,
+                    flip=t.flip,
+                    metric=t.metric,
+                    rerank=reranked,
+                    k1=t.k1,
+                    k2=t.k2,
+                    lambda_value=t.lambda_value,
+                    device=device,
                     out_dir=None if out_dir is None else out_dir / vs.name,
                 )
             per[vs.name] = {k: float(res[k]) for k in METRIC_KEYS}

@@ -3,6 +3,7 @@
 Pure functions on arrays/tensors; submodules are imported lazily so `import reidkit.evaluation`
 stays cheap.
 """
+
 from __future__ import annotations
 
 from reidkit._lazy import lazy_getattr

@@ -6,6 +6,7 @@ shared filesystem) and returns its shard's features and unreadable files; the dr
 back in order. A task is a pure function of (model spec, paths), so a worker lost mid-task makes Dask
 run the shard again elsewhere with the same result.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -24,10 +25,17 @@ def _extractor(spec: dict[str, Any]) -> Any:
     if key not in _EXTRACTORS:
         from reidkit.inference import FeatureExtractor
 
-        _EXTRACTORS[key] = FeatureExtractor.load(spec["source"], device="cpu", batch_size=spec["batch_size"],
-                                                 size=spec["size"], fmt=spec["fmt"], engine=spec["engine"],
-                                                 flip=spec["flip"], trust_checkpoint=spec["trust"],
-                                                 threads=1)
+        _EXTRACTORS[key] = FeatureExtractor.load(
+            spec["source"],
+            device="cpu",
+            batch_size=spec["batch_size"],
+            size=spec["size"],
+            fmt=spec["fmt"],
+            engine=spec["engine"],
+            flip=spec["flip"],
+            trust_checkpoint=spec["trust"],
+            threads=1,
+        )
     return _EXTRACTORS[key]
 
 
@@ -40,25 +48,46 @@ def extract_shard(spec: dict[str, Any], paths: list[str], camids: list[int] | No
     return np.asarray(feats, np.float32), skipped
 
 
-def extract_on_cluster(source: str, paths: Sequence[str], *, workers: int | None = None,
-                       address: str | None = None, client: Any = None, shard: int | None = None,
-                       camids: np.ndarray | None = None, batch_size: int = 64, size: Sequence[int] | None = None,
-                       fmt: str | None = None, engine: str = "torch", flip: bool = True,
-                       trust_checkpoint: bool = False) -> tuple[np.ndarray, list[str]]:
+def extract_on_cluster(
+    source: str,
+    paths: Sequence[str],
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    client: Any = None,
+    shard: int | None = None,
+    camids: np.ndarray | None = None,
+    batch_size: int = 64,
+    size: Sequence[int] | None = None,
+    fmt: str | None = None,
+    engine: str = "torch",
+    flip: bool = True,
+    trust_checkpoint: bool = False,
+) -> tuple[np.ndarray, list[str]]:
     """(N' x D features of `paths` in order, unreadable paths) computed by the cluster's workers (CPU)."""
     from reidkit.errors import ReIDError
 
     shard = DEFAULT_SHARD if shard is None else shard
     if int(shard) < 1:
         raise ReIDError(f"shard: must be >= 1, got {shard}")
-    spec = {"source": str(source), "batch_size": int(batch_size), "size": list(size) if size else None,
-            "fmt": fmt, "engine": engine, "flip": bool(flip), "trust": bool(trust_checkpoint)}
+    spec = {
+        "source": str(source),
+        "batch_size": int(batch_size),
+        "size": list(size) if size else None,
+        "fmt": fmt,
+        "engine": engine,
+        "flip": bool(flip),
+        "trust": bool(trust_checkpoint),
+    }
     paths = [str(p) for p in paths]
     parts = [(i, min(i + int(shard), len(paths))) for i in range(0, len(paths), int(shard))]
     with dask_client(workers, address, client) as c:
-        futures = [c.submit(extract_shard, spec, paths[a:b],
-                            None if camids is None else [int(v) for v in camids[a:b]], pure=False)
-                   for a, b in parts]
+        futures = [
+            c.submit(
+                extract_shard, spec, paths[a:b], None if camids is None else [int(v) for v in camids[a:b]], pure=False
+            )
+            for a, b in parts
+        ]
         results = c.gather(futures)
     skipped = [p for _f, s in results for p in s]
     feats = [f for f, _s in results if len(f)]

@@ -1,4 +1,5 @@
 """Query x gallery distances, chunked so the working memory stays bounded, on CPU or GPU."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """End-to-end evaluation: features -> distances -> optional re-ranking -> rank metrics."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,7 @@ def summarize(result: dict, num_query: int, num_gallery: int) -> dict:
 
 
 def _ids(records) -> tuple[np.ndarray, np.ndarray]:
-    return (np.array([r.pid for r in records], dtype=np.int64),
-            np.array([r.camid for r in records], dtype=np.int64))
+    return (np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64))
 
 
 def _extract(model, records, size, batch_size, flip, device) -> tuple[torch.Tensor, list]:
@@ -50,8 +50,9 @@ def _extract(model, records, size, batch_size, flip, device) -> tuple[torch.Tens
     if images.shape[0] == len(records) and not valid.all():
         images = images[valid]
     camids = [r.camid for r in kept] if getattr(model, "uses_camera", False) else None
-    feats = extract_features(model, images, batch_size=batch_size, flip=flip, device=device, normalize=False,
-                             camids=camids)
+    feats = extract_features(
+        model, images, batch_size=batch_size, flip=flip, device=device, normalize=False, camids=camids
+    )
     return feats, kept
 
 
@@ -88,13 +89,17 @@ def evaluate(
         qf = torch.as_tensor(np.asarray(model_or_features["query"]), dtype=torch.float32)
         gf = torch.as_tensor(np.asarray(model_or_features["gallery"]), dtype=torch.float32)
         if qf.shape[0] != len(query) or gf.shape[0] != len(gallery):
-            raise ReIDError(f"features: {qf.shape[0]} query / {gf.shape[0]} gallery rows for a dataset with "
-                            f"{len(query)} / {len(gallery)} images")
+            raise ReIDError(
+                f"features: {qf.shape[0]} query / {gf.shape[0]} gallery rows for a dataset with "
+                f"{len(query)} / {len(gallery)} images"
+            )
     elif isinstance(model_or_features, (torch.nn.Module, FeatureModel)):
         qf, query = _extract(model_or_features, query, size, batch_size, flip, device)
         gf, gallery = _extract(model_or_features, gallery, size, batch_size, flip, device)
     else:
-        raise ReIDError(f"evaluate: expected a feature model (torch, ONNX, TorchScript) or a features dict, got {type(model_or_features).__name__}")
+        raise ReIDError(
+            f"evaluate: expected a feature model (torch, ONNX, TorchScript) or a features dict, got {type(model_or_features).__name__}"
+        )
     if metric == "cosine":
         # cosine ranking == squared Euclidean ranking of L2-normalised features; re-ranking uses those
         qf, gf = torch.nn.functional.normalize(qf, dim=1), torch.nn.functional.normalize(gf, dim=1)

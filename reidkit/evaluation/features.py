@@ -14,6 +14,7 @@ N x D tensor in the original order. Every rank must reach the gather: an unreada
 raises on the rank that holds it, so callers that skip such files decode with ``load_images``
 (strict=False) and gather the rows themselves with ``gather_rows``, as ``reidkit extract`` does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,16 @@ from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import pick_device
 from reidkit.utils.progress import step
 
-__all__ = ["extract_features", "FeatureModel", "load_images", "shard_bounds", "gather_rows", "init_distributed",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = [
+    "extract_features",
+    "FeatureModel",
+    "load_images",
+    "shard_bounds",
+    "gather_rows",
+    "init_distributed",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,9 +81,11 @@ def _features_fn(model: Any, neck_feat: str | None):
     net = model.module if isinstance(model, torch.nn.Module) and hasattr(model, "module") else model  # DDP
     if neck_feat is not None and neck_feat != getattr(getattr(net, "head", None), "neck_feat", None):
         if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
-            raise ReIDError(f"neck_feat={neck_feat!r}: the model ({type(net).__name__}) has no "
-                            "forward_features/forward_head to choose its output; export the model "
-                            "with the wanted feature or leave neck_feat unset")
+            raise ReIDError(
+                f"neck_feat={neck_feat!r}: the model ({type(net).__name__}) has no "
+                "forward_features/forward_head to choose its output; export the model "
+                "with the wanted feature or leave neck_feat unset"
+            )
 
         def chosen(x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
             fmap = net.forward_features(x) if cams is None else net.forward_features(x, cams)
@@ -165,8 +176,9 @@ def _decode_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:
     return t[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
-def load_images(paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True,
-                progress: str | None = None) -> tuple[np.ndarray, list[int], list[str]]:
+def load_images(
+    paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True, progress: str | None = None
+) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode and resize images: ``(N' x H x W x 3 uint8, kept indices, skipped paths)``.
 
     ``strict``: an unreadable (missing, empty, corrupt) file raises ReIDError naming it;
@@ -265,11 +277,24 @@ def extract_features(
         a, b = shard_bounds(n, rank, world)
         local = None
         if b > a:
-            local = extract_features(model, images[a:b], batch_size=batch_size, flip=flip, device=device,
-                                     mean=mean, std=std, size=size, normalize=False, amp=amp,
-                                     neck_feat=neck_feat, amp_dtype=amp_dtype,
-                                     camids=None if cams_all is None else cams_all[a:b], distributed=False,
-                                     autocast=autocast, progress=progress)
+            local = extract_features(
+                model,
+                images[a:b],
+                batch_size=batch_size,
+                flip=flip,
+                device=device,
+                mean=mean,
+                std=std,
+                size=size,
+                normalize=False,
+                amp=amp,
+                neck_feat=neck_feat,
+                amp_dtype=amp_dtype,
+                camids=None if cams_all is None else cams_all[a:b],
+                distributed=False,
+                autocast=autocast,
+                progress=progress,
+            )
         return _map_out(_gather_out(local, world, model), lambda t: F.normalize(t, dim=1) if normalize else t)
     imgs = _as_images(images, size)
     cams = _as_camids(camids, int(imgs.shape[0]))

@@ -35,6 +35,7 @@ joining each query's nonzeros with an inverted index over the gallery rows' nonz
 On CPU everything runs in numpy/scipy (torch's CPU kernels measured slower here); with a CUDA
 device the block pass and the Jaccard join run in torch on the GPU.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -56,8 +57,9 @@ def _check_params(k1: int, k2: int, lambda_value: float, n: int) -> None:
     if not 0.0 <= lambda_value <= 1.0:
         raise ReIDError(f"re-ranking: lambda_value must be in [0, 1], got {lambda_value}")
     if max(k1 + 1, k2) > n:
-        raise ReIDError(f"re-ranking: k1 + 1 = {k1 + 1} and k2 = {k2} must not exceed the number of "
-                        f"items (queries + gallery = {n})")
+        raise ReIDError(
+            f"re-ranking: k1 + 1 = {k1 + 1} and k2 = {k2} must not exceed the number of items (queries + gallery = {n})"
+        )
 
 
 def _encoding(knn: np.ndarray, pair_dist, k1: int, k2: int) -> sp.csr_matrix:
@@ -67,8 +69,15 @@ def _encoding(knn: np.ndarray, pair_dist, k1: int, k2: int) -> sp.csr_matrix:
     return v
 
 
-def _jaccard_into(v: sp.csr_matrix, num_q: int, lambda_value: float, out: np.ndarray, device,
-                  max_pairs: int = 1 << 21, row_scale: np.ndarray | None = None) -> None:
+def _jaccard_into(
+    v: sp.csr_matrix,
+    num_q: int,
+    lambda_value: float,
+    out: np.ndarray,
+    device,
+    max_pairs: int = 1 << 21,
+    row_scale: np.ndarray | None = None,
+) -> None:
     """out[i, j] = (1-lambda) * (1 - m / (2 - m)) + lambda * out[i, j], m = sum_l min(V_i, V_gj)."""
     dev = pick_device(device)
     if dev.type == "cpu":
@@ -121,8 +130,14 @@ def _jaccard_into(v: sp.csr_matrix, num_q: int, lambda_value: float, out: np.nda
         out[r0:r1] = res.float().cpu().numpy()
 
 
-def _jaccard_into_numpy(v: sp.csr_matrix, num_q: int, lambda_value: float, out: np.ndarray,
-                        max_pairs: int, row_scale: np.ndarray | None = None) -> None:
+def _jaccard_into_numpy(
+    v: sp.csr_matrix,
+    num_q: int,
+    lambda_value: float,
+    out: np.ndarray,
+    max_pairs: int,
+    row_scale: np.ndarray | None = None,
+) -> None:
     """CPU version of `_jaccard_into`: the same join, accumulated with np.bincount; query chunks
     (disjoint rows of `out`) run in threads. `row_scale`, if given, multiplies the original
     distances of each query row first (1 / row max: the normalisation, folded into this pass)."""
@@ -180,15 +195,19 @@ def _jaccard_into_numpy(v: sp.csr_matrix, num_q: int, lambda_value: float, out: 
             list(ex.map(chunk, bounds))
 
 
-def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-               device=None) -> np.ndarray:
+def re_ranking(
+    q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, device=None
+) -> np.ndarray:
     """k-reciprocal re-ranking of dense distance matrices (field signature); returns Q x G."""
-    qg, qq, gg = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
-                  for x in (q_g_dist, q_q_dist, g_g_dist))
+    qg, qq, gg = (
+        np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+        for x in (q_g_dist, q_q_dist, g_g_dist)
+    )
     nq, ng = qg.shape if qg.ndim == 2 else (-1, -1)
     if qg.ndim != 2 or qq.shape != (nq, nq) or gg.shape != (ng, ng):
-        raise ReIDError(f"re_ranking: expected q_g (Q x G), q_q (Q x Q), g_g (G x G); got {qg.shape}, "
-                        f"{qq.shape}, {gg.shape}")
+        raise ReIDError(
+            f"re_ranking: expected q_g (Q x G), q_q (Q x Q), g_g (G x G); got {qg.shape}, {qq.shape}, {gg.shape}"
+        )
     if nq == 0:
         raise ReIDError("re_ranking: the query set is empty")
     n = nq + ng
@@ -205,8 +224,9 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
     return out
 
 
-def re_ranking_features(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                        device=None, chunk_size: int = 2048) -> np.ndarray:
+def re_ranking_features(
+    q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, device=None, chunk_size: int = 2048
+) -> np.ndarray:
     """Re-ranking from features (squared Euclidean as the original distance); no N x N matrix.
 
     Equal to ``re_ranking`` on the features' Euclidean distance matrices (to float rounding).

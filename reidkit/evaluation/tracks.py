@@ -21,6 +21,7 @@ before it, ground truth and predictions keeping their global ids; one person tra
 every camera but given different ids in two cameras then costs as an identity switch does.
 Metrics are percentages (HOTA = mean of HOTA over TrackEval's localisation thresholds).
 """
+
 from __future__ import annotations
 
 import configparser
@@ -59,8 +60,11 @@ def find_sequences(gt_dir: str | os.PathLike) -> dict[str, tuple[Path, int | Non
         raise OptionError("gt_dir", f"{root} is not a folder")
 
     def seqs(folder: Path) -> dict[str, tuple[Path, int | None]]:
-        return {d.name: (d / "gt" / "gt.txt", _seq_length(d / "seqinfo.ini"))
-                for d in sorted(folder.iterdir()) if (d / "gt" / "gt.txt").is_file()}
+        return {
+            d.name: (d / "gt" / "gt.txt", _seq_length(d / "seqinfo.ini"))
+            for d in sorted(folder.iterdir())
+            if (d / "gt" / "gt.txt").is_file()
+        }
 
     found = seqs(root)
     if found:
@@ -77,8 +81,9 @@ def find_sequences(gt_dir: str | os.PathLike) -> dict[str, tuple[Path, int | Non
             found = {n: found[n] for n in names}
         return found
     if len(splits) > 1:
-        raise OptionError("gt_dir", f"{root} holds several benchmark splits ({', '.join(d.name for d in splits)}); "
-                        f"give one of them")
+        raise OptionError(
+            "gt_dir", f"{root} holds several benchmark splits ({', '.join(d.name for d in splits)}); give one of them"
+        )
     raise OptionError("gt_dir", f"no sequences in {root} (expected <seq>/gt/gt.txt or <BENCH>-<SPLIT>/<seq>/gt/gt.txt)")
 
 
@@ -87,11 +92,19 @@ def read_tracks(path: str | os.PathLike) -> np.ndarray:
     from reidkit.data.scene import read_mot
 
     a = read_mot(path)
-    bad = np.flatnonzero((a[:, 0] < 1) | (a[:, 0] != np.round(a[:, 0])) | (a[:, 1] != np.round(a[:, 1]))
-                         | ~np.isfinite(a[:, 2:6]).all(1) | (a[:, 4] <= 0) | (a[:, 5] <= 0))
+    bad = np.flatnonzero(
+        (a[:, 0] < 1)
+        | (a[:, 0] != np.round(a[:, 0]))
+        | (a[:, 1] != np.round(a[:, 1]))
+        | ~np.isfinite(a[:, 2:6]).all(1)
+        | (a[:, 4] <= 0)
+        | (a[:, 5] <= 0)
+    )
     if len(bad):
-        raise ReIDError(f"{path}: row {bad[0] + 1}: expected an integer frame >= 1, an integer id and a box with "
-                        f"positive width and height, got {a[bad[0]].tolist()}")
+        raise ReIDError(
+            f"{path}: row {bad[0] + 1}: expected an integer frame >= 1, an integer id and a box with "
+            f"positive width and height, got {a[bad[0]].tolist()}"
+        )
     keys = a[:, 0] * 1e9 + a[:, 1]
     _, first, counts = np.unique(keys, return_index=True, return_counts=True)
     if (counts > 1).any():
@@ -104,8 +117,11 @@ def _pred_file(pred_dir: Path, seq: str) -> Path:
     for p in (pred_dir / f"{seq}.txt", pred_dir / "data" / f"{seq}.txt"):
         if p.is_file():
             return p
-    raise OptionError("pred_dir", f"no predictions for sequence {seq!r}: expected {pred_dir / (seq + '.txt')} "
-                    f"(an empty file when the tracker found nobody)")
+    raise OptionError(
+        "pred_dir",
+        f"no predictions for sequence {seq!r}: expected {pred_dir / (seq + '.txt')} "
+        f"(an empty file when the tracker found nobody)",
+    )
 
 
 def _write_seq(root: Path, seq: str, gt: np.ndarray, pred: np.ndarray, length: int) -> None:
@@ -122,20 +138,41 @@ def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float
     try:
         import trackeval
     except ImportError:
-        raise ReIDError("eval-tracks needs TrackEval: pip install 'reidkit[tracks]' (or pip install trackeval)") from None
+        raise ReIDError(
+            "eval-tracks needs TrackEval: pip install 'reidkit[tracks]' (or pip install trackeval)"
+        ) from None
     quiet = {"PRINT_CONFIG": False}
-    eval_cfg = dict(trackeval.Evaluator.get_default_eval_config(), USE_PARALLEL=False, BREAK_ON_ERROR=True,
-                    LOG_ON_ERROR=None, PRINT_RESULTS=False, PRINT_ONLY_COMBINED=True, TIME_PROGRESS=False,
-                    OUTPUT_SUMMARY=False, OUTPUT_DETAILED=False, PLOT_CURVES=False, **quiet)
-    ds_cfg = dict(trackeval.datasets.MotChallenge2DBox.get_default_dataset_config(),
-                  GT_FOLDER=str(root / "gt"), TRACKERS_FOLDER=str(root / "trk"), OUTPUT_FOLDER=str(root / "out"),
-                  TRACKERS_TO_EVAL=["pred"], SKIP_SPLIT_FOL=True, SEQ_INFO=dict(lengths), DO_PREPROC=True, **quiet)
+    eval_cfg = dict(
+        trackeval.Evaluator.get_default_eval_config(),
+        USE_PARALLEL=False,
+        BREAK_ON_ERROR=True,
+        LOG_ON_ERROR=None,
+        PRINT_RESULTS=False,
+        PRINT_ONLY_COMBINED=True,
+        TIME_PROGRESS=False,
+        OUTPUT_SUMMARY=False,
+        OUTPUT_DETAILED=False,
+        PLOT_CURVES=False,
+        **quiet,
+    )
+    ds_cfg = dict(
+        trackeval.datasets.MotChallenge2DBox.get_default_dataset_config(),
+        GT_FOLDER=str(root / "gt"),
+        TRACKERS_FOLDER=str(root / "trk"),
+        OUTPUT_FOLDER=str(root / "out"),
+        TRACKERS_TO_EVAL=["pred"],
+        SKIP_SPLIT_FOL=True,
+        SEQ_INFO=dict(lengths),
+        DO_PREPROC=True,
+        **quiet,
+    )
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf):
             res, msg = trackeval.Evaluator(eval_cfg).evaluate(
                 [trackeval.datasets.MotChallenge2DBox(ds_cfg)],
-                [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()])
+                [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()],
+            )
     except Exception as exc:  # TrackEvalException and its checks: a user's files, so one error line
         raise ReIDError(f"TrackEval: {exc}") from None
     if msg["MotChallenge2DBox"]["pred"] != "Success":
@@ -143,16 +180,25 @@ def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float
     out = {}
     for seq, r in res["MotChallenge2DBox"]["pred"].items():
         m = r["pedestrian"]
-        out[seq] = {"HOTA": 100 * float(np.mean(m["HOTA"]["HOTA"])), "DetA": 100 * float(np.mean(m["HOTA"]["DetA"])),
-                    "AssA": 100 * float(np.mean(m["HOTA"]["AssA"])), "IDF1": 100 * float(m["Identity"]["IDF1"]),
-                    "IDP": 100 * float(m["Identity"]["IDP"]), "IDR": 100 * float(m["Identity"]["IDR"]),
-                    "MOTA": 100 * float(m["CLEAR"]["MOTA"]), "MOTP": 100 * float(m["CLEAR"]["MOTP"]),
-                    "IDsw": int(m["CLEAR"]["IDSW"]), "GT_IDs": int(m["Count"]["GT_IDs"]) if "Count" in m else None,
-                    "IDs": int(m["Count"]["IDs"]) if "Count" in m else None}
+        out[seq] = {
+            "HOTA": 100 * float(np.mean(m["HOTA"]["HOTA"])),
+            "DetA": 100 * float(np.mean(m["HOTA"]["DetA"])),
+            "AssA": 100 * float(np.mean(m["HOTA"]["AssA"])),
+            "IDF1": 100 * float(m["Identity"]["IDF1"]),
+            "IDP": 100 * float(m["Identity"]["IDP"]),
+            "IDR": 100 * float(m["Identity"]["IDR"]),
+            "MOTA": 100 * float(m["CLEAR"]["MOTA"]),
+            "MOTP": 100 * float(m["CLEAR"]["MOTP"]),
+            "IDsw": int(m["CLEAR"]["IDSW"]),
+            "GT_IDs": int(m["Count"]["GT_IDs"]) if "Count" in m else None,
+            "IDs": int(m["Count"]["IDs"]) if "Count" in m else None,
+        }
     return out
 
 
-def evaluate_tracks(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, multi_camera: bool = True) -> dict[str, Any]:
+def evaluate_tracks(
+    gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, multi_camera: bool = True
+) -> dict[str, Any]:
     """{"sequences": {seq: metrics}, "combined": metrics, "multi_camera": metrics | None} (module docstring)."""
     seqs = find_sequences(gt_dir)
     pdir = Path(pred_dir).expanduser()
@@ -200,5 +246,6 @@ def format_table(res: dict[str, Any]) -> str:
     if res.get("multi_camera"):
         rows.append(row("multi-camera (global ids)", res["multi_camera"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols) + 1)]
-    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-                     for r in rows)
+    return "\n".join(
+        "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows
+    )

@@ -1,4 +1,5 @@
 """Pictures of an evaluation: ranked lists per query (PNG + index.html), CMC, distance histograms."""
+
 from __future__ import annotations
 
 import html
@@ -15,13 +16,13 @@ GREEN, RED, GREY = "#1a9641", "#d7191c", "#9e9e9e"
 _CELL = (128, 64)  # every crop is shown at this (H, W)
 
 
-
 def _savefig(fig, path, dpi: int) -> None:
     """A figure as a PNG through the one atomic writer (regular files only, the user's umask)."""
     from reidkit.utils.io import atomic_write
 
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+
 
 def _plt():
     import matplotlib
@@ -79,8 +80,10 @@ def visualize_ranked(
     plt = _plt()
     d = np.asarray(distmat)
     if d.shape != (len(query_records), len(gallery_records)):
-        raise ReIDError(f"visualize_ranked: distmat shape {d.shape} does not match "
-                        f"{len(query_records)} queries x {len(gallery_records)} gallery records")
+        raise ReIDError(
+            f"visualize_ranked: distmat shape {d.shape} does not match "
+            f"{len(query_records)} queries x {len(gallery_records)} gallery records"
+        )
     if topk < 1:
         raise ReIDError(f"topk: expected a positive integer, got {topk}")
     out = Path(out_dir)
@@ -125,8 +128,8 @@ def visualize_ranked(
             rows.append((qi, q, ap, name, rank1_hit(labels)))
             bar.update(1)
     items = "\n".join(
-        f'<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>c{q.camid + 1}</td>'
-        f'<td>{"-" if ap is None else f"{ap * 100:.1f}"}</td><td>{"yes" if hit else "no"}</td>'
+        f"<tr><td>{qi}</td><td>{html.escape(Path(q.path).name)}</td><td>{q.pid}</td><td>c{q.camid + 1}</td>"
+        f"<td>{'-' if ap is None else f'{ap * 100:.1f}'}</td><td>{'yes' if hit else 'no'}</td>"
         f'<td><a href="{name}"><img src="{name}" height="90" loading="lazy"></a></td></tr>'
         for qi, q, ap, name, hit in rows
     )
@@ -169,8 +172,9 @@ def plot_cmc(cmc, path: str | os.PathLike, label: str | None = None) -> Path:
     return path
 
 
-def plot_distance_hist(distmat, q_pids, g_pids, path: str | os.PathLike, bins: int = 100,
-                       max_pairs: int = 2_000_000, seed: int = 0) -> Path:
+def plot_distance_hist(
+    distmat, q_pids, g_pids, path: str | os.PathLike, bins: int = 100, max_pairs: int = 2_000_000, seed: int = 0
+) -> Path:
     """Histograms of positive (same pid) and negative query-gallery distances as a PNG."""
     plt = _plt()
     d = np.asarray(distmat)

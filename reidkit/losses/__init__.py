@@ -1,4 +1,5 @@
 """Losses: identity (CE + label smoothing), triplet, center, learnable weighting; the LOSSES registry, criterion."""
+
 from __future__ import annotations
 
 from reidkit.losses.center import CenterLoss, rescale_center_grad
@@ -9,6 +10,16 @@ from reidkit.losses.triplet import pairwise_distance, triplet_loss
 from reidkit.losses.weighting import UncertaintyWeighting
 
 __all__ = [
-    "CenterLoss", "rescale_center_grad", "cross_entropy_ls", "LOSS_NAMES", "Criterion", "LossConfig",
-    "build_criterion", "LOSSES", "register_loss", "pairwise_distance", "triplet_loss", "UncertaintyWeighting",
+    "CenterLoss",
+    "rescale_center_grad",
+    "cross_entropy_ls",
+    "LOSS_NAMES",
+    "Criterion",
+    "LossConfig",
+    "build_criterion",
+    "LOSSES",
+    "register_loss",
+    "pairwise_distance",
+    "triplet_loss",
+    "UncertaintyWeighting",
 ]

@@ -1,4 +1,5 @@
 """Center loss (Wen et al., ECCV 2016)."""
+
 from __future__ import annotations
 
 import torch
@@ -31,9 +32,7 @@ class CenterLoss(nn.Module):
     def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Center loss of ``B x feat_dim`` features."""
         if feats.dim() != 2 or feats.shape[1] != self.feat_dim:
-            raise ReIDError(
-                f"CenterLoss: expected B x {self.feat_dim} features, got {tuple(feats.shape)}"
-            )
+            raise ReIDError(f"CenterLoss: expected B x {self.feat_dim} features, got {tuple(feats.shape)}")
         diff = feats.float() - self.centers[labels.long()]
         return self.scale * diff.pow(2).sum(dim=1).mean()
 

@@ -1,4 +1,5 @@
 """Identity (classification) losses."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,9 @@ from reidkit.errors import ReIDError
 SMOOTH_FORMS = ("uniform", "others")
 
 
-def cross_entropy_ls(logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.1,
-                     form: str = "uniform") -> torch.Tensor:
+def cross_entropy_ls(
+    logits: torch.Tensor, labels: torch.Tensor, eps: float = 0.1, form: str = "uniform"
+) -> torch.Tensor:
     """Cross-entropy with label smoothing, batch mean.
 
     ``form="uniform"`` (BoT, torchreid, Szegedy et al.): q = (1 - eps) one-hot + eps / N;

@@ -7,6 +7,7 @@ given, else the BoT fields (``id_weight`` for softmax, ``metric_weight`` for tri
 ``center_weight`` for center), else 1.0. With ``learnable_weights`` the weights become learnable
 uncertainty weights that start at those same values.
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,10 @@ class Criterion(nn.Module):
         for name in self.names:
             value = self.terms[name](outputs, labels)
             if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                raise ReIDError(f"loss {name!r}: forward must return a scalar tensor, got {type(value).__name__}"
-                                + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""))
+                raise ReIDError(
+                    f"loss {name!r}: forward must return a scalar tensor, got {type(value).__name__}"
+                    + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else "")
+                )
             raw[name] = value.reshape(())
         if self.weighting is not None:
             total = self.weighting(raw)

@@ -15,14 +15,10 @@ from reidkit.errors import ReIDError
 __all__ = ["DECHead", "dec_loss", "student_t_assignment", "target_distribution"]
 
 
-def student_t_assignment(
-    z: torch.Tensor, centres: torch.Tensor, alpha: float = 1.0
-) -> torch.Tensor:
+def student_t_assignment(z: torch.Tensor, centres: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Soft assignments q (N x K), rows summing to one, from the Student-t kernel."""
     if z.ndim != 2 or centres.ndim != 2 or z.shape[1] != centres.shape[1]:
-        raise ReIDError(
-            f"z/centres: expected N x D and K x D, got {tuple(z.shape)} and {tuple(centres.shape)}"
-        )
+        raise ReIDError(f"z/centres: expected N x D and K x D, got {tuple(z.shape)} and {tuple(centres.shape)}")
     if not alpha > 0:
         raise ReIDError(f"alpha: expected a positive degree of freedom, got {alpha!r}")
     d2 = (z.unsqueeze(1) - centres.unsqueeze(0)).pow(2).sum(-1)

@@ -32,13 +32,12 @@ __all__ = ["ClusterMemory", "HybridMemory", "InstanceMemory", "cluster_centroids
 
 
 def _as_long(labels: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels,
-                           dtype=torch.long, device=device)
+    return torch.as_tensor(
+        np.asarray(labels) if not torch.is_tensor(labels) else labels, dtype=torch.long, device=device
+    )
 
 
-def cluster_centroids(
-    features: torch.Tensor, labels: torch.Tensor, num_clusters: int | None = None
-) -> torch.Tensor:
+def cluster_centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
     """L2-normalised mean of the (normalised) features of each cluster id >= 0 (C x D)."""
     features = F.normalize(torch.as_tensor(features).float(), dim=1)
     labels = _as_long(labels, features.device)
@@ -92,8 +91,15 @@ class _UpdateInBackward(torch.autograd.Function):
 
 
 class _Memory(nn.Module):
-    def __init__(self, num_features: int, num_entries: int, temp: float, momentum: float,
-                 update_in_backward: bool, gather: Any = None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        num_entries: int,
+        temp: float,
+        momentum: float,
+        update_in_backward: bool,
+        gather: Any = None,
+    ) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ReIDError(f"momentum: expected a value in [0, 1), got {momentum!r}")
@@ -114,9 +120,7 @@ class _Memory(nn.Module):
 
     def _prepare(self, features: torch.Tensor, labels, num_classes: int):
         if features.ndim != 2 or features.shape[1] != self.num_features:
-            raise ReIDError(
-                f"features: expected B x {self.num_features}, got {tuple(features.shape)}"
-            )
+            raise ReIDError(f"features: expected B x {self.num_features}, got {tuple(features.shape)}")
         labels = _as_long(labels, features.device)
         if labels.numel() != features.shape[0]:
             raise ReIDError(f"labels: expected {features.shape[0]} labels, got {labels.numel()}")
@@ -139,8 +143,16 @@ class ClusterMemory(_Memory):
     once, toward its least similar in-batch instance.
     """
 
-    def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05,
-                 momentum: float = 0.1, mode: str = "mean", update_in_backward: bool = True, gather: Any = None):
+    def __init__(
+        self,
+        num_features: int,
+        num_clusters: int,
+        temp: float = 0.05,
+        momentum: float = 0.1,
+        mode: str = "mean",
+        update_in_backward: bool = True,
+        gather: Any = None,
+    ):
         super().__init__(num_features, num_clusters, temp, momentum, update_in_backward, gather)
         if mode not in ("mean", "hard"):
             raise ReIDError(f"mode: expected 'mean' or 'hard', got {mode!r}")
@@ -188,8 +200,16 @@ class HybridMemory(_Memory):
     (1 - w) * CE_mean, each CE over its own C entries.
     """
 
-    def __init__(self, num_features: int, num_clusters: int, temp: float = 0.05,
-                 momentum: float = 0.1, weight: float = 0.5, update_in_backward: bool = True, gather: Any = None):
+    def __init__(
+        self,
+        num_features: int,
+        num_clusters: int,
+        temp: float = 0.05,
+        momentum: float = 0.1,
+        weight: float = 0.5,
+        update_in_backward: bool = True,
+        gather: Any = None,
+    ):
         super().__init__(num_features, 2 * num_clusters, temp, momentum, update_in_backward, gather)
         if not 0.0 <= weight <= 1.0:
             raise ReIDError(f"weight: expected a value in [0, 1], got {weight!r}")
@@ -239,8 +259,15 @@ class InstanceMemory(_Memory):
     (contiguous, hence non-empty) classes.
     """
 
-    def __init__(self, num_features: int, num_samples: int, temp: float = 0.05,
-                 momentum: float = 0.2, update_in_backward: bool = True, gather: Any = None):
+    def __init__(
+        self,
+        num_features: int,
+        num_samples: int,
+        temp: float = 0.05,
+        momentum: float = 0.2,
+        update_in_backward: bool = True,
+        gather: Any = None,
+    ):
         super().__init__(num_features, num_samples, temp, momentum, update_in_backward, gather)
         self.register_buffer("labels", torch.arange(int(num_samples)))
 
@@ -258,16 +285,12 @@ class InstanceMemory(_Memory):
         if features is not None:
             f = F.normalize(torch.as_tensor(features).float(), dim=1)
             if f.shape != self.features.shape:
-                raise ReIDError(
-                    f"features: expected {tuple(self.features.shape)}, got {tuple(f.shape)}"
-                )
+                raise ReIDError(f"features: expected {tuple(self.features.shape)}, got {tuple(f.shape)}")
             self.features.copy_(f)
         if labels is not None:
             lab = np.asarray(labels.cpu() if torch.is_tensor(labels) else labels).astype(np.int64)
             if lab.shape != (self.features.shape[0],):
-                raise ReIDError(
-                    f"labels: expected {self.features.shape[0]} labels, got {lab.shape}"
-                )
+                raise ReIDError(f"labels: expected {self.features.shape[0]} labels, got {lab.shape}")
             out = lab < 0
             lab[out] = lab.max(initial=-1) + 1 + np.arange(int(out.sum()))
             lab = np.unique(lab, return_inverse=True)[1]

@@ -18,6 +18,7 @@ from :data:`LOSSES` and sums them with their weights. The built-ins (``softmax``
 
 then ``loss.names=[softmax, l2_feat]`` (weight ``loss.weights.l2_feat``, default 1.0).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -100,9 +101,9 @@ class TripletLoss(nn.Module):
     def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean triplet loss over the branches."""
         feats = _output_list(outputs, "feats", "feat", "triplet")
-        return _branch_mean([
-            triplet_loss(f, labels, self.margin, self.soft, self.distance, self.variant) for f in feats
-        ], outputs)
+        return _branch_mean(
+            [triplet_loss(f, labels, self.margin, self.soft, self.distance, self.variant) for f in feats], outputs
+        )
 
 
 @register_loss("center")

@@ -1,6 +1,7 @@
 """Triplet losses: batch-hard (Hermans et al. 2017) with margin/soft-margin, the d_ap+ variant,
 and "batch hardest" (one triplet per batch: the farthest positive pair and the nearest negative
 pair over the whole batch, the harder mining of the project's experiment log)."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,13 @@ def pairwise_distance(x: torch.Tensor, distance: str = "euclidean") -> torch.Ten
 
 
 def triplet_loss(
-    feats: torch.Tensor, labels: torch.Tensor, margin: float = 0.3, soft: bool = False,
-    distance: str = "euclidean", variant: str = "standard", normalize: bool = False,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float = 0.3,
+    soft: bool = False,
+    distance: str = "euclidean",
+    variant: str = "standard",
+    normalize: bool = False,
 ) -> torch.Tensor:
     """Triplet loss of a batch: batch-hard averaged over valid anchors, or one "batch hardest" triplet.
 

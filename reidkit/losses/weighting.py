@@ -6,6 +6,7 @@ large raw loss (the center loss is ~440 at the start of a BoT run) swamp the oth
 log-variances start at s_i = -log(w_i) for given initial weights w_i (the recipe's fixed
 weights): the first steps weigh the losses exactly as the fixed-weight recipe does.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,7 @@ from reidkit.errors import ReIDError
 class UncertaintyWeighting(nn.Module):
     """total = sum_i exp(-s_i) * L_i + s_i, learnable s_i initialised to -log(initial weight_i)."""
 
-    def __init__(self, names: list[str] | tuple[str, ...],
-                 init_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, names: list[str] | tuple[str, ...], init_weights: Mapping[str, float] | None = None) -> None:
         super().__init__()
         self.names = list(names)
         if not self.names or len(set(self.names)) != len(self.names):

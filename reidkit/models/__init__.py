@@ -1,4 +1,5 @@
 """Models: backbones, heads, MGN and model assembly (names resolved lazily to keep imports light)."""
+
 from __future__ import annotations
 
 from reidkit._lazy import lazy_getattr

@@ -1,4 +1,5 @@
 """Model assembly: ``ModelConfig`` -> ``ReIDModel`` (backbone + head, or MGN), checkpoints, param groups."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,11 @@ class ReIDModel(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, head: nn.Module, mean: list[float], std: list[float],
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        mean: list[float],
+        std: list[float],
         arch: str = "baseline",
     ) -> None:
         super().__init__()
@@ -57,11 +62,16 @@ class ReIDModel(nn.Module):
         """The typed facts about this model (input size, normalisation, feature size, provenance)."""
         cfg = self.model_cfg
         return ModelInfo(
-            source_format=self.source_format, feat_dim=int(self.feat_dim),
+            source_format=self.source_format,
+            feat_dim=int(self.feat_dim),
             input_size=(int(self.input_size[0]), int(self.input_size[1])),
-            mean=tuple(float(v) for v in self.mean), std=tuple(float(v) for v in self.std),
-            uses_camera=bool(self.uses_camera), source_arch=self.source_arch, sha256=self.sha256,
-            path=self.path, model_cfg=dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
+            mean=tuple(float(v) for v in self.mean),
+            std=tuple(float(v) for v in self.std),
+            uses_camera=bool(self.uses_camera),
+            source_arch=self.source_arch,
+            sha256=self.sha256,
+            path=self.path,
+            model_cfg=dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
         )
 
     def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> Any:
@@ -109,7 +119,11 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
         from reidkit.models.mgn import build_mgn_parts
 
         trunk, mhead, mean, std = build_mgn_parts(
-            cfg.backbone, int(num_classes), cfg.pretrained, cfg.classifier, cfg.cls_scale,
+            cfg.backbone,
+            int(num_classes),
+            cfg.pretrained,
+            cfg.classifier,
+            cfg.cls_scale,
             cfg.cls_margin,
         )
         return ReIDModel(trunk, mhead, mean, std, arch="mgn")
@@ -120,13 +134,23 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
         return ReIDModel(ttrunk, thead, mean, std, arch="transreid")
     from reidkit.models.backbones import build_backbone, options_from_config
 
-    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride,
-                              **options_from_config(cfg))
+    backbone = build_backbone(
+        cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride, **options_from_config(cfg)
+    )
     head = ReIDHead(
-        int(backbone.out_channels), int(num_classes), pooling=cfg.pooling, gem_p=cfg.gem_p,
-        neck=cfg.neck, neck_feat=cfg.neck_feat, embedding_dim=cfg.embedding_dim,
-        embedding_hidden=cfg.embedding_hidden, dropout=cfg.dropout, classifier=cfg.classifier,
-        cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin, cls_init_std=cfg.cls_init_std,
+        int(backbone.out_channels),
+        int(num_classes),
+        pooling=cfg.pooling,
+        gem_p=cfg.gem_p,
+        neck=cfg.neck,
+        neck_feat=cfg.neck_feat,
+        embedding_dim=cfg.embedding_dim,
+        embedding_hidden=cfg.embedding_hidden,
+        dropout=cfg.dropout,
+        classifier=cfg.classifier,
+        cls_scale=cfg.cls_scale,
+        cls_margin=cfg.cls_margin,
+        cls_init_std=cfg.cls_init_std,
         cls_bias=cfg.cls_bias,
     )
     mean = list(getattr(backbone, "mean", _DEFAULT_MEAN))
@@ -138,8 +162,12 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
 
 
 def save_model(
-    path: str | os.PathLike, model: ReIDModel, cfg: ModelConfig, num_classes: int,
-    input_size: tuple[int, int] | list[int], extra: dict[str, Any] | None = None,
+    path: str | os.PathLike,
+    model: ReIDModel,
+    cfg: ModelConfig,
+    num_classes: int,
+    input_size: tuple[int, int] | list[int],
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``{"model", "model_cfg", "num_classes", "input_size", "mean", "std", **extra}`` atomically."""
     path = Path(path)
@@ -200,8 +228,10 @@ def _built_with_weights(cfg: ModelConfig, num_classes: int, state: Mapping[str, 
         with _NoRandomFillOnMeta(), torch.device("meta"):
             model = build_model(cfg, num_classes)
         own = model.state_dict()
-        cast = {k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
-                for k, v in state.items()}
+        cast = {
+            k: v.to(own[k].dtype) if k in own and torch.is_tensor(v) and v.dtype != own[k].dtype else v
+            for k, v in state.items()
+        }
         model.load_state_dict(cast, strict=True, assign=True)
     except (RuntimeError, NotImplementedError, TypeError, ValueError):
         return None

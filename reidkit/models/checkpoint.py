@@ -21,6 +21,7 @@ file and the flag, with trust it warns. Reading an archive's reidkit metadata
 
 This module imports only torch, the standard library, ``reidkit.errors`` and ``reidkit.utils``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,15 +41,28 @@ import torch
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "read_checkpoint", "save_checkpoint", "file_sha256", "is_torchscript", "trusted", "trust_active",
-    "allowed_globals", "require_program_trust", "torchscript_extra", "UNSAFE_WARNING", "PROGRAM_WARNING",
+    "read_checkpoint",
+    "save_checkpoint",
+    "file_sha256",
+    "is_torchscript",
+    "trusted",
+    "trust_active",
+    "allowed_globals",
+    "require_program_trust",
+    "torchscript_extra",
+    "UNSAFE_WARNING",
+    "PROGRAM_WARNING",
 ]
 
-UNSAFE_WARNING = ("warning: --trust-checkpoint: loading {path} with full unpickling because it holds "
-                  "{what}; this can run arbitrary code from that file. Only do this for files you trust.")
+UNSAFE_WARNING = (
+    "warning: --trust-checkpoint: loading {path} with full unpickling because it holds "
+    "{what}; this can run arbitrary code from that file. Only do this for files you trust."
+)
 
-PROGRAM_WARNING = ("warning: --trust-checkpoint: loading the TorchScript program {path}; TorchScript runs the "
-                   "code stored in the file. Only do this for files you trust.")
+PROGRAM_WARNING = (
+    "warning: --trust-checkpoint: loading the TorchScript program {path}; TorchScript runs the "
+    "code stored in the file. Only do this for files you trust."
+)
 
 _lock = threading.Lock()
 _trust_depth = 0
@@ -58,7 +72,9 @@ _trust_depth = 0
 # come back as ``collections.OrderedDict`` (the stand-in: the keys and values, no behaviour; torch's
 # unpickler fills only exact dict types, and an OrderedDict also takes the node's attribute state).
 _CONFIG_NAMES = (
-    "yacs.config.CfgNode", "fvcore.common.config.CfgNode", "detectron2.config.config.CfgNode",
+    "yacs.config.CfgNode",
+    "fvcore.common.config.CfgNode",
+    "detectron2.config.config.CfgNode",
     "fastreid.config.config.CfgNode",
 )
 
@@ -93,8 +109,13 @@ def allowed_globals() -> dict[str, Any]:
     for name in _CONFIG_NAMES:
         out[name] = collections.OrderedDict
     # Plain-pickle containers (torch's unpickler has them built in).
-    for name, obj in (("builtins.set", set), ("builtins.frozenset", frozenset), ("builtins.slice", slice),
-                      ("builtins.complex", complex), ("builtins.bytearray", bytearray)):
+    for name, obj in (
+        ("builtins.set", set),
+        ("builtins.frozenset", frozenset),
+        ("builtins.slice", slice),
+        ("builtins.complex", complex),
+        ("builtins.bytearray", bytearray),
+    ):
         out[name] = obj
     # Protocol-2 pickles store bytes as _codecs.encode(text, "latin1") (torch allows it by default).
     import _codecs
@@ -129,7 +150,6 @@ def trust_active() -> bool:
     return _trust_depth > 0
 
 
-
 def require_program_trust(path: str | os.PathLike, trust: bool = False, warn: bool = True) -> None:
     """Raise one ReIDError unless loading the TorchScript program ``path`` was allowed (``trust`` or
     :func:`trusted`); warn on stderr when it was (``warn``: not for a file this process just wrote)."""
@@ -137,7 +157,8 @@ def require_program_trust(path: str | os.PathLike, trust: bool = False, warn: bo
         raise ReIDError(
             f"checkpoint {path}: refused to load a TorchScript program: loading it runs the code stored in the "
             "file. Use an ONNX export or a checkpoint instead; if you trust this file, pass --trust-checkpoint "
-            "(Python: trust_checkpoint=True)")
+            "(Python: trust_checkpoint=True)"
+        )
     if warn:
         print(PROGRAM_WARNING.format(path=path), file=sys.stderr, flush=True)
 
@@ -179,8 +200,11 @@ def _disallowed_global(exc: BaseException, path: Path) -> str:
     m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
         return m.group(1)
-    m = re.search(r"(?:unrecognized function|new object for nn.Parameter or classes allowlisted via "
-                  r"`add_safe_globals` but got) <?(?:class |built-in function )?'?([\w.]+)", text)
+    m = re.search(
+        r"(?:unrecognized function|new object for nn.Parameter or classes allowlisted via "
+        r"`add_safe_globals` but got) <?(?:class |built-in function )?'?([\w.]+)",
+        text,
+    )
     if m:
         return m.group(1)
     try:
@@ -234,9 +258,11 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if not path.is_file():
         raise ReIDError(f"checkpoint: file not found: {path}")
     if is_torchscript(path):
-        raise ReIDError(f"checkpoint: {path} is a TorchScript export, not a training checkpoint; it serves "
-                        "features (reidkit extract --weights, reidkit.inference.FeatureExtractor) but cannot "
-                        "be rebuilt into a trainable model")
+        raise ReIDError(
+            f"checkpoint: {path} is a TorchScript export, not a training checkpoint; it serves "
+            "features (reidkit extract --weights, reidkit.inference.FeatureExtractor) but cannot "
+            "be rebuilt into a trainable model"
+        )
     trust = trust or trust_active()
     plain = False
     try:

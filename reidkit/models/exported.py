@@ -7,6 +7,7 @@ TorchScript), and the runners answer ``info`` (a :class:`~reidkit.models.info.Mo
 onnxruntime sessions use one intra-op thread count and a passive wait (no spinning threads
 competing with the rest of the process on a shared CPU).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ import torch
 from reidkit.errors import ReIDError
 from reidkit.models.info import ModelInfo
 
-__all__ = ["INPUT_NAME", "CAMS_NAME", "OUTPUT_NAME", "OnnxFeatureModel", "TorchScriptFeatureModel",
-           "read_export_metadata", "load_torchscript", "ort_session", "open_exported"]
+__all__ = [
+    "INPUT_NAME",
+    "CAMS_NAME",
+    "OUTPUT_NAME",
+    "OnnxFeatureModel",
+    "TorchScriptFeatureModel",
+    "read_export_metadata",
+    "load_torchscript",
+    "ort_session",
+    "open_exported",
+]
 
 INPUT_NAME = "images"
 CAMS_NAME = "camids"
@@ -59,8 +69,9 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def _require_meta(meta: dict[str, Any], path: Path) -> None:
     missing = [k for k in ("input_size", "mean", "std", "feat_dim") if k not in meta]
     if missing:
-        raise ReIDError(f"{path}: not a reidkit export (metadata lacks {', '.join(missing)}); "
-                        f"export it with `reidkit export`")
+        raise ReIDError(
+            f"{path}: not a reidkit export (metadata lacks {', '.join(missing)}); export it with `reidkit export`"
+        )
 
 
 class _ExportedFeatureModel:
@@ -84,13 +95,17 @@ class _ExportedFeatureModel:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ReIDError(f"{self.path.name}: expected an N x 3 x H x W batch, got {tuple(x.shape)}")
         if list(x.shape[2:]) != self.input_size:
-            raise ReIDError(f"{self.path.name}: exported for input size {self.input_size[0]}x"
-                            f"{self.input_size[1]}, got {x.shape[2]}x{x.shape[3]}")
+            raise ReIDError(
+                f"{self.path.name}: exported for input size {self.input_size[0]}x"
+                f"{self.input_size[1]}, got {x.shape[2]}x{x.shape[3]}"
+            )
         if not self.uses_camera:
             return None
         if cams is None:
-            raise ReIDError(f"{self.path.name}: this model uses the camera id of each image (SIE); "
-                            "give camids (reidkit extract reads them from file names with --cam-regex)")
+            raise ReIDError(
+                f"{self.path.name}: this model uses the camera id of each image (SIE); "
+                "give camids (reidkit extract reads them from file names with --cam-regex)"
+            )
         cams = torch.as_tensor(cams, dtype=torch.int64).reshape(-1).cpu()
         if cams.numel() != x.shape[0]:
             raise ReIDError(f"{self.path.name}: {cams.numel()} camera ids for a batch of {x.shape[0]}")
@@ -103,11 +118,17 @@ class _ExportedFeatureModel:
     @property
     def info(self) -> ModelInfo:
         """The model facts stored in the export (``sha256`` is the exported checkpoint's)."""
-        return ModelInfo(source_format=self.source_format, feat_dim=self.feat_dim,
-                         input_size=(self.input_size[0], self.input_size[1]), mean=tuple(self.mean),
-                         std=tuple(self.std), uses_camera=self.uses_camera,
-                         sha256=self.metadata.get("weights_sha256"), path=str(self.path),
-                         model_cfg=self.metadata.get("model_cfg"))
+        return ModelInfo(
+            source_format=self.source_format,
+            feat_dim=self.feat_dim,
+            input_size=(self.input_size[0], self.input_size[1]),
+            mean=tuple(self.mean),
+            std=tuple(self.std),
+            uses_camera=self.uses_camera,
+            sha256=self.metadata.get("weights_sha256"),
+            path=str(self.path),
+            model_cfg=self.metadata.get("model_cfg"),
+        )
 
 
 RUN_BATCH = 16  # images per onnxruntime run
@@ -146,9 +167,9 @@ class OnnxFeatureModel(_ExportedFeatureModel):
         xs = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         outs = []
         for i in range(0, max(len(xs), 1), RUN_BATCH):
-            feeds = {self.input_name: xs[i:i + RUN_BATCH]}
+            feeds = {self.input_name: xs[i : i + RUN_BATCH]}
             if cams is not None:
-                feeds[CAMS_NAME] = np.ascontiguousarray(cams[i:i + RUN_BATCH].numpy())
+                feeds[CAMS_NAME] = np.ascontiguousarray(cams[i : i + RUN_BATCH].numpy())
             outs.append(self.session.run(None, feeds)[0])
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0]).to(x.device)
 
@@ -194,8 +215,9 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, what: str =
         raise ReIDError(f"{what + ': ' if what else ''}onnxruntime cannot load {path}: {exc}") from None
 
 
-def load_torchscript(path: str | os.PathLike, trust: bool = False,
-                     warn: bool = True) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+def load_torchscript(
+    path: str | os.PathLike, trust: bool = False, warn: bool = True
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load an exported TorchScript model (eval, CPU) with its reidkit metadata.
 
     Loading runs the program's code, so it needs ``trust`` (CLI ``--trust-checkpoint``) or an enclosing

@@ -8,6 +8,7 @@ forward pass on an example input (forward hooks: the BN's input must be the very
 convolution returned), not from attribute names, so any backbone folds; the folded model's output is
 checked against the original on that input and the original is kept when they differ.
 """
+
 from __future__ import annotations
 
 import copy
@@ -94,15 +95,20 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, atol: 
     for conv_name, bn_name in pairs:
         conv, bn = net.get_submodule(conv_name), net.get_submodule(bn_name)
         # `net` is already a copy: the conv takes the folded weights in place (no second copy of it)
-        conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
-                                                      bn.eps, bn.weight, bn.bias)
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
         _set(net, bn_name, nn.Identity())
     with torch.no_grad():
         got = net(x)
     # written so that a NaN difference (folded weights that are not finite) also keeps the original
-    if not isinstance(ref, torch.Tensor) or got.shape != ref.shape or not float(
-            (got - ref).abs().max()) <= atol * max(1.0, float(ref.abs().max())):
-        warnings.warn(f"fold_batchnorm: folded {type(model).__name__} differs from the original; kept unfolded",
-                      stacklevel=2)
+    if (
+        not isinstance(ref, torch.Tensor)
+        or got.shape != ref.shape
+        or not float((got - ref).abs().max()) <= atol * max(1.0, float(ref.abs().max()))
+    ):
+        warnings.warn(
+            f"fold_batchnorm: folded {type(model).__name__} differs from the original; kept unfolded", stacklevel=2
+        )
         return copy.deepcopy(model).eval()
     return net

@@ -24,6 +24,7 @@ fixed, so make it a multiple of N); so does a BatchNorm1d group of a single samp
 no variance. The swap keeps the parameter and buffer names (``weight``, ``bias``,
 ``running_mean``, ``running_var``, ``num_batches_tracked``), so checkpoints load either way.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,8 +115,14 @@ _SWAP = {nn.BatchNorm1d: GhostBatchNorm1d, nn.BatchNorm2d: GhostBatchNorm2d}
 
 def _ghost_of(bn: nn.Module, groups: int) -> nn.Module:
     cls = _SWAP[type(bn)]
-    new = cls(bn.num_features, groups=groups, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-              track_running_stats=bn.track_running_stats)
+    new = cls(
+        bn.num_features,
+        groups=groups,
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+    )
     # The same Parameter and buffer objects move over: requires_grad (BNNeck's frozen bias),
     # optimiser references and the device all stay as they were.
     for name, p in bn.named_parameters(recurse=False):

@@ -3,6 +3,7 @@
 A head maps ``B x C x h x w`` to, in training, ``{"feat": metric-loss feature, "logits": ID
 logits}`` and, in eval, one ``B x D`` inference feature.
 """
+
 from __future__ import annotations
 
 import math
@@ -138,8 +139,7 @@ class _CosineClassifier(nn.Module):
         if labels is None:
             if self.training:
                 raise ReIDError(
-                    f"model.classifier: {type(self).__name__} needs the labels in training; "
-                    "call model(images, labels)"
+                    f"model.classifier: {type(self).__name__} needs the labels in training; call model(images, labels)"
                 )
             return self.scale * cos
         return self.margin_logits(cos, labels)
@@ -152,7 +152,11 @@ class ArcFace(_CosineClassifier):
     """Additive angular margin (Deng et al. 2019): target logit s*cos(theta+m), others s*cos."""
 
     def __init__(
-        self, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35,
+        self,
+        in_dim: int,
+        num_classes: int,
+        scale: float = 30.0,
+        margin: float = 0.35,
         easy_margin: bool = False,
     ) -> None:
         super().__init__(in_dim, num_classes, scale, margin)
@@ -204,8 +208,13 @@ class CircleClassifier(_CosineClassifier):
 
 
 def build_classifier(
-    name: str, in_dim: int, num_classes: int, scale: float = 30.0, margin: float = 0.35,
-    init_std: float = 0.001, bias: bool = False,
+    name: str,
+    in_dim: int,
+    num_classes: int,
+    scale: float = 30.0,
+    margin: float = 0.35,
+    init_std: float = 0.001,
+    bias: bool = False,
 ) -> nn.Module:
     """Classifier by name: linear, arcface, cosface, circle; all called as ``clf(x, labels)``."""
     check_choice("model.classifier", name, CLASSIFIERS)
@@ -245,9 +254,7 @@ class EmbeddingHead(nn.Module):
     def __init__(self, in_dim: int, hidden: int = 1024, out_dim: int = 128, dropout: float = 0.0) -> None:
         super().__init__()
         if hidden < 1 or out_dim < 1:
-            raise ReIDError(
-                f"model.embedding_hidden/embedding_dim: must be >= 1, got {hidden}/{out_dim}"
-            )
+            raise ReIDError(f"model.embedding_hidden/embedding_dim: must be >= 1, got {hidden}/{out_dim}")
         self.fc1 = nn.Linear(in_dim, hidden)
         self.bn = nn.BatchNorm1d(hidden)
         self.relu = nn.ReLU(inplace=True)
@@ -367,9 +374,7 @@ class ReIDHead(nn.Module):
             return feat
         return self.classifier(self.dropout(feat), labels)
 
-    def forward(
-        self, fmap: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor] | torch.Tensor:
+    def forward(self, fmap: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
         """Training: ``{"feat", "logits"}``; eval: the ``B x feat_dim`` inference feature (``neck_feat``)."""
         if not self.training:
             return self.forward_head(fmap, self.neck_feat)

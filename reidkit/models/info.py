@@ -4,6 +4,7 @@ Every model reidkit hands out (a ``ReIDModel`` built, loaded from reidkit's or a
 checkpoint, or an ONNX / TorchScript runner) answers ``model.info`` with one of these, so
 callers read one typed record instead of probing attributes.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

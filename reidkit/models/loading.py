@@ -5,6 +5,7 @@ Imports flow one way: ``loading -> (build, interop, exported) -> checkpoint``; n
 imports this module, so there is no circle (``build`` rebuilds a model from a checkpoint dict,
 ``interop`` maps foreign state dicts onto ``build``'s models, ``checkpoint`` reads files safely).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,13 @@ def is_exported(path: str | os.PathLike) -> bool:
     return path.suffix.lower() == ".onnx" or (path.is_file() and is_torchscript(path))
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt: str | None = None,
-               trust_checkpoint: bool = False, **foreign_options: Any) -> ReIDModel:
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    fmt: str | None = None,
+    trust_checkpoint: bool = False,
+    **foreign_options: Any,
+) -> ReIDModel:
     """Rebuild a model from a checkpoint (model or training checkpoint); returned in eval mode.
 
     Other toolkits' checkpoints (no ``model_cfg``, or ``fmt`` named: fastreid, torchreid,
@@ -55,16 +61,24 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt:
         model = load_foreign(ckpt, fmt=fmt, device=device, origin=os.fspath(path), **foreign_options)
     else:
         if foreign_options:
-            raise ReIDError(f"checkpoint {path}: options {', '.join(sorted(foreign_options))} apply to other "
-                            "toolkits' checkpoints only (this is a reidkit checkpoint)")
+            raise ReIDError(
+                f"checkpoint {path}: options {', '.join(sorted(foreign_options))} apply to other "
+                "toolkits' checkpoints only (this is a reidkit checkpoint)"
+            )
         model = model_from_checkpoint(ckpt, os.fspath(path)).to(device)
     model.sha256 = file_sha256(path)
     model.path = str(path.resolve())
     return model.eval()
 
 
-def load_feature_model(path: str | os.PathLike, device: str | torch.device = "cpu", fmt: str | None = None,
-                       trust_checkpoint: bool = False, threads: int | None = None, **foreign_options: Any) -> Any:
+def load_feature_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    fmt: str | None = None,
+    trust_checkpoint: bool = False,
+    threads: int | None = None,
+    **foreign_options: Any,
+) -> Any:
     """A feature model for a path: the ONNX runner (.onnx), the TorchScript runner, or a checkpoint (eval).
 
     Checkpoints of other toolkits load too (format detected from the keys, or named by ``fmt``).
@@ -73,7 +87,11 @@ def load_feature_model(path: str | os.PathLike, device: str | torch.device = "cp
     path = local_weights(path)
     if is_exported(path):
         if fmt is not None:
-            raise OptionError("fmt", f"{path} is an exported model ({'ONNX' if path.suffix.lower() == '.onnx' else 'TorchScript'}), "
-                            "not another toolkit's checkpoint; drop --from", value=fmt)
+            raise OptionError(
+                "fmt",
+                f"{path} is an exported model ({'ONNX' if path.suffix.lower() == '.onnx' else 'TorchScript'}), "
+                "not another toolkit's checkpoint; drop --from",
+                value=fmt,
+            )
         return open_exported(path, threads=threads, trust=trust_checkpoint)
     return load_model(path, device=device, fmt=fmt, trust_checkpoint=trust_checkpoint, **foreign_options)

@@ -10,6 +10,7 @@ options do not apply). Training output: ``feat`` (the 8 reduced features concate
 center loss), ``logits`` (the global branch's), ``feats`` (the 3 global reduced features, for
 triplet) and ``logits_list`` (8); eval output: the concatenated ``B x 8*256`` feature.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,13 @@ class MGNTrunk(nn.Module):
     def __init__(self, global_bb: nn.Module, part_bb: nn.Module) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            global_bb.conv1, global_bb.bn1, global_bb.relu, global_bb.maxpool,
-            global_bb.layer1, global_bb.layer2, global_bb.layer3[0],
+            global_bb.conv1,
+            global_bb.bn1,
+            global_bb.relu,
+            global_bb.maxpool,
+            global_bb.layer1,
+            global_bb.layer2,
+            global_bb.layer3[0],
         )
         rest3 = nn.Sequential(*list(global_bb.layer3.children())[1:])
         self.branch_global = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(global_bb.layer4))
@@ -59,17 +65,22 @@ class MGNHead(nn.Module):
     """Max pooling (globals + 2/3 stripes), 8 reductions to ``reduce_dim`` and 8 classifiers."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, reduce_dim: int = 256,
-        classifier: str = "linear", cls_scale: float = 30.0, cls_margin: float = 0.35,
+        self,
+        in_channels: int,
+        num_classes: int,
+        reduce_dim: int = 256,
+        classifier: str = "linear",
+        cls_scale: float = 30.0,
+        cls_margin: float = 0.35,
     ) -> None:
         super().__init__()
         self.num_feats = 3 + sum(s for s in MGN_STRIPES if s > 1)
-        self.reductions = nn.ModuleList(
-            [self._reduction(in_channels, reduce_dim) for _ in range(self.num_feats)]
-        )
+        self.reductions = nn.ModuleList([self._reduction(in_channels, reduce_dim) for _ in range(self.num_feats)])
         self.classifiers = nn.ModuleList(
-            [build_classifier(classifier, reduce_dim, num_classes, cls_scale, cls_margin)
-             for _ in range(self.num_feats)]
+            [
+                build_classifier(classifier, reduce_dim, num_classes, cls_scale, cls_margin)
+                for _ in range(self.num_feats)
+            ]
         )
         self.feat_dim = reduce_dim * self.num_feats
 
@@ -85,8 +96,9 @@ class MGNHead(nn.Module):
     def _reduced(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """The 8 reduced features: 3 globals first, then the 2 + 3 stripes."""
         if not isinstance(maps, (list, tuple)) or len(maps) != len(MGN_STRIPES):
-            raise ReIDError(f"MGN head: expected the {len(MGN_STRIPES)} branch maps of forward_features, "
-                            f"got {type(maps).__name__}")
+            raise ReIDError(
+                f"MGN head: expected the {len(MGN_STRIPES)} branch maps of forward_features, got {type(maps).__name__}"
+            )
         pooled = [F.adaptive_max_pool2d(m, 1) for m in maps]  # 3 globals first
         for m, stripes in zip(maps, MGN_STRIPES):
             if stripes > 1:
@@ -117,8 +129,12 @@ class MGNHead(nn.Module):
 
 
 def build_mgn_parts(
-    backbone_name: str, num_classes: int, pretrained: bool | str = False,
-    classifier: str = "linear", cls_scale: float = 30.0, cls_margin: float = 0.35,
+    backbone_name: str,
+    num_classes: int,
+    pretrained: bool | str = False,
+    classifier: str = "linear",
+    cls_scale: float = 30.0,
+    cls_margin: float = 0.35,
     reduce_dim: int = 256,
 ) -> tuple[MGNTrunk, MGNHead, list[float], list[float]]:
     """Build MGN's trunk and head from a registered ResNet-family backbone name."""

@@ -1,4 +1,5 @@
 """Pretrained weight loading: URL or local file -> key mapping -> shape-checked load with a report."""
+
 from __future__ import annotations
 
 import logging
@@ -137,7 +138,7 @@ def _apply_key_map(key: str, key_map: KeyMap | None) -> str | None:
     # Mapping: longest matching prefix wins, so specific rules override general ones.
     for old in sorted(key_map, key=len, reverse=True):
         if key.startswith(old):
-            return key_map[old] + key[len(old):]
+            return key_map[old] + key[len(old) :]
     return key
 
 
@@ -147,13 +148,13 @@ def map_keys(
     """Rename checkpoint keys to the model's layout: strip DataParallel/wrapper prefixes, apply `key_map`."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        k = k[len("module."):] if k.startswith("module.") else k
+        k = k[len("module.") :] if k.startswith("module.") else k
         new = _apply_key_map(k, key_map)
         if new is not None:
             out[new] = v
     hits = len(model_keys.intersection(out))
     for prefix in _CANDIDATE_PREFIXES:
-        stripped = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in out.items()}
+        stripped = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in out.items()}
         n = len(model_keys.intersection(stripped))
         if n > hits:
             out, hits = stripped, n
@@ -204,12 +205,24 @@ def load_pretrained(
 
     logger.info(report.summary())
     if report.missing:
-        logger.warning("pretrained weights %s: %d model keys missing from the file: %s",
-                       name, len(report.missing), ", ".join(report.missing[:20]))
+        logger.warning(
+            "pretrained weights %s: %d model keys missing from the file: %s",
+            name,
+            len(report.missing),
+            ", ".join(report.missing[:20]),
+        )
     if report.unexpected:
-        logger.warning("pretrained weights %s: %d unexpected keys ignored: %s",
-                       name, len(report.unexpected), ", ".join(report.unexpected[:20]))
+        logger.warning(
+            "pretrained weights %s: %d unexpected keys ignored: %s",
+            name,
+            len(report.unexpected),
+            ", ".join(report.unexpected[:20]),
+        )
     if report.mismatched:
-        logger.warning("pretrained weights %s: %d shape-mismatched keys skipped: %s",
-                       name, len(report.mismatched), report.mismatched[:5])
+        logger.warning(
+            "pretrained weights %s: %d shape-mismatched keys skipped: %s",
+            name,
+            len(report.mismatched),
+            report.mismatched[:5],
+        )
     return report

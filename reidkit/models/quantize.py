@@ -19,6 +19,7 @@ own ``pre.quant.*`` / ``ort.quant.*`` temp folders, which its tools make with Py
 for the duration. The folder goes when the quantisation ends; a process killed meanwhile leaves it, and the
 next quantisation or ONNX cache use (``clean_stale_temps(cache, dirs=True)``) removes it once that pid is gone.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,21 +45,40 @@ _LEGACY_AGE_S = 24 * 3600
 _TEMPDIR_LOCK = threading.Lock()
 
 
-def calibration_crops(size: Sequence[int], mean: Sequence[float], std: Sequence[float],
-                      n: int = CALIBRATION_CROPS, seed: int = CALIBRATION_SEED) -> np.ndarray:
+def calibration_crops(
+    size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    n: int = CALIBRATION_CROPS,
+    seed: int = CALIBRATION_SEED,
+) -> np.ndarray:
     """``n`` synthetic person crops as the model's input: float32 ``n x 3 x H x W``, normalised."""
     from reidkit.data.synthetic.render import Job, render_crop
 
     H, W = int(size[0]), int(size[1])
     ids = max(1, n // 4)
-    crops = [np.asarray(render_crop(Job("", key=i % ids, idx=i // ids, cam=i % 3, kind="person", view=i % 4),
-                                    seed, 0, (H, W)).convert("RGB"), np.float32) / 255.0 for i in range(n)]
+    crops = [
+        np.asarray(
+            render_crop(
+                Job("", key=i % ids, idx=i // ids, cam=i % 3, kind="person", view=i % 4), seed, 0, (H, W)
+            ).convert("RGB"),
+            np.float32,
+        )
+        / 255.0
+        for i in range(n)
+    ]
     x = (np.stack(crops) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
 
 
-def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence[int], mean: Sequence[float],
-                  std: Sequence[float], n: int = CALIBRATION_CROPS) -> Path:
+def quantize_onnx(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    n: int = CALIBRATION_CROPS,
+) -> Path:
     """Write the int8 version of the float ONNX model ``src`` to ``dst`` (atomically); its metadata is kept."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -68,13 +88,15 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence
     model = onnx.load(str(src))
     inputs = [i.name for i in model.graph.input]
     if len(inputs) != 1:
-        raise ReIDError(f"int8: {src} takes {len(inputs)} inputs ({', '.join(inputs)}); only single-input "
-                        "models (no camera ids) can be quantised")
+        raise ReIDError(
+            f"int8: {src} takes {len(inputs)} inputs ({', '.join(inputs)}); only single-input "
+            "models (no camera ids) can be quantised"
+        )
     batch = calibration_crops(size, mean, std, n)
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter([{inputs[0]: batch[i:i + 1]} for i in range(len(batch))])
+            self._it = iter([{inputs[0]: batch[i : i + 1]} for i in range(len(batch))])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
@@ -84,11 +106,20 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, size: Sequence
         pre, out = work / "pre.onnx", work / "int8.onnx"
         with _temp_files_in(work):
             quant_pre_process(str(src), str(pre))
-            quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+            quantize_static(
+                str(pre),
+                str(out),
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QUInt8,
+            )
         q = onnx.load(str(out))
         meta = {p.key: p.value for p in model.metadata_props}
-        meta["quantized"] = json.dumps(f"int8 static QDQ U8U8, min-max on {n} synthetic crops (seed {CALIBRATION_SEED})")
+        meta["quantized"] = json.dumps(
+            f"int8 static QDQ U8U8, min-max on {n} synthetic crops (seed {CALIBRATION_SEED})"
+        )
         del q.metadata_props[:]
         for k, v in meta.items():
             q.metadata_props.add(key=k, value=v)

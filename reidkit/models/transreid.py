@@ -37,6 +37,7 @@ and ``base.norm`` are unused with JPM) and the local branch ``b2.0.*`` / ``b2.1.
 Without JPM (``jpm=False``) the model is TransReID's plain ``build_transformer``: the
 final-normed class token with one BNNeck and classifier.
 """
+
 from __future__ import annotations
 
 import copy
@@ -66,12 +67,14 @@ def shuffle_tokens(tokens: torch.Tensor, shift: int, groups: int) -> torch.Tenso
 class TransReIDTrunk(nn.Module):
     """ViT + the JPM copy of its last block; ``forward_features`` returns the branch features ``B x (k+1) x C``."""
 
-    def __init__(self, vit: VisionTransformer, jpm: bool = True, groups: int = 4, shift: int = 5,
-                 shuffle_groups: int = 2) -> None:
+    def __init__(
+        self, vit: VisionTransformer, jpm: bool = True, groups: int = 4, shift: int = 5, shuffle_groups: int = 2
+    ) -> None:
         super().__init__()
         if groups < 1 or shuffle_groups < 1:
-            raise ReIDError(f"model.jpm_groups and model.jpm_shuffle_groups must be >= 1, "
-                            f"got {groups}, {shuffle_groups}")
+            raise ReIDError(
+                f"model.jpm_groups and model.jpm_shuffle_groups must be >= 1, got {groups}, {shuffle_groups}"
+            )
         self.vit = vit
         self.jpm = bool(jpm)
         self.groups, self.shift, self.shuffle_groups = int(groups), int(shift), int(shuffle_groups)
@@ -98,10 +101,12 @@ class TransReIDTrunk(nn.Module):
         patches = shuffle_tokens(tokens, self.shift, self.shuffle_groups)
         size = (tokens.shape[1] - 1) // self.groups
         if size < 1:
-            raise ReIDError(f"model.jpm_groups: {self.groups} groups need at least as many patches, "
-                            f"the input gives {tokens.shape[1] - 1}")
+            raise ReIDError(
+                f"model.jpm_groups: {self.groups} groups need at least as many patches, "
+                f"the input gives {tokens.shape[1] - 1}"
+            )
         locs = [
-            self.local_norm(self.local_block(torch.cat([cls, patches[:, i * size:(i + 1) * size]], dim=1)))[:, 0]
+            self.local_norm(self.local_block(torch.cat([cls, patches[:, i * size : (i + 1) * size]], dim=1)))[:, 0]
             for i in range(self.groups)
         ]
         return torch.stack([glob] + locs, dim=1)
@@ -110,8 +115,16 @@ class TransReIDTrunk(nn.Module):
 class TransReIDHead(nn.Module):
     """One BNNeck + classifier per branch; eval concatenates global and local / k features."""
 
-    def __init__(self, dim: int, num_classes: int, branches: int, neck_feat: str = "after",
-                 classifier: str = "linear", cls_scale: float = 30.0, cls_margin: float = 0.35) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        branches: int,
+        neck_feat: str = "after",
+        classifier: str = "linear",
+        cls_scale: float = 30.0,
+        cls_margin: float = 0.35,
+    ) -> None:
         super().__init__()
         self.branches = branches
         self.neck_feat = neck_feat
@@ -123,16 +136,19 @@ class TransReIDHead(nn.Module):
 
     def _check(self, feats: torch.Tensor) -> None:
         if not isinstance(feats, torch.Tensor) or feats.dim() != 3 or feats.shape[1] != self.branches:
-            raise ReIDError(f"TransReID head: expected B x {self.branches} x C branch features, got "
-                            f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}")
+            raise ReIDError(
+                f"TransReID head: expected B x {self.branches} x C branch features, got "
+                f"{tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__}"
+            )
 
     def _concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         k = self.branches - 1
         # TransReID divides the local features by k so the k of them weigh as much as the global one.
         return torch.cat([parts[0]] + [p / k for p in parts[1:]], dim=1)
 
-    def forward_head(self, feats: torch.Tensor, which: str = "after",
-                     labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_head(
+        self, feats: torch.Tensor, which: str = "after", labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``"after"``/``"before"``: the concatenated (post-/pre-BN) feature; ``"logits"``: the global branch's."""
         check_choice("which", which, ("after", "before", "logits"))
         self._check(feats)
@@ -172,12 +188,21 @@ def build_transreid_parts(cfg: Any, num_classes: int) -> tuple[TransReIDTrunk, T
     options = options_from_config(cfg)
     vit = build_backbone(cfg.backbone, pretrained=cfg.pretrained, **_only_vit(cfg.backbone, options))
     if not isinstance(vit, VisionTransformer):
-        raise ReIDError(f"model.arch=transreid needs a ViT backbone (vit_small_patch16, vit_base_patch16); "
-                        f"got {cfg.backbone!r}")
-    trunk = TransReIDTrunk(vit, jpm=cfg.jpm, groups=cfg.jpm_groups, shift=cfg.jpm_shift,
-                           shuffle_groups=cfg.jpm_shuffle_groups)
-    head = TransReIDHead(trunk.out_channels, int(num_classes), trunk.num_branches, neck_feat=cfg.neck_feat,
-                         classifier=cfg.classifier, cls_scale=cfg.cls_scale, cls_margin=cfg.cls_margin)
+        raise ReIDError(
+            f"model.arch=transreid needs a ViT backbone (vit_small_patch16, vit_base_patch16); got {cfg.backbone!r}"
+        )
+    trunk = TransReIDTrunk(
+        vit, jpm=cfg.jpm, groups=cfg.jpm_groups, shift=cfg.jpm_shift, shuffle_groups=cfg.jpm_shuffle_groups
+    )
+    head = TransReIDHead(
+        trunk.out_channels,
+        int(num_classes),
+        trunk.num_branches,
+        neck_feat=cfg.neck_feat,
+        classifier=cfg.classifier,
+        cls_scale=cfg.cls_scale,
+        cls_margin=cfg.cls_margin,
+    )
     return trunk, head, list(vit.mean), list(vit.std)
 
 
@@ -186,6 +211,7 @@ def _only_vit(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
     accepted = accepted_options(name)
     if accepted is not None and "stride_size" not in accepted:
-        raise ReIDError(f"model.arch=transreid needs a ViT backbone (vit_small_patch16, vit_base_patch16); "
-                        f"got {name!r}")
+        raise ReIDError(
+            f"model.arch=transreid needs a ViT backbone (vit_small_patch16, vit_base_patch16); got {name!r}"
+        )
     return options

@@ -41,6 +41,7 @@ validated: filename, url, gdrive, sha256, max_bytes), ``REIDKIT_ZOO_URL_OVERRIDE
 serving every catalogue file by its ``filename``: a mirror inside a firewall, or the tests' loopback
 server).
 """
+
 from __future__ import annotations
 
 import errno
@@ -56,15 +57,46 @@ from pathlib import Path
 from typing import Any
 
 from reidkit.errors import OptionError, ReIDError
-from reidkit.models.zoo_catalogue import (_HEX64, DEFAULT_MAX_BYTES, HOME_ENV, URL_ENV, ZOO_ENV, WeightsEntry, _entry,
-                                          _is_path, catalogue, detector_entry, detector_names, is_cached,
-                                          weights_home, weights_path)
-from reidkit.models.zoo_transfer import (CHUNK, PartWriter, Short, TooBig, WriteFailed, gdrive_download,
-                                         http_download, write_all)
+from reidkit.models.zoo_catalogue import (
+    _HEX64,
+    DEFAULT_MAX_BYTES,
+    HOME_ENV,
+    URL_ENV,
+    ZOO_ENV,
+    WeightsEntry,
+    _entry,
+    _is_path,
+    catalogue,
+    detector_entry,
+    detector_names,
+    is_cached,
+    weights_home,
+    weights_path,
+)
+from reidkit.models.zoo_transfer import (
+    CHUNK,
+    PartWriter,
+    Short,
+    TooBig,
+    WriteFailed,
+    gdrive_download,
+    http_download,
+    write_all,
+)
 from reidkit.utils.locks import PidLock
 
-__all__ = ["WeightsEntry", "catalogue", "resolve_weights", "weights_home", "weights_path", "file_sha256",
-           "is_cached", "DEFAULT_MAX_BYTES", "detector_entry", "detector_names"]
+__all__ = [
+    "WeightsEntry",
+    "catalogue",
+    "resolve_weights",
+    "weights_home",
+    "weights_path",
+    "file_sha256",
+    "is_cached",
+    "DEFAULT_MAX_BYTES",
+    "detector_entry",
+    "detector_names",
+]
 
 _NOFOLLOW = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER (torch's pre-zip format)
@@ -79,7 +111,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-
 def _check_pin(sha256: str | None) -> str | None:
     if sha256 is None:
         return None
@@ -90,9 +121,11 @@ def _check_pin(sha256: str | None) -> str | None:
 
 
 def _mismatch(path: Path, expected: str, actual: str, why: str) -> ReIDError:
-    return ReIDError(f"weights: {path} does not match its {why} sha256 (expected {expected}, got {actual}); "
-                     f"nothing was loaded. Delete the file to download it again, or pin the hash you trust "
-                     f"with --sha256")
+    return ReIDError(
+        f"weights: {path} does not match its {why} sha256 (expected {expected}, got {actual}); "
+        f"nothing was loaded. Delete the file to download it again, or pin the hash you trust "
+        f"with --sha256"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,14 +141,21 @@ def _lstat(name: str, dfd: int) -> os.stat_result | None:
 
 
 def _kind(st: os.stat_result) -> str:
-    return "a symbolic link" if stat.S_ISLNK(st.st_mode) else \
-        "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+    return (
+        "a symbolic link"
+        if stat.S_ISLNK(st.st_mode)
+        else "a folder"
+        if stat.S_ISDIR(st.st_mode)
+        else "not a regular file"
+    )
 
 
 def _require_regular(st: os.stat_result, path: Path, entry: WeightsEntry) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise ReIDError(f"weights {entry.name}: {path} is {_kind(st)}; the cache uses only regular files that "
-                        f"it downloaded (or that you pinned): remove it (to use another file, pass its path)")
+        raise ReIDError(
+            f"weights {entry.name}: {path} is {_kind(st)}; the cache uses only regular files that "
+            f"it downloaded (or that you pinned): remove it (to use another file, pass its path)"
+        )
 
 
 def _open_home(home: Path, create: bool) -> int | None:
@@ -129,11 +169,14 @@ def _open_home(home: Path, create: bool) -> int | None:
             return None
         raise ReIDError(f"${HOME_ENV}: cannot create the weights folder {home}") from None
     except (OSError, ValueError) as exc:
-        raise ReIDError(f"${HOME_ENV}: cannot create the weights folder {home} "
-                        f"({getattr(exc, 'strerror', None) or exc})") from None
+        raise ReIDError(
+            f"${HOME_ENV}: cannot create the weights folder {home} ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise ReIDError(f"${HOME_ENV}: the weights folder {home} is {_kind(st)}; it must be a real folder "
-                        f"(to keep weights elsewhere, set ${HOME_ENV} to a folder there)")
+        raise ReIDError(
+            f"${HOME_ENV}: the weights folder {home} is {_kind(st)}; it must be a real folder "
+            f"(to keep weights elsewhere, set ${HOME_ENV} to a folder there)"
+        )
     try:
         return os.open(home, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
     except OSError as exc:
@@ -156,8 +199,9 @@ def _hash_cached(name: str, dfd: int, path: Path, entry: WeightsEntry) -> str:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW, dir_fd=dfd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ReIDError(f"weights {entry.name}: {path} is a symbolic link; the cache uses only regular "
-                            "files: remove it") from None
+            raise ReIDError(
+                f"weights {entry.name}: {path} is a symbolic link; the cache uses only regular files: remove it"
+            ) from None
         raise ReIDError(f"weights {entry.name}: cannot read {path} ({exc.strerror or exc})") from None
     try:
         _require_regular(os.fstat(fd), path, entry)
@@ -185,20 +229,25 @@ def _read_record(dfd: int, home: Path, entry: WeightsEntry) -> str | None:
         raise ReIDError(f"weights {entry.name}: cannot read the hash record {path} ({exc.strerror or exc})") from None
     words = text.split()
     if not words or not _HEX64.match(words[0]):
-        raise ReIDError(f"weights {entry.name}: the hash record {path} holds no sha256; it was damaged. Check "
-                        f"{home / entry.filename} and pin it (`reidkit weights get {entry.name} --sha256 HASH`), "
-                        f"or delete both to download it again")
+        raise ReIDError(
+            f"weights {entry.name}: the hash record {path} holds no sha256; it was damaged. Check "
+            f"{home / entry.filename} and pin it (`reidkit weights get {entry.name} --sha256 HASH`), "
+            f"or delete both to download it again"
+        )
     return words[0].lower()
-
 
 
 def _disk_error(entry: WeightsEntry, home: Path, exc: OSError) -> ReIDError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ReIDError(f"weights {entry.name}: no space left in {home} ({exc.strerror or exc}); the partial "
-                         f"download was removed. Free some space (the file is up to {entry.size_cap} bytes) or "
-                         f"set ${HOME_ENV} to a folder on a disk with room, then run it again")
-    return ReIDError(f"weights {entry.name}: cannot write in the weights folder {home} ({exc.strerror or exc}); "
-                     "the partial download was removed")
+        return ReIDError(
+            f"weights {entry.name}: no space left in {home} ({exc.strerror or exc}); the partial "
+            f"download was removed. Free some space (the file is up to {entry.size_cap} bytes) or "
+            f"set ${HOME_ENV} to a folder on a disk with room, then run it again"
+        )
+    return ReIDError(
+        f"weights {entry.name}: cannot write in the weights folder {home} ({exc.strerror or exc}); "
+        "the partial download was removed"
+    )
 
 
 def _write_record(dfd: int, home: Path, entry: WeightsEntry, digest: str) -> None:
@@ -260,9 +309,13 @@ class _EntryLock(PidLock):
     O_NOFOLLOW (a link planted at the lock's name is refused, never truncated through)."""
 
     def __init__(self, dfd: int, home: Path, entry: WeightsEntry) -> None:
-        super().__init__(home / f".{entry.filename}.lock", timeout=None,
-                         on_wait=lambda msg: print(f"weights {entry.name}: another process is fetching it; {msg}",
-                                                   file=sys.stderr, flush=True))
+        super().__init__(
+            home / f".{entry.filename}.lock",
+            timeout=None,
+            on_wait=lambda msg: print(
+                f"weights {entry.name}: another process is fetching it; {msg}", file=sys.stderr, flush=True
+            ),
+        )
         self._dfd, self._name, self._entry = dfd, f".{entry.filename}.lock", entry
 
     def open_error(self, exc: OSError) -> ReIDError:
@@ -277,8 +330,10 @@ class _EntryLock(PidLock):
 
 def _offline(entry: WeightsEntry, url: str | None, target: Path, reason: str) -> ReIDError:
     where = f"from {url} " if url else ""
-    return ReIDError(f"weights {entry.name}: cannot download {where}({reason}); download it yourself, put the "
-                     f"file at {target} and pin its hash: reidkit weights get {entry.name} --sha256 HASH")
+    return ReIDError(
+        f"weights {entry.name}: cannot download {where}({reason}); download it yourself, put the "
+        f"file at {target} and pin its hash: reidkit weights get {entry.name} --sha256 HASH"
+    )
 
 
 def _known_formats() -> list[str]:
@@ -337,8 +392,9 @@ def _load_strict(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means "not a safe checkpoint"
         lines = str(exc).strip().splitlines()
-        raise ReIDError(f"it does not load with the safe reader ({type(exc).__name__}: "
-                        f"{lines[0][:300] if lines else ''})") from None
+        raise ReIDError(
+            f"it does not load with the safe reader ({type(exc).__name__}: {lines[0][:300] if lines else ''})"
+        ) from None
 
 
 def _check_format(path: Path, entry: WeightsEntry, origin: str) -> None:
@@ -346,8 +402,10 @@ def _check_format(path: Path, entry: WeightsEntry, origin: str) -> None:
     from collections.abc import Mapping
 
     def refuse(why: str) -> ReIDError:
-        return ReIDError(f"weights {entry.name}: {origin} is not a {entry.fmt} checkpoint: {why}; it was not "
-                         "cached and its hash was not recorded")
+        return ReIDError(
+            f"weights {entry.name}: {origin} is not a {entry.fmt} checkpoint: {why}; it was not "
+            "cached and its hash was not recorded"
+        )
 
     if entry.fmt == "onnx":
         try:
@@ -399,7 +457,8 @@ def _use_cached(dfd: int, home: Path, entry: WeightsEntry, pin: str | None, lock
             f"weights {entry.name}: {target} has no recorded sha256 ({target}.sha256 is missing): the record was "
             f"deleted, or the file was put there by hand. It is not re-pinned silently: if you trust this file, "
             f"pin it with `reidkit weights get {entry.name} --sha256 HASH` (sha256= in Python; `sha256sum` "
-            f"prints HASH); otherwise delete {target} and it is downloaded again")
+            f"prints HASH); otherwise delete {target} and it is downloaded again"
+        )
     expected, why = _expected(entry, pin, record)
     actual = _hash_cached(entry.filename, dfd, target, entry)
     if expected is not None and actual != expected:
@@ -420,18 +479,24 @@ def _download(dfd: int, home: Path, entry: WeightsEntry, pin: str | None) -> Non
     target = home / entry.filename
     url = entry.download_url()
     if url is None:
-        raise ReIDError(f"weights {entry.name}: the catalogue has no public download for it; put the file at "
-                        f"{target} and pin its hash: reidkit weights get {entry.name} --sha256 HASH")
+        raise ReIDError(
+            f"weights {entry.name}: the catalogue has no public download for it; put the file at "
+            f"{target} and pin its hash: reidkit weights get {entry.name} --sha256 HASH"
+        )
     if entry.fmt not in _known_formats():
-        raise ReIDError(f"weights catalogue: entry {entry.name!r}: fmt {entry.fmt!r} is not a known checkpoint "
-                        f"format ({', '.join(_known_formats())})")
+        raise ReIDError(
+            f"weights catalogue: entry {entry.name!r}: fmt {entry.fmt!r} is not a known checkpoint "
+            f"format ({', '.join(_known_formats())})"
+        )
     expected, why = _expected(entry, pin, _read_record(dfd, home, entry))
     part = f"{entry.filename}.{os.getpid()}.{secrets.token_hex(4)}.part"
     try:
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666, dir_fd=dfd)
     except FileExistsError:  # something was planted at a fresh random name: never write through it
-        raise ReIDError(f"weights {entry.name}: {home / part} already exists; a part file is always a new file "
-                        "(nothing was written): remove it and run again") from None
+        raise ReIDError(
+            f"weights {entry.name}: {home / part} already exists; a part file is always a new file "
+            "(nothing was written): remove it and run again"
+        ) from None
     except OSError as exc:
         raise _disk_error(entry, home, exc) from None
     done = False
@@ -446,13 +511,16 @@ def _download(dfd: int, home: Path, entry: WeightsEntry, pin: str | None) -> Non
             os.fsync(fd)
         except TooBig as exc:
             said = "declares" if exc.declared else "sent more than"
-            raise ReIDError(f"weights {entry.name}: {url} {said} {exc.size if exc.declared else entry.size_cap} "
-                            f"bytes, over the entry's max_bytes ({entry.size_cap}); refused, nothing kept. If the "
-                            f"file really is that large, raise max_bytes in a catalogue of your own (${ZOO_ENV})"
-                            ) from None
+            raise ReIDError(
+                f"weights {entry.name}: {url} {said} {exc.size if exc.declared else entry.size_cap} "
+                f"bytes, over the entry's max_bytes ({entry.size_cap}); refused, nothing kept. If the "
+                f"file really is that large, raise max_bytes in a catalogue of your own (${ZOO_ENV})"
+            ) from None
         except Short as exc:
-            raise ReIDError(f"weights {entry.name}: the download from {url} stopped after {exc.got} of {exc.total} "
-                            "bytes (connection closed early); nothing kept, run it again") from None
+            raise ReIDError(
+                f"weights {entry.name}: the download from {url} stopped after {exc.got} of {exc.total} "
+                "bytes (connection closed early); nothing kept, run it again"
+            ) from None
         except WriteFailed as exc:
             raise _disk_error(entry, home, exc.exc) from None
         except urllib.error.HTTPError as exc:
@@ -465,22 +533,31 @@ def _download(dfd: int, home: Path, entry: WeightsEntry, pin: str | None) -> Non
         actual = _hash_fd(fd)
         if expected is not None and actual != expected:
             if why.startswith("recorded"):
-                raise ReIDError(f"weights {entry.name}: the file downloaded from {url} has sha256 {actual}, not the "
-                                f"{expected} recorded at its first download ({target}.sha256): the publisher "
-                                f"changed it, or the download was altered; nothing kept. Delete {target}.sha256 "
-                                "to accept the new file")
+                raise ReIDError(
+                    f"weights {entry.name}: the file downloaded from {url} has sha256 {actual}, not the "
+                    f"{expected} recorded at its first download ({target}.sha256): the publisher "
+                    f"changed it, or the download was altered; nothing kept. Delete {target}.sha256 "
+                    "to accept the new file"
+                )
             raise _mismatch(target, expected, actual, why)
         _check_format(home / part, entry, url)
         here = _lstat(part, dfd)
-        if here is None or (here.st_dev, here.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino) \
-                or _hash_fd(fd) != actual:
-            raise ReIDError(f"weights {entry.name}: the part file {home / part} was replaced or changed while it "
-                            "was checked; nothing kept")
+        if (
+            here is None
+            or (here.st_dev, here.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            or _hash_fd(fd) != actual
+        ):
+            raise ReIDError(
+                f"weights {entry.name}: the part file {home / part} was replaced or changed while it "
+                "was checked; nothing kept"
+            )
         now = _lstat(entry.filename, dfd)
         if now is not None:
             what = "a regular file" if stat.S_ISREG(now.st_mode) else _kind(now)
-            raise ReIDError(f"weights {entry.name}: {target} appeared ({what}) while it was downloaded; nothing was "
-                            "replaced and the download was not kept: remove it and run again")
+            raise ReIDError(
+                f"weights {entry.name}: {target} appeared ({what}) while it was downloaded; nothing was "
+                "replaced and the download was not kept: remove it and run again"
+            )
         if not entry.sha256:
             _write_record(dfd, home, entry, actual)  # before the rename: a cached file always has its record
         os.replace(part, entry.filename, src_dir_fd=dfd, dst_dir_fd=dfd)
@@ -525,13 +602,17 @@ def resolve_weights(name_or_path: str | os.PathLike, sha256: str | None = None, 
         entry = catalogue().get(text)
         if entry is not None and kind is not None and entry.kind != kind:
             use = "--detector" if entry.kind == "detector" else "--weights"
-            raise ReIDError(f"{text!r} is a {entry.kind} entry of the weights catalogue, not {kind} weights; "
-                            f"give it to {use}")
+            raise ReIDError(
+                f"{text!r} is a {entry.kind} entry of the weights catalogue, not {kind} weights; give it to {use}"
+            )
         if entry is not None:
             if os.path.lexists(text):
-                print(f"notice: weights {text!r} is a catalogue name, so the verified cached file is used, not "
-                      f"the file {text!r} in the current folder; to use that file, pass it as a path: ./{text}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"notice: weights {text!r} is a catalogue name, so the verified cached file is used, not "
+                    f"the file {text!r} in the current folder; to use that file, pass it as a path: ./{text}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return _cached(entry, pin)
     if os.path.exists(text):
         if pin is not None and os.path.isfile(text):

@@ -9,6 +9,7 @@ Environment: ``REIDKIT_HOME`` (cache root), ``REIDKIT_ZOO`` (another catalogue Y
 validated: filename, url, gdrive, sha256, max_bytes), ``REIDKIT_ZOO_URL_OVERRIDE`` (an http(s) base URL
 serving every catalogue file by its ``filename``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,8 +24,17 @@ from typing import Any
 
 from reidkit.errors import ReIDError
 
-__all__ = ["WeightsEntry", "catalogue", "weights_home", "weights_path", "is_cached", "detector_entry",
-           "detector_names", "DEFAULT_MAX_BYTES", "KINDS"]
+__all__ = [
+    "WeightsEntry",
+    "catalogue",
+    "weights_home",
+    "weights_path",
+    "is_cached",
+    "detector_entry",
+    "detector_names",
+    "DEFAULT_MAX_BYTES",
+    "KINDS",
+]
 
 HOME_ENV = "REIDKIT_HOME"
 ZOO_ENV = "REIDKIT_ZOO"
@@ -148,10 +158,15 @@ def _validated(row: dict, where: str) -> WeightsEntry:
         raise bad("max_bytes", f"expected a positive whole number of bytes (got {cap!r})")
     try:
         size = row["input_size"]
-        return WeightsEntry(**{**row, "input_size": tuple(int(v) for v in size),
-                               "sha256": sha.lower() if sha else None,
-                               "invalid_eval": tuple(row.get("invalid_eval") or ()),
-                               "published": dict(row.get("published") or {})})
+        return WeightsEntry(
+            **{
+                **row,
+                "input_size": tuple(int(v) for v in size),
+                "sha256": sha.lower() if sha else None,
+                "invalid_eval": tuple(row.get("invalid_eval") or ()),
+                "published": dict(row.get("published") or {}),
+            }
+        )
     except KeyError as exc:
         raise bad(str(exc.args[0]), "missing") from None
     except (TypeError, ValueError) as exc:
@@ -165,8 +180,11 @@ def catalogue() -> dict[str, WeightsEntry]:
     path = os.environ.get(ZOO_ENV)
     where = path or "reidkit/models/zoo.yaml"
     try:
-        text = Path(path).read_text(encoding="utf-8") if path else \
-            resources.files("reidkit.models").joinpath("zoo.yaml").read_text(encoding="utf-8")
+        text = (
+            Path(path).read_text(encoding="utf-8")
+            if path
+            else resources.files("reidkit.models").joinpath("zoo.yaml").read_text(encoding="utf-8")
+        )
         data = yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ReIDError(f"{ZOO_ENV}: cannot read the weights catalogue {where} ({exc})") from None
@@ -180,8 +198,10 @@ def catalogue() -> dict[str, WeightsEntry]:
             raise ReIDError(f"weights catalogue {where}: entry {i} has no name")
         extra = set(row) - known
         if extra:
-            raise ReIDError(f"weights catalogue {where}: entry {row['name']!r}: unknown field(s) "
-                            f"{', '.join(sorted(map(str, extra)))}")
+            raise ReIDError(
+                f"weights catalogue {where}: entry {row['name']!r}: unknown field(s) "
+                f"{', '.join(sorted(map(str, extra)))}"
+            )
         if row["name"] in out:
             raise ReIDError(f"weights catalogue {where}: entry {row['name']!r}: name appears twice")
         out[row["name"]] = _validated(row, where)
@@ -194,8 +214,10 @@ def _entry(name: str) -> WeightsEntry:
         return cat[name]
     close = difflib.get_close_matches(name, list(cat), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise ReIDError(f"weights {name!r} is neither a file nor a catalogue name{hint}; "
-                    f"`reidkit weights list` shows the {len(cat)} names")
+    raise ReIDError(
+        f"weights {name!r} is neither a file nor a catalogue name{hint}; "
+        f"`reidkit weights list` shows the {len(cat)} names"
+    )
 
 
 def weights_path(name: str) -> Path:

@@ -4,6 +4,7 @@ reidkit.models.zoo opens the part file (``O_CREAT | O_EXCL | O_NOFOLLOW`` under 
 hands it here as a :class:`PartWriter`; a transfer past the entry's ``max_bytes`` (``TooBig``), short of
 its Content-Length (``Short``) or a failed write (``WriteFailed``) stops it, and zoo says why.
 """
+
 from __future__ import annotations
 
 import os
@@ -103,7 +104,9 @@ def gdrive_download(file_id: str, out: PartWriter) -> None:
     try:
         import gdown
     except ImportError:
-        raise ReIDError('weights on Google Drive need gdown: pip install "reidkit[zoo]" (or pip install gdown)') from None
+        raise ReIDError(
+            'weights on Google Drive need gdown: pip install "reidkit[zoo]" (or pip install gdown)'
+        ) from None
     try:
         gdown.download(id=file_id, output=out, quiet=False)
     except (TooBig, WriteFailed):

@@ -3,6 +3,7 @@ SQLite + faiss default, Milvus, or a plug-in's: reidkit.retrieval.backends), and
 
 Names are imported lazily so `import reidkit.retrieval` does not pull in faiss, pymilvus or torch.
 """
+
 from __future__ import annotations
 
 from reidkit._lazy import lazy_getattr

@@ -6,6 +6,7 @@ memory holds codes only) and ``hnsw`` (HNSW-Flat). Jegou et al., "Product quanti
 neighbor search" (TPAMI 2011); Malkov & Yashunin, "Efficient and robust approximate nearest neighbor
 search using HNSW" (2018).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,8 +17,18 @@ import numpy as np
 from reidkit.errors import OptionError, ReIDError
 
 __all__ = [
-    "INDEX_KINDS", "DEFAULT_APPROX_INDEX", "HNSW_M", "DEFAULT_NPROBE", "DEFAULT_EF_SEARCH", "DEFAULT_REFINE_K",
-    "default_nlist", "default_pq_m", "check_positive", "make_faiss_index", "set_search_params", "refine_exact",
+    "INDEX_KINDS",
+    "DEFAULT_APPROX_INDEX",
+    "HNSW_M",
+    "DEFAULT_NPROBE",
+    "DEFAULT_EF_SEARCH",
+    "DEFAULT_REFINE_K",
+    "default_nlist",
+    "default_pq_m",
+    "check_positive",
+    "make_faiss_index",
+    "set_search_params",
+    "refine_exact",
     "index_params",
 ]
 
@@ -52,8 +63,15 @@ def default_pq_m(dim: int) -> int:
     return 1
 
 
-def make_faiss_index(kind: str, dim: int, train: np.ndarray | None = None, nlist: int | None = None,
-                     hnsw_m: int = HNSW_M, pq_m: int | None = None, seed: int = 0) -> Any:
+def make_faiss_index(
+    kind: str,
+    dim: int,
+    train: np.ndarray | None = None,
+    nlist: int | None = None,
+    hnsw_m: int = HNSW_M,
+    pq_m: int | None = None,
+    seed: int = 0,
+) -> Any:
     """An empty inner-product faiss index of `kind` that takes `add_with_ids`; ivf / ivfpq are trained on `train`.
 
     ivfpq holds only the PQ codes (dim / pq_m times smaller than the vectors); the gallery re-scores
@@ -114,8 +132,9 @@ def set_search_params(index: Any, nprobe: int | None = None, ef_search: int | No
         inner.hnsw.efSearch = int(ef_search)
 
 
-def refine_exact(queries: np.ndarray, candidates: np.ndarray, vectors: Callable[[np.ndarray], np.ndarray],
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
+def refine_exact(
+    queries: np.ndarray, candidates: np.ndarray, vectors: Callable[[np.ndarray], np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-score each row's candidate ids exactly (inner product with `vectors(ids)`); (scores, ids) top k, -1 padded.
 
     The IVF-PQ re-ranking step of Jegou et al. (2011), with the exact vectors read from the store
@@ -136,4 +155,7 @@ def refine_exact(queries: np.ndarray, candidates: np.ndarray, vectors: Callable[
 
 def index_params(info: dict[str, str]) -> dict[str, Any]:
     """The stored search settings (nprobe, ef_search) of a gallery's info record."""
-    return {"nprobe": int(info.get("nprobe", DEFAULT_NPROBE)), "ef_search": int(info.get("ef_search", DEFAULT_EF_SEARCH))}
+    return {
+        "nprobe": int(info.get("nprobe", DEFAULT_NPROBE)),
+        "ef_search": int(info.get("ef_search", DEFAULT_EF_SEARCH)),
+    }

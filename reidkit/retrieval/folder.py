@@ -1,4 +1,5 @@
 """Folders of crops into gallery entries: list the images, parse camera and frame from file names, embed in chunks."""
+
 from __future__ import annotations
 
 import os
@@ -67,8 +68,13 @@ class Embedded:
     corrupt: list[str]
 
 
-def embed_paths(extractor: FeatureExtractor, paths: Sequence[str], chunk: int = CHUNK,
-                 progress: Callable[[str], None] | None = None, strict: bool = False) -> Iterator[Embedded]:
+def embed_paths(
+    extractor: FeatureExtractor,
+    paths: Sequence[str],
+    chunk: int = CHUNK,
+    progress: Callable[[str], None] | None = None,
+    strict: bool = False,
+) -> Iterator[Embedded]:
     """Decode (ImageCache), embed and yield one chunk at a time; unreadable images are skipped and listed.
 
     `strict`: the first unreadable (corrupt, zero-byte, missing) image is an error naming it.
@@ -89,8 +95,11 @@ def embed_paths(extractor: FeatureExtractor, paths: Sequence[str], chunk: int = 
             raise ReIDError(f"image {bad} cannot be read ({what}); strict mode stops at the first unreadable image")
         ok = np.flatnonzero(cache.valid)
         good = [part[i] for i in ok]
-        feats = (extractor.embed(np.ascontiguousarray(cache.images[ok])) if len(ok)
-                 else np.zeros((0, extractor.identity.feat_dim), np.float32))
+        feats = (
+            extractor.embed(np.ascontiguousarray(cache.images[ok]))
+            if len(ok)
+            else np.zeros((0, extractor.identity.feat_dim), np.float32)
+        )
         done += len(part)
         if progress is not None:
             rate = done / max(time.perf_counter() - t0, 1e-9)
@@ -111,7 +120,20 @@ def image_rows(paths: Sequence[str]) -> list[dict[str, Any]]:
         w, h = _image_size(p)
         # None (the file went away or is no regular file any more) is recorded too: never served then
         meta = json.dumps({FILE_STAT_KEY: file_stat(p)})
-        rows.append({"path": p, "kind": "image", "camid": cam, "camera": None if cam is None else f"c{cam + 1}",
-                     "tracklet": None, "frame_start": frame, "frame_end": frame, "t_start": None, "t_end": None,
-                     "width": w, "height": h, "meta": meta})
+        rows.append(
+            {
+                "path": p,
+                "kind": "image",
+                "camid": cam,
+                "camera": None if cam is None else f"c{cam + 1}",
+                "tracklet": None,
+                "frame_start": frame,
+                "frame_end": frame,
+                "t_start": None,
+                "t_end": None,
+                "width": w,
+                "height": h,
+                "meta": meta,
+            }
+        )
     return rows

@@ -11,6 +11,7 @@ optional camera id / name, frame and time spans, and JSON meta; search results c
 Search: the store's (filtered) nearest neighbours, then optional k-reciprocal re-ranking of the
 top candidates with their stored vectors (Zhong et al., CVPR 2017).
 """
+
 from __future__ import annotations
 
 import os
@@ -23,12 +24,29 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
-from reidkit.retrieval.ann import (DEFAULT_APPROX_INDEX, DEFAULT_EF_SEARCH, DEFAULT_NPROBE, DEFAULT_REFINE_K, HNSW_M,
-                                   INDEX_KINDS, check_positive)
+from reidkit.retrieval.ann import (
+    DEFAULT_APPROX_INDEX,
+    DEFAULT_EF_SEARCH,
+    DEFAULT_NPROBE,
+    DEFAULT_REFINE_K,
+    HNSW_M,
+    INDEX_KINDS,
+    check_positive,
+)
 from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.retrieval.folder import embed_paths, image_rows, list_images, parse_camera_frame
-from reidkit.retrieval.backends import (Capabilities, GalleryStore, SearchFilter, StoreSnapshot, crash_point,
-                                        describe_db, gallery_db, open_store, resolve, store_exists)
+from reidkit.retrieval.backends import (
+    Capabilities,
+    GalleryStore,
+    SearchFilter,
+    StoreSnapshot,
+    crash_point,
+    describe_db,
+    gallery_db,
+    open_store,
+    resolve,
+    store_exists,
+)
 from reidkit.retrieval.store import ENTRY_FIELDS, KINDS, encode_state, normalize_entries
 
 __all__ = ["Gallery"]
@@ -75,15 +93,28 @@ def _engine_info(extractor: Any) -> dict[str, str]:
         from reidkit.models.checkpoint import file_sha256, is_torchscript
 
         if is_torchscript(source):
-            out.update({"model_program": "torchscript", "model_trust": "trust_checkpoint",
-                        "model_file_sha256": file_sha256(source)})
+            out.update(
+                {
+                    "model_program": "torchscript",
+                    "model_trust": "trust_checkpoint",
+                    "model_file_sha256": file_sha256(source),
+                }
+            )
     return out
+
 
 class Gallery:
     """A searchable gallery (a folder, or a backend's ``SCHEME:<loc>``); reads come from one snapshot of its store."""
 
-    def __init__(self, store: GalleryStore, snapshot: StoreSnapshot, extractor: FeatureExtractor | None = None,
-                 device: str | None = None, batch_size: int = 64, collection: str | None = None) -> None:
+    def __init__(
+        self,
+        store: GalleryStore,
+        snapshot: StoreSnapshot,
+        extractor: FeatureExtractor | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        collection: str | None = None,
+    ) -> None:
         self.store = store
         self.collection = collection
         # a folder Path (embedded) or the "SCHEME:<location>" string: what Gallery.open takes back
@@ -164,15 +195,22 @@ class Gallery:
         snap = self.store.snapshot()
         if not snap.identity.compatible(self.identity):
             snap.close()
-            raise OptionError("db", f"{self.describe()} was rebuilt with another model ({snap.identity.label()}); "
-                            f"open it again")
+            raise OptionError(
+                "db", f"{self.describe()} was rebuilt with another model ({snap.identity.label()}); open it again"
+            )
         self._swap(snap)
         return True
 
     def reopen(self, extractor: FeatureExtractor | None = None) -> Gallery:
         """A new Gallery object on the newest generation of the same store (this one keeps its own)."""
-        return Gallery.open(self.db, extractor=extractor, device=self.device, batch_size=self._batch_size,
-                            collection=self.collection, readonly=self.readonly)
+        return Gallery.open(
+            self.db,
+            extractor=extractor,
+            device=self.device,
+            batch_size=self._batch_size,
+            collection=self.collection,
+            readonly=self.readonly,
+        )
 
     def compact(self) -> None:
         """Let the store reclaim space while this object reads nothing (the embedded one truncates its WAL)."""
@@ -193,14 +231,30 @@ class Gallery:
         return store_exists(db, collection)
 
     @classmethod
-    def build(cls, images_dir: str | os.PathLike, db: str | os.PathLike, weights: str | os.PathLike | None = None,
-              index: str = "flat", nlist: int | None = None, nprobe: int | None = None,
-              ef_search: int | None = None, hnsw_m: int = HNSW_M, batch_size: int = 64,
-              device: str | None = None, size: Sequence[int] | None = None, overwrite: bool = False,
-              progress: Callable[[str], None] | None = None, extractor: FeatureExtractor | None = None,
-              pq_m: int | None = None, refine_k: int = DEFAULT_REFINE_K, strict: bool = False,
-              lock_timeout: float | None = None, collection: str | None = None, engine: str = "torch",
-              trust_checkpoint: bool = False) -> Gallery:
+    def build(
+        cls,
+        images_dir: str | os.PathLike,
+        db: str | os.PathLike,
+        weights: str | os.PathLike | None = None,
+        index: str = "flat",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        hnsw_m: int = HNSW_M,
+        batch_size: int = 64,
+        device: str | None = None,
+        size: Sequence[int] | None = None,
+        overwrite: bool = False,
+        progress: Callable[[str], None] | None = None,
+        extractor: FeatureExtractor | None = None,
+        pq_m: int | None = None,
+        refine_k: int = DEFAULT_REFINE_K,
+        strict: bool = False,
+        lock_timeout: float | None = None,
+        collection: str | None = None,
+        engine: str = "torch",
+        trust_checkpoint: bool = False,
+    ) -> Gallery:
         """Embed every image under `images_dir` into a new gallery `db`, published whole (`extractor` overrides `weights`).
 
         `trust_checkpoint`: load weights that run code (a TorchScript program, a full pickle); the gallery
@@ -215,25 +269,44 @@ class Gallery:
             index = DEFAULT_APPROX_INDEX
         if index not in INDEX_KINDS:
             raise OptionError("index", f"expected one of {', '.join(INDEX_KINDS)}, got {index!r}")
-        for name, v in (("--nlist", nlist), ("--nprobe", nprobe), ("--ef-search", ef_search), ("--pq-m", pq_m),
-                        ("--hnsw-m", hnsw_m), ("--refine-k", refine_k), ("--batch-size", batch_size)):
+        for name, v in (
+            ("--nlist", nlist),
+            ("--nprobe", nprobe),
+            ("--ef-search", ef_search),
+            ("--pq-m", pq_m),
+            ("--hnsw-m", hnsw_m),
+            ("--refine-k", refine_k),
+            ("--batch-size", batch_size),
+        ):
             check_positive(name, v)
         paths = list_images(images_dir)
-        builder = resolve(db, collection).builder(overwrite=overwrite,
-                                                  settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
-                                                  lock_timeout=lock_timeout, progress=progress)
+        builder = resolve(db, collection).builder(
+            overwrite=overwrite,
+            settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
+            lock_timeout=lock_timeout,
+            progress=progress,
+        )
         if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
             raise OptionError("nlist", f"more lists than images under {images_dir} ({len(paths)})", value=nlist)
         if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
             raise OptionError("pq_m", f"must divide the feature dimension {extractor.identity.feat_dim}", value=pq_m)
         if extractor is None:
-            extractor = FeatureExtractor.load(weights, device=device, batch_size=batch_size, size=size, engine=engine,
-                                              trust_checkpoint=trust_checkpoint)
+            extractor = FeatureExtractor.load(
+                weights,
+                device=device,
+                batch_size=batch_size,
+                size=size,
+                engine=engine,
+                trust_checkpoint=trust_checkpoint,
+            )
         ident = extractor.identity
         info = {
-            "index_kind": index, "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
-            "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)), "hnsw_m": str(int(hnsw_m)),
-            "refine_k": str(int(refine_k)), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "index_kind": index,
+            "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
+            "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
+            "hnsw_m": str(int(hnsw_m)),
+            "refine_k": str(int(refine_k)),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **_engine_info(extractor),
         }
         corrupt: list[str] = []
@@ -252,40 +325,68 @@ class Gallery:
             raise
         gallery = cls(store, store.snapshot(), extractor, device, batch_size, collection)
         gallery._trust = bool(trust_checkpoint)
-        gallery.last_report = {"added": n, "skipped_existing": 0, "corrupt": len(corrupt),
-                               "corrupt_paths": corrupt, "total": n}
+        gallery.last_report = {
+            "added": n,
+            "skipped_existing": 0,
+            "corrupt": len(corrupt),
+            "corrupt_paths": corrupt,
+            "total": n,
+        }
         return gallery
 
     @classmethod
-    def create(cls, db: str | os.PathLike, extractor: FeatureExtractor, index: str = "flat",
-               hnsw_m: int = HNSW_M, ef_search: int | None = None, lock_timeout: float | None = None,
-               collection: str | None = None) -> Gallery:
+    def create(
+        cls,
+        db: str | os.PathLike,
+        extractor: FeatureExtractor,
+        index: str = "flat",
+        hnsw_m: int = HNSW_M,
+        ef_search: int | None = None,
+        lock_timeout: float | None = None,
+        collection: str | None = None,
+    ) -> Gallery:
         """An empty gallery for `extractor`'s model (entries come later by add_entries); flat or hnsw only.
 
         Published like a build; refuses an existing gallery.
         """
         if index not in ("flat", "hnsw"):
             raise OptionError("index", f"an empty gallery can be flat or hnsw ({index} needs training features)")
-        builder = resolve(db, collection).builder(overwrite=False, settings={"index_kind": index},
-                                                  lock_timeout=lock_timeout, progress=None)
-        info = {"index_kind": index, "nprobe": str(DEFAULT_NPROBE), "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
-                "hnsw_m": str(int(hnsw_m)), "refine_k": str(DEFAULT_REFINE_K),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        builder = resolve(db, collection).builder(
+            overwrite=False, settings={"index_kind": index}, lock_timeout=lock_timeout, progress=None
+        )
+        info = {
+            "index_kind": index,
+            "nprobe": str(DEFAULT_NPROBE),
+            "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
+            "hnsw_m": str(int(hnsw_m)),
+            "refine_k": str(DEFAULT_REFINE_K),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         info.update(_engine_info(extractor))
         try:
             builder.start(extractor.identity, info)
-            store = builder.publish(existing_error=f"{describe_db(db, collection)} already holds a gallery "
-                                                   f"(created meanwhile by another process)")
+            store = builder.publish(
+                existing_error=f"{describe_db(db, collection)} already holds a gallery "
+                f"(created meanwhile by another process)"
+            )
         except BaseException:
             builder.abort()
             raise
         return cls(store, store.snapshot(), extractor, extractor.device, extractor.batch_size, collection)
 
     @classmethod
-    def open(cls, db: str | os.PathLike, weights: str | os.PathLike | None = None,
-             device: str | None = None, batch_size: int = 64,
-             extractor: FeatureExtractor | None = None, collection: str | None = None,
-             readonly: bool = False, engine: str | None = None, trust_checkpoint: bool = False) -> Gallery:
+    def open(
+        cls,
+        db: str | os.PathLike,
+        weights: str | os.PathLike | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        extractor: FeatureExtractor | None = None,
+        collection: str | None = None,
+        readonly: bool = False,
+        engine: str | None = None,
+        trust_checkpoint: bool = False,
+    ) -> Gallery:
         """Open an existing gallery; `weights` or `extractor` (else the stored source, loaded on first use) must match its model.
 
         A folder that cannot be written (read-only media) opens read-only: search and check work,
@@ -312,9 +413,14 @@ class Gallery:
     def use_model(self, weights: str | os.PathLike | None) -> FeatureExtractor:
         """Load `weights` (None: the stored source) as the query model, refusing one that is not the gallery's."""
         with self._lock:
-            ext = FeatureExtractor.load(weights, device=self.device, batch_size=self._batch_size,
-                                        size=self.identity.input_size, engine=self._engine,
-                                        trust_checkpoint=self._trust)
+            ext = FeatureExtractor.load(
+                weights,
+                device=self.device,
+                batch_size=self._batch_size,
+                size=self.identity.input_size,
+                engine=self._engine,
+                trust_checkpoint=self._trust,
+            )
             self.check_identity(ext.identity)
             self._extractor = ext
             return ext
@@ -332,7 +438,8 @@ class Gallery:
                 f"model mismatch: gallery {self.describe()} was built with {self.identity.label()} "
                 f"({self.identity.feat_dim}-d, input {self.identity.input_size[0]}x{self.identity.input_size[1]}), "
                 f"but the given model is {other.label()} ({other.feat_dim}-d, input "
-                f"{other.input_size[0]}x{other.input_size[1]}); use the same model or build a new gallery")
+                f"{other.input_size[0]}x{other.input_size[1]}); use the same model or build a new gallery"
+            )
 
     @property
     def extractor(self) -> FeatureExtractor:
@@ -341,8 +448,10 @@ class Gallery:
             if self._extractor is None:
                 src = self.identity.source
                 if src != "imagenet" and not Path(src).is_file():
-                    raise ReIDError(f"gallery {self.describe()} was built with {src}, which is no longer there; "
-                                    f"pass --weights with that model")
+                    raise ReIDError(
+                        f"gallery {self.describe()} was built with {src}, which is no longer there; "
+                        f"pass --weights with that model"
+                    )
                 if src != "imagenet":
                     self._check_stored_program(Path(src))
                 self.use_model(None if src == "imagenet" else src)
@@ -357,19 +466,28 @@ class Gallery:
         if not (is_torchscript(src) or recorded):
             return
         if not (self._trust or trust_active()):
-            raise ReIDError(f"gallery {self.describe()}: its model {src} is a TorchScript program, and loading it "
-                            "runs the code stored in the file; pass --trust-checkpoint (Python: trust_checkpoint=True) "
-                            "if you trust it, or give the model as a checkpoint or an ONNX export")
+            raise ReIDError(
+                f"gallery {self.describe()}: its model {src} is a TorchScript program, and loading it "
+                "runs the code stored in the file; pass --trust-checkpoint (Python: trust_checkpoint=True) "
+                "if you trust it, or give the model as a checkpoint or an ONNX export"
+            )
         if recorded and file_sha256(src) != recorded:
-            raise ReIDError(f"gallery {self.describe()}: its model {src} changed since the gallery was built "
-                            f"(sha256 {recorded[:16]}... recorded when it was trusted); refusing to run a different "
-                            "program: pass the model with --weights")
+            raise ReIDError(
+                f"gallery {self.describe()}: its model {src} changed since the gallery was built "
+                f"(sha256 {recorded[:16]}... recorded when it was trusted); refusing to run a different "
+                "program: pass the model with --weights"
+            )
 
     # -- writing ---------------------------------------------------------------------------
 
-    def add(self, images_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
-            progress: Callable[[str], None] | None = None, strict: bool = False,
-            lock_timeout: float | None = None) -> dict[str, Any]:
+    def add(
+        self,
+        images_dir: str | os.PathLike,
+        weights: str | os.PathLike | None = None,
+        progress: Callable[[str], None] | None = None,
+        strict: bool = False,
+        lock_timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Append the images under `images_dir` not yet in the gallery (one new generation); returns counts."""
         self.store.check_writable()
         if weights is not None:
@@ -386,26 +504,47 @@ class Gallery:
             corrupt.extend(part.corrupt)
         crash_point("add_embedded")
         allf = np.concatenate(feats) if feats else np.zeros((0, self.identity.feat_dim), np.float32)
-        ids, snap = self.store.write(self._snap, self.identity, image_rows(good), allf, skip_existing_images=True,
-                                     corrupt=len(corrupt), lock_timeout=lock_timeout, progress=progress)
+        ids, snap = self.store.write(
+            self._snap,
+            self.identity,
+            image_rows(good),
+            allf,
+            skip_existing_images=True,
+            corrupt=len(corrupt),
+            lock_timeout=lock_timeout,
+            progress=progress,
+        )
         self._swap(snap)
-        report = {"added": len(ids), "skipped_existing": len(paths) - len(ids) - len(corrupt),
-                  "corrupt": len(corrupt), "corrupt_paths": corrupt, "total": len(self),
-                  "generation": self.generation}
+        report = {
+            "added": len(ids),
+            "skipped_existing": len(paths) - len(ids) - len(corrupt),
+            "corrupt": len(corrupt),
+            "corrupt_paths": corrupt,
+            "total": len(self),
+            "generation": self.generation,
+        }
         self.last_report = report
         return report
 
-    def add_entries(self, features: Any, entries: Sequence[dict[str, Any]], state: dict[str, Any] | None = None,
-                    lock_timeout: float | None = None) -> list[int]:
+    def add_entries(
+        self,
+        features: Any,
+        entries: Sequence[dict[str, Any]],
+        state: dict[str, Any] | None = None,
+        lock_timeout: float | None = None,
+    ) -> list[int]:
         """Add entries (images or tracklets) with their features and optional state, as one write; returns ids."""
         self.store.check_writable()
-        feats = np.asarray(features.detach().cpu().numpy() if hasattr(features, "detach") else features,
-                           dtype=np.float32)
+        feats = np.asarray(
+            features.detach().cpu().numpy() if hasattr(features, "detach") else features, dtype=np.float32
+        )
         if feats.ndim == 1 and len(entries) == 1:
             feats = feats[None]
         if feats.ndim != 2 or feats.shape[0] != len(entries):
-            raise ReIDError(f"add_entries: expected features of shape ({len(entries)}, {self.identity.feat_dim}), "
-                            f"got {tuple(feats.shape)}")
+            raise ReIDError(
+                f"add_entries: expected features of shape ({len(entries)}, {self.identity.feat_dim}), "
+                f"got {tuple(feats.shape)}"
+            )
         if len(entries) and feats.shape[1] != self.identity.feat_dim:
             raise ReIDError(f"add_entries: feature dim {feats.shape[1]} != gallery dim {self.identity.feat_dim}")
         if not np.isfinite(feats).all():
@@ -415,8 +554,9 @@ class Gallery:
         state_rows = encode_state(state)
         if not rows and not state_rows:
             return []
-        ids, snap = self.store.write(self._snap, self.identity, rows, feats, state=state_rows,
-                                     lock_timeout=lock_timeout)
+        ids, snap = self.store.write(
+            self._snap, self.identity, rows, feats, state=state_rows, lock_timeout=lock_timeout
+        )
         self._swap(snap)
         return ids
 
@@ -424,8 +564,14 @@ class Gallery:
         """The JSON value stored under `key` by add_entries (latest stored, not the pinned snapshot), or None."""
         return self.store.get_state(str(key))
 
-    def delete(self, ids: Sequence[int] | None = None, tracklet: str | None = None, camera: str | None = None,
-               path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> int:
+    def delete(
+        self,
+        ids: Sequence[int] | None = None,
+        tracklet: str | None = None,
+        camera: str | None = None,
+        path: str | os.PathLike | None = None,
+        lock_timeout: float | None = None,
+    ) -> int:
         """Delete the entries matching ALL given criteria (ids, tracklet key, camera name, image path); one write."""
         self.store.check_writable()
         id_list = None
@@ -438,10 +584,15 @@ class Gallery:
             path = str(p.resolve()) if p.exists() else str(path)
         if id_list is None and tracklet is None and camera is None and path is None:
             raise ReIDError("delete: give ids, tracklet, camera or path (refusing to delete the whole gallery)")
-        n, snap = self.store.delete(self._snap, self.identity, ids=id_list,
-                                    tracklet=None if tracklet is None else str(tracklet),
-                                    camera=None if camera is None else str(camera), path=path,
-                                    lock_timeout=lock_timeout)
+        n, snap = self.store.delete(
+            self._snap,
+            self.identity,
+            ids=id_list,
+            tracklet=None if tracklet is None else str(tracklet),
+            camera=None if camera is None else str(camera),
+            path=path,
+            lock_timeout=lock_timeout,
+        )
         if n == 0 and snap is None:
             self._check_filters({"camera": camera, "tracklet": tracklet, "path": path})
         self._swap(snap)
@@ -464,7 +615,9 @@ class Gallery:
 
     # -- lookups --------------------------------------------------------------------------
 
-    def entries(self, kind: str | None = None, tracklet: str | None = None, camera: str | None = None) -> list[dict[str, Any]]:
+    def entries(
+        self, kind: str | None = None, tracklet: str | None = None, camera: str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored entries of the pinned generation matching all given filters, in id order."""
         return self._snap.entries(kind=kind, tracklet=tracklet, camera=camera)
 
@@ -504,25 +657,55 @@ class Gallery:
             return self.embed([arr])[0], None
         feat = arr.astype(np.float32).reshape(-1)
         if feat.shape[0] != self.identity.feat_dim:
-            raise ReIDError(f"query: expected an image or a {self.identity.feat_dim}-d feature, "
-                            f"got an array of shape {arr.shape}")
+            raise ReIDError(
+                f"query: expected an image or a {self.identity.feat_dim}-d feature, got an array of shape {arr.shape}"
+            )
         return feat / max(float(np.linalg.norm(feat)), 1e-12), None
 
-    def search(self, query: Any, k: int = 20, rerank: bool = False, exclude_camid: int | None = None,
-               nprobe: int | None = None, rerank_topm: int = 100, exclude_camera: str | None = None,
-               kind: str | None = None, camera: str | None = None, t_min: float | None = None,
-               t_max: float | None = None) -> list[dict[str, Any]]:
+    def search(
+        self,
+        query: Any,
+        k: int = 20,
+        rerank: bool = False,
+        exclude_camid: int | None = None,
+        nprobe: int | None = None,
+        rerank_topm: int = 100,
+        exclude_camera: str | None = None,
+        kind: str | None = None,
+        camera: str | None = None,
+        t_min: float | None = None,
+        t_max: float | None = None,
+    ) -> list[dict[str, Any]]:
         """Top-k entries for an image path, RGB uint8 image or feature; each result carries every stored field."""
         feat, _ = self.query_feature(query)
-        return self.search_features(feat[None], k=k, rerank=rerank, exclude_camid=[exclude_camid], nprobe=nprobe,
-                                    rerank_topm=rerank_topm, exclude_camera=exclude_camera, kind=kind,
-                                    camera=camera, t_min=t_min, t_max=t_max)[0]
+        return self.search_features(
+            feat[None],
+            k=k,
+            rerank=rerank,
+            exclude_camid=[exclude_camid],
+            nprobe=nprobe,
+            rerank_topm=rerank_topm,
+            exclude_camera=exclude_camera,
+            kind=kind,
+            camera=camera,
+            t_min=t_min,
+            t_max=t_max,
+        )[0]
 
-    def search_features(self, feats: np.ndarray, k: int = 20, rerank: bool = False,
-                        exclude_camid: Sequence[int | None] | int | None = None, nprobe: int | None = None,
-                        rerank_topm: int = 100, exclude_camera: Sequence[str | None] | str | None = None,
-                        kind: str | None = None, camera: str | None = None, t_min: float | None = None,
-                        t_max: float | None = None) -> list[list[dict[str, Any]]]:
+    def search_features(
+        self,
+        feats: np.ndarray,
+        k: int = 20,
+        rerank: bool = False,
+        exclude_camid: Sequence[int | None] | int | None = None,
+        nprobe: int | None = None,
+        rerank_topm: int = 100,
+        exclude_camera: Sequence[str | None] | str | None = None,
+        kind: str | None = None,
+        camera: str | None = None,
+        t_min: float | None = None,
+        t_max: float | None = None,
+    ) -> list[list[dict[str, Any]]]:
         """Batched search of unit-norm (B, D) features in the pinned generation; one result list per row.
 
         Results: {id, path, score, camid, camera, kind, tracklet, frame_start, frame_end, t_start,
@@ -540,8 +723,10 @@ class Gallery:
             raise ReIDError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
         excl = _per_row(exclude_camid, len(feats))
         excl_cam = _per_row(exclude_camera, len(feats))
-        filters = [SearchFilter(exclude_camid=e, exclude_camera=c, camera=camera, kind=kind, t_min=t_min,
-                                t_max=t_max).check() for e, c in zip(excl, excl_cam)]
+        filters = [
+            SearchFilter(exclude_camid=e, exclude_camera=c, camera=camera, kind=kind, t_min=t_min, t_max=t_max).check()
+            for e, c in zip(excl, excl_cam)
+        ]
         n = snap.count
         if n == 0:
             return [[] for _ in feats]
@@ -566,8 +751,12 @@ class Gallery:
                 if rec is None:  # cannot happen within one snapshot; never serve an empty path
                     continue
                 # float32 dot products of unit vectors can land a hair outside [-1, 1]
-                row = {"id": int(i), "path": rec["path"], "score": float(np.clip(s, -1.0, 1.0)),
-                       **{f: rec[f] for f in ENTRY_FIELDS if f not in ("id", "path")}}
+                row = {
+                    "id": int(i),
+                    "path": rec["path"],
+                    "score": float(np.clip(s, -1.0, 1.0)),
+                    **{f: rec[f] for f in ENTRY_FIELDS if f not in ("id", "path")},
+                }
                 if dist is not None:
                     row["rerank_distance"] = float(dist[j])
                 rows.append(row)
@@ -587,11 +776,19 @@ class Gallery:
     def health(self) -> dict[str, Any]:
         """Status summary of the pinned generation: sizes, generation, index kind, model identity."""
         snap = self._snap
-        return {"status": "ok", "gallery_size": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
-                "holds": holdings(snap.n_images, snap.n_tracklets),
-                "generation": snap.generation, "uid": snap.uid, "index": snap.info.get("index_kind", "flat"),
-                "backend": self.backend.name, "model": self.identity.as_dict(),
-                "identities": self._identity_count()}
+        return {
+            "status": "ok",
+            "gallery_size": snap.count,
+            "images": snap.n_images,
+            "tracklets": snap.n_tracklets,
+            "holds": holdings(snap.n_images, snap.n_tracklets),
+            "generation": snap.generation,
+            "uid": snap.uid,
+            "index": snap.info.get("index_kind", "flat"),
+            "backend": self.backend.name,
+            "model": self.identity.as_dict(),
+            "identities": self._identity_count(),
+        }
 
     def _identity_count(self) -> int:
         """Global identities stored by `reidkit identities` (0 when none were assigned)."""

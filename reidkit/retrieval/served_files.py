@@ -9,6 +9,7 @@ swapped after the check is not what is sent. A refusal is a 404 with a short mes
 
 HEAD: every GET route and page answers HEAD with GET's status and headers and no body (`HeadAsGet`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,14 +31,25 @@ __all__ = ["UNRECORDED", "recorded_stat", "open_indexed", "IndexedFileResponse",
 logger = logging.getLogger("reidkit.service")  # the service's log
 
 UNRECORDED = object()  # recorded_stat of an entry indexed before file stats were recorded
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-               | getattr(os, "O_CLOEXEC", 0))
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 _logged_refusals: set[tuple[str, str]] = set()
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -79,8 +91,9 @@ def open_indexed(path: str | os.PathLike, recorded: Any = UNRECORDED, what: str 
         fd = os.open(path, _OPEN_FLAGS)  # O_NOFOLLOW: a link swapped in since the lstat fails here
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise refuse("is a symbolic link, not the file indexed",
-                         "is not served: it is not the file indexed") from None
+            raise refuse(
+                "is a symbolic link, not the file indexed", "is not served: it is not the file indexed"
+            ) from None
         if exc.errno == errno.ENOENT:
             raise refuse("is no longer on disk", "is no longer on disk", log=False) from None
         raise refuse(f"cannot be opened ({exc.strerror})", "cannot be read") from None
@@ -92,11 +105,16 @@ def open_indexed(path: str | os.PathLike, recorded: Any = UNRECORDED, what: str 
             try:
                 size, mtime_ns = parse_file_stat(recorded)
             except ValueError:
-                raise refuse("has no usable size and mtime recorded in the gallery", "is not served: it was not "
-                             "readable when indexed") from None
+                raise refuse(
+                    "has no usable size and mtime recorded in the gallery",
+                    "is not served: it was not readable when indexed",
+                ) from None
             if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
-                raise refuse(f"changed since it was indexed (size {st.st_size}, mtime_ns {st.st_mtime_ns}; indexed: "
-                             f"size {size}, mtime_ns {mtime_ns})", "is not served: it changed since it was indexed")
+                raise refuse(
+                    f"changed since it was indexed (size {st.st_size}, mtime_ns {st.st_mtime_ns}; indexed: "
+                    f"size {size}, mtime_ns {mtime_ns})",
+                    "is not served: it changed since it was indexed",
+                )
     except BaseException:
         os.close(fd)
         raise
@@ -124,8 +142,9 @@ class IndexedFileResponse(Response):
     SMALL = 8 * 1024 * 1024
     CHUNK = 256 * 1024
 
-    def __init__(self, fd: int, st: os.stat_result, media_type: str, headers: dict[str, str] | None = None,
-                 what: str = "file") -> None:
+    def __init__(
+        self, fd: int, st: os.stat_result, media_type: str, headers: dict[str, str] | None = None, what: str = "file"
+    ) -> None:
         super().__init__(status_code=200, headers=headers, media_type=media_type)
         self.headers["content-length"] = str(st.st_size)
         self.headers["last-modified"] = formatdate(st.st_mtime, usegmt=True)
@@ -144,8 +163,9 @@ class IndexedFileResponse(Response):
             if self.size <= self.SMALL:
                 data = await anyio.to_thread.run_sync(_read_exact, self.fd, self.size)
                 if data is None:
-                    await JSONResponse({"detail": f"{self.what} is not served: it changed since it was indexed"},
-                                       status_code=404)(scope, receive, send)
+                    await JSONResponse(
+                        {"detail": f"{self.what} is not served: it changed since it was indexed"}, status_code=404
+                    )(scope, receive, send)
                     return
                 await send(start)
                 await send({"type": "http.response.body", "body": data, "more_body": False})

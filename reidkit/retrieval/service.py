@@ -33,6 +33,7 @@ uploads.UploadError -> its `http_status` (400 / 413 / 415 / 503 with Retry-After
 validation (query, path, JSON bodies) -> 422 with a one-line message. Uploads are decoded under a
 memory budget (reidkit.retrieval.uploads).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,8 +65,17 @@ from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.served_files import HeadAsGet, IndexedFileResponse, open_indexed, recorded_stat
 from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
 
-__all__ = ["create_app", "serve", "add_page", "json_body", "search_routes", "RouterFactory", "MAX_ID",
-           "DEFAULT_MAX_UPLOAD", "TOKEN_ENV"]
+__all__ = [
+    "create_app",
+    "serve",
+    "add_page",
+    "json_body",
+    "search_routes",
+    "RouterFactory",
+    "MAX_ID",
+    "DEFAULT_MAX_UPLOAD",
+    "TOKEN_ENV",
+]
 
 logger = logging.getLogger("reidkit.service")
 
@@ -78,8 +88,10 @@ MAX_ID = 2**63 - 1
 # JSON request bodies: a few small fields; bounded before parsing (size, then nesting depth).
 MAX_JSON_BYTES = 16 * 1024
 MAX_JSON_DEPTH = 8
-_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self' 'unsafe-inline'")
+_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'"
+)
 _PAGE_KEY = "x-reidkit-page"
 # A router factory: (get_gallery, authorize) -> APIRouter.
 RouterFactory = Callable[[Callable[[], Gallery], Callable[[Request], None]], APIRouter]
@@ -225,8 +237,12 @@ class _Follower:
             except Exception as exc:  # noqa: BLE001 - keep serving the current snapshot, retry next poll
                 msg = f"{type(exc).__name__}: {exc}"
                 if msg != last:  # once per distinct problem, not every poll
-                    logger.warning("could not load the new generation of %s (%s); still serving generation %d",
-                                   self.db, msg, self._current.generation)
+                    logger.warning(
+                        "could not load the new generation of %s (%s); still serving generation %d",
+                        self.db,
+                        msg,
+                        self._current.generation,
+                    )
                 last = msg
 
     def check(self) -> bool:
@@ -290,15 +306,15 @@ def _page() -> bytes:
     return resources.files("reidkit.retrieval").joinpath("static/index.html").read_bytes()
 
 
-
-
-def add_page(router: APIRouter, path: str, html: Callable[[], str | bytes], title: str,
-             shown_if: str | None = None) -> None:
+def add_page(
+    router: APIRouter, path: str, html: Callable[[], str | bytes], title: str, shown_if: str | None = None
+) -> None:
     """Serve the static page `html()` at GET `path` on `router` and list it in `/health` (`pages`).
 
     Pages hold no gallery data (they send the user's token with each API call), so they load without
     one. `/` links to the page when `shown_if` is None or `/health[shown_if]` is a non-zero count.
     """
+
     async def page() -> HTMLResponse:
         return HTMLResponse(html(), headers={"Content-Security-Policy": _CSP})
 
@@ -329,8 +345,9 @@ def _json_depth_ok(data: bytes, limit: int) -> bool:
     return True
 
 
-async def json_body(request: Request, model: Any, max_bytes: int = MAX_JSON_BYTES,
-                    max_depth: int = MAX_JSON_DEPTH) -> Any:
+async def json_body(
+    request: Request, model: Any, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
     """The request's JSON body validated by pydantic `model`; size and nesting depth are bounded before parsing.
 
     Every refusal is a 422 with a message (a body over `max_bytes` is a 413), never a parser crash.
@@ -376,9 +393,15 @@ def topk_param(topk: int | None, k: int | None, default: int) -> int:
     return topk if topk is not None else k if k is not None else default
 
 
-def search_routes(get_gallery: Callable[[], Gallery], authorize: Callable[[Request], None], *,
-                  follower: _Follower, batcher: _Batcher, uploads: UploadPolicy,
-                  max_upload_bytes: int) -> APIRouter:
+def search_routes(
+    get_gallery: Callable[[], Gallery],
+    authorize: Callable[[Request], None],
+    *,
+    follower: _Follower,
+    batcher: _Batcher,
+    uploads: UploadPolicy,
+    max_upload_bytes: int,
+) -> APIRouter:
     """The core router: `POST /search` (multipart image) and `GET /images/{id}`."""
     router = APIRouter()
 
@@ -415,15 +438,22 @@ def search_routes(get_gallery: Callable[[], Gallery], authorize: Callable[[Reque
         camid = exclude_camid
         if camid is None and exclude_same_camera:
             if query_camid is None:
-                raise HTTPException(400, detail="exclude_same_camera: the upload's file name gives no camera "
-                                                "(Market-style '..._c1s1_...'); pass exclude_camid")
+                raise HTTPException(
+                    400,
+                    detail="exclude_same_camera: the upload's file name gives no camera "
+                    "(Market-style '..._c1s1_...'); pass exclude_camid",
+                )
             camid = query_camid
         async with uploads.decoded(data) as image:
             t0 = time.perf_counter()
             results, snap = await asyncio.wrap_future(batcher.submit(_Job(image, k, rerank, camid)))
-        return {"results": results, "took_ms": round((time.perf_counter() - t0) * 1000, 2),
-                "generation": snap.generation, "snapshot": _snapshot_tag(snap),
-                "query": {"filename": upload.filename, "camid": query_camid, "excluded_camid": camid}}
+        return {
+            "results": results,
+            "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+            "generation": snap.generation,
+            "snapshot": _snapshot_tag(snap),
+            "query": {"filename": upload.filename, "camid": query_camid, "excluded_camid": camid},
+        }
 
     @router.get("/images/{image_id}")
     async def image(image_id: str, request: Request, snapshot: str | None = Query(None, max_length=64)) -> Response:
@@ -449,12 +479,21 @@ def search_routes(get_gallery: Callable[[], Gallery], authorize: Callable[[Reque
     return router
 
 
-def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory] = (), token: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1, max_batch: int = 16,
-               weights: str | os.PathLike | None = None, poll_s: float = 0.5,
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, upload_memory_bytes: int = DEFAULT_MEMORY_BUDGET,
-               max_pixels_in_flight: int | None = None, upload_wait_s: float = 10.0,
-               trust_checkpoint: bool = False) -> FastAPI:
+def create_app(
+    db: str | os.PathLike | Gallery,
+    routers: Sequence[RouterFactory] = (),
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    workers: int = 1,
+    max_batch: int = 16,
+    weights: str | os.PathLike | None = None,
+    poll_s: float = 0.5,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    upload_memory_bytes: int = DEFAULT_MEMORY_BUDGET,
+    max_pixels_in_flight: int | None = None,
+    upload_wait_s: float = 10.0,
+    trust_checkpoint: bool = False,
+) -> FastAPI:
     """The FastAPI app serving gallery `db` (a folder or an open Gallery) and following its new generations.
 
     `routers`: extra router factories `(get_gallery, authorize) -> APIRouter` (e.g.
@@ -491,12 +530,15 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
         await run_in_threadpool(follower.stop)
         await run_in_threadpool(batcher.stop)
 
-    app = FastAPI(title="reidkit search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="reidkit search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.gallery = gallery  # the snapshot served at start; app.state.follower.current() is the live one
     app.state.follower = follower
     app.state.batcher = batcher
-    app.state.uploads = uploads  # routers decode uploads through it: `async with request.app.state.uploads.decoded(data)`
+    app.state.uploads = (
+        uploads  # routers decode uploads through it: `async with request.app.state.uploads.decoded(data)`
+    )
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK)
     app.add_middleware(HeadAsGet)
 
@@ -506,8 +548,11 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         # compare_digest: the time taken does not reveal how much of a guess was right.
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), secret):
-            raise HTTPException(401, detail="missing or invalid API token (send 'Authorization: Bearer <token>')",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                detail="missing or invalid API token (send 'Authorization: Bearer <token>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Any:
@@ -550,8 +595,17 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
 
     core = APIRouter()
     add_page(core, "/", _page, "Image search")
-    built = [core, search_routes(get_gallery, authorize, follower=follower, batcher=batcher, uploads=uploads,
-                                 max_upload_bytes=max_upload_bytes)]
+    built = [
+        core,
+        search_routes(
+            get_gallery,
+            authorize,
+            follower=follower,
+            batcher=batcher,
+            uploads=uploads,
+            max_upload_bytes=max_upload_bytes,
+        ),
+    ]
     built += [make(get_gallery, authorize) for make in routers]
     pages: list[dict[str, Any]] = []
     for router in built:
@@ -560,17 +614,33 @@ def create_app(db: str | os.PathLike | Gallery, routers: Sequence[RouterFactory]
     return app
 
 
-def serve(db: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD, workers: int = 1,
-          weights: str | os.PathLike | None = None, poll_s: float = 0.5,
-          routers: Sequence[RouterFactory] = (), **upload_limits: Any) -> None:
+def serve(
+    db: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+    workers: int = 1,
+    weights: str | os.PathLike | None = None,
+    poll_s: float = 0.5,
+    routers: Sequence[RouterFactory] = (),
+    **upload_limits: Any,
+) -> None:
     """Run the service with uvicorn (blocking); `upload_limits` are create_app's upload keywords."""
     import uvicorn
 
     if not 1 <= int(port) <= 65535:
         raise OptionError("port", f"expected 1..65535, got {port}")
-    app = create_app(db, routers=routers, token=token, max_upload_bytes=max_upload_bytes, workers=workers,
-                     weights=weights, poll_s=poll_s, **upload_limits)
+    app = create_app(
+        db,
+        routers=routers,
+        token=token,
+        max_upload_bytes=max_upload_bytes,
+        workers=workers,
+        weights=weights,
+        poll_s=poll_s,
+        **upload_limits,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and token is None and not os.environ.get(TOKEN_ENV):
         logger.warning("serving on %s without an API token: anyone who can reach it can search the gallery", host)
     uvicorn.run(app, host=host, port=int(port), log_level="info")

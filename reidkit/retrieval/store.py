@@ -4,6 +4,7 @@ and the file stats an entry records so the service serves only the files indexed
 The backends (the protocol, the scheme registry, the embedded folder, Milvus) are in
 :mod:`reidkit.retrieval.backends`.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,44 @@ from typing import Any
 from reidkit.errors import ReIDError
 from reidkit.utils.io import json_default
 
-__all__ = ["ENTRY_FIELDS", "KINDS", "normalize_entries", "encode_state", "FILE_STAT_KEY", "THUMB_STATS_KEY",
-           "file_stat", "parse_file_stat", "iter_chunks"]
+__all__ = [
+    "ENTRY_FIELDS",
+    "KINDS",
+    "normalize_entries",
+    "encode_state",
+    "FILE_STAT_KEY",
+    "THUMB_STATS_KEY",
+    "file_stat",
+    "parse_file_stat",
+    "iter_chunks",
+]
 
 # Every stored field of an entry, in the order search results list them.
-ENTRY_FIELDS = ("id", "path", "camid", "camera", "kind", "tracklet", "frame_start", "frame_end",
-                "t_start", "t_end", "meta")
+ENTRY_FIELDS = (
+    "id",
+    "path",
+    "camid",
+    "camera",
+    "kind",
+    "tracklet",
+    "frame_start",
+    "frame_end",
+    "t_start",
+    "t_end",
+    "meta",
+)
 KINDS = ("image", "tracklet")
-_OPTIONAL = {"camid": int, "camera": str, "tracklet": str, "frame_start": int, "frame_end": int,
-             "t_start": float, "t_end": float, "width": int, "height": int}
+_OPTIONAL = {
+    "camid": int,
+    "camera": str,
+    "tracklet": str,
+    "frame_start": int,
+    "frame_end": int,
+    "t_start": float,
+    "t_end": float,
+    "width": int,
+    "height": int,
+}
 
 
 # ----------------------------------------------------------------------------- entries

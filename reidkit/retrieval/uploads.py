@@ -19,6 +19,7 @@ Memory is bounded three ways:
 
 EXIF orientation is applied (a phone photo stored rotated is searched upright).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,16 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 
-__all__ = ["UploadError", "decode_upload", "probe_upload", "PixelBudget", "UploadPolicy",
-           "DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_MEMORY_BUDGET", "BYTES_PER_PIXEL"]
+__all__ = [
+    "UploadError",
+    "decode_upload",
+    "probe_upload",
+    "PixelBudget",
+    "UploadPolicy",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MEMORY_BUDGET",
+    "BYTES_PER_PIXEL",
+]
 
 # One upload may decode to at most this many pixels: 4096 x 4096 (16.7 MP).
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
@@ -63,8 +72,7 @@ def _open(data: bytes) -> Any:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         # Pillow refuses at open (header only) when it promises more than twice its own limit
-        raise UploadError("image too large: its header declares more pixels than any accepted upload",
-                          413) from None
+        raise UploadError("image too large: its header declares more pixels than any accepted upload", 413) from None
     except UnidentifiedImageError:
         raise UploadError("unsupported upload: not an image file (JPEG, PNG, BMP, WebP, ...)", 415) from None
     except (OSError, ValueError, SyntaxError):
@@ -92,13 +100,17 @@ def _reduce(im: Any, min_side: int | None) -> Any:
 
 def _check_size(w: int, h: int, max_pixels: int | None) -> None:
     if max_pixels is not None and w * h > max_pixels:
-        raise UploadError(f"image too large: {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels "
-                          f"per upload (about {int(math.isqrt(max_pixels))}x{int(math.isqrt(max_pixels))}); "
-                          f"send a crop or a smaller image", 413)
+        raise UploadError(
+            f"image too large: {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} pixels "
+            f"per upload (about {int(math.isqrt(max_pixels))}x{int(math.isqrt(max_pixels))}); "
+            f"send a crop or a smaller image",
+            413,
+        )
 
 
-def probe_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                 draft_min_side: int | None = DRAFT_MIN_SIDE) -> tuple[int, int]:
+def probe_upload(
+    data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, draft_min_side: int | None = DRAFT_MIN_SIDE
+) -> tuple[int, int]:
     """(width, height) the upload will decode to, from its header alone; UploadError 413/415/400."""
     with _open(data) as im:
         _draft(im, draft_min_side)  # the limit is on what gets decoded: a big JPEG decoded at 1/8 may pass
@@ -106,8 +118,9 @@ def probe_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         return im.size
 
 
-def decode_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-                  draft_min_side: int | None = DRAFT_MIN_SIDE) -> np.ndarray:
+def decode_upload(
+    data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, draft_min_side: int | None = DRAFT_MIN_SIDE
+) -> np.ndarray:
     """RGB uint8 H x W x 3 image from uploaded bytes (EXIF orientation applied; a large JPEG decoded at a
     reduced scale unless `draft_min_side` is None); UploadError 415 (not an image) / 400 (corrupt) /
     413 (over `max_pixels`)."""
@@ -131,8 +144,7 @@ def decode_upload(data: bytes, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     except UploadError:
         raise
     except Image.DecompressionBombError:
-        raise UploadError("image too large: its header declares more pixels than any accepted upload",
-                          413) from None
+        raise UploadError("image too large: its header declares more pixels than any accepted upload", 413) from None
     except (OSError, ValueError, SyntaxError, EOFError):
         raise UploadError("corrupt image: the file could not be decoded", 400) from None
     if arr.ndim != 3 or min(arr.shape[:2]) < 2:
@@ -167,8 +179,11 @@ class PixelBudget:
         """Reserve `pixels` for the body of the `async with`; 413 if it can never fit, 503 after `wait_s`."""
         pixels = max(1, int(pixels))
         if pixels > self.capacity:
-            raise UploadError(f"image too large: {pixels:,} decoded pixels exceed the server's whole budget of "
-                              f"{self.capacity:,} pixels in flight", 413)
+            raise UploadError(
+                f"image too large: {pixels:,} decoded pixels exceed the server's whole budget of "
+                f"{self.capacity:,} pixels in flight",
+                413,
+            )
         cond = self._condition()
         async with cond:
             try:
@@ -176,8 +191,11 @@ class PixelBudget:
             except (asyncio.TimeoutError, TimeoutError):
                 self.rejected += 1
                 retry = max(1, math.ceil(self.wait_s))
-                raise UploadError(f"server busy: {self.used:,} of {self.capacity:,} pixels are being decoded; "
-                                  f"retry in {retry} s", 503, headers={"Retry-After": str(retry)}) from None
+                raise UploadError(
+                    f"server busy: {self.used:,} of {self.capacity:,} pixels are being decoded; retry in {retry} s",
+                    503,
+                    headers={"Retry-After": str(retry)},
+                ) from None
             self.used += pixels
             self.peak = max(self.peak, self.used)
         try:
@@ -196,8 +214,12 @@ class UploadPolicy:
     budget: PixelBudget | None = None
 
     @staticmethod
-    def from_memory(memory_bytes: int = DEFAULT_MEMORY_BUDGET, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                    max_pixels_in_flight: int | None = None, wait_s: float = 10.0) -> "UploadPolicy":
+    def from_memory(
+        memory_bytes: int = DEFAULT_MEMORY_BUDGET,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_pixels_in_flight: int | None = None,
+        wait_s: float = 10.0,
+    ) -> "UploadPolicy":
         """A policy whose pixels in flight default to `memory_bytes / BYTES_PER_PIXEL`."""
         if int(max_image_pixels) < 4:
             raise OptionError("max_image_pixels", f"must be >= 4, got {max_image_pixels}")

@@ -1,5 +1,6 @@
 """Dask distributed for `--workers N` (a local cluster on 127.0.0.1) and `--cluster ADDRESS` (a running
 scheduler): one place that imports it, names the extra when it is missing, and opens the client."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -13,8 +14,9 @@ def need_distributed() -> Any:
     try:
         import distributed
     except ImportError:
-        raise ReIDError("running on several workers or a cluster needs Dask: pip install 'reidkit[dask]' "
-                        "(dask[distributed])") from None
+        raise ReIDError(
+            "running on several workers or a cluster needs Dask: pip install 'reidkit[dask]' (dask[distributed])"
+        ) from None
     return distributed
 
 
@@ -42,8 +44,9 @@ def dask_client(workers: int | None = None, address: str | None = None, client: 
         finally:
             own_client.close()
         return
-    cluster = distributed.LocalCluster(host="127.0.0.1", n_workers=int(workers or 1), threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        host="127.0.0.1", n_workers=int(workers or 1), threads_per_worker=1, processes=True, dashboard_address=None
+    )
     own_client = distributed.Client(cluster)
     try:
         yield own_client

@@ -10,6 +10,7 @@ before converting the mode. Video frames carry no EXIF and do not come here.
 High-bit-depth images (16-bit PNG / TIFF, float TIFF) are scaled to 8 bits rather than clipped
 (Pillow's ``convert("RGB")`` clips them); palette images with transparency go through RGBA.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,12 +22,27 @@ from PIL import Image, ImageOps
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "CorruptImage", "ImageTooLarge", "NotAnImage", "decode_image_bytes", "open_rgb", "read_image", "to_rgb",
+    "CorruptImage",
+    "ImageTooLarge",
+    "NotAnImage",
+    "decode_image_bytes",
+    "open_rgb",
+    "read_image",
+    "to_rgb",
 ]
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError,
-                  EOFError, IndexError, TypeError, ZeroDivisionError)
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    MemoryError,
+    EOFError,
+    IndexError,
+    TypeError,
+    ZeroDivisionError,
+)
 
 
 class NotAnImage(ReIDError):
@@ -90,8 +106,9 @@ def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> np.ndarray
     try:
         with Image.open(io.BytesIO(data)) as im:
             if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageTooLarge(f"image too large: {im.width}x{im.height} pixels (limit {max_pixels})",
-                                    im.width, im.height)
+                raise ImageTooLarge(
+                    f"image too large: {im.width}x{im.height} pixels (limit {max_pixels})", im.width, im.height
+                )
             im.load()
             rgb = to_rgb(im)
     except Image.DecompressionBombError:

@@ -21,6 +21,7 @@ Folder walking (:func:`list_images`): symlinked folders are followed at most onc
 ``(st_dev, st_ino)``), so a link to ``..`` cannot make the walk exponential; symlink loops,
 broken links and names that are not valid UTF-8 are skipped and counted, never silently.
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,17 +41,41 @@ from typing import IO, Any
 from reidkit.errors import ReIDError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "atomic_path", "atomic_write", "atomic_write_bytes", "clean_stale_temps", "ensure_dir",
-    "is_image_file", "list_images", "output_target", "owned_temp_dir", "write_json", "write_text", "json_default",
+    "IMAGE_EXTENSIONS",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "clean_stale_temps",
+    "ensure_dir",
+    "is_image_file",
+    "list_images",
+    "output_target",
+    "owned_temp_dir",
+    "write_json",
+    "write_text",
+    "json_default",
 ]
 
 log = logging.getLogger(__name__)
 
 # Everything Pillow decodes that people store crops in (PGM/PPM/PBM/GIF included: a folder of
 # them must not load as "empty").
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm", ".gif",
-})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+        ".gif",
+    }
+)
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -66,8 +91,9 @@ def _skip(skipped: list | None, path: str, why: str) -> None:
         skipped.append((path, why))
 
 
-def list_images(root: str | os.PathLike, recursive: bool = True,
-                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+def list_images(
+    root: str | os.PathLike, recursive: bool = True, skipped: list[tuple[str, str]] | None = None
+) -> list[Path]:
     """Image files under ``root``, sorted by path; a clear error when ``root`` is not a folder.
 
     Symlinked folders are followed once each (a second link to a visited folder, or a link to an
@@ -134,8 +160,14 @@ def list_images(root: str | os.PathLike, recursive: bool = True,
             elif not is_file and is_image_file(name):
                 _skip(notes, entry.path, "not a regular file")
     if notes:
-        log.warning("%s: skipped %d entr%s (symlink loops, broken links, non-UTF-8 names), e.g. %s (%s)",
-                    root, len(notes), "y" if len(notes) == 1 else "ies", notes[0][0], notes[0][1])
+        log.warning(
+            "%s: skipped %d entr%s (symlink loops, broken links, non-UTF-8 names), e.g. %s (%s)",
+            root,
+            len(notes),
+            "y" if len(notes) == 1 else "ies",
+            notes[0][0],
+            notes[0][1],
+        )
         if skipped is not None:
             skipped.extend(notes)
     return sorted(p for _, p in found)
@@ -152,8 +184,11 @@ def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
 
 
 _KINDS = (
-    (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
 )
 
 
@@ -175,8 +210,10 @@ def output_target(path: str | os.PathLike, what: str | None = None) -> Path:
         return target
     kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
     shown = f"{path} (-> {target})" if target != path else str(path)
-    raise ReIDError(f"{what + ': ' if what else ''}cannot write {shown}: it is {kind}; outputs are written only as regular files "
-                    f"(nothing was written)")
+    raise ReIDError(
+        f"{what + ': ' if what else ''}cannot write {shown}: it is {kind}; outputs are written only as regular files "
+        f"(nothing was written)"
+    )
 
 
 def _umask() -> int:

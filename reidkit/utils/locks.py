@@ -2,6 +2,7 @@
 pid. It dies with its process, so a killed holder never leaves it held. The gallery's writer lock
 (reidkit.retrieval.backends.sqlite.generations.WriterLock) and a video's ingestion lock (reidkit.video.pipeline.VideoLock)
 are this lock with their own file and messages."""
+
 from __future__ import annotations
 
 import errno
@@ -21,8 +22,9 @@ class PidLock:
 
     poll = 0.05
 
-    def __init__(self, path: str | os.PathLike, timeout: float | None = None,
-                 on_wait: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, timeout: float | None = None, on_wait: Callable[[str], None] | None = None
+    ) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self.on_wait = on_wait

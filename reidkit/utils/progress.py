@@ -12,6 +12,7 @@ pictures, the demo's steps.
   :func:`console_progress`: the same for the duration of a Python API call, unless the caller
   configured the logger already. Under torchrun only rank 0 shows anything.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,15 @@ def bar(total: int | None, desc: str, unit: str = "it", show: bool = True) -> An
     from tqdm.auto import tqdm
 
     # disable=None: a bar on terminals, nothing in logs and pipes.
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None if show else True,
-                dynamic_ncols=True, file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        leave=False,
+        disable=None if show else True,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 @contextmanager

@@ -1,4 +1,5 @@
 """Process environment: torchrun ranks, device resolution, seeding."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,9 @@ def dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def resolve_device(name: str | torch.device | None = "auto", local_rank: int | None = None,
-                   key: str = "device") -> torch.device:
+def resolve_device(
+    name: str | torch.device | None = "auto", local_rank: int | None = None, key: str = "device"
+) -> torch.device:
     """``auto``/None -> the local CUDA device when there is one, else CPU; checks explicit names.
 
     ``key`` names the setting in errors (``device`` in configs, ``--device`` on the command line).

@@ -19,6 +19,7 @@ each other; `reidkit demo` measured 5-10x slower beside one busy process (issue 
 Pipeline stages that run side by side (reidkit.video) give OpenCV one thread each
 (``opencv_threads(1)``): the stages are the parallelism.
 """
+
 from __future__ import annotations
 
 import os

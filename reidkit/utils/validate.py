@@ -4,6 +4,7 @@ Every number a user gives is checked before it is used: finite (NaN passes every
 test, ``inf`` overflows the first ``int()``), in the range the code can honour, and an id fits
 SQLite's signed 64-bit integer. Each check raises one ReIDError naming what was given.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -22,8 +23,7 @@ MIN_SIDE = 8
 MAX_SIDE = 2048
 
 
-def finite(value: Any, what: str, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False) -> float:
+def finite(value: Any, what: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> float:
     """``value`` as a finite float within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``), else ReIDError naming ``what``."""
     try:
         x = float(value)

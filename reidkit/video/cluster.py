@@ -20,6 +20,7 @@ Lite file) the driver commits.
 Local clusters (``--workers N``) listen on 127.0.0.1 only: ``LocalCluster(host="127.0.0.1",
 n_workers=N, threads_per_worker=1, processes=True)``, no dashboard.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,18 @@ from typing import Any, Callable, Sequence
 
 from reidkit.errors import ReIDError
 from reidkit.utils.dask import check_cluster_args, dask_client, need_distributed
-from reidkit.video.pipeline import (Chunk, Settings, Stats, VideoJob, VideoLock, check_settings, commit,
-                                    process_video, resume_state, tracker_fields)
+from reidkit.video.pipeline import (
+    Chunk,
+    Settings,
+    Stats,
+    VideoJob,
+    VideoLock,
+    check_settings,
+    commit,
+    process_video,
+    resume_state,
+    tracker_fields,
+)
 
 CRASH_ENV = "REIDKIT_VIDEO_WORKER_CRASH"  # tests: a file; the first task that renames it away exits its worker
 DEFAULT_SEGMENT = 4
@@ -44,9 +55,14 @@ def _embedder(model: dict[str, Any]) -> Any:
     if key not in _EMBEDDERS:
         from reidkit.video.embedder import Embedder
 
-        _EMBEDDERS[key] = Embedder(model["weights"], device=model["device"], batch_size=model["batch_size"],
-                                   flip=model["flip"], engine=model.get("engine", "torch"),
-                                   trust_checkpoint=bool(model.get("trust", False)))  # the driver's --trust-checkpoint
+        _EMBEDDERS[key] = Embedder(
+            model["weights"],
+            device=model["device"],
+            batch_size=model["batch_size"],
+            flip=model["flip"],
+            engine=model.get("engine", "torch"),
+            trust_checkpoint=bool(model.get("trust", False)),
+        )  # the driver's --trust-checkpoint
     return _EMBEDDERS[key]
 
 
@@ -60,8 +76,14 @@ def _crash_once() -> None:
         os._exit(1)
 
 
-def run_segment(job: VideoJob, settings: Settings, model: dict[str, Any], state: dict[str, Any] | None,
-                segment: int, db: str | None = None) -> dict[str, Any]:
+def run_segment(
+    job: VideoJob,
+    settings: Settings,
+    model: dict[str, Any],
+    state: dict[str, Any] | None,
+    segment: int,
+    db: str | None = None,
+) -> dict[str, Any]:
     """One task: up to `segment` chunks of `job` from `state`; with `db` (Milvus) commit them here too."""
     emb = _embedder(model)
     stats = Stats()
@@ -70,15 +92,25 @@ def run_segment(job: VideoJob, settings: Settings, model: dict[str, Any], state:
 
         gallery = Gallery.open(db)
         stored = gallery.get_state(f"video:{job.key}")
-        if stored is not None and (state is None or stored.get("done") or
-                                   int(stored["next_frame"]) > int(state["next_frame"])):
+        if stored is not None and (
+            state is None or stored.get("done") or int(stored["next_frame"]) > int(state["next_frame"])
+        ):
             state = stored  # a killed attempt of this task committed some chunks already
     chunks: list[Chunk] = []
     for i, chunk in enumerate(islice(process_video(job, settings, emb, state, stats), int(segment))):
         if db is not None:
             commit(gallery, chunk)
-            chunk = Chunk(chunk.key, chunk.camera, chunk.features[:0], [], {}, chunk.state, chunk.frames,
-                          chunk.last_frame, chunk.seconds)
+            chunk = Chunk(
+                chunk.key,
+                chunk.camera,
+                chunk.features[:0],
+                [],
+                {},
+                chunk.state,
+                chunk.frames,
+                chunk.last_frame,
+                chunk.seconds,
+            )
         chunks.append(chunk)
         if i == 0 and not chunk.done:
             _crash_once()
@@ -86,20 +118,34 @@ def run_segment(job: VideoJob, settings: Settings, model: dict[str, Any], state:
     return {"chunks": chunks, "identity": emb.identity, "stats": stats.report(), "state": last}
 
 
-def _model_spec(gallery: Any, weights: Any, device: Any, batch_size: int, flip: bool,
-                engine: str = "torch") -> dict[str, Any]:
+def _model_spec(
+    gallery: Any, weights: Any, device: Any, batch_size: int, flip: bool, engine: str = "torch"
+) -> dict[str, Any]:
     src = getattr(gallery.identity, "source", None)
     if weights is None and src not in (None, "imagenet"):
         weights = src
     from reidkit.models.checkpoint import trust_active
 
-    return {"weights": None if weights is None else str(weights), "device": device, "batch_size": int(batch_size),
-            "flip": bool(flip), "engine": str(engine), "trust": trust_active()}
+    return {
+        "weights": None if weights is None else str(weights),
+        "device": device,
+        "batch_size": int(batch_size),
+        "flip": bool(flip),
+        "engine": str(engine),
+        "trust": trust_active(),
+    }
 
 
-def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike], workers: int | None = None,
-                      address: str | None = None, client: Any = None, segment: int = DEFAULT_SEGMENT,
-                      progress: Callable[[str], None] | None = None, **kw: Any) -> dict[str, Any]:
+def ingest_on_cluster(
+    db: str | os.PathLike,
+    videos: Sequence[str | os.PathLike],
+    workers: int | None = None,
+    address: str | None = None,
+    client: Any = None,
+    segment: int = DEFAULT_SEGMENT,
+    progress: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """`reidkit.video.ingest.ingest` with each video's work on Dask workers (see the module docstring).
 
     One of `workers` (a local cluster on 127.0.0.1), `address` (a running scheduler) or `client`.
@@ -112,17 +158,37 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
         raise ReIDError(f"segment: must be >= 1, got {segment}")
     check_cluster_args(workers, address)
     distributed = need_distributed()
-    settings = check_settings(Settings(int(kw.pop("every", 1)), int(kw.pop("chunk", 50)), int(kw.pop("k", 4)),
-                                       int(kw.pop("min_len", 3)), detect_every=int(kw.pop("detect_every", 1)),
-                                       appearance=str(kw.pop("appearance", "all")),
-                                       embed_budget=int(kw.pop("embed_budget", 0)),
-                                       **tracker_fields(kw.pop("max_age", None), kw.pop("n_init", None),
-                                                        kw.pop("max_cosine_distance", None), kw.pop("tracker", None),
-                                                        kw.pop("tracker_options", None))))
-    jobs = prepare_jobs(videos, kw.pop("cameras", None), kw.pop("detections", None), kw.pop("detector", None),
-                        kw.pop("conf", 0.25), kw.pop("start_times", None), kw.pop("hog_min_height", 480),
-                        kw.pop("detector_size", None), kw.pop("person_class", 0), kw.pop("detect_scale", 1.0),
-                        kw.pop("detector_options", None))
+    settings = check_settings(
+        Settings(
+            int(kw.pop("every", 1)),
+            int(kw.pop("chunk", 50)),
+            int(kw.pop("k", 4)),
+            int(kw.pop("min_len", 3)),
+            detect_every=int(kw.pop("detect_every", 1)),
+            appearance=str(kw.pop("appearance", "all")),
+            embed_budget=int(kw.pop("embed_budget", 0)),
+            **tracker_fields(
+                kw.pop("max_age", None),
+                kw.pop("n_init", None),
+                kw.pop("max_cosine_distance", None),
+                kw.pop("tracker", None),
+                kw.pop("tracker_options", None),
+            ),
+        )
+    )
+    jobs = prepare_jobs(
+        videos,
+        kw.pop("cameras", None),
+        kw.pop("detections", None),
+        kw.pop("detector", None),
+        kw.pop("conf", 0.25),
+        kw.pop("start_times", None),
+        kw.pop("hog_min_height", 480),
+        kw.pop("detector_size", None),
+        kw.pop("person_class", 0),
+        kw.pop("detect_scale", 1.0),
+        kw.pop("detector_options", None),
+    )
     weights, device = kw.pop("weights", None), kw.pop("device", None)
     batch_size, flip = int(kw.pop("batch_size", 64)), bool(kw.pop("flip", False))
     engine = str(kw.pop("engine", "torch"))
@@ -155,17 +221,25 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
                 locks.append(lock)
             state = resume_state(gallery, job, settings)
             if state is not None and state.get("done"):
-                say(f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "
-                    f"tracklets), skipped")
-                reports[job.key] = {"video": str(job.info.path), "camera": job.camera, "key": job.key,
-                                    "skipped": True, "tracklets": int(state.get("tracklets", 0)),
-                                    "resumed_from": None}
+                say(
+                    f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "
+                    f"tracklets), skipped"
+                )
+                reports[job.key] = {
+                    "video": str(job.info.path),
+                    "camera": job.camera,
+                    "key": job.key,
+                    "skipped": True,
+                    "tracklets": int(state.get("tracklets", 0)),
+                    "resumed_from": None,
+                }
                 continue
             if state is not None:
                 say(f"[{job.camera}] {job.info.path.name}: resuming at frame {int(state['next_frame']) + 1}")
             started[job.key], frames[job.key] = state, 0
-            fut = client.submit(run_segment, job, settings, model, state, segment, str(db) if direct else None,
-                                pure=False)
+            fut = client.submit(
+                run_segment, job, settings, model, state, segment, str(db) if direct else None, pure=False
+            )
             pending[fut] = job
         ac = distributed.as_completed(list(pending))
         checked = False
@@ -179,12 +253,15 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
                 if not direct:
                     commit_chunk(gallery, chunk)  # a failure says what the gallery holds after it
                 frames[job.key] += chunk.frames
-                say(f"[{job.camera}] frame {chunk.last_frame + 1}: {chunk.state['tracklets']} tracklets"
-                    + (", done" if chunk.done else ""))
+                say(
+                    f"[{job.camera}] frame {chunk.last_frame + 1}: {chunk.state['tracklets']} tracklets"
+                    + (", done" if chunk.done else "")
+                )
             last = res["state"]
             if last is not None and not last.get("done"):
-                nxt = client.submit(run_segment, job, settings, model, last, segment, str(db) if direct else None,
-                                    pure=False)
+                nxt = client.submit(
+                    run_segment, job, settings, model, last, segment, str(db) if direct else None, pure=False
+                )
                 pending[nxt] = job
                 ac.add(nxt)
             else:
@@ -195,6 +272,10 @@ def ingest_on_cluster(db: str | os.PathLike, videos: Sequence[str | os.PathLike]
         stack.close()
     gallery.refresh()
     rep = [reports[j.key] for j in jobs]
-    return {"db": str(gallery.db), "videos": rep, "tracklets": sum(r["tracklets"] for r in rep),
-            "gallery_tracklets": len(gallery.entries(kind="tracklet")),
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "db": str(gallery.db),
+        "videos": rep,
+        "tracklets": sum(r["tracklets"] for r in rep),
+        "gallery_tracklets": len(gallery.entries(kind="tracklet")),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

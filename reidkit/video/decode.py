@@ -9,6 +9,7 @@ A truncated or partly corrupt file decodes fewer frames than its container annou
 (frames announced vs frames read) and logs a warning when the stream ends well short of the
 announced count; the ingestion report should carry the same two numbers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,10 @@ class FrameStats:
         """The warning line for a truncated video, None otherwise."""
         if not self.truncated:
             return None
-        return (f"warning: video {path}: only {self.read} of the {self.announced} frames its container announces "
-                f"could be decoded (truncated or corrupt file); the rest was not ingested")
+        return (
+            f"warning: video {path}: only {self.read} of the {self.announced} frames its container announces "
+            f"could be decoded (truncated or corrupt file); the rest was not ingested"
+        )
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,9 @@ def probe(path: str | os.PathLike, default_fps: float = 25.0) -> VideoInfo:
     return VideoInfo(p, fps, max(n, 0), int(frame.shape[1]), int(frame.shape[0]))
 
 
-def iter_frames(path: str | os.PathLike, start: int = 0, every: int = 1,
-                stats: FrameStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(
+    path: str | os.PathLike, start: int = 0, every: int = 1, stats: FrameStats | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """(index, BGR frame) for index = start, start + every, ... until the video ends (0-based indices).
 
     ``stats`` (optional) receives frames announced vs read; a stream that ends short of the

@@ -3,6 +3,7 @@
 The detectors themselves are parts of reidkit.video.detectors (the Detector protocol, a registry:
 ``motion``, ``hog``, ``mot``, ``onnx``, and a user's own from a ``--plugin`` file).
 """
+
 from __future__ import annotations
 
 

@@ -16,6 +16,7 @@ Drop-in for trackers that take external embeddings:
 - BoxMOT-style pipelines (StrongSORT, BoT-SORT, DeepOCSORT) call a ReID backend as
   ``get_features(xyxy, img)``; ``embedder.get_features`` is that call.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,10 +65,19 @@ class Embedder:
     (BatchNorm folded), "onnx" (onnxruntime, export cached by the weights' hash) or "auto".
     """
 
-    def __init__(self, weights_or_onnx: str | os.PathLike | None = None, device: str | None = None,
-                 batch_size: int = 64, flip: bool = False, bgr: bool = True,
-                 size: Sequence[int] | None = None, extractor: Any = None, trust_checkpoint: bool = False,
-                 engine: str = "torch", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        weights_or_onnx: str | os.PathLike | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        flip: bool = False,
+        bgr: bool = True,
+        size: Sequence[int] | None = None,
+        extractor: Any = None,
+        trust_checkpoint: bool = False,
+        engine: str = "torch",
+        threads: int | None = None,
+    ) -> None:
         from reidkit.inference import FeatureExtractor
 
         if int(batch_size) < 1:
@@ -76,8 +86,15 @@ class Embedder:
             from reidkit.utils.runtime import resolve_device
 
             dev = None if device is None else str(resolve_device(device))
-            extractor = FeatureExtractor.load(weights_or_onnx, device=dev, batch_size=batch_size, size=size,
-                                              engine=engine, threads=threads, trust_checkpoint=trust_checkpoint)
+            extractor = FeatureExtractor.load(
+                weights_or_onnx,
+                device=dev,
+                batch_size=batch_size,
+                size=size,
+                engine=engine,
+                threads=threads,
+                trust_checkpoint=trust_checkpoint,
+            )
         elif not isinstance(extractor, FeatureExtractor):
             # Another extractor class (the gallery's, until it re-exports this one): a view on its model.
             extractor = FeatureExtractor(extractor.model, extractor.identity, extractor.device, batch_size, flip)
@@ -100,8 +117,9 @@ class Embedder:
         """(N, D) unit-norm features of RGB uint8 crops of any size (0 x D for none)."""
         if len(crops) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.extractor.embed_images(list(crops), flip=self.flip,
-                                           batch_size=self.batch_size).astype(np.float32, copy=False)
+        return self.extractor.embed_images(list(crops), flip=self.flip, batch_size=self.batch_size).astype(
+            np.float32, copy=False
+        )
 
     def embed(self, frame: np.ndarray, boxes_xyxy: Any, bgr: bool | None = None) -> np.ndarray:
         """(N, D) float32 unit-norm features of the boxes (x1, y1, x2, y2) of `frame`; empty boxes -> 0 x D."""
@@ -140,8 +158,13 @@ def float_twin(embedder: Any) -> Any:
         if not fpath.is_file():
             return embedder
         runner = OnnxFeatureModel(fpath, threads=getattr(ext.model, "threads", None))
-        twin = Embedder(extractor=FeatureExtractor(runner, ext.identity, ext.device, embedder.batch_size,
-                                                   embedder.flip, engine="onnx"),
-                        flip=embedder.flip, batch_size=embedder.batch_size, bgr=embedder.bgr)
+        twin = Embedder(
+            extractor=FeatureExtractor(
+                runner, ext.identity, ext.device, embedder.batch_size, embedder.flip, engine="onnx"
+            ),
+            flip=embedder.flip,
+            batch_size=embedder.batch_size,
+            bgr=embedder.bgr,
+        )
         embedder._float_twin = twin
     return twin

@@ -19,6 +19,7 @@ links), else the defaults; ``rebuild=True`` clusters everything anew from id 1.
 video), ready for ``reidkit eval-tracks``; ``export_tracklets(gallery, out)`` writes the same files with
 per-camera tracklet ids (each tracklet's gallery id) instead, so any tracker's tracklets are scored alike.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,25 +44,43 @@ def stored_identities(gallery: Any) -> dict[str, Any]:
     state = gallery.get_state(STATE_KEY)
     if not state:
         return {"version": STATE_VERSION, "next_id": 1, "tracklets": {}, "params": {}}
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("tracklets"), dict):
-        raise ReIDError(f"gallery {gallery.db}: the stored identities are not in a form this reidkit reads "
-                        f"(re-run `reidkit identities --db {gallery.db} --rebuild`)")
+    if (
+        not isinstance(state, dict)
+        or state.get("version") != STATE_VERSION
+        or not isinstance(state.get("tracklets"), dict)
+    ):
+        raise ReIDError(
+            f"gallery {gallery.db}: the stored identities are not in a form this reidkit reads "
+            f"(re-run `reidkit identities --db {gallery.db} --rebuild`)"
+        )
     return state
 
 
 def _tracklets(gallery: Any) -> list[dict[str, Any]]:
     rows = gallery.entries(kind="tracklet")
-    bad = [r.get("tracklet") or r["id"] for r in rows
-           if r.get("tracklet") is None or r.get("camera") is None or r.get("t_start") is None or r.get("t_end") is None]
+    bad = [
+        r.get("tracklet") or r["id"]
+        for r in rows
+        if r.get("tracklet") is None or r.get("camera") is None or r.get("t_start") is None or r.get("t_end") is None
+    ]
     if bad:
-        raise ReIDError(f"gallery {gallery.db}: tracklet {bad[0]} has no key, camera or time span "
-                        f"({len(bad)} such); identities need all three")
+        raise ReIDError(
+            f"gallery {gallery.db}: tracklet {bad[0]} has no key, camera or time span "
+            f"({len(bad)} such); identities need all three"
+        )
     return sorted(rows, key=lambda r: str(r["tracklet"]))
 
 
-def assign_identities(gallery: Any, threshold: float | None = None, links: Any = None, max_gap: float | None = None,
-                      linkage: str | None = None, rerank: bool | None = None, rebuild: bool = False,
-                      stitch: StitchParams | dict[str, Any] | bool | None = None) -> dict[str, Any]:
+def assign_identities(
+    gallery: Any,
+    threshold: float | None = None,
+    links: Any = None,
+    max_gap: float | None = None,
+    linkage: str | None = None,
+    rerank: bool | None = None,
+    rebuild: bool = False,
+    stitch: StitchParams | dict[str, Any] | bool | None = None,
+) -> dict[str, Any]:
     """Cluster the gallery's tracklets into global identities and store them (module docstring); returns a report.
 
     `stitch`: join one camera's fragments of one person first (reidkit.video.stitch): StitchParams or
@@ -72,7 +91,11 @@ def assign_identities(gallery: Any, threshold: float | None = None, links: Any =
     rows = _tracklets(gallery)
     if not rows:
         raise ReIDError(f"gallery {gallery.db} has no tracklets (ingest videos with `reidkit video` first)")
-    old = {"version": STATE_VERSION, "next_id": 1, "tracklets": {}, "params": {}} if rebuild else stored_identities(gallery)
+    old = (
+        {"version": STATE_VERSION, "next_id": 1, "tracklets": {}, "params": {}}
+        if rebuild
+        else stored_identities(gallery)
+    )
     prev = old.get("params") or {}
     if links is not None:
         lk = links if isinstance(links, Links) else load_links(links, max_gap=max_gap)
@@ -80,10 +103,12 @@ def assign_identities(gallery: Any, threshold: float | None = None, links: Any =
         lk = load_links(prev.get("links"), max_gap=max_gap)
     else:
         lk = Links({}, None)
-    params = {"threshold": float(threshold if threshold is not None else prev.get("threshold", DEFAULT_THRESHOLD)),
-              "linkage": linkage or prev.get("linkage", "average"),
-              "rerank": bool(rerank if rerank is not None else prev.get("rerank", True)),
-              "links": lk.to_dict() if (lk.windows or lk.max_gap is not None) else None}
+    params = {
+        "threshold": float(threshold if threshold is not None else prev.get("threshold", DEFAULT_THRESHOLD)),
+        "linkage": linkage or prev.get("linkage", "average"),
+        "rerank": bool(rerank if rerank is not None else prev.get("rerank", True)),
+        "links": lk.to_dict() if (lk.windows or lk.max_gap is not None) else None,
+    }
     keys = [str(r["tracklet"]) for r in rows]
     known = old["tracklets"]
     fixed = np.asarray([int(known.get(k, -1)) for k in keys], dtype=np.int64)
@@ -96,13 +121,26 @@ def assign_identities(gallery: Any, threshold: float | None = None, links: Any =
     groups = _stitch_rows(rows, feats, sp)
     if sp is not None:  # a stitched fragment is compared across cameras by its whole chain's feature
         feats = group_features(feats, groups, [len((r.get("meta") or {}).get("boxes") or [0]) for r in rows])
-    ids = cluster_identities(feats, cams, t0, t1, threshold=params["threshold"], links=lk,
-                             linkage=params["linkage"], fixed=fixed, next_id=int(old.get("next_id", 1)),
-                             rerank=params["rerank"])
+    ids = cluster_identities(
+        feats,
+        cams,
+        t0,
+        t1,
+        threshold=params["threshold"],
+        links=lk,
+        linkage=params["linkage"],
+        fixed=fixed,
+        next_id=int(old.get("next_id", 1)),
+        rerank=params["rerank"],
+    )
     assert violations(ids, impossible_pairs(cams, t0, t1, lk)) == 0  # guaranteed by the clustering's split step
     next_id = int(max(int(old.get("next_id", 1)), int(ids.max()) + 1))
-    state = {"version": STATE_VERSION, "next_id": next_id, "params": params,
-             "tracklets": {k: int(i) for k, i in zip(keys, ids)}}
+    state = {
+        "version": STATE_VERSION,
+        "next_id": next_id,
+        "params": params,
+        "tracklets": {k: int(i) for k, i in zip(keys, ids)},
+    }
     gallery.add_entries(np.zeros((0, max(1, feats.shape[1])), np.float32), [], state={STATE_KEY: state})
     per_cam: dict[str, int] = {}
     for c in cams:
@@ -111,10 +149,17 @@ def assign_identities(gallery: Any, threshold: float | None = None, links: Any =
     for c, i in zip(cams, ids.tolist()):
         cams_of.setdefault(i, set()).add(c)
     old_ids = set(int(v) for v in known.values())
-    return {"db": str(gallery.db), "tracklets": len(rows), "identities": len(cams_of),
-            "new_tracklets": int((fixed < 0).sum()), "new_identities": len(set(cams_of) - old_ids),
-            "multi_camera": sum(1 for s in cams_of.values() if len(s) > 1), "per_camera": dict(sorted(per_cam.items())),
-            "stitched": int(len(rows) - len(set(groups.tolist()))), "params": params}
+    return {
+        "db": str(gallery.db),
+        "tracklets": len(rows),
+        "identities": len(cams_of),
+        "new_tracklets": int((fixed < 0).sum()),
+        "new_identities": len(set(cams_of) - old_ids),
+        "multi_camera": sum(1 for s in cams_of.values() if len(s) > 1),
+        "per_camera": dict(sorted(per_cam.items())),
+        "stitched": int(len(rows) - len(set(groups.tolist()))),
+        "params": params,
+    }
 
 
 def _stitch_params(given: Any, prev: dict[str, Any]) -> StitchParams | None:
@@ -166,9 +211,15 @@ def identity_groups(gallery: Any) -> list[dict[str, Any]]:
     out = []
     for i, members in sorted(groups.items()):
         members.sort(key=lambda r: (r["t_start"], str(r["camera"]), str(r["tracklet"])))
-        out.append({"id": i, "cameras": sorted({str(r["camera"]) for r in members}),
-                    "t_start": min(r["t_start"] for r in members), "t_end": max(r["t_end"] for r in members),
-                    "tracklets": members})
+        out.append(
+            {
+                "id": i,
+                "cameras": sorted({str(r["camera"]) for r in members}),
+                "t_start": min(r["t_start"] for r in members),
+                "t_end": max(r["t_end"] for r in members),
+                "tracklets": members,
+            }
+        )
     return out
 
 
@@ -178,8 +229,10 @@ def export_mot(gallery: Any, out: str | os.PathLike, cameras: Sequence[str] | No
     assigned = stored_identities(gallery)["tracklets"]
     missing = [str(r["tracklet"]) for r in rows if str(r["tracklet"]) not in assigned]
     if missing:
-        raise ReIDError(f"gallery {gallery.db}: {len(missing)} tracklet(s) have no identity yet (e.g. {missing[0]}); "
-                        f"run `reidkit identities --db {gallery.db}` first")
+        raise ReIDError(
+            f"gallery {gallery.db}: {len(missing)} tracklet(s) have no identity yet (e.g. {missing[0]}); "
+            f"run `reidkit identities --db {gallery.db}` first"
+        )
     return _write_mot([(r, int(assigned[str(r["tracklet"])])) for r in rows], out, cameras)
 
 
@@ -190,8 +243,9 @@ def export_tracklets(gallery: Any, out: str | os.PathLike, cameras: Sequence[str
     return _write_mot([(r, int(r["id"])) for r in _tracklets(gallery)], out, cameras)
 
 
-def _write_mot(rows: list[tuple[dict[str, Any], int]], out: str | os.PathLike,
-               cameras: Sequence[str] | None) -> dict[str, Path]:
+def _write_mot(
+    rows: list[tuple[dict[str, Any], int]], out: str | os.PathLike, cameras: Sequence[str] | None
+) -> dict[str, Path]:
     """One MOTChallenge file per camera, ``frame,id,x,y,w,h,conf,-1,-1,-1`` from each (tracklet, id)'s stored boxes."""
     from reidkit.utils.io import atomic_write, ensure_dir
 

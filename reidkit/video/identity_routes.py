@@ -6,6 +6,7 @@
 - ``GET /identities/list``: the identities as JSON: ``{"identities": [{id, cameras, t_start, t_end,
   tracklets: [tracklet hit]}], "cameras": [...], "t_min", "t_max", "tracklets", "unassigned", "params"}``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,12 +27,26 @@ def identity_list(gallery: Any) -> dict[str, Any]:
     state = stored_identities(gallery)
     groups = identity_groups(gallery)
     rows = gallery.entries(kind="tracklet")
-    out = [{"id": g["id"], "cameras": g["cameras"], "t_start": g["t_start"], "t_end": g["t_end"],
-            "tracklets": [hit(r) for r in g["tracklets"]]} for g in groups]
+    out = [
+        {
+            "id": g["id"],
+            "cameras": g["cameras"],
+            "t_start": g["t_start"],
+            "t_end": g["t_end"],
+            "tracklets": [hit(r) for r in g["tracklets"]],
+        }
+        for g in groups
+    ]
     times = [t for r in rows for t in (r.get("t_start"), r.get("t_end")) if t is not None]
-    return {"identities": out, "cameras": sorted({str(r["camera"]) for r in rows if r.get("camera") is not None}),
-            "t_min": min(times, default=0.0), "t_max": max(times, default=0.0), "tracklets": len(rows),
-            "unassigned": len(rows) - sum(len(g["tracklets"]) for g in groups), "params": state.get("params") or {}}
+    return {
+        "identities": out,
+        "cameras": sorted({str(r["camera"]) for r in rows if r.get("camera") is not None}),
+        "t_min": min(times, default=0.0),
+        "t_max": max(times, default=0.0),
+        "tracklets": len(rows),
+        "unassigned": len(rows) - sum(len(g["tracklets"]) for g in groups),
+        "params": state.get("params") or {},
+    }
 
 
 def identity_router(get_gallery: Callable[[], Any], authorize: Callable[[Any], None]) -> APIRouter:

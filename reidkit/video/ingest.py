@@ -27,6 +27,7 @@ given the same video and gallery: the second waits for the first (a per-video lo
 gallery, like the writer lock), then finds the video done (or partly done) and skips (or resumes) it.
 Videos can also run on a Dask cluster (reidkit.video.cluster).
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,11 +45,34 @@ from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.backends import FILES_OUTSIDE, resolve
 from reidkit.video.decode import probe, video_key
 from reidkit.video.embedder import Embedder
-from reidkit.video.pipeline import (THUMBS, Chunk, Settings, SharedEmbedder, Stats, VideoJob, VideoLock,
-                                    check_settings, commit, process_video, resume_state, thumbs_dir, tracker_fields)
+from reidkit.video.pipeline import (
+    THUMBS,
+    Chunk,
+    Settings,
+    SharedEmbedder,
+    Stats,
+    VideoJob,
+    VideoLock,
+    check_settings,
+    commit,
+    process_video,
+    resume_state,
+    thumbs_dir,
+    tracker_fields,
+)
 
-__all__ = ["THUMBS", "CRASH_ENV", "VideoJob", "Settings", "create_gallery", "open_gallery", "prepare_jobs",
-           "ingest", "run_jobs", "commit_chunk"]
+__all__ = [
+    "THUMBS",
+    "CRASH_ENV",
+    "VideoJob",
+    "Settings",
+    "create_gallery",
+    "open_gallery",
+    "prepare_jobs",
+    "ingest",
+    "run_jobs",
+    "commit_chunk",
+]
 
 CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after that many commits
 DEFAULT_STREAMS = 4
@@ -83,10 +107,17 @@ def _use_files(gallery: Any, files: str | os.PathLike | None, default_files: str
         gallery.store.use_files(files, default=default_files)
 
 
-def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
-                 batch_size: int = 64, flip: bool = False, engine: str = "torch", collection: str | None = None,
-                 files: str | os.PathLike | None = None,
-                 default_files: str | os.PathLike | None = None) -> tuple[Any, Embedder]:
+def open_gallery(
+    db: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    flip: bool = False,
+    engine: str = "torch",
+    collection: str | None = None,
+    files: str | os.PathLike | None = None,
+    default_files: str | os.PathLike | None = None,
+) -> tuple[Any, Embedder]:
     """(gallery, embedder): open `db` (its own model unless `weights`), or create it for `weights` (None: ImageNet).
 
     `engine`: how the embedder runs the model ("torch", "onnx", "auto": see reidkit.inference).
@@ -101,8 +132,9 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
     if files is not None:
         backend.refuse_files()
     if Gallery.exists(path, collection=collection):
-        gallery = Gallery.open(path, weights=weights, device=device, batch_size=batch_size, engine=engine,
-                               collection=collection)
+        gallery = Gallery.open(
+            path, weights=weights, device=device, batch_size=batch_size, engine=engine, collection=collection
+        )
         _use_files(gallery, files, default_files)
         ext = gallery.extractor
         own = FeatureExtractor(ext.model, ext.identity, ext.device, batch_size, flip, engine=ext.engine)  # own flip
@@ -114,12 +146,19 @@ def open_gallery(db: str | os.PathLike, weights: str | os.PathLike | None = None
     return gallery, embedder
 
 
-def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | None = None,
-                 detections: Sequence[str | os.PathLike] | None = None, detector: str | os.PathLike | None = None,
-                 conf: float = 0.25, start_times: Sequence[float] | None = None,
-                 hog_min_height: int = 480, detector_size: tuple[int, int] | None = None,
-                 person_class: int = 0, detect_scale: float = 1.0,
-                 detector_options: dict[str, Any] | None = None) -> list[VideoJob]:
+def prepare_jobs(
+    videos: Sequence[str | os.PathLike],
+    cameras: Sequence[str] | None = None,
+    detections: Sequence[str | os.PathLike] | None = None,
+    detector: str | os.PathLike | None = None,
+    conf: float = 0.25,
+    start_times: Sequence[float] | None = None,
+    hog_min_height: int = 480,
+    detector_size: tuple[int, int] | None = None,
+    person_class: int = 0,
+    detect_scale: float = 1.0,
+    detector_options: dict[str, Any] | None = None,
+) -> list[VideoJob]:
     """Validate every input (videos readable with frames, detection files well-formed, the detector and its
     options) before any work. `detector`: a registered detector (reidkit.video.detectors), a detector name of
     the weights catalogue or an ONNX file; `detector_options` its options (``--detector-option``)."""
@@ -138,17 +177,24 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
         if not str(cam).strip():
             raise OptionError("camera", f"empty camera name for {info.path}")
         if cam in seen and not cameras:
-            raise ReIDError(f"videos {seen[cam]} and {info.path} would both be camera {cam!r} (named after the file); "
-                            f"name them with --camera")
+            raise ReIDError(
+                f"videos {seen[cam]} and {info.path} would both be camera {cam!r} (named after the file); "
+                f"name them with --camera"
+            )
         seen[cam] = info.path
     from reidkit.video.detectors import build_detector, detector_spec, is_per_video, resolve_detector
 
     shared_spec: dict[str, Any] = {}
     shared_det = None
     if not detections:
-        flags = {"onnx": {"conf": float(conf), "person_class": int(person_class),
-                          **({"input_size": tuple(detector_size)} if detector_size else {})},
-                 "hog": {"min_height": int(hog_min_height), "detect_scale": float(detect_scale)}}
+        flags = {
+            "onnx": {
+                "conf": float(conf),
+                "person_class": int(person_class),
+                **({"input_size": tuple(detector_size)} if detector_size else {}),
+            },
+            "hog": {"min_height": int(hog_min_height), "detect_scale": float(detect_scale)},
+        }
         text = str(detector if detector is not None else DEFAULT_DETECTOR)
         kind = resolve_detector(text, detector_options)[0]["kind"]  # which part the flags are options of
         shared_spec, shared_name = resolve_detector(text, {**flags.get(kind, {}), **dict(detector_options or {})})
@@ -160,11 +206,19 @@ def prepare_jobs(videos: Sequence[str | os.PathLike], cameras: Sequence[str] | N
         if detections:
             spec = detector_spec("mot", {"path": str(Path(detections[i]).expanduser().absolute())})
             # parsed now: a malformed row fails before any commit
-            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), spec, f"mot:{Path(detections[i]).name}",
-                           start, build_detector(spec))
+            job = VideoJob(
+                info,
+                str(cams[i]),
+                video_key(info.path, cams[i]),
+                spec,
+                f"mot:{Path(detections[i]).name}",
+                start,
+                build_detector(spec),
+            )
         else:
-            job = VideoJob(info, str(cams[i]), video_key(info.path, cams[i]), shared_spec, shared_name, start,
-                           shared_det)
+            job = VideoJob(
+                info, str(cams[i]), video_key(info.path, cams[i]), shared_spec, shared_name, start, shared_det
+            )
         jobs.append(job)
     return jobs
 
@@ -194,14 +248,25 @@ def _not_committed(gallery: Any, chunk: Chunk, exc: BaseException) -> ReIDError:
         now = f"what the gallery holds now cannot be read ({err})"
     else:
         gen = f"generation {key[1]}" if key else "its last committed generation"
-        held = (f"nothing of {name} yet" if not stored else f"all of {name}" if stored.get("done") else
-                f"{name} up to frame {int(stored['next_frame'])} with {int(stored.get('tracklets', 0))} tracklets")
+        held = (
+            f"nothing of {name} yet"
+            if not stored
+            else f"all of {name}"
+            if stored.get("done")
+            else f"{name} up to frame {int(stored['next_frame'])} with {int(stored.get('tracklets', 0))} tracklets"
+        )
         now = f"the gallery is whole at {gen} and holds {held}" + (" (earlier chunks stay committed)" if stored else "")
-    what = (f"the last chunk of {name}, with the tracklets still open at its end," if chunk.done else
-            f"the chunk of {name} ending at frame {chunk.last_frame + 1}")
+    what = (
+        f"the last chunk of {name}, with the tracklets still open at its end,"
+        if chunk.done
+        else f"the chunk of {name} ending at frame {chunk.last_frame + 1}"
+    )
     full = any(w in reason for w in ("disk is full", "quota", "file size limit", os.strerror(errno.ENOSPC)))
-    msg = (f"{reason}; {what} was not committed: {now}; "
-           + ("free some space and run" if full else "run") + " the same command again to resume from there")
+    msg = (
+        f"{reason}; {what} was not committed: {now}; "
+        + ("free some space and run" if full else "run")
+        + " the same command again to resume from there"
+    )
     db_error = isinstance(exc, OSError) or (isinstance(exc, OptionError) and exc.option == "db")
     return OptionError("db", msg) if db_error else ReIDError(msg)
 
@@ -224,35 +289,60 @@ class _Committer:
         rate = n / max(time.perf_counter() - self.t0.setdefault(job.key, time.perf_counter()), 1e-9)
         if not chunk.done:
             total = f"/{job.info.frame_count}" if job.info.frame_count else ""
-            self.say(f"[{job.camera}] frame {chunk.last_frame + 1}{total}  {rate:.1f} frames/s  "
-                     f"tracklets {chunk.state['tracklets']} (+{len(chunk.state['open'])} open)")
+            self.say(
+                f"[{job.camera}] frame {chunk.last_frame + 1}{total}  {rate:.1f} frames/s  "
+                f"tracklets {chunk.state['tracklets']} (+{len(chunk.state['open'])} open)"
+            )
         else:
-            self.say(f"[{job.camera}] {job.info.path.name}: done, {n} frames at {rate:.1f} frames/s, "
-                     f"{chunk.state['tracklets']} tracklets")
+            self.say(
+                f"[{job.camera}] {job.info.path.name}: done, {n} frames at {rate:.1f} frames/s, "
+                f"{chunk.state['tracklets']} tracklets"
+            )
 
 
-def _report(job: VideoJob, state: dict[str, Any] | None, resumed: dict[str, Any] | None, frames: int,
-            seconds: float) -> dict[str, Any]:
+def _report(
+    job: VideoJob, state: dict[str, Any] | None, resumed: dict[str, Any] | None, frames: int, seconds: float
+) -> dict[str, Any]:
     dec = (state or {}).get("decoded") or {}
-    return {"video": str(job.info.path), "camera": job.camera, "key": job.key, "skipped": False,
-            "tracklets": int(state["tracklets"]) if state else 0, "frames": frames,
-            "truncated": bool(dec.get("truncated", False)), "frames_announced": dec.get("announced"),
-            "frames_decoded": dec.get("read"),
-            "resumed_from": int(resumed["next_frame"]) + 1 if resumed else None,
-            "frames_per_s": round(frames / max(seconds, 1e-9), 2)}
+    return {
+        "video": str(job.info.path),
+        "camera": job.camera,
+        "key": job.key,
+        "skipped": False,
+        "tracklets": int(state["tracklets"]) if state else 0,
+        "frames": frames,
+        "truncated": bool(dec.get("truncated", False)),
+        "frames_announced": dec.get("announced"),
+        "frames_decoded": dec.get("read"),
+        "resumed_from": int(resumed["next_frame"]) + 1 if resumed else None,
+        "frames_per_s": round(frames / max(seconds, 1e-9), 2),
+    }
 
 
 def _skipped(job: VideoJob, state: dict[str, Any]) -> dict[str, Any]:
     dec = state.get("decoded") or {}
-    return {"video": str(job.info.path), "camera": job.camera, "key": job.key, "skipped": True,
-            "truncated": bool(dec.get("truncated", False)), "frames_announced": dec.get("announced"),
-            "frames_decoded": dec.get("read"),
-            "tracklets": int(state.get("tracklets", 0)), "resumed_from": None}
+    return {
+        "video": str(job.info.path),
+        "camera": job.camera,
+        "key": job.key,
+        "skipped": True,
+        "truncated": bool(dec.get("truncated", False)),
+        "frames_announced": dec.get("announced"),
+        "frames_decoded": dec.get("read"),
+        "tracklets": int(state.get("tracklets", 0)),
+        "resumed_from": None,
+    }
 
 
-def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Settings,
-             progress: Callable[[str], None] = _stderr, streams: int = DEFAULT_STREAMS,
-             stats: Stats | None = None) -> list[dict[str, Any]]:
+def run_jobs(
+    gallery: Any,
+    embedder: Any,
+    jobs: Sequence[VideoJob],
+    settings: Settings,
+    progress: Callable[[str], None] = _stderr,
+    streams: int = DEFAULT_STREAMS,
+    stats: Stats | None = None,
+) -> list[dict[str, Any]]:
     """Ingest `jobs` into `gallery`: up to `streams` videos at once sharing `embedder`; this thread commits."""
     stats = stats if stats is not None else Stats()
     write = _Committer(gallery, progress)
@@ -264,19 +354,26 @@ def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Se
     def plan(job: VideoJob) -> dict[str, Any] | None:
         state = resume_state(gallery, job, settings)
         if state is not None and state.get("done"):
-            progress(f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "
-                     f"tracklets), skipped")
+            progress(
+                f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "
+                f"tracklets), skipped"
+            )
             reports[job.key] = _skipped(job, state)
             return None
         if state is not None:
-            progress(f"[{job.camera}] {job.info.path.name}: resuming at frame {int(state['next_frame']) + 1} "
-                     f"({state.get('tracklets', 0)} tracklets already committed)")
+            progress(
+                f"[{job.camera}] {job.info.path.name}: resuming at frame {int(state['next_frame']) + 1} "
+                f"({state.get('tracklets', 0)} tracklets already committed)"
+            )
         return {"state": state}
 
     def one(job: VideoJob, emb: Any, sink: Callable[[VideoJob, Chunk], None]) -> None:
         # one ingester per video, unless the backend's writes are idempotent by content (no lock file)
-        lock = nullcontext() if gallery.capabilities.idempotent_ids else VideoLock(gallery.files_dir, job.key,
-                                                                                   on_wait=progress)
+        lock = (
+            nullcontext()
+            if gallery.capabilities.idempotent_ids
+            else VideoLock(gallery.files_dir, job.key, on_wait=progress)
+        )
         with lock:
             p = plan(job)
             if p is None:
@@ -309,6 +406,7 @@ def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Se
                 break
             client = shared.client(job.camera)
             try:
+
                 def sink(j: VideoJob, c: Chunk) -> None:
                     acked = threading.Event()
                     while True:  # bounded: a slow writer holds the videos back
@@ -360,19 +458,42 @@ def run_jobs(gallery: Any, embedder: Any, jobs: Sequence[VideoJob], settings: Se
     return [reports[j.key] for j in jobs]
 
 
-def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: Sequence[str] | None = None,
-           detections: Sequence[str | os.PathLike] | None = None, detector: str | os.PathLike | None = None,
-           weights: str | os.PathLike | None = None, device: str | None = None, every: int = 1, chunk: int = 50,
-           k: int = 4, min_len: int = 3, flip: bool = False, conf: float = 0.25,
-           start_times: Sequence[float] | None = None, batch_size: int = 64, hog_min_height: int = 480,
-           max_age: int | None = None, n_init: int | None = None, max_cosine_distance: float | None = None,
-           progress: Callable[[str], None] | None = _stderr, embedder: Embedder | None = None,
-           detector_size: tuple[int, int] | None = None, person_class: int = 0,
-           detect_every: int = 1, detect_scale: float = 1.0, appearance: str = "all", embed_budget: int = 0,
-           streams: int = DEFAULT_STREAMS, engine: str = "torch", collection: str | None = None,
-           files: str | os.PathLike | None = None, tracker: str | None = None,
-           tracker_options: dict[str, Any] | None = None,
-           detector_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def ingest(
+    db: str | os.PathLike,
+    videos: Sequence[str | os.PathLike],
+    cameras: Sequence[str] | None = None,
+    detections: Sequence[str | os.PathLike] | None = None,
+    detector: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str | None = None,
+    every: int = 1,
+    chunk: int = 50,
+    k: int = 4,
+    min_len: int = 3,
+    flip: bool = False,
+    conf: float = 0.25,
+    start_times: Sequence[float] | None = None,
+    batch_size: int = 64,
+    hog_min_height: int = 480,
+    max_age: int | None = None,
+    n_init: int | None = None,
+    max_cosine_distance: float | None = None,
+    progress: Callable[[str], None] | None = _stderr,
+    embedder: Embedder | None = None,
+    detector_size: tuple[int, int] | None = None,
+    person_class: int = 0,
+    detect_every: int = 1,
+    detect_scale: float = 1.0,
+    appearance: str = "all",
+    embed_budget: int = 0,
+    streams: int = DEFAULT_STREAMS,
+    engine: str = "torch",
+    collection: str | None = None,
+    files: str | os.PathLike | None = None,
+    tracker: str | None = None,
+    tracker_options: dict[str, Any] | None = None,
+    detector_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring.
 
     `tracker`: a registered tracker's name (reidkit.video.trackers; default: its DEFAULT_TRACKER) and `tracker_options`
@@ -383,14 +504,33 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
     `collection`: the collection of a gallery backend that has them (Milvus); `files`: the side-file folder
     (thumbnails) of a backend that keeps them outside the gallery, recorded in it (default for a Milvus server:
     ``<collection>.files`` in the first video's folder)."""
-    settings = check_settings(Settings(every=int(every), chunk=int(chunk), k=int(k), min_len=int(min_len),
-                                       detect_every=int(detect_every), appearance=str(appearance),
-                                       embed_budget=int(embed_budget),
-                                       **tracker_fields(max_age, n_init, max_cosine_distance, tracker, tracker_options)))
+    settings = check_settings(
+        Settings(
+            every=int(every),
+            chunk=int(chunk),
+            k=int(k),
+            min_len=int(min_len),
+            detect_every=int(detect_every),
+            appearance=str(appearance),
+            embed_budget=int(embed_budget),
+            **tracker_fields(max_age, n_init, max_cosine_distance, tracker, tracker_options),
+        )
+    )
     if int(streams) < 1:
         raise OptionError("streams", f"must be >= 1, got {streams}")
-    jobs = prepare_jobs(videos, cameras, detections, detector, conf, start_times, hog_min_height,
-                        detector_size, person_class, detect_scale, detector_options)
+    jobs = prepare_jobs(
+        videos,
+        cameras,
+        detections,
+        detector,
+        conf,
+        start_times,
+        hog_min_height,
+        detector_size,
+        person_class,
+        detect_scale,
+        detector_options,
+    )
     backend = resolve(db, collection)
     default_files = backend.default_files(jobs[0].info.path)
     if embedder is not None:
@@ -399,19 +539,36 @@ def ingest(db: str | os.PathLike, videos: Sequence[str | os.PathLike], cameras: 
         if files is not None:
             backend.refuse_files()
         path = backend.db
-        gallery = Gallery.open(path, collection=collection) if Gallery.exists(path, collection=collection) \
+        gallery = (
+            Gallery.open(path, collection=collection)
+            if Gallery.exists(path, collection=collection)
             else create_gallery(path, embedder, collection)
+        )
         gallery.check_identity(embedder.identity)
         _use_files(gallery, files, default_files)
     else:
-        gallery, embedder = open_gallery(db, weights, device, batch_size, flip, engine, collection=collection,
-                                         files=files, default_files=default_files)
+        gallery, embedder = open_gallery(
+            db,
+            weights,
+            device,
+            batch_size,
+            flip,
+            engine,
+            collection=collection,
+            files=files,
+            default_files=default_files,
+        )
     say = progress or (lambda _m: None)
     stats = Stats()
     t0 = time.perf_counter()
     reports = run_jobs(gallery, embedder, jobs, settings, say, int(streams), stats)
     gallery.refresh()
-    return {"db": str(gallery.db), "videos": reports, "tracklets": sum(r["tracklets"] for r in reports),
-            "gallery_tracklets": len(gallery.entries(kind="tracklet")),
-            "seconds": round(time.perf_counter() - t0, 3), "stages": stats.report(),
-            "engine": getattr(getattr(embedder, "extractor", None), "engine", None)}
+    return {
+        "db": str(gallery.db),
+        "videos": reports,
+        "tracklets": sum(r["tracklets"] for r in reports),
+        "gallery_tracklets": len(gallery.entries(kind="tracklet")),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "stages": stats.report(),
+        "engine": getattr(getattr(embedder, "extractor", None), "engine", None),
+    }

@@ -19,6 +19,7 @@ after a reconnect the index jumps to the frame grid of the wall clock (:func:`fr
 ``round((t - t0) * fps)``, strictly increasing). Skipped frames and outages leave holes, and a
 tracklet's times (``start_time + index / fps``) stay wall-clock times.
 """
+
 from __future__ import annotations
 
 import collections
@@ -90,8 +91,12 @@ class LiveFrame:
 def _open_capture(url: str, open_timeout: float, read_timeout: float) -> Any:
     import cv2
 
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout * 1000),
-              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout * 1000)]
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        int(open_timeout * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        int(read_timeout * 1000),
+    ]
     return cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
 
 
@@ -103,10 +108,19 @@ class LiveSource:
     oldest first). ``backoff``: (first, longest) wait in seconds between connection attempts.
     """
 
-    def __init__(self, source: str | os.PathLike, camera: str, *, buffer: int = 4,
-                 backoff: tuple[float, float] = (0.5, 30.0), open_timeout: float = 30.0, read_timeout: float = 10.0,
-                 loop: bool = False, clock: Callable[[], float] = time.time,
-                 opener: Callable[[str, float, float], Any] | None = None) -> None:
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        camera: str,
+        *,
+        buffer: int = 4,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        open_timeout: float = 30.0,
+        read_timeout: float = 10.0,
+        loop: bool = False,
+        clock: Callable[[], float] = time.time,
+        opener: Callable[[str, float, float], Any] | None = None,
+    ) -> None:
         if int(buffer) < 1:
             raise OptionError("buffer", f"must be >= 1, got {buffer}")
         lo, hi = (float(b) for b in backoff)
@@ -115,8 +129,11 @@ class LiveSource:
         self.source, self.camera = str(source), str(camera)
         self.file = not is_stream(self.source)
         if self.file and not Path(self.source).expanduser().is_file():
-            raise OptionError("source", f"camera {camera}: {shown_url(self.source)} is neither a stream URL "
-                                        f"({', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)}) nor a video file")
+            raise OptionError(
+                "source",
+                f"camera {camera}: {shown_url(self.source)} is neither a stream URL "
+                f"({', '.join(s.rstrip(':/') for s in STREAM_SCHEMES)}) nor a video file",
+            )
         self.buffer, self.backoff, self.loop = int(buffer), (lo, hi), bool(loop)
         self.open_timeout, self.read_timeout = float(open_timeout), float(read_timeout)
         self.clock = clock
@@ -164,8 +181,13 @@ class LiveSource:
                     cap.release()
                 self.stats.failures += 1
                 if self.stats.last_error != error or self.stats.failures == 1:
-                    log.warning("camera %s: %s (%s); retrying every %.3g-%.3g s", self.camera, error, shown_url(self.source),
-                                *self.backoff)
+                    log.warning(
+                        "camera %s: %s (%s); retrying every %.3g-%.3g s",
+                        self.camera,
+                        error,
+                        shown_url(self.source),
+                        *self.backoff,
+                    )
                 self.stats.last_error = error
                 self._stop.wait(wait)
                 wait = min(wait * 2, self.backoff[1])

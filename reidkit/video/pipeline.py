@@ -32,6 +32,7 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
   never became a tracklet, costs nothing; the tracklet feature is always the mean of real crop
   features, of the float model where association runs int8 (reidkit.video.embedder.float_twin).
 """
+
 from __future__ import annotations
 
 import os
@@ -123,8 +124,14 @@ class Settings:
 
     def stored(self, job: VideoJob) -> dict[str, Any]:
         """The settings as stored in the video's state; the keys of today's defaults stay as they were."""
-        d = {"every": self.every, "detector": job.detector_name, "k": self.k, "min_len": self.min_len,
-             "tracker": self.tracker_kw(), "camera": job.camera}
+        d = {
+            "every": self.every,
+            "detector": job.detector_name,
+            "k": self.k,
+            "min_len": self.min_len,
+            "tracker": self.tracker_kw(),
+            "camera": job.camera,
+        }
         if self.detect_every != 1:
             d["detect_every"] = self.detect_every
         if self.appearance != "all":
@@ -137,12 +144,21 @@ class Settings:
         return d
 
 
-def tracker_fields(max_age: Any = None, n_init: Any = None, max_cosine_distance: Any = None, tracker: str | None = None,
-                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+def tracker_fields(
+    max_age: Any = None,
+    n_init: Any = None,
+    max_cosine_distance: Any = None,
+    tracker: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Settings' tracker fields from a caller's arguments (None: the tracker's default)."""
-    return {"max_age": None if max_age is None else int(max_age), "n_init": None if n_init is None else int(n_init),
-            "max_cosine_distance": None if max_cosine_distance is None else float(max_cosine_distance),
-            "tracker": str(tracker or DEFAULT_TRACKER), "tracker_options": tuple(sorted(dict(options or {}).items()))}
+    return {
+        "max_age": None if max_age is None else int(max_age),
+        "n_init": None if n_init is None else int(n_init),
+        "max_cosine_distance": None if max_cosine_distance is None else float(max_cosine_distance),
+        "tracker": str(tracker or DEFAULT_TRACKER),
+        "tracker_options": tuple(sorted(dict(options or {}).items())),
+    }
 
 
 def check_settings(s: Settings) -> Settings:
@@ -208,20 +224,26 @@ def commit(gallery: Any, chunk: Chunk, lock_timeout: float | None = None) -> lis
         for name, data in chunk.thumbs.items():
             atomic_write_bytes(folder / name, data)
             stats[name] = file_stat(folder / name)
-    entries = [{**e, "path": str(folder / e["meta"]["thumbs"][0]),
-                "meta": {**e["meta"], THUMB_STATS_KEY: {n: stats.get(n) for n in e["meta"]["thumbs"]}}}
-               for e in chunk.entries]
-    return gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state},
-                               lock_timeout=lock_timeout)
+    entries = [
+        {
+            **e,
+            "path": str(folder / e["meta"]["thumbs"][0]),
+            "meta": {**e["meta"], THUMB_STATS_KEY: {n: stats.get(n) for n in e["meta"]["thumbs"]}},
+        }
+        for e in chunk.entries
+    ]
+    return gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state}, lock_timeout=lock_timeout)
 
 
 def resume_state(gallery: Any, job: VideoJob, settings: Settings) -> dict[str, Any] | None:
     """The video's stored state (None: not started); ReIDError when it was started with other settings."""
     state = gallery.get_state(f"video:{job.key}")
     if state is not None and state.get("settings") != settings.stored(job):
-        raise ReIDError(f"video {job.info.path} (camera {job.camera}) was partly ingested into {gallery.db} with "
-                        f"other settings ({state.get('settings')}); re-run with those, or delete its "
-                        f"tracklets and state first")
+        raise ReIDError(
+            f"video {job.info.path} (camera {job.camera}) was partly ingested into {gallery.db} with "
+            f"other settings ({state.get('settings')}); re-run with those, or delete its "
+            f"tracklets and state first"
+        )
     return state
 
 
@@ -252,11 +274,15 @@ class Stats:
         """JSON-able summary: seconds and counts per stage, embedder batch sizes and cameras per batch."""
         with self._lock:
             b = np.asarray(self.batches or [(0, 0)], dtype=np.float64)
-            return {"seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "counts": dict(self.counts),
-                    "embed_batches": len(self.batches), "crops_per_batch": round(float(b[:, 0].mean()), 2),
-                    "max_crops_per_batch": int(b[:, 0].max()),
-                    "mixed_camera_batches": int((b[:, 1] > 1).sum()) if self.batches else 0,
-                    "cameras_per_batch": round(float(b[:, 1].mean()), 2)}
+            return {
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "counts": dict(self.counts),
+                "embed_batches": len(self.batches),
+                "crops_per_batch": round(float(b[:, 0].mean()), 2),
+                "max_crops_per_batch": int(b[:, 0].max()),
+                "mixed_camera_batches": int((b[:, 1] > 1).sum()) if self.batches else 0,
+                "cameras_per_batch": round(float(b[:, 1].mean()), 2),
+            }
 
 
 class _Direct:
@@ -341,7 +367,7 @@ class SharedEmbedder:
                 self.stats.batch(len(crops), len({r[0] for r in reqs}))
             i = 0
             for cam, cs, box in reqs:
-                box["out"] = err if err is not None else feats[i:i + len(cs)]
+                box["out"] = err if err is not None else feats[i : i + len(cs)]
                 i += len(cs)
                 box["event"].set()
 
@@ -369,8 +395,15 @@ class _Client:
 _END = object()
 
 
-def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: threading.Event,
-            stats: Stats | None, decoded: FrameStats | None = None) -> None:
+def _reader(
+    job: VideoJob,
+    start: int,
+    stride: int,
+    out: queue.Queue,
+    stop: threading.Event,
+    stats: Stats | None,
+    decoded: FrameStats | None = None,
+) -> None:
     """Decode + detect frames start, start + stride, ... into `out` (then _END, or the exception)."""
     info = job.info
     try:
@@ -384,8 +417,10 @@ def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: thre
             idx, frame = item
             t1 = time.perf_counter()
             if frame.shape[0] != info.height or frame.shape[1] != info.width:
-                raise ReIDError(f"video {info.path}: frame {idx + 1} is {frame.shape[1]}x{frame.shape[0]}, "
-                                f"expected {info.width}x{info.height}")
+                raise ReIDError(
+                    f"video {info.path}: frame {idx + 1} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"expected {info.width}x{info.height}"
+                )
             boxes, scores = det(frame, idx)
             if stats is not None:
                 stats.add("decode", t1 - t0)
@@ -409,7 +444,9 @@ def _reader(job: VideoJob, start: int, stride: int, out: queue.Queue, stop: thre
 class _Video:
     """The per-frame work of one video: crops, features, tracker, tracklets, chunks."""
 
-    def __init__(self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None, store: Any = None) -> None:
+    def __init__(
+        self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None, store: Any = None
+    ) -> None:
         self.job, self.s, self.emb, self.stats, self.store = job, settings, embedder, stats, store or embedder
         self.tracker = build_tracker(settings.tracker, settings.tracker_values())
         self.open: dict[str, OpenTracklet] = {}
@@ -426,10 +463,16 @@ class _Video:
         self.committed = int(state.get("tracklets", 0))
 
     def _state(self, done: bool) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "video": str(self.job.info.path), "settings": self.s.stored(self.job),
-                "next_frame": int(self.next_frame), "done": bool(done), "tracklets": self.committed,
-                "tracker": None if done else self.tracker.state_dict(),
-                "open": [] if done else [t.to_state() for t in self.open.values()]}
+        return {
+            "version": STATE_VERSION,
+            "video": str(self.job.info.path),
+            "settings": self.s.stored(self.job),
+            "next_frame": int(self.next_frame),
+            "done": bool(done),
+            "tracklets": self.committed,
+            "tracker": None if done else self.tracker.state_dict(),
+            "open": [] if done else [t.to_state() for t in self.open.values()],
+        }
 
     def _entry(self, t: OpenTracklet, thumbs: dict[str, bytes]) -> tuple[np.ndarray, dict[str, Any]]:
         job, fps = self.job, self.job.info.fps
@@ -441,13 +484,26 @@ class _Video:
             thumbs[name] = c["jpeg"]
             names.append(name)
         f0, f1 = int(t.boxes[0][0]), int(t.boxes[-1][0])
-        entry = {"kind": "tracklet", "tracklet": key, "camera": job.camera,
-                 "frame_start": f0 + 1, "frame_end": f1 + 1,
-                 "t_start": job.start_time + f0 / fps, "t_end": job.start_time + f1 / fps,
-                 "meta": {"video": str(job.info.path), "video_key": job.key, "track_id": t.track_id, "fps": fps,
-                          "boxes": [[int(b[0]) + 1, *b[1:]] for b in t.boxes],
-                          "thumbs": names, "thumb_frames": [c["frame"] + 1 for c in best],
-                          "quality": [round(c["q"], 4) for c in best], "detector": job.detector_name}}
+        entry = {
+            "kind": "tracklet",
+            "tracklet": key,
+            "camera": job.camera,
+            "frame_start": f0 + 1,
+            "frame_end": f1 + 1,
+            "t_start": job.start_time + f0 / fps,
+            "t_end": job.start_time + f1 / fps,
+            "meta": {
+                "video": str(job.info.path),
+                "video_key": job.key,
+                "track_id": t.track_id,
+                "fps": fps,
+                "boxes": [[int(b[0]) + 1, *b[1:]] for b in t.boxes],
+                "thumbs": names,
+                "thumb_frames": [c["frame"] + 1 for c in best],
+                "quality": [round(c["q"], 4) for c in best],
+                "detector": job.detector_name,
+            },
+        }
         return t.feature(), entry
 
     def _finish(self, tid: str) -> None:
@@ -474,8 +530,9 @@ class _Video:
         feats = np.stack([f for f, _ in made]) if made else np.zeros((0, self.emb.dim), np.float32)
         self.committed += len(made)
         self.pending = []
-        return Chunk(self.job.key, self.job.camera, feats, [e for _, e in made], thumbs, self._state(done),
-                     frames, last, seconds)
+        return Chunk(
+            self.job.key, self.job.camera, feats, [e for _, e in made], thumbs, self._state(done), frames, last, seconds
+        )
 
     def step(self, idx: int, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> None:
         """Crops, features, tracking, tracklets for one processed frame."""
@@ -501,8 +558,20 @@ class _Video:
         for m in matched:
             di = m.det
             tr = self.open.setdefault(m.track_id, OpenTracklet(m.track_id))
-            tr.observe(idx, boxes[di], float(scores[di]), feats[di] if self.store is self.emb else None, crops[di], W, H,
-                       self.s.k, m.confirmed, q=q[di], fill_step=step, fill_gap=self.stride)
+            tr.observe(
+                idx,
+                boxes[di],
+                float(scores[di]),
+                feats[di] if self.store is self.emb else None,
+                crops[di],
+                W,
+                H,
+                self.s.k,
+                m.confirmed,
+                q=q[di],
+                fill_step=step,
+                fill_gap=self.stride,
+            )
         for tid in ended:
             self._finish(tid)
         if self.stats is not None:
@@ -512,8 +581,9 @@ class _Video:
             self.stats.add("embedded", 0.0, len(need))
 
 
-def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict[str, Any] | None = None,
-                  stats: Stats | None = None) -> Iterator[Chunk]:
+def process_video(
+    job: VideoJob, settings: Settings, embedder: Any, resume: dict[str, Any] | None = None, stats: Stats | None = None
+) -> Iterator[Chunk]:
     """The chunks of one video from `resume` (a stored state, None: the start); see the module docstring.
 
     `embedder`: anything with `embed_crops(list of RGB crops) -> N x D` and `dim`.
@@ -530,8 +600,12 @@ def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()
     decoded = FrameStats()
-    reader = threading.Thread(target=_reader, args=(job, v.next_frame, v.stride, q, stop, stats, decoded),
-                              name=f"reidkit-read-{job.camera}", daemon=True)
+    reader = threading.Thread(
+        target=_reader,
+        args=(job, v.next_frame, v.stride, q, stop, stats, decoded),
+        name=f"reidkit-read-{job.camera}",
+        daemon=True,
+    )
     reader.start()
     try:
         t0, n, last = time.perf_counter(), 0, -1
@@ -554,8 +628,11 @@ def process_video(job: VideoJob, settings: Settings, embedder: Any, resume: dict
             v._finish(tid)
         final = v.chunk(True, n, last, time.perf_counter() - t0)
         # what the decoder met: a truncated file is counted in the stored state and the report, not only logged
-        final.state["decoded"] = {"announced": int(decoded.announced), "read": int(decoded.read),
-                                  "truncated": bool(decoded.truncated)}
+        final.state["decoded"] = {
+            "announced": int(decoded.announced),
+            "read": int(decoded.read),
+            "truncated": bool(decoded.truncated),
+        }
         yield final
     finally:
         stop.set()
@@ -579,8 +656,13 @@ class VideoLock(PidLock):
 
     poll = 0.1
 
-    def __init__(self, db: str | os.PathLike, key: str, on_wait: Callable[[str], None] | None = None,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        db: str | os.PathLike,
+        key: str,
+        on_wait: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> None:
         d = Path(db).absolute()
         super().__init__(d.parent / f".{d.name}.video-locks" / f"{safe_name(key)}.lock", timeout, on_wait)
         self.key = key

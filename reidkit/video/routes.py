@@ -19,6 +19,7 @@ for reidkit.retrieval.service.create_app(..., routers=[tracklet_routes]) (`reidk
 Errors keep their type: a missing tracklet is reidkit.errors.NotFound (404 by the service's handler),
 any other ReIDError is 400; uploads are decoded under the service's memory budget.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,9 @@ class TrackletQuery(BaseModel):
 def _check_ref(ref: str) -> str:
     """A tracklet reference of a plain form; a numeric one within the gallery's id range (else 422)."""
     if not _REF_RX.match(ref):
-        raise HTTPException(422, detail="tracklet: expected a gallery id or a tracklet key ([A-Za-z0-9_.-], "
-                                        "at most 300 characters)")
+        raise HTTPException(
+            422, detail="tracklet: expected a gallery id or a tracklet key ([A-Za-z0-9_.-], at most 300 characters)"
+        )
     if ref.isdigit() and int(ref) > MAX_ID:
         raise HTTPException(422, detail=f"tracklet: id {ref} is beyond the largest gallery id ({MAX_ID})")
     return ref
@@ -99,8 +101,9 @@ def tracklet_routes(get_gallery: Callable[[], Any], authorize: Callable[[Request
             ref = _check_ref(str(q.tracklet))
             return await run_in_threadpool(search_tracklets, g, None, None, ref, k, q.exclude_camera)
         if not ctype.startswith("multipart/form-data"):
-            raise HTTPException(400, detail="expected a multipart upload (field 'file', optional 'box') "
-                                            'or JSON {"tracklet": id}')
+            raise HTTPException(
+                400, detail="expected a multipart upload (field 'file', optional 'box') or JSON {\"tracklet\": id}"
+            )
         form = await request.form(max_files=1, max_fields=8)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

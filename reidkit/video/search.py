@@ -6,6 +6,7 @@ did this person appear?"); an image query excludes the camera given by ``exclude
 Each hit carries camera, frame and time span, thumbnails (names served by ``GET /thumbs/{name}``)
 and its gallery id.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,18 +63,30 @@ def find_tracklet(gallery: Any, ref: str | int) -> dict[str, Any]:
 def hit(rec: dict[str, Any], score: float | None = None) -> dict[str, Any]:
     """The public view of a tracklet entry: id, key, camera, spans, thumbnails (names), score."""
     meta = rec.get("meta") or {}
-    out = {"id": int(rec["id"]), "tracklet": rec.get("tracklet"), "camera": rec.get("camera"),
-           "frame_start": rec.get("frame_start"), "frame_end": rec.get("frame_end"),
-           "t_start": rec.get("t_start"), "t_end": rec.get("t_end"), "thumbs": list(meta.get("thumbs", [])),
-           "video": Path(meta["video"]).name if meta.get("video") else None}
+    out = {
+        "id": int(rec["id"]),
+        "tracklet": rec.get("tracklet"),
+        "camera": rec.get("camera"),
+        "frame_start": rec.get("frame_start"),
+        "frame_end": rec.get("frame_end"),
+        "t_start": rec.get("t_start"),
+        "t_end": rec.get("t_end"),
+        "thumbs": list(meta.get("thumbs", [])),
+        "video": Path(meta["video"]).name if meta.get("video") else None,
+    }
     if score is not None:
         out["score"] = float(score)
     return out
 
 
-def search_tracklets(gallery: Any, image: np.ndarray | str | os.PathLike | None = None,
-                     box: Sequence[float] | None = None, tracklet: str | int | None = None, k: int = 10,
-                     exclude_camera: str | None = None) -> dict[str, Any]:
+def search_tracklets(
+    gallery: Any,
+    image: np.ndarray | str | os.PathLike | None = None,
+    box: Sequence[float] | None = None,
+    tracklet: str | int | None = None,
+    k: int = 10,
+    exclude_camera: str | None = None,
+) -> dict[str, Any]:
     """Ranked tracklets for a query image (RGB array or path; optional box) or a stored tracklet."""
     if (image is None) == (tracklet is None):
         raise ReIDError("give a query image or a tracklet, not both and not neither")
@@ -94,8 +107,9 @@ def search_tracklets(gallery: Any, image: np.ndarray | str | os.PathLike | None 
         feat = gallery.embed([crop_rgb(np.asarray(image), box)])[0]
         query = {"box": list(box) if box is not None else None}
     query["excluded_camera"] = exclude_camera
-    rows = gallery.search_features(np.asarray(feat, np.float32)[None], k=int(k), kind="tracklet",
-                                   exclude_camera=exclude_camera)[0]
+    rows = gallery.search_features(
+        np.asarray(feat, np.float32)[None], k=int(k), kind="tracklet", exclude_camera=exclude_camera
+    )[0]
     return {"query": query, "results": [hit(r, r["score"]) for r in rows]}
 
 
@@ -109,7 +123,13 @@ def appearances(gallery: Any, ref: str | int) -> dict[str, Any]:
     rows = []
     for b in sorted(meta.get("boxes", []), key=lambda b: b[0]):
         frame = int(b[0])
-        rows.append({"frame": frame, "t": None if fps is None else round(t0 + (frame - f0) / fps, 3),
-                     "box": [float(v) for v in b[1:5]], "conf": float(b[5]) if len(b) > 5 else None})
+        rows.append(
+            {
+                "frame": frame,
+                "t": None if fps is None else round(t0 + (frame - f0) / fps, 3),
+                "box": [float(v) for v in b[1:5]],
+                "conf": float(b[5]) if len(b) > 5 else None,
+            }
+        )
     thumbs = [{"name": n, "frame": f} for n, f in zip(meta.get("thumbs", []), meta.get("thumb_frames", []))]
     return {"tracklet": hit(rec), "appearances": rows, "thumbs": thumbs}

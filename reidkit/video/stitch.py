@@ -21,6 +21,7 @@ Allowed pairs are taken in order of ``m / max_motion + d / max_appearance`` (the
 pair); each tracklet's end and each tracklet's start joins at most once, so the groups are chains
 in time order. Deterministic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,8 +71,10 @@ class Fragment:
         """A checked fragment (ReIDError for an empty or malformed box list)."""
         b = np.asarray(boxes, dtype=np.float64)
         if b.ndim != 2 or b.shape[1] != 5 or not len(b) or not np.isfinite(b).all():
-            raise ReIDError(f"stitch: a tracklet of camera {camera!r} needs (n >= 1, 5) finite boxes "
-                            f"(t, x0, y0, x1, y1), got shape {b.shape}")
+            raise ReIDError(
+                f"stitch: a tracklet of camera {camera!r} needs (n >= 1, 5) finite boxes "
+                f"(t, x0, y0, x1, y1), got shape {b.shape}"
+            )
         return cls(str(camera), b[np.argsort(b[:, 0], kind="stable")], np.asarray(feature, np.float64).reshape(-1))
 
 
@@ -104,7 +107,7 @@ def join_cost(a: Fragment, b: Fragment, p: StitchParams) -> float | None:
     if max(ha, hb) > p.max_scale * min(ha, hb):
         return None
     damp = 1.0 / (1.0 + gap)  # the longer the gap, the less the last velocity says
-    pred = _centre(end) + _velocity(a.boxes[-int(p.tail):]) * gap * damp
+    pred = _centre(end) + _velocity(a.boxes[-int(p.tail) :]) * gap * damp
     m = float(np.linalg.norm(pred - _centre(start))) / ha
     fa, fb = a.feature, b.feature
     cos = float(fa @ fb) / max(float(np.linalg.norm(fa) * np.linalg.norm(fb)), 1e-12)

@@ -8,6 +8,7 @@ tracks included, so a tracklet keeps its first frames once confirmed) and which 
 appearance galleries of the cosine metric) into JSON-able data, so an interrupted ingestion resumes
 with exactly the tracker it had at its last committed chunk.
 """
+
 from __future__ import annotations
 
 import base64
@@ -68,27 +69,46 @@ def single_thread_blas() -> None:
 class Tracker:
     """DeepSort with external embeddings; `max_age` and `n_init` count processed frames."""
 
-    def __init__(self, max_age: int = 15, n_init: int = 3, max_cosine_distance: float = 0.1,
-                 nn_budget: int = 20, max_iou_distance: float = 0.7) -> None:
+    def __init__(
+        self,
+        max_age: int = 15,
+        n_init: int = 3,
+        max_cosine_distance: float = 0.1,
+        nn_budget: int = 20,
+        max_iou_distance: float = 0.7,
+    ) -> None:
         from deep_sort_realtime.deepsort_tracker import DeepSort
 
         single_thread_blas()
-        self.ds = DeepSort(max_age=int(max_age), n_init=int(n_init), max_cosine_distance=float(max_cosine_distance),
-                           nn_budget=int(nn_budget), max_iou_distance=float(max_iou_distance), embedder=None)
+        self.ds = DeepSort(
+            max_age=int(max_age),
+            n_init=int(n_init),
+            max_cosine_distance=float(max_cosine_distance),
+            nn_budget=int(nn_budget),
+            max_iou_distance=float(max_iou_distance),
+            embedder=None,
+        )
 
-    def update(self, boxes_xyxy: np.ndarray, scores: np.ndarray,
-               embeds: np.ndarray) -> tuple[list[tuple[str, int, bool]], list[str]]:
+    def update(
+        self, boxes_xyxy: np.ndarray, scores: np.ndarray, embeds: np.ndarray
+    ) -> tuple[list[tuple[str, int, bool]], list[str]]:
         """([(track id, detection index, confirmed)] for the tracks updated by this frame, [ended track ids])."""
         b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-        dets = [([float(x0), float(y0), float(x1 - x0), float(y1 - y0)], float(s), "person")
-                for (x0, y0, x1, y1), s in zip(b, np.asarray(scores).reshape(-1))]
+        dets = [
+            ([float(x0), float(y0), float(x1 - x0), float(y1 - y0)], float(s), "person")
+            for (x0, y0, x1, y1), s in zip(b, np.asarray(scores).reshape(-1))
+        ]
         # DeepSort silently drops empty boxes, which would misalign embeds and `others`: callers must not pass any
         if any(d[0][2] <= 0 or d[0][3] <= 0 for d in dets):
             raise ReIDError("tracker: detections must have a positive width and height")
-        tracks = self.ds.update_tracks(dets, embeds=list(np.asarray(embeds, dtype=np.float32)),
-                                       others=list(range(len(dets))))
-        matched = [(str(t.track_id), int(t.others), bool(t.is_confirmed())) for t in tracks
-                   if t.time_since_update == 0 and t.others is not None]
+        tracks = self.ds.update_tracks(
+            dets, embeds=list(np.asarray(embeds, dtype=np.float32)), others=list(range(len(dets)))
+        )
+        matched = [
+            (str(t.track_id), int(t.others), bool(t.is_confirmed()))
+            for t in tracks
+            if t.time_since_update == 0 and t.others is not None
+        ]
         ended = [str(i) for i in self.ds.tracker.del_tracks_ids]
         return matched, ended
 
@@ -99,8 +119,11 @@ class Tracker:
     def state_dict(self) -> dict[str, Any]:
         """The whole tracker as JSON-able data (exact: floats as raw bytes)."""
         tr = self.ds.tracker
-        return {"next_id": tr._next_id, "tracks": [encode(vars(t)) for t in tr.tracks],
-                "samples": encode({str(k): list(v) for k, v in tr.metric.samples.items()})}
+        return {
+            "next_id": tr._next_id,
+            "tracks": [encode(vars(t)) for t in tr.tracks],
+            "samples": encode({str(k): list(v) for k, v in tr.metric.samples.items()}),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state_dict (same tracker settings)."""

@@ -14,6 +14,7 @@ taken only when a tracklet has no other. Ties go to the earlier frame.
 The tracklet feature is the mean of the L2-normalised features of its K crops, normalised again
 (each crop votes equally, whatever its feature norm), as in video ReID's temporal average pooling.
 """
+
 from __future__ import annotations
 
 import base64
@@ -67,9 +68,21 @@ class OpenTracklet:
         """True when a crop of quality `q` would enter the best K (so its real feature is needed)."""
         return len(self.best) < k or q > self.best[-1]["q"]
 
-    def observe(self, frame: int, box: Any, conf: float, feat: np.ndarray | None, crop_rgb: np.ndarray,
-                width: int, height: int, k: int, confirmed: bool, q: float | None = None,
-                fill_step: int | None = None, fill_gap: int | None = None) -> None:
+    def observe(
+        self,
+        frame: int,
+        box: Any,
+        conf: float,
+        feat: np.ndarray | None,
+        crop_rgb: np.ndarray,
+        width: int,
+        height: int,
+        k: int,
+        confirmed: bool,
+        q: float | None = None,
+        fill_step: int | None = None,
+        fill_gap: int | None = None,
+    ) -> None:
         """Add one observation; keep its crop when it is among the K best.
 
         `feat` None: the feature is computed later (``missing`` / ``set_features``), only if the crop
@@ -84,16 +97,25 @@ class OpenTracklet:
             cur = [int(frame), *(float(v) for v in box), float(conf)]
             for f in range(prev[0] + fill_step, int(frame), fill_step):
                 a = (f - prev[0]) / (int(frame) - prev[0])
-                self.boxes.append([f, *(round(p + a * (c - p), 2) for p, c in zip(prev[1:5], cur[1:5])),
-                                   round(prev[5] + a * (cur[5] - prev[5]), 4)])
+                self.boxes.append(
+                    [
+                        f,
+                        *(round(p + a * (c - p), 2) for p, c in zip(prev[1:5], cur[1:5])),
+                        round(prev[5] + a * (cur[5] - prev[5]), 4),
+                    ]
+                )
         self.boxes.append([int(frame), *(round(float(v), 2) for v in box), round(float(conf), 4)])
         self.confirmed = self.confirmed or confirmed
         if q is None:
             q = crop_quality(crop_rgb, box, conf, width, height)
         if not self.would_keep(q, k):
             return
-        c = {"q": q, "frame": int(frame), "feat": None if feat is None else np.asarray(feat, np.float32),
-             "jpeg": thumbnail_jpeg(crop_rgb)}
+        c = {
+            "q": q,
+            "frame": int(frame),
+            "feat": None if feat is None else np.asarray(feat, np.float32),
+            "jpeg": thumbnail_jpeg(crop_rgb),
+        }
         if feat is None:
             c["crop"] = np.array(crop_rgb, dtype=np.uint8, copy=True)
         self.best.append(c)
@@ -114,15 +136,37 @@ class OpenTracklet:
         """JSON-able form (for the resume state)."""
         from reidkit.video.track import encode
 
-        return {"track_id": self.track_id, "boxes": [list(b) for b in self.boxes], "confirmed": self.confirmed,
-                "best": [{"q": c["q"], "frame": c["frame"], "feat": encode(c["feat"]),
-                          "jpeg": base64.b64encode(c["jpeg"]).decode("ascii")} for c in self.best]}
+        return {
+            "track_id": self.track_id,
+            "boxes": [list(b) for b in self.boxes],
+            "confirmed": self.confirmed,
+            "best": [
+                {
+                    "q": c["q"],
+                    "frame": c["frame"],
+                    "feat": encode(c["feat"]),
+                    "jpeg": base64.b64encode(c["jpeg"]).decode("ascii"),
+                }
+                for c in self.best
+            ],
+        }
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> OpenTracklet:
         """Inverse of to_state."""
         from reidkit.video.track import decode
 
-        return cls(str(d["track_id"]), [list(b) for b in d["boxes"]],
-                   [{"q": float(c["q"]), "frame": int(c["frame"]), "feat": decode(c["feat"]),
-                     "jpeg": base64.b64decode(c["jpeg"])} for c in d["best"]], bool(d["confirmed"]))
+        return cls(
+            str(d["track_id"]),
+            [list(b) for b in d["boxes"]],
+            [
+                {
+                    "q": float(c["q"]),
+                    "frame": int(c["frame"]),
+                    "feat": decode(c["feat"]),
+                    "jpeg": base64.b64decode(c["jpeg"]),
+                }
+                for c in d["best"]
+            ],
+            bool(d["confirmed"]),
+        )

@@ -21,6 +21,7 @@ Frame indices and times. A frame's index is its arrival time on the camera's nom
 (``live.frame_index``), so a tracklet's ``t_start``/``t_end`` are wall-clock seconds (Unix time) and
 skipped frames leave holes that the tracker bridges like missed detections.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,8 +71,7 @@ def read_cameras(path: str | os.PathLike) -> tuple[list[Camera], Any]:
     except yaml.YAMLError as exc:
         raise ReIDError(f"cameras file {p}: not YAML ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
-        raise ReIDError(f"cameras file {p}: expected a mapping with a non-empty list 'cameras' "
-                        f"(each: name, url)")
+        raise ReIDError(f"cameras file {p}: expected a mapping with a non-empty list 'cameras' (each: name, url)")
     unknown = sorted(set(data) - {"cameras", "links", "max_gap"})
     if unknown:
         raise ReIDError(f"cameras file {p}: unknown key(s) {unknown} (expected cameras, links, max_gap)")
@@ -81,8 +81,9 @@ def read_cameras(path: str | os.PathLike) -> tuple[list[Camera], Any]:
             raise ReIDError(f"cameras file {p}: cameras[{i}] needs a 'name' and a 'url' (strings), got {c!r}")
         extra = sorted(set(c) - {"name", "url", "fps", "detections"})
         if extra:
-            raise ReIDError(f"cameras file {p}: cameras[{i}] has unknown key(s) {extra} "
-                            f"(expected name, url, fps, detections)")
+            raise ReIDError(
+                f"cameras file {p}: cameras[{i}] has unknown key(s) {extra} (expected name, url, fps, detections)"
+            )
         fps = c.get("fps")
         if fps is not None and (not isinstance(fps, (int, float)) or not 0 < float(fps) <= 1000):
             raise ReIDError(f"cameras file {p}: cameras[{i}].fps must be a number in (0, 1000], got {fps!r}")
@@ -128,7 +129,7 @@ class OnlineMotion:
     def __call__(self, frame: np.ndarray, index: int = 0) -> Any:
         every = max(1, self.det.block // self.det.samples)
         if len(self.ring) < self.det.samples or self.seen % every == 0:
-            self.ring = [*self.ring, self.det._small(frame)][-self.det.samples:]
+            self.ring = [*self.ring, self.det._small(frame)][-self.det.samples :]
             self.median = np.median(np.stack(self.ring), axis=0).astype(np.float32)
         self.seen += 1
         return self.det(frame, index)
@@ -191,8 +192,14 @@ class _Worker(threading.Thread):
         H, W = first.image.shape[:2]
         fps = cs.camera.fps or src.fps or DEFAULT_FPS
         key = f"{cs.camera.name}-live-s{cs.session}"
-        job = VideoJob(VideoInfo(Path(shown_url(cs.camera.url)), fps, 0, W, H), cs.camera.name, key,
-                       {"kind": "live"}, w.detector_name, start_time=first.wall)
+        job = VideoJob(
+            VideoInfo(Path(shown_url(cs.camera.url)), fps, 0, W, H),
+            cs.camera.name,
+            key,
+            {"kind": "live"},
+            w.detector_name,
+            start_time=first.wall,
+        )
         video = w.video(job, self.emb)
         detector = w.detector_factory(cs.camera)
         last, t_commit, n, frame = -1, time.monotonic(), 0, first
@@ -211,8 +218,13 @@ class _Worker(threading.Thread):
                     for tid in list(video.open):
                         video._finish(tid)
                 chunk = video.chunk(stopping, n, last, time.monotonic() - t_commit)
-                chunk.state["live"] = {"camera": cs.camera.name, "session": cs.session, "url": shown_url(cs.camera.url),
-                                       "t0": first.wall, "fps": fps}
+                chunk.state["live"] = {
+                    "camera": cs.camera.name,
+                    "session": cs.session,
+                    "url": shown_url(cs.camera.url),
+                    "t0": first.wall,
+                    "fps": fps,
+                }
                 w.chunks.put((cs, chunk))
                 t_commit, n = time.monotonic(), 0
                 if stopping:
@@ -224,11 +236,22 @@ class Watch:
     """Live cameras into `gallery` (see the module docstring). ``run()`` returns when `stop` is set (or
     every source is a file that played out) after the last commits."""
 
-    def __init__(self, gallery: Any, embedder: Any, cameras: Sequence[Camera], settings: Settings,
-                 detector_factory: Callable[[Camera], Any], detector_name: str, links: Any = None,
-                 commit_every: float = 10.0, identities_every: float = 60.0, retain: float | None = None,
-                 buffer: int = 4, backoff: tuple[float, float] = (0.5, 30.0),
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        gallery: Any,
+        embedder: Any,
+        cameras: Sequence[Camera],
+        settings: Settings,
+        detector_factory: Callable[[Camera], Any],
+        detector_name: str,
+        links: Any = None,
+        commit_every: float = 10.0,
+        identities_every: float = 60.0,
+        retain: float | None = None,
+        buffer: int = 4,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         check_cameras(cameras)
         for name, v in (("commit_every", commit_every), ("identities_every", identities_every)):
             if not (np.isfinite(v) and v > 0):
@@ -254,7 +277,9 @@ class Watch:
         """The per-frame work of one camera session: association through the shared embedder's `client`,
         the stored best-K crops through its float twin (as `reidkit video`: reidkit.video.embedder.float_twin)."""
         twin = float_twin(self.embedder)
-        return _Video(job, self.settings, client, self.stats, None if twin is self.embedder else _Direct(twin, self.stats))
+        return _Video(
+            job, self.settings, client, self.stats, None if twin is self.embedder else _Direct(twin, self.stats)
+        )
 
     # ------------------------------------------------------------------ sessions
     def _recover(self, cs: CameraState) -> None:
@@ -266,8 +291,14 @@ class Watch:
         if state is not None and not state.get("done"):
             live = state.get("live") or {}
             info = VideoInfo(Path(shown_url(cs.camera.url)), float(live.get("fps", DEFAULT_FPS)), 0, 1, 1)
-            job = VideoJob(info, cs.camera.name, f"{cs.camera.name}-live-s{prev}", {"kind": "live"},
-                           self.detector_name, start_time=float(live.get("t0", 0.0)))
+            job = VideoJob(
+                info,
+                cs.camera.name,
+                f"{cs.camera.name}-live-s{prev}",
+                {"kind": "live"},
+                self.detector_name,
+                start_time=float(live.get("t0", 0.0)),
+            )
             video = self.video(job, self.shared.client(cs.camera.name))
             video.load(state)
             for tid in list(video.open):
@@ -275,11 +306,21 @@ class Watch:
             chunk = video.chunk(True, 0, int(state["next_frame"]) - 1, 0.0)
             chunk.state["live"] = live
             commit(self.gallery, chunk)
-            self.say(f"[{cs.camera.name}] session {prev} was killed: its {len(chunk.entries)} open tracklet(s) "
-                     f"as of its last commit are committed; this run is session {cs.session}")
-        self.gallery.add_entries(np.zeros((0, 1), np.float32), [],
-                                 state={LIVE_STATE.format(camera=cs.camera.name):
-                                        {"session": cs.session, "url": shown_url(cs.camera.url), "started": time.time()}})
+            self.say(
+                f"[{cs.camera.name}] session {prev} was killed: its {len(chunk.entries)} open tracklet(s) "
+                f"as of its last commit are committed; this run is session {cs.session}"
+            )
+        self.gallery.add_entries(
+            np.zeros((0, 1), np.float32),
+            [],
+            state={
+                LIVE_STATE.format(camera=cs.camera.name): {
+                    "session": cs.session,
+                    "url": shown_url(cs.camera.url),
+                    "started": time.time(),
+                }
+            },
+        )
 
     # ------------------------------------------------------------------ the writer
     def run(self, duration: float | None = None) -> dict[str, Any]:
@@ -329,9 +370,11 @@ class Watch:
         cs.tracklets += len(chunk.entries)
         cs.commits += 1
         s = cs.source.stats if cs.source is not None else SourceStats()
-        self.say(f"[{cs.camera.name}] {cs.frames} frames, {s.skipped} skipped, lag {s.lag:.2f} s, "
-                 f"tracklets {cs.tracklets} (+{len(chunk.state.get('open', []))} open)"
-                 + (", session done" if chunk.done else ""))
+        self.say(
+            f"[{cs.camera.name}] {cs.frames} frames, {s.skipped} skipped, lag {s.lag:.2f} s, "
+            f"tracklets {cs.tracklets} (+{len(chunk.state.get('open', []))} open)"
+            + (", session done" if chunk.done else "")
+        )
 
     def _update(self, retention: bool) -> None:
         """Retention, then global identities (incremental) over what is committed."""
@@ -353,10 +396,20 @@ class Watch:
         cams = {}
         for cs in self.cams:
             src = cs.source.stats.report(now) if cs.source is not None else SourceStats().report(now)
-            cams[cs.camera.name] = {**src, "processed": cs.frames, "tracklets": cs.tracklets, "commits": cs.commits,
-                                    "session": cs.session, "error": cs.error}
-        return {"cameras": cams, "identities": self.identities["identities"], "deleted": self.deleted,
-                "uptime": round(now - self.started, 1)}
+            cams[cs.camera.name] = {
+                **src,
+                "processed": cs.frames,
+                "tracklets": cs.tracklets,
+                "commits": cs.commits,
+                "session": cs.session,
+                "error": cs.error,
+            }
+        return {
+            "cameras": cams,
+            "identities": self.identities["identities"],
+            "deleted": self.deleted,
+            "uptime": round(now - self.started, 1),
+        }
 
 
 def delete_older(gallery: Any, cutoff: float) -> int:
@@ -394,13 +447,26 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     return value
 
 
-def watch(db: str | os.PathLike, cameras: Sequence[Camera], links: Any = None, weights: str | None = None,
-          device: str | None = None, engine: str = "auto-int8", collection: str | None = None,
-          detector: str | None = None, detector_options: dict[str, Any] | None = None,
-          settings: Settings | None = None, commit_every: float = 10.0, identities_every: float = 60.0,
-          retain: float | None = None, buffer: int = 4, duration: float | None = None,
-          status_port: int | None = None, progress: Callable[[str], None] | None = None,
-          stop: threading.Event | None = None) -> dict[str, Any]:
+def watch(
+    db: str | os.PathLike,
+    cameras: Sequence[Camera],
+    links: Any = None,
+    weights: str | None = None,
+    device: str | None = None,
+    engine: str = "auto-int8",
+    collection: str | None = None,
+    detector: str | None = None,
+    detector_options: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    commit_every: float = 10.0,
+    identities_every: float = 60.0,
+    retain: float | None = None,
+    buffer: int = 4,
+    duration: float | None = None,
+    status_port: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
     """Open (or create) gallery `db` and watch `cameras` into it until `stop` is set or `duration` passes
     (the Python side of ``reidkit watch``); returns the final status. `detector` "mot": each camera's
     `detections` file. `status_port`: serve /metrics and /health on 127.0.0.1 while it runs."""
@@ -417,8 +483,20 @@ def watch(db: str | os.PathLike, cameras: Sequence[Camera], links: Any = None, w
     settings = check_settings(settings or Settings(appearance="needed", embed_budget=8))
     factory, name = detector_factory(detector, detector_options)
     gallery, embedder = open_gallery(db, weights, device, engine=engine, collection=collection)
-    w = Watch(gallery, embedder, cameras, settings, factory, name, links=links, commit_every=commit_every,
-              identities_every=identities_every, retain=retain, buffer=buffer, progress=progress)
+    w = Watch(
+        gallery,
+        embedder,
+        cameras,
+        settings,
+        factory,
+        name,
+        links=links,
+        commit_every=commit_every,
+        identities_every=identities_every,
+        retain=retain,
+        buffer=buffer,
+        progress=progress,
+    )
     if stop is not None:
         w.stop = stop
     from reidkit.video.watch_status import serve_status

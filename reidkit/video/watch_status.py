@@ -1,6 +1,7 @@
 """What people look at while `reidkit watch` runs: a live page (the newest processed frame of each camera with
 its person boxes, refreshed every second, and the counters), ``/metrics`` in Prometheus' text format and
 ``/health`` as JSON, served on 127.0.0.1 by a small HTTP server in the watch process itself."""
+
 from __future__ import annotations
 
 import threading
@@ -42,7 +43,7 @@ def latest_jpeg(watch: Any, camera: str, width: int = 480) -> bytes | None:
     image, boxes = cs.latest
     s = min(1.0, width / image.shape[1])
     out = cv2.resize(image, (round(image.shape[1] * s), round(image.shape[0] * s))) if s < 1.0 else image.copy()
-    for x0, y0, x1, y1 in (boxes if len(boxes) else []):
+    for x0, y0, x1, y1 in boxes if len(boxes) else []:
         cv2.rectangle(out, (int(x0 * s), int(y0 * s)), (int(x1 * s), int(y1 * s)), (0, 200, 0), 2)
     ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return buf.tobytes() if ok else None
@@ -50,15 +51,17 @@ def latest_jpeg(watch: Any, camera: str, width: int = 480) -> bytes | None:
 
 def prometheus_text(status: dict[str, Any]) -> str:
     """The status in Prometheus' text exposition format (counters and gauges per camera)."""
-    metrics = [("frames_received_total", "counter", "received", "frames read from the stream"),
-               ("frames_processed_total", "counter", "processed", "frames detected and tracked"),
-               ("frames_skipped_total", "counter", "skipped", "frames dropped because processing was behind"),
-               ("frames_corrupt_total", "counter", "corrupt", "frames dropped as corrupt"),
-               ("reconnects_total", "counter", "reconnects", "reconnections after a dropped stream"),
-               ("tracklets_total", "counter", "tracklets", "tracklets committed by this run"),
-               ("lag_seconds", "gauge", "lag", "seconds the last processed frame waited"),
-               ("last_frame_age_seconds", "gauge", "last_frame_age", "seconds since the newest frame arrived"),
-               ("connected", "gauge", "connected", "1 while the stream is connected")]
+    metrics = [
+        ("frames_received_total", "counter", "received", "frames read from the stream"),
+        ("frames_processed_total", "counter", "processed", "frames detected and tracked"),
+        ("frames_skipped_total", "counter", "skipped", "frames dropped because processing was behind"),
+        ("frames_corrupt_total", "counter", "corrupt", "frames dropped as corrupt"),
+        ("reconnects_total", "counter", "reconnects", "reconnections after a dropped stream"),
+        ("tracklets_total", "counter", "tracklets", "tracklets committed by this run"),
+        ("lag_seconds", "gauge", "lag", "seconds the last processed frame waited"),
+        ("last_frame_age_seconds", "gauge", "last_frame_age", "seconds since the newest frame arrived"),
+        ("connected", "gauge", "connected", "1 while the stream is connected"),
+    ]
     out = []
     for name, kind, key, text in metrics:
         out += [f"# HELP reidkit_{name} {text}", f"# TYPE reidkit_{name} {kind}"]
@@ -67,10 +70,14 @@ def prometheus_text(status: dict[str, Any]) -> str:
             if v is None:
                 continue
             out.append(f'reidkit_{name}{{camera="{cam}"}} {float(v):g}')
-    out += ["# HELP reidkit_identities global identities", "# TYPE reidkit_identities gauge",
-            f"reidkit_identities {int(status['identities'])}",
-            "# HELP reidkit_tracklets_deleted_total tracklets deleted by retention",
-            "# TYPE reidkit_tracklets_deleted_total counter", f"reidkit_tracklets_deleted_total {int(status['deleted'])}"]
+    out += [
+        "# HELP reidkit_identities global identities",
+        "# TYPE reidkit_identities gauge",
+        f"reidkit_identities {int(status['identities'])}",
+        "# HELP reidkit_tracklets_deleted_total tracklets deleted by retention",
+        "# TYPE reidkit_tracklets_deleted_total counter",
+        f"reidkit_tracklets_deleted_total {int(status['deleted'])}",
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -90,7 +97,7 @@ def serve_status(watch: Any, port: int, host: str = "127.0.0.1") -> Any:
             elif path == "/":
                 body, kind = LIVE_PAGE.encode(), "text/html; charset=utf-8"
             elif path.startswith("/frame/") and path.endswith(".jpg"):
-                body = latest_jpeg(watch, path[len("/frame/"):-len(".jpg")])
+                body = latest_jpeg(watch, path[len("/frame/") : -len(".jpg")])
                 if body is None:
                     self.send_error(404, "no frame of that camera yet")
                     return

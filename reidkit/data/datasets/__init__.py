@@ -5,6 +5,7 @@ dataset's own pid, 0-based camera id). ``load_dataset(name, root, **options)`` i
 entry point; ``DATASETS`` maps each name to its loader, so a new dataset is one function plus
 one registry line. Loaders only list files: images are decoded later, by the pipeline.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -23,9 +24,26 @@ from reidkit.data.datasets.msmt17 import load_msmt17
 from reidkit.data.datasets.synthetic import load_synthetic
 
 __all__ = [
-    "DATASETS", "MARKET_DIR", "MARKET_LAYOUT", "SPLITS", "JointDataset", "Record", "ReIDDataset", "dataset_options",
-    "load_csv", "load_cuhk03", "load_dataset", "load_datasets", "load_dukemtmc", "load_folder", "load_market1501",
-    "load_msmt17", "load_synthetic", "parse_options", "register_dataset", "train_labels",
+    "DATASETS",
+    "MARKET_DIR",
+    "MARKET_LAYOUT",
+    "SPLITS",
+    "JointDataset",
+    "Record",
+    "ReIDDataset",
+    "dataset_options",
+    "load_csv",
+    "load_cuhk03",
+    "load_dataset",
+    "load_datasets",
+    "load_dukemtmc",
+    "load_folder",
+    "load_market1501",
+    "load_msmt17",
+    "load_synthetic",
+    "parse_options",
+    "register_dataset",
+    "train_labels",
 ]
 
 # ----------------------------------------------------------------------------- registry
@@ -33,9 +51,15 @@ __all__ = [
 # A loader is ``loader(root, *, option=default, ...) -> ReIDDataset``; its keyword-only options
 # (with their defaults) are what `reidkit data list` shows and what `load_dataset` accepts.
 DATASETS: Registry[Callable[..., ReIDDataset]] = Registry("dataset", "data.datasets[].name")
-for _name, _fn in (("market1501", load_market1501), ("dukemtmc", load_dukemtmc), ("msmt17", load_msmt17),
-                   ("cuhk03", load_cuhk03), ("folder", load_folder), ("csv", load_csv),
-                   ("synthetic", load_synthetic)):
+for _name, _fn in (
+    ("market1501", load_market1501),
+    ("dukemtmc", load_dukemtmc),
+    ("msmt17", load_msmt17),
+    ("cuhk03", load_cuhk03),
+    ("folder", load_folder),
+    ("csv", load_csv),
+    ("synthetic", load_synthetic),
+):
     DATASETS.register(_name, _fn)
 
 
@@ -66,8 +90,7 @@ def parse_options(name: str, items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ReIDError(f"option {item!r} must look like key=value")
         if key not in accepted:
-            raise ReIDError(f"{name}: unknown option {key!r}; expected one of "
-                            f"{', '.join(accepted) or '(none)'}")
+            raise ReIDError(f"{name}: unknown option {key!r}; expected one of {', '.join(accepted) or '(none)'}")
         default = accepted[key]
         try:
             if isinstance(default, bool):
@@ -93,13 +116,15 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None, **options: Any)
     accepted = dataset_options(key)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ReIDError(f"{key}: unknown option(s) {', '.join(unknown)}; expected one of "
-                        f"{', '.join(accepted) or '(none)'}")
+        raise ReIDError(
+            f"{key}: unknown option(s) {', '.join(unknown)}; expected one of {', '.join(accepted) or '(none)'}"
+        )
     return loader(root, **options)
 
 
-def load_datasets(specs: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]],
-                  root: str | os.PathLike[str] | None = None) -> JointDataset:
+def load_datasets(
+    specs: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]], root: str | os.PathLike[str] | None = None
+) -> JointDataset:
     """Load several datasets for joint training; each spec is a name or ``{name, root, **options}``.
 
     ``root`` is used for specs that name no root. Datasets keep their own pids; use
@@ -110,31 +135,34 @@ def load_datasets(specs: str | Mapping[str, Any] | Sequence[str | Mapping[str, A
     elif isinstance(specs, Mapping):
         specs = [specs]
     if not specs:
-        raise ReIDError("load_datasets: no dataset specs given; expected a list of names or "
-                        "{name, root, **options} dicts")
+        raise ReIDError(
+            "load_datasets: no dataset specs given; expected a list of names or {name, root, **options} dicts"
+        )
     parts: list[ReIDDataset] = []
     for spec in specs:
         if isinstance(spec, str):
             name, part_root, options = spec.strip(), root, {}
         elif isinstance(spec, Mapping):
             if "name" not in spec:
-                raise ReIDError(f"load_datasets: spec {dict(spec)!r} has no 'name' key; expected "
-                                f"{{name, root, **options}}")
+                raise ReIDError(
+                    f"load_datasets: spec {dict(spec)!r} has no 'name' key; expected {{name, root, **options}}"
+                )
             options = {k: v for k, v in spec.items() if k not in ("name", "root")}
             name, part_root = str(spec["name"]), spec.get("root", root)
         else:
-            raise ReIDError(f"load_datasets: spec {spec!r} must be a name or a "
-                            f"{{name, root, **options}} dict")
+            raise ReIDError(f"load_datasets: spec {spec!r} must be a name or a {{name, root, **options}} dict")
         if part_root is None:
-            raise ReIDError(f"load_datasets: no root for dataset {name!r}; give 'root' in its "
-                            f"spec or as the default root")
+            raise ReIDError(
+                f"load_datasets: no root for dataset {name!r}; give 'root' in its spec or as the default root"
+            )
         parts.append(load_dataset(name, part_root, **options))
     names = [p.name for p in parts]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         # Identities are namespaced by dataset name, so two parts sharing one would merge people.
-        raise ReIDError(f"load_datasets: dataset name(s) {', '.join(dupes)} appear twice; "
-                        f"give each folder/csv part its own 'dataset_name' option")
+        raise ReIDError(
+            f"load_datasets: dataset name(s) {', '.join(dupes)} appear twice; "
+            f"give each folder/csv part its own 'dataset_name' option"
+        )
     train = [r for part in parts for r in part.train]
     return JointDataset("+".join(names), train, parts)
-

@@ -1,12 +1,11 @@
 """Records and datasets: the typed results every loader returns, and training labels."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-
-
 
 
 SPLITS = ("train", "query", "gallery")
@@ -114,12 +113,9 @@ def _format_table(title: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join([title, fmt(cols), sep, *(fmt(line) for line in cells)])
 
 
-
-
 def train_labels(records: Sequence[Record]) -> tuple[np.ndarray, dict[tuple[str, int], int]]:
     """Training labels 0..N-1 per (dataset, pid), in sorted key order, and the key -> label map."""
     keys = sorted({(r.dataset, r.pid) for r in records})
     mapping = {key: i for i, key in enumerate(keys)}
-    labels = np.fromiter((mapping[(r.dataset, r.pid)] for r in records), dtype=np.int64,
-                         count=len(records))
+    labels = np.fromiter((mapping[(r.dataset, r.pid)] for r in records), dtype=np.int64, count=len(records))
     return labels, mapping

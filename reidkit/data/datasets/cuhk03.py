@@ -1,4 +1,5 @@
 """CUHK03 in the new protocol (CUHK03-NP), labeled or detected boxes."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,7 @@ from reidkit.data.datasets.market1501 import MARKET_SPLITS
 
 # ----------------------------------------------------------------------------- CUHK03-NP
 
-CUHK03_LAYOUT = ("<root>/cuhk03-np/{labeled,detected}/{bounding_box_train,query,bounding_box_test}"
-                 "/0001_c1_1.png")
+CUHK03_LAYOUT = "<root>/cuhk03-np/{labeled,detected}/{bounding_box_train,query,bounding_box_test}/0001_c1_1.png"
 # Lenient on purpose: the first integer is the pid, the first c<digits> the camera.
 _cuhk03_name = regex_parser(r"^(-?\d+)_.*?c(\d+)")
 
@@ -31,10 +31,12 @@ def load_cuhk03(root: str | os.PathLike[str], *, split: str = "labeled") -> ReID
     candidates = [f"cuhk03-np/{split}", f"cuhk03_np/{split}", f"CUHK03-NP/{split}", split]
     base = locate(top, candidates, list(MARKET_SPLITS.values()), dataset, CUHK03_LAYOUT)
     if top == base and top.name.lower() in ("labeled", "detected") and top.name.lower() != split:
-        raise ReIDError(f"{dataset}: root {top} is the {top.name} set but split={split!r} was "
-                        f"asked; expected {CUHK03_LAYOUT}")
-    parts = {s: scan_split(base / d, s, dataset, _cuhk03_name, "0001_c1_1.png", CUHK03_LAYOUT, None)
-             for s, d in MARKET_SPLITS.items()}
-    ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base),
-                     meta={"split": split})
+        raise ReIDError(
+            f"{dataset}: root {top} is the {top.name} set but split={split!r} was asked; expected {CUHK03_LAYOUT}"
+        )
+    parts = {
+        s: scan_split(base / d, s, dataset, _cuhk03_name, "0001_c1_1.png", CUHK03_LAYOUT, None)
+        for s, d in MARKET_SPLITS.items()
+    }
+    ds = ReIDDataset(dataset, parts["train"], parts["query"], parts["gallery"], str(base), meta={"split": split})
     return check_splits(ds, CUHK03_LAYOUT)

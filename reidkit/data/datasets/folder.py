@@ -1,4 +1,5 @@
 """Your own crops: one folder per identity, cameras by regex, a seeded identity-disjoint split."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,7 @@ def _identity_images(split_dir: Path, dataset: str) -> dict[str, list[str]]:
             continue
         if entry.is_file():
             if is_image(entry.name):
-                raise ReIDError(f"{dataset}: image {entry.path} lies directly in {split_dir}; "
-                                f"expected {FOLDER_LAYOUT}")
+                raise ReIDError(f"{dataset}: image {entry.path} lies directly in {split_dir}; expected {FOLDER_LAYOUT}")
             continue
         # The one lister: symlinked folders once, loops / broken links / non-UTF-8 names skipped and logged.
         images = [p.relative_to(entry.path).as_posix() for p in list_images(entry.path)]
@@ -40,8 +40,9 @@ def _identity_images(split_dir: Path, dataset: str) -> dict[str, list[str]]:
     return out
 
 
-def _folder_split(images: dict[str, list[tuple[str, int]]], split_test: float, seed: int,
-                  has_cameras: bool) -> tuple[set[str], dict[str, tuple[list[int], list[int]]]]:
+def _folder_split(
+    images: dict[str, list[tuple[str, int]]], split_test: float, seed: int, has_cameras: bool
+) -> tuple[set[str], dict[str, tuple[list[int], list[int]]]]:
     """Choose test identities and, inside each, query / gallery image indices."""
     names = sorted(images)
     rng = np.random.default_rng(seed)
@@ -71,9 +72,14 @@ def _folder_split(images: dict[str, list[tuple[str, int]]], split_test: float, s
     return set(test), chosen
 
 
-def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
-                split_test: float = 0.5, seed: int = 0,
-                dataset_name: str = "folder") -> ReIDDataset:
+def load_folder(
+    root: str | os.PathLike[str],
+    *,
+    cam_regex: str | None = None,
+    split_test: float = 0.5,
+    seed: int = 0,
+    dataset_name: str = "folder",
+) -> ReIDDataset:
     """A user's own crops: ``ROOT/<identity>/<image>`` or ``ROOT/{train,query,gallery}/<identity>/<image>``.
 
     Identities are folder names (the same name in two splits is the same person); pids are
@@ -101,16 +107,17 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
         try:
             rx = re.compile(cam_regex)
         except re.error as exc:
-            raise ReIDError(f"{dataset}: option cam_regex={cam_regex!r} is not a valid regex "
-                            f"({exc})") from None
+            raise ReIDError(f"{dataset}: option cam_regex={cam_regex!r} is not a valid regex ({exc})") from None
         if rx.groups != 1:
-            raise ReIDError(f"{dataset}: option cam_regex={cam_regex!r} must have exactly one group "
-                            f"(the camera), e.g. r'c(\\d+)'")
+            raise ReIDError(
+                f"{dataset}: option cam_regex={cam_regex!r} must have exactly one group (the camera), e.g. r'c(\\d+)'"
+            )
     try:
         split_test, seed = float(split_test), int(seed)
     except (TypeError, ValueError):
-        raise ReIDError(f"{dataset}: options split_test={split_test!r} and seed={seed!r} must be "
-                        f"a number in [0, 1) and an integer") from None
+        raise ReIDError(
+            f"{dataset}: options split_test={split_test!r} and seed={seed!r} must be a number in [0, 1) and an integer"
+        ) from None
     if not 0 <= split_test < 1:
         raise ReIDError(f"{dataset}: option split_test={split_test!r} must be in [0, 1)")
 
@@ -120,16 +127,17 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
         split_dirs = {"train": top / "train"}
     elif present:
         if "query" not in present or "gallery" not in present or len(present) != len(subdirs):
-            raise ReIDError(f"{dataset}: {top} mixes split folders ({', '.join(present)}) with "
-                            f"others ({', '.join(s for s in subdirs if s not in SPLITS) or 'none'}); "
-                            f"expected {FOLDER_LAYOUT} with both query and gallery")
+            raise ReIDError(
+                f"{dataset}: {top} mixes split folders ({', '.join(present)}) with "
+                f"others ({', '.join(s for s in subdirs if s not in SPLITS) or 'none'}); "
+                f"expected {FOLDER_LAYOUT} with both query and gallery"
+            )
         split_dirs = {s: top / s for s in present}
     else:
         split_dirs = {"train": top}
     per_split = {s: _identity_images(d, dataset) for s, d in split_dirs.items()}
     if not any(per_split.values()):
-        raise ReIDError(f"{dataset}: no images under {top} (found: {listing(top)}); "
-                        f"expected {FOLDER_LAYOUT}")
+        raise ReIDError(f"{dataset}: no images under {top} (found: {listing(top)}); expected {FOLDER_LAYOUT}")
 
     # Cameras are numbered over all splits at once so query and gallery agree.
     raw_cams: dict[tuple[str, str, str], str] = {}
@@ -139,8 +147,9 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
                 for rel in rels:
                     m = rx.search(rel)
                     if m is None or m.group(1) is None:
-                        raise ReIDError(f"{dataset}: cam_regex {cam_regex!r} does not match "
-                                        f"{split_dirs[split] / ident / rel}")
+                        raise ReIDError(
+                            f"{dataset}: cam_regex {cam_regex!r} does not match {split_dirs[split] / ident / rel}"
+                        )
                     raw_cams[(split, ident, rel)] = m.group(1)
         values = set(raw_cams.values())
         numeric = all(v.isdigit() for v in values)
@@ -166,8 +175,10 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
     meta: dict[str, Any] = {"identities": identities, "has_cameras": rx is not None}
     if set(split_dirs) == {"train"} and split_test > 0:
         if len(identities) < 2:
-            raise ReIDError(f"{dataset}: split_test={split_test} needs at least 2 identities "
-                            f"under {split_dirs['train']}, found {len(identities)}")
+            raise ReIDError(
+                f"{dataset}: split_test={split_test} needs at least 2 identities "
+                f"under {split_dirs['train']}, found {len(identities)}"
+            )
         images = {ident: items_of[("train", ident)] for ident in identities}
         test, chosen = _folder_split(images, float(split_test), int(seed), rx is not None)
         for ident in identities:
@@ -178,23 +189,22 @@ def load_folder(root: str | os.PathLike[str], *, cam_regex: str | None = None,
             q_idx, g_idx = chosen[ident]
             out["query"] += [Record(items[i][0], pid_of[ident], items[i][1], dataset) for i in q_idx]
             out["gallery"] += [Record(items[i][0], pid_of[ident], items[i][1], dataset) for i in g_idx]
-        meta["split_test"] = {"fraction": float(split_test), "seed": int(seed),
-                              "test_identities": sorted(test)}
+        meta["split_test"] = {"fraction": float(split_test), "seed": int(seed), "test_identities": sorted(test)}
     else:
         for (split, ident), items in items_of.items():
             out[split] += [Record(p, pid_of[ident], c, dataset) for p, c in items]
     ds = ReIDDataset(dataset, out["train"], out["query"], out["gallery"], str(top), meta=meta)
     train_only = set(split_dirs) == {"train"} and split_test == 0
     if set(split_dirs) == {"train"} and split_test > 0 and not ds.query:
-        raise ReIDError(f"{dataset}: empty query set after split_test={split_test} under {top}: "
-                        f"no test identity has images in two cameras (or, without cameras, "
-                        f"two images) to give a query with a true match")
+        raise ReIDError(
+            f"{dataset}: empty query set after split_test={split_test} under {top}: "
+            f"no test identity has images in two cameras (or, without cameras, "
+            f"two images) to give a query with a true match"
+        )
     if "query" in split_dirs and not ds.query:
-        raise ReIDError(f"{dataset}: empty query set: no images under {top / 'query'}; "
-                        f"expected {FOLDER_LAYOUT}")
+        raise ReIDError(f"{dataset}: empty query set: no images under {top / 'query'}; expected {FOLDER_LAYOUT}")
     if "gallery" in split_dirs and not ds.gallery:
-        raise ReIDError(f"{dataset}: empty gallery split: no images under {top / 'gallery'}; "
-                        f"expected {FOLDER_LAYOUT}")
+        raise ReIDError(f"{dataset}: empty gallery split: no images under {top / 'gallery'}; expected {FOLDER_LAYOUT}")
     if train_only and not ds.train:
         raise ReIDError(f"{dataset}: no images under {top}; expected {FOLDER_LAYOUT}")
     return ds

@@ -14,6 +14,7 @@ skip non-images and say what it found instead. A set already in Market-1501's la
 ``reidkit.data.datasets.market1501.load_market_tree(root, "mysite", max_cam=None)``.
 Every helper raises one ReIDError naming the dataset, the path and the layout expected.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,17 @@ from reidkit.errors import ReIDError
 from reidkit.utils.io import IMAGE_EXTENSIONS
 from reidkit.data.datasets.core import Record, ReIDDataset
 
-__all__ = ["NameParser", "check_choice", "check_splits", "is_image", "listing", "locate", "regex_parser", "root_dir",
-           "scan_split"]
+__all__ = [
+    "NameParser",
+    "check_choice",
+    "check_splits",
+    "is_image",
+    "listing",
+    "locate",
+    "regex_parser",
+    "root_dir",
+    "scan_split",
+]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -67,15 +77,13 @@ def listing(path: Path, limit: int = 6) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def locate(root: Path, candidates: Sequence[str], required: Sequence[str], dataset: str,
-            layout: str) -> Path:
+def locate(root: Path, candidates: Sequence[str], required: Sequence[str], dataset: str, layout: str) -> Path:
     """The first of ``root/<candidate>`` or ``root`` itself that holds every ``required`` entry.
 
     A partial tree raises an error naming what is missing; nothing matching, one listing the root.
     """
     if not root.is_dir():
-        raise ReIDError(f"{dataset}: dataset root {root} is not a folder (extract archives "
-                        f"first); expected {layout}")
+        raise ReIDError(f"{dataset}: dataset root {root} is not a folder (extract archives first); expected {layout}")
     bases = [*(root / c for c in candidates), root]
     for base in bases:
         if all((base / r).exists() for r in required):
@@ -86,10 +94,7 @@ def locate(root: Path, candidates: Sequence[str], required: Sequence[str], datas
         if base.is_dir() and have:
             missing = ", ".join(r for r in required if r not in have)
             raise ReIDError(f"{dataset}: {base} lacks {missing}; expected {layout}")
-    raise ReIDError(
-        f"{dataset}: no matching layout under {root} (found: {listing(root)}); "
-        f"expected {layout}"
-    )
+    raise ReIDError(f"{dataset}: no matching layout under {root} (found: {listing(root)}); expected {layout}")
 
 
 NameParser = Callable[[str], "tuple[int, int, int] | None"]
@@ -109,8 +114,16 @@ def regex_parser(pattern: str) -> NameParser:
     return parse
 
 
-def scan_split(directory: Path, split: str, dataset: str, parse: NameParser, example: str,
-                layout: str, max_cam: int | None, force_pid: int | None = None) -> list[Record]:
+def scan_split(
+    directory: Path,
+    split: str,
+    dataset: str,
+    parse: NameParser,
+    example: str,
+    layout: str,
+    max_cam: int | None,
+    force_pid: int | None = None,
+) -> list[Record]:
     """Records of the images directly in ``directory`` (one split), parsed by ``parse``.
 
     Junk (pid -1) is dropped, distractors (pid 0) are kept only in the gallery; cameras outside
@@ -124,10 +137,7 @@ def scan_split(directory: Path, split: str, dataset: str, parse: NameParser, exa
         parsed = parse(name)
         path = str(directory / name)
         if parsed is None:
-            raise ReIDError(
-                f"{dataset}: cannot parse image name {path}: expected names like {example} "
-                f"in {layout}"
-            )
+            raise ReIDError(f"{dataset}: cannot parse image name {path}: expected names like {example} in {layout}")
         pid, cam, frame = parsed
         if cam < 1 or (max_cam is not None and cam > max_cam):
             limit = f"1..{max_cam}" if max_cam is not None else ">= 1"

@@ -1,4 +1,5 @@
 """A CSV manifest of (path, pid, camid, split) rows."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,10 @@ from reidkit.data.datasets.layout import check_splits, root_dir
 
 # ----------------------------------------------------------------------------- CSV
 
-CSV_LAYOUT = ("a CSV file with header path,pid,camid,split (split: train, query or gallery; "
-              "relative paths resolved against the CSV's folder; camid 0-based or empty)")
+CSV_LAYOUT = (
+    "a CSV file with header path,pid,camid,split (split: train, query or gallery; "
+    "relative paths resolved against the CSV's folder; camid 0-based or empty)"
+)
 
 
 def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReIDDataset:
@@ -37,8 +40,10 @@ def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReID
         header = [h.strip() for h in (reader.fieldnames or [])]
         absent = [c for c in ("path", "pid", "camid", "split") if c not in header]
         if absent:
-            raise ReIDError(f"{dataset}: {path} lacks column(s) {', '.join(absent)} "
-                            f"(header: {','.join(header) or 'none'}); expected {CSV_LAYOUT}")
+            raise ReIDError(
+                f"{dataset}: {path} lacks column(s) {', '.join(absent)} "
+                f"(header: {','.join(header) or 'none'}); expected {CSV_LAYOUT}"
+            )
         reader.fieldnames = header
         for lineno, row in enumerate(reader, 2):
             where = f"{path}:{lineno}"
@@ -47,21 +52,26 @@ def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReID
                 continue
             split = values["split"].lower()
             if split not in SPLITS:
-                raise ReIDError(f"{dataset}: split {values['split']!r} at {where}; expected one "
-                                f"of train, query, gallery")
+                raise ReIDError(
+                    f"{dataset}: split {values['split']!r} at {where}; expected one of train, query, gallery"
+                )
             try:
                 pid = int(values["pid"])
                 camid = int(values["camid"]) if values["camid"] else None
             except ValueError:
-                raise ReIDError(f"{dataset}: pid/camid must be integers at {where} "
-                                f"(got pid={values['pid']!r}, camid={values['camid']!r})") from None
+                raise ReIDError(
+                    f"{dataset}: pid/camid must be integers at {where} "
+                    f"(got pid={values['pid']!r}, camid={values['camid']!r})"
+                ) from None
             if camid is not None and camid < 0:
                 raise ReIDError(f"{dataset}: camid {camid} at {where} must be >= 0 (0-based)")
             if pid == -1:
                 continue
             if pid < 0 or (pid == 0 and split != "gallery"):
-                raise ReIDError(f"{dataset}: pid {pid} at {where} is not allowed in {split}: "
-                                f"pids are >= 1, 0 marks a gallery-only distractor, -1 junk")
+                raise ReIDError(
+                    f"{dataset}: pid {pid} at {where} is not allowed in {split}: "
+                    f"pids are >= 1, 0 marks a gallery-only distractor, -1 junk"
+                )
             if not values["path"]:
                 raise ReIDError(f"{dataset}: empty path at {where}")
             img = Path(os.path.expanduser(values["path"]))
@@ -72,8 +82,7 @@ def load_csv(root: str | os.PathLike[str], *, dataset_name: str = "csv") -> ReID
                 continue
             rows.append((img_path, pid, camid, split, lineno))
     if missing:
-        raise ReIDError(f"{dataset}: {len(missing)} images listed in {path} do not exist, first "
-                        f"{missing[0]}")
+        raise ReIDError(f"{dataset}: {len(missing)} images listed in {path} do not exist, first {missing[0]}")
     # Rows without a camera each get a fresh id above every given one.
     next_cam = max((c for _, _, c, _, _ in rows if c is not None), default=-1) + 1
     out: dict[str, list[Record]] = {s: [] for s in SPLITS}

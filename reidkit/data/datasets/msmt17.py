@@ -1,4 +1,5 @@
 """MSMT17 (V1, V2): image lists per split; pids = list id + 1; optional train+val."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,10 @@ _MSMT_DIRS = {"v1": ("MSMT17_V1", "train", "test"), "v2": ("MSMT17_V2", "mask_tr
 
 def _msmt_layout(version: str) -> str:
     main, train, test = _MSMT_DIRS[version]
-    return (f"<root>/{main}/{{{train},{test}}}/0000/0000_000_01_0303morning_0015_0.jpg with "
-            f"{', '.join(_MSMT_LISTS)} in <root>/{main}/ (lines 'relative/path pid')")
+    return (
+        f"<root>/{main}/{{{train},{test}}}/0000/0000_000_01_0303morning_0015_0.jpg with "
+        f"{', '.join(_MSMT_LISTS)} in <root>/{main}/ (lines 'relative/path pid')"
+    )
 
 
 def _msmt_list(list_path: Path, image_dir: Path, layout: str) -> list[Record]:
@@ -33,17 +36,18 @@ def _msmt_list(list_path: Path, image_dir: Path, layout: str) -> list[Record]:
                 continue
             where = f"{list_path}:{lineno}"
             if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ReIDError(f"msmt17: malformed line {where}: {line.strip()!r}; "
-                                f"expected 'relative/path pid'")
+                raise ReIDError(f"msmt17: malformed line {where}: {line.strip()!r}; expected 'relative/path pid'")
             rel = fields[0].replace("\\", "/")
             # Some copies of the lists carry the image folder's name as a prefix.
             if rel.startswith(prefix):
-                rel = rel[len(prefix):]
+                rel = rel[len(prefix) :]
             parts = os.path.basename(rel).split("_")
             if len(parts) < 3 or not parts[2].isdigit():
-                raise ReIDError(f"msmt17: cannot read the camera from {rel} ({where}); expected "
-                                f"names like 0000/0000_000_01_0303morning_0015_0.jpg "
-                                f"(third field: camera 1-15)")
+                raise ReIDError(
+                    f"msmt17: cannot read the camera from {rel} ({where}); expected "
+                    f"names like 0000/0000_000_01_0303morning_0015_0.jpg "
+                    f"(third field: camera 1-15)"
+                )
             cam = int(parts[2])
             if not 1 <= cam <= 15:
                 raise ReIDError(f"msmt17: camera {cam} out of range 1..15 in {rel} ({where})")
@@ -55,13 +59,13 @@ def _msmt_list(list_path: Path, image_dir: Path, layout: str) -> list[Record]:
             # meaning (distractor), which MSMT17 does not have.
             records.append(Record(str(path), int(fields[1]) + 1, cam - 1, "msmt17"))
     if missing:
-        raise ReIDError(f"msmt17: {len(missing)} images listed in {list_path} are missing, "
-                        f"first {missing[0]}; expected {layout}")
+        raise ReIDError(
+            f"msmt17: {len(missing)} images listed in {list_path} are missing, first {missing[0]}; expected {layout}"
+        )
     return records
 
 
-def load_msmt17(root: str | os.PathLike[str], *, version: str = "v2",
-                combine_val: bool = True) -> ReIDDataset:
+def load_msmt17(root: str | os.PathLike[str], *, version: str = "v2", combine_val: bool = True) -> ReIDDataset:
     """MSMT17 from its list files; ``version`` "v1" or "v2" (default) are different sets.
 
     V2 blurs faces and renames the folders: V1 is ``<root>/MSMT17_V1/{train,test}``, V2 is
@@ -90,6 +94,7 @@ def load_msmt17(root: str | os.PathLike[str], *, version: str = "v2",
     if combine_val:
         # Val images are disjoint from train ones but share its identity numbering.
         train = train + val
-    ds = ReIDDataset("msmt17", train, query, gallery, str(base),
-                     meta={"version": version, "val": [] if combine_val else val})
+    ds = ReIDDataset(
+        "msmt17", train, query, gallery, str(base), meta={"version": version, "val": [] if combine_val else val}
+    )
     return check_splits(ds, layout)

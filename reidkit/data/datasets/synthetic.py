@@ -1,4 +1,5 @@
 """The procedural synthetic set (reidkit.data.synthetic), generated once and then loaded as it is."""
+
 from __future__ import annotations
 
 import os
@@ -22,14 +23,26 @@ class _DefaultStr(str):
     """A str default that can be told apart from the same value given explicitly (by identity)."""
 
 
-_SYN_DEFAULTS = {"ids": _DefaultInt(100), "images_per_id": _DefaultInt(16), "cams": _DefaultInt(6),
-                 "seed": _DefaultInt(0), "domain": _DefaultStr("A"), "size": _DefaultStr("128x64")}
+_SYN_DEFAULTS = {
+    "ids": _DefaultInt(100),
+    "images_per_id": _DefaultInt(16),
+    "cams": _DefaultInt(6),
+    "seed": _DefaultInt(0),
+    "domain": _DefaultStr("A"),
+    "size": _DefaultStr("128x64"),
+}
 
 
-def load_synthetic(root: str | os.PathLike[str], *, ids: int = _SYN_DEFAULTS["ids"],
-                   images_per_id: int = _SYN_DEFAULTS["images_per_id"], cams: int = _SYN_DEFAULTS["cams"],
-                   seed: int = _SYN_DEFAULTS["seed"], domain: str = _SYN_DEFAULTS["domain"],
-                   size: str | Sequence[int] = _SYN_DEFAULTS["size"]) -> ReIDDataset:
+def load_synthetic(
+    root: str | os.PathLike[str],
+    *,
+    ids: int = _SYN_DEFAULTS["ids"],
+    images_per_id: int = _SYN_DEFAULTS["images_per_id"],
+    cams: int = _SYN_DEFAULTS["cams"],
+    seed: int = _SYN_DEFAULTS["seed"],
+    domain: str = _SYN_DEFAULTS["domain"],
+    size: str | Sequence[int] = _SYN_DEFAULTS["size"],
+) -> ReIDDataset:
     """Procedural persons in Market-1501 format under ``root``: generated, or the existing set loaded.
 
     ``size`` is the crop size written to disk, as ``"HxW"`` or ``[H, W]`` (Market's own is 128x64).
@@ -42,15 +55,16 @@ def load_synthetic(root: str | os.PathLike[str], *, ids: int = _SYN_DEFAULTS["id
     if root is None or str(root) == "":
         raise ReIDError(f"synthetic: no root given; expected a folder to write {MARKET_LAYOUT} into")
     top = Path(os.path.abspath(os.path.expanduser(str(root))))
-    requested = {"ids": ids, "images_per_id": images_per_id, "cams": cams, "seed": seed, "domain": domain,
-                 "size": size}
+    requested = {"ids": ids, "images_per_id": images_per_id, "cams": cams, "seed": seed, "domain": domain, "size": size}
     given = {k: v for k, v in requested.items() if v is not _SYN_DEFAULTS[k]}
     try:
         from reidkit.data import synthetic
     except ImportError as exc:
         if not (top / MARKET_DIR).is_dir():
-            raise ReIDError(f"synthetic: the generator reidkit.data.synthetic is not available "
-                            f"({exc}); cannot create {top / MARKET_DIR}") from None
+            raise ReIDError(
+                f"synthetic: the generator reidkit.data.synthetic is not available "
+                f"({exc}); cannot create {top / MARKET_DIR}"
+            ) from None
         return load_market_tree(top, "synthetic", None)
     marker = synthetic.read_marker(top / MARKET_DIR)
     params = (marker or {}).get("params") if isinstance(marker, dict) else None
@@ -66,8 +80,15 @@ def load_synthetic(root: str | os.PathLike[str], *, ids: int = _SYN_DEFAULTS["id
                 f"`reidkit synth {top} --regenerate` and the new options"
             )
         return load_market_tree(top, "synthetic", None)
-    synthetic.generate(top, ids=int(ids), images_per_id=int(images_per_id), cams=int(cams), seed=int(seed),
-                       domain=str(domain), size=_parse_size(size))
+    synthetic.generate(
+        top,
+        ids=int(ids),
+        images_per_id=int(images_per_id),
+        cams=int(cams),
+        seed=int(seed),
+        domain=str(domain),
+        size=_parse_size(size),
+    )
     return load_market_tree(top, "synthetic", None)
 
 

@@ -24,6 +24,7 @@ generator of your own (``reidkit.data.scene`` is one) composes them::
     draw_person(img, idt, "front", phase, cx, feet, height, light)
     img = photometric(img, camera_style(seed, dom, cam), keyed_rng(seed, dom, MY_TAG, cam, frame))
 """
+
 from __future__ import annotations
 
 import json
@@ -42,20 +43,20 @@ from reidkit.errors import ReIDError
 
 # The public parts: data/scene.py and your own generators use these.
 from reidkit.data.synthetic.identity import (
-    DOMAINS,            # domain letter -> domain index (the camera-style family)
+    DOMAINS,  # domain letter -> domain index (the camera-style family)
     GENERATOR_VERSION,
-    GROUP_SIZE,         # identities per hard-negative group (keys 1..3, 4..6, ... share clothing colours)
+    GROUP_SIZE,  # identities per hard-negative group (keys 1..3, 4..6, ... share clothing colours)
     MARKER_NAME,
     MARKET_DIR,
     SPLITS,
-    colour,             # an RGB array -> a PIL colour tuple, clipped to 0..255
-    keyed_rng,          # (*int keys) -> a numpy Generator for exactly those keys
-    sample_identity,    # (seed, domain index, key) -> the attributes of one person
+    colour,  # an RGB array -> a PIL colour tuple, clipped to 0..255
+    keyed_rng,  # (*int keys) -> a numpy Generator for exactly those keys
+    sample_identity,  # (seed, domain index, key) -> the attributes of one person
 )
 from reidkit.data.synthetic.camera import (
     camera_background,  # (seed, domain index, camera, h, w) -> that camera's background strip
-    camera_style,       # (seed, domain index, camera) -> that camera's style
-    photometric,        # (image, camera style, rng) -> the image as that camera sees it
+    camera_style,  # (seed, domain index, camera) -> that camera's style
+    photometric,  # (image, camera style, rng) -> the image as that camera sees it
 )
 from reidkit.data.synthetic.painter import draw_person  # draw an identity into an image (view, phase, position)
 from reidkit.data.synthetic.render import Job, render_crop  # one crop: (job, seed, domain index, size) -> image
@@ -63,15 +64,32 @@ from reidkit.data.synthetic.identity import _DISTRACTOR_KEY, _JUNK_KEY, _T_PLAN
 from reidkit.data.synthetic.render import _render_chunk
 
 __all__ = [
-    "DOMAINS", "GENERATOR_VERSION", "GROUP_SIZE", "MARKER_NAME", "MARKET_DIR", "SPLITS", "GenerationReport", "Job",
-    "camera_background", "camera_style", "colour", "draw_person", "generate", "generate_report", "keyed_rng",
-    "photometric", "read_marker", "render_crop", "sample_identity",
+    "DOMAINS",
+    "GENERATOR_VERSION",
+    "GROUP_SIZE",
+    "MARKER_NAME",
+    "MARKET_DIR",
+    "SPLITS",
+    "GenerationReport",
+    "Job",
+    "camera_background",
+    "camera_style",
+    "colour",
+    "draw_person",
+    "generate",
+    "generate_report",
+    "keyed_rng",
+    "photometric",
+    "read_marker",
+    "render_crop",
+    "sample_identity",
 ]
 
 
 # ----------------------------------------------------------------------------- the plan
-def _plan(ids: int, images_per_id: int, cams: int, seed: int, dom: int, distractors: int,
-          junk: int) -> tuple[list[Job], dict]:
+def _plan(
+    ids: int, images_per_id: int, cams: int, seed: int, dom: int, distractors: int, junk: int
+) -> tuple[list[Job], dict]:
     """Decide every file (name, split, identity, camera) up front, in the parent process."""
     r = keyed_rng(seed, dom, _T_PLAN)
     pids = np.arange(1, ids + 1)
@@ -149,12 +167,22 @@ class GenerationReport:
     marker: dict = field(default_factory=dict)
 
 
-def _check(ids: int, images_per_id: int, cams: int, seed: int, domain: str, size: Any,
-           distractors: int | None, junk: int | None) -> tuple[tuple[int, int], int, int]:
+def _check(
+    ids: int,
+    images_per_id: int,
+    cams: int,
+    seed: int,
+    domain: str,
+    size: Any,
+    distractors: int | None,
+    junk: int | None,
+) -> tuple[tuple[int, int], int, int]:
     if not isinstance(ids, (int, np.integer)) or ids < 2:
         raise ReIDError(f"synthetic: ids must be an integer >= 2 (half train, half test), got {ids!r}")
     if not isinstance(cams, (int, np.integer)) or cams < 2:
-        raise ReIDError(f"synthetic: cams must be an integer >= 2 (queries need a match in another camera), got {cams!r}")
+        raise ReIDError(
+            f"synthetic: cams must be an integer >= 2 (queries need a match in another camera), got {cams!r}"
+        )
     if not isinstance(images_per_id, (int, np.integer)) or images_per_id < 3:
         raise ReIDError(f"synthetic: images_per_id must be an integer >= 3, got {images_per_id!r}")
     if cams > 9:
@@ -187,17 +215,36 @@ def read_marker(root: str | os.PathLike) -> dict | None:
         return None
 
 
-def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int = 16, cams: int = 6, seed: int = 0,
-                    domain: str = "A", size: tuple[int, int] = (128, 64), workers: int | None = None,
-                    distractors: int | None = None, junk: int | None = None, force: bool = False) -> GenerationReport:
+def generate_report(
+    out: str | os.PathLike,
+    ids: int = 100,
+    images_per_id: int = 16,
+    cams: int = 6,
+    seed: int = 0,
+    domain: str = "A",
+    size: tuple[int, int] = (128, 64),
+    workers: int | None = None,
+    distractors: int | None = None,
+    junk: int | None = None,
+    force: bool = False,
+) -> GenerationReport:
     """Generate (or reuse) a synthetic Market-1501 tree and report counts and speed.
 
     A tree already at ``out`` with the same parameters is reused; one with other parameters raises
     ReIDError naming both unless ``force`` (then it is replaced).
     """
     (h, w), nd, nj = _check(ids, images_per_id, cams, seed, domain, size, distractors, junk)
-    params = {"ids": int(ids), "images_per_id": int(images_per_id), "cams": int(cams), "seed": int(seed),
-              "domain": domain, "size": [h, w], "distractors": nd, "junk": nj, "version": GENERATOR_VERSION}
+    params = {
+        "ids": int(ids),
+        "images_per_id": int(images_per_id),
+        "cams": int(cams),
+        "seed": int(seed),
+        "domain": domain,
+        "size": [h, w],
+        "distractors": nd,
+        "junk": nj,
+        "version": GENERATOR_VERSION,
+    }
     out = Path(out)
     root = out / MARKET_DIR
     if out.exists() and not out.is_dir():
@@ -206,7 +253,9 @@ def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int =
     if root.exists():
         if marker is None or marker.get("generator") != "reidkit.synthetic":
             if any(root.iterdir()):
-                raise ReIDError(f"synthetic: {root} exists and is not a reidkit synthetic set; choose another output folder")
+                raise ReIDError(
+                    f"synthetic: {root} exists and is not a reidkit synthetic set; choose another output folder"
+                )
         elif marker.get("params") == params and not force:
             return GenerationReport(root, marker["counts"], params, True, marker=marker)
         elif not force:
@@ -235,7 +284,7 @@ def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int =
         raise ReIDError(f"synthetic: cannot write into {out}: {exc.strerror or exc}") from None
     t0 = time.perf_counter()
     chunk = max(1, min(32, math.ceil(len(jobs) / (4 * n_workers))))  # small sets still spread over workers
-    tasks = [(jobs[i:i + chunk], int(seed), dom, (h, w), str(tmp)) for i in range(0, len(jobs), chunk)]
+    tasks = [(jobs[i : i + chunk], int(seed), dom, (h, w), str(tmp)) for i in range(0, len(jobs), chunk)]
     if n_workers == 1 or len(tasks) == 1:
         for t in tasks:
             _render_chunk(t)
@@ -248,8 +297,15 @@ def generate_report(out: str | os.PathLike, ids: int = 100, images_per_id: int =
                 pass
     seconds = time.perf_counter() - t0
     ips = len(jobs) / max(seconds, 1e-9)
-    marker = {"generator": "reidkit.synthetic", "format": "market1501", "params": params, "counts": counts,
-              "seconds": round(seconds, 3), "images_per_s": round(ips, 1), "workers": n_workers}
+    marker = {
+        "generator": "reidkit.synthetic",
+        "format": "market1501",
+        "params": params,
+        "counts": counts,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(ips, 1),
+        "workers": n_workers,
+    }
     (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True))
     current = read_marker(root)
     if current is not None and current.get("params") == params:  # another process finished first
@@ -278,9 +334,30 @@ def _remove_stale_partials(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def generate(out: str | os.PathLike, ids: int = 100, images_per_id: int = 16, cams: int = 6, seed: int = 0,
-             domain: str = "A", size: tuple[int, int] = (128, 64), workers: int | None = None,
-             distractors: int | None = None, junk: int | None = None, force: bool = False) -> Path:
+def generate(
+    out: str | os.PathLike,
+    ids: int = 100,
+    images_per_id: int = 16,
+    cams: int = 6,
+    seed: int = 0,
+    domain: str = "A",
+    size: tuple[int, int] = (128, 64),
+    workers: int | None = None,
+    distractors: int | None = None,
+    junk: int | None = None,
+    force: bool = False,
+) -> Path:
     """Write a synthetic Market-1501 tree under `out`; returns `<out>/Market-1501-v15.09.15`."""
-    return generate_report(out, ids=ids, images_per_id=images_per_id, cams=cams, seed=seed, domain=domain,
-                           size=size, workers=workers, distractors=distractors, junk=junk, force=force).root
+    return generate_report(
+        out,
+        ids=ids,
+        images_per_id=images_per_id,
+        cams=cams,
+        seed=seed,
+        domain=domain,
+        size=size,
+        workers=workers,
+        distractors=distractors,
+        junk=junk,
+        force=force,
+    ).root

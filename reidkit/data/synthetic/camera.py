@@ -1,4 +1,5 @@
 """Camera style: per-camera colour cast, exposure, blur, noise, JPEG quality, backgrounds and the photometric pipeline."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from reidkit.data.synthetic.identity import (  # noqa: F401
-    _CLOTH, _T_CAMERA, colour, keyed_rng,
+    _CLOTH,
+    _T_CAMERA,
+    colour,
+    keyed_rng,
 )
 
 
@@ -67,10 +71,14 @@ def _make_background(style: str, h: int, w: int, r: np.random.Generator) -> Imag
     hz = int(h * r.uniform(0.5, 0.62))  # where the wall / vegetation meets the ground
     pick = lambda choices: np.array(choices[int(r.integers(len(choices)))], dtype=np.float32)  # noqa: E731
     if style in ("street", "plaza", "mall", "indoor"):
-        wall = pick({"street": [(170, 96, 80), (200, 190, 170), (150, 150, 152), (222, 214, 190)],
-                     "plaza": [(190, 200, 210), (210, 205, 195), (120, 130, 140)],
-                     "mall": [(230, 225, 215), (60, 60, 70), (200, 170, 130)],
-                     "indoor": [(215, 220, 210), (180, 200, 210), (225, 210, 180), (120, 150, 130)]}[style])
+        wall = pick(
+            {
+                "street": [(170, 96, 80), (200, 190, 170), (150, 150, 152), (222, 214, 190)],
+                "plaza": [(190, 200, 210), (210, 205, 195), (120, 130, 140)],
+                "mall": [(230, 225, 215), (60, 60, 70), (200, 170, 130)],
+                "indoor": [(215, 220, 210), (180, 200, 210), (225, 210, 180), (120, 150, 130)],
+            }[style]
+        )
         d.rectangle((0, 0, w, hz), fill=colour(wall))
         if style == "street":  # brick courses and windows
             step = int(r.integers(6, 10))
@@ -80,7 +88,9 @@ def _make_background(style: str, h: int, w: int, r: np.random.Generator) -> Imag
             while x < w:
                 ww, wh = int(r.integers(30, 60)), int(r.integers(30, 70))
                 y0 = int(r.integers(5, max(6, hz - wh - 5)))
-                d.rectangle((x, y0, x + ww, y0 + wh), fill=colour(r.uniform(40, 90, 3)), outline=colour(wall * 0.6), width=3)
+                d.rectangle(
+                    (x, y0, x + ww, y0 + wh), fill=colour(r.uniform(40, 90, 3)), outline=colour(wall * 0.6), width=3
+                )
                 x += ww + int(r.integers(25, 90))
         elif style == "plaza":  # distant buildings and sky
             d.rectangle((0, 0, w, hz // 3), fill=colour((180, 200, 225)))
@@ -95,8 +105,12 @@ def _make_background(style: str, h: int, w: int, r: np.random.Generator) -> Imag
             while x < w:
                 pw, ph = int(r.integers(30, 110)), int(r.integers(hz // 3, hz))
                 poster = _CLOTH[r.integers(len(_CLOTH))] if r.random() < 0.6 else np.array((150, 180, 200))
-                d.rectangle((x, hz - ph, x + pw, hz - 4), fill=colour(poster * r.uniform(0.7, 1.1)),
-                            outline=colour(wall * 0.5), width=2)
+                d.rectangle(
+                    (x, hz - ph, x + pw, hz - 4),
+                    fill=colour(poster * r.uniform(0.7, 1.1)),
+                    outline=colour(wall * 0.5),
+                    width=2,
+                )
                 if style == "mall":
                     d.rectangle((x + 4, hz - ph - 14, x + pw - 4, hz - ph - 4), fill=colour(r.uniform(30, 250, 3)))
                 x += pw + int(r.integers(5, 60))
@@ -120,7 +134,9 @@ def _make_background(style: str, h: int, w: int, r: np.random.Generator) -> Imag
         d.rectangle((0, 0, w, hz), fill=colour(pick([(170, 200, 225), (200, 205, 210), (150, 175, 200)])))
         for _ in range(w // 18):
             cx, cy, rad = r.uniform(0, w), r.uniform(0, hz * 0.9), r.uniform(15, 45)
-            d.ellipse((cx - rad, cy - rad, cx + rad, cy + rad), fill=colour(r.uniform(0.6, 1.2) * np.array((60, 110, 50))))
+            d.ellipse(
+                (cx - rad, cy - rad, cx + rad, cy + rad), fill=colour(r.uniform(0.6, 1.2) * np.array((60, 110, 50)))
+            )
         for x in range(int(r.integers(0, 50)), w, int(r.integers(60, 140))):
             d.rectangle((x, hz * 0.45, x + 6, hz), fill=(80, 60, 40))
         grass = pick([(90, 140, 70), (110, 150, 80), (190, 175, 140)])
@@ -158,7 +174,6 @@ def camera_background(seed: int, dom: int, cam: int, h: int, w: int) -> Image.Im
     return _make_background(cs["bg"], h, w, np.random.default_rng(cs["seed"]))
 
 
-
 def photometric(img: Image.Image, cs: dict, r: np.random.Generator) -> Image.Image:
     """Camera pipeline: resolution drop, blur, exposure, colour cast, gamma, noise."""
     W, H = img.size
@@ -174,4 +189,3 @@ def photometric(img: Image.Image, cs: dict, r: np.random.Generator) -> Image.Ima
     arr = np.power(arr, cs["gamma"]) * (gain * cast)[None, None, :]
     arr = arr * 255.0 + cs["offset"] + r.normal(0, cs["noise"], arr.shape)
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
-

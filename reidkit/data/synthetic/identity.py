@@ -1,11 +1,11 @@
 """Identity sampling: palettes, keyed random streams and the attributes of one person (body, clothes, colours)."""
+
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-
 
 
 MARKET_DIR = "Market-1501-v15.09.15"
@@ -38,20 +38,57 @@ _HAIR_P = np.array([0.34, 0.24, 0.14, 0.1, 0.08, 0.06, 0.04])
 # Street clothing is mostly dark and neutral; bright colours are rarer (as in Market/Duke).
 _CLOTH = np.array(
     [
-        (28, 28, 32), (62, 62, 68), (126, 126, 132), (228, 228, 224), (32, 40, 82), (62, 86, 130),
-        (44, 82, 172), (122, 170, 218), (172, 32, 38), (102, 28, 38), (226, 142, 172), (230, 122, 42),
-        (226, 200, 62), (102, 106, 52), (42, 122, 62), (32, 120, 126), (202, 182, 142), (112, 76, 46),
-        (102, 62, 132), (166, 152, 106),
+        (28, 28, 32),
+        (62, 62, 68),
+        (126, 126, 132),
+        (228, 228, 224),
+        (32, 40, 82),
+        (62, 86, 130),
+        (44, 82, 172),
+        (122, 170, 218),
+        (172, 32, 38),
+        (102, 28, 38),
+        (226, 142, 172),
+        (230, 122, 42),
+        (226, 200, 62),
+        (102, 106, 52),
+        (42, 122, 62),
+        (32, 120, 126),
+        (202, 182, 142),
+        (112, 76, 46),
+        (102, 62, 132),
+        (166, 152, 106),
     ],
     dtype=np.float32,
 )
 _CLOTH_P = np.array(
-    [0.15, 0.08, 0.07, 0.1, 0.08, 0.08, 0.05, 0.04, 0.04, 0.03, 0.03, 0.02, 0.03, 0.03, 0.03, 0.02, 0.05, 0.04,
-     0.02, 0.01]
+    [
+        0.15,
+        0.08,
+        0.07,
+        0.1,
+        0.08,
+        0.08,
+        0.05,
+        0.04,
+        0.04,
+        0.03,
+        0.03,
+        0.02,
+        0.03,
+        0.03,
+        0.03,
+        0.02,
+        0.05,
+        0.04,
+        0.02,
+        0.01,
+    ]
 )
 _CLOTH_P = _CLOTH_P / _CLOTH_P.sum()
-_SHOES = np.array([(24, 24, 26), (236, 236, 232), (96, 64, 40), (120, 120, 124), (180, 40, 40), (40, 70, 160)],
-                  dtype=np.float32)
+_SHOES = np.array(
+    [(24, 24, 26), (236, 236, 232), (96, 64, 40), (120, 120, 124), (180, 40, 40), (40, 70, 160)], dtype=np.float32
+)
 _SHOES_P = np.array([0.38, 0.3, 0.12, 0.1, 0.05, 0.05])
 
 
@@ -98,8 +135,9 @@ def sample_identity(seed: int, dom: int, key: int) -> dict:
         "lower_type": lower_type,
         "upper2": _CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)],
         "inner": _CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)],
-        "upper_tex": str(r.choice(["plain", "hstripes", "vstripes", "checks", "dots"],
-                                  p=[0.44, 0.2, 0.08, 0.16, 0.12])),
+        "upper_tex": str(
+            r.choice(["plain", "hstripes", "vstripes", "checks", "dots"], p=[0.44, 0.2, 0.08, 0.16, 0.12])
+        ),
         "lower_tex": str(r.choice(["plain", "checks", "hstripes"], p=[0.86, 0.09, 0.05])),
         "lower2": _CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)],
         "period": float(r.uniform(0.16, 0.42)),
@@ -117,10 +155,17 @@ def sample_identity(seed: int, dom: int, key: int) -> dict:
         "hat": None,
     }
     if r.random() < 0.3:
-        idt["front_print"] = (str(r.choice(["circle", "rect", "band"])), _CLOTH[r.integers(len(_CLOTH))],
-                              float(r.uniform(0.5, 1.0)))
+        idt["front_print"] = (
+            str(r.choice(["circle", "rect", "band"])),
+            _CLOTH[r.integers(len(_CLOTH))],
+            float(r.uniform(0.5, 1.0)),
+        )
     if r.random() < 0.15:
-        idt["back_print"] = (str(r.choice(["rect", "band"])), _CLOTH[r.integers(len(_CLOTH))], float(r.uniform(0.5, 1.0)))
+        idt["back_print"] = (
+            str(r.choice(["rect", "band"])),
+            _CLOTH[r.integers(len(_CLOTH))],
+            float(r.uniform(0.5, 1.0)),
+        )
     if r.random() < 0.3:
         idt["backpack"] = (_CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)], float(r.uniform(0.85, 1.2)))
     if r.random() < 0.22:
@@ -128,5 +173,3 @@ def sample_identity(seed: int, dom: int, key: int) -> dict:
     if r.random() < 0.14:
         idt["hat"] = (str(r.choice(["cap", "beanie"])), _CLOTH[r.choice(len(_CLOTH), p=_CLOTH_P)])
     return idt
-
-

@@ -7,6 +7,7 @@ the parts back to front with a `Painter`: `draw_behind`, `draw_leg`, `draw_hips`
 called in `draw_person` at its depth. None of them draws random numbers (only the renderer's crowd
 and occluder shapes, `_silhouette` and `_occluder`, take a generator).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,11 +18,28 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidkit.data.synthetic.identity import (  # noqa: F401
-    _CLOTH, _CLOTH_P, _HAIR, _SKIN, colour,
+    _CLOTH,
+    _CLOTH_P,
+    _HAIR,
+    _SKIN,
+    colour,
 )
 
-__all__ = ["Figure", "Painter", "draw_arm", "draw_backpack", "draw_bag", "draw_behind", "draw_hat", "draw_head",
-           "draw_hips", "draw_leg", "draw_person", "draw_torso", "figure"]
+__all__ = [
+    "Figure",
+    "Painter",
+    "draw_arm",
+    "draw_backpack",
+    "draw_bag",
+    "draw_behind",
+    "draw_hat",
+    "draw_head",
+    "draw_hips",
+    "draw_leg",
+    "draw_person",
+    "draw_torso",
+    "figure",
+]
 
 
 class Painter:
@@ -71,8 +89,14 @@ class _Tex:
     y0: int
 
 
-def _pattern(kind: str, c1: np.ndarray, c2: np.ndarray, period: float, region: tuple[int, int, int, int],
-             origin: tuple[float, float]) -> _Tex | np.ndarray:
+def _pattern(
+    kind: str,
+    c1: np.ndarray,
+    c2: np.ndarray,
+    period: float,
+    region: tuple[int, int, int, int],
+    origin: tuple[float, float],
+) -> _Tex | np.ndarray:
     """A garment texture over `region` of the canvas (or the plain colour)."""
     if kind == "plain":
         return c1
@@ -100,15 +124,25 @@ def _quad(p0: tuple, p1: tuple, w0: float, w1: float) -> tuple:
     dx, dy = p1[0] - p0[0], p1[1] - p0[1]
     n = math.hypot(dx, dy) or 1.0
     nx, ny = -dy / n, dx / n
-    return ("poly", [(p0[0] + nx * w0 / 2, p0[1] + ny * w0 / 2), (p1[0] + nx * w1 / 2, p1[1] + ny * w1 / 2),
-                     (p1[0] - nx * w1 / 2, p1[1] - ny * w1 / 2), (p0[0] - nx * w0 / 2, p0[1] - ny * w0 / 2)])
+    return (
+        "poly",
+        [
+            (p0[0] + nx * w0 / 2, p0[1] + ny * w0 / 2),
+            (p1[0] + nx * w1 / 2, p1[1] + ny * w1 / 2),
+            (p1[0] - nx * w1 / 2, p1[1] - ny * w1 / 2),
+            (p0[0] - nx * w0 / 2, p0[1] - ny * w0 / 2),
+        ],
+    )
 
 
 def _limb(p0: tuple, p1: tuple, p2: tuple, w0: float, w1: float, w2: float) -> list:
     """Two tapered segments with rounded joints (thigh+shin or upper arm+forearm)."""
-    return [_quad(p0, p1, w0, w1), _quad(p1, p2, w1, w2),
-            ("ellipse", (p1[0] - w1 / 2, p1[1] - w1 / 2, p1[0] + w1 / 2, p1[1] + w1 / 2)),
-            ("ellipse", (p0[0] - w0 / 2, p0[1] - w0 / 2, p0[0] + w0 / 2, p0[1] + w0 / 2))]
+    return [
+        _quad(p0, p1, w0, w1),
+        _quad(p1, p2, w1, w2),
+        ("ellipse", (p1[0] - w1 / 2, p1[1] - w1 / 2, p1[0] + w1 / 2, p1[1] + w1 / 2)),
+        ("ellipse", (p0[0] - w0 / 2, p0[1] - w0 / 2, p0[0] + w0 / 2, p0[1] + w0 / 2)),
+    ]
 
 
 def _point_on(p0: tuple, p1: tuple, p2: tuple, t: float) -> tuple:
@@ -158,8 +192,9 @@ class Figure:
     head: tuple  # (centre x, centre y, x radius, y radius)
 
 
-def _side_limbs(phase: float, cx: float, u: float, d: float, shoulder_y: float, hip_y: float,
-                ankle_y: float) -> tuple[list, list]:
+def _side_limbs(
+    phase: float, cx: float, u: float, d: float, shoulder_y: float, hip_y: float, ankle_y: float
+) -> tuple[list, list]:
     """Legs and arms seen from the side: near leg then far leg in anti-phase, arms swinging against them."""
     legs, arms = [], []
     for s in (0.0, math.pi):
@@ -181,8 +216,9 @@ def _side_limbs(phase: float, cx: float, u: float, d: float, shoulder_y: float, 
     return legs, arms
 
 
-def _front_limbs(phase: float, cx: float, u: float, ws: float, sw: float, shoulder_y: float, hip_y: float,
-                 ankle_y: float) -> tuple[list, list]:
+def _front_limbs(
+    phase: float, cx: float, u: float, ws: float, sw: float, shoulder_y: float, hip_y: float, ankle_y: float
+) -> tuple[list, list]:
     """Legs and arms seen from the front or back: left then right, one foot lifted by the walking phase."""
     legs, arms = [], []
     lift = 0.16 * u * math.sin(phase)
@@ -200,8 +236,7 @@ def _front_limbs(phase: float, cx: float, u: float, ws: float, sw: float, should
     return legs, arms
 
 
-def figure(size: tuple[int, int], idt: dict, view: str, phase: float, cx: float, feet: float,
-           height: float) -> Figure:
+def figure(size: tuple[int, int], idt: dict, view: str, phase: float, cx: float, feet: float, height: float) -> Figure:
     """The geometry and garment paints of identity ``idt`` standing on ``feet`` at ``cx`` of a canvas of ``size``.
 
     ``view`` is front/back/left/right, ``phase`` the walking phase (radians) and ``height`` the height in
@@ -220,7 +255,12 @@ def figure(size: tuple[int, int], idt: dict, view: str, phase: float, cx: float,
     hw = (0.46 if side else 0.82 * ws) * u
     period = idt["period"] * u * 2
     origin = (cx, top)
-    region = (max(0, int(cx - 2.6 * u)), max(0, int(top)), min(size[0], int(cx + 2.6 * u) + 1), min(size[1], int(feet) + 1))
+    region = (
+        max(0, int(cx - 2.6 * u)),
+        max(0, int(top)),
+        min(size[0], int(cx + 2.6 * u) + 1),
+        min(size[1], int(feet) + 1),
+    )
     upaint = _pattern(idt["upper_tex"], idt["upper"], idt["upper2"], period, region, origin)
     lpaint = _pattern(idt["lower_tex"], idt["lower"], idt["lower2"], period * 1.3, region, origin)
     leg_skin = idt["tights"] if idt["tights"] is not None else idt["skin"]
@@ -230,8 +270,30 @@ def figure(size: tuple[int, int], idt: dict, view: str, phase: float, cx: float,
         legs, arms = _front_limbs(phase, cx, u, ws, sw, shoulder_y, hip_y, ankle_y)
     widths = (0.46 * u * (ws if not side else 1.0), 0.36 * u, 0.26 * u, 0.32 * u, 0.27 * u, 0.2 * u)
     head = (cx + (d * 0.08 * u if side else 0.0), top + 0.62 * u, (0.43 if side else 0.4) * u, 0.52 * u)
-    return Figure(idt, view, side, d, cx, feet, top, height, u, shoulder_y, waist_y, hip_y, sw, ww, hw,
-                  upaint, lpaint, leg_skin, legs, arms, widths, head)
+    return Figure(
+        idt,
+        view,
+        side,
+        d,
+        cx,
+        feet,
+        top,
+        height,
+        u,
+        shoulder_y,
+        waist_y,
+        hip_y,
+        sw,
+        ww,
+        hw,
+        upaint,
+        lpaint,
+        leg_skin,
+        legs,
+        arms,
+        widths,
+        head,
+    )
 
 
 # ----------------------------------------------------------------------------- the parts
@@ -257,8 +319,10 @@ def draw_leg(P: Painter, f: Figure, leg: tuple, shade: float = 1.0) -> None:
     sx, sy = p2
     shoes, d = idt["shoes"], f.d
     if f.side:  # the shoe points forward
-        P.fill([("ellipse", (sx - 0.25 * u + d * 0.15 * u, sy - 0.1 * u, sx + 0.3 * u + d * 0.2 * u, sy + 0.25 * u))],
-               _shaded(shoes, shade))
+        P.fill(
+            [("ellipse", (sx - 0.25 * u + d * 0.15 * u, sy - 0.1 * u, sx + 0.3 * u + d * 0.2 * u, sy + 0.25 * u))],
+            _shaded(shoes, shade),
+        )
     else:
         P.fill([("ellipse", (sx - 0.22 * u, sy - 0.12 * u, sx + 0.22 * u, sy + 0.26 * u))], _shaded(shoes, shade))
 
@@ -272,14 +336,20 @@ def draw_arm(P: Painter, f: Figure, arm: tuple, shade: float = 1.0) -> None:
     sleeve_end = {"tshirt": 0.55, "longsleeve": 1.92, "jacket": 1.95}[f.idt["upper_type"]]
     e = _point_on(p0, p1, p2, sleeve_end)
     if sleeve_end > 1:
-        shapes = [_quad(p0, p1, arm_w * 1.2, elbow_w * 1.2), _quad(p1, e, elbow_w * 1.2, wrist_w * 1.25),
-                  ("ellipse", (p1[0] - elbow_w * 0.6, p1[1] - elbow_w * 0.6, p1[0] + elbow_w * 0.6, p1[1] + elbow_w * 0.6))]
+        shapes = [
+            _quad(p0, p1, arm_w * 1.2, elbow_w * 1.2),
+            _quad(p1, e, elbow_w * 1.2, wrist_w * 1.25),
+            ("ellipse", (p1[0] - elbow_w * 0.6, p1[1] - elbow_w * 0.6, p1[0] + elbow_w * 0.6, p1[1] + elbow_w * 0.6)),
+        ]
     else:
         shapes = [_quad(p0, e, arm_w * 1.2, elbow_w * 1.25)]
     shapes.append(("ellipse", (p0[0] - arm_w * 0.6, p0[1] - arm_w * 0.6, p0[0] + arm_w * 0.6, p0[1] + arm_w * 0.6)))
     P.fill(shapes, _shaded(f.upaint, shade, f.idt["upper"]))
     hx, hy = p2
-    P.fill([("ellipse", (hx - wrist_w * 0.6, hy - wrist_w * 0.4, hx + wrist_w * 0.6, hy + wrist_w * 0.9))], _shaded(skin, shade))
+    P.fill(
+        [("ellipse", (hx - wrist_w * 0.6, hy - wrist_w * 0.4, hx + wrist_w * 0.6, hy + wrist_w * 0.9))],
+        _shaded(skin, shade),
+    )
 
 
 def draw_behind(P: Painter, f: Figure) -> None:
@@ -288,14 +358,28 @@ def draw_behind(P: Painter, f: Figure) -> None:
     _, head_cy, hrx, _ = f.head
     if idt["hair_style"] == "long" and f.view != "back":
         x0 = cx - hrx * 1.15 - (d * 0.25 * u if f.side else 0)
-        P.fill([("poly", [(x0, head_cy), (x0 + hrx * 2.3, head_cy), (x0 + hrx * 2.4, f.shoulder_y + 0.9 * u),
-                          (x0 - 0.1 * u, f.shoulder_y + 0.9 * u)])], idt["hair"])
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (x0, head_cy),
+                        (x0 + hrx * 2.3, head_cy),
+                        (x0 + hrx * 2.4, f.shoulder_y + 0.9 * u),
+                        (x0 - 0.1 * u, f.shoulder_y + 0.9 * u),
+                    ],
+                )
+            ],
+            idt["hair"],
+        )
     bp = idt["backpack"]
     if bp is not None and f.side:  # pack sticks out behind the torso
         bw, bh = 0.75 * u * bp[1], 1.9 * u * bp[1]
         bx = cx - d * (0.45 * u + bw / 2)
         y0 = f.shoulder_y + 0.2 * u
-        P.fill([("poly", [(bx - bw / 2, y0), (bx + bw / 2, y0), (bx + bw / 2, y0 + bh), (bx - bw / 2, y0 + bh)])], bp[0])
+        P.fill(
+            [("poly", [(bx - bw / 2, y0), (bx + bw / 2, y0), (bx + bw / 2, y0 + bh), (bx - bw / 2, y0 + bh)])], bp[0]
+        )
 
 
 def draw_hips(P: Painter, f: Figure) -> None:
@@ -304,11 +388,35 @@ def draw_hips(P: Painter, f: Figure) -> None:
     lower_type = f.idt["lower_type"]
     if lower_type == "skirt":
         flare = 1.35 if not f.side else 1.6
-        P.fill([("poly", [(cx - hw, waist_y), (cx + hw, waist_y), (cx + hw * flare, f.top + 5.5 * u),
-                          (cx - hw * flare, f.top + 5.5 * u)])], f.lpaint)
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (cx - hw, waist_y),
+                        (cx + hw, waist_y),
+                        (cx + hw * flare, f.top + 5.5 * u),
+                        (cx - hw * flare, f.top + 5.5 * u),
+                    ],
+                )
+            ],
+            f.lpaint,
+        )
     elif lower_type in ("trousers", "shorts"):
-        P.fill([("poly", [(cx - hw, waist_y), (cx + hw, waist_y), (cx + hw * 0.95, f.hip_y + 0.45 * u),
-                          (cx - hw * 0.95, f.hip_y + 0.45 * u)])], f.lpaint)
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (cx - hw, waist_y),
+                        (cx + hw, waist_y),
+                        (cx + hw * 0.95, f.hip_y + 0.45 * u),
+                        (cx - hw * 0.95, f.hip_y + 0.45 * u),
+                    ],
+                )
+            ],
+            f.lpaint,
+        )
 
 
 def draw_torso(P: Painter, f: Figure) -> None:
@@ -316,18 +424,59 @@ def draw_torso(P: Painter, f: Figure) -> None:
     idt, u, cx, view = f.idt, f.u, f.cx, f.view
     sw, ww, hw, shoulder_y, waist_y = f.sw, f.ww, f.hw, f.shoulder_y, f.waist_y
     head_cy = f.head[1]
-    P.fill([("poly", [(cx - 0.17 * u, head_cy), (cx + 0.17 * u, head_cy), (cx + 0.2 * u, shoulder_y + 0.2 * u),
-                      (cx - 0.2 * u, shoulder_y + 0.2 * u)])], idt["skin"])
+    P.fill(
+        [
+            (
+                "poly",
+                [
+                    (cx - 0.17 * u, head_cy),
+                    (cx + 0.17 * u, head_cy),
+                    (cx + 0.2 * u, shoulder_y + 0.2 * u),
+                    (cx - 0.2 * u, shoulder_y + 0.2 * u),
+                ],
+            )
+        ],
+        idt["skin"],
+    )
     chest = f.d * 0.1 * u if f.side else 0.0
     hem = f.hip_y + (0.45 * u if idt["upper_type"] == "jacket" else 0.05 * u)
-    torso = [("poly", [(cx - sw + chest, shoulder_y), (cx + sw + chest, shoulder_y), (cx + ww + chest, waist_y),
-                       (cx + hw, hem), (cx - hw, hem), (cx - ww + chest, waist_y)]),
-             ("ellipse", (cx - sw + chest - 0.2 * u, shoulder_y - 0.05 * u, cx - sw + chest + 0.4 * u, shoulder_y + 0.55 * u)),
-             ("ellipse", (cx + sw + chest - 0.4 * u, shoulder_y - 0.05 * u, cx + sw + chest + 0.2 * u, shoulder_y + 0.55 * u))]
+    torso = [
+        (
+            "poly",
+            [
+                (cx - sw + chest, shoulder_y),
+                (cx + sw + chest, shoulder_y),
+                (cx + ww + chest, waist_y),
+                (cx + hw, hem),
+                (cx - hw, hem),
+                (cx - ww + chest, waist_y),
+            ],
+        ),
+        (
+            "ellipse",
+            (cx - sw + chest - 0.2 * u, shoulder_y - 0.05 * u, cx - sw + chest + 0.4 * u, shoulder_y + 0.55 * u),
+        ),
+        (
+            "ellipse",
+            (cx + sw + chest - 0.4 * u, shoulder_y - 0.05 * u, cx + sw + chest + 0.2 * u, shoulder_y + 0.55 * u),
+        ),
+    ]
     P.fill(torso, f.upaint)
     if idt["upper_type"] == "jacket" and view == "front":  # open jacket shows the shirt underneath
-        P.fill([("poly", [(cx - 0.28 * u, shoulder_y + 0.1 * u), (cx + 0.28 * u, shoulder_y + 0.1 * u),
-                          (cx + 0.2 * u, hem), (cx - 0.2 * u, hem)])], idt["inner"])
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (cx - 0.28 * u, shoulder_y + 0.1 * u),
+                        (cx + 0.28 * u, shoulder_y + 0.1 * u),
+                        (cx + 0.2 * u, hem),
+                        (cx - 0.2 * u, hem),
+                    ],
+                )
+            ],
+            idt["inner"],
+        )
     fp = idt["front_print"] if view == "front" else idt["back_print"] if view == "back" else None
     if fp is not None:
         kind, ink, s = fp
@@ -336,11 +485,35 @@ def draw_torso(P: Painter, f: Figure) -> None:
             r0 = 0.45 * u * s
             P.fill([("ellipse", (cx - r0, y0, cx + r0, y0 + 2 * r0))], ink)
         elif kind == "rect":
-            P.fill([("poly", [(cx - 0.5 * u * s, y0), (cx + 0.5 * u * s, y0), (cx + 0.5 * u * s, y0 + 0.8 * u * s),
-                              (cx - 0.5 * u * s, y0 + 0.8 * u * s)])], ink)
+            P.fill(
+                [
+                    (
+                        "poly",
+                        [
+                            (cx - 0.5 * u * s, y0),
+                            (cx + 0.5 * u * s, y0),
+                            (cx + 0.5 * u * s, y0 + 0.8 * u * s),
+                            (cx - 0.5 * u * s, y0 + 0.8 * u * s),
+                        ],
+                    )
+                ],
+                ink,
+            )
         else:
-            P.fill([("poly", [(cx - ww, y0 + 0.3 * u), (cx + ww, y0 + 0.3 * u), (cx + ww, y0 + 0.3 * u + 0.4 * u * s),
-                              (cx - ww, y0 + 0.3 * u + 0.4 * u * s)])], ink)
+            P.fill(
+                [
+                    (
+                        "poly",
+                        [
+                            (cx - ww, y0 + 0.3 * u),
+                            (cx + ww, y0 + 0.3 * u),
+                            (cx + ww, y0 + 0.3 * u + 0.4 * u * s),
+                            (cx - ww, y0 + 0.3 * u + 0.4 * u * s),
+                        ],
+                    )
+                ],
+                ink,
+            )
 
 
 def draw_backpack(P: Painter, f: Figure) -> None:
@@ -351,14 +524,47 @@ def draw_backpack(P: Painter, f: Figure) -> None:
     if f.view == "back":
         bw, bh = 1.3 * u * bp[1], 1.9 * u * bp[1]
         y0 = f.shoulder_y + 0.25 * u
-        P.fill([("poly", [(cx - bw / 2, y0), (cx + bw / 2, y0), (cx + bw / 2 * 1.05, y0 + bh), (cx - bw / 2 * 1.05, y0 + bh)]),
-                ("ellipse", (cx - bw / 2, y0 - 0.25 * u, cx + bw / 2, y0 + 0.35 * u))], bp[0])
-        P.fill([("poly", [(cx - bw / 3, y0 + bh * 0.55), (cx + bw / 3, y0 + bh * 0.55), (cx + bw / 3, y0 + bh * 0.92),
-                          (cx - bw / 3, y0 + bh * 0.92)])], bp[0] * 0.7)
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (cx - bw / 2, y0),
+                        (cx + bw / 2, y0),
+                        (cx + bw / 2 * 1.05, y0 + bh),
+                        (cx - bw / 2 * 1.05, y0 + bh),
+                    ],
+                ),
+                ("ellipse", (cx - bw / 2, y0 - 0.25 * u, cx + bw / 2, y0 + 0.35 * u)),
+            ],
+            bp[0],
+        )
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (cx - bw / 3, y0 + bh * 0.55),
+                        (cx + bw / 3, y0 + bh * 0.55),
+                        (cx + bw / 3, y0 + bh * 0.92),
+                        (cx - bw / 3, y0 + bh * 0.92),
+                    ],
+                )
+            ],
+            bp[0] * 0.7,
+        )
     else:
         for s in (-1, 1):
-            P.fill([("line", [(cx + s * f.sw * 0.55, f.shoulder_y), (cx + s * f.sw * 0.6, f.waist_y - 0.3 * u)], 0.17 * u)],
-                   bp[0] * 0.75)
+            P.fill(
+                [
+                    (
+                        "line",
+                        [(cx + s * f.sw * 0.55, f.shoulder_y), (cx + s * f.sw * 0.6, f.waist_y - 0.3 * u)],
+                        0.17 * u,
+                    )
+                ],
+                bp[0] * 0.75,
+            )
 
 
 def draw_bag(P: Painter, f: Figure) -> None:
@@ -372,15 +578,35 @@ def draw_bag(P: Painter, f: Figure) -> None:
     img_side = {"front": -bside, "back": bside}.get(f.view, 0)
     visible = (not side) or (d * bside < 0)
     if not side:
-        P.fill([("line", [(cx - img_side * f.sw * 0.6, shoulder_y + 0.05 * u), (cx + img_side * f.hw, hip_y - 0.1 * u)],
-                 0.12 * u)], bcol * 0.8)
+        P.fill(
+            [
+                (
+                    "line",
+                    [(cx - img_side * f.sw * 0.6, shoulder_y + 0.05 * u), (cx + img_side * f.hw, hip_y - 0.1 * u)],
+                    0.12 * u,
+                )
+            ],
+            bcol * 0.8,
+        )
         bx = cx + img_side * (f.hw + 0.3 * u)
     else:
         bx = cx - d * 0.1 * u
     if visible:
         bw, bh = 0.75 * u * bs, 0.65 * u * bs
-        P.fill([("poly", [(bx - bw / 2, hip_y - 0.3 * u), (bx + bw / 2, hip_y - 0.3 * u),
-                          (bx + bw / 2, hip_y - 0.3 * u + bh), (bx - bw / 2, hip_y - 0.3 * u + bh)])], bcol)
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (bx - bw / 2, hip_y - 0.3 * u),
+                        (bx + bw / 2, hip_y - 0.3 * u),
+                        (bx + bw / 2, hip_y - 0.3 * u + bh),
+                        (bx - bw / 2, hip_y - 0.3 * u + bh),
+                    ],
+                )
+            ],
+            bcol,
+        )
         if side:
             P.fill([("line", [(cx + d * 0.05 * u, shoulder_y), (bx, hip_y - 0.3 * u)], 0.12 * u)], bcol * 0.8)
 
@@ -393,24 +619,68 @@ def _draw_hair(P: Painter, f: Figure) -> None:
     if view == "back":  # hair covers the back of the head
         P.fill([("ellipse", (hx - hrx * 1.06, head_cy - hry * 1.08, hx + hrx * 1.06, head_cy + hry * 0.95))], hair)
         if style == "long":
-            P.fill([("poly", [(hx - hrx * 1.1, head_cy), (hx + hrx * 1.1, head_cy), (hx + hrx * 1.25, shoulder_y + 0.9 * u),
-                              (hx - hrx * 1.25, shoulder_y + 0.9 * u)])], hair)
+            P.fill(
+                [
+                    (
+                        "poly",
+                        [
+                            (hx - hrx * 1.1, head_cy),
+                            (hx + hrx * 1.1, head_cy),
+                            (hx + hrx * 1.25, shoulder_y + 0.9 * u),
+                            (hx - hrx * 1.25, shoulder_y + 0.9 * u),
+                        ],
+                    )
+                ],
+                hair,
+            )
     elif side:  # top and back half
         xa, xb = sorted((hx - d * hrx * 1.08, hx + d * hrx * 0.15))
-        P.fill([("ellipse", (hx - hrx * 1.08, head_cy - hry * 1.1, hx + hrx * 1.05, head_cy + hry * 0.1)),
-                ("ellipse", (xa, head_cy - hry * 1.0, xb, head_cy + hry * 0.75))], hair)
+        P.fill(
+            [
+                ("ellipse", (hx - hrx * 1.08, head_cy - hry * 1.1, hx + hrx * 1.05, head_cy + hry * 0.1)),
+                ("ellipse", (xa, head_cy - hry * 1.0, xb, head_cy + hry * 0.75)),
+            ],
+            hair,
+        )
     else:  # front: a cap of hair above the forehead
         P.fill([("ellipse", (hx - hrx * 1.08, head_cy - hry * 1.1, hx + hrx * 1.08, head_cy + hry * 0.05))], hair)
-        P.fill([("poly", [(hx - hrx * 0.95, head_cy - hry * 0.3), (hx + hrx * 0.95, head_cy - hry * 0.3),
-                          (hx + hrx * 0.9, head_cy - hry * 0.1), (hx - hrx * 0.9, head_cy - hry * 0.1)])], hair)
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (hx - hrx * 0.95, head_cy - hry * 0.3),
+                        (hx + hrx * 0.95, head_cy - hry * 0.3),
+                        (hx + hrx * 0.9, head_cy - hry * 0.1),
+                        (hx - hrx * 0.9, head_cy - hry * 0.1),
+                    ],
+                )
+            ],
+            hair,
+        )
     if style == "bun":
         P.fill([("ellipse", (hx - 0.2 * u, head_cy - hry - 0.3 * u, hx + 0.2 * u, head_cy - hry + 0.1 * u))], hair)
     elif style == "ponytail" and view != "front":
         tx = hx - d * hrx if side else hx
-        P.fill([("line", [(tx, head_cy - 0.1 * u), (tx - d * 0.25 * u if side else tx, head_cy + 0.9 * u)], 0.25 * u)], hair)
+        P.fill(
+            [("line", [(tx, head_cy - 0.1 * u), (tx - d * 0.25 * u if side else tx, head_cy + 0.9 * u)], 0.25 * u)],
+            hair,
+        )
     elif style == "long" and side:
-        P.fill([("poly", [(hx - d * hrx * 1.1, head_cy - 0.1 * u), (hx, head_cy - 0.1 * u), (hx - d * 0.1 * u, shoulder_y + 0.7 * u),
-                          (hx - d * hrx * 1.2, shoulder_y + 0.7 * u)])], hair)
+        P.fill(
+            [
+                (
+                    "poly",
+                    [
+                        (hx - d * hrx * 1.1, head_cy - 0.1 * u),
+                        (hx, head_cy - 0.1 * u),
+                        (hx - d * 0.1 * u, shoulder_y + 0.7 * u),
+                        (hx - d * hrx * 1.2, shoulder_y + 0.7 * u),
+                    ],
+                )
+            ],
+            hair,
+        )
 
 
 def draw_head(P: Painter, f: Figure) -> None:
@@ -436,15 +706,30 @@ def draw_hat(P: Painter, f: Figure) -> None:
     P.fill([("ellipse", (hx - hrx * 1.08, head_cy - hry * 1.15, hx + hrx * 1.08, head_cy + hry * 0.2))], hc)
     if kind == "cap":
         if f.side:
-            P.fill([("poly", [(hx, head_cy - hry * 0.2), (hx + f.d * hrx * 1.7, head_cy - hry * 0.15),
-                              (hx + f.d * hrx * 1.6, head_cy), (hx, head_cy)])], hc * 0.8)
+            P.fill(
+                [
+                    (
+                        "poly",
+                        [
+                            (hx, head_cy - hry * 0.2),
+                            (hx + f.d * hrx * 1.7, head_cy - hry * 0.15),
+                            (hx + f.d * hrx * 1.6, head_cy),
+                            (hx, head_cy),
+                        ],
+                    )
+                ],
+                hc * 0.8,
+            )
         elif f.view == "front":
-            P.fill([("ellipse", (hx - hrx * 1.0, head_cy - hry * 0.35, hx + hrx * 1.0, head_cy + hry * 0.05))], hc * 0.8)
+            P.fill(
+                [("ellipse", (hx - hrx * 1.0, head_cy - hry * 0.35, hx + hrx * 1.0, head_cy + hry * 0.05))], hc * 0.8
+            )
 
 
 # ----------------------------------------------------------------------------- the person
-def draw_person(img: Image.Image, idt: dict, view: str, phase: float, cx: float, feet: float,
-                height: float, light: float) -> tuple[float, float, float, float]:
+def draw_person(
+    img: Image.Image, idt: dict, view: str, phase: float, cx: float, feet: float, height: float, light: float
+) -> tuple[float, float, float, float]:
     """Draw identity ``idt`` (from `sample_identity`) into ``img``; returns its bounding box (x0, y0, x1, y1).
 
     ``view``: "front", "back", "left" or "right"; ``phase``: walking phase in radians; ``cx``, ``feet``: the
@@ -468,7 +753,7 @@ def draw_person(img: Image.Image, idt: dict, view: str, phase: float, cx: float,
     draw_torso(P, f)
     draw_backpack(P, f)
     draw_bag(P, f)
-    for arm in (f.arms[:1] if f.side else f.arms):
+    for arm in f.arms[:1] if f.side else f.arms:
         draw_arm(P, f, arm)
     draw_head(P, f)
     draw_hat(P, f)
@@ -477,7 +762,9 @@ def draw_person(img: Image.Image, idt: dict, view: str, phase: float, cx: float,
     return (cx - f.sw - 0.6 * u, f.top, cx + f.sw + 0.6 * u, feet)
 
 
-def _shade(img: Image.Image, mask: Image.Image, cx: float, half: float, top: float, height: float, light: float) -> None:
+def _shade(
+    img: Image.Image, mask: Image.Image, cx: float, half: float, top: float, height: float, light: float
+) -> None:
     """Darken the masked body as a cylinder of half-width ``half`` lit from above and from ``light``'s side."""
     w, h = img.size
     x0, x1 = max(0, int(cx - half * 1.8)), min(w, int(cx + half * 1.8) + 1)
@@ -503,10 +790,24 @@ def _silhouette(d: ImageDraw.ImageDraw, cx: float, feet: float, height: float, r
     skin = _SKIN[r.integers(len(_SKIN))]
     sw = u * r.uniform(0.85, 1.1)
     for s in (-1, 1):
-        d.polygon([(cx + s * 0.1 * u, top + 3.8 * u), (cx + s * 0.8 * u, top + 3.8 * u), (cx + s * 0.65 * u, feet),
-                   (cx + s * 0.2 * u, feet)], fill=colour(lo))
-    d.polygon([(cx - sw, top + 1.4 * u), (cx + sw, top + 1.4 * u), (cx + 0.85 * u, top + 4.1 * u), (cx - 0.85 * u, top + 4.1 * u)],
-              fill=colour(up))
+        d.polygon(
+            [
+                (cx + s * 0.1 * u, top + 3.8 * u),
+                (cx + s * 0.8 * u, top + 3.8 * u),
+                (cx + s * 0.65 * u, feet),
+                (cx + s * 0.2 * u, feet),
+            ],
+            fill=colour(lo),
+        )
+    d.polygon(
+        [
+            (cx - sw, top + 1.4 * u),
+            (cx + sw, top + 1.4 * u),
+            (cx + 0.85 * u, top + 4.1 * u),
+            (cx - 0.85 * u, top + 4.1 * u),
+        ],
+        fill=colour(up),
+    )
     d.ellipse((cx - 0.4 * u, top + 0.1 * u, cx + 0.4 * u, top + 1.2 * u), fill=colour(skin))
     d.ellipse((cx - 0.42 * u, top + 0.05 * u, cx + 0.42 * u, top + 0.6 * u), fill=colour(_HAIR[r.integers(len(_HAIR))]))
 
@@ -520,7 +821,9 @@ def _occluder(img: Image.Image, box: tuple, r: np.random.Generator, u: float) ->
     if kind == "pole":
         px = r.uniform(x0 + 0.05 * bw, x1 - 0.05 * bw)
         pw = r.uniform(0.25, 0.6) * u
-        d.rectangle((px - pw / 2, 0, px + pw / 2, img.size[1]), fill=colour(r.uniform(40, 140) * np.array((1, 1, 1.05))))
+        d.rectangle(
+            (px - pw / 2, 0, px + pw / 2, img.size[1]), fill=colour(r.uniform(40, 140) * np.array((1, 1, 1.05)))
+        )
     elif kind == "person":
         s = r.choice([-1, 1])
         cx = (x0 + x1) / 2 + s * bw * r.uniform(0.55, 0.85)
@@ -536,5 +839,3 @@ def _occluder(img: Image.Image, box: tuple, r: np.random.Generator, u: float) ->
         for s2 in (-1, 1):
             wx = cxa + s2 * cw * 0.33
             d.ellipse((wx - 0.08 * bh, y1 - 0.08 * bh, wx + 0.08 * bh, y1 + 0.08 * bh), fill=(20, 20, 20))
-
-

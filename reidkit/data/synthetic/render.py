@@ -1,4 +1,5 @@
 """The renderer: one crop of an identity (view, phase, box jitter, camera) and the worker that writes jobs."""
+
 from __future__ import annotations
 
 import math
@@ -9,13 +10,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidkit.data.synthetic.identity import (  # noqa: F401
-    _SS, _T_IMAGE, _VIEWS, sample_identity, keyed_rng,
+    _SS,
+    _T_IMAGE,
+    _VIEWS,
+    sample_identity,
+    keyed_rng,
 )
 from reidkit.data.synthetic.camera import (  # noqa: F401
-    camera_background, camera_style, photometric,
+    camera_background,
+    camera_style,
+    photometric,
 )
 from reidkit.data.synthetic.painter import (  # noqa: F401
-    _occluder, _silhouette, draw_person,
+    _occluder,
+    _silhouette,
+    draw_person,
 )
 
 
@@ -62,8 +71,16 @@ def render_crop(job: Job, seed: int, dom: int, size: tuple[int, int]) -> Image.I
         yy, xx = np.ogrid[sy0:sy1, sx0:sx1]
         patch[((xx - cx) / (1.3 * u)) ** 2 + ((yy - feet) / (0.3 * u)) ** 2 < 1] *= 0.7
         scene.paste(Image.fromarray(patch.astype(np.uint8)), (sx0, sy0))
-        draw_person(scene, idt, view, float(r.uniform(0, 2 * math.pi)), cx + r.normal(0, 0.02) * ws, feet, height,
-                     float(r.uniform(-1, 1)))
+        draw_person(
+            scene,
+            idt,
+            view,
+            float(r.uniform(0, 2 * math.pi)),
+            cx + r.normal(0, 0.02) * ws,
+            feet,
+            height,
+            float(r.uniform(-1, 1)),
+        )
     # detector box around the person, jittered
     bh = _SS * H * float(np.clip(r.normal(1.02, 0.06), 0.88, 1.18))
     bw = bh * W / H
@@ -101,4 +118,3 @@ def _render_chunk(args: tuple) -> int:
         q = int(np.clip(cs["jpeg"] + (job.idx * 7 + job.key) % 9 - 4, 30, 98))
         img.save(os.path.join(root, job.path), "JPEG", quality=q)
     return len(jobs)
-

@@ -5,6 +5,7 @@
 the L2-normalised features of every training image in eval mode, sharded across torchrun ranks
 and gathered in order.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,8 +51,15 @@ class SpaceModel(nn.Module):
 
 @torch.no_grad()
 def extract_spaces(
-    net: nn.Module, images: np.ndarray, spaces: list[str], device: torch.device, mean: list[float],
-    std: list[float], neck_after: bool = True, batch_size: int = 128, distributed: bool = False,
+    net: nn.Module,
+    images: np.ndarray,
+    spaces: list[str],
+    device: torch.device,
+    mean: list[float],
+    std: list[float],
+    neck_after: bool = True,
+    batch_size: int = 128,
+    distributed: bool = False,
     autocast: Any = None,
 ) -> dict[str, torch.Tensor]:
     """L2-normalised N x D features (CPU) of each space for uint8 NHWC images (eval mode, no flip).
@@ -66,8 +74,9 @@ def extract_spaces(
     fx = FeatureExtractor.from_model(model, device=device, size=images.shape[1:3], mean=mean, std=std)
     was = net.training
     try:
-        out = fx.embed_tensor(images, flip=False, batch_size=batch_size, normalize=True, distributed=distributed,
-                              autocast=autocast)
+        out = fx.embed_tensor(
+            images, flip=False, batch_size=batch_size, normalize=True, distributed=distributed, autocast=autocast
+        )
     finally:
         net.train(was)
     return {k: out[k].cpu() for k in spaces}

@@ -17,6 +17,7 @@ True training labels are only used for ``cluster_report`` (purity / NMI / ARI in
 ``metrics.json``), never for training. A round with too few usable clusters stops the run with
 an error naming the setting to change.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,8 +65,9 @@ def dataset_eps(usl: UnsupervisedConfig, dataset_name: str) -> float | None:
 class RandomBatches:
     """Uniform random batches over the usable indices (DEC needs no P x K structure)."""
 
-    def __init__(self, usable: np.ndarray, batch_size: int, epoch_batches: int, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, usable: np.ndarray, batch_size: int, epoch_batches: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.usable = np.asarray(usable, dtype=np.int64)
         self.batch_size = min(int(batch_size), len(self.usable))
         self.epoch_batches = int(epoch_batches)
@@ -123,8 +125,9 @@ class ClusterTrainer(BaseTrainer):
 
         cfg = self.cfg
         records = self.load_train_records()
-        cache = ImageCache.build([r.path for r in records], size=self.size, cache_dir=cfg.data.cache_dir,
-                                 progress="decoding training images")
+        cache = ImageCache.build(
+            [r.path for r in records], size=self.size, cache_dir=cfg.data.cache_dir, progress="decoding training images"
+        )
         valid = np.asarray(cache.valid, dtype=bool)
         self.record_skipped("train", list(cache.skipped))
         self.records = [r for r, ok in zip(records, valid) if ok]
@@ -137,15 +140,27 @@ class ClusterTrainer(BaseTrainer):
         self.source_images: np.ndarray | None = None
         if self.usl.source.enabled:
             try:
-                src = load_datasets([{"name": s["name"], "root": s.get("root", "data"),
-                                      **dict(s.get("options", {}))} for s in self.usl.source.datasets])
+                src = load_datasets(
+                    [
+                        {"name": s["name"], "root": s.get("root", "data"), **dict(s.get("options", {}))}
+                        for s in self.usl.source.datasets
+                    ]
+                )
             except ReIDError as exc:  # name the key that chose the source set
                 raise ReIDError(f"config key 'usl.source.datasets' (the source domain): {exc}") from None
-            sc = ImageCache.build([r.path for r in src.train], size=self.size, cache_dir=cfg.data.cache_dir,
-                                  progress="decoding source-domain images")
+            sc = ImageCache.build(
+                [r.path for r in src.train],
+                size=self.size,
+                cache_dir=cfg.data.cache_dir,
+                progress="decoding source-domain images",
+            )
             self.source_images = np.ascontiguousarray(np.asarray(sc.images)[np.asarray(sc.valid, dtype=bool)])
-        log.info("unsupervised training (%s) on %s: %d images (labels unused)", self.usl.method,
-                 self.joint.name, len(self.records))
+        log.info(
+            "unsupervised training (%s) on %s: %d images (labels unused)",
+            self.usl.method,
+            self.joint.name,
+            len(self.records),
+        )
 
     def build_model(self) -> None:
         from reidkit.models.build import build_model
@@ -161,8 +176,11 @@ class ClusterTrainer(BaseTrainer):
         if init is not None:
             own = net.state_dict()
             # The source classifier has the source identities: everything else carries over.
-            state = {k: v for k, v in init.state_dict().items()
-                     if k in own and own[k].shape == v.shape and not k.startswith("head.classifier")}
+            state = {
+                k: v
+                for k, v in init.state_dict().items()
+                if k in own and own[k].shape == v.shape and not k.startswith("head.classifier")
+            }
             missing = [k for k in own if k not in state and not k.startswith("head.classifier")]
             if missing:
                 raise ReIDError(
@@ -178,9 +196,18 @@ class ClusterTrainer(BaseTrainer):
 
     def _prepare_model(self) -> None:
         usl = self.usl
-        ctx = USLContext(usl=usl, options=usl.options(usl.method), device=self.device, feat_dim=self.feat_dim,
-                         seed=self.cfg.seed, features=self.features, cluster=self.cluster_round,
-                         dataset_eps=self.eps_for(), gather=self._memory_gather(), true_labels=self.true_labels)
+        ctx = USLContext(
+            usl=usl,
+            options=usl.options(usl.method),
+            device=self.device,
+            feat_dim=self.feat_dim,
+            seed=self.cfg.seed,
+            features=self.features,
+            cluster=self.cluster_round,
+            dataset_eps=self.eps_for(),
+            gather=self._memory_gather(),
+            true_labels=self.true_labels,
+        )
         self.method = USL_METHODS.get(usl.method)(ctx)
         super()._prepare_model()
         self.method.setup()
@@ -200,10 +227,15 @@ class ClusterTrainer(BaseTrainer):
         self.epoch_length = usl.iters_per_epoch
         aug = BatchAugment(**build_augment(self.cfg.input, self.size, self.mean, self.std, self.device))
         # Labels are replaced and a sampler is built at each re-clustering; images stay on the device.
-        self.loader = CachedBatchLoader(self.images, np.full(len(self.images), -1, dtype=np.int64),
-                                        RandomBatches(np.arange(len(self.images)), 1, usl.iters_per_epoch, 0),
-                                        aug, device=self.device, seed=self.cfg.seed * 1000 + self.rank,
-                                        channels_last=self.cfg.data.channels_last)
+        self.loader = CachedBatchLoader(
+            self.images,
+            np.full(len(self.images), -1, dtype=np.int64),
+            RandomBatches(np.arange(len(self.images)), 1, usl.iters_per_epoch, 0),
+            aug,
+            device=self.device,
+            seed=self.cfg.seed * 1000 + self.rank,
+            channels_last=self.cfg.data.channels_last,
+        )
 
     def extra_modules(self) -> list[nn.Module]:
         return self.method.extra_modules()
@@ -211,10 +243,18 @@ class ClusterTrainer(BaseTrainer):
     # ------------------------------------------------------------------ features and clustering
     def features(self) -> dict[str, torch.Tensor]:
         """Current normalised features of the training images, per space (all ranks take part)."""
-        return extract_spaces(self.net, self.images, self.method.spaces(), self.device, self.mean, self.std,
-                              self.neck_after, batch_size=self.cfg.test.batch_size,
-                              distributed=self.world_size > 1, autocast=self.optim.autocast
-                              if hasattr(self, "optim") else None)
+        return extract_spaces(
+            self.net,
+            self.images,
+            self.method.spaces(),
+            self.device,
+            self.mean,
+            self.std,
+            self.neck_after,
+            batch_size=self.cfg.test.batch_size,
+            distributed=self.world_size > 1,
+            autocast=self.optim.autocast if hasattr(self, "optim") else None,
+        )
 
     def eps_for(self) -> float | None:
         """The DBSCAN eps of the run's dataset (None: the rho rule)."""
@@ -223,21 +263,45 @@ class ClusterTrainer(BaseTrainer):
     def round_settings(self) -> RoundSettings:
         """The clustering round's numbers, from ``usl.*``."""
         usl = self.usl
-        return RoundSettings(eps=self.eps_for(), rho=usl.rho, k1=usl.k1, k2=usl.k2, min_samples=usl.min_samples,
-                             outliers=usl.outliers, camera_norm=usl.camera_norm,
-                             include_self_in_k1=usl.include_self_in_k1, search=usl.search,
-                             source_weight=usl.source.weight if self.source_images is not None else 0.0,
-                             source_k=usl.source.k)
+        return RoundSettings(
+            eps=self.eps_for(),
+            rho=usl.rho,
+            k1=usl.k1,
+            k2=usl.k2,
+            min_samples=usl.min_samples,
+            outliers=usl.outliers,
+            camera_norm=usl.camera_norm,
+            include_self_in_k1=usl.include_self_in_k1,
+            search=usl.search,
+            source_weight=usl.source.weight if self.source_images is not None else 0.0,
+            source_k=usl.source.k,
+        )
 
     def cluster_round(self, epoch: int, feats: dict[str, torch.Tensor], spaces: list[str]) -> Round:
         """The pure clustering round with this run's settings, camera ids, source features and fixed eps."""
         settings = self.round_settings()
         source = None
         if self.source_images is not None and settings.source_weight > 0:
-            source = extract_spaces(self.net, self.source_images, ["global"], self.device, self.mean, self.std,
-                                    self.neck_after, batch_size=self.cfg.test.batch_size)["global"]
-        rnd = cluster_round(feats, settings, spaces=spaces, epoch=epoch, camids=self.camids, source=source,
-                            fixed_eps=self.fixed_eps if self.usl.fix_eps else None, true_labels=self.true_labels)
+            source = extract_spaces(
+                self.net,
+                self.source_images,
+                ["global"],
+                self.device,
+                self.mean,
+                self.std,
+                self.neck_after,
+                batch_size=self.cfg.test.batch_size,
+            )["global"]
+        rnd = cluster_round(
+            feats,
+            settings,
+            spaces=spaces,
+            epoch=epoch,
+            camids=self.camids,
+            source=source,
+            fixed_eps=self.fixed_eps if self.usl.fix_eps else None,
+            true_labels=self.true_labels,
+        )
         if settings.eps is None and self.usl.fix_eps:
             for name, used in rnd.eps.items():
                 self.fixed_eps.setdefault(name, used)
@@ -250,7 +314,8 @@ class ClusterTrainer(BaseTrainer):
         if usl.eps is not None:
             knob = f"raise usl.eps (now {usl.eps})"
         elif self.dataset_name.lower() in {str(k).lower() for k in usl.eps_by_dataset} or "default" in {
-                str(k).lower() for k in usl.eps_by_dataset}:
+            str(k).lower() for k in usl.eps_by_dataset
+        }:
             knob = f"raise usl.eps_by_dataset's value for {self.dataset_name!r} (now {eps})"
         else:
             knob = f"raise usl.rho (now {usl.rho}; the rho rule chose eps {eps})"
@@ -291,11 +356,24 @@ class ClusterTrainer(BaseTrainer):
         if self.method.pk_batches:
             # A round with fewer clusters than P still trains, on smaller batches.
             p = max(1, min(usl.batch_size // usl.num_instances, n_ids))
-            sampler: Any = PKSampler(labels, p=p, k=usl.num_instances, epoch_batches=usl.iters_per_epoch,
-                                     seed=self.cfg.seed, rank=self.rank, world_size=self.world_size)
+            sampler: Any = PKSampler(
+                labels,
+                p=p,
+                k=usl.num_instances,
+                epoch_batches=usl.iters_per_epoch,
+                seed=self.cfg.seed,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
         else:
-            sampler = RandomBatches(np.flatnonzero(labels >= 0), usl.batch_size, usl.iters_per_epoch,
-                                    self.cfg.seed, self.rank, self.world_size)
+            sampler = RandomBatches(
+                np.flatnonzero(labels >= 0),
+                usl.batch_size,
+                usl.iters_per_epoch,
+                self.cfg.seed,
+                self.rank,
+                self.world_size,
+            )
         sampler.set_epoch(epoch)
         # The loader labels are the indices' pseudo labels; the step looks labels up per space by index.
         self.loader.labels = torch.as_tensor(labels.clip(min=-1), device=self.device)
@@ -327,9 +405,11 @@ class ClusterTrainer(BaseTrainer):
         if not self.is_main:
             return
         eps = "-" if rep.get("eps") is None else f"{rep['eps']:.4f}"
-        msg = (f"epoch {rep['epoch']} clusters: eps {eps} | {rep['n_clusters']} clusters, "
-               f"{rep['n_outliers']} outliers of {rep['n_samples']} | purity {rep['purity']:.3f} "
-               f"NMI {rep['nmi']:.3f} ARI {rep['ari']:.3f} (true labels, report only) | {rep['time_s']:.1f} s")
+        msg = (
+            f"epoch {rep['epoch']} clusters: eps {eps} | {rep['n_clusters']} clusters, "
+            f"{rep['n_outliers']} outliers of {rep['n_samples']} | purity {rep['purity']:.3f} "
+            f"NMI {rep['nmi']:.3f} ARI {rep['ari']:.3f} (true labels, report only) | {rep['time_s']:.1f} s"
+        )
         for name in _PART_SPACES:
             if name in rep:
                 r = rep[name]

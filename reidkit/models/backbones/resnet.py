@@ -6,6 +6,7 @@ load by name and MGN can split the stages. IBN layers use the IBN-Net release la
 (`bn1.IN.*` / `bn1.BN.*`, block-level `IN.*`), SE layers `se.fc.0` / `se.fc.2`, so the
 IBN-Net ImageNet releases load by name too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -189,8 +190,16 @@ class ResNet(nn.Module):
         self.std = IMAGENET_STD
         self._init_weights()
 
-    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int,
-                    ibn: str | None, in_last: bool, se: bool) -> nn.Sequential:
+    def _make_layer(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int,
+        ibn: str | None,
+        in_last: bool,
+        se: bool,
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -246,8 +255,9 @@ _DEPTHS: dict[int, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, in
 }
 
 
-def spec(depth: int, *, groups: int = 1, width_per_group: int = 64, ibn: str | None = None,
-         se: bool = False) -> ResNetSpec:
+def spec(
+    depth: int, *, groups: int = 1, width_per_group: int = 64, ibn: str | None = None, se: bool = False
+) -> ResNetSpec:
     """Architecture spec for a ResNet of the given depth with the chosen options."""
     block, layers = _DEPTHS[depth]
     return ResNetSpec(block, layers, groups, width_per_group, ibn, se)
@@ -255,5 +265,12 @@ def spec(depth: int, *, groups: int = 1, width_per_group: int = 64, ibn: str | N
 
 def build_resnet(s: ResNetSpec, last_stride: int = 1) -> ResNet:
     """Instantiate a ResNet from its spec."""
-    return ResNet(s.block, s.layers, groups=s.groups, width_per_group=s.width_per_group,
-                  ibn=s.ibn, se=s.se, last_stride=last_stride)
+    return ResNet(
+        s.block,
+        s.layers,
+        groups=s.groups,
+        width_per_group=s.width_per_group,
+        ibn=s.ibn,
+        se=s.se,
+        last_stride=last_stride,
+    )

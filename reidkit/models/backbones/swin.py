@@ -38,6 +38,7 @@ patch merging (inverse of SOLIDER's ``swin_converter``: reshape ``(out, C, 4)`` 
 ``(out, 4, C)`` and reorder the four blocks [0, 2, 1, 3]); ``reidkit.models.interop`` maps them.
 timm >= 0.9 checkpoints (downsample at the start of ``layers.1..3``) are shifted back on load.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,8 +59,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def relative_position_index(window: int) -> torch.Tensor:
     """``window^2 x window^2`` index into the ``(2w-1)^2`` bias table for each pair of window tokens."""
     # on the CPU even under a meta device context: a derived buffer that no checkpoint carries
-    coords = torch.stack(torch.meshgrid(torch.arange(window, device="cpu"), torch.arange(window, device="cpu"),
-                                        indexing="ij")).flatten(1)
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window, device="cpu"), torch.arange(window, device="cpu"), indexing="ij")
+    ).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
     return rel[..., 0] * (2 * window - 1) + rel[..., 1]
 
@@ -102,8 +104,11 @@ class WindowAttention(nn.Module):
             attn_mask = bias.unsqueeze(0)
         else:
             nw = mask.shape[0]
-            attn_mask = (bias.unsqueeze(0).unsqueeze(0) + mask.to(bias.dtype)[None, :, None]).expand(
-                bw // nw, nw, self.num_heads, n, n).reshape(bw, self.num_heads, n, n)
+            attn_mask = (
+                (bias.unsqueeze(0).unsqueeze(0) + mask.to(bias.dtype)[None, :, None])
+                .expand(bw // nw, nw, self.num_heads, n, n)
+                .reshape(bw, self.num_heads, n, n)
+            )
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(qkv.dtype))
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
@@ -111,8 +116,9 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
     """(Shifted-)window attention block, padding the map to whole windows as SOLIDER does."""
 
-    def __init__(self, dim: int, num_heads: int, window: int = 7, shift: int = 0, mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window: int = 7, shift: int = 0, mlp_ratio: float = 4.0, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
@@ -167,13 +173,16 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """``blocks`` (alternating plain / shifted windows) and an optional ``downsample``."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, window: int, drop_paths: list[float],
-                 downsample: bool) -> None:
+    def __init__(
+        self, dim: int, depth: int, num_heads: int, window: int, drop_paths: list[float], downsample: bool
+    ) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([
-            SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, drop_path=drop_paths[i])
-            for i in range(depth)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, drop_path=drop_paths[i])
+                for i in range(depth)
+            ]
+        )
         self.downsample = PatchMerging(dim) if downsample else None
 
 
@@ -181,8 +190,14 @@ class SwinTransformer(nn.Module):
     """Swin backbone; ``forward_features(x, semantic_weight=None) -> B x 8C x H/32 x W/32`` (normed)."""
 
     def __init__(
-        self, embed_dim: int = 96, depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
-        window: int = 7, patch_size: int = 4, drop_path: float = 0.0, semantic_weight: float = -1.0,
+        self,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        window: int = 7,
+        patch_size: int = 4,
+        drop_path: float = 0.0,
+        semantic_weight: float = -1.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= drop_path < 1.0:
@@ -193,13 +208,14 @@ class SwinTransformer(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
         self.patch_embed.norm = nn.LayerNorm(embed_dim)
-        dims = [embed_dim * 2 ** i for i in range(len(depths))]
+        dims = [embed_dim * 2**i for i in range(len(depths))]
         rates = torch.linspace(0, drop_path, sum(depths), device="cpu").tolist()  # values, also under a meta device
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(depths, num_heads)):
             start = sum(depths[:i])
-            self.layers.append(SwinStage(dims[i], depth, heads, window, rates[start:start + depth],
-                                         downsample=i < len(depths) - 1))
+            self.layers.append(
+                SwinStage(dims[i], depth, heads, window, rates[start : start + depth], downsample=i < len(depths) - 1)
+            )
         self.norm = nn.LayerNorm(dims[-1])
         self.out_channels = dims[-1]
         self.semantic_weight = float(semantic_weight)
@@ -259,8 +275,11 @@ class SwinTransformer(nn.Module):
 
     def adapt_state_dict(self, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fit an original/timm Swin state dict: drop the head and derived buffers, undo timm>=0.9's stage shift."""
-        out = {k: v for k, v in sd.items()
-               if not (k.startswith("head") or k.endswith(("relative_position_index", "attn_mask")))}
+        out = {
+            k: v
+            for k, v in sd.items()
+            if not (k.startswith("head") or k.endswith(("relative_position_index", "attn_mask")))
+        }
         if any(k.startswith(f"layers.{len(self.layers) - 1}.downsample.") for k in out):
             # timm >= 0.9 puts stage i's patch merging at the start of stage i + 1.
             pat = re.compile(r"^layers\.(\d+)\.downsample\.")
@@ -275,8 +294,9 @@ _SIZES = {
 }
 
 
-def build_swin(variant: str, last_stride: int = 1, drop_path: float = 0.0,
-               semantic_weight: float = -1.0) -> SwinTransformer:
+def build_swin(
+    variant: str, last_stride: int = 1, drop_path: float = 0.0, semantic_weight: float = -1.0
+) -> SwinTransformer:
     """Build a Swin size (window 7); ``last_stride`` does not apply to Swin and is ignored."""
     if variant not in _SIZES:
         raise ReIDError(f"unknown Swin size {variant!r}; expected one of {', '.join(_SIZES)}")

@@ -23,6 +23,7 @@ key; their classifier ``head.*`` is dropped. ``forward_features`` returns the fi
 class token as ``B x C x 1 x 1`` (the ``baseline`` arch's BNNeck head applies to it as to a CNN's
 pooled map); ``forward_tokens`` gives all tokens up to a depth (the JPM model uses it).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,9 @@ def grid_size(img_size: tuple[int, int], patch_size: int = 16, stride_size: int 
 
 
 def resize_pos_embed(
-    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None,
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
     num_prefix_tokens: int = 1,
 ) -> torch.Tensor:
     """Resize ``1 x (prefix + gh*gw) x C`` position embeddings to ``new_grid`` (bicubic; prefix kept).
@@ -75,8 +78,9 @@ def resize_pos_embed(
     c = grid.shape[2]
     img = grid.reshape(1, gh, gw, c).permute(0, 3, 1, 2)
     # Interpolate in float32: bicubic weights in half precision lose the identity at equal sizes.
-    out = F.interpolate(img.float(), size=(int(new_grid[0]), int(new_grid[1])), mode="bicubic",
-                        align_corners=False).to(grid.dtype)
+    out = F.interpolate(img.float(), size=(int(new_grid[0]), int(new_grid[1])), mode="bicubic", align_corners=False).to(
+        grid.dtype
+    )
     out = out.permute(0, 2, 3, 1).reshape(1, int(new_grid[0]) * int(new_grid[1]), c)
     return torch.cat([prefix, out], dim=1)
 
@@ -166,8 +170,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)), each with drop path."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias)
@@ -185,9 +190,18 @@ class VisionTransformer(nn.Module):
     """ViT backbone with TransReID's overlapping patches, SIE and resized position embeddings."""
 
     def __init__(
-        self, embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-        img_size: tuple[int, int] = (256, 128), patch_size: int = 16, stride_size: int = 16,
-        sie: bool = False, num_cameras: int = 0, sie_lambda: float = 3.0, drop_path: float = 0.0,
+        self,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        img_size: tuple[int, int] = (256, 128),
+        patch_size: int = 16,
+        stride_size: int = 16,
+        sie: bool = False,
+        num_cameras: int = 0,
+        sie_lambda: float = 3.0,
+        drop_path: float = 0.0,
         qkv_bias: bool = True,
     ) -> None:
         super().__init__()
@@ -196,8 +210,10 @@ class VisionTransformer(nn.Module):
         if not 0.0 <= drop_path < 1.0:
             raise ReIDError(f"model.drop_path: must be in [0, 1), got {drop_path}")
         if sie and int(num_cameras) < 1:
-            raise ReIDError("model.sie: SIE needs model.num_cameras >= 1 (the trainer sets it from the data "
-                            "when it is 0; pass it when building the model yourself)")
+            raise ReIDError(
+                "model.sie: SIE needs model.num_cameras >= 1 (the trainer sets it from the data "
+                "when it is 0; pass it when building the model yourself)"
+            )
         self.embed_dim = self.out_channels = int(embed_dim)
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.grid = grid_size(self.img_size, patch_size, stride_size)
@@ -210,9 +226,7 @@ class VisionTransformer(nn.Module):
         if self.uses_camera:
             self.sie_embed = nn.Parameter(torch.zeros(self.num_cameras, 1, embed_dim))
         rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # values, also under a meta device
-        self.blocks = nn.ModuleList(
-            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(depth)]
-        )
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._init_weights()
@@ -231,15 +245,21 @@ class VisionTransformer(nn.Module):
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + pos
         if self.uses_camera and cams is not None:
             cams = torch.as_tensor(cams, device=tokens.device).long().reshape(-1)
-            if not torch.jit.is_tracing() and cams.numel() and (
-                    int(cams.min()) < 0 or int(cams.max()) >= self.num_cameras):
-                raise ReIDError(f"camera ids must be in [0, {self.num_cameras - 1}] for this SIE model "
-                                f"(model.num_cameras={self.num_cameras}), got {cams.tolist()[:8]}")
+            if (
+                not torch.jit.is_tracing()
+                and cams.numel()
+                and (int(cams.min()) < 0 or int(cams.max()) >= self.num_cameras)
+            ):
+                raise ReIDError(
+                    f"camera ids must be in [0, {self.num_cameras - 1}] for this SIE model "
+                    f"(model.num_cameras={self.num_cameras}), got {cams.tolist()[:8]}"
+                )
             tokens = tokens + self.sie_lambda * self.sie_embed[cams]
         return tokens
 
-    def forward_tokens(self, x: torch.Tensor, cams: torch.Tensor | None = None,
-                       depth: int | None = None) -> torch.Tensor:
+    def forward_tokens(
+        self, x: torch.Tensor, cams: torch.Tensor | None = None, depth: int | None = None
+    ) -> torch.Tensor:
         """All tokens ``B x (1 + gh*gw) x C`` after the first ``depth`` blocks (all by default), not normed."""
         tokens = self.embed(x, cams)
         for blk in self.blocks[:depth]:
@@ -265,8 +285,10 @@ class VisionTransformer(nn.Module):
         pe = out.get("pos_embed")
         if isinstance(pe, torch.Tensor) and pe.dim() == 3 and tuple(pe.shape) != tuple(self.pos_embed.shape):
             if pe.shape[-1] != self.embed_dim:
-                raise ReIDError(f"pretrained weights: pos_embed has width {pe.shape[-1]}, this model "
-                                f"{self.embed_dim} (wrong ViT size for this file?)")
+                raise ReIDError(
+                    f"pretrained weights: pos_embed has width {pe.shape[-1]}, this model "
+                    f"{self.embed_dim} (wrong ViT size for this file?)"
+                )
             out["pos_embed"] = resize_pos_embed(pe, self.grid)
         return out
 
@@ -278,15 +300,26 @@ _SIZES = {
 
 
 def build_vit(
-    variant: str, last_stride: int = 1, img_size: tuple[int, int] | list[int] = (256, 128),
-    stride_size: int = 16, sie: bool = False, num_cameras: int = 0, sie_lambda: float = 3.0,
-    drop_path: float = 0.0, mean: tuple[float, float, float] = IMAGENET_MEAN,
+    variant: str,
+    last_stride: int = 1,
+    img_size: tuple[int, int] | list[int] = (256, 128),
+    stride_size: int = 16,
+    sie: bool = False,
+    num_cameras: int = 0,
+    sie_lambda: float = 3.0,
+    drop_path: float = 0.0,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> VisionTransformer:
     """Build a registered ViT size; ``last_stride`` does not apply to ViTs and is ignored."""
     model = VisionTransformer(
-        **_SIZES[variant], img_size=(int(img_size[0]), int(img_size[1])), stride_size=int(stride_size),
-        sie=bool(sie), num_cameras=int(num_cameras), sie_lambda=float(sie_lambda), drop_path=float(drop_path),
+        **_SIZES[variant],
+        img_size=(int(img_size[0]), int(img_size[1])),
+        stride_size=int(stride_size),
+        sie=bool(sie),
+        num_cameras=int(num_cameras),
+        sie_lambda=float(sie_lambda),
+        drop_path=float(drop_path),
     )
     model.mean, model.std = tuple(mean), tuple(std)
     return model

@@ -20,6 +20,7 @@ arithmetic). The returned model's ``info`` (a ``ModelInfo``) carries ``source_fo
 ``source_arch``, ``input_size``, ``feat_dim``, ``mean``, ``std``; ``model_cfg`` is None (it is not
 rebuildable from a ``ModelConfig``).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,13 @@ def _register_builtins() -> None:
     from reidkit.models.interop import fastreid, solider, strong_baseline, torchreid, transreid
 
     # Order matters only for detection: the most specific signatures first.
-    for name, mod in (("fastreid", fastreid), ("transreid", transreid), ("solider", solider),
-                      ("strong_baseline", strong_baseline), ("torchreid", torchreid)):
+    for name, mod in (
+        ("fastreid", fastreid),
+        ("transreid", transreid),
+        ("solider", solider),
+        ("strong_baseline", strong_baseline),
+        ("torchreid", torchreid),
+    ):
         FORMATS.register(name, ForeignFormat(mod.detect, mod.build, mod.DESCRIPTION))
 
 
@@ -87,9 +93,14 @@ def detect_format(state: Mapping[str, Any], origin: str = "<state dict>") -> str
     )
 
 
-def load_foreign(path_or_state: str | os.PathLike | Mapping[str, Any], fmt: str | None = None,
-                 device: str | torch.device = "cpu", origin: str | None = None, trust_checkpoint: bool = False,
-                 **options: Any) -> Any:
+def load_foreign(
+    path_or_state: str | os.PathLike | Mapping[str, Any],
+    fmt: str | None = None,
+    device: str | torch.device = "cpu",
+    origin: str | None = None,
+    trust_checkpoint: bool = False,
+    **options: Any,
+) -> Any:
     """Load another toolkit's checkpoint (file or loaded dict) as a reidkit ``ReIDModel`` in eval mode.
 
     ``fmt``: one of ``FORMATS`` (detected from the keys when None). ``options`` go to the
@@ -97,7 +108,11 @@ def load_foreign(path_or_state: str | os.PathLike | Mapping[str, Any], fmt: str 
     ``pooling``, ``neck_feat``, ``sie_lambda``, ``semantic_weight`` (see each module).
     """
     origin = origin or _origin(path_or_state)
-    raw = path_or_state if isinstance(path_or_state, (Mapping, torch.nn.Module)) else _read(path_or_state, trust_checkpoint)
+    raw = (
+        path_or_state
+        if isinstance(path_or_state, (Mapping, torch.nn.Module))
+        else _read(path_or_state, trust_checkpoint)
+    )
     if not isinstance(raw, (Mapping, torch.nn.Module)):
         raise ReIDError(f"checkpoint {origin}: does not hold a checkpoint dict (got {type(raw).__name__})")
     state = unwrap_state(raw, origin)

@@ -8,6 +8,7 @@ records which foreign keys were used. A foreign tensor nobody consumed is an uns
 of the checkpoint and raises one :class:`ReIDError` naming it, so a model is never silently
 built from part of its weights.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
@@ -46,15 +47,19 @@ def unwrap_state(obj: Any, origin: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ReIDError(f"checkpoint {origin}: does not hold a state dict (got {type(obj).__name__})")
     # A plain .pkl (detectron2 / fast-reid converted weights) stores numpy arrays.
-    state = {str(k): (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) and v.dtype != object else v)
-             for k, v in obj.items()}
+    state = {
+        str(k): (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) and v.dtype != object else v)
+        for k, v in obj.items()
+    }
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not state:
-        raise ReIDError(f"checkpoint {origin}: holds no tensors: neither a reidkit checkpoint (model, model_cfg, "
-                        f"num_classes) nor a state dict (alone or under one of {', '.join(_WRAPPERS)})")
+        raise ReIDError(
+            f"checkpoint {origin}: holds no tensors: neither a reidkit checkpoint (model, model_cfg, "
+            f"num_classes) nor a state dict (alone or under one of {', '.join(_WRAPPERS)})"
+        )
     # DataParallel / DDP wrappers prefix every name; one layer of it is common, two happen.
     while all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -89,7 +94,7 @@ class KeyMap:
         n = 0
         for key in list(self.state):
             if key.startswith(src):
-                self.put(dst + key[len(src):], key)
+                self.put(dst + key[len(src) :], key)
                 n += 1
         return n
 
@@ -125,10 +130,12 @@ def load_mapped(model: nn.Module, mapped: Mapping[str, torch.Tensor], fmt: str, 
         if unexpected:
             parts.append(f"unexpected {', '.join(unexpected[:6])}")
         if bad:
-            parts.append("shape mismatch " + ", ".join(
-                f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:4]))
-        raise ReIDError(f"{fmt} checkpoint {origin}: the weights do not fit the inferred architecture "
-                        f"({'; '.join(parts)})")
+            parts.append(
+                "shape mismatch " + ", ".join(f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in bad[:4])
+            )
+        raise ReIDError(
+            f"{fmt} checkpoint {origin}: the weights do not fit the inferred architecture ({'; '.join(parts)})"
+        )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
 
 
@@ -154,18 +161,24 @@ def _count(state: Mapping[str, Any], prefix: str) -> int:
 def infer_resnet(state: Mapping[str, torch.Tensor], prefix: str, fmt: str, origin: str) -> dict[str, Any]:
     """Depth, block type, groups/width, IBN and SE of a torchvision-named ResNet under ``prefix``."""
     if f"{prefix}layer0.conv1.weight" in state or f"{prefix}layer0.0.weight" in state:
-        raise ReIDError(f"{fmt} checkpoint {origin}: the SENet/SE-ResNeXt layout ({prefix}layer0.*, Cadene's "
-                        "pretrainedmodels) is not supported; supported: torchvision-named ResNet / ResNeXt / "
-                        "IBN-a / IBN-b / SE-ResNet")
+        raise ReIDError(
+            f"{fmt} checkpoint {origin}: the SENet/SE-ResNeXt layout ({prefix}layer0.*, Cadene's "
+            "pretrainedmodels) is not supported; supported: torchvision-named ResNet / ResNeXt / "
+            "IBN-a / IBN-b / SE-ResNet"
+        )
     if f"{prefix}conv1.weight" not in state or f"{prefix}layer1.0.conv1.weight" not in state:
-        raise ReIDError(f"{fmt} checkpoint {origin}: no ResNet backbone under {prefix!r} (expected "
-                        f"{prefix}conv1.weight and {prefix}layer1.0.conv1.weight)")
+        raise ReIDError(
+            f"{fmt} checkpoint {origin}: no ResNet backbone under {prefix!r} (expected "
+            f"{prefix}conv1.weight and {prefix}layer1.0.conv1.weight)"
+        )
     layers = tuple(_count(state, f"{prefix}layer{i}.") for i in range(1, 5))
     kind = "bottleneck" if f"{prefix}layer1.0.conv3.weight" in state else "basic"
     depth = _RESNET_DEPTHS.get((kind, layers))
     if depth is None:
-        raise ReIDError(f"{fmt} checkpoint {origin}: ResNet with {kind} blocks {list(layers)} per stage is not "
-                        "a known depth (18, 34, 50, 101, 152)")
+        raise ReIDError(
+            f"{fmt} checkpoint {origin}: ResNet with {kind} blocks {list(layers)} per stage is not "
+            "a known depth (18, 34, 50, 101, 152)"
+        )
     groups, width_per_group = 1, 64
     if kind == "bottleneck":
         w = state[f"{prefix}layer1.0.conv2.weight"]
@@ -238,9 +251,15 @@ class ForeignHead(nn.Module):
     neck (``neck_feat="after"``) or before it (``"before"``), as the original inference code does.
     """
 
-    def __init__(self, pool: nn.Module, feat_dim: int, embed: nn.Module | None = None,
-                 bn: nn.Module | None = None, classifier: nn.Module | None = None,
-                 neck_feat: str = "after") -> None:
+    def __init__(
+        self,
+        pool: nn.Module,
+        feat_dim: int,
+        embed: nn.Module | None = None,
+        bn: nn.Module | None = None,
+        classifier: nn.Module | None = None,
+        neck_feat: str = "after",
+    ) -> None:
         super().__init__()
         if neck_feat not in ("after", "before"):
             raise ReIDError(f"neck_feat: unknown value {neck_feat!r}; expected after or before")
@@ -251,8 +270,10 @@ class ForeignHead(nn.Module):
         self.neck_feat = neck_feat
         self.feat_dim = int(feat_dim)
 
-    def forward_head(self, fmap: torch.Tensor, which: str = "after", labels: torch.Tensor | None = None) -> torch.Tensor:
-        """"pooled", "before" (metric feature), "after" (post-neck) or "logits"."""
+    def forward_head(
+        self, fmap: torch.Tensor, which: str = "after", labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ "pooled", "before" (metric feature), "after" (post-neck) or "logits"."""
         if which not in ("after", "before", "logits", "pooled"):
             raise ReIDError(f"which: unknown value {which!r}; expected after, before, logits or pooled")
         pooled = self.pool(fmap)

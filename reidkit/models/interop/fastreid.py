@@ -20,6 +20,7 @@ in the checkpoint: ``pooling="avg"`` (BoT, default) or ``"max"``, ``"avgmax"``, 
 (fixed p = 3) as the recipe used. The last stride is not stored either (fast-reid's recipes all
 use 1; ``last_stride=2`` otherwise).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -31,8 +32,16 @@ from torch import nn
 from reidkit.errors import ReIDError
 from reidkit.models.backbones.resnet import ResNet, spec
 from reidkit.models.interop.common import (
-    ForeignHead, GeMPool, KeyMap, SimplePool, batchnorm1d_from, bn_keys, infer_resnet, linear_from,
-    load_mapped, resnet_name,
+    ForeignHead,
+    GeMPool,
+    KeyMap,
+    SimplePool,
+    batchnorm1d_from,
+    bn_keys,
+    infer_resnet,
+    linear_from,
+    load_mapped,
+    resnet_name,
 )
 
 DESCRIPTION = "fast-reid (JDAI-CV/fast-reid): {'model': ...} with backbone.* and heads.*"
@@ -61,9 +70,9 @@ class NonLocal(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x + W(f(x) g(x))`` with ``f = theta^T phi / N`` (no softmax, as in AGW)."""
         b, _, h, w = x.shape
-        g = self.g(x).flatten(2).transpose(1, 2)          # B x N x c
+        g = self.g(x).flatten(2).transpose(1, 2)  # B x N x c
         theta = self.theta(x).flatten(2).transpose(1, 2)  # B x N x c
-        phi = self.phi(x).flatten(2)                      # B x c x N
+        phi = self.phi(x).flatten(2)  # B x c x N
         affinity = theta @ phi / phi.shape[-1]
         y = (affinity @ g).transpose(1, 2).reshape(b, self.inter, h, w)
         return x + self.W(y)
@@ -73,10 +82,22 @@ class FastReIDResNet(ResNet):
     """reidkit's ResNet with fast-reid's stem pooling and optional non-local blocks (``NL_1..NL_4``)."""
 
     def __init__(self, info: Mapping[str, Any], last_stride: int, nonlocal_inter: Mapping[int, list[int]]) -> None:
-        s = spec(info["depth"], groups=info["groups"], width_per_group=info["width_per_group"],
-                 ibn=info["ibn"], se=info["se"])
-        super().__init__(s.block, s.layers, groups=s.groups, width_per_group=s.width_per_group, ibn=s.ibn,
-                         se=s.se, last_stride=last_stride)
+        s = spec(
+            info["depth"],
+            groups=info["groups"],
+            width_per_group=info["width_per_group"],
+            ibn=info["ibn"],
+            se=info["se"],
+        )
+        super().__init__(
+            s.block,
+            s.layers,
+            groups=s.groups,
+            width_per_group=s.width_per_group,
+            ibn=s.ibn,
+            se=s.se,
+            last_stride=last_stride,
+        )
         # fast-reid pools the stem with padding 0 and ceil_mode: a one-pixel shift of every window
         # against torchvision's padding 1, so the features differ unless this is reproduced.
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
@@ -115,19 +136,26 @@ def _nonlocal_inter(state: Mapping[str, torch.Tensor]) -> dict[int, list[int]]:
     return out
 
 
-def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int, int] = (256, 128),
-          last_stride: int = 1, pooling: str | None = None, **unused: Any) -> Any:
+def build(
+    state: Mapping[str, torch.Tensor],
+    origin: str,
+    input_size: tuple[int, int] = (256, 128),
+    last_stride: int = 1,
+    pooling: str | None = None,
+    **unused: Any,
+) -> Any:
     """A reidkit model equal to fast-reid's inference on ``state``."""
     from reidkit.models.build import ReIDModel
 
     if unused:
-        raise ReIDError(f"fastreid: unknown option(s) {', '.join(unused)} (accepted: input_size, last_stride, "
-                        "pooling)")
+        raise ReIDError(f"fastreid: unknown option(s) {', '.join(unused)} (accepted: input_size, last_stride, pooling)")
     if "backbone.layer1.0.conv1.weight" not in state:
         stem = next((k for k in state if k.startswith("backbone.")), "")
-        raise ReIDError(f"fastreid checkpoint {origin}: only ResNet-family backbones are supported (ResNet, IBN-a, "
-                        f"SE, non-local); this backbone's first key is {stem!r} (ResNeSt, RegNet, OSNet, "
-                        "MobileNet, ViT backbones of fast-reid are not supported)")
+        raise ReIDError(
+            f"fastreid checkpoint {origin}: only ResNet-family backbones are supported (ResNet, IBN-a, "
+            f"SE, non-local); this backbone's first key is {stem!r} (ResNeSt, RegNet, OSNet, "
+            "MobileNet, ViT backbones of fast-reid are not supported)"
+        )
     km = KeyMap(state, "fastreid", origin)
     info = infer_resnet(state, "backbone.", "fastreid", origin)
     backbone = FastReIDResNet(info, last_stride, _nonlocal_inter(state))
@@ -136,8 +164,10 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     # Head: pooling (GeM only when its p is stored), 1x1 reduction conv, BNNeck, classifier.
     if km.has("heads.pool_layer.p"):
         if pooling not in (None, "gem_learned", "gem"):
-            raise ReIDError(f"fastreid checkpoint {origin}: holds a learnable GeM p (heads.pool_layer.p) but "
-                            f"pooling={pooling!r} was asked")
+            raise ReIDError(
+                f"fastreid checkpoint {origin}: holds a learnable GeM p (heads.pool_layer.p) but "
+                f"pooling={pooling!r} was asked"
+            )
         pool: nn.Module = GeMPool()
         km.put("head.pool.p", "heads.pool_layer.p", lambda t: t.reshape(1))
     else:

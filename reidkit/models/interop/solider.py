@@ -20,6 +20,7 @@ unfold patch merging orders its 4C inputs channel-major (c * 4 + k, k = 2 * row 
 ``reduction`` columns and the ``norm`` entries are permuted accordingly. ``norm0..norm2`` only feed
 SOLIDER's multi-scale outputs, not the ReID feature, and are dropped.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,7 +32,15 @@ from torch import nn
 
 from reidkit.errors import ReIDError
 from reidkit.models.interop.common import (
-    HALF_MEAN, HALF_STD, ForeignHead, KeyMap, SimplePool, batchnorm1d_from, bn_keys, linear_from, load_mapped,
+    HALF_MEAN,
+    HALF_STD,
+    ForeignHead,
+    KeyMap,
+    SimplePool,
+    batchnorm1d_from,
+    bn_keys,
+    linear_from,
+    load_mapped,
 )
 
 DESCRIPTION = "SOLIDER-REID (tinyvision/SOLIDER-REID): base.* mmdet-named Swin, bottleneck.*, classifier.*"
@@ -53,20 +62,29 @@ def unfold_to_cells(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(*lead, c, 4)[..., _CELL_ORDER].transpose(-1, -2).reshape(*lead, c4)
 
 
-def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int, int] = (384, 128),
-          semantic_weight: float = 0.2, neck_feat: str = "before", **unused: Any) -> Any:
+def build(
+    state: Mapping[str, torch.Tensor],
+    origin: str,
+    input_size: tuple[int, int] = (384, 128),
+    semantic_weight: float = 0.2,
+    neck_feat: str = "before",
+    **unused: Any,
+) -> Any:
     """A reidkit model equal to SOLIDER-REID's eval forward on ``state``."""
     from reidkit.models.backbones.swin import SwinTransformer
     from reidkit.models.build import ReIDModel
 
     if unused:
-        raise ReIDError(f"solider: unknown option(s) {', '.join(unused)} (accepted: input_size, semantic_weight, "
-                        "neck_feat)")
+        raise ReIDError(
+            f"solider: unknown option(s) {', '.join(unused)} (accepted: input_size, semantic_weight, neck_feat)"
+        )
     if neck_feat not in ("after", "before"):
         raise ReIDError(f"solider: neck_feat must be 'after' or 'before', got {neck_feat!r}")
     if "base.absolute_pos_embed" in state:
-        raise ReIDError(f"solider checkpoint {origin}: absolute position embeddings (base.absolute_pos_embed, "
-                        "use_abs_pos_embed) are not supported")
+        raise ReIDError(
+            f"solider checkpoint {origin}: absolute position embeddings (base.absolute_pos_embed, "
+            "use_abs_pos_embed) are not supported"
+        )
     km = KeyMap(state, "solider", origin)
     embed_dim = int(km.get("base.patch_embed.projection.weight").shape[0])
     patch = int(km.get("base.patch_embed.projection.weight").shape[-1])
@@ -79,20 +97,31 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
         depths.append(n)
         heads.append(int(km.get(f"base.stages.{i}.blocks.0.attn.w_msa.relative_position_bias_table").shape[1]))
     table = int(km.get("base.stages.0.blocks.0.attn.w_msa.relative_position_bias_table").shape[0])
-    window = (int(round(table ** 0.5)) + 1) // 2
+    window = (int(round(table**0.5)) + 1) // 2
     has_sem = km.has("base.semantic_embed_w.0.weight")
     sw = float(semantic_weight) if has_sem else -1.0
     if has_sem and sw < 0:
         raise ReIDError(f"solider checkpoint {origin}: holds semantic embeddings; semantic_weight must be in [0, 1]")
-    backbone = SwinTransformer(embed_dim=embed_dim, depths=tuple(depths), num_heads=tuple(heads), window=window,
-                               patch_size=patch, semantic_weight=sw)
+    backbone = SwinTransformer(
+        embed_dim=embed_dim,
+        depths=tuple(depths),
+        num_heads=tuple(heads),
+        window=window,
+        patch_size=patch,
+        semantic_weight=sw,
+    )
     backbone.mean, backbone.std = tuple(HALF_MEAN), tuple(HALF_STD)
     last = len(depths) - 1
     km.put("backbone.patch_embed.proj.weight", "base.patch_embed.projection.weight")
     km.put("backbone.patch_embed.proj.bias", "base.patch_embed.projection.bias")
     km.put_prefix("backbone.patch_embed.norm.", "base.patch_embed.norm.")
-    block_map = {"attn.w_msa.": "attn.", "ffn.layers.0.0.": "mlp.fc1.", "ffn.layers.1.": "mlp.fc2.",
-                 "norm1.": "norm1.", "norm2.": "norm2."}
+    block_map = {
+        "attn.w_msa.": "attn.",
+        "ffn.layers.0.0.": "mlp.fc1.",
+        "ffn.layers.1.": "mlp.fc2.",
+        "norm1.": "norm1.",
+        "norm2.": "norm2.",
+    }
     pat = re.compile(r"^base\.stages\.(\d+)\.blocks\.(\d+)\.(.*)$")
     for key in list(state):
         m = pat.match(key)
@@ -104,7 +133,7 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
             continue
         for src, dst in block_map.items():
             if rest.startswith(src):
-                km.put(f"backbone.layers.{m.group(1)}.blocks.{m.group(2)}.{dst}{rest[len(src):]}", key)
+                km.put(f"backbone.layers.{m.group(1)}.blocks.{m.group(2)}.{dst}{rest[len(src) :]}", key)
                 break
     for i in range(last):
         d = f"base.stages.{i}.downsample"

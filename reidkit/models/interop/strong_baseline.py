@@ -15,6 +15,7 @@ the two apart; detection picks this format). Preprocessing: RGB [0, 1], ImageNet
 not stored; ``last_stride=2`` overrides it. The SENet/SE-ResNeXt backbones of that repository
 (Cadene layout, ``base.layer0.*``) are not supported.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -26,8 +27,17 @@ from torch import nn
 from reidkit.errors import ReIDError
 from reidkit.models.backbones.resnet import build_resnet, spec
 from reidkit.models.interop.common import (
-    IMAGENET_MEAN, IMAGENET_STD, ForeignHead, KeyMap, SimplePool, batchnorm1d_from, bn_keys, infer_resnet,
-    linear_from, load_mapped, resnet_name,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ForeignHead,
+    KeyMap,
+    SimplePool,
+    batchnorm1d_from,
+    bn_keys,
+    infer_resnet,
+    linear_from,
+    load_mapped,
+    resnet_name,
 )
 
 DESCRIPTION = "reid-strong-baseline (michuanhaohao): base.* ResNet, bottleneck.*, classifier.*"
@@ -43,9 +53,15 @@ def detect(state: Mapping[str, Any]) -> bool:
 STEM_POOLS = {"strong_baseline": (3, 2, 1), "transreid": (2, 2, 0)}
 
 
-def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int, int] = (256, 128),
-          last_stride: int = 1, neck_feat: str = "after", stem_pool: str = "strong_baseline",
-          **unused: Any) -> Any:
+def build(
+    state: Mapping[str, torch.Tensor],
+    origin: str,
+    input_size: tuple[int, int] = (256, 128),
+    last_stride: int = 1,
+    neck_feat: str = "after",
+    stem_pool: str = "strong_baseline",
+    **unused: Any,
+) -> Any:
     """A reidkit model equal to reid-strong-baseline's eval forward on ``state``.
 
     ``stem_pool="transreid"`` reproduces TransReID's ResNet-50 (same layout, 2x2 stem pooling).
@@ -53,8 +69,10 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     from reidkit.models.build import ReIDModel
 
     if unused:
-        raise ReIDError(f"strong_baseline: unknown option(s) {', '.join(unused)} (accepted: input_size, "
-                        "last_stride, neck_feat, stem_pool)")
+        raise ReIDError(
+            f"strong_baseline: unknown option(s) {', '.join(unused)} (accepted: input_size, "
+            "last_stride, neck_feat, stem_pool)"
+        )
     if stem_pool not in STEM_POOLS:
         raise ReIDError(f"strong_baseline: stem_pool must be one of {', '.join(STEM_POOLS)}, got {stem_pool!r}")
     if neck_feat not in ("after", "before"):
@@ -62,8 +80,10 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     km = KeyMap(state, "strong_baseline", origin)
     info = infer_resnet(state, "base.", "strong_baseline", origin)
     if info["groups"] != 1 or info["se"] or info["ibn"] == "b":
-        raise ReIDError(f"strong_baseline checkpoint {origin}: backbone {resnet_name(info)} is not one of that "
-                        "repository's torchvision-layout ResNets (resnet18..152, resnet50_ibn_a)")
+        raise ReIDError(
+            f"strong_baseline checkpoint {origin}: backbone {resnet_name(info)} is not one of that "
+            "repository's torchvision-layout ResNets (resnet18..152, resnet50_ibn_a)"
+        )
     backbone = build_resnet(spec(info["depth"], ibn=info["ibn"]), last_stride=last_stride)
     if info["ibn"] is None:
         # The repository's plain ResNet skips the stem ReLU (commented out in its resnet.py).
@@ -73,7 +93,7 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     km.drop(lambda k: k.startswith("base.fc."))  # the ImageNet classifier of the IBN ResNet, unused
     for key in list(state):
         if key.startswith("base.") and not key.startswith("base.fc."):
-            km.put("backbone." + key[len("base."):], key)
+            km.put("backbone." + key[len("base.") :], key)
     bn = None
     if km.has("bottleneck.weight"):
         bn = batchnorm1d_from(km.get("bottleneck.weight"))
@@ -83,8 +103,13 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     if km.has("classifier.bias"):
         km.put("head.classifier.bias", "classifier.bias")
     km.check_consumed("strong-baseline parts outside base + bottleneck + classifier")
-    head = ForeignHead(SimplePool("avg"), int(backbone.out_channels), bn=bn, classifier=clf,
-                       neck_feat=neck_feat if bn is not None else "before")
+    head = ForeignHead(
+        SimplePool("avg"),
+        int(backbone.out_channels),
+        bn=bn,
+        classifier=clf,
+        neck_feat=neck_feat if bn is not None else "before",
+    )
     model = ReIDModel(backbone, head, IMAGENET_MEAN, IMAGENET_STD, arch="strong_baseline")
     load_mapped(model, km.out, "strong_baseline", origin)
     model.input_size = [int(v) for v in input_size]

@@ -13,6 +13,7 @@ ImageNet mean/std, 256x128 by default. The ResNet's last stride is not stored: t
 ``resnet50`` uses 2, ``resnet50_fc512`` uses 1; the default follows that (``fc`` present -> 1),
 ``last_stride=`` overrides it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -23,8 +24,16 @@ from torch import nn
 
 from reidkit.errors import ReIDError
 from reidkit.models.interop.common import (
-    IMAGENET_MEAN, IMAGENET_STD, ForeignHead, KeyMap, SimplePool, bn_keys, infer_resnet, linear_from,
-    load_mapped, resnet_name,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ForeignHead,
+    KeyMap,
+    SimplePool,
+    bn_keys,
+    infer_resnet,
+    linear_from,
+    load_mapped,
+    resnet_name,
 )
 
 DESCRIPTION = "torchreid (KaiyangZhou/deep-person-reid): OSNet / ResNet state dict, optionally under 'state_dict'"
@@ -51,10 +60,13 @@ def _fc_block(km: KeyMap) -> tuple[nn.Module | None, int | None]:
         return None, None
     w = km.get("fc.0.weight")
     if km.has("fc.3.weight") or km.has("fc.4.weight"):
-        raise ReIDError(f"torchreid checkpoint {km.origin}: a multi-layer fc block (fc.3/fc.4) is not supported; "
-                        "only one Linear -> BatchNorm1d -> ReLU layer (fc_dims=[D])")
-    block = nn.Sequential(nn.Linear(int(w.shape[1]), int(w.shape[0])), nn.BatchNorm1d(int(w.shape[0])),
-                          nn.ReLU(inplace=False))
+        raise ReIDError(
+            f"torchreid checkpoint {km.origin}: a multi-layer fc block (fc.3/fc.4) is not supported; "
+            "only one Linear -> BatchNorm1d -> ReLU layer (fc_dims=[D])"
+        )
+    block = nn.Sequential(
+        nn.Linear(int(w.shape[1]), int(w.shape[0])), nn.BatchNorm1d(int(w.shape[0])), nn.ReLU(inplace=False)
+    )
     km.put("head.embed.0.weight", "fc.0.weight")
     km.put("head.embed.0.bias", "fc.0.bias")
     bn_keys(km, "head.embed.1", "fc.1")
@@ -71,8 +83,13 @@ def _classifier(km: KeyMap) -> nn.Module | None:
     return clf
 
 
-def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int, int] = (256, 128),
-          last_stride: int | None = None, **unused: Any) -> Any:
+def build(
+    state: Mapping[str, torch.Tensor],
+    origin: str,
+    input_size: tuple[int, int] = (256, 128),
+    last_stride: int | None = None,
+    **unused: Any,
+) -> Any:
     """A reidkit model equal to torchreid's eval-mode ``forward`` on ``state``."""
     from reidkit.models.build import ReIDModel
 
@@ -85,8 +102,10 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
         stem = int(km.get("conv1.conv.weight").shape[0])
         width = _OSNET_WIDTHS.get(stem)
         if width is None:
-            raise ReIDError(f"torchreid checkpoint {origin}: OSNet stem width {stem} is not one of "
-                            f"{sorted(_OSNET_WIDTHS)} (x0_25..x1_0)")
+            raise ReIDError(
+                f"torchreid checkpoint {origin}: OSNet stem width {stem} is not one of "
+                f"{sorted(_OSNET_WIDTHS)} (x0_25..x1_0)"
+            )
         if any(k.startswith("pool2.") for k in state):
             if width != "x1_0":
                 raise ReIDError(f"torchreid checkpoint {origin}: OSNet-AIN is released only at x1_0, got {width}")
@@ -101,8 +120,16 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
 
         info = infer_resnet(state, "", "torchreid", origin)
         stride = last_stride if last_stride is not None else (1 if km.has("fc.0.weight") else 2)
-        backbone = build_resnet(spec(info["depth"], groups=info["groups"], width_per_group=info["width_per_group"],
-                                     ibn=info["ibn"], se=info["se"]), last_stride=stride)
+        backbone = build_resnet(
+            spec(
+                info["depth"],
+                groups=info["groups"],
+                width_per_group=info["width_per_group"],
+                ibn=info["ibn"],
+                se=info["se"],
+            ),
+            last_stride=stride,
+        )
         arch = resnet_name(info) + ("_fc" if km.has("fc.0.weight") else "")
         prefixes = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
     for key in list(state):

@@ -24,6 +24,7 @@ Not supported (one clear error): TransReID's ``vit_small_patch16_224_TransReID``
 8 blocks, q-k scale 768^-0.5), hybrid backbones, and SIE over camera x view (vehicles): an
 ``sie_embed`` with C x V rows is read as C cameras.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,10 @@ _STRIDES = (16, 12, 14, 10, 8, 11, 13, 15)
 
 def detect(state: Mapping[str, Any]) -> bool:
     """TransReID: a base.* ViT (cls_token, pos_embed, patch_embed.proj) with a bottleneck."""
-    return all(k in state for k in ("base.cls_token", "base.pos_embed", "base.patch_embed.proj.weight")) and \
-        "bottleneck.weight" in state
+    return (
+        all(k in state for k in ("base.cls_token", "base.pos_embed", "base.patch_embed.proj.weight"))
+        and "bottleneck.weight" in state
+    )
 
 
 def _grid(tokens: int, input_size: tuple[int, int] | None, origin: str) -> tuple[tuple[int, int], int]:
@@ -54,14 +57,22 @@ def _grid(tokens: int, input_size: tuple[int, int] | None, origin: str) -> tuple
             gh, gw = (size[0] - 16) // s + 1, (size[1] - 16) // s + 1
             if gh * gw == tokens:
                 return (int(size[0]), int(size[1])), s
-    raise ReIDError(f"transreid checkpoint {origin}: base.pos_embed holds {tokens} patch positions, which fits no "
-                    f"input size {', '.join(f'{h}x{w}' for h, w in sizes)} with patch stride 8..16; pass "
-                    "input_size=(H, W) as trained")
+    raise ReIDError(
+        f"transreid checkpoint {origin}: base.pos_embed holds {tokens} patch positions, which fits no "
+        f"input size {', '.join(f'{h}x{w}' for h, w in sizes)} with patch stride 8..16; pass "
+        "input_size=(H, W) as trained"
+    )
 
 
-def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int, int] | None = None,
-          sie_lambda: float = 3.0, neck_feat: str | None = None, num_heads: int | None = None,
-          **unused: Any) -> Any:
+def build(
+    state: Mapping[str, torch.Tensor],
+    origin: str,
+    input_size: tuple[int, int] | None = None,
+    sie_lambda: float = 3.0,
+    neck_feat: str | None = None,
+    num_heads: int | None = None,
+    **unused: Any,
+) -> Any:
     """A reidkit ``transreid`` model equal to TransReID's eval forward on ``state``.
 
     ``neck_feat``: None = the released configs' choice ("before" for the ViTs; "after", the
@@ -81,8 +92,9 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
             opts["input_size"] = input_size
         return strong_baseline.build(state, origin, stem_pool="transreid", **opts)
     if unused:
-        raise ReIDError(f"transreid: unknown option(s) {', '.join(unused)} (accepted: input_size, sie_lambda, "
-                        "neck_feat, num_heads)")
+        raise ReIDError(
+            f"transreid: unknown option(s) {', '.join(unused)} (accepted: input_size, sie_lambda, neck_feat, num_heads)"
+        )
     neck_feat = neck_feat or "before"
     if neck_feat not in ("after", "before"):
         raise ReIDError(f"transreid: neck_feat must be 'after' or 'before', got {neck_feat!r}")
@@ -96,21 +108,35 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     hidden = int(km.get("base.blocks.0.mlp.fc1.weight").shape[0])
     qkv_bias = km.has("base.blocks.0.attn.qkv.bias")
     if dim == 768 and depth == 8:
-        raise ReIDError(f"transreid checkpoint {origin}: TransReID's vit_small_patch16_224_TransReID (768 wide, "
-                        "8 blocks, q-k scale 768^-0.5) is not supported; ViT-B/16 and DeiT-S/16 are")
+        raise ReIDError(
+            f"transreid checkpoint {origin}: TransReID's vit_small_patch16_224_TransReID (768 wide, "
+            "8 blocks, q-k scale 768^-0.5) is not supported; ViT-B/16 and DeiT-S/16 are"
+        )
     heads = num_heads or {384: 6, 768: 12, 1024: 16}.get(dim)
     if heads is None:
         raise ReIDError(f"transreid checkpoint {origin}: unknown ViT width {dim}; pass num_heads=")
-    if km.has("base.patch_embed.backbone.conv.weight") or any(k.startswith("base.patch_embed.backbone.") for k in state):
+    if km.has("base.patch_embed.backbone.conv.weight") or any(
+        k.startswith("base.patch_embed.backbone.") for k in state
+    ):
         raise ReIDError(f"transreid checkpoint {origin}: hybrid (CNN + ViT) backbones are not supported")
     patch = int(km.get("base.patch_embed.proj.weight").shape[-1])
     if patch != 16:
         raise ReIDError(f"transreid checkpoint {origin}: patch size {patch} is not supported (16 only)")
     size, stride = _grid(int(km.get("base.pos_embed").shape[1]) - 1, input_size, origin)
     cams = int(km.get("base.sie_embed").shape[0]) if km.has("base.sie_embed") else 0
-    vit = VisionTransformer(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=hidden / dim, img_size=size,
-                            patch_size=16, stride_size=stride, sie=cams > 0, num_cameras=cams,
-                            sie_lambda=float(sie_lambda), qkv_bias=qkv_bias)
+    vit = VisionTransformer(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=hidden / dim,
+        img_size=size,
+        patch_size=16,
+        stride_size=stride,
+        sie=cams > 0,
+        num_cameras=cams,
+        sie_lambda=float(sie_lambda),
+        qkv_bias=qkv_bias,
+    )
     vit.mean, vit.std = tuple(HALF_MEAN), tuple(HALF_STD)
     jpm = km.has("b1.0.norm1.weight")
     groups = 0
@@ -128,7 +154,7 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
         km.drop(lambda k: k.startswith((f"base.blocks.{last}.", "base.norm.")))
     for key in list(state):
         if key.startswith("base.") and key not in km.used:
-            km.put("backbone.vit." + key[len("base."):], key)
+            km.put("backbone.vit." + key[len("base.") :], key)
     if jpm:
         km.put_prefix(f"backbone.vit.blocks.{last}.", "b1.0.")
         km.put_prefix("backbone.vit.norm.", "b1.1.")
@@ -152,6 +178,9 @@ def build(state: Mapping[str, torch.Tensor], origin: str, input_size: tuple[int,
     model = ReIDModel(trunk, head, HALF_MEAN, HALF_STD, arch="transreid")
     load_mapped(model, km.out, "transreid", origin)
     model.input_size = list(size)
-    model.source_arch = (f"vit_{'base' if dim == 768 else 'small'}_patch16 stride {stride}"
-                         + (" + SIE" if cams else "") + (" + JPM" if jpm else ""))
+    model.source_arch = (
+        f"vit_{'base' if dim == 768 else 'small'}_patch16 stride {stride}"
+        + (" + SIE" if cams else "")
+        + (" + JPM" if jpm else "")
+    )
     return model

@@ -14,6 +14,7 @@ class; callers then read the backend's :class:`Capabilities` and never look at t
 :func:`resolve` turns a ``--db`` value and a collection into a :class:`Backend`; everything else here
 (``open_store``, ``store_exists``, ``describe_db``) goes through it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,12 +26,37 @@ from typing import Any
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.registry import Registry
-from reidkit.retrieval.backends.protocol import (FILES_INSIDE, FILES_OUTSIDE, Capabilities, GalleryStore,
-                                                 SearchFilter, StoreBuilder, StoreSnapshot, crash_point)
+from reidkit.retrieval.backends.protocol import (
+    FILES_INSIDE,
+    FILES_OUTSIDE,
+    Capabilities,
+    GalleryStore,
+    SearchFilter,
+    StoreBuilder,
+    StoreSnapshot,
+    crash_point,
+)
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "Capabilities", "FILES_INSIDE", "FILES_OUTSIDE", "GalleryStore",
-           "SearchFilter", "StoreBuilder", "StoreSnapshot", "register_backend", "resolve", "open_store",
-           "store_exists", "describe_db", "gallery_db", "crash_point", "scheme"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "Backend",
+    "Capabilities",
+    "FILES_INSIDE",
+    "FILES_OUTSIDE",
+    "GalleryStore",
+    "SearchFilter",
+    "StoreBuilder",
+    "StoreSnapshot",
+    "register_backend",
+    "resolve",
+    "open_store",
+    "store_exists",
+    "describe_db",
+    "gallery_db",
+    "crash_point",
+    "scheme",
+]
 
 BACKENDS: Registry[Any] = Registry("gallery backend", "--db")
 DEFAULT_BACKEND = "embedded"
@@ -42,8 +68,10 @@ def register_backend(name: str, cls: Any = None, *, overwrite: bool = False) -> 
     """Register a gallery backend class for ``--db NAME:...`` (decorator or call). `cls` may also be a
     ``"module:Class"`` string, imported when a gallery of that scheme is first opened."""
     if not _SCHEME.match(f"{name}:") and name != DEFAULT_BACKEND:
-        raise ReIDError(f"register_backend: {name!r} is not a scheme (a letter, then letters, digits or _+.-; "
-                        f"at least two characters)")
+        raise ReIDError(
+            f"register_backend: {name!r} is not a scheme (a letter, then letters, digits or _+.-; "
+            f"at least two characters)"
+        )
 
     def add(item: Any) -> Any:
         BACKENDS.register(name, item, overwrite=overwrite)
@@ -108,17 +136,29 @@ class Backend:
         if fn is not None:
             return fn(self.db, self.collection, **kwargs)
         rep = self.check()
-        return {"action": "none needed", "entries": rep.get("entries", 0), "recovered_from_index": 0,
-                "reextracted": 0, "dropped": []}
+        return {
+            "action": "none needed",
+            "entries": rep.get("entries", 0),
+            "recovered_from_index": 0,
+            "reextracted": 0,
+            "dropped": [],
+        }
 
     def refuse_files(self) -> None:
         """OptionError when ``files`` is given for a backend that keeps its side files inside the gallery."""
         if self.capabilities.files != FILES_OUTSIDE:
-            outside = [n for n in BACKENDS.names() if n != DEFAULT_BACKEND
-                       and getattr(_load(BACKENDS.get(n)), "capabilities", None) is not None
-                       and _load(BACKENDS.get(n)).capabilities.files == FILES_OUTSIDE]
-            raise OptionError("files", f"applies to {', '.join(f'{n}:' for n in outside) or 'other'} galleries only; "
-                                       f"{self.describe()} keeps its files inside its folder")
+            outside = [
+                n
+                for n in BACKENDS.names()
+                if n != DEFAULT_BACKEND
+                and getattr(_load(BACKENDS.get(n)), "capabilities", None) is not None
+                and _load(BACKENDS.get(n)).capabilities.files == FILES_OUTSIDE
+            ]
+            raise OptionError(
+                "files",
+                f"applies to {', '.join(f'{n}:' for n in outside) or 'other'} galleries only; "
+                f"{self.describe()} keeps its files inside its folder",
+            )
 
     def default_files(self, near: str | os.PathLike) -> Path | None:
         """The side-file folder a new gallery records when the user gives none (None: files live inside)."""
@@ -152,18 +192,23 @@ def resolve(db: str | os.PathLike, collection: str | None = None) -> Backend:
         known = [n for n in BACKENDS.names() if n != DEFAULT_BACKEND]
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]}:?)" if close else ""
-        raise OptionError("db", f"{db}: unknown gallery backend {name + ':'!r}{hint}; the schemes: "
-                                f"{', '.join(n + ':' for n in known)} (a --plugin file may register more with "
-                                f"reidkit.register_backend), or a folder path without one "
-                                f"(./{db} for a folder whose name has a colon)")
+        raise OptionError(
+            "db",
+            f"{db}: unknown gallery backend {name + ':'!r}{hint}; the schemes: "
+            f"{', '.join(n + ':' for n in known)} (a --plugin file may register more with "
+            f"reidkit.register_backend), or a folder path without one "
+            f"(./{db} for a folder whose name has a colon)",
+        )
     else:
         value = str(db)
     cls = _load(BACKENDS.get(name))
     caps_for = getattr(cls, "capabilities_for", None)
     caps = caps_for(value) if caps_for is not None else getattr(cls, "capabilities", None)
     if not isinstance(caps, Capabilities):
-        raise ReIDError(f"gallery backend {name!r}: {getattr(cls, '__name__', cls)} declares no capabilities "
-                        f"(a reidkit.retrieval.backends.protocol.Capabilities)")
+        raise ReIDError(
+            f"gallery backend {name!r}: {getattr(cls, '__name__', cls)} declares no capabilities "
+            f"(a reidkit.retrieval.backends.protocol.Capabilities)"
+        )
     return Backend(name, cls, value, collection, caps)
 
 

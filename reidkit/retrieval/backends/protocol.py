@@ -16,6 +16,7 @@ video-ingestion progress) and the identity of the model that made the vectors. I
 The registry of schemes (``--db`` with no scheme: the embedded folder; ``milvus:``; a user's from a
 ``--plugin`` file) is :mod:`reidkit.retrieval.backends`.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,21 +34,33 @@ from reidkit.retrieval.store import KINDS
 if TYPE_CHECKING:
     from reidkit.inference import ModelIdentity
 
-__all__ = ["Capabilities", "FILES_INSIDE", "FILES_OUTSIDE", "SearchFilter", "StoreSnapshot", "StoreBuilder",
-           "GalleryStore", "CRASH_ENV", "CRASH_POINTS", "crash_point", "passes", "files_folder"]
+__all__ = [
+    "Capabilities",
+    "FILES_INSIDE",
+    "FILES_OUTSIDE",
+    "SearchFilter",
+    "StoreSnapshot",
+    "StoreBuilder",
+    "GalleryStore",
+    "CRASH_ENV",
+    "CRASH_POINTS",
+    "crash_point",
+    "passes",
+    "files_folder",
+]
 
 CRASH_ENV = "REIDKIT_TEST_CRASH_AT"
 CRASH_POINTS = (
-    "add_embedded",          # add: features computed, writer lock not yet taken
-    "add_locked",            # add: holding the writer lock, transaction not begun
-    "before_commit",         # any write: rows inserted, generation bumped, not committed
-    "after_commit",          # any write: committed, faiss cache of the new generation not written
-    "cache_temp_written",    # the new cache is in its temp file, not renamed into place
-    "build_embedded",        # build: new database filled in the temp folder, not indexed
+    "add_embedded",  # add: features computed, writer lock not yet taken
+    "add_locked",  # add: holding the writer lock, transaction not begun
+    "before_commit",  # any write: rows inserted, generation bumped, not committed
+    "after_commit",  # any write: committed, faiss cache of the new generation not written
+    "cache_temp_written",  # the new cache is in its temp file, not renamed into place
+    "build_embedded",  # build: new database filled in the temp folder, not indexed
     "build_before_publish",  # build: temp folder complete, folders not exchanged
-    "build_after_publish",   # build: folders exchanged, old folder not yet removed
+    "build_after_publish",  # build: folders exchanged, old folder not yet removed
 )
-FILES_INSIDE = "inside"    # side files (thumbnails) live in the gallery's own folder
+FILES_INSIDE = "inside"  # side files (thumbnails) live in the gallery's own folder
 FILES_OUTSIDE = "outside"  # side files live in a local folder the gallery records (--files)
 
 
@@ -93,8 +106,10 @@ class SearchFilter:
 
     def active(self) -> bool:
         """True when some condition is set."""
-        return any(v is not None for v in (self.exclude_camid, self.exclude_camera, self.camera, self.kind,
-                                          self.t_min, self.t_max))
+        return any(
+            v is not None
+            for v in (self.exclude_camid, self.exclude_camera, self.camera, self.kind, self.t_min, self.t_max)
+        )
 
     def check(self) -> SearchFilter:
         """ReIDError naming the bad condition; returns self."""
@@ -122,8 +137,9 @@ class StoreSnapshot(Protocol):
     @property
     def key(self) -> tuple[str, int]: ...
 
-    def search(self, feats: np.ndarray, k: int, filters: Sequence[SearchFilter],
-               nprobe: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(
+        self, feats: np.ndarray, k: int, filters: Sequence[SearchFilter], nprobe: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per query row: (ids int64, scores float32), best first, at most k, all passing its filter."""
 
     def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -132,8 +148,9 @@ class StoreSnapshot(Protocol):
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
         """Stored vectors of the given ids, in that order (ReIDError for an unknown id)."""
 
-    def entries(self, kind: str | None = None, tracklet: str | None = None,
-                camera: str | None = None) -> list[dict[str, Any]]:
+    def entries(
+        self, kind: str | None = None, tracklet: str | None = None, camera: str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored entries matching all the given filters, in id order."""
 
     def image_paths(self) -> set[str]:
@@ -172,9 +189,15 @@ class GalleryStore(Protocol):
     def exists(cls, db: str | os.PathLike, collection: str | None = None) -> bool: ...
 
     @classmethod
-    def builder(cls, location: str | os.PathLike, collection: str | None = None, overwrite: bool = False,
-                settings: dict[str, Any] | None = None, lock_timeout: float | None = None,
-                progress: Callable[[str], None] | None = None) -> StoreBuilder:
+    def builder(
+        cls,
+        location: str | os.PathLike,
+        collection: str | None = None,
+        overwrite: bool = False,
+        settings: dict[str, Any] | None = None,
+        lock_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> StoreBuilder:
         """A new gallery (settings: index_kind, nlist, pq_m); refuses an existing one unless `overwrite`."""
 
     def snapshot(self) -> StoreSnapshot: ...
@@ -188,15 +211,30 @@ class GalleryStore(Protocol):
     def settling(self, key: tuple[str, int]) -> bool:
         """True while a writer that published `key` is still finishing (a follower may wait a little)."""
 
-    def write(self, base: StoreSnapshot, identity: ModelIdentity, rows: list[dict[str, Any]], vectors: np.ndarray,
-              state: dict[str, str | None] | None = None, skip_existing_images: bool = False, corrupt: int = 0,
-              lock_timeout: float | None = None, progress: Callable[[str], None] | None = None
-              ) -> tuple[list[int], StoreSnapshot | None]:
+    def write(
+        self,
+        base: StoreSnapshot,
+        identity: ModelIdentity,
+        rows: list[dict[str, Any]],
+        vectors: np.ndarray,
+        state: dict[str, str | None] | None = None,
+        skip_existing_images: bool = False,
+        corrupt: int = 0,
+        lock_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[list[int], StoreSnapshot | None]:
         """Write rows + vectors + state in one step; (ids written, the new snapshot or None when nothing changed)."""
 
-    def delete(self, base: StoreSnapshot, identity: ModelIdentity, ids: Sequence[int] | None = None,
-               tracklet: str | None = None, camera: str | None = None, path: str | None = None,
-               lock_timeout: float | None = None) -> tuple[int, StoreSnapshot | None]:
+    def delete(
+        self,
+        base: StoreSnapshot,
+        identity: ModelIdentity,
+        ids: Sequence[int] | None = None,
+        tracklet: str | None = None,
+        camera: str | None = None,
+        path: str | None = None,
+        lock_timeout: float | None = None,
+    ) -> tuple[int, StoreSnapshot | None]:
         """Delete the entries matching ALL given criteria; (count, new snapshot or None)."""
 
     def get_state(self, key: str) -> Any:
@@ -205,8 +243,6 @@ class GalleryStore(Protocol):
     def check(self) -> dict[str, Any]:
         """Consistency report (keys db, consistent, generation, entries, images, tracklets; optionally index, cache,
         model, feat_dim, leftover_files, lock_files); ReIDError naming the problem when inconsistent."""
-
-
 
 
 def passes(entry: dict[str, Any], f: SearchFilter) -> bool:
@@ -249,5 +285,3 @@ def crash_point(name: str) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(137)
-
-

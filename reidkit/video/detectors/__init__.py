@@ -15,6 +15,7 @@ from a ``--plugin`` file the same way. Built in:
 Jobs carry a picklable spec, ``{"kind": NAME, "options": {...}}`` (:func:`detector_spec`), and each
 process builds its detector from it (:func:`build_detector`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,19 +31,31 @@ from reidkit.video.detectors.base import Detections, Detector
 DETECTORS: Registry[Any] = Registry("detector", "--detector")
 DEFAULT_DETECTOR = "motion"
 
-__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "Detections", "Detector", "build_detector", "detector_options",
-           "detector_spec", "register_detector", "resolve_detector"]
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DETECTORS",
+    "Detections",
+    "Detector",
+    "build_detector",
+    "detector_options",
+    "detector_spec",
+    "register_detector",
+    "resolve_detector",
+]
 
 # The pre-registry spec form (reidkit.video.pipeline before the registry, and its stored settings, which
 # read a hog spec's "scale"): top-level keys -> the part's option.
-_LEGACY = {"hog": {"min_height": "min_height", "scale": "detect_scale"},
-           "onnx": {"path": "path", "conf": "conf", "input_size": "input_size", "person_class": "person_class"},
-           "mot": {"path": "path"}}
+_LEGACY = {
+    "hog": {"min_height": "min_height", "scale": "detect_scale"},
+    "onnx": {"path": "path", "conf": "conf", "input_size": "input_size", "person_class": "person_class"},
+    "mot": {"path": "path"},
+}
 
 
 def register_detector(name: str, cls: Any = None, *, options: type | None = None, overwrite: bool = False) -> Any:
     """Register a detector class (decorator or call); ``options`` (default: the class's ``options`` attribute)
     is the dataclass of its own keys, set with ``--detector-option KEY=VALUE`` (``detector.<name>.KEY``)."""
+
     def add(item: Any) -> Any:
         DETECTORS.register(name, item, overwrite=overwrite)
         register_options("detector", name, options or getattr(item, "options", None))
@@ -90,8 +103,10 @@ def build_detector(spec: Mapping[str, Any], video: str | os.PathLike | None = No
     else:  # a plug-in without from_options: built like a tracker, cls(options) or cls()
         det = cls() if opts is None and options_class("detector", kind) is None else cls(opts)
     if not callable(det):
-        raise ReIDError(f"detector {kind!r}: {type(det).__name__} is not callable as det(frame, index) "
-                        "(reidkit.video.detectors.base.Detector)")
+        raise ReIDError(
+            f"detector {kind!r}: {type(det).__name__} is not callable as det(frame, index) "
+            "(reidkit.video.detectors.base.Detector)"
+        )
     return det
 
 
@@ -109,9 +124,12 @@ def unknown_detector(text: str) -> ReIDError:
     names = [*DETECTORS.names(), *detector_names()]
     close = difflib.get_close_matches(text, names, n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return OptionError("detector", f"{text!r} is neither a file, a detector nor a catalogue detector{hint}; "
-                                   f"detectors: {', '.join(DETECTORS.names())}; catalogue: "
-                                   f"{', '.join(detector_names())} (reidkit weights list)")
+    return OptionError(
+        "detector",
+        f"{text!r} is neither a file, a detector nor a catalogue detector{hint}; "
+        f"detectors: {', '.join(DETECTORS.names())}; catalogue: "
+        f"{', '.join(detector_names())} (reidkit weights list)",
+    )
 
 
 def resolve_detector(text: str | os.PathLike, values: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str]:

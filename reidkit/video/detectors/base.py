@@ -8,6 +8,7 @@ each process rebuilds its detector from one with ``cls.from_options(options, vid
 (the motion detector's background: built for each video from its path) or can be shared by every
 video of a run (built once per process).
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol, runtime_checkable

@@ -27,6 +27,7 @@ A family is recognised from the model's output signature (``detect_family``), or
 Every family but rtdetr is letterboxed (aspect kept); ``Preprocess`` says how, and ``unletterbox``
 maps boxes back to frame pixels. Float16 models get float16 input (their declared input type).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
@@ -47,9 +48,13 @@ class Preprocess(NamedTuple):
     pad: str  # "center" | "corner" (top-left) | "stretch" (resize, aspect not kept)
 
 
-PREPROCESS = {"yolox": Preprocess(False, 1.0, "corner"), "yolox_decoded": Preprocess(False, 1.0, "corner"),
-              "yolov5": Preprocess(True, 1 / 255, "center"),
-              "yolov8": Preprocess(True, 1 / 255, "center"), "rtdetr": Preprocess(True, 1 / 255, "stretch")}
+PREPROCESS = {
+    "yolox": Preprocess(False, 1.0, "corner"),
+    "yolox_decoded": Preprocess(False, 1.0, "corner"),
+    "yolov5": Preprocess(True, 1 / 255, "center"),
+    "yolov8": Preprocess(True, 1 / 255, "center"),
+    "rtdetr": Preprocess(True, 1 / 255, "stretch"),
+}
 
 
 def yolox_cells(hw: tuple[int, int], strides: Sequence[int] = YOLOX_STRIDES) -> int:
@@ -68,9 +73,13 @@ def detect_family(hw: tuple[int, int], outputs: Sequence[tuple[str, Sequence[int
     if len(shape) == 3 and shape[0] == 1:
         shape = shape[1:]
     if len(shape) != 2:
-        raise OptionError("detector", f"cannot tell the model's family from its output of shape {list(outputs[0][1])} "
-                          f"(expected [1, N, 5+nc], [1, 4+nc, N] or boxes + scores outputs); name it with "
-                          f"--detector-option family=({'|'.join(FAMILIES)})", value=where)
+        raise OptionError(
+            "detector",
+            f"cannot tell the model's family from its output of shape {list(outputs[0][1])} "
+            f"(expected [1, N, 5+nc], [1, 4+nc, N] or boxes + scores outputs); name it with "
+            f"--detector-option family=({'|'.join(FAMILIES)})",
+            value=where,
+        )
     rows, cols = shape
     if rows < cols:  # anchors outnumber channels in every YOLO export: channels first
         return "yolov8"
@@ -81,8 +90,12 @@ def detect_family(hw: tuple[int, int], outputs: Sequence[tuple[str, Sequence[int
 
 def _person_column(cols: int, first: int, person_class: int, family: str, where: object) -> int:
     if cols <= first + person_class:
-        raise OptionError("detector", f"a {family} output of {cols} values per box has {max(0, cols - first)} "
-                          f"classes, no class {person_class} (--person-class)", value=where)
+        raise OptionError(
+            "detector",
+            f"a {family} output of {cols} values per box has {max(0, cols - first)} "
+            f"classes, no class {person_class} (--person-class)",
+            value=where,
+        )
     return first + person_class
 
 
@@ -96,8 +109,9 @@ def yolox_grid(hw: tuple[int, int], strides: Sequence[int] = YOLOX_STRIDES) -> t
     return np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)
 
 
-def decode(family: str, outputs: dict[str, np.ndarray], hw: tuple[int, int], person_class: int = 0,
-           where: object = None) -> tuple[np.ndarray, np.ndarray]:
+def decode(
+    family: str, outputs: dict[str, np.ndarray], hw: tuple[int, int], person_class: int = 0, where: object = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(boxes x1 y1 x2 y2 in input pixels, person scores) of a family's raw outputs (by name, first one first)."""
     arrays = {k: np.asarray(v).astype(np.float32, copy=False) for k, v in outputs.items()}
     first = next(iter(arrays.values()))
@@ -105,8 +119,9 @@ def decode(family: str, outputs: dict[str, np.ndarray], hw: tuple[int, int], per
         return _rtdetr_named({k.lower(): v for k, v in arrays.items()}, person_class, where)
     a = first[0] if first.ndim == 3 else first
     if a.ndim != 2:
-        raise OptionError("detector", f"a {family} model should give [1, N, C] or [1, C, N], got {list(first.shape)}",
-                          value=where)
+        raise OptionError(
+            "detector", f"a {family} model should give [1, N, C] or [1, C, N], got {list(first.shape)}", value=where
+        )
     if family == "yolov8":
         a = a.T if a.shape[0] < a.shape[1] else a
         c = _person_column(a.shape[1], 4, person_class, family, where)
@@ -117,8 +132,12 @@ def decode(family: str, outputs: dict[str, np.ndarray], hw: tuple[int, int], per
     if family == "yolox":
         cells, steps = yolox_grid(hw)
         if len(a) != len(cells):
-            raise OptionError("detector", f"a yolox output has one row per grid cell of strides 8/16/32 "
-                              f"({len(cells)} at {hw[0]}x{hw[1]}), got {len(a)} rows", value=where)
+            raise OptionError(
+                "detector",
+                f"a yolox output has one row per grid cell of strides 8/16/32 "
+                f"({len(cells)} at {hw[0]}x{hw[1]}), got {len(a)} rows",
+                value=where,
+            )
         c = _person_column(a.shape[1], 5, person_class, family, where)
         xy = (a[:, :2] + cells) * steps[:, None]
         wh = np.exp(np.minimum(a[:, 2:4], 20.0)) * steps[:, None]  # the cap keeps a wild logit finite
@@ -151,8 +170,9 @@ def cxcywh_to_xyxy(c: np.ndarray) -> np.ndarray:
     return np.concatenate([c[:, :2] - half, c[:, :2] + half], 1)
 
 
-def letterbox(frame: np.ndarray, hw: tuple[int, int], prep: Preprocess,
-              dtype: type = np.float32) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+def letterbox(
+    frame: np.ndarray, hw: tuple[int, int], prep: Preprocess, dtype: type = np.float32
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """(1 x 3 x H x W blob, (sx, sy, x0, y0)): the frame fitted into the input as the family wants it;
     a frame point (x, y) lands at (x * sx + x0, y * sy + y0)."""
     import cv2
@@ -167,7 +187,7 @@ def letterbox(frame: np.ndarray, hw: tuple[int, int], prep: Preprocess,
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         x0, y0 = (0, 0) if prep.pad == "corner" else (int(round((W - nw) / 2 - 0.1)), int(round((H - nh) / 2 - 0.1)))
         canvas = np.full((H, W, 3), 114, np.uint8)  # the grey padding YOLO and YOLOX train with
-        canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        canvas[y0 : y0 + nh, x0 : x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
         geo = (nw / w, nh / h, float(x0), float(y0))
     img = canvas[:, :, ::-1] if prep.rgb else canvas
     blob = img.transpose(2, 0, 1)[None].astype(np.float32) * np.float32(prep.scale)

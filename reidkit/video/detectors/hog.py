@@ -6,6 +6,7 @@ Its window is 64 x 128, so small frames are upscaled first (``min_height``) to l
 frame: its cost falls with the pixel count, people shorter than about 100 / detect_scale pixels are
 missed (measured in benchmarks/bench_video.py). Works on moving cameras, where ``motion`` cannot.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,17 +43,26 @@ class HogDetector:
         """The detector with `options`."""
         return cls(**dataclasses.asdict(options or HogOptions()))
 
-    def __init__(self, min_height: int = 480, scale: float = 1.05, win_stride: int = 8,
-                 hit_threshold: float = 0.0, iou: float = 0.45, shrink: tuple[float, float] = (0.6, 0.8),
-                 detect_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        min_height: int = 480,
+        scale: float = 1.05,
+        win_stride: int = 8,
+        hit_threshold: float = 0.0,
+        iou: float = 0.45,
+        shrink: tuple[float, float] = (0.6, 0.8),
+        detect_scale: float = 1.0,
+    ) -> None:
         import cv2
 
         if not (np.isfinite(detect_scale) and 0.05 <= float(detect_scale) <= 4.0):
             raise OptionError("detect_scale", f"expected a factor in [0.05, 4], got {detect_scale}")
 
         if not hasattr(cv2, "HOGDescriptor"):
-            raise ReIDError(f"the HOG detector needs OpenCV 4.x (cv2 {cv2.__version__} has no HOGDescriptor); "
-                            f"pip install 'opencv-python>=4.8,<5', or pass --detections / --detector")
+            raise ReIDError(
+                f"the HOG detector needs OpenCV 4.x (cv2 {cv2.__version__} has no HOGDescriptor); "
+                f"pip install 'opencv-python>=4.8,<5', or pass --detections / --detector"
+            )
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.min_height, self.scale, self.stride = int(min_height), float(scale), int(win_stride)
@@ -66,11 +76,14 @@ class HogDetector:
 
         h, w = frame.shape[:2]
         f = max(1.0, self.min_height / h) * self.detect_scale
-        img = cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA if f < 1 else
-                         cv2.INTER_LINEAR) if f != 1.0 else frame
-        rects, weights = self.hog.detectMultiScale(img, hitThreshold=self.hit_threshold,
-                                                   winStride=(self.stride, self.stride), padding=(8, 8),
-                                                   scale=self.scale)
+        img = (
+            cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+            if f != 1.0
+            else frame
+        )
+        rects, weights = self.hog.detectMultiScale(
+            img, hitThreshold=self.hit_threshold, winStride=(self.stride, self.stride), padding=(8, 8), scale=self.scale
+        )
         if len(rects) == 0:
             return empty()
         r = np.asarray(rects, dtype=np.float32).reshape(-1, 4) / f

@@ -4,6 +4,7 @@ The format is ``frame,id,x,y,w,h,conf,...`` with 1-based frames, as the MOT benc
 detections and as reidkit.data.scene writes ground truth. The whole file is parsed up front, so a
 malformed row (named by file and line number) fails before anything is ingested.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,9 +65,12 @@ class MotDetections:
                     if not all(np.isfinite((x, y, w, h, conf))) or w < 0 or h < 0:
                         raise ValueError
                 except ValueError:
-                    raise OptionError("detections", "expected 'frame,id,x,y,w,h,conf,...' with an integer frame >= 1 "
-                                      f"and finite non-negative sizes, got {text[:80]!r}",
-                                      value=f"{self.path}, line {n}") from None
+                    raise OptionError(
+                        "detections",
+                        "expected 'frame,id,x,y,w,h,conf,...' with an integer frame >= 1 "
+                        f"and finite non-negative sizes, got {text[:80]!r}",
+                        value=f"{self.path}, line {n}",
+                    ) from None
                 if conf >= min_conf and w > 0 and h > 0:
                     self._by_frame.setdefault(frame - 1, []).append((x, y, x + w, y + h, conf))
 

@@ -11,6 +11,7 @@ trimmed to its own rows. People who stand still for most of a block fade into it
 anything that moves is found: use it on fixed cameras with people as the moving objects (measured in
 benchmarks/bench_video.py). One per video (``per_video``): it models that video's background.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,11 +53,24 @@ class MotionDetector:
         """The detector of `video` with `options`."""
         return cls(video if video is not None else "", **dataclasses.asdict(options or MotionOptions()))
 
-    def __init__(self, path: str | os.PathLike, work_height: int = 144, threshold: float = 1.0,
-                 block: int = 600, samples: int = 20, aspect: float = 0.33, min_height: float = 0.15) -> None:
-        checks = (("work_height", work_height, 32, 4096), ("threshold", threshold, 0.05, 100.0),
-                  ("block", block, 2, 10**9), ("samples", samples, 3, 1000), ("aspect", aspect, 0.05, 5.0),
-                  ("min_height", min_height, 0.0, 1.0))
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        work_height: int = 144,
+        threshold: float = 1.0,
+        block: int = 600,
+        samples: int = 20,
+        aspect: float = 0.33,
+        min_height: float = 0.15,
+    ) -> None:
+        checks = (
+            ("work_height", work_height, 32, 4096),
+            ("threshold", threshold, 0.05, 100.0),
+            ("block", block, 2, 10**9),
+            ("samples", samples, 3, 1000),
+            ("aspect", aspect, 0.05, 5.0),
+            ("min_height", min_height, 0.0, 1.0),
+        )
         for name, v, lo, hi in checks:
             if not (np.isfinite(v) and lo <= v <= hi):
                 raise ReIDError(f"motion detector: {name} must be in [{lo}, {hi}], got {v}")
@@ -73,8 +87,11 @@ class MotionDetector:
 
         h, w = frame.shape[:2]
         f = min(1.0, self.work_height / h)
-        x = cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) \
-            if f < 1.0 else frame
+        x = (
+            cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+            if f < 1.0
+            else frame
+        )
         x = x.astype(np.float32)
         flat = x.reshape(-1, x.shape[2])
         return (x - flat.mean(0)) / (flat.std(0) + 1e-3)
@@ -113,7 +130,9 @@ class MotionDetector:
         finally:
             cap.release()
         if not frames:
-            raise ReIDError(f"video {self.path}: no frames around frame {index + 1} for the motion detector's background")
+            raise ReIDError(
+                f"video {self.path}: no frames around frame {index + 1} for the motion detector's background"
+            )
         bg = np.median(np.stack(frames), axis=0).astype(np.float32)
         self._bg = (b, bg)
         return bg
@@ -132,9 +151,13 @@ class MotionDetector:
         if mask.mean() > BUSY_SHARE:
             self.busy_frames += 1
             if self.busy_frames == BUSY_WARN:
-                log.warning("video %s: more than half of the picture moved in %d frames (by frame %d): the "
-                            "motion detector needs a fixed camera; use --detector hog or an ONNX detector",
-                            self.path, BUSY_WARN, index + 1)
+                log.warning(
+                    "video %s: more than half of the picture moved in %d frames (by frame %d): the "
+                    "motion detector needs a fixed camera; use --detector hog or an ONNX detector",
+                    self.path,
+                    BUSY_WARN,
+                    index + 1,
+                )
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         mask = cv2.dilate(cv2.morphologyEx(mask, cv2.MORPH_OPEN, k), k, iterations=2)
         n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -144,11 +167,11 @@ class MotionDetector:
             bx, by, bw, bh, area = (int(v) for v in stats[j])
             if bh < min_h or area < 0.2 * min_h * min_h * self.aspect:
                 continue
-            blob = lab[by:by + bh, bx:bx + bw] == j
+            blob = lab[by : by + bh, bx : bx + bw] == j
             parts = max(1, int(round(bw / (self.aspect * bh))))
             edges = np.linspace(0, bw, parts + 1).round().astype(int)
             for p in range(parts):
-                col = blob[:, edges[p]:edges[p + 1]]
+                col = blob[:, edges[p] : edges[p + 1]]
                 rows = np.flatnonzero(col.any(axis=1))
                 if len(rows) < min_h or (parts > 1 and len(rows) < 0.5 * bh):
                     continue

@@ -7,6 +7,7 @@ scores, boxes are mapped back to frame pixels, those above ``conf`` kept and non
 (OpenCV's NMSBoxes) removes duplicates (a query-based RT-DETR needs none: it is skipped). A float16
 model (its declared input type) gets float16 input; outputs are read as float32.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ class OnnxOptions:
     def check(self) -> None:
         """OptionError naming the key for a value out of range."""
         if self.family not in ("auto", *FAMILIES):
-            raise OptionError("detector.onnx.family", f"expected auto or one of {', '.join(FAMILIES)}, "
-                              f"got {self.family!r}")
+            raise OptionError(
+                "detector.onnx.family", f"expected auto or one of {', '.join(FAMILIES)}, got {self.family!r}"
+            )
         if not (0.0 <= self.conf <= 1.0) or not (0.0 < self.iou <= 1.0):
             raise OptionError("detector.onnx.conf", f"conf in [0, 1] and iou in (0, 1], got {self.conf}, {self.iou}")
         if self.person_class < 0 or self.threads < 1:
@@ -71,11 +73,26 @@ class OnnxDetector:
         o = options or OnnxOptions()
         if not o.path:
             raise OptionError("detector.onnx.path", "give the model: --detector FILE.onnx or a catalogue name")
-        return cls(o.path, conf=o.conf, iou=o.iou, person_class=o.person_class, input_size=o.input_size,
-                   family=o.family, threads=o.threads)
+        return cls(
+            o.path,
+            conf=o.conf,
+            iou=o.iou,
+            person_class=o.person_class,
+            input_size=o.input_size,
+            family=o.family,
+            threads=o.threads,
+        )
 
-    def __init__(self, path: str | os.PathLike, conf: float = 0.25, iou: float = 0.45, person_class: int = 0,
-                 input_size: tuple[int, int] | None = None, threads: int | None = None, family: str = "auto") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        person_class: int = 0,
+        input_size: tuple[int, int] | None = None,
+        threads: int | None = None,
+        family: str = "auto",
+    ) -> None:
         self.path, entry = resolve_model(path)
         from reidkit.export import ort_session
 
@@ -89,8 +106,11 @@ class OnnxDetector:
             input_size = tuple(entry.input_size)
         if input_size is None:
             if len(shape) != 4 or not all(isinstance(v, int) for v in shape[2:]):
-                raise OptionError("detector", f"input {inp.name} has no fixed H x W ({shape}); give the input "
-                                  f"size (--detector-size HxW)", value=self.path)
+                raise OptionError(
+                    "detector",
+                    f"input {inp.name} has no fixed H x W ({shape}); give the input size (--detector-size HxW)",
+                    value=self.path,
+                )
             input_size = (int(shape[2]), int(shape[3]))
         self.input_size = (int(input_size[0]), int(input_size[1]))
         # RT-DETR deploy exports take the size the boxes are scaled to: ours (W, H) gives input pixels

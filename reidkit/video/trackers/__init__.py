@@ -14,6 +14,7 @@ from a ``--plugin`` file the same way. Built in:
 
 ``DEFAULT_TRACKER`` is the one ``reidkit video`` and ``Settings`` use unless told otherwise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,13 +27,22 @@ from reidkit.video.trackers.base import FrameTracks, Match, Tracker
 TRACKERS: Registry[Any] = Registry("tracker", "--tracker")
 DEFAULT_TRACKER = "bytesort"
 
-__all__ = ["DEFAULT_TRACKER", "TRACKERS", "FrameTracks", "Match", "Tracker", "build_tracker", "register_tracker",
-           "tracker_options"]
+__all__ = [
+    "DEFAULT_TRACKER",
+    "TRACKERS",
+    "FrameTracks",
+    "Match",
+    "Tracker",
+    "build_tracker",
+    "register_tracker",
+    "tracker_options",
+]
 
 
 def register_tracker(name: str, cls: Any = None, *, options: type | None = None, overwrite: bool = False) -> Any:
     """Register a tracker class (decorator or call); ``options`` (default: the class's ``options`` attribute)
     is the dataclass of its own keys, set with ``--tracker-option KEY=VALUE`` (``tracker.<name>.KEY``)."""
+
     def add(item: Any) -> Any:
         TRACKERS.register(name, item, overwrite=overwrite)
         register_options("tracker", name, options or getattr(item, "options", None))
@@ -58,7 +68,9 @@ def build_tracker(name: str, values: Mapping[str, Any] | None = None) -> Any:
         if not callable(getattr(tracker, method, None)):
             from reidkit.errors import ReIDError
 
-            raise ReIDError(f"tracker {name!r}: {type(tracker).__name__} has no {method}() (reidkit.video.trackers.base.Tracker)")
+            raise ReIDError(
+                f"tracker {name!r}: {type(tracker).__name__} has no {method}() (reidkit.video.trackers.base.Tracker)"
+            )
     return tracker
 
 

@@ -11,6 +11,7 @@ caller that embeds every crop skips it. ``state_dict`` / ``load_state_dict`` tur
 into JSON-able data (floats as raw bytes, :func:`encode`), so an interrupted ingestion resumes with
 exactly the tracker it had at its last committed chunk.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
@@ -50,8 +51,9 @@ class Tracker(Protocol):
         """Bool per detection: embed its crop this frame (at most `budget` ambiguous ones when > 0)."""
         ...
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray,
-               features: Sequence[np.ndarray | None] | np.ndarray | None) -> FrameTracks:
+    def update(
+        self, boxes: np.ndarray, scores: np.ndarray, features: Sequence[np.ndarray | None] | np.ndarray | None
+    ) -> FrameTracks:
         """Take one frame's detections; the tracks that took one and the tracks that ended."""
         ...
 
@@ -114,8 +116,9 @@ def one_to_one_pairs(boxes: np.ndarray, pred: np.ndarray) -> tuple[dict[int, int
     return pairs, ambiguous
 
 
-def needs_from_pairs(n: int, pairs: dict[int, int], ambiguous: list[tuple[float, int, int]],
-                     budget: int) -> tuple[np.ndarray, dict[int, int]]:
+def needs_from_pairs(
+    n: int, pairs: dict[int, int], ambiguous: list[tuple[float, int, int]], budget: int
+) -> tuple[np.ndarray, dict[int, int]]:
     """(bool need per detection, {detection: track} whose feature stands in): unambiguous pairs need none;
     with a budget B > 0 only the B most ambiguous detections are embedded, the others lean on their nearest track."""
     need = np.ones(n, bool)

@@ -45,6 +45,7 @@ a confident one that pairs one-to-one with a track seen in the last frame neithe
 unambiguous); the others do, the most ambiguous first under an embedding budget. A detection given
 no feature pays the neutral appearance and leaves its track's EMA as it was.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,17 @@ import numpy as np
 
 from reidkit.errors import OptionError
 from reidkit.video.trackers import register_tracker
-from reidkit.video.trackers.base import (FrameTracks, Match, box_iou, check_boxes, decode, encode, feature_rows,
-                                         needs_from_pairs, one_to_one_pairs)
+from reidkit.video.trackers.base import (
+    FrameTracks,
+    Match,
+    box_iou,
+    check_boxes,
+    decode,
+    encode,
+    feature_rows,
+    needs_from_pairs,
+    one_to_one_pairs,
+)
 
 STD_POS, STD_VEL = 1.0 / 20, 1.0 / 160  # Kalman noise per unit of box size (DeepSort's, BoT-SORT's)
 _F = np.eye(8)
@@ -98,7 +108,9 @@ class ByteSortOptions:
     score_noise: bool = False  # measurement noise x (1 - score) (NSA Kalman), at least 0.1
     initial_velocity_std: float = 15.0  # a new track's velocity std, in Kalman velocity noise units (DeepSort: 10)
     measurement_noise: float = 2.0  # measurement noise x this (the box's jitter against the filter's trust)
-    height_iou: str = "tentative"  # rank pairs by IoU x the IoU of their vertical extents (Hybrid-SORT's height-modulated
+    height_iou: str = (
+        "tentative"  # rank pairs by IoU x the IoU of their vertical extents (Hybrid-SORT's height-modulated
+    )
     # IoU) in stage 4 ("tentative"), in stages 1 and 4 ("all") or nowhere ("off")
     height_gate: bool = False  # ... and gate on it too (else the gate is the plain IoU's)
 
@@ -110,8 +122,17 @@ class ByteSortOptions:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be >= 1, got {getattr(self, name)}")
         if int(self.tentative_misses) < 0:
             raise OptionError("tracker.bytesort.tentative_misses", f"must be >= 0, got {self.tentative_misses}")
-        for name in ("high_score", "low_score", "new_score", "match_iou", "low_iou", "tentative_iou", "recover_iou",
-                     "ema", "ema_overlap"):
+        for name in (
+            "high_score",
+            "low_score",
+            "new_score",
+            "match_iou",
+            "low_iou",
+            "tentative_iou",
+            "recover_iou",
+            "ema",
+            "ema_overlap",
+        ):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be in [0, 1], got {v}")
@@ -119,8 +140,15 @@ class ByteSortOptions:
             v = float(getattr(self, name))
             if not 0.0 <= v <= 2.0:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be in [0, 2], got {v}")
-        for name in ("refind_reach", "inertia", "app_weight", "app_abs_weight", "measurement_noise", "buffer",
-                     "initial_velocity_std"):
+        for name in (
+            "refind_reach",
+            "inertia",
+            "app_weight",
+            "app_abs_weight",
+            "measurement_noise",
+            "buffer",
+            "initial_velocity_std",
+        ):
             if not float(getattr(self, name)) >= 0.0:
                 raise OptionError(f"tracker.bytesort.{name}", f"must be >= 0, got {getattr(self, name)}")
 
@@ -138,22 +166,25 @@ def _xyxy(m: np.ndarray) -> np.ndarray:
 
 def _q(mean: np.ndarray) -> np.ndarray:
     w, h = abs(mean[2]), abs(mean[3])
-    return np.square([STD_POS * w, STD_POS * h, STD_POS * w, STD_POS * h,
-                      STD_VEL * w, STD_VEL * h, STD_VEL * w, STD_VEL * h])
+    return np.square(
+        [STD_POS * w, STD_POS * h, STD_POS * w, STD_POS * h, STD_VEL * w, STD_VEL * h, STD_VEL * w, STD_VEL * h]
+    )
 
 
 class _Track:
     """One track's state (plain numbers and arrays: a state_dict is vars())."""
 
-    def __init__(self, tid: int, box: np.ndarray, score: float, feat: np.ndarray | None, frame: int,
-                 velocity_std: float = 10.0) -> None:
+    def __init__(
+        self, tid: int, box: np.ndarray, score: float, feat: np.ndarray | None, frame: int, velocity_std: float = 10.0
+    ) -> None:
         z = _xywh(box)
         w, h = z[2], z[3]
         v = velocity_std * STD_VEL
         self.id = tid
         self.mean = np.r_[z, np.zeros(4)]
-        self.cov = np.diag(np.square([2 * STD_POS * w, 2 * STD_POS * h, 2 * STD_POS * w, 2 * STD_POS * h,
-                                      v * w, v * h, v * w, v * h]))
+        self.cov = np.diag(
+            np.square([2 * STD_POS * w, 2 * STD_POS * h, 2 * STD_POS * w, 2 * STD_POS * h, v * w, v * h, v * w, v * h])
+        )
         self.feat = None if feat is None else np.array(feat, np.float32)  # a unit row
         self.confirmed = False
         self.hits = 1
@@ -204,8 +235,12 @@ class ByteSort:
 
     def _update_many(self, tracks: list[_Track], boxes: np.ndarray, scores: np.ndarray) -> None:
         """_update_kf of several tracks at once (the same arithmetic, batched)."""
-        z = np.c_[(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                  boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]
+        z = np.c_[
+            (boxes[:, 0] + boxes[:, 2]) / 2,
+            (boxes[:, 1] + boxes[:, 3]) / 2,
+            boxes[:, 2] - boxes[:, 0],
+            boxes[:, 3] - boxes[:, 1],
+        ]
         means = np.stack([t.mean for t in tracks])
         covs = np.stack([t.cov for t in tracks])
         wh = np.abs(means[:, 2:4])
@@ -274,8 +309,17 @@ class ByteSort:
             out[np.ix_(ti, di)] = 1.0 - a @ b.T
         return out
 
-    def _fused(self, tracks: list[_Track], boxes: np.ndarray, feats: list[np.ndarray | None],
-               dets: np.ndarray, direction: bool, min_iou: float, fused_gate: bool, height: bool = False) -> np.ndarray:
+    def _fused(
+        self,
+        tracks: list[_Track],
+        boxes: np.ndarray,
+        feats: list[np.ndarray | None],
+        dets: np.ndarray,
+        direction: bool,
+        min_iou: float,
+        fused_gate: bool,
+        height: bool = False,
+    ) -> np.ndarray:
         """The fused cost; BIG where the IoU with the predicted box is under `min_iou` or the appearance is vetoed
         (the gate is geometric: appearance and direction only rank the pairs that pass it)."""
         pred = self._predicted_boxes(tracks)
@@ -293,7 +337,7 @@ class ByteSort:
             for row, kk in enumerate(k):
                 g = float(grow[row, 0, 0])
                 db = np.c_[d[:, :2] - dw * g, d[:, 2:] + dw * g]
-                iou[kk] = np.maximum(iou[kk], box_iou(pb[row:row + 1], db)[0])
+                iou[kk] = np.maximum(iou[kk], box_iou(pb[row : row + 1], db)[0])
         rank = self._height_modulated(pred, boxes[dets], iou) if height else iou
         cost = 1.0 - rank
         app = self._appearance(tracks, feats, dets)
@@ -359,12 +403,15 @@ class ByteSort:
         need[idx] = sub
         return need
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray,
-               features: Sequence[np.ndarray | None] | np.ndarray | None) -> FrameTracks:
+    def update(
+        self, boxes: np.ndarray, scores: np.ndarray, features: Sequence[np.ndarray | None] | np.ndarray | None
+    ) -> FrameTracks:
         """One frame (see the module docstring)."""
         o = self.o
         b, s = check_boxes(boxes, scores)
-        feats = [None if f is None else f / max(float(np.linalg.norm(f)), 1e-12) for f in feature_rows(features, len(b))]
+        feats = [
+            None if f is None else f / max(float(np.linalg.norm(f)), 1e-12) for f in feature_rows(features, len(b))
+        ]
         self._predict_all()
         high = np.flatnonzero(s >= o.high_score)
         low = np.flatnonzero((s >= o.low_score) & (s < o.high_score))
@@ -377,11 +424,14 @@ class ByteSort:
 
         # 1. confident detections to confirmed tracks: fused cost + direction
         tr = [self.tracks[i] for i in confirmed]
-        for r, c in self._assign(self._fused(tr, b, feats, high, True, o.match_iou, o.fused_gate,
-                                                     o.height_iou == "all"), BIG / 2):
+        for r, c in self._assign(
+            self._fused(tr, b, feats, high, True, o.match_iou, o.fused_gate, o.height_iou == "all"), BIG / 2
+        ):
             taken[confirmed[r]] = int(high[c])
         # 2. lost confirmed tracks by appearance alone, within a reach growing with the frames lost
-        rest = [i for i in confirmed if i not in taken and self.tracks[i].misses > 1 and self.tracks[i].feat is not None]
+        rest = [
+            i for i in confirmed if i not in taken and self.tracks[i].misses > 1 and self.tracks[i].feat is not None
+        ]
         dets = free(high)
         if o.refind_cosine > 0 and rest and len(dets):
             tr = [self.tracks[i] for i in rest]
@@ -407,8 +457,9 @@ class ByteSort:
         dets = free(high)
         if tent and len(dets):
             tr = [self.tracks[i] for i in tent]
-            for r, c in self._assign(self._fused(tr, b, feats, dets, False, o.tentative_iou, False,
-                                                         o.height_iou != "off"), BIG / 2):
+            for r, c in self._assign(
+                self._fused(tr, b, feats, dets, False, o.tentative_iou, False, o.height_iou != "off"), BIG / 2
+            ):
                 taken[tent[r]] = int(dets[c])
         # 5. observation-centric recovery: the last observed box of tracks still unmatched
         rest = [i for i in range(len(self.tracks)) if i not in taken and self.tracks[i].misses <= o.recover_age]
@@ -424,8 +475,9 @@ class ByteSort:
         order = sorted(taken)
         plain = [i for i in order if not (o.reupdate and self.frame - self.tracks[i].last_frame > 1)]
         if plain:  # one batched Kalman update; a track back from a gap is re-updated on its own (_observe)
-            self._update_many([self.tracks[i] for i in plain], b[[taken[i] for i in plain]],
-                              s[[taken[i] for i in plain]])
+            self._update_many(
+                [self.tracks[i] for i in plain], b[[taken[i] for i in plain]], s[[taken[i] for i in plain]]
+            )
         plain_set = set(plain)
         over = overlap.max(axis=1, initial=0.0)
         for i in order:
@@ -454,8 +506,9 @@ class ByteSort:
         self.frame += 1
         return FrameTracks(matched, ended)
 
-    def _observe(self, t: _Track, box: np.ndarray, score: float, feat: np.ndarray | None, overlap: float,
-                 updated: bool = False) -> None:
+    def _observe(
+        self, t: _Track, box: np.ndarray, score: float, feat: np.ndarray | None, overlap: float, updated: bool = False
+    ) -> None:
         gap = self.frame - t.last_frame
         if updated:
             pass  # the Kalman update was done in a batch
@@ -484,7 +537,7 @@ class ByteSort:
         t.last_frame = self.frame
         z = _xywh(box)
         t.obs.append([float(self.frame), float(z[0]), float(z[1])])
-        del t.obs[:-(self.o.delta_t + 1)]
+        del t.obs[: -(self.o.delta_t + 1)]
         prev = t.obs[0]
         for ob in t.obs:
             if ob[0] <= self.frame - self.o.delta_t:

@@ -11,6 +11,7 @@ Which detections need features: one that pairs one-to-one with a track seen in t
 of zero for that pair: DeepSort's matching cascade serves tracks seen last frame first); with an
 embedding budget the least ambiguous detections over it lean on their nearest track the same way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,14 @@ import numpy as np
 from reidkit.errors import ReIDError
 from reidkit.video.track import Tracker as _DeepSort
 from reidkit.video.trackers import register_tracker
-from reidkit.video.trackers.base import FrameTracks, Match, check_boxes, feature_rows, needs_from_pairs, one_to_one_pairs
+from reidkit.video.trackers.base import (
+    FrameTracks,
+    Match,
+    check_boxes,
+    feature_rows,
+    needs_from_pairs,
+    one_to_one_pairs,
+)
 
 
 @dataclass
@@ -41,7 +49,9 @@ class DeepSortOptions:
             if int(getattr(self, name)) < 1:
                 raise OptionError(f"tracker.deep_sort.{name}", f"must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.max_cosine_distance <= 2.0:
-            raise OptionError("tracker.deep_sort.max_cosine_distance", f"must be in [0, 2], got {self.max_cosine_distance}")
+            raise OptionError(
+                "tracker.deep_sort.max_cosine_distance", f"must be in [0, 2], got {self.max_cosine_distance}"
+            )
         if not 0.0 <= self.max_iou_distance <= 1.0:
             raise OptionError("tracker.deep_sort.max_iou_distance", f"must be in [0, 1], got {self.max_iou_distance}")
 
@@ -52,8 +62,13 @@ class DeepSortTracker(_DeepSort):
 
     def __init__(self, options: DeepSortOptions | None = None) -> None:
         o = options or DeepSortOptions()
-        super().__init__(max_age=o.max_age, n_init=o.n_init, max_cosine_distance=o.max_cosine_distance,
-                         nn_budget=o.nn_budget, max_iou_distance=o.max_iou_distance)
+        super().__init__(
+            max_age=o.max_age,
+            n_init=o.n_init,
+            max_cosine_distance=o.max_cosine_distance,
+            nn_budget=o.nn_budget,
+            max_iou_distance=o.max_iou_distance,
+        )
 
     def _recent(self) -> tuple[list[Any], np.ndarray]:
         """Tracks seen in the last processed frame (DeepSort's cascade serves them first) and their predicted boxes."""
@@ -80,8 +95,9 @@ class DeepSortTracker(_DeepSort):
         """Bool per detection: embed it (see the module docstring)."""
         return np.asarray([r is None for r in self.reuse_features(boxes, budget)], bool)
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray,
-               features: Sequence[np.ndarray | None] | np.ndarray | None) -> FrameTracks:
+    def update(
+        self, boxes: np.ndarray, scores: np.ndarray, features: Sequence[np.ndarray | None] | np.ndarray | None
+    ) -> FrameTracks:
         """One frame; a detection given no feature takes its track's last one (as ``needs_features`` decided)."""
         b, s = check_boxes(boxes, scores)
         rows = feature_rows(features, len(b))

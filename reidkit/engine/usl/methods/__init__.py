@@ -1,4 +1,5 @@
 """The registry of unsupervised methods: ``register_usl_method("name")`` on a :class:`USLMethod` subclass."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,6 +16,7 @@ def register_usl_method(name: str, cls: Any = None, *, options: type | None = No
     ``options`` (default: the class's ``options`` attribute) is the dataclass of the method's own
     keys, set in a recipe under ``usl.<name>.*``.
     """
+
     def add(item: Any) -> Any:
         USL_METHODS.register(name, item, overwrite=overwrite)
         register_options("usl", name, options or getattr(item, "options", None))

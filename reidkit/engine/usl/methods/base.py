@@ -17,6 +17,7 @@ A new method is one file with a subclass and one ``@register_usl_method("name")`
 options are a dataclass named by ``options = MyOptions`` (read from ``usl.<name>.*``, in
 ``self.opts``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,15 +44,15 @@ class USLContext:
     """What a method may use of the run: nothing else of the trainer reaches it."""
 
     usl: "UnsupervisedConfig"
-    options: Any                                   # the method's options dataclass (None: none declared)
+    options: Any  # the method's options dataclass (None: none declared)
     device: torch.device
     feat_dim: int
     seed: int
     features: Callable[[], dict[str, torch.Tensor]]  # current features per space (every rank takes part)
-    cluster: Callable[..., Round]                  # (epoch, feats, spaces) -> Round, the run's settings
-    dataset_eps: float | None                      # the DBSCAN eps of the run's dataset (None: rho rule)
-    gather: Gather | None = None                   # set under DDP: memories pass it to their update
-    true_labels: np.ndarray | None = None          # for cluster reports only, never for training
+    cluster: Callable[..., Round]  # (epoch, feats, spaces) -> Round, the run's settings
+    dataset_eps: float | None  # the DBSCAN eps of the run's dataset (None: rho rule)
+    gather: Gather | None = None  # set under DDP: memories pass it to their update
+    true_labels: np.ndarray | None = None  # for cluster reports only, never for training
 
 
 class USLMethod:

@@ -7,6 +7,7 @@ sees the whole batch). Cluster contrast's ``usl.memory`` picks the memory: ``clu
 per cluster, mean or hard update), ``hybrid`` or ``instance`` (SpCL-style: one entry per image,
 targets by cluster); HHCL always uses the hybrid memory (hard + mean terms, ``usl.hard_weight``).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -2,6 +2,7 @@
 trained towards their sharpened target distribution with a KL loss; centres initialised by k-means
 (k given, or the number of DBSCAN clusters on the initial features). Batches are uniform random.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +43,17 @@ class DEC(USLMethod):
         feats = ctx.features()["global"]
         k = self.opts.clusters
         if k is None:
-            labels = pseudo_labels(feats, eps=ctx.dataset_eps, k1=usl.k1, k2=usl.k2, min_samples=usl.min_samples,
-                                   rho=usl.rho, outliers="drop", include_self_in_k1=usl.include_self_in_k1,
-                                   search=usl.search)
+            labels = pseudo_labels(
+                feats,
+                eps=ctx.dataset_eps,
+                k1=usl.k1,
+                k2=usl.k2,
+                min_samples=usl.min_samples,
+                rho=usl.rho,
+                outliers="drop",
+                include_self_in_k1=usl.include_self_in_k1,
+                search=usl.search,
+            )
             k = int(labels.max()) + 1
             if k < 2:
                 raise ReIDError(

@@ -4,6 +4,7 @@ Each space is clustered on its own; an image that is an outlier in any space is 
 is one batch-hard triplet per space on that space's pseudo labels. Options: ``usl.ssg.*``
 (spaces, triplet_margin, triplet_normalize).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,14 +43,17 @@ class SSG(USLMethod):
 
     def prepare(self, rnd: Round, feats: dict[str, torch.Tensor]) -> None:
         keep = rnd.labels >= 0
-        self.space_labels = {k: torch.as_tensor(v, device=self.device).masked_fill(
-            torch.as_tensor(~keep, device=self.device), -1) for k, v in rnd.space_labels.items()}
+        self.space_labels = {
+            k: torch.as_tensor(v, device=self.device).masked_fill(torch.as_tensor(~keep, device=self.device), -1)
+            for k, v in rnd.space_labels.items()
+        }
 
     def loss(self, feats: dict[str, torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
         terms, parts = [], {}
         for name in self.spaces():
-            t = safe_triplet(feats[name].float(), self.space_labels[name][idx], self.opts.triplet_margin,
-                             self.opts.triplet_normalize)
+            t = safe_triplet(
+                feats[name].float(), self.space_labels[name][idx], self.opts.triplet_margin, self.opts.triplet_normalize
+            )
             if t is not None:
                 terms.append(t)
                 parts[f"triplet_{name}"] = float(t.detach())

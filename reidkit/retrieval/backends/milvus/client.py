@@ -1,5 +1,6 @@
 """The Milvus backend's connection layer: the uri, one client per uri, filter literals, side-file folders and
 the two collections of a gallery (entries, state)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,18 @@ from reidkit.errors import OptionError, ReIDError
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.store import ENTRY_FIELDS, iter_chunks
 
-__all__ = ["entry_id", "close_client", "ID_BITS", "EXTRA_HINT", "MIN_SERVER", "is_server",
-           "parse_version", "files_beside", "MILVUS_PREFIX", "DEFAULT_COLLECTION"]
+__all__ = [
+    "entry_id",
+    "close_client",
+    "ID_BITS",
+    "EXTRA_HINT",
+    "MIN_SERVER",
+    "is_server",
+    "parse_version",
+    "files_beside",
+    "MILVUS_PREFIX",
+    "DEFAULT_COLLECTION",
+]
 
 
 MILVUS_PREFIX = "milvus:"
@@ -46,8 +57,12 @@ _FILES_KEY = "__reidkit_files__"
 _RESERVED = (_MODEL_KEY, _INFO_KEY, _FILES_KEY)
 MIN_SERVER = (2, 5, 0)  # nullable fields and `is null` (2.5), INVERTED scalar indexes (2.4)
 _FIELDS = [f for f in ENTRY_FIELDS if f != "id"] + ["width", "height"]
-_INDEX = {"flat": ("FLAT", {}), "ivf": ("IVF_FLAT", {"nlist": 128}), "ivfpq": ("IVF_PQ", {"nlist": 128, "m": 16}),
-          "hnsw": ("HNSW", {"M": 32, "efConstruction": 80})}
+_INDEX = {
+    "flat": ("FLAT", {}),
+    "ivf": ("IVF_FLAT", {"nlist": 128}),
+    "ivfpq": ("IVF_PQ", {"nlist": 128, "m": 16}),
+    "hnsw": ("HNSW", {"M": 32, "efConstruction": 80}),
+}
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
@@ -59,15 +74,16 @@ def entry_id(row: dict[str, Any]) -> int:
     elif row.get("kind", "image") == "image":
         key = "image\0" + str(row["path"])
     else:
-        key = "tracklet\0" + json.dumps([row["path"], row.get("camera"), row.get("frame_start"),
-                                         row.get("frame_end"), row.get("t_start")])
+        key = "tracklet\0" + json.dumps(
+            [row["path"], row.get("camera"), row.get("frame_start"), row.get("frame_end"), row.get("t_start")]
+        )
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "big") & ((1 << ID_BITS) - 1)
 
 
 def _parse(db: str | os.PathLike) -> str:
     """The MilvusClient uri of ``milvus:<uri>`` (a local Milvus Lite file made absolute)."""
-    uri = str(db)[len(MILVUS_PREFIX):]
+    uri = str(db)[len(MILVUS_PREFIX) :]
     if not uri:
         raise OptionError("db", f"{db}: expected milvus:<uri> (milvus:./gallery.db or milvus:http://host:19530)")
     if "://" in uri or uri.startswith("unix:"):
@@ -98,9 +114,12 @@ def _check_server(client: Any, uri: str) -> None:
     version = parse_version(found)
     if version is not None and version < MIN_SERVER:
         need = ".".join(map(str, MIN_SERVER))
-        raise OptionError("db", f"the Milvus server at {uri} is version {found}; reidkit needs Milvus {need} or "
-                                f"newer (nullable fields and `is null` filters came in 2.5, INVERTED scalar indexes "
-                                f"in 2.4): upgrade the server, or use Milvus Lite (milvus:./gallery.db) or a folder")
+        raise OptionError(
+            "db",
+            f"the Milvus server at {uri} is version {found}; reidkit needs Milvus {need} or "
+            f"newer (nullable fields and `is null` filters came in 2.5, INVERTED scalar indexes "
+            f"in 2.4): upgrade the server, or use Milvus Lite (milvus:./gallery.db) or a folder",
+        )
 
 
 def _client(uri: str) -> Any:
@@ -108,8 +127,11 @@ def _client(uri: str) -> Any:
     try:
         from pymilvus import MilvusClient
     except ImportError:
-        raise OptionError("db", f"Milvus galleries need the optional packages pymilvus and milvus-lite: "
-                        f"{EXTRA_HINT}", value=f"milvus:{uri}") from None
+        raise OptionError(
+            "db",
+            f"Milvus galleries need the optional packages pymilvus and milvus-lite: {EXTRA_HINT}",
+            value=f"milvus:{uri}",
+        ) from None
     import logging
 
     # pymilvus logs every failed call with its traceback before raising; each one reaches the user here as
@@ -121,8 +143,12 @@ def _client(uri: str) -> Any:
             try:
                 client = MilvusClient(uri) if is_server(uri) else MilvusClient(uri, grpc_options=_LITE_GRPC_OPTIONS)
             except Exception as exc:  # noqa: BLE001 - pymilvus raises several kinds; all are "cannot open"
-                raise OptionError("db", f"cannot open the Milvus database ({_msg(exc)}); a Milvus Lite "
-                                f"file is usable by one process at a time", value=f"milvus:{uri}") from None
+                raise OptionError(
+                    "db",
+                    f"cannot open the Milvus database ({_msg(exc)}); a Milvus Lite "
+                    f"file is usable by one process at a time",
+                    value=f"milvus:{uri}",
+                ) from None
             if is_server(uri):
                 try:
                     _check_server(client, uri)
@@ -148,10 +174,13 @@ def _check_text(name: str, value: str, limit: int | None = None) -> None:
     try:
         n = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise OptionError(name, f"{value!r} is not valid Unicode text (it holds a lone surrogate, e.g. from "
-                                f"bytes that are not UTF-8)") from None
+        raise OptionError(
+            name, f"{value!r} is not valid Unicode text (it holds a lone surrogate, e.g. from bytes that are not UTF-8)"
+        ) from None
     if limit is not None and n > limit:
-        raise OptionError(name, f"{value[:40]!r}... is {n} bytes long in UTF-8; a Milvus gallery stores at most {limit}")
+        raise OptionError(
+            name, f"{value[:40]!r}... is {n} bytes long in UTF-8; a Milvus gallery stores at most {limit}"
+        )
 
 
 def _string_lit(value: str, name: str) -> str:
@@ -222,7 +251,9 @@ class _Collections:
             raise
         except Exception as exc:  # noqa: BLE001 - MilvusException and gRPC errors
             if type(exc).__module__.startswith(("pymilvus", "grpc")):
-                raise OptionError("db", f"{self.location} (collection {self.name}): Milvus {what} failed: {_msg(exc)}") from None
+                raise OptionError(
+                    "db", f"{self.location} (collection {self.name}): Milvus {what} failed: {_msg(exc)}"
+                ) from None
             raise
 
     def exists(self) -> bool:
@@ -276,8 +307,11 @@ class _Collections:
                 if not state or state.endswith("Finished"):  # a server that reports no state: load decides
                     break
                 if state.endswith("Failed") or time.monotonic() > deadline:
-                    raise OptionError("db", f"{self.location} (collection {name}): Milvus index on {field} "
-                                            f"not built ({state} after {timeout_s:.0f} s)")
+                    raise OptionError(
+                        "db",
+                        f"{self.location} (collection {name}): Milvus index on {field} "
+                        f"not built ({state} after {timeout_s:.0f} s)",
+                    )
                 time.sleep(wait)
                 wait = min(0.5, wait * 2)
         self.call("load_collection", self.client.load_collection, name)
@@ -297,8 +331,14 @@ class _Collections:
     # -- state -----------------------------------------------------------------------------------
 
     def get_text(self, key: str) -> str | None:
-        rows = self.call("query", self.client.query, self.state_name, filter=_expr("key == {k}", {"k": key}),
-                         output_fields=["part", "text"], consistency_level="Strong")
+        rows = self.call(
+            "query",
+            self.client.query,
+            self.state_name,
+            filter=_expr("key == {k}", {"k": key}),
+            output_fields=["part", "text"],
+            consistency_level="Strong",
+        )
         if not rows:
             return None
         return "".join(r["text"] for r in sorted(rows, key=lambda r: r["part"]))
@@ -309,12 +349,19 @@ class _Collections:
             if len(key) > 1024:
                 raise ReIDError(f"state key {key[:40]!r}...: longer than 1024 characters")
             parts = [] if text is None else [text[s] for s in iter_chunks(len(text), _PART)] or [""]
-            rows += [{"pk": f"{key}#{i}", "key": key, "part": i, "text": p, "v": [0.0, 0.0]} for i, p in enumerate(parts)]
+            rows += [
+                {"pk": f"{key}#{i}", "key": key, "part": i, "text": p, "v": [0.0, 0.0]} for i, p in enumerate(parts)
+            ]
             stale.append((key, len(parts)))
         for s in iter_chunks(len(rows), _BATCH):
             self.call("upsert", self.client.upsert, self.state_name, rows[s])
         for key, n in stale:
-            self.call("delete", self.client.delete, self.state_name, filter=_expr("key == {k} and part >= {n}", {"k": key, "n": n}))
+            self.call(
+                "delete",
+                self.client.delete,
+                self.state_name,
+                filter=_expr("key == {k} and part >= {n}", {"k": key, "n": n}),
+            )
 
     def get_json(self, key: str) -> Any:
         text = self.get_text(key)
@@ -323,20 +370,30 @@ class _Collections:
     def info(self) -> dict[str, str]:
         info = self.get_json(_INFO_KEY)
         if info is None:
-            raise OptionError("db", f"{self.location} (collection {self.name}) has no reidkit info record; "
-                            f"it was not made by `reidkit index build`")
+            raise OptionError(
+                "db",
+                f"{self.location} (collection {self.name}) has no reidkit info record; "
+                f"it was not made by `reidkit index build`",
+            )
         return info
 
     def identity(self) -> ModelIdentity:
         m = self.get_json(_MODEL_KEY)
         if m is None:
             raise OptionError("db", f"{self.location} (collection {self.name}) has no model record")
-        return ModelIdentity(m["name"], m["source"], int(m["feat_dim"]), tuple(m["input_size"]),  # type: ignore[arg-type]
-                             tuple(m["mean"]), tuple(m["std"]))
+        return ModelIdentity(
+            m["name"],
+            m["source"],
+            int(m["feat_dim"]),
+            tuple(m["input_size"]),  # type: ignore[arg-type]
+            tuple(m["mean"]),
+            tuple(m["std"]),
+        )
 
     def count(self, expr: str = "") -> int:
-        rows = self.call("query", self.client.query, self.name, filter=expr, output_fields=["count(*)"],
-                         consistency_level="Strong")
+        rows = self.call(
+            "query", self.client.query, self.name, filter=expr, output_fields=["count(*)"], consistency_level="Strong"
+        )
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- entries ---------------------------------------------------------------------------------
@@ -358,16 +415,23 @@ class _Collections:
         ids = [int(i) for i in ids]
         for s in iter_chunks(len(ids), _BATCH):
             if ids[s]:
-                out += self.call("get", self.client.get, self.name, ids=ids[s], output_fields=fields,
-                                 consistency_level="Strong")
+                out += self.call(
+                    "get", self.client.get, self.name, ids=ids[s], output_fields=fields, consistency_level="Strong"
+                )
         return out
 
     def iterate(self, expr: str, params: dict[str, Any], fields: list[str]) -> list[dict[str, Any]]:
         import logging
 
         logging.getLogger("pymilvus").setLevel(logging.ERROR)  # the Lite server's "no mvccTs" notice per iterator
-        it = self.call("query_iterator", self.client.query_iterator, self.name, batch_size=_BATCH,
-                       filter=_expr(expr, params) or "id >= 0", output_fields=fields)
+        it = self.call(
+            "query_iterator",
+            self.client.query_iterator,
+            self.name,
+            batch_size=_BATCH,
+            filter=_expr(expr, params) or "id >= 0",
+            output_fields=fields,
+        )
         rows: list[dict[str, Any]] = []
         try:
             while True:
@@ -378,5 +442,3 @@ class _Collections:
         finally:
             it.close()
         return rows
-
-

@@ -1,4 +1,5 @@
 """The Milvus backend's snapshot, store and builder (see reidkit.retrieval.backends.milvus)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,23 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.inference import ModelIdentity
-from reidkit.retrieval.backends.milvus.client import (_BATCH, _FIELDS, _FILES_KEY, _INFO_KEY, _MAX_TOPK, _MODEL_KEY,
-                                                      _RESERVED, DEFAULT_COLLECTION, MILVUS_PREFIX, _Collections,
-                                                      _expr, _parse, entry_id, files_beside, is_server)
+from reidkit.retrieval.backends.milvus.client import (
+    _BATCH,
+    _FIELDS,
+    _FILES_KEY,
+    _INFO_KEY,
+    _MAX_TOPK,
+    _MODEL_KEY,
+    _RESERVED,
+    DEFAULT_COLLECTION,
+    MILVUS_PREFIX,
+    _Collections,
+    _expr,
+    _parse,
+    entry_id,
+    files_beside,
+    is_server,
+)
 from reidkit.retrieval.backends.protocol import FILES_OUTSIDE, Capabilities, SearchFilter, crash_point, files_folder
 from reidkit.retrieval.store import iter_chunks
 
@@ -28,16 +43,21 @@ def _entry(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # SearchFilter field -> Milvus condition (an entry without the field fails a condition on it, except exclusions)
-_CONDITIONS = (("exclude_camid", "(camid is null or camid != {exclude_camid})", int),
-               ("exclude_camera", "(camera is null or camera != {exclude_camera})", str),
-               ("camera", "camera == {camera}", str), ("kind", "kind == {kind}", str),
-               ("t_min", "t_end >= {t_min}", float), ("t_max", "t_start <= {t_max}", float))
+_CONDITIONS = (
+    ("exclude_camid", "(camid is null or camid != {exclude_camid})", int),
+    ("exclude_camera", "(camera is null or camera != {exclude_camera})", str),
+    ("camera", "camera == {camera}", str),
+    ("kind", "kind == {kind}", str),
+    ("t_min", "t_end >= {t_min}", float),
+    ("t_max", "t_start <= {t_max}", float),
+)
 
 
 def _filter_expr(f: SearchFilter) -> str:
     """The Milvus boolean expression of a search filter ("" for none)."""
-    return " and ".join(_expr(tpl, {name: typ(getattr(f, name))}) for name, tpl, typ in _CONDITIONS
-                        if getattr(f, name) is not None)
+    return " and ".join(
+        _expr(tpl, {name: typ(getattr(f, name))}) for name, tpl, typ in _CONDITIONS if getattr(f, name) is not None
+    )
 
 
 class MilvusSnapshot:
@@ -60,8 +80,9 @@ class MilvusSnapshot:
         """(uid, generation) when this snapshot was taken."""
         return self.uid, self.generation
 
-    def search(self, feats: np.ndarray, k: int, filters: Sequence[SearchFilter],
-               nprobe: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(
+        self, feats: np.ndarray, k: int, filters: Sequence[SearchFilter], nprobe: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per row: (ids, scores) of its top k passing its filter (filtered inside Milvus)."""
         k = max(1, min(int(k), _MAX_TOPK))
         params: dict[str, Any] = {"metric_type": "IP"}
@@ -73,12 +94,22 @@ class MilvusSnapshot:
             groups.setdefault(f, []).append(b)
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for f, rows in groups.items():
-            res = self.cols.call("search", self.cols.client.search, self.cols.name,
-                                 data=[feats[b].tolist() for b in rows], limit=k, filter=_filter_expr(f),
-                                 search_params=params, output_fields=[], consistency_level="Strong")
+            res = self.cols.call(
+                "search",
+                self.cols.client.search,
+                self.cols.name,
+                data=[feats[b].tolist() for b in rows],
+                limit=k,
+                filter=_filter_expr(f),
+                search_params=params,
+                output_fields=[],
+                consistency_level="Strong",
+            )
             for b, hits in zip(rows, res):
-                found[b] = (np.asarray([h["id"] for h in hits], dtype=np.int64),
-                            np.asarray([h["distance"] for h in hits], dtype=np.float32))
+                found[b] = (
+                    np.asarray([h["id"] for h in hits], dtype=np.int64),
+                    np.asarray([h["distance"] for h in hits], dtype=np.float32),
+                )
         for b in range(len(feats)):
             out.append(found[b])
         return out
@@ -98,8 +129,9 @@ class MilvusSnapshot:
             return np.zeros((0, self.identity.feat_dim), np.float32)
         return np.asarray([got[i] for i in ids], dtype=np.float32)
 
-    def entries(self, kind: str | None = None, tracklet: str | None = None,
-                camera: str | None = None) -> list[dict[str, Any]]:
+    def entries(
+        self, kind: str | None = None, tracklet: str | None = None, camera: str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored entries matching all given filters, in id order."""
         parts, params = [], {}
         for col, v in (("kind", kind), ("tracklet", tracklet), ("camera", camera)):
@@ -144,8 +176,13 @@ class MilvusStore:
     def repair_at(cls, db: str | os.PathLike, collection: str | None = None, **_kwargs: Any) -> dict[str, Any]:
         """Nothing to repair (writes are idempotent upserts): the check's entry count."""
         rep = cls.open(db, collection=collection).check()
-        return {"action": "none needed (Milvus writes are idempotent upserts)", "entries": rep["entries"],
-                "recovered_from_index": 0, "reextracted": 0, "dropped": []}
+        return {
+            "action": "none needed (Milvus writes are idempotent upserts)",
+            "entries": rep["entries"],
+            "recovered_from_index": 0,
+            "reextracted": 0,
+            "dropped": [],
+        }
 
     def __init__(self, location: str, uri: str, collection: str) -> None:
         self.location = location
@@ -174,13 +211,15 @@ class MilvusStore:
             try:
                 base = str(Path.home() / ".local" / "share")
             except RuntimeError:
-                raise OptionError("files", f"{self.location} (collection {self.collection}) records no folder for "
-                                           f"its files and there is no home folder: give one") from None
+                raise OptionError(
+                    "files",
+                    f"{self.location} (collection {self.collection}) records no folder for "
+                    f"its files and there is no home folder: give one",
+                ) from None
         server = re.sub(r"[^A-Za-z0-9._-]+", "_", self.uri.split("://", 1)[-1]).strip("_") or "server"
         return Path(base).absolute() / "reidkit" / "milvus" / server / f"{self.collection}.files"
 
-    def use_files(self, files: str | os.PathLike | None = None,
-                  default: str | os.PathLike | None = None) -> Path:
+    def use_files(self, files: str | os.PathLike | None = None, default: str | os.PathLike | None = None) -> Path:
         """Record the folder of the gallery's side files (once) and return it.
 
         `files` must be the folder already recorded, if any (thumbnails already written name it). Without
@@ -190,8 +229,12 @@ class MilvusStore:
         recorded = self.cols.get_json(_FILES_KEY)
         if isinstance(recorded, str) and recorded:
             if want is not None and want != Path(recorded):
-                raise OptionError("files", f"{self.location} (collection {self.collection}) keeps its files in "
-                                           f"{recorded}; give that folder or leave the option out", value=files)
+                raise OptionError(
+                    "files",
+                    f"{self.location} (collection {self.collection}) keeps its files in "
+                    f"{recorded}; give that folder or leave the option out",
+                    value=files,
+                )
             self._files = Path(recorded)
             return self._files
         if want is None:
@@ -207,8 +250,10 @@ class MilvusStore:
         uri = _parse(db)
         name = DEFAULT_COLLECTION if collection is None else str(collection)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,199}", name):
-            raise OptionError("collection", f"{name!r}: ASCII letters, digits and '_' only, not starting with a "
-                                            f"digit, at most 200 characters")
+            raise OptionError(
+                "collection",
+                f"{name!r}: ASCII letters, digits and '_' only, not starting with a digit, at most 200 characters",
+            )
         return MILVUS_PREFIX + uri, uri, name
 
     @classmethod
@@ -217,8 +262,9 @@ class MilvusStore:
         location, uri, name = cls._names(db, collection)
         store = cls(location, uri, name)
         if not store.cols.exists():
-            raise OptionError("db", f"{location} has no collection {name!r}; create one with "
-                            f"`reidkit index build --db {location}`")
+            raise OptionError(
+                "db", f"{location} has no collection {name!r}; create one with `reidkit index build --db {location}`"
+            )
         store.cols.load()
         return store
 
@@ -229,9 +275,15 @@ class MilvusStore:
         return _Collections(location, uri, name).exists()
 
     @classmethod
-    def builder(cls, location: str | os.PathLike, collection: str | None = None, overwrite: bool = False,
-                settings: dict[str, Any] | None = None, lock_timeout: float | None = None,
-                progress: Callable[[str], None] | None = None) -> MilvusBuilder:
+    def builder(
+        cls,
+        location: str | os.PathLike,
+        collection: str | None = None,
+        overwrite: bool = False,
+        settings: dict[str, Any] | None = None,
+        lock_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> MilvusBuilder:
         """A new gallery built in a temporary collection and renamed into place."""
         loc, uri, name = cls._names(location, collection)
         return MilvusBuilder(loc, uri, name, overwrite, settings or {})
@@ -261,8 +313,11 @@ class MilvusStore:
     def _check_model(self, identity: ModelIdentity) -> None:
         stored = self.cols.identity()
         if not stored.compatible(identity):
-            raise OptionError("db", f"{self.location} was rebuilt with another model ({stored.label()}) since it was "
-                            f"opened; nothing was written")
+            raise OptionError(
+                "db",
+                f"{self.location} was rebuilt with another model ({stored.label()}) since it was "
+                f"opened; nothing was written",
+            )
 
     def _bump(self, corrupt: int | None = None) -> None:
         info = self.cols.info()
@@ -271,10 +326,18 @@ class MilvusStore:
             info["corrupt_skipped"] = str(int(info.get("corrupt_skipped", "0")) + int(corrupt))
         self.cols.put_text({_INFO_KEY: json.dumps(info)})
 
-    def write(self, base: Any, identity: ModelIdentity, rows: list[dict[str, Any]], vectors: np.ndarray,
-              state: dict[str, str | None] | None = None, skip_existing_images: bool = False,
-              corrupt: int | None = None, lock_timeout: float | None = None,
-              progress: Callable[[str], None] | None = None) -> tuple[list[int], MilvusSnapshot | None]:
+    def write(
+        self,
+        base: Any,
+        identity: ModelIdentity,
+        rows: list[dict[str, Any]],
+        vectors: np.ndarray,
+        state: dict[str, str | None] | None = None,
+        skip_existing_images: bool = False,
+        corrupt: int | None = None,
+        lock_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[list[int], MilvusSnapshot | None]:
         """Upsert the entries (ids from content), then the state, then bump the generation."""
         state = state or {}
         self._check_model(identity)
@@ -294,9 +357,16 @@ class MilvusStore:
         self._bump(corrupt)
         return [ids[i] for i in keep], self.snapshot()
 
-    def delete(self, base: Any, identity: ModelIdentity, ids: Sequence[int] | None = None,
-               tracklet: str | None = None, camera: str | None = None, path: str | None = None,
-               lock_timeout: float | None = None) -> tuple[int, MilvusSnapshot | None]:
+    def delete(
+        self,
+        base: Any,
+        identity: ModelIdentity,
+        ids: Sequence[int] | None = None,
+        tracklet: str | None = None,
+        camera: str | None = None,
+        path: str | None = None,
+        lock_timeout: float | None = None,
+    ) -> tuple[int, MilvusSnapshot | None]:
         """Delete the entries matching ALL given criteria (by expression); (count, new snapshot)."""
         parts, params = [], {}
         if ids is not None:
@@ -325,22 +395,48 @@ class MilvusStore:
         snap = self.snapshot()
         problems = []
         dim = snap.identity.feat_dim
-        keys = [r["key"] for r in self.cols.call("query", self.cols.client.query, self.cols.state_name,
-                                                 filter='part == 0', output_fields=["key"], consistency_level="Strong")]
-        leftovers = [n for n in self.cols.call("list_collections", self.cols.client.list_collections)
-                     if n.startswith(f"{self.collection}__build_")]
+        keys = [
+            r["key"]
+            for r in self.cols.call(
+                "query",
+                self.cols.client.query,
+                self.cols.state_name,
+                filter="part == 0",
+                output_fields=["key"],
+                consistency_level="Strong",
+            )
+        ]
+        leftovers = [
+            n
+            for n in self.cols.call("list_collections", self.cols.client.list_collections)
+            if n.startswith(f"{self.collection}__build_")
+        ]
         if leftovers and not snap.count:
-            problems.append(f"the collection is empty and a build left {leftovers[0]} (an interrupted "
-                            f"--overwrite: rebuild)")
-        report = {"db": self.location, "collection": self.collection, "consistent": not problems,
-                  "problems": problems, "generation": snap.generation, "uid": snap.uid, "entries": snap.count,
-                  "vectors": snap.count, "images": snap.n_images, "tracklets": snap.n_tracklets,
-                  "state_keys": sum(k not in _RESERVED for k in keys), "index": snap.info.get("index_kind", "flat"),
-                  "cache": "none (Milvus indexes itself)", "model": snap.identity.label(), "feat_dim": dim,
-                  "leftover_files": leftovers}
+            problems.append(
+                f"the collection is empty and a build left {leftovers[0]} (an interrupted --overwrite: rebuild)"
+            )
+        report = {
+            "db": self.location,
+            "collection": self.collection,
+            "consistent": not problems,
+            "problems": problems,
+            "generation": snap.generation,
+            "uid": snap.uid,
+            "entries": snap.count,
+            "vectors": snap.count,
+            "images": snap.n_images,
+            "tracklets": snap.n_tracklets,
+            "state_keys": sum(k not in _RESERVED for k in keys),
+            "index": snap.info.get("index_kind", "flat"),
+            "cache": "none (Milvus indexes itself)",
+            "model": snap.identity.label(),
+            "feat_dim": dim,
+            "leftover_files": leftovers,
+        }
         if problems:
-            raise OptionError("db", f"{self.location} (collection {self.collection}) is inconsistent: "
-                            f"{'; '.join(problems)}")
+            raise OptionError(
+                "db", f"{self.location} (collection {self.collection}) is inconsistent: {'; '.join(problems)}"
+            )
         return report
 
 
@@ -355,8 +451,11 @@ class MilvusBuilder:
         self.settings = settings
         self.target = _Collections(location, uri, name)
         if self.target.exists() and not overwrite:
-            raise OptionError("db", f"{location} already holds a gallery (collection {name}); use `reidkit index add` "
-                            f"to append or --overwrite to rebuild it")
+            raise OptionError(
+                "db",
+                f"{location} already holds a gallery (collection {name}); use `reidkit index add` "
+                f"to append or --overwrite to rebuild it",
+            )
         self.tmp = _Collections(location, uri, f"{name}__build_{secrets.token_hex(4)}")
         self.started = False
 
@@ -370,9 +469,14 @@ class MilvusBuilder:
                 old_gen = 0
         self.started = True
         self.tmp.create(identity.feat_dim, self.settings.get("index_kind", "flat"))
-        self.tmp.put_text({_MODEL_KEY: json.dumps(identity.as_dict()),
-                           _INFO_KEY: json.dumps({**info, "uid": secrets.token_hex(8), "generation": str(old_gen + 1),
-                                                  "backend": "milvus"})})
+        self.tmp.put_text(
+            {
+                _MODEL_KEY: json.dumps(identity.as_dict()),
+                _INFO_KEY: json.dumps(
+                    {**info, "uid": secrets.token_hex(8), "generation": str(old_gen + 1), "backend": "milvus"}
+                ),
+            }
+        )
 
     def append(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> None:
         """Upsert a batch (ids from content)."""
@@ -388,8 +492,12 @@ class MilvusBuilder:
         crash_point("build_before_publish")
         if self.target.exists():
             if not self.overwrite:
-                raise OptionError("db", existing_error or f"{self.location} already holds a gallery (collection "
-                                                        f"{self.name}, built meanwhile); build with overwrite to replace it")
+                raise OptionError(
+                    "db",
+                    existing_error
+                    or f"{self.location} already holds a gallery (collection "
+                    f"{self.name}, built meanwhile); build with overwrite to replace it",
+                )
             self.target.drop()
         client = self.tmp.client
         self.tmp.call("rename_collection", client.rename_collection, self.tmp.name, self.name)

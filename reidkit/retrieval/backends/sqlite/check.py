@@ -6,6 +6,7 @@ dimension, the IVF quantiser is stored) and reports the state of the faiss cache
 ``repair_folder`` converts the schema-1 layout (index.faiss + meta.sqlite without vectors) or drops
 entries without a usable vector, each as one generation.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,12 +60,14 @@ def check_folder(db: str | os.PathLike) -> dict[str, Any]:
             detail = ""
             try:
                 n_idx = faiss.read_index(str(db / S.LEGACY_INDEX)).ntotal
-                detail = (f"; its {S.LEGACY_INDEX} has {n_idx} rows and {S.DB_FILE} lists {n_meta} images"
-                          + (" (they disagree)" if n_idx != n_meta else ""))
+                detail = f"; its {S.LEGACY_INDEX} has {n_idx} rows and {S.DB_FILE} lists {n_meta} images" + (
+                    " (they disagree)" if n_idx != n_meta else ""
+                )
             except RuntimeError:
                 detail = f"; its {S.LEGACY_INDEX} is missing or unreadable ({n_meta} images listed)"
-            raise OptionError("db", f"{db} was written by an older reidkit (schema 1){detail}; "
-                            f"run `reidkit index repair --db {db}`")
+            raise OptionError(
+                "db", f"{db} was written by an older reidkit (schema 1){detail}; run `reidkit index repair --db {db}`"
+            )
         if version != S.SCHEMA_VERSION:
             raise OptionError("db", f"{db / S.DB_FILE} is not a reidkit gallery database")
         problems = []
@@ -75,11 +78,15 @@ def check_folder(db: str | os.PathLike) -> dict[str, Any]:
         ident = S.model_identity(conn, db)
         n_entries = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
         n_vectors = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-        no_vec = conn.execute("SELECT COUNT(*) FROM entries LEFT JOIN vectors USING (id) "
-                              "WHERE vectors.id IS NULL").fetchone()[0]
-        orphan = conn.execute("SELECT COUNT(*) FROM vectors LEFT JOIN entries USING (id) "
-                              "WHERE entries.id IS NULL").fetchone()[0]
-        bad_len = conn.execute("SELECT COUNT(*) FROM vectors WHERE length(vec) != ?", (ident.feat_dim * 4,)).fetchone()[0]
+        no_vec = conn.execute(
+            "SELECT COUNT(*) FROM entries LEFT JOIN vectors USING (id) WHERE vectors.id IS NULL"
+        ).fetchone()[0]
+        orphan = conn.execute(
+            "SELECT COUNT(*) FROM vectors LEFT JOIN entries USING (id) WHERE entries.id IS NULL"
+        ).fetchone()[0]
+        bad_len = conn.execute("SELECT COUNT(*) FROM vectors WHERE length(vec) != ?", (ident.feat_dim * 4,)).fetchone()[
+            0
+        ]
         if no_vec:
             problems.append(f"{no_vec} entries have no vector")
         if orphan:
@@ -87,7 +94,10 @@ def check_folder(db: str | os.PathLike) -> dict[str, Any]:
         if bad_len:
             problems.append(f"{bad_len} vectors are not {ident.feat_dim}-d float32")
         kind = info.get("index_kind", "flat")
-        if kind in ("ivf", "ivfpq") and conn.execute("SELECT COUNT(*) FROM blobs WHERE key = 'trained'").fetchone()[0] == 0:
+        if (
+            kind in ("ivf", "ivfpq")
+            and conn.execute("SELECT COUNT(*) FROM blobs WHERE key = 'trained'").fetchone()[0] == 0
+        ):
             problems.append(f"the {kind} index has no trained quantiser stored")
         kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM entries GROUP BY kind").fetchall())
         state_keys = conn.execute("SELECT COUNT(*) FROM state").fetchone()[0]
@@ -113,11 +123,24 @@ def check_folder(db: str | os.PathLike) -> dict[str, Any]:
             pid = p.name.split(".")[-3]
             if not (pid.isdigit() and pid_alive(int(pid))):
                 leftovers.append(os.path.join("..", p.name))
-    report = {"db": str(db), "consistent": not problems, "problems": problems, "generation": gen,
-              "uid": info.get("uid", ""), "entries": n_entries, "vectors": n_vectors,
-              "images": int(kinds.get("image", 0)), "tracklets": int(kinds.get("tracklet", 0)),
-              "state_keys": state_keys, "index": kind, "cache": cache, "model": ident.label(),
-              "feat_dim": ident.feat_dim, "leftover_files": leftovers, "lock_files": lock_files(db)}
+    report = {
+        "db": str(db),
+        "consistent": not problems,
+        "problems": problems,
+        "generation": gen,
+        "uid": info.get("uid", ""),
+        "entries": n_entries,
+        "vectors": n_vectors,
+        "images": int(kinds.get("image", 0)),
+        "tracklets": int(kinds.get("tracklet", 0)),
+        "state_keys": state_keys,
+        "index": kind,
+        "cache": cache,
+        "model": ident.label(),
+        "feat_dim": ident.feat_dim,
+        "leftover_files": leftovers,
+        "lock_files": lock_files(db),
+    }
     if problems:
         raise OptionError("db", f"{db} is inconsistent: {'; '.join(problems)}; run `reidkit index repair --db {db}`")
     return report
@@ -135,9 +158,14 @@ def lock_files(db: str | os.PathLike) -> list[str]:
     return [str(p) + (os.sep if p.is_dir() else "") for p in found if p.exists()]
 
 
-def repair_folder(db: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | None = None,
-                  batch_size: int = 64, progress: Callable[[str], None] | None = None,
-                  lock_timeout: float | None = None) -> dict[str, Any]:
+def repair_folder(
+    db: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    progress: Callable[[str], None] | None = None,
+    lock_timeout: float | None = None,
+) -> dict[str, Any]:
     """Convert a gallery of an older reidkit (or fix an inconsistent one) into the crash-consistent layout.
 
     Vectors are read back from the old flat / IVF-Flat / HNSW-Flat index where it has them; rows it
@@ -164,8 +192,13 @@ def repair_folder(db: str | os.PathLike, weights: str | os.PathLike | None = Non
                     if not rep["cache"] == "ok":
                         SQLiteSnapshot.load(db).close()  # rebuilds and writes the cache
                     G.drop_old_caches(db, keep=rep["generation"])
-                    return {"action": "none needed" if rep["cache"] == "ok" else "rebuilt the faiss cache",
-                            "entries": rep["entries"], "recovered_from_index": 0, "reextracted": 0, "dropped": []}
+                    return {
+                        "action": "none needed" if rep["cache"] == "ok" else "rebuilt the faiss cache",
+                        "entries": rep["entries"],
+                        "recovered_from_index": 0,
+                        "reextracted": 0,
+                        "dropped": [],
+                    }
                 return _repair_v2(db, progress)
             if version != 1:
                 raise OptionError("db", f"{db / S.DB_FILE} is not a reidkit gallery database")
@@ -201,10 +234,16 @@ def repair_folder(db: str | os.PathLike, weights: str | os.PathLike | None = Non
             if weights is None and src != "imagenet" and not Path(src).is_file():
                 raise ReIDError(
                     f"--db: {db}: {len(missing)} of {len(rows)} images have no vector in {S.LEGACY_INDEX}"
-                    + (f" ({note})" if note else "") + f" and the model that built the gallery ({src}) is not there; "
-                    f"pass --weights with that model to re-extract them")
-            ext = FeatureExtractor.load(weights if weights is not None else (None if src == "imagenet" else src),
-                                        device=device, batch_size=batch_size, size=ident.input_size)
+                    + (f" ({note})" if note else "")
+                    + f" and the model that built the gallery ({src}) is not there; "
+                    f"pass --weights with that model to re-extract them"
+                )
+            ext = FeatureExtractor.load(
+                weights if weights is not None else (None if src == "imagenet" else src),
+                device=device,
+                batch_size=batch_size,
+                size=ident.input_size,
+            )
             if not ident.compatible(ext.identity):
                 raise ReIDError(f"weights {ext.identity.label()} are not the model that built {db} ({ident.label()})")
             if progress is not None:
@@ -219,20 +258,34 @@ def repair_folder(db: str | os.PathLike, weights: str | os.PathLike | None = Non
             dropped = [p for p in paths if p not in done]
         extra_rows = max(0, n_idx - len(rows))
         keep = [r for r in rows if r[0] in vecs]
-        new_info = {k: v for k, v in info.items() if k in ("index_kind", "nprobe", "ef_search", "hnsw_m", "nlist",
-                                                          "corrupt_skipped", "created")}
+        new_info = {
+            k: v
+            for k, v in info.items()
+            if k in ("index_kind", "nprobe", "ef_search", "hnsw_m", "nlist", "corrupt_skipped", "created")
+        }
         new_info.setdefault("index_kind", "flat")
         tmp = G.new_build_folder(db)
         try:
-            conn = S.create_db(tmp / S.DB_FILE, S.model_row(ident), {**new_info, "uid": S.new_uid(),
-                                                                      "generation": "1"})
+            conn = S.create_db(tmp / S.DB_FILE, S.model_row(ident), {**new_info, "uid": S.new_uid(), "generation": "1"})
             out_rows = []
             for r in keep:
                 cam, frame = r[2], r[3]
-                out_rows.append({"path": r[1], "kind": "image", "camid": cam,
-                                 "camera": None if cam is None else f"c{cam + 1}", "tracklet": None,
-                                 "frame_start": frame, "frame_end": frame, "t_start": None, "t_end": None,
-                                 "width": r[4], "height": r[5], "meta": None})
+                out_rows.append(
+                    {
+                        "path": r[1],
+                        "kind": "image",
+                        "camid": cam,
+                        "camera": None if cam is None else f"c{cam + 1}",
+                        "tracklet": None,
+                        "frame_start": frame,
+                        "frame_end": frame,
+                        "t_start": None,
+                        "t_end": None,
+                        "width": r[4],
+                        "height": r[5],
+                        "meta": None,
+                    }
+                )
             feats = np.stack([vecs[r[0]] for r in keep]) if keep else np.zeros((0, dim), np.float32)
             with S.write_transaction(conn, tmp, immediate=False):
                 S.insert_entries(conn, [r[0] for r in keep], out_rows, feats, db)
@@ -249,10 +302,15 @@ def repair_folder(db: str | os.PathLike, weights: str | os.PathLike | None = Non
 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return {"action": "converted to the crash-consistent layout", "entries": len(keep),
-            "recovered_from_index": len(keep) - (len(missing) - len(dropped)),
-            "reextracted": len(missing) - len(dropped), "dropped": dropped, "index_rows_without_metadata": extra_rows,
-            "note": note}
+    return {
+        "action": "converted to the crash-consistent layout",
+        "entries": len(keep),
+        "recovered_from_index": len(keep) - (len(missing) - len(dropped)),
+        "reextracted": len(missing) - len(dropped),
+        "dropped": dropped,
+        "index_rows_without_metadata": extra_rows,
+        "note": note,
+    }
 
 
 def _repair_v2(db: Path, progress: Callable[[str], None] | None) -> dict[str, Any]:
@@ -261,11 +319,19 @@ def _repair_v2(db: Path, progress: Callable[[str], None] | None) -> dict[str, An
     try:
         with S.write_transaction(conn, db):
             dim = int(conn.execute("SELECT feat_dim FROM model").fetchone()[0])
-            bad = [r[0] for r in conn.execute(
-                "SELECT entries.id FROM entries LEFT JOIN vectors USING (id) WHERE vectors.id IS NULL "
-                "OR length(vectors.vec) != ?", (dim * 4,))]
-            paths = [r[0] for r in conn.execute(
-                f"SELECT path FROM entries WHERE id IN ({','.join('?' * len(bad))})", bad)] if bad else []
+            bad = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT entries.id FROM entries LEFT JOIN vectors USING (id) WHERE vectors.id IS NULL "
+                    "OR length(vectors.vec) != ?",
+                    (dim * 4,),
+                )
+            ]
+            paths = (
+                [r[0] for r in conn.execute(f"SELECT path FROM entries WHERE id IN ({','.join('?' * len(bad))})", bad)]
+                if bad
+                else []
+            )
             for i in bad:
                 conn.execute("DELETE FROM entries WHERE id = ?", (i,))
                 conn.execute("DELETE FROM vectors WHERE id = ?", (i,))
@@ -279,5 +345,10 @@ def _repair_v2(db: Path, progress: Callable[[str], None] | None) -> dict[str, An
     snap.close()
     if progress is not None:
         progress(f"dropped {len(paths)} entries without a usable vector")
-    return {"action": "dropped entries without a usable vector", "entries": n, "recovered_from_index": 0,
-            "reextracted": 0, "dropped": paths}
+    return {
+        "action": "dropped entries without a usable vector",
+        "entries": n,
+        "recovered_from_index": 0,
+        "reextracted": 0,
+        "dropped": paths,
+    }

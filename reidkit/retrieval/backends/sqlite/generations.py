@@ -1,5 +1,6 @@
 """Generations of the embedded backend: the writer lock, the faiss cache of each generation, build folders
 published by one exchange, and recovery of an interrupted publish."""
+
 from __future__ import annotations
 
 import ctypes
@@ -17,13 +18,21 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
-from reidkit.retrieval.ann import (HNSW_M, default_nlist, default_pq_m,
-                                   make_faiss_index)
+from reidkit.retrieval.ann import HNSW_M, default_nlist, default_pq_m, make_faiss_index
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.backends.protocol import crash_point
 from reidkit.utils.io import atomic_write, clean_stale_temps, pid_alive
-from reidkit.retrieval.backends.sqlite.schema import (DB_FILE, LEGACY_INDEX, iter_vectors, lock_timeout, read_info,
-                                                      read_key, read_vectors, storage_error, write_transaction)
+from reidkit.retrieval.backends.sqlite.schema import (
+    DB_FILE,
+    LEGACY_INDEX,
+    iter_vectors,
+    lock_timeout,
+    read_info,
+    read_key,
+    read_vectors,
+    storage_error,
+    write_transaction,
+)
 
 # ----------------------------------------------------------------------------- writer lock
 
@@ -42,8 +51,7 @@ class WriterLock(PidLock):
     ReIDError. The lock dies with its process (flock), so a killed writer never leaves it held.
     """
 
-    def __init__(self, db: Path, timeout: float | None = None,
-                 on_wait: Callable[[str], None] | None = None) -> None:
+    def __init__(self, db: Path, timeout: float | None = None, on_wait: Callable[[str], None] | None = None) -> None:
         self.db = Path(db)
         super().__init__(lock_path(self.db), lock_timeout() if timeout is None else float(timeout), on_wait)
 
@@ -51,9 +59,12 @@ class WriterLock(PidLock):
         return f"waiting for the writer lock on {self.db} (held by pid {self.holder()})"
 
     def timeout_error(self) -> ReIDError:
-        return OptionError("db", f"{self.db} is being written by another process (pid {self.holder()}); "
-                         f"gave up after waiting {self.timeout:g} s for its writer lock "
-                         f"(set $REIDKIT_LOCK_TIMEOUT to wait longer)")
+        return OptionError(
+            "db",
+            f"{self.db} is being written by another process (pid {self.holder()}); "
+            f"gave up after waiting {self.timeout:g} s for its writer lock "
+            f"(set $REIDKIT_LOCK_TIMEOUT to wait longer)",
+        )
 
     def open_error(self, exc: OSError) -> ReIDError:
         return OptionError("db", f"cannot create the writer lock {self.path}: {exc.strerror or exc}")
@@ -136,8 +147,11 @@ def publish_folder(tmp: Path, db: Path) -> None:
     try:
         _publish(Path(tmp), Path(db).absolute())
     except OSError as exc:
-        raise OptionError("db", f"cannot publish the new gallery at {db}: {exc.strerror or exc}; "
-                        f"the previous content (if any) is unchanged") from None
+        raise OptionError(
+            "db",
+            f"cannot publish the new gallery at {db}: {exc.strerror or exc}; "
+            f"the previous content (if any) is unchanged",
+        ) from None
 
 
 def _publish(tmp: Path, db: Path) -> None:
@@ -210,7 +224,6 @@ def folder_writable(db: Path) -> bool:
     return os.access(db, os.W_OK | os.X_OK) and (not (db / DB_FILE).exists() or os.access(db / DB_FILE, os.W_OK))
 
 
-
 # ----------------------------------------------------------------------------- the faiss index of a snapshot
 
 
@@ -222,8 +235,11 @@ def index_from_store(conn: sqlite3.Connection, info: dict[str, str], dim: int, d
     if kind in ("ivf", "ivfpq"):
         row = conn.execute("SELECT value FROM blobs WHERE key = 'trained'").fetchone()
         if row is None:
-            raise OptionError("db", f"{db} is inconsistent: the {kind} index has no trained quantiser stored; "
-                            f"run `reidkit index repair --db {db}`")
+            raise OptionError(
+                "db",
+                f"{db} is inconsistent: the {kind} index has no trained quantiser stored; "
+                f"run `reidkit index repair --db {db}`",
+            )
         index = faiss.deserialize_index(np.frombuffer(row[0], dtype=np.uint8).copy())
     else:
         index = make_faiss_index(kind, dim, hnsw_m=int(info.get("hnsw_m", HNSW_M)))
@@ -232,8 +248,15 @@ def index_from_store(conn: sqlite3.Connection, info: dict[str, str], dim: int, d
     return index
 
 
-def finish_new(tmp: Path, conn: sqlite3.Connection, ident: ModelIdentity, kind: str, nlist: int | None,
-               pq_m: int | None, progress: Callable[[str], None] | None) -> None:
+def finish_new(
+    tmp: Path,
+    conn: sqlite3.Connection,
+    ident: ModelIdentity,
+    kind: str,
+    nlist: int | None,
+    pq_m: int | None,
+    progress: Callable[[str], None] | None,
+) -> None:
     """Train (IVF kinds) on a sample of the stored vectors, store the trained index, write the faiss cache."""
     import faiss
 
@@ -279,15 +302,15 @@ def existing_generation(db: Path, overwrite: bool) -> int:
         raise OptionError("db", f"{db} exists and is not a folder")
     has_gallery = (db / DB_FILE).exists() or (db / LEGACY_INDEX).exists()
     if has_gallery and not overwrite:
-        raise OptionError("db", f"{db} already holds a gallery; use `reidkit index add` to append "
-                        f"or --overwrite to rebuild it")
+        raise OptionError(
+            "db", f"{db} already holds a gallery; use `reidkit index add` to append or --overwrite to rebuild it"
+        )
     if not has_gallery:
         others = [p.name for p in db.iterdir()]
         if others:
-            raise OptionError("db", f"{db} is a folder with other files in it ({others[0]}, ...); "
-                            f"give a new or empty folder")
+            raise OptionError(
+                "db", f"{db} is a folder with other files in it ({others[0]}, ...); give a new or empty folder"
+            )
         return 0
     key = read_key(db)
     return key[1] if key else 0
-
-

@@ -1,4 +1,5 @@
 """The embedded backend's SQLite layer: the schema, connections, transactions, the entry and model rows."""
+
 from __future__ import annotations
 
 import errno
@@ -52,8 +53,21 @@ CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE blobs (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
-_COLUMNS = ("id", "path", "kind", "camid", "camera", "tracklet", "frame_start", "frame_end", "t_start", "t_end",
-            "width", "height", "meta")
+_COLUMNS = (
+    "id",
+    "path",
+    "kind",
+    "camid",
+    "camera",
+    "tracklet",
+    "frame_start",
+    "frame_end",
+    "t_start",
+    "t_end",
+    "width",
+    "height",
+    "meta",
+)
 
 
 # ----------------------------------------------------------------------------- knobs and hooks
@@ -87,8 +101,9 @@ def lock_timeout() -> float:
 
 def connect(path: Path, timeout: float | None = None) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit BEGIN/COMMIT), usable from any thread."""
-    conn = sqlite3.connect(str(path), timeout=busy_timeout() if timeout is None else timeout,
-                           check_same_thread=False, isolation_level=None)
+    conn = sqlite3.connect(
+        str(path), timeout=busy_timeout() if timeout is None else timeout, check_same_thread=False, isolation_level=None
+    )
     return conn
 
 
@@ -102,8 +117,13 @@ def connect_read(path: Path, readonly: bool = False) -> sqlite3.Connection:
     last: Exception | None = None
     for target in tries:
         try:
-            conn = sqlite3.connect(target, timeout=busy_timeout(), check_same_thread=False, isolation_level=None,
-                                   uri=target.startswith("file:"))
+            conn = sqlite3.connect(
+                target,
+                timeout=busy_timeout(),
+                check_same_thread=False,
+                isolation_level=None,
+                uri=target.startswith("file:"),
+            )
         except sqlite3.Error as exc:
             last = exc
             continue
@@ -118,12 +138,21 @@ def connect_read(path: Path, readonly: bool = False) -> sqlite3.Connection:
     raise OptionError("db", f"{path} is not a readable reidkit gallery database ({last})")
 
 
-_STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
-                   errno.EFBIG: "the file size limit was reached", errno.EROFS: "the storage is read-only",
-                   errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EIO: "disk I/O error"}
-_SQLITE_STORAGE = (("database or disk is full", "the disk is full"), ("disk I/O error", "disk I/O error"),
-                   ("readonly database", "the storage is read-only"),
-                   ("unable to open database file", "the database file cannot be opened for writing"))
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EFBIG: "the file size limit was reached",
+    errno.EROFS: "the storage is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EIO: "disk I/O error",
+}
+_SQLITE_STORAGE = (
+    ("database or disk is full", "the disk is full"),
+    ("disk I/O error", "disk I/O error"),
+    ("readonly database", "the storage is read-only"),
+    ("unable to open database file", "the database file cannot be opened for writing"),
+)
 
 
 def storage_error(db: Path | str, exc: BaseException) -> ReIDError | None:
@@ -173,8 +202,9 @@ def create_db(path: Path, model_row: Sequence[Any], info: dict[str, str]) -> sql
     conn.executescript(_SCHEMA)
     with write_transaction(conn, path.parent, immediate=False):
         conn.execute("INSERT INTO model VALUES (?, ?, ?, ?, ?, ?, ?)", tuple(model_row))
-        conn.executemany("INSERT INTO info VALUES (?, ?)",
-                         sorted({**info, "schema_version": str(SCHEMA_VERSION)}.items()))
+        conn.executemany(
+            "INSERT INTO info VALUES (?, ?)", sorted({**info, "schema_version": str(SCHEMA_VERSION)}.items())
+        )
     return conn
 
 
@@ -216,8 +246,11 @@ def begin_write(conn: sqlite3.Connection, db: Path) -> None:
         err = storage_error(db, exc)
         if err is not None:
             raise err from None
-        raise OptionError("db", f"{db / DB_FILE} stayed locked by another connection for more than "
-                        f"{busy_timeout():g} s ({exc}); nothing was written, the gallery is unchanged") from None
+        raise OptionError(
+            "db",
+            f"{db / DB_FILE} stayed locked by another connection for more than "
+            f"{busy_timeout():g} s ({exc}); nothing was written, the gallery is unchanged",
+        ) from None
 
 
 def bump_generation(conn: sqlite3.Connection) -> int:
@@ -236,18 +269,27 @@ def new_uid() -> str:
 # ----------------------------------------------------------------------------- entries
 
 
-def insert_entries(conn: sqlite3.Connection, ids: Sequence[int], rows: Sequence[dict[str, Any]],
-                   vectors: np.ndarray, db: Path | None = None) -> list[int]:
+def insert_entries(
+    conn: sqlite3.Connection,
+    ids: Sequence[int],
+    rows: Sequence[dict[str, Any]],
+    vectors: np.ndarray,
+    db: Path | None = None,
+) -> list[int]:
     """Insert normalised entries with the given ids and their vectors (caller's transaction); returns the ids."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     ids = [int(i) for i in ids]
     try:
-        conn.executemany(f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                         [(i, *(r[c] for c in _COLUMNS[1:])) for i, r in zip(ids, rows)])
+        conn.executemany(
+            f"INSERT INTO entries ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            [(i, *(r[c] for c in _COLUMNS[1:])) for i, r in zip(ids, rows)],
+        )
     except sqlite3.IntegrityError as exc:
         msg = str(exc)
         what = "a tracklet key" if "tracklet" in msg else "an image path"
-        raise OptionError("db", f"{db or 'gallery'}: {what} is already in the gallery ({msg}); nothing was written") from None
+        raise OptionError(
+            "db", f"{db or 'gallery'}: {what} is already in the gallery ({msg}); nothing was written"
+        ) from None
     conn.executemany("INSERT INTO vectors VALUES (?, ?)", [(i, v.tobytes()) for i, v in zip(ids, vectors)])
     if ids:
         conn.execute("INSERT OR REPLACE INTO info VALUES ('next_id', ?)", (str(max(ids) + 1),))
@@ -289,7 +331,6 @@ def read_vectors(conn: sqlite3.Connection, ids: Sequence[int], dim: int) -> np.n
     return np.stack([np.frombuffer(found[i], dtype=np.float32) for i in ids]) if ids else np.zeros((0, dim), np.float32)
 
 
-
 # ----------------------------------------------------------------------------- the model row
 
 
@@ -298,18 +339,24 @@ def model_identity(conn: sqlite3.Connection, db: Path) -> ModelIdentity:
     row = conn.execute("SELECT identity, source, feat_dim, input_h, input_w, mean, std FROM model").fetchone()
     if row is None:
         raise OptionError("db", f"{db / DB_FILE} has no model row")
-    return ModelIdentity(row[0], row[1], int(row[2]), (int(row[3]), int(row[4])),
-                         tuple(json.loads(row[5])), tuple(json.loads(row[6])))
+    return ModelIdentity(
+        row[0], row[1], int(row[2]), (int(row[3]), int(row[4])), tuple(json.loads(row[5])), tuple(json.loads(row[6]))
+    )
 
 
 def model_row(ident: ModelIdentity) -> tuple:
     """The `model` table row of an identity."""
-    return (ident.name, ident.source, ident.feat_dim, ident.input_size[0], ident.input_size[1],
-            json.dumps(list(ident.mean)), json.dumps(list(ident.std)))
+    return (
+        ident.name,
+        ident.source,
+        ident.feat_dim,
+        ident.input_size[0],
+        ident.input_size[1],
+        json.dumps(list(ident.mean)),
+        json.dumps(list(ident.std)),
+    )
 
 
 def not_a_gallery(db: Path) -> ReIDError:
     """The error for a folder without a gallery database."""
     return OptionError("db", f"{db} is not a gallery (expected {DB_FILE}; create one with `reidkit index build`)")
-
-

@@ -1,4 +1,5 @@
 """A pinned generation of the embedded backend: one WAL read transaction plus the faiss index of that generation."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,22 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
-from reidkit.retrieval.ann import (DEFAULT_REFINE_K, index_params, refine_exact, set_search_params)
+from reidkit.retrieval.ann import DEFAULT_REFINE_K, index_params, refine_exact, set_search_params
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.backends.protocol import SearchFilter
 from reidkit.retrieval.store import ENTRY_FIELDS, KINDS
-from reidkit.retrieval.backends.sqlite.schema import (DB_FILE, SCHEMA_VERSION, connect_read, model_identity, next_id,
-                                                      not_a_gallery, read_info, read_vectors, schema_version)
-from reidkit.retrieval.backends.sqlite.generations import (cache_path, index_from_store, write_cache)
+from reidkit.retrieval.backends.sqlite.schema import (
+    DB_FILE,
+    SCHEMA_VERSION,
+    connect_read,
+    model_identity,
+    next_id,
+    not_a_gallery,
+    read_info,
+    read_vectors,
+    schema_version,
+)
+from reidkit.retrieval.backends.sqlite.generations import cache_path, index_from_store, write_cache
 
 # ----------------------------------------------------------------------------- snapshots
 
@@ -51,15 +61,30 @@ def _arrays(rows: list[tuple], size: int) -> dict[str, Any]:
             t_end[i] = te
         n_img += kind == "image"
         n_trk += kind == "tracklet"
-    return {"camids": camids, "cameras": cameras, "camera_names": names, "kinds": kinds, "t_start": t_start,
-            "t_end": t_end, "n_images": n_img, "n_tracklets": n_trk}
+    return {
+        "camids": camids,
+        "cameras": cameras,
+        "camera_names": names,
+        "kinds": kinds,
+        "t_start": t_start,
+        "t_end": t_end,
+        "n_images": n_img,
+        "n_tracklets": n_trk,
+    }
 
 
 class SQLiteSnapshot:
     """One generation of a gallery: a pinned SQLite read transaction (WAL) plus the matching faiss index."""
 
-    def __init__(self, db: Path, conn: sqlite3.Connection, info: dict[str, str], identity: ModelIdentity,
-                 index: Any, arrays: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        db: Path,
+        conn: sqlite3.Connection,
+        info: dict[str, str],
+        identity: ModelIdentity,
+        index: Any,
+        arrays: dict[str, Any],
+    ) -> None:
         self.db = db
         self.conn = conn
         self.info = info
@@ -91,8 +116,11 @@ class SQLiteSnapshot:
             conn.execute("BEGIN")  # deferred, held open: the first SELECT pins the WAL snapshot
             version = schema_version(conn)
             if version == 1:
-                raise OptionError("db", f"{db} was written by an older reidkit (index.faiss + meta.sqlite without "
-                                f"vectors); convert it once with `reidkit index repair --db {db}`")
+                raise OptionError(
+                    "db",
+                    f"{db} was written by an older reidkit (index.faiss + meta.sqlite without "
+                    f"vectors); convert it once with `reidkit index repair --db {db}`",
+                )
             if version != SCHEMA_VERSION:
                 raise OptionError("db", f"{db / DB_FILE} is not a reidkit gallery database")
             info = read_info(conn)
@@ -152,7 +180,9 @@ class SQLiteSnapshot:
         ids = [int(i) for i in ids]
         for s in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             part = ids[s : s + 500]
-            for r in self.query(f"SELECT {_SELECT_FIELDS} FROM entries WHERE id IN ({','.join('?' * len(part))})", part):
+            for r in self.query(
+                f"SELECT {_SELECT_FIELDS} FROM entries WHERE id IN ({','.join('?' * len(part))})", part
+            ):
                 out[r[0]] = _row_dict(r)
         return out
 
@@ -161,15 +191,20 @@ class SQLiteSnapshot:
         with self.lock:
             return read_vectors(self.conn, ids, self.identity.feat_dim)
 
-    def entries(self, kind: str | None = None, tracklet: str | None = None,
-                camera: str | None = None) -> list[dict[str, Any]]:
+    def entries(
+        self, kind: str | None = None, tracklet: str | None = None, camera: str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored entries matching all given filters, in id order."""
         where, params = [], []
         for col, v in (("kind", kind), ("tracklet", tracklet), ("camera", camera)):
             if v is not None:
                 where.append(f"{col} = ?")
                 params.append(v)
-        sql = f"SELECT {_SELECT_FIELDS} FROM entries" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        sql = (
+            f"SELECT {_SELECT_FIELDS} FROM entries"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + " ORDER BY id"
+        )
         return [_row_dict(r) for r in self.query(sql, params)]
 
     def image_paths(self) -> set[str]:
@@ -178,8 +213,9 @@ class SQLiteSnapshot:
 
     # -- search --------------------------------------------------------------------------------
 
-    def search(self, feats: np.ndarray, k: int, filters: Sequence[SearchFilter],
-               nprobe: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(
+        self, feats: np.ndarray, k: int, filters: Sequence[SearchFilter], nprobe: int | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per row: (ids, scores) of its top k passing its filter; the faiss search deepens until enough pass."""
         n = self.count
         if n == 0:
@@ -219,8 +255,9 @@ class SQLiteSnapshot:
                 keep &= a["t_start"][safe] <= float(f.t_max)
         return keep
 
-    def _filtered(self, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, f: SearchFilter, need: int,
-                  fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _filtered(
+        self, q: np.ndarray, ids: np.ndarray, scores: np.ndarray, f: SearchFilter, need: int, fetch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         n = self.count
         while True:
             keep = self._keep(ids, f)
@@ -238,5 +275,3 @@ class SQLiteSnapshot:
         refine = int(self.info.get("refine_k", DEFAULT_REFINE_K))
         _, cand = self.index.search(feats, min(self.count, k * max(1, refine)))
         return refine_exact(feats, cand, self.vectors, k)
-
-

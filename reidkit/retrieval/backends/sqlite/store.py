@@ -1,4 +1,5 @@
 """The embedded backend's store (writes, deletes, state) and builder (a new gallery published whole)."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,38 @@ from reidkit.errors import OptionError
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.backends.protocol import FILES_INSIDE, Capabilities, crash_point
 from reidkit.retrieval.backends.sqlite.snapshot import SQLiteSnapshot
-from reidkit.retrieval.backends.sqlite.schema import (DB_FILE, LEGACY_INDEX, SCHEMA_VERSION, bump_generation, connect,
-                                                      connect_read, create_db, insert_entries, model_identity,
-                                                      model_row, new_uid, next_id, not_a_gallery, read_info, read_key,
-                                                      schema_version, storage_error, write_transaction)
-from reidkit.retrieval.backends.sqlite.generations import (WriterLock, cache_path, clean_for_write, drop_old_caches,
-                                                           existing_generation, finish_new, folder_writable,
-                                                           new_build_folder, publish_folder, recover)
+from reidkit.retrieval.backends.sqlite.schema import (
+    DB_FILE,
+    LEGACY_INDEX,
+    SCHEMA_VERSION,
+    bump_generation,
+    connect,
+    connect_read,
+    create_db,
+    insert_entries,
+    model_identity,
+    model_row,
+    new_uid,
+    next_id,
+    not_a_gallery,
+    read_info,
+    read_key,
+    schema_version,
+    storage_error,
+    write_transaction,
+)
+from reidkit.retrieval.backends.sqlite.generations import (
+    WriterLock,
+    cache_path,
+    clean_for_write,
+    drop_old_caches,
+    existing_generation,
+    finish_new,
+    folder_writable,
+    new_build_folder,
+    publish_folder,
+    recover,
+)
 
 # ----------------------------------------------------------------------------- the store
 
@@ -62,9 +88,15 @@ class SQLiteStore:
         return (path / DB_FILE).exists() or (path / LEGACY_INDEX).exists()
 
     @classmethod
-    def builder(cls, location: str | os.PathLike, collection: str | None = None, overwrite: bool = False,
-                settings: dict[str, Any] | None = None, lock_timeout: float | None = None,
-                progress: Callable[[str], None] | None = None) -> SQLiteBuilder:
+    def builder(
+        cls,
+        location: str | os.PathLike,
+        collection: str | None = None,
+        overwrite: bool = False,
+        settings: dict[str, Any] | None = None,
+        lock_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> SQLiteBuilder:
         """A new gallery built beside `location` and published whole (see SQLiteBuilder)."""
         if collection is not None:
             raise OptionError("collection", f"applies to milvus: galleries only, not to the folder {location}")
@@ -129,13 +161,16 @@ class SQLiteStore:
     def check_writable(self) -> None:
         """ReIDError when the gallery was opened read-only (before any work is done)."""
         if self.readonly:
-            raise OptionError("db", f"{self.db} is read-only (opened for search and check only); "
-                            f"nothing was changed")
+            raise OptionError("db", f"{self.db} is read-only (opened for search and check only); nothing was changed")
 
-    def _commit(self, base: SQLiteSnapshot, identity: ModelIdentity,
-                body: Callable[[sqlite3.Connection], tuple[Any, Callable[[Any], None] | None] | None],
-                progress: Callable[[str], None] | None = None,
-                lock_timeout: float | None = None) -> tuple[Any, SQLiteSnapshot | None]:
+    def _commit(
+        self,
+        base: SQLiteSnapshot,
+        identity: ModelIdentity,
+        body: Callable[[sqlite3.Connection], tuple[Any, Callable[[Any], None] | None] | None],
+        progress: Callable[[str], None] | None = None,
+        lock_timeout: float | None = None,
+    ) -> tuple[Any, SQLiteSnapshot | None]:
         """Run `body` in one write transaction under the writer lock, publish a new generation.
 
         `body(conn)` returns None (nothing to write: rolled back) or (result, update) where
@@ -158,11 +193,16 @@ class SQLiteStore:
             try:
                 with write_transaction(conn, db):
                     if schema_version(conn) != SCHEMA_VERSION:
-                        raise OptionError("db", f"{db} was written by an older reidkit; run `reidkit index repair --db {db}`")
+                        raise OptionError(
+                            "db", f"{db} was written by an older reidkit; run `reidkit index repair --db {db}`"
+                        )
                     stored = model_identity(conn, db)
                     if not stored.compatible(identity):
-                        raise OptionError("db", f"{db} was rebuilt with another model ({stored.label()}) since it was "
-                                        f"opened; nothing was written")
+                        raise OptionError(
+                            "db",
+                            f"{db} was rebuilt with another model ({stored.label()}) since it was "
+                            f"opened; nothing was written",
+                        )
                     uid = read_info(conn).get("uid", "")
                     out = body(conn)
                     if out is None:
@@ -186,10 +226,18 @@ class SQLiteStore:
             drop_old_caches(db, keep=new.generation)
         return result, new
 
-    def write(self, base: SQLiteSnapshot, identity: ModelIdentity, rows: list[dict[str, Any]], vectors: np.ndarray,
-              state: dict[str, str | None] | None = None, skip_existing_images: bool = False,
-              corrupt: int | None = None, lock_timeout: float | None = None,
-              progress: Callable[[str], None] | None = None) -> tuple[list[int], SQLiteSnapshot | None]:
+    def write(
+        self,
+        base: SQLiteSnapshot,
+        identity: ModelIdentity,
+        rows: list[dict[str, Any]],
+        vectors: np.ndarray,
+        state: dict[str, str | None] | None = None,
+        skip_existing_images: bool = False,
+        corrupt: int | None = None,
+        lock_timeout: float | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[list[int], SQLiteSnapshot | None]:
         """Insert rows + vectors + state (and the unreadable-image count) as one generation; (ids, new snapshot)."""
         state = state or {}
 
@@ -221,9 +269,16 @@ class SQLiteStore:
         ids, new = self._commit(base, identity, body, progress=progress, lock_timeout=lock_timeout)
         return ids or [], new
 
-    def delete(self, base: SQLiteSnapshot, identity: ModelIdentity, ids: Sequence[int] | None = None,
-               tracklet: str | None = None, camera: str | None = None, path: str | None = None,
-               lock_timeout: float | None = None) -> tuple[int, SQLiteSnapshot | None]:
+    def delete(
+        self,
+        base: SQLiteSnapshot,
+        identity: ModelIdentity,
+        ids: Sequence[int] | None = None,
+        tracklet: str | None = None,
+        camera: str | None = None,
+        path: str | None = None,
+        lock_timeout: float | None = None,
+    ) -> tuple[int, SQLiteSnapshot | None]:
         """Delete the entries matching ALL given criteria as one generation; (count, new snapshot)."""
         where, params = [], []
         if ids is not None:
@@ -269,8 +324,14 @@ class SQLiteStore:
 class SQLiteBuilder:
     """A new gallery folder filled in a temp folder beside `db` and published with one atomic exchange."""
 
-    def __init__(self, db: Path, overwrite: bool, settings: dict[str, Any], lock_timeout: float | None,
-                 progress: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        db: Path,
+        overwrite: bool,
+        settings: dict[str, Any],
+        lock_timeout: float | None,
+        progress: Callable[[str], None] | None,
+    ) -> None:
         self.db = Path(db).expanduser().absolute()
         self.overwrite = overwrite
         self.settings = settings
@@ -289,8 +350,9 @@ class SQLiteBuilder:
         try:
             clean_for_write(self.db)
             self.tmp = new_build_folder(self.db)
-            self.conn = create_db(self.tmp / DB_FILE, model_row(identity),
-                                  {**info, "uid": new_uid(), "generation": str(self.old_gen + 1)})
+            self.conn = create_db(
+                self.tmp / DB_FILE, model_row(identity), {**info, "uid": new_uid(), "generation": str(self.old_gen + 1)}
+            )
         except (OSError, sqlite3.OperationalError) as exc:
             raise storage_error(self.db, exc) or exc from None
 
@@ -309,14 +371,25 @@ class SQLiteBuilder:
             with write_transaction(self.conn, self.tmp, immediate=False):
                 self.conn.execute("INSERT OR REPLACE INTO info VALUES ('corrupt_skipped', ?)", (str(corrupt),))
             crash_point("build_embedded")
-            finish_new(self.tmp, self.conn, self.identity, s.get("index_kind", "flat"), s.get("nlist"),
-                       s.get("pq_m"), self.progress)
+            finish_new(
+                self.tmp,
+                self.conn,
+                self.identity,
+                s.get("index_kind", "flat"),
+                s.get("nlist"),
+                s.get("pq_m"),
+                self.progress,
+            )
             self.conn.close()
             crash_point("build_before_publish")
             with WriterLock(self.db, timeout=self.lock_timeout, on_wait=self.progress or _stderr):
                 if not self.overwrite and (self.db / DB_FILE).exists():
-                    raise OptionError("db", existing_error or f"{self.db} already holds a gallery (built meanwhile "
-                                                            f"by another process); build with overwrite to replace it")
+                    raise OptionError(
+                        "db",
+                        existing_error
+                        or f"{self.db} already holds a gallery (built meanwhile "
+                        f"by another process); build with overwrite to replace it",
+                    )
                 publish_folder(self.tmp, self.db)
         except OSError as exc:
             raise storage_error(self.db, exc) or exc from None
