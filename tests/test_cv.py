@@ -21,7 +21,7 @@ def _records() -> list[Record]:
 
 
 def test_folds_are_identity_disjoint_and_respect_min_images():
-    from reidkit.engine.cv import make_folds
+    from reidkit.experiments.cv import make_folds
 
     recs = _records()
     folds = make_folds(recs, folds=4, seed=1, min_images=2)
@@ -48,7 +48,7 @@ def test_folds_are_identity_disjoint_and_respect_min_images():
 
 
 def test_fold_manifest_adds_distractors_to_the_gallery(tmp_path):
-    from reidkit.engine.cv import make_folds, write_fold_manifest
+    from reidkit.experiments.cv import make_folds, write_fold_manifest
 
     recs = _records()
     fold = make_folds(recs, folds=4, seed=0)[0]

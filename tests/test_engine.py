@@ -354,7 +354,7 @@ def test_ablate_grid_writes_its_table(work: Path):
 
 
 def test_ablate_plans_recipes_and_cartesian_grids():
-    from reidkit.engine.ablate import plan_runs, split_values
+    from reidkit.experiments.ablate import plan_runs, split_values
 
     runs = plan_runs(config="bot_r50", grid=["model.last_stride=1,2", "solver.steps=[40,70],[30,60]"])
     assert len(runs) == 4
@@ -392,7 +392,7 @@ def test_pil_loader_and_camera_sampler_train(work: Path):
 
 
 def test_demo_pipeline_end_to_end(work: Path, capsys):
-    from reidkit.engine.demo import format_demo_table, run_demo
+    from reidkit.experiments.demo import format_demo_table, run_demo
 
     out = work / "demo"
     metrics = run_demo(

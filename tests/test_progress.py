@@ -183,9 +183,12 @@ def test_training_logs_every_log_period_iterations_without_a_terminal(world, cap
 @pytest.mark.parametrize(
     "argv,target",
     [
-        (["demo", "--out", "{tmp}"], "reidkit.engine.demo.run_demo"),
-        (["ablate", "--config", "demo", "--recipes", "a", "--out", "{tmp}"], "reidkit.engine.ablate.run_ablation"),
-        (["pseudo-label", "--config", "demo", "--weights", "w.pt"], "reidkit.engine.pseudo_label.run_pseudo_label"),
+        (["demo", "--out", "{tmp}"], "reidkit.experiments.demo.run_demo"),
+        (["ablate", "--config", "demo", "--recipes", "a", "--out", "{tmp}"], "reidkit.experiments.ablate.run_ablation"),
+        (
+            ["pseudo-label", "--config", "demo", "--weights", "w.pt"],
+            "reidkit.experiments.pseudo_label.run_pseudo_label",
+        ),
     ],
 )
 def test_verbs_that_train_echo_iteration_lines_without_a_terminal(argv, target, tmp_path, capsys, monkeypatch):

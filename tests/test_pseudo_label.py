@@ -23,7 +23,7 @@ def _known_case():
 
 
 def test_grouping_association_and_precision_on_a_known_case():
-    from reidkit.engine.pseudo_label import group_queries, label_precision, pseudo_identities
+    from reidkit.experiments.pseudo_label import group_queries, label_precision, pseudo_identities
 
     qf, gf, q_true, g_true = _known_case()
     groups = group_queries(qf, 0.3)
@@ -44,7 +44,7 @@ def test_grouping_association_and_precision_on_a_known_case():
 
 def test_manifest_is_loadable_by_the_csv_loader(tmp_path):
     from reidkit.data.datasets import Record, load_dataset
-    from reidkit.engine.pseudo_label import write_manifest
+    from reidkit.experiments.pseudo_label import write_manifest
 
     recs = []
     for i in range(5):
@@ -60,7 +60,7 @@ def test_manifest_is_loadable_by_the_csv_loader(tmp_path):
 
 
 def test_bad_arguments_raise():
-    from reidkit.engine.pseudo_label import group_queries, label_precision
+    from reidkit.experiments.pseudo_label import group_queries, label_precision
 
     with pytest.raises(ReIDError, match="threshold"):
         group_queries(np.eye(3), 0.0)
@@ -197,7 +197,7 @@ def test_defaults_label_the_synthetic_demo_data(tmp_path, capsys):
 
 def test_summary_ends_in_words_with_the_final_weights_and_the_setting():
     """Issue 31: the summary ended with a raw JSON line and never said the mAP is on the labelled test set."""
-    from reidkit.engine.pseudo_label import format_summary
+    from reidkit.experiments.pseudo_label import format_summary
 
     it = {
         "iteration": 1,

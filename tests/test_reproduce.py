@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from reidkit.cli import main as cli_main
-from reidkit.engine.reproduce import list_tables, load_table
+from reidkit.experiments.reproduce import list_tables, load_table
 from reidkit.errors import ReIDError
 
 TINY = [

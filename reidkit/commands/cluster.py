@@ -93,7 +93,7 @@ def _usl(args: argparse.Namespace) -> int:
 
 
 def _pseudo_label(args: argparse.Namespace) -> int:
-    from reidkit.engine.pseudo_label import format_summary, run_pseudo_label
+    from reidkit.experiments.pseudo_label import format_summary, run_pseudo_label
     from reidkit.utils.progress import console_logging
 
     console_logging()  # features and retraining report their steps; retraining its iterations without a bar
@@ -114,7 +114,7 @@ def _pseudo_label(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from reidkit.engine.cv import format_cv_table, run_cv
+    from reidkit.experiments.cv import format_cv_table, run_cv
 
     summary = run_cv(
         args.config,

@@ -40,7 +40,7 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from reidkit.engine.reproduce import format_markdown, format_plan, load_table, plan_table, run_table
+    from reidkit.experiments.reproduce import format_markdown, format_plan, load_table, plan_table, run_table
     from reidkit.errors import ReIDError
 
     tail = argparse.ArgumentParser(prog="reidkit reproduce", add_help=False)

@@ -197,7 +197,7 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from reidkit.engine.ablate import format_table, run_ablation
+    from reidkit.experiments.ablate import format_table, run_ablation
     from reidkit.engine.handlers import console_logging
 
     console_logging()  # training inside: its bar on a terminal, else a line every log_period
@@ -216,7 +216,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from reidkit.engine.demo import run_demo
+    from reidkit.experiments.demo import run_demo
     from reidkit.engine.handlers import console_logging
 
     console_logging()  # training inside: its bar on a terminal, else a line every log_period

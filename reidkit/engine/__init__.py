@@ -1,4 +1,8 @@
-"""Training engine: the supervised trainer (pytorch-ignite), checkpoints, ablations, the demo."""
+"""Training engine: the supervised and cluster trainers (pytorch-ignite), their lifecycle, checkpoints and handlers.
+
+Experiments that drive the trainers (ablations, cross-validation, pseudo-labelling, the demo, tables of
+papers reproduced) live in ``reidkit.experiments``.
+"""
 
 from __future__ import annotations
 
