@@ -71,6 +71,9 @@ def test_the_library_names_its_parameter():
             OptionError("gt_dir", "a is not a folder"),
             "--gt: a is not a folder",
         ),
+        (["video", "--db", "g", "v.mp4"], OptionError("cameras", "give one per video"), "--camera: give one per video"),
+        (["video", "--db", "g", "v.mp4"], OptionError("start_times", "x"), "--start-time: x"),
+        (["video", "--db", "g", "v.mp4"], OptionError("detector_options", "x"), "--detector-option: x"),
         # a parameter the verb has no flag for keeps the library's words; a plain ReIDError is printed as is
         (["serve", "--db", "g"], OptionError("nlist", "x", value=3), "nlist=3: x"),
         (["serve", "--db", "g"], ReIDError("plain"), "plain"),

@@ -224,3 +224,25 @@ def test_configure_threads(monkeypatch):
         torch.set_num_threads(before)
     monkeypatch.delenv("REIDKIT_THREADS")
     assert main(["--threads", "0", "scene", "/nonexistent/x"]) == 2
+
+
+def test_ingest_options_one_object_keyword_changes_over_it(tmp_path):
+    """ingest's settings are one frozen IngestOptions; keyword arguments change fields of it, an unknown one is
+    refused, and a per-video list of the wrong length is an OptionError naming the parameter."""
+    import dataclasses
+
+    from reidkit.errors import OptionError
+    from reidkit.video.ingest import IngestOptions, prepare_jobs
+
+    base = IngestOptions(detector="hog", k=8)
+    o = IngestOptions.of(base, k=2, every=3)
+    assert (o.detector, o.k, o.every, base.k) == ("hog", 2, 3, 8)
+    assert o.settings().k == 2 and o.settings().every == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.k = 5
+    with pytest.raises(TypeError, match="unknown ingest options: kk"):
+        IngestOptions.of(base, kk=1)
+    with pytest.raises(OptionError, match=r"^min_len: must be >= 1, got 0$"):
+        IngestOptions(min_len=0).settings()
+    with pytest.raises(OptionError, match=r"^cameras: give one per video \(1 videos, 2 values\)$"):
+        prepare_jobs([str(tmp_path / "a.mp4")], IngestOptions(cameras=["a", "b"]))

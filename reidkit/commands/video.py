@@ -8,9 +8,10 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from reidkit.commands import add_trust_argument
+from reidkit.commands import add_trust_argument, params
 from reidkit.commands._args import DeprecatedAlias, at_most, bounded_float, bounded_int, finite_float, probability
 from reidkit.commands.retrieval import add_files_argument, check_files_option
 from reidkit.errors import ReIDError
@@ -49,11 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     add_files_argument(p, "the first video's folder")
-    p.add_argument(
-        "--camera",
-        action="append",
-        default=None,
-        help="camera name, once per video in order (default: the video file's name)",
+    params(
+        p.add_argument(
+            "--camera",
+            action="append",
+            default=None,
+            help="camera name, once per video in order (default: the video file's name)",
+        ),
+        "cameras",
     )
     p.add_argument(
         "--detections",
@@ -71,13 +75,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights names are; `reidkit weights list`), an ONNX file (YOLOX, YOLOv5/v8, RT-DETR "
         "exports; the family is read from its outputs) or a detector a --plugin file registers",
     )
-    p.add_argument(
-        "--detector-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the detector (repeatable), e.g. conf=0.4, family=yolov8 (onnx), block=300 "
-        "(motion), detect_scale=0.5 (hog); an unknown key is refused naming the nearest one",
+    params(
+        p.add_argument(
+            "--detector-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an option of the detector (repeatable), e.g. conf=0.4, family=yolov8 (onnx), block=300 "
+            "(motion), detect_scale=0.5 (hog); an unknown key is refused naming the nearest one",
+        ),
+        "detector_options",
     )
     p.add_argument(
         "--conf", type=probability("--conf"), default=0.25, help="detector confidence threshold (ONNX; default 0.25)"
@@ -175,12 +182,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="shortest tracklet kept, in processed frames (default 3)",
     )
     p.add_argument("--flip", action="store_true", help="flip TTA for crop features")
-    p.add_argument(
-        "--start-time",
-        type=finite_float("--start-time"),
-        action="append",
-        default=None,
-        help="clock time (s) of each video's first frame, once per video (default 0)",
+    params(
+        p.add_argument(
+            "--start-time",
+            type=finite_float("--start-time"),
+            action="append",
+            default=None,
+            help="clock time (s) of each video's first frame, once per video (default 0)",
+        ),
+        "start_times",
     )
     p.add_argument(
         "--tracker",
@@ -328,7 +338,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_video(args: argparse.Namespace) -> int:
     from reidkit.utils.validate import parse_hw
-    from reidkit.video.ingest import ingest
+    from reidkit.video.ingest import IngestOptions, ingest
     from reidkit.video.live import is_stream
 
     streams = [v for v in args.videos if is_stream(v)]
@@ -344,33 +354,35 @@ def _run_video(args: argparse.Namespace) -> int:
     size = None
     if args.detector_size is not None:
         size = parse_hw(args.detector_size, "--detector-size", lo=32, hi=4096)  # YOLO inputs: 320..1280
-    detect_every = args.detect_every
-    kw = dict(
+    options = IngestOptions(
         cameras=args.camera,
         detections=args.detections,
+        start_times=args.start_time,
         detector=args.detector,
         detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
+        conf=args.conf,
+        detector_size=size,
+        person_class=args.person_class,
+        detect_scale=args.detect_scale,
         weights=args.weights,
         device=args.device,
+        flip=args.flip,
+        engine="auto-int8" if args.engine == "auto" else args.engine,
         every=args.every,
         chunk=args.chunk,
         k=args.k,
         min_len=args.min_len,
-        flip=args.flip,
-        conf=args.conf,
-        start_times=args.start_time,
+        detect_every=args.detect_every,
+        appearance=args.appearance,
+        embed_budget=args.embed_budget if args.appearance == "needed" else 0,
+        tracker=args.tracker,
+        tracker_options=_tracker_options(args.tracker_option),
         max_age=args.max_age,
         n_init=args.n_init,
         max_cosine_distance=args.max_cosine_distance,
-        tracker=args.tracker,
-        tracker_options=_tracker_options(args.tracker_option),
-        detector_size=size,
-        person_class=args.person_class,
-        detect_every=detect_every,
-        detect_scale=args.detect_scale,
-        appearance=args.appearance,
-        embed_budget=args.embed_budget if args.appearance == "needed" else 0,
-        engine="auto-int8" if args.engine == "auto" else args.engine,
+        streams=args.streams,
+        collection=args.collection,
+        files=args.files,
     )
     check_files_option(args.db, args.files)
     if args.workers is not None or args.cluster is not None:
@@ -383,9 +395,11 @@ def _run_video(args: argparse.Namespace) -> int:
                 "collection); run without them"
             )
         _record_files_for_cluster(args)
-        rep = ingest_on_cluster(args.db, args.videos, workers=args.workers, address=args.cluster, **kw)
+        rep = ingest_on_cluster(
+            args.db, args.videos, workers=args.workers, address=args.cluster, options=replace(options, files=None)
+        )
     else:
-        rep = ingest(args.db, args.videos, streams=args.streams, collection=args.collection, files=args.files, **kw)
+        rep = ingest(args.db, args.videos, options)
     if args.json:
         print(json.dumps(rep, indent=2))
     else:

@@ -29,19 +29,18 @@ from contextlib import ExitStack
 from itertools import islice
 from typing import Any, Callable, Sequence
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError
 from reidkit.utils.dask import check_cluster_args, dask_client, need_distributed
+from reidkit.video.options import IngestOptions
 from reidkit.video.pipeline import (
     Chunk,
     Settings,
     Stats,
     VideoJob,
     VideoLock,
-    check_settings,
     commit,
     process_video,
     resume_state,
-    tracker_fields,
 )
 
 CRASH_ENV = "REIDKIT_VIDEO_WORKER_CRASH"  # tests: a file; the first task that renames it away exits its worker
@@ -144,56 +143,29 @@ def ingest_on_cluster(
     client: Any = None,
     segment: int = DEFAULT_SEGMENT,
     progress: Callable[[str], None] | None = None,
-    **kw: Any,
+    options: IngestOptions | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """`reidkit.video.ingest.ingest` with each video's work on Dask workers (see the module docstring).
 
     One of `workers` (a local cluster on 127.0.0.1), `address` (a running scheduler) or `client`.
-    Other keyword arguments are those of `ingest` (streams excepted).
+    `options` and `changes` are those of `ingest` (``streams`` does not apply; the workers open the gallery
+    by `db` alone, so neither ``collection`` nor ``files`` can be given).
     """
     from reidkit.video.ingest import _report, _stderr, commit_chunk, open_gallery, prepare_jobs
 
+    o = IngestOptions.of(options, **changes)
     say = progress if progress is not None else _stderr
     if segment < 1:
-        raise ReIDError(f"segment: must be >= 1, got {segment}")
+        raise OptionError("segment", f"must be >= 1, got {segment}")
+    for name in ("collection", "files"):
+        if getattr(o, name) is not None:
+            raise OptionError(name, "not with a Dask cluster (the workers open the gallery by db alone)")
     check_cluster_args(workers, address)
     distributed = need_distributed()
-    settings = check_settings(
-        Settings(
-            int(kw.pop("every", 1)),
-            int(kw.pop("chunk", 50)),
-            int(kw.pop("k", 4)),
-            int(kw.pop("min_len", 3)),
-            detect_every=int(kw.pop("detect_every", 1)),
-            appearance=str(kw.pop("appearance", "all")),
-            embed_budget=int(kw.pop("embed_budget", 0)),
-            **tracker_fields(
-                kw.pop("max_age", None),
-                kw.pop("n_init", None),
-                kw.pop("max_cosine_distance", None),
-                kw.pop("tracker", None),
-                kw.pop("tracker_options", None),
-            ),
-        )
-    )
-    jobs = prepare_jobs(
-        videos,
-        kw.pop("cameras", None),
-        kw.pop("detections", None),
-        kw.pop("detector", None),
-        kw.pop("conf", 0.25),
-        kw.pop("start_times", None),
-        kw.pop("hog_min_height", 480),
-        kw.pop("detector_size", None),
-        kw.pop("person_class", 0),
-        kw.pop("detect_scale", 1.0),
-        kw.pop("detector_options", None),
-    )
-    weights, device = kw.pop("weights", None), kw.pop("device", None)
-    batch_size, flip = int(kw.pop("batch_size", 64)), bool(kw.pop("flip", False))
-    engine = str(kw.pop("engine", "torch"))
-    if kw:
-        raise ReIDError(f"ingest_on_cluster: unknown options {', '.join(sorted(kw))}")
+    settings = o.settings()
+    jobs = prepare_jobs(videos, o)
+    weights, device, batch_size, flip, engine = o.weights, o.device, int(o.batch_size), bool(o.flip), str(o.engine)
     # Workers write themselves only to a backend that admits many writer processes (a Milvus server); with
     # one writer (the folder, Milvus Lite) the chunks come back to the driver, which writes them.
     from reidkit.retrieval.backends import resolve

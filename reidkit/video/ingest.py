@@ -33,11 +33,11 @@ from __future__ import annotations
 import errno
 import os
 import queue
-from contextlib import nullcontext
 import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -45,6 +45,7 @@ from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.backends import FILES_OUTSIDE, resolve
 from reidkit.video.decode import probe, video_key
 from reidkit.video.embedder import Embedder
+from reidkit.video.options import DEFAULT_STREAMS, IngestOptions
 from reidkit.video.pipeline import (
     THUMBS,
     Chunk,
@@ -53,12 +54,10 @@ from reidkit.video.pipeline import (
     Stats,
     VideoJob,
     VideoLock,
-    check_settings,
     commit,
     process_video,
     resume_state,
     thumbs_dir,
-    tracker_fields,
 )
 
 __all__ = [
@@ -66,6 +65,7 @@ __all__ = [
     "CRASH_ENV",
     "VideoJob",
     "Settings",
+    "IngestOptions",
     "create_gallery",
     "open_gallery",
     "prepare_jobs",
@@ -75,7 +75,6 @@ __all__ = [
 ]
 
 CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after that many commits
-DEFAULT_STREAMS = 4
 # Fixed cameras: on the generated scenes the motion detector finds more people than HOG at a tenth
 # of its cost (tests/test_motion_detector.py, benchmarks/bench_video.py); it warns on a moving picture.
 DEFAULT_DETECTOR = "motion"  # reidkit.video.detectors.DEFAULT_DETECTOR
@@ -147,39 +146,33 @@ def open_gallery(
 
 
 def prepare_jobs(
-    videos: Sequence[str | os.PathLike],
-    cameras: Sequence[str] | None = None,
-    detections: Sequence[str | os.PathLike] | None = None,
-    detector: str | os.PathLike | None = None,
-    conf: float = 0.25,
-    start_times: Sequence[float] | None = None,
-    hog_min_height: int = 480,
-    detector_size: tuple[int, int] | None = None,
-    person_class: int = 0,
-    detect_scale: float = 1.0,
-    detector_options: dict[str, Any] | None = None,
+    videos: Sequence[str | os.PathLike], options: IngestOptions | None = None, **changes: Any
 ) -> list[VideoJob]:
     """Validate every input (videos readable with frames, detection files well-formed, the detector and its
-    options) before any work. `detector`: a registered detector (reidkit.video.detectors), a detector name of
-    the weights catalogue or an ONNX file; `detector_options` its options (``--detector-option``)."""
+    options) before any work. The inputs and the detector are `options`' (IngestOptions; `changes`: keyword
+    arguments of ingest applied to them)."""
+    o = IngestOptions.of(options, **changes)
+    cameras, detections, start_times, detector = o.cameras, o.detections, o.start_times, o.detector
+    detector_options = o.detector_options
     if not videos:
         raise ReIDError("give at least one video")
     n = len(videos)
-    for name, vals in (("--camera", cameras), ("--detections", detections), ("--start-time", start_times)):
+    for name, vals in (("cameras", cameras), ("detections", detections), ("start_times", start_times)):
         if vals and len(vals) != n:
-            raise ReIDError(f"{name}: give one per video ({n} videos, {len(vals)} values)")
+            raise OptionError(name, f"give one per video ({n} videos, {len(vals)} values)")
     if detections and (detector is not None or detector_options):
-        raise ReIDError("give --detections or --detector (and its --detector-option), not both")
+        raise OptionError("detections", "give detections or a detector (and its options), not both")
     infos = [probe(v) for v in videos]
     cams = list(cameras) if cameras else [info.path.stem for info in infos]
     seen: dict[str, Path] = {}
     for cam, info in zip(cams, infos):
         if not str(cam).strip():
-            raise OptionError("camera", f"empty camera name for {info.path}")
+            raise OptionError("cameras", f"empty camera name for {info.path}")
         if cam in seen and not cameras:
-            raise ReIDError(
+            raise OptionError(
+                "cameras",
                 f"videos {seen[cam]} and {info.path} would both be camera {cam!r} (named after the file); "
-                f"name them with --camera"
+                "name their cameras",
             )
         seen[cam] = info.path
     from reidkit.video.detectors import build_detector, detector_spec, is_per_video, resolve_detector
@@ -189,11 +182,11 @@ def prepare_jobs(
     if not detections:
         flags = {
             "onnx": {
-                "conf": float(conf),
-                "person_class": int(person_class),
-                **({"input_size": tuple(detector_size)} if detector_size else {}),
+                "conf": float(o.conf),
+                "person_class": int(o.person_class),
+                **({"input_size": tuple(o.detector_size)} if o.detector_size else {}),
             },
-            "hog": {"min_height": int(hog_min_height), "detect_scale": float(detect_scale)},
+            "hog": {"min_height": int(o.hog_min_height), "detect_scale": float(o.detect_scale)},
         }
         text = str(detector if detector is not None else DEFAULT_DETECTOR)
         kind = resolve_detector(text, detector_options)[0]["kind"]  # which part the flags are options of
@@ -461,76 +454,25 @@ def run_jobs(
 def ingest(
     db: str | os.PathLike,
     videos: Sequence[str | os.PathLike],
-    cameras: Sequence[str] | None = None,
-    detections: Sequence[str | os.PathLike] | None = None,
-    detector: str | os.PathLike | None = None,
-    weights: str | os.PathLike | None = None,
-    device: str | None = None,
-    every: int = 1,
-    chunk: int = 50,
-    k: int = 4,
-    min_len: int = 3,
-    flip: bool = False,
-    conf: float = 0.25,
-    start_times: Sequence[float] | None = None,
-    batch_size: int = 64,
-    hog_min_height: int = 480,
-    max_age: int | None = None,
-    n_init: int | None = None,
-    max_cosine_distance: float | None = None,
+    options: IngestOptions | None = None,
+    *,
     progress: Callable[[str], None] | None = _stderr,
     embedder: Embedder | None = None,
-    detector_size: tuple[int, int] | None = None,
-    person_class: int = 0,
-    detect_every: int = 1,
-    detect_scale: float = 1.0,
-    appearance: str = "all",
-    embed_budget: int = 0,
-    streams: int = DEFAULT_STREAMS,
-    engine: str = "torch",
-    collection: str | None = None,
-    files: str | os.PathLike | None = None,
-    tracker: str | None = None,
-    tracker_options: dict[str, Any] | None = None,
-    detector_options: dict[str, Any] | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Ingest videos into gallery `db` (created when missing); returns a per-video report. See the module docstring.
 
-    `tracker`: a registered tracker's name (reidkit.video.trackers; default: its DEFAULT_TRACKER) and `tracker_options`
-    its options; `max_age`, `n_init`, `max_cosine_distance` set those options of the tracker (None: its default).
-    `detector`: a registered detector, a catalogue detector name or an ONNX file (reidkit.video.detectors) and
-    `detector_options` its options.
-
-    `collection`: the collection of a gallery backend that has them (Milvus); `files`: the side-file folder
-    (thumbnails) of a backend that keeps them outside the gallery, recorded in it (default for a Milvus server:
-    ``<collection>.files`` in the first video's folder)."""
-    settings = check_settings(
-        Settings(
-            every=int(every),
-            chunk=int(chunk),
-            k=int(k),
-            min_len=int(min_len),
-            detect_every=int(detect_every),
-            appearance=str(appearance),
-            embed_budget=int(embed_budget),
-            **tracker_fields(max_age, n_init, max_cosine_distance, tracker, tracker_options),
-        )
-    )
-    if int(streams) < 1:
-        raise OptionError("streams", f"must be >= 1, got {streams}")
-    jobs = prepare_jobs(
-        videos,
-        cameras,
-        detections,
-        detector,
-        conf,
-        start_times,
-        hog_min_height,
-        detector_size,
-        person_class,
-        detect_scale,
-        detector_options,
-    )
+    `options`: an IngestOptions (its docstring lists them); `changes`: any of its fields as keyword arguments
+    (``ingest(db, videos, detector="hog", k=8)``), applied over `options`. `progress`: called with each line
+    of progress (None: silent); `embedder`: an Embedder to use instead of loading the model (its gallery must
+    match it). With a Milvus server, the side-file folder defaults to ``<collection>.files`` in the first
+    video's folder."""
+    o = IngestOptions.of(options, **changes)
+    settings = o.settings()
+    if int(o.streams) < 1:
+        raise OptionError("streams", f"must be >= 1, got {o.streams}")
+    jobs = prepare_jobs(videos, o)
+    collection, files = o.collection, o.files
     backend = resolve(db, collection)
     default_files = backend.default_files(jobs[0].info.path)
     if embedder is not None:
@@ -549,11 +491,11 @@ def ingest(
     else:
         gallery, embedder = open_gallery(
             db,
-            weights,
-            device,
-            batch_size,
-            flip,
-            engine,
+            o.weights,
+            o.device,
+            o.batch_size,
+            o.flip,
+            o.engine,
             collection=collection,
             files=files,
             default_files=default_files,
@@ -561,7 +503,7 @@ def ingest(
     say = progress or (lambda _m: None)
     stats = Stats()
     t0 = time.perf_counter()
-    reports = run_jobs(gallery, embedder, jobs, settings, say, int(streams), stats)
+    reports = run_jobs(gallery, embedder, jobs, settings, say, int(o.streams), stats)
     gallery.refresh()
     return {
         "db": str(gallery.db),
