@@ -5,7 +5,8 @@ uint8 (U8U8), weights per output channel, activations with min-max ranges, writt
 ONNX Runtime fuses into integer kernels. Why U8U8 and not the faster U8S8: on x86 CPUs with AVX2 but
 no VNNI, ONNX Runtime runs U8S8 through VPMADDUBSW, whose int16 sums saturate (ONNX Runtime's
 quantization guide): measured on an AVX2-only AMD EPYC, U8S8 features sat at cosine 0.92 (min 0.75)
-to the float model's, U8U8 at 0.97 (min 0.93) with rank-1 within one crop of 96; one entry must serve
+to the float model's, U8U8 at 0.97 (min 0.93) with rank-1 within one crop of 96 there (3-4 of 96 on an
+AVX-512 VNNI/AMX Xeon, at the same cosine: the integer kernels differ by CPU); one entry must serve
 every machine, and whether int8 pays is timed per machine (``auto-int8``). The activation ranges are calibrated on person crops of reidkit's
 synthetic generator (``reidkit.data.synthetic.render``): deterministic, offline, the same for everyone,
 so one cache entry per model is valid on every machine. What int8 costs in features and tracking is
