@@ -147,7 +147,7 @@ def run(n: int, seconds: float, scene: Path, work: Path) -> dict:
     lag_first = max(max(s[c]["lag"] for c in cams) for s in samples[:third])
     lag_last = max(max(s[c]["lag"] for c in cams) for s in samples[-third:])
     from reidkit.evaluation.tracks import evaluate_tracks
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.identities import export_tracklets
 
     pred = work / f"pred{n}"

@@ -403,7 +403,7 @@ def identities(root: Path, rows: dict[str, list[str]], npz: dict[str, Path], ext
     import shutil
 
     from reidkit.evaluation.tracks import evaluate_tracks
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.detect import box_iou
     from reidkit.video.identities import assign_identities, stored_identities
 

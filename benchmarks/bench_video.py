@@ -73,7 +73,7 @@ def trackeval_metrics(db: Path, gt: np.ndarray, camera: str) -> dict:
     """HOTA, IDF1, MOTA of the gallery's tracklets of `camera` against MOT ground truth (TrackEval)."""
     from trackeval.metrics import CLEAR, HOTA, Identity
 
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     entries = [e for e in Gallery.open(db).entries(kind="tracklet") if e["camera"] == camera]
     frames = int(gt[:, 0].max())

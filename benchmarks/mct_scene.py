@@ -47,7 +47,7 @@ import numpy as np
 
 from reidkit.data.scene import generate_scene
 from reidkit.evaluation.tracks import evaluate_tracks
-from reidkit.retrieval.index import Gallery
+from reidkit.retrieval.gallery import Gallery
 from reidkit.video.identities import assign_identities, export_mot
 from reidkit.video.ingest import ingest
 

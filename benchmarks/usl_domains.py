@@ -140,7 +140,8 @@ def main() -> None:
     from reidkit.engine.api import Trainer
     from reidkit.engine.usl import ClusterTrainer, load_usl_config
     from reidkit.engine.validation import evaluate_sets, prepare_val_sets
-    from reidkit.models.build import ModelConfig, build_model, load_model
+    from reidkit.models.build import ModelConfig, build_model
+    from reidkit.models.loading import load_model
 
     ds_b = load_dataset(B["name"], B["root"], **B["options"])
     ds_a = load_dataset(A["name"], A["root"], **A["options"])

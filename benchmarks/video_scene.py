@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from reidkit.data.scene import generate_scene, read_mot
-from reidkit.retrieval.index import Gallery
+from reidkit.retrieval.gallery import Gallery
 from reidkit.video.detect import box_iou
 from reidkit.video.ingest import ingest
 

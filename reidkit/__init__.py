@@ -31,9 +31,9 @@ _LAZY = {
     "SupervisedTrainer": "reidkit.engine.api",
     "ClusterTrainer": "reidkit.engine.api",
     "extract_features": "reidkit.evaluation.features",
-    "Gallery": "reidkit.retrieval.index",
+    "Gallery": "reidkit.retrieval.gallery",
     "Embedder": "reidkit.video.embedder",
-    "FeatureExtractor": "reidkit.retrieval.index",
+    "FeatureExtractor": "reidkit.inference",
     # registries: add a part from your own code, no edit of the package
     "register_backbone": "reidkit.models.backbones",
     "register_dataset": "reidkit.data.datasets",

@@ -189,6 +189,6 @@ def ingested(run):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main(["video", *run["args"], "--db", str(db)])
     assert code == 0, err.getvalue()
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     return {"db": db, "stderr": err.getvalue(), "stdout": out.getvalue(), "gallery": Gallery.open(db)}

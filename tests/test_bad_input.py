@@ -93,7 +93,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     for name, hw in (("huge_size.pt", [100000, 100000]), ("zero_size.pt", [0, 0])):
         save_model(w / name, build_model(cfg, 3), cfg, 3, hw)
     (w / "model.onnx").write_bytes(b"an exported model; --from must not apply")
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     Gallery.build(crops, w / "db", weights=weights, device="cpu")
     import cv2
@@ -569,7 +569,7 @@ def test_bad_input_gives_one_clear_error(case, world, capsys, monkeypatch):
 def test_bad_environment_gives_one_clear_error(case, world, capsys, monkeypatch):
     problem = _env_case(case, world, capsys, monkeypatch)
     assert problem is None, problem
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     assert len(Gallery.open(world["db"]).entries()) == 3  # nothing was deleted
 

@@ -63,7 +63,8 @@ def server(tmp_path_factory):
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"chromium not found at {CHROMIUM}")
     from reidkit.data.synthetic import generate
-    from reidkit.retrieval.index import Gallery, parse_camera_frame
+    from reidkit.retrieval.gallery import Gallery
+    from reidkit.retrieval.folder import parse_camera_frame
     from reidkit.retrieval.service import create_app
 
     root = tmp_path_factory.mktemp("browser")

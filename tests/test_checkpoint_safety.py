@@ -187,7 +187,7 @@ def test_plain_pickle_payload_through_index_build_from_fastreid(fixtures, tmp_pa
 def _api_calls(fx: dict, evil: Path):
     from reidkit import Embedder
     from reidkit.inference import FeatureExtractor
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
     from reidkit.retrieval.service import create_app
 
     return {
@@ -331,7 +331,7 @@ def test_fastreid_pkl_of_numpy_arrays_loads_with_equal_features(tmp_path):
     """A fast-reid checkpoint as a plain .pkl of numpy arrays gives the .pth's features."""
     from test_interop import _fastreid_ckpt
 
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     ckpt = _fastreid_ckpt(torch.Generator().manual_seed(2), depth=18)
     torch.save(ckpt, tmp_path / "m.pth")

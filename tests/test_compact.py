@@ -3,7 +3,7 @@ store's write-ahead log without end (SQLite rewinds it only when no reader holds
 
 import numpy as np
 
-from reidkit.retrieval.index import Gallery
+from reidkit.retrieval.gallery import Gallery
 
 
 def test_compact_truncates_the_wal_that_a_held_snapshot_lets_grow(tmp_path):

@@ -351,7 +351,7 @@ def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
     import cv2
 
     from reidkit.cli import main
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from test_video import _tiny
 
     video = tmp_path / "still.avi"
@@ -444,7 +444,7 @@ def test_plugin_detector_from_the_command_line(tmp_path):
     import cv2
 
     from reidkit.cli import main
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from test_video import _tiny
 
     plugin = tmp_path / "dark.py"

@@ -137,7 +137,7 @@ def test_train_writes_every_output(full_run: Path):
         assert key in ckpt, key
     assert len(ckpt["optim"]["extras"]) == 1  # the center loss's own SGD
     assert ckpt["epoch"] == 2 and ckpt["input_size"] == [64, 32]
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     model = load_model(full_run / "best.pt")
     assert model.input_size == [64, 32]

@@ -35,7 +35,7 @@ def ckpt(tmp_path_factory):
 
 
 def test_onnx_parity_dynamic_batch_and_metadata(ckpt):
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     model = load_model(ckpt["weights"])
     runner = OnnxFeatureModel(ckpt["onnx"])
@@ -64,7 +64,7 @@ def test_onnx_parity_dynamic_batch_and_metadata(ckpt):
 
 def test_onnx_model_in_extract_features(ckpt):
     from reidkit.evaluation.features import extract_features
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, size=(5, 64, 32, 3), dtype=np.uint8)
@@ -115,7 +115,7 @@ def test_cli_export_and_errors(ckpt, tmp_path, capsys):
 
 def test_gallery_accepts_onnx_export_of_its_checkpoint(ckpt, tmp_path):
     """A gallery built with the .pth can be queried with its ONNX export (same weights hash)."""
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     rng = np.random.default_rng(1)
     from PIL import Image
@@ -137,7 +137,7 @@ def test_gallery_accepts_onnx_export_of_its_checkpoint(ckpt, tmp_path):
 def test_exported_runners_implement_the_feature_model_protocol(ckpt):
     from reidkit.evaluation.features import FeatureModel
     from reidkit.export import TorchScriptFeatureModel, load_feature_model
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     ts = export_model(ckpt["weights"], "torchscript", ckpt["root"] / "proto.ts")
     onnx_runner, ts_runner = load_feature_model(ckpt["onnx"]), load_feature_model(ts, trust_checkpoint=True)
@@ -184,7 +184,7 @@ def test_extract_cli_accepts_torchscript_weights(ckpt, tmp_path, capsys):
     with np.load(a) as za, np.load(b) as zb:
         np.testing.assert_allclose(zb["features"], za["features"], atol=1e-4, rtol=0)
         assert list(za["paths"]) == list(zb["paths"])
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     with pytest.raises(ReIDError, match="TorchScript export, not a training checkpoint"):
         load_model(ts)

@@ -32,7 +32,7 @@ def server(tmp_path_factory):
     from PIL import Image
 
     from reidkit.models.build import ModelConfig, build_model, save_model
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.retrieval.service import create_app
     from reidkit.video.routes import tracklet_routes
 

@@ -52,7 +52,7 @@ def gallery_db(tmp_path_factory):
     from PIL import Image
 
     from reidkit.models.build import ModelConfig, build_model, save_model
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     root = tmp_path_factory.mktemp("load")
     imgs = root / "imgs"

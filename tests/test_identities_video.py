@@ -56,7 +56,7 @@ def _video(root, cams):
 
 
 def _assigned(db):
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     return Gallery.open(db).get_state("identities")["tracklets"]
 
@@ -82,7 +82,7 @@ def _evaluate(scene, name):
 
 def test_incremental_keeps_ids_and_constraints_hold(scene, ingested):
     from reidkit.cluster.identities import impossible_pairs, load_links
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     first, second = ingested["first"], ingested["second"]
     assert first and all(second[k] == v for k, v in first.items())  # nobody renumbered
@@ -150,7 +150,7 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
     from playwright.sync_api import sync_playwright
 
     from reidkit.data.scene import read_mot
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.retrieval.service import create_app
     from reidkit.video.identity_routes import identity_router
     from reidkit.video.routes import tracklet_routes

@@ -185,7 +185,7 @@ def test_index_build_and_add_run_the_engine_they_are_given(tmp_path, monkeypatch
     from PIL import Image
 
     from reidkit.cli import main
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     monkeypatch.setenv("REIDKIT_HOME", str(tmp_path / "home"))
     crops = tmp_path / "crops"

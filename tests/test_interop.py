@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from reidkit.errors import ReIDError
 from reidkit.models.backbones.resnet import build_resnet, spec
-from reidkit.models.build import load_model
+from reidkit.models.loading import load_model
 from reidkit.models.interop import FORMATS, detect_format, load_foreign
 
 

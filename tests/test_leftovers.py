@@ -266,7 +266,8 @@ def test_killed_index_build_leaves_its_build_folder_that_check_names_and_the_nex
 
 
 def test_index_check_names_the_lock_files_kept_beside_the_gallery(tiny, tmp_path, capsys):
-    from reidkit.retrieval.index import Gallery, check_gallery
+    from reidkit.retrieval.gallery import Gallery
+    from reidkit.retrieval.maintenance import check_gallery
     from reidkit.retrieval.backends.sqlite.generations import lock_path
     from reidkit.video.pipeline import VideoLock
 
@@ -324,7 +325,7 @@ def test_video_on_a_disk_that_fills_after_a_commit_says_what_the_gallery_holds(
     """The disk fills once the run has moved the gallery's generation (a chunk committed): the error must not
     say the gallery is unchanged; it says where the gallery stands, and the same command resumes from there."""
     from reidkit.retrieval.backends.sqlite import store as store_sqlite  # where _commit looks it up
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.utils import io
 
     monkeypatch.setenv("REIDKIT_HOME", str(tmp_path / "home"))

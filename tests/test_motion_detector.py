@@ -131,7 +131,7 @@ def test_cli_detector_motion(scene, tmp_path, capsys):
     assert main(["video", str(video), "--db", str(db), "--detector", "motion", "--engine", "torch", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["tracklets"] >= 2 and rep["stages"]["counts"]["detect"] == 60
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     entries = Gallery.open(db).entries(kind="tracklet")
     assert {e["meta"]["detector"] for e in entries} == {"motion"}

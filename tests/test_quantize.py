@@ -114,7 +114,7 @@ def test_a_video_gallery_keeps_the_engine_its_features_were_made_with(tmp_path):
     """Footage embedded in int8 is recorded so: queries and later videos into that gallery use int8 too;
     an explicit engine still wins. (The session's REIDKIT_HOME: the ImageNet model at 256x128 in int8 is
     quantised once for this and the video tests.)"""
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.ingest import open_gallery
 
     db = tmp_path / "g"

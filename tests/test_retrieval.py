@@ -13,7 +13,9 @@ import pytest
 
 from reidkit.cli import main
 from reidkit.errors import ReIDError
-from reidkit.retrieval.index import Gallery, make_faiss_index, parse_camera_frame, refine_exact, set_search_params
+from reidkit.retrieval.gallery import Gallery
+from reidkit.retrieval.ann import make_faiss_index, refine_exact, set_search_params
+from reidkit.retrieval.folder import parse_camera_frame
 
 
 def _tiny_weights(path: Path, seed: int) -> Path:
@@ -154,7 +156,7 @@ def test_add_without_rebuild_and_model_mismatch(data, tmp_path):
 
 
 def _imagenet_identity():
-    from reidkit.retrieval.index import IMAGENET_IDENTITY, ModelIdentity
+    from reidkit.inference import IMAGENET_IDENTITY, ModelIdentity
 
     return ModelIdentity(IMAGENET_IDENTITY, "imagenet", 1280, (256, 128), (0.5,) * 3, (0.5,) * 3)
 
@@ -201,7 +203,7 @@ def test_refine_exact_matches_brute_force_over_candidates():
 
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw", "approx"])
 def test_gallery_with_approximate_index(data, tmp_path, kind):
-    from reidkit.retrieval.index import DEFAULT_APPROX_INDEX
+    from reidkit.retrieval.ann import DEFAULT_APPROX_INDEX
 
     g = Gallery.build(data["gal"], tmp_path / kind, index=kind, extractor=data["gallery"].extractor)
     assert g.info["index_kind"] == (DEFAULT_APPROX_INDEX if kind == "approx" else kind)

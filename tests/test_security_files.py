@@ -229,7 +229,7 @@ def test_index_build_and_extract_finish_on_a_folder_linking_to_its_parent(small,
     assert "Traceback" not in err
     # 6 links to the parent, the loop, the non-UTF-8 name: counted in a warning (stderr in the CLI), not silent
     assert "skipped 8 entries" in caplog.text
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     assert len(Gallery.open(tmp_path / "db").entries()) == 3
     (root / "cam1" / "9999_c1s1_000099_00.jpg").write_bytes((root / "cam1" / "0000_c1s1_000000_00.jpg").read_bytes())
@@ -286,7 +286,7 @@ def test_every_decoder_turns_the_image_upright(rotated):
 
 
 def test_a_rotated_photo_embeds_and_ranks_like_the_upright_one(rotated):
-    from reidkit.retrieval.index import FeatureExtractor
+    from reidkit.inference import FeatureExtractor
     from reidkit.utils.images import read_image
 
     fx = FeatureExtractor.load(None, device="cpu")  # ImageNet EfficientNet-Lite0 + GeM, offline weights

@@ -21,7 +21,8 @@ with warnings.catch_warnings():
 from fastapi import Request  # noqa: E402
 
 from reidkit.errors import ReIDError  # noqa: E402
-from reidkit.retrieval.index import Gallery, parse_camera_frame  # noqa: E402
+from reidkit.retrieval.gallery import Gallery  # noqa: E402
+from reidkit.retrieval.folder import parse_camera_frame  # noqa: E402
 from reidkit.retrieval.service import create_app  # noqa: E402
 
 TOKEN = "s3cret-token"

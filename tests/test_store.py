@@ -28,7 +28,8 @@ from reidkit.cli import main
 from reidkit.errors import ReIDError
 from reidkit.retrieval.backends.protocol import CRASH_ENV
 from reidkit.retrieval.backends.sqlite import generations as store
-from reidkit.retrieval.index import Gallery, check_gallery, repair_gallery
+from reidkit.retrieval.gallery import Gallery
+from reidkit.retrieval.maintenance import check_gallery, repair_gallery
 
 REPO = Path(__file__).resolve().parents[1]
 

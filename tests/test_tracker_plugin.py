@@ -58,7 +58,7 @@ def _video(tiny_scene, db, *extra):
 
 
 def test_the_plugin_tracker_runs_with_its_option(tiny_scene, tmp_path, capsys, unregister):
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     assert _video(tiny_scene, tmp_path / "db", "--tracker-option", "min_iou=0.3") == 0, capsys.readouterr().err
     g = Gallery.open(tmp_path / "db")

@@ -83,7 +83,7 @@ def plugin(tmp_path):
 
 def test_a_plugin_tracker_with_its_own_option_runs_through_reidkit_video(plugin, tiny_scene, tmp_path, capsys):
     from reidkit.cli import main
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     argv = [
         "--plugin",

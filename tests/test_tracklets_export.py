@@ -50,7 +50,7 @@ def db(tmp_path_factory):
 
 
 def test_rows_are_the_gallery_tracklet_boxes(db):
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     out = db / "trk"
     printed = _cli("tracklets", "export", "--db", str(db / "db"), "--out", str(out), "--camera", "cam9")
@@ -94,7 +94,7 @@ def test_bad_input(db, tmp_path, capsys):
 
 
 def test_stitching_through_identities(db):
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     rep = json.loads(_cli("identities", "--db", str(db / "db"), "--stitch-gap", "2", "--rebuild", "--json"))
     assert rep["params"]["stitch"]["max_gap"] == 2.0 and rep["stitched"] >= 0

@@ -11,7 +11,8 @@ import torch
 from reidkit.errors import ReIDError
 from reidkit.losses.criterion import LossConfig, build_criterion
 from reidkit.losses import cross_entropy_ls
-from reidkit.models.build import ModelConfig, build_model, load_model, save_model
+from reidkit.models.build import ModelConfig, build_model, save_model
+from reidkit.models.loading import load_model
 from reidkit.models.transreid import shuffle_tokens
 
 SYN = {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}

@@ -76,7 +76,7 @@ METHODS = {
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_trainer_runs_one_epoch(tiny, tmp_path, method):
     from reidkit.engine.usl import ClusterTrainer
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     cfg = {**tiny, "usl": {**tiny["usl"], **METHODS[method]}, "output_dir": str(tmp_path / method)}
     trainer = ClusterTrainer(cfg)

@@ -55,7 +55,7 @@ def test_the_default_engine_is_onnx_runtime_int8_where_it_pays(ingested):
 
 
 def _tracklet_set(db) -> dict:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     g = Gallery.open(db)
     return {
@@ -235,7 +235,7 @@ def test_http_search_and_thumbs(run, ingested):
 
 
 def test_killed_and_rerun_gives_the_uninterrupted_result(run, ingested, tmp_path):
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.decode import video_key
 
     db = tmp_path / "db"
@@ -296,7 +296,7 @@ def test_bad_inputs_lose_nothing(run, ingested, tmp_path, capsys):
     assert str(junk) in capsys.readouterr().err
     # one bad input among good ones: nothing is ingested, nothing already there is lost
     assert main(["video", video, str(junk), "--camera", "a", "--camera", "b", "--db", db]) == 2
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     assert len(Gallery.open(db).entries(kind="tracklet")) == before
     assert main(["video", video, "--detections", "x.txt", "--detections", "y.txt", "--db", db]) == 2
@@ -356,7 +356,7 @@ def test_onnx_detector_both_layouts(tmp_path):
     # through `reidkit video --detector`: the fixed box on every frame is one tracklet
     import cv2
 
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     video = tmp_path / "still.avi"
     wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (256, 128))

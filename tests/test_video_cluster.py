@@ -34,7 +34,7 @@ def scene(tmp_path_factory):
 
 
 def _tracklets(db) -> dict:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     g = Gallery.open(db)
     es = g.entries(kind="tracklet")
@@ -157,7 +157,7 @@ def test_two_processes_on_one_new_gallery(scene, sequential, tmp_path):
 
 
 def _answers(db, query) -> list:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.search import search_tracklets
 
     hits = search_tracklets(Gallery.open(db), image=query, k=5)["results"]

@@ -16,7 +16,7 @@ from factories import free_port, serve_stream
 import procs
 from reidkit.cli import main as cli_main
 from reidkit.data.scene import generate_scene
-from reidkit.retrieval.index import Gallery
+from reidkit.retrieval.gallery import Gallery
 from reidkit.video.watch import Camera, parse_duration, read_cameras
 from reidkit.video.watch_status import prometheus_text
 

@@ -181,7 +181,7 @@ def test_packaged_catalogue_fields():
 
 
 def test_download_in_each_layout_records_hash_then_checks_it(env, tmp_path, monkeypatch):
-    from reidkit.models.build import load_model
+    from reidkit.models.loading import load_model
 
     srv = env["srv"]
     files = {

@@ -95,7 +95,7 @@ def _seconds(text: str) -> float:
 
 
 def _run_assign(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.identities import assign_identities
 
     if not args.db:
@@ -126,7 +126,7 @@ def _run_assign(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.identities import export_mot
 
     files = export_mot(Gallery.open(args.db), args.out, cameras=args.camera)

@@ -441,7 +441,7 @@ def _record_files_for_cluster(args: argparse.Namespace) -> None:
     """A gallery whose side files live outside it records their folder before Dask workers, which open it by --db,
     write thumbnails."""
     from reidkit.retrieval.backends import resolve
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     default = resolve(args.db).default_files(args.videos[0])
     if default is None:  # the backend keeps its files inside the gallery
@@ -478,7 +478,7 @@ def _fmt_hit(h: dict, thumbs: Path) -> str:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.pipeline import thumbs_dir
     from reidkit.video.search import parse_box, search_tracklets
 
@@ -505,7 +505,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.pipeline import thumbs_dir
     from reidkit.video.search import appearances
 
@@ -522,7 +522,7 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 def _run_tracklets_export(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
     from reidkit.video.identities import export_tracklets
 
     files = export_tracklets(Gallery.open(args.db, collection=args.collection), args.out, cameras=args.camera)

@@ -281,13 +281,3 @@ def _rebuild(ckpt: dict[str, Any], raw_cfg: dict[str, Any], origin: str) -> ReID
     model.input_size = list(check_hw(ckpt.get("input_size", DEFAULT_INPUT_SIZE), f"checkpoint {origin}: input_size"))  # type: ignore[assignment]
     model.model_cfg = cfg  # type: ignore[assignment]
     return model.eval()
-
-
-def __getattr__(name: str) -> Any:
-    # Compatibility: ``load_model`` lives in reidkit.models.loading (the one loading dispatch); this
-    # alias keeps ``from reidkit.models.build import load_model`` working for existing callers.
-    if name == "load_model":
-        from reidkit.models.loading import load_model
-
-        return load_model
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

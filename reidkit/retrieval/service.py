@@ -7,7 +7,7 @@ counting the bytes actually received (chunked uploads send no length).
 
 The service follows the gallery: a background thread reads the stored (uid, generation) every
 `poll_s` seconds (one tiny SQLite read) and, when it changed, opens the new generation (faiss
-index and metadata pinned together, see reidkit.retrieval.index) and swaps the reference between
+index and metadata pinned together, see reidkit.retrieval.backends.sqlite.snapshot) and swaps the reference between
 requests. Each request takes the current gallery once at its start and uses only it, so an answer
 never mixes generations and in-flight requests finish on the snapshot they began with. Results
 carry `snapshot` ("<uid>-<generation>"); `/images/{id}?snapshot=...` serves the path of that

@@ -87,7 +87,7 @@ def run_segment(
     emb = _embedder(model)
     stats = Stats()
     if db is not None:
-        from reidkit.retrieval.index import Gallery
+        from reidkit.retrieval.gallery import Gallery
 
         gallery = Gallery.open(db)
         stored = gallery.get_state(f"video:{job.key}")

@@ -86,7 +86,7 @@ def _stderr(msg: str) -> None:
 
 def create_gallery(db: Path, embedder: Embedder, collection: str | None = None) -> Any:
     """A new empty flat gallery at `db` for the embedder's model; one made meanwhile by another run is opened."""
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     try:
         return Gallery.create(db, embedder.extractor, collection=collection)
@@ -124,7 +124,7 @@ def open_gallery(
     `default_files` when it records none).
     """
     from reidkit.inference import FeatureExtractor
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     backend = resolve(db, collection)
     path = backend.db
@@ -476,7 +476,7 @@ def ingest(
     backend = resolve(db, collection)
     default_files = backend.default_files(jobs[0].info.path)
     if embedder is not None:
-        from reidkit.retrieval.index import Gallery
+        from reidkit.retrieval.gallery import Gallery
 
         if files is not None:
             backend.refuse_files()
