@@ -69,7 +69,7 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if fast:
         from reidkit.data.pipeline import ImageCache
-        from reidkit.evaluation.features import extract_features
+        from reidkit.inference.features import extract_features
 
         t0 = time.perf_counter()
         cache = ImageCache.build(paths, size=size)

@@ -30,7 +30,7 @@ _LAZY = {
     "Trainer": "reidkit.engine.api",
     "SupervisedTrainer": "reidkit.engine.api",
     "ClusterTrainer": "reidkit.engine.api",
-    "extract_features": "reidkit.evaluation.features",
+    "extract_features": "reidkit.inference.features",
     "Gallery": "reidkit.retrieval.gallery",
     "Embedder": "reidkit.video.embedder",
     "FeatureExtractor": "reidkit.inference",

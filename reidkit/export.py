@@ -5,7 +5,7 @@ mean/std, to the model's eval feature (``N x D``, not L2-normalised). Models tha
 (``uses_camera = True``: ViT with SIE) take a second input ``camids`` (int64, one per image).
 Flip TTA and feature normalisation stay with the caller (``extract_features``), exactly as for the
 torch model. ``OnnxFeatureModel`` and ``TorchScriptFeatureModel`` implement the feature-model
-protocol (``reidkit.evaluation.features.FeatureModel``); they live in ``reidkit.models.exported``
+protocol (``reidkit.inference.features.FeatureModel``); they live in ``reidkit.models.exported``
 and ``reidkit.models.loading.load_feature_model`` picks the right runner for a checkpoint, an .onnx
 file or a TorchScript archive (both names are re-exported here).
 """

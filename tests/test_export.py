@@ -63,7 +63,7 @@ def test_onnx_parity_dynamic_batch_and_metadata(ckpt):
 
 
 def test_onnx_model_in_extract_features(ckpt):
-    from reidkit.evaluation.features import extract_features
+    from reidkit.inference.features import extract_features
     from reidkit.models.loading import load_model
 
     rng = np.random.default_rng(0)
@@ -135,7 +135,7 @@ def test_gallery_accepts_onnx_export_of_its_checkpoint(ckpt, tmp_path):
 
 
 def test_exported_runners_implement_the_feature_model_protocol(ckpt):
-    from reidkit.evaluation.features import FeatureModel
+    from reidkit.inference.features import FeatureModel
     from reidkit.export import TorchScriptFeatureModel, load_feature_model
     from reidkit.models.loading import load_model
 
@@ -239,7 +239,7 @@ def cam_model():
 def test_camera_aware_export_takes_camids(cam_model, tmp_path, fmt):
     import onnx
 
-    from reidkit.evaluation.features import extract_features
+    from reidkit.inference.features import extract_features
     from reidkit.export import load_feature_model
 
     weights = tmp_path / "stand_in.bin"  # only hashed into the metadata

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from reidkit.evaluation.features import extract_features, shard_bounds
+from reidkit.inference.features import extract_features, shard_bounds
 
 
 class _Tiny(torch.nn.Module):
@@ -163,7 +163,7 @@ def test_extract_on_a_dask_cluster_equals_the_local_run(tmp_path, capsys, dask_f
     the same paths, camera ids, skipped files and features as the single-process run."""
     pytest.importorskip("distributed")
     from reidkit.cli import main
-    from reidkit.evaluation import dask_extract
+    from reidkit.inference import dask_extract
     from reidkit.models.build import ModelConfig, build_model, save_model
 
     torch.manual_seed(1)

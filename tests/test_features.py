@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from reidkit.errors import ReIDError
-from reidkit.evaluation.features import extract_features
+from reidkit.inference.features import extract_features
 
 
 class Tiny(torch.nn.Module):
@@ -403,3 +403,15 @@ def test_visrank_rank1_hit_skips_same_camera_junk(tmp_path, capsys):
 
     assert rank1_hit(["junk", "match", "wrong"]) and not rank1_hit(["junk", "wrong", "match"])
     assert not rank1_hit(["junk"]) and rank1_hit(["match"])
+
+
+def test_evaluation_extract_features_is_a_deprecated_alias_of_the_inference_loop():
+    import reidkit
+    import reidkit.evaluation as ev
+    from reidkit.inference.features import extract_features as loop
+
+    with pytest.warns(DeprecationWarning, match="moved to reidkit.inference.features.extract_features"):
+        assert ev.extract_features is loop
+    assert reidkit.extract_features is loop
+    with pytest.raises(AttributeError):
+        ev.no_such_name

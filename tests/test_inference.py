@@ -144,7 +144,7 @@ def test_options_per_call_leave_the_extractor_unchanged(weights):
 
 
 def test_embed_paths_skips_only_when_asked(weights, tmp_path):
-    from reidkit.evaluation.features import load_images
+    from reidkit.inference.features import load_images
 
     fx = FeatureExtractor.load(weights)
     paths = []

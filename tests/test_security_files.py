@@ -266,7 +266,7 @@ def rotated(tmp_path_factory) -> dict:
 
 def test_every_decoder_turns_the_image_upright(rotated):
     from reidkit.data.pipeline import ImageCache, read_image as pipeline_read
-    from reidkit.evaluation.features import load_images
+    from reidkit.inference.features import load_images
     from reidkit.utils.images import decode_image_bytes, read_image
 
     up = read_image(rotated["upright"])

@@ -171,7 +171,7 @@ def _extract(args: argparse.Namespace) -> int:
     import numpy as np
 
     from reidkit.errors import ReIDError
-    from reidkit.evaluation.features import init_distributed
+    from reidkit.inference.features import init_distributed
     from reidkit.inference import FeatureExtractor
     from reidkit.models.loading import local_weights
     from reidkit.utils.io import atomic_write
@@ -212,7 +212,7 @@ def _extract(args: argparse.Namespace) -> int:
     rank, world, created = (0, 1, False) if on_cluster else init_distributed(str(device))
     skipped: list[str] = []
     if on_cluster:
-        from reidkit.evaluation.dask_extract import extract_on_cluster
+        from reidkit.inference.dask_extract import extract_on_cluster
         from reidkit.utils.dask import check_cluster_args
 
         check_cluster_args(args.workers, args.cluster)

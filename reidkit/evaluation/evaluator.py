@@ -11,7 +11,7 @@ import torch
 
 from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import compute_distance
-from reidkit.evaluation.features import FeatureModel
+from reidkit.inference.features import FeatureModel
 from reidkit.evaluation.metrics import evaluate_rank
 
 __all__ = ["evaluate", "summarize"]
@@ -39,7 +39,7 @@ def _ids(records) -> tuple[np.ndarray, np.ndarray]:
 
 def _extract(model, records, size, batch_size, flip, device) -> tuple[torch.Tensor, list]:
     from reidkit.data.pipeline import ImageCache
-    from reidkit.evaluation.features import extract_features
+    from reidkit.inference.features import extract_features
 
     cache = ImageCache.build([r.path for r in records], size=tuple(size))
     valid = np.asarray(cache.valid, dtype=bool)

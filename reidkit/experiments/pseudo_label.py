@@ -187,7 +187,7 @@ def write_manifest(path: str | Path, records: Sequence[Any], labels: Sequence[in
 
 def _features(model: torch.nn.Module, records: list[Any], cfg: Any, device: torch.device) -> np.ndarray:
     from reidkit.data.pipeline import ImageCache
-    from reidkit.evaluation.features import extract_features
+    from reidkit.inference.features import extract_features
 
     size = tuple(int(v) for v in getattr(model, "input_size", cfg.data.size))
     cache = ImageCache.build(

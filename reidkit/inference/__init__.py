@@ -4,8 +4,9 @@ It loads reidkit weights, other toolkits' checkpoints (``fmt`` or detected), an 
 TorchScript export, or nothing (the offline ImageNet EfficientNet-Lite0 with GeM pooling), and
 embeds with options given per call (flip, batch size, size, device, camera ids), optionally
 sharded across torchrun ranks. Validation, USL feature spaces, the gallery, ``reidkit.Embedder``
-and ``reidkit extract`` all go through it; the batched loop itself is
-``reidkit.evaluation.features.extract_features``.
+and ``reidkit extract`` all go through it; the batch loop itself is ``reidkit.inference.features``
+(``extract_features``, also called by evaluation), and ``reidkit.inference.dask_extract`` runs it on a
+Dask cluster.
 
 Engines (``engine=``): "torch" runs the PyTorch model with BatchNorm folded into the preceding
 convolutions (``reidkit.models.fold.fold_batchnorm``; same features, fewer ops); "onnx" exports the
@@ -30,8 +31,9 @@ import numpy as np
 import torch
 
 from reidkit.errors import ReIDError
-from reidkit.utils.validate import check_hw
+from reidkit.inference.features import dist_world, extract_features, gather_rows, load_images, shard_bounds
 from reidkit.models.info import IMAGENET_MEAN, IMAGENET_STD
+from reidkit.utils.validate import check_hw
 
 __all__ = ["FeatureExtractor", "ModelIdentity", "IMAGENET_IDENTITY", "DEFAULT_SIZE", "ENGINES", "onnx_cache_dir"]
 
@@ -286,8 +288,6 @@ class FeatureExtractor:
         ``progress``: the step's name, shown as a bar on a terminal and one line when done otherwise.
         A model with several outputs (a dict) gives a dict of features.
         """
-        from reidkit.evaluation.features import extract_features
-
         ident = self.identity
         with self._lock:
             return extract_features(
@@ -352,14 +352,12 @@ class FeatureExtractor:
         decodes and embeds its contiguous shard; every rank returns all rows. ``progress``: the
         name of the two steps (decoding, features): a bar each on a terminal, one line each otherwise.
         """
-        from reidkit.evaluation.features import _dist_world, gather_rows, load_images, shard_bounds
-
         paths = [str(p) for p in paths]
         hw = tuple(int(v) for v in (size or self.size))
         cams = None if camids is None else np.asarray(camids).reshape(-1)
         if cams is not None and len(cams) != len(paths):
             raise ReIDError(f"camids: expected one camera id per image ({len(paths)}), got {len(cams)}")
-        rank, world = _dist_world() if distributed else (0, 1)
+        rank, world = dist_world() if distributed else (0, 1)
         a, b = shard_bounds(len(paths), rank, world)
         imgs, kept, _ = load_images(
             paths[a:b],

@@ -1,4 +1,8 @@
-"""Batched feature extraction with flip test-time augmentation, on CPU or GPU, sharded under torchrun.
+"""The batch loop of inference: features with flip test-time augmentation, on CPU or GPU, sharded under torchrun.
+
+``FeatureExtractor`` (``reidkit.inference``) runs every embedding through ``extract_features``;
+evaluation (``reidkit.evaluation.evaluator``) and the validation of the trainers call it too. It
+imports nothing of models or config: a model is anything that meets ``FeatureModel``.
 
 ``extract_features`` types against the small ``FeatureModel`` protocol: a callable
 ``(x, cams=None) -> B x D`` on a normalised float batch, with ``mean``, ``std``, ``feat_dim``,
@@ -27,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from reidkit.errors import ReIDError
-from reidkit.evaluation.distance import pick_device
 from reidkit.utils.progress import step
+from reidkit.utils.runtime import resolve_device
 
 __all__ = [
     "extract_features",
@@ -37,6 +41,7 @@ __all__ = [
     "shard_bounds",
     "gather_rows",
     "init_distributed",
+    "dist_world",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
 ]
@@ -105,7 +110,7 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
     return n * rank // world, n * (rank + 1) // world
 
 
-def _dist_world() -> tuple[int, int]:
+def dist_world() -> tuple[int, int]:
     """(rank, world) of the initialised default process group, else (0, 1)."""
     import torch.distributed as dist
 
@@ -268,7 +273,7 @@ def extract_features(
         raise ReIDError(f"amp_dtype: expected 'bf16' or 'fp16', got {amp_dtype!r}")
     if size is None and isinstance(images, (list, tuple)):
         size = tuple(getattr(model, "input_size", (256, 128)))
-    rank, world = _dist_world() if distributed else (0, 1)
+    rank, world = dist_world() if distributed else (0, 1)
     if world > 1:
         if isinstance(images, (str, Path)):
             _as_images(images, size)  # the one-path error
@@ -300,7 +305,7 @@ def extract_features(
     cams = _as_camids(camids, int(imgs.shape[0]))
     if not getattr(model, "uses_camera", False):
         cams = None
-    dev = pick_device(device)
+    dev = resolve_device(device)
     mean = tuple(mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN))
     std = tuple(std if std is not None else getattr(model, "std", IMAGENET_STD))
     m = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
