@@ -88,9 +88,10 @@ def test_bad_input(db, tmp_path, capsys):
     assert main(["tracklets", "export", "--db", str(db / "db"), "--out", str(blocker)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "file" in err[0]
-    with pytest.raises(SystemExit) as exc:  # argparse's usage error
-        main(["identities", "--db", str(db / "db"), "--stitch-gap", "-1"])
-    assert exc.value.code == 2 and "--stitch-gap" in capsys.readouterr().err
+    for flag, bad in (("--stitch-gap", "-1"), ("--stitch-gap", "x"), ("--threshold", "nan"), ("--max-gap", "-2")):
+        assert main(["identities", "--db", str(db / "db"), flag, bad]) == 2  # one line, no argparse usage
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag}:"), (flag, err)
 
 
 def test_stitching_through_identities(db):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import params
 import json
 
+from reidkit.commands import params
+from reidkit.commands._args import nonneg_float
 from reidkit.errors import ReIDError
 
 
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", default=None, help="gallery folder (from `reidkit video`; required)")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=nonneg_float("--threshold"),
         default=None,
         help=f"largest linkage distance merged (default {DEFAULT_THRESHOLD}, or the stored run's)",
     )
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--max-gap",
-        type=float,
+        type=nonneg_float("--max-gap"),
         default=None,
         help="seconds: pairs of cameras not in --links never join across a longer gap (default: no limit)",
     )
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rebuild", action="store_true", help="forget the stored identities and number everything anew")
     p.add_argument(
         "--stitch-gap",
-        type=_seconds,
+        type=nonneg_float("--stitch-gap"),
         default=None,
         metavar="SECONDS",
         help="join one camera's fragments of one person first: the longest gap from one tracklet's end "
@@ -81,17 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", default=None, help="also write the metrics as JSON here")
     t.add_argument("--json", action="store_true", help="print JSON instead of the table")
     t.set_defaults(func=_run_eval)
-
-
-def _seconds(text: str) -> float:
-    """A finite number of seconds >= 0 (argparse type)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not (v >= 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
-    return v
 
 
 def _run_assign(args: argparse.Namespace) -> int:
