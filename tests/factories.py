@@ -59,9 +59,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_stream(video: Path, port: int, quality: int = 2):
+def serve_stream(video: Path, port: int, quality: int = 2, loop: bool = False):
     """Debian's ffmpeg serving `video` at its own rate as MPEG-TS over HTTP on 127.0.0.1:`port` (one client,
-    then it exits): a live camera for the tests (reidkit.video.live)."""
+    then it exits; `loop`: the video over and over until killed): a live camera for the tests (reidkit.video.live)."""
     import subprocess
 
     return subprocess.Popen(
@@ -70,6 +70,7 @@ def serve_stream(video: Path, port: int, quality: int = 2):
             "-loglevel",
             "error",
             "-re",
+            *(["-stream_loop", "-1"] if loop else []),
             "-i",
             str(video),
             "-c:v",
@@ -86,3 +87,50 @@ def serve_stream(video: Path, port: int, quality: int = 2):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+RTSP_SERVER = Path(__file__).resolve().parent / "data" / "rtsp_server.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def rtsp_unavailable() -> str | None:
+    """Why GStreamer's RTSP server cannot run here (None: it can): it needs Debian's python3-gi,
+    gir1.2-gst-rtsp-server-1.0 and gstreamer1.0-plugins-{base,good,ugly} (x264enc), driven by the system Python."""
+    import subprocess
+
+    if not Path(SYSTEM_PYTHON).is_file():
+        return f"no system Python at {SYSTEM_PYTHON}"
+    probe = (
+        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+        "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+        "missing = [e for e in ('x264enc', 'rtph264pay', 'decodebin', 'videoconvert') if not Gst.ElementFactory.find(e)]; "
+        "print(' '.join(missing))"
+    )
+    try:
+        out = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"the system Python does not run: {exc}"
+    if out.returncode != 0:
+        return (
+            "GStreamer's RTSP server is not installed (gir1.2-gst-rtsp-server-1.0, python3-gi): "
+            + (out.stderr.strip().splitlines() or ["?"])[-1]
+        )
+    if out.stdout.strip():
+        return f"GStreamer elements missing (gstreamer1.0-plugins-*): {out.stdout.strip()}"
+    return None
+
+
+def serve_rtsp(video: Path, port: int, path: str = "cam", user: str | None = None, password: str | None = None):
+    """GStreamer's RTSP server (tests/data/rtsp_server.py) serving `video` as H.264 at its own rate on
+    rtsp://127.0.0.1:`port`/`path`, with basic authentication when `user` is given; returns once it listens."""
+    import subprocess
+
+    cmd = [SYSTEM_PYTHON, str(RTSP_SERVER), str(video), str(port), path]
+    if user is not None:
+        cmd += [user, str(password)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"the RTSP server did not start (exit {proc.wait()})")
+    return proc

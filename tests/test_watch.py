@@ -17,7 +17,7 @@ import procs
 from reidkit.cli import main as cli_main
 from reidkit.data.scene import generate_scene
 from reidkit.retrieval.gallery import Gallery
-from reidkit.video.watch import Camera, parse_duration, read_cameras
+from reidkit.video.cameras import Camera, parse_duration, read_cameras
 from reidkit.video.watch_status import prometheus_text
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg to serve streams")

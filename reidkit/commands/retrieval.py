@@ -490,6 +490,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not (args.upload_memory_mb > 0 and args.upload_memory_mb < float("inf")):
         raise ReIDError(f"--upload-memory-mb: must be a finite number > 0, got {args.upload_memory_mb}")
     from reidkit.video.identity_routes import identity_router
+    from reidkit.video.live_routes import live_router
     from reidkit.video.routes import tracklet_routes  # the command layer composes the routers
 
     db = args.db
@@ -506,7 +507,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         weights=args.weights,
         poll_s=args.poll,
-        routers=[tracklet_routes, identity_router],
+        routers=[tracklet_routes, identity_router, live_router],
         max_image_pixels=args.max_image_pixels,
         upload_memory_bytes=int(args.upload_memory_mb * 1024 * 1024),
         max_pixels_in_flight=args.max_pixels_in_flight,

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from typing import Any
 
 from reidkit.commands import add_trust_argument
 from reidkit.commands._args import at_most, bounded_float
@@ -111,13 +112,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="an option of the tracker (repeatable)",
     )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run the cameras on the workers of this Dask scheduler (tcp://host:8786), one camera to one worker "
+        "thread at a time, moved to another worker when its worker dies; the tasks commit to a gallery that "
+        "admits many writers (a Milvus server), else through this process",
+    )
+    p.add_argument(
+        "--workers",
+        type=at_most("--workers", 1024),
+        default=None,
+        metavar="N",
+        help="run the cameras on a local Dask cluster of N worker processes on 127.0.0.1 (as --cluster)",
+    )
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=_run_watch)
     add_trust_argument(p)
 
 
 def _cameras(args: argparse.Namespace) -> tuple[list, object]:
-    from reidkit.video.watch import Camera, read_cameras
+    from reidkit.video.cameras import Camera, read_cameras
 
     if len(args.sources) == 1 and args.sources[0].lower().endswith((".yaml", ".yml")):
         if args.camera:
@@ -132,7 +148,7 @@ def _cameras(args: argparse.Namespace) -> tuple[list, object]:
 def _run_watch(args: argparse.Namespace) -> int:
     from reidkit.commands.video import _tracker_options
     from reidkit.video.pipeline import Settings, tracker_fields
-    from reidkit.video.watch import parse_duration
+    from reidkit.video.cameras import parse_duration
 
     cams, links = _cameras(args)
     links = args.links or links
@@ -164,6 +180,16 @@ def _watch_until_stopped(
     from reidkit.commands.video import _key_values
     from reidkit.video.watch import watch
 
+    run: Any = watch
+    if getattr(args, "cluster", None) is not None or getattr(args, "workers", None) is not None:
+        from functools import partial
+
+        from reidkit.utils.dask import check_cluster_args
+        from reidkit.video.watch_cluster import watch_on_cluster
+
+        check_cluster_args(args.workers, args.cluster)
+        run = partial(watch_on_cluster, address=args.cluster, workers=args.workers)
+
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -171,7 +197,7 @@ def _watch_until_stopped(
 
     names = ", ".join(f"{c.name} ({shown_url(c.url)})" for c in cams)
     say(f"watching {len(cams)} camera(s): {names}; SIGTERM or Ctrl-C stops after committing")
-    status = watch(
+    status = run(
         args.db,
         cams,
         links=links,
@@ -223,6 +249,8 @@ def run_streams(args: argparse.Namespace) -> int:
         buffer=4,
         duration=None,
         status_port=None,
+        cluster=None,
+        workers=None,
         tracker=args.tracker,
         tracker_option=args.tracker_option,
         json=args.json,

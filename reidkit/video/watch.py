@@ -24,7 +24,6 @@ skipped frames leave holes that the tracker bridges like missed detections.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
@@ -37,10 +36,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
-from reidkit.video.decode import VideoInfo, safe_name
-from reidkit.video.live import LiveSource, SourceStats, shown_url
+from reidkit.video.decode import VideoInfo
+from reidkit.video.cameras import Camera, check_cameras, detector_factory
+from reidkit.video.live import LiveFrame, LiveSource, SourceStats, shown_url
 from reidkit.video.embedder import float_twin
-from reidkit.video.pipeline import Chunk, Settings, SharedEmbedder, Stats, VideoJob, _Direct, _Video, commit
+from reidkit.video.embed_service import SharedEmbedder, Stats, _Direct
+from reidkit.video.pipeline import Chunk, Settings, VideoJob, _Video, commit
 
 log = logging.getLogger(__name__)
 
@@ -48,114 +49,10 @@ LIVE_STATE = "live:{camera}"
 DEFAULT_FPS = 10.0  # when a stream does not say its rate
 
 
-@dataclass(frozen=True)
-class Camera:
-    """One live camera: its name (the gallery's camera), its source (URL or file) and, optionally, its rate."""
-
-    name: str
-    url: str
-    fps: float | None = None
-    detections: str | None = None  # a MOTChallenge file numbered as the stream's frames (replays, tests)
-
-
-def read_cameras(path: str | os.PathLike) -> tuple[list[Camera], Any]:
-    """Cameras (and links, or None) of a cameras file: ``cameras: [{name, url, fps?}]``, ``links: [...]``
-    (the links file's form, reidkit.cluster.identities.load_links); one ReIDError naming the file and entry."""
-    import yaml
-
-    p = Path(path).expanduser()
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise ReIDError(f"cameras file {p}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ReIDError(f"cameras file {p}: not YAML ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
-        raise ReIDError(f"cameras file {p}: expected a mapping with a non-empty list 'cameras' (each: name, url)")
-    unknown = sorted(set(data) - {"cameras", "links", "max_gap"})
-    if unknown:
-        raise ReIDError(f"cameras file {p}: unknown key(s) {unknown} (expected cameras, links, max_gap)")
-    cams = []
-    for i, c in enumerate(data["cameras"]):
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not isinstance(c.get("url"), str):
-            raise ReIDError(f"cameras file {p}: cameras[{i}] needs a 'name' and a 'url' (strings), got {c!r}")
-        extra = sorted(set(c) - {"name", "url", "fps", "detections"})
-        if extra:
-            raise ReIDError(
-                f"cameras file {p}: cameras[{i}] has unknown key(s) {extra} (expected name, url, fps, detections)"
-            )
-        fps = c.get("fps")
-        if fps is not None and (not isinstance(fps, (int, float)) or not 0 < float(fps) <= 1000):
-            raise ReIDError(f"cameras file {p}: cameras[{i}].fps must be a number in (0, 1000], got {fps!r}")
-        url = c["url"] if "://" in c["url"] else str((p.parent / c["url"]).resolve())  # files: relative to the file
-        det = c.get("detections")
-        if det is not None:
-            det = str((p.parent / str(det)).resolve())
-            if not Path(det).is_file():
-                raise ReIDError(f"cameras file {p}: cameras[{i}].detections: no such file {det}")
-        cams.append(Camera(c["name"], url, None if fps is None else float(fps), det))
-    check_cameras(cams)
-    links = {k: data[k] for k in ("links", "max_gap") if k in data} or None
-    return cams, links
-
-
-def check_cameras(cams: Sequence[Camera]) -> None:
-    """One error for repeated or unusable camera names."""
-    names = [c.name for c in cams]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise OptionError("cameras", f"camera names must be unique, repeated: {dup}")
-    bad = [n for n in names if not n or safe_name(n) != n]
-    if bad:
-        raise OptionError("cameras", f"camera names may hold letters, digits, _ . - only, got {bad}")
-
-
-class OnlineMotion:
-    """The motion detector (reidkit.video.detectors.motion) on a stream that cannot be read ahead: the
-    background is the per-pixel median of the last `samples` frames, sampled every ``block // samples``
-    frames (every frame until `samples` are held), and follows the scene as it changes."""
-
-    def __init__(self, **options: Any) -> None:
-        from reidkit.video.detectors.motion import MotionDetector
-
-        det = MotionDetector("", **options)
-        det.background = self.background  # type: ignore[method-assign]  # the stream's own background
-        self.det, self.ring, self.seen, self.median = det, [], 0, None
-
-    def background(self, index: int) -> np.ndarray:
-        """The current background (the median of the held samples)."""
-        return self.median
-
-    def __call__(self, frame: np.ndarray, index: int = 0) -> Any:
-        every = max(1, self.det.block // self.det.samples)
-        if len(self.ring) < self.det.samples or self.seen % every == 0:
-            self.ring = [*self.ring, self.det._small(frame)][-self.det.samples :]
-            self.median = np.median(np.stack(self.ring), axis=0).astype(np.float32)
-        self.seen += 1
-        return self.det(frame, index)
-
-
-def detector_factory(name: str | None, options: dict[str, Any] | None = None) -> tuple[Callable[[Camera], Any], str]:
-    """(camera -> detector, the name stored with each session) for `name` (None: motion, the default):
-    motion learns each stream's background as it runs; any other registered or catalogue detector is built
-    once per camera from its spec."""
-    from reidkit.video.detectors import build_detector, detector_options, resolve_detector
-
-    if name == "mot":  # each camera's own detections file
-        from reidkit.video.detectors.mot import MotDetections
-
-        return (lambda cam: MotDetections(cam.detections)), "mot"
-    if name in (None, "motion"):
-        opts = detector_options("motion", options or {})
-        values = dataclasses.asdict(opts) if opts is not None else {}
-        return (lambda _cam: OnlineMotion(**values)), "motion(live)"
-    spec, stored = resolve_detector(str(name), options or {})
-    return (lambda _cam: build_detector(spec)), stored
-
-
 @dataclass
 class CameraState:
-    """What the writer knows of one camera (read by status and metrics)."""
+    """What the writer knows of one camera (read by status and metrics). On a cluster (reidkit.video.watch_cluster)
+    the source runs on a worker: `remote` holds its last reported counters and `jpeg` its last annotated frame."""
 
     camera: Camera
     source: LiveSource | None = None
@@ -164,72 +61,136 @@ class CameraState:
     tracklets: int = 0  # tracklets committed by this run
     commits: int = 0
     error: str = ""
-    latest: tuple[np.ndarray, np.ndarray] | None = None  # the newest processed frame and its person boxes
+    latest: tuple[np.ndarray, np.ndarray, float] | None = None  # the newest processed frame, its boxes, its time
+    remote: dict[str, Any] | None = None  # a cluster worker's counters (SourceStats.report + processed)
+    jpeg: tuple[float, bytes] | None = None  # a cluster worker's newest annotated frame: (its time, JPEG)
+    worker: str = ""  # the cluster worker that runs the camera now
+    attempts: int = 0  # tasks started for the camera on a cluster (a retried task is one more)
+
+
+def run_camera(
+    camera: Camera,
+    session: int,
+    source: LiveSource,
+    make_video: Callable[[VideoJob], _Video],
+    detector: Any,
+    detector_name: str,
+    stop: threading.Event,
+    commit_every: float,
+    emit: Callable[[Chunk], None],
+    on_frame: Callable[[LiveFrame, np.ndarray], None] = lambda _f, _b: None,
+) -> None:
+    """One camera session: read -> detect -> step; `emit` a chunk every `commit_every` seconds (none when
+    nothing was processed) and a last one, with the open tracklets finished, when `stop` is set or a file
+    played out. The same code runs in ``reidkit watch``'s threads and in a cluster worker's task."""
+    first = None
+    while first is None and not stop.is_set():
+        first = source.read(timeout=0.5)
+        if first is None and source.ended:
+            return
+    if first is None:
+        return
+    H, W = first.image.shape[:2]
+    fps = camera.fps or source.fps or DEFAULT_FPS
+    job = VideoJob(
+        VideoInfo(Path(shown_url(camera.url)), fps, 0, W, H),
+        camera.name,
+        f"{camera.name}-live-s{session}",
+        {"kind": "live"},
+        detector_name,
+        start_time=first.wall,
+    )
+    video = make_video(job)
+    last, t_commit, n, frame = -1, time.monotonic(), 0, first
+    while True:
+        if frame is not None:
+            idx = max(frame.index, last + 1)
+            boxes, scores = detector(frame.image, idx)
+            on_frame(frame, boxes)  # what the live pages draw (reidkit.video.watch_status)
+            video.step(idx, frame.image, boxes, scores)
+            last, n = idx, n + 1
+            video.next_frame = idx + 1
+        stopping = stop.is_set() or (source.ended and source.file)
+        if stopping or (n and time.monotonic() - t_commit >= commit_every):  # nothing new: no write
+            if stopping:
+                for tid in list(video.open):
+                    video._finish(tid)
+            chunk = video.chunk(stopping, n, last, time.monotonic() - t_commit)
+            chunk.state["live"] = {
+                "camera": camera.name,
+                "session": session,
+                "url": shown_url(camera.url),
+                "t0": first.wall,
+                "fps": fps,
+            }
+            emit(chunk)
+            t_commit, n = time.monotonic(), 0
+            if stopping:
+                return
+        frame = source.read(timeout=0.2)
 
 
 class _Worker(threading.Thread):
-    """One camera: read -> detect -> step; a chunk every commit_every seconds into the writer's queue."""
+    """One camera in this process: run_camera into the writer's queue."""
 
     def __init__(self, w: Watch, cs: CameraState, embedder: Any) -> None:
         super().__init__(name=f"reidkit-watch-{cs.camera.name}", daemon=True)
         self.w, self.cs, self.emb = w, cs, embedder
 
     def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as exc:  # noqa: BLE001 - reported by the writer, the other cameras go on
-            self.cs.error = f"{type(exc).__name__}: {exc}"
-            log.error("camera %s stopped: %s", self.cs.camera.name, self.cs.error)
-
-    def _run(self) -> None:
         w, cs = self.w, self.cs
-        src = cs.source
-        first = None
-        while first is None and not w.stop.is_set():
-            first = src.read(timeout=0.5)
-        if first is None:
-            return
-        H, W = first.image.shape[:2]
-        fps = cs.camera.fps or src.fps or DEFAULT_FPS
-        key = f"{cs.camera.name}-live-s{cs.session}"
-        job = VideoJob(
-            VideoInfo(Path(shown_url(cs.camera.url)), fps, 0, W, H),
-            cs.camera.name,
-            key,
-            {"kind": "live"},
-            w.detector_name,
-            start_time=first.wall,
-        )
-        video = w.video(job, self.emb)
-        detector = w.detector_factory(cs.camera)
-        last, t_commit, n, frame = -1, time.monotonic(), 0, first
-        while True:
-            if frame is not None:
-                idx = max(frame.index, last + 1)
-                boxes, scores = detector(frame.image, idx)
-                cs.latest = (frame.image, boxes)  # what the live page draws (reidkit.video.watch_status)
-                video.step(idx, frame.image, boxes, scores)
-                last, n = idx, n + 1
-                video.next_frame = idx + 1
-                cs.frames += 1
-            stopping = w.stop.is_set() or (src.ended and src.file)
-            if stopping or (n and time.monotonic() - t_commit >= w.commit_every):  # nothing new: no write
-                if stopping:
-                    for tid in list(video.open):
-                        video._finish(tid)
-                chunk = video.chunk(stopping, n, last, time.monotonic() - t_commit)
-                chunk.state["live"] = {
-                    "camera": cs.camera.name,
-                    "session": cs.session,
-                    "url": shown_url(cs.camera.url),
-                    "t0": first.wall,
-                    "fps": fps,
-                }
-                w.chunks.put((cs, chunk))
-                t_commit, n = time.monotonic(), 0
-                if stopping:
-                    return
-            frame = src.read(timeout=0.2)
+
+        def seen(frame: LiveFrame, boxes: np.ndarray) -> None:
+            cs.latest = (frame.image, boxes, frame.wall)
+            cs.frames += 1
+
+        try:
+            run_camera(
+                cs.camera,
+                cs.session,
+                cs.source,
+                lambda job: w.video(job, self.emb),
+                w.detector_factory(cs.camera),
+                w.detector_name,
+                w.stop,
+                w.commit_every,
+                lambda chunk: w.chunks.put((cs, chunk)),
+                seen,
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported by the writer, the other cameras go on
+            cs.error = f"{type(exc).__name__}: {exc}"
+            log.error("camera %s stopped: %s", cs.camera.name, cs.error)
+
+
+class LocalCameras:
+    """The cameras of a Watch run in this process: a LiveSource and a worker thread each (the runner seam:
+    reidkit.video.watch_cluster.ClusterCameras runs them on Dask workers instead)."""
+
+    def __init__(self, w: Watch) -> None:
+        self.w, self.threads = w, []
+
+    def start(self) -> None:
+        """Recover each camera's killed session, open its source and start its worker."""
+        w = self.w
+        for cs in w.cams:
+            w.begin_session(cs)
+        for cs in w.cams:
+            cs.source = LiveSource(cs.camera.url, cs.camera.name, buffer=w.buffer, backoff=w.backoff).start()
+            self.threads.append(_Worker(w, cs, w.shared.client(cs.camera.name)))
+        for t in self.threads:
+            t.start()
+
+    def alive(self) -> bool:
+        """True while some camera may still send a chunk."""
+        return any(t.is_alive() for t in self.threads)
+
+    def stop(self) -> None:
+        """After w.stop is set: stop the sources and wait for the workers' last chunks."""
+        for cs in self.w.cams:
+            if cs.source is not None:
+                cs.source.stop()
+        for t in self.threads:
+            t.join(timeout=10)
 
 
 class Watch:
@@ -251,6 +212,7 @@ class Watch:
         buffer: int = 4,
         backoff: tuple[float, float] = (0.5, 30.0),
         progress: Callable[[str], None] | None = None,
+        publish: bool = True,
     ) -> None:
         check_cameras(cameras)
         for name, v in (("commit_every", commit_every), ("identities_every", identities_every)):
@@ -272,6 +234,7 @@ class Watch:
         self.identities: dict[str, Any] = {"identities": 0, "updated": None}
         self.deleted = 0
         self.started = time.time()
+        self.publish = bool(publish)  # the live view for `reidkit serve`, in the gallery's files folder
 
     def video(self, job: VideoJob, client: Any) -> _Video:
         """The per-frame work of one camera session: association through the shared embedder's `client`,
@@ -282,8 +245,11 @@ class Watch:
         )
 
     # ------------------------------------------------------------------ sessions
-    def _recover(self, cs: CameraState) -> None:
-        """Commit the open tracklets of a session killed without warning (as of its last commit)."""
+    def begin_session(self, cs: CameraState) -> int:
+        """Start the camera's next session: commit the open tracklets of a session killed without warning (as
+        of its last commit), then record the new session number in the gallery (``live:<camera>``), the
+        counter every run and every cluster task of the camera draws from (the writer's side)."""
+        self.gallery.refresh()  # on a gallery of many writers, a cluster worker may have committed since
         ptr = self.gallery.get_state(LIVE_STATE.format(camera=cs.camera.name)) or {}
         prev = int(ptr.get("session", 0))
         cs.session = prev + 1
@@ -299,13 +265,18 @@ class Watch:
                 self.detector_name,
                 start_time=float(live.get("t0", 0.0)),
             )
-            video = self.video(job, self.shared.client(cs.camera.name))
-            video.load(state)
-            for tid in list(video.open):
-                video._finish(tid)
-            chunk = video.chunk(True, 0, int(state["next_frame"]) - 1, 0.0)
+            client = self.shared.client(cs.camera.name)
+            try:
+                video = self.video(job, client)
+                video.load(state)
+                for tid in list(video.open):
+                    video._finish(tid)
+                chunk = video.chunk(True, 0, int(state["next_frame"]) - 1, 0.0)
+            finally:
+                client.close()
             chunk.state["live"] = live
             commit(self.gallery, chunk)
+            cs.tracklets += len(chunk.entries)
             self.say(
                 f"[{cs.camera.name}] session {prev} was killed: its {len(chunk.entries)} open tracklet(s) "
                 f"as of its last commit are committed; this run is session {cs.session}"
@@ -321,22 +292,20 @@ class Watch:
                 }
             },
         )
+        return cs.session
 
     # ------------------------------------------------------------------ the writer
-    def run(self, duration: float | None = None) -> dict[str, Any]:
-        """Watch until stop is set, `duration` seconds pass, or every source (files) played out."""
-        for cs in self.cams:
-            self._recover(cs)
-        workers = []
-        for cs in self.cams:
-            cs.source = LiveSource(cs.camera.url, cs.camera.name, buffer=self.buffer, backoff=self.backoff).start()
-            workers.append(_Worker(self, cs, self.shared.client(cs.camera.name)))
-        for t in workers:
-            t.start()
+    def run(self, duration: float | None = None, runner: Any = None) -> dict[str, Any]:
+        """Watch until stop is set, `duration` seconds pass, or every source (files) played out. `runner`: where
+        the cameras run (default: LocalCameras, threads of this process); its chunks come to this thread, the
+        one writer, through `chunks` as (camera state, Chunk) or (camera state, a callable to run here)."""
+        runner = runner or LocalCameras(self)
         end = None if duration is None else time.monotonic() + float(duration)
         next_ids = time.monotonic() + self.identities_every
+        next_pub = 0.0
         try:
-            while any(t.is_alive() for t in workers) or not self.chunks.empty():
+            runner.start()
+            while runner.alive() or not self.chunks.empty():
                 if end is not None and time.monotonic() >= end:
                     self.stop.set()
                 try:
@@ -348,13 +317,12 @@ class Watch:
                 if time.monotonic() >= next_ids:
                     self._update(retention=True)
                     next_ids = time.monotonic() + self.identities_every
+                if self.publish and time.monotonic() >= next_pub:
+                    self._publish()
+                    next_pub = time.monotonic() + 1.0
         finally:
             self.stop.set()
-            for cs in self.cams:
-                if cs.source is not None:
-                    cs.source.stop()
-            for t in workers:
-                t.join(timeout=10)
+            runner.stop()
             while not self.chunks.empty():
                 cs, chunk = self.chunks.get_nowait()
                 self._commit(cs, chunk)
@@ -363,18 +331,37 @@ class Watch:
         if failed and len(failed) == len(self.cams):
             raise ReIDError("every camera stopped with an error (" + "; ".join(failed) + ")")
         self._update(retention=True)
+        if self.publish:
+            self._publish(running=False)
         return self.status()
 
-    def _commit(self, cs: CameraState, chunk: Chunk) -> None:
-        commit(self.gallery, chunk)
+    def _commit(self, cs: CameraState, chunk: Any) -> None:
+        if callable(chunk):  # work a cluster runner hands to the writer (a new session)
+            chunk()
+            return
+        session = int((chunk.state.get("live") or {}).get("session", cs.session))
+        if session != cs.session:  # a killed cluster task's late chunk: its session was closed by the next one
+            log.warning("camera %s: a chunk of closed session %d dropped", cs.camera.name, session)
+            return
+        if chunk.features is not None:  # None: a cluster worker committed it to a gallery of many writers
+            commit(self.gallery, chunk)
         cs.tracklets += len(chunk.entries)
         cs.commits += 1
-        s = cs.source.stats if cs.source is not None else SourceStats()
+        s = self._source_report(cs)
         self.say(
-            f"[{cs.camera.name}] {cs.frames} frames, {s.skipped} skipped, lag {s.lag:.2f} s, "
+            f"[{cs.camera.name}] {s['processed']} frames, {s['skipped']} skipped, lag {s['lag']:.2f} s, "
             f"tracklets {cs.tracklets} (+{len(chunk.state.get('open', []))} open)"
             + (", session done" if chunk.done else "")
         )
+
+    def _publish(self, running: bool = True) -> None:
+        """The live view `reidkit serve` shows (reidkit.video.watch_status.publish_live); a failure is logged."""
+        from reidkit.video.watch_status import publish_live
+
+        try:
+            publish_live(self, running=running)
+        except OSError as exc:
+            log.warning("live view not published: %s", exc)
 
     def _update(self, retention: bool) -> None:
         """Retention, then global identities (incremental) over what is committed."""
@@ -390,19 +377,29 @@ class Watch:
         self.identities = {"identities": int(rep.get("identities", 0)), "updated": time.time()}
 
     # ------------------------------------------------------------------ what people look at
+    def _source_report(self, cs: CameraState, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        if cs.remote is not None:  # a cluster worker's counters, the age recomputed now
+            rep = dict(cs.remote)
+            wall = rep.get("last_frame_wall") or 0.0
+            rep["last_frame_age"] = round(now - wall, 3) if wall else None
+            return rep
+        rep = cs.source.stats.report(now) if cs.source is not None else SourceStats().report(now)
+        rep["processed"] = cs.frames
+        return rep
+
     def status(self) -> dict[str, Any]:
         """Per camera: source counters, frames processed, tracklets, errors; identities; uptime."""
         now = time.time()
         cams = {}
         for cs in self.cams:
-            src = cs.source.stats.report(now) if cs.source is not None else SourceStats().report(now)
             cams[cs.camera.name] = {
-                **src,
-                "processed": cs.frames,
+                **self._source_report(cs, now),
                 "tracklets": cs.tracklets,
                 "commits": cs.commits,
                 "session": cs.session,
                 "error": cs.error,
+                **({"worker": cs.worker, "attempts": cs.attempts} if cs.attempts else {}),
             }
         return {
             "cameras": cams,
@@ -430,24 +427,7 @@ def delete_older(gallery: Any, cutoff: float) -> int:
     return n
 
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str | float, what: str = "duration") -> float:
-    """Seconds of ``90``, ``45s``, ``30m``, ``12h`` or ``7d``; OptionError naming `what` otherwise."""
-    raw = str(text).strip().lower()
-    unit = _UNITS.get(raw[-1:], None) if raw else None
-    number = raw[:-1] if unit is not None else raw
-    try:
-        value = float(number) * (unit or 1.0)
-    except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise OptionError(what, f"expected a positive duration such as 90, 45s, 30m, 12h or 7d, got {text!r}")
-    return value
-
-
-def watch(
+def prepare_watch(
     db: str | os.PathLike,
     cameras: Sequence[Camera],
     links: Any = None,
@@ -462,14 +442,11 @@ def watch(
     identities_every: float = 60.0,
     retain: float | None = None,
     buffer: int = 4,
-    duration: float | None = None,
-    status_port: int | None = None,
     progress: Callable[[str], None] | None = None,
-    stop: threading.Event | None = None,
-) -> dict[str, Any]:
-    """Open (or create) gallery `db` and watch `cameras` into it until `stop` is set or `duration` passes
-    (the Python side of ``reidkit watch``); returns the final status. `detector` "mot": each camera's
-    `detections` file. `status_port`: serve /metrics and /health on 127.0.0.1 while it runs."""
+) -> tuple[Watch, Any, Any, str | None]:
+    """(the Watch writer, its gallery, its embedder, the detector resolved): the checks and the gallery that
+    :func:`watch` and reidkit.video.watch_cluster.watch_on_cluster share. `detector` "mot": each camera's
+    `detections` file (the default when every camera has one)."""
     from reidkit.video.ingest import open_gallery
     from reidkit.video.pipeline import check_settings
 
@@ -497,6 +474,49 @@ def watch(
         buffer=buffer,
         progress=progress,
     )
+    return w, gallery, embedder, detector
+
+
+def watch(
+    db: str | os.PathLike,
+    cameras: Sequence[Camera],
+    links: Any = None,
+    weights: str | None = None,
+    device: str | None = None,
+    engine: str = "auto-int8",
+    collection: str | None = None,
+    detector: str | None = None,
+    detector_options: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    commit_every: float = 10.0,
+    identities_every: float = 60.0,
+    retain: float | None = None,
+    buffer: int = 4,
+    duration: float | None = None,
+    status_port: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Open (or create) gallery `db` and watch `cameras` into it until `stop` is set or `duration` passes
+    (the Python side of ``reidkit watch``); returns the final status. `detector` "mot": each camera's
+    `detections` file. `status_port`: serve /metrics and /health on 127.0.0.1 while it runs."""
+    w = prepare_watch(
+        db,
+        cameras,
+        links,
+        weights,
+        device,
+        engine,
+        collection,
+        detector,
+        detector_options,
+        settings,
+        commit_every,
+        identities_every,
+        retain,
+        buffer,
+        progress,
+    )[0]
     if stop is not None:
         w.stop = stop
     from reidkit.video.watch_status import serve_status

@@ -33,20 +33,86 @@ tick(); setInterval(tick, 1000);
 """
 
 
-def latest_jpeg(watch: Any, camera: str, width: int = 480) -> bytes | None:
-    """The newest processed frame of `camera` with its person boxes drawn, `width` pixels wide, as JPEG."""
+def annotated_jpeg(image: Any, boxes: Any, width: int = 480) -> bytes | None:
+    """`image` (BGR) with its person `boxes` drawn, at most `width` pixels wide, as JPEG."""
     import cv2
 
-    cs = next((c for c in watch.cams if c.camera.name == camera), None)
-    if cs is None or cs.latest is None:
-        return None
-    image, boxes = cs.latest
     s = min(1.0, width / image.shape[1])
     out = cv2.resize(image, (round(image.shape[1] * s), round(image.shape[0] * s))) if s < 1.0 else image.copy()
     for x0, y0, x1, y1 in boxes if len(boxes) else []:
         cv2.rectangle(out, (int(x0 * s), int(y0 * s)), (int(x1 * s), int(y1 * s)), (0, 200, 0), 2)
     ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, 80])
     return buf.tobytes() if ok else None
+
+
+def latest_frame(watch: Any, camera: str) -> tuple[float, bytes] | None:
+    """(arrival time, JPEG) of the newest processed frame of `camera` with its person boxes drawn (None: none
+    yet); on a cluster, the one its worker last sent."""
+    cs = next((c for c in watch.cams if c.camera.name == camera), None)
+    if cs is None:
+        return None
+    if cs.latest is not None:
+        image, boxes, wall = cs.latest
+        jpeg = annotated_jpeg(image, boxes)
+        return None if jpeg is None else (wall, jpeg)
+    return cs.jpeg
+
+
+def latest_jpeg(watch: Any, camera: str) -> bytes | None:
+    """The JPEG of :func:`latest_frame` (None: no frame of that camera yet)."""
+    got = latest_frame(watch, camera)
+    return None if got is None else got[1]
+
+
+LIVE_DIR = "live"  # in the gallery's files folder: status.json and CAMERA.jpg, what `reidkit serve` shows
+PUBLISH_EVERY = 1.0
+
+
+def publish_live(watch: Any, running: bool = True) -> None:
+    """Write the live view into ``<gallery files>/live/``: each camera's newest annotated frame (``CAMERA.jpg``,
+    when it changed) and then ``status.json`` (the status, each frame's time, when it was published and
+    whether the watch still runs), every file replaced atomically. A reader (reidkit.video.live_routes) gets
+    a whole file or the previous one, and judges staleness from the times inside, never from its own clock
+    of reading."""
+    import json
+    import os
+    from pathlib import Path
+
+    def atomic_write_bytes(path: Path, data: bytes) -> None:  # a view, not a record: replaced, not fsynced
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    folder = Path(watch.gallery.files_dir) / LIVE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    done = watch.__dict__.setdefault("_published_frames", {})
+    frames = {}
+    for cs in watch.cams:
+        name = cs.camera.name
+        wall = cs.latest[2] if cs.latest is not None else (cs.jpeg[0] if cs.jpeg is not None else None)
+        if wall is not None and done.get(name) != wall:
+            got = latest_frame(watch, name)
+            if got is not None:
+                atomic_write_bytes(folder / f"{name}.jpg", got[1])
+                done[name] = got[0]
+        if name in done:
+            frames[name] = {"time": done[name], "file": f"{name}.jpg"}
+    doc = {
+        "published": time_now(),
+        "every": PUBLISH_EVERY,
+        "running": bool(running),
+        "pid": os.getpid(),
+        "frames": frames,
+        "status": watch.status(),
+    }
+    atomic_write_bytes(folder / "status.json", json.dumps(doc).encode())
+
+
+def time_now() -> float:
+    """The wall clock (Unix seconds)."""
+    import time
+
+    return time.time()
 
 
 def prometheus_text(status: dict[str, Any]) -> str:
