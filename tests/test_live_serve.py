@@ -36,18 +36,19 @@ def test_serve_shows_the_cameras_a_watch_writes_live_with_their_age(tmp_path):
     cams = [Camera(c, f"http://127.0.0.1:{p}/", 20.0, str(g)) for c, p, g in zip(rep.cameras, ports, rep.gt)]
     db, stop, result = tmp_path / "db", Event(), {}
     t = Thread(
-        target=lambda: result.update(watch(db, cams, commit_every=0.5, identities_every=1.0, stop=stop)), daemon=True
+        target=lambda: result.update(watch(db, cams, commit_every=0.5, identities_every=1.0, buffer=100000, stop=stop)),
+        daemon=True,
     )
     t.start()
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not (db / "live" / "status.json").is_file():  # the gallery exists once the watch published
             assert t.is_alive() and time.monotonic() < deadline, "the watch published nothing"
             time.sleep(0.2)
         app = create_app(db, routers=[tracklet_routes, identity_router, live_router], token=TOKEN, poll_s=0.2)
         with serving(app) as url:
             assert httpx.get(url + "/live/status", timeout=30).status_code == 401  # the data needs the token
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 300
             while True:
                 live = httpx.get(url + "/live/status", headers=AUTH, timeout=30).json()
                 cams_now = live["status"]["cameras"]
@@ -102,9 +103,9 @@ def _browser(url, cameras, running, shot, args, chromium):
             page.wait_for_function(
                 f"document.querySelectorAll('.cam img').length === {len(cameras)} && "
                 "[...document.querySelectorAll('.cam img')].every(i => i.complete && i.naturalWidth === 320)",
-                timeout=60_000,
+                timeout=240_000,
             )
-            page.wait_for_function("+document.getElementById('ids').textContent > 0", timeout=60_000)
+            page.wait_for_function("+document.getElementById('ids').textContent > 0", timeout=240_000)
             text = page.inner_text("#cams")
             for cam in cameras:
                 assert cam in text

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from factories import free_port, serve_stream
@@ -111,24 +112,40 @@ def _rows(db):
     return [(e["camera"], int(e["frame_start"]), int(e["frame_end"])) for e in es], [e["tracklet"] for e in es], g
 
 
-def test_cameras_on_dask_workers_give_the_single_process_watch_tracklets(world, client, tmp_path):
+KW = {"engine": "onnx", "commit_every": 0.5, "identities_every": 600, "buffer": 100000}
+
+
+@pytest.fixture(scope="module")
+def reference(world):
+    """The single-process watch of the same videos as files played at their own rate (nothing skipped)."""
     from reidkit.video.watch import watch
+
+    sc, db = world["scene"], world["root"] / "ref"
+    files = [Camera(c, str(v), FPS, str(g)) for c, v, g in zip(sc.cameras, sc.videos, sc.gt)]
+    status = watch(db, files, weights=world["weights"], **KW)
+    rows, _, _ = _rows(db)
+    assert rows and all(c["skipped"] == 0 for c in status["cameras"].values())
+    return rows
+
+
+def _on_cluster(world, client, db, tmp_path):
+    """`watch --cluster` of the scene's videos served live by ffmpeg until every frame is processed; its status."""
     from reidkit.video.watch_cluster import watch_on_cluster
 
     sc = world["scene"]
-    kw = {"weights": world["weights"], "engine": "onnx", "commit_every": 0.5, "identities_every": 600, "buffer": 100000}
-    # the reference: the single-process watch, the same videos as files played at their own rate
-    files = [Camera(c, str(v), FPS, str(g)) for c, v, g in zip(sc.cameras, sc.videos, sc.gt)]
-    ref_status = watch(tmp_path / "ref", files, **kw)
-    ref, _, _ = _rows(tmp_path / "ref")
-    assert ref and all(c["skipped"] == 0 for c in ref_status["cameras"].values())
-
     ports = [free_port() for _ in sc.cameras]
     servers = [serve_stream(v, p) for v, p in zip(sc.videos, ports)]
     cams = [Camera(c, f"http://127.0.0.1:{p}/", FPS, str(g)) for c, p, g in zip(sc.cameras, ports, sc.gt)]
     stop, status_port = threading.Event(), free_port()
     t, result = _run(
-        watch_on_cluster, db=str(tmp_path / "db"), cameras=cams, client=client, stop=stop, status_port=status_port, **kw
+        watch_on_cluster,
+        db=db,
+        cameras=cams,
+        client=client,
+        stop=stop,
+        status_port=status_port,
+        weights=world["weights"],
+        **KW,
     )
     try:
         h = _wait(status_port, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()), t)
@@ -144,9 +161,37 @@ def test_cameras_on_dask_workers_give_the_single_process_watch_tracklets(world, 
         c = result["cameras"][cam]
         assert c["received"] == FRAMES and c["processed"] == FRAMES and c["skipped"] == 0, c
         assert c["attempts"] == 1 and c["session"] == 1
+    return result
+
+
+def test_cameras_on_dask_workers_give_the_single_process_watch_tracklets(world, client, reference, tmp_path):
+    _on_cluster(world, client, str(tmp_path / "db"), tmp_path)  # the driver commits (one writer: the folder)
     got, keys, _ = _rows(tmp_path / "db")
     assert len(keys) == len(set(keys))
-    assert Counter(got) == Counter(ref), f"cluster: {sorted(got)}\nsingle process: {sorted(ref)}"
+    assert Counter(got) == Counter(reference), f"cluster: {sorted(got)}\nsingle process: {sorted(reference)}"
+
+
+def test_on_a_gallery_of_many_writers_the_workers_commit(world, client, reference, tmp_path):
+    """A backend whose Capabilities admit many writers (tests/data/shared_folder_backend.py, standing in for a
+    Milvus server): the tasks commit their chunks themselves; the driver only counts them."""
+    data = str(Path(__file__).resolve().parent / "data")
+    code = f"import sys; sys.path.insert(0, {data!r}); import shared_folder_backend; shared_folder_backend.register()"
+    exec(code, {})  # the driver and every worker know the scheme
+    client.run(exec, code, {})
+    from reidkit.retrieval.backends import resolve
+
+    from reidkit.retrieval.backends import BACKENDS
+
+    db = f"sharedfolder:{tmp_path / 'db'}"
+    try:
+        assert resolve(db).capabilities.many_writers
+        result = _on_cluster(world, client, db, tmp_path)
+        got, keys, _ = _rows(db)
+    finally:  # this process's registry as the other tests know it
+        BACKENDS.unregister("sharedfolder")
+    assert len(keys) == len(set(keys))
+    assert Counter(got) == Counter(reference), f"cluster: {sorted(got)}\nsingle process: {sorted(reference)}"
+    assert sum(c["tracklets"] for c in result["cameras"].values()) == len(reference)
 
 
 def test_a_killed_workers_camera_moves_and_nothing_is_duplicated_or_lost(world, client, tmp_path):
@@ -204,3 +249,14 @@ def test_a_killed_workers_camera_moves_and_nothing_is_duplicated_or_lost(world, 
     assert len(s1) >= sum(k.startswith("cam1-live-s1.") for k in keys_before) + int(recovered[0].split()[6]), said
     assert g.get_state("video:cam1-live-s1")["done"] and g.get_state("video:cam1-live-s2")["done"]
     assert any(k.startswith("cam1-live-s2.") for k in keys) and result["cameras"]["cam2"]["attempts"] == 1
+
+
+def test_cluster_options_errors_are_one_line(tmp_path, capsys):
+    from reidkit.cli import main as cli_main
+
+    argv = ["watch", "rtsp://127.0.0.1:9/x", "--db", str(tmp_path / "db")]
+    assert cli_main([*argv, "--cluster", "tcp://127.0.0.1:9", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not both" in err and err.count("\n") == 1, err
+    assert cli_main([*argv, "--workers", "0"]) == 2
+    assert "workers" in capsys.readouterr().err
