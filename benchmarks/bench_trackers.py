@@ -10,8 +10,11 @@ per box, ``reidkit.Embedder(None, engine="auto-int8")``, computed once and cache
 the detections; both sides read the same file (boxes, scores, features).
 
 Each tracker runs over every frame of every camera, one BLAS thread; its time is the time of its
-update calls only (ms per frame). reidkit's trackers report what ``reidkit video`` keeps: the
-detection boxes of the tracks that were confirmed and have at least 3 boxes (a tracklet keeps its
+update calls only (ms per frame). reidkit's trackers run as ``reidkit video`` runs them by default
+(read from its parser: ``--appearance needed --embed-budget 8``, so features only where the
+tracker's ``needs_features`` asks; ``--appearance all`` gives them every box's, as BoxMOT gets)
+and report what it stores: each match's reported box (``Match.box``, clipped to the frame) of the
+tracks that were confirmed and have at least 3 boxes (a tracklet keeps its
 tentative frames). BoxMOT's trackers (BoxMOT, AGPL-3.0, is never a dependency of reidkit: it runs
 in a virtual environment of its own, --boxmot-python, in a child process of this script) report
 their own output rows, with the features given through ``Detections(embeddings=...)`` and the frame
@@ -29,6 +32,7 @@ cameras as one sequence: the multi-camera IDF1 / HOTA and the number of identiti
     /tmp/boxmot-venv/bin/pip install --no-deps boxmot==25.0.0 lapx filterpy rich
     python -m benchmarks.bench_trackers --timing              # every scene, detection kind, tracker
     python -m benchmarks.bench_trackers --scenes C --dets gtn --boxmot none   # one cell, reidkit only
+    python -m benchmarks.bench_trackers --seed 1 --work /tmp/bench-trackers-s1 --tag bench_trackers_seed1  # held out
 
 Writes benchmarks/results/bench_trackers.json and .md (``--tag`` names another pair).
 """
@@ -187,34 +191,61 @@ def by_frame(npz: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 # ----------------------------------------------------------------------------- runs
 
 
-def run_reidkit(
-    name: str, npz_path: Path, options: dict | None = None, own_boxes: bool = False, budget: int | None = None
-) -> tuple[list[str], float, int]:
-    """(MOT rows, tracker seconds, frames) of reidkit tracker `name` (rows as reidkit video keeps them: detection
-    boxes, or with `own_boxes` the tracker's own box of each match)."""
-    from reidkit.video.track import single_thread_blas
-    from reidkit.video.trackers import build_tracker
+def cli_defaults() -> dict[str, Any]:
+    """What ``reidkit video VIDEO --db DB`` does by default: its tracker, appearance, embedding budget, min length."""
+    from reidkit.cli import build_parser
+    from reidkit.video.trackers import DEFAULT_TRACKER
 
-    single_thread_blas()
-    data = by_frame(np.load(npz_path))
-    tracker = build_tracker(name, options or {})
-    boxes: dict[str, list] = {}
-    confirmed: set[str] = set()
-    spent = 0.0
+    a = build_parser().parse_args(["video", "VIDEO", "--db", "DB"])
+    return {
+        "tracker": a.tracker or DEFAULT_TRACKER,
+        "appearance": a.appearance,
+        "embed_budget": int(a.embed_budget) if a.appearance == "needed" else None,
+        "min_len": int(a.min_len),
+    }
+
+
+def track(tracker: Any, data: list, budget: int | None) -> tuple[list[tuple[int, Any]], float]:
+    """Feed one camera's frames to a reidkit tracker as ``reidkit video`` does: with a `budget` (``--appearance
+    needed --embed-budget B``; 0: no limit) features only where ``needs_features`` asks, else every box's.
+    Returns ([(frame, FrameTracks)], tracker seconds)."""
+    out, spent = [], 0.0
     for f, (b, s, e) in enumerate(data):
         t0 = time.perf_counter()
-        if budget is not None:  # reidkit video --appearance needed --embed-budget B: features only where asked
+        if budget is not None:
             need = tracker.needs_features(b, s, budget)
             e = [row if n else None for row, n in zip(e, need)]
         res = tracker.update(b, s, e)
         spent += time.perf_counter() - t0
+        out.append((f, res))
+    return out, spent
+
+
+def run_reidkit(
+    name: str, npz_path: Path, options: dict | None = None, budget: int | None = None, min_len: int = MIN_LEN
+) -> tuple[list[str], float, int]:
+    """(MOT rows, tracker seconds, frames) of reidkit tracker `name`: the rows ``reidkit video`` stores, each match's
+    reported box (``Match.box``, clipped to the frame: reidkit.video.trackers.base.frame_box) of the tracks that were
+    confirmed and have at least `min_len` boxes (a tracklet keeps its tentative frames)."""
+    from reidkit.video.track import single_thread_blas
+    from reidkit.video.trackers import build_tracker
+    from reidkit.video.trackers.base import frame_box
+
+    single_thread_blas()
+    npz = np.load(npz_path)
+    height, width = (int(v) for v in npz["size"])
+    data = by_frame(npz)
+    frames, spent = track(build_tracker(name, options or {}), data, budget)
+    boxes: dict[str, list] = {}
+    confirmed: set[str] = set()
+    for f, res in frames:
         for m in res.matched:
-            boxes.setdefault(m.track_id, []).append((f, m.box if own_boxes else b[m.det]))
+            boxes.setdefault(m.track_id, []).append((f, frame_box(m.box, width, height, data[f][0][m.det])))
             if m.confirmed:
                 confirmed.add(m.track_id)
     rows = []
     for n, tid in enumerate(sorted(boxes, key=lambda t: boxes[t][0][0]), 1):
-        if tid not in confirmed or len(boxes[tid]) < MIN_LEN:
+        if tid not in confirmed or len(boxes[tid]) < min_len:
             continue
         for f, (x0, y0, x1, y1) in boxes[tid]:
             rows.append(f"{f + 1},{n},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},1,-1,-1,-1\n")
@@ -318,19 +349,27 @@ def timing_worker(job: dict, result: Path) -> None:
                         tr.update(det, img)
                         spent += time.perf_counter() - t0
                 else:
-                    tr = build_tracker(name[8:])
-                    for b, s, e in data[c]:
-                        t0 = time.perf_counter()
-                        tr.update(b, s, e)
-                        spent += time.perf_counter() - t0
+                    tr = build_tracker(name[8:], job.get("options", {}).get(name[8:]))
+                    spent += track(tr, data[c], job.get("budget"))[1]
             best[name] = min(best.get(name, np.inf), 1000 * spent / n)
     result.write_text(json.dumps(best))
 
 
-def run_timing(python: str, reidkit_trackers: list[str], cams: dict[str, tuple[str, str]], work: Path) -> dict:
-    """timing_worker in a child process of the BoxMOT venv's python."""
+def run_timing(
+    python: str,
+    reidkit_trackers: list[str],
+    cams: dict[str, tuple[str, str]],
+    work: Path,
+    options: dict | None = None,
+    budget: int | None = None,
+) -> dict:
+    """timing_worker in a child process of the BoxMOT venv's python (reidkit's trackers fed as in the run)."""
     job, res = work / "timing-job.json", work / "timing-result.json"
-    job.write_text(json.dumps({"cameras": cams, "reidkit": reidkit_trackers, "repeats": 3}))
+    job.write_text(
+        json.dumps(
+            {"cameras": cams, "reidkit": reidkit_trackers, "repeats": 3, "options": options or {}, "budget": budget}
+        )
+    )
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -574,17 +613,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--boxmot", default=",".join(BOXMOT), help="BoxMOT trackers, or none")
     ap.add_argument(
-        "--needed",
-        type=int,
+        "--appearance",
+        choices=["needed", "all"],
         default=None,
-        metavar="BUDGET",
-        help="reidkit trackers get features only where needs_features asks (reidkit video's default "
-        "--appearance needed --embed-budget BUDGET; 0: no budget)",
+        help="reidkit trackers get features only where needs_features asks (needed, with --embed-budget) or for "
+        "every box, as BoxMOT's (all); default: reidkit video's default",
     )
     ap.add_argument(
-        "--own-boxes",
-        action="store_true",
-        help="reidkit trackers report their own box estimates (default: the detection boxes, as reidkit video)",
+        "--embed-budget",
+        type=int,
+        default=None,
+        metavar="B",
+        help="--appearance needed: at most B ambiguous detections embedded per frame (0: no limit); default: "
+        "reidkit video's",
     )
     ap.add_argument("--boxmot-python", default="/tmp/boxmot-venv/bin/python")
     ap.add_argument(
@@ -615,6 +656,9 @@ def main(argv: list[str] | None = None) -> None:
         key, _, raw = item.partition("=")
         tr, _, k = key.partition(".")
         options.setdefault(tr, {})[k] = yaml.safe_load(raw)
+    cli = cli_defaults()
+    appearance = args.appearance or cli["appearance"]
+    budget = None if appearance == "all" else (cli["embed_budget"] if args.embed_budget is None else args.embed_budget)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     embedder = None
@@ -648,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 rows, spent, frames = {}, 0.0, 0
                 for cam, p in cams.items():
-                    rows[cam], s, n = run_reidkit(tr, p, options.get(tr), args.own_boxes, args.needed)
+                    rows[cam], s, n = run_reidkit(tr, p, options.get(tr), budget, cli["min_len"])
                     spent, frames = spent + s, frames + n
                 m = score(root, rows, work / "runs" / name / kind / tr)
                 m = with_identities(m, root, rows, cams, work / "ids" / name / kind / tr)
@@ -669,6 +713,8 @@ def main(argv: list[str] | None = None) -> None:
                     [t for t in args.trackers.split(",") if t],
                     {c: (str(p), str(_video(root, c))) for c, p in cams.items()},
                     work,
+                    options,
+                    budget,
                 )
                 timings.append({"scene": name, "dets": kind, **tm})
                 print(json.dumps(timings[-1]), file=sys.stderr, flush=True)
@@ -744,6 +790,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_info(),
         "scenes": {k: SCENES[k] for k in args.scenes.split(",")},
         "options": options,
+        "appearance": appearance,
+        "embed_budget": budget,
         "results": results,
         "timing": timings,
     }

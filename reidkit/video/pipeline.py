@@ -10,6 +10,10 @@ Given the same job, settings and resume state, the chunks are the same, bit for 
 re-run from the last committed state, or a Dask task retried from its input state, produces exactly
 what the uninterrupted run produces.
 
+A tracklet stores, per frame, the box its tracker reports for the match (``Match.box``: the
+detection's, or bytesort's estimate when boxes jitter: ``report_box``), clipped to the frame; the
+crops are the detections'.
+
 Stages, per video: a reader thread decodes and detects (OpenCV releases the GIL in both) into a
 bounded queue; the generator crops, embeds (the model releases the GIL too), tracks and cuts
 tracklets. Several videos of one run share ONE embedder through ``SharedEmbedder``: each video's
@@ -52,6 +56,7 @@ from reidkit.video.detectors import build_detector
 from reidkit.video.embed_service import SharedEmbedder, Stats, _Client, _Direct  # noqa: F401 - re-exported
 from reidkit.video.embedder import clip_boxes, crop_boxes, float_twin
 from reidkit.video.trackers import DEFAULT_TRACKER, build_tracker, tracker_options
+from reidkit.video.trackers.base import frame_box
 from reidkit.video.tracklets import OpenTracklet, crop_quality
 
 THUMBS = "thumbs"
@@ -418,7 +423,7 @@ class _Video:
             tr = self.open.setdefault(m.track_id, OpenTracklet(m.track_id))
             tr.observe(
                 idx,
-                boxes[di],
+                frame_box(m.box, W, H, boxes[di]),  # the tracker's reported box (bytesort: report_box)
                 float(scores[di]),
                 feats[di] if self.store is self.emb else None,
                 crops[di],

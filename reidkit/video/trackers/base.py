@@ -22,13 +22,14 @@ from reidkit.errors import ReIDError
 from reidkit.video.detect import box_iou
 from reidkit.video.track import decode, encode  # noqa: F401 - the state codec of every tracker
 
-__all__ = ["Match", "FrameTracks", "Tracker", "box_iou", "feature_rows", "one_to_one_pairs"]
+__all__ = ["Match", "FrameTracks", "Tracker", "box_iou", "feature_rows", "frame_box", "one_to_one_pairs"]
 
 PAIR_IOU, OTHER_IOU = 0.3, 0.1  # a detection pairs one-to-one with a track (see one_to_one_pairs)
 
 
 class Match(NamedTuple):
-    """A track that took a detection this frame: its id, the detection's index, confirmed yet, its box estimate."""
+    """A track that took a detection this frame: its id, the detection's index, confirmed yet, and the box it
+    reports for this frame (what the tracklet stores: the detection's box, or the tracker's estimate of it)."""
 
     track_id: str
     det: int
@@ -79,6 +80,17 @@ def check_boxes(boxes: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     if len(b) and ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).any():
         raise ReIDError("tracker: detections must have a positive width and height")
     return b, s
+
+
+def frame_box(box: Any, width: int, height: int, fallback: Any) -> np.ndarray:
+    """A reported box clipped to the width x height frame (float x1, y1, x2, y2); `fallback` (the detection's box)
+    where the box is not finite or has no area inside the frame."""
+    b = np.asarray(box, np.float64).reshape(4)
+    if np.isfinite(b).all():
+        c = np.clip(b, 0.0, [width, height, width, height])
+        if c[2] - c[0] >= 1.0 and c[3] - c[1] >= 1.0:
+            return c
+    return np.asarray(fallback, np.float64).reshape(4)
 
 
 def feature_rows(features: Sequence[np.ndarray | None] | np.ndarray | None, n: int) -> list[np.ndarray | None]:
