@@ -34,6 +34,7 @@ from reidkit.models.exported import (
     ort_session,
     read_export_metadata,
 )
+from reidkit.models.build import ReIDModel
 from reidkit.models.loading import load_feature_model, load_model
 
 __all__ = [
@@ -79,11 +80,11 @@ class _EvalFeatureCams(nn.Module):
         return self.model(x, cams=camids)
 
 
-def _load(weights: str | os.PathLike) -> nn.Module:
+def _load(weights: str | os.PathLike) -> ReIDModel:
     return load_model(weights, device="cpu").eval()
 
 
-def _metadata(model: nn.Module, weights: str | os.PathLike | None, size: tuple[int, int]) -> dict[str, str]:
+def _metadata(model: ReIDModel, weights: str | os.PathLike | None, size: tuple[int, int]) -> dict[str, str]:
     info = model.info
     meta: dict[str, Any] = {
         "input_size": [int(size[0]), int(size[1])],
@@ -102,7 +103,7 @@ def _metadata(model: nn.Module, weights: str | os.PathLike | None, size: tuple[i
     return {k: json.dumps(v) for k, v in meta.items()}
 
 
-def _resolve_size(model: nn.Module, size: Sequence[int] | None) -> tuple[int, int]:
+def _resolve_size(model: ReIDModel, size: Sequence[int] | None) -> tuple[int, int]:
     if size is None:
         size = model.info.input_size
     if len(size) != 2 or int(size[0]) < 8 or int(size[1]) < 8:
@@ -130,7 +131,7 @@ def export_model(
     out: str | os.PathLike | None = None,
     opset: int = 17,
     size: Sequence[int] | None = None,
-    model: nn.Module | None = None,
+    model: ReIDModel | None = None,
 ) -> Path:
     """Export a checkpoint's eval feature to ONNX or TorchScript (dynamic batch axis); returns the file.
 
@@ -148,7 +149,7 @@ def export_model(
 
 
 def export_model_to(
-    model: nn.Module,
+    model: ReIDModel,
     out: str | os.PathLike,
     fmt: str = "onnx",
     opset: int = 17,
@@ -224,7 +225,7 @@ def parity(
     exported: str | os.PathLike,
     batch_sizes: Sequence[int] = (1, 3),
     seed: int = 0,
-    model: nn.Module | None = None,
+    model: ReIDModel | None = None,
     trust: bool = False,
 ) -> float:
     """Max abs difference between the checkpoint's torch features and the export's, over the batch sizes.

@@ -387,6 +387,7 @@ def knn_search(
         except ImportError:  # pragma: no cover - faiss is a declared dependency
             warnings.warn("faiss is not importable; using search='torch'", stacklevel=2)
             search = "torch"
+    sims: np.ndarray
     if search == "faiss":
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)

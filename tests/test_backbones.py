@@ -185,7 +185,7 @@ def test_ibn_a_placement_follows_ibn_net():
     for li in (1, 2, 3):
         for block in getattr(m, f"layer{li}"):
             assert isinstance(block.bn1, IBN)
-            assert block.bn1.half == block.conv1.out_channels // 2
+            assert block.bn1.in_planes == block.conv1.out_channels // 2
             assert block.IN is None
     assert all(isinstance(b.bn1, nn.BatchNorm2d) for b in m.layer4)
     assert isinstance(m.bn1, nn.BatchNorm2d)

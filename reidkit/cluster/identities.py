@@ -263,12 +263,13 @@ def _agglomerate(
     D = np.empty((m, m))
     B = np.zeros((m, m), dtype=bool)
     for a in range(m):
-        sub_d = dist[np.ix_(groups[a], perm)]
+        rows = np.asarray(groups[a], dtype=np.int64)
+        sub_d = dist[np.ix_(rows, perm)]
         if linkage == "average":
             D[a] = np.add.reduceat(sub_d.sum(0), starts) / (size[a] * size)
         else:
             D[a] = np.maximum.reduceat(sub_d.max(0), starts)
-        B[a] = np.logical_or.reduceat(bad[np.ix_(groups[a], perm)].any(0), starts)
+        B[a] = np.logical_or.reduceat(bad[np.ix_(rows, perm)].any(0), starts)
     fz = np.asarray(frozen)
     B |= fz[:, None] & fz[None, :]  # two earlier identities never merge
     alive = np.ones(m, dtype=bool)

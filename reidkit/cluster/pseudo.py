@@ -27,6 +27,9 @@ import torch
 from reidkit.cluster.jaccard import normalize_features, symmetric_csr, upper_chunks, v_matrix
 from reidkit.errors import ReIDError
 
+# A sparse pairwise-distance matrix as the Jaccard code makes it (CSR) or as a caller builds it (COO).
+SparseDistance = sp.csr_matrix | sp.coo_matrix
+
 __all__ = [
     "cluster_report",
     "eps_by_rho",
@@ -65,7 +68,7 @@ def _eps_from(smallest: np.ndarray, m: int, stored: int, stored_sum: float) -> f
     return float((stored_sum + (m - stored) * 1.0) / m)
 
 
-def eps_by_rho(dist: sp.spmatrix, rho: float = DEFAULT_RHO) -> float:
+def eps_by_rho(dist: SparseDistance, rho: float = DEFAULT_RHO) -> float:
     """SSG's eps: mean of the smallest rho fraction of all N(N-1)/2 pairwise distances.
 
     Pairs absent from the sparse matrix count as distance 1.0. Unlike SSG's code, which drops
@@ -94,7 +97,7 @@ def eps_and_rho(eps: float | str | None, rho: float | None) -> tuple[float | Non
     return float(eps), DEFAULT_RHO if rho is None else float(rho)
 
 
-def _threshold(dist: sp.spmatrix, eps: float) -> sp.csr_matrix:
+def _threshold(dist: SparseDistance, eps: float) -> sp.csr_matrix:
     """Entries <= eps of a distance matrix, plus an explicit zero diagonal (zeros kept)."""
     dist = sp.csr_matrix(dist)
     n = dist.shape[0]
@@ -158,7 +161,7 @@ def pseudo_labels(
     min_samples: int = 4,
     rho: float | None = None,
     outliers: str = "drop",
-    dist: sp.spmatrix | None = None,
+    dist: SparseDistance | None = None,
     include_self_in_k1: bool = False,
     search: str = "faiss",
     device: str | torch.device | None = None,

@@ -104,7 +104,7 @@ def cluster_space(
         if camids is None:
             raise ReIDError("camera_norm: camera ids of the images are needed")
         feats = camera_centred(feats, camids)
-    common = dict(
+    common: dict[str, Any] = dict(
         eps=eps,
         k1=s.k1,
         k2=s.k2,

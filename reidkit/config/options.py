@@ -90,7 +90,12 @@ def describe_options(kind: str, name: str) -> list[dict[str, Any]]:
     prefix = options_prefix(kind, name)
     rows = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a plugin's options dataclass with a required field: no default to show
+            default = None
         rows.append(
             {
                 "key": f"{prefix}.{f.name}",

@@ -84,7 +84,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value in typing.get_args(tp) and not isinstance(value, bool):
             return value
         raise _Mismatch
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if isinstance(value, dict):
@@ -93,8 +93,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise _Mismatch
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        inner = args[0] if args else Any
+        item_types = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = item_types[0] if item_types else Any
         items = [_coerce_item(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if (origin or tp) is tuple else items
     if origin is dict or tp is dict:

@@ -215,12 +215,12 @@ class BatchAugment:
         self.size = (int(size[0]), int(size[1]))
         self.pad = int(pad)
         self.flip_p, self.erase_p, self.patch_p = float(flip_p), float(erase_p), float(patch_p)
-        self.erase_area, self.erase_aspect = tuple(erase_area), tuple(erase_aspect)
+        self.erase_area, self.erase_aspect = (erase_area[0], erase_area[1]), (erase_aspect[0], erase_aspect[1])
         self.erase_fill = erase_fill
         self.jitter = float(jitter)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.device = torch.device(device) if device is not None else None
-        self.patch_area, self.patch_aspect = tuple(patch_area), tuple(patch_aspect)
+        self.patch_area, self.patch_aspect = (patch_area[0], patch_area[1]), (patch_aspect[0], patch_aspect[1])
         self.patch_pool, self.patch_flip_p = int(patch_pool), float(patch_flip_p)
         self.attempts = int(attempts)
         self._stats_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -378,6 +378,7 @@ class BatchAugment:
         if m:
             slots = (self._pool_next + torch.arange(m, device=dev)) % self.patch_pool
             self._pool[slots] = cut[keep]
+            assert self._pool_hw is not None  # made with self._pool above
             self._pool_hw[slots] = torch.stack([ph[keep], pw[keep]], dim=1)
             self._pool_next = (self._pool_next + m) % self.patch_pool
             self._pool_count = min(self.patch_pool, self._pool_count + m)

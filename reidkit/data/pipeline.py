@@ -48,7 +48,7 @@ def _load_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:
     if im is None:
         return None
     if im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -165,12 +165,12 @@ class ImageCache:
         finally:
             if tmp.exists():
                 tmp.unlink()
-        cache = cls._open(npy, meta, path_list, hw)
-        if cache is None:
+        written = cls._open(npy, meta, path_list, hw)
+        if written is None:
             raise ReIDError(f"ImageCache: cache file {npy} could not be read back after writing")
-        cache.from_cache = False
-        _warn_skipped(cache.skipped)
-        return cache
+        written.from_cache = False
+        _warn_skipped(written.skipped)
+        return written
 
     @classmethod
     def _open(cls, npy: Path, meta: Path, paths: list[str], hw: tuple[int, int]) -> ImageCache | None:

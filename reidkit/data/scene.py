@@ -268,7 +268,7 @@ def _seqinfo(name: str, fps: float, frames: int, W: int, H: int) -> str:
 def _occluders(seed: int, dom: int, cam: int, W: int, H: int) -> list[tuple[str, tuple, tuple]]:
     """Static things in front of the walkers: one or two poles and sometimes a low wall."""
     r = syn.keyed_rng(seed, dom, _T_SCENE_CAM, cam)
-    out = []
+    out: list[tuple[str, tuple[float, float, float, float], tuple[int, int, int]]] = []
     for _ in range(int(r.integers(1, 3))):
         px = float(r.uniform(0.15, 0.85) * W)
         pw = float(r.uniform(0.025, 0.05) * W)
@@ -335,9 +335,9 @@ def generate_scene(
 
     if domain not in syn.DOMAINS:
         raise OptionError("domain", f"expected one of {', '.join(syn.DOMAINS)}, got {domain!r}")
-    for name, v in (("--cams", cams), ("--ids", ids), ("--frames", frames)):
-        if int(v) < 1:
-            raise ReIDError(f"{name}: must be >= 1, got {v}")
+    for name, count in (("--cams", cams), ("--ids", ids), ("--frames", frames)):
+        if int(count) < 1:
+            raise ReIDError(f"{name}: must be >= 1, got {count}")
     H, W = int(size[0]), int(size[1])
     if H < 48 or W < 48:
         raise OptionError("size", f"frames must be at least 48x48, got {H}x{W}")
@@ -345,9 +345,10 @@ def generate_scene(
         raise OptionError("fmt", f"expected avi or mp4, got {fmt!r}")
     if topology not in TOPOLOGIES:
         raise OptionError("topology", f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}")
-    transit = tuple(float(t) for t in transit)
-    if len(transit) != 2 or not all(math.isfinite(t) for t in transit) or not 0 < transit[0] <= transit[1]:
-        raise OptionError("transit", f"expected MIN,MAX seconds with 0 < MIN <= MAX, got {transit!r}")
+    given = tuple(float(t) for t in transit)
+    if len(given) != 2 or not all(math.isfinite(t) for t in given) or not 0 < given[0] <= given[1]:
+        raise OptionError("transit", f"expected MIN,MAX seconds with 0 < MIN <= MAX, got {given!r}")
+    transit = (given[0], given[1])
     dom = syn.DOMAINS[domain]
     root = Path(out).expanduser()
     from reidkit.utils.io import ensure_dir
@@ -372,7 +373,7 @@ def generate_scene(
         (folder / "gt").mkdir(parents=True, exist_ok=True)
         video = folder / f"{names[cam]}.{fmt}"
         tmp = folder / f".video.tmp.{os.getpid()}.{fmt}"  # VideoWriter needs a real path; renamed when whole
-        fourcc = cv2.VideoWriter_fourcc(*("MJPG" if fmt == "avi" else "mp4v"))
+        fourcc = cv2.VideoWriter.fourcc(*("MJPG" if fmt == "avi" else "mp4v"))
         writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), (W, H))
         if not writer.isOpened():
             raise ReIDError(f"cannot write {video}: OpenCV has no {fmt} encoder here")

@@ -42,7 +42,7 @@ def _thumb(path: str) -> np.ndarray:
     im = open_rgb(path)  # upright: EXIF orientation applied, as the model saw it
     if im is None:
         return np.full((_CELL[0], _CELL[1], 3), 40, dtype=np.uint8)
-    return np.asarray(im.resize((_CELL[1], _CELL[0]), Image.BILINEAR))
+    return np.asarray(im.resize((_CELL[1], _CELL[0]), Image.Resampling.BILINEAR))
 
 
 def rank1_hit(labels) -> bool:

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from reidkit.errors import ReIDError
 from reidkit.inference.features import dist_world, extract_features, gather_rows, load_images, shard_bounds
 from reidkit.models.info import IMAGENET_MEAN, IMAGENET_STD
 from reidkit.utils.validate import check_hw
+
+if TYPE_CHECKING:
+    from reidkit.models.build import ReIDModel
 
 __all__ = ["FeatureExtractor", "ModelIdentity", "IMAGENET_IDENTITY", "DEFAULT_SIZE", "ENGINES", "onnx_cache_dir"]
 
@@ -87,7 +90,7 @@ def _resize_uint8(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
     if img.shape[0] == hw[0] and img.shape[1] == hw[1]:
         return img
-    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.BILINEAR), dtype=np.uint8)
+    return np.asarray(Image.fromarray(img).resize((hw[1], hw[0]), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def onnx_cache_dir() -> Path:
@@ -113,7 +116,7 @@ def _imagenet_model(size: Sequence[int] | None) -> tuple[Any, ModelIdentity]:
         IMAGENET_IDENTITY,
         "imagenet",
         int(model.feat_dim),
-        hw,  # type: ignore[arg-type]
+        hw,
         tuple(model.mean),
         tuple(model.std),
     )
@@ -200,7 +203,7 @@ class FeatureExtractor:
             f"sha256:{digest[:16]}",
             source,
             int(info.feat_dim),
-            hw,  # type: ignore[arg-type]
+            hw,
             tuple(info.mean),
             tuple(info.std),
         )
@@ -240,7 +243,7 @@ class FeatureExtractor:
             "in-memory",
             "",
             int(getattr(model, "feat_dim", 0) or 0),
-            hw,  # type: ignore[arg-type]
+            hw,
             tuple(mean if mean is not None else getattr(model, "mean", IMAGENET_MEAN)),
             tuple(std if std is not None else getattr(model, "std", IMAGENET_STD)),
         )
@@ -298,7 +301,7 @@ class FeatureExtractor:
                 device=device if device is not None else self.device,
                 mean=ident.mean,
                 std=ident.std,
-                size=tuple(size or ident.input_size),
+                size=check_hw(size or ident.input_size, "size"),
                 normalize=normalize,
                 neck_feat=neck_feat,
                 camids=camids,
@@ -352,17 +355,17 @@ class FeatureExtractor:
         decodes and embeds its contiguous shard; every rank returns all rows. ``progress``: the
         name of the two steps (decoding, features): a bar each on a terminal, one line each otherwise.
         """
-        paths = [str(p) for p in paths]
-        hw = tuple(int(v) for v in (size or self.size))
+        files = [str(p) for p in paths]
+        hw = check_hw(size or self.size, "size")
         cams = None if camids is None else np.asarray(camids).reshape(-1)
-        if cams is not None and len(cams) != len(paths):
-            raise ReIDError(f"camids: expected one camera id per image ({len(paths)}), got {len(cams)}")
+        if cams is not None and len(cams) != len(files):
+            raise ReIDError(f"camids: expected one camera id per image ({len(files)}), got {len(cams)}")
         rank, world = dist_world() if distributed else (0, 1)
-        a, b = shard_bounds(len(paths), rank, world)
+        a, b = shard_bounds(len(files), rank, world)
         imgs, kept, _ = load_images(
-            paths[a:b],
+            files[a:b],
             hw,
-            strict=skipped is None,  # type: ignore[arg-type]
+            strict=skipped is None,
             progress=None if progress is None else f"{progress}, decoding",
         )
         # One column more flags readable rows, so every rank agrees on what was skipped.
@@ -390,7 +393,7 @@ class FeatureExtractor:
             return np.zeros((0, self.dim), dtype=np.float32)
         valid = (rows[:, -1] > 0.5).numpy()
         if skipped is not None:
-            skipped.extend(p for p, ok in zip(paths, valid.tolist()) if not ok)
+            skipped.extend(p for p, ok in zip(files, valid.tolist()) if not ok)
         out = rows[torch.from_numpy(valid), :-1].numpy().astype(np.float32, copy=False)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
@@ -439,7 +442,7 @@ def _has_onnxruntime() -> bool:
 
 
 def _onnx_runner(
-    model: torch.nn.Module, ident: ModelIdentity, threads: int | None, int8: bool | str = False
+    model: ReIDModel, ident: ModelIdentity, threads: int | None, int8: bool | str = False
 ) -> tuple[Any, str]:
     """(runner, engine name): the model's ONNX export (made once per weights hash and input size, then
     reused) on onnxruntime; ``int8=True``: its int8 quantisation (reidkit.models.quantize), cached beside it;

@@ -91,6 +91,8 @@ class _UpdateInBackward(torch.autograd.Function):
 
 
 class _Memory(nn.Module):
+    features: torch.Tensor  # a buffer (register_buffer): the memory entries, N x D
+
     def __init__(
         self,
         num_features: int,
@@ -258,6 +260,8 @@ class InstanceMemory(_Memory):
     SpCL's epsilon-padded masked softmax is replaced by the exact log-softmax over the
     (contiguous, hence non-empty) classes.
     """
+
+    labels: torch.Tensor  # a buffer (register_buffer): each instance's cluster label
 
     def __init__(
         self,

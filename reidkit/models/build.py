@@ -33,6 +33,11 @@ class ReIDModel(nn.Module):
     ``forward_head(fmap, which=...)``; nothing outside should mutate the head or reach into it.
     """
 
+    # Any module with forward_features (and out_channels) / forward_head: the backbone and head
+    # contracts, met by several classes (ResNet, ViT, MGN, ...; ReIDHead, TransReIDHead, ...).
+    backbone: Any
+    head: Any
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -47,7 +52,7 @@ class ReIDModel(nn.Module):
         self.arch = arch
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
-        self.feat_dim = int(head.feat_dim)
+        self.feat_dim = int(self.head.feat_dim)
         self.uses_camera = bool(getattr(backbone, "uses_camera", False))
         # Provenance, set by the loaders (reidkit.models.loading, interop); read through ``info``.
         self.input_size: list[int] = list(DEFAULT_INPUT_SIZE)
@@ -138,7 +143,7 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
         cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride, **options_from_config(cfg)
     )
     head = ReIDHead(
-        int(backbone.out_channels),
+        int(getattr(backbone, "out_channels")),  # every backbone's contract (models/backbones)
         int(num_classes),
         pooling=cfg.pooling,
         gem_p=cfg.gem_p,
@@ -172,7 +177,8 @@ def save_model(
     """Write ``{"model", "model_cfg", "num_classes", "input_size", "mean", "std", **extra}`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = model.module if hasattr(model, "module") else model  # unwrap DDP
+    inner = getattr(model, "module", None)  # unwrap DDP / DataParallel
+    net = inner if isinstance(inner, nn.Module) else model
     ckpt: dict[str, Any] = {
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "model_cfg": dataclasses.asdict(cfg),
@@ -240,7 +246,7 @@ def _built_with_weights(cfg: ModelConfig, num_classes: int, state: Mapping[str, 
     return model
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], origin: str = "<checkpoint>") -> ReIDModel:
+def model_from_checkpoint(ckpt: Mapping[str, Any], origin: str = "<checkpoint>") -> ReIDModel:
     """Rebuild the ``ReIDModel`` of a reidkit checkpoint dict (``model``, ``model_cfg``, ``num_classes``...), eval mode."""
     missing = [k for k in ("model", "model_cfg", "num_classes") if k not in ckpt]
     if missing:
@@ -257,7 +263,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], origin: str = "<checkpoint>") ->
         raise recorded_plugins_error(ckpt.get("plugins"), origin, exc) from None
 
 
-def _rebuild(ckpt: dict[str, Any], raw_cfg: dict[str, Any], origin: str) -> ReIDModel:
+def _rebuild(ckpt: Mapping[str, Any], raw_cfg: dict[str, Any], origin: str) -> ReIDModel:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     # The stored weights replace any pretrained ones, so never fetch those again.
     cfg = ModelConfig(**{k: v for k, v in raw_cfg.items() if k in known})
@@ -278,6 +284,6 @@ def _rebuild(ckpt: dict[str, Any], raw_cfg: dict[str, Any], origin: str) -> ReID
         model.std = [float(v) for v in ckpt["std"]]
     from reidkit.utils.validate import check_hw  # a huge or zero size would allocate before failing
 
-    model.input_size = list(check_hw(ckpt.get("input_size", DEFAULT_INPUT_SIZE), f"checkpoint {origin}: input_size"))  # type: ignore[assignment]
-    model.model_cfg = cfg  # type: ignore[assignment]
+    model.input_size = list(check_hw(ckpt.get("input_size", DEFAULT_INPUT_SIZE), f"checkpoint {origin}: input_size"))
+    model.model_cfg = cfg
     return model.eval()

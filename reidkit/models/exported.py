@@ -77,6 +77,8 @@ def _require_meta(meta: dict[str, Any], path: Path) -> None:
 class _ExportedFeatureModel:
     """Shared part of the exported runners: metadata facts and input checks (inference only)."""
 
+    source_format: str  # each runtime's own ("onnx", "torchscript")
+
     path: Path
     metadata: dict[str, Any]
 

@@ -59,7 +59,10 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str
     for mod in model.modules():
         if isinstance(mod, _CONVS):
             handles.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, _BNS) and type(mod) in _BNS:  # subclasses (ghost BN) may do more
+        elif (
+            isinstance(mod, _BNS) and type(mod) in _BNS and mod.running_mean is not None and mod.running_var is not None
+        ):
+            # subclasses (ghost BN) may do more; a BN without running statistics normalises by the batch's
             handles.append(mod.register_forward_pre_hook(bn_hook))
     try:
         with torch.no_grad():
@@ -94,6 +97,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None, atol: 
         return net
     for conv_name, bn_name in pairs:
         conv, bn = net.get_submodule(conv_name), net.get_submodule(bn_name)
+        # as _trace paired them: a conv and a BatchNorm with running statistics
+        assert isinstance(conv, _CONVS) and isinstance(bn, _BNS)
+        assert bn.running_mean is not None and bn.running_var is not None
         # `net` is already a copy: the conv takes the folded weights in place (no second copy of it)
         conv.weight, conv.bias = fuse_conv_bn_weights(
             conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias

@@ -58,40 +58,39 @@ def ghost_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, group
     folded = x.reshape(groups, per, c, *spatial).transpose(0, 1).reshape(per, groups * c, *spatial)
     weight = bn.weight.repeat(groups) if bn.weight is not None else None
     bias = bn.bias.repeat(groups) if bn.bias is not None else None
-    track = bn.track_running_stats and bn.running_mean is not None
-    if track:
-        bn.num_batches_tracked.add_(1)
-        factor = (1.0 / float(bn.num_batches_tracked)) if bn.momentum is None else float(bn.momentum)
-        run_mean = bn.running_mean.repeat(groups)
-        run_var = bn.running_var.repeat(groups)
-    else:
-        factor, run_mean, run_var = 0.0, None, None
+    mean, var, count = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    factor, run_mean, run_var = 0.0, None, None
+    if bn.track_running_stats and mean is not None and var is not None and count is not None:
+        count.add_(1)
+        factor = (1.0 / float(count)) if bn.momentum is None else float(bn.momentum)
+        run_mean, run_var = mean.repeat(groups), var.repeat(groups)
     out = F.batch_norm(folded, run_mean, run_var, weight, bias, True, factor, bn.eps)
-    if track:
+    if mean is not None and var is not None and run_mean is not None and run_var is not None:
         with torch.no_grad():
-            bn.running_mean.copy_(run_mean.view(groups, c).mean(0))
-            bn.running_var.copy_(run_var.view(groups, c).mean(0))
+            mean.copy_(run_mean.view(groups, c).mean(0))
+            var.copy_(run_var.view(groups, c).mean(0))
     out = out.reshape(per, groups, c, *spatial).transpose(0, 1).reshape(x.shape)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous(memory_format=torch.channels_last)  # keep the layout the next conv expects
     return out
 
 
-class _GhostMixin:
-    """Forward that uses ghost statistics in training when ``groups > 1``."""
+class _GhostMixin(nn.modules.batchnorm._BatchNorm):
+    """Forward that uses ghost statistics in training when ``groups > 1`` (mixed in before
+    BatchNorm1d/2d, whose input check and plain forward it calls)."""
 
     groups: int
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Ghost BN in training (``groups`` > 1), plain BatchNorm otherwise."""
-        self._check_input_dim(x)  # type: ignore[attr-defined]
-        if self.training and self.groups > 1:  # type: ignore[attr-defined]
-            return ghost_batch_norm(self, x, self.groups)  # type: ignore[arg-type]
-        return super().forward(x)  # type: ignore[misc]
+        self._check_input_dim(x)
+        if self.training and self.groups > 1:
+            return ghost_batch_norm(self, x, self.groups)
+        return super().forward(x)
 
     def extra_repr(self) -> str:
         """BatchNorm's repr plus the group count."""
-        return f"{super().extra_repr()}, groups={self.groups}"  # type: ignore[misc]
+        return f"{super().extra_repr()}, groups={self.groups}"
 
 
 class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
@@ -110,10 +109,13 @@ class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
         self.groups = int(groups)
 
 
-_SWAP = {nn.BatchNorm1d: GhostBatchNorm1d, nn.BatchNorm2d: GhostBatchNorm2d}
+_SWAP: dict[type[nn.Module], type[GhostBatchNorm1d] | type[GhostBatchNorm2d]] = {
+    nn.BatchNorm1d: GhostBatchNorm1d,
+    nn.BatchNorm2d: GhostBatchNorm2d,
+}
 
 
-def _ghost_of(bn: nn.Module, groups: int) -> nn.Module:
+def _ghost_of(bn: nn.modules.batchnorm._BatchNorm, groups: int) -> nn.Module:
     cls = _SWAP[type(bn)]
     new = cls(
         bn.num_features,
@@ -149,6 +151,6 @@ def convert_ghost_bn(model: nn.Module, groups: int) -> nn.Module:
         return model
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) in _SWAP:
+            if type(child) in _SWAP and isinstance(child, nn.modules.batchnorm._BatchNorm):
                 setattr(parent, name, _ghost_of(child, groups))
     return model

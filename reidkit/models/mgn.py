@@ -28,7 +28,7 @@ MGN_STRIPES = (1, 2, 3)  # stripes of the global, part-2 and part-3 branches (be
 
 def _check_resnet(backbone: nn.Module, name: str) -> None:
     missing = [p for p in RESNET_PARTS if not hasattr(backbone, p)]
-    if missing or len(backbone.layer3) < 2:  # type: ignore[arg-type]
+    if missing or len(list(backbone.get_submodule("layer3").children())) < 2:
         raise ReIDError(
             f"model.backbone: MGN needs a ResNet-family backbone (attributes {', '.join(RESNET_PARTS)}"
             f" and at least 2 blocks in layer3); {name!r} does not qualify"
@@ -40,20 +40,14 @@ class MGNTrunk(nn.Module):
 
     def __init__(self, global_bb: nn.Module, part_bb: nn.Module) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            global_bb.conv1,
-            global_bb.bn1,
-            global_bb.relu,
-            global_bb.maxpool,
-            global_bb.layer1,
-            global_bb.layer2,
-            global_bb.layer3[0],
-        )
-        rest3 = nn.Sequential(*list(global_bb.layer3.children())[1:])
-        self.branch_global = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(global_bb.layer4))
-        self.branch_p2 = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(part_bb.layer4))
-        self.branch_p3 = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(part_bb.layer4))
-        self.out_channels = int(global_bb.out_channels)
+        part = global_bb.get_submodule  # a ResNet-family backbone's parts (_check_resnet)
+        self.stem = nn.Sequential(*(part(p) for p in RESNET_PARTS[:6]), part("layer3.0"))
+        rest3 = nn.Sequential(*list(part("layer3").children())[1:])
+        layer4, part_layer4 = part("layer4"), part_bb.get_submodule("layer4")
+        self.branch_global = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(layer4))
+        self.branch_p2 = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(part_layer4))
+        self.branch_p3 = nn.Sequential(copy.deepcopy(rest3), copy.deepcopy(part_layer4))
+        self.out_channels = int(getattr(global_bb, "out_channels"))
 
     def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Three feature maps: global (stride-2 layer4), part-2 and part-3 (stride 1)."""

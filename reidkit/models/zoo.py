@@ -583,6 +583,7 @@ def _cached(entry: WeightsEntry, pin: str | None) -> str:
         finally:
             os.close(dfd)
     dfd = _open_home(home, create=True)
+    assert dfd is not None  # create=True: a folder it cannot make or open is a ReIDError
     try:
         with _EntryLock(dfd, home, entry):
             if not _use_cached(dfd, home, entry, pin, locked=True):  # another process may have fetched it

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from reidkit.errors import ReIDError
 
@@ -108,7 +108,8 @@ def gdrive_download(file_id: str, out: PartWriter) -> None:
             'weights on Google Drive need gdown: pip install "reidkit[zoo]" (or pip install gdown)'
         ) from None
     try:
-        gdown.download(id=file_id, output=out, quiet=False)
+        # gdown writes to any object with write() (its annotation says BinaryIO)
+        gdown.download(id=file_id, output=cast(BinaryIO, out), quiet=False)
     except (TooBig, WriteFailed):
         raise
     except Exception as exc:  # noqa: BLE001 - gdown's own errors (quota, permission, network)

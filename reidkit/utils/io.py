@@ -339,7 +339,7 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
     """Write ``data`` as JSON atomically (unique temp name: concurrent writers do not collide)."""
     text = json.dumps(data, indent=indent, default=json_default)
     with atomic_write(path, "w") as fh:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from typing import Any, Sequence
+from typing import Any
 
 from reidkit.errors import ReIDError
 
@@ -49,15 +49,17 @@ def db_id(value: Any, what: str) -> int:
     return n
 
 
-def check_hw(size: Sequence[Any] | None, what: str, lo: int = MIN_SIDE, hi: int = MAX_SIDE) -> tuple[int, int]:
-    """``(H, W)`` with each side an integer in ``lo..hi``, else ReIDError naming ``what`` (before anything is allocated)."""
+def check_hw(size: Any, what: str, lo: int = MIN_SIDE, hi: int = MAX_SIDE) -> tuple[int, int]:
+    """``(H, W)`` with each side an integer in ``lo..hi``, else ReIDError naming ``what`` (before anything is allocated).
+
+    ``size``: anything (a config or request value); what is not a pair of integers is the error."""
     try:
-        h, w = (int(v) for v in size)  # type: ignore[union-attr]
-        exact = all(float(v) == int(v) for v in size)  # type: ignore[union-attr]
+        h, w = (int(v) for v in size)
+        exact = all(float(v) == int(v) for v in size)
     except (TypeError, ValueError, OverflowError):
         raise ReIDError(f"{what}: expected (height, width), got {size!r}") from None
     if not exact or not (lo <= h <= hi and lo <= w <= hi):
-        raise ReIDError(f"{what}: each side must be an integer in {lo}..{hi} pixels, got {list(size)}")  # type: ignore[arg-type]
+        raise ReIDError(f"{what}: each side must be an integer in {lo}..{hi} pixels, got {list(size)}")
     return h, w
 
 

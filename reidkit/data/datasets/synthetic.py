@@ -23,25 +23,27 @@ class _DefaultStr(str):
     """A str default that can be told apart from the same value given explicitly (by identity)."""
 
 
-_SYN_DEFAULTS = {
-    "ids": _DefaultInt(100),
-    "images_per_id": _DefaultInt(16),
-    "cams": _DefaultInt(6),
-    "seed": _DefaultInt(0),
-    "domain": _DefaultStr("A"),
-    "size": _DefaultStr("128x64"),
+_IDS, _PER_ID, _CAMS, _SEED = _DefaultInt(100), _DefaultInt(16), _DefaultInt(6), _DefaultInt(0)
+_DOMAIN, _SIZE = _DefaultStr("A"), _DefaultStr("128x64")
+_SYN_DEFAULTS: dict[str, object] = {
+    "ids": _IDS,
+    "images_per_id": _PER_ID,
+    "cams": _CAMS,
+    "seed": _SEED,
+    "domain": _DOMAIN,
+    "size": _SIZE,
 }
 
 
 def load_synthetic(
     root: str | os.PathLike[str],
     *,
-    ids: int = _SYN_DEFAULTS["ids"],
-    images_per_id: int = _SYN_DEFAULTS["images_per_id"],
-    cams: int = _SYN_DEFAULTS["cams"],
-    seed: int = _SYN_DEFAULTS["seed"],
-    domain: str = _SYN_DEFAULTS["domain"],
-    size: str | Sequence[int] = _SYN_DEFAULTS["size"],
+    ids: int = _IDS,
+    images_per_id: int = _PER_ID,
+    cams: int = _CAMS,
+    seed: int = _SEED,
+    domain: str = _DOMAIN,
+    size: str | Sequence[int] = _SIZE,
 ) -> ReIDDataset:
     """Procedural persons in Market-1501 format under ``root``: generated, or the existing set loaded.
 
@@ -68,8 +70,8 @@ def load_synthetic(
         return load_market_tree(top, "synthetic", None)
     marker = synthetic.read_marker(top / MARKET_DIR)
     params = (marker or {}).get("params") if isinstance(marker, dict) else None
-    if isinstance(params, dict) and marker.get("generator") == "reidkit.synthetic":
-        want = {k: (list(_parse_size(v)) if k == "size" else v) for k, v in given.items()}
+    if isinstance(marker, dict) and isinstance(params, dict) and marker.get("generator") == "reidkit.synthetic":
+        want = {k: (list(_parse_size(size)) if k == "size" else v) for k, v in given.items()}
         differ = {k: v for k, v in want.items() if params.get(k) != v}
         if differ:
             have = {k: params.get(k) for k in ("ids", "images_per_id", "cams", "seed", "domain", "size")}

@@ -110,8 +110,8 @@ def _plan(
                 return n
             frame += 1
 
-    for pid in pids:
-        pid = int(pid)
+    for pid_value in pids:
+        pid = int(pid_value)
         n_c = int(r.integers(2, max_cams + 1))
         pcams = np.sort(r.choice(cams, n_c, replace=False))
         share = r.dirichlet(np.ones(n_c) * 2.0)

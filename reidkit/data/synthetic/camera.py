@@ -60,7 +60,7 @@ def camera_style(seed: int, dom: int, cam: int) -> dict:
 def _noise_tex(r: np.random.Generator, h: int, w: int, scale: int, amp: float) -> np.ndarray:
     """Smooth value noise (h x w), cheap: upsampled coarse random grid."""
     coarse = r.normal(0, amp, (max(2, h // scale + 2), max(2, w // scale + 2))).astype(np.float32)
-    img = Image.fromarray(coarse, mode="F").resize((w, h), Image.BILINEAR)
+    img = Image.fromarray(coarse, mode="F").resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(img)
 
 
@@ -152,8 +152,8 @@ def _make_background(style: str, h: int, w: int, r: np.random.Generator) -> Imag
             d.rectangle((x, hz - int(r.integers(20, 50)), x + 3, h), fill=(70, 70, 60))
     # clutter: benches, bins, bollards
     for _ in range(int(r.integers(1, 4)) * w // 300):
-        x, bw, bh = r.uniform(0, w), r.uniform(10, 40), r.uniform(10, 35)
-        d.rectangle((x, hz + 4 - bh, x + bw, hz + 4), fill=colour(r.uniform(30, 160, 3)))
+        bx, bw, bh = r.uniform(0, w), r.uniform(10, 40), r.uniform(10, 35)
+        d.rectangle((bx, hz + 4 - bh, bx + bw, hz + 4), fill=colour(r.uniform(30, 160, 3)))
     arr = np.asarray(img, dtype=np.float32)
     # Real scenes behind pedestrians are mostly muted (pavement, walls); saturated, contrasty
     # backgrounds would dominate pixel distances more than the people do.
@@ -179,7 +179,9 @@ def photometric(img: Image.Image, cs: dict, r: np.random.Generator) -> Image.Ima
     W, H = img.size
     f = min(1.0, cs["res"] * r.uniform(0.85, 1.15))
     if f < 0.97:
-        img = img.resize((max(8, int(W * f)), max(8, int(H * f))), Image.BILINEAR).resize((W, H), Image.BILINEAR)
+        img = img.resize((max(8, int(W * f)), max(8, int(H * f))), Image.Resampling.BILINEAR).resize(
+            (W, H), Image.Resampling.BILINEAR
+        )
     blur = cs["blur"] * r.uniform(0.7, 1.3)
     if blur > 0.15:
         img = img.filter(ImageFilter.GaussianBlur(blur))

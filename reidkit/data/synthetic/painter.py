@@ -105,6 +105,7 @@ def _pattern(
     xs = (np.arange(x0, x1, dtype=np.float32) - origin[0]) / p
     ys = (np.arange(y0, y1, dtype=np.float32) - origin[1]) / p
     h, w = len(ys), len(xs)
+    m: np.ndarray
     if kind == "hstripes":
         m = np.broadcast_to(((ys % 1.0) < 0.45)[:, None], (h, w))
     elif kind == "vstripes":
@@ -212,7 +213,7 @@ def _side_limbs(
         arms.append((sh, elbow, hand))
     # the lower foot touches the ground: lift the hips if needed (never stretch the legs)
     shift = ankle_y - max(legs[0][2][1], legs[1][2][1])
-    legs = [tuple((p[0], p[1] + shift) for p in leg) for leg in legs]
+    legs = [[(p[0], p[1] + shift) for p in leg] for leg in legs]
     return legs, arms
 
 
@@ -301,7 +302,9 @@ def _shaded(paint: Any, shade: float, plain: np.ndarray | None = None) -> Any:
     """``paint`` darkened by ``shade`` (< 1 for far limbs); a texture falls back to its ``plain`` colour there."""
     if shade >= 1:
         return paint
-    return (plain if isinstance(paint, _Tex) else paint) * shade
+    base = plain if isinstance(paint, _Tex) else paint
+    assert base is not None, "a texture is shaded through its plain colour"
+    return base * shade
 
 
 def draw_leg(P: Painter, f: Figure, leg: tuple, shade: float = 1.0) -> None:

@@ -105,7 +105,7 @@ def render_crop(job: Job, seed: int, dom: int, size: tuple[int, int]) -> Image.I
     if job.kind != "background" and r.random() < 0.2:
         _occluder(scene, tuple(box), r, u)
     box = [max(0.0, box[0]), max(0.0, box[1]), min(float(ws), box[2]), min(float(hs), box[3])]
-    img = scene.resize((W, H), Image.BILINEAR, box=tuple(box))
+    img = scene.resize((W, H), Image.Resampling.BILINEAR, box=(box[0], box[1], box[2], box[3]))
     return photometric(img, cs, r)
 
 

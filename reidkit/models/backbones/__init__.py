@@ -272,5 +272,5 @@ def build_backbone(
         else:
             report = load_pretrained(model, source, key_map=key_map)
     # Kept on the module so callers (training logs, tests) can see what was loaded.
-    model.pretrained_report = report
+    setattr(model, "pretrained_report", report)  # not an nn.Module-typed attribute
     return model

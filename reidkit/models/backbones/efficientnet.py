@@ -68,6 +68,7 @@ class MBConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
         super().__init__()
         mid = cin * expand
+        self._expand_conv: nn.Conv2d | None
         if expand != 1:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)

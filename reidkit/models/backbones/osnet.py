@@ -25,6 +25,8 @@ download them and pass the local file, e.g. ``model.pretrained=osnet_x1_0_imagen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -180,6 +182,8 @@ def _transition(c: int) -> nn.Sequential:
 
 class _OSNetBase(nn.Module):
     """Shared init and the ReID feature contract (``out_channels``, ``mean``/``std``)."""
+
+    forward_features: Callable[[torch.Tensor], torch.Tensor]  # each subclass defines its own
 
     def _init_weights(self) -> None:
         for m in self.modules():

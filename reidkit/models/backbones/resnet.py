@@ -25,13 +25,14 @@ class IBN(nn.Module):
 
     def __init__(self, planes: int, ratio: float = 0.5) -> None:
         super().__init__()
-        self.half = int(planes * ratio)
-        self.IN = nn.InstanceNorm2d(self.half, affine=True)
-        self.BN = nn.BatchNorm2d(planes - self.half)
+        # (not `self.half`: that name is nn.Module.half(), which an int attribute would shadow)
+        self.in_planes = int(planes * ratio)
+        self.IN = nn.InstanceNorm2d(self.in_planes, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.in_planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the two channel groups separately and concatenate them back."""
-        a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        a, b = torch.split(x, [self.in_planes, x.shape[1] - self.in_planes], dim=1)
         return torch.cat((self.IN(a.contiguous()), self.BN(b.contiguous())), dim=1)
 
 
@@ -151,6 +152,12 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet/ResNeXt feature extractor (no pooling, no classifier) with SE and IBN-a/IBN-b switches."""
 
+    # the four stages, set by name in __init__ (torchvision's attribute names, so its weights load)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],
@@ -175,8 +182,8 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         # IBN-b normalises the stem with IN (affine) instead of BN, as in the IBN-Net release.
         self.bn1 = nn.InstanceNorm2d(64, affine=True) if ibn == "b" else nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.relu: nn.Module = nn.ReLU(inplace=True)  # nn.Module: interop may swap in nn.Identity
+        self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
         # IBN-a: IBN in every block of layer1-3 (layer4 stays BN for discrimination);
         # IBN-b: IN after the addition of the last block of layer1 and layer2.
         stage_ibn = ("a", "a", "a", None) if ibn == "a" else (None,) * 4
@@ -206,11 +213,22 @@ class ResNet(nn.Module):
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        kw = dict(groups=self.groups, base_width=self.base_width, ibn=ibn, se=se)
-        layers = [block(self.inplanes, planes, stride, downsample, in_after_add=in_last and blocks == 1, **kw)]
-        self.inplanes = planes * block.expansion
-        for i in range(1, blocks):
-            layers.append(block(self.inplanes, planes, in_after_add=in_last and i == blocks - 1, **kw))
+        layers: list[nn.Module] = []
+        for i in range(blocks):
+            layers.append(
+                block(
+                    self.inplanes,
+                    planes,
+                    stride if i == 0 else 1,
+                    downsample if i == 0 else None,
+                    groups=self.groups,
+                    base_width=self.base_width,
+                    ibn=ibn,
+                    in_after_add=in_last and i == blocks - 1,
+                    se=se,
+                )
+            )
+            self.inplanes = planes * block.expansion
         return nn.Sequential(*layers)
 
     def _init_weights(self) -> None:

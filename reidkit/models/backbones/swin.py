@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -83,6 +84,8 @@ def shift_mask(hp: int, wp: int, window: int, shift: int) -> torch.Tensor:
 
 class WindowAttention(nn.Module):
     """Window multi-head attention with a relative position bias table (SDPA with an additive mask)."""
+
+    relative_position_index: torch.Tensor  # a buffer (register_buffer)
 
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
@@ -186,6 +189,15 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim) if downsample else None
 
 
+class _PatchEmbed(nn.Module):
+    """Patch projection and its norm (the ``patch_embed.proj`` / ``patch_embed.norm`` keys of Swin's weights)."""
+
+    def __init__(self, embed_dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+
 class SwinTransformer(nn.Module):
     """Swin backbone; ``forward_features(x, semantic_weight=None) -> B x 8C x H/32 x W/32`` (normed)."""
 
@@ -205,9 +217,7 @@ class SwinTransformer(nn.Module):
         if semantic_weight > 1.0:
             raise ReIDError(f"model.semantic_weight: expected a value in [0, 1] (or < 0: off), got {semantic_weight}")
         self.patch_size = patch_size
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
-        self.patch_embed.norm = nn.LayerNorm(embed_dim)
+        self.patch_embed = _PatchEmbed(embed_dim, patch_size)
         dims = [embed_dim * 2**i for i in range(len(depths))]
         rates = torch.linspace(0, drop_path, sum(depths), device="cpu").tolist()  # values, also under a meta device
         self.layers = nn.ModuleList()
@@ -223,7 +233,8 @@ class SwinTransformer(nn.Module):
             widths = [dims[min(i + 1, len(dims) - 1)] for i in range(len(depths))]
             self.semantic_embed_w = nn.ModuleList([nn.Linear(2, d) for d in widths])
             self.semantic_embed_b = nn.ModuleList([nn.Linear(2, d) for d in widths])
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.mean: tuple[float, ...] = IMAGENET_MEAN
+        self.std: tuple[float, ...] = IMAGENET_STD
         self._init_weights()
         if self.semantic_weight >= 0:
             # SOLIDER keeps them fixed: they come with the person-pretrained weights.
@@ -258,6 +269,7 @@ class SwinTransformer(nn.Module):
         x = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
         out, out_hw = x, hw
         for i, stage in enumerate(self.layers):
+            assert isinstance(stage, SwinStage)  # the only modules __init__ puts in self.layers
             for blk in stage.blocks:
                 x = blk(x, hw)
             out, out_hw = x, hw
@@ -287,10 +299,16 @@ class SwinTransformer(nn.Module):
         return out
 
 
-_SIZES = {
-    "swin_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "swin_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "swin_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+class _SwinSize(TypedDict):
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+
+
+_SIZES: dict[str, _SwinSize] = {
+    "swin_tiny": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)},
+    "swin_small": {"embed_dim": 96, "depths": (2, 2, 18, 2), "num_heads": (3, 6, 12, 24)},
+    "swin_base": {"embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32)},
 }
 
 
@@ -300,4 +318,11 @@ def build_swin(
     """Build a Swin size (window 7); ``last_stride`` does not apply to Swin and is ignored."""
     if variant not in _SIZES:
         raise ReIDError(f"unknown Swin size {variant!r}; expected one of {', '.join(_SIZES)}")
-    return SwinTransformer(**_SIZES[variant], drop_path=float(drop_path), semantic_weight=float(semantic_weight))
+    size = _SIZES[variant]
+    return SwinTransformer(
+        embed_dim=size["embed_dim"],
+        depths=size["depths"],
+        num_heads=size["num_heads"],
+        drop_path=float(drop_path),
+        semantic_weight=float(semantic_weight),
+    )

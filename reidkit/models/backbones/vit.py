@@ -228,7 +228,8 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # values, also under a meta device
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.mean: tuple[float, ...] = IMAGENET_MEAN
+        self.std: tuple[float, ...] = IMAGENET_STD
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -239,7 +240,7 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with the class token prepended, position (and camera) embeddings added."""
         tokens, grid = self.patch_embed(x)
-        pos = self.pos_embed
+        pos: torch.Tensor = self.pos_embed
         if grid != self.grid:  # another input size than the one the embeddings were learned for
             pos = resize_pos_embed(pos, grid, self.grid)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + pos
@@ -312,8 +313,11 @@ def build_vit(
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> VisionTransformer:
     """Build a registered ViT size; ``last_stride`` does not apply to ViTs and is ignored."""
+    size = _SIZES[variant]
     model = VisionTransformer(
-        **_SIZES[variant],
+        embed_dim=size["embed_dim"],
+        depth=size["depth"],
+        num_heads=size["num_heads"],
         img_size=(int(img_size[0]), int(img_size[1])),
         stride_size=int(stride_size),
         sie=bool(sie),

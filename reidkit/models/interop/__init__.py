@@ -94,7 +94,7 @@ def detect_format(state: Mapping[str, Any], origin: str = "<state dict>") -> str
 
 
 def load_foreign(
-    path_or_state: str | os.PathLike | Mapping[str, Any],
+    path_or_state: str | os.PathLike | Mapping[str, Any] | torch.nn.Module,
     fmt: str | None = None,
     device: str | torch.device = "cpu",
     origin: str | None = None,

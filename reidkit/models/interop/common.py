@@ -141,7 +141,7 @@ def load_mapped(model: nn.Module, mapped: Mapping[str, torch.Tensor], fmt: str, 
 
 # ----------------------------------------------------------------------------- ResNet layouts
 
-_RESNET_DEPTHS = {
+_RESNET_DEPTHS: dict[tuple[str, tuple[int, ...]], int] = {
     ("basic", (2, 2, 2, 2)): 18,
     ("basic", (3, 4, 6, 3)): 34,
     ("bottleneck", (3, 4, 6, 3)): 50,

@@ -88,7 +88,8 @@ def build(
     km = KeyMap(state, "solider", origin)
     embed_dim = int(km.get("base.patch_embed.projection.weight").shape[0])
     patch = int(km.get("base.patch_embed.projection.weight").shape[-1])
-    depths, heads = [], []
+    depths: list[int] = []
+    heads: list[int] = []
     while any(k.startswith(f"base.stages.{len(depths)}.") for k in state):
         i = len(depths)
         n = 0
@@ -129,7 +130,7 @@ def build(
             continue
         rest = m.group(3)
         if rest.endswith(("relative_position_index", "attn_mask")):
-            km.drop(lambda k, key=key: k == key)  # derived buffers, rebuilt by the module
+            km.drop(key.__eq__)  # derived buffers, rebuilt by the module
             continue
         for src, dst in block_map.items():
             if rest.startswith(src):

@@ -136,7 +136,7 @@ def build(
         if key.startswith(prefixes):
             km.put("backbone." + key, key)
     embed, dim = _fc_block(km)
-    feat_dim = dim if dim is not None else int(backbone.out_channels)
+    feat_dim = dim if dim is not None else int(getattr(backbone, "out_channels"))
     classifier = _classifier(km)
     km.check_consumed("torchreid parts outside the backbone + global average pool + fc + classifier")
     head = ForeignHead(SimplePool("avg"), feat_dim, embed=embed, bn=None, classifier=classifier, neck_feat="before")

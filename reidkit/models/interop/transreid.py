@@ -172,7 +172,9 @@ def build(
         if km.has(key) and tuple(km.get(key).shape) == (num_classes, dim):
             km.put(f"head.classifiers.{i}.fc.weight", key)
         else:
-            km.out[f"head.classifiers.{i}.fc.weight"] = head.classifiers[i].fc.weight.detach().clone()
+            km.out[f"head.classifiers.{i}.fc.weight"] = (
+                head.get_parameter(f"classifiers.{i}.fc.weight").detach().clone()
+            )
     km.drop(lambda k: re.fullmatch(r"classifier(_\d+)?\.(weight|bias|kernel)", k) is not None)
     km.check_consumed("TransReID parts outside base ViT + b1/b2 + bottleneck* + classifier*")
     model = ReIDModel(trunk, head, HALF_MEAN, HALF_STD, arch="transreid")
