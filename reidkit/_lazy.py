@@ -12,8 +12,8 @@ def lazy_getattr(
 ) -> Callable[[str], Any]:
     """A module ``__getattr__`` that imports ``names[attr]`` on first use and returns its ``attr``.
 
-    ``moved``: deprecated names of the package, each mapped to the module it moved to; using one warns
-    (DeprecationWarning, naming the new place) and returns the name from there.
+    ``moved``: deprecated names of the package, each mapped to where it moved (``"module.name"``); using one
+    warns (DeprecationWarning, naming the new place) and returns the object from there.
     """
     moved = moved or {}
 
@@ -21,12 +21,13 @@ def lazy_getattr(
         if name in names:
             return getattr(importlib.import_module(names[name]), name)
         if name in moved:
+            module, _, attr = moved[name].rpartition(".")
             warnings.warn(
-                f"{package}.{name} is deprecated: it moved to {moved[name]}.{name}; the old name will be removed",
+                f"{package}.{name} is deprecated: it moved to {moved[name]}; the old name will be removed",
                 DeprecationWarning,
                 stacklevel=2,
             )
-            return getattr(importlib.import_module(moved[name]), name)
+            return getattr(importlib.import_module(module), attr)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__

@@ -209,3 +209,13 @@ def test_index_build_and_add_run_the_engine_they_are_given(tmp_path, monkeypatch
     g = Gallery.open(tmp_path / "t", engine="onnx")
     assert g.extractor.engine == "onnx"  # what `index add --engine onnx` embeds with
     assert main(["index", "add", "--images", str(crops), "--db", str(tmp_path / "t"), "--engine", "auto"]) == 0
+
+
+def test_one_embed_paths_and_it_is_inference_s():
+    from pathlib import Path
+
+    import reidkit
+
+    root = Path(reidkit.__file__).parent
+    found = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "def embed_paths(" in p.read_text()]
+    assert found == ["inference/__init__.py"]

@@ -18,6 +18,7 @@ from reidkit.utils.io import (
     atomic_write,
     clean_stale_temps,
     ensure_dir,
+    image_paths,
     list_images,
     write_json,
 )
@@ -126,3 +127,29 @@ def test_link_or_copy_links_atomically_and_a_later_rewrite_of_the_source_keeps_t
     monkeypatch.setattr("os.link", no_links)
     assert link_or_copy(src, dst) is False  # a file system without hard links: a copy
     assert dst.read_text() == "epoch 5" and dst.stat().st_ino != src.stat().st_ino
+
+
+def test_image_paths_lists_each_file_once_as_its_real_path(tmp_path: Path):
+    sub = tmp_path / "crops" / "cam1"
+    sub.mkdir(parents=True)
+    for name in ("b.jpg", "a.png"):
+        Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(sub / name)
+    (tmp_path / "crops" / "same.jpg").symlink_to(sub / "a.png")  # one file under two names: listed once
+    got = image_paths(tmp_path / "crops")
+    assert got == [str((sub / "a.png").resolve()), str((sub / "b.jpg").resolve())]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReIDError, match=f"^images folder {empty}: no image files"):
+        image_paths(empty)
+    with pytest.raises(ReIDError, match="^--images: .*nowhere is not a folder"):
+        image_paths(tmp_path / "nowhere", what="--images:")
+
+
+def test_the_one_folder_lister_keeps_its_old_retrieval_name_deprecated():
+    import reidkit.retrieval as retrieval
+
+    with pytest.warns(DeprecationWarning, match="moved to reidkit.utils.io.image_paths"):
+        assert retrieval.list_images is image_paths
+    root = Path(__file__).resolve().parent.parent / "reidkit"
+    listers = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "def list_images(" in p.read_text()]
+    assert listers == ["utils/io.py"]

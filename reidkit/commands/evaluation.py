@@ -99,21 +99,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     vis.set_defaults(func=_visrank)
 
 
-def _list_images(folder):
-    from pathlib import Path
-
-    from reidkit.errors import ReIDError
-    from reidkit.utils.io import IMAGE_EXTENSIONS, list_images
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise ReIDError(f"--images: {folder} is not a folder")
-    paths = [str(p.resolve()) for p in list_images(root, recursive=True)]
-    if not paths:
-        raise ReIDError(f"--images: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
-    return paths
-
-
 def _check_out_file(out, flag: str = "--out"):
     """The output file's folder exists or can be made, and the path is not a folder."""
     from pathlib import Path
@@ -171,10 +156,10 @@ def _extract(args: argparse.Namespace) -> int:
     import numpy as np
 
     from reidkit.errors import ReIDError
-    from reidkit.inference.features import init_distributed
     from reidkit.inference import FeatureExtractor
+    from reidkit.inference.features import init_distributed
     from reidkit.models.loading import local_weights
-    from reidkit.utils.io import atomic_write
+    from reidkit.utils.io import atomic_write, image_paths
     from reidkit.utils.progress import console_logging, step
     from reidkit.utils.runtime import resolve_device
 
@@ -189,7 +174,7 @@ def _extract(args: argparse.Namespace) -> int:
     if args.onnx and Path(source).suffix.lower() != ".onnx":
         raise ReIDError(f"--onnx: {source} is not an .onnx file")
     out = _check_out_file(args.out)
-    paths = _list_images(args.images)
+    paths = image_paths(args.images, what="--images:")
     device = resolve_device("cpu" if args.onnx else (args.device or "auto"), key="--device")
     fx = FeatureExtractor.load(
         source,

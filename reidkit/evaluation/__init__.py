@@ -22,7 +22,7 @@ _LAZY = {
 }
 
 # Deprecated: the batch loop moved to inference (reidkit.extract_features is the public name).
-_MOVED = {"extract_features": "reidkit.inference.features"}
+_MOVED = {"extract_features": "reidkit.inference.features.extract_features"}
 
 __all__ = list(_LAZY)
 

@@ -13,7 +13,6 @@ _LAZY = {
     "FeatureExtractor": "reidkit.inference",
     "ModelIdentity": "reidkit.inference",
     "parse_camera_frame": "reidkit.retrieval.folder",
-    "list_images": "reidkit.retrieval.folder",
     "check_gallery": "reidkit.retrieval.maintenance",
     "repair_gallery": "reidkit.retrieval.maintenance",
     "open_store": "reidkit.retrieval.backends",
@@ -25,7 +24,10 @@ _LAZY = {
     "create_app": "reidkit.retrieval.service",
 }
 
+# Deprecated: the folder lister is reidkit.utils.io's, one for the whole package.
+_MOVED = {"list_images": "reidkit.utils.io.image_paths"}
+
 __all__ = list(_LAZY)
 
 
-__getattr__ = lazy_getattr(__name__, _LAZY)
+__getattr__ = lazy_getattr(__name__, _LAZY, _MOVED)

@@ -34,7 +34,9 @@ from reidkit.retrieval.ann import (
     check_positive,
 )
 from reidkit.inference import FeatureExtractor, ModelIdentity
-from reidkit.retrieval.folder import embed_paths, image_rows, list_images, parse_camera_frame
+from reidkit.inference.chunks import embed_chunks
+from reidkit.retrieval.folder import image_rows, parse_camera_frame
+from reidkit.utils.io import image_paths
 from reidkit.retrieval.backends import (
     Capabilities,
     GalleryStore,
@@ -279,7 +281,7 @@ class Gallery:
             ("--batch-size", batch_size),
         ):
             check_positive(name, v)
-        paths = list_images(images_dir)
+        paths = image_paths(images_dir)
         builder = resolve(db, collection).builder(
             overwrite=overwrite,
             settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
@@ -313,7 +315,7 @@ class Gallery:
         n = 0
         try:
             builder.start(ident, info)
-            for part in embed_paths(extractor, paths, progress=progress, strict=strict):
+            for part in embed_chunks(extractor, paths, progress=progress, strict=strict):
                 builder.append(image_rows(part.paths), part.features)
                 n += len(part.paths)
                 corrupt.extend(part.corrupt)
@@ -492,13 +494,13 @@ class Gallery:
         self.store.check_writable()
         if weights is not None:
             self.use_model(weights)
-        paths = list_images(images_dir)
+        paths = image_paths(images_dir)
         known = self._snap.image_paths()
         new = [p for p in paths if p not in known]
         corrupt: list[str] = []
         good: list[str] = []
         feats: list[np.ndarray] = []
-        for part in embed_paths(self.extractor, new, progress=progress, strict=strict):
+        for part in embed_chunks(self.extractor, new, progress=progress, strict=strict):
             good.extend(part.paths)
             feats.append(part.features)
             corrupt.extend(part.corrupt)

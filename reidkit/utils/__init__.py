@@ -15,6 +15,7 @@ _LAZY = {
             "atomic_path",
             "atomic_write",
             "clean_stale_temps",
+            "image_paths",
             "is_image_file",
             "list_images",
             "output_target",

@@ -47,6 +47,7 @@ __all__ = [
     "atomic_write_bytes",
     "clean_stale_temps",
     "ensure_dir",
+    "image_paths",
     "is_image_file",
     "list_images",
     "output_target",
@@ -171,6 +172,20 @@ def list_images(
         if skipped is not None:
             skipped.extend(notes)
     return sorted(p for _, p in found)
+
+
+def image_paths(folder: str | os.PathLike, what: str = "images folder") -> list[str]:
+    """Absolute real paths of the images under ``folder`` (``list_images``, recursive), each file once, sorted.
+
+    A ``folder`` that is not a folder, or holds no image, is one ReIDError that starts with ``what``.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ReIDError(f"{what} {root} is not a folder")
+    paths = sorted({str(p.resolve()) for p in list_images(root)})
+    if not paths:
+        raise ReIDError(f"{what} {root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under it")
+    return paths
 
 
 def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:

@@ -24,7 +24,7 @@ from reidkit.retrieval.backends.protocol import crash_point
 from reidkit.retrieval.backends.sqlite import generations as G
 from reidkit.retrieval.backends.sqlite import schema as S
 from reidkit.retrieval.backends.sqlite.snapshot import SQLiteSnapshot
-from reidkit.retrieval.folder import embed_paths
+from reidkit.inference.chunks import embed_chunks
 from reidkit.utils.io import pid_alive
 
 __all__ = ["check_folder", "repair_folder", "lock_files", "VIDEO_LOCKS"]
@@ -250,7 +250,7 @@ def repair_folder(
                 progress(f"re-extracting {len(missing)} images with {ident.label()}")
             paths = [r[1] for r in missing]
             done: set[str] = set()
-            for part in embed_paths(ext, paths, progress=progress):
+            for part in embed_chunks(ext, paths, progress=progress):
                 by_path = {r[1]: r[0] for r in missing}
                 for p, f in zip(part.paths, part.features):
                     vecs[by_path[p]] = f
