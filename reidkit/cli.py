@@ -65,9 +65,10 @@ def _verb_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> di
     parameter name says so with ``reidkit.commands.params(action, "capacity")``.
     """
     flags: dict[str, str] = {}
-    while parser is not None:
+    current: argparse.ArgumentParser | None = parser
+    while current is not None:
         chosen = None
-        for action in parser._actions:
+        for action in current._actions:
             longs = [o for o in action.option_strings if o.startswith("--")]
             if longs:
                 flags.setdefault(action.dest, longs[0])
@@ -76,7 +77,7 @@ def _verb_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> di
                     flags[name] = longs[0]
             if isinstance(action, argparse._SubParsersAction):
                 chosen = action.choices.get(getattr(args, action.dest, None) or "")
-        parser = chosen
+        current = chosen
     return flags
 
 

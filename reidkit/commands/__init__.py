@@ -11,7 +11,7 @@ FOREIGN_FORMATS = ("fastreid", "torchreid", "strong_baseline", "transreid", "sol
 def params(action: argparse.Action, *names: str) -> argparse.Action:
     """Mark ``action`` as the flag of the library parameters ``names``: an OptionError naming one of them
     (``capacity: must be >= 1``) is printed with this flag (``--max-pixels-in-flight: must be >= 1``)."""
-    action.params = names
+    setattr(action, "params", names)  # read back by reidkit.cli (getattr(action, "params", ()))
     return action
 
 

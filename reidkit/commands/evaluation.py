@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from reidkit.commands import add_engine_argument, add_from_argument, add_trust_argument, params
 from reidkit.commands._args import side
@@ -249,7 +250,7 @@ def _extract(args: argparse.Namespace) -> int:
     lost = set(skipped)
     keep = np.asarray([p not in lost for p in paths], dtype=bool)
     kept_paths = [p for p, ok in zip(paths, keep) if ok]
-    payload = {
+    payload: dict[str, Any] = {
         "features": feats.astype(np.float32),
         "paths": np.asarray(kept_paths),
         "skipped": np.asarray(skipped, dtype=str),

@@ -345,10 +345,11 @@ def _build(args: argparse.Namespace) -> int:
     )
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
-    from reidkit.retrieval.backends import resolve
+    from reidkit.retrieval.backends import FilesOutsideStore, resolve
 
     default = resolve(args.db, args.collection).default_files(args.images)
     if default is not None:  # side files outside the gallery: record the folder now
+        assert isinstance(g.store, FilesOutsideStore)  # its backend said so (Capabilities.files)
         files = g.store.use_files(args.files, default=default)
         print(f"files (video thumbnails): {files}")
     return 0

@@ -440,14 +440,16 @@ def _key_values(items: list[str], flag: str, example: str) -> dict:
 def _record_files_for_cluster(args: argparse.Namespace) -> None:
     """A gallery whose side files live outside it records their folder before Dask workers, which open it by --db,
     write thumbnails."""
-    from reidkit.retrieval.backends import resolve
+    from reidkit.retrieval.backends import FilesOutsideStore, resolve
     from reidkit.retrieval.gallery import Gallery
 
     default = resolve(args.db).default_files(args.videos[0])
     if default is None:  # the backend keeps its files inside the gallery
         return
     if Gallery.exists(args.db):
-        Gallery.open(args.db).store.use_files(args.files, default=default)
+        store = Gallery.open(args.db).store
+        assert isinstance(store, FilesOutsideStore)  # its backend said so (Capabilities.files)
+        store.use_files(args.files, default=default)
         return
     from reidkit.video.ingest import open_gallery
 

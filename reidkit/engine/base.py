@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ from reidkit.errors import ReIDError
 from reidkit.utils.io import clean_stale_temps, ensure_dir, link_or_copy, write_json
 from reidkit.utils.runtime import dist_env, resolve_device, seed_everything
 
+if TYPE_CHECKING:
+    from reidkit.data.pipeline import CachedBatchLoader, PILBatchLoader
+    from reidkit.models.build import ReIDModel
+
 __all__ = ["BaseTrainer"]
 
 log = logging.getLogger("reidkit.train")
@@ -57,6 +61,10 @@ class BaseTrainer:
     """
 
     kind = "base"
+    # set by each trainer's build_model / build_loader
+    net: ReIDModel
+    loader: CachedBatchLoader | PILBatchLoader
+    epoch_length: int
 
     def __init__(self, cfg: Config | str | Path | dict[str, Any], **overrides: Any) -> None:
         self.cfg = self.load_config(cfg, overrides or None)
@@ -207,7 +215,8 @@ class BaseTrainer:
                 p.requires_grad_(False)
             log.info("backbone frozen: no gradients, BatchNorm statistics kept")
         if cfg.data.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time (documented), its stubs' overloads do not
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model: nn.Module = self._wrap(self.train_module())
 
     def train_module(self) -> nn.Module:

@@ -113,7 +113,8 @@ def save_training_checkpoint(
     """Write model + training `state` atomically; refuses a model with NaN/inf weights."""
     from reidkit.models.build import save_model
 
-    net = model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)  # unwrap DDP / DataParallel
+    net = inner if isinstance(inner, torch.nn.Module) else model
     if not all_finite(net):
         # Never replace a good checkpoint with a diverged model.
         raise ReIDError(f"refusing to write {path}: the model has NaN/inf weights (training diverged)")

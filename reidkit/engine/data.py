@@ -55,7 +55,7 @@ def build_sampler(
     if epoch_batches is None and sampler.epoch_batches is None and getattr(sampler, "epoch", "chunks") == "images":
         batch = (p or sampler.p) * (k or sampler.k)
         epoch_batches = max(1, int((np.asarray(labels) >= 0).sum()) // batch // max(1, world))
-    common = dict(
+    common: dict[str, Any] = dict(
         p=p or sampler.p,
         k=k or sampler.k,
         epoch_batches=epoch_batches if epoch_batches is not None else sampler.epoch_batches,

@@ -35,6 +35,12 @@ def every_or_last(period: int) -> Callable[[Engine, int], bool]:
     return keep
 
 
+def _output(engine: Engine) -> dict[str, Any]:
+    """The training step's output dict (``loss``, ``n``, ``parts``, ``lr``); empty before the first step."""
+    out = engine.state.output
+    return out if isinstance(out, dict) else {}
+
+
 def attach_lr_schedule(engine: Engine, scheduler: Any) -> None:
     """Step the per-iteration LambdaLR after every iteration."""
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: scheduler.step())
@@ -56,7 +62,7 @@ class NanGuard:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        out = engine.state.output or {}
+        out = _output(engine)
         loss = out.get("loss")
         if out.get("n", 1) and loss is not None and not math.isfinite(float(loss)):
             raise ReIDError(
@@ -93,14 +99,14 @@ class Progress:
     def epoch_started(self, engine: Engine) -> None:
         self._t0 = self._window_t0 = time.perf_counter()
         self._epoch_n = self._window_n = 0
-        self._loss_sum: Any = 0.0
+        self._loss_sum = 0.0
         self._loss_n = 0
         self.close()
         if self.is_main:
             self.pbar = bar(self.epoch_length, f"epoch {engine.state.epoch}/{engine.state.max_epochs}")
 
     def iteration(self, engine: Engine) -> None:
-        out = engine.state.output or {}
+        out = _output(engine)
         n = int(out.get("n", 0))
         self._window_n += n
         self._epoch_n += n
@@ -114,7 +120,7 @@ class Progress:
             self.pbar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
 
     def log_line(self, engine: Engine) -> None:
-        out = engine.state.output or {}
+        out = _output(engine)
         now = time.perf_counter()
         ips = self._window_n * self.world_size / max(now - self._window_t0, 1e-9)
         self._window_t0, self._window_n = now, 0

@@ -238,7 +238,8 @@ def param_groups(
     """
     from reidkit.models.heads import GeM
 
-    net = model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)  # unwrap DDP / DataParallel
+    net = inner if isinstance(inner, torch.nn.Module) else model
     no_decay_ids: set[int] = set()
     for mod in [net, *extra_modules]:
         for sub in mod.modules():

@@ -68,7 +68,7 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
                 log.warning("validation set %s: %d unreadable %s images skipped", name, int((~valid).sum()), split)
             kept = [r for r, v in zip(records, valid) if v]
             parts[split] = (kept, np.ascontiguousarray(np.asarray(cache.images)[valid]))
-        if dataclasses.is_dataclass(ds):
+        if dataclasses.is_dataclass(ds) and not isinstance(ds, type):
             ds = dataclasses.replace(ds, query=parts["query"][0], gallery=parts["gallery"][0])
         out.append(ValSet(name, ds, parts["query"][1], parts["gallery"][1], skipped))
     return out

@@ -31,6 +31,7 @@ def to_tensor(x, name: str = "features") -> torch.Tensor:
 def _block(q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
     if metric == "cosine":
         return 1.0 - q @ g.T
+    assert g_sq is not None  # the squared gallery norms, computed once by the callers for L2 metrics
     d = (q * q).sum(1, keepdim=True) + g_sq[None, :] - 2.0 * (q @ g.T)
     d.clamp_(min=0.0)  # cancellation can give tiny negatives
     return d.sqrt_() if metric == "euclidean" else d

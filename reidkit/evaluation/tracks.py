@@ -134,7 +134,7 @@ def _write_seq(root: Path, seq: str, gt: np.ndarray, pred: np.ndarray, length: i
     np.savetxt(t / f"{seq}.txt", pred[:, :7], fmt="%d,%d,%.3f,%.3f,%.3f,%.3f,%.4f")
 
 
-def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float]]:
+def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float | None]]:
     try:
         import trackeval
     except ImportError:
@@ -177,7 +177,7 @@ def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float
         raise ReIDError(f"TrackEval: {exc}") from None
     if msg["MotChallenge2DBox"]["pred"] != "Success":
         raise ReIDError(f"TrackEval: {msg['MotChallenge2DBox']['pred']}")
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for seq, r in res["MotChallenge2DBox"]["pred"].items():
         m = r["pedestrian"]
         out[seq] = {

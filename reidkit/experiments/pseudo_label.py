@@ -21,12 +21,15 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from reidkit.errors import ReIDError
+
+if TYPE_CHECKING:
+    from reidkit.models.build import ReIDModel
 
 __all__ = [
     "group_queries",
@@ -136,7 +139,7 @@ def pseudo_identities(
     return remap[qg], np.where(gg >= 0, remap[np.maximum(gg, 0)], -1)
 
 
-def label_precision(pseudo: Sequence[int], true: Sequence[int]) -> dict[str, Any]:
+def label_precision(pseudo: Sequence[int] | np.ndarray, true: Sequence[int] | np.ndarray) -> dict[str, Any]:
     """How right the pseudo labels are: majority precision and pairwise precision/recall.
 
     ``pseudo``: -1 = unlabelled. ``true``: identities; <= 0 (distractor/junk) never matches anyone.
@@ -170,7 +173,9 @@ def label_precision(pseudo: Sequence[int], true: Sequence[int]) -> dict[str, Any
     return out
 
 
-def write_manifest(path: str | Path, records: Sequence[Any], labels: Sequence[int], pid_offset: int = 1) -> Path:
+def write_manifest(
+    path: str | Path, records: Sequence[Any], labels: Sequence[int] | np.ndarray, pid_offset: int = 1
+) -> Path:
     """A train-only CSV manifest (path,pid,camid,split) of the labelled records; pid = label + offset."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,13 +190,13 @@ def write_manifest(path: str | Path, records: Sequence[Any], labels: Sequence[in
     return path
 
 
-def _features(model: torch.nn.Module, records: list[Any], cfg: Any, device: torch.device) -> np.ndarray:
+def _features(model: ReIDModel, records: list[Any], cfg: Any, device: torch.device) -> np.ndarray:
     from reidkit.data.pipeline import ImageCache
     from reidkit.inference.features import extract_features
 
-    size = tuple(int(v) for v in getattr(model, "input_size", cfg.data.size))
+    h, w = (int(v) for v in getattr(model, "input_size", cfg.data.size))
     cache = ImageCache.build(
-        [r.path for r in records], size=size, cache_dir=cfg.data.cache_dir, progress="pseudo-label: decoding"
+        [r.path for r in records], size=(h, w), cache_dir=cfg.data.cache_dir, progress="pseudo-label: decoding"
     )
     if not np.asarray(cache.valid).all():
         raise ReIDError(f"pseudo-label: unreadable images, first {cache.skipped[0]}")

@@ -199,7 +199,8 @@ def plan_table(
     if not root.is_dir():
         raise OptionError("data_root", f"{root} is not a folder")
     out = Path(out_dir)
-    plan, found = [], {}
+    plan: list[dict[str, Any]] = []
+    found: dict[str, Any] = {}
     for row in table.rows:
         entry: dict[str, Any] = {
             "id": row.id,
@@ -337,7 +338,7 @@ def format_markdown(table: Table, plan: list[dict[str, Any]]) -> str:
             f"{_num(ours.get('mAP'))} / {_num(ours.get('rank1'))} | {diff if ours else '-'} | {wall} | "
             f"{e.get('gpu', '-')} | {status} |"
         )
-    sources = sorted({e.get("source") for e in plan if e.get("source")})
+    sources = sorted({str(e["source"]) for e in plan if e.get("source")})
     if sources:
         lines += ["", "Sources: " + "; ".join(sources)]
     return "\n".join(lines) + "\n"

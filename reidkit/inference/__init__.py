@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.inference.features import dist_world, extract_features, gather_rows, load_images, shard_bounds
 from reidkit.models.info import IMAGENET_MEAN, IMAGENET_STD
 from reidkit.utils.validate import check_hw
@@ -238,7 +238,8 @@ class FeatureExtractor:
     ) -> FeatureExtractor:
         """Wrap an in-memory model (e.g. the one being trained) without loading or changing it."""
         info = getattr(model, "info", None)
-        hw = tuple(int(v) for v in (size or (info.input_size if info is not None else DEFAULT_SIZE)))
+        h, w = (int(v) for v in (size or (info.input_size if info is not None else DEFAULT_SIZE)))
+        hw = (h, w)
         ident = ModelIdentity(
             "in-memory",
             "",
@@ -407,6 +408,17 @@ def _choose_engine(
     """(runner, engine used): the torch model with BatchNorm folded, or its cached ONNX export."""
     if not isinstance(model, torch.nn.Module):
         return model, getattr(model, "source_format", "export")
+    from reidkit.models.build import ReIDModel
+
+    if not isinstance(model, ReIDModel):
+        # The ONNX engines export and cache a model by its facts (model.info); another module runs as it is.
+        if engine in ("onnx", "int8"):
+            raise OptionError(
+                "engine", f"{engine!r} needs a reidkit model (ReIDModel), got {type(model).__name__}", value=engine
+            )
+        from reidkit.models.fold import fold_batchnorm
+
+        return fold_batchnorm(model), "torch"
     on_cpu = device is None or str(device) == "cpu" or (str(device) == "auto" and not torch.cuda.is_available())
     if engine == "auto":
         engine = "onnx" if on_cpu and _has_onnxruntime() and not getattr(model, "uses_camera", False) else "torch"

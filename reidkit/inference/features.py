@@ -52,12 +52,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @runtime_checkable
 class FeatureModel(Protocol):
-    """What ``extract_features`` needs of a model (torch, ONNX or TorchScript)."""
+    """What ``extract_features`` needs of a model (torch, ONNX or TorchScript); it only reads the facts."""
 
-    mean: Sequence[float]
-    std: Sequence[float]
-    feat_dim: int
-    uses_camera: bool
+    @property
+    def mean(self) -> Sequence[float]: ...
+
+    @property
+    def std(self) -> Sequence[float]: ...
+
+    @property
+    def feat_dim(self) -> int: ...
+
+    @property
+    def uses_camera(self) -> bool: ...
 
     def __call__(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
         """``B x D`` features of a float ``B x 3 x H x W`` batch normalised with ``mean``/``std``."""
@@ -74,8 +81,8 @@ def _model_device(model: Any) -> torch.device | None:
         return None
     for t in model.parameters():
         return t.device
-    for t in model.buffers():
-        return t.device
+    for b in model.buffers():
+        return b.device
     return None
 
 
@@ -83,7 +90,7 @@ def _features_fn(model: Any, neck_feat: str | None):
     """``f(x, cams) -> B x D``: the model's eval feature, or the output ``neck_feat`` names."""
     if neck_feat is not None and neck_feat not in ("after", "before"):
         raise ReIDError(f"neck_feat: expected 'after' or 'before', got {neck_feat!r}")
-    net = model.module if isinstance(model, torch.nn.Module) and hasattr(model, "module") else model  # DDP
+    net: Any = model.module if isinstance(model, torch.nn.Module) and hasattr(model, "module") else model  # DDP
     if neck_feat is not None and neck_feat != getattr(getattr(net, "head", None), "neck_feat", None):
         if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
             raise ReIDError(
@@ -137,7 +144,7 @@ def gather_rows(local: torch.Tensor | None, world: int) -> torch.Tensor:
     if dim < 0:
         raise ReIDError("extract_features: no rank had images to extract")
     block = torch.zeros(max(sizes), dim, dtype=torch.float32, device=dev)
-    if rows:
+    if local is not None and rows:
         block[:rows] = local.to(dev, torch.float32)
     blocks = [torch.empty_like(block) for _ in range(world)]
     dist.all_gather(blocks, block)
@@ -314,9 +321,10 @@ def extract_features(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     model_dev = _model_device(model)
-    moved = model_dev is not None and model_dev != dev
-    if moved:
-        model.to(dev)
+    # a torch module on another device is moved for the loop and back after it
+    moved = model if isinstance(model, torch.nn.Module) and model_dev is not None and model_dev != dev else None
+    if moved is not None:
+        moved.to(dev)
     if autocast is not None:
         ctx = autocast()
     else:
@@ -335,8 +343,8 @@ def extract_features(
                 feats.append(_map_out(f, lambda t: t.cpu()))
                 bar.update(int(x.shape[0]))
     finally:
-        if moved:
-            model.to(model_dev)
+        if moved is not None:
+            moved.to(model_dev)
         if was_training and hasattr(model, "train"):
             model.train(True)
     out = {k: torch.cat([f[k] for f in feats]) for k in feats[0]} if isinstance(feats[0], dict) else torch.cat(feats)
@@ -358,5 +366,5 @@ def _gather_out(local: Any, world: int, model: Any) -> Any:
     """All-gather a rank's block (a tensor or a dict of tensors; None for an empty shard)."""
     keys = getattr(model, "spaces", None)
     if isinstance(local, dict) or (local is None and keys):
-        return {k: gather_rows(None if local is None else local[k], world) for k in (keys or list(local))}
+        return {k: gather_rows(None if local is None else local[k], world) for k in (keys or list(local or {}))}
     return gather_rows(local, world)

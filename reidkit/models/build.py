@@ -168,7 +168,7 @@ def _assemble_model(cfg: ModelConfig, num_classes: int) -> ReIDModel:
 
 def save_model(
     path: str | os.PathLike,
-    model: ReIDModel,
+    model: nn.Module,
     cfg: ModelConfig,
     num_classes: int,
     input_size: tuple[int, int] | list[int],

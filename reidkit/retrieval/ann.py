@@ -96,6 +96,7 @@ def make_faiss_index(
     if nlist > len(train):
         raise OptionError("nlist", f"more lists than gallery entries ({len(train)})", value=nlist)
     quantizer = faiss.IndexFlatIP(dim)
+    index: faiss.IndexIVF
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     else:
@@ -104,9 +105,10 @@ def make_faiss_index(
             raise OptionError("pq_m", f"must divide the feature dimension {dim}", value=m)
         # 8-bit codes need >= 256 training points per sub-quantiser; small galleries get fewer bits.
         nbits = int(max(1, min(8, np.floor(np.log2(max(2, len(train)))))))
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-        index.pq.cp.min_points_per_centroid = 1
-        index.pq.cp.seed = int(seed)
+        ivfpq = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        ivfpq.pq.cp.min_points_per_centroid = 1
+        ivfpq.pq.cp.seed = int(seed)
+        index = ivfpq
     index.cp.seed = int(seed)
     # faiss only warns below 39 points per centroid; small galleries are expected to be there
     index.cp.min_points_per_centroid = 1

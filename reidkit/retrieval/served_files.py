@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from reidkit.errors import NotFound
 from reidkit.retrieval.store import FILE_STAT_KEY, THUMB_STATS_KEY, parse_file_stat
@@ -151,7 +152,7 @@ class IndexedFileResponse(Response):
         self.fd, self.size, self.what = fd, int(st.st_size), what
         self._close = weakref.finalize(self, os.close, fd)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         import anyio
 
         start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
@@ -193,7 +194,7 @@ class HeadAsGet:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "HEAD":
             await self.app(scope, receive, send)
             return

@@ -49,7 +49,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
@@ -371,7 +371,7 @@ async def json_body(
         raise HTTPException(422, detail=_validation_message(exc.errors(include_url=False), body=True)) from None
 
 
-def _validation_message(errors: Sequence[dict[str, Any]], body: bool = False) -> str:
+def _validation_message(errors: Sequence[Mapping[str, Any]], body: bool = False) -> str:
     parts = []
     for err in errors[:5]:
         loc = [str(x) for x in err.get("loc", ()) if not (body and x == "body")]

@@ -114,8 +114,9 @@ def probe_upload(
     """(width, height) the upload will decode to, from its header alone; UploadError 413/415/400."""
     with _open(data) as im:
         _draft(im, draft_min_side)  # the limit is on what gets decoded: a big JPEG decoded at 1/8 may pass
-        _check_size(*im.size, max_pixels)
-        return im.size
+        w, h = im.size
+        _check_size(w, h, max_pixels)
+        return w, h
 
 
 def decode_upload(

@@ -152,8 +152,8 @@ def _make_background(style: str, h: int, w: int, r: np.random.Generator) -> Imag
             d.rectangle((x, hz - int(r.integers(20, 50)), x + 3, h), fill=(70, 70, 60))
     # clutter: benches, bins, bollards
     for _ in range(int(r.integers(1, 4)) * w // 300):
-        bx, bw, bh = r.uniform(0, w), r.uniform(10, 40), r.uniform(10, 35)
-        d.rectangle((bx, hz + 4 - bh, bx + bw, hz + 4), fill=colour(r.uniform(30, 160, 3)))
+        ox, ow, oh = r.uniform(0, w), r.uniform(10, 40), r.uniform(10, 35)
+        d.rectangle((ox, hz + 4 - oh, ox + ow, hz + 4), fill=colour(r.uniform(30, 160, 3)))
     arr = np.asarray(img, dtype=np.float32)
     # Real scenes behind pedestrians are mostly muted (pavement, walls); saturated, contrasty
     # backgrounds would dominate pixel distances more than the people do.

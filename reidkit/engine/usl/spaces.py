@@ -8,20 +8,23 @@ and gathered in order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from reidkit.models.build import ReIDModel
+
 __all__ = ["SpaceModel", "extract_spaces", "space_features"]
 
 
-def _pool(net: nn.Module, fmap: torch.Tensor, which: str) -> torch.Tensor:
+def _pool(net: ReIDModel, fmap: torch.Tensor, which: str) -> torch.Tensor:
     return net.forward_head(fmap, which=which)
 
 
-def space_features(net: nn.Module, fmap: torch.Tensor, spaces: list[str], neck_after: bool) -> dict[str, torch.Tensor]:
+def space_features(net: ReIDModel, fmap: torch.Tensor, spaces: list[str], neck_after: bool) -> dict[str, torch.Tensor]:
     """Features of each space from a backbone feature map (global: pool + neck, parts: pooled halves)."""
     out: dict[str, torch.Tensor] = {"global": _pool(net, fmap, "after" if neck_after else "before")}
     h = fmap.shape[2]
@@ -38,7 +41,7 @@ def space_features(net: nn.Module, fmap: torch.Tensor, spaces: list[str], neck_a
 class SpaceModel(nn.Module):
     """``images -> {space: B x D}`` around a ReID model (the module DDP wraps in USL training)."""
 
-    def __init__(self, net: nn.Module, spaces: list[str], neck_after: bool) -> None:
+    def __init__(self, net: ReIDModel, spaces: list[str], neck_after: bool) -> None:
         super().__init__()
         self.net = net
         self.spaces = list(spaces)
@@ -51,7 +54,7 @@ class SpaceModel(nn.Module):
 
 @torch.no_grad()
 def extract_spaces(
-    net: nn.Module,
+    net: ReIDModel,
     images: np.ndarray,
     spaces: list[str],
     device: torch.device,

@@ -30,6 +30,7 @@ from reidkit.retrieval.backends.protocol import (
     FILES_INSIDE,
     FILES_OUTSIDE,
     Capabilities,
+    FilesOutsideStore,
     GalleryStore,
     SearchFilter,
     StoreBuilder,
@@ -44,6 +45,7 @@ __all__ = [
     "Capabilities",
     "FILES_INSIDE",
     "FILES_OUTSIDE",
+    "FilesOutsideStore",
     "GalleryStore",
     "SearchFilter",
     "StoreBuilder",
@@ -184,6 +186,7 @@ def resolve(db: str | os.PathLike, collection: str | None = None) -> Backend:
     An unknown scheme is one OptionError naming ``db`` (``--db`` on the CLI), the nearest scheme and every one
     registered."""
     name = scheme(db)
+    value: Path | str  # a folder Path for the embedded backend, else the string (Backend.db)
     if name is None:
         name, value = DEFAULT_BACKEND, Path(db).expanduser().absolute()
     elif name not in BACKENDS or name == DEFAULT_BACKEND:

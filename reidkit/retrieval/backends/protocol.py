@@ -42,6 +42,7 @@ __all__ = [
     "StoreSnapshot",
     "StoreBuilder",
     "GalleryStore",
+    "FilesOutsideStore",
     "CRASH_ENV",
     "CRASH_POINTS",
     "crash_point",
@@ -171,6 +172,15 @@ class StoreBuilder(Protocol):
         """Make the new gallery visible (replacing the old one under `overwrite`); returns its store."""
 
     def abort(self) -> None: ...
+
+
+@runtime_checkable
+class FilesOutsideStore(Protocol):
+    """What a store whose side files live outside it (``Capabilities.files == FILES_OUTSIDE``) adds."""
+
+    def use_files(self, files: str | os.PathLike | None = None, default: str | os.PathLike | None = None) -> Path:
+        """Record (or check against the recorded one) the local side-file folder: ``files``, else ``default``."""
+        ...
 
 
 @runtime_checkable

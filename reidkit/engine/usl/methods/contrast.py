@@ -34,7 +34,7 @@ class ClusterContrast(USLMethod):
         usl = self.usl
         kind = self.memory_kind or usl.memory
         n, dim = int(labels.max()) + 1, glob.shape[1]
-        common = dict(temp=usl.temperature, momentum=usl.momentum, gather=self.ctx.gather)
+        common: dict[str, Any] = dict(temp=usl.temperature, momentum=usl.momentum, gather=self.ctx.gather)
         if kind == "hybrid":
             mem: Any = HybridMemory(dim, n, weight=usl.hard_weight, **common)
             mem.reset(glob, torch.as_tensor(labels))

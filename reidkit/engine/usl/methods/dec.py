@@ -54,6 +54,7 @@ class DEC(USLMethod):
                 include_self_in_k1=usl.include_self_in_k1,
                 search=usl.search,
             )
+            assert isinstance(labels, np.ndarray)  # return_eps=False: the labels alone
             k = int(labels.max()) + 1
             if k < 2:
                 raise ReIDError(

@@ -385,7 +385,7 @@ class _Collections:
             m["name"],
             m["source"],
             int(m["feat_dim"]),
-            tuple(m["input_size"]),  # type: ignore[arg-type]
+            tuple(m["input_size"]),
             tuple(m["mean"]),
             tuple(m["std"]),
         )
@@ -403,8 +403,9 @@ class _Collections:
         for i, r, v in zip(ids, rows, vectors):
             d = {f: r.get(f) for f in _FIELDS}
             for f, limit in _VARCHAR.items():  # refused here, naming the field, not as Milvus's schema error
-                if isinstance(d[f], str):
-                    _check_text(f, d[f], limit)
+                value = d[f]
+                if isinstance(value, str):
+                    _check_text(f, value, limit)
             d["meta"] = json.loads(r["meta"]) if isinstance(r.get("meta"), str) else r.get("meta")
             data.append({"id": int(i), "vector": np.asarray(v, np.float32).tolist(), **d})
         for s in iter_chunks(len(data), _BATCH):

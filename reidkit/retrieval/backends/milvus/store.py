@@ -368,7 +368,8 @@ class MilvusStore:
         lock_timeout: float | None = None,
     ) -> tuple[int, MilvusSnapshot | None]:
         """Delete the entries matching ALL given criteria (by expression); (count, new snapshot)."""
-        parts, params = [], {}
+        parts: list[str] = []
+        params: dict[str, Any] = {}
         if ids is not None:
             parts.append("id in {ids}")
             params["ids"] = [int(i) for i in ids]

@@ -89,7 +89,8 @@ def write_cache(db: Path, generation: int, index: Any) -> Path:
 
     path = cache_path(db, generation)
     with atomic_write(path, "wb") as fh:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+        # PyCallbackIOWriter is in faiss's SWIG module but not in the stubs faiss ships (__init__.pyi)
+        faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))  # type: ignore[attr-defined]
         fh.flush()
         crash_point("cache_temp_written")
     return path

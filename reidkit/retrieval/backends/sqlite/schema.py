@@ -317,7 +317,7 @@ def iter_vectors(conn: sqlite3.Connection, dim: int, chunk: int = 65536) -> Iter
         yield ids, np.frombuffer(buf, dtype=np.float32).reshape(len(rows), dim)
 
 
-def read_vectors(conn: sqlite3.Connection, ids: Sequence[int], dim: int) -> np.ndarray:
+def read_vectors(conn: sqlite3.Connection, ids: Sequence[int] | np.ndarray, dim: int) -> np.ndarray:
     """Vectors of the given ids, in that order (ReIDError for an unknown id)."""
     ids = [int(i) for i in ids]
     found: dict[int, bytes] = {}

@@ -186,7 +186,7 @@ class SQLiteSnapshot:
                 out[r[0]] = _row_dict(r)
         return out
 
-    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored features of the given ids."""
         with self.lock:
             return read_vectors(self.conn, ids, self.identity.feat_dim)

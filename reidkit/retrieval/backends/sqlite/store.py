@@ -280,7 +280,8 @@ class SQLiteStore:
         lock_timeout: float | None = None,
     ) -> tuple[int, SQLiteSnapshot | None]:
         """Delete the entries matching ALL given criteria as one generation; (count, new snapshot)."""
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             params.extend(int(i) for i in ids)
