@@ -79,7 +79,9 @@ def camera_task(
     token = uuid.uuid4().hex
     worker = get_worker().address
     up.put(pickle.dumps(("hello", camera.name, token, worker)))
-    session = int(Variable(f"{run}-{token}").get(timeout=HELLO_TIMEOUT))
+    answer = Variable(f"{run}-{token}")
+    session = int(answer.get(timeout=HELLO_TIMEOUT))
+    answer.delete()  # one answer per attempt: nothing is left on the scheduler
     shared = _shared_embedder(model)
     emb = shared.client(camera.name)
     twin = float_twin(shared.embedder)
@@ -242,6 +244,7 @@ class ClusterCameras:
             self.pump.join(timeout=60)
         for f in self.futures.values():
             f.cancel()
+        self.stop_event.clear()  # a cleared event with no waiter is removed from the scheduler
 
 
 _COUNTERS = ("received", "delivered", "skipped", "corrupt", "reconnects", "failures", "processed")
