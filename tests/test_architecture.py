@@ -86,3 +86,16 @@ def test_docs_architecture_page_lists_the_contracts():
         "docs/architecture.md does not list the contracts of pyproject.toml; "
         "run python tools/architecture_doc.py --write\n" + diff
     )
+
+
+def test_the_readme_architecture_line_is_the_layers_contract():
+    """The README names the layers top to bottom (`a` | `b` -> `c` ...); that line is the contract's list."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    para = text[text.index("## Architecture") :]
+    para = para[para.index("The layers, top to bottom") : para.index(", where packages separated by")]
+    chain = " ".join(para.split(":", 1)[1].split())
+    said = [" | ".join(re.findall(r"`([\w.]+)`", part)) for part in chain.split("->")]
+    layers = next(c for c in _contracts() if c["id"] == "layers")["layers"]
+    assert said == [" | ".join(p.strip() for p in layer.split("|")) for layer in layers]
