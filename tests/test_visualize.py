@@ -21,19 +21,48 @@ def _toy(tmp_path, nq=3, ng=6):
 
 
 def test_visualize_ranked_writes_pngs_and_index(tmp_path, monkeypatch):
-    saved = _capture_figures(monkeypatch)
+    import reidkit.evaluation.visualize as vis
+
+    drawn = []
+    real = vis.ranked_picture
+    monkeypatch.setattr(
+        vis, "ranked_picture", lambda header, cells: drawn.append((header, cells)) or real(header, cells)
+    )
     q, g, d = _toy(tmp_path)
     index = visualize_ranked(d, q, g, tmp_path / "out", topk=4, max_queries=2)
     # cameras as the file names number them: camid 0 is "c1", camid 1 is "c2"
-    assert saved[1].axes[0].get_title() == "query\npid 1 c2"
+    assert drawn[1][1][0][1] == "query\npid 1 c2"
+    assert drawn[1][0].startswith("query 1: q1.png (AP ")
     assert "<td>1</td><td>c2</td>" in index.read_text()
     pngs = sorted((tmp_path / "out").glob("query_*.png"))
     assert [p.name for p in pngs] == ["query_00000.png", "query_00001.png"]
     assert Image.open(pngs[0]).size[0] > 100
     page = index.read_text()
     assert "query_00001.png" in page and "query_00002.png" not in page
+    # each ranked crop is framed in its label's colour (Pillow draws it: no matplotlib needed)
+    hex_rgb = {vis.GREEN: "match", vis.RED: "wrong", vis.GREY: "junk"}
+    for (header, cells), png in zip(drawn, pngs):
+        im = Image.open(png).convert("RGB")
+        for i, (_, _, label) in enumerate(cells[1:], start=1):
+            rgb = im.getpixel((vis.cell_left(i) + 1, vis.TOP + 1))
+            assert hex_rgb.get("#%02x%02x%02x" % rgb) == label
+        assert im.getpixel((vis.cell_left(0) + 1, vis.TOP + 1)) == (255, 255, 255)  # the query: no frame
+    assert {lab for _, cells in drawn for _, _, lab in cells[1:]} >= {"match", "wrong"}
     with pytest.raises(ReIDError):
         visualize_ranked(d[:, :3], q, g, tmp_path / "bad")
+
+
+def test_ranked_lists_need_no_matplotlib_and_plots_name_their_extra(tmp_path, monkeypatch):
+    """The base install has no matplotlib: ranked lists (the demo, visrank) still draw, and a plot is one
+    error naming the extra to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    q, g, d = _toy(tmp_path)
+    visualize_ranked(d, q, g, tmp_path / "out", topk=3)
+    assert len(list((tmp_path / "out").glob("query_*.png"))) == 3
+    with pytest.raises(ReIDError, match=r"matplotlib, an optional dependency: pip install 'reidkit\[plots\]'"):
+        plot_cmc(np.linspace(0.5, 1, 5), tmp_path / "cmc.png")
 
 
 def _capture_figures(monkeypatch):

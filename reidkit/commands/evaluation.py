@@ -387,15 +387,22 @@ def _visrank(args: argparse.Namespace) -> int:
         max_queries=args.max_queries,
         progress="visrank: ranked lists",
     )
+    from reidkit.utils.extras import MissingExtra
+
+    raw = None
     try:
         raw = evaluate_rank(
             distmat, q_pids, g_pids, [r.camid for r in dataset.query], [r.camid for r in dataset.gallery]
         )
         s = summarize(raw, len(dataset.query), len(dataset.gallery))
-        plot_cmc(raw["cmc"], out / "cmc.png")
         print(f"mAP {s['mAP']:.2f}  rank-1 {s['rank1']:.2f}  rank-5 {s['rank5']:.2f}  mINP {s['mINP']:.2f}")
     except ReIDError as exc:  # pictures are still useful without a valid query
         print(f"metrics skipped: {exc}")
-    plot_distance_hist(distmat, q_pids, g_pids, out / "distance_hist.png")
+    try:  # the plots are extra pictures: without matplotlib (the plots extra) the ranked lists still come
+        if raw is not None:
+            plot_cmc(raw["cmc"], out / "cmc.png")
+        plot_distance_hist(distmat, q_pids, g_pids, out / "distance_hist.png")
+    except MissingExtra as exc:
+        print(f"plots skipped: {exc}")
     print(f"ranked lists -> {index}")
     return 0

@@ -198,6 +198,13 @@ class BaseTrainer:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         self._log_handler = handler
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:  # an optional output: training goes on without it
+            from reidkit.utils.extras import install_hint
+
+            log.warning("no TensorBoard events (tb/): tensorboard is not installed; %s", install_hint("tensorboard"))
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.out / "tb"))

@@ -78,6 +78,10 @@ def evaluate(
     With ``out_dir``, writes ``metrics.json`` (percentages rounded to 2 decimals) and, with
     ``visualize``, ranked-list pictures, a CMC plot and a distance histogram.
     """
+    if visualize and out_dir is not None:
+        from reidkit.utils.extras import require
+
+        require("matplotlib", "visualize (CMC and distance plots)")  # before any work
     query, gallery = list(dataset.query), list(dataset.gallery)
     if not query:
         raise ReIDError(f"dataset {getattr(dataset, 'name', '?')}: the query set is empty")

@@ -135,12 +135,9 @@ def _write_seq(root: Path, seq: str, gt: np.ndarray, pred: np.ndarray, length: i
 
 
 def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float | None]]:
-    try:
-        import trackeval
-    except ImportError:
-        raise ReIDError(
-            "eval-tracks needs TrackEval: pip install 'reidkit[tracks]' (or pip install trackeval)"
-        ) from None
+    from reidkit.utils.extras import require
+
+    trackeval = require("trackeval", "eval-tracks (TrackEval's HOTA, CLEAR and Identity metrics)")
     quiet = {"PRINT_CONFIG": False}
     eval_cfg = dict(
         trackeval.Evaluator.get_default_eval_config(),

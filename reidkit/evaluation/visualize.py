@@ -1,19 +1,74 @@
-"""Pictures of an evaluation: ranked lists per query (PNG + index.html), CMC, distance histograms."""
+"""Pictures of an evaluation: ranked lists per query (PNG + index.html, drawn with Pillow), CMC and distance
+histograms (matplotlib: the ``plots`` extra)."""
 
 from __future__ import annotations
 
 import html
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 __all__ = ["visualize_ranked", "plot_cmc", "plot_distance_hist", "rank1_hit"]
 
 GREEN, RED, GREY = "#1a9641", "#d7191c", "#9e9e9e"
 _CELL = (128, 64)  # every crop is shown at this (H, W)
+
+
+# one ranked-list picture: a title line, then a cell per crop (its two-line title above a frame)
+_PAD, _FRAME, _GAP, _LINE = 6, 4, 8, 12
+CELL_BOX = (_CELL[0] + 2 * _FRAME, _CELL[1] + 2 * _FRAME)  # a framed crop's (H, W)
+TOP = _PAD + _LINE + _PAD + 2 * _LINE + 2  # y of the frames' top edge
+
+
+def _font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=10)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def cell_left(i: int) -> int:
+    """x of the left edge of cell `i`'s frame (0: the query) in a ranked-list picture."""
+    return _PAD + i * (CELL_BOX[1] + _GAP)
+
+
+def ranked_picture(header: str, cells: Sequence[tuple[str, str, str | None]]) -> Image.Image:
+    """A ranked list as one RGB picture, drawn with Pillow: `header` on top, then one cell per
+    ``(image path, two-line title, label)``, framed GREEN / RED / GREY for 'match' / 'wrong' / 'junk'
+    (label None: no frame, the query)."""
+    from PIL import Image, ImageDraw
+
+    colors = {"match": GREEN, "wrong": RED, "junk": GREY}
+    width = cell_left(len(cells)) - _GAP + _PAD
+    font = _font()
+    canvas = Image.new("RGB", (max(width, 320), TOP + CELL_BOX[0] + _PAD), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((_PAD, _PAD), header, fill="black", font=font)
+    for i, (path, title, label) in enumerate(cells):
+        x = cell_left(i)
+        for line, text in enumerate(title.split("\n")[:2]):
+            draw.text((x, TOP - 2 - 2 * _LINE + line * _LINE), text, fill="black", font=font)
+        if label is not None:
+            draw.rectangle([x, TOP, x + CELL_BOX[1] - 1, TOP + CELL_BOX[0] - 1], fill=colors[label])
+        canvas.paste(Image.fromarray(_thumb(path)), (x + _FRAME, TOP + _FRAME))
+    return canvas
+
+
+def _save_png(picture, path) -> None:
+    """A picture as a PNG through the one atomic writer (regular files only, the user's umask)."""
+    from reidkit.utils.io import atomic_write
+
+    with atomic_write(path, "wb") as fh:
+        picture.save(fh, format="PNG")
 
 
 def _savefig(fig, path, dpi: int) -> None:
@@ -25,7 +80,9 @@ def _savefig(fig, path, dpi: int) -> None:
 
 
 def _plt():
-    import matplotlib
+    from reidkit.utils.extras import require
+
+    matplotlib = require("matplotlib", "CMC and distance plots")
 
     matplotlib.use("Agg")  # no display on servers/CI
     import matplotlib.pyplot as plt
@@ -77,7 +134,6 @@ def visualize_ranked(
     ``progress``: the step's name (a bar on a terminal, one line when done otherwise)."""
     from reidkit.utils.progress import step
 
-    plt = _plt()
     d = np.asarray(distmat)
     if d.shape != (len(query_records), len(gallery_records)):
         raise ReIDError(
@@ -96,34 +152,21 @@ def visualize_ranked(
     n = len(query_records) if max_queries is None else min(max_queries, len(query_records))
     k = min(topk, d.shape[1])
     rows = []
-    colors = {"match": GREEN, "wrong": RED, "junk": GREY}
     with step(progress or "", n, "pictures", show=progress is not None) as bar:
         for qi in range(n):
             q = query_records[qi]
             order = np.argsort(d[qi], kind="stable")
             labels, ap = _ap_row(order, q.pid, q.camid, g_pids, g_cams)
-            fig, axes = plt.subplots(1, k + 1, figsize=(1.1 * (k + 1), 2.6))
-            axes = np.atleast_1d(axes)
-            axes[0].imshow(_thumb(q.path))
+            ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
             # cameras as the file names number them (Record.camid is 0-based: c1 is camid 0)
-            axes[0].set_title(f"query\npid {q.pid} c{q.camid + 1}", fontsize=7)
+            cells = [(q.path, f"query\npid {q.pid} c{q.camid + 1}", None)]
             for j in range(k):
                 g = gallery_records[order[j]]
-                ax = axes[j + 1]
-                ax.imshow(_thumb(g.path))
-                ax.set_title(f"#{j + 1} pid {g.pid}\nc{g.camid + 1} d={d[qi, order[j]]:.3f}", fontsize=6)
-                for side in ax.spines.values():
-                    side.set_edgecolor(colors[labels[j]])
-                    side.set_linewidth(4)
-            for ax in axes:
-                ax.set_xticks([])
-                ax.set_yticks([])
-            axes[0].spines[:].set_visible(False)
-            ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
-            fig.suptitle(f"query {qi}: {Path(q.path).name} ({ap_txt})", fontsize=8)
+                title = f"#{j + 1} pid {g.pid}\nc{g.camid + 1} d={d[qi, order[j]]:.3f}"
+                cells.append((g.path, title, str(labels[j])))
             name = f"query_{qi:05d}.png"
-            _savefig(fig, out / name, dpi=80)
-            plt.close(fig)
+            picture = ranked_picture(f"query {qi}: {Path(q.path).name} ({ap_txt})", cells)
+            _save_png(picture, out / name)
             # Rank-1 as the metric counts it: same-identity same-camera images are removed first.
             rows.append((qi, q, ap, name, rank1_hit(labels)))
             bar.update(1)

@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 from typing import Any, BinaryIO, cast
 
-from reidkit.errors import ReIDError
 
 CHUNK = 1 << 20
 
@@ -101,12 +100,9 @@ def http_download(url: str, out: PartWriter, name: str) -> None:
 
 
 def gdrive_download(file_id: str, out: PartWriter) -> None:
-    try:
-        import gdown
-    except ImportError:
-        raise ReIDError(
-            'weights on Google Drive need gdown: pip install "reidkit[zoo]" (or pip install gdown)'
-        ) from None
+    from reidkit.utils.extras import require
+
+    gdown = require("gdown", "weights on Google Drive")
     try:
         # gdown writes to any object with write() (its annotation says BinaryIO)
         gdown.download(id=file_id, output=cast(BinaryIO, out), quiet=False)

