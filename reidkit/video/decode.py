@@ -134,10 +134,23 @@ def iter_frames(
 
 
 def video_key(path: str | os.PathLike, camera: str) -> str:
-    """A stable key of (camera, video file): names the progress state and the tracklets of this video."""
+    """A stable key of (camera, video file): names the progress state and the tracklets of this video.
+
+    ``CAMERA-STEM-DIGEST`` (DIGEST: of the absolute path), or ``CAMERA-DIGEST`` when the file is named after
+    its camera (the default camera of a video is its file's stem): ``cam2-331ecdbf``, not ``cam2-cam2-331ecdbf``.
+    Galleries made before that keep the keys they were ingested with (:func:`legacy_video_keys`)."""
     p = Path(path).expanduser().resolve()
     digest = hashlib.sha1(str(p).encode()).hexdigest()[:8]
-    return f"{safe_name(camera)}-{safe_name(p.stem)}-{digest}"
+    cam, stem = safe_name(camera), safe_name(p.stem)
+    return f"{cam}-{digest}" if stem == cam else f"{cam}-{stem}-{digest}"
+
+
+def legacy_video_keys(path: str | os.PathLike, camera: str) -> list[str]:
+    """Keys that earlier releases gave this (camera, video file), other than :func:`video_key`'s: a gallery
+    ingested with one of them resumes under it (its stored state and tracklet keys), without duplicates."""
+    p = Path(path).expanduser().resolve()
+    old = f"{safe_name(camera)}-{safe_name(p.stem)}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+    return [] if old == video_key(path, camera) else [old]
 
 
 def safe_name(text: str) -> str:

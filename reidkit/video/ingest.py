@@ -30,6 +30,7 @@ Videos can also run on a Dask cluster (reidkit.video.cluster).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import queue
@@ -43,7 +44,7 @@ from typing import Any, Callable, Sequence
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.backends import FILES_OUTSIDE, resolve
-from reidkit.video.decode import probe, video_key
+from reidkit.video.decode import legacy_video_keys, probe, video_key
 from reidkit.video.embedder import Embedder
 from reidkit.video.options import DEFAULT_STREAMS, IngestOptions
 from reidkit.video.pipeline import (
@@ -327,6 +328,18 @@ def _skipped(job: VideoJob, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def keep_legacy_key(gallery: Any, job: VideoJob) -> VideoJob:
+    """`job` under the key an earlier release gave its video (reidkit.video.decode.legacy_video_keys) when
+    `gallery` holds that video's state under it and none under the current key: a gallery made before resumes
+    (and skips a finished video) under the keys its tracklets already have, without duplicates."""
+    if gallery.get_state(f"video:{job.key}") is not None:
+        return job
+    for old in legacy_video_keys(job.info.path, job.camera):
+        if gallery.get_state(f"video:{old}") is not None:
+            return dataclasses.replace(job, key=old)
+    return job
+
+
 def run_jobs(
     gallery: Any,
     embedder: Any,
@@ -338,6 +351,7 @@ def run_jobs(
 ) -> list[dict[str, Any]]:
     """Ingest `jobs` into `gallery`: up to `streams` videos at once sharing `embedder`; this thread commits."""
     stats = stats if stats is not None else Stats()
+    jobs = [keep_legacy_key(gallery, job) for job in jobs]
     write = _Committer(gallery, progress)
     reports: dict[str, dict[str, Any]] = {}
     out: queue.Queue = queue.Queue(maxsize=2 * max(1, int(streams)))
