@@ -134,3 +134,294 @@ def serve_rtsp(video: Path, port: int, path: str = "cam", user: str | None = Non
         proc.kill()
         raise RuntimeError(f"the RTSP server did not start (exit {proc.wait()})")
     return proc
+
+
+# ----------------------------------------------------------------------------- a browser without Playwright
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    # a tab opened over DevTools counts as a background tab: its timers (a page's polling) must not be slowed
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+]
+
+
+class BrowserError(Exception):
+    """A DevTools command failed, a page script threw, or a wait ran out of time."""
+
+
+class Chromium:
+    """Headless Chromium driven over the Chrome DevTools Protocol on a pipe (``--remote-debugging-pipe``: the
+    browser reads commands on fd 3 and writes replies and events on fd 4, NUL-separated JSON), so the browser
+    tests need no Playwright and no websocket client. https://chromedevtools.github.io/devtools-protocol/"""
+
+    def __init__(self, executable: str = CHROMIUM, args: list[str] | None = None, timeout: float = 30.0) -> None:
+        import json
+        import os
+        import subprocess
+        import tempfile
+        import threading
+
+        self._json, self.timeout = json, timeout
+        self.profile = Path(tempfile.mkdtemp(prefix="reidkit-chromium-"))
+        import fcntl
+
+        def above_4(fd: int) -> int:  # a number the child's fd 3 and 4 redirections below cannot clobber
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+            os.close(fd)
+            return high
+
+        to_child, self._to = os.pipe()
+        self._from, from_child = os.pipe()
+        to_child, from_child = above_4(to_child), above_4(from_child)
+        argv = [executable, *(CHROMIUM_ARGS if args is None else args), "--remote-debugging-pipe"]
+        argv += [f"--user-data-dir={self.profile}", "about:blank"]
+        # fd 3 and 4 in the child, whatever numbers the pipes have here
+        shell = f'exec "$0" "$@" 3<&{to_child} 4>&{from_child} {to_child}<&- {from_child}>&-'
+        with open(self.profile / "stderr.txt", "wb") as err:
+            self.proc = subprocess.Popen(
+                ["/bin/bash", "-c", shell, *argv],  # bash: dash takes no fd number above 9
+                pass_fds=(to_child, from_child),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        os.close(to_child)
+        os.close(from_child)
+        self._next, self._replies, self._lock = 0, {}, threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            self.send("Browser.getVersion")  # the browser answers: it started
+        except BrowserError:
+            self.close()
+            raise
+
+    def _read(self) -> None:
+        import os
+
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self._from, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                with self._lock:
+                    self._replies[None] = {"error": {"message": "the browser closed its pipe"}}
+                    self._lock.notify_all()
+                return
+            buf += chunk
+            *messages, buf = buf.split(b"\0")
+            for raw in messages:
+                msg = self._json.loads(raw)
+                if "id" in msg:  # replies; events are not needed
+                    with self._lock:
+                        self._replies[msg["id"]] = msg
+                        self._lock.notify_all()
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        """One DevTools command; its result, or BrowserError with the browser's message."""
+        import os
+        import time
+
+        with self._lock:
+            self._next += 1
+            mid = self._next
+        msg = {"id": mid, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to, self._json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        with self._lock:
+            while mid not in self._replies and None not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BrowserError(f"{method}: no answer from the browser in {self.timeout:g} s")
+                self._lock.wait(left)
+            reply = self._replies.pop(mid, None) or self._replies[None]
+        if "error" in reply:
+            raise BrowserError(f"{method}: {reply['error'].get('message')}")
+        return reply.get("result", {})
+
+    def new_page(self, width: int = 1280, height: int = 720, bypass_csp: bool = False) -> "BrowserPage":
+        return BrowserPage(self, width, height, bypass_csp)
+
+    def close(self) -> None:
+        import os
+        import shutil
+        import subprocess
+
+        try:
+            self.send("Browser.close")
+        except (BrowserError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._to, self._from):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+class BrowserPage:
+    """A tab: navigation, waiting on a page expression, typing, clicking, file inputs, screenshots (the few
+    things the browser tests do). Scripts run by DevTools' Runtime.evaluate, which a page's CSP does not stop."""
+
+    def __init__(self, browser: Chromium, width: int, height: int, bypass_csp: bool) -> None:
+        self.browser = browser
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        browser.send("Target.activateTarget", {"targetId": target})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+        if bypass_csp:
+            self.send("Page.setBypassCSP", {"enabled": True})
+
+    def send(self, method: str, params: dict | None = None) -> dict:
+        return self.browser.send(method, params, self.session)
+
+    def goto(self, url: str, timeout: float = 30.0) -> None:
+        """Open `url` and wait for its load event; BrowserError when it cannot be loaded (say, refused)."""
+        res = self.send("Page.navigate", {"url": url})
+        if res.get("errorText"):
+            raise BrowserError(f"{url}: {res['errorText']}")
+        self.wait_for("document.readyState === 'complete'", timeout=timeout)
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (JSON-able; promises awaited)."""
+        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in res:
+            details = res["exceptionDetails"]
+            raise BrowserError(details.get("exception", {}).get("description") or details.get("text"))
+        return res["result"].get("value")
+
+    def call(self, function: str, *args):
+        """``function`` (JavaScript source) called with the JSON-able `args`."""
+        import json
+
+        return self.evaluate(f"({function})(...{json.dumps(list(args))})")
+
+    def wait_for(self, expression: str, *args, timeout: float = 30.0) -> None:
+        """Wait until an expression (or, given `args`, a function of them) is truthy in the page, as JavaScript
+        judges it (an element is truthy); BrowserError naming it after `timeout` seconds."""
+        import json
+        import time
+
+        check = f"!!(({expression})(...{json.dumps(list(args))}))" if args else f"!!({expression})"
+        deadline, last = time.monotonic() + timeout, None
+        while True:
+            try:
+                if self.evaluate(check):
+                    return
+            except BrowserError as exc:  # not there yet (say, a missing element): try again
+                last = exc
+            if time.monotonic() > deadline:
+                raise BrowserError(
+                    f"waited {timeout:g} s for {expression}" + (f" (last error: {last})" if last else "")
+                )
+            time.sleep(0.05)
+
+    def _element(self, selector: str, body: str, *args):
+        """`body` (JavaScript using `el` and `args`) run on the first element matching `selector`."""
+        return self.call(
+            f"(sel, ...args) => {{ const el = document.querySelector(sel);"
+            f" if (!el) throw new Error('no element ' + sel); {body} }}",
+            selector,
+            *args,
+        )
+
+    def fill(self, selector: str, text: str) -> None:
+        """Type `text` into a field as a user does (focus, select all, insert): input events, and change on blur."""
+        self._element(selector, "el.focus(); if (el.select) el.select();")
+        if text:
+            self.send("Input.insertText", {"text": text})
+        else:
+            self.evaluate("document.execCommand('delete')")
+
+    def click(self, selector: str) -> None:
+        """A left click at the middle of the element (scrolled into view), with the mouse events a user makes."""
+        x, y = self._element(
+            selector,
+            "el.scrollIntoView({block: 'center', inline: 'center'}); const r = el.getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2];",
+        )
+        self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def check(self, selector: str) -> None:
+        if not self._element(selector, "return el.checked;"):
+            self.click(selector)
+
+    def set_input_files(self, selector: str, *paths: Path | str) -> None:
+        """Choose files in a file input (its input and change events fire, as when a user picks them)."""
+        root = self.send("DOM.getDocument", {"depth": 0})["root"]["nodeId"]
+        node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        if not node:
+            raise BrowserError(f"no element {selector}")
+        self.send("DOM.setFileInputFiles", {"nodeId": node, "files": [str(Path(p).resolve()) for p in paths]})
+
+    def dispatch_event(self, selector: str, kind: str) -> None:
+        self._element(selector, "el.dispatchEvent(new Event(args[0], {bubbles: true}));", kind)
+
+    def inner_text(self, selector: str) -> str:
+        return self._element(selector, "return el.innerText;")
+
+    def eval_on_selector_all(self, selector: str, function: str):
+        """``function`` (JavaScript source) called with the list of elements matching `selector`."""
+        return self.call(f"(sel) => ({function})([...document.querySelectorAll(sel)])", selector)
+
+    def count(self, selector: str) -> int:
+        return self.call("(sel) => document.querySelectorAll(sel).length", selector)
+
+    def screenshot(self, path: Path | str, full_page: bool = True) -> None:
+        """A PNG of the page (the whole page with full_page, else the viewport)."""
+        import base64
+
+        params: dict = {"format": "png"}
+        if full_page:
+            size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+            params["captureBeyondViewport"] = True
+        Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", params)["data"]))
+
+
+def chromium_page(width: int = 1280, height: int = 720, bypass_csp: bool = False):
+    """A context manager: a page of a fresh headless Chromium, closed after; the test is skipped when Debian's
+    chromium is missing or does not start here."""
+    import contextlib
+
+    import pytest
+
+    @contextlib.contextmanager
+    def opened():
+        if not Path(CHROMIUM).is_file():
+            pytest.skip(f"chromium not found at {CHROMIUM}")
+        try:
+            browser = Chromium()
+        except (BrowserError, OSError) as exc:
+            pytest.skip(f"chromium does not start here: {exc}")
+        try:
+            yield browser.new_page(width, height, bypass_csp)
+        finally:
+            browser.close()
+
+    return opened()

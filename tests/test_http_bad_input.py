@@ -11,7 +11,6 @@ import http.client
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -304,26 +303,10 @@ def test_index_page_links_the_tracklet_page(server):
 
 def test_index_page_shows_the_link_in_a_browser(server):
     """Headless Chromium: / renders a link to /tracklets (the gallery holds tracklets), and not to itself."""
-    pytest.importorskip("playwright.sync_api")
-    from test_browser import ARGS, CHROMIUM
+    from factories import chromium_page
 
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"chromium not found at {CHROMIUM}")
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except PlaywrightError as exc:
-            pytest.skip(f"chromium does not start here: {exc}")
-        try:
-            page = browser.new_page()
-            page.goto(server["url"] + "/")
-            page.wait_for_selector("#pages a")
-            links = page.eval_on_selector_all(
-                "#pages a", "els => els.map(e => [e.getAttribute('href'), e.textContent])"
-            )
-            assert links == [["/tracklets", "Tracklets"]]
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(server["url"] + "/")
+        page.wait_for("document.querySelector('#pages a')")
+        links = page.eval_on_selector_all("#pages a", "els => els.map(e => [e.getAttribute('href'), e.textContent])")
+        assert links == [["/tracklets", "Tracklets"]]

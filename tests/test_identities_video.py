@@ -138,16 +138,9 @@ def test_bad_inputs(scene, ingested, tmp_path, capsys):
 
 def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path):
     """The /identities page in headless Chromium: one identity's tracklets per camera match the scene's truth."""
-    pytest.importorskip("playwright.sync_api")
-    from pathlib import Path
-
-    from test_browser import ARGS, CHROMIUM, TOKEN, _screenshot, serving
+    from factories import chromium_page
+    from test_browser import TOKEN, _screenshot, serving
     from test_video import _majority
-
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"chromium not found at {CHROMIUM}")
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
 
     from reidkit.data.scene import read_mot
     from reidkit.retrieval.gallery import Gallery
@@ -174,44 +167,35 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
     ident, pid, mine = chosen
     true_cams = sorted(c for c, gt in gts.items() if (gt[:, 1] == pid).any())
     app = create_app(scene / "db", routers=[tracklet_routes, identity_router], token=TOKEN)
-    with serving(app) as url, sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except PlaywrightError as exc:
-            pytest.skip(f"chromium does not start here: {exc}")
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
-            page.goto(url + "/identities")
-            page.click("button[type=submit]")  # without the token: refused, and the page says so
-            page.wait_for_function("document.querySelector('#error').textContent.length > 0")
-            page.fill("#token", TOKEN)
-            page.check("#multi")
-            page.click("button[type=submit]")
-            page.wait_for_function("document.querySelector('#ids').dataset.ready === '1'")
-            card = f".identity[data-id='{ident}']"
-            lanes = page.eval_on_selector_all(f"{card} .lane", "ls => ls.map(l => l.dataset.camera)")
-            assert lanes == true_cams  # the person's cameras, as the scene's ground truth has them
-            blocks = page.eval_on_selector_all(
-                f"{card} .tl",
-                "bs => bs.map(b => ({key: b.dataset.tracklet, cam: b.dataset.camera, t0: +b.dataset.t0,"
-                " t1: +b.dataset.t1}))",
-            )
-            assert sorted(b["key"] for b in blocks) == sorted(r["tracklet"] for r in mine)
-            for b in blocks:  # each block lies where the ground truth has the person in that camera
-                frames = gts[b["cam"]][gts[b["cam"]][:, 1] == pid, 0]
-                assert (frames.min() - 1) / 10 - 0.05 <= b["t0"] <= b["t1"] <= (frames.max() - 1) / 10 + 0.05
-            page.wait_for_function(
-                f'[...document.querySelectorAll("{card} .tl img")].every((i) => i.complete && i.naturalWidth > 0)'
-            )
-            first = min(blocks, key=lambda b: b["t0"])
-            page.click(f"{card} .tl[data-tracklet='{first['key']}']")
-            page.wait_for_function("document.querySelectorAll('#detail tr').length > 2")
-            shown = [
-                int(t)
-                for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")
-            ]
-            gt_frames = set(gts[first["cam"]][gts[first["cam"]][:, 1] == pid, 0].astype(int).tolist())
-            assert shown == sorted(shown) and set(shown) <= gt_frames and len(shown) >= 3
-            _screenshot(page, tmp_path / "identities.png", "REIDKIT_SCREENSHOT_IDENTITIES")
-        finally:
-            browser.close()
+    with serving(app) as url, chromium_page(1280, 900, bypass_csp=True) as page:
+        page.goto(url + "/identities")
+        page.click("button[type=submit]")  # without the token: refused, and the page says so
+        page.wait_for("document.querySelector('#error').textContent.length > 0")
+        page.fill("#token", TOKEN)
+        page.check("#multi")
+        page.click("button[type=submit]")
+        page.wait_for("document.querySelector('#ids').dataset.ready === '1'")
+        card = f".identity[data-id='{ident}']"
+        lanes = page.eval_on_selector_all(f"{card} .lane", "ls => ls.map(l => l.dataset.camera)")
+        assert lanes == true_cams  # the person's cameras, as the scene's ground truth has them
+        blocks = page.eval_on_selector_all(
+            f"{card} .tl",
+            "bs => bs.map(b => ({key: b.dataset.tracklet, cam: b.dataset.camera, t0: +b.dataset.t0,"
+            " t1: +b.dataset.t1}))",
+        )
+        assert sorted(b["key"] for b in blocks) == sorted(r["tracklet"] for r in mine)
+        for b in blocks:  # each block lies where the ground truth has the person in that camera
+            frames = gts[b["cam"]][gts[b["cam"]][:, 1] == pid, 0]
+            assert (frames.min() - 1) / 10 - 0.05 <= b["t0"] <= b["t1"] <= (frames.max() - 1) / 10 + 0.05
+        page.wait_for(
+            f'[...document.querySelectorAll("{card} .tl img")].every((i) => i.complete && i.naturalWidth > 0)'
+        )
+        first = min(blocks, key=lambda b: b["t0"])
+        page.click(f"{card} .tl[data-tracklet='{first['key']}']")
+        page.wait_for("document.querySelectorAll('#detail tr').length > 2")
+        shown = [
+            int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")
+        ]
+        gt_frames = set(gts[first["cam"]][gts[first["cam"]][:, 1] == pid, 0].astype(int).tolist())
+        assert shown == sorted(shown) and set(shown) <= gt_frames and len(shown) >= 3
+        _screenshot(page, tmp_path / "identities.png", "REIDKIT_SCREENSHOT_IDENTITIES")

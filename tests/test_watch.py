@@ -367,15 +367,9 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
     REIDKIT_SCREENSHOT_LIVE=docs/live.png saves the picture the docs show. (Streams that run until stopped and a
     buffer that skips nothing: a loaded machine makes it slower, never different.)"""
     import os
-    from pathlib import Path
     from threading import Event, Thread
 
-    pytest.importorskip("playwright.sync_api")
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).is_file():
-        pytest.skip(f"chromium not found at {chromium}")
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
+    from factories import BrowserError, chromium_page
 
     from reidkit.video.watch import watch
 
@@ -399,48 +393,31 @@ def test_the_live_page_in_a_browser_shows_every_camera(tmp_path):
     )
     t.start()
     try:
-        with sync_playwright() as pw:
-            try:
-                browser = pw.chromium.launch(
-                    executable_path=chromium,
-                    args=[
-                        "--headless",
-                        "--no-sandbox",
-                        "--disable-gpu",
-                        "--no-first-run",
-                        "--disable-background-networking",
-                    ],
-                )
-            except PlaywrightError as exc:
-                pytest.skip(f"chromium does not start here: {exc}")
-            try:
-                page = browser.new_page(viewport={"width": 1540, "height": 420})
-                deadline = time.monotonic() + 300
-                while True:
-                    try:
-                        page.goto(f"http://127.0.0.1:{port}/")
-                        break
-                    except PlaywrightError:
-                        assert time.monotonic() < deadline, "the live page did not come up"
-                        time.sleep(0.5)
-                page.wait_for_function(
-                    "document.querySelectorAll('.cam img').length === 3 && "
-                    "[...document.querySelectorAll('.cam img')].every(i => i.complete && "
-                    "i.naturalWidth === 320)",
-                    timeout=240_000,
-                )
-                page.wait_for_function("+document.getElementById('ids').textContent > 0", timeout=240_000)
-                text = page.inner_text("#cams")
-                for cam in rep.cameras:
-                    assert cam in text
-                assert text.count("frames received") == 3 and "skipped" in text
-                shot = tmp_path / "live.png"
-                page.screenshot(path=str(shot), full_page=True)
-                assert shot.stat().st_size > 10_000
-                if os.environ.get("REIDKIT_SCREENSHOT_LIVE"):
-                    shutil.copy(shot, os.environ["REIDKIT_SCREENSHOT_LIVE"])
-            finally:
-                browser.close()
+        with chromium_page(1540, 420) as page:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/")
+                    break
+                except BrowserError:
+                    assert time.monotonic() < deadline, "the live page did not come up"
+                    time.sleep(0.5)
+            page.wait_for(
+                "document.querySelectorAll('.cam img').length === 3 && "
+                "[...document.querySelectorAll('.cam img')].every(i => i.complete && "
+                "i.naturalWidth === 320)",
+                timeout=240,
+            )
+            page.wait_for("+document.getElementById('ids').textContent > 0", timeout=240)
+            text = page.inner_text("#cams")
+            for cam in rep.cameras:
+                assert cam in text
+            assert text.count("frames received") == 3 and "skipped" in text
+            shot = tmp_path / "live.png"
+            page.screenshot(shot, full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("REIDKIT_SCREENSHOT_LIVE"):
+                shutil.copy(shot, os.environ["REIDKIT_SCREENSHOT_LIVE"])
     finally:
         stop.set()
         t.join(timeout=300)
