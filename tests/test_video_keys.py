@@ -27,7 +27,7 @@ def scene(tmp_path_factory):
 
 
 def _tracklets(db) -> dict:
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     es = Gallery.open(db).entries(kind="tracklet")
     keys = [e["tracklet"] for e in es]
@@ -70,7 +70,7 @@ def test_an_old_format_gallery_resumes_without_duplicates(scene, tmp_path, monke
     with pytest.raises(RuntimeError, match="killed"):
         ingest(db, scene["videos"], progress=None, **scene["kw"])
     monkeypatch.undo()
-    from reidkit.retrieval.index import Gallery
+    from reidkit.retrieval.gallery import Gallery
 
     old_key = legacy_video_keys(scene["videos"][0], "cam1")[0]
     state = Gallery.open(db).get_state(f"video:{old_key}")
