@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 from threading import Event, Thread
 
 import pytest
@@ -30,7 +29,7 @@ def test_serve_shows_the_cameras_a_watch_writes_live_with_their_age(tmp_path):
     from reidkit.video.live_routes import live_router
     from reidkit.video.routes import tracklet_routes
     from reidkit.video.watch import watch
-    from test_browser import ARGS, CHROMIUM, serving
+    from test_browser import serving
 
     rep = generate_scene(tmp_path / "scene", cams=3, ids=6, frames=120, fps=20.0, speed=1.0, topology="chain")
     ports = [free_port() for _ in rep.cameras]
@@ -67,14 +66,14 @@ def test_serve_shows_the_cameras_a_watch_writes_live_with_their_age(tmp_path):
             for name in ("frames_received_total", "frames_skipped_total", "lag_seconds", "reconnects_total"):
                 assert f'reidkit_{name}{{camera="cam1"}}' in metrics, name
             assert "reidkit_live_status_age_seconds " in metrics and "reidkit_live_running 1" in metrics
-            _browser(url, rep.cameras, running=True, shot=tmp_path / "live.png", args=ARGS, chromium=CHROMIUM)
+            _browser(url, rep.cameras, running=True, shot=tmp_path / "live.png")
             stop.set()
             t.join(timeout=120)
             # the watch stopped: the last view stays readable, and says it is not live
             live = httpx.get(url + "/live/status", headers=AUTH, timeout=30).json()
             assert not live["running"] and live["stale"], live
             assert "reidkit_live_running 0" in httpx.get(url + "/metrics", headers=AUTH, timeout=30).text
-            _browser(url, rep.cameras, running=False, shot=None, args=ARGS, chromium=CHROMIUM)
+            _browser(url, rep.cameras, running=False, shot=None)
     finally:
         stop.set()
         t.join(timeout=120)
@@ -83,45 +82,31 @@ def test_serve_shows_the_cameras_a_watch_writes_live_with_their_age(tmp_path):
     assert result["identities"] >= 1
 
 
-def _browser(url, cameras, running, shot, args, chromium):
+def _browser(url, cameras, running, shot):
     """Headless Chromium on /live (the token typed in): a frame, its age and the counters per camera; a banner
     only when the watch is not live."""
-    pytest.importorskip("playwright.sync_api")
-    if not Path(chromium).is_file():
-        pytest.skip(f"chromium not found at {chromium}")
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
+    from factories import chromium_page
 
-    with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=chromium, args=args)
-        except PlaywrightError as exc:
-            pytest.skip(f"chromium does not start here: {exc}")
-        try:
-            page = browser.new_page(viewport={"width": 1540, "height": 460}, bypass_csp=True)  # eval for waits
-            page.goto(url + "/live")
-            page.fill("#token", TOKEN)
-            page.dispatch_event("#token", "change")
-            page.wait_for_function(
-                f"document.querySelectorAll('.cam img').length === {len(cameras)} && "
-                "[...document.querySelectorAll('.cam img')].every(i => i.complete && i.naturalWidth === 320)",
-                timeout=240_000,
-            )
-            page.wait_for_function("+document.getElementById('ids').textContent > 0", timeout=240_000)
-            text = page.inner_text("#cams")
-            for cam in cameras:
-                assert cam in text
-            assert text.count("frames received") == len(cameras) and text.count(" s old") == len(cameras), text
-            if running:
-                page.wait_for_function("getComputedStyle(document.getElementById('banner')).display === 'none'")
-            else:
-                page.wait_for_function(
-                    "document.getElementById('banner').textContent.includes('stopped')", timeout=30_000
-                )
-            if shot is not None:
-                page.screenshot(path=str(shot), full_page=True)
-                assert shot.stat().st_size > 10_000
-                if os.environ.get("REIDKIT_SCREENSHOT_LIVE_SERVE"):  # the picture the docs show
-                    shutil.copy(shot, os.environ["REIDKIT_SCREENSHOT_LIVE_SERVE"])
-        finally:
-            browser.close()
+    with chromium_page(1540, 460, bypass_csp=True) as page:
+        page.goto(url + "/live")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        page.wait_for(
+            f"document.querySelectorAll('.cam img').length === {len(cameras)} && "
+            "[...document.querySelectorAll('.cam img')].every(i => i.complete && i.naturalWidth === 320)",
+            timeout=240,
+        )
+        page.wait_for("+document.getElementById('ids').textContent > 0", timeout=240)
+        text = page.inner_text("#cams")
+        for cam in cameras:
+            assert cam in text
+        assert text.count("frames received") == len(cameras) and text.count(" s old") == len(cameras), text
+        if running:
+            page.wait_for("getComputedStyle(document.getElementById('banner')).display === 'none'")
+        else:
+            page.wait_for("document.getElementById('banner').textContent.includes('stopped')", timeout=30)
+        if shot is not None:
+            page.screenshot(shot, full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("REIDKIT_SCREENSHOT_LIVE_SERVE"):  # the picture the docs show
+                shutil.copy(shot, os.environ["REIDKIT_SCREENSHOT_LIVE_SERVE"])

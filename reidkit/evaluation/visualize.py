@@ -159,7 +159,7 @@ def visualize_ranked(
             labels, ap = _ap_row(order, q.pid, q.camid, g_pids, g_cams)
             ap_txt = "no true match" if ap is None else f"AP {ap * 100:.1f}%"
             # cameras as the file names number them (Record.camid is 0-based: c1 is camid 0)
-            cells = [(q.path, f"query\npid {q.pid} c{q.camid + 1}", None)]
+            cells: list[tuple[str, str, str | None]] = [(q.path, f"query\npid {q.pid} c{q.camid + 1}", None)]
             for j in range(k):
                 g = gallery_records[order[j]]
                 title = f"#{j + 1} pid {g.pid}\nc{g.camid + 1} d={d[qi, order[j]]:.3f}"
