@@ -73,6 +73,19 @@ METHODS = {
 }
 
 
+def test_the_usl_demo_reports_the_model_before_training(tiny, tmp_path):
+    """issue 31: usl_demo ended at an mAP with nothing to compare it with; the recipe evaluates the model before
+    training first (epoch 0, never "best"), and the log says which line that is."""
+    from reidkit.engine.usl import ClusterTrainer, load_usl_config
+
+    assert load_usl_config("usl_demo").usl.eval_initial
+    cfg = {**tiny, "usl": {**tiny["usl"], **METHODS["hhcl"], "eval_initial": True}, "output_dir": str(tmp_path)}
+    result = ClusterTrainer(cfg).fit()
+    assert [h["epoch"] for h in result["history"]] == [0, 1]
+    log = (tmp_path / "train.log").read_text()
+    assert "validation before training (epoch 0): synthetic: mAP " in log and "validation epoch 1: " in log
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_trainer_runs_one_epoch(tiny, tmp_path, method):
     from reidkit.engine.usl import ClusterTrainer

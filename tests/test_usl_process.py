@@ -38,6 +38,7 @@ def usl_args(root: Path, out: Path, *extra: str) -> list[str]:
         "solver.log_period=1",
         "solver.amp=bf16",
         "data.channels_last=true",
+        "usl.eval_initial=false",  # the recipe's before-training evaluation: tested in test_usl.py
         f"output_dir={out}",
         *extra,
     ]

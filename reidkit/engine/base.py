@@ -365,7 +365,8 @@ class BaseTrainer:
             f"{name}: mAP {m['mAP']:.2f} rank-1 {m['rank1']:.2f} mINP {m['mINP']:.2f}"
             for name, m in metrics["datasets"].items()
         )
-        log.info("validation epoch %d: %s | mean score %.2f", epoch, msg, score)
+        when = "before training (epoch 0)" if epoch == 0 else f"epoch {epoch}"
+        log.info("validation %s: %s | mean score %.2f", when, msg, score)
         if self.writer is not None:
             for name, m in metrics["datasets"].items():
                 for k in METRIC_KEYS:
