@@ -90,9 +90,31 @@ def _message(exc: ReIDError, parser: argparse.ArgumentParser, args: argparse.Nam
     return str(exc)
 
 
+def take_plugin_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(plug-ins, the other arguments) of a command line: ``--plugin X`` / ``--plugin=X`` anywhere in it."""
+    plugins: list[str] = []
+    rest: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":
+            rest.append(arg)
+            rest.extend(it)
+            break
+        if arg == "--plugin":
+            value = next(it, None)
+            if value is None:
+                raise ReIDError("--plugin needs a module name or a path to a .py file")
+            plugins.append(value)
+        elif arg.startswith("--plugin="):
+            plugins.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return plugins, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `reidkit` command."""
-    from reidkit.plugins import load_plugins, take_plugin_args
+    from reidkit.plugins import load_plugins
 
     try:
         plugins, argv = take_plugin_args(list(sys.argv[1:] if argv is None else argv))

@@ -29,7 +29,6 @@ __all__ = [
     "loaded_plugins",
     "missing_recorded",
     "recorded_plugins_error",
-    "take_plugin_args",
 ]
 
 ENV_VAR = "REIDKIT_PLUGINS"
@@ -147,25 +146,3 @@ def recorded_plugins_error(recorded: Any, origin: Any, cause: Exception) -> ReID
         f"which are not loaded: loading a checkpoint never imports code, so pass each with --plugin "
         f"(or {ENV_VAR}) if you trust it"
     )
-
-
-def take_plugin_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(plug-ins, the other arguments) of a command line: ``--plugin X`` / ``--plugin=X`` anywhere in it."""
-    plugins: list[str] = []
-    rest: list[str] = []
-    it = iter(argv)
-    for arg in it:
-        if arg == "--":
-            rest.append(arg)
-            rest.extend(it)
-            break
-        if arg == "--plugin":
-            value = next(it, None)
-            if value is None:
-                raise ReIDError("--plugin needs a module name or a path to a .py file")
-            plugins.append(value)
-        elif arg.startswith("--plugin="):
-            plugins.append(arg.split("=", 1)[1])
-        else:
-            rest.append(arg)
-    return plugins, rest

@@ -506,3 +506,27 @@ def test_create_empty_gallery_then_add_entries(data, tmp_path):
         Gallery.create(tmp_path / "video_db", ext)
     with pytest.raises(ReIDError, match="needs training features"):
         Gallery.create(tmp_path / "other", ext, index="ivf")
+
+
+def test_build_options_one_checked_object():
+    """Gallery.build's settings are one frozen BuildOptions: keyword changes over it, "approx" resolved, every
+    count checked (an OptionError naming the parameter, printed as the flag by the CLI), an unknown name refused."""
+    import dataclasses
+
+    from reidkit.errors import OptionError
+    from reidkit.retrieval.ann import DEFAULT_APPROX_INDEX, DEFAULT_NPROBE
+    from reidkit.retrieval.gallery import BuildOptions
+
+    base = BuildOptions(index="hnsw", batch_size=8)
+    o = BuildOptions.of(base, index="approx", nprobe=4)
+    assert (o.index, o.nprobe, o.batch_size, base.index) == (DEFAULT_APPROX_INDEX, 4, 8, "hnsw")
+    info = BuildOptions().index_info()
+    assert info["index_kind"] == "flat" and info["nprobe"] == str(DEFAULT_NPROBE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.index = "flat"
+    with pytest.raises(OptionError, match=r"^nlist: must be >= 1, got 0$"):
+        BuildOptions.of(base, nlist=0)
+    with pytest.raises(OptionError, match=r"^index: expected one of"):
+        BuildOptions.of(index="kd-tree")
+    with pytest.raises(TypeError, match="unknown gallery build options: nlists"):
+        BuildOptions.of(nlists=4)

@@ -112,7 +112,7 @@ def test_check_host(host, ok):
     if ok:
         assert check_host(host) == host
     else:
-        with pytest.raises(ReIDError, match="--host"):
+        with pytest.raises(ReIDError, match="^host: "):
             check_host(host)
 
 

@@ -71,7 +71,7 @@ def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path):
 def test_ensure_dir_names_the_path(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ReIDError, match=f"output_dir {blocker}/run: cannot create it"):
+    with pytest.raises(ReIDError, match=f"output_dir: {blocker}/run: cannot create it"):
         ensure_dir(blocker / "run", "output_dir")
     assert ensure_dir(tmp_path / "a" / "b").is_dir()
 

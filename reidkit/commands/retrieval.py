@@ -6,8 +6,8 @@ import argparse
 
 from reidkit.commands import add_engine_argument, add_from_argument, add_trust_argument, params
 from reidkit.commands._args import positive_int, side, sqlite_id
+from reidkit.utils.progress import to_stderr
 import json
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -275,10 +275,6 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def _report(verb: str, db: str, rep: dict) -> None:
     print(
         f"{verb}: {rep['added']} images added to {db} (total {rep['total']}; "
@@ -289,34 +285,41 @@ def _report(verb: str, db: str, rep: dict) -> None:
 
 
 def _positive(**values: int | float | None) -> None:
-    """ReIDError for the first option given as < 1 (checked before any model is loaded)."""
-    from reidkit.errors import ReIDError
+    """OptionError for the first option given as < 1 (checked before any model is loaded; printed as its flag)."""
+    from reidkit.utils.validate import check_positive
 
     for name, v in values.items():
-        if v is not None and v < 1:
-            raise ReIDError(f"--{name.replace('_', '-')}: must be >= 1, got {v}")
+        check_positive(name, v)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from reidkit.retrieval.gallery import Gallery
+    from reidkit.retrieval.gallery import BuildOptions, Gallery
 
-    _positive(
+    options = BuildOptions.of(  # checked before any model is loaded
+        weights=args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        size=args.size,
+        engine=args.engine,
+        index=args.index,
         nlist=args.nlist,
         nprobe=args.nprobe,
         ef_search=args.ef_search,
         pq_m=args.pq_m,
-        refine_k=args.refine_k,
-        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        strict=args.strict,
+        collection=args.collection,
+        **({} if args.refine_k is None else {"refine_k": args.refine_k}),
     )
     check_files_option(args.db, args.files)
-    extra = {} if args.refine_k is None else {"refine_k": args.refine_k}
+    extractor = None
     if args.weights_format is not None:
         from reidkit.errors import ReIDError
         from reidkit.inference import FeatureExtractor
 
         if args.weights is None:
             raise ReIDError("--from needs --weights (the checkpoint of that toolkit)")
-        extra["extractor"] = FeatureExtractor.load(
+        extractor = FeatureExtractor.load(
             args.weights,
             device=args.device,
             batch_size=args.batch_size,
@@ -324,25 +327,7 @@ def _build(args: argparse.Namespace) -> int:
             fmt=args.weights_format,
             engine=args.engine,
         )
-    g = Gallery.build(
-        args.images,
-        args.db,
-        weights=args.weights,
-        index=args.index,
-        nlist=args.nlist,
-        nprobe=args.nprobe,
-        ef_search=args.ef_search,
-        batch_size=args.batch_size,
-        device=args.device,
-        size=args.size,
-        overwrite=args.overwrite,
-        progress=_progress,
-        pq_m=args.pq_m,
-        strict=args.strict,
-        collection=args.collection,
-        engine=args.engine,
-        **extra,
-    )
+    g = Gallery.build(args.images, args.db, options, progress=to_stderr, extractor=extractor)
     _report("index build", args.db, g.last_report)
     print(f"model: {g.identity.label()} ({g.identity.feat_dim}-d), index: {g.info['index_kind']}")
     from reidkit.retrieval.backends import FilesOutsideStore, resolve
@@ -367,7 +352,7 @@ def _add(args: argparse.Namespace) -> int:
         collection=args.collection,
         engine=args.engine,
     )
-    rep = g.add(args.images, progress=_progress, strict=args.strict)
+    rep = g.add(args.images, progress=to_stderr, strict=args.strict)
     _report("index add", args.db, rep)
     return 0
 
@@ -403,7 +388,7 @@ def _repair(args: argparse.Namespace) -> int:
         weights=args.weights,
         device=args.device,
         batch_size=args.batch_size,
-        progress=_progress,
+        progress=to_stderr,
         collection=args.collection,
     )
     print(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -190,8 +189,7 @@ def _watch_until_stopped(
         check_cluster_args(args.workers, args.cluster)
         run = partial(watch_on_cluster, address=args.cluster, workers=args.workers)
 
-    def say(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    from reidkit.utils.progress import to_stderr as say
 
     from reidkit.video.live import shown_url
 

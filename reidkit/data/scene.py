@@ -58,6 +58,7 @@ from PIL import Image, ImageDraw
 from reidkit.data import synthetic as syn
 from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.io import atomic_write, write_json
+from reidkit.utils.validate import check_positive
 
 _T_SCENE_PLAN, _T_SCENE_NOISE, _T_SCENE_CAM = 31, 32, 33
 MIN_VISIBLE = 0.3  # fraction of a person's box inside the frame for it to count as ground truth
@@ -335,9 +336,8 @@ def generate_scene(
 
     if domain not in syn.DOMAINS:
         raise OptionError("domain", f"expected one of {', '.join(syn.DOMAINS)}, got {domain!r}")
-    for name, count in (("--cams", cams), ("--ids", ids), ("--frames", frames)):
-        if int(count) < 1:
-            raise ReIDError(f"{name}: must be >= 1, got {count}")
+    for name, v in (("cams", cams), ("ids", ids), ("frames", frames)):
+        check_positive(name, int(v))
     H, W = int(size[0]), int(size[1])
     if H < 48 or W < 48:
         raise OptionError("size", f"frames must be at least 48x48, got {H}x{W}")
@@ -353,7 +353,7 @@ def generate_scene(
     root = Path(out).expanduser()
     from reidkit.utils.io import ensure_dir
 
-    ensure_dir(root, "scene OUT")
+    ensure_dir(root, "out")
     if topology == "chain":
         visits = _plan_chain(int(ids), int(cams), int(frames), W, H, seed, dom, speed, float(fps), transit)
     else:

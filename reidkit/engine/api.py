@@ -64,7 +64,7 @@ def test(
     if cfg.input.std is not None:
         model.std = list(cfg.input.std)
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "test"
-    ensure_dir(out, "test --out")
+    ensure_dir(out, "out")
     with console_progress():
         prepared = prepare_val_sets(val_sets, (size[0], size[1]), cfg.data.cache_dir)
         result = evaluate_sets(model, prepared, cfg.test, device, out_dir=out)

@@ -122,7 +122,7 @@ def run_ablation(
     out = Path(out_dir)
     from reidkit.utils.io import ensure_dir
 
-    ensure_dir(out, "--out")
+    ensure_dir(out, "out")
     runs = plan_runs(config, grid, recipes, overrides)
     # Check every config before spending time on the first run.
     cfgs: list[Config] = [load_config(find_recipe(r["config"]), r["overrides"]) for r in runs]

@@ -117,7 +117,7 @@ def run_cv(
     out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "cv")
     from reidkit.utils.io import ensure_dir
 
-    ensure_dir(out, "--out")
+    ensure_dir(out, "out")
     specs = [{"name": s.name, "root": s.root, **dict(s.options)} for s in cfg.data.datasets]
     joint = load_datasets(specs)
     records = list(joint.train)

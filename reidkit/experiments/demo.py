@@ -59,7 +59,7 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
 
     say = print if echo else (lambda *a, **k: None)
     out = Path(out_dir).expanduser().resolve()
-    ensure_dir(out, "demo --out")
+    ensure_dir(out, "out")
     t_start = time.perf_counter()
     cfg = load_config(
         "demo",

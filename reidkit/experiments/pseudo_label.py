@@ -252,7 +252,7 @@ def run_pseudo_label(
     out = Path(out_dir if out_dir is not None else Path(cfg.output_dir) / "pseudo_label")
     from reidkit.utils.io import ensure_dir
 
-    ensure_dir(out, "--out")
+    ensure_dir(out, "out")
     device = resolve_device(cfg.device)
     spec = cfg.data.datasets[0]
     target = load_dataset(spec.name, spec.root, **dict(spec.options))

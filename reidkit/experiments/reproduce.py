@@ -253,7 +253,7 @@ def run_table(
     from reidkit.utils.io import atomic_write, ensure_dir, write_json
 
     out = Path(out_dir)
-    ensure_dir(out, "reproduce --out")
+    ensure_dir(out, "out")
     plan = plan_table(table, data_root, extra, out)
     if only:
         unknown = sorted(set(only) - {r.id for r in table.rows})

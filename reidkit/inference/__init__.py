@@ -108,7 +108,7 @@ def _imagenet_model(size: Sequence[int] | None) -> tuple[Any, ModelIdentity]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model(cfg, num_classes=1).eval()
-    hw = check_hw(size or DEFAULT_SIZE, "--size")
+    hw = check_hw(size or DEFAULT_SIZE, "size")
     model.input_size = list(hw)
     model.source_format = "imagenet"
     model.sha256 = None
@@ -197,7 +197,7 @@ class FeatureExtractor:
         hw = (
             tuple(info.input_size)
             if is_exported(path)
-            else check_hw(size or info.input_size, "--size" if size else f"{path}: input_size")
+            else check_hw(size or info.input_size, "size" if size else f"{path}: input_size")
         )
         ident = ModelIdentity(
             f"sha256:{digest[:16]}",

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from reidkit.utils.dask import dask_client
+from reidkit.utils.validate import check_positive
 
 DEFAULT_SHARD = 512
 _EXTRACTORS: dict[tuple, Any] = {}
@@ -65,11 +66,9 @@ def extract_on_cluster(
     trust_checkpoint: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """(N' x D features of `paths` in order, unreadable paths) computed by the cluster's workers (CPU)."""
-    from reidkit.errors import ReIDError
 
     shard = DEFAULT_SHARD if shard is None else shard
-    if int(shard) < 1:
-        raise ReIDError(f"shard: must be >= 1, got {shard}")
+    check_positive("shard", int(shard))
     spec = {
         "source": str(source),
         "batch_size": int(batch_size),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 from reidkit.models.info import ModelInfo
 
 __all__ = [
@@ -200,7 +200,7 @@ class TorchScriptFeatureModel(_ExportedFeatureModel):
 def ort_session(path: str | os.PathLike, threads: int | None = None, what: str = "") -> Any:
     """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads, default torch's count; passive wait).
 
-    One ReIDError naming the file when it cannot load.
+    One ReIDError naming the file when it cannot load (an OptionError naming ``what``, a parameter, when given).
     """
     import onnxruntime as ort
 
@@ -214,7 +214,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, what: str =
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise ReIDError(f"{what + ': ' if what else ''}onnxruntime cannot load {path}: {exc}") from None
+        msg = f"onnxruntime cannot load {path}: {exc}"
+        raise (OptionError(what, msg) if what else ReIDError(msg)) from None
 
 
 def load_torchscript(

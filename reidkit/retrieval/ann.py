@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.utils.validate import check_positive
 
 __all__ = [
     "INDEX_KINDS",
@@ -25,7 +26,6 @@ __all__ = [
     "DEFAULT_REFINE_K",
     "default_nlist",
     "default_pq_m",
-    "check_positive",
     "make_faiss_index",
     "set_search_params",
     "refine_exact",
@@ -42,12 +42,6 @@ DEFAULT_NPROBE = 32
 DEFAULT_EF_SEARCH = 128
 # IVF-PQ: candidates re-scored exactly = REFINE_K * k.
 DEFAULT_REFINE_K = 8
-
-
-def check_positive(name: str, value: int | None) -> None:
-    """ReIDError naming the option unless `value` is None or >= 1."""
-    if value is not None and int(value) < 1:
-        raise ReIDError(f"{name}: must be >= 1, got {value}")
 
 
 def default_nlist(n: int) -> int:
@@ -81,8 +75,8 @@ def make_faiss_index(
 
     if kind not in INDEX_KINDS:
         raise OptionError("kind", f"expected one of {', '.join(INDEX_KINDS)}, got {kind!r}")
-    check_positive("--nlist", nlist)
-    check_positive("--pq-m", pq_m)
+    check_positive("nlist", nlist)
+    check_positive("pq_m", pq_m)
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if kind == "hnsw":
@@ -120,8 +114,8 @@ def set_search_params(index: Any, nprobe: int | None = None, ef_search: int | No
     """Set IVF nprobe (clamped to nlist) and HNSW efSearch through the id-map wrapper."""
     import faiss
 
-    check_positive("--nprobe", nprobe)
-    check_positive("--ef-search", ef_search)
+    check_positive("nprobe", nprobe)
+    check_positive("ef_search", ef_search)
     if nprobe is not None:
         try:
             ivf = faiss.extract_index_ivf(index)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,14 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.ann import (
-    DEFAULT_APPROX_INDEX,
-    DEFAULT_EF_SEARCH,
-    DEFAULT_NPROBE,
-    DEFAULT_REFINE_K,
     HNSW_M,
-    INDEX_KINDS,
-    check_positive,
 )
 from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.inference.chunks import embed_chunks
 from reidkit.retrieval.folder import image_rows, parse_camera_frame
 from reidkit.utils.io import image_paths
+from reidkit.utils.validate import check_positive
+from reidkit.retrieval.build_options import BuildOptions
 from reidkit.retrieval.backends import (
     Capabilities,
     GalleryStore,
@@ -51,7 +46,7 @@ from reidkit.retrieval.backends import (
 )
 from reidkit.retrieval.store import ENTRY_FIELDS, KINDS, encode_state, normalize_entries
 
-__all__ = ["Gallery"]
+__all__ = ["BuildOptions", "Gallery"]
 
 
 def _per_row(value: Any, n: int) -> list[Any]:
@@ -237,55 +232,25 @@ class Gallery:
         cls,
         images_dir: str | os.PathLike,
         db: str | os.PathLike,
-        weights: str | os.PathLike | None = None,
-        index: str = "flat",
-        nlist: int | None = None,
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-        hnsw_m: int = HNSW_M,
-        batch_size: int = 64,
-        device: str | None = None,
-        size: Sequence[int] | None = None,
-        overwrite: bool = False,
+        options: BuildOptions | None = None,
+        *,
         progress: Callable[[str], None] | None = None,
         extractor: FeatureExtractor | None = None,
-        pq_m: int | None = None,
-        refine_k: int = DEFAULT_REFINE_K,
-        strict: bool = False,
-        lock_timeout: float | None = None,
-        collection: str | None = None,
-        engine: str = "torch",
-        trust_checkpoint: bool = False,
+        **changes: Any,
     ) -> Gallery:
-        """Embed every image under `images_dir` into a new gallery `db`, published whole (`extractor` overrides `weights`).
+        """Embed every image under `images_dir` into a new gallery `db`, published whole.
 
-        `trust_checkpoint`: load weights that run code (a TorchScript program, a full pickle); the gallery
-        records a program's file hash, and later opens load it only when trusted again.
-
-        `engine`: how the model runs ("torch", "onnx", "auto": reidkit.inference; float features either way).
-        `index`: flat | ivf | ivfpq | hnsw, or "approx" for the measured default approximate kind.
-        With `overwrite` the new gallery is built beside the old one and swapped in at the end;
-        the old one stays searchable until then.
+        `options`: a BuildOptions (its docstring lists them); `changes`: any of its fields as keyword arguments
+        (``Gallery.build(images, db, weights=w, index="hnsw")``), applied over `options`. `progress`: called
+        with each line of progress; `extractor`: a loaded model to use instead of `weights`.
         """
-        if index == "approx":
-            index = DEFAULT_APPROX_INDEX
-        if index not in INDEX_KINDS:
-            raise OptionError("index", f"expected one of {', '.join(INDEX_KINDS)}, got {index!r}")
-        for name, v in (
-            ("--nlist", nlist),
-            ("--nprobe", nprobe),
-            ("--ef-search", ef_search),
-            ("--pq-m", pq_m),
-            ("--hnsw-m", hnsw_m),
-            ("--refine-k", refine_k),
-            ("--batch-size", batch_size),
-        ):
-            check_positive(name, v)
+        o = BuildOptions.of(options, **changes)
+        index, nlist, pq_m = o.index, o.nlist, o.pq_m
         paths = image_paths(images_dir)
-        builder = resolve(db, collection).builder(
-            overwrite=overwrite,
+        builder = resolve(db, o.collection).builder(
+            overwrite=o.overwrite,
             settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
-            lock_timeout=lock_timeout,
+            lock_timeout=o.lock_timeout,
             progress=progress,
         )
         if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
@@ -294,28 +259,20 @@ class Gallery:
             raise OptionError("pq_m", f"must divide the feature dimension {extractor.identity.feat_dim}", value=pq_m)
         if extractor is None:
             extractor = FeatureExtractor.load(
-                weights,
-                device=device,
-                batch_size=batch_size,
-                size=size,
-                engine=engine,
-                trust_checkpoint=trust_checkpoint,
+                o.weights,
+                device=o.device,
+                batch_size=o.batch_size,
+                size=o.size,
+                engine=o.engine,
+                trust_checkpoint=o.trust_checkpoint,
             )
         ident = extractor.identity
-        info = {
-            "index_kind": index,
-            "nprobe": str(int(nprobe or DEFAULT_NPROBE)),
-            "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
-            "hnsw_m": str(int(hnsw_m)),
-            "refine_k": str(int(refine_k)),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **_engine_info(extractor),
-        }
+        info = {**o.index_info(), **_engine_info(extractor)}
         corrupt: list[str] = []
         n = 0
         try:
             builder.start(ident, info)
-            for part in embed_chunks(extractor, paths, progress=progress, strict=strict):
+            for part in embed_chunks(extractor, paths, progress=progress, strict=o.strict):
                 builder.append(image_rows(part.paths), part.features)
                 n += len(part.paths)
                 corrupt.extend(part.corrupt)
@@ -325,8 +282,8 @@ class Gallery:
         except BaseException:
             builder.abort()
             raise
-        gallery = cls(store, store.snapshot(), extractor, device, batch_size, collection)
-        gallery._trust = bool(trust_checkpoint)
+        gallery = cls(store, store.snapshot(), extractor, o.device, o.batch_size, o.collection)
+        gallery._trust = bool(o.trust_checkpoint)
         gallery.last_report = {
             "added": n,
             "skipped_existing": 0,
@@ -356,15 +313,7 @@ class Gallery:
         builder = resolve(db, collection).builder(
             overwrite=False, settings={"index_kind": index}, lock_timeout=lock_timeout, progress=None
         )
-        info = {
-            "index_kind": index,
-            "nprobe": str(DEFAULT_NPROBE),
-            "ef_search": str(int(ef_search or DEFAULT_EF_SEARCH)),
-            "hnsw_m": str(int(hnsw_m)),
-            "refine_k": str(DEFAULT_REFINE_K),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        info.update(_engine_info(extractor))
+        info = {**BuildOptions(index=index, hnsw_m=hnsw_m, ef_search=ef_search).index_info(), **_engine_info(extractor)}
         try:
             builder.start(extractor.identity, info)
             store = builder.publish(
@@ -718,9 +667,8 @@ class Gallery:
         feats = np.ascontiguousarray(np.atleast_2d(feats), dtype=np.float32)
         if feats.shape[1] != self.identity.feat_dim:
             raise ReIDError(f"query: feature dim {feats.shape[1]} != gallery dim {self.identity.feat_dim}")
-        if int(k) < 1:
-            raise ReIDError(f"k: must be >= 1, got {k}")
-        check_positive("--nprobe", nprobe)
+        check_positive("k", int(k))
+        check_positive("nprobe", nprobe)
         if kind is not None and kind not in KINDS:
             raise ReIDError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
         excl = _per_row(exclude_camid, len(feats))

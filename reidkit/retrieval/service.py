@@ -64,6 +64,7 @@ from reidkit.retrieval.folder import parse_camera_frame
 from reidkit.retrieval.gallery import Gallery
 from reidkit.retrieval.served_files import HeadAsGet, IndexedFileResponse, open_indexed, recorded_stat
 from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
+from reidkit.utils.validate import check_positive
 
 __all__ = [
     "create_app",
@@ -114,8 +115,7 @@ class _Batcher:
         self.get_gallery = get_gallery
         self.max_batch = max(1, int(max_batch))
         self.queue: queue.Queue[_Job | None] = queue.Queue()
-        if int(workers) < 1:
-            raise OptionError("workers", f"must be >= 1, got {workers}")
+        check_positive("workers", int(workers))
         self.workers = int(workers)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -504,15 +504,13 @@ def create_app(
     `upload_wait_s`, then gets 503 with Retry-After. `trust_checkpoint`: a model that runs code (TorchScript)
     may load (CLI --trust-checkpoint); without it such a model is refused.
     """
-    if int(workers) < 1:
-        raise OptionError("workers", f"must be >= 1, got {workers}")
+    check_positive("workers", int(workers))
     gallery = db if isinstance(db, Gallery) else Gallery.open(db, weights=weights, trust_checkpoint=trust_checkpoint)
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
     if token is not None and not token.strip():
         raise OptionError("token", "the API token is empty")
-    if int(max_upload_bytes) < 1:
-        raise ReIDError(f"max_upload_bytes: must be >= 1, got {max_upload_bytes}")
+    check_positive("max_upload_bytes", int(max_upload_bytes))
     max_upload_bytes = int(max_upload_bytes)
     uploads = UploadPolicy.from_memory(upload_memory_bytes, max_image_pixels, max_pixels_in_flight, upload_wait_s)
     _ = gallery.extractor  # load the model now: a missing model fails at start-up, not at the first query

@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.utils.validate import check_positive
 
 __all__ = [
     "UploadError",
@@ -157,8 +158,7 @@ class PixelBudget:
     """A weighted asyncio semaphore counting decoded pixels in flight across all requests of one server."""
 
     def __init__(self, capacity: int, wait_s: float = 10.0) -> None:
-        if int(capacity) < 1:
-            raise OptionError("capacity", f"must be >= 1, got {capacity}")
+        check_positive("capacity", int(capacity))
         if not (math.isfinite(wait_s) and wait_s >= 0):
             raise OptionError("wait_s", f"must be a finite number of seconds >= 0, got {wait_s}")
         self.capacity = int(capacity)

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from reidkit.errors import ReIDError
+from reidkit.errors import OptionError, ReIDError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -189,12 +189,13 @@ def image_paths(folder: str | os.PathLike, what: str = "images folder") -> list[
 
 
 def ensure_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
-    """Create ``path`` (and parents) or raise one ReIDError naming it and why (a file in the way, no permission)."""
+    """Create ``path`` (and parents) or raise one OptionError naming ``what`` (the parameter: ``out``) and the
+    path and why (a file in the way, no permission)."""
     path = Path(path).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ReIDError(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
+        raise OptionError(what, f"{path}: cannot create it ({exc.strerror or exc})") from None
     return path
 
 

@@ -23,10 +23,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["bar", "console_logging", "console_progress", "is_main_process", "log", "step"]
+__all__ = ["bar", "console_logging", "console_progress", "is_main_process", "log", "step", "to_stderr"]
 
 # The run's console channel: the CLI echoes it on stderr, a training run also writes it to train.log.
 log = logging.getLogger("reidkit.train")
+
+
+def to_stderr(msg: str) -> None:
+    """One progress line on stderr, flushed: the default ``progress`` callback of the gallery and video writers."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def is_main_process() -> bool:

@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 
 from reidkit.errors import OptionError
 from reidkit.utils.dask import check_cluster_args, dask_client, need_distributed
+from reidkit.utils.progress import to_stderr
+from reidkit.utils.validate import check_positive
 from reidkit.video.options import IngestOptions
 from reidkit.video.pipeline import (
     Chunk,
@@ -152,12 +154,11 @@ def ingest_on_cluster(
     `options` and `changes` are those of `ingest` (``streams`` does not apply; the workers open the gallery
     by `db` alone, so neither ``collection`` nor ``files`` can be given).
     """
-    from reidkit.video.ingest import _report, _stderr, commit_chunk, open_gallery, prepare_jobs
+    from reidkit.video.ingest import _report, commit_chunk, open_gallery, prepare_jobs
 
     o = IngestOptions.of(options, **changes)
-    say = progress if progress is not None else _stderr
-    if segment < 1:
-        raise OptionError("segment", f"must be >= 1, got {segment}")
+    say = progress if progress is not None else to_stderr
+    check_positive("segment", segment)
     for name in ("collection", "files"):
         if getattr(o, name) is not None:
             raise OptionError(name, "not with a Dask cluster (the workers open the gallery by db alone)")

@@ -258,7 +258,7 @@ def _write_mot(
     for cam in lines:
         if not _CAMERA_FILE.match(cam) or ".." in cam:
             raise ReIDError(f"camera name {cam!r} cannot be a file name; name cameras with letters, digits, _ . -")
-    root = ensure_dir(Path(out).expanduser(), "--out")
+    root = ensure_dir(Path(out).expanduser(), "out")
     files = {}
     for cam, rs in sorted(lines.items()):
         rs.sort()

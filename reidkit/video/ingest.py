@@ -35,7 +35,6 @@ import errno
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -43,9 +42,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.utils.progress import to_stderr
 from reidkit.retrieval.backends import FILES_OUTSIDE, resolve
 from reidkit.video.decode import legacy_video_keys, probe, video_key
 from reidkit.video.embedder import Embedder
+from reidkit.utils.validate import check_positive
 from reidkit.video.options import DEFAULT_STREAMS, IngestOptions
 from reidkit.video.pipeline import (
     THUMBS,
@@ -79,10 +80,6 @@ CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after tha
 # Fixed cameras: on the generated scenes the motion detector finds more people than HOG at a tenth
 # of its cost (tests/test_motion_detector.py, benchmarks/bench_video.py); it warns on a moving picture.
 DEFAULT_DETECTOR = "motion"  # reidkit.video.detectors.DEFAULT_DETECTOR
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def create_gallery(db: Path, embedder: Embedder, collection: str | None = None) -> Any:
@@ -345,7 +342,7 @@ def run_jobs(
     embedder: Any,
     jobs: Sequence[VideoJob],
     settings: Settings,
-    progress: Callable[[str], None] = _stderr,
+    progress: Callable[[str], None] = to_stderr,
     streams: int = DEFAULT_STREAMS,
     stats: Stats | None = None,
 ) -> list[dict[str, Any]]:
@@ -470,7 +467,7 @@ def ingest(
     videos: Sequence[str | os.PathLike],
     options: IngestOptions | None = None,
     *,
-    progress: Callable[[str], None] | None = _stderr,
+    progress: Callable[[str], None] | None = to_stderr,
     embedder: Embedder | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
@@ -483,8 +480,7 @@ def ingest(
     video's folder."""
     o = IngestOptions.of(options, **changes)
     settings = o.settings()
-    if int(o.streams) < 1:
-        raise OptionError("streams", f"must be >= 1, got {o.streams}")
+    check_positive("streams", o.streams)
     jobs = prepare_jobs(videos, o)
     collection, files = o.collection, o.files
     backend = resolve(db, collection)

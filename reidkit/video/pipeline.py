@@ -51,6 +51,7 @@ import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.locks import PidLock
+from reidkit.utils.validate import check_positive
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
 from reidkit.video.detectors import build_detector
 from reidkit.video.embed_service import SharedEmbedder, Stats, _Client, _Direct  # noqa: F401 - re-exported
@@ -170,8 +171,7 @@ def tracker_fields(
 def check_settings(s: Settings) -> Settings:
     """ReIDError naming the option for a value out of range."""
     for name in ("every", "chunk", "k", "min_len", "max_age", "n_init", "detect_every"):
-        if getattr(s, name) is not None and int(getattr(s, name)) < 1:
-            raise OptionError(name, f"must be >= 1, got {getattr(s, name)}")
+        check_positive(name, getattr(s, name))
     if s.appearance not in APPEARANCE:
         raise OptionError("appearance", f"expected one of {', '.join(APPEARANCE)}, got {s.appearance!r}")
     if int(s.embed_budget) < 0:

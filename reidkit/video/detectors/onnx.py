@@ -96,7 +96,7 @@ class OnnxDetector:
         self.path, entry = resolve_model(path)
         from reidkit.export import ort_session
 
-        self.session = ort_session(self.path, threads, "--detector")
+        self.session = ort_session(self.path, threads, "detector")
         inputs = self.session.get_inputs()
         inp = inputs[0]
         self.input_name = inp.name

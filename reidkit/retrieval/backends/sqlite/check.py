@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
+from reidkit.utils.progress import to_stderr
 from reidkit.inference import FeatureExtractor
 from reidkit.retrieval.backends.protocol import crash_point
 from reidkit.retrieval.backends.sqlite import generations as G
@@ -32,10 +32,6 @@ __all__ = ["check_folder", "repair_folder", "lock_files", "VIDEO_LOCKS"]
 # The folder of the per-video ingestion locks beside gallery DB (reidkit.video.pipeline.VideoLock makes it;
 # retrieval cannot import video, tests/test_leftovers.py checks that the two agree).
 VIDEO_LOCKS = ".{name}.video-locks"
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def check_folder(db: str | os.PathLike) -> dict[str, Any]:
@@ -177,7 +173,7 @@ def repair_folder(
     G.recover(db)
     if not (db / S.DB_FILE).is_file():
         raise S.not_a_gallery(db)
-    with G.WriterLock(db, timeout=lock_timeout, on_wait=progress or _stderr):
+    with G.WriterLock(db, timeout=lock_timeout, on_wait=progress or to_stderr):
         G.clean_for_write(db)
         conn = S.connect(db / S.DB_FILE)
         try:
@@ -232,11 +228,12 @@ def repair_folder(
         if missing:
             src = ident.source
             if weights is None and src != "imagenet" and not Path(src).is_file():
-                raise ReIDError(
-                    f"--db: {db}: {len(missing)} of {len(rows)} images have no vector in {S.LEGACY_INDEX}"
+                raise OptionError(
+                    "db",
+                    f"{db}: {len(missing)} of {len(rows)} images have no vector in {S.LEGACY_INDEX}"
                     + (f" ({note})" if note else "")
                     + f" and the model that built the gallery ({src}) is not there; "
-                    f"pass --weights with that model to re-extract them"
+                    "give the weights of that model to re-extract them",
                 )
             ext = FeatureExtractor.load(
                 weights if weights is not None else (None if src == "imagenet" else src),

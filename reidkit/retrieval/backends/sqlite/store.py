@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import sqlite3
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import OptionError
+from reidkit.utils.progress import to_stderr
 from reidkit.inference import ModelIdentity
 from reidkit.retrieval.backends.protocol import FILES_INSIDE, Capabilities, crash_point
 from reidkit.retrieval.backends.sqlite.snapshot import SQLiteSnapshot
@@ -51,10 +51,6 @@ from reidkit.retrieval.backends.sqlite.generations import (
 )
 
 # ----------------------------------------------------------------------------- the store
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class SQLiteStore:
@@ -181,7 +177,7 @@ class SQLiteStore:
 
         self.check_writable()
         db = self.db
-        with WriterLock(db, timeout=lock_timeout, on_wait=progress or _stderr):
+        with WriterLock(db, timeout=lock_timeout, on_wait=progress or to_stderr):
             crash_point("add_locked")
             clean_for_write(db)
             if not (db / DB_FILE).is_file():
@@ -383,7 +379,7 @@ class SQLiteBuilder:
             )
             self.conn.close()
             crash_point("build_before_publish")
-            with WriterLock(self.db, timeout=self.lock_timeout, on_wait=self.progress or _stderr):
+            with WriterLock(self.db, timeout=self.lock_timeout, on_wait=self.progress or to_stderr):
                 if not self.overwrite and (self.db / DB_FILE).exists():
                     raise OptionError(
                         "db",
