@@ -229,7 +229,7 @@ def _extract(args: argparse.Namespace) -> int:
                 distributed=world > 1,
                 amp=args.amp and fx.engine == "torch",
                 amp_dtype=args.amp_dtype,
-                progress="extract",
+                step_name="extract",
             )
         finally:
             if created:
@@ -385,7 +385,7 @@ def _visrank(args: argparse.Namespace) -> int:
         out,
         topk=args.topk,
         max_queries=args.max_queries,
-        progress="visrank: ranked lists",
+        step_name="visrank: ranked lists",
     )
     from reidkit.utils.extras import MissingExtra
 

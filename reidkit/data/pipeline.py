@@ -119,11 +119,11 @@ class ImageCache:
         size: tuple[int, int] = (256, 128),
         cache_dir: str | os.PathLike[str] | None = None,
         workers: int | None = None,
-        progress: str | None = None,
+        step_name: str | None = None,
     ) -> ImageCache:
         """Decode and resize every image once; with `cache_dir`, reuse/write a memory-mapped .npy.
 
-        ``progress``: the decoding step's name (a bar on a terminal, one line otherwise; not shown
+        ``step_name``: the decoding step's name (a bar on a terminal, one line otherwise; not shown
         when the images come from the cache)."""
         path_list = [os.fspath(p) for p in paths]
         if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
@@ -132,7 +132,7 @@ class ImageCache:
         workers = _default_workers() if workers is None else max(1, int(workers))
         if cache_dir is None:
             images = np.zeros((len(path_list), hw[0], hw[1], 3), dtype=np.uint8)
-            valid = cls._fill(images, path_list, hw, workers, progress)
+            valid = cls._fill(images, path_list, hw, workers, step_name)
             cache = cls(images, valid, path_list, hw)
             _warn_skipped(cache.skipped)
             return cache
@@ -153,7 +153,7 @@ class ImageCache:
         tmp = root / f".{npy.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy"
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(path_list), hw[0], hw[1], 3))
-            valid = cls._fill(out, path_list, hw, workers, progress)
+            valid = cls._fill(out, path_list, hw, workers, step_name)
             out.flush()
             del out
             # Metadata first, array last: a present .npy always has its .json beside it.
@@ -188,7 +188,7 @@ class ImageCache:
 
     @staticmethod
     def _fill(
-        out: np.ndarray, paths: list[str], hw: tuple[int, int], workers: int, progress: str | None = None
+        out: np.ndarray, paths: list[str], hw: tuple[int, int], workers: int, step_name: str | None = None
     ) -> np.ndarray:
         from reidkit.utils.progress import step
 
@@ -200,7 +200,7 @@ class ImageCache:
                 out[i] = arr
                 valid[i] = True
 
-        with step(progress or "", len(paths), show=progress is not None) as bar:
+        with step(step_name or "", len(paths), show=step_name is not None) as bar:
             if workers == 1 or len(paths) < 2:
                 for i in range(len(paths)):
                     work(i)

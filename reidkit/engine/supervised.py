@@ -77,7 +77,7 @@ class SupervisedTrainer(BaseTrainer):
         aug_seed = cfg.seed * 1000 + self.rank
         if cfg.data.loader == "cached":
             cache = pipeline.ImageCache.build(
-                paths, size=self.size, cache_dir=cfg.data.cache_dir, progress="decoding training images"
+                paths, size=self.size, cache_dir=cfg.data.cache_dir, step_name="decoding training images"
             )
             # Images that could not be decoded are never sampled.
             labels[~np.asarray(cache.valid, dtype=bool)] = -1

@@ -58,7 +58,7 @@ def prepare_val_sets(datasets: list[Any], size: tuple[int, int], cache_dir: str 
                 [r.path for r in records],
                 size=size,
                 cache_dir=cache_dir,
-                progress=f"evaluation {name} decoding {split}",
+                step_name=f"evaluation {name} decoding {split}",
             )
             valid = np.asarray(cache.valid, dtype=bool)
             if not valid.any():
@@ -80,11 +80,11 @@ def extract_val_features(
     test: TestConfig | Any,
     device: torch.device,
     distributed: bool = False,
-    progress: str | None = None,
+    step_name: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Query and gallery features of `net` with the ``test`` settings (flip TTA, neck_feat, cameras).
 
-    ``progress``: the name of the two steps (``<progress> query``, ``<progress> gallery``)."""
+    ``step_name``: the name of the two steps (``<step_name> query``, ``<step_name> gallery``)."""
     from reidkit.inference import FeatureExtractor
 
     test = getattr(test, "test", test)
@@ -97,13 +97,13 @@ def extract_val_features(
         qf = fx.embed_tensor(
             vs.query_images,
             camids=[r.camid for r in vs.dataset.query] if cams else None,
-            progress=progress and f"{progress} query",
+            step_name=step_name and f"{step_name} query",
             **kw,
         )
         gf = fx.embed_tensor(
             vs.gallery_images,
             camids=[r.camid for r in vs.dataset.gallery] if cams else None,
-            progress=progress and f"{progress} gallery",
+            step_name=step_name and f"{step_name} gallery",
             **kw,
         )
     return qf, gf
@@ -133,7 +133,7 @@ def evaluate_sets(
     try:
         for vs in val_sets:
             name = f"evaluation {vs.name}"
-            qf, gf = extract_val_features(net, vs, t, device, distributed=distributed, progress=name)
+            qf, gf = extract_val_features(net, vs, t, device, distributed=distributed, step_name=name)
             reranked = t.rerank if rerank is None else rerank
             with step(f"{name} ranking" + (" (re-ranked)" if reranked else ""), len(vs.dataset.query), "queries"):
                 res = evaluate(

@@ -127,11 +127,11 @@ def visualize_ranked(
     out_dir: str | os.PathLike,
     topk: int = 10,
     max_queries: int | None = 100,
-    progress: str | None = None,
+    step_name: str | None = None,
 ) -> Path:
     """Write one ranked-list PNG per query (green = true match, red = wrong, grey = junk) and index.html.
 
-    ``progress``: the step's name (a bar on a terminal, one line when done otherwise)."""
+    ``step_name``: the step's name (a bar on a terminal, one line when done otherwise)."""
     from reidkit.utils.progress import step
 
     d = np.asarray(distmat)
@@ -152,7 +152,7 @@ def visualize_ranked(
     n = len(query_records) if max_queries is None else min(max_queries, len(query_records))
     k = min(topk, d.shape[1])
     rows = []
-    with step(progress or "", n, "pictures", show=progress is not None) as bar:
+    with step(step_name or "", n, "pictures", show=step_name is not None) as bar:
         for qi in range(n):
             q = query_records[qi]
             order = np.argsort(d[qi], kind="stable")

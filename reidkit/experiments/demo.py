@@ -99,7 +99,7 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
 
     say(f"[5/5] ranked lists -> {out / 'ranked'}")
     vs = trainer.val_prepared[0]  # type: ignore[index]
-    qf, gf = extract_val_features(trainer.net, vs, cfg, trainer.device, progress=f"demo: {vs.name}")
+    qf, gf = extract_val_features(trainer.net, vs, cfg, trainer.device, step_name=f"demo: {vs.name}")
     if cfg.test.metric == "cosine":
         import torch.nn.functional as F
 
@@ -112,7 +112,7 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
         out / "ranked",
         topk=8,
         max_queries=num_pictures,
-        progress="demo: ranked lists",
+        step_name="demo: ranked lists",
     )
 
     name = vs.name

@@ -196,7 +196,7 @@ def _features(model: ReIDModel, records: list[Any], cfg: Any, device: torch.devi
 
     h, w = (int(v) for v in getattr(model, "input_size", cfg.data.size))
     cache = ImageCache.build(
-        [r.path for r in records], size=(h, w), cache_dir=cfg.data.cache_dir, progress="pseudo-label: decoding"
+        [r.path for r in records], size=(h, w), cache_dir=cfg.data.cache_dir, step_name="pseudo-label: decoding"
     )
     if not np.asarray(cache.valid).all():
         raise ReIDError(f"pseudo-label: unreadable images, first {cache.skipped[0]}")
@@ -211,7 +211,7 @@ def _features(model: ReIDModel, records: list[Any], cfg: Any, device: torch.devi
         mean=mean,
         std=std,
         neck_feat=cfg.test.neck_feat,
-        progress="pseudo-label: features",
+        step_name="pseudo-label: features",
     )
     return f.numpy()
 

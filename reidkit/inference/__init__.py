@@ -284,12 +284,12 @@ class FeatureExtractor:
         amp: bool = False,
         amp_dtype: str = "bf16",
         autocast: Any = None,
-        progress: str | None = None,
+        step_name: str | None = None,
     ) -> Any:
         """Features (torch, CPU) of uint8 ``N x H x W x 3`` images (array or tensor), options per call.
 
         ``distributed``: shard across the initialised process group; every rank gets all rows.
-        ``progress``: the step's name, shown as a bar on a terminal and one line when done otherwise.
+        ``step_name``: the step's name, shown as a bar on a terminal and one line when done otherwise.
         A model with several outputs (a dict) gives a dict of features.
         """
         ident = self.identity
@@ -310,7 +310,7 @@ class FeatureExtractor:
                 amp=amp,
                 amp_dtype=amp_dtype,
                 autocast=autocast,
-                progress=progress,
+                step_name=step_name,
             )
 
     def embed(
@@ -347,13 +347,13 @@ class FeatureExtractor:
         distributed: bool = False,
         amp: bool = False,
         amp_dtype: str = "bf16",
-        progress: str | None = None,
+        step_name: str | None = None,
     ) -> np.ndarray:
         """(N', D) float32 unit-norm features of image files, in order.
 
         An unreadable file raises ReIDError naming it, unless ``skipped`` (a list) is given: then
         its path is appended there and its row left out. ``distributed``: each torchrun rank
-        decodes and embeds its contiguous shard; every rank returns all rows. ``progress``: the
+        decodes and embeds its contiguous shard; every rank returns all rows. ``step_name``: the
         name of the two steps (decoding, features): a bar each on a terminal, one line each otherwise.
         """
         files = [str(p) for p in paths]
@@ -367,7 +367,7 @@ class FeatureExtractor:
             files[a:b],
             hw,
             strict=skipped is None,
-            progress=None if progress is None else f"{progress}, decoding",
+            step_name=None if step_name is None else f"{step_name}, decoding",
         )
         # One column more flags readable rows, so every rank agrees on what was skipped.
         block = None
@@ -383,7 +383,7 @@ class FeatureExtractor:
                     camids=None if cams is None else cams[a:b][kept],
                     amp=amp,
                     amp_dtype=amp_dtype,
-                    progress=None if progress is None else f"{progress}, features",
+                    step_name=None if step_name is None else f"{step_name}, features",
                 )
                 if block is None or block.shape[1] != f.shape[1] + 1:
                     block = torch.zeros(b - a, f.shape[1] + 1)

@@ -189,18 +189,18 @@ def _decode_resized(path: str, size: tuple[int, int]) -> np.ndarray | None:
 
 
 def load_images(
-    paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True, progress: str | None = None
+    paths: Sequence[str | Path], size: tuple[int, int], strict: bool = True, step_name: str | None = None
 ) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode and resize images: ``(N' x H x W x 3 uint8, kept indices, skipped paths)``.
 
     ``strict``: an unreadable (missing, empty, corrupt) file raises ReIDError naming it;
     otherwise it is skipped and listed, so the caller can count and report it.
-    ``progress``: the step's name for its bar / line (:func:`reidkit.utils.progress.step`).
+    ``step_name``: the step's name for its bar / line (:func:`reidkit.utils.progress.step`).
     """
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     kept: list[int] = []
     skipped: list[str] = []
-    with step(progress or "", len(paths), show=progress is not None) as bar:
+    with step(step_name or "", len(paths), show=step_name is not None) as bar:
         for i, p in enumerate(paths):
             img = _decode_resized(str(p), size)
             bar.update(1)
@@ -257,7 +257,7 @@ def extract_features(
     camids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     distributed: bool = False,
     autocast: Any = None,
-    progress: str | None = None,
+    step_name: str | None = None,
 ) -> Any:
     """N x D float32 CPU features of uint8 NHWC images or image paths (flip TTA, L2-normalised).
 
@@ -271,7 +271,7 @@ def extract_features(
     gathered N x D result in order (see the module docstring). A model whose output is a dict of
     ``B x D`` tensors (e.g. USL feature spaces) gives a dict of ``N x D`` features, one per key.
     ``autocast``: a context-manager factory used instead of ``amp`` (the trainer's own).
-    ``progress``: the step's name: a bar on a terminal, one line when done otherwise (rank 0).
+    ``step_name``: the step's name: a bar on a terminal, one line when done otherwise (rank 0).
     """
     if batch_size < 1:
         raise ReIDError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -305,7 +305,7 @@ def extract_features(
                 camids=None if cams_all is None else cams_all[a:b],
                 distributed=False,
                 autocast=autocast,
-                progress=progress,
+                step_name=step_name,
             )
         return _map_out(_gather_out(local, world, model), lambda t: F.normalize(t, dim=1) if normalize else t)
     imgs = _as_images(images, size)
@@ -331,7 +331,7 @@ def extract_features(
         ctx = torch.autocast(device_type=dev.type, dtype=dtypes[amp_dtype]) if amp else contextlib.nullcontext()
     feats: list[Any] = []
     try:
-        with ctx, step(progress or "", int(imgs.shape[0]), show=progress is not None) as bar:
+        with ctx, step(step_name or "", int(imgs.shape[0]), show=step_name is not None) as bar:
             for b in range(0, imgs.shape[0], batch_size):
                 x = imgs[b : b + batch_size].to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
                 x = _resize(x, size).div_(255.0).sub_(m).div_(s)

@@ -126,7 +126,10 @@ class ClusterTrainer(BaseTrainer):
         cfg = self.cfg
         records = self.load_train_records()
         cache = ImageCache.build(
-            [r.path for r in records], size=self.size, cache_dir=cfg.data.cache_dir, progress="decoding training images"
+            [r.path for r in records],
+            size=self.size,
+            cache_dir=cfg.data.cache_dir,
+            step_name="decoding training images",
         )
         valid = np.asarray(cache.valid, dtype=bool)
         self.record_skipped("train", list(cache.skipped))
@@ -152,7 +155,7 @@ class ClusterTrainer(BaseTrainer):
                 [r.path for r in src.train],
                 size=self.size,
                 cache_dir=cfg.data.cache_dir,
-                progress="decoding source-domain images",
+                step_name="decoding source-domain images",
             )
             self.source_images = np.ascontiguousarray(np.asarray(sc.images)[np.asarray(sc.valid, dtype=bool)])
         log.info(
