@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 
 def lazy_getattr(
@@ -31,3 +31,12 @@ def lazy_getattr(
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def lazy_module(
+    package: str, by_module: Mapping[str, Sequence[str]], moved: Mapping[str, str] | None = None
+) -> tuple[list[str], Callable[[str], Any]]:
+    """(``__all__``, ``__getattr__``) of a package whose public names live in submodules: ``by_module`` maps
+    each module to the names it holds (``{"reidkit.x.a": ["f", "g"]}``); ``moved`` as for :func:`lazy_getattr`."""
+    names = {name: module for module, held in by_module.items() for name in held}
+    return list(names), lazy_getattr(package, names, moved)

@@ -27,8 +27,11 @@ class Registry(Generic[T]):
         self.key = key
         self._items: dict[str, T] = {}
 
-    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False) -> Any:
-        """Register ``obj`` under ``name``; without ``obj`` return a decorator that does it."""
+    def register(
+        self, name: str, obj: T | None = None, *, overwrite: bool = False, then: Callable[[T], Any] | None = None
+    ) -> Any:
+        """Register ``obj`` under ``name``; without ``obj`` return a decorator that does it. ``then`` is called
+        with the object once registered (a part's options: reidkit.config.options.part_options)."""
         if not isinstance(name, str) or not name:
             raise ReIDError(f"{self.kind} registry: a name must be a non-empty string, got {name!r}")
 
@@ -36,6 +39,8 @@ class Registry(Generic[T]):
             if name in self._items and not overwrite and self._items[name] is not item:
                 raise ReIDError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
             self._items[name] = item
+            if then is not None:
+                then(item)
             return item
 
         if obj is None:

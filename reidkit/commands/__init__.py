@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 # Other toolkits' checkpoint layouts (reidkit.models.interop.FORMATS), kept here so `--help` stays fast.
 FOREIGN_FORMATS = ("fastreid", "torchreid", "strong_baseline", "transreid", "solider")
@@ -13,6 +14,18 @@ def params(action: argparse.Action, *names: str) -> argparse.Action:
     (``capacity: must be >= 1``) is printed with this flag (``--max-pixels-in-flight: must be >= 1``)."""
     setattr(action, "params", names)  # read back by reidkit.cli (getattr(action, "params", ()))
     return action
+
+
+def add_recipe_verb(
+    sub: argparse._SubParsersAction, name: str, func: Any, config_help: str, overrides_help: str, **parser: Any
+) -> argparse.ArgumentParser:
+    """A verb that runs a recipe: ``--config/-c RECIPE`` and dotted ``overrides``; ``parser``: add_parser's
+    keyword arguments (help, description, aliases)."""
+    p = sub.add_parser(name, **parser)
+    p.add_argument("--config", "-c", required=True, help=config_help)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=func)
+    return p
 
 
 def add_engine_argument(parser: argparse.ArgumentParser, default: str | None = "torch") -> None:

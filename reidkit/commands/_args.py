@@ -60,6 +60,12 @@ def at_most(flag: str, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def int_option(parser: argparse.ArgumentParser, flag: str, hi: int, default: int | None, **kw: Any) -> argparse.Action:
+    """``flag N``: an integer <= ``hi`` (:func:`at_most`, the flag named once) with its default; ``kw``: the rest
+    of add_argument's keywords (help, metavar)."""
+    return parser.add_argument(flag, type=at_most(flag, hi), default=default, **kw)
+
+
 def bounded_float(flag: str, lo: float, hi: float) -> Callable[[str], float]:
     """A finite number in ``(lo, hi]``."""
     return lambda text: validate.finite(text, flag, lo=lo, hi=hi, lo_open=True)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands import add_trust_argument
-from reidkit.commands._args import at_most
+from reidkit.commands import add_recipe_verb, add_trust_argument
+from reidkit.commands._args import int_option
 
 OVERRIDE_HELP = "dotted config overrides, e.g. usl.eps=0.5 solver.max_epochs=20"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the clustering / unsupervised verbs to the `reidkit` command."""
-    p = sub.add_parser(
+    add_recipe_verb(
+        sub,
         "usl",
+        _usl,
+        "recipe (e.g. usl_hhcl, uda_ssg, usl_demo)",
+        OVERRIDE_HELP,
         aliases=["train-usl"],
         help="unsupervised / domain-adaptive training (re-clusters every epoch)",
         description="Train without labels: every epoch extracts features of the training images, "
@@ -21,9 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hhcl, ssg (UDA from usl.init_weights) or dec. Writes config.yaml, train.log (with per-epoch cluster "
         "purity/NMI/ARI), last.pt, best.pt, model.pt and metrics.json into output_dir.",
     )
-    p.add_argument("--config", "-c", required=True, help="recipe (e.g. usl_hhcl, uda_ssg, usl_demo)")
-    p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
-    p.set_defaults(func=_usl)
 
     p = sub.add_parser(
         "pseudo-label",
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dedup-threshold", type=float, default=0.3, help="cosine distance cut of the query clustering (0.3)"
     )
-    p.add_argument("--iterations", type=at_most("--iterations", 100), default=1, help="label -> retrain rounds (1)")
+    int_option(p, "--iterations", 100, 1, help="label -> retrain rounds (1)")
     p.add_argument("--min-size", type=int, default=2, help="images a pseudo-identity needs (2)")
     p.add_argument("--no-retrain", action="store_true", help="only write the manifest")
     p.add_argument("--out", default=None, help="output folder (default <output_dir>/pseudo_label)")
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Trains and evaluates each fold; writes cv.md and cv.json.",
     )
     p.add_argument("--config", "-c", required=True, help="supervised recipe")
-    p.add_argument("--folds", type=at_most("--folds", 1000), default=4, help="number of folds (4)")
+    int_option(p, "--folds", 1000, 4, help="number of folds (4)")
     p.add_argument("--min-images", type=int, default=2, help="images an identity needs to be a query (2)")
     p.add_argument("--seed", type=int, default=None, help="fold seed (default: the config's seed)")
     p.add_argument("--no-distractors", action="store_true", help="do not add the test set to the galleries")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from reidkit.commands._args import at_most
+from reidkit.commands._args import int_option
 
 from reidkit.errors import ReIDError
 
@@ -20,15 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "parameters is never replaced without --regenerate.",
     )
     p.add_argument("out", metavar="OUT", help="output folder")
-    p.add_argument(
-        "--ids",
-        type=at_most("--ids", 1_000_000),
-        default=100,
-        help="identities, split half train / half test (default 100)",
-    )
-    p.add_argument(
-        "--images-per-id", type=at_most("--images-per-id", 10_000), default=16, help="images per identity (default 16)"
-    )
+    int_option(p, "--ids", 1_000_000, 100, help="identities, split half train / half test (default 100)")
+    int_option(p, "--images-per-id", 10_000, 16, help="images per identity (default 16)")
     p.add_argument("--cams", type=int, default=6, help="cameras, 2..9 (default 6)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -38,21 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="camera-style family: A daylight outdoor, B indoor/evening (default A)",
     )
     p.add_argument("--size", default="128x64", help="image size HxW (default 128x64)")
-    p.add_argument(
-        "--workers", type=at_most("--workers", 1024), default=None, help="processes (default: all CPU cores)"
-    )
-    p.add_argument(
-        "--distractors",
-        type=at_most("--distractors", 10_000_000),
-        default=None,
-        help="pid 0 gallery images (default ~8%% of images)",
-    )
-    p.add_argument(
-        "--junk",
-        type=at_most("--junk", 10_000_000),
-        default=None,
-        help="pid -1 gallery images (default ~5%% of images)",
-    )
+    int_option(p, "--workers", 1024, None, help="processes (default: all CPU cores)")
+    int_option(p, "--distractors", 10_000_000, None, help="pid 0 gallery images (default ~8%% of images)")
+    int_option(p, "--junk", 10_000_000, None, help="pid -1 gallery images (default ~5%% of images)")
     p.add_argument(
         "--regenerate",
         "--force",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from reidkit.commands import add_from_argument, add_trust_argument
+from reidkit.commands import add_from_argument, add_recipe_verb, add_trust_argument
 from typing import Any
 
 OVERRIDE_HELP = "dotted config overrides, e.g. model.backbone=resnet50_ibn_a solver.base_lr=3.5e-4"
@@ -13,15 +13,16 @@ OVERRIDE_HELP = "dotted config overrides, e.g. model.backbone=resnet50_ibn_a sol
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the training verbs to the `reidkit` command."""
-    p = sub.add_parser(
+    add_recipe_verb(
+        sub,
         "train",
+        _train,
+        "recipe file or packaged recipe name (e.g. bot_r50)",
+        OVERRIDE_HELP,
         help="train a model from a YAML recipe",
         description="Train a ReID model. Writes config.yaml, train.log, tensorboard "
         "events, last.pt, best.pt, model.pt and metrics.json into output_dir.",
     )
-    p.add_argument("--config", "-c", required=True, help="recipe file or packaged recipe name (e.g. bot_r50)")
-    p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
-    p.set_defaults(func=_train)
 
     p = sub.add_parser(
         "test",

@@ -12,7 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from reidkit.commands import add_trust_argument, params
-from reidkit.commands._args import DeprecatedAlias, at_most, bounded_float, bounded_int, finite_float, probability
+from reidkit.commands._args import (
+    DeprecatedAlias,
+    bounded_float,
+    bounded_int,
+    finite_float,
+    int_option,
+    probability,
+)
 from reidkit.commands.retrieval import add_files_argument, check_files_option
 from reidkit.errors import ReIDError
 
@@ -94,12 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="ONNX detector input HxW, for models without a fixed input shape (e.g. 640x640)",
     )
-    p.add_argument(
-        "--person-class",
-        type=at_most("--person-class", 100_000),
-        default=0,
-        help="ONNX detector class index of 'person' (default 0, COCO)",
-    )
+    int_option(p, "--person-class", 100_000, 0, help="ONNX detector class index of 'person' (default 0, COCO)")
     p.add_argument(
         "--weights",
         default=None,
@@ -107,16 +109,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "an existing gallery uses its own model",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: auto)")
-    p.add_argument(
-        "--every",
-        type=at_most("--every", 1_000_000),
-        default=1,
-        help="read every N-th frame, skip the others (default 1)",
-    )
-    p.add_argument(
+    int_option(p, "--every", 1_000_000, 1, help="read every N-th frame, skip the others (default 1)")
+    int_option(
+        p,
         "--detect-every",
-        type=at_most("--detect-every", 1000),
-        default=1,
+        1000,
+        1,
         metavar="N",
         help="detect and track on every N-th read frame; boxes between two detections of a track are "
         "interpolated (default 1; 2 with HOG cost 15 of 18 tracklets on the generated scene: "
@@ -144,25 +142,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
         "ambiguous detections, best-K crop candidates (needed, default)",
     )
-    p.add_argument(
+    int_option(
+        p,
         "--embed-budget",
-        type=at_most("--embed-budget", 10000),
-        default=8,
+        10000,
+        8,
         metavar="N",
         help="--appearance needed: embed at most N ambiguous detections per frame, the most ambiguous "
         "first; the others are matched by motion, so crowds keep the camera's pace (default 8; "
         "0: no limit, for the best tracking of recorded footage; see benchmarks/results/bench_video.md)",
     )
-    p.add_argument(
-        "--streams",
-        type=at_most("--streams", 64),
-        default=4,
-        help="videos processed at once in this process, sharing one embedder (default 4)",
-    )
-    p.add_argument(
+    int_option(p, "--streams", 64, 4, help="videos processed at once in this process, sharing one embedder (default 4)")
+    int_option(
+        p,
         "--workers",
-        type=at_most("--workers", 256),
-        default=None,
+        256,
+        None,
         help="run the videos on a local Dask cluster of N worker processes (needs dask[distributed])",
     )
     p.add_argument(
@@ -171,16 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ADDRESS",
         help="run the videos on a running Dask cluster (e.g. tcp://scheduler:8786)",
     )
-    p.add_argument(
-        "--chunk", type=at_most("--chunk", 1_000_000), default=50, help="processed frames per commit (default 50)"
-    )
-    p.add_argument("--k", type=at_most("--k", 1000), default=4, help="best crops kept per tracklet (default 4)")
-    p.add_argument(
-        "--min-len",
-        type=at_most("--min-len", 1_000_000),
-        default=3,
-        help="shortest tracklet kept, in processed frames (default 3)",
-    )
+    int_option(p, "--chunk", 1_000_000, 50, help="processed frames per commit (default 50)")
+    int_option(p, "--k", 1000, 4, help="best crops kept per tracklet (default 4)")
+    int_option(p, "--min-len", 1_000_000, 3, help="shortest tracklet kept, in processed frames (default 3)")
     p.add_argument("--flip", action="store_true", help="flip TTA for crop features")
     params(
         p.add_argument(
@@ -206,16 +194,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="an option of the tracker (repeatable), e.g. max_age=30; an unknown key is refused naming the valid ones",
     )
-    p.add_argument(
+    int_option(
+        p,
         "--max-age",
-        type=at_most("--max-age", 100_000),
-        default=None,
+        100_000,
+        None,
         help="the tracker's max_age option: frames a lost track is kept (default: the tracker's)",
     )
-    p.add_argument(
+    int_option(
+        p,
         "--n-init",
-        type=at_most("--n-init", 1000),
-        default=None,
+        1000,
+        None,
         help="the tracker's n_init option: detections to confirm a track (default: the tracker's)",
     )
     p.add_argument(
@@ -309,11 +299,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace the scene already in OUT (its cam*/ folders, GT/, links.yaml, scene.json)",
     )
-    sc.add_argument("--cams", type=at_most("--cams", 64), default=3, help="cameras (default 3)")
-    sc.add_argument("--ids", type=at_most("--ids", 10_000), default=6, help="identities (default 6)")
-    sc.add_argument(
-        "--frames", type=at_most("--frames", 1_000_000), default=200, help="frames per camera (default 200)"
-    )
+    int_option(sc, "--cams", 64, 3, help="cameras (default 3)")
+    int_option(sc, "--ids", 10_000, 6, help="identities (default 6)")
+    int_option(sc, "--frames", 1_000_000, 200, help="frames per camera (default 200)")
     sc.add_argument("--size", default="240x320", help="frame size HxW (default 240x320)")
     sc.add_argument(
         "--fps", type=bounded_float("--fps", 0.0, 1000.0), default=10.0, help="frames per second (default 10)"

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from reidkit.commands import add_trust_argument
-from reidkit.commands._args import at_most, bounded_float
+from reidkit.commands._args import bounded_float, int_option
 from reidkit.errors import ReIDError
 
 
@@ -83,10 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="delete tracklets that ended longer ago than this (e.g. 7d, 12h, 30m; default: keep all)",
     )
-    p.add_argument(
+    int_option(
+        p,
         "--buffer",
-        type=at_most("--buffer", 100_000),
-        default=4,
+        100_000,
+        4,
         metavar="FRAMES",
         help="frames of each camera waiting for processing; when full the oldest is skipped (default 4)",
     )
@@ -96,10 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="stop after this long (e.g. 30m; default: run until SIGTERM / Ctrl-C)",
     )
-    p.add_argument(
+    int_option(
+        p,
         "--status-port",
-        type=at_most("--status-port", 65535),
-        default=None,
+        65535,
+        None,
         metavar="PORT",
         help="serve /metrics (Prometheus text) and /health (JSON) on 127.0.0.1:PORT while running",
     )

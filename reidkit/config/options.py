@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, Callable
 
 from reidkit.config.typed import build
 from reidkit.errors import ReIDError
 
-__all__ = ["KINDS", "describe_options", "options_class", "read_options", "register_options"]
+__all__ = ["KINDS", "describe_options", "options_class", "part_options", "read_options", "register_options"]
 
 # kind -> the config prefix its options live under (``{name}`` is the part's name)
 KINDS = {
@@ -43,6 +43,12 @@ def register_options(kind: str, name: str, options: type | None) -> None:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ReIDError(f"{kind} {name!r}: option {f.name!r} of {options.__name__} needs a default")
     _OPTIONS[kind][name] = options
+
+
+def part_options(kind: str, name: str, options: type | None = None) -> Callable[[Any], None]:
+    """What registering part ``name`` of ``kind`` records of its options: ``options``, else the part's own
+    ``options`` attribute (``Registry.register(..., then=part_options(kind, name, options))``)."""
+    return lambda part: register_options(kind, name, options or getattr(part, "options", None))
 
 
 def options_class(kind: str, name: str) -> type | None:

@@ -139,19 +139,16 @@ def _trackeval(root: Path, lengths: dict[str, int]) -> dict[str, dict[str, float
 
     trackeval = require("trackeval", "eval-tracks (TrackEval's HOTA, CLEAR and Identity metrics)")
     quiet = {"PRINT_CONFIG": False}
-    eval_cfg = dict(
-        trackeval.Evaluator.get_default_eval_config(),
-        USE_PARALLEL=False,
-        BREAK_ON_ERROR=True,
-        LOG_ON_ERROR=None,
-        PRINT_RESULTS=False,
-        PRINT_ONLY_COMBINED=True,
-        TIME_PROGRESS=False,
-        OUTPUT_SUMMARY=False,
-        OUTPUT_DETAILED=False,
-        PLOT_CURVES=False,
+    # serial, errors raised, nothing printed nor written (this function returns the numbers)
+    silent = ("USE_PARALLEL", "PRINT_RESULTS", "TIME_PROGRESS", "OUTPUT_SUMMARY", "OUTPUT_DETAILED", "PLOT_CURVES")
+    eval_cfg = {
+        **trackeval.Evaluator.get_default_eval_config(),
+        **dict.fromkeys(silent, False),
+        "BREAK_ON_ERROR": True,
+        "LOG_ON_ERROR": None,
+        "PRINT_ONLY_COMBINED": True,
         **quiet,
-    )
+    }
     ds_cfg = dict(
         trackeval.datasets.MotChallenge2DBox.get_default_dataset_config(),
         GT_FOLDER=str(root / "gt"),

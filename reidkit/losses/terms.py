@@ -46,14 +46,9 @@ def register_loss(name: str, obj: Any = None, *, options: type | None = None, ov
     ``options`` (default: the class's ``options`` attribute) is a dataclass of the loss's own keys,
     set in a recipe as ``loss.<name>.<key>``; the loss reads them with ``loss_cfg.options(name)``.
     """
-    from reidkit.config.options import register_options
+    from reidkit.config.options import part_options
 
-    def add(item: Any) -> Any:
-        LOSSES.register(name, item, overwrite=overwrite)
-        register_options("loss", name, options or getattr(item, "options", None))
-        return item
-
-    return add if obj is None else add(obj)
+    return LOSSES.register(name, obj, overwrite=overwrite, then=part_options("loss", name, options))
 
 
 def _output_list(outputs: dict, many: str, one: str, loss: str) -> list[torch.Tensor]:

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from reidkit._lazy import lazy_getattr
+from reidkit._lazy import lazy_module
 
-_LAZY = {
-    "build_backbone": "reidkit.models.backbones",
-    "BACKBONES": "reidkit.models.backbones",
-    "ModelConfig": "reidkit.models.build",
-    "ReIDModel": "reidkit.models.build",
-    "build_model": "reidkit.models.build",
-    "save_model": "reidkit.models.build",
-    "load_model": "reidkit.models.loading",
-    "load_feature_model": "reidkit.models.loading",
-    "read_checkpoint": "reidkit.models.checkpoint",
-    "save_checkpoint": "reidkit.models.checkpoint",
-    "ModelInfo": "reidkit.models.info",
-    "ReIDHead": "reidkit.models.heads",
-    "BNNeck": "reidkit.models.heads",
-    "GeM": "reidkit.models.heads",
-    "EmbeddingHead": "reidkit.models.heads",
-    "build_pooling": "reidkit.models.heads",
-    "build_classifier": "reidkit.models.heads",
-}
-
-__all__ = list(_LAZY)
-
-
-__getattr__ = lazy_getattr(__name__, _LAZY)
+__all__, __getattr__ = lazy_module(
+    __name__,
+    {
+        "reidkit.models.backbones": ["build_backbone", "BACKBONES"],
+        "reidkit.models.build": ["ModelConfig", "ReIDModel", "build_model", "save_model"],
+        "reidkit.models.loading": ["load_model", "load_feature_model"],
+        "reidkit.models.checkpoint": ["read_checkpoint", "save_checkpoint"],
+        "reidkit.models.info": ["ModelInfo"],
+        "reidkit.models.heads": ["ReIDHead", "BNNeck", "GeM", "EmbeddingHead", "build_pooling", "build_classifier"],
+    },
+)

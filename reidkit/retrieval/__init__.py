@@ -6,28 +6,27 @@ Names are imported lazily so `import reidkit.retrieval` does not pull in faiss, 
 
 from __future__ import annotations
 
-from reidkit._lazy import lazy_getattr
-
-_LAZY = {
-    "Gallery": "reidkit.retrieval.gallery",
-    "FeatureExtractor": "reidkit.inference",
-    "ModelIdentity": "reidkit.inference",
-    "parse_camera_frame": "reidkit.retrieval.folder",
-    "check_gallery": "reidkit.retrieval.maintenance",
-    "repair_gallery": "reidkit.retrieval.maintenance",
-    "open_store": "reidkit.retrieval.backends",
-    "register_backend": "reidkit.retrieval.backends",
-    "resolve": "reidkit.retrieval.backends",
-    "Capabilities": "reidkit.retrieval.backends",
-    "GalleryStore": "reidkit.retrieval.backends",
-    "SearchFilter": "reidkit.retrieval.backends",
-    "create_app": "reidkit.retrieval.service",
-}
+from reidkit._lazy import lazy_module
 
 # Deprecated: the folder lister is reidkit.utils.io's, one for the whole package.
 _MOVED = {"list_images": "reidkit.utils.io.image_paths"}
 
-__all__ = list(_LAZY)
-
-
-__getattr__ = lazy_getattr(__name__, _LAZY, _MOVED)
+__all__, __getattr__ = lazy_module(
+    __name__,
+    {
+        "reidkit.retrieval.gallery": ["Gallery"],
+        "reidkit.inference": ["FeatureExtractor", "ModelIdentity"],
+        "reidkit.retrieval.folder": ["parse_camera_frame"],
+        "reidkit.retrieval.maintenance": ["check_gallery", "repair_gallery"],
+        "reidkit.retrieval.backends": [
+            "open_store",
+            "register_backend",
+            "resolve",
+            "Capabilities",
+            "GalleryStore",
+            "SearchFilter",
+        ],
+        "reidkit.retrieval.service": ["create_app"],
+    },
+    _MOVED,
+)

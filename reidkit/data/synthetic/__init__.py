@@ -334,30 +334,9 @@ def _remove_stale_partials(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def generate(
-    out: str | os.PathLike,
-    ids: int = 100,
-    images_per_id: int = 16,
-    cams: int = 6,
-    seed: int = 0,
-    domain: str = "A",
-    size: tuple[int, int] = (128, 64),
-    workers: int | None = None,
-    distractors: int | None = None,
-    junk: int | None = None,
-    force: bool = False,
-) -> Path:
-    """Write a synthetic Market-1501 tree under `out`; returns `<out>/Market-1501-v15.09.15`."""
-    return generate_report(
-        out,
-        ids=ids,
-        images_per_id=images_per_id,
-        cams=cams,
-        seed=seed,
-        domain=domain,
-        size=size,
-        workers=workers,
-        distractors=distractors,
-        junk=junk,
-        force=force,
-    ).root
+def generate(out: str | os.PathLike, **options: Any) -> Path:
+    """Write a synthetic Market-1501 tree under `out`; returns `<out>/Market-1501-v15.09.15`.
+
+    `options`: those of :func:`generate_report` (ids, images_per_id, cams, seed, domain, size, workers,
+    distractors, junk, force)."""
+    return generate_report(out, **options).root

@@ -59,8 +59,10 @@ def _norm1(planes: int, ibn: str | None) -> nn.Module:
     return IBN(planes) if ibn == "a" else nn.BatchNorm2d(planes)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual (ResNet-18/34)."""
+class _Block(nn.Module):
+    """What both residual blocks share: the arguments, the optional SE gate on the residual branch before the
+    addition (Hu et al., fig. 3), IBN-b's IN after the addition (it keeps the identity path's style statistics
+    out of later layers; Pan et al. 2018) and the final ReLU. A subclass builds and runs its branch."""
 
     expansion = 1
 
@@ -77,23 +79,23 @@ class BasicBlock(nn.Module):
         se: bool = False,
     ) -> None:
         super().__init__()
-        if groups != 1 or base_width != 64:
-            raise ReIDError("BasicBlock supports only groups=1 and base_width=64 (use Bottleneck for ResNeXt)")
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = _norm1(planes, ibn)
+        self._build(inplanes, planes, stride, groups, base_width, ibn)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.se = SELayer(planes) if se else None
-        self.IN = nn.InstanceNorm2d(planes, affine=True) if in_after_add else None
+        self.se = SELayer(planes * self.expansion) if se else None
+        self.IN = nn.InstanceNorm2d(planes * self.expansion, affine=True) if in_after_add else None
         self.downsample = downsample
         self.stride = stride
+
+    def _build(self, inplanes: int, planes: int, stride: int, groups: int, base_width: int, ibn: str | None) -> None:
+        raise NotImplementedError
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Residual block forward."""
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self._branch(x)
         if self.se is not None:
             out = self.se(out)
         out = out + identity
@@ -102,24 +104,29 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(_Block):
+    """Two 3x3 convolutions with a residual (ResNet-18/34)."""
+
+    expansion = 1
+
+    def _build(self, inplanes: int, planes: int, stride: int, groups: int, base_width: int, ibn: str | None) -> None:
+        if groups != 1 or base_width != 64:
+            raise ReIDError("BasicBlock supports only groups=1 and base_width=64 (use Bottleneck for ResNeXt)")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = _norm1(planes, ibn)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+
+class Bottleneck(_Block):
     """1x1 - 3x3 (grouped for ResNeXt, carries the stride as in torchvision) - 1x1 block with a residual."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        groups: int = 1,
-        base_width: int = 64,
-        ibn: str | None = None,
-        in_after_add: bool = False,
-        se: bool = False,
-    ) -> None:
-        super().__init__()
+    def _build(self, inplanes: int, planes: int, stride: int, groups: int, base_width: int, ibn: str | None) -> None:
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = _norm1(width, ibn)
@@ -127,26 +134,11 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        # SE gates the residual branch before the addition (Hu et al., fig. 3).
-        self.se = SELayer(planes * self.expansion) if se else None
-        # IBN-b: IN after the addition keeps the identity path's style statistics out of later layers.
-        self.IN = nn.InstanceNorm2d(planes * self.expansion, affine=True) if in_after_add else None
-        self.downsample = downsample
-        self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual block forward."""
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        out = out + identity
-        if self.IN is not None:
-            out = self.IN(out)
-        return self.relu(out)
+        return self.bn3(self.conv3(out))
 
 
 class ResNet(nn.Module):

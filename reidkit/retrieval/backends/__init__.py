@@ -75,11 +75,7 @@ def register_backend(name: str, cls: Any = None, *, overwrite: bool = False) -> 
             f"at least two characters)"
         )
 
-    def add(item: Any) -> Any:
-        BACKENDS.register(name, item, overwrite=overwrite)
-        return item
-
-    return add if cls is None else add(cls)
+    return BACKENDS.register(name, cls, overwrite=overwrite)
 
 
 def _load(entry: Any) -> Any:

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from reidkit.config.options import options_class, read_options, register_options
+from reidkit.config.options import options_class, part_options, read_options
 from reidkit.errors import OptionError, ReIDError
 from reidkit.registry import Registry
 from reidkit.video.detectors.base import Detections, Detector
@@ -56,12 +56,7 @@ def register_detector(name: str, cls: Any = None, *, options: type | None = None
     """Register a detector class (decorator or call); ``options`` (default: the class's ``options`` attribute)
     is the dataclass of its own keys, set with ``--detector-option KEY=VALUE`` (``detector.<name>.KEY``)."""
 
-    def add(item: Any) -> Any:
-        DETECTORS.register(name, item, overwrite=overwrite)
-        register_options("detector", name, options or getattr(item, "options", None))
-        return item
-
-    return add if cls is None else add(cls)
+    return DETECTORS.register(name, cls, overwrite=overwrite, then=part_options("detector", name, options))
 
 
 def detector_options(name: str, values: Mapping[str, Any] | None = None) -> Any:

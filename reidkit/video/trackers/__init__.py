@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from reidkit.config.options import options_class, read_options, register_options
+from reidkit.config.options import options_class, part_options, read_options
 from reidkit.registry import Registry
 from reidkit.video.trackers.base import FrameTracks, Match, Tracker
 
@@ -43,12 +43,7 @@ def register_tracker(name: str, cls: Any = None, *, options: type | None = None,
     """Register a tracker class (decorator or call); ``options`` (default: the class's ``options`` attribute)
     is the dataclass of its own keys, set with ``--tracker-option KEY=VALUE`` (``tracker.<name>.KEY``)."""
 
-    def add(item: Any) -> Any:
-        TRACKERS.register(name, item, overwrite=overwrite)
-        register_options("tracker", name, options or getattr(item, "options", None))
-        return item
-
-    return add if cls is None else add(cls)
+    return TRACKERS.register(name, cls, overwrite=overwrite, then=part_options("tracker", name, options))
 
 
 def tracker_options(name: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reidkit.config.options import register_options
+from reidkit.config.options import part_options
 from reidkit.registry import Registry
 
 USL_METHODS: Registry[Any] = Registry("USL method", "usl.method")
@@ -17,12 +17,7 @@ def register_usl_method(name: str, cls: Any = None, *, options: type | None = No
     keys, set in a recipe under ``usl.<name>.*``.
     """
 
-    def add(item: Any) -> Any:
-        USL_METHODS.register(name, item, overwrite=overwrite)
-        register_options("usl", name, options or getattr(item, "options", None))
-        return item
-
-    return add if cls is None else add(cls)
+    return USL_METHODS.register(name, cls, overwrite=overwrite, then=part_options("usl", name, options))
 
 
 # The built-in methods, one line each (imported after the registry exists: they register themselves).
