@@ -217,19 +217,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_trust_argument(srv)
 
 
-def add_db_arguments(p: argparse.ArgumentParser, new: bool = False) -> None:
-    """--db (a gallery folder, or SCHEME:<location> of a registered backend) and --collection, on every gallery verb."""
+def add_db_arguments(p: argparse.ArgumentParser, new: bool = False, db_help: str | None = None) -> None:
+    """--db (a gallery folder, or SCHEME:<location> of a registered backend) and --collection, on every gallery verb;
+    ``db_help`` replaces the help of --db."""
     p.add_argument(
         "--db",
         required=True,
-        help=(
-            "gallery to create: a folder (embedded SQLite + faiss, the default) or milvus:<uri> "
-            "(milvus:./g.db runs Milvus Lite in-process; milvus:http://host:19530 a Milvus server), or the "
-            "scheme of a --plugin backend (reidkit.register_backend)"
-        )
-        if new
-        else "gallery: a folder, or milvus:<uri> (a Milvus Lite file or a Milvus server), or a --plugin "
-        "backend's SCHEME:<location>",
+        help=db_help
+        or (
+            (
+                "gallery to create: a folder (embedded SQLite + faiss, the default) or milvus:<uri> "
+                "(milvus:./g.db runs Milvus Lite in-process; milvus:http://host:19530 a Milvus server), or the "
+                "scheme of a --plugin backend (reidkit.register_backend)"
+            )
+            if new
+            else "gallery: a folder, or milvus:<uri> (a Milvus Lite file or a Milvus server), or a --plugin "
+            "backend's SCHEME:<location>"
+        ),
     )
     p.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
 

@@ -20,7 +20,7 @@ from reidkit.commands._args import (
     int_option,
     probability,
 )
-from reidkit.commands.retrieval import add_files_argument, check_files_option
+from reidkit.commands.retrieval import add_db_arguments, add_files_argument, check_files_option
 from reidkit.errors import ReIDError
 
 
@@ -49,13 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="video files (anything OpenCV decodes), or live stream URLs (rtsp://, http(s)://, udp://: "
         "watched until SIGTERM / Ctrl-C as `reidkit watch` does)",
     )
-    p.add_argument(
-        "--db",
-        required=True,
-        help="gallery (created when missing): a folder, or milvus:<uri> (milvus:./g.db runs Milvus Lite "
+    add_db_arguments(
+        p,
+        db_help="gallery (created when missing): a folder, or milvus:<uri> (milvus:./g.db runs Milvus Lite "
         "in-process; milvus:http://host:19530 a Milvus server, 2.5 or newer)",
     )
-    p.add_argument("--collection", default=None, help="Milvus collection of a milvus: gallery (default: reidkit)")
     add_files_argument(p, "the first video's folder")
     params(
         p.add_argument(

@@ -33,6 +33,9 @@ from reidkit.utils.io import image_paths
 from reidkit.utils.validate import check_positive
 from reidkit.retrieval.build_options import BuildOptions
 from reidkit.retrieval.backends import (
+    BuildPlan,
+    DeleteMatch,
+    WriteBatch,
     Capabilities,
     GalleryStore,
     SearchFilter,
@@ -248,10 +251,7 @@ class Gallery:
         index, nlist, pq_m = o.index, o.nlist, o.pq_m
         paths = image_paths(images_dir)
         builder = resolve(db, o.collection).builder(
-            overwrite=o.overwrite,
-            settings={"index_kind": index, "nlist": nlist, "pq_m": pq_m},
-            lock_timeout=o.lock_timeout,
-            progress=progress,
+            BuildPlan(index, nlist, pq_m, overwrite=o.overwrite, lock_timeout=o.lock_timeout, progress=progress)
         )
         if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
             raise OptionError("nlist", f"more lists than images under {images_dir} ({len(paths)})", value=nlist)
@@ -310,9 +310,7 @@ class Gallery:
         """
         if index not in ("flat", "hnsw"):
             raise OptionError("index", f"an empty gallery can be flat or hnsw ({index} needs training features)")
-        builder = resolve(db, collection).builder(
-            overwrite=False, settings={"index_kind": index}, lock_timeout=lock_timeout, progress=None
-        )
+        builder = resolve(db, collection).builder(BuildPlan(index, lock_timeout=lock_timeout))
         info = {**BuildOptions(index=index, hnsw_m=hnsw_m, ef_search=ef_search).index_info(), **_engine_info(extractor)}
         try:
             builder.start(extractor.identity, info)
@@ -455,9 +453,7 @@ class Gallery:
             corrupt.extend(part.corrupt)
         crash_point("add_embedded")
         allf = np.concatenate(feats) if feats else np.zeros((0, self.identity.feat_dim), np.float32)
-        ids, snap = self.store.write(
-            self._snap,
-            self.identity,
+        batch = WriteBatch(
             image_rows(good),
             allf,
             skip_existing_images=True,
@@ -465,6 +461,7 @@ class Gallery:
             lock_timeout=lock_timeout,
             progress=progress,
         )
+        ids, snap = self.store.write(self._snap, self.identity, batch)
         self._swap(snap)
         report = {
             "added": len(ids),
@@ -506,7 +503,7 @@ class Gallery:
         if not rows and not state_rows:
             return []
         ids, snap = self.store.write(
-            self._snap, self.identity, rows, feats, state=state_rows, lock_timeout=lock_timeout
+            self._snap, self.identity, WriteBatch(rows, feats, state_rows, lock_timeout=lock_timeout)
         )
         self._swap(snap)
         return ids
@@ -535,15 +532,8 @@ class Gallery:
             path = str(p.resolve()) if p.exists() else str(path)
         if id_list is None and tracklet is None and camera is None and path is None:
             raise ReIDError("delete: give ids, tracklet, camera or path (refusing to delete the whole gallery)")
-        n, snap = self.store.delete(
-            self._snap,
-            self.identity,
-            ids=id_list,
-            tracklet=None if tracklet is None else str(tracklet),
-            camera=None if camera is None else str(camera),
-            path=path,
-            lock_timeout=lock_timeout,
-        )
+        match = DeleteMatch(id_list, tracklet, camera, path)
+        n, snap = self.store.delete(self._snap, self.identity, match, lock_timeout=lock_timeout)
         if n == 0 and snap is None:
             self._check_filters({"camera": camera, "tracklet": tracklet, "path": path})
         self._swap(snap)

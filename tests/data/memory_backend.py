@@ -12,7 +12,7 @@ import numpy as np
 
 import reidkit
 from reidkit.errors import OptionError, ReIDError
-from reidkit.retrieval.backends import FILES_OUTSIDE, Capabilities
+from reidkit.retrieval.backends import FILES_OUTSIDE, Capabilities, WriteBatch
 from reidkit.retrieval.backends.protocol import files_folder, passes
 
 GALLERIES: dict[str, dict] = {}  # NAME -> {identity, info, uid, generation, rows {id: row}, vecs {id: vector}, state, files}
@@ -82,8 +82,8 @@ class MemoryStore:
         return str(db).split(":", 1)[1] in GALLERIES
 
     @classmethod
-    def builder(cls, location, collection=None, overwrite=False, settings=None, lock_timeout=None, progress=None):
-        if cls.exists(location) and not overwrite:
+    def builder(cls, location, collection, plan):
+        if cls.exists(location) and not plan.overwrite:
             raise OptionError("db", f"{location} already holds a gallery; build with overwrite to replace it")
         return MemoryBuilder(str(location))
 
@@ -112,8 +112,9 @@ class MemoryStore:
         self.g["generation"] += 1
         return self.snapshot()
 
-    def write(self, base, identity, rows, vectors, state=None, skip_existing_images=False, corrupt=None,
-              lock_timeout=None, progress=None):
+    def write(self, base, identity, batch):
+        rows, vectors, state = batch.rows, batch.vectors, batch.state
+        skip_existing_images, corrupt = batch.skip_existing_images, batch.corrupt
         have = {r["path"] for r in self.g["rows"].values() if r["kind"] == "image"} if skip_existing_images else set()
         keep = [i for i, r in enumerate(rows) if not (r["kind"] == "image" and r["path"] in have)]
         if not keep and not state:
@@ -132,10 +133,10 @@ class MemoryStore:
             self.g["state"].pop(key, None) if value is None else self.g["state"].__setitem__(key, value)
         return list(range(start, start + len(keep))), self._publish()
 
-    def delete(self, base, identity, ids=None, tracklet=None, camera=None, path=None, lock_timeout=None):
-        want = {"tracklet": tracklet, "camera": camera, "path": path}
+    def delete(self, base, identity, match, lock_timeout=None):
+        ids = match.ids
         sel = [i for i, r in self.g["rows"].items() if (ids is None or i in set(ids))
-               and all(v is None or r[key] == v for key, v in want.items())]
+               and all(r[key] == v for key, v in match.columns())]
         for i in sel:
             del self.g["rows"][i], self.g["vecs"][i]
         return len(sel), (self._publish() if sel else None)
@@ -159,7 +160,7 @@ class MemoryBuilder:
                   "rows": {}, "vecs": {}, "state": {}, "files": None}
 
     def append(self, rows, vectors):
-        MemoryStore.write(self, None, None, rows, vectors)  # the same insert, on the gallery being built
+        MemoryStore.write(self, None, None, WriteBatch(rows, vectors))  # the same insert, on the gallery being built
 
     def publish(self, corrupt=0, existing_error=""):
         GALLERIES[self.location.split(":", 1)[1]] = self.g

@@ -29,12 +29,15 @@ from reidkit.registry import Registry
 from reidkit.retrieval.backends.protocol import (
     FILES_INSIDE,
     FILES_OUTSIDE,
+    BuildPlan,
     Capabilities,
+    DeleteMatch,
     FilesOutsideStore,
     GalleryStore,
     SearchFilter,
     StoreBuilder,
     StoreSnapshot,
+    WriteBatch,
     crash_point,
 )
 
@@ -42,7 +45,9 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "Backend",
+    "BuildPlan",
     "Capabilities",
+    "DeleteMatch",
     "FILES_INSIDE",
     "FILES_OUTSIDE",
     "FilesOutsideStore",
@@ -50,6 +55,7 @@ __all__ = [
     "SearchFilter",
     "StoreBuilder",
     "StoreSnapshot",
+    "WriteBatch",
     "register_backend",
     "resolve",
     "open_store",
@@ -104,9 +110,9 @@ class Backend:
         """True when the location already holds a gallery (of this or an older reidkit)."""
         return bool(self.cls.exists(self.db, collection=self.collection))
 
-    def builder(self, **kwargs: Any) -> StoreBuilder:
-        """A new gallery at the location (GalleryStore.builder's keywords)."""
-        return self.cls.builder(self.db, collection=self.collection, **kwargs)
+    def builder(self, plan: BuildPlan) -> StoreBuilder:
+        """A new gallery at the location, as `plan` says (GalleryStore.builder)."""
+        return self.cls.builder(self.db, self.collection, plan)
 
     def describe(self) -> str:
         """How messages name the gallery."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -39,6 +39,9 @@ __all__ = [
     "FILES_INSIDE",
     "FILES_OUTSIDE",
     "SearchFilter",
+    "WriteBatch",
+    "DeleteMatch",
+    "BuildPlan",
     "StoreSnapshot",
     "StoreBuilder",
     "GalleryStore",
@@ -122,6 +125,53 @@ class SearchFilter:
         return self
 
 
+@dataclass(frozen=True)
+class WriteBatch:
+    """One :meth:`GalleryStore.write`: entry rows and their vectors, state keys to set (a None value deletes the
+    key), whether image paths already stored are skipped (another writer may have added them since the base
+    snapshot), unreadable images to add to the gallery's count, and how to wait for another writer
+    (``lock_timeout`` seconds, None: the backend's default; ``progress``, told while waiting)."""
+
+    rows: list[dict[str, Any]]
+    vectors: np.ndarray
+    state: dict[str, str | None] = field(default_factory=dict)
+    skip_existing_images: bool = False
+    corrupt: int | None = None
+    lock_timeout: float | None = None
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class DeleteMatch:
+    """What :meth:`GalleryStore.delete` removes: the entries matching ALL the criteria given (None: any)."""
+
+    ids: Sequence[int] | None = None
+    tracklet: str | None = None
+    camera: str | None = None
+    path: str | None = None
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(column, value) of the criteria on stored fields that are given (ids aside)."""
+        return [
+            (c, str(v))
+            for c, v in (("tracklet", self.tracklet), ("camera", self.camera), ("path", self.path))
+            if v is not None
+        ]
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What :meth:`GalleryStore.builder` makes: the index kind (with its IVF lists and PQ sub-quantisers; None:
+    chosen from the data), whether an existing gallery is replaced, and how its writer waits for another."""
+
+    index_kind: str = "flat"
+    nlist: int | None = None
+    pq_m: int | None = None
+    overwrite: bool = False
+    lock_timeout: float | None = None
+    progress: Callable[[str], None] | None = None
+
+
 @runtime_checkable
 class StoreSnapshot(Protocol):
     """One consistent view of a gallery for reading (see each backend for what "consistent" means)."""
@@ -199,16 +249,8 @@ class GalleryStore(Protocol):
     def exists(cls, db: str | os.PathLike, collection: str | None = None) -> bool: ...
 
     @classmethod
-    def builder(
-        cls,
-        location: str | os.PathLike,
-        collection: str | None = None,
-        overwrite: bool = False,
-        settings: dict[str, Any] | None = None,
-        lock_timeout: float | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> StoreBuilder:
-        """A new gallery (settings: index_kind, nlist, pq_m); refuses an existing one unless `overwrite`."""
+    def builder(cls, location: str | os.PathLike, collection: str | None, plan: BuildPlan) -> StoreBuilder:
+        """A new gallery as `plan` says; refuses an existing one unless ``plan.overwrite``."""
 
     def snapshot(self) -> StoreSnapshot: ...
 
@@ -222,30 +264,14 @@ class GalleryStore(Protocol):
         """True while a writer that published `key` is still finishing (a follower may wait a little)."""
 
     def write(
-        self,
-        base: StoreSnapshot,
-        identity: ModelIdentity,
-        rows: list[dict[str, Any]],
-        vectors: np.ndarray,
-        state: dict[str, str | None] | None = None,
-        skip_existing_images: bool = False,
-        corrupt: int = 0,
-        lock_timeout: float | None = None,
-        progress: Callable[[str], None] | None = None,
+        self, base: StoreSnapshot, identity: ModelIdentity, batch: WriteBatch
     ) -> tuple[list[int], StoreSnapshot | None]:
-        """Write rows + vectors + state in one step; (ids written, the new snapshot or None when nothing changed)."""
+        """Write the batch in one step; (ids written, the new snapshot or None when nothing changed)."""
 
     def delete(
-        self,
-        base: StoreSnapshot,
-        identity: ModelIdentity,
-        ids: Sequence[int] | None = None,
-        tracklet: str | None = None,
-        camera: str | None = None,
-        path: str | None = None,
-        lock_timeout: float | None = None,
+        self, base: StoreSnapshot, identity: ModelIdentity, match: DeleteMatch, lock_timeout: float | None = None
     ) -> tuple[int, StoreSnapshot | None]:
-        """Delete the entries matching ALL given criteria; (count, new snapshot or None)."""
+        """Delete the entries `match` selects; (count, new snapshot or None)."""
 
     def get_state(self, key: str) -> Any:
         """The latest stored JSON value under `key`, or None."""

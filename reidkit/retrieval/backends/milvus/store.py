@@ -7,7 +7,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,16 @@ from reidkit.retrieval.backends.milvus.client import (
     files_beside,
     is_server,
 )
-from reidkit.retrieval.backends.protocol import FILES_OUTSIDE, Capabilities, SearchFilter, crash_point, files_folder
+from reidkit.retrieval.backends.protocol import (
+    FILES_OUTSIDE,
+    BuildPlan,
+    Capabilities,
+    DeleteMatch,
+    SearchFilter,
+    WriteBatch,
+    crash_point,
+    files_folder,
+)
 from reidkit.retrieval.store import iter_chunks
 
 __all__ = ["MilvusStore", "MilvusSnapshot", "MilvusBuilder"]
@@ -275,18 +284,10 @@ class MilvusStore:
         return _Collections(location, uri, name).exists()
 
     @classmethod
-    def builder(
-        cls,
-        location: str | os.PathLike,
-        collection: str | None = None,
-        overwrite: bool = False,
-        settings: dict[str, Any] | None = None,
-        lock_timeout: float | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> MilvusBuilder:
+    def builder(cls, location: str | os.PathLike, collection: str | None, plan: BuildPlan) -> MilvusBuilder:
         """A new gallery built in a temporary collection and renamed into place."""
         loc, uri, name = cls._names(location, collection)
-        return MilvusBuilder(loc, uri, name, overwrite, settings or {})
+        return MilvusBuilder(loc, uri, name, plan.overwrite, plan.index_kind)
 
     def snapshot(self) -> MilvusSnapshot:
         """Strong-consistency reads of the current content."""
@@ -326,20 +327,10 @@ class MilvusStore:
             info["corrupt_skipped"] = str(int(info.get("corrupt_skipped", "0")) + int(corrupt))
         self.cols.put_text({_INFO_KEY: json.dumps(info)})
 
-    def write(
-        self,
-        base: Any,
-        identity: ModelIdentity,
-        rows: list[dict[str, Any]],
-        vectors: np.ndarray,
-        state: dict[str, str | None] | None = None,
-        skip_existing_images: bool = False,
-        corrupt: int | None = None,
-        lock_timeout: float | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> tuple[list[int], MilvusSnapshot | None]:
+    def write(self, base: Any, identity: ModelIdentity, batch: WriteBatch) -> tuple[list[int], MilvusSnapshot | None]:
         """Upsert the entries (ids from content), then the state, then bump the generation."""
-        state = state or {}
+        rows, vectors, state, corrupt = batch.rows, batch.vectors, batch.state, batch.corrupt
+        skip_existing_images = batch.skip_existing_images
         self._check_model(identity)
         ids = [entry_id(r) for r in rows]
         keep = list(range(len(rows)))
@@ -358,25 +349,17 @@ class MilvusStore:
         return [ids[i] for i in keep], self.snapshot()
 
     def delete(
-        self,
-        base: Any,
-        identity: ModelIdentity,
-        ids: Sequence[int] | None = None,
-        tracklet: str | None = None,
-        camera: str | None = None,
-        path: str | None = None,
-        lock_timeout: float | None = None,
+        self, base: Any, identity: ModelIdentity, match: DeleteMatch, lock_timeout: float | None = None
     ) -> tuple[int, MilvusSnapshot | None]:
-        """Delete the entries matching ALL given criteria (by expression); (count, new snapshot)."""
+        """Delete the entries `match` selects (by expression); (count, new snapshot)."""
         parts: list[str] = []
         params: dict[str, Any] = {}
-        if ids is not None:
+        if match.ids is not None:
             parts.append("id in {ids}")
-            params["ids"] = [int(i) for i in ids]
-        for col, v in (("tracklet", tracklet), ("camera", camera), ("path", path)):
-            if v is not None:
-                parts.append(f"{col} == {{{col}}}")
-                params[col] = str(v)
+            params["ids"] = [int(i) for i in match.ids]
+        for col, v in match.columns():
+            parts.append(f"{col} == {{{col}}}")
+            params[col] = v
         sel = [int(d["id"]) for d in self.cols.iterate(" and ".join(parts), params, ["id"])]
         if not sel:
             return 0, None
@@ -444,12 +427,12 @@ class MilvusStore:
 class MilvusBuilder:
     """A new Milvus gallery: filled in ``NAME__build_<random>``, then renamed to NAME (the old one dropped)."""
 
-    def __init__(self, location: str, uri: str, name: str, overwrite: bool, settings: dict[str, Any]) -> None:
+    def __init__(self, location: str, uri: str, name: str, overwrite: bool, index_kind: str) -> None:
         self.location = location
         self.uri = uri
         self.name = name
         self.overwrite = overwrite
-        self.settings = settings
+        self.index_kind = index_kind
         self.target = _Collections(location, uri, name)
         if self.target.exists() and not overwrite:
             raise OptionError(
@@ -469,7 +452,7 @@ class MilvusBuilder:
             except ReIDError:
                 old_gen = 0
         self.started = True
-        self.tmp.create(identity.feat_dim, self.settings.get("index_kind", "flat"))
+        self.tmp.create(identity.feat_dim, self.index_kind)
         self.tmp.put_text(
             {
                 _MODEL_KEY: json.dumps(identity.as_dict()),

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,14 @@ import numpy as np
 from reidkit.errors import OptionError
 from reidkit.utils.progress import to_stderr
 from reidkit.inference import ModelIdentity
-from reidkit.retrieval.backends.protocol import FILES_INSIDE, Capabilities, crash_point
+from reidkit.retrieval.backends.protocol import (
+    FILES_INSIDE,
+    BuildPlan,
+    Capabilities,
+    DeleteMatch,
+    WriteBatch,
+    crash_point,
+)
 from reidkit.retrieval.backends.sqlite.snapshot import SQLiteSnapshot
 from reidkit.retrieval.backends.sqlite.schema import (
     DB_FILE,
@@ -84,19 +91,11 @@ class SQLiteStore:
         return (path / DB_FILE).exists() or (path / LEGACY_INDEX).exists()
 
     @classmethod
-    def builder(
-        cls,
-        location: str | os.PathLike,
-        collection: str | None = None,
-        overwrite: bool = False,
-        settings: dict[str, Any] | None = None,
-        lock_timeout: float | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> SQLiteBuilder:
+    def builder(cls, location: str | os.PathLike, collection: str | None, plan: BuildPlan) -> SQLiteBuilder:
         """A new gallery built beside `location` and published whole (see SQLiteBuilder)."""
         if collection is not None:
             raise OptionError("collection", f"applies to milvus: galleries only, not to the folder {location}")
-        return SQLiteBuilder(Path(location), overwrite, settings or {}, lock_timeout, progress)
+        return SQLiteBuilder(Path(location), plan)
 
     @staticmethod
     def describe(db: str | os.PathLike, collection: str | None = None) -> str:
@@ -223,23 +222,14 @@ class SQLiteStore:
         return result, new
 
     def write(
-        self,
-        base: SQLiteSnapshot,
-        identity: ModelIdentity,
-        rows: list[dict[str, Any]],
-        vectors: np.ndarray,
-        state: dict[str, str | None] | None = None,
-        skip_existing_images: bool = False,
-        corrupt: int | None = None,
-        lock_timeout: float | None = None,
-        progress: Callable[[str], None] | None = None,
+        self, base: SQLiteSnapshot, identity: ModelIdentity, batch: WriteBatch
     ) -> tuple[list[int], SQLiteSnapshot | None]:
         """Insert rows + vectors + state (and the unreadable-image count) as one generation; (ids, new snapshot)."""
-        state = state or {}
+        rows, vectors, state, corrupt = batch.rows, batch.vectors, batch.state, batch.corrupt
 
         def body(conn: sqlite3.Connection) -> Any:
             keep = list(range(len(rows)))
-            if skip_existing_images:  # another writer may have added some of these since `base` was taken
+            if batch.skip_existing_images:  # another writer may have added some of these since `base` was taken
                 present = {p for (p,) in conn.execute("SELECT path FROM entries WHERE kind = 'image'")}
                 keep = [i for i in keep if rows[i]["path"] not in present]
             if not keep and not state:
@@ -262,29 +252,21 @@ class SQLiteStore:
 
             return ids, update
 
-        ids, new = self._commit(base, identity, body, progress=progress, lock_timeout=lock_timeout)
+        ids, new = self._commit(base, identity, body, progress=batch.progress, lock_timeout=batch.lock_timeout)
         return ids or [], new
 
     def delete(
-        self,
-        base: SQLiteSnapshot,
-        identity: ModelIdentity,
-        ids: Sequence[int] | None = None,
-        tracklet: str | None = None,
-        camera: str | None = None,
-        path: str | None = None,
-        lock_timeout: float | None = None,
+        self, base: SQLiteSnapshot, identity: ModelIdentity, match: DeleteMatch, lock_timeout: float | None = None
     ) -> tuple[int, SQLiteSnapshot | None]:
-        """Delete the entries matching ALL given criteria as one generation; (count, new snapshot)."""
+        """Delete the entries `match` selects as one generation; (count, new snapshot)."""
         where: list[str] = []
         params: list[Any] = []
-        if ids is not None:
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            params.extend(int(i) for i in ids)
-        for col, v in (("tracklet", tracklet), ("camera", camera), ("path", path)):
-            if v is not None:
-                where.append(f"{col} = ?")
-                params.append(str(v))
+        if match.ids is not None:
+            where.append(f"id IN ({','.join('?' * len(match.ids))})")
+            params.extend(int(i) for i in match.ids)
+        for col, v in match.columns():
+            where.append(f"{col} = ?")
+            params.append(v)
 
         def body(conn: sqlite3.Connection) -> Any:
             sel = [r[0] for r in conn.execute(f"SELECT id FROM entries WHERE {' AND '.join(where)}", params)]
@@ -321,21 +303,12 @@ class SQLiteStore:
 class SQLiteBuilder:
     """A new gallery folder filled in a temp folder beside `db` and published with one atomic exchange."""
 
-    def __init__(
-        self,
-        db: Path,
-        overwrite: bool,
-        settings: dict[str, Any],
-        lock_timeout: float | None,
-        progress: Callable[[str], None] | None,
-    ) -> None:
+    def __init__(self, db: Path, plan: BuildPlan) -> None:
         self.db = Path(db).expanduser().absolute()
-        self.overwrite = overwrite
-        self.settings = settings
-        self.lock_timeout = lock_timeout
-        self.progress = progress
+        self.plan = plan
+        self.overwrite, self.lock_timeout, self.progress = plan.overwrite, plan.lock_timeout, plan.progress
         recover(self.db)
-        self.old_gen = existing_generation(self.db, overwrite)
+        self.old_gen = existing_generation(self.db, plan.overwrite)
         self.tmp: Path | None = None
         self.conn: sqlite3.Connection | None = None
         self.identity: ModelIdentity | None = None
@@ -363,7 +336,6 @@ class SQLiteBuilder:
     def publish(self, corrupt: int = 0, existing_error: str = "") -> SQLiteStore:
         """Index the new database and swap it in under the writer lock; returns the store."""
         assert self.conn is not None and self.tmp is not None and self.identity is not None
-        s = self.settings
         try:
             with write_transaction(self.conn, self.tmp, immediate=False):
                 self.conn.execute("INSERT OR REPLACE INTO info VALUES ('corrupt_skipped', ?)", (str(corrupt),))
@@ -372,9 +344,9 @@ class SQLiteBuilder:
                 self.tmp,
                 self.conn,
                 self.identity,
-                s.get("index_kind", "flat"),
-                s.get("nlist"),
-                s.get("pq_m"),
+                self.plan.index_kind,
+                self.plan.nlist,
+                self.plan.pq_m,
                 self.progress,
             )
             self.conn.close()
