@@ -229,11 +229,11 @@ def repair_folder(
             src = ident.source
             if weights is None and src != "imagenet" and not Path(src).is_file():
                 raise OptionError(
-                    "db",
+                    "weights",
                     f"{db}: {len(missing)} of {len(rows)} images have no vector in {S.LEGACY_INDEX}"
                     + (f" ({note})" if note else "")
                     + f" and the model that built the gallery ({src}) is not there; "
-                    "give the weights of that model to re-extract them",
+                    "give that model to re-extract them",
                 )
             ext = FeatureExtractor.load(
                 weights if weights is not None else (None if src == "imagenet" else src),
