@@ -121,10 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "thread at a time, moved to another worker when its worker dies; the tasks commit to a gallery that "
         "admits many writers (a Milvus server), else through this process",
     )
-    p.add_argument(
+    int_option(
+        p,
         "--workers",
-        type=at_most("--workers", 1024),
-        default=None,
+        1024,
+        None,
         metavar="N",
         help="run the cameras on a local Dask cluster of N worker processes on 127.0.0.1 (as --cluster)",
     )
