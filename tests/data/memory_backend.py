@@ -114,7 +114,7 @@ class MemoryStore:
 
     def write(self, base, identity, batch):
         rows, vectors, state = batch.rows, batch.vectors, batch.state
-        skip_existing_images, corrupt = batch.skip_existing_images, batch.corrupt
+        skip_existing_images = batch.skip_existing_images
         have = {r["path"] for r in self.g["rows"].values() if r["kind"] == "image"} if skip_existing_images else set()
         keep = [i for i, r in enumerate(rows) if not (r["kind"] == "image" and r["path"] in have)]
         if not keep and not state:

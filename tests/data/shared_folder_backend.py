@@ -32,8 +32,8 @@ class SharedFolderStore(SQLiteStore):
         return SQLiteStore.exists(_path(db), collection)
 
     @classmethod
-    def builder(cls, location: Any, collection: str | None = None, **kw: Any) -> Any:
-        return SQLiteStore.builder(_path(location), collection, **kw)
+    def builder(cls, location: Any, collection: str | None, plan: Any) -> Any:
+        return SQLiteStore.builder(_path(location), collection, plan)
 
     @staticmethod
     def describe(db: Any, collection: str | None = None) -> str:
