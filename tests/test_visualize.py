@@ -103,8 +103,8 @@ def test_plots_draw_the_curve_and_both_histograms(tmp_path, monkeypatch):
     assert Image.open(cmc_path).size[0] > 100 and Image.open(hist).size[0] > 100
 
 
-def test_visrank_cli(tmp_path):
-    from reidkit.cli import main
+def _market(tmp_path):
+    """A 3-query, 6-gallery Market1501 folder and random features for it (f.npz)."""
     from reidkit.data.datasets import load_dataset
 
     rng = np.random.default_rng(0)
@@ -127,6 +127,13 @@ def test_visrank_cli(tmp_path):
             Image.fromarray(rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)).save(base / folder / f"{name}.jpg")
     ds = load_dataset("market1501", tmp_path / "data")
     np.savez(tmp_path / "f.npz", query=rng.random((len(ds.query), 8)), gallery=rng.random((len(ds.gallery), 8)))
+    return ds
+
+
+def test_visrank_cli(tmp_path):
+    from reidkit.cli import main
+
+    _market(tmp_path)
     out = tmp_path / "vis"
     assert (
         main(
@@ -164,3 +171,35 @@ def test_visrank_cli(tmp_path):
         )
         == 2
     )
+
+
+def test_visrank_and_evaluate_without_matplotlib(tmp_path, monkeypatch, capsys):
+    """The base install (no plots extra): visrank draws its ranked lists and prints the metrics, skipping the two
+    plots with one line naming the extra; evaluate(visualize=True) refuses before any work, naming it too."""
+    import sys
+
+    from reidkit.cli import main
+    from reidkit.evaluation.evaluator import evaluate
+    from reidkit.utils.extras import MissingExtra
+
+    ds = _market(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "vis"
+    argv = [
+        "visrank",
+        "--features",
+        str(tmp_path / "f.npz"),
+        "--dataset",
+        "market1501",
+        "--root",
+        str(tmp_path / "data"),
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mAP " in printed and "plots skipped: " in printed and "pip install 'reidkit[plots]'" in printed
+    assert len(list(out.glob("query_*.png"))) == 3 and not (out / "cmc.png").exists()
+    feats = dict(np.load(tmp_path / "f.npz"))
+    with pytest.raises(MissingExtra, match=r"reidkit\[plots\]"):
+        evaluate(feats, ds, out_dir=tmp_path / "ev", visualize=True)
+    assert not (tmp_path / "ev").exists()  # refused before any work
+    assert evaluate(feats, ds, out_dir=tmp_path / "ev")["mAP"] >= 0  # without pictures: no extra needed
