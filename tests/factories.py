@@ -425,3 +425,38 @@ def chromium_page(width: int = 1280, height: int = 720, bypass_csp: bool = False
             browser.close()
 
     return opened()
+
+
+_MILVUS_LITE_SERVER = """
+import sys
+from milvus_lite.adapter.grpc.server import start_server_in_thread
+server, db, port = start_server_in_thread(sys.argv[1], host="127.0.0.1", port=0)
+print(port, flush=True)
+sys.stdin.read()  # until the caller closes our stdin
+server.stop(grace=1)
+db.close()
+"""
+
+
+def milvus_lite_server(folder: Path):
+    """A Milvus Lite gRPC server on 127.0.0.1 in a child process, keeping its data in `folder`: (the process, its
+    ``milvus:http://127.0.0.1:PORT``); close the process's stdin to stop it. A server: a gallery of many writers."""
+    import subprocess
+    import sys
+    import threading
+
+    p = subprocess.Popen(
+        [sys.executable, "-c", _MILVUS_LITE_SERVER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    if not (line and line[0].strip().isdigit()):
+        p.kill()
+        raise RuntimeError(f"the Milvus Lite server did not start: {p.stderr.read()[-2000:]}")
+    return p, f"milvus:http://127.0.0.1:{int(line[0])}"

@@ -251,6 +251,35 @@ def test_a_killed_workers_camera_moves_and_nothing_is_duplicated_or_lost(world, 
     assert any(k.startswith("cam1-live-s2.") for k in keys) and result["cameras"]["cam2"]["attempts"] == 1
 
 
+def test_on_a_milvus_server_the_workers_commit(world, client, reference, tmp_path, monkeypatch):
+    """A Milvus server (Milvus Lite's gRPC server on 127.0.0.1): its Capabilities admit many writers, so the tasks
+    commit their chunks themselves (ids derived from the tracklet keys); the single-process watch's tracklets."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    from factories import milvus_lite_server
+
+    from reidkit.retrieval.backends import resolve
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))  # where the server gallery records its files
+    server, db = milvus_lite_server(tmp_path / "server")
+    try:
+        assert resolve(db).capabilities.many_writers
+        result = _on_cluster(world, client, db, tmp_path)
+        got, keys, _ = _rows(db)
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - a server that does not stop is killed
+            server.kill()
+        from reidkit.retrieval.backends.milvus import client as milvus_client
+
+        milvus_client._clients.clear()
+    assert len(keys) == len(set(keys))
+    assert Counter(got) == Counter(reference), f"cluster: {sorted(got)}\nsingle process: {sorted(reference)}"
+    assert sum(c["tracklets"] for c in result["cameras"].values()) == len(reference)
+
+
 def test_cluster_options_errors_are_one_line(tmp_path, capsys):
     from reidkit.cli import main as cli_main
 

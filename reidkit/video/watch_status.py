@@ -163,11 +163,11 @@ def serve_status(watch: Any, port: int, host: str = "127.0.0.1") -> Any:
             elif path == "/":
                 body, kind = LIVE_PAGE.encode(), "text/html; charset=utf-8"
             elif path.startswith("/frame/") and path.endswith(".jpg"):
-                body = latest_jpeg(watch, path[len("/frame/") : -len(".jpg")])
-                if body is None:
+                jpeg = latest_jpeg(watch, path[len("/frame/") : -len(".jpg")])
+                if jpeg is None:
                     self.send_error(404, "no frame of that camera yet")
                     return
-                kind = "image/jpeg"
+                body, kind = jpeg, "image/jpeg"
             else:
                 self.send_error(404, "not found: /, /frame/CAMERA.jpg, /metrics or /health")
                 return
