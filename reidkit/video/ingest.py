@@ -82,7 +82,7 @@ CRASH_ENV = "REIDKIT_VIDEO_CRASH_AFTER"  # tests: SIGKILL this process after tha
 DEFAULT_DETECTOR = "motion"  # reidkit.video.detectors.DEFAULT_DETECTOR
 
 
-def create_gallery(db: Path, embedder: Embedder, collection: str | None = None) -> Any:
+def create_gallery(db: str | os.PathLike, embedder: Embedder, collection: str | None = None) -> Any:
     """A new empty flat gallery at `db` for the embedder's model; one made meanwhile by another run is opened."""
     from reidkit.retrieval.gallery import Gallery
 
@@ -178,7 +178,7 @@ def prepare_jobs(
     shared_spec: dict[str, Any] = {}
     shared_det = None
     if not detections:
-        flags = {
+        flags: dict[str, dict[str, Any]] = {
             "onnx": {
                 "conf": float(o.conf),
                 "person_class": int(o.person_class),
