@@ -25,6 +25,8 @@ Served files: ``GET /images/{id}`` serves a file only while it is the one indexe
 (reidkit.retrieval.served_files).
 
 HEAD: every GET route and page answers HEAD with GET's status and headers and no body (reidkit.retrieval.served_files.HeadAsGet).
+Background threads (the batcher, the follower): reidkit.retrieval.search_workers; bounded request input
+(body limit, JSON bodies, validation messages, topk): reidkit.retrieval.http_input.
 A client that goes away while its request body is read (starlette's ClientDisconnect) costs one info line.
 
 Errors: the HTTP status comes from the exception's type, never its text: ReIDError -> 400,
@@ -41,17 +43,12 @@ import hmac
 import logging
 import mimetypes
 import os
-import queue
 import re
-import threading
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -62,6 +59,8 @@ from starlette.requests import ClientDisconnect
 from reidkit.errors import OptionError, ReIDError
 from reidkit.retrieval.folder import parse_camera_frame
 from reidkit.retrieval.gallery import Gallery
+from reidkit.retrieval.http_input import MULTIPART_SLACK, BodyLimit, json_body, topk_param, validation_message
+from reidkit.retrieval.search_workers import Batcher, Follower, SearchJob, snapshot_tag
 from reidkit.retrieval.served_files import HeadAsGet, IndexedFileResponse, open_indexed, recorded_stat
 from reidkit.retrieval.uploads import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MEMORY_BUDGET, UploadPolicy
 from reidkit.utils.validate import check_positive
@@ -82,13 +81,8 @@ logger = logging.getLogger("reidkit.service")
 
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 TOKEN_ENV = "REIDKIT_API_TOKEN"
-# Multipart framing (boundaries, part headers) on top of the file bytes themselves.
-_MULTIPART_SLACK = 64 * 1024
 # The largest id a gallery stores (SQLite INTEGER is a signed 64-bit value).
 MAX_ID = 2**63 - 1
-# JSON request bodies: a few small fields; bounded before parsing (size, then nesting depth).
-MAX_JSON_BYTES = 16 * 1024
-MAX_JSON_DEPTH = 8
 _CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'unsafe-inline'"
@@ -97,209 +91,6 @@ _PAGE_KEY = "x-reidkit-page"
 # A router factory: (get_gallery, authorize) -> APIRouter.
 RouterFactory = Callable[[Callable[[], Gallery], Callable[[Request], None]], APIRouter]
 _ID_RX = re.compile(r"^[0-9]{1,16}$")
-
-
-@dataclass
-class _Job:
-    image: np.ndarray
-    k: int
-    rerank: bool
-    exclude_camid: int | None
-    future: Future = field(default_factory=Future)
-
-
-class _Batcher:
-    """Worker thread(s) that embed queued query images in batches and search them."""
-
-    def __init__(self, get_gallery: Any, workers: int = 1, max_batch: int = 16) -> None:
-        self.get_gallery = get_gallery
-        self.max_batch = max(1, int(max_batch))
-        self.queue: queue.Queue[_Job | None] = queue.Queue()
-        check_positive("workers", int(workers))
-        self.workers = int(workers)
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self.batches: list[int] = []  # sizes of the batches run (observability and tests)
-
-    def start(self) -> None:
-        """Start the worker threads once (lazily, so apps used without lifespan events work too)."""
-        with self._lock:
-            if self._threads:
-                return
-            for i in range(self.workers):
-                t = threading.Thread(target=self._loop, name=f"reidkit-search-{i}", daemon=True)
-                t.start()
-                self._threads.append(t)
-
-    def stop(self) -> None:
-        """Ask the workers to finish and wait for them."""
-        with self._lock:
-            for _ in self._threads:
-                self.queue.put(None)
-            for t in self._threads:
-                t.join(timeout=10)
-            self._threads = []
-
-    def submit(self, job: _Job) -> Future:
-        """Queue a job; its future resolves to the result list."""
-        self.start()
-        self.queue.put(job)
-        return job.future
-
-    def _loop(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            batch = [job]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.put(None)  # leave the stop signal for this thread's next turn
-                    break
-                batch.append(nxt)
-            self._run(batch)
-
-    def _run(self, batch: list[_Job]) -> None:
-        self.batches.append(len(batch))
-        gallery = self.get_gallery()  # one snapshot for the whole batch
-        try:
-            feats = gallery.embed([j.image for j in batch])
-        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
-            for j in batch:
-                j.future.set_exception(exc)
-            return
-        for j, f in zip(batch, feats):
-            try:
-                res = gallery.search_features(f[None], k=j.k, rerank=j.rerank, exclude_camid=[j.exclude_camid])[0]
-                tag = _snapshot_tag(gallery)
-                for r in res:
-                    r["snapshot"] = tag
-                j.future.set_result((res, gallery))
-            except Exception as exc:  # noqa: BLE001
-                j.future.set_exception(exc)
-
-
-def _snapshot_tag(gallery: Gallery) -> str:
-    return f"{gallery.uid}-{gallery.generation}"
-
-
-class _Follower:
-    """Holds the current gallery snapshot and swaps in each new generation (see the module docstring)."""
-
-    KEEP = 4  # recent snapshots kept for /images?snapshot=...
-
-    def __init__(self, gallery: Gallery, poll_s: float = 0.5) -> None:
-        if not poll_s > 0:
-            raise OptionError("poll_s", f"must be > 0 seconds, got {poll_s}")
-        self.db = gallery.db
-        self.poll_s = float(poll_s)
-        self._current = gallery
-        self._recent: dict[str, Gallery] = {_snapshot_tag(gallery): gallery}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.swaps = 0
-        self._pending_since: float | None = None
-
-    def current(self) -> Gallery:
-        """The newest loaded snapshot (a plain reference read: atomic)."""
-        return self._current
-
-    def snapshot(self, tag: str) -> Gallery | None:
-        """A recent snapshot by its tag, or None when it is no longer kept."""
-        return self._recent.get(tag)
-
-    def start(self) -> None:
-        """Start the polling thread once."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, name="reidkit-gallery-follower", daemon=True)
-                self._thread.start()
-
-    def stop(self) -> None:
-        """Stop polling."""
-        self._stop.set()
-        t = self._thread
-        if t is not None:
-            t.join(timeout=10)
-        self._thread = None
-
-    def _loop(self) -> None:
-        last = ""
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.check()
-            except Exception as exc:  # noqa: BLE001 - keep serving the current snapshot, retry next poll
-                msg = f"{type(exc).__name__}: {exc}"
-                if msg != last:  # once per distinct problem, not every poll
-                    logger.warning(
-                        "could not load the new generation of %s (%s); still serving generation %d",
-                        self.db,
-                        msg,
-                        self._current.generation,
-                    )
-                last = msg
-
-    def check(self) -> bool:
-        """Swap in the stored generation if it is newer than the current one; True when swapped."""
-        cur = self._current
-        if not cur.changed():
-            self._pending_since = None
-            return False
-        # A writer that has published but not yet finished (the embedded backend's faiss cache): give it a
-        # few seconds rather than rebuilding the index here (correct either way, only slower).
-        now = time.monotonic()
-        if cur.settling():
-            if self._pending_since is None:
-                self._pending_since = now
-            if now - self._pending_since < 10:
-                return False
-        self._pending_since = None
-        try:
-            new = cur.reopen(extractor=cur.extractor)
-        except ReIDError as exc:
-            if "model mismatch" not in str(exc):
-                raise
-            new = cur.reopen()  # rebuilt with another model: load that one (its stored source)
-            _ = new.extractor
-        with self._lock:
-            self._current = new
-            self._recent[_snapshot_tag(new)] = new
-            while len(self._recent) > self.KEEP:
-                self._recent.pop(next(iter(self._recent)))
-            self.swaps += 1
-        logger.info("gallery %s: now serving generation %d (%d entries)", self.db, new.generation, len(new))
-        return True
-
-
-class _BodyLimit:
-    """ASGI middleware: 413 when a POST body grows past `limit` bytes, whatever Content-Length said."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST":
-            await self.app(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
-            msg = await receive()
-            if msg.get("type") == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise HTTPException(413, detail=f"upload too large (limit {self.limit - _MULTIPART_SLACK} bytes)")
-            return msg
-
-        await self.app(scope, limited, send)
 
 
 def _page() -> bytes:
@@ -323,82 +114,12 @@ def add_page(
     pages.append({"path": path, "title": title, "shown_if": shown_if})
 
 
-def _json_depth_ok(data: bytes, limit: int) -> bool:
-    """True when no array/object in `data` nests deeper than `limit` (strings skipped, escapes honoured)."""
-    depth, in_str, esc = 0, False, False
-    for b in data:
-        if in_str:
-            if esc:
-                esc = False
-            elif b == 0x5C:  # backslash
-                esc = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return False
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return True
-
-
-async def json_body(
-    request: Request, model: Any, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
-) -> Any:
-    """The request's JSON body validated by pydantic `model`; size and nesting depth are bounded before parsing.
-
-    Every refusal is a 422 with a message (a body over `max_bytes` is a 413), never a parser crash.
-    """
-    from pydantic import ValidationError
-
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > max_bytes:
-            if not _json_depth_ok(b"".join(chunks)[:max_bytes], max_depth):
-                raise HTTPException(422, detail=f"JSON body nested deeper than {max_depth} levels")
-            raise HTTPException(413, detail=f"JSON body too large (limit {max_bytes} bytes)")
-    data = b"".join(chunks)
-    if not _json_depth_ok(data, max_depth):
-        raise HTTPException(422, detail=f"JSON body nested deeper than {max_depth} levels")
-    try:
-        return model.model_validate_json(data)
-    except ValidationError as exc:
-        raise HTTPException(422, detail=_validation_message(exc.errors(include_url=False), body=True)) from None
-
-
-def _validation_message(errors: Sequence[Mapping[str, Any]], body: bool = False) -> str:
-    parts = []
-    for err in errors[:5]:
-        loc = [str(x) for x in err.get("loc", ()) if not (body and x == "body")]
-        if loc and loc[0] in ("query", "path", "header", "body"):
-            loc = loc[1:]
-        # union members show up as extra location parts ('int', 'constrained-str'): keep the field name
-        loc = [x for x in loc if x not in ("int", "str") and not x.startswith(("constrained-", "function-"))]
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":
-            msg = "invalid JSON"
-        parts.append(f"{'.'.join(loc) or 'body'}: {msg}")
-    return "; ".join(dict.fromkeys(parts))
-
-
-def topk_param(topk: int | None, k: int | None, default: int) -> int:
-    """The number of results a request asks for: `topk`, else the deprecated alias `k`, else `default`."""
-    if topk is not None and k is not None and topk != k:
-        raise HTTPException(400, detail=f"topk={topk} and k={k} (its deprecated alias) disagree; give topk only")
-    return topk if topk is not None else k if k is not None else default
-
-
 def search_routes(
     get_gallery: Callable[[], Gallery],
     authorize: Callable[[Request], None],
     *,
-    follower: _Follower,
-    batcher: _Batcher,
+    follower: Follower,
+    batcher: Batcher,
     uploads: UploadPolicy,
     max_upload_bytes: int,
 ) -> APIRouter:
@@ -420,7 +141,7 @@ def search_routes(
         k = topk_param(topk, k, 20)
         follower.start()
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload_bytes + _MULTIPART_SLACK:
+        if length is not None and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_SLACK:
             raise HTTPException(413, detail=f"upload too large (limit {max_upload_bytes} bytes)")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(400, detail="expected a multipart/form-data upload with the image in the field 'file'")
@@ -446,12 +167,12 @@ def search_routes(
             camid = query_camid
         async with uploads.decoded(data) as image:
             t0 = time.perf_counter()
-            results, snap = await asyncio.wrap_future(batcher.submit(_Job(image, k, rerank, camid)))
+            results, snap = await asyncio.wrap_future(batcher.submit(SearchJob(image, k, rerank, camid)))
         return {
             "results": results,
             "took_ms": round((time.perf_counter() - t0) * 1000, 2),
             "generation": snap.generation,
-            "snapshot": _snapshot_tag(snap),
+            "snapshot": snapshot_tag(snap),
             "query": {"filename": upload.filename, "camid": query_camid, "excluded_camid": camid},
         }
 
@@ -514,8 +235,8 @@ def create_app(
     max_upload_bytes = int(max_upload_bytes)
     uploads = UploadPolicy.from_memory(upload_memory_bytes, max_image_pixels, max_pixels_in_flight, upload_wait_s)
     _ = gallery.extractor  # load the model now: a missing model fails at start-up, not at the first query
-    follower = _Follower(gallery, poll_s=poll_s)
-    batcher = _Batcher(follower.current, workers=workers, max_batch=max_batch)
+    follower = Follower(gallery, poll_s=poll_s)
+    batcher = Batcher(follower.current, workers=workers, max_batch=max_batch)
     secret = token.encode() if token else None
 
     from contextlib import asynccontextmanager
@@ -537,7 +258,7 @@ def create_app(
     app.state.uploads = (
         uploads  # routers decode uploads through it: `async with request.app.state.uploads.decoded(data)`
     )
-    app.add_middleware(_BodyLimit, limit=max_upload_bytes + _MULTIPART_SLACK)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_SLACK)
     app.add_middleware(HeadAsGet)
 
     def authorize(request: Request) -> None:
@@ -574,7 +295,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_message(exc.errors())}, status_code=422)
+        return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
 
     def get_gallery() -> Gallery:
         return follower.current()

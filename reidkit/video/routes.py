@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.datastructures import UploadFile
 
 from reidkit.retrieval.served_files import IndexedFileResponse, open_indexed, recorded_stat
-from reidkit.retrieval.service import MAX_ID, add_page, json_body, topk_param
+from reidkit.retrieval.http_input import json_body, topk_param
+from reidkit.retrieval.service import MAX_ID, add_page
 from reidkit.video.search import appearances, hit, parse_box, search_tracklets
 
 _THUMB_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.jpg$")
