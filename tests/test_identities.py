@@ -161,3 +161,27 @@ def test_a_merged_cluster_inherits_its_parts_constraints(linkage):
     cams, t0, t1 = ["cam1", "cam2", "cam1"], [0.0, 1.0, 3.0], [5.0, 2.0, 8.0]
     ids = cluster_identities(f, cams, t0, t1, threshold=1.0, linkage=linkage, rerank=False)
     assert ids[1] == ids[2] and ids[0] != ids[1]
+
+
+def test_camera_debias_lets_one_person_across_cameras_beat_two_people_in_one_camera():
+    from reidkit.video.identities import debias_cameras
+
+    r = np.random.default_rng(0)
+    people = r.normal(size=(4, 32))
+    bias = r.normal(size=(2, 32)) * 1.1  # each camera shifts every feature it sees alike
+    feats = np.stack([people[p] + bias[c] + r.normal(size=32) * 0.1 for c in (0, 1) for p in range(4)])
+    cams = ["a"] * 4 + ["b"] * 4
+    ids = [0, 1, 2, 3, 0, 1, 2, 3]
+
+    def one_person_closest(f):
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+        s = f @ f.T
+        np.fill_diagonal(s, -np.inf)
+        return all(ids[int(np.argmax(s[i]))] == ids[i] for i in range(8))
+
+    assert not one_person_closest(feats)  # the camera bias wins: a same-camera stranger is nearest
+    assert one_person_closest(debias_cameras(feats, cams, 0.5))
+    assert np.allclose(debias_cameras(feats, cams, 0.0), feats / np.linalg.norm(feats, axis=1, keepdims=True))
+    # clustered: the partition of the people, only with the bias taken off
+    got = cluster_identities(debias_cameras(feats, cams, 0.5), cams, [0] * 4 + [10] * 4, [5] * 4 + [15] * 4)
+    assert _same_partition(got, ids)

@@ -88,7 +88,13 @@ def test_bad_input(db, tmp_path, capsys):
     assert main(["tracklets", "export", "--db", str(db / "db"), "--out", str(blocker)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "file" in err[0]
-    for flag, bad in (("--stitch-gap", "-1"), ("--stitch-gap", "x"), ("--threshold", "nan"), ("--max-gap", "-2")):
+    for flag, bad in (
+        ("--stitch-gap", "-1"),
+        ("--stitch-gap", "x"),
+        ("--threshold", "nan"),
+        ("--max-gap", "-2"),
+        ("--camera-debias", "2"),
+    ):
         assert main(["identities", "--db", str(db / "db"), flag, bad]) == 2  # one line, no argparse usage
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {flag}:"), (flag, err)
@@ -104,3 +110,7 @@ def test_stitching_through_identities(db):
     off = json.loads(_cli("identities", "--db", str(db / "db"), "--stitch-gap", "0", "--rebuild", "--json"))
     assert off["params"]["stitch"] is None and off["stitched"] == 0
     assert Gallery.open(db / "db").get_state("identities")["params"]["stitch"] is None
+    assert off["params"]["camera_debias"] == 0.5  # the default
+    raw = json.loads(_cli("identities", "--db", str(db / "db"), "--camera-debias", "0", "--rebuild", "--json"))
+    kept = json.loads(_cli("identities", "--db", str(db / "db"), "--json"))  # the stored run's share
+    assert raw["params"]["camera_debias"] == kept["params"]["camera_debias"] == 0.0

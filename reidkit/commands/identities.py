@@ -10,7 +10,7 @@ import argparse
 import json
 
 from reidkit.commands import params
-from reidkit.commands._args import nonneg_float
+from reidkit.commands._args import nonneg_float, probability
 from reidkit.errors import ReIDError
 
 
@@ -54,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="join one camera's fragments of one person first: the longest gap from one tracklet's end "
         "to the next one's start, with motion and appearance limits (reidkit.video.stitch); "
         "0: no stitching (default: the stored run's, else none)",
+    )
+    p.add_argument(
+        "--camera-debias",
+        type=probability("--camera-debias"),
+        default=None,
+        metavar="SHARE",
+        help="the share (0..1) of each camera's mean tracklet feature taken off its tracklets' features before "
+        "clustering, so a camera's lighting and background do not make its people look alike (0: off; "
+        "default: the stored run's, else 0.5)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_run_assign)
@@ -101,6 +110,7 @@ def _run_assign(args: argparse.Namespace) -> int:
         rerank=False if args.no_rerank else None,
         rebuild=args.rebuild,
         stitch=stitch,
+        camera_debias=args.camera_debias,
     )
     if args.json:
         print(json.dumps(rep, indent=2))
