@@ -90,10 +90,13 @@ class OnlineMotion:
 
         det = MotionDetector("", **options)
         det.background = self.background  # type: ignore[method-assign]  # the stream's own background
-        self.det, self.ring, self.seen, self.median = det, [], 0, None
+        self.det, self.seen = det, 0
+        self.ring: list[np.ndarray] = []
+        self.median: np.ndarray | None = None
 
     def background(self, index: int) -> np.ndarray:
         """The current background (the median of the held samples)."""
+        assert self.median is not None  # __call__ takes a sample before the detector asks for it
         return self.median
 
     def __call__(self, frame: np.ndarray, index: int = 0) -> Any:

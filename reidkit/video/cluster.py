@@ -104,7 +104,7 @@ def run_segment(
             chunk = Chunk(
                 chunk.key,
                 chunk.camera,
-                chunk.features[:0],
+                None if chunk.features is None else chunk.features[:0],
                 [],
                 {},
                 chunk.state,

@@ -114,19 +114,19 @@ def assign_identities(
     rows = _tracklets(gallery)
     if not rows:
         raise ReIDError(f"gallery {gallery.db} has no tracklets (ingest videos with `reidkit video` first)")
-    old = (
+    old: dict[str, Any] = (
         {"version": STATE_VERSION, "next_id": 1, "tracklets": {}, "params": {}}
         if rebuild
         else stored_identities(gallery)
     )
-    prev = old.get("params") or {}
+    prev: dict[str, Any] = old.get("params") or {}
     if links is not None:
         lk = links if isinstance(links, Links) else load_links(links, max_gap=max_gap)
     elif max_gap is not None or prev.get("links") is not None:  # the stored windows (with a new max gap if given)
         lk = load_links(prev.get("links"), max_gap=max_gap)
     else:
         lk = Links({}, None)
-    params = {
+    params: dict[str, Any] = {
         "threshold": float(threshold if threshold is not None else prev.get("threshold", DEFAULT_THRESHOLD)),
         "linkage": linkage or prev.get("linkage", "average"),
         "rerank": bool(rerank if rerank is not None else prev.get("rerank", True)),

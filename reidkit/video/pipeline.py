@@ -191,7 +191,7 @@ class Chunk:
 
     key: str
     camera: str
-    features: np.ndarray
+    features: np.ndarray | None  # None: already committed by the worker that made it (reidkit.video.watch_cluster)
     entries: list[dict[str, Any]]
     thumbs: dict[str, bytes]
     state: dict[str, Any]
@@ -238,6 +238,8 @@ def commit(gallery: Any, chunk: Chunk, lock_timeout: float | None = None) -> lis
         }
         for e in chunk.entries
     ]
+    if chunk.features is None:
+        raise ReIDError(f"{chunk.key}: this chunk was committed already (its features were dropped)")
     return gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state}, lock_timeout=lock_timeout)
 
 
@@ -458,7 +460,7 @@ def process_video(
     embedder = embedder if isinstance(embedder, (_Client, _Direct)) else _Direct(embedder, stats)
     v = _Video(job, settings, embedder, stats, None if float_twin(raw) is raw else _Direct(float_twin(raw), stats))
     resumed = resume is not None
-    if resumed:
+    if resume is not None:
         v.load(resume)
     q: queue.Queue = queue.Queue(maxsize=QUEUE_FRAMES)
     stop = threading.Event()

@@ -2,7 +2,7 @@
 tracking with a deep association metric", ICIP 2017), fed with reidkit embeddings (``embeds=``);
 no tracker is written here.
 
-``Tracker.update`` returns, for the frame, which detection each live track took (new tentative
+``Tracker.step`` returns, for the frame, which detection each live track took (new tentative
 tracks included, so a tracklet keeps its first frames once confirmed) and which tracks ended.
 ``state_dict`` / ``load_state_dict`` turn the whole tracker (Kalman states, track counters,
 appearance galleries of the cosine metric) into JSON-able data, so an interrupted ingestion resumes
@@ -90,7 +90,7 @@ class Tracker:
             embedder=None,
         )
 
-    def update(
+    def step(
         self, boxes_xyxy: np.ndarray, scores: np.ndarray, embeds: np.ndarray
     ) -> tuple[list[tuple[str, int, bool]], list[str]]:
         """([(track id, detection index, confirmed)] for the tracks updated by this frame, [ended track ids])."""

@@ -106,7 +106,7 @@ class OpenTracklet:
         if fill_step and self.boxes and 0 < int(frame) - self.boxes[-1][0] <= int(fill_gap or fill_step):
             prev = self.boxes[-1]
             cur = [int(frame), *(float(v) for v in box), float(conf)]
-            for f in range(prev[0] + fill_step, int(frame), fill_step):
+            for f in range(int(prev[0]) + fill_step, int(frame), fill_step):
                 a = (f - prev[0]) / (int(frame) - prev[0])
                 self.boxes.append(
                     [

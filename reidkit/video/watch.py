@@ -101,7 +101,8 @@ def run_camera(
         start_time=first.wall,
     )
     video = make_video(job)
-    last, t_commit, n, frame = -1, time.monotonic(), 0, first
+    last, t_commit, n = -1, time.monotonic(), 0
+    frame: LiveFrame | None = first
     while True:
         if frame is not None:
             idx = max(frame.index, last + 1)
@@ -139,6 +140,7 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         w, cs = self.w, self.cs
+        assert cs.source is not None  # the Watch opens each camera's source before its thread starts
 
         def seen(frame: LiveFrame, boxes: np.ndarray) -> None:
             cs.latest = (frame.image, boxes, frame.wall)
@@ -167,7 +169,8 @@ class LocalCameras:
     reidkit.video.watch_cluster.ClusterCameras runs them on Dask workers instead)."""
 
     def __init__(self, w: Watch) -> None:
-        self.w, self.threads = w, []
+        self.w = w
+        self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
         """Recover each camera's killed session, open its source and start its worker."""

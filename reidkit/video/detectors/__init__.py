@@ -82,10 +82,17 @@ def detector_spec(name: str, values: Mapping[str, Any] | None = None) -> dict[st
     return spec
 
 
+def _kind(spec: Mapping[str, Any]) -> str:
+    kind = spec.get("kind")
+    if not isinstance(kind, str):
+        raise ReIDError(f"detector spec: expected a 'kind' naming a detector, got {dict(spec)!r}")
+    return kind
+
+
 def build_detector(spec: Mapping[str, Any], video: str | os.PathLike | None = None) -> Any:
     """The detector a spec names (see :func:`detector_spec`; the pre-registry form is read too); a per-video
     one (``per_video``, the motion detector) models `video`."""
-    kind = spec.get("kind")
+    kind = _kind(spec)
     cls = DETECTORS.get(kind)
     values = {key: spec[legacy] for legacy, key in _LEGACY.get(kind, {}).items() if legacy in spec}
     if values.get("input_size") is not None:
@@ -107,7 +114,7 @@ def build_detector(spec: Mapping[str, Any], video: str | os.PathLike | None = No
 
 def is_per_video(spec: Mapping[str, Any]) -> bool:
     """True when the detector of `spec` is built for each video (it models that video), False when shared."""
-    return bool(getattr(DETECTORS.get(spec.get("kind")), "per_video", False))
+    return bool(getattr(DETECTORS.get(_kind(spec)), "per_video", False))
 
 
 def unknown_detector(text: str) -> ReIDError:

@@ -153,9 +153,9 @@ def _rtdetr_named(arrays: dict[str, np.ndarray], person_class: int, where: objec
     boxes = arrays["boxes"].reshape(-1, 4)
     scores = arrays["scores"]
     if scores.ndim == 3 or (scores.ndim == 2 and scores.shape[0] == len(boxes) and scores.shape[-1] > 1):
-        sc = scores.reshape(len(boxes), -1)
-        c = _person_column(sc.shape[1], 0, person_class, "rtdetr", where)
-        return boxes, sc[:, c]
+        per_class = scores.reshape(len(boxes), -1)
+        c = _person_column(per_class.shape[1], 0, person_class, "rtdetr", where)
+        return boxes, per_class[:, c]
     sc = scores.reshape(-1)
     if len(sc) != len(boxes):
         raise OptionError("detector", f"rtdetr: {len(boxes)} boxes but {len(sc)} scores", value=where)

@@ -64,7 +64,7 @@ class HogDetector:
                 f"pip install 'opencv-python-headless>=4.8,<5', or pass --detections / --detector"
             )
         self.hog = cv2.HOGDescriptor()
-        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32))
         self.min_height, self.scale, self.stride = int(min_height), float(scale), int(win_stride)
         self.hit_threshold, self.iou = float(hit_threshold), float(iou)
         self.shrink = (float(shrink[0]), float(shrink[1]))

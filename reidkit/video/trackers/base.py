@@ -71,6 +71,12 @@ class Tracker(Protocol):
         ...
 
 
+def box4(box: Any) -> tuple[float, float, float, float]:
+    """A box (x1, y1, x2, y2) as the four floats a Match reports."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box).reshape(4))
+    return x1, y1, x2, y2
+
+
 def check_boxes(boxes: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """(N x 4 float64 boxes, N float64 scores); ReIDError for empty boxes or mismatched lengths."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

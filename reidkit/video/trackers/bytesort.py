@@ -75,6 +75,7 @@ from reidkit.video.trackers import register_tracker
 from reidkit.video.trackers.base import (
     FrameTracks,
     Match,
+    box4,
     box_iou,
     check_boxes,
     decode,
@@ -217,7 +218,7 @@ class ByteSort:
         ti = [i for i, t in enumerate(tracks) if t.feat is not None]
         di = [j for j, d in enumerate(dets) if feats[d] is not None]
         if ti and di:
-            a = np.stack([tracks[i].feat for i in ti])
+            a = np.stack([f for i in ti if (f := tracks[i].feat) is not None])
             b = np.stack([feats[dets[j]] for j in di])  # unit rows (update normalises them once)
             out[np.ix_(ti, di)] = 1.0 - a @ b.T
         return out
@@ -443,7 +444,7 @@ class ByteSort:
             t, d = self.tracks[i], taken[i]
             est = self._observe(t, b[d], float(s[d]), feats[d], float(over[d]), reported.get(i))
             box = b[d] if o.report_box == "detection" else est
-            matched.append(Match(str(t.id), d, t.confirmed, tuple(float(v) for v in box)))
+            matched.append(Match(str(t.id), d, t.confirmed, box4(box)))
         ended: list[str] = []
         keep: list[_Track] = []
         for i, t in enumerate(self.tracks):
@@ -455,14 +456,15 @@ class ByteSort:
             keep.append(t)
         self.tracks = keep
         used = set(taken.values())
-        for d in high:
-            if int(d) not in used and s[d] >= o.new_score:
+        for new in high:
+            d = int(new)
+            if d not in used and s[d] >= o.new_score:
                 t = _Track(self.next_id, b[d], float(s[d]), feats[d], self.frame, o.initial_velocity_std)
                 self.next_id += 1
                 if o.n_init <= 1:
                     t.confirmed = True
                 self.tracks.append(t)
-                matched.append(Match(str(t.id), int(d), t.confirmed, tuple(float(v) for v in b[d])))
+                matched.append(Match(str(t.id), d, t.confirmed, box4(b[d])))
         self.frame += 1
         return FrameTracks(matched, ended)
 

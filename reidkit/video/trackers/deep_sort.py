@@ -25,6 +25,7 @@ from reidkit.video.trackers import register_tracker
 from reidkit.video.trackers.base import (
     FrameTracks,
     Match,
+    box4,
     check_boxes,
     feature_rows,
     needs_from_pairs,
@@ -112,6 +113,8 @@ class DeepSortTracker(_DeepSort):
                     if i not in near:
                         raise ReIDError("tracker deep_sort: a detection near no recent track came without a feature")
                     rows[i] = np.asarray(tracks[near[i]].features[-1], np.float32)
-        embeds = np.stack(rows) if rows else np.zeros((0, 1), np.float32)
-        matched, ended = super().update(b, s, embeds)
-        return FrameTracks([Match(tid, di, conf, tuple(float(v) for v in b[di])) for tid, di, conf in matched], ended)
+        known = [r for r in rows if r is not None]
+        assert len(known) == len(rows)  # each missing feature was filled in above
+        embeds = np.stack(known) if known else np.zeros((0, 1), np.float32)
+        matched, ended = self.step(b, s, embeds)
+        return FrameTracks([Match(tid, di, conf, box4(b[di])) for tid, di, conf in matched], ended)
