@@ -336,8 +336,8 @@ def generate_scene(
 
     if domain not in syn.DOMAINS:
         raise OptionError("domain", f"expected one of {', '.join(syn.DOMAINS)}, got {domain!r}")
-    for name, v in (("cams", cams), ("ids", ids), ("frames", frames)):
-        check_positive(name, int(v))
+    for name, count in (("cams", cams), ("ids", ids), ("frames", frames)):
+        check_positive(name, int(count))
     H, W = int(size[0]), int(size[1])
     if H < 48 or W < 48:
         raise OptionError("size", f"frames must be at least 48x48, got {H}x{W}")
