@@ -9,7 +9,8 @@ Gallery object (``reopen``) when ``changed()`` and swaps it in between requests.
 Entries are images (the folder workflow) or tracklets (video ingestion): each carries a path,
 optional camera id / name, frame and time spans, and JSON meta; search results carry them all.
 Search: the store's (filtered) nearest neighbours, then optional k-reciprocal re-ranking of the
-top candidates with their stored vectors (Zhong et al., CVPR 2017).
+top candidates with their stored vectors (Zhong et al., CVPR 2017): reidkit.retrieval.search. New
+galleries (build, create) are published by reidkit.retrieval.gallery_build.
 """
 
 from __future__ import annotations
@@ -23,22 +24,19 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
-from reidkit.retrieval.ann import (
-    HNSW_M,
-)
+from reidkit.retrieval.ann import HNSW_M
 from reidkit.inference import FeatureExtractor, ModelIdentity
 from reidkit.inference.chunks import embed_chunks
 from reidkit.retrieval.folder import image_rows, parse_camera_frame
 from reidkit.utils.io import image_paths
-from reidkit.utils.validate import check_positive
 from reidkit.retrieval.build_options import BuildOptions
+from reidkit.retrieval.gallery_build import publish_empty, publish_folder
+from reidkit.retrieval.search import search_snapshot, unknown_filter
 from reidkit.retrieval.backends import (
-    BuildPlan,
     DeleteMatch,
     WriteBatch,
     Capabilities,
     GalleryStore,
-    SearchFilter,
     StoreSnapshot,
     crash_point,
     describe_db,
@@ -47,60 +45,15 @@ from reidkit.retrieval.backends import (
     resolve,
     store_exists,
 )
-from reidkit.retrieval.store import ENTRY_FIELDS, KINDS, encode_state, normalize_entries
+from reidkit.retrieval.store import encode_state, normalize_entries
 
 __all__ = ["BuildOptions", "Gallery"]
-
-
-def _per_row(value: Any, n: int) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
 def holdings(images: int, tracklets: int) -> str:
     """What a gallery holds, in words: `12 images, 32 tracklets`, `1 tracklet`, `no entries`."""
     parts = [f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((images, "image"), (tracklets, "tracklet")) if n]
     return ", ".join(parts) or "no entries"
-
-
-LISTED_NAMES = 20  # an unknown-filter error lists at most this many existing names
-
-
-def name_list(names: Sequence[str], limit: int = LISTED_NAMES) -> str:
-    """`a, b, c` of at most `limit` names, then `... and N more`; `none` when empty."""
-    names = list(names)
-    if not names:
-        return "none"
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def unknown_filter(param: str, value: str, snap: StoreSnapshot) -> OptionError | None:
-    """An OptionError listing the values that exist when no entry has `value` in field `param`, else None."""
-    existing = sorted({str(e[param]) for e in snap.entries() if e.get(param) is not None})
-    if value in existing:
-        return None
-    what = {"camera": "cameras", "tracklet": "tracklets", "path": "paths"}.get(param, f"{param} values")
-    return OptionError(param, f"no entry has {param} {value!r}; the gallery's {what}: {name_list(existing)}")
-
-
-def _engine_info(extractor: Any) -> dict[str, str]:
-    """What a new gallery records of how its features are made: int8 features (queries are embedded the
-    same way, Gallery.open; float engines agree within 1e-4 and record nothing), and a model that is a
-    program (TorchScript, loaded with --trust-checkpoint): its kind and the sha256 of the file trusted."""
-    out = {"features_engine": "int8"} if getattr(extractor, "engine", "") == "int8" else {}
-    source = getattr(getattr(extractor, "identity", None), "source", "") or ""
-    if source not in ("", "imagenet") and Path(source).is_file():
-        from reidkit.models.checkpoint import file_sha256, is_torchscript
-
-        if is_torchscript(source):
-            out.update(
-                {
-                    "model_program": "torchscript",
-                    "model_trust": "trust_checkpoint",
-                    "model_file_sha256": file_sha256(source),
-                }
-            )
-    return out
 
 
 class Gallery:
@@ -248,49 +201,10 @@ class Gallery:
         with each line of progress; `extractor`: a loaded model to use instead of `weights`.
         """
         o = BuildOptions.of(options, **changes)
-        index, nlist, pq_m = o.index, o.nlist, o.pq_m
-        paths = image_paths(images_dir)
-        builder = resolve(db, o.collection).builder(
-            BuildPlan(index, nlist, pq_m, overwrite=o.overwrite, lock_timeout=o.lock_timeout, progress=progress)
-        )
-        if nlist is not None and index in ("ivf", "ivfpq") and nlist > len(paths):
-            raise OptionError("nlist", f"more lists than images under {images_dir} ({len(paths)})", value=nlist)
-        if pq_m is not None and index == "ivfpq" and extractor is not None and extractor.identity.feat_dim % pq_m:
-            raise OptionError("pq_m", f"must divide the feature dimension {extractor.identity.feat_dim}", value=pq_m)
-        if extractor is None:
-            extractor = FeatureExtractor.load(
-                o.weights,
-                device=o.device,
-                batch_size=o.batch_size,
-                size=o.size,
-                engine=o.engine,
-                trust_checkpoint=o.trust_checkpoint,
-            )
-        ident = extractor.identity
-        info = {**o.index_info(), **_engine_info(extractor)}
-        corrupt: list[str] = []
-        n = 0
-        try:
-            builder.start(ident, info)
-            for part in embed_chunks(extractor, paths, progress=progress, strict=o.strict):
-                builder.append(image_rows(part.paths), part.features)
-                n += len(part.paths)
-                corrupt.extend(part.corrupt)
-            if n == 0:
-                raise ReIDError(f"images folder {images_dir}: none of its {len(paths)} images could be read")
-            store = builder.publish(corrupt=len(corrupt))
-        except BaseException:
-            builder.abort()
-            raise
+        store, extractor, report = publish_folder(images_dir, db, o, progress=progress, extractor=extractor)
         gallery = cls(store, store.snapshot(), extractor, o.device, o.batch_size, o.collection)
         gallery._trust = bool(o.trust_checkpoint)
-        gallery.last_report = {
-            "added": n,
-            "skipped_existing": 0,
-            "corrupt": len(corrupt),
-            "corrupt_paths": corrupt,
-            "total": n,
-        }
+        gallery.last_report = report
         return gallery
 
     @classmethod
@@ -308,19 +222,7 @@ class Gallery:
 
         Published like a build; refuses an existing gallery.
         """
-        if index not in ("flat", "hnsw"):
-            raise OptionError("index", f"an empty gallery can be flat or hnsw ({index} needs training features)")
-        builder = resolve(db, collection).builder(BuildPlan(index, lock_timeout=lock_timeout))
-        info = {**BuildOptions(index=index, hnsw_m=hnsw_m, ef_search=ef_search).index_info(), **_engine_info(extractor)}
-        try:
-            builder.start(extractor.identity, info)
-            store = builder.publish(
-                existing_error=f"{describe_db(db, collection)} already holds a gallery "
-                f"(created meanwhile by another process)"
-            )
-        except BaseException:
-            builder.abort()
-            raise
+        store = publish_empty(db, extractor, index, hnsw_m, ef_search, lock_timeout, collection)
         return cls(store, store.snapshot(), extractor, extractor.device, extractor.batch_size, collection)
 
     @classmethod
@@ -653,65 +555,22 @@ class Gallery:
         t_end, meta}; `exclude_camid` / `exclude_camera` drop entries of a camera (per row or for all),
         `camera` keeps one camera, `kind` one kind, `t_min` / `t_max` entries whose time span overlaps.
         """
-        snap = self._snap  # one generation for the whole call, whatever refresh() does meanwhile
-        feats = np.ascontiguousarray(np.atleast_2d(feats), dtype=np.float32)
-        if feats.shape[1] != self.identity.feat_dim:
-            raise ReIDError(f"query: feature dim {feats.shape[1]} != gallery dim {self.identity.feat_dim}")
-        check_positive("k", int(k))
-        check_positive("nprobe", nprobe)
-        if kind is not None and kind not in KINDS:
-            raise ReIDError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-        excl = _per_row(exclude_camid, len(feats))
-        excl_cam = _per_row(exclude_camera, len(feats))
-        filters = [
-            SearchFilter(exclude_camid=e, exclude_camera=c, camera=camera, kind=kind, t_min=t_min, t_max=t_max).check()
-            for e, c in zip(excl, excl_cam)
-        ]
-        n = snap.count
-        if n == 0:
-            return [[] for _ in feats]
-        k = min(int(k), n)
-        need = min(max(k, int(rerank_topm)) if rerank else k, n)
-        found = snap.search(feats, need, filters, nprobe=nprobe)
-        if camera is not None and not any(len(cid) for cid, _ in found):
-            err = unknown_filter("camera", str(camera), snap)  # `cam3` of a gallery whose cameras are `c3`
-            if err is not None:
-                raise err
-        results = []
-        for b, (cid, csc) in enumerate(found):
-            dist = None
-            if rerank and len(cid) > 1:
-                order, dist = self._rerank(snap, feats[b], cid)
-                cid, csc, dist = cid[order], csc[order], dist[order]
-            cid, csc = cid[:k], csc[:k]
-            recs = snap.rows(cid.tolist())
-            rows = []
-            for j, (i, s) in enumerate(zip(cid.tolist(), csc.tolist())):
-                rec = recs.get(i)
-                if rec is None:  # cannot happen within one snapshot; never serve an empty path
-                    continue
-                # float32 dot products of unit vectors can land a hair outside [-1, 1]
-                row = {
-                    "id": int(i),
-                    "path": rec["path"],
-                    "score": float(np.clip(s, -1.0, 1.0)),
-                    **{f: rec[f] for f in ENTRY_FIELDS if f not in ("id", "path")},
-                }
-                if dist is not None:
-                    row["rerank_distance"] = float(dist[j])
-                rows.append(row)
-            results.append(rows)
-        return results
-
-    @staticmethod
-    def _rerank(snap: StoreSnapshot, q: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """k-reciprocal re-ranking of the query against its M candidates (section 5 defaults, clipped to M)."""
-        from reidkit.evaluation.rerank import re_ranking_features
-
-        g = snap.vectors(cand.tolist())
-        m = len(cand)
-        dist = re_ranking_features(q[None], g, k1=min(20, m), k2=min(6, m + 1), lambda_value=0.3, device="cpu")[0]
-        return np.argsort(dist, kind="stable"), dist
+        # one generation for the whole call, whatever refresh() does meanwhile
+        return search_snapshot(
+            self._snap,
+            self.identity.feat_dim,
+            feats,
+            k=k,
+            rerank=rerank,
+            exclude_camid=exclude_camid,
+            nprobe=nprobe,
+            rerank_topm=rerank_topm,
+            exclude_camera=exclude_camera,
+            kind=kind,
+            camera=camera,
+            t_min=t_min,
+            t_max=t_max,
+        )
 
     def health(self) -> dict[str, Any]:
         """Status summary of the pinned generation: sizes, generation, index kind, model identity."""
