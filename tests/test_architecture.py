@@ -99,3 +99,30 @@ def test_the_readme_architecture_line_is_the_layers_contract():
     said = [" | ".join(re.findall(r"`([\w.]+)`", part)) for part in chain.split("->")]
     layers = next(c for c in _contracts() if c["id"] == "layers")["layers"]
     assert said == [" | ".join(p.strip() for p in layer.split("|")) for layer in layers]
+
+
+MAX_LINES = 600  # the project's rule: no file in reidkit/ over 600 lines (split along real seams)
+
+
+def _long_files(root: Path, limit: int = MAX_LINES) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        n = path.read_bytes().count(b"\n")  # as `wc -l` counts
+        if n > limit:
+            out.append(f"{path.relative_to(root.parent)}: {n} lines")
+    return out
+
+
+def test_no_file_in_reidkit_over_600_lines():
+    files = sorted((ROOT / "reidkit").rglob("*.py"))
+    assert len(files) > 100, "the walk found almost no modules"
+    long = _long_files(ROOT / "reidkit")
+    assert not long, f"files over {MAX_LINES} lines (split them along their seams):\n" + "\n".join(long)
+
+
+def test_the_size_check_finds_a_file_one_line_over(tmp_path):
+    pkg = tmp_path / "reidkit"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "ok.py").write_text("x = 1\n" * MAX_LINES)
+    (pkg / "sub" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    assert _long_files(pkg) == [f"reidkit/sub/long.py: {MAX_LINES + 1} lines"]
