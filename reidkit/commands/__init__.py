@@ -85,5 +85,6 @@ def add_trust_argument(parser: argparse.ArgumentParser) -> None:
         with trusted(bool(getattr(args, "trust_checkpoint", False))):
             return func(args)
 
+    # the inspect/functools convention (inspect.unwrap), not an attribute mypy knows functions have
     run.__wrapped__ = func  # type: ignore[attr-defined]
     parser.set_defaults(func=run)

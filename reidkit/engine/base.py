@@ -238,6 +238,7 @@ class BaseTrainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             out = DDP(module, device_ids=ids, find_unused_parameters=self.ddp_find_unused())
         if self.cfg.compile:
+            # a Module in, an OptimizedModule (a Module) out; torch.compile's annotation is a callable union
             out = torch.compile(out)  # type: ignore[assignment]
         return out
 

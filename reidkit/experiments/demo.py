@@ -98,7 +98,8 @@ def _run_demo(out_dir: str | Path, overrides: list[str] | None, num_pictures: in
     after_rr = trainer.validate(rerank=True)
 
     say(f"[5/5] ranked lists -> {out / 'ranked'}")
-    vs = trainer.val_prepared[0]  # type: ignore[index]
+    assert trainer.val_prepared is not None  # prepared by the validate() calls above
+    vs = trainer.val_prepared[0]
     qf, gf = extract_val_features(trainer.net, vs, cfg, trainer.device, step_name=f"demo: {vs.name}")
     if cfg.test.metric == "cosine":
         import torch.nn.functional as F

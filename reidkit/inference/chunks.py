@@ -47,13 +47,14 @@ def embed_chunks(
     """
     from reidkit.data.pipeline import ImageCache
 
-    hw = tuple(extractor.identity.input_size)
+    h, w = extractor.identity.input_size
+    hw = (int(h), int(w))
     done, t0 = 0, time.perf_counter()
     for s in range(0, len(paths), chunk):
         part = list(paths[s : s + chunk])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # skipped images are counted below instead
-            cache = ImageCache.build(part, size=hw)  # type: ignore[arg-type]
+            cache = ImageCache.build(part, size=hw)
         if strict and len(cache.skipped):
             bad = cache.skipped[0]
             size = os.path.getsize(bad) if os.path.exists(bad) else None

@@ -66,7 +66,10 @@ def _branch_mean(values: list[torch.Tensor], outputs: dict) -> torch.Tensor:
         return torch.stack(values).mean()
     if len(weights) != len(values):
         raise ReIDError(f"model output 'branch_weights' has {len(weights)} weights for {len(values)} branches")
-    return sum(float(w) * v for w, v in zip(weights, values))  # type: ignore[return-value]
+    total = float(weights[0]) * values[0]
+    for w, v in zip(weights[1:], values[1:]):
+        total = total + float(w) * v
+    return total
 
 
 @register_loss("softmax")
@@ -109,6 +112,7 @@ class CenterTerm(CenterLoss):
     def __init__(self, cfg: LossConfig, num_classes: int, feat_dim: int) -> None:
         super().__init__(num_classes, feat_dim, half=getattr(cfg, "center_half", True))
 
+    # a loss term's forward(outputs, labels) (the Criterion's protocol), over CenterLoss's forward(feats, labels)
     def forward(self, outputs: dict, labels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Center loss of ``outputs["feat"]``."""
         if outputs.get("feat") is None:

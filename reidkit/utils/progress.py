@@ -80,6 +80,7 @@ def console_logging(show_iterations: bool | None = None) -> logging.Handler:
     for old in [h for h in log.handlers if getattr(h, "_reidkit_console", False)]:
         log.removeHandler(old)  # one console echo, however often a command runs in a process
     handler = logging.StreamHandler(sys.stderr)
+    # a marker on the stdlib handler (read back above), not an attribute logging.Handler declares
     handler._reidkit_console = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(lambda record: not getattr(record, "file_only", False))
