@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 
-def _walk(jitter: float, frames: int = 40, seed: int = 0):
-    """A person walking right at 3 px a frame (true boxes), and the detections: the boxes with seeded jitter of
-    `jitter` x the size on the centre and the log size (as the benchmark's gtn)."""
+def _walk(jitter: float, frames: int = 40, seed: int = 0, swing: float = 0.0):
+    """A person walking right at 3 px a frame (true boxes; `swing`: the width swings by that many pixels with a
+    10-frame gait), and the detections: the boxes with seeded jitter of `jitter` x the size on the centre and the
+    log size (as the benchmark's gtn)."""
     rng = np.random.default_rng(seed)
     true, dets = [], []
     for f in range(frames):
-        x, y, w, h = 20.0 + 3.0 * f, 40.0, 30.0, 80.0
+        x, y, w, h = 20.0 + 3.0 * f, 40.0, 30.0 + swing * np.sin(2 * np.pi * f / 10), 80.0
         true.append([x, y, x + w, y + h])
         n = rng.normal(0.0, jitter, 4)
         cx, cy = x + w / 2 + n[0] * w, y + h / 2 + n[1] * h
@@ -54,6 +55,16 @@ def test_bytesort_filter_boxes_are_nearer_the_person_than_jittered_detections():
     # exact boxes of a steady walk: the filter follows them
     true, exact = _walk(0.0)
     assert _mean_iou(_reported("filter", exact)[5:], true[5:]) > 0.95
+
+
+def test_bytesort_auto_box_smooths_jitter_and_keeps_exact_boxes_of_a_swinging_gait():
+    true, dets = _walk(0.05)
+    assert _mean_iou(_reported("auto", dets)[5:], true[5:]) > _mean_iou(dets[5:], true[5:]) + 0.02
+    # a gait's smooth swing of the width is motion, not jitter: exact boxes are reported (nearly) as they are,
+    # where the filter lags behind the swing
+    true, exact = _walk(0.0, swing=6.0)
+    assert _mean_iou(_reported("auto", exact)[5:], true[5:]) > 0.995
+    assert _mean_iou(_reported("filter", exact)[5:], true[5:]) < 0.98
 
 
 def test_report_box_option_is_checked():
@@ -160,3 +171,28 @@ def test_resume_is_exact_with_either_reported_box(jobs, report_box):
         [e["meta"]["boxes"] for e in c.entries] for c in full[2:]
     ]
     assert sum(len(c.entries) for c in full[2:]) >= 1
+
+
+def _row_of_people(refresh_share: float, budget: int = 2, frames: int = 20) -> list[int]:
+    """Six people side by side, each box overlapping its neighbours' a little (every detection ambiguous, none
+    overlapped enough to keep its crop from the feature EMA), walking together; features asked for under `budget`.
+    Returns, per track at the end, the frames since its EMA last took a feature."""
+    from reidkit.video.trackers import build_tracker
+
+    rng = np.random.default_rng(0)
+    looks = rng.normal(size=(6, 8)).astype(np.float32)
+    t = build_tracker("bytesort", {"refresh_share": refresh_share})
+    for f in range(frames):
+        boxes = np.asarray([[10 + 16 * i + f, 20, 30 + 16 * i + f, 80] for i in range(6)], np.float32)
+        need = t.needs_features(boxes, np.ones(6), budget)
+        assert need.sum() <= max(budget, 6 if f == 0 else 0)  # the first frame's are all new people
+        t.update(boxes, np.ones(6), [looks[i] if need[i] else None for i in range(6)])
+    assert len(t.tracks) == 6
+    return [t.frame - 1 - tr.feat_frame for tr in t.tracks]
+
+
+def test_an_embedding_budget_keeps_every_track_s_look_recent_in_a_crowd():
+    ages = _row_of_people(0.5)
+    assert max(ages) <= 6, ages  # a budget of 2 for 6 people: each refreshed every few frames
+    # spent only on the most ambiguous, the budget keeps going to the same boxes and some tracks keep their first look
+    assert max(_row_of_people(0.0)) >= 15
