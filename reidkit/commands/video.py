@@ -144,11 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p,
         "--embed-budget",
         10000,
-        8,
+        0,
         metavar="N",
-        help="--appearance needed: embed at most N ambiguous detections per frame, the most ambiguous "
-        "first; the others are matched by motion, so crowds keep the camera's pace (default 8; "
-        "0: no limit, for the best tracking of recorded footage; see benchmarks/results/bench_video.md)",
+        help="--appearance needed: embed at most N ambiguous detections per frame (half of N the most ambiguous, "
+        "half refreshing the looks of the tracks seen longest ago); the others are matched by motion, so crowds "
+        "keep the camera's pace (default 0: no limit, the best tracking: with 8, a jittering detector's crowd of "
+        "scene B lost 20 HOTA points; scene C keeps real time either way; benchmarks/results/bench_trackers.md)",
     )
     int_option(p, "--streams", 64, 4, help="videos processed at once in this process, sharing one embedder (default 4)")
     int_option(

@@ -11,7 +11,9 @@ gated cost:
    detection's feature and the track's feature EMA - ``app_neutral``), plus OC-SORT's direction term
    (the angle between the track's recent motion and the way to the detection, x ``inertia``; Cao et
    al., CVPR 2023). The whole cost must pass ``1 - match_iou``, so a look that is unlike the track
-   vetoes a weak overlap (and a cosine distance over ``max_cosine_distance`` never matches); a pair with no rival in its row and column of the IoU gate pays no
+   vetoes a weak overlap (``max_cosine_distance``, a hard veto on appearance, is off by default: an
+   occluded person's crop shows the occluder and the veto broke their track); a pair with no rival
+   in its row and column of the IoU gate pays no
    appearance (``lone_pairs_free``: small, fast, blurred crops look unlike their last ones without
    looking like anyone else). BoT-SORT (Aharon et al. 2022) fuses IoU and appearance too, with a
    minimum instead of a sum; on these scenes, whose ImageNet features put a person's crops at cosine
@@ -321,8 +323,9 @@ class ByteSort:
         pred = _xyxy(np.stack([_F @ t.mean for t in recent]))  # this frame's prediction, the state untouched
         idx = np.flatnonzero(need)
         pairs, ambiguous = one_to_one_pairs(b[idx], pred)
-        if budget > 0 and self.o.refresh_share > 0:
-            need[idx] = self._budgeted(b[idx], pairs, ambiguous, [recent[j] for j in range(len(recent))], int(budget))
+        if self.o.refresh_share > 0 and (budget > 0 or self.o.refresh_unlimited):
+            limit = int(budget) if budget > 0 else len(idx)  # no limit: every ambiguous one and every stale track
+            need[idx] = self._budgeted(b[idx], pairs, ambiguous, recent, limit, budget <= 0)
             return need
         sub, _lean = needs_from_pairs(len(idx), pairs, ambiguous, int(budget))
         need[idx] = sub
@@ -335,22 +338,27 @@ class ByteSort:
         ambiguous: list[tuple[float, int, int]],
         recent: list,
         budget: int,
+        unlimited: bool = False,
     ) -> np.ndarray:
         """needs_features under a budget: the detections near no track (new people) always; then the most ambiguous
         (the smallest IoU margins) for the budget's share 1 - ``refresh_share``; then, for the rest of it, the
         detections that overlap no other (their features feed the track's EMA) of the tracks whose features are the
-        oldest, so a crowd's tracks keep a recent look for the moment they cross; then more ambiguous ones."""
+        oldest (at least ``refresh_age`` frames old), so a crowd's tracks keep a recent look for the moment they cross;
+        then more ambiguous ones."""
         need = np.ones(len(boxes), bool)
         near = {d: j for d, j in pairs.items()} | {d: j for _m, d, j in ambiguous}
         need[list(near)] = False
         order = [d for _m, d, _j in sorted(ambiguous)]
-        first = order[: max(0, budget - int(round(budget * self.o.refresh_share)))]
+        first = order if unlimited else order[: max(0, budget - int(round(budget * self.o.refresh_share)))]
         chosen = set(first)
         over = box_iou(boxes, boxes)
         np.fill_diagonal(over, 0.0)
         clean = over.max(axis=1, initial=0.0) < self.o.ema_overlap
         age = {d: self.frame - getattr(recent[j], "feat_frame", -(10**9)) for d, j in near.items()}
-        stale = sorted((d for d in near if clean[d] and d not in chosen), key=lambda d: (-age[d], d))
+        stale = sorted(
+            (d for d in near if clean[d] and d not in chosen and age[d] >= self.o.refresh_age),
+            key=lambda d: (-age[d], d),
+        )
         for d in stale:
             if len(chosen) >= budget:
                 break
