@@ -20,6 +20,10 @@ ids and the number of identities (8 people in the scene).
     python -m benchmarks.bench_identities --work /tmp/bench_ids           # gt, gtn, motion
     python -m benchmarks.bench_identities --work /tmp/bench_ids --dets gtn --video-arg=--engine=torch
     python -m benchmarks.bench_identities --work /tmp/bench_ids --identities-arg=--stitch-gap=2
+    python -m benchmarks.bench_identities --work /tmp/bench_ids_s1 --seed 1   # held-out scenes: --seed 1, 2
+
+results/bench_identities.json is seed 0 (the README's scene A), results/bench_identities_seed1.json and
+_seed2.json the held-out scenes, each with the commands that made it.
 """
 
 from __future__ import annotations
