@@ -343,7 +343,7 @@ def test_missing_milvus_extra_is_one_error(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setitem(sys.modules, "pymilvus", None)
     monkeypatch.setattr(milvus_client, "_clients", {})
-    with pytest.raises(ReIDError, match=r'pip install -e "\.\[milvus\]"'):
+    with pytest.raises(ReIDError, match=r"pip install 'reidkit\[milvus\]'"):
         Gallery.open(f"milvus:{tmp_path / 'x.db'}")
     assert main(["index", "check", "--db", f"milvus:{tmp_path / 'x.db'}"]) == 2
     err = capsys.readouterr().err
