@@ -42,14 +42,19 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _encode(video: Path, out: Path) -> Path:
-    """The scene as the camera sends it (MPEG-2 in MPEG-TS), encoded once."""
+def _encode(video: Path, out: Path, loops: int = 1) -> Path:
+    """The scene as the camera sends it (MPEG-2 in MPEG-TS), encoded once, ``loops`` times over in one file.
+
+    One seamless file, not ffmpeg's ``-stream_loop`` over the 30 s scene: with ``-c copy`` each loop seam
+    restarts the stream's timestamps, which a camera never does."""
     subprocess.run(
         [
             "ffmpeg",
             "-loglevel",
             "error",
             "-y",
+            "-stream_loop",
+            str(max(0, loops - 1)),
             "-i",
             str(video),
             "-c:v",
@@ -130,9 +135,10 @@ def lag_trend(samples: list[dict], cams: list[str]) -> float:
 
 
 def run(n: int, seconds: float, scene: Path, work: Path) -> dict:
-    video = work / "sceneC.ts"
+    loops = int(seconds // 30) + 2  # the scene is 30 s; one loop more than the run and its start-up need
+    video = work / f"sceneC-x{loops}.ts"
     if not video.is_file():
-        _encode(scene / "cam1" / "cam1.avi", video)
+        _encode(scene / "cam1" / "cam1.avi", video, loops)
     ports = [_port() for _ in range(n)]
     servers = [_serve(video, p) for p in ports]
     db, status_port = work / f"db{n}", _port()

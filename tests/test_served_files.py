@@ -129,7 +129,6 @@ def _world(tmp_path_factory, model, backend: str, old: bool):
     if backend == "milvus":
         pytest.importorskip("pymilvus")
         pytest.importorskip("milvus_lite")
-    from reidkit.retrieval import gallery as gallery_mod
     from reidkit.retrieval.gallery import Gallery
     from reidkit.retrieval.service import create_app
     from reidkit.video.identity_routes import identity_router
@@ -144,9 +143,11 @@ def _world(tmp_path_factory, model, backend: str, old: bool):
     if old:
         # a gallery made before file stats were recorded: the rows of that code (meta None), thumbnails
         # written and committed without their stats
-        real_rows = gallery_mod.image_rows
+        from reidkit.retrieval import gallery_build
+
+        real_rows = gallery_build.image_rows
         patch = pytest.MonkeyPatch()
-        patch.setattr(gallery_mod, "image_rows", lambda paths: [{**r, "meta": None} for r in real_rows(paths)])
+        patch.setattr(gallery_build, "image_rows", lambda paths: [{**r, "meta": None} for r in real_rows(paths)])
         try:
             g = Gallery.build(root / "crops", db, extractor=model)
         finally:
