@@ -100,7 +100,8 @@ def onnx_cache_dir() -> Path:
 
 
 def _imagenet_model(size: Sequence[int] | None) -> tuple[Any, ModelIdentity]:
-    from reidkit.models.build import ModelConfig, build_model
+    from reidkit.config.model import ModelConfig
+    from reidkit.models.build import build_model
 
     # No ReID training: ImageNet features, GeM-pooled (better than avg for retrieval), no neck, so
     # the eval output is the pooled 1280-d vector itself.

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reidkit.config.model import ModelConfig
+from reidkit.config.model import ModelConfig as ModelConfig  # re-exported: build_model's argument
 from reidkit.errors import ReIDError
 from reidkit.models.info import DEFAULT_INPUT_SIZE, ModelInfo
 from reidkit.models.heads import (

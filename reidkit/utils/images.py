@@ -17,7 +17,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from reidkit.errors import ReIDError
 
@@ -114,7 +114,7 @@ def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> np.ndarray
     except Image.DecompressionBombError:
         # Pillow refuses at open (before decoding) when the header promises > 2x its own limit.
         raise ImageTooLarge("image too large: its header declares more pixels than Pillow's limit") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise NotAnImage("not an image file (JPEG, PNG, BMP, WebP, ...)") from None
     except ReIDError:
         raise

@@ -33,11 +33,11 @@ from reidkit.errors import OptionError
 from reidkit.utils.dask import check_cluster_args, dask_client, need_distributed
 from reidkit.utils.progress import to_stderr
 from reidkit.utils.validate import check_positive
+from reidkit.video.embed_service import Stats
 from reidkit.video.options import IngestOptions
 from reidkit.video.pipeline import (
     Chunk,
     Settings,
-    Stats,
     VideoJob,
     VideoLock,
     commit,

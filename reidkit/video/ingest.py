@@ -45,6 +45,7 @@ from reidkit.errors import OptionError, ReIDError
 from reidkit.utils.progress import to_stderr
 from reidkit.retrieval.backends import FILES_OUTSIDE, resolve
 from reidkit.video.decode import legacy_video_keys, probe, video_key
+from reidkit.video.embed_service import SharedEmbedder, Stats
 from reidkit.video.embedder import Embedder
 from reidkit.utils.validate import check_positive
 from reidkit.video.options import DEFAULT_STREAMS, IngestOptions
@@ -52,8 +53,6 @@ from reidkit.video.pipeline import (
     THUMBS,
     Chunk,
     Settings,
-    SharedEmbedder,
-    Stats,
     VideoJob,
     VideoLock,
     commit,

@@ -54,7 +54,9 @@ from reidkit.utils.locks import PidLock
 from reidkit.utils.validate import check_positive
 from reidkit.video.decode import FrameStats, VideoInfo, iter_frames, safe_name
 from reidkit.video.detectors import build_detector
-from reidkit.video.embed_service import SharedEmbedder, Stats, _Client, _Direct  # noqa: F401 - re-exported
+from reidkit.video.embed_service import SharedEmbedder as SharedEmbedder  # re-exported for callers of process_video
+from reidkit.video.embed_service import Stats as Stats
+from reidkit.video.embed_service import _Client, _Direct
 from reidkit.video.embedder import clip_boxes, crop_boxes, float_twin
 from reidkit.video.trackers import DEFAULT_TRACKER, build_tracker, tracker_options
 from reidkit.video.trackers.base import frame_box

@@ -247,7 +247,8 @@ class VisionTransformer(nn.Module):
         if self.uses_camera and cams is not None:
             cams = torch.as_tensor(cams, device=tokens.device).long().reshape(-1)
             if (
-                not torch.jit.is_tracing()
+                # torch documents torch.jit.is_tracing as public, but leaves it out of torch.jit.__all__
+                not torch.jit.is_tracing()  # type: ignore[attr-defined]
                 and cams.numel()
                 and (int(cams.min()) < 0 or int(cams.max()) >= self.num_cameras)
             ):

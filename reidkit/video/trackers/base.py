@@ -20,9 +20,21 @@ import numpy as np
 
 from reidkit.errors import ReIDError
 from reidkit.video.detect import box_iou
-from reidkit.video.track import decode, encode  # noqa: F401 - the state codec of every tracker
 
-__all__ = ["Match", "FrameTracks", "Tracker", "box_iou", "feature_rows", "frame_box", "one_to_one_pairs"]
+# the state codec of every tracker, and the IoU of the built-in ones: part of the plugin surface
+from reidkit.video.track import decode, encode
+
+__all__ = [
+    "Match",
+    "FrameTracks",
+    "Tracker",
+    "box_iou",
+    "decode",
+    "encode",
+    "feature_rows",
+    "frame_box",
+    "one_to_one_pairs",
+]
 
 PAIR_IOU, OTHER_IOU = 0.3, 0.1  # a detection pairs one-to-one with a track (see one_to_one_pairs)
 
