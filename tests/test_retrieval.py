@@ -94,6 +94,18 @@ def test_build_counts_corrupt_and_stores_metadata(data):
     np.testing.assert_allclose(g.features([0]), g.index.reconstruct(0)[None], atol=1e-6)
 
 
+def test_search_options_follow_search_features_parameters():
+    """Gallery.search_features builds SearchOptions from its parameters in order: the two lists stay the same."""
+    import dataclasses
+    import inspect
+
+    from reidkit.retrieval.search import SearchOptions
+
+    params = list(inspect.signature(Gallery.search_features).parameters.values())[2:]
+    fields = dataclasses.fields(SearchOptions)
+    assert [(p.name, p.default) for p in params] == [(f.name, f.default) for f in fields]
+
+
 def test_search_returns_planted_first(data):
     g = Gallery.open(data["db"], extractor=data["gallery"].extractor)
     res = g.search(str(data["query"]), k=5)

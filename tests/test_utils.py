@@ -19,6 +19,7 @@ from reidkit.utils.io import (
     clean_stale_temps,
     ensure_dir,
     image_paths,
+    is_image_file,
     list_images,
     write_json,
 )
@@ -143,6 +144,24 @@ def test_image_paths_lists_each_file_once_as_its_real_path(tmp_path: Path):
         image_paths(empty)
     with pytest.raises(ReIDError, match="^--images: .*nowhere is not a folder"):
         image_paths(tmp_path / "nowhere", what="--images:")
+
+
+def test_the_one_image_name_test_keeps_its_old_layout_name_deprecated():
+    import reidkit.data.datasets.layout as layout
+
+    with pytest.warns(DeprecationWarning, match="moved to reidkit.utils.io.is_image_file"):
+        assert layout.is_image is is_image_file
+    assert [is_image_file(n) for n in ("a.JPG", "b.png", ".x.jpg", "._y.jpg", "c.txt", "d")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+    root = Path(__file__).resolve().parent.parent / "reidkit"
+    tests = [p.relative_to(root).as_posix() for p in root.rglob("*.py") if "in IMAGE_EXTENSIONS" in p.read_text()]
+    assert tests == ["utils/io.py"]
 
 
 def test_the_one_folder_lister_keeps_its_old_retrieval_name_deprecated():

@@ -282,6 +282,30 @@ def test_cameras_file_reads_names_urls_files_and_links(tmp_path):
     assert [parse_duration(t) for t in ("90", "45s", "30m", "12h", "7d")] == [90, 45, 1800, 43200, 604800]
 
 
+def test_watch_options_are_one_frozen_object_that_keyword_arguments_change(tmp_path):
+    """watch's settings are one WatchOptions (the CLI builds one); keyword arguments change its fields, an unknown
+    one is refused, and a "mot" detector without detection files is refused before the gallery is made."""
+    import dataclasses
+
+    from reidkit.errors import OptionError
+    from reidkit.video.options import WatchOptions
+    from reidkit.video.watch import watch
+
+    base = WatchOptions(detector="mot", retain=60.0)
+    o = WatchOptions.of(base, retain=5.0, buffer=8)
+    assert (o.detector, o.retain, o.buffer, base.retain, o.engine) == ("mot", 5.0, 8, 60.0, "auto-int8")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.retain = 1.0
+    cams = [Camera("cam1", "http://127.0.0.1:9/")]
+    with pytest.raises(TypeError, match="unknown watch options: retian"):
+        watch(tmp_path / "db", cams, base, retian=5.0)
+    refused = r"^detector: 'mot' needs a detections file for every camera; none for \['cam1'\]$"
+    for options, changes in ((base, {}), (None, {"detector": "mot"})):
+        with pytest.raises(OptionError, match=refused):
+            watch(tmp_path / "db", cams, options, **changes)
+    assert not (tmp_path / "db").exists()
+
+
 def test_prometheus_text_has_a_line_per_camera_and_counter():
     status = {
         "cameras": {

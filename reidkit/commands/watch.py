@@ -6,11 +6,14 @@ import argparse
 import json
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reidkit.commands import add_trust_argument
 from reidkit.commands._args import bounded_float, int_option
 from reidkit.errors import ReIDError
+
+if TYPE_CHECKING:
+    from reidkit.video.options import WatchOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -148,38 +151,43 @@ def _cameras(args: argparse.Namespace) -> tuple[list, object]:
 
 
 def _run_watch(args: argparse.Namespace) -> int:
-    from reidkit.commands.video import _tracker_options
-    from reidkit.video.pipeline import Settings, tracker_fields
+    from reidkit.commands.video import _key_values, _tracker_options
     from reidkit.video.cameras import parse_duration
+    from reidkit.video.options import WatchOptions
+    from reidkit.video.pipeline import Settings, tracker_fields
 
     cams, links = _cameras(args)
-    links = args.links or links
-    retain = None if args.retain is None else parse_duration(args.retain, "--retain")
     duration = None if args.duration is None else parse_duration(args.duration, "--duration")
-    settings = Settings(
-        appearance="needed",
-        embed_budget=8,
-        **tracker_fields(tracker=args.tracker, options=_tracker_options(args.tracker_option)),
+    options = WatchOptions(
+        links=args.links or links,
+        weights=args.weights,
+        device=args.device,
+        engine="auto-int8" if args.engine == "auto" else args.engine,
+        collection=args.collection,
+        detector=args.detector,
+        detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
+        settings=Settings(
+            appearance="needed",
+            embed_budget=8,
+            **tracker_fields(tracker=args.tracker, options=_tracker_options(args.tracker_option)),
+        ),
+        commit_every=args.commit_every,
+        identities_every=args.identities_every,
+        retain=None if args.retain is None else parse_duration(args.retain, "--retain"),
+        buffer=args.buffer,
     )
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _watch_until_stopped(args, cams, links, retain, duration, settings, stop)
+        return _watch_until_stopped(args, cams, options, duration, stop)
     finally:  # a caller's own handlers come back (cli_main may run inside a longer-lived process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def _watch_until_stopped(
-    args: argparse.Namespace,
-    cams: list,
-    links: object,
-    retain: float | None,
-    duration: float | None,
-    settings: object,
-    stop: threading.Event,
+    args: argparse.Namespace, cams: list, options: WatchOptions, duration: float | None, stop: threading.Event
 ) -> int:
-    from reidkit.commands.video import _key_values
     from reidkit.video.watch import watch
 
     run: Any = watch
@@ -198,26 +206,7 @@ def _watch_until_stopped(
 
     names = ", ".join(f"{c.name} ({shown_url(c.url)})" for c in cams)
     say(f"watching {len(cams)} camera(s): {names}; SIGTERM or Ctrl-C stops after committing")
-    status = run(
-        args.db,
-        cams,
-        links=links,
-        weights=args.weights,
-        device=args.device,
-        engine="auto-int8" if args.engine == "auto" else args.engine,
-        collection=args.collection,
-        detector=args.detector,
-        detector_options=_key_values(args.detector_option, "--detector-option", "conf=0.4"),
-        settings=settings,
-        commit_every=args.commit_every,
-        identities_every=args.identities_every,
-        retain=retain,
-        buffer=args.buffer,
-        duration=duration,
-        status_port=args.status_port,
-        progress=say,
-        stop=stop,
-    )
+    status = run(args.db, cams, options, duration=duration, status_port=args.status_port, progress=say, stop=stop)
     if args.json:
         print(json.dumps(status, indent=2))
     else:

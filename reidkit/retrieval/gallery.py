@@ -31,7 +31,7 @@ from reidkit.retrieval.folder import image_rows, parse_camera_frame
 from reidkit.utils.io import image_paths
 from reidkit.retrieval.build_options import BuildOptions
 from reidkit.retrieval.gallery_build import publish_empty, publish_folder
-from reidkit.retrieval.search import search_snapshot, unknown_filter
+from reidkit.retrieval.search import SearchOptions, search_snapshot, unknown_filter
 from reidkit.retrieval.backends import (
     DeleteMatch,
     WriteBatch,
@@ -556,21 +556,10 @@ class Gallery:
         `camera` keeps one camera, `kind` one kind, `t_min` / `t_max` entries whose time span overlaps.
         """
         # one generation for the whole call, whatever refresh() does meanwhile
-        return search_snapshot(
-            self._snap,
-            self.identity.feat_dim,
-            feats,
-            k=k,
-            rerank=rerank,
-            exclude_camid=exclude_camid,
-            nprobe=nprobe,
-            rerank_topm=rerank_topm,
-            exclude_camera=exclude_camera,
-            kind=kind,
-            camera=camera,
-            t_min=t_min,
-            t_max=t_max,
+        options = SearchOptions(
+            k, rerank, exclude_camid, nprobe, rerank_topm, exclude_camera, kind, camera, t_min, t_max
         )
+        return search_snapshot(self._snap, self.identity.feat_dim, feats, options)
 
     def health(self) -> dict[str, Any]:
         """Status summary of the pinned generation: sizes, generation, index kind, model identity."""

@@ -6,6 +6,7 @@ and the error that names a filter value no entry has, listing the values that ex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,15 @@ from reidkit.retrieval.backends import SearchFilter, StoreSnapshot
 from reidkit.retrieval.store import ENTRY_FIELDS, KINDS
 from reidkit.utils.validate import check_positive
 
-__all__ = ["LISTED_NAMES", "name_list", "per_row", "rerank_candidates", "search_snapshot", "unknown_filter"]
+__all__ = [
+    "LISTED_NAMES",
+    "SearchOptions",
+    "name_list",
+    "per_row",
+    "rerank_candidates",
+    "search_snapshot",
+    "unknown_filter",
+]
 
 
 def per_row(value: Any, n: int) -> list[Any]:
@@ -44,23 +53,29 @@ def unknown_filter(param: str, value: str, snap: StoreSnapshot) -> OptionError |
     return OptionError(param, f"no entry has {param} {value!r}; the gallery's {what}: {name_list(existing)}")
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a search asks (Gallery.search_features documents each), in the order of its parameters."""
+
+    k: int = 20
+    rerank: bool = False
+    exclude_camid: Sequence[int | None] | int | None = None
+    nprobe: int | None = None
+    rerank_topm: int = 100
+    exclude_camera: Sequence[str | None] | str | None = None
+    kind: str | None = None
+    camera: str | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+
+
 def search_snapshot(
-    snap: StoreSnapshot,
-    feat_dim: int,
-    feats: np.ndarray,
-    k: int = 20,
-    rerank: bool = False,
-    exclude_camid: Sequence[int | None] | int | None = None,
-    nprobe: int | None = None,
-    rerank_topm: int = 100,
-    exclude_camera: Sequence[str | None] | str | None = None,
-    kind: str | None = None,
-    camera: str | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
+    snap: StoreSnapshot, feat_dim: int, feats: np.ndarray, options: SearchOptions
 ) -> list[list[dict[str, Any]]]:
     """Batched search of unit-norm (B, D) features in `snap` (a gallery of `feat_dim`-d features); one result
-    list per row. The options are Gallery.search_features'."""
+    list per row."""
+    o = options
+    k, rerank, nprobe, kind, camera = o.k, o.rerank, o.nprobe, o.kind, o.camera
     feats = np.ascontiguousarray(np.atleast_2d(feats), dtype=np.float32)
     if feats.shape[1] != feat_dim:
         raise ReIDError(f"query: feature dim {feats.shape[1]} != gallery dim {feat_dim}")
@@ -68,17 +83,17 @@ def search_snapshot(
     check_positive("nprobe", nprobe)
     if kind is not None and kind not in KINDS:
         raise ReIDError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    excl = per_row(exclude_camid, len(feats))
-    excl_cam = per_row(exclude_camera, len(feats))
+    excl = per_row(o.exclude_camid, len(feats))
+    excl_cam = per_row(o.exclude_camera, len(feats))
     filters = [
-        SearchFilter(exclude_camid=e, exclude_camera=c, camera=camera, kind=kind, t_min=t_min, t_max=t_max).check()
+        SearchFilter(exclude_camid=e, exclude_camera=c, camera=camera, kind=kind, t_min=o.t_min, t_max=o.t_max).check()
         for e, c in zip(excl, excl_cam)
     ]
     n = snap.count
     if n == 0:
         return [[] for _ in feats]
     k = min(int(k), n)
-    need = min(max(k, int(rerank_topm)) if rerank else k, n)
+    need = min(max(k, int(o.rerank_topm)) if rerank else k, n)
     found = snap.search(feats, need, filters, nprobe=nprobe)
     if camera is not None and not any(len(cid) for cid, _ in found):
         err = unknown_filter("camera", str(camera), snap)  # `cam3` of a gallery whose cameras are `c3`

@@ -1,16 +1,30 @@
-"""The settings of an ingestion run (reidkit.video.ingest), one frozen object the CLI builds from its flags."""
+"""The settings of an ingestion run (reidkit.video.ingest) and of a live watch (reidkit.video.watch): each one
+frozen object the CLI builds from its flags."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 from reidkit.video.pipeline import Settings, check_settings, tracker_fields
 
-__all__ = ["DEFAULT_STREAMS", "IngestOptions"]
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["DEFAULT_STREAMS", "IngestOptions", "WatchOptions"]
 
 DEFAULT_STREAMS = 4
+
+_O = TypeVar("_O", bound="DataclassInstance")
+
+
+def _with_changes(cls: type[_O], options: _O | None, changes: dict[str, Any], what: str) -> _O:
+    """`options` (default: all defaults) with `changes` applied; a TypeError names the changes `cls` lacks."""
+    unknown = sorted(set(changes) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TypeError(f"unknown {what} options: {', '.join(unknown)}")
+    return replace(options if options is not None else cls(), **changes)
 
 
 @dataclass(frozen=True)
@@ -63,10 +77,7 @@ class IngestOptions:
     @classmethod
     def of(cls, options: IngestOptions | None = None, **changes: Any) -> IngestOptions:
         """`options` (default: all defaults) with `changes` (keyword arguments of ingest) applied."""
-        unknown = sorted(set(changes) - {f.name for f in fields(cls)})
-        if unknown:
-            raise TypeError(f"unknown ingest options: {', '.join(unknown)}")
-        return replace(options if options is not None else cls(), **changes)
+        return _with_changes(cls, options, changes, "ingest")
 
     def settings(self) -> Settings:
         """The pipeline's Settings (what decides the tracklets), range-checked."""
@@ -88,3 +99,36 @@ class IngestOptions:
                 ),
             )
         )
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """Every setting of a live watch besides the gallery and the cameras (reidkit.video.watch.watch; the CLI
+    builds one from the flags of ``reidkit watch``).
+
+    ``links`` (the camera links of the identities, as ``reidkit identities --links`` takes them), ``weights`` (None: the gallery's
+    own, else ImageNet), ``device``, ``engine`` (reidkit.inference; default int8 where the machine runs it fast),
+    ``collection`` (a Milvus gallery's), ``detector`` (a registered or catalogue detector, an ONNX file, or "mot":
+    each camera's ``detections`` file, the default when every camera has one; None: motion) and its
+    ``detector_options``, ``settings`` (the tracklet Settings; None: appearance "needed", an embedding budget of
+    8), ``commit_every`` and ``identities_every`` (seconds between commits and identity updates), ``retain``
+    (seconds a tracklet is kept after it ends; None: for ever), ``buffer`` (frames each camera's source holds).
+    """
+
+    links: Any = None
+    weights: str | None = None
+    device: str | None = None
+    engine: str = "auto-int8"
+    collection: str | None = None
+    detector: str | None = None
+    detector_options: dict[str, Any] | None = None
+    settings: Settings | None = None
+    commit_every: float = 10.0
+    identities_every: float = 60.0
+    retain: float | None = None
+    buffer: int = 4
+
+    @classmethod
+    def of(cls, options: WatchOptions | None = None, **changes: Any) -> WatchOptions:
+        """`options` (default: all defaults) with `changes` (keyword arguments of watch) applied."""
+        return _with_changes(cls, options, changes, "watch")

@@ -41,6 +41,7 @@ from reidkit.video.cameras import Camera, check_cameras, detector_factory
 from reidkit.video.live import LiveFrame, LiveSource, SourceStats, shown_url
 from reidkit.video.embedder import float_twin
 from reidkit.video.embed_service import SharedEmbedder, Stats, _Direct
+from reidkit.video.options import WatchOptions
 from reidkit.video.pipeline import Chunk, Settings, VideoJob, _Video, commit
 
 log = logging.getLogger(__name__)
@@ -433,26 +434,16 @@ def delete_older(gallery: Any, cutoff: float) -> int:
 def prepare_watch(
     db: str | os.PathLike,
     cameras: Sequence[Camera],
-    links: Any = None,
-    weights: str | None = None,
-    device: str | None = None,
-    engine: str = "auto-int8",
-    collection: str | None = None,
-    detector: str | None = None,
-    detector_options: dict[str, Any] | None = None,
-    settings: Settings | None = None,
-    commit_every: float = 10.0,
-    identities_every: float = 60.0,
-    retain: float | None = None,
-    buffer: int = 4,
+    options: WatchOptions,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Watch, Any, Any, str | None]:
     """(the Watch writer, its gallery, its embedder, the detector resolved): the checks and the gallery that
-    :func:`watch` and reidkit.video.watch_cluster.watch_on_cluster share. `detector` "mot": each camera's
+    :func:`watch` and reidkit.video.watch_cluster.watch_on_cluster share. Detector "mot": each camera's
     `detections` file (the default when every camera has one)."""
     from reidkit.video.ingest import open_gallery
     from reidkit.video.pipeline import check_settings
 
+    o, detector = options, options.detector
     check_cameras(cameras)
     if detector == "mot":
         missing = [c.name for c in cameras if not c.detections]
@@ -460,9 +451,9 @@ def prepare_watch(
             raise OptionError("detector", f"'mot' needs a detections file for every camera; none for {missing}")
     elif any(c.detections for c in cameras) and detector is None:
         detector = "mot"
-    settings = check_settings(settings or Settings(appearance="needed", embed_budget=8))
-    factory, name = detector_factory(detector, detector_options)
-    gallery, embedder = open_gallery(db, weights, device, engine=engine, collection=collection)
+    settings = check_settings(o.settings or Settings(appearance="needed", embed_budget=8))
+    factory, name = detector_factory(detector, o.detector_options)
+    gallery, embedder = open_gallery(db, o.weights, o.device, engine=o.engine, collection=o.collection)
     w = Watch(
         gallery,
         embedder,
@@ -470,11 +461,11 @@ def prepare_watch(
         settings,
         factory,
         name,
-        links=links,
-        commit_every=commit_every,
-        identities_every=identities_every,
-        retain=retain,
-        buffer=buffer,
+        links=o.links,
+        commit_every=o.commit_every,
+        identities_every=o.identities_every,
+        retain=o.retain,
+        buffer=o.buffer,
         progress=progress,
     )
     return w, gallery, embedder, detector
@@ -483,43 +474,20 @@ def prepare_watch(
 def watch(
     db: str | os.PathLike,
     cameras: Sequence[Camera],
-    links: Any = None,
-    weights: str | None = None,
-    device: str | None = None,
-    engine: str = "auto-int8",
-    collection: str | None = None,
-    detector: str | None = None,
-    detector_options: dict[str, Any] | None = None,
-    settings: Settings | None = None,
-    commit_every: float = 10.0,
-    identities_every: float = 60.0,
-    retain: float | None = None,
-    buffer: int = 4,
+    options: WatchOptions | None = None,
+    *,
     duration: float | None = None,
     status_port: int | None = None,
     progress: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """Open (or create) gallery `db` and watch `cameras` into it until `stop` is set or `duration` passes
-    (the Python side of ``reidkit watch``); returns the final status. `detector` "mot": each camera's
-    `detections` file. `status_port`: serve /metrics and /health on 127.0.0.1 while it runs."""
-    w = prepare_watch(
-        db,
-        cameras,
-        links,
-        weights,
-        device,
-        engine,
-        collection,
-        detector,
-        detector_options,
-        settings,
-        commit_every,
-        identities_every,
-        retain,
-        buffer,
-        progress,
-    )[0]
+    (the Python side of ``reidkit watch``); returns the final status. `options`: a
+    :class:`~reidkit.video.options.WatchOptions` (its docstring lists them); `changes`: any of its fields as
+    keyword arguments (``watch(db, cameras, detector="mot", retain=3600)``), applied over `options`.
+    `status_port`: serve /metrics and /health on 127.0.0.1 while it runs."""
+    w = prepare_watch(db, cameras, WatchOptions.of(options, **changes), progress)[0]
     if stop is not None:
         w.stop = stop
     from reidkit.video.watch_status import serve_status

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from reidkit.video.cameras import Camera, detector_factory
 from reidkit.video.live import LiveSource
+from reidkit.video.options import WatchOptions
 from reidkit.video.watch import CameraState, Watch, run_camera
 
 log = logging.getLogger(__name__)
@@ -258,66 +259,42 @@ def _add(prior: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
 def watch_on_cluster(
     db: str,
     cameras: Sequence[Camera],
+    options: WatchOptions | None = None,
     *,
     address: str | None = None,
     workers: int | None = None,
     client: Any = None,
-    links: Any = None,
-    weights: str | None = None,
-    device: str | None = None,
-    engine: str = "auto-int8",
-    collection: str | None = None,
-    detector: str | None = None,
-    detector_options: dict[str, Any] | None = None,
-    settings: Any = None,
-    commit_every: float = 10.0,
-    identities_every: float = 60.0,
-    retain: float | None = None,
-    buffer: int = 4,
     duration: float | None = None,
     status_port: int | None = None,
     progress: Any = None,
     stop: threading.Event | None = None,
+    **changes: Any,
 ) -> dict[str, Any]:
     """``reidkit watch --cluster``: :func:`reidkit.video.watch.watch` with each camera on a Dask worker. One of
-    `address` (a running scheduler), `workers` (a local cluster on 127.0.0.1) or `client`."""
+    `address` (a running scheduler), `workers` (a local cluster on 127.0.0.1) or `client`; `options` and
+    `changes` as for watch."""
     from reidkit.retrieval.backends import resolve
     from reidkit.utils.dask import dask_client, need_distributed
     from reidkit.video.cluster import _model_spec
     from reidkit.video.watch import prepare_watch
 
     need_distributed()
-    w, gallery, embedder, detector = prepare_watch(
-        db,
-        cameras,
-        links=links,
-        weights=weights,
-        device=device,
-        engine=engine,
-        collection=collection,
-        detector=detector,
-        detector_options=detector_options,
-        settings=settings,
-        commit_every=commit_every,
-        identities_every=identities_every,
-        retain=retain,
-        buffer=buffer,
-        progress=progress,
-    )
+    o = WatchOptions.of(options, **changes)
+    w, gallery, embedder, detector = prepare_watch(db, cameras, o, progress)
     if stop is not None:
         w.stop = stop
     from reidkit.inference import ENGINES
 
-    used = getattr(embedder.extractor, "engine", engine)  # the workers embed as the driver resolved it
-    model = _model_spec(gallery, weights, device, 64, False, used if used in ENGINES else engine)
-    many = resolve(db, collection).capabilities.many_writers
-    det = (detector, detector_options)
+    used = getattr(embedder.extractor, "engine", o.engine)  # the workers embed as the driver resolved it
+    model = _model_spec(gallery, o.weights, o.device, 64, False, used if used in ENGINES else o.engine)
+    many = resolve(db, o.collection).capabilities.many_writers
+    det = (detector, o.detector_options)
     from reidkit.video.watch_status import serve_status
 
     server = serve_status(w, status_port) if status_port is not None else None
     try:
         with dask_client(workers, address, client) as c:
-            runner = ClusterCameras(w, c, model, det, str(db) if many else None, collection)
+            runner = ClusterCameras(w, c, model, det, str(db) if many else None, o.collection)
             return w.run(duration=duration, runner=runner)
     finally:
         if server is not None:

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from reidkit.errors import ReIDError
-from reidkit.utils.io import list_images
+from reidkit.utils.io import is_image_file, list_images
 
 from reidkit.data.datasets.core import SPLITS, Record, ReIDDataset
-from reidkit.data.datasets.layout import is_image, listing, root_dir
+from reidkit.data.datasets.layout import listing, root_dir
 
 
 # ----------------------------------------------------------------------------- folder
@@ -30,7 +30,7 @@ def _identity_images(split_dir: Path, dataset: str) -> dict[str, list[str]]:
         if entry.name.startswith("."):
             continue
         if entry.is_file():
-            if is_image(entry.name):
+            if is_image_file(entry.name):
                 raise ReIDError(f"{dataset}: image {entry.path} lies directly in {split_dir}; expected {FOLDER_LAYOUT}")
             continue
         # The one lister: symlinked folders once, loops / broken links / non-UTF-8 names skipped and logged.

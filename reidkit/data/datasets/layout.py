@@ -9,9 +9,9 @@ A Market-style loader is four calls (see market1501.py)::
 
 then ``check_splits(ReIDDataset("mysite", train, query, gallery, str(base)), LAYOUT)`` (refuses an empty
 query or gallery) and ``register_dataset("mysite", loader)``. A keyword option with a fixed set of values
-is checked by ``check_choice``; ``is_image`` and ``listing`` help a loader of another layout (see folder.py)
-skip non-images and say what it found instead. A set already in Market-1501's layout needs none of this:
-``reidkit.data.datasets.market1501.load_market_tree(root, "mysite", max_cam=None)``.
+is checked by ``check_choice``; ``reidkit.utils.io.is_image_file`` and ``listing`` help a loader of another layout
+(see folder.py) skip non-images and say what it found instead. A set already in Market-1501's layout needs none of
+this: ``reidkit.data.datasets.market1501.load_market_tree(root, "mysite", max_cam=None)``.
 Every helper raises one ReIDError naming the dataset, the path and the layout expected.
 """
 
@@ -24,14 +24,14 @@ from typing import Any, Callable, Sequence
 
 from reidkit.errors import ReIDError
 
-from reidkit.utils.io import IMAGE_EXTENSIONS
+from reidkit._lazy import lazy_getattr
+from reidkit.utils.io import is_image_file
 from reidkit.data.datasets.core import Record, ReIDDataset
 
 __all__ = [
     "NameParser",
     "check_choice",
     "check_splits",
-    "is_image",
     "listing",
     "locate",
     "regex_parser",
@@ -39,20 +39,17 @@ __all__ = [
     "scan_split",
 ]
 
+# `is_image` was this module's; the one test of an image file name is reidkit.utils.io.is_image_file
+__getattr__ = lazy_getattr(__name__, {}, moved={"is_image": "reidkit.utils.io.is_image_file"})
+
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def is_image(name: str) -> bool:
-    """Whether a file name is an image a loader should read: an image extension, and not a hidden file."""
-    # Hidden files include macOS "._x.jpg" resource forks, which carry an image extension.
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _image_names(directory: str) -> list[str]:
     """Sorted image file names directly inside a directory (other files ignored)."""
     with os.scandir(directory) as it:
-        return sorted(e.name for e in it if e.is_file() and is_image(e.name))
+        return sorted(e.name for e in it if e.is_file() and is_image_file(e.name))
 
 
 def root_dir(root: str | os.PathLike[str], dataset: str, layout: str) -> Path:
