@@ -460,3 +460,42 @@ def milvus_lite_server(folder: Path):
         p.kill()
         raise RuntimeError(f"the Milvus Lite server did not start: {p.stderr.read()[-2000:]}")
     return p, f"milvus:http://127.0.0.1:{int(line[0])}"
+
+
+SYN_RECIPE = {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}  # the synthetic set a recipe trains on
+
+
+def train_recipe(base: str, model: dict | None = None, warmup: bool = False) -> tuple[Any, list[float]]:
+    """Train recipe `base` on CPU for 2 epochs of 4 batches (P 4 x K 4 at 64x32, no validation) on an 8-identity
+    synthetic set, the model's `model` overrides over ``pretrained: False``; (the trainer, the loss of each of the
+    8 iterations). `warmup`: keep the recipe's warm-up epochs (else none)."""
+    import tempfile
+
+    from reidkit.engine.supervised import SupervisedTrainer
+
+    solver = {"max_epochs": 2, "eval_period": 100, "checkpoint_period": 100, "log_period": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = {
+            "_base_": base,
+            "data": {
+                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN_RECIPE}],
+                "size": [64, 32],
+                "val": [],
+            },
+            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
+            "model": {"pretrained": False, **(model or {})},
+            "solver": solver if warmup else {**solver, "warmup_epochs": 0},
+            "device": "cpu",
+            "output_dir": f"{tmp}/out",
+        }
+        trainer = SupervisedTrainer(cfg)
+        losses: list[float] = []
+        trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
+        trainer.fit()
+    return trainer, losses
+
+
+def assert_loss_goes_down(losses: list[float]) -> None:
+    """8 iterations, and the mean loss of the last 3 below 0.8 times that of the first 3."""
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses

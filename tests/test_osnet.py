@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import meta_params
+from factories import assert_loss_goes_down, train_recipe
 from reidkit.errors import ReIDError
 from reidkit.models.backbones import build_backbone
 from reidkit.models.backbones.osnet import WIDTHS
-
-SYN = {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -168,26 +166,6 @@ def test_default_weights_point_to_the_model_zoo():
 
 
 def test_osnet_recipe_trains_and_the_loss_goes_down():
-    from reidkit.engine.supervised import SupervisedTrainer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {
-            "_base_": "osnet_x1_0.yaml",
-            "data": {
-                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                "size": [64, 32],
-                "val": [],
-            },
-            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-            "model": {"pretrained": False},
-            "solver": {"max_epochs": 2, "eval_period": 100, "checkpoint_period": 100, "log_period": 1},
-            "device": "cpu",
-            "output_dir": f"{tmp}/out",
-        }
-        trainer = SupervisedTrainer(cfg)
-        assert trainer.cfg.solver.amsgrad and trainer.cfg.loss.names == ["softmax"]
-        losses: list[float] = []
-        trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
-        trainer.fit()
-    assert len(losses) == 8
-    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    trainer, losses = train_recipe("osnet_x1_0.yaml", warmup=True)
+    assert trainer.cfg.solver.amsgrad and trainer.cfg.loss.names == ["softmax"]
+    assert_loss_goes_down(losses)

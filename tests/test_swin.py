@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import meta_params
+from factories import assert_loss_goes_down, train_recipe
 from reidkit.errors import ReIDError
 from reidkit.models.backbones import build_backbone
 from reidkit.models.backbones.swin import SwinTransformer, relative_position_index, shift_mask
 
-SYN = {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}
 # timm swin_tiny_patch4_window7_224: 28,288,354 parameters with its 768 * 1000 + 1000 head.
 TIMM_SWIN_T = 28_288_354
 
@@ -157,32 +156,6 @@ def test_swin_small_and_base_build():
 
 
 def test_swin_solider_recipe_trains_and_the_loss_goes_down():
-    from reidkit.engine.supervised import SupervisedTrainer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {
-            "_base_": "swin_t_solider.yaml",
-            "data": {
-                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                "size": [64, 32],
-                "val": [],
-            },
-            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-            "model": {"pretrained": False},
-            "solver": {
-                "max_epochs": 2,
-                "warmup_epochs": 0,
-                "eval_period": 100,
-                "checkpoint_period": 100,
-                "log_period": 1,
-            },
-            "device": "cpu",
-            "output_dir": f"{tmp}/out",
-        }
-        trainer = SupervisedTrainer(cfg)
-        assert trainer.cfg.model.semantic_weight == 0.2
-        losses: list[float] = []
-        trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
-        trainer.fit()
-    assert len(losses) == 8
-    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    trainer, losses = train_recipe("swin_t_solider.yaml")
+    assert trainer.cfg.model.semantic_weight == 0.2
+    assert_loss_goes_down(losses)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from factories import SYN_RECIPE, assert_loss_goes_down, train_recipe
+
 from reidkit.errors import ReIDError
 from reidkit.losses.criterion import LossConfig, build_criterion
 from reidkit.losses import cross_entropy_ls
 from reidkit.models.build import ModelConfig, build_model, save_model
 from reidkit.models.loading import load_model
 from reidkit.models.transreid import shuffle_tokens
-
-SYN = {"ids": 8, "images_per_id": 4, "cams": 2, "seed": 0}
 
 
 def small_cfg(**kw) -> ModelConfig:
@@ -142,67 +142,14 @@ def test_checkpoint_round_trip_and_bad_backbone(tmp_path: Path):
 
 def test_transreid_recipe_trains_and_the_loss_goes_down():
     """The paper's recipe (SIE, JPM, stride 12, SGD, soft triplet) at 64x32 with ViT-S for CPU time."""
-    from reidkit.engine.supervised import SupervisedTrainer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {
-            "_base_": "transreid_vit_b.yaml",
-            "data": {
-                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                "size": [64, 32],
-                "val": [],
-            },
-            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-            "model": {"pretrained": False, "backbone": "vit_small_patch16"},
-            "solver": {
-                "max_epochs": 2,
-                "warmup_epochs": 0,
-                "eval_period": 100,
-                "checkpoint_period": 100,
-                "log_period": 1,
-            },
-            "device": "cpu",
-            "output_dir": f"{tmp}/out",
-        }
-        trainer = SupervisedTrainer(cfg)
-        losses: list[float] = []
-        trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
-        trainer.fit()
-        net = trainer.net
-        assert net.uses_camera and net.backbone.vit.num_cameras == 2 and net.backbone.jpm
-    assert len(losses) == 8
-    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    trainer, losses = train_recipe("transreid_vit_b.yaml", {"backbone": "vit_small_patch16"})
+    net = trainer.net
+    assert net.uses_camera and net.backbone.vit.num_cameras == 2 and net.backbone.jpm
+    assert_loss_goes_down(losses)
 
 
 def test_vit_s_bot_recipe_trains_and_the_loss_goes_down():
-    from reidkit.engine.supervised import SupervisedTrainer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = {
-            "_base_": "vit_s_bot.yaml",
-            "data": {
-                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}],
-                "size": [64, 32],
-                "val": [],
-            },
-            "sampler": {"p": 4, "k": 4, "epoch_batches": 4},
-            "model": {"pretrained": False},
-            "solver": {
-                "max_epochs": 2,
-                "warmup_epochs": 0,
-                "eval_period": 100,
-                "checkpoint_period": 100,
-                "log_period": 1,
-            },
-            "device": "cpu",
-            "output_dir": f"{tmp}/out",
-        }
-        trainer = SupervisedTrainer(cfg)
-        losses: list[float] = []
-        trainer.loss_hook = lambda t, loss: (losses.append(float(loss.detach())), loss)[1]
-        trainer.fit()
-    assert len(losses) == 8
-    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    assert_loss_goes_down(train_recipe("vit_s_bot.yaml")[1])
 
 
 def test_train_api_validates_with_cameras_and_the_saved_model_reloads():
@@ -212,7 +159,10 @@ def test_train_api_validates_with_cameras_and_the_saved_model_reloads():
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {
             "_base_": "transreid_vit_b.yaml",
-            "data": {"datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN}], "size": [64, 32]},
+            "data": {
+                "datasets": [{"name": "synthetic", "root": f"{tmp}/syn", "options": SYN_RECIPE}],
+                "size": [64, 32],
+            },
             "sampler": {"p": 4, "k": 4, "epoch_batches": 2},
             "model": {"pretrained": False, "backbone": "vit_small_patch16"},
             "solver": {"max_epochs": 1, "warmup_epochs": 0, "eval_period": 1, "log_period": 1},
