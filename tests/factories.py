@@ -6,7 +6,7 @@ Import them (``from factories import weights_world``); the tests folder is on ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -499,3 +499,58 @@ def assert_loss_goes_down(losses: list[float]) -> None:
     """8 iterations, and the mean loss of the last 3 below 0.8 times that of the first 3."""
     assert len(losses) == 8
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def health(port: int) -> dict[str, Any]:
+    """GET /health of a watch's status server on 127.0.0.1:`port`."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_health(
+    port: int, watcher: Any, cond: Callable[[dict[str, Any]], bool], timeout: float = 120
+) -> dict[str, Any]:
+    """Poll /health on `port` every 0.3 s until `cond` holds of it, then return it; fails when `watcher` (the
+    watch's process, or the thread running it) ends first or `timeout` seconds pass."""
+    import threading
+    import time
+
+    deadline, h = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if isinstance(watcher, threading.Thread):
+            assert watcher.is_alive(), "the watch ended early"
+        else:
+            assert watcher.poll() is None, watcher.communicate()[1][-3000:]
+        try:
+            h = health(port)
+            if cond(h):
+                return h
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"the watch did not reach the state in {timeout} s; last /health: {h}")
+
+
+def noise_video(path: Path, frames: int, size: tuple[int, int] = (256, 128), fps: float = 5.0) -> Path:
+    """An MJPG video at `path` of `frames` frames of uniform noise, `size` (width, height), seeded: nothing in it
+    a detector learns from, so a fixed-box detector's box is the only thing tracked."""
+    import cv2
+
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        wr.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    wr.release()
+    return path
+
+
+def tiny_checkpoint(folder: Path) -> Path:
+    """`folder`/tiny.pth: a reidkit checkpoint of an untrained resnet18 with GeM pooling (4 classes, 64x32 input)."""
+    from reidkit.models.build import ModelConfig, build_model, save_model
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    return save_model(folder / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))

@@ -19,6 +19,7 @@ from reidkit.video.detectors import (
     resolve_detector,
 )
 from reidkit.video.detectors.families import detect_family, yolox_cells
+from factories import noise_video, tiny_checkpoint
 from test_zoo import loopback  # noqa: F401 - the zoo tests' loopback mirror fixture
 
 # --------------------------------------------------------------------------- tiny ONNX graphs
@@ -348,18 +349,10 @@ def test_weights_list_shows_detectors_with_their_licence(mirror, capsys):
 
 
 def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
-    import cv2
-
     from reidkit.cli import main
     from reidkit.retrieval.gallery import Gallery
-    from test_video import _tiny
 
-    video = tmp_path / "still.avi"
-    wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (256, 128))
-    rng = np.random.default_rng(0)
-    for _ in range(6):
-        wr.write(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8))
-    wr.release()
+    video = noise_video(tmp_path / "still.avi", 6)
     db = tmp_path / "db"
     assert (
         main(
@@ -373,7 +366,7 @@ def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
                 "--detector-option",
                 "conf=0.5",
                 "--weights",
-                str(_tiny(tmp_path)),
+                str(tiny_checkpoint(tmp_path)),
                 "--engine",
                 "torch",
             ]
@@ -395,7 +388,7 @@ def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
                 "--detector-option",
                 "cnof=0.5",
                 "--weights",
-                str(_tiny(tmp_path)),
+                str(tiny_checkpoint(tmp_path)),
             ]
         )
         == 2
@@ -445,7 +438,6 @@ def test_plugin_detector_from_the_command_line(tmp_path):
 
     from reidkit.cli import main
     from reidkit.retrieval.gallery import Gallery
-    from test_video import _tiny
 
     plugin = tmp_path / "dark.py"
     plugin.write_text(PLUGIN)
@@ -471,7 +463,7 @@ def test_plugin_detector_from_the_command_line(tmp_path):
                     "--detector-option",
                     "threshold=100",
                     "--weights",
-                    str(_tiny(tmp_path)),
+                    str(tiny_checkpoint(tmp_path)),
                     "--engine",
                     "torch",
                 ]

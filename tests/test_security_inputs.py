@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 import pytest
+from factories import noise_video
 
 from reidkit.errors import ReIDError
 
@@ -28,21 +29,11 @@ def test_mot_file_with_a_bom_reads_line_one(tmp_path):
         MotDetections(path)
 
 
-def _video(path, frames: int) -> None:
-    import cv2
-
-    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        wr.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    wr.release()
-
-
 def test_a_truncated_video_is_reported(tmp_path, caplog):
     from reidkit.video.decode import FrameStats, iter_frames
 
     whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
-    _video(whole, 80)
+    noise_video(whole, 80, (64, 48), 10.0)
     data = whole.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.4)])
     stats = FrameStats()
@@ -145,7 +136,7 @@ def test_a_truncated_video_is_counted_in_the_video_report(tmp_path, capsys):
     from reidkit.cli import main
 
     whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
-    _video(whole, 80)
+    noise_video(whole, 80, (64, 48), 10.0)
     data = whole.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.4)])
     gt = tmp_path / "gt.txt"

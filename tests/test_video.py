@@ -12,6 +12,7 @@ import numpy as np
 import procs
 import pytest
 from conftest import SCENE_H as H, SCENE_W as W
+from factories import noise_video, tiny_checkpoint
 
 from reidkit.cli import main
 
@@ -354,16 +355,9 @@ def test_onnx_detector_both_layouts(tmp_path):
     np.testing.assert_allclose(boxes, [[60, 16, 100, 96]], atol=1e-3)
     np.testing.assert_allclose(scores, [0.4], atol=1e-6)
     # through `reidkit video --detector`: the fixed box on every frame is one tracklet
-    import cv2
-
     from reidkit.retrieval.gallery import Gallery
 
-    video = tmp_path / "still.avi"
-    wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (256, 128))
-    rng = np.random.default_rng(0)
-    for _ in range(8):
-        wr.write(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8))
-    wr.release()
+    video = noise_video(tmp_path / "still.avi", 8)
     db = tmp_path / "db"
     assert (
         main(
@@ -375,7 +369,7 @@ def test_onnx_detector_both_layouts(tmp_path):
                 "--detector",
                 str(tmp_path / "v8.onnx"),
                 "--weights",
-                str(_tiny(tmp_path)),
+                str(tiny_checkpoint(tmp_path)),
                 "--detect-every",
                 "1",
             ]
@@ -417,7 +411,7 @@ def test_hog_detector_runs_end_to_end(run, tmp_path, capsys):
                 "--chunk",
                 "3",
                 "--weights",
-                str(_tiny(tmp_path)),
+                str(tiny_checkpoint(tmp_path)),
                 "--detect-every",
                 "1",
                 "--detector",
@@ -427,16 +421,6 @@ def test_hog_detector_runs_end_to_end(run, tmp_path, capsys):
         == 0
     )
     assert "short.avi: done, 6 frames" in capsys.readouterr().err
-
-
-def _tiny(tmp_path: Path) -> Path:
-    import torch
-
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    return save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
 
 
 def test_a_second_run_on_a_video_waits_for_the_first_then_skips(run, tmp_path):

@@ -11,7 +11,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from factories import free_port, serve_stream
+from factories import free_port, serve_stream, wait_health
 
 import procs
 from reidkit.cli import main as cli_main
@@ -28,25 +28,6 @@ FRAMES, FPS = 60, 20.0
 def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("watch") / "scene"
     return generate_scene(root, cams=3, ids=6, frames=FRAMES, fps=FPS, speed=1.0, topology="chain")
-
-
-def _health(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def _wait_health(port, proc, cond, timeout=120):
-    deadline, h = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            h = _health(port)
-            if cond(h):
-                return h
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"watch did not reach the state in {timeout} s; last /health: {h}")
 
 
 def _stop(proc, servers):
@@ -131,7 +112,7 @@ def test_three_live_streams_give_what_reidkit_video_gives_from_the_files(scene, 
     proc = _watch(tmp_path, _cameras_file(tmp_path, scene, ports), wdb, status_port)
     try:
         # every frame of every stream received and processed (the buffer is large: nothing skipped)
-        _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
+        wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
         for name in (
@@ -176,7 +157,7 @@ def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(sc
     status_port, db = free_port(), tmp_path / "db"
     proc = _watch(tmp_path, cameras, db, status_port)
     try:
-        _wait_health(
+        wait_health(
             status_port, proc, lambda h: all(c["processed"] >= 40 and c["commits"] >= 1 for c in h["cameras"].values())
         )
         proc.kill()  # SIGKILL mid-stream: only what came after the last commit is lost
@@ -194,7 +175,7 @@ def test_sigkill_then_restart_loses_no_committed_tracklet_and_duplicates_none(sc
     servers = [serve_stream(v, p) for v, p in zip(scene.videos, ports)]
     proc = _watch(tmp_path, cameras, db, status_port)
     try:
-        _wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
+        wait_health(status_port, proc, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()))
     except BaseException:
         _stop(proc, servers)
         raise

@@ -4,18 +4,16 @@ twice and none of the committed ones lost."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from factories import free_port, serve_stream
+from factories import free_port, serve_stream, wait_health
 
 from reidkit.retrieval.gallery import Gallery
 from reidkit.video.cameras import Camera
@@ -71,25 +69,6 @@ class Camera24x7:
         if self.proc is not None:
             self.proc.kill()
         self.thread.join(timeout=10)
-
-
-def _health(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def _wait(port, cond, thread, timeout=180):
-    deadline, h = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        assert thread.is_alive(), "the watch ended early"
-        try:
-            h = _health(port)
-            if cond(h):
-                return h
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not reached in {timeout} s; last /health: {h}")
 
 
 def _run(target, **kw):
@@ -148,7 +127,7 @@ def _on_cluster(world, client, db, tmp_path):
         **KW,
     )
     try:
-        h = _wait(status_port, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()), t)
+        h = wait_health(status_port, t, lambda h: all(c["processed"] >= FRAMES for c in h["cameras"].values()), 180)
         workers = {c["worker"] for c in h["cameras"].values()}
         assert len(workers) == len(cams), f"one camera to one worker: {h['cameras']}"
     finally:
@@ -219,17 +198,21 @@ def test_a_killed_workers_camera_moves_and_nothing_is_duplicated_or_lost(world, 
     )
     try:
         # people in view and something committed on the first camera's worker, then that worker is SIGKILLed
-        h = _wait(
-            status_port, lambda h: h["cameras"]["cam1"]["commits"] >= 2 and h["cameras"]["cam1"]["processed"] >= 30, t
+        h = wait_health(
+            status_port,
+            t,
+            lambda h: h["cameras"]["cam1"]["commits"] >= 2 and h["cameras"]["cam1"]["processed"] >= 30,
+            180,
         )
         victim = h["cameras"]["cam1"]["worker"]
         pids = client.run(os.getpid)
         _, keys_before, _ = _rows(db)  # committed before the kill (more may come from the driver's queue)
         os.kill(pids[victim], signal.SIGKILL)
-        h = _wait(
+        h = wait_health(
             status_port,
-            lambda h: h["cameras"]["cam1"]["attempts"] == 2 and h["cameras"]["cam1"]["processed"] >= 60 + 20,
             t,
+            lambda h: h["cameras"]["cam1"]["attempts"] == 2 and h["cameras"]["cam1"]["processed"] >= 60 + 20,
+            180,
         )
         assert h["cameras"]["cam1"]["worker"] != victim and h["cameras"]["cam1"]["session"] == 2
     finally:

@@ -10,11 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 
 import pytest
-from factories import free_port, rtsp_unavailable, serve_rtsp
+from factories import free_port, rtsp_unavailable, serve_rtsp, wait_health
 
 import procs
 from reidkit.cli import main as cli_main
@@ -24,25 +23,6 @@ from reidkit.retrieval.gallery import Gallery
 _WHY = rtsp_unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"needs an RTSP server: {_WHY}")
 FRAMES, FPS = 60, 20.0
-
-
-def _health(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-        return json.loads(r.read())
-
-
-def _wait(port, proc, cond, timeout=120):
-    deadline, h = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            h = _health(port)
-            if cond(h):
-                return h
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not reached in {timeout} s; last /health: {h}")
 
 
 def test_watch_reads_an_rtsp_camera_with_credentials_and_reconnects_after_a_server_restart(tmp_path):
@@ -68,7 +48,7 @@ def test_watch_reads_an_rtsp_camera_with_credentials_and_reconnects_after_a_serv
     proc = procs.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # the whole video over RTSP, while the camera with the wrong password is refused and reported
-        h = _wait(status_port, proc, lambda h: h["cameras"]["door"]["processed"] >= FRAMES)
+        h = wait_health(status_port, proc, lambda h: h["cameras"]["door"]["processed"] >= FRAMES)
         yard = h["cameras"]["yard"]
         assert not yard["connected"] and yard["failures"] >= 1 and yard["last_error"], yard
         # the RTSP server is killed mid-stream... and comes back: the camera reconnects and reads it again
@@ -76,7 +56,7 @@ def test_watch_reads_an_rtsp_camera_with_credentials_and_reconnects_after_a_serv
         server.wait(timeout=30)
         time.sleep(1.0)
         server = serve_rtsp(video, port, "door", "admin", "s3cret")
-        h = _wait(
+        h = wait_health(
             status_port,
             proc,
             lambda h: h["cameras"]["door"]["reconnects"] >= 1 and h["cameras"]["door"]["received"] >= 2 * FRAMES,
