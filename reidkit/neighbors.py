@@ -37,12 +37,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from numpy.typing import DTypeLike
 
 from reidkit.errors import ReIDError
 from reidkit.utils.runtime import resolve_device
@@ -118,7 +119,7 @@ class _TopK:
             i = i.gather(1, j)
         self.best[key] = (v, i)
 
-    def result(self, keys) -> tuple[torch.Tensor, torch.Tensor]:
+    def result(self, keys: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         for key in keys:
             self._merge(key)
         return (torch.cat([self.best[k][0] for k in keys]), torch.cat([self.best[k][1] for k in keys]))
@@ -413,7 +414,7 @@ def knn_search(
 # ------------------------------------------------------------------------- sets, V, expansion
 
 
-def list_matrix(idx: np.ndarray, n: int, dtype=np.int32) -> sp.csr_matrix:
+def list_matrix(idx: np.ndarray, n: int, dtype: DTypeLike = np.int32) -> sp.csr_matrix:
     """N x N CSR with ones at (i, idx[i, :]) (the lists hold distinct items per row)."""
     k = idx.shape[1]
     indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
@@ -498,7 +499,7 @@ def pair_function(x: torch.Tensor, kind: str = "sqeuclidean") -> Callable[[np.nd
     return f
 
 
-def gaussian_weights(pattern: sp.csr_matrix, dist: np.ndarray, dtype=np.float64) -> sp.csr_matrix:
+def gaussian_weights(pattern: sp.csr_matrix, dist: np.ndarray, dtype: DTypeLike = np.float64) -> sp.csr_matrix:
     """V: exp(-dist) over each row's pattern entries (``dist`` in CSR order), rows summing to 1."""
     n = pattern.shape[0]
     counts = np.diff(pattern.indptr)
@@ -534,7 +535,7 @@ def k_reciprocal_encoding(
     k_half: int,
     k_qe: int,
     pair_dist: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    dtype=np.float64,
+    dtype: DTypeLike = np.float64,
 ) -> sp.csr_matrix:
     """V after query expansion (sparse N x N) from kNN lists (``N x K``, ``K >= k_main, k_half,
     k_qe``): reciprocal sets of the first ``k_main`` entries, expanded with half sets of the first

@@ -79,7 +79,7 @@ def add_trust_argument(parser: argparse.ArgumentParser) -> None:
     if func is None:
         raise RuntimeError("add_trust_argument: set the parser's func first")
 
-    def run(args: argparse.Namespace):
+    def run(args: argparse.Namespace) -> Any:
         from reidkit.models.checkpoint import trusted
 
         with trusted(bool(getattr(args, "trust_checkpoint", False))):

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reidkit.commands import add_engine_argument, add_from_argument, add_trust_argument, params
 from reidkit.commands._args import side
+
+if TYPE_CHECKING:  # the CLI imports numpy and the data layer lazily, at run time
+    import os
+    from collections.abc import Iterable, Mapping, Sequence
+    from pathlib import Path
+
+    import numpy as np
+
+    from reidkit.data.datasets.core import Record
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     vis.set_defaults(func=_visrank)
 
 
-def _check_out_file(out, flag: str = "--out"):
+def _check_out_file(out: str | os.PathLike, flag: str = "--out") -> Path:
     """The output file's folder exists or can be made, and the path is not a folder."""
     from pathlib import Path
 
@@ -123,7 +132,9 @@ def _check_out_file(out, flag: str = "--out"):
     return out
 
 
-def parse_names(paths, cam_regex: str = r"c(\d+)"):
+def parse_names(
+    paths: Iterable[str | os.PathLike], cam_regex: str = r"c(\d+)"
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(camids 0-based, pids) parsed from file names, each None unless every name parses."""
     import re
     from pathlib import Path
@@ -281,7 +292,7 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _features_for(npz, records, split: str):
+def _features_for(npz: Mapping[str, np.ndarray], records: Sequence[Record], split: str) -> np.ndarray:
     import os
 
     import numpy as np

@@ -116,7 +116,7 @@ class ImageCache:
     def build(
         cls,
         paths: Iterable[str | os.PathLike[str]],
-        size: tuple[int, int] = (256, 128),
+        size: Sequence[int] = (256, 128),  # (H, W), checked below
         cache_dir: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         step_name: str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from reidkit.errors import ReIDError
 from reidkit.utils.runtime import resolve_device
@@ -15,12 +16,12 @@ __all__ = ["compute_distance", "query_expansion", "to_tensor", "pick_device", "M
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
-def pick_device(device=None) -> torch.device:
+def pick_device(device: str | torch.device | None = None) -> torch.device:
     """The given device, else CUDA when available, else CPU (``reidkit.utils.runtime.resolve_device``)."""
     return resolve_device(device)
 
 
-def to_tensor(x, name: str = "features") -> torch.Tensor:
+def to_tensor(x: ArrayLike, name: str = "features") -> torch.Tensor:
     """A 2-D float32 CPU tensor view/copy of an array or tensor."""
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
     if t.ndim != 2:
@@ -38,11 +39,11 @@ def _block(q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, metric: 
 
 
 def compute_distance(
-    qf,
-    gf,
+    qf: ArrayLike,
+    gf: ArrayLike,
     metric: str = "euclidean",
     chunk_size: int = 1024,
-    device=None,
+    device: str | torch.device | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Q x G float32 distance matrix ("euclidean" plain L2, "sqeuclidean", or "cosine")."""
@@ -68,7 +69,14 @@ def compute_distance(
     return result
 
 
-def query_expansion(qf, gf, k: int = 5, alpha: float = 0.0, normalize: bool = True, device=None) -> torch.Tensor:
+def query_expansion(
+    qf: ArrayLike,
+    gf: ArrayLike,
+    k: int = 5,
+    alpha: float = 0.0,
+    normalize: bool = True,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """alpha-QE: each query becomes the weighted mean of itself and its top-k gallery features.
 
     Weights are cosine similarity ** alpha (the query's own weight is 1), so alpha=0 is plain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,9 @@ from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import compute_distance
 from reidkit.inference.features import FeatureModel
 from reidkit.evaluation.metrics import evaluate_rank
+
+if TYPE_CHECKING:
+    from reidkit.data.datasets.core import Record
 
 __all__ = ["evaluate", "summarize"]
 
@@ -33,11 +36,18 @@ def summarize(result: dict, num_query: int, num_gallery: int) -> dict:
     return out
 
 
-def _ids(records) -> tuple[np.ndarray, np.ndarray]:
+def _ids(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([r.pid for r in records], dtype=np.int64), np.array([r.camid for r in records], dtype=np.int64))
 
 
-def _extract(model, records, size, batch_size, flip, device) -> tuple[torch.Tensor, list]:
+def _extract(
+    model: torch.nn.Module | FeatureModel,
+    records: Sequence[Record],
+    size: Sequence[int],
+    batch_size: int,
+    flip: bool,
+    device: str | torch.device | None,
+) -> tuple[torch.Tensor, list[Record]]:
     from reidkit.data.pipeline import ImageCache
     from reidkit.inference.features import extract_features
 
@@ -67,7 +77,7 @@ def evaluate(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
-    device=None,
+    device: str | torch.device | None = None,
     size: tuple[int, int] = (256, 128),
     out_dir: str | os.PathLike | None = None,
     visualize: bool = False,

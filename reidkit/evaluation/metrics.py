@@ -31,20 +31,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from reidkit.errors import ReIDError
 
 __all__ = ["evaluate_rank"]
 
 
-def _as_1d(name: str, arr, n: int) -> np.ndarray:
+def _as_1d(name: str, arr: ArrayLike, n: int) -> np.ndarray:
     a = np.asarray(arr).reshape(-1) if np.ndim(arr) else np.asarray([arr])
     if a.shape[0] != n:
         raise ReIDError(f"{name}: expected {n} entries to match the distance matrix, got {a.shape[0]}")
     return a.astype(np.int64, copy=False)
 
 
-def _validate(distmat, q_pids, g_pids, q_camids, g_camids):
+def _validate(
+    distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(distmat, torch.Tensor):
         distmat = distmat.detach().cpu().numpy()
     distmat = np.asarray(distmat)
@@ -66,7 +69,7 @@ def _validate(distmat, q_pids, g_pids, q_camids, g_camids):
     )
 
 
-def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray):
+def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (query, gallery) index pairs with equal pid, grouped by query, gallery index ascending."""
     g_order = np.argsort(g_pids, kind="stable")
     sorted_pids = g_pids[g_order]
@@ -223,11 +226,11 @@ def _cuhk03_cmc(
 
 
 def evaluate_rank(
-    distmat,
-    q_pids,
-    g_pids,
-    q_camids,
-    g_camids,
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
     max_rank: int = 50,
     cuhk03: bool = False,
     *,

@@ -38,11 +38,13 @@ device the block pass and the Jaccard join run in torch on the GPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from numpy.typing import ArrayLike
 
 from reidkit.errors import ReIDError
 from reidkit.evaluation.distance import pick_device, to_tensor
@@ -62,7 +64,9 @@ def _check_params(k1: int, k2: int, lambda_value: float, n: int) -> None:
         )
 
 
-def _encoding(knn: np.ndarray, pair_dist, k1: int, k2: int) -> sp.csr_matrix:
+def _encoding(
+    knn: np.ndarray, pair_dist: Callable[[np.ndarray, np.ndarray], np.ndarray], k1: int, k2: int
+) -> sp.csr_matrix:
     """V after query expansion (float64, sorted indices) from stable kNN lists of >= max(k1 + 1, k2)."""
     v = k_reciprocal_encoding(knn, k1 + 1, int(np.around(k1 / 2.0)) + 1, k2, pair_dist, dtype=np.float64)
     v.sort_indices()
@@ -74,7 +78,7 @@ def _jaccard_into(
     num_q: int,
     lambda_value: float,
     out: np.ndarray,
-    device,
+    device: str | torch.device | None,
     max_pairs: int = 1 << 21,
     row_scale: np.ndarray | None = None,
 ) -> None:
@@ -196,7 +200,13 @@ def _jaccard_into_numpy(
 
 
 def re_ranking(
-    q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, device=None
+    q_g_dist: ArrayLike,
+    q_q_dist: ArrayLike,
+    g_g_dist: ArrayLike,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """k-reciprocal re-ranking of dense distance matrices (field signature); returns Q x G."""
     qg, qq, gg = (
@@ -225,7 +235,13 @@ def re_ranking(
 
 
 def re_ranking_features(
-    q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, device=None, chunk_size: int = 2048
+    q_feats: ArrayLike,
+    g_feats: ArrayLike,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    device: str | torch.device | None = None,
+    chunk_size: int = 2048,
 ) -> np.ndarray:
     """Re-ranking from features (squared Euclidean as the original distance); no N x N matrix.
 

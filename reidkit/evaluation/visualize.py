@@ -6,14 +6,17 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from reidkit.errors import OptionError, ReIDError
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from reidkit.data.datasets.core import Record
 
 __all__ = ["visualize_ranked", "plot_cmc", "plot_distance_hist", "rank1_hit"]
 
@@ -63,7 +66,13 @@ def ranked_picture(header: str, cells: Sequence[tuple[str, str, str | None]]) ->
     return canvas
 
 
-def _save_png(picture, path) -> None:
+class _Figure(Protocol):
+    """What ``_savefig`` needs of a matplotlib figure (matplotlib is an optional extra)."""
+
+    def savefig(self, fname: Any, *, format: str, dpi: int, bbox_inches: str) -> None: ...
+
+
+def _save_png(picture: Image.Image, path: str | os.PathLike) -> None:
     """A picture as a PNG through the one atomic writer (regular files only, the user's umask)."""
     from reidkit.utils.io import atomic_write
 
@@ -71,7 +80,7 @@ def _save_png(picture, path) -> None:
         picture.save(fh, format="PNG")
 
 
-def _savefig(fig, path, dpi: int) -> None:
+def _savefig(fig: _Figure, path: str | os.PathLike, dpi: int) -> None:
     """A figure as a PNG through the one atomic writer (regular files only, the user's umask)."""
     from reidkit.utils.io import atomic_write
 
@@ -102,7 +111,7 @@ def _thumb(path: str) -> np.ndarray:
     return np.asarray(im.resize((_CELL[1], _CELL[0]), Image.Resampling.BILINEAR))
 
 
-def rank1_hit(labels) -> bool:
+def rank1_hit(labels: Sequence[str] | np.ndarray) -> bool:
     """Whether the first ranked gallery image that the metric keeps (not junk) is a true match."""
     kept = [lab for lab in labels if lab != "junk"]
     return bool(kept) and kept[0] == "match"
@@ -121,9 +130,9 @@ def _ap_row(order, q_pid, q_cam, g_pids, g_cams):
 
 
 def visualize_ranked(
-    distmat,
-    query_records,
-    gallery_records,
+    distmat: ArrayLike,
+    query_records: Sequence[Record],
+    gallery_records: Sequence[Record],
     out_dir: str | os.PathLike,
     topk: int = 10,
     max_queries: int | None = 100,
@@ -193,7 +202,7 @@ def visualize_ranked(
     return out / "index.html"
 
 
-def plot_cmc(cmc, path: str | os.PathLike, label: str | None = None) -> Path:
+def plot_cmc(cmc: ArrayLike, path: str | os.PathLike, label: str | None = None) -> Path:
     """CMC curve (fractions in [0, 1]) as a PNG."""
     plt = _plt()
     c = np.asarray(cmc, dtype=float).ravel()
@@ -216,7 +225,13 @@ def plot_cmc(cmc, path: str | os.PathLike, label: str | None = None) -> Path:
 
 
 def plot_distance_hist(
-    distmat, q_pids, g_pids, path: str | os.PathLike, bins: int = 100, max_pairs: int = 2_000_000, seed: int = 0
+    distmat: ArrayLike,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    path: str | os.PathLike,
+    bins: int = 100,
+    max_pairs: int = 2_000_000,
+    seed: int = 0,
 ) -> Path:
     """Histograms of positive (same pid) and negative query-gallery distances as a PNG."""
     plt = _plt()

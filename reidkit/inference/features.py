@@ -22,7 +22,8 @@ raises on the rank that holds it, so callers that skip such files decode with ``
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -86,7 +87,7 @@ def _model_device(model: Any) -> torch.device | None:
     return None
 
 
-def _features_fn(model: Any, neck_feat: str | None):
+def _features_fn(model: Any, neck_feat: str | None) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
     """``f(x, cams) -> B x D``: the model's eval feature, or the output ``neck_feat`` names."""
     if neck_feat is not None and neck_feat not in ("after", "before"):
         raise ReIDError(f"neck_feat: expected 'after' or 'before', got {neck_feat!r}")
@@ -242,11 +243,11 @@ def _as_camids(camids: Any, n: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def extract_features(
-    model: FeatureModel,
-    images,
+    model: FeatureModel | torch.nn.Module,
+    images: np.ndarray | torch.Tensor | Sequence[str | os.PathLike],
     batch_size: int = 256,
     flip: bool = True,
-    device=None,
+    device: str | torch.device | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     size: tuple[int, int] | None = None,

@@ -37,7 +37,9 @@ def _as_long(labels: torch.Tensor | np.ndarray, device: torch.device) -> torch.T
     )
 
 
-def cluster_centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters: int | None = None) -> torch.Tensor:
+def cluster_centroids(
+    features: torch.Tensor, labels: torch.Tensor | np.ndarray, num_clusters: int | None = None
+) -> torch.Tensor:
     """L2-normalised mean of the (normalised) features of each cluster id >= 0 (C x D)."""
     features = F.normalize(torch.as_tensor(features).float(), dim=1)
     labels = _as_long(labels, features.device)
@@ -60,7 +62,7 @@ def _occurrence_rank(labels: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(rank).to(labels.device)
 
 
-def _hardest(features: torch.Tensor, labels: torch.Tensor, entries: torch.Tensor):
+def _hardest(features: torch.Tensor, labels: torch.Tensor, entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per label in the batch: (label, index of its least similar instance to entries[label])."""
     sim = (features * entries[labels]).sum(1).cpu().numpy()
     lab = labels.cpu().numpy()
@@ -120,7 +122,9 @@ class _Memory(nn.Module):
         m = self.momentum
         self.features[rows] = F.normalize(m * self.features[rows] + (1.0 - m) * new, dim=1)
 
-    def _prepare(self, features: torch.Tensor, labels, num_classes: int):
+    def _prepare(
+        self, features: torch.Tensor, labels: torch.Tensor | np.ndarray, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if features.ndim != 2 or features.shape[1] != self.num_features:
             raise ReIDError(f"features: expected B x {self.num_features}, got {tuple(features.shape)}")
         labels = _as_long(labels, features.device)
@@ -166,13 +170,13 @@ class ClusterMemory(_Memory):
         return self.features.shape[0]
 
     @torch.no_grad()
-    def reset(self, features: torch.Tensor, labels) -> None:
+    def reset(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> None:
         """Re-initialise from L2-normalised cluster centroids (labels < 0 are ignored)."""
         cent = cluster_centroids(torch.as_tensor(features), labels)
         self.features = cent.to(self.features.device)
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels) -> None:
+    def update(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> None:
         """Momentum update of the entries of the batch's clusters (see the class docstring)."""
         f = F.normalize(features.detach().float(), dim=1)
         labels = _as_long(labels, f.device)
@@ -187,7 +191,7 @@ class ClusterMemory(_Memory):
             sel = rank == t
             self._mix(labels[sel], f[sel])
 
-    def forward(self, features: torch.Tensor, labels) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Contrastive loss CE(f . M^T / temp, labels) of L2-normalised features."""
         x, labels = self._prepare(features, labels, self.num_clusters)
         logits = x @ self.features.clone().T / self.temp
@@ -223,13 +227,13 @@ class HybridMemory(_Memory):
         return self.features.shape[0] // 2
 
     @torch.no_grad()
-    def reset(self, features: torch.Tensor, labels) -> None:
+    def reset(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> None:
         """Initialise both halves from L2-normalised cluster centroids."""
         cent = cluster_centroids(torch.as_tensor(features), labels)
         self.features = torch.cat([cent, cent]).to(self.features.device)
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels) -> None:
+    def update(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> None:
         """Hard half toward each cluster's hardest instance, mean half toward the batch mean."""
         f = F.normalize(features.detach().float(), dim=1)
         labels = _as_long(labels, f.device)
@@ -240,7 +244,7 @@ class HybridMemory(_Memory):
         counts = torch.bincount(labels, minlength=c).to(f.dtype)
         self._mix(ids + c, sums[ids] / counts[ids, None])
 
-    def forward(self, features: torch.Tensor, labels) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """w * CE(hard logits) + (1 - w) * CE(mean logits) on L2-normalised features."""
         x, labels = self._prepare(features, labels, self.num_clusters)
         logits = x @ self.features.clone().T / self.temp
@@ -281,7 +285,7 @@ class InstanceMemory(_Memory):
         return int(self.labels.max()) + 1 if self.labels.numel() else 0
 
     @torch.no_grad()
-    def reset(self, features: torch.Tensor | None = None, labels=None) -> None:
+    def reset(self, features: torch.Tensor | None = None, labels: torch.Tensor | np.ndarray | None = None) -> None:
         """Set the instance entries (normalised features) and/or the per-instance labels.
 
         Labels < 0 (outliers) become singleton classes; ids are made contiguous.
@@ -309,7 +313,7 @@ class InstanceMemory(_Memory):
         return sums / counts[:, None]
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, indexes) -> None:
+    def update(self, features: torch.Tensor, indexes: torch.Tensor | np.ndarray) -> None:
         """Per sample, in batch order: M[idx] <- normalise(m * M[idx] + (1 - m) * f)."""
         f = F.normalize(features.detach().float(), dim=1)
         indexes = _as_long(indexes, f.device)
@@ -318,7 +322,7 @@ class InstanceMemory(_Memory):
             sel = rank == t
             self._mix(indexes[sel], f[sel])
 
-    def forward(self, features: torch.Tensor, indexes) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, indexes: torch.Tensor | np.ndarray) -> torch.Tensor:
         """CE over class centroids of the instance memory; targets = labels[indexes]."""
         x, indexes = self._prepare(features, indexes, self.features.shape[0])
         logits = x @ self.centroids().T / self.temp

@@ -28,6 +28,7 @@ no variance. The swap keeps the parameter and buffer names (``weight``, ``bias``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ class _GhostMixin(nn.modules.batchnorm._BatchNorm):
 class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
     """BatchNorm1d with ghost statistics over ``groups`` slices of the batch in training."""
 
-    def __init__(self, num_features: int, groups: int = 1, **kwargs) -> None:
+    def __init__(self, num_features: int, groups: int = 1, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         self.groups = int(groups)
 
@@ -104,7 +105,7 @@ class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
 class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
     """BatchNorm2d with ghost statistics over ``groups`` slices of the batch in training."""
 
-    def __init__(self, num_features: int, groups: int = 1, **kwargs) -> None:
+    def __init__(self, num_features: int, groups: int = 1, **kwargs: Any) -> None:
         super().__init__(num_features, **kwargs)
         self.groups = int(groups)
 

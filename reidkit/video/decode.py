@@ -18,11 +18,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from reidkit.errors import OptionError, ReIDError
+
+if TYPE_CHECKING:  # OpenCV is imported when a video is opened, not with the module
+    import cv2
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class VideoInfo:
     height: int
 
 
-def _open(path: Path):  # noqa: ANN202
+def _open(path: Path) -> cv2.VideoCapture:
     import cv2
 
     if not path.is_file():

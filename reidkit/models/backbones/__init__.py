@@ -117,7 +117,7 @@ class BackboneEntry:
     weights: WeightsConfig | None = None
 
 
-def _r(depth: int, **kw) -> Callable[..., nn.Module]:
+def _r(depth: int, **kw: Any) -> Callable[..., nn.Module]:
     return partial(build_resnet, spec(depth, **kw))
 
 

