@@ -77,45 +77,6 @@ def _seed():
     yield
 
 
-def made_once(final, make, file: bool = False):
-    """`final`, a folder (or with `file`, a file) in a cache that every test process shares
-    (``~/.cache/reidkit-test``: two pytest runs, or two xdist workers, may fill it at the same moment), made by
-    ``make(tmp)`` the first time.
-
-    ``make`` fills a private temp folder (``.<name>.<pid>.<random>.tmp`` beside `final`; for a file it writes
-    ``tmp/<name of final>``); the finished result is renamed to `final` in one step. A concurrent process that
-    got there first wins (its result is the same) and ours is dropped, so a reader never sees a half-made
-    `final` and no run fails on another's. Temps of killed runs are removed by the next call (owner gone)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from reidkit.utils.io import clean_stale_temps
-
-    final = Path(final)
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(final.parent, dirs=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
-    try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: the published folder gets the usual mode
-        make(tmp)
-        made = tmp / final.name if file else tmp
-        if not made.exists():
-            raise FileNotFoundError(f"{made} was not made")
-        try:
-            os.rename(made, final)  # a file replaces a winner's equal one; a folder onto a non-empty one fails
-        except OSError:
-            if not final.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def with_overrides(cfg: dict, over: dict) -> dict:
     """``cfg`` with keyword overrides applied: ``section__key=value`` sets ``cfg[section][key]``."""
     for key, value in over.items():

@@ -5,6 +5,7 @@ Import them (``from factories import weights_world``); the tests folder is on ``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,11 +17,9 @@ def weights_world(root: Path) -> dict[str, Any]:
     """What the verbs that load weights need, under ``root``: a tiny resnet18 reidkit checkpoint
     (``good``, 64x32 input), 4 Market-named crops, a gallery built with the checkpoint (``db``), a
     one-camera 6-frame scene and a `reidkit test` config over a 4-identity synthetic set."""
-    import yaml
     from PIL import Image
 
     from reidkit.cli import main
-    from reidkit.data.datasets import load_dataset
     from reidkit.data.scene import generate_scene
     from reidkit.models.build import ModelConfig, build_model, save_model
 
@@ -35,6 +34,69 @@ def weights_world(root: Path) -> dict[str, Any]:
     db = root / "db"
     assert main(["index", "build", "--images", str(crops), "--db", str(db), "--weights", str(good)]) == 0
     scene = generate_scene(root / "scene", cams=1, ids=1, frames=6, size=(96, 128), fps=10, seed=0)
+    config = synthetic_test_config(root)
+    return {"root": root, "good": good, "crops": crops, "db": db, "scene": scene, "config": config}
+
+
+def weight_verbs(world: dict[str, Any], weights: Path, tmp: Path) -> dict[str, list[str]]:
+    """The command line of every verb that loads a model from `weights`, over the files of :func:`weights_world`
+    (`world`; ``serve`` when it holds a ``port``), each writing under `tmp`; a test picks the verbs it runs."""
+    w, crops, db, query = str(weights), str(world["crops"]), str(world["db"]), str(sorted(world["crops"].iterdir())[0])
+    verbs = {
+        "extract": ["extract", "--weights", w, "--images", crops, "--out", str(tmp / "f.npz")],
+        "extract --from fastreid": [
+            "extract",
+            "--weights",
+            w,
+            "--from",
+            "fastreid",
+            "--images",
+            crops,
+            "--out",
+            str(tmp / "f.npz"),
+        ],
+        "index build": ["index", "build", "--images", crops, "--db", str(tmp / "newdb"), "--weights", w],
+        "index build --from fastreid": [
+            "index",
+            "build",
+            "--images",
+            crops,
+            "--db",
+            str(tmp / "newdb2"),
+            "--weights",
+            w,
+            "--from",
+            "fastreid",
+        ],
+        "index add": ["index", "add", "--db", db, "--images", crops, "--weights", w],
+        "export": ["export", "--weights", w, "--out", str(tmp / "m.onnx")],
+        "search": ["search", "--db", db, "--image", query, "--weights", w],
+        "tracklets search": ["tracklets", "search", "--db", db, "--image", query, "--weights", w],
+        "video": [
+            "video",
+            str(world["scene"].videos[0]),
+            "--detections",
+            str(world["scene"].gt[0]),
+            "--db",
+            str(tmp / "vdb"),
+            "--weights",
+            w,
+        ],
+        "test": ["test", "--config", str(world["config"]), "--weights", w],
+        "pseudo-label": ["pseudo-label", "--config", str(world["config"]), "--weights", w, "--out", str(tmp / "pl")],
+    }
+    if "port" in world:
+        verbs["serve"] = ["serve", "--db", db, "--weights", w, "--port", world["port"]]
+    return verbs
+
+
+def synthetic_test_config(root: Path) -> Path:
+    """`root`/c.yaml: a `reidkit test` config over a 4-identity synthetic set made in `root`/syn, on CPU, its
+    output in `root`/t."""
+    import yaml
+
+    from reidkit.data.datasets import load_dataset
+
     syn = root / "syn"
     load_dataset("synthetic", syn, ids=4, images_per_id=4, cams=2, seed=0)
     conf = {
@@ -47,7 +109,7 @@ def weights_world(root: Path) -> dict[str, Any]:
         "output_dir": str(root / "t"),
     }
     (root / "c.yaml").write_text(yaml.safe_dump(conf))
-    return {"root": root, "good": good, "crops": crops, "db": db, "scene": scene, "config": root / "c.yaml"}
+    return root / "c.yaml"
 
 
 def free_port() -> int:
@@ -554,3 +616,126 @@ def tiny_checkpoint(folder: Path) -> Path:
     torch.manual_seed(1)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
     return save_model(folder / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+
+
+TEST_CACHE = Path(os.environ.get("REIDKIT_TEST_CACHE", Path.home() / ".cache" / "reidkit-test"))
+
+
+def made_once(final, make, file: bool = False):
+    """`final`, a folder (or with `file`, a file) in a cache that every test process shares
+    (``~/.cache/reidkit-test``: two pytest runs, or two xdist workers, may fill it at the same moment), made by
+    ``make(tmp)`` the first time.
+
+    ``make`` fills a private temp folder (``.<name>.<pid>.<random>.tmp`` beside `final`; for a file it writes
+    ``tmp/<name of final>``); the finished result is renamed to `final` in one step. A concurrent process that
+    got there first wins (its result is the same) and ours is dropped, so a reader never sees a half-made
+    `final` and no run fails on another's. Temps of killed runs are removed by the next call (owner gone)."""
+    import shutil
+    import tempfile
+
+    from reidkit.utils.io import clean_stale_temps
+
+    final = Path(final)
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(final.parent, dirs=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: the published folder gets the usual mode
+        make(tmp)
+        made = tmp / final.name if file else tmp
+        if not made.exists():
+            raise FileNotFoundError(f"{made} was not made")
+        try:
+            os.rename(made, final)  # a file replaces a winner's equal one; a folder onto a non-empty one fails
+        except OSError:
+            if not final.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def pypi_download(name: str, spec: str, *pip_args: str) -> Path:
+    """`name`, an archive of PyPI package `spec` in :data:`TEST_CACHE`, downloaded once (``pip download --no-deps
+    *pip_args spec``, through :func:`made_once`); skips the test with pip's last words when PyPI cannot be reached."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    final = TEST_CACHE / name
+    if final.exists():
+        return final
+    failed: list[str] = []
+
+    def download(tmp: Path) -> None:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *pip_args, spec, "-d", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        failed.append(proc.stderr.strip()[-300:])
+
+    try:
+        return made_once(final, download, file=True)
+    except FileNotFoundError:
+        pytest.skip(f"{spec} could not be downloaded from PyPI: {failed[-1] if failed else ''}")
+
+
+def demo_overrides(data: Path, ids: int, seed: int, run: Path) -> list[str]:
+    """Overrides of the `demo` recipe for one short CPU run: a synthetic set of `ids` identities (6 images each,
+    3 cameras) made in `data`, mobilenetv2 at 64x32, 1 epoch of 2 P 4 x K 4 batches, the output in `run`."""
+    return [
+        f"data.datasets=[{{name: synthetic, root: '{data}', options: {{ids: {ids}, images_per_id: 6, cams: 3, seed: {seed}}}}}]",
+        "data.size=[64,32]",
+        "model.backbone=mobilenetv2",
+        "model.pooling=avg",
+        "sampler.p=4",
+        "sampler.k=4",
+        "solver.max_epochs=1",
+        "sampler.epoch_batches=2",
+        "loss.names=[softmax,triplet]",
+        "device=cpu",
+        f"output_dir={run}",
+    ]
+
+
+def plugin_video_argv(plugin: Path, scene: Any, *extra: str) -> list[str]:
+    """`reidkit --plugin PLUGIN video` over the first camera of `scene` with its ground-truth detections, the torch
+    engine, then `extra`."""
+    return [
+        "--plugin",
+        str(plugin),
+        "video",
+        str(scene.videos[0]),
+        "--detections",
+        str(scene.gt[0]),
+        "--engine",
+        "torch",
+        *extra,
+    ]
+
+
+def forget_tracker(name: str) -> None:
+    """Undo a plug-in's registration of tracker `name` (the registry entry and its options), if it is there."""
+    from reidkit.config.options import register_options
+    from reidkit.video.trackers import TRACKERS
+
+    if name in TRACKERS.names():
+        TRACKERS.unregister(name)
+    register_options("tracker", name, None)
+
+
+def cli_stdout(*args: str) -> str:
+    """`reidkit ARGS...` in this process; its stdout, after asserting it exits 0 (else its stderr is the message)."""
+    import contextlib
+    import io
+
+    from reidkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    assert code == 0, err.getvalue()
+    return out.getvalue()

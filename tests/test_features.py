@@ -254,8 +254,15 @@ def tiny_weights(tmp_path):
     return save_model(tmp_path / "m.pth", build_model(cfg, num_classes=3), cfg, 3, input_size=(32, 16))
 
 
-def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, capsys):
+def _extract(weights, folder, out, *extra):
     from reidkit.cli import main
+
+    return main(
+        ["extract", "--weights", str(weights), "--images", str(folder), "--out", str(out), "--device", "cpu", *extra]
+    )
+
+
+def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, capsys):
 
     folder = tmp_path / "crops"
     folder.mkdir()
@@ -267,10 +274,7 @@ def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, c
     empty.write_bytes(b"")
     out = tmp_path / "f.npz"
     capsys.readouterr()
-    assert (
-        main(["extract", "--weights", str(tiny_weights), "--images", str(folder), "--out", str(out), "--device", "cpu"])
-        == 0
-    )
+    assert _extract(tiny_weights, folder, out) == 0
     text = capsys.readouterr()
     assert "1 skipped" in text.out and str(empty) in text.err and "skipped 1" in text.err
     with np.load(out) as z:
@@ -279,29 +283,12 @@ def test_extract_skips_counts_and_reports_empty_images(tmp_path, tiny_weights, c
         np.testing.assert_array_equal(z["camids"], [0, 1])
         np.testing.assert_array_equal(z["pids"], [1, 2])
     out.unlink()
-    assert (
-        main(
-            [
-                "extract",
-                "--weights",
-                str(tiny_weights),
-                "--images",
-                str(folder),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--strict",
-            ]
-        )
-        == 2
-    )
+    assert _extract(tiny_weights, folder, out, "--strict") == 2
     _one_line_error(capsys, empty, "--strict")
     assert not out.exists()
 
 
 def test_extract_unwritable_out(tmp_path, tiny_weights, capsys):
-    from reidkit.cli import main
 
     folder = tmp_path / "crops"
     folder.mkdir()
@@ -310,22 +297,7 @@ def test_extract_unwritable_out(tmp_path, tiny_weights, capsys):
     blocker.write_text("x")
     for out in (blocker / "f.npz", tmp_path):
         capsys.readouterr()
-        assert (
-            main(
-                [
-                    "extract",
-                    "--weights",
-                    str(tiny_weights),
-                    "--images",
-                    str(folder),
-                    "--out",
-                    str(out),
-                    "--device",
-                    "cpu",
-                ]
-            )
-            == 2
-        )
+        assert _extract(tiny_weights, folder, out) == 2
         _one_line_error(capsys, out, "--out")
 
 

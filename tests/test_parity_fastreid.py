@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
-import subprocess
 import sys
 import types
 import zipfile
@@ -25,9 +23,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import made_once
+from factories import TEST_CACHE as CACHE, made_once, pypi_download
 
-CACHE = Path(os.environ.get("REIDKIT_TEST_CACHE", Path.home() / ".cache" / "reidkit-test"))
 WHEEL = "fastreid-1.4.0-py3-none-any.whl"
 P, K, H, W = 4, 4, 64, 32
 
@@ -36,27 +33,11 @@ def fetch_wheel() -> Path:
     """fast-reid 1.4.0 unpacked under the cache (downloaded once); skips when PyPI cannot be reached.
 
     The cache is shared by every test process: wheel and unpacked tree are each made in a private temp folder
-    and renamed into place whole (conftest.made_once), so two runs preparing them at once both succeed."""
+    and renamed into place whole (factories.made_once), so two runs preparing them at once both succeed."""
     root = CACHE / "fastreid-1.4.0"
     if (root / "fastreid" / "modeling").is_dir():
         return root
-    whl = CACHE / WHEEL
-    if not whl.exists():
-        failed: list[str] = []
-
-        def download(tmp: Path) -> None:
-            proc = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "fastreid==1.4.0", "-d", str(tmp)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            failed.append(proc.stderr.strip()[-300:])
-
-        try:
-            made_once(whl, download, file=True)
-        except FileNotFoundError:
-            pytest.skip(f"fast-reid 1.4.0 could not be downloaded from PyPI: {failed[-1] if failed else ''}")
+    whl = pypi_download(WHEEL, "fastreid==1.4.0")
 
     def unpack(tmp: Path) -> None:
         with zipfile.ZipFile(whl) as zf:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import math
-import os
-import subprocess
 import sys
 import tarfile
 import types
@@ -22,9 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import made_once
+from factories import TEST_CACHE as CACHE, made_once, pypi_download
 
-CACHE = Path(os.environ.get("REIDKIT_TEST_CACHE", Path.home() / ".cache" / "reidkit-test"))
 SDIST = "torchreid-0.2.5.tar.gz"
 H, W, C = 64, 32, 6
 
@@ -33,39 +30,12 @@ def fetch_sdist() -> Path:
     """torchreid 0.2.5's sources under the cache (downloaded once); skips when PyPI cannot be reached.
 
     The cache is shared by every test process: archive and sources are each made in a private temp folder and
-    renamed into place whole (conftest.made_once), so two runs preparing them at once both succeed."""
+    renamed into place whole (factories.made_once), so two runs preparing them at once both succeed."""
     root = CACHE / "torchreid-0.2.5-src"
     pkg = root / "torchreid-0.2.5" / "torchreid" / "reid"
     if pkg.is_dir():
         return pkg
-    archive = CACHE / SDIST
-    if not archive.exists():
-        failed: list[str] = []
-
-        def download(tmp: Path) -> None:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--no-binary",
-                    ":all:",
-                    "torchreid==0.2.5",
-                    "-d",
-                    str(tmp),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            failed.append(proc.stderr.strip()[-300:])
-
-        try:
-            made_once(archive, download, file=True)
-        except FileNotFoundError:
-            pytest.skip(f"torchreid 0.2.5 could not be downloaded from PyPI: {failed[-1] if failed else ''}")
+    archive = pypi_download(SDIST, "torchreid==0.2.5", "--no-binary", ":all:")
 
     def extract(tmp: Path) -> None:
         with tarfile.open(archive) as tf:

@@ -63,24 +63,25 @@ def test_step_logs_one_line_from_python_when_not_a_terminal(capsys):
     assert "quiet" not in err
 
 
+def _extract(world, out):
+    return main(
+        [
+            "extract",
+            "--weights",
+            str(world["weights"]),
+            "--images",
+            str(world["syn"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
+
+
 def test_extract_shows_its_steps(world, capsys):
     out = world["w"] / "f.npz"
-    assert (
-        main(
-            [
-                "extract",
-                "--weights",
-                str(world["weights"]),
-                "--images",
-                str(world["syn"]),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _extract(world, out) == 0
     err = capsys.readouterr().err
     n = len(list(world["syn"].rglob("*.jpg")))
     assert done_line(err, "extract, decoding").startswith(f"extract, decoding: {n} images")
@@ -89,22 +90,7 @@ def test_extract_shows_its_steps(world, capsys):
 
 def test_visrank_shows_its_steps(world, capsys):
     feats = world["w"] / "vis.npz"
-    assert (
-        main(
-            [
-                "extract",
-                "--weights",
-                str(world["weights"]),
-                "--images",
-                str(world["syn"]),
-                "--out",
-                str(feats),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _extract(world, feats) == 0
     capsys.readouterr()
     assert (
         main(

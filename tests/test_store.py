@@ -535,18 +535,8 @@ def _cli_fsize(args: list[str], limit: int) -> subprocess.CompletedProcess:
 def test_full_disk_mid_write_is_one_error_and_changes_nothing(env, verb):
     db = _fresh(env, f"full_{verb}")
     args = {
-        "add": ["index", "add", "--db", str(db), "--images", str(env["root"] / "B")],
-        "build": [
-            "index",
-            "build",
-            "--db",
-            str(db),
-            "--images",
-            str(env["root"] / "C"),
-            "--overwrite",
-            "--weights",
-            str(env["weights"]),
-        ],
+        "add": _add_args(env, db),
+        "build": _build_args(env, db),
         "delete": ["index", "delete", "--db", str(db), "--camera", "c1"],
     }[verb]
     before = _contents(db)

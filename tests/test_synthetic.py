@@ -132,23 +132,7 @@ def test_bad_arguments_raise(tmp_path: Path, bad: dict, key: str) -> None:
 def test_cli_synth(tmp_path: Path, capsys) -> None:
     from reidkit.cli import main
 
-    args = [
-        str(tmp_path),
-        "--ids",
-        "2",
-        "--images-per-id",
-        "3",
-        "--cams",
-        "2",
-        "--size",
-        "64x32",
-        "--workers",
-        "1",
-        "--distractors",
-        "1",
-        "--junk",
-        "1",
-    ]
+    args = [str(tmp_path), "--ids", "2", *SMALL[2:]]  # SMALL with 2 identities
     assert main(["synth", *args]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "train" in out
