@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import weight_verbs
 import torch
 
 from reidkit.cli import main
@@ -79,69 +80,6 @@ def fixtures(tmp_path_factory):
     return weights_world(tmp_path_factory.mktemp("ckptsafe"))
 
 
-def _verbs(fx: dict, evil: Path, tmp: Path) -> dict[str, list[str]]:
-    query = sorted(fx["crops"].iterdir())[0]
-    return {
-        "extract": ["extract", "--weights", str(evil), "--images", str(fx["crops"]), "--out", str(tmp / "f.npz")],
-        "extract --from fastreid": [
-            "extract",
-            "--weights",
-            str(evil),
-            "--from",
-            "fastreid",
-            "--images",
-            str(fx["crops"]),
-            "--out",
-            str(tmp / "f.npz"),
-        ],
-        "index build": [
-            "index",
-            "build",
-            "--images",
-            str(fx["crops"]),
-            "--db",
-            str(tmp / "newdb"),
-            "--weights",
-            str(evil),
-        ],
-        "index build --from fastreid": [
-            "index",
-            "build",
-            "--images",
-            str(fx["crops"]),
-            "--db",
-            str(tmp / "newdb2"),
-            "--weights",
-            str(evil),
-            "--from",
-            "fastreid",
-        ],
-        "index add": ["index", "add", "--db", str(fx["db"]), "--images", str(fx["crops"]), "--weights", str(evil)],
-        "export": ["export", "--weights", str(evil), "--out", str(tmp / "m.onnx")],
-        "search": ["search", "--db", str(fx["db"]), "--image", str(query), "--weights", str(evil)],
-        "video": [
-            "video",
-            str(fx["scene"].videos[0]),
-            "--detections",
-            str(fx["scene"].gt[0]),
-            "--db",
-            str(tmp / "vdb"),
-            "--weights",
-            str(evil),
-        ],
-        "test": ["test", "--config", str(fx["config"]), "--weights", str(evil)],
-        "pseudo-label": [
-            "pseudo-label",
-            "--config",
-            str(fx["config"]),
-            "--weights",
-            str(evil),
-            "--out",
-            str(tmp / "pl"),
-        ],
-    }
-
-
 VERBS = [
     "extract",
     "extract --from fastreid",
@@ -160,7 +98,7 @@ VERBS = [
 @pytest.mark.parametrize("verb", VERBS)
 def test_payload_never_runs_through_a_verb(fixtures, tmp_path, capsys, verb, kind):
     evil, marker = _payload(tmp_path, kind)
-    code = main(_verbs(fixtures, evil, tmp_path)[verb])
+    code = main(weight_verbs(fixtures, evil, tmp_path)[verb])
     _check_refused(code, capsys, evil, marker, kind)
 
 

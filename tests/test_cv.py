@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from factories import demo_overrides
 
 from reidkit.data.datasets import Record
 from reidkit.errors import ReIDError
@@ -76,17 +77,7 @@ def test_cli_cv_trains_each_fold_and_writes_the_table(tmp_path, capsys):
             "3",
             "--out",
             str(out),
-            f"data.datasets=[{{name: synthetic, root: '{root}', options: {{ids: 16, images_per_id: 6, cams: 3, seed: 2}}}}]",
-            "data.size=[64,32]",
-            "model.backbone=mobilenetv2",
-            "model.pooling=avg",
-            "sampler.p=4",
-            "sampler.k=4",
-            "solver.max_epochs=1",
-            "sampler.epoch_batches=2",
-            "loss.names=[softmax,triplet]",
-            "device=cpu",
-            f"output_dir={tmp_path / 'run'}",
+            *demo_overrides(root, 16, 2, tmp_path / "run"),
         ]
     )
     assert code == 0

@@ -4,46 +4,24 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
+from factories import cli_stdout
 
 from reidkit.cli import main
 
 pytest.importorskip("trackeval")
 
 
-def _cli(*args: str) -> str:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    assert code == 0, err.getvalue()
-    return out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp("mct")
-    _cli(
+    cli_stdout(
         "scene",
         str(root / "s"),
-        "--cams",
-        "3",
-        "--ids",
-        "9",
-        "--frames",
-        "120",
-        "--size",
-        "120x160",
-        "--speed",
-        "1.0",
-        "--transit",
-        "1,3",
-        "--seed",
-        "1",
+        *"--cams 3 --ids 9 --frames 120 --size 120x160 --speed 1.0 --transit 1,3 --seed 1".split(),
     )
     return root
 
@@ -52,7 +30,7 @@ def _video(root, cams):
     args = ["video"] + [str(root / "s" / c / f"{c}.avi") for c in cams]
     for c in cams:
         args += ["--detections", str(root / "s" / c / "gt" / "gt.txt")]
-    return _cli(*args, "--db", str(root / "db"))
+    return cli_stdout(*args, "--db", str(root / "db"))
 
 
 def _assigned(db):
@@ -65,18 +43,18 @@ def _assigned(db):
 def ingested(scene):
     """cam1 and cam2 ingested and clustered first, then cam3 added and clustered incrementally."""
     _video(scene, ["cam1", "cam2"])
-    _cli("identities", "--db", str(scene / "db"), "--links", str(scene / "s" / "links.yaml"))
+    cli_stdout("identities", "--db", str(scene / "db"), "--links", str(scene / "s" / "links.yaml"))
     first = _assigned(scene / "db")
     _video(scene, ["cam3"])
-    out = _cli("identities", "--db", str(scene / "db"))  # links and threshold: the stored run's
+    out = cli_stdout("identities", "--db", str(scene / "db"))  # links and threshold: the stored run's
     return {"first": first, "second": _assigned(scene / "db"), "report": out}
 
 
 def _evaluate(scene, name):
     pred = scene / name
-    _cli("identities", "export", "--db", str(scene / "db"), "--out", str(pred))
+    cli_stdout("identities", "export", "--db", str(scene / "db"), "--out", str(pred))
     metrics = scene / f"{name}.json"
-    table = _cli("eval-tracks", "--gt", str(scene / "s" / "GT"), "--pred", str(pred), "--out", str(metrics))
+    table = cli_stdout("eval-tracks", "--gt", str(scene / "s" / "GT"), "--pred", str(pred), "--out", str(metrics))
     return json.loads(metrics.read_text()), table
 
 
@@ -108,9 +86,9 @@ def test_end_to_end_metrics_and_links_help(scene, ingested):
         # ground-truth boxes as detections: detection is perfect, identity is what is measured
         assert m["DetA"] > 90 and m["IDF1"] > 80 and m["MOTA"] > 80
     # the same features clustered without the camera links: some impossible merges happen
-    _cli("identities", "--db", str(scene / "db"), "--rebuild", "--threshold", "0.7")
+    cli_stdout("identities", "--db", str(scene / "db"), "--rebuild", "--threshold", "0.7")
     loose, _ = _evaluate(scene, "pred_nolinks")
-    _cli(
+    cli_stdout(
         "identities",
         "--db",
         str(scene / "db"),

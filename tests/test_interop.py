@@ -591,11 +591,10 @@ def test_foreign_checkpoints_export_with_parity(tmp_path):
 def test_foreign_weights_through_every_verb(tmp_path, capsys):
     """extract, index build, export and test take a fast-reid checkpoint as it is (--from or detected)."""
     import numpy as np
-    import yaml
+    from factories import synthetic_test_config
     from PIL import Image
 
     from reidkit.cli import main
-    from reidkit.data.datasets import load_dataset
 
     gen = torch.Generator().manual_seed(5)
     path = tmp_path / "sbs.pth"
@@ -680,19 +679,8 @@ def test_foreign_weights_through_every_verb(tmp_path, capsys):
         == 0
     )
     assert "parity" in capsys.readouterr().out
-    syn = tmp_path / "syn"
-    load_dataset("synthetic", syn, ids=4, images_per_id=4, cams=2, seed=0)
-    cfg = {
-        "data": {
-            "datasets": [
-                {"name": "synthetic", "root": str(syn), "options": {"ids": 4, "images_per_id": 4, "cams": 2, "seed": 0}}
-            ]
-        },
-        "device": "cpu",
-        "output_dir": str(tmp_path / "t"),
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["test", "--config", str(tmp_path / "c.yaml"), "--weights", str(path), "--from", "fastreid"]) == 0
+    conf = synthetic_test_config(tmp_path)
+    assert main(["test", "--config", str(conf), "--weights", str(path), "--from", "fastreid"]) == 0
     assert (tmp_path / "t" / "test" / "metrics.json").is_file()
     # a named format that does not fit the keys is one clear error
     assert (

@@ -25,6 +25,7 @@ from typing import Tuple
 
 import numpy as np
 import pytest
+from factories import weight_verbs
 import torch
 
 from reidkit.cli import main
@@ -94,48 +95,6 @@ def busy_port():
         yield str(sock.getsockname()[1])
 
 
-def _verbs(fx: dict, weights: Path, tmp: Path) -> dict[str, list[str]]:
-    query = str(sorted(fx["crops"].iterdir())[0])
-    return {
-        "extract": ["extract", "--weights", str(weights), "--images", str(fx["crops"]), "--out", str(tmp / "f.npz")],
-        "index build": [
-            "index",
-            "build",
-            "--images",
-            str(fx["crops"]),
-            "--db",
-            str(tmp / "newdb"),
-            "--weights",
-            str(weights),
-        ],
-        "index add": ["index", "add", "--db", str(fx["db"]), "--images", str(fx["crops"]), "--weights", str(weights)],
-        "search": ["search", "--db", str(fx["db"]), "--image", query, "--weights", str(weights)],
-        "video": [
-            "video",
-            str(fx["scene"].videos[0]),
-            "--detections",
-            str(fx["scene"].gt[0]),
-            "--db",
-            str(tmp / "vdb"),
-            "--weights",
-            str(weights),
-        ],
-        "tracklets search": ["tracklets", "search", "--db", str(fx["db"]), "--image", query, "--weights", str(weights)],
-        "serve": ["serve", "--db", str(fx["db"]), "--weights", str(weights), "--port", fx["port"]],
-        "export": ["export", "--weights", str(weights), "--out", str(tmp / "m.onnx")],
-        "test": ["test", "--config", str(fx["config"]), "--weights", str(weights)],
-        "pseudo-label": [
-            "pseudo-label",
-            "--config",
-            str(fx["config"]),
-            "--weights",
-            str(weights),
-            "--out",
-            str(tmp / "pl"),
-        ],
-    }
-
-
 VERBS = [
     "extract",
     "index build",
@@ -164,7 +123,7 @@ def _one_error(code: int, err: str, *names: str) -> None:
 def test_torchscript_payload_never_runs_through_a_verb(fx, tmp_path, capsys, verb):
     evil, marker = _torchscript_payload(tmp_path)
     TRIED.append(str(marker))
-    code = main(_verbs(fx, evil, tmp_path)[verb])
+    code = main(weight_verbs(fx, evil, tmp_path)[verb])
     _one_error(code, capsys.readouterr().err, evil.name)
     assert not marker.exists(), "the TorchScript payload ran"
 
@@ -358,7 +317,7 @@ def test_recorded_plugin_never_imported_through_a_verb(fx, on_path, capsys, verb
     """A checkpoint that needs a part: one error naming the recorded plug-in and --plugin, nothing imported."""
     ckpt, marker = _plugin_checkpoint(fx, on_path, how, needed=True)
     TRIED.append(str(marker))
-    code = main(_verbs(fx, ckpt, on_path)[verb])
+    code = main(weight_verbs(fx, ckpt, on_path)[verb])
     err = capsys.readouterr().err
     _one_error(code, err, ckpt.name)
     if verb != "test":  # `test` builds the config's model first; the checkpoint is read after

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from factories import demo_overrides
 from PIL import Image
 
 from reidkit.errors import ReIDError
@@ -74,24 +75,9 @@ def test_cli_labels_the_test_set_and_retrains(tmp_path, capsys):
     from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path / "data"
-    opts = "{ids: 12, images_per_id: 6, cams: 3, seed: 5}"
     net = build_model(ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="avg"), 6)
     weights = save_model(tmp_path / "base.pt", net, ModelConfig(backbone="mobilenetv2", pooling="avg"), 6, [64, 32])
-    common = [
-        "--config",
-        "demo",
-        f"data.datasets=[{{name: synthetic, root: '{root}', options: {opts}}}]",
-        "data.size=[64,32]",
-        "model.backbone=mobilenetv2",
-        "model.pooling=avg",
-        "sampler.p=4",
-        "sampler.k=4",
-        "solver.max_epochs=1",
-        "sampler.epoch_batches=2",
-        "loss.names=[softmax,triplet]",
-        "device=cpu",
-        f"output_dir={tmp_path / 'run'}",
-    ]
+    common = ["--config", "demo", *demo_overrides(root, 12, 5, tmp_path / "run")]
     code = main(
         ["pseudo-label", "--weights", str(weights), "--threshold", "0.8", "--out", str(tmp_path / "pl"), *common]
     )

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from factories import forget_tracker, plugin_video_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tests" / "data" / "tracker_plugin.py"
@@ -27,34 +28,13 @@ def tiny_scene(tmp_path_factory):
 @pytest.fixture()
 def unregister():
     yield
-    from reidkit.config.options import register_options
-    from reidkit.video.trackers import TRACKERS
-
-    if "iou" in TRACKERS.names():
-        TRACKERS.unregister("iou")
-    register_options("tracker", "iou", None)
+    forget_tracker("iou")
 
 
 def _video(tiny_scene, db, *extra):
     from reidkit.cli import main
 
-    return main(
-        [
-            "--plugin",
-            str(PLUGIN),
-            "video",
-            str(tiny_scene.videos[0]),
-            "--detections",
-            str(tiny_scene.gt[0]),
-            "--engine",
-            "torch",
-            "--tracker",
-            "iou",
-            "--db",
-            str(db),
-            *extra,
-        ]
-    )
+    return main(plugin_video_argv(PLUGIN, tiny_scene, "--tracker", "iou", "--db", str(db), *extra))
 
 
 def test_the_plugin_tracker_runs_with_its_option(tiny_scene, tmp_path, capsys, unregister):

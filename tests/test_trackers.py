@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from factories import forget_tracker, plugin_video_argv
 
 PLUGIN = '''
 """A ~30-line tracker: each detection takes the nearest live track within `reach` pixels (centre to centre)."""
@@ -74,31 +75,14 @@ def plugin(tmp_path):
     path = tmp_path / "nearest_tracker.py"
     path.write_text(textwrap.dedent(PLUGIN))
     yield path
-    from reidkit.config.options import register_options
-    from reidkit.video.trackers import TRACKERS
-
-    TRACKERS.unregister("nearest")
-    register_options("tracker", "nearest", None)
+    forget_tracker("nearest")
 
 
 def test_a_plugin_tracker_with_its_own_option_runs_through_reidkit_video(plugin, tiny_scene, tmp_path, capsys):
     from reidkit.cli import main
     from reidkit.retrieval.gallery import Gallery
 
-    argv = [
-        "--plugin",
-        str(plugin),
-        "video",
-        str(tiny_scene.videos[0]),
-        "--detections",
-        str(tiny_scene.gt[0]),
-        "--engine",
-        "torch",
-        "--appearance",
-        "needed",
-        "--tracker",
-        "nearest",
-    ]
+    argv = plugin_video_argv(plugin, tiny_scene, "--appearance", "needed", "--tracker", "nearest")
     assert main([*argv, "--db", str(tmp_path / "db"), "--tracker-option", "reach=35"]) == 0, capsys.readouterr().err
     from reidkit.video.trackers import TRACKERS
 

@@ -4,48 +4,26 @@ gallery (stitching joins only tracklets that stitch's limits allow, stored for t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
+from factories import cli_stdout
 
 from reidkit.cli import main
-
-
-def _cli(*args: str) -> str:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    assert code == 0, err.getvalue()
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     root = tmp_path_factory.mktemp("trk")
-    _cli(
+    cli_stdout(
         "scene",
         str(root / "s"),
-        "--cams",
-        "2",
-        "--ids",
-        "4",
-        "--frames",
-        "60",
-        "--size",
-        "120x160",
-        "--speed",
-        "1.0",
-        "--transit",
-        "1,3",
-        "--seed",
-        "3",
+        *"--cams 2 --ids 4 --frames 60 --size 120x160 --speed 1.0 --transit 1,3 --seed 3".split(),
     )
     args = ["video"] + [str(root / "s" / c / f"{c}.avi") for c in ("cam1", "cam2")]
     for c in ("cam1", "cam2"):
         args += ["--detections", str(root / "s" / c / "gt" / "gt.txt")]
-    _cli(*args, "--db", str(root / "db"))
+    cli_stdout(*args, "--db", str(root / "db"))
     return root
 
 
@@ -53,7 +31,7 @@ def test_rows_are_the_gallery_tracklet_boxes(db):
     from reidkit.retrieval.gallery import Gallery
 
     out = db / "trk"
-    printed = _cli("tracklets", "export", "--db", str(db / "db"), "--out", str(out), "--camera", "cam9")
+    printed = cli_stdout("tracklets", "export", "--db", str(db / "db"), "--out", str(out), "--camera", "cam9")
     assert "cam1:" in printed and "cam2:" in printed
     assert (out / "cam9.txt").read_text() == ""  # a camera asked for with no tracklets: an empty file
     rows = Gallery.open(db / "db").entries(kind="tracklet")
@@ -75,7 +53,7 @@ def test_rows_are_the_gallery_tracklet_boxes(db):
         # one box per tracklet id and frame (what a tracker's MOT output holds)
         assert len({g[:2] for g in got}) == len(got)
     pytest.importorskip("trackeval")
-    res = json.loads(_cli("eval-tracks", "--gt", str(db / "s" / "GT"), "--pred", str(out), "--json"))
+    res = json.loads(cli_stdout("eval-tracks", "--gt", str(db / "s" / "GT"), "--pred", str(out), "--json"))
     assert res["combined"]["IDF1"] > 80  # the tracker's own tracklets on ground-truth boxes
 
 
@@ -103,14 +81,14 @@ def test_bad_input(db, tmp_path, capsys):
 def test_stitching_through_identities(db):
     from reidkit.retrieval.gallery import Gallery
 
-    rep = json.loads(_cli("identities", "--db", str(db / "db"), "--stitch-gap", "2", "--rebuild", "--json"))
+    rep = json.loads(cli_stdout("identities", "--db", str(db / "db"), "--stitch-gap", "2", "--rebuild", "--json"))
     assert rep["params"]["stitch"]["max_gap"] == 2.0 and rep["stitched"] >= 0
-    again = json.loads(_cli("identities", "--db", str(db / "db"), "--json"))  # the stored run's limits
+    again = json.loads(cli_stdout("identities", "--db", str(db / "db"), "--json"))  # the stored run's limits
     assert again["params"]["stitch"] == rep["params"]["stitch"]
-    off = json.loads(_cli("identities", "--db", str(db / "db"), "--stitch-gap", "0", "--rebuild", "--json"))
+    off = json.loads(cli_stdout("identities", "--db", str(db / "db"), "--stitch-gap", "0", "--rebuild", "--json"))
     assert off["params"]["stitch"] is None and off["stitched"] == 0
     assert Gallery.open(db / "db").get_state("identities")["params"]["stitch"] is None
     assert off["params"]["camera_debias"] == 0.5  # the default
-    raw = json.loads(_cli("identities", "--db", str(db / "db"), "--camera-debias", "0", "--rebuild", "--json"))
-    kept = json.loads(_cli("identities", "--db", str(db / "db"), "--json"))  # the stored run's share
+    raw = json.loads(cli_stdout("identities", "--db", str(db / "db"), "--camera-debias", "0", "--rebuild", "--json"))
+    kept = json.loads(cli_stdout("identities", "--db", str(db / "db"), "--json"))  # the stored run's share
     assert raw["params"]["camera_debias"] == kept["params"]["camera_debias"] == 0.0
