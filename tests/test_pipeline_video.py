@@ -94,10 +94,14 @@ def test_appearance_needed_embeds_fewer_crops_real_features_only(video):
     e5 = FakeEmbedder()
     gen = process_video(video[0], Settings(chunk=5, appearance="needed"), e5, None)
     first = next(gen)
-    real = {tuple(np.round(f, 6)) for f in e5.seen}  # best-K features are embedded when the chunk is cut
+    real = {tuple(np.round(f, 6)) for f in e5.seen}  # the samples' features are embedded when the chunk is cut
     for d in first.state["open"]:
-        for c in OpenTracklet.from_state(d).best:
+        t = OpenTracklet.from_state(d)
+        assert t.samples and not t.missing()
+        for c in t.samples:
             assert tuple(np.round(c["feat"], 6)) in real
+        # the best K: thumbnails only; a feature only where association embedded the crop anyway
+        assert all(c["feat"] is None or tuple(np.round(c["feat"], 6)) in real for c in t.best)
     gen.close()
 
 

@@ -30,11 +30,13 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
   tracker says which detections it needs features of this frame (``Tracker.needs_features``:
   reidkit.video.trackers; the built-in ones embed a detection that does not pair one-to-one, IoU >=
   0.3 and no other overlap >= 0.1, with the predicted box of exactly one track seen in the last
-  frame: a new track, an ambiguous match) and gets None for the others. The crops
-  among a tracklet's best K are embedded late, in one batch when the chunk is cut (before its
-  state is stored) or the video ends, so a crop that left the best K before then, or whose track
-  never became a tracklet, costs nothing; the tracklet feature is always the mean of real crop
-  features, of the float model where association runs int8 (reidkit.video.embedder.float_twin).
+  frame: a new track, an ambiguous match) and gets None for the others. A tracklet's feature
+  samples (reidkit.video.tracklets) without a feature are embedded late: ``reidkit video`` in one
+  batch when the chunk is cut (before its state is stored) or the video ends, so a sample dropped
+  before then, or whose track never became a tracklet, costs nothing; ``reidkit watch`` also a few at
+  a time while it waits for a camera's next frame (``_Video.embed_missing``, most durable first), so
+  a commit does not stall the frame loop with them. The tracklet feature is always the mean of real
+  crop features, of the float model where association runs int8 (reidkit.video.embedder.float_twin).
 """
 
 from __future__ import annotations
@@ -312,9 +314,18 @@ class _Video:
     """The per-frame work of one video: crops, features, tracker, tracklets, chunks."""
 
     def __init__(
-        self, job: VideoJob, settings: Settings, embedder: Any, stats: Stats | None, store: Any = None
+        self,
+        job: VideoJob,
+        settings: Settings,
+        embedder: Any,
+        stats: Stats | None,
+        store: Any = None,
+        same_model: bool | None = None,
     ) -> None:
+        """`store`: what embeds the tracklets' feature samples (default `embedder`); `same_model`: whether it runs
+        the same model as `embedder`, so association's features serve as samples too (default: store is embedder)."""
         self.job, self.s, self.emb, self.stats, self.store = job, settings, embedder, stats, store or embedder
+        self.reuse = (self.store is embedder) if same_model is None else bool(same_model)
         self.tracker = build_tracker(settings.tracker, settings.tracker_values())
         self.open: dict[str, OpenTracklet] = {}
         self.pending: list[OpenTracklet] = []
@@ -378,16 +389,31 @@ class _Video:
         if t is not None and t.confirmed and len(t.boxes) >= self.s.min_len:
             self.pending.append(t)
 
-    def _fill_features(self) -> None:
-        """Embed, in one batch, the best-K crops of open and pending tracklets that have no feature yet."""
-        todo = [c for t in [*self.pending, *self.open.values()] for c in t.missing()]
+    def missing(self) -> list[dict[str, Any]]:
+        """The feature samples still to embed, the most needed first: those of ended tracklets (the next commit
+        needs them, and nothing drops them any more), then the open ones' by how many halvings they survive
+        (OpenTracklet.survival), oldest first."""
+        ended = [c for t in self.pending for c in t.missing()]
+        ranked = [(-t.survival(c), c["frame"], i, c) for i, t in enumerate(self.open.values()) for c in t.missing()]
+        return ended + [r[-1] for r in sorted(ranked, key=lambda r: r[:3])]
+
+    def embed_missing(self, limit: int | None = None) -> int:
+        """Embed up to `limit` (None: all) of the feature samples still to embed, in one batch, the most needed
+        first (``missing``); returns how many."""
+        todo = self.missing() if limit is None else self.missing()[: max(0, int(limit))]
         if not todo:
-            return
+            return 0
         for c, f in zip(todo, self.store.embed_crops([c["crop"] for c in todo])):
             c["feat"] = np.asarray(f, np.float32)
             del c["crop"]
         if self.stats is not None:
             self.stats.add("embedded", 0.0, len(todo))
+            self.stats.add("late", 0.0, len(todo))
+        return len(todo)
+
+    def _fill_features(self) -> None:
+        """Embed, in one batch, the feature samples of open and pending tracklets that have none yet."""
+        self.embed_missing(None)
 
     def chunk(self, done: bool, frames: int, last: int, seconds: float) -> Chunk:
         """The pending tracklets and the state after them (the count includes them)."""
@@ -429,7 +455,7 @@ class _Video:
                 idx,
                 frame_box(m.box, W, H, boxes[di]),  # the tracker's reported box (bytesort: report_box)
                 float(scores[di]),
-                feats[di] if self.store is self.emb else None,
+                feats[di] if self.reuse else None,
                 crops[di],
                 W,
                 H,

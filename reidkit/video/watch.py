@@ -104,6 +104,7 @@ def run_camera(
     video = make_video(job)
     last, t_commit, n = -1, time.monotonic(), 0
     frame: LiveFrame | None = first
+    late = getattr(video, "embed_missing", None)
     while True:
         if frame is not None:
             idx = max(frame.index, last + 1)
@@ -129,7 +130,26 @@ def run_camera(
             t_commit, n = time.monotonic(), 0
             if stopping:
                 return
-        frame = source.read(timeout=0.2)
+        frame = next_frame(source, late, stop)
+
+
+IDLE_BATCH = 4  # feature samples embedded at a time while a camera has no frame waiting
+
+
+def next_frame(
+    source: LiveSource, late: Callable[[int], int] | None, stop: threading.Event, wait: float = 0.2
+) -> LiveFrame | None:
+    """The camera's next frame (None after `wait` seconds without one). While no frame is waiting, the open
+    tracklets' feature samples are embedded `IDLE_BATCH` at a time (`late`: ``_Video.embed_missing``), so the
+    time a camera leaves between frames does the work a commit would otherwise do in one burst (a burst longer
+    than the frame buffer skips frames). The next frame waits at most one such batch."""
+    while late is not None and not stop.is_set():
+        frame = source.read(timeout=0)
+        if frame is not None:
+            return frame
+        if not late(IDLE_BATCH):
+            break
+    return source.read(timeout=wait)
 
 
 class _Worker(threading.Thread):
@@ -241,12 +261,12 @@ class Watch:
         self.publish = bool(publish)  # the live view for `reidkit serve`, in the gallery's files folder
 
     def video(self, job: VideoJob, client: Any) -> _Video:
-        """The per-frame work of one camera session: association through the shared embedder's `client`,
-        the stored best-K crops through its float twin (as `reidkit video`: reidkit.video.embedder.float_twin)."""
+        """The per-frame work of one camera session: association through the shared embedder's `client`, the
+        tracklets' feature samples through its float twin (as `reidkit video`: reidkit.video.embedder.float_twin),
+        called from the camera's own thread (``next_frame`` embeds them while it waits: run in the shared
+        embedder's batches they would hold up the other cameras' association)."""
         twin = float_twin(self.embedder)
-        return _Video(
-            job, self.settings, client, self.stats, None if twin is self.embedder else _Direct(twin, self.stats)
-        )
+        return _Video(job, self.settings, client, self.stats, _Direct(twin, self.stats), twin is self.embedder)
 
     # ------------------------------------------------------------------ sessions
     def begin_session(self, cs: CameraState) -> int:

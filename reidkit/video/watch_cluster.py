@@ -129,7 +129,7 @@ def camera_task(
             camera,
             session,
             source,
-            lambda job: _Video(job, settings, emb, stats, None if twin is shared.embedder else _Direct(twin, stats)),
+            lambda job: _Video(job, settings, emb, stats, _Direct(twin, stats), twin is shared.embedder),  # Watch.video
             make_detector(camera),
             detector_name,
             stop,
