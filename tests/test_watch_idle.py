@@ -1,5 +1,5 @@
 """`reidkit watch` embeds the tracklets' feature samples while a camera waits for its next frame, so a commit
-does not stall the frame loop with them (reidkit.video.watch.next_frame, pipeline._Video.embed_missing); the
+does not stall the frame loop with them (reidkit.video.watch.wait_frame, pipeline._Video.embed_missing); the
 chunks are the ones the lazy commit-time embedding gives, and the best-K crops cost no feature at all."""
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ class _Source:
         return self.frames.pop(0)
 
 
-def test_next_frame_embeds_while_no_frame_waits_and_returns_a_waiting_frame_at_once():
-    from reidkit.video.watch import next_frame
+def test_wait_frame_embeds_while_no_frame_waits_and_returns_a_waiting_frame_at_once():
+    from reidkit.video.watch import wait_frame
 
     src, stop, calls = _Source(), threading.Event(), []
 
@@ -127,9 +127,9 @@ def test_next_frame_embeds_while_no_frame_waits_and_returns_a_waiting_frame_at_o
             src.frames.append("frame")  # the camera's next frame arrives while the third batch runs
         return n
 
-    assert next_frame(src, late, stop) == "frame" and len(calls) == 3
+    assert wait_frame(src, late, stop) == "frame" and len(calls) == 3
     calls.clear()
     src.frames.append("waiting")
-    assert next_frame(src, late, stop) == "waiting" and calls == []  # a waiting frame goes first
+    assert wait_frame(src, late, stop) == "waiting" and calls == []  # a waiting frame goes first
     src.waits.clear()
-    assert next_frame(src, lambda n: 0, stop, wait=0.01) is None and src.waits == [0, 0.01]  # nothing to embed: wait
+    assert wait_frame(src, lambda n: 0, stop, wait=0.01) is None and src.waits == [0, 0.01]  # nothing to embed: wait

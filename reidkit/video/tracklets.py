@@ -25,9 +25,9 @@ older resume state) falls back to the mean of its best K.
 A crop's feature can come later: ``observe`` takes None where association did not embed the crop, and the
 sample keeps the crop until its feature is set (``missing``). The best K then carry no feature (only
 their thumbnails and scores are used: the feature is the samples'), so they never cost a computation.
-``missing(ordered=True)`` lists the waiting samples most durable first (``survival``): embedding them
-ahead of the commit (``reidkit watch`` does it while it waits for the next frame) spends the least on
-samples that a later halving drops.
+``survival`` says how many more halvings a sample outlives: embedding the waiting samples ahead of the
+commit most durable first (``reidkit watch`` does it while it waits for a camera's next frame:
+reidkit.video.watch.wait_frame) spends the least on samples that a later halving drops.
 """
 
 from __future__ import annotations

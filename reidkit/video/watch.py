@@ -104,7 +104,7 @@ def run_camera(
     video = make_video(job)
     last, t_commit, n = -1, time.monotonic(), 0
     frame: LiveFrame | None = first
-    late = getattr(video, "embed_missing", None)
+    late = video.embed_missing  # the samples embedded while no frame waits (wait_frame)
     while True:
         if frame is not None:
             idx = max(frame.index, last + 1)
@@ -130,13 +130,13 @@ def run_camera(
             t_commit, n = time.monotonic(), 0
             if stopping:
                 return
-        frame = next_frame(source, late, stop)
+        frame = wait_frame(source, late, stop)
 
 
 IDLE_BATCH = 4  # feature samples embedded at a time while a camera has no frame waiting
 
 
-def next_frame(
+def wait_frame(
     source: LiveSource, late: Callable[[int], int] | None, stop: threading.Event, wait: float = 0.2
 ) -> LiveFrame | None:
     """The camera's next frame (None after `wait` seconds without one). While no frame is waiting, the open
@@ -263,7 +263,7 @@ class Watch:
     def video(self, job: VideoJob, client: Any) -> _Video:
         """The per-frame work of one camera session: association through the shared embedder's `client`, the
         tracklets' feature samples through its float twin (as `reidkit video`: reidkit.video.embedder.float_twin),
-        called from the camera's own thread (``next_frame`` embeds them while it waits: run in the shared
+        called from the camera's own thread (``wait_frame`` embeds them while it waits: run in the shared
         embedder's batches they would hold up the other cameras' association)."""
         twin = float_twin(self.embedder)
         return _Video(job, self.settings, client, self.stats, _Direct(twin, self.stats), twin is self.embedder)
