@@ -12,7 +12,7 @@ peak GPU memory are its own). Sides:
   transforms), fp32, contiguous tensors: what the field's trainers do.
 
 Both train the same model/losses/optimisers built from the recipe through the public contract
-(``build_model``, ``build_criterion``, ``param_groups``) and take their steps through the trainers' own
+(``build_model``, ``build_criterion``, ``solver_param_groups``) and take their steps through the trainers' own
 ``OptimStep`` (``reidkit.engine.optim``): no copy of the training step here.
 Warm-up iterations are excluded; the figure is the median images/s over ``repeats`` windows.
 """
@@ -124,7 +124,7 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     from reidkit.engine.optim import ExtraOptimizer, OptimStep, build_optimizer
     from reidkit.engine.supervised import to_float
     from reidkit.losses.criterion import build_criterion
-    from reidkit.engine.optim import param_groups
+    from reidkit.engine.optim import solver_param_groups
     from reidkit.models.build import build_model
 
     torch.manual_seed(0)
@@ -170,15 +170,7 @@ def measure(p: dict[str, Any]) -> dict[str, Any]:
     net = net.to(device, memory_format=fmt)
     criterion = build_criterion(cfg.loss, num_classes, net.feat_dim).to(device)
     s = cfg.solver
-    groups = param_groups(
-        net,
-        s.base_lr,
-        s.weight_decay,
-        backbone_lr_factor=s.backbone_lr_factor,
-        head_lr_factor=s.head_lr_factor,
-        bias_lr_factor=s.bias_lr_factor,
-        no_decay_norm=s.no_decay_norm,
-    )
+    groups = solver_param_groups(net, s)
     extras = (
         [
             ExtraOptimizer(

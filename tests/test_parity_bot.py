@@ -25,7 +25,7 @@ from reidkit.config import load_config
 from reidkit.engine.optim import build_scheduler, lr_factor
 from reidkit.losses.classification import cross_entropy_ls
 from reidkit.losses.criterion import build_criterion
-from reidkit.engine.optim import param_groups
+from reidkit.engine.optim import solver_param_groups
 from reidkit.models.build import build_model
 
 
@@ -84,9 +84,7 @@ def test_every_parameter_decays_at_the_base_lr():
     cfg = load_config("bot_r50", ["model.backbone=resnet18", "model.pretrained=false"])
     model = build_model(cfg.model, 10)
     s = cfg.solver
-    groups = param_groups(
-        model, s.base_lr, s.weight_decay, s.backbone_lr_factor, s.head_lr_factor, s.bias_lr_factor, s.no_decay_norm
-    )
+    groups = solver_param_groups(model, s)
     assert {(g["lr"], g["weight_decay"]) for g in groups} == {(3.5e-4, 5e-4)}
     n = sum(p.numel() for g in groups for p in g["params"])
     frozen = model.head.neck.bn.bias

@@ -239,19 +239,10 @@ def batch(num_classes: int = 8, seed: int = 0):
 def our_optim(cfg, model, crit, epoch_length: int):
     """The trainer's optimiser path (BaseTrainer._setup_optim)."""
     from reidkit.engine.optim import OptimStep, build_optimizer, build_scheduler
-    from reidkit.engine.optim import param_groups
+    from reidkit.engine.optim import solver_param_groups
 
     s = cfg.solver
-    groups = param_groups(
-        model,
-        s.base_lr,
-        s.weight_decay,
-        backbone_lr_factor=s.backbone_lr_factor,
-        head_lr_factor=s.head_lr_factor,
-        bias_lr_factor=s.bias_lr_factor,
-        no_decay_norm=s.no_decay_norm,
-        extra_modules=list(crit.trainable_modules()),
-    )
+    groups = solver_param_groups(model, s, list(crit.trainable_modules()))
     opt = build_optimizer(s, groups)
     sched = build_scheduler(s, opt, epoch_length)
     return opt, sched, OptimStep(opt, torch.device("cpu"), amp=s.amp, grad_clip=s.grad_clip)

@@ -101,7 +101,7 @@ def to_ours(k: str) -> str:
 @pytest.fixture(scope="module")
 def step(tr):
     from reidkit.engine.optim import OptimStep, build_optimizer
-    from reidkit.engine.optim import param_groups
+    from reidkit.engine.optim import solver_param_groups
 
     torch.manual_seed(0)
     ref = tr.osnet.osnet_x1_0(num_classes=C, pretrained=False, loss="softmax")
@@ -127,9 +127,7 @@ def step(tr):
     s = cfg.solver
     opt = build_optimizer(
         s,
-        param_groups(
-            mine, s.base_lr, s.weight_decay, s.backbone_lr_factor, s.head_lr_factor, s.bias_lr_factor, s.no_decay_norm
-        ),
+        solver_param_groups(mine, s),
     )
     total, parts = crit(mine(x, labels), labels)
     total.backward()

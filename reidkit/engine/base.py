@@ -39,6 +39,7 @@ from reidkit.engine.checkpoint import (
 )
 from reidkit.engine.handlers import NanGuard, Progress, attach_lr_schedule, attach_periodic
 from reidkit.engine.optim import ExtraOptimizer, OptimStep, amp_dtype, build_optimizer, build_scheduler
+from reidkit.engine.optim import solver_param_groups
 from reidkit.engine.validation import METRIC_KEYS, ValSet, evaluate_sets, prepare_val_sets
 from reidkit.errors import ReIDError
 from reidkit.utils.io import clean_stale_temps, ensure_dir, link_or_copy, write_json
@@ -253,19 +254,8 @@ class BaseTrainer:
             self.net.backbone.eval()
 
     def _setup_optim(self) -> None:
-        from reidkit.engine.optim import param_groups
-
         s = self.cfg.solver
-        groups = param_groups(
-            self.net,
-            s.base_lr,
-            s.weight_decay,
-            backbone_lr_factor=s.backbone_lr_factor,
-            head_lr_factor=s.head_lr_factor,
-            bias_lr_factor=s.bias_lr_factor,
-            no_decay_norm=s.no_decay_norm,
-            extra_modules=self.extra_modules(),
-        )
+        groups = solver_param_groups(self.net, s, self.extra_modules())
         groups = [
             g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups) if g["params"]
         ]

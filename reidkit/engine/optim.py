@@ -43,6 +43,7 @@ __all__ = [
     "build_scheduler",
     "lr_factor",
     "param_groups",
+    "solver_param_groups",
 ]
 
 
@@ -271,3 +272,21 @@ def param_groups(
             }
         groups[key]["params"].append(p)
     return list(groups.values())
+
+
+def solver_param_groups(
+    model: nn.Module, solver: SolverConfig, extra_modules: Iterable[nn.Module] = ()
+) -> list[dict[str, Any]]:
+    """:func:`param_groups` with a recipe's `solver` settings (base lr, weight decay, lr factors, no-decay rule):
+    the groups the trainers optimise."""
+    s = solver
+    return param_groups(
+        model,
+        s.base_lr,
+        s.weight_decay,
+        s.backbone_lr_factor,
+        s.head_lr_factor,
+        s.bias_lr_factor,
+        s.no_decay_norm,
+        extra_modules,
+    )
