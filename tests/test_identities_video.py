@@ -78,6 +78,20 @@ def test_incremental_keeps_ids_and_constraints_hold(scene, ingested):
     assert len({c for c, i in zip(cams, ids) if (ids == i).sum() > 1}) >= 2  # someone found across cameras
 
 
+def test_tracklets_carry_a_colour_descriptor_that_identities_use(scene, ingested):
+    from reidkit.retrieval.gallery import Gallery
+    from reidkit.video.colour import DIM
+
+    rows = Gallery.open(scene / "db").entries(kind="tracklet")
+    assert rows and all(len(r["meta"]["colour"]) == DIM for r in rows)
+    rep = json.loads(cli_stdout("identities", "--db", str(scene / "db"), "--json"))
+    assert rep["colour"] is True and rep["params"]["colour"] == 0.5
+    assert rep["params"]["rerank"] is False and rep["params"]["seed_min"] == 1.0
+    off = json.loads(cli_stdout("identities", "--db", str(scene / "db"), "--json", "--colour", "0", "--seed-min", "0"))
+    assert off["colour"] is False and off["params"]["seed_min"] == 0.0
+    cli_stdout("identities", "--db", str(scene / "db"), "--colour", "0.5", "--seed-min", "1")  # back to the defaults
+
+
 def test_end_to_end_metrics_and_links_help(scene, ingested):
     with_links, table = _evaluate(scene, "pred_links")
     assert "multi-camera" in table and "HOTA" in table
@@ -110,6 +124,10 @@ def test_bad_inputs(scene, ingested, tmp_path, capsys):
     bad.write_text("links:\n  - {cameras: [cam1], min: 1, max: 2}\n")
     assert main(["identities", "--db", str(scene / "db"), "--links", str(bad)]) == 2
     assert "links[0].cameras" in capsys.readouterr().err
+    assert main(["identities", "--db", str(scene / "db"), "--colour", "2"]) == 2
+    assert "--colour" in capsys.readouterr().err
+    assert main(["identities", "--db", str(scene / "db"), "--seed-min", "-1"]) == 2
+    assert "--seed-min" in capsys.readouterr().err
     assert main(["identities"]) == 2
     assert "--db is required" in capsys.readouterr().err
 

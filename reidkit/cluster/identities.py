@@ -28,7 +28,13 @@ split of any cluster that still holds an impossible pair. Pure functions on arra
 4. **Split** (``split_violations``): a cluster that holds an impossible pair (only possible for
    identities kept from an earlier run with other constraints) is split greedily in time order:
    each tracklet joins the first part it is compatible with; the first part keeps the id.
-5. **Incremental** runs: ``fixed`` gives the identity already assigned to each tracklet (or -1
+5. **Short tracklets attach** (``seed_min``): a new tracklet shorter than ``seed_min`` seconds (a
+   fragment of a lost track, a false detection's track) does not take part in step 3, where its
+   few crops' noisy feature could bridge two people; afterwards, longest first, it joins the
+   identity with the smallest average distance to it among those it is compatible with (step 2),
+   whatever that distance, or starts its own when there is none. The identities are made by the
+   tracklets that show people long enough to describe them; a fragment costs no identity of its own.
+6. **Incremental** runs: ``fixed`` gives the identity already assigned to each tracklet (or -1
    for new ones). Tracklets of one fixed identity start as one cluster; two fixed identities never
    merge, so old ids are never renumbered; new tracklets join an old identity or form new ones,
    numbered from ``next_id`` in order of their first appearance.
@@ -298,6 +304,27 @@ def _agglomerate(
     return [members[i] for i in range(m) if alive[i]]
 
 
+def _attach(
+    dist: np.ndarray, bad: np.ndarray, clusters: list[list[int]], short: list[int], length: np.ndarray
+) -> list[list[int]]:
+    """Each short tracklet, longest first, into the compatible cluster of least average distance, else its own
+    (module docstring, step 5); ties go to the earlier cluster."""
+    out = [list(c) for c in clusters]
+    for i in sorted(short, key=lambda i: -float(length[i])):  # stable: equal lengths keep the time order
+        best, best_d = -1, math.inf
+        for ci, members in enumerate(out):
+            if bad[i, members].any():
+                continue
+            d = float(dist[i, members].mean())
+            if d < best_d:
+                best, best_d = ci, d
+        if best < 0:
+            out.append([i])
+        else:
+            out[best].append(i)
+    return out
+
+
 def cluster_identities(
     features: Any,
     cameras: Sequence[str],
@@ -312,8 +339,12 @@ def cluster_identities(
     k2: int = 3,
     lambda_value: float = 0.3,
     rerank: bool = True,
+    seed_min: float = 0.0,
 ) -> np.ndarray:
     """Global identity ids (int64, one per tracklet) by constrained agglomerative clustering.
+
+    `seed_min`: seconds; new tracklets shorter than this attach to an identity afterwards (module
+    docstring, step 5; 0: every tracklet clusters).
 
     `features`: N x D tracklet features; `cameras`, `t_start`, `t_end` (seconds): per tracklet;
     `links`: camera-link windows and a default maximum gap; `fixed`: ids already assigned (-1 for
@@ -341,9 +372,14 @@ def cluster_identities(
     old_ids = sorted(set(fixed_a[fixed_a >= 0].tolist()))
     groups = [[i for i in order if fixed_a[i] == oid] for oid in old_ids]
     frozen = [True] * len(groups)
-    groups += [[i] for i in order if fixed_a[i] < 0]
+    e = np.asarray(t_end, dtype=np.float64)
+    if not math.isfinite(float(seed_min)) or seed_min < 0:
+        raise OptionError("seed_min", f"expected a finite number of seconds >= 0, got {seed_min!r}")
+    short = [i for i in order if fixed_a[i] < 0 and e[i] - s[i] < seed_min]
+    skip = set(short)
+    groups += [[i] for i in order if fixed_a[i] < 0 and i not in skip]
     frozen += [False] * (len(groups) - len(frozen))
-    clusters = _agglomerate(dist, bad, groups, frozen, thr, linkage)
+    clusters = _attach(dist, bad, _agglomerate(dist, bad, groups, frozen, thr, linkage), short, e - s)
     nxt = max([int(next_id)] + [o + 1 for o in old_ids])
     labels = np.full(n, -1, dtype=np.int64)
     fresh = []

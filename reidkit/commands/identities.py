@@ -16,7 +16,7 @@ from reidkit.errors import ReIDError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `identities` and `eval-tracks` parsers."""
-    from reidkit.cluster.identities import DEFAULT_THRESHOLD
+    from reidkit.video.identities import COLOUR, SEED_MIN, THRESHOLD
 
     p = sub.add_parser(
         "identities",
@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Cluster every tracklet of the gallery into global identities: tracklet features, "
         "k-reciprocal re-ranking, constraints (two overlapping tracklets of one camera are never one "
         "person; --links: allowed transit-time windows per camera pair; --max-gap), agglomerative "
-        "clustering with a distance threshold. Identities already assigned keep their ids; new "
+        "clustering with a distance threshold; tracklets shorter than --seed-min join an identity "
+        "afterwards. A tracklet is compared by its model feature and its colour descriptor. Identities already assigned keep their ids; new "
         "tracklets join them or start new ones. The result is stored in the gallery.",
     )
     p.add_argument("--db", default=None, help="gallery folder (from `reidkit video`; required)")
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--threshold",
         type=nonneg_float("--threshold"),
         default=None,
-        help=f"largest linkage distance merged (default {DEFAULT_THRESHOLD}, or the stored run's)",
+        help=f"largest linkage distance merged, 2 - 2 cos (default {THRESHOLD}, or the stored run's)",
     )
     p.add_argument(
         "--links", default=None, help="camera-link windows YAML ({links: [{cameras: [A, B], min: s, max: s}]})"
@@ -44,7 +45,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds: pairs of cameras not in --links never join across a longer gap (default: no limit)",
     )
     p.add_argument("--linkage", choices=["average", "complete"], default=None, help="default average")
-    p.add_argument("--no-rerank", action="store_true", help="plain cosine distance instead of k-reciprocal re-ranking")
+    rr = p.add_mutually_exclusive_group()
+    rr.add_argument(
+        "--rerank",
+        dest="rerank",
+        action="store_const",
+        const=True,
+        default=None,
+        help="k-reciprocal re-ranked distance (then --threshold is on that scale, 0..1; default: the stored "
+        "run's, else off)",
+    )
+    rr.add_argument("--no-rerank", dest="rerank", action="store_const", const=False, help="plain distance (default)")
+    p.add_argument(
+        "--colour",
+        type=probability("--colour"),
+        default=None,
+        metavar="SHARE",
+        help="the colour descriptor's share (0..1) of the distance of two tracklets (0: the model's feature "
+        f"alone; default: the stored run's, else {COLOUR}; galleries ingested without descriptors: 0)",
+    )
+    p.add_argument(
+        "--seed-min",
+        type=nonneg_float("--seed-min"),
+        default=None,
+        metavar="SECONDS",
+        help="new tracklets shorter than this do not start identities: they join the nearest identity they "
+        f"can belong to after the clustering (0: off; default: the stored run's, else {SEED_MIN:g})",
+    )
     p.add_argument("--rebuild", action="store_true", help="forget the stored identities and number everything anew")
     p.add_argument(
         "--stitch-gap",
@@ -107,10 +134,12 @@ def _run_assign(args: argparse.Namespace) -> int:
         links=args.links,
         max_gap=args.max_gap,
         linkage=args.linkage,
-        rerank=False if args.no_rerank else None,
+        rerank=args.rerank,
         rebuild=args.rebuild,
         stitch=stitch,
         camera_debias=args.camera_debias,
+        colour=args.colour,
+        seed_min=args.seed_min,
     )
     if args.json:
         print(json.dumps(rep, indent=2))

@@ -7,8 +7,19 @@ gallery state ``"identities"`` in one commit (``add_entries`` with no entries), 
 storage backend and a reader sees the old or the new assignment, never a mix::
 
     {"version": 1, "next_id": 12, "tracklets": {"<tracklet key>": 3, ...},
-     "params": {"threshold": 0.6, "linkage": "average", "rerank": true, "links": {...} | null, "max_gap": null,
-                "camera_debias": 0.5, "stitch": {...} | null}}
+     "params": {"threshold": 0.8, "linkage": "average", "rerank": false, "links": {...} | null, "max_gap": null,
+                "camera_debias": 0.5, "stitch": {...} | null, "colour": 0.5, "seed_min": 1.0}}
+
+A tracklet is compared by its feature (the model's, the mean of samples spread over the track) and,
+where the gallery stores one for every tracklet (meta "colour", reidkit.video.colour), its colour
+descriptor: the two unit vectors concatenated with weights ``sqrt(1 - colour)`` and ``sqrt(colour)``,
+so the cosine of two tracklets is ``(1 - colour) cos_feature + colour cos_colour`` (early fusion of
+a deep and a hand-made descriptor). The clustering (reidkit.cluster.identities) runs on the plain
+distance ``2 - 2 cos`` with ``threshold``, no re-ranking (with a few tracklets per person the
+k-reciprocal sets are mostly other people), and tracklets shorter than ``seed_min`` seconds attach
+to an identity after it (its step 5). On scene A (benchmarks/bench_identities.py, seeds 0-2 and
+the held-out 3-4, gt / gtn / motion boxes) each of the three raised the multi-camera IDF1; the
+figures are in that benchmark's docstring.
 
 Before clustering, each tracklet feature loses ``camera_debias`` times its camera's mean tracklet
 feature (``camera_debias``; 0: off): a camera's lighting, colour cast and background shift every
@@ -45,12 +56,17 @@ from reidkit.video.stitch import Fragment, StitchParams, group_features, stitch
 
 STATE_KEY = "identities"
 CAMERA_DEBIAS = 0.5  # the share of a camera's mean feature taken off its tracklets' (module docstring)
+COLOUR = 0.5  # the colour descriptor's share of a tracklet's cosine (module docstring)
+THRESHOLD = 0.8  # the largest average-linkage distance 2 - 2 cos merged (module docstring)
+RERANK = False
+SEED_MIN = 1.0  # seconds: shorter new tracklets attach after the clustering (module docstring)
 STATE_VERSION = 1
 _CAMERA_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}$")
 
 __all__ = [
     "assign_identities",
     "debias_cameras",
+    "with_colour",
     "stored_identities",
     "identity_groups",
     "export_mot",
@@ -101,14 +117,17 @@ def assign_identities(
     rebuild: bool = False,
     stitch: StitchParams | dict[str, Any] | bool | None = None,
     camera_debias: float | None = None,
+    colour: float | None = None,
+    seed_min: float | None = None,
 ) -> dict[str, Any]:
     """Cluster the gallery's tracklets into global identities and store them (module docstring); returns a report.
 
     `stitch`: join one camera's fragments of one person first (reidkit.video.stitch): StitchParams or
     their fields as a dict (True: the defaults), False: off, None: the stored run's (else off).
     `camera_debias`: the share of each camera's mean feature taken off its tracklets' features (module
-    docstring; None: the stored run's, else CAMERA_DEBIAS)."""
-    from reidkit.cluster.identities import DEFAULT_THRESHOLD, Links, cluster_identities, load_links, violations
+    docstring; None: the stored run's, else CAMERA_DEBIAS). `colour`: the colour descriptor's share (0..1) of the
+    tracklet cosine, `seed_min`: seconds (module docstring; None: the stored run's, else COLOUR / SEED_MIN)."""
+    from reidkit.cluster.identities import Links, cluster_identities, load_links, violations
     from reidkit.cluster.identities import impossible_pairs
 
     rows = _tracklets(gallery)
@@ -127,13 +146,15 @@ def assign_identities(
     else:
         lk = Links({}, None)
     params: dict[str, Any] = {
-        "threshold": float(threshold if threshold is not None else prev.get("threshold", DEFAULT_THRESHOLD)),
+        "threshold": float(threshold if threshold is not None else prev.get("threshold", THRESHOLD)),
         "linkage": linkage or prev.get("linkage", "average"),
-        "rerank": bool(rerank if rerank is not None else prev.get("rerank", True)),
+        "rerank": bool(rerank if rerank is not None else prev.get("rerank", RERANK)),
         "links": lk.to_dict() if (lk.windows or lk.max_gap is not None) else None,
         "camera_debias": _share(
             camera_debias if camera_debias is not None else prev.get("camera_debias", CAMERA_DEBIAS)
         ),
+        "colour": _share(colour if colour is not None else prev.get("colour", COLOUR), "colour"),
+        "seed_min": _seconds(seed_min if seed_min is not None else prev.get("seed_min", SEED_MIN)),
     }
     keys = [str(r["tracklet"]) for r in rows]
     known = old["tracklets"]
@@ -145,6 +166,8 @@ def assign_identities(
     sp = _stitch_params(stitch, prev)
     params["stitch"] = None if sp is None else dict(vars(sp))
     groups = _stitch_rows(rows, feats, sp)
+    dim = int(feats.shape[1])  # the gallery's feature size (the state commit below carries no features)
+    feats, used_colour = with_colour(feats, rows, params["colour"])
     if sp is not None:  # a stitched fragment is compared across cameras by its whole chain's feature
         feats = group_features(feats, groups, [len((r.get("meta") or {}).get("boxes") or [0]) for r in rows])
     ids = cluster_identities(
@@ -158,6 +181,7 @@ def assign_identities(
         fixed=fixed,
         next_id=int(old.get("next_id", 1)),
         rerank=params["rerank"],
+        seed_min=params["seed_min"],
     )
     assert violations(ids, impossible_pairs(cams, t0, t1, lk)) == 0  # guaranteed by the clustering's split step
     next_id = int(max(int(old.get("next_id", 1)), int(ids.max()) + 1))
@@ -167,7 +191,7 @@ def assign_identities(
         "params": params,
         "tracklets": {k: int(i) for k, i in zip(keys, ids)},
     }
-    gallery.add_entries(np.zeros((0, max(1, feats.shape[1])), np.float32), [], state={STATE_KEY: state})
+    gallery.add_entries(np.zeros((0, max(1, dim)), np.float32), [], state={STATE_KEY: state})
     per_cam: dict[str, int] = {}
     for c in cams:
         per_cam[c] = per_cam.get(c, 0) + 1
@@ -184,18 +208,44 @@ def assign_identities(
         "multi_camera": sum(1 for s in cams_of.values() if len(s) > 1),
         "per_camera": dict(sorted(per_cam.items())),
         "stitched": int(len(rows) - len(set(groups.tolist()))),
+        "colour": used_colour,
         "params": params,
     }
 
 
-def _share(v: Any) -> float:
+def _share(v: Any, name: str = "camera_debias") -> float:
     try:
         x = float(v)
     except (TypeError, ValueError):
         x = float("nan")
     if not 0.0 <= x <= 1.0:
-        raise OptionError("camera_debias", f"expected a number in [0, 1], got {v!r}")
+        raise OptionError(name, f"expected a number in [0, 1], got {v!r}")
     return x
+
+
+def _seconds(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not (x >= 0.0 and np.isfinite(x)):
+        raise OptionError("seed_min", f"expected a finite number of seconds >= 0, got {v!r}")
+    return x
+
+
+def with_colour(features: Any, rows: Sequence[dict[str, Any]], share: float = COLOUR) -> tuple[np.ndarray, bool]:
+    """Tracklet features with their colour descriptors (module docstring) and whether they were used: only when
+    `share` > 0 and every row's meta has a "colour" of one length (a gallery ingested before them has none)."""
+    f = np.asarray(features, dtype=np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    cols = [(r.get("meta") or {}).get("colour") for r in rows]
+    if share <= 0 or not len(f) or any(not isinstance(c, list) or not c for c in cols):
+        return f.astype(np.float32), False
+    if len({len(c) for c in cols}) != 1:
+        return f.astype(np.float32), False
+    c = np.asarray(cols, dtype=np.float64)
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([f * np.sqrt(1.0 - share), c * np.sqrt(share)], axis=1).astype(np.float32), True
 
 
 def debias_cameras(features: Any, cameras: Sequence[str], share: float = CAMERA_DEBIAS) -> np.ndarray:

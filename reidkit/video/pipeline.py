@@ -382,6 +382,9 @@ class _Video:
                 "detector": job.detector_name,
             },
         }
+        colour = t.colour()  # reidkit.video.colour, compared by `reidkit identities`
+        if colour is not None:
+            entry["meta"]["colour"] = [round(float(v), 4) for v in colour]
         return t.feature(), entry
 
     def _finish(self, tid: str) -> None:

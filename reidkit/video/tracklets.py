@@ -28,6 +28,10 @@ their thumbnails and scores are used: the feature is the samples'), so they neve
 ``survival`` says how many more halvings a sample outlives: embedding the waiting samples ahead of the
 commit most durable first (``reidkit watch`` does it while it waits for a camera's next frame:
 reidkit.video.watch.wait_frame) spends the least on samples that a later halving drops.
+
+Each sample also keeps its crop's colour descriptor (reidkit.video.colour: HSV histograms of
+horizontal stripes, no model); their normalised mean is stored with the tracklet (meta "colour")
+for `reidkit identities`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from reidkit.video.colour import colour_descriptor, mean_descriptor
 
 EDGE_PX = 2  # a box within this many pixels of the frame edge is truncated
 SAMPLES = 16  # crops spread over a tracklet whose mean is its feature (module docstring)
@@ -145,6 +151,7 @@ class OpenTracklet:
         if self.samples and frame - self.samples[-1]["frame"] < self.stride:
             return
         c: dict[str, Any] = {"frame": frame, "feat": None if feat is None else np.asarray(feat, np.float32)}
+        c["colour"] = colour_descriptor(crop_rgb)  # reidkit.video.colour: no model, about 0.6 ms
         if feat is None:
             c["crop"] = np.array(crop_rgb, dtype=np.uint8, copy=True)
         self.samples.append(c)
@@ -171,6 +178,10 @@ class OpenTracklet:
         m = f.mean(axis=0)
         return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
 
+    def colour(self) -> np.ndarray | None:
+        """The tracklet's colour descriptor: the normalised mean of its samples' (None without any)."""
+        return mean_descriptor(c.get("colour") for c in self.samples)
+
     def to_state(self) -> dict[str, Any]:
         """JSON-able form (for the resume state); every sample's feature must be computed (a crop is not stored)."""
         from reidkit.video.track import encode
@@ -191,7 +202,10 @@ class OpenTracklet:
                 }
                 for c in self.best
             ],
-            "samples": [{"frame": c["frame"], "feat": encode(c["feat"])} for c in self.samples],
+            "samples": [
+                {"frame": c["frame"], "feat": encode(c["feat"]), "colour": encode(c.get("colour"))}
+                for c in self.samples
+            ],
             "stride": self.stride,
         }
 
@@ -213,6 +227,9 @@ class OpenTracklet:
                 for c in d["best"]
             ],
             bool(d["confirmed"]),
-            [{"frame": int(c["frame"]), "feat": decode(c["feat"])} for c in d.get("samples", [])],
+            [
+                {"frame": int(c["frame"]), "feat": decode(c["feat"]), "colour": decode(c.get("colour"))}
+                for c in d.get("samples", [])
+            ],
             int(d.get("stride", 1)),
         )
