@@ -110,3 +110,17 @@ def _browser(url, cameras, running, shot):
             assert shot.stat().st_size > 10_000
             if os.environ.get("REIDKIT_SCREENSHOT_LIVE_SERVE"):  # the picture the docs show
                 shutil.copy(shot, os.environ["REIDKIT_SCREENSHOT_LIVE_SERVE"])
+
+
+def test_read_live_of_a_status_that_is_not_a_json_object_is_none(tmp_path) -> None:
+    # what `reidkit serve` shows for a status.json it did not publish: no live view, not a 500 (AttributeError)
+    from types import SimpleNamespace
+
+    from reidkit.video.live_routes import read_live
+    from reidkit.video.watch_status import LIVE_DIR
+
+    (tmp_path / LIVE_DIR).mkdir()
+    (tmp_path / LIVE_DIR / "status.json").write_text("[1, 2]")
+    assert read_live(SimpleNamespace(files_dir=str(tmp_path))) is None
+    (tmp_path / LIVE_DIR / "status.json").write_text('{"published": 0, "running": true}')
+    assert read_live(SimpleNamespace(files_dir=str(tmp_path)), now=10.0)["stale"] is True

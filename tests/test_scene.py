@@ -169,3 +169,11 @@ def test_scene_cli_never_mixes_an_old_scene_with_a_new_one(tmp_path, capsys):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(["scene", str(tmp_path / "other"), "--regenerate", "--frames", "4"]) == 2  # not a scene: kept
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_scene_info_of_a_json_that_is_not_an_object_is_one_error_naming_the_file(tmp_path) -> None:
+    from reidkit.data.scene import scene_info
+
+    (tmp_path / "scene.json").write_text("[1, 2]")
+    with pytest.raises(ReIDError, match="scene.json: not a scene description"):
+        scene_info(tmp_path)

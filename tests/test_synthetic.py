@@ -112,6 +112,17 @@ def test_existing_foreign_tree_is_not_overwritten(tmp_path: Path) -> None:
         synthetic.generate(tmp_path, workers=1, **TINY)
 
 
+@pytest.mark.parametrize("marker", ["[1, 2]", '"reidkit.synthetic"', "null"])
+def test_a_marker_that_is_not_a_json_object_is_a_foreign_tree(tmp_path: Path, marker: str) -> None:
+    # valid JSON but not an object: the tree is foreign (one ReIDError), not an AttributeError on .get
+    root = tmp_path / synthetic.MARKET_DIR
+    root.mkdir()
+    (root / synthetic.MARKER_NAME).write_text(marker)
+    with pytest.raises(ReIDError, match="not a reidkit synthetic set"):
+        synthetic.generate(tmp_path, workers=1, **TINY)
+    assert synthetic.read_marker(root) is None
+
+
 @pytest.mark.parametrize(
     "bad, key",
     [

@@ -500,4 +500,7 @@ def scene_info(root: str | os.PathLike) -> dict[str, Any]:
     p = Path(root) / "scene.json"
     if not p.is_file():
         raise ReIDError(f"{root}: no scene.json (not a scene written by generate_scene)")
-    return json.loads(p.read_text())
+    info = json.loads(p.read_text())
+    if not isinstance(info, dict):
+        raise ReIDError(f"{p}: not a scene description (a JSON object written by generate_scene)")
+    return info

@@ -40,6 +40,8 @@ def read_live(gallery: Any, now: float | None = None) -> dict[str, Any] | None:
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
+    if not isinstance(doc, dict):  # not a status this module published
+        return None
     now = time.time() if now is None else now
     age = max(0.0, now - float(doc.get("published", 0.0)))
     every = float(doc.get("every", 1.0))

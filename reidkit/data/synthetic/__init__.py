@@ -207,12 +207,13 @@ def _check(
 
 
 def read_marker(root: str | os.PathLike) -> dict | None:
-    """The metadata of a generated tree (`<root>/synthetic.json`), or None if absent/unreadable."""
+    """The metadata of a generated tree (`<root>/synthetic.json`), or None if absent/unreadable/not an object."""
     p = Path(root) / MARKER_NAME
     try:
-        return json.loads(p.read_text())
+        marker = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+    return marker if isinstance(marker, dict) else None  # e.g. a list: not a marker this module wrote
 
 
 def generate_report(
