@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ class _EvalFeature(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eval feature of a normalised batch."""
-        return self.model(x)
+        return cast(torch.Tensor, self.model(x))
 
 
 class _EvalFeatureCams(nn.Module):
@@ -77,7 +77,7 @@ class _EvalFeatureCams(nn.Module):
 
     def forward(self, x: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
         """Eval feature of a normalised batch seen by cameras ``camids``."""
-        return self.model(x, cams=camids)
+        return cast(torch.Tensor, self.model(x, cams=camids))
 
 
 def _load(weights: str | os.PathLike) -> ReIDModel:

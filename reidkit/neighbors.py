@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from typing import cast
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -248,7 +249,7 @@ def _exact_pass(x, sq, nq, k, chunk_size, out):
                 # raw squared distances of the Q x G block (disjoint per block)
                 dst = out[a:q1, g0 - nq : b + d2.shape[1] - nq]
                 np.maximum(d2[: q1 - a, g0 - b :], 0.0, out=dst)
-        return d2
+        return np.asarray(d2)
 
     def update_max(a: int, m: np.ndarray) -> None:
         with locks[a]:
@@ -429,7 +430,7 @@ def reciprocal_sets(lists: np.ndarray) -> sp.csr_matrix:
     r = m.multiply(m.T.tocsr()).tocsr()
     r.eliminate_zeros()
     r.sort_indices()
-    return r
+    return cast(sp.csr_matrix, r)  # scipy-stubs type multiply().tocsr() as Any
 
 
 def expand_sets(recip: sp.csr_matrix, half: sp.csr_matrix, chunk: int = 8192) -> sp.csr_matrix:
@@ -450,7 +451,7 @@ def expand_sets(recip: sp.csr_matrix, half: sp.csr_matrix, chunk: int = 8192) ->
         e.data[:] = 1
         e.sort_indices()
         parts.append(e)
-    return sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+    return cast(sp.csr_matrix, sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0])
 
 
 def pair_values(
@@ -526,7 +527,7 @@ def query_expansion(v: sp.csr_matrix, lists: np.ndarray) -> sp.csr_matrix:
     q.data[:] = 1.0 / k2
     out = (q @ v).tocsr()
     out.sort_indices()
-    return out
+    return cast(sp.csr_matrix, out)  # a csr times a csr is a csr; scipy-stubs type it Any
 
 
 def k_reciprocal_encoding(

@@ -161,7 +161,7 @@ def _normalized(features: Any) -> np.ndarray:
         raise ReIDError(f"identities: expected N x D tracklet features, got shape {f.shape}")
     if not np.isfinite(f).all():
         raise ReIDError("identities: tracklet features contain NaN or infinity")
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return np.asarray(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
 
 
 def rerank_distance(
@@ -172,7 +172,7 @@ def rerank_distance(
 
     f = _normalized(features)
     n = len(f)
-    d = np.clip(2.0 - 2.0 * (f @ f.T), 0.0, None)
+    d = np.asarray(np.clip(2.0 - 2.0 * (f @ f.T), 0.0, None))
     np.fill_diagonal(d, 0.0)
     if n < 3 or not rerank:
         return d
@@ -189,7 +189,7 @@ def rerank_distance(
     maxs = np.maximum(v[:, None, :], v[None, :, :]).sum(-1)
     jac = 1.0 - mins / np.maximum(maxs, 1e-12)
     out = (1.0 - lambda_value) * jac + lambda_value * dn
-    out = (out + out.T) / 2.0  # the row normalisation makes dn slightly asymmetric
+    out = np.asarray((out + out.T) / 2.0)  # the row normalisation makes dn slightly asymmetric
     np.fill_diagonal(out, 0.0)
     return out
 
@@ -220,7 +220,7 @@ def impossible_pairs(cameras: Sequence[str], t_start: Any, t_end: Any, links: Li
     if links.max_gap is not None:
         bad |= ~listed & (gap > links.max_gap)
     np.fill_diagonal(bad, False)
-    return bad
+    return np.asarray(bad)
 
 
 def violations(labels: Any, impossible: np.ndarray) -> int:
@@ -252,7 +252,7 @@ def split_violations(
         for part in parts[1:]:
             lab[part] = nxt
             nxt += 1
-    return lab
+    return np.asarray(lab)
 
 
 def _agglomerate(

@@ -17,7 +17,12 @@ def params(action: argparse.Action, *names: str) -> argparse.Action:
 
 
 def add_recipe_verb(
-    sub: argparse._SubParsersAction, name: str, func: Any, config_help: str, overrides_help: str, **parser: Any
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Any,
+    config_help: str,
+    overrides_help: str,
+    **parser: Any,
 ) -> argparse.ArgumentParser:
     """A verb that runs a recipe: ``--config/-c RECIPE`` and dotted ``overrides``; ``parser``: add_parser's
     keyword arguments (help, description, aliases)."""

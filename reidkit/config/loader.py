@@ -13,7 +13,7 @@ merged so far. Unknown keys and values of the wrong type raise :class:`ReIDError
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -163,7 +163,7 @@ def _list_index(node: list, part: str, key: str) -> int:
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
     """A copy of ``tree`` with the overrides applied in order (dict values merge into dicts)."""
-    out = plain(tree)
+    out = cast(dict[str, Any], plain(tree))  # plain() copies a dict into a dict
     for key, value in override_pairs(overrides):
         set_dotted(out, key, plain(value), merge=True)
     return out
@@ -178,7 +178,7 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     """Build a checked :class:`Config` from a nested dict (every section's ``check()`` runs)."""
     tree = dict(tree)
     tree.pop("_base_", None)
-    cfg = build(Config, tree, "")
+    cfg = cast(Config, build(Config, tree, ""))  # build(cls, ...) returns a cls
     cfg.check()
     return cfg
 

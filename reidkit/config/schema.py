@@ -8,7 +8,7 @@ in ``reidkit.config.model`` / ``loss`` / ``usl`` (the model and loss code import
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from reidkit.config.loss import LossConfig
 from reidkit.config.model import ModelConfig
@@ -235,7 +235,7 @@ class Config:
 
         from reidkit.config.typed import flatten_parts, plain
 
-        return flatten_parts(plain(dataclasses.asdict(self)))
+        return cast(dict[str, Any], flatten_parts(plain(dataclasses.asdict(self))))  # a dict stays a dict
 
     def to_yaml(self, path: Any = None) -> str:
         """The resolved configuration as YAML; also written to `path` when given."""

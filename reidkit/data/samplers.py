@@ -263,9 +263,9 @@ class DatasetBalancedPKSampler(PKSampler):
     def _split_quota(self, counts: np.ndarray) -> np.ndarray:
         n = len(counts)
         share = np.full(n, self.p / n) if self.mode == "equal" else self.p * counts / counts.sum()
-        quota = np.floor(share).astype(np.int64)
+        quota = np.asarray(np.floor(share)).astype(np.int64)
         if self.p >= n:
-            quota = np.maximum(quota, 1)
+            quota = np.asarray(np.maximum(quota, 1))
         # Largest remainders take the leftover slots (ties: lower dataset id), trimming if
         # the at-least-one rule overshot.
         while quota.sum() < self.p:

@@ -155,7 +155,7 @@ class OptimStep:
     @property
     def lr(self) -> float:
         """The largest learning rate of the main optimiser's groups."""
-        return max(g["lr"] for g in self.optimizer.param_groups)
+        return float(max(g["lr"] for g in self.optimizer.param_groups))
 
     def update(self, loss: torch.Tensor) -> bool:
         """One parameter update from ``loss``; False (nothing moved) when the loss is not finite."""

@@ -51,7 +51,7 @@ def _normalized(x: np.ndarray | torch.Tensor) -> np.ndarray:
     x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
     if x.ndim != 2:
         raise ReIDError(f"features: expected an N x D array, got shape {x.shape}")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return np.asarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
 
 
 def group_queries(qf: np.ndarray | torch.Tensor, distance_threshold: float = 0.3) -> np.ndarray:
@@ -68,7 +68,7 @@ def group_queries(qf: np.ndarray | torch.Tensor, distance_threshold: float = 0.3
     model = AgglomerativeClustering(
         n_clusters=None, distance_threshold=float(distance_threshold), metric="cosine", linkage="average"
     )
-    return model.fit_predict(x).astype(np.int64)
+    return np.asarray(model.fit_predict(x)).astype(np.int64)  # sklearn is untyped
 
 
 def associate_gallery(
@@ -213,7 +213,7 @@ def _features(model: ReIDModel, records: list[Any], cfg: Any, device: torch.devi
         neck_feat=cfg.test.neck_feat,
         step_name="pseudo-label: features",
     )
-    return f.numpy()
+    return np.asarray(f.numpy())
 
 
 def run_pseudo_label(

@@ -188,7 +188,7 @@ def estimate_minutes(row: Row, cfg: Any) -> float:
         per_epoch, clustering_s = TRAIN_IMAGES.get(row.dataset, 13000), 0.0
     evals = epochs // max(1, cfg.solver.eval_period)
     seconds = epochs * (per_epoch / ips + clustering_s) + evals * 30.0
-    return seconds / 60.0
+    return float(seconds / 60.0)
 
 
 def plan_table(

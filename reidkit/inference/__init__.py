@@ -327,7 +327,7 @@ class FeatureExtractor:
         feats = self.embed_tensor(images, flip=flip, batch_size=batch_size, device=device, camids=camids)
         out = feats.detach().cpu().numpy().astype(np.float32, copy=False)
         # Normalise again: faiss inner product must be cosine even if a caller disabled it upstream.
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
 
     def embed_images(self, images: Sequence[np.ndarray], **options: Any) -> np.ndarray:
         """Features of RGB uint8 images of any size (resized here like the gallery's); options as ``embed``."""
@@ -397,7 +397,7 @@ class FeatureExtractor:
         if skipped is not None:
             skipped.extend(p for p, ok in zip(files, valid.tolist()) if not ok)
         out = rows[torch.from_numpy(valid), :-1].numpy().astype(np.float32, copy=False)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
 
 
 # ----------------------------------------------------------------------------- engines

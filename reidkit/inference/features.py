@@ -25,7 +25,7 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -102,13 +102,13 @@ def _features_fn(model: Any, neck_feat: str | None) -> Callable[[torch.Tensor, t
 
         def chosen(x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
             fmap = net.forward_features(x) if cams is None else net.forward_features(x, cams)
-            return net.forward_head(fmap, which=neck_feat)
+            return cast(torch.Tensor, net.forward_head(fmap, which=neck_feat))
 
         return chosen
 
     def plain(x: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
         # Models without a camera input may not accept the keyword at all.
-        return model(x) if cams is None else model(x, cams=cams)
+        return cast(torch.Tensor, model(x) if cams is None else model(x, cams=cams))
 
     return plain
 

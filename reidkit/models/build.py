@@ -6,7 +6,7 @@ import dataclasses
 import os
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -91,7 +91,7 @@ class ReIDModel(nn.Module):
         ``which="before"`` (or ``"pooled"``, the bare pooled feature) also takes a partial map such
         as ``fmap[:, :, :h // 2]`` and gives that part's pooled feature. Runs in the current mode.
         """
-        return self.head.forward_head(fmap, which, labels)
+        return cast(torch.Tensor, self.head.forward_head(fmap, which, labels))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, cams: torch.Tensor | None = None) -> Any:
         """Training: ``{"feat", "logits"[, "feats", "logits_list"]}``; eval: ``B x feat_dim``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -194,7 +194,7 @@ class TorchScriptFeatureModel(_ExportedFeatureModel):
         cams = self._check(x, cams)
         xc = x.detach().to("cpu", torch.float32)
         out = self.module(xc) if cams is None else self.module(xc, cams)
-        return out.float().to(x.device)
+        return cast(torch.Tensor, out.float().to(x.device))
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, what: str = "") -> Any:

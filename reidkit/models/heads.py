@@ -7,6 +7,7 @@ logits}`` and, in eval, one ``B x D`` inference feature.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +109,7 @@ class LinearClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``B x num_classes``."""
-        return self.fc(x)
+        return cast(torch.Tensor, self.fc(x))
 
 
 class _CosineClassifier(nn.Module):
@@ -224,7 +225,11 @@ def build_classifier(
         raise ReIDError(f"model.cls_init_std: must be > 0, got {init_std}")
     if name == "linear":
         return LinearClassifier(in_dim, num_classes, init_std, bias)
-    cls = {"arcface": ArcFace, "cosface": CosFace, "circle": CircleClassifier}[name]
+    cls: type[ArcFace | CosFace | CircleClassifier] = {
+        "arcface": ArcFace,
+        "cosface": CosFace,
+        "circle": CircleClassifier,
+    }[name]
     return cls(in_dim, num_classes, scale=scale, margin=margin)
 
 
@@ -245,7 +250,7 @@ class BNNeck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``B x D`` features."""
-        return self.bn(x)
+        return cast(torch.Tensor, self.bn(x))
 
 
 class EmbeddingHead(nn.Module):
@@ -269,7 +274,7 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``B x in_dim`` to ``B x out_dim``."""
-        return self.fc2(self.dropout(self.relu(self.bn(self.fc1(x)))))
+        return cast(torch.Tensor, self.fc2(self.dropout(self.relu(self.bn(self.fc1(x))))))
 
 
 class FCNeck(nn.Module):
@@ -289,7 +294,7 @@ class FCNeck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``B x in_dim`` to ``B x out_dim``."""
-        return self.relu(self.bn(self.fc(x)))
+        return cast(torch.Tensor, self.relu(self.bn(self.fc(x))))
 
 
 class ReIDHead(nn.Module):
@@ -346,7 +351,7 @@ class ReIDHead(nn.Module):
 
     def pool_features(self, fmap: torch.Tensor) -> torch.Tensor:
         """The pooled ``B x C`` feature of a (possibly partial) ``B x C x h x w`` map."""
-        return self.pool(fmap)
+        return cast(torch.Tensor, self.pool(fmap))
 
     def forward_head(
         self, fmap: torch.Tensor, which: str = "after", labels: torch.Tensor | None = None
@@ -359,20 +364,21 @@ class ReIDHead(nn.Module):
         logits (margin classifiers need ``labels`` in training).
         """
         check_choice("which", which, HEAD_OUTPUTS)
-        pooled = self.pool(fmap)
+        # nn.Module.__call__ is typed Any; pool, neck and classifier map tensors to tensors
+        pooled = cast(torch.Tensor, self.pool(fmap))
         if which == "pooled":
             return pooled
         if self.neck_type == "bnneck":
             if which == "before":
                 return pooled
-            after = self.neck(pooled)
+            after = cast(torch.Tensor, self.neck(pooled))
             if which == "after":
                 return after
-            return self.classifier(self.dropout(after), labels)
-        feat = self.neck(pooled)
+            return cast(torch.Tensor, self.classifier(self.dropout(after), labels))
+        feat = cast(torch.Tensor, self.neck(pooled))
         if which in ("before", "after"):
             return feat
-        return self.classifier(self.dropout(feat), labels)
+        return cast(torch.Tensor, self.classifier(self.dropout(feat), labels))
 
     def forward(self, fmap: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
         """Training: ``{"feat", "logits"}``; eval: the ``B x feat_dim`` inference feature (``neck_feat``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -68,7 +68,8 @@ def load_model(
         model = model_from_checkpoint(ckpt, os.fspath(path)).to(device)
     model.sha256 = file_sha256(path)
     model.path = str(path.resolve())
-    return model.eval()
+    # load_foreign's builders are typed Any; they build a ReIDModel (its docstring)
+    return cast(ReIDModel, model.eval())
 
 
 def load_feature_model(

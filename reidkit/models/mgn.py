@@ -14,6 +14,7 @@ triplet) and ``logits_list`` (8); eval output: the concatenated ``B x 8*256`` fe
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class MGNHead(nn.Module):
         check_choice("which", which, ("after", "before", "logits"))
         reduced = self._reduced(maps)
         if which == "logits":
-            return self.classifiers[0](reduced[0], labels)
+            return cast(torch.Tensor, self.classifiers[0](reduced[0], labels))
         return torch.cat(reduced, dim=1)
 
     def forward(

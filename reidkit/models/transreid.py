@@ -41,7 +41,7 @@ final-normed class token with one BNNeck and classifier.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,7 +94,7 @@ class TransReIDTrunk(nn.Module):
     def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
         """Class-token features of the global and the k local branches, ``B x (1 + k) x C``."""
         if not self.jpm:
-            return self.vit.norm(self.vit.forward_tokens(x, cams))[:, :1]
+            return cast(torch.Tensor, self.vit.norm(self.vit.forward_tokens(x, cams))[:, :1])
         tokens = self.vit.forward_tokens(x, cams, depth=len(self.vit.blocks) - 1)
         glob = self.vit.norm(self.vit.blocks[-1](tokens))[:, 0]
         cls = tokens[:, :1]
@@ -157,7 +157,7 @@ class TransReIDHead(nn.Module):
             return self._concat(raw)
         bn = [neck(f) for neck, f in zip(self.necks, raw)]
         if which == "logits":
-            return self.classifiers[0](bn[0], labels)
+            return cast(torch.Tensor, self.classifiers[0](bn[0], labels))
         return self._concat(bn)
 
     def forward(self, feats: torch.Tensor, labels: torch.Tensor | None = None) -> Any:

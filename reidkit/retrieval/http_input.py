@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from fastapi import HTTPException, Request
+from starlette.types import Message, Receive, Scope, Send
 
 __all__ = [
     "BodyLimit",
@@ -33,13 +34,13 @@ class BodyLimit:
         self.app = app
         self.limit = limit
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         seen = 0
 
-        async def limited() -> dict:
+        async def limited() -> Message:
             nonlocal seen
             msg = await receive()
             if msg.get("type") == "http.request":

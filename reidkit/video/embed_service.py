@@ -66,7 +66,7 @@ class _Direct:
         if self.stats is not None:
             self.stats.add("embed", time.perf_counter() - t0, len(crops))
             self.stats.batch(len(crops), 1)
-        return out
+        return np.asarray(out)
 
 
 class SharedEmbedder:
@@ -151,7 +151,7 @@ class _Client:
         box["event"].wait()
         if isinstance(box["out"], BaseException):
             raise box["out"]
-        return box["out"]
+        return np.asarray(box["out"])
 
     def close(self) -> None:
         self.shared._release()

@@ -117,9 +117,8 @@ class Embedder:
         """(N, D) unit-norm features of RGB uint8 crops of any size (0 x D for none)."""
         if len(crops) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.extractor.embed_images(list(crops), flip=self.flip, batch_size=self.batch_size).astype(
-            np.float32, copy=False
-        )
+        feats = self.extractor.embed_images(list(crops), flip=self.flip, batch_size=self.batch_size)
+        return np.asarray(feats, dtype=np.float32)  # as .astype(np.float32, copy=False)
 
     def embed(self, frame: np.ndarray, boxes_xyxy: Any, bgr: bool | None = None) -> np.ndarray:
         """(N, D) float32 unit-norm features of the boxes (x1, y1, x2, y2) of `frame`; empty boxes -> 0 x D."""

@@ -251,7 +251,7 @@ def with_colour(features: Any, rows: Sequence[dict[str, Any]], share: float = CO
 def debias_cameras(features: Any, cameras: Sequence[str], share: float = CAMERA_DEBIAS) -> np.ndarray:
     """Unit rows of `features` less `share` times the mean unit row of their camera, normalised (module docstring)."""
     f = np.asarray(features, dtype=np.float64)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    f = np.asarray(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
     if share <= 0 or not len(f):
         return f.astype(np.float32)
     cams = np.asarray([str(c) for c in cameras])
@@ -259,7 +259,7 @@ def debias_cameras(features: Any, cameras: Sequence[str], share: float = CAMERA_
     for c in np.unique(cams):
         sel = cams == c
         out[sel] -= share * f[sel].mean(axis=0)
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return np.asarray(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
 def _stitch_params(given: Any, prev: dict[str, Any]) -> StitchParams | None:

@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import numpy as np
 
@@ -244,7 +244,8 @@ def commit(gallery: Any, chunk: Chunk, lock_timeout: float | None = None) -> lis
     ]
     if chunk.features is None:
         raise ReIDError(f"{chunk.key}: this chunk was committed already (its features were dropped)")
-    return gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state}, lock_timeout=lock_timeout)
+    ids = gallery.add_entries(chunk.features, entries, state={chunk.state_key: chunk.state}, lock_timeout=lock_timeout)
+    return cast(list[int], ids)  # Gallery.add_entries (the gallery is duck-typed here)
 
 
 def resume_state(gallery: Any, job: VideoJob, settings: Settings) -> dict[str, Any] | None:
@@ -256,7 +257,7 @@ def resume_state(gallery: Any, job: VideoJob, settings: Settings) -> dict[str, A
             f"other settings ({state.get('settings')}); re-run with those, or delete its "
             f"tracklets and state first"
         )
-    return state
+    return cast("dict[str, Any] | None", state)  # Gallery.get_state
 
 
 # ----------------------------------------------------------------------------- the reader stage

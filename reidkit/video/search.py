@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -57,7 +57,7 @@ def find_tracklet(gallery: Any, ref: str | int) -> dict[str, Any]:
         rec = rows[0] if rows else None
     if rec is None:
         raise NotFound(f"tracklet: no tracklet {text!r} in gallery {gallery.db}", public=f"no tracklet {text!r}")
-    return rec
+    return cast(dict[str, Any], rec)  # a Gallery record (the gallery is duck-typed here)
 
 
 def hit(rec: dict[str, Any], score: float | None = None) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def _velocity(b: np.ndarray) -> np.ndarray:
         return np.zeros(2)
     t = b[:, 0] - b[:, 0].mean()
     c = _centre(b)
-    return (t[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (t * t).sum()
+    return np.asarray((t[:, None] * (c - c.mean(axis=0))).sum(axis=0) / (t * t).sum())
 
 
 def _height(row: np.ndarray) -> float:
@@ -154,7 +154,7 @@ def stitch(fragments: Sequence[Fragment], params: StitchParams | None = None) ->
 def group_features(features: Any, labels: Any, weights: Any = None) -> np.ndarray:
     """Each row replaced by its group's feature: the (weighted) mean of the group's unit-normalised rows, normalised."""
     f = np.asarray(features, dtype=np.float64)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    f = np.asarray(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
     lab = np.asarray(labels)
     w = np.ones(len(f)) if weights is None else np.asarray(weights, dtype=np.float64)
     out = f.copy()
@@ -163,4 +163,4 @@ def group_features(features: Any, labels: Any, weights: Any = None) -> np.ndarra
         if sel.sum() > 1:
             m = (f[sel] * w[sel, None]).sum(axis=0)
             out[sel] = m / max(float(np.linalg.norm(m)), 1e-12)
-    return out.astype(np.float32)
+    return np.asarray(out, dtype=np.float32)  # out is a copy: as out.astype(np.float32)

@@ -176,7 +176,7 @@ class OpenTracklet:
             raise ValueError(f"tracklet {self.track_id}: a sample's feature is still to be computed (see missing())")
         f = np.stack([c["feat"] / max(float(np.linalg.norm(c["feat"])), 1e-12) for c in rows])
         m = f.mean(axis=0)
-        return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
+        return np.asarray(m / max(float(np.linalg.norm(m)), 1e-12), dtype=np.float32)
 
     def colour(self) -> np.ndarray | None:
         """The tracklet's colour descriptor: the normalised mean of its samples' (None without any)."""

@@ -448,7 +448,7 @@ def delete_older(gallery: Any, cutoff: float) -> int:
                 (folder / name).unlink()
             except FileNotFoundError:
                 pass
-    return n
+    return int(n)
 
 
 def prepare_watch(

@@ -5,7 +5,7 @@ its person boxes, refreshed every second, and the counters), ``/metrics`` in Pro
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 LIVE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>reidkit watch</title>
 <style>body{font-family:system-ui,sans-serif;margin:1em;background:#fafafa}h1{font-size:1.3em}
@@ -55,7 +55,7 @@ def latest_frame(watch: Any, camera: str) -> tuple[float, bytes] | None:
         image, boxes, wall = cs.latest
         jpeg = annotated_jpeg(image, boxes)
         return None if jpeg is None else (wall, jpeg)
-    return cs.jpeg
+    return cast("tuple[float, bytes] | None", cs.jpeg)  # CameraState.jpeg (the watch is duck-typed here)
 
 
 def latest_jpeg(watch: Any, camera: str) -> bytes | None:

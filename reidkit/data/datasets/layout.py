@@ -167,4 +167,4 @@ def check_choice(dataset: str, key: str, value: Any, choices: Sequence[str]) -> 
     """``value`` of a loader option ``key`` if it is one of ``choices``; else ReIDError naming the dataset and them."""
     if value not in choices:
         raise ReIDError(f"{dataset}: option {key}={value!r} is not one of {', '.join(choices)}")
-    return value
+    return str(value)

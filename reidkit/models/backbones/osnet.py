@@ -26,6 +26,7 @@ download them and pass the local file, e.g. ``model.pretrained=osnet_x1_0_imagen
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """relu(bn(conv(x)))."""
-        return self.relu(self.bn(self.conv(x)))
+        return cast(torch.Tensor, self.relu(self.bn(self.conv(x))))
 
 
 class Conv1x1(ConvLayer):
@@ -99,7 +100,7 @@ class LightConv3x3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """relu(bn(depthwise(pointwise(x))))."""
-        return self.relu(self.bn(self.conv2(self.conv1(x))))
+        return cast(torch.Tensor, self.relu(self.bn(self.conv2(self.conv1(x)))))
 
 
 class ChannelGate(nn.Module):
@@ -149,7 +150,7 @@ class LightConvStream(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The stacked convolutions."""
-        return self.layers(x)
+        return cast(torch.Tensor, self.layers(x))
 
 
 class OSBlockAIN(nn.Module):
@@ -219,7 +220,7 @@ class OSNet(_OSNetBase):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The ``conv5`` feature map."""
         x = self.maxpool(self.conv1(x))
-        return self.conv5(self.conv4(self.conv3(self.conv2(x))))
+        return cast(torch.Tensor, self.conv5(self.conv4(self.conv3(self.conv2(x)))))
 
 
 # Which OSNet-AIN x1_0 blocks carry the residual instance norm (torchreid's searched architecture).
@@ -255,7 +256,7 @@ class OSNetAIN(_OSNetBase):
         x = self.maxpool(self.conv1(x))
         x = self.pool2(self.conv2(x))
         x = self.pool3(self.conv3(x))
-        return self.conv5(self.conv4(x))
+        return cast(torch.Tensor, self.conv5(self.conv4(x)))
 
 
 def osnet(width: str, last_stride: int = 1) -> OSNet:

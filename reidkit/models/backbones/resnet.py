@@ -10,6 +10,7 @@ IBN-Net ImageNet releases load by name too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ class SELayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scale each channel by a gate computed from its global average."""
         w = self.fc(x.mean(dim=(2, 3)))
-        return x * w[:, :, None, None]
+        return cast(torch.Tensor, x * w[:, :, None, None])
 
 
 def _norm1(planes: int, ibn: str | None) -> nn.Module:
@@ -101,7 +102,7 @@ class _Block(nn.Module):
         out = out + identity
         if self.IN is not None:
             out = self.IN(out)
-        return self.relu(out)
+        return cast(torch.Tensor, self.relu(out))
 
 
 class BasicBlock(_Block):
@@ -118,7 +119,7 @@ class BasicBlock(_Block):
         self.bn2 = nn.BatchNorm2d(planes)
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return cast(torch.Tensor, self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
 
 class Bottleneck(_Block):
@@ -138,7 +139,7 @@ class Bottleneck(_Block):
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
+        return cast(torch.Tensor, self.bn3(self.conv3(out)))
 
 
 class ResNet(nn.Module):
@@ -237,7 +238,7 @@ class ResNet(nn.Module):
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
-        return self.layer4(x)
+        return cast(torch.Tensor, self.layer4(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same as forward_features."""

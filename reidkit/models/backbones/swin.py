@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,7 @@ class WindowAttention(nn.Module):
                 .reshape(bw, self.num_heads, n, n)
             )
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask.to(qkv.dtype))
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        return cast(torch.Tensor, self.proj(out.transpose(1, 2).reshape(bw, n, c)))
 
 
 class SwinBlock(nn.Module):
@@ -150,7 +150,7 @@ class SwinBlock(nn.Module):
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         y = y[:, :h, :w].reshape(b, h * w, c)
         x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return cast(torch.Tensor, x + self.drop_path(self.mlp(self.norm2(x))))
 
 
 class PatchMerging(nn.Module):
@@ -279,7 +279,7 @@ class SwinTransformer(nn.Module):
                 scale = F.softplus(self.semantic_embed_w[i](sem)).unsqueeze(1)
                 x = x * scale + self.semantic_embed_b[i](sem).unsqueeze(1)
         out = self.norm(out)
-        return out.transpose(1, 2).reshape(b, -1, out_hw[0], out_hw[1])
+        return cast(torch.Tensor, out.transpose(1, 2).reshape(b, -1, out_hw[0], out_hw[1]))
 
     def forward(self, x: torch.Tensor, semantic_weight: float | torch.Tensor | None = None) -> torch.Tensor:
         """Same as ``forward_features``."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return cast(torch.Tensor, self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
 class Mlp(nn.Module):
@@ -165,7 +165,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """fc2(gelu(fc1(x)))."""
-        return self.fc2(self.act(self.fc1(x)))
+        return cast(torch.Tensor, self.fc2(self.act(self.fc1(x))))
 
 
 class Block(nn.Module):
@@ -184,7 +184,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One residual attention step and one residual MLP step."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return cast(torch.Tensor, x + self.drop_path(self.mlp(self.norm2(x))))
 
 
 class VisionTransformer(nn.Module):
@@ -272,7 +272,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
         """The final-normed class token as ``B x C x 1 x 1``."""
         cls = self.norm(self.forward_tokens(x, cams))[:, 0]
-        return cls[:, :, None, None]
+        return cast(torch.Tensor, cls[:, :, None, None])
 
     def forward(self, x: torch.Tensor, cams: torch.Tensor | None = None) -> torch.Tensor:
         """Same as ``forward_features``."""

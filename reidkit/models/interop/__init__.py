@@ -53,7 +53,8 @@ FORMATS: Registry[ForeignFormat] = Registry("checkpoint format", "--from")
 
 def register_format(name: str, fmt: ForeignFormat, *, overwrite: bool = False) -> ForeignFormat:
     """Add a foreign checkpoint layout (tried by ``detect_format`` after the built-ins)."""
-    return FORMATS.register(name, fmt, overwrite=overwrite)
+    FORMATS.register(name, fmt, overwrite=overwrite)
+    return fmt
 
 
 def _register_builtins() -> None:

@@ -12,7 +12,7 @@ built from part of its weights.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -276,18 +276,19 @@ class ForeignHead(nn.Module):
         """ "pooled", "before" (metric feature), "after" (post-neck) or "logits"."""
         if which not in ("after", "before", "logits", "pooled"):
             raise ReIDError(f"which: unknown value {which!r}; expected after, before, logits or pooled")
-        pooled = self.pool(fmap)
+        # nn.Module.__call__ is typed Any; pool, embed, bn and classifier map tensors to tensors
+        pooled = cast(torch.Tensor, self.pool(fmap))
         if which == "pooled":
             return pooled
-        before = self.embed(pooled) if self.embed is not None else pooled
+        before = cast(torch.Tensor, self.embed(pooled)) if self.embed is not None else pooled
         if which == "before":
             return before
-        after = self.bn(before) if self.bn is not None else before
+        after = cast(torch.Tensor, self.bn(before)) if self.bn is not None else before
         if which == "after":
             return after
         if self.classifier is None:
             raise ReIDError("this foreign checkpoint holds no classifier; logits are unavailable")
-        return self.classifier(after)
+        return cast(torch.Tensor, self.classifier(after))
 
     def forward(self, fmap: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
         """Eval: the inference feature; training: ``{"feat", "logits"}``."""

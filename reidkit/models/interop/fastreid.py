@@ -24,7 +24,7 @@ use 1; ``last_stride=2`` otherwise).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ class NonLocal(nn.Module):
         phi = self.phi(x).flatten(2)  # B x c x N
         affinity = theta @ phi / phi.shape[-1]
         y = (affinity @ g).transpose(1, 2).reshape(b, self.inter, h, w)
-        return x + self.W(y)
+        return cast(torch.Tensor, x + self.W(y))
 
 
 class FastReIDResNet(ResNet):

@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.registry import Registry
@@ -104,7 +104,7 @@ class Backend:
 
     def open(self, readonly: bool = False) -> GalleryStore:
         """Open the existing gallery."""
-        return self.cls.open(self.db, collection=self.collection, readonly=readonly)
+        return cast(GalleryStore, self.cls.open(self.db, collection=self.collection, readonly=readonly))
 
     def exists(self) -> bool:
         """True when the location already holds a gallery (of this or an older reidkit)."""
@@ -112,7 +112,7 @@ class Backend:
 
     def builder(self, plan: BuildPlan) -> StoreBuilder:
         """A new gallery at the location, as `plan` says (GalleryStore.builder)."""
-        return self.cls.builder(self.db, self.collection, plan)
+        return cast(StoreBuilder, self.cls.builder(self.db, self.collection, plan))
 
     def describe(self) -> str:
         """How messages name the gallery."""
@@ -131,14 +131,14 @@ class Backend:
         """The consistency report (reidkit index check); ReIDError naming the problem when inconsistent."""
         fn = getattr(self.cls, "check_at", None)
         if fn is not None:
-            return fn(self.db, self.collection)
+            return cast(dict[str, Any], fn(self.db, self.collection))
         return self.open().check()
 
     def repair(self, **kwargs: Any) -> dict[str, Any]:
         """Repair the gallery (reidkit index repair); a backend without a repair of its own is only checked."""
         fn = getattr(self.cls, "repair_at", None)
         if fn is not None:
-            return fn(self.db, self.collection, **kwargs)
+            return cast(dict[str, Any], fn(self.db, self.collection, **kwargs))
         rep = self.check()
         return {
             "action": "none needed",

@@ -94,7 +94,7 @@ class MotionDetector:
         )
         x = x.astype(np.float32)
         flat = x.reshape(-1, x.shape[2])
-        return (x - flat.mean(0)) / (flat.std(0) + 1e-3)
+        return np.asarray((x - flat.mean(0)) / (flat.std(0) + 1e-3))
 
     def background(self, index: int) -> np.ndarray:
         """The normalised background of the block holding frame `index` (cached for the current block)."""
@@ -133,7 +133,7 @@ class MotionDetector:
             raise ReIDError(
                 f"video {self.path}: no frames around frame {index + 1} for the motion detector's background"
             )
-        bg = np.median(np.stack(frames), axis=0).astype(np.float32)
+        bg = np.asarray(np.median(np.stack(frames), axis=0), dtype=np.float32)
         self._bg = (b, bg)
         return bg
 

@@ -144,7 +144,7 @@ class ByteSort:
         s = hph.copy()
         s[:, np.arange(4), np.arange(4)] += self._jitter_var() * np.square(norm)
         nu = z - means[:, :4]
-        return means[:, :4] + np.einsum("nij,nj->ni", hph, np.linalg.solve(s, nu[..., None])[..., 0])
+        return np.asarray(means[:, :4] + np.einsum("nij,nj->ni", hph, np.linalg.solve(s, nu[..., None])[..., 0]))
 
     def _update_many(self, tracks: list[_Track], boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """_update_kf of several tracks at once (the same arithmetic, batched); the reported boxes (report_box auto:

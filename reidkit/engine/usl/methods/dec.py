@@ -25,7 +25,7 @@ log = logging.getLogger("reidkit.train")
 
 def usl_name(method: Any) -> str:
     """The name the method runs under (its options are ``usl.<name>.*``)."""
-    return method.usl.method
+    return str(method.usl.method)
 
 
 @register_usl_method("dec")

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -376,7 +376,7 @@ class _Collections:
                 f"{self.location} (collection {self.name}) has no reidkit info record; "
                 f"it was not made by `reidkit index build`",
             )
-        return info
+        return cast(dict[str, str], info)  # the info record reidkit wrote (a JSON object of strings)
 
     def identity(self) -> ModelIdentity:
         m = self.get_json(_MODEL_KEY)

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -271,7 +271,7 @@ class SQLiteSnapshot:
     def _search_index(self, feats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss search; for ivfpq the top refine_k * k PQ candidates are re-scored exactly from the store."""
         if self.info.get("index_kind") != "ivfpq":
-            return self.index.search(feats, k)
+            return cast(tuple[np.ndarray, np.ndarray], self.index.search(feats, k))  # faiss: (scores, ids)
         refine = int(self.info.get("refine_k", DEFAULT_REFINE_K))
         _, cand = self.index.search(feats, min(self.count, k * max(1, refine)))
         return refine_exact(feats, cand, self.vectors, k)
