@@ -59,4 +59,4 @@ def mean_descriptor(descriptors: Any) -> np.ndarray | None:
     f = np.stack(rows)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     m = f.mean(axis=0)
-    return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
+    return np.asarray(m / max(float(np.linalg.norm(m)), 1e-12), dtype=np.float32)

@@ -241,7 +241,7 @@ def with_colour(features: Any, rows: Sequence[dict[str, Any]], share: float = CO
     cols = [(r.get("meta") or {}).get("colour") for r in rows]
     if share <= 0 or not len(f) or any(not isinstance(c, list) or not c for c in cols):
         return f.astype(np.float32), False
-    if len({len(c) for c in cols}) != 1:
+    if len({len(c) for c in cols if isinstance(c, list)}) != 1:  # all lists here (checked above)
         return f.astype(np.float32), False
     c = np.asarray(cols, dtype=np.float64)
     c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)

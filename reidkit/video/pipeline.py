@@ -363,7 +363,7 @@ class _Video:
             thumbs[name] = c["jpeg"]
             names.append(name)
         f0, f1 = int(t.boxes[0][0]), int(t.boxes[-1][0])
-        entry = {
+        entry: dict[str, Any] = {
             "kind": "tracklet",
             "tracklet": key,
             "camera": job.camera,
