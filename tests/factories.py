@@ -609,13 +609,15 @@ def noise_video(path: Path, frames: int, size: tuple[int, int] = (256, 128), fps
     return path
 
 
-def tiny_checkpoint(folder: Path) -> Path:
-    """`folder`/tiny.pth: a reidkit checkpoint of an untrained resnet18 with GeM pooling (4 classes, 64x32 input)."""
+def tiny_checkpoint(path: Path, seed: int = 1, classes: int = 4, size: tuple[int, int] = (64, 32)) -> Path:
+    """A reidkit checkpoint at `path` of an untrained resnet18 with GeM pooling: `classes` identities, `size`
+    (height, width) input, its weights drawn after ``torch.manual_seed(seed)`` (the global generator is left
+    where building the model leaves it). Returns `path`."""
     from reidkit.models.build import ModelConfig, build_model, save_model
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    return save_model(folder / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    return save_model(path, build_model(cfg, classes), cfg, classes, size)
 
 
 TEST_CACHE = Path(os.environ.get("REIDKIT_TEST_CACHE", Path.home() / ".cache" / "reidkit-test"))

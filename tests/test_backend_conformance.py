@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 from reidkit.errors import OptionError, ReIDError
 from reidkit.plugins import load_plugin
@@ -316,16 +317,12 @@ def test_unknown_scheme_is_one_error_naming_db(capsys):
 def test_plugin_backend_on_the_cli(tmp_path, capsys):
     """`reidkit --plugin tests/data/memory_backend.py index build --db memory:NAME` then `search` (one process: the
     gallery lives in its memory) answer as the embedded default does on the same crops."""
-    import torch
 
     from reidkit.cli import main
     from reidkit.data.synthetic import generate
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     syn = generate(tmp_path / "syn", ids=4, images_per_id=3, cams=2, seed=0, workers=1)
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(tmp_path / "tiny.pth")
     query = sorted((syn / "query").glob("*.jpg"))[0]
     answers = {}
     for db in (f"memory:cli{os.getpid()}", str(tmp_path / "emb")):

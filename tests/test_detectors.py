@@ -366,7 +366,7 @@ def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
                 "--detector-option",
                 "conf=0.5",
                 "--weights",
-                str(tiny_checkpoint(tmp_path)),
+                str(tiny_checkpoint(tmp_path / "tiny.pth")),
                 "--engine",
                 "torch",
             ]
@@ -388,7 +388,7 @@ def test_video_cli_with_a_catalogue_detector_and_an_option(mirror, tmp_path):
                 "--detector-option",
                 "cnof=0.5",
                 "--weights",
-                str(tiny_checkpoint(tmp_path)),
+                str(tiny_checkpoint(tmp_path / "tiny.pth")),
             ]
         )
         == 2
@@ -463,7 +463,7 @@ def test_plugin_detector_from_the_command_line(tmp_path):
                     "--detector-option",
                     "threshold=100",
                     "--weights",
-                    str(tiny_checkpoint(tmp_path)),
+                    str(tiny_checkpoint(tmp_path / "tiny.pth")),
                     "--engine",
                     "torch",
                 ]

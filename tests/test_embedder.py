@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import tiny_checkpoint
 
 from reidkit.errors import ReIDError
 from reidkit.video.embedder import Embedder, clip_boxes
@@ -14,13 +15,7 @@ from reidkit.video.embedder import Embedder, clip_boxes
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    import torch
-
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    torch.manual_seed(3)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    return save_model(tmp_path_factory.mktemp("emb") / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    return tiny_checkpoint(tmp_path_factory.mktemp("emb") / "tiny.pth", seed=3)
 
 
 @pytest.fixture(scope="module")

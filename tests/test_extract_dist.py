@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -164,11 +165,8 @@ def test_extract_on_a_dask_cluster_equals_the_local_run(tmp_path, capsys, dask_f
     pytest.importorskip("distributed")
     from reidkit.cli import main
     from reidkit.inference import dask_extract
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    ckpt = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
     crops = _crop_folder(tmp_path / "crops", 22)
     base = ["extract", "--weights", str(ckpt), "--images", str(crops), "--device", "cpu", "--batch-size", "5"]
     assert main([*base, "--out", str(tmp_path / "local.npz")]) == 0

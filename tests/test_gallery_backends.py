@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -37,10 +38,8 @@ def _db(root: Path, backend: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Tiny model, a synthetic crop folder with an exact copy of a query planted in another camera."""
-    import torch
 
     from reidkit.data.synthetic import generate
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("backends")
     syn = generate(root / "syn", ids=6, images_per_id=3, cams=3, seed=0, workers=1)
@@ -55,9 +54,7 @@ def data(tmp_path_factory):
     more.mkdir()
     for p in sorted((syn / "query").glob("*.jpg"))[1:4]:
         shutil.copy(p, more / p.name)
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 8), cfg, 8, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth", classes=8)
     from reidkit.inference import FeatureExtractor
 
     return {

@@ -13,6 +13,7 @@ import logging
 import shutil
 
 import pytest
+from factories import tiny_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -27,10 +28,8 @@ BIG = 99999999999999999999  # 20 digits: beyond SQLite's signed 64-bit integers
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import numpy as np
-    import torch
     from PIL import Image
 
-    from reidkit.models.build import ModelConfig, build_model, save_model
     from reidkit.retrieval.gallery import Gallery
     from reidkit.retrieval.service import create_app
     from reidkit.video.routes import tracklet_routes
@@ -43,9 +42,7 @@ def server(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(
             imgs / f"{i:04d}_c{i % 2 + 1}s1_{i:06d}_01.png"
         )
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth", seed=0)
     db = root / "secret-server-folder" / "db"
     g = Gallery.build(imgs, db, weights=weights)
     feats = rng.normal(size=(3, g.identity.feat_dim)).astype(np.float32)

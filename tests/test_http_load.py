@@ -19,6 +19,7 @@ import time
 
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 psutil = pytest.importorskip("psutil")
 httpx = pytest.importorskip("httpx")
@@ -48,10 +49,8 @@ def _big_png() -> bytes:
 @pytest.fixture(scope="module")
 def gallery_db(tmp_path_factory):
     import numpy as np
-    import torch
     from PIL import Image
 
-    from reidkit.models.build import ModelConfig, build_model, save_model
     from reidkit.retrieval.gallery import Gallery
 
     root = tmp_path_factory.mktemp("load")
@@ -60,9 +59,7 @@ def gallery_db(tmp_path_factory):
     rng = np.random.default_rng(1)
     for i in range(8):
         Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(imgs / f"{i:04d}_c1s1_{i:06d}_01.png")
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth", seed=0)
     Gallery.build(imgs, root / "db", weights=weights)
     return root / "db", next(imgs.iterdir())
 

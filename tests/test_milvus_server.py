@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -65,21 +66,17 @@ NAMES = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Tiny model, a crop folder and a two-camera scene with ground-truth detections."""
-    import torch
 
     from reidkit.data.scene import generate_scene
     from reidkit.data.synthetic import generate
     from reidkit.inference import FeatureExtractor
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("mserver")
     syn = generate(root / "syn", ids=4, images_per_id=3, cams=2, seed=0, workers=1)
     images = root / "crops" / "people"
     shutil.copytree(next(syn.rglob("bounding_box_test")), images)
     scene = generate_scene(root / "scene", cams=2, ids=3, frames=36, size=(96, 128), fps=10, seed=1, speed=1.5)
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth")
     return {"root": root, "images": images, "scene": scene, "weights": weights, "ext": FeatureExtractor.load(weights)}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import tiny_checkpoint
 
 from reidkit.cli import main
 from reidkit.errors import ReIDError
@@ -19,13 +20,7 @@ from reidkit.retrieval.folder import parse_camera_frame
 
 
 def _tiny_weights(path: Path, seed: int) -> Path:
-    import torch
-
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    return save_model(path, build_model(cfg, 8), cfg, 8, (64, 32))
+    return tiny_checkpoint(path, seed=seed, classes=8)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import tiny_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -66,15 +67,10 @@ def _db(root: Path, backend: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    import torch
-
     from reidkit.inference import FeatureExtractor
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("served-model")
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth", seed=0)
     return FeatureExtractor.load(weights)
 
 

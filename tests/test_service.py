@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -32,10 +33,7 @@ LIMIT = 64 * 1024
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import torch
-
     from reidkit.data.synthetic import generate
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("service")
     syn = generate(root / "syn", ids=6, images_per_id=4, cams=3, seed=3, workers=1)
@@ -45,9 +43,7 @@ def setup(tmp_path_factory):
     pcam = (parse_camera_frame(query)[0] + 1) % 3
     planted = gal / f"9999_c{pcam + 1}s1_000001_01.jpg"
     shutil.copy(query, planted)
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth", seed=0)
     gallery = Gallery.build(gal, root / "db", weights=weights)
     app = create_app(gallery, token=TOKEN, max_upload_bytes=LIMIT)
     with TestClient(app) as client:
@@ -318,14 +314,9 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
     import time
 
     import httpx
-    import torch
     import uvicorn
 
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (32, 16))
+    weights = tiny_checkpoint(tmp_path / "tiny.pth", seed=0, size=(32, 16))
     a = _tiny_images(tmp_path / "A", 6, 1)
     b = _tiny_images(tmp_path / "B", 4, 2)
     c = _tiny_images(tmp_path / "C", 5, 3)

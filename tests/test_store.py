@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 from reidkit.cli import main
 from reidkit.errors import ReIDError
@@ -50,14 +51,9 @@ def _images(folder: Path, n: int, seed: int, ext: str = ".png", cam: int = 1) ->
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny model, three small image sets, and a template gallery of set A."""
-    import torch
-
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("store")
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (32, 16))
+    weights = tiny_checkpoint(root / "tiny.pth", seed=0, size=(32, 16))
     a = _images(root / "A", 6, seed=1)
     b = _images(root / "B", 4, seed=2, cam=2)
     c = _images(root / "C", 5, seed=3, ext=".ppm", cam=3)  # a rebuild from PPM crops
@@ -420,13 +416,7 @@ def test_check_and_repair_old_gallery(env, capsys):
     err = capsys.readouterr().err
     assert "3 of 5 images have no vector" in err and "/nowhere/model.pth" in err and "--weights" in err
     # another model's weights: the library names the weights, not the CLI flag (issue 21)
-    import torch
-
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    other = save_model(env["root"] / "other.pth", build_model(cfg, 4), cfg, 4, (32, 16))
+    other = tiny_checkpoint(env["root"] / "other.pth", size=(32, 16))
     with pytest.raises(ReIDError) as info:
         repair_gallery(db3, weights=other)
     msg = str(info.value)

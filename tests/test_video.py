@@ -369,7 +369,7 @@ def test_onnx_detector_both_layouts(tmp_path):
                 "--detector",
                 str(tmp_path / "v8.onnx"),
                 "--weights",
-                str(tiny_checkpoint(tmp_path)),
+                str(tiny_checkpoint(tmp_path / "tiny.pth")),
                 "--detect-every",
                 "1",
             ]
@@ -411,7 +411,7 @@ def test_hog_detector_runs_end_to_end(run, tmp_path, capsys):
                 "--chunk",
                 "3",
                 "--weights",
-                str(tiny_checkpoint(tmp_path)),
+                str(tiny_checkpoint(tmp_path / "tiny.pth")),
                 "--detect-every",
                 "1",
                 "--detector",

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import procs
 import pytest
+from factories import tiny_checkpoint
 
 W, H, FRAMES = 128, 96, 36
 
@@ -22,13 +23,8 @@ def scene(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vcluster")
     sc = generate_scene(root / "scene", cams=3, ids=3, frames=FRAMES, size=(H, W), fps=10, seed=1, speed=1.5)
-    import torch
 
-    from reidkit.models.build import ModelConfig, build_model, save_model
-
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth")
     kw = {"detections": [str(g) for g in sc.gt], "weights": str(weights), "chunk": 6, "progress": None}
     return {"root": root, "scene": sc, "kw": kw}
 

@@ -6,22 +6,18 @@ from __future__ import annotations
 import re
 
 import pytest
+from factories import tiny_checkpoint
 
 W, H, FRAMES = 128, 96, 36
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    import torch
-
     from reidkit.data.scene import generate_scene
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("vkeys")
     sc = generate_scene(root / "scene", cams=2, ids=3, frames=FRAMES, size=(H, W), fps=10, seed=1, speed=1.5)
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth")
     kw = {"detections": [str(g) for g in sc.gt], "weights": str(weights), "chunk": 6, "streams": 1}
     return {"root": root, "videos": [str(v) for v in sc.videos], "kw": kw}
 

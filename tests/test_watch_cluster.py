@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from factories import free_port, serve_stream, wait_health
+from factories import free_port, serve_stream, tiny_checkpoint, wait_health
 
 from reidkit.retrieval.gallery import Gallery
 from reidkit.video.cameras import Camera
@@ -24,16 +24,11 @@ FRAMES, FPS = 60, 20.0
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import torch
-
     from reidkit.data.scene import generate_scene
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("wcluster")
     scene = generate_scene(root / "scene", cams=2, ids=4, frames=FRAMES, fps=FPS, speed=1.0, topology="chain")
-    torch.manual_seed(1)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    weights = save_model(root / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    weights = tiny_checkpoint(root / "tiny.pth")
     return {"root": root, "scene": scene, "weights": str(weights)}
 
 
