@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from typing import cast
+from typing import Any, cast
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -133,7 +133,9 @@ def _sq_block(x: torch.Tensor, sq: torch.Tensor, ra: slice, rb: slice) -> torch.
     return d2
 
 
-def _exact_pass_torch(x, sq, nq, k, chunk_size, out):
+def _exact_pass_torch(
+    x: torch.Tensor, sq: torch.Tensor, nq: int, k: int, chunk_size: int, out: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`_exact_pass` with torch (GPU): top-k per block, merged per row group."""
     n = x.shape[0]
     rowmax = torch.zeros(n, dtype=torch.float32, device=x.device)
@@ -212,7 +214,9 @@ class _Pool:
         self.size = r.shape[0]
 
 
-def _exact_pass(x, sq, nq, k, chunk_size, out):
+def _exact_pass(
+    x: torch.Tensor, sq: torch.Tensor, nq: int, k: int, chunk_size: int, out: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact k nearest neighbours of every item (unsorted), every row's max squared distance, and
     optionally the raw squared Q x G block (into `out`), on CPU with numpy (BLAS products).
 
@@ -315,7 +319,7 @@ def _exact_pass(x, sq, nq, k, chunk_size, out):
     return torch.from_numpy(best_d), torch.from_numpy(best_i), torch.from_numpy(rowmax)
 
 
-def _sgemm():
+def _sgemm() -> Callable[..., np.ndarray] | None:
     """scipy's BLAS sgemm (alpha/beta/transposes: the distance block in one call), or None."""
     try:
         from scipy.linalg.blas import sgemm
@@ -324,13 +328,14 @@ def _sgemm():
     return sgemm
 
 
-def _single_threaded_blas():
+def _single_threaded_blas() -> contextlib.AbstractContextManager[Any] | None:
     """A context limiting BLAS to one thread (threadpoolctl, a scikit-learn dependency), or None."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    return threadpool_limits(limits=1, user_api="blas")
+    # threadpoolctl is untyped; threadpool_limits is a context manager
+    return cast(contextlib.AbstractContextManager[Any], threadpool_limits(limits=1, user_api="blas"))
 
 
 def exact_knn(

@@ -319,7 +319,7 @@ def _features_for(npz: Mapping[str, np.ndarray], records: Sequence[Record], spli
     return np.asarray(npz["features"], dtype=np.float32)[rows]
 
 
-def _open_npz(path):
+def _open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
     """``np.load`` of an .npz archive; anything else is a ReIDError naming the file and the format."""
     import zipfile
 

@@ -85,7 +85,9 @@ def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray,
     return rows, cols, counts
 
 
-def _positions_before(distmat, rows, cols, chunk_rows, workers):
+def _positions_before(
+    distmat: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk_rows: int, workers: int
+) -> np.ndarray:
     """For each (row, col) pair: number of gallery entries before `col` in the stable row order.
 
     Rows are split into contiguous ranges, one per worker thread (numpy releases the GIL in sort
@@ -142,7 +144,15 @@ def _positions_before(distmat, rows, cols, chunk_rows, workers):
     return before
 
 
-def _ranks_of_true_matches(distmat, q_pids, g_pids, q_camids, g_camids, chunk_rows, workers):
+def _ranks_of_true_matches(
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    chunk_rows: int,
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, kept_rank0, counts) of every true match, sorted by (query, rank); junk removed."""
     rows, cols, _ = _same_pid_pairs(q_pids, g_pids)
     junk = g_camids[cols] == q_camids[rows]
@@ -157,7 +167,9 @@ def _ranks_of_true_matches(distmat, q_pids, g_pids, q_camids, g_camids, chunk_ro
     return rows[rel], cols[rel], before[rel] - junk_before[rel]
 
 
-def _metrics_from_ranks(rows, rank0, num_q, max_rank):
+def _metrics_from_ranks(
+    rows: np.ndarray, rank0: np.ndarray, num_q: int, max_rank: int
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, int, np.ndarray]:
     """AP, INP, CMC from the 0-based ranks (in the junk-free list) of every true match."""
     num_rel = np.bincount(rows, minlength=num_q)
     valid = num_rel > 0
@@ -177,8 +189,18 @@ def _metrics_from_ranks(rows, rank0, num_q, max_rank):
 
 
 def _cuhk03_cmc(
-    distmat, q_pids, g_pids, q_camids, g_camids, rel_rows, rel_cols, max_rank, num_repeats, seed, chunk_rows
-):
+    distmat: np.ndarray,
+    q_pids: np.ndarray,
+    g_pids: np.ndarray,
+    q_camids: np.ndarray,
+    g_camids: np.ndarray,
+    rel_rows: np.ndarray,
+    rel_cols: np.ndarray,
+    max_rank: int,
+    num_repeats: int,
+    seed: int,
+    chunk_rows: int,
+) -> np.ndarray:
     """Single-gallery-shot CMC: per query and repeat, one random gallery image per identity.
 
     Sampling rule (the loop reference in the tests follows it): a generator seeded with `seed`
@@ -255,6 +277,7 @@ def evaluate_rank(
             "evaluate_rank: no query has a true match in the gallery (after removing "
             "same-identity same-camera entries); check pids and camids"
         )
+    assert ap is not None and inp is not None and cmc is not None  # None only when num_valid == 0
     if cuhk03:
         cmc = _cuhk03_cmc(
             distmat,

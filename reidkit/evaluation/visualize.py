@@ -14,7 +14,7 @@ from numpy.typing import ArrayLike
 from reidkit.errors import OptionError, ReIDError
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from PIL import Image, ImageFont
 
     from reidkit.data.datasets.core import Record
 
@@ -30,7 +30,7 @@ CELL_BOX = (_CELL[0] + 2 * _FRAME, _CELL[1] + 2 * _FRAME)  # a framed crop's (H,
 TOP = _PAD + _LINE + _PAD + 2 * _LINE + 2  # y of the frames' top edge
 
 
-def _font():
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     from PIL import ImageFont
 
     try:
@@ -88,7 +88,7 @@ def _savefig(fig: _Figure, path: str | os.PathLike, dpi: int) -> None:
         fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
 
 
-def _plt():
+def _plt() -> Any:  # matplotlib.pyplot: matplotlib is an optional extra, not imported for its types
     from reidkit.utils.extras import require
 
     matplotlib = require("matplotlib", "CMC and distance plots")
@@ -117,7 +117,9 @@ def rank1_hit(labels: Sequence[str] | np.ndarray) -> bool:
     return bool(kept) and kept[0] == "match"
 
 
-def _ap_row(order, q_pid, q_cam, g_pids, g_cams):
+def _ap_row(
+    order: np.ndarray, q_pid: int, q_cam: int, g_pids: np.ndarray, g_cams: np.ndarray
+) -> tuple[np.ndarray, float | None]:
     """Labels ('match'/'wrong'/'junk') of the ranked gallery and the query's AP (None if no match)."""
     same = g_pids[order] == q_pid
     junk = same & (g_cams[order] == q_cam)

@@ -215,7 +215,9 @@ def load_images(
     return out[: len(kept)], kept, skipped
 
 
-def _as_images(images, size):
+def _as_images(
+    images: np.ndarray | torch.Tensor | Sequence[str | os.PathLike], size: tuple[int, int] | None
+) -> torch.Tensor:
     if isinstance(images, (str, Path)):
         raise ReIDError("images: expected an N x H x W x 3 uint8 array or a list of image paths, got one path")
     if isinstance(images, (list, tuple)):

@@ -77,13 +77,13 @@ class _UpdateInBackward(torch.autograd.Function):
     """Identity in forward; in backward, hands the saved features to ``memory.update``."""
 
     @staticmethod
-    def forward(ctx, x, labels, memory):  # noqa: D401 - autograd signature
+    def forward(ctx: Any, x: torch.Tensor, labels: torch.Tensor, memory: _Memory) -> torch.Tensor:  # noqa: D401
         ctx.memory = memory
         ctx.save_for_backward(x.detach(), labels)
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         x, labels = ctx.saved_tensors
         # Every use of the entries in this graph comes after this node in forward, so their
         # gradients are already taken; the forward also used a snapshot of the entries.

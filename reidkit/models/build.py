@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -216,7 +216,13 @@ class _NoRandomFillOnMeta(torch.overrides.TorchFunctionMode):
     implementation, whose first use imports torch._dynamo (~0.7 s in a fresh process: more than the
     initialisation a load skips)."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Collection[type],
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         if getattr(func, "__name__", "").endswith("normal_"):
             target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
