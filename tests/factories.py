@@ -609,14 +609,17 @@ def noise_video(path: Path, frames: int, size: tuple[int, int] = (256, 128), fps
     return path
 
 
-def tiny_checkpoint(path: Path, seed: int = 1, classes: int = 4, size: tuple[int, int] = (64, 32)) -> Path:
-    """A reidkit checkpoint at `path` of an untrained resnet18 with GeM pooling: `classes` identities, `size`
-    (height, width) input, its weights drawn after ``torch.manual_seed(seed)`` (the global generator is left
-    where building the model leaves it). Returns `path`."""
+def tiny_checkpoint(
+    path: Path, seed: int | None = 1, classes: int = 4, size: tuple[int, int] = (64, 32), pooling: str = "gem"
+) -> Path:
+    """A reidkit checkpoint at `path` of an untrained resnet18 (`pooling`: gem or avg): `classes` identities,
+    `size` (height, width) input, its weights drawn after ``torch.manual_seed(seed)`` (None: from the global
+    generator as it stands; it is left where building the model leaves it). Returns `path`."""
     from reidkit.models.build import ModelConfig, build_model, save_model
 
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling=pooling)
     return save_model(path, build_model(cfg, classes), cfg, classes, size)
 
 

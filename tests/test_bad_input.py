@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import tiny_checkpoint
 import yaml
 from PIL import Image
 
@@ -23,7 +24,6 @@ from reidkit.cli import main
 def world(tmp_path_factory) -> dict[str, Path]:
     """Files the cases point at: a tiny dataset, crops, garbage files, broken recipes, a trained model."""
     from reidkit.data.datasets import load_dataset
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     w = tmp_path_factory.mktemp("bad")
     syn = w / "syn"
@@ -49,14 +49,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w / "no_cols.csv").write_text("file,label\na.jpg,1\n")
     (w / "bad_pid.csv").write_text(f"path,pid,camid,split\n{crops / '0000_c1s1_000000_00.jpg'},abc,0,train\n")
     (w / "not_npz.npz").write_bytes(b"plain text, not an archive")
-    weights = w / "model.pt"
-    save_model(
-        weights,
-        build_model(ModelConfig(backbone="resnet18", pretrained=False), 3),
-        ModelConfig(backbone="resnet18", pretrained=False),
-        3,
-        [32, 16],
-    )
+    weights = tiny_checkpoint(w / "model.pt", seed=None, classes=3, size=(32, 16), pooling="avg")
     tiny = {
         "_base_": "bot_r50.yaml",
         "data": {
@@ -89,9 +82,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w / "usl_tiny.yaml").write_text(yaml.safe_dump(usl))
     # issue 17: checkpoints whose input size would allocate absurdly (or nothing), an "ONNX" file for --from,
     # a gallery for the id cases, a short video and MOT files with non-integer frames
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    for name, hw in (("huge_size.pt", [100000, 100000]), ("zero_size.pt", [0, 0])):
-        save_model(w / name, build_model(cfg, 3), cfg, 3, hw)
+    for name, hw in (("huge_size.pt", (100000, 100000)), ("zero_size.pt", (0, 0))):
+        tiny_checkpoint(w / name, seed=None, classes=3, size=hw, pooling="avg")
     (w / "model.onnx").write_bytes(b"an exported model; --from must not apply")
     from reidkit.retrieval.gallery import Gallery
 

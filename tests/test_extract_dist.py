@@ -77,10 +77,8 @@ def test_two_rank_gloo_extraction_equals_single_process(tmp_path, n):
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_extract_cli_matches_single_process(tmp_path):
     from reidkit.cli import main
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    weights = save_model(tmp_path / "m.pth", build_model(cfg, 3), cfg, 3, input_size=(32, 16))
+    weights = tiny_checkpoint(tmp_path / "m.pth", seed=None, classes=3, size=(32, 16), pooling="avg")
     folder = tmp_path / "crops"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -184,10 +182,8 @@ def test_extract_on_a_dask_cluster_equals_the_local_run(tmp_path, capsys, dask_f
 
 def test_extract_cluster_options_are_one_clear_error(tmp_path, capsys):
     from reidkit.cli import main
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, pooling="gem")
-    ckpt = save_model(tmp_path / "tiny.pth", build_model(cfg, 4), cfg, 4, (64, 32))
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth", seed=None)
     crops = _crop_folder(tmp_path / "crops", 3)
     base = [
         "extract",

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from factories import tiny_checkpoint
 import torch
 from PIL import Image
 
@@ -179,10 +180,8 @@ def test_extract_cli_onnx_matches_weights(tmp_path):
     pytest.importorskip("onnxruntime")
     from reidkit.cli import main
     from reidkit.export import export_model
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    weights = save_model(tmp_path / "m.pth", build_model(cfg, num_classes=3), cfg, 3, input_size=(32, 16))
+    weights = tiny_checkpoint(tmp_path / "m.pth", seed=None, classes=3, size=(32, 16), pooling="avg")
     onnx_file = export_model(weights, "onnx", tmp_path / "m.onnx")
     folder = tmp_path / "crops"
     folder.mkdir()
@@ -248,10 +247,8 @@ def _one_line_error(capsys, *needles):
 
 @pytest.fixture()
 def tiny_weights(tmp_path):
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    return save_model(tmp_path / "m.pth", build_model(cfg, num_classes=3), cfg, 3, input_size=(32, 16))
+    return tiny_checkpoint(tmp_path / "m.pth", seed=None, classes=3, size=(32, 16), pooling="avg")
 
 
 def _extract(weights, folder, out, *extra):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
-import torch
+from factories import tiny_checkpoint
 
 from reidkit.cli import main
 
@@ -40,12 +40,9 @@ def tiny(tmp_path_factory):
     from PIL import Image
 
     from reidkit.inference import FeatureExtractor
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     root = tmp_path_factory.mktemp("leftovers")
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    weights = save_model(root / "tiny.pt", build_model(cfg, 4).eval(), cfg, 4, SIZE)
+    weights = tiny_checkpoint(root / "tiny.pt", seed=0, size=SIZE, pooling="avg")
     crops = root / "crops"
     crops.mkdir()
     for i in range(4):

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from factories import tiny_checkpoint
 import yaml
 
 from reidkit.cli import main
@@ -15,14 +16,11 @@ from reidkit.cli import main
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     from reidkit.data.datasets import load_dataset
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     w = tmp_path_factory.mktemp("progress")
     syn = w / "syn"
     load_dataset("synthetic", syn, ids=12, images_per_id=6, cams=2, seed=0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
-    weights = w / "model.pt"
-    save_model(weights, build_model(cfg, 3), cfg, 3, [32, 16])
+    weights = tiny_checkpoint(w / "model.pt", seed=None, classes=3, size=(32, 16), pooling="avg")
     tiny = {
         "_base_": "bot_r50.yaml",
         "data": {

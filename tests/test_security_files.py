@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from factories import tiny_checkpoint
 from PIL import Image
 
 from reidkit.cli import main
@@ -25,7 +26,6 @@ from reidkit.utils.io import atomic_path, atomic_write, list_images, output_targ
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict[str, Path]:
     """A tiny resnet18 checkpoint at 32x16 and three crops."""
-    from reidkit.models.build import ModelConfig, build_model, save_model
 
     w = tmp_path_factory.mktemp("sec")
     crops = w / "crops"
@@ -33,10 +33,9 @@ def small(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(crops / f"{i:04d}_c1s1_{i:06d}_00.jpg")
-    cfg = ModelConfig(backbone="resnet18", pretrained=False)
     old = os.umask(0o022)
     try:
-        weights = save_model(w / "model.pt", build_model(cfg, 3), cfg, 3, [32, 16])
+        weights = tiny_checkpoint(w / "model.pt", seed=None, classes=3, size=(32, 16), pooling="avg")
     finally:
         os.umask(old)
     return {"w": w, "crops": crops, "weights": weights}
