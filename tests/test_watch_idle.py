@@ -133,3 +133,38 @@ def test_wait_frame_embeds_while_no_frame_waits_and_returns_a_waiting_frame_at_o
     assert wait_frame(src, late, stop) == "waiting" and calls == []  # a waiting frame goes first
     src.waits.clear()
     assert wait_frame(src, lambda n: 0, stop, wait=0.01) is None and src.waits == [0, 0.01]  # nothing to embed: wait
+
+
+class _Backlog:
+    """A _Video stand-in with `waiting` feature samples still to embed."""
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting, self.calls = waiting, []
+
+    def missing(self):
+        return [{}] * self.waiting
+
+    def embed_missing(self, limit=None):
+        n = min(self.waiting, limit)
+        self.calls.append(n)
+        self.waiting -= n
+        return n
+
+
+def test_a_busy_camera_spreads_its_waiting_samples_over_the_frames_before_the_commit():
+    from reidkit.video.watch import spread_missing
+
+    v = _Backlog(95)
+    frames = 0
+    for frame in range(100):  # 10 s to the commit at 10 frames/s, no idle time at all
+        spread_missing(v, (100 - frame) / 10.0, 10.0)
+        frames += 1
+        if not v.waiting:
+            break
+    assert v.waiting == 0 and max(v.calls) == 1 and frames == 95  # one crop per frame, none left at the commit
+    late = _Backlog(40)
+    assert spread_missing(late, 0.05, 10.0) == 40  # the commit is due: all of them
+    assert spread_missing(_Backlog(0), 5.0, 10.0) == 0
+    v = _Backlog(30)
+    spread_missing(v, 1.0, 10.0)
+    assert v.calls == [3]  # 30 over the 10 frames left

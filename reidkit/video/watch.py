@@ -25,6 +25,7 @@ skipped frames leave holes that the tracker bridges like missed detections.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -113,6 +114,7 @@ def run_camera(
             video.step(idx, frame.image, boxes, scores)
             last, n = idx, n + 1
             video.next_frame = idx + 1
+            spread_missing(video, t_commit + commit_every - time.monotonic(), fps)
         stopping = stop.is_set() or (source.ended and source.file)
         if stopping or (n and time.monotonic() - t_commit >= commit_every):  # nothing new: no write
             if stopping:
@@ -136,13 +138,25 @@ def run_camera(
 IDLE_BATCH = 4  # feature samples embedded at a time while a camera has no frame waiting
 
 
+def spread_missing(video: _Video, seconds_left: float, fps: float) -> int:
+    """Embed this frame's share of the feature samples still waiting: the backlog spread evenly over the frames
+    left before the next commit (all of it when at most one is left), so a camera with no time between frames
+    (``wait_frame`` embeds them there) still reaches its commit with nothing left to embed, the work taken a
+    few crops per frame instead of one burst that outlasts the frame buffer. Returns how many."""
+    waiting = len(video.missing())
+    if not waiting:
+        return 0
+    return video.embed_missing(math.ceil(waiting / max(1.0, seconds_left * fps)))
+
+
 def wait_frame(
     source: LiveSource, late: Callable[[int], int] | None, stop: threading.Event, wait: float = 0.2
 ) -> LiveFrame | None:
     """The camera's next frame (None after `wait` seconds without one). While no frame is waiting, the open
     tracklets' feature samples are embedded `IDLE_BATCH` at a time (`late`: ``_Video.embed_missing``), so the
     time a camera leaves between frames does the work a commit would otherwise do in one burst (a burst longer
-    than the frame buffer skips frames). The next frame waits at most one such batch."""
+    than the frame buffer skips frames). The next frame waits at most one such batch. (What idle time leaves
+    undone, ``spread_missing`` takes a share of after each frame.)"""
     while late is not None and not stop.is_set():
         frame = source.read(timeout=0)
         if frame is not None:
