@@ -5,9 +5,10 @@ Import them (``from factories import weights_world``); the tests folder is on ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -744,3 +745,45 @@ def cli_stdout(*args: str) -> str:
         code = main(list(args))
     assert code == 0, err.getvalue()
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Run `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import socket
+    import threading
+    import time
+
+    import pytest
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # a bound socket handed to uvicorn: no race for the port
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def screenshot(page: Any, shot: Path, env: str) -> None:
+    """A full-page screenshot (a real picture, not a blank page), also copied to $env when set (docs/*.png)."""
+    import shutil
+
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    target = os.environ.get(env)
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target)

@@ -6,45 +6,15 @@ Set REIDKIT_SCREENSHOT=/path/to.png to also save the screenshot there (docs/serv
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import re
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from factories import CHROMIUM, chromium_page
+from factories import CHROMIUM, chromium_page, screenshot, serving
 
 TOKEN = "browser-token"
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Run `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # a bound socket handed to uvicorn: no race for the port
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +60,6 @@ def _drop(page, path: Path) -> None:
     )
 
 
-def _screenshot(page, shot: Path, env: str) -> None:
-    """A full-page screenshot (a real picture, not a blank page), also copied to $env when set (docs/*.png)."""
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
-    target = os.environ.get(env)
-    if target:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, target)
-
-
 def _first_card(page) -> dict:
     page.wait_for("document.querySelector('#results').dataset.ready === '1'")
     return page.evaluate("(c => ({id: +c.dataset.id, path: c.dataset.path}))(document.querySelector('#results .card'))")
@@ -141,7 +101,7 @@ def test_upload_shows_ranked_grid(server, tmp_path):
         score = float(page.inner_text("#results .card .score"))
         assert score == pytest.approx(1.0, abs=1e-3)
 
-        _screenshot(page, tmp_path / "service.png", "REIDKIT_SCREENSHOT")
+        screenshot(page, tmp_path / "service.png", "REIDKIT_SCREENSHOT")
 
 
 # ----------------------------------------------------------------------------- the tracklet page
@@ -195,4 +155,4 @@ def test_tracklet_page_finds_the_person_in_the_other_camera(run, ingested, track
             int(t) for t in page.eval_on_selector_all("#detail tr td:first-child", "tds => tds.map(t => t.textContent)")
         ]
         assert frames == sorted(frames) and len(frames) >= 2
-        _screenshot(page, tmp_path / "tracklets.png", "REIDKIT_SCREENSHOT_TRACKLETS")
+        screenshot(page, tmp_path / "tracklets.png", "REIDKIT_SCREENSHOT_TRACKLETS")

@@ -13,12 +13,11 @@ import logging
 import shutil
 
 import pytest
-from factories import tiny_checkpoint
+from factories import serving, tiny_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from test_browser import serving  # noqa: E402  (the suite's uvicorn-on-loopback helper)
 
 TOKEN = "bad-input-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

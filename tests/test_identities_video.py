@@ -135,7 +135,7 @@ def test_bad_inputs(scene, ingested, tmp_path, capsys):
 def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path):
     """The /identities page in headless Chromium: one identity's tracklets per camera match the scene's truth."""
     from factories import chromium_page
-    from test_browser import TOKEN, _screenshot, serving
+    from factories import screenshot, serving
     from test_video import _majority
 
     from reidkit.data.scene import read_mot
@@ -162,12 +162,13 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
     assert chosen is not None
     ident, pid, mine = chosen
     true_cams = sorted(c for c, gt in gts.items() if (gt[:, 1] == pid).any())
-    app = create_app(scene / "db", routers=[tracklet_routes, identity_router], token=TOKEN)
+    token = "identities-token"
+    app = create_app(scene / "db", routers=[tracklet_routes, identity_router], token=token)
     with serving(app) as url, chromium_page(1280, 900, bypass_csp=True) as page:
         page.goto(url + "/identities")
         page.click("button[type=submit]")  # without the token: refused, and the page says so
         page.wait_for("document.querySelector('#error').textContent.length > 0")
-        page.fill("#token", TOKEN)
+        page.fill("#token", token)
         page.check("#multi")
         page.click("button[type=submit]")
         page.wait_for("document.querySelector('#ids').dataset.ready === '1'")
@@ -194,4 +195,4 @@ def test_identities_page_shows_a_cross_camera_timeline(scene, ingested, tmp_path
         ]
         gt_frames = set(gts[first["cam"]][gts[first["cam"]][:, 1] == pid, 0].astype(int).tolist())
         assert shown == sorted(shown) and set(shown) <= gt_frames and len(shown) >= 3
-        _screenshot(page, tmp_path / "identities.png", "REIDKIT_SCREENSHOT_IDENTITIES")
+        screenshot(page, tmp_path / "identities.png", "REIDKIT_SCREENSHOT_IDENTITIES")

@@ -29,7 +29,7 @@ def test_serve_shows_the_cameras_a_watch_writes_live_with_their_age(tmp_path):
     from reidkit.video.live_routes import live_router
     from reidkit.video.routes import tracklet_routes
     from reidkit.video.watch import watch
-    from test_browser import serving
+    from factories import serving
 
     rep = generate_scene(tmp_path / "scene", cams=3, ids=6, frames=120, fps=20.0, speed=1.0, topology="chain")
     ports = [free_port() for _ in rep.cameras]

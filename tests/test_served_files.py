@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factories import tiny_checkpoint
+from factories import serving, tiny_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -39,7 +39,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx, not ours to act on
     from fastapi.testclient import TestClient
 
-from test_browser import serving  # noqa: E402  (the suite's uvicorn-on-loopback helper)
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY----- served-files-secret-4f1c9a " + b"K" * 200
 BACKENDS = ["sqlite", "milvus"]

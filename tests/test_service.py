@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
-from factories import tiny_checkpoint
+from factories import serving, tiny_checkpoint
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -308,13 +308,11 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
     """Searches run throughout `index add` and `index build --overwrite` (subprocesses): every answer holds only
     paths of the generation it reports, never an empty one, and the new content is answered within seconds."""
     import os
-    import socket
     import sys
     import threading
     import time
 
     import httpx
-    import uvicorn
 
     weights = tiny_checkpoint(tmp_path / "tiny.pth", seed=0, size=(32, 16))
     a = _tiny_images(tmp_path / "A", 6, 1)
@@ -323,89 +321,78 @@ def test_service_follows_add_and_rebuild_without_wrong_answers(tmp_path):
     db = tmp_path / "db"
     g = Gallery.build(tmp_path / "A", db, weights=weights)
     app = create_app(g, poll_s=0.2)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.05)
+    with serving(app) as url:
+        content = {(g.uid, 1): a}
+        answers: list[tuple[float, int, str, list[str], int]] = []
+        stop = threading.Event()
+        query = sorted(a)[0]
+        data = Path(query).read_bytes()
 
-    content = {(g.uid, 1): a}
-    answers: list[tuple[float, int, str, list[str], int]] = []
-    stop = threading.Event()
-    query = sorted(a)[0]
-    data = Path(query).read_bytes()
-
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=60) as cl:
-            while not stop.is_set():
-                r = cl.post("/search?k=20", files={"file": ("q.png", data, "image/png")})
-                body = r.json()
-                answers.append(
-                    (
-                        time.monotonic(),
-                        r.status_code,
-                        body.get("snapshot", ""),
-                        [x["path"] for x in body.get("results", [])],
-                        body.get("generation", -1),
+        def client() -> None:
+            with httpx.Client(base_url=url, timeout=60) as cl:
+                while not stop.is_set():
+                    r = cl.post("/search?k=20", files={"file": ("q.png", data, "image/png")})
+                    body = r.json()
+                    answers.append(
+                        (
+                            time.monotonic(),
+                            r.status_code,
+                            body.get("snapshot", ""),
+                            [x["path"] for x in body.get("results", [])],
+                            body.get("generation", -1),
+                        )
                     )
-                )
 
-    clients = [threading.Thread(target=client) for _ in range(2)]
-    for t in clients:
-        t.start()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    try:
-        time.sleep(0.5)
-        for args, expect in (
-            (["index", "add", "--db", str(db), "--images", str(tmp_path / "B")], a | b),
-            (
-                [
-                    "index",
-                    "build",
-                    "--db",
-                    str(db),
-                    "--images",
-                    str(tmp_path / "C"),
-                    "--overwrite",
-                    "--weights",
-                    str(weights),
-                ],
-                c,
-            ),
-        ):
-            p = procs.run(
-                [sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True, timeout=120
-            )
-            assert p.returncode == 0, p.stderr
-            done = time.monotonic()
-            from reidkit.retrieval.backends.sqlite import schema as store
-
-            uid, gen = store.read_key(db)
-            content[(uid, gen)] = expect
-            deadline = done + 10
-            while time.monotonic() < deadline and not any(s == f"{uid}-{gen}" for _, _, s, _, _ in answers[-5:]):
-                time.sleep(0.05)
-            seen = [t for t, _, s, _, _ in answers if s == f"{uid}-{gen}"]
-            assert seen, f"generation {gen} not answered within 10 s"
-            # negative: the swap was served before the writer process had exited
-            print(f"\n{args[1]}: new content answered {seen[0] - done:.2f} s after the command finished")
-            assert seen[0] - done < 5
-        time.sleep(0.3)
-        # ids are reassigned by a rebuild: /images pins the snapshot a result came from
-        with httpx.Client(base_url=url, timeout=60) as cl:
-            assert cl.get(f"/images/0?snapshot={g.uid}-1").content == Path(sorted(a)[0]).read_bytes()
-            assert cl.get("/images/0").content == Path(sorted(c)[0]).read_bytes()
-            assert cl.get("/images/0?snapshot=0000-1").status_code == 410
-    finally:
-        stop.set()
+        clients = [threading.Thread(target=client) for _ in range(2)]
         for t in clients:
-            t.join(timeout=60)
-        srv.should_exit = True
-        th.join(timeout=15)
-        sock.close()
+            t.start()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        try:
+            time.sleep(0.5)
+            for args, expect in (
+                (["index", "add", "--db", str(db), "--images", str(tmp_path / "B")], a | b),
+                (
+                    [
+                        "index",
+                        "build",
+                        "--db",
+                        str(db),
+                        "--images",
+                        str(tmp_path / "C"),
+                        "--overwrite",
+                        "--weights",
+                        str(weights),
+                    ],
+                    c,
+                ),
+            ):
+                p = procs.run(
+                    [sys.executable, "-m", "reidkit.cli", *args], env=env, capture_output=True, text=True, timeout=120
+                )
+                assert p.returncode == 0, p.stderr
+                done = time.monotonic()
+                from reidkit.retrieval.backends.sqlite import schema as store
+
+                uid, gen = store.read_key(db)
+                content[(uid, gen)] = expect
+                deadline = done + 10
+                while time.monotonic() < deadline and not any(s == f"{uid}-{gen}" for _, _, s, _, _ in answers[-5:]):
+                    time.sleep(0.05)
+                seen = [t for t, _, s, _, _ in answers if s == f"{uid}-{gen}"]
+                assert seen, f"generation {gen} not answered within 10 s"
+                # negative: the swap was served before the writer process had exited
+                print(f"\n{args[1]}: new content answered {seen[0] - done:.2f} s after the command finished")
+                assert seen[0] - done < 5
+            time.sleep(0.3)
+            # ids are reassigned by a rebuild: /images pins the snapshot a result came from
+            with httpx.Client(base_url=url, timeout=60) as cl:
+                assert cl.get(f"/images/0?snapshot={g.uid}-1").content == Path(sorted(a)[0]).read_bytes()
+                assert cl.get("/images/0").content == Path(sorted(c)[0]).read_bytes()
+                assert cl.get("/images/0?snapshot=0000-1").status_code == 410
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(timeout=60)
     tags = {f"{u}-{gen}": v for (u, gen), v in content.items()}
     wrong = 0
     for _, status, snap, paths, _gen in answers:
