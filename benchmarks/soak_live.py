@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_live import _health, _port, _serve
+from benchmarks.bench_live import _encode, _health, _port, _serve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         generate_scene(work / "scene", cams=1, ids=8, frames=250, fps=args.fps, speed=1.0)
+        # the camera's stream (MPEG-2 in MPEG-TS, what _serve copies), one seamless file longer than the run
+        loops = int(args.minutes * 60 * args.fps // 250) + 2
+        stream = _encode(work / "scene" / "cam1" / "cam1.avi", work / "stream.ts", loops)
         port, status_port = _port(), _port()
-        server = _serve(work / "scene" / "cam1" / "cam1.avi", port)
+        server = _serve(stream, port)
         db = work / "db"
         cmd = [
             sys.executable,
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(30)
                 if proc.poll() is not None:
                     raise SystemExit(f"watch exited early with {proc.returncode}")
+                if server.poll() is not None:
+                    raise SystemExit(f"the stream's server (ffmpeg) exited with {server.returncode}: nothing to soak")
                 rss, fds = _proc_figures(proc.pid)
                 h = _health(status_port) or {"cameras": {}}
                 c = h["cameras"].get("cam1", {})
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "reidkit.cli", "index", "check", "--db", str(db)], capture_output=True, text=True
         )
     n = len(samples)
+    if not samples or not samples[-1]["received"]:
+        raise SystemExit("the watch received no frame: nothing was soaked")
     mid, last = samples[n // 3 : 2 * n // 3] or samples, samples[2 * n // 3 :] or samples
     rss_mid, rss_last = max(s["rss_mb"] for s in mid), max(s["rss_mb"] for s in last)
     fd_mid, fd_last = max(s["open_files"] for s in mid), max(s["open_files"] for s in last)
