@@ -138,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["needed", "all"],
         default="needed",
         help="embed every crop (all) or only where tracking or the tracklet needs it: new and "
-        "ambiguous detections, best-K crop candidates (needed, default)",
+        "ambiguous detections, the tracklets' feature samples (needed, default)",
     )
     int_option(
         p,

@@ -137,11 +137,11 @@ class Embedder:
 
 
 def float_twin(embedder: Any) -> Any:
-    """The embedder for what a gallery stores and compares across cameras (a tracklet's best-K crops): an int8
+    """The embedder for what a gallery stores and compares across cameras (a tracklet's feature samples): an int8
     embedder's float model (its cached float ONNX export, beside the int8 one), else the embedder itself.
 
     Quantisation costs identity quality (issue 30: scene A's multi-camera IDF1 69.2 int8 vs 79.7 float) while
-    the few best-K crops per tracklet cost little to embed in float; association keeps the int8 model."""
+    the few samples per tracklet (reidkit.video.tracklets) cost little to embed in float; association keeps int8."""
     ext = getattr(embedder, "extractor", None)
     if ext is None or getattr(ext, "engine", None) != "int8":
         return embedder
