@@ -81,6 +81,7 @@ def test_auto_int8_keeps_int8_only_where_it_pays(home, monkeypatch):
     import reidkit.inference as inference
 
     monkeypatch.setenv("REIDKIT_HOME", str(home))
+    monkeypatch.setenv("REIDKIT_INT8", "auto")  # timed (the suite pins "off")
     record = home / "onnx-cache" / "imagenet_efficientnet_lite0-128x64-int8.json"
     record.unlink(missing_ok=True)
     monkeypatch.setattr(inference, "INT8_GAIN", 1e6)  # int8 is never a million times faster: float
@@ -94,6 +95,30 @@ def test_auto_int8_keeps_int8_only_where_it_pays(home, monkeypatch):
     assert json.loads(record.read_text())["int8_pays"] is True
 
 
+def test_reidkit_int8_pins_the_auto_int8_verdict(home, monkeypatch):
+    """$REIDKIT_INT8: "on" int8 and "off" float whatever a timing (cached or not) would say, nothing timed;
+    a bad value is one error naming the variable, on any device."""
+    import reidkit.inference as inference
+    from reidkit.errors import ReIDError
+
+    monkeypatch.setenv("REIDKIT_HOME", str(home))
+    record = home / "onnx-cache" / "imagenet_efficientnet_lite0-128x64-int8.json"
+    record.unlink(missing_ok=True)
+    monkeypatch.setattr(inference, "INT8_GAIN", 1e6)  # a timing would say float
+    monkeypatch.setenv("REIDKIT_INT8", "on")
+    assert FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1).engine == "int8"
+    assert not record.exists()  # not timed
+    monkeypatch.setattr(inference, "INT8_GAIN", 0.0)  # a timing would say int8
+    monkeypatch.setenv("REIDKIT_INT8", "OFF")
+    assert FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1).engine == "onnx"
+    assert FeatureExtractor.load(None, size=SIZE, engine="int8", threads=1).engine == "int8"  # named: kept
+    assert not record.exists()
+    for device in ("cpu", "cuda"):
+        monkeypatch.setenv("REIDKIT_INT8", "yes")
+        with pytest.raises(ReIDError, match=r"\$REIDKIT_INT8: expected on, off or auto, got 'yes'"):
+            FeatureExtractor.load(None, size=SIZE, engine="auto-int8", device=device, threads=1)
+
+
 def test_a_model_that_cannot_be_quantised_runs_float(tmp_path, monkeypatch, caplog):
     """`reidkit video`'s default must not fail on a quantiser error: one warning, then float."""
     import logging
@@ -104,6 +129,7 @@ def test_a_model_that_cannot_be_quantised_runs_float(tmp_path, monkeypatch, capl
         raise ValueError("unsupported operator")
 
     monkeypatch.setenv("REIDKIT_HOME", str(tmp_path))
+    monkeypatch.setenv("REIDKIT_INT8", "on")
     monkeypatch.setattr(quantize, "quantize_onnx", broken)
     with caplog.at_level(logging.WARNING, logger="reidkit.inference"):
         fx = FeatureExtractor.load(None, size=SIZE, engine="auto-int8", threads=1)

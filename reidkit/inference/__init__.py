@@ -44,6 +44,7 @@ IMAGENET_IDENTITY = "imagenet:efficientnet_lite0"
 DEFAULT_SIZE = (256, 128)
 ENGINES = ("auto", "torch", "onnx", "int8", "auto-int8")
 INT8_GAIN = 1.25  # auto-int8 keeps the int8 model only when it runs at least this much faster than float
+INT8_ENV = "REIDKIT_INT8"  # pins auto-int8's verdict: on / off / auto (see int8_setting)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,10 @@ class FeatureExtractor:
         """Load a checkpoint (reidkit's or another toolkit's: ``fmt`` or detected), an export, or (None) ImageNet.
 
         ``engine``: "torch" (BatchNorm folded), "onnx" (exported once, cached by the weights'
-        sha256) or "auto" (onnx on a CPU device when onnxruntime is available).
+        sha256), "auto" (onnx on a CPU device when onnxruntime is available), "int8" (the ONNX export
+        quantised, CPU only) or "auto-int8" (int8 where it pays on this machine, else "auto"; whether it
+        pays is timed once per model and machine, cached under $REIDKIT_HOME; ``$REIDKIT_INT8`` pins the
+        verdict: "on" always int8, "off" never, "auto" or unset timed; see ``int8_setting``).
         """
         if engine not in ENGINES:
             raise ReIDError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
@@ -430,12 +434,13 @@ def _choose_engine(
                 log.warning("engine auto: ONNX Runtime unavailable for this model (%s); using PyTorch", exc)
                 engine = "torch"
     if engine in ("int8", "auto-int8"):
-        if not on_cpu:
+        pinned = int8_setting() if engine == "auto-int8" else True  # a bad $REIDKIT_INT8 is refused on any device
+        if not on_cpu or pinned is False:
             if engine == "auto-int8":
                 return _choose_engine(model, ident, "auto", device, threads)
             raise ReIDError(f"engine int8 runs on the CPU; got device {device!r} (use engine='torch')")
         try:
-            return _onnx_runner(model, ident, threads, int8="auto" if engine == "auto-int8" else True)
+            return _onnx_runner(model, ident, threads, int8="auto" if pinned is None else True)
         except Exception as exc:  # noqa: BLE001 - e.g. camera inputs, no onnxruntime, a quantiser error
             log.warning("engine %s: cannot quantise this model (%s); using engine auto", engine, exc)
             return _choose_engine(model, ident, "auto", device, threads)
@@ -446,6 +451,19 @@ def _choose_engine(
     from reidkit.models.fold import fold_batchnorm
 
     return fold_batchnorm(model), "torch"
+
+
+def int8_setting() -> bool | None:
+    """What ``$REIDKIT_INT8`` makes of engine "auto-int8": "on" -> True (int8, not timed), "off" -> False
+    (engine "auto": the float ONNX export on a CPU), "auto" or unset -> None (int8 where one timing on this
+    machine finds it INT8_GAIN times faster, the verdict cached per model under ``$REIDKIT_HOME``). Pinning
+    makes the choice independent of the machine's load at the moment it is timed (the test suite pins it).
+    Engine "int8" is always int8; on a GPU device "auto-int8" is "auto" whatever this says."""
+    value = os.environ.get(INT8_ENV, "").strip().lower()
+    choices = {"on": True, "off": False, "auto": None, "": None}
+    if value not in choices:
+        raise ReIDError(f"${INT8_ENV}: expected on, off or auto, got {os.environ[INT8_ENV]!r}")
+    return choices[value]
 
 
 def _has_onnxruntime() -> bool:
