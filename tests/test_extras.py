@@ -68,6 +68,36 @@ def test_the_deep_sort_tracker_names_its_extra(monkeypatch):
     build_tracker("bytesort")  # the default tracker needs nothing more
 
 
+@pytest.mark.parametrize("cluster", [[], ["--workers", "1"]], ids=["local", "workers"])
+def test_reidkit_video_with_deep_sort_and_no_extra_fails_before_any_work(monkeypatch, tmp_path, capsys, cluster):
+    """`reidkit video --tracker deep_sort` without deep-sort-realtime: the one-line error and exit 2 before the
+    model loads or the gallery folder is made (one process or a Dask cluster)."""
+    import cv2
+    import numpy as np
+
+    import reidkit.commands.video as video_cmd
+    import reidkit.video.ingest as ingest
+    from reidkit.cli import main
+
+    video = tmp_path / "v.avi"
+    wr = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(5):
+        wr.write(np.full((48, 64, 3), 30 * i, np.uint8))
+    wr.release()
+    monkeypatch.setitem(sys.modules, "deep_sort_realtime", None)
+    monkeypatch.setitem(sys.modules, "deep_sort_realtime.deepsort_tracker", None)
+    monkeypatch.setattr(ingest, "open_gallery", lambda *a, **k: pytest.fail("the gallery was opened first"))
+    # with --workers a Milvus gallery is made before the cluster starts (its side files' folder is recorded)
+    monkeypatch.setattr(video_cmd, "_record_files_for_cluster", lambda *a: pytest.fail("the gallery was made first"))
+    db = tmp_path / "db"
+    capsys.readouterr()
+    assert main(["video", str(video), "--db", str(db), "--tracker", "deep_sort", *cluster]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the deep_sort tracker needs deep-sort-realtime, an optional dependency: ")
+    assert err.endswith("pip install 'reidkit[deepsort]'") and "\n" not in err, err
+    assert not db.exists()
+
+
 def test_mobilenetv2_weights_name_the_extra(monkeypatch):
     import importlib.util
 

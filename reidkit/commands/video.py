@@ -371,6 +371,7 @@ def _run_video(args: argparse.Namespace) -> int:
         collection=args.collection,
         files=args.files,
     )
+    options.settings()  # a bad tracker or option, a tracker's missing extra: refused before any gallery or model
     check_files_option(args.db, args.files)
     if args.workers is not None or args.cluster is not None:
         from reidkit.video.cluster import ingest_on_cluster

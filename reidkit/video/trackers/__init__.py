@@ -3,7 +3,8 @@
 A tracker is one file with a class and one ``register_tracker("name", options=Dataclass)`` line;
 ``reidkit video --tracker NAME --tracker-option KEY=VALUE`` picks it and sets its options (read by
 the typed loader: an unknown key is refused naming the nearest one), and a user registers their own
-from a ``--plugin`` file the same way. Built in:
+from a ``--plugin`` file the same way. A class that needs an optional dependency lists its modules (keys of
+reidkit.utils.extras.EXTRAS) in a ``requires`` attribute: checked with the options, before any work. Built in:
 
 - ``bytesort`` (the default: ahead of deep_sort and of every BoxMOT tracker on the 9 cells of
   benchmarks/bench_trackers.py, results/bench_trackers.md): ByteTrack's low-score second pass, OC-SORT's
@@ -48,8 +49,13 @@ def register_tracker(name: str, cls: Any = None, *, options: type | None = None,
 
 def tracker_options(name: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The resolved options of tracker `name` (its defaults overridden by `values`) as a plain dict;
-    unknown keys and wrong types raise ReIDError naming ``tracker.<name>.KEY`` and the nearest key."""
-    TRACKERS.get(name)
+    unknown keys and wrong types raise ReIDError naming ``tracker.<name>.KEY`` and the nearest key, and a
+    tracker whose class ``requires`` a module that is not installed raises MissingExtra naming the extra
+    (so a run checking its settings fails before any work)."""
+    from reidkit.utils.extras import require
+
+    for module in getattr(TRACKERS.get(name), "requires", ()):
+        require(module, f"the {name} tracker")
     opts = read_options("tracker", name, dict(values or {}))
     return {} if opts is None else dataclasses.asdict(opts)
 

@@ -61,6 +61,8 @@ class DeepSortOptions:
 class DeepSortTracker(_DeepSort):
     """deep_sort_realtime's DeepSort behind the Tracker protocol (see the module docstring)."""
 
+    requires = ("deep_sort_realtime.deepsort_tracker",)  # the deepsort extra, checked with the options
+
     def __init__(self, options: DeepSortOptions | None = None) -> None:
         o = options or DeepSortOptions()
         super().__init__(
