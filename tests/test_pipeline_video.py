@@ -250,3 +250,46 @@ def test_ingest_options_one_object_keyword_changes_over_it(tmp_path):
         IngestOptions(min_len=0).settings()
     with pytest.raises(OptionError, match=r"^cameras: give one per video \(1 videos, 2 values\)$"):
         prepare_jobs([str(tmp_path / "a.mp4")], IngestOptions(cameras=["a", "b"]))
+
+
+def test_a_resume_with_another_tracklet_feature_or_dtype_is_refused(video, caplog):
+    """A video's stored settings record the tracklet feature (spread samples) and the engine its stored
+    features come from (float / int8); a resume that would mix them is refused naming the setting and both
+    values. A state of an older reidkit without those keys: read from its open tracklets where it has any
+    (no samples: the mean of the best K), else resumed with a warning."""
+    import logging
+    from types import SimpleNamespace
+
+    from reidkit.errors import ReIDError
+    from reidkit.video.pipeline import Settings, resume_state
+    from reidkit.video.tracklets import FEATURE_KIND
+
+    s = Settings(chunk=7)
+    full = _chunks(video[0], s)
+    state = json.loads(json.dumps(next(c.state for c in full if c.state["open"])))  # with open tracklets
+    assert state["settings"]["feature"] == FEATURE_KIND == "samples:16"
+    assert state["settings"]["feature_dtype"] == "float"  # FakeEmbedder: no int8 model
+
+    def resume(st, emb=None):
+        return resume_state(SimpleNamespace(get_state=lambda key: st, db="g"), video[0], s, emb or FakeEmbedder())
+
+    assert resume(state) == state
+    int8 = SimpleNamespace(
+        extractor=SimpleNamespace(engine="int8", model=None), embed_crops=None, dim=16
+    )  # no float twin
+    with pytest.raises(ReIDError, match=r"other settings: feature_dtype 'float' there, 'int8' now"):
+        resume(state, int8)
+    other = {**state, "settings": {**state["settings"], "feature": "best"}}
+    with pytest.raises(ReIDError, match=r"other settings: feature 'best' there, 'samples:16' now"):
+        resume(other)
+    # an older reidkit's state: no keys; its open tracklets tell the kind
+    old = {**state, "settings": {k: v for k, v in state["settings"].items() if not k.startswith("feature")}}
+    with caplog.at_level(logging.WARNING, logger="reidkit.video.pipeline"):
+        assert resume(old) == old  # samples in its tracklets: today's feature, float
+    assert "does not record" not in caplog.text
+    best4 = {**old, "open": [{k: v for k, v in t.items() if k not in ("samples", "stride")} for t in old["open"]]}
+    with pytest.raises(ReIDError, match=r"other settings: feature 'best' there, 'samples:16' now"):
+        resume(best4)
+    with caplog.at_level(logging.WARNING, logger="reidkit.video.pipeline"):
+        assert resume({**old, "open": []}) is not None  # nothing tells: accepted, with a warning
+    assert "does not record feature (taken as 'samples:16'), feature_dtype (taken as 'float')" in caplog.text

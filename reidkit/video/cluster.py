@@ -192,7 +192,7 @@ def ingest_on_cluster(
                 lock = VideoLock(gallery.files_dir, job.key, on_wait=say)
                 lock.__enter__()
                 locks.append(lock)
-            state = resume_state(gallery, job, settings)
+            state = resume_state(gallery, job, settings, emb)
             if state is not None and state.get("done"):
                 say(
                     f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "

@@ -167,3 +167,10 @@ def float_twin(embedder: Any) -> Any:
         )
         embedder._float_twin = twin
     return twin
+
+
+def feature_dtype(store: Any) -> str:
+    """What makes the stored tracklet features: "int8" when `store` (their embedder: an Embedder, or a wrapper
+    of one in reidkit.video.embed_service) runs an int8 model, else "float" (a video's settings record it)."""
+    inner = getattr(getattr(store, "shared", None), "embedder", None) or getattr(store, "embedder", store)
+    return "int8" if getattr(getattr(inner, "extractor", None), "engine", None) == "int8" else "float"

@@ -355,7 +355,7 @@ def run_jobs(
     failed = threading.Event()
 
     def plan(job: VideoJob) -> dict[str, Any] | None:
-        state = resume_state(gallery, job, settings)
+        state = resume_state(gallery, job, settings, embedder)
         if state is not None and state.get("done"):
             progress(
                 f"[{job.camera}] {job.info.path.name}: already ingested ({state.get('tracklets', 0)} "

@@ -41,6 +41,7 @@ Detection at the camera's rate (each measured in benchmarks/bench_video.py):
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -59,10 +60,12 @@ from reidkit.video.detectors import build_detector
 from reidkit.video.embed_service import SharedEmbedder as SharedEmbedder  # re-exported for callers of process_video
 from reidkit.video.embed_service import Stats as Stats
 from reidkit.video.embed_service import _Client, _Direct
-from reidkit.video.embedder import clip_boxes, crop_boxes, float_twin
+from reidkit.video.embedder import clip_boxes, crop_boxes, feature_dtype, float_twin
 from reidkit.video.trackers import DEFAULT_TRACKER, build_tracker, tracker_options
 from reidkit.video.trackers.base import frame_box
-from reidkit.video.tracklets import OpenTracklet, crop_quality
+from reidkit.video.tracklets import FEATURE_KIND, OpenTracklet, crop_quality, older_feature
+
+log = logging.getLogger(__name__)
 
 THUMBS = "thumbs"
 STATE_VERSION = 1
@@ -133,8 +136,10 @@ class Settings:
         default = tracker_options("deep_sort")
         return {k: v for k, v in opts.items() if k in LEGACY_TRACKER_KEYS or v != default[k]}
 
-    def stored(self, job: VideoJob) -> dict[str, Any]:
-        """The settings as stored in the video's state; the keys of today's defaults stay as they were."""
+    def stored(self, job: VideoJob, feature_dtype: str = "float") -> dict[str, Any]:
+        """The settings as stored in the video's state; the keys of today's defaults stay as they were.
+        ``feature`` (the tracklet feature: FEATURE_KIND) and ``feature_dtype`` (the stored features made by a
+        "float" or an "int8" model: :func:`feature_dtype`) keep a resume from mixing kinds of features."""
         d = {
             "every": self.every,
             "detector": job.detector_name,
@@ -142,6 +147,8 @@ class Settings:
             "min_len": self.min_len,
             "tracker": self.tracker_kw(),
             "camera": job.camera,
+            "feature": FEATURE_KIND,
+            "feature_dtype": feature_dtype,
         }
         if self.detect_every != 1:
             d["detect_every"] = self.detect_every
@@ -248,14 +255,30 @@ def commit(gallery: Any, chunk: Chunk, lock_timeout: float | None = None) -> lis
     return cast(list[int], ids)  # Gallery.add_entries (the gallery is duck-typed here)
 
 
-def resume_state(gallery: Any, job: VideoJob, settings: Settings) -> dict[str, Any] | None:
-    """The video's stored state (None: not started); ReIDError when it was started with other settings."""
+def resume_state(gallery: Any, job: VideoJob, settings: Settings, embedder: Any) -> dict[str, Any] | None:
+    """The video's stored state (None: not started); ReIDError naming each setting that differs (`embedder`:
+    the run's, whose float twin makes the stored features). A state without the feature keys (an older
+    reidkit) is read by tracklets.older_feature; where nothing tells, it resumes with a warning."""
     state = gallery.get_state(f"video:{job.key}")
-    if state is not None and state.get("settings") != settings.stored(job):
+    if state is None:
+        return None
+    now = settings.stored(job, feature_dtype(float_twin(embedder)))
+    was = dict(state.get("settings") or {})
+    if "feature" not in was:
+        was.update({k: v for k, v in older_feature(state).items() if k not in was})
+    unknown = [k for k in ("feature", "feature_dtype") if k not in was]
+    was.update({k: now[k] for k in unknown})
+    differ = [k for k in [*now, *(k for k in was if k not in now)] if was.get(k) != now.get(k)]
+    if differ:
+        said = "; ".join(f"{k} {was.get(k)!r} there, {now.get(k)!r} now" for k in differ)
         raise ReIDError(
             f"video {job.info.path} (camera {job.camera}) was partly ingested into {gallery.db} with "
-            f"other settings ({state.get('settings')}); re-run with those, or delete its "
-            f"tracklets and state first"
+            f"other settings: {said}; re-run with those, or delete its tracklets and state first"
+        )
+    if unknown and not state.get("done"):
+        said = ", ".join(f"{k} (taken as {now[k]!r})" for k in unknown)
+        log.warning(
+            "video %s (camera %s): its state (an older reidkit) does not record %s", job.info.path, job.camera, said
         )
     return cast("dict[str, Any] | None", state)  # Gallery.get_state
 
@@ -345,7 +368,7 @@ class _Video:
         return {
             "version": STATE_VERSION,
             "video": str(self.job.info.path),
-            "settings": self.s.stored(self.job),
+            "settings": self.s.stored(self.job, feature_dtype(self.store)),
             "next_frame": int(self.next_frame),
             "done": bool(done),
             "tracklets": self.committed,

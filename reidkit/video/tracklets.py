@@ -47,6 +47,7 @@ from reidkit.video.colour import colour_descriptor, mean_descriptor
 
 EDGE_PX = 2  # a box within this many pixels of the frame edge is truncated
 SAMPLES = 16  # crops spread over a tracklet whose mean is its feature (module docstring)
+FEATURE_KIND = f"samples:{SAMPLES}"  # the tracklet feature, as a video's settings record it ("best": the best K's)
 THUMB_HEIGHT = 128
 
 
@@ -233,3 +234,14 @@ class OpenTracklet:
             ],
             int(d.get("stride", 1)),
         )
+
+
+def older_feature(state: dict[str, Any]) -> dict[str, str]:
+    """The ``feature`` settings of a video state of an older reidkit (without them), where its open tracklets
+    tell: samples in them (they came after the float twin) or none (the mean of the best K, the kind before)."""
+    opened = state.get("open") or []
+    if not opened:
+        return {}
+    if all("samples" in t for t in opened):
+        return {"feature": FEATURE_KIND, "feature_dtype": "float"}
+    return {"feature": "best"}
