@@ -133,6 +133,35 @@ def test_auto_engine_falls_back_and_a_damaged_cache_is_remade(weights, tmp_path,
     assert cached.stat().st_size > 1000
 
 
+def test_a_plain_module_runs_on_torch_under_auto(tmp_path, monkeypatch):
+    """FeatureExtractor.from_model(any nn.Module).with_engine("auto" / "auto-int8") runs it on torch, BatchNorm
+    folded, the features equal (it raised AttributeError: no .info to export by); "onnx" / "int8" are one
+    OptionError naming engine."""
+    from reidkit.errors import OptionError
+
+    monkeypatch.setenv("REIDKIT_HOME", str(tmp_path))  # nothing is exported there
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+    )
+    net[1].running_mean.uniform_(-0.2, 0.2)
+    net[1].running_var.uniform_(0.5, 1.5)
+    plain = torch.nn.Sequential(net, torch.nn.Flatten()).eval()
+    fx = FeatureExtractor.from_model(plain, device="cpu", size=(32, 16))
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 32, 16, 3), dtype=np.uint8)
+    ref = fx.embed(imgs, flip=False)
+    for engine in ("auto", "auto-int8"):
+        view = fx.with_engine(engine)
+        assert view.engine == "torch" and view.model is not plain  # a folded copy; the model itself unchanged
+        np.testing.assert_allclose(view.embed(imgs, flip=False), ref, atol=1e-5)
+    for engine in ("onnx", "int8"):
+        with pytest.raises(
+            OptionError, match=rf"^engine={engine}: '{engine}' needs a reidkit model \(ReIDModel\), got Sequential"
+        ):
+            fx.with_engine(engine)
+    assert not (tmp_path / "onnx-cache").exists()
+
+
 def test_options_per_call_leave_the_extractor_unchanged(weights):
     fx = FeatureExtractor.load(weights, batch_size=2, flip=True)
     imgs = np.random.default_rng(1).integers(0, 256, (3, 64, 32, 3), dtype=np.uint8)
