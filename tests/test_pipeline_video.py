@@ -210,6 +210,8 @@ def test_configure_threads(monkeypatch):
     from reidkit.utils import threads
 
     before = torch.get_num_threads()
+    for name in ("_configured", "_kept"):  # the module's record too: a later verb would follow what this sets
+        monkeypatch.setattr(threads, name, getattr(threads, name))
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     try:
@@ -228,6 +230,28 @@ def test_configure_threads(monkeypatch):
         torch.set_num_threads(before)
     monkeypatch.delenv("REIDKIT_THREADS")
     assert main(["--threads", "0", "scene", "/nonexistent/x"]) == 2
+
+
+def test_configure_threads_keeps_an_embedding_programs_counts_on_every_call(monkeypatch):
+    """A program that set torch's threads itself (this suite: 1) keeps them through every `reidkit` verb it runs
+    in-process: the second cli.main used to set torch to the $OMP_NUM_THREADS the first one wrote (the
+    training after `reidkit train` + `reidkit test` in test_engine.py then ran on 2 threads and learnt less)."""
+    import torch
+
+    from reidkit.utils import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_configured", None)
+    monkeypatch.setattr(threads, "_kept", False)
+    monkeypatch.delenv("REIDKIT_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # what the environment asks, not what the program set
+    try:
+        torch.set_num_threads(1)
+        assert threads.configure_threads() == 3 and torch.get_num_threads() == 1
+        assert threads.configure_threads() == 3 and torch.get_num_threads() == 1  # a second verb: still its own
+        assert threads.configure_threads(2) == 2 and torch.get_num_threads() == 2  # asked for: set
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_ingest_options_one_object_keyword_changes_over_it(tmp_path):

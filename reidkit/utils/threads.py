@@ -14,7 +14,7 @@ each other; `reidkit demo` measured 5-10x slower beside one busy process (issue 
   instead of spinning);
 - libraries already imported get the same count now (torch intra-op n, inter-op 1; faiss; OpenCV)
   when n was asked for (argument or $REIDKIT_THREADS); otherwise an embedding program that already
-  set them (a test suite, a notebook) keeps its own counts.
+  set them (a test suite, a notebook) keeps its own counts, through every later call as well.
 
 Pipeline stages that run side by side (reidkit.video) give OpenCV one thread each
 (``opencv_threads(1)``): the stages are the parallelism.
@@ -28,6 +28,7 @@ import sys
 from reidkit.errors import OptionError, ReIDError
 
 _configured: int | None = None
+_kept = False  # the first call, asked for nothing, found torch or faiss loaded: their counts stand, every call
 
 
 def available_cores() -> int:
@@ -53,7 +54,7 @@ def _env_int(name: str) -> int | None:
 
 def configure_threads(n: int | None = None) -> int:
     """Set torch / OpenMP / MKL / faiss / OpenCV thread counts to `n` (see the module docstring); returns n."""
-    global _configured
+    global _configured, _kept
     if n is not None and int(n) < 1:
         raise OptionError("threads", f"must be >= 1, got {n}")
     asked = int(n) if n is not None else _env_int("REIDKIT_THREADS")
@@ -61,9 +62,12 @@ def configure_threads(n: int | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(n)
     os.environ["MKL_NUM_THREADS"] = str(n)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if asked is None and _configured is None and any(m in sys.modules for m in ("torch", "faiss")):
-        _configured = n
+    if asked is None and (_kept or (_configured is None and any(m in sys.modules for m in ("torch", "faiss")))):
+        # not only the first call: a second `reidkit` verb run in the same process (cli.main from a test suite
+        # or a notebook) set torch to the count the first one had put in $OMP_NUM_THREADS
+        _configured, _kept = n, True
         return n
+    _kept = False
     if "torch" in sys.modules:
         import torch
 
