@@ -68,18 +68,12 @@ def sequential(scene):
 @pytest.fixture(scope="module")
 def client(scene, dask_forkserver):
     distributed = pytest.importorskip("distributed")
+    from reidkit.utils.dask import local_cluster
     from reidkit.video.cluster import CRASH_ENV
 
     flag = scene["root"] / "crash.flag"
     # the worker processes' own environment (the nanny sets it in each worker it starts or restarts)
-    cluster = distributed.LocalCluster(
-        host="127.0.0.1",
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        env={CRASH_ENV: str(flag)},
-    )
+    cluster = local_cluster(2, env={CRASH_ENV: str(flag)})  # 127.0.0.1, one thread a worker, no port 8787
     c = distributed.Client(cluster, timeout=60)
     yield {"client": c, "flag": flag}
     c.close()

@@ -35,9 +35,9 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(world, dask_forkserver):
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        host="127.0.0.1", n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    from reidkit.utils.dask import local_cluster
+
+    cluster = local_cluster(3)  # 127.0.0.1, one thread a worker, no port 8787
     c = distributed.Client(cluster, timeout=60)
     yield c
     c.close()

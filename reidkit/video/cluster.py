@@ -17,8 +17,8 @@ content), after reading the video's stored state so that a retried task resumes 
 attempt committed; the driver only chains the segments. With one writer (the embedded folder, a Milvus
 Lite file) the driver commits.
 
-Local clusters (``--workers N``) listen on 127.0.0.1 only: ``LocalCluster(host="127.0.0.1",
-n_workers=N, threads_per_worker=1, processes=True)``, no dashboard.
+Local clusters (``--workers N``) listen on 127.0.0.1 only, N processes of one thread, no dashboard, the
+scheduler's HTTP server on a free port (reidkit.utils.dask.local_cluster).
 """
 
 from __future__ import annotations
