@@ -17,9 +17,11 @@ so the cosine of two tracklets is ``(1 - colour) cos_feature + colour cos_colour
 a deep and a hand-made descriptor). The clustering (reidkit.cluster.identities) runs on the plain
 distance ``2 - 2 cos`` with ``threshold``, no re-ranking (with a few tracklets per person the
 k-reciprocal sets are mostly other people), and tracklets shorter than ``seed_min`` seconds attach
-to an identity after it (its step 5). On scene A (benchmarks/bench_identities.py, seeds 0-2 and
-the held-out 3-4, gt / gtn / motion boxes) each of the three raised the multi-camera IDF1; the
-figures are in that benchmark's docstring.
+to an identity after it (its step 5). On scene A (benchmarks/bench_identities.py, seeds 0-4, gt /
+gtn / motion boxes, 15 cells) the mean multi-camera IDF1 went from 80.0 (re-ranked distance at 0.6,
+feature alone) to 86.7; without the colour (the rest as now) it is 81.2, with re-ranking (0.6 or
+0.7) 83.9 / 83.6. ``seed_min`` changes the mean by nothing and the identity counts of the motion
+rows from 9 / 9 / 15 / 11 / 17 to 8 / 9 / 10 / 11 / 8 (8 people).
 
 Before clustering, each tracklet feature loses ``camera_debias`` times its camera's mean tracklet
 feature (``camera_debias``; 0: off): a camera's lighting, colour cast and background shift every
