@@ -87,6 +87,7 @@ def test_tracklets_carry_a_colour_descriptor_that_identities_use(scene, ingested
     rep = json.loads(cli_stdout("identities", "--db", str(scene / "db"), "--json"))
     assert rep["colour"] is True and rep["params"]["colour"] == 0.5
     assert rep["params"]["rerank"] is False and rep["params"]["seed_min"] == 1.0
+    assert rep["params"]["linkage"] == "complete"
     off = json.loads(cli_stdout("identities", "--db", str(scene / "db"), "--json", "--colour", "0", "--seed-min", "0"))
     assert off["colour"] is False and off["params"]["seed_min"] == 0.0
     cli_stdout("identities", "--db", str(scene / "db"), "--colour", "0.5", "--seed-min", "1")  # back to the defaults

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="seconds: pairs of cameras not in --links never join across a longer gap (default: no limit)",
     )
-    p.add_argument("--linkage", choices=["average", "complete"], default=None, help="default average")
+    p.add_argument(
+        "--linkage", choices=["average", "complete"], default=None, help="default: the stored run's, else complete"
+    )
     rr = p.add_mutually_exclusive_group()
     rr.add_argument(
         "--rerank",

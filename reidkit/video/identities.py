@@ -7,7 +7,7 @@ gallery state ``"identities"`` in one commit (``add_entries`` with no entries), 
 storage backend and a reader sees the old or the new assignment, never a mix::
 
     {"version": 1, "next_id": 12, "tracklets": {"<tracklet key>": 3, ...},
-     "params": {"threshold": 0.8, "linkage": "average", "rerank": false, "links": {...} | null, "max_gap": null,
+     "params": {"threshold": 0.8, "linkage": "complete", "rerank": false, "links": {...} | null, "max_gap": null,
                 "camera_debias": 0.5, "stitch": {...} | null, "colour": 0.5, "seed_min": 1.0}}
 
 A tracklet is compared by its feature (the model's, the mean of samples spread over the track) and,
@@ -16,12 +16,14 @@ descriptor: the two unit vectors concatenated with weights ``sqrt(1 - colour)`` 
 so the cosine of two tracklets is ``(1 - colour) cos_feature + colour cos_colour`` (early fusion of
 a deep and a hand-made descriptor). The clustering (reidkit.cluster.identities) runs on the plain
 distance ``2 - 2 cos`` with ``threshold``, no re-ranking (with a few tracklets per person the
-k-reciprocal sets are mostly other people), and tracklets shorter than ``seed_min`` seconds attach
-to an identity after it (its step 5). On scene A (benchmarks/bench_identities.py, seeds 0-4, gt /
+k-reciprocal sets are mostly other people), complete linkage (two groups join only when every pair
+of their tracklets is within the threshold, so one look-alike pair does not chain two people), and
+tracklets shorter than ``seed_min`` seconds attach to an identity after it (its step 5). On scene A (benchmarks/bench_identities.py, seeds 0-4, gt /
 gtn / motion boxes, 15 cells) the mean multi-camera IDF1 went from 80.0 (re-ranked distance at 0.6,
-feature alone) to 86.7; without the colour (the rest as now) it is 81.2, with re-ranking (0.6 or
-0.7) 83.9 / 83.6. ``seed_min`` changes the mean by nothing and the identity counts of the motion
-rows from 9 / 9 / 15 / 11 / 17 to 8 / 9 / 10 / 11 / 8 (8 people).
+feature alone) to 87.3 (average linkage at 0.8: 86.7, equal or lower in every cell); without the
+colour (average linkage) it is 81.2, with re-ranking (0.6 or 0.7) 83.9 / 83.6. ``seed_min`` changes
+the mean by nothing (average linkage) and the identity counts of the motion rows from 9 / 9 / 15 /
+11 / 17 to 8 / 9 / 10 / 11 / 8 (8 people).
 
 Before clustering, each tracklet feature loses ``camera_debias`` times its camera's mean tracklet
 feature (``camera_debias``; 0: off): a camera's lighting, colour cast and background shift every
@@ -59,7 +61,8 @@ from reidkit.video.stitch import Fragment, StitchParams, group_features, stitch
 STATE_KEY = "identities"
 CAMERA_DEBIAS = 0.5  # the share of a camera's mean feature taken off its tracklets' (module docstring)
 COLOUR = 0.5  # the colour descriptor's share of a tracklet's cosine (module docstring)
-THRESHOLD = 0.8  # the largest average-linkage distance 2 - 2 cos merged (module docstring)
+THRESHOLD = 0.8  # the largest linkage distance 2 - 2 cos merged (module docstring)
+LINKAGE = "complete"
 RERANK = False
 SEED_MIN = 1.0  # seconds: shorter new tracklets attach after the clustering (module docstring)
 STATE_VERSION = 1
@@ -149,7 +152,7 @@ def assign_identities(
         lk = Links({}, None)
     params: dict[str, Any] = {
         "threshold": float(threshold if threshold is not None else prev.get("threshold", THRESHOLD)),
-        "linkage": linkage or prev.get("linkage", "average"),
+        "linkage": linkage or prev.get("linkage", LINKAGE),
         "rerank": bool(rerank if rerank is not None else prev.get("rerank", RERANK)),
         "links": lk.to_dict() if (lk.windows or lk.max_gap is not None) else None,
         "camera_debias": _share(
