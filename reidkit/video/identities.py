@@ -1,7 +1,7 @@
 """Global identities of a tracklet gallery: `reidkit identities` and `reidkit identities export`.
 
 ``assign_identities(gallery, ...)`` reads every tracklet through the public Gallery API (entries of
-kind "tracklet", their stored features = the mean of the best K crops, their camera and time span),
+kind "tracklet", their stored features = the mean of feature samples spread over the track, their camera and time span),
 clusters them with ``reidkit.cluster.identities.cluster_identities`` and stores the result as the
 gallery state ``"identities"`` in one commit (``add_entries`` with no entries), so it works on every
 storage backend and a reader sees the old or the new assignment, never a mix::
