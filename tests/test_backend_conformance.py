@@ -193,6 +193,94 @@ def test_reopen_after_close(filled):
     assert g2.describe() and Gallery.exists(db)
 
 
+def _long_tracklet(frames: int, key: str = "cam1.t7") -> dict:
+    """A tracklet entry as reidkit.video.pipeline makes one (a box per frame, thumbnails, the colour descriptor)."""
+    rng = np.random.default_rng(3)
+    xy = np.round(rng.uniform(0, 600, (frames, 4)), 2)
+    boxes = [[f + 1, *map(float, xy[f]), round(float(rng.uniform(0.3, 1)), 4)] for f in range(frames)]
+    meta = {
+        "video": "/v/cam1.mp4",
+        "video_key": "cam1",
+        "track_id": 7,
+        "fps": 25.0,
+        "boxes": boxes,
+        "thumbs": [f"{key}_0.jpg", f"{key}_1.jpg"],
+        "thumb_frames": [1, frames],
+        "quality": [0.5, 0.75],
+        "detector": "hog",
+        "colour": [round(float(v), 4) for v in rng.uniform(0, 1, 432)],  # reidkit.video.colour's ~1.7 KB
+    }
+    return {
+        "kind": "tracklet",
+        "tracklet": key,
+        "camera": "cam1",
+        "frame_start": 1,
+        "frame_end": frames,
+        "t_start": 0.0,
+        "t_end": (frames - 1) / 25.0,
+        "meta": meta,
+    }
+
+
+def test_a_long_tracklet_is_stored_whole(backend, tmp_path, monkeypatch):
+    """A tracklet of 4000 frames (its meta ~200 KB of JSON, over a Milvus server's 65536-byte JSON field) committed
+    as `reidkit video` commits one reads back whole: entries, record, `tracklets show`, `tracklets export`, reopen;
+    re-added short, then deleted, it leaves nothing behind."""
+    from reidkit.video.identities import export_tracklets
+    from reidkit.video.pipeline import Chunk, commit
+    from reidkit.video.search import appearances
+
+    monkeypatch.chdir(tmp_path)  # the plug-in's side files
+    db = _db(tmp_path, backend)
+    g = Gallery.create(db, _Ext())
+    long, short = _long_tracklet(4000), _long_tracklet(3, "cam1.t8")
+    assert len(json.dumps(long["meta"])) > 150_000
+    thumbs = {n: b"\xff\xd8 jpeg" for e in (long, short) for n in e["meta"]["thumbs"]}
+    chunk = Chunk("cam1", "cam1", _unit(2, 1), [long, short], thumbs, {"next": 4000, "done": True})
+    tid, sid = commit(g, chunk)
+    for e in (long, short):
+        e["path"] = str(Path(g.files_dir) / "thumbs" / e["meta"]["thumbs"][0])  # commit names the first thumbnail
+
+    def meta_texts():  # Milvus: the state rows holding meta text (reidkit.retrieval.backends.milvus.client)
+        from reidkit.retrieval.backends.milvus import client
+
+        cols = client._Collections(db, client._parse(db), "reidkit")
+        rows = cols.call("query", cols.client.query, cols.state_name, filter="part >= 0", output_fields=["key"])
+        return sorted({r["key"] for r in rows if r["key"].startswith(client._META_KEY)})
+
+    def stored(gal):
+        return {
+            e["tracklet"]: {k: v for k, v in (e["meta"] or {}).items() if k != "thumb_stats"} for e in gal.entries()
+        }
+
+    assert stored(g) == {"cam1.t7": long["meta"], "cam1.t8": short["meta"]}
+    assert g.record(tid)["meta"]["boxes"] == long["meta"]["boxes"]
+    shown = appearances(g, "cam1.t7")["appearances"]
+    assert [[a["frame"], *a["box"], a["conf"]] for a in shown] == long["meta"]["boxes"]
+    lines = export_tracklets(g, tmp_path / "mot")["cam1"].read_text().splitlines()
+    mine = [line for line in lines if line.split(",")[1] == str(tid)]
+    assert len(lines) == 4003 and [int(line.split(",")[0]) for line in mine] == list(range(1, 4001))
+    assert g.get_state("video:cam1") == {"next": 4000, "done": True}
+    if backend == "milvus":  # the JSON field itself stays under a server's limit (Milvus Lite does not enforce it)
+        from reidkit.retrieval.backends.milvus import client
+
+        cols = client._Collections(db, client._parse(db), "reidkit")
+        raw = cols.call("query", cols.client.query, "reidkit", filter="id >= 0", output_fields=["meta"])
+        assert max(len(json.dumps(r["meta"], separators=(",", ":")).encode()) for r in raw) <= 65536
+    del g
+    _close(db, backend)
+    g = Gallery.open(db)
+    assert stored(g) == {"cam1.t7": long["meta"], "cam1.t8": short["meta"]}
+    if g.capabilities.idempotent_ids:  # the same tracklet again, its meta short now, then long again
+        g.add_entries(_unit(1, 2), [{**long, "meta": short["meta"]}])
+        assert stored(g)["cam1.t7"] == short["meta"]
+        assert backend != "milvus" or meta_texts() == []
+        g.add_entries(_unit(1, 2), [long])
+        assert stored(g)["cam1.t7"] == long["meta"]
+    assert g.delete(tracklet="cam1.t7") == 1 and list(stored(g)) == ["cam1.t8"]
+    assert backend != "milvus" or meta_texts() == []
+
+
 _WRITER = """
 import sys
 import numpy as np

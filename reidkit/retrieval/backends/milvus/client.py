@@ -55,6 +55,13 @@ _BATCH = 1000
 _MAX_TOPK = 16384  # Milvus's limit on one search
 _VARCHAR = {"kind": 16, "path": 4096, "camera": 1024, "tracklet": 1024}  # max_length (a server counts bytes)
 _FILES_KEY = "__reidkit_files__"
+# An entry's meta whose compact JSON is over _META_INLINE bytes (a long tracklet's boxes: ~48 bytes a frame) is
+# stored as text in the state collection under _META_KEY + id, in _PART-character rows, and the JSON field holds
+# {_META_KEY: bytes}. A Milvus server refuses a JSON value over 65536 bytes ("the length (N) of json field (meta)
+# exceeds max length (65536)", its proxy's limit); Milvus Lite 3.2 takes ~1 MB, so only this keeps a gallery
+# portable. The margin covers orjson's (pymilvus's) encoding differing from json.dumps in float spelling.
+_META_KEY = "__reidkit_meta__:"
+_META_INLINE = 60000
 _RESERVED = (_MODEL_KEY, _INFO_KEY, _FILES_KEY)
 MIN_SERVER = (2, 5, 0)  # nullable fields and `is null` (2.5), INVERTED scalar indexes (2.4)
 _FIELDS = [f for f in ENTRY_FIELDS if f != "id"] + ["width", "height"]
@@ -191,11 +198,11 @@ def _string_lit(value: str, name: str) -> str:
 
 
 def _lit(value: Any, name: str = "value") -> str:
-    """A Milvus expression literal: a double-quoted, escaped string, an int, a finite float or a list of ints."""
+    """A Milvus expression literal: a double-quoted, escaped string, an int, a finite float or a list of those."""
     if isinstance(value, str):
         return _string_lit(value, name)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(int(v)) for v in value) + "]"
+        return "[" + ", ".join(_string_lit(v, name) if isinstance(v, str) else str(int(v)) for v in value) + "]"
     if isinstance(value, float):
         return repr(float(value))
     return str(int(value))
@@ -243,6 +250,7 @@ class _Collections:
         self.name = name
         self.state_name = f"{name}_state"
         self.client = _client(uri)
+        self._spills: bool | None = None
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a client call; a Milvus error becomes one ReIDError naming the gallery."""
@@ -400,17 +408,81 @@ class _Collections:
     # -- entries ---------------------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[int], rows: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
-        data = []
+        data, spilled = [], {}
         for i, r, v in zip(ids, rows, vectors):
             d = {f: r.get(f) for f in _FIELDS}
             for f, limit in _VARCHAR.items():  # refused here, naming the field, not as Milvus's schema error
                 value = d[f]
                 if isinstance(value, str):
                     _check_text(f, value, limit)
-            d["meta"] = json.loads(r["meta"]) if isinstance(r.get("meta"), str) else r.get("meta")
-            data.append({"id": int(i), "vector": np.asarray(v, np.float32).tolist(), **d})
+            meta = json.loads(r["meta"]) if isinstance(r.get("meta"), str) else r.get("meta")
+            text = None if meta is None else json.dumps(meta, separators=(",", ":"))  # ASCII: a char is a byte
+            if text is not None and len(text) > _META_INLINE:
+                spilled[_META_KEY + str(int(i))] = text
+                meta = {_META_KEY: len(text)}
+            data.append({"id": int(i), "vector": np.asarray(v, np.float32).tolist(), **d, "meta": meta})
+        if spilled:  # before the entries that point to it: a crash leaves text no entry names, never the reverse
+            self.put_text(spilled)
+            self._spills = True
+        inline = [_META_KEY + str(d["id"]) for d in data if _META_KEY + str(d["id"]) not in spilled]
         for s in iter_chunks(len(data), _BATCH):
             self.call("upsert", self.client.upsert, self.name, data[s])
+        self.drop_meta(inline, only_if_spilled=True)
+
+    def drop_meta(self, keys: Sequence[str], only_if_spilled: bool = False) -> None:
+        """Delete the stored meta text of these ``_META_KEY + id`` keys (an entry deleted, or re-added smaller)."""
+        if only_if_spilled and not self.spills:
+            return
+        for s in iter_chunks(len(keys), _BATCH):
+            if keys[s]:
+                self.call("delete", self.client.delete, self.state_name, filter=_expr("key in {k}", {"k": keys[s]}))
+
+    @property
+    def spills(self) -> bool:
+        """True once any entry of this gallery had its meta stored as text (asked once per process and gallery)."""
+        if self._spills is None:
+            rows = self.call(
+                "query",
+                self.client.query,
+                self.state_name,
+                filter=_expr("key >= {a} and key < {b}", {"a": _META_KEY, "b": _META_KEY[:-1] + ";"}),
+                output_fields=["key"],
+                limit=1,
+                consistency_level="Strong",
+            )
+            self._spills = bool(rows)
+        return self._spills
+
+    def _resolve(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows with each stored-as-text meta (a {_META_KEY: bytes} stand-in) read back whole."""
+        want = {}
+        for r in rows:
+            m = r.get("meta")
+            if isinstance(m, str):
+                m = r["meta"] = json.loads(m)
+            if isinstance(m, dict) and _META_KEY in m:
+                want[_META_KEY + str(int(r["id"]))] = r
+        keys = list(want)
+        parts: dict[str, list[tuple[int, str]]] = {}
+        for s in iter_chunks(len(keys), _BATCH):
+            for p in self.call(
+                "query",
+                self.client.query,
+                self.state_name,
+                filter=_expr("key in {k}", {"k": keys[s]}),
+                output_fields=["key", "part", "text"],
+                consistency_level="Strong",
+            ):
+                parts.setdefault(p["key"], []).append((int(p["part"]), p["text"]))
+        for key, r in want.items():
+            text = "".join(t for _, t in sorted(parts.get(key, [])))
+            if len(text) != r["meta"][_META_KEY]:
+                raise ReIDError(
+                    f"{self.location} (collection {self.name}): entry {r['id']} ({r.get('tracklet') or r.get('path')}):"
+                    f" its meta text holds {len(text)} of {r['meta'][_META_KEY]} bytes; rebuild or re-add the entry"
+                )
+            r["meta"] = json.loads(text)
+        return rows
 
     def get(self, ids: Sequence[int], fields: list[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -420,7 +492,7 @@ class _Collections:
                 out += self.call(
                     "get", self.client.get, self.name, ids=ids[s], output_fields=fields, consistency_level="Strong"
                 )
-        return out
+        return self._resolve(out) if "meta" in fields else out
 
     def iterate(self, expr: str, params: dict[str, Any], fields: list[str]) -> list[dict[str, Any]]:
         import logging
@@ -443,4 +515,4 @@ class _Collections:
                 rows += batch
         finally:
             it.close()
-        return rows
+        return self._resolve(rows) if "meta" in fields else rows

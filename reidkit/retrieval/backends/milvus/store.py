@@ -21,6 +21,7 @@ from reidkit.retrieval.backends.milvus.client import (
     _FILES_KEY,
     _INFO_KEY,
     _MAX_TOPK,
+    _META_KEY,
     _MODEL_KEY,
     _RESERVED,
     DEFAULT_COLLECTION,
@@ -365,12 +366,13 @@ class MilvusStore:
             return 0, None
         for s in iter_chunks(len(sel), _BATCH):
             self.cols.call("delete", self.cols.client.delete, self.collection, ids=sel[s])
+        self.cols.drop_meta([_META_KEY + str(i) for i in sel], only_if_spilled=True)
         self._bump()
         return len(sel), self.snapshot()
 
     def get_state(self, key: str) -> Any:
         """The JSON value stored under `key`, or None."""
-        if key in _RESERVED:
+        if key in _RESERVED or key.startswith(_META_KEY):
             return None
         return self.cols.get_json(key)
 
@@ -410,7 +412,7 @@ class MilvusStore:
             "vectors": snap.count,
             "images": snap.n_images,
             "tracklets": snap.n_tracklets,
-            "state_keys": sum(k not in _RESERVED for k in keys),
+            "state_keys": sum(k not in _RESERVED and not k.startswith(_META_KEY) for k in keys),
             "index": snap.info.get("index_kind", "flat"),
             "cache": "none (Milvus indexes itself)",
             "model": snap.identity.label(),
