@@ -81,7 +81,7 @@ def test_auto_int8_keeps_int8_only_where_it_pays(home, monkeypatch):
     import reidkit.inference as inference
 
     monkeypatch.setenv("REIDKIT_HOME", str(home))
-    monkeypatch.setenv("REIDKIT_INT8", "auto")  # timed (the suite pins "off")
+    monkeypatch.setenv("REIDKIT_INT8", "auto")  # timed (the suite pins "on")
     record = home / "onnx-cache" / "imagenet_efficientnet_lite0-128x64-int8.json"
     record.unlink(missing_ok=True)
     monkeypatch.setattr(inference, "INT8_GAIN", 1e6)  # int8 is never a million times faster: float

@@ -43,7 +43,7 @@ def _majority(rec, gt) -> int:
 
 
 def test_the_default_engine_is_onnx_runtime_int8_where_it_pays(ingested):
-    """`--engine auto`: ONNX Runtime, int8 where it pays (the suite pins that verdict, $REIDKIT_INT8=off in
+    """`--engine auto`: ONNX Runtime, int8 where it pays (the suite pins that verdict, $REIDKIT_INT8=on in
     conftest: no timing under load decides it); the report names the engine used."""
     import json
 
