@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import procs
+from factories import SCENE_FRAMES, SCENE_H, SCENE_W
 
 # The tests use tiny tensors: one intra-op thread is deterministic and avoids threads spinning
 # against each other (on a busy 2-core machine two threads ran many times slower than one).
@@ -82,27 +83,6 @@ def _seed():
     yield
 
 
-def with_overrides(cfg: dict, over: dict) -> dict:
-    """``cfg`` with keyword overrides applied: ``section__key=value`` sets ``cfg[section][key]``."""
-    for key, value in over.items():
-        section, _, name = key.partition("__")
-        if name:
-            cfg.setdefault(section, {})[name] = value
-        else:
-            cfg[key] = value
-    return cfg
-
-
-def meta_params(name: str, **options) -> int:
-    """Parameters of backbone `name`, built on the meta device: shapes without allocating or initialising
-    (a ViT-B costs seconds of random init on the CPU, its parameter count nothing)."""
-    from reidkit.models.backbones import build_backbone
-
-    with torch.device("meta"):
-        model = build_backbone(name, **options)
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.fixture(scope="session")
 def dask_forkserver():
     """Dask's worker processes (``LocalCluster(processes=True)``, ``--workers N``) forked from one server
@@ -119,9 +99,6 @@ def dask_forkserver():
         ["distributed", "numpy", "torch", "cv2", "faiss", "onnxruntime", "PIL.Image", "scipy.sparse", "sklearn.cluster"]
     )
     yield ctx
-
-
-SCENE_W, SCENE_H, SCENE_FRAMES = 160, 120, 110
 
 
 @pytest.fixture(scope="session")

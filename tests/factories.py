@@ -14,6 +14,30 @@ import numpy as np
 import torch
 
 
+SCENE_W, SCENE_H, SCENE_FRAMES = 160, 120, 110  # the scene of tests/test_video.py (conftest's `scene` fixture)
+
+
+def with_overrides(cfg: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with keyword overrides applied: ``section__key=value`` sets ``cfg[section][key]``."""
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def meta_params(name: str, **options: Any) -> int:
+    """Parameters of backbone `name`, built on the meta device: shapes without allocating or initialising
+    (a ViT-B costs seconds of random init on the CPU, its parameter count nothing)."""
+    from reidkit.models.backbones import build_backbone
+
+    with torch.device("meta"):
+        model = build_backbone(name, **options)
+    return sum(p.numel() for p in model.parameters())
+
+
 def weights_world(root: Path) -> dict[str, Any]:
     """What the verbs that load weights need, under ``root``: a tiny resnet18 reidkit checkpoint
     (``good``, 64x32 input), 4 Market-named crops, a gallery built with the checkpoint (``db``), a

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import procs
 import pytest
-from conftest import with_overrides
+from factories import with_overrides
 import torch
 import yaml
 

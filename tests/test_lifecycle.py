@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import with_overrides
+from factories import with_overrides
 import torch
 
 from reidkit.data.datasets import load_dataset

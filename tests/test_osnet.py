@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import meta_params
-from factories import assert_loss_goes_down, train_recipe
+from factories import assert_loss_goes_down, meta_params, train_recipe
 from reidkit.errors import ReIDError
 from reidkit.models.backbones import build_backbone
 from reidkit.models.backbones.osnet import WIDTHS

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import procs
 import pytest
-from conftest import SCENE_H as H, SCENE_W as W
-from factories import noise_video, tiny_checkpoint
+from factories import SCENE_H as H, SCENE_W as W, noise_video, tiny_checkpoint
 
 from reidkit.cli import main
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import meta_params
 
-from conftest import meta_params
 from reidkit.errors import ReIDError
 from reidkit.models.backbones import build_backbone
 from reidkit.models.backbones.vit import VisionTransformer, grid_size, resize_pos_embed
