@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -352,7 +352,7 @@ class _Collections:
             return None
         return "".join(r["text"] for r in sorted(rows, key=lambda r: r["part"]))
 
-    def put_text(self, items: dict[str, str | None]) -> None:
+    def put_text(self, items: Mapping[str, str | None]) -> None:
         rows, stale = [], []
         for key, text in items.items():
             if len(key) > 1024:
