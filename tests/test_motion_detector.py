@@ -49,6 +49,61 @@ def test_motion_finds_the_scene_people(scene):
     assert r_motion >= 0.5 and p_motion >= 0.5, (r_motion, p_motion)
 
 
+def _labels(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    _n, lab, stats, _c = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return lab, stats
+
+
+def test_join_pieces_joins_a_person_cut_by_a_pole_not_two_people():
+    from reidkit.video.detectors.motion import join_pieces
+
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:50, 10:15] = mask[10:50, 18:23] = 1  # one person (13 x 40) cut by a 3-pixel pole
+    mask[10:50, 40:52] = mask[10:50, 55:67] = 1  # two people side by side
+    mask[5:20, 72:78] = mask[23:45, 72:78] = 1  # a head and legs, the torso lost in the background
+    lab, stats = join_pieces(*_labels(mask), max_aspect=0.33 * 1.25)
+    boxes = sorted((int(x), int(y), int(w), int(h)) for x, y, w, h, _a in stats[1:])
+    assert boxes == [(10, 10, 13, 40), (40, 10, 12, 40), (55, 10, 12, 40), (72, 5, 6, 40)]
+    assert len(np.unique(lab[10:50, 10:23])) == 2  # background and one joined label
+    assert lab[12, 12] == lab[12, 20] != lab[12, 45]
+
+
+def test_valley_cuts_split_where_two_people_meet():
+    from reidkit.video.detectors.motion import valley_cuts
+
+    profile = np.array([9, 9, 9, 9, 9, 9, 9, 1, 9, 9, 9, 9, 9, 9])  # equal halves would cut at 7 anyway
+    assert valley_cuts(profile, 2).tolist() == [0, 7, 14]
+    profile = np.array([9, 9, 9, 9, 9, 0, 9, 9, 9, 9, 9, 9, 9, 9])  # the gap is left of the middle
+    assert valley_cuts(profile, 2).tolist() == [0, 5, 14]
+    assert valley_cuts(np.ones(9), 1).tolist() == [0, 9]
+
+
+def test_boxes_are_the_moving_pixels_extent(tmp_path):
+    """A still rectangle on a plain background: the box is the rectangle, not grown by the dilation."""
+    import cv2
+
+    from reidkit.video.decode import iter_frames
+    from reidkit.video.detectors.motion import MotionDetector
+
+    path = tmp_path / "r.avi"
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    rng = np.random.default_rng(0)
+    bg = (rng.integers(90, 110, (120, 160, 3))).astype(np.uint8)
+    for i in range(30):
+        f = bg.copy()
+        x = 10 + 4 * i
+        f[20:100, x : x + 24] = (20, 40, 200) if i % 2 else (200, 40, 20)
+        out.write(f)
+    out.release()
+    det = MotionDetector(path, work_height=120)
+    frames = [f for _i, f in iter_frames(path)]
+    boxes, scores = det(frames[15], 15)
+    assert len(boxes) == 1 and 0.5 <= scores[0] <= 1.0
+    np.testing.assert_allclose(boxes[0], [70, 20, 94, 100], atol=1.5)
+
+
 def test_background_depends_only_on_the_file(scene):
     """Frame i alone (a fresh detector, as after a resume) gives the boxes of a detector that saw 0..i-1."""
     from reidkit.video.decode import iter_frames
